@@ -1,0 +1,4 @@
+//! chatixia-core: the chatixia mesh server on a thread-per-core reactor.
+//!
+//! Protocol and service logic lives in sans-IO modules (they take bytes and `now`, and
+//! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
