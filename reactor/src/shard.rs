@@ -1,0 +1,565 @@
+//! The shard handle: identity, messaging to other shards, and the shard's mailbox loop.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use slab::Slab;
+
+use crate::doorbell::DoorbellWaiter;
+use crate::driver::IoDriver;
+use crate::event::LocalEvent;
+use crate::mailbox::{Envelope, InLane, MailboxStats, OutLane, ReplyEnvelope};
+use crate::runtime::{Control, STATE_DRAINING, STATE_EXIT};
+
+/// Index of a shard, `0..count`.
+pub type ShardId = usize;
+
+/// Messages taken from one inbound ring per turn of the mailbox loop before it moves on
+/// to the next ring: keeps one chatty peer shard from starving the others and bounds
+/// the time the loop holds the shard before yielding to connection tasks.
+const DRAIN_BATCH_MAX: usize = 256;
+
+type Handler<M> = Rc<dyn Fn(ShardId, M) -> Option<M>>;
+
+/// Why an ask got no answer.
+pub enum AskError<M> {
+    /// The lane to the target shard is full (or too many asks are in flight on it):
+    /// the message is handed back so the caller can refuse or retry.
+    Full(M),
+    /// The target's handler returned no reply.
+    NoReply,
+}
+
+impl<M> fmt::Debug for AskError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AskError::Full(_) => f.write_str("AskError::Full"),
+            AskError::NoReply => f.write_str("AskError::NoReply"),
+        }
+    }
+}
+
+impl<M> fmt::Display for AskError<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AskError::Full(_) => f.write_str("shard mailbox full"),
+            AskError::NoReply => f.write_str("shard gave no reply"),
+        }
+    }
+}
+
+enum PendingState<M> {
+    Waiting(Option<Waker>),
+    Done(Option<M>),
+    /// The asker dropped its future; the reply is discarded when it comes.
+    Abandoned,
+}
+
+/// A handle to the current shard. Cheap to clone; never leaves its thread.
+pub struct Shard<M> {
+    inner: Rc<Inner<M>>,
+}
+
+impl<M> Clone for Shard<M> {
+    fn clone(&self) -> Self {
+        Shard {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<M> {
+    id: ShardId,
+    count: usize,
+    driver: IoDriver,
+    capacity: usize,
+    control: Arc<Control>,
+    out: Vec<Option<RefCell<OutLane<M>>>>,
+    inb: Vec<Option<RefCell<InLane<M>>>>,
+    /// Messages to self, bounded by the same capacity as a lane.
+    local: RefCell<VecDeque<Envelope<M>>>,
+    handler: RefCell<Option<Handler<M>>>,
+    pending: RefCell<Slab<PendingState<M>>>,
+    mailbox_waker: RefCell<Option<Waker>>,
+    sent: Cell<u64>,
+    received: Cell<u64>,
+    refused: Cell<u64>,
+    shutdown: LocalEvent,
+    exit: LocalEvent,
+}
+
+impl<M: Send + 'static> Shard<M> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: ShardId,
+        count: usize,
+        driver: IoDriver,
+        capacity: usize,
+        control: Arc<Control>,
+        out: Vec<Option<OutLane<M>>>,
+        inb: Vec<Option<InLane<M>>>,
+    ) -> Self {
+        Shard {
+            inner: Rc::new(Inner {
+                id,
+                count,
+                driver,
+                capacity,
+                control,
+                out: out.into_iter().map(|l| l.map(RefCell::new)).collect(),
+                inb: inb.into_iter().map(|l| l.map(RefCell::new)).collect(),
+                local: RefCell::new(VecDeque::new()),
+                handler: RefCell::new(None),
+                pending: RefCell::new(Slab::new()),
+                mailbox_waker: RefCell::new(None),
+                sent: Cell::new(0),
+                received: Cell::new(0),
+                refused: Cell::new(0),
+                shutdown: LocalEvent::new(),
+                exit: LocalEvent::new(),
+            }),
+        }
+    }
+
+    /// This shard's index.
+    pub fn id(&self) -> ShardId {
+        self.inner.id
+    }
+
+    /// Number of shards.
+    pub fn count(&self) -> usize {
+        self.inner.count
+    }
+
+    /// The event-loop driver this shard runs.
+    pub fn driver(&self) -> IoDriver {
+        self.inner.driver
+    }
+
+    /// The owner of `key`.
+    pub fn shard_of(&self, key: impl AsRef<[u8]>) -> ShardId {
+        crate::route::shard_of(key, self.inner.count)
+    }
+
+    /// Installs the handler of messages to this shard: it gets the sender's id and the
+    /// message and returns the reply of an ask (a tell's return value is dropped).
+    /// Messages wait in their bounded rings until a handler is installed.
+    pub fn set_handler(&self, handler: impl Fn(ShardId, M) -> Option<M> + 'static) {
+        *self.inner.handler.borrow_mut() = Some(Rc::new(handler));
+        self.wake_mailbox();
+    }
+
+    /// Fires once the process starts its graceful shutdown.
+    pub fn shutdown_event(&self) -> &LocalEvent {
+        &self.inner.shutdown
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_set()
+    }
+
+    /// Mailbox counters of this shard.
+    pub fn stats(&self) -> MailboxStats {
+        MailboxStats {
+            sent: self.inner.sent.get(),
+            received: self.inner.received.get(),
+            refused_full: self.inner.refused.get(),
+            wakeups: self.inner.control.doorbells[self.inner.id]
+                .rings
+                .load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sends `msg` to shard `to` without waiting. A full lane hands the message back.
+    pub fn try_tell(&self, to: ShardId, msg: M) -> Result<(), M> {
+        match self.push(to, Envelope::Tell(msg)) {
+            Ok(()) => Ok(()),
+            Err(Envelope::Tell(m)) | Err(Envelope::Ask(_, m)) => Err(m),
+        }
+    }
+
+    /// Asks shard `to` and returns a future of its reply. The message is sent now,
+    /// before the future is first polled; a full lane resolves it to `AskError::Full`.
+    pub fn ask(&self, to: ShardId, msg: M) -> Ask<M> {
+        let inner = &self.inner;
+        if to != inner.id {
+            let lane = inner.out[to]
+                .as_ref()
+                .expect("lane to another shard")
+                .borrow();
+            if lane.asks_in_flight.get() >= inner.capacity {
+                drop(lane);
+                inner.refused.set(inner.refused.get() + 1);
+                return Ask {
+                    shard: self.clone(),
+                    state: AskState::Failed(Some(AskError::Full(msg))),
+                };
+            }
+        }
+        let id = inner
+            .pending
+            .borrow_mut()
+            .insert(PendingState::Waiting(None));
+        match self.push(to, Envelope::Ask(id as u32, msg)) {
+            Ok(()) => {
+                if to != inner.id {
+                    let lane = inner.out[to].as_ref().expect("lane").borrow();
+                    lane.asks_in_flight.set(lane.asks_in_flight.get() + 1);
+                }
+                Ask {
+                    shard: self.clone(),
+                    state: AskState::Waiting(id),
+                }
+            }
+            Err(Envelope::Ask(_, m)) | Err(Envelope::Tell(m)) => {
+                inner.pending.borrow_mut().remove(id);
+                Ask {
+                    shard: self.clone(),
+                    state: AskState::Failed(Some(AskError::Full(m))),
+                }
+            }
+        }
+    }
+
+    /// Asks every shard (this one included) with the message `make(shard)` and
+    /// gathers the replies in shard order.
+    pub async fn ask_all(&self, make: impl Fn(ShardId) -> M) -> Vec<Result<M, AskError<M>>> {
+        let asks: Vec<Ask<M>> = (0..self.inner.count)
+            .map(|s| self.ask(s, make(s)))
+            .collect();
+        let mut out = Vec::with_capacity(asks.len());
+        for a in asks {
+            out.push(a.await);
+        }
+        out
+    }
+
+    fn push(&self, to: ShardId, env: Envelope<M>) -> Result<(), Envelope<M>> {
+        let inner = &self.inner;
+        if to == inner.id {
+            let mut local = inner.local.borrow_mut();
+            if local.len() >= inner.capacity {
+                inner.refused.set(inner.refused.get() + 1);
+                return Err(env);
+            }
+            local.push_back(env);
+            drop(local);
+            self.wake_mailbox();
+            return Ok(());
+        }
+        let lane = inner.out[to]
+            .as_ref()
+            .expect("shard id out of range")
+            .borrow_mut();
+        // rtrb's `push` needs `&mut Producer`; the RefCell gives it to this thread only.
+        let mut lane = lane;
+        match lane.fwd.push(env) {
+            Ok(()) => {
+                drop(lane);
+                inner.sent.set(inner.sent.get() + 1);
+                inner.control.doorbells[to].ring();
+                Ok(())
+            }
+            Err(rtrb::PushError::Full(env)) => {
+                inner.refused.set(inner.refused.get() + 1);
+                Err(env)
+            }
+        }
+    }
+
+    fn wake_mailbox(&self) {
+        if let Some(w) = self.inner.mailbox_waker.borrow().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+
+    fn complete(&self, id: u32, reply: Option<M>) {
+        let mut pending = self.inner.pending.borrow_mut();
+        let id = id as usize;
+        match pending.get_mut(id) {
+            Some(PendingState::Abandoned) => {
+                pending.remove(id);
+            }
+            Some(slot @ PendingState::Waiting(_)) => {
+                if let PendingState::Waiting(Some(w)) =
+                    std::mem::replace(slot, PendingState::Done(reply))
+                {
+                    w.wake();
+                }
+            }
+            _ => tracing::error!(id, "reply for an unknown ask"),
+        }
+    }
+
+    /// True if a state change awaits observation, or (once a handler is installed) any
+    /// inbound ring or the local queue holds a message.
+    fn has_mail(&self) -> bool {
+        let inner = &self.inner;
+        if !self.observed_state_current() {
+            return true;
+        }
+        if inner.handler.borrow().is_none() {
+            return false;
+        }
+        !inner.local.borrow().is_empty()
+            || inner
+                .inb
+                .iter()
+                .flatten()
+                .any(|l| !l.borrow().fwd.is_empty())
+            || inner
+                .out
+                .iter()
+                .flatten()
+                .any(|l| !l.borrow().back.is_empty())
+    }
+
+    fn observed_state_current(&self) -> bool {
+        let state = self.inner.control.state.load(Ordering::Acquire);
+        (state < STATE_DRAINING || self.inner.shutdown.is_set())
+            && (state < STATE_EXIT || self.inner.exit.is_set())
+    }
+
+    /// One pass over every inbound ring; returns how many messages it handled.
+    fn drain(&self) -> usize {
+        let inner = &self.inner;
+        let state = inner.control.state.load(Ordering::Acquire);
+        if state >= STATE_DRAINING {
+            inner.shutdown.set();
+        }
+        if state >= STATE_EXIT {
+            inner.exit.set();
+        }
+        let handler = match inner.handler.borrow().clone() {
+            Some(h) => h,
+            None => return 0,
+        };
+        let mut handled = 0;
+        // Replies first: they complete work already started.
+        for lane in inner.out.iter() {
+            let Some(lane) = lane else { continue };
+            for _ in 0..DRAIN_BATCH_MAX {
+                let popped = lane.borrow_mut().back.pop();
+                let Ok(env) = popped else { break };
+                {
+                    let l = lane.borrow();
+                    l.asks_in_flight
+                        .set(l.asks_in_flight.get().saturating_sub(1));
+                }
+                inner.received.set(inner.received.get() + 1);
+                handled += 1;
+                match env {
+                    ReplyEnvelope::Reply(id, m) => self.complete(id, Some(m)),
+                    ReplyEnvelope::NoReply(id) => self.complete(id, None),
+                }
+            }
+        }
+        for (src, lane) in inner.inb.iter().enumerate() {
+            let Some(lane) = lane else { continue };
+            for _ in 0..DRAIN_BATCH_MAX {
+                let popped = lane.borrow_mut().fwd.pop();
+                let Ok(env) = popped else { break };
+                inner.received.set(inner.received.get() + 1);
+                handled += 1;
+                match env {
+                    Envelope::Tell(m) => {
+                        let _ = handler(src, m);
+                    }
+                    Envelope::Ask(id, m) => {
+                        let reply = match handler(src, m) {
+                            Some(r) => ReplyEnvelope::Reply(id, r),
+                            None => ReplyEnvelope::NoReply(id),
+                        };
+                        // Cannot be full: the asker admits at most `capacity` asks in
+                        // flight on this lane, and each holds at most one reply slot.
+                        if lane.borrow_mut().back.push(reply).is_err() {
+                            tracing::error!(src, "reply ring full; reply dropped (bug)");
+                        } else {
+                            inner.sent.set(inner.sent.get() + 1);
+                            inner.control.doorbells[src].ring();
+                        }
+                    }
+                }
+            }
+        }
+        for _ in 0..DRAIN_BATCH_MAX {
+            let env = inner.local.borrow_mut().pop_front();
+            let Some(env) = env else { break };
+            handled += 1;
+            match env {
+                Envelope::Tell(m) => {
+                    let _ = handler(inner.id, m);
+                }
+                Envelope::Ask(id, m) => {
+                    let r = handler(inner.id, m);
+                    self.complete(id, r);
+                }
+            }
+        }
+        handled
+    }
+
+    /// The mailbox loop: drains inbound rings, yields while there is traffic, and
+    /// sleeps on the doorbell when there is none.
+    pub(crate) async fn mailbox_loop(self, waiter: DoorbellWaiter) {
+        let bell = &self.inner.control.doorbells[self.inner.id];
+        let mut sleeper = Sleeper {
+            bell: None,
+            waiter: Some(waiter),
+        };
+        loop {
+            let handled = self.drain();
+            if self.inner.exit.is_set() {
+                // Every shard has finished its connections; the root future returns and
+                // the runtime is torn down.
+                return;
+            }
+            if handled > 0 {
+                // Traffic: let connection tasks run, then look again without paying for a
+                // wakeup; most bursts are picked up here.
+                crate::yield_now().await;
+                continue;
+            }
+            bell.prepare_sleep();
+            if self.has_mail() {
+                bell.awake();
+                continue;
+            }
+            sleeper.sleep(&self).await;
+            bell.awake();
+        }
+    }
+}
+
+/// Holds the doorbell read in flight across wakeups caused by local messages, so that
+/// a local wake does not cancel and resubmit the ring's read.
+struct Sleeper {
+    bell: Option<Pin<Box<dyn Future<Output = DoorbellWaiter>>>>,
+    waiter: Option<DoorbellWaiter>,
+}
+
+impl Sleeper {
+    async fn sleep<M: Send + 'static>(&mut self, shard: &Shard<M>) {
+        if self.bell.is_none() {
+            let mut w = self.waiter.take().expect("doorbell waiter");
+            self.bell = Some(Box::pin(async move {
+                if let Err(e) = w.wait().await {
+                    tracing::error!(error = %e, "doorbell read failed");
+                }
+                w
+            }));
+        }
+        let done = SleepFuture {
+            sleeper: self,
+            shard,
+        }
+        .await;
+        if let Some(w) = done {
+            self.waiter = Some(w);
+            self.bell = None;
+        }
+    }
+}
+
+struct SleepFuture<'a, M> {
+    sleeper: &'a mut Sleeper,
+    shard: &'a Shard<M>,
+}
+
+impl<M: Send + 'static> Future for SleepFuture<'_, M> {
+    type Output = Option<DoorbellWaiter>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        *this.shard.inner.mailbox_waker.borrow_mut() = Some(cx.waker().clone());
+        if let Some(bell) = this.sleeper.bell.as_mut() {
+            if let Poll::Ready(w) = bell.as_mut().poll(cx) {
+                *this.shard.inner.mailbox_waker.borrow_mut() = None;
+                return Poll::Ready(Some(w));
+            }
+        }
+        if this.shard.has_mail() {
+            *this.shard.inner.mailbox_waker.borrow_mut() = None;
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+enum AskState<M> {
+    Waiting(usize),
+    Failed(Option<AskError<M>>),
+    Finished,
+}
+
+/// Future of an ask's reply (see [`Shard::ask`]).
+pub struct Ask<M> {
+    shard: Shard<M>,
+    state: AskState<M>,
+}
+
+impl<M> Unpin for Ask<M> {}
+
+impl<M> Future for Ask<M> {
+    type Output = Result<M, AskError<M>>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            AskState::Failed(e) => {
+                let e = e.take().expect("polled after completion");
+                self.state = AskState::Finished;
+                Poll::Ready(Err(e))
+            }
+            AskState::Finished => panic!("Ask polled after completion"),
+            AskState::Waiting(id) => {
+                let id = *id;
+                let mut pending = self.shard.inner.pending.borrow_mut();
+                match pending.get_mut(id) {
+                    Some(PendingState::Done(_)) => {
+                        let PendingState::Done(r) = pending.remove(id) else {
+                            unreachable!()
+                        };
+                        drop(pending);
+                        self.state = AskState::Finished;
+                        Poll::Ready(r.ok_or(AskError::NoReply))
+                    }
+                    Some(PendingState::Waiting(w)) => {
+                        *w = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                    _ => {
+                        drop(pending);
+                        self.state = AskState::Finished;
+                        Poll::Ready(Err(AskError::NoReply))
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<M> Drop for Ask<M> {
+    fn drop(&mut self) {
+        if let AskState::Waiting(id) = self.state {
+            let mut pending = self.shard.inner.pending.borrow_mut();
+            match pending.get(id) {
+                Some(PendingState::Done(_)) => {
+                    pending.remove(id);
+                }
+                Some(PendingState::Waiting(_)) => pending[id] = PendingState::Abandoned,
+                _ => {}
+            }
+        }
+    }
+}
+
+impl<M> Shard<M> {
+    pub(crate) fn exit_event(&self) -> &LocalEvent {
+        &self.inner.exit
+    }
+}

@@ -1,0 +1,58 @@
+//! Per-shard timers for periodic jobs, and a small `select` of two futures.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use crate::event::LocalEvent;
+
+/// Runs `job` every `period` on the current shard until `stop` is set. Missed ticks
+/// (a busy shard) are skipped, not bunched: periodic jobs are sweeps, and running one
+/// twice in a row gains nothing.
+pub fn every(period: Duration, stop: LocalEvent, mut job: impl FnMut() + 'static) {
+    monoio::spawn(async move {
+        let mut interval = monoio::time::interval_at(monoio::time::Instant::now() + period, period);
+        interval.set_missed_tick_behavior(monoio::time::MissedTickBehavior::Skip);
+        loop {
+            match select2(interval.tick(), stop.wait()).await {
+                Either::Left(_) => job(),
+                Either::Right(()) => return,
+            }
+        }
+    });
+}
+
+/// The output of [`select2`].
+pub enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// Completes with whichever of `a` and `b` completes first (`a` is polled first); the
+/// other is dropped.
+pub async fn select2<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
+    Select2 {
+        a: Box::pin(a),
+        b: Box::pin(b),
+    }
+    .await
+}
+
+struct Select2<A, B> {
+    a: Pin<Box<A>>,
+    b: Pin<Box<B>>,
+}
+
+impl<A: Future, B: Future> Future for Select2<A, B> {
+    type Output = Either<A::Output, B::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(v));
+        }
+        if let Poll::Ready(v) = self.b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(v));
+        }
+        Poll::Pending
+    }
+}
