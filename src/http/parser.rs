@@ -1,0 +1,868 @@
+//! Incremental HTTP/1.1 request parser (sans-IO).
+//!
+//! Bytes go in with [`Parser::feed`] in fragments of any size; [`Parser::poll`] yields
+//! [`Event`]s in order. The request line and header section are parsed by `httparse`;
+//! bodies (`Content-Length` or `chunked`) are handled by a small state machine that sees
+//! every body byte exactly once, so byte-by-byte input is linear in the body size.
+//!
+//! Header parsing is attempted only when a fragment brings a new line feed, so a header
+//! section that arrives byte by byte is re-parsed once per line, not once per byte (and
+//! never beyond `header_size_max` bytes).
+
+use std::fmt;
+
+/// Longest chunk-size line we accept (hex digits plus chunk extensions), in bytes.
+/// Extensions are ignored, so anything longer is abuse; exceeding it gives 400.
+const CHUNK_LINE_MAX: usize = 4096;
+
+/// Buffer capacity kept when a connection goes idle; anything larger is released.
+const IDLE_BUF_KEEP: usize = 16 * 1024;
+
+/// Consumed bytes at the front of the buffer are only shifted out once there are at
+/// least this many (and they make up at least half of the buffer): amortised O(1).
+const COMPACT_MIN: usize = 4096;
+
+/// Size limits enforced by the [`Parser`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request line plus header section, terminating blank line included.
+    /// Default 16 KiB: generous for real clients (long bearer tokens and cookies fit
+    /// with room to spare) while bounding what an idle or hostile connection can make
+    /// us buffer before a request is even known. Exceeding it gives
+    /// `431 Request Header Fields Too Large` and the connection is closed.
+    /// The same bound applies to the trailer section of a chunked body.
+    pub header_size_max: usize,
+    /// Largest number of header fields. Default 64: real requests carry well under 30;
+    /// the bound keeps the per-request header table small. Exceeding it gives
+    /// `431 Request Header Fields Too Large` and the connection is closed.
+    pub headers_count_max: usize,
+    /// Largest request body after de-chunking. Default 2 MiB (2,097,152 bytes), as the
+    /// wire contract fixes: bodies are JSON messages held whole in memory. A larger
+    /// `Content-Length` gives `413 Content Too Large` at once (before any body byte and
+    /// without `100 Continue`); a chunked body gives 413 as soon as its running total
+    /// would exceed the limit. The connection is then closed.
+    pub body_size_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_size_max: 16 * 1024,
+            headers_count_max: 64,
+            body_size_max: 2_097_152,
+        }
+    }
+}
+
+/// Request method. Methods are case-sensitive; anything not listed (or not upper-case)
+/// is `Other`, see [`Request::method_raw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Options,
+    Other,
+}
+
+impl Method {
+    fn from_token(token: &str) -> Method {
+        match token {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "PATCH" => Method::Patch,
+            "OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+}
+
+/// A complete, de-framed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: Method,
+    /// The method token as sent.
+    pub method_raw: String,
+    /// Path part of the request target, without `?query`, still percent-encoded.
+    /// For an absolute-form target (`http://host/p`) the scheme and authority are
+    /// dropped; for `OPTIONS *` it is `*`.
+    pub path: String,
+    /// Raw query string, without the `?` (still percent-encoded). `Some("")` for a
+    /// target ending in a bare `?`.
+    pub query: Option<String>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
+    /// Header fields in arrival order; names lower-cased, values as sent (lossy UTF-8).
+    /// Trailer fields of a chunked body are not included.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+    /// Whether the connection stays open after the response (HTTP/1.1: unless
+    /// `Connection: close`; HTTP/1.0: only with `Connection: keep-alive`).
+    pub keep_alive: bool,
+}
+
+impl Request {
+    /// Value of the first header field with this name (compared case-insensitively).
+    pub fn header(&self, name_lowercase: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name_lowercase))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether any header field `name` has `token` in its comma-separated list
+    /// (case-insensitive).
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        header_has_token(&self.headers, name, token)
+    }
+
+    /// The first query parameter called `name` (compared after decoding), with
+    /// `+` decoded to a space and `%XX` escapes decoded (invalid escapes are kept
+    /// as-is, invalid UTF-8 is replaced). A parameter without `=` has the value `""`.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                if percent_decode(key) == name {
+                    Some(percent_decode(value))
+                } else {
+                    None
+                }
+            })
+    }
+
+    /// Whether the media type of `Content-Type` is `application/json`
+    /// (case-insensitive, parameters such as `charset` allowed).
+    pub fn content_type_is_json(&self) -> bool {
+        match self.header("content-type") {
+            Some(value) => {
+                let media_type = value.split(';').next().unwrap_or("");
+                media_type.trim().eq_ignore_ascii_case("application/json")
+            }
+            None => false,
+        }
+    }
+
+    /// Whether this asks for a WebSocket upgrade: a `Connection` field holding the
+    /// `upgrade` token and an `Upgrade` field holding `websocket` (case-insensitive).
+    /// Other handshake checks (method, `Sec-WebSocket-Key`, version) are the caller's.
+    pub fn is_upgrade_websocket(&self) -> bool {
+        self.header_has_token("connection", "upgrade")
+            && self.header_has_token("upgrade", "websocket")
+    }
+}
+
+fn header_has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `application/x-www-form-urlencoded` style decoding of one query component.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let hi = bytes.get(i + 1).copied().and_then(hex_value);
+                let lo = bytes.get(i + 2).copied().and_then(hex_value);
+                match (hi, lo) {
+                    (Some(hi), Some(lo)) => {
+                        out.push(hi << 4 | lo);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    match String::from_utf8(out) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// A protocol error: the response status and the reason for `{"error": reason}`.
+/// After an error the parser is dead; answer with `keep_alive = false` and close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl HttpError {
+    fn new(status: u16, reason: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    fn bad_request(reason: impl Into<String>) -> Self {
+        HttpError::new(400, reason)
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.reason)
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+/// What [`Parser::poll`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A complete request; requests come out in the order they were sent.
+    Request(Request),
+    /// The request in progress sent `Expect: 100-continue`: write
+    /// `HTTP/1.1 100 Continue\r\n\r\n` now. Its [`Event::Request`] follows.
+    SendContinue,
+    /// Unrecoverable protocol error: respond (with `connection: close`) and close.
+    Error(HttpError),
+}
+
+/// Incremental state of a chunked body.
+#[derive(Debug)]
+enum Chunk {
+    /// Reading the hex digits of a chunk size.
+    Size { value: u64, line_len: usize },
+    /// After the digits: optional whitespace, then `;` chunk extensions, up to CR.
+    SizeTail {
+        value: u64,
+        in_ext: bool,
+        line_len: usize,
+    },
+    /// Saw the CR ending the size line; need LF.
+    SizeLf { value: u64 },
+    /// Inside chunk data.
+    Data { remaining: u64 },
+    /// Chunk data done; need CR.
+    DataCr,
+    /// Chunk data done, saw CR; need LF.
+    DataLf,
+    /// At the start of a trailer line (or of the final blank line).
+    TrailerStart,
+    /// Inside a trailer field line.
+    TrailerLine,
+    /// Saw the CR ending a trailer field line; need LF.
+    TrailerLf,
+    /// Saw the CR of the final blank line; need LF.
+    FinalLf,
+}
+
+#[derive(Debug)]
+enum Body {
+    Fixed { remaining: usize },
+    Chunked { state: Chunk, trailer_len: usize },
+}
+
+#[derive(Debug)]
+enum State {
+    /// Waiting for a complete request head. `scanned`: bytes after `pos` already
+    /// searched for a line feed.
+    Head { scanned: usize },
+    /// Head parsed, reading the body.
+    Body { req: Request, body: Body },
+    /// After an error: everything is ignored.
+    Dead,
+}
+
+/// Outcome of one body step.
+enum BodyStep {
+    NeedMore,
+    Done,
+}
+
+/// The per-connection request parser. See the module docs.
+#[derive(Debug)]
+pub struct Parser {
+    limits: Limits,
+    buf: Vec<u8>,
+    /// Consumed prefix of `buf`.
+    pos: usize,
+    state: State,
+}
+
+impl Parser {
+    pub fn new(limits: Limits) -> Self {
+        Parser {
+            limits,
+            buf: Vec::new(),
+            pos: 0,
+            state: State::Head { scanned: 0 },
+        }
+    }
+
+    /// Append received bytes. Ignored once the parser has yielded an error.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if !matches!(self.state, State::Dead) {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// The next event, or `None` when more bytes are needed. After an
+    /// [`Event::Error`] it always returns `None`.
+    pub fn poll(&mut self) -> Option<Event> {
+        loop {
+            match &mut self.state {
+                State::Dead => return None,
+                State::Head { .. } => match self.parse_head() {
+                    Ok(None) => return None,
+                    Ok(Some(event)) => return Some(event),
+                    // Body state entered with bytes available: keep going.
+                    Err(None) => continue,
+                    Err(Some(err)) => return Some(self.fail(err)),
+                },
+                State::Body { req, body } => {
+                    let available = self.buf.get(self.pos..).unwrap_or(&[]);
+                    let result = match body {
+                        Body::Fixed { remaining } => {
+                            let n = (*remaining).min(available.len());
+                            req.body.extend_from_slice(&available[..n]);
+                            *remaining -= n;
+                            let step = if *remaining == 0 {
+                                BodyStep::Done
+                            } else {
+                                BodyStep::NeedMore
+                            };
+                            Ok((n, step))
+                        }
+                        Body::Chunked { state, trailer_len } => {
+                            step_chunked(state, trailer_len, available, &mut req.body, &self.limits)
+                        }
+                    };
+                    match result {
+                        Ok((used, BodyStep::NeedMore)) => {
+                            self.consume(used);
+                            return None;
+                        }
+                        Ok((used, BodyStep::Done)) => {
+                            self.consume(used);
+                            let state =
+                                std::mem::replace(&mut self.state, State::Head { scanned: 0 });
+                            return match state {
+                                State::Body { req, .. } => Some(Event::Request(req)),
+                                // Unreachable: we matched `State::Body` above.
+                                _ => None,
+                            };
+                        }
+                        Err(err) => return Some(self.fail(err)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Raw bytes held but not yet consumed (body bytes already moved into a request
+    /// in progress are not counted).
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    /// The bytes after the last yielded request, e.g. WebSocket frames that followed
+    /// an upgrade request. Call it right after the upgrade request was yielded; the
+    /// parser is left empty and waiting for a new request head.
+    pub fn take_remaining(&mut self) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.drain(..self.pos.min(buf.len()));
+        self.pos = 0;
+        if !matches!(self.state, State::Dead) {
+            self.state = State::Head { scanned: 0 };
+        }
+        buf
+    }
+
+    /// Whether no partial request is buffered: between requests (stray CR/LF between
+    /// requests count as nothing), or dead after an error.
+    pub fn is_idle(&self) -> bool {
+        match self.state {
+            State::Dead => true,
+            State::Body { .. } => false,
+            State::Head { .. } => self
+                .buf
+                .get(self.pos..)
+                .unwrap_or(&[])
+                .iter()
+                .all(|&b| b == b'\r' || b == b'\n'),
+        }
+    }
+
+    fn fail(&mut self, err: HttpError) -> Event {
+        self.state = State::Dead;
+        self.buf = Vec::new();
+        self.pos = 0;
+        Event::Error(err)
+    }
+
+    /// Mark `n` more bytes as consumed, compacting the buffer now and then.
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.buf.len());
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() > IDLE_BUF_KEEP {
+                self.buf.shrink_to(IDLE_BUF_KEEP);
+            }
+        } else if self.pos >= COMPACT_MIN && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Try to parse a request head. `Ok(None)`: need more bytes. `Ok(Some)`: an event
+    /// to yield. `Err(None)`: moved to the body state, continue. `Err(Some)`: error.
+    fn parse_head(&mut self) -> Result<Option<Event>, Option<HttpError>> {
+        let State::Head { scanned } = &mut self.state else {
+            return Ok(None);
+        };
+        // RFC 9112 §2.2: ignore empty lines received before the request line.
+        if *scanned == 0 {
+            let data = self.buf.get(self.pos..).unwrap_or(&[]);
+            let skip = data
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            if skip > 0 {
+                self.consume(skip);
+            }
+        }
+        let State::Head { scanned } = &mut self.state else {
+            return Ok(None);
+        };
+        let data = self.buf.get(self.pos..).unwrap_or(&[]);
+        let max = self.limits.header_size_max;
+        // Only bytes within the header limit matter: a head longer than that is 431.
+        let window = &data[..data.len().min(max)];
+        let fresh = window.get(*scanned..).unwrap_or(&[]);
+        // Parse when a line may have been completed, and once on the first bytes of a
+        // request so that garbage (say, a TLS handshake) is rejected at once.
+        let worth_parsing = *scanned == 0 || memchr::memchr(b'\n', fresh).is_some();
+        *scanned = window.len();
+        if !worth_parsing || window.is_empty() {
+            if data.len() >= max {
+                return Err(Some(head_too_large(max)));
+            }
+            return Ok(None);
+        }
+
+        let count_max = self.limits.headers_count_max;
+        let mut stack_headers = [httparse::EMPTY_HEADER; 65];
+        let mut heap_headers;
+        let headers: &mut [httparse::Header<'_>] = if count_max < stack_headers.len() {
+            &mut stack_headers[..count_max + 1]
+        } else {
+            heap_headers = vec![httparse::EMPTY_HEADER; count_max.saturating_add(1)];
+            &mut heap_headers
+        };
+        let mut parsed = httparse::Request::new(headers);
+        let head_len = match parsed.parse(window) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => {
+                if data.len() >= max {
+                    return Err(Some(head_too_large(max)));
+                }
+                return Ok(None);
+            }
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Some(too_many_headers(count_max)));
+            }
+            Err(e) => return Err(Some(map_httparse_error(e))),
+        };
+        if parsed.headers.len() > count_max {
+            return Err(Some(too_many_headers(count_max)));
+        }
+
+        let method_raw = parsed.method.unwrap_or("").to_owned();
+        let target = parsed.path.unwrap_or("");
+        let version_minor = parsed.version.unwrap_or(1);
+        let (path, query) = split_target(target);
+        let headers: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        let keep_alive = if version_minor == 0 {
+            header_has_token(&headers, "connection", "keep-alive")
+                && !header_has_token(&headers, "connection", "close")
+        } else {
+            !header_has_token(&headers, "connection", "close")
+        };
+        let framing = body_framing(&headers, version_minor, &self.limits).map_err(Some)?;
+        let expects_continue = version_minor >= 1
+            && headers
+                .iter()
+                .any(|(n, v)| n == "expect" && v.trim().eq_ignore_ascii_case("100-continue"));
+
+        let req = Request {
+            method: Method::from_token(&method_raw),
+            method_raw,
+            path,
+            query,
+            version_minor,
+            headers,
+            body: Vec::new(),
+            keep_alive,
+        };
+        self.consume(head_len);
+
+        let body = match framing {
+            Framing::None => {
+                self.state = State::Head { scanned: 0 };
+                return Ok(Some(Event::Request(req)));
+            }
+            Framing::Length(len) => Body::Fixed { remaining: len },
+            Framing::Chunked => Body::Chunked {
+                state: Chunk::Size {
+                    value: 0,
+                    line_len: 0,
+                },
+                trailer_len: 0,
+            },
+        };
+        let mut req = req;
+        if let Body::Fixed { remaining } = body {
+            // Grows as bytes arrive; don't let a bare header reserve the whole limit.
+            req.body.reserve(remaining.min(64 * 1024));
+        }
+        self.state = State::Body { req, body };
+        if expects_continue && self.buffered_len() == 0 {
+            Ok(Some(Event::SendContinue))
+        } else {
+            Err(None)
+        }
+    }
+}
+
+fn head_too_large(max: usize) -> HttpError {
+    HttpError::new(
+        431,
+        format!("request header section exceeds the limit of {max} bytes"),
+    )
+}
+
+fn too_many_headers(max: usize) -> HttpError {
+    HttpError::new(
+        431,
+        format!("too many header fields: more than the limit of {max}"),
+    )
+}
+
+fn map_httparse_error(e: httparse::Error) -> HttpError {
+    let reason = match e {
+        httparse::Error::Token => "malformed request line: invalid method or request target",
+        httparse::Error::Version => "malformed request line: invalid HTTP version",
+        httparse::Error::NewLine => "malformed request: invalid line ending",
+        httparse::Error::HeaderName => "malformed header: invalid header name",
+        httparse::Error::HeaderValue => "malformed header: invalid header value",
+        httparse::Error::Status => "malformed request line",
+        httparse::Error::TooManyHeaders => "too many header fields",
+    };
+    HttpError::bad_request(reason)
+}
+
+/// Split a request target into (path, query).
+fn split_target(target: &str) -> (String, Option<String>) {
+    let mut rest = target;
+    // Absolute-form (RFC 9112 §3.2.2): drop scheme and authority.
+    for scheme in ["http://", "https://"] {
+        if rest.len() >= scheme.len()
+            && rest.is_char_boundary(scheme.len())
+            && rest[..scheme.len()].eq_ignore_ascii_case(scheme)
+        {
+            let after = &rest[scheme.len()..];
+            rest = match after.find(['/', '?']) {
+                Some(i) => &after[i..],
+                None => "",
+            };
+            break;
+        }
+    }
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (rest, None),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    (path.to_owned(), query)
+}
+
+enum Framing {
+    None,
+    Length(usize),
+    Chunked,
+}
+
+/// Decide how the body is framed (RFC 9112 §6), rejecting smuggling-prone requests.
+fn body_framing(
+    headers: &[(String, String)],
+    version_minor: u8,
+    limits: &Limits,
+) -> Result<Framing, HttpError> {
+    let mut content_length: Option<u64> = None;
+    let mut has_te = false;
+    let mut te_codings: Vec<&str> = Vec::new();
+    for (name, value) in headers {
+        if name == "content-length" {
+            // A list of identical values ("5, 5") is allowed; anything else is not.
+            for item in value.split(',') {
+                let item = item.trim();
+                if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(HttpError::bad_request(format!(
+                        "invalid Content-Length: {value:?}"
+                    )));
+                }
+                // All digits: only overflow can fail; such a length is over any limit.
+                let n = item.parse::<u64>().unwrap_or(u64::MAX);
+                match content_length {
+                    Some(prev) if prev != n => {
+                        return Err(HttpError::bad_request("conflicting Content-Length values"));
+                    }
+                    _ => content_length = Some(n),
+                }
+            }
+        } else if name == "transfer-encoding" {
+            has_te = true;
+            te_codings.extend(value.split(',').map(str::trim));
+        }
+    }
+    if has_te {
+        if content_length.is_some() {
+            return Err(HttpError::bad_request(
+                "both Content-Length and Transfer-Encoding present; rejected as a request smuggling defence",
+            ));
+        }
+        if version_minor == 0 {
+            return Err(HttpError::bad_request(
+                "Transfer-Encoding in an HTTP/1.0 request; rejected as a request smuggling defence",
+            ));
+        }
+        if te_codings.len() != 1 || !te_codings[0].eq_ignore_ascii_case("chunked") {
+            return Err(HttpError::bad_request(
+                "unsupported Transfer-Encoding (only a single \"chunked\" is accepted); rejected as a request smuggling defence",
+            ));
+        }
+        return Ok(Framing::Chunked);
+    }
+    match content_length {
+        None | Some(0) => Ok(Framing::None),
+        Some(n) => match usize::try_from(n) {
+            Ok(n) if n <= limits.body_size_max => Ok(Framing::Length(n)),
+            _ => Err(HttpError::new(
+                413,
+                format!(
+                    "request body too large: Content-Length {n} exceeds the limit of {} bytes",
+                    limits.body_size_max
+                ),
+            )),
+        },
+    }
+}
+
+fn chunk_error(what: &str) -> HttpError {
+    HttpError::bad_request(format!("bad chunked encoding: {what}"))
+}
+
+/// Advance the chunked decoder over `input`. Returns the bytes used and whether the
+/// body is complete.
+fn step_chunked(
+    state: &mut Chunk,
+    trailer_len: &mut usize,
+    input: &[u8],
+    body: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<(usize, BodyStep), HttpError> {
+    let mut i = 0;
+    while i < input.len() {
+        if let Chunk::Data { remaining } = state {
+            let n = usize::try_from(*remaining)
+                .unwrap_or(usize::MAX)
+                .min(input.len() - i);
+            body.extend_from_slice(&input[i..i + n]);
+            i += n;
+            *remaining -= n as u64;
+            if *remaining == 0 {
+                *state = Chunk::DataCr;
+            }
+            continue;
+        }
+        let b = input[i];
+        i += 1;
+        *state = match std::mem::replace(state, Chunk::DataCr) {
+            Chunk::Size { value, line_len } => {
+                if line_len >= CHUNK_LINE_MAX {
+                    return Err(chunk_error("chunk size line too long"));
+                }
+                if let Some(d) = hex_value(b) {
+                    let value = value
+                        .checked_mul(16)
+                        .and_then(|v| v.checked_add(u64::from(d)));
+                    let room = limits.body_size_max.saturating_sub(body.len()) as u64;
+                    match value {
+                        Some(v) if v <= room => Chunk::Size {
+                            value: v,
+                            line_len: line_len + 1,
+                        },
+                        _ => return Err(chunked_too_large(limits.body_size_max)),
+                    }
+                } else if line_len == 0 {
+                    return Err(chunk_error("missing chunk size"));
+                } else {
+                    match b {
+                        b' ' | b'\t' | b';' => Chunk::SizeTail {
+                            value,
+                            in_ext: b == b';',
+                            line_len: line_len + 1,
+                        },
+                        b'\r' => Chunk::SizeLf { value },
+                        b'\n' => return Err(chunk_error("chunk size line must end with CRLF")),
+                        _ => return Err(chunk_error("invalid chunk size")),
+                    }
+                }
+            }
+            Chunk::SizeTail {
+                value,
+                in_ext,
+                line_len,
+            } => {
+                if line_len >= CHUNK_LINE_MAX {
+                    return Err(chunk_error("chunk size line too long"));
+                }
+                match b {
+                    b'\r' => Chunk::SizeLf { value },
+                    b'\n' => return Err(chunk_error("chunk size line must end with CRLF")),
+                    b' ' | b'\t' | b';' => Chunk::SizeTail {
+                        value,
+                        in_ext: in_ext || b == b';',
+                        line_len: line_len + 1,
+                    },
+                    _ if in_ext && b >= 0x20 && b != 0x7f => Chunk::SizeTail {
+                        value,
+                        in_ext,
+                        line_len: line_len + 1,
+                    },
+                    _ if in_ext => return Err(chunk_error("invalid byte in chunk extension")),
+                    _ => return Err(chunk_error("invalid chunk size")),
+                }
+            }
+            Chunk::SizeLf { value } => {
+                if b != b'\n' {
+                    return Err(chunk_error("chunk size line must end with CRLF"));
+                }
+                if value == 0 {
+                    Chunk::TrailerStart
+                } else {
+                    Chunk::Data { remaining: value }
+                }
+            }
+            // Handled in bulk above; step back and let the loop do that.
+            data @ Chunk::Data { .. } => {
+                i -= 1;
+                data
+            }
+            Chunk::DataCr => {
+                if b != b'\r' {
+                    return Err(chunk_error("chunk data not followed by CRLF"));
+                }
+                Chunk::DataLf
+            }
+            Chunk::DataLf => {
+                if b != b'\n' {
+                    return Err(chunk_error("chunk data not followed by CRLF"));
+                }
+                Chunk::Size {
+                    value: 0,
+                    line_len: 0,
+                }
+            }
+            Chunk::TrailerStart => match b {
+                b'\r' => Chunk::FinalLf,
+                b' ' | b'\t' => return Err(chunk_error("folded trailer line")),
+                _ => trailer_byte(b, trailer_len, limits)?,
+            },
+            Chunk::TrailerLine => match b {
+                b'\r' => Chunk::TrailerLf,
+                _ => trailer_byte(b, trailer_len, limits)?,
+            },
+            Chunk::TrailerLf => {
+                if b != b'\n' {
+                    return Err(chunk_error("trailer line must end with CRLF"));
+                }
+                Chunk::TrailerStart
+            }
+            Chunk::FinalLf => {
+                if b != b'\n' {
+                    return Err(chunk_error("last chunk must end with CRLF"));
+                }
+                return Ok((i, BodyStep::Done));
+            }
+        };
+    }
+    Ok((i, BodyStep::NeedMore))
+}
+
+fn trailer_byte(b: u8, trailer_len: &mut usize, limits: &Limits) -> Result<Chunk, HttpError> {
+    if b == b'\n' {
+        return Err(chunk_error("trailer line must end with CRLF"));
+    }
+    if (b < 0x20 && b != b'\t') || b == 0x7f {
+        return Err(chunk_error("invalid byte in trailer section"));
+    }
+    *trailer_len += 1;
+    if *trailer_len > limits.header_size_max {
+        return Err(HttpError::new(
+            431,
+            format!(
+                "trailer section exceeds the limit of {} bytes",
+                limits.header_size_max
+            ),
+        ));
+    }
+    Ok(Chunk::TrailerLine)
+}
+
+fn chunked_too_large(max: usize) -> HttpError {
+    HttpError::new(
+        413,
+        format!("request body too large: chunked body exceeds the limit of {max} bytes"),
+    )
+}
