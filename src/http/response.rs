@@ -248,3 +248,160 @@ pub fn status_reason(status: u16) -> &'static str {
         _ => "Unknown",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(resp: &Response, keep_alive: bool, head_only: bool) -> String {
+        let mut out = Vec::new();
+        resp.encode(keep_alive, head_only, &mut out);
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    /// Split an encoded response into (status line, header lines, body).
+    fn split(encoded: &str) -> (&str, Vec<&str>, &str) {
+        let (head, body) = encoded.split_once("\r\n\r\n").expect("blank line");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().expect("status line");
+        (status, lines.collect(), body)
+    }
+
+    #[test]
+    fn json_response_with_cors_and_length() {
+        let resp = Response::json(200, &serde_json::json!({"ok": true, "n": 1}));
+        let enc = encode(&resp, true, false);
+        let (status, headers, body) = split(&enc);
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(headers.contains(&"access-control-allow-origin: *"));
+        assert!(headers.contains(&"access-control-expose-headers: *"));
+        assert!(headers.contains(&"content-type: application/json"));
+        assert!(!headers.iter().any(|h| h.starts_with("connection")));
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(v, serde_json::json!({"ok": true, "n": 1}));
+        assert!(headers.contains(&format!("content-length: {}", body.len()).as_str()));
+    }
+
+    #[test]
+    fn close_and_head() {
+        let resp = Response::text(404, "text/plain", "nope");
+        let enc = encode(&resp, false, true);
+        assert_eq!(
+            enc,
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\
+             access-control-allow-origin: *\r\naccess-control-expose-headers: *\r\n\
+             connection: close\r\ncontent-type: text/plain\r\n\r\n"
+        );
+        let enc = encode(&resp, true, false);
+        assert!(enc.ends_with("\r\n\r\nnope"));
+    }
+
+    #[test]
+    fn bodyless_statuses() {
+        for status in [101, 204, 304] {
+            let resp = Response::text(status, "text/plain", "ignored");
+            let enc = encode(&resp, true, false);
+            let (_, headers, body) = split(&enc);
+            assert_eq!(body, "", "{status}");
+            assert!(!headers.iter().any(|h| h.starts_with("content-length")));
+        }
+        let enc = encode(&Response::new(200), true, false);
+        assert!(enc.contains("content-length: 0\r\n"));
+        let enc = encode(&Response::new(599), true, false);
+        assert!(enc.starts_with("HTTP/1.1 599 Unknown\r\n"));
+        let enc = encode(&Response::new(42), true, false);
+        assert!(enc.starts_with("HTTP/1.1 500 Internal Server Error\r\n"));
+    }
+
+    #[test]
+    fn websocket_switch() {
+        let resp = Response::new(101)
+            .with_header("upgrade", "websocket")
+            .with_header("connection", "Upgrade")
+            .with_header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let enc = encode(&resp, true, false);
+        assert_eq!(
+            enc,
+            "HTTP/1.1 101 Switching Protocols\r\n\
+             access-control-allow-origin: *\r\naccess-control-expose-headers: *\r\n\
+             upgrade: websocket\r\nconnection: Upgrade\r\n\
+             sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn error_from_http_error() {
+        let err = HttpError {
+            status: 413,
+            reason: "request body too large: \"x\"".to_owned(),
+        };
+        let resp = Response::from(err);
+        for keep_alive in [true, false] {
+            let enc = encode(&resp, keep_alive, false);
+            let (status, headers, body) = split(&enc);
+            assert_eq!(status, "HTTP/1.1 413 Content Too Large");
+            assert_eq!(
+                headers
+                    .iter()
+                    .filter(|h| **h == "connection: close")
+                    .count(),
+                1
+            );
+            assert!(headers.contains(&"content-type: application/json"));
+            let v: serde_json::Value = serde_json::from_str(body).expect("json");
+            assert_eq!(v["error"], "request body too large: \"x\"");
+        }
+    }
+
+    #[test]
+    fn owned_headers_are_not_duplicated_and_values_are_sanitised() {
+        let resp = Response::text(200, "text/plain", "abc")
+            .with_header("Content-Length", "999")
+            .with_header("access-control-allow-origin", "https://evil")
+            .with_header("transfer-encoding", "chunked")
+            .with_header("x-inject", "a\r\nset-cookie: s=1")
+            .with_header("bad name", "v")
+            .with_header("", "v");
+        let enc = encode(&resp, true, false);
+        let (_, headers, body) = split(&enc);
+        assert_eq!(body, "abc");
+        assert_eq!(
+            headers,
+            vec![
+                "content-length: 3",
+                "access-control-allow-origin: *",
+                "access-control-expose-headers: *",
+                "content-type: text/plain",
+                "x-inject: a  set-cookie: s=1",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_serialisation_failure_is_500() {
+        let mut map = std::collections::HashMap::new();
+        map.insert((1, 2), 3);
+        let resp = Response::json(200, &map);
+        assert_eq!(resp.status, 500);
+        assert!(String::from_utf8_lossy(&resp.body).contains("error"));
+    }
+
+    #[test]
+    fn appends_to_existing_output() {
+        let mut out = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+        Response::new(204).encode(true, false, &mut out);
+        Response::json_bytes(200, b"{}".to_vec()).encode(true, false, &mut out);
+        let s = String::from_utf8(out).expect("utf-8");
+        assert!(s.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n"));
+        assert!(s.ends_with("\r\n\r\n{}"));
+    }
+
+    #[test]
+    fn reasons() {
+        assert_eq!(status_reason(200), "OK");
+        assert_eq!(status_reason(400), "Bad Request");
+        assert_eq!(status_reason(413), "Content Too Large");
+        assert_eq!(status_reason(431), "Request Header Fields Too Large");
+        assert_eq!(status_reason(0), "Unknown");
+    }
+}
