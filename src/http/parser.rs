@@ -373,9 +373,9 @@ impl Parser {
                             return None;
                         }
                         Ok((used, BodyStep::Done)) => {
-                            self.consume(used);
                             let state =
                                 std::mem::replace(&mut self.state, State::Head { scanned: 0 });
+                            self.consume(used);
                             return match state {
                                 State::Body { req, .. } => Some(Event::Request(req)),
                                 // Unreachable: we matched `State::Body` above.
@@ -436,7 +436,9 @@ impl Parser {
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
-            if self.buf.capacity() > IDLE_BUF_KEEP {
+            // Release a large buffer between requests only (at most once per request),
+            // not while a body streams through it.
+            if matches!(self.state, State::Head { .. }) && self.buf.capacity() > IDLE_BUF_KEEP {
                 self.buf.shrink_to(IDLE_BUF_KEEP);
             }
         } else if self.pos >= COMPACT_MIN && self.pos * 2 >= self.buf.len() {
@@ -466,6 +468,9 @@ impl Parser {
             return Ok(None);
         };
         let data = self.buf.get(self.pos..).unwrap_or(&[]);
+        if data.is_empty() {
+            return Ok(None);
+        }
         let max = self.limits.header_size_max;
         // Only bytes within the header limit matter: a head longer than that is 431.
         let window = &data[..data.len().min(max)];
@@ -482,12 +487,15 @@ impl Parser {
         }
 
         let count_max = self.limits.headers_count_max;
+        // One slot more than allowed, so that one too many is seen as such; but never
+        // more slots than header lines fit in the window (the shortest is "a:\n").
+        let slots = count_max.min(window.len() / 3 + 1).saturating_add(1);
         let mut stack_headers = [httparse::EMPTY_HEADER; 65];
         let mut heap_headers;
-        let headers: &mut [httparse::Header<'_>] = if count_max < stack_headers.len() {
-            &mut stack_headers[..count_max + 1]
+        let headers: &mut [httparse::Header<'_>] = if slots <= stack_headers.len() {
+            &mut stack_headers[..slots]
         } else {
-            heap_headers = vec![httparse::EMPTY_HEADER; count_max.saturating_add(1)];
+            heap_headers = vec![httparse::EMPTY_HEADER; slots];
             &mut heap_headers
         };
         let mut parsed = httparse::Request::new(headers);
@@ -1119,6 +1127,41 @@ mod tests {
         let mut p = parser();
         let evs = events_bytewise(&mut p, &msg);
         assert!(matches!(&evs[..], [Event::Error(e)] if e.status == 431));
+    }
+
+    #[test]
+    fn extreme_limits_do_not_panic() {
+        let msg: &[u8] =
+            b"POST / HTTP/1.1\r\nA: b\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        for limits in [
+            Limits {
+                header_size_max: 0,
+                headers_count_max: 0,
+                body_size_max: 0,
+            },
+            Limits {
+                header_size_max: usize::MAX,
+                headers_count_max: usize::MAX,
+                body_size_max: usize::MAX,
+            },
+        ] {
+            let mut p = Parser::new(limits);
+            assert!(p.poll().is_none());
+            let _ = events(&mut p, msg);
+            let mut p = Parser::new(limits);
+            let _ = events_bytewise(&mut p, msg);
+        }
+        let mut p = Parser::new(Limits {
+            body_size_max: usize::MAX,
+            ..Limits::default()
+        });
+        let evs = events(&mut p, msg);
+        assert!(matches!(&evs[..], [Event::Request(r)] if r.body == b"abc"));
+        let evs = events(
+            &mut p,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n",
+        );
+        assert!(matches!(&evs[..], [Event::Error(e)] if e.status == 413));
     }
 
     #[test]
