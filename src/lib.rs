@@ -3,4 +3,7 @@
 //! Protocol and service logic lives in sans-IO modules (they take bytes and `now`, and
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
+pub mod config;
 pub mod http;
+pub mod metrics;
+pub mod server;

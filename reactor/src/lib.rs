@@ -19,6 +19,7 @@ mod route;
 mod runtime;
 mod shard;
 pub mod signals;
+pub mod sys;
 pub mod timer;
 
 pub use driver::IoDriver;

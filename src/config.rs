@@ -1,0 +1,72 @@
+//! Command-line configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use reactor::driver::DriverChoice;
+
+/// chatixia-core: the chatixia mesh server on a thread-per-core io_uring reactor.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "chatixia-core", version, about)]
+pub struct Cli {
+    /// Number of shards, one pinned per core (default: every core this process may use).
+    #[arg(long)]
+    pub cores: Option<usize>,
+
+    /// Address to listen on. Default 0.0.0.0:8080, or 0.0.0.0:$PORT when PORT is set
+    /// (as the reference registry does).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+
+    /// Event-loop driver: auto (io_uring, else epoll), uring, or epoll.
+    #[arg(long, default_value = "auto", value_parser = parse_driver)]
+    pub io_driver: DriverChoice,
+
+    /// Seconds a graceful shutdown (SIGTERM/SIGINT) may take before the rest is dropped.
+    #[arg(long, default_value_t = 10.0)]
+    pub shutdown_timeout: f64,
+
+    /// Seconds an idle keep-alive HTTP connection is kept open.
+    #[arg(long, default_value_t = 75.0)]
+    pub http_idle_timeout: f64,
+}
+
+fn parse_driver(s: &str) -> Result<DriverChoice, String> {
+    s.parse()
+}
+
+impl Cli {
+    /// The listen address after applying the `PORT` fallback.
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        if let Some(a) = self.listen {
+            return Ok(a);
+        }
+        match std::env::var("PORT") {
+            Ok(p) => {
+                let port: u16 = p
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("PORT={p:?} is not a port number"))?;
+                Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+            }
+            Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 8080))),
+        }
+    }
+
+    pub fn shutdown_timeout(&self) -> Result<Duration, String> {
+        secs("--shutdown-timeout", self.shutdown_timeout)
+    }
+
+    pub fn http_idle_timeout(&self) -> Result<Duration, String> {
+        secs("--http-idle-timeout", self.http_idle_timeout)
+    }
+}
+
+fn secs(flag: &str, v: f64) -> Result<Duration, String> {
+    if v.is_finite() && v >= 0.0 && v < 1e9 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{flag} must be a non-negative number of seconds"))
+    }
+}

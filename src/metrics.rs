@@ -1,0 +1,160 @@
+//! Per-shard counters and their Prometheus text rendering (sans-IO).
+
+use std::cell::Cell;
+use std::fmt::Write;
+
+use reactor::{IoDriver, MailboxStats};
+
+/// Counters a shard keeps about itself (shard-local cells, never shared).
+#[derive(Default)]
+pub struct ShardCounters {
+    pub connections_accepted: Cell<u64>,
+    pub connections_open: Cell<u64>,
+    pub requests_served: Cell<u64>,
+}
+
+impl ShardCounters {
+    pub fn inc(c: &Cell<u64>) {
+        c.set(c.get() + 1);
+    }
+    pub fn dec(c: &Cell<u64>) {
+        c.set(c.get().saturating_sub(1));
+    }
+}
+
+/// A snapshot of one shard, sent to the shard that renders `/metrics`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardMetrics {
+    pub shard: usize,
+    pub driver: IoDriver,
+    pub connections_accepted: u64,
+    pub connections_open: u64,
+    pub requests_served: u64,
+    pub mailbox: MailboxStats,
+}
+
+impl ShardMetrics {
+    pub fn snapshot(
+        shard: usize,
+        driver: IoDriver,
+        c: &ShardCounters,
+        mailbox: MailboxStats,
+    ) -> Self {
+        ShardMetrics {
+            shard,
+            driver,
+            connections_accepted: c.connections_accepted.get(),
+            connections_open: c.connections_open.get(),
+            requests_served: c.requests_served.get(),
+            mailbox,
+        }
+    }
+}
+
+/// Renders the Prometheus text exposition format (version 0.0.4).
+pub fn render(shards: &[ShardMetrics]) -> String {
+    let mut out = String::with_capacity(256 + shards.len() * 512);
+    type Get = fn(&ShardMetrics) -> u64;
+    let series: [(&str, &str, &str, Get); 7] = [
+        (
+            "chatixia_connections_accepted_total",
+            "counter",
+            "TCP connections accepted.",
+            |m| m.connections_accepted,
+        ),
+        (
+            "chatixia_connections_open",
+            "gauge",
+            "TCP connections open now.",
+            |m| m.connections_open,
+        ),
+        (
+            "chatixia_http_requests_total",
+            "counter",
+            "HTTP requests served.",
+            |m| m.requests_served,
+        ),
+        (
+            "chatixia_mailbox_sent_total",
+            "counter",
+            "Messages this shard sent to other shards.",
+            |m| m.mailbox.sent,
+        ),
+        (
+            "chatixia_mailbox_received_total",
+            "counter",
+            "Messages this shard received from other shards.",
+            |m| m.mailbox.received,
+        ),
+        (
+            "chatixia_mailbox_refused_total",
+            "counter",
+            "Messages refused because the destination mailbox was full.",
+            |m| m.mailbox.refused_full,
+        ),
+        (
+            "chatixia_mailbox_wakeups_total",
+            "counter",
+            "Wakeups written to this shard's doorbell while its mailbox slept.",
+            |m| m.mailbox.wakeups,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for m in shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", m.shard, get(m));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_io_driver The event-loop driver each shard runs (value 1)."
+    );
+    let _ = writeln!(out, "# TYPE chatixia_io_driver gauge");
+    for m in shards {
+        let _ = writeln!(
+            out,
+            "chatixia_io_driver{{shard=\"{}\",driver=\"{}\"}} 1",
+            m.shard, m.driver
+        );
+    }
+    let _ = writeln!(out, "# HELP chatixia_shards Number of shards.");
+    let _ = writeln!(out, "# TYPE chatixia_shards gauge");
+    let _ = writeln!(out, "chatixia_shards {}", shards.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_per_shard() {
+        let m = |s, d| ShardMetrics {
+            shard: s,
+            driver: d,
+            connections_accepted: 10 + s as u64,
+            connections_open: 2,
+            requests_served: 7,
+            mailbox: MailboxStats {
+                sent: 3,
+                received: 4,
+                refused_full: 1,
+                wakeups: 5,
+            },
+        };
+        let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
+        assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
+        assert!(text.contains("chatixia_connections_accepted_total{shard=\"1\"} 11\n"));
+        assert!(text.contains("chatixia_mailbox_refused_total{shard=\"1\"} 1\n"));
+        assert!(text.contains("chatixia_io_driver{shard=\"0\",driver=\"io_uring\"} 1\n"));
+        assert!(text.contains("chatixia_io_driver{shard=\"1\",driver=\"epoll\"} 1\n"));
+        assert!(text.contains("# TYPE chatixia_connections_open gauge\n"));
+        assert!(text.ends_with("chatixia_shards 2\n"));
+        // Every sample line is "name{labels} value" or "name value".
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            v.parse::<u64>().unwrap();
+        }
+    }
+}
