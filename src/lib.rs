@@ -5,5 +5,8 @@
 
 pub mod config;
 pub mod http;
+pub mod hub;
 pub mod metrics;
+pub mod registry;
 pub mod server;
+pub mod time;

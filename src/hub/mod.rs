@@ -1,0 +1,187 @@
+//! Hub: the task queue one shard holds, and the mesh topology.
+//!
+//! # Placement
+//!
+//! Every task lives on exactly one shard, and a claim is a local state change there, so
+//! a task is assigned at most once however many shards a heartbeat reaches. The server
+//! picks the shard with [`TaskSubmission::placement`]: the shard of the target agent when
+//! `target_agent_id` is set, else the shard of `skill`, else any; it then draws ids with
+//! [`new_task_id`] until one hashes to that shard, so `GET`/`POST /api/hub/tasks/{id}`
+//! find the shard from the id alone.
+//!
+//! # Heartbeat claims
+//!
+//! The reference assigns to a heartbeat every pending task with
+//! `target_agent_id == agent_id`, **or** with a non-empty `skill` in `skill_names`
+//! ([`Task::matches`]). Two consequences for a sharded server:
+//! - a task targeted at agent A that also names skill S is claimable by *any* agent
+//!   listing S, yet lives on A's shard;
+//! - a heartbeat with an empty `agent_id` claims every task with an empty target, wherever
+//!   it lives.
+//!
+//! Asking only the agent's shard and the shards of its skills therefore misses some
+//! matches. Exact behaviour needs [`TaskStore::claim_for`] on every shard; that is cheap,
+//! as a store only looks up its pending indexes (one lookup per skill name, nothing for
+//! non-matching tasks). The pending tasks of the answer are the concatenation of the
+//! shards' results (the reference's order is arbitrary).
+//!
+//! # Wire shapes
+//!
+//! From the reference `registry/src/hub.rs`: the list route serializes tasks in struct
+//! order ([`task_list_body`]); get-one and the heartbeat response go through
+//! `serde_json::to_value`/`json!`, so their keys are sorted ([`task_body`],
+//! [`heartbeat_body`]). `payload` is a `serde_json::Value` and so always has sorted keys.
+
+mod tasks;
+mod topology;
+
+pub use tasks::{
+    new_task_id, CreateTaskError, ExpireOutcome, Placement, SortedTask, Task, TaskId, TaskStore,
+    TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_RETENTION, DEFAULT_TTL_SECS,
+    EXPIRE_INTERVAL, STATE_ASSIGNED, STATE_COMPLETED, STATE_FAILED, STATE_PENDING, TASK_ID_LEN,
+    TTL_EXPIRED_ERROR,
+};
+pub use topology::{topology, MeshEdge, Topology, TopologyNode};
+
+pub use crate::registry::{parse_body, BodyError, JsonBody, NOT_FOUND_BODY, OK_BODY};
+
+use std::borrow::Borrow;
+
+use serde::{Serialize, Serializer};
+
+use crate::registry::json_vec;
+
+/// `POST /api/hub/tasks`: `{"task_id":"…"}`.
+pub fn task_created_body(task_id: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Created<'a> {
+        task_id: &'a str,
+    }
+    json_vec(&Created { task_id })
+}
+
+/// `GET /api/hub/tasks/all`: a JSON array of tasks in struct field order, in the order
+/// given (stores list in creation order; merging shards by `created_at` keeps that).
+pub fn task_list_body<T: Borrow<Task>>(tasks: &[T]) -> Vec<u8> {
+    struct List<'a, T>(&'a [T]);
+    impl<T: Borrow<Task>> Serialize for List<'_, T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(Borrow::borrow))
+        }
+    }
+    json_vec(&List(tasks))
+}
+
+/// `GET /api/hub/tasks/{id}`: one task with sorted keys.
+pub fn task_body(task: &Task) -> Vec<u8> {
+    json_vec(&task.sorted_keys())
+}
+
+/// `POST /api/hub/heartbeat`: `{"pending_tasks":[…],"status":"ok"}`, the tasks with sorted
+/// keys (the reference builds it with `json!`, whose map sorts `pending_tasks` first).
+pub fn heartbeat_body<T: Borrow<Task>>(pending_tasks: &[T]) -> Vec<u8> {
+    struct Sorted<'a, T>(&'a [T]);
+    impl<T: Borrow<Task>> Serialize for Sorted<'_, T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(|t| t.borrow().sorted_keys()))
+        }
+    }
+    #[derive(Serialize)]
+    #[serde(bound(serialize = "T: Borrow<Task>"))]
+    struct Response<'a, T: Borrow<Task>> {
+        pending_tasks: Sorted<'a, T>,
+        status: &'static str,
+    }
+    json_vec(&Response {
+        pending_tasks: Sorted(pending_tasks),
+        status: "ok",
+    })
+}
+
+/// `GET /api/hub/network/topology`.
+pub fn topology_body(topology: &Topology) -> Vec<u8> {
+    json_vec(topology)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::UnixTime;
+    use serde_json::json;
+
+    fn task(id: &str) -> Task {
+        Task {
+            id: id.into(),
+            skill: "s".into(),
+            target_agent_id: String::new(),
+            source_agent_id: String::new(),
+            assigned_agent_id: "a".into(),
+            payload: json!({"k": "v"}),
+            state: "assigned".into(),
+            result: String::new(),
+            error: String::new(),
+            created_at: UnixTime(1_500_000_000_500_000_000),
+            updated_at: UnixTime(1_500_000_000_500_000_000),
+            ttl: 60,
+        }
+    }
+
+    #[test]
+    fn constant_bodies() {
+        assert_eq!(OK_BODY, r#"{"status":"ok"}"#);
+        assert_eq!(NOT_FOUND_BODY, r#"{"error":"not found"}"#);
+        assert_eq!(task_created_body("abc"), br#"{"task_id":"abc"}"#);
+    }
+
+    #[test]
+    fn heartbeat_body_matches_reference_json_macro() {
+        let tasks = vec![task("t1"), task("t2")];
+        let reference = serde_json::to_string(&json!({
+            "status": "ok",
+            "pending_tasks": tasks,
+        }))
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(heartbeat_body(&tasks)).unwrap(),
+            reference
+        );
+        let empty: [Task; 0] = [];
+        assert_eq!(
+            heartbeat_body(&empty),
+            br#"{"pending_tasks":[],"status":"ok"}"#
+        );
+        let want_one = concat!(
+            r#"{"pending_tasks":[{"assigned_agent_id":"a","created_at":1500000000.5,"error":"","#,
+            r#""id":"t1","payload":{"k":"v"},"result":"","skill":"s","source_agent_id":"","#,
+            r#""state":"assigned","target_agent_id":"","ttl":60,"updated_at":1500000000.5}],"#,
+            r#""status":"ok"}"#
+        );
+        let one = task("t1");
+        assert_eq!(
+            String::from_utf8(heartbeat_body(&[&one])).unwrap(),
+            want_one
+        );
+    }
+
+    #[test]
+    fn list_and_get_bodies() {
+        let tasks = vec![task("t1"), task("t2")];
+        let reference = serde_json::to_string(&tasks).unwrap();
+        assert_eq!(
+            String::from_utf8(task_list_body(&tasks)).unwrap(),
+            reference
+        );
+        assert!(reference.starts_with(r#"[{"id":"t1","skill":"s","#));
+        let reference = serde_json::to_string(&serde_json::to_value(&tasks[0]).unwrap()).unwrap();
+        assert_eq!(String::from_utf8(task_body(&tasks[0])).unwrap(), reference);
+        assert!(reference.starts_with(r#"{"assigned_agent_id":"a","created_at":"#));
+    }
+
+    #[test]
+    fn topology_body_shape() {
+        assert_eq!(
+            topology_body(&topology(vec![])),
+            br#"{"nodes":[],"mesh_edges":[]}"#
+        );
+    }
+}

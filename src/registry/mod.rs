@@ -1,0 +1,262 @@
+//! Agent registry: the agents one shard owns, their health, and skill routing.
+//!
+//! Sans-IO: [`AgentStore`] is a plain struct; callers pass `now` and get records back. The
+//! shard that owns an agent is chosen by a hash of its `agent_id`, so every operation on
+//! one agent (register, heartbeat, get, delete) touches exactly one store. Operations over
+//! all agents (list, route, topology) are gathered from every shard and merged by the
+//! server; each store returns its part in a documented order so the merge is deterministic.
+//!
+//! Wire shapes (from the reference `registry/src/registry.rs`):
+//! - list (`GET /api/registry/agents`) serializes records in struct field order
+//!   ([`agent_list_body`]);
+//! - get one and route (`GET /api/registry/agents/{id}`, `GET /api/registry/route`) go
+//!   through `serde_json::to_value` in the reference, whose map is a `BTreeMap`, so their
+//!   keys come out sorted ([`agent_body`]).
+
+mod agents;
+mod health;
+
+pub use agents::{
+    default_port, AgentCapabilities, AgentInfo, AgentRecord, AgentStore, AgentStoreConfig,
+    AgentsFull, Heartbeat, SortedAgent,
+};
+pub use health::{Health, HEALTH_CHECK_INTERVAL, OFFLINE_AFTER, STALE_AFTER};
+
+use std::borrow::Borrow;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Body of a successful register, delete or task update: `{"status":"ok"}`.
+pub const OK_BODY: &str = r#"{"status":"ok"}"#;
+
+/// Body for an unknown agent or task id (sent with status 200, as the reference does).
+pub const NOT_FOUND_BODY: &str = r#"{"error":"not found"}"#;
+
+/// A request body type, with the names of its required fields (so a missing one can be
+/// reported by name).
+pub trait JsonBody: DeserializeOwned {
+    /// Fields without a default; if one is absent the body is refused with
+    /// [`BodyError::MissingField`].
+    const REQUIRED_FIELDS: &'static [&'static str];
+}
+
+/// Why a request body was refused. Mirrors axum's `Json` extractor, which the reference
+/// uses: malformed JSON is 400, well-formed JSON of the wrong shape is 422.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not valid JSON (syntax error, truncated, trailing characters, nesting deeper than
+    /// serde_json's limit of 128). HTTP 400.
+    Syntax {
+        /// serde_json's message, e.g. `expected value at line 1 column 1`.
+        message: String,
+    },
+    /// A required field is absent. HTTP 422.
+    MissingField {
+        /// The field's name, e.g. `agent_id`.
+        field: &'static str,
+        /// serde_json's message, e.g. ``missing field `agent_id` at line 1 column 17``.
+        message: String,
+    },
+    /// Valid JSON of the wrong shape: wrong type, out of range (a `port` above 65535),
+    /// `null` for a string, duplicate field, not an object. HTTP 422.
+    Data {
+        /// serde_json's message, e.g. `invalid type: string "x", expected u16 at line 1 column 12`.
+        message: String,
+    },
+}
+
+impl BodyError {
+    /// The HTTP status the reference answers with: 400 or 422.
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::Syntax { .. } => 400,
+            BodyError::MissingField { .. } | BodyError::Data { .. } => 422,
+        }
+    }
+
+    /// The `text/plain` body axum sends with that status.
+    ///
+    /// One difference: axum runs serde through `serde_path_to_error`, which prefixes
+    /// errors below the top level with their path (`port: invalid type: …`); this crate
+    /// does not depend on it, so the path prefix is absent. Missing top-level fields and
+    /// syntax errors have no prefix in axum either, so those match exactly.
+    pub fn response_text(&self) -> String {
+        match self {
+            BodyError::Syntax { message } => {
+                format!("Failed to parse the request body as JSON: {message}")
+            }
+            BodyError::MissingField { message, .. } | BodyError::Data { message } => {
+                format!("Failed to deserialize the JSON body into the target type: {message}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.response_text())
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Parses a request body as `T`, the way axum's `Json<T>` extractor would.
+/// Unknown fields are ignored; the whole input must be one JSON value.
+pub fn parse_body<T: JsonBody>(bytes: &[u8]) -> Result<T, BodyError> {
+    serde_json::from_slice(bytes).map_err(|e| classify::<T>(&e))
+}
+
+fn classify<T: JsonBody>(e: &serde_json::Error) -> BodyError {
+    use serde_json::error::Category;
+    let message = e.to_string();
+    match e.classify() {
+        Category::Data => {
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| {
+                    T::REQUIRED_FIELDS
+                        .iter()
+                        .find(|f| rest.strip_prefix(**f).is_some_and(|r| r.starts_with('`')))
+                })
+                .copied();
+            match missing {
+                Some(field) => BodyError::MissingField { field, message },
+                None => BodyError::Data { message },
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => BodyError::Syntax { message },
+    }
+}
+
+/// `GET /api/registry/agents`: a JSON array of records in struct field order.
+///
+/// Pass the records merged from all shards; the order is kept (the reference's order is a
+/// `DashMap` iteration, i.e. arbitrary; stores list by `agent_id`, so a k-way merge by
+/// `agent_id` gives a stable listing).
+pub fn agent_list_body<R: Borrow<AgentRecord>>(agents: &[R]) -> Vec<u8> {
+    struct List<'a, R>(&'a [R]);
+    impl<R: Borrow<AgentRecord>> Serialize for List<'_, R> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(Borrow::borrow))
+        }
+    }
+    json_vec(&List(agents))
+}
+
+/// `GET /api/registry/agents/{id}` and a successful `GET /api/registry/route`: one record
+/// with its keys sorted (see the module doc).
+pub fn agent_body(agent: &AgentRecord) -> Vec<u8> {
+    json_vec(&agent.sorted_keys())
+}
+
+/// `GET /api/registry/route?skill=X` when no active agent has the skill:
+/// `{"error":"no agent found with skill","skill":"X"}`.
+pub fn route_miss_body(skill: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Miss<'a> {
+        error: &'static str,
+        skill: &'a str,
+    }
+    json_vec(&Miss {
+        error: "no agent found with skill",
+        skill,
+    })
+}
+
+/// Serializes a value whose `Serialize` cannot fail (string keys only, no fallible custom
+/// impls, writing to a `Vec`). Should it ever fail, the body is `null` rather than a panic.
+pub(crate) fn json_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_are_400() {
+        for body in [
+            &b""[..],
+            b"{",
+            b"not json",
+            b"{\"agent_id\":\"a\",}",
+            b"{\"agent_id\":\"a\",\"hostname\":\"h\"} x",
+        ] {
+            let err = parse_body::<AgentInfo>(body).unwrap_err();
+            assert!(matches!(err, BodyError::Syntax { .. }), "{err:?}");
+            assert_eq!(err.status(), 400);
+            assert!(err
+                .response_text()
+                .starts_with("Failed to parse the request body as JSON: "));
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let mut body = br#"{"agent_id":"a","hostname":"h","x":"#.to_vec();
+        body.extend(std::iter::repeat_n(b'[', 100_000));
+        let err = parse_body::<AgentInfo>(&body).unwrap_err();
+        assert_eq!(err.status(), 400, "{err:?}");
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = parse_body::<AgentInfo>(br#"{"hostname":"h"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            BodyError::MissingField {
+                field: "agent_id",
+                message: "missing field `agent_id` at line 1 column 16".into()
+            }
+        );
+        assert_eq!(err.status(), 422);
+        assert_eq!(
+            err.response_text(),
+            "Failed to deserialize the JSON body into the target type: \
+             missing field `agent_id` at line 1 column 16"
+        );
+        let err = parse_body::<AgentInfo>(br#"{"agent_id":"a"}"#).unwrap_err();
+        assert!(matches!(
+            err,
+            BodyError::MissingField {
+                field: "hostname",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn wrong_shapes_are_422() {
+        for body in [
+            &br#"[]"#[..],
+            br#""x""#,
+            br#"null"#,
+            br#"{"agent_id":1,"hostname":"h"}"#,
+            br#"{"agent_id":null,"hostname":"h"}"#,
+            br#"{"agent_id":"a","hostname":"h","port":"80"}"#,
+            br#"{"agent_id":"a","hostname":"h","port":65536}"#,
+            br#"{"agent_id":"a","hostname":"h","port":-1}"#,
+            br#"{"agent_id":"a","hostname":"h","capabilities":{"skills":"x"}}"#,
+            br#"{"agent_id":"a","hostname":"h","capabilities":null}"#,
+            br#"{"agent_id":"a","agent_id":"b","hostname":"h"}"#,
+        ] {
+            let err = parse_body::<AgentInfo>(body).unwrap_err();
+            assert!(
+                matches!(err, BodyError::Data { .. }),
+                "{}: {err:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(err.status(), 422);
+        }
+    }
+
+    #[test]
+    fn route_miss_shape() {
+        assert_eq!(
+            route_miss_body("we\"b"),
+            br#"{"error":"no agent found with skill","skill":"we\"b"}"#
+        );
+    }
+}
