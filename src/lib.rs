@@ -3,4 +3,5 @@
 //! Protocol and service logic lives in sans-IO modules (they take bytes and `now`, and
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
+pub mod auth;
 pub mod time;
