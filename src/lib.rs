@@ -4,4 +4,5 @@
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
 pub mod auth;
+pub mod pairing;
 pub mod time;
