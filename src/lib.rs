@@ -4,5 +4,6 @@
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
 pub mod auth;
+pub mod ice;
 pub mod pairing;
 pub mod time;
