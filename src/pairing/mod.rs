@@ -433,6 +433,104 @@ mod tests {
         }
     }
 
+    /// One single-shard run of the whole flow, in the reference's order.
+    #[test]
+    fn end_to_end_flow() {
+        use crate::auth::{self, ApiKeys, TokenExchange, DEVICE_TOKEN_ROLE};
+        use crate::time::UnixTime;
+        use std::net::{IpAddr, Ipv4Addr};
+
+        let t0 = UnixTime(1_795_239_689_000_000_000);
+        let secret = b"dev-secret-change-me";
+        let keys = ApiKeys::parse(
+            br#"{"keys":{"ak_blue":{"peer_id":"hub-blue","role":"admin","mesh":"blue"}}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rng = move |buf: &mut [u8]| {
+            for b in buf {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+        };
+        let mut codes = CodeStore::new();
+        let mut entries = PairingStore::new();
+        let mut index = DeviceTokenIndex::new();
+        let mut limiter = RateLimiter::new();
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+        // generate-code with a known API key.
+        let key = keys.lookup("ak_blue").unwrap();
+        let issuer = Issuer {
+            peer_id: key.peer_id.clone(),
+            mesh: key.mesh.clone(),
+        };
+        let code = codes.generate(&mut rng, issuer, t0).unwrap();
+        let body = serde_json::to_string(&GenerateCodeResponse::new(code)).unwrap();
+        assert_eq!(body, format!(r#"{{"code":"{code}","expires_in":300}}"#));
+
+        // The pair handler, as the server will run it.
+        let mut pair = |body: &str, now: UnixTime| -> Result<PairResponse, PairError> {
+            let req = PairRequest::from_json(body.as_bytes()).unwrap();
+            if !limiter.check_and_count(client, now) {
+                return Err(PairError::RateLimited);
+            }
+            let valid = req.validate()?;
+            let invited = codes
+                .redeem(valid.code, now)
+                .ok_or(PairError::InvalidCode)?;
+            entries
+                .create_random(&mut rng, valid.agent_name, invited, now)
+                .map(Entry::pair_response)
+                .map_err(|_| PairError::StoreFull)
+        };
+
+        // Failures before the code check do not burn the code, but do count.
+        let good = format!(r#"{{"code":"{code}","agent_name":"  bot  "}}"#);
+        let blank = format!(r#"{{"code":"{code}","agent_name":" "}}"#);
+        assert_eq!(pair(&blank, t0), Err(PairError::AgentNameRequired));
+        assert_eq!(
+            pair(r#"{"code":"12","agent_name":"x"}"#, t0),
+            Err(PairError::BadCodeFormat)
+        );
+        let resp = pair(&good, t0).unwrap();
+        assert_eq!(resp.status, Status::PendingApproval);
+        // Single use.
+        assert_eq!(pair(&good, t0), Err(PairError::InvalidCode));
+        // Five attempts counted (two invalid, one success, one reused code) + this one.
+        assert_eq!(pair(&good, t0), Err(PairError::InvalidCode));
+        assert_eq!(pair(&good, t0), Err(PairError::RateLimited));
+
+        // Admin approves; the token goes into the index.
+        let id = resp.id.to_string();
+        let e = entries.approve(&id, &mut rng, t0).unwrap();
+        assert_eq!(e.agent_name, "bot");
+        assert_eq!(e.mesh.as_deref(), Some("blue"));
+        let approved = e.approve_response();
+        let grant = e.device_grant().unwrap();
+        index.insert(e.device_token.clone(), grant).unwrap();
+
+        // The agent exchanges its device token for a JWT.
+        let token = approved.device_token.as_str();
+        let now = t0.saturating_add_secs(10);
+        let lookup = match auth::exchange_token(&keys, secret, None, Some(token), now) {
+            TokenExchange::LookupDeviceToken(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let grant = index.lookup(lookup).unwrap();
+        let resp = auth::TokenResponse::issue(secret, &grant.peer_id, DEVICE_TOKEN_ROLE, now);
+        let claims = auth::verify(secret, &resp.token, now.as_secs()).unwrap();
+        assert_eq!(claims.sub, approved.peer_id);
+        assert_eq!(claims.role, "agent");
+
+        // Revoke: the token stops working.
+        let e = entries.revoke(&id, now).unwrap();
+        assert!(index.remove(&e.device_token).is_some());
+        assert!(index.lookup(token).is_none());
+    }
+
     #[test]
     fn closures_are_rngs() {
         let mut n = 0u8;
