@@ -3,10 +3,13 @@
 //! Protocol and service logic lives in sans-IO modules (they take bytes and `now`, and
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod ice;
 pub mod metrics;
+pub mod pairing;
 pub mod registry;
 pub mod server;
 pub mod time;

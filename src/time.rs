@@ -28,6 +28,26 @@ impl UnixTime {
     }
 
     /// Whole seconds since the epoch.
+    /// Nanoseconds since the Unix epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// `self` plus `secs` seconds, saturating.
+    pub const fn saturating_add_secs(self, secs: u64) -> UnixTime {
+        UnixTime(self.0.saturating_add(secs.saturating_mul(NANOS_PER_SEC)))
+    }
+
+    /// `self` plus `nanos` nanoseconds, saturating.
+    pub const fn saturating_add_nanos(self, nanos: u64) -> UnixTime {
+        UnixTime(self.0.saturating_add(nanos))
+    }
+
+    /// Nanoseconds from `earlier` to `self` (0 if `earlier` is later).
+    pub const fn saturating_nanos_since(self, earlier: UnixTime) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+
     pub const fn as_secs(self) -> u64 {
         self.0 / NANOS_PER_SEC
     }

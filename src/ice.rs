@@ -1,0 +1,161 @@
+//! `GET /api/config`: ICE servers for WebRTC clients (STUN, plus TURN with ephemeral
+//! coturn `use-auth-secret` credentials when configured).
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha1::Sha1;
+
+use crate::time::UnixTime;
+
+/// The reference's only STUN server.
+pub const DEFAULT_STUN_URL: &str = "stun:stun.l.google.com:19302";
+
+/// How long TURN credentials stay valid.
+pub const TURN_CREDENTIAL_TTL_SECS: u64 = 86_400;
+
+/// `[DEFAULT_STUN_URL]`.
+pub fn default_stun_urls() -> Vec<String> {
+    vec![DEFAULT_STUN_URL.to_owned()]
+}
+
+/// The response body: `{"iceServers":[…]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceConfig {
+    /// STUN entry first (when any STUN URL is configured), then TURN.
+    #[serde(rename = "iceServers")]
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// One `RTCIceServer`. Keys serialize in sorted order, as the reference's `json!` objects
+/// do (`credential`, `urls`, `username`); the credential fields are omitted for STUN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IceServer {
+    /// TURN password: base64(HMAC-SHA1(secret, username)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// TURN user name: `<unix expiry>:mesh`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// Build the config at `now`.
+///
+/// `stun_urls` all go into one server entry (the reference's single URL by default, see
+/// [`default_stun_urls`]); an empty list omits the STUN entry. `turn` is
+/// `(TURN_URL, TURN_SECRET)` when both are set; the credentials expire
+/// [`TURN_CREDENTIAL_TTL_SECS`] after `now`.
+pub fn ice_config(stun_urls: &[String], turn: Option<(&str, &[u8])>, now: UnixTime) -> IceConfig {
+    let mut ice_servers = Vec::with_capacity(2);
+    if !stun_urls.is_empty() {
+        ice_servers.push(IceServer {
+            credential: None,
+            urls: stun_urls.to_vec(),
+            username: None,
+        });
+    }
+    if let Some((url, secret)) = turn {
+        let expiry = now.as_secs().saturating_add(TURN_CREDENTIAL_TTL_SECS);
+        let (username, credential) = turn_credentials(secret, expiry);
+        ice_servers.push(IceServer {
+            credential: Some(credential),
+            urls: vec![url.to_owned()],
+            username: Some(username),
+        });
+    }
+    IceConfig { ice_servers }
+}
+
+/// coturn REST-API credentials: user name `"<expiry_secs>:mesh"`, password
+/// base64(HMAC-SHA1(secret, user name)).
+pub fn turn_credentials(secret: &[u8], expiry_secs: u64) -> (String, String) {
+    let username = format!("{expiry_secs}:mesh");
+    // HMAC accepts keys of any length; the empty-credential fallback is unreachable.
+    let credential = match Hmac::<Sha1>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(username.as_bytes());
+            STANDARD.encode(mac.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    };
+    (username, credential)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UnixTime = UnixTime(1_699_999_999_999_999_999);
+
+    #[test]
+    fn stun_only() {
+        let cfg = ice_config(&default_stun_urls(), None, NOW);
+        assert_eq!(
+            serde_json::to_string(&cfg).unwrap(),
+            r#"{"iceServers":[{"urls":["stun:stun.l.google.com:19302"]}]}"#
+        );
+    }
+
+    #[test]
+    fn with_turn() {
+        // now = 1_699_999_999.999…, expiry = 1_699_999_999 + 86_400 = 1_700_086_399.
+        let cfg = ice_config(
+            &default_stun_urls(),
+            Some(("turn:turn.example.com:3478", b"my-secret")),
+            NOW.saturating_add_nanos(1),
+        );
+        // Credential is HMAC-SHA1("my-secret", "1700086400:mesh") in base64, computed
+        // independently with Python's hmac module.
+        assert_eq!(
+            serde_json::to_string(&cfg).unwrap(),
+            r#"{"iceServers":[{"urls":["stun:stun.l.google.com:19302"]},{"credential":"shlk2Nr94VRbAuH0fRljVEIVdCs=","urls":["turn:turn.example.com:3478"],"username":"1700086400:mesh"}]}"#
+        );
+        let cfg = ice_config(&[], Some(("turn:t", b"my-secret")), NOW);
+        assert_eq!(cfg.ice_servers.len(), 1);
+        assert_eq!(
+            cfg.ice_servers[0].username.as_deref(),
+            Some("1700086399:mesh")
+        );
+    }
+
+    #[test]
+    fn hmac_sha1_vectors() {
+        // RFC 2202 test case 2: HMAC-SHA1("Jefe", "what do ya want for nothing?") =
+        // effcdf6ae5eb2fa2d27416d5f184df9c259a7c79.
+        let mut mac = Hmac::<Sha1>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        assert_eq!(
+            STANDARD.encode(mac.finalize().into_bytes()),
+            "7/zfauXrL6LSdBbV8YTfnCWafHk="
+        );
+        assert_eq!(
+            turn_credentials(b"my-secret", 1_700_086_400),
+            (
+                "1700086400:mesh".to_owned(),
+                "shlk2Nr94VRbAuH0fRljVEIVdCs=".to_owned()
+            )
+        );
+        // Saturation instead of overflow.
+        let cfg = ice_config(&[], Some(("turn:t", b"")), UnixTime(u64::MAX));
+        assert_eq!(
+            cfg.ice_servers[0].username.as_deref(),
+            Some("18446830473:mesh")
+        );
+    }
+
+    #[test]
+    fn custom_stun_list() {
+        let urls = vec!["stun:a:3478".to_owned(), "stun:b:3478".to_owned()];
+        assert_eq!(
+            serde_json::to_string(&ice_config(&urls, None, NOW)).unwrap(),
+            r#"{"iceServers":[{"urls":["stun:a:3478","stun:b:3478"]}]}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ice_config(&[], None, NOW)).unwrap(),
+            r#"{"iceServers":[]}"#
+        );
+    }
+}

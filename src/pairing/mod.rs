@@ -1,0 +1,548 @@
+//! Agent pairing: invite code → pending entry → admin approval → device token.
+//!
+//! Sharded, sans-IO stores; each shard holds one of each for the keys it owns:
+//!
+//! * [`CodeStore`]: invite code → issuer, keyed by the 6-digit code;
+//! * [`PairingStore`]: entry id → [`Entry`], keyed by the 8-hex-digit id;
+//! * [`DeviceTokenIndex`]: device token → [`DeviceGrant`], keyed by the token;
+//! * [`RateLimiter`]: client IP → recent `pair` attempts, keyed by the IP.
+//!
+//! Values that pick the owning shard (codes, ids, tokens) are drawn by the caller *before*
+//! routing ([`Code::random`], [`EntryId::random`], [`new_device_token`]), so no store needs
+//! to know about other shards.
+//!
+//! `POST /api/pairing/pair`, in the reference's order:
+//! 1. the body must deserialize as [`PairRequest`] (the HTTP layer's job; failures there
+//!    are answered before any check below and do not count against the rate limit; see
+//!    [`PairRequest::from_json`]);
+//! 2. [`RateLimiter::check_and_count`] for the client IP: `false` → 429
+//!    [`PairError::RateLimited`]. Every attempt that gets past this counts, whether it then
+//!    succeeds or fails; refused (429) attempts do not count;
+//! 3. [`PairRequest::validate`]: code format (400), then trimmed agent name (400). These do
+//!    not consume the code;
+//! 4. [`CodeStore::redeem`] on the code's shard: `None` → 401 [`PairError::InvalidCode`];
+//! 5. [`PairingStore::create`] on the new id's shard, inheriting the issuer's mesh →
+//!    200 [`PairResponse`].
+
+pub mod codes;
+pub mod entries;
+pub mod ratelimit;
+
+use serde::{Deserialize, Serialize};
+
+pub use codes::{Code, CodeInsertError, CodeStore, Issuer};
+pub use entries::{
+    new_device_token, new_peer_id, CreateError, DeviceGrant, DeviceTokenIndex, Entry, EntryId,
+    IndexInsertError, PairingStore, Status,
+};
+pub use ratelimit::RateLimiter;
+
+/// Lifetime of an invite code.
+pub const CODE_TTL_SECS: u64 = 300;
+/// Rate-limit window for `POST /api/pairing/pair`.
+pub const RATE_LIMIT_WINDOW_SECS: u64 = 60;
+/// Attempts allowed per client IP per window.
+pub const RATE_LIMIT_MAX_ATTEMPTS: usize = 5;
+
+/// Longest accepted `agent_name` after trimming, in bytes.
+///
+/// Entries are kept for the life of the process, so the name is capped; longer names are
+/// refused with 400 [`PairError::AgentNameTooLong`] (the reference has no cap; this only
+/// matters for absurd names).
+pub const AGENT_NAME_BYTES_MAX: usize = 1024;
+
+/// Randomness supplied by the caller (the server passes `getrandom`; tests pass a
+/// deterministic generator). Any `FnMut(&mut [u8])` is an `Rng`.
+pub trait Rng {
+    /// Fill `buf` with random bytes.
+    fn fill_bytes(&mut self, buf: &mut [u8]);
+}
+
+impl<F: FnMut(&mut [u8])> Rng for F {
+    fn fill_bytes(&mut self, buf: &mut [u8]) {
+        self(buf)
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
+}
+
+/// `POST /api/pairing/pair` body. Both fields are required strings; others are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PairRequest {
+    /// The invite code as typed.
+    pub code: String,
+    /// The agent's display name.
+    pub agent_name: String,
+}
+
+/// A body that could not be read as JSON of the expected shape, classified the way axum's
+/// `Json` extractor answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonBodyError {
+    /// Not JSON, truncated, or trailing data: 400.
+    Syntax(String),
+    /// JSON of the wrong shape (missing field, wrong type): 422.
+    Data(String),
+}
+
+impl JsonBodyError {
+    /// HTTP status the reference answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            JsonBodyError::Syntax(_) => 400,
+            JsonBodyError::Data(_) => 422,
+        }
+    }
+
+    /// Plain-text body in axum's wording.
+    pub fn message(&self) -> String {
+        match self {
+            JsonBodyError::Syntax(e) => {
+                format!("Failed to parse the request body as JSON: {e}")
+            }
+            JsonBodyError::Data(e) => {
+                format!("Failed to deserialize the JSON body into the target type: {e}")
+            }
+        }
+    }
+}
+
+/// The pieces of a [`PairRequest`] that passed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidPair<'a> {
+    /// The parsed code.
+    pub code: Code,
+    /// The agent name, trimmed.
+    pub agent_name: &'a str,
+}
+
+impl PairRequest {
+    /// Deserialize a request body. (The reference also demands `Content-Type:
+    /// application/json`, answering 415 otherwise; that is the HTTP layer's check.)
+    pub fn from_json(body: &[u8]) -> Result<PairRequest, JsonBodyError> {
+        serde_json::from_slice(body).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => JsonBodyError::Data(e.to_string()),
+            _ => JsonBodyError::Syntax(e.to_string()),
+        })
+    }
+
+    /// Step 3 of the pair flow: code format first, then the trimmed agent name.
+    pub fn validate(&self) -> Result<ValidPair<'_>, PairError> {
+        let code = Code::parse(&self.code).ok_or(PairError::BadCodeFormat)?;
+        let agent_name = self.agent_name.trim();
+        if agent_name.is_empty() {
+            return Err(PairError::AgentNameRequired);
+        }
+        if agent_name.len() > AGENT_NAME_BYTES_MAX {
+            return Err(PairError::AgentNameTooLong);
+        }
+        Ok(ValidPair { code, agent_name })
+    }
+}
+
+/// Why `POST /api/pairing/pair` failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairError {
+    /// 429: more than [`RATE_LIMIT_MAX_ATTEMPTS`] attempts in the window.
+    RateLimited,
+    /// 400: the code is not exactly six ASCII digits.
+    BadCodeFormat,
+    /// 400: the agent name is empty after trimming.
+    AgentNameRequired,
+    /// 400: the agent name is longer than [`AGENT_NAME_BYTES_MAX`] (not in the reference).
+    AgentNameTooLong,
+    /// 401: no such code, already used, or expired.
+    InvalidCode,
+    /// 503: the pairing store is at its limit (not in the reference, which is unbounded).
+    StoreFull,
+}
+
+impl PairError {
+    /// HTTP status.
+    pub fn status(self) -> u16 {
+        match self {
+            PairError::RateLimited => 429,
+            PairError::BadCodeFormat | PairError::AgentNameRequired => 400,
+            PairError::AgentNameTooLong => 400,
+            PairError::InvalidCode => 401,
+            PairError::StoreFull => 503,
+        }
+    }
+
+    /// The `error` string of the JSON body.
+    pub fn message(self) -> &'static str {
+        match self {
+            PairError::RateLimited => "too many pairing attempts, try again later",
+            PairError::BadCodeFormat => "code must be exactly 6 digits",
+            PairError::AgentNameRequired => "agent_name is required",
+            PairError::AgentNameTooLong => "agent_name is too long",
+            PairError::InvalidCode => "invalid or expired pairing code",
+            PairError::StoreFull => "too many pairing requests, try again later",
+        }
+    }
+
+    /// The JSON body, `{"error": …}`.
+    pub fn body(self) -> ErrorBody {
+        ErrorBody {
+            error: self.message(),
+        }
+    }
+}
+
+/// Why approve / reject / revoke failed: 404 in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionError {
+    /// approve / reject of an id that is unknown or not `pending_approval`.
+    NotFoundOrNotPending,
+    /// revoke of an id that is unknown or not `approved`.
+    NotFoundOrNotApproved,
+}
+
+impl ActionError {
+    /// HTTP status (404).
+    pub fn status(self) -> u16 {
+        404
+    }
+
+    /// The `error` string of the JSON body.
+    pub fn message(self) -> &'static str {
+        match self {
+            ActionError::NotFoundOrNotPending => "not found or not pending",
+            ActionError::NotFoundOrNotApproved => "not found or not approved",
+        }
+    }
+
+    /// The JSON body, `{"error": …}`.
+    pub fn body(self) -> ErrorBody {
+        ErrorBody {
+            error: self.message(),
+        }
+    }
+}
+
+/// `{"error": "…"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ErrorBody {
+    /// The message.
+    pub error: &'static str,
+}
+
+/// `{"status":"ok"}`, the body of a successful reject or revoke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OkBody {
+    /// Always `"ok"`.
+    pub status: &'static str,
+}
+
+impl OkBody {
+    /// The one value.
+    pub const OK: OkBody = OkBody { status: "ok" };
+}
+
+/// `POST /api/pairing/generate-code` → `{"code":"NNNNNN","expires_in":300}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GenerateCodeResponse {
+    /// The code (serialized as its six-digit string).
+    pub code: Code,
+    /// Seconds until it expires ([`CODE_TTL_SECS`]).
+    pub expires_in: u64,
+}
+
+impl GenerateCodeResponse {
+    /// The response for a freshly stored `code`.
+    pub fn new(code: Code) -> GenerateCodeResponse {
+        GenerateCodeResponse {
+            code,
+            expires_in: CODE_TTL_SECS,
+        }
+    }
+}
+
+/// `POST /api/pairing/pair` → `{"id","peer_id","status"}` (sorted key order, as the
+/// reference's `json!` body serializes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PairResponse {
+    /// Entry id.
+    pub id: EntryId,
+    /// Assigned peer id.
+    pub peer_id: String,
+    /// `pending_approval`.
+    pub status: Status,
+}
+
+/// `POST /api/pairing/{id}/approve` → `{"device_token","id","peer_id","status"}` (sorted
+/// key order, as the reference's `json!` body serializes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApproveResponse {
+    /// `dt_` + 32 hex.
+    pub device_token: String,
+    /// Entry id.
+    pub id: EntryId,
+    /// The agent's peer id.
+    pub peer_id: String,
+    /// `approved`.
+    pub status: Status,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(code: &str, name: &str) -> PairRequest {
+        PairRequest {
+            code: code.into(),
+            agent_name: name.into(),
+        }
+    }
+
+    #[test]
+    fn validation_order_and_messages() {
+        // Code format is checked before the name.
+        assert_eq!(req("12345", "").validate(), Err(PairError::BadCodeFormat));
+        assert_eq!(
+            req("1234567", "a").validate(),
+            Err(PairError::BadCodeFormat)
+        );
+        assert_eq!(req("12a456", "a").validate(), Err(PairError::BadCodeFormat));
+        assert_eq!(
+            req(" 123456", "a").validate(),
+            Err(PairError::BadCodeFormat)
+        );
+        assert_eq!(
+            req("12345６", "a").validate(),
+            Err(PairError::BadCodeFormat)
+        );
+        assert_eq!(req("", "a").validate(), Err(PairError::BadCodeFormat));
+        assert_eq!(
+            req("123456", "").validate(),
+            Err(PairError::AgentNameRequired)
+        );
+        assert_eq!(
+            req("123456", " \t\n\u{3000}").validate(),
+            Err(PairError::AgentNameRequired)
+        );
+        let long = "x".repeat(AGENT_NAME_BYTES_MAX + 1);
+        assert_eq!(
+            req("123456", &long).validate(),
+            Err(PairError::AgentNameTooLong)
+        );
+        let at_limit = format!("  {}  ", "x".repeat(AGENT_NAME_BYTES_MAX));
+        assert!(req("123456", &at_limit).validate().is_ok());
+        let r = req("012345", "  my agent ");
+        let v = r.validate().unwrap();
+        assert_eq!(v.code.to_string(), "012345");
+        assert_eq!(v.agent_name, "my agent");
+    }
+
+    #[test]
+    fn error_bodies() {
+        let cases = [
+            (
+                PairError::RateLimited,
+                429,
+                "too many pairing attempts, try again later",
+            ),
+            (
+                PairError::BadCodeFormat,
+                400,
+                "code must be exactly 6 digits",
+            ),
+            (PairError::AgentNameRequired, 400, "agent_name is required"),
+            (
+                PairError::InvalidCode,
+                401,
+                "invalid or expired pairing code",
+            ),
+        ];
+        for (e, status, msg) in cases {
+            assert_eq!(e.status(), status);
+            assert_eq!(
+                serde_json::to_string(&e.body()).unwrap(),
+                format!(r#"{{"error":"{msg}"}}"#)
+            );
+        }
+        assert_eq!(ActionError::NotFoundOrNotPending.status(), 404);
+        assert_eq!(
+            serde_json::to_string(&ActionError::NotFoundOrNotPending.body()).unwrap(),
+            r#"{"error":"not found or not pending"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ActionError::NotFoundOrNotApproved.body()).unwrap(),
+            r#"{"error":"not found or not approved"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&OkBody::OK).unwrap(),
+            r#"{"status":"ok"}"#
+        );
+    }
+
+    #[test]
+    fn response_bodies() {
+        let code = Code::parse("004200").unwrap();
+        assert_eq!(
+            serde_json::to_string(&GenerateCodeResponse::new(code)).unwrap(),
+            r#"{"code":"004200","expires_in":300}"#
+        );
+        let id = EntryId::parse("0badc0de").unwrap();
+        assert_eq!(
+            serde_json::to_string(&PairResponse {
+                id,
+                peer_id: "agent-a1b2c3".into(),
+                status: Status::PendingApproval,
+            })
+            .unwrap(),
+            r#"{"id":"0badc0de","peer_id":"agent-a1b2c3","status":"pending_approval"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&ApproveResponse {
+                device_token: "dt_00".into(),
+                id,
+                peer_id: "agent-a1b2c3".into(),
+                status: Status::Approved,
+            })
+            .unwrap(),
+            r#"{"device_token":"dt_00","id":"0badc0de","peer_id":"agent-a1b2c3","status":"approved"}"#
+        );
+    }
+
+    #[test]
+    fn request_json() {
+        assert_eq!(
+            PairRequest::from_json(br#"{"code":"123456","agent_name":"a","x":1}"#),
+            Ok(req("123456", "a"))
+        );
+        for (body, status) in [
+            (&br#"{"code":"123456"}"#[..], 422),
+            (br#"{"code":123456,"agent_name":"a"}"#, 422),
+            (br#"[]"#, 422),
+            (br#"{"code":"1""#, 400),
+            (b"", 400),
+            (br#"{"code":"123456","agent_name":"a"} x"#, 400),
+        ] {
+            let err = PairRequest::from_json(body).unwrap_err();
+            assert_eq!(err.status(), status, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// One single-shard run of the whole flow, in the reference's order.
+    #[test]
+    fn end_to_end_flow() {
+        use crate::auth::{self, ApiKeys, TokenExchange, DEVICE_TOKEN_ROLE};
+        use crate::time::UnixTime;
+        use std::net::{IpAddr, Ipv4Addr};
+
+        let t0 = UnixTime(1_795_239_689_000_000_000);
+        let secret = b"dev-secret-change-me";
+        let keys = ApiKeys::parse(
+            br#"{"keys":{"ak_blue":{"peer_id":"hub-blue","role":"admin","mesh":"blue"}}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut rng = move |buf: &mut [u8]| {
+            for b in buf {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+        };
+        let mut codes = CodeStore::new();
+        let mut entries = PairingStore::new();
+        let mut index = DeviceTokenIndex::new();
+        let mut limiter = RateLimiter::new();
+        let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+
+        // generate-code with a known API key.
+        let key = keys.lookup("ak_blue").unwrap();
+        let issuer = Issuer {
+            peer_id: key.peer_id.clone(),
+            mesh: key.mesh.clone(),
+        };
+        let code = codes.generate(&mut rng, issuer, t0).unwrap();
+        let body = serde_json::to_string(&GenerateCodeResponse::new(code)).unwrap();
+        assert_eq!(body, format!(r#"{{"code":"{code}","expires_in":300}}"#));
+
+        // The pair handler, as the server will run it.
+        let mut pair = |body: &str, now: UnixTime| -> Result<PairResponse, PairError> {
+            let req = PairRequest::from_json(body.as_bytes()).unwrap();
+            if !limiter.check_and_count(client, now) {
+                return Err(PairError::RateLimited);
+            }
+            let valid = req.validate()?;
+            let invited = codes
+                .redeem(valid.code, now)
+                .ok_or(PairError::InvalidCode)?;
+            entries
+                .create_random(&mut rng, valid.agent_name, invited, now)
+                .map(Entry::pair_response)
+                .map_err(|_| PairError::StoreFull)
+        };
+
+        // Failures before the code check do not burn the code, but do count.
+        let good = format!(r#"{{"code":"{code}","agent_name":"  bot  "}}"#);
+        let blank = format!(r#"{{"code":"{code}","agent_name":" "}}"#);
+        assert_eq!(pair(&blank, t0), Err(PairError::AgentNameRequired));
+        assert_eq!(
+            pair(r#"{"code":"12","agent_name":"x"}"#, t0),
+            Err(PairError::BadCodeFormat)
+        );
+        let resp = pair(&good, t0).unwrap();
+        assert_eq!(resp.status, Status::PendingApproval);
+        // Single use.
+        assert_eq!(pair(&good, t0), Err(PairError::InvalidCode));
+        // Five attempts counted (two invalid, one success, one reused code) + this one.
+        assert_eq!(pair(&good, t0), Err(PairError::InvalidCode));
+        assert_eq!(pair(&good, t0), Err(PairError::RateLimited));
+
+        // Admin approves; the token goes into the index.
+        let id = resp.id.to_string();
+        let e = entries.approve(&id, &mut rng, t0).unwrap();
+        assert_eq!(e.agent_name, "bot");
+        assert_eq!(e.mesh.as_deref(), Some("blue"));
+        let approved = e.approve_response();
+        let grant = e.device_grant().unwrap();
+        index.insert(e.device_token.clone(), grant).unwrap();
+
+        // The agent exchanges its device token for a JWT.
+        let token = approved.device_token.as_str();
+        let now = t0.saturating_add_secs(10);
+        let lookup = match auth::exchange_token(&keys, secret, None, Some(token), now) {
+            TokenExchange::LookupDeviceToken(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let grant = index.lookup(lookup).unwrap();
+        let resp = auth::TokenResponse::issue(secret, &grant.peer_id, DEVICE_TOKEN_ROLE, now);
+        let claims = auth::verify(secret, &resp.token, now.as_secs()).unwrap();
+        assert_eq!(claims.sub, approved.peer_id);
+        assert_eq!(claims.role, "agent");
+
+        // Revoke: the token stops working.
+        let e = entries.revoke(&id, now).unwrap();
+        assert!(index.remove(&e.device_token).is_some());
+        assert!(index.lookup(token).is_none());
+    }
+
+    #[test]
+    fn closures_are_rngs() {
+        let mut n = 0u8;
+        let mut rng = |buf: &mut [u8]| {
+            for b in buf {
+                n = n.wrapping_add(1);
+                *b = n;
+            }
+        };
+        let mut buf = [0u8; 3];
+        rng.fill_bytes(&mut buf);
+        assert_eq!(buf, [1, 2, 3]);
+        assert_eq!(hex_lower(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+    }
+}
