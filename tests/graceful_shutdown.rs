@@ -1,0 +1,75 @@
+//! SIGTERM: stop accepting, finish the request in flight, close idle keep-alive
+//! connections, exit 0 within the bound — on both io drivers.
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{closed_by_peer, read_response, Server};
+
+#[test]
+fn sigterm_finishes_in_flight_request_and_exits_zero() {
+    for driver in common::DRIVERS {
+        let mut srv = Server::start(2, driver, &["--shutdown-timeout", "5"]);
+        // An idle keep-alive connection.
+        let mut idle = srv.connect();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut idle, &mut Vec::new()).status, 200);
+        // A request in flight: headers and half the body sent.
+        let mut busy = srv.connect();
+        busy.write_all(b"POST /healthz HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nhello")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+
+        let addr = srv.addr;
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            busy.write_all(b"world").unwrap();
+            let r = read_response(&mut busy, &mut Vec::new());
+            (
+                r.status,
+                r.header("connection").map(str::to_string),
+                closed_by_peer(&mut busy),
+            )
+        });
+        let (status, took) = srv.terminate(Duration::from_secs(5));
+        let (code, conn_header, closed) = finisher.join().unwrap();
+        assert_eq!(code, 405, "{driver}: the in-flight request was answered");
+        assert_eq!(conn_header.as_deref(), Some("close"), "{driver}");
+        assert!(closed, "{driver}");
+        assert!(
+            closed_by_peer(&mut idle),
+            "{driver}: idle keep-alive connection closed"
+        );
+        assert_eq!(status.code(), Some(0), "{driver}: exit status {status}");
+        assert!(
+            took >= Duration::from_millis(250),
+            "{driver}: waited for the request in flight ({took:?})"
+        );
+        // Nothing listens any more.
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{driver}: listener closed"
+        );
+    }
+}
+
+#[test]
+fn shutdown_timeout_bounds_a_stuck_client() {
+    for driver in common::DRIVERS {
+        let mut srv = Server::start(1, driver, &["--shutdown-timeout", "0.5"]);
+        // A request that never completes.
+        let mut stuck = srv.connect();
+        stuck
+            .write_all(b"POST /healthz HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\nabc")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let (status, took) = srv.terminate(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0), "{driver}");
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+            "{driver}: {took:?}"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! /healthz, /metrics with per-shard series gathered from every shard, and the
+//! listener rules (a port in use fails clearly; PORT is honoured).
+mod common;
+
+use std::process::Command;
+
+use common::Server;
+
+fn sample(text: &str, name_and_labels: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|r| r.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no sample {name_and_labels} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_cover_every_shard() {
+    for driver in common::DRIVERS {
+        let srv = Server::start(2, driver, &[]);
+        // Enough connections that SO_REUSEPORT lands some on each shard.
+        for _ in 0..40 {
+            assert_eq!(common::get(&srv, "/healthz").status, 200);
+        }
+        let r = common::get(&srv, "/metrics");
+        assert_eq!(r.status, 200);
+        assert!(r
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let text = r.text();
+        let want_driver = if driver == "uring" {
+            "io_uring"
+        } else {
+            "epoll"
+        };
+        let mut accepted = 0;
+        let mut requests = 0;
+        for shard in 0..2 {
+            let l = format!("{{shard=\"{shard}\"}}");
+            accepted += sample(&text, &format!("chatixia_connections_accepted_total{l}"));
+            requests += sample(&text, &format!("chatixia_http_requests_total{l}"));
+            sample(&text, &format!("chatixia_connections_open{l}"));
+            sample(&text, &format!("chatixia_mailbox_sent_total{l}"));
+            sample(&text, &format!("chatixia_mailbox_received_total{l}"));
+            sample(&text, &format!("chatixia_mailbox_refused_total{l}"));
+            assert_eq!(
+                sample(
+                    &text,
+                    &format!("chatixia_io_driver{{shard=\"{shard}\",driver=\"{want_driver}\"}}")
+                ),
+                1
+            );
+        }
+        // 40 health checks + readiness probe(s) + this request, on fresh connections.
+        assert!(accepted >= 41, "accepted {accepted}");
+        assert!(requests >= 41, "requests {requests}");
+        // The scrape itself asked the other shard: mail went both ways.
+        let r2 = common::get(&srv, "/metrics").text();
+        let sent: u64 = (0..2)
+            .map(|s| {
+                sample(
+                    &r2,
+                    &format!("chatixia_mailbox_sent_total{{shard=\"{s}\"}}"),
+                )
+            })
+            .sum();
+        assert!(sent >= 2, "scrapes cross shards: sent={sent}");
+        assert_eq!(sample(&r2, "chatixia_shards"), 2);
+    }
+}
+
+#[test]
+fn second_server_on_same_port_fails_clearly() {
+    let srv = Server::start(2, "uring", &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(["--cores", "1", "--listen", &srv.addr.to_string()])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("address already in use"), "{err}");
+    // The first server still serves.
+    assert_eq!(common::get(&srv, "/healthz").status, 200);
+}
+
+#[test]
+fn port_env_is_honoured() {
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(["--cores", "1"])
+        .env("PORT", port.to_string())
+        .env("RUST_LOG", "off")
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut ok = false;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "server listens on $PORT");
+}
+
+#[test]
+fn bad_flags_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(["--io-driver", "kqueue"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown io driver"));
+    let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(["--cores", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
