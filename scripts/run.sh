@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up and runs chatixia-core: installs a Rust toolchain if there is none, builds
+# the release binary, and starts it. Arguments are passed to the server, e.g.
+#   scripts/run.sh --cores 4 --listen 0.0.0.0:8080
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null; then
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  . "$HOME/.cargo/env"
+fi
+cargo build --release --locked --bin chatixia-core
+exec target/release/chatixia-core "$@"

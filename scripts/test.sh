@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what it needs, then runs
+# every unit and integration test (both io drivers are exercised by the tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v cargo >/dev/null; then
+  curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+  . "$HOME/.cargo/env"
+fi
+# Python test environment (the chatixia agent from PyPI needs Python >= 3.12), when
+# the interop tests are present.
+if [ -x scripts/setup-python.sh ]; then
+  scripts/setup-python.sh
+fi
+cargo test --workspace --all-targets --locked -- --test-threads 2
