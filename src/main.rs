@@ -39,6 +39,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 
+    if std::env::var_os("CHATIXIA_DENY_IO_URING").is_some() {
+        // Test hook: refuse io_uring as a container's seccomp profile would, so the
+        // epoll fallback is exercised against a real refusal from the kernel.
+        reactor::sys::deny_io_uring().map_err(|e| format!("CHATIXIA_DENY_IO_URING: {e}"))?;
+    }
     let mut builder = Reactor::builder().driver(cli.io_driver);
     if let Some(n) = cli.cores {
         builder = builder.cores(n);

@@ -28,3 +28,58 @@ pub fn raise_nofile() -> io::Result<(u64, u64)> {
     }
     Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
 }
+
+/// Makes `io_uring_setup` fail with EPERM in this thread and every thread it starts
+/// later, the way a container's seccomp profile refuses it. It exists so the epoll
+/// fallback is tested against a real refusal from the kernel; call it before any
+/// shard starts.
+pub fn deny_io_uring() -> io::Result<()> {
+    const SYS_IO_URING_SETUP: u32 = 425; // same number on every architecture
+                                         // BPF: load the syscall number; if io_uring_setup return ERRNO(EPERM), else allow.
+    let filter = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 1,
+            k: SYS_IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: PR_SET_NO_NEW_PRIVS takes integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel copies it.
+    if unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

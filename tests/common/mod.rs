@@ -13,6 +13,9 @@ pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The server's stderr goes to a file (a pipe nobody drains could fill up and
+    /// block the server's logging).
+    pub log_path: std::path::PathBuf,
 }
 
 impl Server {
@@ -37,13 +40,21 @@ impl Server {
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::null());
+        let log_path = std::env::temp_dir().join(format!(
+            "chatixia-core-test-{}-{port}.log",
+            std::process::id()
+        ));
+        cmd.stderr(std::fs::File::create(&log_path).expect("log file"));
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn chatixia-core");
-        let mut server = Server { child, addr };
+        let mut server = Server {
+            child,
+            addr,
+            log_path,
+        };
         server.wait_ready();
         server
     }
@@ -52,11 +63,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                let mut err = String::new();
-                if let Some(e) = self.child.stderr.as_mut() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("server exited early ({status}): {err}");
+                panic!("server exited early ({status}): {}", self.log());
             }
             if let Ok(mut s) = TcpStream::connect(self.addr) {
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -105,10 +112,18 @@ impl Server {
     }
 }
 
+impl Server {
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 

@@ -1,0 +1,61 @@
+//! Where io_uring is refused (here by a real seccomp filter, as in a locked-down
+//! container), `--io-driver auto` falls back to epoll, logs it, and serves; `uring`
+//! fails with a clear error.
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::Server;
+
+#[test]
+fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
+    let mut srv = Server::start_env(2, "auto", &[], &[("CHATIXIA_DENY_IO_URING", "1")]);
+    let m = common::get(&srv, "/metrics").text();
+    assert!(
+        m.contains("chatixia_io_driver{shard=\"0\",driver=\"epoll\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("chatixia_io_driver{shard=\"1\",driver=\"epoll\"} 1"),
+        "{m}"
+    );
+    assert_eq!(common::get(&srv, "/healthz").status, 200);
+    let (status, _) = srv.terminate(std::time::Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    let log = srv.log();
+    assert!(
+        log.contains("io_uring unavailable, falling back to the epoll driver"),
+        "{log}"
+    );
+}
+
+#[test]
+fn auto_uses_io_uring_when_available() {
+    let srv = Server::start(1, "auto", &[]);
+    let m = common::get(&srv, "/metrics").text();
+    assert!(
+        m.contains("chatixia_io_driver{shard=\"0\",driver=\"io_uring\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn forcing_uring_where_refused_is_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args([
+            "--cores",
+            "1",
+            "--io-driver",
+            "uring",
+            "--listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
+        .env("CHATIXIA_DENY_IO_URING", "1")
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("io_uring requested but unavailable"), "{err}");
+}
