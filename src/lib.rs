@@ -13,3 +13,4 @@ pub mod pairing;
 pub mod registry;
 pub mod server;
 pub mod time;
+pub mod ws;

@@ -1,0 +1,446 @@
+//! Incremental WebSocket frame codec (RFC 6455), server side.
+//!
+//! Frame headers are parsed and written by tungstenite's `FrameHeader`; payloads stay
+//! in our buffers. The decoder holds no memory while idle: it decodes straight from
+//! the caller's (pooled) read buffer and keeps only the bytes of an incomplete frame,
+//! plus a message being reassembled from fragments.
+
+use std::io::Cursor;
+
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use tungstenite::protocol::frame::FrameHeader;
+
+/// Close codes used by the server.
+pub mod close_code {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// Application range: this connection was replaced by a newer one of the same peer.
+    pub const REPLACED: u16 = 4000;
+    /// Application range: the peer's pairing was revoked.
+    pub const REVOKED: u16 = 4001;
+}
+
+/// A complete message or control frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsEvent {
+    Text(Vec<u8>),
+    Binary(usize),
+    Ping(Vec<u8>),
+    Pong,
+    Close(Option<(u16, String)>),
+}
+
+/// A protocol violation: close the connection with `code` and `reason`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WsError {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+fn err(code: u16, reason: &'static str) -> WsError {
+    WsError { code, reason }
+}
+
+/// Control frames carry at most 125 bytes (RFC 6455 §5.5).
+const CONTROL_PAYLOAD_MAX: u64 = 125;
+
+/// The decoder of one connection.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Largest message (after reassembly) accepted; larger ones close with 1009.
+    message_size_max: usize,
+    /// Bytes of a frame not complete yet. Empty (no allocation) between frames.
+    partial: Vec<u8>,
+    /// A fragmented message in progress: (is_text, bytes so far).
+    fragments: Option<(bool, Vec<u8>)>,
+}
+
+impl Decoder {
+    pub fn new(message_size_max: usize) -> Self {
+        Decoder {
+            message_size_max,
+            partial: Vec::new(),
+            fragments: None,
+        }
+    }
+
+    /// Heap bytes held between reads (0 when idle).
+    pub fn held_bytes(&self) -> usize {
+        self.partial.capacity() + self.fragments.as_ref().map_or(0, |(_, v)| v.capacity())
+    }
+
+    /// Decodes `input` (appended to any partial frame), calling `on_event` for each
+    /// complete message or control frame. After an error the connection must close.
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        mut on_event: impl FnMut(WsEvent),
+    ) -> Result<(), WsError> {
+        if self.partial.is_empty() {
+            let used = self.decode_frames(input, &mut on_event)?;
+            if used < input.len() {
+                self.partial.extend_from_slice(&input[used..]);
+            }
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(input);
+            let used = self.decode_frames(&buf, &mut on_event)?;
+            buf.drain(..used);
+            if !buf.is_empty() {
+                self.partial = buf;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes whole frames from `buf`; returns the bytes consumed.
+    fn decode_frames(
+        &mut self,
+        buf: &[u8],
+        on_event: &mut impl FnMut(WsEvent),
+    ) -> Result<usize, WsError> {
+        let mut pos = 0;
+        loop {
+            let mut cur = Cursor::new(&buf[pos..]);
+            let (header, len) = match FrameHeader::parse(&mut cur) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(pos),
+                Err(_) => return Err(err(close_code::PROTOCOL_ERROR, "malformed frame header")),
+            };
+            let head_len = cur.position() as usize;
+            let is_control = matches!(header.opcode, OpCode::Control(_));
+            if is_control && (len > CONTROL_PAYLOAD_MAX || !header.is_final) {
+                return Err(err(
+                    close_code::PROTOCOL_ERROR,
+                    "oversized or fragmented control frame",
+                ));
+            }
+            let in_progress = self.fragments.as_ref().map_or(0, |(_, v)| v.len());
+            if !is_control && len.saturating_add(in_progress as u64) > self.message_size_max as u64
+            {
+                return Err(err(close_code::MESSAGE_TOO_BIG, "message too big"));
+            }
+            if header.rsv1 || header.rsv2 || header.rsv3 {
+                return Err(err(close_code::PROTOCOL_ERROR, "reserved bits set"));
+            }
+            let Some(mask) = header.mask else {
+                return Err(err(
+                    close_code::PROTOCOL_ERROR,
+                    "client frames must be masked",
+                ));
+            };
+            let len = len as usize;
+            let start = pos + head_len;
+            if buf.len() - start < len {
+                return Ok(pos); // incomplete: wait for more bytes
+            }
+            let mut payload = buf[start..start + len].to_vec();
+            unmask(&mut payload, mask);
+            pos = start + len;
+            self.on_frame(header.opcode, header.is_final, payload, on_event)?;
+        }
+    }
+
+    fn on_frame(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: Vec<u8>,
+        on_event: &mut impl FnMut(WsEvent),
+    ) -> Result<(), WsError> {
+        match opcode {
+            OpCode::Control(Control::Ping) => on_event(WsEvent::Ping(payload)),
+            OpCode::Control(Control::Pong) => on_event(WsEvent::Pong),
+            OpCode::Control(Control::Close) => on_event(WsEvent::Close(parse_close(&payload)?)),
+            OpCode::Control(_) => {
+                return Err(err(close_code::PROTOCOL_ERROR, "unknown control opcode"))
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some((is_text, mut acc)) = self.fragments.take() else {
+                    return Err(err(
+                        close_code::PROTOCOL_ERROR,
+                        "continuation without a message",
+                    ));
+                };
+                acc.extend_from_slice(&payload);
+                if fin {
+                    self.finish(is_text, acc, on_event)?;
+                } else {
+                    self.fragments = Some((is_text, acc));
+                }
+            }
+            OpCode::Data(d @ (Data::Text | Data::Binary)) => {
+                if self.fragments.is_some() {
+                    return Err(err(
+                        close_code::PROTOCOL_ERROR,
+                        "new message inside a fragmented one",
+                    ));
+                }
+                let is_text = d == Data::Text;
+                if fin {
+                    self.finish(is_text, payload, on_event)?;
+                } else {
+                    self.fragments = Some((is_text, payload));
+                }
+            }
+            OpCode::Data(_) => return Err(err(close_code::PROTOCOL_ERROR, "unknown data opcode")),
+        }
+        Ok(())
+    }
+
+    fn finish(
+        &mut self,
+        is_text: bool,
+        msg: Vec<u8>,
+        on_event: &mut impl FnMut(WsEvent),
+    ) -> Result<(), WsError> {
+        if is_text {
+            if std::str::from_utf8(&msg).is_err() {
+                return Err(err(
+                    close_code::INVALID_PAYLOAD,
+                    "text message is not UTF-8",
+                ));
+            }
+            on_event(WsEvent::Text(msg));
+        } else {
+            on_event(WsEvent::Binary(msg.len()));
+        }
+        Ok(())
+    }
+}
+
+fn parse_close(p: &[u8]) -> Result<Option<(u16, String)>, WsError> {
+    match p.len() {
+        0 => Ok(None),
+        1 => Err(err(close_code::PROTOCOL_ERROR, "close payload of one byte")),
+        _ => {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            let reason = std::str::from_utf8(&p[2..])
+                .map_err(|_| err(close_code::INVALID_PAYLOAD, "close reason is not UTF-8"))?;
+            Ok(Some((code, reason.to_string())))
+        }
+    }
+}
+
+fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a text frame.
+pub fn encode_text(payload: &[u8], out: &mut Vec<u8>) {
+    encode(OpCode::Data(Data::Text), payload, out);
+}
+
+/// Appends a pong answering a ping.
+pub fn encode_pong(payload: &[u8], out: &mut Vec<u8>) {
+    encode(OpCode::Control(Control::Pong), payload, out);
+}
+
+/// Appends a server ping.
+pub fn encode_ping(payload: &[u8], out: &mut Vec<u8>) {
+    encode(OpCode::Control(Control::Ping), payload, out);
+}
+
+/// Appends a close frame; the reason is cut to fit the 125-byte control limit.
+pub fn encode_close(code: u16, reason: &str, out: &mut Vec<u8>) {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut p = Vec::with_capacity(2 + cut);
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&reason.as_bytes()[..cut]);
+    encode(OpCode::Control(Control::Close), &p, out);
+}
+
+/// Size of a text frame's header for a payload of `len` bytes.
+pub fn text_frame_len(len: usize) -> usize {
+    len + if len < 126 {
+        2
+    } else if len <= 0xFFFF {
+        4
+    } else {
+        10
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame, masked.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let len = payload.len();
+        if len < 126 {
+            out.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    fn decode_all(d: &mut Decoder, input: &[u8]) -> Result<Vec<WsEvent>, WsError> {
+        let mut evs = Vec::new();
+        d.decode(input, |e| evs.push(e))?;
+        Ok(evs)
+    }
+
+    #[test]
+    fn text_ping_close_and_byte_by_byte() {
+        let mut wire = client_frame(1, true, br#"{"type":"register"}"#);
+        wire.extend(client_frame(9, true, b"hi"));
+        wire.extend(client_frame(8, true, &[0x03, 0xe8, b'b', b'y', b'e']));
+        let mut d = Decoder::new(1024);
+        let evs = decode_all(&mut d, &wire).unwrap();
+        assert_eq!(
+            evs,
+            vec![
+                WsEvent::Text(br#"{"type":"register"}"#.to_vec()),
+                WsEvent::Ping(b"hi".to_vec()),
+                WsEvent::Close(Some((1000, "bye".into())))
+            ]
+        );
+        assert_eq!(d.held_bytes(), 0, "idle decoder holds nothing");
+        let mut d = Decoder::new(1024);
+        let mut evs = Vec::new();
+        for b in &wire {
+            d.decode(&[*b], |e| evs.push(e)).unwrap();
+        }
+        assert_eq!(evs.len(), 3);
+        assert_eq!(
+            d.partial.capacity(),
+            0,
+            "partial buffer released after a frame completes"
+        );
+    }
+
+    #[test]
+    fn fragments_reassemble_and_limits_hold() {
+        let mut wire = client_frame(1, false, b"hel");
+        wire.extend(client_frame(9, true, b"")); // a ping may interleave
+        wire.extend(client_frame(0, true, b"lo"));
+        let mut d = Decoder::new(5);
+        let evs = decode_all(&mut d, &wire).unwrap();
+        assert_eq!(
+            evs,
+            vec![WsEvent::Ping(vec![]), WsEvent::Text(b"hello".to_vec())]
+        );
+        // Over the limit: a single frame, and across fragments.
+        let mut d = Decoder::new(5);
+        assert_eq!(
+            decode_all(&mut d, &client_frame(1, true, b"123456"))
+                .unwrap_err()
+                .code,
+            1009
+        );
+        let mut d = Decoder::new(5);
+        let mut wire = client_frame(1, false, b"123");
+        wire.extend(client_frame(0, true, b"456"));
+        assert_eq!(decode_all(&mut d, &wire).unwrap_err().code, 1009);
+        // The limit is checked from the header, before the payload arrives.
+        let mut d = Decoder::new(1000);
+        let big = client_frame(1, true, &vec![b'a'; 70_000]);
+        assert_eq!(decode_all(&mut d, &big[..14]).unwrap_err().code, 1009);
+    }
+
+    #[test]
+    fn protocol_errors() {
+        let mut unmasked = client_frame(1, true, b"x");
+        unmasked[1] &= 0x7f;
+        unmasked.truncate(2);
+        unmasked.push(b'x');
+        assert_eq!(
+            decode_all(&mut Decoder::new(100), &unmasked)
+                .unwrap_err()
+                .code,
+            1002
+        );
+        assert_eq!(
+            decode_all(&mut Decoder::new(100), &client_frame(0, true, b"x"))
+                .unwrap_err()
+                .code,
+            1002
+        );
+        assert_eq!(
+            decode_all(
+                &mut Decoder::new(100),
+                &client_frame(1, true, &[0xff, 0xfe])
+            )
+            .unwrap_err()
+            .code,
+            1007
+        );
+        assert_eq!(
+            decode_all(&mut Decoder::new(100), &client_frame(9, false, b""))
+                .unwrap_err()
+                .code,
+            1002
+        );
+        assert_eq!(
+            decode_all(&mut Decoder::new(100), &client_frame(3, true, b""))
+                .unwrap_err()
+                .code,
+            1002
+        );
+        let evs = decode_all(&mut Decoder::new(100), &client_frame(2, true, b"\x00\x01")).unwrap();
+        assert_eq!(evs, vec![WsEvent::Binary(2)]);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..2000 {
+            let mut d = Decoder::new(4096);
+            let mut buf = Vec::new();
+            for _ in 0..(x % 64) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                buf.push(x as u8);
+            }
+            let _ = d.decode(&buf, |_| {});
+        }
+    }
+
+    #[test]
+    fn server_frames_are_unmasked_and_sized() {
+        let mut out = Vec::new();
+        encode_text(b"abc", &mut out);
+        assert_eq!(out, vec![0x81, 3, b'a', b'b', b'c']);
+        assert_eq!(text_frame_len(3), 5);
+        let mut out = Vec::new();
+        encode_text(&vec![b'x'; 300], &mut out);
+        assert_eq!(&out[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(out.len(), text_frame_len(300));
+        let mut out = Vec::new();
+        encode_close(1001, "going away", &mut out);
+        assert_eq!(&out[..4], &[0x88, 12, 0x03, 0xe9]);
+        let mut out = Vec::new();
+        encode_close(1008, &"é".repeat(100), &mut out);
+        assert!(out.len() <= 127);
+    }
+}

@@ -1,0 +1,248 @@
+//! Signaling messages (PROTOCOL.md §7), sans-IO: what a text frame asks for, and the
+//! frames the server sends.
+//!
+//! Relays splice the sender's `payload` bytes into the outgoing frame as they came
+//! (`serde_json::value::RawValue`): the payload (an SDP of a few KiB) is validated as
+//! JSON once and never decoded into a tree or re-encoded.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// The kinds of relayed message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayKind {
+    Offer,
+    Answer,
+    IceCandidate,
+}
+
+impl RelayKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayKind::Offer => "offer",
+            RelayKind::Answer => "answer",
+            RelayKind::IceCandidate => "ice_candidate",
+        }
+    }
+}
+
+/// What a text frame asks the server to do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Answer with the peer list.
+    Register,
+    /// Forward `frame` (already encoded, text) to `target`.
+    Relay {
+        kind: RelayKind,
+        target: String,
+        frame: Vec<u8>,
+    },
+    /// Keep-alive; nothing to do.
+    Heartbeat,
+    /// Dropped, with why (for debug logs and counters): the connection stays open.
+    Ignore(&'static str),
+}
+
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    peer_id: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    target_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Interprets one text frame from the connection whose identity is `identity`.
+pub fn interpret(text: &[u8], identity: &str) -> Action {
+    let Ok(msg) = serde_json::from_slice::<Incoming<'_>>(text) else {
+        return Action::Ignore("unparsable frame");
+    };
+    if msg.peer_id != identity {
+        return Action::Ignore("peer_id differs from the connection's identity");
+    }
+    let kind = match msg.kind.as_ref() {
+        "register" => return Action::Register,
+        "heartbeat" => return Action::Heartbeat,
+        "offer" => RelayKind::Offer,
+        "answer" => RelayKind::Answer,
+        "ice_candidate" => RelayKind::IceCandidate,
+        _ => return Action::Ignore("unknown type"),
+    };
+    let Some(target) = msg.target_id else {
+        return Action::Ignore("relay without target_id");
+    };
+    let payload = msg.payload.map_or("null", |p| p.get());
+    let frame = relay_frame(kind, identity, &target, payload);
+    Action::Relay {
+        kind,
+        target: target.into_owned(),
+        frame,
+    }
+}
+
+/// `{"type":…,"peer_id":…,"target_id":…,"payload":…}` with `payload` spliced raw.
+pub fn relay_frame(kind: RelayKind, from: &str, target: &str, payload_json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + from.len() + target.len() + payload_json.len());
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"peer_id\":");
+    push_json_str(&mut out, from);
+    out.extend_from_slice(b",\"target_id\":");
+    push_json_str(&mut out, target);
+    out.extend_from_slice(b",\"payload\":");
+    out.extend_from_slice(payload_json.as_bytes());
+    out.push(b'}');
+    out
+}
+
+/// The same frame built the conventional way (decode to a tree, re-encode): kept for
+/// the benchmark that measures what splicing saves.
+pub fn relay_frame_reencoded(text: &[u8]) -> Option<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let out = serde_json::json!({
+        "type": v.get("type")?, "peer_id": v.get("peer_id")?,
+        "target_id": v.get("target_id")?, "payload": v.get("payload").cloned().unwrap_or_default(),
+    });
+    serde_json::to_vec(&out).ok()
+}
+
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes exactly as JSON requires; writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"type":"peer_list","peer_id":"registry","payload":{"peers":[…]}}`.
+pub fn peer_list_frame<'a>(peers: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(
+        b"{\"type\":\"peer_list\",\"peer_id\":\"registry\",\"payload\":{\"peers\":[",
+    );
+    for (i, p) in peers.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_json_str(&mut out, p);
+    }
+    out.extend_from_slice(b"]}}");
+    out
+}
+
+/// `{"type":"error","peer_id":"registry","payload":{"reason":…}}`.
+pub fn error_frame(reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + reason.len());
+    out.extend_from_slice(b"{\"type\":\"error\",\"peer_id\":\"registry\",\"payload\":{\"reason\":");
+    push_json_str(&mut out, reason);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn parse(v: &[u8]) -> Value {
+        serde_json::from_slice(v).unwrap()
+    }
+
+    #[test]
+    fn relays_keep_the_payload_bytes() {
+        let text = br#"{"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0\r\n","z":1,"a":[1,2]}}"#;
+        let Action::Relay {
+            kind,
+            target,
+            frame,
+        } = interpret(text, "a")
+        else {
+            panic!()
+        };
+        assert_eq!((kind, target.as_str()), (RelayKind::Offer, "b"));
+        let s = String::from_utf8(frame.clone()).unwrap();
+        assert!(
+            s.ends_with(r#""payload":{"sdp":"v=0\r\n","z":1,"a":[1,2]}}"#),
+            "{s}"
+        );
+        assert_eq!(
+            parse(&frame),
+            json!({"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0\r\n","z":1,"a":[1,2]}})
+        );
+        assert_eq!(parse(&frame), parse(&relay_frame_reencoded(text).unwrap()));
+        // Missing payload relays null, as the reference's default.
+        let Action::Relay { frame, .. } =
+            interpret(br#"{"type":"answer","peer_id":"a","target_id":"b"}"#, "a")
+        else {
+            panic!()
+        };
+        assert_eq!(parse(&frame)["payload"], Value::Null);
+        let Action::Relay { kind, .. } = interpret(
+            br#"{"type":"ice_candidate","peer_id":"a","target_id":"b","payload":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
+            "a",
+        ) else {
+            panic!()
+        };
+        assert_eq!(kind, RelayKind::IceCandidate);
+    }
+
+    #[test]
+    fn ignores_what_the_spec_ignores() {
+        assert_eq!(
+            interpret(b"not json", "a"),
+            Action::Ignore("unparsable frame")
+        );
+        assert_eq!(
+            interpret(
+                br#"{"type":"offer","peer_id":"mallory","target_id":"b","payload":{}}"#,
+                "a"
+            ),
+            Action::Ignore("peer_id differs from the connection's identity")
+        );
+        assert_eq!(
+            interpret(br#"{"type":"offer","peer_id":"a","payload":{}}"#, "a"),
+            Action::Ignore("relay without target_id")
+        );
+        assert_eq!(
+            interpret(br#"{"type":"dance","peer_id":"a"}"#, "a"),
+            Action::Ignore("unknown type")
+        );
+        assert_eq!(
+            interpret(br#"{"type":"register","peer_id":"a","payload":{}}"#, "a"),
+            Action::Register
+        );
+        assert_eq!(
+            interpret(br#"{"type":"register","peer_id":"a"}"#, "a"),
+            Action::Register
+        );
+        assert_eq!(
+            interpret(br#"{"type":"heartbeat","peer_id":"a"}"#, "a"),
+            Action::Heartbeat
+        );
+        assert_eq!(
+            interpret(br#"{"type":"register"}"#, "a"),
+            Action::Ignore("unparsable frame")
+        );
+        // Escaped identity compares by value.
+        assert_eq!(
+            interpret(br#"{"type":"register","peer_id":"\u0061"}"#, "a"),
+            Action::Register
+        );
+    }
+
+    #[test]
+    fn server_frames() {
+        assert_eq!(
+            parse(&peer_list_frame(["p2", "p\"3"])),
+            json!({"type":"peer_list","peer_id":"registry","payload":{"peers":["p2","p\"3"]}})
+        );
+        assert_eq!(
+            parse(&peer_list_frame(std::iter::empty())),
+            json!({"type":"peer_list","peer_id":"registry","payload":{"peers":[]}})
+        );
+        assert_eq!(
+            parse(&error_frame("not authorized")),
+            json!({"type":"error","peer_id":"registry","payload":{"reason":"not authorized"}})
+        );
+    }
+}
