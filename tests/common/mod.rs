@@ -1,0 +1,306 @@
+//! Black-box harness: start the real binary on 127.0.0.1, talk HTTP/1.1 to it over
+//! std TcpStreams, kill it on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{json, Value};
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "chatixia-test-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const KEYS_JSON: &str = r#"{"keys": {
+    "ak_test_admin": {"peer_id": "admin-1", "role": "admin"},
+    "ak_test_agent": {"peer_id": "agent-x", "role": "agent"}
+}}"#;
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub cores: usize,
+    _dir: TempDir,
+}
+
+/// Options of one server.
+pub struct Opts {
+    pub cores: usize,
+    /// Contents of API_KEYS_FILE; `None`: point it at a missing file.
+    pub keys: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Opts {
+    pub fn cores(cores: usize) -> Opts {
+        Opts {
+            cores,
+            keys: Some(KEYS_JSON.to_owned()),
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+impl Server {
+    pub fn start(cores: usize) -> Server {
+        Server::with(Opts::cores(cores))
+    }
+
+    pub fn with(opts: Opts) -> Server {
+        let dir = TempDir::new();
+        let port_file = dir.0.join("addr");
+        let keys_file = dir.0.join("api_keys.json");
+        if let Some(k) = &opts.keys {
+            std::fs::write(&keys_file, k).unwrap();
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatixia-core"));
+        cmd.args(["--listen", "127.0.0.1:0", "--cores"])
+            .arg(opts.cores.to_string())
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(["--test-clock", "--stun-url", "none", "--shutdown-timeout", "1"])
+            .args(&opts.args)
+            .env("API_KEYS_FILE", &keys_file)
+            .env_remove("SIGNALING_SECRET")
+            .env_remove("TURN_URL")
+            .env_remove("TURN_SECRET")
+            .env("RUST_LOG", "warn")
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn chatixia-core");
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            cores: opts.cores,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&port_file) {
+                if let Ok(a) = s.trim().parse() {
+                    server.addr = a;
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("server exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        loop {
+            if let Ok(mut c) = server.try_connect() {
+                if let Ok(r) = c.try_request("GET", "/healthz", &[], None) {
+                    if r.status == 200 {
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "server not ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn try_connect(&self) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            stream: s,
+        })
+    }
+
+    pub fn conn(&self) -> Conn {
+        self.try_connect().expect("connect")
+    }
+
+    /// One request on a fresh connection.
+    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        self.conn().request(method, path, headers, body)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Resp {
+        self.conn().post_json(path, body)
+    }
+
+    /// Moves the server clock forward and runs every shard's periodic jobs.
+    pub fn advance(&self, secs: f64) {
+        let r = self.post_json("/debug/clock", &json!({ "advance_secs": secs }));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["status"], "ok");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One keep-alive connection.
+pub struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// Asserts the status and a JSON `{"error": …}` body; returns the message.
+    pub fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error string: {}", self.text()))
+            .to_owned()
+    }
+}
+
+impl Conn {
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Resp> {
+        let mut out = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            out.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if let Some(b) = body {
+            bytes.extend_from_slice(b);
+        }
+        self.stream.write_all(&bytes)?;
+        self.read_response(method == "HEAD")
+    }
+
+    fn read_response(&mut self, head: bool) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; if head { 0 } else { len }];
+        self.reader.read_exact(&mut body)?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Writes raw bytes and reads one response.
+    pub fn raw(&mut self, bytes: &[u8]) -> Resp {
+        self.stream.write_all(bytes).expect("write");
+        self.read_response(false).expect("response")
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn post_json(&mut self, path: &str, body: &Value) -> Resp {
+        let b = serde_json::to_vec(body).unwrap();
+        self.request("POST", path, &[("Content-Type", "application/json")], Some(&b))
+    }
+}
+
+/// Runs `f` against a fresh server with 1 and with 2 shards.
+pub fn both(f: impl Fn(&Server)) {
+    for cores in [1, 2] {
+        let s = Server::start(cores);
+        f(&s);
+    }
+}
