@@ -97,7 +97,7 @@ impl Cli {
 }
 
 fn secs(flag: &str, v: f64) -> Result<Duration, String> {
-    if v.is_finite() && v >= 0.0 && v < 1e9 {
+    if v.is_finite() && (0.0..1e9).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!("{flag} must be a non-negative number of seconds"))

@@ -31,7 +31,10 @@ fn claimed_ids(r: &Resp) -> Vec<String> {
 #[test]
 fn task_lifecycle() {
     both(|s| {
-        let id = create(s, json!({"skill": "echo", "payload": {"b": 1, "a": [2]}, "ttl": 60}));
+        let id = create(
+            s,
+            json!({"skill": "echo", "payload": {"b": 1, "a": [2]}, "ttl": 60}),
+        );
         let t = s.get(&format!("/api/hub/tasks/{id}")).json();
         assert_eq!(t["state"], "pending");
         assert_eq!(t["skill"], "echo");
@@ -41,28 +44,57 @@ fn task_lifecycle() {
         // Defaults.
         let d = create(s, json!({}));
         let t = s.get(&format!("/api/hub/tasks/{d}")).json();
-        assert_eq!((t["ttl"].as_u64(), t["payload"].is_null()), (Some(300), true));
+        assert_eq!(
+            (t["ttl"].as_u64(), t["payload"].is_null()),
+            (Some(300), true)
+        );
 
-        let r = s.post_json(&format!("/api/hub/tasks/{id}"), &json!({"state": "completed", "result": "done"}));
+        let r = s.post_json(
+            &format!("/api/hub/tasks/{id}"),
+            &json!({"state": "completed", "result": "done"}),
+        );
         assert_eq!(r.text(), r#"{"status":"ok"}"#);
         // An empty result does not overwrite.
-        s.post_json(&format!("/api/hub/tasks/{id}"), &json!({"state": "completed", "result": ""}));
+        s.post_json(
+            &format!("/api/hub/tasks/{id}"),
+            &json!({"state": "completed", "result": ""}),
+        );
         let t = s.get(&format!("/api/hub/tasks/{id}")).json();
-        assert_eq!((t["state"].as_str(), t["result"].as_str()), (Some("completed"), Some("done")));
+        assert_eq!(
+            (t["state"].as_str(), t["result"].as_str()),
+            (Some("completed"), Some("done"))
+        );
 
         let nf = s.post_json("/api/hub/tasks/zzzzzzzz-zzz", &json!({"state": "x"}));
-        assert_eq!((nf.status, nf.text()), (200, r#"{"error":"not found"}"#.into()));
+        assert_eq!(
+            (nf.status, nf.text()),
+            (200, r#"{"error":"not found"}"#.into())
+        );
         let nf = s.get("/api/hub/tasks/zzzzzzzz-zzz");
-        assert_eq!((nf.status, nf.text()), (200, r#"{"error":"not found"}"#.into()));
-        s.post_json(&format!("/api/hub/tasks/{id}"), &json!({"result": "x"})).error(422);
-        s.post_json(&format!("/api/hub/tasks/{id}"), &json!({"state": "x", "result": {}})).error(422);
-        s.post_json("/api/hub/tasks", &json!({"ttl": "soon"})).error(422);
+        assert_eq!(
+            (nf.status, nf.text()),
+            (200, r#"{"error":"not found"}"#.into())
+        );
+        s.post_json(&format!("/api/hub/tasks/{id}"), &json!({"result": "x"}))
+            .error(422);
+        s.post_json(
+            &format!("/api/hub/tasks/{id}"),
+            &json!({"state": "x", "result": {}}),
+        )
+        .error(422);
+        s.post_json("/api/hub/tasks", &json!({"ttl": "soon"}))
+            .error(422);
         let r = s.req("POST", "/api/hub/tasks", &[], Some(b"{}"));
         r.error(415);
         s.req("POST", "/api/hub/tasks/all", &[], None).error(405);
 
         let all = s.get("/api/hub/tasks/all").json();
-        let ids: Vec<&str> = all.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+        let ids: Vec<&str> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap())
+            .collect();
         assert_eq!(ids, [id.as_str(), d.as_str()]);
         // The list keeps the reference's struct field order.
         assert!(s.get("/api/hub/tasks/all").text().starts_with(r#"[{"id":"#));
@@ -94,19 +126,37 @@ fn heartbeat_claims() {
         assert_eq!(t["state"], "assigned");
         assert_eq!(t["assigned_agent_id"], "ag1");
         // Nothing twice.
-        assert!(claimed_ids(&s.post_json("/api/hub/heartbeat", &hb("ag1", &["sum", "rare"]))).is_empty());
-        assert_eq!(s.get(&format!("/api/hub/tasks/{other}")).json()["state"], "pending");
-        assert_eq!(s.get(&format!("/api/hub/tasks/{untargeted}")).json()["state"], "pending");
+        assert!(
+            claimed_ids(&s.post_json("/api/hub/heartbeat", &hb("ag1", &["sum", "rare"])))
+                .is_empty()
+        );
+        assert_eq!(
+            s.get(&format!("/api/hub/tasks/{other}")).json()["state"],
+            "pending"
+        );
+        assert_eq!(
+            s.get(&format!("/api/hub/tasks/{untargeted}")).json()["state"],
+            "pending"
+        );
 
         // A targeted skill task can also be taken by any agent with the skill; the
         // target's pointer is then dead and is dropped.
         let t2 = create(s, json!({"target_agent_id": "ag3", "skill": "rare"}));
-        assert_eq!(claimed_ids(&s.post_json("/api/hub/heartbeat", &hb("ag9", &["rare"]))), [t2.clone()]);
+        assert_eq!(
+            claimed_ids(&s.post_json("/api/hub/heartbeat", &hb("ag9", &["rare"]))),
+            [t2]
+        );
         assert!(claimed_ids(&s.post_json("/api/hub/heartbeat", &hb("ag3", &[]))).is_empty());
 
         // The heartbeat registered the agents, replaced skills and kept a known sidecar id.
-        s.post_json("/api/hub/heartbeat", &json!({"agent_id": "ag1", "hostname": "h", "sidecar_peer_id": "sc"}));
-        s.post_json("/api/hub/heartbeat", &json!({"agent_id": "ag1", "hostname": "h2", "skill_names": ["z"]}));
+        s.post_json(
+            "/api/hub/heartbeat",
+            &json!({"agent_id": "ag1", "hostname": "h", "sidecar_peer_id": "sc"}),
+        );
+        s.post_json(
+            "/api/hub/heartbeat",
+            &json!({"agent_id": "ag1", "hostname": "h2", "skill_names": ["z"]}),
+        );
         let a = s.get("/api/registry/agents/ag1").json();
         assert_eq!(a["sidecar_peer_id"], "sc");
         assert_eq!(a["hostname"], "h2");
@@ -133,7 +183,8 @@ fn concurrent_heartbeats_assign_each_task_once() {
                         let mut mine = Vec::new();
                         // Many connections, so that requests land on different shards.
                         for _ in 0..10 {
-                            let r = s.post_json("/api/hub/heartbeat", &hb(&agent, &["crunch", "grind"]));
+                            let r = s
+                                .post_json("/api/hub/heartbeat", &hb(&agent, &["crunch", "grind"]));
                             mine.extend(claimed_ids(&r));
                         }
                         (agent, mine)
@@ -145,14 +196,20 @@ fn concurrent_heartbeats_assign_each_task_once() {
         let mut owner: HashMap<String, String> = HashMap::new();
         for (agent, tasks) in &got {
             for t in tasks {
-                assert!(owner.insert(t.clone(), agent.clone()).is_none(), "task {t} assigned twice");
+                assert!(
+                    owner.insert(t.clone(), agent.clone()).is_none(),
+                    "task {t} assigned twice"
+                );
             }
         }
         assert_eq!(owner.len(), 50, "every task assigned exactly once");
         for id in &ids {
             let t = s.get(&format!("/api/hub/tasks/{id}")).json();
             assert_eq!(t["state"], "assigned");
-            assert_eq!(t["assigned_agent_id"].as_str(), owner.get(id).map(|s| s.as_str()));
+            assert_eq!(
+                t["assigned_agent_id"].as_str(),
+                owner.get(id).map(|s| s.as_str())
+            );
         }
     }
 }

@@ -5,7 +5,12 @@ mod common;
 use common::*;
 
 fn gen_code(s: &Server) -> String {
-    let r = s.req("POST", "/api/pairing/generate-code", &[("X-API-Key", "ak_test_admin")], None);
+    let r = s.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["expires_in"], 300);
@@ -15,7 +20,10 @@ fn gen_code(s: &Server) -> String {
 }
 
 fn pair(c: &mut Conn, code: &str, name: &str) -> Resp {
-    c.post_json("/api/pairing/pair", &json!({"code": code, "agent_name": name}))
+    c.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": name}),
+    )
 }
 
 #[test]
@@ -23,7 +31,12 @@ fn pairing_flow() {
     both(|s| {
         let r = s.req("POST", "/api/pairing/generate-code", &[], None);
         assert_eq!(r.status, 401);
-        let r = s.req("POST", "/api/pairing/generate-code", &[("X-API-Key", "nope")], None);
+        let r = s.req(
+            "POST",
+            "/api/pairing/generate-code",
+            &[("X-API-Key", "nope")],
+            None,
+        );
         assert_eq!(r.status, 401);
 
         let mut c = s.conn();
@@ -39,7 +52,10 @@ fn pairing_flow() {
             let peer = v["peer_id"].as_str().unwrap().to_owned();
             assert!(peer.starts_with("agent-") && peer.len() == 12);
             // Single use.
-            assert_eq!(pair(&mut c, &code, "again").error(401), "invalid or expired pairing code");
+            assert_eq!(
+                pair(&mut c, &code, "again").error(401),
+                "invalid or expired pairing code"
+            );
             entries.push((id, peer));
             if i == 1 {
                 // New connection: the rate limit is per IP, 5 per 60 s; stay under it.
@@ -56,17 +72,40 @@ fn pairing_flow() {
         let a = s.req("POST", &format!("/api/pairing/{id0}/approve"), &[], None);
         assert_eq!(a.status, 200, "{}", a.text());
         let a = a.json();
-        assert_eq!((a["status"].as_str(), a["peer_id"].as_str()), (Some("approved"), Some(peer0.as_str())));
+        assert_eq!(
+            (a["status"].as_str(), a["peer_id"].as_str()),
+            (Some("approved"), Some(peer0.as_str()))
+        );
         let dt = a["device_token"].as_str().unwrap().to_owned();
         assert!(dt.starts_with("dt_") && dt.len() == 35);
         let again = s.req("POST", &format!("/api/pairing/{id0}/approve"), &[], None);
         assert_eq!(again.error(404), "not found or not pending");
         let id1 = &entries[1].0;
-        assert_eq!(s.req("POST", &format!("/api/pairing/{id1}/reject"), &[], None).text(), r#"{"status":"ok"}"#);
-        assert_eq!(s.req("POST", &format!("/api/pairing/{id1}/reject"), &[], None).error(404), "not found or not pending");
-        assert_eq!(s.req("POST", &format!("/api/pairing/{id1}/revoke"), &[], None).error(404), "not found or not approved");
-        assert_eq!(s.req("POST", "/api/pairing/ffffffff/approve", &[], None).error(404), "not found or not pending");
-        assert_eq!(s.req("POST", "/api/pairing/not-an-id/revoke", &[], None).error(404), "not found or not approved");
+        assert_eq!(
+            s.req("POST", &format!("/api/pairing/{id1}/reject"), &[], None)
+                .text(),
+            r#"{"status":"ok"}"#
+        );
+        assert_eq!(
+            s.req("POST", &format!("/api/pairing/{id1}/reject"), &[], None)
+                .error(404),
+            "not found or not pending"
+        );
+        assert_eq!(
+            s.req("POST", &format!("/api/pairing/{id1}/revoke"), &[], None)
+                .error(404),
+            "not found or not approved"
+        );
+        assert_eq!(
+            s.req("POST", "/api/pairing/ffffffff/approve", &[], None)
+                .error(404),
+            "not found or not pending"
+        );
+        assert_eq!(
+            s.req("POST", "/api/pairing/not-an-id/revoke", &[], None)
+                .error(404),
+            "not found or not approved"
+        );
 
         // The device token buys a JWT for the entry's peer, role agent.
         let t = s.req("POST", "/api/token", &[("X-Device-Token", &dt)], None);
@@ -74,17 +113,46 @@ fn pairing_flow() {
         assert_eq!(t.json()["peer_id"].as_str(), Some(peer0.as_str()));
         assert_eq!(t.json()["role"], "agent");
         // An unknown API key falls back to the device token.
-        let t = s.req("POST", "/api/token", &[("X-API-Key", "bad"), ("X-Device-Token", &dt)], None);
+        let t = s.req(
+            "POST",
+            "/api/token",
+            &[("X-API-Key", "bad"), ("X-Device-Token", &dt)],
+            None,
+        );
         assert_eq!(t.status, 200);
 
         let all = s.get("/api/pairing/all").json();
-        let statuses: Vec<&str> = all.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
-        assert_eq!(statuses, ["approved", "rejected", "pending_approval", "pending_approval"]);
+        let statuses: Vec<&str> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                "approved",
+                "rejected",
+                "pending_approval",
+                "pending_approval"
+            ]
+        );
         assert_eq!(all[0]["device_token"].as_str(), Some(dt.as_str()));
-        assert_eq!(s.get("/api/pairing/pending").json().as_array().unwrap().len(), 2);
+        assert_eq!(
+            s.get("/api/pairing/pending")
+                .json()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
 
         // Revoke: the token stops working.
-        assert_eq!(s.req("POST", &format!("/api/pairing/{id0}/revoke"), &[], None).text(), r#"{"status":"ok"}"#);
+        assert_eq!(
+            s.req("POST", &format!("/api/pairing/{id0}/revoke"), &[], None)
+                .text(),
+            r#"{"status":"ok"}"#
+        );
         let t = s.req("POST", "/api/token", &[("X-Device-Token", &dt)], None);
         assert_eq!((t.status, t.body.len()), (401, 0));
         assert_eq!(s.get("/api/pairing/all").json()[0]["status"], "revoked");
@@ -96,19 +164,49 @@ fn pair_validation_rate_limit_and_code_expiry() {
     both(|s| {
         let mut c = s.conn();
         // Body errors come first and do not count against the limit.
-        c.request("POST", "/api/pairing/pair", &[], Some(b"{}")).error(415);
-        c.request("POST", "/api/pairing/pair", &[("Content-Type", "application/json")], Some(b"{")).error(400);
-        c.post_json("/api/pairing/pair", &json!({"code": "123456"})).error(422);
-        c.post_json("/api/pairing/pair", &json!({"code": 123456, "agent_name": "x"})).error(422);
+        c.request("POST", "/api/pairing/pair", &[], Some(b"{}"))
+            .error(415);
+        c.request(
+            "POST",
+            "/api/pairing/pair",
+            &[("Content-Type", "application/json")],
+            Some(b"{"),
+        )
+        .error(400);
+        c.post_json("/api/pairing/pair", &json!({"code": "123456"}))
+            .error(422);
+        c.post_json(
+            "/api/pairing/pair",
+            &json!({"code": 123456, "agent_name": "x"}),
+        )
+        .error(422);
 
-        assert_eq!(pair(&mut c, "12345", "x").error(400), "code must be exactly 6 digits");
-        assert_eq!(pair(&mut c, "12345a", "x").error(400), "code must be exactly 6 digits");
-        assert_eq!(pair(&mut c, "123456", "   ").error(400), "agent_name is required");
-        assert_eq!(pair(&mut c, "000000", "x").error(401), "invalid or expired pairing code");
+        assert_eq!(
+            pair(&mut c, "12345", "x").error(400),
+            "code must be exactly 6 digits"
+        );
+        assert_eq!(
+            pair(&mut c, "12345a", "x").error(400),
+            "code must be exactly 6 digits"
+        );
+        assert_eq!(
+            pair(&mut c, "123456", "   ").error(400),
+            "agent_name is required"
+        );
+        assert_eq!(
+            pair(&mut c, "000000", "x").error(401),
+            "invalid or expired pairing code"
+        );
         let code = gen_code(s);
         // Fifth attempt in the window is allowed; the sixth is refused even with a good code.
-        assert_eq!(pair(&mut c, "000001", "x").error(401), "invalid or expired pairing code");
-        assert_eq!(pair(&mut c, &code, "x").error(429), "too many pairing attempts, try again later");
+        assert_eq!(
+            pair(&mut c, "000001", "x").error(401),
+            "invalid or expired pairing code"
+        );
+        assert_eq!(
+            pair(&mut c, &code, "x").error(429),
+            "too many pairing attempts, try again later"
+        );
         // The window slides.
         s.advance(61.0);
         assert_eq!(pair(&mut c, &code, "late").status, 200);
@@ -118,7 +216,10 @@ fn pair_validation_rate_limit_and_code_expiry() {
         s.advance(299.0);
         let code2 = gen_code(s);
         s.advance(2.0);
-        assert_eq!(pair(&mut c, &code, "x").error(401), "invalid or expired pairing code");
+        assert_eq!(
+            pair(&mut c, &code, "x").error(401),
+            "invalid or expired pairing code"
+        );
         assert_eq!(pair(&mut c, &code2, "fresh").status, 200);
     });
 }

@@ -16,7 +16,10 @@ fn agent(id: &str, skills: &[&str], sidecar: &str) -> Value {
 fn register_get_list_delete() {
     both(|s| {
         for i in 0..6 {
-            let r = s.post_json("/api/registry/agents", &agent(&format!("a{i}"), &["web"], ""));
+            let r = s.post_json(
+                "/api/registry/agents",
+                &agent(&format!("a{i}"), &["web"], ""),
+            );
             assert_eq!(r.status, 200);
             assert_eq!(r.text(), r#"{"status":"ok"}"#);
             assert!(r.header("access-control-allow-origin") == Some("*"));
@@ -40,7 +43,10 @@ fn register_get_list_delete() {
         assert_eq!(one["agent_id"], "a3");
         assert_eq!(one["hostname"], "a3.local");
         // Defaults.
-        let r = s.post_json("/api/registry/agents", &json!({"agent_id": "min", "hostname": "h"}));
+        let r = s.post_json(
+            "/api/registry/agents",
+            &json!({"agent_id": "min", "hostname": "h"}),
+        );
         assert_eq!(r.status, 200);
         let m = s.get("/api/registry/agents/min").json();
         assert_eq!(m["port"], 8000);
@@ -54,11 +60,24 @@ fn register_get_list_delete() {
         let d = s.req("DELETE", "/api/registry/agents/a3", &[], None);
         assert_eq!(d.text(), r#"{"status":"ok"}"#);
         let d = s.req("DELETE", "/api/registry/agents/a3", &[], None);
-        assert_eq!((d.status, d.text()), (200, r#"{"error":"not found"}"#.into()));
-        assert_eq!(s.get("/api/registry/agents").json().as_array().unwrap().len(), 6);
+        assert_eq!(
+            (d.status, d.text()),
+            (200, r#"{"error":"not found"}"#.into())
+        );
+        assert_eq!(
+            s.get("/api/registry/agents")
+                .json()
+                .as_array()
+                .unwrap()
+                .len(),
+            6
+        );
         // Percent-encoded ids are decoded.
         s.post_json("/api/registry/agents", &agent("with space", &[], ""));
-        assert_eq!(s.get("/api/registry/agents/with%20space").json()["agent_id"], "with space");
+        assert_eq!(
+            s.get("/api/registry/agents/with%20space").json()["agent_id"],
+            "with space"
+        );
     });
 }
 
@@ -68,16 +87,36 @@ fn bad_input() {
         let body = br#"{"agent_id":"x","hostname":"h"}"#;
         let r = s.req("POST", "/api/registry/agents", &[], Some(body));
         assert!(r.error(415).contains("application/json"));
-        let r = s.req("POST", "/api/registry/agents", &[("Content-Type", "text/plain")], Some(body));
+        let r = s.req(
+            "POST",
+            "/api/registry/agents",
+            &[("Content-Type", "text/plain")],
+            Some(body),
+        );
         r.error(415);
         let ct = [("Content-Type", "application/json")];
         let r = s.req("POST", "/api/registry/agents", &ct, Some(b"{not json"));
         assert!(r.error(400).contains("parse"));
-        let r = s.req("POST", "/api/registry/agents", &ct, Some(br#"{"hostname":"h"}"#));
+        let r = s.req(
+            "POST",
+            "/api/registry/agents",
+            &ct,
+            Some(br#"{"hostname":"h"}"#),
+        );
         assert!(r.error(422).contains("agent_id"));
-        let r = s.req("POST", "/api/registry/agents", &ct, Some(br#"{"agent_id":"x","hostname":"h","port":"80"}"#));
+        let r = s.req(
+            "POST",
+            "/api/registry/agents",
+            &ct,
+            Some(br#"{"agent_id":"x","hostname":"h","port":"80"}"#),
+        );
         r.error(422);
-        let r = s.req("POST", "/api/hub/heartbeat", &ct, Some(br#"{"hostname":"h"}"#));
+        let r = s.req(
+            "POST",
+            "/api/hub/heartbeat",
+            &ct,
+            Some(br#"{"hostname":"h"}"#),
+        );
         assert!(r.error(422).contains("agent_id"));
         // Body limit: 2 MiB + 1.
         let r = s.conn().raw(
@@ -89,7 +128,12 @@ fn bad_input() {
         let r = s.req("PUT", "/api/registry/agents", &[], None);
         r.error(405);
         assert_eq!(r.header("allow"), Some("GET,POST,HEAD,OPTIONS"));
-        let r = s.req("OPTIONS", "/api/hub/tasks", &[("Access-Control-Request-Method", "POST")], None);
+        let r = s.req(
+            "OPTIONS",
+            "/api/hub/tasks",
+            &[("Access-Control-Request-Method", "POST")],
+            None,
+        );
         assert_eq!(r.status, 200);
         assert_eq!(r.header("access-control-allow-methods"), Some("*"));
         assert!(r.header("allow").is_some());
@@ -104,17 +148,32 @@ fn route_by_skill() {
         let r = s.get("/api/registry/route");
         assert_eq!(r.status, 400);
         let miss = s.get("/api/registry/route?skill=web").json();
-        assert_eq!(miss, json!({"error": "no agent found with skill", "skill": "web"}));
+        assert_eq!(
+            miss,
+            json!({"error": "no agent found with skill", "skill": "web"})
+        );
         for i in 0..5 {
-            s.post_json("/api/registry/agents", &agent(&format!("r{i}"), &["web", "x"], ""));
+            s.post_json(
+                "/api/registry/agents",
+                &agent(&format!("r{i}"), &["web", "x"], ""),
+            );
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         s.post_json("/api/registry/agents", &agent("other", &["db"], ""));
         // Earliest registered active agent with the skill, whatever its shard.
-        assert_eq!(s.get("/api/registry/route?skill=web").json()["agent_id"], "r0");
-        assert_eq!(s.get("/api/registry/route?skill=db").json()["agent_id"], "other");
+        assert_eq!(
+            s.get("/api/registry/route?skill=web").json()["agent_id"],
+            "r0"
+        );
+        assert_eq!(
+            s.get("/api/registry/route?skill=db").json()["agent_id"],
+            "other"
+        );
         s.req("DELETE", "/api/registry/agents/r0", &[], None);
-        assert_eq!(s.get("/api/registry/route?skill=web").json()["agent_id"], "r1");
+        assert_eq!(
+            s.get("/api/registry/route?skill=web").json()["agent_id"],
+            "r1"
+        );
     });
 }
 
@@ -131,7 +190,12 @@ fn topology_joins_active_sidecars() {
         let t1 = nodes.iter().find(|n| n["agent_id"] == "t1").unwrap();
         assert_eq!(t1["skills_count"], 2);
         assert_eq!(t1["health"], "active");
-        let mut peers: Vec<&str> = t1["mesh_peers"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+        let mut peers: Vec<&str> = t1["mesh_peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
         peers.sort();
         assert_eq!(peers, ["sc2", "sc4"]);
         assert_eq!(t["mesh_edges"].as_array().unwrap().len(), 3);

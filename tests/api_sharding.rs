@@ -24,7 +24,10 @@ fn one_agent_through_many_connections() {
                 assert_eq!(a["capabilities"]["skills"], json!([format!("s{round}")]));
                 let list = c.get("/api/registry/agents").json();
                 assert_eq!(list.as_array().unwrap().len(), 1);
-                assert_eq!(c.get(&format!("/api/registry/route?skill=s{round}")).json()["agent_id"], "shared");
+                assert_eq!(
+                    c.get(&format!("/api/registry/route?skill=s{round}")).json()["agent_id"],
+                    "shared"
+                );
             }
         }
         // The shards really were both used (per-shard request counters in /metrics).
@@ -36,7 +39,10 @@ fn one_agent_through_many_connections() {
                 .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
                 .collect();
             assert_eq!(served.len(), 2, "{m}");
-            assert!(served.iter().all(|&n| n > 0), "one shard served nothing: {served:?}");
+            assert!(
+                served.iter().all(|&n| n > 0),
+                "one shard served nothing: {served:?}"
+            );
         }
     }
 }

@@ -23,10 +23,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "chatixia-test-{}-{n}-{nanos}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("chatixia-test-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         TempDir(dir)
     }
@@ -87,7 +85,13 @@ impl Server {
             .arg(opts.cores.to_string())
             .arg("--port-file")
             .arg(&port_file)
-            .args(["--test-clock", "--stun-url", "none", "--shutdown-timeout", "1"])
+            .args([
+                "--test-clock",
+                "--stun-url",
+                "none",
+                "--shutdown-timeout",
+                "1",
+            ])
             .args(&opts.args)
             .env("API_KEYS_FILE", &keys_file)
             .env_remove("SIGNALING_SECRET")
@@ -151,7 +155,13 @@ impl Server {
     }
 
     /// One request on a fresh connection.
-    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         self.conn().request(method, path, headers, body)
     }
 
@@ -276,7 +286,13 @@ impl Conn {
         })
     }
 
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         self.try_request(method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
@@ -293,7 +309,12 @@ impl Conn {
 
     pub fn post_json(&mut self, path: &str, body: &Value) -> Resp {
         let b = serde_json::to_vec(body).unwrap();
-        self.request("POST", path, &[("Content-Type", "application/json")], Some(&b))
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(&b),
+        )
     }
 }
 
