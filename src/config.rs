@@ -30,6 +30,23 @@ pub struct Cli {
     /// Seconds an idle keep-alive HTTP connection is kept open.
     #[arg(long, default_value_t = 75.0)]
     pub http_idle_timeout: f64,
+
+    /// Seconds a finished (completed/failed) task stays readable before it is removed.
+    #[arg(long, default_value_t = 3600.0)]
+    pub task_retention: f64,
+
+    /// STUN server URL for `GET /api/config` (repeatable). Default: the reference's
+    /// `stun:stun.l.google.com:19302`; `--stun-url none` configures no STUN server.
+    #[arg(long = "stun-url")]
+    pub stun_urls: Vec<String>,
+
+    /// Write the bound listen address (`ip:port`) to this file once listening.
+    #[arg(long)]
+    pub port_file: Option<std::path::PathBuf>,
+
+    /// Testing only: enables `POST /debug/clock` to move the server's clock forward.
+    #[arg(long, hide = true)]
+    pub test_clock: bool,
 }
 
 fn parse_driver(s: &str) -> Result<DriverChoice, String> {
@@ -61,10 +78,26 @@ impl Cli {
     pub fn http_idle_timeout(&self) -> Result<Duration, String> {
         secs("--http-idle-timeout", self.http_idle_timeout)
     }
+
+    pub fn task_retention(&self) -> Result<Duration, String> {
+        secs("--task-retention", self.task_retention)
+    }
+
+    /// The STUN URLs after applying the default and `none`.
+    pub fn stun_urls(&self) -> Vec<String> {
+        if self.stun_urls.is_empty() {
+            return crate::ice::default_stun_urls();
+        }
+        self.stun_urls
+            .iter()
+            .filter(|u| !u.eq_ignore_ascii_case("none") && !u.is_empty())
+            .cloned()
+            .collect()
+    }
 }
 
 fn secs(flag: &str, v: f64) -> Result<Duration, String> {
-    if v.is_finite() && v >= 0.0 && v < 1e9 {
+    if v.is_finite() && (0.0..1e9).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!("{flag} must be a non-negative number of seconds"))

@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use chatixia_core::auth::ApiKeys;
 use chatixia_core::config::Cli;
 use chatixia_core::server::{self, ServerConfig};
 use reactor::signals;
@@ -30,10 +31,24 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let addr = cli.listen_addr()?;
     let shutdown_timeout = cli.shutdown_timeout()?;
-    let config = Arc::new(ServerConfig {
-        http_idle_timeout: cli.http_idle_timeout()?,
-        http_limits: chatixia_core::http::Limits::default(),
-    });
+    let mut config = ServerConfig::new(cli.http_idle_timeout()?);
+    config.task_retention = cli.task_retention()?;
+    config.stun_urls = cli.stun_urls();
+    config.test_clock = cli.test_clock;
+    config.api_keys = load_api_keys();
+    config.jwt_secret = std::env::var("SIGNALING_SECRET")
+        .unwrap_or_else(|_| chatixia_core::auth::DEFAULT_SECRET.to_owned())
+        .into_bytes();
+    config.turn = match (std::env::var("TURN_URL"), std::env::var("TURN_SECRET")) {
+        (Ok(url), Ok(secret)) if !url.is_empty() && !secret.is_empty() => {
+            Some((url, secret.into_bytes()))
+        }
+        _ => None,
+    };
+    if config.test_clock {
+        tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
+    }
+    let config = Arc::new(config);
     match reactor::sys::raise_nofile() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
@@ -63,6 +78,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         })
         .map_err(|e| e.to_string())?;
     tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");
+    if let Some(path) = &cli.port_file {
+        // Written atomically (rename) so a reader never sees a partial address.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bound.to_string())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| format!("cannot write --port-file {}: {e}", path.display()))?;
+    }
 
     loop {
         if let Some(sig) = signals::wait_termination(Duration::from_millis(200)) {
@@ -83,4 +105,28 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Stopped::ShardFailed(i) => return Err(format!("shard {i} failed during shutdown")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `API_KEYS_FILE` (default `api_keys.json`) once, before the shards start, as the
+/// reference does: no readable file → the development key; a malformed file → a warning
+/// and the development key.
+fn load_api_keys() -> ApiKeys {
+    let path = std::env::var("API_KEYS_FILE").unwrap_or_else(|_| "api_keys.json".to_owned());
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "no API keys file; using the development key ak_dev_001");
+            return ApiKeys::dev_default();
+        }
+    };
+    match ApiKeys::parse(&bytes) {
+        Ok(keys) => {
+            tracing::info!(%path, keys = keys.len(), "API keys loaded");
+            keys
+        }
+        Err(e) => {
+            tracing::warn!(%path, error = %e, "malformed API keys file; using the development key ak_dev_001");
+            ApiKeys::dev_default()
+        }
+    }
 }

@@ -10,14 +10,14 @@ use common::{closed_by_peer, read_response, Server};
 #[test]
 fn sigterm_finishes_in_flight_request_and_exits_zero() {
     for driver in common::DRIVERS {
-        let mut srv = Server::start(2, driver, &["--shutdown-timeout", "5"]);
+        let mut srv = Server::start_driver(2, driver, &["--shutdown-timeout", "5"]);
         // An idle keep-alive connection.
-        let mut idle = srv.connect();
+        let mut idle = srv.stream();
         idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
             .unwrap();
         assert_eq!(read_response(&mut idle, &mut Vec::new()).status, 200);
         // A request in flight: headers and half the body sent.
-        let mut busy = srv.connect();
+        let mut busy = srv.stream();
         busy.write_all(b"POST /healthz HTTP/1.1\r\nhost: t\r\ncontent-length: 10\r\n\r\nhello")
             .unwrap();
         std::thread::sleep(Duration::from_millis(100));
@@ -58,9 +58,9 @@ fn sigterm_finishes_in_flight_request_and_exits_zero() {
 #[test]
 fn shutdown_timeout_bounds_a_stuck_client() {
     for driver in common::DRIVERS {
-        let mut srv = Server::start(1, driver, &["--shutdown-timeout", "0.5"]);
+        let mut srv = Server::start_driver(1, driver, &["--shutdown-timeout", "0.5"]);
         // A request that never completes.
-        let mut stuck = srv.connect();
+        let mut stuck = srv.stream();
         stuck
             .write_all(b"POST /healthz HTTP/1.1\r\nhost: t\r\ncontent-length: 100\r\n\r\nabc")
             .unwrap();

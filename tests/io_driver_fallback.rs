@@ -10,7 +10,7 @@ use common::Server;
 #[test]
 fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
     let mut srv = Server::start_env(2, "auto", &[], &[("CHATIXIA_DENY_IO_URING", "1")]);
-    let m = common::get(&srv, "/metrics").text();
+    let m = srv.get("/metrics").text();
     assert!(
         m.contains("chatixia_io_driver{shard=\"0\",driver=\"epoll\"} 1"),
         "{m}"
@@ -19,7 +19,7 @@ fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
         m.contains("chatixia_io_driver{shard=\"1\",driver=\"epoll\"} 1"),
         "{m}"
     );
-    assert_eq!(common::get(&srv, "/healthz").status, 200);
+    assert_eq!(srv.get("/healthz").status, 200);
     let (status, _) = srv.terminate(std::time::Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     let log = srv.log();
@@ -31,8 +31,8 @@ fn auto_falls_back_to_epoll_when_io_uring_is_refused() {
 
 #[test]
 fn auto_uses_io_uring_when_available() {
-    let srv = Server::start(1, "auto", &[]);
-    let m = common::get(&srv, "/metrics").text();
+    let srv = Server::start_driver(1, "auto", &[]);
+    let m = srv.get("/metrics").text();
     assert!(
         m.contains("chatixia_io_driver{shard=\"0\",driver=\"io_uring\"} 1"),
         "{m}"

@@ -20,12 +20,12 @@ fn sample(text: &str, name_and_labels: &str) -> u64 {
 #[test]
 fn metrics_cover_every_shard() {
     for driver in common::DRIVERS {
-        let srv = Server::start(2, driver, &[]);
+        let srv = Server::start_driver(2, driver, &[]);
         // Enough connections that SO_REUSEPORT lands some on each shard.
         for _ in 0..40 {
-            assert_eq!(common::get(&srv, "/healthz").status, 200);
+            assert_eq!(srv.get("/healthz").status, 200);
         }
-        let r = common::get(&srv, "/metrics");
+        let r = srv.get("/metrics");
         assert_eq!(r.status, 200);
         assert!(r
             .header("content-type")
@@ -59,7 +59,7 @@ fn metrics_cover_every_shard() {
         assert!(accepted >= 41, "accepted {accepted}");
         assert!(requests >= 41, "requests {requests}");
         // The scrape itself asked the other shard: mail went both ways.
-        let r2 = common::get(&srv, "/metrics").text();
+        let r2 = srv.get("/metrics").text();
         let sent: u64 = (0..2)
             .map(|s| {
                 sample(
@@ -75,7 +75,7 @@ fn metrics_cover_every_shard() {
 
 #[test]
 fn second_server_on_same_port_fails_clearly() {
-    let srv = Server::start(2, "uring", &[]);
+    let srv = Server::start_driver(2, "uring", &[]);
     let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
         .args(["--cores", "1", "--listen", &srv.addr.to_string()])
         .env("RUST_LOG", "off")
@@ -85,7 +85,7 @@ fn second_server_on_same_port_fails_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("address already in use"), "{err}");
     // The first server still serves.
-    assert_eq!(common::get(&srv, "/healthz").status, 200);
+    assert_eq!(srv.get("/healthz").status, 200);
 }
 
 #[test]

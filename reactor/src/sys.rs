@@ -26,7 +26,7 @@ pub fn raise_nofile() -> io::Result<(u64, u64)> {
         }
         lim = want;
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Makes `io_uring_setup` fail with EPERM in this thread and every thread it starts

@@ -469,9 +469,50 @@ impl TaskStore {
         skill_names: &[String],
         now: UnixTime,
     ) -> Vec<Task> {
+        self.claim_matching(agent_id, true, skill_names, now)
+    }
+
+    /// Like [`claim_for`](Self::claim_for), except that an empty `agent_id` claims
+    /// nothing by target (the server's rule: a heartbeat without an agent id takes only
+    /// skill tasks, where the reference would hand it every untargeted task).
+    pub fn claim_for_agent(
+        &mut self,
+        agent_id: &str,
+        skill_names: &[String],
+        now: UnixTime,
+    ) -> Vec<Task> {
+        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, now)
+    }
+
+    /// Claims the task `id` for `agent_id` if it is still `pending`; `None` if it is
+    /// unknown or no longer pending. Used to resolve the pointer a targeted skill task
+    /// leaves on its target's shard.
+    pub fn claim_id(&mut self, id: &str, agent_id: &str, now: UnixTime) -> Option<Task> {
+        let seq = *self.ids.get(id)?;
+        let task = self.tasks.get_mut(&seq)?;
+        if !task.is_pending() {
+            return None;
+        }
+        self.index.remove(seq, task);
+        STATE_ASSIGNED.clone_into(&mut task.state);
+        agent_id.clone_into(&mut task.assigned_agent_id);
+        task.updated_at = now;
+        self.index.add(seq, task);
+        Some(task.clone())
+    }
+
+    fn claim_matching(
+        &mut self,
+        agent_id: &str,
+        by_target: bool,
+        skill_names: &[String],
+        now: UnixTime,
+    ) -> Vec<Task> {
         let mut seqs = BTreeSet::new();
-        if let Some(set) = self.index.pending_by_target.get(agent_id) {
-            seqs.extend(set.iter().copied());
+        if by_target {
+            if let Some(set) = self.index.pending_by_target.get(agent_id) {
+                seqs.extend(set.iter().copied());
+            }
         }
         for skill in skill_names.iter().filter(|s| !s.is_empty()) {
             if let Some(set) = self.index.pending_by_skill.get(skill.as_str()) {

@@ -22,7 +22,7 @@ const WRITE_BATCH_SIZE_MAX: usize = 64 * 1024;
 
 /// Serves one connection until the client closes it, an error, the idle timeout, or a
 /// graceful shutdown (which lets a request in progress finish).
-pub async fn serve(ctx: &ShardCtx, mut stream: TcpStream, _peer: SocketAddr) {
+pub async fn serve(ctx: &ShardCtx, mut stream: TcpStream, peer: SocketAddr) {
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
@@ -35,7 +35,7 @@ pub async fn serve(ctx: &ShardCtx, mut stream: TcpStream, _peer: SocketAddr) {
             match ev {
                 Event::SendContinue => out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
                 Event::Request(req) => {
-                    let resp = router::handle(ctx, &req).await;
+                    let resp = router::handle(ctx, &req, peer).await;
                     ShardCounters::inc(&ctx.counters.requests_served);
                     let keep_alive = req.keep_alive && !shutdown.is_set();
                     let resp = if req.version_minor == 0 && keep_alive {

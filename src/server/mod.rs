@@ -1,25 +1,88 @@
 //! The shard application: accept loop, per-connection HTTP loop, routing, and the
 //! messages shards exchange. This is the only place that does I/O or reads the clock.
+//!
+//! * [`owner`]: what a shard does with a message about state it owns (synchronous);
+//! * `api_*`: the HTTP side of each service, which asks the owners;
+//! * [`router`]: path and method → handler.
 
+mod api_auth;
+mod api_common;
+mod api_debug;
+mod api_hub;
+mod api_pairing;
+mod api_registry;
 pub mod conn;
 pub mod msg;
+mod owner;
 pub mod router;
 
+use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reactor::Shard;
 
+use crate::auth::ApiKeys;
+use crate::hub::{TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
 use crate::metrics::{ShardCounters, ShardMetrics};
+use crate::pairing::{CodeStore, DeviceTokenIndex, PairingStore, RateLimiter};
+use crate::registry::{AgentStore, AgentStoreConfig, HEALTH_CHECK_INTERVAL};
+use crate::time::UnixTime;
+pub use api_auth::is_authorized;
 pub use msg::Msg;
+pub use owner::{PeerAuthz, TaskPointers};
 
-/// Settings every shard reads (immutable after start).
-#[derive(Clone, Debug)]
+/// How often expired invite codes and idle rate-limit buckets are swept (as the
+/// reference's pairing cleanup loop).
+pub const PAIRING_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Settings every shard reads (immutable after start; shared read-only through an `Arc`).
+#[derive(Debug)]
 pub struct ServerConfig {
     pub http_idle_timeout: Duration,
     pub http_limits: crate::http::Limits,
+    /// The API keys, parsed once before the shards start.
+    pub api_keys: ApiKeys,
+    /// JWT signing secret (`SIGNALING_SECRET`).
+    pub jwt_secret: Vec<u8>,
+    /// STUN URLs of `GET /api/config` (may be empty).
+    pub stun_urls: Vec<String>,
+    /// `(TURN_URL, TURN_SECRET)` when both are set.
+    pub turn: Option<(String, Vec<u8>)>,
+    /// How long finished tasks are kept.
+    pub task_retention: Duration,
+    /// Enables `POST /debug/clock`.
+    pub test_clock: bool,
+}
+
+impl ServerConfig {
+    /// A configuration with the reference's defaults (dev key, dev secret, default STUN).
+    pub fn new(http_idle_timeout: Duration) -> Self {
+        ServerConfig {
+            http_idle_timeout,
+            http_limits: crate::http::Limits::default(),
+            api_keys: ApiKeys::dev_default(),
+            jwt_secret: crate::auth::DEFAULT_SECRET.as_bytes().to_vec(),
+            stun_urls: crate::ice::default_stun_urls(),
+            turn: None,
+            task_retention: crate::hub::DEFAULT_RETENTION,
+            test_clock: false,
+        }
+    }
+}
+
+/// The state one shard owns (see docs/ARCHITECTURE.md, "State placement").
+pub struct ShardState {
+    pub agents: RefCell<AgentStore>,
+    pub tasks: RefCell<TaskStore>,
+    pub pointers: RefCell<TaskPointers>,
+    pub codes: RefCell<CodeStore>,
+    pub entries: RefCell<PairingStore>,
+    pub tokens: RefCell<DeviceTokenIndex>,
+    pub authorized: RefCell<PeerAuthz>,
+    pub rate: RefCell<RateLimiter>,
 }
 
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
@@ -27,14 +90,58 @@ pub struct ShardCtx {
     pub shard: Shard<Msg>,
     pub counters: ShardCounters,
     pub config: Arc<ServerConfig>,
+    pub state: ShardState,
+    /// Added to the wall clock (only `POST /debug/clock` changes it).
+    clock_offset: Cell<u64>,
 }
 
 impl ShardCtx {
+    fn new(shard: Shard<Msg>, config: Arc<ServerConfig>) -> Self {
+        let tasks = TaskStoreConfig {
+            retention: config.task_retention,
+            ..TaskStoreConfig::default()
+        };
+        ShardCtx {
+            shard,
+            counters: ShardCounters::default(),
+            state: ShardState {
+                agents: RefCell::new(AgentStore::new(AgentStoreConfig::default())),
+                tasks: RefCell::new(TaskStore::new(tasks)),
+                pointers: RefCell::new(TaskPointers::default()),
+                codes: RefCell::new(CodeStore::new()),
+                entries: RefCell::new(PairingStore::new()),
+                tokens: RefCell::new(DeviceTokenIndex::new()),
+                authorized: RefCell::new(PeerAuthz::default()),
+                rate: RefCell::new(RateLimiter::new()),
+            },
+            config,
+            clock_offset: Cell::new(0),
+        }
+    }
+
+    /// The shard's clock: wall clock plus the test offset.
+    pub fn now(&self) -> UnixTime {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        UnixTime(wall.saturating_add(self.clock_offset.get()))
+    }
+
+    pub(crate) fn clock_offset(&self) -> u64 {
+        self.clock_offset.get()
+    }
+
     /// Handles a message from another shard (or this one); returns the reply of an ask.
     fn on_message(&self, _from: usize, msg: Msg) -> Option<Msg> {
         match msg {
             Msg::MetricsQuery => Some(Msg::Metrics(Box::new(self.metrics_snapshot()))),
-            Msg::Metrics(_) => None,
+            Msg::SetClock(offset) => {
+                self.clock_offset.set(offset);
+                self.run_periodic_jobs();
+                Some(Msg::Ok)
+            }
+            other => owner::handle(self, other),
         }
     }
 
@@ -46,6 +153,29 @@ impl ShardCtx {
             self.shard.stats(),
         )
     }
+
+    fn job_health(&self) {
+        let now = self.now();
+        self.state.agents.borrow_mut().tick_health(now);
+    }
+
+    fn job_expire(&self) {
+        let now = self.now();
+        self.state.tasks.borrow_mut().expire(now);
+        self.state.pointers.borrow_mut().sweep(now);
+    }
+
+    fn job_pairing_sweep(&self) {
+        let now = self.now();
+        self.state.codes.borrow_mut().sweep(now);
+        self.state.rate.borrow_mut().sweep(now);
+    }
+
+    fn run_periodic_jobs(&self) {
+        self.job_health();
+        self.job_expire();
+        self.job_pairing_sweep();
+    }
 }
 
 /// Backoff after an accept error such as EMFILE (out of file descriptors): the
@@ -55,13 +185,16 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 /// The application future of one shard: serves its listener until shutdown, then waits
 /// for its connections to finish.
 pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<ServerConfig>) {
-    let ctx = Rc::new(ShardCtx {
-        shard: shard.clone(),
-        counters: ShardCounters::default(),
-        config,
-    });
+    let ctx = Rc::new(ShardCtx::new(shard.clone(), config));
     let handler_ctx = ctx.clone();
     shard.set_handler(move |from, msg| handler_ctx.on_message(from, msg));
+    let stop = shard.shutdown_event().clone();
+    let c = ctx.clone();
+    reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());
+    let c = ctx.clone();
+    reactor::timer::every(EXPIRE_INTERVAL, stop.clone(), move || c.job_expire());
+    let c = ctx.clone();
+    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop, move || c.job_pairing_sweep());
 
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,

@@ -1,14 +1,34 @@
 //! Routing: path and method → handler. Handlers that need other shards' state ask them
 //! over the mailboxes; everything else is answered locally.
 
+use std::net::SocketAddr;
+
 use crate::http::{Method, Request, Response};
-use crate::server::{Msg, ShardCtx};
+use crate::server::{api_auth, api_debug, api_hub, api_pairing, api_registry, Msg, ShardCtx};
 
 /// The routes this server knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Healthz,
     Metrics,
+    Token,
+    IceConfig,
+    Agents,
+    Agent,
+    RouteSkill,
+    Heartbeat,
+    Topology,
+    Tasks,
+    TasksAll,
+    Task,
+    GenerateCode,
+    Pair,
+    PairingPending,
+    PairingAll,
+    Approve,
+    Reject,
+    Revoke,
+    DebugClock,
 }
 
 struct RouteDef {
@@ -17,6 +37,7 @@ struct RouteDef {
     methods: &'static [Method],
 }
 
+/// In match order: a literal segment listed before a `{param}` one wins.
 const ROUTES: &[RouteDef] = &[
     RouteDef {
         pattern: "/healthz",
@@ -27,6 +48,96 @@ const ROUTES: &[RouteDef] = &[
         pattern: "/metrics",
         route: Route::Metrics,
         methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/token",
+        route: Route::Token,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/config",
+        route: Route::IceConfig,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/registry/agents",
+        route: Route::Agents,
+        methods: &[Method::Get, Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/registry/agents/{id}",
+        route: Route::Agent,
+        methods: &[Method::Get, Method::Delete],
+    },
+    RouteDef {
+        pattern: "/api/registry/route",
+        route: Route::RouteSkill,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/hub/heartbeat",
+        route: Route::Heartbeat,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/hub/network/topology",
+        route: Route::Topology,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/hub/tasks",
+        route: Route::Tasks,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/hub/tasks/all",
+        route: Route::TasksAll,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/hub/tasks/{id}",
+        route: Route::Task,
+        methods: &[Method::Get, Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/pairing/generate-code",
+        route: Route::GenerateCode,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/pairing/pair",
+        route: Route::Pair,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/pairing/pending",
+        route: Route::PairingPending,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/pairing/all",
+        route: Route::PairingAll,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/pairing/{id}/approve",
+        route: Route::Approve,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/pairing/{id}/reject",
+        route: Route::Reject,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/pairing/{id}/revoke",
+        route: Route::Revoke,
+        methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/debug/clock",
+        route: Route::DebugClock,
+        methods: &[Method::Post],
     },
 ];
 
@@ -83,9 +194,11 @@ fn allow_header(methods: &[Method]) -> String {
     names.join(",")
 }
 
-/// Answers one request.
-pub async fn handle(ctx: &ShardCtx, req: &Request) -> Response {
-    let Some(m) = match_path(&req.path) else {
+/// Answers one request from `peer`.
+pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response {
+    let matched =
+        match_path(&req.path).filter(|m| m.route != Route::DebugClock || ctx.config.test_clock);
+    let Some(m) = matched else {
         if req.method == Method::Options && req.header("access-control-request-method").is_some() {
             return preflight("OPTIONS".into());
         }
@@ -106,10 +219,33 @@ pub async fn handle(ctx: &ShardCtx, req: &Request) -> Response {
         )
         .with_header("allow", allow_header(m.methods));
     }
-    match m.route {
-        Route::Healthz => Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec()),
-        Route::Metrics => metrics(ctx).await,
-    }
+    let p = |i: usize| m.params.get(i).copied().unwrap_or("");
+    let result = match m.route {
+        Route::Healthz => Ok(Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())),
+        Route::Metrics => Ok(metrics(ctx).await),
+        Route::Token => api_auth::token(ctx, req).await,
+        Route::IceConfig => Ok(api_auth::ice(ctx)),
+        Route::Agents if method == Method::Post => api_registry::register(ctx, req).await,
+        Route::Agents => api_registry::list(ctx).await,
+        Route::Agent if method == Method::Delete => api_registry::delete(ctx, p(0)).await,
+        Route::Agent => api_registry::get(ctx, p(0)).await,
+        Route::RouteSkill => api_registry::route(ctx, req).await,
+        Route::Heartbeat => api_hub::heartbeat(ctx, req).await,
+        Route::Topology => api_registry::topology_route(ctx).await,
+        Route::Tasks => api_hub::create(ctx, req).await,
+        Route::TasksAll => api_hub::list(ctx).await,
+        Route::Task if method == Method::Post => api_hub::update(ctx, req, p(0)).await,
+        Route::Task => api_hub::get(ctx, p(0)).await,
+        Route::GenerateCode => api_pairing::generate_code(ctx, req).await,
+        Route::Pair => api_pairing::pair(ctx, req, peer.ip()).await,
+        Route::PairingPending => api_pairing::list(ctx, true).await,
+        Route::PairingAll => api_pairing::list(ctx, false).await,
+        Route::Approve => api_pairing::approve(ctx, p(0)).await,
+        Route::Reject => api_pairing::reject(ctx, p(0)).await,
+        Route::Revoke => api_pairing::revoke(ctx, p(0)).await,
+        Route::DebugClock => api_debug::clock(ctx, req).await,
+    };
+    result.unwrap_or_else(|resp| resp)
 }
 
 fn preflight(allow: String) -> Response {

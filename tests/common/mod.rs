@@ -1,99 +1,120 @@
-//! Test harness: starts the real `chatixia-core` binary on 127.0.0.1 and talks to it
-//! over real sockets.
+//! Black-box harness: start the real binary on 127.0.0.1, talk HTTP/1.1 to it over
+//! std TcpStreams, kill it on drop.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
+pub use serde_json::{json, Value};
 
-/// A running server, killed on drop.
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let dir =
+            std::env::temp_dir().join(format!("chatixia-test-{}-{n}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub const KEYS_JSON: &str = r#"{"keys": {
+    "ak_test_admin": {"peer_id": "admin-1", "role": "admin"},
+    "ak_test_agent": {"peer_id": "agent-x", "role": "agent"}
+}}"#;
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
-    /// The server's stderr goes to a file (a pipe nobody drains could fill up and
-    /// block the server's logging).
-    pub log_path: std::path::PathBuf,
+    pub cores: usize,
+    /// The server's stderr (a pipe nobody drains could fill up and block its logging).
+    pub log_path: PathBuf,
+    _dir: TempDir,
+}
+
+/// Both io drivers: the suite runs its transport tests on each.
+pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
+
+/// Options of one server.
+pub struct Opts {
+    pub cores: usize,
+    /// Contents of API_KEYS_FILE; `None`: point it at a missing file.
+    pub keys: Option<String>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Opts {
+    pub fn cores(cores: usize) -> Opts {
+        Opts {
+            cores,
+            keys: Some(KEYS_JSON.to_owned()),
+            env: Vec::new(),
+            args: Vec::new(),
+        }
+    }
 }
 
 impl Server {
-    /// Starts the server with `--cores`, `--io-driver` and extra arguments, and waits
-    /// until `/healthz` answers.
-    pub fn start(cores: usize, driver: &str, extra: &[&str]) -> Server {
-        Self::start_env(cores, driver, extra, &[])
+    pub fn start(cores: usize) -> Server {
+        Server::with(Opts::cores(cores))
+    }
+
+    /// A server on `driver` (`uring`, `epoll`, `auto`) with extra arguments.
+    pub fn start_driver(cores: usize, driver: &str, extra: &[&str]) -> Server {
+        Server::start_env(cores, driver, extra, &[])
     }
 
     pub fn start_env(cores: usize, driver: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatixia-core"));
-        cmd.args([
-            "--cores",
-            &cores.to_string(),
-            "--io-driver",
-            driver,
-            "--listen",
-            &addr.to_string(),
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-        let log_path = std::env::temp_dir().join(format!(
-            "chatixia-core-test-{}-{port}.log",
-            std::process::id()
-        ));
-        cmd.stderr(std::fs::File::create(&log_path).expect("log file"));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("spawn chatixia-core");
-        let mut server = Server {
-            child,
-            addr,
-            log_path,
-        };
-        server.wait_ready();
-        server
+        let mut o = Opts::cores(cores);
+        o.args = ["--io-driver", driver]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        o.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::with(o)
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("server exited early ({status}): {}", self.log());
-            }
-            if let Ok(mut s) = TcpStream::connect(self.addr) {
-                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
-                    .is_ok()
-                {
-                    let mut buf = Vec::new();
-                    let _ = s.read_to_end(&mut buf);
-                    if buf.starts_with(b"HTTP/1.1 200") {
-                        return;
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("server did not become ready on {}", self.addr);
-    }
-
-    pub fn connect(&self) -> TcpStream {
+    /// A raw socket to the server (10 s read timeout, no Nagle).
+    pub fn stream(&self) -> TcpStream {
         let s = TcpStream::connect(self.addr).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.set_nodelay(true).unwrap();
         s
     }
 
-    /// Sends SIGTERM and waits (bounded) for the exit status; returns it and how long
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit; returns the status and how long
     /// the exit took.
     pub fn terminate(&mut self, bound: Duration) -> (std::process::ExitStatus, Duration) {
         let t = Instant::now();
-        // SIGTERM via the kill(1) command keeps `unsafe` out of the tests.
+        // SIGTERM via kill(1) keeps `unsafe` out of the tests.
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -110,12 +131,108 @@ impl Server {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-}
 
-impl Server {
-    /// What the server has logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    pub fn with(opts: Opts) -> Server {
+        let dir = TempDir::new();
+        let port_file = dir.0.join("addr");
+        let keys_file = dir.0.join("api_keys.json");
+        if let Some(k) = &opts.keys {
+            std::fs::write(&keys_file, k).unwrap();
+        }
+        let log_path = dir.0.join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatixia-core"));
+        cmd.args(["--listen", "127.0.0.1:0", "--cores"])
+            .arg(opts.cores.to_string())
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(["--test-clock", "--stun-url", "none"])
+            .args(&opts.args)
+            .env("API_KEYS_FILE", &keys_file)
+            .env_remove("SIGNALING_SECRET")
+            .env_remove("TURN_URL")
+            .env_remove("TURN_SECRET")
+            .env("RUST_LOG", "warn")
+            .current_dir(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).expect("log file"));
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn chatixia-core");
+        let mut server = Server {
+            child,
+            addr: "127.0.0.1:1".parse().unwrap(),
+            cores: opts.cores,
+            log_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(&port_file) {
+                if let Ok(a) = s.trim().parse() {
+                    server.addr = a;
+                    break;
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("server exited early: {status}: {}", server.log());
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        loop {
+            if let Ok(mut c) = server.try_connect() {
+                if let Ok(r) = c.try_request("GET", "/healthz", &[], None) {
+                    if r.status == 200 {
+                        break;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "server not ready");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn try_connect(&self) -> std::io::Result<Conn> {
+        let s = TcpStream::connect(self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            reader: BufReader::new(s.try_clone()?),
+            stream: s,
+        })
+    }
+
+    pub fn conn(&self) -> Conn {
+        self.try_connect().expect("connect")
+    }
+
+    /// One request on a fresh connection.
+    pub fn req(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        self.conn().request(method, path, headers, body)
+    }
+
+    pub fn get(&self, path: &str) -> Resp {
+        self.req("GET", path, &[], None)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Resp {
+        self.conn().post_json(path, body)
+    }
+
+    /// Moves the server clock forward and runs every shard's periodic jobs.
+    pub fn advance(&self, secs: f64) {
+        let r = self.post_json("/debug/clock", &json!({ "advance_secs": secs }));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["status"], "ok");
     }
 }
 
@@ -123,20 +240,15 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log_path);
     }
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// One keep-alive connection.
+pub struct Conn {
+    stream: TcpStream,
+    reader: BufReader<TcpStream>,
 }
 
-/// A parsed HTTP/1.1 response.
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
@@ -148,26 +260,151 @@ impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
-    pub fn json(&self) -> serde_json::Value {
+
+    pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// Asserts the status and a JSON `{"error": …}` body; returns the message.
+    pub fn error(&self, status: u16) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error string: {}", self.text()))
+            .to_owned()
     }
 }
 
-/// Reads one response (content-length framed) from `s`, keeping leftovers in `buf`.
+impl Conn {
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::io::Result<Resp> {
+        let mut out = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n");
+        for (k, v) in headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if let Some(b) = body {
+            out.push_str(&format!("Content-Length: {}\r\n", b.len()));
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        if let Some(b) = body {
+            bytes.extend_from_slice(b);
+        }
+        self.stream.write_all(&bytes)?;
+        self.read_response(method == "HEAD")
+    }
+
+    fn read_response(&mut self, head: bool) -> std::io::Result<Resp> {
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; if head { 0 } else { len }];
+        self.reader.read_exact(&mut body)?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Writes raw bytes and reads one response.
+    pub fn raw(&mut self, bytes: &[u8]) -> Resp {
+        self.stream.write_all(bytes).expect("write");
+        self.read_response(false).expect("response")
+    }
+
+    pub fn get(&mut self, path: &str) -> Resp {
+        self.request("GET", path, &[], None)
+    }
+
+    pub fn post_json(&mut self, path: &str, body: &Value) -> Resp {
+        let b = serde_json::to_vec(body).unwrap();
+        self.request(
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            Some(&b),
+        )
+    }
+}
+
+/// Runs `f` against a fresh server with 1 and with 2 shards.
+pub fn both(f: impl Fn(&Server)) {
+    for cores in [1, 2] {
+        let s = Server::start(cores);
+        f(&s);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Reads one content-length-framed response from a raw stream, keeping leftover bytes
+/// in `buf` (for pipelining tests).
 pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let mut lines = head.split("\r\n");
-            let status_line = lines.next().unwrap();
-            let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+            let status: u16 = lines
+                .next()
+                .unwrap()
+                .split(' ')
+                .nth(1)
+                .unwrap()
+                .parse()
+                .unwrap();
             let headers: Vec<(String, String)> = lines
                 .filter_map(|l| l.split_once(':'))
                 .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -207,18 +444,14 @@ pub fn find(h: &[u8], n: &[u8]) -> Option<usize> {
     h.windows(n.len()).position(|w| w == n)
 }
 
-/// One request on a fresh connection.
+/// Writes a raw request on a fresh connection and reads one response.
 pub fn request(server: &Server, raw: &str) -> Resp {
-    let mut s = server.connect();
+    let mut s = server.stream();
     s.write_all(raw.as_bytes()).unwrap();
     read_response(&mut s, &mut Vec::new())
 }
 
-pub fn get(server: &Server, path: &str) -> Resp {
-    request(server, &format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n"))
-}
-
-/// True once the peer has closed the connection (reads EOF or a reset).
+/// True once the peer has closed the connection (EOF or reset).
 pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
     matches!(s.read(&mut b), Ok(0) | Err(_))

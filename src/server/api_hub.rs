@@ -1,0 +1,189 @@
+//! `/api/hub/heartbeat` and `/api/hub/tasks*`.
+//!
+//! A task lives on its home shard (`shard_of(skill)`, else `shard_of(target)`, else the
+//! shard that took the request) and its id is drawn until `shard_of(id)` is that home,
+//! so a task is found from its id alone. A task with both a target and a skill also
+//! leaves a pointer on the target's shard (see docs/ARCHITECTURE.md).
+
+use std::collections::BTreeMap;
+
+use crate::http::{Request, Response};
+use crate::hub::{
+    heartbeat_body, new_task_id, task_body, task_created_body, task_list_body, Task, TaskId,
+    TaskSubmission, TaskUpdate,
+};
+use crate::registry::Heartbeat;
+use crate::server::api_common::{
+    ask, ask_all, fill_random, json_body, not_found_200, ok_json, ok_status, path_param,
+    random_bytes, unexpected, Reply,
+};
+use crate::server::{Msg, ShardCtx};
+
+/// Redraws of a task id that already exists on its home shard (44 random bits: a clash
+/// is practically impossible; this only bounds the loop).
+const TASK_ID_TRIES_MAX: usize = 8;
+
+/// Draws a task id that hashes to `home`. Each draw hits `home` with probability
+/// 1/shards, so this takes `shards` draws on average; the bound only matters if the
+/// random source is broken.
+fn draw_task_id(ctx: &ShardCtx, home: usize) -> Reply<TaskId> {
+    random_bytes::<1>()?; // fail early (500) if the OS has no randomness
+    let draws_max = 64 * ctx.shard.count().max(1) + 64;
+    for _ in 0..draws_max {
+        let id = new_task_id(&mut fill_random);
+        if ctx.shard.shard_of(&id) == home {
+            return Ok(id);
+        }
+    }
+    Err(Response::error(500, "could not draw a task id"))
+}
+
+/// `POST /api/hub/tasks`.
+pub async fn create(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+    let sub: TaskSubmission = json_body(req)?;
+    let home = if !sub.skill.is_empty() {
+        ctx.shard.shard_of(&sub.skill)
+    } else if !sub.target_agent_id.is_empty() {
+        ctx.shard.shard_of(&sub.target_agent_id)
+    } else {
+        ctx.shard.id()
+    };
+    // A targeted skill task whose target lives on another shard leaves a pointer there.
+    let pointer_to = (!sub.skill.is_empty() && !sub.target_agent_id.is_empty())
+        .then(|| ctx.shard.shard_of(&sub.target_agent_id))
+        .filter(|&s| s != home);
+    let target = sub.target_agent_id.clone();
+    let ttl = sub.ttl;
+    let mut sub = Some(sub);
+    for _ in 0..TASK_ID_TRIES_MAX {
+        let id = draw_task_id(ctx, home)?;
+        let Some(s) = sub.take() else { break };
+        let msg = Msg::TaskCreate(Box::new((id.clone(), s)));
+        match ask(ctx, home, msg).await? {
+            Msg::Ok => {
+                if let Some(to) = pointer_to {
+                    let deadline = ctx.now().saturating_add_secs(ttl);
+                    let ptr = Msg::TaskPointer(Box::new((target, id.clone(), deadline)));
+                    if ask(ctx, to, ptr).await.is_err() {
+                        tracing::warn!(task = %id, "could not leave a task pointer (mailbox full)");
+                    }
+                }
+                return Ok(ok_json(task_created_body(&id)));
+            }
+            Msg::Full => return Ok(Response::error(503, "task store is full")),
+            Msg::InUse => {
+                // The submission was consumed by the message; rebuild it from the request.
+                sub = Some(json_body(req)?);
+            }
+            _ => return Ok(unexpected()),
+        }
+    }
+    Ok(Response::error(500, "could not draw a free task id"))
+}
+
+/// `GET /api/hub/tasks/all`: every shard's tasks, by creation time then id.
+pub async fn list(ctx: &ShardCtx) -> Reply<Response> {
+    let mut all: Vec<Task> = Vec::new();
+    for r in ask_all(ctx, |_| Msg::TaskList).await? {
+        match r {
+            Msg::Tasks(v) => all.extend(*v),
+            _ => return Ok(unexpected()),
+        }
+    }
+    sort_tasks(&mut all);
+    Ok(ok_json(task_list_body(&all)))
+}
+
+fn sort_tasks(tasks: &mut [Task]) {
+    tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+}
+
+/// `GET /api/hub/tasks/{id}`.
+pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+    let id = path_param(raw_id)?;
+    let to = ctx.shard.shard_of(&id);
+    match ask(ctx, to, Msg::TaskGet(id.into())).await? {
+        Msg::Task(Some(t)) => Ok(ok_json(task_body(&t))),
+        Msg::Task(None) => Ok(not_found_200()),
+        _ => Ok(unexpected()),
+    }
+}
+
+/// `POST /api/hub/tasks/{id}`.
+pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Reply<Response> {
+    let id = path_param(raw_id)?;
+    let upd: TaskUpdate = json_body(req)?;
+    let to = ctx.shard.shard_of(&id);
+    match ask(ctx, to, Msg::TaskUpdate(Box::new((id, upd)))).await? {
+        Msg::Ok => Ok(ok_status()),
+        Msg::NotFound => Ok(not_found_200()),
+        _ => Ok(unexpected()),
+    }
+}
+
+/// `POST /api/hub/heartbeat`: (1) the agent's owner upserts it, claims the tasks local to
+/// it and hands back the pointers left for the agent; (2) each pointer's home shard
+/// claims that id if still pending; (3) every other shard among `shard_of(skill)` claims
+/// its matching tasks. Each claim is a local state change on the task's only shard, so
+/// a task is assigned at most once however heartbeats race.
+pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+    let hb: Heartbeat = json_body(req)?;
+    let agent = hb.agent_id.clone();
+    let skills = hb.skill_names.clone();
+    let owner = ctx.shard.shard_of(&agent);
+    let (mut claimed, pointers) = match ask(ctx, owner, Msg::Heartbeat(Box::new(hb))).await? {
+        Msg::HeartbeatDone(b) => *b,
+        Msg::Full => return Ok(Response::error(503, "agent registry is full")),
+        _ => return Ok(unexpected()),
+    };
+
+    // Pointers, grouped by home shard.
+    let mut by_home: BTreeMap<usize, Vec<TaskId>> = BTreeMap::new();
+    for id in pointers {
+        by_home.entry(ctx.shard.shard_of(&id)).or_default().push(id);
+    }
+    // Skill shards other than the owner (the owner already claimed its local ones).
+    let mut skill_shards: Vec<usize> = skills
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| ctx.shard.shard_of(s))
+        .filter(|&s| s != owner)
+        .collect();
+    skill_shards.sort_unstable();
+    skill_shards.dedup();
+
+    let mut first_error = None;
+    for (home, ids) in by_home {
+        let keep = ids.clone();
+        match ask(ctx, home, Msg::ClaimIds(Box::new((agent.clone(), ids)))).await {
+            Ok(Msg::Tasks(v)) => claimed.extend(*v),
+            Ok(_) => return Ok(unexpected()),
+            Err(resp) => {
+                // Keep the pointers for the next heartbeat.
+                let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
+                for id in keep {
+                    let ptr = Msg::TaskPointer(Box::new((agent.clone(), id, deadline)));
+                    let _ = ctx.shard.try_tell(owner, ptr);
+                }
+                first_error.get_or_insert(resp);
+            }
+        }
+    }
+    for s in skill_shards {
+        let msg = Msg::ClaimFor(Box::new((agent.clone(), skills.clone())));
+        match ask(ctx, s, msg).await {
+            Ok(Msg::Tasks(v)) => claimed.extend(*v),
+            Ok(_) => return Ok(unexpected()),
+            // Tasks stay pending on that shard for the next heartbeat; what was already
+            // claimed must still be handed out, so the answer is not an error.
+            Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
+        }
+    }
+    if claimed.is_empty() {
+        if let Some(resp) = first_error {
+            return Err(resp);
+        }
+    }
+    sort_tasks(&mut claimed);
+    Ok(ok_json(heartbeat_body(&claimed)))
+}
