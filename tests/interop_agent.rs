@@ -59,8 +59,8 @@ impl Proc {
 
     fn signal(&self, sig: libc::c_int) {
         let target = if self.group { -self.pid() } else { self.pid() };
-        // SAFETY: plain kill(2); the pid is our own child (or its process group), which
-        // has not been reaped yet, so the id cannot have been reused.
+        // SAFETY: plain kill(2) on our own child or its process group (the group id stays
+        // taken while any member lives; a gone group just gives ESRCH).
         unsafe {
             libc::kill(target, sig);
         }
@@ -330,6 +330,26 @@ fn setup_python() -> PathBuf {
     bin
 }
 
+/// Longest a server or agent may live, even if this test process is killed outright
+/// (then no Drop runs): `timeout(1)` stops it.
+const PROCESS_LIFETIME: &str = "300";
+
+/// `program` under `timeout --kill-after=5 300` when coreutils' timeout exists.
+fn bounded(program: &Path) -> Command {
+    let timeout = ["/usr/bin/timeout", "/bin/timeout"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.is_file());
+    match timeout {
+        Some(t) => {
+            let mut cmd = Command::new(t);
+            cmd.arg("--kill-after=5").arg(PROCESS_LIFETIME).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 fn server_binary() -> PathBuf {
     match std::env::var_os("CHATIXIA_CORE_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
@@ -363,7 +383,7 @@ fn start_server(h: &mut Harness, api_keys_file: &Path, secret: &str) -> SocketAd
     for attempt in 0..3 {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = fs::File::create(h.dir().join("server.log")).unwrap();
-        let mut cmd = Command::new(&bin);
+        let mut cmd = bounded(&bin);
         cmd.arg("--cores")
             .arg("2")
             .arg("--listen")
@@ -383,14 +403,15 @@ fn start_server(h: &mut Harness, api_keys_file: &Path, secret: &str) -> SocketAd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log);
+            .stderr(log)
+            .process_group(0);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         h.server = Some(Proc {
             name: "chatixia-core",
             child,
-            group: false,
+            group: true,
             grace: Duration::from_secs(5),
         });
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
@@ -475,7 +496,7 @@ fn start_agent(h: &mut Harness, venv_bin: &Path, addr: SocketAddr, agent_id: &st
         None => venv_bin.as_os_str().to_owned(),
     };
     let log = fs::File::create(h.dir().join("agent.log")).unwrap();
-    let mut cmd = Command::new(venv_bin.join("chatixia"));
+    let mut cmd = bounded(&venv_bin.join("chatixia"));
     cmd.arg("run").arg("agent.yaml").current_dir(h.dir());
     for k in AGENT_ENV_REMOVE {
         cmd.env_remove(k);
