@@ -47,6 +47,31 @@ pub struct Cli {
     /// Testing only: enables `POST /debug/clock` to move the server's clock forward.
     #[arg(long, hide = true)]
     pub test_clock: bool,
+
+    /// Largest signaling WebSocket message in bytes (larger: close 1009).
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub ws_message_max: usize,
+
+    /// Bytes queued for one signaling connection before it is closed with 1008 as a
+    /// peer that does not read.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub ws_outbound_bytes_max: usize,
+
+    /// Frames queued for one signaling connection (same rule as the bytes).
+    #[arg(long, default_value_t = 1024)]
+    pub ws_outbound_frames_max: usize,
+
+    /// Seconds a silent signaling connection is kept; it is pinged at half of it.
+    #[arg(long, default_value_t = 60.0)]
+    pub ws_idle_timeout: f64,
+
+    /// Signaling connections one shard runs (more: 503).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_connections_per_shard: usize,
+
+    /// Signaling connections from one client IP (more: 503).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_connections_per_ip: usize,
 }
 
 fn parse_driver(s: &str) -> Result<DriverChoice, String> {
@@ -77,6 +102,22 @@ impl Cli {
 
     pub fn http_idle_timeout(&self) -> Result<Duration, String> {
         secs("--http-idle-timeout", self.http_idle_timeout)
+    }
+
+    /// The signaling limits.
+    pub fn ws_limits(&self) -> Result<crate::server::ws::WsLimits, String> {
+        let idle = secs("--ws-idle-timeout", self.ws_idle_timeout)?;
+        if idle < Duration::from_secs(1) {
+            return Err("--ws-idle-timeout must be at least 1 second".into());
+        }
+        Ok(crate::server::ws::WsLimits {
+            message_size_max: self.ws_message_max,
+            outbound_bytes_max: self.ws_outbound_bytes_max,
+            outbound_frames_max: self.ws_outbound_frames_max,
+            idle_timeout: idle,
+            connections_per_shard_max: self.max_connections_per_shard,
+            connections_per_ip_max: self.max_connections_per_ip,
+        })
     }
 
     pub fn task_retention(&self) -> Result<Duration, String> {

@@ -15,6 +15,7 @@ pub mod driver;
 mod event;
 pub mod listener;
 mod mailbox;
+pub mod net;
 mod route;
 mod runtime;
 mod shard;

@@ -94,6 +94,9 @@ impl std::error::Error for ApiKeysError {}
 pub struct ApiKeys {
     keys: HashMap<String, ApiKeyEntry>,
     peer_ids: HashSet<String>,
+    /// peer id → its mesh (`None`: the default mesh). When several keys name the same
+    /// peer with different meshes, the first key in sorted order decides.
+    peer_mesh: HashMap<String, Option<String>>,
 }
 
 #[derive(Deserialize)]
@@ -145,7 +148,19 @@ impl ApiKeys {
 
     fn from_map(keys: HashMap<String, ApiKeyEntry>) -> ApiKeys {
         let peer_ids = keys.values().map(|e| e.peer_id.clone()).collect();
-        ApiKeys { keys, peer_ids }
+        let mut sorted: Vec<(&String, &ApiKeyEntry)> = keys.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        let mut peer_mesh = HashMap::new();
+        for (_, e) in sorted {
+            peer_mesh
+                .entry(e.peer_id.clone())
+                .or_insert_with(|| e.mesh.clone());
+        }
+        ApiKeys {
+            keys,
+            peer_ids,
+            peer_mesh,
+        }
     }
 
     /// What `key` grants, if it is known.
@@ -160,6 +175,12 @@ impl ApiKeys {
     }
 
     /// Whether `peer_id` holds a static API key.
+    /// The mesh of an API-key peer (`Some(None)`: the default mesh; `None`: not a key
+    /// peer).
+    pub fn mesh_of(&self, peer_id: &str) -> Option<Option<&str>> {
+        self.peer_mesh.get(peer_id).map(|m| m.as_deref())
+    }
+
     pub fn has_peer_id(&self, peer_id: &str) -> bool {
         self.peer_ids.contains(peer_id)
     }

@@ -146,7 +146,7 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
             ask_owner(
                 ctx,
                 &entry.peer_id,
-                Msg::PeerAuthorize(entry.peer_id.as_str().into()),
+                Msg::PeerAuthorize(Box::new((entry.peer_id.clone(), entry.mesh.clone()))),
             )
             .await
         }

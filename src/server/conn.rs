@@ -1,6 +1,7 @@
 //! One HTTP/1.1 connection: read, parse (sans-IO), route, write, in order.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -22,7 +23,7 @@ const WRITE_BATCH_SIZE_MAX: usize = 64 * 1024;
 
 /// Serves one connection until the client closes it, an error, the idle timeout, or a
 /// graceful shutdown (which lets a request in progress finish).
-pub async fn serve(ctx: &ShardCtx, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) {
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
@@ -34,6 +35,20 @@ pub async fn serve(ctx: &ShardCtx, mut stream: TcpStream, peer: SocketAddr) {
         while let Some(ev) = parser.poll() {
             match ev {
                 Event::SendContinue => out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                Event::Request(req) if req.path == "/ws" && req.is_upgrade_websocket() => {
+                    // The signaling WebSocket: the connection leaves the HTTP loop (and,
+                    // once authorized, this shard). Answer what was pipelined before it.
+                    ShardCounters::inc(&ctx.counters.requests_served);
+                    if !out.is_empty() {
+                        let (res, _) = stream.write_all(out).await;
+                        if res.is_err() {
+                            return;
+                        }
+                    }
+                    let leftover = parser.take_remaining();
+                    crate::server::ws::upgrade(ctx, stream, &req, leftover, peer).await;
+                    return;
+                }
                 Event::Request(req) => {
                     let resp = router::handle(ctx, &req, peer).await;
                     ShardCounters::inc(&ctx.counters.requests_served);

@@ -15,6 +15,7 @@ pub mod conn;
 pub mod msg;
 mod owner;
 pub mod router;
+pub mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     pub task_retention: Duration,
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
+    /// Signaling WebSocket limits.
+    pub ws: ws::WsLimits,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             turn: None,
             task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
+            ws: ws::WsLimits::default(),
         }
     }
 }
@@ -91,6 +95,8 @@ pub struct ShardCtx {
     pub counters: ShardCounters,
     pub config: Arc<ServerConfig>,
     pub state: ShardState,
+    /// Live signaling connections of the peers this shard owns.
+    pub ws: ws::WsShard,
     /// Added to the wall clock (only `POST /debug/clock` changes it).
     clock_offset: Cell<u64>,
 }
@@ -115,6 +121,7 @@ impl ShardCtx {
                 rate: RefCell::new(RateLimiter::new()),
             },
             config,
+            ws: ws::WsShard::default(),
             clock_offset: Cell::new(0),
         }
     }
@@ -169,9 +176,15 @@ impl ShardCtx {
         let now = self.now();
         self.state.codes.borrow_mut().sweep(now);
         self.state.rate.borrow_mut().sweep(now);
+        self.state.authorized.borrow_mut().sweep(now);
+    }
+
+    fn job_ws_idle(&self) {
+        self.ws.sweep_idle(self.now().as_secs(), &self.config.ws);
     }
 
     fn run_periodic_jobs(&self) {
+        self.job_ws_idle();
         self.job_health();
         self.job_expire();
         self.job_pairing_sweep();
@@ -187,14 +200,26 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<ServerConfig>) {
     let ctx = Rc::new(ShardCtx::new(shard.clone(), config));
     let handler_ctx = ctx.clone();
-    shard.set_handler(move |from, msg| handler_ctx.on_message(from, msg));
+    shard.set_handler(move |from, msg| match msg {
+        Msg::WsAdopt(_)
+        | Msg::WsRelay(_)
+        | Msg::WsPeerList(_)
+        | Msg::IpAcquire(_)
+        | Msg::IpRelease(_) => ws::on_message(&handler_ctx, msg),
+        other => handler_ctx.on_message(from, other),
+    });
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());
     let c = ctx.clone();
     reactor::timer::every(EXPIRE_INTERVAL, stop.clone(), move || c.job_expire());
     let c = ctx.clone();
-    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop, move || c.job_pairing_sweep());
+    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop.clone(), move || {
+        c.job_pairing_sweep()
+    });
+    let c = ctx.clone();
+    let ws_sweep = (ctx.config.ws.idle_timeout / 4).max(Duration::from_secs(1));
+    reactor::timer::every(ws_sweep, stop, move || c.job_ws_idle());
 
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -231,7 +256,7 @@ pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<Ser
         shard = shard.id(),
         "stopped accepting; draining connections"
     );
-    while ctx.counters.connections_open.get() > 0 {
+    while ctx.counters.connections_open.get() > 0 || ctx.ws.open.get() > 0 {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -60,7 +60,7 @@ pub enum Msg {
     TokenRemove(Box<str>),
     /// Auth: one more approved entry for this peer id (owner: `shard_of(peer_id)`).
     /// → `Ok` | `Full`.
-    PeerAuthorize(Box<str>),
+    PeerAuthorize(Box<(String, Option<String>)>),
     /// Auth: one approved entry of this peer id was revoked. → `Ok`.
     PeerDeauthorize(Box<str>),
     /// Auth: whether a pairing approval authorizes this peer id. → `Bool`.
@@ -85,6 +85,19 @@ pub enum Msg {
     /// Pairing: the shard's entries (`true`: pending only). → `Entries`.
     EntryList(bool),
 
+    /// Signaling: run this upgraded connection here (owner: `shard_of(peer_id)`). Tell.
+    WsAdopt(Box<crate::server::ws::Adopt>),
+    /// Signaling: deliver a relayed frame to a peer of this shard. Tell.
+    WsRelay(Box<crate::server::ws::Relay>),
+    /// Signaling: this shard's connected authorized peers of a mesh, but one
+    /// `(mesh, exclude)`. → `WsPeers`.
+    WsPeerList(Box<(Option<Box<str>>, Box<str>)>),
+    /// Signaling: admit one more connection from this client IP (owner:
+    /// `shard_of(ip string)`). → `Bool` (false: over the per-IP limit).
+    IpAcquire(Box<std::net::IpAddr>),
+    /// Signaling: a connection of this client IP closed. Tell.
+    IpRelease(Box<std::net::IpAddr>),
+
     /// Test clock: set the clock offset (nanoseconds) and run every periodic job once.
     /// → `Ok`.
     SetClock(u64),
@@ -108,6 +121,7 @@ pub enum Msg {
     Issuer(Option<Box<Issuer>>),
     Entry(Box<Entry>),
     Entries(Box<Vec<Entry>>),
+    WsPeers(Box<Vec<Box<str>>>),
 }
 
 // Every ring slot holds one `Msg`: keep it at three words (a tag and a `Box<str>`).

@@ -2,6 +2,7 @@
 //! Synchronous and local: each arm touches one store of this shard and answers at once.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::hub::{CreateTaskError, Task, TaskId, TopologyNode};
 use crate::pairing::{CodeInsertError, CreateError, IndexInsertError, Issuer};
@@ -76,40 +77,83 @@ impl TaskPointers {
 
 /// Peer ids authorized by an approved pairing entry, for the peer ids this shard owns,
 /// with a count (peer ids are 24-bit random and may repeat across entries; revoking one
-/// entry must not deauthorize another with the same peer id).
+/// entry must not deauthorize another with the same peer id) and the mesh the entry
+/// inherited from its inviter. Also remembers recently revoked peer ids, so that a JWT
+/// issued before the revocation no longer opens `/ws`.
 #[derive(Default)]
 pub struct PeerAuthz {
-    peers: HashMap<String, u32>,
+    peers: HashMap<String, (u32, Option<Box<str>>)>,
+    revoked: HashMap<String, UnixTime>,
 }
+
+/// How long a revocation is remembered: past this, every JWT issued before it has
+/// expired (300 s lifetime + 60 s leeway), so the record is no longer needed.
+pub const REVOCATION_MEMORY: Duration = Duration::from_secs(360);
 
 impl PeerAuthz {
     /// Most peer ids one shard tracks: approvals are bounded by the pairing stores'
     /// `entries_max` over all shards, so this is a backstop.
     pub const PEERS_MAX: usize = 100_000;
+    /// Most revocations remembered at once; past it the oldest are forgotten early
+    /// (their JWTs then still expire within 6 minutes).
+    pub const REVOKED_MAX: usize = 100_000;
 
-    pub fn add(&mut self, peer: &str) -> bool {
-        if let Some(n) = self.peers.get_mut(peer) {
+    pub fn add(&mut self, peer: &str, mesh: Option<&str>) -> bool {
+        if let Some((n, _)) = self.peers.get_mut(peer) {
             *n = n.saturating_add(1);
             return true;
         }
         if self.peers.len() >= Self::PEERS_MAX {
             return false;
         }
-        self.peers.insert(peer.to_owned(), 1);
+        self.revoked.remove(peer);
+        self.peers
+            .insert(peer.to_owned(), (1, mesh.map(Into::into)));
         true
     }
 
-    pub fn remove(&mut self, peer: &str) {
-        if let Some(n) = self.peers.get_mut(peer) {
-            *n -= 1;
-            if *n == 0 {
-                self.peers.remove(peer);
+    /// One approval of `peer` was revoked; returns true when none is left.
+    pub fn remove(&mut self, peer: &str, now: UnixTime) -> bool {
+        let Some((n, _)) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.peers.remove(peer);
+        if self.revoked.len() >= Self::REVOKED_MAX {
+            if let Some(oldest) = self
+                .revoked
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+            {
+                self.revoked.remove(&oldest);
             }
         }
+        self.revoked.insert(peer.to_owned(), now);
+        true
     }
 
     pub fn contains(&self, peer: &str) -> bool {
         self.peers.contains_key(peer)
+    }
+
+    /// The mesh of an authorized peer (`Some(None)`: the default mesh).
+    pub fn mesh(&self, peer: &str) -> Option<Option<&str>> {
+        self.peers.get(peer).map(|(_, m)| m.as_deref())
+    }
+
+    /// Whether `peer` lost its last approval recently (and has none now).
+    pub fn is_revoked(&self, peer: &str) -> bool {
+        self.revoked.contains_key(peer)
+    }
+
+    /// Forgets revocations older than [`REVOCATION_MEMORY`].
+    pub fn sweep(&mut self, now: UnixTime) {
+        let keep_after = now.saturating_sub(REVOCATION_MEMORY);
+        self.revoked.retain(|_, t| *t > keep_after);
     }
 }
 
@@ -214,15 +258,20 @@ pub fn handle(ctx: &ShardCtx, msg: Msg) -> Option<Msg> {
             }
         }
         Msg::TokenRemove(t) => ok_or(st.tokens.borrow_mut().remove(&t).is_some()),
-        Msg::PeerAuthorize(p) => {
-            if st.authorized.borrow_mut().add(&p) {
+        Msg::PeerAuthorize(b) => {
+            let (p, mesh) = *b;
+            if st.authorized.borrow_mut().add(&p, mesh.as_deref()) {
                 Msg::Ok
             } else {
                 Msg::Full
             }
         }
         Msg::PeerDeauthorize(p) => {
-            st.authorized.borrow_mut().remove(&p);
+            if st.authorized.borrow_mut().remove(&p, now) {
+                // Its live signaling connections are on this shard too: close them now.
+                ctx.ws
+                    .close_peer(&p, crate::ws::codec::close_code::REVOKED, "pairing revoked");
+            }
             Msg::Ok
         }
         Msg::PeerIsAuthorized(p) => Msg::Bool(st.authorized.borrow().contains(&p)),
@@ -308,7 +357,13 @@ pub fn handle(ctx: &ShardCtx, msg: Msg) -> Option<Msg> {
         | Msg::Grant(_)
         | Msg::Issuer(_)
         | Msg::Entry(_)
-        | Msg::Entries(_) => return None,
+        | Msg::Entries(_)
+        | Msg::WsAdopt(_)
+        | Msg::WsRelay(_)
+        | Msg::WsPeerList(_)
+        | Msg::IpAcquire(_)
+        | Msg::IpRelease(_)
+        | Msg::WsPeers(_) => return None,
     };
     Some(reply)
 }
