@@ -35,7 +35,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
         while let Some(ev) = parser.poll() {
             match ev {
                 Event::SendContinue => out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                Event::Request(req) if req.path == "/ws" && req.is_upgrade_websocket() => {
+                Event::Request(req) if req.path == "/ws" => {
                     // The signaling WebSocket: the connection leaves the HTTP loop (and,
                     // once authorized, this shard). Answer what was pipelined before it.
                     ShardCounters::inc(&ctx.counters.requests_served);

@@ -389,15 +389,21 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         release_ip(&ctx, a.client_ip);
         return;
     };
-    let authz = ctx.state.authorized.borrow();
-    let key_mesh = ctx.config.api_keys.mesh_of(&a.peer_id);
-    let (authorized, mesh) = match (key_mesh, authz.mesh(&a.peer_id)) {
-        (Some(m), _) => (true, m.map(Box::from)),
-        (None, Some(m)) => (true, m.map(Box::from)),
-        (None, None) => (false, None),
+    let (authorized, mesh, revoked) = {
+        let authz = ctx.state.authorized.borrow();
+        let (authorized, mesh) = match (
+            ctx.config.api_keys.mesh_of(&a.peer_id),
+            authz.mesh(&a.peer_id),
+        ) {
+            (Some(m), _) | (None, Some(m)) => (true, m.map(Box::<str>::from)),
+            (None, None) => (false, None),
+        };
+        (
+            authorized,
+            mesh,
+            !authorized && authz.is_revoked(&a.peer_id),
+        )
     };
-    let revoked = !authorized && authz.is_revoked(&a.peer_id);
-    drop(authz);
     if revoked {
         release_ip(&ctx, a.client_ip);
         return refuse(stream, 401, "pairing revoked").await;

@@ -456,3 +456,5 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
+
+pub mod ws;

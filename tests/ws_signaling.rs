@@ -1,0 +1,216 @@
+//! The signaling WebSocket (PROTOCOL.md §7) with a real WebSocket client: upgrade
+//! errors, tokens from query, header and subprotocol, register and peer lists, relays
+//! between peers on different shards, what is ignored, and the reference's flaws
+//! closed (unauthorized senders, replaced connections).
+mod common;
+
+use std::time::Duration;
+
+use common::ws::{self, connect, connect_with, join, jwt_for, recv, recv_close, send};
+use common::{Opts, Server};
+use serde_json::json;
+use tungstenite::Message;
+
+/// Two peer ids that live on different shards of a 2-shard server.
+fn split_pair() -> (String, String) {
+    let a = "peer-a".to_string();
+    let b = (0..)
+        .map(|i| format!("peer-b{i}"))
+        .find(|b| reactor::shard_of(b, 2) != reactor::shard_of(&a, 2))
+        .unwrap();
+    (a, b)
+}
+
+fn keys_for(peers: &[(&str, Option<&str>)]) -> String {
+    let mut keys = serde_json::Map::new();
+    keys.insert(
+        "ak_admin".into(),
+        json!({"peer_id": "admin-1", "role": "admin"}),
+    );
+    for (p, mesh) in peers {
+        let mut e = json!({"peer_id": p, "role": "agent"});
+        if let Some(m) = mesh {
+            e["mesh"] = json!(m);
+        }
+        keys.insert(format!("ak_{p}"), e);
+    }
+    json!({ "keys": keys }).to_string()
+}
+
+fn server(cores: usize, driver: &str, peers: &[(&str, Option<&str>)], extra: &[&str]) -> Server {
+    let mut o = Opts::cores(cores);
+    o.keys = Some(keys_for(peers));
+    o.args = ["--io-driver", driver]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    Server::with(o)
+}
+
+#[test]
+fn upgrade_errors_and_token_sources() {
+    let srv = server(2, "uring", &[("peer-a", None)], &[]);
+    // Missing token: 400. Invalid or expired: 401.
+    assert_eq!(
+        connect_with(&srv, &format!("ws://{}/ws", srv.addr), &[]).err(),
+        Some(400)
+    );
+    assert_eq!(connect(&srv, "not.a.jwt").err(), Some(401));
+    assert_eq!(
+        connect(&srv, &jwt_for("peer-a", -120)).err(),
+        Some(401),
+        "expired beyond the 60 s leeway"
+    );
+    let forged = {
+        let claims = json!({"sub": "peer-a", "role": "agent", "iat": 0, "exp": 4_000_000_000u64});
+        jsonwebtoken::encode(
+            &Default::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"other"),
+        )
+        .unwrap()
+    };
+    assert_eq!(connect(&srv, &forged).err(), Some(401));
+    // The body of a refusal is a JSON reason.
+    let r = srv.req("GET", "/ws?token=x.y.z", &[], None);
+    assert_eq!(r.status, 400, "plain GET without upgrade headers");
+    // A token from the server's /api/token, in the query, a Bearer header, a subprotocol.
+    let t = ws::jwt_from_key(&srv, "ak_peer-a");
+    let url = format!("ws://{}/ws", srv.addr);
+    for hdr in [
+        ("Authorization", format!("Bearer {t}")),
+        ("Sec-WebSocket-Protocol", format!("bearer.{t}")),
+    ] {
+        let mut c = connect_with(&srv, &url, &[(hdr.0, &hdr.1)])
+            .unwrap_or_else(|s| panic!("{}: {s}", hdr.0));
+        send(&mut c, &json!({"type": "register", "peer_id": "peer-a"}));
+        assert_eq!(recv(&mut c)["type"], "peer_list");
+    }
+}
+
+#[test]
+fn register_relay_across_shards_both_drivers() {
+    let (a, b) = split_pair();
+    for driver in common::DRIVERS {
+        let srv = server(2, driver, &[(&a, None), (&b, None), ("peer-c", None)], &[]);
+        let (mut wa, list_a) = join(&srv, &a, &jwt_for(&a, 300));
+        assert!(list_a.is_empty(), "{list_a:?}");
+        let (mut wb, list_b) = join(&srv, &b, &jwt_for(&b, 300));
+        assert_eq!(list_b, vec![a.clone()]);
+        // Re-register answers again, now with b; nothing was pushed to a before.
+        send(&mut wa, &json!({"type": "register", "peer_id": a}));
+        assert_eq!(recv(&mut wa)["payload"]["peers"], json!([b]));
+        // offer / answer / ice_candidate relayed with the sender's id and the payload.
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n".repeat(50);
+        send(
+            &mut wa,
+            &json!({"type": "offer", "peer_id": a, "target_id": b, "payload": {"sdp": sdp}}),
+        );
+        let m = recv(&mut wb);
+        assert_eq!(
+            m,
+            json!({"type": "offer", "peer_id": a, "target_id": b, "payload": {"sdp": sdp}})
+        );
+        send(
+            &mut wb,
+            &json!({"type": "answer", "peer_id": b, "target_id": a, "payload": {"sdp": "v=0"}}),
+        );
+        assert_eq!(recv(&mut wa)["type"], "answer");
+        let cand = json!({"candidate": "candidate:1 1 udp 1 127.0.0.1 5000 typ host", "sdpMid": "0", "sdpMLineIndex": 0});
+        send(
+            &mut wb,
+            &json!({"type": "ice_candidate", "peer_id": b, "target_id": a, "payload": cand}),
+        );
+        let m = recv(&mut wa);
+        assert_eq!(
+            (m["type"].clone(), m["payload"].clone()),
+            (json!("ice_candidate"), cand)
+        );
+        // Dropped: unknown target, no target, spoofed sender, unknown type, garbage,
+        // binary; heartbeat answers nothing. The connection stays open throughout.
+        send(
+            &mut wa,
+            &json!({"type": "offer", "peer_id": a, "target_id": "ghost", "payload": {}}),
+        );
+        send(
+            &mut wa,
+            &json!({"type": "offer", "peer_id": a, "payload": {}}),
+        );
+        send(
+            &mut wa,
+            &json!({"type": "offer", "peer_id": "peer-c", "target_id": b, "payload": {}}),
+        );
+        send(&mut wa, &json!({"type": "dance", "peer_id": a}));
+        send(&mut wa, &json!({"type": "heartbeat", "peer_id": a}));
+        wa.send(Message::text("{not json")).unwrap();
+        wa.send(Message::binary(vec![1u8, 2, 3])).unwrap();
+        ws::expect_silence(&mut wb, Duration::from_millis(300));
+        ws::expect_silence(&mut wa, Duration::from_millis(100));
+        // Ping is answered with pong.
+        wa.send(Message::Ping(b"hi".to_vec().into())).unwrap();
+        loop {
+            match wa.read().unwrap() {
+                Message::Pong(p) => {
+                    assert_eq!(&p[..], b"hi");
+                    break;
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+        // Still relaying after all that.
+        send(
+            &mut wa,
+            &json!({"type": "offer", "peer_id": a, "target_id": b, "payload": {"sdp": "again"}}),
+        );
+        assert_eq!(recv(&mut wb)["payload"]["sdp"], "again");
+    }
+}
+
+#[test]
+fn unauthorized_peers_see_nothing_and_cannot_signal() {
+    let srv = server(2, "uring", &[("peer-a", None)], &[]);
+    let (mut wa, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
+    // A valid JWT for a peer with no API key and no approved pairing.
+    let (mut wx, list_x) = join(&srv, "stranger", &jwt_for("stranger", 300));
+    assert!(list_x.is_empty(), "an unauthorized peer gets an empty list");
+    send(&mut wa, &json!({"type": "register", "peer_id": "peer-a"}));
+    assert_eq!(
+        recv(&mut wa)["payload"]["peers"],
+        json!([]),
+        "and is not listed to others"
+    );
+    send(
+        &mut wx,
+        &json!({"type": "offer", "peer_id": "stranger", "target_id": "peer-a", "payload": {"sdp": "x"}}),
+    );
+    let e = recv(&mut wx);
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["peer_id"], "registry");
+    assert!(
+        e["payload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not authorized"),
+        "{e}"
+    );
+    ws::expect_silence(&mut wa, Duration::from_millis(300));
+}
+
+#[test]
+fn second_connection_replaces_the_first() {
+    let srv = server(2, "uring", &[("peer-a", None), ("peer-b", None)], &[]);
+    let (mut first, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
+    let (mut second, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
+    let (code, reason) = recv_close(&mut first);
+    assert_eq!(code, 4000);
+    assert!(reason.contains("replaced"), "{reason}");
+    // The newer connection is the one that is reachable.
+    let (mut wb, peers) = join(&srv, "peer-b", &jwt_for("peer-b", 300));
+    assert_eq!(peers, vec!["peer-a".to_string()]);
+    send(
+        &mut wb,
+        &json!({"type": "offer", "peer_id": "peer-b", "target_id": "peer-a", "payload": {}}),
+    );
+    assert_eq!(recv(&mut second)["type"], "offer");
+}
