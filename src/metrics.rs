@@ -31,6 +31,16 @@ pub struct ShardMetrics {
     pub connections_open: u64,
     pub requests_served: u64,
     pub mailbox: MailboxStats,
+    pub ws: WsMetrics,
+}
+
+/// Signaling counters of one shard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WsMetrics {
+    pub open: u64,
+    pub relayed: u64,
+    pub refused: u64,
+    pub closed_slow: u64,
 }
 
 impl ShardMetrics {
@@ -39,6 +49,7 @@ impl ShardMetrics {
         driver: IoDriver,
         c: &ShardCounters,
         mailbox: MailboxStats,
+        ws: WsMetrics,
     ) -> Self {
         ShardMetrics {
             shard,
@@ -47,6 +58,7 @@ impl ShardMetrics {
             connections_open: c.connections_open.get(),
             requests_served: c.requests_served.get(),
             mailbox,
+            ws,
         }
     }
 }
@@ -55,7 +67,31 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 7] = [
+    let series: [(&str, &str, &str, Get); 11] = [
+        (
+            "chatixia_ws_connections_open",
+            "gauge",
+            "Signaling WebSocket connections open now.",
+            |m| m.ws.open,
+        ),
+        (
+            "chatixia_ws_relayed_total",
+            "counter",
+            "Signaling messages delivered to a peer of this shard.",
+            |m| m.ws.relayed,
+        ),
+        (
+            "chatixia_ws_refused_total",
+            "counter",
+            "Signaling upgrades or relays refused by a limit or a full mailbox.",
+            |m| m.ws.refused,
+        ),
+        (
+            "chatixia_ws_closed_slow_total",
+            "counter",
+            "Signaling connections closed because their outbound queue filled (1008).",
+            |m| m.ws.closed_slow,
+        ),
         (
             "chatixia_connections_accepted_total",
             "counter",

@@ -73,3 +73,27 @@ fn shutdown_timeout_bounds_a_stuck_client() {
         );
     }
 }
+
+#[test]
+fn sigterm_closes_websockets_with_1001() {
+    for driver in common::DRIVERS {
+        let mut o = common::Opts::cores(2);
+        o.keys = Some(
+            r#"{"keys":{"ak_a":{"peer_id":"peer-a","role":"agent"},"ak_b":{"peer_id":"peer-b","role":"agent"}}}"#.into(),
+        );
+        o.args = vec!["--io-driver".into(), driver.into()];
+        let mut srv = Server::with(o);
+        let (mut a, _) = common::ws::join(&srv, "peer-a", &common::ws::jwt_for("peer-a", 300));
+        let (mut b, _) = common::ws::join(&srv, "peer-b", &common::ws::jwt_for("peer-b", 300));
+        let (status, _) = srv.terminate(Duration::from_secs(5));
+        assert_eq!(status.code(), Some(0), "{driver}");
+        for ws in [&mut a, &mut b] {
+            let (code, reason) = common::ws::recv_close(ws);
+            assert_eq!(
+                (code, reason.as_str()),
+                (1001, "server shutting down"),
+                "{driver}"
+            );
+        }
+    }
+}

@@ -158,6 +158,7 @@ impl ShardCtx {
             self.shard.driver(),
             &self.counters,
             self.shard.stats(),
+            self.ws.metrics(),
         )
     }
 

@@ -126,6 +126,15 @@ fn inc(c: &Cell<u64>) {
 }
 
 impl WsShard {
+    pub fn metrics(&self) -> crate::metrics::WsMetrics {
+        crate::metrics::WsMetrics {
+            open: self.open.get(),
+            relayed: self.relayed.get(),
+            refused: self.refused.get(),
+            closed_slow: self.closed_slow.get(),
+        }
+    }
+
     fn take_buf(&self) -> Vec<u8> {
         self.pool
             .borrow_mut()

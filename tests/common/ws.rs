@@ -109,6 +109,21 @@ pub fn recv_close(ws: &mut Ws) -> (u16, String) {
     }
 }
 
+/// Reads until the server's close frame, skipping text messages already in flight;
+/// returns the close code and reason and how many texts came before it.
+pub fn recv_close_after_texts(ws: &mut Ws) -> (u16, String, usize) {
+    let mut texts = 0;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string(), texts),
+            Ok(Message::Close(None)) => return (1005, String::new(), texts),
+            Ok(Message::Text(_)) => texts += 1,
+            Ok(_) => continue,
+            Err(e) => panic!("expected a close frame, got {e} after {texts} texts"),
+        }
+    }
+}
+
 /// Asserts nothing but pings arrives within `d`.
 pub fn expect_silence(ws: &mut Ws, d: Duration) {
     ws.get_mut().set_read_timeout(Some(d)).unwrap();

@@ -1,0 +1,154 @@
+//! Signaling limits, each answered clearly: message size (1009), a peer that does not
+//! read (1008, bounded memory), idle timeout with server pings (driven by the test
+//! clock), connections per client IP and per shard (503 with a JSON reason).
+mod common;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::ws::{self, connect, join, jwt_for, recv, recv_close, send};
+use common::{Opts, Server};
+use serde_json::json;
+use tungstenite::Message;
+
+fn server(cores: usize, extra: &[&str]) -> Server {
+    let mut o = Opts::cores(cores);
+    o.keys = Some(
+        json!({"keys": {
+            "ak_a": {"peer_id": "peer-a", "role": "agent"},
+            "ak_b": {"peer_id": "peer-b", "role": "agent"},
+            "ak_c": {"peer_id": "peer-c", "role": "agent"}
+        }})
+        .to_string(),
+    );
+    o.args = extra.iter().map(|s| s.to_string()).collect();
+    Server::with(o)
+}
+
+#[test]
+fn oversize_message_closes_1009() {
+    let srv = server(2, &["--ws-message-max", "4096"]);
+    let (mut wa, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
+    let big = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": {"sdp": "x".repeat(5000)}});
+    send(&mut wa, &big);
+    let (code, reason) = recv_close(&mut wa);
+    assert_eq!(code, 1009);
+    assert!(reason.contains("too big"), "{reason}");
+    // Under the limit is fine.
+    let (mut wb, _) = join(&srv, "peer-b", &jwt_for("peer-b", 300));
+    send(
+        &mut wb,
+        &json!({"type": "register", "peer_id": "peer-b", "payload": {"pad": "y".repeat(3000)}}),
+    );
+    assert_eq!(recv(&mut wb)["type"], "peer_list");
+}
+
+#[test]
+fn a_peer_that_does_not_read_is_closed_1008() {
+    let srv = server(2, &["--ws-outbound-bytes-max", "65536"]);
+    // The slow peer: a small receive buffer, and it never reads.
+    let slow_sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow_sock.set_recv_buffer_size(4096).unwrap();
+    slow_sock.connect(&srv.addr.into()).unwrap();
+    let slow_sock: TcpStream = slow_sock.into();
+    slow_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for("peer-b", 300));
+    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
+    let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
+    // Flood the slow peer with relays: far more than kernel buffers and the queue hold.
+    let payload = json!({"sdp": "z".repeat(8000)});
+    for _ in 0..4000 {
+        let m = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
+        if fast.send(Message::text(m.to_string())).is_err() {
+            break;
+        }
+    }
+    // The slow peer finds, after what was already in flight, a close 1008 with a reason.
+    let (code, reason, texts) = ws::recv_close_after_texts(&mut slow);
+    assert!(
+        texts < 4000,
+        "closed before everything was delivered ({texts} texts)"
+    );
+    assert_eq!(code, 1008);
+    assert!(reason.contains("outbound queue full"), "{reason}");
+    // The sender is unaffected.
+    send(&mut fast, &json!({"type": "register", "peer_id": "peer-a"}));
+    loop {
+        let m = recv(&mut fast);
+        if m["type"] == "peer_list" {
+            break;
+        }
+    }
+    let m = srv.get("/metrics").text();
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("chatixia_ws_closed_slow_total") && !l.ends_with(" 0")),
+        "{m}"
+    );
+}
+
+#[test]
+fn idle_connections_are_pinged_then_closed() {
+    let srv = server(1, &["--ws-idle-timeout", "30"]);
+    let mut wa = connect(&srv, &jwt_for("peer-a", 3000)).unwrap();
+    // Half the idle timeout: a server ping.
+    srv.advance(16.0);
+    loop {
+        match wa.read().unwrap() {
+            Message::Ping(_) => break,
+            m => panic!("{m:?}"),
+        }
+    }
+    // tungstenite answers the ping (queued pong, flushed now): the peer is alive.
+    wa.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    srv.advance(16.0);
+    ws::expect_silence(&mut wa, Duration::from_millis(200));
+    // Silent for the whole timeout: closed with 1001.
+    srv.advance(31.0);
+    let (code, reason) = recv_close(&mut wa);
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+}
+
+#[test]
+fn per_ip_and_per_shard_limits_answer_503() {
+    let srv = server(2, &["--max-connections-per-ip", "2"]);
+    let _a = connect(&srv, &jwt_for("peer-a", 300)).unwrap();
+    let _b = connect(&srv, &jwt_for("peer-b", 300)).unwrap();
+    assert_eq!(connect(&srv, &jwt_for("peer-c", 300)).err(), Some(503));
+    let r = srv.req(
+        "GET",
+        &format!("/ws?token={}", jwt_for("peer-c", 300)),
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        None,
+    );
+    assert_eq!(r.status, 503);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("from this address"));
+    drop(_a);
+    // A closed connection gives its slot back.
+    let mut ok = false;
+    for _ in 0..100 {
+        if connect(&srv, &jwt_for("peer-c", 300)).is_ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok, "the per-IP count is released on close");
+
+    let srv = server(1, &["--max-connections-per-shard", "1"]);
+    let _a = connect(&srv, &jwt_for("peer-a", 300)).unwrap();
+    assert_eq!(connect(&srv, &jwt_for("peer-b", 300)).err(), Some(503));
+}
