@@ -178,6 +178,12 @@ mod tests {
                 refused_full: 1,
                 wakeups: 5,
             },
+            ws: WsMetrics {
+                open: 1,
+                relayed: 2,
+                refused: 0,
+                closed_slow: 0,
+            },
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
@@ -187,6 +193,8 @@ mod tests {
         assert!(text.contains("chatixia_io_driver{shard=\"1\",driver=\"epoll\"} 1\n"));
         assert!(text.contains("# TYPE chatixia_connections_open gauge\n"));
         assert!(text.ends_with("chatixia_shards 2\n"));
+        assert!(text.contains("chatixia_ws_connections_open{shard=\"1\"} 1\n"));
+        assert!(text.contains("chatixia_ws_relayed_total{shard=\"0\"} 2\n"));
         // Every sample line is "name{labels} value" or "name value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
