@@ -29,6 +29,34 @@ pub enum Either<A, B> {
     Right(B),
 }
 
+/// Like [`select2`] but over futures the caller has pinned (e.g. with `std::pin::pin!`
+/// in its own frame): nothing is allocated, which matters on paths that wait once per
+/// idle connection.
+pub async fn select2_pinned<A: Future, B: Future>(
+    a: Pin<&mut A>,
+    b: Pin<&mut B>,
+) -> Either<A::Output, B::Output> {
+    Select2Pinned { a, b }.await
+}
+
+struct Select2Pinned<'a, A, B> {
+    a: Pin<&'a mut A>,
+    b: Pin<&'a mut B>,
+}
+
+impl<A: Future, B: Future> Future for Select2Pinned<'_, A, B> {
+    type Output = Either<A::Output, B::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(v) = self.a.as_mut().poll(cx) {
+            return Poll::Ready(Either::Left(v));
+        }
+        if let Poll::Ready(v) = self.b.as_mut().poll(cx) {
+            return Poll::Ready(Either::Right(v));
+        }
+        Poll::Pending
+    }
+}
+
 /// Completes with whichever of `a` and `b` completes first (`a` is polled first); the
 /// other is dropped.
 pub async fn select2<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {

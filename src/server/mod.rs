@@ -250,6 +250,8 @@ pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<Ser
             }
         }
     }
+    // Signaling connections close with 1001 (each flushes what it owes first).
+    ctx.ws.close_all();
     // Stop accepting: closing the listener makes the kernel send new connections to
     // the shards still listening (or refuse them once all have closed).
     drop(listener);

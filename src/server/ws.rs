@@ -370,7 +370,9 @@ pub async fn upgrade(
     };
     let owner = ctx.shard.shard_of(&adopt.peer_id);
     if owner == ctx.shard.id() {
-        return self::adopt(ctx.clone(), adopt).await;
+        // A task of its own, so the HTTP connection's task (and its buffers) ends here.
+        monoio::spawn(self::adopt(ctx.clone(), adopt));
+        return;
     }
     if let Err(Msg::WsAdopt(a)) = ctx.shard.try_tell(owner, Msg::WsAdopt(Box::new(adopt))) {
         release_ip(ctx, a.client_ip);
@@ -394,42 +396,48 @@ fn release_ip(ctx: &ShardCtx, ip: IpAddr) {
 
 /// The owner's side: admit, answer 101, run.
 async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
-    let Ok(mut stream) = reactor::net::attach(a.fd) else {
-        release_ip(&ctx, a.client_ip);
+    let Adopt {
+        fd,
+        leftover,
+        peer_id,
+        client_ip,
+        upgrade,
+    } = a;
+    let Ok(mut stream) = reactor::net::attach(fd) else {
+        release_ip(&ctx, client_ip);
         return;
     };
+    if ctx.shard.is_shutting_down() {
+        release_ip(&ctx, client_ip);
+        return refuse(stream, 503, "server shutting down").await;
+    }
     let (authorized, mesh, revoked) = {
         let authz = ctx.state.authorized.borrow();
-        let (authorized, mesh) = match (
-            ctx.config.api_keys.mesh_of(&a.peer_id),
-            authz.mesh(&a.peer_id),
-        ) {
+        let (authorized, mesh) = match (ctx.config.api_keys.mesh_of(&peer_id), authz.mesh(&peer_id))
+        {
             (Some(m), _) | (None, Some(m)) => (true, m.map(Box::<str>::from)),
             (None, None) => (false, None),
         };
-        (
-            authorized,
-            mesh,
-            !authorized && authz.is_revoked(&a.peer_id),
-        )
+        (authorized, mesh, !authorized && authz.is_revoked(&peer_id))
     };
     if revoked {
-        release_ip(&ctx, a.client_ip);
+        release_ip(&ctx, client_ip);
         return refuse(stream, 401, "pairing revoked").await;
     }
     if ctx.ws.open.get() as usize >= ctx.config.ws.connections_per_shard_max {
         inc(&ctx.ws.refused);
-        release_ip(&ctx, a.client_ip);
+        release_ip(&ctx, client_ip);
         return refuse(stream, 503, "too many signaling connections on this shard").await;
     }
-    let resp = handshake::switching_protocols(&a.upgrade);
+    let resp = handshake::switching_protocols(&upgrade);
+    drop(upgrade); // the token is not kept for the life of the connection
     let (res, _) = stream.write_all(resp).await;
     if res.is_err() {
-        release_ip(&ctx, a.client_ip);
+        release_ip(&ctx, client_ip);
         return;
     }
     let now = ctx.now().as_secs();
-    let peer_id: Box<str> = a.peer_id.into();
+    let peer_id: Box<str> = peer_id.into();
     let key = ctx.ws.slots.borrow_mut().insert(PeerSlot {
         peer_id: peer_id.clone(),
         mesh,
@@ -451,7 +459,21 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         );
     }
     inc(&ctx.ws.open);
-    run_peer(&ctx, stream, key, a.leftover).await;
+    // The connection's life runs in a task of its own, so this handshake task (and its
+    // larger state) is freed now.
+    monoio::spawn(serve_peer(ctx, stream, key, leftover, client_ip));
+}
+
+/// The long-lived task of one signaling connection. Its future is what an idle
+/// connection costs, so everything that is not waiting-while-idle is boxed.
+async fn serve_peer(
+    ctx: Rc<ShardCtx>,
+    stream: TcpStream,
+    key: usize,
+    leftover: Vec<u8>,
+    client_ip: IpAddr,
+) {
+    run_peer(&ctx, stream, key, leftover).await;
     // Cleanup: the slot is this task's; the id maps to it only if not replaced.
     let slot = ctx.ws.slots.borrow_mut().remove(key);
     {
@@ -461,7 +483,7 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         }
     }
     ctx.ws.open.set(ctx.ws.open.get() - 1);
-    release_ip(&ctx, a.client_ip);
+    release_ip(&ctx, client_ip);
 }
 
 /// Completes when connection `key` has output to write or must close.
@@ -491,65 +513,78 @@ enum Wake {
 }
 
 async fn run_peer(ctx: &Rc<ShardCtx>, mut stream: TcpStream, key: usize, leftover: Vec<u8>) {
+    // This future is what every idle connection costs, so rare or large futures are
+    // boxed, each in a statement of its own (a temporary in a statement with an
+    // `.await` keeps its space in the frame for the whole statement).
     let limits = &ctx.config.ws;
     let mut decoder = Decoder::new(limits.message_size_max);
-    if !leftover.is_empty() && !on_events(ctx, key, decode(ctx, key, &mut decoder, &leftover)).await
-    {
-        flush_and_close(ctx, &mut stream, key).await;
-        return;
-    }
-    let shutdown = ctx.shard.shutdown_event().clone();
+    let mut events = if leftover.is_empty() {
+        Some(Vec::new())
+    } else {
+        decode(ctx, key, &mut decoder, &leftover)
+    };
+    drop(leftover);
     loop {
-        if shutdown.is_set() {
+        let ok = match events.take() {
+            Some(evs) if evs.is_empty() => true,
+            evs => {
+                let fut = Box::pin(on_events(ctx, key, evs));
+                fut.await
+            }
+        };
+        if !ok {
+            let fut = Box::pin(flush_and_close(ctx, &mut stream, key));
+            fut.await;
+            return;
+        }
+        if ctx.shard.is_shutting_down() {
             ctx.ws
                 .close_key(key, close_code::GOING_AWAY, "server shutting down".into());
         }
         // Write what is queued.
         let (batch, closing) = take_output(&ctx.ws, key);
         if !batch.is_empty() {
-            let (res, _) = stream.write_all(batch).await;
+            let fut = Box::pin(stream.write_all(batch));
+            let (res, _) = fut.await;
             if res.is_err() {
                 return;
             }
+            events = Some(Vec::new());
             continue;
         }
         if closing {
-            flush_and_close(ctx, &mut stream, key).await;
+            let fut = Box::pin(flush_and_close(ctx, &mut stream, key));
+            fut.await;
             return;
         }
+        // Wait for bytes or for output; shutdown reaches us as a close on the queue
+        // (`WsShard::close_all`). Both futures live in this frame: an idle connection
+        // allocates nothing while it waits.
         let wake = {
-            let readable = stream.readable(false);
-            let pending = Pending { ws: &ctx.ws, key };
-            match reactor::timer::select2(
-                readable,
-                reactor::timer::select2(pending, shutdown.wait()),
-            )
-            .await
-            {
+            let readable = std::pin::pin!(stream.readable(false));
+            let pending = std::pin::pin!(Pending { ws: &ctx.ws, key });
+            match reactor::timer::select2_pinned(readable, pending).await {
                 reactor::timer::Either::Left(r) => Wake::Readable(r),
-                reactor::timer::Either::Right(_) => Wake::Output,
+                reactor::timer::Either::Right(()) => Wake::Output,
             }
         };
-        match wake {
-            Wake::Output => continue,
+        events = match wake {
+            Wake::Output => Some(Vec::new()),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
                 let buf = ctx.ws.take_buf();
-                let (res, buf) = stream.read(buf).await;
+                let fut = Box::pin(stream.read(buf));
+                let (res, buf) = fut.await;
                 let events = match res {
                     Ok(0) | Err(_) => None,
                     Ok(n) => decode(ctx, key, &mut decoder, &buf[..n]),
                 };
-                // The buffer goes back to the pool before any await: a connection holds
-                // one only while its bytes are decoded.
+                // The buffer goes back to the pool at once: a connection holds one only
+                // while its bytes are decoded.
                 ctx.ws.put_buf(buf);
-                let ok = on_events(ctx, key, events).await;
-                if !ok {
-                    flush_and_close(ctx, &mut stream, key).await;
-                    return;
-                }
+                events
             }
-        }
+        };
     }
 }
 
