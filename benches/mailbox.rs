@@ -21,7 +21,11 @@ enum Msg {
 /// Runs `iters` iterations of `kind` on shard 0 against shard 1; returns the time.
 fn run(driver: DriverChoice, kind: &'static str, iters: u64) -> Duration {
     let (tx, rx) = mpsc::channel::<Duration>();
-    let reactor = Reactor::builder().cores(2).driver(driver).build().expect("reactor");
+    let reactor = Reactor::builder()
+        .cores(2)
+        .driver(driver)
+        .build()
+        .expect("reactor");
     let running = reactor
         .start(vec![(), ()], move |shard, ()| {
             let tx = tx.clone();
@@ -66,18 +70,27 @@ fn run(driver: DriverChoice, kind: &'static str, iters: u64) -> Duration {
             }
         })
         .expect("start");
-    let d = rx.recv_timeout(Duration::from_secs(120)).expect("bench run");
+    let d = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("bench run");
     running.shutdown(Duration::from_secs(5));
     d
 }
 
 fn bench(c: &mut Criterion) {
-    for (driver, name) in [(DriverChoice::Uring, "io_uring"), (DriverChoice::Epoll, "epoll")] {
+    for (driver, name) in [
+        (DriverChoice::Uring, "io_uring"),
+        (DriverChoice::Epoll, "epoll"),
+    ] {
         let mut g = c.benchmark_group(format!("mailbox/{name}"));
         g.throughput(Throughput::Elements(1));
         g.sample_size(20).measurement_time(Duration::from_secs(3));
-        g.bench_function("round_trip", |b| b.iter_custom(|iters| run(driver, "round_trip", iters)));
-        g.bench_function("tell_throughput", |b| b.iter_custom(|iters| run(driver, "tell", iters)));
+        g.bench_function("round_trip", |b| {
+            b.iter_custom(|iters| run(driver, "round_trip", iters))
+        });
+        g.bench_function("tell_throughput", |b| {
+            b.iter_custom(|iters| run(driver, "tell", iters))
+        });
         g.finish();
     }
 }

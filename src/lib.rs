@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod server;
+pub mod sidecar;
 pub mod time;
