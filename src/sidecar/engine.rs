@@ -73,6 +73,13 @@ pub const REDIAL_DELAY: Duration = Duration::from_secs(3);
 pub const ICE_MAX_RTO: Duration = Duration::from_millis(1000);
 pub const ICE_RETRANSMITS_MAX: usize = 5;
 
+/// A connected peer from which no datagram at all arrived for this long is declared
+/// gone. str0m checks the nominated pair every [`ICE_MAX_RTO`] and any ICE stack answers
+/// those checks, so a live peer is never silent for more than about a second; str0m's
+/// own verdict takes at least 15 s (it trusts a pair for 15 s after the remote's last
+/// binding request), too slow for "disconnection noticed within a few seconds".
+pub const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// STUN binding retransmissions before a STUN server is given up (never blocking).
 pub const STUN_TRIES_MAX: u32 = 3;
 const STUN_RTO: Duration = Duration::from_millis(500);
@@ -104,6 +111,8 @@ struct Peer {
     outbox_bytes: usize,
     next_timeout: Instant,
     created: Instant,
+    /// When the last datagram from this peer arrived.
+    last_rx: Instant,
 }
 
 struct StunProbe {
@@ -364,6 +373,7 @@ impl Engine {
             outbox_bytes: 0,
             next_timeout: now,
             created: now,
+            last_rx: now,
         });
         self.by_id.insert(id.to_string(), k);
         k
@@ -535,6 +545,7 @@ impl Engine {
             tracing::trace!(%source, "datagram for no peer");
             return;
         };
+        self.peers[k].last_rx = now;
         if let Err(e) = self.peers[k].rtc.handle_input(input) {
             tracing::warn!(peer = %self.peers[k].id, error = %e, "rtc input failed");
             self.remove_peer(k, "rtc error");
@@ -621,6 +632,15 @@ impl Engine {
         for k in stale {
             self.remove_peer(k, "connection attempt timed out");
         }
+        let silent: Vec<usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.announced && now.duration_since(p.last_rx) > PEER_SILENCE_TIMEOUT)
+            .map(|(k, _)| k)
+            .collect();
+        for k in silent {
+            self.remove_peer_involuntary(k, now, "peer silent");
+        }
         let mut probes = std::mem::take(&mut self.stun);
         probes.retain_mut(|p| {
             if p.next > now {
@@ -651,7 +671,9 @@ impl Engine {
         let mut t = now + IDLE_TICK;
         for (_, p) in &self.peers {
             t = t.min(p.next_timeout);
-            if !p.announced {
+            if p.announced {
+                t = t.min(p.last_rx + PEER_SILENCE_TIMEOUT + Duration::from_millis(1));
+            } else {
                 t = t.min(p.created + PEER_CONNECT_TIMEOUT);
             }
         }
@@ -706,6 +728,7 @@ impl Engine {
                             continue;
                         }
                         p.channel = Some(cid);
+                        p.last_rx = now;
                         if let Some(mut ch) = p.rtc.channel(cid) {
                             ch.set_buffered_amount_low_threshold(DC_BUFFERED_LOW_BYTES);
                         }
