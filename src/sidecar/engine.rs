@@ -199,7 +199,7 @@ impl Engine {
 
     // ---- queues -------------------------------------------------------------------
 
-    fn to_agent(&mut self, line: Vec<u8>, droppable: bool) {
+    fn queue_agent(&mut self, line: Vec<u8>, droppable: bool) {
         if droppable && self.ipc_out_bytes + line.len() > IPC_OUT_BYTES_MAX {
             self.stats.ipc_dropped += 1;
             tracing::warn!(
@@ -220,7 +220,7 @@ impl Engine {
         Some(l)
     }
 
-    fn to_signal(&mut self, m: SignalMessage) {
+    fn queue_signal(&mut self, m: SignalMessage) {
         if !self.signaling_up {
             return;
         }
@@ -233,7 +233,7 @@ impl Engine {
         self.kicks.signal_out.kick();
     }
 
-    fn to_udp(&mut self, source: SocketAddr, dest: SocketAddr, data: Vec<u8>) {
+    fn queue_udp(&mut self, source: SocketAddr, dest: SocketAddr, data: Vec<u8>) {
         let idx = self.locals.iter().position(|a| *a == source).or_else(|| {
             let base = self.srflx.iter().find(|(m, _)| *m == source)?.1;
             self.locals.iter().position(|a| *a == base)
@@ -261,7 +261,7 @@ impl Engine {
     pub fn signaling_opened(&mut self) {
         self.signaling_up = true;
         if let Some(me) = self.me.clone() {
-            self.to_signal(SignalMessage::register(&me));
+            self.queue_signal(SignalMessage::register(&me));
         }
     }
 
@@ -386,7 +386,7 @@ impl Engine {
         let p = &self.peers[k];
         let (id, mid) = (p.id.clone(), p.mid.clone());
         for c in cands {
-            self.to_signal(SignalMessage::candidate(&me, &id, c, &mid));
+            self.queue_signal(SignalMessage::candidate(&me, &id, c, &mid));
         }
     }
 
@@ -402,7 +402,7 @@ impl Engine {
         let sdp = offer.to_sdp_string();
         let k = self.insert_peer(now, remote, rtc, Some(pending), &sdp);
         tracing::info!(peer = remote, "offering");
-        self.to_signal(SignalMessage::sdp("offer", &me, remote, sdp));
+        self.queue_signal(SignalMessage::sdp("offer", &me, remote, sdp));
         self.trickle_local(k, cands);
         self.apply_early(k);
         self.drive(k, now);
@@ -439,7 +439,7 @@ impl Engine {
         let sdp = answer.to_sdp_string();
         let k = self.insert_peer(now, from, rtc, None, &sdp);
         tracing::info!(peer = from, "answering");
-        self.to_signal(SignalMessage::sdp("answer", &me, from, sdp));
+        self.queue_signal(SignalMessage::sdp("answer", &me, from, sdp));
         self.trickle_local(k, cands);
         self.apply_early(k);
         self.drive(k, now);
@@ -598,7 +598,7 @@ impl Engine {
                 .map(|c| c.to_sdp_string());
             if let (Some(s), Some(me)) = (added, self.me.clone()) {
                 let (id, mid) = (self.peers[k].id.clone(), self.peers[k].mid.clone());
-                self.to_signal(SignalMessage::candidate(&me, &id, s, &mid));
+                self.queue_signal(SignalMessage::candidate(&me, &id, s, &mid));
             }
             self.drive(k, now);
         }
@@ -653,7 +653,7 @@ impl Engine {
             p.tries += 1;
             p.next = now + STUN_RTO * (1 << (p.tries - 1));
             let local = self.locals[p.sock];
-            self.to_udp(local, p.server, stun::binding_request(p.tid));
+            self.queue_udp(local, p.server, stun::binding_request(p.tid));
             true
         });
         self.stun = probes;
@@ -661,7 +661,7 @@ impl Engine {
             self.redial_at = None;
             if let Some(me) = self.me.clone() {
                 tracing::info!("re-registering to re-dial lost peers");
-                self.to_signal(SignalMessage::register(&me));
+                self.queue_signal(SignalMessage::register(&me));
             }
         }
     }
@@ -713,7 +713,7 @@ impl Engine {
                 }
                 Output::Transmit(t) => {
                     let (src, dst) = (t.source, t.destination);
-                    self.to_udp(src, dst, t.contents.into());
+                    self.queue_udp(src, dst, t.contents.into());
                 }
                 Output::Event(e) => match e {
                     Event::IceConnectionStateChange(s) => {
@@ -736,7 +736,7 @@ impl Engine {
                             p.announced = true;
                             let id = p.id.clone();
                             tracing::info!(peer = %id, "peer connected");
-                            self.to_agent(ipc::event_peer_connected(&id), false);
+                            self.queue_agent(ipc::event_peer_connected(&id), false);
                         }
                     }
                     Event::ChannelData(d) => {
@@ -746,17 +746,15 @@ impl Engine {
                         let from = p.id.clone();
                         let text = String::from_utf8_lossy(&d.data);
                         match serde_json::from_str::<MeshMessage>(&text) {
-                            Ok(m) => self.to_agent(ipc::event_message(&from, &m), true),
+                            Ok(m) => self.queue_agent(ipc::event_message(&from, &m), true),
                             Err(e) => {
                                 tracing::warn!(peer = %from, error = %e, "bad DataChannel message ignored")
                             }
                         }
                     }
-                    Event::ChannelClose(cid) => {
-                        if Some(cid) == p.channel {
-                            close = Some("channel closed");
-                            break;
-                        }
+                    Event::ChannelClose(cid) if Some(cid) == p.channel => {
+                        close = Some("channel closed");
+                        break;
                     }
                     Event::ChannelBufferedAmountLow(_) => resume = true,
                     _ => {}
@@ -821,7 +819,7 @@ impl Engine {
         }
         tracing::info!(peer = %p.id, reason, "peer closed");
         if p.announced {
-            self.to_agent(ipc::event_peer_disconnected(&p.id), false);
+            self.queue_agent(ipc::event_peer_disconnected(&p.id), false);
         }
     }
 
@@ -840,7 +838,7 @@ impl Engine {
 
     /// The agent sent a line over [`ipc::IPC_LINE_BYTES_MAX`] (it was discarded).
     pub fn handle_ipc_too_long(&mut self, reason: &str) {
-        self.to_agent(ipc::event_error(reason), false);
+        self.queue_agent(ipc::event_error(reason), false);
     }
 
     /// One line from the agent.
@@ -850,7 +848,7 @@ impl Engine {
             Ok(None) => return,
             Err(reason) => {
                 tracing::warn!(%reason, "malformed IPC line");
-                self.to_agent(ipc::event_error(&reason), false);
+                self.queue_agent(ipc::event_error(&reason), false);
                 return;
             }
         };
@@ -861,7 +859,7 @@ impl Engine {
                     .get(&target)
                     .filter(|&&k| self.peers[k].announced)
                 else {
-                    self.to_agent(
+                    self.queue_agent(
                         ipc::event_error(&format!("peer {target:?} is not connected")),
                         false,
                     );
@@ -884,11 +882,11 @@ impl Engine {
             }
             Command::ListPeers => {
                 let peers = self.connected_peers();
-                self.to_agent(ipc::event_peer_list(&peers), false);
+                self.queue_agent(ipc::event_peer_list(&peers), false);
             }
             Command::Connect { target } => {
                 if !self.signaling_up || self.me.is_none() {
-                    self.to_agent(ipc::event_error("signaling is not connected"), false);
+                    self.queue_agent(ipc::event_error("signaling is not connected"), false);
                 } else if Some(target.as_str()) != self.me.as_deref()
                     && !self.by_id.contains_key(&target)
                 {
