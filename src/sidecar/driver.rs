@@ -38,6 +38,9 @@ pub const STREAM_READ_BYTES: usize = 64 * 1024;
 /// is noticed (in about time + interval × retries = 25 s) and we reconnect.
 const SIGNAL_KEEPALIVE: (Duration, Duration, u32) =
     (Duration::from_secs(10), Duration::from_secs(5), 3);
+/// Safety-net re-check of the backpressure condition while the IPC reader is paused
+/// (the engine normally kicks it as soon as the peers drain).
+const IPC_RECHECK: Duration = Duration::from_millis(100);
 /// How long a TCP connect to the token or signaling server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -399,12 +402,17 @@ async fn serve_agent(engine: Shared, stream: UnixStream, kicks: Kicks) {
     loop {
         // Backpressure: while a DataChannel is over its buffered limit, stop reading the
         // agent; its writes then block in the socket buffer.
-        while engine.borrow_mut().ipc_paused() {
-            let _ = select2(
-                kicks.ipc_resume.wait(),
-                monoio::time::sleep(Duration::from_millis(100)),
-            )
-            .await;
+        loop {
+            {
+                let mut e = engine.borrow_mut();
+                let paused = e.ipc_paused();
+                e.ipc_waiting = paused;
+                if !paused {
+                    break;
+                }
+            }
+            // The engine kicks us when the peers drain; the timeout is a safety net.
+            let _ = select2(kicks.ipc_resume.wait(), monoio::time::sleep(IPC_RECHECK)).await;
         }
         buf.clear();
         let (r, b) = rd.read(buf).await;

@@ -144,6 +144,9 @@ pub struct Engine {
     stun: Vec<StunProbe>,
     signaling_up: bool,
     redial_at: Option<Instant>,
+    /// The IPC reader is paused on backpressure: `drive` re-checks the limit and kicks
+    /// it as soon as every peer is back under [`DC_BUFFERED_HIGH_BYTES`].
+    pub ipc_waiting: bool,
     /// When the timer task will next wake (so we know when to kick it earlier).
     pub timer_deadline: Instant,
     pub udp_out: Vec<VecDeque<(Vec<u8>, SocketAddr)>>,
@@ -168,6 +171,7 @@ impl Engine {
             stun: Vec::new(),
             signaling_up: false,
             redial_at: None,
+            ipc_waiting: false,
             timer_deadline: now,
             signal_out: VecDeque::new(),
             ipc_out: VecDeque::new(),
@@ -767,6 +771,10 @@ impl Engine {
             return;
         }
         if self.flush_outbox(k) || resume {
+            self.kicks.ipc_resume.kick();
+        }
+        if self.ipc_waiting && !self.ipc_paused() {
+            self.ipc_waiting = false;
             self.kicks.ipc_resume.kick();
         }
         if self.peers[k].next_timeout < self.timer_deadline {

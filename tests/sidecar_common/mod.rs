@@ -318,6 +318,11 @@ impl Sidecar {
         }
     }
 
+    /// A second handle on the IPC connection, for writing from another thread.
+    pub fn writer_clone(&self) -> UnixStream {
+        self.writer.try_clone().unwrap()
+    }
+
     pub fn send_line(&mut self, line: &str) {
         self.writer.write_all(line.as_bytes()).unwrap();
         self.writer.write_all(b"\n").unwrap();
