@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod server;
+pub mod sidecar;
 pub mod time;
 pub mod ws;

@@ -1,0 +1,83 @@
+//! `chatixia-sidecar`: spawned by the Python agent with env vars and no arguments
+//! (PROTOCOL.md §8; the variables are listed in `chatixia_core::sidecar::config`).
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+
+use chatixia_core::sidecar::config::SidecarConfig;
+use chatixia_core::sidecar::driver::{self, Prepared};
+use reactor::{signals, Reactor};
+
+/// How long a graceful stop may take before the shard is dropped.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,is=warn,dimpl=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatixia-sidecar: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let config = SidecarConfig::from_env()?;
+    str0m::crypto::from_feature_flags().install_process_default();
+    let udp = driver::bind_udp().map_err(|e| format!("UDP: {e}"))?;
+    let ipc_path = config.ipc_socket.clone();
+    let ipc = driver::bind_ipc(&ipc_path).map_err(|e| format!("IPC socket {ipc_path}: {e}"))?;
+    let done = Arc::new(AtomicBool::new(false));
+    let reactor = Reactor::builder()
+        .cores(1)
+        .pin(false)
+        .driver(config.io_driver)
+        .build()
+        .map_err(|e| e.to_string())?;
+    signals::block_termination().map_err(|e| format!("cannot block signals: {e}"))?;
+    let prepared = Prepared {
+        config,
+        udp,
+        ipc,
+        done: done.clone(),
+    };
+    let slot = std::sync::Mutex::new(Some(prepared));
+    let running = reactor
+        .start::<(), _, _, _>(vec![()], move |_shard, ()| {
+            let p = slot.lock().ok().and_then(|mut s| s.take());
+            async move {
+                if let Some(p) = p {
+                    driver::run(p).await;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let mut result = Ok(());
+    loop {
+        if let Some(sig) = signals::wait_termination(Duration::from_millis(100)) {
+            tracing::info!(signal = ?sig, "stopping");
+            break;
+        }
+        if done.load(Ordering::Acquire) {
+            break;
+        }
+        if running.failed_shard().is_some() {
+            result = Err("the sidecar shard stopped unexpectedly".to_string());
+            break;
+        }
+    }
+    running.shutdown(SHUTDOWN_TIMEOUT);
+    let _ = std::fs::remove_file(&ipc_path);
+    result
+}

@@ -1,0 +1,208 @@
+//! Configuration from the environment (PROTOCOL.md §8): the agent spawns the sidecar
+//! with env vars and no arguments.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SIGNALING_URL` | `ws://localhost:8080/ws` | signaling WebSocket |
+//! | `TOKEN_URL` | `http://localhost:8080/api/token` | API key → JWT exchange |
+//! | `API_KEY` | `ak_dev_001` | sent as `x-api-key` |
+//! | `IPC_SOCKET` | `/tmp/chatixia-sidecar.sock` | Unix socket for the agent (mode 0600) |
+//! | `STUN_URLS` | `stun:stun.l.google.com:19302` | comma-separated `stun:host:port`; empty or `none` disables STUN (tests must) |
+//! | `ICE_SERVERS` | unset | `none` is a synonym for `STUN_URLS=none` |
+//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server (parsed; see [`TurnConfig`]) |
+//! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer no host/srflx candidates |
+//! | `SIDECAR_IO_DRIVER` | `auto` | `auto`, `uring` or `epoll` |
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+
+use super::url::Url;
+
+/// The public STUN server the reference sidecar uses; the default for users only.
+pub const STUN_URL_DEFAULT: &str = "stun:stun.l.google.com:19302";
+
+/// Lifetime of TURN REST credentials derived from `TURN_SECRET`, as the reference.
+pub const TURN_CREDENTIAL_TTL_SECS: u64 = 86_400;
+
+#[derive(Clone, Debug)]
+pub struct SidecarConfig {
+    pub signaling_url: Url,
+    pub token_url: Url,
+    pub api_key: String,
+    pub ipc_socket: String,
+    /// `(host, port)` of each STUN server.
+    pub stun_servers: Vec<(String, u16)>,
+    pub turn: Option<TurnConfig>,
+    pub relay_only: bool,
+    pub io_driver: reactor::driver::DriverChoice,
+}
+
+/// TURN server settings from the env vars of the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnConfig {
+    pub url: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl SidecarConfig {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<SidecarConfig, String> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads configuration through `get` (testable without touching the environment).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<SidecarConfig, String> {
+        let or = |k: &str, d: &str| get(k).unwrap_or_else(|| d.to_string());
+        let signaling_url = Url::parse(&or("SIGNALING_URL", "ws://localhost:8080/ws"))?;
+        let token_url = Url::parse(&or("TOKEN_URL", "http://localhost:8080/api/token"))?;
+        let ice_none = get("ICE_SERVERS").is_some_and(|v| v.trim().eq_ignore_ascii_case("none"));
+        let stun_raw = if ice_none {
+            String::new()
+        } else {
+            or("STUN_URLS", STUN_URL_DEFAULT)
+        };
+        let mut stun_servers = Vec::new();
+        for item in stun_raw.split(',').map(str::trim) {
+            if item.is_empty() || item.eq_ignore_ascii_case("none") {
+                continue;
+            }
+            stun_servers.push(parse_stun_url(item)?);
+        }
+        let turn = get("TURN_URL").filter(|u| !u.is_empty()).map(|url| {
+            let (username, password) = match get("TURN_SECRET").filter(|s| !s.is_empty()) {
+                Some(secret) => {
+                    turn_rest_credentials(&secret, unix_now(), TURN_CREDENTIAL_TTL_SECS)
+                }
+                None => (
+                    get("TURN_USERNAME").unwrap_or_default(),
+                    get("TURN_PASSWORD").unwrap_or_default(),
+                ),
+            };
+            TurnConfig {
+                url,
+                username,
+                password,
+            }
+        });
+        let relay_only =
+            get("ICE_TRANSPORT_POLICY").is_some_and(|p| p.eq_ignore_ascii_case("relay"));
+        let io_driver = or("SIDECAR_IO_DRIVER", "auto").parse()?;
+        Ok(SidecarConfig {
+            signaling_url,
+            token_url,
+            api_key: or("API_KEY", "ak_dev_001"),
+            ipc_socket: or("IPC_SOCKET", "/tmp/chatixia-sidecar.sock"),
+            stun_servers,
+            turn,
+            relay_only,
+            io_driver,
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `stun:host:port` (port defaults to 3478; `stuns:` is refused: no TLS here).
+pub fn parse_stun_url(s: &str) -> Result<(String, u16), String> {
+    let rest = s
+        .strip_prefix("stun:")
+        .ok_or_else(|| format!("STUN url {s:?}: expected stun:host[:port]"))?;
+    let rest = rest.split('?').next().unwrap_or(rest);
+    if let Some(v6) = rest.strip_prefix('[') {
+        let (h, tail) = v6
+            .split_once(']')
+            .ok_or_else(|| format!("STUN url {s:?}: bad IPv6"))?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("STUN url {s:?}: bad port"))?,
+            None => 3478,
+        };
+        return Ok((h.to_string(), port));
+    }
+    match rest.rsplit_once(':') {
+        Some((h, p)) => Ok((
+            h.to_string(),
+            p.parse().map_err(|_| format!("STUN url {s:?}: bad port"))?,
+        )),
+        None => Ok((rest.to_string(), 3478)),
+    }
+}
+
+/// TURN REST API credentials (the reference's scheme): username `"{expiry}:mesh"`,
+/// password base64(HMAC-SHA1(secret, username)).
+pub fn turn_rest_credentials(secret: &str, now_secs: u64, ttl_secs: u64) -> (String, String) {
+    let username = format!("{}:mesh", now_secs + ttl_secs);
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key size");
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, password)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> SidecarConfig {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        SidecarConfig::from_lookup(|k| m.get(k).cloned()).unwrap()
+    }
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let c = cfg(&[]);
+        assert_eq!(c.signaling_url.port, 8080);
+        assert_eq!(c.token_url.path, "/api/token");
+        assert_eq!(c.api_key, "ak_dev_001");
+        assert_eq!(c.ipc_socket, "/tmp/chatixia-sidecar.sock");
+        assert_eq!(
+            c.stun_servers,
+            vec![("stun.l.google.com".to_string(), 19302)]
+        );
+        assert!(c.turn.is_none());
+        assert!(!c.relay_only);
+    }
+
+    #[test]
+    fn stun_can_be_disabled() {
+        assert!(cfg(&[("STUN_URLS", "")]).stun_servers.is_empty());
+        assert!(cfg(&[("STUN_URLS", "none")]).stun_servers.is_empty());
+        assert!(cfg(&[("ICE_SERVERS", "none")]).stun_servers.is_empty());
+        let c = cfg(&[("STUN_URLS", "stun:127.0.0.1:3478, stun:[::1]")]);
+        assert_eq!(
+            c.stun_servers,
+            vec![("127.0.0.1".into(), 3478), ("::1".into(), 3478)]
+        );
+    }
+
+    #[test]
+    fn turn_credentials() {
+        let c = cfg(&[
+            ("TURN_URL", "turn:t:3478"),
+            ("TURN_USERNAME", "u"),
+            ("TURN_PASSWORD", "p"),
+        ]);
+        assert_eq!(c.turn.unwrap().username, "u");
+        let (u, p) = turn_rest_credentials("s", 100, 10);
+        assert_eq!(u, "110:mesh");
+        assert_eq!(p.len(), 28); // base64 of 20 bytes
+        let c = cfg(&[
+            ("TURN_URL", "turn:t"),
+            ("TURN_SECRET", "s"),
+            ("ICE_TRANSPORT_POLICY", "relay"),
+        ]);
+        assert!(c.turn.unwrap().username.ends_with(":mesh"));
+        assert!(c.relay_only);
+    }
+}
