@@ -60,27 +60,7 @@ impl<A: Future, B: Future> Future for Select2Pinned<'_, A, B> {
 /// Completes with whichever of `a` and `b` completes first (`a` is polled first); the
 /// other is dropped.
 pub async fn select2<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::Output> {
-    Select2 {
-        a: Box::pin(a),
-        b: Box::pin(b),
-    }
-    .await
-}
-
-struct Select2<A, B> {
-    a: Pin<Box<A>>,
-    b: Pin<Box<B>>,
-}
-
-impl<A: Future, B: Future> Future for Select2<A, B> {
-    type Output = Either<A::Output, B::Output>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(v) = self.a.as_mut().poll(cx) {
-            return Poll::Ready(Either::Left(v));
-        }
-        if let Poll::Ready(v) = self.b.as_mut().poll(cx) {
-            return Poll::Ready(Either::Right(v));
-        }
-        Poll::Pending
-    }
+    let a = std::pin::pin!(a);
+    let b = std::pin::pin!(b);
+    select2_pinned(a, b).await
 }
