@@ -19,7 +19,7 @@ enum Msg {
 }
 
 /// Runs `iters` iterations of `kind` on shard 0 against shard 1; returns the time.
-fn run(driver: DriverChoice, kind: &'static str, iters: u64) -> Duration {
+fn run(driver: DriverChoice, spin: Duration, kind: &'static str, iters: u64) -> Duration {
     let (tx, rx) = mpsc::channel::<Duration>();
     let reactor = Reactor::builder()
         .cores(2)
@@ -78,20 +78,27 @@ fn run(driver: DriverChoice, kind: &'static str, iters: u64) -> Duration {
 }
 
 fn bench(c: &mut Criterion) {
+    // Each driver, with the default spin-before-sleep window and with none (sleep at
+    // once), side by side in one run.
     for (driver, name) in [
         (DriverChoice::Uring, "io_uring"),
         (DriverChoice::Epoll, "epoll"),
     ] {
-        let mut g = c.benchmark_group(format!("mailbox/{name}"));
-        g.throughput(Throughput::Elements(1));
-        g.sample_size(20).measurement_time(Duration::from_secs(3));
-        g.bench_function("round_trip", |b| {
-            b.iter_custom(|iters| run(driver, "round_trip", iters))
-        });
-        g.bench_function("tell_throughput", |b| {
-            b.iter_custom(|iters| run(driver, "tell", iters))
-        });
-        g.finish();
+        for (spin, spin_name) in [
+            (reactor::MAILBOX_SPIN_DEFAULT, "spin50us"),
+            (Duration::ZERO, "nospin"),
+        ] {
+            let mut g = c.benchmark_group(format!("mailbox/{name}/{spin_name}"));
+            g.throughput(Throughput::Elements(1));
+            g.sample_size(20).measurement_time(Duration::from_secs(3));
+            g.bench_function("round_trip", |b| {
+                b.iter_custom(|iters| run(driver, spin, "round_trip", iters))
+            });
+            g.bench_function("tell_throughput", |b| {
+                b.iter_custom(|iters| run(driver, spin, "tell", iters))
+            });
+            g.finish();
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 //!
 //! Run: `cargo bench --bench signaling`
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use chatixia_core::ws::signaling::{interpret, relay_frame_reencoded, Action};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let sdp = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
@@ -17,7 +17,10 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let offer = serde_json::json!({"type": "offer", "peer_id": "agent-a", "target_id": "agent-b", "payload": {"sdp": sdp, "type": "offer"}});
     let cand = serde_json::json!({"type": "ice_candidate", "peer_id": "agent-a", "target_id": "agent-b",
         "payload": {"candidate": "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host", "sdpMid": "0", "sdpMLineIndex": 0}});
-    vec![("ice_candidate", serde_json::to_vec(&cand).unwrap()), ("offer_3k", serde_json::to_vec(&offer).unwrap())]
+    vec![
+        ("ice_candidate", serde_json::to_vec(&cand).unwrap()),
+        ("offer_3k", serde_json::to_vec(&offer).unwrap()),
+    ]
 }
 
 fn bench(c: &mut Criterion) {
@@ -30,7 +33,9 @@ fn bench(c: &mut Criterion) {
                 _ => unreachable!(),
             })
         });
-        g.bench_function("decode_and_reencode", |b| b.iter(|| relay_frame_reencoded(black_box(&frame)).unwrap()));
+        g.bench_function("decode_and_reencode", |b| {
+            b.iter(|| relay_frame_reencoded(black_box(&frame)).unwrap())
+        });
         g.finish();
     }
 }

@@ -29,6 +29,7 @@ pub use mailbox::MailboxStats;
 pub use route::{shard_of, shard_of_hash, stable_hash};
 pub use runtime::{
     Reactor, ReactorBuilder, ReactorError, Running, Stopped, MAILBOX_CAPACITY_DEFAULT,
+    MAILBOX_SPIN_DEFAULT,
 };
 pub use shard::{AskError, Shard, ShardId};
 

@@ -41,12 +41,19 @@ impl Control {
 /// and chooses backpressure or refusal (the HTTP layer answers 503).
 pub const MAILBOX_CAPACITY_DEFAULT: usize = 1024;
 
+/// Default of [`ReactorBuilder::mailbox_spin`]. A conversation between shards (ask,
+/// reply, next ask) then costs no wakeup syscall on either side, which cuts an idle
+/// round trip by an order of magnitude; the price is up to 50 µs of polling after the
+/// last message, and smaller batches under a one-way flood (docs/BENCHMARKS.md).
+pub const MAILBOX_SPIN_DEFAULT: Duration = Duration::from_micros(50);
+
 /// Configures a [`Reactor`].
 #[derive(Clone, Debug)]
 pub struct ReactorBuilder {
     cores: Option<usize>,
     driver: DriverChoice,
     mailbox_capacity: usize,
+    mailbox_spin: Duration,
     uring_entries: u32,
     pin: bool,
 }
@@ -57,6 +64,7 @@ impl Default for ReactorBuilder {
             cores: None,
             driver: DriverChoice::Auto,
             mailbox_capacity: MAILBOX_CAPACITY_DEFAULT,
+            mailbox_spin: MAILBOX_SPIN_DEFAULT,
             uring_entries: driver::URING_ENTRIES_DEFAULT,
             pin: true,
         }
@@ -75,6 +83,13 @@ impl ReactorBuilder {
     }
     pub fn mailbox_capacity(mut self, n: usize) -> Self {
         self.mailbox_capacity = n.max(2);
+        self
+    }
+    /// How long a shard's mailbox keeps looking for mail (yielding between looks)
+    /// after its last message before it sleeps on its doorbell (default 50 µs; zero:
+    /// sleep as soon as a look finds nothing).
+    pub fn mailbox_spin(mut self, d: Duration) -> Self {
+        self.mailbox_spin = d;
         self
     }
     /// Pin shard `i` to the i-th allowed CPU (default on).
@@ -182,7 +197,7 @@ impl Reactor {
             let app = app.clone();
             let driver = self.driver;
             let entries = self.config.uring_entries;
-            let capacity = self.config.mailbox_capacity;
+            let capacity = (self.config.mailbox_capacity, self.config.mailbox_spin);
             let cpu = if self.config.pin && !self.cpus.is_empty() {
                 Some(self.cpus[id % self.cpus.len()])
             } else {
@@ -213,7 +228,7 @@ fn shard_main<M, T, F, Fut>(
     n: usize,
     driver: IoDriver,
     entries: u32,
-    capacity: usize,
+    capacity: (usize, Duration),
     cpu: Option<usize>,
     control: Arc<Control>,
     out: Vec<Option<mailbox::OutLane<M>>>,

@@ -80,6 +80,8 @@ struct Inner<M> {
     count: usize,
     driver: IoDriver,
     capacity: usize,
+    /// See `ReactorBuilder::mailbox_spin`.
+    spin: std::time::Duration,
     control: Arc<Control>,
     out: Vec<Option<RefCell<OutLane<M>>>>,
     inb: Vec<Option<RefCell<InLane<M>>>>,
@@ -101,7 +103,7 @@ impl<M: Send + 'static> Shard<M> {
         id: ShardId,
         count: usize,
         driver: IoDriver,
-        capacity: usize,
+        (capacity, spin): (usize, std::time::Duration),
         control: Arc<Control>,
         out: Vec<Option<OutLane<M>>>,
         inb: Vec<Option<InLane<M>>>,
@@ -112,6 +114,7 @@ impl<M: Send + 'static> Shard<M> {
                 count,
                 driver,
                 capacity,
+                spin,
                 control,
                 out: out.into_iter().map(|l| l.map(RefCell::new)).collect(),
                 inb: inb.into_iter().map(|l| l.map(RefCell::new)).collect(),
@@ -414,6 +417,7 @@ impl<M: Send + 'static> Shard<M> {
             bell: None,
             waiter: Some(waiter),
         };
+        let mut last_mail = std::time::Instant::now();
         loop {
             let handled = self.drain();
             if self.inner.exit.is_set() {
@@ -422,8 +426,11 @@ impl<M: Send + 'static> Shard<M> {
                 return;
             }
             if handled > 0 {
-                // Traffic: let connection tasks run, then look again without paying for a
-                // wakeup; most bursts are picked up here.
+                last_mail = std::time::Instant::now();
+            }
+            if handled > 0 || last_mail.elapsed() < self.inner.spin {
+                // Traffic, or traffic a moment ago: let connection tasks run, then look
+                // again without paying for a wakeup (neither ours nor the sender's).
                 crate::yield_now().await;
                 continue;
             }
