@@ -475,5 +475,6 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
+pub mod python;
 pub mod sidecar;
 pub mod ws;
