@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python virtual environment used by the interop tests:
-# the real `chatixia` agent from PyPI (version 0.4.3), plus PyJWT and websockets.
+# the real `chatixia` agent from PyPI (version 0.4.3), plus PyJWT and websockets, and
+# aiortc (an independent WebRTC stack for the sidecar interop test).
 #
 #   scripts/setup-python.sh            # venv at <repo>/target/pyenv
 #   CHATIXIA_VENV=/some/dir scripts/setup-python.sh
@@ -12,7 +13,7 @@ set -euo pipefail
 
 CHATIXIA_VERSION=0.4.3
 # Top-level pins, verified with chatixia 0.4.3 on CPython 3.12 and 3.13.
-PINS=("chatixia==${CHATIXIA_VERSION}" "PyJWT==2.15.1" "websockets==17.4")
+PINS=("chatixia==${CHATIXIA_VERSION}" "PyJWT==2.15.1" "websockets==17.4" "aiortc==1.16.0")
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CHATIXIA_VENV:-${repo_root}/target/pyenv}"
@@ -38,7 +39,7 @@ import sys
 from importlib.metadata import version
 assert sys.version_info >= (3, 12)
 assert version("chatixia") == sys.argv[1]
-import jwt, websockets, chatixia.runner  # noqa: F401
+import jwt, websockets, aiortc, chatixia.runner  # noqa: F401
 PY
 }
 

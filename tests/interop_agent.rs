@@ -22,77 +22,25 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
+mod common;
+
+use common::python::{bounded, repo_root, venv_bin, Proc, AGENT_ENV_REMOVE};
+
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 const AGENT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The agent heartbeats every 15 s and picks tasks up only from a heartbeat's response.
 const TASK_TIMEOUT: Duration = Duration::from_secs(45);
 const POLL: Duration = Duration::from_millis(250);
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 // ---------------------------------------------------------------------------------------
 // Processes and cleanup
 // ---------------------------------------------------------------------------------------
-
-/// A child process (optionally the leader of its own process group) that is stopped on drop:
-/// SIGTERM to the group, then SIGKILL after a grace period.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    group: bool,
-    grace: Duration,
-}
-
-impl Proc {
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        let target = if self.group { -self.pid() } else { self.pid() };
-        // SAFETY: plain kill(2) on our own child or its process group (the group id stays
-        // taken while any member lives; a gone group just gives ESRCH).
-        unsafe {
-            libc::kill(target, sig);
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn stop(&mut self) {
-        if self.exited().is_none() {
-            self.signal(libc::SIGTERM);
-            let deadline = Instant::now() + self.grace;
-            while Instant::now() < deadline && self.exited().is_none() {
-                thread::sleep(Duration::from_millis(50));
-            }
-        }
-        // The group may outlive its leader (the agent's sidecar): always finish it off.
-        if self.group {
-            self.signal(libc::SIGKILL);
-        } else if self.exited().is_none() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A scratch directory, removed on drop unless the test is failing (then kept for the logs).
 struct TempDir(PathBuf);
@@ -276,80 +224,6 @@ fn http(
 // Setup steps
 // ---------------------------------------------------------------------------------------
 
-/// Runs scripts/setup-python.sh (idempotent) and returns the venv's `bin` directory.
-fn setup_python() -> PathBuf {
-    let script = repo_root().join("scripts/setup-python.sh");
-    let mut child = Command::new("bash")
-        .arg(&script)
-        .current_dir(repo_root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SETUP_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "scripts/setup-python.sh did not finish within {SETUP_TIMEOUT:?} \
-                 (pip install of chatixia 0.4.3 hanging? see its output above)"
-            );
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
-    let out = reader.join().unwrap();
-    assert!(
-        status.success(),
-        "scripts/setup-python.sh failed ({status}); the interop test needs Python >= 3.12 \
-         and the chatixia 0.4.3 venv it creates (see its message above). stdout: {out:?}"
-    );
-    let python = PathBuf::from(
-        out.lines()
-            .last()
-            .unwrap_or_else(|| panic!("setup-python.sh printed no python path"))
-            .trim(),
-    );
-    let bin = python.parent().unwrap().to_path_buf();
-    assert!(
-        bin.join("chatixia").is_file(),
-        "the venv from scripts/setup-python.sh has no `chatixia` entry point at {} — \
-         delete target/pyenv and re-run the script",
-        bin.join("chatixia").display()
-    );
-    bin
-}
-
-/// Longest a server or agent may live, even if this test process is killed outright
-/// (then no Drop runs): `timeout(1)` stops it.
-const PROCESS_LIFETIME: &str = "300";
-
-/// `program` under `timeout --kill-after=5 300` when coreutils' timeout exists.
-fn bounded(program: &Path) -> Command {
-    let timeout = ["/usr/bin/timeout", "/bin/timeout"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.is_file());
-    match timeout {
-        Some(t) => {
-            let mut cmd = Command::new(t);
-            cmd.arg("--kill-after=5").arg(PROCESS_LIFETIME).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
-}
-
 fn server_binary() -> PathBuf {
     match std::env::var_os("CHATIXIA_CORE_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
@@ -435,38 +309,6 @@ fn start_server(h: &mut Harness, api_keys_file: &Path, secret: &str) -> SocketAd
     unreachable!()
 }
 
-/// Variables that would redirect the agent or its sidecar somewhere else, or send its
-/// HTTP through a proxy: none of them may leak in from the caller's environment.
-const AGENT_ENV_REMOVE: &[&str] = &[
-    "SIGNALING_URL",
-    "TOKEN_URL",
-    "API_KEY",
-    "IPC_SOCKET",
-    "REGISTRY_URL",
-    "CHATIXIA_REGISTRY_URL",
-    "CHATIXIA_AGENT_ID",
-    "SIDECAR_BINARY",
-    "TURN_URL",
-    "TURN_SECRET",
-    "TURN_USERNAME",
-    "TURN_PASSWORD",
-    "ICE_TRANSPORT_POLICY",
-    "OPENAI_API_KEY",
-    "OPENAI_BASE_URL",
-    "AZURE_OPENAI_API_KEY",
-    "AZURE_OPENAI_ENDPOINT",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "all_proxy",
-    "PYTHONPATH",
-    "PYTHONHOME",
-    "PYTHONSTARTUP",
-    "VIRTUAL_ENV",
-];
-
 fn start_agent(h: &mut Harness, venv_bin: &Path, addr: SocketAddr, agent_id: &str, api_key: &str) {
     let sidecar = repo_root().join("tests/fixtures/fake_sidecar.py");
     assert!(sidecar.is_file(), "missing {}", sidecar.display());
@@ -551,7 +393,7 @@ fn get_json(h: &Harness, addr: SocketAddr, path: &str) -> Value {
 #[test]
 fn python_agent_registers_heartbeats_and_runs_a_list_agents_task() {
     // (a) The venv with the real agent.
-    let venv_bin = setup_python();
+    let venv_bin = venv_bin();
 
     let mut h = Harness {
         agent: None,

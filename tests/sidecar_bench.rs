@@ -1,36 +1,23 @@
 //! Sidecar benchmarks (ignored by default; numbers go to docs/BENCHMARKS.md):
 //! `cargo test --release --test sidecar_bench -- --ignored --nocapture --test-threads 1`
 //!
-//! Two sidecars on loopback through the stand-in relay. Throughput: the test writes
+//! Two sidecars on loopback, signaling through chatixia-core. Throughput: the test writes
 //! `send` lines into A's IPC socket as fast as A takes them (A's backpressure throttles
 //! the writer) and counts `message` lines out of B's. Round trip: A → B → A ping/pong,
 //! each leg crossing both IPC sockets and the DataChannel. Memory: B's RSS before and
 //! after opening peers.
 
-mod sidecar_common;
+mod common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use common::sidecar::{pair, server_for, Sidecar};
 use serde_json::json;
-use sidecar_common::{Relay, Sidecar};
-
-fn pair(relay: &Relay, a: &str, b: &str) -> (Sidecar, Sidecar) {
-    let mut sa = Sidecar::start(relay, a);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.count("register") < 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let mut sb = Sidecar::start(relay, b);
-    sa.expect_connected(&sb.peer_id.clone());
-    sb.expect_connected(&sa.peer_id.clone());
-    (sa, sb)
-}
 
 fn throughput(size: usize, count: usize) {
-    let relay = Relay::start();
-    let (a, mut b) = pair(&relay, "ta", "tb");
+    let server = server_for(1, &["ta", "tb"]);
+    let (a, mut b) = pair(&server, "ta", "tb");
     let filler = "x".repeat(size);
     let target = b.peer_id.clone();
     let mut w = a.writer_clone();
@@ -77,8 +64,8 @@ fn bench_throughput() {
 #[test]
 #[ignore]
 fn bench_round_trip() {
-    let relay = Relay::start();
-    let (mut a, mut b) = pair(&relay, "ra", "rb");
+    let server = server_for(1, &["ra", "rb"]);
+    let (mut a, mut b) = pair(&server, "ra", "rb");
     let (pa, pb) = (a.peer_id.clone(), b.peer_id.clone());
     let mut samples = Vec::new();
     for i in 0..2000 {
@@ -111,18 +98,18 @@ fn rss_kib(pid: u32) -> u64 {
 #[ignore]
 fn bench_memory_per_peer() {
     const N: usize = 8;
-    let relay = Relay::start();
-    let mut hub = Sidecar::start(&relay, "hub");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while relay.count("register") < 1 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let names: Vec<String> = std::iter::once("hub".to_string())
+        .chain((0..N).map(|i| format!("m{i}")))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let server = server_for(1, &names);
+    let mut hub = Sidecar::start(&server, "hub");
+    hub.wait_registered();
     std::thread::sleep(Duration::from_millis(300));
     let before = rss_kib(hub.child.id());
     let mut others = Vec::new();
-    for i in 0..N {
-        let s = Sidecar::start(&relay, &format!("m{i}"));
+    for name in &names[1..] {
+        let s = Sidecar::start(&server, name);
         hub.expect_connected(&s.peer_id.clone());
         others.push(s);
     }

@@ -1,18 +1,20 @@
 //! The IPC socket: mode 0600; a malformed line is answered with an error and the
-//! socket stays open; `send` to an unknown peer is reported; `connect` offers now.
+//! socket stays open; `send` to an unknown peer is reported; `connect` offers now
+//! (seen by a plain WebSocket client registered through chatixia-core).
 
-mod sidecar_common;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
+use common::sidecar::{mesh_message, pair, server_for, Sidecar};
+use common::ws::{self, join, jwt_from_key};
 use serde_json::json;
-use sidecar_common::{mesh_message, Relay, Sidecar};
 
 #[test]
 fn socket_mode_and_malformed_lines() {
-    let relay = Relay::start();
-    let mut a = Sidecar::start(&relay, "solo");
+    let server = server_for(1, &["solo"]);
+    let mut a = Sidecar::start(&server, "solo");
     let mode = std::fs::metadata(&a.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "IPC socket mode is {mode:o}");
 
@@ -42,32 +44,35 @@ fn socket_mode_and_malformed_lines() {
 
 #[test]
 fn connect_command_offers_now() {
-    let relay = Relay::start();
-    let mut a = Sidecar::start(&relay, "x");
-    let mut b = Sidecar::start(&relay, "y");
-    // Both registered; whoever registered second offered already. Wait for that, then
-    // check that `connect` to an already connected peer is a no-op and that `connect`
-    // creates an offer to a not yet known peer id.
-    a.expect_connected("peer-y");
-    b.expect_connected("peer-x");
-    let offers = relay.count("offer");
+    let server = server_for(2, &["x", "y", "ghost"]);
+    let (mut a, mut b) = pair(&server, "x", "y");
+    // A plain WebSocket peer: registered, but it offers nothing on its own.
+    let token = jwt_from_key(&server, "ak_ghost");
+    let (mut ghost, peers) = join(&server, "peer-ghost", &token);
+    assert_eq!(peers.len(), 2, "{peers:?}");
+
+    // `connect` to an already connected peer is a no-op (a new offer would replace the
+    // connection on y's side: y would report peer_disconnected); `connect` to a peer
+    // the sidecar never heard of offers now.
     a.send_json(json!({"type":"connect","payload":{"target_peer_id":"peer-y"}}));
     a.send_json(json!({"type":"connect","payload":{"target_peer_id":"peer-ghost"}}));
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while relay.count("offer") < offers + 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "connect did not offer"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let seen = relay.seen.lock().unwrap();
-    let new: Vec<_> = seen
-        .iter()
-        .filter(|v| v["type"] == "offer")
-        .skip(offers)
-        .map(|v| v["target_id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(new, vec!["peer-ghost"]);
+    let offer = ws::recv(&mut ghost);
+    assert_eq!(offer["type"], "offer", "{offer}");
+    assert_eq!(offer["peer_id"], "peer-x");
+    assert_eq!(offer["target_id"], "peer-ghost");
+    assert!(offer["payload"]["sdp"].as_str().unwrap().starts_with("v=0"));
+    // Trickled candidates follow, in the spec's payload shape.
+    let cand = ws::recv(&mut ghost);
+    assert_eq!(cand["type"], "ice_candidate", "{cand}");
+    assert!(cand["payload"]["candidate"]
+        .as_str()
+        .unwrap()
+        .starts_with("candidate:"));
+    assert!(cand["payload"]["sdpMid"].is_string());
+    assert!(cand["payload"]["sdpMLineIndex"].is_number());
+    b.expect_none("peer_disconnected", Duration::from_millis(500), |v| {
+        v["type"] == "peer_disconnected"
+    });
+    assert_eq!(a.list_peers(), vec!["peer-y"]);
+    assert_eq!(b.list_peers(), vec!["peer-x"]);
 }

@@ -1,22 +1,18 @@
-//! Three chatixia-sidecar processes form a full mesh through the stand-in relay and
-//! exchange messages over their IPC sockets: send both ways, broadcast, list_peers.
+//! Three chatixia-sidecar processes form a full mesh through chatixia-core (its real
+//! `/api/token` and `/ws`, two shards, so signaling relays cross shards) and exchange
+//! messages over their IPC sockets: send both ways, broadcast, list_peers, ordering.
 
-mod sidecar_common;
+mod common;
 
 use std::time::Duration;
 
+use common::sidecar::{mesh_message, pair, server_for, Sidecar};
 use serde_json::json;
-use sidecar_common::{mesh_message, Relay, Sidecar};
 
 #[test]
 fn three_sidecars_mesh_send_broadcast_list() {
-    let relay = Relay::start();
-    let mut a = Sidecar::start(&relay, "a");
-    // Let a register first so b's peer_list contains it (b offers a).
-    wait_registered(&relay, 1);
-    let mut b = Sidecar::start(&relay, "b");
-    a.expect_connected("peer-b");
-    b.expect_connected("peer-a");
+    let server = server_for(2, &["a", "b", "c"]);
+    let (mut a, mut b) = pair(&server, "a", "b");
 
     // a → b and b → a
     a.send_json(json!({"type":"send","payload":{"target_peer":"peer-b","message":mesh_message("task_request","r1","hello b")}}));
@@ -34,9 +30,8 @@ fn three_sidecars_mesh_send_broadcast_list() {
     assert_eq!(m["payload"]["from_peer"], "peer-b");
     assert_eq!(m["payload"]["message"]["payload"]["text"], "hi a");
 
-    // c joins: its peer_list holds a and b, it offers both.
-    wait_registered(&relay, 2);
-    let mut c = Sidecar::start(&relay, "c");
+    // c joins: the server's peer_list holds a and b, c offers both.
+    let mut c = Sidecar::start(&server, "c");
     c.expect_connected("peer-a");
     c.expect_connected("peer-b");
     a.expect_connected("peer-c");
@@ -53,6 +48,9 @@ fn three_sidecars_mesh_send_broadcast_list() {
             v["type"] == "message" && v["payload"]["message"]["type"] == "agent_status"
         });
         assert_eq!(m["payload"]["from_peer"], "peer-c");
+        s.expect_none("a second broadcast", Duration::from_millis(300), |v| {
+            v["type"] == "message" && v["payload"]["message"]["type"] == "agent_status"
+        });
     }
 
     // Many messages in order, a → c.
@@ -64,16 +62,5 @@ fn three_sidecars_mesh_send_broadcast_list() {
             v["type"] == "message" && v["payload"]["message"]["type"] == "task_stream_chunk"
         });
         assert_eq!(m["payload"]["message"]["request_id"], i.to_string());
-    }
-}
-
-fn wait_registered(relay: &Relay, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while relay.count("register") < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sidecars did not register"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }

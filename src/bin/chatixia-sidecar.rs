@@ -1,6 +1,7 @@
 //! `chatixia-sidecar`: spawned by the Python agent with env vars and no arguments
 //! (PROTOCOL.md §8; the variables are listed in `chatixia_core::sidecar::config`).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +23,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn,is=warn,dimpl=warn")),
         )
         .with_writer(std::io::stderr)
+        // The agent sends our stderr to a log file: no colour codes there.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run() {
         Ok(()) => ExitCode::SUCCESS,

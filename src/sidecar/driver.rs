@@ -132,7 +132,10 @@ pub async fn run(p: Prepared) {
         ));
     }
     monoio::spawn(timer(engine.clone(), kicks.timer.clone()));
-    if !p.config.stun_servers.is_empty() {
+    if p.config.stun_servers.is_empty() {
+        tracing::info!("no STUN server configured: no srflx candidates");
+    } else {
+        tracing::info!(servers = ?p.config.stun_servers, "STUN servers");
         monoio::spawn(stun_setup(engine.clone(), p.config.stun_servers.clone()));
     }
     if p.config.turn.is_some() {

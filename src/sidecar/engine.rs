@@ -750,7 +750,10 @@ impl Engine {
                         let from = p.id.clone();
                         let text = String::from_utf8_lossy(&d.data);
                         match serde_json::from_str::<MeshMessage>(&text) {
-                            Ok(m) => self.queue_agent(ipc::event_message(&from, &m), true),
+                            Ok(m) => {
+                                tracing::debug!(peer = %from, kind = %m.kind, request_id = %m.request_id, "DataChannel message in");
+                                self.queue_agent(ipc::event_message(&from, &m), true)
+                            }
                             Err(e) => {
                                 tracing::warn!(peer = %from, error = %e, "bad DataChannel message ignored")
                             }
@@ -873,6 +876,7 @@ impl Engine {
                     );
                     return;
                 };
+                tracing::debug!(peer = %target, kind = %message.kind, request_id = %message.request_id, "DataChannel message out");
                 let bytes = serde_json::to_vec(&message).expect("mesh messages serialize");
                 self.enqueue(k, bytes, now);
             }

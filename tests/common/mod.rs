@@ -47,6 +47,7 @@ pub struct Server {
     pub cores: usize,
     /// The server's stderr (a pipe nobody drains could fill up and block its logging).
     pub log_path: PathBuf,
+    opts: Opts,
     _dir: TempDir,
 }
 
@@ -54,8 +55,11 @@ pub struct Server {
 pub const DRIVERS: [&str; 2] = ["uring", "epoll"];
 
 /// Options of one server.
+#[derive(Clone)]
 pub struct Opts {
     pub cores: usize,
+    /// `--listen`; port 0 picks a free one (the bound address is in [`Server::addr`]).
+    pub listen: SocketAddr,
     /// Contents of API_KEYS_FILE; `None`: point it at a missing file.
     pub keys: Option<String>,
     pub env: Vec<(String, String)>,
@@ -66,6 +70,7 @@ impl Opts {
     pub fn cores(cores: usize) -> Opts {
         Opts {
             cores,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             keys: Some(KEYS_JSON.to_owned()),
             env: Vec::new(),
             args: Vec::new(),
@@ -132,6 +137,16 @@ impl Server {
         }
     }
 
+    /// Stops the server with SIGTERM (it closes WebSockets with 1001) and starts a new
+    /// one with the same options on the same address.
+    pub fn restart(&mut self) {
+        let (st, _) = self.terminate(Duration::from_secs(10));
+        assert!(st.success(), "server exited with {st}: {}", self.log());
+        let mut opts = self.opts.clone();
+        opts.listen = self.addr;
+        *self = Server::with(opts);
+    }
+
     pub fn with(opts: Opts) -> Server {
         let dir = TempDir::new();
         let port_file = dir.0.join("addr");
@@ -141,7 +156,9 @@ impl Server {
         }
         let log_path = dir.0.join("server.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatixia-core"));
-        cmd.args(["--listen", "127.0.0.1:0", "--cores"])
+        cmd.arg("--listen")
+            .arg(opts.listen.to_string())
+            .arg("--cores")
             .arg(opts.cores.to_string())
             .arg("--port-file")
             .arg(&port_file)
@@ -165,6 +182,7 @@ impl Server {
             addr: "127.0.0.1:1".parse().unwrap(),
             cores: opts.cores,
             log_path,
+            opts,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -457,4 +475,6 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
+pub mod python;
+pub mod sidecar;
 pub mod ws;
