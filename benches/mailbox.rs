@@ -24,6 +24,7 @@ fn run(driver: DriverChoice, spin: Duration, kind: &'static str, iters: u64) -> 
     let reactor = Reactor::builder()
         .cores(2)
         .driver(driver)
+        .mailbox_spin(spin)
         .build()
         .expect("reactor");
     let running = reactor
