@@ -28,6 +28,8 @@ request = function()
   return wrk.format("POST", "/api/hub/heartbeat", {["content-type"] = "application/json"}, body)
 end
 LUA
+echo "== healthz (reference point, same server, same run)"
+taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:$PORT/healthz" | grep -E "Requests/sec|50%|90%|99%|Latency "
 echo "== heartbeat"
 taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency -s "$TMP/hb.lua" "http://127.0.0.1:$PORT" | grep -E "Requests/sec|50%|90%|99%|Latency "
 echo "== list agents (100 agents)"

@@ -3,27 +3,14 @@
 //! # Placement
 //!
 //! Every task lives on exactly one shard, and a claim is a local state change there, so
-//! a task is assigned at most once however many shards a heartbeat reaches. The server
-//! picks the shard with [`TaskSubmission::placement`]: the shard of the target agent when
-//! `target_agent_id` is set, else the shard of `skill`, else any; it then draws ids with
-//! [`new_task_id`] until one hashes to that shard, so `GET`/`POST /api/hub/tasks/{id}`
-//! find the shard from the id alone.
-//!
-//! # Heartbeat claims
-//!
-//! The reference assigns to a heartbeat every pending task with
-//! `target_agent_id == agent_id`, **or** with a non-empty `skill` in `skill_names`
-//! ([`Task::matches`]). Two consequences for a sharded server:
-//! - a task targeted at agent A that also names skill S is claimable by *any* agent
-//!   listing S, yet lives on A's shard;
-//! - a heartbeat with an empty `agent_id` claims every task with an empty target, wherever
-//!   it lives.
-//!
-//! Asking only the agent's shard and the shards of its skills therefore misses some
-//! matches. Exact behaviour needs [`TaskStore::claim_for`] on every shard; that is cheap,
-//! as a store only looks up its pending indexes (one lookup per skill name, nothing for
-//! non-matching tasks). The pending tasks of the answer are the concatenation of the
-//! shards' results (the reference's order is arbitrary).
+//! a task is assigned at most once however many shards a heartbeat reaches.
+//! [`TaskSubmission::placement`] says where: the shard of its `skill` when set (leaving
+//! a pointer on its target's shard when it also names a target, since the reference
+//! matches `target == agent || skill ∈ skill_names`), else the shard of its target, else
+//! any. The server draws ids with [`new_task_id`] until one hashes to that shard, so
+//! `GET`/`POST /api/hub/tasks/{id}` find the shard from the id alone. A heartbeat asks
+//! the agent's shard (targeted tasks and pointers) and the shards of its skills; see
+//! docs/ARCHITECTURE.md, "State placement".
 //!
 //! # Wire shapes
 //!

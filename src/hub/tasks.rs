@@ -68,22 +68,31 @@ impl JsonBody for TaskSubmission {
 /// Which shard should hold a new task (see the [module docs](super)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Placement<'a> {
-    /// The shard that owns this agent id (the task's non-empty `target_agent_id`).
+    /// The shard chosen by hashing this skill (non-empty `skill`); when the task also
+    /// names a target, a pointer is left on the target's shard.
+    Skill {
+        skill: &'a str,
+        pointer_for: Option<&'a str>,
+    },
+    /// The shard that owns this agent id (non-empty `target_agent_id`, no skill).
     Agent(&'a str),
-    /// The shard chosen by hashing this skill (non-empty `skill`, no target).
-    Skill(&'a str),
-    /// Neither: any shard. Under the reference's matching rule only a heartbeat with an
-    /// empty `agent_id` can claim such a task.
+    /// Neither: any shard (the one that took the request).
     Any,
 }
 
 impl TaskSubmission {
-    /// Where this task should live: its target's shard, else its skill's, else anywhere.
+    /// Where this task should live: its skill's shard (plus a pointer for its target),
+    /// else its target's shard, else anywhere.
     pub fn placement(&self) -> Placement<'_> {
-        if !self.target_agent_id.is_empty() {
+        if !self.skill.is_empty() {
+            let pointer_for =
+                (!self.target_agent_id.is_empty()).then_some(self.target_agent_id.as_str());
+            Placement::Skill {
+                skill: &self.skill,
+                pointer_for,
+            }
+        } else if !self.target_agent_id.is_empty() {
             Placement::Agent(&self.target_agent_id)
-        } else if !self.skill.is_empty() {
-            Placement::Skill(&self.skill)
         } else {
             Placement::Any
         }
@@ -675,7 +684,13 @@ mod tests {
         let s: TaskSubmission = parse_body(br#"[]"#).unwrap();
         assert_eq!(s.ttl, 300);
         let s: TaskSubmission = parse_body(br#"["x","a"]"#).unwrap();
-        assert_eq!(s.placement(), Placement::Agent("a"));
+        assert_eq!(
+            s.placement(),
+            Placement::Skill {
+                skill: "x",
+                pointer_for: Some("a")
+            }
+        );
     }
 
     #[test]
@@ -698,8 +713,21 @@ mod tests {
 
     #[test]
     fn placement() {
-        assert_eq!(sub("x", "a").placement(), Placement::Agent("a"));
-        assert_eq!(sub("x", "").placement(), Placement::Skill("x"));
+        assert_eq!(
+            sub("x", "a").placement(),
+            Placement::Skill {
+                skill: "x",
+                pointer_for: Some("a")
+            }
+        );
+        assert_eq!(
+            sub("x", "").placement(),
+            Placement::Skill {
+                skill: "x",
+                pointer_for: None
+            }
+        );
+        assert_eq!(sub("", "a").placement(), Placement::Agent("a"));
         assert_eq!(sub("", "").placement(), Placement::Any);
     }
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::http::{Request, Response};
 use crate::hub::{
-    heartbeat_body, new_task_id, task_body, task_created_body, task_list_body, Task, TaskId,
-    TaskSubmission, TaskUpdate,
+    heartbeat_body, new_task_id, task_body, task_created_body, task_list_body, Placement, Task,
+    TaskId, TaskSubmission, TaskUpdate,
 };
 use crate::registry::Heartbeat;
 use crate::server::api_common::{
@@ -41,16 +41,14 @@ fn draw_task_id(ctx: &ShardCtx, home: usize) -> Reply<TaskId> {
 /// `POST /api/hub/tasks`.
 pub async fn create(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
     let sub: TaskSubmission = json_body(req)?;
-    let home = if !sub.skill.is_empty() {
-        ctx.shard.shard_of(&sub.skill)
-    } else if !sub.target_agent_id.is_empty() {
-        ctx.shard.shard_of(&sub.target_agent_id)
-    } else {
-        ctx.shard.id()
+    let (home, pointer_for) = match sub.placement() {
+        Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
+        Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
+        Placement::Any => (ctx.shard.id(), None),
     };
     // A targeted skill task whose target lives on another shard leaves a pointer there.
-    let pointer_to = (!sub.skill.is_empty() && !sub.target_agent_id.is_empty())
-        .then(|| ctx.shard.shard_of(&sub.target_agent_id))
+    let pointer_to = pointer_for
+        .map(|t| ctx.shard.shard_of(t))
         .filter(|&s| s != home);
     let target = sub.target_agent_id.clone();
     let ttl = sub.ttl;

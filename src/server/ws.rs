@@ -322,7 +322,14 @@ pub fn on_message(ctx: &Rc<ShardCtx>, msg: Msg) -> Option<Msg> {
 /// Writes an HTTP error response and closes.
 async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
     let mut out = Vec::new();
-    Response::error(status, reason).encode(false, false, &mut out);
+    let mut resp = Response::error(status, reason);
+    if status == 405 {
+        resp = resp.with_header("allow", "GET");
+    }
+    if status == 426 {
+        resp = resp.with_header("sec-websocket-version", "13");
+    }
+    resp.encode(false, false, &mut out);
     let _ = stream.write_all(out).await;
 }
 
