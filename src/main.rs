@@ -80,7 +80,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .map_err(|e| e.to_string())?;
     tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");
     if let Some(path) = &cli.port_file {
-        // Written atomically (rename) so a reader never sees a partial address.
+        // Written atomically (rename) so a reader never sees a partial address. This is
+        // the control thread after the shards started, not a shard: blocking is fine.
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bound.to_string())
             .and_then(|()| std::fs::rename(&tmp, path))
@@ -113,6 +114,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 /// and the development key.
 fn load_api_keys() -> ApiKeys {
     let path = std::env::var("API_KEYS_FILE").unwrap_or_else(|_| "api_keys.json".to_owned());
+    // Read once on the control thread before any shard starts; shards get a parsed,
+    // immutable copy and never touch the file.
     let bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) => {

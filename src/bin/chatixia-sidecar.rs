@@ -55,16 +55,9 @@ fn run() -> Result<(), String> {
         ipc,
         done: done.clone(),
     };
-    let slot = std::sync::Mutex::new(Some(prepared));
+    // The prepared sockets travel to the shard as its per-shard start value.
     let running = reactor
-        .start::<(), _, _, _>(vec![()], move |_shard, ()| {
-            let p = slot.lock().ok().and_then(|mut s| s.take());
-            async move {
-                if let Some(p) = p {
-                    driver::run(p).await;
-                }
-            }
-        })
+        .start::<(), _, _, _>(vec![prepared], move |_shard, p| driver::run(p))
         .map_err(|e| e.to_string())?;
     let mut result = Ok(());
     loop {

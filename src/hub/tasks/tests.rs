@@ -1,0 +1,580 @@
+use super::*;
+use crate::registry::{parse_body, BodyError};
+use serde_json::json;
+
+const T0: UnixTime = UnixTime(1_700_000_000_000_000_000);
+
+fn at(secs: u64) -> UnixTime {
+    T0.saturating_add(Duration::from_secs(secs))
+}
+
+fn sub(skill: &str, target: &str) -> TaskSubmission {
+    TaskSubmission {
+        skill: skill.into(),
+        target_agent_id: target.into(),
+        source_agent_id: "src".into(),
+        payload: json!({"q": 1}),
+        ttl: DEFAULT_TTL_SECS,
+    }
+}
+
+fn upd(state: &str) -> TaskUpdate {
+    TaskUpdate {
+        state: state.into(),
+        ..TaskUpdate::default()
+    }
+}
+
+fn skills(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn ids(tasks: &[Task]) -> Vec<&str> {
+    tasks.iter().map(|t| t.id.as_str()).collect()
+}
+
+fn store() -> TaskStore {
+    TaskStore::new(TaskStoreConfig::default())
+}
+
+#[test]
+fn submission_defaults_and_errors() {
+    let s: TaskSubmission = parse_body(b"{}").unwrap();
+    assert_eq!(
+        s,
+        TaskSubmission {
+            skill: String::new(),
+            target_agent_id: String::new(),
+            source_agent_id: String::new(),
+            payload: serde_json::Value::Null,
+            ttl: 300,
+        }
+    );
+    let s: TaskSubmission =
+        parse_body(br#"{"skill":"x","payload":{"b":[1,{"z":1,"a":2}],"a":null},"ttl":0}"#).unwrap();
+    assert_eq!(s.ttl, 0);
+    assert_eq!(s.payload, json!({"a": null, "b": [1, {"a": 2, "z": 1}]}));
+    for bad in [
+        &br#"{"ttl":-1}"#[..],
+        br#"{"ttl":1.5}"#,
+        br#"{"ttl":"300"}"#,
+        br#"{"ttl":null}"#,
+        br#"{"skill":1}"#,
+        br#"{"skill":null}"#,
+        br#"[1]"#,
+        br#""x""#,
+    ] {
+        let err = parse_body::<TaskSubmission>(bad).unwrap_err();
+        assert!(matches!(err, BodyError::Data { .. }), "{err:?}");
+    }
+    assert_eq!(
+        parse_body::<TaskSubmission>(b"{").unwrap_err().status(),
+        400
+    );
+    // serde's derive also accepts a struct as an array of its fields in order; with
+    // every field defaulted, `[]` is a valid submission (the same in the reference).
+    let s: TaskSubmission = parse_body(br#"[]"#).unwrap();
+    assert_eq!(s.ttl, 300);
+    let s: TaskSubmission = parse_body(br#"["x","a"]"#).unwrap();
+    assert_eq!(
+        s.placement(),
+        Placement::Skill {
+            skill: "x",
+            pointer_for: Some("a")
+        }
+    );
+}
+
+#[test]
+fn update_body_defaults_and_errors() {
+    let u: TaskUpdate = parse_body(br#"{"state":"running"}"#).unwrap();
+    assert_eq!(u, upd("running"));
+    let err = parse_body::<TaskUpdate>(br#"{"result":"x"}"#).unwrap_err();
+    assert!(matches!(
+        err,
+        BodyError::MissingField { field: "state", .. }
+    ));
+    for bad in [
+        &br#"{"state":"completed","result":{"a":1}}"#[..],
+        br#"{"state":"completed","error":null}"#,
+        br#"{"state":1}"#,
+    ] {
+        assert_eq!(parse_body::<TaskUpdate>(bad).unwrap_err().status(), 422);
+    }
+}
+
+#[test]
+fn placement() {
+    assert_eq!(
+        sub("x", "a").placement(),
+        Placement::Skill {
+            skill: "x",
+            pointer_for: Some("a")
+        }
+    );
+    assert_eq!(
+        sub("x", "").placement(),
+        Placement::Skill {
+            skill: "x",
+            pointer_for: None
+        }
+    );
+    assert_eq!(sub("", "a").placement(), Placement::Agent("a"));
+    assert_eq!(sub("", "").placement(), Placement::Any);
+}
+
+#[test]
+fn task_id_format() {
+    let mut counter = 0u8;
+    let mut rand = |buf: &mut [u8]| {
+        for b in buf {
+            *b = counter;
+            counter = counter.wrapping_add(0x1f);
+        }
+    };
+    let id = new_task_id(&mut rand);
+    assert_eq!(id, "001f3e5d-7c9");
+    assert_eq!(
+        new_task_id(&mut |b: &mut [u8]| b.fill(0xff)),
+        "ffffffff-fff"
+    );
+    assert_eq!(new_task_id(&mut |b: &mut [u8]| b.fill(0)), "00000000-000");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..1000 {
+        let id = new_task_id(&mut |buf: &mut [u8]| {
+            for b in buf {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+        });
+        assert_eq!(id.len(), TASK_ID_LEN);
+        for (i, c) in id.chars().enumerate() {
+            if i == 8 {
+                assert_eq!(c, '-');
+            } else {
+                assert!(matches!(c, '0'..='9' | 'a'..='f'), "{id}");
+            }
+        }
+    }
+}
+
+#[test]
+fn create_get_list() {
+    let mut s = store();
+    assert!(s.is_empty());
+    let t = s.create(sub("x", "a"), "t1".into(), T0).unwrap().clone();
+    assert_eq!(
+        t,
+        Task {
+            id: "t1".into(),
+            skill: "x".into(),
+            target_agent_id: "a".into(),
+            source_agent_id: "src".into(),
+            assigned_agent_id: String::new(),
+            payload: json!({"q": 1}),
+            state: "pending".into(),
+            result: String::new(),
+            error: String::new(),
+            created_at: T0,
+            updated_at: T0,
+            ttl: 300,
+        }
+    );
+    s.create(sub("", ""), "t0".into(), T0).unwrap();
+    assert_eq!(s.get("t1"), Some(&t));
+    assert!(s.get("nope").is_none());
+    let order: Vec<&str> = s.list().map(|t| t.id.as_str()).collect();
+    assert_eq!(order, ["t1", "t0"], "creation order");
+    assert_eq!(s.len(), 2);
+    s.assert_consistent();
+}
+
+#[test]
+fn create_refuses_duplicates_and_when_full() {
+    let mut s = TaskStore::new(TaskStoreConfig {
+        tasks_max: 2,
+        ..TaskStoreConfig::default()
+    });
+    s.create(sub("x", ""), "t1".into(), T0).unwrap();
+    assert_eq!(
+        s.create(sub("y", ""), "t1".into(), T0).unwrap_err(),
+        CreateTaskError::DuplicateId
+    );
+    assert_eq!(s.get("t1").unwrap().skill, "x", "not overwritten");
+    s.create(sub("x", ""), "t2".into(), T0).unwrap();
+    assert_eq!(
+        s.create(sub("x", ""), "t3".into(), T0).unwrap_err(),
+        CreateTaskError::Full { tasks_max: 2 }
+    );
+    // Finished tasks still count until retention removes them.
+    s.update("t1", upd("completed"), at(1)).unwrap();
+    assert!(s.create(sub("x", ""), "t3".into(), at(1)).is_err());
+    let retention = s.config().retention;
+    s.expire(
+        at(1)
+            .saturating_add(retention)
+            .saturating_add(Duration::from_secs(1)),
+    );
+    s.create(sub("x", ""), "t3".into(), at(5000)).unwrap();
+    s.assert_consistent();
+}
+
+#[test]
+fn update_semantics() {
+    let mut s = store();
+    s.create(sub("x", ""), "t".into(), T0).unwrap();
+    let t = s
+        .update(
+            "t",
+            TaskUpdate {
+                state: "running".into(),
+                result: "partial".into(),
+                error: "warn".into(),
+            },
+            at(1),
+        )
+        .unwrap();
+    assert_eq!(
+        (t.state.as_str(), t.result.as_str(), t.error.as_str()),
+        ("running", "partial", "warn")
+    );
+    assert_eq!(t.updated_at, at(1));
+    // Empty result / error keep the old values.
+    let t = s.update("t", upd("completed"), at(2)).unwrap();
+    assert_eq!(
+        (t.state.as_str(), t.result.as_str(), t.error.as_str()),
+        ("completed", "partial", "warn")
+    );
+    assert_eq!(t.created_at, T0);
+    assert!(s.update("missing", upd("completed"), at(2)).is_none());
+    s.assert_consistent();
+}
+
+#[test]
+fn claim_by_target_and_by_skill() {
+    let mut s = store();
+    s.create(sub("", "a1"), "target-only".into(), T0).unwrap();
+    s.create(sub("search", ""), "skill-only".into(), T0)
+        .unwrap();
+    s.create(sub("search", "a2"), "both-other".into(), T0)
+        .unwrap();
+    s.create(sub("chat", ""), "other-skill".into(), T0).unwrap();
+    s.create(sub("", ""), "neither".into(), T0).unwrap();
+    s.create(sub("", "a1"), "done".into(), T0).unwrap();
+    s.update("done", upd("completed"), T0).unwrap();
+
+    let got = s.claim_for("a1", &skills(&["search", "search", ""]), at(5));
+    // The reference's rule: a task targeted at a2 but with skill "search" is claimable
+    // by any agent listing "search".
+    assert_eq!(ids(&got), ["target-only", "skill-only", "both-other"]);
+    for t in &got {
+        assert_eq!(t.state, "assigned");
+        assert_eq!(t.assigned_agent_id, "a1");
+        assert_eq!(t.updated_at, at(5));
+        assert_eq!(s.get(&t.id), Some(t));
+    }
+    assert_eq!(s.get("other-skill").unwrap().state, "pending");
+    assert_eq!(s.get("neither").unwrap().state, "pending");
+    assert_eq!(s.get("done").unwrap().state, "completed");
+    s.assert_consistent();
+
+    // Exactly once.
+    assert!(s.claim_for("a1", &skills(&["search"]), at(6)).is_empty());
+    assert!(s.claim_for("a2", &skills(&["search"]), at(6)).is_empty());
+    // Empty skill names never match by skill.
+    assert!(s.claim_for("zz", &skills(&[""]), at(6)).is_empty());
+    let got = s.claim_for("a3", &skills(&["chat"]), at(7));
+    assert_eq!(ids(&got), ["other-skill"]);
+    s.assert_consistent();
+}
+
+#[test]
+fn empty_agent_id_claims_every_untargeted_task() {
+    // Reference: `task.target_agent_id == agent_id` holds for "" == "".
+    let mut s = store();
+    s.create(sub("x", ""), "t1".into(), T0).unwrap();
+    s.create(sub("", ""), "t2".into(), T0).unwrap();
+    s.create(sub("", "a"), "t3".into(), T0).unwrap();
+    let got = s.claim_for("", &[], at(1));
+    assert_eq!(ids(&got), ["t1", "t2"]);
+    assert_eq!(got[0].assigned_agent_id, "");
+    s.assert_consistent();
+}
+
+#[test]
+fn claim_returns_creation_order_across_indexes() {
+    let mut s = store();
+    for (i, (skill, target)) in [("x", ""), ("", "a"), ("y", ""), ("x", "b"), ("", "a")]
+        .iter()
+        .enumerate()
+    {
+        s.create(sub(skill, target), format!("t{i}"), T0).unwrap();
+    }
+    let got = s.claim_for("a", &skills(&["y", "x"]), at(1));
+    assert_eq!(ids(&got), ["t0", "t1", "t2", "t3", "t4"]);
+    s.assert_consistent();
+}
+
+#[test]
+fn update_back_to_pending_makes_claimable_again() {
+    let mut s = store();
+    s.create(sub("x", ""), "t".into(), T0).unwrap();
+    assert_eq!(s.claim_for("a", &skills(&["x"]), at(1)).len(), 1);
+    s.update("t", upd("pending"), at(2)).unwrap();
+    assert_eq!(
+        s.get("t").unwrap().assigned_agent_id,
+        "a",
+        "kept until re-claimed"
+    );
+    s.assert_consistent();
+    let got = s.claim_for("b", &skills(&["x"]), at(3));
+    assert_eq!(got[0].assigned_agent_id, "b");
+    // Any other state takes it out of the pending indexes.
+    s.update("t", upd("pending"), at(4)).unwrap();
+    s.update("t", upd("weird"), at(5)).unwrap();
+    assert!(s.claim_for("b", &skills(&["x"]), at(6)).is_empty());
+    s.assert_consistent();
+}
+
+#[test]
+fn ttl_expiry_is_strict_and_spares_finished_tasks() {
+    let mut s = store();
+    let mut short = sub("x", "");
+    short.ttl = 10;
+    s.create(short.clone(), "pending".into(), T0).unwrap();
+    s.create(short.clone(), "assigned".into(), T0).unwrap();
+    s.create(short.clone(), "custom".into(), T0).unwrap();
+    s.create(short.clone(), "completed".into(), T0).unwrap();
+    s.create(short.clone(), "failed".into(), T0).unwrap();
+    s.create(sub("x", ""), "long".into(), T0).unwrap();
+    let mut huge = sub("x", "");
+    huge.ttl = u64::MAX;
+    s.create(huge, "huge".into(), T0).unwrap();
+    s.claim_for("a", &[], T0); // no match
+    s.update("assigned", upd("assigned"), at(1)).unwrap();
+    s.update("custom", upd("running"), at(1)).unwrap();
+    s.update("completed", upd("completed"), at(1)).unwrap();
+    let mut f = upd("failed");
+    f.error = "boom".into();
+    s.update("failed", f, at(1)).unwrap();
+
+    // Exactly ttl seconds old: not expired.
+    assert_eq!(s.expire(at(10)), ExpireOutcome::default());
+    let just_after = at(10).saturating_add(Duration::from_nanos(1));
+    assert_eq!(
+        s.expire(just_after),
+        ExpireOutcome {
+            expired: 3,
+            removed: 0
+        }
+    );
+    for id in ["pending", "assigned", "custom"] {
+        let t = s.get(id).unwrap();
+        assert_eq!(t.state, "failed", "{id}");
+        assert_eq!(t.error, "TTL expired");
+        assert_eq!(t.updated_at, just_after);
+    }
+    assert_eq!(s.get("completed").unwrap().state, "completed");
+    assert_eq!(s.get("failed").unwrap().error, "boom");
+    assert_eq!(s.get("long").unwrap().state, "pending");
+    s.assert_consistent();
+    // An expired pending task is no longer claimable.
+    let got = s.claim_for("a", &skills(&["x"]), at(11));
+    assert_eq!(ids(&got), ["long", "huge"]);
+    // Assigned tasks still expire.
+    assert_eq!(s.expire(at(301)).expired, 1);
+    assert_eq!(s.get("long").unwrap().state, "failed");
+    assert_eq!(s.get("huge").unwrap().state, "assigned");
+    s.assert_consistent();
+}
+
+#[test]
+fn retention_removes_finished_tasks_after_last_update() {
+    let mut s = TaskStore::new(TaskStoreConfig {
+        tasks_max: 100,
+        retention: Duration::from_secs(60),
+    });
+    s.create(sub("x", ""), "done".into(), T0).unwrap();
+    s.create(sub("x", ""), "late".into(), T0).unwrap();
+    s.create(sub("x", ""), "open".into(), T0).unwrap();
+    let mut short = sub("x", "");
+    short.ttl = 5;
+    s.create(short, "expires".into(), T0).unwrap();
+    s.update("done", upd("completed"), at(10)).unwrap();
+    s.update("late", upd("failed"), at(10)).unwrap();
+    s.update("late", upd("failed"), at(40)).unwrap(); // a later update restarts the clock
+
+    // Expired at 30, then retained for 60 s from there.
+    assert_eq!(
+        s.expire(at(30)),
+        ExpireOutcome {
+            expired: 1,
+            removed: 0
+        }
+    );
+    // Exactly retention after the last update: kept.
+    assert_eq!(s.expire(at(70)), ExpireOutcome::default());
+    assert_eq!(
+        s.expire(at(71)),
+        ExpireOutcome {
+            expired: 0,
+            removed: 1
+        }
+    );
+    assert!(s.get("done").is_none());
+    assert!(s.update("done", upd("pending"), at(71)).is_none());
+    assert_eq!(
+        s.expire(at(101)),
+        ExpireOutcome {
+            expired: 0,
+            removed: 2
+        }
+    );
+    assert!(s.get("late").is_none());
+    assert!(s.get("expires").is_none());
+    assert!(
+        s.get("open").is_some(),
+        "unfinished tasks are never removed"
+    );
+    s.assert_consistent();
+    // Ids are free again after removal.
+    s.create(sub("", ""), "done".into(), at(101)).unwrap();
+    s.assert_consistent();
+}
+
+#[test]
+fn expire_early_in_epoch_does_not_underflow() {
+    let mut s = store();
+    s.create(sub("", ""), "t".into(), UnixTime::EPOCH).unwrap();
+    s.update("t", upd("completed"), UnixTime::EPOCH).unwrap();
+    assert_eq!(s.expire(UnixTime::from_secs(10)), ExpireOutcome::default());
+    let mut z = TaskStore::new(TaskStoreConfig {
+        tasks_max: 1,
+        retention: Duration::MAX,
+    });
+    z.create(sub("", ""), "t".into(), T0).unwrap();
+    z.update("t", upd("completed"), T0).unwrap();
+    assert_eq!(z.expire(UnixTime(u64::MAX)), ExpireOutcome::default());
+}
+
+#[test]
+fn randomized_operations_keep_indexes_consistent() {
+    let mut s = TaskStore::new(TaskStoreConfig {
+        tasks_max: 64,
+        retention: Duration::from_secs(20),
+    });
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let agents = ["", "a", "b", "c"];
+    let skill_pool = ["", "x", "y"];
+    let states = ["pending", "assigned", "completed", "failed", "running"];
+    let mut now = T0;
+    let mut created = 0u32;
+    for _ in 0..5000 {
+        now = now.saturating_add(Duration::from_millis(next() % 3000));
+        match next() % 5 {
+            0 | 1 => {
+                let mut req = sub(
+                    skill_pool[(next() % 3) as usize],
+                    agents[(next() % 4) as usize],
+                );
+                req.ttl = next() % 60;
+                if s.create(req, format!("t{created}"), now).is_ok() {
+                    created += 1;
+                }
+            }
+            2 => {
+                let agent = agents[(next() % 4) as usize];
+                let names = skills(&skill_pool[..(next() % 4) as usize]);
+                let before: Vec<Task> = s
+                    .list()
+                    .filter(|t| t.is_pending() && t.matches(agent, &names))
+                    .cloned()
+                    .collect();
+                let got = s.claim_for(agent, &names, now);
+                assert_eq!(
+                    ids(&got),
+                    ids(&before),
+                    "claims exactly the matching pending tasks"
+                );
+            }
+            3 if created > 0 => {
+                let id = format!("t{}", next() % u64::from(created));
+                s.update(&id, upd(states[(next() % 5) as usize]), now);
+            }
+            _ => {
+                s.expire(now);
+                for t in s.list() {
+                    if !t.is_finished() {
+                        assert!(t.deadline() >= now, "unfinished past deadline");
+                    } else {
+                        assert!(
+                            now.saturating_duration_since(t.updated_at) <= Duration::from_secs(20)
+                        );
+                    }
+                }
+            }
+        }
+        s.assert_consistent();
+        assert!(s.len() <= 64);
+    }
+}
+
+fn sample_task() -> Task {
+    Task {
+        id: "9f1c03ab-77e".into(),
+        skill: "search".into(),
+        target_agent_id: "a1".into(),
+        source_agent_id: "src".into(),
+        assigned_agent_id: String::new(),
+        payload: json!({"zeta": 1, "alpha": {"b": 2, "a": [true, null]}}),
+        state: "pending".into(),
+        result: String::new(),
+        error: String::new(),
+        created_at: UnixTime(1_700_000_000_250_000_000),
+        updated_at: UnixTime(1_700_000_001_000_000_000),
+        ttl: 300,
+    }
+}
+
+#[test]
+fn task_json_in_struct_order() {
+    let want = concat!(
+        r#"{"id":"9f1c03ab-77e","skill":"search","target_agent_id":"a1","source_agent_id":"src","#,
+        r#""assigned_agent_id":"","payload":{"alpha":{"a":[true,null],"b":2},"zeta":1},"#,
+        r#""state":"pending","result":"","error":"","#,
+        r#""created_at":1700000000.25,"updated_at":1700000001.0,"ttl":300}"#
+    );
+    assert_eq!(serde_json::to_string(&sample_task()).unwrap(), want);
+}
+
+#[test]
+fn task_json_sorted_matches_value_round_trip() {
+    let t = sample_task();
+    let want = concat!(
+        r#"{"assigned_agent_id":"","created_at":1700000000.25,"error":"","id":"9f1c03ab-77e","#,
+        r#""payload":{"alpha":{"a":[true,null],"b":2},"zeta":1},"result":"","skill":"search","#,
+        r#""source_agent_id":"src","state":"pending","target_agent_id":"a1","ttl":300,"#,
+        r#""updated_at":1700000001.0}"#
+    );
+    assert_eq!(serde_json::to_string(&t.sorted_keys()).unwrap(), want);
+    let via_value = serde_json::to_string(&serde_json::to_value(&t).unwrap()).unwrap();
+    assert_eq!(via_value, want);
+}
+
+#[test]
+fn created_at_matches_system_time_float() {
+    let nanos = 1_712_345_678_987_654_321u64;
+    let want = Duration::from_nanos(nanos).as_secs_f64();
+    let mut t = sample_task();
+    t.created_at = UnixTime(nanos);
+    let v = serde_json::to_value(&t).unwrap();
+    assert_eq!(v["created_at"].as_f64(), Some(want));
+}
