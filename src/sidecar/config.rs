@@ -9,8 +9,8 @@
 //! | `IPC_SOCKET` | `/tmp/chatixia-sidecar.sock` | Unix socket for the agent (mode 0600) |
 //! | `STUN_URLS` | `stun:stun.l.google.com:19302` | comma-separated `stun:host:port`; empty or `none` disables STUN (tests must) |
 //! | `ICE_SERVERS` | unset | `none` is a synonym for `STUN_URLS=none` |
-//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server (parsed; see [`TurnConfig`]) |
-//! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer no host/srflx candidates |
+//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server, `turn:host[:port][?transport=udp]` (see [`TurnConfig`] and [`super::turn`]) |
+//! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer only the TURN relay candidate (no host/srflx) |
 //! | `SIDECAR_IO_DRIVER` | `auto` | `auto`, `uring` or `epoll` |
 
 use std::time::{SystemTime, UNIX_EPOCH};
