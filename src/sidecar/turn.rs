@@ -748,7 +748,7 @@ impl TurnClient {
                         self.fail(format!("{what} refused: {why}{detail}"));
                     }
                     Kind::Permission(ip) => {
-                        tracing::warn!(peer = %ip, error = %why, "TURN CreatePermission refused");
+                        tracing::debug!(peer = %ip, error = %why, "TURN CreatePermission refused");
                         self.permissions.remove(&ip);
                     }
                 }
