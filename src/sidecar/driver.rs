@@ -249,7 +249,7 @@ async fn turn_setup(engine: Shared, turn: TurnConfig) {
             let server = addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
             engine
                 .borrow_mut()
-                .start_turn(Instant::now(), *server, &turn.username, &turn.password);
+                .start_turn(Instant::now(), *server, turn);
         }
         Ok(_) => tracing::warn!(%host, "TURN server has no address: no relay candidates"),
         Err(e) => tracing::warn!(error = %e, "TURN server not resolved: no relay candidates"),

@@ -14,6 +14,7 @@ use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use super::config::TurnConfig;
 use super::ipc::{self, Command, MeshMessage};
 use super::kick::Kick;
 use super::signaling::SignalMessage;
@@ -140,8 +141,7 @@ struct StunProbe {
 struct Turn {
     client: TurnClient,
     sock: usize,
-    username: String,
-    password: String,
+    config: TurnConfig,
     /// When to replace a failed client with a fresh allocation.
     retry_at: Option<Instant>,
 }
@@ -303,7 +303,7 @@ impl Engine {
     /// Starts allocating on the TURN server `server` (resolved by the driver), from the
     /// local socket that can reach it: loopback for a loopback server, else the first
     /// non-loopback socket of its address family.
-    pub fn start_turn(&mut self, now: Instant, server: SocketAddr, username: &str, password: &str) {
+    pub fn start_turn(&mut self, now: Instant, server: SocketAddr, config: TurnConfig) {
         let fam = |a: &SocketAddr| a.is_ipv4() == server.is_ipv4();
         let sock = self
             .locals
@@ -315,13 +315,13 @@ impl Engine {
             return;
         };
         tracing::info!(%server, local = %self.locals[sock], "TURN: allocating");
-        let mut client = TurnClient::new(server, username, password);
+        let (username, password) = config.credentials();
+        let mut client = TurnClient::new(server, &username, &password);
         client.start(now);
         self.turn = Some(Turn {
             client,
             sock,
-            username: username.to_string(),
-            password: password.to_string(),
+            config,
             retry_at: None,
         });
         self.after_turn(now);
@@ -852,7 +852,8 @@ impl Engine {
             if t.retry_at.is_some_and(|r| r <= now) {
                 t.retry_at = None;
                 tracing::info!(server = %t.client.server(), "TURN: allocating again");
-                t.client = TurnClient::new(t.client.server(), &t.username, &t.password);
+                let (username, password) = t.config.credentials();
+                t.client = TurnClient::new(t.client.server(), &username, &password);
                 t.client.start(now);
             } else {
                 t.client.handle_timeout(now);
