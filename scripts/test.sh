@@ -12,6 +12,11 @@ fi
 if [ -x scripts/setup-python.sh ]; then
   scripts/setup-python.sh
 fi
+# coturn for the TURN test (tests/sidecar_turn.rs runs `turnserver` on loopback).
+if ! command -v turnserver >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y coturn || { $SUDO apt-get update && $SUDO apt-get install -y coturn; }
+fi
 cargo test --workspace --locked
 # Benchmarks must keep compiling; they are run by hand (docs/BENCHMARKS.md).
 cargo bench --workspace --locked --no-run

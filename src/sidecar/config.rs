@@ -9,8 +9,8 @@
 //! | `IPC_SOCKET` | `/tmp/chatixia-sidecar.sock` | Unix socket for the agent (mode 0600) |
 //! | `STUN_URLS` | `stun:stun.l.google.com:19302` | comma-separated `stun:host:port`; empty or `none` disables STUN (tests must) |
 //! | `ICE_SERVERS` | unset | `none` is a synonym for `STUN_URLS=none` |
-//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server (parsed; see [`TurnConfig`]) |
-//! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer no host/srflx candidates |
+//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server, `turn:host[:port][?transport=udp]` (see [`TurnConfig`] and [`super::turn`]) |
+//! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer only the TURN relay candidate (no host/srflx) |
 //! | `SIDECAR_IO_DRIVER` | `auto` | `auto`, `uring` or `epoll` |
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,6 +45,21 @@ pub struct TurnConfig {
     pub url: String,
     pub username: String,
     pub password: String,
+    /// `TURN_SECRET`, when the credentials derive from it (fresh ones are derived for
+    /// each new allocation: see [`TurnConfig::credentials`]).
+    pub secret: Option<String>,
+}
+
+impl TurnConfig {
+    /// Credentials for a new allocation: derived afresh from the secret (so an
+    /// allocation retried after [`TURN_CREDENTIAL_TTL_SECS`] is not refused), else the
+    /// static pair.
+    pub fn credentials(&self) -> (String, String) {
+        match &self.secret {
+            Some(secret) => turn_rest_credentials(secret, unix_now(), TURN_CREDENTIAL_TTL_SECS),
+            None => (self.username.clone(), self.password.clone()),
+        }
+    }
 }
 
 impl SidecarConfig {
@@ -72,10 +87,9 @@ impl SidecarConfig {
             stun_servers.push(parse_stun_url(item)?);
         }
         let turn = get("TURN_URL").filter(|u| !u.is_empty()).map(|url| {
-            let (username, password) = match get("TURN_SECRET").filter(|s| !s.is_empty()) {
-                Some(secret) => {
-                    turn_rest_credentials(&secret, unix_now(), TURN_CREDENTIAL_TTL_SECS)
-                }
+            let secret = get("TURN_SECRET").filter(|s| !s.is_empty());
+            let (username, password) = match &secret {
+                Some(secret) => turn_rest_credentials(secret, unix_now(), TURN_CREDENTIAL_TTL_SECS),
                 None => (
                     get("TURN_USERNAME").unwrap_or_default(),
                     get("TURN_PASSWORD").unwrap_or_default(),
@@ -85,6 +99,7 @@ impl SidecarConfig {
                 url,
                 username,
                 password,
+                secret,
             }
         });
         let relay_only =
@@ -202,7 +217,10 @@ mod tests {
             ("TURN_SECRET", "s"),
             ("ICE_TRANSPORT_POLICY", "relay"),
         ]);
-        assert!(c.turn.unwrap().username.ends_with(":mesh"));
+        let t = c.turn.unwrap();
+        assert!(t.username.ends_with(":mesh"));
+        assert!(t.credentials().0.ends_with(":mesh"));
+        assert_eq!(t.secret.as_deref(), Some("s"));
         assert!(c.relay_only);
     }
 }

@@ -2,9 +2,9 @@
 //! engine through `Rc<RefCell<_>>` (never borrowed across an `.await`).
 //!
 //! Tasks: per UDP socket a reader and a writer; the timer (str0m's `Output::Timeout`,
-//! STUN retransmits, redial); the signaling session loop (token → WebSocket → register,
+//! STUN and TURN retransmits and refreshes, redial); the signaling session loop (token → WebSocket → register,
 //! reconnect with backoff) with its writer; the IPC accept loop with a reader and a
-//! writer per agent connection; STUN server resolution.
+//! writer per agent connection; STUN and TURN server resolution.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -19,13 +19,14 @@ use monoio::net::udp::UdpSocket;
 use monoio::net::{TcpStream, UnixListener, UnixStream};
 use reactor::timer::{select2, Either};
 
-use super::config::SidecarConfig;
+use super::config::{SidecarConfig, TurnConfig};
 use super::engine::{Engine, Kicks};
 use super::http_client::{token_request, ResponseReader};
 use super::ipc::{self, Framed, LineFramer};
 use super::kick::Kick;
 use super::resolve::resolve;
 use super::signaling::Backoff;
+use super::turn::parse_turn_url;
 use super::ws::{WsClient, WsEvent};
 
 /// Receive buffer per UDP socket: one datagram (str0m keeps datagrams under ~1200
@@ -138,10 +139,14 @@ pub async fn run(p: Prepared) {
         tracing::info!(servers = ?p.config.stun_servers, "STUN servers");
         monoio::spawn(stun_setup(engine.clone(), p.config.stun_servers.clone()));
     }
-    if p.config.turn.is_some() {
-        tracing::warn!(
-            "TURN_URL is set but this sidecar has no TURN client yet: no relay candidates"
-        );
+    match &p.config.turn {
+        Some(turn) => {
+            monoio::spawn(turn_setup(engine.clone(), turn.clone()));
+        }
+        None if p.config.relay_only => {
+            tracing::warn!("ICE_TRANSPORT_POLICY=relay without TURN_URL: no candidates at all");
+        }
+        None => {}
     }
     monoio::spawn(signaling_loop(engine.clone(), p.config.clone()));
     let listener = match UnixListener::from_std(p.ipc) {
@@ -227,6 +232,27 @@ async fn stun_setup(engine: Shared, servers: Vec<(String, u16)>) {
     }
     if !addrs.is_empty() {
         engine.borrow_mut().start_stun(Instant::now(), &addrs);
+    }
+}
+
+/// Resolves the TURN server and starts the allocation (the engine retries failures).
+async fn turn_setup(engine: Shared, turn: TurnConfig) {
+    let (host, port) = match parse_turn_url(&turn.url) {
+        Ok(hp) => hp,
+        Err(e) => {
+            tracing::warn!(error = %e, "TURN_URL not usable: no relay candidates");
+            return;
+        }
+    };
+    match resolve(&host, port).await {
+        Ok(addrs) if !addrs.is_empty() => {
+            let server = addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
+            engine
+                .borrow_mut()
+                .start_turn(Instant::now(), *server, turn);
+        }
+        Ok(_) => tracing::warn!(%host, "TURN server has no address: no relay candidates"),
+        Err(e) => tracing::warn!(error = %e, "TURN server not resolved: no relay candidates"),
     }
 }
 

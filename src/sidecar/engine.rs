@@ -14,10 +14,12 @@ use str0m::channel::ChannelId;
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 
+use super::config::TurnConfig;
 use super::ipc::{self, Command, MeshMessage};
 use super::kick::Kick;
 use super::signaling::SignalMessage;
 use super::stun;
+use super::turn::{TurnClient, TurnEvent};
 
 /// The DataChannel label the mesh uses.
 pub const CHANNEL_LABEL: &str = "mesh";
@@ -84,8 +86,20 @@ pub const PEER_SILENCE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const STUN_TRIES_MAX: u32 = 3;
 const STUN_RTO: Duration = Duration::from_millis(500);
 
+/// After a TURN allocation failed (or was lost), a new one is tried this much later.
+pub const TURN_RETRY_DELAY: Duration = Duration::from_secs(10);
+
 /// A timer this far out is as good as none; the timer task re-checks at least this often.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// The `typ` of each candidate line, e.g. `host,host,relay` (for the log).
+fn candidate_types(cands: &[String]) -> String {
+    let types: Vec<&str> = cands
+        .iter()
+        .filter_map(|c| c.split_whitespace().skip_while(|w| *w != "typ").nth(1))
+        .collect();
+    types.join(",")
+}
 
 /// The driver's wakeups.
 #[derive(Clone, Default)]
@@ -123,6 +137,15 @@ struct StunProbe {
     next: Instant,
 }
 
+/// The TURN client and where its traffic goes: UDP socket `sock` to `client.server()`.
+struct Turn {
+    client: TurnClient,
+    sock: usize,
+    config: TurnConfig,
+    /// When to replace a failed client with a fresh allocation.
+    retry_at: Option<Instant>,
+}
+
 /// Counters for the log and tests.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -142,6 +165,7 @@ pub struct Engine {
     by_id: HashMap<String, usize>,
     early: HashMap<String, Vec<Candidate>>,
     stun: Vec<StunProbe>,
+    turn: Option<Turn>,
     signaling_up: bool,
     redial_at: Option<Instant>,
     /// The IPC reader is paused on backpressure: `drive` re-checks the limit and kicks
@@ -169,6 +193,7 @@ impl Engine {
             by_id: HashMap::new(),
             early: HashMap::new(),
             stun: Vec::new(),
+            turn: None,
             signaling_up: false,
             redial_at: None,
             ipc_waiting: false,
@@ -237,7 +262,22 @@ impl Engine {
         self.kicks.signal_out.kick();
     }
 
-    fn queue_udp(&mut self, source: SocketAddr, dest: SocketAddr, data: Vec<u8>) {
+    fn queue_udp(&mut self, now: Instant, source: SocketAddr, dest: SocketAddr, data: Vec<u8>) {
+        if let Some(t) = self.turn.as_mut() {
+            if t.client.relayed() == Some(source) {
+                // From our relay candidate: a Send indication to the TURN server (after
+                // the CreatePermission it may have queued for a new peer).
+                let ind = t.client.send_indication(now, dest, &data);
+                self.flush_turn();
+                if let Some(t) = &self.turn {
+                    if let Some(ind) = ind {
+                        let (sock, server) = (t.sock, t.client.server());
+                        self.push_udp(sock, server, ind);
+                    }
+                }
+                return;
+            }
+        }
         let idx = self.locals.iter().position(|a| *a == source).or_else(|| {
             let base = self.srflx.iter().find(|(m, _)| *m == source)?.1;
             self.locals.iter().position(|a| *a == base)
@@ -246,12 +286,125 @@ impl Engine {
             tracing::debug!(%source, "no socket for transmit source");
             return;
         };
+        self.push_udp(i, dest, data);
+    }
+
+    fn push_udp(&mut self, i: usize, dest: SocketAddr, data: Vec<u8>) {
         if self.udp_out[i].len() >= UDP_OUT_DATAGRAMS_MAX {
             self.stats.udp_dropped += 1;
             return;
         }
         self.udp_out[i].push_back((data, dest));
         self.kicks.udp[i].kick();
+    }
+
+    // ---- TURN -----------------------------------------------------------------------
+
+    /// Starts allocating on the TURN server `server` (resolved by the driver), from the
+    /// local socket that can reach it: loopback for a loopback server, else the first
+    /// non-loopback socket of its address family.
+    pub fn start_turn(&mut self, now: Instant, server: SocketAddr, config: TurnConfig) {
+        let fam = |a: &SocketAddr| a.is_ipv4() == server.is_ipv4();
+        let sock = self
+            .locals
+            .iter()
+            .position(|a| fam(a) && a.ip().is_loopback() == server.ip().is_loopback())
+            .or_else(|| self.locals.iter().position(fam));
+        let Some(sock) = sock else {
+            tracing::warn!(%server, "no local socket can reach the TURN server");
+            return;
+        };
+        tracing::info!(%server, local = %self.locals[sock], "TURN: allocating");
+        let (username, password) = config.credentials();
+        let mut client = TurnClient::new(server, &username, &password);
+        client.start(now);
+        self.turn = Some(Turn {
+            client,
+            sock,
+            config,
+            retry_at: None,
+        });
+        self.after_turn(now);
+    }
+
+    /// The relay candidate, once allocated.
+    fn relay_candidate(&self) -> Option<Candidate> {
+        let t = self.turn.as_ref()?;
+        let relayed = t.client.relayed()?;
+        Candidate::relayed(relayed, self.locals[t.sock], "udp").ok()
+    }
+
+    /// Moves the TURN client's datagrams to its socket's queue.
+    fn flush_turn(&mut self) {
+        let Some(t) = self.turn.as_mut() else { return };
+        let (sock, server) = (t.sock, t.client.server());
+        let mut out = Vec::new();
+        while let Some(b) = t.client.poll_transmit() {
+            out.push(b);
+        }
+        for b in out {
+            self.push_udp(sock, server, b);
+        }
+    }
+
+    /// Flushes the TURN client and acts on its events.
+    fn after_turn(&mut self, now: Instant) {
+        self.flush_turn();
+        loop {
+            let Some(t) = self.turn.as_mut() else { return };
+            let Some(ev) = t.client.poll_event() else {
+                break;
+            };
+            match ev {
+                TurnEvent::Allocated { relayed, mapped } => {
+                    tracing::info!(%relayed, ?mapped, "relay candidate");
+                    let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        let Some(c) = self.relay_candidate() else {
+                            break;
+                        };
+                        let added = self.peers[k]
+                            .rtc
+                            .add_local_candidate(c)
+                            .map(|c| c.to_sdp_string());
+                        if let (Some(s), Some(me)) = (added, self.me.clone()) {
+                            let (id, mid) = (self.peers[k].id.clone(), self.peers[k].mid.clone());
+                            self.queue_signal(SignalMessage::candidate(&me, &id, s, &mid));
+                        }
+                        self.drive(k, now);
+                    }
+                }
+                TurnEvent::Failed(reason) => {
+                    tracing::warn!(%reason, retry_in = ?TURN_RETRY_DELAY, "TURN: no relay candidate");
+                    t.retry_at = Some(now + TURN_RETRY_DELAY);
+                    self.kicks.timer.kick();
+                }
+            }
+        }
+        self.flush_turn();
+    }
+
+    /// Asks the TURN server to let `peer` reach our relayed address.
+    fn turn_permit(&mut self, now: Instant, peer: SocketAddr) {
+        if let Some(t) = self.turn.as_mut() {
+            t.client.add_permission(now, peer);
+            self.flush_turn();
+        }
+    }
+
+    /// Permissions for the candidates in a remote SDP.
+    fn turn_permit_sdp(&mut self, now: Instant, sdp: &str) {
+        if self.turn.is_none() {
+            return;
+        }
+        for l in sdp.lines() {
+            let Some(c) = l.trim().strip_prefix("a=") else {
+                continue;
+            };
+            if let Ok(c) = Candidate::from_sdp_string(c) {
+                self.turn_permit(now, c.addr());
+            }
+        }
     }
 
     // ---- signaling ------------------------------------------------------------------
@@ -350,6 +503,11 @@ impl Engine {
                 }
             }
         }
+        if let Some(c) = self.relay_candidate() {
+            if let Some(c) = rtc.add_local_candidate(c) {
+                strings.push(c.to_sdp_string());
+            }
+        }
         (rtc, strings)
     }
 
@@ -405,7 +563,7 @@ impl Engine {
         };
         let sdp = offer.to_sdp_string();
         let k = self.insert_peer(now, remote, rtc, Some(pending), &sdp);
-        tracing::info!(peer = remote, "offering");
+        tracing::info!(peer = remote, candidates = %candidate_types(&cands), "offering");
         self.queue_signal(SignalMessage::sdp("offer", &me, remote, sdp));
         self.trickle_local(k, cands);
         self.apply_early(k);
@@ -425,6 +583,7 @@ impl Engine {
             }
             self.remove_peer(k, "replaced by a new offer");
         }
+        self.turn_permit_sdp(now, sdp);
         let offer = match SdpOffer::from_sdp_string(sdp) {
             Ok(o) => o,
             Err(e) => {
@@ -442,7 +601,7 @@ impl Engine {
         };
         let sdp = answer.to_sdp_string();
         let k = self.insert_peer(now, from, rtc, None, &sdp);
-        tracing::info!(peer = from, "answering");
+        tracing::info!(peer = from, candidates = %candidate_types(&cands), "answering");
         self.queue_signal(SignalMessage::sdp("answer", &me, from, sdp));
         self.trickle_local(k, cands);
         self.apply_early(k);
@@ -456,6 +615,7 @@ impl Engine {
         let Some(pending) = self.peers[k].pending.take() else {
             return;
         };
+        self.turn_permit_sdp(now, sdp);
         let answer = match SdpAnswer::from_sdp_string(sdp) {
             Ok(a) => a,
             Err(e) => {
@@ -485,6 +645,7 @@ impl Engine {
                 return;
             }
         };
+        self.turn_permit(now, c.addr());
         match self.by_id.get(from) {
             Some(&k) => {
                 self.peers[k].rtc.add_remote_candidate(c);
@@ -514,6 +675,19 @@ impl Engine {
 
     /// A datagram arrived on UDP socket `sock` from `source`.
     pub fn handle_udp(&mut self, now: Instant, sock: usize, source: SocketAddr, data: &[u8]) {
+        if let Some(t) = self.turn.as_mut() {
+            if sock == t.sock && source == t.client.server() {
+                let relayed = t.client.relayed();
+                let from_peer = t.client.handle_datagram(now, data);
+                self.after_turn(now);
+                // A Data indication: the peer's datagram, as received on our relayed
+                // address.
+                if let (Some((peer, payload)), Some(relayed)) = (from_peer, relayed) {
+                    self.handle_packet(now, peer, relayed, &payload);
+                }
+                return;
+            }
+        }
         if !data.is_empty() && data[0] < 2 {
             if let Some(i) = self
                 .stun
@@ -528,6 +702,19 @@ impl Engine {
                 }
             }
         }
+        let destination = self.locals[sock];
+        self.handle_packet(now, source, destination, data);
+    }
+
+    /// A datagram for the peers, from `source` to our `destination` (a host address,
+    /// or the relayed address for what came through TURN).
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
         let Ok(contents) = data.try_into() else {
             return;
         };
@@ -536,7 +723,7 @@ impl Engine {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.locals[sock],
+                destination,
                 contents,
             },
         );
@@ -657,10 +844,22 @@ impl Engine {
             p.tries += 1;
             p.next = now + STUN_RTO * (1 << (p.tries - 1));
             let local = self.locals[p.sock];
-            self.queue_udp(local, p.server, stun::binding_request(p.tid));
+            self.queue_udp(now, local, p.server, stun::binding_request(p.tid));
             true
         });
         self.stun = probes;
+        if let Some(t) = self.turn.as_mut() {
+            if t.retry_at.is_some_and(|r| r <= now) {
+                t.retry_at = None;
+                tracing::info!(server = %t.client.server(), "TURN: allocating again");
+                let (username, password) = t.config.credentials();
+                t.client = TurnClient::new(t.client.server(), &username, &password);
+                t.client.start(now);
+            } else {
+                t.client.handle_timeout(now);
+            }
+            self.after_turn(now);
+        }
         if self.redial_at.is_some_and(|t| t <= now) {
             self.redial_at = None;
             if let Some(me) = self.me.clone() {
@@ -686,6 +885,12 @@ impl Engine {
         }
         if let Some(r) = self.redial_at {
             t = t.min(r);
+        }
+        if let Some(turn) = &self.turn {
+            let next = [turn.client.poll_timeout(), turn.retry_at];
+            for n in next.into_iter().flatten() {
+                t = t.min(n);
+            }
         }
         t
     }
@@ -717,7 +922,7 @@ impl Engine {
                 }
                 Output::Transmit(t) => {
                     let (src, dst) = (t.source, t.destination);
-                    self.queue_udp(src, dst, t.contents.into());
+                    self.queue_udp(now, src, dst, t.contents.into());
                 }
                 Output::Event(e) => match e {
                     Event::IceConnectionStateChange(s) => {

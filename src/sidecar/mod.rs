@@ -4,7 +4,7 @@
 //! Everything protocol-shaped is sans-IO (takes bytes and `now`, returns bytes and
 //! events): [`http_client`] (token exchange), [`ws`] (WebSocket client codec),
 //! [`signaling`] (message shapes and backoff), [`stun`] (binding requests), [`ipc`]
-//! (JSON lines), [`engine`] (the peer table of `Rtc`s and the glue between them). Only
+//! (JSON lines), [`turn`] (TURN client), [`engine`] (the peer table of `Rtc`s and the glue between them). Only
 //! [`driver`] touches sockets and the clock.
 
 pub mod config;
@@ -16,5 +16,6 @@ pub mod kick;
 pub mod resolve;
 pub mod signaling;
 pub mod stun;
+pub mod turn;
 pub mod url;
 pub mod ws;

@@ -82,12 +82,18 @@ pub fn sidecar_env(server: &Server, name: &str, socket: &Path) -> Vec<(String, S
 
 impl Sidecar {
     pub fn start(server: &Server, name: &str) -> Sidecar {
+        Sidecar::start_with(server, name, &[])
+    }
+
+    /// As [`Sidecar::start`], with `extra` env vars on top of [`sidecar_env`].
+    pub fn start_with(server: &Server, name: &str, extra: &[(String, String)]) -> Sidecar {
         let dir = TempDir::new();
         let socket = dir.0.join("sidecar.sock");
         let log_path = dir.0.join("sidecar.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatixia-sidecar"));
         cmd.env_clear()
             .envs(sidecar_env(server, name, &socket))
+            .envs(extra.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path).expect("sidecar log"));
