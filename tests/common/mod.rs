@@ -457,4 +457,5 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
+pub mod bench;
 pub mod ws;
