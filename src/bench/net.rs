@@ -428,16 +428,16 @@ impl WsConn {
     }
 
     /// Registers `peer_id` and waits for the peer list; returns how many peers it named.
+    /// The list is not parsed as JSON (with thousands of peers that would cost the load
+    /// generator more than the server); its ids are counted.
     pub async fn register(&mut self, peer_id: &str) -> Result<usize, Fail> {
         let msg = serde_json::json!({"type": "register", "peer_id": peer_id}).to_string();
         self.send_text(msg.as_bytes()).await?;
         with_timeout("register", async {
             loop {
                 if let ClientEvent::Text(t) = self.next_event().await? {
-                    let v: serde_json::Value = serde_json::from_slice(&t)
-                        .map_err(|e| Fail::new("protocol", format!("peer_list: {e}")))?;
-                    if v["type"] == "peer_list" {
-                        return Ok(v["payload"]["peers"].as_array().map_or(0, |a| a.len()));
+                    if let Some(n) = count_peer_list(&t) {
+                        return Ok(n);
                     }
                 }
             }
@@ -451,5 +451,41 @@ impl WsConn {
         encode_close_masked(1000, self.rng.mask(), &mut out);
         let _ =
             monoio::time::timeout(Duration::from_secs(1), write_all(&mut self.stream, out)).await;
+    }
+}
+
+/// The number of ids in a `peer_list` message, or `None` for another message.
+pub fn count_peer_list(text: &[u8]) -> Option<usize> {
+    let head = &text[..text.len().min(64)];
+    memchr::memmem::find(head, b"\"peer_list\"")?;
+    let at = memchr::memmem::find(text, b"\"peers\":[")? + 9;
+    let list = &text[at..];
+    let end = memchr::memchr(b']', list).unwrap_or(list.len());
+    Some(memchr::memchr_iter(b'"', &list[..end]).count() / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_peer_lists() {
+        let f = |p: &[&str]| crate::ws::signaling::peer_list_frame(p.iter().copied());
+        assert_eq!(count_peer_list(&f(&[])), Some(0));
+        assert_eq!(count_peer_list(&f(&["a", "b", "c"])), Some(3));
+        assert_eq!(count_peer_list(br#"{"type":"offer","peer_id":"x"}"#), None);
+    }
+
+    #[test]
+    fn parses_urls() {
+        let t = Target::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1:8080");
+        assert!(Target::parse("https://x:1").is_err());
+        assert!(Target::parse("http://127.0.0.1:1/api").is_err());
+        let s = Sources::for_target(&t, 300);
+        assert_eq!(s.len(), 300);
+        assert_eq!(s.pick(0), Some("127.1.0.1".parse().unwrap()));
+        assert_eq!(s.pick(251), Some("127.1.1.2".parse().unwrap()));
     }
 }
