@@ -72,7 +72,7 @@ fn unreachable_or_refusing_target_exits_non_zero_with_a_message() {
     let keys = dir.0.join("k.json");
     std::fs::write(&keys, bench::keys(3, 1)).unwrap();
     let url = format!("http://127.0.0.1:{}", common::free_port());
-    for scenario in ["http", "ws-idle"] {
+    for scenario in ["http", "ws-idle", "ws-relay"] {
         let (code, stdout, stderr) = bench::run(&[
             "bench",
             scenario,

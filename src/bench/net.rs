@@ -219,6 +219,16 @@ pub async fn write_all(stream: &mut TcpStream, buf: Vec<u8>) -> Result<Vec<u8>, 
     Ok(buf)
 }
 
+/// Writes all of `buf` on the writing half of a split connection.
+pub async fn write_all_half(
+    w: &mut monoio::net::tcp::TcpOwnedWriteHalf,
+    buf: Vec<u8>,
+) -> Result<Vec<u8>, Fail> {
+    let (r, buf) = w.write_all(buf).await;
+    r.map_err(|e| Fail::io("write", &e))?;
+    Ok(buf)
+}
+
 /// Reads once into `buf` (cleared first); 0 bytes is an error (closed by the server).
 pub async fn read_some(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, Fail> {
     buf.clear();
@@ -443,6 +453,19 @@ impl WsConn {
             }
         })
         .await
+    }
+
+    /// The socket and what was read but not yet returned, to split the connection
+    /// into a reading and a writing task.
+    pub fn into_parts(
+        self,
+    ) -> (
+        TcpStream,
+        ClientDecoder,
+        std::collections::VecDeque<ClientEvent>,
+        Rng,
+    ) {
+        (self.stream, self.decoder, self.pending, self.rng)
     }
 
     /// Sends a close frame (1000) and drops the connection without waiting.
