@@ -72,8 +72,8 @@ fn unreachable_or_refusing_target_exits_non_zero_with_a_message() {
     let keys = dir.0.join("k.json");
     std::fs::write(&keys, bench::keys(3, 1)).unwrap();
     let url = format!("http://127.0.0.1:{}", common::free_port());
-    for scenario in ["http", "ws-idle", "ws-relay"] {
-        let (code, stdout, stderr) = bench::run(&[
+    for scenario in ["http", "ws-idle", "ws-relay", "storm"] {
+        let mut args = vec![
             "bench",
             scenario,
             "--url",
@@ -81,7 +81,11 @@ fn unreachable_or_refusing_target_exits_non_zero_with_a_message() {
             "--keys",
             keys.to_str().unwrap(),
             "--json",
-        ]);
+        ];
+        if scenario == "ws-idle" {
+            args.extend(["--connections", "2"]);
+        }
+        let (code, stdout, stderr) = bench::run(&args);
         assert_eq!(code, Some(1), "{scenario}: {stdout} {stderr}");
         assert!(
             stderr.contains("cannot reach") && stderr.contains("is the server running"),

@@ -468,6 +468,25 @@ impl WsConn {
         (self.stream, self.decoder, self.pending, self.rng)
     }
 
+    /// Closes as a well-behaved client does: sends a close frame (1000) and waits
+    /// (bounded) for the server's close, so the server closes the TCP connection first
+    /// and the TIME_WAIT state stays on its side, not on the client's source ports.
+    pub async fn close_gracefully(mut self) -> Result<(), Fail> {
+        let mut out = Vec::with_capacity(8);
+        encode_close_masked(1000, self.rng.mask(), &mut out);
+        write_all(&mut self.stream, out).await?;
+        with_timeout("close", async {
+            loop {
+                match self.next_event().await {
+                    Ok(_) => continue,
+                    Err(f) if f.kind.starts_with("closed") => return Ok(()),
+                    Err(f) => return Err(f),
+                }
+            }
+        })
+        .await
+    }
+
     /// Sends a close frame (1000) and drops the connection without waiting.
     pub async fn close(mut self) {
         let mut out = Vec::with_capacity(8);
