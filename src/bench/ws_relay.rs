@@ -95,6 +95,7 @@ struct Tally {
     sent: u64,
     received: u64,
     late: u64,
+    unsent: u64,
     errors: Errors,
 }
 
@@ -265,6 +266,12 @@ async fn shard(input: ShardIn) -> ShardOut {
                     break;
                 }
                 let now = nanos_now();
+                if now >= end {
+                    // Behind schedule at the end: the rest is reported as unsent.
+                    let from = intended.max(measure_from);
+                    tally.borrow_mut().unsent += (end - from) / (interval.as_nanos() as u64).max(1) + 1;
+                    break;
+                }
                 if intended > now {
                     monoio::time::sleep(Duration::from_nanos(intended - now)).await;
                 } else if now - intended > 1_000_000 {
@@ -405,6 +412,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         t.sent += o.tally.sent;
         t.received += o.tally.received;
         t.late += o.tally.late;
+        t.unsent += o.tally.unsent;
         t.errors.merge(o.tally.errors);
     }
     let report = json!({
@@ -417,6 +425,8 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         "messages": {"sent": t.sent, "received": t.received, "lost": t.sent.saturating_sub(t.received)},
         "relayed_per_s": super::round3(t.received as f64 / duration.as_secs_f64()),
         "late_sends": t.late,
+        // Due in the window but not sent by its end (the relay fell behind the rate).
+        "unsent_behind_schedule": t.unsent,
         "latency_us": super::summary(&hist),
         "errors": t.errors.to_json(),
         "error_details": t.errors.details(),
