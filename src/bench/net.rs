@@ -320,7 +320,8 @@ impl Rng {
 pub struct WsConn {
     pub stream: TcpStream,
     pub decoder: ClientDecoder,
-    /// Frames decoded but not yet returned by [`WsConn::next_event`].
+    /// Frames decoded but not yet returned by [`WsConn::next_event`]. Bounded by what
+    /// one read of [`READ_CHUNK_BYTES`] can hold (it is drained before the next read).
     pending: std::collections::VecDeque<ClientEvent>,
     rbuf: Option<Vec<u8>>,
     pub rng: Rng,
