@@ -10,6 +10,10 @@ use reactor::driver::DriverChoice;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chatixia-core", version, about)]
 pub struct Cli {
+    /// No subcommand: serve (the flags below). `bench`: the load generator.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Number of shards, one pinned per core (default: every core this process may use).
     #[arg(long)]
     pub cores: Option<usize>,
@@ -72,6 +76,13 @@ pub struct Cli {
     /// Signaling connections from one client IP (more: 503).
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_connections_per_ip: usize,
+}
+
+/// Subcommands besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Load generator: measure a chatixia server (this one or another build) by URL.
+    Bench(crate::bench::BenchArgs),
 }
 
 fn parse_driver(s: &str) -> Result<DriverChoice, String> {

@@ -4,6 +4,7 @@
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod hub;

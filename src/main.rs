@@ -6,19 +6,28 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use chatixia_core::auth::ApiKeys;
-use chatixia_core::config::Cli;
+use chatixia_core::config::{Cli, Command};
 use chatixia_core::server::{self, ServerConfig};
 use reactor::signals;
 use reactor::{Reactor, Stopped};
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The load generator logs only warnings by default: its output is the report.
+    let default_filter = if cli.command.is_some() {
+        "warn"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command {
+        return chatixia_core::bench::main(args);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -83,3 +83,20 @@ pub fn deny_io_uring() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// CPU time this process has used so far: (user, system), from
+/// `getrusage(RUSAGE_SELF)`. A load generator reports it to show it was not the
+/// bottleneck.
+pub fn cpu_time() -> io::Result<(std::time::Duration, std::time::Duration)> {
+    // SAFETY: `rusage` is a plain C struct of integers; all-zero is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for getrusage to fill.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec.max(0) as u64)
+            + std::time::Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Ok((tv(ru.ru_utime), tv(ru.ru_stime)))
+}

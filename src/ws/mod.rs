@@ -2,6 +2,7 @@
 //! (frame headers from tungstenite; our own buffers), and the signaling messages of
 //! PROTOCOL.md §7. The shard loop in `server::ws` drives them.
 
+pub mod client;
 pub mod codec;
 pub mod handshake;
 pub mod signaling;

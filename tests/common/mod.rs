@@ -475,6 +475,7 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
     matches!(s.read(&mut b), Ok(0) | Err(_))
 }
 
+pub mod bench;
 pub mod python;
 pub mod sidecar;
 pub mod ws;

@@ -1,0 +1,534 @@
+//! Connections of the load generator on the current shard: TCP connect with an
+//! optional source address, a keep-alive HTTP/1.1 connection, and a WebSocket client
+//! connection. Failures are classified by kind so reports can say which limit hit.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::http1::{write_request, Response, ResponseParser};
+use crate::ws::client::{encode_close_masked, encode_pong_masked, encode_text_masked};
+use crate::ws::client::{ClientDecoder, ClientEvent};
+
+/// Linux errno values the reports name (std has no stable `ErrorKind` for them).
+const EINPROGRESS: i32 = 115;
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+const EADDRNOTAVAIL: i32 = 99;
+const EADDRINUSE: i32 = 98;
+
+/// Bytes read per `read` call. Idle connections keep one such buffer in flight, so it
+/// stays small; a larger message simply takes several reads.
+pub const READ_CHUNK_BYTES: usize = 4096;
+/// Largest WebSocket frame the client accepts: a peer list of 100,000 ids is ~2 MiB.
+pub const WS_FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// How long one connect, upgrade or request may take before it counts as a timeout.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the load goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The `Host` header.
+    pub host: String,
+}
+
+impl Target {
+    /// Parses `http://host:port` (a trailing `/` is allowed; nothing else after it).
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--url {url:?}: expected http://host:port"))?;
+        let hostport = rest.trim_end_matches('/');
+        if hostport.is_empty() || hostport.contains('/') {
+            return Err(format!("--url {url:?}: expected http://host:port"));
+        }
+        let with_port = if hostport
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            hostport.to_owned()
+        } else {
+            format!("{hostport}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| format!("--url {url:?}: cannot resolve: {e}"))?
+            .next()
+            .ok_or_else(|| format!("--url {url:?}: no address"))?;
+        Ok(Target {
+            addr,
+            host: hostport.to_owned(),
+        })
+    }
+}
+
+/// Source addresses to spread connections over: one IP has at most ~28,000 ephemeral
+/// ports towards one server address, so a loopback target gets many 127.x.y.z sources.
+#[derive(Debug, Clone)]
+pub struct Sources(Vec<IpAddr>);
+
+impl Sources {
+    /// `count` loopback sources (127.1.0.1, 127.1.0.2, …) when the target is loopback
+    /// IPv4; otherwise none (the kernel picks the source).
+    pub fn for_target(target: &Target, count: usize) -> Sources {
+        match target.addr.ip() {
+            IpAddr::V4(ip) if ip.is_loopback() && count > 0 => Sources(
+                (0..count.min(250 * 250))
+                    .map(|k| {
+                        IpAddr::V4(Ipv4Addr::new(127, 1, (k / 250) as u8, (k % 250 + 1) as u8))
+                    })
+                    .collect(),
+            ),
+            _ => Sources(Vec::new()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The source for connection number `k`.
+    pub fn pick(&self, k: usize) -> Option<IpAddr> {
+        (!self.0.is_empty()).then(|| self.0[k % self.0.len()])
+    }
+}
+
+/// A failure, by kind (the key of "errors by kind" in reports) with a detail line.
+#[derive(Debug, Clone)]
+pub struct Fail {
+    pub kind: String,
+    pub detail: String,
+}
+
+impl Fail {
+    pub fn new(kind: impl Into<String>, detail: impl Into<String>) -> Fail {
+        Fail {
+            kind: kind.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(what: &str, e: &io::Error) -> Fail {
+        let kind = match e.raw_os_error() {
+            Some(EMFILE) => "EMFILE".to_owned(),
+            Some(ENFILE) => "ENFILE".to_owned(),
+            Some(EADDRNOTAVAIL) => "EADDRNOTAVAIL".to_owned(),
+            Some(EADDRINUSE) => "EADDRINUSE".to_owned(),
+            _ => match e.kind() {
+                io::ErrorKind::ConnectionRefused => "ECONNREFUSED".to_owned(),
+                io::ErrorKind::ConnectionReset => "ECONNRESET".to_owned(),
+                io::ErrorKind::BrokenPipe => "EPIPE".to_owned(),
+                io::ErrorKind::TimedOut => "timeout".to_owned(),
+                io::ErrorKind::UnexpectedEof => "closed by server".to_owned(),
+                k => format!("{k:?}"),
+            },
+        };
+        Fail::new(kind, format!("{what}: {e}"))
+    }
+
+    /// What the limit behind this failure is, in plain words, when it is one.
+    pub fn limit_hint(&self) -> Option<&'static str> {
+        Some(match self.kind.as_str() {
+            "EMFILE" => "this process's open-file limit (RLIMIT_NOFILE)",
+            "ENFILE" => "the system-wide open-file limit (fs.file-max)",
+            "EADDRNOTAVAIL" | "EADDRINUSE" => {
+                "no free ephemeral source port (use more source addresses or widen net.ipv4.ip_local_port_range)"
+            }
+            "http 503" => "the server refused more connections (503)",
+            "ECONNREFUSED" => "the server refused the TCP connection (not listening, or its accept backlog overflowed)",
+            "timeout" => "operations timed out (the server or the network is saturated)",
+            _ => return None,
+        })
+    }
+}
+
+fn timed_out(what: &str) -> Fail {
+    Fail::new(
+        "timeout",
+        format!("{what}: no answer within {IO_TIMEOUT:?}"),
+    )
+}
+
+async fn with_timeout<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, Fail>>,
+) -> Result<T, Fail> {
+    match monoio::time::timeout(IO_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(timed_out(what)),
+    }
+}
+
+/// Opens a TCP connection to `addr`, bound first to `source` when given.
+pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, Fail> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| Fail::io("socket", &e))?;
+    let setup = |s: &Socket| -> io::Result<()> {
+        s.set_nonblocking(true)?;
+        s.set_nodelay(true)?;
+        // Lets bind() reuse a source port still in TIME_WAIT from an earlier run.
+        s.set_reuse_address(true)?;
+        if let Some(ip) = source {
+            s.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        Ok(())
+    };
+    setup(&sock).map_err(|e| Fail::io("bind", &e))?;
+    let in_progress = match sock.connect(&addr.into()) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(EINPROGRESS) => true,
+        Err(e) => return Err(Fail::io("connect", &e)),
+    };
+    // On loopback the handshake usually completes inside connect(); otherwise wait for
+    // writability and read the result through a second handle.
+    let probe = if in_progress {
+        Some(sock.try_clone().map_err(|e| Fail::io("dup", &e))?)
+    } else {
+        None
+    };
+    let std: std::net::TcpStream = sock.into();
+    let stream = TcpStream::from_std(std).map_err(|e| Fail::io("register", &e))?;
+    if let Some(probe) = probe {
+        with_timeout("connect", async {
+            stream
+                .writable(false)
+                .await
+                .map_err(|e| Fail::io("connect", &e))
+        })
+        .await?;
+        if let Some(e) = probe.take_error().map_err(|e| Fail::io("connect", &e))? {
+            return Err(Fail::io("connect", &e));
+        }
+    }
+    Ok(stream)
+}
+
+/// Writes all of `buf`.
+pub async fn write_all(stream: &mut TcpStream, buf: Vec<u8>) -> Result<Vec<u8>, Fail> {
+    let (r, buf) = stream.write_all(buf).await;
+    r.map_err(|e| Fail::io("write", &e))?;
+    Ok(buf)
+}
+
+/// Writes all of `buf` on the writing half of a split connection.
+pub async fn write_all_half(
+    w: &mut monoio::net::tcp::TcpOwnedWriteHalf,
+    buf: Vec<u8>,
+) -> Result<Vec<u8>, Fail> {
+    let (r, buf) = w.write_all(buf).await;
+    r.map_err(|e| Fail::io("write", &e))?;
+    Ok(buf)
+}
+
+/// Reads once into `buf` (cleared first); 0 bytes is an error (closed by the server).
+pub async fn read_some(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u8>, Fail> {
+    buf.clear();
+    let (r, buf) = stream.read(buf).await;
+    match r {
+        Ok(0) => Err(Fail::new(
+            "closed by server",
+            "the server closed the connection",
+        )),
+        Ok(_) => Ok(buf),
+        Err(e) => Err(Fail::io("read", &e)),
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct HttpConn {
+    stream: TcpStream,
+    parser: ResponseParser,
+    host: String,
+    rbuf: Option<Vec<u8>>,
+    wbuf: Option<Vec<u8>>,
+}
+
+impl HttpConn {
+    pub async fn open(target: &Target, source: Option<IpAddr>) -> Result<HttpConn, Fail> {
+        Ok(HttpConn {
+            stream: connect(target.addr, source).await?,
+            parser: ResponseParser::new(),
+            host: target.host.clone(),
+            rbuf: Some(Vec::with_capacity(READ_CHUNK_BYTES)),
+            wbuf: Some(Vec::new()),
+        })
+    }
+
+    /// Sends one request and reads its response (bounded by [`IO_TIMEOUT`]).
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Response, Fail> {
+        let mut w = self.wbuf.take().unwrap_or_default();
+        w.clear();
+        write_request(method, path, &self.host, headers, body, &mut w);
+        with_timeout("request", async {
+            self.wbuf = Some(write_all(&mut self.stream, w).await?);
+            loop {
+                if let Some(r) = self.parser.poll().map_err(|e| Fail::new("protocol", e))? {
+                    return Ok(r);
+                }
+                let buf = self.rbuf.take().unwrap_or_default();
+                let buf = read_some(&mut self.stream, buf).await?;
+                self.parser.feed(&buf);
+                self.rbuf = Some(buf);
+            }
+        })
+        .await
+    }
+}
+
+/// A small xorshift generator for frame masks and choices (masks need not be secret
+/// for a load generator; they must only vary).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded() -> Rng {
+        let mut b = [0u8; 8];
+        let _ = getrandom::getrandom(&mut b);
+        Rng(u64::from_le_bytes(b) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn mask(&mut self) -> [u8; 4] {
+        (self.next_u64() as u32).to_le_bytes()
+    }
+}
+
+/// A WebSocket client connection to `/ws`.
+pub struct WsConn {
+    pub stream: TcpStream,
+    pub decoder: ClientDecoder,
+    /// Frames decoded but not yet returned by [`WsConn::next_event`]. Bounded by what
+    /// one read of [`READ_CHUNK_BYTES`] can hold (it is drained before the next read).
+    pending: std::collections::VecDeque<ClientEvent>,
+    rbuf: Option<Vec<u8>>,
+    pub rng: Rng,
+}
+
+impl WsConn {
+    /// Connects and upgrades `/ws?token=…`. A refusal is `http <status>` with the body.
+    pub async fn open(
+        target: &Target,
+        source: Option<IpAddr>,
+        token: &str,
+    ) -> Result<WsConn, Fail> {
+        let mut stream = connect(target.addr, source).await?;
+        with_timeout("upgrade", async move {
+            let key = tungstenite::handshake::client::generate_key();
+            let mut req = Vec::with_capacity(512);
+            write_request(
+                "GET",
+                &format!("/ws?token={token}"),
+                &target.host,
+                &[
+                    ("Upgrade", "websocket"),
+                    ("Connection", "Upgrade"),
+                    ("Sec-WebSocket-Key", &key),
+                    ("Sec-WebSocket-Version", "13"),
+                ],
+                None,
+                &mut req,
+            );
+            write_all(&mut stream, req).await?;
+            let mut parser = ResponseParser::new();
+            let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
+            let resp = loop {
+                if let Some(r) = parser.poll().map_err(|e| Fail::new("protocol", e))? {
+                    break r;
+                }
+                buf = read_some(&mut stream, buf).await?;
+                parser.feed(&buf);
+            };
+            if resp.status != 101 {
+                return Err(Fail::new(
+                    format!("http {}", resp.status),
+                    format!(
+                        "upgrade refused with {}: {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body)
+                    ),
+                ));
+            }
+            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+            if resp.header("sec-websocket-accept") != Some(accept.as_str()) {
+                return Err(Fail::new("protocol", "wrong Sec-WebSocket-Accept"));
+            }
+            let mut conn = WsConn {
+                stream,
+                decoder: ClientDecoder::new(WS_FRAME_BYTES_MAX),
+                pending: Default::default(),
+                rbuf: Some(buf),
+                rng: Rng::seeded(),
+            };
+            let rest = parser.take_rest();
+            if !rest.is_empty() {
+                conn.decode(&rest)?;
+            }
+            Ok(conn)
+        })
+        .await
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Result<(), Fail> {
+        let pending = &mut self.pending;
+        self.decoder
+            .decode(bytes, |e| pending.push_back(e))
+            .map_err(|e| Fail::new("protocol", e))
+    }
+
+    /// Sends one text frame.
+    pub async fn send_text(&mut self, text: &[u8]) -> Result<(), Fail> {
+        let mut out = Vec::with_capacity(text.len() + 14);
+        encode_text_masked(text, self.rng.mask(), &mut out);
+        write_all(&mut self.stream, out).await.map(drop)
+    }
+
+    /// The next frame from the server; pings are answered here and not returned.
+    /// No timeout: callers bound it.
+    pub async fn next_event(&mut self) -> Result<ClientEvent, Fail> {
+        loop {
+            while let Some(e) = self.pending.pop_front() {
+                match e {
+                    ClientEvent::Ping(p) => {
+                        let mut out = Vec::with_capacity(p.len() + 8);
+                        encode_pong_masked(&p, self.rng.mask(), &mut out);
+                        write_all(&mut self.stream, out).await?;
+                    }
+                    ClientEvent::Close(code) => {
+                        return Err(Fail::new(
+                            format!("closed {code}"),
+                            format!("the server closed the WebSocket with {code}"),
+                        ))
+                    }
+                    e => return Ok(e),
+                }
+            }
+            let buf = self.rbuf.take().unwrap_or_default();
+            let buf = read_some(&mut self.stream, buf).await?;
+            let r = self.decode(&buf);
+            // A large message may have grown the buffer; idle connections keep a small one.
+            self.rbuf = Some(if buf.capacity() > READ_CHUNK_BYTES * 4 {
+                Vec::with_capacity(READ_CHUNK_BYTES)
+            } else {
+                buf
+            });
+            r?;
+        }
+    }
+
+    /// Registers `peer_id` and waits for the peer list; returns how many peers it named.
+    /// The list is not parsed as JSON (with thousands of peers that would cost the load
+    /// generator more than the server); its ids are counted.
+    pub async fn register(&mut self, peer_id: &str) -> Result<usize, Fail> {
+        let msg = serde_json::json!({"type": "register", "peer_id": peer_id}).to_string();
+        self.send_text(msg.as_bytes()).await?;
+        with_timeout("register", async {
+            loop {
+                if let ClientEvent::Text(t) = self.next_event().await? {
+                    if let Some(n) = count_peer_list(&t) {
+                        return Ok(n);
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// The socket and what was read but not yet returned, to split the connection
+    /// into a reading and a writing task.
+    pub fn into_parts(
+        self,
+    ) -> (
+        TcpStream,
+        ClientDecoder,
+        std::collections::VecDeque<ClientEvent>,
+        Rng,
+    ) {
+        (self.stream, self.decoder, self.pending, self.rng)
+    }
+
+    /// Closes as a well-behaved client does: sends a close frame (1000) and waits
+    /// (bounded) for the server's close, so the server closes the TCP connection first
+    /// and the TIME_WAIT state stays on its side, not on the client's source ports.
+    pub async fn close_gracefully(mut self) -> Result<(), Fail> {
+        let mut out = Vec::with_capacity(8);
+        encode_close_masked(1000, self.rng.mask(), &mut out);
+        write_all(&mut self.stream, out).await?;
+        with_timeout("close", async {
+            loop {
+                match self.next_event().await {
+                    Ok(_) => continue,
+                    Err(f) if f.kind.starts_with("closed") => return Ok(()),
+                    Err(f) => return Err(f),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sends a close frame (1000) and drops the connection without waiting.
+    pub async fn close(mut self) {
+        let mut out = Vec::with_capacity(8);
+        encode_close_masked(1000, self.rng.mask(), &mut out);
+        let _ =
+            monoio::time::timeout(Duration::from_secs(1), write_all(&mut self.stream, out)).await;
+    }
+}
+
+/// The number of ids in a `peer_list` message, or `None` for another message.
+pub fn count_peer_list(text: &[u8]) -> Option<usize> {
+    let head = &text[..text.len().min(64)];
+    memchr::memmem::find(head, b"\"peer_list\"")?;
+    let at = memchr::memmem::find(text, b"\"peers\":[")? + 9;
+    let list = &text[at..];
+    let end = memchr::memchr(b']', list).unwrap_or(list.len());
+    Some(memchr::memchr_iter(b'"', &list[..end]).count() / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_peer_lists() {
+        let f = |p: &[&str]| crate::ws::signaling::peer_list_frame(p.iter().copied());
+        assert_eq!(count_peer_list(&f(&[])), Some(0));
+        assert_eq!(count_peer_list(&f(&["a", "b", "c"])), Some(3));
+        assert_eq!(count_peer_list(br#"{"type":"offer","peer_id":"x"}"#), None);
+    }
+
+    #[test]
+    fn parses_urls() {
+        let t = Target::parse("http://127.0.0.1:8080/").unwrap();
+        assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1:8080");
+        assert!(Target::parse("https://x:1").is_err());
+        assert!(Target::parse("http://127.0.0.1:1/api").is_err());
+        let s = Sources::for_target(&t, 300);
+        assert_eq!(s.len(), 300);
+        assert_eq!(s.pick(0), Some("127.1.0.1".parse().unwrap()));
+        assert_eq!(s.pick(251), Some("127.1.1.2".parse().unwrap()));
+    }
+}
