@@ -73,6 +73,9 @@ const WRITE_BATCH_SIZE_MAX: usize = 256 * 1024;
 /// Times a relay waits (yielding) for room in a full mailbox before it is dropped with
 /// an error frame to the sender: backpressure first, refusal when it persists.
 const RELAY_RETRIES_MAX: usize = 64;
+/// Times a per-IP release waits (yielding) for room in a full mailbox. Far more
+/// patient than a relay: the release must not be lost, and the owner is draining.
+const RELEASE_RETRIES_MAX: usize = 100_000;
 
 /// A connection handed to its owner shard.
 pub struct Adopt {
@@ -382,23 +385,34 @@ pub async fn upgrade(
         return;
     }
     if let Err(Msg::WsAdopt(a)) = ctx.shard.try_tell(owner, Msg::WsAdopt(Box::new(adopt))) {
-        release_ip(ctx, a.client_ip);
+        release_ip(ctx, a.client_ip).await;
         if let Ok(s) = reactor::net::attach(a.fd) {
             refuse(s, 503, "server overloaded (mailbox full)").await;
         }
     }
 }
 
-fn release_ip(ctx: &ShardCtx, ip: IpAddr) {
+/// Gives a connection's slot back to its client IP's count. Local when this shard owns
+/// the IP; otherwise a tell that waits (yielding) for room when the owner's mailbox is
+/// full, as when thousands of connections close at once: a lost release would lock the
+/// address out until restart.
+async fn release_ip(ctx: &ShardCtx, ip: IpAddr) {
     let owner = ctx.shard.shard_of(ip.to_string());
-    // A lost release only leaves the IP's count one too high until restart: log it.
-    if ctx
-        .shard
-        .try_tell(owner, Msg::IpRelease(Box::new(ip)))
-        .is_err()
-    {
-        tracing::warn!(%ip, "per-IP connection count not released (mailbox full)");
+    if owner == ctx.shard.id() {
+        ctx.ws.ip_release(ip);
+        return;
     }
+    let mut msg = Msg::IpRelease(Box::new(ip));
+    for _ in 0..RELEASE_RETRIES_MAX {
+        match ctx.shard.try_tell(owner, msg) {
+            Ok(()) => return,
+            Err(back) => {
+                msg = back;
+                reactor::yield_now().await;
+            }
+        }
+    }
+    tracing::warn!(%ip, "per-IP connection count not released (mailbox full for too long)");
 }
 
 /// The owner's side: admit, answer 101, run.
@@ -411,11 +425,11 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         upgrade,
     } = a;
     let Ok(mut stream) = reactor::net::attach(fd) else {
-        release_ip(&ctx, client_ip);
+        release_ip(&ctx, client_ip).await;
         return;
     };
     if ctx.shard.is_shutting_down() {
-        release_ip(&ctx, client_ip);
+        release_ip(&ctx, client_ip).await;
         return refuse(stream, 503, "server shutting down").await;
     }
     let (authorized, mesh, revoked) = {
@@ -428,19 +442,19 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         (authorized, mesh, !authorized && authz.is_revoked(&peer_id))
     };
     if revoked {
-        release_ip(&ctx, client_ip);
+        release_ip(&ctx, client_ip).await;
         return refuse(stream, 401, "pairing revoked").await;
     }
     if ctx.ws.open.get() as usize >= ctx.config.ws.connections_per_shard_max {
         inc(&ctx.ws.refused);
-        release_ip(&ctx, client_ip);
+        release_ip(&ctx, client_ip).await;
         return refuse(stream, 503, "too many signaling connections on this shard").await;
     }
     let resp = handshake::switching_protocols(&upgrade);
     drop(upgrade); // the token is not kept for the life of the connection
     let (res, _) = stream.write_all(resp).await;
     if res.is_err() {
-        release_ip(&ctx, client_ip);
+        release_ip(&ctx, client_ip).await;
         return;
     }
     let now = ctx.now().as_secs();
@@ -490,7 +504,7 @@ async fn serve_peer(
         }
     }
     ctx.ws.open.set(ctx.ws.open.get() - 1);
-    release_ip(&ctx, client_ip);
+    release_ip(&ctx, client_ip).await;
 }
 
 /// Completes when connection `key` has output to write or must close.
