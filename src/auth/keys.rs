@@ -21,15 +21,19 @@ pub const DEV_ROLE: &str = "agent";
 
 /// Largest key file [`ApiKeys::parse`] accepts, in bytes.
 ///
-/// The file is operator-supplied, but it is still input that sizes a map every shard
-/// copies; a bigger file is refused with [`ApiKeysError::TooLarge`] before parsing.
-pub const FILE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The file is operator-supplied, but it is still input that sizes a map; a bigger file
+/// is refused with [`ApiKeysError::TooLarge`] before parsing. 512 MiB holds the
+/// [`KEYS_MAX`] keys of a million-connection deployment with room to spare (~90 bytes a
+/// key as `bench keys` writes them).
+pub const FILE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
 /// Most keys a file may define.
 ///
-/// Every shard holds a full copy of the map, so its size is multiplied by the shard count;
-/// a file with more keys is refused with [`ApiKeysError::TooManyKeys`].
-pub const KEYS_MAX: usize = 100_000;
+/// The parsed keys are immutable and shared read-only by every shard (one copy per
+/// process, a few hundred bytes a key): 4 Mi keys are enough for a million connected
+/// peers with API keys. A file with more keys is refused with
+/// [`ApiKeysError::TooManyKeys`].
+pub const KEYS_MAX: usize = 4 * 1024 * 1024;
 
 /// What one API key grants.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -108,14 +112,23 @@ impl ApiKeys {
     /// Parse a key file's bytes. Duplicate keys: the last one wins (as in the reference).
     /// `{"keys": {}}` is valid and accepts no key at all (no dev-key fallback).
     pub fn parse(bytes: &[u8]) -> Result<ApiKeys, ApiKeysError> {
-        if bytes.len() > FILE_BYTES_MAX {
+        Self::parse_limited(bytes, FILE_BYTES_MAX, KEYS_MAX)
+    }
+
+    /// [`ApiKeys::parse`] with explicit limits (the tests use small ones).
+    fn parse_limited(
+        bytes: &[u8],
+        file_bytes_max: usize,
+        keys_max: usize,
+    ) -> Result<ApiKeys, ApiKeysError> {
+        if bytes.len() > file_bytes_max {
             return Err(ApiKeysError::TooLarge { bytes: bytes.len() });
         }
         let file: KeysFile =
             serde_json::from_slice(bytes).map_err(|e| ApiKeysError::Malformed {
                 reason: e.to_string(),
             })?;
-        if file.keys.len() > KEYS_MAX {
+        if file.keys.len() > keys_max {
             return Err(ApiKeysError::TooManyKeys {
                 count: file.keys.len(),
             });
@@ -327,15 +340,17 @@ mod tests {
 
     #[test]
     fn size_limits() {
-        let big = vec![b' '; FILE_BYTES_MAX + 1];
+        const FILE_MAX: usize = 4096;
+        const KEYS: usize = 100;
+        let big = vec![b' '; FILE_MAX + 1];
         assert_eq!(
-            ApiKeys::parse(&big),
+            ApiKeys::parse_limited(&big, FILE_MAX, KEYS),
             Err(ApiKeysError::TooLarge {
-                bytes: FILE_BYTES_MAX + 1
+                bytes: FILE_MAX + 1
             })
         );
         let mut s = String::from(r#"{"keys":{"#);
-        for i in 0..=KEYS_MAX {
+        for i in 0..=KEYS {
             if i > 0 {
                 s.push(',');
             }
@@ -343,11 +358,10 @@ mod tests {
         }
         s.push_str("}}");
         assert_eq!(
-            ApiKeys::parse(s.as_bytes()),
-            Err(ApiKeysError::TooManyKeys {
-                count: KEYS_MAX + 1
-            })
+            ApiKeys::parse_limited(s.as_bytes(), usize::MAX, KEYS),
+            Err(ApiKeysError::TooManyKeys { count: KEYS + 1 })
         );
+        assert!(ApiKeys::parse_limited(s.as_bytes(), usize::MAX, KEYS + 1).is_ok());
     }
 
     #[test]
