@@ -143,3 +143,40 @@ fn paired_peers_inherit_the_mesh_and_revocation_closes_them() {
     send(&mut r1, &json!({"type": "register", "peer_id": "r-1"}));
     assert_eq!(recv(&mut r1)["payload"]["peers"], json!([]));
 }
+
+#[test]
+fn approval_while_connected_authorizes_the_live_connection() {
+    let srv = server();
+    let (mut d1, _) = join(&srv, "d-1", &jwt_for("d-1", 300));
+    // Pair (pending) and connect as that peer with a JWT minted for it (same secret).
+    let r = srv.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_admin")],
+        None,
+    );
+    let code = r.json()["code"].as_str().unwrap().to_string();
+    let r = srv.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "late"}),
+    );
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let peer = r.json()["peer_id"].as_str().unwrap().to_string();
+    let (mut wp, list) = join(&srv, &peer, &jwt_for(&peer, 300));
+    assert!(list.is_empty(), "pending: sees nobody");
+    send(
+        &mut wp,
+        &json!({"type": "offer", "peer_id": peer, "target_id": "d-1", "payload": {}}),
+    );
+    assert_eq!(recv(&mut wp)["type"], "error", "pending: may not signal");
+    // Approve: the same connection now sees its mesh and may signal.
+    let r = srv.req("POST", &format!("/api/pairing/{id}/approve"), &[], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    send(&mut wp, &json!({"type": "register", "peer_id": peer}));
+    assert_eq!(recv(&mut wp)["payload"]["peers"], json!(["d-1"]));
+    send(
+        &mut wp,
+        &json!({"type": "offer", "peer_id": peer, "target_id": "d-1", "payload": {"ok": true}}),
+    );
+    assert_eq!(recv(&mut d1)["payload"], json!({"ok": true}));
+}

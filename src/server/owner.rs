@@ -261,6 +261,10 @@ pub fn handle(ctx: &ShardCtx, msg: Msg) -> Option<Msg> {
         Msg::PeerAuthorize(b) => {
             let (p, mesh) = *b;
             if st.authorized.borrow_mut().add(&p, mesh.as_deref()) {
+                // A live connection of that peer (on this shard too) is authorized now.
+                if !ctx.config.api_keys.has_peer_id(&p) {
+                    ctx.ws.set_authorized(&p, mesh.as_deref());
+                }
                 Msg::Ok
             } else {
                 Msg::Full

@@ -194,6 +194,18 @@ impl WsShard {
         }
     }
 
+    /// A pairing approval arrived for `peer` while it is connected: from now on it is
+    /// listed to its mesh and may signal, without reconnecting (as in the reference,
+    /// which looks authorization up per message).
+    pub fn set_authorized(&self, peer: &str, mesh: Option<&str>) {
+        let key = self.by_id.borrow().get(peer).copied();
+        let mut slots = self.slots.borrow_mut();
+        if let Some(s) = key.and_then(|k| slots.get_mut(k)) {
+            s.authorized = true;
+            s.mesh = mesh.map(Box::from);
+        }
+    }
+
     /// Closes the live connection of `peer` (e.g. its pairing was revoked).
     pub fn close_peer(&self, peer: &str, code: u16, reason: &'static str) {
         let key = self.by_id.borrow().get(peer).copied();
