@@ -19,4 +19,4 @@ if ! command -v turnserver >/dev/null; then
 fi
 cargo test --workspace --locked
 # Benchmarks must keep compiling; they are run by hand (docs/BENCHMARKS.md).
-cargo bench --workspace --locked --no-run
+cargo check --workspace --benches --locked
