@@ -48,6 +48,7 @@ pub fn generate(count: usize, meshes: usize) -> Result<Value, String> {
 /// Reads a keys file; peers sorted by peer id (one key per peer: the first in key
 /// order wins, as the server decides a peer's mesh).
 pub fn load(path: &Path) -> Result<Vec<Peer>, String> {
+    // Control thread, before any shard starts.
     let bytes = std::fs::read(path).map_err(|e| format!("--keys {}: {e}", path.display()))?;
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| format!("--keys {}: not JSON: {e}", path.display()))?;
@@ -86,6 +87,7 @@ pub fn run(count: usize, meshes: usize, out: Option<&Path>) -> Result<Value, Str
     let text = serde_json::to_string(&v).map_err(|e| e.to_string())?;
     match out {
         Some(p) => {
+            // `bench keys` runs no reactor at all: plain blocking file I/O.
             let tmp = p.with_extension("tmp");
             std::fs::write(&tmp, &text)
                 .and_then(|()| std::fs::rename(&tmp, p))

@@ -236,7 +236,9 @@ async fn hold(mut conn: WsConn, stop: reactor::LocalEvent, state: HoldState, coo
     }
 }
 
-/// VmRSS of a process in KiB.
+/// VmRSS of a process in KiB. Called on the control thread only (before the shards
+/// start, and from the progress callback), never on a shard: reading procfs there is
+/// fine.
 pub fn rss_kib(pid: u32) -> Result<u64, String> {
     let path = format!("/proc/{pid}/status");
     let s = std::fs::read_to_string(&path).map_err(|e| format!("--server-pid: {path}: {e}"))?;
@@ -294,6 +296,8 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         hold_until: Option<Instant>,
         token_s: Option<f64>,
     }
+    // Control-thread state of the progress callback; no shard touches it (the Mutex
+    // satisfies the callback's Send bound and is never contended).
     let phases = Arc::new(Mutex::new(Phases::default()));
     let (c, p, pid) = (coord.clone(), phases.clone(), args.server_pid);
     let t_start = Instant::now();

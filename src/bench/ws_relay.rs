@@ -371,6 +371,8 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         })
         .collect();
     let _ = epoch();
+    // Touched only by the progress callback on the control thread (no shard sees it);
+    // the Mutex satisfies the callback's Send bound, it is never contended.
     let drained_at: Arc<Mutex<Option<Instant>>> = Arc::default();
     let (c, d) = (coord.clone(), drained_at.clone());
     let progress = move || {

@@ -74,6 +74,7 @@ fn run() -> Result<(), String> {
         }
     }
     running.shutdown(SHUTDOWN_TIMEOUT);
+    // The shard has stopped: the control thread removes the socket file.
     let _ = std::fs::remove_file(&ipc_path);
     result
 }
