@@ -150,3 +150,84 @@ fn per_ip_and_per_shard_limits_answer_503() {
     let _a = connect(&srv, &jwt_for("peer-a", 300)).unwrap();
     assert_eq!(connect(&srv, &jwt_for("peer-b", 300)).err(), Some(503));
 }
+
+#[test]
+fn a_client_that_stops_reading_mid_write_is_dropped_after_the_idle_timeout() {
+    // Queue limits far away, so only the bounded write can free the connection.
+    let srv = server(
+        2,
+        &[
+            "--ws-idle-timeout",
+            "2",
+            "--ws-outbound-bytes-max",
+            "100000000",
+            "--ws-outbound-frames-max",
+            "100000",
+            "--max-connections-per-ip",
+            "2",
+        ],
+    );
+    let slow_sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow_sock.set_recv_buffer_size(4096).unwrap();
+    slow_sock.connect(&srv.addr.into()).unwrap();
+    let slow_sock: TcpStream = slow_sock.into();
+    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for("peer-b", 300));
+    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
+    let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
+    let payload = json!({"sdp": "z".repeat(8000)});
+    for _ in 0..1500 {
+        let m = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
+        fast.send(Message::text(m.to_string())).unwrap();
+    }
+    // Both IP slots are taken (peer-a, peer-b): a third connection is refused ...
+    assert_eq!(connect(&srv, &jwt_for("peer-c", 300)).err(), Some(503));
+    // ... until the stalled write times out and the slow peer's slot is released.
+    let t = std::time::Instant::now();
+    let mut admitted = false;
+    while t.elapsed() < Duration::from_secs(15) {
+        if connect(&srv, &jwt_for("peer-c", 300)).is_ok() {
+            admitted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(admitted, "the non-reading peer was never dropped");
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "dropped too early: {:?}",
+        t.elapsed()
+    );
+    drop(slow);
+}
+
+#[test]
+fn a_peer_list_larger_than_the_queue_limit_is_still_delivered() {
+    let mut o = Opts::cores(2);
+    let mut keys = serde_json::Map::new();
+    for i in 0..120 {
+        keys.insert(
+            format!("ak_{i}"),
+            json!({"peer_id": format!("peer-with-a-long-name-{i:04}"), "role": "agent"}),
+        );
+    }
+    o.keys = Some(json!({ "keys": keys }).to_string());
+    o.args = vec!["--ws-outbound-bytes-max".into(), "2048".into()];
+    let srv = Server::with(o);
+    let mut conns = Vec::new();
+    for i in 0..120 {
+        let p = format!("peer-with-a-long-name-{i:04}");
+        conns.push(connect(&srv, &jwt_for(&p, 300)).unwrap());
+    }
+    let (_w, peers) = join(
+        &srv,
+        "peer-with-a-long-name-0000",
+        &jwt_for("peer-with-a-long-name-0000", 300),
+    );
+    assert_eq!(
+        peers.len(),
+        119,
+        "one frame of ~3.5 KB, above the 2 KiB queue limit"
+    );
+}

@@ -190,9 +190,16 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
         Msg::NotFound => return Ok(action_error(err)),
         _ => return Ok(unexpected()),
     };
-    let token = entry.device_token.as_str();
-    ask_owner_retry(ctx, token, || Msg::TokenRemove(token.into())).await?;
+    // Both follow-ups are attempted whatever the other's outcome (the entry is already
+    // revoked, so an admin's retry would find nothing to do): the peer's authorization
+    // first, since that closes its live signaling connections.
     let peer = entry.peer_id.as_str();
-    ask_owner_retry(ctx, peer, || Msg::PeerDeauthorize(peer.into())).await?;
+    let deauthorized = ask_owner_retry(ctx, peer, || Msg::PeerDeauthorize(peer.into())).await;
+    let token = entry.device_token.as_str();
+    let removed = ask_owner_retry(ctx, token, || Msg::TokenRemove(token.into())).await;
+    if let Err(resp) = deauthorized.and(removed) {
+        tracing::error!(entry = %id, "revocation applied to the entry but not fully propagated (mailboxes full)");
+        return Err(resp);
+    }
     Ok(Response::json(200, &OkBody::OK))
 }

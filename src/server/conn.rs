@@ -39,11 +39,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
                     // The signaling WebSocket: the connection leaves the HTTP loop (and,
                     // once authorized, this shard). Answer what was pipelined before it.
                     ShardCounters::inc(&ctx.counters.requests_served);
-                    if !out.is_empty() {
-                        let (res, _) = stream.write_all(out).await;
-                        if res.is_err() {
-                            return;
-                        }
+                    if !out.is_empty() && !write_bounded(ctx, &mut stream, out).await {
+                        return;
                     }
                     let leftover = parser.take_remaining();
                     crate::server::ws::upgrade(ctx, stream, &req, leftover, peer).await;
@@ -76,11 +73,14 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
             }
         }
         if !out.is_empty() {
-            let (res, buf) = stream.write_all(out).await;
-            out = buf;
-            out.clear();
-            if res.is_err() {
-                return;
+            // A client that pipelines and never reads must not hold the connection
+            // forever: writes are bounded by the idle timeout too.
+            match monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(out)).await {
+                Ok((Ok(_), buf)) => {
+                    out = buf;
+                    out.clear();
+                }
+                _ => return,
             }
         }
         if close {
@@ -114,4 +114,12 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
             }
         }
     }
+}
+
+/// Writes `bytes` within the idle timeout; false when the connection is done.
+async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -> bool {
+    matches!(
+        monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(bytes)).await,
+        Ok((Ok(_), _))
+    )
 }

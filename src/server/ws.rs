@@ -73,6 +73,8 @@ const WRITE_BATCH_SIZE_MAX: usize = 256 * 1024;
 /// Times a relay waits (yielding) for room in a full mailbox before it is dropped with
 /// an error frame to the sender: backpressure first, refusal when it persists.
 const RELAY_RETRIES_MAX: usize = 64;
+/// How long writing a refusal (an HTTP error on the upgrade path) may take.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Times a per-IP release waits (yielding) for room in a full mailbox. Far more
 /// patient than a relay: the release must not be lost, and the owner is draining.
 const RELEASE_RETRIES_MAX: usize = 100_000;
@@ -162,8 +164,10 @@ impl WsShard {
         if slot.close.is_some() {
             return;
         }
+        // The byte limit bounds what waits behind the frame being written: one frame
+        // larger than it (a peer list of a huge mesh) still goes out into an empty queue.
         if slot.outq.len() >= limits.outbound_frames_max
-            || slot.outq_bytes + frame.len() > limits.outbound_bytes_max
+            || (!slot.outq.is_empty() && slot.outq_bytes + frame.len() > limits.outbound_bytes_max)
         {
             slot.outq.clear();
             slot.outq_bytes = 0;
@@ -345,7 +349,8 @@ async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
         resp = resp.with_header("sec-websocket-version", "13");
     }
     resp.encode(false, false, &mut out);
-    let _ = stream.write_all(out).await;
+    // Bounded: a refused client that does not read must not hold the task and its fd.
+    let _ = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await;
 }
 
 /// The upgrade, on the shard that accepted the connection. Consumes the connection.
@@ -436,7 +441,7 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         client_ip,
         upgrade,
     } = a;
-    let Ok(mut stream) = reactor::net::attach(fd) else {
+    let Ok(stream) = reactor::net::attach(fd) else {
         release_ip(&ctx, client_ip).await;
         return;
     };
@@ -462,13 +467,9 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         release_ip(&ctx, client_ip).await;
         return refuse(stream, 503, "too many signaling connections on this shard").await;
     }
-    let resp = handshake::switching_protocols(&upgrade);
-    drop(upgrade); // the token is not kept for the life of the connection
-    let (res, _) = stream.write_all(resp).await;
-    if res.is_err() {
-        release_ip(&ctx, client_ip).await;
-        return;
-    }
+    // Registered before anything is awaited: the authorization just read and the slot
+    // are one step, so a revocation or an approval that arrives while the 101 is being
+    // written finds the connection (and the shard's connection count already holds it).
     let now = ctx.now().as_secs();
     let peer_id: Box<str> = peer_id.into();
     let key = ctx.ws.slots.borrow_mut().insert(PeerSlot {
@@ -492,21 +493,27 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         );
     }
     inc(&ctx.ws.open);
-    // The connection's life runs in a task of its own, so this handshake task (and its
-    // larger state) is freed now.
-    monoio::spawn(serve_peer(ctx, stream, key, leftover, client_ip));
+    let resp = handshake::switching_protocols(&upgrade);
+    drop(upgrade); // the token is not kept for the life of the connection
+                   // The connection's life runs in a task of its own, so this handshake task (and its
+                   // larger state) is freed now.
+    monoio::spawn(serve_peer(ctx, stream, key, resp, leftover, client_ip));
 }
 
 /// The long-lived task of one signaling connection. Its future is what an idle
 /// connection costs, so everything that is not waiting-while-idle is boxed.
 async fn serve_peer(
     ctx: Rc<ShardCtx>,
-    stream: TcpStream,
+    mut stream: TcpStream,
     key: usize,
+    switching: Vec<u8>,
     leftover: Vec<u8>,
     client_ip: IpAddr,
 ) {
-    run_peer(&ctx, stream, key, leftover).await;
+    let fut = Box::pin(write_bounded(&ctx, &mut stream, switching));
+    if fut.await {
+        run_peer(&ctx, stream, key, leftover).await;
+    }
     // Cleanup: the slot is this task's; the id maps to it only if not replaced.
     let slot = ctx.ws.slots.borrow_mut().remove(key);
     {
@@ -577,9 +584,8 @@ async fn run_peer(ctx: &Rc<ShardCtx>, mut stream: TcpStream, key: usize, leftove
         // Write what is queued.
         let (batch, closing) = take_output(&ctx.ws, key);
         if !batch.is_empty() {
-            let fut = Box::pin(stream.write_all(batch));
-            let (res, _) = fut.await;
-            if res.is_err() {
+            let fut = Box::pin(write_bounded(ctx, &mut stream, batch));
+            if !fut.await {
                 return;
             }
             events = Some(Vec::new());
@@ -642,6 +648,20 @@ fn take_output(ws: &WsShard, key: usize) -> (Vec<u8>, bool) {
     (out, slot.close.is_some())
 }
 
+/// Writes `bytes`, giving up after the idle timeout: a client that stops reading (a
+/// zero TCP window) must not hold its connection, slot and per-IP count forever, since
+/// nothing else can interrupt a write in progress. False when the connection is done.
+async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -> bool {
+    match monoio::time::timeout(ctx.config.ws.idle_timeout, stream.write_all(bytes)).await {
+        Ok((Ok(_), _)) => true,
+        Ok((Err(_), _)) => false,
+        Err(_) => {
+            inc(&ctx.ws.closed_slow);
+            false
+        }
+    }
+}
+
 /// Writes the close frame (if one is pending) and closes.
 async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize) {
     let close = ctx
@@ -653,8 +673,9 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
     let mut out = Vec::new();
     codec::encode_close(code, &reason, &mut out);
-    let _ = stream.write_all(out).await;
-    let _ = stream.shutdown().await;
+    if write_bounded(ctx, stream, out).await {
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Decodes received bytes into events; `None` when the connection must close (the
@@ -666,13 +687,12 @@ fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Op
         s.ping_sent = false;
     }
     let mut events = Vec::new();
-    match decoder.decode(bytes, |ev| events.push(ev)) {
-        Ok(()) => Some(events),
-        Err(e) => {
-            ctx.ws.close_key(key, e.code, e.reason.into());
-            None
-        }
+    if let Err(e) = decoder.decode(bytes, |ev| events.push(ev)) {
+        // The messages before the violation are still acted on; the close code is set,
+        // so the connection closes once they are handled.
+        ctx.ws.close_key(key, e.code, e.reason.into());
     }
+    Some(events)
 }
 
 /// Acts on decoded events; false when the connection must close.
