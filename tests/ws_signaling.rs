@@ -209,3 +209,28 @@ fn second_connection_replaces_the_first() {
     );
     assert_eq!(recv(&mut second)["type"], "offer");
 }
+
+#[test]
+fn client_close_is_echoed_and_bad_codes_refused() {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::protocol::CloseFrame;
+    let srv = server(1, "uring", &[("peer-a", None)], &[]);
+    let mut c = connect(&srv, &jwt_for("peer-a", 300)).unwrap();
+    c.close(Some(CloseFrame {
+        code: CloseCode::from(4321),
+        reason: "bye".into(),
+    }))
+    .unwrap();
+    let (code, _) = recv_close(&mut c);
+    assert_eq!(code, 4321, "the server echoes the client's code");
+    // A code no endpoint may send (1005) is refused with 1002, sent as a raw frame.
+    let mut c = connect(&srv, &jwt_for("peer-a", 300)).unwrap();
+    let mask = [1u8, 2, 3, 4];
+    let payload = [0x03u8, 0xED]; // 1005
+    let mut frame = vec![0x88, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    std::io::Write::write_all(c.get_mut(), &frame).unwrap();
+    let (code, reason) = recv_close(&mut c);
+    assert_eq!((code, reason.as_str()), (1002, "invalid close code"));
+}

@@ -708,8 +708,15 @@ async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Vec<WsEvent>>)
                 codec::encode_pong(&p, &mut f);
                 ctx.ws.enqueue(key, f.into_boxed_slice(), limits);
             }
-            WsEvent::Close(_) => {
-                ctx.ws.close_key(key, close_code::NORMAL, "".into());
+            WsEvent::Close(c) => {
+                // Echo the client's code (RFC 6455 §5.5.1); refuse codes no endpoint
+                // may send.
+                let (code, reason) = match c {
+                    None => (close_code::NORMAL, ""),
+                    Some((code, _)) if codec::valid_close_code(code) => (code, ""),
+                    Some(_) => (close_code::PROTOCOL_ERROR, "invalid close code"),
+                };
+                ctx.ws.close_key(key, code, reason.into());
                 return false;
             }
         }

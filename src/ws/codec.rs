@@ -226,6 +226,12 @@ fn parse_close(p: &[u8]) -> Result<Option<(u16, String)>, WsError> {
     }
 }
 
+/// Whether an endpoint may send `code` in a close frame (RFC 6455 §7.4): the defined
+/// codes, the registered range and the private range; never 1004–1006, 1015 or < 1000.
+pub fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 fn unmask(buf: &mut [u8], mask: [u8; 4]) {
     for (i, b) in buf.iter_mut().enumerate() {
         *b ^= mask[i & 3];
@@ -408,6 +414,16 @@ mod tests {
         );
         let evs = decode_all(&mut Decoder::new(100), &client_frame(2, true, b"\x00\x01")).unwrap();
         assert_eq!(evs, vec![WsEvent::Binary(2)]);
+    }
+
+    #[test]
+    fn close_codes() {
+        for ok in [1000, 1001, 1003, 1007, 1011, 3000, 4000, 4999] {
+            assert!(valid_close_code(ok), "{ok}");
+        }
+        for bad in [0, 999, 1004, 1005, 1006, 1015, 2000, 5000] {
+            assert!(!valid_close_code(bad), "{bad}");
+        }
     }
 
     #[test]
