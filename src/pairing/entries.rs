@@ -330,6 +330,19 @@ impl PairingStore {
         Ok(e)
     }
 
+    /// `approved` → `pending_approval`, dropping the device token: undoes an approval
+    /// whose token could not be activated, so the admin can approve again later.
+    pub fn withdraw_approval(&mut self, id: &str, now: UnixTime) -> Result<&Entry, ActionError> {
+        let e = EntryId::parse(id)
+            .and_then(|id| self.entries.get_mut(&id))
+            .filter(|e| e.status == Status::Approved)
+            .ok_or(ActionError::NotFoundOrNotApproved)?;
+        e.status = Status::PendingApproval;
+        e.device_token.clear();
+        e.updated_at = now;
+        Ok(e)
+    }
+
     /// `approved` → `revoked`. The caller then removes `entry.device_token` from the
     /// [`DeviceTokenIndex`] that owns it.
     pub fn revoke(&mut self, id: &str, now: UnixTime) -> Result<&Entry, ActionError> {
@@ -832,5 +845,37 @@ mod tests {
         assert_eq!(idx.lookup(&token), None);
         assert!(idx.is_empty());
         assert_eq!(idx.remove(&token), None);
+    }
+    #[test]
+    fn withdrawn_approval_goes_back_to_pending() {
+        let mut store = PairingStore::new();
+        let mut rng = |b: &mut [u8]| b.iter_mut().enumerate().for_each(|(i, x)| *x = i as u8 + 7);
+        let issuer = Issuer {
+            peer_id: "admin".into(),
+            mesh: None,
+        };
+        let id = store
+            .create_random(&mut rng, "laptop", issuer, UnixTime::from_secs(1))
+            .unwrap()
+            .id
+            .to_string();
+        assert!(
+            store
+                .withdraw_approval(&id, UnixTime::from_secs(2))
+                .is_err(),
+            "pending: nothing to withdraw"
+        );
+        store
+            .approve(&id, &mut rng, UnixTime::from_secs(3))
+            .unwrap();
+        let e = store
+            .withdraw_approval(&id, UnixTime::from_secs(4))
+            .unwrap();
+        assert_eq!(e.status, Status::PendingApproval);
+        assert!(e.device_token.is_empty());
+        assert!(
+            store.approve(&id, &mut rng, UnixTime::from_secs(5)).is_ok(),
+            "approvable again"
+        );
     }
 }

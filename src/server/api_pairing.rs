@@ -156,11 +156,11 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
     if !matches!(authorized, Ok(Msg::Ok)) {
         // The token does not work (128 random bits already indexed, an index at its
         // limit, or a full mailbox): withdraw the approval so no entry claims a token
-        // that grants nothing, and let the admin retry later.
+        // that grants nothing: the entry goes back to pending, so the admin can retry.
         if matches!(indexed, Ok(Msg::Ok)) {
             let _ = ask_owner_retry(ctx, &token, || Msg::TokenRemove(token.as_str().into())).await;
         }
-        let _ = ask_owner_retry(ctx, &id.to_string(), || Msg::EntryRevoke(id)).await;
+        let _ = ask_owner_retry(ctx, &id.to_string(), || Msg::EntryWithdraw(id)).await;
         return Ok(Response::error(
             503,
             "could not activate the device token; try again later",

@@ -80,6 +80,9 @@ pub enum Msg {
     EntryApprove(Box<(EntryId, [u8; 16])>),
     /// Pairing: reject. → `Entry` | `NotFound`.
     EntryReject(EntryId),
+    /// Pairing: undo an approval whose token could not be activated (back to pending).
+    /// → `Entry` | `NotFound`.
+    EntryWithdraw(EntryId),
     /// Pairing: revoke. → `Entry` | `NotFound`.
     EntryRevoke(EntryId),
     /// Pairing: the shard's entries (`true`: pending only). → `Entries`.

@@ -329,6 +329,14 @@ pub fn handle(ctx: &ShardCtx, msg: Msg) -> Option<Msg> {
             Ok(e) => Msg::Entry(Box::new(e.clone())),
             Err(_) => Msg::NotFound,
         },
+        Msg::EntryWithdraw(id) => match st
+            .entries
+            .borrow_mut()
+            .withdraw_approval(&id.to_string(), now)
+        {
+            Ok(e) => Msg::Entry(Box::new(e.clone())),
+            Err(_) => Msg::NotFound,
+        },
         Msg::EntryRevoke(id) => match st.entries.borrow_mut().revoke(&id.to_string(), now) {
             Ok(e) => Msg::Entry(Box::new(e.clone())),
             Err(_) => Msg::NotFound,
