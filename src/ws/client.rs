@@ -19,14 +19,7 @@ pub enum ClientEvent {
 }
 
 fn encode_masked(opcode: OpCode, payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
-    let header = FrameHeader {
-        opcode,
-        mask: Some(mask),
-        ..FrameHeader::default()
-    };
-    // Writing into a Vec cannot fail.
-    let _ = header.format(payload.len() as u64, out);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    super::codec::encode_frame(opcode, payload, Some(mask), out);
 }
 
 /// Appends a masked text frame.

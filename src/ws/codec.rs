@@ -239,13 +239,29 @@ fn unmask(buf: &mut [u8], mask: [u8; 4]) {
 }
 
 fn encode(opcode: OpCode, payload: &[u8], out: &mut Vec<u8>) {
+    encode_frame(opcode, payload, None, out);
+}
+
+/// Appends one final frame: unmasked (server to client) or masked with `mask` (client
+/// to server, see [`super::client`]).
+pub(crate) fn encode_frame(
+    opcode: OpCode,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+    out: &mut Vec<u8>,
+) {
     let header = FrameHeader {
         opcode,
+        mask,
         ..FrameHeader::default()
     };
     // Writing into a Vec cannot fail.
     let _ = header.format(payload.len() as u64, out);
+    let start = out.len();
     out.extend_from_slice(payload);
+    if let Some(m) = mask {
+        unmask(&mut out[start..], m); // XOR with the mask: masking and unmasking agree
+    }
 }
 
 /// Appends a text frame.
