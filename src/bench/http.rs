@@ -118,15 +118,11 @@ struct ShardIn {
 }
 
 struct ShardOut {
-    hist: hdrhistogram::Histogram<u64>,
-    ops: BTreeMap<Op, (u64, u64)>,
-    errors: Errors,
-    measured: u64,
-    late: u64,
-    unsent: u64,
+    state: State,
     fatal: Option<super::net::Fail>,
 }
 
+/// What one shard counted.
 struct State {
     hist: hdrhistogram::Histogram<u64>,
     ops: BTreeMap<Op, (u64, u64)>,
@@ -134,6 +130,19 @@ struct State {
     measured: u64,
     late: u64,
     unsent: u64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            hist: super::histogram(),
+            ops: BTreeMap::new(),
+            errors: Errors::default(),
+            measured: 0,
+            late: 0,
+            unsent: 0,
+        }
+    }
 }
 
 async fn shard(input: ShardIn) -> ShardOut {
@@ -149,12 +158,7 @@ async fn shard(input: ShardIn) -> ShardOut {
         Ok(t) => t,
         Err(e) => {
             return ShardOut {
-                hist: super::histogram(),
-                ops: BTreeMap::new(),
-                errors: Errors::default(),
-                measured: 0,
-                late: 0,
-                unsent: 0,
+                state: State::default(),
                 fatal: Some(e),
             }
         }
@@ -162,14 +166,7 @@ async fn shard(input: ShardIn) -> ShardOut {
     Live::add(&input.live.tokens, tokens.len() as u64);
     let bearer: Rc<[String]> = tokens.iter().map(|t| format!("Bearer {}", t.jwt)).collect();
     let agents: Rc<[(String, String)]> = input.agents.clone().into();
-    let state = Rc::new(RefCell::new(State {
-        hist: super::histogram(),
-        ops: BTreeMap::new(),
-        errors: Errors::default(),
-        measured: 0,
-        late: 0,
-        unsent: 0,
-    }));
+    let state = Rc::new(RefCell::new(State::default()));
     let start = Instant::now();
     let measure_from = start + input.warmup;
     let end = measure_from + input.duration;
@@ -313,12 +310,7 @@ async fn shard(input: ShardIn) -> ShardOut {
         .expect("all tasks done")
         .into_inner();
     ShardOut {
-        hist: st.hist,
-        ops: st.ops,
-        errors: st.errors,
-        measured: st.measured,
-        late: st.late,
-        unsent: st.unsent,
+        state: st,
         fatal: None,
     }
 }
@@ -391,6 +383,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         if let Some(f) = o.fatal {
             return Err(format!("fetching tokens: {}", f.detail));
         }
+        let o = o.state;
         hist.add(&o.hist).map_err(|e| e.to_string())?;
         for (op, (a, b)) in o.ops {
             let e = ops.entry(op).or_default();

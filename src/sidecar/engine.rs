@@ -358,21 +358,7 @@ impl Engine {
             match ev {
                 TurnEvent::Allocated { relayed, mapped } => {
                     tracing::info!(%relayed, ?mapped, "relay candidate");
-                    let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
-                    for k in keys {
-                        let Some(c) = self.relay_candidate() else {
-                            break;
-                        };
-                        let added = self.peers[k]
-                            .rtc
-                            .add_local_candidate(c)
-                            .map(|c| c.to_sdp_string());
-                        if let (Some(s), Some(me)) = (added, self.me.clone()) {
-                            let (id, mid) = (self.peers[k].id.clone(), self.peers[k].mid.clone());
-                            self.queue_signal(SignalMessage::candidate(&me, &id, s, &mid));
-                        }
-                        self.drive(k, now);
-                    }
+                    self.add_candidate_to_all(now, |e| e.relay_candidate());
                 }
                 TurnEvent::Failed(reason) => {
                     tracing::warn!(%reason, retry_in = ?TURN_RETRY_DELAY, "TURN: no relay candidate");
@@ -778,9 +764,17 @@ impl Engine {
         if self.relay_only {
             return;
         }
+        self.add_candidate_to_all(now, |_| {
+            Candidate::server_reflexive(mapped, base, "udp").ok()
+        });
+    }
+
+    /// Adds a newly learnt local candidate (`make` builds one per peer; `None` stops) to
+    /// every existing peer and trickles it to the remote.
+    fn add_candidate_to_all(&mut self, now: Instant, make: impl Fn(&Self) -> Option<Candidate>) {
         let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
         for k in keys {
-            let Ok(c) = Candidate::server_reflexive(mapped, base, "udp") else {
+            let Some(c) = make(self) else {
                 return;
             };
             let added = self.peers[k]
