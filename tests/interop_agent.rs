@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 
 mod common;
 
-use common::python::{bounded, repo_root, venv_bin, Proc, AGENT_ENV_REMOVE};
+use common::python::{agent_command, bounded, repo_root, venv_bin, Proc};
 
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(20);
 const AGENT_ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -329,35 +329,10 @@ fn start_agent(h: &mut Harness, venv_bin: &Path, addr: SocketAddr, agent_id: &st
     );
     fs::write(h.dir().join("agent.yaml"), manifest).unwrap();
 
-    let path = match std::env::var_os("PATH") {
-        Some(p) => {
-            let mut dirs = vec![venv_bin.to_path_buf()];
-            dirs.extend(std::env::split_paths(&p));
-            std::env::join_paths(dirs).unwrap()
-        }
-        None => venv_bin.as_os_str().to_owned(),
-    };
-    let log = fs::File::create(h.dir().join("agent.log")).unwrap();
-    let mut cmd = bounded(&venv_bin.join("chatixia"));
-    cmd.arg("run").arg("agent.yaml").current_dir(h.dir());
-    for k in AGENT_ENV_REMOVE {
-        cmd.env_remove(k);
-    }
-    cmd
-        // What the agent would derive from `registry`, spelled out.
-        .env("SIGNALING_URL", format!("ws://{addr}/ws"))
-        .env("TOKEN_URL", format!("{registry}/api/token"))
-        // The fake sidecar's `#!/usr/bin/env python3` finds the venv's python first.
-        .env("PATH", path)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        // Own process group: the sidecar it spawns is stopped with it.
-        .process_group(0);
+    let mut cmd = agent_command(h.dir());
+    // What the agent would derive from `registry`, spelled out.
+    cmd.env("SIGNALING_URL", format!("ws://{addr}/ws"))
+        .env("TOKEN_URL", format!("{registry}/api/token"));
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", venv_bin.join("chatixia").display()));

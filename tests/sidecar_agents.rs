@@ -18,12 +18,10 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::python::{bounded, venv_bin, Proc, AGENT_ENV_REMOVE};
+use common::python::{agent_command, Proc};
 use common::{json, Opts, Server, TempDir, Value};
 
 /// The agent heartbeats every 15 s and picks tasks up only from a heartbeat's response;
@@ -38,7 +36,7 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(server: &Server, venv: &Path, name: &'static str, skills: &[&str]) -> Agent {
+    fn start(server: &Server, name: &'static str, skills: &[&str]) -> Agent {
         let dir = TempDir::new();
         let socket = dir.0.join("sidecar.sock");
         let skills: String = skills.iter().map(|s| format!("    - {s}\n")).collect();
@@ -56,32 +54,12 @@ impl Agent {
             socket = socket.display(),
         );
         std::fs::write(dir.0.join("agent.yaml"), manifest).unwrap();
-        let path = std::env::join_paths(std::iter::once(venv.to_path_buf()).chain(
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-        ))
-        .unwrap();
-        let log = std::fs::File::create(dir.0.join("agent.log")).unwrap();
-        let mut cmd = bounded(&venv.join("chatixia"));
-        cmd.arg("run").arg("agent.yaml").current_dir(&dir.0);
-        for k in AGENT_ENV_REMOVE {
-            cmd.env_remove(k);
-        }
-        cmd.env("PATH", path)
-            // Passed on to the sidecar by the agent (MeshClient copies its env).
-            .env("STUN_URLS", "none")
-            .env(
-                "RUST_LOG",
-                "info,str0m=warn,is=warn,dimpl=warn,chatixia_core::sidecar::engine=debug",
-            )
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .env("PYTHONUNBUFFERED", "1")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            // Own process group: the sidecar it spawns is stopped with it.
-            .process_group(0);
+        let mut cmd = agent_command(&dir.0);
+        // Passed on to the sidecar by the agent (MeshClient copies its env).
+        cmd.env("STUN_URLS", "none").env(
+            "RUST_LOG",
+            "info,str0m=warn,is=warn,dimpl=warn,chatixia_core::sidecar::engine=debug",
+        );
         let child = cmd.spawn().expect("spawn chatixia agent");
         Agent {
             name,
@@ -166,7 +144,6 @@ fn logged_request_id(log: &str, needles: &[&str]) -> Option<String> {
 
 #[test]
 fn two_agents_delegate_over_the_datachannel() {
-    let venv = venv_bin();
     let mut o = Opts::cores(2);
     o.keys = Some(
         json!({"keys": {
@@ -179,8 +156,8 @@ fn two_agents_delegate_over_the_datachannel() {
     // alpha runs the hub task (`delegate`); beta answers over the mesh with the handler
     // the task_request names. beta does not list `delegate`, so the hub cannot assign
     // the task to it.
-    let mut beta = Agent::start(&server, &venv, "beta", &["list_agents"]);
-    let mut alpha = Agent::start(&server, &venv, "alpha", &["delegate", "list_agents"]);
+    let mut beta = Agent::start(&server, "beta", &["list_agents"]);
+    let mut alpha = Agent::start(&server, "alpha", &["delegate", "list_agents"]);
 
     // Both sidecars (ours, spawned by the agents) connect to each other.
     let (a_path, b_path) = (alpha.sidecar_log_path(), beta.sidecar_log_path());

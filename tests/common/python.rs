@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -182,4 +183,33 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `chatixia run agent.yaml` in `dir`, as the interop tests start it: bounded in time,
+/// a clean environment (`AGENT_ENV_REMOVE`), the venv first on PATH (so a sidecar's
+/// `#!/usr/bin/env python3` finds it), proxies off for loopback, output to
+/// `dir/agent.log`, and a process group of its own so the sidecar it spawns stops with
+/// it. The caller adds the scenario's variables and spawns.
+pub fn agent_command(dir: &Path) -> Command {
+    let venv = venv_bin();
+    let path = std::env::join_paths(std::iter::once(venv.clone()).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .expect("PATH");
+    let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
+    let mut cmd = bounded(&venv.join("chatixia"));
+    cmd.arg("run").arg("agent.yaml").current_dir(dir);
+    for k in AGENT_ENV_REMOVE {
+        cmd.env_remove(k);
+    }
+    cmd.env("PATH", path)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("no_proxy", "127.0.0.1,localhost")
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("agent log"))
+        .stderr(log)
+        .process_group(0);
+    cmd
 }
