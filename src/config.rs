@@ -82,7 +82,7 @@ pub struct Cli {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
     /// Load generator: measure a chatixia server (this one or another build) by URL.
-    Bench(crate::bench::BenchArgs),
+    Bench(loadgen::BenchArgs),
 }
 
 fn parse_driver(s: &str) -> Result<DriverChoice, String> {

@@ -4,15 +4,12 @@
 //! return outputs); only the shard loop in [`server`] does I/O or reads the clock.
 
 pub mod auth;
-pub mod bench;
 pub mod config;
-pub mod http;
 pub mod hub;
 pub mod ice;
 pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod server;
-pub mod sidecar;
-pub mod time;
-pub mod ws;
+
+pub use wire::{http, time, ws};

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if let Some(Command::Bench(args)) = cli.command {
-        return chatixia_core::bench::main(args);
+        return loadgen::main(args);
     }
     match run(cli) {
         Ok(code) => code,

@@ -50,7 +50,7 @@ impl Agent {
              sidecar:\n  binary: {sidecar}\n  api_key: ak_{name}\n  socket: {socket}\n\
              skills:\n  builtin:\n{skills}",
             addr = server.addr,
-            sidecar = env!("CARGO_BIN_EXE_chatixia-sidecar"),
+            sidecar = common::sidecar::sidecar_binary().display(),
             socket = socket.display(),
         );
         std::fs::write(dir.0.join("agent.yaml"), manifest).unwrap();
@@ -58,7 +58,7 @@ impl Agent {
         // Passed on to the sidecar by the agent (MeshClient copies its env).
         cmd.env("STUN_URLS", "none").env(
             "RUST_LOG",
-            "info,str0m=warn,is=warn,dimpl=warn,chatixia_core::sidecar::engine=debug",
+            "info,str0m=warn,is=warn,dimpl=warn,chatixia_sidecar::engine=debug",
         );
         let child = cmd.spawn().expect("spawn chatixia agent");
         Agent {

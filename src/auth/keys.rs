@@ -19,21 +19,7 @@ pub const DEV_PEER_ID: &str = "agent-001";
 /// Role of [`DEV_API_KEY`].
 pub const DEV_ROLE: &str = "agent";
 
-/// Largest key file [`ApiKeys::parse`] accepts, in bytes.
-///
-/// The file is operator-supplied, but it is still input that sizes a map; a bigger file
-/// is refused with [`ApiKeysError::TooLarge`] before parsing. 512 MiB holds the
-/// [`KEYS_MAX`] keys of a million-connection deployment with room to spare (~90 bytes a
-/// key as `bench keys` writes them).
-pub const FILE_BYTES_MAX: usize = 512 * 1024 * 1024;
-
-/// Most keys a file may define.
-///
-/// The parsed keys are immutable and shared read-only by every shard (one copy per
-/// process, a few hundred bytes a key): 4 Mi keys are enough for a million connected
-/// peers with API keys. A file with more keys is refused with
-/// [`ApiKeysError::TooManyKeys`].
-pub const KEYS_MAX: usize = 4 * 1024 * 1024;
+pub use wire::keys_file::{FILE_BYTES_MAX, KEYS_MAX};
 
 /// What one API key grants.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -222,6 +208,13 @@ impl std::fmt::Debug for ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_written_by_the_load_generator_load() {
+        let v = loadgen::keys::generate(10, 3).unwrap();
+        let keys = ApiKeys::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(keys.len(), 10);
+    }
 
     #[test]
     fn parses_a_valid_file() {

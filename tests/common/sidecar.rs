@@ -80,6 +80,34 @@ pub fn sidecar_env(server: &Server, name: &str, socket: &Path) -> Vec<(String, S
     ]
 }
 
+/// The `chatixia-sidecar` binary of this build. It is another package of the workspace,
+/// so Cargo gives these tests no `CARGO_BIN_EXE_` for it: it is built here (once per test
+/// process, a no-op when up to date, so a stale binary is never tested) next to the
+/// test executable's profile directory.
+pub fn sidecar_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current_exe");
+            // target/<profile>/deps/<test> -> target/<profile>
+            let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+            let release = profile_dir.file_name().is_some_and(|n| n == "release");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "chatixia-sidecar", "--bin", "chatixia-sidecar"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build -p chatixia-sidecar");
+            assert!(status.success(), "cargo build -p chatixia-sidecar failed");
+            let bin = profile_dir.join("chatixia-sidecar");
+            assert!(bin.exists(), "{} was not built", bin.display());
+            bin
+        })
+        .clone()
+}
+
 impl Sidecar {
     pub fn start(server: &Server, name: &str) -> Sidecar {
         Sidecar::start_with(server, name, &[])
@@ -90,7 +118,7 @@ impl Sidecar {
         let dir = TempDir::new();
         let socket = dir.0.join("sidecar.sock");
         let log_path = dir.0.join("sidecar.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_chatixia-sidecar"));
+        let mut cmd = Command::new(sidecar_binary());
         cmd.env_clear()
             .envs(sidecar_env(server, name, &socket))
             .envs(extra.iter().cloned())

@@ -10,9 +10,9 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::http1::{write_request, Response, ResponseParser};
-use crate::ws::client::{encode_close_masked, encode_pong_masked, encode_text_masked};
-use crate::ws::client::{ClientDecoder, ClientEvent};
+use wire::http::client::{write_request, Response, ResponseParser};
+use wire::ws::client::{encode_close_masked, encode_pong_masked, encode_text_masked};
+use wire::ws::client::{ClientDecoder, ClientEvent};
 
 /// Linux errno values the reports name (std has no stable `ErrorKind` for them).
 const EINPROGRESS: i32 = 115;
@@ -513,7 +513,7 @@ mod tests {
 
     #[test]
     fn counts_peer_lists() {
-        let f = |p: &[&str]| crate::ws::signaling::peer_list_frame(p.iter().copied());
+        let f = |p: &[&str]| wire::ws::signaling::peer_list_frame(p.iter().copied());
         assert_eq!(count_peer_list(&f(&[])), Some(0));
         assert_eq!(count_peer_list(&f(&["a", "b", "c"])), Some(3));
         assert_eq!(count_peer_list(br#"{"type":"offer","peer_id":"x"}"#), None);

@@ -528,7 +528,7 @@ pub fn parse_turn_url(s: &str) -> Result<(String, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sidecar::stun::fingerprint_ok;
+    use crate::stun::fingerprint_ok;
 
     #[test]
     fn turn_urls() {

@@ -13,6 +13,7 @@
 //! Responses are produced with [`Response`] and [`Response::encode`], which adds
 //! `content-length`, the CORS headers and `connection: close` when asked.
 
+pub mod client;
 pub mod parser;
 pub mod response;
 

@@ -1,4 +1,5 @@
-//! A tiny HTTP/1.1 client, sans-IO: a request writer and an incremental response
+//! The HTTP/1.1 client side, sans-IO (shared by the load generator, the sidecar and
+//! the tests): a request writer and an incremental response
 //! parser (httparse for the head, Content-Length bodies only; the servers we measure
 //! always send one).
 

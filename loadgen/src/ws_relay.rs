@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::keys::Peer;
 use super::net::{Fail, Sources, Target, WsConn};
 use super::{Common, Errors};
-use crate::ws::client::{encode_pong_masked, encode_text_masked, ClientEvent};
+use wire::ws::client::{encode_pong_masked, encode_text_masked, ClientEvent};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {

@@ -1,5 +1,5 @@
 //! `chatixia-sidecar`: spawned by the Python agent with env vars and no arguments
-//! (PROTOCOL.md §8; the variables are listed in `chatixia_core::sidecar::config`).
+//! (PROTOCOL.md §8; the variables are listed in `chatixia_sidecar::config`).
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
-use chatixia_core::sidecar::config::SidecarConfig;
-use chatixia_core::sidecar::driver::{self, Prepared};
+use chatixia_sidecar::config::SidecarConfig;
+use chatixia_sidecar::driver::{self, Prepared};
 use reactor::{signals, Reactor};
 
 /// How long a graceful stop may take before the shard is dropped.

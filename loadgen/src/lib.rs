@@ -6,7 +6,6 @@
 //! HdrHistogram, merged here. A progress line on stderr shows live counters.
 
 pub mod http;
-pub mod http1;
 pub mod keys;
 pub mod net;
 pub mod storm;
@@ -196,7 +195,7 @@ fn preflight(url: &str, target: &Target, peer: &keys::Peer) -> Result<(), String
         })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut req = Vec::new();
-    http1::write_request(
+    wire::http::client::write_request(
         "POST",
         "/api/token",
         &target.host,
@@ -206,7 +205,7 @@ fn preflight(url: &str, target: &Target, peer: &keys::Peer) -> Result<(), String
     );
     s.write_all(&req)
         .map_err(|e| format!("cannot talk to {url}: {e}"))?;
-    let mut parser = http1::ResponseParser::new();
+    let mut parser = wire::http::client::ResponseParser::new();
     let mut buf = [0u8; 4096];
     let resp = loop {
         if let Some(r) = parser
