@@ -132,6 +132,11 @@ impl Future for YieldNow {
 }
 
 /// The shard's yield pump (see [`YieldNow`]). Runs for the life of the shard.
+/// Yields once to the shard's scheduler, letting other ready tasks run.
+pub async fn yield_now() {
+    YieldNow::default().await
+}
+
 pub(crate) async fn yield_pump() {
     PUMP_RUNNING.with(|r| r.set(true));
     let mut batch: Vec<Waker> = Vec::new();

@@ -10,6 +10,7 @@
 //!
 //! The crate knows nothing of the application that runs on it.
 
+mod control;
 mod doorbell;
 pub mod driver;
 mod event;
@@ -24,16 +25,12 @@ pub mod sys;
 pub mod timer;
 
 pub use driver::IoDriver;
-pub use event::{LocalEvent, Wait};
+pub use event::{yield_now, LocalEvent, Wait};
 pub use mailbox::MailboxStats;
+pub use route::ShardId;
 pub use route::{shard_of, shard_of_hash, stable_hash};
 pub use runtime::{
     Reactor, ReactorBuilder, ReactorError, Running, Stopped, MAILBOX_CAPACITY_DEFAULT,
     MAILBOX_SPIN_DEFAULT,
 };
-pub use shard::{AskError, Shard, ShardId};
-
-/// Yields once to the shard's scheduler, letting other ready tasks run.
-pub async fn yield_now() {
-    event::YieldNow::default().await
-}
+pub use shard::{AskError, Shard};

@@ -1,6 +1,7 @@
 //! Key → shard routing: a stable hash, the same on every shard and every run, no table.
 
-use crate::shard::ShardId;
+/// Index of a shard, `0..count`.
+pub type ShardId = usize;
 
 /// 64-bit FNV-1a over the key, finished with the murmur3 `fmix64` avalanche so that
 /// the high bits (used by [`shard_of_hash`]) depend on every input byte.

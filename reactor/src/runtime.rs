@@ -8,32 +8,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::control::{Control, STATE_DRAINING, STATE_EXIT, STATE_RUNNING};
 use crate::doorbell::{Doorbell, DoorbellReader};
 use crate::driver::{self, DriverChoice, IoDriver};
 use crate::mailbox;
 use crate::shard::Shard;
-
-pub(crate) const STATE_RUNNING: u8 = 0;
-pub(crate) const STATE_DRAINING: u8 = 1;
-pub(crate) const STATE_EXIT: u8 = 2;
-
-/// What every thread shares: the doorbells and the process state. Atomics only; no
-/// application state crosses shards here.
-pub(crate) struct Control {
-    pub(crate) doorbells: Vec<Doorbell>,
-    pub(crate) state: AtomicU8,
-    /// Shards whose application future has finished (connections drained).
-    drained: AtomicUsize,
-}
-
-impl Control {
-    fn set_state(&self, state: u8) {
-        self.state.store(state, Ordering::Release);
-        for d in &self.doorbells {
-            d.ring_always();
-        }
-    }
-}
 
 /// Capacity of each ring between two shards, in messages. 1024 absorbs bursts of a
 /// busy shard (a scatter-gather from every connection at once) while keeping the lanes
@@ -264,7 +243,7 @@ where
         // The application runs as a task, not inside this root future: monoio polls a
         // woken root future again before running other tasks, so an application that
         // yields in a loop would starve the mailbox if it ran here.
-        let app_done = crate::LocalEvent::new();
+        let app_done = crate::event::LocalEvent::new();
         let done = app_done.clone();
         let app_fut = app(shard.clone(), value);
         let app_task = monoio::spawn(async move {

@@ -12,14 +12,12 @@ use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
+use crate::control::{Control, STATE_DRAINING, STATE_EXIT};
 use crate::doorbell::DoorbellWaiter;
 use crate::driver::IoDriver;
 use crate::event::LocalEvent;
 use crate::mailbox::{Envelope, InLane, MailboxStats, OutLane, ReplyEnvelope};
-use crate::runtime::{Control, STATE_DRAINING, STATE_EXIT};
-
-/// Index of a shard, `0..count`.
-pub type ShardId = usize;
+use crate::route::ShardId;
 
 /// Messages taken from one inbound ring per turn of the mailbox loop before it moves on
 /// to the next ring: keeps one chatty peer shard from starving the others and bounds
@@ -431,7 +429,7 @@ impl<M: Send + 'static> Shard<M> {
             if handled > 0 || last_mail.elapsed() < self.inner.spin {
                 // Traffic, or traffic a moment ago: let connection tasks run, then look
                 // again without paying for a wakeup (neither ours nor the sender's).
-                crate::yield_now().await;
+                crate::event::yield_now().await;
                 continue;
             }
             bell.prepare_sleep();
