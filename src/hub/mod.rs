@@ -30,13 +30,13 @@ pub use tasks::{
 };
 pub use topology::{topology, MeshEdge, Topology, TopologyNode};
 
-pub use crate::registry::{parse_body, BodyError, JsonBody, NOT_FOUND_BODY, OK_BODY};
+pub use crate::registry::{NOT_FOUND_BODY, OK_BODY};
 
 use std::borrow::Borrow;
 
 use serde::{Serialize, Serializer};
 
-use crate::registry::json_vec;
+use wire::json::json_vec;
 
 /// `POST /api/hub/tasks`: `{"task_id":"…"}`.
 pub fn task_created_body(task_id: &str) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::registry::JsonBody;
+use wire::json::JsonBody;
 use crate::time::UnixTime;
 
 /// A task id: 12 characters, see [`new_task_id`].

@@ -7,7 +7,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::health::Health;
-use super::JsonBody;
+use wire::json::JsonBody;
 use crate::time::UnixTime;
 
 /// Default `port` of an agent when the body has none.

@@ -3,7 +3,7 @@
 use reactor::{AskError, ShardId};
 
 use crate::http::{Request, Response};
-use crate::registry::{parse_body, JsonBody};
+use wire::json::{parse_body, JsonBody};
 use crate::server::{Msg, ShardCtx};
 
 /// A handler's early exit: the response to send.

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use crate::http::{Request, Response};
-use crate::registry::JsonBody;
+use wire::json::JsonBody;
 use crate::server::api_common::{ask_all, json_body, unexpected, Reply};
 use crate::server::{Msg, ShardCtx};
 

@@ -10,15 +10,10 @@ use crate::pairing::{
     new_peer_id, ActionError, Code, CodeStore, Entry, EntryId, GenerateCodeResponse, Issuer,
     OkBody, PairError, PairRequest, PairingStore,
 };
-use crate::registry::JsonBody;
 use crate::server::api_common::{
     ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Reply,
 };
 use crate::server::{Msg, ShardCtx};
-
-impl JsonBody for PairRequest {
-    const REQUIRED_FIELDS: &'static [&'static str] = &["code", "agent_name"];
-}
 
 fn pair_error(e: PairError) -> Response {
     Response::json(e.status(), &e.body())

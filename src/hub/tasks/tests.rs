@@ -1,5 +1,5 @@
 use super::*;
-use crate::registry::{parse_body, BodyError};
+use wire::json::{parse_body, BodyError};
 use serde_json::json;
 
 const T0: UnixTime = UnixTime(1_700_000_000_000_000_000);
