@@ -19,6 +19,9 @@
 //! `serde_json::to_value`/`json!`, so their keys are sorted ([`task_body`],
 //! [`heartbeat_body`]). `payload` is a `serde_json::Value` and so always has sorted keys.
 
+pub mod api;
+pub mod ops;
+mod pointers;
 mod tasks;
 mod topology;
 
@@ -28,6 +31,8 @@ pub use tasks::{
     EXPIRE_INTERVAL, STATE_ASSIGNED, STATE_COMPLETED, STATE_FAILED, STATE_PENDING, TASK_ID_LEN,
     TTL_EXPIRED_ERROR,
 };
+pub use ops::Store;
+pub use pointers::TaskPointers;
 pub use topology::{topology, MeshEdge, Topology, TopologyNode};
 
 pub use crate::registry::{NOT_FOUND_BODY, OK_BODY};

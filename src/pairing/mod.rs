@@ -24,8 +24,10 @@
 //! 5. [`PairingStore::create`] on the new id's shard, inheriting the issuer's mesh →
 //!    200 [`PairResponse`].
 
+pub mod api;
 pub mod codes;
 pub mod entries;
+pub mod ops;
 pub mod ratelimit;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,7 @@ pub use entries::{
     new_device_token, new_peer_id, CreateError, DeviceGrant, DeviceTokenIndex, Entry, EntryId,
     IndexInsertError, PairingStore, Status,
 };
+pub use ops::Store;
 pub use ratelimit::RateLimiter;
 
 /// Lifetime of an invite code.

@@ -14,7 +14,9 @@
 //!   keys come out sorted ([`agent_body`]).
 
 mod agents;
+pub mod api;
 mod health;
+pub mod ops;
 
 pub use agents::{
     default_port, AgentCapabilities, AgentInfo, AgentRecord, AgentStore, AgentStoreConfig,
