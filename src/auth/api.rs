@@ -1,10 +1,10 @@
 //! `POST /api/token` and `GET /api/config`.
 
+use crate::auth::ops::{Op, Reply};
 use crate::auth::DEVICE_TOKEN_ROLE;
 use crate::auth::{exchange_token, header_value_str, TokenExchange, TokenResponse};
 use crate::http::{Request, Response};
 use crate::ice::ice_config;
-use crate::auth::ops::{Op, Reply};
 use crate::server::common::{ask_owner, Answer};
 use crate::server::ShardCtx;
 

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 
 use crate::http::{Request, Response};
+use crate::hub::ops::{Op, Reply};
 use crate::hub::{
     heartbeat_body, new_task_id, task_body, task_created_body, task_list_body, Placement, Task,
     TaskId, TaskSubmission, TaskUpdate,
 };
 use crate::registry::Heartbeat;
-use crate::hub::ops::{Op, Reply};
 use crate::server::common::{
     ask, ask_all, fill_random, json_body, not_found_200, ok_json, ok_status, path_param,
     random_bytes, unexpected, Answer,

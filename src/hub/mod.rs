@@ -25,14 +25,14 @@ mod pointers;
 mod tasks;
 mod topology;
 
+pub use ops::Store;
+pub use pointers::TaskPointers;
 pub use tasks::{
     new_task_id, CreateTaskError, ExpireOutcome, Placement, SortedTask, Task, TaskId, TaskStore,
     TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_RETENTION, DEFAULT_TTL_SECS,
     EXPIRE_INTERVAL, STATE_ASSIGNED, STATE_COMPLETED, STATE_FAILED, STATE_PENDING, TASK_ID_LEN,
     TTL_EXPIRED_ERROR,
 };
-pub use ops::Store;
-pub use pointers::TaskPointers;
 pub use topology::{topology, MeshEdge, Topology, TopologyNode};
 
 pub use crate::registry::{NOT_FOUND_BODY, OK_BODY};

@@ -1,7 +1,9 @@
 //! The hub's typed operations: what another shard asks the shard that holds a task (or
 //! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
 
-use crate::hub::{CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate};
+use crate::hub::{
+    CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
+};
 use crate::registry::{AgentStore, Heartbeat};
 use crate::time::UnixTime;
 

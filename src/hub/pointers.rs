@@ -104,7 +104,7 @@ mod tests {
     fn full_table_drops_new_pointers() {
         let mut p = TaskPointers::default();
         for i in 0..TaskPointers::POINTERS_MAX {
-            assert!(p.add(format!("agent-{}", i % 7), format!("t{i}").into(), t(5)));
+            assert!(p.add(format!("agent-{}", i % 7), format!("t{i}"), t(5)));
         }
         assert!(!p.add("x".into(), "one-more".into(), t(5)));
         assert_eq!(p.len(), TaskPointers::POINTERS_MAX);

@@ -5,16 +5,15 @@
 use std::net::IpAddr;
 
 use crate::auth::header_value_str;
+use crate::auth::ops::{Op as TokenOp, Reply as TokenReply};
 use crate::http::{Request, Response};
+use crate::pairing::ops::{Op, Reply};
 use crate::pairing::{
     new_peer_id, ActionError, Code, CodeStore, Entry, EntryId, GenerateCodeResponse, Issuer,
     OkBody, PairError, PairRequest, PairingStore,
 };
-use crate::auth::ops::{Op as TokenOp, Reply as TokenReply};
-use crate::pairing::ops::{Op, Reply};
 use crate::server::common::{
-    ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected,
-    Answer,
+    ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Answer,
 };
 use crate::server::ShardCtx;
 use crate::signaling::ops::{Op as AuthzOp, Reply as AuthzReply};
@@ -198,8 +197,7 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     })
     .await;
     let token = entry.device_token.as_str();
-    let removed =
-        ask_owner_retry(ctx, token, || TokenOp::Remove(Box::new(token.to_owned()))).await;
+    let removed = ask_owner_retry(ctx, token, || TokenOp::Remove(Box::new(token.to_owned()))).await;
     if let Err(resp) = deauthorized.map(drop).and(removed.map(drop)) {
         tracing::error!(entry = %id, "revocation applied to the entry but not fully propagated (mailboxes full)");
         return Err(resp);

@@ -3,8 +3,8 @@
 
 use crate::http::{Request, Response};
 use crate::hub::{topology, topology_body};
-use crate::registry::{agent_body, agent_list_body, route_miss_body, AgentInfo, AgentRecord};
 use crate::registry::ops::{Op, Reply};
+use crate::registry::{agent_body, agent_list_body, route_miss_body, AgentInfo, AgentRecord};
 use crate::server::common::{
     ask_all, ask_owner, json_body, not_found_200, ok_json, ok_status, path_param, unexpected,
     Answer,

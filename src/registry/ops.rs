@@ -46,9 +46,7 @@ impl Op {
                 None => Reply::NotFound,
             },
             Op::List => Reply::Agents(Box::new(store.list().cloned().collect())),
-            Op::RouteFirst(skill) => {
-                Reply::Agent(store.route_first(&skill).cloned().map(Box::new))
-            }
+            Op::RouteFirst(skill) => Reply::Agent(store.route_first(&skill).cloned().map(Box::new)),
             Op::TopologyNodes => Reply::Nodes(Box::new(
                 store.list().map(TopologyNode::from_record).collect(),
             )),

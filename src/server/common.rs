@@ -4,9 +4,9 @@
 use reactor::{AskError, ShardId};
 
 use crate::http::{Request, Response};
-use wire::json::{parse_body, JsonBody};
 use crate::server::msg::ShardRequest;
 use crate::server::{Msg, ShardCtx};
+use wire::json::{parse_body, JsonBody};
 
 /// A handler's early exit: the response to send.
 pub type Answer<T> = Result<T, Response>;

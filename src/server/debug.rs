@@ -5,10 +5,10 @@
 use serde::Deserialize;
 
 use crate::http::{Request, Response};
-use wire::json::JsonBody;
 use crate::server::common::{ask_all, json_body, unexpected, Answer};
 use crate::server::msg::{ShardOp, ShardReply};
 use crate::server::ShardCtx;
+use wire::json::JsonBody;
 
 #[derive(Deserialize)]
 struct Advance {

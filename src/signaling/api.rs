@@ -192,6 +192,7 @@ pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
     drop(upgrade);
     // The connection's life runs in a task of its own, so this handshake task (and its
     // larger state) is freed now.
-    monoio::spawn(session::serve_peer(ctx, stream, key, resp, leftover, client_ip));
+    monoio::spawn(session::serve_peer(
+        ctx, stream, key, resp, leftover, client_ip,
+    ));
 }
-

@@ -103,7 +103,11 @@ mod tests {
         let mut a = PeerAuthz::default();
         assert!(a.add("p", Some("blue")));
         assert!(a.add("p", None), "a second entry with the same peer id");
-        assert_eq!(a.mesh("p"), Some(Some("blue")), "the first approval's mesh stays");
+        assert_eq!(
+            a.mesh("p"),
+            Some(Some("blue")),
+            "the first approval's mesh stays"
+        );
         assert!(!a.remove("p", t(10)), "one approval is left");
         assert!(a.contains("p"));
         assert!(!a.is_revoked("p"));

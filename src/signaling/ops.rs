@@ -71,7 +71,9 @@ impl Op {
             }
             Op::PeerList(b) => {
                 let (mesh, exclude) = *b;
-                Some(Reply::Peers(Box::new(conns.list(mesh.as_deref(), &exclude))))
+                Some(Reply::Peers(Box::new(
+                    conns.list(mesh.as_deref(), &exclude),
+                )))
             }
             Op::IpAcquire(ip) => Some(Reply::Allowed(
                 conns.ip_acquire(*ip, limits.connections_per_ip_max),

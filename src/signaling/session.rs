@@ -296,4 +296,3 @@ async fn on_text(ctx: &Rc<ShardCtx>, key: usize, text: &[u8]) {
         }
     }
 }
-

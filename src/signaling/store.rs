@@ -238,7 +238,13 @@ impl ConnTable {
 
     /// Delivers a relayed frame to a local peer of the same mesh; unknown targets and
     /// other meshes are dropped silently, as the protocol says.
-    pub(super) fn deliver(&self, target: &str, mesh: Option<&str>, frame: Box<[u8]>, limits: &WsLimits) {
+    pub(super) fn deliver(
+        &self,
+        target: &str,
+        mesh: Option<&str>,
+        frame: Box<[u8]>,
+        limits: &WsLimits,
+    ) {
         let key = self.by_id.borrow().get(target).copied();
         let Some(key) = key else { return };
         let same_mesh = self
@@ -345,7 +351,6 @@ pub(super) fn take_output(ws: &ConnTable, key: usize) -> (Vec<u8>, bool) {
     }
     (out, slot.close.is_some())
 }
-
 
 /// Per identity, how often a replaced connection is logged at warn.
 pub const DUPLICATE_WARN_INTERVAL_SECS: u64 = 60;

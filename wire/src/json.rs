@@ -108,7 +108,6 @@ pub fn json_vec<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,7 +127,10 @@ mod tests {
         assert_eq!(parse_body::<Body>(b"{").unwrap_err().status(), 400);
         let err = parse_body::<Body>(b"{}").unwrap_err();
         assert!(matches!(err, BodyError::MissingField { field: "name", .. }));
-        assert_eq!(parse_body::<Body>(br#"{"name":1}"#).unwrap_err().status(), 422);
+        assert_eq!(
+            parse_body::<Body>(br#"{"name":1}"#).unwrap_err().status(),
+            422
+        );
         assert!(parse_body::<Body>(br#"{"name":"x","other":1}"#).is_ok());
         assert_eq!(json_vec(&[1, 2]), b"[1,2]");
     }

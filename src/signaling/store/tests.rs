@@ -105,7 +105,10 @@ fn idle_sweep_pings_at_half_and_closes_at_the_timeout() {
     assert_eq!(close_of(&t, k), None);
     t.sweep_idle(1060, &l);
     let (code, reason) = close_of(&t, k).unwrap();
-    assert_eq!((code, reason.as_str()), (close_code::GOING_AWAY, "idle timeout"));
+    assert_eq!(
+        (code, reason.as_str()),
+        (close_code::GOING_AWAY, "idle timeout")
+    );
 }
 
 #[test]
@@ -156,7 +159,11 @@ fn lists_and_relays_within_one_mesh_only() {
     let u = t.register("u".into(), None, false, 0);
     let mut peers = t.list(None, "a");
     peers.sort();
-    assert_eq!(peers, vec![Box::<str>::from("b")], "unauthorized and other meshes hidden");
+    assert_eq!(
+        peers,
+        vec![Box::<str>::from("b")],
+        "unauthorized and other meshes hidden"
+    );
     assert_eq!(t.list(Some("blue"), "x"), vec![Box::<str>::from("m")]);
     t.deliver("m", None, frame(3), &l);
     assert_eq!(queued(&t, m), 0, "other mesh: dropped");
@@ -178,7 +185,10 @@ fn duplicates_warn_once_per_identity_per_minute() {
     assert!(log.should_warn("p", 100));
     assert!(!log.should_warn("p", 100));
     assert!(!log.should_warn("p", 159));
-    assert!(log.should_warn("q", 120), "identities are rate limited apart");
+    assert!(
+        log.should_warn("q", 120),
+        "identities are rate limited apart"
+    );
     assert!(log.should_warn("p", 160), "again after a minute");
     assert!(!log.should_warn("p", 200));
     assert!(!log.should_warn("q", 179));
