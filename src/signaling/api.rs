@@ -176,7 +176,7 @@ pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         release_ip(&ctx, client_ip).await;
         return refuse(stream, 401, "pairing revoked").await;
     }
-    if ctx.ws.open.get() as usize >= ctx.config.ws.connections_per_shard_max {
+    if !ctx.ws.has_room(&ctx.config.ws) {
         inc(&ctx.ws.refused);
         release_ip(&ctx, client_ip).await;
         return refuse(stream, 503, "too many signaling connections on this shard").await;

@@ -149,6 +149,12 @@ impl ConnTable {
         self.open.set(self.open.get() - 1);
     }
 
+    /// Whether this shard may run one more connection (`connections_per_shard_max`;
+    /// beyond it the upgrade is refused with 503).
+    pub(super) fn has_room(&self, limits: &WsLimits) -> bool {
+        (self.open.get() as usize) < limits.connections_per_shard_max
+    }
+
     pub fn metrics(&self) -> crate::metrics::WsMetrics {
         crate::metrics::WsMetrics {
             open: self.open.get(),

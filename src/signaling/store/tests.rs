@@ -66,6 +66,28 @@ fn the_byte_limit_bounds_what_waits_behind_a_frame() {
 }
 
 #[test]
+fn the_shard_connection_limit_counts_open_connections() {
+    let t = ConnTable::default();
+    let l = WsLimits {
+        connections_per_shard_max: 2,
+        ..limits()
+    };
+    assert!(t.has_room(&l));
+    let a = t.register("a".into(), None, true, 0);
+    assert!(t.has_room(&l));
+    let b = t.register("b".into(), None, true, 0);
+    assert!(!t.has_room(&l), "two open, limit two");
+    // A replaced connection still counts until its task ends.
+    let b2 = t.register("b".into(), None, true, 0);
+    assert_eq!(t.open.get(), 3);
+    t.unregister(b);
+    t.unregister(a);
+    assert!(t.has_room(&l));
+    t.unregister(b2);
+    assert_eq!(t.open.get(), 0);
+}
+
+#[test]
 fn per_ip_counts_are_limited_and_released() {
     let t = ConnTable::default();
     let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
