@@ -3,7 +3,7 @@
 //! place that does I/O or reads the clock.
 //!
 //! * [`msg`]: the shard message, one request and one reply enum per service; the owner
-//!   side is each service's `ops::Op::apply`, dispatched by [`ShardCtx::on_message`];
+//!   side is each service's `ops::Op::apply`, dispatched by `ShardCtx::on_message`;
 //! * [`router`]: path and method → a service's HTTP handler (`registry::api`, …,
 //!   `signaling::upgrade` for `/ws`);
 //! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
