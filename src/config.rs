@@ -116,12 +116,12 @@ impl Cli {
     }
 
     /// The signaling limits.
-    pub fn ws_limits(&self) -> Result<crate::server::ws::WsLimits, String> {
+    pub fn ws_limits(&self) -> Result<crate::signaling::WsLimits, String> {
         let idle = secs("--ws-idle-timeout", self.ws_idle_timeout)?;
         if idle < Duration::from_secs(1) {
             return Err("--ws-idle-timeout must be at least 1 second".into());
         }
-        Ok(crate::server::ws::WsLimits {
+        Ok(crate::signaling::WsLimits {
             message_size_max: self.ws_message_max,
             outbound_bytes_max: self.ws_outbound_bytes_max,
             outbound_frames_max: self.ws_outbound_frames_max,

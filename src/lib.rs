@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod server;
+pub mod signaling;
 
 pub use wire::{http, time, ws};

@@ -7,8 +7,10 @@
 //! `DeviceTokenIndex` shard that owns the token, after which [`TokenResponse::issue`] builds
 //! the reply with role [`DEVICE_TOKEN_ROLE`].
 
+pub mod api;
 pub mod jwt;
 pub mod keys;
+pub mod ops;
 
 use serde::Serialize;
 

@@ -19,9 +19,14 @@
 //! `serde_json::to_value`/`json!`, so their keys are sorted ([`task_body`],
 //! [`heartbeat_body`]). `payload` is a `serde_json::Value` and so always has sorted keys.
 
+pub mod api;
+pub mod ops;
+mod pointers;
 mod tasks;
 mod topology;
 
+pub use ops::Store;
+pub use pointers::TaskPointers;
 pub use tasks::{
     new_task_id, CreateTaskError, ExpireOutcome, Placement, SortedTask, Task, TaskId, TaskStore,
     TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_RETENTION, DEFAULT_TTL_SECS,
@@ -30,13 +35,13 @@ pub use tasks::{
 };
 pub use topology::{topology, MeshEdge, Topology, TopologyNode};
 
-pub use crate::registry::{parse_body, BodyError, JsonBody, NOT_FOUND_BODY, OK_BODY};
+pub use crate::registry::{NOT_FOUND_BODY, OK_BODY};
 
 use std::borrow::Borrow;
 
 use serde::{Serialize, Serializer};
 
-use crate::registry::json_vec;
+use wire::json::json_vec;
 
 /// `POST /api/hub/tasks`: `{"task_id":"…"}`.
 pub fn task_created_body(task_id: &str) -> Vec<u8> {

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::registry::JsonBody;
 use crate::time::UnixTime;
+use wire::json::JsonBody;
 
 /// A task id: 12 characters, see [`new_task_id`].
 pub type TaskId = String;

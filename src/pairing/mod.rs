@@ -14,7 +14,7 @@
 //! `POST /api/pairing/pair`, in the reference's order:
 //! 1. the body must deserialize as [`PairRequest`] (the HTTP layer's job; failures there
 //!    are answered before any check below and do not count against the rate limit; see
-//!    [`PairRequest::from_json`]);
+//!    `wire::json::parse_body`);
 //! 2. [`RateLimiter::check_and_count`] for the client IP: `false` → 429
 //!    [`PairError::RateLimited`]. Every attempt that gets past this counts, whether it then
 //!    succeeds or fails; refused (429) attempts do not count;
@@ -24,8 +24,10 @@
 //! 5. [`PairingStore::create`] on the new id's shard, inheriting the issuer's mesh →
 //!    200 [`PairResponse`].
 
+pub mod api;
 pub mod codes;
 pub mod entries;
+pub mod ops;
 pub mod ratelimit;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,7 @@ pub use entries::{
     new_device_token, new_peer_id, CreateError, DeviceGrant, DeviceTokenIndex, Entry, EntryId,
     IndexInsertError, PairingStore, Status,
 };
+pub use ops::Store;
 pub use ratelimit::RateLimiter;
 
 /// Lifetime of an invite code.
@@ -84,36 +87,8 @@ pub struct PairRequest {
     pub agent_name: String,
 }
 
-/// A body that could not be read as JSON of the expected shape, classified the way axum's
-/// `Json` extractor answers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JsonBodyError {
-    /// Not JSON, truncated, or trailing data: 400.
-    Syntax(String),
-    /// JSON of the wrong shape (missing field, wrong type): 422.
-    Data(String),
-}
-
-impl JsonBodyError {
-    /// HTTP status the reference answers with.
-    pub fn status(&self) -> u16 {
-        match self {
-            JsonBodyError::Syntax(_) => 400,
-            JsonBodyError::Data(_) => 422,
-        }
-    }
-
-    /// Plain-text body in axum's wording.
-    pub fn message(&self) -> String {
-        match self {
-            JsonBodyError::Syntax(e) => {
-                format!("Failed to parse the request body as JSON: {e}")
-            }
-            JsonBodyError::Data(e) => {
-                format!("Failed to deserialize the JSON body into the target type: {e}")
-            }
-        }
-    }
+impl wire::json::JsonBody for PairRequest {
+    const REQUIRED_FIELDS: &'static [&'static str] = &["code", "agent_name"];
 }
 
 /// The pieces of a [`PairRequest`] that passed validation.
@@ -126,15 +101,6 @@ pub struct ValidPair<'a> {
 }
 
 impl PairRequest {
-    /// Deserialize a request body. (The reference also demands `Content-Type:
-    /// application/json`, answering 415 otherwise; that is the HTTP layer's check.)
-    pub fn from_json(body: &[u8]) -> Result<PairRequest, JsonBodyError> {
-        serde_json::from_slice(body).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => JsonBodyError::Data(e.to_string()),
-            _ => JsonBodyError::Syntax(e.to_string()),
-        })
-    }
-
     /// Step 3 of the pair flow: code format first, then the trimmed agent name.
     pub fn validate(&self) -> Result<ValidPair<'_>, PairError> {
         let code = Code::parse(&self.code).ok_or(PairError::BadCodeFormat)?;
@@ -417,7 +383,7 @@ mod tests {
     #[test]
     fn request_json() {
         assert_eq!(
-            PairRequest::from_json(br#"{"code":"123456","agent_name":"a","x":1}"#),
+            wire::json::parse_body::<PairRequest>(br#"{"code":"123456","agent_name":"a","x":1}"#),
             Ok(req("123456", "a"))
         );
         for (body, status) in [
@@ -428,7 +394,7 @@ mod tests {
             (b"", 400),
             (br#"{"code":"123456","agent_name":"a"} x"#, 400),
         ] {
-            let err = PairRequest::from_json(body).unwrap_err();
+            let err = wire::json::parse_body::<PairRequest>(body).unwrap_err();
             assert_eq!(err.status(), status, "{}", String::from_utf8_lossy(body));
         }
     }
@@ -473,7 +439,7 @@ mod tests {
 
         // The pair handler, as the server will run it.
         let mut pair = |body: &str, now: UnixTime| -> Result<PairResponse, PairError> {
-            let req = PairRequest::from_json(body.as_bytes()).unwrap();
+            let req = wire::json::parse_body::<PairRequest>(body.as_bytes()).unwrap();
             if !limiter.check_and_count(client, now) {
                 return Err(PairError::RateLimited);
             }

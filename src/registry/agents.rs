@@ -7,8 +7,8 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::health::Health;
-use super::JsonBody;
 use crate::time::UnixTime;
+use wire::json::JsonBody;
 
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {

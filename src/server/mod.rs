@@ -1,21 +1,18 @@
 //! The shard application: accept loop, per-connection HTTP loop, routing, and the
-//! messages shards exchange. This is the only place that does I/O or reads the clock.
+//! messages shards exchange. With the services' `api` and `session` modules, the only
+//! place that does I/O or reads the clock.
 //!
-//! * [`owner`]: what a shard does with a message about state it owns (synchronous);
-//! * `api_*`: the HTTP side of each service, which asks the owners;
-//! * [`router`]: path and method → handler.
+//! * [`msg`]: the shard message, one request and one reply enum per service; the owner
+//!   side is each service's `ops::Op::apply`, dispatched by `ShardCtx::on_message`;
+//! * [`router`]: path and method → a service's HTTP handler (`registry::api`, …,
+//!   `signaling::upgrade` for `/ws`);
+//! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
 
-mod api_auth;
-mod api_common;
-mod api_debug;
-mod api_hub;
-mod api_pairing;
-mod api_registry;
+pub mod common;
 pub mod conn;
+mod debug;
 pub mod msg;
-mod owner;
 pub mod router;
-pub mod ws;
 
 use std::cell::{Cell, RefCell};
 use std::net::TcpListener as StdListener;
@@ -26,14 +23,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reactor::Shard;
 
 use crate::auth::ApiKeys;
-use crate::hub::{TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
+use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
 use crate::metrics::{ShardCounters, ShardMetrics};
-use crate::pairing::{CodeStore, DeviceTokenIndex, PairingStore, RateLimiter};
+use crate::pairing::DeviceTokenIndex;
 use crate::registry::{AgentStore, AgentStoreConfig, HEALTH_CHECK_INTERVAL};
+use crate::signaling::{ConnTable, PeerAuthz, WsLimits};
 use crate::time::UnixTime;
-pub use api_auth::is_authorized;
+use crate::{hub, pairing, signaling};
 pub use msg::Msg;
-pub use owner::{PeerAuthz, TaskPointers};
+use msg::{ShardOp, ShardReply};
 
 /// How often expired invite codes and idle rate-limit buckets are swept (as the
 /// reference's pairing cleanup loop).
@@ -57,7 +55,7 @@ pub struct ServerConfig {
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
     /// Signaling WebSocket limits.
-    pub ws: ws::WsLimits,
+    pub ws: WsLimits,
 }
 
 impl ServerConfig {
@@ -72,21 +70,24 @@ impl ServerConfig {
             turn: None,
             task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
-            ws: ws::WsLimits::default(),
+            ws: WsLimits::default(),
         }
     }
 }
 
-/// The state one shard owns (see docs/ARCHITECTURE.md, "State placement").
+/// The state one shard owns, one store per service (see docs/ARCHITECTURE.md, "State
+/// placement"); the signaling connection table is [`ShardCtx::ws`].
 pub struct ShardState {
+    /// Registry: the agents whose `shard_of(agent_id)` is this shard.
     pub agents: RefCell<AgentStore>,
-    pub tasks: RefCell<TaskStore>,
-    pub pointers: RefCell<TaskPointers>,
-    pub codes: RefCell<CodeStore>,
-    pub entries: RefCell<PairingStore>,
+    /// Hub: tasks homed here, and pointers for the agents owned here.
+    pub hub: RefCell<hub::Store>,
+    /// Pairing: invite codes, entries, `pair` rate-limit buckets.
+    pub pairing: RefCell<pairing::Store>,
+    /// Auth: the device-token index.
     pub tokens: RefCell<DeviceTokenIndex>,
-    pub authorized: RefCell<PeerAuthz>,
-    pub rate: RefCell<RateLimiter>,
+    /// Signaling: which of the peers owned here may signal.
+    pub authz: RefCell<PeerAuthz>,
 }
 
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
@@ -96,7 +97,7 @@ pub struct ShardCtx {
     pub config: Arc<ServerConfig>,
     pub state: ShardState,
     /// Live signaling connections of the peers this shard owns.
-    pub ws: ws::WsShard,
+    pub ws: ConnTable,
     /// Added to the wall clock (only `POST /debug/clock` changes it).
     clock_offset: Cell<u64>,
 }
@@ -112,16 +113,16 @@ impl ShardCtx {
             counters: ShardCounters::default(),
             state: ShardState {
                 agents: RefCell::new(AgentStore::new(AgentStoreConfig::default())),
-                tasks: RefCell::new(TaskStore::new(tasks)),
-                pointers: RefCell::new(TaskPointers::default()),
-                codes: RefCell::new(CodeStore::new()),
-                entries: RefCell::new(PairingStore::new()),
+                hub: RefCell::new(hub::Store {
+                    tasks: TaskStore::new(tasks),
+                    pointers: TaskPointers::default(),
+                }),
+                pairing: RefCell::new(pairing::Store::new()),
                 tokens: RefCell::new(DeviceTokenIndex::new()),
-                authorized: RefCell::new(PeerAuthz::default()),
-                rate: RefCell::new(RateLimiter::new()),
+                authz: RefCell::new(PeerAuthz::default()),
             },
             config,
-            ws: ws::WsShard::default(),
+            ws: ConnTable::default(),
             clock_offset: Cell::new(0),
         }
     }
@@ -139,16 +140,47 @@ impl ShardCtx {
         self.clock_offset.get()
     }
 
-    /// Handles a message from another shard (or this one); returns the reply of an ask.
-    fn on_message(&self, _from: usize, msg: Msg) -> Option<Msg> {
+    /// Handles a message from another shard (or this one): applies a request to the
+    /// store it names; returns the reply of an ask.
+    fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
+        let st = &self.state;
         match msg {
-            Msg::MetricsQuery => Some(Msg::Metrics(Box::new(self.metrics_snapshot()))),
-            Msg::SetClock(offset) => {
+            Msg::Registry(op) => Some(Msg::RegistryReply(
+                op.apply(&mut st.agents.borrow_mut(), self.now()),
+            )),
+            Msg::Hub(op) => Some(Msg::HubReply(op.apply(
+                &mut st.hub.borrow_mut(),
+                &mut st.agents.borrow_mut(),
+                self.now(),
+            ))),
+            Msg::Pairing(op) => Some(Msg::PairingReply(
+                op.apply(&mut st.pairing.borrow_mut(), self.now()),
+            )),
+            Msg::Auth(op) => Some(Msg::AuthReply(op.apply(&mut st.tokens.borrow_mut()))),
+            Msg::Signaling(op) => signaling::api::on_op(self, op).map(Msg::SignalingReply),
+            Msg::Adopt(a) => {
+                signaling::api::on_adopt(self, a);
+                None
+            }
+            Msg::Shard(op) => Some(Msg::ShardReply(self.on_shard_op(op))),
+            // Replies go to the asking future, never to this handler.
+            Msg::RegistryReply(_)
+            | Msg::HubReply(_)
+            | Msg::PairingReply(_)
+            | Msg::AuthReply(_)
+            | Msg::SignalingReply(_)
+            | Msg::ShardReply(_) => None,
+        }
+    }
+
+    fn on_shard_op(&self, op: ShardOp) -> ShardReply {
+        match op {
+            ShardOp::Metrics => ShardReply::Metrics(Box::new(self.metrics_snapshot())),
+            ShardOp::SetClock(offset) => {
                 self.clock_offset.set(offset);
                 self.run_periodic_jobs();
-                Some(Msg::Ok)
+                ShardReply::ClockSet
             }
-            other => owner::handle(self, other),
         }
     }
 
@@ -169,15 +201,17 @@ impl ShardCtx {
 
     fn job_expire(&self) {
         let now = self.now();
-        self.state.tasks.borrow_mut().expire(now);
-        self.state.pointers.borrow_mut().sweep(now);
+        let mut hub = self.state.hub.borrow_mut();
+        hub.tasks.expire(now);
+        hub.pointers.sweep(now);
     }
 
     fn job_pairing_sweep(&self) {
         let now = self.now();
-        self.state.codes.borrow_mut().sweep(now);
-        self.state.rate.borrow_mut().sweep(now);
-        self.state.authorized.borrow_mut().sweep(now);
+        let mut pairing = self.state.pairing.borrow_mut();
+        pairing.codes.sweep(now);
+        pairing.rate.sweep(now);
+        self.state.authz.borrow_mut().sweep(now);
     }
 
     fn job_ws_idle(&self) {
@@ -201,14 +235,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
 pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<ServerConfig>) {
     let ctx = Rc::new(ShardCtx::new(shard.clone(), config));
     let handler_ctx = ctx.clone();
-    shard.set_handler(move |from, msg| match msg {
-        Msg::WsAdopt(_)
-        | Msg::WsRelay(_)
-        | Msg::WsPeerList(_)
-        | Msg::IpAcquire(_)
-        | Msg::IpRelease(_) => ws::on_message(&handler_ctx, msg),
-        other => handler_ctx.on_message(from, other),
-    });
+    shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());

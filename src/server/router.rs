@@ -1,10 +1,37 @@
-//! Routing: path and method → handler. Handlers that need other shards' state ask them
-//! over the mailboxes; everything else is answered locally.
+//! Routing: path and method → a service's handler. Every route is here, `/ws` too (it
+//! takes the connection out of the HTTP loop: [`route_ws`]). Handlers that need other
+//! shards' state ask them over the mailboxes; everything else is answered locally.
 
 use std::net::SocketAddr;
+use std::rc::Rc;
+
+use monoio::net::TcpStream;
 
 use crate::http::{Method, Request, Response};
-use crate::server::{api_auth, api_debug, api_hub, api_pairing, api_registry, Msg, ShardCtx};
+use crate::server::msg::{ShardOp, ShardReply};
+use crate::server::{debug, Msg, ShardCtx};
+use crate::{auth, hub, pairing, registry, signaling};
+
+/// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
+pub const WS_PATH: &str = "/ws";
+
+/// Whether `req` is the signaling WebSocket's (handled by [`route_ws`], not [`handle`]).
+pub fn is_ws(req: &Request) -> bool {
+    req.path == WS_PATH
+}
+
+/// `/ws`: the signaling upgrade. Consumes the connection: once authorized it is run by
+/// the shard that owns the peer (`signaling::api`). `leftover`: bytes read after the
+/// request.
+pub async fn route_ws(
+    ctx: &Rc<ShardCtx>,
+    stream: TcpStream,
+    req: &Request,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+) {
+    signaling::upgrade(ctx, stream, req, leftover, peer).await
+}
 
 /// The routes this server knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,27 +250,27 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     let result = match m.route {
         Route::Healthz => Ok(Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())),
         Route::Metrics => Ok(metrics(ctx).await),
-        Route::Token => api_auth::token(ctx, req).await,
-        Route::IceConfig => Ok(api_auth::ice(ctx)),
-        Route::Agents if method == Method::Post => api_registry::register(ctx, req).await,
-        Route::Agents => api_registry::list(ctx).await,
-        Route::Agent if method == Method::Delete => api_registry::delete(ctx, p(0)).await,
-        Route::Agent => api_registry::get(ctx, p(0)).await,
-        Route::RouteSkill => api_registry::route(ctx, req).await,
-        Route::Heartbeat => api_hub::heartbeat(ctx, req).await,
-        Route::Topology => api_registry::topology_route(ctx).await,
-        Route::Tasks => api_hub::create(ctx, req).await,
-        Route::TasksAll => api_hub::list(ctx).await,
-        Route::Task if method == Method::Post => api_hub::update(ctx, req, p(0)).await,
-        Route::Task => api_hub::get(ctx, p(0)).await,
-        Route::GenerateCode => api_pairing::generate_code(ctx, req).await,
-        Route::Pair => api_pairing::pair(ctx, req, peer.ip()).await,
-        Route::PairingPending => api_pairing::list(ctx, true).await,
-        Route::PairingAll => api_pairing::list(ctx, false).await,
-        Route::Approve => api_pairing::approve(ctx, p(0)).await,
-        Route::Reject => api_pairing::reject(ctx, p(0)).await,
-        Route::Revoke => api_pairing::revoke(ctx, p(0)).await,
-        Route::DebugClock => api_debug::clock(ctx, req).await,
+        Route::Token => auth::api::token(ctx, req).await,
+        Route::IceConfig => Ok(auth::api::ice(ctx)),
+        Route::Agents if method == Method::Post => registry::api::register(ctx, req).await,
+        Route::Agents => registry::api::list(ctx).await,
+        Route::Agent if method == Method::Delete => registry::api::delete(ctx, p(0)).await,
+        Route::Agent => registry::api::get(ctx, p(0)).await,
+        Route::RouteSkill => registry::api::route(ctx, req).await,
+        Route::Heartbeat => hub::api::heartbeat(ctx, req).await,
+        Route::Topology => registry::api::topology_route(ctx).await,
+        Route::Tasks => hub::api::create(ctx, req).await,
+        Route::TasksAll => hub::api::list(ctx).await,
+        Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0)).await,
+        Route::Task => hub::api::get(ctx, p(0)).await,
+        Route::GenerateCode => pairing::api::generate_code(ctx, req).await,
+        Route::Pair => pairing::api::pair(ctx, req, peer.ip()).await,
+        Route::PairingPending => pairing::api::list(ctx, true).await,
+        Route::PairingAll => pairing::api::list(ctx, false).await,
+        Route::Approve => pairing::api::approve(ctx, p(0)).await,
+        Route::Reject => pairing::api::reject(ctx, p(0)).await,
+        Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
+        Route::DebugClock => debug::clock(ctx, req).await,
     };
     result.unwrap_or_else(|resp| resp)
 }
@@ -256,11 +283,11 @@ fn preflight(allow: String) -> Response {
 }
 
 async fn metrics(ctx: &ShardCtx) -> Response {
-    let replies = ctx.shard.ask_all(|_| Msg::MetricsQuery).await;
+    let replies = ctx.shard.ask_all(|_| Msg::Shard(ShardOp::Metrics)).await;
     let mut shards = Vec::with_capacity(replies.len());
     for (i, r) in replies.into_iter().enumerate() {
         match r {
-            Ok(Msg::Metrics(m)) => shards.push(*m),
+            Ok(Msg::ShardReply(ShardReply::Metrics(m))) => shards.push(*m),
             Ok(_) | Err(reactor::AskError::NoReply) => {
                 return Response::error(500, format!("shard {i} sent no metrics"));
             }

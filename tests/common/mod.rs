@@ -2,7 +2,7 @@
 //! std TcpStreams, kill it on drop.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use serde_json::{json, Value};
+use wire::http::client::ResponseParser;
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
@@ -218,8 +219,8 @@ impl Server {
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.set_nodelay(true)?;
         Ok(Conn {
-            reader: BufReader::new(s.try_clone()?),
             stream: s,
+            parser: ResponseParser::new(),
         })
     }
 
@@ -264,7 +265,8 @@ impl Drop for Server {
 /// One keep-alive connection.
 pub struct Conn {
     stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// The shared HTTP/1.1 response reader (`wire::http::client`).
+    parser: ResponseParser,
 }
 
 #[derive(Debug)]
@@ -326,37 +328,7 @@ impl Conn {
     }
 
     fn read_response(&mut self, head: bool) -> std::io::Result<Resp> {
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            self.reader.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let len: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = vec![0; if head { 0 } else { len }];
-        self.reader.read_exact(&mut body)?;
-        Ok(Resp {
-            status,
-            headers,
-            body,
-        })
+        read_with(&mut self.stream, &mut self.parser, head)
     }
 
     pub fn request(
@@ -408,54 +380,48 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Reads one content-length-framed response from a raw stream, keeping leftover bytes
-/// in `buf` (for pipelining tests).
-pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
+/// Reads one response with the shared reader (`wire::http::client::ResponseParser`),
+/// reading from `s` as needed; bytes past it stay in the parser.
+fn read_with(s: &mut TcpStream, parser: &mut ResponseParser, head: bool) -> std::io::Result<Resp> {
     loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let mut lines = head.split("\r\n");
-            let status: u16 = lines
-                .next()
-                .unwrap()
-                .split(' ')
-                .nth(1)
-                .unwrap()
-                .parse()
-                .unwrap();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .collect();
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k == "content-length")
-                .map(|(_, v)| v.parse().unwrap())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + len {
-                read_more(s, buf);
+        let polled = if head {
+            parser.poll_head()
+        } else {
+            parser.poll()
+        };
+        match polled.map_err(std::io::Error::other)? {
+            Some(r) => {
+                return Ok(Resp {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                })
             }
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
-            return Resp {
-                status,
-                headers,
-                body,
-            };
+            None => {
+                let mut tmp = [0u8; 8192];
+                let n = s.read(&mut tmp)?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                parser.feed(&tmp[..n]);
+            }
         }
-        read_more(s, buf);
     }
 }
 
-fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) {
-    let mut tmp = [0u8; 8192];
-    let n = s.read(&mut tmp).expect("read");
-    assert!(
-        n > 0,
-        "connection closed; have {:?}",
-        String::from_utf8_lossy(buf)
-    );
-    buf.extend_from_slice(&tmp[..n]);
+/// Reads one content-length-framed response from a raw stream, keeping leftover bytes
+/// in `buf` (for pipelining tests).
+pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Resp {
+    let mut parser = ResponseParser::new();
+    parser.feed(buf);
+    let resp = read_with(s, &mut parser, false).unwrap_or_else(|e| {
+        panic!(
+            "no response ({e}); have {:?}",
+            String::from_utf8_lossy(&parser.take_rest())
+        )
+    });
+    *buf = parser.take_rest();
+    resp
 }
 
 pub fn find(h: &[u8], n: &[u8]) -> Option<usize> {

@@ -4,6 +4,7 @@
 //! the limits of the API keys file, and time. Nothing here does I/O or reads the clock.
 
 pub mod http;
+pub mod json;
 pub mod keys_file;
 pub mod time;
 pub mod ws;

@@ -1,6 +1,6 @@
 use super::*;
-use crate::registry::{parse_body, BodyError};
 use serde_json::json;
+use wire::json::{parse_body, BodyError};
 
 const T0: UnixTime = UnixTime(1_700_000_000_000_000_000);
 

@@ -71,6 +71,16 @@ impl ResponseParser {
     /// The next complete response, if there is one. A `101 Switching Protocols` has
     /// no body: what follows it belongs to the new protocol ([`Self::take_rest`]).
     pub fn poll(&mut self) -> Result<Option<Response>, String> {
+        self.poll_inner(false)
+    }
+
+    /// Like [`poll`](Self::poll), for the response to a HEAD request: it has no body,
+    /// whatever its `Content-Length` says (RFC 9110 §9.3.2).
+    pub fn poll_head(&mut self) -> Result<Option<Response>, String> {
+        self.poll_inner(true)
+    }
+
+    fn poll_inner(&mut self, head: bool) -> Result<Option<Response>, String> {
         let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut resp = httparse::Response::new(&mut headers);
         let head_len = match resp.parse(&self.buf) {
@@ -100,7 +110,7 @@ impl ResponseParser {
         if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
             return Err("chunked responses are not supported by the bench client".into());
         }
-        let body_len = if status == 101 || status == 204 || status == 304 {
+        let body_len = if head || status == 101 || status == 204 || status == 304 {
             0
         } else {
             match find("content-length") {

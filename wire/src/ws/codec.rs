@@ -47,6 +47,8 @@ fn err(code: u16, reason: &'static str) -> WsError {
 
 /// Control frames carry at most 125 bytes (RFC 6455 §5.5).
 const CONTROL_PAYLOAD_MAX: u64 = 125;
+/// Longest frame header: 2 bytes, an 8-byte extended length, a 4-byte mask.
+const FRAME_HEADER_MAX: usize = 14;
 
 /// The decoder of one connection.
 #[derive(Debug)]
@@ -73,6 +75,14 @@ impl Decoder {
         self.partial.capacity() + self.fragments.as_ref().map_or(0, |(_, v)| v.capacity())
     }
 
+    /// The most [`held_bytes`](Self::held_bytes) can be, whatever the input: one
+    /// incomplete frame (a header and at most `message_size_max` of payload, kept without
+    /// spare room) and one fragmented message in progress (at most `message_size_max`,
+    /// with at most as much again of spare capacity from growing).
+    pub fn held_bytes_max(&self) -> usize {
+        FRAME_HEADER_MAX + self.message_size_max + 2 * self.message_size_max
+    }
+
     /// Decodes `input` (appended to any partial frame), calling `on_event` for each
     /// complete message or control frame. After an error the connection must close.
     pub fn decode(
@@ -91,6 +101,9 @@ impl Decoder {
             let used = self.decode_frames(&buf, &mut on_event)?;
             buf.drain(..used);
             if !buf.is_empty() {
+                // What is left is one incomplete frame; the read it came with may have
+                // been larger, so give back the room beyond it.
+                buf.shrink_to_fit();
                 self.partial = buf;
             }
         }
@@ -455,6 +468,48 @@ mod tests {
                 buf.push(x as u8);
             }
             let _ = d.decode(&buf, |_| {});
+            assert!(d.held_bytes() <= d.held_bytes_max());
+        }
+        // Masked frames with random lengths and payloads, fed in random pieces to one
+        // decoder until it refuses them: what it holds stays within its limit.
+        for _ in 0..500 {
+            let mut d = Decoder::new(4096);
+            let mut stream = Vec::new();
+            for _ in 0..8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let len = (x % 6000) as usize;
+                let opcode = [0x1, 0x2, 0x0, 0x9][(x >> 20) as usize % 4];
+                let fin = if (x >> 30) % 2 == 0 { 0x80 } else { 0 };
+                stream.push(fin | opcode);
+                if len < 126 {
+                    stream.push(0x80 | len as u8);
+                } else {
+                    stream.push(0x80 | 126);
+                    stream.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                stream.extend_from_slice(&(x as u32).to_be_bytes());
+                stream.extend((0..len).map(|i| (x >> (i % 56)) as u8));
+            }
+            let mut rest = &stream[..];
+            while !rest.is_empty() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let n = ((x % 20_000) as usize + 1).min(rest.len());
+                let ok = d.decode(&rest[..n], |_| {}).is_ok();
+                assert!(
+                    d.held_bytes() <= d.held_bytes_max(),
+                    "{} > {}",
+                    d.held_bytes(),
+                    d.held_bytes_max()
+                );
+                if !ok {
+                    break;
+                }
+                rest = &rest[n..];
+            }
         }
     }
 

@@ -5,20 +5,18 @@
 use std::net::IpAddr;
 
 use crate::auth::header_value_str;
+use crate::auth::ops::{Op as TokenOp, Reply as TokenReply};
 use crate::http::{Request, Response};
+use crate::pairing::ops::{Op, Reply};
 use crate::pairing::{
     new_peer_id, ActionError, Code, CodeStore, Entry, EntryId, GenerateCodeResponse, Issuer,
     OkBody, PairError, PairRequest, PairingStore,
 };
-use crate::registry::JsonBody;
-use crate::server::api_common::{
-    ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Reply,
+use crate::server::common::{
+    ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Answer,
 };
-use crate::server::{Msg, ShardCtx};
-
-impl JsonBody for PairRequest {
-    const REQUIRED_FIELDS: &'static [&'static str] = &["code", "agent_name"];
-}
+use crate::server::ShardCtx;
+use crate::signaling::ops::{Op as AuthzOp, Reply as AuthzReply};
 
 fn pair_error(e: PairError) -> Response {
     Response::json(e.status(), &e.body())
@@ -29,7 +27,7 @@ fn action_error(e: ActionError) -> Response {
 }
 
 /// `POST /api/pairing/generate-code`: needs the `X-API-Key` of a known key.
-pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let entry = req
         .header("x-api-key")
         .and_then(|v| header_value_str(v.as_bytes()))
@@ -45,10 +43,10 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
         random_bytes::<1>()?;
         let code = Code::random(&mut fill_random);
         let key = code.to_string();
-        match ask_owner(ctx, &key, Msg::CodeInsert(Box::new((code, issuer.clone())))).await? {
-            Msg::Ok => return Ok(Response::json(200, &GenerateCodeResponse::new(code))),
-            Msg::InUse => continue,
-            Msg::Full => return Ok(Response::error(503, "too many live invite codes")),
+        match ask_owner(ctx, &key, Op::CodeInsert(Box::new((code, issuer.clone())))).await? {
+            Reply::Done => return Ok(Response::json(200, &GenerateCodeResponse::new(code))),
+            Reply::InUse => continue,
+            Reply::Full => return Ok(Response::error(503, "too many live invite codes")),
             _ => return Ok(unexpected()),
         }
     }
@@ -57,12 +55,12 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
 
 /// `POST /api/pairing/pair`, in the reference's order: body, rate limit, code format,
 /// agent name, redeem, create.
-pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Reply<Response> {
+pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
     let body: PairRequest = json_body(req)?;
     let ip_key = client.to_string();
-    match ask_owner(ctx, &ip_key, Msg::RateCheck(Box::new(client))).await? {
-        Msg::Bool(true) => {}
-        Msg::Bool(false) => return Ok(pair_error(PairError::RateLimited)),
+    match ask_owner(ctx, &ip_key, Op::RateCheck(Box::new(client))).await? {
+        Reply::Allowed(true) => {}
+        Reply::Allowed(false) => return Ok(pair_error(PairError::RateLimited)),
         _ => return Ok(unexpected()),
     }
     let valid = match body.validate() {
@@ -70,25 +68,25 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Reply<Respon
         Err(e) => return Ok(pair_error(e)),
     };
     let code_key = valid.code.to_string();
-    let issuer = match ask_owner(ctx, &code_key, Msg::CodeRedeem(valid.code)).await? {
-        Msg::Issuer(Some(i)) => *i,
-        Msg::Issuer(None) => return Ok(pair_error(PairError::InvalidCode)),
+    let issuer = match ask_owner(ctx, &code_key, Op::CodeRedeem(valid.code)).await? {
+        Reply::Issuer(Some(i)) => *i,
+        Reply::Issuer(None) => return Ok(pair_error(PairError::InvalidCode)),
         _ => return Ok(unexpected()),
     };
     for _ in 0..PairingStore::CREATE_TRIES_MAX {
         random_bytes::<1>()?;
         let id = EntryId::random(&mut fill_random);
         let peer_id = new_peer_id(&mut fill_random);
-        let msg = Msg::EntryCreate(Box::new((
+        let op = Op::EntryCreate(Box::new((
             id,
             peer_id,
             valid.agent_name.to_owned(),
             issuer.clone(),
         )));
-        match ask_owner(ctx, &id.to_string(), msg).await? {
-            Msg::Entry(e) => return Ok(Response::json(200, &e.pair_response())),
-            Msg::InUse => continue,
-            Msg::Full => return Ok(pair_error(PairError::StoreFull)),
+        match ask_owner(ctx, &id.to_string(), op).await? {
+            Reply::Entry(e) => return Ok(Response::json(200, &e.pair_response())),
+            Reply::InUse => continue,
+            Reply::Full => return Ok(pair_error(PairError::StoreFull)),
             _ => return Ok(unexpected()),
         }
     }
@@ -96,11 +94,11 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Reply<Respon
 }
 
 /// `GET /api/pairing/pending` and `/all`: every shard's entries, oldest first.
-pub async fn list(ctx: &ShardCtx, pending_only: bool) -> Reply<Response> {
+pub async fn list(ctx: &ShardCtx, pending_only: bool) -> Answer<Response> {
     let mut all: Vec<Entry> = Vec::new();
-    for r in ask_all(ctx, |_| Msg::EntryList(pending_only)).await? {
+    for r in ask_all(ctx, |_| Op::EntryList(pending_only)).await? {
         match r {
-            Msg::Entries(v) => all.extend(*v),
+            Reply::Entries(v) => all.extend(*v),
             _ => return Ok(unexpected()),
         }
     }
@@ -109,26 +107,26 @@ pub async fn list(ctx: &ShardCtx, pending_only: bool) -> Reply<Response> {
 }
 
 /// The entry id of the path, or the action's 404.
-fn entry_id(raw: &str, err: ActionError) -> Reply<EntryId> {
+fn entry_id(raw: &str, err: ActionError) -> Answer<EntryId> {
     EntryId::parse(raw).ok_or_else(|| action_error(err))
 }
 
 /// `POST /api/pairing/{id}/approve`: approve on the entry's shard (with a device token
 /// drawn here), index the token on `shard_of(token)`, authorize the peer on
 /// `shard_of(peer_id)`.
-pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let not_pending = ActionError::NotFoundOrNotPending;
     let id = entry_id(raw_id, not_pending)?;
     let bytes = random_bytes::<16>()?;
     let entry = match ask_owner(
         ctx,
         &id.to_string(),
-        Msg::EntryApprove(Box::new((id, bytes))),
+        Op::EntryApprove(Box::new((id, bytes))),
     )
     .await?
     {
-        Msg::Entry(e) => e,
-        Msg::NotFound => return Ok(action_error(not_pending)),
+        Reply::Entry(e) => e,
+        Reply::NotFound => return Ok(action_error(not_pending)),
         _ => return Ok(unexpected()),
     };
     let Some(grant) = entry.device_grant() else {
@@ -138,29 +136,29 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
     let indexed = ask_owner(
         ctx,
         &token,
-        Msg::TokenInsert(Box::new((token.clone(), grant))),
+        TokenOp::Insert(Box::new((token.clone(), grant))),
     )
     .await;
     let authorized = match &indexed {
-        Ok(Msg::Ok) => {
+        Ok(TokenReply::Done) => {
             ask_owner(
                 ctx,
                 &entry.peer_id,
-                Msg::PeerAuthorize(Box::new((entry.peer_id.clone(), entry.mesh.clone()))),
+                AuthzOp::PeerAuthorize(Box::new((entry.peer_id.clone(), entry.mesh.clone()))),
             )
             .await
         }
-        Ok(_) => Ok(Msg::Full),
-        Err(_) => Ok(Msg::Full),
+        Ok(_) => Ok(AuthzReply::Full),
+        Err(_) => Ok(AuthzReply::Full),
     };
-    if !matches!(authorized, Ok(Msg::Ok)) {
+    if !matches!(authorized, Ok(AuthzReply::Done)) {
         // The token does not work (128 random bits already indexed, an index at its
         // limit, or a full mailbox): withdraw the approval so no entry claims a token
         // that grants nothing: the entry goes back to pending, so the admin can retry.
-        if matches!(indexed, Ok(Msg::Ok)) {
-            let _ = ask_owner_retry(ctx, &token, || Msg::TokenRemove(token.as_str().into())).await;
+        if matches!(indexed, Ok(TokenReply::Done)) {
+            let _ = ask_owner_retry(ctx, &token, || TokenOp::Remove(Box::new(token.clone()))).await;
         }
-        let _ = ask_owner_retry(ctx, &id.to_string(), || Msg::EntryWithdraw(id)).await;
+        let _ = ask_owner_retry(ctx, &id.to_string(), || Op::EntryWithdraw(id)).await;
         return Ok(Response::error(
             503,
             "could not activate the device token; try again later",
@@ -170,34 +168,37 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
 }
 
 /// `POST /api/pairing/{id}/reject`.
-pub async fn reject(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+pub async fn reject(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let err = ActionError::NotFoundOrNotPending;
     let id = entry_id(raw_id, err)?;
-    match ask_owner(ctx, &id.to_string(), Msg::EntryReject(id)).await? {
-        Msg::Entry(_) => Ok(Response::json(200, &OkBody::OK)),
-        Msg::NotFound => Ok(action_error(err)),
+    match ask_owner(ctx, &id.to_string(), Op::EntryReject(id)).await? {
+        Reply::Entry(_) => Ok(Response::json(200, &OkBody::OK)),
+        Reply::NotFound => Ok(action_error(err)),
         _ => Ok(unexpected()),
     }
 }
 
 /// `POST /api/pairing/{id}/revoke`: the entry, then its token and its peer's
 /// authorization.
-pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let err = ActionError::NotFoundOrNotApproved;
     let id = entry_id(raw_id, err)?;
-    let entry = match ask_owner(ctx, &id.to_string(), Msg::EntryRevoke(id)).await? {
-        Msg::Entry(e) => e,
-        Msg::NotFound => return Ok(action_error(err)),
+    let entry = match ask_owner(ctx, &id.to_string(), Op::EntryRevoke(id)).await? {
+        Reply::Entry(e) => e,
+        Reply::NotFound => return Ok(action_error(err)),
         _ => return Ok(unexpected()),
     };
     // Both follow-ups are attempted whatever the other's outcome (the entry is already
     // revoked, so an admin's retry would find nothing to do): the peer's authorization
     // first, since that closes its live signaling connections.
     let peer = entry.peer_id.as_str();
-    let deauthorized = ask_owner_retry(ctx, peer, || Msg::PeerDeauthorize(peer.into())).await;
+    let deauthorized = ask_owner_retry(ctx, peer, || {
+        AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
+    })
+    .await;
     let token = entry.device_token.as_str();
-    let removed = ask_owner_retry(ctx, token, || Msg::TokenRemove(token.into())).await;
-    if let Err(resp) = deauthorized.and(removed) {
+    let removed = ask_owner_retry(ctx, token, || TokenOp::Remove(Box::new(token.to_owned()))).await;
+    if let Err(resp) = deauthorized.map(drop).and(removed.map(drop)) {
         tracing::error!(entry = %id, "revocation applied to the entry but not fully propagated (mailboxes full)");
         return Err(resp);
     }

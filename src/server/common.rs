@@ -1,17 +1,19 @@
-//! Helpers shared by the HTTP handlers: JSON bodies, asking owners, randomness.
+//! Helpers shared by the services' HTTP handlers: JSON bodies, asking owners (typed:
+//! each request gets its service's reply), randomness, path parameters.
 
 use reactor::{AskError, ShardId};
 
 use crate::http::{Request, Response};
-use crate::registry::{parse_body, JsonBody};
+use crate::server::msg::ShardRequest;
 use crate::server::{Msg, ShardCtx};
+use wire::json::{parse_body, JsonBody};
 
 /// A handler's early exit: the response to send.
-pub type Reply<T> = Result<T, Response>;
+pub type Answer<T> = Result<T, Response>;
 
 /// The JSON body of `req` as `T`: 415 without `Content-Type: application/json`, 400 for
 /// malformed JSON, 422 for a missing field or a wrong type.
-pub fn json_body<T: JsonBody>(req: &Request) -> Reply<T> {
+pub fn json_body<T: JsonBody>(req: &Request) -> Answer<T> {
     if !req.content_type_is_json() {
         return Err(Response::error(
             415,
@@ -31,21 +33,30 @@ fn ask_error(to: ShardId, e: AskError<Msg>) -> Response {
 }
 
 /// Asks the owner shard `to`; a full mailbox is 503.
-pub async fn ask(ctx: &ShardCtx, to: ShardId, msg: Msg) -> Reply<Msg> {
-    ctx.shard.ask(to, msg).await.map_err(|e| ask_error(to, e))
+pub async fn ask<R: ShardRequest>(ctx: &ShardCtx, to: ShardId, req: R) -> Answer<R::Reply> {
+    let msg = ctx
+        .shard
+        .ask(to, req.into_msg())
+        .await
+        .map_err(|e| ask_error(to, e))?;
+    R::reply(msg).ok_or_else(unexpected)
 }
 
 /// Asks the owner of `key`.
-pub async fn ask_owner(ctx: &ShardCtx, key: &str, msg: Msg) -> Reply<Msg> {
-    ask(ctx, ctx.shard.shard_of(key), msg).await
+pub async fn ask_owner<R: ShardRequest>(ctx: &ShardCtx, key: &str, req: R) -> Answer<R::Reply> {
+    ask(ctx, ctx.shard.shard_of(key), req).await
 }
 
 /// Asks every shard (`make(shard)`), replies in shard order; any failure is the answer.
-pub async fn ask_all(ctx: &ShardCtx, make: impl Fn(ShardId) -> Msg) -> Reply<Vec<Msg>> {
-    let replies = ctx.shard.ask_all(make).await;
+pub async fn ask_all<R: ShardRequest>(
+    ctx: &ShardCtx,
+    make: impl Fn(ShardId) -> R,
+) -> Answer<Vec<R::Reply>> {
+    let replies = ctx.shard.ask_all(|s| make(s).into_msg()).await;
     let mut out = Vec::with_capacity(replies.len());
     for (i, r) in replies.into_iter().enumerate() {
-        out.push(r.map_err(|e| ask_error(i, e))?);
+        let msg = r.map_err(|e| ask_error(i, e))?;
+        out.push(R::reply(msg).ok_or_else(unexpected)?);
     }
     Ok(out)
 }
@@ -57,7 +68,7 @@ pub fn unexpected() -> Response {
 }
 
 /// `N` random bytes from the OS.
-pub fn random_bytes<const N: usize>() -> Reply<[u8; N]> {
+pub fn random_bytes<const N: usize>() -> Answer<[u8; N]> {
     let mut buf = [0u8; N];
     getrandom::getrandom(&mut buf).map_err(|e| {
         tracing::error!(error = %e, "getrandom failed");
@@ -75,32 +86,28 @@ pub fn fill_random(buf: &mut [u8]) {
 }
 
 /// A path segment, percent-decoded (as axum's `Path` does). Invalid escapes or UTF-8 → 400.
-pub fn path_param(raw: &str) -> Reply<String> {
+pub fn path_param(raw: &str) -> Answer<String> {
     if !raw.contains('%') {
         return Ok(raw.to_owned());
     }
+    // The crate keeps a `%` without two hex digits as it is; this API refuses it.
     let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
+    let escapes_valid = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'%')
+        .all(|(i, _)| {
+            bytes
                 .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                    continue;
-                }
-                None => return Err(Response::error(400, "invalid percent-encoding in path")),
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+        });
+    if !escapes_valid {
+        return Err(Response::error(400, "invalid percent-encoding in path"));
     }
-    String::from_utf8(out).map_err(|_| Response::error(400, "path is not valid UTF-8"))
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| Response::error(400, "path is not valid UTF-8"))
 }
 
 /// A pre-serialized JSON body with status 200.
@@ -121,16 +128,36 @@ pub fn not_found_200() -> Response {
 /// Tries to reach a shard before giving up on a full mailbox: for the follow-up steps of
 /// an operation already applied elsewhere (revoking a token after its entry), which
 /// should not be left half done because of a burst.
-pub async fn ask_owner_retry(ctx: &ShardCtx, key: &str, make: impl Fn() -> Msg) -> Reply<Msg> {
+pub async fn ask_owner_retry<R: ShardRequest>(
+    ctx: &ShardCtx,
+    key: &str,
+    make: impl Fn() -> R,
+) -> Answer<R::Reply> {
     const TRIES: usize = 200;
     const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
     let to = ctx.shard.shard_of(key);
     for _ in 0..TRIES {
-        match ctx.shard.ask(to, make()).await {
-            Ok(m) => return Ok(m),
+        match ctx.shard.ask(to, make().into_msg()).await {
+            Ok(m) => return R::reply(m).ok_or_else(unexpected),
             Err(AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
             Err(e) => return Err(ask_error(to, e)),
         }
     }
-    Err(ask_error(to, AskError::Full(make())))
+    Err(ask_error(to, AskError::Full(make().into_msg())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_params_are_percent_decoded() {
+        assert_eq!(path_param("abc").unwrap(), "abc");
+        assert_eq!(path_param("a%20b%2Fc").unwrap(), "a b/c");
+        assert_eq!(path_param("%C3%A9").unwrap(), "é");
+        for bad in ["%", "%4", "%zz", "a%2", "%%41"] {
+            assert_eq!(path_param(bad).unwrap_err().status, 400, "{bad}");
+        }
+        assert_eq!(path_param("%FF").unwrap_err().status, 400);
+    }
 }

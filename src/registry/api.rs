@@ -3,33 +3,35 @@
 
 use crate::http::{Request, Response};
 use crate::hub::{topology, topology_body};
+use crate::registry::ops::{Op, Reply};
 use crate::registry::{agent_body, agent_list_body, route_miss_body, AgentInfo, AgentRecord};
-use crate::server::api_common::{
-    ask_all, ask_owner, json_body, not_found_200, ok_json, ok_status, path_param, unexpected, Reply,
+use crate::server::common::{
+    ask_all, ask_owner, json_body, not_found_200, ok_json, ok_status, path_param, unexpected,
+    Answer,
 };
-use crate::server::{Msg, ShardCtx};
+use crate::server::ShardCtx;
 
 fn agents_full() -> Response {
     Response::error(503, "agent registry is full")
 }
 
 /// `POST /api/registry/agents`.
-pub async fn register(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+pub async fn register(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let info: AgentInfo = json_body(req)?;
     let id = info.agent_id.clone();
-    match ask_owner(ctx, &id, Msg::AgentUpsert(Box::new(info))).await? {
-        Msg::Ok => Ok(ok_status()),
-        Msg::Full => Ok(agents_full()),
+    match ask_owner(ctx, &id, Op::Upsert(Box::new(info))).await? {
+        Reply::Done => Ok(ok_status()),
+        Reply::Full => Ok(agents_full()),
         _ => Ok(unexpected()),
     }
 }
 
 /// `GET /api/registry/agents`: every shard's agents, merged by `agent_id`.
-pub async fn list(ctx: &ShardCtx) -> Reply<Response> {
+pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
     let mut all: Vec<AgentRecord> = Vec::new();
-    for r in ask_all(ctx, |_| Msg::AgentList).await? {
+    for r in ask_all(ctx, |_| Op::List).await? {
         match r {
-            Msg::Agents(v) => all.extend(*v),
+            Reply::Agents(v) => all.extend(*v),
             _ => return Ok(unexpected()),
         }
     }
@@ -38,39 +40,39 @@ pub async fn list(ctx: &ShardCtx) -> Reply<Response> {
 }
 
 /// `GET /api/registry/agents/{id}`.
-pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;
-    match ask_owner(ctx, &id, Msg::AgentGet(id.clone().into())).await? {
-        Msg::Agent(Some(rec)) => Ok(ok_json(agent_body(&rec))),
-        Msg::Agent(None) => Ok(not_found_200()),
+    match ask_owner(ctx, &id, Op::Get(Box::new(id.clone()))).await? {
+        Reply::Agent(Some(rec)) => Ok(ok_json(agent_body(&rec))),
+        Reply::Agent(None) => Ok(not_found_200()),
         _ => Ok(unexpected()),
     }
 }
 
 /// `DELETE /api/registry/agents/{id}`.
-pub async fn delete(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+pub async fn delete(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;
-    match ask_owner(ctx, &id, Msg::AgentDelete(id.clone().into())).await? {
-        Msg::Ok => Ok(ok_status()),
-        Msg::NotFound => Ok(not_found_200()),
+    match ask_owner(ctx, &id, Op::Delete(Box::new(id.clone()))).await? {
+        Reply::Done => Ok(ok_status()),
+        Reply::NotFound => Ok(not_found_200()),
         _ => Ok(unexpected()),
     }
 }
 
 /// `GET /api/registry/route?skill=X`: the best candidate of every shard, then the one
 /// with the smallest `route_key` (earliest registered, then `agent_id`).
-pub async fn route(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+pub async fn route(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let Some(skill) = req.query_param("skill") else {
         return Ok(Response::error(
             400,
             "Failed to deserialize query string: missing field `skill`",
         ));
     };
-    let skill_box: Box<str> = skill.clone().into();
+
     let mut best: Option<Box<AgentRecord>> = None;
-    for r in ask_all(ctx, |_| Msg::RouteFirst(skill_box.clone())).await? {
+    for r in ask_all(ctx, |_| Op::RouteFirst(Box::new(skill.clone()))).await? {
         match r {
-            Msg::Agent(Some(rec)) => {
+            Reply::Agent(Some(rec)) => {
                 if best
                     .as_ref()
                     .is_none_or(|b| rec.route_key() < b.route_key())
@@ -78,7 +80,7 @@ pub async fn route(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
                     best = Some(rec);
                 }
             }
-            Msg::Agent(None) => {}
+            Reply::Agent(None) => {}
             _ => return Ok(unexpected()),
         }
     }
@@ -89,11 +91,11 @@ pub async fn route(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
 }
 
 /// `GET /api/hub/network/topology`.
-pub async fn topology_route(ctx: &ShardCtx) -> Reply<Response> {
+pub async fn topology_route(ctx: &ShardCtx) -> Answer<Response> {
     let mut nodes = Vec::new();
-    for r in ask_all(ctx, |_| Msg::TopologyNodes).await? {
+    for r in ask_all(ctx, |_| Op::TopologyNodes).await? {
         match r {
-            Msg::Nodes(v) => nodes.extend(*v),
+            Reply::Nodes(v) => nodes.extend(*v),
             _ => return Ok(unexpected()),
         }
     }

@@ -5,9 +5,10 @@
 use serde::Deserialize;
 
 use crate::http::{Request, Response};
-use crate::registry::JsonBody;
-use crate::server::api_common::{ask_all, json_body, unexpected, Reply};
-use crate::server::{Msg, ShardCtx};
+use crate::server::common::{ask_all, json_body, unexpected, Answer};
+use crate::server::msg::{ShardOp, ShardReply};
+use crate::server::ShardCtx;
+use wire::json::JsonBody;
 
 #[derive(Deserialize)]
 struct Advance {
@@ -21,7 +22,7 @@ impl JsonBody for Advance {
 /// Largest step accepted: a century.
 const ADVANCE_SECS_MAX: f64 = 100.0 * 365.0 * 86_400.0;
 
-pub async fn clock(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+pub async fn clock(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let adv: Advance = json_body(req)?;
     if !(adv.advance_secs.is_finite() && (0.0..=ADVANCE_SECS_MAX).contains(&adv.advance_secs)) {
         return Ok(Response::error(
@@ -31,8 +32,8 @@ pub async fn clock(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
     }
     let step = (adv.advance_secs * 1e9) as u64;
     let offset = ctx.clock_offset().saturating_add(step);
-    for r in ask_all(ctx, |_| Msg::SetClock(offset)).await? {
-        if !matches!(r, Msg::Ok) {
+    for r in ask_all(ctx, |_| ShardOp::SetClock(offset)).await? {
+        if !matches!(r, ShardReply::ClockSet) {
             return Ok(unexpected());
         }
     }

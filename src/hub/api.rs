@@ -8,14 +8,15 @@
 use std::collections::BTreeMap;
 
 use crate::http::{Request, Response};
+use crate::hub::ops::{Op, Reply};
 use crate::hub::{
     heartbeat_body, new_task_id, task_body, task_created_body, task_list_body, Placement, Task,
     TaskId, TaskSubmission, TaskUpdate,
 };
 use crate::registry::Heartbeat;
-use crate::server::api_common::{
+use crate::server::common::{
     ask, ask_all, fill_random, json_body, not_found_200, ok_json, ok_status, path_param,
-    random_bytes, unexpected, Reply,
+    random_bytes, unexpected, Answer,
 };
 use crate::server::{Msg, ShardCtx};
 
@@ -26,7 +27,7 @@ const TASK_ID_TRIES_MAX: usize = 8;
 /// Draws a task id that hashes to `home`. Each draw hits `home` with probability
 /// 1/shards, so this takes `shards` draws on average; the bound only matters if the
 /// random source is broken.
-fn draw_task_id(ctx: &ShardCtx, home: usize) -> Reply<TaskId> {
+fn draw_task_id(ctx: &ShardCtx, home: usize) -> Answer<TaskId> {
     random_bytes::<1>()?; // fail early (500) if the OS has no randomness
     let draws_max = 64 * ctx.shard.count().max(1) + 64;
     for _ in 0..draws_max {
@@ -39,7 +40,7 @@ fn draw_task_id(ctx: &ShardCtx, home: usize) -> Reply<TaskId> {
 }
 
 /// `POST /api/hub/tasks`.
-pub async fn create(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let sub: TaskSubmission = json_body(req)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
@@ -56,20 +57,20 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
         let Some(s) = sub.take() else { break };
-        let msg = Msg::TaskCreate(Box::new((id.clone(), s)));
-        match ask(ctx, home, msg).await? {
-            Msg::Ok => {
+        let op = Op::Create(Box::new((id.clone(), s)));
+        match ask(ctx, home, op).await? {
+            Reply::Done => {
                 if let Some(to) = pointer_to {
                     let deadline = ctx.now().saturating_add_secs(ttl);
-                    let ptr = Msg::TaskPointer(Box::new((target, id.clone(), deadline)));
+                    let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
                     if ask(ctx, to, ptr).await.is_err() {
                         tracing::warn!(task = %id, "could not leave a task pointer (mailbox full)");
                     }
                 }
                 return Ok(ok_json(task_created_body(&id)));
             }
-            Msg::Full => return Ok(Response::error(503, "task store is full")),
-            Msg::InUse => {
+            Reply::Full => return Ok(Response::error(503, "task store is full")),
+            Reply::InUse => {
                 // The submission was consumed by the message; rebuild it from the request.
                 sub = Some(json_body(req)?);
             }
@@ -80,11 +81,11 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
 }
 
 /// `GET /api/hub/tasks/all`: every shard's tasks, by creation time then id.
-pub async fn list(ctx: &ShardCtx) -> Reply<Response> {
+pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
     let mut all: Vec<Task> = Vec::new();
-    for r in ask_all(ctx, |_| Msg::TaskList).await? {
+    for r in ask_all(ctx, |_| Op::List).await? {
         match r {
-            Msg::Tasks(v) => all.extend(*v),
+            Reply::Tasks(v) => all.extend(*v),
             _ => return Ok(unexpected()),
         }
     }
@@ -97,24 +98,24 @@ fn sort_tasks(tasks: &mut [Task]) {
 }
 
 /// `GET /api/hub/tasks/{id}`.
-pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Reply<Response> {
+pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;
     let to = ctx.shard.shard_of(&id);
-    match ask(ctx, to, Msg::TaskGet(id.into())).await? {
-        Msg::Task(Some(t)) => Ok(ok_json(task_body(&t))),
-        Msg::Task(None) => Ok(not_found_200()),
+    match ask(ctx, to, Op::Get(Box::new(id))).await? {
+        Reply::Task(Some(t)) => Ok(ok_json(task_body(&t))),
+        Reply::Task(None) => Ok(not_found_200()),
         _ => Ok(unexpected()),
     }
 }
 
 /// `POST /api/hub/tasks/{id}`.
-pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Reply<Response> {
+pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;
     let upd: TaskUpdate = json_body(req)?;
     let to = ctx.shard.shard_of(&id);
-    match ask(ctx, to, Msg::TaskUpdate(Box::new((id, upd)))).await? {
-        Msg::Ok => Ok(ok_status()),
-        Msg::NotFound => Ok(not_found_200()),
+    match ask(ctx, to, Op::Update(Box::new((id, upd)))).await? {
+        Reply::Done => Ok(ok_status()),
+        Reply::NotFound => Ok(not_found_200()),
         _ => Ok(unexpected()),
     }
 }
@@ -124,14 +125,14 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Reply<Respon
 /// claims that id if still pending; (3) every other shard among `shard_of(skill)` claims
 /// its matching tasks. Each claim is a local state change on the task's only shard, so
 /// a task is assigned at most once however heartbeats race.
-pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
+pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let hb: Heartbeat = json_body(req)?;
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let (mut claimed, pointers) = match ask(ctx, owner, Msg::Heartbeat(Box::new(hb))).await? {
-        Msg::HeartbeatDone(b) => *b,
-        Msg::Full => return Ok(Response::error(503, "agent registry is full")),
+    let (mut claimed, pointers) = match ask(ctx, owner, Op::Heartbeat(Box::new(hb))).await? {
+        Reply::HeartbeatDone(b) => *b,
+        Reply::Full => return Ok(Response::error(503, "agent registry is full")),
         _ => return Ok(unexpected()),
     };
 
@@ -153,14 +154,14 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
     let mut first_error = None;
     for (home, ids) in by_home {
         let keep = ids.clone();
-        match ask(ctx, home, Msg::ClaimIds(Box::new((agent.clone(), ids)))).await {
-            Ok(Msg::Tasks(v)) => claimed.extend(*v),
+        match ask(ctx, home, Op::ClaimIds(Box::new((agent.clone(), ids)))).await {
+            Ok(Reply::Tasks(v)) => claimed.extend(*v),
             Ok(_) => return Ok(unexpected()),
             Err(resp) => {
                 // Keep the pointers for the next heartbeat.
                 let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
                 for id in keep {
-                    let ptr = Msg::TaskPointer(Box::new((agent.clone(), id, deadline)));
+                    let ptr = Msg::Hub(Op::Pointer(Box::new((agent.clone(), id, deadline))));
                     let _ = ctx.shard.try_tell(owner, ptr);
                 }
                 first_error.get_or_insert(resp);
@@ -168,9 +169,9 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Reply<Response> {
         }
     }
     for s in skill_shards {
-        let msg = Msg::ClaimFor(Box::new((agent.clone(), skills.clone())));
-        match ask(ctx, s, msg).await {
-            Ok(Msg::Tasks(v)) => claimed.extend(*v),
+        let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone())));
+        match ask(ctx, s, op).await {
+            Ok(Reply::Tasks(v)) => claimed.extend(*v),
             Ok(_) => return Ok(unexpected()),
             // Tasks stay pending on that shard for the next heartbeat; what was already
             // claimed must still be handed out, so the answer is not an error.

@@ -1,0 +1,110 @@
+//! The hub's typed operations: what another shard asks the shard that holds a task (or
+//! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
+
+use crate::hub::{
+    CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
+};
+use crate::registry::{AgentStore, Heartbeat};
+use crate::time::UnixTime;
+
+/// The hub state one shard owns: the tasks homed here and the pointers left for the
+/// agents it owns.
+pub struct Store {
+    pub tasks: TaskStore,
+    pub pointers: TaskPointers,
+}
+
+/// A request to the hub of one shard. Every payload is one word (see `server::msg`).
+pub enum Op {
+    /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
+    /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
+    Heartbeat(Box<Heartbeat>),
+    /// Store a new pending task under this id. → `Done` | `InUse` | `Full`.
+    Create(Box<(TaskId, TaskSubmission)>),
+    /// Leave a pointer to a task living elsewhere, for its target agent (owner:
+    /// `shard_of(target)`); `(target, task id, deadline)`. → `Done` (a full table drops
+    /// the pointer with a warning: the task stays claimable through its skill).
+    Pointer(Box<(String, TaskId, UnixTime)>),
+    /// One task. → `Task`.
+    Get(Box<String>),
+    /// Update a task. → `Done` | `NotFound`.
+    Update(Box<(String, TaskUpdate)>),
+    /// Every task of the shard. → `Tasks`.
+    List,
+    /// Claim these ids (pointers) for the agent if still pending; `(agent, ids)`.
+    /// → `Tasks`.
+    ClaimIds(Box<(String, Vec<TaskId>)>),
+    /// Claim every local pending task matching the agent; `(agent, skills)`. → `Tasks`.
+    ClaimFor(Box<(String, Vec<String>)>),
+}
+
+/// The hub owner's answer to an [`Op`].
+pub enum Reply {
+    Done,
+    NotFound,
+    InUse,
+    Full,
+    /// `(claimed tasks, pointers to resolve)`.
+    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
+    Task(Option<Box<Task>>),
+    Tasks(Box<Vec<Task>>),
+}
+
+impl Op {
+    /// Applies the operation to the shard's hub state (and, for a heartbeat, to its
+    /// agent registry: the agent and its targeted tasks share an owner).
+    pub fn apply(self, store: &mut Store, agents: &mut AgentStore, now: UnixTime) -> Reply {
+        match self {
+            Op::Heartbeat(hb) => {
+                if agents.heartbeat(&hb, now).is_err() {
+                    return Reply::Full;
+                }
+                let claimed = store
+                    .tasks
+                    .claim_for_agent(&hb.agent_id, &hb.skill_names, now);
+                let pointers = if hb.agent_id.is_empty() {
+                    Vec::new()
+                } else {
+                    store.pointers.take(&hb.agent_id)
+                };
+                Reply::HeartbeatDone(Box::new((claimed, pointers)))
+            }
+            Op::Create(b) => {
+                let (id, sub) = *b;
+                match store.tasks.create(sub, id, now) {
+                    Ok(_) => Reply::Done,
+                    Err(CreateTaskError::DuplicateId) => Reply::InUse,
+                    Err(CreateTaskError::Full { .. }) => Reply::Full,
+                }
+            }
+            Op::Pointer(b) => {
+                let (agent, id, deadline) = *b;
+                if !store.pointers.add(agent, id, deadline) {
+                    tracing::warn!("task pointer table full; pointer dropped");
+                }
+                Reply::Done
+            }
+            Op::Get(id) => Reply::Task(store.tasks.get(&id).cloned().map(Box::new)),
+            Op::Update(b) => {
+                let (id, upd) = *b;
+                match store.tasks.update(&id, upd, now) {
+                    Some(_) => Reply::Done,
+                    None => Reply::NotFound,
+                }
+            }
+            Op::List => Reply::Tasks(Box::new(store.tasks.list().cloned().collect())),
+            Op::ClaimIds(b) => {
+                let (agent, ids) = *b;
+                let claimed: Vec<Task> = ids
+                    .iter()
+                    .filter_map(|id| store.tasks.claim_id(id, &agent, now))
+                    .collect();
+                Reply::Tasks(Box::new(claimed))
+            }
+            Op::ClaimFor(b) => {
+                let (agent, skills) = *b;
+                Reply::Tasks(Box::new(store.tasks.claim_for_agent(&agent, &skills, now)))
+            }
+        }
+    }
+}

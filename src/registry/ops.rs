@@ -1,0 +1,55 @@
+//! The registry's typed operations: what another shard asks the owner of an agent
+//! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side.
+
+use crate::hub::TopologyNode;
+use crate::registry::{AgentInfo, AgentRecord, AgentStore};
+use crate::time::UnixTime;
+
+/// A request to the registry of one shard. Every payload is one word (a box), so the
+/// shard message stays three words (see `server::msg`).
+pub enum Op {
+    /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
+    Upsert(Box<AgentInfo>),
+    /// One agent. → `Agent`.
+    Get(Box<String>),
+    /// Remove an agent. → `Done` | `NotFound`.
+    Delete(Box<String>),
+    /// Every agent of the shard. → `Agents`.
+    List,
+    /// The shard's best active agent with this skill. → `Agent`.
+    RouteFirst(Box<String>),
+    /// The shard's topology nodes. → `Nodes`.
+    TopologyNodes,
+}
+
+/// The registry owner's answer to an [`Op`].
+pub enum Reply {
+    Done,
+    NotFound,
+    Full,
+    Agent(Option<Box<AgentRecord>>),
+    Agents(Box<Vec<AgentRecord>>),
+    Nodes(Box<Vec<TopologyNode>>),
+}
+
+impl Op {
+    /// Applies the operation to the shard's agent store.
+    pub fn apply(self, store: &mut AgentStore, now: UnixTime) -> Reply {
+        match self {
+            Op::Upsert(info) => match store.upsert(*info, now) {
+                Ok(_) => Reply::Done,
+                Err(_) => Reply::Full,
+            },
+            Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),
+            Op::Delete(id) => match store.remove(&id) {
+                Some(_) => Reply::Done,
+                None => Reply::NotFound,
+            },
+            Op::List => Reply::Agents(Box::new(store.list().cloned().collect())),
+            Op::RouteFirst(skill) => Reply::Agent(store.route_first(&skill).cloned().map(Box::new)),
+            Op::TopologyNodes => Reply::Nodes(Box::new(
+                store.list().map(TopologyNode::from_record).collect(),
+            )),
+        }
+    }
+}

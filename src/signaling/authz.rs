@@ -1,0 +1,166 @@
+//! Which peer ids may signal: the peers of approved pairing entries, for the peer ids
+//! this shard owns (`shard_of(peer_id)`, the shard that also runs their signaling
+//! connections), and the recently revoked ones. Sans-IO. (The peers of API keys are known
+//! to every shard from its copy of the keys.)
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::time::UnixTime;
+
+/// Peer ids authorized by an approved pairing entry, for the peer ids this shard owns,
+/// with a count (peer ids are 24-bit random and may repeat across entries; revoking one
+/// entry must not deauthorize another with the same peer id) and the mesh the entry
+/// inherited from its inviter. Also remembers recently revoked peer ids, so that a JWT
+/// issued before the revocation no longer opens `/ws`.
+#[derive(Default)]
+pub struct PeerAuthz {
+    peers: HashMap<String, (u32, Option<Box<str>>)>,
+    revoked: HashMap<String, UnixTime>,
+}
+
+/// How long a revocation is remembered: past this, every JWT issued before it has
+/// expired (300 s lifetime + 60 s leeway), so the record is no longer needed.
+pub const REVOCATION_MEMORY: Duration = Duration::from_secs(360);
+
+impl PeerAuthz {
+    /// Most peer ids one shard tracks: approvals are bounded by the pairing stores'
+    /// `entries_max` over all shards, so this is a backstop.
+    pub const PEERS_MAX: usize = 100_000;
+    /// Most revocations remembered at once; past it the oldest are forgotten early
+    /// (their JWTs then still expire within 6 minutes).
+    pub const REVOKED_MAX: usize = 100_000;
+
+    pub fn add(&mut self, peer: &str, mesh: Option<&str>) -> bool {
+        if let Some((n, _)) = self.peers.get_mut(peer) {
+            *n = n.saturating_add(1);
+            return true;
+        }
+        if self.peers.len() >= Self::PEERS_MAX {
+            return false;
+        }
+        self.revoked.remove(peer);
+        self.peers
+            .insert(peer.to_owned(), (1, mesh.map(Into::into)));
+        true
+    }
+
+    /// One approval of `peer` was revoked; returns true when none is left.
+    pub fn remove(&mut self, peer: &str, now: UnixTime) -> bool {
+        let Some((n, _)) = self.peers.get_mut(peer) else {
+            return false;
+        };
+        *n -= 1;
+        if *n > 0 {
+            return false;
+        }
+        self.peers.remove(peer);
+        if self.revoked.len() >= Self::REVOKED_MAX {
+            if let Some(oldest) = self
+                .revoked
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone())
+            {
+                self.revoked.remove(&oldest);
+            }
+        }
+        self.revoked.insert(peer.to_owned(), now);
+        true
+    }
+
+    pub fn contains(&self, peer: &str) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// The mesh of an authorized peer (`Some(None)`: the default mesh).
+    pub fn mesh(&self, peer: &str) -> Option<Option<&str>> {
+        self.peers.get(peer).map(|(_, m)| m.as_deref())
+    }
+
+    /// Whether `peer` lost its last approval recently (and has none now).
+    pub fn is_revoked(&self, peer: &str) -> bool {
+        self.revoked.contains_key(peer)
+    }
+
+    /// Forgets revocations older than [`REVOCATION_MEMORY`].
+    pub fn sweep(&mut self, now: UnixTime) {
+        let keep_after = now.saturating_sub(REVOCATION_MEMORY);
+        self.revoked.retain(|_, t| *t > keep_after);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(secs: u64) -> UnixTime {
+        UnixTime::from_secs(secs)
+    }
+
+    #[test]
+    fn approvals_are_counted_per_peer_id() {
+        let mut a = PeerAuthz::default();
+        assert!(a.add("p", Some("blue")));
+        assert!(a.add("p", None), "a second entry with the same peer id");
+        assert_eq!(
+            a.mesh("p"),
+            Some(Some("blue")),
+            "the first approval's mesh stays"
+        );
+        assert!(!a.remove("p", t(10)), "one approval is left");
+        assert!(a.contains("p"));
+        assert!(!a.is_revoked("p"));
+        assert!(a.remove("p", t(11)), "the last one");
+        assert!(!a.contains("p"));
+        assert_eq!(a.mesh("p"), None);
+        assert!(a.is_revoked("p"));
+        assert!(!a.remove("p", t(12)), "nothing left to remove");
+        assert!(!a.remove("never", t(12)));
+        assert!(!a.is_revoked("never"));
+    }
+
+    #[test]
+    fn default_mesh_and_reapproval() {
+        let mut a = PeerAuthz::default();
+        a.add("p", None);
+        assert_eq!(a.mesh("p"), Some(None));
+        a.remove("p", t(0));
+        assert!(a.is_revoked("p"));
+        // Approved again: no longer revoked.
+        a.add("p", Some("red"));
+        assert!(!a.is_revoked("p"));
+        assert_eq!(a.mesh("p"), Some(Some("red")));
+    }
+
+    #[test]
+    fn revocations_are_forgotten_after_the_jwt_lifetime() {
+        let mut a = PeerAuthz::default();
+        a.add("p", None);
+        a.remove("p", t(1000));
+        let memory = REVOCATION_MEMORY.as_secs();
+        a.sweep(t(1000 + memory - 1));
+        assert!(a.is_revoked("p"), "still inside the memory");
+        a.sweep(t(1000 + memory));
+        assert!(!a.is_revoked("p"));
+    }
+
+    #[test]
+    fn tables_are_bounded() {
+        let mut a = PeerAuthz::default();
+        for i in 0..PeerAuthz::PEERS_MAX {
+            assert!(a.add(&format!("p{i}"), None));
+        }
+        assert!(!a.add("one-more", None), "full");
+        assert!(a.add("p0", None), "a known peer still counts up");
+        // Revocations: past REVOKED_MAX the oldest is forgotten first.
+        let mut r = PeerAuthz::default();
+        for i in 0..=PeerAuthz::REVOKED_MAX {
+            r.add(&format!("r{i}"), None);
+            r.remove(&format!("r{i}"), t(i as u64));
+        }
+        assert!(!r.is_revoked("r0"), "the oldest went first");
+        assert!(r.is_revoked("r1"));
+        assert!(r.is_revoked(&format!("r{}", PeerAuthz::REVOKED_MAX)));
+    }
+}

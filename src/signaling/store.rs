@@ -1,0 +1,410 @@
+//! Signaling's per-shard store, sans-IO: the connection table (one slot per live
+//! connection: identity, mesh, authorization, bounded outbound queue, close reason, last
+//! activity), the per-IP connection counts, the limits, the idle sweep and the
+//! duplicate-identity log limiter. The connection tasks (`session`) only move bytes
+//! between their socket and their slot; everything decided about a connection is here.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::task::Waker;
+use std::time::Duration;
+
+use slab::Slab;
+
+use crate::ws::codec::{self, close_code};
+
+/// Limits of the signaling endpoint (each a CLI flag).
+#[derive(Clone, Debug)]
+pub struct WsLimits {
+    /// Largest message accepted; an SDP is a few KiB. Larger: close 1009.
+    pub message_size_max: usize,
+    /// Bytes queued for one connection. A peer that does not read its socket reaches
+    /// it and is closed with 1008, so its queue never grows without bound.
+    pub outbound_bytes_max: usize,
+    /// Frames queued for one connection (same rule as the bytes).
+    pub outbound_frames_max: usize,
+    /// A connection silent this long is closed; a ping goes out at half of it.
+    pub idle_timeout: Duration,
+    /// Signaling connections one shard runs; more are refused with 503.
+    pub connections_per_shard_max: usize,
+    /// Signaling connections from one client IP (all shards); more: 503.
+    pub connections_per_ip_max: usize,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            message_size_max: 64 * 1024,
+            outbound_bytes_max: 1024 * 1024,
+            outbound_frames_max: 1024,
+            idle_timeout: Duration::from_secs(60),
+            connections_per_shard_max: 1 << 20,
+            connections_per_ip_max: 16 * 1024,
+        }
+    }
+}
+
+/// Size of the pooled read buffers: one read takes at most this much.
+const READ_BUFFER_SIZE: usize = 16 * 1024;
+/// Read buffers kept for reuse per shard; more are freed after use. Only connections
+/// with bytes ready hold one, and only during the read.
+const READ_POOL_BUFFERS_MAX: usize = 64;
+/// Output batched into one write (frames beyond wait for the next write).
+const WRITE_BATCH_SIZE_MAX: usize = 256 * 1024;
+
+/// One live signaling connection's state, in the owner shard's slab.
+pub(super) struct PeerSlot {
+    pub(super) peer_id: Box<str>,
+    pub(super) mesh: Option<Box<str>>,
+    pub(super) authorized: bool,
+    /// Encoded frames waiting to be written.
+    pub(super) outq: VecDeque<Box<[u8]>>,
+    pub(super) outq_bytes: usize,
+    pub(super) waker: Option<Waker>,
+    pub(super) close: Option<(u16, Cow<'static, str>)>,
+    /// Shard clock (seconds) of the last bytes received.
+    pub(super) last_seen: u64,
+    pub(super) ping_sent: bool,
+}
+
+/// The live signaling connections one shard runs (those of the peers it owns), the
+/// per-IP connection counts of the client IPs it owns, and its read-buffer pool.
+#[derive(Default)]
+pub struct ConnTable {
+    pub(super) slots: RefCell<Slab<PeerSlot>>,
+    pub(super) by_id: RefCell<HashMap<Box<str>, usize>>,
+    /// Open signaling connections per client IP, for the IPs this shard owns.
+    ip_counts: RefCell<HashMap<IpAddr, u32>>,
+    pool: RefCell<Vec<Vec<u8>>>,
+    /// When each replaced identity was last logged at warn.
+    duplicates: RefCell<DuplicateLog>,
+    pub open: Cell<u64>,
+    pub relayed: Cell<u64>,
+    pub refused: Cell<u64>,
+    pub closed_slow: Cell<u64>,
+}
+
+pub(super) fn inc(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+impl ConnTable {
+    /// Registers a new connection of `peer_id` and returns its key. A second connection
+    /// with the same identity replaces the first, which is closed with 4000 and a reason
+    /// (never left orphaned); that is logged at warn at most once per identity per
+    /// [`DUPLICATE_WARN_INTERVAL_SECS`], the rest at debug.
+    pub(super) fn register(
+        &self,
+        peer_id: Box<str>,
+        mesh: Option<Box<str>>,
+        authorized: bool,
+        now_secs: u64,
+    ) -> usize {
+        let key = self.slots.borrow_mut().insert(PeerSlot {
+            peer_id: peer_id.clone(),
+            mesh,
+            authorized,
+            outq: VecDeque::new(),
+            outq_bytes: 0,
+            waker: None,
+            close: None,
+            last_seen: now_secs,
+            ping_sent: false,
+        });
+        let old = self.by_id.borrow_mut().insert(peer_id.clone(), key);
+        if let Some(old) = old {
+            if self.duplicates.borrow_mut().should_warn(&peer_id, now_secs) {
+                tracing::warn!(
+                    peer = %peer_id,
+                    "a newer connection of the same peer replaces the open one (close 4000); \
+                     more for this peer within a minute are logged at debug"
+                );
+            } else {
+                tracing::debug!(peer = %peer_id, "connection replaced by a newer one of the same peer");
+            }
+            self.close_key(
+                old,
+                close_code::REPLACED,
+                "replaced by a newer connection of the same peer".into(),
+            );
+        }
+        inc(&self.open);
+        key
+    }
+
+    /// Forgets connection `key` (its task ended). Its identity maps to it only if it was
+    /// not replaced.
+    pub(super) fn unregister(&self, key: usize) {
+        let Some(slot) = self.slots.borrow_mut().try_remove(key) else {
+            return;
+        };
+        {
+            let mut by_id = self.by_id.borrow_mut();
+            if by_id.get(&slot.peer_id) == Some(&key) {
+                by_id.remove(&slot.peer_id);
+            }
+        }
+        self.open.set(self.open.get() - 1);
+    }
+
+    /// Whether this shard may run one more connection (`connections_per_shard_max`;
+    /// beyond it the upgrade is refused with 503).
+    pub(super) fn has_room(&self, limits: &WsLimits) -> bool {
+        (self.open.get() as usize) < limits.connections_per_shard_max
+    }
+
+    pub fn metrics(&self) -> crate::metrics::WsMetrics {
+        crate::metrics::WsMetrics {
+            open: self.open.get(),
+            relayed: self.relayed.get(),
+            refused: self.refused.get(),
+            closed_slow: self.closed_slow.get(),
+        }
+    }
+
+    pub(super) fn take_buf(&self) -> Vec<u8> {
+        self.pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_BUFFER_SIZE))
+    }
+
+    pub(super) fn put_buf(&self, mut b: Vec<u8>) {
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < READ_POOL_BUFFERS_MAX && b.capacity() == READ_BUFFER_SIZE {
+            b.clear();
+            pool.push(b);
+        }
+    }
+
+    /// Queues a frame for connection `key`; a full queue closes the connection.
+    pub(super) fn enqueue(&self, key: usize, frame: Box<[u8]>, limits: &WsLimits) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
+        if slot.close.is_some() {
+            return;
+        }
+        // The byte limit bounds what waits behind the frame being written: one frame
+        // larger than it (a peer list of a huge mesh) still goes out into an empty queue.
+        if slot.outq.len() >= limits.outbound_frames_max
+            || (!slot.outq.is_empty() && slot.outq_bytes + frame.len() > limits.outbound_bytes_max)
+        {
+            slot.outq.clear();
+            slot.outq_bytes = 0;
+            slot.close = Some((
+                close_code::POLICY_VIOLATION,
+                "outbound queue full: the peer is not reading".into(),
+            ));
+            inc(&self.closed_slow);
+        } else {
+            slot.outq_bytes += frame.len();
+            slot.outq.push_back(frame);
+        }
+        if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Asks connection `key` to close with `code` and `reason`.
+    pub(super) fn close_key(&self, key: usize, code: u16, reason: Cow<'static, str>) {
+        let mut slots = self.slots.borrow_mut();
+        if let Some(slot) = slots.get_mut(key) {
+            if slot.close.is_none() {
+                slot.close = Some((code, reason));
+            }
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// A pairing approval arrived for `peer` while it is connected: from now on it is
+    /// listed to its mesh and may signal, without reconnecting (as in the reference,
+    /// which looks authorization up per message).
+    pub fn set_authorized(&self, peer: &str, mesh: Option<&str>) {
+        let key = self.by_id.borrow().get(peer).copied();
+        let mut slots = self.slots.borrow_mut();
+        if let Some(s) = key.and_then(|k| slots.get_mut(k)) {
+            s.authorized = true;
+            s.mesh = mesh.map(Box::from);
+        }
+    }
+
+    /// Closes the live connection of `peer` (e.g. its pairing was revoked).
+    pub fn close_peer(&self, peer: &str, code: u16, reason: &'static str) {
+        let key = self.by_id.borrow().get(peer).copied();
+        if let Some(k) = key {
+            self.close_key(k, code, reason.into());
+        }
+    }
+
+    /// Delivers a relayed frame to a local peer of the same mesh; unknown targets and
+    /// other meshes are dropped silently, as the protocol says.
+    pub(super) fn deliver(
+        &self,
+        target: &str,
+        mesh: Option<&str>,
+        frame: Box<[u8]>,
+        limits: &WsLimits,
+    ) {
+        let key = self.by_id.borrow().get(target).copied();
+        let Some(key) = key else { return };
+        let same_mesh = self
+            .slots
+            .borrow()
+            .get(key)
+            .is_some_and(|s| s.mesh.as_deref() == mesh);
+        if same_mesh {
+            inc(&self.relayed);
+            self.enqueue(key, frame, limits);
+        }
+    }
+
+    /// Authorized connected peers of `mesh`, but `exclude`.
+    pub(super) fn list(&self, mesh: Option<&str>, exclude: &str) -> Vec<Box<str>> {
+        self.slots
+            .borrow()
+            .iter()
+            .filter(|(_, s)| {
+                s.authorized
+                    && s.close.is_none()
+                    && s.mesh.as_deref() == mesh
+                    && &*s.peer_id != exclude
+            })
+            .map(|(_, s)| s.peer_id.clone())
+            .collect()
+    }
+
+    /// The periodic idle check: ping connections silent for half the idle timeout,
+    /// close those silent for all of it.
+    pub fn sweep_idle(&self, now_secs: u64, limits: &WsLimits) {
+        let idle = limits.idle_timeout.as_secs().max(1);
+        let mut to_ping = Vec::new();
+        let mut to_close = Vec::new();
+        for (k, s) in self.slots.borrow_mut().iter_mut() {
+            let silent = now_secs.saturating_sub(s.last_seen);
+            if silent >= idle {
+                to_close.push(k);
+            } else if silent * 2 >= idle && !s.ping_sent {
+                s.ping_sent = true;
+                to_ping.push(k);
+            }
+        }
+        for k in to_close {
+            self.close_key(k, close_code::GOING_AWAY, "idle timeout".into());
+        }
+        for k in to_ping {
+            let mut f = Vec::with_capacity(2);
+            codec::encode_ping(b"", &mut f);
+            self.enqueue(k, f.into_boxed_slice(), limits);
+        }
+    }
+
+    /// Closes every connection with 1001 (graceful shutdown).
+    pub fn close_all(&self) {
+        let keys: Vec<usize> = self.slots.borrow().iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close_key(k, close_code::GOING_AWAY, "server shutting down".into());
+        }
+    }
+
+    /// Owner side of the per-IP limit.
+    pub fn ip_acquire(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.ip_counts.borrow_mut();
+        let n = m.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn ip_release(&self, ip: IpAddr) {
+        let mut m = self.ip_counts.borrow_mut();
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Drains the queue into one write batch; also says whether a close is pending.
+pub(super) fn take_output(ws: &ConnTable, key: usize) -> (Vec<u8>, bool) {
+    let mut slots = ws.slots.borrow_mut();
+    let Some(slot) = slots.get_mut(key) else {
+        return (Vec::new(), true);
+    };
+    let mut out = Vec::new();
+    while let Some(f) = slot.outq.front() {
+        if !out.is_empty() && out.len() + f.len() > WRITE_BATCH_SIZE_MAX {
+            break;
+        }
+        let f = slot.outq.pop_front().expect("front");
+        slot.outq_bytes -= f.len();
+        out.extend_from_slice(&f);
+    }
+    if slot.outq.is_empty() {
+        slot.outq = VecDeque::new(); // give the queue's memory back while idle
+    }
+    (out, slot.close.is_some())
+}
+
+/// Per identity, how often a replaced connection is logged at warn.
+pub const DUPLICATE_WARN_INTERVAL_SECS: u64 = 60;
+
+/// Decides whether a duplicate identity (a connection replaced by a newer one of the same
+/// peer) is logged at warn: at most once per identity per
+/// [`DUPLICATE_WARN_INTERVAL_SECS`]; the rest go to debug. Sans-IO (the caller passes the
+/// shard clock).
+#[derive(Default)]
+pub struct DuplicateLog {
+    /// Identity → shard clock (seconds) of its last warn.
+    last_warn: HashMap<Box<str>, u64>,
+}
+
+impl DuplicateLog {
+    /// Identities remembered at once. When full, those past their interval are forgotten;
+    /// if none is, a new identity's duplicate is logged at debug: a storm of distinct
+    /// duplicates neither floods the log nor grows this table.
+    pub const IDS_MAX: usize = 4096;
+
+    /// Whether this duplicate of `peer` at `now_secs` is logged at warn.
+    pub fn should_warn(&mut self, peer: &str, now_secs: u64) -> bool {
+        let due = |t: u64| now_secs.saturating_sub(t) >= DUPLICATE_WARN_INTERVAL_SECS;
+        if let Some(t) = self.last_warn.get_mut(peer) {
+            if !due(*t) {
+                return false;
+            }
+            *t = now_secs;
+            return true;
+        }
+        if self.last_warn.len() >= Self::IDS_MAX {
+            self.last_warn.retain(|_, t| !due(*t));
+            if self.last_warn.len() >= Self::IDS_MAX {
+                return false;
+            }
+        }
+        self.last_warn.insert(peer.into(), now_secs);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_warn.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_warn.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,236 @@
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+
+fn limits() -> WsLimits {
+    WsLimits {
+        outbound_frames_max: 4,
+        outbound_bytes_max: 100,
+        idle_timeout: Duration::from_secs(60),
+        ..WsLimits::default()
+    }
+}
+
+fn frame(len: usize) -> Box<[u8]> {
+    vec![0u8; len].into_boxed_slice()
+}
+
+fn close_of(t: &ConnTable, key: usize) -> Option<(u16, String)> {
+    t.slots.borrow()[key]
+        .close
+        .as_ref()
+        .map(|(c, r)| (*c, r.to_string()))
+}
+
+fn queued(t: &ConnTable, key: usize) -> usize {
+    t.slots.borrow()[key].outq.len()
+}
+
+#[test]
+fn a_full_frame_queue_closes_the_slow_peer() {
+    let t = ConnTable::default();
+    let l = limits();
+    let k = t.register("p".into(), None, true, 0);
+    for _ in 0..l.outbound_frames_max {
+        t.enqueue(k, frame(1), &l);
+    }
+    assert_eq!(close_of(&t, k), None);
+    t.enqueue(k, frame(1), &l);
+    let (code, reason) = close_of(&t, k).unwrap();
+    assert_eq!(code, close_code::POLICY_VIOLATION);
+    assert!(reason.contains("outbound queue full"), "{reason}");
+    assert_eq!(queued(&t, k), 0, "the queue is dropped");
+    assert_eq!(t.closed_slow.get(), 1);
+    // Nothing more is queued once closing.
+    t.enqueue(k, frame(1), &l);
+    assert_eq!(queued(&t, k), 0);
+    assert_eq!(t.closed_slow.get(), 1);
+}
+
+#[test]
+fn the_byte_limit_bounds_what_waits_behind_a_frame() {
+    let t = ConnTable::default();
+    let l = limits();
+    let k = t.register("p".into(), None, true, 0);
+    // One frame larger than the byte limit still goes into an empty queue.
+    t.enqueue(k, frame(l.outbound_bytes_max * 3), &l);
+    assert_eq!(close_of(&t, k), None);
+    let (out, closing) = take_output(&t, k);
+    assert_eq!(out.len(), l.outbound_bytes_max * 3);
+    assert!(!closing);
+    t.enqueue(k, frame(60), &l);
+    t.enqueue(k, frame(40), &l);
+    assert_eq!(close_of(&t, k), None, "exactly at the limit is fine");
+    t.enqueue(k, frame(1), &l);
+    assert_eq!(close_of(&t, k).unwrap().0, close_code::POLICY_VIOLATION);
+}
+
+#[test]
+fn the_shard_connection_limit_counts_open_connections() {
+    let t = ConnTable::default();
+    let l = WsLimits {
+        connections_per_shard_max: 2,
+        ..limits()
+    };
+    assert!(t.has_room(&l));
+    let a = t.register("a".into(), None, true, 0);
+    assert!(t.has_room(&l));
+    let b = t.register("b".into(), None, true, 0);
+    assert!(!t.has_room(&l), "two open, limit two");
+    // A replaced connection still counts until its task ends.
+    let b2 = t.register("b".into(), None, true, 0);
+    assert_eq!(t.open.get(), 3);
+    t.unregister(b);
+    t.unregister(a);
+    assert!(t.has_room(&l));
+    t.unregister(b2);
+    assert_eq!(t.open.get(), 0);
+}
+
+#[test]
+fn per_ip_counts_are_limited_and_released() {
+    let t = ConnTable::default();
+    let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    assert!(t.ip_acquire(a, 2));
+    assert!(t.ip_acquire(a, 2));
+    assert!(!t.ip_acquire(a, 2), "third connection of one IP is refused");
+    assert!(t.ip_acquire(b, 2), "other IPs are counted apart");
+    t.ip_release(a);
+    assert!(t.ip_acquire(a, 2));
+    // A limit of 0 refuses everyone and leaves no empty entry behind.
+    let c = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+    assert!(!t.ip_acquire(c, 0));
+    assert!(!t.ip_counts.borrow().contains_key(&c));
+    // Releasing to zero forgets the IP; releasing an unknown IP is harmless.
+    t.ip_release(b);
+    assert!(!t.ip_counts.borrow().contains_key(&b));
+    t.ip_release(b);
+    assert!(!t.ip_counts.borrow().contains_key(&b));
+}
+
+#[test]
+fn idle_sweep_pings_at_half_and_closes_at_the_timeout() {
+    let t = ConnTable::default();
+    let l = limits(); // 60 s
+    let k = t.register("p".into(), None, true, 1000);
+    t.sweep_idle(1029, &l);
+    assert_eq!(queued(&t, k), 0, "not yet half the idle timeout");
+    t.sweep_idle(1030, &l);
+    assert_eq!(queued(&t, k), 1, "one ping at half the idle timeout");
+    let (out, _) = take_output(&t, k);
+    let mut ping = Vec::new();
+    codec::encode_ping(b"", &mut ping);
+    assert_eq!(out, ping);
+    t.sweep_idle(1045, &l);
+    assert_eq!(queued(&t, k), 0, "a single ping per silence");
+    assert_eq!(close_of(&t, k), None);
+    t.sweep_idle(1060, &l);
+    let (code, reason) = close_of(&t, k).unwrap();
+    assert_eq!(
+        (code, reason.as_str()),
+        (close_code::GOING_AWAY, "idle timeout")
+    );
+}
+
+#[test]
+fn activity_resets_the_idle_clock() {
+    let t = ConnTable::default();
+    let l = limits();
+    let k = t.register("p".into(), None, true, 0);
+    t.sweep_idle(40, &l);
+    assert_eq!(queued(&t, k), 1);
+    let _ = take_output(&t, k);
+    // Bytes arrived (what the session does on every read).
+    {
+        let mut slots = t.slots.borrow_mut();
+        slots[k].last_seen = 50;
+        slots[k].ping_sent = false;
+    }
+    t.sweep_idle(100, &l);
+    assert_eq!(close_of(&t, k), None);
+    assert_eq!(queued(&t, k), 1, "pinged again after new silence");
+    t.sweep_idle(110, &l);
+    assert!(close_of(&t, k).is_some());
+}
+
+#[test]
+fn a_second_connection_replaces_the_first() {
+    let t = ConnTable::default();
+    let first = t.register("p".into(), None, true, 0);
+    let second = t.register("p".into(), None, true, 1);
+    assert_ne!(first, second);
+    assert_eq!(close_of(&t, first).unwrap().0, close_code::REPLACED);
+    assert_eq!(close_of(&t, second), None);
+    assert_eq!(t.open.get(), 2);
+    // The first one's task ends: the identity still maps to the second.
+    t.unregister(first);
+    assert_eq!(t.by_id.borrow().get("p"), Some(&second));
+    t.unregister(second);
+    assert!(t.by_id.borrow().is_empty());
+    assert_eq!(t.open.get(), 0);
+}
+
+#[test]
+fn lists_and_relays_within_one_mesh_only() {
+    let t = ConnTable::default();
+    let l = limits();
+    let a = t.register("a".into(), None, true, 0);
+    let b = t.register("b".into(), None, true, 0);
+    let m = t.register("m".into(), Some("blue".into()), true, 0);
+    let u = t.register("u".into(), None, false, 0);
+    let mut peers = t.list(None, "a");
+    peers.sort();
+    assert_eq!(
+        peers,
+        vec![Box::<str>::from("b")],
+        "unauthorized and other meshes hidden"
+    );
+    assert_eq!(t.list(Some("blue"), "x"), vec![Box::<str>::from("m")]);
+    t.deliver("m", None, frame(3), &l);
+    assert_eq!(queued(&t, m), 0, "other mesh: dropped");
+    t.deliver("b", None, frame(3), &l);
+    assert_eq!(queued(&t, b), 1);
+    t.deliver("nobody", None, frame(3), &l);
+    assert_eq!(t.relayed.get(), 1);
+    // An approval arriving while connected.
+    t.set_authorized("u", Some("blue"));
+    assert_eq!(t.list(Some("blue"), "m"), vec![Box::<str>::from("u")]);
+    t.close_peer("a", close_code::REVOKED, "pairing revoked");
+    assert_eq!(close_of(&t, a).unwrap().0, close_code::REVOKED);
+    let _ = u;
+}
+
+#[test]
+fn duplicates_warn_once_per_identity_per_minute() {
+    let mut log = DuplicateLog::default();
+    assert!(log.should_warn("p", 100));
+    assert!(!log.should_warn("p", 100));
+    assert!(!log.should_warn("p", 159));
+    assert!(
+        log.should_warn("q", 120),
+        "identities are rate limited apart"
+    );
+    assert!(log.should_warn("p", 160), "again after a minute");
+    assert!(!log.should_warn("p", 200));
+    assert!(!log.should_warn("q", 179));
+    assert!(log.should_warn("q", 180));
+    assert_eq!(log.len(), 2);
+}
+
+#[test]
+fn the_duplicate_log_table_is_bounded() {
+    let mut log = DuplicateLog::default();
+    for i in 0..DuplicateLog::IDS_MAX {
+        assert!(log.should_warn(&format!("p{i}"), 0));
+    }
+    assert_eq!(log.len(), DuplicateLog::IDS_MAX);
+    // Full of fresh entries: a new identity goes to debug and is not remembered.
+    assert!(!log.should_warn("new", 30));
+    assert_eq!(log.len(), DuplicateLog::IDS_MAX);
+    // Known identities are still rate limited as before.
+    assert!(!log.should_warn("p0", 30));
+    // Once the old entries are past their interval they make room.
+    assert!(log.should_warn("new", 60));
+    assert_eq!(log.len(), 1);
+}
