@@ -16,6 +16,7 @@ cd "$(dirname "$0")/.."
 BEFORE=$1; AFTER=$2; ROUNDS=${3:-5}; SECS=${4:-5}; RATE=${5:-20000}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 "$AFTER" bench keys --count 100 --out "$OUT/keys100.json" >/dev/null
 cat > "$OUT/hb.lua" <<'LUA'
 local n = 0
