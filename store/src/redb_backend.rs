@@ -59,6 +59,9 @@ fn corrupt(file: &Path, problem: impl Into<String>) -> StoreError {
 fn engine_err(file: &Path, e: impl Into<redb::Error>) -> StoreError {
     match e.into() {
         redb::Error::Corrupted(msg) => corrupt(file, msg),
+        redb::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            corrupt(file, e.to_string())
+        }
         redb::Error::Io(e) => StoreError::Io {
             path: file.to_owned(),
             op: "read or write",
