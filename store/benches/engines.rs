@@ -80,7 +80,9 @@ impl Engine for Fjall {
             b.insert(&self.1, k.as_slice(), v.as_slice());
         }
         b.commit().expect("commit");
-        self.0.persist(fjall::PersistMode::SyncAll).expect("persist");
+        self.0
+            .persist(fjall::PersistMode::SyncAll)
+            .expect("persist");
     }
     fn load_all(&self) -> usize {
         let mut n = 0;
@@ -217,7 +219,8 @@ fn walk_size(p: &Path) -> u64 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "quick");
-    let only = |n: &str| !args.iter().any(|a| a == "redb" || a == "fjall") || args.iter().any(|a| a == n);
+    let only =
+        |n: &str| !args.iter().any(|a| a == "redb" || a == "fjall") || args.iter().any(|a| a == n);
     for _round in 0..2 {
         if only("redb") {
             run::<Redb>(quick);

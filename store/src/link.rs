@@ -81,7 +81,10 @@ impl ShardLink {
         let key = inner.waiters.insert(Waiter::Waiting(None));
         let req = Request::Write {
             mutations,
-            reply: Reply::Link { link: inner.id, key },
+            reply: Reply::Link {
+                link: inner.id,
+                key,
+            },
         };
         match inner.tx.try_send(req) {
             Ok(()) => Ok(Ack {

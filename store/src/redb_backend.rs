@@ -247,9 +247,9 @@ impl Backend for RedbBackend {
             let mut tasks = txn.open_table(TASKS).map_err(|e| engine_err(f, e))?;
             for m in writes.iter().flat_map(|w| w.iter()) {
                 let r = match m {
-                    Mutation::PutPairing(r) => {
-                        pairings.insert(r.id, records::encode(r).as_slice()).map(drop)
-                    }
+                    Mutation::PutPairing(r) => pairings
+                        .insert(r.id, records::encode(r).as_slice())
+                        .map(drop),
                     Mutation::PutDeviceToken(r) => tokens
                         .insert(r.hash.0.as_slice(), records::encode(r).as_slice())
                         .map(drop),
@@ -257,9 +257,9 @@ impl Backend for RedbBackend {
                     Mutation::PutRevocation(r) => revocations
                         .insert(r.peer_id.as_str(), records::encode(r).as_slice())
                         .map(drop),
-                    Mutation::PutInvite(r) => {
-                        invites.insert(r.code, records::encode(r).as_slice()).map(drop)
-                    }
+                    Mutation::PutInvite(r) => invites
+                        .insert(r.code, records::encode(r).as_slice())
+                        .map(drop),
                     Mutation::DeleteInvite(c) => invites.remove(c).map(drop),
                     Mutation::PutTask(r) => tasks
                         .insert(r.id.as_str(), records::encode(r).as_slice())
@@ -279,7 +279,13 @@ impl Backend for RedbBackend {
         let mut s = Snapshot::default();
         load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings)?;
         load_table(&txn, f, TOKENS, |k, r| *k == r.hash.0, &mut s.device_tokens)?;
-        load_table(&txn, f, REVOCATIONS, |k, r| *k == r.peer_id, &mut s.revocations)?;
+        load_table(
+            &txn,
+            f,
+            REVOCATIONS,
+            |k, r| *k == r.peer_id,
+            &mut s.revocations,
+        )?;
         load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites)?;
         load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks)?;
         s.elapsed = t0.elapsed();

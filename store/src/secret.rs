@@ -90,7 +90,11 @@ impl Secrets {
     /// Whether `secret` hashes to `hash` (constant time in the hash bytes).
     pub fn verify(&self, kind: HashKind, secret: &str, hash: &TokenHash) -> bool {
         let got = self.token_hash(kind, secret);
-        got.0.iter().zip(hash.0.iter()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        got.0
+            .iter()
+            .zip(hash.0.iter())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0
     }
 
     /// Encrypts `token` for entry `entry_id` under a fresh random nonce.

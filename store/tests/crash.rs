@@ -52,7 +52,12 @@ fn crash_child_writer() {
 /// acknowledged ids (every line it printed before dying).
 fn round(dir: &Path, base: u64, kill_after: usize) -> Vec<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_child_writer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_ENV, dir)
         .env(BASE_ENV, base.to_string())
         .stdout(Stdio::piped())
@@ -94,12 +99,21 @@ fn acknowledged_writes_survive_sigkill() {
 
         let (store, snap) = Store::open(&dir, &s, StoreConfig::default()).unwrap();
         let pairings: BTreeSet<u64> = snap.pairings.iter().map(|p| u64::from(p.id)).collect();
-        let grants: BTreeSet<u64> =
-            snap.device_tokens.iter().map(|g| u64::from(g.entry_id)).collect();
+        let grants: BTreeSet<u64> = snap
+            .device_tokens
+            .iter()
+            .map(|g| u64::from(g.entry_id))
+            .collect();
         let tasks: BTreeSet<String> = snap.tasks.iter().map(|t| t.id.clone()).collect();
         // Every acknowledged write is there.
-        let missing: Vec<_> = all_acked.iter().filter(|i| !pairings.contains(*i)).collect();
-        assert!(missing.is_empty(), "round {r}: acknowledged but missing: {missing:?}");
+        let missing: Vec<_> = all_acked
+            .iter()
+            .filter(|i| !pairings.contains(*i))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "round {r}: acknowledged but missing: {missing:?}"
+        );
         // Every write present is whole: its three records, each exact.
         assert_eq!(pairings, grants, "round {r}");
         for p in &snap.pairings {

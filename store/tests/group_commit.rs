@@ -28,7 +28,8 @@ fn concurrent_blocking_writers_share_commits() {
             std::thread::spawn(move || {
                 start.wait();
                 for j in 0..PER {
-                    h.write_blocking(approval_write(&s, t * 1000 + j, 64)).unwrap();
+                    h.write_blocking(approval_write(&s, t * 1000 + j, 64))
+                        .unwrap();
                 }
             })
         })

@@ -2,9 +2,7 @@
 
 mod common;
 
-use chatixia_store::{
-    HashKind, Mutation, PairingStatus, Secrets, Store, StoreConfig, StoreError,
-};
+use chatixia_store::{HashKind, Mutation, PairingStatus, Secrets, Store, StoreConfig, StoreError};
 use common::*;
 
 #[test]
@@ -17,7 +15,8 @@ fn every_record_kind_round_trips_through_a_reopen() {
 
     // Pairing: created pending, then approved (a state change is a put of the new record).
     let pending = pairing(&s, 1, PairingStatus::PendingApproval);
-    h.write_blocking(vec![Mutation::PutPairing(pending.clone())]).unwrap();
+    h.write_blocking(vec![Mutation::PutPairing(pending.clone())])
+        .unwrap();
     let approved = pairing(&s, 1, PairingStatus::Approved);
     h.write_blocking(vec![
         Mutation::PutPairing(approved.clone()),
@@ -54,7 +53,8 @@ fn every_record_kind_round_trips_through_a_reopen() {
         Mutation::PutTask(task(12, 10)),
     ])
     .unwrap();
-    h.write_blocking(vec![Mutation::DeleteTask(task_id(12))]).unwrap();
+    h.write_blocking(vec![Mutation::DeleteTask(task_id(12))])
+        .unwrap();
     let stats = h.stats();
     assert_eq!(stats.writes, 8);
     assert_eq!(stats.commits_failed, 0);
@@ -72,7 +72,13 @@ fn every_record_kind_round_trips_through_a_reopen() {
     assert_eq!(tasks, vec![task(10, 64 * 1024), assigned]);
     let c = snap.counts();
     assert_eq!(
-        (c.pairings, c.device_tokens, c.revocations, c.invites, c.tasks),
+        (
+            c.pairings,
+            c.device_tokens,
+            c.revocations,
+            c.invites,
+            c.tasks
+        ),
         (2, 1, 1, 1, 2)
     );
     assert_eq!(c.total(), 7);
@@ -109,10 +115,17 @@ fn every_record_kind_round_trips_through_a_reopen() {
 fn another_server_secret_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, _) = Store::open(tmp.path(), &secrets(), StoreConfig::default()).unwrap();
-    store.handle().write_blocking(vec![Mutation::PutInvite(invite(1))]).unwrap();
+    store
+        .handle()
+        .write_blocking(vec![Mutation::PutInvite(invite(1))])
+        .unwrap();
     store.close();
-    let err = Store::open(tmp.path(), &Secrets::derive(b"other"), StoreConfig::default())
-        .unwrap_err();
+    let err = Store::open(
+        tmp.path(),
+        &Secrets::derive(b"other"),
+        StoreConfig::default(),
+    )
+    .unwrap_err();
     assert!(matches!(err, StoreError::SecretMismatch { .. }), "{err:?}");
     assert!(err.to_string().contains("state.redb"), "{err}");
     // The right secret still opens it.

@@ -47,7 +47,10 @@ fn second_process_is_refused_by_the_lock() {
     assert!(line.starts_with("CHILD ERROR data directory"), "{line}");
     assert!(line.contains(&dir.display().to_string()), "{line}");
     assert!(line.contains("in use by another server"), "{line}");
-    assert!(line.contains(&format!("pid {}", std::process::id())), "{line}");
+    assert!(
+        line.contains(&format!("pid {}", std::process::id())),
+        "{line}"
+    );
     store.close();
     // Released: the child opens it now.
     assert_eq!(open_in_child(&dir), "CHILD OPENED");
@@ -69,7 +72,8 @@ fn filled_dir(marker: &str) -> tempfile::TempDir {
     let (store, _) = Store::open(tmp.path(), &secrets(), StoreConfig::default()).unwrap();
     let h = store.handle();
     for i in 0..50 {
-        h.write_blocking(approval_write(&secrets(), i, 100)).unwrap();
+        h.write_blocking(approval_write(&secrets(), i, 100))
+            .unwrap();
     }
     let mut t = task(999, 10);
     t.payload = serde_json::json!({ "marker": marker });
@@ -150,7 +154,8 @@ fn an_undecodable_record_is_refused_naming_table_and_key() {
         {
             let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("task");
             let mut t = txn.open_table(def).unwrap();
-            t.insert("bad-task-id", b"\x01{not json".as_slice()).unwrap();
+            t.insert("bad-task-id", b"\x01{not json".as_slice())
+                .unwrap();
         }
         txn.commit().unwrap();
     }

@@ -25,7 +25,7 @@ pub fn pairing(s: &Secrets, i: u64, status: PairingStatus) -> PairingRecord {
         status,
         created_at_ns: 1_795_239_689_000_000_000 + i,
         updated_at_ns: 1_795_239_690_000_000_000 + i,
-        mesh: (i % 2 == 0).then(|| format!("mesh-{i}")),
+        mesh: i.is_multiple_of(2).then(|| format!("mesh-{i}")),
         invited_by: "agent-001".into(),
         claim_hash: Some(s.token_hash(HashKind::ClaimSecret, &format!("claim-{i}"))),
         token_hash: approved.then(|| s.token_hash(HashKind::DeviceToken, &token_of(i))),
