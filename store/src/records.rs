@@ -10,18 +10,73 @@
 use serde::{Deserialize, Serialize};
 
 /// HMAC-SHA256 of a device token or claim secret under a key derived from the server
-/// secret (see [`crate::Secrets::token_hash`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// secret (see [`crate::Secrets::token_hash`]). Stored as unpadded base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenHash(pub [u8; 32]);
 
 /// A device token encrypted under a key derived from the server secret, bound to its
-/// pairing entry (see [`crate::Secrets::seal`]).
+/// pairing entry (see [`crate::Secrets::seal`]). Stored as unpadded base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealedToken {
     /// ChaCha20-Poly1305 nonce (random, 96 bits).
+    #[serde(with = "b64_array")]
     pub nonce: [u8; 12],
     /// Ciphertext followed by the 16-byte tag.
+    #[serde(with = "b64_vec")]
     pub ciphertext: Vec<u8>,
+}
+
+impl Serialize for TokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        b64_array::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        b64_array::deserialize(d).map(TokenHash)
+    }
+}
+
+/// Byte strings as unpadded standard base64 (compact in JSON and fast to decode: a JSON
+/// array of numbers is 3-4 times larger and slower at start-up).
+mod b64_vec {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    use base64::Engine as _;
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD_NO_PAD.encode(v))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD_NO_PAD
+            .decode(s.as_bytes())
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Fixed-size byte arrays as unpadded standard base64; a wrong length is an error.
+mod b64_array {
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer, const N: usize>(
+        v: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        super::b64_vec::serialize(v, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        let v = super::b64_vec::deserialize(d)?;
+        let len = v.len();
+        v.try_into().map_err(|_| {
+            serde::de::Error::custom(format!("expected {N} bytes, found {len}"))
+        })
+    }
 }
 
 /// Where a pairing entry is in the approval pipeline (mirrors `pairing::Status`).
@@ -263,5 +318,29 @@ mod tests {
         assert!(decode::<RevocationRecord>(truncated)
             .unwrap_err()
             .starts_with("undecodable record"));
+    }
+
+    #[test]
+    fn byte_fields_are_base64_and_length_checked() {
+        let sealed = SealedToken {
+            nonce: [1; 12],
+            ciphertext: vec![0xff; 5],
+        };
+        let json = serde_json::to_string(&(TokenHash([0; 32]), &sealed)).unwrap();
+        assert_eq!(
+            json,
+            format!(
+                r#"["{}",{{"nonce":"AQEBAQEBAQEBAQEB","ciphertext":"//////8"}}]"#,
+                "A".repeat(43)
+            )
+        );
+        let back: (TokenHash, SealedToken) = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, (TokenHash([0; 32]), sealed));
+        assert!(serde_json::from_str::<TokenHash>(r#""AAAA""#)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 32 bytes, found 3"));
+        assert!(serde_json::from_str::<TokenHash>(r#""!!""#).is_err());
+        assert!(serde_json::from_str::<TokenHash>("[0,0]").is_err());
     }
 }
