@@ -73,9 +73,8 @@ mod b64_array {
     ) -> Result<[u8; N], D::Error> {
         let v = super::b64_vec::deserialize(d)?;
         let len = v.len();
-        v.try_into().map_err(|_| {
-            serde::de::Error::custom(format!("expected {N} bytes, found {len}"))
-        })
+        v.try_into()
+            .map_err(|_| serde::de::Error::custom(format!("expected {N} bytes, found {len}")))
     }
 }
 
@@ -266,6 +265,36 @@ impl Snapshot {
             tasks: self.tasks.len(),
         }
     }
+
+    /// Drops invite codes expired at `now_ns` (they expired while the server was down)
+    /// and returns the deletions to submit, so the store forgets them too.
+    pub fn take_expired_invites(&mut self, now_ns: u64) -> Vec<Mutation> {
+        let mut gone = Vec::new();
+        self.invites.retain(|i| {
+            let live = i.expires_at_ns > now_ns;
+            if !live {
+                gone.push(Mutation::DeleteInvite(i.code));
+            }
+            live
+        });
+        gone
+    }
+
+    /// The start-up log line: how many records of each kind and how long it took.
+    pub fn summary(&self) -> String {
+        let c = self.counts();
+        format!(
+            "loaded {} records ({} pairing entries, {} device tokens, {} revocations, \
+             {} invite codes, {} tasks) in {:.1} ms",
+            c.total(),
+            c.pairings,
+            c.device_tokens,
+            c.revocations,
+            c.invites,
+            c.tasks,
+            self.elapsed.as_secs_f64() * 1e3
+        )
+    }
 }
 
 /// Version byte in front of every stored value; a value with another first byte is
@@ -318,6 +347,31 @@ mod tests {
         assert!(decode::<RevocationRecord>(truncated)
             .unwrap_err()
             .starts_with("undecodable record"));
+    }
+
+    #[test]
+    fn expired_invites_are_taken_and_summary_counts() {
+        let inv = |code, expires_at_ns| InviteRecord {
+            code,
+            issuer_peer_id: "p".into(),
+            mesh: None,
+            expires_at_ns,
+        };
+        let mut s = Snapshot {
+            invites: vec![inv(1, 100), inv(2, 200), inv(3, 201)],
+            elapsed: std::time::Duration::from_micros(1500),
+            ..Snapshot::default()
+        };
+        assert_eq!(
+            s.take_expired_invites(200),
+            vec![Mutation::DeleteInvite(1), Mutation::DeleteInvite(2)]
+        );
+        assert_eq!(s.invites, vec![inv(3, 201)]);
+        assert_eq!(
+            s.summary(),
+            "loaded 1 records (0 pairing entries, 0 device tokens, 0 revocations, \
+             1 invite codes, 0 tasks) in 1.5 ms"
+        );
     }
 
     #[test]

@@ -179,3 +179,28 @@ fn full_queue_is_refused_not_blocked() {
     assert!(refused > 0);
     assert_eq!(store.handle().stats().queue_full, refused);
 }
+
+#[test]
+fn submit_after_close_is_refused_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(tmp.path(), &secrets(), StoreConfig::default()).unwrap();
+    let handle = store.handle();
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (w, _r) = StdUnixStream::pair().unwrap();
+        w.set_nonblocking(true).unwrap();
+        let link = handle.link(Arc::new(SocketBell(w))).unwrap();
+        // Queued before the close: committed by it.
+        let ack = link.submit(vec![Mutation::PutInvite(invite(3))]).unwrap();
+        store.close();
+        link.on_doorbell();
+        assert_eq!(ack.await, Ok(()));
+        assert_eq!(
+            link.submit(vec![Mutation::DeleteInvite(3)]).unwrap_err(),
+            SubmitError::Closed
+        );
+        assert_eq!(link.inflight(), 0);
+    });
+}
