@@ -18,6 +18,7 @@
 //! docs/ARCHITECTURE.md, "Durable state".
 
 mod dir;
+mod doorbell;
 mod error;
 mod link;
 pub mod records;
@@ -26,6 +27,7 @@ mod secret;
 pub mod thread;
 
 pub use dir::{DataDir, LOCK_FILE};
+pub use doorbell::SocketDoorbell;
 pub use error::{StoreError, SubmitError};
 pub use link::{Ack, ShardLink};
 pub use records::{

@@ -22,6 +22,7 @@ const TASK_LEN: usize = 4096;
 
 /// Not a test on its own: the child of `acknowledged_writes_survive_sigkill`.
 #[test]
+#[ignore = "child-process entry point: run by its parent test with --ignored"]
 fn crash_child_writer() {
     let (Ok(dir), Ok(base)) = (std::env::var(DIR_ENV), std::env::var(BASE_ENV)) else {
         return;
@@ -55,6 +56,7 @@ fn round(dir: &Path, base: u64, kill_after: usize) -> Vec<u64> {
         .args([
             "--exact",
             "crash_child_writer",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

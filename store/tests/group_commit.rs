@@ -4,12 +4,10 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 
-use chatixia_store::{Doorbell, Mutation, Store, StoreConfig, SubmitError};
+use chatixia_store::{Mutation, SocketDoorbell, Store, StoreConfig, SubmitError};
 use common::*;
 
 #[test]
@@ -54,17 +52,6 @@ fn concurrent_blocking_writers_share_commits() {
     assert_eq!(snap.counts().tasks as u64, writes);
 }
 
-/// A doorbell over a socket pair: the storage thread writes a byte, the shard's event
-/// loop reads it (what a shard does with an eventfd on io_uring).
-struct SocketBell(StdUnixStream);
-
-impl Doorbell for SocketBell {
-    fn ring(&self) {
-        // Non-blocking: a full socket buffer already holds unread rings.
-        let _ = (&self.0).write(&[1]);
-    }
-}
-
 #[test]
 fn shard_link_batches_and_wakes_on_the_shard_thread() {
     let tmp = tempfile::tempdir().unwrap();
@@ -82,10 +69,8 @@ fn shard_link_batches_and_wakes_on_the_shard_thread() {
     let s2 = s.clone();
     let done = rt.block_on(async move {
         let s = s2;
-        let (w, r) = StdUnixStream::pair().unwrap();
-        w.set_nonblocking(true).unwrap();
-        r.set_nonblocking(true).unwrap();
-        let link = Rc::new(handle.link(Arc::new(SocketBell(w))).unwrap());
+        let (bell, r) = SocketDoorbell::pair().unwrap();
+        let link = Rc::new(handle.link(Arc::new(bell)).unwrap());
         // The shard's doorbell task.
         let bell_link = link.clone();
         monoio::spawn(async move {
@@ -157,9 +142,8 @@ fn full_queue_is_refused_not_blocked() {
         .build()
         .unwrap();
     let refused = rt.block_on(async move {
-        let (w, _r) = StdUnixStream::pair().unwrap();
-        w.set_nonblocking(true).unwrap();
-        let link = handle.link(Arc::new(SocketBell(w))).unwrap();
+        let (bell, _r) = SocketDoorbell::pair().unwrap();
+        let link = handle.link(Arc::new(bell)).unwrap();
         // Each commit is one fsync'd write; submitting 200 without yielding overruns a
         // queue of 2.
         let mut acks = Vec::new();
@@ -189,9 +173,8 @@ fn submit_after_close_is_refused_closed() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (w, _r) = StdUnixStream::pair().unwrap();
-        w.set_nonblocking(true).unwrap();
-        let link = handle.link(Arc::new(SocketBell(w))).unwrap();
+        let (bell, _r) = SocketDoorbell::pair().unwrap();
+        let link = handle.link(Arc::new(bell)).unwrap();
         // Queued before the close: committed by it.
         let ack = link.submit(vec![Mutation::PutInvite(invite(3))]).unwrap();
         store.close();

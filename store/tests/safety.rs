@@ -14,6 +14,7 @@ const CHILD_ENV: &str = "CHATIXIA_STORE_TEST_CHILD_DIR";
 /// Not a test on its own: the body of the child process of
 /// `second_process_is_refused_by_the_lock` (re-exec of this test binary).
 #[test]
+#[ignore = "child-process entry point: run by its parent test with --ignored"]
 fn child_open_and_report() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
@@ -26,7 +27,12 @@ fn child_open_and_report() {
 
 fn open_in_child(dir: &Path) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_open_and_report", "--nocapture"])
+        .args([
+            "--exact",
+            "child_open_and_report",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD_ENV, dir)
         .output()
         .unwrap();
