@@ -9,12 +9,18 @@ use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::rc::Rc;
+use std::sync::Arc;
 
-use chatixia_store::{PairingStatus, Store, StoreConfig};
+use chatixia_store::{PairingStatus, SocketDoorbell, Store, StoreConfig, StoreHandle};
 use common::*;
 
 const DIR_ENV: &str = "CHATIXIA_STORE_CRASH_DIR";
 const BASE_ENV: &str = "CHATIXIA_STORE_CRASH_BASE";
+/// `blocking`: 8 threads with `write_blocking`; `link`: one monoio shard with 64 tasks
+/// writing through a `ShardLink` (the path a shard takes).
+const MODE_ENV: &str = "CHATIXIA_STORE_CRASH_MODE";
+const LINK_TASKS: u64 = 64;
 const WRITERS: u64 = 8;
 /// Ids of writer `w` in a round with base `b`: `b + w * STRIDE + j`.
 const STRIDE: u64 = 1_000_000;
@@ -29,6 +35,10 @@ fn crash_child_writer() {
     };
     let base: u64 = base.parse().unwrap();
     let (store, _) = Store::open(Path::new(&dir), &secrets(), StoreConfig::default()).unwrap();
+    if std::env::var(MODE_ENV).as_deref() == Ok("link") {
+        link_writer(store.handle(), base);
+        return;
+    }
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let h = store.handle();
@@ -49,9 +59,53 @@ fn crash_child_writer() {
     }
 }
 
+/// 64 concurrent writers on one monoio shard, each awaiting its `Ack` before printing.
+fn link_writer(handle: StoreHandle, base: u64) {
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (bell, r) = SocketDoorbell::pair().unwrap();
+        let link = Rc::new(handle.link(Arc::new(bell)).unwrap());
+        let bell_link = link.clone();
+        monoio::spawn(async move {
+            use monoio::io::AsyncReadRent as _;
+            let mut r = monoio::net::UnixStream::from_std(r).unwrap();
+            let mut buf = vec![0u8; 64];
+            loop {
+                let (res, b) = r.read(buf).await;
+                buf = b;
+                if !matches!(res, Ok(n) if n > 0) {
+                    break;
+                }
+                bell_link.on_doorbell();
+            }
+        });
+        let writers: Vec<_> = (0..LINK_TASKS)
+            .map(|w| {
+                let link = link.clone();
+                monoio::spawn(async move {
+                    let s = secrets();
+                    for j in 0.. {
+                        let id = base + w * STRIDE + j;
+                        let ack = link.submit(approval_write(&s, id, TASK_LEN)).unwrap();
+                        ack.await.unwrap();
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "ACK {id}");
+                        let _ = out.flush();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await;
+        }
+    });
+}
+
 /// Runs one child round and kills it after `kill_after` acknowledgements; returns the
 /// acknowledged ids (every line it printed before dying).
-fn round(dir: &Path, base: u64, kill_after: usize) -> Vec<u64> {
+fn round(dir: &Path, base: u64, kill_after: usize, mode: &str) -> Vec<u64> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -62,6 +116,7 @@ fn round(dir: &Path, base: u64, kill_after: usize) -> Vec<u64> {
         ])
         .env(DIR_ENV, dir)
         .env(BASE_ENV, base.to_string())
+        .env(MODE_ENV, mode)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -94,8 +149,14 @@ fn acknowledged_writes_survive_sigkill() {
     let dir = tmp.path().join("data");
     let s = secrets();
     let mut all_acked = BTreeSet::new();
-    for (r, kill_after) in [(1u64, 150usize), (2, 40), (3, 300)] {
-        let acked = round(&dir, r * 100 * STRIDE, kill_after);
+    let rounds = [
+        (1u64, 150usize, "blocking"),
+        (2, 40, "link"),
+        (3, 300, "link"),
+        (4, 100, "blocking"),
+    ];
+    for (r, kill_after, mode) in rounds {
+        let acked = round(&dir, r * 100 * STRIDE, kill_after, mode);
         assert!(acked.len() >= kill_after);
         all_acked.extend(acked);
 
@@ -136,7 +197,7 @@ fn acknowledged_writes_survive_sigkill() {
         }
         assert_eq!(snap.tasks.len(), snap.pairings.len());
         eprintln!(
-            "round {r}: {} acknowledged so far, {} present ({} written but not acknowledged), loaded in {:?}",
+            "round {r} ({mode}): {} acknowledged so far, {} present ({} written but not acknowledged), loaded in {:?}",
             all_acked.len(),
             pairings.len(),
             pairings.len() - all_acked.len(),
