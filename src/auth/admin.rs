@@ -1,0 +1,253 @@
+//! Admin authentication for the operator routes (issue 10).
+//!
+//! `GET /api/pairing/pending`, `GET /api/pairing/all`, `POST /api/pairing/{id}/approve`,
+//! `/reject`, `/revoke`, `DELETE /api/registry/agents/{id}` and any new operator route
+//! require `Authorization: Bearer <JWT>` whose `role` is [`ADMIN_ROLE`]:
+//!
+//! * no header, not `Bearer <token>`, or a token [`jwt::verify`] refuses (malformed,
+//!   expired, wrongly signed, …) → **401**;
+//! * a valid token whose role is not `admin` → **403**;
+//!
+//! both answered with a JSON `{"error": …}` body ([`AdminAuthError::body`]). Pure: the
+//! caller passes the header value, the JWT secret and `now`.
+
+use serde::Serialize;
+
+use super::jwt::{self, Claims, JwtError};
+use crate::time::UnixTime;
+
+/// The role an API key entry must carry for its JWTs to pass [`authorize_admin`].
+pub const ADMIN_ROLE: &str = "admin";
+
+/// Why an `Authorization` header did not yield a usable token (all 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthorized {
+    /// No `Authorization` header.
+    Missing,
+    /// The header is not `Bearer <token>` in visible ASCII.
+    NotBearer,
+    /// The JWT was refused.
+    Token(JwtError),
+}
+
+/// Why an admin route is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAuthError {
+    /// 401: no usable, valid token.
+    Unauthorized(Unauthorized),
+    /// 403: a valid token for a peer whose role is not `admin`.
+    Forbidden {
+        /// The token's subject.
+        peer_id: String,
+        /// The token's role.
+        role: String,
+    },
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl AdminAuthError {
+    /// The HTTP status: 401 or 403.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminAuthError::Unauthorized(_) => 401,
+            AdminAuthError::Forbidden { .. } => 403,
+        }
+    }
+
+    /// The `error` text of the response body.
+    pub fn message(&self) -> String {
+        match self {
+            AdminAuthError::Unauthorized(Unauthorized::Missing) => {
+                "admin token required: Authorization: Bearer <token>".to_owned()
+            }
+            AdminAuthError::Unauthorized(Unauthorized::NotBearer) => {
+                "Authorization header must be Bearer <token>".to_owned()
+            }
+            AdminAuthError::Unauthorized(Unauthorized::Token(e)) => format!("invalid token: {e}"),
+            AdminAuthError::Forbidden { role, .. } => {
+                format!("admin role required (token role: {role})")
+            }
+        }
+    }
+
+    /// The JSON response body, `{"error": …}`.
+    pub fn body(&self) -> String {
+        let message = self.message();
+        serde_json::to_string(&ErrorBody { error: &message }).unwrap_or_default()
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value: the scheme is matched without
+/// regard to case (RFC 9110 §11.1), separated by spaces from a non-empty token; the value
+/// must be visible ASCII (the reference's `HeaderValue::to_str`).
+pub fn bearer_token(authorization: &[u8]) -> Option<&str> {
+    let value = super::header_value_str(authorization)?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' '))
+        .then_some(token)
+}
+
+/// Decides an admin route: `authorization` is the raw `Authorization` header value
+/// (`None` when absent), `secret` the JWT signing secret.
+pub fn authorize_admin(
+    authorization: Option<&[u8]>,
+    secret: &[u8],
+    now: UnixTime,
+) -> Result<Claims, AdminAuthError> {
+    let header = authorization.ok_or(AdminAuthError::Unauthorized(Unauthorized::Missing))?;
+    let token =
+        bearer_token(header).ok_or(AdminAuthError::Unauthorized(Unauthorized::NotBearer))?;
+    let claims = jwt::verify(secret, token, now.as_secs())
+        .map_err(|e| AdminAuthError::Unauthorized(Unauthorized::Token(e)))?;
+    if claims.role != ADMIN_ROLE {
+        return Err(AdminAuthError::Forbidden {
+            peer_id: claims.sub,
+            role: claims.role,
+        });
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+    const NOW_SECS: u64 = 1_795_239_689;
+    const NOW: UnixTime = UnixTime(NOW_SECS * 1_000_000_000);
+
+    fn bearer(token: &str) -> Vec<u8> {
+        format!("Bearer {token}").into_bytes()
+    }
+
+    #[test]
+    fn admin_token_passes() {
+        let t = jwt::issue(SECRET, "ops-1", "admin", NOW_SECS);
+        let claims = authorize_admin(Some(&bearer(&t)), SECRET, NOW).unwrap();
+        assert_eq!(claims.sub, "ops-1");
+        assert_eq!(claims.role, "admin");
+        // Scheme case and extra spaces do not matter.
+        for h in [
+            format!("bearer {t}"),
+            format!("BEARER   {t}"),
+            format!(" Bearer {t} "),
+        ] {
+            assert!(
+                authorize_admin(Some(h.as_bytes()), SECRET, NOW).is_ok(),
+                "{h}"
+            );
+        }
+        // Still valid through the leeway, refused after.
+        let later = |s: u64| UnixTime((NOW_SECS + s) * 1_000_000_000);
+        assert!(authorize_admin(Some(&bearer(&t)), SECRET, later(360)).is_ok());
+        assert_eq!(
+            authorize_admin(Some(&bearer(&t)), SECRET, later(361)),
+            Err(AdminAuthError::Unauthorized(Unauthorized::Token(
+                JwtError::Expired
+            )))
+        );
+    }
+
+    #[test]
+    fn agent_token_is_forbidden() {
+        let t = jwt::issue(SECRET, "agent-001", "agent", NOW_SECS);
+        let err = authorize_admin(Some(&bearer(&t)), SECRET, NOW).unwrap_err();
+        assert_eq!(
+            err,
+            AdminAuthError::Forbidden {
+                peer_id: "agent-001".into(),
+                role: "agent".into()
+            }
+        );
+        assert_eq!(err.status(), 403);
+        assert_eq!(
+            err.body(),
+            r#"{"error":"admin role required (token role: agent)"}"#
+        );
+        // Role match is exact.
+        for role in ["Admin", "admin ", "", "administrator"] {
+            let t = jwt::issue(SECRET, "p", role, NOW_SECS);
+            assert_eq!(
+                authorize_admin(Some(&bearer(&t)), SECRET, NOW)
+                    .unwrap_err()
+                    .status(),
+                403,
+                "{role:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_malformed_and_forged_are_unauthorized() {
+        let admin = jwt::issue(SECRET, "ops-1", "admin", NOW_SECS);
+        let other_secret = jwt::issue(b"other", "ops-1", "admin", NOW_SECS);
+        let cases: Vec<(Option<Vec<u8>>, AdminAuthError)> = vec![
+            (None, AdminAuthError::Unauthorized(Unauthorized::Missing)),
+            (
+                Some(b"".to_vec()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(b"Bearer".to_vec()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(b"Bearer ".to_vec()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(format!("Basic {admin}").into_bytes()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(admin.clone().into_bytes()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(format!("Bearer {admin} extra").into_bytes()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(format!("Bearer {admin}\u{e9}").into_bytes()),
+                AdminAuthError::Unauthorized(Unauthorized::NotBearer),
+            ),
+            (
+                Some(bearer("not.a.jwt")),
+                AdminAuthError::Unauthorized(Unauthorized::Token(JwtError::Malformed)),
+            ),
+            (
+                Some(bearer(&other_secret)),
+                AdminAuthError::Unauthorized(Unauthorized::Token(JwtError::InvalidSignature)),
+            ),
+            (
+                Some(bearer(&"a".repeat(jwt::TOKEN_BYTES_MAX + 1))),
+                AdminAuthError::Unauthorized(Unauthorized::Token(JwtError::Malformed)),
+            ),
+        ];
+        for (header, want) in cases {
+            let got = authorize_admin(header.as_deref(), SECRET, NOW).unwrap_err();
+            assert_eq!(
+                got,
+                want,
+                "{:?}",
+                header.as_deref().map(String::from_utf8_lossy)
+            );
+            assert_eq!(got.status(), 401);
+            let body: serde_json::Value = serde_json::from_str(&got.body()).unwrap();
+            assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()));
+        }
+        // An expired admin token.
+        let old = jwt::issue(SECRET, "ops-1", "admin", NOW_SECS - 1000);
+        assert_eq!(
+            authorize_admin(Some(&bearer(&old)), SECRET, NOW)
+                .unwrap_err()
+                .body(),
+            r#"{"error":"invalid token: expired signature"}"#
+        );
+    }
+}

@@ -1,0 +1,116 @@
+//! Errors of the store. Every error that concerns a file names it.
+
+use std::path::PathBuf;
+
+/// Why the store could not open, load or commit.
+///
+/// `Clone` because one failed group commit fails every write in it, each with the same
+/// error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// A file or directory operation failed (`op` says which; the message is the OS's).
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done ("create the data directory", "open", …).
+        op: &'static str,
+        /// The OS error.
+        message: String,
+    },
+    /// Another process (or another open in this process) holds the data directory's lock.
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+        /// The lock file.
+        lock_file: PathBuf,
+        /// What the lock file says about its holder (its pid), if readable.
+        holder: String,
+    },
+    /// A file is damaged or not what it should be; the store refuses to start on it.
+    Corrupt {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The data directory was written under another server secret: every stored token
+    /// hash would silently fail to match, so the store refuses.
+    SecretMismatch {
+        /// The file holding the check value.
+        file: PathBuf,
+    },
+    /// A commit failed (the engine's message); none of the writes in it is acknowledged.
+    Commit {
+        /// The database file.
+        file: PathBuf,
+        /// The engine's message.
+        message: String,
+    },
+    /// The storage thread has stopped; nothing more can be written.
+    Closed,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Io { path, op, message } => {
+                write!(f, "cannot {op} {}: {message}", path.display())
+            }
+            StoreError::Locked {
+                dir,
+                lock_file,
+                holder,
+            } => write!(
+                f,
+                "data directory {} is in use by another server (lock {} is held{}); \
+                 stop it or choose another --data-dir",
+                dir.display(),
+                lock_file.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(", holder: {holder}")
+                }
+            ),
+            StoreError::Corrupt { file, problem } => {
+                write!(f, "{} is damaged: {problem}", file.display())
+            }
+            StoreError::SecretMismatch { file } => write!(
+                f,
+                "{} was written under a different server secret; refusing to start \
+                 (stored device-token hashes would never match)",
+                file.display()
+            ),
+            StoreError::Commit { file, message } => {
+                write!(f, "commit to {} failed: {message}", file.display())
+            }
+            StoreError::Closed => f.write_str("the storage thread has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Why a write was not queued. Every variant maps to HTTP 503 (retry later): nothing was
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The storage queue holds `queue_depth_max` writes.
+    QueueFull,
+    /// This shard has `inflight_max` writes waiting for their commit.
+    InFlightFull,
+    /// The storage thread has stopped.
+    Closed,
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SubmitError::QueueFull => "storage queue full",
+            SubmitError::InFlightFull => "too many writes in flight on this shard",
+            SubmitError::Closed => "storage stopped",
+        })
+    }
+}
+
+impl std::error::Error for SubmitError {}

@@ -1,0 +1,54 @@
+//! `chatixia-store`: the durable control-plane state of chatixia-core (issue 10).
+//!
+//! * Typed [records] — pairing entries, device-token grants (keyed hashes only),
+//!   revocations (with a per-peer JWT "not before"), invite codes, pending/assigned tasks —
+//!   changed by atomic writes (`Vec<`[`Mutation`]`>`).
+//! * A small [`Backend`] trait over those records (commit a group of writes durably, load
+//!   everything), implemented on redb ([`RedbBackend`]); a later backend (Redis, for
+//!   several nodes) implements the same trait.
+//! * [`Store`]: the backend on its own storage thread. Writers submit through one bounded
+//!   queue; the thread commits everything queued in one transaction with one fsync (group
+//!   commit) and then completes each write. Shards submit through a [`ShardLink`] and await
+//!   an [`Ack`] that is woken on the shard's own thread (see [`thread`]).
+//! * [`DataDir`]: `--data-dir` semantics (created on open, exclusive `flock` lock file).
+//! * [`Secrets`]: keys derived from the server secret (never stored in the data
+//!   directory) for keyed token hashes and sealing a device token not yet claimed.
+//!
+//! The engine was chosen by measurement: see `benches/engines.rs` and
+//! docs/ARCHITECTURE.md, "Durable state".
+
+mod dir;
+mod doorbell;
+mod error;
+mod link;
+pub mod records;
+pub mod redb_backend;
+mod secret;
+pub mod thread;
+
+pub use dir::{DataDir, LOCK_FILE};
+pub use doorbell::SocketDoorbell;
+pub use error::{StoreError, SubmitError};
+pub use link::{Ack, ShardLink};
+pub use records::{
+    Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord, PairingStatus,
+    RevocationRecord, SealedToken, Snapshot, TaskRecord, TokenHash,
+};
+pub use redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE};
+pub use secret::{HashKind, Secrets, UnsealError};
+pub use thread::{Doorbell, Store, StoreConfig, StoreHandle, StoreStats};
+
+/// Where the records live. Implementations run on the storage thread only (`&mut self`,
+/// blocking calls are fine there).
+pub trait Backend: Send + 'static {
+    /// Applies every mutation of every write in one atomic transaction and returns once it
+    /// is durable (one fsync for the whole group). On error none of it is acknowledged.
+    fn commit(&mut self, writes: &[&[Mutation]]) -> Result<(), StoreError>;
+
+    /// Reads every record. A record that cannot be decoded is an error naming the file
+    /// and the record, never skipped.
+    fn load(&self) -> Result<Snapshot, StoreError>;
+
+    /// What and where, for logs (`redb /var/lib/chatixia/state.redb`).
+    fn describe(&self) -> String;
+}

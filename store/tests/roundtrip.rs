@@ -1,0 +1,168 @@
+//! Every record kind written through the storage thread, read back after a reopen.
+
+mod common;
+
+use chatixia_store::{HashKind, Mutation, PairingStatus, Secrets, Store, StoreConfig, StoreError};
+use common::*;
+
+#[test]
+fn every_record_kind_round_trips_through_a_reopen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = secrets();
+    let (store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    assert_eq!(snap.counts().total(), 0);
+    let h = store.handle();
+
+    // Pairing: created pending, then approved (a state change is a put of the new record).
+    let pending = pairing(&s, 1, PairingStatus::PendingApproval);
+    h.write_blocking(vec![Mutation::PutPairing(pending.clone())])
+        .unwrap();
+    let approved = pairing(&s, 1, PairingStatus::Approved);
+    h.write_blocking(vec![
+        Mutation::PutPairing(approved.clone()),
+        Mutation::PutDeviceToken(grant(&s, 1)),
+    ])
+    .unwrap();
+    // Another entry approved then revoked: grant deleted, revocation stored.
+    h.write_blocking(vec![
+        Mutation::PutPairing(pairing(&s, 2, PairingStatus::Approved)),
+        Mutation::PutDeviceToken(grant(&s, 2)),
+    ])
+    .unwrap();
+    let revoked = pairing(&s, 2, PairingStatus::Revoked);
+    h.write_blocking(vec![
+        Mutation::PutPairing(revoked.clone()),
+        Mutation::DeleteDeviceToken(grant(&s, 2).hash),
+        Mutation::PutRevocation(revocation(2)),
+    ])
+    .unwrap();
+    // Invites: one stays, one redeemed (deleted).
+    h.write_blocking(vec![
+        Mutation::PutInvite(invite(123_456)),
+        Mutation::PutInvite(invite(42)),
+    ])
+    .unwrap();
+    h.write_blocking(vec![Mutation::DeleteInvite(42)]).unwrap();
+    // Tasks: one pending, one assigned, one finished (deleted); a 64 KiB payload.
+    let mut assigned = task(11, 10);
+    assigned.state = "assigned".into();
+    assigned.assigned_agent_id = "agent-x".into();
+    h.write_blocking(vec![
+        Mutation::PutTask(task(10, 64 * 1024)),
+        Mutation::PutTask(assigned.clone()),
+        Mutation::PutTask(task(12, 10)),
+    ])
+    .unwrap();
+    h.write_blocking(vec![Mutation::DeleteTask(task_id(12))])
+        .unwrap();
+    let stats = h.stats();
+    assert_eq!(stats.writes, 8);
+    assert_eq!(stats.commits_failed, 0);
+    store.close();
+
+    let (store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    let mut pairings = snap.pairings.clone();
+    pairings.sort_by_key(|p| p.id);
+    assert_eq!(pairings, vec![approved.clone(), revoked]);
+    assert_eq!(snap.device_tokens, vec![grant(&s, 1)]);
+    assert_eq!(snap.revocations, vec![revocation(2)]);
+    assert_eq!(snap.invites, vec![invite(123_456)]);
+    let mut tasks = snap.tasks.clone();
+    tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(tasks, vec![task(10, 64 * 1024), assigned]);
+    let c = snap.counts();
+    assert_eq!(
+        (
+            c.pairings,
+            c.device_tokens,
+            c.revocations,
+            c.invites,
+            c.tasks
+        ),
+        (2, 1, 1, 1, 2)
+    );
+    assert_eq!(c.total(), 7);
+
+    // The stored secrets: the token verifies against its hash, the sealed token opens.
+    let p = &pairings[0];
+    assert!(s.verify(
+        HashKind::DeviceToken,
+        &token_of(1),
+        p.token_hash.as_ref().unwrap()
+    ));
+    assert!(s.verify(
+        HashKind::ClaimSecret,
+        "claim-1",
+        p.claim_hash.as_ref().unwrap()
+    ));
+    assert_eq!(
+        s.unseal(1, p.sealed_token.as_ref().unwrap()).unwrap(),
+        token_of(1)
+    );
+    store.close();
+
+    // No token in clear anywhere in the data directory.
+    let bytes = std::fs::read(tmp.path().join(chatixia_store::DB_FILE)).unwrap();
+    for t in [token_of(1), token_of(2)] {
+        assert!(
+            !bytes.windows(t.len()).any(|w| w == t.as_bytes()),
+            "{t} found in clear"
+        );
+    }
+}
+
+#[test]
+fn another_server_secret_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(tmp.path(), &secrets(), StoreConfig::default()).unwrap();
+    store
+        .handle()
+        .write_blocking(vec![Mutation::PutInvite(invite(1))])
+        .unwrap();
+    store.close();
+    let err = Store::open(
+        tmp.path(),
+        &Secrets::derive(b"other"),
+        StoreConfig::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StoreError::SecretMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("state.redb"), "{err}");
+    // The right secret still opens it.
+    let (_store, snap) = Store::open(tmp.path(), &secrets(), StoreConfig::default()).unwrap();
+    assert_eq!(snap.invites, vec![invite(1)]);
+}
+
+#[test]
+fn writes_after_close_fail_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, _) = Store::open(tmp.path(), &secrets(), StoreConfig::default()).unwrap();
+    let h = store.handle();
+    store.close();
+    assert_eq!(
+        h.write_blocking(vec![Mutation::DeleteInvite(1)]),
+        Err(StoreError::Closed)
+    );
+}
+
+#[test]
+fn load_of_100k_entries_counts_them_and_times_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = secrets();
+    let (store, _) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    let h = store.handle();
+    const N: u64 = 100_000;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(10_000) {
+        let w = chunk
+            .iter()
+            .map(|&i| Mutation::PutPairing(pairing(&s, i, PairingStatus::PendingApproval)))
+            .collect();
+        h.write_blocking(w).unwrap();
+    }
+    store.close();
+    let (_store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    assert_eq!(snap.counts().pairings, N as usize);
+    assert_eq!(snap.counts().total(), N as usize);
+    assert!(snap.elapsed > std::time::Duration::ZERO);
+    eprintln!("loaded {N} pairing entries in {:?}", snap.elapsed);
+}
