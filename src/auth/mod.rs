@@ -7,6 +7,7 @@
 //! `DeviceTokenIndex` shard that owns the token, after which [`TokenResponse::issue`] builds
 //! the reply with role [`DEVICE_TOKEN_ROLE`].
 
+pub mod admin;
 pub mod api;
 pub mod jwt;
 pub mod keys;
