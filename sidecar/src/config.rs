@@ -15,9 +15,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-
 use super::url::Url;
 
 /// The public STUN server the reference sidecar uses; the default for users only.
@@ -150,15 +147,10 @@ pub fn parse_stun_url(s: &str) -> Result<(String, u16), String> {
     }
 }
 
-/// TURN REST API credentials (the reference's scheme): username `"{expiry}:mesh"`,
-/// password base64(HMAC-SHA1(secret, username)).
+/// TURN REST API credentials valid `ttl_secs` from `now_secs` (the one implementation
+/// is [`wire::turn_rest::turn_credentials`], shared with the server).
 pub fn turn_rest_credentials(secret: &str, now_secs: u64, ttl_secs: u64) -> (String, String) {
-    let username = format!("{}:mesh", now_secs + ttl_secs);
-    let mut mac =
-        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key size");
-    mac.update(username.as_bytes());
-    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
+    wire::turn_rest::turn_credentials(secret.as_bytes(), now_secs + ttl_secs)
 }
 
 #[cfg(test)]
