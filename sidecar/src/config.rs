@@ -128,23 +128,7 @@ pub fn parse_stun_url(s: &str) -> Result<(String, u16), String> {
         .strip_prefix("stun:")
         .ok_or_else(|| format!("STUN url {s:?}: expected stun:host[:port]"))?;
     let rest = rest.split('?').next().unwrap_or(rest);
-    if let Some(v6) = rest.strip_prefix('[') {
-        let (h, tail) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("STUN url {s:?}: bad IPv6"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("STUN url {s:?}: bad port"))?,
-            None => 3478,
-        };
-        return Ok((h.to_string(), port));
-    }
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Ok((
-            h.to_string(),
-            p.parse().map_err(|_| format!("STUN url {s:?}: bad port"))?,
-        )),
-        None => Ok((rest.to_string(), 3478)),
-    }
+    super::url::host_port(rest, 3478).map_err(|e| format!("STUN url {s:?}: {e}"))
 }
 
 /// TURN REST API credentials valid `ttl_secs` from `now_secs` (the one implementation
