@@ -467,16 +467,17 @@ async fn signaling_loop(state: Shared, cfg: SidecarConfig) {
                 None
             }
         };
-        let mut s = state.borrow_mut();
-        s.signal_out.clear();
-        s.input(Input::SignalingClosed { code });
-        // A session that got as far as `peer_list` resets the backoff, unless it was
-        // replaced by another sidecar with our identity: then we keep backing off, so
-        // two agents sharing one identity do not take it from each other at once.
-        if s.registered && code != Some(CLOSE_REPLACED) {
-            backoff.reset();
+        {
+            let mut s = state.borrow_mut();
+            s.signal_out.clear();
+            s.input(Input::SignalingClosed { code });
+            // A session that got as far as `peer_list` resets the backoff, unless it was
+            // replaced by another sidecar with our identity: then we keep backing off, so
+            // two agents sharing one identity do not take it from each other at once.
+            if s.registered && code != Some(CLOSE_REPLACED) {
+                backoff.reset();
+            }
         }
-        drop(s);
         let d = backoff.next_delay();
         tracing::info!(delay = ?d, "reconnecting to signaling");
         monoio::time::sleep(d).await;
@@ -639,9 +640,11 @@ async fn serve_agent(state: Shared, stream: UnixStream, kicks: Kicks) {
         }
         // Every line of this read, a bounded batch at a time, each batch followed by one
         // drive of the peers it touched.
-        let mut s = state.borrow_mut();
-        for batch in lines.chunks(IPC_BATCH_LINES_MAX) {
-            s.input(Input::Ipc(batch));
+        {
+            let mut s = state.borrow_mut();
+            for batch in lines.chunks(IPC_BATCH_LINES_MAX) {
+                s.input(Input::Ipc(batch));
+            }
         }
         lines.clear();
     }

@@ -51,6 +51,9 @@ impl Side {
 /// A signaling message in flight to side `to`.
 type Sig = (usize, String);
 
+/// Sees every signaling message (recipient, message); false drops it.
+type SigFilter = Box<dyn FnMut(usize, &mut Value) -> bool>;
+
 struct Pair {
     now: Instant,
     s: [Side; 2],
@@ -61,7 +64,7 @@ struct Pair {
     link_up: bool,
 
     /// Called on every signaling message; returns false to drop it.
-    sig_filter: Box<dyn FnMut(usize, &mut Value) -> bool>,
+    sig_filter: SigFilter,
 }
 
 impl Pair {
@@ -142,13 +145,13 @@ impl Pair {
             any = true;
             if let Some(r) = self.relay.as_mut() {
                 if dst == r.server {
-                    let out = r.from_client(src, &data);
+                    let out = r.on_client(src, &data);
                     self.udp.extend(out);
                     continue;
                 }
                 if dst == r.relayed {
                     if self.link_up {
-                        if let Some(d) = r.from_peer(src, &data) {
+                        if let Some(d) = r.on_peer(src, &data) {
                             self.udp.push_back(d);
                         }
                     }
@@ -257,6 +260,36 @@ fn offer_answer_connects_and_carries_messages() {
     assert_eq!(p.received(1), want, "in order, all of them");
     assert_eq!(p.received(0), vec!["back".to_string()]);
     assert_eq!(p.s[0].e.stats.unmatched_datagrams, 0);
+}
+
+#[test]
+fn big_backlog_pauses_the_agent_by_message_count_then_drains_in_order() {
+    let mut p = Pair::new();
+    p.signaling_up();
+    p.peer_list(0);
+    p.connect();
+    // The link stalls: nothing is acknowledged, so messages pile up in flight.
+    p.link_up = false;
+    let n = DC_BUFFERED_HIGH_MESSAGES + IPC_BATCH_LINES_MAX;
+    let target = p.s[1].id.clone();
+    let lines: Vec<Framed> = (0..n)
+        .map(|i| {
+            let v = json!({"type":"send","payload":{"target_peer":target,"message":{"type":"chat","payload":format!("m{i}")}}});
+            Framed::Line(v.to_string().into_bytes())
+        })
+        .collect();
+    for batch in lines.chunks(IPC_BATCH_LINES_MAX) {
+        p.input(0, Input::Ipc(batch));
+    }
+    p.udp.clear();
+    // Far under the byte limit (small messages), over the message limit.
+    assert!(p.s[0].e.ipc_paused(), "paused by message count");
+    p.link_up = true;
+    let resumed = p.run_until(Duration::from_secs(20), |p| p.received(1).len() == n);
+    assert!(resumed, "delivered {} of {n}", p.received(1).len());
+    let want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    assert_eq!(p.received(1), want);
+    assert!(!p.s[0].e.ipc_paused(), "drained: reading again");
 }
 
 #[test]
@@ -458,7 +491,7 @@ impl Relay {
         }
     }
 
-    fn from_client(&mut self, src: SocketAddr, b: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    fn on_client(&mut self, src: SocketAddr, b: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
         let Some(m) = Message::decode(b) else {
             return Vec::new();
         };
@@ -517,7 +550,7 @@ impl Relay {
         }
     }
 
-    fn from_peer(
+    fn on_peer(
         &mut self,
         src: SocketAddr,
         data: &[u8],
