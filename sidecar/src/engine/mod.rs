@@ -247,7 +247,9 @@ impl Engine {
     /// When [`Input::Timeout`] next has work.
     pub fn poll_timeout(&self) -> Instant {
         let mut t = self.last_now + IDLE_TICK;
-        t = t.min(self.peers.next_timeout());
+        if let Some(p) = self.peers.next_timeout() {
+            t = t.min(p);
+        }
         for p in &self.stun {
             t = t.min(p.next);
         }

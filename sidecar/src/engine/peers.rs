@@ -198,18 +198,19 @@ impl PeerTable {
             .collect()
     }
 
-    pub fn next_timeout(&self) -> Instant {
-        let mut t: Option<Instant> = None;
-        for (_, p) in &self.slab {
-            let own = if p.announced {
-                p.last_rx + PEER_SILENCE_TIMEOUT + std::time::Duration::from_millis(1)
-            } else {
-                p.created + PEER_CONNECT_TIMEOUT
-            };
-            let m = p.next_timeout.min(own);
-            t = Some(t.map_or(m, |t| t.min(m)));
-        }
-        t.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600))
+    /// The earliest deadline of any peer (str0m's, silence, connect), if any peer.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.slab
+            .iter()
+            .map(|(_, p)| {
+                let own = if p.announced {
+                    p.last_rx + PEER_SILENCE_TIMEOUT + std::time::Duration::from_millis(1)
+                } else {
+                    p.created + PEER_CONNECT_TIMEOUT
+                };
+                p.next_timeout.min(own)
+            })
+            .min()
     }
 }
 
