@@ -175,6 +175,12 @@ pub struct Engine {
     rng: ChaCha8Rng,
     out: VecDeque<Output>,
     last_now: Instant,
+    /// The deadline [`Engine::poll_timeout`] last computed (a scan over the peers), and
+    /// the earliest deadline any input has set since: [`Output::Timeout`] reports the
+    /// earlier of the two, so an input costs no scan over all peers. A deadline that
+    /// moved later only makes the driver's timer wake early and recompute.
+    deadline: Instant,
+    wake_hint: Option<Instant>,
     pub stats: Stats,
 }
 
@@ -197,6 +203,8 @@ impl Engine {
             rng: ChaCha8Rng::seed_from_u64(seed),
             out: VecDeque::new(),
             last_now: now,
+            deadline: now,
+            wake_hint: None,
             stats: Stats::default(),
         }
     }
@@ -236,16 +244,29 @@ impl Engine {
         Ok(())
     }
 
-    /// The output door: call until it returns [`Output::Timeout`].
+    /// The output door: call until it returns [`Output::Timeout`], whose instant is no
+    /// later than the next deadline (cheap: see [`Engine::poll_timeout`] for the exact
+    /// one).
     pub fn poll_output(&mut self) -> Output {
         match self.out.pop_front() {
             Some(o) => o,
-            None => Output::Timeout(self.poll_timeout()),
+            None => Output::Timeout(match self.wake_hint {
+                Some(h) => h.min(self.deadline),
+                None => self.deadline,
+            }),
         }
     }
 
-    /// When [`Input::Timeout`] next has work.
-    pub fn poll_timeout(&self) -> Instant {
+    /// When [`Input::Timeout`] next has work (computed over every peer, probe and
+    /// timer: the driver's timer calls it once per wakeup).
+    pub fn poll_timeout(&mut self) -> Instant {
+        let t = self.next_deadline();
+        self.deadline = t;
+        self.wake_hint = None;
+        t
+    }
+
+    fn next_deadline(&self) -> Instant {
         let mut t = self.last_now + IDLE_TICK;
         if let Some(p) = self.peers.next_timeout() {
             t = t.min(p);
@@ -265,6 +286,11 @@ impl Engine {
             }
         }
         t
+    }
+
+    /// Something now has work at `t`.
+    fn wake_at(&mut self, t: Instant) {
+        self.wake_hint = Some(self.wake_hint.map_or(t, |h| h.min(t)));
     }
 
     fn emit(&mut self, o: Output) {

@@ -193,6 +193,9 @@ impl Engine {
             self.emit_udp(p.sock, p.server, stun::binding_request(p.tid));
             true
         });
+        for p in &probes {
+            self.wake_at(p.next);
+        }
         self.stun = probes;
     }
 
@@ -287,8 +290,12 @@ impl Engine {
         while let Some(b) = t.client.poll_transmit() {
             out.push(b);
         }
+        let next = [t.client.poll_timeout(), t.retry_at];
         for b in out {
             self.emit_udp(sock, server, b);
+        }
+        for n in next.into_iter().flatten() {
+            self.wake_at(n);
         }
     }
 
@@ -308,6 +315,7 @@ impl Engine {
                 TurnEvent::Failed(reason) => {
                     tracing::warn!(%reason, retry_in = ?TURN_RETRY_DELAY, "TURN: no relay candidate");
                     t.retry_at = Some(now + TURN_RETRY_DELAY);
+                    self.wake_at(now + TURN_RETRY_DELAY);
                 }
             }
         }

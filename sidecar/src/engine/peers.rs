@@ -276,6 +276,13 @@ impl Engine {
             match out {
                 RtcOutput::Timeout(t) => {
                     p.next_timeout = t.max(now);
+                    let own = if p.announced {
+                        p.last_rx + PEER_SILENCE_TIMEOUT + std::time::Duration::from_millis(1)
+                    } else {
+                        p.created + PEER_CONNECT_TIMEOUT
+                    };
+                    let wake = p.next_timeout.min(own);
+                    self.wake_at(wake);
                     // Messages waiting in the outbox go into str0m's freed buffer, and
                     // out in this same drive.
                     if self.flush_outbox(k) {
@@ -361,6 +368,7 @@ impl Engine {
         self.remove_peer(k, reason);
         if announced && self.signaling_up {
             self.redial_at = Some(now + super::REDIAL_DELAY);
+            self.wake_at(now + super::REDIAL_DELAY);
         }
     }
 

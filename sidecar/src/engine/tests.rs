@@ -128,7 +128,11 @@ impl Pair {
                     self.s[i].agent.push(serde_json::from_slice(&line).unwrap())
                 }
                 Output::IpcResume | Output::Registered => {}
-                Output::Timeout(_) => return,
+                Output::Timeout(t) => {
+                    // The cheap deadline is never later than the exact one.
+                    assert!(t <= self.s[i].e.next_deadline());
+                    return;
+                }
             }
         }
     }
