@@ -98,7 +98,8 @@ impl Engine {
         let cmd = match ipc::parse_command(line) {
             Ok(Some(c)) => c,
             Ok(None) => return,
-            Err(reason) => {
+            Err(e) => {
+                let reason = e.to_string();
                 tracing::warn!(%reason, "malformed IPC line");
                 self.queue_agent(ipc::event_error(&reason), false);
                 return;
