@@ -404,4 +404,60 @@ mod unit {
             None
         );
     }
+
+    fn peer(now: Instant, i: usize) -> Peer {
+        Peer {
+            id: format!("peer-{i}"),
+            rtc: Rtc::new(now),
+            pending: None,
+            channel: None,
+            announced: false,
+            mid: "0".into(),
+            ufrag: format!("uf{i}"),
+            addrs: Vec::new(),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            next_timeout: now,
+            created: now,
+            last_rx: now,
+        }
+    }
+
+    #[test]
+    fn fifty_peers_demultiplex_by_ufrag_then_address() {
+        let now = Instant::now();
+        let mut t = PeerTable::default();
+        let keys: Vec<usize> = (0..50).map(|i| t.insert(peer(now, i))).collect();
+        let local: SocketAddr = "10.0.0.1:1000".parse().unwrap();
+        let remote = |i: usize| -> SocketAddr { format!("10.0.1.{i}:5000").parse().unwrap() };
+        let check = |i: usize| {
+            Message::new(method::BINDING, Class::Request, [i as u8; 12])
+                .with(attr::USERNAME, format!("uf{i}:theirs").into_bytes())
+                .encode(None, true)
+        };
+        let dtls = b"\x16\xfe\xfd dtls record";
+        // Before any STUN, an address means nothing.
+        assert_eq!(t.demux(remote(37), local, dtls), None);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.demux(remote(i), local, &check(i)), Some(*k));
+        }
+        // Learnt: the rest of that peer's traffic (DTLS, SCTP, STUN responses).
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.demux(remote(i), local, dtls), Some(*k));
+        }
+        // A check with an unknown ufrag, or traffic on an unknown pair: no peer.
+        assert_eq!(t.demux(remote(1), local, &check(77)), None);
+        assert_eq!(t.demux(remote(99), local, dtls), None);
+        // Our own STUN out teaches the pair it answers on.
+        t.learn(keys[3], remote(200), local);
+        assert_eq!(t.demux(remote(200), local, dtls), Some(keys[3]));
+        // A removed peer leaves nothing behind.
+        t.remove(keys[37]);
+        assert_eq!(t.demux(remote(37), local, dtls), None);
+        assert_eq!(t.demux(remote(37), local, &check(37)), None);
+        assert_eq!(t.get("peer-37"), None);
+        assert_eq!(t.len(), 49);
+    }
 }
