@@ -71,7 +71,8 @@ pub(super) struct Peer {
     pub outbox_bytes: usize,
     /// Sizes of the messages written into str0m and not yet acknowledged, oldest
     /// first (reconciled against str0m's buffered amount): the in-flight count that
-    /// [`super::DC_BUFFERED_HIGH_MESSAGES`] caps.
+    /// [`super::DC_BUFFERED_HIGH_MESSAGES`] caps. Bounded by what str0m's buffer holds
+    /// (`SCTP_BUFFERED_BYTES_MAX`), and in practice by that cap plus one IPC batch.
     pub inflight: VecDeque<usize>,
     pub inflight_bytes: usize,
     pub next_timeout: Instant,
