@@ -1,11 +1,7 @@
 //! `GET /api/config`: ICE servers for WebRTC clients (STUN, plus TURN with ephemeral
 //! coturn `use-auth-secret` credentials when configured).
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha1::Sha1;
 
 use crate::time::UnixTime;
 
@@ -69,24 +65,16 @@ pub fn ice_config(stun_urls: &[String], turn: Option<(&str, &[u8])>, now: UnixTi
     IceConfig { ice_servers }
 }
 
-/// coturn REST-API credentials: user name `"<expiry_secs>:mesh"`, password
-/// base64(HMAC-SHA1(secret, user name)).
-pub fn turn_credentials(secret: &[u8], expiry_secs: u64) -> (String, String) {
-    let username = format!("{expiry_secs}:mesh");
-    // HMAC accepts keys of any length; the empty-credential fallback is unreachable.
-    let credential = match Hmac::<Sha1>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(username.as_bytes());
-            STANDARD.encode(mac.finalize().into_bytes())
-        }
-        Err(_) => String::new(),
-    };
-    (username, credential)
-}
+/// coturn REST-API credentials (one function in the wire crate, shared with the sidecar).
+pub use wire::turn_rest::turn_credentials;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use sha1::Sha1;
 
     const NOW: UnixTime = UnixTime(1_699_999_999_999_999_999);
 

@@ -15,9 +15,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-
 use super::url::Url;
 
 /// The public STUN server the reference sidecar uses; the default for users only.
@@ -131,34 +128,13 @@ pub fn parse_stun_url(s: &str) -> Result<(String, u16), String> {
         .strip_prefix("stun:")
         .ok_or_else(|| format!("STUN url {s:?}: expected stun:host[:port]"))?;
     let rest = rest.split('?').next().unwrap_or(rest);
-    if let Some(v6) = rest.strip_prefix('[') {
-        let (h, tail) = v6
-            .split_once(']')
-            .ok_or_else(|| format!("STUN url {s:?}: bad IPv6"))?;
-        let port = match tail.strip_prefix(':') {
-            Some(p) => p.parse().map_err(|_| format!("STUN url {s:?}: bad port"))?,
-            None => 3478,
-        };
-        return Ok((h.to_string(), port));
-    }
-    match rest.rsplit_once(':') {
-        Some((h, p)) => Ok((
-            h.to_string(),
-            p.parse().map_err(|_| format!("STUN url {s:?}: bad port"))?,
-        )),
-        None => Ok((rest.to_string(), 3478)),
-    }
+    super::url::host_port(rest, 3478).map_err(|e| format!("STUN url {s:?}: {e}"))
 }
 
-/// TURN REST API credentials (the reference's scheme): username `"{expiry}:mesh"`,
-/// password base64(HMAC-SHA1(secret, username)).
+/// TURN REST API credentials valid `ttl_secs` from `now_secs` (the one implementation
+/// is [`wire::turn_rest::turn_credentials`], shared with the server).
 pub fn turn_rest_credentials(secret: &str, now_secs: u64, ttl_secs: u64) -> (String, String) {
-    let username = format!("{}:mesh", now_secs + ttl_secs);
-    let mut mac =
-        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key size");
-    mac.update(username.as_bytes());
-    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    (username, password)
+    wire::turn_rest::turn_credentials(secret.as_bytes(), now_secs + ttl_secs)
 }
 
 #[cfg(test)]

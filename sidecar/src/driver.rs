@@ -1,12 +1,16 @@
 //! The I/O around [`Engine`]: everything runs as tasks on one reactor shard, sharing the
-//! engine through `Rc<RefCell<_>>` (never borrowed across an `.await`).
+//! engine and the writers' queues through `Rc<RefCell<_>>` (never borrowed across an
+//! `.await`). The driver owns the clock, the sockets, the wakeups ([`Kick`]s) and the
+//! bounded queue in front of each writer: after every input it drains the engine's
+//! output door ([`pump`]) into those queues and kicks their writers.
 //!
-//! Tasks: per UDP socket a reader and a writer; the timer (str0m's `Output::Timeout`,
-//! STUN and TURN retransmits and refreshes, redial); the signaling session loop (token → WebSocket → register,
-//! reconnect with backoff) with its writer; the IPC accept loop with a reader and a
-//! writer per agent connection; STUN and TURN server resolution.
+//! Tasks: per UDP socket a reader and a writer; the timer (the engine's
+//! `poll_timeout`); the signaling session loop (token → WebSocket → register, reconnect
+//! with backoff) with its writer; the IPC accept loop with a reader and a writer per
+//! agent connection; STUN and TURN server resolution (with retries scheduled here).
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::rc::Rc;
@@ -20,11 +24,11 @@ use monoio::net::{TcpStream, UnixListener, UnixStream};
 use reactor::timer::{select2, Either};
 
 use super::config::{SidecarConfig, TurnConfig};
-use super::engine::{Engine, Kicks};
+use super::engine::{Engine, Input, Output, CLOSE_REPLACED, IPC_BATCH_LINES_MAX};
 use super::http_client::{token_request, ResponseReader};
-use super::ipc::{self, Framed, LineFramer};
+use super::ipc::LineFramer;
 use super::kick::Kick;
-use super::resolve::resolve;
+use super::resolve::{Lookup, ResolveError};
 use super::signaling::Backoff;
 use super::turn::parse_turn_url;
 use super::ws::{WsClient, WsEvent};
@@ -45,7 +49,136 @@ const IPC_RECHECK: Duration = Duration::from_millis(100);
 /// How long a TCP connect to the token or signaling server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Shared = Rc<RefCell<Engine>>;
+/// Datagrams waiting for each UDP socket's writer. A full queue drops the datagram:
+/// UDP is lossy anyway and ICE, DTLS and SCTP retransmit.
+pub const UDP_OUT_DATAGRAMS_MAX: usize = 4096;
+
+/// Signaling messages waiting for the WebSocket writer. Offers, answers and a handful of
+/// candidates per peer; when full (a stalled server) further messages are dropped, and
+/// the peer connection attempt times out and is retried.
+pub const SIGNAL_OUT_MESSAGES_MAX: usize = 1024;
+
+/// Bytes of events queued for the agent (the IPC writer drains it). Bounded because an
+/// agent that stops reading must not grow our memory; when full, incoming DataChannel
+/// messages are dropped (counted and logged). Peer lifecycle and replies to commands
+/// are always queued: they are small and bounded by the number of peers and commands.
+pub const IPC_OUT_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The driver's wakeups.
+#[derive(Clone, Default)]
+pub struct Kicks {
+    pub udp: Vec<Kick>,
+    pub signal_out: Kick,
+    pub ipc_out: Kick,
+    pub ipc_resume: Kick,
+    pub timer: Kick,
+}
+
+/// Counters of what the driver's queues dropped.
+#[derive(Debug, Default, Clone)]
+pub struct Dropped {
+    pub udp: u64,
+    pub ipc: u64,
+    pub signal: u64,
+}
+
+/// The engine and the queues in front of the writers.
+pub struct State {
+    pub engine: Engine,
+    pub udp_out: Vec<VecDeque<(Vec<u8>, SocketAddr)>>,
+    pub signal_out: VecDeque<String>,
+    pub ipc_out: VecDeque<Vec<u8>>,
+    ipc_out_bytes: usize,
+    /// When the timer task will next wake (so we know when to kick it earlier).
+    timer_deadline: Instant,
+    /// The current signaling session got as far as `peer_list`.
+    registered: bool,
+    pub kicks: Kicks,
+    pub dropped: Dropped,
+}
+
+impl State {
+    /// Feeds one input and moves the engine's outputs to the writers' queues.
+    fn input(&mut self, input: Input<'_>) {
+        if let Err(e) = self.engine.handle_input(Instant::now(), input) {
+            tracing::warn!(error = %e, "input refused");
+        }
+        self.pump();
+    }
+
+    /// Drains the engine's output door.
+    fn pump(&mut self) {
+        loop {
+            match self.engine.poll_output() {
+                Output::Transmit { sock, dest, data } => {
+                    if self.udp_out[sock].len() >= UDP_OUT_DATAGRAMS_MAX {
+                        self.dropped.udp += 1;
+                        continue;
+                    }
+                    self.udp_out[sock].push_back((data, dest));
+                    self.kicks.udp[sock].kick();
+                }
+                Output::Signal(text) => {
+                    if self.signal_out.len() >= SIGNAL_OUT_MESSAGES_MAX {
+                        self.dropped.signal += 1;
+                        tracing::warn!("signaling queue full: message dropped");
+                        continue;
+                    }
+                    self.signal_out.push_back(text);
+                    self.kicks.signal_out.kick();
+                }
+                Output::Agent { line, droppable } => {
+                    if droppable && self.ipc_out_bytes + line.len() > IPC_OUT_BYTES_MAX {
+                        self.dropped.ipc += 1;
+                        tracing::warn!(
+                            dropped = self.dropped.ipc,
+                            "agent is not reading: DataChannel message dropped"
+                        );
+                        continue;
+                    }
+                    self.ipc_out_bytes += line.len();
+                    self.ipc_out.push_back(line);
+                    self.kicks.ipc_out.kick();
+                }
+                Output::IpcResume => self.kicks.ipc_resume.kick(),
+                Output::Registered => self.registered = true,
+                Output::Timeout(t) => {
+                    if t < self.timer_deadline {
+                        self.kicks.timer.kick();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The IPC writer took a line.
+    fn pop_ipc_out(&mut self) -> Option<Vec<u8>> {
+        let l = self.ipc_out.pop_front()?;
+        self.ipc_out_bytes -= l.len();
+        Some(l)
+    }
+}
+
+type Shared = Rc<RefCell<State>>;
+
+/// A seed from the OS for the engine's and the WebSocket's generators. Without one
+/// (no entropy source at all) the clock and pid stand in: these values only need to
+/// be unpredictable to an off-path attacker, not secret.
+fn os_seed() -> u64 {
+    let mut b = [0u8; 8];
+    match getrandom::getrandom(&mut b) {
+        Ok(()) => u64::from_ne_bytes(b),
+        Err(e) => {
+            tracing::warn!(error = %e, "no OS randomness; seeding from the clock");
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            t ^ (std::process::id() as u64) << 32
+        }
+    }
+}
 
 /// What the main thread prepares (binding sockets and the IPC socket file is start-up
 /// work done before the shard runs, so no file system call happens on the shard).
@@ -117,38 +250,43 @@ pub async fn run(p: Prepared) {
         udp: socks.iter().map(|_| Kick::default()).collect(),
         ..Kicks::default()
     };
-    let engine: Shared = Rc::new(RefCell::new(Engine::new(
-        now,
-        locals,
-        p.config.relay_only,
-        kicks.clone(),
-    )));
+    let state: Shared = Rc::new(RefCell::new(State {
+        engine: Engine::new(now, locals.clone(), p.config.relay_only, os_seed()),
+        udp_out: locals.iter().map(|_| VecDeque::new()).collect(),
+        signal_out: VecDeque::new(),
+        ipc_out: VecDeque::new(),
+        ipc_out_bytes: 0,
+        timer_deadline: now,
+        registered: false,
+        kicks: kicks.clone(),
+        dropped: Dropped::default(),
+    }));
     for (i, s) in socks.iter().enumerate() {
-        monoio::spawn(udp_reader(engine.clone(), i, s.clone()));
+        monoio::spawn(udp_reader(state.clone(), i, s.clone()));
         monoio::spawn(udp_writer(
-            engine.clone(),
+            state.clone(),
             i,
             s.clone(),
             kicks.udp[i].clone(),
         ));
     }
-    monoio::spawn(timer(engine.clone(), kicks.timer.clone()));
+    monoio::spawn(timer(state.clone(), kicks.timer.clone()));
     if p.config.stun_servers.is_empty() {
         tracing::info!("no STUN server configured: no srflx candidates");
     } else {
         tracing::info!(servers = ?p.config.stun_servers, "STUN servers");
-        monoio::spawn(stun_setup(engine.clone(), p.config.stun_servers.clone()));
+        monoio::spawn(stun_setup(state.clone(), p.config.stun_servers.clone()));
     }
     match &p.config.turn {
         Some(turn) => {
-            monoio::spawn(turn_setup(engine.clone(), turn.clone()));
+            monoio::spawn(turn_setup(state.clone(), turn.clone()));
         }
         None if p.config.relay_only => {
             tracing::warn!("ICE_TRANSPORT_POLICY=relay without TURN_URL: no candidates at all");
         }
         None => {}
     }
-    monoio::spawn(signaling_loop(engine.clone(), p.config.clone()));
+    monoio::spawn(signaling_loop(state.clone(), p.config.clone()));
     let listener = match UnixListener::from_std(p.ipc) {
         Ok(l) => l,
         Err(e) => {
@@ -162,7 +300,7 @@ pub async fn run(p: Prepared) {
     match listener.accept().await {
         Ok((stream, _)) => {
             tracing::info!("agent connected");
-            serve_agent(engine.clone(), stream, kicks).await;
+            serve_agent(state.clone(), stream, kicks).await;
             tracing::info!("agent disconnected; exiting");
         }
         Err(e) => tracing::error!(error = %e, "IPC accept failed"),
@@ -170,17 +308,17 @@ pub async fn run(p: Prepared) {
     p.done.store(true, Ordering::Release);
 }
 
-async fn udp_reader(engine: Shared, i: usize, sock: Rc<UdpSocket>) {
+async fn udp_reader(state: Shared, sock: usize, udp: Rc<UdpSocket>) {
     let mut buf = Vec::with_capacity(UDP_RECV_BYTES);
     loop {
-        let (res, b) = sock.recv_from(buf).await;
+        let (res, b) = udp.recv_from(buf).await;
         buf = b;
         match res {
-            Ok((n, src)) => {
-                engine
-                    .borrow_mut()
-                    .handle_udp(Instant::now(), i, src, &buf[..n]);
-            }
+            Ok((n, source)) => state.borrow_mut().input(Input::Datagram {
+                sock,
+                source,
+                data: &buf[..n],
+            }),
             Err(e) => {
                 tracing::debug!(error = %e, "udp recv error");
                 monoio::time::sleep(Duration::from_millis(10)).await;
@@ -190,11 +328,11 @@ async fn udp_reader(engine: Shared, i: usize, sock: Rc<UdpSocket>) {
     }
 }
 
-async fn udp_writer(engine: Shared, i: usize, sock: Rc<UdpSocket>, kick: Kick) {
+async fn udp_writer(state: Shared, i: usize, sock: Rc<UdpSocket>, kick: Kick) {
     loop {
         kick.wait().await;
         loop {
-            let next = engine.borrow_mut().udp_out[i].pop_front();
+            let next = state.borrow_mut().udp_out[i].pop_front();
             let Some((data, dest)) = next else { break };
             let (res, _) = sock.send_to(data, dest).await;
             if let Err(e) = res {
@@ -205,24 +343,38 @@ async fn udp_writer(engine: Shared, i: usize, sock: Rc<UdpSocket>, kick: Kick) {
     }
 }
 
-async fn timer(engine: Shared, kick: Kick) {
+async fn timer(state: Shared, kick: Kick) {
     loop {
         let now = Instant::now();
         let deadline = {
-            let mut e = engine.borrow_mut();
-            let d = e.next_timeout(now);
-            e.timer_deadline = d;
+            let mut s = state.borrow_mut();
+            let d = s.engine.poll_timeout();
+            s.timer_deadline = d;
             d
         };
         let wait = deadline.saturating_duration_since(now);
         if !wait.is_zero() {
             let _ = select2(monoio::time::sleep(wait), kick.wait()).await;
         }
-        engine.borrow_mut().handle_timeout(Instant::now());
+        state.borrow_mut().input(Input::Timeout);
     }
 }
 
-async fn stun_setup(engine: Shared, servers: Vec<(String, u16)>) {
+/// How often the driver asks a [`Lookup`] for its answer.
+const RESOLVE_POLL: Duration = Duration::from_millis(10);
+
+/// Resolves `host:port` off the shard, polling on the driver's timer.
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, ResolveError> {
+    let mut lookup = Lookup::start(host, port, Instant::now());
+    loop {
+        if let Some(r) = lookup.poll(Instant::now()) {
+            return r;
+        }
+        monoio::time::sleep(RESOLVE_POLL).await;
+    }
+}
+
+async fn stun_setup(state: Shared, servers: Vec<(String, u16)>) {
     let mut addrs = Vec::new();
     for (host, port) in servers {
         match resolve(&host, port).await {
@@ -231,12 +383,12 @@ async fn stun_setup(engine: Shared, servers: Vec<(String, u16)>) {
         }
     }
     if !addrs.is_empty() {
-        engine.borrow_mut().start_stun(Instant::now(), &addrs);
+        state.borrow_mut().input(Input::StunServers(&addrs));
     }
 }
 
 /// Resolves the TURN server and starts the allocation (the engine retries failures).
-async fn turn_setup(engine: Shared, turn: TurnConfig) {
+async fn turn_setup(state: Shared, turn: TurnConfig) {
     let (host, port) = match parse_turn_url(&turn.url) {
         Ok(hp) => hp,
         Err(e) => {
@@ -246,18 +398,45 @@ async fn turn_setup(engine: Shared, turn: TurnConfig) {
     };
     match resolve(&host, port).await {
         Ok(addrs) if !addrs.is_empty() => {
-            let server = addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
-            engine
-                .borrow_mut()
-                .start_turn(Instant::now(), *server, turn);
+            let server = *addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
+            state.borrow_mut().input(Input::TurnServer {
+                server,
+                config: turn,
+            });
         }
         Ok(_) => tracing::warn!(%host, "TURN server has no address: no relay candidates"),
         Err(e) => tracing::warn!(error = %e, "TURN server not resolved: no relay candidates"),
     }
 }
 
-async fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
-    let addrs = resolve(host, port).await?;
+/// Why a signaling session ended.
+#[derive(Debug)]
+enum SessionError {
+    Tls,
+    Resolve(ResolveError),
+    Connect(String),
+    Io(std::io::Error),
+    Token(super::http_client::TokenError),
+    Ws(super::ws::WsError),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Tls => {
+                f.write_str("https/wss URLs are not supported by this build (use http/ws)")
+            }
+            SessionError::Resolve(e) => write!(f, "{e}"),
+            SessionError::Connect(e) => f.write_str(e),
+            SessionError::Io(e) => write!(f, "{e}"),
+            SessionError::Token(e) => write!(f, "{e}"),
+            SessionError::Ws(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+async fn connect(host: &str, port: u16) -> Result<TcpStream, SessionError> {
+    let addrs = resolve(host, port).await.map_err(SessionError::Resolve)?;
     let mut last = format!("{host}: no address");
     for a in addrs {
         match select2(TcpStream::connect(a), monoio::time::sleep(CONNECT_TIMEOUT)).await {
@@ -269,17 +448,36 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, String> {
             Either::Right(()) => last = format!("{a}: connect timed out"),
         }
     }
-    Err(last)
+    Err(SessionError::Connect(last))
 }
 
-async fn signaling_loop(engine: Shared, cfg: SidecarConfig) {
+async fn signaling_loop(state: Shared, cfg: SidecarConfig) {
     let mut backoff = Backoff::default();
+    let mut seed = os_seed();
     loop {
-        match session(&engine, &cfg, &mut backoff).await {
-            Ok(()) => tracing::warn!("signaling connection closed"),
-            Err(e) => tracing::warn!(error = %e, "signaling connection failed"),
+        state.borrow_mut().registered = false;
+        seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let code = match session(&state, &cfg, seed).await {
+            Ok(code) => {
+                tracing::warn!(?code, "signaling connection closed");
+                code
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "signaling connection failed");
+                None
+            }
+        };
+        {
+            let mut s = state.borrow_mut();
+            s.signal_out.clear();
+            s.input(Input::SignalingClosed { code });
+            // A session that got as far as `peer_list` resets the backoff, unless it was
+            // replaced by another sidecar with our identity: then we keep backing off, so
+            // two agents sharing one identity do not take it from each other at once.
+            if s.registered && code != Some(CLOSE_REPLACED) {
+                backoff.reset();
+            }
         }
-        engine.borrow_mut().signaling_closed();
         let d = backoff.next_delay();
         tracing::info!(delay = ?d, "reconnecting to signaling");
         monoio::time::sleep(d).await;
@@ -287,38 +485,40 @@ async fn signaling_loop(engine: Shared, cfg: SidecarConfig) {
 }
 
 /// One signaling session: token exchange, WebSocket, register, then frames until the
-/// connection drops.
+/// connection drops. Returns the server's close code, if it sent one.
 async fn session(
-    engine: &Shared,
+    state: &Shared,
     cfg: &SidecarConfig,
-    backoff: &mut Backoff,
-) -> Result<(), String> {
+    seed: u64,
+) -> Result<Option<u16>, SessionError> {
     if cfg.token_url.is_tls() || cfg.signaling_url.is_tls() {
-        return Err("https/wss URLs are not supported by this build (use http/ws)".into());
+        return Err(SessionError::Tls);
     }
     // 1. API key → JWT.
     let mut s = connect(&cfg.token_url.host, cfg.token_url.port).await?;
     let (r, _) = s
         .write_all(token_request(&cfg.token_url, &cfg.api_key))
         .await;
-    r.map_err(|e| e.to_string())?;
+    r.map_err(SessionError::Io)?;
     let mut reader = ResponseReader::default();
     let mut buf = Vec::with_capacity(STREAM_READ_BYTES);
     let token = loop {
         let (r, b) = s.read(buf).await;
         buf = b;
-        let n = r.map_err(|e| e.to_string())?;
+        let n = r.map_err(SessionError::Io)?;
         if n == 0 {
-            break reader.finish()?;
+            return Err(SessionError::Token(reader.finish()));
         }
-        if let Some(t) = reader.feed(&buf[..n])? {
+        if let Some(t) = reader.feed(&buf[..n]).map_err(SessionError::Token)? {
             break t;
         }
         buf.clear();
     };
     drop(s);
     tracing::info!(peer_id = %token.peer_id, "authenticated");
-    engine.borrow_mut().set_identity(token.peer_id.clone());
+    state
+        .borrow_mut()
+        .input(Input::Identity(token.peer_id.clone()));
 
     // 2. WebSocket.
     let stream = connect(&cfg.signaling_url.host, cfg.signaling_url.port).await?;
@@ -331,11 +531,12 @@ async fn session(
     let ws = Rc::new(RefCell::new(WsClient::new(
         &cfg.signaling_url,
         &token.token,
+        seed,
     )));
     let closed = Rc::new(Cell::new(false));
-    let wkick = engine.borrow().kicks.signal_out.clone();
+    let wkick = state.borrow().kicks.signal_out.clone();
     let writer = monoio::spawn(signal_writer(
-        engine.clone(),
+        state.clone(),
         ws.clone(),
         wr,
         wkick.clone(),
@@ -347,32 +548,28 @@ async fn session(
         let (r, b) = rd.read(buf).await;
         buf = b;
         let n = match r {
-            Ok(0) => break Ok(()),
+            Ok(0) => break Ok(None),
             Ok(n) => n,
-            Err(e) => break Err(e.to_string()),
+            Err(e) => break Err(SessionError::Io(e)),
         };
         let events = match ws.borrow_mut().feed(&buf[..n]) {
             Ok(ev) => ev,
-            Err(e) => break Err(e),
+            Err(e) => break Err(SessionError::Ws(e)),
         };
         wkick.kick(); // pongs, close replies
-        let mut end = false;
+        let mut end = None;
         for ev in events {
             match ev {
                 WsEvent::Open => {
                     tracing::info!("signaling connected");
-                    engine.borrow_mut().signaling_opened();
+                    state.borrow_mut().input(Input::SignalingOpen);
                 }
-                WsEvent::Text(t) => {
-                    if engine.borrow_mut().handle_signal(Instant::now(), &t) {
-                        backoff.reset();
-                    }
-                }
-                WsEvent::Closed => end = true,
+                WsEvent::Text(t) => state.borrow_mut().input(Input::SignalingText(&t)),
+                WsEvent::Closed(code) => end = Some(code),
             }
         }
-        if end {
-            break Ok(());
+        if let Some(code) = end {
+            break Ok(Some(code));
         }
     };
     closed.set(true);
@@ -382,7 +579,7 @@ async fn session(
 }
 
 async fn signal_writer(
-    engine: Shared,
+    state: Shared,
     ws: Rc<RefCell<WsClient>>,
     mut wr: monoio::io::OwnedWriteHalf<TcpStream>,
     kick: Kick,
@@ -390,36 +587,35 @@ async fn signal_writer(
 ) {
     loop {
         kick.wait().await;
-        if closed.get() {
-            return;
-        }
         let out = {
             let mut ws = ws.borrow_mut();
-            if ws.is_open() {
-                let msgs: Vec<String> = engine.borrow_mut().signal_out.drain(..).collect();
+            if ws.is_open() && !closed.get() {
+                let msgs: Vec<String> = state.borrow_mut().signal_out.drain(..).collect();
                 for m in msgs {
-                    if let Err(e) = ws.send_text(m) {
+                    if let Err(e) = ws.send_text(&m) {
                         tracing::warn!(error = %e, "signaling send failed");
                     }
                 }
             }
             ws.take_outbound()
         };
-        if out.is_empty() {
-            continue;
+        if !out.is_empty() {
+            let (r, _) = wr.write_all(out).await;
+            if r.is_err() {
+                return;
+            }
         }
-        let (r, _) = wr.write_all(out).await;
-        if r.is_err() {
+        if closed.get() {
             return;
         }
     }
 }
 
-async fn serve_agent(engine: Shared, stream: UnixStream, kicks: Kicks) {
+async fn serve_agent(state: Shared, stream: UnixStream, kicks: Kicks) {
     let (mut rd, wr) = stream.into_split();
     let closed = Rc::new(Cell::new(false));
     let writer = monoio::spawn(ipc_writer(
-        engine.clone(),
+        state.clone(),
         wr,
         kicks.ipc_out.clone(),
         closed.clone(),
@@ -429,18 +625,10 @@ async fn serve_agent(engine: Shared, stream: UnixStream, kicks: Kicks) {
     let mut buf = Vec::with_capacity(STREAM_READ_BYTES);
     let mut lines = Vec::new();
     loop {
-        // Backpressure: while a DataChannel is over its buffered limit, stop reading the
-        // agent; its writes then block in the socket buffer.
-        loop {
-            {
-                let mut e = engine.borrow_mut();
-                let paused = e.ipc_paused();
-                e.ipc_waiting = paused;
-                if !paused {
-                    break;
-                }
-            }
-            // The engine kicks us when the peers drain; the timeout is a safety net.
+        // Backpressure: while a DataChannel is over its limits, stop reading the agent;
+        // its writes then block in the socket buffer.
+        while state.borrow_mut().engine.ipc_paused() {
+            // The engine says when the peers drain; the timeout is a safety net.
             let _ = select2(kicks.ipc_resume.wait(), monoio::time::sleep(IPC_RECHECK)).await;
         }
         buf.clear();
@@ -450,16 +638,15 @@ async fn serve_agent(engine: Shared, stream: UnixStream, kicks: Kicks) {
             Ok(0) | Err(_) => break,
             Ok(n) => framer.push(&buf[..n], &mut lines),
         }
-        let mut e = engine.borrow_mut();
-        for item in lines.drain(..) {
-            match item {
-                Framed::Line(l) => e.handle_ipc_line(Instant::now(), &l),
-                Framed::TooLong => {
-                    let reason = format!("line longer than {} bytes", ipc::IPC_LINE_BYTES_MAX);
-                    e.handle_ipc_too_long(&reason);
-                }
+        // Every line of this read, a bounded batch at a time, each batch followed by one
+        // drive of the peers it touched.
+        {
+            let mut s = state.borrow_mut();
+            for batch in lines.chunks(IPC_BATCH_LINES_MAX) {
+                s.input(Input::Ipc(batch));
             }
         }
+        lines.clear();
     }
     closed.set(true);
     kicks.ipc_out.kick();
@@ -467,7 +654,7 @@ async fn serve_agent(engine: Shared, stream: UnixStream, kicks: Kicks) {
 }
 
 async fn ipc_writer(
-    engine: Shared,
+    state: Shared,
     mut wr: monoio::io::OwnedWriteHalf<UnixStream>,
     kick: Kick,
     closed: Rc<Cell<bool>>,
@@ -481,9 +668,9 @@ async fn ipc_writer(
         loop {
             batch.clear();
             {
-                let mut e = engine.borrow_mut();
+                let mut s = state.borrow_mut();
                 while batch.len() < STREAM_READ_BYTES {
-                    match e.pop_ipc_out() {
+                    match s.pop_ipc_out() {
                         Some(l) => batch.extend_from_slice(&l),
                         None => break,
                     }

@@ -1,10 +1,11 @@
-//! Sans-IO HTTP/1.1 client for the one request the sidecar makes: `POST TOKEN_URL`
-//! with `x-api-key`, answered by `{"token","peer_id","role"}`.
-//!
-//! The request asks for `connection: close`; the driver feeds every byte read into
-//! [`ResponseReader::feed`] and calls [`ResponseReader::finish`] at end of stream.
+//! The one HTTP request the sidecar makes: `POST TOKEN_URL` with `x-api-key`, answered
+//! by `{"token","peer_id","role"}`. Written and read with the wire crate's HTTP/1.1
+//! client side ([`write_request`], [`ResponseParser`]); the driver feeds every byte
+//! read into [`ResponseReader::feed`] and calls [`ResponseReader::finish`] at end of
+//! stream.
 
 use serde::Deserialize;
+use wire::http::client::{write_request, ResponseParser};
 
 use super::url::Url;
 
@@ -22,119 +23,83 @@ pub struct TokenResponse {
     pub role: String,
 }
 
+/// Why the token exchange failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    TooLarge,
+    Truncated,
+    Malformed(String),
+    /// A non-2xx status and the start of its body.
+    Status(u16, String),
+    BadBody(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::TooLarge => f.write_str("token response too large"),
+            TokenError::Truncated => f.write_str("token response truncated"),
+            TokenError::Malformed(e) => write!(f, "bad token response: {e}"),
+            TokenError::Status(code, body) => {
+                write!(f, "token exchange failed: HTTP {code}: {body}")
+            }
+            TokenError::BadBody(e) => write!(f, "bad token response: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
 /// The request bytes.
 pub fn token_request(url: &Url, api_key: &str) -> Vec<u8> {
-    format!(
-        "POST {} HTTP/1.1\r\nhost: {}\r\nx-api-key: {}\r\ncontent-length: 0\r\naccept: application/json\r\nconnection: close\r\n\r\n",
-        url.path,
-        url.host_header(),
-        api_key
-    )
-    .into_bytes()
+    let mut out = Vec::new();
+    write_request(
+        "POST",
+        &url.path,
+        &url.host_header(),
+        &[
+            ("x-api-key", api_key),
+            ("content-length", "0"),
+            ("accept", "application/json"),
+            ("connection", "close"),
+        ],
+        None,
+        &mut out,
+    );
+    out
 }
 
 /// Accumulates a response; bounded by [`TOKEN_RESPONSE_BYTES_MAX`].
 #[derive(Default)]
 pub struct ResponseReader {
-    buf: Vec<u8>,
+    parser: ResponseParser,
+    fed: usize,
 }
 
 impl ResponseReader {
-    /// Adds bytes; returns the parsed response once the body is complete (by
-    /// content-length or chunked framing), `Ok(None)` while more is needed.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<TokenResponse>, String> {
-        if self.buf.len() + bytes.len() > TOKEN_RESPONSE_BYTES_MAX {
-            return Err("token response too large".into());
+    /// Adds bytes; returns the parsed response once the body is complete,
+    /// `Ok(None)` while more is needed.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<TokenResponse>, TokenError> {
+        self.fed += bytes.len();
+        if self.fed > TOKEN_RESPONSE_BYTES_MAX {
+            return Err(TokenError::TooLarge);
         }
-        self.buf.extend_from_slice(bytes);
-        self.try_parse(false)
+        self.parser.feed(bytes);
+        match self.parser.poll().map_err(TokenError::Malformed)? {
+            None => Ok(None),
+            Some(r) if !(200..300).contains(&r.status) => Err(TokenError::Status(
+                r.status,
+                String::from_utf8_lossy(&r.body[..r.body.len().min(200)]).into_owned(),
+            )),
+            Some(r) => serde_json::from_slice(&r.body)
+                .map(Some)
+                .map_err(|e| TokenError::BadBody(e.to_string())),
+        }
     }
 
-    /// End of stream: a body framed by the close is complete now.
-    pub fn finish(&mut self) -> Result<TokenResponse, String> {
-        match self.try_parse(true)? {
-            Some(r) => Ok(r),
-            None => Err("token response truncated".into()),
-        }
-    }
-
-    fn try_parse(&self, eof: bool) -> Result<Option<TokenResponse>, String> {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head_len = match resp.parse(&self.buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if eof => return Err("truncated response head".into()),
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(format!("bad response: {e}")),
-        };
-        let code = resp.code.unwrap_or(0);
-        let mut content_length = None;
-        let mut chunked = false;
-        for h in resp.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value).unwrap_or("");
-                content_length = Some(
-                    v.trim()
-                        .parse::<usize>()
-                        .map_err(|_| "bad content-length")?,
-                );
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = String::from_utf8_lossy(h.value)
-                    .to_ascii_lowercase()
-                    .contains("chunked");
-            }
-        }
-        let rest = &self.buf[head_len..];
-        let body: Vec<u8> = if chunked {
-            match dechunk(rest)? {
-                Some(b) => b,
-                None if eof => return Err("truncated chunked body".into()),
-                None => return Ok(None),
-            }
-        } else if let Some(n) = content_length {
-            if rest.len() < n {
-                if eof {
-                    return Err("truncated body".into());
-                }
-                return Ok(None);
-            }
-            rest[..n].to_vec()
-        } else if eof {
-            rest.to_vec()
-        } else {
-            return Ok(None);
-        };
-        if !(200..300).contains(&code) {
-            return Err(format!(
-                "token exchange failed: HTTP {code}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ));
-        }
-        serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| format!("bad token response: {e}"))
-    }
-}
-
-/// Decodes a complete chunked body, `None` if incomplete.
-fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(&rest[..eol]).map_err(|_| "bad chunk size")?;
-        let size_hex = line.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_hex, 16).map_err(|_| "bad chunk size")?;
-        rest = &rest[eol + 2..];
-        if size == 0 {
-            return Ok(Some(out));
-        }
-        if rest.len() < size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
+    /// End of stream before a complete response.
+    pub fn finish(&mut self) -> TokenError {
+        TokenError::Truncated
     }
 }
 
@@ -159,20 +124,11 @@ mod tests {
     }
 
     #[test]
-    fn chunked_and_close_delimited() {
-        let resp = format!(
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{BODY}\r\n0\r\n\r\n",
-            BODY.len()
-        );
-        let mut r = ResponseReader::default();
-        assert!(r.feed(resp.as_bytes()).unwrap().is_some());
-        let mut r = ResponseReader::default();
-        assert_eq!(
-            r.feed(format!("HTTP/1.1 200 OK\r\n\r\n{BODY}").as_bytes())
-                .unwrap(),
-            None
-        );
-        assert!(r.finish().is_ok());
+    fn request_shape() {
+        let url = Url::parse("http://127.0.0.1:8080/api/token").unwrap();
+        let req = String::from_utf8(token_request(&url, "ak_1")).unwrap();
+        assert!(req.starts_with("POST /api/token HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"));
+        assert!(req.contains("x-api-key: ak_1\r\n") && req.ends_with("\r\n\r\n"));
     }
 
     #[test]
@@ -181,14 +137,12 @@ mod tests {
         let e = r
             .feed(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 3\r\n\r\nno!")
             .unwrap_err();
-        assert!(e.contains("401"), "{e}");
+        assert_eq!(e, TokenError::Status(401, "no!".into()));
         let mut r = ResponseReader::default();
         assert!(r.feed(&vec![b'x'; TOKEN_RESPONSE_BYTES_MAX + 1]).is_err());
-        let req = String::from_utf8(token_request(
-            &Url::parse("http://h:1/api/token").unwrap(),
-            "k",
-        ))
-        .unwrap();
-        assert!(req.starts_with("POST /api/token HTTP/1.1\r\nhost: h:1\r\nx-api-key: k\r\n"));
+        let mut r = ResponseReader::default();
+        assert!(r
+            .feed(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+            .is_err());
     }
 }

@@ -43,29 +43,57 @@ pub enum Command {
     },
 }
 
+/// Why an IPC line is not a command (its text goes back to the agent as the `error`
+/// event's reason, worded as the reference sidecar words it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpcError {
+    NotUtf8,
+    InvalidJson(String),
+    MissingType,
+    /// `payload.<field>` is missing or empty.
+    MissingField(&'static str),
+    InvalidMessage(String),
+    UnknownCommand(String),
+}
+
+impl std::fmt::Display for IpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IpcError::NotUtf8 => f.write_str("line is not UTF-8"),
+            IpcError::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
+            IpcError::MissingType => f.write_str("missing \"type\""),
+            IpcError::MissingField(k) => write!(f, "missing payload.{k}"),
+            IpcError::InvalidMessage(e) => write!(f, "invalid payload.message: {e}"),
+            IpcError::UnknownCommand(t) => write!(f, "unknown command type {t:?}"),
+        }
+    }
+}
+
+impl std::error::Error for IpcError {}
+
 /// Parses one line (without its newline). `Ok(None)` for a blank line.
-pub fn parse_command(line: &[u8]) -> Result<Option<Command>, String> {
-    let text = std::str::from_utf8(line).map_err(|_| "line is not UTF-8".to_string())?;
+pub fn parse_command(line: &[u8]) -> Result<Option<Command>, IpcError> {
+    let text = std::str::from_utf8(line).map_err(|_| IpcError::NotUtf8)?;
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| IpcError::InvalidJson(e.to_string()))?;
     let kind = v
         .get("type")
         .and_then(Value::as_str)
-        .ok_or("missing \"type\"")?;
+        .ok_or(IpcError::MissingType)?;
     let payload = v.get("payload").cloned().unwrap_or(Value::Null);
-    let message = |p: &Value| -> Result<MeshMessage, String> {
-        let m = p.get("message").ok_or("missing payload.message")?;
-        serde_json::from_value(m.clone()).map_err(|e| format!("invalid payload.message: {e}"))
+    let message = |p: &Value| -> Result<MeshMessage, IpcError> {
+        let m = p.get("message").ok_or(IpcError::MissingField("message"))?;
+        serde_json::from_value(m.clone()).map_err(|e| IpcError::InvalidMessage(e.to_string()))
     };
-    let string = |p: &Value, k: &str| -> Result<String, String> {
+    let string = |p: &Value, k: &'static str| -> Result<String, IpcError> {
         p.get(k)
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
-            .ok_or_else(|| format!("missing payload.{k}"))
+            .ok_or(IpcError::MissingField(k))
     };
     Ok(Some(match kind {
         "send" => Command::Send {
@@ -79,7 +107,7 @@ pub fn parse_command(line: &[u8]) -> Result<Option<Command>, String> {
         "connect" => Command::Connect {
             target: string(&payload, "target_peer_id")?,
         },
-        other => return Err(format!("unknown command type {other:?}")),
+        other => return Err(IpcError::UnknownCommand(other.to_string())),
     }))
 }
 
@@ -182,11 +210,21 @@ mod tests {
         assert_eq!(parse_command(b"  ").unwrap(), None);
         assert!(parse_command(b"{nope")
             .unwrap_err()
-            .contains("invalid JSON"));
-        assert!(parse_command(br#"{"type":"zap"}"#)
-            .unwrap_err()
-            .contains("unknown"));
-        assert!(parse_command(br#"{"type":"send","payload":{"message":{"type":"x"}}}"#).is_err());
+            .to_string()
+            .starts_with("invalid JSON"));
+        assert_eq!(
+            parse_command(br#"{"type":"zap"}"#).unwrap_err().to_string(),
+            r#"unknown command type "zap""#
+        );
+        assert_eq!(
+            parse_command(br#"{"type":"send","payload":{"message":{"type":"x"}}}"#),
+            Err(IpcError::MissingField("target_peer"))
+        );
+        assert_eq!(
+            IpcError::MissingType.to_string(),
+            r#"missing "type""#,
+            "the reference's wording"
+        );
         assert!(parse_command(br#"{"type":"broadcast","payload":{"message":{}}}"#).is_err());
     }
 

@@ -4,8 +4,10 @@
 //! Everything protocol-shaped is sans-IO (takes bytes and `now`, returns bytes and
 //! events): [`http_client`] (token exchange), [`ws`] (WebSocket client codec),
 //! [`signaling`] (message shapes and backoff), [`stun`] (binding requests), [`ipc`]
-//! (JSON lines), [`turn`] (TURN client), [`engine`] (the peer table of `Rtc`s and the glue between them). Only
-//! [`driver`] touches sockets and the clock.
+//! (JSON lines), [`turn`] (TURN client), [`resolve`] (name lookups handed to a helper
+//! thread), [`engine`] (the peer table of `Rtc`s and the glue between them, behind one
+//! input door and one output door). Only [`driver`] touches sockets, the clock and
+//! wakeups ([`kick`]).
 
 pub mod config;
 pub mod driver;

@@ -266,20 +266,9 @@ pub fn fingerprint_ok(b: &[u8]) -> bool {
     crc32(&head) ^ FINGERPRINT_XOR == u32::from_be_bytes([v[0], v[1], v[2], v[3]])
 }
 
-/// CRC-32 (ISO 3309 / ITU-T V.42, as zlib), bitwise: messages here are small.
+/// CRC-32 (ISO 3309 / ITU-T V.42, as zlib), from `crc32fast`.
 fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &byte in data {
-        crc ^= byte as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crc32fast::hash(data)
 }
 
 /// An XOR-*-ADDRESS value.

@@ -16,6 +16,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
 use super::stun::{
     attr, attrs, integrity_ok, long_term_key, method, read_xor_address, xor_address, Class,
     Message, TransactionId,
@@ -125,17 +128,15 @@ pub struct TurnClient {
     events: VecDeque<TurnEvent>,
     /// Datagrams dropped because [`TURN_OUT_DATAGRAMS_MAX`] was reached.
     pub dropped: u64,
-}
-
-fn new_tid() -> TransactionId {
-    let mut t = [0u8; 12];
-    let _ = getrandom::getrandom(&mut t);
-    t
+    rng: ChaCha8Rng,
 }
 
 impl TurnClient {
-    pub fn new(server: SocketAddr, username: &str, password: &str) -> TurnClient {
+    /// A client for `server`; `seed` drives its transaction ids (randomness comes from
+    /// outside: the engine's generator).
+    pub fn new(server: SocketAddr, username: &str, password: &str, seed: u64) -> TurnClient {
         TurnClient {
+            rng: ChaCha8Rng::seed_from_u64(seed),
             server,
             username: username.to_string(),
             password: password.to_string(),
@@ -151,6 +152,12 @@ impl TurnClient {
             events: VecDeque::new(),
             dropped: 0,
         }
+    }
+
+    fn new_tid(&mut self) -> TransactionId {
+        let mut t = [0u8; 12];
+        self.rng.fill_bytes(&mut t);
+        t
     }
 
     pub fn server(&self) -> SocketAddr {
@@ -236,7 +243,7 @@ impl TurnClient {
     }
 
     fn request(&mut self, now: Instant, kind: Kind, stale_retries: u32) {
-        let tid = new_tid();
+        let tid = self.new_tid();
         let bytes = self.build(kind, tid);
         self.push_out(bytes.clone());
         self.transactions.push(Transaction {
@@ -297,7 +304,7 @@ impl TurnClient {
             return None;
         }
         self.add_permission(now, peer);
-        let tid = new_tid();
+        let tid = self.new_tid();
         Some(
             Message::new(method::SEND, Class::Indication, tid)
                 .with(attr::XOR_PEER_ADDRESS, xor_address(peer, &tid))
@@ -521,8 +528,7 @@ pub fn parse_turn_url(s: &str) -> Result<(String, u16), String> {
             }
         }
     }
-    super::config::parse_stun_url(&format!("stun:{hostport}"))
-        .map_err(|e| e.replace("STUN", "TURN"))
+    super::url::host_port(hostport, 3478).map_err(|e| format!("TURN url {s:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -575,7 +581,7 @@ mod tests {
 
     /// Runs the client to an allocation: 401, then authenticated success.
     fn allocated(now: Instant) -> (TurnClient, [u8; 16]) {
-        let mut c = TurnClient::new(SERVER.parse().unwrap(), "1:mesh", "pw");
+        let mut c = TurnClient::new(SERVER.parse().unwrap(), "1:mesh", "pw", 1);
         c.start(now);
         let first = c.poll_transmit().unwrap();
         assert!(fingerprint_ok(&first));
@@ -696,7 +702,7 @@ mod tests {
     #[test]
     fn retransmits_then_fails() {
         let now = Instant::now();
-        let mut c = TurnClient::new(SERVER.parse().unwrap(), "u", "p");
+        let mut c = TurnClient::new(SERVER.parse().unwrap(), "u", "p", 2);
         c.start(now);
         let first = c.poll_transmit().unwrap();
         let mut t = now;
@@ -714,7 +720,7 @@ mod tests {
     #[test]
     fn refused_credentials_fail() {
         let now = Instant::now();
-        let mut c = TurnClient::new(SERVER.parse().unwrap(), "u", "wrong");
+        let mut c = TurnClient::new(SERVER.parse().unwrap(), "u", "wrong", 3);
         c.start(now);
         let first = c.poll_transmit().unwrap();
         c.handle_datagram(

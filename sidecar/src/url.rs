@@ -29,27 +29,7 @@ impl Url {
             None => (rest, "/".to_string()),
         };
         let authority = authority.rsplit('@').next().unwrap_or(authority);
-        let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
-            let (h, tail) = stripped
-                .split_once(']')
-                .ok_or_else(|| format!("{s:?}: bad IPv6 literal"))?;
-            let port = match tail.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("{s:?}: bad port"))?,
-                None => default_port,
-            };
-            (h.to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (
-                    h.to_string(),
-                    p.parse().map_err(|_| format!("{s:?}: bad port"))?,
-                ),
-                None => (authority.to_string(), default_port),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{s:?}: missing host"));
-        }
+        let (host, port) = host_port(authority, default_port).map_err(|e| format!("{s:?}: {e}"))?;
         Ok(Url {
             scheme,
             host,
@@ -78,6 +58,33 @@ impl Url {
     }
 }
 
+/// `host[:port]` or `[v6][:port]` → `(host, port)`, the port defaulting to
+/// `default_port`. The one authority parser of the sidecar: the signaling and token
+/// URLs, `stun:` and `turn:` URLs all go through it. (The `url` crate does not fit:
+/// `stun:host:port` is not a hierarchical URL, so it would hand back an opaque path.)
+pub fn host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(stripped) = authority.strip_prefix('[') {
+        let (h, tail) = stripped
+            .split_once(']')
+            .ok_or_else(|| "bad IPv6 literal".to_string())?;
+        let port = match tail.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| "bad port".to_string())?,
+            None if tail.is_empty() => default_port,
+            None => return Err("bad IPv6 literal".into()),
+        };
+        (h, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().map_err(|_| "bad port".to_string())?),
+            None => (authority, default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    Ok((host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +104,9 @@ mod tests {
         assert_eq!(u.host_header(), "[::1]:9");
         assert!(Url::parse("ftp://x").is_err());
         assert!(Url::parse("nope").is_err());
+        assert!(Url::parse("ws://:80/").is_err());
+        assert_eq!(host_port("h", 3478), Ok(("h".into(), 3478)));
+        assert_eq!(host_port("[::1]", 1), Ok(("::1".into(), 1)));
+        assert!(host_port("h:x", 1).is_err());
     }
 }

@@ -1,25 +1,27 @@
-//! Sans-IO WebSocket client for the signaling connection: our own upgrade request and
-//! response check, then tungstenite's [`WebSocketContext`] over in-memory buffers. The
-//! driver feeds bytes read from TCP into [`WsClient::feed`] and writes out whatever
-//! [`WsClient::take_outbound`] returns.
+//! Sans-IO WebSocket client for the signaling connection, on the wire crate's client
+//! codec: the upgrade request, its `101` read by [`ResponseParser`], then
+//! [`ClientDecoder`] for server frames and the masked encoders for ours. The driver
+//! feeds bytes read from TCP into [`WsClient::feed`] and writes out whatever
+//! [`WsClient::take_outbound`] returns. Masks come from a generator seeded by the
+//! caller (no randomness inside).
 
-use std::io::{self, Read, Write};
-
-use tungstenite::handshake::client::generate_key;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
 use tungstenite::handshake::derive_accept_key;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::Message;
+use wire::http::client::{write_request, ResponseParser};
+use wire::ws::client::{
+    encode_close_masked, encode_pong_masked, encode_text_masked, ClientDecoder, ClientEvent,
+};
 
 use super::url::Url;
 
-/// Largest upgrade response head we accept. A 101 with a few headers is a few hundred
-/// bytes; past this we fail the connection attempt (and back off).
-pub const WS_HANDSHAKE_BYTES_MAX: usize = 16 * 1024;
-
 /// Largest signaling message we accept. An SDP offer is a few KiB and a peer list of
-/// thousands of ids well under a MiB; a larger frame closes the connection (tungstenite
-/// refuses it) and we reconnect.
+/// thousands of ids well under a MiB; a larger frame fails the connection and we
+/// reconnect (with backoff).
 pub const WS_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Close code we send when we end the session ourselves.
+const CLOSE_NORMAL: u16 = 1000;
 
 /// What the connection produced.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,76 +29,86 @@ pub enum WsEvent {
     /// The upgrade succeeded.
     Open,
     Text(String),
-    /// The server closed the connection (close frame) or the stream is unusable.
-    Closed,
+    /// The server closed the connection with this code (1005: none given).
+    Closed(u16),
 }
 
-/// Bytes between the codec and the socket.
-#[derive(Default)]
-struct Mem {
-    inbound: Vec<u8>,
-    read_pos: usize,
-    outbound: Vec<u8>,
+/// Why the connection is unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsError {
+    /// The upgrade response was malformed or too large.
+    BadUpgrade(String),
+    /// The server answered the upgrade with another status.
+    Refused(u16),
+    /// The `sec-websocket-accept` did not match our key.
+    WrongAccept,
+    /// A frame broke the protocol or our size limit.
+    Frame(&'static str),
+    NotOpen,
 }
 
-impl Read for Mem {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = &self.inbound[self.read_pos..];
-        if avail.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
+impl std::fmt::Display for WsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WsError::BadUpgrade(e) => write!(f, "bad upgrade response: {e}"),
+            WsError::Refused(code) => write!(f, "upgrade refused: HTTP {code}"),
+            WsError::WrongAccept => {
+                f.write_str("upgrade response has a wrong sec-websocket-accept")
+            }
+            WsError::Frame(e) => write!(f, "bad frame: {e}"),
+            WsError::NotOpen => f.write_str("websocket not open"),
         }
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.read_pos += n;
-        if self.read_pos == self.inbound.len() {
-            self.inbound.clear();
-            self.read_pos = 0;
-        }
-        Ok(n)
     }
 }
 
-impl Write for Mem {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.outbound.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
+impl std::error::Error for WsError {}
 
 enum State {
-    Handshaking { accept: String, head: Vec<u8> },
-    Open(Box<WebSocketContext>),
+    Handshaking {
+        accept: String,
+        head: ResponseParser,
+    },
+    Open(ClientDecoder),
     Closed,
 }
 
 pub struct WsClient {
     state: State,
-    io: Mem,
+    outbound: Vec<u8>,
+    rng: ChaCha8Rng,
 }
 
 impl WsClient {
     /// Starts a connection to `url` (its path gets `?token=`); the upgrade request is
-    /// already in the outbound buffer.
-    pub fn new(url: &Url, token: &str) -> WsClient {
-        let key = generate_key();
+    /// already in the outbound buffer. `seed` drives the key and the frame masks.
+    pub fn new(url: &Url, token: &str, seed: u64) -> WsClient {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut nonce = [0u8; 16];
+        rng.fill_bytes(&mut nonce);
+        let key = base64_16(&nonce);
         let sep = if url.path.contains('?') { '&' } else { '?' };
-        let request = format!(
-            "GET {}{sep}token={token} HTTP/1.1\r\nhost: {}\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: {key}\r\n\r\n",
-            url.path,
-            url.host_header()
+        let path = format!("{}{sep}token={token}", url.path);
+        let mut outbound = Vec::new();
+        write_request(
+            "GET",
+            &path,
+            &url.host_header(),
+            &[
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", &key),
+            ],
+            None,
+            &mut outbound,
         );
         WsClient {
             state: State::Handshaking {
                 accept: derive_accept_key(key.as_bytes()),
-                head: Vec::new(),
+                head: ResponseParser::new(),
             },
-            io: Mem {
-                outbound: request.into_bytes(),
-                ..Mem::default()
-            },
+            outbound,
+            rng,
         }
     }
 
@@ -106,128 +118,171 @@ impl WsClient {
 
     /// Bytes to write to the socket.
     pub fn take_outbound(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.io.outbound)
+        std::mem::take(&mut self.outbound)
+    }
+
+    fn mask(&mut self) -> [u8; 4] {
+        self.rng.next_u32().to_ne_bytes()
     }
 
     /// Queues a text frame. Errors if the connection is not open.
-    pub fn send_text(&mut self, text: String) -> Result<(), String> {
-        match &mut self.state {
-            State::Open(ctx) => ctx
-                .write(&mut self.io, Message::text(text))
-                .and_then(|_| ctx.flush(&mut self.io))
-                .map_err(|e| e.to_string()),
-            _ => Err("websocket not open".into()),
+    pub fn send_text(&mut self, text: &str) -> Result<(), WsError> {
+        if !self.is_open() {
+            return Err(WsError::NotOpen);
         }
+        let mask = self.mask();
+        encode_text_masked(text.as_bytes(), mask, &mut self.outbound);
+        Ok(())
     }
 
     /// Bytes read from the socket; returns what they completed.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<WsEvent>, String> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<WsEvent>, WsError> {
         let mut events = Vec::new();
-        if let State::Handshaking { accept, head } = &mut self.state {
-            if head.len() + bytes.len() > WS_HANDSHAKE_BYTES_MAX + WS_MESSAGE_BYTES_MAX {
-                return Err("upgrade response too large".into());
-            }
-            head.extend_from_slice(bytes);
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut resp = httparse::Response::new(&mut headers);
-            let n = match resp.parse(head) {
-                Ok(httparse::Status::Complete(n)) => n,
-                Ok(httparse::Status::Partial) if head.len() > WS_HANDSHAKE_BYTES_MAX => {
-                    return Err("upgrade response head too large".into())
+        let frames = match &mut self.state {
+            State::Handshaking { accept, head } => {
+                head.feed(bytes);
+                let resp = match head.poll() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return Ok(events),
+                    Err(e) => return Err(WsError::BadUpgrade(e)),
+                };
+                if resp.status != 101 {
+                    return Err(WsError::Refused(resp.status));
                 }
-                Ok(httparse::Status::Partial) => return Ok(events),
-                Err(e) => return Err(format!("bad upgrade response: {e}")),
-            };
-            if resp.code != Some(101) {
-                return Err(format!("upgrade refused: HTTP {}", resp.code.unwrap_or(0)));
+                if resp.header("sec-websocket-accept") != Some(accept.as_str()) {
+                    return Err(WsError::WrongAccept);
+                }
+                let rest = head.take_rest();
+                self.state = State::Open(ClientDecoder::new(WS_MESSAGE_BYTES_MAX));
+                events.push(WsEvent::Open);
+                rest
             }
-            let ok = resp.headers.iter().any(|h| {
-                h.name.eq_ignore_ascii_case("sec-websocket-accept") && h.value == accept.as_bytes()
-            });
-            if !ok {
-                return Err("upgrade response has a wrong sec-websocket-accept".into());
-            }
-            let rest = head[n..].to_vec();
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
-                .max_frame_size(Some(WS_MESSAGE_BYTES_MAX));
-            self.state = State::Open(Box::new(WebSocketContext::from_partially_read(
-                rest,
-                Role::Client,
-                Some(config),
-            )));
-            events.push(WsEvent::Open);
-        } else {
-            self.io.inbound.extend_from_slice(bytes);
-        }
-        let State::Open(ctx) = &mut self.state else {
+            State::Open(_) => bytes.to_vec(),
+            State::Closed => return Ok(events),
+        };
+        let State::Open(dec) = &mut self.state else {
             return Ok(events);
         };
-        loop {
-            match ctx.read(&mut self.io) {
-                Ok(Message::Text(t)) => events.push(WsEvent::Text(t.as_str().to_owned())),
-                Ok(Message::Close(_)) => {
-                    // tungstenite queued the close reply; the driver writes it out.
-                    let _ = ctx.flush(&mut self.io);
+        let mut got = Vec::new();
+        let r = dec.decode(&frames, |e| got.push(e));
+        for e in got {
+            match e {
+                ClientEvent::Text(t) => {
+                    events.push(WsEvent::Text(String::from_utf8_lossy(&t).into_owned()))
+                }
+                ClientEvent::Ping(p) => {
+                    let mask = self.mask();
+                    encode_pong_masked(&p, mask, &mut self.outbound);
+                }
+                ClientEvent::Close(code) => {
+                    // Answer the close (RFC 6455 §5.5.1); the driver writes it out.
+                    let mask = self.mask();
+                    encode_close_masked(CLOSE_NORMAL, mask, &mut self.outbound);
                     self.state = State::Closed;
-                    events.push(WsEvent::Closed);
-                    break;
+                    events.push(WsEvent::Closed(code));
+                    return Ok(events);
                 }
-                Ok(_) => {} // binary frames are ignored; pings are answered by tungstenite
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let _ = ctx.flush(&mut self.io);
-                    break;
-                }
-                Err(e) => {
-                    self.state = State::Closed;
-                    return Err(e.to_string());
-                }
+                ClientEvent::Binary(_) | ClientEvent::Pong => {}
             }
+        }
+        if let Err(e) = r {
+            self.state = State::Closed;
+            return Err(WsError::Frame(e));
         }
         Ok(events)
     }
 }
 
+/// Standard base64 of a 16-byte nonce (the `sec-websocket-key`).
+fn base64_16(b: &[u8; 16]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::with_capacity(24);
+    for c in b.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &x)| n | (x as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= c.len() {
+                s.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wire::ws::codec::{encode_close, encode_ping, encode_text, Decoder, WsEvent as SrvEvent};
 
-    #[test]
-    fn handshake_and_frames() {
-        let url = Url::parse("ws://127.0.0.1:9/ws").unwrap();
-        let mut c = WsClient::new(&url, "tok");
-        let req = String::from_utf8(c.take_outbound()).unwrap();
-        assert!(req.starts_with("GET /ws?token=tok HTTP/1.1\r\n"), "{req}");
+    fn accept_for(req: &str) -> String {
         let key = req
             .lines()
             .find_map(|l| l.strip_prefix("sec-websocket-key: "))
             .unwrap();
-        let accept = derive_accept_key(key.trim().as_bytes());
-        // Response head plus one unmasked server text frame "hi" in the same read.
+        derive_accept_key(key.trim().as_bytes())
+    }
+
+    #[test]
+    fn handshake_and_frames() {
+        let url = Url::parse("ws://127.0.0.1:9/ws").unwrap();
+        let mut c = WsClient::new(&url, "tok", 7);
+        let req = String::from_utf8(c.take_outbound()).unwrap();
+        assert!(req.starts_with("GET /ws?token=tok HTTP/1.1\r\n"), "{req}");
+        let accept = accept_for(&req);
+        // Response head plus one server text frame "hi" in the same read.
         let mut bytes = format!(
             "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\r\n"
         )
         .into_bytes();
-        bytes.extend_from_slice(&[0x81, 2, b'h', b'i']);
+        encode_text(b"hi", &mut bytes);
         let (a, b) = bytes.split_at(20);
         assert!(c.feed(a).unwrap().is_empty());
         assert_eq!(
             c.feed(b).unwrap(),
             vec![WsEvent::Open, WsEvent::Text("hi".into())]
         );
-        c.send_text("yo".into()).unwrap();
+        c.send_text("yo").unwrap();
+        // ping → pong; our frames are masked and decode on the server side.
+        let mut ping = Vec::new();
+        encode_ping(b"p", &mut ping);
+        assert!(c.feed(&ping).unwrap().is_empty());
         let out = c.take_outbound();
-        assert_eq!(out[0], 0x81);
-        assert_eq!(out[1], 0x80 | 2); // masked, as a client must
-                                      // ping → pong queued
-        assert!(c.feed(&[0x89, 0]).unwrap().is_empty());
-        assert_eq!(c.take_outbound()[0], 0x8A);
+        let mut d = Decoder::new(1024);
+        let mut got = Vec::new();
+        d.decode(&out, |e| got.push(e)).unwrap();
+        assert_eq!(got, vec![SrvEvent::Text(b"yo".to_vec()), SrvEvent::Pong]);
     }
 
     #[test]
-    fn refused_upgrade() {
+    fn close_code_is_reported() {
         let url = Url::parse("ws://h/ws").unwrap();
-        let mut c = WsClient::new(&url, "t");
-        assert!(c.feed(b"HTTP/1.1 401 Unauthorized\r\n\r\n").is_err());
+        let mut c = WsClient::new(&url, "t", 1);
+        let accept = accept_for(&String::from_utf8(c.take_outbound()).unwrap());
+        let mut bytes =
+            format!("HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {accept}\r\n\r\n")
+                .into_bytes();
+        encode_close(4000, "replaced", &mut bytes);
+        assert_eq!(
+            c.feed(&bytes).unwrap(),
+            vec![WsEvent::Open, WsEvent::Closed(4000)]
+        );
+        assert!(!c.take_outbound().is_empty(), "close answered");
+    }
+
+    #[test]
+    fn refused_upgrade_and_key_encoding() {
+        let url = Url::parse("ws://h/ws").unwrap();
+        let mut c = WsClient::new(&url, "t", 2);
+        assert_eq!(
+            c.feed(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"),
+            Err(WsError::Refused(401))
+        );
+        // RFC 6455 §1.3's sample nonce.
+        let nonce = *b"the sample nonce";
+        assert_eq!(base64_16(&nonce), "dGhlIHNhbXBsZSBub25jZQ==");
     }
 }

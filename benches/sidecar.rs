@@ -1,5 +1,6 @@
-//! Sidecar benchmarks (ignored by default; numbers go to docs/BENCHMARKS.md):
-//! `cargo test --release --test sidecar_bench -- --ignored --nocapture --test-threads 1`
+//! Sidecar benchmarks (numbers go to docs/BENCHMARKS.md), a `harness = false` bench
+//! of the root package because it runs the real server and sidecar binaries:
+//! `cargo bench --bench sidecar [-- throughput|round_trip|memory]`
 //!
 //! Two sidecars on loopback, signaling through chatixia-core. Throughput: the test writes
 //! `send` lines into A's IPC socket as fast as A takes them (A's backpressure throttles
@@ -7,6 +8,7 @@
 //! each leg crossing both IPC sockets and the DataChannel. Memory: B's RSS before and
 //! after opening peers.
 
+#[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::io::Write;
@@ -53,16 +55,12 @@ fn throughput(size: usize, count: usize) {
     );
 }
 
-#[test]
-#[ignore]
 fn bench_throughput() {
     throughput(64, 20_000);
     throughput(1024, 20_000);
     throughput(16 * 1024, 4_000);
 }
 
-#[test]
-#[ignore]
 fn bench_round_trip() {
     let server = server_for(1, &["ra", "rb"]);
     let (mut a, mut b) = pair(&server, "ra", "rb");
@@ -94,8 +92,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-#[test]
-#[ignore]
 fn bench_memory_per_peer() {
     const N: usize = 8;
     let names: Vec<String> = std::iter::once("hub".to_string())
@@ -119,4 +115,24 @@ fn bench_memory_per_peer() {
         "memory: hub RSS {before} KiB idle, {after} KiB with {N} peers: {:.0} KiB per open peer",
         (after.saturating_sub(before)) as f64 / N as f64
     );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument selects benchmarks by name.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()));
+    let benches: [(&str, fn()); 3] = [
+        ("throughput", bench_throughput),
+        ("round_trip", bench_round_trip),
+        ("memory", bench_memory_per_peer),
+    ];
+    for (name, f) in benches {
+        if run(name) {
+            println!("== {name}");
+            f();
+        }
+    }
 }

@@ -1,0 +1,187 @@
+//! The agent's side: IPC commands (applied a batch at a time, then str0m driven once
+//! per touched peer), the per-peer DataChannel outboxes, and the backpressure that
+//! pauses reading the agent while a channel has too much in flight.
+
+use std::time::Instant;
+
+use super::super::ipc::{self, Command, Framed};
+use super::{Engine, Output};
+
+/// str0m's send buffer per peer (SCTP data not yet acknowledged). Larger than
+/// [`DC_BUFFERED_HIGH_BYTES`] plus one IPC line, so a line that passed the
+/// backpressure check always fits eventually (str0m refuses a write that does not fit
+/// whole, and we keep it in the peer's outbox until it does).
+pub const SCTP_BUFFERED_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Backpressure to the agent: while any connected peer has more than this many bytes
+/// buffered (str0m's buffered amount plus our outbox), the driver stops reading the IPC
+/// socket; the agent's writes then block in its socket buffer. 1 MiB keeps a loopback
+/// or LAN path busy (bandwidth × RTT) without letting one slow peer hold much memory.
+pub const DC_BUFFERED_HIGH_BYTES: usize = 1024 * 1024;
+
+/// Backpressure in messages: while any connected peer has more than this many messages
+/// in flight (written to str0m and not acknowledged, plus our outbox), the driver stops
+/// reading the agent. SCTP's sender scans everything in flight on every poll
+/// (sctp-proto's `expired_inflight`, `gather_data_packets_to_retransmit`), so its work
+/// per message grows with the backlog; with small messages the byte limit alone lets
+/// tens of thousands be in flight and the cost goes quadratic. With this cap the cost
+/// per message stays flat from 4,000 to 16,000 messages (in-memory pair, debug build:
+/// 256 gave about half the per-message cost of 1,024). 256 messages in flight still
+/// carry 256,000 msg/s at a 1 ms round trip.
+pub const DC_BUFFERED_HIGH_MESSAGES: usize = 256;
+
+/// str0m tells us (`ChannelBufferedAmountLow`) when a channel drains below this; we
+/// then flush the outbox and resume reading the agent.
+pub const DC_BUFFERED_LOW_BYTES: usize = 256 * 1024;
+
+/// IPC lines applied per [`super::Input::Ipc`] before the touched peers are driven
+/// (the driver splits a larger read). One drive per batch instead of one per line: a
+/// drive polls SCTP, whose cost grows with what is in flight.
+pub const IPC_BATCH_LINES_MAX: usize = 256;
+
+impl Engine {
+    pub(super) fn queue_agent(&mut self, line: Vec<u8>, droppable: bool) {
+        self.emit(Output::Agent { line, droppable });
+    }
+
+    /// Whether the driver should stop reading the IPC socket (backpressure). Asking
+    /// also arms [`Output::IpcResume`] for when it ends.
+    pub fn ipc_paused(&mut self) -> bool {
+        let paused = self.peers.keys().into_iter().any(|k| self.peer_over(k));
+        self.ipc_waiting = paused;
+        paused
+    }
+
+    /// Peer `k` is over a backpressure limit (bytes or messages).
+    fn peer_over(&mut self, k: usize) -> bool {
+        let p = &mut self.peers.slab[k];
+        let buffered = match p.channel.and_then(|c| p.rtc.channel(c)) {
+            Some(mut ch) => ch.buffered_amount(),
+            None => 0,
+        };
+        // Messages leave str0m's buffer in the order they went in (one ordered
+        // channel): drop the sizes of those no longer buffered.
+        while let Some(&front) = p.inflight.front() {
+            if p.inflight_bytes - front >= buffered {
+                p.inflight_bytes -= front;
+                p.inflight.pop_front();
+            } else {
+                break;
+            }
+        }
+        buffered + p.outbox_bytes > DC_BUFFERED_HIGH_BYTES
+            || p.inflight.len() + p.outbox.len() > DC_BUFFERED_HIGH_MESSAGES
+    }
+
+    /// A batch of lines from the agent: every command is applied, then each peer that
+    /// got messages is driven once.
+    pub(super) fn handle_ipc(&mut self, now: Instant, lines: &[Framed]) {
+        let mut touched: Vec<usize> = Vec::new();
+        for item in lines {
+            match item {
+                Framed::Line(l) => self.handle_ipc_line(now, l, &mut touched),
+                Framed::TooLong => {
+                    let reason = format!("line longer than {} bytes", ipc::IPC_LINE_BYTES_MAX);
+                    self.queue_agent(ipc::event_error(&reason), false);
+                }
+            }
+        }
+        for k in touched {
+            if self.peers.slab.contains(k) {
+                self.flush_outbox(k);
+                self.drive(k, now);
+            }
+        }
+    }
+
+    fn handle_ipc_line(&mut self, now: Instant, line: &[u8], touched: &mut Vec<usize>) {
+        let cmd = match ipc::parse_command(line) {
+            Ok(Some(c)) => c,
+            Ok(None) => return,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::warn!(%reason, "malformed IPC line");
+                self.queue_agent(ipc::event_error(&reason), false);
+                return;
+            }
+        };
+        match cmd {
+            Command::Send { target, message } => {
+                let Some(k) = self
+                    .peers
+                    .get(&target)
+                    .filter(|&k| self.peers.slab[k].announced)
+                else {
+                    self.queue_agent(
+                        ipc::event_error(&format!("peer {target:?} is not connected")),
+                        false,
+                    );
+                    return;
+                };
+                tracing::debug!(peer = %target, kind = %message.kind, request_id = %message.request_id, "DataChannel message out");
+                let bytes = serde_json::to_vec(&message).expect("mesh messages serialize");
+                self.enqueue(k, bytes, touched);
+            }
+            Command::Broadcast { message } => {
+                let bytes = serde_json::to_vec(&message).expect("mesh messages serialize");
+                for k in self.peers.announced_keys() {
+                    self.enqueue(k, bytes.clone(), touched);
+                }
+            }
+            Command::ListPeers => {
+                let peers = self.connected_peers();
+                self.queue_agent(ipc::event_peer_list(&peers), false);
+            }
+            Command::Connect { target } => {
+                if !self.signaling_up || self.me.is_none() {
+                    self.queue_agent(ipc::event_error("signaling is not connected"), false);
+                } else if Some(target.as_str()) != self.me.as_deref()
+                    && self.peers.get(&target).is_none()
+                {
+                    self.start_offer(now, &target);
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, k: usize, bytes: Vec<u8>, touched: &mut Vec<usize>) {
+        let p = &mut self.peers.slab[k];
+        p.outbox_bytes += bytes.len();
+        p.outbox.push_back(bytes);
+        if !touched.contains(&k) {
+            touched.push(k);
+        }
+    }
+
+    /// Moves queued messages into str0m's buffer; true if any moved.
+    pub(super) fn flush_outbox(&mut self, k: usize) -> bool {
+        let p = &mut self.peers.slab[k];
+        if p.outbox.is_empty() {
+            return false;
+        }
+        let Some(cid) = p.channel else { return false };
+        let Some(mut ch) = p.rtc.channel(cid) else {
+            return false;
+        };
+        let mut moved = false;
+        while let Some(front) = p.outbox.front() {
+            match ch.write(false, front) {
+                Ok(true) => {
+                    let n = front.len();
+                    p.outbox_bytes -= n;
+                    p.outbox.pop_front();
+                    p.inflight.push_back(n);
+                    p.inflight_bytes += n;
+                    moved = true;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(peer = %p.id, error = %e, "DataChannel write failed; message dropped");
+                    p.outbox_bytes -= front.len();
+                    p.outbox.pop_front();
+                }
+            }
+        }
+        moved
+    }
+}
