@@ -392,6 +392,12 @@ impl Parser {
         buf
     }
 
+    /// Whether the head of the request in progress is parsed and its body is being
+    /// read (the connection loop applies its body deadline then).
+    pub fn is_reading_body(&self) -> bool {
+        matches!(self.state, State::Body { .. })
+    }
+
     /// Whether no partial request is buffered: between requests (stray CR/LF between
     /// requests count as nothing), or dead after an error.
     pub fn is_idle(&self) -> bool {

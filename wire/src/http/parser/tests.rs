@@ -792,3 +792,16 @@ fn leading_empty_lines_are_bounded() {
     assert_eq!(evs.len(), 3, "{evs:?}");
     assert!(evs.iter().all(|e| matches!(e, Event::Request(_))));
 }
+
+#[test]
+fn reading_body_state() {
+    let mut p = parser();
+    assert!(!p.is_reading_body());
+    assert!(events(&mut p, b"POST / HTTP/1.1\r\nHost: h\r\n").is_empty());
+    assert!(!p.is_reading_body());
+    assert!(events(&mut p, b"Content-Length: 3\r\n\r\nab").is_empty());
+    assert!(p.is_reading_body());
+    assert_eq!(events(&mut p, b"c").len(), 1);
+    assert!(!p.is_reading_body());
+    assert!(p.is_idle());
+}
