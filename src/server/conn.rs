@@ -9,6 +9,9 @@
 //! * every early close after an error response is a *lingering* close ([`linger_close`]):
 //!   the write side is shut and what the client is still sending is read and dropped,
 //!   bounded in time and bytes, so the client reads its 4xx instead of a reset;
+//! * graceful shutdown: requests already received are answered (`connection: close`),
+//!   idle keep-alive connections close after [`SHUTDOWN_IDLE_GRACE`] and half-sent
+//!   requests after [`SHUTDOWN_REQUEST_GRACE`];
 //! * when the process runs out of file descriptors the accept loop asks every idle
 //!   keep-alive connection of the shard to close ([`HttpShard::shed_idle`]).
 
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use reactor::timer::{select2, Either};
+use reactor::timer::{select2, select2_pinned, Either};
 use reactor::LocalEvent;
 
 use crate::http::{Event, Method, Parser, Response};
@@ -58,6 +61,21 @@ const LINGER_CHUNK_SIZE: usize = 64 * 1024;
 /// Writing a refusal (503 before serving, 408 after a deadline) is bounded by this: a
 /// refused client that does not read must not hold the task and its fd.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Graceful shutdown: how long a connection idle between requests is still read from
+/// once shutdown begins. A keep-alive client may have a request on the wire already;
+/// closing at once would reset it unanswered. Any request arriving within this is
+/// answered with `connection: close`; a connection with nothing is closed after it.
+const SHUTDOWN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// Graceful shutdown: the lingering close of an idle connection after its grace lasts
+/// at most this: long enough for a request crossing our FIN to arrive (and be dropped
+/// without a reset), short enough not to hold the exit.
+const SHUTDOWN_LINGER_TIME_MAX: Duration = Duration::from_millis(250);
+
+/// Graceful shutdown: how long a half-received request may take to complete once
+/// shutdown begins (rather than the whole `--shutdown-timeout`); then it is closed.
+const SHUTDOWN_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 /// Deadlines and caps for plain HTTP clients (`--http-header-timeout`,
 /// `--http-body-rate-min`, `--max-http-connections-per-ip`).
@@ -164,7 +182,12 @@ pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: TcpStream) {
 /// closes, for at most [`LINGER_TIME_MAX`] and [`LINGER_SIZE_MAX`] bytes (each read at
 /// most [`LINGER_READ_TIMEOUT`]). Closing with unread bytes would make the kernel send
 /// a reset, which can destroy the response before the client reads it.
-pub async fn linger_close(mut stream: TcpStream) {
+pub async fn linger_close(stream: TcpStream) {
+    linger_close_within(stream, LINGER_TIME_MAX).await
+}
+
+/// [`linger_close`] for at most `time_max`.
+async fn linger_close_within(mut stream: TcpStream, time_max: Duration) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -172,7 +195,7 @@ pub async fn linger_close(mut stream: TcpStream) {
     let mut drained = 0usize;
     let mut buf = Vec::with_capacity(LINGER_CHUNK_SIZE);
     while drained < LINGER_SIZE_MAX {
-        let left = LINGER_TIME_MAX.saturating_sub(start.elapsed());
+        let left = time_max.saturating_sub(start.elapsed());
         if left.is_zero() {
             return;
         }
@@ -319,9 +342,6 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             // again before reading more.
             continue;
         }
-        if shutdown.is_set() && parser.is_idle() {
-            return;
-        }
         let now = Instant::now();
         progress.after_parse(&parser, now);
         // Between requests: wait for bytes, the idle timeout, shutdown, or a shed. In a
@@ -333,15 +353,43 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             Some(d) => (d - now).min(ctx.config.http_idle_timeout),
             None => ctx.config.http_idle_timeout,
         };
-        let read = monoio::time::timeout(wait, stream.read(rbuf));
-        let outcome = if parser.is_idle() {
-            let shed = ctx.http.shed_event();
-            match select2(read, select2(shutdown.wait(), shed.wait())).await {
-                Either::Left(r) => r,
-                Either::Right(_) => return,
+        let outcome = {
+            let mut read = std::pin::pin!(monoio::time::timeout(wait, stream.read(rbuf)));
+            if parser.is_idle() {
+                let shed = ctx.http.shed_event();
+                let woke = if shutdown.is_set() {
+                    Either::Right(Either::Left(()))
+                } else {
+                    let other = std::pin::pin!(select2(shutdown.wait(), shed.wait()));
+                    select2_pinned(read.as_mut(), other).await
+                };
+                match woke {
+                    Either::Left(r) => Some(r),
+                    // Out of fds: idle connections make room at once.
+                    Either::Right(Either::Right(())) => return,
+                    // Shutdown: answer a request already on its way, else close.
+                    Either::Right(Either::Left(())) => {
+                        monoio::time::timeout(SHUTDOWN_IDLE_GRACE, read).await.ok()
+                    }
+                }
+            } else {
+                // A request in progress may finish during a shutdown, within a grace.
+                let grace = std::pin::pin!(async {
+                    shutdown.wait().await;
+                    monoio::time::sleep(SHUTDOWN_REQUEST_GRACE).await;
+                });
+                match select2_pinned(read.as_mut(), grace).await {
+                    Either::Left(r) => Some(r),
+                    Either::Right(()) => return,
+                }
             }
-        } else {
-            read.await
+        };
+        let Some(outcome) = outcome else {
+            // Idle through the shutdown grace: close with a FIN first, so that a
+            // request crossing our close finds an orderly end (nothing was read of it:
+            // the client may send it again elsewhere) rather than a reset.
+            linger_close_within(stream, SHUTDOWN_LINGER_TIME_MAX).await;
+            return;
         };
         match outcome {
             Err(_elapsed) => {
