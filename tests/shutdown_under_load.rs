@@ -109,7 +109,13 @@ fn sigterm_under_keepalive_post_load_loses_no_request() {
             .into_iter()
             .map(|(h, _)| h.join().unwrap())
             .collect();
-        let lost: Vec<&End> = ends.iter().filter(|e| matches!(e, End::Lost(_))).collect();
+        let lost: Vec<&String> = ends
+            .iter()
+            .filter_map(|e| match e {
+                End::Lost(why) => Some(why),
+                _ => None,
+            })
+            .collect();
         assert!(
             lost.is_empty(),
             "{driver}: {} requests sent, lost: {lost:?}",
