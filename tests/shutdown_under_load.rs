@@ -64,7 +64,6 @@ fn loader(srv_addr: std::net::SocketAddr, sent: Arc<AtomicUsize>, go: Arc<Atomic
         String::from_utf8_lossy(body)
     );
     let mut buf = Vec::new();
-    go.store(true, Ordering::Relaxed);
     loop {
         if s.write_all(req.as_bytes()).is_err() {
             return End::NotSent;
@@ -72,7 +71,9 @@ fn loader(srv_addr: std::net::SocketAddr, sent: Arc<AtomicUsize>, go: Arc<Atomic
         sent.fetch_add(1, Ordering::Relaxed);
         match read_one(&mut s, &mut buf) {
             Ok(true) => return End::Closed,
-            Ok(false) => {}
+            // Answered: the connection is established with the server (not waiting in
+            // its accept queue, which a closing listener resets).
+            Ok(false) => go.store(true, Ordering::Relaxed),
             Err(e) if e == "EOF after 0 bytes" => return End::Unread,
             Err(e) => return End::Lost(e),
         }
@@ -97,7 +98,7 @@ fn sigterm_under_keepalive_post_load_loses_no_request() {
                 (h, go)
             })
             .collect();
-        // Every loader connected and sending, and some requests served.
+        // Every loader's connection served at least once, and some requests sent.
         while !loaders.iter().all(|(_, go)| go.load(Ordering::Relaxed))
             || sent.load(Ordering::Relaxed) < 200
         {

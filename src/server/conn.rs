@@ -71,7 +71,7 @@ const SHUTDOWN_IDLE_GRACE: Duration = Duration::from_millis(250);
 /// Graceful shutdown: the lingering close of an idle connection after its grace lasts
 /// at most this: long enough for a request crossing our FIN to arrive (and be dropped
 /// without a reset), short enough not to hold the exit.
-const SHUTDOWN_LINGER_TIME_MAX: Duration = Duration::from_millis(250);
+const SHUTDOWN_LINGER_TIME_MAX: Duration = Duration::from_secs(1);
 
 /// Graceful shutdown: how long a half-received request may take to complete once
 /// shutdown begins (rather than the whole `--shutdown-timeout`); then it is closed.
