@@ -766,7 +766,7 @@ fn unknown_expectation_is_417() {
 
 #[test]
 fn leading_empty_lines_are_bounded() {
-    let mut ok = vec![b'\r', b'\n'].repeat(LEADING_EMPTY_LINES_SIZE_MAX / 2);
+    let mut ok = [b'\r', b'\n'].repeat(LEADING_EMPTY_LINES_SIZE_MAX / 2);
     ok.extend_from_slice(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_eq!(one_request(&ok).path, "/");
     // One byte over, whether it comes at once or in pieces.
