@@ -437,3 +437,69 @@ async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -
         Ok((Ok(_), _))
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: u64) -> ClientLimits {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_rate_min: rate,
+            connections_per_ip_max: 4,
+        }
+    }
+
+    fn parser_with(bytes: &[u8]) -> Parser {
+        let mut p = Parser::new(crate::http::Limits::default());
+        p.feed(bytes);
+        while p.poll().is_some() {}
+        p
+    }
+
+    #[test]
+    fn header_deadline_is_fixed_from_the_first_byte() {
+        let t0 = Instant::now();
+        let mut pr = Progress::default();
+        pr.after_parse(&parser_with(b""), t0);
+        assert_eq!(pr.deadline(&limits(1024)), None, "idle: no deadline");
+        let p = parser_with(b"GET / HTTP/1.1\r\nHost: a\r\nX: ");
+        pr.after_parse(&p, t0);
+        // More bytes of the same head later do not move it.
+        pr.read(1);
+        pr.after_parse(&p, t0 + Duration::from_secs(9));
+        assert_eq!(
+            pr.deadline(&limits(1024)),
+            Some(t0 + Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn body_deadline_grows_with_the_bytes_received() {
+        let t0 = Instant::now();
+        let mut pr = Progress::default();
+        let p = parser_with(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+        assert!(p.is_reading_body());
+        pr.after_parse(&p, t0);
+        assert_eq!(
+            pr.deadline(&limits(1000)),
+            Some(t0 + Duration::from_secs(10))
+        );
+        pr.read(5000);
+        assert_eq!(
+            pr.deadline(&limits(1000)),
+            Some(t0 + Duration::from_secs(15))
+        );
+        // A later parse of the same body keeps its start and count.
+        pr.after_parse(&p, t0 + Duration::from_secs(3));
+        assert_eq!(
+            pr.deadline(&limits(1000)),
+            Some(t0 + Duration::from_secs(15))
+        );
+        // No minimum rate: no body deadline.
+        assert_eq!(pr.deadline(&limits(0)), None);
+        // Back to idle: everything resets.
+        pr.after_parse(&parser_with(b""), t0);
+        assert_eq!(pr.deadline(&limits(1000)), None);
+    }
+}
