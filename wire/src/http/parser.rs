@@ -740,4 +740,6 @@ fn body_framing(
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_hostile;
+#[cfg(test)]
 mod tests_random;
