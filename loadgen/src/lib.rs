@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod keys;
+pub mod msg;
 pub mod net;
 pub mod storm;
 pub mod tokens;

@@ -110,14 +110,6 @@ async fn wait_flag(f: &AtomicBool) {
     }
 }
 
-/// The send time carried in a relayed frame: `"sdp":"bench:<ns>:…"`.
-fn sent_at(text: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(text, b"\"sdp\":\"bench:")? + 13;
-    let rest = &text[at..];
-    let end = memchr::memchr(b':', rest)?;
-    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
-}
-
 async fn shard(input: ShardIn) -> ShardOut {
     let coord = input.coord.clone();
     let hist = Rc::new(RefCell::new(super::histogram()));
@@ -195,7 +187,7 @@ async fn shard(input: ShardIn) -> ShardOut {
                     for e in events.drain(..) {
                         match e {
                             ClientEvent::Text(t) => {
-                                if let Some(t0) = sent_at(&t) {
+                                if let Some(t0) = crate::msg::relay_sent_at(&t) {
                                     if t0 >= measure_from && t0 < end {
                                         let now = nanos_now();
                                         super::record(
@@ -435,17 +427,4 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     });
     let ok = t.sent > 0 && t.errors.total() == 0;
     Ok((super::finish(&setup, &args.common, report), ok))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_the_send_time_back() {
-        let f =
-            br#"{"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"bench:12345:xx"}}"#;
-        assert_eq!(sent_at(f), Some(12345));
-        assert_eq!(sent_at(br#"{"payload":{"sdp":"v=0"}}"#), None);
-    }
 }
