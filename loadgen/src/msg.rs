@@ -76,6 +76,8 @@ pub fn relay_sent_at(text: &[u8]) -> Option<u64> {
             return Some(n);
         }
     }
+    // Frames that are not ours (peer lists, errors) are skipped without a parse.
+    memchr::memmem::find(text, b"bench:")?;
     let v: Value = serde_json::from_slice(text).ok()?;
     let sdp = v.get("payload")?.get("sdp")?.as_str()?;
     sdp.strip_prefix("bench:")?.split(':').next()?.parse().ok()

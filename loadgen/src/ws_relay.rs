@@ -50,6 +50,8 @@ pub struct Args {
 /// unanswered (the server then closes an idle connection, which a sending peer never
 /// is), rather than letting the queue grow.
 const PONG_PENDING_BYTES_MAX: usize = 1024;
+/// Peers connecting and registering at once per shard during set-up.
+const CONNECT_CONCURRENCY: usize = 64;
 /// How long to wait after the last send for messages still in flight.
 const DRAIN_MAX: Duration = Duration::from_secs(3);
 
@@ -129,11 +131,32 @@ async fn shard(input: ShardIn) -> ShardOut {
             &Arc::new(AtomicU64::new(0)),
         )
         .await?;
-        let mut conns = Vec::new();
-        for (i, (g, me, other, kind)) in peers.iter().enumerate() {
-            let mut c = WsConn::open(&input.target, input.sources.pick(*g), &tokens[i].jwt).await?;
-            c.register(&me.peer_id).await?;
-            conns.push((c, me.peer_id.clone(), other.peer_id.clone(), *kind, *g));
+        // Connected and registered CONNECT_CONCURRENCY at a time: one by one, 10,000
+        // peers would take minutes against a server that answers in tens of ms.
+        let mut conns = Vec::with_capacity(peers.len());
+        for (b, batch) in peers.chunks(CONNECT_CONCURRENCY).enumerate() {
+            let handles: Vec<_> = batch
+                .iter()
+                .enumerate()
+                .map(|(j, (g, me, other, kind))| {
+                    let i = b * CONNECT_CONCURRENCY + j;
+                    let (target, source, jwt) = (
+                        input.target.clone(),
+                        input.sources.pick(*g),
+                        tokens[i].jwt.clone(),
+                    );
+                    let (me, other, kind, g) =
+                        (me.peer_id.clone(), other.peer_id.clone(), *kind, *g);
+                    monoio::spawn(async move {
+                        let mut c = WsConn::open(&target, source, &jwt).await?;
+                        c.register(&me).await?;
+                        Ok::<_, Fail>((c, me, other, kind, g))
+                    })
+                })
+                .collect();
+            for h in handles {
+                conns.push(h.await?);
+            }
         }
         Ok::<_, Fail>(conns)
     };
@@ -426,5 +449,12 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         "error_details": t.errors.details(),
     });
     let ok = t.sent > 0 && t.errors.total() == 0;
+    let ns = |c: &AtomicU64| epoch() + Duration::from_nanos(c.load(Ordering::Acquire));
+    let window = coord
+        .go
+        .load(Ordering::Acquire)
+        .then(|| (ns(&coord.measure_from), ns(&coord.end)));
+    let mut report = report;
+    super::add_server_cpu(&setup, &mut report, window, t.received);
     Ok((super::finish(&setup, &args.common, report), ok))
 }
