@@ -5,6 +5,7 @@
 //! Each scenario splits its work over the shards; each shard returns its counts and an
 //! HdrHistogram, merged here. A progress line on stderr shows live counters.
 
+pub mod compare;
 pub mod http;
 pub mod keys;
 pub mod msg;
@@ -58,6 +59,9 @@ pub enum Scenario {
     WsRelay(ws_relay::Args),
     /// Connect/register/disconnect churn.
     Storm(storm::Args),
+    /// Two builds side by side: every scenario, alternating for N rounds; a table of
+    /// medians and ratios, and report.json + report.html in --out.
+    Compare(compare::Args),
 }
 
 /// Options every networked scenario takes.
@@ -98,6 +102,34 @@ pub fn main(args: BenchArgs) -> ExitCode {
         Scenario::WsIdle(a) => (a.common.json, ws_idle::run(a)),
         Scenario::WsRelay(a) => (a.common.json, ws_relay::run(a)),
         Scenario::Storm(a) => (a.common.json, storm::run(a)),
+        Scenario::Compare(a) => {
+            let argv: Vec<String> = std::env::args().collect();
+            let json_out = a.json;
+            let out = a.out.clone();
+            return match compare::run(a, &argv) {
+                Ok((report, ok)) => {
+                    if json_out {
+                        println!("{report}");
+                    } else {
+                        print!("{}", compare::report::table(&report));
+                        println!(
+                            "report: {} and {}",
+                            out.join("report.json").display(),
+                            out.join("report.html").display()
+                        );
+                    }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("chatixia-core bench compare: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
     };
     match result {
         Ok((report, ok)) => {
@@ -417,7 +449,12 @@ impl Errors {
 
 /// Adds the server's CPU use over the measured `window` per operation (`ops` done in
 /// it) to `report` as `server_cpu`, when `--server-pid` was given.
-pub fn add_server_cpu(setup: &Setup, report: &mut Value, window: Option<(Instant, Instant)>, ops: u64) {
+pub fn add_server_cpu(
+    setup: &Setup,
+    report: &mut Value,
+    window: Option<(Instant, Instant)>,
+    ops: u64,
+) {
     if let (Some(s), Some((from, to))) = (&setup.server_cpu, window) {
         report["server_cpu"] = s.report(from, to, ops);
     }
@@ -438,9 +475,11 @@ pub fn finish(setup: &Setup, common: &Common, mut report: Value) -> Value {
     report
 }
 
-
 /// The union of the shards' measured windows.
-pub fn union(a: Option<(Instant, Instant)>, b: Option<(Instant, Instant)>) -> Option<(Instant, Instant)> {
+pub fn union(
+    a: Option<(Instant, Instant)>,
+    b: Option<(Instant, Instant)>,
+) -> Option<(Instant, Instant)> {
     match (a, b) {
         (Some(x), Some(y)) => Some((x.0.min(y.0), x.1.max(y.1))),
         (x, y) => x.or(y),

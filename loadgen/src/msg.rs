@@ -122,7 +122,12 @@ mod tests {
             br#"{"type":"peer_list","payload":{"peers":["a","b"],"more":{"x":"]"}}}"#,
         ];
         for f in frames {
-            assert_eq!(count_peer_list(f), Some(2), "{}", String::from_utf8_lossy(f));
+            assert_eq!(
+                count_peer_list(f),
+                Some(2),
+                "{}",
+                String::from_utf8_lossy(f)
+            );
         }
     }
 
@@ -159,7 +164,12 @@ mod tests {
             br#"{"payload":{"sdp":"bench:12345:xx"},"peer_id":"a","target_id":"b","type":"offer"}"#;
         let spaced = br#"{ "payload" : { "sdp" : "bench:12345:xx" }, "type" : "answer" }"#;
         for f in [&ours[..], sorted, spaced] {
-            assert_eq!(relay_sent_at(f), Some(12345), "{}", String::from_utf8_lossy(f));
+            assert_eq!(
+                relay_sent_at(f),
+                Some(12345),
+                "{}",
+                String::from_utf8_lossy(f)
+            );
         }
         assert_eq!(relay_sent_at(br#"{"payload":{"sdp":"v=0"}}"#), None);
         assert_eq!(relay_sent_at(b"garbage"), None);
