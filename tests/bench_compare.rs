@@ -96,6 +96,7 @@ fn a_build_against_itself_runs_every_scenario_with_ratios_near_one() {
             name.starts_with("connect-idle"),
             "{s}"
         );
+        assert_eq!(keys.contains(&"lost_pct"), name.starts_with("relay"), "{s}");
         for m in metrics {
             let key = m["key"].as_str().unwrap();
             // Started servers have known PIDs: every figure is there on both sides,
@@ -110,6 +111,12 @@ fn a_build_against_itself_runs_every_scenario_with_ratios_near_one() {
                     1,
                     "{m}"
                 );
+            }
+            if key == "lost_pct" {
+                // Our relay loses nothing (as tests/bench_ws_relay.rs asserts).
+                assert_eq!(m["baseline"], 0.0, "{name}: {m}");
+                assert_eq!(m["candidate"], 0.0, "{name}: {m}");
+                continue;
             }
             if key == "cpu_us_per_op" {
                 if let Some(ratio) = m["ratio"].as_f64() {
