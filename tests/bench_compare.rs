@@ -66,8 +66,8 @@ fn a_build_against_itself_runs_every_scenario_with_ratios_near_one() {
         [
             "heartbeat",
             "http-mix",
-            "relay-20",
-            "relay-400",
+            "relay-100-keys",
+            "relay-300-keys",
             "connect-idle-300",
             "storm"
         ]

@@ -116,12 +116,16 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
     let runs_dir = args.out.join("runs");
     std::fs::create_dir_all(&runs_dir).map_err(|e| format!("{}: {e}", runs_dir.display()))?;
     let any_command = sides.iter().any(|s| matches!(s.spec, Spec::Command(_)));
-    let keys = match &args.keys {
-        Some(k) => k.clone(),
+    // Two keys files: the relay runs once with each (the reference's relay slows
+    // down with the number of keys); every other scenario uses the large one.
+    let (keys, keys_small) = match &args.keys {
+        Some(k) => (k.clone(), k.clone()),
         None if any_command => {
             let k = args.out.join("api_keys.json");
             super::keys::run(sizes.peers_needed(), 1, Some(&k))?;
-            k
+            let small = args.out.join(format!("api_keys_{}.json", sizes.small_keys));
+            super::keys::run(sizes.small_keys, 1, Some(&small))?;
+            (k, small)
         }
         None => return Err("--keys: give the keys file the URL targets load".into()),
     };
@@ -138,6 +142,7 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
             secret: "bench-compare-secret".into(),
             log_dir: runs_dir.clone(),
         },
+        keys_small,
         runs_dir,
         loadgen_cores: args.loadgen_cores.max(1),
         duration: duration.as_secs_f64(),
