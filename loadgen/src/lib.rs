@@ -8,6 +8,7 @@
 pub mod http;
 pub mod keys;
 pub mod net;
+pub mod sidecar;
 pub mod storm;
 pub mod tokens;
 pub mod ws_idle;
@@ -56,6 +57,9 @@ pub enum Scenario {
     WsRelay(ws_relay::Args),
     /// Connect/register/disconnect churn.
     Storm(storm::Args),
+    /// Two running sidecars, driven over their IPC sockets: A sends N messages to B over
+    /// the DataChannel (msg/s, MB/s, order, each sidecar's CPU per message and RSS).
+    Sidecar(sidecar::Args),
 }
 
 /// Options every networked scenario takes.
@@ -92,6 +96,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         Scenario::WsIdle(a) => (a.common.json, ws_idle::run(a)),
         Scenario::WsRelay(a) => (a.common.json, ws_relay::run(a)),
         Scenario::Storm(a) => (a.common.json, storm::run(a)),
+        Scenario::Sidecar(a) => (a.json, sidecar::run(a)),
     };
     match result {
         Ok((report, ok)) => {
