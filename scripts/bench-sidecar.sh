@@ -20,6 +20,8 @@
 #   RUN_TIMEOUT  seconds one measured run may take (default 180; a run past it is reported
 #                with what was delivered)
 #   OUT          directory for the JSON reports and logs (default: a new temp dir)
+#   PERF_SENDER  `ours` or `reference`: record that sender with `perf record --call-graph dwarf`
+#                into OUT/<run>.perf.data (then `perf report -i …`)
 #   SIDECAR_LOG  RUST_LOG of the sidecars (default warn; their logs go to OUT)
 #   NO_BUILD=1   do not run cargo build
 set -euo pipefail
@@ -104,10 +106,16 @@ for round in $(seq 1 "$ROUNDS"); do
         rm -f "$OUT/$run.a.sock" "$OUT/$run.b.sock"
         sa=$(start_sidecar "$NSA" "$bin" ak_bench_a "$OUT/$run.a.sock" "$OUT/$run.a.log")
         sb=$(start_sidecar "$NSB" "$bin" ak_bench_b "$OUT/$run.b.sock" "$OUT/$run.b.log")
+        perf_pid=
+        if [ -n "${PERF_SENDER:-}" ] && [ "$impl" = "$PERF_SENDER" ]; then
+          perf record -q -F 499 --call-graph dwarf,16384 -p "$sa" -o "$OUT/$run.perf.data" \
+            2>>"$OUT/$run.err" & perf_pid=$!
+        fi
         "$CORE" bench sidecar --label "$impl" --json \
           --a-socket "$OUT/$run.a.sock" --b-socket "$OUT/$run.b.sock" --b-peer bench-b-sidecar \
           --a-pid "$sa" --b-pid "$sb" --size "$size" --count "$count" \
           --timeout "$RUN_TIMEOUT" --drain-ms 2000 > "$OUT/$run.json" 2>>"$OUT/$run.err" || true
+        if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" || true; fi
         stop_pid "$sa"; stop_pid "$sb"; sa=; sb=
         rm -f "$OUT/$run.a.sock" "$OUT/$run.b.sock"
         [ -s "$OUT/$run.json" ] && break
