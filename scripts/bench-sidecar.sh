@@ -87,6 +87,13 @@ done
 ip netns exec "$NSB" curl -sf "http://$IPA:$PORT/healthz" >/dev/null \
   || { echo "bench-sidecar.sh: the server did not come up (see $OUT/server.log)" >&2; exit 1; }
 
+udp_drops() { # $1 = ns: UDP datagrams that namespace dropped (receive + send buffer full)
+  ip netns exec "$1" awk '/^Udp:/ { if (h) { print $6 + $7; exit } h = 1 }' /proc/net/snmp
+}
+udp_counters() { # $1 = ns: its UDP RcvbufErrors and SndbufErrors
+  ip netns exec "$1" awk '/^Udp:/ { if (h) { print "RcvbufErrors=" $6, "SndbufErrors=" $7; exit } h = 1 }' /proc/net/snmp
+}
+
 start_sidecar() { # $1 = ns, $2 = binary, $3 = key, $4 = socket, $5 = log; prints the pid
   ip netns exec "$1" env -i PATH=/usr/bin:/bin HOME=/tmp NO_COLOR=1 RUST_LOG="${SIDECAR_LOG:-warn}" \
     SIGNALING_URL="ws://$IPA:$PORT/ws" TOKEN_URL="http://$IPA:$PORT/api/token" \
@@ -104,6 +111,7 @@ for round in $(seq 1 "$ROUNDS"); do
       # an empty report) is started afresh, up to 3 times; the .err file keeps each cause.
       for attempt in 1 2 3; do
         rm -f "$OUT/$run.a.sock" "$OUT/$run.b.sock"
+        drops0=$(( $(udp_drops "$NSA") + $(udp_drops "$NSB") ))
         sa=$(start_sidecar "$NSA" "$bin" ak_bench_a "$OUT/$run.a.sock" "$OUT/$run.a.log")
         sb=$(start_sidecar "$NSB" "$bin" ak_bench_b "$OUT/$run.b.sock" "$OUT/$run.b.log")
         perf_pid=
@@ -115,6 +123,8 @@ for round in $(seq 1 "$ROUNDS"); do
           --a-socket "$OUT/$run.a.sock" --b-socket "$OUT/$run.b.sock" --b-peer bench-b-sidecar \
           --a-pid "$sa" --b-pid "$sb" --size "$size" --count "$count" \
           --timeout "$RUN_TIMEOUT" --drain-ms 2000 > "$OUT/$run.json" 2>>"$OUT/$run.err" || true
+        echo $(( $(udp_drops "$NSA") + $(udp_drops "$NSB") - drops0 )) > "$OUT/$run.udp_drops"
+        echo "after $run: A $(udp_counters "$NSA"); B $(udp_counters "$NSB") (cumulative)" >> "$OUT/udp.log"
         if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" || true; fi
         stop_pid "$sa"; stop_pid "$sb"; sa=; sb=
         rm -f "$OUT/$run.a.sock" "$OUT/$run.b.sock"
@@ -125,6 +135,11 @@ for round in $(seq 1 "$ROUNDS"); do
 import json, sys
 try:
     r = json.load(open(sys.argv[1]))
+    try:
+        r["udp_drops"] = int(open(sys.argv[1][:-5] + ".udp_drops").read())
+        json.dump(r, open(sys.argv[1], "w"))
+    except Exception:
+        pass
 except Exception:
     print(f"{sys.argv[2]:<28} FAILED (see {sys.argv[1][:-5]}.err)"); sys.exit()
 s, b = r["sender"], r["receiver"]
@@ -132,6 +147,7 @@ print(f"{sys.argv[2]:<28} {r['delivered']:>7}/{r['count']:<7} in_order={r['in_or
       f"{r['msg_per_s']:>9.0f} msg/s {r['payload_mb_per_s']:>7.2f} MB/s "
       f"cpu A {s['cpu_us_per_msg']} B {b['cpu_us_per_msg']} us/msg "
       f"rss A {s['rss_idle_kib']}/{s['rss_after_kib']}/{s['rss_drained_kib']} KiB"
+      + f" udp drops {r.get('udp_drops')}"
       + (f" FAIL {r['failure']}" if r.get('failure') else ""))
 PY
     done
@@ -159,6 +175,7 @@ metrics = [
     ("MB/s (payload)", lambda r: r["payload_mb_per_s"], "{:.2f}"),
     ("sender CPU us/msg", lambda r: r["sender"]["cpu_us_per_msg"], "{:.1f}"),
     ("receiver CPU us/msg", lambda r: r["receiver"]["cpu_us_per_msg"], "{:.1f}"),
+    ("UDP datagrams dropped", lambda r: r.get("udp_drops"), "{:.0f}"),
     ("sender RSS idle MiB", lambda r: r["sender"]["rss_idle_kib"] and r["sender"]["rss_idle_kib"] / 1024, "{:.1f}"),
     ("sender RSS after MiB", lambda r: r["sender"]["rss_after_kib"] and r["sender"]["rss_after_kib"] / 1024, "{:.1f}"),
     ("sender RSS drained MiB", lambda r: r["sender"]["rss_drained_kib"] and r["sender"]["rss_drained_kib"] / 1024, "{:.1f}"),
