@@ -76,6 +76,11 @@ pub struct Cli {
     /// Signaling connections from one client IP (more: 503).
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_connections_per_ip: usize,
+
+    /// INSECURE: serve the operator routes (pairing lists, approve/reject/revoke, agent
+    /// delete) without an admin token, as the reference does (for its dashboard).
+    #[arg(long)]
+    pub insecure_open_admin: bool,
 }
 
 /// Subcommands besides serving.

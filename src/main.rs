@@ -55,6 +55,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         _ => None,
     };
+    config.insecure_open_admin = cli.insecure_open_admin;
+    if config.insecure_open_admin {
+        tracing::warn!(
+            "--insecure-open-admin: anyone who can reach the port can approve, revoke and \
+             delete; use only behind a trusted boundary"
+        );
+    }
     if config.test_clock {
         tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
     }

@@ -119,8 +119,9 @@ impl Status {
 
 /// One agent going through onboarding.
 ///
-/// Serializes as the reference's `OnboardingEntry`: `{"id","agent_name","peer_id",
-/// "device_token" (omitted while empty),"status","created_at","updated_at"}` with times as
+/// Serializes as the reference's `OnboardingEntry` without its `device_token` (issue 10:
+/// lists never carry tokens): `{"id","agent_name","peer_id","status","created_at",
+/// "updated_at"}` with times as
 /// float seconds. `mesh` and `invited_by` are kept for the server but are not on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -147,16 +148,13 @@ pub struct Entry {
 
 impl Serialize for Entry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let with_token = !self.device_token.is_empty();
-        let mut st = s.serialize_struct("OnboardingEntry", 6 + usize::from(with_token))?;
+        // Never the device token: lists are admin reads, and a token is a secret handed
+        // out once (the approve response) or to its device (the claim path).
+        let mut st = s.serialize_struct("OnboardingEntry", 6)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("agent_name", &self.agent_name)?;
         st.serialize_field("peer_id", &self.peer_id)?;
-        if with_token {
-            st.serialize_field("device_token", &self.device_token)?;
-        } else {
-            st.skip_field("device_token")?;
-        }
+        st.skip_field("device_token")?;
         st.serialize_field("status", &self.status)?;
         st.serialize_field("created_at", &self.created_at.as_secs_f64())?;
         st.serialize_field("updated_at", &self.updated_at.as_secs_f64())?;

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub test_clock: bool,
     /// Signaling WebSocket limits.
     pub ws: WsLimits,
+    /// `--insecure-open-admin`: the operator routes need no admin token (the reference's
+    /// open admin plane).
+    pub insecure_open_admin: bool,
 }
 
 impl ServerConfig {
@@ -71,6 +74,7 @@ impl ServerConfig {
             task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
+            insecure_open_admin: false,
         }
     }
 }
