@@ -81,6 +81,11 @@ pub struct Cli {
     /// delete) without an admin token, as the reference does (for its dashboard).
     #[arg(long)]
     pub insecure_open_admin: bool,
+
+    /// Directory of the durable state (pairings, device-token hashes, revocations, invite
+    /// codes, pending tasks); created if missing, locked while the server runs.
+    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Subcommands besides serving.

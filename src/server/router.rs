@@ -55,6 +55,7 @@ pub enum Route {
     Approve,
     Reject,
     Revoke,
+    PairingStatus,
     DebugClock,
 }
 
@@ -160,6 +161,11 @@ const ROUTES: &[RouteDef] = &[
         pattern: "/api/pairing/{id}/revoke",
         route: Route::Revoke,
         methods: &[Method::Post],
+    },
+    RouteDef {
+        pattern: "/api/pairing/{id}/status",
+        route: Route::PairingStatus,
+        methods: &[Method::Get],
     },
     RouteDef {
         pattern: "/debug/clock",
@@ -276,6 +282,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Approve => pairing::api::approve(ctx, p(0)).await,
         Route::Reject => pairing::api::reject(ctx, p(0)).await,
         Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
+        Route::PairingStatus => pairing::api::status(ctx, req, p(0)).await,
         Route::DebugClock => debug::clock(ctx, req).await,
     };
     result.unwrap_or_else(|resp| resp)
