@@ -169,3 +169,125 @@ fn insecure_open_admin_opens_the_operator_routes() {
         200
     );
 }
+
+/// The device's own path to its token: `pair` returns a claim secret; `GET
+/// /api/pairing/{id}/status` with it shows the entry and, once approved, the device token
+/// until the token is first used; a wrong secret gets 401 and no token.
+#[test]
+fn claim_path_with_the_right_and_a_wrong_secret() {
+    both(|s| {
+        let code = s.req(
+            "POST",
+            "/api/pairing/generate-code",
+            &[("X-API-Key", "ak_test_agent")],
+            None,
+        );
+        let code = code.json()["code"].as_str().unwrap().to_owned();
+        let r = s.post_json(
+            "/api/pairing/pair",
+            &json!({"code": code, "agent_name": "dev"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let id = v["id"].as_str().unwrap().to_owned();
+        let peer = v["peer_id"].as_str().unwrap().to_owned();
+        let secret = v["claim_secret"].as_str().unwrap().to_owned();
+        assert!(secret.len() >= 32, "{secret}");
+        let status = |secret: &str| {
+            s.req(
+                "GET",
+                &format!("/api/pairing/{id}/status"),
+                &[("Authorization", &format!("Bearer {secret}"))],
+                None,
+            )
+        };
+        let v = status(&secret).json();
+        assert_eq!(
+            v,
+            json!({"id": id, "peer_id": peer, "status": "pending_approval"})
+        );
+        let other = format!("{}0", &secret[..secret.len() - 1]);
+        for wrong in [other.as_str(), "x", &secret[..10]] {
+            let r = status(wrong);
+            r.error(401);
+            assert!(!r.text().contains("device_token"));
+        }
+        let r = s.req("GET", &format!("/api/pairing/{id}/status"), &[], None);
+        r.error(401);
+        // Another entry's id with this secret: 401 as well.
+        let r = s.req(
+            "GET",
+            "/api/pairing/ffffffff/status",
+            &[("Authorization", &format!("Bearer {secret}"))],
+            None,
+        );
+        r.error(401);
+
+        let dt = s.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+        let dt = dt.json()["device_token"].as_str().unwrap().to_owned();
+        let wrong = status(&other);
+        wrong.error(401);
+        assert!(!wrong.text().contains(&dt));
+        // Served repeatedly until first used...
+        for _ in 0..2 {
+            let v = status(&secret).json();
+            assert_eq!(v["status"], "approved");
+            assert_eq!(v["device_token"], dt.as_str());
+        }
+        let t = s.req("POST", "/api/token", &[("X-Device-Token", &dt)], None);
+        assert_eq!(t.status, 200);
+        // ...then no longer.
+        let v = status(&secret).json();
+        assert_eq!(v["status"], "approved");
+        assert!(v.get("device_token").is_none(), "{v}");
+        // The token still works; after revocation the status says so, still no token.
+        let t = s.req("POST", "/api/token", &[("X-Device-Token", &dt)], None);
+        assert_eq!(t.status, 200);
+        let r = s.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+        assert_eq!(r.status, 200);
+        let v = status(&secret).json();
+        assert_eq!(v["status"], "revoked");
+        assert!(v.get("device_token").is_none());
+    });
+}
+
+/// Approved but never used, then revoked: the claim path stops serving the token.
+#[test]
+fn revocation_ends_the_claim_path() {
+    let s = Server::start(2);
+    let code = s.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_test_agent")],
+        None,
+    );
+    let code = code.json()["code"].as_str().unwrap().to_owned();
+    let v = s
+        .post_json(
+            "/api/pairing/pair",
+            &json!({"code": code, "agent_name": "dev"}),
+        )
+        .json();
+    let id = v["id"].as_str().unwrap().to_owned();
+    let auth = format!("Bearer {}", v["claim_secret"].as_str().unwrap());
+    let path = format!("/api/pairing/{id}/status");
+    assert_eq!(
+        s.admin_req("POST", &format!("/api/pairing/{id}/approve"))
+            .status,
+        200
+    );
+    let v = s
+        .req("GET", &path, &[("Authorization", &auth)], None)
+        .json();
+    assert!(v["device_token"].as_str().unwrap().starts_with("dt_"));
+    assert_eq!(
+        s.admin_req("POST", &format!("/api/pairing/{id}/revoke"))
+            .status,
+        200
+    );
+    let v = s
+        .req("GET", &path, &[("Authorization", &auth)], None)
+        .json();
+    assert_eq!(v["status"], "revoked");
+    assert!(v.get("device_token").is_none(), "{v}");
+}
