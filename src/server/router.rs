@@ -323,11 +323,11 @@ async fn metrics(ctx: &ShardCtx) -> Response {
             }
         }
     }
-    Response::text(
-        200,
-        "text/plain; version=0.0.4; charset=utf-8",
-        crate::metrics::render(&shards),
-    )
+    let mut body = crate::metrics::render(&shards);
+    if let Some(store) = &ctx.config.store {
+        body.push_str(&crate::metrics::render_store(&store.stats()));
+    }
+    Response::text(200, "text/plain; version=0.0.4; charset=utf-8", body)
 }
 
 #[cfg(test)]
