@@ -197,7 +197,9 @@ pub fn render_store(stats: &chatixia_store::StoreStats) -> String {
     ];
     let mut out = String::new();
     for (name, kind, help, v) in series {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
     }
     out
 }

@@ -70,10 +70,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
                     let _ = ask_retry(ctx, home, || Op::Remove(Box::new(id.clone()))).await;
                     return Err(resp);
                 }
-                if let Err(resp) = ask_retry(ctx, home, || Op::Saved(Box::new(id.clone()))).await {
-                    tracing::warn!(task = %id, "saved task not yet claimable (mailbox full)");
-                    return Err(resp);
-                }
+                ask_retry(ctx, home, || Op::Saved(Box::new(id.clone()))).await?;
                 if let Some(to) = pointer_to {
                     let deadline = ctx.now().saturating_add_secs(ttl);
                     let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
@@ -240,11 +237,12 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     Ok(ok_json(heartbeat_body(&claimed)))
 }
 
-/// Asks shard `to`, retrying a full mailbox (for undo and follow-up steps).
+/// Asks shard `to` until the message is delivered: the follow-ups of a change the store
+/// already decided (make a saved task claimable, drop or restore an unsaved one) must not
+/// be dropped because of a burst. Waiting on a full mailbox is the backpressure.
 async fn ask_retry(ctx: &ShardCtx, to: usize, make: impl Fn() -> Op) -> Answer<Reply> {
-    const TRIES: usize = 200;
     const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
-    for _ in 0..TRIES {
+    loop {
         match ctx.shard.ask(to, Msg::Hub(make())).await {
             Ok(Msg::HubReply(r)) => return Ok(r),
             Ok(_) => return Err(unexpected()),
@@ -254,8 +252,4 @@ async fn ask_retry(ctx: &ShardCtx, to: usize, make: impl Fn() -> Op) -> Answer<R
             }
         }
     }
-    Err(Response::error(
-        503,
-        format!("shard {to} is overloaded (mailbox full)"),
-    ))
 }

@@ -36,22 +36,33 @@ fn busy() -> Response {
     Response::error(409, "a change to this entry is being saved; retry")
 }
 
+/// Asks the entry's owner until the message is delivered: a follow-up of a change that
+/// is already decided (saved or refused by the store) must not be dropped because of a
+/// burst, or the entry would stay flagged `saving` (or hold an unsaved state). Waiting
+/// on a full mailbox is the backpressure.
+async fn tell_entry_owner(ctx: &ShardCtx, id: EntryId, make: impl Fn() -> Op) {
+    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
+    let to = ctx.shard.shard_of(id.to_string());
+    loop {
+        match ctx.shard.ask(to, crate::server::Msg::Pairing(make())).await {
+            Ok(_) => return,
+            Err(reactor::AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
+            Err(reactor::AskError::NoReply) => {
+                tracing::error!(entry = %id, "entry owner gave no reply to a follow-up");
+                return;
+            }
+        }
+    }
+}
+
 /// Clears the entry's `saving` flag after its change was acknowledged.
-async fn saved(ctx: &ShardCtx, id: EntryId) -> Answer<()> {
-    ask_owner_retry(ctx, &id.to_string(), || Op::EntrySaved(id))
-        .await
-        .map(drop)
+async fn saved(ctx: &ShardCtx, id: EntryId) {
+    tell_entry_owner(ctx, id, || Op::EntrySaved(id)).await
 }
 
 /// Puts the entry back as it was after a change the store did not acknowledge.
 async fn restore(ctx: &ShardCtx, id: EntryId, before: Option<Entry>) {
-    let r = ask_owner_retry(ctx, &id.to_string(), || {
-        Op::EntryRestore(Box::new((id, before.clone())))
-    })
-    .await;
-    if r.is_err() {
-        tracing::error!(entry = %id, "could not undo an unsaved change (mailboxes full)");
-    }
+    tell_entry_owner(ctx, id, || Op::EntryRestore(Box::new((id, before.clone())))).await
 }
 
 /// `POST /api/pairing/generate-code`: needs the `X-API-Key` of a known key.
@@ -143,7 +154,7 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
                     put_code_back().await;
                     return Err(resp);
                 }
-                saved(ctx, id).await?;
+                saved(ctx, id).await;
                 let mut body = serde_json::to_value(e.pair_response()).unwrap_or_default();
                 body["claim_secret"] = serde_json::Value::String(claim_secret);
                 return Ok(Response::json(200, &body));
@@ -255,7 +266,7 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
         restore(ctx, id, Some(before)).await;
         return Err(resp);
     }
-    saved(ctx, id).await?;
+    saved(ctx, id).await;
     Ok(Response::json(200, &entry.approve_response()))
 }
 
@@ -272,7 +283,7 @@ pub async fn reject(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
         restore(ctx, id, Some(before)).await;
         return Err(resp);
     }
-    saved(ctx, id).await?;
+    saved(ctx, id).await;
     Ok(Response::json(200, &OkBody::OK))
 }
 
@@ -298,7 +309,7 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
         restore(ctx, id, Some(before)).await;
         return Err(resp);
     }
-    saved(ctx, id).await?;
+    saved(ctx, id).await;
     // Both follow-ups are attempted whatever the other's outcome (the revocation is
     // durable: a restart applies it in full): the peer's authorization first, since
     // that closes its live signaling connections.
@@ -385,5 +396,5 @@ pub async fn token_used(ctx: &ShardCtx, id: EntryId) {
     if ctx.commit(write).await.is_err() {
         tracing::warn!(entry = %id, "could not save that the device token was used");
     }
-    let _ = saved(ctx, id).await;
+    saved(ctx, id).await;
 }

@@ -15,8 +15,8 @@ fn main() -> Result<(), String> {
     };
     let n: u32 = n.parse().map_err(|e| format!("ENTRIES: {e}"))?;
     let secrets = Secrets::derive(secret.as_bytes());
-    let (store, _) = Store::open(dir.as_ref(), &secrets, StoreConfig::default())
-        .map_err(|e| e.to_string())?;
+    let (store, _) =
+        Store::open(dir.as_ref(), &secrets, StoreConfig::default()).map_err(|e| e.to_string())?;
     let h = store.handle();
     let now = 1_795_239_689_000_000_000u64;
     let mut batch = Vec::new();
