@@ -236,3 +236,133 @@ impl Op {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatixia_store::{HashKind, Secrets};
+
+    const T0: UnixTime = UnixTime(1_795_239_689_000_000_000);
+
+    fn issuer() -> Issuer {
+        Issuer {
+            peer_id: "admin-1".into(),
+            mesh: None,
+        }
+    }
+
+    fn created(store: &mut Store, id: EntryId) -> Entry {
+        let claim = Secrets::derive(b"s").token_hash(HashKind::ClaimSecret, "cs_x");
+        let op = Op::EntryCreate(Box::new((
+            id,
+            "agent-aaaaaa".into(),
+            "bot".into(),
+            issuer(),
+            claim,
+        )));
+        match op.apply(store, T0) {
+            Reply::Entry(e) => *e,
+            _ => panic!("not created"),
+        }
+    }
+
+    #[test]
+    fn a_change_being_saved_holds_the_next_one_and_restore_undoes() {
+        let mut s = Store::new();
+        let id = EntryId::from_u32(7);
+        let e = created(&mut s, id);
+        assert!(e.saving && e.claim_hash.is_some());
+        // Saving: the next transition waits.
+        assert!(matches!(Op::EntryReject(id).apply(&mut s, T0), Reply::Busy));
+        Op::EntrySaved(id).apply(&mut s, T0);
+        let hash = Secrets::derive(b"s").token_hash(HashKind::DeviceToken, "dt_1");
+        let op = Op::EntryApprove(Box::new((id, "dt_1".into(), hash)));
+        let (before, after) = match op.apply(&mut s, T0) {
+            Reply::Changed(b) => *b,
+            _ => panic!("not approved"),
+        };
+        assert_eq!(before.status, Status::PendingApproval);
+        assert_eq!(after.status, Status::Approved);
+        assert_eq!(
+            (after.device_token.as_str(), after.token_hash),
+            ("dt_1", Some(hash))
+        );
+        assert!(matches!(Op::EntryRevoke(id).apply(&mut s, T0), Reply::Busy));
+        // Not acknowledged: back to pending, not flagged.
+        Op::EntryRestore(Box::new((id, Some(before.clone())))).apply(&mut s, T0);
+        match Op::EntryGet(id).apply(&mut s, T0) {
+            Reply::Entry(e) => assert_eq!(*e, before),
+            _ => panic!("gone"),
+        }
+        // Restoring "did not exist" removes it.
+        Op::EntryRestore(Box::new((id, None))).apply(&mut s, T0);
+        assert!(matches!(
+            Op::EntryGet(id).apply(&mut s, T0),
+            Reply::NotFound
+        ));
+    }
+
+    #[test]
+    fn token_use_ends_the_claim_path_once_and_revoke_forgets_the_token() {
+        let mut s = Store::new();
+        let id = EntryId::from_u32(9);
+        created(&mut s, id);
+        Op::EntrySaved(id).apply(&mut s, T0);
+        let hash = Secrets::derive(b"s").token_hash(HashKind::DeviceToken, "dt_9");
+        Op::EntryApprove(Box::new((id, "dt_9".into(), hash))).apply(&mut s, T0);
+        // Busy while the approval is being saved.
+        assert!(matches!(
+            Op::EntryTokenUsed(id).apply(&mut s, T0),
+            Reply::Busy
+        ));
+        Op::EntrySaved(id).apply(&mut s, T0);
+        match Op::EntryTokenUsed(id).apply(&mut s, T0) {
+            Reply::Changed(b) => {
+                assert!(b.1.token_claimed && b.1.device_token.is_empty());
+            }
+            _ => panic!("not changed"),
+        }
+        Op::EntrySaved(id).apply(&mut s, T0);
+        assert!(matches!(
+            Op::EntryTokenUsed(id).apply(&mut s, T0),
+            Reply::Done
+        ));
+        match Op::EntryRevoke(id).apply(&mut s, T0) {
+            Reply::Changed(b) => {
+                assert_eq!(b.1.status, Status::Revoked);
+                assert_eq!(b.1.token_hash, Some(hash), "kept to delete its grant");
+            }
+            _ => panic!("not revoked"),
+        }
+    }
+
+    #[test]
+    fn redeemed_codes_can_be_put_back() {
+        let mut s = Store::new();
+        let code = Code::from_u32(42);
+        let expires = match Op::CodeInsert(Box::new((code, issuer()))).apply(&mut s, T0) {
+            Reply::CodeStored(t) => t,
+            _ => panic!("not stored"),
+        };
+        let (who, at) = match Op::CodeRedeem(code).apply(&mut s, T0) {
+            Reply::Redeemed(Some(b)) => *b,
+            _ => panic!("not redeemed"),
+        };
+        assert_eq!((who.clone(), at), (issuer(), expires));
+        assert!(matches!(
+            Op::CodeRedeem(code).apply(&mut s, T0),
+            Reply::Redeemed(None)
+        ));
+        Op::CodeRestore(Box::new((code, who, at))).apply(&mut s, T0);
+        assert!(matches!(
+            Op::CodeRedeem(code).apply(&mut s, T0),
+            Reply::Redeemed(Some(_))
+        ));
+        Op::CodeInsert(Box::new((code, issuer()))).apply(&mut s, T0);
+        Op::CodeRemove(code).apply(&mut s, T0);
+        assert!(matches!(
+            Op::CodeRedeem(code).apply(&mut s, T0),
+            Reply::Redeemed(None)
+        ));
+    }
+}
