@@ -339,6 +339,9 @@ impl ShardCtx {
     }
 }
 
+/// Doorbell bytes read at once (each is one ring; their count does not matter).
+const DOORBELL_READ_BYTES_MAX: usize = 256;
+
 /// Links this shard to the store: the storage thread rings a socket-pair doorbell whose
 /// read end a task of this shard awaits, then wakes the shard's waiting commits.
 fn store_link(handle: &chatixia_store::StoreHandle) -> std::io::Result<chatixia_store::ShardLink> {
@@ -351,8 +354,10 @@ fn store_link(handle: &chatixia_store::StoreHandle) -> std::io::Result<chatixia_
     monoio::spawn(async move {
         use monoio::io::AsyncReadRent;
         let mut read = read;
-        // Rings are one byte each; many may be pending: read them all at once.
-        let mut buf = vec![0u8; 256];
+        // Rings are one byte each and carry no data: one read drains up to
+        // `DOORBELL_READ_BYTES_MAX` of them; more stay in the socket for the next read
+        // (the storage thread never blocks on a full socket, see `SocketDoorbell`).
+        let mut buf = vec![0u8; DOORBELL_READ_BYTES_MAX];
         loop {
             let (r, b) = read.read(buf).await;
             buf = b;
