@@ -442,3 +442,77 @@ fn a_damaged_data_file_is_refused() {
     let again = refused_start(&dir.0);
     assert!(again.contains("state.redb"), "{again}");
 }
+
+/// Each kind of change, `kill -9` right after its 2xx, then a restart with another shard
+/// count: the change is there.
+#[test]
+fn each_change_survives_a_kill_9_right_after_its_answer() {
+    let dir = TempDir::new();
+    let mut cores = [1, 2, 3].into_iter().cycle();
+    let mut s = start(cores.next().unwrap(), &dir.0);
+    let mut restart = |s: &mut Server| {
+        kill9(s);
+        *s = start(cores.next().unwrap(), &dir.0);
+    };
+
+    let code = gen_code(&s);
+    restart(&mut s);
+    let r = s.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "k"}),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "a code acknowledged before the kill pairs: {}",
+        r.text()
+    );
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let secret = r.json()["claim_secret"].as_str().unwrap().to_owned();
+    restart(&mut s);
+    assert_eq!(statuses(&s)[&id], "pending_approval");
+    let r = s.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "k2"}),
+    );
+    assert_eq!(r.status, 401, "the redeemed code stays redeemed");
+    let dt = approve(&s, &id);
+    restart(&mut s);
+    assert_eq!(statuses(&s)[&id], "approved");
+    assert_eq!(
+        claim_status(&s, &id, &secret).json()["device_token"],
+        dt.as_str()
+    );
+    assert_eq!(device_jwt(&s, &dt).status, 200);
+    // The first use is saved too (no longer served on the claim path).
+    restart(&mut s);
+    assert!(claim_status(&s, &id, &secret)
+        .json()
+        .get("device_token")
+        .is_none());
+    assert_eq!(device_jwt(&s, &dt).status, 200);
+    let r = s.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 200);
+    restart(&mut s);
+    assert_eq!(statuses(&s)[&id], "revoked");
+    assert_eq!(device_jwt(&s, &dt).status, 401);
+
+    let t = submit(&s, json!({"target_agent_id": "k-agent"}));
+    restart(&mut s);
+    assert_eq!(task_state(&s, &t)["state"], "pending");
+    let hb = s.post_json("/api/hub/heartbeat", &json!({"agent_id": "k-agent"}));
+    assert_eq!(hb.json()["pending_tasks"][0]["id"], t.as_str());
+    restart(&mut s);
+    assert_eq!(task_state(&s, &t)["state"], "assigned");
+    let r = s.post_json(
+        &format!("/api/hub/tasks/{t}"),
+        &json!({"state": "completed"}),
+    );
+    assert_eq!(r.status, 200);
+    restart(&mut s);
+    assert_eq!(
+        task_state(&s, &t)["error"],
+        "not found",
+        "finished: memory only"
+    );
+}
