@@ -107,6 +107,10 @@ fn claim_status(s: &Server, id: &str, secret: &str) -> Resp {
 
 /// Runs the binary on `dir` expecting it to refuse to start; returns its stderr.
 fn refused_start(dir: &Path) -> String {
+    refused_start_with(dir, SECRET)
+}
+
+fn refused_start_with(dir: &Path, secret: &str) -> String {
     let log = TempDir::new();
     let log_path = log.0.join("stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
@@ -120,7 +124,7 @@ fn refused_start(dir: &Path) -> String {
         ])
         .arg("--data-dir")
         .arg(dir)
-        .env("SIGNALING_SECRET", SECRET)
+        .env("SIGNALING_SECRET", secret)
         .env("RUST_LOG", "warn")
         .current_dir(&log.0)
         .stdin(Stdio::null())
@@ -515,4 +519,19 @@ fn each_change_survives_a_kill_9_right_after_its_answer() {
         "not found",
         "finished: memory only"
     );
+}
+
+/// A data directory written under another server secret is refused (its token hashes
+/// would never match), and still opens under its own.
+#[test]
+fn another_server_secret_is_refused() {
+    let dir = TempDir::new();
+    let mut s = start(1, &dir.0);
+    let (id, _, _) = pair(&s, "secret-check");
+    let (st, _) = s.terminate(Duration::from_secs(10));
+    assert!(st.success());
+    let err = refused_start_with(&dir.0, "another-secret");
+    assert!(err.contains("secret"), "{err}");
+    let s = start(2, &dir.0);
+    assert_eq!(statuses(&s)[&id], "pending_approval");
 }

@@ -366,7 +366,9 @@ pub async fn status(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
     if !ok {
         return Err(refused());
     }
+    // Not while the approval is still being saved: a token is handed out only once durable.
     let token = (entry.status == Status::Approved
+        && !entry.saving
         && !entry.token_claimed
         && !entry.device_token.is_empty())
     .then_some(entry.device_token.as_str());
