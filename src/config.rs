@@ -90,6 +90,16 @@ pub struct Cli {
     /// Signaling connections from one client IP (more: 503).
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_connections_per_ip: usize,
+
+    /// INSECURE: serve the operator routes (pairing lists, approve/reject/revoke, agent
+    /// delete) without an admin token, as the reference does (for its dashboard).
+    #[arg(long)]
+    pub insecure_open_admin: bool,
+
+    /// Directory of the durable state (pairings, device-token hashes, revocations, invite
+    /// codes, pending tasks); created if missing, locked while the server runs.
+    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Subcommands besides serving.

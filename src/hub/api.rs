@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::durable::task_record;
 use crate::http::{Request, Response};
 use crate::hub::ops::{Op, Reply};
 use crate::hub::{
@@ -19,6 +20,7 @@ use crate::server::common::{
     random_bytes, unexpected, Answer,
 };
 use crate::server::{Msg, ShardCtx};
+use chatixia_store::Mutation;
 
 /// Redraws of a task id that already exists on its home shard (44 random bits: a clash
 /// is practically impossible; this only bounds the loop).
@@ -59,7 +61,16 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         let Some(s) = sub.take() else { break };
         let op = Op::Create(Box::new((id.clone(), s)));
         match ask(ctx, home, op).await? {
-            Reply::Done => {
+            Reply::Task(Some(task)) => {
+                // Durable before it is claimable or acknowledged (issue 10).
+                let saved = ctx
+                    .commit(vec![Mutation::PutTask(task_record(&task))])
+                    .await;
+                if let Err(resp) = saved {
+                    let _ = ask_retry(ctx, home, || Op::Remove(Box::new(id.clone()))).await;
+                    return Err(resp);
+                }
+                ask_retry(ctx, home, || Op::Saved(Box::new(id.clone()))).await?;
                 if let Some(to) = pointer_to {
                     let deadline = ctx.now().saturating_add_secs(ttl);
                     let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
@@ -114,7 +125,20 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
     let upd: TaskUpdate = json_body(req)?;
     let to = ctx.shard.shard_of(&id);
     match ask(ctx, to, Op::Update(Box::new((id, upd)))).await? {
-        Reply::Done => Ok(ok_status()),
+        Reply::Updated(b) => {
+            let (before, after) = *b;
+            // Finished tasks are kept in memory only (under the retention).
+            let m = if after.is_finished() {
+                Mutation::DeleteTask(after.id.clone())
+            } else {
+                Mutation::PutTask(task_record(&after))
+            };
+            if let Err(resp) = ctx.commit(vec![m]).await {
+                let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;
+                return Err(resp);
+            }
+            Ok(ok_status())
+        }
         Reply::NotFound => Ok(not_found_200()),
         _ => Ok(unexpected()),
     }
@@ -148,6 +172,15 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         .map(|s| ctx.shard.shard_of(s))
         .filter(|&s| s != owner)
         .collect();
+    // Shards holding tasks away from their claim home since a restart with another
+    // shard count (see `durable::split`).
+    skill_shards.extend(
+        ctx.config
+            .stray_task_shards
+            .iter()
+            .copied()
+            .filter(|&s| s != owner),
+    );
     skill_shards.sort_unstable();
     skill_shards.dedup();
 
@@ -184,5 +217,39 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         }
     }
     sort_tasks(&mut claimed);
+    // Claims are durable before the agent gets them; a heartbeat that claims nothing
+    // writes nothing.
+    let claims: Vec<Mutation> = claimed
+        .iter()
+        .map(|t| Mutation::PutTask(task_record(t)))
+        .collect();
+    if let Err(resp) = ctx.commit(claims).await {
+        // Not acknowledged: the tasks go back to pending for the next heartbeat.
+        for t in &claimed {
+            let mut back = t.clone();
+            crate::hub::STATE_PENDING.clone_into(&mut back.state);
+            back.assigned_agent_id.clear();
+            let home = ctx.shard.shard_of(&t.id);
+            let _ = ask_retry(ctx, home, || Op::Restore(Box::new(back.clone()))).await;
+        }
+        return Err(resp);
+    }
     Ok(ok_json(heartbeat_body(&claimed)))
+}
+
+/// Asks shard `to` until the message is delivered: the follow-ups of a change the store
+/// already decided (make a saved task claimable, drop or restore an unsaved one) must not
+/// be dropped because of a burst. Waiting on a full mailbox is the backpressure.
+async fn ask_retry(ctx: &ShardCtx, to: usize, make: impl Fn() -> Op) -> Answer<Reply> {
+    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
+    loop {
+        match ctx.shard.ask(to, Msg::Hub(make())).await {
+            Ok(Msg::HubReply(r)) => return Ok(r),
+            Ok(_) => return Err(unexpected()),
+            Err(reactor::AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
+            Err(reactor::AskError::NoReply) => {
+                return Err(Response::error(500, format!("shard {to} gave no reply")))
+            }
+        }
+    }
 }

@@ -19,15 +19,22 @@ pub enum Op {
     /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
     /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
     Heartbeat(Box<Heartbeat>),
-    /// Store a new pending task under this id. → `Done` | `InUse` | `Full`.
+    /// Store a new pending task under this id, not claimable until `Saved`.
+    /// → `Task` | `InUse` | `Full`.
     Create(Box<(TaskId, TaskSubmission)>),
+    /// The store acknowledged the task's creation: make it claimable. → `Done`.
+    Saved(Box<String>),
+    /// The store did not acknowledge the task's creation: drop it. → `Done`.
+    Remove(Box<String>),
+    /// Put a task back as it was (a change the store did not acknowledge). → `Done`.
+    Restore(Box<Task>),
     /// Leave a pointer to a task living elsewhere, for its target agent (owner:
     /// `shard_of(target)`); `(target, task id, deadline)`. → `Done` (a full table drops
     /// the pointer with a warning: the task stays claimable through its skill).
     Pointer(Box<(String, TaskId, UnixTime)>),
     /// One task. → `Task`.
     Get(Box<String>),
-    /// Update a task. → `Done` | `NotFound`.
+    /// Update a task. → `Updated` | `NotFound`.
     Update(Box<(String, TaskUpdate)>),
     /// Every task of the shard. → `Tasks`.
     List,
@@ -48,6 +55,8 @@ pub enum Reply {
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
+    /// `(before, after)` of an update.
+    Updated(Box<(Task, Task)>),
 }
 
 impl Op {
@@ -71,8 +80,12 @@ impl Op {
             }
             Op::Create(b) => {
                 let (id, sub) = *b;
-                match store.tasks.create(sub, id, now) {
-                    Ok(_) => Reply::Done,
+                match store.tasks.create(sub, id.clone(), now) {
+                    Ok(t) => {
+                        let t = Box::new(t.clone());
+                        store.tasks.set_saving(&id, true);
+                        Reply::Task(Some(t))
+                    }
                     Err(CreateTaskError::DuplicateId) => Reply::InUse,
                     Err(CreateTaskError::Full { .. }) => Reply::Full,
                 }
@@ -85,10 +98,25 @@ impl Op {
                 Reply::Done
             }
             Op::Get(id) => Reply::Task(store.tasks.get(&id).cloned().map(Box::new)),
+            Op::Saved(id) => {
+                store.tasks.set_saving(&id, false);
+                Reply::Done
+            }
+            Op::Remove(id) => {
+                store.tasks.remove(&id);
+                Reply::Done
+            }
+            Op::Restore(t) => {
+                store.tasks.replace(*t);
+                Reply::Done
+            }
             Op::Update(b) => {
                 let (id, upd) = *b;
+                let Some(before) = store.tasks.get(&id).cloned() else {
+                    return Reply::NotFound;
+                };
                 match store.tasks.update(&id, upd, now) {
-                    Some(_) => Reply::Done,
+                    Some(after) => Reply::Updated(Box::new((before, after.clone()))),
                     None => Reply::NotFound,
                 }
             }

@@ -372,6 +372,9 @@ pub struct TaskStore {
     tasks: BTreeMap<u64, Task>,
     index: Index,
     next_seq: u64,
+    /// Tasks whose creation is being committed to the durable store: not claimable
+    /// until it is acknowledged (so no claim is saved before the task itself).
+    saving: BTreeSet<u64>,
 }
 
 impl TaskStore {
@@ -433,6 +436,72 @@ impl TaskStore {
         self.index.add(seq, &task);
         self.ids.insert(id, seq);
         Ok(self.tasks.entry(seq).or_insert(task))
+    }
+
+    /// Adds a task loaded from the store at start-up (the limit does not apply: it was
+    /// acknowledged). A task already held under that id is replaced.
+    pub fn insert_loaded(&mut self, task: Task) {
+        if let Some(&seq) = self.ids.get(&task.id) {
+            self.replace_seq(seq, task);
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index.add(seq, &task);
+        self.ids.insert(task.id.clone(), seq);
+        self.tasks.insert(seq, task);
+    }
+
+    /// Puts a task back as it was (undoing a change the store did not acknowledge).
+    /// `false` if the id is unknown.
+    pub fn replace(&mut self, task: Task) -> bool {
+        match self.ids.get(&task.id) {
+            Some(&seq) => {
+                self.replace_seq(seq, task);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn replace_seq(&mut self, seq: u64, task: Task) {
+        if let Some(old) = self.tasks.get_mut(&seq) {
+            self.index.remove(seq, old);
+            *old = task;
+            self.index.add(seq, old);
+        }
+    }
+
+    /// Removes a task (its creation was not acknowledged).
+    pub fn remove(&mut self, id: &str) {
+        if let Some(seq) = self.ids.remove(id) {
+            if let Some(task) = self.tasks.remove(&seq) {
+                self.index.remove(seq, &task);
+            }
+            self.saving.remove(&seq);
+        }
+    }
+
+    /// Marks a task's creation as being saved (`true`) or acknowledged (`false`); a task
+    /// being saved is not claimed.
+    pub fn set_saving(&mut self, id: &str, saving: bool) {
+        if let Some(&seq) = self.ids.get(id) {
+            if saving {
+                self.saving.insert(seq);
+            } else {
+                self.saving.remove(&seq);
+            }
+        }
+    }
+
+    /// Ids of the unfinished tasks that [`expire`](Self::expire) at `now` will fail
+    /// (to delete them from the durable store).
+    pub fn overdue_ids(&self, now: UnixTime) -> Vec<TaskId> {
+        self.index
+            .live_by_deadline
+            .range(..(now, 0))
+            .filter_map(|&(_, seq)| self.tasks.get(&seq).map(|t| t.id.clone()))
+            .collect()
     }
 
     /// The task with this id, if this shard holds it.
@@ -499,7 +568,7 @@ impl TaskStore {
     pub fn claim_id(&mut self, id: &str, agent_id: &str, now: UnixTime) -> Option<Task> {
         let seq = *self.ids.get(id)?;
         let task = self.tasks.get_mut(&seq)?;
-        if !task.is_pending() {
+        if !task.is_pending() || self.saving.contains(&seq) {
             return None;
         }
         self.index.remove(seq, task);
@@ -530,6 +599,9 @@ impl TaskStore {
         }
         let mut claimed = Vec::with_capacity(seqs.len());
         for seq in seqs {
+            if self.saving.contains(&seq) {
+                continue;
+            }
             let Some(task) = self.tasks.get_mut(&seq) else {
                 continue;
             };
