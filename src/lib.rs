@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod hub;
 pub mod ice;
 pub mod metrics;
