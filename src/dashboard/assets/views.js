@@ -21,7 +21,9 @@ export function toast(msg, bad = false) {
 }
 
 const $ = (id) => document.getElementById(id);
-const now = () => Date.now() / 1000;
+// Server clock minus the browser's (ages are computed against the server's time).
+let clockSkew = 0;
+const now = () => Date.now() / 1000 + clockSkew;
 function age(t) {
   const s = Math.max(0, now() - t);
   if (s < 60) return `${Math.floor(s)}s`;
@@ -119,6 +121,7 @@ function card(label, value, cls, sub) {
 function chart(el, history, pick, unit) {
   const W = 560, H = 190, L = 44, B = 18, T = 8;
   const n = history.length;
+  const span = Math.min(HISTORY, Math.max(60, n));
   const shards = n ? history[n - 1].shards.length : 0;
   let max = 1;
   for (const s of history) for (const x of s.shards) max = Math.max(max, pick(x));
@@ -129,10 +132,10 @@ function chart(el, history, pick, unit) {
     svg.append(h("svg:line", { class: "axis", x1: L, x2: W, y1: y, y2: y }));
     svg.append(h("svg:text", { x: L - 6, y: y + 3, "text-anchor": "end", text: fmtShort(max * (1 - i / 4)) }));
   }
-  svg.append(h("svg:text", { x: L, y: H - 4, text: "−5 min" }), h("svg:text", { x: W, y: H - 4, "text-anchor": "end", text: "now" }));
+  svg.append(h("svg:text", { x: L, y: H - 4, text: span >= HISTORY ? "−5 min" : `−${span} s` }), h("svg:text", { x: W, y: H - 4, "text-anchor": "end", text: "now" }));
   for (let s = 0; s < shards; s++) {
     const pts = history.map((smp, i) => {
-      const x = L + (W - L) * ((HISTORY - n + i) / (HISTORY - 1));
+      const x = L + (W - L) * ((span - n + i) / (span - 1));
       const v = smp.shards[s] ? pick(smp.shards[s]) : 0;
       return `${x.toFixed(1)},${(T + (H - T - B) * (1 - v / max)).toFixed(1)}`;
     });
@@ -142,7 +145,7 @@ function chart(el, history, pick, unit) {
   el.replaceChildren(svg, legend);
 }
 const HISTORY = 300;
-function niceMax(v) { const p = 10 ** Math.floor(Math.log10(v)); for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p; return v; }
+function niceMax(v) { const p = 10 ** Math.floor(Math.log10(v)); for (const m of [1, 2, 4, 8, 10]) if (v <= m * p) return m * p; return v; }
 function fmtShort(v) { return v >= 1e6 ? `${(v / 1e6).toFixed(1)}M` : v >= 1e3 ? `${(v / 1e3).toFixed(1)}k` : v >= 10 || v === 0 ? Math.round(v) : v.toFixed(1); }
 
 function renderSummary(ctx, s) {
@@ -156,8 +159,12 @@ function renderSummary(ctx, s) {
     card("Tasks", taskTotal, "", `${fmt(t.pending || 0)} pending`),
     card("Awaiting approval", s.pairing_pending, s.pairing_pending ? "v-warn" : "", `${fmt(s.pairing_approved)} approved`));
   const states = ["pending", "assigned", "completed", "failed", ...Object.keys(t).filter((k) => !["pending", "assigned", "completed", "failed"].includes(k))];
-  $("task-states").replaceChildren(...states.map((k) => h("div", { class: "bar" }, h("span", {}, h("span", { class: `pill st-${k}`, text: k })),
-    h("meter", { min: 0, max: Math.max(1, taskTotal), value: t[k] || 0, "aria-label": k }), h("span", { class: "n", text: fmt(t[k] || 0) }))));
+  $("task-states").replaceChildren(...states.map((k) => {
+    const fillEl = h("span", { class: `fill bg-${k}` });
+    fillEl.style.width = `${(100 * (t[k] || 0)) / Math.max(1, taskTotal)}%`;
+    return h("div", { class: "bar", role: "img", "aria-label": `${k}: ${t[k] || 0}` }, h("span", {}, h("span", { class: `pill st-${k}`, text: k })),
+      h("span", { class: "track" }, fillEl), h("span", { class: "n", text: fmt(t[k] || 0) }));
+  }));
   chart($("chart-relayed"), ctx.state.history, (x) => x.rate, "relayed messages per second");
   chart($("chart-conns"), ctx.state.history, (x) => x.conns, "open connections");
   renderShards(ctx, s);
@@ -281,8 +288,8 @@ const loaders = { overview: (ctx) => loadPairingOverview(ctx), agents: loadAgent
 
 async function loadPairingOverview(ctx) {
   const pending = await ctx.api("/api/pairing/pending");
-  $("overview-pending").replaceChildren(...(pending.length ? pending.slice(0, 5).map((e) => h("div", { class: "bar" },
-    h("span", { class: "pill st-pending", text: e.agent_name }), h("span", { class: "mono small muted", text: e.peer_id }), h("span", { class: "n small", text: `${age(e.created_at)}` })))
+  $("overview-pending").replaceChildren(...(pending.length ? pending.slice(0, 5).map((e) => h("div", { class: "pend-row" },
+    h("span", { class: "pill st-pending", text: e.agent_name }), h("span", { class: "mono small muted", text: e.peer_id }), h("span", { class: "small muted", text: `${age(e.created_at)} ago` })))
     : [h("div", { class: "empty-note", text: "Nothing is waiting." })]));
 }
 
@@ -316,5 +323,5 @@ export const views = {
     if (load) load(ctx).catch((e) => { if (e.message !== "unauthorized") toast(e.message, true); });
     if (!refresh) document.getElementById("main").focus({ preventScroll: true });
   },
-  summary(ctx, s) { renderSummary(ctx, s); },
+  summary(ctx, s) { clockSkew = s.time - Date.now() / 1000; renderSummary(ctx, s); },
 };
