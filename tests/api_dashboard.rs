@@ -31,7 +31,10 @@ fn page_and_files() {
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     assert_eq!(r.header("cache-control"), Some("no-cache"));
     let csp = r.header("content-security-policy").unwrap();
-    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert!(r.text().contains("/dashboard/app.js?v="));
     for (file, ctype) in [
@@ -75,7 +78,12 @@ fn admin_routes_need_an_admin_token() {
     let r = srv.get("/api/dashboard/events");
     assert_eq!(r.status, 401);
     // An admin key's token has the admin role.
-    let r = srv.req("POST", "/api/token", &[("X-API-Key", "ak_test_admin")], None);
+    let r = srv.req(
+        "POST",
+        "/api/token",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
     assert_eq!(r.json()["role"], "admin");
 }
 
@@ -84,7 +92,11 @@ fn agents_and_tasks_page_across_shards() {
     let srv = Server::start(SHARDS);
     let admin = jwt_from_key(&srv, "ak_test_admin");
     for i in 0..25 {
-        let skills = if i % 5 == 0 { vec!["ocr"] } else { vec!["chat"] };
+        let skills = if i % 5 == 0 {
+            vec!["ocr"]
+        } else {
+            vec!["chat"]
+        };
         let r = srv.post_json(
             "/api/registry/agents",
             &json!({"agent_id": format!("a-{i:02}"), "hostname": format!("host-{}", i % 4),
@@ -105,14 +117,21 @@ fn agents_and_tasks_page_across_shards() {
         assert_eq!(page["total"], 25);
         let items = page["items"].as_array().unwrap();
         assert!(items.len() <= 7);
-        seen.extend(items.iter().map(|a| a["agent_id"].as_str().unwrap().to_string()));
+        seen.extend(
+            items
+                .iter()
+                .map(|a| a["agent_id"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(c) => cursor = c.to_string(),
             None => break,
         }
     }
     let want: Vec<String> = (0..25).map(|i| format!("a-{i:02}")).collect();
-    assert_eq!(seen, want, "every agent once, in id order, from {SHARDS} shards");
+    assert_eq!(
+        seen, want,
+        "every agent once, in id order, from {SHARDS} shards"
+    );
 
     let page = get_admin(&srv, &admin, "/api/dashboard/agents?q=OCR").json();
     assert_eq!(page["total"], 5);
@@ -139,27 +158,48 @@ fn agents_and_tasks_page_across_shards() {
     assert_eq!(page["total"], 6);
     assert_eq!(page["items"].as_array().unwrap().len(), 4);
     let next = page["next_cursor"].as_str().unwrap();
-    let rest = get_admin(&srv, &admin, &format!("/api/dashboard/tasks?limit=4&cursor={next}")).json();
+    let rest = get_admin(
+        &srv,
+        &admin,
+        &format!("/api/dashboard/tasks?limit=4&cursor={next}"),
+    )
+    .json();
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
     assert_eq!(rest["next_cursor"], Value::Null);
     let assigned = get_admin(&srv, &admin, "/api/dashboard/tasks?state=assigned").json();
     assert!(assigned["total"].as_u64().unwrap() >= 1);
     let by_agent = get_admin(&srv, &admin, "/api/dashboard/tasks?agent=a-01").json();
     assert_eq!(by_agent["total"], 3);
-    assert_eq!(get_admin(&srv, &admin, "/api/dashboard/tasks?cursor=zz").status, 400);
+    assert_eq!(
+        get_admin(&srv, &admin, "/api/dashboard/tasks?cursor=zz").status,
+        400
+    );
 
     let s = get_admin(&srv, &admin, "/api/dashboard/summary").json();
     assert_eq!(s["agents"]["active"], 25);
     assert_eq!(s["shards"].as_array().unwrap().len(), SHARDS);
-    let tasks: u64 = s["tasks"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let tasks: u64 = s["tasks"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(tasks, 6);
 
     let auth = bearer(&admin);
-    let r = srv.req("POST", "/api/dashboard/invite", &[("Authorization", auth.as_str())], None);
+    let r = srv.req(
+        "POST",
+        "/api/dashboard/invite",
+        &[("Authorization", auth.as_str())],
+        None,
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let code = r.json()["code"].as_str().unwrap().to_string();
     assert_eq!(code.len(), 6);
-    let r = srv.post_json("/api/pairing/pair", &json!({"code": code, "agent_name": "cam"}));
+    let r = srv.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "cam"}),
+    );
     assert_eq!(r.status, 200, "the dashboard's code pairs: {}", r.text());
     let s = get_admin(&srv, &admin, "/api/dashboard/summary").json();
     assert_eq!(s["pairing_pending"], 1);
@@ -191,7 +231,10 @@ fn event_stream_pushes_changes() {
     let head = String::from_utf8_lossy(&buf).to_string();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.contains("content-type: text/event-stream"), "{head}");
-    assert!(head.contains("event: hello\ndata: {\"shards\":3}"), "{head}");
+    assert!(
+        head.contains("event: hello\ndata: {\"shards\":3}"),
+        "{head}"
+    );
     buf.clear();
     let r = srv.post_json(
         "/api/registry/agents",
@@ -200,7 +243,10 @@ fn event_stream_pushes_changes() {
     assert_eq!(r.status, 200);
     read_until(&mut s, &mut buf, b"\"id\":\"live-agent\"");
     let text = String::from_utf8_lossy(&buf);
-    assert!(text.contains("event: changes\ndata: {\"events\":[{\"seq\":"), "{text}");
+    assert!(
+        text.contains("event: changes\ndata: {\"events\":[{\"seq\":"),
+        "{text}"
+    );
     assert!(text.contains("\"kind\":\"agent\""), "{text}");
     // A task change is pushed too.
     buf.clear();

@@ -123,16 +123,26 @@ fn dashboard_in_chromium() {
                     .expect("entry listed");
                 assert_eq!(e["status"], "approved", "{e}");
                 let device_token = e["device_token"].as_str().unwrap();
-                let r = srv.req("POST", "/api/token", &[("X-Device-Token", device_token)], None);
+                let r = srv.req(
+                    "POST",
+                    "/api/token",
+                    &[("X-Device-Token", device_token)],
+                    None,
+                );
                 assert_eq!(r.status, 200, "{}", r.text());
                 let jwt = r.json()["token"].as_str().unwrap().to_string();
                 let (ws, _) = join(&srv, &device_peer, &jwt);
                 device_ws = Some(ws);
             }
             "revoked" => {
-                let ws = device_ws.as_mut().expect("device connected before revoking");
+                let ws = device_ws
+                    .as_mut()
+                    .expect("device connected before revoking");
                 let (code, reason) = recv_close(ws);
-                assert_eq!(code, 4001, "revoking from the page closes the device: {reason}");
+                assert_eq!(
+                    code, 4001,
+                    "revoking from the page closes the device: {reason}"
+                );
             }
             "watching" => agent(&srv, "agent-gamma", &["ocr"]),
             other => panic!("unknown step {other}"),

@@ -19,9 +19,7 @@ use crate::dashboard::paging::{
 use crate::http::{Request, Response};
 use crate::pairing::ops::{Op as PairingOp, Reply as PairingReply};
 use crate::pairing::{Code, CodeStore, GenerateCodeResponse, Issuer};
-use crate::server::common::{
-    ask_all, ask_owner, fill_random, random_bytes, unexpected, Answer,
-};
+use crate::server::common::{ask_all, ask_owner, fill_random, random_bytes, unexpected, Answer};
 use crate::server::ShardCtx;
 
 /// The event stream's path (its request leaves the HTTP loop with the connection).

@@ -45,7 +45,10 @@ fn secured(resp: Response, cache: &'static str) -> Response {
 /// `GET /`.
 pub fn index() -> Response {
     let page = INDEX.replace("{{version}}", env!("CARGO_PKG_VERSION"));
-    secured(Response::text(200, "text/html; charset=utf-8", page), PAGE_CACHE)
+    secured(
+        Response::text(200, "text/html; charset=utf-8", page),
+        PAGE_CACHE,
+    )
 }
 
 /// `GET /dashboard/{file}`: 404 for a name not compiled in.
@@ -77,10 +80,15 @@ mod tests {
         let body = String::from_utf8(r.body).unwrap();
         assert!(!body.contains("{{version}}"));
         assert!(!body.contains("http://") && !body.contains("https://"));
-        assert!(!body.contains("style="), "inline styles are refused by the CSP");
+        assert!(
+            !body.contains("style="),
+            "inline styles are refused by the CSP"
+        );
         let js = file("app.js");
         assert_eq!(js.status, 200);
-        assert!(h(&js, "content-type").unwrap().starts_with("text/javascript"));
+        assert!(h(&js, "content-type")
+            .unwrap()
+            .starts_with("text/javascript"));
         assert_eq!(file("app.css").status, 200);
         assert_eq!(file("../Cargo.toml").status, 404);
         assert_eq!(file("nope.js").status, 404);

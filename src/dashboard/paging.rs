@@ -168,7 +168,10 @@ pub fn agents_part<'a>(
     let mut part = Part::default();
     for r in agents.filter(|r| q.matches(r, q_lower.as_deref())) {
         part.total += 1;
-        if q.cursor.as_deref().is_some_and(|c| r.info.agent_id.as_str() <= c) {
+        if q.cursor
+            .as_deref()
+            .is_some_and(|c| r.info.agent_id.as_str() <= c)
+        {
             continue;
         }
         part.after += 1;
@@ -181,7 +184,12 @@ pub fn agents_part<'a>(
 
 /// Merges the shards' parts into one page ordered by `agent_id`.
 pub fn merge_agents(parts: Vec<Part<AgentRow>>, limit: usize) -> Page<AgentRow> {
-    merge(parts, limit, |a, b| a.agent_id.cmp(&b.agent_id), |r| r.agent_id.clone())
+    merge(
+        parts,
+        limit,
+        |a, b| a.agent_id.cmp(&b.agent_id),
+        |r| r.agent_id.clone(),
+    )
 }
 
 fn merge<R>(
@@ -195,7 +203,9 @@ fn merge<R>(
     let mut items: Vec<R> = parts.into_iter().flat_map(|p| p.rows).collect();
     items.sort_by(&order);
     items.truncate(limit);
-    let next_cursor = (after > items.len()).then(|| items.last().map(&cursor_of)).flatten();
+    let next_cursor = (after > items.len())
+        .then(|| items.last().map(&cursor_of))
+        .flatten();
     Page {
         items,
         total,

@@ -180,9 +180,7 @@ impl ShardCtx {
                 }
                 Some(Msg::PairingReply(reply))
             }
-            Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(
-                self, op,
-            ))),
+            Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op))),
             Msg::Auth(op) => Some(Msg::AuthReply(op.apply(&mut st.tokens.borrow_mut()))),
             Msg::Signaling(op) => signaling::api::on_op(self, op).map(Msg::SignalingReply),
             Msg::Adopt(a) => {

@@ -102,7 +102,10 @@ fn query_parameters() {
     for bad in ["0", "-1", "x", "501"] {
         assert!(parse_limit(Some(bad)).is_err(), "{bad}");
     }
-    assert_eq!(AgentQuery::parse_health(Some("stale".into())), Ok(Some(Health::Stale)));
+    assert_eq!(
+        AgentQuery::parse_health(Some("stale".into())),
+        Ok(Some(Health::Stale))
+    );
     assert!(AgentQuery::parse_health(Some("dead".into())).is_err());
     assert_eq!(parse_filter("q", Some(String::new())), Ok(None));
     assert!(parse_filter("q", Some("x".repeat(FILTER_LEN_MAX + 1))).is_err());
@@ -127,7 +130,9 @@ fn tasks(n: usize) -> Vec<TaskStore> {
         };
         // Every other task at the same instant: ties are broken by id.
         let at = UnixTime(T0.0 + (i as u64 / 2) * 1_000_000_000);
-        stores[i % 2].create(sub, format!("task{i:08}"), at).unwrap();
+        stores[i % 2]
+            .create(sub, format!("task{i:08}"), at)
+            .unwrap();
     }
     stores
 }
@@ -158,7 +163,10 @@ fn tasks_page_newest_first_and_filter_by_agent_and_state() {
         agent: Some("src-1".into()),
         ..TaskQuery::default()
     };
-    let parts = stores.iter().map(|s| tasks_part(s.list(), &by_agent)).collect();
+    let parts = stores
+        .iter()
+        .map(|s| tasks_part(s.list(), &by_agent))
+        .collect();
     let p = merge_tasks(parts, 50);
     let got: Vec<&str> = p.items.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(got, ["task00000007", "task00000004", "task00000001"]);
