@@ -133,6 +133,38 @@ fn agents_and_tasks_page_across_shards() {
         "every agent once, in id order, from {SHARDS} shards"
     );
 
+    // Sorted by host, descending, paged with the opaque cursor.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let enc: String = url_encode(&cursor);
+        let r = get_admin(
+            &srv,
+            &admin,
+            &format!("/api/dashboard/agents?limit=6&sort=host&order=desc&cursor={enc}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        for a in page["items"].as_array().unwrap() {
+            seen.push((
+                a["hostname"].as_str().unwrap().to_string(),
+                a["agent_id"].as_str().unwrap().to_string(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    let mut want = seen.clone();
+    want.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen.len(), 25);
+    assert_eq!(seen, want, "host descending, then id descending");
+    for bad in ["sort=colour", "order=up", "sort=host&cursor=xyz"] {
+        let r = get_admin(&srv, &admin, &format!("/api/dashboard/agents?{bad}"));
+        assert_eq!(r.status, 400, "{bad}");
+    }
+
     let page = get_admin(&srv, &admin, "/api/dashboard/agents?q=OCR").json();
     assert_eq!(page["total"], 5);
     let page = get_admin(&srv, &admin, "/api/dashboard/agents?health=offline").json();
@@ -203,6 +235,15 @@ fn agents_and_tasks_page_across_shards() {
     assert_eq!(r.status, 200, "the dashboard's code pairs: {}", r.text());
     let s = get_admin(&srv, &admin, "/api/dashboard/summary").json();
     assert_eq!(s["pairing_pending"], 1);
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Reads the stream until `needle` arrives; the read timeout bounds a hang.

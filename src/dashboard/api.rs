@@ -14,7 +14,7 @@ use crate::auth::Claims;
 use crate::dashboard::events::{Delta, Event};
 use crate::dashboard::ops::{HealthCounts, Op, Reply, ShardSummary};
 use crate::dashboard::paging::{
-    merge_agents, merge_tasks, parse_filter, parse_limit, secs, AgentQuery, TaskQuery,
+    merge_agents, merge_tasks, parse_filter, parse_limit, secs, AgentQuery, AgentSort, TaskQuery,
 };
 use crate::http::{Request, Response};
 use crate::pairing::ops::{Op as PairingOp, Reply as PairingReply};
@@ -51,12 +51,20 @@ fn bad(e: String) -> Response {
     Response::error(400, e)
 }
 
-/// `GET /api/dashboard/agents?limit&cursor&health&q`.
+/// `GET /api/dashboard/agents?limit&cursor&sort&order&health&q`.
 pub async fn agents(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     admin(ctx, req)?;
+    let sort = AgentSort::parse(req.query_param("sort")).map_err(bad)?;
+    let desc = match req.query_param("order").as_deref() {
+        None | Some("") | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(bad("order must be asc or desc".into())),
+    };
     let q = AgentQuery {
         limit: parse_limit(req.query_param("limit").as_deref()).map_err(bad)?,
-        cursor: parse_filter("cursor", req.query_param("cursor")).map_err(bad)?,
+        sort,
+        desc,
+        cursor: AgentQuery::parse_cursor(sort, req.query_param("cursor")).map_err(bad)?,
         health: AgentQuery::parse_health(req.query_param("health")).map_err(bad)?,
         q: parse_filter("q", req.query_param("q")).map_err(bad)?,
     };
@@ -67,7 +75,7 @@ pub async fn agents(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
             _ => return Err(unexpected()),
         }
     }
-    Ok(Response::json(200, &merge_agents(parts, q.limit)))
+    Ok(Response::json(200, &merge_agents(parts, &q)))
 }
 
 /// `GET /api/dashboard/tasks?limit&cursor&state&agent`.

@@ -1,8 +1,8 @@
 //! Paging and filtering of agents and tasks for the dashboard (sans-IO): each shard
 //! pages its own records ([`agents_part`], [`tasks_part`]); the asking shard merges the
 //! parts ([`merge_agents`], [`merge_tasks`]). Cursor paging: a page is the first `limit`
-//! matching records after the cursor in a total order (agents by `agent_id`; tasks
-//! newest first, by `(created_at, id)` descending), so no shard sends more than `limit`
+//! matching records after the cursor in a total order (agents by a sort key then
+//! `agent_id`; tasks newest first, by `(created_at, id)` descending), so no shard sends more than `limit`
 //! rows whatever the number of agents, and pages stay consistent while records change.
 
 use serde::Serialize;
@@ -43,18 +43,107 @@ pub fn parse_filter(name: &str, raw: Option<String>) -> Result<Option<String>, S
     }
 }
 
+/// What agents are ordered by (then by `agent_id`, which makes the order total).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AgentSort {
+    #[default]
+    Id,
+    /// `active`, `stale`, `offline`.
+    Health,
+    Host,
+    Mode,
+    /// Last heartbeat, oldest first (`desc`: newest first).
+    Heartbeat,
+}
+
+impl AgentSort {
+    /// `sort`: `id` (default), `health`, `host`, `mode` or `heartbeat`.
+    pub fn parse(raw: Option<String>) -> Result<AgentSort, String> {
+        match raw.as_deref() {
+            None | Some("") | Some("id") => Ok(AgentSort::Id),
+            Some("health") => Ok(AgentSort::Health),
+            Some("host") => Ok(AgentSort::Host),
+            Some("mode") => Ok(AgentSort::Mode),
+            Some("heartbeat") => Ok(AgentSort::Heartbeat),
+            Some(_) => Err("sort must be id, health, host, mode or heartbeat".into()),
+        }
+    }
+
+    fn value<'a>(self, r: &'a AgentRecord) -> SortVal<&'a str> {
+        match self {
+            AgentSort::Id => SortVal::N(0),
+            AgentSort::Health => SortVal::N(match r.health {
+                Health::Active => 0,
+                Health::Stale => 1,
+                Health::Offline => 2,
+            }),
+            AgentSort::Host => SortVal::S(&r.info.hostname),
+            AgentSort::Mode => SortVal::S(&r.info.mode),
+            AgentSort::Heartbeat => SortVal::N(r.last_heartbeat.0),
+        }
+    }
+}
+
+/// A sort value: a number or a text (one sort uses one kind).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum SortVal<S> {
+    N(u64),
+    S(S),
+}
+
+impl SortVal<&str> {
+    fn owned(&self) -> SortVal<String> {
+        match self {
+            SortVal::N(n) => SortVal::N(*n),
+            SortVal::S(s) => SortVal::S((*s).to_owned()),
+        }
+    }
+}
+
+/// An agent's position in a sorted listing: `(value, agent_id)`.
+pub type AgentKey = (SortVal<String>, String);
+
 /// `GET /api/dashboard/agents` parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AgentQuery {
     pub limit: usize,
-    /// Rows after this `agent_id`.
-    pub cursor: Option<String>,
+    pub sort: AgentSort,
+    /// Descending.
+    pub desc: bool,
+    /// Rows after this position.
+    pub cursor: Option<AgentKey>,
     pub health: Option<Health>,
     /// Case-insensitive substring of the id, host name, IP, mode or a skill.
     pub q: Option<String>,
 }
 
 impl AgentQuery {
+    /// The cursor of a page for `sort`: the `agent_id` itself when sorting by id, else
+    /// the JSON `[value, agent_id]`.
+    pub fn parse_cursor(sort: AgentSort, raw: Option<String>) -> Result<Option<AgentKey>, String> {
+        let Some(raw) = raw.filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        if raw.len() > FILTER_LEN_MAX * 2 {
+            return Err("cursor too long".into());
+        }
+        if sort == AgentSort::Id {
+            return Ok(Some((SortVal::N(0), raw)));
+        }
+        serde_json::from_str::<AgentKey>(&raw)
+            .map(Some)
+            .map_err(|_| "malformed cursor".into())
+    }
+
+    fn cursor_of(&self, key: &AgentKey) -> String {
+        if self.sort == AgentSort::Id {
+            key.1.clone()
+        } else {
+            serde_json::to_string(key).unwrap_or_default()
+        }
+    }
+
     /// `health` must be `active`, `stale` or `offline`.
     pub fn parse_health(raw: Option<String>) -> Result<Option<Health>, String> {
         match raw.as_deref() {
@@ -106,10 +195,12 @@ pub struct AgentRow {
     /// Seconds since the epoch.
     pub last_heartbeat: f64,
     pub registered_at: f64,
+    #[serde(skip)]
+    key: AgentKey,
 }
 
 impl AgentRow {
-    fn of(r: &AgentRecord) -> AgentRow {
+    fn of(r: &AgentRecord, key: AgentKey) -> AgentRow {
         let i = &r.info;
         AgentRow {
             agent_id: i.agent_id.clone(),
@@ -123,6 +214,7 @@ impl AgentRow {
             sidecar_peer_id: i.sidecar_peer_id.clone(),
             last_heartbeat: r.last_heartbeat.as_secs_f64(),
             registered_at: r.registered_at.as_secs_f64(),
+            key,
         }
     }
 }
@@ -159,36 +251,76 @@ pub struct Page<R> {
 }
 
 /// One shard's agents for `q` (the store lists them by `agent_id`). O(agents) for the
-/// counts; at most `limit` rows are copied.
+/// counts, plus a partial selection of the `limit` first when sorting by another key;
+/// at most `limit` rows are copied.
 pub fn agents_part<'a>(
     agents: impl Iterator<Item = &'a AgentRecord>,
     q: &AgentQuery,
 ) -> Part<AgentRow> {
     let q_lower = q.q.as_ref().map(|s| s.to_lowercase());
     let mut part = Part::default();
+    let cursor = q
+        .cursor
+        .as_ref()
+        .map(|(v, id)| (v.as_ref_val(), id.as_str()));
+    let ordered = |a: &(SortVal<&str>, &str), b: &(SortVal<&str>, &str)| {
+        if q.desc {
+            b.cmp(a)
+        } else {
+            a.cmp(b)
+        }
+    };
+    let mut after: Vec<((SortVal<&str>, &str), &AgentRecord)> = Vec::new();
     for r in agents.filter(|r| q.matches(r, q_lower.as_deref())) {
         part.total += 1;
-        if q.cursor
-            .as_deref()
-            .is_some_and(|c| r.info.agent_id.as_str() <= c)
+        let key = (q.sort.value(r), r.info.agent_id.as_str());
+        if cursor
+            .as_ref()
+            .is_some_and(|c| ordered(&key, c) != std::cmp::Ordering::Greater)
         {
             continue;
         }
         part.after += 1;
-        if part.rows.len() < q.limit {
-            part.rows.push(AgentRow::of(r));
+        // By id ascending the store's order is the page's: stop copying at `limit`.
+        if q.sort == AgentSort::Id && !q.desc && after.len() >= q.limit {
+            continue;
         }
+        after.push((key, r));
     }
+    if after.len() > q.limit {
+        after.select_nth_unstable_by(q.limit, |a, b| ordered(&a.0, &b.0));
+        after.truncate(q.limit);
+    }
+    after.sort_unstable_by(|a, b| ordered(&a.0, &b.0));
+    part.rows = after
+        .into_iter()
+        .map(|((v, id), r)| AgentRow::of(r, (v.owned(), id.to_owned())))
+        .collect();
     part
 }
 
-/// Merges the shards' parts into one page ordered by `agent_id`.
-pub fn merge_agents(parts: Vec<Part<AgentRow>>, limit: usize) -> Page<AgentRow> {
+impl SortVal<String> {
+    fn as_ref_val(&self) -> SortVal<&str> {
+        match self {
+            SortVal::N(n) => SortVal::N(*n),
+            SortVal::S(s) => SortVal::S(s.as_str()),
+        }
+    }
+}
+
+/// Merges the shards' parts into one page in `q`'s order.
+pub fn merge_agents(parts: Vec<Part<AgentRow>>, q: &AgentQuery) -> Page<AgentRow> {
     merge(
         parts,
-        limit,
-        |a, b| a.agent_id.cmp(&b.agent_id),
-        |r| r.agent_id.clone(),
+        q.limit,
+        |a, b| {
+            if q.desc {
+                b.key.cmp(&a.key)
+            } else {
+                a.key.cmp(&b.key)
+            }
+        },
+        |r| q.cursor_of(&r.key),
     )
 }
 

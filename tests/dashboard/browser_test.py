@@ -81,6 +81,12 @@ def main():
         expect(page.locator("#agents-table tbody tr")).to_have_count(1)
         page.fill("#agents-q", "")
         expect(page.locator("#agents-table tbody tr[data-agent]")).to_have_count(2)
+        # Sorted by the server: agent id descending puts beta first.
+        page.click("#agents-table th button[data-sort=id]")
+        page.click("#agents-table th button[data-sort=id]")
+        expect(page.locator("#agents-table tbody tr").first).to_have_attribute("data-agent", "agent-beta")
+        page.click("#agents-table th button[data-sort=id]")
+        expect(page.locator("#agents-table tbody tr").first).to_have_attribute("data-agent", "agent-alpha")
         no_horizontal_scroll(page, "agents")
 
         page.click("#tabs a[data-view=tasks]")

@@ -48,17 +48,12 @@ function pager(el, page, cursors, onMove) {
 }
 
 const LIMIT = 50;
-const agents = { cursors: [""], sort: null, dir: 1, page: null };
+// Sorting and paging are the server's (GET /api/dashboard/agents): fast at any size.
+const agents = { cursors: [""], sort: "id", desc: false, page: null };
 const tasks = { cursors: [""], page: null };
 
-function sortRows(items) {
-  if (!agents.sort) return items;
-  const k = agents.sort, d = agents.dir;
-  return [...items].sort((a, b) => (a[k] < b[k] ? -d : a[k] > b[k] ? d : 0));
-}
-
 async function loadAgents(ctx) {
-  const p = new URLSearchParams({ limit: LIMIT });
+  const p = new URLSearchParams({ limit: LIMIT, sort: agents.sort, order: agents.desc ? "desc" : "asc" });
   const c = agents.cursors[agents.cursors.length - 1];
   if (c) p.set("cursor", c);
   if ($("agents-q").value.trim()) p.set("q", $("agents-q").value.trim());
@@ -71,7 +66,7 @@ async function loadAgents(ctx) {
 function renderAgents(ctx) {
   const page = agents.page;
   $("agents-total").textContent = fmt(page.total);
-  const rows = sortRows(page.items).map((a) => h("tr", { "data-agent": a.agent_id },
+  const rows = page.items.map((a) => h("tr", { "data-agent": a.agent_id },
     h("td", { class: "mono", title: a.agent_id, text: a.agent_id }),
     h("td", {}, h("span", { class: `pill h-${a.health}`, text: a.health })),
     h("td", { title: a.skills.join(", ") }, a.skills.length ? a.skills.slice(0, 4).map((s) => h("span", { class: "chip", text: s })) : h("span", { class: "muted", text: "none" }),
@@ -85,7 +80,8 @@ function renderAgents(ctx) {
     loadAgents(ctx).catch((e) => toast(e.message, true));
   });
   for (const b of document.querySelectorAll("#agents-table th button")) {
-    if (b.dataset.sort === agents.sort) b.dataset.dir = agents.dir > 0 ? "asc" : "desc"; else delete b.dataset.dir;
+    if (b.dataset.sort === agents.sort) b.dataset.dir = agents.desc ? "desc" : "asc"; else delete b.dataset.dir;
+    b.closest("th").setAttribute("aria-sort", b.dataset.sort === agents.sort ? (agents.desc ? "descending" : "ascending") : "none");
   }
 }
 
@@ -309,8 +305,9 @@ export const views = {
     for (const f of ["agents-filter", "tasks-filter"]) $(f).addEventListener("submit", (e) => e.preventDefault());
     for (const b of document.querySelectorAll("#agents-table th button")) {
       b.addEventListener("click", () => {
-        if (agents.sort === b.dataset.sort) agents.dir = -agents.dir; else { agents.sort = b.dataset.sort; agents.dir = 1; }
-        if (agents.page) renderAgents(ctx);
+        if (agents.sort === b.dataset.sort) agents.desc = !agents.desc; else { agents.sort = b.dataset.sort; agents.desc = false; }
+        agents.cursors = [""];
+        loadAgents(ctx).catch((e) => toast(e.message, true));
       });
     }
     $("new-code").addEventListener("click", () => newCode(ctx).catch((e) => toast(e.message, true)));

@@ -36,7 +36,21 @@ fn shards(n: usize, ids: &[&str]) -> Vec<AgentStore> {
 
 fn page(stores: &[AgentStore], q: &AgentQuery) -> Page<AgentRow> {
     let parts = stores.iter().map(|s| agents_part(s.list(), q)).collect();
-    merge_agents(parts, q.limit)
+    merge_agents(parts, q)
+}
+
+/// Every page of `q` from the start, the agent ids in order.
+fn walk(stores: &[AgentStore], mut q: AgentQuery) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let p = page(stores, &q);
+        assert!(p.items.len() <= q.limit);
+        seen.extend(ids(&p).into_iter().map(String::from));
+        match p.next_cursor {
+            Some(c) => q.cursor = AgentQuery::parse_cursor(q.sort, Some(c)).unwrap(),
+            None => return seen,
+        }
+    }
 }
 
 fn ids(p: &Page<AgentRow>) -> Vec<&str> {
@@ -59,7 +73,7 @@ fn agents_page_through_every_shard_in_id_order() {
         assert!(p.items.len() <= 10);
         seen.extend(ids(&p).into_iter().map(String::from));
         match p.next_cursor {
-            Some(c) => q.cursor = Some(c),
+            Some(c) => q.cursor = AgentQuery::parse_cursor(q.sort, Some(c)).unwrap(),
             None => break,
         }
     }
@@ -187,4 +201,53 @@ fn long_results_are_cut() {
     let c = cut(&long);
     assert_eq!(c.chars().count(), TASK_TEXT_MAX + 1);
     assert!(c.ends_with('…'));
+}
+
+#[test]
+fn agents_sorted_by_other_keys_page_through_every_shard() {
+    let names: Vec<String> = (0..31).map(|i| format!("agent-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut stores = shards(3, &refs);
+    // Heartbeat times and hosts that differ from the id order (with ties).
+    for (i, id) in refs.iter().enumerate() {
+        let store = stores.iter_mut().find(|s| s.get(id).is_some()).unwrap();
+        let at = UnixTime(T0.0 + ((i * 7) % 5) as u64 * 1_000_000_000);
+        store
+            .upsert(agent(id, &format!("host-{}", (i * 3) % 4), &["x"]), at)
+            .unwrap();
+    }
+    let all: Vec<&AgentRecord> = stores.iter().flat_map(|s| s.list()).collect();
+    for sort in [
+        AgentSort::Host,
+        AgentSort::Heartbeat,
+        AgentSort::Health,
+        AgentSort::Id,
+    ] {
+        for desc in [false, true] {
+            let q = AgentQuery {
+                limit: 4,
+                sort,
+                desc,
+                ..AgentQuery::default()
+            };
+            let mut want: Vec<&AgentRecord> = all.clone();
+            want.sort_by(|a, b| {
+                let ka = (sort.value(a), a.info.agent_id.as_str());
+                let kb = (sort.value(b), b.info.agent_id.as_str());
+                if desc {
+                    kb.cmp(&ka)
+                } else {
+                    ka.cmp(&kb)
+                }
+            });
+            let want: Vec<String> = want.iter().map(|r| r.info.agent_id.clone()).collect();
+            assert_eq!(walk(&stores, q), want, "{sort:?} desc={desc}");
+        }
+    }
+    assert!(AgentSort::parse(Some("nope".into())).is_err());
+    assert!(AgentQuery::parse_cursor(AgentSort::Host, Some("not json".into())).is_err());
+    assert_eq!(
+        AgentQuery::parse_cursor(AgentSort::Heartbeat, Some("[5,\"a\"]".into())),
+        Ok(Some((SortVal::N(5), "a".into())))
+    );
 }
