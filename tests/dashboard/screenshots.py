@@ -129,6 +129,10 @@ def main():
             time.sleep(1.2)
             page.screenshot(path=os.path.join(OUT, "pairing.png"), full_page=True)
             shoot(page, "shards", "shards", "#shards-table tbody tr")
+            # Beyond 60 agents the topology is drawn aggregated.
+            agents("fleet", 70)
+            page.click("#tabs a[data-view=overview]")
+            shoot(page, "topology", "topology-aggregated", "#topology g.group")
         browser.close()
     stop.set()
     print("screenshots in", OUT)

@@ -269,7 +269,8 @@ async function loadTopology(ctx) {
       const x = cx + 330 * Math.cos(a), y = cy + 200 * Math.sin(a);
       const r = 24 + 60 * Math.sqrt(g.n.length / max);
       const hosts = new Set(g.n.map((n) => n.hostname)).size;
-      svg.append(h("svg:line", { class: "spoke", x1: cx, y1: cy, x2: x, y2: y }),
+      const d = Math.hypot(x - cx, y - cy) || 1;
+      svg.append(h("svg:line", { class: "spoke", x1: cx, y1: cy, x2: x - ((x - cx) * r) / d, y2: y - ((y - cy) * r) / d }),
         h("svg:g", { class: `group ${g.hl}`, tabindex: 0 }, h("svg:title", { text: `${g.n.length} ${g.hl} agents on ${hosts} hosts` }),
           h("svg:circle", { cx: x, cy: y, r }), h("svg:text", { x, y: y + 4, text: `${fmt(g.n.length)} ${g.hl}` }),
           h("svg:text", { class: "sub", x, y: y + r + 14, text: `${fmt(hosts)} hosts` })));
