@@ -294,4 +294,10 @@ fn event_stream_pushes_changes() {
     let r = srv.post_json("/api/hub/tasks", &json!({"skill": "x"}));
     assert_eq!(r.status, 200);
     read_until(&mut s, &mut buf, b"\"kind\":\"task\"");
+    // A graceful shutdown ends the stream (the server does not wait for the client).
+    let mut srv = srv;
+    let (status, _) = srv.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", srv.log());
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
 }
