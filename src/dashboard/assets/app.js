@@ -132,7 +132,7 @@ const HISTORY_MAX = 300;
 function onSummary(s) {
   const prev = state.summary;
   state.summary = s;
-  const sample = { t: s.time, shards: s.shards.map((x) => ({ conns: x.connections_open, relayed: x.ws_relayed, rate: 0 })) };
+  const sample = { t: s.time, shards: s.shards.map((x) => ({ conns: x.connections_open + x.ws_open, relayed: x.ws_relayed, rate: 0 })) };
   if (prev && s.time > prev.time) {
     const dt = s.time - prev.time;
     sample.shards.forEach((x, i) => { const p = prev.shards[i]; x.rate = p ? Math.max(0, (x.relayed - p.ws_relayed) / dt) : 0; });
