@@ -49,8 +49,8 @@ function pager(el, page, cursors, onMove) {
 
 const LIMIT = 50;
 // Sorting and paging are the server's (GET /api/dashboard/agents): fast at any size.
-const agents = { cursors: [""], sort: "id", desc: false, page: null };
-const tasks = { cursors: [""], page: null };
+const agents = { cursors: [""], sort: "id", desc: false, page: null, seq: 0 };
+const tasks = { cursors: [""], page: null, seq: 0 };
 
 async function loadAgents(ctx) {
   const p = new URLSearchParams({ limit: LIMIT, sort: agents.sort, order: agents.desc ? "desc" : "asc" });
@@ -58,7 +58,9 @@ async function loadAgents(ctx) {
   if (c) p.set("cursor", c);
   if ($("agents-q").value.trim()) p.set("q", $("agents-q").value.trim());
   if ($("agents-health").value) p.set("health", $("agents-health").value);
+  const seq = ++agents.seq;
   const page = await ctx.api(`/api/dashboard/agents?${p}`);
+  if (seq !== agents.seq) return; // a newer request (filter, sort, page) was sent since
   page.limit = LIMIT; agents.page = page;
   renderAgents(ctx);
 }
@@ -91,7 +93,9 @@ async function loadTasks(ctx) {
   if (c) p.set("cursor", c);
   if ($("tasks-state").value) p.set("state", $("tasks-state").value);
   if ($("tasks-agent").value.trim()) p.set("agent", $("tasks-agent").value.trim());
+  const seq = ++tasks.seq;
   const page = await ctx.api(`/api/dashboard/tasks?${p}`);
+  if (seq !== tasks.seq) return;
   page.limit = LIMIT; tasks.page = page;
   $("tasks-total").textContent = fmt(page.total);
   const rows = page.items.map((t) => h("tr", { "data-task": t.id },
@@ -178,8 +182,17 @@ function renderShards(ctx, s) {
 
 // ---------- pairing ----------
 let inviteTimer = 0;
+// Only the answer to the latest request of each kind is drawn (answers can cross).
+const latest = {};
+async function fetchLatest(ctx, kind, path) {
+  const seq = (latest[kind] = (latest[kind] || 0) + 1);
+  const body = await ctx.api(path);
+  if (seq !== latest[kind]) throw new Error("superseded");
+  return body;
+}
+
 async function loadPairing(ctx) {
-  const all = await ctx.api("/api/pairing/all");
+  const all = await fetchLatest(ctx, "pairing", "/api/pairing/all");
   const pending = all.filter((e) => e.status === "pending_approval");
   const approved = all.filter((e) => e.status === "approved");
   const history = all.filter((e) => e.status === "rejected" || e.status === "revoked").sort((a, b) => b.updated_at - a.updated_at);
@@ -187,7 +200,7 @@ async function loadPairing(ctx) {
     ev.target.disabled = true;
     try { await ctx.api(`/api/pairing/${encodeURIComponent(e.id)}/${what}`, { method: "POST" }); toast(`${e.agent_name}: ${what === "approve" ? "approved" : what === "reject" ? "rejected" : "revoked"}`); }
     catch (err) { toast(err.message, true); }
-    await loadPairing(ctx);
+    await loadPairing(ctx).catch(() => {});
   };
   const pendingCards = pending.map((e) => h("div", { class: "card", "data-entry": e.id },
     h("div", { class: "name" }, h("span", { class: "pill st-pending", text: e.agent_name }), h("span", { class: "muted small mono", text: `${age(e.created_at)} ago` })),
@@ -228,7 +241,7 @@ async function newCode(ctx) {
 // Beyond this many agents the drawing groups them by health (and host) instead.
 const TOPOLOGY_NODES_MAX = 60;
 async function loadTopology(ctx) {
-  const topo = await ctx.api("/api/hub/network/topology");
+  const topo = await fetchLatest(ctx, "topology", "/api/hub/network/topology");
   const nodes = topo.nodes;
   $("topo-count").textContent = `${fmt(nodes.length)} agents · ${fmt(topo.mesh_edges.length)} links`;
   const W = 1100, H = 600, cx = W / 2, cy = H / 2;
@@ -284,7 +297,7 @@ async function loadTopology(ctx) {
 const loaders = { overview: (ctx) => loadPairingOverview(ctx), agents: loadAgents, tasks: loadTasks, topology: loadTopology, pairing: loadPairing, shards: async (ctx) => { if (ctx.state.summary) renderShards(ctx, ctx.state.summary); } };
 
 async function loadPairingOverview(ctx) {
-  const pending = await ctx.api("/api/pairing/pending");
+  const pending = await fetchLatest(ctx, "pending", "/api/pairing/pending");
   $("overview-pending").replaceChildren(...(pending.length ? pending.slice(0, 5).map((e) => h("div", { class: "pend-row" },
     h("span", { class: "pill st-pending", text: e.agent_name }), h("span", { class: "mono small muted", text: e.peer_id }), h("span", { class: "small muted", text: `${age(e.created_at)} ago` })))
     : [h("div", { class: "empty-note", text: "Nothing is waiting." })]));
@@ -318,7 +331,7 @@ export const views = {
   },
   show(ctx, view, refresh) {
     const load = loaders[view];
-    if (load) load(ctx).catch((e) => { if (e.message !== "unauthorized") toast(e.message, true); });
+    if (load) load(ctx).catch((e) => { if (e.message !== "unauthorized" && e.message !== "superseded") toast(e.message, true); });
     if (!refresh) document.getElementById("main").focus({ preventScroll: true });
   },
   summary(ctx, s) { clockSkew = s.time - Date.now() / 1000; renderSummary(ctx, s); },
