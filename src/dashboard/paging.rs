@@ -69,7 +69,7 @@ impl AgentSort {
         }
     }
 
-    fn value<'a>(self, r: &'a AgentRecord) -> SortVal<&'a str> {
+    fn value(self, r: &AgentRecord) -> SortVal<&str> {
         match self {
             AgentSort::Id => SortVal::N(0),
             AgentSort::Health => SortVal::N(match r.health {
