@@ -26,3 +26,7 @@ fi
 cargo test --workspace --locked
 # Benchmarks must keep compiling; they are run by hand (docs/BENCHMARKS.md).
 cargo check --workspace --benches --locked
+# Fuzz every parser for a bounded time (20 s per target), where nightly exists.
+if cargo +nightly --version >/dev/null 2>&1; then
+  scripts/fuzz.sh --seconds "${FUZZ_SECONDS:-20}"
+fi

@@ -35,6 +35,20 @@ pub struct Cli {
     #[arg(long, default_value_t = 75.0)]
     pub http_idle_timeout: f64,
 
+    /// Seconds a request's line and headers may take to arrive, in full (a trickle of
+    /// bytes does not extend it); later: 408 and close. Also a body's grace period.
+    #[arg(long, default_value_t = 10.0)]
+    pub http_header_timeout: f64,
+
+    /// Slowest average rate a request body may arrive at, in bytes per second, after
+    /// the header timeout as grace; slower: 408 and close. 0: no minimum.
+    #[arg(long, default_value_t = 1024)]
+    pub http_body_rate_min: u64,
+
+    /// Plain HTTP connections one client IP may hold on one shard (more: 503).
+    #[arg(long, default_value_t = 1024)]
+    pub max_http_connections_per_ip: usize,
+
     /// Seconds a finished (completed/failed) task stays readable before it is removed.
     #[arg(long, default_value_t = 3600.0)]
     pub task_retention: f64,
@@ -113,6 +127,22 @@ impl Cli {
 
     pub fn http_idle_timeout(&self) -> Result<Duration, String> {
         secs("--http-idle-timeout", self.http_idle_timeout)
+    }
+
+    /// The HTTP client deadlines and per-IP cap.
+    pub fn http_client_limits(&self) -> Result<crate::server::conn::ClientLimits, String> {
+        let header_timeout = secs("--http-header-timeout", self.http_header_timeout)?;
+        if header_timeout.is_zero() {
+            return Err("--http-header-timeout must be positive".into());
+        }
+        if self.max_http_connections_per_ip == 0 {
+            return Err("--max-http-connections-per-ip must be at least 1".into());
+        }
+        Ok(crate::server::conn::ClientLimits {
+            header_timeout,
+            body_rate_min: self.http_body_rate_min,
+            connections_per_ip_max: self.max_http_connections_per_ip,
+        })
     }
 
     /// The signaling limits.

@@ -38,6 +38,12 @@ fn holds_500_registered_connections() {
         "{r}"
     );
     assert!(rss["per_connection_kib"].as_f64().is_some(), "{r}");
+    // The server's CPU over the connect phase, from /proc/PID/stat.
+    let cpu = &r["server_cpu"];
+    assert_eq!(cpu["pid"].as_u64(), Some(b.server.child.id() as u64), "{r}");
+    assert!(cpu["window_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(cpu["cpu_s"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(cpu["cpu_us_per_op"].as_f64().is_some(), "{r}");
     // Four meshes of 130 peers: each register lists the other registered peers of its
     // mesh, so the lists are never longer than a mesh.
     assert!(r["peers_listed_total"].as_u64().unwrap() < 500 * 130, "{r}");

@@ -193,12 +193,10 @@ fn a_client_that_stops_reading_mid_write_is_dropped_after_the_idle_timeout() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Not dropped at once (the 503 above was answered while its write was stalled), but
+    // within the idle timeout plus slack. No lower bound in time: under load the stall may
+    // have begun long before this loop did.
     assert!(admitted, "the non-reading peer was never dropped");
-    assert!(
-        t.elapsed() >= Duration::from_millis(500),
-        "dropped too early: {:?}",
-        t.elapsed()
-    );
     drop(slow);
 }
 

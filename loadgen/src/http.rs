@@ -120,6 +120,8 @@ struct ShardIn {
 struct ShardOut {
     state: State,
     fatal: Option<super::net::Fail>,
+    /// The measured window (after the warm-up).
+    window: Option<(Instant, Instant)>,
 }
 
 /// What one shard counted.
@@ -160,6 +162,7 @@ async fn shard(input: ShardIn) -> ShardOut {
             return ShardOut {
                 state: State::default(),
                 fatal: Some(e),
+                window: None,
             }
         }
     };
@@ -312,6 +315,7 @@ async fn shard(input: ShardIn) -> ShardOut {
     ShardOut {
         state: st,
         fatal: None,
+        window: Some((measure_from, end)),
     }
 }
 
@@ -379,7 +383,9 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     let mut ops: BTreeMap<Op, (u64, u64)> = BTreeMap::new();
     let mut errors = Errors::default();
     let (mut measured, mut late, mut unsent) = (0, 0, 0);
+    let mut window = None;
     for o in outs {
+        window = super::union(window, o.window);
         if let Some(f) = o.fatal {
             return Err(format!("fetching tokens: {}", f.detail));
         }
@@ -417,6 +423,8 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         "error_details": errors.details(),
     });
     let ok = measured > 0;
+    let mut report = report;
+    super::add_server_cpu(&setup, &mut report, window, measured);
     Ok((super::finish(&setup, &args.common, report), ok))
 }
 

@@ -5,9 +5,13 @@
 //! Each scenario splits its work over the shards; each shard returns its counts and an
 //! HdrHistogram, merged here. A progress line on stderr shows live counters.
 
+pub mod compare;
 pub mod http;
 pub mod keys;
+pub mod msg;
 pub mod net;
+pub mod server_cpu;
+pub mod sidecar;
 pub mod storm;
 pub mod tokens;
 pub mod ws_idle;
@@ -56,6 +60,12 @@ pub enum Scenario {
     WsRelay(ws_relay::Args),
     /// Connect/register/disconnect churn.
     Storm(storm::Args),
+    /// Two builds side by side: every scenario, alternating for N rounds; a table of
+    /// medians and ratios, and report.json + report.html in --out.
+    Compare(compare::Args),
+    /// Two running sidecars, driven over their IPC sockets: A sends N messages to B over
+    /// the DataChannel (msg/s, MB/s, order, each sidecar's CPU per message and RSS).
+    Sidecar(sidecar::Args),
 }
 
 /// Options every networked scenario takes.
@@ -79,6 +89,10 @@ pub struct Common {
     /// Do not pin the load generator's shards to cores (pin it with taskset instead).
     #[arg(long)]
     pub no_pin: bool,
+    /// The server's process id (on this machine): report its CPU time over the measured
+    /// window per operation, from /proc/PID/stat (and, for ws-idle, its RSS).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// Runs a bench command; prints the report; the exit code says whether it succeeded.
@@ -92,6 +106,35 @@ pub fn main(args: BenchArgs) -> ExitCode {
         Scenario::WsIdle(a) => (a.common.json, ws_idle::run(a)),
         Scenario::WsRelay(a) => (a.common.json, ws_relay::run(a)),
         Scenario::Storm(a) => (a.common.json, storm::run(a)),
+        Scenario::Compare(a) => {
+            let argv: Vec<String> = std::env::args().collect();
+            let json_out = a.json;
+            let out = a.out.clone();
+            return match compare::run(a, &argv) {
+                Ok((report, ok)) => {
+                    if json_out {
+                        println!("{report}");
+                    } else {
+                        print!("{}", compare::report::table(&report));
+                        println!(
+                            "report: {} and {}",
+                            out.join("report.json").display(),
+                            out.join("report.html").display()
+                        );
+                    }
+                    if ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(3)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("chatixia-core bench compare: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Scenario::Sidecar(a) => (a.json, sidecar::run(a)),
     };
     match result {
         Ok((report, ok)) => {
@@ -158,6 +201,8 @@ pub struct Setup {
     pub peers: Vec<keys::Peer>,
     pub started: Instant,
     pub cpu_start: Duration,
+    /// Samples the server's CPU time when `--server-pid` is given.
+    pub server_cpu: Option<server_cpu::Sampler>,
 }
 
 /// Parses the URL, reads the keys, raises the open-file limit, and checks that the
@@ -170,11 +215,16 @@ pub fn setup(common: &Common) -> Result<Setup, String> {
         return Err("--cores must be at least 1".into());
     }
     preflight(&common.url, &target, &peers[0])?;
+    let server_cpu = match common.server_pid {
+        Some(pid) => Some(server_cpu::Sampler::start(pid)?),
+        None => None,
+    };
     Ok(Setup {
         target,
         peers,
         started: Instant::now(),
         cpu_start: cpu_now(),
+        server_cpu,
     })
 }
 
@@ -402,6 +452,19 @@ impl Errors {
     }
 }
 
+/// Adds the server's CPU use over the measured `window` per operation (`ops` done in
+/// it) to `report` as `server_cpu`, when `--server-pid` was given.
+pub fn add_server_cpu(
+    setup: &Setup,
+    report: &mut Value,
+    window: Option<(Instant, Instant)>,
+    ops: u64,
+) {
+    if let (Some(s), Some((from, to))) = (&setup.server_cpu, window) {
+        report["server_cpu"] = s.report(from, to, ops);
+    }
+}
+
 /// Adds what every report carries: the load generator's cores, wall time and CPU use.
 pub fn finish(setup: &Setup, common: &Common, mut report: Value) -> Value {
     let wall = setup.started.elapsed();
@@ -415,6 +478,17 @@ pub fn finish(setup: &Setup, common: &Common, mut report: Value) -> Value {
         "cpu_percent": round3(100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)),
     });
     report
+}
+
+/// The union of the shards' measured windows.
+pub fn union(
+    a: Option<(Instant, Instant)>,
+    b: Option<(Instant, Instant)>,
+) -> Option<(Instant, Instant)> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some((x.0.min(y.0), x.1.max(y.1))),
+        (x, y) => x.or(y),
+    }
 }
 
 pub fn round3(x: f64) -> f64 {

@@ -439,15 +439,14 @@ impl WsConn {
     }
 
     /// Registers `peer_id` and waits for the peer list; returns how many peers it named.
-    /// The list is not parsed as JSON (with thousands of peers that would cost the load
-    /// generator more than the server); its ids are counted.
+    /// Messages are read as JSON in any layout ([`crate::msg::count_peer_list`]).
     pub async fn register(&mut self, peer_id: &str) -> Result<usize, Fail> {
         let msg = serde_json::json!({"type": "register", "peer_id": peer_id}).to_string();
         self.send_text(msg.as_bytes()).await?;
         with_timeout("register", async {
             loop {
                 if let ClientEvent::Text(t) = self.next_event().await? {
-                    if let Some(n) = count_peer_list(&t) {
+                    if let Some(n) = crate::msg::count_peer_list(&t) {
                         return Ok(n);
                     }
                 }
@@ -497,27 +496,9 @@ impl WsConn {
     }
 }
 
-/// The number of ids in a `peer_list` message, or `None` for another message.
-pub fn count_peer_list(text: &[u8]) -> Option<usize> {
-    let head = &text[..text.len().min(64)];
-    memchr::memmem::find(head, b"\"peer_list\"")?;
-    let at = memchr::memmem::find(text, b"\"peers\":[")? + 9;
-    let list = &text[at..];
-    let end = memchr::memchr(b']', list).unwrap_or(list.len());
-    Some(memchr::memchr_iter(b'"', &list[..end]).count() / 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counts_peer_lists() {
-        let f = |p: &[&str]| wire::ws::signaling::peer_list_frame(p.iter().copied());
-        assert_eq!(count_peer_list(&f(&[])), Some(0));
-        assert_eq!(count_peer_list(&f(&["a", "b", "c"])), Some(3));
-        assert_eq!(count_peer_list(br#"{"type":"offer","peer_id":"x"}"#), None);
-    }
 
     #[test]
     fn parses_urls() {

@@ -62,6 +62,8 @@ struct ShardOut {
     cycle_hist: hdrhistogram::Histogram<u64>,
     tally: Tally,
     fatal: Option<Fail>,
+    /// The measured window (after the warm-up).
+    window: Option<(Instant, Instant)>,
 }
 
 async fn shard(input: ShardIn) -> ShardOut {
@@ -81,6 +83,7 @@ async fn shard(input: ShardIn) -> ShardOut {
                 cycle_hist: super::histogram(),
                 tally: Tally::default(),
                 fatal: Some(e),
+                window: None,
             }
         }
     };
@@ -168,6 +171,7 @@ async fn shard(input: ShardIn) -> ShardOut {
         cycle_hist,
         tally,
         fatal: None,
+        window: Some((measure_from, end)),
     }
 }
 
@@ -226,7 +230,9 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     )?;
     let (mut up, mut cyc) = (super::histogram(), super::histogram());
     let mut t = Tally::default();
+    let mut window = None;
     for o in outs {
+        window = super::union(window, o.window);
         if let Some(f) = o.fatal {
             return Err(format!("fetching tokens: {}", f.detail));
         }
@@ -256,5 +262,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         "source_ips": sources.len(),
     });
     let ok = t.cycles > 0;
+    let mut report = report;
+    super::add_server_cpu(&setup, &mut report, window, t.cycles);
     Ok((super::finish(&setup, &args.common, report), ok))
 }

@@ -14,7 +14,10 @@
 //!   claims are ignored, except that a string or string-array `aud` is refused (no audience
 //!   is configured, and `jsonwebtoken` then rejects any token naming one);
 //! * `exp` with **60 s of leeway**: a token is refused only once `exp < now - 60`, so it
-//!   stays valid through second `exp + 60`. `iat` and `nbf` are not checked.
+//!   stays valid through second `exp + 60`. `iat` is not checked.
+//! * `nbf` (not before), when it is a number, with the same leeway: a token is refused
+//!   while `nbf > now + 60`. This is stricter than the reference (its `Validation::default()`
+//!   ignores `nbf`): a token that says it is not valid yet is not accepted early.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -72,6 +75,8 @@ pub enum JwtError {
     Expired,
     /// The token names an audience (none is configured).
     InvalidAudience,
+    /// `nbf` is more than [`EXP_LEEWAY_SECS`] in the future.
+    NotYetValid,
 }
 
 impl std::fmt::Display for JwtError {
@@ -83,6 +88,7 @@ impl std::fmt::Display for JwtError {
             JwtError::InvalidClaims => "invalid claims",
             JwtError::Expired => "expired signature",
             JwtError::InvalidAudience => "invalid audience",
+            JwtError::NotYetValid => "immature signature",
         })
     }
 }
@@ -157,6 +163,13 @@ pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtEr
     if spec.aud.as_ref().is_some_and(names_audience) {
         return Err(JwtError::InvalidAudience);
     }
+    if spec
+        .nbf
+        .as_ref()
+        .is_some_and(|nbf| not_yet_valid(nbf, now_secs))
+    {
+        return Err(JwtError::NotYetValid);
+    }
     Ok(claims)
 }
 
@@ -187,9 +200,20 @@ struct RawHeader {
 #[derive(Deserialize)]
 #[allow(dead_code)] // fields exist only so their uniqueness is checked
 struct SpecClaims {
-    nbf: Option<IgnoredAny>,
+    nbf: Option<serde_json::Value>,
     iss: Option<IgnoredAny>,
     aud: Option<serde_json::Value>,
+}
+
+/// Whether a numeric `nbf` lies more than the leeway after `now_secs` (a non-numeric
+/// `nbf` is ignored, as the reference ignores every `nbf`).
+fn not_yet_valid(nbf: &serde_json::Value, now_secs: u64) -> bool {
+    let limit = now_secs.saturating_add(EXP_LEEWAY_SECS);
+    match (nbf.as_u64(), nbf.as_f64()) {
+        (Some(n), _) => n > limit,
+        (None, Some(f)) => f > limit as f64,
+        (None, None) => false,
+    }
 }
 
 /// `jsonwebtoken` treats `aud` as present when it is a string or an array of strings.
@@ -393,7 +417,7 @@ mod tests {
         let t = mk(NOW);
         assert!(verify(SECRET, &t, NOW + 60).is_ok());
         assert_eq!(verify(SECRET, &t, NOW + 61), Err(JwtError::Expired));
-        // Tokens from the future are accepted (iat/nbf are not checked).
+        // Tokens issued in the future are accepted (iat is not checked).
         assert!(verify(SECRET, &mk(NOW + 10_000), NOW).is_ok());
         // exp = 0 with a tiny `now` must not underflow.
         assert!(verify(SECRET, &mk(0), 30).is_ok());
@@ -566,9 +590,23 @@ mod tests {
         assert!(ok(&format!(
             r#"{{"sub":"p","role":"r","exp":{far},"iat":0,"aud":null}}"#
         )));
-        assert!(ok(&format!(
-            r#"{{"sub":"p","role":"r","exp":{far},"iat":0,"nbf":{far}}}"#
-        )));
+        // `nbf`: deliberately stricter than the reference (which ignores it): a token
+        // not valid yet is refused beyond the leeway; a past or near `nbf` is fine.
+        let with_nbf = |nbf: &str| {
+            let p = format!(r#"{{"sub":"p","role":"r","exp":{far},"iat":0,"nbf":{nbf}}}"#);
+            verify(SECRET, &raw_token(SECRET, h, &p), NOW)
+        };
+        assert_eq!(with_nbf(&far.to_string()), Err(JwtError::NotYetValid));
+        assert_eq!(
+            with_nbf(&(NOW + 61).to_string()),
+            Err(JwtError::NotYetValid)
+        );
+        assert_eq!(with_nbf("1e300"), Err(JwtError::NotYetValid));
+        assert!(with_nbf(&(NOW + 60).to_string()).is_ok());
+        assert!(with_nbf(&NOW.to_string()).is_ok());
+        assert!(with_nbf("0").is_ok());
+        assert!(with_nbf("-5").is_ok());
+        assert!(with_nbf(r#""soon""#).is_ok());
         // Refused: shapes.
         for p in [
             r#"{"sub":"p","role":"r","iat":0}"#.to_string(),

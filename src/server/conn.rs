@@ -1,11 +1,30 @@
 //! One HTTP/1.1 connection: read, parse (sans-IO), route, write, in order.
+//!
+//! Hostile clients are bounded here (issue 13):
+//! * the request head must arrive whole within `header_timeout` (a byte trickle does
+//!   not reset it), and a body at `body_rate_min` bytes/s after the same grace; late
+//!   requests get 408 and the connection is closed;
+//! * each client IP may hold `connections_per_ip_max` plain HTTP connections per
+//!   shard; more get 503 and are closed ([`admit`]);
+//! * every early close after an error response is a *lingering* close ([`linger_close`]):
+//!   the write side is shut and what the client is still sending is read and dropped,
+//!   bounded in time and bytes, so the client reads its 4xx instead of a reset;
+//! * graceful shutdown: requests already received are answered (`connection: close`),
+//!   idle keep-alive connections close after [`SHUTDOWN_IDLE_GRACE`] and half-sent
+//!   requests after [`SHUTDOWN_REQUEST_GRACE`];
+//! * when the process runs out of file descriptors the accept loop asks every idle
+//!   keep-alive connection of the shard to close ([`HttpShard::shed_idle`]).
 
-use std::net::SocketAddr;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use reactor::timer::{select2, Either};
+use reactor::timer::{select2, select2_pinned, Either};
+use reactor::LocalEvent;
 
 use crate::http::{Event, Method, Parser, Response};
 use crate::metrics::ShardCounters;
@@ -21,16 +40,238 @@ const READ_CHUNK_SIZE: usize = 4096;
 /// parsing more, so a client that pipelines without reading cannot grow our memory.
 const WRITE_BATCH_SIZE_MAX: usize = 64 * 1024;
 
+/// Lingering close: the longest we keep reading (and dropping) a client's bytes after
+/// an error response, in total. nginx's `lingering_time` is 30 s; a few seconds let a
+/// client on a fast link finish sending a refused body (the 2 MiB limit plus a little)
+/// and read its 4xx. Past it the socket is closed whatever the client still sends.
+const LINGER_TIME_MAX: Duration = Duration::from_secs(5);
+
+/// Lingering close: the longest one read may wait (nginx's `lingering_timeout`). A
+/// client that has stopped sending but does not close is closed after this.
+const LINGER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Lingering close: the most bytes read and dropped. Enough for a client that sends a
+/// body a few times over the 2 MiB limit before reading; beyond it we close (the
+/// client may then see a reset, but it has had its chance).
+const LINGER_SIZE_MAX: usize = 16 * 1024 * 1024;
+
+/// Bytes per read while lingering (the buffer is dropped as soon as we are done).
+const LINGER_CHUNK_SIZE: usize = 64 * 1024;
+
+/// Writing a refusal (503 before serving, 408 after a deadline) is bounded by this: a
+/// refused client that does not read must not hold the task and its fd.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Graceful shutdown: how long a connection idle between requests is still read from
+/// once shutdown begins. A keep-alive client may have a request on the wire already;
+/// closing at once would reset it unanswered. Any request arriving within this is
+/// answered with `connection: close`; a connection with nothing is closed after it.
+const SHUTDOWN_IDLE_GRACE: Duration = Duration::from_millis(250);
+
+/// Graceful shutdown: the lingering close of an idle connection after its grace lasts
+/// at most this: long enough for a request crossing our FIN to arrive (and be dropped
+/// without a reset), short enough not to hold the exit.
+const SHUTDOWN_LINGER_TIME_MAX: Duration = Duration::from_secs(1);
+
+/// Graceful shutdown: how long a half-received request may take to complete once
+/// shutdown begins (rather than the whole `--shutdown-timeout`); then it is closed.
+const SHUTDOWN_REQUEST_GRACE: Duration = Duration::from_secs(2);
+
+/// Deadlines and caps for plain HTTP clients (`--http-header-timeout`,
+/// `--http-body-rate-min`, `--max-http-connections-per-ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The request line and headers must arrive in full within this (from the first
+    /// byte of the request); later: 408 and close. Also the grace a body gets.
+    pub header_timeout: Duration,
+    /// A body must arrive at this many bytes per second on average, after a grace of
+    /// `header_timeout` from its first byte; slower: 408 and close. 0 disables it
+    /// (the idle timeout still applies to each read).
+    pub body_rate_min: u64,
+    /// Plain HTTP connections one client IP may hold open on one shard (a WebSocket
+    /// leaves this count once upgraded; it has its own cap). More: 503 and close.
+    pub connections_per_ip_max: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_rate_min: 1024,
+            connections_per_ip_max: 1024,
+        }
+    }
+}
+
+/// Per-shard HTTP connection bookkeeping: open connections per client IP and the
+/// event that asks idle keep-alive connections to close.
+#[derive(Default)]
+pub struct HttpShard {
+    /// Open plain HTTP connections per client IP. Bounded by the shard's open
+    /// connections (an entry exists only while it counts at least one), which the
+    /// file-descriptor limit and the per-IP cap bound in turn.
+    per_ip: RefCell<HashMap<IpAddr, usize>>,
+    /// Set (and replaced by a fresh one) to close every idle keep-alive connection.
+    shed: RefCell<LocalEvent>,
+}
+
+impl HttpShard {
+    /// Closes every keep-alive connection of this shard that waits between requests
+    /// (requests in progress are not touched). Used when file descriptors run out.
+    pub fn shed_idle(&self) {
+        let old = std::mem::take(&mut *self.shed.borrow_mut());
+        old.set();
+    }
+
+    fn shed_event(&self) -> LocalEvent {
+        self.shed.borrow().clone()
+    }
+}
+
+/// One admitted connection's place in the per-IP count; released on drop.
+pub struct HttpSlot {
+    ctx: Rc<ShardCtx>,
+    ip: IpAddr,
+}
+
+impl Drop for HttpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.ctx.http.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts a new connection from `peer`; `None` when its IP is over the cap.
+pub fn admit(ctx: &Rc<ShardCtx>, peer: SocketAddr) -> Option<HttpSlot> {
+    let ip = peer.ip();
+    let max = ctx.config.http_client_limits.connections_per_ip_max;
+    let mut per_ip = ctx.http.per_ip.borrow_mut();
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= max {
+        return None;
+    }
+    *n += 1;
+    Some(HttpSlot {
+        ctx: ctx.clone(),
+        ip,
+    })
+}
+
+/// Answers a connection refused by [`admit`]: 503 with a JSON reason, then close.
+pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: TcpStream) {
+    let max = ctx.config.http_client_limits.connections_per_ip_max;
+    let mut out = Vec::new();
+    Response::error(
+        503,
+        format!("too many HTTP connections from this address (limit {max} per shard)"),
+    )
+    .encode(false, false, &mut out);
+    if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await
+    {
+        linger_close(stream).await;
+    }
+}
+
+/// Lingering close (as nginx does after an early response): shut our write side so the
+/// client sees the response end, then read and drop what it still sends until it
+/// closes, for at most [`LINGER_TIME_MAX`] and [`LINGER_SIZE_MAX`] bytes (each read at
+/// most [`LINGER_READ_TIMEOUT`]). Closing with unread bytes would make the kernel send
+/// a reset, which can destroy the response before the client reads it.
+pub async fn linger_close(stream: TcpStream) {
+    linger_close_within(stream, LINGER_TIME_MAX).await
+}
+
+/// [`linger_close`] for at most `time_max`.
+async fn linger_close_within(mut stream: TcpStream, time_max: Duration) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let start = Instant::now();
+    let mut drained = 0usize;
+    let mut buf = Vec::with_capacity(LINGER_CHUNK_SIZE);
+    while drained < LINGER_SIZE_MAX {
+        let left = time_max.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return;
+        }
+        match monoio::time::timeout(left.min(LINGER_READ_TIMEOUT), stream.read(buf)).await {
+            Ok((Ok(n), b)) if n > 0 => {
+                drained += n;
+                buf = b;
+                buf.clear();
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Where a request in progress stands against its deadline.
+#[derive(Default)]
+struct Progress {
+    /// When the first byte of the request in progress was read.
+    head_start: Option<Instant>,
+    /// When the body started, and body bytes read since.
+    body: Option<(Instant, u64)>,
+}
+
+impl Progress {
+    /// The instant the request in progress must be complete by (or its body must have
+    /// made more progress by), `None` between requests.
+    fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
+        match self.body {
+            Some(_) if limits.body_rate_min == 0 => None,
+            Some((start, bytes)) => {
+                let credit = Duration::from_secs_f64(bytes as f64 / limits.body_rate_min as f64);
+                Some(start + limits.header_timeout + credit)
+            }
+            None => self.head_start.map(|s| s + limits.header_timeout),
+        }
+    }
+
+    /// Updates the state after the parser has consumed what it could.
+    fn after_parse(&mut self, parser: &Parser, now: Instant) {
+        if parser.is_idle() {
+            *self = Progress::default();
+            return;
+        }
+        if self.head_start.is_none() {
+            self.head_start = Some(now);
+        }
+        if parser.is_reading_body() {
+            if self.body.is_none() {
+                self.body = Some((now, 0));
+            }
+        } else {
+            self.body = None;
+        }
+    }
+
+    fn read(&mut self, n: usize) {
+        if let Some((_, bytes)) = &mut self.body {
+            *bytes = bytes.saturating_add(n as u64);
+        }
+    }
+}
+
 /// Serves one connection until the client closes it, an error, the idle timeout, or a
-/// graceful shutdown (which lets a request in progress finish).
-pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) {
+/// graceful shutdown (which lets a request in progress finish). `slot` is its place in
+/// the per-IP count, given up when the connection becomes a WebSocket.
+pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, slot: HttpSlot) {
+    let limits = ctx.config.http_client_limits;
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
+    let mut progress = Progress::default();
     let shutdown = ctx.shard.shutdown_event().clone();
     loop {
         // Answer everything the parser can produce from what has been read.
         let mut close = false;
+        let mut linger = false;
         let mut batch_full = false;
         while let Some(ev) = parser.poll() {
             match ev {
@@ -43,6 +284,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
                         return;
                     }
                     let leftover = parser.take_remaining();
+                    drop(slot);
                     router::route_ws(ctx, stream, &req, leftover, peer).await;
                     return;
                 }
@@ -56,6 +298,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
                     return;
                 }
                 Event::Request(req) => {
+                    // Its deadline is met; the next request's starts with its bytes.
+                    progress = Progress::default();
                     let resp = router::handle(ctx, &req, peer).await;
                     ShardCounters::inc(&ctx.counters.requests_served);
                     let keep_alive = req.keep_alive && !shutdown.is_set();
@@ -67,12 +311,16 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
                     resp.encode(keep_alive, req.method == Method::Head, &mut out);
                     if !keep_alive {
                         close = true;
+                        // Pipelined bytes we will not answer: drain them rather than
+                        // reset the response away.
+                        linger = parser.buffered_len() > 0;
                         break;
                     }
                 }
                 Event::Error(err) => {
                     Response::from(err).encode(false, false, &mut out);
                     close = true;
+                    linger = true;
                     break;
                 }
             }
@@ -93,6 +341,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
             }
         }
         if close {
+            if linger {
+                linger_close(stream).await;
+            }
             return;
         }
         if batch_full {
@@ -100,28 +351,91 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr) 
             // again before reading more.
             continue;
         }
-        if shutdown.is_set() && parser.is_idle() {
-            return;
-        }
-        // Wait for bytes, the idle timeout, or shutdown (only while idle between
-        // requests; a request in progress is allowed to finish).
-        let read = monoio::time::timeout(ctx.config.http_idle_timeout, stream.read(rbuf));
-        let outcome = if parser.is_idle() {
-            match select2(read, shutdown.wait()).await {
-                Either::Left(r) => r,
-                Either::Right(()) => return,
+        let now = Instant::now();
+        progress.after_parse(&parser, now);
+        // Between requests: wait for bytes, the idle timeout, shutdown, or a shed. In a
+        // request: wait for bytes until its deadline (a request in progress is allowed
+        // to finish during a shutdown).
+        let deadline = progress.deadline(&limits);
+        let wait = match deadline {
+            Some(d) if d <= now => return late(ctx, stream, &progress).await,
+            Some(d) => (d - now).min(ctx.config.http_idle_timeout),
+            None => ctx.config.http_idle_timeout,
+        };
+        let outcome = {
+            let mut read = std::pin::pin!(monoio::time::timeout(wait, stream.read(rbuf)));
+            if parser.is_idle() {
+                let shed = ctx.http.shed_event();
+                let woke = if shutdown.is_set() {
+                    Either::Right(Either::Left(()))
+                } else {
+                    let other = std::pin::pin!(select2(shutdown.wait(), shed.wait()));
+                    select2_pinned(read.as_mut(), other).await
+                };
+                match woke {
+                    Either::Left(r) => Some(r),
+                    // Out of fds: idle connections make room at once.
+                    Either::Right(Either::Right(())) => return,
+                    // Shutdown: answer a request already on its way, else close.
+                    Either::Right(Either::Left(())) => {
+                        monoio::time::timeout(SHUTDOWN_IDLE_GRACE, read).await.ok()
+                    }
+                }
+            } else {
+                // A request in progress may finish during a shutdown, within a grace.
+                let grace = std::pin::pin!(async {
+                    shutdown.wait().await;
+                    monoio::time::sleep(SHUTDOWN_REQUEST_GRACE).await;
+                });
+                match select2_pinned(read.as_mut(), grace).await {
+                    Either::Left(r) => Some(r),
+                    Either::Right(()) => return,
+                }
             }
-        } else {
-            read.await
+        };
+        let Some(outcome) = outcome else {
+            // Idle through the shutdown grace: close with a FIN first, so that a
+            // request crossing our close finds an orderly end (nothing was read of it:
+            // the client may send it again elsewhere) rather than a reset.
+            linger_close_within(stream, SHUTDOWN_LINGER_TIME_MAX).await;
+            return;
         };
         match outcome {
-            Err(_elapsed) => return,
+            Err(_elapsed) => {
+                if deadline.is_some_and(|d| d <= Instant::now()) {
+                    return late(ctx, stream, &progress).await;
+                }
+                return;
+            }
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
             Ok((Ok(n), buf)) => {
                 parser.feed(&buf[..n]);
+                progress.read(n);
                 rbuf = buf;
             }
         }
+    }
+}
+
+/// The request in progress missed its deadline: 408 with a reason, then close.
+async fn late(ctx: &ShardCtx, mut stream: TcpStream, progress: &Progress) {
+    let limits = &ctx.config.http_client_limits;
+    let reason = if progress.body.is_some() {
+        format!(
+            "request body too slow: below {} bytes/s after {:?}",
+            limits.body_rate_min, limits.header_timeout
+        )
+    } else {
+        format!(
+            "request header not received within {:?}",
+            limits.header_timeout
+        )
+    };
+    let mut out = Vec::new();
+    Response::error(408, reason).encode(false, false, &mut out);
+    if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await
+    {
+        linger_close(stream).await;
     }
 }
 
@@ -131,4 +445,70 @@ async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -
         monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(bytes)).await,
         Ok((Ok(_), _))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: u64) -> ClientLimits {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            body_rate_min: rate,
+            connections_per_ip_max: 4,
+        }
+    }
+
+    fn parser_with(bytes: &[u8]) -> Parser {
+        let mut p = Parser::new(crate::http::Limits::default());
+        p.feed(bytes);
+        while p.poll().is_some() {}
+        p
+    }
+
+    #[test]
+    fn header_deadline_is_fixed_from_the_first_byte() {
+        let t0 = Instant::now();
+        let mut pr = Progress::default();
+        pr.after_parse(&parser_with(b""), t0);
+        assert_eq!(pr.deadline(&limits(1024)), None, "idle: no deadline");
+        let p = parser_with(b"GET / HTTP/1.1\r\nHost: a\r\nX: ");
+        pr.after_parse(&p, t0);
+        // More bytes of the same head later do not move it.
+        pr.read(1);
+        pr.after_parse(&p, t0 + Duration::from_secs(9));
+        assert_eq!(
+            pr.deadline(&limits(1024)),
+            Some(t0 + Duration::from_secs(10))
+        );
+    }
+
+    #[test]
+    fn body_deadline_grows_with_the_bytes_received() {
+        let t0 = Instant::now();
+        let mut pr = Progress::default();
+        let p = parser_with(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+        assert!(p.is_reading_body());
+        pr.after_parse(&p, t0);
+        assert_eq!(
+            pr.deadline(&limits(1000)),
+            Some(t0 + Duration::from_secs(10))
+        );
+        pr.read(5000);
+        assert_eq!(
+            pr.deadline(&limits(1000)),
+            Some(t0 + Duration::from_secs(15))
+        );
+        // A later parse of the same body keeps its start and count.
+        pr.after_parse(&p, t0 + Duration::from_secs(3));
+        assert_eq!(
+            pr.deadline(&limits(1000)),
+            Some(t0 + Duration::from_secs(15))
+        );
+        // No minimum rate: no body deadline.
+        assert_eq!(pr.deadline(&limits(0)), None);
+        // Back to idle: everything resets.
+        pr.after_parse(&parser_with(b""), t0);
+        assert_eq!(pr.deadline(&limits(1000)), None);
+    }
 }

@@ -43,6 +43,8 @@ pub const PAIRING_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 pub struct ServerConfig {
     pub http_idle_timeout: Duration,
     pub http_limits: crate::http::Limits,
+    /// Header/body deadlines and the per-IP cap of plain HTTP connections.
+    pub http_client_limits: conn::ClientLimits,
     /// The API keys, parsed once before the shards start.
     pub api_keys: ApiKeys,
     /// JWT signing secret (`SIGNALING_SECRET`).
@@ -65,6 +67,7 @@ impl ServerConfig {
         ServerConfig {
             http_idle_timeout,
             http_limits: crate::http::Limits::default(),
+            http_client_limits: conn::ClientLimits::default(),
             api_keys: ApiKeys::dev_default(),
             jwt_secret: crate::auth::DEFAULT_SECRET.as_bytes().to_vec(),
             stun_urls: crate::ice::default_stun_urls(),
@@ -101,6 +104,8 @@ pub struct ShardCtx {
     pub state: ShardState,
     /// Live signaling connections of the peers this shard owns.
     pub ws: ConnTable,
+    /// Plain HTTP connections: per-IP counts, idle shedding.
+    pub http: conn::HttpShard,
     /// Added to the wall clock (only `POST /debug/clock` changes it).
     clock_offset: Cell<u64>,
 }
@@ -127,6 +132,7 @@ impl ShardCtx {
             },
             config,
             ws: ConnTable::default(),
+            http: conn::HttpShard::default(),
             clock_offset: Cell::new(0),
         }
     }
@@ -266,8 +272,45 @@ impl ShardCtx {
 }
 
 /// Backoff after an accept error such as EMFILE (out of file descriptors): the
-/// listener stays readable, so retrying at once would spin the shard.
+/// listener stays readable, so retrying at once would spin the shard. It doubles while
+/// accepts keep failing, up to [`ACCEPT_ERROR_BACKOFF_MAX`].
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Longest pause between accept attempts while they keep failing.
+const ACCEPT_ERROR_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Accept failures are logged at most once per this interval, with their count.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Accept failures, logged once per [`ACCEPT_ERROR_LOG_INTERVAL`] with a count rather
+/// than once each (out of fds, a failing accept would otherwise log many times a second).
+#[derive(Default)]
+struct AcceptFailures {
+    last_log: Option<std::time::Instant>,
+    since_log: u64,
+}
+
+impl AcceptFailures {
+    fn record(&mut self, shard: usize, e: &std::io::Error) {
+        self.since_log += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_log
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_ERROR_LOG_INTERVAL)
+        {
+            return;
+        }
+        tracing::warn!(
+            shard,
+            error = %e,
+            failures = self.since_log,
+            interval = ?ACCEPT_ERROR_LOG_INTERVAL,
+            "accept failed; backing off (out of fds: idle keep-alive connections are shed)"
+        );
+        self.last_log = Some(now);
+        self.since_log = 0;
+    }
+}
 
 /// The application future of one shard: serves its listener until shutdown, then waits
 /// for its connections to finish.
@@ -296,23 +339,35 @@ pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<Ser
         }
     };
     let shutdown = shard.shutdown_event().clone();
+    let mut backoff = ACCEPT_ERROR_BACKOFF;
+    let mut failures = AcceptFailures::default();
     loop {
         use reactor::timer::{select2, Either};
         match select2(listener.accept(), shutdown.wait()).await {
             Either::Right(()) => break,
             Either::Left(Ok((stream, peer))) => {
+                backoff = ACCEPT_ERROR_BACKOFF;
                 ShardCounters::inc(&ctx.counters.connections_accepted);
                 ShardCounters::inc(&ctx.counters.connections_open);
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 monoio::spawn(async move {
-                    conn::serve(&ctx, stream, peer).await;
+                    match conn::admit(&ctx, peer) {
+                        Some(slot) => conn::serve(&ctx, stream, peer, slot).await,
+                        None => conn::refuse_over_cap(&ctx, stream).await,
+                    }
                     ShardCounters::dec(&ctx.counters.connections_open);
                 });
             }
             Either::Left(Err(e)) => {
-                tracing::warn!(shard = shard.id(), error = %e, "accept failed");
-                monoio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds {
+                    // Make room: idle keep-alive connections go first.
+                    ctx.http.shed_idle();
+                }
+                failures.record(shard.id(), &e);
+                monoio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_ERROR_BACKOFF_MAX);
             }
         }
     }

@@ -11,9 +11,17 @@
 
 use std::fmt;
 
-/// Longest chunk-size line we accept (hex digits plus chunk extensions), in bytes.
-/// Extensions are ignored, so anything longer is abuse; exceeding it gives 400.
-const CHUNK_LINE_MAX: usize = 4096;
+mod chunked;
+
+#[cfg(test)]
+use chunked::CHUNK_LINE_MAX;
+use chunked::{step_chunked, BodyStep, Chunk};
+
+/// Bytes of empty lines (CR and LF) accepted before a request line. RFC 9112 §2.2 asks
+/// servers to ignore at least one empty line there (some clients send a CRLF after a
+/// POST body); far more than that is a client feeding us bytes for nothing, so beyond
+/// this limit the request is 400 and the connection closed.
+pub const LEADING_EMPTY_LINES_SIZE_MAX: usize = 1024;
 
 /// Buffer capacity kept when a connection goes idle; anything larger is released.
 const IDLE_BUF_KEEP: usize = 16 * 1024;
@@ -229,35 +237,6 @@ pub enum Event {
     Error(HttpError),
 }
 
-/// Incremental state of a chunked body.
-#[derive(Debug)]
-enum Chunk {
-    /// Reading the hex digits of a chunk size.
-    Size { value: u64, line_len: usize },
-    /// After the digits: optional whitespace, then `;` chunk extensions, up to CR.
-    SizeTail {
-        value: u64,
-        in_ext: bool,
-        line_len: usize,
-    },
-    /// Saw the CR ending the size line; need LF.
-    SizeLf { value: u64 },
-    /// Inside chunk data.
-    Data { remaining: u64 },
-    /// Chunk data done; need CR.
-    DataCr,
-    /// Chunk data done, saw CR; need LF.
-    DataLf,
-    /// At the start of a trailer line (or of the final blank line).
-    TrailerStart,
-    /// Inside a trailer field line.
-    TrailerLine,
-    /// Saw the CR ending a trailer field line; need LF.
-    TrailerLf,
-    /// Saw the CR of the final blank line; need LF.
-    FinalLf,
-}
-
 #[derive(Debug)]
 enum Body {
     Fixed { remaining: usize },
@@ -267,18 +246,12 @@ enum Body {
 #[derive(Debug)]
 enum State {
     /// Waiting for a complete request head. `scanned`: bytes after `pos` already
-    /// searched for a line feed.
-    Head { scanned: usize },
+    /// searched for a line feed; `skipped`: empty-line bytes dropped before it.
+    Head { scanned: usize, skipped: usize },
     /// Head parsed, reading the body.
     Body { req: Request, body: Body },
     /// After an error: everything is ignored.
     Dead,
-}
-
-/// Outcome of one body step.
-enum BodyStep {
-    NeedMore,
-    Done,
 }
 
 /// The per-connection request parser. See the module docs.
@@ -297,7 +270,10 @@ impl Parser {
             limits,
             buf: Vec::new(),
             pos: 0,
-            state: State::Head { scanned: 0 },
+            state: State::Head {
+                scanned: 0,
+                skipped: 0,
+            },
         }
     }
 
@@ -345,8 +321,13 @@ impl Parser {
                             return None;
                         }
                         Ok((used, BodyStep::Done)) => {
-                            let state =
-                                std::mem::replace(&mut self.state, State::Head { scanned: 0 });
+                            let state = std::mem::replace(
+                                &mut self.state,
+                                State::Head {
+                                    scanned: 0,
+                                    skipped: 0,
+                                },
+                            );
                             self.consume(used);
                             return match state {
                                 State::Body { req, .. } => Some(Event::Request(req)),
@@ -375,9 +356,18 @@ impl Parser {
         buf.drain(..self.pos.min(buf.len()));
         self.pos = 0;
         if !matches!(self.state, State::Dead) {
-            self.state = State::Head { scanned: 0 };
+            self.state = State::Head {
+                scanned: 0,
+                skipped: 0,
+            };
         }
         buf
+    }
+
+    /// Whether the head of the request in progress is parsed and its body is being
+    /// read (the connection loop applies its body deadline then).
+    pub fn is_reading_body(&self) -> bool {
+        matches!(self.state, State::Body { .. })
     }
 
     /// Whether no partial request is buffered: between requests (stray CR/LF between
@@ -422,21 +412,28 @@ impl Parser {
     /// Try to parse a request head. `Ok(None)`: need more bytes. `Ok(Some)`: an event
     /// to yield. `Err(None)`: moved to the body state, continue. `Err(Some)`: error.
     fn parse_head(&mut self) -> Result<Option<Event>, Option<HttpError>> {
-        let State::Head { scanned } = &mut self.state else {
+        let State::Head { scanned, skipped } = &mut self.state else {
             return Ok(None);
         };
-        // RFC 9112 §2.2: ignore empty lines received before the request line.
+        // RFC 9112 §2.2: ignore empty lines received before the request line (a
+        // bounded number of bytes of them).
         if *scanned == 0 {
             let data = self.buf.get(self.pos..).unwrap_or(&[]);
             let skip = data
                 .iter()
                 .take_while(|&&b| b == b'\r' || b == b'\n')
                 .count();
+            *skipped = skipped.saturating_add(skip);
+            if *skipped > LEADING_EMPTY_LINES_SIZE_MAX {
+                return Err(Some(HttpError::bad_request(format!(
+                    "more than {LEADING_EMPTY_LINES_SIZE_MAX} bytes of empty lines before the request line"
+                ))));
+            }
             if skip > 0 {
                 self.consume(skip);
             }
         }
-        let State::Head { scanned } = &mut self.state else {
+        let State::Head { scanned, .. } = &mut self.state else {
             return Ok(None);
         };
         let data = self.buf.get(self.pos..).unwrap_or(&[]);
@@ -508,6 +505,8 @@ impl Parser {
         } else {
             !header_has_token(&headers, "connection", "close")
         };
+        check_host(&headers, version_minor).map_err(Some)?;
+        check_expect(&headers).map_err(Some)?;
         let framing = body_framing(&headers, version_minor, &self.limits).map_err(Some)?;
         let expects_continue = version_minor >= 1
             && headers
@@ -528,7 +527,10 @@ impl Parser {
 
         let body = match framing {
             Framing::None => {
-                self.state = State::Head { scanned: 0 };
+                self.state = State::Head {
+                    scanned: 0,
+                    skipped: 0,
+                };
                 return Ok(Some(Event::Request(req)));
             }
             Framing::Length(len) => Body::Fixed { remaining: len },
@@ -579,6 +581,35 @@ fn map_httparse_error(e: httparse::Error) -> HttpError {
         httparse::Error::TooManyHeaders => "too many header fields",
     };
     HttpError::bad_request(reason)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` field; an HTTP/1.0 one
+/// at most one. Anything else is 400.
+fn check_host(headers: &[(String, String)], version_minor: u8) -> Result<(), HttpError> {
+    match headers.iter().filter(|(n, _)| n == "host").count() {
+        0 if version_minor >= 1 => Err(HttpError::bad_request(
+            "missing Host header (required in HTTP/1.1)",
+        )),
+        0 | 1 => Ok(()),
+        _ => Err(HttpError::bad_request("more than one Host header")),
+    }
+}
+
+/// RFC 9110 §10.1.1: the only expectation we meet is `100-continue`; any other gives
+/// `417 Expectation Failed`.
+fn check_expect(headers: &[(String, String)]) -> Result<(), HttpError> {
+    for (name, value) in headers {
+        if name == "expect" && !value.trim().eq_ignore_ascii_case("100-continue") {
+            return Err(HttpError::new(
+                417,
+                format!(
+                    "unsupported expectation {:?} (only 100-continue)",
+                    value.trim()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Split a request target into (path, query).
@@ -678,174 +709,9 @@ fn body_framing(
     }
 }
 
-fn chunk_error(what: &str) -> HttpError {
-    HttpError::bad_request(format!("bad chunked encoding: {what}"))
-}
-
-/// Advance the chunked decoder over `input`. Returns the bytes used and whether the
-/// body is complete.
-fn step_chunked(
-    state: &mut Chunk,
-    trailer_len: &mut usize,
-    input: &[u8],
-    body: &mut Vec<u8>,
-    limits: &Limits,
-) -> Result<(usize, BodyStep), HttpError> {
-    let mut i = 0;
-    while i < input.len() {
-        if let Chunk::Data { remaining } = state {
-            let n = usize::try_from(*remaining)
-                .unwrap_or(usize::MAX)
-                .min(input.len() - i);
-            body.extend_from_slice(&input[i..i + n]);
-            i += n;
-            *remaining -= n as u64;
-            if *remaining == 0 {
-                *state = Chunk::DataCr;
-            }
-            continue;
-        }
-        let b = input[i];
-        i += 1;
-        *state = match std::mem::replace(state, Chunk::DataCr) {
-            Chunk::Size { value, line_len } => {
-                if line_len >= CHUNK_LINE_MAX {
-                    return Err(chunk_error("chunk size line too long"));
-                }
-                if let Some(d) = hex_value(b) {
-                    let value = value
-                        .checked_mul(16)
-                        .and_then(|v| v.checked_add(u64::from(d)));
-                    let room = limits.body_size_max.saturating_sub(body.len()) as u64;
-                    match value {
-                        Some(v) if v <= room => Chunk::Size {
-                            value: v,
-                            line_len: line_len + 1,
-                        },
-                        _ => return Err(chunked_too_large(limits.body_size_max)),
-                    }
-                } else if line_len == 0 {
-                    return Err(chunk_error("missing chunk size"));
-                } else {
-                    match b {
-                        b' ' | b'\t' | b';' => Chunk::SizeTail {
-                            value,
-                            in_ext: b == b';',
-                            line_len: line_len + 1,
-                        },
-                        b'\r' => Chunk::SizeLf { value },
-                        b'\n' => return Err(chunk_error("chunk size line must end with CRLF")),
-                        _ => return Err(chunk_error("invalid chunk size")),
-                    }
-                }
-            }
-            Chunk::SizeTail {
-                value,
-                in_ext,
-                line_len,
-            } => {
-                if line_len >= CHUNK_LINE_MAX {
-                    return Err(chunk_error("chunk size line too long"));
-                }
-                match b {
-                    b'\r' => Chunk::SizeLf { value },
-                    b'\n' => return Err(chunk_error("chunk size line must end with CRLF")),
-                    b' ' | b'\t' | b';' => Chunk::SizeTail {
-                        value,
-                        in_ext: in_ext || b == b';',
-                        line_len: line_len + 1,
-                    },
-                    _ if in_ext && b >= 0x20 && b != 0x7f => Chunk::SizeTail {
-                        value,
-                        in_ext,
-                        line_len: line_len + 1,
-                    },
-                    _ if in_ext => return Err(chunk_error("invalid byte in chunk extension")),
-                    _ => return Err(chunk_error("invalid chunk size")),
-                }
-            }
-            Chunk::SizeLf { value } => {
-                if b != b'\n' {
-                    return Err(chunk_error("chunk size line must end with CRLF"));
-                }
-                if value == 0 {
-                    Chunk::TrailerStart
-                } else {
-                    Chunk::Data { remaining: value }
-                }
-            }
-            // Handled in bulk above; step back and let the loop do that.
-            data @ Chunk::Data { .. } => {
-                i -= 1;
-                data
-            }
-            Chunk::DataCr => {
-                if b != b'\r' {
-                    return Err(chunk_error("chunk data not followed by CRLF"));
-                }
-                Chunk::DataLf
-            }
-            Chunk::DataLf => {
-                if b != b'\n' {
-                    return Err(chunk_error("chunk data not followed by CRLF"));
-                }
-                Chunk::Size {
-                    value: 0,
-                    line_len: 0,
-                }
-            }
-            Chunk::TrailerStart => match b {
-                b'\r' => Chunk::FinalLf,
-                b' ' | b'\t' => return Err(chunk_error("folded trailer line")),
-                _ => trailer_byte(b, trailer_len, limits)?,
-            },
-            Chunk::TrailerLine => match b {
-                b'\r' => Chunk::TrailerLf,
-                _ => trailer_byte(b, trailer_len, limits)?,
-            },
-            Chunk::TrailerLf => {
-                if b != b'\n' {
-                    return Err(chunk_error("trailer line must end with CRLF"));
-                }
-                Chunk::TrailerStart
-            }
-            Chunk::FinalLf => {
-                if b != b'\n' {
-                    return Err(chunk_error("last chunk must end with CRLF"));
-                }
-                return Ok((i, BodyStep::Done));
-            }
-        };
-    }
-    Ok((i, BodyStep::NeedMore))
-}
-
-fn trailer_byte(b: u8, trailer_len: &mut usize, limits: &Limits) -> Result<Chunk, HttpError> {
-    if b == b'\n' {
-        return Err(chunk_error("trailer line must end with CRLF"));
-    }
-    if (b < 0x20 && b != b'\t') || b == 0x7f {
-        return Err(chunk_error("invalid byte in trailer section"));
-    }
-    *trailer_len += 1;
-    if *trailer_len > limits.header_size_max {
-        return Err(HttpError::new(
-            431,
-            format!(
-                "trailer section exceeds the limit of {} bytes",
-                limits.header_size_max
-            ),
-        ));
-    }
-    Ok(Chunk::TrailerLine)
-}
-
-fn chunked_too_large(max: usize) -> HttpError {
-    HttpError::new(
-        413,
-        format!("request body too large: chunked body exceeds the limit of {max} bytes"),
-    )
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_hostile;
+#[cfg(test)]
+mod tests_random;

@@ -41,6 +41,15 @@ fn jwt_shaped(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// RFC 6455 §4.2.1: the key is 16 bytes (a nonce), base64-encoded (24 characters).
+fn is_valid_key(key: &str) -> bool {
+    use base64::Engine;
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|nonce| nonce.len() == 16)
+}
+
 /// Validates the upgrade and extracts the token (query first, then `Authorization`,
 /// then `Sec-WebSocket-Protocol`). JWT verification is the caller's (it needs the
 /// secret and the clock).
@@ -61,8 +70,13 @@ pub fn parse_upgrade(req: &Request) -> Result<Upgrade, Refusal> {
         ));
     }
     let key = match req.header("sec-websocket-key").map(str::trim) {
-        Some(k) if k.len() == 24 => k,
-        _ => return Err(refuse(400, "missing or malformed Sec-WebSocket-Key")),
+        Some(k) if is_valid_key(k) => k,
+        _ => {
+            return Err(refuse(
+                400,
+                "missing or malformed Sec-WebSocket-Key (16 bytes of base64 required)",
+            ))
+        }
     };
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     if let Some(t) = req.query_param("token").filter(|t| !t.is_empty()) {
@@ -131,12 +145,12 @@ mod tests {
         }
     }
 
-    const UPGRADE: &str = "connection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    const UPGRADE: &str = "host: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
 
     #[test]
     fn query_token_and_rfc_accept_key() {
         let up = parse_upgrade(&req(&format!(
-            "GET /ws?token=a.b.c HTTP/1.1\r\nhost: x\r\n{UPGRADE}\r\n"
+            "GET /ws?token=a.b.c HTTP/1.1\r\n{UPGRADE}\r\n"
         )))
         .unwrap();
         assert_eq!(up.token, "a.b.c");
@@ -178,7 +192,7 @@ mod tests {
         let r =
             parse_upgrade(&req(&format!("GET /ws?token= HTTP/1.1\r\n{UPGRADE}\r\n"))).unwrap_err();
         assert_eq!(r.status, 400);
-        let r = parse_upgrade(&req("GET /ws?token=a.b.c HTTP/1.1\r\n\r\n")).unwrap_err();
+        let r = parse_upgrade(&req("GET /ws?token=a.b.c HTTP/1.1\r\nhost: x\r\n\r\n")).unwrap_err();
         assert_eq!(r.status, 400);
         let r = parse_upgrade(&req(&format!(
             "GET /ws?token=a.b.c HTTP/1.1\r\n{}\r\n",
@@ -191,5 +205,25 @@ mod tests {
         )))
         .unwrap_err();
         assert_eq!(r.status, 405);
+    }
+
+    #[test]
+    fn key_must_be_16_bytes_of_base64() {
+        for bad in [
+            "not base64 at all!!!!!!!",
+            "AAAAAAAAAAAAAAAAAAAAAAAA", // 18 bytes
+            "AAAAAAAAAAAAAAAAAAAAAA==x",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "",
+        ] {
+            let r = parse_upgrade(&req(&format!(
+                "GET /ws?token=a.b.c HTTP/1.1\r\n{}\r\n",
+                UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", bad)
+            )))
+            .unwrap_err();
+            assert_eq!(r.status, 400, "{bad:?}");
+            assert!(r.reason.contains("Sec-WebSocket-Key"), "{}", r.reason);
+        }
+        assert!(is_valid_key("AAAAAAAAAAAAAAAAAAAAAA=="));
     }
 }

@@ -1,0 +1,21 @@
+//! Signaling message interpretation (a text frame from a peer): whatever arrives, a
+//! relayed frame (payload spliced raw) is valid JSON naming the sender and target.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wire::ws::signaling::{self, Action};
+
+fuzz_target!(|data: &[u8]| {
+    // The identity is taken from the input too, so that frames can match it.
+    let (identity, text) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
+        None => ("peer-a".to_owned(), data),
+    };
+    if let Action::Relay { kind, target, frame } = signaling::interpret(text, &identity) {
+        let v: serde_json::Value = serde_json::from_slice(&frame).expect("relay frame is JSON");
+        assert_eq!(v["type"], kind.as_str());
+        assert_eq!(v["peer_id"], identity.as_str());
+        assert_eq!(v["target_id"], target.as_str());
+    }
+    let _ = signaling::relay_frame_reencoded(text);
+});

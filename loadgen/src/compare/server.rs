@@ -1,0 +1,236 @@
+//! The two things compared: each is a command the tool starts itself (fresh for every
+//! run, pinned to the same CPU set) or the URL of a server someone else runs.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a started server may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server has to exit after SIGTERM before it gets SIGKILL (the reference
+/// may ignore SIGTERM while connections are open).
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Bytes of a server's log quoted when it fails to start or dies.
+const LOG_TAIL_BYTES: usize = 600;
+
+/// What `--baseline` / `--candidate` name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// `http://host:port`: a running server; its PID (for CPU and RSS) if given.
+    Url { url: String, pid: Option<u32> },
+    /// A command line, run as `sh -c 'exec <command>'`: one program with its arguments
+    /// (so the PID the tool gets is the server's). It is configured by environment:
+    /// PORT, API_KEYS_FILE, SIGNALING_SECRET, TOKIO_WORKER_THREADS=1, STUN_URLS=none.
+    Command(String),
+}
+
+impl Spec {
+    pub fn parse(s: &str, pid: Option<u32>) -> Result<Spec, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("an empty server spec: give a command or an http:// URL".into());
+        }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            super::super::net::Target::parse(s)?;
+            Ok(Spec::Url {
+                url: s.trim_end_matches('/').to_owned(),
+                pid,
+            })
+        } else if pid.is_some() {
+            Err("a PID is only for a URL target (a command's PID is known)".into())
+        } else {
+            Ok(Spec::Command(s.to_owned()))
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Spec::Url { url, pid: Some(p) } => format!("{url} (pid {p})"),
+            Spec::Url { url, pid: None } => url.clone(),
+            Spec::Command(c) => c.clone(),
+        }
+    }
+}
+
+/// One side of the comparison.
+#[derive(Debug, Clone)]
+pub struct Side {
+    /// `baseline` or `candidate`.
+    pub role: &'static str,
+    /// A display name (`--baseline-name`).
+    pub name: String,
+    pub spec: Spec,
+}
+
+/// How started servers are run.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// `taskset -c` CPU list every started server is pinned to.
+    pub cpus: String,
+    pub keys: PathBuf,
+    pub secret: String,
+    /// Where server logs go.
+    pub log_dir: PathBuf,
+}
+
+/// A server ready for one run.
+pub struct Running {
+    pub url: String,
+    pub pid: Option<u32>,
+    child: Option<Child>,
+    log: Option<PathBuf>,
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("finding a free port: {e}"))
+}
+
+fn log_tail(path: &Path) -> String {
+    let s = std::fs::read(path).unwrap_or_default();
+    let tail = &s[s.len().saturating_sub(LOG_TAIL_BYTES)..];
+    String::from_utf8_lossy(tail).trim().replace('\n', " | ")
+}
+
+impl Running {
+    /// Starts `side` (a command) fresh, or checks that its URL answers.
+    pub fn start(side: &Side, launch: &Launch, tag: &str) -> Result<Running, String> {
+        let cmd = match &side.spec {
+            Spec::Url { url, pid } => {
+                let t = super::super::net::Target::parse(url)?;
+                TcpStream::connect_timeout(&t.addr, Duration::from_secs(3))
+                    .map_err(|e| format!("{url} does not answer: {e}"))?;
+                return Ok(Running {
+                    url: url.clone(),
+                    pid: *pid,
+                    child: None,
+                    log: None,
+                });
+            }
+            Spec::Command(c) => c,
+        };
+        let port = free_port()?;
+        let log = launch.log_dir.join(format!("{tag}.log"));
+        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        // taskset execs sh, sh raises its open-file limit to the hard limit (10,000
+        // connections need more than the usual 1,024) and execs the command: the PID
+        // stays the server's.
+        let script = format!("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec {cmd}");
+        let child = Command::new("taskset")
+            .args(["-c", &launch.cpus, "sh", "-c", &script])
+            .env("PORT", port.to_string())
+            .env("API_KEYS_FILE", &launch.keys)
+            .env("SIGNALING_SECRET", &launch.secret)
+            .env("TOKIO_WORKER_THREADS", "1")
+            .env("STUN_URLS", "none")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting `taskset -c {} {cmd}`: {e}", launch.cpus))?;
+        let pid = child.id();
+        let mut running = Running {
+            url: format!("http://127.0.0.1:{port}"),
+            pid: Some(pid),
+            child: Some(child),
+            log: Some(log),
+        };
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let t0 = Instant::now();
+        loop {
+            running.check_alive()?;
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if t0.elapsed() > START_TIMEOUT {
+                running.stop();
+                return Err(format!(
+                    "`{cmd}` did not listen on PORT={port} within {START_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if matches!(comm.trim(), "sh" | "taskset" | "bash" | "dash") {
+            running.stop();
+            return Err(format!(
+                "`{cmd}` is not a single program (its PID is a shell's): give the server \
+                 binary and its arguments"
+            ));
+        }
+        Ok(running)
+    }
+
+    /// An error with the log's tail when a started server has exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        if let Some(c) = &mut self.child {
+            if let Ok(Some(status)) = c.try_wait() {
+                let tail = self.log.as_deref().map(log_tail).unwrap_or_default();
+                self.child = None;
+                return Err(format!("the server exited ({status}): {tail}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_GRACE`]. A URL target is left running.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let t0 = Instant::now();
+        while t0.elapsed() < STOP_GRACE {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The default CPU set for started servers: the last CPU (the load generator's shards
+/// pin themselves from CPU 0 up).
+pub fn default_cpus() -> String {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n - 1).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_urls_or_commands() {
+        assert_eq!(
+            Spec::parse("http://127.0.0.1:8080/", Some(7)).unwrap(),
+            Spec::Url {
+                url: "http://127.0.0.1:8080".into(),
+                pid: Some(7)
+            }
+        );
+        assert_eq!(
+            Spec::parse(" ./chatixia-core --cores 1 ", None).unwrap(),
+            Spec::Command("./chatixia-core --cores 1".into())
+        );
+        assert!(Spec::parse("", None).is_err());
+        assert!(Spec::parse("./server", Some(3)).is_err());
+        assert!(Spec::parse("http://x:1/api", None).is_err());
+    }
+}

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target (fuzz/) for a bounded time each, starting from the
+# committed seed corpora (fuzz/corpus/<target>, read-only here: new inputs go to a
+# scratch directory). Needs the nightly toolchain and cargo-fuzz.
+#
+#   scripts/fuzz.sh [--seconds N] [--sanitizer none|address] [target ...]
+#
+# Defaults: 20 s per target (7 targets: under 3 minutes of fuzzing), no sanitizer (the
+# fuzzed code is safe Rust: panics and aborts are what we look for, and a build
+# without ASan is much faster). A crash leaves its input in fuzz/artifacts/<target>/
+# and makes the script fail; turn it into a regression test in the crate at fault.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=20
+sanitizer=none
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) seconds="$2"; shift 2 ;;
+    --sanitizer) sanitizer="$2"; shift 2 ;;
+    -h|--help) sed -n 2,11p "$0"; exit 0 ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz.sh: no nightly toolchain (cargo +nightly); skipping" >&2
+  exit 0
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  cargo +nightly install cargo-fuzz --locked
+fi
+if [ ${#targets[@]} -eq 0 ]; then
+  mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
+fi
+cd fuzz
+cargo +nightly fuzz build --sanitizer "$sanitizer"
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+failed=()
+for t in "${targets[@]}"; do
+  mkdir -p "$scratch/$t" "corpus/$t"
+  echo "== fuzz $t for ${seconds}s"
+  if ! cargo +nightly fuzz run --sanitizer "$sanitizer" "$t" "$scratch/$t" "corpus/$t" -- \
+      -max_total_time="$seconds" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+      -print_final_stats=1 2>&1 | tail -n 20; then
+    failed+=("$t")
+  fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz.sh: crashes in: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+  exit 1
+fi
+echo "fuzz.sh: ${#targets[@]} targets, ${seconds}s each, no crash"
