@@ -33,8 +33,9 @@ pub const SUMMARY_EVERY_POLLS: u32 = 2;
 /// which the page re-reads what it shows.
 pub const EVENTS_PER_PUSH_MAX: usize = 256;
 /// The stream's queue is one push (at most [`EVENTS_PER_PUSH_MAX`] events or one
-/// summary): the next is built only once the last is written. A client that has not
-/// taken a push within this time is closed as a slow consumer.
+/// summary): the next is built only once the last is written, so a client that does not
+/// read holds that much memory beyond the kernel's socket buffers. When those are full,
+/// a push not written within this time closes the stream as a slow consumer.
 pub const EVENTS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn refused(e: AdminAuthError) -> Response {
