@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod durable;
 pub mod hub;
 pub mod ice;

@@ -78,6 +78,12 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         peer_id: entry.peer_id.clone(),
         mesh: entry.mesh.clone(),
     };
+    issue_code(ctx, issuer).await
+}
+
+/// Draws a new invite code for `issuer`, stores it on its owner shard and makes it
+/// durable before answering (`generate-code` and the dashboard's invite share it).
+pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
     for _ in 0..CodeStore::GENERATE_TRIES_MAX {
         random_bytes::<1>()?;
         let code = Code::random(&mut fill_random);

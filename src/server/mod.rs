@@ -24,6 +24,7 @@ use reactor::Shard;
 
 use crate::auth::ApiKeys;
 use crate::http::Response;
+use crate::dashboard::{events, EventKind};
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
 use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::pairing::DeviceTokenIndex;
@@ -106,6 +107,8 @@ pub struct ShardState {
     pub tokens: RefCell<DeviceTokenIndex>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
+    /// Dashboard: the changes to the state above, for the event stream.
+    pub events: RefCell<crate::dashboard::EventRing>,
 }
 
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
@@ -146,6 +149,7 @@ impl ShardCtx {
                 pairing: RefCell::new(pairing::Store::new()),
                 tokens: RefCell::new(DeviceTokenIndex::new()),
                 authz: RefCell::new(PeerAuthz::default()),
+                events: RefCell::new(crate::dashboard::EventRing::new()),
             },
             config,
             ws: ConnTable::default(),
@@ -244,17 +248,38 @@ impl ShardCtx {
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
         let st = &self.state;
         match msg {
-            Msg::Registry(op) => Some(Msg::RegistryReply(
-                op.apply(&mut st.agents.borrow_mut(), self.now()),
-            )),
-            Msg::Hub(op) => Some(Msg::HubReply(op.apply(
-                &mut st.hub.borrow_mut(),
-                &mut st.agents.borrow_mut(),
-                self.now(),
-            ))),
-            Msg::Pairing(op) => Some(Msg::PairingReply(
-                op.apply(&mut st.pairing.borrow_mut(), self.now()),
-            )),
+            Msg::Registry(op) => {
+                let ev = events::of_registry(&op);
+                let reply = op.apply(&mut st.agents.borrow_mut(), self.now());
+                if matches!(reply, crate::registry::ops::Reply::Done) {
+                    self.note(ev);
+                }
+                Some(Msg::RegistryReply(reply))
+            }
+            Msg::Hub(op) => {
+                let (agent, task) = events::of_hub(&op, &st.agents.borrow());
+                let reply = op.apply(
+                    &mut st.hub.borrow_mut(),
+                    &mut st.agents.borrow_mut(),
+                    self.now(),
+                );
+                if !matches!(reply, hub::ops::Reply::Full) {
+                    self.note(agent.map(|id| (EventKind::Agent, id)));
+                }
+                if events::hub_task_changed(&reply) {
+                    self.note(task.map(|id| (EventKind::Task, id)));
+                }
+                Some(Msg::HubReply(reply))
+            }
+            Msg::Pairing(op) => {
+                let ev = events::of_pairing(&op);
+                let reply = op.apply(&mut st.pairing.borrow_mut(), self.now());
+                if matches!(reply, pairing::ops::Reply::Entry(_)) {
+                    self.note(ev.map(|id| (EventKind::Pairing, id)));
+                }
+                Some(Msg::PairingReply(reply))
+            }
+            Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op))),
             Msg::Auth(op) => Some(Msg::AuthReply(op.apply(&mut st.tokens.borrow_mut()))),
             Msg::Signaling(op) => signaling::api::on_op(self, op).map(Msg::SignalingReply),
             Msg::Adopt(a) => {
@@ -268,7 +293,15 @@ impl ShardCtx {
             | Msg::PairingReply(_)
             | Msg::AuthReply(_)
             | Msg::SignalingReply(_)
+            | Msg::DashboardReply(_)
             | Msg::ShardReply(_) => None,
+        }
+    }
+
+    /// Notes a change for the dashboard's event stream.
+    fn note(&self, ev: Option<(EventKind, String)>) {
+        if let Some((kind, id)) = ev {
+            self.state.events.borrow_mut().push(kind, &id);
         }
     }
 
@@ -295,18 +328,23 @@ impl ShardCtx {
 
     fn job_health(&self) {
         let now = self.now();
-        self.state.agents.borrow_mut().tick_health(now);
+        if self.state.agents.borrow_mut().tick_health(now) > 0 {
+            self.note(Some((EventKind::Agent, String::new())));
+        }
     }
 
     fn job_expire(&self) {
         let now = self.now();
-        let overdue = {
+        let (overdue, expired) = {
             let mut hub = self.state.hub.borrow_mut();
             let overdue = hub.tasks.overdue_ids(now);
-            hub.tasks.expire(now);
+            let expired = hub.tasks.expire(now);
             hub.pointers.sweep(now);
-            overdue
+            (overdue, expired)
         };
+        if expired.expired + expired.removed > 0 {
+            self.note(Some((EventKind::Task, String::new())));
+        }
         // Failed by their TTL: finished tasks live in memory only.
         self.commit_later(
             overdue

@@ -10,7 +10,7 @@ use monoio::net::TcpStream;
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
 use crate::server::{debug, Msg, ShardCtx};
-use crate::{auth, hub, pairing, registry, signaling};
+use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
 /// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
 pub const WS_PATH: &str = "/ws";
@@ -18,6 +18,12 @@ pub const WS_PATH: &str = "/ws";
 /// Whether `req` is the signaling WebSocket's (handled by [`route_ws`], not [`handle`]).
 pub fn is_ws(req: &Request) -> bool {
     req.path == WS_PATH
+}
+
+/// Whether `req` is the dashboard's event stream (a `GET` that takes the connection out
+/// of the HTTP loop: [`dashboard::api::event_stream`]).
+pub fn is_event_stream(req: &Request) -> bool {
+    req.path == dashboard::api::EVENTS_PATH && req.method == Method::Get
 }
 
 /// `/ws`: the signaling upgrade. Consumes the connection: once authorized it is run by
@@ -57,6 +63,12 @@ pub enum Route {
     Revoke,
     PairingStatus,
     DebugClock,
+    DashboardPage,
+    DashboardFile,
+    DashboardAgents,
+    DashboardTasks,
+    DashboardSummary,
+    DashboardInvite,
 }
 
 struct RouteDef {
@@ -166,6 +178,36 @@ const ROUTES: &[RouteDef] = &[
         pattern: "/api/pairing/{id}/status",
         route: Route::PairingStatus,
         methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/",
+        route: Route::DashboardPage,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/dashboard/{file}",
+        route: Route::DashboardFile,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/agents",
+        route: Route::DashboardAgents,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/tasks",
+        route: Route::DashboardTasks,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/summary",
+        route: Route::DashboardSummary,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/invite",
+        route: Route::DashboardInvite,
+        methods: &[Method::Post],
     },
     RouteDef {
         pattern: "/debug/clock",
@@ -284,6 +326,12 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
         Route::PairingStatus => pairing::api::status(ctx, req, p(0)).await,
         Route::DebugClock => debug::clock(ctx, req).await,
+        Route::DashboardPage => Ok(dashboard::assets::index()),
+        Route::DashboardFile => Ok(dashboard::assets::file(p(0))),
+        Route::DashboardAgents => dashboard::api::agents(ctx, req).await,
+        Route::DashboardTasks => dashboard::api::tasks(ctx, req).await,
+        Route::DashboardSummary => dashboard::api::summary(ctx, req).await,
+        Route::DashboardInvite => dashboard::api::invite(ctx, req).await,
     };
     result.unwrap_or_else(|resp| resp)
 }
@@ -339,7 +387,8 @@ mod tests {
         assert_eq!(match_path("/healthz").unwrap().route, Route::Healthz);
         assert!(match_path("/healthz/").is_none());
         assert!(match_path("/health").is_none());
-        assert!(match_path("/").is_none());
+        assert_eq!(match_path("/").unwrap().route, Route::DashboardPage);
+        assert!(match_path("//").is_none());
         assert_eq!(allow_header(&[Method::Get]), "GET,HEAD,OPTIONS");
     }
 
