@@ -135,6 +135,7 @@ fn debug_clock_needs_the_flag_and_a_valid_body() {
     let dir = TempDir::new();
     let port_file = dir.0.join("addr");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args(["--listen", "127.0.0.1:0", "--cores", "1", "--port-file"])
         .arg(&port_file)
         .env("API_KEYS_FILE", dir.0.join("missing.json"))

@@ -249,7 +249,16 @@ fn url_encode(s: &str) -> String {
 /// Reads the stream until `needle` arrives; the read timeout bounds a hang.
 fn read_until(s: &mut std::net::TcpStream, buf: &mut Vec<u8>, needle: &[u8]) {
     let mut chunk = [0u8; 4096];
+    // Bounded: summaries arrive every second, so a missing event would otherwise never
+    // time the read out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while find(buf, needle).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {:?} within 30 s: {}",
+            String::from_utf8_lossy(needle),
+            String::from_utf8_lossy(buf)
+        );
         let n = s.read(&mut chunk).expect("stream open");
         assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(buf));
         buf.extend_from_slice(&chunk[..n]);

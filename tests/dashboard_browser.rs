@@ -69,6 +69,8 @@ fn dashboard_in_chromium() {
     assert_eq!(r.status, 200, "{}", r.text());
     let entry = r.json()["id"].as_str().unwrap().to_string();
     let device_peer = r.json()["peer_id"].as_str().unwrap().to_string();
+    // The device's own path to its token once approved (lists never carry it).
+    let claim_secret = r.json()["claim_secret"].as_str().unwrap().to_string();
 
     let admin_jwt = common::ws::jwt_from_key(&srv, "ak_test_admin");
     let mut child = bounded(&python)
@@ -122,7 +124,17 @@ fn dashboard_in_chromium() {
                     .find(|e| e["id"] == entry.as_str())
                     .expect("entry listed");
                 assert_eq!(e["status"], "approved", "{e}");
-                let device_token = e["device_token"].as_str().unwrap();
+                assert!(e.get("device_token").is_none(), "lists carry no token: {e}");
+                let claim = format!("Bearer {claim_secret}");
+                let r = srv.req(
+                    "GET",
+                    &format!("/api/pairing/{entry}/status"),
+                    &[("Authorization", claim.as_str())],
+                    None,
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+                let status = r.json();
+                let device_token = status["device_token"].as_str().expect("claimed token");
                 let r = srv.req(
                     "POST",
                     "/api/token",

@@ -42,6 +42,7 @@ fn auto_uses_io_uring_when_available() {
 #[test]
 fn forcing_uring_where_refused_is_a_clear_error() {
     let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args([
             "--cores",
             "1",

@@ -77,6 +77,7 @@ fn metrics_cover_every_shard() {
 fn second_server_on_same_port_fails_clearly() {
     let srv = Server::start_driver(2, "uring", &[]);
     let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args(["--cores", "1", "--listen", &srv.addr.to_string()])
         .env("RUST_LOG", "off")
         .output()
@@ -92,6 +93,7 @@ fn second_server_on_same_port_fails_clearly() {
 fn port_env_is_honoured() {
     let port = common::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args(["--cores", "1"])
         .env("PORT", port.to_string())
         .env("RUST_LOG", "off")
@@ -114,12 +116,14 @@ fn port_env_is_honoured() {
 #[test]
 fn bad_flags_are_refused() {
     let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args(["--io-driver", "kqueue"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown io driver"));
     let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args(["--cores", "0"])
         .output()
         .unwrap();

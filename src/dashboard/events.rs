@@ -119,6 +119,8 @@ pub fn of_hub(
             (changed.then(|| hb.agent_id.clone()), None)
         }
         Op::Create(b) => (None, Some(b.0.to_string())),
+        Op::Saved(id) | Op::Remove(id) => (None, Some((**id).clone())),
+        Op::Restore(t) => (None, Some(t.id.to_string())),
         Op::Update(b) => (None, Some(b.0.clone())),
         Op::ClaimIds(_) | Op::ClaimFor(_) => (None, Some(String::new())),
         _ => (None, None),
@@ -129,14 +131,16 @@ pub fn of_hub(
 pub fn hub_task_changed(reply: &hub::ops::Reply) -> bool {
     use hub::ops::Reply;
     match reply {
-        Reply::Done => true,
+        Reply::Done | Reply::Updated(_) => true,
+        // A creation answers the new task (a `Get` makes no event, whatever it answers).
+        Reply::Task(t) => t.is_some(),
         Reply::Tasks(t) => !t.is_empty(),
         Reply::HeartbeatDone(b) => !b.0.is_empty(),
         _ => false,
     }
 }
 
-/// The event a pairing operation makes if its reply is an entry.
+/// The event a pairing operation makes if it changed an entry (see [`pairing_changed`]).
 pub fn of_pairing(op: &pairing::ops::Op) -> Option<String> {
     use pairing::ops::Op;
     match op {
@@ -146,6 +150,13 @@ pub fn of_pairing(op: &pairing::ops::Op) -> Option<String> {
         Op::EntryRestore(b) => Some(b.0.to_string()),
         _ => None,
     }
+}
+
+/// Whether a pairing reply means its entry changed (created, transitioned, saved or
+/// put back).
+pub fn pairing_changed(reply: &pairing::ops::Reply) -> bool {
+    use pairing::ops::Reply;
+    matches!(reply, Reply::Entry(_) | Reply::Changed(_) | Reply::Done)
 }
 
 #[cfg(test)]

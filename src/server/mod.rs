@@ -274,7 +274,7 @@ impl ShardCtx {
             Msg::Pairing(op) => {
                 let ev = events::of_pairing(&op);
                 let reply = op.apply(&mut st.pairing.borrow_mut(), self.now());
-                if matches!(reply, pairing::ops::Reply::Entry(_)) {
+                if events::pairing_changed(&reply) {
                     self.note(ev.map(|id| (EventKind::Pairing, id)));
                 }
                 Some(Msg::PairingReply(reply))

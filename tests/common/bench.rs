@@ -68,6 +68,7 @@ pub fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let (o, e) = (dir.0.join("out"), dir.0.join("err"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
         .args(args)
+        .env("CHATIXIA_DATA_DIR", dir.0.join("data"))
         .stdout(std::fs::File::create(&o).unwrap())
         .stderr(std::fs::File::create(&e).unwrap())
         .spawn()

@@ -17,6 +17,12 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
+/// A fresh, empty data directory for a server a test starts by hand (chatixia-core keeps
+/// durable state in `--data-dir`, default `./chatixia-data`: tests must not share one).
+pub fn scratch_data_dir() -> PathBuf {
+    TempDir::new().0.join("data")
+}
+
 impl TempDir {
     pub fn new() -> TempDir {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);

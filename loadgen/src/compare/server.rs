@@ -21,7 +21,8 @@ pub enum Spec {
     Url { url: String, pid: Option<u32> },
     /// A command line, run as `sh -c 'exec <command>'`: one program with its arguments
     /// (so the PID the tool gets is the server's). It is configured by environment:
-    /// PORT, API_KEYS_FILE, SIGNALING_SECRET, TOKIO_WORKER_THREADS=1, STUN_URLS=none.
+    /// PORT, API_KEYS_FILE, SIGNALING_SECRET, TOKIO_WORKER_THREADS=1, STUN_URLS=none, and
+    /// CHATIXIA_DATA_DIR (a fresh, empty data directory per run).
     Command(String),
 }
 
@@ -82,6 +83,9 @@ pub struct Running {
     log: Option<PathBuf>,
 }
 
+/// Starts of a server command tried with fresh ports when its port was taken.
+const START_ATTEMPTS_MAX: usize = 5;
+
 fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
     l.local_addr()
@@ -98,6 +102,19 @@ fn log_tail(path: &Path) -> String {
 impl Running {
     /// Starts `side` (a command) fresh, or checks that its URL answers.
     pub fn start(side: &Side, launch: &Launch, tag: &str) -> Result<Running, String> {
+        // A port found free can be taken before the server binds it (a load generator's
+        // ephemeral ports in TIME_WAIT collide with a listener on 0.0.0.0): try another.
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS_MAX {
+            match Running::start_once(side, launch, tag) {
+                Err(e) if e.contains("address already in use") => last = e,
+                other => return other,
+            }
+        }
+        Err(last)
+    }
+
+    fn start_once(side: &Side, launch: &Launch, tag: &str) -> Result<Running, String> {
         let cmd = match &side.spec {
             Spec::Url { url, pid } => {
                 let t = super::super::net::Target::parse(url)?;
@@ -116,6 +133,10 @@ impl Running {
         let log = launch.log_dir.join(format!("{tag}.log"));
         let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
+        // Every run starts from an empty data directory of its own (chatixia-core keeps
+        // durable state there; two runs must not share one, nor inherit its records).
+        let data_dir = launch.log_dir.join(format!("{tag}.data"));
+        let _ = std::fs::remove_dir_all(&data_dir);
         // taskset execs sh, sh raises its open-file limit to the hard limit (10,000
         // connections need more than the usual 1,024) and execs the command: the PID
         // stays the server's.
@@ -127,6 +148,7 @@ impl Running {
             .env("SIGNALING_SECRET", &launch.secret)
             .env("TOKIO_WORKER_THREADS", "1")
             .env("STUN_URLS", "none")
+            .env("CHATIXIA_DATA_DIR", &data_dir)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out)
