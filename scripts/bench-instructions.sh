@@ -4,7 +4,8 @@
 # compared on a shared, noisy host. Each build runs `--cores 1` under callgrind twice,
 # serving N1 and then N2 keep-alive requests of one kind; the difference of the two
 # totals divided by N2 - N1 is the server's cost of one request (start-up and shutdown
-# cancel out). The kernel's share is not counted (user-space instructions only).
+# cancel out). The kernel's share is not counted (user-space instructions only), and the
+# epoll driver is used (valgrind does not run io_uring).
 #
 # Usage: scripts/bench-instructions.sh KIND N1 N2 BIN [BIN ...]
 #   KIND: heartbeat | healthz
@@ -19,7 +20,7 @@ total() { # $1 = binary, $2 = requests -> total instructions
   local port pid
   port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
-    "$1" --cores 1 --stun-url none --listen "127.0.0.1:$port" 2>>"$OUT/valgrind.log" & pid=$!
+    "$1" --cores 1 --io-driver epoll --stun-url none --listen "127.0.0.1:$port" 2>>"$OUT/valgrind.log" & pid=$!
   python3 - "$port" "$2" "$KIND" <<'PY'
 import http.client, sys, time
 port, n, kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
