@@ -248,7 +248,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     }
     let p = |i: usize| m.params.get(i).copied().unwrap_or("");
     let result = match m.route {
-        Route::Healthz => Ok(Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())),
+        Route::Healthz => Ok(healthz()),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),
@@ -273,6 +273,11 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::DebugClock => debug::clock(ctx, req).await,
     };
     result.unwrap_or_else(|resp| resp)
+}
+
+/// `GET /healthz`: `{"status":"ok"}`.
+pub fn healthz() -> Response {
+    Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())
 }
 
 fn preflight(allow: String) -> Response {
