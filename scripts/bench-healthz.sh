@@ -7,7 +7,8 @@
 # Usage: scripts/bench-healthz.sh [RUNS] [SECONDS]
 #   BIN=…      chatixia-core binary (default: target/release/chatixia-core, built here)
 #   SERVERS=…  which servers, in order (default "nginx uring epoll")
-#   URING_ENV  extra environment for the io_uring run, e.g. REACTOR_URING_SETUP=plain
+#              (also uring-plain, uring-coop, uring-single: io_uring with that ring setup,
+#              REACTOR_URING_SETUP in reactor/src/driver.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-5}
@@ -61,8 +62,10 @@ start() { # $1 = nginx | uring | epoll
     nginx)
       nginx_conf "$PORT"
       taskset -c 0 "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2>>"$TMP/server.log" & pid=$! ;;
-    uring)
-      env ${URING_ENV:-} RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
+    uring*)
+      # uring-plain / uring-coop / uring-single: that REACTOR_URING_SETUP (reactor/src/driver.rs).
+      local setup=; [ "$1" = uring ] || setup=REACTOR_URING_SETUP=${1#uring-}
+      env $setup RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
         --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     epoll)
       RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver epoll --stun-url none \
@@ -103,5 +106,7 @@ for k, (r, u) in med.items():
 def ratio(a, b):
     if a in med and b in med:
         print(f"CPU/req {a}/{b} = {med[a][1] / med[b][1]:.3f}   req/s {a}/{b} = {med[a][0] / med[b][0]:.3f}")
-ratio("uring", "nginx"); ratio("uring", "epoll"); ratio("epoll", "nginx")
+for a in [k for k in med if k.startswith("uring")]:
+    ratio(a, "nginx"); ratio(a, "epoll")
+ratio("epoll", "nginx")
 PY

@@ -98,12 +98,18 @@ fn probe_uring(entries: u32) -> io::Result<()> {
 /// * `single`: `coop` plus `IORING_SETUP_SINGLE_ISSUER` (6.0+): the kernel may skip
 ///   locking on submission, since only the shard's thread ever submits.
 ///
+/// * `defer`: `single` with `IORING_SETUP_DEFER_TASKRUN` (6.1+) instead of the taskrun
+///   flag: completion work runs only when the shard waits in `io_uring_enter`. monoio
+///   submits without `GETEVENTS` while tasks are runnable, so completions then wait for
+///   the next idle turn (measured, not the default).
+///
 /// A ring that refuses the flags (an older kernel: `EINVAL`) is built without them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UringSetup {
     Plain,
     Coop,
     Single,
+    Defer,
 }
 
 impl UringSetup {
@@ -113,12 +119,13 @@ impl UringSetup {
             Ok("plain") => UringSetup::Plain,
             Ok("coop") => UringSetup::Coop,
             Ok("single") => UringSetup::Single,
+            Ok("defer") => UringSetup::Defer,
             _ => UringSetup::DEFAULT,
         }
     }
 
     /// Chosen by measurement, docs/BENCHMARKS.md section "io_uring data path".
-    pub const DEFAULT: UringSetup = UringSetup::Plain;
+    pub const DEFAULT: UringSetup = UringSetup::Single;
 
     fn builder(self) -> io_uring::Builder {
         let mut b = io_uring::IoUring::builder();
@@ -131,6 +138,9 @@ impl UringSetup {
                 b.setup_coop_taskrun()
                     .setup_taskrun_flag()
                     .setup_single_issuer();
+            }
+            UringSetup::Defer => {
+                b.setup_single_issuer().setup_defer_taskrun();
             }
         }
         b

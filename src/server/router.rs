@@ -277,7 +277,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
 
 /// `GET /healthz`: `{"status":"ok"}`.
 pub fn healthz() -> Response {
-    Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())
+    Response::json_static(200, br#"{"status":"ok"}"#)
 }
 
 fn preflight(allow: String) -> Response {
