@@ -10,7 +10,8 @@
 #   BIN=…           chatixia-core binary (default: target/release/chatixia-core, built here)
 #   REF_REGISTRY=…  reference registry binary (default /work/shared/reference/chatixia-registry
 #                   if it exists; REF_REGISTRY=none to skip it)
-#   SERVERS=…       which servers, in order (default "uring epoll ref")
+#   SERVERS=…       which servers, in order (default "uring epoll ref"; also `before`:
+#                   BEFORE_BIN=… on io_uring)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}; RUNS=${2:-3}
@@ -38,14 +39,26 @@ free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0)
 start() { # $1 = uring | epoll | ref
   PORT=$(free_port)
   case $1 in
+    uring+*)
+      # uring+mimalloc / uring+jemalloc: the same binary with that malloc preloaded
+      # (Debian libmimalloc2.0 / libjemalloc2), to try an allocator without a rebuild.
+      local lib=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
+      [ "$1" = uring+jemalloc ] && lib=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+      LD_PRELOAD=$lib API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
+        --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     uring|epoll)
       API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver "$1" \
         --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    before)
+      # Another build (BEFORE_BIN) on io_uring, for before/after ratios in the same run.
+      API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 \
+        --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     ref)
       TOKIO_WORKER_THREADS=1 PORT=$PORT API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn \
         taskset -c 0 "$REF_REGISTRY" 2>>"$TMP/server.log" & pid=$! ;;
   esac
-  for _ in $(seq 100); do curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+  # Up to 30 s: a loaded machine can be slow to start the reference.
+  for _ in $(seq 600); do curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
     -d '{"agent_id":"probe","hostname":"h","skill_names":[]}' \
     "http://127.0.0.1:$PORT/api/hub/heartbeat" && break; sleep 0.05; done
   for i in $(seq 0 99); do
@@ -99,7 +112,8 @@ print("scenario\tserver\tmedian req/s\tmedian server CPU µs/req")
 for (scen, srv), (r, u) in med.items():
     print(f"{scen}\t{srv}\t{r:,.0f}\t{u:.2f}")
 for scen in sorted({k[0] for k in med}):
-    for a, b in (("uring", "ref"), ("uring", "epoll"), ("epoll", "ref")):
+    for a, b in (("uring", "ref"), ("uring", "epoll"), ("epoll", "ref"), ("uring", "before"), ("before", "ref"),
+                 ("uring+mimalloc", "uring"), ("uring+jemalloc", "uring")):
         if (scen, a) in med and (scen, b) in med:
             print(f"{scen}: CPU/req {a}/{b} = {med[(scen, a)][1] / med[(scen, b)][1]:.3f}")
 PY

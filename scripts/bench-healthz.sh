@@ -7,7 +7,7 @@
 # Usage: scripts/bench-healthz.sh [RUNS] [SECONDS]
 #   BIN=…      chatixia-core binary (default: target/release/chatixia-core, built here)
 #   SERVERS=…  which servers, in order (default "nginx uring epoll")
-#              (also uring-plain, uring-coop, uring-single: io_uring with that ring setup,
+#              (also `before`: BEFORE_BIN=… on io_uring; and uring-plain, uring-coop, uring-single: io_uring with that ring setup,
 #              REACTOR_URING_SETUP in reactor/src/driver.rs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,6 +67,10 @@ start() { # $1 = nginx | uring | epoll
       local setup=; [ "$1" = uring ] || setup=REACTOR_URING_SETUP=${1#uring-}
       env $setup RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
         --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    before)
+      # Another build (BEFORE_BIN) on io_uring, for before/after ratios in the same run.
+      RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 --io-driver uring --stun-url none \
+        --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     epoll)
       RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver epoll --stun-url none \
         --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
@@ -106,6 +110,7 @@ for k, (r, u) in med.items():
 def ratio(a, b):
     if a in med and b in med:
         print(f"CPU/req {a}/{b} = {med[a][1] / med[b][1]:.3f}   req/s {a}/{b} = {med[a][0] / med[b][0]:.3f}")
+ratio("uring", "before")
 for a in [k for k in med if k.startswith("uring")]:
     ratio(a, "nginx"); ratio(a, "epoll")
 ratio("epoll", "nginx")
