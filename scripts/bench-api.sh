@@ -35,7 +35,22 @@ stop() {
 }
 trap 'stop; rm -rf "$TMP"' EXIT
 "$BIN" bench keys --count 100 --out "$TMP/keys100.json" >/dev/null
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A port the reference can bind on 0.0.0.0 (it binds the wildcard address): below the
+# ephemeral range, since a wildcard bind fails on a port that any connected socket on
+# this host (other tests, wrk) uses as its local port.
+free_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 31999)
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'
+}
 start() { # $1 = uring | epoll | ref
   PORT=$(free_port)
   case $1 in
