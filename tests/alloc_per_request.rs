@@ -4,42 +4,13 @@
 //! path fails here and must either be taken back or raise the budget knowingly.
 //! (Speed itself is proven in benchmarks, docs/BENCHMARKS.md, not here.)
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use chatixia_core::http::{Event, Limits, Parser, Response};
 use chatixia_core::registry::Heartbeat;
 use chatixia_core::server::router::{self, Route};
-
-struct Counting;
-
-thread_local! {
-    // Per thread, so that tests running in parallel do not count each other.
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY-free: forwards to the system allocator and only bumps a thread-local counter
-// (a const-initialised Cell: no allocation, no destructor).
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
+use reactor::alloc_count::{allocations as allocs, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
 
 /// What `wrk` sends for `GET /healthz`.
 const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n";
