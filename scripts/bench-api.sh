@@ -1,25 +1,87 @@
 #!/usr/bin/env bash
-# Heartbeat and list-agents throughput and latency percentiles on one shard (--cores 1),
-# server and load (wrk) pinned to separate cores. 100 agents are registered first so
+# Heartbeat and list-agents on one core, servers side by side in one run, alternating,
+# RUNS rounds: chatixia-core --cores 1 on io_uring, on epoll, and the reference registry
+# with one tokio worker (when REF_REGISTRY points at it). Server on core 0, `wrk -t1
+# -c64` on core 1, a fresh server per round. 100 agents are registered first so
 # list-agents returns a realistic body; heartbeats rotate over those agents.
-# Usage: scripts/bench-api.sh [SECONDS]
+# Per run: req/s and the server's CPU per request = (utime+stime from /proc/PID/stat over
+# the wrk window) / requests served. Prints every run, then medians and ratios.
+# Usage: scripts/bench-api.sh [SECONDS] [RUNS]
+#   BIN=…           chatixia-core binary (default: target/release/chatixia-core, built here)
+#   REF_REGISTRY=…  reference registry binary (default /work/shared/reference/chatixia-registry
+#                   if it exists; REF_REGISTRY=none to skip it)
+#   SERVERS=…       which servers, in order (default "uring epoll ref"; also `before`:
+#                   BEFORE_BIN=… on io_uring)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${1:-5}
+SECS=${1:-5}; RUNS=${2:-3}
+SERVERS=${SERVERS:-uring epoll ref}
+REF_REGISTRY=${REF_REGISTRY:-/work/shared/reference/chatixia-registry}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
-cargo build --release --bin chatixia-core -q
-BIN=target/release/chatixia-core
-PORT=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --bin chatixia-core -q
+  BIN=target/release/chatixia-core
+fi
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --listen "127.0.0.1:$PORT" --stun-url none & pid=$!
-trap 'kill -TERM $pid 2>/dev/null; rm -rf "$TMP"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.05; done
-for i in $(seq 0 99); do
-  curl -sf -X POST -H 'content-type: application/json' \
-    -d "{\"agent_id\":\"bench-$i\",\"hostname\":\"h$i\",\"skill_names\":[\"s$((i % 10))\"]}" \
-    "http://127.0.0.1:$PORT/api/hub/heartbeat" >/dev/null
-done
+pid=
+stop() {
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  # The reference may ignore SIGTERM while connections are open.
+  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=
+}
+trap 'stop; rm -rf "$TMP"' EXIT
+"$BIN" bench keys --count 100 --out "$TMP/keys100.json" >/dev/null
+# A port the reference can bind on 0.0.0.0 (it binds the wildcard address): below the
+# ephemeral range, since a wildcard bind fails on a port that any connected socket on
+# this host (other tests, wrk) uses as its local port.
+free_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(20000, 31999)
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'
+}
+start() { # $1 = uring | epoll | ref
+  PORT=$(free_port)
+  case $1 in
+    uring+*)
+      # uring+mimalloc / uring+jemalloc: the same binary with that malloc preloaded
+      # (Debian libmimalloc2.0 / libjemalloc2), to try an allocator without a rebuild.
+      local lib=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2
+      [ "$1" = uring+jemalloc ] && lib=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
+      LD_PRELOAD=$lib API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
+        --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    uring|epoll)
+      API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver "$1" \
+        --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    before)
+      # Another build (BEFORE_BIN) on io_uring, for before/after ratios in the same run.
+      API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 \
+        --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    ref)
+      TOKIO_WORKER_THREADS=1 PORT=$PORT API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn \
+        taskset -c 0 "$REF_REGISTRY" 2>>"$TMP/server.log" & pid=$! ;;
+  esac
+  # Up to 30 s: a loaded machine can be slow to start the reference.
+  for _ in $(seq 600); do curl -sf -o /dev/null -X POST -H 'content-type: application/json' \
+    -d '{"agent_id":"probe","hostname":"h","skill_names":[]}' \
+    "http://127.0.0.1:$PORT/api/hub/heartbeat" && break; sleep 0.05; done
+  for i in $(seq 0 99); do
+    curl -sf -X POST -H 'content-type: application/json' \
+      -d "{\"agent_id\":\"bench-$i\",\"hostname\":\"h$i\",\"skill_names\":[\"s$((i % 10))\"]}" \
+      "http://127.0.0.1:$PORT/api/hub/heartbeat" >/dev/null
+  done
+}
 cat > "$TMP/hb.lua" <<'LUA'
 local n = 0
 request = function()
@@ -28,9 +90,45 @@ request = function()
   return wrk.format("POST", "/api/hub/heartbeat", {["content-type"] = "application/json"}, body)
 end
 LUA
-echo "== healthz (reference point, same server, same run)"
-taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:$PORT/healthz" | grep -E "Requests/sec|50%|90%|99%|Latency "
-echo "== heartbeat"
-taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency -s "$TMP/hb.lua" "http://127.0.0.1:$PORT" | grep -E "Requests/sec|50%|90%|99%|Latency "
-echo "== list agents (100 agents)"
-taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "http://127.0.0.1:$PORT/api/registry/agents" | grep -E "Requests/sec|50%|90%|99%|Latency "
+ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+HZ=$(getconf CLK_TCK)
+measure() { # $1 = server, $2 = scenario, rest = wrk target arguments
+  local srv=$1 scen=$2; shift 2
+  local t0 t1 out reqs us rps
+  t0=$(ticks)
+  out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" --latency "$@")
+  t1=$(ticks)
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  us=$(python3 -c "print(f'{($t1-$t0)/$HZ*1e6/$reqs:.2f}')")
+  rps=$(python3 -c "print(round($reqs/$SECS))")
+  p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+  echo "run=$run server=$srv scenario=$scen rps=$rps cpu_us_per_req=$us p99=$p99"
+  echo -e "$scen\t$srv\t$rps\t$us" >> "$TMP/results.tsv"
+}
+: > "$TMP/results.tsv"
+for run in $(seq 1 "$RUNS"); do
+  for srv in $SERVERS; do
+    if [ "$srv" = ref ] && { [ "$REF_REGISTRY" = none ] || [ ! -x "$REF_REGISTRY" ]; }; then continue; fi
+    start "$srv"
+    measure "$srv" heartbeat -s "$TMP/hb.lua" "http://127.0.0.1:$PORT"
+    measure "$srv" list-agents "http://127.0.0.1:$PORT/api/registry/agents"
+    stop
+  done
+done
+python3 - "$TMP/results.tsv" <<'PY'
+import sys, statistics as st
+rows = [l.split('\t') for l in open(sys.argv[1]).read().split('\n') if l]
+d = {}
+for scen, srv, rps, us in rows:
+    d.setdefault((scen, srv), ([], []))
+    d[(scen, srv)][0].append(float(rps)); d[(scen, srv)][1].append(float(us))
+med = {k: (st.median(v[0]), st.median(v[1])) for k, v in d.items()}
+print("scenario\tserver\tmedian req/s\tmedian server CPU µs/req")
+for (scen, srv), (r, u) in med.items():
+    print(f"{scen}\t{srv}\t{r:,.0f}\t{u:.2f}")
+for scen in sorted({k[0] for k in med}):
+    for a, b in (("uring", "ref"), ("uring", "epoll"), ("epoll", "ref"), ("uring", "before"), ("before", "ref"),
+                 ("uring+mimalloc", "uring"), ("uring+jemalloc", "uring")):
+        if (scen, a) in med and (scen, b) in med:
+            print(f"{scen}: CPU/req {a}/{b} = {med[(scen, a)][1] / med[(scen, b)][1]:.3f}")
+PY

@@ -88,15 +88,91 @@ fn probe_uring(entries: u32) -> io::Result<()> {
         .map(drop)
 }
 
+/// Extra io_uring setup flags for each shard's ring (`REACTOR_URING_SETUP`, read once at
+/// start-up; a bench knob, so that the choice can be measured side by side).
+///
+/// * `plain`: no flags (monoio's default).
+/// * `coop`: `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG` (5.19+): completions
+///   are not forced onto the shard thread by an inter-processor interrupt; they run when
+///   the shard next enters the kernel anyway. A shard is the only user of its ring.
+/// * `single`: `coop` plus `IORING_SETUP_SINGLE_ISSUER` (6.0+): the kernel may skip
+///   locking on submission, since only the shard's thread ever submits.
+///
+/// * `defer`: `single` with `IORING_SETUP_DEFER_TASKRUN` (6.1+) instead of the taskrun
+///   flag: completion work runs only when the shard waits in `io_uring_enter`. monoio
+///   submits without `GETEVENTS` while tasks are runnable, so completions then wait for
+///   the next idle turn (measured, not the default).
+///
+/// A ring that refuses the flags (an older kernel: `EINVAL`) is built without them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UringSetup {
+    Plain,
+    Coop,
+    Single,
+    Defer,
+}
+
+impl UringSetup {
+    /// The setting from `REACTOR_URING_SETUP` (default [`UringSetup::DEFAULT`]).
+    pub fn from_env() -> UringSetup {
+        match std::env::var("REACTOR_URING_SETUP").as_deref() {
+            Ok("plain") => UringSetup::Plain,
+            Ok("coop") => UringSetup::Coop,
+            Ok("single") => UringSetup::Single,
+            Ok("defer") => UringSetup::Defer,
+            _ => UringSetup::DEFAULT,
+        }
+    }
+
+    /// Chosen by measurement, docs/BENCHMARKS.md section "io_uring data path".
+    pub const DEFAULT: UringSetup = UringSetup::Single;
+
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        match self {
+            UringSetup::Plain => {}
+            UringSetup::Coop => {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            UringSetup::Single => {
+                b.setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .setup_single_issuer();
+            }
+            UringSetup::Defer => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+        }
+        b
+    }
+}
+
+fn uring_runtime(
+    entries: u32,
+) -> io::Result<monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>> {
+    let setup = UringSetup::from_env();
+    let build = |setup: UringSetup| {
+        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .uring_builder(setup.builder())
+            .enable_timer()
+            .build()
+    };
+    match build(setup) {
+        Err(e) if setup != UringSetup::Plain && e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(?setup, error = %e, "io_uring setup flags refused, building a plain ring");
+            build(UringSetup::Plain)
+        }
+        r => r,
+    }
+}
+
 /// Builds a runtime of the given driver on the current thread, with timers, and runs
 /// `fut` to completion on it.
 pub(crate) fn block_on<F: Future>(driver: IoDriver, entries: u32, fut: F) -> io::Result<F::Output> {
     match driver {
         IoDriver::Uring => {
-            let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                .with_entries(entries)
-                .enable_timer()
-                .build()?;
+            let mut rt = uring_runtime(entries)?;
             Ok(rt.block_on(fut))
         }
         IoDriver::Epoll => {

@@ -10,6 +10,7 @@
 //!
 //! The crate knows nothing of the application that runs on it.
 
+pub mod alloc_count;
 mod control;
 mod doorbell;
 pub mod driver;

@@ -77,7 +77,7 @@ mod tests {
         assert!(h(&r, "content-security-policy")
             .unwrap()
             .contains("script-src 'self'"));
-        let body = String::from_utf8(r.body).unwrap();
+        let body = String::from_utf8(r.body.into_owned()).unwrap();
         assert!(!body.contains("{{version}}"));
         assert!(!body.contains("http://") && !body.contains("https://"));
         assert!(

@@ -117,7 +117,7 @@ pub fn ok_json(body: Vec<u8>) -> Response {
 
 /// `{"status":"ok"}`.
 pub fn ok_status() -> Response {
-    Response::json_bytes(200, crate::registry::OK_BODY.as_bytes().to_vec())
+    Response::json_static(200, crate::registry::OK_BODY.as_bytes())
 }
 
 /// `{"error":"not found"}` with status 200 (registry and task routes).

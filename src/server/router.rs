@@ -223,9 +223,23 @@ pub struct Matched<'a> {
     methods: &'static [Method],
 }
 
-/// Finds the route of `path`.
+/// Finds the route of `path`, without splitting it for the common case: a path equal
+/// to a literal pattern is found by whole-string comparisons (mostly a length check
+/// each); only the patterns with a `{param}` segment are then matched segment by segment.
+/// Same result as matching every pattern in order, because a literal pattern is listed
+/// before any `{param}` pattern that would also match it (tested below).
 pub fn match_path(path: &str) -> Option<Matched<'_>> {
-    'routes: for def in ROUTES {
+    if let Some(def) = ROUTES
+        .iter()
+        .find(|d| d.pattern == path && !d.pattern.contains('{'))
+    {
+        return Some(Matched {
+            route: def.route,
+            params: Vec::new(),
+            methods: def.methods,
+        });
+    }
+    'routes: for def in ROUTES.iter().filter(|d| d.pattern.contains('{')) {
         let mut params = Vec::new();
         let mut want = def.pattern.split('/');
         let mut got = path.split('/');
@@ -302,7 +316,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         }
     }
     let result = match m.route {
-        Route::Healthz => Ok(Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())),
+        Route::Healthz => Ok(healthz()),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),
@@ -348,6 +362,11 @@ pub fn is_admin_route(route: Route, method: Method) -> bool {
         Route::Agent => method == Method::Delete,
         _ => false,
     }
+}
+
+/// `GET /healthz`: `{"status":"ok"}`.
+pub fn healthz() -> Response {
+    Response::json_static(200, br#"{"status":"ok"}"#)
 }
 
 fn preflight(allow: String) -> Response {
@@ -410,5 +429,40 @@ mod tests {
         assert!(!admin("/api/pairing/generate-code", Method::Post));
         assert!(!admin("/api/hub/heartbeat", Method::Post));
         assert!(!admin("/api/token", Method::Post));
+    }
+
+    #[test]
+    fn literal_patterns_come_before_the_param_patterns_that_match_them() {
+        for def in ROUTES.iter().filter(|d| !d.pattern.contains('{')) {
+            // Were a `{param}` pattern listed first to also match this path, matching in
+            // list order would pick it; match_path's literal fast path would not.
+            let first = ROUTES.iter().find(|d| {
+                let (w, g): (Vec<_>, Vec<_>) = (
+                    d.pattern.split('/').collect(),
+                    def.pattern.split('/').collect(),
+                );
+                w.len() == g.len()
+                    && w.iter()
+                        .zip(&g)
+                        .all(|(w, g)| w == g || (w.starts_with('{') && !g.is_empty()))
+            });
+            assert_eq!(first.map(|d| d.route), Some(def.route), "{}", def.pattern);
+            assert_eq!(match_path(def.pattern).unwrap().route, def.route);
+        }
+    }
+
+    #[test]
+    fn param_segments_are_captured() {
+        let m = match_path("/api/pairing/abc/approve").unwrap();
+        assert_eq!(
+            (m.route, m.params.as_slice()),
+            (Route::Approve, &["abc"][..])
+        );
+        let m = match_path("/api/hub/tasks/all").unwrap();
+        assert_eq!(m.route, Route::TasksAll);
+        let m = match_path("/api/hub/tasks/t1").unwrap();
+        assert_eq!((m.route, m.params.as_slice()), (Route::Task, &["t1"][..]));
+        assert!(match_path("/api/pairing//approve").is_none());
+        assert!(match_path("/api/hub/tasks/t1/x").is_none());
     }
 }

@@ -17,5 +17,5 @@ pub mod client;
 pub mod parser;
 pub mod response;
 
-pub use parser::{Event, HttpError, Limits, Method, Parser, Request};
+pub use parser::{Event, Headers, HttpError, Limits, Method, Parser, Request};
 pub use response::{status_reason, Response};

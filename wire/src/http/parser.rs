@@ -9,6 +9,7 @@
 //! section that arrives byte by byte is re-parsed once per line, not once per byte (and
 //! never beyond `header_size_max` bytes).
 
+use std::borrow::Cow;
 use std::fmt;
 
 mod chunked;
@@ -89,14 +90,28 @@ impl Method {
             _ => Method::Other,
         }
     }
+
+    /// The token of a known method (`None` for [`Method::Other`]).
+    pub fn as_str(self) -> Option<&'static str> {
+        Some(match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Patch => "PATCH",
+            Method::Options => "OPTIONS",
+            Method::Other => return None,
+        })
+    }
 }
 
 /// A complete, de-framed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub method: Method,
-    /// The method token as sent.
-    pub method_raw: String,
+    /// The method token as sent (a static string for the methods of [`Method`]).
+    pub method_raw: Cow<'static, str>,
     /// Path part of the request target, without `?query`, still percent-encoded.
     /// For an absolute-form target (`http://host/p`) the scheme and authority are
     /// dropped; for `OPTIONS *` it is `*`.
@@ -108,7 +123,7 @@ pub struct Request {
     pub version_minor: u8,
     /// Header fields in arrival order; names lower-cased, values as sent (lossy UTF-8).
     /// Trailer fields of a chunked body are not included.
-    pub headers: Vec<(String, String)>,
+    pub headers: Headers,
     /// The body, de-chunked.
     pub body: Vec<u8>,
     /// Whether the connection stays open after the response (HTTP/1.1: unless
@@ -122,7 +137,7 @@ impl Request {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name_lowercase))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
     }
 
     /// Whether any header field `name` has `token` in its comma-separated list
@@ -170,7 +185,7 @@ impl Request {
     }
 }
 
-fn header_has_token(headers: &[(String, String)], name: &str, token: &str) -> bool {
+fn header_has_token(headers: &Headers, name: &str, token: &str) -> bool {
     headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(name))
@@ -485,20 +500,16 @@ impl Parser {
             return Err(Some(too_many_headers(count_max)));
         }
 
-        let method_raw = parsed.method.unwrap_or("").to_owned();
+        let method_token = parsed.method.unwrap_or("");
+        let method = Method::from_token(method_token);
+        let method_raw = match method.as_str() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(method_token.to_owned()),
+        };
         let target = parsed.path.unwrap_or("");
         let version_minor = parsed.version.unwrap_or(1);
         let (path, query) = split_target(target);
-        let headers: Vec<(String, String)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
+        let headers = Headers::from_parsed(parsed.headers);
         let keep_alive = if version_minor == 0 {
             header_has_token(&headers, "connection", "keep-alive")
                 && !header_has_token(&headers, "connection", "close")
@@ -514,7 +525,7 @@ impl Parser {
                 .any(|(n, v)| n == "expect" && v.trim().eq_ignore_ascii_case("100-continue"));
 
         let req = Request {
-            method: Method::from_token(&method_raw),
+            method,
             method_raw,
             path,
             query,
@@ -585,8 +596,8 @@ fn map_httparse_error(e: httparse::Error) -> HttpError {
 
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` field; an HTTP/1.0 one
 /// at most one. Anything else is 400.
-fn check_host(headers: &[(String, String)], version_minor: u8) -> Result<(), HttpError> {
-    match headers.iter().filter(|(n, _)| n == "host").count() {
+fn check_host(headers: &Headers, version_minor: u8) -> Result<(), HttpError> {
+    match headers.iter().filter(|(n, _)| *n == "host").count() {
         0 if version_minor >= 1 => Err(HttpError::bad_request(
             "missing Host header (required in HTTP/1.1)",
         )),
@@ -597,7 +608,7 @@ fn check_host(headers: &[(String, String)], version_minor: u8) -> Result<(), Htt
 
 /// RFC 9110 §10.1.1: the only expectation we meet is `100-continue`; any other gives
 /// `417 Expectation Failed`.
-fn check_expect(headers: &[(String, String)]) -> Result<(), HttpError> {
+fn check_expect(headers: &Headers) -> Result<(), HttpError> {
     for (name, value) in headers {
         if name == "expect" && !value.trim().eq_ignore_ascii_case("100-continue") {
             return Err(HttpError::new(
@@ -645,7 +656,7 @@ enum Framing {
 
 /// Decide how the body is framed (RFC 9112 §6), rejecting smuggling-prone requests.
 fn body_framing(
-    headers: &[(String, String)],
+    headers: &Headers,
     version_minor: u8,
     limits: &Limits,
 ) -> Result<Framing, HttpError> {
@@ -708,6 +719,9 @@ fn body_framing(
         },
     }
 }
+
+mod headers;
+pub use headers::Headers;
 
 #[cfg(test)]
 mod tests;

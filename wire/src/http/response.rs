@@ -1,4 +1,10 @@
 //! HTTP/1.1 response encoder (sans-IO): builds the bytes of a response into a buffer.
+//!
+//! A response to a hot request allocates nothing of its own: the content type is a
+//! `&'static str`, header values and the body may be borrowed statics ([`Cow`]), and
+//! the bytes go into the connection's reusable output buffer.
+
+use std::borrow::Cow;
 
 use super::parser::HttpError;
 
@@ -15,12 +21,14 @@ const OWNED_HEADERS: [&str; 4] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
+    /// `content-type`, written first after the fields the encoder owns.
+    pub content_type: Option<&'static str>,
     /// Extra header fields, written in order after the ones the encoder owns.
     /// `content-length`, `transfer-encoding` and the two CORS fields are always
     /// written by the encoder and are ignored here; `connection` is ignored when the
     /// response is encoded with `keep_alive = false`.
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Cow<'static, [u8]>,
 }
 
 impl Response {
@@ -28,8 +36,9 @@ impl Response {
     pub fn new(status: u16) -> Self {
         Response {
             status,
+            content_type: None,
             headers: Vec::new(),
-            body: Vec::new(),
+            body: Cow::Borrowed(&[]),
         }
     }
 
@@ -37,8 +46,19 @@ impl Response {
     pub fn json_bytes(status: u16, body: Vec<u8>) -> Self {
         Response {
             status,
-            headers: vec![("content-type", "application/json".to_owned())],
-            body,
+            content_type: Some("application/json"),
+            headers: Vec::new(),
+            body: Cow::Owned(body),
+        }
+    }
+
+    /// A constant JSON body (no allocation).
+    pub fn json_static(status: u16, body: &'static [u8]) -> Self {
+        Response {
+            status,
+            content_type: Some("application/json"),
+            headers: Vec::new(),
+            body: Cow::Borrowed(body),
         }
     }
 
@@ -62,13 +82,14 @@ impl Response {
     pub fn text(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Self {
         Response {
             status,
-            headers: vec![("content-type", content_type.to_owned())],
-            body: body.into(),
+            content_type: Some(content_type),
+            headers: Vec::new(),
+            body: Cow::Owned(body.into()),
         }
     }
 
     /// Add a header field.
-    pub fn with_header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    pub fn with_header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         self.headers.push((name, value.into()));
         self
     }
@@ -106,24 +127,22 @@ impl Response {
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
         }
+        if let Some(ct) = self.content_type {
+            out.extend_from_slice(b"content-type: ");
+            push_sanitised(out, ct.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in &self.headers {
             if !is_token(name)
                 || OWNED_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+                || (self.content_type.is_some() && name.eq_ignore_ascii_case("content-type"))
                 || (!keep_alive && name.eq_ignore_ascii_case("connection"))
             {
                 continue;
             }
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
-            let value = value.as_bytes();
-            if value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
-                out.extend(value.iter().map(|&b| match b {
-                    b'\r' | b'\n' | 0 => b' ',
-                    _ => b,
-                }));
-            } else {
-                out.extend_from_slice(value);
-            }
+            push_sanitised(out, value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -164,6 +183,18 @@ fn is_token(name: &str) -> bool {
                         | b'~'
                 )
         })
+}
+
+/// A header value with CR, LF and NUL replaced by spaces (no header injection).
+fn push_sanitised(out: &mut Vec<u8>, value: &[u8]) {
+    if value.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+        out.extend(value.iter().map(|&b| match b {
+            b'\r' | b'\n' | 0 => b' ',
+            _ => b,
+        }));
+    } else {
+        out.extend_from_slice(value);
+    }
 }
 
 fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
