@@ -62,17 +62,10 @@ impl MeshMessageRaw<'_> {
 /// ([`MeshMessageRaw::encode`]).
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Send {
-        target: String,
-        message: Vec<u8>,
-    },
-    Broadcast {
-        message: Vec<u8>,
-    },
+    Send { target: String, message: Vec<u8> },
+    Broadcast { message: Vec<u8> },
     ListPeers,
-    Connect {
-        target: String,
-    },
+    Connect { target: String },
 }
 
 /// Why an IPC line is not a command (its text goes back to the agent as the `error`
@@ -198,7 +191,8 @@ pub fn event_message(from_peer: &str, message: &MeshMessage) -> Vec<u8> {
 }
 /// The `message` event for a DataChannel message, spliced from its parts (no tree).
 pub fn event_message_raw(from_peer: &str, message: &MeshMessageRaw<'_>) -> Vec<u8> {
-    let mut s = Vec::with_capacity(64 + from_peer.len() + message.payload.map_or(0, |p| p.get().len()));
+    let mut s =
+        Vec::with_capacity(64 + from_peer.len() + message.payload.map_or(0, |p| p.get().len()));
     s.extend_from_slice(br#"{"payload":{"from_peer":"#);
     serde_json::to_writer(&mut s, from_peer).expect("strings serialize");
     s.extend_from_slice(br#","message":"#);
