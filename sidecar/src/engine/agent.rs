@@ -121,7 +121,13 @@ impl Engine {
                     );
                     return;
                 };
-                tracing::debug!(peer = %target, bytes = message.len(), "DataChannel message out");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    // Decoded again only for the log line (the tests follow a request
+                    // by its kind and id); never on the hot path.
+                    if let Ok(m) = serde_json::from_slice::<ipc::MeshMessageRaw<'_>>(&message) {
+                        tracing::debug!(peer = %target, kind = %m.kind, request_id = %m.request_id, "DataChannel message out");
+                    }
+                }
                 self.enqueue(k, message, touched);
             }
             Command::Broadcast { message } => {
