@@ -25,13 +25,14 @@ pub const DC_BUFFERED_HIGH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Backpressure in messages: while any connected peer has more than this many messages
 /// in flight (written to str0m and not acknowledged, plus our outbox), the driver stops
-/// reading the agent. The SCTP sender's per-message costs are now flat in the backlog
-/// (sctp-proto's two per-poll walks over everything in flight are guarded, see
-/// vendor/sctp-proto/README.md; before that this cap had to be 256), so the cap only
-/// bounds memory and latency for small messages: 4,096 messages of the benchmark's
-/// 64 B payload (~190 B on the wire) are ~780 KB, just under the peer's 1 MiB receive
-/// window, so small messages can fill the window as large ones do.
-pub const DC_BUFFERED_HIGH_MESSAGES: usize = 4096;
+/// reading the agent. Before sctp-proto's two per-poll walks over everything in flight
+/// were guarded (vendor/sctp-proto/README.md) this cap kept SCTP's work from going
+/// quadratic; now it bounds memory and CPU per message: measured between two network
+/// namespaces (docs/BENCHMARKS.md, "Sidecar data plane"), 4,096 gave no more msg/s
+/// for 64 B messages than 256 but ~45% more sender CPU per message (8.3 vs 5.6 µs) and
+/// 4 MiB more RSS after the run. 256 messages in flight still carry 256,000 msg/s at a
+/// 1 ms round trip.
+pub const DC_BUFFERED_HIGH_MESSAGES: usize = 256;
 
 /// str0m tells us (`ChannelBufferedAmountLow`) when a channel drains below this; we
 /// then flush the outbox and resume reading the agent.
