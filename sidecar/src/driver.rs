@@ -53,6 +53,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// UDP is lossy anyway and ICE, DTLS and SCTP retransmit.
 pub const UDP_OUT_DATAGRAMS_MAX: usize = 4096;
 
+/// Kernel receive buffer asked for each UDP socket (SO_RCVBUF; the kernel caps it at
+/// net.core.rmem_max). The default (~208 KiB) overflows while the shard is busy
+/// draining a burst of IPC lines: a full buffer drops datagrams (SACKs and DATA), which
+/// SCTP then recovers by retransmission at a large cost in throughput. 4 MiB holds a
+/// full SCTP receive window (1 MiB) several times over. Failure to set it is logged and
+/// the socket is used with the default.
+pub const UDP_SOCKET_RCVBUF_BYTES: usize = 4 << 20;
+
 /// Signaling messages waiting for the WebSocket writer. Offers, answers and a handful of
 /// candidates per peer; when full (a stalled server) further messages are dropped, and
 /// the peer connection attempt times out and is retried.
@@ -208,6 +216,11 @@ pub fn bind_udp() -> std::io::Result<Vec<std::net::UdpSocket>> {
         match std::net::UdpSocket::bind(SocketAddr::new(ip, 0)) {
             Ok(s) => {
                 s.set_nonblocking(true)?;
+                if let Err(e) =
+                    socket2::SockRef::from(&s).set_recv_buffer_size(UDP_SOCKET_RCVBUF_BYTES)
+                {
+                    tracing::warn!(%ip, error = %e, "cannot set the UDP receive buffer size");
+                }
                 out.push(s);
             }
             Err(e) => tracing::warn!(%ip, error = %e, "cannot bind UDP on interface"),

@@ -3,7 +3,10 @@
 //! line into a [`Command`] or an error reason, and the `event_*` functions build the
 //! lines we send.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 /// Longest line we accept from the agent. A MeshMessage carrying a task result can be
@@ -27,20 +30,42 @@ pub struct MeshMessage {
     pub payload: Value,
 }
 
-/// What the agent asks for.
+/// A MeshMessage on its way through the sidecar, normalised exactly as [`MeshMessage`]
+/// (`type` required, the other fields defaulted, unknown fields dropped) but without
+/// building a tree: the strings borrow from the input where they have no escapes and
+/// `payload` stays the raw JSON text it came as (copied verbatim when re-encoded).
+/// This is the per-message path in both directions (issue 11: building and re-encoding
+/// `serde_json::Value` trees was a visible share of the sender's CPU).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MeshMessageRaw<'a> {
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub request_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub source_agent: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub target_agent: Cow<'a, str>,
+    /// `None` when absent or `null`; encoded as `null`, as [`MeshMessage`] does.
+    #[serde(default, borrow)]
+    pub payload: Option<&'a RawValue>,
+}
+
+impl MeshMessageRaw<'_> {
+    /// The normalised DataChannel message text.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("mesh messages serialize")
+    }
+}
+
+/// What the agent asks for. Messages are already encoded for the DataChannel
+/// ([`MeshMessageRaw::encode`]).
 #[derive(Debug, PartialEq)]
 pub enum Command {
-    Send {
-        target: String,
-        message: MeshMessage,
-    },
-    Broadcast {
-        message: MeshMessage,
-    },
+    Send { target: String, message: Vec<u8> },
+    Broadcast { message: Vec<u8> },
     ListPeers,
-    Connect {
-        target: String,
-    },
+    Connect { target: String },
 }
 
 /// Why an IPC line is not a command (its text goes back to the agent as the `error`
@@ -71,6 +96,45 @@ impl std::fmt::Display for IpcError {
 
 impl std::error::Error for IpcError {}
 
+/// An IPC line's envelope, borrowed (the fast path of [`parse_command`]).
+#[derive(Deserialize)]
+struct LineRaw<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// `payload` of `send` and `broadcast`, borrowed.
+#[derive(Deserialize)]
+struct PayloadRaw<'a> {
+    #[serde(default, borrow)]
+    target_peer: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: &'a RawValue,
+}
+
+/// The fast path for `send` and `broadcast` lines: no `Value` tree. `None` when the line
+/// is anything else or malformed in any way; the caller then takes the general path,
+/// which gives the same result as before for every other line and words the errors.
+fn parse_message_command(text: &str) -> Option<Command> {
+    let l: LineRaw<'_> = serde_json::from_str(text).ok()?;
+    let send = match &*l.kind {
+        "send" => true,
+        "broadcast" => false,
+        _ => return None,
+    };
+    let p: PayloadRaw<'_> = serde_json::from_str(l.payload?.get()).ok()?;
+    let m: MeshMessageRaw<'_> = serde_json::from_str(p.message.get()).ok()?;
+    let message = m.encode();
+    Some(if send {
+        let target = p.target_peer.filter(|t| !t.is_empty())?.into_owned();
+        Command::Send { target, message }
+    } else {
+        Command::Broadcast { message }
+    })
+}
+
 /// Parses one line (without its newline). `Ok(None)` for a blank line.
 pub fn parse_command(line: &[u8]) -> Result<Option<Command>, IpcError> {
     let text = std::str::from_utf8(line).map_err(|_| IpcError::NotUtf8)?;
@@ -78,15 +142,20 @@ pub fn parse_command(line: &[u8]) -> Result<Option<Command>, IpcError> {
     if text.is_empty() {
         return Ok(None);
     }
+    if let Some(c) = parse_message_command(text) {
+        return Ok(Some(c));
+    }
     let v: Value = serde_json::from_str(text).map_err(|e| IpcError::InvalidJson(e.to_string()))?;
     let kind = v
         .get("type")
         .and_then(Value::as_str)
         .ok_or(IpcError::MissingType)?;
     let payload = v.get("payload").cloned().unwrap_or(Value::Null);
-    let message = |p: &Value| -> Result<MeshMessage, IpcError> {
+    let message = |p: &Value| -> Result<Vec<u8>, IpcError> {
         let m = p.get("message").ok_or(IpcError::MissingField("message"))?;
-        serde_json::from_value(m.clone()).map_err(|e| IpcError::InvalidMessage(e.to_string()))
+        let m: MeshMessage = serde_json::from_value(m.clone())
+            .map_err(|e| IpcError::InvalidMessage(e.to_string()))?;
+        Ok(serde_json::to_vec(&m).expect("mesh messages serialize"))
     };
     let string = |p: &Value, k: &'static str| -> Result<String, IpcError> {
         p.get(k)
@@ -119,6 +188,18 @@ fn line(v: Value) -> Vec<u8> {
 
 pub fn event_message(from_peer: &str, message: &MeshMessage) -> Vec<u8> {
     line(json!({"type":"message","payload":{"from_peer":from_peer,"message":message}}))
+}
+/// The `message` event for a DataChannel message, spliced from its parts (no tree).
+pub fn event_message_raw(from_peer: &str, message: &MeshMessageRaw<'_>) -> Vec<u8> {
+    let mut s =
+        Vec::with_capacity(64 + from_peer.len() + message.payload.map_or(0, |p| p.get().len()));
+    s.extend_from_slice(br#"{"payload":{"from_peer":"#);
+    serde_json::to_writer(&mut s, from_peer).expect("strings serialize");
+    s.extend_from_slice(br#","message":"#);
+    serde_json::to_writer(&mut s, message).expect("mesh messages serialize");
+    s.extend_from_slice(br#"},"type":"message"}"#);
+    s.push(b'\n');
+    s
 }
 pub fn event_peer_connected(peer_id: &str) -> Vec<u8> {
     line(json!({"type":"peer_connected","payload":{"peer_id":peer_id}}))
@@ -197,6 +278,7 @@ mod tests {
             panic!()
         };
         assert_eq!(target, "p");
+        let message: MeshMessage = serde_json::from_slice(&message).unwrap();
         assert_eq!(message.kind, "ping");
         assert_eq!(message.payload, Value::Null);
         assert_eq!(
@@ -226,6 +308,38 @@ mod tests {
             "the reference's wording"
         );
         assert!(parse_command(br#"{"type":"broadcast","payload":{"message":{}}}"#).is_err());
+    }
+
+    /// The fast path encodes exactly what the general path (a `Value` tree, then a
+    /// [`MeshMessage`]) encodes, up to the payload's own formatting.
+    #[test]
+    fn fast_path_matches_general_path() {
+        for line in [
+            r#"{"type":"send","payload":{"target_peer":"p","message":{"type":"t","request_id":"r","source_agent":"s","target_agent":"a","payload":{"text":"hi \"q\" \u00e9","n":[1,2.5,null]}}}}"#,
+            r#"{"payload":{"message":{"extra":1,"type":"t"},"target_peer":"p"},"type":"send"}"#,
+            r#"{"type":"send","payload":{"target_peer":"p","message":{"type":"t","payload":null}}}"#,
+            r#"{"type":"broadcast","payload":{"message":{"type":"t\n","payload":"x"}}}"#,
+        ] {
+            let fast = parse_message_command(line).expect("fast path");
+            let v: Value = serde_json::from_str(line).unwrap();
+            let m: MeshMessage = serde_json::from_value(v["payload"]["message"].clone()).unwrap();
+            let (Command::Send { message, .. } | Command::Broadcast { message }) = fast else {
+                panic!()
+            };
+            let got: MeshMessage = serde_json::from_slice(&message).unwrap();
+            assert_eq!(got, m, "{line}");
+        }
+        // Everything else falls through to the general path, which words the error.
+        for line in [
+            r#"{"type":"send","payload":{"message":{"type":"x"}}}"#,
+            r#"{"type":"send","payload":{"target_peer":"","message":{"type":"x"}}}"#,
+            r#"{"type":"send","payload":{"target_peer":"p","message":{}}}"#,
+            r#"{"type":"send","payload":{"target_peer":"p","message":{"type":1}}}"#,
+            r#"{"type":"send","type":"send","payload":{"target_peer":"p","message":{"type":"x"}}}"#,
+            r#"{"type":"list_peers"}"#,
+        ] {
+            assert!(parse_message_command(line).is_none(), "{line}");
+        }
     }
 
     #[test]
@@ -262,5 +376,13 @@ mod tests {
         let v: Value = serde_json::from_slice(&event_message("a", &m)).unwrap();
         assert_eq!(v["payload"]["message"]["type"], "pong");
         assert_eq!(v["payload"]["from_peer"], "a");
+        // The spliced event is the same JSON as the tree-built one.
+        let text = serde_json::to_string(&m).unwrap();
+        let raw: MeshMessageRaw<'_> = serde_json::from_str(&text).unwrap();
+        let spliced = event_message_raw("a\"b", &raw);
+        assert_eq!(spliced.last(), Some(&b'\n'));
+        let a: Value = serde_json::from_slice(&spliced).unwrap();
+        let b: Value = serde_json::from_slice(&event_message("a\"b", &m)).unwrap();
+        assert_eq!(a, b);
     }
 }

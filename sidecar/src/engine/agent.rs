@@ -15,19 +15,23 @@ pub const SCTP_BUFFERED_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Backpressure to the agent: while any connected peer has more than this many bytes
 /// buffered (str0m's buffered amount plus our outbox), the driver stops reading the IPC
-/// socket; the agent's writes then block in its socket buffer. 1 MiB keeps a loopback
-/// or LAN path busy (bandwidth × RTT) without letting one slow peer hold much memory.
-pub const DC_BUFFERED_HIGH_BYTES: usize = 1024 * 1024;
+/// socket; the agent's writes then block in its socket buffer. str0m counts a message
+/// as buffered until the peer acknowledges it, so this includes what is in flight; the
+/// peer's SCTP receive window is 1 MiB (str0m's receive budget). 2 MiB keeps a full
+/// window in flight plus up to one window queued behind it, so each SACK finds data to
+/// send without waiting for the agent (at 1 MiB, 16 KiB messages ran at half the
+/// speed), while one slow peer holds at most a few MiB.
+pub const DC_BUFFERED_HIGH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Backpressure in messages: while any connected peer has more than this many messages
 /// in flight (written to str0m and not acknowledged, plus our outbox), the driver stops
-/// reading the agent. SCTP's sender scans everything in flight on every poll
-/// (sctp-proto's `expired_inflight`, `gather_data_packets_to_retransmit`), so its work
-/// per message grows with the backlog; with small messages the byte limit alone lets
-/// tens of thousands be in flight and the cost goes quadratic. With this cap the cost
-/// per message stays flat from 4,000 to 16,000 messages (in-memory pair, debug build:
-/// 256 gave about half the per-message cost of 1,024). 256 messages in flight still
-/// carry 256,000 msg/s at a 1 ms round trip.
+/// reading the agent. Before sctp-proto's two per-poll walks over everything in flight
+/// were guarded (vendor/sctp-proto/README.md) this cap kept SCTP's work from going
+/// quadratic; now it bounds memory and CPU per message: measured between two network
+/// namespaces (docs/BENCHMARKS.md, "Sidecar data plane"), 4,096 gave no more msg/s
+/// for 64 B messages than 256 but ~45% more sender CPU per message (8.3 vs 5.6 µs) and
+/// 4 MiB more RSS after the run. 256 messages in flight still carry 256,000 msg/s at a
+/// 1 ms round trip.
 pub const DC_BUFFERED_HIGH_MESSAGES: usize = 256;
 
 /// str0m tells us (`ChannelBufferedAmountLow`) when a channel drains below this; we
@@ -118,14 +122,18 @@ impl Engine {
                     );
                     return;
                 };
-                tracing::debug!(peer = %target, kind = %message.kind, request_id = %message.request_id, "DataChannel message out");
-                let bytes = serde_json::to_vec(&message).expect("mesh messages serialize");
-                self.enqueue(k, bytes, touched);
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    // Decoded again only for the log line (the tests follow a request
+                    // by its kind and id); never on the hot path.
+                    if let Ok(m) = serde_json::from_slice::<ipc::MeshMessageRaw<'_>>(&message) {
+                        tracing::debug!(peer = %target, kind = %m.kind, request_id = %m.request_id, "DataChannel message out");
+                    }
+                }
+                self.enqueue(k, message, touched);
             }
             Command::Broadcast { message } => {
-                let bytes = serde_json::to_vec(&message).expect("mesh messages serialize");
                 for k in self.peers.announced_keys() {
-                    self.enqueue(k, bytes.clone(), touched);
+                    self.enqueue(k, message.clone(), touched);
                 }
             }
             Command::ListPeers => {

@@ -12,6 +12,14 @@ use str0m::{Candidate, Rtc};
 use super::super::ipc;
 use super::super::signaling::SignalMessage;
 use super::agent::SCTP_BUFFERED_BYTES_MAX;
+
+/// Largest DataChannel message we accept (advertised as `a=max-message-size`). str0m's
+/// default is 256 KiB, below what one IPC line may carry
+/// ([`super::super::ipc::IPC_LINE_BYTES_MAX`], 1 MiB): a peer sidecar like us could send
+/// a message we then refuse. The line limit plus slack for the normalised envelope (the
+/// defaulted fields of a MeshMessage). str0m's SCTP receive budget is max(this, 1 MiB),
+/// so the receive window stays ~1 MiB.
+const SCTP_MESSAGE_BYTES_MAX: u32 = super::super::ipc::IPC_LINE_BYTES_MAX as u32 + 4096;
 use super::peers::Peer;
 use super::{
     CloseReason, Engine, Output, CHANNEL_LABEL, CLOSE_REPLACED, ICE_MAX_RTO, ICE_RETRANSMITS_MAX,
@@ -119,7 +127,9 @@ impl Engine {
 
     /// A fresh `Rtc` with our candidates, and those candidates as `candidate:` strings.
     fn new_rtc(&self, now: Instant) -> (Rtc, Vec<String>) {
-        let mut cfg = Rtc::builder().set_sctp_max_buffered_amount(SCTP_BUFFERED_BYTES_MAX);
+        let mut cfg = Rtc::builder()
+            .set_sctp_max_buffered_amount(SCTP_BUFFERED_BYTES_MAX)
+            .set_sctp_max_message_size(SCTP_MESSAGE_BYTES_MAX);
         cfg.set_max_stun_rto(ICE_MAX_RTO);
         cfg.set_max_stun_retransmits(ICE_RETRANSMITS_MAX);
         let mut rtc = cfg.build(now);
