@@ -20,9 +20,16 @@ impl Headers {
             .sum();
         let mut text = String::with_capacity(size);
         for h in parsed {
-            text.extend(h.name.chars().map(|c| c.to_ascii_lowercase()));
+            let start = text.len();
+            text.push_str(h.name);
+            text[start..].make_ascii_lowercase();
             text.push('\0');
-            text.push_str(&String::from_utf8_lossy(h.value));
+            // Valid UTF-8 (nearly every value) is copied as it is; only the rest pays
+            // for the lossy decoder.
+            match std::str::from_utf8(h.value) {
+                Ok(v) => text.push_str(v),
+                Err(_) => text.push_str(&String::from_utf8_lossy(h.value)),
+            }
             text.push('\0');
         }
         Headers {
@@ -43,7 +50,7 @@ impl Headers {
     /// `(name, value)` of each field, in arrival order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            parts: self.text.split('\0'),
+            rest: &self.text,
             left: self.len,
         }
     }
@@ -56,8 +63,19 @@ impl Headers {
 
 /// Iterator over [`Headers`].
 pub struct Iter<'a> {
-    parts: std::str::Split<'a, char>,
+    rest: &'a str,
     left: usize,
+}
+
+impl<'a> Iter<'a> {
+    /// The text up to the next NUL, and the rest after it. Fields are short: a plain
+    /// byte loop beats setting up a searcher for each one (a lookup walks every field).
+    fn part(&mut self) -> Option<&'a str> {
+        let end = self.rest.bytes().position(|b| b == 0)?;
+        let (part, rest) = (&self.rest[..end], &self.rest[end + 1..]);
+        self.rest = rest;
+        Some(part)
+    }
 }
 
 impl<'a> Iterator for Iter<'a> {
@@ -67,7 +85,7 @@ impl<'a> Iterator for Iter<'a> {
             return None;
         }
         self.left -= 1;
-        Some((self.parts.next()?, self.parts.next()?))
+        Some((self.part()?, self.part()?))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
