@@ -90,6 +90,56 @@ pub struct Cli {
     /// Signaling connections from one client IP (more: 503).
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_connections_per_ip: usize,
+
+    #[command(flatten)]
+    pub store: StoreFlags,
+}
+
+/// Limits on stored fields, store budgets and client quotas, list pages (see
+/// `limits::StoreLimits`, which documents each).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreFlags {
+    /// Bytes of one stored agent/task string field (agent_id, hostname, ip, skill, …);
+    /// longer: 413.
+    #[arg(long, default_value_t = 256)]
+    pub agent_field_bytes_max: usize,
+
+    /// Entries of one agent list (skills, mcp_servers, skill_names); more: 413.
+    #[arg(long, default_value_t = 256)]
+    pub agent_list_items_max: usize,
+
+    /// Bytes of a task payload (JSON text); larger: 413.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub task_payload_bytes_max: usize,
+
+    /// Bytes of a task's result and of its error; larger: 413.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub task_result_bytes_max: usize,
+
+    /// Largest task ttl in seconds; above: 422.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub task_ttl_max: u64,
+
+    /// Bytes of tasks one shard holds; full: 503.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub task_store_bytes_max: usize,
+
+    /// Bytes of tasks one client (API key, else IP) may hold on one shard; over: 429.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub task_client_bytes_max: usize,
+
+    /// Tasks one client (API key, else IP) may hold on one shard; over: 429.
+    #[arg(long, default_value_t = 4096)]
+    pub task_client_tasks_max: usize,
+
+    /// Most items of one list page, and of an unpaged list before it is cut with
+    /// `x-next-cursor`.
+    #[arg(long, default_value_t = 1000)]
+    pub list_page_items_max: usize,
+
+    /// Bytes of one list response body; a page stops early (with `x-next-cursor`).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub list_response_bytes_max: usize,
 }
 
 /// Subcommands besides serving.
@@ -158,6 +208,28 @@ impl Cli {
             idle_timeout: idle,
             connections_per_shard_max: self.max_connections_per_shard,
             connections_per_ip_max: self.max_connections_per_ip,
+        })
+    }
+
+    /// The store limits.
+    pub fn store_limits(&self) -> Result<crate::limits::StoreLimits, String> {
+        let f = &self.store;
+        if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
+            return Err(
+                "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
+            );
+        }
+        Ok(crate::limits::StoreLimits {
+            agent_field_bytes_max: f.agent_field_bytes_max,
+            agent_list_items_max: f.agent_list_items_max,
+            task_payload_bytes_max: f.task_payload_bytes_max,
+            task_result_bytes_max: f.task_result_bytes_max,
+            task_ttl_max: f.task_ttl_max,
+            task_store_bytes_max: f.task_store_bytes_max,
+            task_client_bytes_max: f.task_client_bytes_max,
+            task_client_tasks_max: f.task_client_tasks_max,
+            list_page_items_max: f.list_page_items_max,
+            list_response_bytes_max: f.list_response_bytes_max,
         })
     }
 

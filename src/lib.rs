@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod hub;
 pub mod ice;
+pub mod limits;
 pub mod metrics;
 pub mod pairing;
 pub mod registry;

@@ -41,7 +41,9 @@ fn draw_task_id(ctx: &ShardCtx, home: usize) -> Answer<TaskId> {
 
 /// `POST /api/hub/tasks`.
 pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    crate::limits::require_object(&req.body)?;
     let sub: TaskSubmission = json_body(req)?;
+    ctx.config.limits.check_task(&sub)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -111,7 +113,9 @@ pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 /// `POST /api/hub/tasks/{id}`.
 pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;
+    crate::limits::require_object(&req.body)?;
     let upd: TaskUpdate = json_body(req)?;
+    ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
     match ask(ctx, to, Op::Update(Box::new((id, upd)))).await? {
         Reply::Done => Ok(ok_status()),
@@ -126,7 +130,9 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
 /// its matching tasks. Each claim is a local state change on the task's only shard, so
 /// a task is assigned at most once however heartbeats race.
 pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
+    ctx.config.limits.check_heartbeat(&hb)?;
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::hub::payload::Payload;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
@@ -52,10 +53,10 @@ pub struct TaskSubmission {
     /// Informational.
     #[serde(default)]
     pub source_agent_id: String,
-    /// Any JSON; default `null`. Stored as a `serde_json::Value`, so object keys come back
-    /// sorted, as in the reference.
+    /// Any JSON; default `null`. Kept as canonical JSON text ([`Payload`]): object keys
+    /// come back sorted, as in the reference, and numbers exactly as sent.
     #[serde(default)]
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// Seconds after creation at which an unfinished task fails; default 300.
     #[serde(default = "default_ttl")]
     pub ttl: u64,
@@ -133,7 +134,7 @@ pub struct Task {
     /// Set when a heartbeat claims the task; `""` before.
     pub assigned_agent_id: String,
     /// From the submission.
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// `pending`, `assigned`, `completed`, `failed`, or whatever an update set.
     pub state: String,
     /// Last non-empty `result` of an update.

@@ -17,7 +17,9 @@ fn agents_full() -> Response {
 
 /// `POST /api/registry/agents`.
 pub async fn register(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    crate::limits::require_object(&req.body)?;
     let info: AgentInfo = json_body(req)?;
+    ctx.config.limits.check_agent(&info)?;
     let id = info.agent_id.clone();
     match ask_owner(ctx, &id, Op::Upsert(Box::new(info))).await? {
         Reply::Done => Ok(ok_status()),

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub test_clock: bool,
     /// Signaling WebSocket limits.
     pub ws: WsLimits,
+    /// Stored field sizes, `ttl` range, store budgets and client quotas, list pages.
+    pub limits: crate::limits::StoreLimits,
 }
 
 impl ServerConfig {
@@ -74,6 +76,7 @@ impl ServerConfig {
             task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
+            limits: crate::limits::StoreLimits::default(),
         }
     }
 }

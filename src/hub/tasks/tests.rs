@@ -13,7 +13,7 @@ fn sub(skill: &str, target: &str) -> TaskSubmission {
         skill: skill.into(),
         target_agent_id: target.into(),
         source_agent_id: "src".into(),
-        payload: json!({"q": 1}),
+        payload: json!({"q": 1}).into(),
         ttl: DEFAULT_TTL_SECS,
     }
 }
@@ -46,14 +46,17 @@ fn submission_defaults_and_errors() {
             skill: String::new(),
             target_agent_id: String::new(),
             source_agent_id: String::new(),
-            payload: serde_json::Value::Null,
+            payload: Default::default(),
             ttl: 300,
         }
     );
     let s: TaskSubmission =
         parse_body(br#"{"skill":"x","payload":{"b":[1,{"z":1,"a":2}],"a":null},"ttl":0}"#).unwrap();
     assert_eq!(s.ttl, 0);
-    assert_eq!(s.payload, json!({"a": null, "b": [1, {"a": 2, "z": 1}]}));
+    assert_eq!(
+        s.payload,
+        json!({"a": null, "b": [1, {"a": 2, "z": 1}]}).into()
+    );
     for bad in [
         &br#"{"ttl":-1}"#[..],
         br#"{"ttl":1.5}"#,
@@ -173,7 +176,7 @@ fn create_get_list() {
             target_agent_id: "a".into(),
             source_agent_id: "src".into(),
             assigned_agent_id: String::new(),
-            payload: json!({"q": 1}),
+            payload: json!({"q": 1}).into(),
             state: "pending".into(),
             result: String::new(),
             error: String::new(),
@@ -534,7 +537,7 @@ fn sample_task() -> Task {
         target_agent_id: "a1".into(),
         source_agent_id: "src".into(),
         assigned_agent_id: String::new(),
-        payload: json!({"zeta": 1, "alpha": {"b": 2, "a": [true, null]}}),
+        payload: json!({"zeta": 1, "alpha": {"b": 2, "a": [true, null]}}).into(),
         state: "pending".into(),
         result: String::new(),
         error: String::new(),
