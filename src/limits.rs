@@ -163,6 +163,21 @@ impl StoreLimits {
     }
 }
 
+/// The key a client's quota is counted under when the route has no API key: its
+/// source address, an IPv6 one by /64 (one host usually holds a whole /64).
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 /// Refuses a body that is valid JSON but not an object (`[]`, `"x"`, `1`): serde would
 /// read a JSON array into a struct field by field, so `[]` would be an empty task.
 /// 422, as for any body of the wrong shape.

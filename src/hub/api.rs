@@ -6,6 +6,7 @@
 //! leaves a pointer on the target's shard (see docs/ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use crate::http::{Request, Response};
 use crate::hub::ops::{Op, Reply};
@@ -40,7 +41,7 @@ fn draw_task_id(ctx: &ShardCtx, home: usize) -> Answer<TaskId> {
 }
 
 /// `POST /api/hub/tasks`.
-pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
     crate::limits::require_object(&req.body)?;
     let sub: TaskSubmission = json_body(req)?;
     ctx.config.limits.check_task(&sub)?;
@@ -55,11 +56,12 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         .filter(|&s| s != home);
     let target = sub.target_agent_id.clone();
     let ttl = sub.ttl;
+    let client = crate::limits::client_key(peer);
     let mut sub = Some(sub);
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
         let Some(s) = sub.take() else { break };
-        let op = Op::Create(Box::new((id.clone(), s)));
+        let op = Op::Create(Box::new((id.clone(), s, client.clone())));
         match ask(ctx, home, op).await? {
             Reply::Done => {
                 if let Some(to) = pointer_to {
@@ -72,6 +74,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
                 return Ok(ok_json(task_created_body(&id)));
             }
             Reply::Full => return Ok(Response::error(503, "task store is full")),
+            Reply::Quota(why) => return Ok(Response::error(429, *why)),
             Reply::InUse => {
                 // The submission was consumed by the message; rebuild it from the request.
                 sub = Some(json_body(req)?);

@@ -19,8 +19,10 @@ pub enum Op {
     /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
     /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
     Heartbeat(Box<Heartbeat>),
-    /// Store a new pending task under this id. → `Done` | `InUse` | `Full`.
-    Create(Box<(TaskId, TaskSubmission)>),
+    /// Store a new pending task under this id for a client (see
+    /// `TaskStore::create_for`); `(id, task, client)`. → `Done` | `InUse` | `Full` |
+    /// `Quota`.
+    Create(Box<(TaskId, TaskSubmission, String)>),
     /// Leave a pointer to a task living elsewhere, for its target agent (owner:
     /// `shard_of(target)`); `(target, task id, deadline)`. → `Done` (a full table drops
     /// the pointer with a warning: the task stays claimable through its skill).
@@ -44,6 +46,8 @@ pub enum Reply {
     NotFound,
     InUse,
     Full,
+    /// The client's quota on this shard is used up; the reason.
+    Quota(Box<String>),
     /// `(claimed tasks, pointers to resolve)`.
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
     Task(Option<Box<Task>>),
@@ -70,11 +74,14 @@ impl Op {
                 Reply::HeartbeatDone(Box::new((claimed, pointers)))
             }
             Op::Create(b) => {
-                let (id, sub) = *b;
-                match store.tasks.create(sub, id, now) {
+                let (id, sub, client) = *b;
+                match store.tasks.create_for(sub, id, &client, now) {
                     Ok(_) => Reply::Done,
                     Err(CreateTaskError::DuplicateId) => Reply::InUse,
                     Err(CreateTaskError::Full { .. }) => Reply::Full,
+                    Err(e @ CreateTaskError::ClientQuota { .. }) => {
+                        Reply::Quota(Box::new(e.to_string()))
+                    }
                 }
             }
             Op::Pointer(b) => {

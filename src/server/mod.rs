@@ -114,6 +114,9 @@ impl ShardCtx {
     fn new(shard: Shard<Msg>, config: Arc<ServerConfig>) -> Self {
         let tasks = TaskStoreConfig {
             retention: config.task_retention,
+            bytes_max: config.limits.task_store_bytes_max,
+            client_bytes_max: config.limits.task_client_bytes_max,
+            client_tasks_max: config.limits.task_client_tasks_max,
             ..TaskStoreConfig::default()
         };
         ShardCtx {

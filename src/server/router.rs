@@ -259,7 +259,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::RouteSkill => registry::api::route(ctx, req).await,
         Route::Heartbeat => hub::api::heartbeat(ctx, req).await,
         Route::Topology => registry::api::topology_route(ctx).await,
-        Route::Tasks => hub::api::create(ctx, req).await,
+        Route::Tasks => hub::api::create(ctx, req, peer.ip()).await,
         Route::TasksAll => hub::api::list(ctx).await,
         Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0)).await,
         Route::Task => hub::api::get(ctx, p(0)).await,
