@@ -85,7 +85,29 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     Ok(Response::error(500, "could not draw a free task id"))
 }
 
-/// `GET /api/hub/tasks/all`: every shard's tasks, by creation time then id.
+/// `GET /api/hub/tasks/all[?limit=N&cursor=C]`: one page of every shard's tasks, by
+/// creation time then id (see `server::paging`).
+pub async fn list_page(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    use crate::server::paging::{item_json, page_req, page_response, time_key};
+    let page = page_req(req, &ctx.config.limits)?;
+    let mut all: Vec<Task> = Vec::new();
+    for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
+        match r {
+            Reply::Tasks(v) => all.extend(*v),
+            _ => return Ok(unexpected()),
+        }
+    }
+    sort_tasks(&mut all);
+    Ok(page_response(
+        &all,
+        &page,
+        &ctx.config.limits,
+        |t| time_key(t.created_at, &t.id),
+        item_json,
+    ))
+}
+
+/// `GET /api/hub/tasks/all`, unpaged and unbounded (superseded by [`list_page`]).
 pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
     let mut all: Vec<Task> = Vec::new();
     for r in ask_all(ctx, |_| Op::List).await? {

@@ -33,6 +33,8 @@ pub enum Op {
     Update(Box<(String, TaskUpdate)>),
     /// Every task of the shard. → `Tasks`.
     List,
+    /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
+    ListPage(Box<crate::server::paging::PageReq>),
     /// Claim these ids (pointers) for the agent if still pending; `(agent, ids)`.
     /// → `Tasks`.
     ClaimIds(Box<(String, Vec<TaskId>)>),
@@ -100,6 +102,9 @@ impl Op {
                 }
             }
             Op::List => Reply::Tasks(Box::new(store.tasks.list().cloned().collect())),
+            Op::ListPage(p) => Reply::Tasks(Box::new(
+                store.tasks.page(p.after.as_deref(), p.limit.saturating_add(1)),
+            )),
             Op::ClaimIds(b) => {
                 let (agent, ids) = *b;
                 let claimed: Vec<Task> = ids

@@ -598,6 +598,28 @@ impl TaskStore {
         self.tasks.get(&seq)
     }
 
+    /// Up to `n` tasks whose [`time_key`](crate::server::paging::time_key) (`created_at`,
+    /// then id) is above `after`, in that order: one shard's part of a page. Cost: one
+    /// pass over the shard's tasks plus O(n log n).
+    pub fn page(&self, after: Option<&str>, n: usize) -> Vec<Task> {
+        use crate::server::paging::time_key;
+        let mut keyed: Vec<(String, &Task)> = self
+            .tasks
+            .values()
+            .map(|t| (time_key(t.created_at, &t.id), t))
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if keyed.len() > n {
+            keyed.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
+            keyed.truncate(n);
+        }
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().map(|(_, t)| t.clone()).collect()
+    }
+
     /// All tasks of this shard in creation order.
     pub fn list(&self) -> impl ExactSizeIterator<Item = &Task> + '_ {
         self.tasks.values()

@@ -28,6 +28,7 @@ pub mod api;
 pub mod codes;
 pub mod entries;
 pub mod ops;
+pub mod paged;
 pub mod ratelimit;
 
 use serde::{Deserialize, Serialize};

@@ -357,6 +357,18 @@ impl AgentStore {
         self.agents.remove(agent_id)
     }
 
+    /// Up to `n` agents whose `agent_id` is above `after`, by `agent_id`: one shard's
+    /// part of a page. O(log n + n).
+    pub fn page(&self, after: Option<&str>, n: usize) -> Vec<AgentRecord> {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.agents
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(n)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
     /// All agents of this shard, ordered by `agent_id` (byte-wise).
     pub fn list(&self) -> impl ExactSizeIterator<Item = &AgentRecord> + '_ {
         self.agents.values()

@@ -41,6 +41,28 @@ pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
     Ok(ok_json(agent_list_body(&all)))
 }
 
+/// `GET /api/registry/agents[?limit=N&cursor=C]`: one page of every shard's agents, by
+/// `agent_id` (see `server::paging`).
+pub async fn list_page(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    use crate::server::paging::{item_json, page_req, page_response};
+    let page = page_req(req, &ctx.config.limits)?;
+    let mut all: Vec<AgentRecord> = Vec::new();
+    for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
+        match r {
+            Reply::Agents(v) => all.extend(*v),
+            _ => return Ok(unexpected()),
+        }
+    }
+    all.sort_by(|a, b| a.info.agent_id.cmp(&b.info.agent_id));
+    Ok(page_response(
+        &all,
+        &page,
+        &ctx.config.limits,
+        |a| a.info.agent_id.clone(),
+        item_json,
+    ))
+}
+
 /// `GET /api/registry/agents/{id}`.
 pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;

@@ -16,6 +16,8 @@ pub enum Op {
     Delete(Box<String>),
     /// Every agent of the shard. → `Agents`.
     List,
+    /// Up to `limit + 1` agents after the cursor, by `agent_id`. → `Agents`.
+    ListPage(Box<crate::server::paging::PageReq>),
     /// The shard's best active agent with this skill. → `Agent`.
     RouteFirst(Box<String>),
     /// The shard's topology nodes. → `Nodes`.
@@ -46,6 +48,9 @@ impl Op {
                 None => Reply::NotFound,
             },
             Op::List => Reply::Agents(Box::new(store.list().cloned().collect())),
+            Op::ListPage(p) => Reply::Agents(Box::new(
+                store.page(p.after.as_deref(), p.limit.saturating_add(1)),
+            )),
             Op::RouteFirst(skill) => Reply::Agent(store.route_first(&skill).cloned().map(Box::new)),
             Op::TopologyNodes => Reply::Nodes(Box::new(
                 store.list().map(TopologyNode::from_record).collect(),

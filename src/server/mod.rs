@@ -12,6 +12,7 @@ pub mod common;
 pub mod conn;
 mod debug;
 pub mod msg;
+pub mod paging;
 pub mod router;
 
 use std::cell::{Cell, RefCell};
