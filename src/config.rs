@@ -140,6 +140,16 @@ pub struct StoreFlags {
     /// Bytes of one list response body; a page stops early (with `x-next-cursor`).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub list_response_bytes_max: usize,
+
+    /// Wrong pairing codes tried per shard per 60 s, from all addresses together; then
+    /// every `pair` redemption on that shard is 429 until the window moves.
+    #[arg(long, default_value_t = 30)]
+    pub pair_wrong_guesses_per_shard_max: usize,
+
+    /// Wrong pairing codes tried within one bucket of 1,000 codes (same first three
+    /// digits) before the live codes in it are burnt.
+    #[arg(long, default_value_t = 3)]
+    pub pair_bucket_wrong_guesses_max: u32,
 }
 
 /// Subcommands besides serving.
@@ -230,6 +240,10 @@ impl Cli {
             task_client_tasks_max: f.task_client_tasks_max,
             list_page_items_max: f.list_page_items_max,
             list_response_bytes_max: f.list_response_bytes_max,
+            pair_guard: crate::pairing::guard::GuardLimits {
+                wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
+                bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
+            },
         })
     }
 

@@ -44,6 +44,8 @@ pub struct StoreLimits {
     /// Bytes of one list response body; a page stops early (with `x-next-cursor`) rather
     /// than queue more for one HTTP response.
     pub list_response_bytes_max: usize,
+    /// Pairing's guessing guard (see `pairing::guard`).
+    pub pair_guard: crate::pairing::guard::GuardLimits,
 }
 
 impl Default for StoreLimits {
@@ -59,6 +61,7 @@ impl Default for StoreLimits {
             task_client_tasks_max: 4096,
             list_page_items_max: 1000,
             list_response_bytes_max: 4 * 1024 * 1024,
+            pair_guard: crate::pairing::guard::GuardLimits::default(),
         }
     }
 }

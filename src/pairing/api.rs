@@ -71,6 +71,16 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
     let issuer = match ask_owner(ctx, &code_key, Op::CodeRedeem(valid.code)).await? {
         Reply::Issuer(Some(i)) => *i,
         Reply::Issuer(None) => return Ok(pair_error(PairError::InvalidCode)),
+        Reply::Throttled(secs) => {
+            return Ok(Response::error(
+                429,
+                format!(
+                    "too many wrong pairing codes were tried on this server recently; \
+                     try again in {secs} s"
+                ),
+            )
+            .with_header("retry-after", secs.to_string()))
+        }
         _ => return Ok(unexpected()),
     };
     for _ in 0..PairingStore::CREATE_TRIES_MAX {

@@ -199,6 +199,14 @@ impl CodeStore {
         before - self.codes.len()
     }
 
+    /// Removes every code `burn` selects (the guessing guard's burnt bucket); returns
+    /// how many were removed.
+    pub fn remove_if(&mut self, burn: impl Fn(Code) -> bool) -> usize {
+        let before = self.codes.len();
+        self.codes.retain(|&c, _| !burn(c));
+        before - self.codes.len()
+    }
+
     /// Codes held (live or not yet swept).
     pub fn len(&self) -> usize {
         self.codes.len()

@@ -27,6 +27,7 @@
 pub mod api;
 pub mod codes;
 pub mod entries;
+pub mod guard;
 pub mod ops;
 pub mod paged;
 pub mod ratelimit;

@@ -8,6 +8,7 @@ use crate::pairing::{
     Code, CodeInsertError, CodeStore, CreateError, Entry, EntryId, Issuer, PairingStore,
     RateLimiter,
 };
+use crate::pairing::guard::{GuardLimits, GuessGuard};
 use crate::time::UnixTime;
 
 /// The pairing state one shard owns.
@@ -15,14 +16,22 @@ pub struct Store {
     pub codes: CodeStore,
     pub entries: PairingStore,
     pub rate: RateLimiter,
+    /// Guessing defence across addresses (global wrong-guess rate, burnt buckets).
+    pub guard: GuessGuard,
 }
 
 impl Store {
     pub fn new() -> Store {
+        Store::with_guard(GuardLimits::default())
+    }
+
+    /// A store with these guessing-guard limits.
+    pub fn with_guard(limits: GuardLimits) -> Store {
         Store {
             codes: CodeStore::new(),
             entries: PairingStore::new(),
             rate: RateLimiter::new(),
+            guard: GuessGuard::new(limits),
         }
     }
 }
@@ -38,7 +47,7 @@ impl Default for Store {
 pub enum Op {
     /// Store an invite code. → `Done` | `InUse` | `Full`.
     CodeInsert(Box<(Code, Issuer)>),
-    /// Use an invite code. → `Issuer`.
+    /// Use an invite code. → `Issuer` | `Throttled` (too many wrong guesses here).
     CodeRedeem(Code),
     /// Count a `pair` attempt of this client IP. → `Allowed`.
     RateCheck(Box<IpAddr>),
@@ -66,6 +75,8 @@ pub enum Reply {
     Full,
     /// Whether the attempt is allowed (false: rate limited).
     Allowed(bool),
+    /// Redemptions on this shard are paused; seconds to wait.
+    Throttled(u64),
     Issuer(Option<Box<Issuer>>),
     Entry(Box<Entry>),
     Entries(Box<Vec<Entry>>),
@@ -90,7 +101,21 @@ impl Op {
                     Err(CodeInsertError::Full) => Reply::Full,
                 }
             }
-            Op::CodeRedeem(code) => Reply::Issuer(store.codes.redeem(code, now).map(Box::new)),
+            Op::CodeRedeem(code) => {
+                if let Err(t) = store.guard.check(now) {
+                    return Reply::Throttled(t.retry_after_secs);
+                }
+                match store.codes.redeem(code, now) {
+                    Some(issuer) => Reply::Issuer(Some(Box::new(issuer))),
+                    None => {
+                        let burnt = store.guard.wrong_guess(code, &mut store.codes, now);
+                        if burnt > 0 {
+                            tracing::warn!(burnt, "invite codes burnt after wrong guesses near them");
+                        }
+                        Reply::Issuer(None)
+                    }
+                }
+            }
             Op::RateCheck(ip) => Reply::Allowed(store.rate.check_and_count(*ip, now)),
             Op::EntryCreate(b) => {
                 let (id, peer_id, name, issuer) = *b;

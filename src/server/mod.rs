@@ -129,7 +129,7 @@ impl ShardCtx {
                     tasks: TaskStore::new(tasks),
                     pointers: TaskPointers::default(),
                 }),
-                pairing: RefCell::new(pairing::Store::new()),
+                pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
                 tokens: RefCell::new(DeviceTokenIndex::new()),
                 authz: RefCell::new(PeerAuthz::default()),
             },
@@ -224,6 +224,7 @@ impl ShardCtx {
         let mut pairing = self.state.pairing.borrow_mut();
         pairing.codes.sweep(now);
         pairing.rate.sweep(now);
+        pairing.guard.sweep(now);
         self.state.authz.borrow_mut().sweep(now);
     }
 
