@@ -93,6 +93,12 @@ pub struct Cli {
 
     #[command(flatten)]
     pub store: StoreFlags,
+
+    /// Agent routes (register, heartbeat, task create/update, route) need the agent's
+    /// bearer JWT from /api/token, and an agent may only act as itself (else 403). Off
+    /// by default: the PyPI chatixia agent (0.4.3) sends no credentials on HTTP.
+    #[arg(long)]
+    pub require_agent_auth: bool,
 }
 
 /// Limits on stored fields, store budgets and client quotas, list pages (see

@@ -45,6 +45,8 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     crate::limits::require_object(&req.body)?;
     let sub: TaskSubmission = json_body(req)?;
     ctx.config.limits.check_task(&sub)?;
+    let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
+    crate::auth::agent::gate(ctx, req, source)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -142,9 +144,19 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
     let upd: TaskUpdate = json_body(req)?;
     ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
-    match ask(ctx, to, Op::Update(Box::new((id, upd)))).await? {
+    let op = match crate::auth::agent::gate(ctx, req, None)? {
+        Some(c) if c.role != crate::auth::admin::ADMIN_ROLE => {
+            Op::UpdateAs(Box::new((id, upd, c.sub)))
+        }
+        _ => Op::Update(Box::new((id, upd))),
+    };
+    match ask(ctx, to, op).await? {
         Reply::Done => Ok(ok_status()),
         Reply::NotFound => Ok(not_found_200()),
+        Reply::Forbidden(who) => Ok(Response::error(
+            403,
+            format!("task is assigned to `{who}`: an agent may only report its own tasks"),
+        )),
         _ => Ok(unexpected()),
     }
 }
@@ -158,6 +170,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
     ctx.config.limits.check_heartbeat(&hb)?;
+    crate::auth::agent::gate(ctx, req, Some(&hb.agent_id))?;
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);

@@ -31,6 +31,9 @@ pub enum Op {
     Get(Box<String>),
     /// Update a task. → `Done` | `NotFound`.
     Update(Box<(String, TaskUpdate)>),
+    /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
+    /// agent)`. → `Done` | `NotFound` | `Forbidden` (assigned to someone else).
+    UpdateAs(Box<(String, TaskUpdate, String)>),
     /// Every task of the shard. → `Tasks`.
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
@@ -48,6 +51,8 @@ pub enum Reply {
     NotFound,
     InUse,
     Full,
+    /// The task is assigned to this other agent.
+    Forbidden(Box<String>),
     /// The client's quota on this shard is used up; the reason.
     Quota(Box<String>),
     /// `(claimed tasks, pointers to resolve)`.
@@ -99,6 +104,19 @@ impl Op {
                 match store.tasks.update(&id, upd, now) {
                     Some(_) => Reply::Done,
                     None => Reply::NotFound,
+                }
+            }
+            Op::UpdateAs(b) => {
+                let (id, upd, agent) = *b;
+                match store.tasks.get(&id) {
+                    None => Reply::NotFound,
+                    Some(t) if t.assigned_agent_id != agent => {
+                        Reply::Forbidden(Box::new(t.assigned_agent_id.clone()))
+                    }
+                    Some(_) => match store.tasks.update(&id, upd, now) {
+                        Some(_) => Reply::Done,
+                        None => Reply::NotFound,
+                    },
                 }
             }
             Op::List => Reply::Tasks(Box::new(store.tasks.list().cloned().collect())),

@@ -61,6 +61,8 @@ pub struct ServerConfig {
     pub ws: WsLimits,
     /// Stored field sizes, `ttl` range, store budgets and client quotas, list pages.
     pub limits: crate::limits::StoreLimits,
+    /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
+    pub require_agent_auth: bool,
 }
 
 impl ServerConfig {
@@ -78,6 +80,7 @@ impl ServerConfig {
             test_clock: false,
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
+            require_agent_auth: false,
         }
     }
 }
