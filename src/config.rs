@@ -147,6 +147,18 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub list_response_bytes_max: usize,
 
+    /// Bytes of agent records one shard holds; full: 503.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    pub agent_store_bytes_max: usize,
+
+    /// Agents one client (source address) may create on one shard; over: 429.
+    #[arg(long, default_value_t = 1024)]
+    pub agent_client_agents_max: usize,
+
+    /// Bytes of agents one client may create on one shard; over: 429.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub agent_client_bytes_max: usize,
+
     /// Wrong pairing codes tried per shard per 60 s, from all addresses together; then
     /// every `pair` redemption on that shard is 429 until the window moves.
     #[arg(long, default_value_t = 30)]
@@ -246,6 +258,11 @@ impl Cli {
             task_client_tasks_max: f.task_client_tasks_max,
             list_page_items_max: f.list_page_items_max,
             list_response_bytes_max: f.list_response_bytes_max,
+            agent_budget: crate::registry::AgentBudgetConfig {
+                bytes_max: f.agent_store_bytes_max,
+                client_agents_max: f.agent_client_agents_max,
+                client_bytes_max: f.agent_client_bytes_max,
+            },
             pair_guard: crate::pairing::guard::GuardLimits {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),

@@ -44,6 +44,8 @@ pub struct StoreLimits {
     /// Bytes of one list response body; a page stops early (with `x-next-cursor`) rather
     /// than queue more for one HTTP response.
     pub list_response_bytes_max: usize,
+    /// The agent store's byte budget and per-client quotas (`registry::agents::budget`).
+    pub agent_budget: crate::registry::AgentBudgetConfig,
     /// Pairing's guessing guard (see `pairing::guard`).
     pub pair_guard: crate::pairing::guard::GuardLimits,
 }
@@ -61,6 +63,7 @@ impl Default for StoreLimits {
             task_client_tasks_max: 4096,
             list_page_items_max: 1000,
             list_response_bytes_max: 4 * 1024 * 1024,
+            agent_budget: crate::registry::AgentBudgetConfig::default(),
             pair_guard: crate::pairing::guard::GuardLimits::default(),
         }
     }

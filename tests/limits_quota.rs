@@ -66,3 +66,37 @@ fn the_task_store_has_a_byte_budget() {
     );
     assert_eq!(statuses.last(), Some(&503));
 }
+
+#[test]
+fn one_client_cannot_fill_the_agent_registry() {
+    let s = Server::start(1);
+    let mut flood = s.conn_from(Ipv4Addr::new(127, 0, 0, 2));
+    // Today's registry holds 16,384 agents a shard; the flood stops at the first refusal.
+    let mut accepted = 0;
+    let refusal = loop {
+        let r = flood.post_json(
+            "/api/hub/heartbeat",
+            &json!({"agent_id": format!("fake-{accepted}"), "hostname": "h"}),
+        );
+        if r.status != 200 || accepted > 16_384 {
+            break r;
+        }
+        accepted += 1;
+    };
+    let why = refusal.error(429);
+    assert!(why.contains("--agent-client-agents-max"), "{why}");
+    // Other clients still register, and the flooder's own agents still heartbeat.
+    let r = s.conn_from(Ipv4Addr::new(127, 0, 0, 3)).post_json(
+        "/api/registry/agents",
+        &json!({"agent_id": "real", "hostname": "h"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = flood.post_json("/api/hub/heartbeat", &json!({"agent_id": "fake-0"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    flood
+        .post_json(
+            "/api/registry/agents",
+            &json!({"agent_id": "more", "hostname": "h"}),
+        )
+        .error(429);
+}

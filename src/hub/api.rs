@@ -166,7 +166,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
 /// claims that id if still pending; (3) every other shard among `shard_of(skill)` claims
 /// its matching tasks. Each claim is a local state change on the task's only shard, so
 /// a task is assigned at most once however heartbeats race.
-pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
     crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
     ctx.config.limits.check_heartbeat(&hb)?;
@@ -174,9 +174,11 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let (mut claimed, pointers) = match ask(ctx, owner, Op::Heartbeat(Box::new(hb))).await? {
+    let op = Op::Heartbeat(Box::new((hb, crate::limits::client_key(peer))));
+    let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
         Reply::Full => return Ok(Response::error(503, "agent registry is full")),
+        Reply::Quota(why) => return Ok(Response::error(429, *why)),
         _ => return Ok(unexpected()),
     };
 

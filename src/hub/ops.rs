@@ -4,7 +4,7 @@
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
-use crate::registry::{AgentStore, Heartbeat};
+use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
 use crate::time::UnixTime;
 
 /// The hub state one shard owns: the tasks homed here and the pointers left for the
@@ -18,7 +18,9 @@ pub struct Store {
 pub enum Op {
     /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
     /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
-    Heartbeat(Box<Heartbeat>),
+    /// `(heartbeat, client)`: the client's agent quota applies (see
+    /// `AgentStore::heartbeat_for`). → also `Quota`.
+    Heartbeat(Box<(Heartbeat, String)>),
     /// Store a new pending task under this id for a client (see
     /// `TaskStore::create_for`); `(id, task, client)`. → `Done` | `InUse` | `Full` |
     /// `Quota`.
@@ -66,9 +68,12 @@ impl Op {
     /// agent registry: the agent and its targeted tasks share an owner).
     pub fn apply(self, store: &mut Store, agents: &mut AgentStore, now: UnixTime) -> Reply {
         match self {
-            Op::Heartbeat(hb) => {
-                if agents.heartbeat(&hb, now).is_err() {
-                    return Reply::Full;
+            Op::Heartbeat(b) => {
+                let (hb, client) = &*b;
+                match agents.heartbeat_for(hb, client, now) {
+                    Ok(()) => {}
+                    Err(AgentRefusal::Full(_)) => return Reply::Full,
+                    Err(AgentRefusal::ClientQuota(why)) => return Reply::Quota(Box::new(why)),
                 }
                 let claimed = store
                     .tasks

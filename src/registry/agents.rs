@@ -10,6 +10,9 @@ use super::health::Health;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
+mod budget;
+pub use budget::{agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES};
+
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {
     8000
@@ -254,6 +257,7 @@ impl std::error::Error for AgentsFull {}
 pub struct AgentStore {
     agents: BTreeMap<String, AgentRecord>,
     config: AgentStoreConfig,
+    budget: budget::Budget,
 }
 
 impl AgentStore {
@@ -262,6 +266,7 @@ impl AgentStore {
         AgentStore {
             agents: BTreeMap::new(),
             config,
+            budget: budget::Budget::default(),
         }
     }
 
@@ -354,6 +359,7 @@ impl AgentStore {
     /// `DELETE /api/registry/agents/{id}`: removes and returns the agent (`None` → answer
     /// `{"error":"not found"}`).
     pub fn remove(&mut self, agent_id: &str) -> Option<AgentRecord> {
+        self.uncharge(agent_id);
         self.agents.remove(agent_id)
     }
 

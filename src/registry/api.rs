@@ -16,15 +16,17 @@ fn agents_full() -> Response {
 }
 
 /// `POST /api/registry/agents`.
-pub async fn register(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> Answer<Response> {
     crate::limits::require_object(&req.body)?;
     let info: AgentInfo = json_body(req)?;
     ctx.config.limits.check_agent(&info)?;
     crate::auth::agent::gate(ctx, req, Some(&info.agent_id))?;
     let id = info.agent_id.clone();
-    match ask_owner(ctx, &id, Op::Upsert(Box::new(info))).await? {
+    let client = crate::limits::client_key(peer);
+    match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
+        Reply::Quota(why) => Ok(Response::error(429, *why)),
         _ => Ok(unexpected()),
     }
 }

@@ -2,7 +2,7 @@
 //! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side.
 
 use crate::hub::TopologyNode;
-use crate::registry::{AgentInfo, AgentRecord, AgentStore};
+use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore};
 use crate::time::UnixTime;
 
 /// A request to the registry of one shard. Every payload is one word (a box), so the
@@ -10,6 +10,9 @@ use crate::time::UnixTime;
 pub enum Op {
     /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
     Upsert(Box<AgentInfo>),
+    /// Upsert an agent for a client (its quota, see `AgentStore::upsert_for`).
+    /// → `Done` | `Full` | `Quota`.
+    UpsertFor(Box<(AgentInfo, String)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
     /// Remove an agent. → `Done` | `NotFound`.
@@ -29,6 +32,8 @@ pub enum Reply {
     Done,
     NotFound,
     Full,
+    /// The client's quota is used up; the reason.
+    Quota(Box<String>),
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
@@ -42,6 +47,14 @@ impl Op {
                 Ok(_) => Reply::Done,
                 Err(_) => Reply::Full,
             },
+            Op::UpsertFor(b) => {
+                let (info, client) = *b;
+                match store.upsert_for(info, &client, now) {
+                    Ok(()) => Reply::Done,
+                    Err(AgentRefusal::Full(_)) => Reply::Full,
+                    Err(AgentRefusal::ClientQuota(why)) => Reply::Quota(Box::new(why)),
+                }
+            }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),
             Op::Delete(id) => match store.remove(&id) {
                 Some(_) => Reply::Done,

@@ -127,7 +127,11 @@ impl ShardCtx {
             shard,
             counters: ShardCounters::default(),
             state: ShardState {
-                agents: RefCell::new(AgentStore::new(AgentStoreConfig::default())),
+                agents: RefCell::new({
+                    let mut a = AgentStore::new(AgentStoreConfig::default());
+                    a.set_budget(config.limits.agent_budget);
+                    a
+                }),
                 hub: RefCell::new(hub::Store {
                     tasks: TaskStore::new(tasks),
                     pointers: TaskPointers::default(),
