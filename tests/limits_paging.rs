@@ -134,3 +134,29 @@ fn pairing_lists_are_paged() {
     }
     s.get("/api/pairing/all?cursor=0").error(400);
 }
+
+#[test]
+fn one_heartbeat_response_is_bounded_in_bytes() {
+    let s = server(1, &["--list-response-bytes-max", "20000"]);
+    let blob = "p".repeat(5000);
+    for _ in 0..10 {
+        let r = s.post_json("/api/hub/tasks", &json!({"skill": "s", "payload": blob}));
+        assert_eq!(r.status, 200);
+    }
+    let mut claimed = Vec::new();
+    for _ in 0..10 {
+        let r = s.post_json(
+            "/api/hub/heartbeat",
+            &json!({"agent_id": "a", "skill_names": ["s"]}),
+        );
+        assert!(r.body.len() <= 20_000, "{} bytes", r.body.len());
+        let got = r.json()["pending_tasks"].as_array().unwrap().len();
+        assert!(got <= 3, "{got} tasks in one heartbeat");
+        claimed.push(got);
+        if got == 0 {
+            break;
+        }
+    }
+    // The rest stayed pending and came with later heartbeats.
+    assert_eq!(claimed.iter().sum::<usize>(), 10, "{claimed:?}");
+}

@@ -269,6 +269,10 @@ pub struct TaskStoreConfig {
     pub client_bytes_max: usize,
     /// Tasks one client may hold here (same rule; counts tiny tasks).
     pub client_tasks_max: usize,
+    /// Bytes of tasks one heartbeat claims on this shard ([`task_bytes`] each; at least
+    /// one task): bounds the heartbeat response like a list page. Matching tasks past
+    /// it stay pending for the agent's next heartbeat.
+    pub claim_bytes_max: usize,
 }
 
 impl Default for TaskStoreConfig {
@@ -279,6 +283,7 @@ impl Default for TaskStoreConfig {
             bytes_max: 256 * 1024 * 1024,
             client_bytes_max: 16 * 1024 * 1024,
             client_tasks_max: 4096,
+            claim_bytes_max: 4 * 1024 * 1024,
         }
     }
 }
@@ -691,7 +696,13 @@ impl TaskStore {
             }
         }
         let mut claimed = Vec::with_capacity(seqs.len());
+        let mut bytes = 0usize;
         for seq in seqs {
+            let size = self.tasks.get(&seq).map_or(0, task_bytes);
+            if !claimed.is_empty() && bytes + size > self.config.claim_bytes_max {
+                break;
+            }
+            bytes += size;
             let Some(task) = self.tasks.get_mut(&seq) else {
                 continue;
             };

@@ -121,6 +121,7 @@ impl ShardCtx {
             bytes_max: config.limits.task_store_bytes_max,
             client_bytes_max: config.limits.task_client_bytes_max,
             client_tasks_max: config.limits.task_client_tasks_max,
+            claim_bytes_max: config.limits.list_response_bytes_max,
             ..TaskStoreConfig::default()
         };
         ShardCtx {

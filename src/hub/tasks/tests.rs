@@ -645,3 +645,19 @@ fn client_quotas_and_byte_budget() {
         .unwrap();
     s.assert_consistent();
 }
+
+#[test]
+fn one_claim_is_bounded_in_bytes() {
+    let mut s = TaskStore::new(TaskStoreConfig {
+        claim_bytes_max: 2 * TASK_OVERHEAD_BYTES + 100,
+        ..TaskStoreConfig::default()
+    });
+    for i in 0..5 {
+        s.create(sub("x", ""), format!("t{i}"), T0).unwrap();
+    }
+    let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(1))), ["t0", "t1"]);
+    assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(2))), ["t2", "t3"]);
+    assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(3))), ["t4"]);
+    s.assert_consistent();
+}
