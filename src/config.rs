@@ -168,6 +168,10 @@ pub struct StoreFlags {
     /// digits) before the live codes in it are burnt.
     #[arg(long, default_value_t = 3)]
     pub pair_bucket_wrong_guesses_max: u32,
+
+    /// Live invite codes one API key may hold per shard (of 1,000); over: 429.
+    #[arg(long, default_value_t = 100)]
+    pub pair_codes_per_key_max: usize,
 }
 
 /// Subcommands besides serving.
@@ -266,6 +270,7 @@ impl Cli {
             pair_guard: crate::pairing::guard::GuardLimits {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
+                codes_per_key_max: f.pair_codes_per_key_max,
             },
         })
     }

@@ -145,3 +145,28 @@ fn a_fresh_address_is_not_locked_out_after_66000_others() {
         .post_json("/api/pairing/pair", &pair_body(&code));
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn one_api_key_cannot_take_every_invite_code() {
+    let s = server(1, &[]);
+    let mut c = s.conn();
+    // Today's shard holds 1,000 live codes; the flood stops at the first refusal.
+    let mut made = 0;
+    let refusal = loop {
+        let r = c.request(
+            "POST",
+            "/api/pairing/generate-code",
+            &[("X-API-Key", "ak_test_agent")],
+            None,
+        );
+        if r.status != 200 || made > 1000 {
+            break r;
+        }
+        made += 1;
+    };
+    let why = refusal.error(429);
+    assert!(why.contains("--pair-codes-per-key-max"), "{why}");
+    assert_eq!(made, 100);
+    // Another key still gets codes.
+    gen_code(&s);
+}

@@ -47,6 +47,15 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
             Reply::Done => return Ok(Response::json(200, &GenerateCodeResponse::new(code))),
             Reply::InUse => continue,
             Reply::Full => return Ok(Response::error(503, "too many live invite codes")),
+            Reply::Quota(n) => {
+                return Ok(Response::error(
+                    429,
+                    format!(
+                        "this API key holds {n} live invite codes on this shard, its quota \
+                         (--pair-codes-per-key-max); wait for some to be used or expire"
+                    ),
+                ))
+            }
             _ => return Ok(unexpected()),
         }
     }

@@ -41,6 +41,9 @@ pub struct GuardLimits {
     /// Wrong guesses in one bucket before its live codes are burnt
     /// (`--pair-bucket-wrong-guesses-max`).
     pub bucket_wrong_max: u32,
+    /// Live invite codes one API key may hold per shard (`--pair-codes-per-key-max`;
+    /// kept here with the other pairing limits).
+    pub codes_per_key_max: usize,
 }
 
 impl Default for GuardLimits {
@@ -48,6 +51,7 @@ impl Default for GuardLimits {
         GuardLimits {
             wrong_per_window_max: 30,
             bucket_wrong_max: 3,
+            codes_per_key_max: CodeStore::DEFAULT_ISSUER_CODES_MAX,
         }
     }
 }
@@ -149,6 +153,7 @@ mod tests {
         let mut g = GuessGuard::new(GuardLimits {
             wrong_per_window_max: 3,
             bucket_wrong_max: 100,
+            ..GuardLimits::default()
         });
         let mut codes = CodeStore::new();
         for i in 0..3 {
@@ -169,6 +174,7 @@ mod tests {
         let mut g = GuessGuard::new(GuardLimits {
             wrong_per_window_max: 1000,
             bucket_wrong_max: 3,
+            ..GuardLimits::default()
         });
         let mut codes = CodeStore::new();
         let issuer = Issuer {

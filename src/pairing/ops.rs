@@ -27,8 +27,10 @@ impl Store {
 
     /// A store with these guessing-guard limits.
     pub fn with_guard(limits: GuardLimits) -> Store {
+        let mut codes = CodeStore::new();
+        codes.set_issuer_codes_max(limits.codes_per_key_max);
         Store {
-            codes: CodeStore::new(),
+            codes,
             entries: PairingStore::new(),
             rate: RateLimiter::new(),
             guard: GuessGuard::new(limits),
@@ -75,6 +77,8 @@ pub enum Reply {
     Full,
     /// Whether the attempt is allowed (false: rate limited).
     Allowed(bool),
+    /// The issuing key holds this many live codes here, its quota.
+    Quota(usize),
     /// Redemptions on this shard are paused; seconds to wait.
     Throttled(u64),
     Issuer(Option<Box<Issuer>>),
@@ -99,6 +103,7 @@ impl Op {
                     Ok(_) => Reply::Done,
                     Err(CodeInsertError::InUse) => Reply::InUse,
                     Err(CodeInsertError::Full) => Reply::Full,
+                    Err(CodeInsertError::IssuerQuota { codes_max }) => Reply::Quota(codes_max),
                 }
             }
             Op::CodeRedeem(code) => {
