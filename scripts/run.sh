@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs chatixia-core: installs a Rust toolchain if there is none, builds
-# the release binary, and starts it. Arguments are passed to the server, e.g.
+# the release binaries (the server, chatixia-core, and the agent's sidecar,
+# chatixia-sidecar), and starts the server. Arguments are passed to it, e.g.
 #   scripts/run.sh --cores 4 --listen 0.0.0.0:8080
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,5 +9,5 @@ if ! command -v cargo >/dev/null; then
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
   . "$HOME/.cargo/env"
 fi
-cargo build --release --locked --bin chatixia-core
+cargo build --release --locked -p chatixia-core -p chatixia-sidecar
 exec target/release/chatixia-core "$@"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python virtual environment used by the interop tests:
 # the real `chatixia` agent from PyPI (version 0.4.3), plus PyJWT and websockets, and
-# aiortc (an independent WebRTC stack for the sidecar interop test).
+# aiortc (an independent WebRTC stack for the sidecar interop test), and Playwright (drives
+# the Debian `chromium` for the dashboard's browser test; it never downloads a browser).
 #
 #   scripts/setup-python.sh            # venv at <repo>/target/pyenv
 #   CHATIXIA_VENV=/some/dir scripts/setup-python.sh
@@ -14,6 +15,8 @@ set -euo pipefail
 CHATIXIA_VERSION=0.4.3
 # Top-level pins, verified with chatixia 0.4.3 on CPython 3.12 and 3.13.
 PINS=("chatixia==${CHATIXIA_VERSION}" "PyJWT==2.15.1" "websockets==17.4" "aiortc==1.16.0")
+# Added later: installed into an existing venv without rebuilding it.
+EXTRA_PINS=("playwright==1.65.2")
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CHATIXIA_VENV:-${repo_root}/target/pyenv}"
@@ -41,6 +44,10 @@ assert sys.version_info >= (3, 12)
 assert version("chatixia") == sys.argv[1]
 import jwt, websockets, aiortc, chatixia.runner  # noqa: F401
 PY
+}
+
+extras_ready() {
+    "${venv}/bin/python" -c 'import playwright.sync_api' >/dev/null 2>&1
 }
 
 find_python() {
@@ -96,8 +103,17 @@ with_lock() {
 
 with_lock
 
+pip_args=(--disable-pip-version-check --no-input)
+if [[ -f "$constraints" ]]; then
+    pip_args+=(--constraint "$constraints")
+fi
+
 if venv_ready; then
     log "reusing ${venv} (chatixia ${CHATIXIA_VERSION})"
+    if ! extras_ready; then
+        log "pip install ${EXTRA_PINS[*]}"
+        "${venv}/bin/python" -m pip install "${pip_args[@]}" "${EXTRA_PINS[@]}" >&2
+    fi
 else
     if ! python="$(find_python)"; then
         cat >&2 <<MSG
@@ -115,13 +131,9 @@ MSG
     log "using $("$python" -c 'import sys; print(sys.executable, sys.version.split()[0])')"
     log "creating ${venv}"
     "$python" -m venv --clear "$venv"
-    pip_args=(--disable-pip-version-check --no-input)
-    if [[ -f "$constraints" ]]; then
-        pip_args+=(--constraint "$constraints")
-    fi
-    log "pip install ${PINS[*]}"
-    "${venv}/bin/python" -m pip install "${pip_args[@]}" "${PINS[@]}" >&2
-    if ! venv_ready; then
+    log "pip install ${PINS[*]} ${EXTRA_PINS[*]}"
+    "${venv}/bin/python" -m pip install "${pip_args[@]}" "${PINS[@]}" "${EXTRA_PINS[@]}" >&2
+    if ! venv_ready || ! extras_ready; then
         log "ERROR: ${venv} still lacks chatixia ${CHATIXIA_VERSION} after pip install"
         exit 1
     fi

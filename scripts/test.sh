@@ -12,6 +12,12 @@ fi
 if [ -x scripts/setup-python.sh ]; then
   scripts/setup-python.sh
 fi
+# Debian's chromium for the dashboard's browser test (tests/dashboard_browser.rs, driven by
+# Playwright from the venv with executable_path=/usr/bin/chromium; no browser download).
+if ! command -v chromium >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y chromium || { $SUDO apt-get update && $SUDO apt-get install -y chromium; }
+fi
 # coturn for the TURN test (tests/sidecar_turn.rs runs `turnserver` on loopback).
 if ! command -v turnserver >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -99,6 +99,16 @@ pub struct Cli {
     /// by default: the PyPI chatixia agent (0.4.3) sends no credentials on HTTP.
     #[arg(long)]
     pub require_agent_auth: bool,
+
+    /// INSECURE: serve the operator routes (pairing lists, approve/reject/revoke, agent
+    /// delete) without an admin token, as the reference does (for its dashboard).
+    #[arg(long)]
+    pub insecure_open_admin: bool,
+
+    /// Directory of the durable state (pairings, device-token hashes, revocations, invite
+    /// codes, pending tasks); created if missing, locked while the server runs.
+    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Limits on stored fields, store budgets and client quotas, list pages (see

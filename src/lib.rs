@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod dashboard;
+pub mod durable;
 pub mod hub;
 pub mod ice;
 pub mod limits;

@@ -58,10 +58,29 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         _ => None,
     };
+    config.insecure_open_admin = cli.insecure_open_admin;
+    if config.insecure_open_admin {
+        tracing::warn!(
+            "--insecure-open-admin: anyone who can reach the port can approve, revoke and \
+             delete; use only behind a trusted boundary"
+        );
+    }
     if config.test_clock {
         tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
     }
-    let config = Arc::new(config);
+    config.secrets = chatixia_store::Secrets::derive(&config.jwt_secret);
+    if config.jwt_secret == chatixia_core::auth::DEFAULT_SECRET.as_bytes() {
+        // Allowed (the suite, local runs), loudly: with the public development secret
+        // anyone can mint JWTs, and the data directory's sealed tokens open with it.
+        tracing::warn!(
+            "SIGNALING_SECRET is not set: using the public development secret. Anyone can \
+             mint tokens, and the data directory is protected by a known key. Set \
+             SIGNALING_SECRET before exposing this server."
+        );
+    }
+    // Control thread, before any shard starts: opening the store may block on the disk.
+    let (store, snapshot) = open_store(&cli.data_dir, &config.secrets)?;
+    config.store = Some(store.handle());
     match reactor::sys::raise_nofile() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
@@ -77,6 +96,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         builder = builder.cores(n);
     }
     let reactor = builder.build().map_err(|e| e.to_string())?;
+    let (boots, stray) = chatixia_core::durable::split(snapshot, reactor.cores(), &config.secrets);
+    if !stray.is_empty() {
+        tracing::info!(shards = ?stray, "tasks re-homed for the new shard count; heartbeats also ask these shards");
+    }
+    config.stray_task_shards = stray;
+    let config = Arc::new(config);
     let (bound, listeners) =
         reactor::listener::bind_reuseport(addr, reactor.cores()).map_err(|e| e.to_string())?;
 
@@ -86,9 +111,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let cores = reactor.cores();
     let driver = reactor.driver();
     let running = reactor
-        .start(listeners, move |shard, listener| {
-            server::run_shard(shard, listener, config.clone())
-        })
+        .start(
+            listeners.into_iter().zip(boots).collect(),
+            move |shard, (listener, boot)| server::run_shard(shard, listener, config.clone(), boot),
+        )
         .map_err(|e| e.to_string())?;
     tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");
     if let Some(path) = &cli.port_file {
@@ -118,7 +144,34 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Stopped::ShardFailed(i) => return Err(format!("shard {i} failed during shutdown")),
     }
+    // Commits what is queued and releases the data directory's lock.
+    store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Opens the data directory (lock, recovery, integrity check, secret check) and loads
+/// every record; drops invite codes that expired while the server was down. A damaged,
+/// locked or unreadable directory is an error naming the file and the problem.
+fn open_store(
+    dir: &std::path::Path,
+    secrets: &chatixia_store::Secrets,
+) -> Result<(chatixia_store::Store, chatixia_store::Snapshot), String> {
+    let (store, mut snapshot) =
+        chatixia_store::Store::open(dir, secrets, chatixia_store::StoreConfig::default())
+            .map_err(|e| format!("cannot open the data directory: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let expired = snapshot.take_expired_invites(now);
+    if !expired.is_empty() {
+        store
+            .handle()
+            .write_blocking(expired)
+            .map_err(|e| format!("cannot drop expired invite codes: {e}"))?;
+    }
+    tracing::info!(data_dir = %dir.display(), "{}", snapshot.summary());
+    Ok((store, snapshot))
 }
 
 /// Reads `API_KEYS_FILE` (default `api_keys.json`) once, before the shards start, as the

@@ -160,6 +160,50 @@ pub fn render(shards: &[ShardMetrics]) -> String {
     out
 }
 
+/// The durable store's counters (issue 10) in the Prometheus text format: commits are
+/// fsyncs (one per group commit).
+pub fn render_store(stats: &chatixia_store::StoreStats) -> String {
+    let series: [(&str, &str, &str, u64); 5] = [
+        (
+            "chatixia_store_commits_total",
+            "counter",
+            "Group commits of the state store, each one fsync.",
+            stats.commits,
+        ),
+        (
+            "chatixia_store_commits_failed_total",
+            "counter",
+            "Group commits that failed (their writes were answered 503).",
+            stats.commits_failed,
+        ),
+        (
+            "chatixia_store_writes_total",
+            "counter",
+            "Writes (acknowledged changes) committed or failed.",
+            stats.writes,
+        ),
+        (
+            "chatixia_store_batch_writes_largest",
+            "gauge",
+            "Most writes that shared one commit.",
+            stats.batch_writes_largest,
+        ),
+        (
+            "chatixia_store_queue_full_total",
+            "counter",
+            "Writes refused because the store's queue was full (503).",
+            stats.queue_full,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in series {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

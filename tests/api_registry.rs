@@ -57,9 +57,9 @@ fn register_get_list_delete() {
         assert_eq!(nf.status, 200);
         assert_eq!(nf.text(), r#"{"error":"not found"}"#);
 
-        let d = s.req("DELETE", "/api/registry/agents/a3", &[], None);
+        let d = s.admin_req("DELETE", "/api/registry/agents/a3");
         assert_eq!(d.text(), r#"{"status":"ok"}"#);
-        let d = s.req("DELETE", "/api/registry/agents/a3", &[], None);
+        let d = s.admin_req("DELETE", "/api/registry/agents/a3");
         assert_eq!(
             (d.status, d.text()),
             (200, r#"{"error":"not found"}"#.into())
@@ -169,7 +169,7 @@ fn route_by_skill() {
             s.get("/api/registry/route?skill=db").json()["agent_id"],
             "other"
         );
-        s.req("DELETE", "/api/registry/agents/r0", &[], None);
+        s.admin_req("DELETE", "/api/registry/agents/r0");
         assert_eq!(
             s.get("/api/registry/route?skill=web").json()["agent_id"],
             "r1"

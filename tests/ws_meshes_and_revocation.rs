@@ -13,6 +13,7 @@ fn server() -> Server {
     let mut o = Opts::cores(2);
     o.keys = Some(
         json!({"keys": {
+            "ak_test_admin": {"peer_id": "ops-admin", "role": "admin"},
             "ak_admin": {"peer_id": "admin-1", "role": "admin"},
             "ak_red_admin": {"peer_id": "red-admin", "role": "admin", "mesh": "red"},
             "ak_d1": {"peer_id": "d-1", "role": "agent"},
@@ -93,7 +94,7 @@ fn pair(srv: &Server, admin_key: &str, name: &str) -> (String, String, String) {
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_string();
     let peer = r.json()["peer_id"].as_str().unwrap().to_string();
-    let r = srv.req("POST", &format!("/api/pairing/{id}/approve"), &[], None);
+    let r = srv.admin_req("POST", &format!("/api/pairing/{id}/approve"));
     assert_eq!(r.status, 200, "{}", r.text());
     (
         id,
@@ -131,7 +132,7 @@ fn paired_peers_inherit_the_mesh_and_revocation_closes_them() {
         "an approved peer may signal"
     );
     // Revoke: the live connection closes at once with a 4000-range code and a reason.
-    let r = srv.req("POST", &format!("/api/pairing/{id}/revoke"), &[], None);
+    let r = srv.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
     assert_eq!(r.status, 200, "{}", r.text());
     let (code, reason) = recv_close(&mut wp);
     assert_eq!(code, 4001);
@@ -170,7 +171,7 @@ fn approval_while_connected_authorizes_the_live_connection() {
     );
     assert_eq!(recv(&mut wp)["type"], "error", "pending: may not signal");
     // Approve: the same connection now sees its mesh and may signal.
-    let r = srv.req("POST", &format!("/api/pairing/{id}/approve"), &[], None);
+    let r = srv.admin_req("POST", &format!("/api/pairing/{id}/approve"));
     assert_eq!(r.status, 200, "{}", r.text());
     send(&mut wp, &json!({"type": "register", "peer_id": peer}));
     assert_eq!(recv(&mut wp)["payload"]["peers"], json!(["d-1"]));

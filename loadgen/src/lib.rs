@@ -11,6 +11,7 @@ pub mod keys;
 pub mod msg;
 pub mod net;
 pub mod server_cpu;
+pub mod sidecar;
 pub mod storm;
 pub mod tokens;
 pub mod ws_idle;
@@ -62,6 +63,9 @@ pub enum Scenario {
     /// Two builds side by side: every scenario, alternating for N rounds; a table of
     /// medians and ratios, and report.json + report.html in --out.
     Compare(compare::Args),
+    /// Two running sidecars, driven over their IPC sockets: A sends N messages to B over
+    /// the DataChannel (msg/s, MB/s, order, each sidecar's CPU per message and RSS).
+    Sidecar(sidecar::Args),
 }
 
 /// Options every networked scenario takes.
@@ -130,6 +134,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
                 }
             };
         }
+        Scenario::Sidecar(a) => (a.json, sidecar::run(a)),
     };
     match result {
         Ok((report, ok)) => {

@@ -29,8 +29,11 @@ pub async fn token(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         TokenExchange::Issued(resp) => Ok(Response::json(200, &resp)),
         TokenExchange::Unauthorized => Ok(Response::new(401)),
         TokenExchange::LookupDeviceToken(token) => {
-            match ask_owner(ctx, token, Op::Lookup(Box::new(token.to_owned()))).await? {
+            // The index is keyed by the token's keyed hash (what the store keeps).
+            let key = crate::durable::token_key_of(&cfg.secrets, token);
+            match ask_owner(ctx, &key, Op::Lookup(Box::new(key.clone()))).await? {
                 Reply::Grant(Some(grant)) => {
+                    crate::pairing::api::token_used(ctx, grant.entry_id).await;
                     let resp = TokenResponse::issue(
                         &cfg.jwt_secret,
                         &grant.peer_id,

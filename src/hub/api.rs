@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::durable::task_record;
 use crate::http::{Request, Response};
 use crate::hub::ops::{Op, Reply};
 use crate::hub::{
@@ -20,6 +21,7 @@ use crate::server::common::{
     random_bytes, unexpected, Answer,
 };
 use crate::server::{Msg, ShardCtx};
+use chatixia_store::Mutation;
 
 /// Redraws of a task id that already exists on its home shard (44 random bits: a clash
 /// is practically impossible; this only bounds the loop).
@@ -65,7 +67,16 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
         let Some(s) = sub.take() else { break };
         let op = Op::Create(Box::new((id.clone(), s, client.clone())));
         match ask(ctx, home, op).await? {
-            Reply::Done => {
+            Reply::Task(Some(task)) => {
+                // Durable before it is claimable or acknowledged (issue 10).
+                let saved = ctx
+                    .commit(vec![Mutation::PutTask(task_record(&task))])
+                    .await;
+                if let Err(resp) = saved {
+                    let _ = ask_retry(ctx, home, || Op::Remove(Box::new(id.clone()))).await;
+                    return Err(resp);
+                }
+                ask_retry(ctx, home, || Op::Saved(Box::new(id.clone()))).await?;
                 if let Some(to) = pointer_to {
                     let deadline = ctx.now().saturating_add_secs(ttl);
                     let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
@@ -151,7 +162,20 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
         _ => Op::Update(Box::new((id, upd))),
     };
     match ask(ctx, to, op).await? {
-        Reply::Done => Ok(ok_status()),
+        Reply::Updated(b) => {
+            let (before, after) = *b;
+            // Finished tasks are kept in memory only (under the retention).
+            let m = if after.is_finished() {
+                Mutation::DeleteTask(after.id.clone())
+            } else {
+                Mutation::PutTask(task_record(&after))
+            };
+            if let Err(resp) = ctx.commit(vec![m]).await {
+                let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;
+                return Err(resp);
+            }
+            Ok(ok_status())
+        }
         Reply::NotFound => Ok(not_found_200()),
         Reply::Forbidden(who) => Ok(Response::error(
             403,
@@ -174,7 +198,9 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let op = Op::Heartbeat(Box::new((hb, crate::limits::client_key(peer))));
+    let mut hb = hb;
+    hb.client = crate::limits::client_key(peer);
+    let op = Op::Heartbeat(Box::new(hb));
     let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
         Reply::Full => return Ok(Response::error(503, "agent registry is full")),
@@ -194,6 +220,15 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         .map(|s| ctx.shard.shard_of(s))
         .filter(|&s| s != owner)
         .collect();
+    // Shards holding tasks away from their claim home since a restart with another
+    // shard count (see `durable::split`).
+    skill_shards.extend(
+        ctx.config
+            .stray_task_shards
+            .iter()
+            .copied()
+            .filter(|&s| s != owner),
+    );
     skill_shards.sort_unstable();
     skill_shards.dedup();
 
@@ -230,5 +265,39 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         }
     }
     sort_tasks(&mut claimed);
+    // Claims are durable before the agent gets them; a heartbeat that claims nothing
+    // writes nothing.
+    let claims: Vec<Mutation> = claimed
+        .iter()
+        .map(|t| Mutation::PutTask(task_record(t)))
+        .collect();
+    if let Err(resp) = ctx.commit(claims).await {
+        // Not acknowledged: the tasks go back to pending for the next heartbeat.
+        for t in &claimed {
+            let mut back = t.clone();
+            crate::hub::STATE_PENDING.clone_into(&mut back.state);
+            back.assigned_agent_id.clear();
+            let home = ctx.shard.shard_of(&t.id);
+            let _ = ask_retry(ctx, home, || Op::Restore(Box::new(back.clone()))).await;
+        }
+        return Err(resp);
+    }
     Ok(ok_json(heartbeat_body(&claimed)))
+}
+
+/// Asks shard `to` until the message is delivered: the follow-ups of a change the store
+/// already decided (make a saved task claimable, drop or restore an unsaved one) must not
+/// be dropped because of a burst. Waiting on a full mailbox is the backpressure.
+async fn ask_retry(ctx: &ShardCtx, to: usize, make: impl Fn() -> Op) -> Answer<Reply> {
+    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
+    loop {
+        match ctx.shard.ask(to, Msg::Hub(make())).await {
+            Ok(Msg::HubReply(r)) => return Ok(r),
+            Ok(_) => return Err(unexpected()),
+            Err(reactor::AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
+            Err(reactor::AskError::NoReply) => {
+                return Err(Response::error(500, format!("shard {to} gave no reply")))
+            }
+        }
+    }
 }

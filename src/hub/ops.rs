@@ -18,23 +18,29 @@ pub struct Store {
 pub enum Op {
     /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
     /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
-    /// `(heartbeat, client)`: the client's agent quota applies (see
+    /// The sender's agent quota applies (`Heartbeat::client`, see
     /// `AgentStore::heartbeat_for`). → also `Quota`.
-    Heartbeat(Box<(Heartbeat, String)>),
+    Heartbeat(Box<Heartbeat>),
     /// Store a new pending task under this id for a client (see
-    /// `TaskStore::create_for`); `(id, task, client)`. → `Done` | `InUse` | `Full` |
-    /// `Quota`.
+    /// `TaskStore::create_for`; `(id, task, client)`), not claimable until `Saved`.
+    /// → `Task` | `InUse` | `Full` | `Quota`.
     Create(Box<(TaskId, TaskSubmission, String)>),
+    /// The store acknowledged the task's creation: make it claimable. → `Done`.
+    Saved(Box<String>),
+    /// The store did not acknowledge the task's creation: drop it. → `Done`.
+    Remove(Box<String>),
+    /// Put a task back as it was (a change the store did not acknowledge). → `Done`.
+    Restore(Box<Task>),
     /// Leave a pointer to a task living elsewhere, for its target agent (owner:
     /// `shard_of(target)`); `(target, task id, deadline)`. → `Done` (a full table drops
     /// the pointer with a warning: the task stays claimable through its skill).
     Pointer(Box<(String, TaskId, UnixTime)>),
     /// One task. → `Task`.
     Get(Box<String>),
-    /// Update a task. → `Done` | `NotFound`.
+    /// Update a task. → `Updated` | `NotFound`.
     Update(Box<(String, TaskUpdate)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Done` | `NotFound` | `Forbidden` (assigned to someone else).
+    /// agent)`. → `Updated` | `NotFound` | `Forbidden` (assigned to someone else).
     UpdateAs(Box<(String, TaskUpdate, String)>),
     /// Every task of the shard. → `Tasks`.
     List,
@@ -61,6 +67,8 @@ pub enum Reply {
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
+    /// `(before, after)` of an update.
+    Updated(Box<(Task, Task)>),
 }
 
 impl Op {
@@ -69,8 +77,8 @@ impl Op {
     pub fn apply(self, store: &mut Store, agents: &mut AgentStore, now: UnixTime) -> Reply {
         match self {
             Op::Heartbeat(b) => {
-                let (hb, client) = &*b;
-                match agents.heartbeat_for(hb, client, now) {
+                let hb = &*b;
+                match agents.heartbeat_for(hb, &hb.client, now) {
                     Ok(()) => {}
                     Err(AgentRefusal::Full(_)) => return Reply::Full,
                     Err(AgentRefusal::ClientQuota(why)) => return Reply::Quota(Box::new(why)),
@@ -87,8 +95,12 @@ impl Op {
             }
             Op::Create(b) => {
                 let (id, sub, client) = *b;
-                match store.tasks.create_for(sub, id, &client, now) {
-                    Ok(_) => Reply::Done,
+                match store.tasks.create_for(sub, id.clone(), &client, now) {
+                    Ok(t) => {
+                        let t = Box::new(t.clone());
+                        store.tasks.set_saving(&id, true);
+                        Reply::Task(Some(t))
+                    }
                     Err(CreateTaskError::DuplicateId) => Reply::InUse,
                     Err(CreateTaskError::Full { .. }) => Reply::Full,
                     Err(e @ CreateTaskError::ClientQuota { .. }) => {
@@ -104,10 +116,25 @@ impl Op {
                 Reply::Done
             }
             Op::Get(id) => Reply::Task(store.tasks.get(&id).cloned().map(Box::new)),
+            Op::Saved(id) => {
+                store.tasks.set_saving(&id, false);
+                Reply::Done
+            }
+            Op::Remove(id) => {
+                store.tasks.remove(&id);
+                Reply::Done
+            }
+            Op::Restore(t) => {
+                store.tasks.replace(*t);
+                Reply::Done
+            }
             Op::Update(b) => {
                 let (id, upd) = *b;
+                let Some(before) = store.tasks.get(&id).cloned() else {
+                    return Reply::NotFound;
+                };
                 match store.tasks.update(&id, upd, now) {
-                    Some(_) => Reply::Done,
+                    Some(after) => Reply::Updated(Box::new((before, after.clone()))),
                     None => Reply::NotFound,
                 }
             }
@@ -118,10 +145,13 @@ impl Op {
                     Some(t) if t.assigned_agent_id != agent => {
                         Reply::Forbidden(Box::new(t.assigned_agent_id.clone()))
                     }
-                    Some(_) => match store.tasks.update(&id, upd, now) {
-                        Some(_) => Reply::Done,
-                        None => Reply::NotFound,
-                    },
+                    Some(t) => {
+                        let before = t.clone();
+                        match store.tasks.update(&id, upd, now) {
+                            Some(after) => Reply::Updated(Box::new((before, after.clone()))),
+                            None => Reply::NotFound,
+                        }
+                    }
                 }
             }
             Op::List => Reply::Tasks(Box::new(store.tasks.list().cloned().collect())),

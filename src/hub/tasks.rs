@@ -435,6 +435,9 @@ pub struct TaskStore {
     charged: HashMap<u64, (String, usize)>,
     /// Per client: `(tasks, bytes)` held here. Entries leave at zero.
     clients: HashMap<String, (usize, usize)>,
+    /// Tasks whose creation is being committed to the durable store: not claimable
+    /// until it is acknowledged (so no claim is saved before the task itself).
+    saving: BTreeSet<u64>,
 }
 
 impl TaskStore {
@@ -577,6 +580,77 @@ impl TaskStore {
         Some((client, bytes))
     }
 
+    /// Adds a task loaded from the store at start-up (the limit does not apply: it was
+    /// acknowledged). A task already held under that id is replaced.
+    pub fn insert_loaded(&mut self, task: Task) {
+        if let Some(&seq) = self.ids.get(&task.id) {
+            self.replace_seq(seq, task);
+            return;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.index.add(seq, &task);
+        self.ids.insert(task.id.clone(), seq);
+        let bytes = task_bytes(&task);
+        self.tasks.insert(seq, task);
+        // Its client is not stored: it counts against the store's budget only.
+        self.charge(seq, "", bytes);
+    }
+
+    /// Puts a task back as it was (undoing a change the store did not acknowledge).
+    /// `false` if the id is unknown.
+    pub fn replace(&mut self, task: Task) -> bool {
+        match self.ids.get(&task.id) {
+            Some(&seq) => {
+                self.replace_seq(seq, task);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn replace_seq(&mut self, seq: u64, task: Task) {
+        if let Some(old) = self.tasks.get_mut(&seq) {
+            self.index.remove(seq, old);
+            *old = task;
+            self.index.add(seq, old);
+        }
+        self.recharge(seq);
+    }
+
+    /// Removes a task (its creation was not acknowledged).
+    pub fn remove(&mut self, id: &str) {
+        if let Some(seq) = self.ids.remove(id) {
+            if let Some(task) = self.tasks.remove(&seq) {
+                self.index.remove(seq, &task);
+            }
+            self.saving.remove(&seq);
+            self.uncharge(seq);
+        }
+    }
+
+    /// Marks a task's creation as being saved (`true`) or acknowledged (`false`); a task
+    /// being saved is not claimed.
+    pub fn set_saving(&mut self, id: &str, saving: bool) {
+        if let Some(&seq) = self.ids.get(id) {
+            if saving {
+                self.saving.insert(seq);
+            } else {
+                self.saving.remove(&seq);
+            }
+        }
+    }
+
+    /// Ids of the unfinished tasks that [`expire`](Self::expire) at `now` will fail
+    /// (to delete them from the durable store).
+    pub fn overdue_ids(&self, now: UnixTime) -> Vec<TaskId> {
+        self.index
+            .live_by_deadline
+            .range(..(now, 0))
+            .filter_map(|&(_, seq)| self.tasks.get(&seq).map(|t| t.id.clone()))
+            .collect()
+    }
+
     /// The task with this id, if this shard holds it.
     pub fn get(&self, id: &str) -> Option<&Task> {
         self.ids.get(id).and_then(|seq| self.tasks.get(seq))
@@ -664,7 +738,7 @@ impl TaskStore {
     pub fn claim_id(&mut self, id: &str, agent_id: &str, now: UnixTime) -> Option<Task> {
         let seq = *self.ids.get(id)?;
         let task = self.tasks.get_mut(&seq)?;
-        if !task.is_pending() {
+        if !task.is_pending() || self.saving.contains(&seq) {
             return None;
         }
         self.index.remove(seq, task);
@@ -698,6 +772,9 @@ impl TaskStore {
         let mut claimed = Vec::with_capacity(seqs.len());
         let mut bytes = 0usize;
         for seq in seqs {
+            if self.saving.contains(&seq) {
+                continue;
+            }
             let size = self.tasks.get(&seq).map_or(0, task_bytes);
             if !claimed.is_empty() && bytes + size > self.config.claim_bytes_max {
                 break;

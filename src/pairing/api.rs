@@ -1,22 +1,28 @@
 //! `/api/pairing/*`: codes on `shard_of(code)`, entries on `shard_of(entry id)`, device
 //! tokens on `shard_of(token)`, approved peers on `shard_of(peer_id)`, rate-limit buckets
 //! on `shard_of(client ip)`. Random keys are drawn here, before routing.
+//!
+//! Durable (issue 10): each change is applied on its owner (the entry flagged `saving`),
+//! committed to the store from here, and answered 2xx only once acknowledged; otherwise
+//! it is undone on its owner and answered 503.
 
 use std::net::IpAddr;
 
 use crate::auth::header_value_str;
 use crate::auth::ops::{Op as TokenOp, Reply as TokenReply};
+use crate::durable::{entry_record, invite_record, token_key, token_record};
 use crate::http::{Request, Response};
 use crate::pairing::ops::{Op, Reply};
 use crate::pairing::{
-    new_peer_id, ActionError, Code, CodeStore, Entry, EntryId, GenerateCodeResponse, Issuer,
-    OkBody, PairError, PairRequest, PairingStore,
+    hex_lower, new_peer_id, ActionError, Code, CodeStore, Entry, EntryId, GenerateCodeResponse,
+    Issuer, OkBody, PairError, PairRequest, PairingStore, Status,
 };
 use crate::server::common::{
     ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Answer,
 };
 use crate::server::ShardCtx;
 use crate::signaling::ops::{Op as AuthzOp, Reply as AuthzReply};
+use chatixia_store::{HashKind, Mutation, RevocationRecord};
 
 fn pair_error(e: PairError) -> Response {
     Response::json(e.status(), &e.body())
@@ -24,6 +30,39 @@ fn pair_error(e: PairError) -> Response {
 
 fn action_error(e: ActionError) -> Response {
     Response::json(e.status(), &e.body())
+}
+
+fn busy() -> Response {
+    Response::error(409, "a change to this entry is being saved; retry")
+}
+
+/// Asks the entry's owner until the message is delivered: a follow-up of a change that
+/// is already decided (saved or refused by the store) must not be dropped because of a
+/// burst, or the entry would stay flagged `saving` (or hold an unsaved state). Waiting
+/// on a full mailbox is the backpressure.
+async fn tell_entry_owner(ctx: &ShardCtx, id: EntryId, make: impl Fn() -> Op) {
+    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
+    let to = ctx.shard.shard_of(id.to_string());
+    loop {
+        match ctx.shard.ask(to, crate::server::Msg::Pairing(make())).await {
+            Ok(_) => return,
+            Err(reactor::AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
+            Err(reactor::AskError::NoReply) => {
+                tracing::error!(entry = %id, "entry owner gave no reply to a follow-up");
+                return;
+            }
+        }
+    }
+}
+
+/// Clears the entry's `saving` flag after its change was acknowledged.
+async fn saved(ctx: &ShardCtx, id: EntryId) {
+    tell_entry_owner(ctx, id, || Op::EntrySaved(id)).await
+}
+
+/// Puts the entry back as it was after a change the store did not acknowledge.
+async fn restore(ctx: &ShardCtx, id: EntryId, before: Option<Entry>) {
+    tell_entry_owner(ctx, id, || Op::EntryRestore(Box::new((id, before.clone())))).await
 }
 
 /// `POST /api/pairing/generate-code`: needs the `X-API-Key` of a known key.
@@ -39,12 +78,25 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         peer_id: entry.peer_id.clone(),
         mesh: entry.mesh.clone(),
     };
+    issue_code(ctx, issuer).await
+}
+
+/// Draws a new invite code for `issuer`, stores it on its owner shard and makes it
+/// durable before answering (`generate-code` and the dashboard's invite share it).
+pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
     for _ in 0..CodeStore::GENERATE_TRIES_MAX {
         random_bytes::<1>()?;
         let code = Code::random(&mut fill_random);
         let key = code.to_string();
         match ask_owner(ctx, &key, Op::CodeInsert(Box::new((code, issuer.clone())))).await? {
-            Reply::Done => return Ok(Response::json(200, &GenerateCodeResponse::new(code))),
+            Reply::CodeStored(expires_at) => {
+                let put = Mutation::PutInvite(invite_record(code, &issuer, expires_at));
+                if let Err(resp) = ctx.commit(vec![put]).await {
+                    let _ = ask_owner_retry(ctx, &key, || Op::CodeRemove(code)).await;
+                    return Err(resp);
+                }
+                return Ok(Response::json(200, &GenerateCodeResponse::new(code)));
+            }
             Reply::InUse => continue,
             Reply::Full => return Ok(Response::error(503, "too many live invite codes")),
             Reply::Quota(n) => {
@@ -63,7 +115,8 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
 }
 
 /// `POST /api/pairing/pair`, in the reference's order: body, rate limit, code format,
-/// agent name, redeem, create.
+/// agent name, redeem, create. The answer adds `claim_secret` (issue 10), the device's
+/// bearer secret for `GET /api/pairing/{id}/status`.
 pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
     let body: PairRequest = json_body(req)?;
     let ip_key = client.to_string();
@@ -76,10 +129,11 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
         Ok(v) => v,
         Err(e) => return Ok(pair_error(e)),
     };
-    let code_key = valid.code.to_string();
-    let issuer = match ask_owner(ctx, &code_key, Op::CodeRedeem(valid.code)).await? {
-        Reply::Issuer(Some(i)) => *i,
-        Reply::Issuer(None) => return Ok(pair_error(PairError::InvalidCode)),
+    let code = valid.code;
+    let code_key = code.to_string();
+    let (issuer, expires_at) = match ask_owner(ctx, &code_key, Op::CodeRedeem(code)).await? {
+        Reply::Redeemed(Some(b)) => *b,
+        Reply::Redeemed(None) => return Ok(pair_error(PairError::InvalidCode)),
         Reply::Throttled(secs) => {
             return Ok(Response::error(
                 429,
@@ -92,6 +146,17 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
         }
         _ => return Ok(unexpected()),
     };
+    let put_code_back = || async {
+        let _ = ask_owner_retry(ctx, &code_key, || {
+            Op::CodeRestore(Box::new((code, issuer.clone(), expires_at)))
+        })
+        .await;
+    };
+    let claim_secret = format!("cs_{}", hex_lower(&random_bytes::<16>()?));
+    let claim_hash = ctx
+        .config
+        .secrets
+        .token_hash(HashKind::ClaimSecret, &claim_secret);
     for _ in 0..PairingStore::CREATE_TRIES_MAX {
         random_bytes::<1>()?;
         let id = EntryId::random(&mut fill_random);
@@ -101,18 +166,38 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
             peer_id,
             valid.agent_name.to_owned(),
             issuer.clone(),
+            claim_hash,
         )));
         match ask_owner(ctx, &id.to_string(), op).await? {
-            Reply::Entry(e) => return Ok(Response::json(200, &e.pair_response())),
+            Reply::Entry(e) => {
+                let write = vec![
+                    Mutation::DeleteInvite(code.value()),
+                    Mutation::PutPairing(entry_record(&e, &ctx.config.secrets)),
+                ];
+                if let Err(resp) = ctx.commit(write).await {
+                    restore(ctx, id, None).await;
+                    put_code_back().await;
+                    return Err(resp);
+                }
+                saved(ctx, id).await;
+                let mut body = serde_json::to_value(e.pair_response()).unwrap_or_default();
+                body["claim_secret"] = serde_json::Value::String(claim_secret);
+                return Ok(Response::json(200, &body));
+            }
             Reply::InUse => continue,
-            Reply::Full => return Ok(pair_error(PairError::StoreFull)),
+            Reply::Full => {
+                put_code_back().await;
+                return Ok(pair_error(PairError::StoreFull));
+            }
             _ => return Ok(unexpected()),
         }
     }
+    put_code_back().await;
     Ok(pair_error(PairError::StoreFull))
 }
 
-/// `GET /api/pairing/pending` and `/all`: every shard's entries, oldest first.
+/// `GET /api/pairing/pending` and `/all`: every shard's entries, oldest first (never
+/// with device tokens).
 pub async fn list(ctx: &ShardCtx, pending_only: bool) -> Answer<Response> {
     let mut all: Vec<Entry> = Vec::new();
     for r in ask_all(ctx, |_| Op::EntryList(pending_only)).await? {
@@ -130,32 +215,40 @@ fn entry_id(raw: &str, err: ActionError) -> Answer<EntryId> {
     EntryId::parse(raw).ok_or_else(|| action_error(err))
 }
 
+/// `(before, after)` of a transition on the entry's owner, or the answer.
+async fn transition(
+    ctx: &ShardCtx,
+    id: EntryId,
+    op: Op,
+    err: ActionError,
+) -> Answer<(Entry, Entry)> {
+    match ask_owner(ctx, &id.to_string(), op).await? {
+        Reply::Changed(b) => Ok(*b),
+        Reply::NotFound => Err(action_error(err)),
+        Reply::Busy => Err(busy()),
+        _ => Err(unexpected()),
+    }
+}
+
 /// `POST /api/pairing/{id}/approve`: approve on the entry's shard (with a device token
-/// drawn here), index the token on `shard_of(token)`, authorize the peer on
-/// `shard_of(peer_id)`.
+/// drawn here), index the token (by its keyed hash) on `shard_of(hash)`, authorize the
+/// peer on `shard_of(peer_id)`, commit the entry and the token grant; 200 once durable.
 pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let not_pending = ActionError::NotFoundOrNotPending;
     let id = entry_id(raw_id, not_pending)?;
-    let bytes = random_bytes::<16>()?;
-    let entry = match ask_owner(
-        ctx,
-        &id.to_string(),
-        Op::EntryApprove(Box::new((id, bytes))),
-    )
-    .await?
-    {
-        Reply::Entry(e) => e,
-        Reply::NotFound => return Ok(action_error(not_pending)),
-        _ => return Ok(unexpected()),
-    };
+    let token = format!("dt_{}", hex_lower(&random_bytes::<16>()?));
+    let hash = ctx.config.secrets.token_hash(HashKind::DeviceToken, &token);
+    let key = token_key(&hash);
+    let op = Op::EntryApprove(Box::new((id, token, hash)));
+    let (before, entry) = transition(ctx, id, op, not_pending).await?;
     let Some(grant) = entry.device_grant() else {
+        restore(ctx, id, Some(before)).await;
         return Ok(unexpected());
     };
-    let token = entry.device_token.clone();
     let indexed = ask_owner(
         ctx,
-        &token,
-        TokenOp::Insert(Box::new((token.clone(), grant))),
+        &key,
+        TokenOp::Insert(Box::new((key.clone(), grant.clone()))),
     )
     .await;
     let authorized = match &indexed {
@@ -167,22 +260,38 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
             )
             .await
         }
-        Ok(_) => Ok(AuthzReply::Full),
-        Err(_) => Ok(AuthzReply::Full),
+        Ok(_) | Err(_) => Ok(AuthzReply::Full),
     };
-    if !matches!(authorized, Ok(AuthzReply::Done)) {
-        // The token does not work (128 random bits already indexed, an index at its
-        // limit, or a full mailbox): withdraw the approval so no entry claims a token
-        // that grants nothing: the entry goes back to pending, so the admin can retry.
-        if matches!(indexed, Ok(TokenReply::Done)) {
-            let _ = ask_owner_retry(ctx, &token, || TokenOp::Remove(Box::new(token.clone()))).await;
-        }
-        let _ = ask_owner_retry(ctx, &id.to_string(), || Op::EntryWithdraw(id)).await;
-        return Ok(Response::error(
+    let activated = matches!(authorized, Ok(AuthzReply::Done));
+    let committed = if activated {
+        let write = vec![
+            Mutation::PutPairing(entry_record(&entry, &ctx.config.secrets)),
+            Mutation::PutDeviceToken(token_record(hash, &grant)),
+        ];
+        ctx.commit(write).await
+    } else {
+        Err(Response::error(
             503,
             "could not activate the device token; try again later",
-        ));
+        ))
+    };
+    if let Err(resp) = committed {
+        // Not acknowledged: the token must not work and the entry goes back to pending,
+        // so the admin can retry.
+        if activated {
+            let peer = entry.peer_id.as_str();
+            let _ = ask_owner_retry(ctx, peer, || {
+                AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
+            })
+            .await;
+        }
+        if matches!(indexed, Ok(TokenReply::Done)) {
+            let _ = ask_owner_retry(ctx, &key, || TokenOp::Remove(Box::new(key.clone()))).await;
+        }
+        restore(ctx, id, Some(before)).await;
+        return Err(resp);
     }
+    saved(ctx, id).await;
     Ok(Response::json(200, &entry.approve_response()))
 }
 
@@ -190,36 +299,129 @@ pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 pub async fn reject(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let err = ActionError::NotFoundOrNotPending;
     let id = entry_id(raw_id, err)?;
-    match ask_owner(ctx, &id.to_string(), Op::EntryReject(id)).await? {
-        Reply::Entry(_) => Ok(Response::json(200, &OkBody::OK)),
-        Reply::NotFound => Ok(action_error(err)),
-        _ => Ok(unexpected()),
+    let (before, after) = transition(ctx, id, Op::EntryReject(id), err).await?;
+    let write = vec![Mutation::PutPairing(entry_record(
+        &after,
+        &ctx.config.secrets,
+    ))];
+    if let Err(resp) = ctx.commit(write).await {
+        restore(ctx, id, Some(before)).await;
+        return Err(resp);
     }
+    saved(ctx, id).await;
+    Ok(Response::json(200, &OkBody::OK))
 }
 
-/// `POST /api/pairing/{id}/revoke`: the entry, then its token and its peer's
-/// authorization.
+/// `POST /api/pairing/{id}/revoke`: the entry, its token grant and the peer's
+/// revocation are committed first; then the token stops working and the peer's live
+/// connections are closed (4001).
 pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let err = ActionError::NotFoundOrNotApproved;
     let id = entry_id(raw_id, err)?;
-    let entry = match ask_owner(ctx, &id.to_string(), Op::EntryRevoke(id)).await? {
-        Reply::Entry(e) => e,
-        Reply::NotFound => return Ok(action_error(err)),
-        _ => return Ok(unexpected()),
-    };
-    // Both follow-ups are attempted whatever the other's outcome (the entry is already
-    // revoked, so an admin's retry would find nothing to do): the peer's authorization
-    // first, since that closes its live signaling connections.
+    let (before, entry) = transition(ctx, id, Op::EntryRevoke(id), err).await?;
+    let mut write = vec![
+        Mutation::PutPairing(entry_record(&entry, &ctx.config.secrets)),
+        Mutation::PutRevocation(RevocationRecord {
+            peer_id: entry.peer_id.clone(),
+            not_before_secs: ctx.now().as_secs(),
+            entry_id: Some(id.value()),
+        }),
+    ];
+    if let Some(hash) = entry.token_hash {
+        write.push(Mutation::DeleteDeviceToken(hash));
+    }
+    if let Err(resp) = ctx.commit(write).await {
+        restore(ctx, id, Some(before)).await;
+        return Err(resp);
+    }
+    saved(ctx, id).await;
+    // Both follow-ups are attempted whatever the other's outcome (the revocation is
+    // durable: a restart applies it in full): the peer's authorization first, since
+    // that closes its live signaling connections.
     let peer = entry.peer_id.as_str();
     let deauthorized = ask_owner_retry(ctx, peer, || {
         AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
     })
     .await;
-    let token = entry.device_token.as_str();
-    let removed = ask_owner_retry(ctx, token, || TokenOp::Remove(Box::new(token.to_owned()))).await;
-    if let Err(resp) = deauthorized.map(drop).and(removed.map(drop)) {
-        tracing::error!(entry = %id, "revocation applied to the entry but not fully propagated (mailboxes full)");
+    let removed = match entry.token_hash {
+        Some(hash) => {
+            let key = token_key(&hash);
+            ask_owner_retry(ctx, &key, || TokenOp::Remove(Box::new(key.clone())))
+                .await
+                .map(drop)
+        }
+        None => Ok(()),
+    };
+    if let Err(resp) = deauthorized.map(drop).and(removed) {
+        tracing::error!(entry = %id, "revocation saved but not fully applied in memory (mailboxes full)");
         return Err(resp);
     }
     Ok(Response::json(200, &OkBody::OK))
+}
+
+/// `{"id","peer_id","status"}` and, while it may still be claimed, `device_token`.
+#[derive(serde::Serialize)]
+struct StatusBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_token: Option<&'a str>,
+    id: EntryId,
+    peer_id: &'a str,
+    status: Status,
+}
+
+/// `GET /api/pairing/{id}/status` with `Authorization: Bearer <claim_secret>` (issue
+/// 10): the device's own view of its entry and, once approved, its device token (until
+/// the token is first used or the entry is revoked). Unknown id or wrong secret → 401,
+/// the same answer, so ids cannot be probed.
+pub async fn status(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
+    let refused = || Response::error(401, "unknown entry or wrong claim secret");
+    let secret = req
+        .header("authorization")
+        .and_then(|v| crate::auth::admin::bearer_token(v.as_bytes()))
+        .ok_or_else(refused)?;
+    let id = EntryId::parse(raw_id).ok_or_else(refused)?;
+    let entry = match ask_owner(ctx, &id.to_string(), Op::EntryGet(id)).await? {
+        Reply::Entry(e) => e,
+        Reply::NotFound => return Err(refused()),
+        _ => return Ok(unexpected()),
+    };
+    let ok = entry
+        .claim_hash
+        .is_some_and(|h| ctx.config.secrets.verify(HashKind::ClaimSecret, secret, &h));
+    if !ok {
+        return Err(refused());
+    }
+    // Not while the approval is still being saved: a token is handed out only once durable.
+    let token = (entry.status == Status::Approved
+        && !entry.saving
+        && !entry.token_claimed
+        && !entry.device_token.is_empty())
+    .then_some(entry.device_token.as_str());
+    Ok(Response::json(
+        200,
+        &StatusBody {
+            device_token: token,
+            id: entry.id,
+            peer_id: &entry.peer_id,
+            status: entry.status,
+        },
+    ))
+}
+
+/// The device used its token (`POST /api/token`): stop serving it on the claim path and
+/// drop its sealed copy from the store. Best effort: the token works either way.
+pub async fn token_used(ctx: &ShardCtx, id: EntryId) {
+    let Ok(Reply::Changed(b)) = ask_owner(ctx, &id.to_string(), Op::EntryTokenUsed(id)).await
+    else {
+        return;
+    };
+    let (_, after) = *b;
+    let write = vec![Mutation::PutPairing(entry_record(
+        &after,
+        &ctx.config.secrets,
+    ))];
+    if ctx.commit(write).await.is_err() {
+        tracing::warn!(entry = %id, "could not save that the device token was used");
+    }
+    saved(ctx, id).await;
 }

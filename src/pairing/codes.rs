@@ -219,6 +219,39 @@ impl CodeStore {
         (now < invite.expires_at).then_some(invite.issuer)
     }
 
+    /// Puts a code back with its expiry: a code loaded from the store at start-up, or a
+    /// redeemed one whose redemption the store did not acknowledge. The limit does not
+    /// apply (the code existed before).
+    pub fn restore(&mut self, code: Code, issuer: Issuer, expires_at: UnixTime) {
+        self.codes.insert(code, Invite { issuer, expires_at });
+    }
+
+    /// Removes a code whose creation the store did not acknowledge.
+    pub fn remove(&mut self, code: Code) {
+        self.codes.remove(&code);
+    }
+
+    /// Like [`redeem`](Self::redeem), also returning the code's expiry (to restore it if
+    /// the redemption is not acknowledged).
+    pub fn redeem_with_expiry(&mut self, code: Code, now: UnixTime) -> Option<(Issuer, UnixTime)> {
+        let invite = self.codes.remove(&code)?;
+        (now < invite.expires_at).then_some((invite.issuer, invite.expires_at))
+    }
+
+    /// Removes expired codes and returns them (to delete them from the store too).
+    pub fn sweep_expired(&mut self, now: UnixTime) -> Vec<Code> {
+        let gone: Vec<Code> = self
+            .codes
+            .iter()
+            .filter(|(_, inv)| now >= inv.expires_at)
+            .map(|(c, _)| *c)
+            .collect();
+        for c in &gone {
+            self.codes.remove(c);
+        }
+        gone
+    }
+
     /// Remove expired codes; returns how many were removed. Call periodically (the
     /// reference sweeps every 60 s).
     pub fn sweep(&mut self, now: UnixTime) -> usize {

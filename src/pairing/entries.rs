@@ -17,6 +17,7 @@ use super::codes::Issuer;
 use super::{hex_lower, ActionError, ApproveResponse, PairResponse, Rng};
 use crate::auth::DEVICE_TOKEN_ROLE;
 use crate::time::UnixTime;
+use chatixia_store::TokenHash;
 
 /// An entry id: 8 lower-case hex digits (32 random bits, like the reference's first 8
 /// characters of a v4 UUID).
@@ -119,8 +120,9 @@ impl Status {
 
 /// One agent going through onboarding.
 ///
-/// Serializes as the reference's `OnboardingEntry`: `{"id","agent_name","peer_id",
-/// "device_token" (omitted while empty),"status","created_at","updated_at"}` with times as
+/// Serializes as the reference's `OnboardingEntry` without its `device_token` (issue 10:
+/// lists never carry tokens): `{"id","agent_name","peer_id","status","created_at",
+/// "updated_at"}` with times as
 /// float seconds. `mesh` and `invited_by` are kept for the server but are not on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
@@ -143,20 +145,29 @@ pub struct Entry {
     pub mesh: Option<String>,
     /// Peer id of the API key that generated the invite.
     pub invited_by: String,
+    /// Keyed hash of the device token once approved (what the durable store keeps; its
+    /// hex is the token's key in the [`DeviceTokenIndex`]).
+    pub token_hash: Option<TokenHash>,
+    /// Keyed hash of the claim secret handed out by `pair` (the device's own path to its
+    /// token: `GET /api/pairing/{id}/status`).
+    pub claim_hash: Option<TokenHash>,
+    /// The device has used its token (or the entry was revoked): the token is no longer
+    /// served on the claim path nor kept sealed in the store.
+    pub token_claimed: bool,
+    /// A change of this entry is being committed to the store: other transitions wait
+    /// (answer 409) so the store sees the entry's changes in the order they happened.
+    pub saving: bool,
 }
 
 impl Serialize for Entry {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let with_token = !self.device_token.is_empty();
-        let mut st = s.serialize_struct("OnboardingEntry", 6 + usize::from(with_token))?;
+        // Never the device token: lists are admin reads, and a token is a secret handed
+        // out once (the approve response) or to its device (the claim path).
+        let mut st = s.serialize_struct("OnboardingEntry", 6)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("agent_name", &self.agent_name)?;
         st.serialize_field("peer_id", &self.peer_id)?;
-        if with_token {
-            st.serialize_field("device_token", &self.device_token)?;
-        } else {
-            st.skip_field("device_token")?;
-        }
+        st.skip_field("device_token")?;
         st.serialize_field("status", &self.status)?;
         st.serialize_field("created_at", &self.created_at.as_secs_f64())?;
         st.serialize_field("updated_at", &self.updated_at.as_secs_f64())?;
@@ -269,6 +280,10 @@ impl PairingStore {
             updated_at: now,
             mesh: invited.mesh,
             invited_by: invited.peer_id,
+            token_hash: None,
+            claim_hash: None,
+            token_claimed: false,
+            saving: false,
         };
         Ok(self.entries.entry(id).or_insert(entry))
     }
@@ -299,6 +314,30 @@ impl PairingStore {
     /// The entry with this id (`None` for unknown or malformed ids).
     pub fn get(&self, id: &str) -> Option<&Entry> {
         self.entries.get(&EntryId::parse(id)?)
+    }
+
+    /// The entry with this id, to change in place (the owner's durable bookkeeping).
+    pub fn get_mut(&mut self, id: EntryId) -> Option<&mut Entry> {
+        self.entries.get_mut(&id)
+    }
+
+    /// Puts `entry` back as it was before a change the store did not acknowledge (`None`:
+    /// the entry did not exist).
+    pub fn restore(&mut self, id: EntryId, entry: Option<Entry>) {
+        match entry {
+            Some(e) => {
+                self.entries.insert(id, e);
+            }
+            None => {
+                self.entries.remove(&id);
+            }
+        }
+    }
+
+    /// Adds an entry loaded from the store at start-up (the limit does not apply: what
+    /// was acknowledged is kept).
+    pub fn insert_loaded(&mut self, entry: Entry) {
+        self.entries.insert(entry.id, entry);
     }
 
     /// `pending_approval` → `approved` with a fresh device token from `rng`.

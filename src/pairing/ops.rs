@@ -4,9 +4,11 @@
 
 use std::net::IpAddr;
 
+use chatixia_store::TokenHash;
+
 use crate::pairing::{
     Code, CodeInsertError, CodeStore, CreateError, Entry, EntryId, Issuer, PairingStore,
-    RateLimiter,
+    RateLimiter, Status,
 };
 use crate::pairing::guard::{GuardLimits, GuessGuard};
 use crate::time::UnixTime;
@@ -46,25 +48,40 @@ impl Default for Store {
 
 /// A request to the pairing stores of one shard. Every payload is at most one word
 /// (see `server::msg`).
+///
+/// Durable changes (issue 10) are applied here first and flagged `saving`; the asking
+/// handler commits them to the store and then sends `EntrySaved` (acknowledged) or
+/// `EntryRestore` / `CodeRestore` / `CodeRemove` (not acknowledged: undo).
 pub enum Op {
-    /// Store an invite code. → `Done` | `InUse` | `Full`.
+    /// Store an invite code. → `CodeStored` | `InUse` | `Full`.
     CodeInsert(Box<(Code, Issuer)>),
-    /// Use an invite code. → `Issuer` | `Throttled` (too many wrong guesses here).
+    /// Undo a code insertion the store did not acknowledge. → `Done`.
+    CodeRemove(Code),
+    /// Put a code back (its redemption was not acknowledged). → `Done`.
+    CodeRestore(Box<(Code, Issuer, UnixTime)>),
+    /// Use an invite code. → `Redeemed` | `Throttled` (too many wrong guesses here).
     CodeRedeem(Code),
     /// Count a `pair` attempt of this client IP. → `Allowed`.
     RateCheck(Box<IpAddr>),
-    /// Create a pending entry `(id, peer_id, agent_name, issuer)`.
-    /// → `Entry` | `InUse` | `Full`.
-    EntryCreate(Box<(EntryId, String, String, Issuer)>),
-    /// Approve with this pre-drawn device token randomness. → `Entry` | `NotFound`.
-    EntryApprove(Box<(EntryId, [u8; 16])>),
-    /// Reject. → `Entry` | `NotFound`.
+    /// Create a pending entry `(id, peer_id, agent_name, issuer, claim secret hash)`,
+    /// flagged saving. → `Entry` | `InUse` | `Full`.
+    EntryCreate(Box<(EntryId, String, String, Issuer, TokenHash)>),
+    /// Approve with this device token and its hash. → `Changed` | `NotFound` | `Busy`.
+    EntryApprove(Box<(EntryId, String, TokenHash)>),
+    /// Reject. → `Changed` | `NotFound` | `Busy`.
     EntryReject(EntryId),
-    /// Undo an approval whose token could not be activated (back to pending).
-    /// → `Entry` | `NotFound`.
-    EntryWithdraw(EntryId),
-    /// Revoke. → `Entry` | `NotFound`.
+    /// Revoke. → `Changed` | `NotFound` | `Busy`.
     EntryRevoke(EntryId),
+    /// The entry's device token was used: stop serving it on the claim path.
+    /// → `Changed` (to save) | `Done` (nothing changed) | `Busy` | `NotFound`.
+    EntryTokenUsed(EntryId),
+    /// The store acknowledged the entry's change: clear `saving`. → `Done`.
+    EntrySaved(EntryId),
+    /// The store did not acknowledge the change: put the entry back as it was (`None`:
+    /// remove it). → `Done`.
+    EntryRestore(Box<(EntryId, Option<Entry>)>),
+    /// One entry. → `Entry` | `NotFound`.
+    EntryGet(EntryId),
     /// The shard's entries (`true`: pending only). → `Entries`.
     EntryList(bool),
 }
@@ -75,21 +92,46 @@ pub enum Reply {
     NotFound,
     InUse,
     Full,
+    /// Another change of the entry is being saved: retry (409).
+    Busy,
     /// Whether the attempt is allowed (false: rate limited).
     Allowed(bool),
     /// The issuing key holds this many live codes here, its quota.
     Quota(usize),
     /// Redemptions on this shard are paused; seconds to wait.
     Throttled(u64),
-    Issuer(Option<Box<Issuer>>),
+    /// A code was stored; it expires then.
+    CodeStored(UnixTime),
+    /// The redeemed code's issuer and expiry (`None`: unknown, used or expired).
+    Redeemed(Option<Box<(Issuer, UnixTime)>>),
     Entry(Box<Entry>),
+    /// `(before, after)` of a transition (the entry is now flagged saving).
+    Changed(Box<(Entry, Entry)>),
     Entries(Box<Vec<Entry>>),
 }
 
-fn entry_or_not_found<E>(r: Result<&Entry, E>) -> Reply {
-    match r {
-        Ok(e) => Reply::Entry(Box::new(e.clone())),
-        Err(_) => Reply::NotFound,
+/// Applies a transition to entry `id` unless another change of it is being saved; on
+/// success the entry is flagged saving and both versions are returned.
+fn transition<E>(
+    store: &mut Store,
+    id: EntryId,
+    f: impl FnOnce(&mut PairingStore) -> Result<&Entry, E>,
+) -> Reply {
+    let Some(before) = store.entries.get_mut(id).map(|e| e.clone()) else {
+        return Reply::NotFound;
+    };
+    if before.saving {
+        return Reply::Busy;
+    }
+    if f(&mut store.entries).is_err() {
+        return Reply::NotFound;
+    }
+    match store.entries.get_mut(id) {
+        Some(e) => {
+            e.saving = true;
+            Reply::Changed(Box::new((before, e.clone())))
+        }
+        None => Reply::NotFound,
     }
 }
 
@@ -100,7 +142,7 @@ impl Op {
             Op::CodeInsert(b) => {
                 let (code, issuer) = *b;
                 match store.codes.insert(code, issuer, now) {
-                    Ok(_) => Reply::Done,
+                    Ok(expires_at) => Reply::CodeStored(expires_at),
                     Err(CodeInsertError::InUse) => Reply::InUse,
                     Err(CodeInsertError::Full) => Reply::Full,
                     Err(CodeInsertError::IssuerQuota { codes_max }) => Reply::Quota(codes_max),
@@ -110,41 +152,107 @@ impl Op {
                 if let Err(t) = store.guard.check(now) {
                     return Reply::Throttled(t.retry_after_secs);
                 }
-                match store.codes.redeem(code, now) {
-                    Some(issuer) => Reply::Issuer(Some(Box::new(issuer))),
+                match store.codes.redeem_with_expiry(code, now) {
+                    Some(found) => Reply::Redeemed(Some(Box::new(found))),
                     None => {
                         let burnt = store.guard.wrong_guess(code, &mut store.codes, now);
                         if burnt > 0 {
                             tracing::warn!(burnt, "invite codes burnt after wrong guesses near them");
                         }
-                        Reply::Issuer(None)
+                        Reply::Redeemed(None)
                     }
                 }
             }
+            Op::CodeRemove(code) => {
+                store.codes.remove(code);
+                Reply::Done
+            }
+            Op::CodeRestore(b) => {
+                let (code, issuer, expires_at) = *b;
+                store.codes.restore(code, issuer, expires_at);
+                Reply::Done
+            }
             Op::RateCheck(ip) => Reply::Allowed(store.rate.check_and_count(*ip, now)),
             Op::EntryCreate(b) => {
-                let (id, peer_id, name, issuer) = *b;
+                let (id, peer_id, name, issuer, claim_hash) = *b;
                 match store.entries.create(id, peer_id, &name, issuer, now) {
-                    Ok(e) => Reply::Entry(Box::new(e.clone())),
+                    Ok(_) => match store.entries.get_mut(id) {
+                        Some(e) => {
+                            e.claim_hash = Some(claim_hash);
+                            e.saving = true;
+                            Reply::Entry(Box::new(e.clone()))
+                        }
+                        None => Reply::NotFound,
+                    },
                     Err(CreateError::IdInUse) => Reply::InUse,
                     Err(CreateError::Full) => Reply::Full,
                 }
             }
             Op::EntryApprove(b) => {
-                let (id, bytes) = *b;
-                // The token's randomness was drawn by the requesting shard; hand exactly
-                // it to the store.
-                let mut rng = |buf: &mut [u8]| {
-                    let n = buf.len().min(bytes.len());
-                    buf[..n].copy_from_slice(&bytes[..n]);
-                };
-                entry_or_not_found(store.entries.approve(&id.to_string(), &mut rng, now))
+                let (id, token, hash) = *b;
+                let reply = transition(store, id, |entries| {
+                    // The token was drawn by the requesting shard: hand exactly it over.
+                    let mut rng = |_: &mut [u8]| {};
+                    entries.approve(&id.to_string(), &mut rng, now)
+                });
+                if let Reply::Changed(_) = reply {
+                    if let Some(e) = store.entries.get_mut(id) {
+                        e.device_token = token;
+                        e.token_hash = Some(hash);
+                        e.token_claimed = false;
+                        let before = match reply {
+                            Reply::Changed(b) => b.0,
+                            _ => return Reply::NotFound,
+                        };
+                        return Reply::Changed(Box::new((before, e.clone())));
+                    }
+                }
+                reply
             }
-            Op::EntryReject(id) => entry_or_not_found(store.entries.reject(&id.to_string(), now)),
-            Op::EntryWithdraw(id) => {
-                entry_or_not_found(store.entries.withdraw_approval(&id.to_string(), now))
+            Op::EntryReject(id) => transition(store, id, |e| e.reject(&id.to_string(), now)),
+            Op::EntryRevoke(id) => {
+                let reply = transition(store, id, |e| e.revoke(&id.to_string(), now));
+                if let Reply::Changed(b) = reply {
+                    let (before, _) = *b;
+                    match store.entries.get_mut(id) {
+                        Some(e) => {
+                            // A revoked entry's token is never served again.
+                            e.token_claimed = true;
+                            e.device_token.clear();
+                            return Reply::Changed(Box::new((before, e.clone())));
+                        }
+                        None => return Reply::NotFound,
+                    }
+                }
+                reply
             }
-            Op::EntryRevoke(id) => entry_or_not_found(store.entries.revoke(&id.to_string(), now)),
+            Op::EntryTokenUsed(id) => match store.entries.get_mut(id) {
+                None => Reply::NotFound,
+                Some(e) if e.token_claimed || e.status != Status::Approved => Reply::Done,
+                Some(e) if e.saving => Reply::Busy,
+                Some(e) => {
+                    let before = e.clone();
+                    e.token_claimed = true;
+                    e.device_token.clear();
+                    e.saving = true;
+                    Reply::Changed(Box::new((before, e.clone())))
+                }
+            },
+            Op::EntrySaved(id) => {
+                if let Some(e) = store.entries.get_mut(id) {
+                    e.saving = false;
+                }
+                Reply::Done
+            }
+            Op::EntryRestore(b) => {
+                let (id, entry) = *b;
+                store.entries.restore(id, entry);
+                Reply::Done
+            }
+            Op::EntryGet(id) => match store.entries.get_mut(id) {
+                Some(e) => Reply::Entry(Box::new(e.clone())),
+                None => Reply::NotFound,
+            },
             Op::EntryList(pending_only) => {
                 let list = if pending_only {
                     store.entries.list_pending()
@@ -154,5 +262,135 @@ impl Op {
                 Reply::Entries(Box::new(list.into_iter().cloned().collect()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chatixia_store::{HashKind, Secrets};
+
+    const T0: UnixTime = UnixTime(1_795_239_689_000_000_000);
+
+    fn issuer() -> Issuer {
+        Issuer {
+            peer_id: "admin-1".into(),
+            mesh: None,
+        }
+    }
+
+    fn created(store: &mut Store, id: EntryId) -> Entry {
+        let claim = Secrets::derive(b"s").token_hash(HashKind::ClaimSecret, "cs_x");
+        let op = Op::EntryCreate(Box::new((
+            id,
+            "agent-aaaaaa".into(),
+            "bot".into(),
+            issuer(),
+            claim,
+        )));
+        match op.apply(store, T0) {
+            Reply::Entry(e) => *e,
+            _ => panic!("not created"),
+        }
+    }
+
+    #[test]
+    fn a_change_being_saved_holds_the_next_one_and_restore_undoes() {
+        let mut s = Store::new();
+        let id = EntryId::from_u32(7);
+        let e = created(&mut s, id);
+        assert!(e.saving && e.claim_hash.is_some());
+        // Saving: the next transition waits.
+        assert!(matches!(Op::EntryReject(id).apply(&mut s, T0), Reply::Busy));
+        Op::EntrySaved(id).apply(&mut s, T0);
+        let hash = Secrets::derive(b"s").token_hash(HashKind::DeviceToken, "dt_1");
+        let op = Op::EntryApprove(Box::new((id, "dt_1".into(), hash)));
+        let (before, after) = match op.apply(&mut s, T0) {
+            Reply::Changed(b) => *b,
+            _ => panic!("not approved"),
+        };
+        assert_eq!(before.status, Status::PendingApproval);
+        assert_eq!(after.status, Status::Approved);
+        assert_eq!(
+            (after.device_token.as_str(), after.token_hash),
+            ("dt_1", Some(hash))
+        );
+        assert!(matches!(Op::EntryRevoke(id).apply(&mut s, T0), Reply::Busy));
+        // Not acknowledged: back to pending, not flagged.
+        Op::EntryRestore(Box::new((id, Some(before.clone())))).apply(&mut s, T0);
+        match Op::EntryGet(id).apply(&mut s, T0) {
+            Reply::Entry(e) => assert_eq!(*e, before),
+            _ => panic!("gone"),
+        }
+        // Restoring "did not exist" removes it.
+        Op::EntryRestore(Box::new((id, None))).apply(&mut s, T0);
+        assert!(matches!(
+            Op::EntryGet(id).apply(&mut s, T0),
+            Reply::NotFound
+        ));
+    }
+
+    #[test]
+    fn token_use_ends_the_claim_path_once_and_revoke_forgets_the_token() {
+        let mut s = Store::new();
+        let id = EntryId::from_u32(9);
+        created(&mut s, id);
+        Op::EntrySaved(id).apply(&mut s, T0);
+        let hash = Secrets::derive(b"s").token_hash(HashKind::DeviceToken, "dt_9");
+        Op::EntryApprove(Box::new((id, "dt_9".into(), hash))).apply(&mut s, T0);
+        // Busy while the approval is being saved.
+        assert!(matches!(
+            Op::EntryTokenUsed(id).apply(&mut s, T0),
+            Reply::Busy
+        ));
+        Op::EntrySaved(id).apply(&mut s, T0);
+        match Op::EntryTokenUsed(id).apply(&mut s, T0) {
+            Reply::Changed(b) => {
+                assert!(b.1.token_claimed && b.1.device_token.is_empty());
+            }
+            _ => panic!("not changed"),
+        }
+        Op::EntrySaved(id).apply(&mut s, T0);
+        assert!(matches!(
+            Op::EntryTokenUsed(id).apply(&mut s, T0),
+            Reply::Done
+        ));
+        match Op::EntryRevoke(id).apply(&mut s, T0) {
+            Reply::Changed(b) => {
+                assert_eq!(b.1.status, Status::Revoked);
+                assert_eq!(b.1.token_hash, Some(hash), "kept to delete its grant");
+            }
+            _ => panic!("not revoked"),
+        }
+    }
+
+    #[test]
+    fn redeemed_codes_can_be_put_back() {
+        let mut s = Store::new();
+        let code = Code::from_u32(42);
+        let expires = match Op::CodeInsert(Box::new((code, issuer()))).apply(&mut s, T0) {
+            Reply::CodeStored(t) => t,
+            _ => panic!("not stored"),
+        };
+        let (who, at) = match Op::CodeRedeem(code).apply(&mut s, T0) {
+            Reply::Redeemed(Some(b)) => *b,
+            _ => panic!("not redeemed"),
+        };
+        assert_eq!((who.clone(), at), (issuer(), expires));
+        assert!(matches!(
+            Op::CodeRedeem(code).apply(&mut s, T0),
+            Reply::Redeemed(None)
+        ));
+        Op::CodeRestore(Box::new((code, who, at))).apply(&mut s, T0);
+        assert!(matches!(
+            Op::CodeRedeem(code).apply(&mut s, T0),
+            Reply::Redeemed(Some(_))
+        ));
+        Op::CodeInsert(Box::new((code, issuer()))).apply(&mut s, T0);
+        Op::CodeRemove(code).apply(&mut s, T0);
+        assert!(matches!(
+            Op::CodeRedeem(code).apply(&mut s, T0),
+            Reply::Redeemed(None)
+        ));
     }
 }

@@ -102,6 +102,10 @@ pub struct Heartbeat {
     /// Default `""`; an empty value does not overwrite a known sidecar id.
     #[serde(default)]
     pub sidecar_peer_id: String,
+    /// Not in the body: the sender's quota key (`limits::client_key`), set by the server
+    /// for the agent budget (`AgentStore::heartbeat_for`); `""`: no quota.
+    #[serde(skip)]
+    pub client: String,
 }
 
 impl JsonBody for Heartbeat {
@@ -513,6 +517,7 @@ mod tests {
                 uptime_seconds: 0,
                 skill_names: vec![],
                 sidecar_peer_id: String::new(),
+                client: String::new(),
             }
         );
         let err = parse_body::<Heartbeat>(br#"{"hostname":"h"}"#).unwrap_err();

@@ -288,6 +288,15 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                     router::route_ws(ctx, stream, &req, leftover, peer).await;
                     return;
                 }
+                Event::Request(req) if router::is_event_stream(&req) => {
+                    // The dashboard's event stream keeps the connection until it ends.
+                    ShardCounters::inc(&ctx.counters.requests_served);
+                    if !out.is_empty() && !write_bounded(ctx, &mut stream, out).await {
+                        return;
+                    }
+                    crate::dashboard::api::event_stream(ctx, stream, &req).await;
+                    return;
+                }
                 Event::Request(req) => {
                     // Its deadline is met; the next request's starts with its bytes.
                     progress = Progress::default();

@@ -24,6 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reactor::Shard;
 
 use crate::auth::ApiKeys;
+use crate::http::Response;
+use crate::dashboard::{events, EventKind};
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
 use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::pairing::DeviceTokenIndex;
@@ -63,6 +65,16 @@ pub struct ServerConfig {
     pub limits: crate::limits::StoreLimits,
     /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
     pub require_agent_auth: bool,
+    /// `--insecure-open-admin`: the operator routes need no admin token (the reference's
+    /// open admin plane).
+    pub insecure_open_admin: bool,
+    /// Keys derived from `jwt_secret` for token hashes and sealing (issue 10).
+    pub secrets: chatixia_store::Secrets,
+    /// The durable store (`None`: state in memory only, for embedders and benches).
+    pub store: Option<chatixia_store::StoreHandle>,
+    /// Shards holding tasks away from their claim home after a restart with another
+    /// shard count: heartbeats ask them too (see `durable::split`).
+    pub stray_task_shards: Vec<usize>,
 }
 
 impl ServerConfig {
@@ -81,6 +93,10 @@ impl ServerConfig {
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
             require_agent_auth: false,
+            insecure_open_admin: false,
+            secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
+            store: None,
+            stray_task_shards: Vec::new(),
         }
     }
 }
@@ -98,6 +114,8 @@ pub struct ShardState {
     pub tokens: RefCell<DeviceTokenIndex>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
+    /// Dashboard: the changes to the state above, for the event stream.
+    pub events: RefCell<crate::dashboard::EventRing>,
 }
 
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
@@ -112,10 +130,16 @@ pub struct ShardCtx {
     pub http: conn::HttpShard,
     /// Added to the wall clock (only `POST /debug/clock` changes it).
     clock_offset: Cell<u64>,
+    /// This shard's link to the durable store (`None` without one).
+    pub store: Option<chatixia_store::ShardLink>,
 }
 
 impl ShardCtx {
-    fn new(shard: Shard<Msg>, config: Arc<ServerConfig>) -> Self {
+    fn new(
+        shard: Shard<Msg>,
+        config: Arc<ServerConfig>,
+        store: Option<chatixia_store::ShardLink>,
+    ) -> Self {
         let tasks = TaskStoreConfig {
             retention: config.task_retention,
             bytes_max: config.limits.task_store_bytes_max,
@@ -140,11 +164,84 @@ impl ShardCtx {
                 pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
                 tokens: RefCell::new(DeviceTokenIndex::new()),
                 authz: RefCell::new(PeerAuthz::default()),
+                events: RefCell::new(crate::dashboard::EventRing::new()),
             },
             config,
             ws: ConnTable::default(),
             http: conn::HttpShard::default(),
             clock_offset: Cell::new(0),
+            store,
+        }
+    }
+
+    /// Commits `mutations` as one atomic write and waits until it is durable. `Err` is
+    /// the 503 to answer (nothing acknowledged; the caller undoes its change). Without a
+    /// store, succeeds at once.
+    pub async fn commit(&self, mutations: Vec<chatixia_store::Mutation>) -> Result<(), Response> {
+        let Some(link) = &self.store else {
+            return Ok(());
+        };
+        if mutations.is_empty() {
+            return Ok(());
+        }
+        let ack = link.submit(mutations).map_err(|e| {
+            tracing::warn!(error = %e, "store refused a write");
+            Response::error(503, format!("state store busy: {e}; try again later"))
+        })?;
+        ack.await.map_err(|e| {
+            tracing::error!(error = %e, "store commit failed");
+            Response::error(503, "could not save the change; try again later")
+        })
+    }
+
+    /// Submits `mutations` without waiting for the commit (housekeeping: deleting expired
+    /// codes and tasks, which start-up would drop anyway).
+    pub fn commit_later(&self, mutations: Vec<chatixia_store::Mutation>) {
+        if let (Some(link), false) = (&self.store, mutations.is_empty()) {
+            if let Err(e) = link.submit(mutations) {
+                tracing::warn!(error = %e, "store refused a housekeeping write");
+            }
+        }
+    }
+
+    /// Loads this shard's part of the stored state (start-up, before accepting).
+    fn load(&self, boot: crate::durable::ShardBoot) {
+        let st = &self.state;
+        {
+            let mut p = st.pairing.borrow_mut();
+            for e in boot.entries {
+                p.entries.insert_loaded(e);
+            }
+            for (code, issuer, expires_at) in boot.invites {
+                p.codes.restore(code, issuer, expires_at);
+            }
+        }
+        {
+            let mut tokens = st.tokens.borrow_mut();
+            for (key, grant) in boot.tokens {
+                if tokens.insert(key, grant).is_err() {
+                    tracing::error!("device-token index full at start-up; a token was not loaded");
+                }
+            }
+        }
+        {
+            let mut authz = st.authz.borrow_mut();
+            for (peer, at) in boot.revoked {
+                authz.restore_revoked(&peer, at);
+            }
+            for (peer, mesh) in boot.authorized {
+                authz.add(&peer, mesh.as_deref());
+            }
+            authz.sweep(self.now());
+        }
+        {
+            let mut hub = st.hub.borrow_mut();
+            for t in boot.tasks {
+                hub.tasks.insert_loaded(t);
+            }
+            for (agent, id, deadline) in boot.pointers {
+                hub.pointers.add(agent, id, deadline);
+            }
         }
     }
 
@@ -166,17 +263,45 @@ impl ShardCtx {
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
         let st = &self.state;
         match msg {
-            Msg::Registry(op) => Some(Msg::RegistryReply(
-                op.apply(&mut st.agents.borrow_mut(), self.now()),
-            )),
-            Msg::Hub(op) => Some(Msg::HubReply(op.apply(
-                &mut st.hub.borrow_mut(),
-                &mut st.agents.borrow_mut(),
-                self.now(),
-            ))),
-            Msg::Pairing(op) => Some(Msg::PairingReply(
-                op.apply(&mut st.pairing.borrow_mut(), self.now()),
-            )),
+            Msg::Registry(op) => {
+                let ev = match &op {
+                    // `register` with the sender's quota (issue 13): the same event as
+                    // `Upsert`.
+                    crate::registry::ops::Op::UpsertFor(b) => {
+                        Some((EventKind::Agent, b.0.agent_id.clone()))
+                    }
+                    _ => events::of_registry(&op),
+                };
+                let reply = op.apply(&mut st.agents.borrow_mut(), self.now());
+                if matches!(reply, crate::registry::ops::Reply::Done) {
+                    self.note(ev);
+                }
+                Some(Msg::RegistryReply(reply))
+            }
+            Msg::Hub(op) => {
+                let (agent, task) = events::of_hub(&op, &st.agents.borrow());
+                let reply = op.apply(
+                    &mut st.hub.borrow_mut(),
+                    &mut st.agents.borrow_mut(),
+                    self.now(),
+                );
+                if !matches!(reply, hub::ops::Reply::Full | hub::ops::Reply::Quota(_)) {
+                    self.note(agent.map(|id| (EventKind::Agent, id)));
+                }
+                if events::hub_task_changed(&reply) {
+                    self.note(task.map(|id| (EventKind::Task, id)));
+                }
+                Some(Msg::HubReply(reply))
+            }
+            Msg::Pairing(op) => {
+                let ev = events::of_pairing(&op);
+                let reply = op.apply(&mut st.pairing.borrow_mut(), self.now());
+                if matches!(reply, pairing::ops::Reply::Entry(_)) {
+                    self.note(ev.map(|id| (EventKind::Pairing, id)));
+                }
+                Some(Msg::PairingReply(reply))
+            }
+            Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op))),
             Msg::Auth(op) => Some(Msg::AuthReply(op.apply(&mut st.tokens.borrow_mut()))),
             Msg::Signaling(op) => signaling::api::on_op(self, op).map(Msg::SignalingReply),
             Msg::Adopt(a) => {
@@ -190,7 +315,15 @@ impl ShardCtx {
             | Msg::PairingReply(_)
             | Msg::AuthReply(_)
             | Msg::SignalingReply(_)
+            | Msg::DashboardReply(_)
             | Msg::ShardReply(_) => None,
+        }
+    }
+
+    /// Notes a change for the dashboard's event stream.
+    fn note(&self, ev: Option<(EventKind, String)>) {
+        if let Some((kind, id)) = ev {
+            self.state.events.borrow_mut().push(kind, &id);
         }
     }
 
@@ -217,23 +350,48 @@ impl ShardCtx {
 
     fn job_health(&self) {
         let now = self.now();
-        self.state.agents.borrow_mut().tick_health(now);
+        if self.state.agents.borrow_mut().tick_health(now) > 0 {
+            self.note(Some((EventKind::Agent, String::new())));
+        }
     }
 
     fn job_expire(&self) {
         let now = self.now();
-        let mut hub = self.state.hub.borrow_mut();
-        hub.tasks.expire(now);
-        hub.pointers.sweep(now);
+        let (overdue, expired) = {
+            let mut hub = self.state.hub.borrow_mut();
+            let overdue = hub.tasks.overdue_ids(now);
+            let expired = hub.tasks.expire(now);
+            hub.pointers.sweep(now);
+            (overdue, expired)
+        };
+        if expired.expired + expired.removed > 0 {
+            self.note(Some((EventKind::Task, String::new())));
+        }
+        // Failed by their TTL: finished tasks live in memory only.
+        self.commit_later(
+            overdue
+                .into_iter()
+                .map(chatixia_store::Mutation::DeleteTask)
+                .collect(),
+        );
     }
 
     fn job_pairing_sweep(&self) {
         let now = self.now();
-        let mut pairing = self.state.pairing.borrow_mut();
-        pairing.codes.sweep(now);
-        pairing.rate.sweep(now);
-        pairing.guard.sweep(now);
+        let expired = {
+            let mut pairing = self.state.pairing.borrow_mut();
+            let expired = pairing.codes.sweep_expired(now);
+            pairing.rate.sweep(now);
+            pairing.guard.sweep(now);
+            expired
+        };
         self.state.authz.borrow_mut().sweep(now);
+        self.commit_later(
+            expired
+                .into_iter()
+                .map(|c| chatixia_store::Mutation::DeleteInvite(c.value()))
+                .collect(),
+        );
     }
 
     fn job_ws_idle(&self) {
@@ -246,6 +404,43 @@ impl ShardCtx {
         self.job_expire();
         self.job_pairing_sweep();
     }
+}
+
+/// Doorbell bytes read at once (each is one ring; their count does not matter).
+const DOORBELL_READ_BYTES_MAX: usize = 256;
+
+/// Links this shard to the store: the storage thread rings a socket-pair doorbell whose
+/// read end a task of this shard awaits, then wakes the shard's waiting commits.
+fn store_link(handle: &chatixia_store::StoreHandle) -> std::io::Result<chatixia_store::ShardLink> {
+    let (bell, read) = chatixia_store::SocketDoorbell::pair()?;
+    let link = handle
+        .link(Arc::new(bell))
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let read = monoio::net::UnixStream::from_std(read)?;
+    let l = link.clone();
+    monoio::spawn(async move {
+        use monoio::io::AsyncReadRent;
+        let mut read = read;
+        // Rings are one byte each and carry no data: one read drains up to
+        // `DOORBELL_READ_BYTES_MAX` of them; more stay in the socket for the next read
+        // (the storage thread never blocks on a full socket, see `SocketDoorbell`).
+        let mut buf = vec![0u8; DOORBELL_READ_BYTES_MAX];
+        loop {
+            let (r, b) = read.read(buf).await;
+            buf = b;
+            match r {
+                Ok(0) | Err(_) => {
+                    // The storage thread is gone: fail whatever still waits.
+                    l.on_doorbell();
+                    break;
+                }
+                Ok(_) => {
+                    l.on_doorbell();
+                }
+            }
+        }
+    });
+    Ok(link)
 }
 
 /// Backoff after an accept error such as EMFILE (out of file descriptors): the
@@ -291,8 +486,24 @@ impl AcceptFailures {
 
 /// The application future of one shard: serves its listener until shutdown, then waits
 /// for its connections to finish.
-pub async fn run_shard(shard: Shard<Msg>, listener: StdListener, config: Arc<ServerConfig>) {
-    let ctx = Rc::new(ShardCtx::new(shard.clone(), config));
+pub async fn run_shard(
+    shard: Shard<Msg>,
+    listener: StdListener,
+    config: Arc<ServerConfig>,
+    boot: crate::durable::ShardBoot,
+) {
+    let link = match &config.store {
+        Some(handle) => match store_link(handle) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(shard = shard.id(), error = %e, "cannot link to the state store");
+                return;
+            }
+        },
+        None => None,
+    };
+    let ctx = Rc::new(ShardCtx::new(shard.clone(), config, link));
+    ctx.load(boot);
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
     let stop = shard.shutdown_event().clone();

@@ -8,7 +8,7 @@
 //! words and the message (every ring slot) three.
 
 use crate::metrics::ShardMetrics;
-use crate::{auth, hub, pairing, registry, signaling};
+use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
 pub enum Msg {
     Registry(registry::ops::Op),
@@ -23,6 +23,9 @@ pub enum Msg {
     SignalingReply(signaling::ops::Reply),
     /// Signaling: run this upgraded connection here (owner: `shard_of(peer_id)`). Tell.
     Adopt(Box<signaling::Adopt>),
+    /// The operator dashboard's gathers (pages, counts, events).
+    Dashboard(dashboard::ops::Op),
+    DashboardReply(dashboard::ops::Reply),
     /// About the shard itself (counters, test clock).
     Shard(ShardOp),
     ShardReply(ShardReply),
@@ -74,6 +77,7 @@ request!(pairing::ops::Op => pairing::ops::Reply, Pairing, PairingReply);
 request!(auth::ops::Op => auth::ops::Reply, Auth, AuthReply);
 request!(signaling::ops::Op => signaling::ops::Reply, Signaling, SignalingReply);
 request!(ShardOp => ShardReply, Shard, ShardReply);
+request!(dashboard::ops::Op => dashboard::ops::Reply, Dashboard, DashboardReply);
 
 // Every ring slot holds one `Msg`: keep it at three words.
 const _: () = assert!(std::mem::size_of::<Msg>() <= 24);

@@ -10,7 +10,7 @@ use monoio::net::TcpStream;
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
 use crate::server::{debug, Msg, ShardCtx};
-use crate::{auth, hub, pairing, registry, signaling};
+use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
 /// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
 pub const WS_PATH: &str = "/ws";
@@ -18,6 +18,12 @@ pub const WS_PATH: &str = "/ws";
 /// Whether `req` is the signaling WebSocket's (handled by [`route_ws`], not [`handle`]).
 pub fn is_ws(req: &Request) -> bool {
     req.path == WS_PATH
+}
+
+/// Whether `req` is the dashboard's event stream (a `GET` that takes the connection out
+/// of the HTTP loop: [`dashboard::api::event_stream`]).
+pub fn is_event_stream(req: &Request) -> bool {
+    req.path == dashboard::api::EVENTS_PATH && req.method == Method::Get
 }
 
 /// `/ws`: the signaling upgrade. Consumes the connection: once authorized it is run by
@@ -55,7 +61,14 @@ pub enum Route {
     Approve,
     Reject,
     Revoke,
+    PairingStatus,
     DebugClock,
+    DashboardPage,
+    DashboardFile,
+    DashboardAgents,
+    DashboardTasks,
+    DashboardSummary,
+    DashboardInvite,
 }
 
 struct RouteDef {
@@ -162,6 +175,41 @@ const ROUTES: &[RouteDef] = &[
         methods: &[Method::Post],
     },
     RouteDef {
+        pattern: "/api/pairing/{id}/status",
+        route: Route::PairingStatus,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/",
+        route: Route::DashboardPage,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/dashboard/{file}",
+        route: Route::DashboardFile,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/agents",
+        route: Route::DashboardAgents,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/tasks",
+        route: Route::DashboardTasks,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/summary",
+        route: Route::DashboardSummary,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/api/dashboard/invite",
+        route: Route::DashboardInvite,
+        methods: &[Method::Post],
+    },
+    RouteDef {
         pattern: "/debug/clock",
         route: Route::DebugClock,
         methods: &[Method::Post],
@@ -247,6 +295,12 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         .with_header("allow", allow_header(m.methods));
     }
     let p = |i: usize| m.params.get(i).copied().unwrap_or("");
+    if is_admin_route(m.route, method) && !ctx.config.insecure_open_admin {
+        let header = req.header("authorization").map(|v| v.as_bytes());
+        if let Err(e) = auth::admin::authorize_admin(header, &ctx.config.jwt_secret, ctx.now()) {
+            return Response::json_bytes(e.status(), e.body().into_bytes());
+        }
+    }
     let result = match m.route {
         Route::Healthz => Ok(Response::json_bytes(200, br#"{"status":"ok"}"#.to_vec())),
         Route::Metrics => Ok(metrics(ctx).await),
@@ -270,9 +324,30 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Approve => pairing::api::approve(ctx, p(0)).await,
         Route::Reject => pairing::api::reject(ctx, p(0)).await,
         Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
+        Route::PairingStatus => pairing::api::status(ctx, req, p(0)).await,
         Route::DebugClock => debug::clock(ctx, req).await,
+        Route::DashboardPage => Ok(dashboard::assets::index()),
+        Route::DashboardFile => Ok(dashboard::assets::file(p(0))),
+        Route::DashboardAgents => dashboard::api::agents(ctx, req).await,
+        Route::DashboardTasks => dashboard::api::tasks(ctx, req).await,
+        Route::DashboardSummary => dashboard::api::summary(ctx, req).await,
+        Route::DashboardInvite => dashboard::api::invite(ctx, req).await,
     };
     result.unwrap_or_else(|resp| resp)
+}
+
+/// The operator routes (issue 10): they need an admin JWT unless the server runs with
+/// `--insecure-open-admin`.
+pub fn is_admin_route(route: Route, method: Method) -> bool {
+    match route {
+        Route::PairingPending
+        | Route::PairingAll
+        | Route::Approve
+        | Route::Reject
+        | Route::Revoke => true,
+        Route::Agent => method == Method::Delete,
+        _ => false,
+    }
 }
 
 fn preflight(allow: String) -> Response {
@@ -296,11 +371,11 @@ async fn metrics(ctx: &ShardCtx) -> Response {
             }
         }
     }
-    Response::text(
-        200,
-        "text/plain; version=0.0.4; charset=utf-8",
-        crate::metrics::render(&shards),
-    )
+    let mut body = crate::metrics::render(&shards);
+    if let Some(store) = &ctx.config.store {
+        body.push_str(&crate::metrics::render_store(&store.stats()));
+    }
+    Response::text(200, "text/plain; version=0.0.4; charset=utf-8", body)
 }
 
 #[cfg(test)]
@@ -312,7 +387,28 @@ mod tests {
         assert_eq!(match_path("/healthz").unwrap().route, Route::Healthz);
         assert!(match_path("/healthz/").is_none());
         assert!(match_path("/health").is_none());
-        assert!(match_path("/").is_none());
+        assert_eq!(match_path("/").unwrap().route, Route::DashboardPage);
+        assert!(match_path("//").is_none());
         assert_eq!(allow_header(&[Method::Get]), "GET,HEAD,OPTIONS");
+    }
+
+    #[test]
+    fn admin_routes() {
+        let admin = |path: &str, method| is_admin_route(match_path(path).unwrap().route, method);
+        assert!(admin("/api/pairing/pending", Method::Get));
+        assert!(admin("/api/pairing/all", Method::Get));
+        for action in ["approve", "reject", "revoke"] {
+            assert!(admin(
+                &format!("/api/pairing/0badc0de/{action}"),
+                Method::Post
+            ));
+        }
+        assert!(admin("/api/registry/agents/a1", Method::Delete));
+        assert!(!admin("/api/registry/agents/a1", Method::Get));
+        assert!(!admin("/api/registry/agents", Method::Post));
+        assert!(!admin("/api/pairing/pair", Method::Post));
+        assert!(!admin("/api/pairing/generate-code", Method::Post));
+        assert!(!admin("/api/hub/heartbeat", Method::Post));
+        assert!(!admin("/api/token", Method::Post));
     }
 }

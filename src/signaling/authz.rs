@@ -83,6 +83,14 @@ impl PeerAuthz {
         self.revoked.contains_key(peer)
     }
 
+    /// Remembers a revocation loaded from the store at start-up (an approval loaded
+    /// afterwards clears it, as [`add`](Self::add) does).
+    pub fn restore_revoked(&mut self, peer: &str, at: UnixTime) {
+        if !self.peers.contains_key(peer) && self.revoked.len() < Self::REVOKED_MAX {
+            self.revoked.insert(peer.to_owned(), at);
+        }
+    }
+
     /// Forgets revocations older than [`REVOCATION_MEMORY`].
     pub fn sweep(&mut self, now: UnixTime) {
         let keep_after = now.saturating_sub(REVOCATION_MEMORY);

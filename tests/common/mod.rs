@@ -263,6 +263,29 @@ impl Server {
         self.conn().post_json(path, body)
     }
 
+    /// A fresh admin JWT (API key `ak_test_admin` of [`KEYS_JSON`], role admin).
+    pub fn admin_token(&self) -> String {
+        let r = self.req(
+            "POST",
+            "/api/token",
+            &[("X-API-Key", "ak_test_admin")],
+            None,
+        );
+        assert_eq!(r.status, 200, "admin token: {}", r.text());
+        r.json()["token"].as_str().expect("token").to_owned()
+    }
+
+    /// One request to an operator route with a fresh admin token (issue 10).
+    pub fn admin_req(&self, method: &str, path: &str) -> Resp {
+        let auth = format!("Bearer {}", self.admin_token());
+        self.req(method, path, &[("Authorization", &auth)], None)
+    }
+
+    /// `GET` an operator route with a fresh admin token.
+    pub fn admin_get(&self, path: &str) -> Resp {
+        self.admin_req("GET", path)
+    }
+
     /// Moves the server clock forward and runs every shard's periodic jobs.
     pub fn advance(&self, secs: f64) {
         let r = self.post_json("/debug/clock", &json!({ "advance_secs": secs }));

@@ -661,3 +661,49 @@ fn one_claim_is_bounded_in_bytes() {
     assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(3))), ["t4"]);
     s.assert_consistent();
 }
+
+#[test]
+fn durable_bookkeeping_saving_load_replace_remove_overdue() {
+    let mut s = store();
+    s.create(sub("web", ""), "t-saving".into(), at(0)).unwrap();
+    s.set_saving("t-saving", true);
+    // Not claimable while its creation is being saved, by skill or by id.
+    assert!(s.claim_for("w", &skills(&["web"]), at(1)).is_empty());
+    assert!(s.claim_id("t-saving", "w", at(1)).is_none());
+    s.set_saving("t-saving", false);
+    let claimed = s.claim_for("w", &skills(&["web"]), at(2));
+    assert_eq!(ids(&claimed), ["t-saving"]);
+    // Undo the claim: back to pending, claimable again.
+    let mut back = claimed[0].clone();
+    back.state = STATE_PENDING.into();
+    back.assigned_agent_id.clear();
+    assert!(s.replace(back));
+    assert_eq!(
+        ids(&s.claim_for("w2", &skills(&["web"]), at(3))),
+        ["t-saving"]
+    );
+    // A creation the store refused is removed completely.
+    s.create(sub("", "ag"), "t-gone".into(), at(0)).unwrap();
+    s.set_saving("t-gone", true);
+    s.remove("t-gone");
+    assert!(s.get("t-gone").is_none());
+    assert!(s.claim_for("ag", &[], at(4)).is_empty());
+    // Loaded tasks are indexed like created ones (an assigned one stays assigned).
+    let mut loaded = s.get("t-saving").unwrap().clone();
+    loaded.id = "t-loaded".into();
+    loaded.state = STATE_PENDING.into();
+    loaded.skill = "db".into();
+    s.insert_loaded(loaded);
+    assert_eq!(
+        ids(&s.claim_for("w3", &skills(&["db"]), at(5))),
+        ["t-loaded"]
+    );
+    // Overdue ids are the ones expire() fails.
+    let deadline = DEFAULT_TTL_SECS + 1;
+    let mut over = s.overdue_ids(at(deadline));
+    over.sort();
+    assert_eq!(over, ["t-loaded", "t-saving"]);
+    assert_eq!(s.expire(at(deadline)).expired, 2);
+    assert!(s.overdue_ids(at(deadline + 1)).is_empty());
+    s.assert_consistent();
+}

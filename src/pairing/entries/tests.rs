@@ -94,7 +94,7 @@ fn entry_json_matches_reference_shape() {
         .unwrap();
     assert_eq!(
         serde_json::to_string(s.get(&id).unwrap()).unwrap(),
-        r#"{"id":"01020304","agent_name":"my-agent","peer_id":"agent-050607","device_token":"dt_08090a0b0c0d0e0f1011121314151617","status":"approved","created_at":1795239689.1234567,"updated_at":1795239700.5}"#
+        r#"{"id":"01020304","agent_name":"my-agent","peer_id":"agent-050607","status":"approved","created_at":1795239689.1234567,"updated_at":1795239700.5}"#
     );
 }
 

@@ -1,0 +1,253 @@
+use super::*;
+use crate::hub::{TaskStore, TaskStoreConfig, TaskSubmission};
+use crate::registry::{AgentCapabilities, AgentInfo, AgentStore, AgentStoreConfig};
+
+const T0: UnixTime = UnixTime(1_800_000_000_000_000_000);
+
+fn agent(id: &str, host: &str, skills: &[&str]) -> AgentInfo {
+    AgentInfo {
+        agent_id: id.into(),
+        hostname: host.into(),
+        ip: "10.0.0.1".into(),
+        port: 8000,
+        sidecar_peer_id: String::new(),
+        capabilities: AgentCapabilities {
+            skills: skills.iter().map(|s| s.to_string()).collect(),
+            ..AgentCapabilities::default()
+        },
+        status: "ok".into(),
+        mode: "auto".into(),
+    }
+}
+
+/// Agents spread over `n` stores the way shards hold them (by a hash here: any split).
+fn shards(n: usize, ids: &[&str]) -> Vec<AgentStore> {
+    let mut stores: Vec<AgentStore> = (0..n)
+        .map(|_| AgentStore::new(AgentStoreConfig::default()))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        let skills: &[&str] = if i % 2 == 0 { &["search"] } else { &["ocr"] };
+        stores[(id.len() * 7 + i) % n]
+            .upsert(agent(id, &format!("host-{id}"), skills), T0)
+            .unwrap();
+    }
+    stores
+}
+
+fn page(stores: &[AgentStore], q: &AgentQuery) -> Page<AgentRow> {
+    let parts = stores.iter().map(|s| agents_part(s.list(), q)).collect();
+    merge_agents(parts, q)
+}
+
+/// Every page of `q` from the start, the agent ids in order.
+fn walk(stores: &[AgentStore], mut q: AgentQuery) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let p = page(stores, &q);
+        assert!(p.items.len() <= q.limit);
+        seen.extend(ids(&p).into_iter().map(String::from));
+        match p.next_cursor {
+            Some(c) => q.cursor = AgentQuery::parse_cursor(q.sort, Some(c)).unwrap(),
+            None => return seen,
+        }
+    }
+}
+
+fn ids(p: &Page<AgentRow>) -> Vec<&str> {
+    p.items.iter().map(|r| r.agent_id.as_str()).collect()
+}
+
+#[test]
+fn agents_page_through_every_shard_in_id_order() {
+    let names: Vec<String> = (0..23).map(|i| format!("agent-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let stores = shards(3, &refs);
+    let mut q = AgentQuery {
+        limit: 10,
+        ..AgentQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let p = page(&stores, &q);
+        assert_eq!(p.total, 23);
+        assert!(p.items.len() <= 10);
+        seen.extend(ids(&p).into_iter().map(String::from));
+        match p.next_cursor {
+            Some(c) => q.cursor = AgentQuery::parse_cursor(q.sort, Some(c)).unwrap(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, names, "every agent once, in id order");
+}
+
+#[test]
+fn agent_filters() {
+    let stores = shards(2, &["alpha", "beta", "gamma", "delta"]);
+    let q = |s: &str| AgentQuery {
+        limit: 50,
+        q: Some(s.into()),
+        ..AgentQuery::default()
+    };
+    assert_eq!(ids(&page(&stores, &q("ALP"))), ["alpha"]);
+    assert_eq!(ids(&page(&stores, &q("host-g"))), ["gamma"]);
+    // Skills: even indexes have `search`.
+    assert_eq!(ids(&page(&stores, &q("search"))), ["alpha", "gamma"]);
+    let p = page(&stores, &q("nothing"));
+    assert!(p.items.is_empty());
+    assert_eq!(p.total, 0);
+    assert_eq!(p.next_cursor, None);
+    let stale = AgentQuery {
+        limit: 50,
+        health: Some(Health::Stale),
+        ..AgentQuery::default()
+    };
+    assert!(page(&stores, &stale).items.is_empty());
+    let active = AgentQuery {
+        health: Some(Health::Active),
+        ..stale
+    };
+    assert_eq!(page(&stores, &active).total, 4);
+}
+
+#[test]
+fn query_parameters() {
+    assert_eq!(parse_limit(None), Ok(PAGE_LIMIT_DEFAULT));
+    assert_eq!(parse_limit(Some("7")), Ok(7));
+    for bad in ["0", "-1", "x", "501"] {
+        assert!(parse_limit(Some(bad)).is_err(), "{bad}");
+    }
+    assert_eq!(
+        AgentQuery::parse_health(Some("stale".into())),
+        Ok(Some(Health::Stale))
+    );
+    assert!(AgentQuery::parse_health(Some("dead".into())).is_err());
+    assert_eq!(parse_filter("q", Some(String::new())), Ok(None));
+    assert!(parse_filter("q", Some("x".repeat(FILTER_LEN_MAX + 1))).is_err());
+    assert_eq!(
+        TaskQuery::parse_cursor(Some("12.abc".into())),
+        Ok(Some((12, "abc".into())))
+    );
+    assert!(TaskQuery::parse_cursor(Some("abc".into())).is_err());
+    assert!(TaskQuery::parse_cursor(Some("x.abc".into())).is_err());
+}
+
+fn tasks(n: usize) -> Vec<TaskStore> {
+    let mut stores: Vec<TaskStore> = (0..2)
+        .map(|_| TaskStore::new(TaskStoreConfig::default()))
+        .collect();
+    for i in 0..n {
+        let sub = TaskSubmission {
+            skill: "echo".into(),
+            source_agent_id: format!("src-{}", i % 3),
+            ttl: 300,
+            ..TaskSubmission::default()
+        };
+        // Every other task at the same instant: ties are broken by id.
+        let at = UnixTime(T0.0 + (i as u64 / 2) * 1_000_000_000);
+        stores[i % 2]
+            .create(sub, format!("task{i:08}"), at)
+            .unwrap();
+    }
+    stores
+}
+
+#[test]
+fn tasks_page_newest_first_and_filter_by_agent_and_state() {
+    let stores = tasks(9);
+    let mut q = TaskQuery {
+        limit: 4,
+        ..TaskQuery::default()
+    };
+    let mut seen = Vec::new();
+    loop {
+        let parts = stores.iter().map(|s| tasks_part(s.list(), &q)).collect();
+        let p = merge_tasks(parts, q.limit);
+        assert_eq!(p.total, 9);
+        seen.extend(p.items.iter().map(|r| r.id.clone()));
+        match p.next_cursor {
+            Some(c) => q.cursor = TaskQuery::parse_cursor(Some(c)).unwrap(),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..9).rev().map(|i| format!("task{i:08}")).collect();
+    assert_eq!(seen, want);
+
+    let by_agent = TaskQuery {
+        limit: 50,
+        agent: Some("src-1".into()),
+        ..TaskQuery::default()
+    };
+    let parts = stores
+        .iter()
+        .map(|s| tasks_part(s.list(), &by_agent))
+        .collect();
+    let p = merge_tasks(parts, 50);
+    let got: Vec<&str> = p.items.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(got, ["task00000007", "task00000004", "task00000001"]);
+
+    let done = TaskQuery {
+        limit: 50,
+        state: Some("completed".into()),
+        ..TaskQuery::default()
+    };
+    let parts = stores.iter().map(|s| tasks_part(s.list(), &done)).collect();
+    assert_eq!(merge_tasks(parts, 50).total, 0);
+}
+
+#[test]
+fn long_results_are_cut() {
+    assert_eq!(cut("short"), "short");
+    let long = "é".repeat(TASK_TEXT_MAX + 5);
+    let c = cut(&long);
+    assert_eq!(c.chars().count(), TASK_TEXT_MAX + 1);
+    assert!(c.ends_with('…'));
+}
+
+#[test]
+fn agents_sorted_by_other_keys_page_through_every_shard() {
+    let names: Vec<String> = (0..31).map(|i| format!("agent-{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut stores = shards(3, &refs);
+    // Heartbeat times and hosts that differ from the id order (with ties).
+    for (i, id) in refs.iter().enumerate() {
+        let store = stores.iter_mut().find(|s| s.get(id).is_some()).unwrap();
+        let at = UnixTime(T0.0 + ((i * 7) % 5) as u64 * 1_000_000_000);
+        store
+            .upsert(agent(id, &format!("host-{}", (i * 3) % 4), &["x"]), at)
+            .unwrap();
+    }
+    let all: Vec<&AgentRecord> = stores.iter().flat_map(|s| s.list()).collect();
+    for sort in [
+        AgentSort::Host,
+        AgentSort::Heartbeat,
+        AgentSort::Health,
+        AgentSort::Id,
+    ] {
+        for desc in [false, true] {
+            let q = AgentQuery {
+                limit: 4,
+                sort,
+                desc,
+                ..AgentQuery::default()
+            };
+            let mut want: Vec<&AgentRecord> = all.clone();
+            want.sort_by(|a, b| {
+                let ka = (sort.value(a), a.info.agent_id.as_str());
+                let kb = (sort.value(b), b.info.agent_id.as_str());
+                if desc {
+                    kb.cmp(&ka)
+                } else {
+                    ka.cmp(&kb)
+                }
+            });
+            let want: Vec<String> = want.iter().map(|r| r.info.agent_id.clone()).collect();
+            assert_eq!(walk(&stores, q), want, "{sort:?} desc={desc}");
+        }
+    }
+    assert!(AgentSort::parse(Some("nope".into())).is_err());
+    assert!(AgentQuery::parse_cursor(AgentSort::Host, Some("not json".into())).is_err());
+    assert_eq!(
+        AgentQuery::parse_cursor(AgentSort::Heartbeat, Some("[5,\"a\"]".into())),
+        Ok(Some((SortVal::N(5), "a".into())))
+    );
+}

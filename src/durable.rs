@@ -1,0 +1,366 @@
+//! Durable state (issue 10): the services' types ↔ the store's records, and the
+//! start-up split of the loaded snapshot by owner shard.
+//!
+//! The store (`chatixia-store`) runs on its own thread; each shard holds a `ShardLink`
+//! and commits through [`commit`](crate::server::ShardCtx::commit). A handler applies a
+//! change on the owner shard first (flagged `saving`, so the record's next change waits
+//! for this one), commits it, answers 2xx only once the commit is acknowledged, and
+//! undoes the change (503) otherwise. See docs/ARCHITECTURE.md, "Durable state".
+//!
+//! Sans-IO: plain conversions and a pure split; the shard loads its part at start.
+
+use chatixia_store::{
+    DeviceTokenRecord, HashKind, InviteRecord, PairingRecord, PairingStatus, Secrets, Snapshot,
+    TaskRecord, TokenHash,
+};
+use reactor::shard_of;
+
+use crate::hub::{Placement, Task, TaskSubmission};
+use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
+use crate::time::UnixTime;
+
+/// Where the store lives when neither `--data-dir` nor `CHATIXIA_DATA_DIR` is given.
+pub const DEFAULT_DATA_DIR: &str = "./chatixia-data";
+
+/// The key of a device token in the `DeviceTokenIndex` (and the routing key of its owner
+/// shard): the hex of its keyed hash, so the clear token is never needed after approval.
+pub fn token_key(hash: &TokenHash) -> String {
+    crate::pairing::hex_lower(&hash.0)
+}
+
+/// The index key of a device token presented by a client.
+pub fn token_key_of(secrets: &Secrets, token: &str) -> String {
+    token_key(&secrets.token_hash(HashKind::DeviceToken, token))
+}
+
+fn status_record(s: Status) -> PairingStatus {
+    match s {
+        Status::PendingApproval => PairingStatus::PendingApproval,
+        Status::Approved => PairingStatus::Approved,
+        Status::Rejected => PairingStatus::Rejected,
+        Status::Revoked => PairingStatus::Revoked,
+    }
+}
+
+fn status_of(s: PairingStatus) -> Status {
+    match s {
+        PairingStatus::PendingApproval => Status::PendingApproval,
+        PairingStatus::Approved => Status::Approved,
+        PairingStatus::Rejected => Status::Rejected,
+        PairingStatus::Revoked => Status::Revoked,
+    }
+}
+
+/// The record of an entry: token and claim secret as keyed hashes; the device token
+/// sealed only while approved and not yet used by its device.
+pub fn entry_record(e: &Entry, secrets: &Secrets) -> PairingRecord {
+    let sealed = (e.status == Status::Approved && !e.token_claimed && !e.device_token.is_empty())
+        .then(|| secrets.seal(e.id.value(), &e.device_token));
+    PairingRecord {
+        id: e.id.value(),
+        agent_name: e.agent_name.clone(),
+        peer_id: e.peer_id.clone(),
+        status: status_record(e.status),
+        created_at_ns: e.created_at.as_nanos(),
+        updated_at_ns: e.updated_at.as_nanos(),
+        mesh: e.mesh.clone(),
+        invited_by: e.invited_by.clone(),
+        claim_hash: e.claim_hash,
+        token_hash: e.token_hash,
+        sealed_token: sealed,
+    }
+}
+
+/// The entry of a loaded record (a sealed token is opened for the claim path; one that
+/// does not open is treated as claimed).
+pub fn entry_of(r: PairingRecord, secrets: &Secrets) -> Entry {
+    let token = r
+        .sealed_token
+        .as_ref()
+        .and_then(|s| secrets.unseal(r.id, s).ok());
+    Entry {
+        id: EntryId::from_u32(r.id),
+        agent_name: r.agent_name,
+        peer_id: r.peer_id,
+        token_claimed: token.is_none(),
+        device_token: token.unwrap_or_default(),
+        status: status_of(r.status),
+        created_at: UnixTime(r.created_at_ns),
+        updated_at: UnixTime(r.updated_at_ns),
+        mesh: r.mesh,
+        invited_by: r.invited_by,
+        token_hash: r.token_hash,
+        claim_hash: r.claim_hash,
+        saving: false,
+    }
+}
+
+/// The grant record of an approved entry's token.
+pub fn token_record(hash: TokenHash, g: &DeviceGrant) -> DeviceTokenRecord {
+    DeviceTokenRecord {
+        hash,
+        peer_id: g.peer_id.clone(),
+        role: g.role.clone(),
+        mesh: g.mesh.clone(),
+        entry_id: g.entry_id.value(),
+    }
+}
+
+fn grant_of(r: DeviceTokenRecord) -> DeviceGrant {
+    DeviceGrant {
+        peer_id: r.peer_id,
+        role: r.role,
+        mesh: r.mesh,
+        entry_id: EntryId::from_u32(r.entry_id),
+    }
+}
+
+/// The record of an invite code.
+pub fn invite_record(code: Code, issuer: &Issuer, expires_at: UnixTime) -> InviteRecord {
+    InviteRecord {
+        code: code.value(),
+        issuer_peer_id: issuer.peer_id.clone(),
+        mesh: issuer.mesh.clone(),
+        expires_at_ns: expires_at.as_nanos(),
+    }
+}
+
+/// The record of a pending or assigned task.
+pub fn task_record(t: &Task) -> TaskRecord {
+    TaskRecord {
+        id: t.id.clone(),
+        skill: t.skill.clone(),
+        target_agent_id: t.target_agent_id.clone(),
+        source_agent_id: t.source_agent_id.clone(),
+        assigned_agent_id: t.assigned_agent_id.clone(),
+        // The record holds a `serde_json::Value`: numbers beyond f64 are rounded on
+        // disk (exact in memory); one a Value cannot hold at all (`1e400`) is kept as
+        // its JSON text in a string.
+        payload: serde_json::from_str(t.payload.get())
+            .unwrap_or_else(|_| serde_json::Value::String(t.payload.get().to_owned())),
+        state: t.state.clone(),
+        result: t.result.clone(),
+        error: t.error.clone(),
+        created_at_ns: t.created_at.as_nanos(),
+        updated_at_ns: t.updated_at.as_nanos(),
+        ttl: t.ttl,
+    }
+}
+
+/// The task of a loaded record.
+pub fn task_of(r: TaskRecord) -> Task {
+    Task {
+        id: r.id,
+        skill: r.skill,
+        target_agent_id: r.target_agent_id,
+        source_agent_id: r.source_agent_id,
+        assigned_agent_id: r.assigned_agent_id,
+        payload: r.payload.into(),
+        state: r.state,
+        result: r.result,
+        error: r.error,
+        created_at: UnixTime(r.created_at_ns),
+        updated_at: UnixTime(r.updated_at_ns),
+        ttl: r.ttl,
+    }
+}
+
+/// One shard's part of the loaded state.
+#[derive(Default)]
+pub struct ShardBoot {
+    /// Entries with `shard_of(entry id) == this shard`.
+    pub entries: Vec<Entry>,
+    /// Device tokens with `shard_of(token key)` here: `(key, grant)`.
+    pub tokens: Vec<(String, DeviceGrant)>,
+    /// Approved peers with `shard_of(peer_id)` here: `(peer, mesh)`.
+    pub authorized: Vec<(String, Option<String>)>,
+    /// Revoked peers with `shard_of(peer_id)` here, and when.
+    pub revoked: Vec<(String, UnixTime)>,
+    /// Live invite codes with `shard_of(code)` here.
+    pub invites: Vec<(Code, Issuer, UnixTime)>,
+    /// Tasks with `shard_of(id)` here (the shard every lookup by id asks).
+    pub tasks: Vec<Task>,
+    /// Pointers for target agents owned here to tasks living elsewhere:
+    /// `(agent, task id, deadline)`.
+    pub pointers: Vec<(String, String, UnixTime)>,
+}
+
+/// Splits a loaded snapshot by owner shard for `shards` shards (any count: the owners
+/// are recomputed, so a restart with another `--cores` re-homes everything). Also
+/// returns the shards that hold tasks away from their claim home (`shard_of(skill)`,
+/// `shard_of(target)`): heartbeats ask those too (see `hub::api::heartbeat`).
+pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<ShardBoot>, Vec<usize>) {
+    let mut boots: Vec<ShardBoot> = (0..shards).map(|_| ShardBoot::default()).collect();
+    let mut stray = Vec::new();
+    for r in snapshot.pairings {
+        let e = entry_of(r, secrets);
+        if e.status == Status::Approved {
+            boots[shard_of(&e.peer_id, shards)]
+                .authorized
+                .push((e.peer_id.clone(), e.mesh.clone()));
+        }
+        boots[shard_of(e.id.to_string(), shards)].entries.push(e);
+    }
+    for r in snapshot.device_tokens {
+        let key = token_key(&r.hash);
+        boots[shard_of(&key, shards)]
+            .tokens
+            .push((key, grant_of(r)));
+    }
+    for r in snapshot.revocations {
+        boots[shard_of(&r.peer_id, shards)]
+            .revoked
+            .push((r.peer_id, UnixTime::from_secs(r.not_before_secs)));
+    }
+    for r in snapshot.invites {
+        let code = Code::from_u32(r.code);
+        let issuer = Issuer {
+            peer_id: r.issuer_peer_id,
+            mesh: r.mesh,
+        };
+        boots[shard_of(code.to_string(), shards)].invites.push((
+            code,
+            issuer,
+            UnixTime(r.expires_at_ns),
+        ));
+    }
+    for r in snapshot.tasks {
+        let t = task_of(r);
+        let home = shard_of(&t.id, shards);
+        let claim_home = match claim_home(&t) {
+            Some(key) => shard_of(key, shards),
+            None => home,
+        };
+        if claim_home != home {
+            if !t.target_agent_id.is_empty() {
+                boots[shard_of(&t.target_agent_id, shards)].pointers.push((
+                    t.target_agent_id.clone(),
+                    t.id.clone(),
+                    t.deadline(),
+                ));
+            }
+            if !stray.contains(&home) {
+                stray.push(home);
+            }
+        }
+        boots[home].tasks.push(t);
+    }
+    stray.sort_unstable();
+    (boots, stray)
+}
+
+/// The key whose owner claims a task on heartbeats (as `hub::api::create` places it).
+fn claim_home(t: &Task) -> Option<&str> {
+    let sub = TaskSubmission {
+        skill: t.skill.clone(),
+        target_agent_id: t.target_agent_id.clone(),
+        source_agent_id: String::new(),
+        payload: serde_json::Value::Null.into(),
+        ttl: t.ttl,
+    };
+    match sub.placement() {
+        Placement::Skill { .. } => Some(t.skill.as_str()),
+        Placement::Agent(_) => Some(t.target_agent_id.as_str()),
+        Placement::Any => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u32, status: Status) -> Entry {
+        Entry {
+            id: EntryId::from_u32(id),
+            agent_name: "bot".into(),
+            peer_id: format!("agent-{id:06x}"),
+            device_token: String::new(),
+            status,
+            created_at: UnixTime(1),
+            updated_at: UnixTime(2),
+            mesh: Some("blue".into()),
+            invited_by: "admin-1".into(),
+            token_hash: None,
+            claim_hash: None,
+            token_claimed: false,
+            saving: false,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_seal_only_unclaimed_tokens() {
+        let secrets = Secrets::derive(b"s");
+        let mut e = entry(7, Status::Approved);
+        e.device_token = "dt_0123".into();
+        e.token_hash = Some(secrets.token_hash(HashKind::DeviceToken, "dt_0123"));
+        let r = entry_record(&e, &secrets);
+        assert!(r.sealed_token.is_some());
+        assert!(!serde_json::to_string(&r).unwrap().contains("dt_0123"));
+        assert_eq!(entry_of(r, &secrets), e);
+        e.token_claimed = true;
+        e.device_token.clear();
+        let r = entry_record(&e, &secrets);
+        assert!(r.sealed_token.is_none());
+        assert_eq!(entry_of(r, &secrets), e);
+        // Another secret cannot open the sealed token: it counts as claimed.
+        let mut e2 = entry(8, Status::Approved);
+        e2.device_token = "dt_x".into();
+        let loaded = entry_of(entry_record(&e2, &secrets), &Secrets::derive(b"other"));
+        assert!(loaded.token_claimed && loaded.device_token.is_empty());
+    }
+
+    #[test]
+    fn split_places_every_record_on_its_owner_for_any_count() {
+        let secrets = Secrets::derive(b"s");
+        let task = |id: &str, skill: &str, target: &str| Task {
+            id: id.into(),
+            skill: skill.into(),
+            target_agent_id: target.into(),
+            source_agent_id: String::new(),
+            assigned_agent_id: String::new(),
+            payload: serde_json::Value::Null.into(),
+            state: "pending".into(),
+            result: String::new(),
+            error: String::new(),
+            created_at: UnixTime::from_secs(100),
+            updated_at: UnixTime::from_secs(100),
+            ttl: 300,
+        };
+        let mut snap = Snapshot::default();
+        snap.pairings
+            .push(entry_record(&entry(1, Status::Approved), &secrets));
+        snap.pairings
+            .push(entry_record(&entry(2, Status::PendingApproval), &secrets));
+        for i in 0..40 {
+            snap.tasks
+                .push(task_record(&task(&format!("t{i}"), "", &format!("ag{i}"))));
+        }
+        for shards in [1, 3, 7] {
+            let (boots, stray) = split(snap.clone(), shards, &secrets);
+            let mut tasks = 0;
+            for (s, b) in boots.iter().enumerate() {
+                for e in &b.entries {
+                    assert_eq!(shard_of(e.id.to_string(), shards), s);
+                }
+                for (peer, _) in &b.authorized {
+                    assert_eq!(shard_of(peer, shards), s);
+                }
+                for t in &b.tasks {
+                    assert_eq!(shard_of(&t.id, shards), s);
+                    tasks += 1;
+                }
+                for (agent, id, _) in &b.pointers {
+                    assert_eq!(shard_of(agent, shards), s);
+                    assert_ne!(shard_of(id, shards), s);
+                    assert!(stray.contains(&shard_of(id, shards)));
+                }
+            }
+            assert_eq!(tasks, 40);
+            let authorized: usize = boots.iter().map(|b| b.authorized.len()).sum();
+            assert_eq!(authorized, 1);
+            if shards == 1 {
+                assert!(stray.is_empty());
+            }
+        }
+    }
+}
