@@ -91,6 +91,15 @@ pub struct Cli {
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_connections_per_ip: usize,
 
+    #[command(flatten)]
+    pub store: StoreFlags,
+
+    /// Agent routes (register, heartbeat, task create/update, route) need the agent's
+    /// bearer JWT from /api/token, and an agent may only act as itself (else 403). Off
+    /// by default: the PyPI chatixia agent (0.4.3) sends no credentials on HTTP.
+    #[arg(long)]
+    pub require_agent_auth: bool,
+
     /// INSECURE: serve the operator routes (pairing lists, approve/reject/revoke, agent
     /// delete) without an admin token, as the reference does (for its dashboard).
     #[arg(long)]
@@ -100,6 +109,79 @@ pub struct Cli {
     /// codes, pending tasks); created if missing, locked while the server runs.
     #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
+}
+
+/// Limits on stored fields, store budgets and client quotas, list pages (see
+/// `limits::StoreLimits`, which documents each).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreFlags {
+    /// Bytes of one stored agent/task string field (agent_id, hostname, ip, skill, …);
+    /// longer: 413.
+    #[arg(long, default_value_t = 256)]
+    pub agent_field_bytes_max: usize,
+
+    /// Entries of one agent list (skills, mcp_servers, skill_names); more: 413.
+    #[arg(long, default_value_t = 256)]
+    pub agent_list_items_max: usize,
+
+    /// Bytes of a task payload (JSON text); larger: 413.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub task_payload_bytes_max: usize,
+
+    /// Bytes of a task's result and of its error; larger: 413.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub task_result_bytes_max: usize,
+
+    /// Largest task ttl in seconds; above: 422.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub task_ttl_max: u64,
+
+    /// Bytes of tasks one shard holds; full: 503.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    pub task_store_bytes_max: usize,
+
+    /// Bytes of tasks one client (API key, else IP) may hold on one shard; over: 429.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub task_client_bytes_max: usize,
+
+    /// Tasks one client (API key, else IP) may hold on one shard; over: 429.
+    #[arg(long, default_value_t = 4096)]
+    pub task_client_tasks_max: usize,
+
+    /// Most items of one list page, and of an unpaged list before it is cut with
+    /// `x-next-cursor`.
+    #[arg(long, default_value_t = 1000)]
+    pub list_page_items_max: usize,
+
+    /// Bytes of one list response body; a page stops early (with `x-next-cursor`).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub list_response_bytes_max: usize,
+
+    /// Bytes of agent records one shard holds; full: 503.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    pub agent_store_bytes_max: usize,
+
+    /// Agents one client (source address) may create on one shard; over: 429.
+    #[arg(long, default_value_t = 1024)]
+    pub agent_client_agents_max: usize,
+
+    /// Bytes of agents one client may create on one shard; over: 429.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub agent_client_bytes_max: usize,
+
+    /// Wrong pairing codes tried per shard per 60 s, from all addresses together; then
+    /// every `pair` redemption on that shard is 429 until the window moves.
+    #[arg(long, default_value_t = 30)]
+    pub pair_wrong_guesses_per_shard_max: usize,
+
+    /// Wrong pairing codes tried within one bucket of 1,000 codes (same first three
+    /// digits) before the live codes in it are burnt.
+    #[arg(long, default_value_t = 3)]
+    pub pair_bucket_wrong_guesses_max: u32,
+
+    /// Live invite codes one API key may hold per shard (of 1,000); over: 429.
+    #[arg(long, default_value_t = 100)]
+    pub pair_codes_per_key_max: usize,
 }
 
 /// Subcommands besides serving.
@@ -168,6 +250,38 @@ impl Cli {
             idle_timeout: idle,
             connections_per_shard_max: self.max_connections_per_shard,
             connections_per_ip_max: self.max_connections_per_ip,
+        })
+    }
+
+    /// The store limits.
+    pub fn store_limits(&self) -> Result<crate::limits::StoreLimits, String> {
+        let f = &self.store;
+        if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
+            return Err(
+                "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
+            );
+        }
+        Ok(crate::limits::StoreLimits {
+            agent_field_bytes_max: f.agent_field_bytes_max,
+            agent_list_items_max: f.agent_list_items_max,
+            task_payload_bytes_max: f.task_payload_bytes_max,
+            task_result_bytes_max: f.task_result_bytes_max,
+            task_ttl_max: f.task_ttl_max,
+            task_store_bytes_max: f.task_store_bytes_max,
+            task_client_bytes_max: f.task_client_bytes_max,
+            task_client_tasks_max: f.task_client_tasks_max,
+            list_page_items_max: f.list_page_items_max,
+            list_response_bytes_max: f.list_response_bytes_max,
+            agent_budget: crate::registry::AgentBudgetConfig {
+                bytes_max: f.agent_store_bytes_max,
+                client_agents_max: f.agent_client_agents_max,
+                client_bytes_max: f.agent_client_bytes_max,
+            },
+            pair_guard: crate::pairing::guard::GuardLimits {
+                wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
+                bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
+                codes_per_key_max: f.pair_codes_per_key_max,
+            },
         })
     }
 

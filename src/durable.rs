@@ -133,7 +133,11 @@ pub fn task_record(t: &Task) -> TaskRecord {
         target_agent_id: t.target_agent_id.clone(),
         source_agent_id: t.source_agent_id.clone(),
         assigned_agent_id: t.assigned_agent_id.clone(),
-        payload: t.payload.clone(),
+        // The record holds a `serde_json::Value`: numbers beyond f64 are rounded on
+        // disk (exact in memory); one a Value cannot hold at all (`1e400`) is kept as
+        // its JSON text in a string.
+        payload: serde_json::from_str(t.payload.get())
+            .unwrap_or_else(|_| serde_json::Value::String(t.payload.get().to_owned())),
         state: t.state.clone(),
         result: t.result.clone(),
         error: t.error.clone(),
@@ -151,7 +155,7 @@ pub fn task_of(r: TaskRecord) -> Task {
         target_agent_id: r.target_agent_id,
         source_agent_id: r.source_agent_id,
         assigned_agent_id: r.assigned_agent_id,
-        payload: r.payload,
+        payload: r.payload.into(),
         state: r.state,
         result: r.result,
         error: r.error,
@@ -251,7 +255,7 @@ fn claim_home(t: &Task) -> Option<&str> {
         skill: t.skill.clone(),
         target_agent_id: t.target_agent_id.clone(),
         source_agent_id: String::new(),
-        payload: serde_json::Value::Null,
+        payload: serde_json::Value::Null.into(),
         ttl: t.ttl,
     };
     match sub.placement() {
@@ -314,7 +318,7 @@ mod tests {
             target_agent_id: target.into(),
             source_agent_id: String::new(),
             assigned_agent_id: String::new(),
-            payload: serde_json::Value::Null,
+            payload: serde_json::Value::Null.into(),
             state: "pending".into(),
             result: String::new(),
             error: String::new(),

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod durable;
 pub mod hub;
 pub mod ice;
+pub mod limits;
 pub mod metrics;
 pub mod pairing;
 pub mod registry;

@@ -45,6 +45,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     config.stun_urls = cli.stun_urls();
     config.test_clock = cli.test_clock;
     config.ws = cli.ws_limits()?;
+    config.limits = cli.store_limits()?;
+    config.require_agent_auth = cli.require_agent_auth;
     config.http_client_limits = cli.http_client_limits()?;
     config.api_keys = load_api_keys();
     config.jwt_secret = std::env::var("SIGNALING_SECRET")

@@ -8,6 +8,7 @@
 //! the reply with role [`DEVICE_TOKEN_ROLE`].
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod jwt;
 pub mod keys;

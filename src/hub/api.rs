@@ -6,6 +6,7 @@
 //! leaves a pointer on the target's shard (see docs/ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use crate::durable::task_record;
 use crate::http::{Request, Response};
@@ -42,8 +43,12 @@ fn draw_task_id(ctx: &ShardCtx, home: usize) -> Answer<TaskId> {
 }
 
 /// `POST /api/hub/tasks`.
-pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
+    crate::limits::require_object(&req.body)?;
     let sub: TaskSubmission = json_body(req)?;
+    ctx.config.limits.check_task(&sub)?;
+    let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
+    crate::auth::agent::gate(ctx, req, source)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -55,11 +60,12 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         .filter(|&s| s != home);
     let target = sub.target_agent_id.clone();
     let ttl = sub.ttl;
+    let client = crate::limits::client_key(peer);
     let mut sub = Some(sub);
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
         let Some(s) = sub.take() else { break };
-        let op = Op::Create(Box::new((id.clone(), s)));
+        let op = Op::Create(Box::new((id.clone(), s, client.clone())));
         match ask(ctx, home, op).await? {
             Reply::Task(Some(task)) => {
                 // Durable before it is claimable or acknowledged (issue 10).
@@ -81,6 +87,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
                 return Ok(ok_json(task_created_body(&id)));
             }
             Reply::Full => return Ok(Response::error(503, "task store is full")),
+            Reply::Quota(why) => return Ok(Response::error(429, *why)),
             Reply::InUse => {
                 // The submission was consumed by the message; rebuild it from the request.
                 sub = Some(json_body(req)?);
@@ -91,7 +98,29 @@ pub async fn create(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     Ok(Response::error(500, "could not draw a free task id"))
 }
 
-/// `GET /api/hub/tasks/all`: every shard's tasks, by creation time then id.
+/// `GET /api/hub/tasks/all[?limit=N&cursor=C]`: one page of every shard's tasks, by
+/// creation time then id (see `server::paging`).
+pub async fn list_page(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    use crate::server::paging::{item_json, page_req, page_response, time_key};
+    let page = page_req(req, &ctx.config.limits)?;
+    let mut all: Vec<Task> = Vec::new();
+    for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
+        match r {
+            Reply::Tasks(v) => all.extend(*v),
+            _ => return Ok(unexpected()),
+        }
+    }
+    sort_tasks(&mut all);
+    Ok(page_response(
+        &all,
+        &page,
+        &ctx.config.limits,
+        |t| time_key(t.created_at, &t.id),
+        item_json,
+    ))
+}
+
+/// `GET /api/hub/tasks/all`, unpaged and unbounded (superseded by [`list_page`]).
 pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
     let mut all: Vec<Task> = Vec::new();
     for r in ask_all(ctx, |_| Op::List).await? {
@@ -122,9 +151,17 @@ pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 /// `POST /api/hub/tasks/{id}`.
 pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
     let id = path_param(raw_id)?;
+    crate::limits::require_object(&req.body)?;
     let upd: TaskUpdate = json_body(req)?;
+    ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
-    match ask(ctx, to, Op::Update(Box::new((id, upd)))).await? {
+    let op = match crate::auth::agent::gate(ctx, req, None)? {
+        Some(c) if c.role != crate::auth::admin::ADMIN_ROLE => {
+            Op::UpdateAs(Box::new((id, upd, c.sub)))
+        }
+        _ => Op::Update(Box::new((id, upd))),
+    };
+    match ask(ctx, to, op).await? {
         Reply::Updated(b) => {
             let (before, after) = *b;
             // Finished tasks are kept in memory only (under the retention).
@@ -140,6 +177,10 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
             Ok(ok_status())
         }
         Reply::NotFound => Ok(not_found_200()),
+        Reply::Forbidden(who) => Ok(Response::error(
+            403,
+            format!("task is assigned to `{who}`: an agent may only report its own tasks"),
+        )),
         _ => Ok(unexpected()),
     }
 }
@@ -149,14 +190,21 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
 /// claims that id if still pending; (3) every other shard among `shard_of(skill)` claims
 /// its matching tasks. Each claim is a local state change on the task's only shard, so
 /// a task is assigned at most once however heartbeats race.
-pub async fn heartbeat(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
+    crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
+    ctx.config.limits.check_heartbeat(&hb)?;
+    crate::auth::agent::gate(ctx, req, Some(&hb.agent_id))?;
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let (mut claimed, pointers) = match ask(ctx, owner, Op::Heartbeat(Box::new(hb))).await? {
+    let mut hb = hb;
+    hb.client = crate::limits::client_key(peer);
+    let op = Op::Heartbeat(Box::new(hb));
+    let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
         Reply::Full => return Ok(Response::error(503, "agent registry is full")),
+        Reply::Quota(why) => return Ok(Response::error(429, *why)),
         _ => return Ok(unexpected()),
     };
 

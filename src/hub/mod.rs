@@ -21,11 +21,13 @@
 
 pub mod api;
 pub mod ops;
+pub mod payload;
 mod pointers;
 mod tasks;
 mod topology;
 
 pub use ops::Store;
+pub use payload::Payload;
 pub use pointers::TaskPointers;
 pub use tasks::{
     new_task_id, CreateTaskError, ExpireOutcome, Placement, SortedTask, Task, TaskId, TaskStore,
@@ -108,7 +110,7 @@ mod tests {
             target_agent_id: String::new(),
             source_agent_id: String::new(),
             assigned_agent_id: "a".into(),
-            payload: json!({"k": "v"}),
+            payload: json!({"k": "v"}).into(),
             state: "assigned".into(),
             result: String::new(),
             error: String::new(),

@@ -4,7 +4,7 @@
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
-use crate::registry::{AgentStore, Heartbeat};
+use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
 use crate::time::UnixTime;
 
 /// The hub state one shard owns: the tasks homed here and the pointers left for the
@@ -18,10 +18,13 @@ pub struct Store {
 pub enum Op {
     /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
     /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
+    /// The sender's agent quota applies (`Heartbeat::client`, see
+    /// `AgentStore::heartbeat_for`). → also `Quota`.
     Heartbeat(Box<Heartbeat>),
-    /// Store a new pending task under this id, not claimable until `Saved`.
-    /// → `Task` | `InUse` | `Full`.
-    Create(Box<(TaskId, TaskSubmission)>),
+    /// Store a new pending task under this id for a client (see
+    /// `TaskStore::create_for`; `(id, task, client)`), not claimable until `Saved`.
+    /// → `Task` | `InUse` | `Full` | `Quota`.
+    Create(Box<(TaskId, TaskSubmission, String)>),
     /// The store acknowledged the task's creation: make it claimable. → `Done`.
     Saved(Box<String>),
     /// The store did not acknowledge the task's creation: drop it. → `Done`.
@@ -36,8 +39,13 @@ pub enum Op {
     Get(Box<String>),
     /// Update a task. → `Updated` | `NotFound`.
     Update(Box<(String, TaskUpdate)>),
+    /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
+    /// agent)`. → `Updated` | `NotFound` | `Forbidden` (assigned to someone else).
+    UpdateAs(Box<(String, TaskUpdate, String)>),
     /// Every task of the shard. → `Tasks`.
     List,
+    /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
+    ListPage(Box<crate::server::paging::PageReq>),
     /// Claim these ids (pointers) for the agent if still pending; `(agent, ids)`.
     /// → `Tasks`.
     ClaimIds(Box<(String, Vec<TaskId>)>),
@@ -51,6 +59,10 @@ pub enum Reply {
     NotFound,
     InUse,
     Full,
+    /// The task is assigned to this other agent.
+    Forbidden(Box<String>),
+    /// The client's quota on this shard is used up; the reason.
+    Quota(Box<String>),
     /// `(claimed tasks, pointers to resolve)`.
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
     Task(Option<Box<Task>>),
@@ -64,9 +76,12 @@ impl Op {
     /// agent registry: the agent and its targeted tasks share an owner).
     pub fn apply(self, store: &mut Store, agents: &mut AgentStore, now: UnixTime) -> Reply {
         match self {
-            Op::Heartbeat(hb) => {
-                if agents.heartbeat(&hb, now).is_err() {
-                    return Reply::Full;
+            Op::Heartbeat(b) => {
+                let hb = &*b;
+                match agents.heartbeat_for(hb, &hb.client, now) {
+                    Ok(()) => {}
+                    Err(AgentRefusal::Full(_)) => return Reply::Full,
+                    Err(AgentRefusal::ClientQuota(why)) => return Reply::Quota(Box::new(why)),
                 }
                 let claimed = store
                     .tasks
@@ -79,8 +94,8 @@ impl Op {
                 Reply::HeartbeatDone(Box::new((claimed, pointers)))
             }
             Op::Create(b) => {
-                let (id, sub) = *b;
-                match store.tasks.create(sub, id.clone(), now) {
+                let (id, sub, client) = *b;
+                match store.tasks.create_for(sub, id.clone(), &client, now) {
                     Ok(t) => {
                         let t = Box::new(t.clone());
                         store.tasks.set_saving(&id, true);
@@ -88,6 +103,9 @@ impl Op {
                     }
                     Err(CreateTaskError::DuplicateId) => Reply::InUse,
                     Err(CreateTaskError::Full { .. }) => Reply::Full,
+                    Err(e @ CreateTaskError::ClientQuota { .. }) => {
+                        Reply::Quota(Box::new(e.to_string()))
+                    }
                 }
             }
             Op::Pointer(b) => {
@@ -120,7 +138,26 @@ impl Op {
                     None => Reply::NotFound,
                 }
             }
+            Op::UpdateAs(b) => {
+                let (id, upd, agent) = *b;
+                match store.tasks.get(&id) {
+                    None => Reply::NotFound,
+                    Some(t) if t.assigned_agent_id != agent => {
+                        Reply::Forbidden(Box::new(t.assigned_agent_id.clone()))
+                    }
+                    Some(t) => {
+                        let before = t.clone();
+                        match store.tasks.update(&id, upd, now) {
+                            Some(after) => Reply::Updated(Box::new((before, after.clone()))),
+                            None => Reply::NotFound,
+                        }
+                    }
+                }
+            }
             Op::List => Reply::Tasks(Box::new(store.tasks.list().cloned().collect())),
+            Op::ListPage(p) => Reply::Tasks(Box::new(
+                store.tasks.page(p.after.as_deref(), p.limit.saturating_add(1)),
+            )),
             Op::ClaimIds(b) => {
                 let (agent, ids) = *b;
                 let claimed: Vec<Task> = ids

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::hub::payload::Payload;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
@@ -52,10 +53,10 @@ pub struct TaskSubmission {
     /// Informational.
     #[serde(default)]
     pub source_agent_id: String,
-    /// Any JSON; default `null`. Stored as a `serde_json::Value`, so object keys come back
-    /// sorted, as in the reference.
+    /// Any JSON; default `null`. Kept as canonical JSON text ([`Payload`]): object keys
+    /// come back sorted, as in the reference, and numbers exactly as sent.
     #[serde(default)]
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// Seconds after creation at which an unfinished task fails; default 300.
     #[serde(default = "default_ttl")]
     pub ttl: u64,
@@ -133,7 +134,7 @@ pub struct Task {
     /// Set when a heartbeat claims the task; `""` before.
     pub assigned_agent_id: String,
     /// From the submission.
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     /// `pending`, `assigned`, `completed`, `failed`, or whatever an update set.
     pub state: String,
     /// Last non-empty `result` of an update.
@@ -257,6 +258,21 @@ pub struct TaskStoreConfig {
     /// How long a finished (`completed` / `failed`) task stays readable after its last
     /// update before [`TaskStore::expire`] removes it (the reference keeps them forever).
     pub retention: Duration,
+    /// Bytes of tasks this shard holds (each task charged [`task_bytes`]). Full:
+    /// [`CreateTaskError::Full`] (503) until tasks finish and age out. Updates may add a
+    /// result past it (bounded by the result size limit per task): the budget refuses
+    /// new tasks, never an agent's report.
+    pub bytes_max: usize,
+    /// Bytes one client (see [`TaskStore::create_for`]) may hold here; over:
+    /// [`CreateTaskError::ClientQuota`] (429) for that client only, so one client cannot
+    /// fill the store for everyone.
+    pub client_bytes_max: usize,
+    /// Tasks one client may hold here (same rule; counts tiny tasks).
+    pub client_tasks_max: usize,
+    /// Bytes of tasks one heartbeat claims on this shard ([`task_bytes`] each; at least
+    /// one task): bounds the heartbeat response like a list page. Matching tasks past
+    /// it stay pending for the agent's next heartbeat.
+    pub claim_bytes_max: usize,
 }
 
 impl Default for TaskStoreConfig {
@@ -264,8 +280,29 @@ impl Default for TaskStoreConfig {
         TaskStoreConfig {
             tasks_max: 65_536,
             retention: DEFAULT_RETENTION,
+            bytes_max: 256 * 1024 * 1024,
+            client_bytes_max: 16 * 1024 * 1024,
+            client_tasks_max: 4096,
+            claim_bytes_max: 4 * 1024 * 1024,
         }
     }
+}
+
+/// Fixed bytes charged per task on top of its strings: the record, its id map entry,
+/// index entries, and room for `assigned_agent_id` (bounded by the field size limit).
+pub const TASK_OVERHEAD_BYTES: usize = 640;
+
+/// The bytes a task is charged against the store's and its client's budgets.
+pub fn task_bytes(t: &Task) -> usize {
+    TASK_OVERHEAD_BYTES
+        + t.id.len()
+        + t.skill.len()
+        + t.target_agent_id.len()
+        + t.source_agent_id.len()
+        + t.payload.len()
+        + t.state.len()
+        + t.result.len()
+        + t.error.len()
 }
 
 /// Why [`TaskStore::create`] refused a task.
@@ -278,13 +315,34 @@ pub enum CreateTaskError {
     },
     /// A task with this id exists; draw another id.
     DuplicateId,
+    /// The client already holds its share of this shard: `tasks` tasks of `bytes` bytes.
+    ClientQuota {
+        tasks: usize,
+        bytes: usize,
+        tasks_max: usize,
+        bytes_max: usize,
+    },
 }
 
 impl fmt::Display for CreateTaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CreateTaskError::Full { tasks_max } => write!(f, "task store full ({tasks_max} tasks)"),
+            CreateTaskError::Full { tasks_max } => write!(
+                f,
+                "task store is full ({tasks_max} tasks, or --task-store-bytes-max bytes)"
+            ),
             CreateTaskError::DuplicateId => f.write_str("duplicate task id"),
+            CreateTaskError::ClientQuota {
+                tasks,
+                bytes,
+                tasks_max,
+                bytes_max,
+            } => write!(
+                f,
+                "this client holds {tasks} tasks ({bytes} bytes) on this shard; its quota is \
+                 {tasks_max} tasks (--task-client-tasks-max) and {bytes_max} bytes \
+                 (--task-client-bytes-max); retry when some finish"
+            ),
         }
     }
 }
@@ -372,6 +430,11 @@ pub struct TaskStore {
     tasks: BTreeMap<u64, Task>,
     index: Index,
     next_seq: u64,
+    /// Budget accounting: bytes charged in all, and per task `(client, bytes)`.
+    bytes: usize,
+    charged: HashMap<u64, (String, usize)>,
+    /// Per client: `(tasks, bytes)` held here. Entries leave at zero.
+    clients: HashMap<String, (usize, usize)>,
     /// Tasks whose creation is being committed to the durable store: not claimable
     /// until it is acknowledged (so no claim is saved before the task itself).
     saving: BTreeSet<u64>,
@@ -409,10 +472,46 @@ impl TaskStore {
         id: TaskId,
         now: UnixTime,
     ) -> Result<&Task, CreateTaskError> {
+        self.create_for(req, id, "", now)
+    }
+
+    /// [`create`](Self::create) on behalf of `client` (an API key or a source address,
+    /// chosen by the server; `""`: no per-client quota). Refuses with
+    /// [`CreateTaskError::ClientQuota`] when the client holds its share of this shard, and
+    /// [`CreateTaskError::Full`] when the store is out of tasks or bytes.
+    pub fn create_for(
+        &mut self,
+        req: TaskSubmission,
+        id: TaskId,
+        client: &str,
+        now: UnixTime,
+    ) -> Result<&Task, CreateTaskError> {
         if self.ids.contains_key(&id) {
             return Err(CreateTaskError::DuplicateId);
         }
-        if self.tasks.len() >= self.config.tasks_max {
+        let charge = TASK_OVERHEAD_BYTES
+            + id.len()
+            + req.skill.len()
+            + req.target_agent_id.len()
+            + req.source_agent_id.len()
+            + req.payload.len()
+            + STATE_PENDING.len();
+        if !client.is_empty() {
+            let (tasks, bytes) = self.clients.get(client).copied().unwrap_or_default();
+            if tasks >= self.config.client_tasks_max
+                || bytes.saturating_add(charge) > self.config.client_bytes_max
+            {
+                return Err(CreateTaskError::ClientQuota {
+                    tasks,
+                    bytes,
+                    tasks_max: self.config.client_tasks_max,
+                    bytes_max: self.config.client_bytes_max,
+                });
+            }
+        }
+        if self.tasks.len() >= self.config.tasks_max
+            || self.bytes.saturating_add(charge) > self.config.bytes_max
+        {
             return Err(CreateTaskError::Full {
                 tasks_max: self.config.tasks_max,
             });
@@ -435,7 +534,50 @@ impl TaskStore {
         };
         self.index.add(seq, &task);
         self.ids.insert(id, seq);
+        self.charge(seq, client, task_bytes(&task));
         Ok(self.tasks.entry(seq).or_insert(task))
+    }
+
+    /// Bytes charged for the tasks held (see [`task_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// `(tasks, bytes)` that `client` holds here.
+    pub fn client_usage(&self, client: &str) -> (usize, usize) {
+        self.clients.get(client).copied().unwrap_or_default()
+    }
+
+    /// Charges task `seq` `bytes` (replacing any earlier charge) to its client.
+    fn charge(&mut self, seq: u64, client: &str, bytes: usize) {
+        let old = self.uncharge(seq);
+        let client = old.map_or_else(|| client.to_owned(), |(c, _)| c);
+        self.bytes += bytes;
+        let u = self.clients.entry(client.clone()).or_default();
+        u.0 += 1;
+        u.1 += bytes;
+        self.charged.insert(seq, (client, bytes));
+    }
+
+    /// Charges task `seq` again after a change (to its client).
+    fn recharge(&mut self, seq: u64) {
+        if let Some(bytes) = self.tasks.get(&seq).map(task_bytes) {
+            self.charge(seq, "", bytes);
+        }
+    }
+
+    /// Removes task `seq`'s charge; returns it.
+    fn uncharge(&mut self, seq: u64) -> Option<(String, usize)> {
+        let (client, bytes) = self.charged.remove(&seq)?;
+        self.bytes = self.bytes.saturating_sub(bytes);
+        if let Some(u) = self.clients.get_mut(&client) {
+            u.0 = u.0.saturating_sub(1);
+            u.1 = u.1.saturating_sub(bytes);
+            if u.0 == 0 {
+                self.clients.remove(&client);
+            }
+        }
+        Some((client, bytes))
     }
 
     /// Adds a task loaded from the store at start-up (the limit does not apply: it was
@@ -449,7 +591,10 @@ impl TaskStore {
         self.next_seq += 1;
         self.index.add(seq, &task);
         self.ids.insert(task.id.clone(), seq);
+        let bytes = task_bytes(&task);
         self.tasks.insert(seq, task);
+        // Its client is not stored: it counts against the store's budget only.
+        self.charge(seq, "", bytes);
     }
 
     /// Puts a task back as it was (undoing a change the store did not acknowledge).
@@ -470,6 +615,7 @@ impl TaskStore {
             *old = task;
             self.index.add(seq, old);
         }
+        self.recharge(seq);
     }
 
     /// Removes a task (its creation was not acknowledged).
@@ -479,6 +625,7 @@ impl TaskStore {
                 self.index.remove(seq, &task);
             }
             self.saving.remove(&seq);
+            self.uncharge(seq);
         }
     }
 
@@ -526,7 +673,30 @@ impl TaskStore {
         }
         task.updated_at = now;
         self.index.add(seq, task);
-        Some(task)
+        self.recharge(seq);
+        self.tasks.get(&seq)
+    }
+
+    /// Up to `n` tasks whose [`time_key`](crate::server::paging::time_key) (`created_at`,
+    /// then id) is above `after`, in that order: one shard's part of a page. Cost: one
+    /// pass over the shard's tasks plus O(n log n).
+    pub fn page(&self, after: Option<&str>, n: usize) -> Vec<Task> {
+        use crate::server::paging::time_key;
+        let mut keyed: Vec<(String, &Task)> = self
+            .tasks
+            .values()
+            .map(|t| (time_key(t.created_at, &t.id), t))
+            .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        if n == 0 {
+            return Vec::new();
+        }
+        if keyed.len() > n {
+            keyed.select_nth_unstable_by(n - 1, |a, b| a.0.cmp(&b.0));
+            keyed.truncate(n);
+        }
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        keyed.into_iter().map(|(_, t)| t.clone()).collect()
     }
 
     /// All tasks of this shard in creation order.
@@ -576,7 +746,9 @@ impl TaskStore {
         agent_id.clone_into(&mut task.assigned_agent_id);
         task.updated_at = now;
         self.index.add(seq, task);
-        Some(task.clone())
+        let t = task.clone();
+        self.recharge(seq);
+        Some(t)
     }
 
     fn claim_matching(
@@ -598,10 +770,16 @@ impl TaskStore {
             }
         }
         let mut claimed = Vec::with_capacity(seqs.len());
+        let mut bytes = 0usize;
         for seq in seqs {
             if self.saving.contains(&seq) {
                 continue;
             }
+            let size = self.tasks.get(&seq).map_or(0, task_bytes);
+            if !claimed.is_empty() && bytes + size > self.config.claim_bytes_max {
+                break;
+            }
+            bytes += size;
             let Some(task) = self.tasks.get_mut(&seq) else {
                 continue;
             };
@@ -611,6 +789,7 @@ impl TaskStore {
             task.updated_at = now;
             self.index.add(seq, task);
             claimed.push(task.clone());
+            self.recharge(seq);
         }
         claimed
     }
@@ -637,6 +816,7 @@ impl TaskStore {
             TTL_EXPIRED_ERROR.clone_into(&mut task.error);
             task.updated_at = now;
             self.index.add(seq, task);
+            self.recharge(seq);
             out.expired += 1;
         }
 
@@ -652,6 +832,7 @@ impl TaskStore {
                 if let Some(task) = self.tasks.remove(&seq) {
                     self.index.remove(seq, &task);
                     self.ids.remove(&task.id);
+                    self.uncharge(seq);
                     out.removed += 1;
                 }
             }
@@ -668,6 +849,8 @@ impl TaskStore {
             assert_eq!(self.ids.get(&t.id), Some(&seq));
         }
         assert_eq!(self.ids.len(), self.tasks.len());
+        assert_eq!(self.bytes, self.tasks.values().map(task_bytes).sum::<usize>());
+        assert_eq!(self.charged.len(), self.tasks.len());
         assert_eq!(fresh.pending_by_target, self.index.pending_by_target);
         assert_eq!(fresh.pending_by_skill, self.index.pending_by_skill);
         assert_eq!(fresh.live_by_deadline, self.index.live_by_deadline);

@@ -99,6 +99,15 @@ pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
             }
             Reply::InUse => continue,
             Reply::Full => return Ok(Response::error(503, "too many live invite codes")),
+            Reply::Quota(n) => {
+                return Ok(Response::error(
+                    429,
+                    format!(
+                        "this API key holds {n} live invite codes on this shard, its quota \
+                         (--pair-codes-per-key-max); wait for some to be used or expire"
+                    ),
+                ))
+            }
             _ => return Ok(unexpected()),
         }
     }
@@ -125,6 +134,16 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
     let (issuer, expires_at) = match ask_owner(ctx, &code_key, Op::CodeRedeem(code)).await? {
         Reply::Redeemed(Some(b)) => *b,
         Reply::Redeemed(None) => return Ok(pair_error(PairError::InvalidCode)),
+        Reply::Throttled(secs) => {
+            return Ok(Response::error(
+                429,
+                format!(
+                    "too many wrong pairing codes were tried on this server recently; \
+                     try again in {secs} s"
+                ),
+            )
+            .with_header("retry-after", secs.to_string()))
+        }
         _ => return Ok(unexpected()),
     };
     let put_code_back = || async {

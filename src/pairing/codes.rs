@@ -92,6 +92,11 @@ pub enum CodeInsertError {
     InUse,
     /// The store holds `codes_max` live codes (suggested answer: 503).
     Full,
+    /// The issuing API key holds its share of live codes here (suggested answer: 429).
+    IssuerQuota {
+        /// The limit that was reached.
+        codes_max: usize,
+    },
 }
 
 /// Invite codes owned by one shard.
@@ -99,6 +104,9 @@ pub enum CodeInsertError {
 pub struct CodeStore {
     codes: HashMap<Code, Invite>,
     codes_max: usize,
+    /// Live codes one issuer (API key's peer id) may hold here, so one key cannot take
+    /// every slot from the others (`--pair-codes-per-key-max`).
+    issuer_codes_max: usize,
 }
 
 impl Default for CodeStore {
@@ -129,7 +137,16 @@ impl CodeStore {
         CodeStore {
             codes: HashMap::new(),
             codes_max,
+            issuer_codes_max: Self::DEFAULT_ISSUER_CODES_MAX,
         }
+    }
+
+    /// Default of the per-issuer quota.
+    pub const DEFAULT_ISSUER_CODES_MAX: usize = 100;
+
+    /// Sets the per-issuer quota of live codes.
+    pub fn set_issuer_codes_max(&mut self, n: usize) {
+        self.issuer_codes_max = n;
     }
 
     /// Store `code` for `issuer`, valid until `now + 300 s`; returns the expiry.
@@ -145,6 +162,17 @@ impl CodeStore {
     ) -> Result<UnixTime, CodeInsertError> {
         match self.codes.get(&code) {
             Some(old) if now < old.expires_at => return Err(CodeInsertError::InUse),
+            _ if self
+                .codes
+                .values()
+                .filter(|i| now < i.expires_at && i.issuer.peer_id == issuer.peer_id)
+                .count()
+                >= self.issuer_codes_max =>
+            {
+                return Err(CodeInsertError::IssuerQuota {
+                    codes_max: self.issuer_codes_max,
+                })
+            }
             Some(_) => {}
             None => {
                 if self.codes.len() >= self.codes_max {
@@ -229,6 +257,14 @@ impl CodeStore {
     pub fn sweep(&mut self, now: UnixTime) -> usize {
         let before = self.codes.len();
         self.codes.retain(|_, inv| now < inv.expires_at);
+        before - self.codes.len()
+    }
+
+    /// Removes every code `burn` selects (the guessing guard's burnt bucket); returns
+    /// how many were removed.
+    pub fn remove_if(&mut self, burn: impl Fn(Code) -> bool) -> usize {
+        let before = self.codes.len();
+        self.codes.retain(|&c, _| !burn(c));
         before - self.codes.len()
     }
 
@@ -409,5 +445,29 @@ mod tests {
             z.generate(&mut rng(3), issuer(None), T0),
             Err(CodeInsertError::Full)
         );
+    }
+
+    #[test]
+    fn one_issuer_holds_at_most_its_quota() {
+        let mut s = CodeStore::new();
+        s.set_issuer_codes_max(2);
+        let a = Issuer {
+            peer_id: "a".into(),
+            mesh: None,
+        };
+        let b = Issuer {
+            peer_id: "b".into(),
+            mesh: None,
+        };
+        s.insert(Code::from_u32(1), a.clone(), T0).unwrap();
+        s.insert(Code::from_u32(2), a.clone(), T0).unwrap();
+        assert_eq!(
+            s.insert(Code::from_u32(3), a.clone(), T0),
+            Err(CodeInsertError::IssuerQuota { codes_max: 2 })
+        );
+        s.insert(Code::from_u32(3), b, T0).unwrap();
+        // Used or expired codes do not count.
+        s.redeem(Code::from_u32(1), T0);
+        s.insert(Code::from_u32(4), a, T0).unwrap();
     }
 }

@@ -27,7 +27,9 @@
 pub mod api;
 pub mod codes;
 pub mod entries;
+pub mod guard;
 pub mod ops;
+pub mod paged;
 pub mod ratelimit;
 
 use serde::{Deserialize, Serialize};

@@ -10,6 +10,7 @@ use crate::pairing::{
     Code, CodeInsertError, CodeStore, CreateError, Entry, EntryId, Issuer, PairingStore,
     RateLimiter, Status,
 };
+use crate::pairing::guard::{GuardLimits, GuessGuard};
 use crate::time::UnixTime;
 
 /// The pairing state one shard owns.
@@ -17,14 +18,24 @@ pub struct Store {
     pub codes: CodeStore,
     pub entries: PairingStore,
     pub rate: RateLimiter,
+    /// Guessing defence across addresses (global wrong-guess rate, burnt buckets).
+    pub guard: GuessGuard,
 }
 
 impl Store {
     pub fn new() -> Store {
+        Store::with_guard(GuardLimits::default())
+    }
+
+    /// A store with these guessing-guard limits.
+    pub fn with_guard(limits: GuardLimits) -> Store {
+        let mut codes = CodeStore::new();
+        codes.set_issuer_codes_max(limits.codes_per_key_max);
         Store {
-            codes: CodeStore::new(),
+            codes,
             entries: PairingStore::new(),
             rate: RateLimiter::new(),
+            guard: GuessGuard::new(limits),
         }
     }
 }
@@ -48,7 +59,7 @@ pub enum Op {
     CodeRemove(Code),
     /// Put a code back (its redemption was not acknowledged). → `Done`.
     CodeRestore(Box<(Code, Issuer, UnixTime)>),
-    /// Use an invite code. → `Redeemed`.
+    /// Use an invite code. → `Redeemed` | `Throttled` (too many wrong guesses here).
     CodeRedeem(Code),
     /// Count a `pair` attempt of this client IP. → `Allowed`.
     RateCheck(Box<IpAddr>),
@@ -85,6 +96,10 @@ pub enum Reply {
     Busy,
     /// Whether the attempt is allowed (false: rate limited).
     Allowed(bool),
+    /// The issuing key holds this many live codes here, its quota.
+    Quota(usize),
+    /// Redemptions on this shard are paused; seconds to wait.
+    Throttled(u64),
     /// A code was stored; it expires then.
     CodeStored(UnixTime),
     /// The redeemed code's issuer and expiry (`None`: unknown, used or expired).
@@ -130,6 +145,22 @@ impl Op {
                     Ok(expires_at) => Reply::CodeStored(expires_at),
                     Err(CodeInsertError::InUse) => Reply::InUse,
                     Err(CodeInsertError::Full) => Reply::Full,
+                    Err(CodeInsertError::IssuerQuota { codes_max }) => Reply::Quota(codes_max),
+                }
+            }
+            Op::CodeRedeem(code) => {
+                if let Err(t) = store.guard.check(now) {
+                    return Reply::Throttled(t.retry_after_secs);
+                }
+                match store.codes.redeem_with_expiry(code, now) {
+                    Some(found) => Reply::Redeemed(Some(Box::new(found))),
+                    None => {
+                        let burnt = store.guard.wrong_guess(code, &mut store.codes, now);
+                        if burnt > 0 {
+                            tracing::warn!(burnt, "invite codes burnt after wrong guesses near them");
+                        }
+                        Reply::Redeemed(None)
+                    }
                 }
             }
             Op::CodeRemove(code) => {
@@ -140,9 +171,6 @@ impl Op {
                 let (code, issuer, expires_at) = *b;
                 store.codes.restore(code, issuer, expires_at);
                 Reply::Done
-            }
-            Op::CodeRedeem(code) => {
-                Reply::Redeemed(store.codes.redeem_with_expiry(code, now).map(Box::new))
             }
             Op::RateCheck(ip) => Reply::Allowed(store.rate.check_and_count(*ip, now)),
             Op::EntryCreate(b) => {

@@ -2,9 +2,9 @@
 //!
 //! Reference semantics: an attempt is allowed when fewer than 5 attempts by the same IP
 //! are younger than 60 s (an attempt exactly 60 s old no longer counts); an allowed attempt
-//! is recorded, a refused one is not.
+//! is recorded, a refused one is not. A full table forgets its least recently active IP.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use super::{RATE_LIMIT_MAX_ATTEMPTS, RATE_LIMIT_WINDOW_SECS};
@@ -15,14 +15,16 @@ const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// Per-IP attempt timestamps for the IPs one shard owns.
 #[derive(Debug, Clone)]
 pub struct RateLimiter {
-    /// IP → times of its attempts inside the window, oldest first; at most
-    /// `attempts_max` each.
-    buckets: HashMap<IpAddr, Vec<UnixTime>>,
+    /// IP → (times of its attempts inside the window, oldest first, at most
+    /// `attempts_max`; its stamp in `recency`).
+    buckets: HashMap<IpAddr, (Vec<UnixTime>, u64)>,
+    /// Stamp of each IP's last attempt → IP: the least recently active IP first, which
+    /// is the one evicted when the table is full.
+    recency: BTreeMap<u64, IpAddr>,
+    next_stamp: u64,
     attempts_max: usize,
     window_nanos: u64,
     ips_max: usize,
-    /// When a full table last triggered an inline sweep (rate-limits those sweeps).
-    last_full_sweep: Option<UnixTime>,
 }
 
 impl Default for RateLimiter {
@@ -48,49 +50,62 @@ impl RateLimiter {
     /// `attempts_max` attempts per `window_secs` per IP, tracking at most `ips_max` IPs.
     ///
     /// `ips_max` bounds the table against clients that rotate addresses (an IPv6 /64 holds
-    /// 2^64). When it is full and an untracked IP arrives, expired buckets are swept (at
-    /// most once per second of `now`, so a flood cannot make every request pay for a full
-    /// scan); if it is still full the attempt is refused (fail closed: the limiter exists
-    /// to stop code guessing, so it does not admit untracked clients).
+    /// 2^64). When it is full and an untracked IP arrives, the least recently active IP
+    /// is forgotten to make room (it was failing closed: after 65,536 addresses, every
+    /// newcomer got 429, a lockout anyone could trigger). Forgetting lets a client with
+    /// more addresses than the table reset one address's window, which it could as well
+    /// get by using a fresh address: guessing across addresses is bounded by the code
+    /// owner's [`GuessGuard`](super::guard::GuessGuard), not by this table.
     pub fn with_limits(attempts_max: usize, window_secs: u64, ips_max: usize) -> RateLimiter {
         RateLimiter {
             buckets: HashMap::new(),
+            recency: BTreeMap::new(),
+            next_stamp: 0,
             attempts_max,
             window_nanos: window_secs.saturating_mul(NANOS_PER_SEC),
             ips_max,
-            last_full_sweep: None,
         }
+    }
+
+    fn stamp(&mut self, ip: IpAddr) -> u64 {
+        let s = self.next_stamp;
+        self.next_stamp += 1;
+        self.recency.insert(s, ip);
+        s
     }
 
     /// Whether `ip` may make an attempt at `now`; if so, the attempt is recorded.
     pub fn check_and_count(&mut self, ip: IpAddr, now: UnixTime) -> bool {
         let window = self.window_nanos;
-        if let Some(attempts) = self.buckets.get_mut(&ip) {
+        if let Some((attempts, old)) = self.buckets.get_mut(&ip) {
+            let old = *old;
             attempts.retain(|&t| now.saturating_nanos_since(t) < window);
-            if attempts.len() >= self.attempts_max {
-                return false;
+            let allowed = attempts.len() < self.attempts_max;
+            if allowed {
+                attempts.push(now);
             }
-            attempts.push(now);
-            return true;
+            // Any attempt, refused or not, makes the IP recent (a client hammering
+            // while limited is not the one to forget).
+            self.recency.remove(&old);
+            let s = self.stamp(ip);
+            if let Some(b) = self.buckets.get_mut(&ip) {
+                b.1 = s;
+            }
+            return allowed;
         }
-        if self.attempts_max == 0 {
+        if self.attempts_max == 0 || self.ips_max == 0 {
             return false;
         }
-        if self.buckets.len() >= self.ips_max {
-            let due = self
-                .last_full_sweep
-                .is_none_or(|t| now.saturating_nanos_since(t) >= NANOS_PER_SEC);
-            if due {
-                self.last_full_sweep = Some(now);
-                self.sweep(now);
-            }
-            if self.buckets.len() >= self.ips_max {
-                return false;
-            }
+        while self.buckets.len() >= self.ips_max {
+            let Some((_, lru)) = self.recency.pop_first() else {
+                break;
+            };
+            self.buckets.remove(&lru);
         }
         let mut attempts = Vec::with_capacity(self.attempts_max.min(8));
         attempts.push(now);
-        self.buckets.insert(ip, attempts);
+        let s = self.stamp(ip);
+        self.buckets.insert(ip, (attempts, s));
         true
     }
 
@@ -99,8 +114,12 @@ impl RateLimiter {
     pub fn sweep(&mut self, now: UnixTime) -> usize {
         let window = self.window_nanos;
         let before = self.buckets.len();
-        self.buckets.retain(|_, attempts| {
+        let recency = &mut self.recency;
+        self.buckets.retain(|_, (attempts, stamp)| {
             attempts.retain(|&t| now.saturating_nanos_since(t) < window);
+            if attempts.is_empty() {
+                recency.remove(stamp);
+            }
             !attempts.is_empty()
         });
         before - self.buckets.len()
@@ -204,30 +223,29 @@ mod tests {
     }
 
     #[test]
-    fn ip_table_limit_fails_closed() {
+    fn a_full_table_forgets_the_least_recent_ip() {
         let mut rl = RateLimiter::with_limits(5, 60, 2);
         assert_eq!(rl.ips_max(), 2);
         assert!(rl.check_and_count(ip(1), at(0)));
         assert!(rl.check_and_count(ip(2), at(0)));
-        // Table full of live buckets: a new IP is refused...
-        assert!(!rl.check_and_count(ip(3), at(SEC)));
-        // ...while tracked IPs keep working.
         assert!(rl.check_and_count(ip(1), at(SEC)));
-        // Once the buckets age out, an inline sweep makes room.
-        assert!(rl.check_and_count(ip(3), at(61 * SEC)));
-        assert_eq!(rl.len(), 1);
-    }
-
-    #[test]
-    fn inline_sweeps_are_rate_limited() {
-        let mut rl = RateLimiter::with_limits(5, 60, 1);
-        assert!(rl.check_and_count(ip(1), at(0)));
-        // Triggers an (unproductive) inline sweep at t=59.5.
-        assert!(!rl.check_and_count(ip(2), at(59 * SEC + SEC / 2)));
-        // At t=60 ip(1)'s attempt has expired, but the last inline sweep was <1 s ago.
-        assert!(!rl.check_and_count(ip(2), at(60 * SEC)));
-        // One second after the last inline sweep, another runs and frees the slot.
-        assert!(rl.check_and_count(ip(2), at(60 * SEC + SEC / 2)));
+        // Table full of live buckets: a newcomer is admitted, ip(2) (least recent) goes.
+        assert!(rl.check_and_count(ip(3), at(2 * SEC)));
+        assert_eq!(rl.len(), 2);
+        // ip(1) kept its count: 3 more, then refused.
+        for _ in 0..3 {
+            assert!(rl.check_and_count(ip(1), at(3 * SEC)));
+        }
+        assert!(!rl.check_and_count(ip(1), at(3 * SEC)));
+        // 66,000 newcomers through a 65,536 table: each is admitted.
+        let mut big = RateLimiter::new();
+        for n in 0..66_000u32 {
+            assert!(big.check_and_count(IpAddr::V4(Ipv4Addr::from(n)), at(0)));
+        }
+        assert_eq!(big.len(), RateLimiter::DEFAULT_IPS_MAX);
+        assert_eq!(big.recency.len(), big.len());
+        assert_eq!(big.sweep(at(60 * SEC)), RateLimiter::DEFAULT_IPS_MAX);
+        assert!(big.recency.is_empty());
     }
 
     #[test]

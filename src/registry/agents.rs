@@ -10,6 +10,9 @@ use super::health::Health;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
+mod budget;
+pub use budget::{agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES};
+
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {
     8000
@@ -99,6 +102,10 @@ pub struct Heartbeat {
     /// Default `""`; an empty value does not overwrite a known sidecar id.
     #[serde(default)]
     pub sidecar_peer_id: String,
+    /// Not in the body: the sender's quota key (`limits::client_key`), set by the server
+    /// for the agent budget (`AgentStore::heartbeat_for`); `""`: no quota.
+    #[serde(skip)]
+    pub client: String,
 }
 
 impl JsonBody for Heartbeat {
@@ -254,6 +261,7 @@ impl std::error::Error for AgentsFull {}
 pub struct AgentStore {
     agents: BTreeMap<String, AgentRecord>,
     config: AgentStoreConfig,
+    budget: budget::Budget,
 }
 
 impl AgentStore {
@@ -262,6 +270,7 @@ impl AgentStore {
         AgentStore {
             agents: BTreeMap::new(),
             config,
+            budget: budget::Budget::default(),
         }
     }
 
@@ -354,7 +363,20 @@ impl AgentStore {
     /// `DELETE /api/registry/agents/{id}`: removes and returns the agent (`None` → answer
     /// `{"error":"not found"}`).
     pub fn remove(&mut self, agent_id: &str) -> Option<AgentRecord> {
+        self.uncharge(agent_id);
         self.agents.remove(agent_id)
+    }
+
+    /// Up to `n` agents whose `agent_id` is above `after`, by `agent_id`: one shard's
+    /// part of a page. O(log n + n).
+    pub fn page(&self, after: Option<&str>, n: usize) -> Vec<AgentRecord> {
+        use std::ops::Bound;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.agents
+            .range::<str, _>((lower, Bound::Unbounded))
+            .take(n)
+            .map(|(_, r)| r.clone())
+            .collect()
     }
 
     /// All agents of this shard, ordered by `agent_id` (byte-wise).
@@ -495,6 +517,7 @@ mod tests {
                 uptime_seconds: 0,
                 skill_names: vec![],
                 sidecar_peer_id: String::new(),
+                client: String::new(),
             }
         );
         let err = parse_body::<Heartbeat>(br#"{"hostname":"h"}"#).unwrap_err();

@@ -16,12 +16,17 @@ fn agents_full() -> Response {
 }
 
 /// `POST /api/registry/agents`.
-pub async fn register(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> Answer<Response> {
+    crate::limits::require_object(&req.body)?;
     let info: AgentInfo = json_body(req)?;
+    ctx.config.limits.check_agent(&info)?;
+    crate::auth::agent::gate(ctx, req, Some(&info.agent_id))?;
     let id = info.agent_id.clone();
-    match ask_owner(ctx, &id, Op::Upsert(Box::new(info))).await? {
+    let client = crate::limits::client_key(peer);
+    match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
+        Reply::Quota(why) => Ok(Response::error(429, *why)),
         _ => Ok(unexpected()),
     }
 }
@@ -37,6 +42,28 @@ pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
     }
     all.sort_by(|a, b| a.info.agent_id.cmp(&b.info.agent_id));
     Ok(ok_json(agent_list_body(&all)))
+}
+
+/// `GET /api/registry/agents[?limit=N&cursor=C]`: one page of every shard's agents, by
+/// `agent_id` (see `server::paging`).
+pub async fn list_page(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    use crate::server::paging::{item_json, page_req, page_response};
+    let page = page_req(req, &ctx.config.limits)?;
+    let mut all: Vec<AgentRecord> = Vec::new();
+    for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
+        match r {
+            Reply::Agents(v) => all.extend(*v),
+            _ => return Ok(unexpected()),
+        }
+    }
+    all.sort_by(|a, b| a.info.agent_id.cmp(&b.info.agent_id));
+    Ok(page_response(
+        &all,
+        &page,
+        &ctx.config.limits,
+        |a| a.info.agent_id.clone(),
+        item_json,
+    ))
 }
 
 /// `GET /api/registry/agents/{id}`.
@@ -62,6 +89,7 @@ pub async fn delete(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 /// `GET /api/registry/route?skill=X`: the best candidate of every shard, then the one
 /// with the smallest `route_key` (earliest registered, then `agent_id`).
 pub async fn route(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+    crate::auth::agent::gate(ctx, req, None)?;
     let Some(skill) = req.query_param("skill") else {
         return Ok(Response::error(
             400,

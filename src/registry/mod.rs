@@ -19,8 +19,9 @@ mod health;
 pub mod ops;
 
 pub use agents::{
-    default_port, AgentCapabilities, AgentInfo, AgentRecord, AgentStore, AgentStoreConfig,
-    AgentsFull, Heartbeat, SortedAgent,
+    agent_bytes, default_port, AgentBudgetConfig, AgentCapabilities, AgentInfo, AgentRecord,
+    AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, Heartbeat, SortedAgent,
+    AGENT_OVERHEAD_BYTES,
 };
 pub use health::{Health, HEALTH_CHECK_INTERVAL, OFFLINE_AFTER, STALE_AFTER};
 

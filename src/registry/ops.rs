@@ -2,7 +2,7 @@
 //! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side.
 
 use crate::hub::TopologyNode;
-use crate::registry::{AgentInfo, AgentRecord, AgentStore};
+use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore};
 use crate::time::UnixTime;
 
 /// A request to the registry of one shard. Every payload is one word (a box), so the
@@ -10,12 +10,17 @@ use crate::time::UnixTime;
 pub enum Op {
     /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
     Upsert(Box<AgentInfo>),
+    /// Upsert an agent for a client (its quota, see `AgentStore::upsert_for`).
+    /// → `Done` | `Full` | `Quota`.
+    UpsertFor(Box<(AgentInfo, String)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
     /// Remove an agent. → `Done` | `NotFound`.
     Delete(Box<String>),
     /// Every agent of the shard. → `Agents`.
     List,
+    /// Up to `limit + 1` agents after the cursor, by `agent_id`. → `Agents`.
+    ListPage(Box<crate::server::paging::PageReq>),
     /// The shard's best active agent with this skill. → `Agent`.
     RouteFirst(Box<String>),
     /// The shard's topology nodes. → `Nodes`.
@@ -27,6 +32,8 @@ pub enum Reply {
     Done,
     NotFound,
     Full,
+    /// The client's quota is used up; the reason.
+    Quota(Box<String>),
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
@@ -40,12 +47,23 @@ impl Op {
                 Ok(_) => Reply::Done,
                 Err(_) => Reply::Full,
             },
+            Op::UpsertFor(b) => {
+                let (info, client) = *b;
+                match store.upsert_for(info, &client, now) {
+                    Ok(()) => Reply::Done,
+                    Err(AgentRefusal::Full(_)) => Reply::Full,
+                    Err(AgentRefusal::ClientQuota(why)) => Reply::Quota(Box::new(why)),
+                }
+            }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),
             Op::Delete(id) => match store.remove(&id) {
                 Some(_) => Reply::Done,
                 None => Reply::NotFound,
             },
             Op::List => Reply::Agents(Box::new(store.list().cloned().collect())),
+            Op::ListPage(p) => Reply::Agents(Box::new(
+                store.page(p.after.as_deref(), p.limit.saturating_add(1)),
+            )),
             Op::RouteFirst(skill) => Reply::Agent(store.route_first(&skill).cloned().map(Box::new)),
             Op::TopologyNodes => Reply::Nodes(Box::new(
                 store.list().map(TopologyNode::from_record).collect(),

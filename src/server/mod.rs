@@ -12,6 +12,7 @@ pub mod common;
 pub mod conn;
 mod debug;
 pub mod msg;
+pub mod paging;
 pub mod router;
 
 use std::cell::{Cell, RefCell};
@@ -60,6 +61,10 @@ pub struct ServerConfig {
     pub test_clock: bool,
     /// Signaling WebSocket limits.
     pub ws: WsLimits,
+    /// Stored field sizes, `ttl` range, store budgets and client quotas, list pages.
+    pub limits: crate::limits::StoreLimits,
+    /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
+    pub require_agent_auth: bool,
     /// `--insecure-open-admin`: the operator routes need no admin token (the reference's
     /// open admin plane).
     pub insecure_open_admin: bool,
@@ -86,6 +91,8 @@ impl ServerConfig {
             task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
+            limits: crate::limits::StoreLimits::default(),
+            require_agent_auth: false,
             insecure_open_admin: false,
             secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
             store: None,
@@ -135,18 +142,26 @@ impl ShardCtx {
     ) -> Self {
         let tasks = TaskStoreConfig {
             retention: config.task_retention,
+            bytes_max: config.limits.task_store_bytes_max,
+            client_bytes_max: config.limits.task_client_bytes_max,
+            client_tasks_max: config.limits.task_client_tasks_max,
+            claim_bytes_max: config.limits.list_response_bytes_max,
             ..TaskStoreConfig::default()
         };
         ShardCtx {
             shard,
             counters: ShardCounters::default(),
             state: ShardState {
-                agents: RefCell::new(AgentStore::new(AgentStoreConfig::default())),
+                agents: RefCell::new({
+                    let mut a = AgentStore::new(AgentStoreConfig::default());
+                    a.set_budget(config.limits.agent_budget);
+                    a
+                }),
                 hub: RefCell::new(hub::Store {
                     tasks: TaskStore::new(tasks),
                     pointers: TaskPointers::default(),
                 }),
-                pairing: RefCell::new(pairing::Store::new()),
+                pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
                 tokens: RefCell::new(DeviceTokenIndex::new()),
                 authz: RefCell::new(PeerAuthz::default()),
                 events: RefCell::new(crate::dashboard::EventRing::new()),
@@ -249,7 +264,14 @@ impl ShardCtx {
         let st = &self.state;
         match msg {
             Msg::Registry(op) => {
-                let ev = events::of_registry(&op);
+                let ev = match &op {
+                    // `register` with the sender's quota (issue 13): the same event as
+                    // `Upsert`.
+                    crate::registry::ops::Op::UpsertFor(b) => {
+                        Some((EventKind::Agent, b.0.agent_id.clone()))
+                    }
+                    _ => events::of_registry(&op),
+                };
                 let reply = op.apply(&mut st.agents.borrow_mut(), self.now());
                 if matches!(reply, crate::registry::ops::Reply::Done) {
                     self.note(ev);
@@ -263,7 +285,7 @@ impl ShardCtx {
                     &mut st.agents.borrow_mut(),
                     self.now(),
                 );
-                if !matches!(reply, hub::ops::Reply::Full) {
+                if !matches!(reply, hub::ops::Reply::Full | hub::ops::Reply::Quota(_)) {
                     self.note(agent.map(|id| (EventKind::Agent, id)));
                 }
                 if events::hub_task_changed(&reply) {
@@ -360,6 +382,7 @@ impl ShardCtx {
             let mut pairing = self.state.pairing.borrow_mut();
             let expired = pairing.codes.sweep_expired(now);
             pairing.rate.sweep(now);
+            pairing.guard.sweep(now);
             expired
         };
         self.state.authz.borrow_mut().sweep(now);

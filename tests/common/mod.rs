@@ -234,6 +234,22 @@ impl Server {
         self.try_connect().expect("connect")
     }
 
+    /// A keep-alive connection from source address `ip` (any of 127.0.0.0/8 on Linux).
+    pub fn conn_from(&self, ip: std::net::Ipv4Addr) -> Conn {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from((ip, 0)).into())
+            .expect("bind source");
+        sock.connect(&self.addr.into()).expect("connect");
+        let s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            stream: s,
+            parser: ResponseParser::new(),
+        }
+    }
+
     /// One request on a fresh connection.
     pub fn req(
         &self,

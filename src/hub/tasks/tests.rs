@@ -13,7 +13,7 @@ fn sub(skill: &str, target: &str) -> TaskSubmission {
         skill: skill.into(),
         target_agent_id: target.into(),
         source_agent_id: "src".into(),
-        payload: json!({"q": 1}),
+        payload: json!({"q": 1}).into(),
         ttl: DEFAULT_TTL_SECS,
     }
 }
@@ -46,14 +46,17 @@ fn submission_defaults_and_errors() {
             skill: String::new(),
             target_agent_id: String::new(),
             source_agent_id: String::new(),
-            payload: serde_json::Value::Null,
+            payload: Default::default(),
             ttl: 300,
         }
     );
     let s: TaskSubmission =
         parse_body(br#"{"skill":"x","payload":{"b":[1,{"z":1,"a":2}],"a":null},"ttl":0}"#).unwrap();
     assert_eq!(s.ttl, 0);
-    assert_eq!(s.payload, json!({"a": null, "b": [1, {"a": 2, "z": 1}]}));
+    assert_eq!(
+        s.payload,
+        json!({"a": null, "b": [1, {"a": 2, "z": 1}]}).into()
+    );
     for bad in [
         &br#"{"ttl":-1}"#[..],
         br#"{"ttl":1.5}"#,
@@ -173,7 +176,7 @@ fn create_get_list() {
             target_agent_id: "a".into(),
             source_agent_id: "src".into(),
             assigned_agent_id: String::new(),
-            payload: json!({"q": 1}),
+            payload: json!({"q": 1}).into(),
             state: "pending".into(),
             result: String::new(),
             error: String::new(),
@@ -395,6 +398,7 @@ fn retention_removes_finished_tasks_after_last_update() {
     let mut s = TaskStore::new(TaskStoreConfig {
         tasks_max: 100,
         retention: Duration::from_secs(60),
+        ..TaskStoreConfig::default()
     });
     s.create(sub("x", ""), "done".into(), T0).unwrap();
     s.create(sub("x", ""), "late".into(), T0).unwrap();
@@ -453,6 +457,7 @@ fn expire_early_in_epoch_does_not_underflow() {
     let mut z = TaskStore::new(TaskStoreConfig {
         tasks_max: 1,
         retention: Duration::MAX,
+        ..TaskStoreConfig::default()
     });
     z.create(sub("", ""), "t".into(), T0).unwrap();
     z.update("t", upd("completed"), T0).unwrap();
@@ -464,6 +469,7 @@ fn randomized_operations_keep_indexes_consistent() {
     let mut s = TaskStore::new(TaskStoreConfig {
         tasks_max: 64,
         retention: Duration::from_secs(20),
+        ..TaskStoreConfig::default()
     });
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -534,7 +540,7 @@ fn sample_task() -> Task {
         target_agent_id: "a1".into(),
         source_agent_id: "src".into(),
         assigned_agent_id: String::new(),
-        payload: json!({"zeta": 1, "alpha": {"b": 2, "a": [true, null]}}),
+        payload: json!({"zeta": 1, "alpha": {"b": 2, "a": [true, null]}}).into(),
         state: "pending".into(),
         result: String::new(),
         error: String::new(),
@@ -577,6 +583,83 @@ fn created_at_matches_system_time_float() {
     t.created_at = UnixTime(nanos);
     let v = serde_json::to_value(&t).unwrap();
     assert_eq!(v["created_at"].as_f64(), Some(want));
+}
+
+#[test]
+fn client_quotas_and_byte_budget() {
+    let mut s = TaskStore::new(TaskStoreConfig {
+        client_tasks_max: 3,
+        client_bytes_max: 4 * TASK_OVERHEAD_BYTES,
+        bytes_max: 6 * TASK_OVERHEAD_BYTES + 200,
+        ..TaskStoreConfig::default()
+    });
+    for i in 0..3 {
+        s.create_for(sub("x", ""), format!("a{i}"), "10.0.0.1", T0)
+            .unwrap();
+    }
+    let e = s
+        .create_for(sub("x", ""), "a3".into(), "10.0.0.1", T0)
+        .unwrap_err();
+    assert!(
+        matches!(e, CreateTaskError::ClientQuota { tasks: 3, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--task-client-tasks-max"));
+    // Another client is not affected by the first one's quota.
+    s.create_for(sub("x", ""), "b0".into(), "10.0.0.2", T0)
+        .unwrap();
+    // A big payload hits the client's byte quota before the store's.
+    let mut big = sub("x", "");
+    big.payload = serde_json::Value::String("z".repeat(3 * TASK_OVERHEAD_BYTES)).into();
+    let e = s
+        .create_for(big.clone(), "b1".into(), "10.0.0.2", T0)
+        .unwrap_err();
+    assert!(
+        matches!(e, CreateTaskError::ClientQuota { tasks: 1, .. }),
+        "{e}"
+    );
+    // The store's byte budget refuses everyone once reached.
+    s.create_for(sub("x", ""), "c0".into(), "10.0.0.3", T0)
+        .unwrap();
+    s.create_for(sub("x", ""), "d0".into(), "10.0.0.4", T0)
+        .unwrap();
+    assert_eq!(s.bytes(), s.list().map(task_bytes).sum::<usize>());
+    let e = s
+        .create_for(sub("x", ""), "e0".into(), "10.0.0.5", T0)
+        .unwrap_err();
+    assert!(matches!(e, CreateTaskError::Full { .. }), "{e}");
+    // Results are charged to the task's client; removal gives the room back.
+    let done = TaskUpdate {
+        state: STATE_COMPLETED.into(),
+        result: "r".repeat(100),
+        ..TaskUpdate::default()
+    };
+    let before = s.client_usage("10.0.0.1").1;
+    s.update("a0", done, at(1)).unwrap();
+    assert_eq!(s.client_usage("10.0.0.1").1, before + 100 + 9 - 7);
+    let retention = s.config().retention;
+    s.expire(at(2).saturating_add(retention));
+    assert_eq!(s.client_usage("10.0.0.1").0, 2);
+    assert_eq!(s.bytes(), s.list().map(task_bytes).sum::<usize>());
+    s.create_for(sub("x", ""), "a3".into(), "10.0.0.1", at(1))
+        .unwrap();
+    s.assert_consistent();
+}
+
+#[test]
+fn one_claim_is_bounded_in_bytes() {
+    let mut s = TaskStore::new(TaskStoreConfig {
+        claim_bytes_max: 2 * TASK_OVERHEAD_BYTES + 100,
+        ..TaskStoreConfig::default()
+    });
+    for i in 0..5 {
+        s.create(sub("x", ""), format!("t{i}"), T0).unwrap();
+    }
+    let ids = |v: Vec<Task>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(1))), ["t0", "t1"]);
+    assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(2))), ["t2", "t3"]);
+    assert_eq!(ids(s.claim_for("a", &skills(&["x"]), at(3))), ["t4"]);
+    s.assert_consistent();
 }
 
 #[test]

@@ -1,0 +1,244 @@
+//! Limits on what a client may store: the size of every stored field, the `ttl` range,
+//! and (see [`StoreLimits`]) the memory budget of a store and each client's share of it.
+//! Sans-IO: validators take a parsed body and return the refusal to send.
+//!
+//! Refusals: a field or body over its size limit is 413 (too big), a value outside its
+//! range (`ttl` above `--task-ttl-max`) or a body of the wrong shape is 422; each
+//! `{"error": …}` names the field, its size and the flag that sets the limit.
+
+use crate::http::Response;
+use crate::hub::{TaskSubmission, TaskUpdate};
+use crate::registry::{AgentInfo, Heartbeat};
+
+/// Per-field and per-store limits (flags in `config.rs`; defaults below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Bytes of one agent string field (`agent_id`, `hostname`, `ip`, `status`, `mode`,
+    /// `sidecar_peer_id`, each skill / MCP server name) and of a task's `skill`,
+    /// `target_agent_id`, `source_agent_id`, `state`. Longer: 413.
+    pub agent_field_bytes_max: usize,
+    /// Entries of one agent list (`capabilities.skills`, `capabilities.mcp_servers`,
+    /// `skill_names`). More: 413. With the field limit this bounds one agent record.
+    pub agent_list_items_max: usize,
+    /// Bytes of a task's `payload` as JSON text. Larger: 413.
+    pub task_payload_bytes_max: usize,
+    /// Bytes of a task update's `result` and of its `error`. Larger: 413.
+    pub task_result_bytes_max: usize,
+    /// Largest `ttl` in seconds (a task nobody claims lives that long). Above: 422.
+    pub task_ttl_max: u64,
+    /// Bytes of tasks one shard holds (estimated: fields, payload, result, plus a fixed
+    /// overhead per task for the record and its index entries). Full: 503 for everyone
+    /// until tasks finish and age out; see `task_client_bytes_max` for why one client
+    /// cannot get it there alone.
+    pub task_store_bytes_max: usize,
+    /// Bytes of tasks one client (API key if the request carries one, else source IP)
+    /// may hold on one shard. Over: 429 for that client only.
+    pub task_client_bytes_max: usize,
+    /// Tasks one client may hold on one shard (counts tiny tasks, which the bytes do
+    /// not catch early). Over: 429 for that client only.
+    pub task_client_tasks_max: usize,
+    /// Most items one page of a list route returns (`limit` is clamped to it), and the
+    /// most an unpaged call returns before it answers the first page with
+    /// `x-next-cursor`.
+    pub list_page_items_max: usize,
+    /// Bytes of one list response body; a page stops early (with `x-next-cursor`) rather
+    /// than queue more for one HTTP response.
+    pub list_response_bytes_max: usize,
+    /// The agent store's byte budget and per-client quotas (`registry::agents::budget`).
+    pub agent_budget: crate::registry::AgentBudgetConfig,
+    /// Pairing's guessing guard (see `pairing::guard`).
+    pub pair_guard: crate::pairing::guard::GuardLimits,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        StoreLimits {
+            agent_field_bytes_max: 256,
+            agent_list_items_max: 256,
+            task_payload_bytes_max: 64 * 1024,
+            task_result_bytes_max: 64 * 1024,
+            task_ttl_max: 7 * 24 * 3600,
+            task_store_bytes_max: 256 * 1024 * 1024,
+            task_client_bytes_max: 16 * 1024 * 1024,
+            task_client_tasks_max: 4096,
+            list_page_items_max: 1000,
+            list_response_bytes_max: 4 * 1024 * 1024,
+            agent_budget: crate::registry::AgentBudgetConfig::default(),
+            pair_guard: crate::pairing::guard::GuardLimits::default(),
+        }
+    }
+}
+
+fn too_big(field: &str, len: usize, max: usize, flag: &str) -> Response {
+    Response::error(
+        413,
+        format!("field `{field}` is {len} bytes; the limit is {max} ({flag})"),
+    )
+}
+
+fn too_many(field: &str, len: usize, max: usize) -> Response {
+    Response::error(
+        413,
+        format!("field `{field}` has {len} entries; the limit is {max} (--agent-list-items-max)"),
+    )
+}
+
+impl StoreLimits {
+    fn field(&self, name: &str, v: &str) -> Result<(), Response> {
+        if v.len() > self.agent_field_bytes_max {
+            return Err(too_big(
+                name,
+                v.len(),
+                self.agent_field_bytes_max,
+                "--agent-field-bytes-max",
+            ));
+        }
+        Ok(())
+    }
+
+    fn list(&self, name: &str, v: &[String]) -> Result<(), Response> {
+        if v.len() > self.agent_list_items_max {
+            return Err(too_many(name, v.len(), self.agent_list_items_max));
+        }
+        v.iter().try_for_each(|s| self.field(name, s))
+    }
+
+    /// `POST /api/registry/agents`.
+    pub fn check_agent(&self, a: &AgentInfo) -> Result<(), Response> {
+        self.field("agent_id", &a.agent_id)?;
+        self.field("hostname", &a.hostname)?;
+        self.field("ip", &a.ip)?;
+        self.field("sidecar_peer_id", &a.sidecar_peer_id)?;
+        self.field("status", &a.status)?;
+        self.field("mode", &a.mode)?;
+        self.field("capabilities.mode", &a.capabilities.mode)?;
+        self.list("capabilities.skills", &a.capabilities.skills)?;
+        self.list("capabilities.mcp_servers", &a.capabilities.mcp_servers)
+    }
+
+    /// `POST /api/hub/heartbeat`.
+    pub fn check_heartbeat(&self, h: &Heartbeat) -> Result<(), Response> {
+        self.field("agent_id", &h.agent_id)?;
+        self.field("hostname", &h.hostname)?;
+        self.field("ip", &h.ip)?;
+        self.field("sidecar_peer_id", &h.sidecar_peer_id)?;
+        self.field("status", &h.status)?;
+        self.field("mode", &h.mode)?;
+        self.list("skill_names", &h.skill_names)
+    }
+
+    /// `POST /api/hub/tasks`.
+    pub fn check_task(&self, t: &TaskSubmission) -> Result<(), Response> {
+        self.field("skill", &t.skill)?;
+        self.field("target_agent_id", &t.target_agent_id)?;
+        self.field("source_agent_id", &t.source_agent_id)?;
+        if t.payload.len() > self.task_payload_bytes_max {
+            return Err(too_big(
+                "payload",
+                t.payload.len(),
+                self.task_payload_bytes_max,
+                "--task-payload-bytes-max",
+            ));
+        }
+        if t.ttl > self.task_ttl_max {
+            return Err(Response::error(
+                422,
+                format!(
+                    "field `ttl` is {}; the most is {} seconds (--task-ttl-max)",
+                    t.ttl, self.task_ttl_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `POST /api/hub/tasks/{id}`.
+    pub fn check_update(&self, u: &TaskUpdate) -> Result<(), Response> {
+        self.field("state", &u.state)?;
+        for (name, v) in [("result", &u.result), ("error", &u.error)] {
+            if v.len() > self.task_result_bytes_max {
+                return Err(too_big(
+                    name,
+                    v.len(),
+                    self.task_result_bytes_max,
+                    "--task-result-bytes-max",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The key a client's quota is counted under when the route has no API key: its
+/// source address, an IPv6 one by /64 (one host usually holds a whole /64).
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+/// Refuses a body that is valid JSON but not an object (`[]`, `"x"`, `1`): serde would
+/// read a JSON array into a struct field by field, so `[]` would be an empty task.
+/// 422, as for any body of the wrong shape.
+pub fn require_object(body: &[u8]) -> Result<(), Response> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        return Err(Response::error(
+            422,
+            "Failed to deserialize the JSON body into the target type: expected a JSON object, got an array",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wire::json::parse_body;
+
+    #[test]
+    fn fields_lists_payload_ttl() {
+        let l = StoreLimits {
+            agent_field_bytes_max: 8,
+            agent_list_items_max: 2,
+            task_payload_bytes_max: 16,
+            task_result_bytes_max: 4,
+            task_ttl_max: 100,
+            ..StoreLimits::default()
+        };
+        let a: AgentInfo = parse_body(br#"{"agent_id":"a","hostname":"h"}"#).unwrap();
+        assert!(l.check_agent(&a).is_ok());
+        let a: AgentInfo = parse_body(br#"{"agent_id":"a","hostname":"123456789"}"#).unwrap();
+        assert_eq!(l.check_agent(&a).unwrap_err().status, 413);
+        let a: AgentInfo = parse_body(
+            br#"{"agent_id":"a","hostname":"h","capabilities":{"skills":["a","b","c"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(l.check_agent(&a).unwrap_err().status, 413);
+        let h: Heartbeat = parse_body(br#"{"agent_id":"a","skill_names":["123456789"]}"#).unwrap();
+        assert_eq!(l.check_heartbeat(&h).unwrap_err().status, 413);
+        let t: TaskSubmission = parse_body(br#"{"payload":[1,2,3],"ttl":100}"#).unwrap();
+        assert!(l.check_task(&t).is_ok());
+        let t: TaskSubmission = parse_body(br#"{"ttl":101}"#).unwrap();
+        assert_eq!(l.check_task(&t).unwrap_err().status, 422);
+        let t: TaskSubmission = parse_body(br#"{"payload":"0123456789abcdef"}"#).unwrap();
+        assert_eq!(l.check_task(&t).unwrap_err().status, 413);
+        let u: TaskUpdate = parse_body(br#"{"state":"completed","result":"12345"}"#).unwrap();
+        assert_eq!(l.check_update(&u).unwrap_err().status, 413);
+        let u: TaskUpdate = parse_body(br#"{"state":"done","error":"1234"}"#).unwrap();
+        assert!(l.check_update(&u).is_ok());
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        assert_eq!(require_object(b" \n[]").unwrap_err().status, 422);
+        assert!(require_object(b" {}").is_ok());
+    }
+}
