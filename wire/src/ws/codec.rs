@@ -28,7 +28,7 @@ pub mod close_code {
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent {
     Text(Vec<u8>),
-    Binary(usize),
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     Close(Option<(u16, String)>),
@@ -220,7 +220,7 @@ impl Decoder {
             }
             on_event(WsEvent::Text(msg));
         } else {
-            on_event(WsEvent::Binary(msg.len()));
+            on_event(WsEvent::Binary(msg));
         }
         Ok(())
     }
@@ -280,6 +280,11 @@ pub(crate) fn encode_frame(
 /// Appends a text frame.
 pub fn encode_text(payload: &[u8], out: &mut Vec<u8>) {
     encode(OpCode::Data(Data::Text), payload, out);
+}
+
+/// Appends a binary frame.
+pub fn encode_binary(payload: &[u8], out: &mut Vec<u8>) {
+    encode(OpCode::Data(Data::Binary), payload, out);
 }
 
 /// Appends a pong answering a ping.
@@ -442,7 +447,7 @@ mod tests {
             1002
         );
         let evs = decode_all(&mut Decoder::new(100), &client_frame(2, true, b"\x00\x01")).unwrap();
-        assert_eq!(evs, vec![WsEvent::Binary(2)]);
+        assert_eq!(evs, vec![WsEvent::Binary(vec![0, 1])]);
     }
 
     #[test]
