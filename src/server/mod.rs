@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub test_clock: bool,
     /// Signaling WebSocket limits.
     pub ws: WsLimits,
+    /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
+    pub ws_echo: bool,
 }
 
 impl ServerConfig {
@@ -74,6 +76,7 @@ impl ServerConfig {
             task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
+            ws_echo: false,
         }
     }
 }
