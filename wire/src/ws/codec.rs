@@ -408,6 +408,27 @@ mod tests {
     }
 
     #[test]
+    fn messages_before_a_close_in_one_read_come_first() {
+        // The session echoes (or answers) these before it writes its close frame: the
+        // decoder must hand them over in order, the close last.
+        let mut wire = client_frame(1, true, b"hi");
+        wire.extend(client_frame(2, true, &[0, 1, 2]));
+        wire.extend(client_frame(9, true, b"p"));
+        wire.extend(client_frame(8, true, &[0x03, 0xe8]));
+        wire.extend(client_frame(1, true, b"after the close"));
+        let evs = decode_all(&mut Decoder::new(100), &wire).unwrap();
+        assert_eq!(
+            &evs[..4],
+            &[
+                WsEvent::Text(b"hi".to_vec()),
+                WsEvent::Binary(vec![0, 1, 2]),
+                WsEvent::Ping(b"p".to_vec()),
+                WsEvent::Close(Some((1000, String::new()))),
+            ]
+        );
+    }
+
+    #[test]
     fn protocol_errors() {
         let mut unmasked = client_frame(1, true, b"x");
         unmasked[1] &= 0x7f;
