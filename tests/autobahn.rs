@@ -191,3 +191,25 @@ fn ws_echo_is_off_by_default_and_needs_no_token_when_on() {
         "echo, then the close echoed"
     );
 }
+
+#[test]
+fn messages_before_a_violation_are_answered_then_closed_1002() {
+    // Autobahn 3.2–3.4, 4.x: a message, then a frame with a reserved bit, in one read.
+    // The message is echoed before the close (the decoder's error used to be set first,
+    // and the queue then refused the echo).
+    let srv = echo_server(&[]);
+    let mut s = srv.stream();
+    let upgrade = "GET /ws-echo HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\n\
+                   upgrade: websocket\r\nsec-websocket-version: 13\r\n\
+                   sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let mut out = upgrade.as_bytes().to_vec();
+    out.extend_from_slice(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    out.extend_from_slice(&[0xa1, 0x82, 0, 0, 0, 0, b'h', b'i']); // RSV2 set
+    s.write_all(&out).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let body = &got[common::find(&got, b"\r\n\r\n").unwrap() + 4..];
+    assert_eq!(&body[..4], &[0x81, 2, b'h', b'i'], "echo first: {body:?}");
+    assert_eq!(&body[4..5], &[0x88]);
+    assert_eq!(&body[6..8], &1002u16.to_be_bytes(), "then close 1002");
+}

@@ -83,14 +83,14 @@ async fn run_peer(
     let limits = &ctx.config.ws;
     let mut decoder = Decoder::new(limits.message_size_max);
     let mut events = if leftover.is_empty() {
-        Some(Vec::new())
+        Some(Decoded::default())
     } else {
         decode(ctx, key, &mut decoder, &leftover)
     };
     drop(leftover);
     loop {
         let ok = match events.take() {
-            Some(evs) if evs.is_empty() => true,
+            Some((evs, None)) if evs.is_empty() => true,
             evs => {
                 let fut = Box::pin(on_events(ctx, key, evs, echo));
                 fut.await
@@ -112,7 +112,7 @@ async fn run_peer(
             if !fut.await {
                 return;
             }
-            events = Some(Vec::new());
+            events = Some(Decoded::default());
             continue;
         }
         if closing {
@@ -132,7 +132,7 @@ async fn run_peer(
             }
         };
         events = match wake {
-            Wake::Output => Some(Vec::new()),
+            Wake::Output => Some(Decoded::default()),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
                 let buf = ctx.ws.take_buf();
@@ -190,33 +190,29 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
     }
 }
 
-/// Decodes received bytes into events; `None` when the connection must close (the
-/// close code is already set).
-fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Vec<WsEvent>> {
+/// Decoded input: the complete messages and control frames, then the protocol
+/// violation that ended decoding, if any.
+type Decoded = (Vec<WsEvent>, Option<codec::WsError>);
+
+/// Decodes received bytes into events; `None` when the connection is gone.
+fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Decoded> {
     let now = ctx.now().as_secs();
     if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
         s.last_seen = now;
         s.ping_sent = false;
     }
     let mut events = Vec::new();
-    if let Err(e) = decoder.decode(bytes, |ev| events.push(ev)) {
-        // The messages before the violation are still acted on; the close code is set,
-        // so the connection closes once they are handled.
-        ctx.ws.close_key(key, e.code, e.reason.into());
-    }
-    Some(events)
+    let violation = decoder.decode(bytes, |ev| events.push(ev)).err();
+    Some((events, violation))
 }
 
 /// Acts on decoded events; false when the connection must close. `echo`: messages
 /// are sent back as they came (the `/ws-echo` test endpoint) instead of interpreted.
-async fn on_events(
-    ctx: &Rc<ShardCtx>,
-    key: usize,
-    events: Option<Vec<WsEvent>>,
-    echo: bool,
-) -> bool {
+async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Decoded>, echo: bool) -> bool {
     let limits = &ctx.config.ws;
-    let Some(events) = events else { return false };
+    let Some((events, violation)) = events else {
+        return false;
+    };
     for ev in events {
         match ev {
             WsEvent::Text(text) if echo => ctx.ws.enqueue(key, text_frame(&text), limits),
@@ -244,6 +240,12 @@ async fn on_events(
                 return false;
             }
         }
+    }
+    // The messages before a violation are acted on (and answered: what they queued is
+    // written before the close frame); then the connection closes with its code.
+    if let Some(e) = violation {
+        ctx.ws.close_key(key, e.code, e.reason.into());
+        return false;
     }
     true
 }
