@@ -76,11 +76,12 @@ impl Decoder {
     }
 
     /// The most [`held_bytes`](Self::held_bytes) can be, whatever the input: one
-    /// incomplete frame (a header and at most `message_size_max` of payload, kept without
-    /// spare room) and one fragmented message in progress (at most `message_size_max`,
-    /// with at most as much again of spare capacity from growing).
+    /// incomplete frame (a header and at most `message_size_max` of payload, with at most
+    /// as much again of spare capacity: never more than twice what the peer sent) and
+    /// one fragmented message in progress (at most `message_size_max`, with at most as
+    /// much again of spare capacity from growing).
     pub fn held_bytes_max(&self) -> usize {
-        FRAME_HEADER_MAX + self.message_size_max + 2 * self.message_size_max
+        2 * (FRAME_HEADER_MAX + self.message_size_max) + 2 * self.message_size_max
     }
 
     /// Decodes `input` (appended to any partial frame), calling `on_event` for each
@@ -101,9 +102,13 @@ impl Decoder {
             let used = self.decode_frames(&buf, &mut on_event)?;
             buf.drain(..used);
             if !buf.is_empty() {
-                // What is left is one incomplete frame; the read it came with may have
-                // been larger, so give back the room beyond it.
-                buf.shrink_to_fit();
+                // What is left is one incomplete frame. Room beyond twice its bytes (a
+                // larger read it came with) is given back; up to that it is kept, so a
+                // large frame arriving in many reads grows by doubling instead of being
+                // copied whole at every read (quadratic in the frame's size).
+                if buf.capacity() > 2 * buf.len() {
+                    buf.shrink_to_fit();
+                }
                 self.partial = buf;
             }
         }
@@ -426,6 +431,23 @@ mod tests {
                 WsEvent::Close(Some((1000, String::new()))),
             ]
         );
+    }
+
+    #[test]
+    fn a_large_frame_in_small_reads_holds_at_most_twice_what_arrived() {
+        let payload = vec![b'a'; 1 << 20];
+        let wire = client_frame(1, true, &payload);
+        let mut d = Decoder::new(2 << 20);
+        let mut evs = Vec::new();
+        for (i, chunk) in wire.chunks(1000).enumerate() {
+            d.decode(chunk, |e| evs.push(e)).unwrap();
+            let fed = ((i + 1) * 1000).min(wire.len());
+            if fed < wire.len() {
+                assert!(d.held_bytes() <= 2 * fed, "{} > 2 x {fed}", d.held_bytes());
+            }
+        }
+        assert_eq!(evs, vec![WsEvent::Text(payload)]);
+        assert_eq!(d.held_bytes(), 0);
     }
 
     #[test]
