@@ -59,6 +59,9 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// A fragmented message in progress: (is_text, bytes so far).
     fragments: Option<(bool, Vec<u8>)>,
+    /// Bytes of a fragmented text message already known to be UTF-8 (up to a character
+    /// boundary): each fragment is checked as it arrives, so invalid text fails at once.
+    text_checked: usize,
 }
 
 impl Decoder {
@@ -67,6 +70,7 @@ impl Decoder {
             message_size_max,
             partial: Vec::new(),
             fragments: None,
+            text_checked: 0,
         }
     }
 
@@ -185,6 +189,9 @@ impl Decoder {
                     ));
                 };
                 acc.extend_from_slice(&payload);
+                if is_text {
+                    self.text_checked = utf8_checked(&acc, self.text_checked)?;
+                }
                 if fin {
                     self.finish(is_text, acc, on_event)?;
                 } else {
@@ -202,6 +209,9 @@ impl Decoder {
                 if fin {
                     self.finish(is_text, payload, on_event)?;
                 } else {
+                    if is_text {
+                        self.text_checked = utf8_checked(&payload, 0)?;
+                    }
                     self.fragments = Some((is_text, payload));
                 }
             }
@@ -228,6 +238,20 @@ impl Decoder {
             on_event(WsEvent::Binary(msg));
         }
         Ok(())
+    }
+}
+
+/// Checks `bytes[from..]` (`from` on a character boundary) as the start of UTF-8 text:
+/// the new boundary up to which it is valid, or 1007 when it can no longer become valid
+/// (an incomplete character at the end may still be completed by the next fragment).
+fn utf8_checked(bytes: &[u8], from: usize) -> Result<usize, WsError> {
+    match std::str::from_utf8(&bytes[from..]) {
+        Ok(_) => Ok(bytes.len()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
+        Err(_) => Err(err(
+            close_code::INVALID_PAYLOAD,
+            "text message is not UTF-8",
+        )),
     }
 }
 
@@ -448,6 +472,25 @@ mod tests {
         }
         assert_eq!(evs, vec![WsEvent::Text(payload)]);
         assert_eq!(d.held_bytes(), 0);
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_fragment_fails_at_once() {
+        // Autobahn 6.4.1: the second fragment is invalid; the third never needs to come.
+        let mut d = Decoder::new(1000);
+        let first = client_frame(1, false, "κόσμε".as_bytes());
+        assert_eq!(decode_all(&mut d, &first).unwrap(), vec![]);
+        let bad = client_frame(0, false, &[0xf4, 0x90, 0x80, 0x80]);
+        assert_eq!(decode_all(&mut d, &bad).unwrap_err().code, 1007);
+        // A character split across fragments is fine.
+        let mut d = Decoder::new(1000);
+        let mut wire = client_frame(1, false, &[b'a', 0xce]);
+        wire.extend(client_frame(0, false, &[0xba]));
+        wire.extend(client_frame(0, true, b"b"));
+        assert_eq!(
+            decode_all(&mut d, &wire).unwrap(),
+            vec![WsEvent::Text("aκb".as_bytes().to_vec())]
+        );
     }
 
     #[test]
