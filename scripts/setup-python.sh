@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create (or reuse) the Python virtual environment used by the interop tests:
 # the real `chatixia` agent from PyPI (version 0.4.3), plus PyJWT and websockets, and
-# aiortc (an independent WebRTC stack for the sidecar interop test), and Playwright (drives
-# the Debian `chromium` for the dashboard's browser test; it never downloads a browser).
+# aiortc (an independent WebRTC stack for the sidecar interop test), Playwright (drives
+# the Debian `chromium` for the dashboard's browser test; it never downloads a browser),
+# and kosoku (the Autobahn TestSuite cases, for tests/autobahn.rs).
 #
 #   scripts/setup-python.sh            # venv at <repo>/target/pyenv
 #   CHATIXIA_VENV=/some/dir scripts/setup-python.sh
@@ -16,7 +17,7 @@ CHATIXIA_VERSION=0.4.3
 # Top-level pins, verified with chatixia 0.4.3 on CPython 3.12 and 3.13.
 PINS=("chatixia==${CHATIXIA_VERSION}" "PyJWT==2.15.1" "websockets==17.4" "aiortc==1.16.0")
 # Added later: installed into an existing venv without rebuilding it.
-EXTRA_PINS=("playwright==1.65.2")
+EXTRA_PINS=("playwright==1.65.2" "kosoku==0.1.0")
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CHATIXIA_VENV:-${repo_root}/target/pyenv}"
@@ -42,12 +43,13 @@ import sys
 from importlib.metadata import version
 assert sys.version_info >= (3, 12)
 assert version("chatixia") == sys.argv[1]
-import jwt, websockets, aiortc, chatixia.runner  # noqa: F401
+import jwt, websockets, aiortc, kosoku, chatixia.runner  # noqa: F401
 PY
 }
 
 extras_ready() {
-    "${venv}/bin/python" -c 'import playwright.sync_api' >/dev/null 2>&1
+    "${venv}/bin/python" -c 'import playwright.sync_api' >/dev/null 2>&1 &&
+        [[ -x "${venv}/bin/kosoku" ]]
 }
 
 find_python() {

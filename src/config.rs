@@ -91,6 +91,17 @@ pub struct Cli {
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_connections_per_ip: usize,
 
+    /// Testing only: serve `GET /ws-echo`, a WebSocket that echoes every message, on the
+    /// same connection path, codec and limits as `/ws`, for conformance suites
+    /// (Autobahn). It needs no token: never enable it on an exposed listener.
+    #[arg(long)]
+    pub ws_echo: bool,
+
+    /// Seconds between `malloc_trim(0)` calls on the control thread, which hand freed
+    /// heap pages back to the kernel after load (glibc malloc only). 0: never.
+    #[arg(long, default_value_t = 10.0)]
+    pub malloc_trim_interval: f64,
+
     #[command(flatten)]
     pub store: StoreFlags,
 
@@ -283,6 +294,10 @@ impl Cli {
                 codes_per_key_max: f.pair_codes_per_key_max,
             },
         })
+    }
+
+    pub fn malloc_trim_interval(&self) -> Result<Duration, String> {
+        secs("--malloc-trim-interval", self.malloc_trim_interval)
     }
 
     pub fn task_retention(&self) -> Result<Duration, String> {

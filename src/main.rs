@@ -11,6 +11,15 @@ use chatixia_core::server::{self, ServerConfig};
 use reactor::signals;
 use reactor::{Reactor, Stopped};
 
+// The process-wide allocator: glibc malloc (trimmed, see `trim_heap`) unless a feature
+// picks another; compared in docs/BENCHMARKS.md, "Memory after load".
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The load generator logs only warnings by default: its output is the report.
@@ -47,6 +56,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     config.ws = cli.ws_limits()?;
     config.limits = cli.store_limits()?;
     config.require_agent_auth = cli.require_agent_auth;
+    config.ws_echo = cli.ws_echo;
+    if config.ws_echo {
+        tracing::warn!(
+            "--ws-echo: GET /ws-echo echoes WebSocket messages without a token (testing only)"
+        );
+    }
     config.http_client_limits = cli.http_client_limits()?;
     config.api_keys = load_api_keys();
     config.jwt_secret = std::env::var("SIGNALING_SECRET")
@@ -126,7 +141,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| format!("cannot write --port-file {}: {e}", path.display()))?;
     }
 
+    let trim_interval = cli.malloc_trim_interval()?;
+    let mut last_trim = std::time::Instant::now();
     loop {
+        if !trim_interval.is_zero() && last_trim.elapsed() >= trim_interval {
+            trim_heap();
+            last_trim = std::time::Instant::now();
+        }
         if let Some(sig) = signals::wait_termination(Duration::from_millis(200)) {
             tracing::info!(signal = ?sig, timeout = ?shutdown_timeout, "graceful shutdown");
             break;
@@ -172,6 +193,15 @@ fn open_store(
     }
     tracing::info!(data_dir = %dir.display(), "{}", snapshot.summary());
     Ok((store, snapshot))
+}
+
+/// Hands the free pages at the top and inside every glibc malloc arena back to the
+/// kernel (`malloc_trim(0)`): after a flood of connections, glibc keeps the freed
+/// memory of each shard's arena mapped. Runs on the control thread, never a shard; it
+/// takes each arena's lock briefly. A no-op under another allocator.
+fn trim_heap() {
+    #[cfg(not(any(feature = "mimalloc", feature = "jemalloc")))]
+    reactor::sys::malloc_trim();
 }
 
 /// Reads `API_KEYS_FILE` (default `api_keys.json`) once, before the shards start, as the

@@ -2,6 +2,18 @@
 
 use std::io;
 
+/// Hands free heap pages of every glibc malloc arena back to the kernel
+/// (`malloc_trim(0)`); a no-op where the C library is not glibc. Call it from a control
+/// thread, not a shard: it takes each arena's lock in turn.
+pub fn malloc_trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers and only releases memory malloc owns and
+    // no live allocation uses; it is thread-safe (it locks each arena).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Raises the soft RLIMIT_NOFILE to the hard limit (every connection is a descriptor;
 /// the usual soft default of 1024 would cap a server far below what the host allows).
 /// Returns the (soft, hard) limits now in force.

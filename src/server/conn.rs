@@ -276,7 +276,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
         while let Some(ev) = parser.poll() {
             match ev {
                 Event::SendContinue => out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                Event::Request(req) if router::is_ws(&req) => {
+                Event::Request(req) if router::is_ws(&req, &ctx.config) => {
                     // The signaling WebSocket: the connection leaves the HTTP loop (and,
                     // once authorized, this shard). Answer what was pipelined before it.
                     ShardCounters::inc(&ctx.counters.requests_served);

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     /// Shards holding tasks away from their claim home after a restart with another
     /// shard count: heartbeats ask them too (see `durable::split`).
     pub stray_task_shards: Vec<usize>,
+    /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
+    pub ws_echo: bool,
 }
 
 impl ServerConfig {
@@ -97,6 +99,7 @@ impl ServerConfig {
             secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
             store: None,
             stray_task_shards: Vec::new(),
+            ws_echo: false,
         }
     }
 }

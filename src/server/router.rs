@@ -9,15 +9,20 @@ use monoio::net::TcpStream;
 
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
-use crate::server::{debug, Msg, ShardCtx};
+use crate::server::{debug, Msg, ServerConfig, ShardCtx};
 use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
 /// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
 pub const WS_PATH: &str = "/ws";
 
-/// Whether `req` is the signaling WebSocket's (handled by [`route_ws`], not [`handle`]).
-pub fn is_ws(req: &Request) -> bool {
-    req.path == WS_PATH
+/// The echo WebSocket's path (`--ws-echo`, for conformance suites such as Autobahn):
+/// the same upgrade, connection loop, codec and limits as [`WS_PATH`], no token.
+pub const WS_ECHO_PATH: &str = "/ws-echo";
+
+/// Whether `req` is a WebSocket upgrade route's (handled by [`route_ws`], not
+/// [`handle`]): `/ws`, and `/ws-echo` when enabled (otherwise it is a 404).
+pub fn is_ws(req: &Request, config: &ServerConfig) -> bool {
+    req.path == WS_PATH || (config.ws_echo && req.path == WS_ECHO_PATH)
 }
 
 /// Whether `req` is the dashboard's event stream (a `GET` that takes the connection out
@@ -26,7 +31,7 @@ pub fn is_event_stream(req: &Request) -> bool {
     req.path == dashboard::api::EVENTS_PATH && req.method == Method::Get
 }
 
-/// `/ws`: the signaling upgrade. Consumes the connection: once authorized it is run by
+/// `/ws`: the signaling upgrade (`/ws-echo`: the echo one). Consumes the connection: once authorized it is run by
 /// the shard that owns the peer (`signaling::api`). `leftover`: bytes read after the
 /// request.
 pub async fn route_ws(
@@ -36,7 +41,8 @@ pub async fn route_ws(
     leftover: Vec<u8>,
     peer: SocketAddr,
 ) {
-    signaling::upgrade(ctx, stream, req, leftover, peer).await
+    let echo = req.path == WS_ECHO_PATH;
+    signaling::upgrade(ctx, stream, req, leftover, peer, echo).await
 }
 
 /// The routes this server knows.

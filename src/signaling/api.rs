@@ -31,6 +31,8 @@ pub struct Adopt {
     pub peer_id: String,
     pub client_ip: IpAddr,
     pub upgrade: handshake::Upgrade,
+    /// The `/ws-echo` test endpoint: messages are echoed, not interpreted.
+    pub echo: bool,
 }
 
 /// The owner side of a signaling operation addressed to this shard; the reply of an ask.
@@ -51,7 +53,9 @@ pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<Adopt>) {
     monoio::spawn(async move { adopt(ctx, *a).await });
 }
 
-/// Writes an HTTP error response and closes.
+/// Writes an HTTP error response and closes with a lingering close: the client may
+/// still be sending (frames pipelined after its upgrade request), and closing with its
+/// bytes unread would turn the refusal into a reset it never reads.
 async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
     let mut out = Vec::new();
     let mut resp = Response::error(status, reason);
@@ -63,25 +67,40 @@ async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
     }
     resp.encode(false, false, &mut out);
     // Bounded: a refused client that does not read must not hold the task and its fd.
-    let _ = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await;
+    if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await
+    {
+        crate::server::conn::linger_close(stream).await;
+    }
 }
 
 /// The upgrade, on the shard that accepted the connection. Consumes the connection.
+/// `echo`: the `/ws-echo` test endpoint (no token; its connection id is its address).
 pub async fn upgrade(
     ctx: &Rc<ShardCtx>,
     stream: TcpStream,
     req: &Request,
     leftover: Vec<u8>,
     peer: SocketAddr,
+    echo: bool,
 ) {
-    let up = match handshake::parse_upgrade(req) {
+    let parsed = if echo {
+        handshake::parse_untokened_upgrade(req)
+    } else {
+        handshake::parse_upgrade(req)
+    };
+    let up = match parsed {
         Ok(u) => u,
         Err(r) => return refuse(stream, r.status, r.reason).await,
     };
-    let now = ctx.now();
-    let claims = match crate::auth::jwt::verify(&ctx.config.jwt_secret, &up.token, now.as_secs()) {
-        Ok(c) => c,
-        Err(_) => return refuse(stream, 401, "invalid or expired token").await,
+    let peer_id = if echo {
+        // Not a peer id a signaling client can register: it holds a NUL.
+        format!("\0ws-echo {peer}")
+    } else {
+        let now = ctx.now();
+        match crate::auth::jwt::verify(&ctx.config.jwt_secret, &up.token, now.as_secs()) {
+            Ok(c) => c.sub,
+            Err(_) => return refuse(stream, 401, "invalid or expired token").await,
+        }
     };
     if ctx.shard.is_shutting_down() {
         return refuse(stream, 503, "server shutting down").await;
@@ -105,9 +124,10 @@ pub async fn upgrade(
     let adopt = Adopt {
         fd: reactor::net::detach(stream),
         leftover,
-        peer_id: claims.sub,
+        peer_id,
         client_ip: ip,
         upgrade: up,
+        echo,
     };
     let owner = ctx.shard.shard_of(&adopt.peer_id);
     if owner == ctx.shard.id() {
@@ -154,6 +174,7 @@ pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         peer_id,
         client_ip,
         upgrade,
+        echo,
     } = a;
     let Ok(stream) = reactor::net::attach(fd) else {
         release_ip(&ctx, client_ip).await;
@@ -163,7 +184,9 @@ pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         release_ip(&ctx, client_ip).await;
         return refuse(stream, 503, "server shutting down").await;
     }
-    let (authorized, mesh, revoked) = {
+    let (authorized, mesh, revoked) = if echo {
+        (false, None, false)
+    } else {
         let authz = ctx.state.authz.borrow();
         let (authorized, mesh) = match (ctx.config.api_keys.mesh_of(&peer_id), authz.mesh(&peer_id))
         {
@@ -193,6 +216,6 @@ pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
     // The connection's life runs in a task of its own, so this handshake task (and its
     // larger state) is freed now.
     monoio::spawn(session::serve_peer(
-        ctx, stream, key, resp, leftover, client_ip,
+        ctx, stream, key, resp, leftover, client_ip, echo,
     ));
 }

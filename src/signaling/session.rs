@@ -33,10 +33,11 @@ pub(super) async fn serve_peer(
     switching: Vec<u8>,
     leftover: Vec<u8>,
     client_ip: IpAddr,
+    echo: bool,
 ) {
     let fut = Box::pin(write_bounded(&ctx, &mut stream, switching));
     if fut.await {
-        run_peer(&ctx, stream, key, leftover).await;
+        run_peer(&ctx, stream, key, leftover, echo).await;
     }
     // Cleanup: the slot is this task's.
     ctx.ws.unregister(key);
@@ -69,23 +70,29 @@ enum Wake {
     Output,
 }
 
-async fn run_peer(ctx: &Rc<ShardCtx>, mut stream: TcpStream, key: usize, leftover: Vec<u8>) {
+async fn run_peer(
+    ctx: &Rc<ShardCtx>,
+    mut stream: TcpStream,
+    key: usize,
+    leftover: Vec<u8>,
+    echo: bool,
+) {
     // This future is what every idle connection costs, so rare or large futures are
     // boxed, each in a statement of its own (a temporary in a statement with an
     // `.await` keeps its space in the frame for the whole statement).
     let limits = &ctx.config.ws;
     let mut decoder = Decoder::new(limits.message_size_max);
     let mut events = if leftover.is_empty() {
-        Some(Vec::new())
+        Some(Decoded::default())
     } else {
         decode(ctx, key, &mut decoder, &leftover)
     };
     drop(leftover);
     loop {
         let ok = match events.take() {
-            Some(evs) if evs.is_empty() => true,
+            Some((evs, None)) if evs.is_empty() => true,
             evs => {
-                let fut = Box::pin(on_events(ctx, key, evs));
+                let fut = Box::pin(on_events(ctx, key, evs, echo));
                 fut.await
             }
         };
@@ -105,7 +112,7 @@ async fn run_peer(ctx: &Rc<ShardCtx>, mut stream: TcpStream, key: usize, leftove
             if !fut.await {
                 return;
             }
-            events = Some(Vec::new());
+            events = Some(Decoded::default());
             continue;
         }
         if closing {
@@ -125,7 +132,7 @@ async fn run_peer(ctx: &Rc<ShardCtx>, mut stream: TcpStream, key: usize, leftove
             }
         };
         events = match wake {
-            Wake::Output => Some(Vec::new()),
+            Wake::Output => Some(Decoded::default()),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
                 let buf = ctx.ws.take_buf();
@@ -158,8 +165,18 @@ async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -
     }
 }
 
-/// Writes the close frame (if one is pending) and closes.
+/// Writes what is still queued (replies to messages that came before the client's
+/// close, in the same read: an echo, a pong), then the close frame, and closes. The
+/// queue is bounded (`outbound_bytes_max`); a close for a full queue emptied it.
 async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize) {
+    let mut out = Vec::new();
+    loop {
+        let (batch, _) = take_output(&ctx.ws, key);
+        if batch.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&batch);
+    }
     let close = ctx
         .ws
         .slots
@@ -167,36 +184,43 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
         .get_mut(key)
         .and_then(|s| s.close.take());
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
-    let mut out = Vec::new();
     codec::encode_close(code, &reason, &mut out);
     if write_bounded(ctx, stream, out).await {
         let _ = stream.shutdown().await;
     }
 }
 
-/// Decodes received bytes into events; `None` when the connection must close (the
-/// close code is already set).
-fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Vec<WsEvent>> {
+/// Decoded input: the complete messages and control frames, then the protocol
+/// violation that ended decoding, if any.
+type Decoded = (Vec<WsEvent>, Option<codec::WsError>);
+
+/// Decodes received bytes into events; `None` when the connection is gone.
+fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Decoded> {
     let now = ctx.now().as_secs();
     if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
         s.last_seen = now;
         s.ping_sent = false;
     }
     let mut events = Vec::new();
-    if let Err(e) = decoder.decode(bytes, |ev| events.push(ev)) {
-        // The messages before the violation are still acted on; the close code is set,
-        // so the connection closes once they are handled.
-        ctx.ws.close_key(key, e.code, e.reason.into());
-    }
-    Some(events)
+    let violation = decoder.decode(bytes, |ev| events.push(ev)).err();
+    Some((events, violation))
 }
 
-/// Acts on decoded events; false when the connection must close.
-async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Vec<WsEvent>>) -> bool {
+/// Acts on decoded events; false when the connection must close. `echo`: messages
+/// are sent back as they came (the `/ws-echo` test endpoint) instead of interpreted.
+async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Decoded>, echo: bool) -> bool {
     let limits = &ctx.config.ws;
-    let Some(events) = events else { return false };
+    let Some((events, violation)) = events else {
+        return false;
+    };
     for ev in events {
         match ev {
+            WsEvent::Text(text) if echo => ctx.ws.enqueue(key, text_frame(&text), limits),
+            WsEvent::Binary(bytes) if echo => {
+                let mut f = Vec::with_capacity(codec::text_frame_len(bytes.len()));
+                codec::encode_binary(&bytes, &mut f);
+                ctx.ws.enqueue(key, f.into_boxed_slice(), limits);
+            }
             WsEvent::Text(text) => on_text(ctx, key, &text).await,
             WsEvent::Binary(_) | WsEvent::Pong => {}
             WsEvent::Ping(p) => {
@@ -216,6 +240,12 @@ async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Vec<WsEvent>>)
                 return false;
             }
         }
+    }
+    // The messages before a violation are acted on (and answered: what they queued is
+    // written before the close frame); then the connection closes with its code.
+    if let Some(e) = violation {
+        ctx.ws.close_key(key, e.code, e.reason.into());
+        return false;
     }
     true
 }

@@ -28,7 +28,7 @@ pub mod close_code {
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent {
     Text(Vec<u8>),
-    Binary(usize),
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     Close(Option<(u16, String)>),
@@ -59,6 +59,9 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// A fragmented message in progress: (is_text, bytes so far).
     fragments: Option<(bool, Vec<u8>)>,
+    /// Bytes of a fragmented text message already known to be UTF-8 (up to a character
+    /// boundary): each fragment is checked as it arrives, so invalid text fails at once.
+    text_checked: usize,
 }
 
 impl Decoder {
@@ -67,6 +70,7 @@ impl Decoder {
             message_size_max,
             partial: Vec::new(),
             fragments: None,
+            text_checked: 0,
         }
     }
 
@@ -76,11 +80,12 @@ impl Decoder {
     }
 
     /// The most [`held_bytes`](Self::held_bytes) can be, whatever the input: one
-    /// incomplete frame (a header and at most `message_size_max` of payload, kept without
-    /// spare room) and one fragmented message in progress (at most `message_size_max`,
-    /// with at most as much again of spare capacity from growing).
+    /// incomplete frame (a header and at most `message_size_max` of payload, with at most
+    /// as much again of spare capacity: never more than twice what the peer sent) and
+    /// one fragmented message in progress (at most `message_size_max`, with at most as
+    /// much again of spare capacity from growing).
     pub fn held_bytes_max(&self) -> usize {
-        FRAME_HEADER_MAX + self.message_size_max + 2 * self.message_size_max
+        2 * (FRAME_HEADER_MAX + self.message_size_max) + 2 * self.message_size_max
     }
 
     /// Decodes `input` (appended to any partial frame), calling `on_event` for each
@@ -101,9 +106,13 @@ impl Decoder {
             let used = self.decode_frames(&buf, &mut on_event)?;
             buf.drain(..used);
             if !buf.is_empty() {
-                // What is left is one incomplete frame; the read it came with may have
-                // been larger, so give back the room beyond it.
-                buf.shrink_to_fit();
+                // What is left is one incomplete frame. Room beyond twice its bytes (a
+                // larger read it came with) is given back; up to that it is kept, so a
+                // large frame arriving in many reads grows by doubling instead of being
+                // copied whole at every read (quadratic in the frame's size).
+                if buf.capacity() > 2 * buf.len() {
+                    buf.shrink_to_fit();
+                }
                 self.partial = buf;
             }
         }
@@ -180,6 +189,9 @@ impl Decoder {
                     ));
                 };
                 acc.extend_from_slice(&payload);
+                if is_text {
+                    self.text_checked = utf8_checked(&acc, self.text_checked)?;
+                }
                 if fin {
                     self.finish(is_text, acc, on_event)?;
                 } else {
@@ -197,6 +209,9 @@ impl Decoder {
                 if fin {
                     self.finish(is_text, payload, on_event)?;
                 } else {
+                    if is_text {
+                        self.text_checked = utf8_checked(&payload, 0)?;
+                    }
                     self.fragments = Some((is_text, payload));
                 }
             }
@@ -220,9 +235,23 @@ impl Decoder {
             }
             on_event(WsEvent::Text(msg));
         } else {
-            on_event(WsEvent::Binary(msg.len()));
+            on_event(WsEvent::Binary(msg));
         }
         Ok(())
+    }
+}
+
+/// Checks `bytes[from..]` (`from` on a character boundary) as the start of UTF-8 text:
+/// the new boundary up to which it is valid, or 1007 when it can no longer become valid
+/// (an incomplete character at the end may still be completed by the next fragment).
+fn utf8_checked(bytes: &[u8], from: usize) -> Result<usize, WsError> {
+    match std::str::from_utf8(&bytes[from..]) {
+        Ok(_) => Ok(bytes.len()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
+        Err(_) => Err(err(
+            close_code::INVALID_PAYLOAD,
+            "text message is not UTF-8",
+        )),
     }
 }
 
@@ -280,6 +309,11 @@ pub(crate) fn encode_frame(
 /// Appends a text frame.
 pub fn encode_text(payload: &[u8], out: &mut Vec<u8>) {
     encode(OpCode::Data(Data::Text), payload, out);
+}
+
+/// Appends a binary frame.
+pub fn encode_binary(payload: &[u8], out: &mut Vec<u8>) {
+    encode(OpCode::Data(Data::Binary), payload, out);
 }
 
 /// Appends a pong answering a ping.
@@ -403,6 +437,63 @@ mod tests {
     }
 
     #[test]
+    fn messages_before_a_close_in_one_read_come_first() {
+        // The session echoes (or answers) these before it writes its close frame: the
+        // decoder must hand them over in order, the close last.
+        let mut wire = client_frame(1, true, b"hi");
+        wire.extend(client_frame(2, true, &[0, 1, 2]));
+        wire.extend(client_frame(9, true, b"p"));
+        wire.extend(client_frame(8, true, &[0x03, 0xe8]));
+        wire.extend(client_frame(1, true, b"after the close"));
+        let evs = decode_all(&mut Decoder::new(100), &wire).unwrap();
+        assert_eq!(
+            &evs[..4],
+            &[
+                WsEvent::Text(b"hi".to_vec()),
+                WsEvent::Binary(vec![0, 1, 2]),
+                WsEvent::Ping(b"p".to_vec()),
+                WsEvent::Close(Some((1000, String::new()))),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_large_frame_in_small_reads_holds_at_most_twice_what_arrived() {
+        let payload = vec![b'a'; 1 << 20];
+        let wire = client_frame(1, true, &payload);
+        let mut d = Decoder::new(2 << 20);
+        let mut evs = Vec::new();
+        for (i, chunk) in wire.chunks(1000).enumerate() {
+            d.decode(chunk, |e| evs.push(e)).unwrap();
+            let fed = ((i + 1) * 1000).min(wire.len());
+            if fed < wire.len() {
+                assert!(d.held_bytes() <= 2 * fed, "{} > 2 x {fed}", d.held_bytes());
+            }
+        }
+        assert_eq!(evs, vec![WsEvent::Text(payload)]);
+        assert_eq!(d.held_bytes(), 0);
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_fragment_fails_at_once() {
+        // Autobahn 6.4.1: the second fragment is invalid; the third never needs to come.
+        let mut d = Decoder::new(1000);
+        let first = client_frame(1, false, "κόσμε".as_bytes());
+        assert_eq!(decode_all(&mut d, &first).unwrap(), vec![]);
+        let bad = client_frame(0, false, &[0xf4, 0x90, 0x80, 0x80]);
+        assert_eq!(decode_all(&mut d, &bad).unwrap_err().code, 1007);
+        // A character split across fragments is fine.
+        let mut d = Decoder::new(1000);
+        let mut wire = client_frame(1, false, &[b'a', 0xce]);
+        wire.extend(client_frame(0, false, &[0xba]));
+        wire.extend(client_frame(0, true, b"b"));
+        assert_eq!(
+            decode_all(&mut d, &wire).unwrap(),
+            vec![WsEvent::Text("aκb".as_bytes().to_vec())]
+        );
+    }
+
+    #[test]
     fn protocol_errors() {
         let mut unmasked = client_frame(1, true, b"x");
         unmasked[1] &= 0x7f;
@@ -442,7 +533,7 @@ mod tests {
             1002
         );
         let evs = decode_all(&mut Decoder::new(100), &client_frame(2, true, b"\x00\x01")).unwrap();
-        assert_eq!(evs, vec![WsEvent::Binary(2)]);
+        assert_eq!(evs, vec![WsEvent::Binary(vec![0, 1])]);
     }
 
     #[test]

@@ -54,6 +54,21 @@ fn is_valid_key(key: &str) -> bool {
 /// then `Sec-WebSocket-Protocol`). JWT verification is the caller's (it needs the
 /// secret and the clock).
 pub fn parse_upgrade(req: &Request) -> Result<Upgrade, Refusal> {
+    let accept = check_upgrade(req)?;
+    find_token(req, accept)
+}
+
+/// Validates an upgrade that needs no token (the `--ws-echo` test endpoint).
+pub fn parse_untokened_upgrade(req: &Request) -> Result<Upgrade, Refusal> {
+    Ok(Upgrade {
+        token: String::new(),
+        source: TokenSource::Query,
+        accept: check_upgrade(req)?,
+    })
+}
+
+/// Validates the method and the upgrade headers; returns the `Sec-WebSocket-Accept`.
+fn check_upgrade(req: &Request) -> Result<String, Refusal> {
     if req.method != Method::Get {
         return Err(refuse(405, "the WebSocket endpoint takes GET"));
     }
@@ -78,7 +93,10 @@ pub fn parse_upgrade(req: &Request) -> Result<Upgrade, Refusal> {
             ))
         }
     };
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+fn find_token(req: &Request, accept: String) -> Result<Upgrade, Refusal> {
     if let Some(t) = req.query_param("token").filter(|t| !t.is_empty()) {
         return Ok(Upgrade {
             token: t,
@@ -161,6 +179,17 @@ mod tests {
         assert!(resp.starts_with("HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(resp.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
         assert!(!resp.contains("sec-websocket-protocol"));
+    }
+
+    #[test]
+    fn untokened_upgrade_still_validates_the_handshake() {
+        let up = parse_untokened_upgrade(&req(&format!("GET /ws-echo HTTP/1.1\r\n{UPGRADE}\r\n")))
+            .unwrap();
+        assert_eq!(up.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(up.token.is_empty());
+        let bad = UPGRADE.replace("version: 13", "version: 8");
+        let r = parse_untokened_upgrade(&req(&format!("GET /ws-echo HTTP/1.1\r\n{bad}\r\n")));
+        assert_eq!(r.unwrap_err().status, 426);
     }
 
     #[test]
