@@ -23,7 +23,13 @@ if ! command -v turnserver >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y coturn || { $SUDO apt-get update && $SUDO apt-get install -y coturn; }
 fi
+# Formatting and lints are part of the suite (clippy with warnings as errors).
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+cargo fmt --all --check
 cargo test --workspace --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Benchmarks must keep compiling; they are run by hand (docs/BENCHMARKS.md).
 cargo check --workspace --benches --locked
 # Fuzz every parser for a bounded time (20 s per target), where nightly exists.

@@ -156,7 +156,9 @@ impl Op {
             }
             Op::List => Reply::Tasks(Box::new(store.tasks.list().cloned().collect())),
             Op::ListPage(p) => Reply::Tasks(Box::new(
-                store.tasks.page(p.after.as_deref(), p.limit.saturating_add(1)),
+                store
+                    .tasks
+                    .page(p.after.as_deref(), p.limit.saturating_add(1)),
             )),
             Op::ClaimIds(b) => {
                 let (agent, ids) = *b;

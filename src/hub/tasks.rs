@@ -849,7 +849,10 @@ impl TaskStore {
             assert_eq!(self.ids.get(&t.id), Some(&seq));
         }
         assert_eq!(self.ids.len(), self.tasks.len());
-        assert_eq!(self.bytes, self.tasks.values().map(task_bytes).sum::<usize>());
+        assert_eq!(
+            self.bytes,
+            self.tasks.values().map(task_bytes).sum::<usize>()
+        );
         assert_eq!(self.charged.len(), self.tasks.len());
         assert_eq!(fresh.pending_by_target, self.index.pending_by_target);
         assert_eq!(fresh.pending_by_skill, self.index.pending_by_skill);

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 
 use chatixia_store::TokenHash;
 
+use crate::pairing::guard::{GuardLimits, GuessGuard};
 use crate::pairing::{
     Code, CodeInsertError, CodeStore, CreateError, Entry, EntryId, Issuer, PairingStore,
     RateLimiter, Status,
 };
-use crate::pairing::guard::{GuardLimits, GuessGuard};
 use crate::time::UnixTime;
 
 /// The pairing state one shard owns.
@@ -157,7 +157,10 @@ impl Op {
                     None => {
                         let burnt = store.guard.wrong_guess(code, &mut store.codes, now);
                         if burnt > 0 {
-                            tracing::warn!(burnt, "invite codes burnt after wrong guesses near them");
+                            tracing::warn!(
+                                burnt,
+                                "invite codes burnt after wrong guesses near them"
+                            );
                         }
                         Reply::Redeemed(None)
                     }

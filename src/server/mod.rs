@@ -24,8 +24,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use reactor::Shard;
 
 use crate::auth::ApiKeys;
-use crate::http::Response;
 use crate::dashboard::{events, EventKind};
+use crate::http::Response;
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
 use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::pairing::DeviceTokenIndex;

@@ -326,7 +326,9 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),
-        Route::Agents if method == Method::Post => registry::api::register(ctx, req, peer.ip()).await,
+        Route::Agents if method == Method::Post => {
+            registry::api::register(ctx, req, peer.ip()).await
+        }
         Route::Agents => registry::api::list_page(ctx, req).await,
         Route::Agent if method == Method::Delete => registry::api::delete(ctx, p(0)).await,
         Route::Agent => registry::api::get(ctx, p(0)).await,

@@ -94,8 +94,15 @@ pub fn sidecar_binary() -> PathBuf {
             let release = profile_dir.file_name().is_some_and(|n| n == "release");
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.args(["build", "--quiet", "-p", "chatixia-sidecar", "--bin", "chatixia-sidecar"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            cmd.args([
+                "build",
+                "--quiet",
+                "-p",
+                "chatixia-sidecar",
+                "--bin",
+                "chatixia-sidecar",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
             if release {
                 cmd.arg("--release");
             }

@@ -16,4 +16,3 @@ pub const FILE_BYTES_MAX: usize = 512 * 1024 * 1024;
 /// peers with API keys. A file with more keys is refused with
 /// the server.
 pub const KEYS_MAX: usize = 4 * 1024 * 1024;
-
