@@ -6,22 +6,6 @@ mod common;
 use common::*;
 
 /// Generates a code with the admin key and pairs; returns the entry id.
-fn pending_entry(s: &Server, name: &str) -> String {
-    let r = s.req(
-        "POST",
-        "/api/pairing/generate-code",
-        &[("X-API-Key", "ak_test_agent")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let code = r.json()["code"].as_str().unwrap().to_owned();
-    let r = s.post_json(
-        "/api/pairing/pair",
-        &json!({"code": code, "agent_name": name}),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["id"].as_str().unwrap().to_owned()
-}
 
 fn token_for_key(s: &Server, key: &str) -> String {
     let r = s.req("POST", "/api/token", &[("X-API-Key", key)], None);

@@ -13,24 +13,6 @@ fn keys_of(v: &Value) -> Vec<&str> {
     k
 }
 
-/// A pending pairing entry, made as a device would (invite code from an API key).
-fn pending_entry(s: &Server, name: &str) -> String {
-    let r = s.req(
-        "POST",
-        "/api/pairing/generate-code",
-        &[("X-API-Key", "ak_test_agent")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let code = r.json()["code"].as_str().unwrap().to_owned();
-    let r = s.post_json(
-        "/api/pairing/pair",
-        &json!({"code": code, "agent_name": name}),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["id"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn every_call_of_the_reference_hub_works_with_the_open_admin_plane() {
     let mut o = Opts::cores(2);

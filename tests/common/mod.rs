@@ -490,3 +490,21 @@ pub mod bench;
 pub mod python;
 pub mod sidecar;
 pub mod ws;
+
+/// A pending pairing entry, made as a device would (invite code from an API key).
+pub fn pending_entry(s: &Server, name: &str) -> String {
+    let r = s.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_test_agent")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = r.json()["code"].as_str().unwrap().to_owned();
+    let r = s.post_json(
+        "/api/pairing/pair",
+        &serde_json::json!({"code": code, "agent_name": name}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["id"].as_str().unwrap().to_owned()
+}
