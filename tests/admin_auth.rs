@@ -5,8 +5,6 @@
 mod common;
 use common::*;
 
-/// Generates a code with the admin key and pairs; returns the entry id.
-
 fn token_for_key(s: &Server, key: &str) -> String {
     let r = s.req("POST", "/api/token", &[("X-API-Key", key)], None);
     assert_eq!(r.status, 200, "{}", r.text());
