@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let server = "127.0.0.1:3478".parse().unwrap();
     let peer = "127.0.0.1:40000".parse().unwrap();
-    let mut c = TurnClient::new(server, "user", "pass");
+    let mut c = TurnClient::new(server, "user", "pass", 1);
     let now = Instant::now();
     c.start(now);
     for (i, pkt) in data.split(|&b| b == 0xff).take(8).enumerate() {
