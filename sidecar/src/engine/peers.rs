@@ -81,6 +81,36 @@ pub(super) struct Peer {
     pub last_rx: Instant,
 }
 
+impl Peer {
+    /// A peer just created at `now`: no channel, nothing queued or in flight.
+    pub fn new(
+        id: String,
+        rtc: Rtc,
+        pending: Option<SdpPendingOffer>,
+        mid: String,
+        ufrag: String,
+        now: Instant,
+    ) -> Peer {
+        Peer {
+            id,
+            rtc,
+            pending,
+            channel: None,
+            announced: false,
+            mid,
+            ufrag,
+            addrs: Vec::new(),
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            next_timeout: now,
+            created: now,
+            last_rx: now,
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct PeerTable {
     pub slab: Slab<Peer>,
@@ -407,23 +437,14 @@ mod unit {
     }
 
     fn peer(now: Instant, i: usize) -> Peer {
-        Peer {
-            id: format!("peer-{i}"),
-            rtc: Rtc::new(now),
-            pending: None,
-            channel: None,
-            announced: false,
-            mid: "0".into(),
-            ufrag: format!("uf{i}"),
-            addrs: Vec::new(),
-            outbox: VecDeque::new(),
-            outbox_bytes: 0,
-            inflight: VecDeque::new(),
-            inflight_bytes: 0,
-            next_timeout: now,
-            created: now,
-            last_rx: now,
-        }
+        Peer::new(
+            format!("peer-{i}"),
+            Rtc::new(now),
+            None,
+            "0".into(),
+            format!("uf{i}"),
+            now,
+        )
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! smaller peer id keeps its own offer), answers, trickled candidates (kept for a peer
 //! that does not exist yet), and the end of the signaling session.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -170,23 +169,8 @@ impl Engine {
         };
         let mid = attr("a=mid:").unwrap_or_else(|| "0".to_string());
         let ufrag = attr("a=ice-ufrag:").unwrap_or_default();
-        self.peers.insert(Peer {
-            id: id.to_string(),
-            rtc,
-            pending,
-            channel: None,
-            announced: false,
-            mid,
-            ufrag,
-            addrs: Vec::new(),
-            outbox: VecDeque::new(),
-            outbox_bytes: 0,
-            inflight: VecDeque::new(),
-            inflight_bytes: 0,
-            next_timeout: now,
-            created: now,
-            last_rx: now,
-        })
+        self.peers
+            .insert(Peer::new(id.to_string(), rtc, pending, mid, ufrag, now))
     }
 
     /// Trickles our local candidates to the peer (they are in the SDP too; trickling
