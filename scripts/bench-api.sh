@@ -11,7 +11,8 @@
 #   REF_REGISTRY=…  reference registry binary (default /work/shared/reference/chatixia-registry
 #                   if it exists; REF_REGISTRY=none to skip it)
 #   SERVERS=…       which servers, in order (default "uring epoll ref"; also `before`:
-#                   BEFORE_BIN=… on io_uring)
+#                   BEFORE_BIN=… on io_uring; `ring-proto`: the raw io_uring floor of
+#                   reactor/examples/ring_healthz.rs, a canned 200 for every request)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}; RUNS=${2:-3}
@@ -61,6 +62,10 @@ start() { # $1 = uring | epoll | ref
       [ "$1" = uring+jemalloc ] && lib=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
       LD_PRELOAD=$lib API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
         --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    uring-nospin)
+      # io_uring with the mailbox spin off (REACTOR_MAILBOX_SPIN_US=0, reactor/src/runtime.rs).
+      REACTOR_MAILBOX_SPIN_US=0 API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
+        --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     uring|epoll)
       API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver "$1" \
         --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
@@ -68,6 +73,10 @@ start() { # $1 = uring | epoll | ref
       # Another build (BEFORE_BIN) on io_uring, for before/after ratios in the same run.
       API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 \
         --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    ring-proto)
+      # reactor/examples/ring_healthz.rs: a raw io_uring loop that answers every request
+      # with a canned 200 (no parsing, no registry): the floor any server pays here.
+      taskset -c 0 target/release/examples/ring_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     ref)
       TOKIO_WORKER_THREADS=1 PORT=$PORT API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn \
         taskset -c 0 "$REF_REGISTRY" 2>>"$TMP/server.log" & pid=$! ;;

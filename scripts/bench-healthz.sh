@@ -71,6 +71,12 @@ start() { # $1 = nginx | uring | epoll
       # Another build (BEFORE_BIN) on io_uring, for before/after ratios in the same run.
       RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 --io-driver uring --stun-url none \
         --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    ring-proto)
+      # reactor/examples/ring_healthz.rs: the raw io_uring ceiling (multishot, buffer ring).
+      taskset -c 0 target/release/examples/ring_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    epoll-proto)
+      # reactor/examples/epoll_healthz.rs: the raw epoll ceiling (epoll_wait, read, write).
+      taskset -c 0 target/release/examples/epoll_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     epoll)
       RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver epoll --stun-url none \
         --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;

@@ -43,10 +43,25 @@ impl Default for ReactorBuilder {
             cores: None,
             driver: DriverChoice::Auto,
             mailbox_capacity: MAILBOX_CAPACITY_DEFAULT,
-            mailbox_spin: MAILBOX_SPIN_DEFAULT,
+            mailbox_spin: mailbox_spin_from_env(),
             uring_entries: driver::URING_ENTRIES_DEFAULT,
             pin: true,
         }
+    }
+}
+
+/// `REACTOR_MAILBOX_SPIN_US` (read once per builder; for benchmarks), else
+/// [`MAILBOX_SPIN_DEFAULT`]. A value that is not a number is ignored with a warning.
+fn mailbox_spin_from_env() -> Duration {
+    match std::env::var("REACTOR_MAILBOX_SPIN_US") {
+        Err(_) => MAILBOX_SPIN_DEFAULT,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(us) => Duration::from_micros(us),
+            Err(_) => {
+                tracing::warn!(value = %v, "REACTOR_MAILBOX_SPIN_US is not a number of microseconds; using the default");
+                MAILBOX_SPIN_DEFAULT
+            }
+        },
     }
 }
 
