@@ -10,6 +10,12 @@
 # works across network namespaces): A sends COUNT messages of SIZE payload bytes to B.
 # The table shows medians over the rounds and the ratio ours / reference.
 #
+# The same comparison, on bench compare's harness and report (table, report.json,
+# report.html), is `chatixia-core bench compare --sidecar` (README, "Benchmark against
+# the reference build"; docs/BENCHMARKS.md, "Sidecar data plane"). This script stays for
+# what that command does not do: PERF_SENDER profiling, and re-running the commands
+# recorded in docs/BENCHMARKS.md as they were.
+#
 # Usage (root: it makes namespaces):
 #   scripts/bench-sidecar.sh [ROUNDS]
 # Environment:

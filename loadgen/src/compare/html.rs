@@ -157,10 +157,20 @@ pub fn page(report: &Value) -> String {
         ("started_at", "started"),
         ("rounds", "rounds"),
         ("server_cpus", "server CPUs"),
+        ("cases", "cases"),
+        ("signaling_server", "signaling server"),
         ("note", "note"),
     ] {
         if let Some(v) = report.get(k).filter(|v| !v.is_null()) {
-            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                v => v.to_string(),
+            };
             body += &format!(
                 "<tr><th>{label}</th><td colspan=\"2\"><code>{}</code></td></tr>",
                 esc(&text)

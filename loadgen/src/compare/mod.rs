@@ -5,28 +5,37 @@
 //! shared machine fall on both. The report (medians, ratios) goes to the terminal, to
 //! `<out>/report.json` and to `<out>/report.html`.
 //!
-//! The harness is generic over [`scenarios::Scenario`]: see that module for how the
-//! sidecar comparison plugs in.
+//! With `--sidecar` the two sides are sidecar binaries instead, and the scenarios are
+//! the sidecar data-plane cases ([`sidecars`]), run in two network namespaces
+//! ([`lab`]); the same harness ([`harness`]) runs them and writes the same report.
+//!
+//! The harness is generic over [`scenarios::Scenario`]: see that module for how a kind
+//! of scenario plugs in.
 
 pub mod html;
+pub mod lab;
 pub mod report;
 pub mod scenarios;
 pub mod server;
+pub mod sidecars;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
 use report::{RunResult, ScenarioRuns, ROLES};
-use scenarios::{Ctx, Sizes};
+use scenarios::{Ctx, Scenario, Sizes};
 use server::{Launch, Side, Spec};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The build compared against: a command line that starts a server (run fresh for
     /// every run with PORT, API_KEYS_FILE, SIGNALING_SECRET, TOKIO_WORKER_THREADS=1 set;
-    /// one program, exec'd) or the http:// URL of a running server.
+    /// one program, exec'd) or the http:// URL of a running server. With --sidecar: the
+    /// command of a sidecar (configured by environment as the agent does; one program,
+    /// exec'd).
     #[arg(long)]
     pub baseline: String,
     /// The build measured: a command line or an http:// URL, as --baseline.
@@ -38,6 +47,29 @@ pub struct Args {
     /// Name of the candidate in the report.
     #[arg(long, default_value = "candidate")]
     pub candidate_name: String,
+    /// Compare two sidecar binaries (--baseline, --candidate) instead of two registries:
+    /// per case and round a fresh pair of each side's sidecars in two network namespaces
+    /// joined by a veth pair, driven by `bench sidecar`. Needs root (it makes the
+    /// namespaces with `ip netns`); they are removed when the run ends, also on Ctrl-C.
+    #[arg(long, conflicts_with_all = [
+        "baseline_pid", "candidate_pid", "duration", "warmup", "scenarios",
+        "server_cpus", "loadgen_cores", "keys",
+    ])]
+    pub sidecar: bool,
+    /// With --sidecar: the cases, SIZE:COUNT comma-separated (payload bytes per message :
+    /// messages sent A → B). Default 64:20000,1024:20000,16384:2000; with --quick
+    /// 64:2000,1024:2000,16384:200.
+    #[arg(long, value_delimiter = ',', requires = "sidecar")]
+    pub sidecar_cases: Vec<String>,
+    /// With --sidecar: the signaling server both sidecars use, a command started once in
+    /// namespace A (configured as a --baseline registry command, with PORT, API_KEYS_FILE,
+    /// …). Default: this chatixia-core with --cores 1.
+    #[arg(long, requires = "sidecar")]
+    pub signaling_server: Option<String>,
+    /// With --sidecar: seconds one measured sidecar run may take before it is reported
+    /// as incomplete (default 180).
+    #[arg(long, requires = "sidecar")]
+    pub sidecar_timeout: Option<f64>,
     /// With a URL baseline: its server's PID, for its CPU and RSS.
     #[arg(long)]
     pub baseline_pid: Option<u32>,
@@ -82,6 +114,9 @@ pub struct Args {
 pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
     if args.rounds == 0 {
         return Err("--rounds must be at least 1".into());
+    }
+    if args.sidecar {
+        return sidecars::run(&args, argv);
     }
     let sides = [
         Side {
@@ -134,7 +169,7 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
         .clone()
         .unwrap_or_else(server::default_cpus);
     let exe = std::env::current_exe().map_err(|e| format!("locating chatixia-core: {e}"))?;
-    let ctx = Ctx {
+    let ctx = Rc::new(Ctx {
         exe,
         launch: Launch {
             cpus: cpus.clone(),
@@ -147,7 +182,7 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
         loadgen_cores: args.loadgen_cores.max(1),
         duration: duration.as_secs_f64(),
         warmup: warmup.as_secs_f64(),
-    };
+    });
     let mut list = scenarios::all(&sizes, &ctx);
     if !args.scenarios.is_empty() {
         let names: Vec<String> = list.iter().map(|s| s.name()).collect();
@@ -161,6 +196,29 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
         }
         list.retain(|s| args.scenarios.contains(&s.name()));
     }
+    let meta = json!({
+        "mode": "registry",
+        "quick": args.quick,
+        "duration_s": duration.as_secs_f64(),
+        "warmup_s": warmup.as_secs_f64(),
+        "server_cpus": cpus,
+        "loadgen_cores": ctx.loadgen_cores,
+        "keys": keys,
+    });
+    harness(&args, argv, &sides, &list, meta)
+}
+
+/// Runs every scenario of `list` on both sides for `args.rounds` rounds (the order
+/// alternating per round), with a progress line on stderr, and writes the report
+/// (`meta` plus the command, timing and sides) to `<out>/report.json` and
+/// `<out>/report.html`; `(report, ok)`: ok when every scenario ran on both sides.
+pub fn harness(
+    args: &Args,
+    argv: &[String],
+    sides: &[Side; 2],
+    list: &[Box<dyn Scenario>],
+    meta: Value,
+) -> Result<(Value, bool), String> {
     let mut results: Vec<ScenarioRuns> = list
         .iter()
         .map(|s| ScenarioRuns {
@@ -197,8 +255,9 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
             // Alternate which side goes first, so neither always runs on a warmer or
             // cooler machine.
             let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            let headline = results[k].metrics.first().copied();
             for side in order {
-                let name = scenario.name();
+                let name = &results[k].name;
                 bar.set_message(format!(
                     "round {}/{} · {name} · {}",
                     round + 1,
@@ -207,15 +266,18 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
                 ));
                 let tag = format!("r{}-{name}-{}", round + 1, ROLES[side]);
                 let t = Instant::now();
-                let outcome = scenario.run(&sides[side], &ctx, &tag);
+                let outcome = scenario.run(&sides[side], &tag);
                 let wall_s = t.elapsed().as_secs_f64();
                 say(match &outcome {
                     Ok(s) => format!(
-                        "[{}/{total}] {name} on {}: {} ops/s ({wall_s:.1} s)",
+                        "[{}/{total}] {name} on {}: {} ({wall_s:.1} s)",
                         bar.position() + 1,
                         sides[side].name,
-                        s.get("throughput_per_s")
-                            .map_or("?".into(), |v| report::fmt_num(*v)),
+                        headline.map_or("?".into(), |m| format!(
+                            "{} {}",
+                            s.get(m.key).map_or("?".into(), |v| report::fmt_num(*v)),
+                            m.unit
+                        )),
                     ),
                     Err(e) => format!(
                         "[{}/{total}] {name} on {}: cannot: {e}",
@@ -234,19 +296,15 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
         }
     }
     bar.finish_and_clear();
-    let meta = json!({
-        "command": shell_words(argv),
-        "started_at": started_at,
-        "wall_s": super::round3(t0.elapsed().as_secs_f64()),
-        "rounds": args.rounds,
-        "quick": args.quick,
-        "duration_s": duration.as_secs_f64(),
-        "warmup_s": warmup.as_secs_f64(),
-        "server_cpus": cpus,
-        "loadgen_cores": ctx.loadgen_cores,
-        "keys": keys,
-        "sides": sides.iter().map(|s| json!({"role": s.role, "name": s.name, "spec": s.spec.describe()})).collect::<Vec<_>>(),
-    });
+    let mut meta = meta;
+    meta["command"] = json!(shell_words(argv));
+    meta["started_at"] = json!(started_at);
+    meta["wall_s"] = json!(super::round3(t0.elapsed().as_secs_f64()));
+    meta["rounds"] = json!(args.rounds);
+    meta["sides"] = sides
+        .iter()
+        .map(|s| json!({"role": s.role, "name": s.name, "spec": s.spec.describe()}))
+        .collect();
     let report = report::build(meta, &results);
     let ok = report["scenarios"]
         .as_array()
@@ -264,7 +322,7 @@ pub fn run(args: Args, argv: &[String]) -> Result<(Value, bool), String> {
 }
 
 /// The command line as one could paste it into a shell.
-fn shell_words(argv: &[String]) -> String {
+pub fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             if !a.is_empty()

@@ -1,26 +1,28 @@
 //! What `bench compare` runs on each side, and what it reads from each run.
 //!
-//! # Extension point: more scenarios (the sidecar comparison)
+//! # Extension point: more scenarios
 //!
-//! The harness ([`super::run`]) knows nothing of registries: it alternates the two
+//! The harness ([`super::harness`]) knows nothing of registries: it alternates the two
 //! [`Side`]s over the rounds, calls [`Scenario::run`] once per side per round, and
 //! hands the [`Sample`]s to the report (medians, ratios, table, JSON, one chart per
 //! scenario). A scenario owns everything about a run: starting what it measures
-//! (fresh), driving it, stopping it, and turning what it saw into named numbers.
+//! (fresh), driving it, stopping it, and turning what it saw into named numbers; it
+//! holds whatever it needs for that (the registry scenarios here share one [`Ctx`]).
 //!
 //! The registry scenarios here start the side's server ([`Running::start`]) and run
-//! one `chatixia-core bench <scenario> --json --server-pid …` child per run. A sidecar
-//! comparison (two sidecar binaries driven over their IPC socket, as in the sidecar
-//! issue) plugs in as another `impl Scenario`: its `run` starts two sidecar processes
-//! from the side's command (in their network namespaces), drives them over IPC, reads
-//! their CPU from /proc/PID/stat, and returns the same kind of [`Sample`] with its own
-//! [`Metric`]s (e.g. `throughput_per_s`, `p50_us`, `cpu_us_per_op`). Add it to the
-//! list [`all`] returns (or a list of its own, selected by a flag) and the rounds,
-//! progress line, failure reporting and report come for free.
+//! one `chatixia-core bench <scenario> --json --server-pid …` child per run. The
+//! sidecar scenarios ([`super::sidecars`], `bench compare --sidecar`) are the second
+//! kind: each run starts a pair of sidecars from the side's command in two network
+//! namespaces ([`super::lab`]), runs one `chatixia-core bench sidecar --json` child
+//! over their IPC sockets and returns its numbers as a [`Sample`] with its own
+//! [`Metric`]s. A new kind implements [`Scenario`], builds its list, and hands it to
+//! [`super::harness`]: the rounds, progress line, failure reporting and report come
+//! for free.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -98,7 +100,7 @@ const RSS: Metric = Metric {
     better: Better::Lower,
 };
 
-/// Everything a run needs besides its side.
+/// Everything a registry run needs besides its side.
 #[derive(Debug, Clone)]
 pub struct Ctx {
     /// The `chatixia-core` binary (for `bench <scenario>` children).
@@ -120,10 +122,11 @@ pub trait Scenario {
     fn name(&self) -> String;
     /// One line for people: what is run, with its sizes.
     fn title(&self) -> String;
+    /// What it reports; the first is the one the progress line shows.
     fn metrics(&self) -> Vec<Metric>;
     /// One run on one side; `tag` names its files. An `Err` is the reason the side
     /// could not do it (reported; the other runs go on).
-    fn run(&self, side: &Side, ctx: &Ctx, tag: &str) -> Result<Sample, String>;
+    fn run(&self, side: &Side, tag: &str) -> Result<Sample, String>;
 }
 
 /// A registry scenario: one `bench <bench> …` child against a freshly started server.
@@ -140,6 +143,7 @@ pub struct Registry {
     small_keys: bool,
     /// Bound on one child (set-up of 10,000 connections included).
     limit: Duration,
+    ctx: Rc<Ctx>,
 }
 
 /// Sizes of the scenarios.
@@ -193,7 +197,7 @@ impl Sizes {
 }
 
 /// `10000` → `10k`.
-fn count_name(n: usize) -> String {
+pub fn count_name(n: usize) -> String {
     if n >= 1000 && n % 1000 == 0 {
         format!("{}k", n / 1000)
     } else {
@@ -202,7 +206,7 @@ fn count_name(n: usize) -> String {
 }
 
 /// Every registry scenario, in report order.
-pub fn all(s: &Sizes, ctx: &Ctx) -> Vec<Box<dyn Scenario>> {
+pub fn all(s: &Sizes, ctx: &Rc<Ctx>) -> Vec<Box<dyn Scenario>> {
     let timed = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         v.extend([
@@ -235,6 +239,7 @@ pub fn all(s: &Sizes, ctx: &Ctx) -> Vec<Box<dyn Scenario>> {
         rss: false,
         small_keys,
         limit: base,
+        ctx: ctx.clone(),
     };
     let list: Vec<Registry> = vec![
         Registry {
@@ -249,6 +254,7 @@ pub fn all(s: &Sizes, ctx: &Ctx) -> Vec<Box<dyn Scenario>> {
             rss: false,
             small_keys: false,
             limit: base,
+            ctx: ctx.clone(),
         },
         Registry {
             name: "http-mix".into(),
@@ -262,6 +268,7 @@ pub fn all(s: &Sizes, ctx: &Ctx) -> Vec<Box<dyn Scenario>> {
             rss: false,
             small_keys: false,
             limit: base,
+            ctx: ctx.clone(),
         },
         relay(s.small_keys, true),
         relay(s.peers_needed(), false),
@@ -285,6 +292,7 @@ pub fn all(s: &Sizes, ctx: &Ctx) -> Vec<Box<dyn Scenario>> {
             small_keys: false,
             // The reference takes minutes for 10,000 (each register lists every peer).
             limit: base + Duration::from_secs(s.idle_connections as u64 / 15),
+            ctx: ctx.clone(),
         },
         Registry {
             name: "storm".into(),
@@ -299,6 +307,7 @@ pub fn all(s: &Sizes, ctx: &Ctx) -> Vec<Box<dyn Scenario>> {
             rss: false,
             small_keys: false,
             limit: base,
+            ctx: ctx.clone(),
         },
     ];
     list.into_iter()
@@ -326,7 +335,8 @@ impl Scenario for Registry {
         m
     }
 
-    fn run(&self, side: &Side, ctx: &Ctx, tag: &str) -> Result<Sample, String> {
+    fn run(&self, side: &Side, tag: &str) -> Result<Sample, String> {
+        let ctx = &*self.ctx;
         let mut launch = ctx.launch.clone();
         if self.small_keys {
             launch.keys = ctx.keys_small.clone();
@@ -359,18 +369,7 @@ impl Scenario for Registry {
             .stderr(file(&err_path)?)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", ctx.exe.display()))?;
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-                break s;
-            }
-            if t0.elapsed() > self.limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("the run did not finish within {:?}", self.limit));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_bounded(&mut child, self.limit)?;
         // A server that died during the run is the reason, whatever the child said.
         server.check_alive()?;
         server.stop();
@@ -393,6 +392,22 @@ impl Scenario for Registry {
         let report: Value =
             serde_json::from_str(&stdout).map_err(|e| format!("the run's report: {e}"))?;
         extract(&report, self.throughput, self.latency, self.rss)
+    }
+}
+
+/// Waits for a load-generator child; past `limit` it is killed and that is the error.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Result<ExitStatus, String> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            return Ok(s);
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("the run did not finish within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -93,7 +93,8 @@ fn free_port() -> Result<u16, String> {
         .map_err(|e| format!("finding a free port: {e}"))
 }
 
-fn log_tail(path: &Path) -> String {
+/// The end of a log, on one line (for an error message).
+pub fn log_tail(path: &Path) -> String {
     let s = std::fs::read(path).unwrap_or_default();
     let tail = &s[s.len().saturating_sub(LOG_TAIL_BYTES)..];
     String::from_utf8_lossy(tail).trim().replace('\n', " | ")
@@ -177,8 +178,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if matches!(comm.trim(), "sh" | "taskset" | "bash" | "dash") {
+        if is_a_wrapper(pid) {
             running.stop();
             return Err(format!(
                 "`{cmd}` is not a single program (its PID is a shell's): give the server \
@@ -202,23 +202,41 @@ impl Running {
 
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]. A URL target is left running.
     pub fn stop(&mut self) {
-        let Some(mut c) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let t0 = Instant::now();
-        while t0.elapsed() < STOP_GRACE {
-            if let Ok(Some(_)) = c.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c);
         }
-        let _ = c.kill();
-        let _ = c.wait();
     }
+}
+
+/// Whether process `pid` is still a shell or launcher rather than the program it was to
+/// exec (a command that is not one program: its PID would not be the one measured).
+pub fn is_a_wrapper(pid: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    matches!(
+        comm.trim(),
+        "sh" | "taskset" | "bash" | "dash" | "ip" | "env"
+    )
+}
+
+/// SIGTERM (by the `kill` program: no `unsafe` here), then SIGKILL after
+/// [`STOP_GRACE`]; the child is reaped either way.
+pub fn stop_child(c: &mut Child) {
+    if let Ok(Some(_)) = c.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &c.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let t0 = Instant::now();
+    while t0.elapsed() < STOP_GRACE {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
 }
 
 impl Drop for Running {
