@@ -234,3 +234,60 @@ fn the_duplicate_log_table_is_bounded() {
     assert!(log.should_warn("new", 60));
     assert_eq!(log.len(), 1);
 }
+
+/// The mesh index agrees with a scan of every slot through registrations, replacements,
+/// approvals that move a peer to another mesh, and disconnects in any order.
+#[test]
+fn the_mesh_index_matches_a_full_scan() {
+    let t = ConnTable::default();
+    let meshes = [None, Some("red"), Some("blue")];
+    let mut keys = Vec::new();
+    // A small deterministic sequence (xorshift) of operations.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    for step in 0..2000u64 {
+        match next(4) {
+            0 | 1 => {
+                let id = format!("p{}", next(60));
+                let mesh = meshes[next(3) as usize].map(Box::from);
+                keys.push(t.register(id.into(), mesh, next(4) != 0, step));
+            }
+            2 if !keys.is_empty() => {
+                let k = keys.swap_remove(next(keys.len() as u64) as usize);
+                t.unregister(k);
+            }
+            _ => {
+                let id = format!("p{}", next(60));
+                t.set_authorized(&id, meshes[next(3) as usize]);
+            }
+        }
+        for mesh in meshes {
+            let mut fast = t.list(mesh, "p0");
+            fast.sort();
+            let mut scan: Vec<Box<str>> = t
+                .slots
+                .borrow()
+                .iter()
+                .filter(|(_, s)| {
+                    s.authorized
+                        && s.close.is_none()
+                        && s.mesh.as_deref() == mesh
+                        && &*s.peer_id != "p0"
+                })
+                .map(|(_, s)| s.peer_id.clone())
+                .collect();
+            scan.sort();
+            assert_eq!(fast, scan, "step {step}, mesh {mesh:?}");
+        }
+    }
+    for k in keys {
+        t.unregister(k);
+    }
+    assert!(t.meshes.borrow().default_mesh.is_empty());
+    assert!(t.meshes.borrow().named.is_empty(), "empty meshes are dropped");
+}
