@@ -8,7 +8,9 @@
 #   BIN=…      chatixia-core binary (default: target/release/chatixia-core, built here)
 #   SERVERS=…  which servers, in order (default "nginx uring epoll")
 #              (also `before`: BEFORE_BIN=… on io_uring; and uring-plain, uring-coop, uring-single: io_uring with that ring setup,
-#              REACTOR_URING_SETUP in reactor/src/driver.rs)
+#              REACTOR_URING_SETUP in reactor/src/driver.rs; the floors of reactor/examples/, each a canned
+#              200 with no parsing: `ring-proto` raw io_uring with multishot accept/recv and a buffer ring,
+#              `monoio-proto` monoio one-shot read/write, `epoll-proto` raw epoll + read/write)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-5}
@@ -67,6 +69,11 @@ start() { # $1 = nginx | uring | epoll
       local setup=; [ "$1" = uring ] || setup=REACTOR_URING_SETUP=${1#uring-}
       env $setup RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
         --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    uring-oneshot)
+      # io_uring with monoio's one-shot reads instead of the multishot receive
+      # (REACTOR_MULTISHOT=0, reactor/src/recv_ring.rs).
+      REACTOR_MULTISHOT=0 RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
+        --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     before)
       # Another build (BEFORE_BIN) on io_uring, for before/after ratios in the same run.
       RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 --io-driver uring --stun-url none \
@@ -74,6 +81,14 @@ start() { # $1 = nginx | uring | epoll
     ring-proto)
       # reactor/examples/ring_healthz.rs: the raw io_uring ceiling (multishot, buffer ring).
       taskset -c 0 target/release/examples/ring_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    monoio-proto)
+      # reactor/examples/monoio_healthz.rs: the same canned answer through monoio's
+      # one-shot read/write (as the server's connection loop), nothing else.
+      taskset -c 0 target/release/examples/monoio_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    hybrid-proto)
+      # monoio_healthz with MULTISHOT=1: reads through reactor::recv_ring (multishot
+      # receive on monoio's own ring), writes on monoio.
+      MULTISHOT=1 taskset -c 0 target/release/examples/monoio_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     epoll-proto)
       # reactor/examples/epoll_healthz.rs: the raw epoll ceiling (epoll_wait, read, write).
       taskset -c 0 target/release/examples/epoll_healthz "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;

@@ -254,6 +254,12 @@ where
         };
         monoio::spawn(crate::event::yield_pump());
         monoio::spawn(shard.clone().mailbox_loop(waiter));
+        if driver == IoDriver::Uring && crate::recv_ring::enabled_by_env() {
+            if let Err(e) = crate::recv_ring::RecvRing::install() {
+                tracing::warn!(shard = id, error = %e,
+                    "multishot receive unavailable (kernel < 6.0?); connections use one-shot reads");
+            }
+        }
         let exit = shard.exit_event().clone();
         // The application runs as a task, not inside this root future: monoio polls a
         // woken root future again before running other tasks, so an application that

@@ -18,11 +18,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use reactor::recv_ring::RecvRing;
 use reactor::timer::{select2, select2_pinned, Either};
 use reactor::LocalEvent;
 
@@ -262,6 +264,10 @@ impl Progress {
 /// graceful shutdown (which lets a request in progress finish). `slot` is its place in
 /// the per-IP count, given up when the connection becomes a WebSocket.
 pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, slot: HttpSlot) {
+    // On io_uring, bytes arrive through the shard's multishot receive (one receive
+    // armed for the connection's life, buffers from the shard's ring: no `recv` per
+    // request); elsewhere, or if arming fails, through one-shot reads.
+    let mut rx = RecvRing::current().and_then(|r| r.recv(stream.as_raw_fd()).ok());
     let limits = ctx.config.http_client_limits;
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
@@ -283,7 +289,12 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                     if !out.is_empty() && !write_bounded(ctx, &mut stream, out).await {
                         return;
                     }
-                    let leftover = parser.take_remaining();
+                    // Bytes after the upgrade request: what the parser holds, then what
+                    // the multishot receive took in since (in that order).
+                    let mut leftover = parser.take_remaining();
+                    if let Some(rx) = rx.take() {
+                        leftover.extend_from_slice(&rx.stop().await);
+                    }
                     drop(slot);
                     router::route_ws(ctx, stream, &req, leftover, peer).await;
                     return;
@@ -294,6 +305,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                     if !out.is_empty() && !write_bounded(ctx, &mut stream, out).await {
                         return;
                     }
+                    // The stream's reads are its own from here.
+                    drop(rx.take());
                     crate::dashboard::api::event_stream(ctx, stream, &req).await;
                     return;
                 }
@@ -342,6 +355,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
         }
         if close {
             if linger {
+                drop(rx.take());
                 linger_close(stream).await;
             }
             return;
@@ -358,12 +372,21 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
         // to finish during a shutdown).
         let deadline = progress.deadline(&limits);
         let wait = match deadline {
-            Some(d) if d <= now => return late(ctx, stream, &progress).await,
+            Some(d) if d <= now => {
+                drop(rx.take());
+                return late(ctx, stream, &progress).await;
+            }
             Some(d) => (d - now).min(ctx.config.http_idle_timeout),
             None => ctx.config.http_idle_timeout,
         };
         let outcome = {
-            let mut read = std::pin::pin!(monoio::time::timeout(wait, stream.read(rbuf)));
+            let read = async {
+                match rx.as_mut() {
+                    Some(rx) => rx.recv(rbuf).await,
+                    None => stream.read(rbuf).await,
+                }
+            };
+            let mut read = std::pin::pin!(monoio::time::timeout(wait, read));
             if parser.is_idle() {
                 let shed = ctx.http.shed_event();
                 let woke = if shutdown.is_set() {
@@ -397,12 +420,14 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             // Idle through the shutdown grace: close with a FIN first, so that a
             // request crossing our close finds an orderly end (nothing was read of it:
             // the client may send it again elsewhere) rather than a reset.
+            drop(rx.take());
             linger_close_within(stream, SHUTDOWN_LINGER_TIME_MAX).await;
             return;
         };
         match outcome {
             Err(_elapsed) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) {
+                    drop(rx.take());
                     return late(ctx, stream, &progress).await;
                 }
                 return;
