@@ -264,16 +264,21 @@ impl Progress {
 /// graceful shutdown (which lets a request in progress finish). `slot` is its place in
 /// the per-IP count, given up when the connection becomes a WebSocket.
 pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, slot: HttpSlot) {
-    // On io_uring, bytes arrive through the shard's multishot receive (one receive
-    // armed for the connection's life, buffers from the shard's ring: no `recv` per
-    // request); elsewhere, or if arming fails, through one-shot reads.
-    let mut rx = RecvRing::current().and_then(|r| r.recv(stream.as_raw_fd()).ok());
+    // On io_uring, a keep-alive connection's bytes arrive through the shard's multishot
+    // receive (one receive armed for the connection's life, buffers from the shard's
+    // ring: no `recv` per request), from its second request on: the first request of
+    // a connection is often its last, or an upgrade to a WebSocket, which would have
+    // to cancel it again. Elsewhere, or if arming fails, one-shot reads.
+    let mut rx: Option<reactor::recv_ring::MultiRecv> = None;
+    let mut multishot = RecvRing::current();
     let limits = ctx.config.http_client_limits;
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
     let mut progress = Progress::default();
     let shutdown = ctx.shard.shutdown_event().clone();
+    // A plain request has been answered on this connection (it is keep-alive).
+    let mut answered = false;
     loop {
         // Answer everything the parser can produce from what has been read.
         let mut close = false;
@@ -313,6 +318,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                 Event::Request(req) => {
                     // Its deadline is met; the next request's starts with its bytes.
                     progress = Progress::default();
+                    answered = true;
                     let resp = router::handle(ctx, &req, peer).await;
                     ShardCounters::inc(&ctx.counters.requests_served);
                     let keep_alive = req.keep_alive && !shutdown.is_set();
@@ -379,6 +385,11 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             Some(d) => (d - now).min(ctx.config.http_idle_timeout),
             None => ctx.config.http_idle_timeout,
         };
+        if answered && rx.is_none() {
+            if let Some(ring) = multishot.take() {
+                rx = ring.recv(stream.as_raw_fd()).ok();
+            }
+        }
         let outcome = {
             let read = async {
                 match rx.as_mut() {

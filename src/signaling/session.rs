@@ -12,6 +12,8 @@ use std::task::{Context, Poll};
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use reactor::recv_ring::RecvRing;
+use std::os::fd::AsRawFd;
 
 use crate::server::{Msg, ShardCtx};
 use crate::signaling::api::release_ip;
@@ -67,6 +69,8 @@ impl Future for Pending<'_> {
 
 enum Wake {
     Readable(std::io::Result<()>),
+    /// Bytes from the multishot receive (io_uring): the count and the buffer.
+    Received(std::io::Result<usize>, Vec<u8>),
     Output,
 }
 
@@ -81,6 +85,9 @@ async fn run_peer(
     // boxed, each in a statement of its own (a temporary in a statement with an
     // `.await` keeps its space in the frame for the whole statement).
     let limits = &ctx.config.ws;
+    // On io_uring, bytes arrive through the shard's multishot receive (no poll + read
+    // per wakeup; the inbox is empty, unallocated, while the peer is idle).
+    let mut rx = RecvRing::current().and_then(|r| r.recv(stream.as_raw_fd()).ok());
     let mut decoder = Decoder::new(limits.message_size_max);
     let mut events = if leftover.is_empty() {
         Some(Decoded::default())
@@ -124,15 +131,28 @@ async fn run_peer(
         // (`ConnTable::close_all`). Both futures live in this frame: an idle connection
         // allocates nothing while it waits.
         let wake = {
-            let readable = std::pin::pin!(stream.readable(false));
             let pending = std::pin::pin!(Pending { ws: &ctx.ws, key });
-            match reactor::timer::select2_pinned(readable, pending).await {
-                reactor::timer::Either::Left(r) => Wake::Readable(r),
-                reactor::timer::Either::Right(()) => Wake::Output,
+            match rx.as_mut() {
+                Some(rx) => {
+                    let received = std::pin::pin!(rx.recv(Vec::new()));
+                    match reactor::timer::select2_pinned(received, pending).await {
+                        reactor::timer::Either::Left((r, buf)) => Wake::Received(r, buf),
+                        reactor::timer::Either::Right(()) => Wake::Output,
+                    }
+                }
+                None => {
+                    let readable = std::pin::pin!(stream.readable(false));
+                    match reactor::timer::select2_pinned(readable, pending).await {
+                        reactor::timer::Either::Left(r) => Wake::Readable(r),
+                        reactor::timer::Either::Right(()) => Wake::Output,
+                    }
+                }
             }
         };
         events = match wake {
             Wake::Output => Some(Decoded::default()),
+            Wake::Received(Ok(0) | Err(_), _) => return,
+            Wake::Received(Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
                 let buf = ctx.ws.take_buf();

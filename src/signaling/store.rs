@@ -93,7 +93,9 @@ impl MeshIndex {
 
     /// Lists `key` (whose slot is in `slots`) under its mesh.
     fn add(&mut self, slots: &mut Slab<PeerSlot>, key: usize) {
-        let Some(slot) = slots.get_mut(key) else { return };
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
         if slot.mesh_pos.is_some() {
             return;
         }
@@ -107,8 +109,12 @@ impl MeshIndex {
 
     /// Takes `key` off its mesh's list (if listed).
     fn remove(&mut self, slots: &mut Slab<PeerSlot>, key: usize) {
-        let Some(slot) = slots.get_mut(key) else { return };
-        let Some(pos) = slot.mesh_pos.take() else { return };
+        let Some(slot) = slots.get_mut(key) else {
+            return;
+        };
+        let Some(pos) = slot.mesh_pos.take() else {
+            return;
+        };
         let list = match &slot.mesh {
             None => &mut self.default_mesh,
             Some(m) => match self.named.get_mut(m) {

@@ -289,5 +289,8 @@ fn the_mesh_index_matches_a_full_scan() {
         t.unregister(k);
     }
     assert!(t.meshes.borrow().default_mesh.is_empty());
-    assert!(t.meshes.borrow().named.is_empty(), "empty meshes are dropped");
+    assert!(
+        t.meshes.borrow().named.is_empty(),
+        "empty meshes are dropped"
+    );
 }
