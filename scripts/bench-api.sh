@@ -62,6 +62,11 @@ start() { # $1 = uring | epoll | ref
       [ "$1" = uring+jemalloc ] && lib=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
       LD_PRELOAD=$lib API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
         --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    uring-oneshot)
+      # io_uring with monoio's one-shot reads instead of the multishot receive
+      # (REACTOR_MULTISHOT=0, reactor/src/recv_ring.rs).
+      REACTOR_MULTISHOT=0 API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
+        --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     uring-nospin)
       # io_uring with the mailbox spin off (REACTOR_MAILBOX_SPIN_US=0, reactor/src/runtime.rs).
       REACTOR_MAILBOX_SPIN_US=0 API_KEYS_FILE="$TMP/keys100.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 \
@@ -137,6 +142,7 @@ for (scen, srv), (r, u) in med.items():
     print(f"{scen}\t{srv}\t{r:,.0f}\t{u:.2f}")
 for scen in sorted({k[0] for k in med}):
     for a, b in (("uring", "ref"), ("uring", "epoll"), ("epoll", "ref"), ("uring", "before"), ("before", "ref"),
+                 ("uring", "uring-oneshot"), ("ring-proto", "ref"),
                  ("uring+mimalloc", "uring"), ("uring+jemalloc", "uring")):
         if (scen, a) in med and (scen, b) in med:
             print(f"{scen}: CPU/req {a}/{b} = {med[(scen, a)][1] / med[(scen, b)][1]:.3f}")
