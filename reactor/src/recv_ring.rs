@@ -281,6 +281,17 @@ impl RecvRing {
         if let Some(rr) = Self::current() {
             return Ok(rr);
         }
+        // Buffer rings came in 5.19, multishot receive in 6.0; an older kernel would
+        // accept the registration and then fail every receive.
+        match crate::sys::kernel_version() {
+            Some(v) if v >= (6, 0) => {}
+            v => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("multishot receive needs Linux 6.0 (this kernel: {v:?})"),
+                ))
+            }
+        }
         let br = BufRing::new(BUF_COUNT)?;
         let bufs = vec![0u8; BUF_COUNT as usize * BUF_SIZE].into_boxed_slice();
         let mut inner = Inner {

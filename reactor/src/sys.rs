@@ -112,3 +112,40 @@ pub fn cpu_time() -> io::Result<(std::time::Duration, std::time::Duration)> {
     };
     Ok((tv(ru.ru_utime), tv(ru.ru_stime)))
 }
+
+/// The running kernel's (major, minor) version, from uname(2); `None` if unreadable.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    // SAFETY: `uts` is a zeroed utsname that uname(2) fills; the release field is a
+    // NUL-terminated string within the struct after a successful call.
+    let release = unsafe {
+        let mut uts: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut uts) != 0 {
+            return None;
+        }
+        std::ffi::CStr::from_ptr(uts.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    };
+    parse_kernel_release(&release)
+}
+
+fn parse_kernel_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod kernel_version_tests {
+    use super::*;
+
+    #[test]
+    fn releases_parse() {
+        assert_eq!(parse_kernel_release("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(parse_kernel_release("5.15.0"), Some((5, 15)));
+        assert_eq!(parse_kernel_release("6.1"), Some((6, 1)));
+        assert_eq!(parse_kernel_release("garbage"), None);
+        assert!(kernel_version().is_some());
+    }
+}
