@@ -89,9 +89,12 @@ impl Slot {
 
 struct Inner {
     slots: Slab<Slot>,
-    /// The provided buffers, `BUF_COUNT` × `BUF_SIZE` bytes, owned here for the ring's life
-    /// (the shard's; the runtime's ring goes with it).
-    bufs: Box<[u8]>,
+    /// The provided buffers, `BUF_COUNT` × `BUF_SIZE` bytes. Written by the kernel, read
+    /// here only for a buffer whose completion arrived and before it is handed back.
+    /// Leaked on purpose (1 MiB per shard, for the process's life): when a shard's
+    /// runtime ends, the kernel tears its ring down asynchronously, and no receive may
+    /// ever find its buffer freed.
+    bufs: *mut u8,
     /// The buffer ring's entries (shared with the kernel).
     br: BufRing,
     /// Local copy of the buffer ring's tail (published with a release store).
@@ -149,7 +152,7 @@ impl Inner {
     /// Hands buffer `bid` back to the kernel (visible after [`Inner::publish`]).
     fn recycle(&mut self, bid: u16) {
         let idx = (self.br_tail & (BUF_COUNT - 1)) as usize;
-        let addr = self.bufs.as_ptr() as u64 + bid as u64 * BUF_SIZE as u64;
+        let addr = self.bufs as u64 + bid as u64 * BUF_SIZE as u64;
         // SAFETY: `idx < BUF_COUNT`, inside the mapping; the kernel reads entries only
         // up to the published tail, and this one is past it until `publish`.
         unsafe {
@@ -180,13 +183,19 @@ impl Inner {
         let key = (ud & KEY_MASK) as usize;
         let res = cqe.result();
         let flags = cqe.flags();
-        if let Some(bid) = cqueue::buffer_select(flags) {
+        if let Some(bid) = cqueue::buffer_select(flags).filter(|&b| b < BUF_COUNT) {
             if res > 0 {
                 if let Some(slot) = self.slots.get_mut(key) {
                     if !slot.orphan {
-                        let start = bid as usize * BUF_SIZE;
-                        slot.inbox
-                            .extend_from_slice(&self.bufs[start..start + res as usize]);
+                        let len = (res as usize).min(BUF_SIZE);
+                        // SAFETY: buffer `bid` lies inside the leaked allocation
+                        // (`bid < BUF_COUNT`, `len <= BUF_SIZE`); its completion says the
+                        // kernel has finished writing it, and it is not handed back to the
+                        // kernel until after this copy.
+                        let data = unsafe {
+                            std::slice::from_raw_parts(self.bufs.add(bid as usize * BUF_SIZE), len)
+                        };
+                        slot.inbox.extend_from_slice(data);
                     }
                 }
             }
@@ -293,7 +302,8 @@ impl RecvRing {
             }
         }
         let br = BufRing::new(BUF_COUNT)?;
-        let bufs = vec![0u8; BUF_COUNT as usize * BUF_SIZE].into_boxed_slice();
+        let bufs =
+            Box::into_raw(vec![0u8; BUF_COUNT as usize * BUF_SIZE].into_boxed_slice()).cast::<u8>();
         let mut inner = Inner {
             slots: Slab::new(),
             bufs,
