@@ -8,6 +8,12 @@
 # (A in namespace A, B in namespace B; ours, then the reference, alternating), and
 # `chatixia-core bench sidecar` drives them over their IPC sockets (a Unix socket path
 # works across network namespaces): A sends COUNT messages of SIZE payload bytes to B.
+# With PEERS > 1, PEERS receiving sidecars are started in namespace B (each its own key,
+# peer id and IPC socket) and A sends round-robin to all of them (they also connect to
+# each other: the server lists every peer to every peer, so namespace B holds a full
+# mesh of PEERS sidecars). With REPEAT > 1 the COUNT messages are sent REPEAT times
+# back to back on the same pair (msg/s: median over the repetitions, the first, cold
+# one also shown; CPU over all of them).
 # The table shows medians over the rounds and the ratio ours / reference.
 #
 # The same comparison, on bench compare's harness and report (table, report.json,
@@ -21,8 +27,9 @@
 # Environment:
 #   REF_SIDECAR  the reference sidecar binary (default /work/shared/reference/chatixia-sidecar)
 #   OUR_SIDECAR  our sidecar binary (default target/release/chatixia-sidecar, built here)
-#   CASES        space-separated SIZE:COUNT (default: 64 B and 1 KiB at 1,000/20,000/100,000,
-#                and 16 KiB at 2,000)
+#   CASES        space-separated SIZE:COUNT[:PEERS[:REPEAT]] (default: 64 B and 1 KiB at
+#                1,000 (repeated 10 times)/20,000/100,000, and 16 KiB at 2,000; PEERS
+#                defaults to 1, REPEAT to 1; e.g. 64:20000:50 for 50 receiving sidecars)
 #   RUN_TIMEOUT  seconds one measured run may take (default 180; a run past it is reported
 #                with what was delivered)
 #   OUT          directory for the JSON reports and logs (default: a new temp dir)
@@ -35,7 +42,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 REF_SIDECAR=${REF_SIDECAR:-/work/shared/reference/chatixia-sidecar}
 OUR_SIDECAR=${OUR_SIDECAR:-$PWD/target/release/chatixia-sidecar}
-CASES=${CASES:-"64:1000 64:20000 64:100000 1024:1000 1024:20000 1024:100000 16384:2000"}
+CASES=${CASES:-"64:1000:1:10 64:20000 64:100000 1024:1000:1:10 1024:20000 1024:100000 16384:2000"}
 RUN_TIMEOUT=${RUN_TIMEOUT:-180}
 CORE=$PWD/target/release/chatixia-core
 if [ -z "${NO_BUILD:-}" ]; then
@@ -52,7 +59,7 @@ mkdir -p "$OUT"
 TAG=$$
 NSA=cxbench-a-$TAG; NSB=cxbench-b-$TAG; VA=cxa$TAG; VB=cxb$TAG
 NET=10.203.$((TAG % 250)); IPA=$NET.1; IPB=$NET.2; PORT=18080
-server=; sa=; sb=
+server=; sa=; sbs=
 stop_pid() { # $1 = pid: TERM, then KILL after a grace (the reference may ignore TERM)
   local p=$1
   [ -n "$p" ] || return 0
@@ -61,8 +68,20 @@ stop_pid() { # $1 = pid: TERM, then KILL after a grace (the reference may ignore
   kill -KILL "$p" 2>/dev/null || true
   wait "$p" 2>/dev/null || true
 }
+stop_all() { # $@ = pids: TERM to all, then KILL what is left after a grace
+  [ $# -gt 0 ] || return 0
+  kill -TERM "$@" 2>/dev/null || true
+  for _ in $(seq 20); do
+    local alive=
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1 && break; done
+    [ -n "$alive" ] || break
+    sleep 0.05
+  done
+  kill -KILL "$@" 2>/dev/null || true
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
 cleanup() {
-  stop_pid "$sa"; stop_pid "$sb"; stop_pid "$server"
+  stop_pid "$sa"; stop_all $sbs; stop_pid "$server"
   ip netns del "$NSA" 2>/dev/null || true
   ip netns del "$NSB" 2>/dev/null || true
 }
@@ -80,10 +99,22 @@ for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; done
 ip -n "$NSA" link set "$VA" up
 ip -n "$NSB" link set "$VB" up
 
-cat > "$OUT/keys.json" <<EOF
-{"keys":{"ak_bench_a":{"peer_id":"bench-a-sidecar","role":"agent"},
-         "ak_bench_b":{"peer_id":"bench-b-sidecar","role":"agent"}}}
-EOF
+# Receiver j (0-based) authenticates with ak_bench_b<j> as bench-b<j>-sidecar; j = 0
+# keeps the names of the one-peer setup (ak_bench_b, bench-b-sidecar).
+PEERS_MAX=1
+for case in $CASES; do
+  IFS=: read -r _ _ p _ <<<"$case"
+  [ "${p:-1}" -gt "$PEERS_MAX" ] && PEERS_MAX=${p:-1}
+done
+b_key() { if [ "$1" = 0 ]; then echo ak_bench_b; else echo "ak_bench_b$1"; fi; }
+b_peer() { if [ "$1" = 0 ]; then echo bench-b-sidecar; else echo "bench-b$1-sidecar"; fi; }
+{
+  printf '{"keys":{"ak_bench_a":{"peer_id":"bench-a-sidecar","role":"agent"}'
+  for j in $(seq 0 $((PEERS_MAX - 1))); do
+    printf ',\n "%s":{"peer_id":"%s","role":"agent"}' "$(b_key "$j")" "$(b_peer "$j")"
+  done
+  printf '}}\n'
+} > "$OUT/keys.json"
 API_KEYS_FILE=$OUT/keys.json RUST_LOG=warn \
   ip netns exec "$NSA" "$CORE" --cores 1 --stun-url none --listen "$IPA:$PORT" \
   2>>"$OUT/server.log" & server=$!
@@ -109,31 +140,43 @@ start_sidecar() { # $1 = ns, $2 = binary, $3 = key, $4 = socket, $5 = log; print
 
 for round in $(seq 1 "$ROUNDS"); do
   for case in $CASES; do
-    size=${case%%:*}; count=${case##*:}
+    IFS=: read -r size count peers repeat <<<"$case"
+    peers=${peers:-1}; repeat=${repeat:-1}
     for impl in ours reference; do
       bin=$OUR_SIDECAR; [ "$impl" = reference ] && bin=$REF_SIDECAR
-      run=$impl-$size-$count-$round
+      run=$impl-$size-$count-p$peers-r$repeat-$round
+      # A start-up of many peers (a full mesh in namespace B) takes longer.
+      connect_timeout=$((30 + 2 * peers))
       # A pair that never opens its DataChannel (the bench fails before measuring, with
       # an empty report) is started afresh, up to 3 times; the .err file keeps each cause.
       for attempt in 1 2 3; do
-        rm -f "$OUT/$run.a.sock" "$OUT/$run.b.sock"
+        rm -f "$OUT/$run".*.sock
         drops0=$(( $(udp_drops "$NSA") + $(udp_drops "$NSB") ))
         sa=$(start_sidecar "$NSA" "$bin" ak_bench_a "$OUT/$run.a.sock" "$OUT/$run.a.log")
-        sb=$(start_sidecar "$NSB" "$bin" ak_bench_b "$OUT/$run.b.sock" "$OUT/$run.b.log")
+        sbs=; bargs=()
+        for j in $(seq 0 $((peers - 1))); do
+          sock=$OUT/$run.b$j.sock
+          pid=$(start_sidecar "$NSB" "$bin" "$(b_key "$j")" "$sock" "$OUT/$run.b.log")
+          sbs="$sbs $pid"
+          bargs+=(--b-socket "$sock" --b-peer "$(b_peer "$j")" --b-pid "$pid")
+        done
         perf_pid=
         if [ -n "${PERF_SENDER:-}" ] && [ "$impl" = "$PERF_SENDER" ]; then
           perf record -q -F 499 --call-graph dwarf,16384 -p "$sa" -o "$OUT/$run.perf.data" \
             2>>"$OUT/$run.err" & perf_pid=$!
         fi
         "$CORE" bench sidecar --label "$impl" --json \
-          --a-socket "$OUT/$run.a.sock" --b-socket "$OUT/$run.b.sock" --b-peer bench-b-sidecar \
-          --a-pid "$sa" --b-pid "$sb" --size "$size" --count "$count" \
+          --a-socket "$OUT/$run.a.sock" "${bargs[@]}" \
+          --a-pid "$sa" --size "$size" --count "$count" --repeat "$repeat" \
+          --connect-timeout "$connect_timeout" \
           --timeout "$RUN_TIMEOUT" --drain-ms 2000 > "$OUT/$run.json" 2>>"$OUT/$run.err" || true
         echo $(( $(udp_drops "$NSA") + $(udp_drops "$NSB") - drops0 )) > "$OUT/$run.udp_drops"
         echo "after $run: A $(udp_counters "$NSA"); B $(udp_counters "$NSB") (cumulative)" >> "$OUT/udp.log"
         if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" || true; fi
-        stop_pid "$sa"; stop_pid "$sb"; sa=; sb=
-        rm -f "$OUT/$run.a.sock" "$OUT/$run.b.sock"
+        stop_pid "$sa"; sa=
+        # shellcheck disable=SC2086
+        stop_all $sbs; sbs=
+        rm -f "$OUT/$run".*.sock
         [ -s "$OUT/$run.json" ] && break
         echo "attempt $attempt: no report" >> "$OUT/$run.err"
       done
@@ -147,13 +190,15 @@ try:
     except Exception:
         pass
 except Exception:
-    print(f"{sys.argv[2]:<28} FAILED (see {sys.argv[1][:-5]}.err)"); sys.exit()
+    print(f"{sys.argv[2]:<32} FAILED (see {sys.argv[1][:-5]}.err)"); sys.exit()
 s, b = r["sender"], r["receiver"]
-print(f"{sys.argv[2]:<28} {r['delivered']:>7}/{r['count']:<7} in_order={r['in_order']!s:<5} "
+reps = r.get("repetitions")
+print(f"{sys.argv[2]:<32} {r['delivered']:>7}/{r['count'] * r.get('repeat', 1):<7} in_order={r['in_order']!s:<5} "
       f"{r['msg_per_s']:>9.0f} msg/s {r['payload_mb_per_s']:>7.2f} MB/s "
       f"cpu A {s['cpu_us_per_msg']} B {b['cpu_us_per_msg']} us/msg "
       f"rss A {s['rss_idle_kib']}/{s['rss_after_kib']}/{s['rss_drained_kib']} KiB"
       + f" udp drops {r.get('udp_drops')}"
+      + (f" first/warm msg/s {reps['first_msg_per_s']}/{reps['warm_median_msg_per_s']}" if reps else "")
       + (f" FAIL {r['failure']}" if r.get('failure') else ""))
 PY
     done
@@ -171,15 +216,19 @@ for f in glob.glob(os.path.join(out, "*.json")):
         r = json.load(open(f))
     except Exception:
         continue
-    runs.setdefault((r["label"], r["size"], r["count"]), []).append(r)
+    key = (r["label"], r["size"], r["count"], r.get("receivers", 1), r.get("repeat", 1))
+    runs.setdefault(key, []).append(r)
 def med(rs, get):
     v = [get(r) for r in rs]
     v = [x for x in v if x is not None]
     return statistics.median(v) if v else None
 metrics = [
     ("msg/s", lambda r: r["msg_per_s"], "{:.0f}"),
+    ("msg/s first repetition", lambda r: (r.get("repetitions") or {}).get("first_msg_per_s"), "{:.0f}"),
+    ("msg/s warm repetitions", lambda r: (r.get("repetitions") or {}).get("warm_median_msg_per_s"), "{:.0f}"),
     ("MB/s (payload)", lambda r: r["payload_mb_per_s"], "{:.2f}"),
     ("sender CPU us/msg", lambda r: r["sender"]["cpu_us_per_msg"], "{:.1f}"),
+    ("sender CPU us/msg (10 ms ticks)", lambda r: r["sender"].get("cpu_ticks_us_per_msg"), "{:.1f}"),
     ("receiver CPU us/msg", lambda r: r["receiver"]["cpu_us_per_msg"], "{:.1f}"),
     ("UDP datagrams dropped", lambda r: r.get("udp_drops"), "{:.0f}"),
     ("sender RSS idle MiB", lambda r: r["sender"]["rss_idle_kib"] and r["sender"]["rss_idle_kib"] / 1024, "{:.1f}"),
@@ -192,14 +241,18 @@ print(f"Medians over rounds; ratio = ours / reference. Reports in {out}")
 print(f"| case | metric | ours | reference | ratio |")
 print(f"|---|---|---|---|---|")
 for c in cases:
-    size, count = map(int, c.split(":"))
-    ours, ref = runs.get(("ours", size, count), []), runs.get(("reference", size, count), [])
-    ok = lambda rs: f"{sum(1 for r in rs if r['in_order'] and r['delivered'] == r['count'])}/{len(rs)}"
-    name = f"{count:,} x {size} B"
+    f4 = (c.split(":") + ["1", "1"])[:4]
+    size, count, peers, repeat = (int(x or 1) for x in f4)
+    ours = runs.get(("ours", size, count, peers, repeat), [])
+    ref = runs.get(("reference", size, count, peers, repeat), [])
+    ok = lambda rs: f"{sum(1 for r in rs if r['in_order'] and r['delivered'] == r['count'] * r.get('repeat', 1))}/{len(rs)}"
+    name = f"{count:,} x {size} B" + (f" to {peers} peers" if peers > 1 else "") + (f" x{repeat}" if repeat > 1 else "")
     print(f"| {name} | complete & in order | {ok(ours)} | {ok(ref)} | |")
     for label, get, fmt in metrics:
         a, b = med(ours, get), med(ref, get)
         ratio = f"{a / b:.2f}x" if a is not None and b else ""
         f = lambda x: fmt.format(x) if x is not None else "-"
+        if a is None and b is None:
+            continue
         print(f"| {name} | {label} | {f(a)} | {f(b)} | {ratio} |")
 PY

@@ -1,24 +1,32 @@
-//! `bench sidecar`: the DataChannel data plane of two running sidecars, driven over their
+//! `bench sidecar`: the DataChannel data plane of running sidecars, driven over their
 //! IPC sockets (PROTOCOL.md §8: JSON objects, one per line) exactly as the Python agent
 //! drives them, so it measures any sidecar binary the same way (ours or the reference).
 //!
 //! The sidecars are started by the caller (scripts/bench-sidecar.sh runs them in two
 //! network namespaces; a Unix socket path works across them). This command connects to
-//! both sockets, waits until A lists B and a warm-up `ping` from A reaches B, then writes
-//! `--count` `send` lines into A as fast as A takes them (A's backpressure throttles the
-//! writer through the socket) while a reader thread takes B's `message` lines. It reports
-//! msg/s and MB/s (from the first write to the last message read at B), in-order
-//! delivery, each sidecar's CPU per message (utime+stime from /proc/PID/stat over the
-//! run), and each sidecar's RSS idle (one peer open), right after the run and after a
-//! drain pause.
+//! the sender A and to one or more receivers B (`--b-socket`/`--b-peer`/`--b-pid`, once
+//! per receiver, in the same order), waits until A lists every B and a warm-up `ping`
+//! from A has reached each B, then writes `--count` `send` lines into A as fast as A
+//! takes them (A's backpressure throttles the writer through the socket), message `i`
+//! to receiver `i mod N` (round-robin), while a reader thread per B takes its `message`
+//! lines. With `--repeat R` that measured block runs R times back to back on the same
+//! connections (each waits until the previous one was delivered whole), so short runs
+//! are measured more than once and the first (cold) run can be told from the warm ones.
+//! It reports msg/s and MB/s (from the first write to the last message read at any B),
+//! in-order delivery (per receiver), each sidecar's CPU per message (nanosecond
+//! scheduler time from /proc/PID/task/*/schedstat over all repetitions; the 10 ms
+//! utime+stime ticks of /proc/PID/stat as a cross-check) and each sidecar's RSS idle
+//! (peers open), right after the run and after a drain pause. With several receivers
+//! the `receiver` figures are theirs together: CPU summed, RSS the largest.
 //!
-//! It uses plain threads and blocking sockets, not the reactor: two sockets, and the
+//! It uses plain threads and blocking sockets, not the reactor: a few sockets, and the
 //! sidecars are the processes under test.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -29,29 +37,37 @@ pub struct Args {
     /// Sender sidecar's IPC socket (its `IPC_SOCKET`).
     #[arg(long)]
     pub a_socket: PathBuf,
-    /// Receiver sidecar's IPC socket.
-    #[arg(long)]
-    pub b_socket: PathBuf,
-    /// Receiver sidecar's peer id (the `target_peer` of every `send`).
-    #[arg(long)]
-    pub b_peer: String,
+    /// Receiver sidecar's IPC socket; give it once per receiver (with as many
+    /// `--b-peer`, in the same order) to send round-robin to several.
+    #[arg(long, required = true)]
+    pub b_socket: Vec<PathBuf>,
+    /// Receiver sidecar's peer id (the `target_peer` of its `send`s); once per
+    /// `--b-socket`.
+    #[arg(long, required = true)]
+    pub b_peer: Vec<String>,
     /// Sender sidecar's process id: report its CPU and RSS.
     #[arg(long)]
     pub a_pid: Option<u32>,
-    /// Receiver sidecar's process id: report its CPU and RSS.
+    /// Receiver sidecar's process id: report its CPU and RSS; none, or once per
+    /// `--b-socket`.
     #[arg(long)]
-    pub b_pid: Option<u32>,
-    /// Messages to send A → B.
+    pub b_pid: Vec<u32>,
+    /// Messages to send from A per repetition (round-robin over the receivers).
     #[arg(long, default_value_t = 20_000)]
     pub count: u64,
     /// Bytes of filler in each message's payload (`payload.d`); the DataChannel message
     /// is this plus the MeshMessage envelope (`message_bytes` in the report).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Seconds to wait for the sockets, for A to list B, and for the warm-up ping.
+    /// Measured repetitions of `--count` messages on the same connections, back to back
+    /// (msg/s is reported per repetition; CPU over all of them).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
+    /// Seconds to wait for the sockets, for A to list every B, and for the warm-up pings.
     #[arg(long, default_value_t = 30.0)]
     pub connect_timeout: f64,
-    /// Seconds the measured run may take before it is reported as incomplete.
+    /// Seconds the measured run (all repetitions) may take before it is reported as
+    /// incomplete.
     #[arg(long, default_value_t = 300.0)]
     pub timeout: f64,
     /// Milliseconds to wait after the run before the "drained" RSS reading.
@@ -72,6 +88,14 @@ const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 /// Capacity of the buffered reader on each IPC socket (one 16 KiB message line fits
 /// many times; lines longer than this are still read whole, just in several reads).
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Receivers one run may drive: a reader thread and a socket each. Far above the
+/// 50-peer case; more is refused with an error.
+pub const RECEIVERS_MAX: usize = 1024;
+
+/// Messages one run may send in all (`--count` × `--repeat`): the in-order bookkeeping
+/// keeps a bit per message. More is refused with an error.
+pub const MESSAGES_MAX: u64 = 100_000_000;
 
 /// Request ids of warm-up pings start with this; measured messages carry `0`, `1`, ….
 const WARMUP_PREFIX: &str = "warmup-";
@@ -133,20 +157,23 @@ fn classify(line: &[u8]) -> Ev {
     }
 }
 
-/// Connects to a sidecar's socket (waiting for the file, as the agent does) and starts
-/// a thread that classifies every line it sends.
-fn connect(path: &Path, deadline: Instant) -> Result<(UnixStream, Receiver<Ev>), String> {
-    let stream = loop {
+/// Connects to a sidecar's socket, waiting for the file as the agent does.
+fn connect_stream(path: &Path, deadline: Instant) -> Result<UnixStream, String> {
+    loop {
         match UnixStream::connect(path) {
-            Ok(s) => break s,
+            Ok(s) => return Ok(s),
             Err(e) if Instant::now() > deadline => {
                 return Err(format!("cannot connect to {}: {e}", path.display()))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-    };
+    }
+}
+
+/// Starts a thread that classifies every line `stream` sends and hands it to `tx`
+/// tagged with `tag` (the receiver's index).
+fn spawn_reader(stream: &UnixStream, tag: usize, tx: Sender<(usize, Ev)>) -> Result<(), String> {
     let reader = stream.try_clone().map_err(|e| e.to_string())?;
-    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut r = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
         let mut line = Vec::new();
@@ -158,12 +185,12 @@ fn connect(path: &Path, deadline: Instant) -> Result<(UnixStream, Receiver<Ev>),
                 Ok(_) => classify(&line),
             };
             let last = matches!(ev, Ev::Closed(_));
-            if tx.send(ev).is_err() || last {
+            if tx.send((tag, ev)).is_err() || last {
                 return;
             }
         }
     });
-    Ok((stream, rx))
+    Ok(())
 }
 
 fn send_line(mut s: &UnixStream, v: Value) -> Result<(), String> {
@@ -191,12 +218,51 @@ pub fn cpu_of(pid: u32) -> Result<Duration, String> {
     Ok(Duration::from_millis((tick(11)? + tick(12)?) * 10))
 }
 
+/// Nanoseconds on the CPU of each live thread of a process (the first field of
+/// /proc/PID/task/TID/schedstat: the scheduler's `sum_exec_runtime`, ns resolution,
+/// where /proc/PID/stat counts 10 ms ticks). Keyed by thread id.
+pub fn thread_cpu_ns(pid: u32) -> Result<HashMap<u32, u64>, String> {
+    let dir = format!("/proc/{pid}/task");
+    let mut out = HashMap::new();
+    for e in std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))? {
+        let Ok(e) = e else { continue };
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A thread may exit between the listing and the read: skip it.
+        let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse().ok()) {
+            out.insert(tid, ns);
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("{dir}: no readable schedstat"));
+    }
+    Ok(out)
+}
+
+/// CPU a process used between two [`thread_cpu_ns`] readings: per thread, its time at
+/// the end less its time at the start (0 for a thread born since). A thread that
+/// exited in between is missing at the end, so its time since the start is not counted
+/// (the sidecars under test keep their threads for the whole run).
+pub fn cpu_between(start: &HashMap<u32, u64>, end: &HashMap<u32, u64>) -> Duration {
+    let ns: u64 = end
+        .iter()
+        .map(|(tid, e)| e.saturating_sub(start.get(tid).copied().unwrap_or(0)))
+        .sum();
+    Duration::from_nanos(ns)
+}
+
 /// Per-process readings.
 #[derive(Default)]
 struct Proc {
     pid: Option<u32>,
     cpu_start: Option<Duration>,
     cpu_end: Option<Duration>,
+    sched_start: Option<HashMap<u32, u64>>,
+    sched_end: Option<HashMap<u32, u64>>,
     rss_idle: Option<u64>,
     rss_after: Option<u64>,
     rss_drained: Option<u64>,
@@ -212,65 +278,112 @@ impl Proc {
     fn rss(&self) -> Option<u64> {
         self.pid.and_then(|p| super::ws_idle::rss_kib(p).ok())
     }
-    fn cpu(&self) -> Option<Duration> {
-        self.pid.and_then(|p| cpu_of(p).ok())
+    fn start(&mut self) {
+        self.cpu_start = self.pid.and_then(|p| cpu_of(p).ok());
+        self.sched_start = self.pid.and_then(|p| thread_cpu_ns(p).ok());
     }
-    fn report(&self, count: u64) -> Value {
-        let cpu = match (self.cpu_start, self.cpu_end) {
+    fn end(&mut self) {
+        self.cpu_end = self.pid.and_then(|p| cpu_of(p).ok());
+        self.sched_end = self.pid.and_then(|p| thread_cpu_ns(p).ok());
+    }
+    /// CPU seconds over the run: scheduler nanoseconds, else ticks.
+    fn cpu_s(&self) -> Option<f64> {
+        self.sched_s().or_else(|| self.ticks_s())
+    }
+    fn sched_s(&self) -> Option<f64> {
+        match (&self.sched_start, &self.sched_end) {
+            (Some(a), Some(b)) => Some(cpu_between(a, b).as_secs_f64()),
+            _ => None,
+        }
+    }
+    fn ticks_s(&self) -> Option<f64> {
+        match (self.cpu_start, self.cpu_end) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a).as_secs_f64()),
             _ => None,
-        };
-        json!({
-            "pid": self.pid,
-            "cpu_s": cpu,
-            "cpu_us_per_msg": cpu.map(|c| round2(c * 1e6 / count.max(1) as f64)),
-            "rss_idle_kib": self.rss_idle,
-            "rss_after_kib": self.rss_after,
-            "rss_drained_kib": self.rss_drained,
-        })
+        }
     }
+}
+
+/// The `sender`/`receiver` object of the report for processes `ps` (several receivers:
+/// CPU summed, RSS the largest).
+fn proc_report(ps: &[Proc], messages: u64) -> Value {
+    let sum = |get: &dyn Fn(&Proc) -> Option<f64>| -> Option<f64> {
+        ps.iter().map(get).sum::<Option<f64>>()
+    };
+    let max = |get: &dyn Fn(&Proc) -> Option<u64>| -> Option<u64> {
+        ps.iter()
+            .map(get)
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .max()
+    };
+    let cpu = sum(&Proc::cpu_s);
+    let ticks = sum(&Proc::ticks_s);
+    let per_msg = |c: f64| round2(c * 1e6 / messages.max(1) as f64);
+    let pid = if ps.len() == 1 { ps[0].pid } else { None };
+    json!({
+        "pid": pid,
+        "processes": ps.len(),
+        "cpu_s": cpu.map(|c| (c * 1e6).round() / 1e6),
+        "cpu_us_per_msg": cpu.map(per_msg),
+        "cpu_source": if ps.iter().all(|p| p.sched_s().is_some()) { "schedstat" } else { "stat ticks" },
+        "cpu_ticks_s": ticks,
+        "cpu_ticks_us_per_msg": ticks.map(per_msg),
+        "rss_idle_kib": max(&|p: &Proc| p.rss_idle),
+        "rss_after_kib": max(&|p: &Proc| p.rss_after),
+        "rss_drained_kib": max(&|p: &Proc| p.rss_drained),
+    })
 }
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// In-order delivery bookkeeping for the receiver.
+/// In-order delivery bookkeeping: message `seq` goes to receiver `seq mod receivers`,
+/// and each receiver must see its messages in increasing order, each once.
 struct Order {
     seen: Vec<bool>,
+    receivers: u64,
     distinct: u64,
-    next: u64,
+    /// The sequence number each receiver expects next.
+    next: Vec<u64>,
     out_of_order: u64,
     duplicates: u64,
     unknown: u64,
 }
 
 impl Order {
-    fn new(count: u64) -> Order {
+    fn new(count: u64, receivers: usize) -> Order {
         Order {
             seen: vec![false; count as usize],
+            receivers: receivers as u64,
             distinct: 0,
-            next: 0,
+            next: (0..receivers as u64).collect(),
             out_of_order: 0,
             duplicates: 0,
             unknown: 0,
         }
     }
-    fn take(&mut self, seq: u64) {
+    /// Receiver `r` read message `seq`.
+    fn take(&mut self, r: usize, seq: u64) {
         let Some(s) = self.seen.get_mut(seq as usize) else {
             self.unknown += 1;
             return;
         };
+        if seq % self.receivers != r as u64 {
+            self.unknown += 1;
+            return;
+        }
         if *s {
             self.duplicates += 1;
             return;
         }
         *s = true;
         self.distinct += 1;
-        if seq != self.next {
+        if seq != self.next[r] {
             self.out_of_order += 1;
         }
-        self.next = seq + 1;
+        self.next[r] = seq + self.receivers;
     }
     fn in_order(&self) -> bool {
         self.out_of_order == 0 && self.duplicates == 0 && self.unknown == 0
@@ -286,48 +399,66 @@ fn send_line_bytes(out: &mut Vec<u8>, target: &str, i: u64, filler: &str) {
     );
 }
 
-/// Waits until A lists B and a warm-up ping from A has reached B.
+/// Waits until A lists every B and a warm-up ping from A has reached each B.
 fn warm_up(
-    args: &Args,
+    peers: &[String],
     a: &UnixStream,
-    a_rx: &Receiver<Ev>,
-    b_rx: &Receiver<Ev>,
+    a_rx: &Receiver<(usize, Ev)>,
+    b_rx: &Receiver<(usize, Ev)>,
     deadline: Instant,
 ) -> Result<(), String> {
     let mut listed = false;
+    let mut warm = vec![false; peers.len()];
     let mut k = 0u64;
     loop {
         if Instant::now() > deadline {
-            return Err(if listed {
-                format!("a warm-up ping to {} did not arrive", args.b_peer)
+            let missing: Vec<&str> = if listed {
+                peers
+                    .iter()
+                    .zip(&warm)
+                    .filter(|(_, w)| !**w)
+                    .map(|(p, _)| p.as_str())
+                    .collect()
             } else {
-                format!("A did not list peer {} (is B connected?)", args.b_peer)
+                Vec::new()
+            };
+            return Err(if listed {
+                format!("a warm-up ping did not arrive at {missing:?}")
+            } else {
+                format!("A did not list every peer of {peers:?} (are they connected?)")
             });
         }
         if !listed {
             send_line(a, json!({"type":"list_peers","payload":{}}))?;
         } else {
-            send_line(
-                a,
-                json!({"type":"send","payload":{"target_peer":args.b_peer,"message":{
-                    "type":"ping","request_id":format!("{WARMUP_PREFIX}{k}"),
-                    "source_agent":"bench-a","target_agent":"bench-b","payload":{}}}}),
-            )?;
-            k += 1;
+            for (p, _) in peers.iter().zip(&warm).filter(|(_, w)| !**w) {
+                send_line(
+                    a,
+                    json!({"type":"send","payload":{"target_peer":p,"message":{
+                        "type":"ping","request_id":format!("{WARMUP_PREFIX}{k}"),
+                        "source_agent":"bench-a","target_agent":"bench-b","payload":{}}}}),
+                )?;
+                k += 1;
+            }
         }
         let until = Instant::now() + Duration::from_millis(250);
         while let Some(left) = until.checked_duration_since(Instant::now()) {
-            if let Ok(ev) = a_rx.recv_timeout(left.min(Duration::from_millis(10))) {
+            if let Ok((_, ev)) = a_rx.recv_timeout(left.min(Duration::from_millis(10))) {
                 match ev {
-                    Ev::PeerList(p) if p.contains(&args.b_peer) => listed = true,
+                    Ev::PeerList(p) if peers.iter().all(|b| p.contains(b)) => listed = true,
                     Ev::Closed(e) => return Err(format!("A: {e}")),
                     _ => {}
                 }
             }
-            match b_rx.try_recv() {
-                Ok(Ev::Warm) => return Ok(()),
-                Ok(Ev::Closed(e)) => return Err(format!("B: {e}")),
-                _ => {}
+            while let Ok((i, ev)) = b_rx.try_recv() {
+                match ev {
+                    Ev::Warm => warm[i] = true,
+                    Ev::Closed(e) => return Err(format!("B {}: {e}", peers[i])),
+                    _ => {}
+                }
+            }
+            if warm.iter().all(|w| *w) {
+                return Ok(());
             }
         }
     }
@@ -337,125 +468,200 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     if args.count == 0 {
         return Err("--count must be at least 1".into());
     }
+    if args.repeat == 0 {
+        return Err("--repeat must be at least 1".into());
+    }
+    let n = args.b_socket.len();
+    if n != args.b_peer.len() {
+        return Err(format!(
+            "{n} --b-socket but {} --b-peer: give one peer id per receiver socket",
+            args.b_peer.len()
+        ));
+    }
+    if !args.b_pid.is_empty() && args.b_pid.len() != n {
+        return Err(format!(
+            "{n} --b-socket but {} --b-pid: give none or one per receiver",
+            args.b_pid.len()
+        ));
+    }
+    if n > RECEIVERS_MAX {
+        return Err(format!("at most {RECEIVERS_MAX} receivers (got {n})"));
+    }
+    let total = args
+        .count
+        .checked_mul(u64::from(args.repeat))
+        .filter(|t| *t <= MESSAGES_MAX)
+        .ok_or_else(|| format!("--count × --repeat is over {MESSAGES_MAX} messages"))?;
     let connect_deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout);
-    let (a, a_rx) = connect(&args.a_socket, connect_deadline)?;
-    let (_b, b_rx) = connect(&args.b_socket, connect_deadline)?;
+    let a = connect_stream(&args.a_socket, connect_deadline)?;
+    let (a_tx, a_rx) = mpsc::channel();
+    spawn_reader(&a, 0, a_tx)?;
+    let (b_tx, b_rx) = mpsc::channel();
+    let mut bs = Vec::with_capacity(n);
+    for (i, path) in args.b_socket.iter().enumerate() {
+        let b = connect_stream(path, connect_deadline)?;
+        spawn_reader(&b, i, b_tx.clone())?;
+        bs.push(b);
+    }
+    drop(b_tx);
     let t_warm = Instant::now();
-    warm_up(&args, &a, &a_rx, &b_rx, connect_deadline)?;
+    warm_up(&args.b_peer, &a, &a_rx, &b_rx, connect_deadline)?;
     let warm_up_s = t_warm.elapsed().as_secs_f64();
     // Late warm-up pings still in flight: let them land before the idle reading.
     std::thread::sleep(Duration::from_millis(500));
     while b_rx.try_recv().is_ok() {}
 
     let mut pa = Proc::new(args.a_pid);
-    let mut pb = Proc::new(args.b_pid);
+    let mut pbs: Vec<Proc> = if args.b_pid.is_empty() {
+        vec![Proc::new(None)]
+    } else {
+        args.b_pid.iter().map(|p| Proc::new(Some(*p))).collect()
+    };
     pa.rss_idle = pa.rss();
-    pb.rss_idle = pb.rss();
-    pa.cpu_start = pa.cpu();
-    pb.cpu_start = pb.cpu();
+    pbs.iter_mut().for_each(|p| p.rss_idle = p.rss());
+    pa.start();
+    pbs.iter_mut().for_each(Proc::start);
     let own_cpu0 = super::cpu_now();
 
     let filler = "x".repeat(args.size);
-    let target = Value::String(args.b_peer.clone()).to_string();
+    let targets: Vec<String> = args
+        .b_peer
+        .iter()
+        .map(|p| Value::String(p.clone()).to_string())
+        .collect();
     let mut probe = Vec::new();
-    send_line_bytes(&mut probe, &target, 0, &filler);
+    send_line_bytes(&mut probe, &targets[0], 0, &filler);
     let probe: Value = serde_json::from_slice(&probe).map_err(|e| e.to_string())?;
     let message_bytes = probe["payload"]["message"].to_string().len();
 
     let count = args.count;
-    let mut w = a.try_clone().map_err(|e| e.to_string())?;
-    let t0 = Instant::now();
-    let writer = std::thread::spawn(move || -> Result<Duration, String> {
-        let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES_MAX + filler.len() + 256);
-        for i in 0..count {
-            send_line_bytes(&mut batch, &target, i, &filler);
-            if batch.len() >= WRITE_BATCH_BYTES_MAX {
-                w.write_all(&batch)
-                    .map_err(|e| format!("IPC write failed: {e}"))?;
-                batch.clear();
-            }
-        }
-        w.write_all(&batch)
-            .map_err(|e| format!("IPC write failed: {e}"))?;
-        Ok(t0.elapsed())
-    });
-
-    let mut order = Order::new(count);
+    let mut order = Order::new(total, n);
     let mut errors_a: (u64, Option<String>) = (0, None);
     let mut errors_b: (u64, Option<String>) = (0, None);
-    let mut last = t0;
     let mut failure = None;
-    let deadline = t0 + Duration::from_secs_f64(args.timeout);
+    let mut write_s = Some(0.0);
+    // Per repetition: seconds from its first write to its last message read.
+    let mut reps: Vec<f64> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(args.timeout);
     let note = |e: &mut (u64, Option<String>), r: String| {
         e.0 += 1;
         e.1.get_or_insert(r);
     };
-    while order.distinct < count {
-        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-            failure = Some(format!("the run did not finish within {}s", args.timeout));
-            break;
-        };
-        match b_rx.recv_timeout(left.min(Duration::from_millis(100))) {
-            Ok(Ev::Seq(n, at)) => {
-                order.take(n);
-                last = at;
+    let t_all = Instant::now();
+    'reps: for rep in 0..u64::from(args.repeat) {
+        let first = rep * count;
+        let mut w = a.try_clone().map_err(|e| e.to_string())?;
+        let (filler, targets) = (filler.clone(), targets.clone());
+        let t0 = Instant::now();
+        let writer = std::thread::spawn(move || -> Result<Duration, String> {
+            let mut batch = Vec::with_capacity(WRITE_BATCH_BYTES_MAX + filler.len() + 256);
+            for i in first..first + count {
+                let target = &targets[(i % targets.len() as u64) as usize];
+                send_line_bytes(&mut batch, target, i, &filler);
+                if batch.len() >= WRITE_BATCH_BYTES_MAX {
+                    w.write_all(&batch)
+                        .map_err(|e| format!("IPC write failed: {e}"))?;
+                    batch.clear();
+                }
             }
-            Ok(Ev::Error(r)) => note(&mut errors_b, r),
-            Ok(Ev::Closed(e)) => {
-                failure = Some(format!("B: {e}"));
+            w.write_all(&batch)
+                .map_err(|e| format!("IPC write failed: {e}"))?;
+            Ok(t0.elapsed())
+        });
+        let mut last = t0;
+        while order.distinct < first + count {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                failure = Some(format!("the run did not finish within {}s", args.timeout));
                 break;
+            };
+            match b_rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok((r, Ev::Seq(seq, at))) => {
+                    order.take(r, seq);
+                    last = at;
+                }
+                Ok((_, Ev::Error(r))) => note(&mut errors_b, r),
+                Ok((r, Ev::Closed(e))) => {
+                    failure = Some(format!("B {}: {e}", args.b_peer[r]));
+                    break;
+                }
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    failure = Some("B's readers stopped".into());
+                    break;
+                }
             }
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                failure = Some("B's reader stopped".into());
+            while let Ok((_, ev)) = a_rx.try_recv() {
+                match ev {
+                    Ev::Error(r) => note(&mut errors_a, r),
+                    Ev::Closed(e) => failure = Some(format!("A: {e}")),
+                    _ => {}
+                }
+            }
+            if failure.is_some() {
                 break;
             }
         }
-        while let Ok(ev) = a_rx.try_recv() {
-            match ev {
-                Ev::Error(r) => note(&mut errors_a, r),
-                Ev::Closed(e) => failure = Some(format!("A: {e}")),
-                _ => {}
+        reps.push(last.duration_since(t0).as_secs_f64().max(1e-9));
+        if writer.is_finished() {
+            match writer.join() {
+                Ok(Ok(d)) => write_s = write_s.map(|s| s + d.as_secs_f64()),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(e);
+                    write_s = None;
+                }
+                Err(_) => write_s = None,
             }
+        } else {
+            // Unblock a writer stuck on a sidecar that stopped reading.
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            write_s = None;
         }
         if failure.is_some() {
-            break;
+            break 'reps;
         }
     }
-    let elapsed = last.duration_since(t0);
-    pa.cpu_end = pa.cpu();
-    pb.cpu_end = pb.cpu();
+    let all_s = t_all.elapsed().as_secs_f64();
+    pa.end();
+    pbs.iter_mut().for_each(Proc::end);
     let own_cpu = super::cpu_now().saturating_sub(own_cpu0);
     pa.rss_after = pa.rss();
-    pb.rss_after = pb.rss();
-    let write_s = if writer.is_finished() {
-        match writer.join() {
-            Ok(Ok(d)) => Some(d.as_secs_f64()),
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-                None
-            }
-            Err(_) => None,
-        }
-    } else {
-        // Unblock a writer stuck on a sidecar that stopped reading.
-        let _ = a.shutdown(std::net::Shutdown::Both);
-        None
-    };
+    pbs.iter_mut().for_each(|p| p.rss_after = p.rss());
     if failure.is_none() {
         std::thread::sleep(Duration::from_millis(args.drain_ms));
         pa.rss_drained = pa.rss();
-        pb.rss_drained = pb.rss();
+        pbs.iter_mut().for_each(|p| p.rss_drained = p.rss());
     }
 
-    let secs = elapsed.as_secs_f64().max(1e-9);
     let delivered = order.distinct;
-    let ok = failure.is_none() && delivered == count && order.in_order();
-    let report = json!({
+    let ok = failure.is_none() && delivered == total && order.in_order();
+    // One repetition: messages over its seconds (the last may be incomplete).
+    let rate = |i: usize, secs: f64| -> f64 {
+        let done = delivered.saturating_sub(i as u64 * count).min(count);
+        done as f64 / secs
+    };
+    let rates: Vec<f64> = reps.iter().enumerate().map(|(i, s)| rate(i, *s)).collect();
+    let median = |v: &[f64]| -> Option<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| {
+            let m = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v[m]
+            } else {
+                (v[m - 1] + v[m]) / 2.0
+            }
+        })
+    };
+    // msg/s: of the one run, or the median over the repetitions.
+    let msg_per_s = median(&rates).unwrap_or(0.0);
+    let secs = median(&reps).unwrap_or(1e-9);
+    let mut report = json!({
         "scenario": "sidecar",
         "label": args.label,
         "count": count,
         "size": args.size,
+        "receivers": n,
+        "repeat": args.repeat,
         "message_bytes": message_bytes,
         "delivered": delivered,
         "in_order": order.in_order(),
@@ -463,16 +669,24 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         "duplicates": order.duplicates,
         "seconds": round2(secs * 1000.0) / 1000.0,
         "write_seconds": write_s,
-        "msg_per_s": (delivered as f64 / secs).round(),
-        "payload_mb_per_s": round2(delivered as f64 * args.size as f64 / secs / 1e6),
-        "message_mb_per_s": round2(delivered as f64 * message_bytes as f64 / secs / 1e6),
+        "msg_per_s": msg_per_s.round(),
+        "payload_mb_per_s": round2(msg_per_s * args.size as f64 / 1e6),
+        "message_mb_per_s": round2(msg_per_s * message_bytes as f64 / 1e6),
         "warm_up_s": round2(warm_up_s),
-        "sender": pa.report(count),
-        "receiver": pb.report(count),
+        "sender": proc_report(std::slice::from_ref(&pa), total),
+        "receiver": proc_report(&pbs, total),
         "errors": {"a": errors_a.0, "a_first": errors_a.1, "b": errors_b.0, "b_first": errors_b.1},
         "loadgen_cpu_s": round2(own_cpu.as_secs_f64()),
         "failure": failure,
     });
+    if args.repeat > 1 {
+        report["repetitions"] = json!({
+            "seconds_all": round2(all_s * 1000.0) / 1000.0,
+            "msg_per_s": rates.iter().map(|r| r.round()).collect::<Vec<_>>(),
+            "first_msg_per_s": rates.first().map(|r| r.round()),
+            "warm_median_msg_per_s": median(rates.get(1..).unwrap_or(&[])).map(f64::round),
+        });
+    }
     Ok((report, ok))
 }
 
@@ -511,18 +725,58 @@ mod tests {
 
     #[test]
     fn order_bookkeeping() {
-        let mut o = Order::new(4);
+        let mut o = Order::new(4, 1);
         for s in [0, 1, 3, 2, 2, 9] {
-            o.take(s);
+            o.take(0, s);
         }
         assert_eq!(o.distinct, 4);
         assert_eq!(o.out_of_order, 2);
         assert_eq!(o.duplicates, 1);
         assert_eq!(o.unknown, 1);
         assert!(!o.in_order());
-        let mut o = Order::new(3);
-        (0..3).for_each(|s| o.take(s));
+        let mut o = Order::new(3, 1);
+        (0..3).for_each(|s| o.take(0, s));
         assert!(o.in_order());
+    }
+
+    #[test]
+    fn order_round_robin_per_receiver() {
+        // Three receivers: 0 gets 0, 3, 6; 1 gets 1, 4; 2 gets 2, 5. Interleaving
+        // across receivers is fine; order within each is what counts.
+        let mut o = Order::new(7, 3);
+        for (r, s) in [(2, 2), (0, 0), (1, 1), (0, 3), (2, 5), (1, 4), (0, 6)] {
+            o.take(r, s);
+        }
+        assert_eq!(o.distinct, 7);
+        assert!(o.in_order());
+        // A message at the wrong receiver, and one skipped then late.
+        let mut o = Order::new(7, 3);
+        o.take(1, 0);
+        assert_eq!(o.unknown, 1);
+        o.take(0, 3);
+        o.take(0, 0);
+        assert_eq!(o.out_of_order, 2);
+        assert!(!o.in_order());
+    }
+
+    #[test]
+    fn schedstat_cpu_per_thread() {
+        let me = std::process::id();
+        let a = thread_cpu_ns(me).unwrap();
+        assert!(a.contains_key(&me), "{a:?}");
+        // Burn a little CPU on this thread between the readings.
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let b = thread_cpu_ns(me).unwrap();
+        assert!(cpu_between(&a, &b) > Duration::ZERO);
+        // A thread missing at the end counts nothing; one new counts from 0.
+        let start: HashMap<u32, u64> = [(1, 100), (2, 50)].into();
+        let end: HashMap<u32, u64> = [(1, 130), (3, 7)].into();
+        assert_eq!(cpu_between(&start, &end), Duration::from_nanos(37));
+        assert!(thread_cpu_ns(u32::MAX).is_err());
     }
 
     #[test]
