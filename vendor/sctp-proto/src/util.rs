@@ -3,7 +3,6 @@ use crate::shared::AssociationId;
 use alloc::borrow::ToOwned;
 use bytes::Bytes;
 use core::time::Duration;
-use crc::{CRC_32_ISCSI, Crc, Table};
 
 /// This function is non-inline to prevent the optimizer from looking inside it.
 #[inline(never)]
@@ -82,15 +81,20 @@ pub(crate) fn get_padding_size(len: usize) -> usize {
 /// Allocate and zero this data once.
 /// We need to use it for the checksum and don't want to allocate/clear each time.
 pub(crate) static FOUR_ZEROES: Bytes = Bytes::from_static(&[0, 0, 0, 0]);
-pub(crate) const ISCSI_CRC: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
+/// chatixia patch: SCTP's CRC32c (RFC 4960 appendix B; `CRC_32_ISCSI` in the `crc`
+/// crate upstream used) through the `crc32c` crate, which uses the CPU's CRC32
+/// instruction (SSE 4.2, ARMv8 CRC) where there is one and a table otherwise; upstream's
+/// 16-way table took 2.6% of a chatixia sender's CPU. `crc32c_append` continues a
+/// finished CRC, so the pieces chain as one digest over their concatenation.
+pub(crate) fn crc32c(pieces: &[&[u8]]) -> u32 {
+    pieces
+        .iter()
+        .fold(0, |crc, piece| ::crc32c::crc32c_append(crc, piece))
+}
 
 /// Fastest way to do a crc32 without allocating.
 pub(crate) fn generate_packet_checksum(raw: &Bytes) -> u32 {
-    let mut digest = ISCSI_CRC.digest();
-    digest.update(&raw[0..8]);
-    digest.update(&FOUR_ZEROES[..]);
-    digest.update(&raw[12..]);
-    digest.finalize()
+    crc32c(&[&raw[0..8], &FOUR_ZEROES[..], &raw[12..]])
 }
 
 /// A [`BytesSource`] implementation for `&'a mut [Bytes]`
@@ -274,6 +278,15 @@ pub(crate) fn sna16eq(i1: u16, i2: u16) -> bool {
 #[cfg(test)]
 mod test {
     use crate::error::Result;
+
+    // chatixia patch: the hardware CRC32c gives SCTP's checksum (RFC 3720 B.4 vector,
+    // and chained pieces equal the whole).
+    #[test]
+    fn test_crc32c() {
+        assert_eq!(super::crc32c(&[b"123456789"]), 0xE306_9283);
+        assert_eq!(super::crc32c(&[b"1234", b"", b"56789"]), 0xE306_9283);
+        assert_eq!(super::crc32c(&[&[0u8; 32]]), 0x8A91_36AA);
+    }
 
     use super::*;
 

@@ -7,6 +7,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use std::collections::HashMap;
 
+/// chatixia patch: a queue that empties keeps at most this many entries of capacity.
+/// Upstream kept whatever a burst grew it to (thousands of chunks for a full window of
+/// small messages, held for the life of the association). A queue that runs empty
+/// with less capacity than [`QUEUE_SHRINK_ABOVE`] is left alone, so steady light
+/// traffic never reallocates; a shrink after a burst costs about as much as one of
+/// the doublings that grew the queue.
+pub(crate) const QUEUE_KEEP_CAPACITY: usize = 32;
+/// chatixia patch: an emptied queue with more capacity than this is shrunk to
+/// [`QUEUE_KEEP_CAPACITY`].
+pub(crate) const QUEUE_SHRINK_ABOVE: usize = 256;
+
 #[derive(Default, Debug)]
 pub(crate) struct PayloadQueue {
     // length: usize,
@@ -21,14 +32,18 @@ impl PayloadQueue {
         PayloadQueue::default()
     }
 
-    pub(crate) fn update_sorted_keys(&mut self) {
-        self.sorted.make_contiguous().sort_by(|a, b| {
-            if sna32lt(*a, *b) {
-                core::cmp::Ordering::Less
-            } else {
-                core::cmp::Ordering::Greater
+    /// chatixia patch: keeps `sorted` in TSN order by inserting each new TSN at its
+    /// place (upstream pushed it at the back and re-sorted the whole queue on every
+    /// push). TSNs arrive mostly in order, so this is almost always a push at the back;
+    /// an out-of-order one costs a binary search and a shift.
+    fn insert_sorted(&mut self, tsn: u32) {
+        match self.sorted.back() {
+            Some(&last) if !sna32lt(last, tsn) => {
+                let at = self.sorted.partition_point(|&t| sna32lt(t, tsn));
+                self.sorted.insert(at, tsn);
             }
-        });
+            _ => self.sorted.push_back(tsn),
+        }
     }
 
     pub(crate) fn can_push(&self, p: &ChunkPayloadData, cumulative_tsn: u32) -> bool {
@@ -37,10 +52,9 @@ impl PayloadQueue {
 
     pub(crate) fn push_no_check(&mut self, p: ChunkPayloadData) {
         self.n_bytes += p.user_data.len();
-        self.sorted.push_back(p.tsn);
+        self.insert_sorted(p.tsn);
         self.chunk_map.insert(p.tsn, p);
         //self.length += 1;
-        self.update_sorted_keys();
     }
 
     /// push pushes a payload data. If the payload data is already in our queue or
@@ -55,12 +69,34 @@ impl PayloadQueue {
         }
 
         self.n_bytes += p.user_data.len();
-        self.sorted.push_back(p.tsn);
+        self.insert_sorted(p.tsn);
         self.chunk_map.insert(p.tsn, p);
         //self.length += 1;
-        self.update_sorted_keys();
 
         true
+    }
+
+    /// chatixia patch: gives back the capacity a burst left behind once the queue is
+    /// empty (see [`QUEUE_KEEP_CAPACITY`]).
+    fn shrink_if_empty(&mut self) {
+        if !self.sorted.is_empty() || !self.chunk_map.is_empty() {
+            return;
+        }
+        if self.sorted.capacity() > QUEUE_SHRINK_ABOVE {
+            self.sorted.shrink_to(QUEUE_KEEP_CAPACITY);
+        }
+        if self.chunk_map.capacity() > QUEUE_SHRINK_ABOVE {
+            self.chunk_map.shrink_to(QUEUE_KEEP_CAPACITY);
+        }
+        if self.dup_tsn.capacity() > QUEUE_SHRINK_ABOVE && self.dup_tsn.is_empty() {
+            self.dup_tsn.shrink_to(QUEUE_KEEP_CAPACITY);
+        }
+    }
+
+    /// Capacity held (entries of the TSN index and of the chunk map), for tests.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> (usize, usize) {
+        (self.sorted.capacity(), self.chunk_map.capacity())
     }
 
     /// pop pops only if the oldest chunk's TSN matches the given TSN.
@@ -70,6 +106,7 @@ impl PayloadQueue {
             if let Some(c) = self.chunk_map.remove(&tsn) {
                 //self.length -= 1;
                 self.n_bytes = self.n_bytes.saturating_sub(c.user_data.len());
+                self.shrink_if_empty();
                 return Some(c);
             }
         }
@@ -96,6 +133,7 @@ impl PayloadQueue {
                 true
             }
         });
+        self.shrink_if_empty();
     }
 
     /// get returns reference to chunkPayloadData with the given TSN value.

@@ -120,9 +120,21 @@ impl PendingQueue {
         if let Some(p) = &popped {
             self.n_bytes -= p.user_data.len();
             self.queue_len -= 1;
+            // chatixia patch: an emptied queue gives back what a burst grew it to.
+            for q in [&mut self.ordered_queue, &mut self.unordered_queue] {
+                if q.is_empty() && q.capacity() > super::payload_queue::QUEUE_SHRINK_ABOVE {
+                    q.shrink_to(super::payload_queue::QUEUE_KEEP_CAPACITY);
+                }
+            }
         }
 
         popped
+    }
+
+    /// Capacity held by the two queues, for tests.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.ordered_queue.capacity() + self.unordered_queue.capacity()
     }
 
     /// Close the SSN gap after removing an entirely unsent ordered message.

@@ -69,6 +69,28 @@ fn test_payload_queue_push_no_check() -> Result<()> {
     Ok(())
 }
 
+// chatixia patch: `sorted` is kept in TSN order on insert (no re-sort per push),
+// including across the 2^32 wrap and for out-of-order arrivals.
+#[test]
+fn test_payload_queue_sorted_on_insert() {
+    let mut pq = PayloadQueue::new();
+    let base = u32::MAX - 3;
+    // In order across the wrap, then gaps filled out of order.
+    for d in [0u32, 1, 2, 5, 6, 9, 3, 8, 4, 7] {
+        assert!(pq.push(make_payload(base.wrapping_add(d), 1), base.wrapping_sub(1)));
+    }
+    let want: Vec<u32> = (0..10).map(|d| base.wrapping_add(d)).collect();
+    assert_eq!(pq.sorted.iter().copied().collect::<Vec<_>>(), want);
+    // Duplicates are refused and leave the order alone.
+    assert!(!pq.push(make_payload(base.wrapping_add(4), 1), base.wrapping_sub(1)));
+    assert_eq!(pq.sorted.len(), 10);
+    // pop takes them in order.
+    for t in want {
+        assert!(pq.pop(t).is_some());
+    }
+    assert!(pq.sorted.is_empty());
+}
+
 #[test]
 fn test_payload_queue_get_gap_ack_block() -> Result<()> {
     let mut pq = PayloadQueue::new();
@@ -1317,4 +1339,57 @@ fn test_queue_front_pop_then_reorder_across_wrap() -> Result<()> {
     assert_eq!(pq.get_num_bytes(), 0);
     assert_eq!(rq.get_num_bytes(), 0);
     Ok(())
+}
+
+// chatixia patch: after a burst drains, the queues hold a small, bounded capacity
+// (QUEUE_KEEP_CAPACITY), and light traffic that never grows them is not reallocated.
+#[test]
+fn test_queues_give_back_capacity_once_drained() {
+    use super::payload_queue::{QUEUE_KEEP_CAPACITY, QUEUE_SHRINK_ABOVE};
+    let burst = 5000u32;
+
+    let mut pq = PayloadQueue::new();
+    for tsn in 0..burst {
+        assert!(pq.push(make_payload(tsn, 10), u32::MAX));
+    }
+    assert!(pq.capacity().1 >= burst as usize);
+    for tsn in 0..burst - 1 {
+        assert!(pq.pop(tsn).is_some());
+    }
+    // Not empty yet: nothing given back.
+    assert!(pq.capacity().1 >= burst as usize);
+    assert!(pq.pop(burst - 1).is_some());
+    let (sorted, map) = pq.capacity();
+    assert!(sorted <= 2 * QUEUE_KEEP_CAPACITY, "{sorted}");
+    assert!(map <= 2 * QUEUE_KEEP_CAPACITY, "{map}");
+    // Drained by a FORWARD-TSN jump: the same.
+    for tsn in burst..2 * burst {
+        assert!(pq.push(make_payload(tsn, 10), burst - 1));
+    }
+    pq.pop_up_to(2 * burst);
+    assert!(pq.is_empty());
+    assert!(pq.capacity().1 <= 2 * QUEUE_KEEP_CAPACITY);
+    // A queue that stays small keeps its capacity (no reallocation per message).
+    let mut small = PayloadQueue::new();
+    for tsn in 0..100u32 {
+        assert!(small.push(make_payload(tsn, 10), u32::MAX));
+    }
+    let before = small.capacity();
+    for tsn in 0..100u32 {
+        assert!(small.pop(tsn).is_some());
+    }
+    assert!(before.0 <= QUEUE_SHRINK_ABOVE);
+    // (hashbrown's reported capacity moves with its tombstones; the index is exact.)
+    assert_eq!(small.capacity().0, before.0);
+
+    let mut pending = PendingQueue::new();
+    for tsn in 0..burst {
+        pending.push(make_data_chunk(tsn, false, NO_FRAGMENT));
+    }
+    assert!(pending.capacity() >= burst as usize);
+    for _ in 0..burst {
+        assert!(pending.pop(true, false).is_some());
+    }
+    assert_eq!(pending.len(), 0);
+    assert!(pending.capacity() <= 2 * QUEUE_KEEP_CAPACITY, "{}", pending.capacity());
 }
