@@ -31,6 +31,7 @@ use super::kick::Kick;
 use super::resolve::{Lookup, ResolveError};
 use super::signaling::Backoff;
 use super::turn::parse_turn_url;
+use super::udp_out;
 use super::ws::{WsClient, WsEvent};
 
 /// Receive buffer per UDP socket: one datagram (str0m keeps datagrams under ~1200
@@ -196,6 +197,11 @@ pub struct Prepared {
     pub ipc: std::os::unix::net::UnixListener,
     /// Set when the agent hangs up: the process exits, as the reference does.
     pub done: Arc<AtomicBool>,
+    /// Set by the shard when a burst of DataChannel traffic has drained
+    /// ([`Engine::drained_after_burst`]): the control thread then hands the freed heap
+    /// back to the kernel (`reactor::sys::malloc_trim`, which takes the allocator's
+    /// locks and so does not run on the shard) and clears it.
+    pub trim: Arc<AtomicBool>,
 }
 
 /// Binds one UDP socket per local interface address (loopback included, so two
@@ -251,9 +257,22 @@ pub fn bind_ipc(path: &str) -> std::io::Result<std::os::unix::net::UnixListener>
 pub async fn run(p: Prepared) {
     let now = Instant::now();
     let mut socks = Vec::new();
+    // Per socket, a second handle on it for non-blocking sends from the shard
+    // (udp_out.rs); without one, every datagram takes the io_uring send.
+    let mut sync_socks = Vec::new();
     for s in p.udp {
+        let sync = match s.try_clone() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot clone a UDP socket: sends go one by one");
+                None
+            }
+        };
         match UdpSocket::from_std(s) {
-            Ok(s) => socks.push(Rc::new(s)),
+            Ok(s) => {
+                socks.push(Rc::new(s));
+                sync_socks.push(sync);
+            }
             Err(e) => tracing::error!(error = %e, "cannot register UDP socket"),
         }
     }
@@ -274,16 +293,17 @@ pub async fn run(p: Prepared) {
         kicks: kicks.clone(),
         dropped: Dropped::default(),
     }));
-    for (i, s) in socks.iter().enumerate() {
+    for ((i, s), sync) in socks.iter().enumerate().zip(sync_socks) {
         monoio::spawn(udp_reader(state.clone(), i, s.clone()));
         monoio::spawn(udp_writer(
             state.clone(),
             i,
             s.clone(),
+            sync,
             kicks.udp[i].clone(),
         ));
     }
-    monoio::spawn(timer(state.clone(), kicks.timer.clone()));
+    monoio::spawn(timer(state.clone(), kicks.timer.clone(), p.trim.clone()));
     if p.config.stun_servers.is_empty() {
         tracing::info!("no STUN server configured: no srflx candidates");
     } else {
@@ -341,22 +361,56 @@ async fn udp_reader(state: Shared, sock: usize, udp: Rc<UdpSocket>) {
     }
 }
 
-async fn udp_writer(state: Shared, i: usize, sock: Rc<UdpSocket>, kick: Kick) {
+/// Sends socket `i`'s queued datagrams: runs to one destination as one GSO send, each
+/// without blocking from the shard (udp_out.rs); only when the socket buffer is full
+/// does a run go out one datagram at a time through io_uring, which waits for room.
+async fn udp_writer(
+    state: Shared,
+    i: usize,
+    sock: Rc<UdpSocket>,
+    sync: Option<std::net::UdpSocket>,
+    kick: Kick,
+) {
+    let mut gso = sync.is_some();
+    let mut run = Vec::with_capacity(udp_out::GSO_SEGMENTS_MAX);
     loop {
         kick.wait().await;
         loop {
-            let next = state.borrow_mut().udp_out[i].pop_front();
-            let Some((data, dest)) = next else { break };
-            let (res, _) = sock.send_to(data, dest).await;
-            if let Err(e) = res {
-                // Unreachable pairs (loopback → LAN and the like) are normal during ICE.
-                tracing::trace!(%dest, error = %e, "udp send failed");
+            run.clear();
+            udp_out::take_run(&mut state.borrow_mut().udp_out[i], &mut run, gso);
+            let Some(&(_, dest)) = run.first() else { break };
+            if let Some(s) = &sync {
+                match udp_out::send_run(s, &run) {
+                    Ok(()) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) if run.len() > 1 && udp_out::gso_unsupported(&e) => {
+                        tracing::warn!(error = %e, "UDP GSO refused: sending datagrams one by one");
+                        gso = false;
+                    }
+                    Err(e) => {
+                        // Unreachable pairs (loopback → LAN and the like) are normal
+                        // during ICE; a single send would fail the same way.
+                        tracing::trace!(%dest, error = %e, "udp send failed");
+                        continue;
+                    }
+                }
+            }
+            for (data, dest) in run.drain(..) {
+                let (res, _) = sock.send_to(data, dest).await;
+                if let Err(e) = res {
+                    tracing::trace!(%dest, error = %e, "udp send failed");
+                }
             }
         }
     }
 }
 
-async fn timer(state: Shared, kick: Kick) {
+/// Capacity a driver queue keeps once it is empty after a drain (they grow to their
+/// `..._MAX` limits in a burst).
+const QUEUE_KEEP_CAPACITY: usize = 64;
+
+async fn timer(state: Shared, kick: Kick, trim: Arc<AtomicBool>) {
+    let mut last_drain_check = Instant::now();
     loop {
         let now = Instant::now();
         let deadline = {
@@ -369,9 +423,28 @@ async fn timer(state: Shared, kick: Kick) {
         if !wait.is_zero() {
             let _ = select2(monoio::time::sleep(wait), kick.wait()).await;
         }
-        state.borrow_mut().input(Input::Timeout);
+        let mut s = state.borrow_mut();
+        s.input(Input::Timeout);
+        // At most every DRAIN_CHECK: has a burst drained? Then shrink our queues and
+        // have the control thread trim the heap (RSS back near idle).
+        let now = Instant::now();
+        if now.duration_since(last_drain_check) >= DRAIN_CHECK {
+            last_drain_check = now;
+            // (The datagrams this very timeout produced are still queued: a queue is
+            // shrunk only if empty.)
+            if s.ipc_out.is_empty() && s.engine.drained_after_burst() {
+                s.ipc_out.shrink_to(QUEUE_KEEP_CAPACITY);
+                for q in s.udp_out.iter_mut().filter(|q| q.is_empty()) {
+                    q.shrink_to(QUEUE_KEEP_CAPACITY);
+                }
+                trim.store(true, Ordering::Release);
+            }
+        }
     }
 }
+
+/// How often the timer asks the engine whether a burst has drained.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
 
 /// How often the driver asks a [`Lookup`] for its answer.
 const RESOLVE_POLL: Duration = Duration::from_millis(10);

@@ -19,5 +19,6 @@ pub mod resolve;
 pub mod signaling;
 pub mod stun;
 pub mod turn;
+pub mod udp_out;
 pub mod url;
 pub mod ws;

@@ -42,6 +42,7 @@ fn run() -> Result<(), String> {
     let ipc_path = config.ipc_socket.clone();
     let ipc = driver::bind_ipc(&ipc_path).map_err(|e| format!("IPC socket {ipc_path}: {e}"))?;
     let done = Arc::new(AtomicBool::new(false));
+    let trim = Arc::new(AtomicBool::new(false));
     let reactor = Reactor::builder()
         .cores(1)
         .pin(false)
@@ -54,6 +55,7 @@ fn run() -> Result<(), String> {
         udp,
         ipc,
         done: done.clone(),
+        trim: trim.clone(),
     };
     // The prepared sockets travel to the shard as its per-shard start value.
     let running = reactor
@@ -67,6 +69,11 @@ fn run() -> Result<(), String> {
         }
         if done.load(Ordering::Acquire) {
             break;
+        }
+        if trim.swap(false, Ordering::AcqRel) {
+            // A burst of DataChannel traffic drained: give the freed heap back.
+            reactor::sys::malloc_trim();
+            tracing::debug!(target: "chatixia_sidecar::trim", "DataChannel traffic drained: heap trimmed");
         }
         if running.failed_shard().is_some() {
             result = Err("the sidecar shard stopped unexpectedly".to_string());

@@ -31,7 +31,7 @@ use peers::PeerTable;
 
 pub use agent::{
     DC_BUFFERED_HIGH_BYTES, DC_BUFFERED_HIGH_MESSAGES, DC_BUFFERED_LOW_BYTES, IPC_BATCH_LINES_MAX,
-    SCTP_BUFFERED_BYTES_MAX,
+    PEER_QUEUE_KEEP_CAPACITY, SCTP_BUFFERED_BYTES_MAX, TRIM_AFTER_BYTES,
 };
 pub use net::{STUN_TRIES_MAX, TURN_RETRY_DELAY};
 pub use peers::{CloseReason, PEER_ADDRS_MAX};
@@ -172,6 +172,12 @@ pub struct Engine {
     /// The driver found us over the backpressure limit and stopped reading the agent:
     /// every drive re-checks and emits [`Output::IpcResume`] once all are under it.
     ipc_waiting: bool,
+    /// Peers whose `over` flag is set (over a backpressure limit after their last
+    /// drive): the agent is paused while this is not 0.
+    peers_over: usize,
+    /// DataChannel message bytes (out and in) since the last reported drain
+    /// ([`Engine::drained_after_burst`]).
+    traffic_bytes: usize,
     rng: ChaCha8Rng,
     out: VecDeque<Output>,
     last_now: Instant,
@@ -200,6 +206,8 @@ impl Engine {
             signaling_up: false,
             redial_at: None,
             ipc_waiting: false,
+            peers_over: 0,
+            traffic_bytes: 0,
             rng: ChaCha8Rng::seed_from_u64(seed),
             out: VecDeque::new(),
             last_now: now,

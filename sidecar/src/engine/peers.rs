@@ -75,6 +75,9 @@ pub(super) struct Peer {
     /// (`SCTP_BUFFERED_BYTES_MAX`), and in practice by that cap plus one IPC batch.
     pub inflight: VecDeque<usize>,
     pub inflight_bytes: usize,
+    /// Over a backpressure limit at the end of its last drive (counted in
+    /// `Engine::peers_over`, so asking whether to pause the agent costs no scan).
+    pub over: bool,
     pub next_timeout: Instant,
     pub created: Instant,
     /// When the last datagram from this peer arrived.
@@ -104,6 +107,7 @@ impl Peer {
             outbox_bytes: 0,
             inflight: VecDeque::new(),
             inflight_bytes: 0,
+            over: false,
             next_timeout: now,
             created: now,
             last_rx: now,
@@ -359,6 +363,7 @@ impl Engine {
                         if Some(d.id) != p.channel {
                             continue;
                         }
+                        self.traffic_bytes = self.traffic_bytes.saturating_add(d.data.len());
                         let from = p.id.clone();
                         let text = String::from_utf8_lossy(&d.data);
                         match serde_json::from_str::<MeshMessageRaw<'_>>(&text) {
@@ -388,7 +393,10 @@ impl Engine {
         if resume {
             self.emit(Output::IpcResume);
         }
-        if self.ipc_waiting && !self.ipc_paused() {
+        // Only this peer's buffers changed: update its part of the backpressure count
+        // (no scan over the other peers, which this drive did not touch).
+        self.refresh_over(k);
+        if self.ipc_waiting && self.peers_over == 0 {
             self.ipc_waiting = false;
             self.emit(Output::IpcResume);
         }
@@ -407,6 +415,9 @@ impl Engine {
         let Some(mut p) = self.peers.remove(k) else {
             return;
         };
+        if p.over {
+            self.peers_over -= 1;
+        }
         p.rtc.disconnect();
         tracing::info!(peer = %p.id, %reason, "peer closed");
         if p.announced {

@@ -219,6 +219,14 @@ impl Pair {
         self.input(i, Input::Ipc(&lines));
     }
 
+    fn received_count(&self, i: usize) -> usize {
+        self.s[i]
+            .agent
+            .iter()
+            .filter(|v| v["type"] == "message")
+            .count()
+    }
+
     fn received(&self, i: usize) -> Vec<String> {
         self.s[i]
             .agent
@@ -294,6 +302,51 @@ fn big_backlog_pauses_the_agent_by_message_count_then_drains_in_order() {
     let want: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
     assert_eq!(p.received(1), want);
     assert!(!p.s[0].e.ipc_paused(), "drained: reading again");
+}
+
+/// After a burst of more than [`TRIM_AFTER_BYTES`] drains, the engine says so once
+/// (the driver then trims the heap), and the peer's outbox and in-flight list are back
+/// to a small capacity; before the drain, and again without new traffic, it says no.
+#[test]
+fn a_drained_burst_is_reported_once_and_peer_queues_shrink() {
+    let mut p = Pair::new();
+    p.signaling_up();
+    p.peer_list(0);
+    p.connect();
+    assert!(!p.s[0].e.drained_after_burst(), "no traffic yet");
+    p.link_up = false;
+    let target = p.s[1].id.clone();
+    let filler = "x".repeat(4000);
+    let n = TRIM_AFTER_BYTES / filler.len() + 10;
+    let lines: Vec<Framed> = (0..n)
+        .map(|i| {
+            let v = json!({"type":"send","payload":{"target_peer":target,"message":{"type":"chat","request_id":format!("{i}"),"payload":{"d":filler}}}});
+            Framed::Line(v.to_string().into_bytes())
+        })
+        .collect();
+    for batch in lines.chunks(IPC_BATCH_LINES_MAX) {
+        p.input(0, Input::Ipc(batch));
+    }
+    p.udp.clear();
+    assert!(p.s[0].e.ipc_paused());
+    assert!(!p.s[0].e.drained_after_burst(), "a backlog is not a drain");
+    let k = p.s[0].e.peers.get(&target).unwrap();
+    let grown = p.s[0].e.peers.slab[k].outbox.capacity();
+    assert!(grown > PEER_QUEUE_KEEP_CAPACITY, "{grown}");
+    p.link_up = true;
+    let delivered = p.run_until(Duration::from_secs(30), |p| p.received_count(1) == n);
+    assert!(delivered, "delivered {} of {n}", p.received_count(1));
+    // Let the last acknowledgements arrive.
+    p.run_until(Duration::from_secs(2), |_| false);
+    assert!(!p.s[0].e.ipc_paused());
+    // Everything acknowledged: one report, queues small again.
+    assert!(p.s[0].e.drained_after_burst(), "the drain was not reported");
+    let peer = &p.s[0].e.peers.slab[k];
+    assert!(peer.outbox.capacity() <= PEER_QUEUE_KEEP_CAPACITY);
+    assert!(peer.inflight.capacity() <= PEER_QUEUE_KEEP_CAPACITY);
+    assert!(!p.s[0].e.drained_after_burst(), "reported once per burst");
+    // The receiving side saw the same traffic come in and drains too.
+    assert!(p.s[1].e.drained_after_burst());
 }
 
 #[test]
