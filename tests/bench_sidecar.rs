@@ -119,3 +119,83 @@ fn an_unknown_receiver_is_a_clear_error() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("A did not list peer nobody"), "{err}");
 }
+
+/// Several receivers (`--b-socket`/`--b-peer`/`--b-pid` once each): the sender writes
+/// round-robin, every receiver gets its share in order, and `--repeat` measures the
+/// block more than once on the same connections.
+#[test]
+fn round_robin_to_three_receivers_repeated() {
+    let names = ["ra", "rb0", "rb1", "rb2"];
+    let server = server_for(1, &names);
+    let dir = TempDir::new();
+    let procs: Vec<Bare> = names.iter().map(|n| spawn(&server, n, &dir.0)).collect();
+    let sock = |n: &str| {
+        dir.0
+            .join(format!("{n}.sock"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut args: Vec<String> = ["bench", "sidecar", "--a-socket"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(sock("ra"));
+    args.extend(["--a-pid".into(), procs[0].0.id().to_string()]);
+    for (i, n) in names.iter().enumerate().skip(1) {
+        args.extend(["--b-socket".into(), sock(n)]);
+        args.extend(["--b-peer".into(), peer_id(n)]);
+        args.extend(["--b-pid".into(), procs[i].0.id().to_string()]);
+    }
+    for a in [
+        "--count",
+        "300",
+        "--repeat",
+        "3",
+        "--size",
+        "50",
+        "--drain-ms",
+        "100",
+        "--json",
+    ] {
+        args.push(a.into());
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = run(&argv);
+    assert_eq!(code, Some(0), "bench sidecar failed: {out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(r["receivers"], 3, "{r}");
+    assert_eq!(r["repeat"], 3, "{r}");
+    assert_eq!(r["delivered"], 900, "{r}");
+    assert_eq!(r["in_order"], true, "{r}");
+    assert_eq!(r["duplicates"], 0, "{r}");
+    assert_eq!(
+        r["repetitions"]["msg_per_s"].as_array().map(Vec::len),
+        Some(3),
+        "{r}"
+    );
+    // Receivers together: three processes, CPU from the scheduler's nanoseconds.
+    assert_eq!(r["receiver"]["processes"], 3, "{r}");
+    assert_eq!(r["receiver"]["cpu_source"], "schedstat", "{r}");
+    assert!(
+        r["receiver"]["rss_after_kib"].as_u64().unwrap() > 1000,
+        "{r}"
+    );
+    assert_eq!(r["sender"]["pid"].as_u64(), Some(procs[0].0.id() as u64));
+
+    // A receiver count that does not match the peer ids is refused up front.
+    let (code, _, err) = run(&[
+        "bench",
+        "sidecar",
+        "--a-socket",
+        &sock("ra"),
+        "--b-socket",
+        &sock("rb0"),
+        "--b-socket",
+        &sock("rb1"),
+        "--b-peer",
+        &peer_id("rb0"),
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("2 --b-socket but 1 --b-peer"), "{err}");
+}

@@ -408,24 +408,25 @@ fn warm_up(
     deadline: Instant,
 ) -> Result<(), String> {
     let mut listed = false;
+    // The peers of `peers` that A's last `peer_list` lacked (all until one arrives).
+    let mut unlisted: Vec<&str> = peers.iter().map(String::as_str).collect();
     let mut warm = vec![false; peers.len()];
     let mut k = 0u64;
     loop {
         if Instant::now() > deadline {
-            let missing: Vec<&str> = if listed {
-                peers
+            return Err(if listed {
+                let missing: Vec<&str> = peers
                     .iter()
                     .zip(&warm)
                     .filter(|(_, w)| !**w)
                     .map(|(p, _)| p.as_str())
-                    .collect()
+                    .collect();
+                format!("a warm-up ping to {} did not arrive", missing.join(", "))
             } else {
-                Vec::new()
-            };
-            return Err(if listed {
-                format!("a warm-up ping did not arrive at {missing:?}")
-            } else {
-                format!("A did not list every peer of {peers:?} (are they connected?)")
+                format!(
+                    "A did not list peer {} (is B connected?)",
+                    unlisted.join(", ")
+                )
             });
         }
         if !listed {
@@ -445,7 +446,14 @@ fn warm_up(
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             if let Ok((_, ev)) = a_rx.recv_timeout(left.min(Duration::from_millis(10))) {
                 match ev {
-                    Ev::PeerList(p) if peers.iter().all(|b| p.contains(b)) => listed = true,
+                    Ev::PeerList(p) => {
+                        unlisted = peers
+                            .iter()
+                            .filter(|b| !p.contains(b))
+                            .map(String::as_str)
+                            .collect();
+                        listed = unlisted.is_empty();
+                    }
                     Ev::Closed(e) => return Err(format!("A: {e}")),
                     _ => {}
                 }
