@@ -24,7 +24,9 @@ use monoio::net::{TcpStream, UnixListener, UnixStream};
 use reactor::timer::{select2, Either};
 
 use super::config::{SidecarConfig, TurnConfig};
-use super::engine::{Engine, Input, Output, CLOSE_REPLACED, IPC_BATCH_LINES_MAX};
+use super::engine::{
+    Engine, Input, Output, CLOSE_REPLACED, IPC_BATCH_LINES_MAX, TRIM_CHECK_INTERVAL,
+};
 use super::http_client::{token_request, ResponseReader};
 use super::ipc::LineFramer;
 use super::kick::Kick;
@@ -425,14 +427,15 @@ async fn timer(state: Shared, kick: Kick, trim: Arc<AtomicBool>) {
         }
         let mut s = state.borrow_mut();
         s.input(Input::Timeout);
-        // At most every DRAIN_CHECK: has a burst drained? Then shrink our queues and
-        // have the control thread trim the heap (RSS back near idle).
+        // At most every TRIM_CHECK_INTERVAL: has a burst drained (and stayed so for
+        // TRIM_QUIET)? Then shrink our queues and have the control thread trim the heap
+        // (RSS back near idle).
         let now = Instant::now();
-        if now.duration_since(last_drain_check) >= DRAIN_CHECK {
+        if now.duration_since(last_drain_check) >= TRIM_CHECK_INTERVAL {
             last_drain_check = now;
             // (The datagrams this very timeout produced are still queued: a queue is
             // shrunk only if empty.)
-            if s.ipc_out.is_empty() && s.engine.drained_after_burst() {
+            if s.ipc_out.is_empty() && s.engine.drained_after_burst(now) {
                 s.ipc_out.shrink_to(QUEUE_KEEP_CAPACITY);
                 for q in s.udp_out.iter_mut().filter(|q| q.is_empty()) {
                     q.shrink_to(QUEUE_KEEP_CAPACITY);
@@ -442,9 +445,6 @@ async fn timer(state: Shared, kick: Kick, trim: Arc<AtomicBool>) {
         }
     }
 }
-
-/// How often the timer asks the engine whether a burst has drained.
-const DRAIN_CHECK: Duration = Duration::from_millis(100);
 
 /// How often the driver asks a [`Lookup`] for its answer.
 const RESOLVE_POLL: Duration = Duration::from_millis(10);

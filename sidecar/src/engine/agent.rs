@@ -2,7 +2,7 @@
 //! per touched peer), the per-peer DataChannel outboxes, and the backpressure that
 //! pauses reading the agent while a channel has too much in flight.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::super::ipc::{self, Command, Framed};
 use super::{Engine, Output};
@@ -43,11 +43,20 @@ pub const DC_BUFFERED_LOW_BYTES: usize = 256 * 1024;
 /// drive polls SCTP, whose cost grows with what is in flight.
 pub const IPC_BATCH_LINES_MAX: usize = 256;
 
-/// DataChannel traffic (message bytes out and in) after which the first moment every
-/// peer has drained (nothing queued, nothing unacknowledged) is reported by
+/// DataChannel traffic (message bytes out and in) after which the first quiet moment
+/// (every peer drained for [`TRIM_QUIET`]) is reported by
 /// [`Engine::drained_after_burst`], so the driver gives freed memory back. Below it a
 /// drain is not worth a heap trim.
 pub const TRIM_AFTER_BYTES: usize = 1 << 20;
+
+/// How long every peer must have stayed drained (nothing queued, nothing
+/// unacknowledged, no new traffic) before a drain is reported: back-to-back bursts do
+/// not trim the heap between them only to fault the same pages in again.
+pub const TRIM_QUIET: Duration = Duration::from_millis(300);
+
+/// While a drain may be due (at least [`TRIM_AFTER_BYTES`] of traffic since the last),
+/// the engine's timer wakes at least this often to check.
+pub const TRIM_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A drained peer's outbox and in-flight list keep at most this many entries of
 /// capacity (a burst grows them to [`DC_BUFFERED_HIGH_MESSAGES`] and more).
@@ -55,12 +64,13 @@ pub const PEER_QUEUE_KEEP_CAPACITY: usize = 16;
 
 impl Engine {
     /// After at least [`TRIM_AFTER_BYTES`] of DataChannel traffic, whether every peer
-    /// has now drained: then each peer's queues are shrunk to
-    /// [`PEER_QUEUE_KEEP_CAPACITY`], the traffic count restarts, and the answer is true
-    /// (the driver then trims the heap). Cheap until that much traffic passed; then a
-    /// scan that stops at the first peer still busy.
-    pub fn drained_after_burst(&mut self) -> bool {
+    /// has been drained, with no new traffic, for [`TRIM_QUIET`]: then each peer's
+    /// queues are shrunk to [`PEER_QUEUE_KEEP_CAPACITY`], the traffic count restarts,
+    /// and the answer is true (the driver then trims the heap). Cheap until that much
+    /// traffic passed; then a scan that stops at the first peer still busy.
+    pub fn drained_after_burst(&mut self, now: Instant) -> bool {
         if self.traffic_bytes < TRIM_AFTER_BYTES || self.peers_over > 0 {
+            self.drained_since = None;
             return false;
         }
         let busy = |p: &mut super::peers::Peer| {
@@ -71,7 +81,17 @@ impl Engine {
             buffered > 0 || !p.outbox.is_empty()
         };
         if self.peers.slab.iter_mut().any(|(_, p)| busy(p)) {
+            self.drained_since = None;
             return false;
+        }
+        match self.drained_since {
+            Some((since, traffic))
+                if traffic == self.traffic_bytes && now.duration_since(since) >= TRIM_QUIET => {}
+            Some((_, traffic)) if traffic == self.traffic_bytes => return false,
+            _ => {
+                self.drained_since = Some((now, self.traffic_bytes));
+                return false;
+            }
         }
         for (_, p) in self.peers.slab.iter_mut() {
             p.inflight.clear();
@@ -80,7 +100,17 @@ impl Engine {
             p.inflight.shrink_to(PEER_QUEUE_KEEP_CAPACITY);
         }
         self.traffic_bytes = 0;
+        self.drained_since = None;
         true
+    }
+
+    /// `n` bytes of DataChannel messages passed (out or in). Once a drain may be due,
+    /// the timer is asked to check (see [`Engine::next_deadline`]).
+    pub(super) fn count_traffic(&mut self, n: usize) {
+        self.traffic_bytes = self.traffic_bytes.saturating_add(n);
+        if self.traffic_bytes >= TRIM_AFTER_BYTES {
+            self.wake_at(self.last_now + TRIM_CHECK_INTERVAL);
+        }
     }
 
     pub(super) fn queue_agent(&mut self, line: Vec<u8>, droppable: bool) {
@@ -218,7 +248,7 @@ impl Engine {
     }
 
     fn enqueue(&mut self, k: usize, bytes: Vec<u8>, touched: &mut Vec<usize>) {
-        self.traffic_bytes = self.traffic_bytes.saturating_add(bytes.len());
+        self.count_traffic(bytes.len());
         let p = &mut self.peers.slab[k];
         p.outbox_bytes += bytes.len();
         p.outbox.push_back(bytes);

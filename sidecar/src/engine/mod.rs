@@ -31,7 +31,8 @@ use peers::PeerTable;
 
 pub use agent::{
     DC_BUFFERED_HIGH_BYTES, DC_BUFFERED_HIGH_MESSAGES, DC_BUFFERED_LOW_BYTES, IPC_BATCH_LINES_MAX,
-    PEER_QUEUE_KEEP_CAPACITY, SCTP_BUFFERED_BYTES_MAX, TRIM_AFTER_BYTES,
+    PEER_QUEUE_KEEP_CAPACITY, SCTP_BUFFERED_BYTES_MAX, TRIM_AFTER_BYTES, TRIM_CHECK_INTERVAL,
+    TRIM_QUIET,
 };
 pub use net::{STUN_TRIES_MAX, TURN_RETRY_DELAY};
 pub use peers::{CloseReason, PEER_ADDRS_MAX};
@@ -178,6 +179,8 @@ pub struct Engine {
     /// DataChannel message bytes (out and in) since the last reported drain
     /// ([`Engine::drained_after_burst`]).
     traffic_bytes: usize,
+    /// Since when every peer was seen drained, and the traffic count then.
+    drained_since: Option<(Instant, usize)>,
     rng: ChaCha8Rng,
     out: VecDeque<Output>,
     last_now: Instant,
@@ -208,6 +211,7 @@ impl Engine {
             ipc_waiting: false,
             peers_over: 0,
             traffic_bytes: 0,
+            drained_since: None,
             rng: ChaCha8Rng::seed_from_u64(seed),
             out: VecDeque::new(),
             last_now: now,
@@ -284,6 +288,10 @@ impl Engine {
         }
         if let Some(r) = self.redial_at {
             t = t.min(r);
+        }
+        if self.traffic_bytes >= TRIM_AFTER_BYTES {
+            // A drain may be due: check again soon (Engine::drained_after_burst).
+            t = t.min(self.last_now + TRIM_CHECK_INTERVAL);
         }
         if let Some(turn) = &self.turn {
             for n in [turn.client.poll_timeout(), turn.retry_at]

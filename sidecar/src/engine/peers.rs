@@ -363,8 +363,8 @@ impl Engine {
                         if Some(d.id) != p.channel {
                             continue;
                         }
-                        self.traffic_bytes = self.traffic_bytes.saturating_add(d.data.len());
                         let from = p.id.clone();
+                        self.count_traffic(d.data.len());
                         let text = String::from_utf8_lossy(&d.data);
                         match serde_json::from_str::<MeshMessageRaw<'_>>(&text) {
                             Ok(m) => {

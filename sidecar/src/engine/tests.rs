@@ -313,7 +313,7 @@ fn a_drained_burst_is_reported_once_and_peer_queues_shrink() {
     p.signaling_up();
     p.peer_list(0);
     p.connect();
-    assert!(!p.s[0].e.drained_after_burst(), "no traffic yet");
+    assert!(!p.s[0].e.drained_after_burst(p.now), "no traffic yet");
     p.link_up = false;
     let target = p.s[1].id.clone();
     let filler = "x".repeat(4000);
@@ -329,7 +329,10 @@ fn a_drained_burst_is_reported_once_and_peer_queues_shrink() {
     }
     p.udp.clear();
     assert!(p.s[0].e.ipc_paused());
-    assert!(!p.s[0].e.drained_after_burst(), "a backlog is not a drain");
+    assert!(
+        !p.s[0].e.drained_after_burst(p.now),
+        "a backlog is not a drain"
+    );
     let k = p.s[0].e.peers.get(&target).unwrap();
     let grown = p.s[0].e.peers.slab[k].outbox.capacity();
     assert!(grown > PEER_QUEUE_KEEP_CAPACITY, "{grown}");
@@ -339,14 +342,36 @@ fn a_drained_burst_is_reported_once_and_peer_queues_shrink() {
     // Let the last acknowledgements arrive.
     p.run_until(Duration::from_secs(2), |_| false);
     assert!(!p.s[0].e.ipc_paused());
-    // Everything acknowledged: one report, queues small again.
-    assert!(p.s[0].e.drained_after_burst(), "the drain was not reported");
+    // Everything acknowledged: reported once it stayed so for TRIM_QUIET (the engine's
+    // timer asks for the checks), and the queues are small again.
+    let t0 = p.now;
+    assert!(
+        !p.s[0].e.drained_after_burst(t0),
+        "not quiet long enough yet"
+    );
+    assert!(!p.s[0].e.drained_after_burst(t0 + TRIM_QUIET / 2));
+    assert!(p.s[0].e.poll_timeout() <= p.now + TRIM_CHECK_INTERVAL);
+    assert!(
+        p.s[0].e.drained_after_burst(t0 + TRIM_QUIET),
+        "the drain was not reported"
+    );
     let peer = &p.s[0].e.peers.slab[k];
     assert!(peer.outbox.capacity() <= PEER_QUEUE_KEEP_CAPACITY);
     assert!(peer.inflight.capacity() <= PEER_QUEUE_KEEP_CAPACITY);
-    assert!(!p.s[0].e.drained_after_burst(), "reported once per burst");
-    // The receiving side saw the same traffic come in and drains too.
-    assert!(p.s[1].e.drained_after_burst());
+    let later = t0 + 10 * TRIM_QUIET;
+    assert!(
+        !p.s[0].e.drained_after_burst(later),
+        "reported once per burst"
+    );
+    // The receiving side saw the same traffic come in and drains too; new traffic in
+    // the quiet period restarts it.
+    assert!(!p.s[1].e.drained_after_burst(t0));
+    p.send(1, "more");
+    assert!(!p.s[1].e.drained_after_burst(t0 + TRIM_QUIET));
+    p.run_until(Duration::from_secs(2), |_| false);
+    let t1 = p.now;
+    assert!(!p.s[1].e.drained_after_burst(t1));
+    assert!(p.s[1].e.drained_after_burst(t1 + TRIM_QUIET));
 }
 
 #[test]
