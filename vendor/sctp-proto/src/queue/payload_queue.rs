@@ -9,14 +9,15 @@ use std::collections::HashMap;
 
 /// chatixia patch: a queue that empties keeps at most this many entries of capacity.
 /// Upstream kept whatever a burst grew it to (thousands of chunks for a full window of
-/// small messages, held for the life of the association). A queue that runs empty
-/// with less capacity than [`QUEUE_SHRINK_ABOVE`] is left alone, so steady light
-/// traffic never reallocates; a shrink after a burst costs about as much as one of
-/// the doublings that grew the queue.
-pub(crate) const QUEUE_KEEP_CAPACITY: usize = 32;
+/// small messages, held for the life of the association; with 50 peers, ~70 KiB each
+/// even for bursts of a few hundred messages per peer). A queue that runs empty
+/// with at most [`QUEUE_SHRINK_ABOVE`] entries of capacity is left alone, so steady
+/// light traffic never reallocates; a shrink after a burst costs about as much as one
+/// of the doublings that grew the queue.
+pub(crate) const QUEUE_KEEP_CAPACITY: usize = 16;
 /// chatixia patch: an emptied queue with more capacity than this is shrunk to
 /// [`QUEUE_KEEP_CAPACITY`].
-pub(crate) const QUEUE_SHRINK_ABOVE: usize = 256;
+pub(crate) const QUEUE_SHRINK_ABOVE: usize = 64;
 
 #[derive(Default, Debug)]
 pub(crate) struct PayloadQueue {
