@@ -35,6 +35,7 @@
 #   OUT          directory for the JSON reports and logs (default: a new temp dir)
 #   PERF_SENDER  `ours` or `reference`: record that sender with `perf record --call-graph dwarf`
 #                into OUT/<run>.perf.data (then `perf report -i …`)
+#   PERF_RECEIVER  the same for the (first) receiver, into OUT/<run>.b.perf.data
 #   SIDECAR_LOG  RUST_LOG of the sidecars (default warn; their logs go to OUT)
 #   NO_BUILD=1   do not run cargo build
 set -euo pipefail
@@ -160,10 +161,15 @@ for round in $(seq 1 "$ROUNDS"); do
           sbs="$sbs $pid"
           bargs+=(--b-socket "$sock" --b-peer "$(b_peer "$j")" --b-pid "$pid")
         done
-        perf_pid=
+        perf_pid=; perf_b_pid=
         if [ -n "${PERF_SENDER:-}" ] && [ "$impl" = "$PERF_SENDER" ]; then
           perf record -q -F 499 --call-graph dwarf,16384 -p "$sa" -o "$OUT/$run.perf.data" \
             2>>"$OUT/$run.err" & perf_pid=$!
+        fi
+        if [ -n "${PERF_RECEIVER:-}" ] && [ "$impl" = "$PERF_RECEIVER" ]; then
+          first_b=${sbs# }; first_b=${first_b%% *}
+          perf record -q -F 499 --call-graph dwarf,16384 -p "$first_b" -o "$OUT/$run.b.perf.data" \
+            2>>"$OUT/$run.err" & perf_b_pid=$!
         fi
         "$CORE" bench sidecar --label "$impl" --json \
           --a-socket "$OUT/$run.a.sock" "${bargs[@]}" \
@@ -172,7 +178,7 @@ for round in $(seq 1 "$ROUNDS"); do
           --timeout "$RUN_TIMEOUT" --drain-ms 2000 > "$OUT/$run.json" 2>>"$OUT/$run.err" || true
         echo $(( $(udp_drops "$NSA") + $(udp_drops "$NSB") - drops0 )) > "$OUT/$run.udp_drops"
         echo "after $run: A $(udp_counters "$NSA"); B $(udp_counters "$NSB") (cumulative)" >> "$OUT/udp.log"
-        if [ -n "$perf_pid" ]; then kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" || true; fi
+        for p in $perf_pid $perf_b_pid; do kill -INT "$p" 2>/dev/null; wait "$p" || true; done
         stop_pid "$sa"; sa=
         # shellcheck disable=SC2086
         stop_all $sbs; sbs=
