@@ -37,6 +37,8 @@
 #                into OUT/<run>.perf.data (then `perf report -i …`)
 #   PERF_RECEIVER  the same for the (first) receiver, into OUT/<run>.b.perf.data
 #   SIDECAR_LOG  RUST_LOG of the sidecars (default warn; their logs go to OUT)
+#   SIDECAR_UDP_GSO  passed to the sidecars when set (ours: `on` sends runs of datagrams
+#                as one UDP GSO send; the reference ignores it)
 #   NO_BUILD=1   do not run cargo build
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -135,7 +137,8 @@ udp_counters() { # $1 = ns: its UDP RcvbufErrors and SndbufErrors
 start_sidecar() { # $1 = ns, $2 = binary, $3 = key, $4 = socket, $5 = log; prints the pid
   ip netns exec "$1" env -i PATH=/usr/bin:/bin HOME=/tmp NO_COLOR=1 RUST_LOG="${SIDECAR_LOG:-warn}" \
     SIGNALING_URL="ws://$IPA:$PORT/ws" TOKEN_URL="http://$IPA:$PORT/api/token" \
-    API_KEY="$3" IPC_SOCKET="$4" STUN_URLS=none "$2" >/dev/null 2>>"$5" &
+    API_KEY="$3" IPC_SOCKET="$4" STUN_URLS=none ${SIDECAR_UDP_GSO:+SIDECAR_UDP_GSO=$SIDECAR_UDP_GSO} \
+    "$2" >/dev/null 2>>"$5" &
   echo $!
 }
 

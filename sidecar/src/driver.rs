@@ -295,6 +295,9 @@ pub async fn run(p: Prepared) {
         kicks: kicks.clone(),
         dropped: Dropped::default(),
     }));
+    if p.config.udp_gso {
+        tracing::info!("UDP GSO on (SIDECAR_UDP_GSO)");
+    }
     for ((i, s), sync) in socks.iter().enumerate().zip(sync_socks) {
         monoio::spawn(udp_reader(state.clone(), i, s.clone()));
         monoio::spawn(udp_writer(
@@ -302,6 +305,7 @@ pub async fn run(p: Prepared) {
             i,
             s.clone(),
             sync,
+            p.config.udp_gso,
             kicks.udp[i].clone(),
         ));
     }
@@ -363,17 +367,18 @@ async fn udp_reader(state: Shared, sock: usize, udp: Rc<UdpSocket>) {
     }
 }
 
-/// Sends socket `i`'s queued datagrams: runs to one destination as one GSO send, each
-/// without blocking from the shard (udp_out.rs); only when the socket buffer is full
-/// does a run go out one datagram at a time through io_uring, which waits for room.
+/// Sends socket `i`'s queued datagrams without blocking from the shard (udp_out.rs),
+/// with `gso` runs to one destination as one GSO send; only when the socket buffer is
+/// full does a datagram go through io_uring, which waits for room.
 async fn udp_writer(
     state: Shared,
     i: usize,
     sock: Rc<UdpSocket>,
     sync: Option<std::net::UdpSocket>,
+    gso: bool,
     kick: Kick,
 ) {
-    let mut gso = sync.is_some();
+    let mut gso = gso && sync.is_some();
     let mut run = Vec::with_capacity(udp_out::GSO_SEGMENTS_MAX);
     loop {
         kick.wait().await;

@@ -1,9 +1,11 @@
 //! Sending the engine's datagrams: straight from the shard with non-blocking
 //! `sendmsg` (the driver falls back to an awaited io_uring send only when the socket
-//! buffer is full), and runs of datagrams to one destination in one UDP GSO send
-//! (`UDP_SEGMENT`): the kernel builds, routes and queues the run as one buffer and cuts
-//! it into datagrams at the end, instead of paying its whole UDP/IP send path per
-//! datagram (a third of a busy sender's CPU, docs/BENCHMARKS.md "Sidecar data plane").
+//! buffer is full), and, with `SIDECAR_UDP_GSO=on`, runs of datagrams to one
+//! destination in one UDP GSO send (`UDP_SEGMENT`): the kernel builds, routes and
+//! queues the run as one buffer and cuts it into datagrams at the end, instead of
+//! paying its whole UDP/IP send path per datagram (a third of a busy sender's CPU).
+//! Measured between two namespaces on one host it moved work to the receiver rather
+//! than saving it, so it is off by default (docs/BENCHMARKS.md "Sidecar data plane").
 //!
 //! A GSO send requires every datagram of the run but the last to have the same length,
 //! and the last no longer; [`take_run`] picks such runs off the front of a queue. A
