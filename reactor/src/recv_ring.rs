@@ -233,6 +233,8 @@ impl Inner {
 
 thread_local! {
     static CURRENT: RefCell<Option<RecvRing>> = const { RefCell::new(None) };
+    /// Completions that arrived while `Inner` was borrowed (see `on_completion`).
+    static STASH: RefCell<Vec<cqueue::Entry>> = const { RefCell::new(Vec::new()) };
 }
 
 /// monoio's completion pass hands our completions here.
@@ -240,13 +242,26 @@ fn on_completion(cqe: &cqueue::Entry) {
     CURRENT.with(|c| {
         if let Some(rr) = c.borrow().as_ref() {
             match rr.inner.try_borrow_mut() {
-                Ok(mut inner) => inner.complete(cqe),
-                // Our code never holds the borrow across a monoio call that can run
-                // the completion pass; if it did, this completion would be lost.
-                Err(_) => tracing::error!("multishot receive: completion while borrowed (bug)"),
+                Ok(mut inner) => {
+                    drain_stash(&mut inner);
+                    inner.complete(cqe);
+                }
+                // No code path holds the borrow across a monoio call that can run the
+                // completion pass (reviewed, and probed by forcing a pass before every
+                // push); should one ever do so, the completion waits in the stash for
+                // the next one rather than being lost.
+                Err(_) => STASH.with(|s| s.borrow_mut().push(cqe.clone())),
             }
         }
     });
+}
+
+/// Applies completions that arrived while the state was borrowed.
+fn drain_stash(inner: &mut Inner) {
+    let stashed = STASH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    for cqe in &stashed {
+        inner.complete(cqe);
+    }
 }
 
 /// Submits `sqe` (ours: a receive on a slot's fd, or a cancel by user_data).
@@ -283,7 +298,8 @@ pub struct RecvRing {
 
 impl RecvRing {
     /// Registers the shard's buffer ring with the current monoio runtime's io_uring,
-    /// starts the maintenance task and makes it this thread's ([`RecvRing::current`]).
+    /// starts the maintenance task and makes it this thread's ([`RecvRing::current`]),
+    /// until [`RecvRing::uninstall`] (one per runtime).
     /// Errors (the epoll driver, or a kernel without buffer rings, < 5.19) leave the
     /// thread without one: connections then use one-shot reads.
     pub fn install() -> io::Result<RecvRing> {
@@ -334,6 +350,23 @@ impl RecvRing {
         CURRENT.with(|c| c.borrow().clone())
     }
 
+    /// Forgets this thread's ring; call it before the runtime it was installed on ends
+    /// (the reactor's shards do, as their root future finishes). The ring's buffer group
+    /// and maintenance task belong to that runtime: a later runtime on the same thread
+    /// installs its own. Wakers held by the state are dropped (they would keep tasks of
+    /// the old runtime alive).
+    pub fn uninstall() {
+        if let Some(rr) = CURRENT.with(|c| c.borrow_mut().take()) {
+            if let Ok(mut inner) = rr.inner.try_borrow_mut() {
+                inner.maintenance = None;
+                for (_, slot) in inner.slots.iter_mut() {
+                    slot.waker = None;
+                }
+            }
+        }
+        STASH.with(|s| s.borrow_mut().clear());
+    }
+
     /// Arms a multishot receive on `fd`, a connected stream socket that stays open until
     /// the returned handle is stopped or dropped (its task must own both).
     pub fn recv(&self, fd: RawFd) -> io::Result<MultiRecv> {
@@ -380,9 +413,31 @@ async fn maintenance(rr: RecvRing) {
             }
         })
         .await;
+        let mut failed = false;
         for key in keys.drain(..) {
-            if let Err(e) = submit(cancel_sqe(key)) {
-                tracing::warn!(error = %e, "multishot receive: cancel not submitted");
+            if failed || submit(cancel_sqe(key)).is_err() {
+                // Never dropped: a receive that is not cancelled would keep its socket
+                // (no FIN), keep a paused inbox growing, or hang a `stop`. Tried again
+                // after the other tasks of this loop turn have run.
+                failed = true;
+                rr.inner.borrow_mut().to_cancel.push(key);
+            }
+        }
+        if failed {
+            tracing::warn!("multishot receive: cancel not submitted; retrying");
+            crate::event::yield_now().await;
+        }
+    }
+}
+
+impl RecvRing {
+    /// Cancels slot `key`'s receive now, or hands it to the maintenance task to retry.
+    fn cancel(&self, key: usize) {
+        if submit(cancel_sqe(key)).is_err() {
+            let mut inner = self.inner.borrow_mut();
+            inner.to_cancel.push(key);
+            if let Some(w) = inner.maintenance.take() {
+                w.wake();
             }
         }
     }
@@ -417,9 +472,7 @@ impl MultiRecv {
             slot.armed
         };
         if cancel {
-            if let Err(e) = submit(cancel_sqe(self.key)) {
-                tracing::warn!(error = %e, "multishot receive: cancel not submitted");
-            }
+            self.ring.cancel(self.key);
         }
         std::future::poll_fn(|cx| {
             let mut inner = self.ring.inner.borrow_mut();
@@ -464,9 +517,7 @@ impl Drop for MultiRecv {
             // The socket may be closed right after this: the kernel keeps it until the
             // cancel lands (with monoio's next submission, this loop turn), then the
             // final completion frees the slot.
-            if let Err(e) = submit(cancel_sqe(self.key)) {
-                tracing::warn!(error = %e, "multishot receive: cancel not submitted");
-            }
+            self.ring.cancel(self.key);
         }
     }
 }
@@ -484,6 +535,7 @@ impl Future for Recv<'_> {
         let key = self.rx.key;
         let ring = self.rx.ring.clone();
         let mut inner = ring.inner.borrow_mut();
+        drain_stash(&mut inner);
         let slot = &mut inner.slots[key];
         let out = if !slot.inbox.is_empty() {
             let mut buf = self.buf.take().expect("polled after completion");

@@ -275,6 +275,7 @@ where
         ctl.drained.fetch_add(1, Ordering::AcqRel);
         exit.wait().await;
         drop(app_task);
+        crate::recv_ring::RecvRing::uninstall();
         Ok(())
     });
     match result {

@@ -182,3 +182,34 @@ fn more_senders_than_buffers_lose_nothing() {
         }
     });
 }
+
+/// A second runtime on the same thread gets its own ring once the first one's is
+/// uninstalled (as the reactor's shards do when their root future ends): before,
+/// it inherited the old runtime's, whose buffer group its io_uring did not have, and
+/// every receive ended in ENOBUFS and was armed again, forever.
+#[test]
+fn a_second_runtime_on_the_thread_installs_its_own() {
+    let Some(mut rt) = runtime() else { return };
+    rt.block_on(async {
+        RecvRing::install().expect("install 1");
+        RecvRing::uninstall();
+    });
+    drop(rt);
+    let Some(mut rt) = runtime() else { return };
+    let got = rt.block_on(async {
+        let ring = RecvRing::install().expect("install 2");
+        let (ours, mut peer) = pair().await;
+        let mut rx = ring.recv(ours.as_raw_fd()).unwrap();
+        peer.write_all(b"hello").unwrap();
+        let r = monoio::time::timeout(Duration::from_secs(5), rx.recv(Vec::new())).await;
+        let got = match r {
+            Ok((Ok(n), b)) => Some(b[..n].to_vec()),
+            Ok((Err(e), _)) => panic!("recv error {e}"),
+            Err(_) => None,
+        };
+        drop(rx);
+        RecvRing::uninstall();
+        got
+    });
+    assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+}

@@ -37,6 +37,10 @@ use crate::server::{router, ShardCtx};
 /// request: the parser enforces the header and body limits.
 const READ_CHUNK_SIZE: usize = 4096;
 
+/// The most read-buffer capacity a connection keeps between reads (a burst can hand it
+/// a larger one: see `serve`); beyond it the buffer is replaced by a `READ_CHUNK_SIZE` one.
+const READ_BUFFER_KEPT_MAX: usize = 4 * READ_CHUNK_SIZE;
+
 /// Output buffered before it is written: responses to pipelined requests are batched
 /// into one write until this many bytes are pending; then the connection writes before
 /// parsing more, so a client that pipelines without reading cannot grow our memory.
@@ -447,7 +451,13 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             Ok((Ok(n), buf)) => {
                 parser.feed(&buf[..n]);
                 progress.read(n);
-                rbuf = buf;
+                // A multishot receive hands over its inbox, which may have grown large
+                // during a burst; an idle keep-alive connection keeps one read's worth.
+                rbuf = if buf.capacity() > READ_BUFFER_KEPT_MAX {
+                    Vec::with_capacity(READ_CHUNK_SIZE)
+                } else {
+                    buf
+                };
             }
         }
     }
