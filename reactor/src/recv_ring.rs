@@ -540,6 +540,10 @@ impl Future for Recv<'_> {
         let out = if !slot.inbox.is_empty() {
             let mut buf = self.buf.take().expect("polled after completion");
             buf.clear();
+            if buf.capacity() > BUF_SIZE {
+                // The next inbox keeps at most one buffer's worth while idle.
+                buf = Vec::new();
+            }
             // The inbox becomes the caller's buffer and the caller's (cleared) buffer
             // the next inbox: no copy.
             std::mem::swap(&mut buf, &mut slot.inbox);

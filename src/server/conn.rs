@@ -37,8 +37,9 @@ use crate::server::{router, ShardCtx};
 /// request: the parser enforces the header and body limits.
 const READ_CHUNK_SIZE: usize = 4096;
 
-/// The most read-buffer capacity a connection keeps between reads (a burst can hand it
-/// a larger one: see `serve`); beyond it the buffer is replaced by a `READ_CHUNK_SIZE` one.
+/// The most read- or write-buffer capacity a connection keeps between reads (a burst
+/// can hand it a larger inbox, or fill a write batch: see `serve`); beyond it the buffer
+/// is replaced by a small one.
 const READ_BUFFER_KEPT_MAX: usize = 4 * READ_CHUNK_SIZE;
 
 /// Output buffered before it is written: responses to pipelined requests are batched
@@ -357,7 +358,13 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             // forever: writes are bounded by the idle timeout too.
             match monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(out)).await {
                 Ok((Ok(_), buf)) => {
-                    out = buf;
+                    // A pipelined burst fills a batch up to WRITE_BATCH_SIZE_MAX; a
+                    // connection keeps only a small one between batches.
+                    out = if buf.capacity() > READ_BUFFER_KEPT_MAX {
+                        Vec::new()
+                    } else {
+                        buf
+                    };
                     out.clear();
                 }
                 _ => return,
