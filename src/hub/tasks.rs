@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
+use crate::limits::ClientLedger;
 use crate::time::UnixTime;
 
 mod model;
@@ -196,11 +197,8 @@ pub struct TaskStore {
     tasks: BTreeMap<u64, Task>,
     index: Index,
     next_seq: u64,
-    /// Budget accounting: bytes charged in all, and per task `(client, bytes)`.
-    bytes: usize,
-    charged: HashMap<u64, (String, usize)>,
-    /// Per client: `(tasks, bytes)` held here. Entries leave at zero.
-    clients: HashMap<String, (usize, usize)>,
+    /// Budget accounting: bytes charged in all, per task and per client.
+    ledger: ClientLedger<u64>,
     /// Tasks whose creation is being committed to the durable store: not claimable
     /// until it is acknowledged (so no claim is saved before the task itself).
     saving: BTreeSet<u64>,
@@ -263,7 +261,7 @@ impl TaskStore {
             + req.payload.len()
             + STATE_PENDING.len();
         if !client.is_empty() {
-            let (tasks, bytes) = self.clients.get(client).copied().unwrap_or_default();
+            let (tasks, bytes) = self.ledger.client(client);
             if tasks >= self.config.client_tasks_max
                 || bytes.saturating_add(charge) > self.config.client_bytes_max
             {
@@ -276,7 +274,7 @@ impl TaskStore {
             }
         }
         if self.tasks.len() >= self.config.tasks_max
-            || self.bytes.saturating_add(charge) > self.config.bytes_max
+            || self.ledger.bytes().saturating_add(charge) > self.config.bytes_max
         {
             return Err(CreateTaskError::Full {
                 tasks_max: self.config.tasks_max,
@@ -306,23 +304,19 @@ impl TaskStore {
 
     /// Bytes charged for the tasks held (see [`task_bytes`]).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.ledger.bytes()
     }
 
     /// `(tasks, bytes)` that `client` holds here.
     pub fn client_usage(&self, client: &str) -> (usize, usize) {
-        self.clients.get(client).copied().unwrap_or_default()
+        self.ledger.client(client)
     }
 
     /// Charges task `seq` `bytes` (replacing any earlier charge) to its client.
     fn charge(&mut self, seq: u64, client: &str, bytes: usize) {
         let old = self.uncharge(seq);
         let client = old.map_or_else(|| client.to_owned(), |(c, _)| c);
-        self.bytes += bytes;
-        let u = self.clients.entry(client.clone()).or_default();
-        u.0 += 1;
-        u.1 += bytes;
-        self.charged.insert(seq, (client, bytes));
+        self.ledger.charge(seq, client, bytes);
     }
 
     /// Charges task `seq` again after a change (to its client).
@@ -334,16 +328,7 @@ impl TaskStore {
 
     /// Removes task `seq`'s charge; returns it.
     fn uncharge(&mut self, seq: u64) -> Option<(String, usize)> {
-        let (client, bytes) = self.charged.remove(&seq)?;
-        self.bytes = self.bytes.saturating_sub(bytes);
-        if let Some(u) = self.clients.get_mut(&client) {
-            u.0 = u.0.saturating_sub(1);
-            u.1 = u.1.saturating_sub(bytes);
-            if u.0 == 0 {
-                self.clients.remove(&client);
-            }
-        }
-        Some((client, bytes))
+        self.ledger.uncharge(&seq)
     }
 
     /// Adds a task loaded from the store at start-up (the limit does not apply: it was
@@ -616,10 +601,10 @@ impl TaskStore {
         }
         assert_eq!(self.ids.len(), self.tasks.len());
         assert_eq!(
-            self.bytes,
+            self.ledger.bytes(),
             self.tasks.values().map(task_bytes).sum::<usize>()
         );
-        assert_eq!(self.charged.len(), self.tasks.len());
+        assert_eq!(self.ledger.len(), self.tasks.len());
         assert_eq!(fresh.pending_by_target, self.index.pending_by_target);
         assert_eq!(fresh.pending_by_skill, self.index.pending_by_skill);
         assert_eq!(fresh.live_by_deadline, self.index.live_by_deadline);

@@ -7,10 +7,10 @@
 //! heartbeats (by anyone) re-charge it to that client, refused only if the store as a
 //! whole would pass its budget. `DELETE` frees the charge.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use super::{AgentInfo, AgentRecord, AgentStore, AgentsFull, Heartbeat};
+use crate::limits::ClientLedger;
 use crate::time::UnixTime;
 
 /// Fixed bytes charged per agent on top of its strings (record, map entry, health).
@@ -79,43 +79,27 @@ pub fn agent_bytes(r: &AgentRecord) -> usize {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Budget {
     config: AgentBudgetConfig,
-    bytes: usize,
-    /// agent id → (creating client, bytes charged).
-    charged: HashMap<String, (String, usize)>,
-    /// client → (agents, bytes).
-    clients: HashMap<String, (usize, usize)>,
+    /// agent id → (creating client, bytes charged), and per client.
+    ledger: ClientLedger<String>,
 }
 
 impl Budget {
     fn uncharge(&mut self, id: &str) -> Option<String> {
-        let (client, bytes) = self.charged.remove(id)?;
-        self.bytes = self.bytes.saturating_sub(bytes);
-        if let Some(u) = self.clients.get_mut(&client) {
-            u.0 = u.0.saturating_sub(1);
-            u.1 = u.1.saturating_sub(bytes);
-            if u.0 == 0 {
-                self.clients.remove(&client);
-            }
-        }
-        Some(client)
+        self.ledger.uncharge(id).map(|(client, _)| client)
     }
 
     fn charge(&mut self, id: &str, client: String, bytes: usize) {
-        self.bytes += bytes;
-        let u = self.clients.entry(client.clone()).or_default();
-        u.0 += 1;
-        u.1 += bytes;
-        self.charged.insert(id.to_owned(), (client, bytes));
+        self.ledger.charge(id.to_owned(), client, bytes);
     }
 
     /// May `client` store `id` at `new` bytes?
     fn admit(&self, id: &str, client: &str, new: usize) -> Result<(), AgentRefusal> {
-        let (old_client, old) = match self.charged.get(id) {
-            Some((c, b)) => (Some(c.as_str()), *b),
+        let (old_client, old) = match self.ledger.charge_of(id) {
+            Some((c, b)) => (Some(c), b),
             None => (None, 0),
         };
         if old_client.is_none() && !client.is_empty() {
-            let (agents, bytes) = self.clients.get(client).copied().unwrap_or_default();
+            let (agents, bytes) = self.ledger.client(client);
             let c = &self.config;
             if agents >= c.client_agents_max || bytes + new > c.client_bytes_max {
                 return Err(AgentRefusal::ClientQuota(format!(
@@ -126,7 +110,7 @@ impl Budget {
                 )));
             }
         }
-        if self.bytes - old + new > self.config.bytes_max {
+        if self.ledger.bytes() - old + new > self.config.bytes_max {
             return Err(AgentRefusal::Full(AgentsFull { agents_max: 0 }));
         }
         Ok(())
@@ -141,8 +125,10 @@ impl AgentStore {
 
     /// Bytes charged for the agents held, and `(agents, bytes)` of `client`.
     pub fn usage(&self, client: &str) -> (usize, (usize, usize)) {
-        let c = self.budget.clients.get(client).copied().unwrap_or_default();
-        (self.budget.bytes, c)
+        (
+            self.budget.ledger.bytes(),
+            self.budget.ledger.client(client),
+        )
     }
 
     fn recharge(&mut self, id: &str, client: &str) {
@@ -227,8 +213,8 @@ impl AgentStore {
     #[cfg(test)]
     pub(super) fn assert_budget_consistent(&self) {
         let sum: usize = self.agents.values().map(agent_bytes).sum();
-        assert_eq!(self.budget.bytes, sum);
-        assert_eq!(self.budget.charged.len(), self.agents.len());
+        assert_eq!(self.budget.ledger.bytes(), sum);
+        assert_eq!(self.budget.ledger.len(), self.agents.len());
     }
 }
 

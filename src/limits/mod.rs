@@ -6,6 +6,9 @@
 //! range (`ttl` above `--task-ttl-max`) or a body of the wrong shape is 422; each
 //! `{"error": …}` names the field, its size and the flag that sets the limit.
 
+mod ledger;
+pub use ledger::ClientLedger;
+
 use crate::http::Response;
 use crate::hub::{TaskSubmission, TaskUpdate};
 use crate::registry::{AgentInfo, Heartbeat};
