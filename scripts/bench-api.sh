@@ -25,33 +25,9 @@ if [ -z "${BIN:-}" ]; then
 fi
 TMP=$(mktemp -d)
 pid=
-stop() {
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  # The reference may ignore SIGTERM while connections are open.
-  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=
-}
+. scripts/lib/bench-server.sh  # stop, free_port
 trap 'stop; rm -rf "$TMP"' EXIT
 "$BIN" bench keys --count 100 --out "$TMP/keys100.json" >/dev/null
-# A port the reference can bind on 0.0.0.0 (it binds the wildcard address): below the
-# ephemeral range, since a wildcard bind fails on a port that any connected socket on
-# this host (other tests, wrk) uses as its local port.
-free_port() {
-  python3 -c '
-import random, socket
-for _ in range(1000):
-    p = random.randint(20000, 31999)
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", p)); print(p); break
-    except OSError:
-        pass
-    finally:
-        s.close()'
-}
 start() { # $1 = uring | epoll | ref
   PORT=$(free_port)
   case $1 in

@@ -25,32 +25,11 @@ if [ -z "${BIN:-}" ]; then
 fi
 TMP=$(mktemp -d)
 pid=
-stop() {
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  pid=
-}
+. scripts/lib/bench-server.sh  # stop, free_port
 trap 'stop; rm -rf "$TMP"' EXIT
 "$BIN" bench keys --count 100 --out "$TMP/keys-100.json" >/dev/null
 "$BIN" bench keys --count 10000 --out "$TMP/keys-10k.json" >/dev/null
 "$BIN" bench keys --count 10000 --meshes 100 --out "$TMP/keys-10k-meshes.json" >/dev/null
-# A port the reference can bind on the wildcard address (below the ephemeral range).
-free_port() {
-  python3 -c '
-import random, socket
-for _ in range(1000):
-    p = random.randint(20000, 31999)
-    s = socket.socket()
-    try:
-        s.bind(("0.0.0.0", p)); print(p); break
-    except OSError:
-        pass
-    finally:
-        s.close()'
-}
 start() { # $1 = server, $2 = keys file
   PORT=$(free_port)
   local data; data=$(mktemp -d "$TMP/data.XXXX")
