@@ -435,9 +435,7 @@ impl<M: Send + 'static> Shard<M> {
             if drained.remote > 0 {
                 last_mail = std::time::Instant::now();
             }
-            if drained.remote + drained.local > 0
-                || (!self.inner.spin.is_zero() && last_mail.elapsed() < self.inner.spin)
-            {
+            if drained.remote + drained.local > 0 || last_mail.elapsed() < self.inner.spin {
                 // Traffic, or traffic from another shard a moment ago: let connection
                 // tasks run, then look again without paying for a wakeup (neither ours
                 // nor the sender's).
