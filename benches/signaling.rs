@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo bench --bench signaling`
 
-use chatixia_core::ws::signaling::{interpret, relay_frame_reencoded, Action};
+use chatixia_core::ws::signaling::{interpret, relay_frame, relay_frame_reencoded, Action};
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 fn frames() -> Vec<(&'static str, Vec<u8>)> {
@@ -29,7 +29,11 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(frame.len() as u64));
         g.bench_function("splice_raw_payload", |b| {
             b.iter(|| match interpret(black_box(&frame), "agent-a") {
-                Action::Relay { frame, .. } => frame,
+                Action::Relay {
+                    kind,
+                    target,
+                    payload,
+                } => relay_frame(kind, "agent-a", &target, payload),
                 _ => unreachable!(),
             })
         });

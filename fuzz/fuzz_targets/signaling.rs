@@ -11,11 +11,17 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
         None => ("peer-a".to_owned(), data),
     };
-    if let Action::Relay { kind, target, frame } = signaling::interpret(text, &identity) {
+    if let Action::Relay { kind, target, payload } = signaling::interpret(text, &identity) {
+        let frame = signaling::relay_frame(kind, &identity, &target, payload);
         let v: serde_json::Value = serde_json::from_slice(&frame).expect("relay frame is JSON");
         assert_eq!(v["type"], kind.as_str());
         assert_eq!(v["peer_id"], identity.as_str());
-        assert_eq!(v["target_id"], target.as_str());
+        assert_eq!(v["target_id"], &*target);
+        // The server's framed builder: the same JSON in a text frame.
+        let framed = signaling::relay_text_frame(kind, &identity, &target, payload);
+        let mut want = Vec::new();
+        wire::ws::codec::encode_text(&frame, &mut want);
+        assert_eq!(framed, want);
     }
     let _ = signaling::relay_frame_reencoded(text);
 });

@@ -37,7 +37,7 @@ pub(super) async fn serve_peer(
     client_ip: IpAddr,
     echo: bool,
 ) {
-    let fut = Box::pin(write_bounded(&ctx, &mut stream, switching));
+    let fut = Box::pin(write_bounded(&ctx, &mut stream, key, switching));
     if fut.await {
         run_peer(&ctx, stream, key, leftover, echo).await;
     }
@@ -98,10 +98,16 @@ async fn run_peer(
     loop {
         let ok = match events.take() {
             Some((evs, None)) if evs.is_empty() => true,
-            evs => {
-                let fut = Box::pin(on_events(ctx, key, evs, echo));
-                fut.await
-            }
+            None => false,
+            // Most events are acted on at once; only what must wait (a `register`
+            // asking every shard, a full mailbox) takes the boxed, async path.
+            Some((evs, violation)) => match on_events_now(ctx, key, evs, violation, echo) {
+                Ok(ok) => ok,
+                Err(wait) => {
+                    let fut = Box::pin(on_events_later(ctx, key, wait, echo));
+                    fut.await
+                }
+            },
         };
         if !ok {
             let fut = Box::pin(flush_and_close(ctx, &mut stream, key));
@@ -115,7 +121,7 @@ async fn run_peer(
         // Write what is queued.
         let (batch, closing) = take_output(&ctx.ws, key);
         if !batch.is_empty() {
-            let fut = Box::pin(write_bounded(ctx, &mut stream, batch));
+            let fut = Box::pin(write_bounded(ctx, &mut stream, key, batch));
             if !fut.await {
                 return;
             }
@@ -171,17 +177,61 @@ async fn run_peer(
     }
 }
 
-/// Writes `bytes`, giving up after the idle timeout: a client that stops reading (a
-/// zero TCP window) must not hold its connection, slot and per-IP count forever, since
-/// nothing else can interrupt a write in progress. False when the connection is done.
-async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -> bool {
-    match monoio::time::timeout(ctx.config.ws.idle_timeout, stream.write_all(bytes)).await {
-        Ok((Ok(_), _)) => true,
-        Ok((Err(_), _)) => false,
-        Err(_) => {
+/// Writes `bytes`, giving up when the idle sweep finds the connection silent for the
+/// whole idle timeout during the write (`PeerSlot::write_abort`): a client that stops
+/// reading (a zero TCP window) must not hold its connection, slot and per-IP count
+/// forever, since nothing else can interrupt a write in progress. The sweep bounds the
+/// write instead of a timer per write (one fewer timer and clock read per relayed
+/// frame). False when the connection is done.
+async fn write_bounded<B: monoio::buf::IoBuf>(
+    ctx: &ShardCtx,
+    stream: &mut TcpStream,
+    key: usize,
+    bytes: B,
+) -> bool {
+    if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
+        s.writing = true;
+    }
+    let write = std::pin::pin!(stream.write_all(bytes));
+    let abort = std::pin::pin!(WriteAbort { ws: &ctx.ws, key });
+    let done = reactor::timer::select2_pinned(write, abort).await;
+    let mut slots = ctx.ws.slots.borrow_mut();
+    if let Some(s) = slots.get_mut(key) {
+        s.writing = false;
+        // Frames queued during the write are taken by the caller's next turn.
+    }
+    drop(slots);
+    match done {
+        reactor::timer::Either::Left((Ok(_), _)) => true,
+        reactor::timer::Either::Left((Err(_), _)) => false,
+        reactor::timer::Either::Right(()) => {
             inc(&ctx.ws.closed_slow);
             false
         }
+    }
+}
+
+/// Completes when the idle sweep abandons connection `key`'s write (or the slot is
+/// gone).
+struct WriteAbort<'a> {
+    ws: &'a ConnTable,
+    key: usize,
+}
+
+impl Future for WriteAbort<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slots = self.ws.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(self.key) else {
+            return Poll::Ready(());
+        };
+        if slot.write_abort {
+            return Poll::Ready(());
+        }
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -205,7 +255,7 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
         .and_then(|s| s.close.take());
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
     codec::encode_close(code, &reason, &mut out);
-    if write_bounded(ctx, stream, out).await {
+    if write_bounded(ctx, stream, key, out).await {
         let _ = stream.shutdown().await;
     }
 }
@@ -226,14 +276,34 @@ fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Op
     Some((events, violation))
 }
 
-/// Acts on decoded events; false when the connection must close. `echo`: messages
-/// are sent back as they came (the `/ws-echo` test endpoint) instead of interpreted.
-async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Decoded>, echo: bool) -> bool {
+/// Decoded events that wait on something before they can be acted on: the first
+/// one's pending work, then the rest of the batch and the violation that ended it.
+struct Waiting {
+    later: Later,
+    rest: std::vec::IntoIter<WsEvent>,
+    violation: Option<codec::WsError>,
+}
+
+/// The part of acting on a text frame that has to wait.
+enum Later {
+    /// `register`: the peer lists of every shard.
+    Register,
+    /// A relay for another shard whose mailbox was full.
+    Relay(usize, Msg),
+}
+
+/// Acts on decoded events, in order, as far as it can without waiting; `Ok(false)`
+/// when the connection must close, `Err` with what must wait (and what comes after).
+fn on_events_now(
+    ctx: &ShardCtx,
+    key: usize,
+    events: Vec<WsEvent>,
+    violation: Option<codec::WsError>,
+    echo: bool,
+) -> Result<bool, Waiting> {
     let limits = &ctx.config.ws;
-    let Some((events, violation)) = events else {
-        return false;
-    };
-    for ev in events {
+    let mut events = events.into_iter();
+    while let Some(ev) = events.next() {
         match ev {
             WsEvent::Text(text) if echo => ctx.ws.enqueue(key, text_frame(&text), limits),
             WsEvent::Binary(bytes) if echo => {
@@ -241,7 +311,15 @@ async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Decoded>, echo
                 codec::encode_binary(&bytes, &mut f);
                 ctx.ws.enqueue(key, f.into_boxed_slice(), limits);
             }
-            WsEvent::Text(text) => on_text(ctx, key, &text).await,
+            WsEvent::Text(text) => {
+                if let Some(later) = on_text_now(ctx, key, &text) {
+                    return Err(Waiting {
+                        later,
+                        rest: events,
+                        violation,
+                    });
+                }
+            }
             WsEvent::Binary(_) | WsEvent::Pong => {}
             WsEvent::Ping(p) => {
                 let mut f = Vec::new();
@@ -257,7 +335,7 @@ async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Decoded>, echo
                     Some(_) => (close_code::PROTOCOL_ERROR, "invalid close code"),
                 };
                 ctx.ws.close_key(key, code, reason.into());
-                return false;
+                return Ok(false);
             }
         }
     }
@@ -265,9 +343,23 @@ async fn on_events(ctx: &Rc<ShardCtx>, key: usize, events: Option<Decoded>, echo
     // written before the close frame); then the connection closes with its code.
     if let Some(e) = violation {
         ctx.ws.close_key(key, e.code, e.reason.into());
-        return false;
+        return Ok(false);
     }
-    true
+    Ok(true)
+}
+
+/// Does what had to wait, then acts on the rest of the batch (which may wait again).
+async fn on_events_later(ctx: &Rc<ShardCtx>, key: usize, mut wait: Waiting, echo: bool) -> bool {
+    loop {
+        match wait.later {
+            Later::Register => register(ctx, key).await,
+            Later::Relay(owner, msg) => relay_to_full_mailbox(ctx, key, owner, msg).await,
+        }
+        match on_events_now(ctx, key, wait.rest.collect(), wait.violation, echo) {
+            Ok(ok) => return ok,
+            Err(next) => wait = next,
+        }
+    }
 }
 
 fn text_frame(payload: &[u8]) -> Box<[u8]> {
@@ -276,73 +368,97 @@ fn text_frame(payload: &[u8]) -> Box<[u8]> {
     f.into_boxed_slice()
 }
 
-async fn on_text(ctx: &Rc<ShardCtx>, key: usize, text: &[u8]) {
+/// Acts on a text frame as far as it can without waiting: a relay to a peer of this
+/// shard or into another shard's mailbox, an error frame, nothing. The sender's id and
+/// mesh are read in place (nothing cloned) and the relayed frame is built framed, in
+/// one allocation. Returns what must wait.
+fn on_text_now(ctx: &ShardCtx, key: usize, text: &[u8]) -> Option<Later> {
     let limits = &ctx.config.ws;
-    let (identity, mesh, authorized) = match ctx.ws.slots.borrow().get(key) {
-        Some(s) => (s.peer_id.clone(), s.mesh.clone(), s.authorized),
-        None => return,
-    };
-    match signaling::interpret(text, &identity) {
-        Action::Register => {
-            let peers: Vec<Box<str>> = if authorized {
-                let replies = ctx
-                    .shard
-                    .ask_all(|_| {
-                        Msg::Signaling(Op::PeerList(Box::new((mesh.clone(), identity.clone()))))
-                    })
-                    .await;
-                let mut all = Vec::new();
-                for r in replies {
-                    if let Ok(Msg::SignalingReply(Reply::Peers(p))) = r {
-                        all.extend(*p);
-                    }
-                }
-                all
-            } else {
-                Vec::new()
-            };
-            let frame = signaling::peer_list_frame(peers.iter().map(|p| &**p));
-            ctx.ws.enqueue(key, text_frame(&frame), limits);
-        }
-        Action::Heartbeat | Action::Ignore(_) => {}
+    let slots = ctx.ws.slots.borrow();
+    let slot = slots.get(key)?;
+    match signaling::interpret(text, &slot.peer_id) {
+        Action::Register => Some(Later::Register),
+        Action::Heartbeat | Action::Ignore(_) => None,
         Action::Relay {
             kind,
             target,
-            frame,
+            payload,
         } => {
-            if !authorized {
+            if !slot.authorized {
+                drop(slots);
                 let reason = format!(
                     "not authorized to send {}: this peer has no API key or approved pairing",
                     kind.as_str()
                 );
                 ctx.ws
                     .enqueue(key, text_frame(&signaling::error_frame(&reason)), limits);
-                return;
+                return None;
             }
-            let frame = text_frame(&frame);
-            let owner = ctx.shard.shard_of(&target);
+            let frame = signaling::relay_text_frame(kind, &slot.peer_id, &target, payload)
+                .into_boxed_slice();
+            let owner = ctx.shard.shard_of(target.as_bytes());
             if owner == ctx.shard.id() {
-                ctx.ws.deliver(&target, mesh.as_deref(), frame, limits);
-                return;
+                drop(slots);
+                ctx.ws.deliver_from(key, &target, frame, limits);
+                return None;
             }
-            let mut msg = Msg::Signaling(Op::Relay(Box::new(Relay {
+            let mesh = slot.mesh.clone();
+            drop(slots);
+            let msg = Msg::Signaling(Op::Relay(Box::new(Relay {
                 target: target.into(),
                 mesh,
                 frame,
             })));
-            for _ in 0..RELAY_RETRIES_MAX {
-                match ctx.shard.try_tell(owner, msg) {
-                    Ok(()) => return,
-                    Err(back) => {
-                        msg = back;
-                        reactor::yield_now().await;
-                    }
-                }
+            match ctx.shard.try_tell(owner, msg) {
+                Ok(()) => None,
+                Err(back) => Some(Later::Relay(owner, back)),
             }
-            inc(&ctx.ws.refused);
-            let reason = "relay dropped: server overloaded";
-            ctx.ws
-                .enqueue(key, text_frame(&signaling::error_frame(reason)), limits);
         }
     }
+}
+
+/// Answers `register` with the authorized peers of the sender's mesh on every shard.
+async fn register(ctx: &Rc<ShardCtx>, key: usize) {
+    let limits = &ctx.config.ws;
+    let (identity, mesh, authorized) = match ctx.ws.slots.borrow().get(key) {
+        Some(s) => (s.peer_id.clone(), s.mesh.clone(), s.authorized),
+        None => return,
+    };
+    let peers: Vec<Box<str>> = if authorized {
+        let replies = ctx
+            .shard
+            .ask_all(|_| Msg::Signaling(Op::PeerList(Box::new((mesh.clone(), identity.clone())))))
+            .await;
+        let mut all = Vec::new();
+        for r in replies {
+            if let Ok(Msg::SignalingReply(Reply::Peers(p))) = r {
+                all.extend(*p);
+            }
+        }
+        all
+    } else {
+        Vec::new()
+    };
+    let frame = signaling::peer_list_frame(peers.iter().map(|p| &**p));
+    ctx.ws.enqueue(key, text_frame(&frame), limits);
+}
+
+/// A relay whose owner shard's mailbox was full: waits (yielding) for room, up to
+/// `RELAY_RETRIES_MAX` times (backpressure first), then drops it with an error frame
+/// to the sender (refusal when it persists).
+async fn relay_to_full_mailbox(ctx: &Rc<ShardCtx>, key: usize, owner: usize, mut msg: Msg) {
+    for _ in 0..RELAY_RETRIES_MAX {
+        reactor::yield_now().await;
+        match ctx.shard.try_tell(owner, msg) {
+            Ok(()) => return,
+            Err(back) => msg = back,
+        }
+    }
+    inc(&ctx.ws.refused);
+    let reason = "relay dropped: server overloaded";
+    ctx.ws.enqueue(
+        key,
+        text_frame(&signaling::error_frame(reason)),
+        &ctx.config.ws,
+    );
 }

@@ -60,9 +60,17 @@ pub(super) struct PeerSlot {
     pub(super) mesh: Option<Box<str>>,
     pub(super) authorized: bool,
     /// Encoded frames waiting to be written.
-    pub(super) outq: VecDeque<Box<[u8]>>,
+    pub(super) outq: FrameQueue,
     pub(super) outq_bytes: usize,
+    /// The session task's waker: while it waits, for output or a close; while it
+    /// writes ([`PeerSlot::writing`]), only for the sweep's `write_abort`.
     pub(super) waker: Option<Waker>,
+    /// A write is in progress: queued frames wait for it without waking the task.
+    pub(super) writing: bool,
+    /// Set by the idle sweep when a connection silent for the whole idle timeout is
+    /// in a write: the write is stalled (the peer does not read), so it is abandoned.
+    /// This is what bounds a write in time; no timer is armed per write.
+    pub(super) write_abort: bool,
     pub(super) close: Option<(u16, Cow<'static, str>)>,
     /// Shard clock (seconds) of the last bytes received.
     pub(super) last_seen: u64,
@@ -70,6 +78,48 @@ pub(super) struct PeerSlot {
     /// Position in its mesh's member list ([`MeshIndex`]) while it is listed there
     /// (authorized), else `None`.
     mesh_pos: Option<usize>,
+}
+
+/// A connection's queued frames. The first lives inline: a relay target mostly has one
+/// frame waiting, and queuing it then allocates nothing (a drained queue gives its
+/// memory back, so a `VecDeque` alone would allocate for every frame after a drain).
+/// Invariant: `rest` is empty while `head` is `None`.
+#[derive(Default)]
+pub(super) struct FrameQueue {
+    head: Option<Box<[u8]>>,
+    rest: VecDeque<Box<[u8]>>,
+}
+
+impl FrameQueue {
+    pub(super) fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.head.is_none()
+    }
+
+    fn push_back(&mut self, frame: Box<[u8]>) {
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<Box<[u8]>> {
+        let f = self.head.take();
+        self.head = self.rest.pop_front();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new(); // give the memory back while idle
+        }
+        f
+    }
+
+    fn clear(&mut self) {
+        self.head = None;
+        self.rest = VecDeque::new();
+    }
 }
 
 /// The authorized connections of each mesh, so that answering `register` costs the
@@ -175,9 +225,11 @@ impl ConnTable {
             peer_id: peer_id.clone(),
             mesh,
             authorized,
-            outq: VecDeque::new(),
+            outq: FrameQueue::default(),
             outq_bytes: 0,
             waker: None,
+            writing: false,
+            write_abort: false,
             close: None,
             last_seen: now_secs,
             ping_sent: false,
@@ -282,8 +334,11 @@ impl ConnTable {
             slot.outq_bytes += frame.len();
             slot.outq.push_back(frame);
         }
-        if let Some(w) = slot.waker.take() {
-            w.wake();
+        // A writing task comes back for the queue when its write is done.
+        if !slot.writing {
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
         }
     }
 
@@ -348,6 +403,31 @@ impl ConnTable {
         }
     }
 
+    /// Delivers a relayed frame from local connection `from` to a local peer of the
+    /// same mesh (the meshes compared in place: nothing cloned); unknown targets and
+    /// other meshes are dropped silently, as the protocol says.
+    pub(super) fn deliver_from(
+        &self,
+        from: usize,
+        target: &str,
+        frame: Box<[u8]>,
+        limits: &WsLimits,
+    ) {
+        let key = self.by_id.borrow().get(target).copied();
+        let Some(key) = key else { return };
+        let same_mesh = {
+            let slots = self.slots.borrow();
+            match (slots.get(from), slots.get(key)) {
+                (Some(a), Some(b)) => a.mesh == b.mesh,
+                _ => false,
+            }
+        };
+        if same_mesh {
+            inc(&self.relayed);
+            self.enqueue(key, frame, limits);
+        }
+    }
+
     /// Authorized connected peers of `mesh`, but `exclude`.
     pub(super) fn list(&self, mesh: Option<&str>, exclude: &str) -> Vec<Box<str>> {
         let slots = self.slots.borrow();
@@ -377,6 +457,11 @@ impl ConnTable {
             }
         }
         for k in to_close {
+            if let Some(s) = self.slots.borrow_mut().get_mut(k) {
+                // A write in progress is stalled: nothing was read for the whole idle
+                // timeout. It is abandoned (the task wakes on `write_abort`).
+                s.write_abort = s.writing;
+            }
             self.close_key(k, close_code::GOING_AWAY, "idle timeout".into());
         }
         for k in to_ping {
@@ -419,25 +504,39 @@ impl ConnTable {
     }
 }
 
-/// Drains the queue into one write batch; also says whether a close is pending.
-pub(super) fn take_output(ws: &ConnTable, key: usize) -> (Vec<u8>, bool) {
+/// Drains the queue into one write batch (empty: nothing queued); also says whether a
+/// close is pending. A lone frame is handed over as it is (no copy); several are
+/// joined into one buffer of exactly their size, up to `WRITE_BATCH_SIZE_MAX`.
+pub(super) fn take_output(ws: &ConnTable, key: usize) -> (Box<[u8]>, bool) {
     let mut slots = ws.slots.borrow_mut();
     let Some(slot) = slots.get_mut(key) else {
-        return (Vec::new(), true);
+        return (Box::default(), true);
     };
-    let mut out = Vec::new();
-    while let Some(f) = slot.outq.front() {
-        if !out.is_empty() && out.len() + f.len() > WRITE_BATCH_SIZE_MAX {
+    let closing = slot.close.is_some();
+    let Some(first) = slot.outq.pop_front() else {
+        return (Box::default(), closing);
+    };
+    slot.outq_bytes -= first.len();
+    let mut total = first.len();
+    let mut n = 0;
+    for f in slot.outq.head.iter().chain(slot.outq.rest.iter()) {
+        if total + f.len() > WRITE_BATCH_SIZE_MAX {
             break;
         }
-        let f = slot.outq.pop_front().expect("front");
+        total += f.len();
+        n += 1;
+    }
+    if n == 0 {
+        return (first, closing);
+    }
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&first);
+    for _ in 0..n {
+        let f = slot.outq.pop_front().expect("counted above");
         slot.outq_bytes -= f.len();
         out.extend_from_slice(&f);
     }
-    if slot.outq.is_empty() {
-        slot.outq = VecDeque::new(); // give the queue's memory back while idle
-    }
-    (out, slot.close.is_some())
+    (out.into_boxed_slice(), closing)
 }
 
 /// Per identity, how often a replaced connection is logged at warn.

@@ -121,7 +121,7 @@ fn idle_sweep_pings_at_half_and_closes_at_the_timeout() {
     let (out, _) = take_output(&t, k);
     let mut ping = Vec::new();
     codec::encode_ping(b"", &mut ping);
-    assert_eq!(out, ping);
+    assert_eq!(*out, *ping);
     t.sweep_idle(1045, &l);
     assert_eq!(queued(&t, k), 0, "a single ping per silence");
     assert_eq!(close_of(&t, k), None);
@@ -196,9 +196,101 @@ fn lists_and_relays_within_one_mesh_only() {
     // An approval arriving while connected.
     t.set_authorized("u", Some("blue"));
     assert_eq!(t.list(Some("blue"), "m"), vec![Box::<str>::from("u")]);
+    // From a local connection: the meshes are compared in place.
+    t.deliver_from(a, "m", frame(3), &l);
+    assert_eq!(queued(&t, m), 0, "other mesh: dropped");
+    t.deliver_from(m, "u", frame(3), &l);
+    assert_eq!(queued(&t, u), 1, "same mesh");
+    t.deliver_from(a, "nobody", frame(3), &l);
+    assert_eq!(t.relayed.get(), 2);
     t.close_peer("a", close_code::REVOKED, "pairing revoked");
     assert_eq!(close_of(&t, a).unwrap().0, close_code::REVOKED);
-    let _ = u;
+}
+
+/// A lone frame goes out as it was queued; several are joined in order into one
+/// buffer up to the batch limit; the byte count follows; a drained queue holds no heap.
+#[test]
+fn take_output_hands_over_a_lone_frame_and_joins_several() {
+    let t = ConnTable::default();
+    let l = WsLimits::default();
+    let k = t.register("p".into(), None, true, 0);
+    let lone: Box<[u8]> = b"hello".to_vec().into_boxed_slice();
+    let ptr = lone.as_ptr();
+    t.enqueue(k, lone, &l);
+    let (out, closing) = take_output(&t, k);
+    assert_eq!((&*out, closing), (&b"hello"[..], false));
+    assert_eq!(out.as_ptr(), ptr, "handed over, not copied");
+    for i in 0..5u8 {
+        t.enqueue(k, vec![i; 3].into_boxed_slice(), &l);
+    }
+    let (out, _) = take_output(&t, k);
+    assert_eq!(&*out, &[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4][..]);
+    assert_eq!(t.slots.borrow()[k].outq_bytes, 0);
+    // Past the batch limit, the rest waits for the next write.
+    let big = WRITE_BATCH_SIZE_MAX / 2 + 1;
+    for _ in 0..3 {
+        t.enqueue(k, frame(big), &l);
+    }
+    assert_eq!(take_output(&t, k).0.len(), big);
+    assert_eq!(queued(&t, k), 2);
+    assert_eq!(t.slots.borrow()[k].outq_bytes, 2 * big);
+    assert_eq!(take_output(&t, k).0.len(), big);
+    assert_eq!(take_output(&t, k).0.len(), big);
+    assert!(take_output(&t, k).0.is_empty());
+    let slots = t.slots.borrow();
+    assert!(slots[k].outq.head.is_none() && slots[k].outq.rest.capacity() == 0);
+    drop(slots);
+    t.close_key(k, close_code::NORMAL, "".into());
+    assert!(take_output(&t, k).1, "the close is reported");
+}
+
+/// The idle sweep abandons a stalled write (nothing read for the whole timeout while a
+/// write is in progress), and only then: an idle connection that is not writing is
+/// closed normally, its task woken for the close frame.
+#[test]
+fn the_idle_sweep_abandons_only_a_stalled_write() {
+    let t = ConnTable::default();
+    let l = limits(); // 60 s
+    let writer = t.register("w".into(), None, true, 0);
+    let idle = t.register("i".into(), None, true, 0);
+    t.slots.borrow_mut()[writer].writing = true;
+    t.sweep_idle(59, &l);
+    assert!(!t.slots.borrow()[writer].write_abort, "within the timeout");
+    t.sweep_idle(60, &l);
+    assert!(t.slots.borrow()[writer].write_abort, "stalled: abandoned");
+    assert!(
+        !t.slots.borrow()[idle].write_abort,
+        "not writing: a normal close"
+    );
+    assert_eq!(close_of(&t, idle).unwrap().1, "idle timeout");
+}
+
+/// Frames queued while the task writes do not wake it (it comes back for them when the
+/// write is done); while it waits, they do.
+#[test]
+fn a_writing_task_is_not_woken_for_more_output() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let t = ConnTable::default();
+    let l = WsLimits::default();
+    let k = t.register("p".into(), None, true, 0);
+    {
+        let mut slots = t.slots.borrow_mut();
+        slots[k].waker = Some(Waker::from(count.clone()));
+        slots[k].writing = true;
+    }
+    t.enqueue(k, frame(3), &l);
+    assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    t.slots.borrow_mut()[k].writing = false;
+    t.enqueue(k, frame(3), &l);
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
 }
 
 #[test]

@@ -311,6 +311,17 @@ pub fn encode_text(payload: &[u8], out: &mut Vec<u8>) {
     encode(OpCode::Data(Data::Text), payload, out);
 }
 
+/// Appends the header of a text frame whose payload of `len` bytes the caller appends
+/// next (so that a payload built in place needs no second copy).
+pub fn encode_text_header(len: usize, out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    // Writing into a Vec cannot fail.
+    let _ = header.format(len as u64, out);
+}
+
 /// Appends a binary frame.
 pub fn encode_binary(payload: &[u8], out: &mut Vec<u8>) {
     encode(OpCode::Data(Data::Binary), payload, out);

@@ -5,8 +5,12 @@
 //! (`serde_json::value::RawValue`): the payload (an SDP of a few KiB) is validated as
 //! JSON once and never decoded into a tree or re-encoded.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use super::codec;
 
 /// The kinds of relayed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,16 +30,18 @@ impl RelayKind {
     }
 }
 
-/// What a text frame asks the server to do.
+/// What a text frame asks the server to do. Borrowed from the frame: interpreting
+/// allocates nothing unless an id needs unescaping.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<'a> {
     /// Answer with the peer list.
     Register,
-    /// Forward `frame` (already encoded, text) to `target`.
+    /// Forward to `target` the sender's `payload` (raw JSON, `null` when absent) in a
+    /// frame built by [`relay_frame`] or [`relay_text_frame`].
     Relay {
         kind: RelayKind,
-        target: String,
-        frame: Vec<u8>,
+        target: Cow<'a, str>,
+        payload: &'a str,
     },
     /// Keep-alive; nothing to do.
     Heartbeat,
@@ -46,17 +52,17 @@ pub enum Action {
 #[derive(Deserialize)]
 struct Incoming<'a> {
     #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
+    kind: Cow<'a, str>,
     #[serde(borrow)]
-    peer_id: std::borrow::Cow<'a, str>,
+    peer_id: Cow<'a, str>,
     #[serde(default, borrow)]
-    target_id: Option<std::borrow::Cow<'a, str>>,
+    target_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
 }
 
 /// Interprets one text frame from the connection whose identity is `identity`.
-pub fn interpret(text: &[u8], identity: &str) -> Action {
+pub fn interpret<'a>(text: &'a [u8], identity: &str) -> Action<'a> {
     let Ok(msg) = serde_json::from_slice::<Incoming<'_>>(text) else {
         return Action::Ignore("unparsable frame");
     };
@@ -74,13 +80,45 @@ pub fn interpret(text: &[u8], identity: &str) -> Action {
     let Some(target) = msg.target_id else {
         return Action::Ignore("relay without target_id");
     };
-    let payload = msg.payload.map_or("null", |p| p.get());
-    let frame = relay_frame(kind, identity, &target, payload);
     Action::Relay {
         kind,
-        target: target.into_owned(),
-        frame,
+        target,
+        payload: msg.payload.map_or("null", |p| p.get()),
     }
+}
+
+/// [`relay_frame`] already framed as a WebSocket text frame, built in one allocation of
+/// exactly its size (the relay's hot path: no second buffer, no copy, and a
+/// `into_boxed_slice` that does not reallocate). Ids that need JSON escaping take the
+/// general path.
+pub fn relay_text_frame(kind: RelayKind, from: &str, target: &str, payload_json: &str) -> Vec<u8> {
+    let plain = |s: &str| s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if !(plain(from) && plain(target)) {
+        let json = relay_frame(kind, from, target, payload_json);
+        let mut out = Vec::with_capacity(codec::text_frame_len(json.len()));
+        codec::encode_text(&json, &mut out);
+        return out;
+    }
+    const PARTS: [&[u8]; 5] = [
+        b"{\"type\":\"",
+        b"\",\"peer_id\":\"",
+        b"\",\"target_id\":\"",
+        b"\",\"payload\":",
+        b"}",
+    ];
+    let fixed: usize = PARTS.iter().map(|p| p.len()).sum();
+    let len = fixed + kind.as_str().len() + from.len() + target.len() + payload_json.len();
+    let mut out = Vec::with_capacity(codec::text_frame_len(len));
+    codec::encode_text_header(len, &mut out);
+    for (part, value) in PARTS
+        .iter()
+        .zip([kind.as_str(), from, target, payload_json, ""])
+    {
+        out.extend_from_slice(part);
+        out.extend_from_slice(value.as_bytes());
+    }
+    debug_assert_eq!(out.len(), out.capacity());
+    out
 }
 
 /// `{"type":…,"peer_id":…,"target_id":…,"payload":…}` with `payload` spliced raw.
@@ -148,17 +186,24 @@ mod tests {
         serde_json::from_slice(v).unwrap()
     }
 
-    #[test]
-    fn relays_keep_the_payload_bytes() {
-        let text = br#"{"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0\r\n","z":1,"a":[1,2]}}"#;
+    /// The relayed JSON of `text` from `a`, as the server builds it.
+    fn relayed(text: &[u8]) -> (RelayKind, String, Vec<u8>) {
         let Action::Relay {
             kind,
             target,
-            frame,
+            payload,
         } = interpret(text, "a")
         else {
-            panic!()
+            panic!("not a relay: {}", String::from_utf8_lossy(text))
         };
+        let frame = relay_frame(kind, "a", &target, payload);
+        (kind, target.into_owned(), frame)
+    }
+
+    #[test]
+    fn relays_keep_the_payload_bytes() {
+        let text = br#"{"type":"offer","peer_id":"a","target_id":"b","payload":{"sdp":"v=0\r\n","z":1,"a":[1,2]}}"#;
+        let (kind, target, frame) = relayed(text);
         assert_eq!((kind, target.as_str()), (RelayKind::Offer, "b"));
         let s = String::from_utf8(frame.clone()).unwrap();
         assert!(
@@ -171,19 +216,32 @@ mod tests {
         );
         assert_eq!(parse(&frame), parse(&relay_frame_reencoded(text).unwrap()));
         // Missing payload relays null, as the reference's default.
-        let Action::Relay { frame, .. } =
-            interpret(br#"{"type":"answer","peer_id":"a","target_id":"b"}"#, "a")
-        else {
-            panic!()
-        };
+        let (_, _, frame) = relayed(br#"{"type":"answer","peer_id":"a","target_id":"b"}"#);
         assert_eq!(parse(&frame)["payload"], Value::Null);
-        let Action::Relay { kind, .. } = interpret(
+        let (kind, _, _) = relayed(
             br#"{"type":"ice_candidate","peer_id":"a","target_id":"b","payload":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
-            "a",
-        ) else {
-            panic!()
-        };
+        );
         assert_eq!(kind, RelayKind::IceCandidate);
+    }
+
+    /// The framed builder is byte for byte a text frame around [`relay_frame`], for
+    /// plain ids and ids that need escaping, at every header size (7-, 16- and 64-bit
+    /// lengths), in an allocation of exactly its size.
+    #[test]
+    fn relay_text_frame_is_the_relay_frame_framed() {
+        for (from, target) in [("a", "b"), ("agent-1", "peer \"q\" \\ \n\u{1}"), ("é", "ü")] {
+            for payload_len in [0usize, 10, 90, 120, 125, 126, 127, 65_400, 65_535, 70_000] {
+                let payload = format!("\"{}\"", "x".repeat(payload_len));
+                for kind in [RelayKind::Offer, RelayKind::Answer, RelayKind::IceCandidate] {
+                    let json = relay_frame(kind, from, target, &payload);
+                    let mut want = Vec::new();
+                    codec::encode_text(&json, &mut want);
+                    let got = relay_text_frame(kind, from, target, &payload);
+                    assert_eq!(got, want, "{kind:?} {from:?} {target:?} {payload_len}");
+                    assert_eq!(got.len(), got.capacity());
+                }
+            }
+        }
     }
 
     #[test]
