@@ -105,3 +105,65 @@ const HEALTHZ_BUDGET: f64 = 2.0;
 /// per-request allocation.
 const SLACK: f64 = 0.05;
 const HEARTBEAT_BUDGET: f64 = 8.0;
+
+/// A relayed signaling message on the sans-IO path the session runs: one read's bytes
+/// (a masked client frame) decoded, interpreted and re-framed for the target.
+#[test]
+fn relay_allocations_per_message() {
+    use chatixia_core::ws::codec::{Decoder, WsEvent};
+    use chatixia_core::ws::signaling::{self, Action};
+    let frames: Vec<Vec<u8>> = (0..1000)
+        .map(|i| {
+            let text = format!(
+                r#"{{"type":"ice_candidate","peer_id":"agent-a","target_id":"agent-{}","payload":{{"candidate":"candidate:1 1 udp 2122260223 127.0.0.1 {} typ host","sdpMid":"0","sdpMLineIndex":0}}}}"#,
+                i % 100,
+                40000 + i
+            );
+            let mut f = Vec::new();
+            wire::ws::client::encode_text_masked(text.as_bytes(), [1, 2, 3, 4], &mut f);
+            f
+        })
+        .collect();
+    let mut decoder = Decoder::new(64 * 1024);
+    let mut relayed = 0usize;
+    let mut run = |bytes: &[u8], relayed: &mut usize| {
+        let mut events = Vec::new();
+        decoder
+            .decode(bytes, |ev| events.push(ev))
+            .expect("valid frame");
+        for ev in events {
+            let WsEvent::Text(text) = ev else {
+                panic!("not text")
+            };
+            let Action::Relay {
+                kind,
+                target,
+                payload,
+            } = signaling::interpret(&text, "agent-a")
+            else {
+                panic!("not a relay")
+            };
+            let frame =
+                signaling::relay_text_frame(kind, "agent-a", &target, payload).into_boxed_slice();
+            assert!(frame.len() > payload.len());
+            *relayed += 1;
+        }
+    };
+    for f in frames.iter().take(8) {
+        run(f, &mut relayed);
+    }
+    let before = allocs();
+    for f in &frames {
+        run(f, &mut relayed);
+    }
+    let n = (allocs() - before) as f64 / frames.len() as f64;
+    assert_eq!(relayed, 1008);
+    println!("relayed signaling message: {n} allocations");
+    assert!(
+        n <= RELAY_BUDGET + SLACK,
+        "{n} allocations per relayed message (budget {RELAY_BUDGET})"
+    );
+}
+
+/// The events list, the unmasked message, the outgoing frame.
+const RELAY_BUDGET: f64 = 3.0;

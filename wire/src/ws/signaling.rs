@@ -55,10 +55,20 @@ struct Incoming<'a> {
     kind: Cow<'a, str>,
     #[serde(borrow)]
     peer_id: Cow<'a, str>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed_option")]
     target_id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+}
+
+/// `Option<Cow<str>>` borrowed from the input: serde's `borrow` does not reach through
+/// the `Option` (an owned `String` per relayed message otherwise), the newtype does.
+fn borrowed_option<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Borrowed<'a>>::deserialize(d)?.map(|b| b.0))
 }
 
 /// Interprets one text frame from the connection whose identity is `identity`.
@@ -222,6 +232,23 @@ mod tests {
             br#"{"type":"ice_candidate","peer_id":"a","target_id":"b","payload":{"candidate":"c","sdpMid":"0","sdpMLineIndex":0}}"#,
         );
         assert_eq!(kind, RelayKind::IceCandidate);
+        // The target id is borrowed from the frame, unless it had to be unescaped.
+        let Action::Relay { target, .. } =
+            interpret(br#"{"type":"offer","peer_id":"a","target_id":"b"}"#, "a")
+        else {
+            panic!()
+        };
+        assert!(matches!(target, Cow::Borrowed("b")));
+        let (_, target, _) = relayed(br#"{"type":"offer","peer_id":"a","target_id":"b\u0062\n"}"#);
+        assert_eq!(target, "bb\n");
+        assert_eq!(
+            interpret(br#"{"type":"offer","peer_id":"a","target_id":null}"#, "a"),
+            Action::Ignore("relay without target_id")
+        );
+        assert_eq!(
+            interpret(br#"{"type":"offer","peer_id":"a","target_id":7}"#, "a"),
+            Action::Ignore("unparsable frame")
+        );
     }
 
     /// The framed builder is byte for byte a text frame around [`relay_frame`], for
