@@ -432,11 +432,15 @@ impl ConnTable {
     pub(super) fn list(&self, mesh: Option<&str>, exclude: &str) -> Vec<Box<str>> {
         let slots = self.slots.borrow();
         let meshes = self.meshes.borrow();
+        // The excluded peer by its key (one lookup), not by comparing every member's
+        // id with it (a string comparison per member per `register`).
+        let skip = self.by_id.borrow().get(exclude).copied();
         meshes
             .members(mesh)
             .iter()
+            .filter(|&&k| Some(k) != skip)
             .filter_map(|&k| slots.get(k))
-            .filter(|s| s.authorized && s.close.is_none() && &*s.peer_id != exclude)
+            .filter(|s| s.authorized && s.close.is_none())
             .map(|s| s.peer_id.clone())
             .collect()
     }
