@@ -10,7 +10,11 @@
 # (/proc/PID/stat) divided by the operations (the load generator's --server-pid).
 # Usage: scripts/bench-ws-paths.sh [RUNS] [RATE]
 #   BIN=…          chatixia-core (default target/release/chatixia-core, built here)
-#   SERVERS=…      default "uring uring-oneshot epoll ref"; also `before` (BEFORE_BIN=…, io_uring)
+#   SERVERS=…      default "uring uring-oneshot epoll ref"; also `before` (BEFORE_BIN=…, io_uring),
+#                  and `ring-relay` / `epoll-relay`: the relay floors, reactor/examples/ring_relay.rs
+#                  and epoll_relay.rs (raw io_uring / epoll, doing only what `bench ws-relay` needs;
+#                  built here, or FLOOR_DIR=… holding both) — what the kernel side of relaying
+#                  costs (docs/BENCHMARKS.md "The relay floor")
 #   REF_REGISTRY=… the reference registry (default /work/shared/reference/chatixia-registry)
 #   SCENARIOS=…    default "relay-100 relay-10k connect-10k"
 set -euo pipefail
@@ -23,6 +27,12 @@ if [ -z "${BIN:-}" ]; then
   cargo build --release --bin chatixia-core -q
   BIN=target/release/chatixia-core
 fi
+case " $SERVERS " in *" ring-relay "*|*" epoll-relay "*)
+  if [ -z "${FLOOR_DIR:-}" ]; then
+    cargo build --release -p reactor --example ring_relay --example epoll_relay -q
+    FLOOR_DIR=target/release/examples
+  fi ;;
+esac
 TMP=$(mktemp -d)
 pid=
 . scripts/lib/bench-server.sh  # stop, free_port
@@ -43,6 +53,8 @@ start() { # $1 = server, $2 = keys file
     before)
       CHATIXIA_DATA_DIR=$data API_KEYS_FILE=$2 RUST_LOG=warn taskset -c 0 "$BEFORE_BIN" --cores 1 \
         --io-driver uring --stun-url none --listen "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
+    ring-relay|epoll-relay)
+      taskset -c 0 "$FLOOR_DIR/${1/-/_}" "127.0.0.1:$PORT" 2>>"$TMP/server.log" & pid=$! ;;
     ref)
       CHATIXIA_DATA_DIR=$data TOKIO_WORKER_THREADS=1 PORT=$PORT API_KEYS_FILE=$2 STUN_URLS=none RUST_LOG=warn \
         taskset -c 0 "$REF_REGISTRY" 2>>"$TMP/server.log" & pid=$! ;;
@@ -111,6 +123,10 @@ for (scen, k), by in med.items():
         line += f"\turing/oneshot={m['uring']/m['uring-oneshot']:.3f}"
     if 'epoll' in m and 'uring' in m and m['epoll']:
         line += f"\turing/epoll={m['uring']/m['epoll']:.3f}"
+    if 'ring-relay' in m and 'uring' in m and m['ring-relay']:
+        line += f"\turing/ring-relay={m['uring']/m['ring-relay']:.3f}"
+    if 'epoll-relay' in m and 'epoll' in m and m['epoll-relay']:
+        line += f"\tepoll/epoll-relay={m['epoll']/m['epoll-relay']:.3f}"
     if 'before' in m and 'uring' in m and m['before']:
         line += f"\turing/before={m['uring']/m['before']:.3f}"
     print(line)
