@@ -198,7 +198,9 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
     let mut slots = ctx.ws.slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {
         s.writing = false;
-        // Frames queued during the write are taken by the caller's next turn.
+        // The abort's waker is done with; frames queued during the write are taken by
+        // the caller's next turn (a waker left here would wake the task for nothing).
+        s.waker = None;
     }
     drop(slots);
     match done {
