@@ -198,6 +198,12 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
     let mut slots = ctx.ws.slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {
         s.writing = false;
+        // A write that finished after the sweep flagged it (but before the task saw
+        // the flag) did not stall: the flag must not cut the next write (the close
+        // frame the sweep's close asks for).
+        if matches!(done, reactor::timer::Either::Left(_)) {
+            s.write_abort = false;
+        }
         // The abort's waker is done with; frames queued during the write are taken by
         // the caller's next turn (a waker left here would wake the task for nothing).
         s.waker = None;
