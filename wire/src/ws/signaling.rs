@@ -330,4 +330,41 @@ mod tests {
             json!({"type":"error","peer_id":"registry","payload":{"reason":"not authorized"}})
         );
     }
+
+    /// Probe (review18): `relay_text_frame` equals `encode_text(relay_frame)` for ids
+    /// with 0x7f, non-ASCII, U+2028, '/', empty, every control char, at JSON lengths
+    /// exactly around each header boundary (125/126, 65535/65536), in an allocation of
+    /// exactly its size.
+    #[test]
+    fn review18_relay_text_frame_boundaries() {
+        let mut ids: Vec<String> = vec![
+            "".into(), "a".into(), "\u{7f}".into(), "x\u{7f}y".into(), "é".into(),
+            "\u{2028}\u{2029}".into(), "a/b".into(), "<\u{0}>".into(), "\u{10ffff}".into(),
+            "'".into(), "\u{1b}[0m".into(),
+        ];
+        for c in 0u8..0x20 {
+            ids.push(format!("p{}q", c as char));
+        }
+        for from in &ids {
+            for target in ["b", from.as_str(), "\u{7f}\"\\"] {
+                for kind in [RelayKind::Offer, RelayKind::Answer, RelayKind::IceCandidate] {
+                    let base = relay_frame(kind, from, target, "\"\"").len();
+                    for want_len in [124usize, 125, 126, 127, 65_534, 65_535, 65_536, 65_537] {
+                        if want_len < base {
+                            continue;
+                        }
+                        let payload = format!("\"{}\"", "x".repeat(want_len - base));
+                        let json = relay_frame(kind, from, target, &payload);
+                        assert_eq!(json.len(), want_len);
+                        let mut want = Vec::new();
+                        codec::encode_text(&json, &mut want);
+                        let got = relay_text_frame(kind, from, target, &payload);
+                        assert_eq!(got, want, "{kind:?} {from:?} {target:?} {want_len}");
+                        assert_eq!(got.len(), got.capacity(), "{from:?} {target:?} {want_len}");
+                        assert_eq!(got.len(), codec::text_frame_len(want_len));
+                    }
+                }
+            }
+        }
+    }
 }
