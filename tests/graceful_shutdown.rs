@@ -97,3 +97,63 @@ fn sigterm_closes_websockets_with_1001() {
         }
     }
 }
+
+/// Probe (review18): a signaling peer that stopped reading while the server writes to
+/// it does not hold a graceful shutdown past the idle timeout: its stalled write was
+/// bounded by the idle timeout (a timer per write before 5fd724e), and the drain ends
+/// cleanly ("shutdown complete") well inside `--shutdown-timeout`.
+#[test]
+fn review18_a_stalled_websocket_write_does_not_hold_the_shutdown() {
+    use std::net::TcpStream;
+    let mut o = common::Opts::cores(2);
+    o.keys = Some(
+        r#"{"keys":{"ak_a":{"peer_id":"peer-a","role":"agent"},"ak_b":{"peer_id":"peer-b","role":"agent"}}}"#.into(),
+    );
+    o.args = [
+        "--ws-idle-timeout",
+        "8",
+        "--shutdown-timeout",
+        "60",
+        "--ws-outbound-bytes-max",
+        "100000000",
+        "--ws-outbound-frames-max",
+        "100000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    o.env = vec![("RUST_LOG".into(), "info".into())];
+    let mut srv = Server::with(o);
+    // The slow peer: a small receive buffer, and it never reads.
+    let slow_sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow_sock.set_recv_buffer_size(4096).unwrap();
+    slow_sock.connect(&srv.addr.into()).unwrap();
+    let slow_sock: TcpStream = slow_sock.into();
+    let url = format!(
+        "ws://{}/ws?token={}",
+        srv.addr,
+        common::ws::jwt_for("peer-b", 300)
+    );
+    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    common::ws::send(
+        &mut slow,
+        &serde_json::json!({"type": "register", "peer_id": "peer-b"}),
+    );
+    let (mut fast, _) =
+        common::ws::join(&srv, "peer-a", &common::ws::jwt_for("peer-a", 300));
+    let payload = serde_json::json!({"sdp": "z".repeat(8000)});
+    for _ in 0..1500 {
+        let m = serde_json::json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
+        fast.send(tungstenite::Message::text(m.to_string())).unwrap();
+    }
+    // peer-b's write is stalled (12 MB for a reader that reads nothing). Shut down now.
+    let (status, _) = srv.terminate(Duration::from_secs(90));
+    assert_eq!(status.code(), Some(0));
+    let log = srv.log();
+    assert!(
+        log.contains("shutdown complete") && !log.contains("shutdown timeout reached"),
+        "the drain waited for the stalled write until --shutdown-timeout:\n{log}"
+    );
+    drop(slow);
+}

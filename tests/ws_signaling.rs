@@ -234,3 +234,158 @@ fn client_close_is_echoed_and_bad_codes_refused() {
     let (code, reason) = recv_close(&mut c);
     assert_eq!((code, reason.as_str()), (1002, "invalid close code"));
 }
+
+/// Probe (review18): one TCP segment holding `register`s interleaved with relays (to
+/// the sender itself, to a peer on the other shard): every reply and relay comes out in
+/// the order the frames went in, although each `register` takes the async path.
+#[test]
+fn review18_register_and_relays_in_one_segment_keep_their_order() {
+    let (a, b) = split_pair();
+    for driver in common::DRIVERS {
+        let srv = server(2, driver, &[(&a, None), (&b, None)], &[]);
+        let (mut wb, _) = join(&srv, &b, &jwt_for(&b, 300));
+        let mut wa = connect(&srv, &jwt_for(&a, 300)).unwrap();
+        for round in 0..20 {
+            let relay = |kind: &str, to: &str, seq: u32| {
+                Message::text(
+                    json!({"type": kind, "peer_id": a, "target_id": to, "payload": {"seq": seq, "round": round}})
+                        .to_string(),
+                )
+            };
+            let reg = Message::text(json!({"type": "register", "peer_id": a}).to_string());
+            // Buffered, then flushed in one write.
+            wa.write(reg.clone()).unwrap();
+            wa.write(relay("offer", &a, 1)).unwrap();
+            wa.write(relay("offer", &b, 2)).unwrap();
+            wa.write(reg).unwrap();
+            wa.write(relay("ice_candidate", &a, 3)).unwrap();
+            wa.write(relay("answer", &b, 4)).unwrap();
+            wa.write(relay("offer", &a, 5)).unwrap();
+            wa.flush().unwrap();
+            let got: Vec<String> = (0..5)
+                .map(|_| {
+                    let m = recv(&mut wa);
+                    match m["type"].as_str().unwrap() {
+                        "peer_list" => {
+                            assert_eq!(m["payload"]["peers"], json!([b]), "{driver}");
+                            "list".to_string()
+                        }
+                        t => {
+                            assert_eq!(m["payload"]["round"], round, "{driver}: {m}");
+                            format!("{t}{}", m["payload"]["seq"])
+                        }
+                    }
+                })
+                .collect();
+            assert_eq!(
+                got,
+                ["list", "offer1", "list", "ice_candidate3", "offer5"],
+                "{driver} round {round}"
+            );
+            let at_b: Vec<String> = (0..2)
+                .map(|_| {
+                    let m = recv(&mut wb);
+                    assert_eq!(m["payload"]["round"], round, "{driver}: {m}");
+                    format!("{}{}", m["type"].as_str().unwrap(), m["payload"]["seq"])
+                })
+                .collect();
+            assert_eq!(at_b, ["offer2", "answer4"], "{driver} round {round}");
+        }
+    }
+}
+
+/// Probe (review18): many senders on one shard flood a peer on the other shard in
+/// batches (a full cross-shard mailbox takes the async retry path): per sender, what
+/// arrives arrives in order, and every relay either arrives or is answered with an
+/// error frame, before the sender's next `register` reply.
+#[test]
+fn review18_cross_shard_flood_loses_and_reorders_nothing() {
+    let target = "flood-target".to_string();
+    let t_shard = reactor::shard_of(&target, 2);
+    let senders: Vec<String> = (0..)
+        .map(|i| format!("flood-sender-{i}"))
+        .filter(|p| reactor::shard_of(p, 2) != t_shard)
+        .take(6)
+        .collect();
+    let mut peers: Vec<(&str, Option<&str>)> = vec![(&target, None)];
+    peers.extend(senders.iter().map(|s| (s.as_str(), None)));
+    let srv = server(
+        2,
+        "uring",
+        &peers,
+        &["--ws-outbound-frames-max", "1000000", "--ws-outbound-bytes-max", "1000000000"],
+    );
+    let (mut wt, _) = join(&srv, &target, &jwt_for(&target, 300));
+    const N: u32 = 20_000;
+    const BATCH: u32 = 200;
+    let handles: Vec<_> = senders
+        .iter()
+        .map(|s| {
+            let (mut ws, _) = join(&srv, s, &jwt_for(s, 300));
+            let (s, target) = (s.clone(), target.clone());
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                while seq < N {
+                    for _ in 0..BATCH {
+                        let m = json!({"type": "ice_candidate", "peer_id": s, "target_id": target, "payload": seq});
+                        ws.write(Message::text(m.to_string())).unwrap();
+                        seq += 1;
+                    }
+                    ws.flush().unwrap();
+                }
+                send(&mut ws, &json!({"type": "register", "peer_id": s}));
+                let mut errors = 0u32;
+                loop {
+                    let m = recv(&mut ws);
+                    match m["type"].as_str().unwrap() {
+                        "peer_list" => break,
+                        "error" => {
+                            assert_eq!(m["payload"]["reason"], "relay dropped: server overloaded");
+                            errors += 1;
+                        }
+                        other => panic!("{other}: {m}"),
+                    }
+                }
+                (s, errors, ws)
+            })
+        })
+        .collect();
+    // The target reads as they send (so its queue never fills).
+    let mut last: std::collections::HashMap<String, i64> = Default::default();
+    let mut received = 0u64;
+    let reader = std::thread::spawn(move || {
+        let expected_max = N as u64 * 6;
+        // Reads until every sender's relays are in or errored; the count is checked after.
+        wt.get_mut()
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        while received < expected_max {
+            let m = match wt.read() {
+                Ok(Message::Text(t)) => serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap(),
+                Ok(_) => continue,
+                Err(_) => break, // nothing more for 20 s: what is missing was errored
+            };
+            let from = m["peer_id"].as_str().unwrap().to_string();
+            let seq = m["payload"].as_i64().unwrap();
+            let prev = last.insert(from.clone(), seq).unwrap_or(-1);
+            assert!(seq > prev, "{from}: {seq} after {prev}");
+            received += 1;
+        }
+        received
+    });
+    let mut errors = 0u64;
+    let mut keep = Vec::new();
+    for h in handles {
+        let (_, e, ws) = h.join().unwrap();
+        errors += e as u64;
+        keep.push(ws);
+    }
+    let received = reader.join().unwrap();
+    let m = srv.get("/metrics").text();
+    let refused: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("chatixia_mailbox_refused_total") || l.starts_with("chatixia_ws_refused_total"))
+        .collect();
+    println!("received {received}, errored {errors}, {refused:?}");
+    assert_eq!(received + errors, N as u64 * 6, "{refused:?}");
+}
