@@ -318,11 +318,16 @@ fn review18_cross_shard_flood_loses_and_reorders_nothing() {
     let (mut wt, _) = join(&srv, &target, &jwt_for(&target, 300));
     const N: u32 = 20_000;
     const BATCH: u32 = 200;
-    let handles: Vec<_> = senders
+    // All join before any floods (an upgrade asks another shard, whose full mailbox
+    // would refuse it with 503).
+    let joined: Vec<_> = senders
         .iter()
-        .map(|s| {
-            let (mut ws, _) = join(&srv, s, &jwt_for(s, 300));
-            let (s, target) = (s.clone(), target.clone());
+        .map(|s| (s.clone(), join(&srv, s, &jwt_for(s, 300)).0))
+        .collect();
+    let handles: Vec<_> = joined
+        .into_iter()
+        .map(|(s, mut ws)| {
+            let target = target.clone();
             std::thread::spawn(move || {
                 let mut seq = 0;
                 while seq < N {
