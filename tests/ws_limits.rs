@@ -231,3 +231,54 @@ fn a_peer_list_larger_than_the_queue_limit_is_still_delivered() {
         "one frame of ~3.5 KB, above the 2 KiB queue limit"
     );
 }
+
+/// Probe (review18): a peer whose write is stalled when the idle sweep finds it silent
+/// (here: it paused reading, and its heartbeat sits unread behind the stalled write)
+/// is closed with 1001 "idle timeout" once it reads again — after what was queued for
+/// it — as before 5fd724e, not cut mid-write without a close frame.
+#[test]
+fn review18_an_idle_close_during_a_slow_write_still_sends_1001() {
+    let srv = server(
+        1,
+        &[
+            "--ws-idle-timeout",
+            "30",
+            "--ws-outbound-bytes-max",
+            "100000000",
+            "--ws-outbound-frames-max",
+            "100000",
+        ],
+    );
+    let slow_sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    slow_sock.set_recv_buffer_size(4096).unwrap();
+    slow_sock.connect(&srv.addr.into()).unwrap();
+    let slow_sock: TcpStream = slow_sock.into();
+    slow_sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for("peer-b", 3000));
+    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
+    let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
+    let payload = json!({"sdp": "z".repeat(8000)});
+    for _ in 0..600 {
+        let m = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
+        fast.send(Message::text(m.to_string())).unwrap();
+    }
+    // Alive: a heartbeat (unread by the server while it writes).
+    send(&mut slow, &json!({"type": "heartbeat", "peer_id": "peer-b"}));
+    std::thread::sleep(Duration::from_millis(200));
+    srv.advance(31.0);
+    let mut texts = 0;
+    let end = loop {
+        match slow.read() {
+            Ok(Message::Close(f)) => break format!("close {:?}", f.map(|f| (u16::from(f.code), f.reason.to_string()))),
+            Ok(Message::Text(_)) => texts += 1,
+            Ok(_) => continue,
+            Err(e) => break format!("error {e}"),
+        }
+    };
+    println!("after {texts} texts: {end}");
+    assert_eq!(end, r#"close Some((1001, "idle timeout"))"#, "after {texts} texts");
+}
