@@ -394,3 +394,63 @@ fn review18_cross_shard_flood_loses_and_reorders_nothing() {
     println!("received {received}, errored {errors}, {refused:?}");
     assert_eq!(received + errors, N as u64 * 6, "{refused:?}");
 }
+
+/// Probe (review18): a peer that reconnects (its new connection replaces the old one,
+/// which is closed with 4000) and registers at once never finds itself in its peer
+/// list — also while the old connection is still writing its close frame (its slot
+/// is still listed in the mesh then, with its close reason already taken).
+#[test]
+fn review18_a_reconnecting_peer_is_never_listed_to_itself() {
+    use std::io::{Read, Write};
+    let (a, b) = split_pair();
+    for driver in common::DRIVERS {
+        let srv = server(2, driver, &[(&a, None), (&b, None)], &[]);
+        let (_wa, _) = join(&srv, &a, &jwt_for(&a, 300));
+        let mut old = join(&srv, &b, &jwt_for(&b, 300)).0;
+        let mut seen_self = 0;
+        for round in 0..200 {
+            // The upgrade request and the register frame in one segment.
+            let mut req = format!(
+                "GET /ws?token={} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+                jwt_for(&b, 300)
+            )
+            .into_bytes();
+            wire::ws::client::encode_text_masked(
+                json!({"type": "register", "peer_id": b}).to_string().as_bytes(),
+                [9, 8, 7, 6],
+                &mut req,
+            );
+            let mut s = srv.stream();
+            s.write_all(&req).unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte).unwrap();
+                head.push(byte[0]);
+            }
+            assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+            let mut ws = tungstenite::WebSocket::from_raw_socket(
+                s,
+                tungstenite::protocol::Role::Client,
+                None,
+            );
+            let list = recv(&mut ws);
+            assert_eq!(list["type"], "peer_list", "{list}");
+            if list["payload"]["peers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == b.as_str())
+            {
+                seen_self += 1;
+                println!("{driver} round {round}: {list}");
+            }
+            // The old connection was replaced.
+            let (code, _) = ws::recv_close(&mut old);
+            assert_eq!(code, 4000, "{driver}");
+            old = ws;
+        }
+        assert_eq!(seen_self, 0, "{driver}: listed to itself {seen_self} times in 200");
+    }
+}

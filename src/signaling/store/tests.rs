@@ -386,3 +386,24 @@ fn the_mesh_index_matches_a_full_scan() {
         "empty meshes are dropped"
     );
 }
+
+/// Probe (review18): a replaced connection that is writing its close frame (the session's
+/// `flush_and_close` has taken its close reason; its slot stays listed in the mesh until
+/// the task ends) is not listed to its own identity's newer connection.
+#[test]
+fn review18_a_replaced_connection_closing_is_not_listed_to_its_successor() {
+    let t = ConnTable::default();
+    let old = t.register("b".into(), None, true, 0);
+    let _a = t.register("a".into(), None, true, 0);
+    let new = t.register("b".into(), None, true, 1);
+    assert_eq!(close_of(&t, old).unwrap().0, close_code::REPLACED);
+    assert_ne!(old, new);
+    // What `flush_and_close` does before it writes the close frame.
+    let taken = t.slots.borrow_mut()[old].close.take();
+    assert!(taken.is_some());
+    let listed = t.list(None, "b");
+    assert!(
+        !listed.iter().any(|p| &**p == "b"),
+        "the peer is listed to itself: {listed:?}"
+    );
+}
