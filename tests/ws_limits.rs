@@ -232,12 +232,16 @@ fn a_peer_list_larger_than_the_queue_limit_is_still_delivered() {
     );
 }
 
-/// Probe (review18): a peer whose write is stalled when the idle sweep finds it silent
+/// a peer whose write is stalled when the idle sweep finds it silent
 /// (here: it paused reading, and its heartbeat sits unread behind the stalled write)
 /// is closed with 1001 "idle timeout" once it reads again — after what was queued for
-/// it — as before 5fd724e, not cut mid-write without a close frame.
+/// A peer found silent for the idle timeout while a write to it is in progress (its
+/// heartbeat sits unread behind the write), but a write younger than the timeout, is
+/// closed with 1001 "idle timeout" after what was queued for it, not cut mid-write; a
+/// write in progress for the whole timeout is what gets abandoned
+/// (`a_client_that_stops_reading_mid_write_is_dropped_after_the_idle_timeout`).
 #[test]
-fn review18_an_idle_close_during_a_slow_write_still_sends_1001() {
+fn an_idle_close_during_a_slow_write_still_sends_1001() {
     let srv = server(
         1,
         &[
@@ -261,24 +265,46 @@ fn review18_an_idle_close_during_a_slow_write_still_sends_1001() {
     let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
     send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
     let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
+    // 20 s of silence (a ping is queued to both at half the timeout) ...
+    srv.advance(20.0);
+    // ... then a burst the slow peer does not read: the write to it stalls, 20 s into
+    // its silence.
     let payload = json!({"sdp": "z".repeat(8000)});
     for _ in 0..600 {
         let m = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
         fast.send(Message::text(m.to_string())).unwrap();
     }
     // Alive: a heartbeat (unread by the server while it writes).
-    send(&mut slow, &json!({"type": "heartbeat", "peer_id": "peer-b"}));
+    send(
+        &mut slow,
+        &json!({"type": "heartbeat", "peer_id": "peer-b"}),
+    );
     std::thread::sleep(Duration::from_millis(200));
-    srv.advance(31.0);
+    // 31 s of silence as the server sees it, 11 s into the write.
+    srv.advance(11.0);
     let mut texts = 0;
     let end = loop {
         match slow.read() {
-            Ok(Message::Close(f)) => break format!("close {:?}", f.map(|f| (u16::from(f.code), f.reason.to_string()))),
+            Ok(Message::Close(f)) => {
+                break format!(
+                    "close {:?}",
+                    f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                )
+            }
             Ok(Message::Text(_)) => texts += 1,
             Ok(_) => continue,
             Err(e) => break format!("error {e}"),
         }
     };
-    println!("after {texts} texts: {end}");
-    assert_eq!(end, r#"close Some((1001, "idle timeout"))"#, "after {texts} texts");
+    assert_eq!(
+        end, r#"close Some((1001, "idle timeout"))"#,
+        "after {texts} texts"
+    );
+    // The peer list answering `register`, then every offer: nothing queued before the
+    // close is lost.
+    assert_eq!(
+        texts,
+        1 + 600,
+        "everything queued before the close is delivered"
+    );
 }

@@ -235,11 +235,11 @@ fn client_close_is_echoed_and_bad_codes_refused() {
     assert_eq!((code, reason.as_str()), (1002, "invalid close code"));
 }
 
-/// Probe (review18): one TCP segment holding `register`s interleaved with relays (to
+/// One TCP segment holding `register`s interleaved with relays (to
 /// the sender itself, to a peer on the other shard): every reply and relay comes out in
 /// the order the frames went in, although each `register` takes the async path.
 #[test]
-fn review18_register_and_relays_in_one_segment_keep_their_order() {
+fn register_and_relays_in_one_segment_keep_their_order() {
     let (a, b) = split_pair();
     for driver in common::DRIVERS {
         let srv = server(2, driver, &[(&a, None), (&b, None)], &[]);
@@ -294,12 +294,12 @@ fn review18_register_and_relays_in_one_segment_keep_their_order() {
     }
 }
 
-/// Probe (review18): many senders on one shard flood a peer on the other shard in
+/// Many senders on one shard flood a peer on the other shard in
 /// batches (a full cross-shard mailbox takes the async retry path): per sender, what
 /// arrives arrives in order, and every relay either arrives or is answered with an
 /// error frame, before the sender's next `register` reply.
 #[test]
-fn review18_cross_shard_flood_loses_and_reorders_nothing() {
+fn cross_shard_flood_loses_and_reorders_nothing() {
     let target = "flood-target".to_string();
     let t_shard = reactor::shard_of(&target, 2);
     let senders: Vec<String> = (0..)
@@ -313,7 +313,12 @@ fn review18_cross_shard_flood_loses_and_reorders_nothing() {
         2,
         "uring",
         &peers,
-        &["--ws-outbound-frames-max", "1000000", "--ws-outbound-bytes-max", "1000000000"],
+        &[
+            "--ws-outbound-frames-max",
+            "1000000",
+            "--ws-outbound-bytes-max",
+            "1000000000",
+        ],
     );
     let (mut wt, _) = join(&srv, &target, &jwt_for(&target, 300));
     const N: u32 = 20_000;
@@ -366,7 +371,9 @@ fn review18_cross_shard_flood_loses_and_reorders_nothing() {
             .unwrap();
         while received < expected_max {
             let m = match wt.read() {
-                Ok(Message::Text(t)) => serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap(),
+                Ok(Message::Text(t)) => {
+                    serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap()
+                }
                 Ok(_) => continue,
                 Err(_) => break, // nothing more for 20 s: what is missing was errored
             };
@@ -389,18 +396,21 @@ fn review18_cross_shard_flood_loses_and_reorders_nothing() {
     let m = srv.get("/metrics").text();
     let refused: Vec<&str> = m
         .lines()
-        .filter(|l| l.starts_with("chatixia_mailbox_refused_total") || l.starts_with("chatixia_ws_refused_total"))
+        .filter(|l| {
+            l.starts_with("chatixia_mailbox_refused_total")
+                || l.starts_with("chatixia_ws_refused_total")
+        })
         .collect();
     println!("received {received}, errored {errors}, {refused:?}");
     assert_eq!(received + errors, N as u64 * 6, "{refused:?}");
 }
 
-/// Probe (review18): a peer that reconnects (its new connection replaces the old one,
+/// A peer that reconnects (its new connection replaces the old one,
 /// which is closed with 4000) and registers at once never finds itself in its peer
 /// list — also while the old connection is still writing its close frame (its slot
-/// is still listed in the mesh then, with its close reason already taken).
+/// is still listed in the mesh then, with its close reason kept).
 #[test]
-fn review18_a_reconnecting_peer_is_never_listed_to_itself() {
+fn a_reconnecting_peer_is_never_listed_to_itself() {
     use std::io::{Read, Write};
     let (a, b) = split_pair();
     for driver in common::DRIVERS {
@@ -417,7 +427,9 @@ fn review18_a_reconnecting_peer_is_never_listed_to_itself() {
             )
             .into_bytes();
             wire::ws::client::encode_text_masked(
-                json!({"type": "register", "peer_id": b}).to_string().as_bytes(),
+                json!({"type": "register", "peer_id": b})
+                    .to_string()
+                    .as_bytes(),
                 [9, 8, 7, 6],
                 &mut req,
             );
@@ -429,7 +441,11 @@ fn review18_a_reconnecting_peer_is_never_listed_to_itself() {
                 s.read_exact(&mut byte).unwrap();
                 head.push(byte[0]);
             }
-            assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+            assert!(
+                head.starts_with(b"HTTP/1.1 101"),
+                "{}",
+                String::from_utf8_lossy(&head)
+            );
             let mut ws = tungstenite::WebSocket::from_raw_socket(
                 s,
                 tungstenite::protocol::Role::Client,
@@ -451,6 +467,9 @@ fn review18_a_reconnecting_peer_is_never_listed_to_itself() {
             assert_eq!(code, 4000, "{driver}");
             old = ws;
         }
-        assert_eq!(seen_self, 0, "{driver}: listed to itself {seen_self} times in 200");
+        assert_eq!(
+            seen_self, 0,
+            "{driver}: listed to itself {seen_self} times in 200"
+        );
     }
 }

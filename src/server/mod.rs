@@ -515,12 +515,15 @@ pub async fn run_shard(
     let c = ctx.clone();
     reactor::timer::every(EXPIRE_INTERVAL, stop.clone(), move || c.job_expire());
     let c = ctx.clone();
-    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop.clone(), move || {
-        c.job_pairing_sweep()
-    });
+    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop, move || c.job_pairing_sweep());
     let c = ctx.clone();
     let ws_sweep = (ctx.config.ws.idle_timeout / 4).max(Duration::from_secs(1));
-    reactor::timer::every(ws_sweep, stop, move || c.job_ws_idle());
+    // The signaling sweep runs until the shard has drained, not just until shutdown
+    // begins: it is what abandons a write to a client that stopped reading, and such a
+    // write (the 1001 of a shutdown, say) must not hold the drain until
+    // `--shutdown-timeout`.
+    let drained = SetOnDrop(reactor::LocalEvent::new());
+    reactor::timer::every(ws_sweep, drained.0.clone(), move || c.job_ws_idle());
 
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -573,5 +576,15 @@ pub async fn run_shard(
     );
     while ctx.counters.connections_open.get() > 0 || ctx.ws.open.get() > 0 {
         monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(drained);
+}
+
+/// Sets its event when dropped: on every way out of the shard's serving function.
+struct SetOnDrop(reactor::LocalEvent);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
     }
 }

@@ -177,27 +177,28 @@ async fn run_peer(
     }
 }
 
-/// Writes `bytes`, giving up when the idle sweep finds the connection silent for the
-/// whole idle timeout during the write (`PeerSlot::write_abort`): a client that stops
-/// reading (a zero TCP window) must not hold its connection, slot and per-IP count
-/// forever, since nothing else can interrupt a write in progress. The sweep bounds the
-/// write instead of a timer per write (one fewer timer and clock read per relayed
-/// frame). False when the connection is done.
+/// Writes `bytes`, giving up when the idle sweep finds the write in progress for the
+/// whole idle timeout (`PeerSlot::write_abort`): a client that stops reading (a zero
+/// TCP window) must not hold its connection, slot and per-IP count forever, since
+/// nothing else can interrupt a write in progress. The sweep (which runs until the
+/// shard has drained, shutdown included) bounds the write instead of a timer per write
+/// (one fewer timer per relayed frame). False when the connection is done.
 async fn write_bounded<B: monoio::buf::IoBuf>(
     ctx: &ShardCtx,
     stream: &mut TcpStream,
     key: usize,
     bytes: B,
 ) -> bool {
+    let now = ctx.now().as_secs();
     if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
-        s.writing = true;
+        s.writing = Some(now);
     }
     let write = std::pin::pin!(stream.write_all(bytes));
     let abort = std::pin::pin!(WriteAbort { ws: &ctx.ws, key });
     let done = reactor::timer::select2_pinned(write, abort).await;
     let mut slots = ctx.ws.slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {
-        s.writing = false;
+        s.writing = None;
         // A write that finished after the sweep flagged it (but before the task saw
         // the flag) did not stall: the flag must not cut the next write (the close
         // frame the sweep's close asks for).
@@ -258,9 +259,11 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
     let close = ctx
         .ws
         .slots
-        .borrow_mut()
-        .get_mut(key)
-        .and_then(|s| s.close.take());
+        .borrow()
+        .get(key)
+        // Read, not taken: the slot stays closing (unlisted, no more output queued)
+        // until the task unregisters it.
+        .and_then(|s| s.close.clone());
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
     codec::encode_close(code, &reason, &mut out);
     if write_bounded(ctx, stream, key, out).await {
@@ -451,11 +454,11 @@ async fn register(ctx: &Rc<ShardCtx>, key: usize) {
     ctx.ws.enqueue(key, text_frame(&frame), limits);
 }
 
-/// A relay whose owner shard's mailbox was full: waits (yielding) for room, up to
-/// `RELAY_RETRIES_MAX` times (backpressure first), then drops it with an error frame
-/// to the sender (refusal when it persists).
+/// A relay whose owner shard's mailbox was full (its first try): waits (yielding)
+/// for room, up to `RELAY_RETRIES_MAX` tries in all (backpressure first), then drops
+/// it with an error frame to the sender (refusal when it persists).
 async fn relay_to_full_mailbox(ctx: &Rc<ShardCtx>, key: usize, owner: usize, mut msg: Msg) {
-    for _ in 0..RELAY_RETRIES_MAX {
+    for _ in 1..RELAY_RETRIES_MAX {
         reactor::yield_now().await;
         match ctx.shard.try_tell(owner, msg) {
             Ok(()) => return,

@@ -65,11 +65,12 @@ pub(super) struct PeerSlot {
     /// The session task's waker: while it waits, for output or a close; while it
     /// writes ([`PeerSlot::writing`]), only for the sweep's `write_abort`.
     pub(super) waker: Option<Waker>,
-    /// A write is in progress: queued frames wait for it without waking the task.
-    pub(super) writing: bool,
-    /// Set by the idle sweep when a connection silent for the whole idle timeout is
-    /// in a write: the write is stalled (the peer does not read), so it is abandoned.
-    /// This is what bounds a write in time; no timer is armed per write.
+    /// Shard clock (seconds) when the write in progress began, if one is: queued
+    /// frames wait for it without waking the task.
+    pub(super) writing: Option<u64>,
+    /// Set by the idle sweep when a write has been in progress for the whole idle
+    /// timeout: the peer does not read (a zero TCP window), so the write is abandoned.
+    /// This is what bounds a write in time (as a timer per write did, without one).
     pub(super) write_abort: bool,
     pub(super) close: Option<(u16, Cow<'static, str>)>,
     /// Shard clock (seconds) of the last bytes received.
@@ -228,7 +229,7 @@ impl ConnTable {
             outq: FrameQueue::default(),
             outq_bytes: 0,
             waker: None,
-            writing: false,
+            writing: None,
             write_abort: false,
             close: None,
             last_seen: now_secs,
@@ -335,7 +336,7 @@ impl ConnTable {
             slot.outq.push_back(frame);
         }
         // A writing task comes back for the queue when its write is done.
-        if !slot.writing {
+        if slot.writing.is_none() {
             if let Some(w) = slot.waker.take() {
                 w.wake();
             }
@@ -446,12 +447,22 @@ impl ConnTable {
     }
 
     /// The periodic idle check: ping connections silent for half the idle timeout,
-    /// close those silent for all of it.
+    /// close those silent for all of it, and abandon writes in progress for all of it
+    /// (the peer does not read; the task is woken to drop the write and close).
     pub fn sweep_idle(&self, now_secs: u64, limits: &WsLimits) {
         let idle = limits.idle_timeout.as_secs().max(1);
         let mut to_ping = Vec::new();
         let mut to_close = Vec::new();
         for (k, s) in self.slots.borrow_mut().iter_mut() {
+            if s.writing
+                .is_some_and(|t| now_secs.saturating_sub(t) >= idle)
+                && !s.write_abort
+            {
+                s.write_abort = true;
+                if let Some(w) = s.waker.take() {
+                    w.wake();
+                }
+            }
             let silent = now_secs.saturating_sub(s.last_seen);
             if silent >= idle {
                 to_close.push(k);
@@ -461,11 +472,6 @@ impl ConnTable {
             }
         }
         for k in to_close {
-            if let Some(s) = self.slots.borrow_mut().get_mut(k) {
-                // A write in progress is stalled: nothing was read for the whole idle
-                // timeout. It is abandoned (the task wakes on `write_abort`).
-                s.write_abort = s.writing;
-            }
             self.close_key(k, close_code::GOING_AWAY, "idle timeout".into());
         }
         for k in to_ping {

@@ -331,16 +331,24 @@ mod tests {
         );
     }
 
-    /// Probe (review18): `relay_text_frame` equals `encode_text(relay_frame)` for ids
+    /// `relay_text_frame` equals `encode_text(relay_frame)` for ids
     /// with 0x7f, non-ASCII, U+2028, '/', empty, every control char, at JSON lengths
     /// exactly around each header boundary (125/126, 65535/65536), in an allocation of
     /// exactly its size.
     #[test]
-    fn review18_relay_text_frame_boundaries() {
+    fn relay_text_frame_boundaries() {
         let mut ids: Vec<String> = vec![
-            "".into(), "a".into(), "\u{7f}".into(), "x\u{7f}y".into(), "é".into(),
-            "\u{2028}\u{2029}".into(), "a/b".into(), "<\u{0}>".into(), "\u{10ffff}".into(),
-            "'".into(), "\u{1b}[0m".into(),
+            "".into(),
+            "a".into(),
+            "\u{7f}".into(),
+            "x\u{7f}y".into(),
+            "é".into(),
+            "\u{2028}\u{2029}".into(),
+            "a/b".into(),
+            "<\u{0}>".into(),
+            "\u{10ffff}".into(),
+            "'".into(),
+            "\u{1b}[0m".into(),
         ];
         for c in 0u8..0x20 {
             ids.push(format!("p{}q", c as char));
