@@ -462,6 +462,15 @@ impl MultiRecv {
         }
     }
 
+    /// Whether [`MultiRecv::recv`] would complete at once (bytes, the end of the
+    /// stream or an error are waiting): a cheap check, with nothing armed or
+    /// registered, for a caller busy with other work.
+    pub fn ready(&self) -> bool {
+        let inner = self.ring.inner.borrow();
+        let slot = &inner.slots[self.key];
+        !slot.inbox.is_empty() || slot.err.is_some() || slot.eof
+    }
+
     /// Stops receiving and returns the bytes received and not yet taken, in order. The
     /// socket can then be read by other means without losing or reordering bytes.
     pub async fn stop(mut self) -> Vec<u8> {

@@ -213,3 +213,43 @@ fn a_second_runtime_on_the_thread_installs_its_own() {
     });
     assert_eq!(got.as_deref(), Some(&b"hello"[..]));
 }
+
+/// `ready` says whether a receive would complete at once: false with nothing waiting,
+/// true once bytes (or the end of the stream) are in the inbox, false again once taken.
+#[test]
+fn ready_tells_whether_bytes_are_waiting() {
+    let Some(mut rt) = runtime() else { return };
+    rt.block_on(async {
+        let ring = RecvRing::install().expect("install");
+        let (ours, mut peer) = pair().await;
+        let mut rx = ring.recv(ours.as_raw_fd()).unwrap();
+        // Arm the receive (a first poll), then let the ring run: nothing was sent.
+        let first = std::pin::pin!(rx.recv(Vec::new()));
+        let idle = std::pin::pin!(monoio::time::sleep(Duration::from_millis(50)));
+        assert!(matches!(
+            reactor::timer::select2_pinned(first, idle).await,
+            reactor::timer::Either::Right(())
+        ));
+        assert!(!rx.ready(), "nothing sent yet");
+        peer.write_all(b"hello").unwrap();
+        let mut waited = 0;
+        while !rx.ready() {
+            assert!(waited < 200, "bytes sent 2 s ago never showed as ready");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        let (r, buf) = rx.recv(Vec::new()).await;
+        assert_eq!(&buf[..r.unwrap()], b"hello");
+        assert!(!rx.ready(), "taken");
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut waited = 0;
+        while !rx.ready() {
+            assert!(waited < 200, "the end of stream never showed as ready");
+            monoio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert_eq!(rx.recv(Vec::new()).await.0.unwrap(), 0);
+        drop(rx);
+        drop(ours);
+    });
+}

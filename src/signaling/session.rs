@@ -125,7 +125,17 @@ async fn run_peer(
             if !fut.await {
                 return;
             }
-            events = Some(Decoded::default());
+            // Bytes that came in during the write are taken now, not only once the
+            // queue is empty: a peer with output always queued (a busy relay target)
+            // still has its own messages, pongs and heartbeats read (with the one-shot
+            // reads of the epoll driver, they are read when its queue empties).
+            events = match rx.as_mut() {
+                Some(rx) if rx.ready() => match rx.recv(Vec::new()).await {
+                    (Ok(0) | Err(_), _) => return,
+                    (Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
+                },
+                _ => Some(Decoded::default()),
+            };
             continue;
         }
         if closing {
@@ -189,7 +199,8 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
     key: usize,
     bytes: B,
 ) -> bool {
-    let now = ctx.now().as_secs();
+    // Low 32 bits of the shard clock's seconds (see `PeerSlot::writing`).
+    let now = ctx.now().as_secs() as u32;
     if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
         s.writing = Some(now);
     }

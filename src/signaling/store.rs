@@ -65,9 +65,10 @@ pub(super) struct PeerSlot {
     /// The session task's waker: while it waits, for output or a close; while it
     /// writes ([`PeerSlot::writing`]), only for the sweep's `write_abort`.
     pub(super) waker: Option<Waker>,
-    /// Shard clock (seconds) when the write in progress began, if one is: queued
-    /// frames wait for it without waking the task.
-    pub(super) writing: Option<u64>,
+    /// Shard clock (seconds, low 32 bits: compared by wrapping difference) when the
+    /// write in progress began, if one is: queued frames wait for it without waking
+    /// the task.
+    pub(super) writing: Option<u32>,
     /// Set by the idle sweep when a write has been in progress for the whole idle
     /// timeout: the peer does not read (a zero TCP window), so the write is abandoned.
     /// This is what bounds a write in time (as a timer per write did, without one).
@@ -454,10 +455,10 @@ impl ConnTable {
         let mut to_ping = Vec::new();
         let mut to_close = Vec::new();
         for (k, s) in self.slots.borrow_mut().iter_mut() {
-            if s.writing
-                .is_some_and(|t| now_secs.saturating_sub(t) >= idle)
-                && !s.write_abort
-            {
+            let writing_for = s
+                .writing
+                .map(|t| u64::from((now_secs as u32).wrapping_sub(t)));
+            if writing_for.is_some_and(|d| d >= idle) && !s.write_abort {
                 s.write_abort = true;
                 if let Some(w) = s.waker.take() {
                     w.wake();
