@@ -232,9 +232,6 @@ fn a_peer_list_larger_than_the_queue_limit_is_still_delivered() {
     );
 }
 
-/// a peer whose write is stalled when the idle sweep finds it silent
-/// (here: it paused reading, and its heartbeat sits unread behind the stalled write)
-/// is closed with 1001 "idle timeout" once it reads again — after what was queued for
 /// A peer found silent for the idle timeout while a write to it is in progress (its
 /// heartbeat sits unread behind the write), but a write younger than the timeout, is
 /// closed with 1001 "idle timeout" after what was queued for it, not cut mid-write; a

@@ -493,3 +493,133 @@ fn a_reconnecting_peer_is_never_listed_to_itself() {
         );
     }
 }
+
+/// A server for the two tests below: peer-a and peer-b by API key, queues large enough
+/// that only the client's reading limits what is queued.
+fn queue_server(driver: &str) -> Server {
+    let mut o = Opts::cores(1);
+    o.keys = Some(
+        json!({"keys": {
+            "ak_a": {"peer_id": "peer-a", "role": "agent"},
+            "ak_b": {"peer_id": "peer-b", "role": "agent"}
+        }})
+        .to_string(),
+    );
+    o.args = [
+        "--io-driver",
+        driver,
+        "--ws-outbound-bytes-max",
+        "100000000",
+        "--ws-outbound-frames-max",
+        "100000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    Server::with(o)
+}
+
+/// A signaling client with a 4 KiB receive buffer, so that a burst to it queues.
+fn slow_client(srv: &Server, peer: &str) -> tungstenite::WebSocket<std::net::TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&srv.addr.into()).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for(peer, 3000));
+    tungstenite::client(url.as_str(), s).unwrap().0
+}
+
+/// A client that half-closes (FIN after its last message) while output is queued for
+/// it still gets all of it, then a close frame, on both drivers (the end of its stream
+/// is seen after a write on io_uring, when the queue is empty on epoll).
+#[test]
+fn a_half_closed_client_gets_what_is_queued() {
+    for driver in common::DRIVERS {
+        let srv = queue_server(driver);
+        let mut slow = slow_client(&srv, "peer-b");
+        send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
+        let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
+        let payload = json!({"sdp": "z".repeat(8000)});
+        for _ in 0..1500 {
+            let m = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
+            fast.send(Message::text(m.to_string())).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        slow.get_ref().shutdown(std::net::Shutdown::Write).unwrap();
+        let mut texts = 0;
+        let end = loop {
+            match slow.read() {
+                Ok(Message::Text(_)) => texts += 1,
+                Ok(Message::Close(f)) => break format!("close {:?}", f.map(|f| u16::from(f.code))),
+                Ok(_) => continue,
+                Err(e) => break format!("error {e}"),
+            }
+        };
+        // The peer list answering `register`, then every offer, then a normal close.
+        assert_eq!(
+            (texts, end.as_str()),
+            (1 + 1500, "close Some(1000)"),
+            "{driver}"
+        );
+    }
+}
+
+/// A relay target whose queue never empties (it reads slowly) still has its own
+/// messages read between writes: its answer reaches the sender long before its backlog
+/// is drained. (io_uring with the multishot receive; the epoll driver's one-shot reads
+/// take input when the queue empties.)
+#[test]
+fn a_busy_relay_target_is_still_read() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if reactor::sys::kernel_version().is_some_and(|v| v < (6, 0)) {
+        eprintln!("SKIPPED: no multishot receive before Linux 6.0");
+        return;
+    }
+    let srv = queue_server("uring");
+    if !srv.get("/metrics").text().contains("driver=\"io_uring\"") {
+        eprintln!("SKIPPED: io_uring is refused here");
+        return;
+    }
+    let mut slow = slow_client(&srv, "peer-b");
+    send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
+    let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
+    let payload = json!({"sdp": "z".repeat(8000)});
+    for _ in 0..1500 {
+        let m = json!({"type": "offer", "peer_id": "peer-a", "target_id": "peer-b", "payload": payload});
+        fast.send(Message::text(m.to_string())).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    send(
+        &mut slow,
+        &json!({"type": "answer", "peer_id": "peer-b", "target_id": "peer-a", "payload": {}}),
+    );
+    let read = std::sync::Arc::new(AtomicUsize::new(0));
+    let r = read.clone();
+    let reader = std::thread::spawn(move || {
+        while r.load(Ordering::SeqCst) < 1501 {
+            match slow.read() {
+                Ok(Message::Text(_)) => {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    });
+    loop {
+        let m = recv(&mut fast);
+        if m["type"] == "answer" {
+            break;
+        }
+    }
+    let at = read.load(Ordering::SeqCst);
+    reader.join().unwrap();
+    // Read between writes: after about one write batch (~32 of these frames); read only
+    // once the queue is empty: after ~1,500.
+    assert!(
+        at < 750,
+        "the answer waited for the backlog: it came after {at} of 1501"
+    );
+}

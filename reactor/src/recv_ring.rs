@@ -463,12 +463,32 @@ impl MultiRecv {
     }
 
     /// Whether [`MultiRecv::recv`] would complete at once (bytes, the end of the
-    /// stream or an error are waiting): a cheap check, with nothing armed or
-    /// registered, for a caller busy with other work.
-    pub fn ready(&self) -> bool {
-        let inner = self.ring.inner.borrow();
-        let slot = &inner.slots[self.key];
-        !slot.inbox.is_empty() || slot.err.is_some() || slot.eof
+    /// stream or an error are waiting), for a caller busy with other work: no waker is
+    /// registered, but a receive that ended (ENOBUFS under buffer pressure, a pause
+    /// whose inbox was taken) is armed again, as a `recv` would, so that bytes keep
+    /// coming for a caller that only ever asks `ready`.
+    pub fn ready(&mut self) -> bool {
+        let mut inner = self.ring.inner.borrow_mut();
+        drain_stash(&mut inner);
+        let slot = &mut inner.slots[self.key];
+        let ready = !slot.inbox.is_empty() || slot.err.is_some() || slot.eof;
+        let rearm = !slot.armed && !slot.ended() && slot.inbox.len() < INBOX_BYTES_MAX;
+        if rearm {
+            slot.armed = true;
+            slot.paused = false;
+        }
+        let fd = slot.fd;
+        drop(inner);
+        if rearm {
+            if let Err(e) = submit(recv_sqe(fd, self.key)) {
+                let mut inner = self.ring.inner.borrow_mut();
+                let slot = &mut inner.slots[self.key];
+                slot.armed = false;
+                slot.err = Some(e.raw_os_error().unwrap_or(libc::EIO));
+                return true;
+            }
+        }
+        ready
     }
 
     /// Stops receiving and returns the bytes received and not yet taken, in order. The

@@ -129,9 +129,13 @@ async fn run_peer(
             // queue is empty: a peer with output always queued (a busy relay target)
             // still has its own messages, pongs and heartbeats read (with the one-shot
             // reads of the epoll driver, they are read when its queue empties).
+            let ready = rx.as_mut().is_some_and(|rx| rx.ready());
             events = match rx.as_mut() {
-                Some(rx) if rx.ready() => match rx.recv(Vec::new()).await {
-                    (Ok(0) | Err(_), _) => return,
+                Some(rx) if ready => match rx.recv(Vec::new()).await {
+                    // The client half-closed: what is queued and the close frame
+                    // still go out (it may be reading), as on the one-shot path.
+                    (Ok(0), _) => None,
+                    (Err(_), _) => return,
                     (Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
                 },
                 _ => Some(Decoded::default()),
@@ -167,7 +171,9 @@ async fn run_peer(
         };
         events = match wake {
             Wake::Output => Some(Decoded::default()),
-            Wake::Received(Ok(0) | Err(_), _) => return,
+            // A half-close: flushed and closed, as on the one-shot path.
+            Wake::Received(Ok(0), _) => None,
+            Wake::Received(Err(_), _) => return,
             Wake::Received(Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
@@ -267,14 +273,7 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
         }
         out.extend_from_slice(&batch);
     }
-    let close = ctx
-        .ws
-        .slots
-        .borrow()
-        .get(key)
-        // Read, not taken: the slot stays closing (unlisted, no more output queued)
-        // until the task unregisters it.
-        .and_then(|s| s.close.clone());
+    let close = ctx.ws.close_reason(key);
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
     codec::encode_close(code, &reason, &mut out);
     if write_bounded(ctx, stream, key, out).await {

@@ -344,6 +344,13 @@ impl ConnTable {
         }
     }
 
+    /// The code and reason connection `key` is closing with, for its close frame. Read,
+    /// not taken: the slot stays closing (unlisted, refusing output) until its task
+    /// unregisters it.
+    pub(super) fn close_reason(&self, key: usize) -> Option<(u16, Cow<'static, str>)> {
+        self.slots.borrow().get(key).and_then(|s| s.close.clone())
+    }
+
     /// Asks connection `key` to close with `code` and `reason`.
     pub(super) fn close_key(&self, key: usize, code: u16, reason: Cow<'static, str>) {
         let mut slots = self.slots.borrow_mut();
@@ -455,10 +462,11 @@ impl ConnTable {
         let mut to_ping = Vec::new();
         let mut to_close = Vec::new();
         for (k, s) in self.slots.borrow_mut().iter_mut() {
-            let writing_for = s
+            // (A write's age is counted up to 2³¹ − 1 s: a larger timeout is that.)
+            let stalled = s
                 .writing
-                .map(|t| u64::from((now_secs as u32).wrapping_sub(t)));
-            if writing_for.is_some_and(|d| d >= idle) && !s.write_abort {
+                .is_some_and(|t| write_age(now_secs, t) >= idle.min((1 << 31) - 1));
+            if stalled && !s.write_abort {
                 s.write_abort = true;
                 if let Some(w) = s.waker.take() {
                     w.wake();
@@ -512,6 +520,18 @@ impl ConnTable {
                 m.remove(&ip);
             }
         }
+    }
+}
+
+/// Seconds a write begun at `start` (low 32 bits of the shard clock) has been in
+/// progress at `now_secs`. A clock stepped back (the shard clock is the wall clock)
+/// reads as 0, not as 2³² − ε: a healthy write is never taken for a stalled one.
+fn write_age(now_secs: u64, start: u32) -> u64 {
+    let d = (now_secs as u32).wrapping_sub(start);
+    if d < 1 << 31 {
+        u64::from(d)
+    } else {
+        0
     }
 }
 

@@ -398,25 +398,59 @@ fn the_mesh_index_matches_a_full_scan() {
     );
 }
 
-/// a replaced connection that is writing its close frame (the session's
-/// `flush_and_close` has taken its close reason; its slot stays listed in the mesh until
 /// A replaced connection of the same id is not listed to its successor while it
-/// closes: `list` skips the asker by key, so the old slot must be excluded by its
-/// close, which it keeps until its task unregisters it (the session reads the close
-/// when writing the close frame, it does not take it).
+/// closes: `list` skips the asker by key, so the old slot must be excluded by its close,
+/// which `close_reason` (what the session reads for the close frame) leaves in place.
 #[test]
 fn a_replaced_connection_closing_is_not_listed_to_its_successor() {
     let t = ConnTable::default();
     let old = t.register("b".into(), None, true, 0);
     let _a = t.register("a".into(), None, true, 0);
     let new = t.register("b".into(), None, true, 1);
-    assert_eq!(close_of(&t, old).unwrap().0, close_code::REPLACED);
     assert_ne!(old, new);
-    // While the old connection writes its close frame, its slot keeps the close
-    // (`flush_and_close` reads it, does not take it), so it stays unlisted.
+    let (code, _) = t.close_reason(old).expect("the old connection is closing");
+    assert_eq!(code, close_code::REPLACED);
+    assert_eq!(
+        t.close_reason(old).map(|c| c.0),
+        Some(code),
+        "read, not taken"
+    );
     let listed = t.list(None, "b");
     assert!(
         !listed.iter().any(|p| &**p == "b"),
         "the peer is listed to itself: {listed:?}"
     );
+    assert_eq!(t.close_reason(new), None);
+}
+
+/// The shard clock is the wall clock (plus the test offset), which can step back
+/// (NTP, `date -s`): a write begun at 100 s seen by a sweep at 95 s is young, not
+/// 2³² − 5 s old, and is not abandoned.
+#[test]
+fn a_clock_stepped_back_does_not_abandon_a_write() {
+    let t = ConnTable::default();
+    let l = limits(); // 60 s
+    let k = t.register("w".into(), None, true, 100);
+    t.slots.borrow_mut()[k].writing = Some(100);
+    t.sweep_idle(95, &l);
+    assert!(!t.slots.borrow()[k].write_abort);
+    t.sweep_idle(160, &l);
+    assert!(
+        t.slots.borrow()[k].write_abort,
+        "60 s after its start: abandoned"
+    );
+}
+
+/// The write start is kept in 32 bits: a write begun just before they wrap is still
+/// measured right after.
+#[test]
+fn the_write_start_survives_the_32_bit_wrap() {
+    let t = ConnTable::default();
+    let l = limits(); // 60 s
+    let k = t.register("w".into(), None, true, (1 << 32) - 5);
+    t.slots.borrow_mut()[k].writing = Some(u32::MAX - 4);
+    t.sweep_idle((1 << 32) + 30, &l);
+    assert!(!t.slots.borrow()[k].write_abort, "35 s: not yet");
+    t.sweep_idle((1 << 32) + 56, &l);
+    assert!(t.slots.borrow()[k].write_abort, "61 s: abandoned");
 }
