@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use crate::server::{Msg, ShardCtx};
 use crate::signaling::api::release_ip;
 use crate::signaling::ops::{Op, Relay, Reply};
-use crate::signaling::store::{inc, take_output, ConnTable};
+use crate::signaling::store::{inc, take_output, ConnTable, PeerSlot};
 use crate::ws::codec::{self, close_code, Decoder, WsEvent};
 use crate::ws::signaling::{self, Action};
 
@@ -46,23 +46,42 @@ pub(super) async fn serve_peer(
     release_ip(&ctx, client_ip).await;
 }
 
-/// Completes when connection `key` has output to write or must close.
-struct Pending<'a> {
+/// Completes when `ready` holds for connection `key`'s slot (or the slot is gone);
+/// until then the slot holds the task's waker. What the session waits on while idle
+/// ([`SlotWait::output`]) and while it writes ([`SlotWait::write_abort`]).
+struct SlotWait<'a> {
     ws: &'a ConnTable,
     key: usize,
+    ready: fn(&PeerSlot) -> bool,
 }
 
-impl Future for Pending<'_> {
+impl<'a> SlotWait<'a> {
+    /// Output to write, or a close.
+    fn output(ws: &'a ConnTable, key: usize) -> Self {
+        let ready = |s: &PeerSlot| !s.outq.is_empty() || s.close.is_some();
+        SlotWait { ws, key, ready }
+    }
+
+    /// The idle sweep abandons the write in progress.
+    fn write_abort(ws: &'a ConnTable, key: usize) -> Self {
+        let ready = |s: &PeerSlot| s.write_abort;
+        SlotWait { ws, key, ready }
+    }
+}
+
+impl Future for SlotWait<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut slots = self.ws.slots.borrow_mut();
         let Some(slot) = slots.get_mut(self.key) else {
             return Poll::Ready(());
         };
-        if !slot.outq.is_empty() || slot.close.is_some() {
+        if (self.ready)(slot) {
             return Poll::Ready(());
         }
-        slot.waker = Some(cx.waker().clone());
+        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            slot.waker = Some(cx.waker().clone());
+        }
         Poll::Pending
     }
 }
@@ -101,13 +120,15 @@ async fn run_peer(
             None => false,
             // Most events are acted on at once; only what must wait (a `register`
             // asking every shard, a full mailbox) takes the boxed, async path.
-            Some((evs, violation)) => match on_events_now(ctx, key, evs, violation, echo) {
-                Ok(ok) => ok,
-                Err(wait) => {
-                    let fut = Box::pin(on_events_later(ctx, key, wait, echo));
-                    fut.await
+            Some((evs, violation)) => {
+                match on_events_now(ctx, key, evs.into_iter(), violation, echo) {
+                    Ok(ok) => ok,
+                    Err(wait) => {
+                        let fut = Box::pin(on_events_later(ctx, key, wait, echo));
+                        fut.await
+                    }
                 }
-            },
+            }
         };
         if !ok {
             let fut = Box::pin(flush_and_close(ctx, &mut stream, key));
@@ -151,7 +172,7 @@ async fn run_peer(
         // (`ConnTable::close_all`). Both futures live in this frame: an idle connection
         // allocates nothing while it waits.
         let wake = {
-            let pending = std::pin::pin!(Pending { ws: &ctx.ws, key });
+            let pending = std::pin::pin!(SlotWait::output(&ctx.ws, key));
             match rx.as_mut() {
                 Some(rx) => {
                     let received = std::pin::pin!(rx.recv(Vec::new()));
@@ -205,13 +226,12 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
     key: usize,
     bytes: B,
 ) -> bool {
-    // Low 32 bits of the shard clock's seconds (see `PeerSlot::writing`).
-    let now = ctx.now().as_secs() as u32;
+    let now = ctx.now().as_secs();
     if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
         s.writing = Some(now);
     }
     let write = std::pin::pin!(stream.write_all(bytes));
-    let abort = std::pin::pin!(WriteAbort { ws: &ctx.ws, key });
+    let abort = std::pin::pin!(SlotWait::write_abort(&ctx.ws, key));
     let done = reactor::timer::select2_pinned(write, abort).await;
     let mut slots = ctx.ws.slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {
@@ -234,30 +254,6 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
             inc(&ctx.ws.closed_slow);
             false
         }
-    }
-}
-
-/// Completes when the idle sweep abandons connection `key`'s write (or the slot is
-/// gone).
-struct WriteAbort<'a> {
-    ws: &'a ConnTable,
-    key: usize,
-}
-
-impl Future for WriteAbort<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut slots = self.ws.slots.borrow_mut();
-        let Some(slot) = slots.get_mut(self.key) else {
-            return Poll::Ready(());
-        };
-        if slot.write_abort {
-            return Poll::Ready(());
-        }
-        if !slot.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            slot.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
     }
 }
 
@@ -318,12 +314,11 @@ enum Later {
 fn on_events_now(
     ctx: &ShardCtx,
     key: usize,
-    events: Vec<WsEvent>,
+    mut events: std::vec::IntoIter<WsEvent>,
     violation: Option<codec::WsError>,
     echo: bool,
 ) -> Result<bool, Waiting> {
     let limits = &ctx.config.ws;
-    let mut events = events.into_iter();
     while let Some(ev) = events.next() {
         match ev {
             WsEvent::Text(text) if echo => ctx.ws.enqueue(key, text_frame(&text), limits),
@@ -376,7 +371,7 @@ async fn on_events_later(ctx: &Rc<ShardCtx>, key: usize, mut wait: Waiting, echo
             Later::Register => register(ctx, key).await,
             Later::Relay(owner, msg) => relay_to_full_mailbox(ctx, key, owner, msg).await,
         }
-        match on_events_now(ctx, key, wait.rest.collect(), wait.violation, echo) {
+        match on_events_now(ctx, key, wait.rest, wait.violation, echo) {
             Ok(ok) => return ok,
             Err(next) => wait = next,
         }

@@ -65,10 +65,9 @@ pub(super) struct PeerSlot {
     /// The session task's waker: while it waits, for output or a close; while it
     /// writes ([`PeerSlot::writing`]), only for the sweep's `write_abort`.
     pub(super) waker: Option<Waker>,
-    /// Shard clock (seconds, low 32 bits: compared by wrapping difference) when the
-    /// write in progress began, if one is: queued frames wait for it without waking
-    /// the task.
-    pub(super) writing: Option<u32>,
+    /// Shard clock (seconds) when the write in progress began, if one is: queued
+    /// frames wait for it without waking the task.
+    pub(super) writing: Option<u64>,
     /// Set by the idle sweep when a write has been in progress for the whole idle
     /// timeout: the peer does not read (a zero TCP window), so the write is abandoned.
     /// This is what bounds a write in time (as a timer per write did, without one).
@@ -390,8 +389,9 @@ impl ConnTable {
         }
     }
 
-    /// Delivers a relayed frame to a local peer of the same mesh; unknown targets and
-    /// other meshes are dropped silently, as the protocol says.
+    /// Delivers a relayed frame to a local peer of mesh `mesh` (a relay from another
+    /// shard); unknown targets and other meshes are dropped silently, as the protocol
+    /// says.
     pub(super) fn deliver(
         &self,
         target: &str,
@@ -399,22 +399,11 @@ impl ConnTable {
         frame: Box<[u8]>,
         limits: &WsLimits,
     ) {
-        let key = self.by_id.borrow().get(target).copied();
-        let Some(key) = key else { return };
-        let same_mesh = self
-            .slots
-            .borrow()
-            .get(key)
-            .is_some_and(|s| s.mesh.as_deref() == mesh);
-        if same_mesh {
-            inc(&self.relayed);
-            self.enqueue(key, frame, limits);
-        }
+        self.deliver_if(target, frame, limits, |_, to| to.mesh.as_deref() == mesh);
     }
 
-    /// Delivers a relayed frame from local connection `from` to a local peer of the
-    /// same mesh (the meshes compared in place: nothing cloned); unknown targets and
-    /// other meshes are dropped silently, as the protocol says.
+    /// [`ConnTable::deliver`] from local connection `from`: the meshes are compared in
+    /// place (nothing cloned).
     pub(super) fn deliver_from(
         &self,
         from: usize,
@@ -422,16 +411,25 @@ impl ConnTable {
         frame: Box<[u8]>,
         limits: &WsLimits,
     ) {
+        self.deliver_if(target, frame, limits, |slots, to| {
+            slots.get(from).is_some_and(|a| a.mesh == to.mesh)
+        });
+    }
+
+    fn deliver_if(
+        &self,
+        target: &str,
+        frame: Box<[u8]>,
+        limits: &WsLimits,
+        same_mesh: impl FnOnce(&Slab<PeerSlot>, &PeerSlot) -> bool,
+    ) {
         let key = self.by_id.borrow().get(target).copied();
         let Some(key) = key else { return };
-        let same_mesh = {
+        let deliver = {
             let slots = self.slots.borrow();
-            match (slots.get(from), slots.get(key)) {
-                (Some(a), Some(b)) => a.mesh == b.mesh,
-                _ => false,
-            }
+            slots.get(key).is_some_and(|to| same_mesh(&slots, to))
         };
-        if same_mesh {
+        if deliver {
             inc(&self.relayed);
             self.enqueue(key, frame, limits);
         }
@@ -462,10 +460,11 @@ impl ConnTable {
         let mut to_ping = Vec::new();
         let mut to_close = Vec::new();
         for (k, s) in self.slots.borrow_mut().iter_mut() {
-            // (A write's age is counted up to 2³¹ − 1 s: a larger timeout is that.)
+            // A clock stepped back (the shard clock is the wall clock) makes a write
+            // younger, never stalled.
             let stalled = s
                 .writing
-                .is_some_and(|t| write_age(now_secs, t) >= idle.min((1 << 31) - 1));
+                .is_some_and(|t| now_secs.saturating_sub(t) >= idle);
             if stalled && !s.write_abort {
                 s.write_abort = true;
                 if let Some(w) = s.waker.take() {
@@ -520,18 +519,6 @@ impl ConnTable {
                 m.remove(&ip);
             }
         }
-    }
-}
-
-/// Seconds a write begun at `start` (low 32 bits of the shard clock) has been in
-/// progress at `now_secs`. A clock stepped back (the shard clock is the wall clock)
-/// reads as 0, not as 2³² − ε: a healthy write is never taken for a stalled one.
-fn write_age(now_secs: u64, start: u32) -> u64 {
-    let d = (now_secs as u32).wrapping_sub(start);
-    if d < 1 << 31 {
-        u64::from(d)
-    } else {
-        0
     }
 }
 
