@@ -8,6 +8,9 @@
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 
+#[path = "floor/mod.rs"]
+mod floor;
+
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n{\"status\":\"ok\"}";
 const EVENTS_MAX: usize = 256;
 
@@ -34,30 +37,7 @@ fn main() {
             for e in &events[..n.max(0) as usize] {
                 let fd = e.u64 as i32;
                 if fd == lfd {
-                    loop {
-                        let c = libc::accept4(
-                            lfd,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        );
-                        if c < 0 {
-                            break;
-                        }
-                        let one: libc::c_int = 1;
-                        libc::setsockopt(
-                            c,
-                            libc::IPPROTO_TCP,
-                            libc::TCP_NODELAY,
-                            &one as *const _ as *const _,
-                            4,
-                        );
-                        let mut ev = libc::epoll_event {
-                            events: libc::EPOLLIN as u32,
-                            u64: c as u64,
-                        };
-                        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev);
-                    }
+                    floor::epoll_accept_all(ep, lfd, |_| {});
                     continue;
                 }
                 let r = libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len());

@@ -9,6 +9,9 @@
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 
+#[path = "floor/mod.rs"]
+mod floor;
+
 #[path = "relay_floor/mod.rs"]
 mod relay_floor;
 use relay_floor::State;
@@ -43,31 +46,7 @@ fn main() {
             for e in &events[..n.max(0) as usize] {
                 let fd = e.u64 as i32;
                 if fd == lfd {
-                    loop {
-                        let c = libc::accept4(
-                            lfd,
-                            std::ptr::null_mut(),
-                            std::ptr::null_mut(),
-                            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                        );
-                        if c < 0 {
-                            break;
-                        }
-                        let one: libc::c_int = 1;
-                        libc::setsockopt(
-                            c,
-                            libc::IPPROTO_TCP,
-                            libc::TCP_NODELAY,
-                            &one as *const _ as *const _,
-                            4,
-                        );
-                        st.accepted(c);
-                        let mut ev = libc::epoll_event {
-                            events: libc::EPOLLIN as u32,
-                            u64: c as u64,
-                        };
-                        libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c, &mut ev);
-                    }
+                    floor::epoll_accept_all(ep, lfd, |c| st.accepted(c));
                     continue;
                 }
                 let r = libc::read(fd, buf.as_mut_ptr() as *mut _, buf.len());
