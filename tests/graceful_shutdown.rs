@@ -104,7 +104,6 @@ fn sigterm_closes_websockets_with_1001() {
 /// ("shutdown complete") well inside `--shutdown-timeout`.
 #[test]
 fn a_stalled_websocket_write_does_not_hold_the_shutdown() {
-    use std::net::TcpStream;
     let mut o = common::Opts::cores(2);
     o.keys = Some(
         r#"{"keys":{"ak_a":{"peer_id":"peer-a","role":"agent"},"ak_b":{"peer_id":"peer-b","role":"agent"}}}"#.into(),
@@ -125,17 +124,7 @@ fn a_stalled_websocket_write_does_not_hold_the_shutdown() {
     o.env = vec![("RUST_LOG".into(), "info".into())];
     let mut srv = Server::with(o);
     // The slow peer: a small receive buffer, and it never reads.
-    let slow_sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    slow_sock.set_recv_buffer_size(4096).unwrap();
-    slow_sock.connect(&srv.addr.into()).unwrap();
-    let slow_sock: TcpStream = slow_sock.into();
-    let url = format!(
-        "ws://{}/ws?token={}",
-        srv.addr,
-        common::ws::jwt_for("peer-b", 300)
-    );
-    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    let mut slow = common::ws::slow_client(&srv, &common::ws::jwt_for("peer-b", 300));
     common::ws::send(
         &mut slow,
         &serde_json::json!({"type": "register", "peer_id": "peer-b"}),

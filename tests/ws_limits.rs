@@ -3,7 +3,6 @@
 //! clock), connections per client IP and per shard (503 with a JSON reason).
 mod common;
 
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::ws::{self, connect, join, jwt_for, recv, recv_close, send};
@@ -47,16 +46,7 @@ fn oversize_message_closes_1009() {
 fn a_peer_that_does_not_read_is_closed_1008() {
     let srv = server(2, &["--ws-outbound-bytes-max", "65536"]);
     // The slow peer: a small receive buffer, and it never reads.
-    let slow_sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    slow_sock.set_recv_buffer_size(4096).unwrap();
-    slow_sock.connect(&srv.addr.into()).unwrap();
-    let slow_sock: TcpStream = slow_sock.into();
-    slow_sock
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for("peer-b", 300));
-    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    let mut slow = ws::slow_client(&srv, &jwt_for("peer-b", 300));
     send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
     let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
     // Flood the slow peer with relays: far more than kernel buffers and the queue hold.
@@ -169,13 +159,7 @@ fn a_client_that_stops_reading_mid_write_is_dropped_after_the_idle_timeout() {
             "2",
         ],
     );
-    let slow_sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    slow_sock.set_recv_buffer_size(4096).unwrap();
-    slow_sock.connect(&srv.addr.into()).unwrap();
-    let slow_sock: TcpStream = slow_sock.into();
-    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for("peer-b", 300));
-    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    let mut slow = ws::slow_client(&srv, &jwt_for("peer-b", 300));
     send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
     let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 300));
     let payload = json!({"sdp": "z".repeat(8000)});
@@ -250,16 +234,7 @@ fn an_idle_close_during_a_slow_write_still_sends_1001() {
             "100000",
         ],
     );
-    let slow_sock =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    slow_sock.set_recv_buffer_size(4096).unwrap();
-    slow_sock.connect(&srv.addr.into()).unwrap();
-    let slow_sock: TcpStream = slow_sock.into();
-    slow_sock
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for("peer-b", 3000));
-    let (mut slow, _) = tungstenite::client(url.as_str(), slow_sock).unwrap();
+    let mut slow = ws::slow_client(&srv, &jwt_for("peer-b", 3000));
     send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
     let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
     // 20 s of silence (a ping is queued to both at half the timeout) ...

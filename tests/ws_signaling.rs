@@ -519,17 +519,6 @@ fn queue_server(driver: &str) -> Server {
     Server::with(o)
 }
 
-/// A signaling client with a 4 KiB receive buffer, so that a burst to it queues.
-fn slow_client(srv: &Server, peer: &str) -> tungstenite::WebSocket<std::net::TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.set_recv_buffer_size(4096).unwrap();
-    s.connect(&srv.addr.into()).unwrap();
-    let s: std::net::TcpStream = s.into();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let url = format!("ws://{}/ws?token={}", srv.addr, jwt_for(peer, 3000));
-    tungstenite::client(url.as_str(), s).unwrap().0
-}
-
 /// A client that half-closes (FIN after its last message) while output is queued for
 /// it still gets all of it, then a close frame, on both drivers (the end of its stream
 /// is seen after a write on io_uring, when the queue is empty on epoll).
@@ -537,7 +526,7 @@ fn slow_client(srv: &Server, peer: &str) -> tungstenite::WebSocket<std::net::Tcp
 fn a_half_closed_client_gets_what_is_queued() {
     for driver in common::DRIVERS {
         let srv = queue_server(driver);
-        let mut slow = slow_client(&srv, "peer-b");
+        let mut slow = ws::slow_client(&srv, &jwt_for("peer-b", 3000));
         send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
         let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
         let payload = json!({"sdp": "z".repeat(8000)});
@@ -581,7 +570,7 @@ fn a_busy_relay_target_is_still_read() {
         eprintln!("SKIPPED: io_uring is refused here");
         return;
     }
-    let mut slow = slow_client(&srv, "peer-b");
+    let mut slow = ws::slow_client(&srv, &jwt_for("peer-b", 3000));
     send(&mut slow, &json!({"type": "register", "peer_id": "peer-b"}));
     let (mut fast, _) = join(&srv, "peer-a", &jwt_for("peer-a", 3000));
     let payload = json!({"sdp": "z".repeat(8000)});

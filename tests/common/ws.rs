@@ -43,6 +43,18 @@ pub fn connect(srv: &Server, token: &str) -> Result<Ws, u16> {
     connect_with(srv, &format!("ws://{}/ws?token={token}", srv.addr), &[])
 }
 
+/// Opens `/ws` with `token` from a socket with a 4 KiB receive buffer (and a 10 s read
+/// timeout), so that what the server sends it queues as soon as it stops reading.
+pub fn slow_client(srv: &Server, token: &str) -> Ws {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s.connect(&srv.addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let url = format!("ws://{}/ws?token={token}", srv.addr);
+    tungstenite::client(url.as_str(), s).unwrap().0
+}
+
 pub fn connect_with(srv: &Server, url: &str, headers: &[(&str, &str)]) -> Result<Ws, u16> {
     use tungstenite::client::IntoClientRequest;
     let stream = TcpStream::connect(srv.addr).unwrap();
