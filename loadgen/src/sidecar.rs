@@ -1,6 +1,8 @@
 //! `bench sidecar`: the DataChannel data plane of running sidecars, driven over their
 //! IPC sockets (PROTOCOL.md §8: JSON objects, one per line) exactly as the Python agent
 //! drives them, so it measures any sidecar binary the same way (ours or the reference).
+//! It runs no reactor and no shard: plain threads on blocking sockets, so its sleeps
+//! between phases and its `/proc` reads block nobody but itself.
 //!
 //! The sidecars are started by the caller (scripts/bench-sidecar.sh runs them in two
 //! network namespaces; a Unix socket path works across them). This command connects to
