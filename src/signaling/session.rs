@@ -48,28 +48,27 @@ pub(super) async fn serve_peer(
 
 /// Completes when `ready` holds for connection `key`'s slot (or the slot is gone);
 /// until then the slot holds the task's waker. What the session waits on while idle
-/// ([`SlotWait::output`]) and while it writes ([`SlotWait::write_abort`]).
-struct SlotWait<'a> {
+/// ([`output_or_close`]) and while it writes ([`write_abort`]).
+struct SlotWait<'a, F> {
     ws: &'a ConnTable,
     key: usize,
-    ready: fn(&PeerSlot) -> bool,
+    /// A closure with no captures: no space in the (idle) task's frame.
+    ready: F,
 }
 
-impl<'a> SlotWait<'a> {
-    /// Output to write, or a close.
-    fn output(ws: &'a ConnTable, key: usize) -> Self {
-        let ready = |s: &PeerSlot| !s.outq.is_empty() || s.close.is_some();
-        SlotWait { ws, key, ready }
-    }
-
-    /// The idle sweep abandons the write in progress.
-    fn write_abort(ws: &'a ConnTable, key: usize) -> Self {
-        let ready = |s: &PeerSlot| s.write_abort;
-        SlotWait { ws, key, ready }
-    }
+/// Output to write, or a close.
+fn output_or_close(ws: &ConnTable, key: usize) -> SlotWait<'_, impl Fn(&PeerSlot) -> bool> {
+    let ready = |s: &PeerSlot| !s.outq.is_empty() || s.close.is_some();
+    SlotWait { ws, key, ready }
 }
 
-impl Future for SlotWait<'_> {
+/// The idle sweep abandons the write in progress.
+fn write_abort(ws: &ConnTable, key: usize) -> SlotWait<'_, impl Fn(&PeerSlot) -> bool> {
+    let ready = |s: &PeerSlot| s.write_abort;
+    SlotWait { ws, key, ready }
+}
+
+impl<F: Fn(&PeerSlot) -> bool> Future for SlotWait<'_, F> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut slots = self.ws.slots.borrow_mut();
@@ -172,7 +171,7 @@ async fn run_peer(
         // (`ConnTable::close_all`). Both futures live in this frame: an idle connection
         // allocates nothing while it waits.
         let wake = {
-            let pending = std::pin::pin!(SlotWait::output(&ctx.ws, key));
+            let pending = std::pin::pin!(output_or_close(&ctx.ws, key));
             match rx.as_mut() {
                 Some(rx) => {
                     let received = std::pin::pin!(rx.recv(Vec::new()));
@@ -226,12 +225,9 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
     key: usize,
     bytes: B,
 ) -> bool {
-    let now = ctx.now().as_secs();
-    if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
-        s.writing = Some(now);
-    }
+    ctx.ws.start_write(key, ctx.now().as_secs());
     let write = std::pin::pin!(stream.write_all(bytes));
-    let abort = std::pin::pin!(SlotWait::write_abort(&ctx.ws, key));
+    let abort = std::pin::pin!(write_abort(&ctx.ws, key));
     let done = reactor::timer::select2_pinned(write, abort).await;
     let mut slots = ctx.ws.slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {

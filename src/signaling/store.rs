@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -65,9 +66,10 @@ pub(super) struct PeerSlot {
     /// The session task's waker: while it waits, for output or a close; while it
     /// writes ([`PeerSlot::writing`]), only for the sweep's `write_abort`.
     pub(super) waker: Option<Waker>,
-    /// Shard clock (seconds) when the write in progress began, if one is: queued
-    /// frames wait for it without waking the task.
-    pub(super) writing: Option<u64>,
+    /// When the write in progress began, if one is: shard clock seconds plus one (a
+    /// `NonZeroU64`, whose niche keeps this 8 bytes). Queued frames wait for the write
+    /// without waking the task.
+    pub(super) writing: Option<NonZeroU64>,
     /// Set by the idle sweep when a write has been in progress for the whole idle
     /// timeout: the peer does not read (a zero TCP window), so the write is abandoned.
     /// This is what bounds a write in time (as a timer per write did, without one).
@@ -343,6 +345,13 @@ impl ConnTable {
         }
     }
 
+    /// Marks connection `key` as writing since `now_secs` (shard clock).
+    pub(super) fn start_write(&self, key: usize, now_secs: u64) {
+        if let Some(s) = self.slots.borrow_mut().get_mut(key) {
+            s.writing = Some(NonZeroU64::MIN.saturating_add(now_secs));
+        }
+    }
+
     /// The code and reason connection `key` is closing with, for its close frame. Read,
     /// not taken: the slot stays closing (unlisted, refusing output) until its task
     /// unregisters it.
@@ -464,7 +473,7 @@ impl ConnTable {
             // younger, never stalled.
             let stalled = s
                 .writing
-                .is_some_and(|t| now_secs.saturating_sub(t) >= idle);
+                .is_some_and(|t| now_secs.saturating_add(1).saturating_sub(t.get()) >= idle);
             if stalled && !s.write_abort {
                 s.write_abort = true;
                 if let Some(w) = s.waker.take() {

@@ -254,8 +254,8 @@ fn the_idle_sweep_abandons_only_a_stalled_write() {
     let l = limits(); // 60 s
     let stalled = t.register("s".into(), None, true, 0);
     let busy = t.register("b".into(), None, true, 0);
-    t.slots.borrow_mut()[stalled].writing = Some(0);
-    t.slots.borrow_mut()[busy].writing = Some(50);
+    t.start_write(stalled, 0);
+    t.start_write(busy, 50);
     t.sweep_idle(59, &l);
     assert!(!t.slots.borrow()[stalled].write_abort, "within the timeout");
     t.sweep_idle(60, &l);
@@ -295,8 +295,8 @@ fn a_writing_task_is_not_woken_for_more_output() {
     {
         let mut slots = t.slots.borrow_mut();
         slots[k].waker = Some(Waker::from(count.clone()));
-        slots[k].writing = Some(0);
     }
+    t.start_write(k, 0);
     t.enqueue(k, frame(3), &l);
     assert_eq!(count.0.load(Ordering::SeqCst), 0);
     t.slots.borrow_mut()[k].writing = None;
@@ -431,7 +431,7 @@ fn a_clock_stepped_back_does_not_abandon_a_write() {
     let t = ConnTable::default();
     let l = limits(); // 60 s
     let k = t.register("w".into(), None, true, 100);
-    t.slots.borrow_mut()[k].writing = Some(100);
+    t.start_write(k, 100);
     t.sweep_idle(95, &l);
     assert!(!t.slots.borrow()[k].write_abort);
     t.sweep_idle(160, &l);
@@ -449,7 +449,7 @@ fn a_write_is_abandoned_at_the_idle_timeout_from_its_start() {
     let t = ConnTable::default();
     let l = limits(); // 60 s
     let k = t.register("w".into(), None, true, (1 << 32) - 5);
-    t.slots.borrow_mut()[k].writing = Some(u64::from(u32::MAX - 4));
+    t.start_write(k, u64::from(u32::MAX - 4));
     t.sweep_idle((1 << 32) + 30, &l);
     assert!(!t.slots.borrow()[k].write_abort, "35 s: not yet");
     t.sweep_idle((1 << 32) + 56, &l);
