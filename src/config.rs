@@ -180,13 +180,25 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub agent_client_bytes_max: usize,
 
-    /// Wrong pairing codes tried per shard per 60 s, from all addresses together; then
-    /// every `pair` redemption on that shard is 429 until the window moves.
+    /// Format of new invite codes: `long` (12 Crockford base32 symbols, K7QM-3XPA-9T2D)
+    /// or `digits6` (six digits, the only format the PyPI `chatixia pair` 0.4.3 accepts;
+    /// far easier to guess, and guarded by the two limits below). `pair` accepts both.
+    #[arg(long, default_value = "long")]
+    pub pair_code_format: crate::pairing::CodeFormat,
+
+    /// Wrong pairing codes one address (IPv6: one /64) may try in 24 h; then its `pair`
+    /// attempts are 429 until its window ends. Right codes do not count.
+    #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_WRONG_MAX)]
+    pub pair_wrong_guesses_per_address_max: u32,
+
+    /// Wrong six-digit pairing codes tried per shard per 60 s, from all addresses
+    /// together; then every six-digit `pair` redemption on that shard is 429 until the
+    /// window moves (long codes are not affected).
     #[arg(long, default_value_t = 30)]
     pub pair_wrong_guesses_per_shard_max: usize,
 
-    /// Wrong pairing codes tried within one bucket of 1,000 codes (same first three
-    /// digits) before the live codes in it are burnt.
+    /// Wrong six-digit pairing codes tried within one bucket of 1,000 codes (same first
+    /// three digits) before the six-digit codes in it are burnt.
     #[arg(long, default_value_t = 3)]
     pub pair_bucket_wrong_guesses_max: u32,
 
@@ -267,6 +279,9 @@ impl Cli {
     /// The store limits.
     pub fn store_limits(&self) -> Result<crate::limits::StoreLimits, String> {
         let f = &self.store;
+        if f.pair_wrong_guesses_per_address_max == 0 {
+            return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
+        }
         if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
             return Err(
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
@@ -292,6 +307,8 @@ impl Cli {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
+                wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
+                code_format: f.pair_code_format,
             },
         })
     }

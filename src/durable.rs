@@ -118,7 +118,7 @@ fn grant_of(r: DeviceTokenRecord) -> DeviceGrant {
 /// The record of an invite code.
 pub fn invite_record(code: Code, issuer: &Issuer, expires_at: UnixTime) -> InviteRecord {
     InviteRecord {
-        code: code.value(),
+        code: code.store_key(),
         issuer_peer_id: issuer.peer_id.clone(),
         mesh: issuer.mesh.clone(),
         expires_at_ns: expires_at.as_nanos(),
@@ -213,7 +213,14 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             .push((r.peer_id, UnixTime::from_secs(r.not_before_secs)));
     }
     for r in snapshot.invites {
-        let code = Code::from_u32(r.code);
+        // Six-digit codes stored by an older server load as six-digit codes.
+        let Some(code) = Code::from_store_key(r.code) else {
+            tracing::error!(
+                key = r.code,
+                "an invite code record holds no valid code; it is not loaded"
+            );
+            continue;
+        };
         let issuer = Issuer {
             peer_id: r.issuer_peer_id,
             mesh: r.mesh,

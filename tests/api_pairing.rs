@@ -4,7 +4,8 @@
 mod common;
 use common::*;
 
-fn gen_code(s: &Server) -> String {
+/// A new invite code from `generate-code`, as its JSON string.
+fn gen_any(s: &Server) -> String {
     let r = s.req(
         "POST",
         "/api/pairing/generate-code",
@@ -14,8 +15,25 @@ fn gen_code(s: &Server) -> String {
     assert_eq!(r.status, 200, "{}", r.text());
     let v = r.json();
     assert_eq!(v["expires_in"], 300);
-    let code = v["code"].as_str().unwrap().to_owned();
-    assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()));
+    v["code"].as_str().unwrap().to_owned()
+}
+
+/// Whether `code` is a long code as the server shows it: `XXXX-XXXX-XXXX` in upper-case
+/// Crockford base32 (no I, L, O, U).
+fn is_long_code(code: &str) -> bool {
+    let groups: Vec<&str> = code.split('-').collect();
+    groups.len() == 3
+        && groups.iter().all(|g| {
+            g.len() == 4
+                && g.bytes()
+                    .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b))
+        })
+}
+
+/// A new invite code in the default (long) format.
+fn gen_code(s: &Server) -> String {
+    let code = gen_any(s);
+    assert!(is_long_code(&code), "{code}");
     code
 }
 
@@ -187,14 +205,10 @@ fn pair_validation_rate_limit_and_code_expiry() {
         )
         .error(422);
 
-        assert_eq!(
-            pair(&mut c, "12345", "x").error(400),
-            "code must be exactly 6 digits"
-        );
-        assert_eq!(
-            pair(&mut c, "12345a", "x").error(400),
-            "code must be exactly 6 digits"
-        );
+        const BAD_FORMAT: &str = "code must be 12 characters of Crockford base32 like \
+                                  K7QM-3XPA-9T2D (dashes and spaces ignored), or 6 digits";
+        assert_eq!(pair(&mut c, "12345", "x").error(400), BAD_FORMAT);
+        assert_eq!(pair(&mut c, "12345a", "x").error(400), BAD_FORMAT);
         assert_eq!(
             pair(&mut c, "123456", "   ").error(400),
             "agent_name is required"
@@ -204,6 +218,7 @@ fn pair_validation_rate_limit_and_code_expiry() {
             "invalid or expired pairing code"
         );
         let code = gen_code(s);
+        // Validation errors answered above came after the rate check: 4 attempts so far.
         // Fifth attempt in the window is allowed; the sixth is refused even with a good code.
         assert_eq!(
             pair(&mut c, "000001", "x").error(401),
@@ -228,4 +243,49 @@ fn pair_validation_rate_limit_and_code_expiry() {
         );
         assert_eq!(pair(&mut c, &code2, "fresh").status, 200);
     });
+}
+
+/// Issue 20: codes are 12 Crockford base32 symbols by default, read back in any case
+/// with or without separators; `--pair-code-format digits6` issues six-digit codes (for
+/// the PyPI `chatixia pair` 0.4.3), and `pair` accepts both formats in either mode.
+#[test]
+fn code_formats() {
+    let s = Server::start(2);
+    let mut c = s.conn();
+    let code = gen_code(&s);
+    let typed = code.replace('-', " ").to_lowercase();
+    let r = pair(&mut c, &typed, "lower-case");
+    assert_eq!(r.status, 200, "{typed}: {}", r.text());
+    assert_eq!(
+        pair(&mut c, &code, "again").error(401),
+        "invalid or expired pairing code"
+    );
+    // Distinct draws.
+    let more: std::collections::HashSet<String> = (0..20).map(|_| gen_code(&s)).collect();
+    assert_eq!(more.len(), 20);
+
+    let mut o = Opts::cores(2);
+    o.args = vec!["--pair-code-format".into(), "digits6".into()];
+    let s = Server::with(o);
+    let mut c = s.conn();
+    let code = gen_any(&s);
+    assert!(
+        code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()),
+        "{code}"
+    );
+    assert_eq!(pair(&mut c, &code, "six").status, 200);
+    // A long code is accepted in this mode too (none is live here).
+    assert_eq!(
+        pair(&mut c, "K7QM-3XPA-9T2D", "x").error(401),
+        "invalid or expired pairing code"
+    );
+
+    // A bad flag value is refused at start, naming the values.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(["--pair-code-format", "digits", "--help"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("long or digits6"), "{err}");
 }

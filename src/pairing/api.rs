@@ -1,6 +1,7 @@
 //! `/api/pairing/*`: codes on `shard_of(code)`, entries on `shard_of(entry id)`, device
 //! tokens on `shard_of(token)`, approved peers on `shard_of(peer_id)`, rate-limit buckets
-//! on `shard_of(client ip)`. Random keys are drawn here, before routing.
+//! and daily wrong-code budgets on `shard_of(client key)` (`limits::client_key`: the
+//! IPv4 address, or the IPv6 /64). Random keys are drawn here, before routing.
 //!
 //! Durable (issue 10): each change is applied on its owner (the entry flagged `saving`),
 //! committed to the store from here, and answered 2xx only once acknowledged; otherwise
@@ -86,7 +87,7 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
 pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
     for _ in 0..CodeStore::GENERATE_TRIES_MAX {
         random_bytes::<1>()?;
-        let code = Code::random(&mut fill_random);
+        let code = Code::random(&mut fill_random, ctx.config.limits.pair_guard.code_format);
         let key = code.to_string();
         match ask_owner(ctx, &key, Op::CodeInsert(Box::new((code, issuer.clone())))).await? {
             Reply::CodeStored(expires_at) => {
@@ -115,24 +116,46 @@ pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
 }
 
 /// `POST /api/pairing/pair`, in the reference's order: body, rate limit, code format,
-/// agent name, redeem, create. The answer adds `claim_secret` (issue 10), the device's
-/// bearer secret for `GET /api/pairing/{id}/status`.
+/// agent name, then (issue 20) the client key's daily budget of wrong codes, redeem,
+/// create. The answer adds `claim_secret` (issue 10), the device's bearer secret for
+/// `GET /api/pairing/{id}/status`.
 pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
     let body: PairRequest = json_body(req)?;
-    let ip_key = client.to_string();
-    match ask_owner(ctx, &ip_key, Op::RateCheck(Box::new(client))).await? {
+    // Validated before the rate check (pure), answered after it (the reference's order):
+    // only a well-formed request reserves one wrong code of the daily budget, in the
+    // same message.
+    let validated = body.validate();
+    let client_key = crate::limits::client_key(client);
+    let check = Op::RateCheck(Box::new((client, validated.is_ok())));
+    match ask_owner(ctx, &client_key, check).await? {
         Reply::Allowed(true) => {}
         Reply::Allowed(false) => return Ok(pair_error(PairError::RateLimited)),
+        Reply::Spent(secs) => {
+            let max = ctx.config.limits.pair_guard.wrong_per_address_max;
+            return Ok(Response::error(
+                429,
+                format!(
+                    "this address tried {max} wrong pairing codes within 24 h, its limit \
+                     (--pair-wrong-guesses-per-address-max); try again in {secs} s"
+                ),
+            )
+            .with_header("retry-after", secs.to_string()));
+        }
         _ => return Ok(unexpected()),
     }
-    let valid = match body.validate() {
+    let valid = match validated {
         Ok(v) => v,
         Err(e) => return Ok(pair_error(e)),
     };
     let code = valid.code;
     let code_key = code.to_string();
     let (issuer, expires_at) = match ask_owner(ctx, &code_key, Op::CodeRedeem(code)).await? {
-        Reply::Redeemed(Some(b)) => *b,
+        Reply::Redeemed(Some(b)) => {
+            // A right code is not a wrong guess: give the reservation back (best
+            // effort: a full mailbox only leaves one count in the budget).
+            let _ = ask_owner(ctx, &client_key, Op::GuessRefund(Box::new(client))).await;
+            *b
+        }
         Reply::Redeemed(None) => return Ok(pair_error(PairError::InvalidCode)),
         Reply::Throttled(secs) => {
             return Ok(Response::error(
@@ -171,7 +194,7 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
         match ask_owner(ctx, &id.to_string(), op).await? {
             Reply::Entry(e) => {
                 let write = vec![
-                    Mutation::DeleteInvite(code.value()),
+                    Mutation::DeleteInvite(code.store_key()),
                     Mutation::PutPairing(entry_record(&e, &ctx.config.secrets)),
                 ];
                 if let Err(resp) = ctx.commit(write).await {
@@ -424,4 +447,75 @@ pub async fn token_used(ctx: &ShardCtx, id: EntryId) {
         tracing::warn!(entry = %id, "could not save that the device token was used");
     }
     saved(ctx, id).await;
+}
+
+/// The `chatixia_pair_*` series of `/metrics`: every shard's pairing counters.
+pub async fn metrics(ctx: &ShardCtx) -> Answer<String> {
+    use std::fmt::Write;
+    let mut shards = Vec::new();
+    for r in ask_all(ctx, |_| Op::Counters).await? {
+        match r {
+            Reply::Counters(c) => shards.push(*c),
+            _ => return Err(unexpected()),
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_pair_refused_total Pairing attempts refused with 429: by the \
+         per-IP rate limit (rate), the address's daily budget of wrong codes (address), \
+         or the six-digit guessing guard (guard).\n# TYPE chatixia_pair_refused_total counter"
+    );
+    for (i, c) in shards.iter().enumerate() {
+        for (reason, n) in [
+            ("rate", c.refused_rate),
+            ("address", c.refused_address),
+            ("guard", c.refused_guard),
+        ] {
+            let _ = writeln!(
+                out,
+                "chatixia_pair_refused_total{{shard=\"{i}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    type Get = fn(&crate::pairing::ops::Counters) -> u64;
+    let series: [(&str, &str, &str, Get); 5] = [
+        (
+            "chatixia_pair_wrong_codes_total",
+            "counter",
+            "Pairing codes looked up that were not live (401).",
+            |c| c.wrong_codes,
+        ),
+        (
+            "chatixia_pair_codes_burnt_total",
+            "counter",
+            "Six-digit codes burnt by the guessing guard.",
+            |c| c.codes_burnt,
+        ),
+        (
+            "chatixia_pair_rate_addresses",
+            "gauge",
+            "Addresses in the pair rate-limit table (at most 65536 per shard).",
+            |c| c.rate_addresses,
+        ),
+        (
+            "chatixia_pair_budget_keys",
+            "gauge",
+            "Client keys in the daily wrong-code budget table (at most 65536 per shard).",
+            |c| c.budget_keys,
+        ),
+        (
+            "chatixia_pair_codes",
+            "gauge",
+            "Invite codes held (at most 1000 per shard).",
+            |c| c.codes,
+        ),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, c) in shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(c));
+        }
+    }
+    Ok(out)
 }

@@ -1,4 +1,18 @@
-//! Single-use 6-digit invite codes with a 300 s lifetime.
+//! Single-use invite codes with a 300 s lifetime, in two formats:
+//!
+//! * **long** (the default, issue 20): 12 symbols of Crockford's base32 (60 random bits),
+//!   shown in groups of four, `K7QM-3XPA-9T2D`. Read back case-insensitively, with `-`
+//!   and spaces ignored and Crockford's look-alikes (`I`, `L` → `1`, `O` → `0`) accepted.
+//!   The space (2^60) is what keeps guessing from many addresses hopeless without a
+//!   guard that could lock honest users out (see `docs/PROTOCOL.md` §5.3 and
+//!   [`daily_guess_odds`]).
+//! * **digits6** (the reference's, opt-in with `--pair-code-format digits6`): six
+//!   digits, what the PyPI `chatixia pair` 0.4.3 accepts. Only 10^6 codes: guessing is
+//!   held back by the [`GuessGuard`](super::guard::GuessGuard), at the cost of refusing
+//!   honest redemptions of six-digit codes during a flood.
+//!
+//! `pair` accepts both formats whatever the flag says (the flag picks what new codes
+//! look like), so codes stored by an older server still work after an upgrade.
 
 use std::collections::HashMap;
 
@@ -7,38 +21,126 @@ use serde::{Serialize, Serializer};
 use super::{Rng, CODE_TTL_SECS};
 use crate::time::UnixTime;
 
-/// A six-digit invite code, `000000`..=`999999`.
+/// Crockford's base32 alphabet: digits and upper-case letters without I, L, O, U.
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// Which format new invite codes get (`--pair-code-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CodeFormat {
+    /// 12 Crockford base32 symbols, `K7QM-3XPA-9T2D` (60 bits).
+    #[default]
+    Long,
+    /// Six digits, `042917`, for the PyPI `chatixia pair` 0.4.3 (its only format).
+    Digits6,
+}
+
+impl std::str::FromStr for CodeFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "long" => Ok(CodeFormat::Long),
+            "digits6" => Ok(CodeFormat::Digits6),
+            _ => Err(format!(
+                "unknown pairing code format {s:?}: expected long or digits6"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CodeFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CodeFormat::Long => "long",
+            CodeFormat::Digits6 => "digits6",
+        })
+    }
+}
+
+/// An invite code: six digits or twelve base32 symbols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Code(u32);
+pub enum Code {
+    /// `000000`..=`999999`.
+    Digits6(u32),
+    /// A 60-bit value, shown as 12 base32 symbols, the most significant first.
+    Long(u64),
+}
 
 impl Code {
-    /// Number of distinct codes.
-    pub const SPACE: u32 = 1_000_000;
+    /// Number of distinct six-digit codes.
+    pub const DIGITS6_SPACE: u32 = 1_000_000;
+    /// Symbols of a long code.
+    pub const LONG_SYMBOLS: usize = 12;
+    /// Bits of a long code (5 per symbol).
+    pub const LONG_BITS: u32 = 60;
+    /// Number of distinct long codes, 2^60 ≈ 1.15 × 10^18.
+    pub const LONG_SPACE: u64 = 1 << Self::LONG_BITS;
+    /// Marks a long code in [`store_key`](Self::store_key) (six-digit codes are stored
+    /// as their value, as they always were).
+    const LONG_TAG: u64 = 1 << 63;
 
-    /// Parse exactly six ASCII digits (the reference's check: byte length 6, all
-    /// `is_ascii_digit`). Anything else is `None`.
+    /// Parses what a user typed: exactly six ASCII digits, or twelve Crockford base32
+    /// symbols (case-insensitive; `I`/`L` read as `1`, `O` as `0`; `U` refused). `-`
+    /// and ASCII spaces are ignored anywhere in either form. Anything else is `None`.
+    /// Linear in the input and allocation-free; stops at the 13th symbol.
     pub fn parse(s: &str) -> Option<Code> {
-        let b = s.as_bytes();
-        if b.len() != 6 || !b.iter().all(u8::is_ascii_digit) {
-            return None;
+        let mut digits_only = true;
+        let mut symbols = 0usize;
+        let mut value = 0u64;
+        for &b in s.as_bytes() {
+            if b == b'-' || b == b' ' {
+                continue;
+            }
+            let v = crockford_value(b)?;
+            digits_only &= b.is_ascii_digit();
+            symbols += 1;
+            if symbols > Self::LONG_SYMBOLS {
+                return None;
+            }
+            value = value << 5 | u64::from(v);
         }
-        Some(Code(
-            b.iter()
-                .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0')),
-        ))
+        match symbols {
+            6 if digits_only => {
+                // Re-read the same symbols as decimal digits.
+                let n = s
+                    .bytes()
+                    .filter(u8::is_ascii_digit)
+                    .fold(0u32, |acc, d| acc * 10 + u32::from(d - b'0'));
+                Some(Code::Digits6(n))
+            }
+            Self::LONG_SYMBOLS => Some(Code::Long(value)),
+            _ => None,
+        }
     }
 
-    /// The code `n % 1_000_000`.
+    /// The six-digit code `n % 1_000_000`.
     pub fn from_u32(n: u32) -> Code {
-        Code(n % Self::SPACE)
+        Code::Digits6(n % Self::DIGITS6_SPACE)
     }
 
-    /// A uniformly random code (rejection sampling over 32-bit draws; after 16 rejected
-    /// draws, which a working generator essentially never produces, the last draw is
-    /// reduced modulo 10^6 so the loop is bounded).
-    pub fn random(rng: &mut impl Rng) -> Code {
+    /// The long code `n % 2^60`.
+    pub fn long(n: u64) -> Code {
+        Code::Long(n % Self::LONG_SPACE)
+    }
+
+    /// A uniformly random code of `format`.
+    pub fn random(rng: &mut impl Rng, format: CodeFormat) -> Code {
+        match format {
+            CodeFormat::Long => {
+                // 2^60 divides 2^64: masking 64 random bits is exactly uniform.
+                let mut buf = [0u8; 8];
+                rng.fill_bytes(&mut buf);
+                Code::Long(u64::from_le_bytes(buf) & (Self::LONG_SPACE - 1))
+            }
+            CodeFormat::Digits6 => Code::random_digits6(rng),
+        }
+    }
+
+    /// A uniformly random six-digit code (rejection sampling over 32-bit draws; after 16
+    /// rejected draws, which a working generator essentially never produces, the last
+    /// draw is reduced modulo 10^6 so the loop is bounded).
+    fn random_digits6(rng: &mut impl Rng) -> Code {
         // Largest multiple of 10^6 that fits in a u32.
-        const LIMIT: u32 = u32::MAX / Code::SPACE * Code::SPACE;
+        const LIMIT: u32 = u32::MAX / Code::DIGITS6_SPACE * Code::DIGITS6_SPACE;
         let mut draw = 0u32;
         for _ in 0..16 {
             let mut buf = [0u8; 4];
@@ -51,23 +153,105 @@ impl Code {
         Code::from_u32(draw)
     }
 
-    /// The numeric value.
-    pub fn value(self) -> u32 {
-        self.0
+    /// The format of this code.
+    pub fn format(self) -> CodeFormat {
+        match self {
+            Code::Digits6(_) => CodeFormat::Digits6,
+            Code::Long(_) => CodeFormat::Long,
+        }
+    }
+
+    /// The six-digit value, `None` for a long code.
+    pub fn digits6(self) -> Option<u32> {
+        match self {
+            Code::Digits6(n) => Some(n),
+            Code::Long(_) => None,
+        }
+    }
+
+    /// The code's key in the durable store: a six-digit code is its value (as stored
+    /// before long codes existed), a long code its value with the top bit set.
+    pub fn store_key(self) -> u64 {
+        match self {
+            Code::Digits6(n) => u64::from(n),
+            Code::Long(v) => Self::LONG_TAG | v,
+        }
+    }
+
+    /// The inverse of [`store_key`](Self::store_key); `None` for a key no code has.
+    pub fn from_store_key(k: u64) -> Option<Code> {
+        if k & Self::LONG_TAG != 0 {
+            let v = k & !Self::LONG_TAG;
+            (v < Self::LONG_SPACE).then_some(Code::Long(v))
+        } else {
+            u32::try_from(k)
+                .ok()
+                .filter(|&n| n < Self::DIGITS6_SPACE)
+                .map(Code::Digits6)
+        }
     }
 }
 
+/// The value of one Crockford base32 symbol (either case, with its look-alikes).
+fn crockford_value(b: u8) -> Option<u8> {
+    let b = b.to_ascii_uppercase();
+    let b = match b {
+        b'I' | b'L' => b'1',
+        b'O' => b'0',
+        _ => b,
+    };
+    CROCKFORD
+        .iter()
+        .position(|&c| c == b)
+        .and_then(|p| u8::try_from(p).ok())
+}
+
+/// `042917`, or `K7QM-3XPA-9T2D` (upper case, groups of four).
 impl std::fmt::Display for Code {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:06}", self.0)
+        match *self {
+            Code::Digits6(n) => write!(f, "{n:06}"),
+            Code::Long(v) => {
+                let mut out = [0u8; Code::LONG_SYMBOLS + 2];
+                let mut at = 0;
+                for i in 0..Code::LONG_SYMBOLS {
+                    if i > 0 && i % 4 == 0 {
+                        out[at] = b'-';
+                        at += 1;
+                    }
+                    let shift = 5 * (Code::LONG_SYMBOLS - 1 - i);
+                    out[at] = CROCKFORD[((v >> shift) & 31) as usize];
+                    at += 1;
+                }
+                // Only ASCII from the alphabet and '-' was written.
+                f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
+            }
+        }
     }
 }
 
-/// Serialized as its six-digit string.
+/// Serialized as its display string.
 impl Serialize for Code {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
+}
+
+/// An upper bound on the chance that a guesser hits any live code in a day: each
+/// evaluated guess names one code, and hits with probability at most (live codes) /
+/// (code space) whatever the guesser learnt from earlier misses (codes are drawn
+/// uniformly and independently), so by the union bound the chance over `guesses`
+/// evaluated guesses is at most `guesses × live_codes / space`.
+///
+/// `addresses` guessers, each evaluated at most `guesses_per_address` times a day;
+/// `live_codes` = live codes per shard × shards.
+pub fn daily_guess_odds(
+    addresses: u64,
+    guesses_per_address: u64,
+    live_codes: u64,
+    space: u64,
+) -> f64 {
+    addresses as f64 * guesses_per_address as f64 * live_codes as f64 / space as f64
 }
 
 /// Who generated an invite code: the pairing entry inherits `mesh`.
@@ -130,9 +314,10 @@ impl CodeStore {
     /// An empty store holding at most `codes_max` live codes.
     ///
     /// `codes_max` bounds memory and, more importantly, guessing: each blind attempt at
-    /// `pair` hits some live code with probability (live codes in all shards) / 10^6. When
-    /// the store is full, expired codes are swept and, if it is still full, new codes are
-    /// refused with [`CodeInsertError::Full`] until some expire or are used.
+    /// `pair` hits some live code with probability at most (live codes in all shards) /
+    /// (code space: 2^60 long, 10^6 six-digit). When the store is full, expired codes are
+    /// swept and, if it is still full, new codes are refused with
+    /// [`CodeInsertError::Full`] until some expire or are used.
     pub fn with_limit(codes_max: usize) -> CodeStore {
         CodeStore {
             codes: HashMap::new(),
@@ -188,7 +373,7 @@ impl CodeStore {
         Ok(expires_at)
     }
 
-    /// Draw a random code and [`insert`](Self::insert) it, redrawing up to
+    /// Draw a random code of `format` and [`insert`](Self::insert) it, redrawing up to
     /// [`GENERATE_TRIES_MAX`](Self::GENERATE_TRIES_MAX) times while the draw is in use.
     ///
     /// Only meaningful for a store that owns every code (one shard, or tests): in a
@@ -197,11 +382,12 @@ impl CodeStore {
     pub fn generate(
         &mut self,
         rng: &mut impl Rng,
+        format: CodeFormat,
         issuer: Issuer,
         now: UnixTime,
     ) -> Result<Code, CodeInsertError> {
         for _ in 0..Self::GENERATE_TRIES_MAX {
-            let code = Code::random(rng);
+            let code = Code::random(rng, format);
             match self.insert(code, issuer.clone(), now) {
                 Ok(_) => return Ok(code),
                 Err(CodeInsertError::InUse) => continue,
@@ -260,8 +446,8 @@ impl CodeStore {
         before - self.codes.len()
     }
 
-    /// Removes every code `burn` selects (the guessing guard's burnt bucket); returns
-    /// how many were removed.
+    /// Removes every code `burn` selects (the six-digit guessing guard's burnt
+    /// bucket); returns how many were removed.
     pub fn remove_if(&mut self, burn: impl Fn(Code) -> bool) -> usize {
         let before = self.codes.len();
         self.codes.retain(|&c, _| !burn(c));
@@ -312,19 +498,25 @@ mod tests {
     }
 
     #[test]
-    fn parse_and_format() {
-        assert_eq!(Code::parse("000000").map(Code::value), Some(0));
-        assert_eq!(Code::parse("999999").map(Code::value), Some(999_999));
+    fn parse_and_format_six_digits() {
+        assert_eq!(Code::parse("000000"), Some(Code::Digits6(0)));
+        assert_eq!(Code::parse("999999"), Some(Code::Digits6(999_999)));
         assert_eq!(Code::parse("012345").unwrap().to_string(), "012345");
+        // Separators are ignored in either format.
+        assert_eq!(Code::parse("012-345"), Some(Code::Digits6(12_345)));
+        assert_eq!(Code::parse(" 012 345 "), Some(Code::Digits6(12_345)));
         for bad in [
             "",
+            "-",
             "12345",
             "1234567",
-            "-12345",
             "+12345",
-            "12 456",
+            "12\t456",
             "１２３４５６",
             "12345a",
+            "O12345",
+            "12345678901",
+            "1234567890123",
         ] {
             assert_eq!(Code::parse(bad), None, "{bad}");
         }
@@ -336,21 +528,148 @@ mod tests {
     }
 
     #[test]
+    fn parse_and_format_long_codes() {
+        let c = Code::parse("K7QM-3XPA-9T2D").unwrap();
+        assert_eq!(c.format(), CodeFormat::Long);
+        assert_eq!(c.to_string(), "K7QM-3XPA-9T2D");
+        assert_eq!(serde_json::to_string(&c).unwrap(), r#""K7QM-3XPA-9T2D""#);
+        // Case, separators and Crockford's look-alikes do not matter.
+        for same in [
+            "k7qm3xpa9t2d",
+            "K7QM 3XPA 9T2D",
+            " k7qm-3xpa-9t2d ",
+            "K-7-Q-M-3-X-P-A-9-T-2-D",
+        ] {
+            assert_eq!(Code::parse(same), Some(c), "{same}");
+        }
+        assert_eq!(Code::parse("ILO0-0000-0000"), Code::parse("1100-0000-0000"));
+        assert_eq!(Code::parse("0000-0000-0000"), Some(Code::Long(0)));
+        assert_eq!(
+            Code::parse("ZZZZ-ZZZZ-ZZZZ"),
+            Some(Code::Long(Code::LONG_SPACE - 1))
+        );
+        // The symbols are the value's 5-bit groups, most significant first.
+        assert_eq!(Code::long(1).to_string(), "0000-0000-0001");
+        assert_eq!(Code::long(32).to_string(), "0000-0000-0010");
+        assert_eq!(Code::long(Code::LONG_SPACE + 5), Code::Long(5));
+        for bad in [
+            "K7QM-3XPA-9T2",
+            "K7QM-3XPA-9T2DA",
+            "K7QM-3XPA-9T2U",
+            "K7QM_3XPA_9T2D",
+            "K7QM-3XPA-9T2D\n",
+            "K7QM-3XPA-9T2Ð",
+        ] {
+            assert_eq!(Code::parse(bad), None, "{bad}");
+        }
+        // Every value round-trips through its display form.
+        let mut r = rng(11);
+        for _ in 0..1000 {
+            let c = Code::random(&mut r, CodeFormat::Long);
+            assert_eq!(Code::parse(&c.to_string()), Some(c));
+            assert_eq!(Code::parse(&c.to_string().to_lowercase()), Some(c));
+            let d = Code::random(&mut r, CodeFormat::Digits6);
+            assert_eq!(Code::parse(&d.to_string()), Some(d));
+        }
+    }
+
+    #[test]
+    fn store_keys_round_trip_and_six_digit_keys_are_unchanged() {
+        assert_eq!(Code::from_u32(123_456).store_key(), 123_456);
+        assert_eq!(Code::from_store_key(123_456), Some(Code::Digits6(123_456)));
+        assert_eq!(Code::from_store_key(1_000_000), None);
+        assert_eq!(Code::from_store_key(u64::MAX), None);
+        let mut r = rng(5);
+        for _ in 0..1000 {
+            let c = Code::random(&mut r, CodeFormat::Long);
+            assert!(c.store_key() >= 1 << 63);
+            assert_eq!(Code::from_store_key(c.store_key()), Some(c));
+        }
+        assert_eq!(
+            Code::from_store_key(Code::long(0).store_key()),
+            Some(Code::Long(0))
+        );
+    }
+
+    #[test]
+    fn format_flag_values() {
+        assert_eq!("long".parse(), Ok(CodeFormat::Long));
+        assert_eq!("digits6".parse(), Ok(CodeFormat::Digits6));
+        assert!("digits".parse::<CodeFormat>().is_err());
+        assert_eq!(CodeFormat::default(), CodeFormat::Long);
+        assert_eq!(CodeFormat::Digits6.to_string(), "digits6");
+    }
+
+    #[test]
     fn random_codes_are_in_range_and_vary() {
         let mut r = rng(7);
-        let codes: Vec<Code> = (0..1000).map(|_| Code::random(&mut r)).collect();
-        assert!(codes.iter().all(|c| c.value() < Code::SPACE));
+        let codes: Vec<Code> = (0..1000)
+            .map(|_| Code::random(&mut r, CodeFormat::Digits6))
+            .collect();
+        assert!(codes
+            .iter()
+            .all(|c| c.digits6().is_some_and(|n| n < Code::DIGITS6_SPACE)));
         let distinct: std::collections::HashSet<_> = codes.iter().collect();
         assert!(distinct.len() > 990);
         // A generator stuck in the rejection zone still terminates.
         let mut stuck = |b: &mut [u8]| b.fill(0xff);
-        assert!(Code::random(&mut stuck).value() < Code::SPACE);
+        assert!(Code::random(&mut stuck, CodeFormat::Digits6)
+            .digits6()
+            .is_some_and(|n| n < Code::DIGITS6_SPACE));
+        // All-ones draws give the largest long code: the mask keeps 60 bits.
+        assert_eq!(
+            Code::random(&mut stuck, CodeFormat::Long),
+            Code::Long(Code::LONG_SPACE - 1)
+        );
+    }
+
+    /// The largest chi-squared statistic over the 12 symbol positions of `DRAWS` long
+    /// codes drawn from `r` (31 degrees of freedom each).
+    fn worst_symbol_chi2(r: &mut impl Rng) -> f64 {
+        const DRAWS: usize = 32_000;
+        let mut counts = [[0u32; 32]; Code::LONG_SYMBOLS];
+        for _ in 0..DRAWS {
+            let Code::Long(v) = Code::random(r, CodeFormat::Long) else {
+                panic!("not a long code")
+            };
+            assert!(v < Code::LONG_SPACE);
+            for (i, c) in counts.iter_mut().enumerate() {
+                c[((v >> (5 * i)) & 31) as usize] += 1;
+            }
+        }
+        let expected = DRAWS as f64 / 32.0;
+        counts
+            .iter()
+            .map(|c| {
+                c.iter()
+                    .map(|&n| (f64::from(n) - expected).powi(2) / expected)
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// Each of the 12 symbols of a long code is uniform over the 32 symbols: chi-squared
+    /// over 32,000 draws stays under 70 (the 99.99th percentile for 31 degrees of
+    /// freedom is about 66), while a biased source (one random bit stuck) is far above.
+    #[test]
+    fn long_codes_draw_every_symbol_uniformly() {
+        let fair = worst_symbol_chi2(&mut rng(0x5eed));
+        assert!(fair < 70.0, "chi2 {fair:.1}");
+        let mut inner = rng(3);
+        let mut stuck_bit = move |b: &mut [u8]| {
+            inner(b);
+            b[3] |= 0x10;
+        };
+        let biased = worst_symbol_chi2(&mut stuck_bit);
+        assert!(biased > 1000.0, "chi2 {biased:.1}");
     }
 
     #[test]
     fn single_use() {
         let mut s = CodeStore::new();
-        let code = s.generate(&mut rng(1), issuer(Some("blue")), T0).unwrap();
+        let code = s
+            .generate(&mut rng(1), CodeFormat::Long, issuer(Some("blue")), T0)
+            .unwrap();
         assert_eq!(s.len(), 1);
         assert_eq!(s.redeem(code, T0), Some(issuer(Some("blue"))));
         assert_eq!(s.redeem(code, T0), None);
@@ -397,12 +716,18 @@ mod tests {
         // A generator that yields 1, 1, 2, ...
         let mut draws = [1u32, 1, 2].into_iter().chain(3..);
         let mut r = move |b: &mut [u8]| b.copy_from_slice(&draws.next().unwrap_or(0).to_le_bytes());
-        assert_eq!(s.generate(&mut r, issuer(None), T0), Ok(Code::from_u32(1)));
-        assert_eq!(s.generate(&mut r, issuer(None), T0), Ok(Code::from_u32(2)));
+        assert_eq!(
+            s.generate(&mut r, CodeFormat::Digits6, issuer(None), T0),
+            Ok(Code::from_u32(1))
+        );
+        assert_eq!(
+            s.generate(&mut r, CodeFormat::Digits6, issuer(None), T0),
+            Ok(Code::from_u32(2))
+        );
         // A generator that always repeats a live code gives up.
         let mut same = |b: &mut [u8]| b.copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(
-            s.generate(&mut same, issuer(None), T0),
+            s.generate(&mut same, CodeFormat::Digits6, issuer(None), T0),
             Err(CodeInsertError::InUse)
         );
     }
@@ -442,7 +767,7 @@ mod tests {
         // A zero limit refuses everything without panicking.
         let mut z = CodeStore::with_limit(0);
         assert_eq!(
-            z.generate(&mut rng(3), issuer(None), T0),
+            z.generate(&mut rng(3), CodeFormat::Long, issuer(None), T0),
             Err(CodeInsertError::Full)
         );
     }

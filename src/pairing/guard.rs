@@ -1,26 +1,29 @@
-//! Defence against guessing invite codes from many addresses (issue 13, finding 4).
+//! Defence against guessing **six-digit** invite codes from many addresses (issue 13,
+//! finding 4; since issue 20 it applies to six-digit codes only).
 //!
-//! The per-IP limit ([`RateLimiter`](super::RateLimiter)) stops one address, but a
-//! client with 400 addresses (or an IPv6 /64) gets 400 × 5 guesses a minute. A wrong
-//! guess names no valid code, so it cannot be charged to "the code it tried"; instead
-//! the shard that owns the guessed code (`shard_of(code)`) keeps, sans-IO:
+//! Six-digit codes (`--pair-code-format digits6`, for the PyPI `chatixia pair` 0.4.3)
+//! leave 10^6 possibilities, so no per-address budget can keep 1,000 addresses from
+//! finding one (see `docs/PROTOCOL.md` §5.3). A wrong guess names no valid code, so it
+//! cannot be charged to "the code it tried"; instead the shard that owns the guessed
+//! code (`shard_of(code)`) keeps, sans-IO:
 //!
-//! * a **global attempt rate**: at most `wrong_per_window_max` wrong guesses per
-//!   60 s window on this shard, from all addresses together. Once spent, every
-//!   redemption here (right or wrong) is refused with 429 until the window moves:
-//!   the guesser cannot tell a right guess from a refused one. 30 a minute per shard
-//!   gives a guesser at most 150 tries over a code's 300 s life, i.e. a chance of
+//! * a **global attempt rate**: at most `wrong_per_window_max` wrong six-digit guesses
+//!   per 60 s window on this shard, from all addresses together. Once spent, every
+//!   six-digit redemption here (right or wrong) is refused with 429 until the window
+//!   moves: the guesser cannot tell a right guess from a refused one. 30 a minute per
+//!   shard gives a guesser at most 150 tries over a code's 300 s life, i.e. a chance of
 //!   150 × live codes / 10^6 (1.5 × 10^-4 for one live code).
-//! * a **per-code budget by bucket**: the code space is cut into buckets of
+//! * a **per-code budget by bucket**: the six-digit space is cut into buckets of
 //!   [`BUCKET_WIDTH`] codes (the first three digits). Each wrong guess counts against
 //!   its bucket; when a bucket reaches `bucket_wrong_max` wrong guesses within a code's
-//!   lifetime, the live codes in it are burnt (the invite must be generated again). A
-//!   guesser gets at most that many tries near any one code: a chance of at most
-//!   `bucket_wrong_max / BUCKET_WIDTH` per code even with an unlimited global rate.
+//!   lifetime, the live six-digit codes in it are burnt (the invite must be generated
+//!   again). A guesser gets at most that many tries near any one code: a chance of at
+//!   most `bucket_wrong_max / BUCKET_WIDTH` per code even with an unlimited global rate.
 //!
 //! The trade-off is availability under attack: a flood of wrong guesses makes honest
-//! `pair` calls on that shard answer 429 for up to a minute, and may burn a live code;
-//! both are preferred to handing a device token to a guesser. The error says why.
+//! six-digit `pair` calls on that shard answer 429 for up to a minute, and may burn a
+//! live code. Long codes (the default) are never checked, refused or burnt here: their
+//! space (2^60) and the per-address budgets suffice.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -44,6 +47,11 @@ pub struct GuardLimits {
     /// Live invite codes one API key may hold per shard (`--pair-codes-per-key-max`;
     /// kept here with the other pairing limits).
     pub codes_per_key_max: usize,
+    /// Wrong codes one address (IPv6: one /64) may try per 24 h
+    /// (`--pair-wrong-guesses-per-address-max`; see [`AddressBudget`](super::budget::AddressBudget)).
+    pub wrong_per_address_max: u32,
+    /// The format of new invite codes (`--pair-code-format`).
+    pub code_format: super::CodeFormat,
 }
 
 impl Default for GuardLimits {
@@ -52,6 +60,8 @@ impl Default for GuardLimits {
             wrong_per_window_max: 30,
             bucket_wrong_max: 3,
             codes_per_key_max: CodeStore::DEFAULT_ISSUER_CODES_MAX,
+            wrong_per_address_max: super::budget::AddressBudget::DEFAULT_WRONG_MAX,
+            code_format: super::CodeFormat::Long,
         }
     }
 }
@@ -107,14 +117,18 @@ impl GuessGuard {
         })
     }
 
-    /// Records a wrong guess of `code`; burns the live codes of its bucket when the
-    /// bucket's budget is spent. Returns how many codes were burnt.
+    /// Records a wrong guess of six-digit `code`; burns the live six-digit codes of its
+    /// bucket when the bucket's budget is spent. Returns how many codes were burnt. A
+    /// long code is not counted (0).
     pub fn wrong_guess(&mut self, code: Code, codes: &mut CodeStore, now: UnixTime) -> usize {
+        let Some(n) = code.digits6() else {
+            return 0;
+        };
         self.trim(now);
         if self.wrong.len() < self.limits.wrong_per_window_max {
             self.wrong.push_back(now);
         }
-        let bucket = code.value() / BUCKET_WIDTH;
+        let bucket = n / BUCKET_WIDTH;
         let life = CODE_TTL_SECS * 1_000_000_000;
         let e = self.buckets.entry(bucket).or_insert((0, now));
         if now.saturating_nanos_since(e.1) >= life {
@@ -125,7 +139,7 @@ impl GuessGuard {
             return 0;
         }
         self.buckets.remove(&bucket);
-        codes.remove_if(|c| c.value() / BUCKET_WIDTH == bucket)
+        codes.remove_if(|c| c.digits6().is_some_and(|v| v / BUCKET_WIDTH == bucket))
     }
 
     /// Drops bucket counts older than a code's lifetime (with the pairing sweep).
@@ -197,6 +211,17 @@ mod tests {
             "burnt"
         );
         assert!(codes.redeem(Code::from_u32(124_000), at(4)).is_some());
+        // Long codes are neither counted nor burnt, whatever their value.
+        codes
+            .insert(Code::long(123_456), issuer.clone(), at(0))
+            .unwrap();
+        for k in 0..10 {
+            assert_eq!(g.wrong_guess(Code::long(123_000 + k), &mut codes, at(5)), 0);
+        }
+        for k in 0..3 {
+            g.wrong_guess(Code::from_u32(123_100 + k), &mut codes, at(5));
+        }
+        assert!(codes.redeem(Code::long(123_456), at(6)).is_some(), "kept");
         // Counts older than a code's life start over.
         let mut codes = CodeStore::new();
         codes

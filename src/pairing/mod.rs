@@ -2,10 +2,13 @@
 //!
 //! Sharded, sans-IO stores; each shard holds one of each for the keys it owns:
 //!
-//! * [`CodeStore`]: invite code → issuer, keyed by the 6-digit code;
+//! * [`CodeStore`]: invite code → issuer, keyed by the code (12 base32 symbols, or six
+//!   digits with `--pair-code-format digits6`);
 //! * [`PairingStore`]: entry id → [`Entry`], keyed by the 8-hex-digit id;
 //! * [`DeviceTokenIndex`]: device token → [`DeviceGrant`], keyed by the token;
-//! * [`RateLimiter`]: client IP → recent `pair` attempts, keyed by the IP.
+//! * [`RateLimiter`]: client IP → recent `pair` attempts, and [`budget::AddressBudget`]:
+//!   client key (IPv4 address, IPv6 /64) → wrong codes in 24 h, both on
+//!   `shard_of(client key)`.
 //!
 //! Values that pick the owning shard (codes, ids, tokens) are drawn by the caller *before*
 //! routing ([`Code::random`], [`EntryId::random`], [`new_device_token`]), so no store needs
@@ -20,11 +23,15 @@
 //!    succeeds or fails; refused (429) attempts do not count;
 //! 3. [`PairRequest::validate`]: code format (400), then trimmed agent name (400). These do
 //!    not consume the code;
-//! 4. [`CodeStore::redeem`] on the code's shard: `None` → 401 [`PairError::InvalidCode`];
-//! 5. [`PairingStore::create`] on the new id's shard, inheriting the issuer's mesh →
+//! 4. the client key's daily budget of wrong codes ([`budget::AddressBudget::reserve`],
+//!    checked in the same message as step 2): spent → 429; a right code is refunded;
+//! 5. [`CodeStore::redeem`] on the code's shard (six-digit codes first pass the
+//!    [`guard::GuessGuard`]): `None` → 401 [`PairError::InvalidCode`];
+//! 6. [`PairingStore::create`] on the new id's shard, inheriting the issuer's mesh →
 //!    200 [`PairResponse`].
 
 pub mod api;
+pub mod budget;
 pub mod codes;
 pub mod entries;
 pub mod guard;
@@ -34,7 +41,7 @@ pub mod ratelimit;
 
 use serde::{Deserialize, Serialize};
 
-pub use codes::{Code, CodeInsertError, CodeStore, Issuer};
+pub use codes::{daily_guess_odds, Code, CodeFormat, CodeInsertError, CodeStore, Issuer};
 pub use entries::{
     new_device_token, new_peer_id, CreateError, DeviceGrant, DeviceTokenIndex, Entry, EntryId,
     IndexInsertError, PairingStore, Status,
@@ -122,7 +129,7 @@ impl PairRequest {
 pub enum PairError {
     /// 429: more than [`RATE_LIMIT_MAX_ATTEMPTS`] attempts in the window.
     RateLimited,
-    /// 400: the code is not exactly six ASCII digits.
+    /// 400: the code is neither six digits nor twelve base32 symbols.
     BadCodeFormat,
     /// 400: the agent name is empty after trimming.
     AgentNameRequired,
@@ -150,7 +157,10 @@ impl PairError {
     pub fn message(self) -> &'static str {
         match self {
             PairError::RateLimited => "too many pairing attempts, try again later",
-            PairError::BadCodeFormat => "code must be exactly 6 digits",
+            PairError::BadCodeFormat => {
+                "code must be 12 characters of Crockford base32 like K7QM-3XPA-9T2D \
+                 (dashes and spaces ignored), or 6 digits"
+            }
             PairError::AgentNameRequired => "agent_name is required",
             PairError::AgentNameTooLong => "agent_name is too long",
             PairError::InvalidCode => "invalid or expired pairing code",
@@ -216,10 +226,10 @@ impl OkBody {
     pub const OK: OkBody = OkBody { status: "ok" };
 }
 
-/// `POST /api/pairing/generate-code` → `{"code":"NNNNNN","expires_in":300}`.
+/// `POST /api/pairing/generate-code` → `{"code":"K7QM-3XPA-9T2D","expires_in":300}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct GenerateCodeResponse {
-    /// The code (serialized as its six-digit string).
+    /// The code (serialized as its display string).
     pub code: Code,
     /// Seconds until it expires ([`CODE_TTL_SECS`]).
     pub expires_in: u64,
@@ -282,7 +292,15 @@ mod tests {
         );
         assert_eq!(req("12a456", "a").validate(), Err(PairError::BadCodeFormat));
         assert_eq!(
-            req(" 123456", "a").validate(),
+            req("12 3456", "a").validate().map(|v| v.code),
+            Ok(Code::from_u32(123_456))
+        );
+        assert_eq!(
+            req(" k7qm-3xpa 9t2d", "a").validate().map(|v| v.code),
+            Code::parse("K7QM-3XPA-9T2D").ok_or(PairError::BadCodeFormat)
+        );
+        assert_eq!(
+            req("K7QM-3XPA-9T2", "a").validate(),
             Err(PairError::BadCodeFormat)
         );
         assert_eq!(
@@ -322,7 +340,8 @@ mod tests {
             (
                 PairError::BadCodeFormat,
                 400,
-                "code must be exactly 6 digits",
+                "code must be 12 characters of Crockford base32 like K7QM-3XPA-9T2D \
+                 (dashes and spaces ignored), or 6 digits",
             ),
             (PairError::AgentNameRequired, 400, "agent_name is required"),
             (
@@ -435,7 +454,9 @@ mod tests {
             peer_id: key.peer_id.clone(),
             mesh: key.mesh.clone(),
         };
-        let code = codes.generate(&mut rng, issuer, t0).unwrap();
+        let code = codes
+            .generate(&mut rng, CodeFormat::Long, issuer, t0)
+            .unwrap();
         let body = serde_json::to_string(&GenerateCodeResponse::new(code)).unwrap();
         assert_eq!(body, format!(r#"{{"code":"{code}","expires_in":300}}"#));
 

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use chatixia_store::TokenHash;
 
+use crate::pairing::budget::AddressBudget;
 use crate::pairing::guard::{GuardLimits, GuessGuard};
 use crate::pairing::{
     Code, CodeInsertError, CodeStore, CreateError, Entry, EntryId, Issuer, PairingStore,
@@ -18,8 +19,33 @@ pub struct Store {
     pub codes: CodeStore,
     pub entries: PairingStore,
     pub rate: RateLimiter,
-    /// Guessing defence across addresses (global wrong-guess rate, burnt buckets).
+    /// Wrong codes per client key (IPv4 address, IPv6 /64) per 24 h.
+    pub budget: AddressBudget,
+    /// Guessing defence for six-digit codes (global wrong-guess rate, burnt buckets).
     pub guard: GuessGuard,
+    /// What `/metrics` shows of pairing on this shard.
+    pub counters: Counters,
+}
+
+/// Pairing counters of one shard (`/metrics`, `chatixia_pair_*`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `pair` attempts refused by the per-IP rate limit (429).
+    pub refused_rate: u64,
+    /// `pair` attempts refused because the client key spent its daily budget (429).
+    pub refused_address: u64,
+    /// Six-digit redemptions refused by the guessing guard (429).
+    pub refused_guard: u64,
+    /// Codes looked up and not live (401).
+    pub wrong_codes: u64,
+    /// Six-digit codes burnt by the guard.
+    pub codes_burnt: u64,
+    /// Addresses in the rate-limit table now (at most 65,536).
+    pub rate_addresses: u64,
+    /// Client keys in the daily-budget table now (at most `AddressBudget::KEYS_MAX`).
+    pub budget_keys: u64,
+    /// Invite codes held now (at most `CodeStore::DEFAULT_CODES_MAX`).
+    pub codes: u64,
 }
 
 impl Store {
@@ -35,7 +61,9 @@ impl Store {
             codes,
             entries: PairingStore::new(),
             rate: RateLimiter::new(),
+            budget: AddressBudget::new(limits.wrong_per_address_max),
             guard: GuessGuard::new(limits),
+            counters: Counters::default(),
         }
     }
 }
@@ -59,10 +87,17 @@ pub enum Op {
     CodeRemove(Code),
     /// Put a code back (its redemption was not acknowledged). → `Done`.
     CodeRestore(Box<(Code, Issuer, UnixTime)>),
-    /// Use an invite code. → `Redeemed` | `Throttled` (too many wrong guesses here).
+    /// Use an invite code. → `Redeemed` | `Throttled` (six-digit codes only: too many
+    /// wrong guesses here).
     CodeRedeem(Code),
-    /// Count a `pair` attempt of this client IP. → `Allowed`.
-    RateCheck(Box<IpAddr>),
+    /// Count a `pair` attempt of this client IP; if the request is well-formed (`true`:
+    /// its code will be looked up), also reserve one wrong code of the client key's
+    /// daily budget. → `Allowed(false)` (rate limited) | `Spent` | `Allowed(true)`.
+    RateCheck(Box<(IpAddr, bool)>),
+    /// The client's code was right: give its reservation back. → `Done`.
+    GuessRefund(Box<IpAddr>),
+    /// This shard's pairing counters. → `Counters`.
+    Counters,
     /// Create a pending entry `(id, peer_id, agent_name, issuer, claim secret hash)`,
     /// flagged saving. → `Entry` | `InUse` | `Full`.
     EntryCreate(Box<(EntryId, String, String, Issuer, TokenHash)>),
@@ -100,6 +135,9 @@ pub enum Reply {
     Quota(usize),
     /// Redemptions on this shard are paused; seconds to wait.
     Throttled(u64),
+    /// The client key spent its daily budget of wrong codes; seconds to wait.
+    Spent(u64),
+    Counters(Box<Counters>),
     /// A code was stored; it expires then.
     CodeStored(UnixTime),
     /// The redeemed code's issuer and expiry (`None`: unknown, used or expired).
@@ -149,13 +187,20 @@ impl Op {
                 }
             }
             Op::CodeRedeem(code) => {
-                if let Err(t) = store.guard.check(now) {
-                    return Reply::Throttled(t.retry_after_secs);
+                // Only six-digit codes go through the guard: long codes are never
+                // refused or burnt because of other people's guesses.
+                if code.digits6().is_some() {
+                    if let Err(t) = store.guard.check(now) {
+                        store.counters.refused_guard += 1;
+                        return Reply::Throttled(t.retry_after_secs);
+                    }
                 }
                 match store.codes.redeem_with_expiry(code, now) {
                     Some(found) => Reply::Redeemed(Some(Box::new(found))),
                     None => {
+                        store.counters.wrong_codes += 1;
                         let burnt = store.guard.wrong_guess(code, &mut store.codes, now);
+                        store.counters.codes_burnt += burnt as u64;
                         if burnt > 0 {
                             tracing::warn!(
                                 burnt,
@@ -175,7 +220,30 @@ impl Op {
                 store.codes.restore(code, issuer, expires_at);
                 Reply::Done
             }
-            Op::RateCheck(ip) => Reply::Allowed(store.rate.check_and_count(*ip, now)),
+            Op::RateCheck(b) => {
+                let (ip, well_formed) = *b;
+                if !store.rate.check_and_count(ip, now) {
+                    store.counters.refused_rate += 1;
+                    return Reply::Allowed(false);
+                }
+                if well_formed {
+                    if let Err(spent) = store.budget.reserve(ip, now) {
+                        store.counters.refused_address += 1;
+                        return Reply::Spent(spent.retry_after_secs);
+                    }
+                }
+                Reply::Allowed(true)
+            }
+            Op::GuessRefund(ip) => {
+                store.budget.refund(*ip);
+                Reply::Done
+            }
+            Op::Counters => Reply::Counters(Box::new(Counters {
+                rate_addresses: store.rate.len() as u64,
+                budget_keys: store.budget.len() as u64,
+                codes: store.codes.len() as u64,
+                ..store.counters
+            })),
             Op::EntryCreate(b) => {
                 let (id, peer_id, name, issuer, claim_hash) = *b;
                 match store.entries.create(id, peer_id, &name, issuer, now) {

@@ -385,6 +385,7 @@ impl ShardCtx {
             let mut pairing = self.state.pairing.borrow_mut();
             let expired = pairing.codes.sweep_expired(now);
             pairing.rate.sweep(now);
+            pairing.budget.sweep(now);
             pairing.guard.sweep(now);
             expired
         };
@@ -392,7 +393,7 @@ impl ShardCtx {
         self.commit_later(
             expired
                 .into_iter()
-                .map(|c| chatixia_store::Mutation::DeleteInvite(c.value()))
+                .map(|c| chatixia_store::Mutation::DeleteInvite(c.store_key()))
                 .collect(),
         );
     }

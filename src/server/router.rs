@@ -399,6 +399,10 @@ async fn metrics(ctx: &ShardCtx) -> Response {
         }
     }
     let mut body = crate::metrics::render(&shards);
+    match crate::pairing::api::metrics(ctx).await {
+        Ok(text) => body.push_str(&text),
+        Err(resp) => return resp,
+    }
     if let Some(store) = &ctx.config.store {
         body.push_str(&crate::metrics::render_store(&store.stats()));
     }

@@ -149,11 +149,13 @@ pub struct RevocationRecord {
     pub entry_id: Option<u32>,
 }
 
-/// A live invite code, keyed by the code (0..=999_999).
+/// A live invite code, keyed by the code's 64-bit key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InviteRecord {
-    /// The six-digit code as a number.
-    pub code: u32,
+    /// The code's key as the pairing service encodes it: `0..=999_999` a six-digit code
+    /// (as stored before long codes existed: such records still load), `1 << 63 | v` a
+    /// 12-symbol base32 code of value `v < 2^60`.
+    pub code: u64,
     /// Peer id of the API key that asked for it.
     pub issuer_peer_id: String,
     /// That key's mesh.
@@ -207,8 +209,8 @@ pub enum Mutation {
     PutRevocation(RevocationRecord),
     /// Store a new invite code.
     PutInvite(InviteRecord),
-    /// Remove an invite code (redeemed or expired).
-    DeleteInvite(u32),
+    /// Remove an invite code (redeemed or expired), by its key.
+    DeleteInvite(u64),
     /// Insert or replace a pending or assigned task.
     PutTask(TaskRecord),
     /// Remove a task (finished, expired or gone).

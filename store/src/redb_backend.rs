@@ -29,7 +29,11 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const PAIRINGS: TableDefinition<u32, &[u8]> = TableDefinition::new("pairing");
 const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("device_token");
 const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocation");
-const INVITES: TableDefinition<u32, &[u8]> = TableDefinition::new("invite");
+/// Invite codes by 64-bit key (six-digit and long codes).
+const INVITES: TableDefinition<u64, &[u8]> = TableDefinition::new("invite_v2");
+/// Six-digit invite codes written before long codes existed (keyed by the u32 code):
+/// still loaded, and emptied as they are redeemed or expire; nothing new goes there.
+const INVITES_V1: TableDefinition<u32, &[u8]> = TableDefinition::new("invite");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("task");
 
 /// Value of the meta key `format`.
@@ -244,6 +248,7 @@ impl Backend for RedbBackend {
             let mut tokens = txn.open_table(TOKENS).map_err(|e| engine_err(f, e))?;
             let mut revocations = txn.open_table(REVOCATIONS).map_err(|e| engine_err(f, e))?;
             let mut invites = txn.open_table(INVITES).map_err(|e| engine_err(f, e))?;
+            let mut invites_v1 = txn.open_table(INVITES_V1).map_err(|e| engine_err(f, e))?;
             let mut tasks = txn.open_table(TASKS).map_err(|e| engine_err(f, e))?;
             for m in writes.iter().flat_map(|w| w.iter()) {
                 let r = match m {
@@ -260,7 +265,15 @@ impl Backend for RedbBackend {
                     Mutation::PutInvite(r) => invites
                         .insert(r.code, records::encode(r).as_slice())
                         .map(drop),
-                    Mutation::DeleteInvite(c) => invites.remove(c).map(drop),
+                    Mutation::DeleteInvite(c) => {
+                        invites
+                            .remove(c)
+                            .map(drop)
+                            .and_then(|()| match u32::try_from(*c) {
+                                Ok(old) => invites_v1.remove(old).map(drop),
+                                Err(_) => Ok(()),
+                            })
+                    }
                     Mutation::PutTask(r) => tasks
                         .insert(r.id.as_str(), records::encode(r).as_slice())
                         .map(drop),
@@ -285,6 +298,13 @@ impl Backend for RedbBackend {
             REVOCATIONS,
             |k, r| *k == r.peer_id,
             &mut s.revocations,
+        )?;
+        load_table(
+            &txn,
+            f,
+            INVITES_V1,
+            |k, r| u64::from(*k) == r.code,
+            &mut s.invites,
         )?;
         load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites)?;
         load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks)?;

@@ -166,3 +166,62 @@ fn load_of_100k_entries_counts_them_and_times_it() {
     assert!(snap.elapsed > std::time::Duration::ZERO);
     eprintln!("loaded {N} pairing entries in {:?}", snap.elapsed);
 }
+
+/// Issue 20: invite codes are keyed by 64 bits (long codes). Six-digit codes written by
+/// an older server, in the `invite` table keyed by u32, still load and can be deleted;
+/// long codes round-trip through their own table.
+#[test]
+fn six_digit_invites_of_an_older_server_still_load_and_long_ones_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = secrets();
+    let (store, _) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    store.close();
+    // What the older server wrote: `code` a u32 number, in table "invite" (u32 keys).
+    {
+        let db = redb::Database::create(tmp.path().join(chatixia_store::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<u32, &[u8]> = redb::TableDefinition::new("invite");
+            let mut t = txn.open_table(def).unwrap();
+            for code in [123_456u32, 654_321] {
+                let old = serde_json::json!({
+                    "code": code, "issuer_peer_id": "agent-001", "mesh": "m",
+                    "expires_at_ns": 1_795_239_989_000_000_000u64 + u64::from(code),
+                });
+                let mut v = vec![1u8];
+                v.extend(serde_json::to_vec(&old).unwrap());
+                t.insert(code, v.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let (store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    let mut codes: Vec<u64> = snap.invites.iter().map(|i| i.code).collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [123_456, 654_321]);
+    assert_eq!(snap.invites[0], invite(snap.invites[0].code));
+    let mut long = invite(0);
+    long.code = 1 << 63 | 0x0fed_cba9_8765_4321;
+    let h = store.handle();
+    h.write_blocking(vec![
+        Mutation::PutInvite(long.clone()),
+        Mutation::DeleteInvite(123_456),
+    ])
+    .unwrap();
+    store.close();
+    let (store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    let mut invites = snap.invites.clone();
+    invites.sort_by_key(|i| i.code);
+    assert_eq!(invites, vec![invite(654_321), long.clone()]);
+    store
+        .handle()
+        .write_blocking(vec![
+            Mutation::DeleteInvite(654_321),
+            Mutation::DeleteInvite(long.code),
+        ])
+        .unwrap();
+    store.close();
+    let (store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
+    assert!(snap.invites.is_empty(), "{:?}", snap.invites);
+    store.close();
+}

@@ -53,7 +53,7 @@ pub fn revocation(i: u64) -> RevocationRecord {
 
 pub fn invite(i: u64) -> InviteRecord {
     InviteRecord {
-        code: (i % 1_000_000) as u32,
+        code: i % 1_000_000,
         issuer_peer_id: "agent-001".into(),
         mesh: Some("m".into()),
         expires_at_ns: 1_795_239_989_000_000_000 + i,
