@@ -316,6 +316,41 @@ mod tests {
         assert!(loaded.token_claimed && loaded.device_token.is_empty());
     }
 
+    /// Issue 20: a six-digit code stored by an older server (its record's `code` the
+    /// plain number) loads as that six-digit code; a long code round-trips; a key no
+    /// code has is not loaded.
+    #[test]
+    fn invite_records_of_both_formats_load_on_their_owner() {
+        let secrets = Secrets::derive(b"s");
+        let issuer = Issuer {
+            peer_id: "admin-1".into(),
+            mesh: Some("blue".into()),
+        };
+        let long = Code::parse("K7QM-3XPA-9T2D").unwrap();
+        let mut snap = Snapshot::default();
+        let mut old = invite_record(Code::from_u32(42), &issuer, UnixTime(9));
+        assert_eq!(old.code, 42, "six-digit keys are unchanged");
+        old.code = 123_456;
+        snap.invites.push(old);
+        snap.invites.push(invite_record(long, &issuer, UnixTime(9)));
+        let mut bad = invite_record(long, &issuer, UnixTime(9));
+        bad.code = 7_000_000;
+        snap.invites.push(bad);
+        for shards in [1, 3] {
+            let (boots, _) = split(snap.clone(), shards, &secrets);
+            let mut found = Vec::new();
+            for (i, b) in boots.iter().enumerate() {
+                for (code, who, at) in &b.invites {
+                    assert_eq!(shard_of(code.to_string(), shards), i);
+                    assert_eq!((who, *at), (&issuer, UnixTime(9)));
+                    found.push(*code);
+                }
+            }
+            found.sort();
+            assert_eq!(found, vec![Code::from_u32(123_456), long]);
+        }
+    }
+
     #[test]
     fn split_places_every_record_on_its_owner_for_any_count() {
         let secrets = Secrets::derive(b"s");

@@ -132,6 +132,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         )
         .map_err(|e| e.to_string())?;
     tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");
+    log_pairing_odds(&cli, cores);
     if let Some(path) = &cli.port_file {
         // Written atomically (rename) so a reader never sees a partial address. This is
         // the control thread after the shards started, not a shard: blocking is fine.
@@ -227,5 +228,29 @@ fn load_api_keys() -> ApiKeys {
             tracing::warn!(%path, error = %e, "malformed API keys file; using the development key ak_dev_001");
             ApiKeys::dev_default()
         }
+    }
+}
+
+/// Says at start how guessable invite codes are with this configuration (docs/PROTOCOL.md
+/// §5.3): the bound for 1,000 addresses guessing at full speed for a day.
+fn log_pairing_odds(cli: &Cli, shards: usize) {
+    let Ok(limits) = cli.store_limits() else {
+        return;
+    };
+    let g = limits.pair_guard;
+    match g.code_format {
+        chatixia_core::pairing::CodeFormat::Long => {
+            let odds = g.long_code_daily_odds(shards);
+            let odds_s = format!("{odds:.1e}");
+            if odds < 1e-6 {
+                tracing::info!(odds = %odds_s, "pairing: long invite codes; 1,000 guessing addresses hit a live code with a chance of at most this a day");
+            } else {
+                tracing::warn!(odds = %odds_s, "pairing: with this many shards and --pair-wrong-guesses-per-address-max, 1,000 guessing addresses could hit a live code with a chance above one in a million a day; lower the budget");
+            }
+        }
+        chatixia_core::pairing::CodeFormat::Digits6 => tracing::warn!(
+            "pairing: six-digit invite codes (--pair-code-format digits6, for chatixia pair 0.4.3): \
+             a flood from many addresses may find a live code, and pauses six-digit pairing; see docs/PROTOCOL.md §5.3"
+        ),
     }
 }

@@ -227,7 +227,9 @@ fn agents_and_tasks_page_across_shards() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let code = r.json()["code"].as_str().unwrap().to_string();
-    assert_eq!(code.len(), 6);
+    // A long code by default (issue 20): `XXXX-XXXX-XXXX`.
+    assert_eq!(code.len(), 14, "{code}");
+    assert_eq!(code.matches('-').count(), 2, "{code}");
     let r = srv.post_json(
         "/api/pairing/pair",
         &json!({"code": code, "agent_name": "cam"}),

@@ -66,6 +66,32 @@ impl Default for GuardLimits {
     }
 }
 
+/// The guessing model of `docs/PROTOCOL.md` §5.3: so many source addresses.
+pub const MODEL_ADDRESSES: u64 = 1_000;
+
+impl GuardLimits {
+    /// Codes one address can have looked up in any 24 h: the per-IP rate limit allows
+    /// 5 per 60 s (7,200 a day), the daily budget at most `2 × wrong_per_address_max`
+    /// (one window's end and the next one's start); the smaller applies.
+    pub fn guesses_per_address_day(&self) -> u64 {
+        let rate = super::RATE_LIMIT_MAX_ATTEMPTS as u64 * (24 * 3600)
+            / super::RATE_LIMIT_WINDOW_SECS.max(1);
+        rate.min(2 * u64::from(self.wrong_per_address_max))
+    }
+
+    /// The §5.3 bound on the chance that [`MODEL_ADDRESSES`] addresses guessing at full
+    /// speed hit any live **long** code in a day, with `shards` shards each holding at
+    /// most [`CodeStore::DEFAULT_CODES_MAX`] live codes.
+    pub fn long_code_daily_odds(&self, shards: usize) -> f64 {
+        super::daily_guess_odds(
+            MODEL_ADDRESSES,
+            self.guesses_per_address_day(),
+            CodeStore::DEFAULT_CODES_MAX as u64 * shards as u64,
+            Code::LONG_SPACE,
+        )
+    }
+}
+
 /// One shard's guessing guard; see the [module docs](self).
 #[derive(Clone, Debug, Default)]
 pub struct GuessGuard {
@@ -160,6 +186,34 @@ mod tests {
 
     fn at(secs: u64) -> UnixTime {
         T0.saturating_add_secs(secs)
+    }
+
+    /// §5.3's arithmetic, computed: with the defaults, 1,000 addresses at full speed
+    /// have under one chance in a million a day of hitting any live long code, for any
+    /// shard count up to 4,096 (the bound grows with the live codes: 1,000 per shard).
+    /// Six digits cannot get there with any per-address budget an honest user survives.
+    #[test]
+    fn the_daily_odds_of_a_thousand_addresses() {
+        let d = GuardLimits::default();
+        assert_eq!(d.guesses_per_address_day(), 200);
+        let one = d.long_code_daily_odds(1);
+        assert!((1.73e-10..1.74e-10).contains(&one), "{one:e}");
+        for shards in [1, 2, 16, 64, 256, 1024, 4096] {
+            let p = d.long_code_daily_odds(shards);
+            assert!(p < 1e-6, "{shards} shards: {p:e}");
+        }
+        assert!(d.long_code_daily_odds(6000) > 1e-6, "the bound is honest");
+        // With the per-IP rate limit alone (7,200 a day) it would hold to 160 shards.
+        let rate_only = GuardLimits {
+            wrong_per_address_max: u32::MAX,
+            ..d
+        };
+        assert_eq!(rate_only.guesses_per_address_day(), 7_200);
+        assert!(rate_only.long_code_daily_odds(160) < 1e-6);
+        assert!(rate_only.long_code_daily_odds(161) > 1e-6);
+        // Six digits: even one guess per address per day at one live code is 10^-3.
+        let six = crate::pairing::daily_guess_odds(MODEL_ADDRESSES, 1, 1, 1_000_000);
+        assert!(six >= 1e-3, "{six:e}");
     }
 
     #[test]

@@ -118,7 +118,12 @@ def main():
 
         # An invite code, shown large with its expiry counting down.
         page.click("#new-code")
-        expect(page.locator("#invite .code")).to_have_text(__import__("re").compile(r"^\d{6}$"))
+        # Long by default (issue 20): 12 Crockford base32 symbols in groups of four,
+        # with the way to redeem it from any HTTP client.
+        expect(page.locator("#invite .code")).to_have_text(
+            __import__("re").compile(r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$"))
+        expect(page.locator("#invite .redeem")).to_contain_text("/api/pairing/pair")
+        no_horizontal_scroll(page, "invite")
         expect(page.locator("#invite .expiry")).to_contain_text("Expires in")
 
         # A new agent appears on the open page without a reload.

@@ -225,8 +225,15 @@ async function newCode(ctx) {
   const until = now() + r.expires_in;
   const box = $("invite");
   const left = h("b", {}), bar = h("progress", { max: r.expires_in, value: r.expires_in });
-  box.replaceChildren(h("div", {}, h("div", { class: "muted small", text: "Invite code" }), h("div", { class: "code", "data-code": r.code, text: r.code })),
-    h("div", { class: "expiry" }, h("div", {}, "Expires in ", left), bar, h("div", { class: "muted small", text: "Give it to the device: chatixia pair <code>. It works once." })));
+  // Six digits (--pair-code-format digits6): what `chatixia pair` 0.4.3 accepts. A long
+  // code (the default) is redeemed with any HTTP client; 0.4.3's CLI refuses it.
+  const six = /^\d{6}$/.test(r.code);
+  const how = six
+    ? [h("div", { class: "muted small", text: "Give it to the device: chatixia pair <code>. It works once." })]
+    : [h("div", { class: "muted small", text: "Give it to the device; it works once. chatixia pair 0.4.3 takes six-digit codes only: redeem it with" }),
+      h("div", { class: "mono small redeem", text: `curl -X POST ${location.origin}/api/pairing/pair -H 'Content-Type: application/json' -d '{"code":"${r.code}","agent_name":"NAME"}'` })];
+  box.replaceChildren(h("div", {}, h("div", { class: "muted small", text: "Invite code" }), h("div", { class: six ? "code" : "code long", "data-code": r.code, text: r.code })),
+    h("div", { class: "expiry" }, h("div", {}, "Expires in ", left), bar, ...how));
   box.hidden = false;
   clearInterval(inviteTimer);
   const tick = () => {
