@@ -188,6 +188,36 @@ fn guess_like(like: &str, n: u64) -> String {
     format!("{}-{}-{}", &s[0..4], &s[4..8], &s[8..12])
 }
 
+/// Attacker threads that stop (and are joined) when dropped, so a failing assertion ends
+/// the flood before the server goes away.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<std::collections::BTreeMap<u16, u64>>>,
+}
+
+impl Flood {
+    /// Stops the flood and adds up the statuses every thread saw.
+    fn finish(mut self) -> std::collections::BTreeMap<u16, u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = std::collections::BTreeMap::new();
+        for t in std::mem::take(&mut self.threads) {
+            for (k, v) in t.join().unwrap() {
+                *total.entry(k).or_default() += v;
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Issue 20, finding 5: 1,000 source addresses guess at full speed (each as fast as
 /// the server answers, in the issued format and as six digits) while, in several
 /// rounds, honest users with valid codes pair at the first try from their own
@@ -205,7 +235,7 @@ fn a_thousand_addresses_at_full_speed_do_not_stop_honest_pairings() {
     let shape = gen_code(&s);
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let attackers: Vec<_> = (0..THREADS)
+    let threads: Vec<_> = (0..THREADS)
         .map(|t| {
             let (stop, sent) = (stop.clone(), sent.clone());
             let shape = shape.clone();
@@ -263,6 +293,11 @@ fn a_thousand_addresses_at_full_speed_do_not_stop_honest_pairings() {
             })
         })
         .collect();
+    let flood = Flood {
+        stop: stop.clone(),
+        threads,
+    };
+
     // Let the flood reach full speed before the first honest user comes.
     let warm = std::time::Instant::now();
     while sent.load(Ordering::Relaxed) < 3 * ADDRESSES as u64 * 5 {
@@ -289,13 +324,7 @@ fn a_thousand_addresses_at_full_speed_do_not_stop_honest_pairings() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut total = std::collections::BTreeMap::<u16, u64>::new();
-    for a in attackers {
-        for (k, v) in a.join().unwrap() {
-            *total.entry(k).or_default() += v;
-        }
-    }
+    let total = flood.finish();
     eprintln!("flood: {total:?}; honest pairings: {paired}");
     assert_eq!(total.get(&200), None, "a guess won: {total:?}");
     // Each address got at most its 5 evaluated attempts per minute; the rest was refused.
@@ -316,7 +345,23 @@ fn a_thousand_addresses_at_full_speed_do_not_stop_honest_pairings() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    assert!(m.contains("chatixia_pair_refused_total"), "{m}");
+    let sum = |series: &str| -> u64 {
+        m.lines()
+            .filter(|l| l.starts_with(series) && l[series.len()..].starts_with('{'))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum("chatixia_pair_refused_total"),
+        total.get(&429).copied().unwrap_or(0),
+        "every refusal counted"
+    );
+    assert_eq!(sum("chatixia_pair_codes_burnt_total"), 0, "nothing burnt");
+    // One rate-limit entry and one budget entry per address (1,000 attackers and 20
+    // honest users), far below the 65,536 per shard.
+    let addresses = (ADDRESSES + ROUNDS * HONEST_PER_ROUND) as u64;
+    assert_eq!(sum("chatixia_pair_rate_addresses"), addresses);
+    assert_eq!(sum("chatixia_pair_budget_keys"), addresses);
 }
 
 /// Issue 20: one address (IPv6: one /64) gets `--pair-wrong-guesses-per-address-max`
