@@ -343,7 +343,7 @@ impl Engine {
             self.redial_at = None;
             if let Some(me) = self.me.clone() {
                 tracing::info!("re-registering to re-dial lost peers");
-                self.queue_signal(super::signaling::SignalMessage::register(&me));
+                self.queue_signal(wire::ws::signaling::SignalMessage::register(&me));
             }
         }
     }
