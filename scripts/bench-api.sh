@@ -8,7 +8,7 @@
 # the wrk window) / requests served. Prints every run, then medians and ratios.
 # Usage: scripts/bench-api.sh [SECONDS] [RUNS]
 #   BIN=…           chatixia-core binary (default: target/release/chatixia-core, built here)
-#   REF_REGISTRY=…  reference registry binary (default /work/shared/reference/chatixia-registry
+#   REF_REGISTRY=…  reference registry binary (default <repo>/../shared/reference/chatixia-registry
 #                   if it exists; REF_REGISTRY=none to skip it)
 #   SERVERS=…       which servers, in order (default "uring epoll ref"; also `before`:
 #                   BEFORE_BIN=… on io_uring; `ring-proto`: the raw io_uring floor of
@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}; RUNS=${2:-3}
 SERVERS=${SERVERS:-uring epoll ref}
-REF_REGISTRY=${REF_REGISTRY:-/work/shared/reference/chatixia-registry}
+REF_REGISTRY=${REF_REGISTRY:-$PWD/../shared/reference/chatixia-registry}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin chatixia-core -q

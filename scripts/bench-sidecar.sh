@@ -25,7 +25,7 @@
 # Usage (root: it makes namespaces):
 #   scripts/bench-sidecar.sh [ROUNDS]
 # Environment:
-#   REF_SIDECAR  the reference sidecar binary (default /work/shared/reference/chatixia-sidecar)
+#   REF_SIDECAR  the reference sidecar binary (default <repo>/../shared/reference/chatixia-sidecar)
 #   OUR_SIDECAR  our sidecar binary (default target/release/chatixia-sidecar, built here)
 #   CASES        space-separated SIZE:COUNT[:PEERS[:REPEAT]] (default: 64 B and 1 KiB at
 #                1,000 (repeated 10 times)/20,000/100,000, and 16 KiB at 2,000; PEERS
@@ -43,7 +43,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
-REF_SIDECAR=${REF_SIDECAR:-/work/shared/reference/chatixia-sidecar}
+REF_SIDECAR=${REF_SIDECAR:-$PWD/../shared/reference/chatixia-sidecar}
 OUR_SIDECAR=${OUR_SIDECAR:-$PWD/target/release/chatixia-sidecar}
 CASES=${CASES:-"64:1000:1:10 64:20000 64:100000 1024:1000:1:10 1024:20000 1024:100000 16384:2000"}
 RUN_TIMEOUT=${RUN_TIMEOUT:-180}

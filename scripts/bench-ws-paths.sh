@@ -15,14 +15,14 @@
 #                  and epoll_relay.rs (raw io_uring / epoll, doing only what `bench ws-relay` needs;
 #                  built here, or FLOOR_DIR=… holding both) — what the kernel side of relaying
 #                  costs (docs/BENCHMARKS.md "The relay floor")
-#   REF_REGISTRY=… the reference registry (default /work/shared/reference/chatixia-registry)
+#   REF_REGISTRY=… the reference registry (default <repo>/../shared/reference/chatixia-registry)
 #   SCENARIOS=…    default "relay-100 relay-10k connect-10k"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; RATE=${2:-20000}
 SERVERS=${SERVERS:-uring uring-oneshot epoll ref}
 SCENARIOS=${SCENARIOS:-relay-100 relay-10k connect-10k}
-REF_REGISTRY=${REF_REGISTRY:-/work/shared/reference/chatixia-registry}
+REF_REGISTRY=${REF_REGISTRY:-$PWD/../shared/reference/chatixia-registry}
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin chatixia-core -q
   BIN=target/release/chatixia-core

@@ -61,8 +61,14 @@ fn closed_and_open_loop() {
             "400",
         ],
     );
+    // Every request the schedule called for is accounted for: sent and answered, or
+    // counted as unsent because the server (or this loaded machine) fell behind. Only
+    // the sum is the schedule's; how many were answered depends on the machine.
     let ok = r["requests"]["ok"].as_u64().unwrap();
-    assert!((500..=620).contains(&ok), "{r}");
+    let failed = r["requests"]["failed"].as_u64().unwrap();
+    let unsent = r["unsent_behind_schedule"].as_u64().unwrap();
+    assert!(ok > 0, "{r}");
+    assert!((500..=620).contains(&(ok + failed + unsent)), "{r}");
     check_latency(&r["latency_us"]);
 }
 
@@ -71,7 +77,8 @@ fn unreachable_or_refusing_target_exits_non_zero_with_a_message() {
     let dir = common::TempDir::new();
     let keys = dir.0.join("k.json");
     std::fs::write(&keys, bench::keys(3, 1)).unwrap();
-    let url = format!("http://127.0.0.1:{}", common::free_port());
+    let (_held, port) = common::refusing_port();
+    let url = format!("http://127.0.0.1:{port}");
     for scenario in ["http", "ws-idle", "ws-relay", "storm"] {
         let mut args = vec![
             "bench",

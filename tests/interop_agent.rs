@@ -19,7 +19,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -231,11 +231,6 @@ fn server_binary() -> PathBuf {
     }
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Whether the server binary knows `flag` (feature detection across builds).
 fn server_supports(bin: &Path, flag: &str) -> bool {
     Command::new(bin)
@@ -245,7 +240,8 @@ fn server_supports(bin: &Path, flag: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Starts the server on a free loopback port and waits for /healthz.
+/// Starts the server on loopback port 0 and reads the port it got from `--port-file`
+/// (no "find a free port, then start" race), then waits for /healthz.
 fn start_server(h: &mut Harness, api_keys_file: &Path, secret: &str) -> SocketAddr {
     let bin = server_binary();
     assert!(
@@ -254,14 +250,17 @@ fn start_server(h: &mut Harness, api_keys_file: &Path, secret: &str) -> SocketAd
         bin.display()
     );
     let no_stun = server_supports(&bin, "--stun-url");
-    for attempt in 0..3 {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let port_file = h.dir().join("server.port");
+    {
+        let _ = fs::remove_file(&port_file);
         let log = fs::File::create(h.dir().join("server.log")).unwrap();
         let mut cmd = bounded(&bin);
         cmd.arg("--cores")
             .arg("2")
             .arg("--listen")
-            .arg(addr.to_string())
+            .arg("127.0.0.1:0")
+            .arg("--port-file")
+            .arg(&port_file)
             .arg("--shutdown-timeout")
             .arg("2");
         if no_stun {
@@ -291,22 +290,25 @@ fn start_server(h: &mut Harness, api_keys_file: &Path, secret: &str) -> SocketAd
         let deadline = Instant::now() + SERVER_START_TIMEOUT;
         loop {
             if let Some(st) = h.server.as_mut().unwrap().exited() {
-                if attempt < 2 {
-                    break; // port taken in between? try another one
-                }
                 h.fail(format!("chatixia-core exited at startup ({st})"));
             }
-            if matches!(http(addr, "GET", "/healthz", None), Ok(r) if r.status == 200) {
-                return addr;
+            let addr = fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<SocketAddr>().ok());
+            if let Some(addr) = addr {
+                if matches!(http(addr, "GET", "/healthz", None), Ok(r) if r.status == 200) {
+                    return addr;
+                }
             }
             if Instant::now() > deadline {
-                h.fail(format!("chatixia-core did not answer /healthz on {addr} within {SERVER_START_TIMEOUT:?}"));
+                h.fail(format!(
+                    "chatixia-core did not write {} and answer /healthz within {SERVER_START_TIMEOUT:?}",
+                    port_file.display()
+                ));
             }
             thread::sleep(Duration::from_millis(100));
         }
-        h.server = None;
     }
-    unreachable!()
 }
 
 fn start_agent(h: &mut Harness, venv_bin: &Path, addr: SocketAddr, agent_id: &str, api_key: &str) {

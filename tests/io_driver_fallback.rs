@@ -49,7 +49,7 @@ fn forcing_uring_where_refused_is_a_clear_error() {
             "--io-driver",
             "uring",
             "--listen",
-            &format!("127.0.0.1:{}", common::free_port()),
+            "127.0.0.1:0",
         ])
         .env("CHATIXIA_DENY_IO_URING", "1")
         .env("RUST_LOG", "off")

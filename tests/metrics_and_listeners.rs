@@ -91,22 +91,28 @@ fn second_server_on_same_port_fails_clearly() {
 
 #[test]
 fn port_env_is_honoured() {
-    let port = common::free_port();
+    // PORT=0: the kernel picks the port, which the server reports in --port-file (a port
+    // merely found free could be taken before the server binds it). Were PORT ignored,
+    // the server would listen on the default 0.0.0.0:8080 instead.
+    let dir = common::TempDir::new();
+    let port_file = dir.0.join("port");
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
         .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
-        .args(["--cores", "1"])
-        .env("PORT", port.to_string())
+        .args(["--cores", "1", "--port-file", port_file.to_str().unwrap()])
+        .env("PORT", "0")
         .env("RUST_LOG", "off")
         .spawn()
         .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // Up to 30 s: on a loaded CI machine a start can take seconds; an exit ends the wait.
-    let mut ok = false;
+    let mut bound = None;
     let mut exited = None;
     let t = std::time::Instant::now();
     while t.elapsed() < std::time::Duration::from_secs(30) {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            ok = true;
+        if let Some(a) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<std::net::SocketAddr>().ok())
+        {
+            bound = Some(a);
             break;
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -115,9 +121,15 @@ fn port_env_is_honoured() {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let reachable =
+        bound.is_some_and(|a| std::net::TcpStream::connect(("127.0.0.1", a.port())).is_ok());
     let _ = child.kill();
     let _ = child.wait();
-    assert!(ok, "server listens on $PORT (exited early: {exited:?})");
+    let bound = bound.unwrap_or_else(|| panic!("no --port-file (exited early: {exited:?})"));
+    assert!(bound.ip().is_unspecified(), "{bound}");
+    assert_ne!(bound.port(), 8080, "PORT=0 was ignored: {bound}");
+    assert_ne!(bound.port(), 0, "{bound}");
+    assert!(reachable, "server listens on {bound}");
 }
 
 #[test]

@@ -126,7 +126,9 @@ fn readme_two_agents_see_each_other() {
             "$PWD/target/release/chatixia-sidecar",
             &sidecar.display().to_string(),
         )
-        .replace("/tmp/", &format!("{}/", work.0.display()));
+        // Only the socket paths of the README's block: the sidecar's path (already put in
+        // above) may itself lie under /tmp/ when the clone does.
+        .replace("/tmp/chatixia-", &format!("{}/chatixia-", work.0.display()));
     let st = Command::new("bash")
         .args(["-euc", &script])
         .current_dir(&work.0)

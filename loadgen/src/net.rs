@@ -439,14 +439,14 @@ impl WsConn {
     }
 
     /// Registers `peer_id` and waits for the peer list; returns how many peers it named.
-    /// Messages are read as JSON in any layout ([`crate::msg::count_peer_list`]).
+    /// Messages are read as JSON in any layout ([`wire::ws::signaling::client::count_peer_list`]).
     pub async fn register(&mut self, peer_id: &str) -> Result<usize, Fail> {
-        let msg = serde_json::json!({"type": "register", "peer_id": peer_id}).to_string();
+        let msg = wire::ws::signaling::SignalMessage::register(peer_id).to_text();
         self.send_text(msg.as_bytes()).await?;
         with_timeout("register", async {
             loop {
                 if let ClientEvent::Text(t) = self.next_event().await? {
-                    if let Some(n) = crate::msg::count_peer_list(&t) {
+                    if let Some(n) = wire::ws::signaling::client::count_peer_list(&t) {
                         return Ok(n);
                     }
                 }

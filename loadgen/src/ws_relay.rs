@@ -21,6 +21,7 @@ use super::keys::Peer;
 use super::net::{Fail, Sources, Target, WsConn};
 use super::{Common, Errors};
 use wire::ws::client::{encode_pong_masked, encode_text_masked, ClientEvent};
+use wire::ws::signaling::{relay_frame, RelayKind};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -118,10 +119,10 @@ async fn shard(input: ShardIn) -> ShardOut {
     let tally = Rc::new(RefCell::new(Tally::default()));
     // Open and register every peer of this shard (both ends of each of its pairs).
     let setup = async {
-        let mut peers: Vec<(usize, &Peer, &Peer, &'static str)> = Vec::new();
+        let mut peers: Vec<(usize, &Peer, &Peer, RelayKind)> = Vec::new();
         for (g, a, b) in &input.pairs {
-            peers.push((*g, a, b, "offer"));
-            peers.push((*g + 1, b, a, "answer"));
+            peers.push((*g, a, b, RelayKind::Offer));
+            peers.push((*g + 1, b, a, RelayKind::Answer));
         }
         let keys: Vec<String> = peers.iter().map(|p| p.1.key.clone()).collect();
         let tokens = super::tokens::fetch_all(
@@ -284,7 +285,8 @@ async fn shard(input: ShardIn) -> ShardOut {
                 if now >= end {
                     // Behind schedule at the end: the rest is reported as unsent.
                     let from = intended.max(measure_from);
-                    tally.borrow_mut().unsent += (end - from) / (interval.as_nanos() as u64).max(1) + 1;
+                    tally.borrow_mut().unsent +=
+                        (end - from) / (interval.as_nanos() as u64).max(1) + 1;
                     break;
                 }
                 if intended > now {
@@ -292,12 +294,11 @@ async fn shard(input: ShardIn) -> ShardOut {
                 } else if now - intended > 1_000_000 {
                     tally.borrow_mut().late += 1;
                 }
-                let text = format!(
-                    r#"{{"type":"{kind}","peer_id":"{me}","target_id":"{other}","payload":{{"sdp":"bench:{intended}:{pad}"}}}}"#
-                );
+                let payload = format!(r#"{{"sdp":"bench:{intended}:{pad}"}}"#);
+                let text = relay_frame(kind, &me, &other, &payload);
                 out.clear();
                 out.append(&mut pongs.borrow_mut());
-                encode_text_masked(text.as_bytes(), rng.mask(), &mut out);
+                encode_text_masked(&text, rng.mask(), &mut out);
                 match super::net::write_all_half(&mut wr, out).await {
                     Ok(b) => out = b,
                     Err(f) => {

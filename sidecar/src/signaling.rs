@@ -1,59 +1,7 @@
-//! Signaling message shapes (PROTOCOL.md §7) and the reconnect backoff.
+//! The signaling connection's reconnect backoff (the messages themselves are
+//! `wire::ws::signaling::SignalMessage`, PROTOCOL.md §7).
 
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
-
-/// A frame on the signaling WebSocket.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SignalMessage {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub peer_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_id: Option<String>,
-    #[serde(default)]
-    pub payload: Value,
-}
-
-impl SignalMessage {
-    pub fn register(me: &str) -> SignalMessage {
-        SignalMessage {
-            kind: "register".into(),
-            peer_id: me.into(),
-            target_id: None,
-            payload: Value::Null,
-        }
-    }
-
-    /// `offer` or `answer` with `{"sdp"}`.
-    pub fn sdp(kind: &str, me: &str, to: &str, sdp: String) -> SignalMessage {
-        SignalMessage {
-            kind: kind.into(),
-            peer_id: me.into(),
-            target_id: Some(to.into()),
-            payload: json!({ "sdp": sdp }),
-        }
-    }
-
-    /// `ice_candidate` with `{"candidate","sdpMid","sdpMLineIndex"}`; `candidate` is the
-    /// attribute value without `a=` (`candidate:1 1 udp …`), as browsers and webrtc-rs
-    /// send it.
-    pub fn candidate(me: &str, to: &str, candidate: String, mid: &str) -> SignalMessage {
-        SignalMessage {
-            kind: "ice_candidate".into(),
-            peer_id: me.into(),
-            target_id: Some(to.into()),
-            payload: json!({ "candidate": candidate, "sdpMid": mid, "sdpMLineIndex": 0 }),
-        }
-    }
-
-    pub fn to_text(&self) -> String {
-        serde_json::to_string(self).expect("signal messages serialize")
-    }
-}
 
 /// First reconnect delay after the signaling connection drops or fails.
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -89,27 +37,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shapes() {
-        let r: Value = serde_json::from_str(&SignalMessage::register("a").to_text()).unwrap();
-        assert_eq!(r, json!({"type":"register","peer_id":"a","payload":null}));
-        let c = SignalMessage::candidate(
-            "a",
-            "b",
-            "candidate:1 1 udp 1 1.2.3.4 5 typ host".into(),
-            "0",
-        );
-        let v: Value = serde_json::from_str(&c.to_text()).unwrap();
-        assert_eq!(v["target_id"], "b");
-        assert_eq!(v["payload"]["sdpMid"], "0");
-        assert_eq!(v["payload"]["sdpMLineIndex"], 0);
-        let m: SignalMessage = serde_json::from_str(
-            r#"{"type":"peer_list","peer_id":"registry","payload":{"peers":["x"]}}"#,
-        )
-        .unwrap();
-        assert_eq!(m.kind, "peer_list");
-    }
 
     #[test]
     fn backoff_doubles_to_cap() {

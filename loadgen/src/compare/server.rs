@@ -1,7 +1,7 @@
 //! The two things compared: each is a command the tool starts itself (fresh for every
 //! run, pinned to the same CPU set) or the URL of a server someone else runs.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -83,14 +83,50 @@ pub struct Running {
     log: Option<PathBuf>,
 }
 
-/// Starts of a server command tried with fresh ports when its port was taken.
-const START_ATTEMPTS_MAX: usize = 5;
+/// Reads the TCP port process `pid` listens on, from `/proc` (the sockets among its open
+/// files that are in LISTEN state): servers are started with `PORT=0` and the kernel picks
+/// the port, so no other program can take it between a check and the bind (a port merely
+/// found free could be, and was, taken by then). The reference takes no `--port-file`,
+/// so this works for any server. `None` until it listens.
+pub fn listening_port(pid: u32) -> Option<u16> {
+    listening_ports(pid).into_iter().next()
+}
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("finding a free port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("finding a free port: {e}"))
+/// Every TCP port process `pid` listens on (see [`listening_port`]).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<String> = fds
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| listen_ports_in(&text, &inodes))
+        .collect()
+}
+
+/// The local ports of the sockets of `inodes` in LISTEN state (`0A`) in the text of a
+/// `/proc/net/tcp{,6}` table.
+fn listen_ports_in(table: &str, inodes: &[String]) -> Vec<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode …
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
 }
 
 /// The end of a log, on one line (for an error message).
@@ -103,19 +139,6 @@ pub fn log_tail(path: &Path) -> String {
 impl Running {
     /// Starts `side` (a command) fresh, or checks that its URL answers.
     pub fn start(side: &Side, launch: &Launch, tag: &str) -> Result<Running, String> {
-        // A port found free can be taken before the server binds it (a load generator's
-        // ephemeral ports in TIME_WAIT collide with a listener on 0.0.0.0): try another.
-        let mut last = String::new();
-        for _ in 0..START_ATTEMPTS_MAX {
-            match Running::start_once(side, launch, tag) {
-                Err(e) if e.contains("address already in use") => last = e,
-                other => return other,
-            }
-        }
-        Err(last)
-    }
-
-    fn start_once(side: &Side, launch: &Launch, tag: &str) -> Result<Running, String> {
         let cmd = match &side.spec {
             Spec::Url { url, pid } => {
                 let t = super::super::net::Target::parse(url)?;
@@ -130,7 +153,6 @@ impl Running {
             }
             Spec::Command(c) => c,
         };
-        let port = free_port()?;
         let log = launch.log_dir.join(format!("{tag}.log"));
         let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -144,7 +166,8 @@ impl Running {
         let script = format!("ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec {cmd}");
         let child = Command::new("taskset")
             .args(["-c", &launch.cpus, "sh", "-c", &script])
-            .env("PORT", port.to_string())
+            // The kernel picks the port; it is read back from /proc (`listening_port`).
+            .env("PORT", "0")
             .env("API_KEYS_FILE", &launch.keys)
             .env("SIGNALING_SECRET", &launch.secret)
             .env("TOKIO_WORKER_THREADS", "1")
@@ -158,22 +181,30 @@ impl Running {
             .map_err(|e| format!("starting `taskset -c {} {cmd}`: {e}", launch.cpus))?;
         let pid = child.id();
         let mut running = Running {
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             pid: Some(pid),
             child: Some(child),
             log: Some(log),
         };
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let t0 = Instant::now();
         loop {
             running.check_alive()?;
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
+            let port = if is_a_wrapper(pid) {
+                None
+            } else {
+                listening_port(pid)
+            };
+            if let Some(port) = port {
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                    running.url = format!("http://127.0.0.1:{port}");
+                    break;
+                }
             }
             if t0.elapsed() > START_TIMEOUT {
                 running.stop();
                 return Err(format!(
-                    "`{cmd}` did not listen on PORT={port} within {START_TIMEOUT:?}"
+                    "`{cmd}` did not listen (PORT=0) within {START_TIMEOUT:?}"
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -255,6 +286,27 @@ pub fn default_cpus() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listening_port_is_read_from_proc() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:8D5B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 111 1 0 100 0 0 10 0\n\
+   1: 00000000:94E7 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1 0 100 0 0 10 0\n\
+   2: 0100007F:94E7 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 333 1 0 100 0 0 10 0\n";
+        assert_eq!(listen_ports_in(table, &["222".into()]), [0x94E7]);
+        assert!(
+            listen_ports_in(table, &["333".into()]).is_empty(),
+            "not listening"
+        );
+        assert!(
+            listen_ports_in(table, &["444".into()]).is_empty(),
+            "not ours"
+        );
+        // A real listener of this process (other tests may hold some too).
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listening_ports(std::process::id()).contains(&port));
+    }
 
     #[test]
     fn specs_are_urls_or_commands() {

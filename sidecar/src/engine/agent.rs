@@ -34,10 +34,6 @@ pub const DC_BUFFERED_HIGH_BYTES: usize = 2 * 1024 * 1024;
 /// 1 ms round trip.
 pub const DC_BUFFERED_HIGH_MESSAGES: usize = 256;
 
-/// str0m tells us (`ChannelBufferedAmountLow`) when a channel drains below this; we
-/// then flush the outbox and resume reading the agent.
-pub const DC_BUFFERED_LOW_BYTES: usize = 256 * 1024;
-
 /// IPC lines applied per [`super::Input::Ipc`] before the touched peers are driven
 /// (the driver splits a larger read). One drive per batch instead of one per line: a
 /// drive polls SCTP, whose cost grows with what is in flight.

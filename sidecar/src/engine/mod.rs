@@ -30,12 +30,12 @@ use net::{StunProbe, Turn};
 use peers::PeerTable;
 
 pub use agent::{
-    DC_BUFFERED_HIGH_BYTES, DC_BUFFERED_HIGH_MESSAGES, DC_BUFFERED_LOW_BYTES, IPC_BATCH_LINES_MAX,
+    DC_BUFFERED_HIGH_BYTES, DC_BUFFERED_HIGH_MESSAGES, IPC_BATCH_LINES_MAX,
     PEER_QUEUE_KEEP_CAPACITY, SCTP_BUFFERED_BYTES_MAX, TRIM_AFTER_BYTES, TRIM_CHECK_INTERVAL,
     TRIM_QUIET,
 };
 pub use net::{STUN_TRIES_MAX, TURN_RETRY_DELAY};
-pub use peers::{CloseReason, PEER_ADDRS_MAX};
+pub use peers::{CloseReason, DC_BUFFERED_LOW_BYTES, PEER_ADDRS_MAX};
 pub use signal::{EARLY_CANDIDATES_PER_PEER_MAX, EARLY_CANDIDATE_PEERS_MAX};
 
 /// The DataChannel label the mesh uses.
@@ -343,7 +343,7 @@ impl Engine {
             self.redial_at = None;
             if let Some(me) = self.me.clone() {
                 tracing::info!("re-registering to re-dial lost peers");
-                self.queue_signal(super::signaling::SignalMessage::register(&me));
+                self.queue_signal(wire::ws::signaling::SignalMessage::register(&me));
             }
         }
     }

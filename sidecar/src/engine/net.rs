@@ -9,10 +9,10 @@ use str0m::net::{Protocol, Receive};
 use str0m::Candidate;
 
 use super::super::config::TurnConfig;
-use super::super::signaling::SignalMessage;
 use super::super::stun;
 use super::super::turn::{TurnClient, TurnEvent};
 use super::{CloseReason, Engine, EngineError, Output};
+use wire::ws::signaling::SignalMessage;
 
 /// STUN binding retransmissions before a STUN server is given up (never blocking).
 pub const STUN_TRIES_MAX: u32 = 3;

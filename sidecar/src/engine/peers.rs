@@ -16,6 +16,11 @@ use str0m::{Event, IceConnectionState, Output as RtcOutput, Rtc};
 use super::super::ipc::{self, MeshMessageRaw};
 use super::{Engine, Output, CHANNEL_LABEL, PEER_CONNECT_TIMEOUT, PEER_SILENCE_TIMEOUT};
 
+/// str0m tells us (`ChannelBufferedAmountLow`) when a channel drains below this; the
+/// engine then flushes the peer's outbox and resumes reading the agent (the high
+/// watermarks are the agent side's: `agent::DC_BUFFERED_HIGH_BYTES`).
+pub const DC_BUFFERED_LOW_BYTES: usize = 256 * 1024;
+
 /// Address pairs remembered per peer for demultiplexing: one per candidate pair that
 /// carried STUN (host, srflx and relay on each side: a handful). Past it, new pairs
 /// are not learnt and their datagrams are dropped (ICE then settles on a known pair).
@@ -350,7 +355,7 @@ impl Engine {
                         p.channel = Some(cid);
                         p.last_rx = now;
                         if let Some(mut ch) = p.rtc.channel(cid) {
-                            ch.set_buffered_amount_low_threshold(super::DC_BUFFERED_LOW_BYTES);
+                            ch.set_buffered_amount_low_threshold(DC_BUFFERED_LOW_BYTES);
                         }
                         if !p.announced {
                             p.announced = true;

@@ -9,8 +9,8 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::{Candidate, Rtc};
 
 use super::super::ipc;
-use super::super::signaling::SignalMessage;
 use super::agent::SCTP_BUFFERED_BYTES_MAX;
+use wire::ws::signaling::SignalMessage;
 
 /// Largest DataChannel message we accept (advertised as `a=max-message-size`). str0m's
 /// default is 256 KiB, below what one IPC line may carry

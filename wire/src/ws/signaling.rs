@@ -12,6 +12,9 @@ use serde_json::value::RawValue;
 
 use super::codec;
 
+pub mod client;
+pub use client::SignalMessage;
+
 /// The kinds of relayed message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RelayKind {
