@@ -105,14 +105,17 @@ pub struct Cli {
     #[command(flatten)]
     pub store: StoreFlags,
 
-    /// Agent routes (register, heartbeat, task create/update, route) need the agent's
-    /// bearer JWT from /api/token, and an agent may only act as itself (else 403). Off
-    /// by default: the PyPI chatixia agent (0.4.3) sends no credentials on HTTP.
+    /// Strict mode: agent routes (register, heartbeat, task create/update, route) need
+    /// the agent's bearer JWT from /api/token, and an agent may only act as itself (else
+    /// 403). Off by default: the PyPI chatixia agent (0.4.3) sends its X-API-Key but no
+    /// bearer token; without the flag an agent is bound to the key or address that
+    /// registered it.
     #[arg(long)]
     pub require_agent_auth: bool,
 
     /// INSECURE: serve the operator routes (pairing lists, approve/reject/revoke, agent
-    /// delete) without an admin token, as the reference does (for its dashboard).
+    /// delete) without an admin token, as the reference does (for its dashboard), and
+    /// withhold nothing from task reads.
     #[arg(long)]
     pub insecure_open_admin: bool,
 

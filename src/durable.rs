@@ -11,11 +11,12 @@
 
 use chatixia_store::{
     DeviceTokenRecord, HashKind, InviteRecord, PairingRecord, PairingStatus, Secrets, Snapshot,
-    TaskRecord, TokenHash,
+    TaskHolder, TaskRecord, TokenHash,
 };
 use reactor::shard_of;
 
-use crate::hub::{Placement, Task, TaskSubmission};
+use crate::auth::principal::Holder;
+use crate::hub::{Placement, Task, TaskAccess, TaskSubmission};
 use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
 use crate::time::UnixTime;
 
@@ -144,6 +145,22 @@ pub fn task_record(t: &Task) -> TaskRecord {
         created_at_ns: t.created_at.as_nanos(),
         updated_at_ns: t.updated_at.as_nanos(),
         ttl: t.ttl,
+        created_by: t.access.created_by.as_ref().map(holder_record),
+        claimed_by: t.access.claimed_by.as_ref().map(holder_record),
+    }
+}
+
+fn holder_record(h: &Holder) -> TaskHolder {
+    TaskHolder {
+        peer_id: h.peer.clone(),
+        address: h.address.clone(),
+    }
+}
+
+fn holder_of(r: TaskHolder) -> Holder {
+    Holder {
+        peer: r.peer_id,
+        address: r.address,
     }
 }
 
@@ -162,6 +179,10 @@ pub fn task_of(r: TaskRecord) -> Task {
         created_at: UnixTime(r.created_at_ns),
         updated_at: UnixTime(r.updated_at_ns),
         ttl: r.ttl,
+        access: TaskAccess {
+            created_by: r.created_by.map(holder_of),
+            claimed_by: r.claimed_by.map(holder_of),
+        },
     }
 }
 
@@ -351,6 +372,43 @@ mod tests {
         }
     }
 
+    /// Issue 20: who created and who claimed a task survive a restart; a record written
+    /// before they were kept loads with neither.
+    #[test]
+    fn task_access_round_trips_and_old_records_load() {
+        let mut t = Task {
+            id: "9f1c03ab-77e".into(),
+            skill: "s".into(),
+            target_agent_id: String::new(),
+            source_agent_id: "bob".into(),
+            assigned_agent_id: "alice".into(),
+            payload: serde_json::json!({"k": 1}).into(),
+            state: "assigned".into(),
+            result: String::new(),
+            error: String::new(),
+            created_at: UnixTime::from_secs(100),
+            updated_at: UnixTime::from_secs(101),
+            ttl: 300,
+            access: TaskAccess {
+                created_by: Some(Holder {
+                    peer: None,
+                    address: "10.0.0.1".into(),
+                }),
+                claimed_by: Some(Holder {
+                    peer: Some("alice-sidecar".into()),
+                    address: "10.0.0.2".into(),
+                }),
+            },
+        };
+        let json = serde_json::to_string(&task_record(&t)).unwrap();
+        let back: TaskRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(task_of(back), t);
+        let old = json.split(",\"created_by\"").next().unwrap().to_owned() + "}";
+        let loaded = task_of(serde_json::from_str(&old).unwrap());
+        t.access = TaskAccess::default();
+        assert_eq!(loaded, t);
+    }
+
     #[test]
     fn split_places_every_record_on_its_owner_for_any_count() {
         let secrets = Secrets::derive(b"s");
@@ -367,6 +425,7 @@ mod tests {
             created_at: UnixTime::from_secs(100),
             updated_at: UnixTime::from_secs(100),
             ttl: 300,
+            access: TaskAccess::default(),
         };
         let mut snap = Snapshot::default();
         snap.pairings

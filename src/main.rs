@@ -77,7 +77,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     if config.insecure_open_admin {
         tracing::warn!(
             "--insecure-open-admin: anyone who can reach the port can approve, revoke and \
-             delete; use only behind a trusted boundary"
+             delete, and read every task's payload and result; use only behind a trusted \
+             boundary"
         );
     }
     if config.test_clock {

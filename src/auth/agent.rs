@@ -1,5 +1,5 @@
-//! `--require-agent-auth` (opt-in): agent routes need the agent's bearer JWT (from
-//! `POST /api/token`) and an agent may only act as itself.
+//! `--require-agent-auth` (opt-in, the strict mode): agent routes need the agent's
+//! bearer JWT (from `POST /api/token`) and an agent may only act as itself.
 //!
 //! Routes: `POST /api/registry/agents` and `POST /api/hub/heartbeat` (body `agent_id`
 //! must be the token's subject), `POST /api/hub/tasks` (a non-empty
@@ -8,12 +8,15 @@
 //! the `admin` role may act for any agent. No usable token: 401; a valid token for
 //! another agent: 403; each with a JSON `{"error": …}` body.
 //!
-//! Off by default: the PyPI `chatixia` agent (0.4.3) sends no credentials on HTTP, so
-//! with the flag on it cannot register or heartbeat. Without it, anyone can heartbeat
-//! as any agent id (and be handed the tasks meant for it) or post any task's result.
+//! Off by default: the PyPI `chatixia` agent (0.4.3) sends its sidecar's `X-API-Key` on
+//! register, heartbeat and its task results, but no bearer token, and nothing at all when
+//! it submits or polls a delegated task. Without the flag the default rules of
+//! [`super::principal`] apply instead: an agent is bound to the credential or address
+//! that registered it ([`principal`]).
 
 use super::admin::{bearer_token, ADMIN_ROLE};
 use super::jwt::{self, Claims};
+use super::principal::Principal;
 use crate::http::{Request, Response};
 use crate::time::UnixTime;
 
@@ -48,6 +51,29 @@ pub fn require_self(claims: &Claims, agent_id: &str) -> Result<(), Response> {
             claims.sub
         ),
     ))
+}
+
+/// The caller of an agent or task route from `peer` (issue 20): under
+/// `--require-agent-auth` the bearer JWT's claims (401 without one, 403 when not for
+/// `agent_id`); otherwise [`super::principal::resolve`] (a JWT, a known API key, or
+/// none).
+pub fn principal(
+    ctx: &crate::server::ShardCtx,
+    req: &Request,
+    peer: std::net::IpAddr,
+    agent_id: Option<&str>,
+) -> Result<Principal, Response> {
+    let address = crate::limits::client_key(peer);
+    match gate(ctx, req, agent_id)? {
+        Some(c) => Ok(Principal::credential(c.sub, &c.role, address)),
+        None => super::principal::resolve(
+            req,
+            &ctx.config.api_keys,
+            &ctx.config.jwt_secret,
+            ctx.now(),
+            address,
+        ),
+    }
 }
 
 /// The route's gate under `--require-agent-auth`: `Ok(None)` when the flag is off,

@@ -13,6 +13,7 @@ pub mod api;
 pub mod jwt;
 pub mod keys;
 pub mod ops;
+pub mod principal;
 
 use serde::Serialize;
 

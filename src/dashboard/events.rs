@@ -112,7 +112,8 @@ pub fn of_hub(
 ) -> (Option<String>, Option<String>) {
     use hub::ops::Op;
     match op {
-        Op::Heartbeat(hb) => {
+        Op::Heartbeat(b) => {
+            let hb = &b.0;
             let changed = agents
                 .get(&hb.agent_id)
                 .is_none_or(|r| r.health != registry::Health::Active);

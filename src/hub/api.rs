@@ -8,12 +8,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::auth::principal::Principal;
 use crate::durable::task_record;
 use crate::http::{Request, Response};
 use crate::hub::ops::{Op, Reply};
 use crate::hub::{
-    heartbeat_body, new_task_id, task_body, task_created_body, task_list_body, Placement, Task,
-    TaskId, TaskSubmission, TaskUpdate,
+    heartbeat_body, new_task_id, task_body, task_created_body, Placement, Task, TaskId,
+    TaskSubmission, TaskUpdate,
 };
 use crate::registry::Heartbeat;
 use crate::server::common::{
@@ -48,7 +49,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     let sub: TaskSubmission = json_body(req)?;
     ctx.config.limits.check_task(&sub)?;
     let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
-    crate::auth::agent::gate(ctx, req, source)?;
+    let by = crate::auth::agent::principal(ctx, req, peer, source)?.holder();
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -65,7 +66,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
         let Some(s) = sub.take() else { break };
-        let op = Op::Create(Box::new((id.clone(), s, client.clone())));
+        let op = Op::Create(Box::new((id.clone(), s, client.clone(), by.clone())));
         match ask(ctx, home, op).await? {
             Reply::Task(Some(task)) => {
                 // Durable before it is claimable or acknowledged (issue 10).
@@ -98,10 +99,57 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     Ok(Response::error(500, "could not draw a free task id"))
 }
 
+/// The reader of a task route: its principal (reads need no token, also under
+/// `--require-agent-auth`), or under `--insecure-open-admin` (the reference hub's
+/// operator view, whose admin plane is open to anyone) an admin.
+fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
+    let address = crate::limits::client_key(peer);
+    if ctx.config.insecure_open_admin {
+        return Ok(Principal {
+            admin: true,
+            ..Principal::anonymous(address)
+        });
+    }
+    let cfg = &ctx.config;
+    crate::auth::principal::resolve(req, &cfg.api_keys, &cfg.jwt_secret, ctx.now(), address)
+}
+
+/// A task as `reader` may see it: whole if [`Task::readable_by`], else with `payload`,
+/// `result` and `error` withheld and `"withheld":true` added (issue 20).
+fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Withheld<T> {
+        #[serde(flatten)]
+        task: T,
+        withheld: bool,
+    }
+    if t.readable_by(reader) {
+        return if sorted {
+            task_body(t)
+        } else {
+            crate::server::paging::item_json(t)
+        };
+    }
+    let w = t.withheld();
+    if sorted {
+        wire::json::json_vec(&Withheld {
+            task: w.sorted_keys(),
+            withheld: true,
+        })
+    } else {
+        wire::json::json_vec(&Withheld {
+            task: &w,
+            withheld: true,
+        })
+    }
+}
+
 /// `GET /api/hub/tasks/all[?limit=N&cursor=C]`: one page of every shard's tasks, by
-/// creation time then id (see `server::paging`).
-pub async fn list_page(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    use crate::server::paging::{item_json, page_req, page_response, time_key};
+/// creation time then id (see `server::paging`); what the caller may not read is
+/// withheld ([`for_reader`]).
+pub async fn list_page(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
+    use crate::server::paging::{page_req, page_response, time_key};
+    let reader = reader(ctx, req, peer)?;
     let page = page_req(req, &ctx.config.limits)?;
     let mut all: Vec<Task> = Vec::new();
     for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
@@ -116,50 +164,38 @@ pub async fn list_page(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
         &page,
         &ctx.config.limits,
         |t| time_key(t.created_at, &t.id),
-        item_json,
+        |t| for_reader(t, &reader, false),
     ))
-}
-
-/// `GET /api/hub/tasks/all`, unpaged and unbounded (superseded by [`list_page`]).
-pub async fn list(ctx: &ShardCtx) -> Answer<Response> {
-    let mut all: Vec<Task> = Vec::new();
-    for r in ask_all(ctx, |_| Op::List).await? {
-        match r {
-            Reply::Tasks(v) => all.extend(*v),
-            _ => return Ok(unexpected()),
-        }
-    }
-    sort_tasks(&mut all);
-    Ok(ok_json(task_list_body(&all)))
 }
 
 fn sort_tasks(tasks: &mut [Task]) {
     tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
 }
 
-/// `GET /api/hub/tasks/{id}`.
-pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
+/// `GET /api/hub/tasks/{id}` (what the caller may not read is withheld).
+pub async fn get(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -> Answer<Response> {
     let id = path_param(raw_id)?;
+    let reader = reader(ctx, req, peer)?;
     let to = ctx.shard.shard_of(&id);
     match ask(ctx, to, Op::Get(Box::new(id))).await? {
-        Reply::Task(Some(t)) => Ok(ok_json(task_body(&t))),
+        Reply::Task(Some(t)) => Ok(ok_json(for_reader(&t, &reader, true))),
         Reply::Task(None) => Ok(not_found_200()),
         _ => Ok(unexpected()),
     }
 }
 
-/// `POST /api/hub/tasks/{id}`.
-pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
+/// `POST /api/hub/tasks/{id}`: by the task's claimer or creator (`Task::updatable_by`),
+/// or under `--require-agent-auth` its assignee's token.
+pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -> Answer<Response> {
     let id = path_param(raw_id)?;
     crate::limits::require_object(&req.body)?;
     let upd: TaskUpdate = json_body(req)?;
     ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
-    let op = match crate::auth::agent::gate(ctx, req, None)? {
-        Some(c) if c.role != crate::auth::admin::ADMIN_ROLE => {
-            Op::UpdateAs(Box::new((id, upd, c.sub)))
-        }
-        _ => Op::Update(Box::new((id, upd))),
+    let by = crate::auth::agent::principal(ctx, req, peer, None)?;
+    let op = match (&by.peer, ctx.config.require_agent_auth && !by.admin) {
+        (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
+        _ => Op::Update(Box::new((id, upd, by))),
     };
     match ask(ctx, to, op).await? {
         Reply::Updated(b) => {
@@ -177,10 +213,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
             Ok(ok_status())
         }
         Reply::NotFound => Ok(not_found_200()),
-        Reply::Forbidden(who) => Ok(Response::error(
-            403,
-            format!("task is assigned to `{who}`: an agent may only report its own tasks"),
-        )),
+        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
         _ => Ok(unexpected()),
     }
 }
@@ -194,17 +227,19 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
     ctx.config.limits.check_heartbeat(&hb)?;
-    crate::auth::agent::gate(ctx, req, Some(&hb.agent_id))?;
+    let by = crate::auth::agent::principal(ctx, req, peer, Some(&hb.agent_id))?;
+    let claimer = by.holder();
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
     let mut hb = hb;
     hb.client = crate::limits::client_key(peer);
-    let op = Op::Heartbeat(Box::new(hb));
+    let op = Op::Heartbeat(Box::new((hb, by)));
     let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
         Reply::Full => return Ok(Response::error(503, "agent registry is full")),
         Reply::Quota(why) => return Ok(Response::error(429, *why)),
+        Reply::Forbidden(why) => return Ok(Response::error(403, *why)),
         _ => return Ok(unexpected()),
     };
 
@@ -235,7 +270,8 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     let mut first_error = None;
     for (home, ids) in by_home {
         let keep = ids.clone();
-        match ask(ctx, home, Op::ClaimIds(Box::new((agent.clone(), ids)))).await {
+        let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
+        match ask(ctx, home, op).await {
             Ok(Reply::Tasks(v)) => claimed.extend(*v),
             Ok(_) => return Ok(unexpected()),
             Err(resp) => {
@@ -250,7 +286,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         }
     }
     for s in skill_shards {
-        let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone())));
+        let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
         match ask(ctx, s, op).await {
             Ok(Reply::Tasks(v)) => claimed.extend(*v),
             Ok(_) => return Ok(unexpected()),
@@ -277,6 +313,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
             let mut back = t.clone();
             crate::hub::STATE_PENDING.clone_into(&mut back.state);
             back.assigned_agent_id.clear();
+            back.access.claimed_by = None;
             let home = ctx.shard.shard_of(&t.id);
             let _ = ask_retry(ctx, home, || Op::Restore(Box::new(back.clone()))).await;
         }

@@ -1,6 +1,7 @@
 //! The hub's typed operations: what another shard asks the shard that holds a task (or
 //! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
 
+use crate::auth::principal::{Holder, Principal};
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
@@ -16,15 +17,16 @@ pub struct Store {
 
 /// A request to the hub of one shard. Every payload is one word (see `server::msg`).
 pub enum Op {
-    /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
-    /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
-    /// The sender's agent quota applies (`Heartbeat::client`, see
+    /// Heartbeat on the agent's owner by a principal: check the agent's binding
+    /// (`AgentStore::heartbeat_as`), upsert the agent, claim the tasks local to this
+    /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full` |
+    /// `Forbidden`. The sender's agent quota applies (`Heartbeat::client`, see
     /// `AgentStore::heartbeat_for`). → also `Quota`.
-    Heartbeat(Box<Heartbeat>),
-    /// Store a new pending task under this id for a client (see
-    /// `TaskStore::create_for`; `(id, task, client)`), not claimable until `Saved`.
-    /// → `Task` | `InUse` | `Full` | `Quota`.
-    Create(Box<(TaskId, TaskSubmission, String)>),
+    Heartbeat(Box<(Heartbeat, Principal)>),
+    /// Store a new pending task under this id for a client by a principal (see
+    /// `TaskStore::create_by`; `(id, task, client, creator)`), not claimable until
+    /// `Saved`. → `Task` | `InUse` | `Full` | `Quota`.
+    Create(Box<(TaskId, TaskSubmission, String, Holder)>),
     /// The store acknowledged the task's creation: make it claimable. → `Done`.
     Saved(Box<String>),
     /// The store did not acknowledge the task's creation: drop it. → `Done`.
@@ -37,8 +39,9 @@ pub enum Op {
     Pointer(Box<(String, TaskId, UnixTime)>),
     /// One task. → `Task`.
     Get(Box<String>),
-    /// Update a task. → `Updated` | `NotFound`.
-    Update(Box<(String, TaskUpdate)>),
+    /// Update a task by a principal (`Task::updatable_by`); `(id, update, by)`.
+    /// → `Updated` | `NotFound` | `Forbidden`.
+    Update(Box<(String, TaskUpdate, Principal)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
     /// agent)`. → `Updated` | `NotFound` | `Forbidden` (assigned to someone else).
     UpdateAs(Box<(String, TaskUpdate, String)>),
@@ -46,11 +49,13 @@ pub enum Op {
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
     ListPage(Box<crate::server::paging::PageReq>),
-    /// Claim these ids (pointers) for the agent if still pending; `(agent, ids)`.
+    /// Claim these ids (pointers) for the agent if still pending; `(agent, ids,
+    /// claimer)`: the heartbeat's principal, which passed the agent's binding check.
     /// → `Tasks`.
-    ClaimIds(Box<(String, Vec<TaskId>)>),
-    /// Claim every local pending task matching the agent; `(agent, skills)`. → `Tasks`.
-    ClaimFor(Box<(String, Vec<String>)>),
+    ClaimIds(Box<(String, Vec<TaskId>, Holder)>),
+    /// Claim every local pending task matching the agent; `(agent, skills, claimer)`.
+    /// → `Tasks`.
+    ClaimFor(Box<(String, Vec<String>, Holder)>),
 }
 
 /// The hub owner's answer to an [`Op`].
@@ -59,7 +64,8 @@ pub enum Reply {
     NotFound,
     InUse,
     Full,
-    /// The task is assigned to this other agent.
+    /// Refused (403): the agent is bound to another principal, or the task belongs to
+    /// another; the reason.
     Forbidden(Box<String>),
     /// The client's quota on this shard is used up; the reason.
     Quota(Box<String>),
@@ -77,15 +83,19 @@ impl Op {
     pub fn apply(self, store: &mut Store, agents: &mut AgentStore, now: UnixTime) -> Reply {
         match self {
             Op::Heartbeat(b) => {
-                let hb = &*b;
-                match agents.heartbeat_for(hb, &hb.client, now) {
+                let (hb, by) = &*b;
+                match agents.heartbeat_as(hb, &hb.client, by, now) {
                     Ok(()) => {}
                     Err(AgentRefusal::Full(_)) => return Reply::Full,
                     Err(AgentRefusal::ClientQuota(why)) => return Reply::Quota(Box::new(why)),
+                    Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
                 }
-                let claimed = store
-                    .tasks
-                    .claim_for_agent(&hb.agent_id, &hb.skill_names, now);
+                let claimed = store.tasks.claim_for_agent_by(
+                    &hb.agent_id,
+                    &hb.skill_names,
+                    &by.holder(),
+                    now,
+                );
                 let pointers = if hb.agent_id.is_empty() {
                     Vec::new()
                 } else {
@@ -94,8 +104,8 @@ impl Op {
                 Reply::HeartbeatDone(Box::new((claimed, pointers)))
             }
             Op::Create(b) => {
-                let (id, sub, client) = *b;
-                match store.tasks.create_for(sub, id.clone(), &client, now) {
+                let (id, sub, client, by) = *b;
+                match store.tasks.create_by(sub, id.clone(), &client, by, now) {
                     Ok(t) => {
                         let t = Box::new(t.clone());
                         store.tasks.set_saving(&id, true);
@@ -129,10 +139,13 @@ impl Op {
                 Reply::Done
             }
             Op::Update(b) => {
-                let (id, upd) = *b;
+                let (id, upd, by) = *b;
                 let Some(before) = store.tasks.get(&id).cloned() else {
                     return Reply::NotFound;
                 };
+                if let Err(why) = before.updatable_by(&by) {
+                    return Reply::Forbidden(Box::new(why));
+                }
                 match store.tasks.update(&id, upd, now) {
                     Some(after) => Reply::Updated(Box::new((before, after.clone()))),
                     None => Reply::NotFound,
@@ -142,9 +155,10 @@ impl Op {
                 let (id, upd, agent) = *b;
                 match store.tasks.get(&id) {
                     None => Reply::NotFound,
-                    Some(t) if t.assigned_agent_id != agent => {
-                        Reply::Forbidden(Box::new(t.assigned_agent_id.clone()))
-                    }
+                    Some(t) if t.assigned_agent_id != agent => Reply::Forbidden(Box::new(format!(
+                        "task is assigned to `{}`: an agent may only report its own tasks",
+                        t.assigned_agent_id
+                    ))),
                     Some(t) => {
                         let before = t.clone();
                         match store.tasks.update(&id, upd, now) {
@@ -161,16 +175,18 @@ impl Op {
                     .page(p.after.as_deref(), p.limit.saturating_add(1)),
             )),
             Op::ClaimIds(b) => {
-                let (agent, ids) = *b;
+                let (agent, ids, by) = *b;
                 let claimed: Vec<Task> = ids
                     .iter()
-                    .filter_map(|id| store.tasks.claim_id(id, &agent, now))
+                    .filter_map(|id| store.tasks.claim_id_by(id, &agent, &by, now))
                     .collect();
                 Reply::Tasks(Box::new(claimed))
             }
             Op::ClaimFor(b) => {
-                let (agent, skills) = *b;
-                Reply::Tasks(Box::new(store.tasks.claim_for_agent(&agent, &skills, now)))
+                let (agent, skills, by) = *b;
+                Reply::Tasks(Box::new(
+                    store.tasks.claim_for_agent_by(&agent, &skills, &by, now),
+                ))
             }
         }
     }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
+use crate::auth::principal::Holder;
 use crate::limits::ClientLedger;
 use crate::time::UnixTime;
 
@@ -250,6 +251,30 @@ impl TaskStore {
         client: &str,
         now: UnixTime,
     ) -> Result<&Task, CreateTaskError> {
+        self.create_inner(req, id, client, None, now)
+    }
+
+    /// [`create_for`](Self::create_for) by principal `by`, kept as the task's creator
+    /// ([`TaskAccess::created_by`]).
+    pub fn create_by(
+        &mut self,
+        req: TaskSubmission,
+        id: TaskId,
+        client: &str,
+        by: Holder,
+        now: UnixTime,
+    ) -> Result<&Task, CreateTaskError> {
+        self.create_inner(req, id, client, Some(by), now)
+    }
+
+    fn create_inner(
+        &mut self,
+        req: TaskSubmission,
+        id: TaskId,
+        client: &str,
+        created_by: Option<Holder>,
+        now: UnixTime,
+    ) -> Result<&Task, CreateTaskError> {
         if self.ids.contains_key(&id) {
             return Err(CreateTaskError::DuplicateId);
         }
@@ -295,6 +320,10 @@ impl TaskStore {
             created_at: now,
             updated_at: now,
             ttl: req.ttl,
+            access: TaskAccess {
+                created_by,
+                claimed_by: None,
+            },
         };
         self.index.add(seq, &task);
         self.ids.insert(id, seq);
@@ -468,7 +497,7 @@ impl TaskStore {
         skill_names: &[String],
         now: UnixTime,
     ) -> Vec<Task> {
-        self.claim_matching(agent_id, true, skill_names, now)
+        self.claim_matching(agent_id, true, skill_names, None, now)
     }
 
     /// Like [`claim_for`](Self::claim_for), except that an empty `agent_id` claims
@@ -480,13 +509,46 @@ impl TaskStore {
         skill_names: &[String],
         now: UnixTime,
     ) -> Vec<Task> {
-        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, now)
+        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, None, now)
+    }
+
+    /// [`claim_for_agent`](Self::claim_for_agent) by the heartbeat's principal `by`,
+    /// kept as each claimed task's claimer ([`TaskAccess::claimed_by`]).
+    pub fn claim_for_agent_by(
+        &mut self,
+        agent_id: &str,
+        skill_names: &[String],
+        by: &Holder,
+        now: UnixTime,
+    ) -> Vec<Task> {
+        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, Some(by), now)
     }
 
     /// Claims the task `id` for `agent_id` if it is still `pending`; `None` if it is
     /// unknown or no longer pending. Used to resolve the pointer a targeted skill task
     /// leaves on its target's shard.
     pub fn claim_id(&mut self, id: &str, agent_id: &str, now: UnixTime) -> Option<Task> {
+        self.claim_id_inner(id, agent_id, None, now)
+    }
+
+    /// [`claim_id`](Self::claim_id) by the heartbeat's principal `by` (the claimer).
+    pub fn claim_id_by(
+        &mut self,
+        id: &str,
+        agent_id: &str,
+        by: &Holder,
+        now: UnixTime,
+    ) -> Option<Task> {
+        self.claim_id_inner(id, agent_id, Some(by), now)
+    }
+
+    fn claim_id_inner(
+        &mut self,
+        id: &str,
+        agent_id: &str,
+        by: Option<&Holder>,
+        now: UnixTime,
+    ) -> Option<Task> {
         let seq = *self.ids.get(id)?;
         let task = self.tasks.get_mut(&seq)?;
         if !task.is_pending() || self.saving.contains(&seq) {
@@ -495,6 +557,7 @@ impl TaskStore {
         self.index.remove(seq, task);
         STATE_ASSIGNED.clone_into(&mut task.state);
         agent_id.clone_into(&mut task.assigned_agent_id);
+        task.access.claimed_by = by.cloned();
         task.updated_at = now;
         self.index.add(seq, task);
         let t = task.clone();
@@ -507,6 +570,7 @@ impl TaskStore {
         agent_id: &str,
         by_target: bool,
         skill_names: &[String],
+        by: Option<&Holder>,
         now: UnixTime,
     ) -> Vec<Task> {
         let mut seqs = BTreeSet::new();
@@ -537,6 +601,7 @@ impl TaskStore {
             self.index.remove(seq, task);
             STATE_ASSIGNED.clone_into(&mut task.state);
             agent_id.clone_into(&mut task.assigned_agent_id);
+            task.access.claimed_by = by.cloned();
             task.updated_at = now;
             self.index.add(seq, task);
             claimed.push(task.clone());

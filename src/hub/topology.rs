@@ -225,6 +225,7 @@ mod tests {
             health: Health::Active,
             registered_at: UnixTime::EPOCH,
             last_heartbeat: UnixTime::EPOCH,
+            bound: None,
         };
         let mut other = node("a2", "sc-2", Health::Active);
         other.skills_count = 5;

@@ -10,6 +10,7 @@ use super::health::Health;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
+mod binding;
 mod budget;
 pub use budget::{agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES};
 
@@ -128,6 +129,10 @@ pub struct AgentRecord {
     pub registered_at: UnixTime,
     /// Last register or heartbeat.
     pub last_heartbeat: UnixTime,
+    /// What the agent is bound to (issue 20): the credential or address that registered
+    /// it; `None` for a record made without a principal (`upsert`, `heartbeat`), which
+    /// the next principal binds. Never serialized. See `binding.rs`.
+    pub bound: Option<crate::auth::principal::Owner>,
 }
 
 impl AgentRecord {
@@ -137,6 +142,7 @@ impl AgentRecord {
             health: Health::Active,
             registered_at: now,
             last_heartbeat: now,
+            bound: None,
         }
     }
 
@@ -296,7 +302,12 @@ impl AgentStore {
         let (full, refusal) = (self.is_full(), self.full());
         match self.agents.entry(info.agent_id.clone()) {
             Entry::Occupied(mut e) => {
-                e.insert(AgentRecord::new(info, now));
+                // The binding stays with the agent id (`upsert_as` moves it).
+                let bound = e.get_mut().bound.take();
+                e.insert(AgentRecord {
+                    bound,
+                    ..AgentRecord::new(info, now)
+                });
                 Ok(e.into_mut())
             }
             Entry::Vacant(_) if full => Err(refusal),
@@ -743,6 +754,7 @@ mod tests {
             health: Health::Active,
             registered_at: T0,
             last_heartbeat: UnixTime(1_700_000_005_000_000_000),
+            bound: None,
         }
     }
 

@@ -20,13 +20,14 @@ pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> 
     crate::limits::require_object(&req.body)?;
     let info: AgentInfo = json_body(req)?;
     ctx.config.limits.check_agent(&info)?;
-    crate::auth::agent::gate(ctx, req, Some(&info.agent_id))?;
+    let by = crate::auth::agent::principal(ctx, req, peer, Some(&info.agent_id))?;
     let id = info.agent_id.clone();
     let client = crate::limits::client_key(peer);
-    match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client)))).await? {
+    match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client, by)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
         Reply::Quota(why) => Ok(Response::error(429, *why)),
+        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
         _ => Ok(unexpected()),
     }
 }

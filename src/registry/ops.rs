@@ -1,6 +1,7 @@
 //! The registry's typed operations: what another shard asks the owner of an agent
 //! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side.
 
+use crate::auth::principal::Principal;
 use crate::hub::TopologyNode;
 use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore};
 use crate::time::UnixTime;
@@ -10,9 +11,10 @@ use crate::time::UnixTime;
 pub enum Op {
     /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
     Upsert(Box<AgentInfo>),
-    /// Upsert an agent for a client (its quota, see `AgentStore::upsert_for`).
-    /// → `Done` | `Full` | `Quota`.
-    UpsertFor(Box<(AgentInfo, String)>),
+    /// Upsert an agent for a client (its quota, see `AgentStore::upsert_for`) by a
+    /// principal (its binding, see `AgentStore::upsert_as`); `(agent, client, by)`.
+    /// → `Done` | `Full` | `Quota` | `Forbidden`.
+    UpsertFor(Box<(AgentInfo, String, Principal)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
     /// Remove an agent. → `Done` | `NotFound`.
@@ -34,6 +36,8 @@ pub enum Reply {
     Full,
     /// The client's quota is used up; the reason.
     Quota(Box<String>),
+    /// The agent is bound to another principal (403); the reason.
+    Forbidden(Box<String>),
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
@@ -48,11 +52,12 @@ impl Op {
                 Err(_) => Reply::Full,
             },
             Op::UpsertFor(b) => {
-                let (info, client) = *b;
-                match store.upsert_for(info, &client, now) {
+                let (info, client, by) = *b;
+                match store.upsert_as(info, &client, &by, now) {
                     Ok(()) => Reply::Done,
                     Err(AgentRefusal::Full(_)) => Reply::Full,
                     Err(AgentRefusal::ClientQuota(why)) => Reply::Quota(Box::new(why)),
+                    Err(AgentRefusal::Bound(why)) => Reply::Forbidden(Box::new(why)),
                 }
             }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),

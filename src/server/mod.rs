@@ -288,7 +288,12 @@ impl ShardCtx {
                     &mut st.agents.borrow_mut(),
                     self.now(),
                 );
-                if !matches!(reply, hub::ops::Reply::Full | hub::ops::Reply::Quota(_)) {
+                if !matches!(
+                    reply,
+                    hub::ops::Reply::Full
+                        | hub::ops::Reply::Quota(_)
+                        | hub::ops::Reply::Forbidden(_)
+                ) {
                     self.note(agent.map(|id| (EventKind::Agent, id)));
                 }
                 if events::hub_task_changed(&reply) {

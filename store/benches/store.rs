@@ -64,6 +64,8 @@ fn pending_task(id: u32, len: usize) -> chatixia_store::Mutation {
         created_at_ns: 1,
         updated_at_ns: 1,
         ttl: 300,
+        created_by: None,
+        claimed_by: None,
     })
 }
 

@@ -32,7 +32,7 @@ pub use error::{StoreError, SubmitError};
 pub use link::{Ack, ShardLink};
 pub use records::{
     Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord, PairingStatus,
-    RevocationRecord, SealedToken, Snapshot, TaskRecord, TokenHash,
+    RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord, TokenHash,
 };
 pub use redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE};
 pub use secret::{HashKind, Secrets, UnsealError};

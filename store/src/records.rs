@@ -193,6 +193,23 @@ pub struct TaskRecord {
     pub updated_at_ns: u64,
     /// Seconds from creation until it fails.
     pub ttl: u64,
+    /// Who submitted it (the server's access checks); absent in records written before
+    /// it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<TaskHolder>,
+    /// Who claimed it; absent while pending, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<TaskHolder>,
+}
+
+/// The principal that submitted or claimed a task: the peer id of its API key or JWT,
+/// if it had one, and its client key (source address, IPv6 by /64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskHolder {
+    /// The credential's peer id; `None`: no credential.
+    pub peer_id: Option<String>,
+    /// The client key of its source address.
+    pub address: String,
 }
 
 /// One change. A write is a `Vec<Mutation>` applied atomically: all of it or none of it

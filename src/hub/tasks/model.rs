@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::auth::principal::{Holder, Principal};
 use crate::hub::payload::Payload;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
@@ -148,6 +149,23 @@ pub struct Task {
     pub updated_at: UnixTime,
     /// Seconds from `created_at` until an unfinished task fails.
     pub ttl: u64,
+    /// Who created and who claimed it (issue 20); never on the wire.
+    #[serde(skip)]
+    pub access: TaskAccess,
+}
+
+/// Who created a task and who last claimed it (issue 20, finding 2). The task's shard
+/// checks updates ([`Task::updatable_by`]) and reads ([`Task::readable_by`]) against
+/// them, without asking the assignee's shard: a claim happens in a heartbeat that
+/// already passed the agent's binding check, so its principal stands for the agent.
+/// `None`: not recorded (a task from a data directory written before this was kept,
+/// or made without a principal), for which the checks are open, as before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskAccess {
+    /// The principal of `POST /api/hub/tasks`.
+    pub created_by: Option<Holder>,
+    /// The principal of the heartbeat that last claimed it.
+    pub claimed_by: Option<Holder>,
 }
 
 fn secs_f64<S: Serializer>(t: &UnixTime, s: S) -> Result<S::Ok, S::Error> {
@@ -187,6 +205,76 @@ impl Task {
     pub fn matches(&self, agent_id: &str, skill_names: &[String]) -> bool {
         self.target_agent_id == agent_id
             || (!self.skill.is_empty() && skill_names.contains(&self.skill))
+    }
+
+    /// Whether `by` may update this task (`POST /api/hub/tasks/{id}`); else the 403
+    /// reason. An admin may. A task that was claimed (`assigned_agent_id` set): the
+    /// principal that claimed it, or a credential for the assignee (see
+    /// `Principal::is_for`). One never claimed: the principal that created it.
+    pub fn updatable_by(&self, by: &Principal) -> Result<(), String> {
+        if by.admin {
+            return Ok(());
+        }
+        let a = &self.assigned_agent_id;
+        if !a.is_empty() {
+            if by.is_for(a)
+                || self
+                    .access
+                    .claimed_by
+                    .as_ref()
+                    .is_none_or(|h| by.holds(&h.owner()))
+            {
+                return Ok(());
+            }
+            return Err(format!(
+                "task `{}` is assigned to agent `{a}`: only that agent (the client that \
+                 claimed it, or an API key or token for `{a}` or `{a}-sidecar`) or an admin \
+                 may report it",
+                self.id
+            ));
+        }
+        if self
+            .access
+            .created_by
+            .as_ref()
+            .is_none_or(|h| by.holds(&h.owner()))
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "task `{}` is not claimed yet: only the client that created it (the same \
+             credential, or the same address without one) or an admin may update it",
+            self.id
+        ))
+    }
+
+    /// Whether `by` may read this task's `payload`, `result` and `error` (the list and
+    /// the get-one route withhold them otherwise, [`withheld`](Self::withheld)): an
+    /// admin; a credential for its source, target or assignee; its creator or claimer
+    /// (the same credential, or the same source address).
+    pub fn readable_by(&self, by: &Principal) -> bool {
+        let a = &self.access;
+        by.admin
+            || [
+                &self.source_agent_id,
+                &self.target_agent_id,
+                &self.assigned_agent_id,
+            ]
+            .iter()
+            .any(|id| by.is_for(id))
+            || a.created_by.as_ref().is_none_or(|h| by.is_or_near(h))
+            || a.claimed_by.as_ref().is_some_and(|h| by.is_or_near(h))
+    }
+
+    /// This task without what a reader may not see: `payload` `null`, `result` and
+    /// `error` empty (the shape the reference hub reads is kept).
+    pub fn withheld(&self) -> Task {
+        Task {
+            payload: Payload::default(),
+            result: String::new(),
+            error: String::new(),
+            ..self.clone()
+        }
     }
 
     /// This task with its JSON keys sorted: the shape the reference produces for

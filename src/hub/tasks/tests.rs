@@ -183,6 +183,7 @@ fn create_get_list() {
             created_at: T0,
             updated_at: T0,
             ttl: 300,
+            access: Default::default(),
         }
     );
     s.create(sub("", ""), "t0".into(), T0).unwrap();
@@ -547,6 +548,7 @@ fn sample_task() -> Task {
         created_at: UnixTime(1_700_000_000_250_000_000),
         updated_at: UnixTime(1_700_000_001_000_000_000),
         ttl: 300,
+        access: Default::default(),
     }
 }
 
@@ -705,5 +707,77 @@ fn durable_bookkeeping_saving_load_replace_remove_overdue() {
     assert_eq!(over, ["t-loaded", "t-saving"]);
     assert_eq!(s.expire(at(deadline)).expired, 2);
     assert!(s.overdue_ids(at(deadline + 1)).is_empty());
+    s.assert_consistent();
+}
+
+/// Issue 20: who may update and read a task, from its creator and claimer, on
+/// simulated time.
+#[test]
+fn access_follows_creator_and_claimer() {
+    use crate::auth::principal::Principal;
+    let anon = |a: &str| Principal::anonymous(a);
+    let key = |p: &str, a: &str| Principal::credential(p, "agent", a);
+    let admin = Principal::credential("ops", "admin", "10.9.9.9");
+    let mut s = store();
+    // Submitted without credentials from 10.0.0.1, for agent `alpha`.
+    let creator = anon("10.0.0.1");
+    s.create_by(
+        sub("", "alpha"),
+        "t1".into(),
+        "10.0.0.1",
+        creator.holder(),
+        T0,
+    )
+    .unwrap();
+    let t = s.get("t1").unwrap().clone();
+    assert_eq!(t.access.created_by, Some(creator.holder()));
+    // Pending: the creator (or an admin) may update it, nobody else.
+    assert!(t.updatable_by(&creator).is_ok());
+    assert!(t.updatable_by(&admin).is_ok());
+    let why = t.updatable_by(&anon("10.0.0.2")).unwrap_err();
+    assert!(why.contains("not claimed yet"), "{why}");
+    assert!(t.updatable_by(&key("x", "10.0.0.2")).is_err());
+    // Reading: the creator's address, a credential for the target, an admin.
+    assert!(t.readable_by(&creator));
+    assert!(t.readable_by(&key("alpha-sidecar", "10.0.0.7")));
+    assert!(t.readable_by(&admin));
+    assert!(!t.readable_by(&anon("10.0.0.2")));
+    assert!(!t.readable_by(&key("beta-sidecar", "10.0.0.2")));
+
+    // Claimed by alpha's heartbeat with its key, from 10.0.0.3.
+    let claimer = key("alpha-sidecar", "10.0.0.3");
+    let got = s.claim_for_agent_by("alpha", &[], &claimer.holder(), at(1));
+    assert_eq!(ids(&got), ["t1"]);
+    assert_eq!(got[0].access.claimed_by, Some(claimer.holder()));
+    let t = s.get("t1").unwrap().clone();
+    // Assigned: the claimer, a credential for the assignee, or an admin; not the
+    // creator, not the claimer's address without the key.
+    assert!(t.updatable_by(&claimer).is_ok());
+    assert!(t.updatable_by(&key("alpha", "10.0.0.8")).is_ok());
+    assert!(t.updatable_by(&admin).is_ok());
+    let why = t.updatable_by(&creator).unwrap_err();
+    assert!(why.contains("assigned to agent `alpha`"), "{why}");
+    assert!(t.updatable_by(&anon("10.0.0.3")).is_err());
+    // The creator still reads the result; so does the claimer's address.
+    assert!(t.readable_by(&creator));
+    assert!(t.readable_by(&anon("10.0.0.3")));
+    assert!(!t.readable_by(&anon("10.0.0.4")));
+    s.update("t1", upd(STATE_COMPLETED), at(2)).unwrap();
+    let w = s.get("t1").unwrap().withheld();
+    assert_eq!((w.payload.get(), w.result.as_str()), ("null", ""));
+    assert_eq!(w.state, STATE_COMPLETED);
+
+    // A pointer claim records its claimer too; a task made without a principal (one
+    // loaded from an older data directory) stays open.
+    s.create_by(sub("k", "beta"), "t2".into(), "", creator.holder(), T0)
+        .unwrap();
+    s.set_saving("t2", false);
+    let by = anon("10.0.0.5");
+    let t = s.claim_id_by("t2", "beta", &by.holder(), at(3)).unwrap();
+    assert_eq!(t.access.claimed_by, Some(by.holder()));
+    s.create(sub("", "gamma"), "t3".into(), T0).unwrap();
+    let t = s.get("t3").unwrap();
+    assert!(t.updatable_by(&anon("10.0.0.6")).is_ok());
+    assert!(t.readable_by(&anon("10.0.0.6")));
     s.assert_consistent();
 }

@@ -44,13 +44,16 @@ pub enum AgentRefusal {
     Full(AgentsFull),
     /// The creating client holds its share: 429, with the reason.
     ClientQuota(String),
+    /// The agent is bound to another credential or address (issue 20): 403, with the
+    /// reason (`auth::principal::bound_message`).
+    Bound(String),
 }
 
 impl fmt::Display for AgentRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AgentRefusal::Full(e) => write!(f, "{e} or --agent-store-bytes-max"),
-            AgentRefusal::ClientQuota(why) => f.write_str(why),
+            AgentRefusal::ClientQuota(why) | AgentRefusal::Bound(why) => f.write_str(why),
         }
     }
 }
