@@ -5,9 +5,11 @@
 //!    (`x-next-cursor: ` on `GET /api/registry/agents`, `"next_cursor":""` on the
 //!    dashboard). A client sends an empty cursor back as "no cursor": paging started over
 //!    at the first page (and the dashboard disabled its Next button on an empty cursor).
-//! 2. (Found in the same code while fixing 1.) The dashboard's cursor by another key than the id is the JSON `[value, agent_id]`,
-//!    but at most 512 bytes were accepted: a page ending at an agent with a long host
-//!    name and id (each within the 256-byte field limit) made the next page a 400.
+//! 2. (Found in the same code while fixing 1.) The dashboard's cursor by another key than
+//!    the id is the JSON `[value, agent_id]`, but at most 512 bytes were accepted: a page
+//!    ending at an agent with a long host name and id (each within the 256-byte field
+//!    limit) made the next page a 400.
+//! 3. `POST /api/pairing/pair` read a JSON array body as its object (below).
 mod common;
 
 use common::{json, Server};
@@ -105,4 +107,32 @@ fn dashboard_paging_goes_past_empty_ids_and_long_fields() {
         want.sort();
         assert_eq!(seen, want, "sort={sort}: every agent once");
     }
+}
+
+/// 3. (Found while describing the route.) `POST /api/pairing/pair` read a JSON array as
+///    its object, field by field: `["<code>","<name>"]` redeemed the code. Every other
+///    JSON route refuses a body that is not an object with 422 (PROTOCOL.md §1.5).
+#[test]
+fn pair_refuses_an_array_body() {
+    let srv = Server::start(1);
+    let r = srv.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_test_agent")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = r.json()["code"].as_str().unwrap().to_owned();
+    let r = srv.post_json("/api/pairing/pair", &json!([code, "array"]));
+    assert!(
+        r.error(422).contains("expected a JSON object"),
+        "{}",
+        r.text()
+    );
+    // The code was not consumed: the object form still redeems it.
+    let r = srv.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "object"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
 }

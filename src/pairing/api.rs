@@ -118,6 +118,8 @@ pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
 /// agent name, redeem, create. The answer adds `claim_secret` (issue 10), the device's
 /// bearer secret for `GET /api/pairing/{id}/status`.
 pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    // `["123456","name"]` would otherwise be read as the object, field by field.
+    crate::limits::require_object(&req.body)?;
     let body: PairRequest = json_body(req)?;
     let ip_key = client.to_string();
     match ask_owner(ctx, &ip_key, Op::RateCheck(Box::new(client))).await? {
