@@ -304,8 +304,10 @@ fn openapi_document_is_served_valid_and_complete() {
 #[test]
 fn schemathesis_with_agent_and_device_credentials() {
     let srv = Server::start(2);
-    // A device first (pairing is rate-limited per address, and the runs guess codes).
+    // Credentials first: the runs send wrong secrets, which a failure budget may count.
     let admin = format!("Bearer {}", token(&srv, ADMIN_KEY));
+    let agent = format!("Bearer {}", token(&srv, AGENT_KEY));
+    // A device (pairing is rate-limited per address, and the runs guess codes).
     let code = srv.req(
         "POST",
         "/api/pairing/generate-code",
@@ -336,7 +338,6 @@ fn schemathesis_with_agent_and_device_credentials() {
         &format!("[parameters]\n\"path.id\" = \"{entry}\"\n"),
     );
 
-    let agent = format!("Bearer {}", token(&srv, AGENT_KEY));
     schemathesis(
         &srv,
         "agent",
