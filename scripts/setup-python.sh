@@ -17,7 +17,7 @@ CHATIXIA_VERSION=0.4.3
 # Top-level pins, verified with chatixia 0.4.3 on CPython 3.12 and 3.13.
 PINS=("chatixia==${CHATIXIA_VERSION}" "PyJWT==2.15.1" "websockets==17.4" "aiortc==1.16.0")
 # Added later: installed into an existing venv without rebuilding it.
-EXTRA_PINS=("playwright==1.65.2" "kosoku==0.1.0")
+EXTRA_PINS=("playwright==1.65.2" "kosoku==0.1.0" "openapi-spec-validator==0.9.0" "schemathesis==4.32.5")
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${CHATIXIA_VENV:-${repo_root}/target/pyenv}"
@@ -49,7 +49,8 @@ PY
 
 extras_ready() {
     "${venv}/bin/python" -c 'import playwright.sync_api' >/dev/null 2>&1 &&
-        [[ -x "${venv}/bin/kosoku" ]]
+        [[ -x "${venv}/bin/kosoku" ]] &&
+        [[ -x "${venv}/bin/openapi-spec-validator" && -x "${venv}/bin/schemathesis" ]]
 }
 
 find_python() {

@@ -17,6 +17,11 @@ pub const PAGE_LIMIT_DEFAULT: usize = 50;
 pub const PAGE_LIMIT_MAX: usize = 500;
 /// Longest text filter accepted (longer: 400).
 pub const FILTER_LEN_MAX: usize = 256;
+/// Longest cursor accepted (longer: 400). A cursor the server hands out holds two stored
+/// fields (a sort value and an id, each at most 256 bytes by default,
+/// `--agent-field-bytes-max`), JSON-escaped at up to 6 bytes per byte: 3,084 bytes at
+/// most. (It was the filters' 512, which cut paging at a long host name and id.)
+pub const CURSOR_BYTES_MAX: usize = 4096;
 /// Characters of a task's result or error sent in a row (the rest is cut with `…`).
 pub const TASK_TEXT_MAX: usize = 240;
 
@@ -120,15 +125,16 @@ pub struct AgentQuery {
 
 impl AgentQuery {
     /// The cursor of a page for `sort`: the `agent_id` itself when sorting by id, else
-    /// the JSON `[value, agent_id]`.
+    /// the JSON `[value, agent_id]` (also by id when the id is empty or starts with `[`,
+    /// see [`Self::cursor_of`]).
     pub fn parse_cursor(sort: AgentSort, raw: Option<String>) -> Result<Option<AgentKey>, String> {
         let Some(raw) = raw.filter(|s| !s.is_empty()) else {
             return Ok(None);
         };
-        if raw.len() > FILTER_LEN_MAX * 2 {
+        if raw.len() > CURSOR_BYTES_MAX {
             return Err("cursor too long".into());
         }
-        if sort == AgentSort::Id {
+        if sort == AgentSort::Id && !raw.starts_with('[') {
             return Ok(Some((SortVal::N(0), raw)));
         }
         serde_json::from_str::<AgentKey>(&raw)
@@ -136,8 +142,11 @@ impl AgentQuery {
             .map_err(|_| "malformed cursor".into())
     }
 
+    /// The cursor after `key`. By id it is the id itself, except for an empty id (an
+    /// empty cursor means the first page, so paging would start over) and one starting
+    /// with `[` (read back as JSON): those take the JSON form too.
     fn cursor_of(&self, key: &AgentKey) -> String {
-        if self.sort == AgentSort::Id {
+        if self.sort == AgentSort::Id && !key.1.is_empty() && !key.1.starts_with('[') {
             key.1.clone()
         } else {
             serde_json::to_string(key).unwrap_or_default()

@@ -120,6 +120,8 @@ pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
 /// create. The answer adds `claim_secret` (issue 10), the device's bearer secret for
 /// `GET /api/pairing/{id}/status`.
 pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    // `["123456","name"]` would otherwise be read as the object, field by field.
+    crate::limits::require_object(&req.body)?;
     let body: PairRequest = json_body(req)?;
     // Validated before the rate check (pure), answered after it (the reference's order):
     // only a well-formed request reserves one wrong code of the daily budget, in the

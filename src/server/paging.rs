@@ -66,11 +66,21 @@ pub fn time_key(t: UnixTime, id: &str) -> String {
     format!("{:020}.{id}", t.0)
 }
 
+/// The cursor of the empty key (an agent may have the id `""`): hex would be the empty
+/// string, which a client sends back as "no cursor", restarting at the first page.
+const EMPTY_KEY_CURSOR: &str = "-";
+
 fn encode_cursor(key: &str) -> String {
+    if key.is_empty() {
+        return EMPTY_KEY_CURSOR.to_owned();
+    }
     key.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn decode_cursor(c: &str) -> Option<String> {
+    if c == EMPTY_KEY_CURSOR {
+        return Some(String::new());
+    }
     if c.len() % 2 != 0 || c.len() > 4096 {
         return None;
     }
@@ -134,6 +144,15 @@ mod tests {
         );
         assert!(time_key(UnixTime(9), "z") < time_key(UnixTime(10), "a"));
         assert_eq!(decode_cursor("zz"), None);
+        // The empty key (agent id `""`) has a cursor of its own, never the empty string
+        // (which means "first page"), and a page starts after it.
+        assert_eq!(encode_cursor(""), "-");
+        assert_eq!(decode_cursor(&encode_cursor("")).as_deref(), Some(""));
+        let after_empty = PageReq {
+            limit: 1,
+            after: decode_cursor("-"),
+        };
+        assert!(!after_empty.admits("") && after_empty.admits("\0"));
         assert_eq!(decode_cursor("abc"), None);
         let p = PageReq {
             limit: 2,
@@ -190,5 +209,13 @@ mod tests {
         };
         let r = page_response(&items, &page, &one, |s| s.clone(), item_json);
         assert_eq!(&r.body[..], br#"["a"]"#);
+        // A page that ends at the empty key says so with a cursor a client can send back.
+        let items: Vec<String> = vec![String::new(), "a".into()];
+        let page = PageReq {
+            limit: 1,
+            after: None,
+        };
+        let r = page_response(&items, &page, &limits, |s| s.clone(), item_json);
+        assert_eq!(next(&r).as_deref(), Some("-"));
     }
 }

@@ -75,6 +75,7 @@ pub enum Route {
     DashboardTasks,
     DashboardSummary,
     DashboardInvite,
+    OpenApi,
 }
 
 struct RouteDef {
@@ -216,6 +217,11 @@ const ROUTES: &[RouteDef] = &[
         methods: &[Method::Post],
     },
     RouteDef {
+        pattern: "/api/openapi.json",
+        route: Route::OpenApi,
+        methods: &[Method::Get],
+    },
+    RouteDef {
         pattern: "/debug/clock",
         route: Route::DebugClock,
         methods: &[Method::Post],
@@ -354,6 +360,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::DashboardTasks => dashboard::api::tasks(ctx, req).await,
         Route::DashboardSummary => dashboard::api::summary(ctx, req).await,
         Route::DashboardInvite => dashboard::api::invite(ctx, req).await,
+        Route::OpenApi => Ok(openapi()),
     };
     result.unwrap_or_else(|resp| resp)
 }
@@ -375,6 +382,19 @@ pub fn is_admin_route(route: Route, method: Method) -> bool {
 /// `GET /healthz`: `{"status":"ok"}`.
 pub fn healthz() -> Response {
     Response::json_static(200, br#"{"status":"ok"}"#)
+}
+
+/// The OpenAPI 3.1 description of every route (docs/openapi.json), compiled in.
+/// `POST /debug/clock` and `/ws-echo` are left out: they exist only behind test flags.
+pub const OPENAPI_JSON: &[u8] = include_bytes!("../../docs/openapi.json");
+
+/// How long clients may reuse the document: it changes only with the binary, and a few
+/// minutes keep an upgraded server's new document from being hidden for long.
+const OPENAPI_CACHE: &str = "public, max-age=300";
+
+/// `GET /api/openapi.json`: [`OPENAPI_JSON`].
+pub fn openapi() -> Response {
+    Response::json_static(200, OPENAPI_JSON).with_header("cache-control", OPENAPI_CACHE)
 }
 
 fn preflight(allow: String) -> Response {
@@ -461,6 +481,61 @@ mod tests {
             assert_eq!(first.map(|d| d.route), Some(def.route), "{}", def.pattern);
             assert_eq!(match_path(def.pattern).unwrap().route, def.route);
         }
+    }
+
+    /// docs/openapi.json describes exactly the routes of [`ROUTES`] (less the test-only
+    /// `/debug/clock`) plus `/ws` and the event stream, each with exactly its methods.
+    #[test]
+    fn openapi_document_describes_every_route() {
+        let doc: serde_json::Value = serde_json::from_slice(OPENAPI_JSON).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        // Parameter names may differ (`{id}` here, `{agent_id}` there): compare shapes.
+        let shape = |p: &str| -> String {
+            p.split('/')
+                .map(|s| if s.starts_with('{') { "{}" } else { s })
+                .collect::<Vec<_>>()
+                .join("/")
+        };
+        let paths: std::collections::HashMap<String, &serde_json::Value> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (shape(k), v))
+            .collect();
+        let http_methods = ["get", "put", "post", "delete", "options", "head", "patch"];
+        let documented = |pattern: &str| -> Vec<String> {
+            let item = paths
+                .get(&shape(pattern))
+                .unwrap_or_else(|| panic!("{pattern} is not in docs/openapi.json"));
+            let mut m: Vec<String> = item
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| http_methods.contains(&k.as_str()))
+                .map(|k| k.to_uppercase())
+                .collect();
+            m.sort();
+            m
+        };
+        let mut routed = 0;
+        for def in ROUTES.iter().filter(|d| d.route != Route::DebugClock) {
+            let mut want: Vec<String> =
+                def.methods.iter().map(|m| method_name(*m).into()).collect();
+            want.sort();
+            assert_eq!(documented(def.pattern), want, "{}", def.pattern);
+            routed += 1;
+        }
+        assert_eq!(documented(WS_PATH), ["GET"]);
+        assert_eq!(documented(dashboard::api::EVENTS_PATH), ["GET"]);
+        assert_eq!(
+            paths.len(),
+            routed + 2,
+            "a documented path that is not routed"
+        );
+        assert!(!paths.contains_key("/debug/clock") && !paths.contains_key(WS_ECHO_PATH));
+        let r = openapi();
+        assert_eq!((r.status, r.content_type), (200, Some("application/json")));
     }
 
     #[test]

@@ -251,3 +251,62 @@ fn agents_sorted_by_other_keys_page_through_every_shard() {
         Ok(Some((SortVal::N(5), "a".into())))
     );
 }
+
+/// Found by schemathesis (tests/openapi_schemathesis.rs): an empty agent id at the end of
+/// a page gave the cursor `""`, which means "first page" (paging started over, and the
+/// page's Next button was disabled). Found beside it: a cursor by host for a 256-byte
+/// host and id was longer than the 512 bytes accepted (400 on the next page).
+#[test]
+fn cursors_of_empty_bracketed_and_longest_fields_page_on() {
+    let long_host = "h\u{1}".repeat(128);
+    let long_id = "\u{1}".repeat(256);
+    let mut store = AgentStore::new(AgentStoreConfig::default());
+    for (id, host) in [
+        ("", "b"),
+        ("[x", "a"),
+        ("[0,\"a\"]", "c"),
+        ("a", long_host.as_str()),
+        (long_id.as_str(), long_host.as_str()),
+        ("z", "d"),
+    ] {
+        store.upsert(agent(id, host, &[]), T0).unwrap();
+    }
+    let stores = [store];
+    for sort in [AgentSort::Id, AgentSort::Host, AgentSort::Heartbeat] {
+        for desc in [false, true] {
+            let mut q = AgentQuery {
+                limit: 1,
+                sort,
+                desc,
+                ..AgentQuery::default()
+            };
+            let mut seen = Vec::new();
+            loop {
+                let p = page(&stores, &q);
+                seen.extend(ids(&p).into_iter().map(String::from));
+                assert!(
+                    seen.len() <= 6,
+                    "{sort:?} desc={desc}: paging started over: {seen:?}"
+                );
+                match p.next_cursor {
+                    Some(c) => {
+                        assert!(
+                            !c.is_empty(),
+                            "{sort:?}: an empty cursor means the first page"
+                        );
+                        q.cursor = AgentQuery::parse_cursor(sort, Some(c))
+                            .unwrap_or_else(|e| panic!("{sort:?} desc={desc}: {e}"));
+                    }
+                    None => break,
+                }
+            }
+            seen.sort();
+            let mut want: Vec<String> = ["", "[x", "[0,\"a\"]", "a", &long_id, "z"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            want.sort();
+            assert_eq!(seen, want, "{sort:?} desc={desc}: every agent once");
+        }
+    }
+}
