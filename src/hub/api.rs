@@ -48,7 +48,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     let sub: TaskSubmission = json_body(req)?;
     ctx.config.limits.check_task(&sub)?;
     let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
-    crate::auth::agent::gate(ctx, req, source)?;
+    crate::auth::agent::gate(ctx, req, peer, source)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -149,13 +149,13 @@ pub async fn get(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 }
 
 /// `POST /api/hub/tasks/{id}`.
-pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
+pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -> Answer<Response> {
     let id = path_param(raw_id)?;
     crate::limits::require_object(&req.body)?;
     let upd: TaskUpdate = json_body(req)?;
     ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
-    let op = match crate::auth::agent::gate(ctx, req, None)? {
+    let op = match crate::auth::agent::gate(ctx, req, peer, None)? {
         Some(c) if c.role != crate::auth::admin::ADMIN_ROLE => {
             Op::UpdateAs(Box::new((id, upd, c.sub)))
         }
@@ -194,7 +194,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
     ctx.config.limits.check_heartbeat(&hb)?;
-    crate::auth::agent::gate(ctx, req, Some(&hb.agent_id))?;
+    crate::auth::agent::gate(ctx, req, peer, Some(&hb.agent_id))?;
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);

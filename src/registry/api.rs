@@ -20,7 +20,7 @@ pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> 
     crate::limits::require_object(&req.body)?;
     let info: AgentInfo = json_body(req)?;
     ctx.config.limits.check_agent(&info)?;
-    crate::auth::agent::gate(ctx, req, Some(&info.agent_id))?;
+    crate::auth::agent::gate(ctx, req, peer, Some(&info.agent_id))?;
     let id = info.agent_id.clone();
     let client = crate::limits::client_key(peer);
     match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client)))).await? {
@@ -88,8 +88,8 @@ pub async fn delete(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 
 /// `GET /api/registry/route?skill=X`: the best candidate of every shard, then the one
 /// with the smallest `route_key` (earliest registered, then `agent_id`).
-pub async fn route(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    crate::auth::agent::gate(ctx, req, None)?;
+pub async fn route(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> Answer<Response> {
+    crate::auth::agent::gate(ctx, req, peer, None)?;
     let Some(skill) = req.query_param("skill") else {
         return Ok(Response::error(
             400,
