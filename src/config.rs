@@ -229,12 +229,25 @@ pub struct AuthFlags {
     pub auth_failure_addresses_max: usize,
 
     /// Seconds of clock skew allowed on a JWT's exp, nbf and iat (the reference allows
-    /// 60 on exp).
+    /// 60 on exp), at most 60.
     #[arg(long, default_value_t = crate::auth::jwt::LEEWAY_SECS_DEFAULT)]
     pub jwt_leeway_secs: u64,
 }
 
 impl AuthFlags {
+    /// The JWT leeway: at most [`crate::auth::jwt::REFERENCE_LEEWAY_SECS`], which the
+    /// memory of revocations (`signaling::authz::REVOCATION_MEMORY`) is sized for.
+    pub fn jwt_leeway_secs(&self) -> Result<u64, String> {
+        let max = crate::auth::jwt::REFERENCE_LEEWAY_SECS;
+        if self.jwt_leeway_secs > max {
+            return Err(format!(
+                "--jwt-leeway-secs must be at most {max} (a revoked peer's older tokens \
+                 are refused for 300 + {max} s)"
+            ));
+        }
+        Ok(self.jwt_leeway_secs)
+    }
+
     /// The failure budgets.
     pub fn failure_limits(&self) -> Result<crate::auth::failures::FailureLimits, String> {
         let window = secs("--auth-failure-window", self.auth_failure_window)?;

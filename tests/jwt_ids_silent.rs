@@ -66,6 +66,14 @@ fn the_leeway_is_a_flag() {
     let token = s.admin_token();
     s.advance(355.0);
     assert_eq!(pairing_all(&s, &token).status, 200);
+    // Not beyond what a revocation is remembered for (300 s + 60 s).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(["--jwt-leeway-secs", "61", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--jwt-leeway-secs must be at most 60"), "{err}");
 }
 
 #[test]
