@@ -73,7 +73,10 @@ fn the_leeway_is_a_flag() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--jwt-leeway-secs must be at most 60"), "{err}");
+    assert!(
+        err.contains("--jwt-leeway-secs must be at most 60"),
+        "{err}"
+    );
 }
 
 #[test]
