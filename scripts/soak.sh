@@ -9,11 +9,17 @@
 # Load (in loops, niced so the server gets the CPU it asks for):
 #   - the load generator: `bench http`, `bench ws-relay`, `bench storm`, 10 s each in turn;
 #   - scripts/hostile.py: slowloris, connection floods from 4 loopback addresses, bad
-#     WebSocket frames (on /ws with a token and on the --ws-echo endpoint), non-readers.
+#     WebSocket frames (on /ws with a token and on the --ws-echo endpoint), non-readers;
+#   - scripts/brute_token.py: a token brute force, wrong API keys at full speed to
+#     POST /api/token from 8 loopback addresses (127.0.0.50-57), while a right key is
+#     tried once a second from a fresh address (it must get 200 every time; the load
+#     generator's own token requests come from 127.0.0.1 and must not be refused either).
 # Baseline: the idle server's first sample, before any load. End: after load stops,
 # wait up to SETTLE_S for RSS <= baseline + RSS_SLACK_MB and fds <= baseline + FD_SLACK
 # (the slack: the shards' buffer pools and timers, kept warm on purpose, not a leak).
 # Prints PASS/FAIL with the numbers; exit status 0 on PASS. samples.csv: t,phase,rss_kb,fds.
+# brute.log: the brute force's counts per 10 s round; metrics-auth.txt: the server's
+# chatixia_auth_* series when load stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
@@ -79,13 +85,16 @@ LG=(nice -n 5 "$BIN" bench)
 pids+=($!)
 ( nice -n 5 python3 scripts/hostile.py "$URL" $(( MINUTES * 60 )) --api-key "$KEY" --echo >"$OUT/hostile.log" 2>&1 ) &
 pids+=($!)
+( nice -n 5 python3 scripts/brute_token.py "$URL" $(( MINUTES * 60 )) --good-key "$KEY" >"$OUT/brute.log" 2>&1 ) &
+pids+=($!)
 
 echo load >"$OUT/phase"
 while [ "$(date +%s)" -lt "$load_end" ]; do
   sleep 5
   kill -0 "$srv" 2>/dev/null || { echo "FAIL: the server died (see $OUT/server.log)"; exit 1; }
 done
-wait "${pids[1]}" "${pids[2]}" 2>/dev/null || true
+wait "${pids[1]}" "${pids[2]}" "${pids[3]}" 2>/dev/null || true
+curl -s "$URL/metrics" | grep '^chatixia_auth_' >"$OUT/metrics-auth.txt" || true
 echo settle >"$OUT/phase"
 settle_start=$(date +%s)
 read -r peak_rss peak_fds < <(awk -F, 'NR>1{if($3>r)r=$3; if($4>f)f=$4} END{print r+0, f+0}' "$OUT/samples.csv")
@@ -104,6 +113,12 @@ healthz=$(curl -s -o /dev/null -w '%{http_code}' "$URL/healthz" || true)
 waited=$(( $(date +%s) - settle_start ))
 summary="rss_kb start=$base_rss peak=$peak_rss end=$rss (slack ${RSS_SLACK_MB} MiB); fds start=$base_fds peak=$peak_fds end=$fds (slack $FD_SLACK); settled in ${waited}s; healthz=$healthz; ${MINUTES} min; samples: $OUT/samples.csv"
 echo "hostile rounds: $(grep -c '^round' "$OUT/hostile.log" || true); bench runs: $(cat "$OUT"/bench-*.jsonl 2>/dev/null | grep -c '"scenario"' || true), failed: $(grep -c 'run failed' "$OUT/bench.log" 2>/dev/null || true)"
+# The brute force: every right key from a fresh address got its token.
+brute=$(grep '^total' "$OUT/brute.log" || echo "total: no result")
+echo "token brute force $brute"
+good=$(sed -n 's/.*good_key=\([0-9]*\)\/\([0-9]*\).*/\1 \2/p' <<<"$brute")
+read -r good_ok good_tries <<<"${good:-0 1}"
+[ "$good_ok" = "$good_tries" ] || { echo "right key refused during the brute force: $good_ok of $good_tries"; pass=0; }
 if [ "$pass" = 1 ] && [ "$healthz" = 200 ]; then
   echo "PASS: $summary"
 else

@@ -105,6 +105,9 @@ pub struct Cli {
     #[command(flatten)]
     pub store: StoreFlags,
 
+    #[command(flatten)]
+    pub auth: AuthFlags,
+
     /// Strict mode: agent routes (register, heartbeat, task create/update, route) need
     /// the agent's bearer JWT from /api/token, and an agent may only act as itself (else
     /// 403). Off by default: the PyPI chatixia agent (0.4.3) sends its X-API-Key but no
@@ -208,6 +211,84 @@ pub struct StoreFlags {
     /// Live invite codes one API key may hold per shard (of 1,000); over: 429.
     #[arg(long, default_value_t = 100)]
     pub pair_codes_per_key_max: usize,
+}
+
+/// Failure budgets of the routes that check a secret, and JWT checks (see
+/// `auth::failures`, which documents each).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AuthFlags {
+    /// Wrong secrets (API key, device token, claim secret, forged JWT) one client
+    /// address (IPv6: its /64) may present per --auth-failure-window; then its attempts
+    /// on every route that checks a secret get 429 with retry-after, a back-off that
+    /// doubles with each further wrong secret.
+    #[arg(long, default_value_t = 10)]
+    pub auth_failures_per_ip_max: u32,
+
+    /// Wrong secrets per --auth-failure-window from all addresses together (each shard
+    /// enforces its share); once spent, addresses with recent wrong secrets get 429 until
+    /// the window ends, while addresses without may still try.
+    #[arg(long, default_value_t = 1000)]
+    pub auth_failures_total_max: u32,
+
+    /// Seconds of the failure budgets' window.
+    #[arg(long, default_value_t = 60.0)]
+    pub auth_failure_window: f64,
+
+    /// Longest back-off in seconds for an address that keeps presenting wrong secrets.
+    #[arg(long, default_value_t = 600.0)]
+    pub auth_backoff_max: f64,
+
+    /// Client addresses with recent wrong secrets one shard remembers (more: the one
+    /// that would be forgotten soonest goes first).
+    #[arg(long, default_value_t = 65_536)]
+    pub auth_failure_addresses_max: usize,
+
+    /// Seconds of clock skew allowed on a JWT's exp, nbf and iat (the reference allows
+    /// 60 on exp), at most 60.
+    #[arg(long, default_value_t = crate::auth::jwt::LEEWAY_SECS_DEFAULT)]
+    pub jwt_leeway_secs: u64,
+}
+
+impl AuthFlags {
+    /// The JWT leeway: at most [`crate::auth::jwt::REFERENCE_LEEWAY_SECS`], which the
+    /// memory of revocations (`signaling::authz::REVOCATION_MEMORY`) is sized for.
+    pub fn jwt_leeway_secs(&self) -> Result<u64, String> {
+        let max = crate::auth::jwt::REFERENCE_LEEWAY_SECS;
+        if self.jwt_leeway_secs > max {
+            return Err(format!(
+                "--jwt-leeway-secs must be at most {max} (a revoked peer's older tokens \
+                 are refused for 300 + {max} s)"
+            ));
+        }
+        Ok(self.jwt_leeway_secs)
+    }
+
+    /// The failure budgets.
+    pub fn failure_limits(&self) -> Result<crate::auth::failures::FailureLimits, String> {
+        let window = secs("--auth-failure-window", self.auth_failure_window)?;
+        if window < Duration::from_secs(1) {
+            return Err("--auth-failure-window must be at least 1 second".into());
+        }
+        let backoff_max = secs("--auth-backoff-max", self.auth_backoff_max)?;
+        if backoff_max < Duration::from_secs(1) {
+            return Err("--auth-backoff-max must be at least 1 second".into());
+        }
+        if self.auth_failures_per_ip_max == 0
+            || self.auth_failures_total_max == 0
+            || self.auth_failure_addresses_max == 0
+        {
+            return Err("--auth-failures-per-ip-max, --auth-failures-total-max and \
+                 --auth-failure-addresses-max must be at least 1"
+                .into());
+        }
+        Ok(crate::auth::failures::FailureLimits {
+            per_client_max: self.auth_failures_per_ip_max,
+            total_max: self.auth_failures_total_max,
+            window,
+            backoff_max,
+            clients_max: self.auth_failure_addresses_max,
+        })
+    }
 }
 
 /// Subcommands besides serving.

@@ -56,6 +56,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     config.ws = cli.ws_limits()?;
     config.limits = cli.store_limits()?;
     config.require_agent_auth = cli.require_agent_auth;
+    config.auth_failures = cli.auth.failure_limits()?;
+    config.jwt_leeway_secs = cli.auth.jwt_leeway_secs()?;
     config.ws_echo = cli.ws_echo;
     if config.ws_echo {
         tracing::warn!(

@@ -5,12 +5,23 @@ use std::fmt::Write;
 
 use reactor::{IoDriver, MailboxStats};
 
+use crate::auth::failures::{Failure, SecretRoute};
+
+/// Kinds of wrong secret counted (`Failure::ALL`).
+const FAILURE_KINDS: usize = Failure::ALL.len();
+/// Route families with a failure budget (`SecretRoute::ALL`).
+const SECRET_ROUTES: usize = SecretRoute::ALL.len();
+
 /// Counters a shard keeps about itself (shard-local cells, never shared).
 #[derive(Default)]
 pub struct ShardCounters {
     pub connections_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub requests_served: Cell<u64>,
+    /// Wrong secrets presented here, by `Failure::index`.
+    pub auth_failures: [Cell<u64>; FAILURE_KINDS],
+    /// Attempts refused (429) by the failure budget here, by `SecretRoute::index`.
+    pub auth_refused: [Cell<u64>; SECRET_ROUTES],
 }
 
 impl ShardCounters {
@@ -32,6 +43,18 @@ pub struct ShardMetrics {
     pub requests_served: u64,
     pub mailbox: MailboxStats,
     pub ws: WsMetrics,
+    pub auth: AuthMetrics,
+}
+
+/// Failure-budget counters of one shard (issue 20).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthMetrics {
+    /// Wrong secrets, by `Failure::index`.
+    pub failures: [u64; FAILURE_KINDS],
+    /// Refusals (429), by `SecretRoute::index`.
+    pub refused: [u64; SECRET_ROUTES],
+    /// Addresses with recent failures in this shard's ledger.
+    pub addresses: u64,
 }
 
 /// Signaling counters of one shard.
@@ -59,6 +82,11 @@ impl ShardMetrics {
             requests_served: c.requests_served.get(),
             mailbox,
             ws,
+            auth: AuthMetrics {
+                failures: std::array::from_fn(|i| c.auth_failures[i].get()),
+                refused: std::array::from_fn(|i| c.auth_refused[i].get()),
+                addresses: 0,
+            },
         }
     }
 }
@@ -154,10 +182,64 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             m.shard, m.driver
         );
     }
+    render_auth(&mut out, shards);
     let _ = writeln!(out, "# HELP chatixia_shards Number of shards.");
     let _ = writeln!(out, "# TYPE chatixia_shards gauge");
     let _ = writeln!(out, "chatixia_shards {}", shards.len());
     out
+}
+
+/// The failure budget's series (issue 20): wrong secrets by route and kind, refusals by
+/// route, addresses remembered.
+fn render_auth(out: &mut String, shards: &[ShardMetrics]) {
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_auth_failures_total Wrong secrets presented (unknown API key or device \
+         token, wrong claim secret, a JWT not signed with our key), by route and kind."
+    );
+    let _ = writeln!(out, "# TYPE chatixia_auth_failures_total counter");
+    for m in shards {
+        for f in Failure::ALL {
+            let _ = writeln!(
+                out,
+                "chatixia_auth_failures_total{{shard=\"{}\",route=\"{}\",kind=\"{}\"}} {}",
+                m.shard,
+                f.route().label(),
+                f.kind(),
+                m.auth.failures[f.index()]
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_auth_refused_total Attempts refused with 429 by the failure budget \
+         before their secret was looked at, by route."
+    );
+    let _ = writeln!(out, "# TYPE chatixia_auth_refused_total counter");
+    for m in shards {
+        for r in SecretRoute::ALL {
+            let _ = writeln!(
+                out,
+                "chatixia_auth_refused_total{{shard=\"{}\",route=\"{}\"}} {}",
+                m.shard,
+                r.label(),
+                m.auth.refused[r.index()]
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_auth_failure_addresses Client addresses with recent wrong secrets \
+         that this shard's ledger holds."
+    );
+    let _ = writeln!(out, "# TYPE chatixia_auth_failure_addresses gauge");
+    for m in shards {
+        let _ = writeln!(
+            out,
+            "chatixia_auth_failure_addresses{{shard=\"{}\"}} {}",
+            m.shard, m.auth.addresses
+        );
+    }
 }
 
 /// The durable store's counters (issue 10) in the Prometheus text format: commits are
@@ -228,6 +310,11 @@ mod tests {
                 refused: 0,
                 closed_slow: 0,
             },
+            auth: AuthMetrics {
+                failures: [1, 2, 3, 4, 5, 6, 7],
+                refused: [9, 0, 0, 0, 0, 0],
+                addresses: 3,
+            },
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
@@ -239,6 +326,13 @@ mod tests {
         assert!(text.ends_with("chatixia_shards 2\n"));
         assert!(text.contains("chatixia_ws_connections_open{shard=\"1\"} 1\n"));
         assert!(text.contains("chatixia_ws_relayed_total{shard=\"0\"} 2\n"));
+        assert!(text.contains(
+            "chatixia_auth_failures_total{shard=\"1\",route=\"token\",kind=\"device_token\"} 2\n"
+        ));
+        assert!(text
+            .contains("chatixia_auth_failures_total{shard=\"0\",route=\"ws\",kind=\"jwt\"} 6\n"));
+        assert!(text.contains("chatixia_auth_refused_total{shard=\"0\",route=\"token\"} 9\n"));
+        assert!(text.contains("chatixia_auth_failure_addresses{shard=\"1\"} 3\n"));
         // Every sample line is "name{labels} value" or "name value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();

@@ -22,7 +22,12 @@ const ADMIN_ROUTES: &[(&str, &str)] = &[
 
 #[test]
 fn admin_routes_need_an_admin_token() {
-    both(|s| {
+    // Two forged tokens per route from one address are more than the failure budget
+    // (issue 20; tested in auth_failures.rs): raise it for this test.
+    for cores in [1, 2] {
+        let mut o = Opts::cores(cores);
+        o.args = vec!["--auth-failures-per-ip-max".into(), "100".into()];
+        let s = &Server::with(o);
         let id = pending_entry(s, "bot");
         let agent = token_for_key(s, "ak_test_agent");
         let admin = token_for_key(s, "ak_test_admin");
@@ -113,7 +118,7 @@ fn admin_routes_need_an_admin_token() {
         );
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(s.get("/api/registry/agents/a1").json()["agent_id"], "a1");
-    });
+    }
 }
 
 #[test]

@@ -30,6 +30,14 @@ pub enum Unauthorized {
     Token(JwtError),
 }
 
+impl Unauthorized {
+    /// Whether a token was offered that is not ours ([`JwtError::is_forgery`]): a
+    /// failure for the failure budget. A missing header is not a guess.
+    pub fn is_forgery(self) -> bool {
+        matches!(self, Unauthorized::Token(e) if e.is_forgery())
+    }
+}
+
 /// Why an admin route is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminAuthError {
@@ -50,6 +58,11 @@ struct ErrorBody<'a> {
 }
 
 impl AdminAuthError {
+    /// Whether it counts against the failure budget ([`Unauthorized::is_forgery`]).
+    pub fn is_forgery(&self) -> bool {
+        matches!(self, AdminAuthError::Unauthorized(u) if u.is_forgery())
+    }
+
     /// The HTTP status: 401 or 403.
     pub fn status(&self) -> u16 {
         match self {
@@ -92,18 +105,30 @@ pub fn bearer_token(authorization: &[u8]) -> Option<&str> {
         .then_some(token)
 }
 
+/// The verified claims of an `Authorization: Bearer <JWT>` value (`None` when the
+/// header is absent), with `leeway_secs` of clock skew (`--jwt-leeway-secs`).
+pub fn bearer_claims(
+    authorization: Option<&[u8]>,
+    secret: &[u8],
+    now: UnixTime,
+    leeway_secs: u64,
+) -> Result<Claims, Unauthorized> {
+    let header = authorization.ok_or(Unauthorized::Missing)?;
+    let token = bearer_token(header).ok_or(Unauthorized::NotBearer)?;
+    jwt::verify_leeway(secret, token, now.as_secs(), leeway_secs).map_err(Unauthorized::Token)
+}
+
 /// Decides an admin route: `authorization` is the raw `Authorization` header value
-/// (`None` when absent), `secret` the JWT signing secret.
+/// (`None` when absent), `secret` the JWT signing secret, `leeway_secs` the clock skew
+/// allowed (`--jwt-leeway-secs`).
 pub fn authorize_admin(
     authorization: Option<&[u8]>,
     secret: &[u8],
     now: UnixTime,
+    leeway_secs: u64,
 ) -> Result<Claims, AdminAuthError> {
-    let header = authorization.ok_or(AdminAuthError::Unauthorized(Unauthorized::Missing))?;
-    let token =
-        bearer_token(header).ok_or(AdminAuthError::Unauthorized(Unauthorized::NotBearer))?;
-    let claims = jwt::verify(secret, token, now.as_secs())
-        .map_err(|e| AdminAuthError::Unauthorized(Unauthorized::Token(e)))?;
+    let claims = bearer_claims(authorization, secret, now, leeway_secs)
+        .map_err(AdminAuthError::Unauthorized)?;
     if claims.role != ADMIN_ROLE {
         return Err(AdminAuthError::Forbidden {
             peer_id: claims.sub,
@@ -120,6 +145,7 @@ mod tests {
     const SECRET: &[u8] = b"test-secret";
     const NOW_SECS: u64 = 1_795_239_689;
     const NOW: UnixTime = UnixTime(NOW_SECS * 1_000_000_000);
+    const L: u64 = jwt::LEEWAY_SECS_DEFAULT;
 
     fn bearer(token: &str) -> Vec<u8> {
         format!("Bearer {token}").into_bytes()
@@ -128,7 +154,7 @@ mod tests {
     #[test]
     fn admin_token_passes() {
         let t = jwt::issue(SECRET, "ops-1", "admin", NOW_SECS);
-        let claims = authorize_admin(Some(&bearer(&t)), SECRET, NOW).unwrap();
+        let claims = authorize_admin(Some(&bearer(&t)), SECRET, NOW, L).unwrap();
         assert_eq!(claims.sub, "ops-1");
         assert_eq!(claims.role, "admin");
         // Scheme case and extra spaces do not matter.
@@ -138,15 +164,16 @@ mod tests {
             format!(" Bearer {t} "),
         ] {
             assert!(
-                authorize_admin(Some(h.as_bytes()), SECRET, NOW).is_ok(),
+                authorize_admin(Some(h.as_bytes()), SECRET, NOW, L).is_ok(),
                 "{h}"
             );
         }
         // Still valid through the leeway, refused after.
         let later = |s: u64| UnixTime((NOW_SECS + s) * 1_000_000_000);
-        assert!(authorize_admin(Some(&bearer(&t)), SECRET, later(360)).is_ok());
+        assert!(authorize_admin(Some(&bearer(&t)), SECRET, later(305), L).is_ok());
+        assert!(authorize_admin(Some(&bearer(&t)), SECRET, later(360), 60).is_ok());
         assert_eq!(
-            authorize_admin(Some(&bearer(&t)), SECRET, later(361)),
+            authorize_admin(Some(&bearer(&t)), SECRET, later(306), L),
             Err(AdminAuthError::Unauthorized(Unauthorized::Token(
                 JwtError::Expired
             )))
@@ -156,7 +183,7 @@ mod tests {
     #[test]
     fn agent_token_is_forbidden() {
         let t = jwt::issue(SECRET, "agent-001", "agent", NOW_SECS);
-        let err = authorize_admin(Some(&bearer(&t)), SECRET, NOW).unwrap_err();
+        let err = authorize_admin(Some(&bearer(&t)), SECRET, NOW, L).unwrap_err();
         assert_eq!(
             err,
             AdminAuthError::Forbidden {
@@ -173,7 +200,7 @@ mod tests {
         for role in ["Admin", "admin ", "", "administrator"] {
             let t = jwt::issue(SECRET, "p", role, NOW_SECS);
             assert_eq!(
-                authorize_admin(Some(&bearer(&t)), SECRET, NOW)
+                authorize_admin(Some(&bearer(&t)), SECRET, NOW, L)
                     .unwrap_err()
                     .status(),
                 403,
@@ -230,7 +257,7 @@ mod tests {
             ),
         ];
         for (header, want) in cases {
-            let got = authorize_admin(header.as_deref(), SECRET, NOW).unwrap_err();
+            let got = authorize_admin(header.as_deref(), SECRET, NOW, L).unwrap_err();
             assert_eq!(
                 got,
                 want,
@@ -244,7 +271,7 @@ mod tests {
         // An expired admin token.
         let old = jwt::issue(SECRET, "ops-1", "admin", NOW_SECS - 1000);
         assert_eq!(
-            authorize_admin(Some(&bearer(&old)), SECRET, NOW)
+            authorize_admin(Some(&bearer(&old)), SECRET, NOW, L)
                 .unwrap_err()
                 .body(),
             r#"{"error":"invalid token: expired signature"}"#

@@ -14,24 +14,38 @@
 //! [`super::principal`] apply instead: an agent is bound to the credential or address
 //! that registered it ([`principal`]).
 
-use super::admin::{bearer_token, ADMIN_ROLE};
-use super::jwt::{self, Claims};
+use std::net::IpAddr;
+
+use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
+use super::failures::Failure;
+use super::jwt::Claims;
 use super::principal::Principal;
 use crate::http::{Request, Response};
 use crate::time::UnixTime;
 
-/// The caller's verified claims: 401 without a usable, valid bearer token.
-pub fn authenticate(req: &Request, secret: &[u8], now: UnixTime) -> Result<Claims, Response> {
-    let Some(header) = req.header("authorization") else {
-        return Err(Response::error(
+/// The 401 for a refused agent token.
+fn unauthorized(u: Unauthorized) -> Response {
+    match u {
+        Unauthorized::Missing => Response::error(
             401,
             "agent token required (--require-agent-auth): Authorization: Bearer <token from /api/token>",
-        ));
-    };
-    let token = bearer_token(header.as_bytes())
-        .ok_or_else(|| Response::error(401, "Authorization header must be Bearer <token>"))?;
-    jwt::verify(secret, token, now.as_secs())
-        .map_err(|e| Response::error(401, format!("invalid token: {e}")))
+        ),
+        Unauthorized::NotBearer => {
+            Response::error(401, "Authorization header must be Bearer <token>")
+        }
+        Unauthorized::Token(e) => Response::error(401, format!("invalid token: {e}")),
+    }
+}
+
+/// The caller's verified claims: 401 without a usable, valid bearer token.
+pub fn authenticate(
+    req: &Request,
+    secret: &[u8],
+    now: UnixTime,
+    leeway_secs: u64,
+) -> Result<Claims, Unauthorized> {
+    let header = req.header("authorization").map(str::as_bytes);
+    bearer_claims(header, secret, now, leeway_secs)
 }
 
 /// Whether the token's subject may act as `agent_id`: itself, or any agent for an admin.
@@ -56,37 +70,73 @@ pub fn require_self(claims: &Claims, agent_id: &str) -> Result<(), Response> {
 /// The caller of an agent or task route from `peer` (issue 20): under
 /// `--require-agent-auth` the bearer JWT's claims (401 without one, 403 when not for
 /// `agent_id`); otherwise [`super::principal::resolve`] (a JWT, a known API key, or
-/// none).
+/// none). A forged bearer token counts against `peer`'s failure budget.
 pub fn principal(
     ctx: &crate::server::ShardCtx,
     req: &Request,
-    peer: std::net::IpAddr,
+    peer: IpAddr,
     agent_id: Option<&str>,
 ) -> Result<Principal, Response> {
     let address = crate::limits::client_key(peer);
-    match gate(ctx, req, agent_id)? {
+    let cfg = &ctx.config;
+    match gate(ctx, req, peer, agent_id)? {
         Some(c) => Ok(Principal::credential(c.sub, &c.role, address)),
         None => super::principal::resolve(
             req,
-            &ctx.config.api_keys,
-            &ctx.config.jwt_secret,
+            &cfg.api_keys,
+            &cfg.jwt_secret,
             ctx.now(),
+            cfg.jwt_leeway_secs,
             address,
-        ),
+        )
+        .map_err(|r| {
+            if r.forged {
+                super::budget::failed(ctx, peer, Failure::Agent);
+            }
+            r.response
+        }),
+    }
+}
+
+/// A binding refused `req` (403) while it carried an `X-API-Key` that is no known key
+/// (`credential`: whether the request's principal had one): a wrong key as far as the caller can tell (a key for the
+/// agent would have been accepted), so it counts against `peer`'s failure budget like
+/// a wrong key at `POST /api/token`. Without this a heartbeat would answer, key by key,
+/// whether a guessed key belongs to a key-bound agent, outside that budget. A request
+/// without a key (an agent acting from its own address) and a valid credential for
+/// another agent are not wrong secrets and are never counted.
+pub fn refused_by_binding(
+    ctx: &crate::server::ShardCtx,
+    req: &Request,
+    credential: bool,
+    peer: IpAddr,
+) {
+    if !credential && req.header("x-api-key").is_some() {
+        super::budget::failed(ctx, peer, Failure::Agent);
     }
 }
 
 /// The route's gate under `--require-agent-auth`: `Ok(None)` when the flag is off,
-/// else the caller's claims, checked to act as `agent_id` when one is given.
+/// else the caller's claims, checked to act as `agent_id` when one is given. A token
+/// that is not ours counts against `peer`'s failure budget (the router has checked the
+/// budget before the route ran).
 pub fn gate(
     ctx: &crate::server::ShardCtx,
     req: &Request,
+    peer: IpAddr,
     agent_id: Option<&str>,
 ) -> Result<Option<Claims>, Response> {
     if !ctx.config.require_agent_auth {
         return Ok(None);
     }
-    let claims = authenticate(req, &ctx.config.jwt_secret, ctx.now())?;
+    let cfg = &ctx.config;
+    let claims =
+        authenticate(req, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(|u| {
+            if u.is_forgery() {
+                super::budget::failed(ctx, peer, Failure::Agent);
+            }
+            unauthorized(u)
+        })?;
     if let Some(id) = agent_id {
         require_self(&claims, id)?;
     }
@@ -96,6 +146,7 @@ pub fn gate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::jwt;
 
     const SECRET: &[u8] = b"s";
     const NOW_SECS: u64 = 1_795_239_689;
@@ -117,22 +168,17 @@ mod tests {
     #[test]
     fn tokens_and_self() {
         let now = UnixTime::from_secs(NOW_SECS);
-        assert_eq!(
-            authenticate(&req(None), SECRET, now).unwrap_err().status,
-            401
-        );
-        assert_eq!(
-            authenticate(&req(Some("Bearer nope")), SECRET, now)
-                .unwrap_err()
-                .status,
-            401
-        );
+        let auth = |h: Option<&str>| authenticate(&req(h), SECRET, now, 5);
+        assert_eq!(auth(None), Err(Unauthorized::Missing));
+        assert_eq!(unauthorized(auth(None).unwrap_err()).status, 401);
+        assert!(!auth(None).unwrap_err().is_forgery());
+        assert!(auth(Some("Bearer nope")).unwrap_err().is_forgery());
         let t = jwt::issue(SECRET, "agent-a", "agent", NOW_SECS);
-        let c = authenticate(&req(Some(&format!("Bearer {t}"))), SECRET, now).unwrap();
+        let c = auth(Some(&format!("Bearer {t}"))).unwrap();
         assert!(require_self(&c, "agent-a").is_ok());
         assert_eq!(require_self(&c, "agent-b").unwrap_err().status, 403);
         let admin = jwt::issue(SECRET, "ops", ADMIN_ROLE, NOW_SECS);
-        let c = authenticate(&req(Some(&format!("Bearer {admin}"))), SECRET, now).unwrap();
+        let c = auth(Some(&format!("Bearer {admin}"))).unwrap();
         assert!(require_self(&c, "agent-b").is_ok());
     }
 }

@@ -1,5 +1,9 @@
 //! `POST /api/token` and `GET /api/config`.
 
+use std::net::IpAddr;
+
+use crate::auth::budget::failed;
+use crate::auth::failures::Failure;
 use crate::auth::ops::{Op, Reply};
 use crate::auth::DEVICE_TOKEN_ROLE;
 use crate::auth::{exchange_token, header_value_str, TokenExchange, TokenResponse};
@@ -15,19 +19,27 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 
 /// `POST /api/token`: an API key is checked against this shard's copy of the keys; a
 /// device token is looked up on `shard_of(token)`. Unknown or missing → 401, empty body.
-pub async fn token(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
+/// An unknown key or token counts against `client`'s failure budget (one per request;
+/// a missing one does not), which the router checked before.
+pub async fn token(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
     let now = ctx.now();
     let cfg = &ctx.config;
+    let api_key = header(req, "x-api-key");
     let exchange = exchange_token(
         &cfg.api_keys,
         &cfg.jwt_secret,
-        header(req, "x-api-key"),
+        api_key,
         header(req, "x-device-token"),
         now,
     );
     match exchange {
         TokenExchange::Issued(resp) => Ok(Response::json(200, &resp)),
-        TokenExchange::Unauthorized => Ok(Response::new(401)),
+        TokenExchange::Unauthorized => {
+            if api_key.is_some() {
+                failed(ctx, client, Failure::TokenApiKey);
+            }
+            Ok(Response::new(401))
+        }
         TokenExchange::LookupDeviceToken(token) => {
             // The index is keyed by the token's keyed hash (what the store keeps).
             let key = crate::durable::token_key_of(&cfg.secrets, token);
@@ -42,7 +54,10 @@ pub async fn token(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
                     );
                     Ok(Response::json(200, &resp))
                 }
-                Reply::Grant(None) => Ok(Response::new(401)),
+                Reply::Grant(None) => {
+                    failed(ctx, client, Failure::TokenDeviceToken);
+                    Ok(Response::new(401))
+                }
                 _ => Ok(crate::server::common::unexpected()),
             }
         }

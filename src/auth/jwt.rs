@@ -13,11 +13,19 @@
 //! * claims `sub` (string), `role` (string), `exp` and `iat` (non-negative integers); other
 //!   claims are ignored, except that a string or string-array `aud` is refused (no audience
 //!   is configured, and `jsonwebtoken` then rejects any token naming one);
-//! * `exp` with **60 s of leeway**: a token is refused only once `exp < now - 60`, so it
-//!   stays valid through second `exp + 60`. `iat` is not checked.
+//! * `exp` with a **leeway** for clock skew (`--jwt-leeway-secs`, default
+//!   [`LEEWAY_SECS_DEFAULT`] = 5 s): a token is refused once `exp < now - leeway`, so it
+//!   stays valid through second `exp + leeway`. **Differs**: the reference's leeway is
+//!   `jsonwebtoken`'s 60 s ([`REFERENCE_LEEWAY_SECS`]), which kept a token usable a
+//!   minute past its expiry; our own tokens are checked on the clock that issued them,
+//!   so only tokens from another host need any leeway.
 //! * `nbf` (not before), when it is a number, with the same leeway: a token is refused
-//!   while `nbf > now + 60`. This is stricter than the reference (its `Validation::default()`
-//!   ignores `nbf`): a token that says it is not valid yet is not accepted early.
+//!   while `nbf > now + leeway`. This is stricter than the reference (its
+//!   `Validation::default()` ignores `nbf`): a token that says it is not valid yet is not
+//!   accepted early.
+//! * `iat` (issued at) more than the leeway in the future is refused
+//!   ([`JwtError::IssuedInFuture`]; **differs**: the reference does not check `iat`): a
+//!   token cannot have been issued later than now.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -31,8 +39,11 @@ type HmacSha256 = Hmac<Sha256>;
 /// Lifetime of an issued token: `exp = iat + 300`.
 pub const TOKEN_LIFETIME_SECS: u64 = 300;
 
-/// Clock-skew leeway applied to `exp` on verification (`jsonwebtoken`'s default).
-pub const EXP_LEEWAY_SECS: u64 = 60;
+/// Clock-skew leeway applied to `exp`, `nbf` and `iat` by default (`--jwt-leeway-secs`).
+pub const LEEWAY_SECS_DEFAULT: u64 = 5;
+
+/// The reference's leeway (`jsonwebtoken`'s `Validation::default()`), for comparison.
+pub const REFERENCE_LEEWAY_SECS: u64 = 60;
 
 /// Longest token [`verify`] will look at, in bytes.
 ///
@@ -71,12 +82,27 @@ pub enum JwtError {
     InvalidSignature,
     /// The signature matches but the claims are not the expected shape.
     InvalidClaims,
-    /// `exp` is more than [`EXP_LEEWAY_SECS`] in the past.
+    /// `exp` is more than the leeway in the past.
     Expired,
     /// The token names an audience (none is configured).
     InvalidAudience,
-    /// `nbf` is more than [`EXP_LEEWAY_SECS`] in the future.
+    /// `nbf` is more than the leeway in the future.
     NotYetValid,
+    /// `iat` is more than the leeway in the future.
+    IssuedInFuture,
+}
+
+impl JwtError {
+    /// Whether the token is not one signed with our key (malformed, another algorithm,
+    /// a wrong signature): a guess, counted against the failure budget
+    /// (`auth::failures`). A token of ours that has expired, or is refused for its
+    /// claims, could not have been made without the key and is not counted.
+    pub fn is_forgery(self) -> bool {
+        matches!(
+            self,
+            JwtError::Malformed | JwtError::InvalidAlgorithm | JwtError::InvalidSignature
+        )
+    }
 }
 
 impl std::fmt::Display for JwtError {
@@ -89,6 +115,7 @@ impl std::fmt::Display for JwtError {
             JwtError::Expired => "expired signature",
             JwtError::InvalidAudience => "invalid audience",
             JwtError::NotYetValid => "immature signature",
+            JwtError::IssuedInFuture => "issued in the future",
         })
     }
 }
@@ -121,11 +148,23 @@ pub fn encode(secret: &[u8], claims: &Claims) -> String {
     token
 }
 
-/// Check `token`'s signature and claims at `now_secs` and return the claims.
+/// [`verify_leeway`] with the default leeway, [`LEEWAY_SECS_DEFAULT`].
+pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtError> {
+    verify_leeway(secret, token, now_secs, LEEWAY_SECS_DEFAULT)
+}
+
+/// Check `token`'s signature and claims at `now_secs`, with `leeway_secs` of clock skew
+/// allowed on `exp`, `nbf` and `iat`, and return the claims.
 ///
 /// The checks run in the reference's order (structure, header, algorithm, signature,
-/// claims shape, expiry, audience), so the error kind is the one `jsonwebtoken` reports.
-pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtError> {
+/// claims shape, expiry, audience), so the error kind is the one `jsonwebtoken` reports;
+/// `nbf` and `iat`, which it does not check, come last.
+pub fn verify_leeway(
+    secret: &[u8],
+    token: &str,
+    now_secs: u64,
+    leeway_secs: u64,
+) -> Result<Claims, JwtError> {
     if token.len() > TOKEN_BYTES_MAX {
         return Err(JwtError::Malformed);
     }
@@ -157,7 +196,7 @@ pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtEr
     // is a deserialization error there too.
     let spec: SpecClaims = serde_json::from_slice(&payload).map_err(|_| JwtError::InvalidClaims)?;
 
-    if claims.exp < now_secs.saturating_sub(EXP_LEEWAY_SECS) {
+    if claims.exp < now_secs.saturating_sub(leeway_secs) {
         return Err(JwtError::Expired);
     }
     if spec.aud.as_ref().is_some_and(names_audience) {
@@ -166,9 +205,12 @@ pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtEr
     if spec
         .nbf
         .as_ref()
-        .is_some_and(|nbf| not_yet_valid(nbf, now_secs))
+        .is_some_and(|nbf| not_yet_valid(nbf, now_secs, leeway_secs))
     {
         return Err(JwtError::NotYetValid);
+    }
+    if claims.iat > now_secs.saturating_add(leeway_secs) {
+        return Err(JwtError::IssuedInFuture);
     }
     Ok(claims)
 }
@@ -207,8 +249,8 @@ struct SpecClaims {
 
 /// Whether a numeric `nbf` lies more than the leeway after `now_secs` (a non-numeric
 /// `nbf` is ignored, as the reference ignores every `nbf`).
-fn not_yet_valid(nbf: &serde_json::Value, now_secs: u64) -> bool {
-    let limit = now_secs.saturating_add(EXP_LEEWAY_SECS);
+fn not_yet_valid(nbf: &serde_json::Value, now_secs: u64, leeway_secs: u64) -> bool {
+    let limit = now_secs.saturating_add(leeway_secs);
     match (nbf.as_u64(), nbf.as_f64()) {
         (Some(n), _) => n > limit,
         (None, Some(f)) => f > limit as f64,
@@ -400,35 +442,86 @@ mod tests {
                 },
             )
         };
-        // Inside the leeway on both implementations (margins absorb a clock tick between
-        // our `now` and jsonwebtoken's).
+        // With the reference's leeway, inside it on both implementations (margins absorb
+        // a clock tick between our `now` and jsonwebtoken's).
+        let reference = |t: &str| verify_leeway(SECRET, t, now, REFERENCE_LEEWAY_SECS);
         let inside = mk(now - 55);
-        assert!(verify(SECRET, &inside, now).is_ok());
+        assert!(reference(&inside).is_ok());
         assert!(jwt_validate(&inside, SECRET).is_ok());
         // Beyond it on both.
         let gone = mk(now - 65);
-        assert_eq!(verify(SECRET, &gone, now), Err(JwtError::Expired));
+        assert_eq!(reference(&gone), Err(JwtError::Expired));
         assert!(matches!(
             jwt_validate(&gone, SECRET).map_err(|e| e.into_kind()),
             Err(jsonwebtoken::errors::ErrorKind::ExpiredSignature)
         ));
 
+        // Our default leeway is 5 s: 59 s past `exp` is refused.
+        assert_eq!(verify(SECRET, &inside, now), Err(JwtError::Expired));
+
         // Pure arithmetic at a fixed time.
         let t = mk(NOW);
-        assert!(verify(SECRET, &t, NOW + 60).is_ok());
-        assert_eq!(verify(SECRET, &t, NOW + 61), Err(JwtError::Expired));
-        // Tokens issued in the future are accepted (iat is not checked).
-        assert!(verify(SECRET, &mk(NOW + 10_000), NOW).is_ok());
+        assert!(verify(SECRET, &t, NOW + 5).is_ok());
+        assert_eq!(verify(SECRET, &t, NOW + 6), Err(JwtError::Expired));
+        assert!(verify_leeway(SECRET, &t, NOW + 60, 60).is_ok());
+        assert_eq!(
+            verify_leeway(SECRET, &t, NOW + 1, 0),
+            Err(JwtError::Expired)
+        );
         // exp = 0 with a tiny `now` must not underflow.
-        assert!(verify(SECRET, &mk(0), 30).is_ok());
+        assert!(verify(SECRET, &mk(0), 3).is_ok());
+    }
+
+    #[test]
+    fn issued_in_the_future_is_refused() {
+        let mk = |iat: u64| {
+            encode(
+                SECRET,
+                &Claims {
+                    sub: "p".into(),
+                    role: "agent".into(),
+                    exp: iat + 300,
+                    iat,
+                },
+            )
+        };
+        assert!(verify(SECRET, &mk(NOW), NOW).is_ok());
+        assert!(
+            verify(SECRET, &mk(NOW + 5), NOW).is_ok(),
+            "within the leeway"
+        );
+        assert_eq!(
+            verify(SECRET, &mk(NOW + 6), NOW),
+            Err(JwtError::IssuedInFuture)
+        );
+        assert_eq!(
+            verify(SECRET, &mk(NOW + 10_000), NOW),
+            Err(JwtError::IssuedInFuture)
+        );
+        assert!(verify_leeway(SECRET, &mk(NOW + 60), NOW, 60).is_ok());
+        // Not a forgery: signed with our key.
+        assert!(!JwtError::IssuedInFuture.is_forgery());
+        assert!(!JwtError::Expired.is_forgery());
+        assert!(JwtError::InvalidSignature.is_forgery());
+        assert!(JwtError::Malformed.is_forgery());
+        // Huge values do not overflow.
+        assert_eq!(
+            verify(SECRET, &mk(u64::MAX - 300), u64::MAX - 10),
+            Ok(Claims {
+                sub: "p".into(),
+                role: "agent".into(),
+                exp: u64::MAX,
+                iat: u64::MAX - 300
+            })
+        );
     }
 
     #[test]
     fn issued_token_lifecycle() {
         let t = issue(SECRET, "agent-001", "agent", NOW);
         assert!(verify(SECRET, &t, NOW).is_ok());
-        assert!(verify(SECRET, &t, NOW + 300 + 60).is_ok());
-        assert_eq!(verify(SECRET, &t, NOW + 300 + 61), Err(JwtError::Expired));
+        assert!(verify(SECRET, &t, NOW + 300 + 5).is_ok());
+        assert_eq!(verify(SECRET, &t, NOW + 300 + 6), Err(JwtError::Expired));
         assert_eq!(
             verify(b"secret-b", &t, NOW),
             Err(JwtError::InvalidSignature)
@@ -597,12 +690,9 @@ mod tests {
             verify(SECRET, &raw_token(SECRET, h, &p), NOW)
         };
         assert_eq!(with_nbf(&far.to_string()), Err(JwtError::NotYetValid));
-        assert_eq!(
-            with_nbf(&(NOW + 61).to_string()),
-            Err(JwtError::NotYetValid)
-        );
+        assert_eq!(with_nbf(&(NOW + 6).to_string()), Err(JwtError::NotYetValid));
         assert_eq!(with_nbf("1e300"), Err(JwtError::NotYetValid));
-        assert!(with_nbf(&(NOW + 60).to_string()).is_ok());
+        assert!(with_nbf(&(NOW + 5).to_string()).is_ok());
         assert!(with_nbf(&NOW.to_string()).is_ok());
         assert!(with_nbf("0").is_ok());
         assert!(with_nbf("-5").is_ok());

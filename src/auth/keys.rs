@@ -7,10 +7,16 @@
 //! `agent`.
 //!
 //! Every shard holds its own immutable copy; nothing here changes after parsing.
+//!
+//! Keys are kept and looked up by their SHA-256 digest, not their text: a lookup
+//! compares digests, so how long it takes says nothing about how much of a real key a
+//! guess has right (a map of the texts would compare a guess with a stored key byte by
+//! byte after a hash match). The failure budget (`auth::failures`) bounds the guesses.
 
 use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 /// The development key used when no key file can be read.
 pub const DEV_API_KEY: &str = "ak_dev_001";
@@ -79,10 +85,16 @@ impl std::fmt::Display for ApiKeysError {
 
 impl std::error::Error for ApiKeysError {}
 
+/// The SHA-256 digest a key is stored and looked up under.
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
 /// The API keys a server accepts (immutable once built).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKeys {
-    keys: HashMap<String, ApiKeyEntry>,
+    /// SHA-256 of each key → what it grants.
+    keys: HashMap<[u8; 32], ApiKeyEntry>,
     peer_ids: HashSet<String>,
     /// peer id → its mesh (`None`: the default mesh). When several keys name the same
     /// peer with different meshes, the first key in sorted order decides.
@@ -155,6 +167,7 @@ impl ApiKeys {
                 .entry(e.peer_id.clone())
                 .or_insert_with(|| e.mesh.clone());
         }
+        let keys = keys.into_iter().map(|(k, e)| (digest(&k), e)).collect();
         ApiKeys {
             keys,
             peer_ids,
@@ -162,9 +175,9 @@ impl ApiKeys {
         }
     }
 
-    /// What `key` grants, if it is known.
+    /// What `key` grants, if it is known (compared by digest, see the module docs).
     pub fn lookup(&self, key: &str) -> Option<&ApiKeyEntry> {
-        self.keys.get(key)
+        self.keys.get(&digest(key))
     }
 
     /// Peer ids that hold static API keys (the reference's "legacy" peers, always allowed

@@ -10,6 +10,8 @@
 pub mod admin;
 pub mod agent;
 pub mod api;
+pub mod budget;
+pub mod failures;
 pub mod jwt;
 pub mod keys;
 pub mod ops;

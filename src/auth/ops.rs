@@ -1,7 +1,12 @@
-//! Auth's typed operations: the device-token index, on `shard_of(token)`. Pairing writes
-//! it (approve, revoke); `POST /api/token` reads it. [`Op::apply`] is the owner side.
+//! Auth's typed operations: the device-token index, on `shard_of(token)` (pairing writes
+//! it on approve and revoke; `POST /api/token` reads it), and the failure ledger of the
+//! client addresses a shard owns (`auth::budget`). [`Op::apply`] is the owner side.
 
+use std::net::IpAddr;
+
+use super::failures::{FailureLedger, Verdict};
 use crate::pairing::{DeviceGrant, DeviceTokenIndex, IndexInsertError};
+use crate::time::UnixTime;
 
 /// A request to the device-token index of one shard (one-word payloads, see
 /// `server::msg`).
@@ -12,6 +17,10 @@ pub enum Op {
     Insert(Box<(String, DeviceGrant)>),
     /// Drop a revoked token. → `Done` | `NotFound`.
     Remove(Box<String>),
+    /// May this client address try a secret now? → `Failures`.
+    FailureCheck(Box<IpAddr>),
+    /// This client address presented a wrong secret (told). → `Failures`.
+    FailureRecord(Box<IpAddr>),
 }
 
 /// The index owner's answer to an [`Op`].
@@ -21,11 +30,20 @@ pub enum Reply {
     InUse,
     Full,
     Grant(Option<Box<DeviceGrant>>),
+    /// The address's standing after a `FailureCheck` or `FailureRecord`.
+    Failures(Box<Verdict>),
+}
+
+/// The state auth's operations apply to, on the owner shard.
+pub struct Store<'a> {
+    pub tokens: &'a mut DeviceTokenIndex,
+    pub failures: &'a mut FailureLedger,
 }
 
 impl Op {
-    /// Applies the operation to the shard's device-token index.
-    pub fn apply(self, tokens: &mut DeviceTokenIndex) -> Reply {
+    /// Applies the operation to the shard's device-token index or failure ledger.
+    pub fn apply(self, store: Store<'_>, now: UnixTime) -> Reply {
+        let tokens = store.tokens;
         match self {
             Op::Lookup(t) => Reply::Grant(tokens.lookup(&t).cloned().map(Box::new)),
             Op::Insert(b) => {
@@ -40,6 +58,8 @@ impl Op {
                 Some(_) => Reply::Done,
                 None => Reply::NotFound,
             },
+            Op::FailureCheck(a) => Reply::Failures(Box::new(store.failures.check(*a, now))),
+            Op::FailureRecord(a) => Reply::Failures(Box::new(store.failures.fail(*a, now))),
         }
     }
 }

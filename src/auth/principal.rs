@@ -167,23 +167,37 @@ pub fn bound_message(agent_id: &str, bound: &Owner) -> String {
     }
 }
 
+/// A bearer token [`resolve`] refused: the 401 to answer, and whether the token was
+/// forged (not made with our key: counted against the address's failure budget).
+#[derive(Debug)]
+pub struct Refused {
+    pub response: Response,
+    pub forged: bool,
+}
+
 /// The principal of `req` from `address` (a client key) in the default configuration:
-/// a valid bearer JWT, else a known `X-API-Key`, else none. A bearer token that does
-/// not verify is 401; an `Authorization` header of another scheme and an unknown API
-/// key are ignored.
+/// a valid bearer JWT (with `leeway_secs` of clock skew), else a known `X-API-Key`, else
+/// none. A bearer token that does not verify is 401; an `Authorization` header of
+/// another scheme and an unknown API key are ignored here (an unknown key that is then
+/// refused 403 by a binding is counted by the route: see `auth::agent`).
 pub fn resolve(
     req: &Request,
     keys: &ApiKeys,
     secret: &[u8],
     now: UnixTime,
+    leeway_secs: u64,
     address: String,
-) -> Result<Principal, Response> {
+) -> Result<Principal, Refused> {
     if let Some(token) = req
         .header("authorization")
         .and_then(|h| bearer_token(h.as_bytes()))
     {
-        let claims = jwt::verify(secret, token, now.as_secs())
-            .map_err(|e| Response::error(401, format!("invalid token: {e}")))?;
+        let claims = jwt::verify_leeway(secret, token, now.as_secs(), leeway_secs).map_err(|e| {
+            Refused {
+                response: Response::error(401, format!("invalid token: {e}")),
+                forged: e.is_forgery(),
+            }
+        })?;
         return Ok(Principal::credential(claims.sub, &claims.role, address));
     }
     let key = req
@@ -230,8 +244,10 @@ mod tests {
             &keys(),
             SECRET,
             UnixTime::from_secs(NOW_SECS),
+            5,
             "10.0.0.1".into(),
         )
+        .map_err(|r| r.response)
     }
 
     #[test]

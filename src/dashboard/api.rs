@@ -2,6 +2,7 @@
 //! (`Authorization: Bearer …`, or `?token=` on the event stream, which `EventSource`
 //! cannot give headers) checked by [`crate::auth::admin::authorize_admin`].
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use monoio::io::AsyncWriteRentExt;
@@ -10,6 +11,7 @@ use reactor::timer::{select2, Either};
 use serde::Serialize;
 
 use crate::auth::admin::{authorize_admin, AdminAuthError};
+use crate::auth::failures::{Failure, SecretRoute};
 use crate::auth::Claims;
 use crate::dashboard::events::{Delta, Event};
 use crate::dashboard::ops::{HealthCounts, Op, Reply, ShardSummary};
@@ -41,10 +43,21 @@ fn refused(e: AdminAuthError) -> Response {
     Response::json_bytes(e.status(), e.body().into_bytes())
 }
 
-/// The admin check of every dashboard route.
-pub fn admin(ctx: &ShardCtx, req: &Request) -> Answer<Claims> {
+/// The admin check of every dashboard route (the router has checked `client`'s failure
+/// budget; a token that is not ours counts against it).
+pub fn admin(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Claims> {
     let header = req.header("authorization").map(str::as_bytes);
-    authorize_admin(header, &ctx.config.jwt_secret, ctx.now()).map_err(refused)
+    check_admin(ctx, header, client)
+}
+
+fn check_admin(ctx: &ShardCtx, header: Option<&[u8]>, client: IpAddr) -> Answer<Claims> {
+    let cfg = &ctx.config;
+    authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(|e| {
+        if e.is_forgery() {
+            crate::auth::budget::failed(ctx, client, Failure::Admin);
+        }
+        refused(e)
+    })
 }
 
 fn bad(e: String) -> Response {
@@ -52,8 +65,8 @@ fn bad(e: String) -> Response {
 }
 
 /// `GET /api/dashboard/agents?limit&cursor&sort&order&health&q`.
-pub async fn agents(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    admin(ctx, req)?;
+pub async fn agents(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    admin(ctx, req, client)?;
     let sort = AgentSort::parse(req.query_param("sort")).map_err(bad)?;
     let desc = match req.query_param("order").as_deref() {
         None | Some("") | Some("asc") => false,
@@ -79,8 +92,8 @@ pub async fn agents(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
 }
 
 /// `GET /api/dashboard/tasks?limit&cursor&state&agent`.
-pub async fn tasks(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    admin(ctx, req)?;
+pub async fn tasks(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    admin(ctx, req, client)?;
     let q = TaskQuery {
         limit: parse_limit(req.query_param("limit").as_deref()).map_err(bad)?,
         cursor: TaskQuery::parse_cursor(req.query_param("cursor")).map_err(bad)?,
@@ -170,8 +183,8 @@ pub fn total(now: f64, parts: Vec<ShardSummary>) -> Summary {
 }
 
 /// `GET /api/dashboard/summary`.
-pub async fn summary(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    admin(ctx, req)?;
+pub async fn summary(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    admin(ctx, req, client)?;
     let mut parts = Vec::new();
     for r in ask_all(ctx, |_| Op::Summary).await? {
         match r {
@@ -184,8 +197,8 @@ pub async fn summary(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
 
 /// `POST /api/dashboard/invite`: a new invite code issued by the admin's peer id (in its
 /// key's mesh), as `POST /api/pairing/generate-code` does for an API key.
-pub async fn invite(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    let claims = admin(ctx, req)?;
+pub async fn invite(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    let claims = admin(ctx, req, client)?;
     let mesh = ctx
         .config
         .api_keys
@@ -246,15 +259,17 @@ async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
 
 /// `GET /api/dashboard/events?token=…`: `text/event-stream` of `hello`, `summary` and
 /// `changes` events until the client goes, is too slow, or the server shuts down.
-pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request) {
+pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, client: IpAddr) {
     let mut out = Vec::new();
-    let auth = match req.query_param("token") {
-        Some(t) => {
-            let header = format!("Bearer {t}");
-            authorize_admin(Some(header.as_bytes()), &ctx.config.jwt_secret, ctx.now())
-                .map_err(refused)
-        }
-        None => admin(ctx, req),
+    let auth = match crate::auth::budget::admit(ctx, client, SecretRoute::Admin).await {
+        Err(resp) => Err(resp),
+        Ok(()) => match req.query_param("token") {
+            Some(t) => {
+                let header = format!("Bearer {t}");
+                check_admin(ctx, Some(header.as_bytes()), client)
+            }
+            None => admin(ctx, req, client),
+        },
     };
     if let Err(resp) = auth {
         resp.encode(false, false, &mut out);

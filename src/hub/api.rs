@@ -111,7 +111,29 @@ fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
         });
     }
     let cfg = &ctx.config;
-    crate::auth::principal::resolve(req, &cfg.api_keys, &cfg.jwt_secret, ctx.now(), address)
+    crate::auth::principal::resolve(
+        req,
+        &cfg.api_keys,
+        &cfg.jwt_secret,
+        ctx.now(),
+        cfg.jwt_leeway_secs,
+        address,
+    )
+    .map(|by| {
+        // An unknown key decides what is withheld as surely as a wrong one at
+        // `/api/token`: it counts against the address's failure budget (no reader sends
+        // a key it does not mean: the PyPI agent polls without one).
+        if by.peer.is_none() && req.header("x-api-key").is_some() {
+            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
+        }
+        by
+    })
+    .map_err(|r| {
+        if r.forged {
+            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
+        }
+        r.response
+    })
 }
 
 /// A task as `reader` may see it: whole if [`Task::readable_by`], else with `payload`,
@@ -193,6 +215,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
     ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
     let by = crate::auth::agent::principal(ctx, req, peer, None)?;
+    let credential = by.peer.is_some();
     let op = match (&by.peer, ctx.config.require_agent_auth && !by.admin) {
         (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
         _ => Op::Update(Box::new((id, upd, by))),
@@ -213,7 +236,10 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
             Ok(ok_status())
         }
         Reply::NotFound => Ok(not_found_200()),
-        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
+        Reply::Forbidden(why) => {
+            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
+            Ok(Response::error(403, *why))
+        }
         _ => Ok(unexpected()),
     }
 }
@@ -229,6 +255,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     ctx.config.limits.check_heartbeat(&hb)?;
     let by = crate::auth::agent::principal(ctx, req, peer, Some(&hb.agent_id))?;
     let claimer = by.holder();
+    let credential = by.peer.is_some();
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
@@ -239,7 +266,10 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         Reply::HeartbeatDone(b) => *b,
         Reply::Full => return Ok(Response::error(503, "agent registry is full")),
         Reply::Quota(why) => return Ok(Response::error(429, *why)),
-        Reply::Forbidden(why) => return Ok(Response::error(403, *why)),
+        Reply::Forbidden(why) => {
+            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
+            return Ok(Response::error(403, *why));
+        }
         _ => return Ok(unexpected()),
     };
 

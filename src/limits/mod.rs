@@ -4,7 +4,8 @@
 //!
 //! Refusals: a field or body over its size limit is 413 (too big), a value outside its
 //! range (`ttl` above `--task-ttl-max`) or a body of the wrong shape is 422; each
-//! `{"error": …}` names the field, its size and the flag that sets the limit.
+//! `{"error": …}` names the field, its size and the flag that sets the limit. An id or
+//! name a client chooses that holds a control character is 422 ([`check_printable`]).
 
 mod ledger;
 pub use ledger::ClientLedger;
@@ -106,35 +107,48 @@ impl StoreLimits {
         v.iter().try_for_each(|s| self.field(name, s))
     }
 
+    /// An id or name: a field ([`Self::field`]) that must be printable
+    /// ([`check_printable`]).
+    fn id(&self, name: &str, v: &str) -> Result<(), Response> {
+        self.field(name, v)?;
+        check_printable(name, v)
+    }
+
+    /// A list of names: each an [`Self::id`].
+    fn id_list(&self, name: &str, v: &[String]) -> Result<(), Response> {
+        self.list(name, v)?;
+        v.iter().try_for_each(|s| check_printable(name, s))
+    }
+
     /// `POST /api/registry/agents`.
     pub fn check_agent(&self, a: &AgentInfo) -> Result<(), Response> {
-        self.field("agent_id", &a.agent_id)?;
+        self.id("agent_id", &a.agent_id)?;
         self.field("hostname", &a.hostname)?;
         self.field("ip", &a.ip)?;
-        self.field("sidecar_peer_id", &a.sidecar_peer_id)?;
+        self.id("sidecar_peer_id", &a.sidecar_peer_id)?;
         self.field("status", &a.status)?;
         self.field("mode", &a.mode)?;
         self.field("capabilities.mode", &a.capabilities.mode)?;
-        self.list("capabilities.skills", &a.capabilities.skills)?;
-        self.list("capabilities.mcp_servers", &a.capabilities.mcp_servers)
+        self.id_list("capabilities.skills", &a.capabilities.skills)?;
+        self.id_list("capabilities.mcp_servers", &a.capabilities.mcp_servers)
     }
 
     /// `POST /api/hub/heartbeat`.
     pub fn check_heartbeat(&self, h: &Heartbeat) -> Result<(), Response> {
-        self.field("agent_id", &h.agent_id)?;
+        self.id("agent_id", &h.agent_id)?;
         self.field("hostname", &h.hostname)?;
         self.field("ip", &h.ip)?;
-        self.field("sidecar_peer_id", &h.sidecar_peer_id)?;
+        self.id("sidecar_peer_id", &h.sidecar_peer_id)?;
         self.field("status", &h.status)?;
         self.field("mode", &h.mode)?;
-        self.list("skill_names", &h.skill_names)
+        self.id_list("skill_names", &h.skill_names)
     }
 
     /// `POST /api/hub/tasks`.
     pub fn check_task(&self, t: &TaskSubmission) -> Result<(), Response> {
-        self.field("skill", &t.skill)?;
-        self.field("target_agent_id", &t.target_agent_id)?;
-        self.field("source_agent_id", &t.source_agent_id)?;
+        self.id("skill", &t.skill)?;
+        self.id("target_agent_id", &t.target_agent_id)?;
+        self.id("source_agent_id", &t.source_agent_id)?;
         if t.payload.len() > self.task_payload_bytes_max {
             return Err(too_big(
                 "payload",
@@ -169,6 +183,26 @@ impl StoreLimits {
             }
         }
         Ok(())
+    }
+}
+
+/// Refuses (422) an id or name a client chooses that holds a control character (C0
+/// `U+0000`–`U+001F`, DEL, C1 `U+0080`–`U+009F`): the agent and task ids, skill and MCP
+/// server names, `sidecar_peer_id`, pairing's `agent_name`. They are stored, shown on the
+/// dashboard, written to logs and relayed to other agents, where a NUL or a line break
+/// is never meant (and a line break forges log lines). Free-text fields (`hostname`,
+/// `status`, …) are not ids and keep any text.
+pub fn check_printable(field: &str, v: &str) -> Result<(), Response> {
+    match v.chars().find(|c| c.is_control()) {
+        None => Ok(()),
+        Some(c) => Err(Response::error(
+            422,
+            format!(
+                "field `{field}` contains the control character U+{:04X}; ids and names \
+                 must be printable",
+                u32::from(c)
+            ),
+        )),
     }
 }
 
@@ -237,6 +271,51 @@ mod tests {
         assert_eq!(l.check_update(&u).unwrap_err().status, 413);
         let u: TaskUpdate = parse_body(br#"{"state":"done","error":"1234"}"#).unwrap();
         assert!(l.check_update(&u).is_ok());
+    }
+
+    #[test]
+    fn ids_with_control_characters_are_refused() {
+        let l = StoreLimits::default();
+        for bad in [
+            "a\u{0}b",
+            "a\nb",
+            "a\rb",
+            "\u{7f}",
+            "x\u{85}",
+            "\u{1b}[31m",
+            "\t",
+        ] {
+            let body = serde_json::json!({"agent_id": bad, "hostname": "h"}).to_string();
+            let a: AgentInfo = parse_body(body.as_bytes()).unwrap();
+            let e = l.check_agent(&a).unwrap_err();
+            assert_eq!(e.status, 422, "{bad:?}");
+            let h: Heartbeat = parse_body(body.as_bytes()).unwrap();
+            assert_eq!(l.check_heartbeat(&h).unwrap_err().status, 422, "{bad:?}");
+        }
+        for field in ["skill", "target_agent_id", "source_agent_id"] {
+            let body = serde_json::json!({ field: "a\nb" }).to_string();
+            let t: TaskSubmission = parse_body(body.as_bytes()).unwrap();
+            let e = l.check_task(&t).unwrap_err();
+            assert_eq!(e.status, 422, "{field}");
+        }
+        let a: AgentInfo = parse_body(
+            br#"{"agent_id":"a","hostname":"h","capabilities":{"skills":["ok","b\u0000d"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(l.check_agent(&a).unwrap_err().status, 422);
+        let h: Heartbeat = parse_body(br#"{"agent_id":"a","sidecar_peer_id":"p\u007f"}"#).unwrap();
+        assert_eq!(l.check_heartbeat(&h).unwrap_err().status, 422);
+        // Printable text, any script, spaces and punctuation are fine; so is a control
+        // character in a free-text field.
+        let a: AgentInfo =
+            parse_body("{\"agent_id\":\"agent é 漢字 -_.:/@\",\"hostname\":\"h\\n\"}".as_bytes())
+                .unwrap();
+        assert!(l.check_agent(&a).is_ok());
+        assert!(check_printable("agent_name", "my agent").is_ok());
+        assert_eq!(
+            check_printable("agent_name", "a\u{0}").unwrap_err().status,
+            422
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::net::IpAddr;
 
+use crate::auth::budget::failed;
+use crate::auth::failures::Failure;
 use crate::auth::header_value_str;
 use crate::auth::ops::{Op as TokenOp, Reply as TokenReply};
 use crate::durable::{entry_record, invite_record, token_key, token_record};
@@ -66,13 +68,16 @@ async fn restore(ctx: &ShardCtx, id: EntryId, before: Option<Entry>) {
     tell_entry_owner(ctx, id, || Op::EntryRestore(Box::new((id, before.clone())))).await
 }
 
-/// `POST /api/pairing/generate-code`: needs the `X-API-Key` of a known key.
-pub async fn generate_code(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    let entry = req
+/// `POST /api/pairing/generate-code`: needs the `X-API-Key` of a known key (an unknown
+/// one counts against `client`'s failure budget).
+pub async fn generate_code(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
+    let key = req
         .header("x-api-key")
-        .and_then(|v| header_value_str(v.as_bytes()))
-        .and_then(|k| ctx.config.api_keys.lookup(k));
-    let Some(entry) = entry else {
+        .and_then(|v| header_value_str(v.as_bytes()));
+    let Some(entry) = key.and_then(|k| ctx.config.api_keys.lookup(k)) else {
+        if key.is_some() {
+            failed(ctx, client, Failure::GenerateCode);
+        }
         return Ok(Response::new(401));
     };
     let issuer = Issuer {
@@ -149,6 +154,7 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
         Ok(v) => v,
         Err(e) => return Ok(pair_error(e)),
     };
+    crate::limits::check_printable("agent_name", valid.agent_name)?;
     let code = valid.code;
     let code_key = code.to_string();
     let (issuer, expires_at) = match ask_owner(ctx, &code_key, Op::CodeRedeem(code)).await? {
@@ -397,24 +403,34 @@ struct StatusBody<'a> {
 /// `GET /api/pairing/{id}/status` with `Authorization: Bearer <claim_secret>` (issue
 /// 10): the device's own view of its entry and, once approved, its device token (until
 /// the token is first used or the entry is revoked). Unknown id or wrong secret → 401,
-/// the same answer, so ids cannot be probed.
-pub async fn status(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Response> {
+/// the same answer, so ids cannot be probed; either counts against `client`'s failure
+/// budget (a missing secret does not).
+pub async fn status(
+    ctx: &ShardCtx,
+    req: &Request,
+    raw_id: &str,
+    client: IpAddr,
+) -> Answer<Response> {
     let refused = || Response::error(401, "unknown entry or wrong claim secret");
     let secret = req
         .header("authorization")
         .and_then(|v| crate::auth::admin::bearer_token(v.as_bytes()))
         .ok_or_else(refused)?;
-    let id = EntryId::parse(raw_id).ok_or_else(refused)?;
+    let wrong = || {
+        failed(ctx, client, Failure::PairingStatus);
+        refused()
+    };
+    let id = EntryId::parse(raw_id).ok_or_else(wrong)?;
     let entry = match ask_owner(ctx, &id.to_string(), Op::EntryGet(id)).await? {
         Reply::Entry(e) => e,
-        Reply::NotFound => return Err(refused()),
+        Reply::NotFound => return Err(wrong()),
         _ => return Ok(unexpected()),
     };
     let ok = entry
         .claim_hash
         .is_some_and(|h| ctx.config.secrets.verify(HashKind::ClaimSecret, secret, &h));
     if !ok {
-        return Err(refused());
+        return Err(wrong());
     }
     // Not while the approval is still being saved: a token is handed out only once durable.
     let token = (entry.status == Status::Approved

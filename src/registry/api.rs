@@ -21,13 +21,17 @@ pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> 
     let info: AgentInfo = json_body(req)?;
     ctx.config.limits.check_agent(&info)?;
     let by = crate::auth::agent::principal(ctx, req, peer, Some(&info.agent_id))?;
+    let credential = by.peer.is_some();
     let id = info.agent_id.clone();
     let client = crate::limits::client_key(peer);
     match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client, by)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
         Reply::Quota(why) => Ok(Response::error(429, *why)),
-        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
+        Reply::Forbidden(why) => {
+            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
+            Ok(Response::error(403, *why))
+        }
         _ => Ok(unexpected()),
     }
 }
@@ -89,8 +93,8 @@ pub async fn delete(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 
 /// `GET /api/registry/route?skill=X`: the best candidate of every shard, then the one
 /// with the smallest `route_key` (earliest registered, then `agent_id`).
-pub async fn route(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
-    crate::auth::agent::gate(ctx, req, None)?;
+pub async fn route(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> Answer<Response> {
+    crate::auth::agent::gate(ctx, req, peer, None)?;
     let Some(skill) = req.query_param("skill") else {
         return Ok(Response::error(
             400,

@@ -3,7 +3,12 @@
 //! Hostile clients are bounded here (issue 13):
 //! * the request head must arrive whole within `header_timeout` (a byte trickle does
 //!   not reset it), and a body at `body_rate_min` bytes/s after the same grace; late
-//!   requests get 408 and the connection is closed;
+//!   requests get 408 and the connection is closed. A connection's first request has
+//!   the deadline from the accept (issue 20): a connection that sends nothing at all is
+//!   closed at `header_timeout`, without a response (as nginx's `client_header_timeout`
+//!   does: there is no request to answer, and a browser's unused preconnect must not
+//!   read a 408 as the answer to its next request); between keep-alive requests the
+//!   idle timeout applies instead;
 //! * each client IP may hold `connections_per_ip_max` plain HTTP connections per
 //!   shard; more get 503 and are closed ([`admit`]);
 //! * every early close after an error response is a *lingering* close ([`linger_close`]):
@@ -220,13 +225,32 @@ async fn linger_close_within(mut stream: TcpStream, time_max: Duration) {
 /// Where a request in progress stands against its deadline.
 #[derive(Default)]
 struct Progress {
-    /// When the first byte of the request in progress was read.
+    /// When the first byte of the request in progress was read; before a connection's
+    /// first request, when the connection was accepted.
     head_start: Option<Instant>,
     /// When the body started, and body bytes read since.
     body: Option<(Instant, u64)>,
+    /// No request has been received on this connection yet: the header deadline runs
+    /// from the accept, bytes or not.
+    first: bool,
 }
 
 impl Progress {
+    /// A connection accepted at `accepted`, before its first request.
+    fn accepted(accepted: Instant) -> Progress {
+        Progress {
+            head_start: Some(accepted),
+            body: None,
+            first: true,
+        }
+    }
+
+    /// Whether the deadline passed on a connection that has not sent a byte (given
+    /// that `parser` is idle): it is closed without a response.
+    fn silent(&self, parser: &Parser) -> bool {
+        self.first && parser.is_idle()
+    }
+
     /// The instant the request in progress must be complete by (or its body must have
     /// made more progress by), `None` between requests.
     fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
@@ -243,7 +267,9 @@ impl Progress {
     /// Updates the state after the parser has consumed what it could.
     fn after_parse(&mut self, parser: &Parser, now: Instant) {
         if parser.is_idle() {
-            *self = Progress::default();
+            if !self.first {
+                *self = Progress::default();
+            }
             return;
         }
         if self.head_start.is_none() {
@@ -280,7 +306,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
-    let mut progress = Progress::default();
+    // The first request's header deadline runs from here (see `Progress::accepted`).
+    let mut progress = Progress::accepted(Instant::now());
     let shutdown = ctx.shard.shutdown_event().clone();
     // A plain request has been answered on this connection (it is keep-alive).
     let mut answered = false;
@@ -317,7 +344,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                     }
                     // The stream's reads are its own from here.
                     drop(rx.take());
-                    crate::dashboard::api::event_stream(ctx, stream, &req).await;
+                    crate::dashboard::api::event_stream(ctx, stream, &req, peer.ip()).await;
                     return;
                 }
                 Event::Request(req) => {
@@ -391,6 +418,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
         let wait = match deadline {
             Some(d) if d <= now => {
                 drop(rx.take());
+                if progress.silent(&parser) {
+                    return;
+                }
                 return late(ctx, stream, &progress).await;
             }
             Some(d) => (d - now).min(ctx.config.http_idle_timeout),
@@ -448,10 +478,11 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
         };
         match outcome {
             Err(_elapsed) => {
-                if deadline.is_some_and(|d| d <= Instant::now()) {
+                if deadline.is_some_and(|d| d <= Instant::now()) && !progress.silent(&parser) {
                     drop(rx.take());
                     return late(ctx, stream, &progress).await;
                 }
+                // Idle past the timeout, or silent since the accept: close.
                 return;
             }
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
@@ -534,6 +565,32 @@ mod tests {
             pr.deadline(&limits(1024)),
             Some(t0 + Duration::from_secs(10))
         );
+    }
+
+    #[test]
+    fn first_request_deadline_runs_from_the_accept() {
+        let t0 = Instant::now();
+        let mut pr = Progress::accepted(t0);
+        // Nothing read yet: the deadline is the accept's, and stays so.
+        pr.after_parse(&parser_with(b""), t0 + Duration::from_secs(3));
+        assert_eq!(
+            pr.deadline(&limits(1024)),
+            Some(t0 + Duration::from_secs(10))
+        );
+        assert!(pr.silent(&parser_with(b"")));
+        // The first bytes do not move it either.
+        let p = parser_with(b"GET / HTTP/1.1\r\n");
+        pr.after_parse(&p, t0 + Duration::from_secs(5));
+        assert_eq!(
+            pr.deadline(&limits(1024)),
+            Some(t0 + Duration::from_secs(10))
+        );
+        assert!(!pr.silent(&p));
+        // After the first request, idle means no deadline (the idle timeout applies).
+        let mut pr = Progress::default();
+        pr.after_parse(&parser_with(b""), t0);
+        assert_eq!(pr.deadline(&limits(1024)), None);
+        assert!(!pr.silent(&parser_with(b"")));
     }
 
     #[test]

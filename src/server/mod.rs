@@ -65,6 +65,11 @@ pub struct ServerConfig {
     pub limits: crate::limits::StoreLimits,
     /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
     pub require_agent_auth: bool,
+    /// The failure budgets of the routes that check a secret (`auth::failures`),
+    /// server-wide: each shard enforces its share of the total.
+    pub auth_failures: crate::auth::failures::FailureLimits,
+    /// Clock skew allowed on a JWT's `exp`, `nbf` and `iat` (`--jwt-leeway-secs`).
+    pub jwt_leeway_secs: u64,
     /// `--insecure-open-admin`: the operator routes need no admin token (the reference's
     /// open admin plane).
     pub insecure_open_admin: bool,
@@ -95,6 +100,8 @@ impl ServerConfig {
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
             require_agent_auth: false,
+            auth_failures: crate::auth::failures::FailureLimits::default(),
+            jwt_leeway_secs: crate::auth::jwt::LEEWAY_SECS_DEFAULT,
             insecure_open_admin: false,
             secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
             store: None,
@@ -115,6 +122,11 @@ pub struct ShardState {
     pub pairing: RefCell<pairing::Store>,
     /// Auth: the device-token index.
     pub tokens: RefCell<DeviceTokenIndex>,
+    /// Auth: wrong secrets of the client addresses this shard owns
+    /// (`shard_of(address)`).
+    pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
+    /// Auth: what this shard has heard of other shards' addresses with recent failures.
+    pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
     /// Dashboard: the changes to the state above, for the event stream.
@@ -151,6 +163,7 @@ impl ShardCtx {
             claim_bytes_max: config.limits.list_response_bytes_max,
             ..TaskStoreConfig::default()
         };
+        let shards = shard.count();
         ShardCtx {
             shard,
             counters: ShardCounters::default(),
@@ -166,6 +179,12 @@ impl ShardCtx {
                 }),
                 pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
                 tokens: RefCell::new(DeviceTokenIndex::new()),
+                auth_failures: RefCell::new(crate::auth::failures::FailureLedger::new(
+                    config.auth_failures.shard_share(shards),
+                )),
+                auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
+                    &config.auth_failures,
+                )),
                 authz: RefCell::new(PeerAuthz::default()),
                 events: RefCell::new(crate::dashboard::EventRing::new()),
             },
@@ -310,7 +329,15 @@ impl ShardCtx {
                 Some(Msg::PairingReply(reply))
             }
             Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op))),
-            Msg::Auth(op) => Some(Msg::AuthReply(op.apply(&mut st.tokens.borrow_mut()))),
+            Msg::Auth(op) => {
+                let mut tokens = st.tokens.borrow_mut();
+                let mut failures = st.auth_failures.borrow_mut();
+                let store = crate::auth::ops::Store {
+                    tokens: &mut tokens,
+                    failures: &mut failures,
+                };
+                Some(Msg::AuthReply(op.apply(store, self.now())))
+            }
             Msg::Signaling(op) => signaling::api::on_op(self, op).map(Msg::SignalingReply),
             Msg::Adopt(a) => {
                 signaling::api::on_adopt(self, a);
@@ -347,13 +374,15 @@ impl ShardCtx {
     }
 
     pub fn metrics_snapshot(&self) -> ShardMetrics {
-        ShardMetrics::snapshot(
+        let mut m = ShardMetrics::snapshot(
             self.shard.id(),
             self.shard.driver(),
             &self.counters,
             self.shard.stats(),
             self.ws.metrics(),
-        )
+        );
+        m.auth.addresses = self.state.auth_failures.borrow().len() as u64;
+        m
     }
 
     fn job_health(&self) {
@@ -394,6 +423,8 @@ impl ShardCtx {
             pairing.guard.sweep(now);
             expired
         };
+        self.state.auth_failures.borrow_mut().sweep(now);
+        self.state.auth_hints.borrow_mut().sweep(now);
         self.state.authz.borrow_mut().sweep(now);
         self.commit_later(
             expired

@@ -321,16 +321,31 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         .with_header("allow", allow_header(m.methods));
     }
     let p = |i: usize| m.params.get(i).copied().unwrap_or("");
+    let ip = peer.ip();
+    // The failure budget (issue 20): an address that presented too many wrong secrets
+    // is refused before any secret of this request is looked at.
+    if let Some(secret_route) = auth::budget::secret_route_of(m.route, method, &ctx.config, req)
+    {
+        if let Err(resp) = auth::budget::admit(ctx, ip, secret_route).await {
+            return resp;
+        }
+    }
     if is_admin_route(m.route, method) && !ctx.config.insecure_open_admin {
         let header = req.header("authorization").map(|v| v.as_bytes());
-        if let Err(e) = auth::admin::authorize_admin(header, &ctx.config.jwt_secret, ctx.now()) {
+        let cfg = &ctx.config;
+        if let Err(e) =
+            auth::admin::authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs)
+        {
+            if e.is_forgery() {
+                auth::budget::failed(ctx, ip, auth::failures::Failure::Admin);
+            }
             return Response::json_bytes(e.status(), e.body().into_bytes());
         }
     }
     let result = match m.route {
         Route::Healthz => Ok(healthz()),
         Route::Metrics => Ok(metrics(ctx).await),
-        Route::Token => auth::api::token(ctx, req).await,
+        Route::Token => auth::api::token(ctx, req, ip).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),
         Route::Agents if method == Method::Post => {
             registry::api::register(ctx, req, peer.ip()).await
@@ -338,28 +353,28 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Agents => registry::api::list_page(ctx, req).await,
         Route::Agent if method == Method::Delete => registry::api::delete(ctx, p(0)).await,
         Route::Agent => registry::api::get(ctx, p(0)).await,
-        Route::RouteSkill => registry::api::route(ctx, req).await,
+        Route::RouteSkill => registry::api::route(ctx, req, ip).await,
         Route::Heartbeat => hub::api::heartbeat(ctx, req, peer.ip()).await,
         Route::Topology => registry::api::topology_route(ctx).await,
         Route::Tasks => hub::api::create(ctx, req, peer.ip()).await,
-        Route::TasksAll => hub::api::list_page(ctx, req, peer.ip()).await,
-        Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0), peer.ip()).await,
-        Route::Task => hub::api::get(ctx, req, p(0), peer.ip()).await,
-        Route::GenerateCode => pairing::api::generate_code(ctx, req).await,
+        Route::TasksAll => hub::api::list_page(ctx, req, ip).await,
+        Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0), ip).await,
+        Route::Task => hub::api::get(ctx, req, p(0), ip).await,
+        Route::GenerateCode => pairing::api::generate_code(ctx, req, ip).await,
         Route::Pair => pairing::api::pair(ctx, req, peer.ip()).await,
         Route::PairingPending => pairing::paged::list_page(ctx, req, true).await,
         Route::PairingAll => pairing::paged::list_page(ctx, req, false).await,
         Route::Approve => pairing::api::approve(ctx, p(0)).await,
         Route::Reject => pairing::api::reject(ctx, p(0)).await,
         Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
-        Route::PairingStatus => pairing::api::status(ctx, req, p(0)).await,
+        Route::PairingStatus => pairing::api::status(ctx, req, p(0), ip).await,
         Route::DebugClock => debug::clock(ctx, req).await,
         Route::DashboardPage => Ok(dashboard::assets::index()),
         Route::DashboardFile => Ok(dashboard::assets::file(p(0))),
-        Route::DashboardAgents => dashboard::api::agents(ctx, req).await,
-        Route::DashboardTasks => dashboard::api::tasks(ctx, req).await,
-        Route::DashboardSummary => dashboard::api::summary(ctx, req).await,
-        Route::DashboardInvite => dashboard::api::invite(ctx, req).await,
+        Route::DashboardAgents => dashboard::api::agents(ctx, req, ip).await,
+        Route::DashboardTasks => dashboard::api::tasks(ctx, req, ip).await,
+        Route::DashboardSummary => dashboard::api::summary(ctx, req, ip).await,
+        Route::DashboardInvite => dashboard::api::invite(ctx, req, ip).await,
         Route::OpenApi => Ok(openapi()),
     };
     result.unwrap_or_else(|resp| resp)

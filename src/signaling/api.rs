@@ -56,8 +56,7 @@ pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<Adopt>) {
 /// Writes an HTTP error response and closes with a lingering close: the client may
 /// still be sending (frames pipelined after its upgrade request), and closing with its
 /// bytes unread would turn the refusal into a reset it never reads.
-async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
-    let mut out = Vec::new();
+async fn refuse(stream: TcpStream, status: u16, reason: &str) {
     let mut resp = Response::error(status, reason);
     if status == 405 {
         resp = resp.with_header("allow", "GET");
@@ -65,6 +64,12 @@ async fn refuse(mut stream: TcpStream, status: u16, reason: &str) {
     if status == 426 {
         resp = resp.with_header("sec-websocket-version", "13");
     }
+    send_refusal(stream, resp).await
+}
+
+/// Writes `resp` and closes (lingering), as [`refuse`].
+async fn send_refusal(mut stream: TcpStream, resp: Response) {
+    let mut out = Vec::new();
     resp.encode(false, false, &mut out);
     // Bounded: a refused client that does not read must not hold the task and its fd.
     if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await
@@ -96,10 +101,27 @@ pub async fn upgrade(
         // Not a peer id a signaling client can register: it holds a NUL.
         format!("\0ws-echo {peer}")
     } else {
+        // The failure budget (issue 20) before the token is looked at.
+        let route = crate::auth::failures::SecretRoute::Ws;
+        if let Err(resp) = crate::auth::budget::admit(ctx, peer.ip(), route).await {
+            return send_refusal(stream, resp).await;
+        }
         let now = ctx.now();
-        match crate::auth::jwt::verify(&ctx.config.jwt_secret, &up.token, now.as_secs()) {
+        let cfg = &ctx.config;
+        match crate::auth::jwt::verify_leeway(
+            &cfg.jwt_secret,
+            &up.token,
+            now.as_secs(),
+            cfg.jwt_leeway_secs,
+        ) {
             Ok(c) => c.sub,
-            Err(_) => return refuse(stream, 401, "invalid or expired token").await,
+            Err(e) => {
+                if e.is_forgery() {
+                    let failure = crate::auth::failures::Failure::Ws;
+                    crate::auth::budget::failed(ctx, peer.ip(), failure);
+                }
+                return refuse(stream, 401, "invalid or expired token").await;
+            }
         }
     };
     if ctx.shard.is_shutting_down() {

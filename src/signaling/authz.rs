@@ -20,7 +20,8 @@ pub struct PeerAuthz {
 }
 
 /// How long a revocation is remembered: past this, every JWT issued before it has
-/// expired (300 s lifetime + 60 s leeway), so the record is no longer needed.
+/// expired (300 s lifetime + the largest `--jwt-leeway-secs`, 60 s), so the record is
+/// no longer needed.
 pub const REVOCATION_MEMORY: Duration = Duration::from_secs(360);
 
 impl PeerAuthz {
