@@ -57,7 +57,7 @@ fn pending_task(id: u32, len: usize) -> chatixia_store::Mutation {
         target_agent_id: String::new(),
         source_agent_id: "agent-001".into(),
         assigned_agent_id: String::new(),
-        payload: serde_json::Value::String("x".repeat(len)),
+        payload: serde_json::Value::String("x".repeat(len)).into(),
         state: "pending".into(),
         result: String::new(),
         error: String::new(),
