@@ -108,8 +108,8 @@ impl std::fmt::Display for StoreError {
             }
             StoreError::SecretMismatch { file } => write!(
                 f,
-                "{} was written under a different server secret; refusing to start \
-                 (stored device-token hashes would never match)",
+                "{} was written under a different server secret (SIGNALING_SECRET); refused: \
+                 its stored device-token hashes would never match",
                 file.display()
             ),
             StoreError::Commit { file, message } => {
