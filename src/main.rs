@@ -106,7 +106,8 @@ impl StoreWatch {
                 self.refused_at_log = stats.refused_unavailable;
             }
             (Some(since), true) => {
-                tracing::info!(
+                // Warning level, as the error it ends: a log filtered to warnings shows both.
+                tracing::warn!(
                     "state store available again after {:.1} s",
                     (now - since).as_secs_f64()
                 );
