@@ -598,13 +598,13 @@ impl<B: Backend> Thread<B> {
         let export = match self.backend.export() {
             Ok(x) => x,
             Err(e) => {
-                let _ = chunks.push(Chunk::End(Err(e.to_string())));
-                doorbell.ring();
                 self.shared
                     .stats
                     .backups_failed
                     .fetch_add(1, Ordering::Relaxed);
                 self.shared.backup_running.store(false, Ordering::Release);
+                let _ = chunks.push(Chunk::End(Err(e.to_string())));
+                doorbell.ring();
                 return;
             }
         };
@@ -628,17 +628,17 @@ impl<B: Backend> Thread<B> {
                         })
                     })
                     .map_err(|e| e.to_string());
-                let ok = result.is_ok();
-                // The end marker needs one free slot; a client that stopped reading gets
-                // none and the stream just ends.
-                let _ = w.push(Chunk::End(result));
-                let counter = if ok {
+                let counter = if result.is_ok() {
                     &shared.stats.backups
                 } else {
                     &shared.stats.backups_failed
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
+                // The snapshot is written: another backup may start.
                 shared.backup_running.store(false, Ordering::Release);
+                // The end marker needs one free slot; a client that stopped reading gets
+                // none and the stream just ends.
+                let _ = w.push(Chunk::End(result));
             });
         if spawned.is_err() {
             self.shared
