@@ -214,6 +214,8 @@ pub struct StoreFlags {
 }
 
 /// Subcommands besides serving.
+// Parsed once at start: the size of the load generator's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
     /// Load generator: measure a chatixia server (this one or another build) by URL.

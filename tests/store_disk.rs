@@ -23,8 +23,12 @@ use chatixia_store::{
 
 const SECRET: &str = "store-disk-test-secret";
 
-/// A tmpfs mounted for one test, unmounted (lazily) on drop.
-struct Tmpfs(PathBuf, TempDir);
+/// A tmpfs mounted for one test, unmounted (lazily) on drop, before its mount point's
+/// scratch directory is removed.
+struct Tmpfs {
+    path: PathBuf,
+    _scratch: TempDir,
+}
 
 impl Tmpfs {
     /// `None` (after saying why) when this process may not mount; a failure under
@@ -38,7 +42,10 @@ impl Tmpfs {
             .arg(&mnt)
             .output();
         match out {
-            Ok(o) if o.status.success() => Some(Tmpfs(mnt, dir)),
+            Ok(o) if o.status.success() => Some(Tmpfs {
+                path: mnt,
+                _scratch: dir,
+            }),
             other => {
                 let why = match other {
                     Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -57,7 +64,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
@@ -190,7 +197,7 @@ fn fill_disk(dir: &Path) -> PathBuf {
 #[test]
 fn a_full_disk_refuses_writes_with_503_keeps_serving_and_recovers_by_itself() {
     let Some(fs) = Tmpfs::mount("4m") else { return };
-    let dir = fs.0.join("data");
+    let dir = fs.path.join("data");
     fill(&dir);
     let mut s = start(&dir);
     // Entry 2's device is connected when it gets revoked.
@@ -206,7 +213,7 @@ fn a_full_disk_refuses_writes_with_503_keeps_serving_and_recovers_by_itself() {
         assert_eq!(r.status, 200, "{}", r.text());
         acked.push(r.json()["task_id"].as_str().unwrap().to_owned());
     }
-    let ballast = fill_disk(&fs.0);
+    let ballast = fill_disk(&fs.path);
     // What fits in the database's free pages is still saved; then the disk refuses.
     let mut refused = None;
     for _ in 0..500 {

@@ -218,6 +218,9 @@ impl Rng {
     }
 }
 
+/// Damage applied to a copy of `state.redb`.
+type Damage = Box<dyn Fn(&Path, &mut Rng)>;
+
 fn overwrite(file: &Path, offset: u64, len: usize, rng: &mut Rng) {
     use std::io::{Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
@@ -240,7 +243,7 @@ fn damaged_data_directory_starts_complete_or_exits_2_with_one_line() {
     fill(&clean, writes);
     let len = std::fs::metadata(clean.join(DB_FILE)).unwrap().len();
     let mut rng = Rng(0x22_2222);
-    let mut cases: Vec<(String, Box<dyn Fn(&Path, &mut Rng)>)> = Vec::new();
+    let mut cases: Vec<(String, Damage)> = Vec::new();
     for page in (0..len / 4096).step_by(3) {
         cases.push((
             format!("page {page} overwritten"),

@@ -65,6 +65,8 @@ pub async fn route_ws(
 pub enum Route {
     Healthz,
     Readyz,
+    /// `GET` is answered by [`stream_route`]; here only what is left (`HEAD`).
+    AdminBackup,
     Metrics,
     Token,
     IceConfig,
@@ -237,6 +239,11 @@ const ROUTES: &[RouteDef] = &[
         methods: &[Method::Post],
     },
     RouteDef {
+        pattern: backup::BACKUP_PATH,
+        route: Route::AdminBackup,
+        methods: &[Method::Get],
+    },
+    RouteDef {
         pattern: "/debug/clock",
         route: Route::DebugClock,
         methods: &[Method::Post],
@@ -345,6 +352,11 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     let result = match m.route {
         Route::Healthz => Ok(healthz()),
         Route::Readyz => Ok(readyz(ctx)),
+        Route::AdminBackup => Ok(Response::error(
+            405,
+            "a backup is a GET (its length is not known in advance)",
+        )
+        .with_header("allow", "GET")),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),

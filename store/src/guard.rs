@@ -63,7 +63,7 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 
 /// `s` on one line (newlines and tabs become spaces), for one-line error reports.
 pub(crate) fn one_line(s: &str) -> String {
-    s.split(|c: char| c == '\n' || c == '\r' || c == '\t')
+    s.split(['\n', '\r', '\t'])
         .filter(|p| !p.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
