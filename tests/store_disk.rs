@@ -276,14 +276,25 @@ fn a_full_disk_refuses_writes_with_503_keeps_serving_and_recovers_by_itself() {
     assert_eq!(device_jwt(&s, 2).status, 401);
     assert_eq!(status_of(&s, 2), "revoked");
     assert_eq!(metric(&s, "chatixia_store_retained_writes"), 1);
-    // Logged once, not once per refused request.
-    let log = s.log();
-    let lines = log
-        .lines()
-        .filter(|l| l.contains("state store unavailable"))
-        .count();
-    assert_eq!(lines, 1, "{log}");
-    assert!(!log.contains("store commit failed"), "{log}");
+    // Logged once (by the control thread, which looks every 200 ms), not once per
+    // refused request.
+    let logged = |s: &Server| {
+        s.log()
+            .lines()
+            .filter(|l| l.contains("state store unavailable"))
+            .count()
+    };
+    let t0 = Instant::now();
+    while logged(&s) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..20 {
+        assert_eq!(submit(&s, 10).status, 503);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(logged(&s), 1, "{}", s.log());
+    assert!(!s.log().contains("store commit failed"), "{}", s.log());
 
     // Space returns: the store recovers by itself.
     std::fs::remove_file(&ballast).unwrap();

@@ -423,8 +423,9 @@ pub fn readyz(ctx: &ShardCtx) -> Response {
     if h.available {
         return Response::json_static(200, br#"{"status":"ready"}"#);
     }
-    let secs = ctx
-        .now()
+    // The store stamps the wall clock; the test clock's offset does not apply.
+    let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
+    let secs = wall
         .saturating_duration_since(crate::time::UnixTime(h.since_ns))
         .as_secs();
     let body = serde_json::json!({
