@@ -10,7 +10,8 @@ use reactor::driver::DriverChoice;
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chatixia-core", version, about)]
 pub struct Cli {
-    /// No subcommand: serve (the flags below). `bench`: the load generator.
+    /// No subcommand: serve (the flags below). `bench`: the load generator. `store`:
+    /// check, back up, restore or export the durable state.
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -52,6 +53,23 @@ pub struct Cli {
     /// Seconds a finished (completed/failed) task stays readable before it is removed.
     #[arg(long, default_value_t = 3600.0)]
     pub task_retention: f64,
+
+    /// Seconds a rejected or revoked pairing entry is kept (listed, and in the data
+    /// directory) after its last change; then it is removed from both. Default 30 days.
+    #[arg(long, default_value_t = 30.0 * 24.0 * 3600.0)]
+    pub pairing_retention: f64,
+
+    /// Seconds between tries to recover the state store after the disk refused a write
+    /// (full, read-only, failing): each try reopens the database and writes the kept
+    /// revocations (or a probe); the store takes writes again once one succeeds.
+    #[arg(long, default_value_t = 2.0)]
+    pub store_retry_interval: f64,
+
+    /// Revocations kept in memory while the state store is unavailable, to be written once
+    /// it recovers (each ≈ 1 KiB); past it a revocation still takes effect in memory but is
+    /// answered 503 (not saved: repeat it after the store recovers).
+    #[arg(long, default_value_t = 65_536)]
+    pub store_retained_writes_max: usize,
 
     /// STUN server URL for `GET /api/config` (repeatable). Default: the reference's
     /// `stun:stun.l.google.com:19302`; `--stun-url none` configures no STUN server.
@@ -292,10 +310,67 @@ impl AuthFlags {
 }
 
 /// Subcommands besides serving.
+// Parsed once at start: the size of the load generator's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Command {
     /// Load generator: measure a chatixia server (this one or another build) by URL.
     Bench(loadgen::BenchArgs),
+    /// The durable state: verify, back up (from a running server), restore, export.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `chatixia-core store …` (issue 22). Each exits 0 on success and 2 on a problem with
+/// the data, with one line on stderr naming the file and what is wrong. The server secret
+/// is `SIGNALING_SECRET`, as for the server.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum StoreCommand {
+    /// Check a data directory offline (the server's start-up check: every page and every
+    /// record) and report what it holds. Refused while a server runs on it.
+    Verify {
+        /// The data directory.
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Back up a running server's state to FILE without stopping it (GET
+    /// /api/admin/backup: a consistent snapshot, written by the server's storage side).
+    Backup {
+        /// Where to write the backup (refused if it exists).
+        #[arg(long)]
+        to: std::path::PathBuf,
+        /// The running server (plain HTTP).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An admin API key, exchanged at /api/token for an admin JWT. Without one, the
+        /// command signs a short-lived admin JWT with SIGNALING_SECRET itself.
+        #[arg(long, env = "CHATIXIA_ADMIN_API_KEY")]
+        api_key: Option<String>,
+    },
+    /// Restore a backup (or export) into a data directory. Refused: a damaged backup, a
+    /// backup written under another server secret, a directory a server runs on, and a
+    /// directory that already holds a store unless --replace.
+    Restore {
+        /// The backup file.
+        #[arg(long)]
+        from: std::path::PathBuf,
+        /// The data directory.
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        data_dir: std::path::PathBuf,
+        /// Move an existing state.redb aside (to state.redb.before-restore) first.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Write a data directory's state as JSON lines (the backup format), offline. Device
+    /// tokens appear only as keyed hashes or sealed. Refused while a server runs on it.
+    Export {
+        /// The data directory.
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        data_dir: std::path::PathBuf,
+        /// Write here instead of to stdout (refused if it exists).
+        #[arg(long)]
+        to: Option<std::path::PathBuf>,
+    },
 }
 
 fn parse_driver(s: &str) -> Result<DriverChoice, String> {
@@ -403,6 +478,23 @@ impl Cli {
 
     pub fn task_retention(&self) -> Result<Duration, String> {
         secs("--task-retention", self.task_retention)
+    }
+
+    pub fn pairing_retention(&self) -> Result<Duration, String> {
+        secs("--pairing-retention", self.pairing_retention)
+    }
+
+    /// The storage thread's limits.
+    pub fn store_config(&self) -> Result<chatixia_store::StoreConfig, String> {
+        let retry = secs("--store-retry-interval", self.store_retry_interval)?;
+        if retry < Duration::from_millis(10) {
+            return Err("--store-retry-interval must be at least 0.01 seconds".into());
+        }
+        Ok(chatixia_store::StoreConfig {
+            retry_interval: retry,
+            retained_writes_max: self.store_retained_writes_max,
+            ..chatixia_store::StoreConfig::default()
+        })
     }
 
     /// The STUN URLs after applying the default and `none`.

@@ -10,13 +10,13 @@
 //! Sans-IO: plain conversions and a pure split; the shard loads its part at start.
 
 use chatixia_store::{
-    DeviceTokenRecord, HashKind, InviteRecord, PairingRecord, PairingStatus, Secrets, Snapshot,
-    TaskHolder, TaskRecord, TokenHash,
+    DeviceTokenRecord, HashKind, InviteRecord, JsonText, PairingRecord, PairingStatus, Secrets,
+    Snapshot, TaskHolder, TaskRecord, TokenHash,
 };
 use reactor::shard_of;
 
 use crate::auth::principal::Holder;
-use crate::hub::{Placement, Task, TaskAccess, TaskSubmission};
+use crate::hub::{Payload, Placement, Task, TaskAccess, TaskSubmission};
 use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
 use crate::time::UnixTime;
 
@@ -134,11 +134,8 @@ pub fn task_record(t: &Task) -> TaskRecord {
         target_agent_id: t.target_agent_id.clone(),
         source_agent_id: t.source_agent_id.clone(),
         assigned_agent_id: t.assigned_agent_id.clone(),
-        // The record holds a `serde_json::Value`: numbers beyond f64 are rounded on
-        // disk (exact in memory); one a Value cannot hold at all (`1e400`) is kept as
-        // its JSON text in a string.
-        payload: serde_json::from_str(t.payload.get())
-            .unwrap_or_else(|_| serde_json::Value::String(t.payload.get().to_owned())),
+        // The record holds the JSON text itself: every digit survives a restart.
+        payload: JsonText::from_json(t.payload.get()).unwrap_or_else(|_| JsonText::null()),
         state: t.state.clone(),
         result: t.result.clone(),
         error: t.error.clone(),
@@ -172,7 +169,9 @@ pub fn task_of(r: TaskRecord) -> Task {
         target_agent_id: r.target_agent_id,
         source_agent_id: r.source_agent_id,
         assigned_agent_id: r.assigned_agent_id,
-        payload: r.payload.into(),
+        // Stored canonical text (or, from an older store, a `serde_json::Value`'s, which
+        // is canonical too); it was valid JSON when loaded.
+        payload: Payload::from_json(r.payload.get()).unwrap_or_default(),
         state: r.state,
         result: r.result,
         error: r.error,

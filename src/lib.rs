@@ -15,5 +15,6 @@ pub mod pairing;
 pub mod registry;
 pub mod server;
 pub mod signaling;
+pub mod store_cli;
 
 pub use wire::{http, time, ws};

@@ -34,23 +34,97 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(Command::Bench(args)) = cli.command {
-        return loadgen::main(args);
+    match cli.command.clone() {
+        Some(Command::Bench(args)) => return loadgen::main(args),
+        Some(Command::Store(cmd)) => return chatixia_core::store_cli::main(cmd),
+        None => {}
     }
     match run(cli) {
         Ok(code) => code,
-        Err(e) => {
+        Err(Failure::Store(e)) => {
+            // One line naming the file and the problem; the data needs an operator.
+            eprintln!("chatixia-core: {}", e.replace(['\n', '\r'], " "));
+            ExitCode::from(chatixia_core::store_cli::EXIT_STORE_PROBLEM)
+        }
+        Err(Failure::Other(e)) => {
             eprintln!("chatixia-core: {e}");
             ExitCode::from(1)
         }
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, String> {
+/// Why the server did not run: the data directory (exit status 2) or anything else (1).
+enum Failure {
+    Store(String),
+    Other(String),
+}
+
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Other(e)
+    }
+}
+
+/// How often the control thread repeats that the state store is still unavailable.
+const STORE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs the state store's availability from the control thread: once when it becomes
+/// unavailable, once per [`STORE_LOG_INTERVAL`] while it stays so, once when it recovers
+/// (never once per refused request).
+struct StoreWatch {
+    down_since: Option<std::time::Instant>,
+    last_log: std::time::Instant,
+    refused_at_log: u64,
+}
+
+impl StoreWatch {
+    fn poll(&mut self, handle: &chatixia_store::StoreHandle) {
+        let health = handle.health();
+        let stats = handle.stats();
+        let now = std::time::Instant::now();
+        let reason = health.reason.unwrap_or_default();
+        match (self.down_since, health.available) {
+            (None, false) => {
+                tracing::error!(
+                    "state store unavailable: {reason}; changes that need a write are \
+                     refused with 503 until it recovers (retried in the background)"
+                );
+                self.down_since = Some(now);
+                self.last_log = now;
+                self.refused_at_log = stats.refused_unavailable;
+            }
+            (Some(since), false) if now - self.last_log >= STORE_LOG_INTERVAL => {
+                tracing::warn!(
+                    "state store still unavailable after {:.0} s: {reason}; {} writes \
+                     refused in the last {:.0} s, {} revocations waiting to be saved",
+                    (now - since).as_secs_f64(),
+                    stats.refused_unavailable - self.refused_at_log,
+                    (now - self.last_log).as_secs_f64(),
+                    stats.retained
+                );
+                self.last_log = now;
+                self.refused_at_log = stats.refused_unavailable;
+            }
+            (Some(since), true) => {
+                // Warning level, as the error it ends: a log filtered to warnings shows both.
+                tracing::warn!(
+                    "state store available again after {:.1} s",
+                    (now - since).as_secs_f64()
+                );
+                self.down_since = None;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let addr = cli.listen_addr()?;
     let shutdown_timeout = cli.shutdown_timeout()?;
     let mut config = ServerConfig::new(cli.http_idle_timeout()?);
     config.task_retention = cli.task_retention()?;
+    config.pairing_retention = cli.pairing_retention()?;
+    let store_config = cli.store_config()?;
     config.stun_urls = cli.stun_urls();
     config.test_clock = cli.test_clock;
     config.ws = cli.ws_limits()?;
@@ -97,7 +171,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         );
     }
     // Control thread, before any shard starts: opening the store may block on the disk.
-    let (store, snapshot) = open_store(&cli.data_dir, &config.secrets)?;
+    let (store, snapshot) = open_store(
+        &cli.data_dir,
+        &config.secrets,
+        store_config,
+        config.pairing_retention,
+    )
+    .map_err(Failure::Store)?;
     config.store = Some(store.handle());
     match reactor::sys::raise_nofile() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
@@ -147,7 +227,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 
     let trim_interval = cli.malloc_trim_interval()?;
     let mut last_trim = std::time::Instant::now();
+    let store_handle = store.handle();
+    let mut watch = StoreWatch {
+        down_since: None,
+        last_log: last_trim,
+        refused_at_log: 0,
+    };
     loop {
+        watch.poll(&store_handle);
         if !trim_interval.is_zero() && last_trim.elapsed() >= trim_interval {
             trim_heap();
             last_trim = std::time::Instant::now();
@@ -157,9 +244,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             break;
         }
         if let Some(i) = running.failed_shard() {
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "shard {i} stopped unexpectedly (see the log above)"
-            ));
+            )));
         }
     }
     match running.shutdown(shutdown_timeout) {
@@ -167,7 +254,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Stopped::TimedOut => {
             tracing::warn!("shutdown timeout reached; remaining connections were dropped")
         }
-        Stopped::ShardFailed(i) => return Err(format!("shard {i} failed during shutdown")),
+        Stopped::ShardFailed(i) => {
+            return Err(Failure::Other(format!("shard {i} failed during shutdown")))
+        }
     }
     // Commits what is queued and releases the data directory's lock.
     store.close();
@@ -175,25 +264,29 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 /// Opens the data directory (lock, recovery, integrity check, secret check) and loads
-/// every record; drops invite codes that expired while the server was down. A damaged,
-/// locked or unreadable directory is an error naming the file and the problem.
+/// every record; drops invite codes that expired, and rejected or revoked pairing entries
+/// whose retention ran out, while the server was down. A damaged, locked or unreadable
+/// directory is an error naming the file and the problem.
 fn open_store(
     dir: &std::path::Path,
     secrets: &chatixia_store::Secrets,
+    config: chatixia_store::StoreConfig,
+    pairing_retention: Duration,
 ) -> Result<(chatixia_store::Store, chatixia_store::Snapshot), String> {
-    let (store, mut snapshot) =
-        chatixia_store::Store::open(dir, secrets, chatixia_store::StoreConfig::default())
-            .map_err(|e| format!("cannot open the data directory: {e}"))?;
+    let (store, mut snapshot) = chatixia_store::Store::open(dir, secrets, config)
+        .map_err(|e| format!("cannot open the data directory: {e}"))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0);
-    let expired = snapshot.take_expired_invites(now);
-    if !expired.is_empty() {
-        store
-            .handle()
-            .write_blocking(expired)
-            .map_err(|e| format!("cannot drop expired invite codes: {e}"))?;
+    let mut gone = snapshot.take_expired_invites(now);
+    let retention_ns = u64::try_from(pairing_retention.as_nanos()).unwrap_or(u64::MAX);
+    gone.extend(snapshot.take_retired_pairings(now.saturating_sub(retention_ns)));
+    if !gone.is_empty() {
+        // Best effort: a disk that refuses it leaves them for the next start.
+        if let Err(e) = store.handle().write_blocking(gone) {
+            tracing::warn!(error = %e, "cannot drop expired invite codes and retired pairing entries");
+        }
     }
     tracing::info!(data_dir = %dir.display(), "{}", snapshot.summary());
     Ok((store, snapshot))

@@ -242,10 +242,58 @@ fn render_auth(out: &mut String, shards: &[ShardMetrics]) {
     }
 }
 
-/// The durable store's counters (issue 10) in the Prometheus text format: commits are
-/// fsyncs (one per group commit).
-pub fn render_store(stats: &chatixia_store::StoreStats) -> String {
-    let series: [(&str, &str, &str, u64); 5] = [
+/// The durable store's counters (issues 10, 22) in the Prometheus text format: commits are
+/// fsyncs (one per group commit); `available` is what `/readyz` reports.
+pub fn render_store(stats: &chatixia_store::StoreStats, available: bool) -> String {
+    let series: [(&str, &str, &str, u64); 13] = [
+        (
+            "chatixia_store_available",
+            "gauge",
+            "1 while the state store takes writes, 0 while the disk refuses them (see /readyz).",
+            u64::from(available),
+        ),
+        (
+            "chatixia_store_unavailable_total",
+            "counter",
+            "Times the state store became unavailable (a commit the disk refused).",
+            stats.unavailable_episodes,
+        ),
+        (
+            "chatixia_store_recoveries_total",
+            "counter",
+            "Times the state store became available again (reopened, a commit succeeded).",
+            stats.recoveries,
+        ),
+        (
+            "chatixia_store_unavailable_refused_total",
+            "counter",
+            "Writes refused (503) because the state store was unavailable.",
+            stats.refused_unavailable,
+        ),
+        (
+            "chatixia_store_retained_writes",
+            "gauge",
+            "Revocations in effect but not yet saved, waiting for the store to recover.",
+            stats.retained,
+        ),
+        (
+            "chatixia_store_retained_refused_total",
+            "counter",
+            "Revocations not kept for saving: --store-retained-writes-max were waiting.",
+            stats.retained_refused,
+        ),
+        (
+            "chatixia_store_backups_total",
+            "counter",
+            "Backups streamed completely (GET /api/admin/backup).",
+            stats.backups,
+        ),
+        (
+            "chatixia_store_backups_failed_total",
+            "counter",
+            "Backups that failed or whose client went away.",
+            stats.backups_failed,
+        ),
         (
             "chatixia_store_commits_total",
             "counter",

@@ -23,7 +23,7 @@ use crate::pairing::{
 use crate::server::common::{
     ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Answer,
 };
-use crate::server::ShardCtx;
+use crate::server::{Saved, ShardCtx};
 use crate::signaling::ops::{Op as AuthzOp, Reply as AuthzReply};
 use chatixia_store::{HashKind, Mutation, RevocationRecord};
 
@@ -344,8 +344,16 @@ pub async fn reject(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
 }
 
 /// `POST /api/pairing/{id}/revoke`: the entry, its token grant and the peer's
-/// revocation are committed first; then the token stops working and the peer's live
+/// revocation are committed; then the token stops working and the peer's live
 /// connections are closed (4001).
+///
+/// Fails closed (issue 22): the token stops working and the connections close whatever
+/// the store answers. Saved → 200. The store is unavailable (disk full, read-only) → the
+/// revocation is kept and written once it recovers → 202 `{"ok":true,"saved":false,…}`
+/// (a restart before then loses it). Not kept either (the store's queue is full, or
+/// `--store-retained-writes-max` revocations already wait) → the entry goes back to
+/// `approved` so the revocation can be repeated, its token still refused until a restart,
+/// and 503 saying so.
 pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     let err = ActionError::NotFoundOrNotApproved;
     let id = entry_id(raw_id, err)?;
@@ -361,14 +369,15 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
     if let Some(hash) = entry.token_hash {
         write.push(Mutation::DeleteDeviceToken(hash));
     }
-    if let Err(resp) = ctx.commit(write).await {
-        restore(ctx, id, Some(before)).await;
-        return Err(resp);
+    let committed = ctx.commit_retained(write).await;
+    match &committed {
+        Ok(_) => saved(ctx, id).await,
+        // Not kept for the store: the entry stays approved there, so it does here too
+        // (and the revocation can be repeated); the token is refused below all the same.
+        Err(_) => restore(ctx, id, Some(before)).await,
     }
-    saved(ctx, id).await;
-    // Both follow-ups are attempted whatever the other's outcome (the revocation is
-    // durable: a restart applies it in full): the peer's authorization first, since
-    // that closes its live signaling connections.
+    // Both follow-ups are attempted whatever the other's outcome: the peer's
+    // authorization first, since that closes its live signaling connections.
     let peer = entry.peer_id.as_str();
     let deauthorized = ask_owner_retry(ctx, peer, || {
         AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
@@ -384,10 +393,38 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
         None => Ok(()),
     };
     if let Err(resp) = deauthorized.map(drop).and(removed) {
-        tracing::error!(entry = %id, "revocation saved but not fully applied in memory (mailboxes full)");
+        tracing::error!(entry = %id, "revocation not fully applied in memory (mailboxes full)");
         return Err(resp);
     }
-    Ok(Response::json(200, &OkBody::OK))
+    match committed {
+        Ok(Saved::Durable) => Ok(Response::json(200, &OkBody::OK)),
+        Ok(Saved::Deferred(reason)) => Ok(Response::json(
+            202,
+            &serde_json::json!({
+                "ok": true,
+                "saved": false,
+                "detail": format!(
+                    "revoked: the token no longer works; {reason} (a restart before then \
+                     undoes it)"
+                ),
+            }),
+        )),
+        Err(resp) => {
+            tracing::error!(entry = %id, "revocation in effect but not saved");
+            let detail = serde_json::from_slice::<serde_json::Value>(&resp.body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            Err(Response::error(
+                503,
+                format!(
+                    "the token no longer works, but the revocation could not be saved \
+                     ({detail}): the entry stays approved and its token works again after a \
+                     restart; repeat the revocation"
+                ),
+            ))
+        }
+    }
 }
 
 /// `{"id","peer_id","status"}` and, while it may still be claimed, `device_token`.

@@ -6,7 +6,9 @@
 //!        └────────reject──────▶ rejected
 //! ```
 //! Every other transition is refused. Entries are kept after they reach a final state (the
-//! reference never deletes them; `GET /api/pairing/all` lists them).
+//! reference never deletes them; `GET /api/pairing/all` lists them) until the pairing
+//! retention (`--pairing-retention`, default 30 days after their last change) removes
+//! them ([`PairingStore::retire`]).
 
 use std::collections::HashMap;
 
@@ -244,8 +246,8 @@ impl PairingStore {
 
     /// An empty store holding at most `entries_max` entries.
     ///
-    /// Entries are never deleted (final states stay listed), so this bounds the store's
-    /// memory for the life of the process. When full, [`create`](Self::create) fails with
+    /// Only rejected and revoked entries past their retention are deleted, so this
+    /// bounds the store's memory for the life of the process. When full, [`create`](Self::create) fails with
     /// [`CreateError::Full`]; existing entries keep working. The invite code has already
     /// been used by then, so the agent needs a new one.
     pub fn with_limit(entries_max: usize) -> PairingStore {
@@ -332,6 +334,23 @@ impl PairingStore {
                 self.entries.remove(&id);
             }
         }
+    }
+
+    /// Removes the rejected and revoked entries last changed before `cutoff` (and not
+    /// being saved) and returns their ids, for the store to delete them too
+    /// (`--pairing-retention`).
+    pub fn retire(&mut self, cutoff: UnixTime) -> Vec<EntryId> {
+        let mut gone = Vec::new();
+        self.entries.retain(|id, e| {
+            let retired = matches!(e.status, Status::Rejected | Status::Revoked)
+                && !e.saving
+                && e.updated_at < cutoff;
+            if retired {
+                gone.push(*id);
+            }
+            !retired
+        });
+        gone
     }
 
     /// Adds an entry loaded from the store at start-up (the limit does not apply: what

@@ -51,6 +51,10 @@ pub use ratelimit::RateLimiter;
 
 /// Lifetime of an invite code.
 pub const CODE_TTL_SECS: u64 = 300;
+/// How long a rejected or revoked entry is kept after its last change (`--pairing-retention`,
+/// issue 22): then it leaves memory and the store, so a shard full of final entries frees
+/// itself.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 /// Rate-limit window for `POST /api/pairing/pair`.
 pub const RATE_LIMIT_WINDOW_SECS: u64 = 60;
 /// Attempts allowed per client IP per window.

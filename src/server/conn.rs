@@ -336,15 +336,16 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                     router::route_ws(ctx, stream, &req, leftover, peer).await;
                     return;
                 }
-                Event::Request(req) if router::is_event_stream(&req) => {
-                    // The dashboard's event stream keeps the connection until it ends.
+                Event::Request(req) if router::takes_connection(&req) => {
+                    // The dashboard's event stream, a backup: they keep the connection
+                    // until they end.
                     ShardCounters::inc(&ctx.counters.requests_served);
                     if !out.is_empty() && !write_bounded(ctx, &mut stream, out).await {
                         return;
                     }
                     // The stream's reads are its own from here.
                     drop(rx.take());
-                    crate::dashboard::api::event_stream(ctx, stream, &req, peer.ip()).await;
+                    router::stream_route(ctx, stream, &req, peer).await;
                     return;
                 }
                 Event::Request(req) => {

@@ -8,6 +8,7 @@
 //!   `signaling::upgrade` for `/ws`);
 //! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
 
+pub mod backup;
 pub mod common;
 pub mod conn;
 mod debug;
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub turn: Option<(String, Vec<u8>)>,
     /// How long finished tasks are kept.
     pub task_retention: Duration,
+    /// How long rejected and revoked pairing entries are kept after their last change.
+    pub pairing_retention: Duration,
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
     /// Signaling WebSocket limits.
@@ -96,6 +99,7 @@ impl ServerConfig {
             stun_urls: crate::ice::default_stun_urls(),
             turn: None,
             task_retention: crate::hub::DEFAULT_RETENTION,
+            pairing_retention: crate::pairing::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
@@ -108,6 +112,28 @@ impl ServerConfig {
             stray_task_shards: Vec::new(),
             ws_echo: false,
         }
+    }
+}
+
+/// How a retained write ended ([`ShardCtx::commit_retained`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// On disk.
+    Durable,
+    /// Not yet: the store is unavailable; kept and written once it recovers (the reason).
+    Deferred(String),
+}
+
+/// The 503 for a write the store did not acknowledge (nothing of it is on disk). The
+/// store being unavailable (a disk that refuses writes) is not logged here, per request:
+/// the control thread logs it once per interval (`main.rs`, `StoreWatch`).
+pub fn store_refusal(e: &chatixia_store::StoreError) -> Response {
+    if e.is_unavailable() {
+        tracing::debug!(error = %e, "write refused: state store unavailable");
+        Response::error(503, format!("{e}; try again later"))
+    } else {
+        tracing::error!(error = %e, "store commit failed");
+        Response::error(503, "could not save the change; try again later")
     }
 }
 
@@ -200,20 +226,50 @@ impl ShardCtx {
     /// the 503 to answer (nothing acknowledged; the caller undoes its change). Without a
     /// store, succeeds at once.
     pub async fn commit(&self, mutations: Vec<chatixia_store::Mutation>) -> Result<(), Response> {
+        match self.commit_with(mutations, false).await? {
+            Saved::Durable => Ok(()),
+            // Only retained writes are deferred.
+            Saved::Deferred(reason) => Err(Response::error(503, reason)),
+        }
+    }
+
+    /// [`commit`](Self::commit) for a write that must not be lost to a disk outage (a
+    /// revocation): while the store is unavailable it is kept and written on recovery
+    /// ([`Saved::Deferred`]).
+    pub async fn commit_retained(
+        &self,
+        mutations: Vec<chatixia_store::Mutation>,
+    ) -> Result<Saved, Response> {
+        self.commit_with(mutations, true).await
+    }
+
+    async fn commit_with(
+        &self,
+        mutations: Vec<chatixia_store::Mutation>,
+        retain: bool,
+    ) -> Result<Saved, Response> {
         let Some(link) = &self.store else {
-            return Ok(());
+            return Ok(Saved::Durable);
         };
         if mutations.is_empty() {
-            return Ok(());
+            return Ok(Saved::Durable);
         }
-        let ack = link.submit(mutations).map_err(|e| {
-            tracing::warn!(error = %e, "store refused a write");
+        let submitted = if retain {
+            link.submit_retained(mutations)
+        } else {
+            link.submit(mutations)
+        };
+        let ack = submitted.map_err(|e| {
+            tracing::debug!(error = %e, "store refused a write");
             Response::error(503, format!("state store busy: {e}; try again later"))
         })?;
-        ack.await.map_err(|e| {
-            tracing::error!(error = %e, "store commit failed");
-            Response::error(503, "could not save the change; try again later")
-        })
+        match ack.await {
+            Ok(()) => Ok(Saved::Durable),
+            Err(e @ chatixia_store::StoreError::Deferred { .. }) => {
+                Ok(Saved::Deferred(e.to_string()))
+            }
+            Err(e) => Err(store_refusal(&e)),
+        }
     }
 
     /// Submits `mutations` without waiting for the commit (housekeeping: deleting expired
@@ -415,21 +471,34 @@ impl ShardCtx {
 
     fn job_pairing_sweep(&self) {
         let now = self.now();
-        let expired = {
+        let (expired, retired) = {
             let mut pairing = self.state.pairing.borrow_mut();
             let expired = pairing.codes.sweep_expired(now);
             pairing.rate.sweep(now);
             pairing.budget.sweep(now);
             pairing.guard.sweep(now);
-            expired
+            let retired = pairing
+                .entries
+                .retire(now.saturating_sub(self.config.pairing_retention));
+            (expired, retired)
         };
         self.state.auth_failures.borrow_mut().sweep(now);
         self.state.auth_hints.borrow_mut().sweep(now);
         self.state.authz.borrow_mut().sweep(now);
+        if !retired.is_empty() {
+            self.note(Some((EventKind::Pairing, String::new())));
+        }
+        // Housekeeping: a disk that refuses it leaves them on disk until the next start
+        // (which drops them again).
         self.commit_later(
             expired
                 .into_iter()
                 .map(|c| chatixia_store::Mutation::DeleteInvite(c.store_key()))
+                .chain(
+                    retired
+                        .into_iter()
+                        .map(|id| chatixia_store::Mutation::DeletePairing(id.value())),
+                )
                 .collect(),
         );
     }

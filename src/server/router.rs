@@ -9,7 +9,7 @@ use monoio::net::TcpStream;
 
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
-use crate::server::{debug, Msg, ServerConfig, ShardCtx};
+use crate::server::{backup, debug, Msg, ServerConfig, ShardCtx};
 use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
 /// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
@@ -31,6 +31,21 @@ pub fn is_event_stream(req: &Request) -> bool {
     req.path == dashboard::api::EVENTS_PATH && req.method == Method::Get
 }
 
+/// Whether `req` is a streamed response that takes the connection out of the HTTP loop
+/// (the dashboard's event stream, a backup) and is answered by [`stream_route`].
+pub fn takes_connection(req: &Request) -> bool {
+    is_event_stream(req) || (req.path == backup::BACKUP_PATH && req.method == Method::Get)
+}
+
+/// Answers a request of [`takes_connection`]; the connection ends with it.
+pub async fn stream_route(ctx: &ShardCtx, stream: TcpStream, req: &Request, peer: SocketAddr) {
+    if is_event_stream(req) {
+        dashboard::api::event_stream(ctx, stream, req, peer.ip()).await
+    } else {
+        backup::stream(ctx, stream, req, peer.ip()).await
+    }
+}
+
 /// `/ws`: the signaling upgrade (`/ws-echo`: the echo one). Consumes the connection: once authorized it is run by
 /// the shard that owns the peer (`signaling::api`). `leftover`: bytes read after the
 /// request.
@@ -49,6 +64,9 @@ pub async fn route_ws(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
     Healthz,
+    Readyz,
+    /// `GET` is answered by [`stream_route`]; here only what is left (`HEAD`).
+    AdminBackup,
     Metrics,
     Token,
     IceConfig,
@@ -89,6 +107,11 @@ const ROUTES: &[RouteDef] = &[
     RouteDef {
         pattern: "/healthz",
         route: Route::Healthz,
+        methods: &[Method::Get],
+    },
+    RouteDef {
+        pattern: "/readyz",
+        route: Route::Readyz,
         methods: &[Method::Get],
     },
     RouteDef {
@@ -222,6 +245,11 @@ const ROUTES: &[RouteDef] = &[
         methods: &[Method::Get],
     },
     RouteDef {
+        pattern: backup::BACKUP_PATH,
+        route: Route::AdminBackup,
+        methods: &[Method::Get],
+    },
+    RouteDef {
         pattern: "/debug/clock",
         route: Route::DebugClock,
         methods: &[Method::Post],
@@ -344,6 +372,12 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     }
     let result = match m.route {
         Route::Healthz => Ok(healthz()),
+        Route::Readyz => Ok(readyz(ctx)),
+        Route::AdminBackup => Ok(Response::error(
+            405,
+            "a backup is a GET (its length is not known in advance)",
+        )
+        .with_header("allow", "GET")),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req, ip).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),
@@ -412,6 +446,31 @@ pub fn openapi() -> Response {
     Response::json_static(200, OPENAPI_JSON).with_header("cache-control", OPENAPI_CACHE)
 }
 
+/// `GET /readyz` (issue 22): 200 `{"status":"ready"}` while the state store takes writes;
+/// 503 `{"status":"unavailable","error":…,"unavailable_secs":…}` while it does not (a
+/// full, read-only or failing disk: changes that need a write are refused, reads are
+/// served). `/healthz` stays 200 either way: the process is alive.
+pub fn readyz(ctx: &ShardCtx) -> Response {
+    let Some(store) = &ctx.config.store else {
+        return Response::json_static(200, br#"{"status":"ready"}"#);
+    };
+    let h = store.health();
+    if h.available {
+        return Response::json_static(200, br#"{"status":"ready"}"#);
+    }
+    // The store stamps the wall clock; the test clock's offset does not apply.
+    let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
+    let secs = wall
+        .saturating_duration_since(crate::time::UnixTime(h.since_ns))
+        .as_secs();
+    let body = serde_json::json!({
+        "status": "unavailable",
+        "error": h.reason.unwrap_or_else(|| "the state store cannot save changes".into()),
+        "unavailable_secs": if h.since_ns == 0 { 0 } else { secs },
+    });
+    Response::json(503, &body)
+}
+
 fn preflight(allow: String) -> Response {
     Response::new(200)
         .with_header("access-control-allow-methods", "*")
@@ -439,7 +498,10 @@ async fn metrics(ctx: &ShardCtx) -> Response {
         Err(resp) => return resp,
     }
     if let Some(store) = &ctx.config.store {
-        body.push_str(&crate::metrics::render_store(&store.stats()));
+        body.push_str(&crate::metrics::render_store(
+            &store.stats(),
+            store.health().available,
+        ));
     }
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", body)
 }

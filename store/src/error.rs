@@ -46,8 +46,39 @@ pub enum StoreError {
         /// The engine's message.
         message: String,
     },
+    /// The disk refused a write (full, read-only, failing) or the database could not be
+    /// used after such a failure: nothing of this write is on disk and it is not
+    /// acknowledged. The storage thread retries on its own (reopening the database) and
+    /// the store is available again once a commit succeeds. Answer 503.
+    Unavailable {
+        /// The database file.
+        file: PathBuf,
+        /// What failed, on one line (the OS's or the engine's message).
+        reason: String,
+    },
+    /// Not durable yet, but kept: the store is unavailable and this write was submitted
+    /// with [`ShardLink::submit_retained`](crate::ShardLink::submit_retained) (a
+    /// revocation). The storage thread writes it before anything else once the store is
+    /// available again; a process exit before then loses it.
+    Deferred {
+        /// The database file.
+        file: PathBuf,
+        /// Why it could not be written now.
+        reason: String,
+    },
     /// The storage thread has stopped; nothing more can be written.
     Closed,
+}
+
+impl StoreError {
+    /// Whether this is the store being unavailable (a disk that refuses writes), as
+    /// opposed to a refusal of this one write: answer 503 and report on `/readyz`.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::Deferred { .. } | StoreError::Closed
+        )
+    }
 }
 
 impl std::fmt::Display for StoreError {
@@ -77,13 +108,24 @@ impl std::fmt::Display for StoreError {
             }
             StoreError::SecretMismatch { file } => write!(
                 f,
-                "{} was written under a different server secret; refusing to start \
-                 (stored device-token hashes would never match)",
+                "{} was written under a different server secret (SIGNALING_SECRET); refused: \
+                 its stored device-token hashes would never match",
                 file.display()
             ),
             StoreError::Commit { file, message } => {
                 write!(f, "commit to {} failed: {message}", file.display())
             }
+            StoreError::Unavailable { file, reason } => write!(
+                f,
+                "the state store cannot save changes to {}: {reason}",
+                file.display()
+            ),
+            StoreError::Deferred { file, reason } => write!(
+                f,
+                "not saved yet (the state store cannot write to {}: {reason}); kept and \
+                 written once the store recovers",
+                file.display()
+            ),
             StoreError::Closed => f.write_str("the storage thread has stopped"),
         }
     }
@@ -101,6 +143,9 @@ pub enum SubmitError {
     InFlightFull,
     /// The storage thread has stopped.
     Closed,
+    /// A backup is already being written (one at a time: each holds a read snapshot
+    /// that keeps the pages it reads from being reused).
+    BackupRunning,
 }
 
 impl std::fmt::Display for SubmitError {
@@ -109,6 +154,7 @@ impl std::fmt::Display for SubmitError {
             SubmitError::QueueFull => "storage queue full",
             SubmitError::InFlightFull => "too many writes in flight on this shard",
             SubmitError::Closed => "storage stopped",
+            SubmitError::BackupRunning => "a backup is already running",
         })
     }
 }

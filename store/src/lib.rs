@@ -13,30 +13,41 @@
 //! * [`DataDir`]: `--data-dir` semantics (created on open, exclusive `flock` lock file).
 //! * [`Secrets`]: keys derived from the server secret (never stored in the data
 //!   directory) for keyed token hashes and sealing a device token not yet claimed.
+//! * [`backup`]: backups of a running store, offline export, restore and verify, in one
+//!   JSON-lines format (issue 22).
+//! * Disk trouble: a commit the disk refuses makes the store *unavailable*
+//!   ([`StoreHealth`]); writes then fail at once with [`StoreError::Unavailable`] while the
+//!   storage thread retries (reopening the database) until a commit succeeds. Writes
+//!   submitted as *retained* (revocations) are kept and written first on recovery.
 //!
 //! The engine was chosen by measurement: see `benches/engines.rs` and
 //! docs/ARCHITECTURE.md, "Durable state".
 
+pub mod backup;
 mod dir;
 mod doorbell;
 mod error;
+mod guard;
 mod link;
 pub mod records;
 pub mod redb_backend;
 mod secret;
 pub mod thread;
 
+pub use backup::{Export, ExportSummary, RestoreReport, VerifyReport};
 pub use dir::{DataDir, LOCK_FILE};
 pub use doorbell::SocketDoorbell;
 pub use error::{StoreError, SubmitError};
 pub use link::{Ack, ShardLink};
 pub use records::{
-    Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord, PairingStatus,
+    Counts, DeviceTokenRecord, InviteRecord, JsonText, Mutation, PairingRecord, PairingStatus,
     RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord, TokenHash,
 };
-pub use redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE};
+pub use redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE, SEEN_FILE};
 pub use secret::{HashKind, Secrets, UnsealError};
-pub use thread::{Doorbell, Store, StoreConfig, StoreHandle, StoreStats};
+pub use thread::{
+    BackupStream, Chunk, Doorbell, Store, StoreConfig, StoreHandle, StoreHealth, StoreStats,
+};
 
 /// Where the records live. Implementations run on the storage thread only (`&mut self`,
 /// blocking calls are fine there).
@@ -51,4 +62,29 @@ pub trait Backend: Send + 'static {
 
     /// What and where, for logs (`redb /var/lib/chatixia/state.redb`).
     fn describe(&self) -> String;
+
+    /// Whether a failed commit left the backend unusable until [`recover`](Self::recover)
+    /// (redb: "Previous I/O error occurred", the database must be reopened).
+    fn needs_recovery(&self) -> bool {
+        false
+    }
+
+    /// Makes the backend usable again after a failure (redb: closes and reopens the
+    /// database, which recovers its last durable commit). An error leaves it unusable;
+    /// the storage thread tries again later.
+    fn recover(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A consistent snapshot of every record, to write as a backup on another thread
+    /// while commits go on.
+    fn export(&self) -> Result<Box<dyn backup::Export>, StoreError>;
+
+    /// The store loaded at start: record the state it was in, so that a later open
+    /// notices when commits since are missing (redb: `state.redb.seen`).
+    fn record_start(&mut self) {}
+
+    /// A clean shutdown: everything acknowledged is already durable; record that the
+    /// store stopped here (redb: `state.redb.seen`).
+    fn close(&mut self) {}
 }

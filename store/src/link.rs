@@ -74,6 +74,19 @@ impl ShardLink {
     /// resolves once the write is durable (answer 2xx then) or its commit failed.
     /// An error means nothing was queued: answer 503.
     pub fn submit(&self, mutations: Vec<Mutation>) -> Result<Ack, SubmitError> {
+        self.submit_with(mutations, false)
+    }
+
+    /// [`submit`](Self::submit) for a write that must not be lost to a disk outage (a
+    /// revocation, which takes effect in memory at once): while the store is unavailable
+    /// it is kept by the storage thread (up to `retained_writes_max`) and written first
+    /// once the store recovers; its [`Ack`] then resolves with
+    /// [`StoreError::Deferred`] at once.
+    pub fn submit_retained(&self, mutations: Vec<Mutation>) -> Result<Ack, SubmitError> {
+        self.submit_with(mutations, true)
+    }
+
+    fn submit_with(&self, mutations: Vec<Mutation>, retain: bool) -> Result<Ack, SubmitError> {
         let mut inner = self.inner.borrow_mut();
         if inner.waiters.len() >= inner.inflight_max {
             return Err(SubmitError::InFlightFull);
@@ -85,6 +98,7 @@ impl ShardLink {
                 link: inner.id,
                 key,
             },
+            retain,
         };
         match inner.tx.try_send(req) {
             Ok(()) => Ok(Ack {

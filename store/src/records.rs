@@ -92,6 +92,13 @@ pub enum PairingStatus {
     Revoked,
 }
 
+impl PairingStatus {
+    /// Rejected or revoked: nothing changes it any more, and pairing retention removes it.
+    pub fn is_final(self) -> bool {
+        matches!(self, PairingStatus::Rejected | PairingStatus::Revoked)
+    }
+}
+
 /// One pairing (onboarding) entry, keyed by its 32-bit id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairingRecord {
@@ -179,8 +186,9 @@ pub struct TaskRecord {
     pub source_agent_id: String,
     /// Set once a heartbeat claimed it.
     pub assigned_agent_id: String,
-    /// Any JSON.
-    pub payload: serde_json::Value,
+    /// Any JSON, kept as its text so every digit of a number survives (a
+    /// `serde_json::Value` would round numbers beyond f64 and cannot hold `1e400`).
+    pub payload: JsonText,
     /// `pending` or `assigned`.
     pub state: String,
     /// Last non-empty result.
@@ -212,12 +220,72 @@ pub struct TaskHolder {
     pub address: String,
 }
 
+/// A JSON value kept as its text (`serde_json::value::RawValue`): stored, loaded, backed
+/// up and exported byte for byte as it was given.
+#[derive(Clone)]
+pub struct JsonText(Box<serde_json::value::RawValue>);
+
+impl JsonText {
+    /// Checks that `text` is one JSON value and keeps it as it is.
+    pub fn from_json(text: &str) -> Result<JsonText, String> {
+        serde_json::value::RawValue::from_string(text.to_owned())
+            .map(JsonText)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for JsonText {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl std::fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl From<serde_json::Value> for JsonText {
+    fn from(v: serde_json::Value) -> Self {
+        // A Value always serializes to valid JSON text.
+        JsonText::from_json(&v.to_string()).unwrap_or_else(|_| JsonText::null())
+    }
+}
+
+impl JsonText {
+    /// `null`.
+    pub fn null() -> JsonText {
+        JsonText(serde_json::value::RawValue::NULL.to_owned())
+    }
+}
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(d).map(JsonText)
+    }
+}
+
 /// One change. A write is a `Vec<Mutation>` applied atomically: all of it or none of it
 /// is on disk after a crash.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mutation {
     /// Insert or replace a pairing entry (creation and every state change).
     PutPairing(PairingRecord),
+    /// Remove a pairing entry (retention of rejected and revoked entries), and the
+    /// revocation of its peer if that revocation is this entry's.
+    DeletePairing(u32),
     /// Insert or replace a device-token grant.
     PutDeviceToken(DeviceTokenRecord),
     /// Remove a device-token grant (revocation).
@@ -271,6 +339,11 @@ pub struct Snapshot {
     pub tasks: Vec<TaskRecord>,
     /// How long opening, checking and reading took.
     pub elapsed: std::time::Duration,
+    /// Of that, how long the full integrity check took (every page's checksum).
+    pub check_elapsed: std::time::Duration,
+    /// The store's commit sequence number when loaded (counts every commit since the
+    /// data directory was created; 0 for a directory written before it was kept).
+    pub seq: u64,
 }
 
 impl Snapshot {
@@ -299,19 +372,35 @@ impl Snapshot {
         gone
     }
 
+    /// Drops rejected and revoked pairing entries last changed before `cutoff_ns` (the
+    /// pairing retention ran out while the server was down) and returns the deletions to
+    /// submit, so the store forgets them too.
+    pub fn take_retired_pairings(&mut self, cutoff_ns: u64) -> Vec<Mutation> {
+        let mut gone = Vec::new();
+        self.pairings.retain(|p| {
+            let retired = p.status.is_final() && p.updated_at_ns < cutoff_ns;
+            if retired {
+                gone.push(Mutation::DeletePairing(p.id));
+            }
+            !retired
+        });
+        gone
+    }
+
     /// The start-up log line: how many records of each kind and how long it took.
     pub fn summary(&self) -> String {
         let c = self.counts();
         format!(
             "loaded {} records ({} pairing entries, {} device tokens, {} revocations, \
-             {} invite codes, {} tasks) in {:.1} ms",
+             {} invite codes, {} tasks) in {:.1} ms (integrity check {:.1} ms)",
             c.total(),
             c.pairings,
             c.device_tokens,
             c.revocations,
             c.invites,
             c.tasks,
-            self.elapsed.as_secs_f64() * 1e3
+            self.elapsed.as_secs_f64() * 1e3,
+            self.check_elapsed.as_secs_f64() * 1e3
         )
     }
 }
@@ -389,7 +478,7 @@ mod tests {
         assert_eq!(
             s.summary(),
             "loaded 1 records (0 pairing entries, 0 device tokens, 0 revocations, \
-             1 invite codes, 0 tasks) in 1.5 ms"
+             1 invite codes, 0 tasks) in 1.5 ms (integrity check 0.0 ms)"
         );
     }
 

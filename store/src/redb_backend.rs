@@ -3,9 +3,33 @@
 //!
 //! Open = crash recovery by redb (after `kill -9` the last durable commit is intact; redb
 //! rebuilds its allocator state), then a full integrity check (every page checksum), then
-//! the meta check (format and server-secret check value). Any failure is an error naming
-//! `state.redb` and the problem; the store never starts empty in silence.
+//! the meta check (format, server-secret check value, commit sequence and record counts),
+//! all with any panic inside redb caught ([`crate::guard`]). Any failure is an error
+//! naming `state.redb` (or the file at fault) and the problem; the store never starts
+//! empty or partial in silence.
+//!
+//! What detects what (issue 22):
+//! * every B-tree page carries a checksum, and every branch the checksums of its
+//!   children, up to the root in the commit slot (itself checksummed): a damaged page on
+//!   the live tree fails the integrity check. redb then falls back to the previous commit
+//!   when that one still verifies — which would drop the newest commit. Hence:
+//! * the meta table holds a commit sequence number and the record count of every table,
+//!   updated by every commit; when the store has loaded at start, and at a clean
+//!   shutdown, the sequence and counts are also written to `state.redb.seen` (outside the
+//!   database). At open, a database whose sequence is behind that file's lost commits and
+//!   is refused (a file truncated to nothing, which redb would take for a new database, an
+//!   older copy put back by hand, a rollback to the previous commit); on load, a table
+//!   whose row count differs from the recorded count is refused;
+//! * a record that does not decode, or sits under another record's key, is refused.
+//!
+//! Not detected: after an unclean stop (`kill -9`, power loss), damage confined to the
+//! pages written by the newest commit makes redb fall back to the commit before it (the
+//! same thing redb must do for a commit interrupted by the crash, which was never
+//! acknowledged, so the two cannot be told apart from the file). redb's two-phase commit
+//! would close this at the price of a second fsync per commit (measured: 0.45–0.6× the
+//! commits per second at one writer); see docs/ARCHITECTURE.md, "Durable state".
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -13,10 +37,12 @@ use redb::{
     Database, DatabaseError, Durability, ReadableDatabase as _, ReadableTable as _,
     ReadableTableMetadata as _, TableDefinition, TableHandle as _,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::dir::DataDir;
 use crate::error::StoreError;
-use crate::records::{self, Mutation, Snapshot};
+use crate::guard::{catch, one_line};
+use crate::records::{self, Counts, Mutation, PairingRecord, RevocationRecord, Snapshot};
 use crate::secret::Secrets;
 use crate::Backend;
 
@@ -24,26 +50,67 @@ use crate::Backend;
 pub const DB_FILE: &str = "state.redb";
 /// Name of the marker left when an integrity check had to repair the file.
 pub const DAMAGED_MARKER: &str = "state.redb.damaged";
+/// Name of the file written when the store has loaded at start and at a clean shutdown:
+/// the commit sequence and record counts the database held then (see the module docs).
+pub const SEEN_FILE: &str = "state.redb.seen";
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const PAIRINGS: TableDefinition<u32, &[u8]> = TableDefinition::new("pairing");
-const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("device_token");
-const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocation");
+pub(crate) const PAIRINGS: TableDefinition<u32, &[u8]> = TableDefinition::new("pairing");
+pub(crate) const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("device_token");
+pub(crate) const REVOCATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revocation");
 /// Invite codes by 64-bit key (six-digit and long codes).
-const INVITES: TableDefinition<u64, &[u8]> = TableDefinition::new("invite_v2");
+pub(crate) const INVITES: TableDefinition<u64, &[u8]> = TableDefinition::new("invite_v2");
 /// Six-digit invite codes written before long codes existed (keyed by the u32 code):
 /// still loaded, and emptied as they are redeemed or expire; nothing new goes there.
-const INVITES_V1: TableDefinition<u32, &[u8]> = TableDefinition::new("invite");
-const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("task");
+pub(crate) const INVITES_V1: TableDefinition<u32, &[u8]> = TableDefinition::new("invite");
+pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("task");
 
 /// Value of the meta key `format`.
-const FORMAT: &[u8] = b"chatixia-store 1";
+pub(crate) const FORMAT: &[u8] = b"chatixia-store 1";
+
+/// The meta key `state`, written by every commit, and the content of [`SEEN_FILE`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateMeta {
+    /// Commits since the directory was created.
+    pub(crate) seq: u64,
+    pub(crate) pairing: u64,
+    pub(crate) device_token: u64,
+    pub(crate) revocation: u64,
+    pub(crate) invite: u64,
+    pub(crate) task: u64,
+}
+
+impl StateMeta {
+    fn counts_match(&self, c: &Counts) -> Option<String> {
+        let pairs = [
+            ("pairing", self.pairing, c.pairings),
+            ("device_token", self.device_token, c.device_tokens),
+            ("revocation", self.revocation, c.revocations),
+            ("invite", self.invite, c.invites),
+            ("task", self.task, c.tasks),
+        ];
+        let wrong: Vec<String> = pairs
+            .iter()
+            .filter(|(_, want, got)| *want != *got as u64)
+            .map(|(t, want, got)| format!("table {t} holds {got} records, {want} were committed"))
+            .collect();
+        (!wrong.is_empty()).then(|| wrong.join("; "))
+    }
+}
 
 /// The redb backend. Owns the locked [`DataDir`].
 pub struct RedbBackend {
-    db: Database,
+    /// `None` after a failed reopen (the store is unavailable until one succeeds).
+    db: Option<Database>,
     file: PathBuf,
-    _dir: DataDir,
+    /// The last commit's sequence number and counts (what the meta table holds).
+    state: StateMeta,
+    /// A commit failed in a way that leaves redb refusing further commits ("Previous I/O
+    /// error occurred"): [`Backend::recover`] reopens the database.
+    poisoned: bool,
+    /// How long the integrity check at open took.
+    check_elapsed: std::time::Duration,
+    dir: DataDir,
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -55,7 +122,7 @@ impl std::fmt::Debug for RedbBackend {
 fn corrupt(file: &Path, problem: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         file: file.to_owned(),
-        problem: problem.into(),
+        problem: one_line(&problem.into()),
     }
 }
 
@@ -77,18 +144,95 @@ fn engine_err(file: &Path, e: impl Into<redb::Error>) -> StoreError {
         ),
         other => StoreError::Commit {
             file: file.to_owned(),
-            message: other.to_string(),
+            message: one_line(&other.to_string()),
         },
     }
+}
+
+/// Maps a failed commit: a disk that refuses writes (or a database poisoned by an
+/// earlier such failure, or damaged under us) is [`StoreError::Unavailable`]; the bool
+/// says whether the database must be reopened before the next commit.
+fn commit_err(file: &Path, e: impl Into<redb::Error>) -> (StoreError, bool) {
+    let unavailable = |reason: String| StoreError::Unavailable {
+        file: file.to_owned(),
+        reason: one_line(&reason),
+    };
+    match e.into() {
+        redb::Error::Io(e) => (unavailable(e.to_string()), true),
+        redb::Error::PreviousIo => (
+            unavailable("an earlier write failed; the database is being reopened".into()),
+            true,
+        ),
+        redb::Error::Corrupted(msg) => (unavailable(format!("damaged: {msg}")), true),
+        redb::Error::DatabaseClosed => (unavailable("the database is closed".into()), true),
+        other => (
+            StoreError::Commit {
+                file: file.to_owned(),
+                message: one_line(&other.to_string()),
+            },
+            false,
+        ),
+    }
+}
+
+/// `catch` with the panic reported as damage of `file`.
+fn guarded<T>(file: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch(f).unwrap_or_else(|panic| Err(corrupt(file, panic)))
+}
+
+/// Reads [`SEEN_FILE`] in `dir`, if there is one.
+fn read_clean(dir: &DataDir) -> Result<Option<StateMeta>, StoreError> {
+    let path = dir.file(SEEN_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            corrupt(
+                &path,
+                format!("unreadable record of the state last seen: {e}"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io {
+            path,
+            op: "read",
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Writes `bytes` to `path` durably: a temporary file, fsync, rename, fsync of the
+/// directory.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 impl RedbBackend {
     /// Opens (creating if missing) the database in `dir`, checks it, and checks that it
     /// was written under `secrets`.
     pub fn open(dir: DataDir, secrets: &Secrets) -> Result<RedbBackend, StoreError> {
-        let file = dir.file(DB_FILE);
+        RedbBackend::open_named(dir, DB_FILE, secrets)
+    }
+
+    /// [`open`](Self::open) on another file of the directory (restore builds the new
+    /// database beside the old one and checks it this way before it takes its place).
+    pub(crate) fn open_named(
+        dir: DataDir,
+        name: &str,
+        secrets: &Secrets,
+    ) -> Result<RedbBackend, StoreError> {
+        let file = dir.file(name);
         let marker = dir.file(DAMAGED_MARKER);
-        if marker.exists() {
+        let main = name == DB_FILE;
+        if main && marker.exists() {
             let why = std::fs::read_to_string(&marker).unwrap_or_default();
             return Err(corrupt(
                 &file,
@@ -100,34 +244,88 @@ impl RedbBackend {
                 ),
             ));
         }
+        let clean = if main { read_clean(&dir)? } else { None };
         let existed = file.exists();
-        let mut db = match Database::create(&file) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked {
-                    dir: dir.path().to_owned(),
-                    lock_file: file.clone(),
-                    holder: "redb file lock".into(),
-                })
+        if existed && clean.is_some() {
+            // redb takes an empty file for a new database: after the store was loaded
+            // once, an empty file is a store that lost everything.
+            let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            if len == 0 {
+                return Err(corrupt(
+                    &file,
+                    format!(
+                        "is empty (0 bytes) but held a store when last loaded ({}); restore a \
+                         backup, or delete both files to start with an empty store",
+                        dir.file(SEEN_FILE).display()
+                    ),
+                ));
             }
-            Err(e) => return Err(engine_err(&file, e)),
-        };
-        match db.check_integrity() {
-            Ok(true) => {}
-            Ok(false) => {
-                let problem = "failed its integrity check; redb repaired it, which may have \
-                               dropped the most recent commits";
-                let _ = std::fs::write(&marker, problem);
-                return Err(corrupt(&file, problem));
-            }
-            Err(e) => return Err(engine_err(&file, e)),
         }
-        let backend = RedbBackend {
-            db,
+        let (db, check_elapsed) = guarded(&file, || {
+            let mut db = match Database::create(&file) {
+                Ok(db) => db,
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Locked {
+                        dir: dir.path().to_owned(),
+                        lock_file: file.clone(),
+                        holder: "redb file lock".into(),
+                    })
+                }
+                Err(e) => return Err(engine_err(&file, e)),
+            };
+            let t = Instant::now();
+            match db.check_integrity() {
+                Ok(true) => {}
+                Ok(false) => {
+                    let problem = "failed its integrity check; redb repaired it, which may \
+                                   have dropped the most recent commits";
+                    if main {
+                        let _ = std::fs::write(&marker, problem);
+                    }
+                    return Err(corrupt(&file, problem));
+                }
+                Err(e) => return Err(engine_err(&file, e)),
+            }
+            Ok((db, t.elapsed()))
+        })?;
+        let mut backend = RedbBackend {
+            db: Some(db),
             file,
-            _dir: dir,
+            state: StateMeta::default(),
+            poisoned: false,
+            check_elapsed,
+            dir,
         };
-        backend.check_meta(existed, secrets)?;
+        let f = backend.file.clone();
+        guarded(&f, || backend.check_meta(existed, secrets))?;
+        if let Some(clean) = clean {
+            backend.check_clean(&clean)?;
+        }
+        Ok(backend)
+    }
+
+    /// Creates a new database `name` in `dir` holding no records, written under the
+    /// server secret whose check value is `secret_check`, its sequence starting at `seq`
+    /// (restore builds the restored database this way).
+    pub(crate) fn create_named(
+        dir: DataDir,
+        name: &str,
+        secret_check: &[u8],
+        seq: u64,
+    ) -> Result<RedbBackend, StoreError> {
+        let file = dir.file(name);
+        let db = guarded(&file, || {
+            Database::create(&file).map_err(|e| engine_err(&file, e))
+        })?;
+        let mut backend = RedbBackend {
+            db: Some(db),
+            file,
+            state: StateMeta::default(),
+            poisoned: false,
+            check_elapsed: std::time::Duration::ZERO,
+            dir,
+        };
+        backend.init(secret_check, seq)?;
         Ok(backend)
     }
 
@@ -136,24 +334,65 @@ impl RedbBackend {
         &self.file
     }
 
-    fn check_meta(&self, existed: bool, secrets: &Secrets) -> Result<(), StoreError> {
-        let f = &self.file;
-        let read = self.db.begin_read().map_err(|e| engine_err(f, e))?;
+    /// The data directory (and its lock), once the backend is closed.
+    pub(crate) fn into_dir(mut self) -> DataDir {
+        self.db = None;
+        self.dir
+    }
+
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Unavailable {
+            file: self.file.clone(),
+            reason: "the database could not be reopened yet".into(),
+        })
+    }
+
+    /// Refuses a database behind the state recorded when it was last loaded or cleanly
+    /// closed.
+    fn check_clean(&self, clean: &StateMeta) -> Result<(), StoreError> {
+        let s = &self.state;
+        if s.seq < clean.seq || (s.seq == clean.seq && s != clean) {
+            return Err(corrupt(
+                &self.file,
+                format!(
+                    "holds commit {} ({} records) but was at commit {} ({} records) when it \
+                     was last loaded or cleanly closed ({}): the newest changes are missing; \
+                     restore a backup, or delete {} to accept this state",
+                    s.seq,
+                    s.pairing + s.device_token + s.revocation + s.invite + s.task,
+                    clean.seq,
+                    clean.pairing
+                        + clean.device_token
+                        + clean.revocation
+                        + clean.invite
+                        + clean.task,
+                    SEEN_FILE,
+                    self.dir.file(SEEN_FILE).display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_meta(&mut self, existed: bool, secrets: &Secrets) -> Result<(), StoreError> {
+        let f = self.file.clone();
+        let f = &f;
+        let read = self.db()?.begin_read().map_err(|e| engine_err(f, e))?;
         let stored = match read.open_table(META) {
             Ok(t) => {
-                let format = t.get("format").map_err(|e| engine_err(f, e))?;
-                let check = t.get("secret_check").map_err(|e| engine_err(f, e))?;
-                Some((
-                    format.map(|v| v.value().to_vec()),
-                    check.map(|v| v.value().to_vec()),
-                ))
+                let get = |k: &str| {
+                    t.get(k)
+                        .map(|v| v.map(|v| v.value().to_vec()))
+                        .map_err(|e| engine_err(f, e))
+                };
+                Some((get("format")?, get("secret_check")?, get("state")?))
             }
             Err(redb::TableError::TableDoesNotExist(_)) => None,
             Err(e) => return Err(engine_err(f, e)),
         };
         drop(read);
         match stored {
-            Some((Some(format), Some(check))) => {
+            Some((Some(format), Some(check), state)) => {
                 if format != FORMAT {
                     return Err(corrupt(
                         f,
@@ -163,41 +402,196 @@ impl RedbBackend {
                 if check != secrets.check_value() {
                     return Err(StoreError::SecretMismatch { file: f.clone() });
                 }
+                self.state = match state {
+                    // Written before the sequence was kept: counted at load instead.
+                    None => StateMeta::default(),
+                    Some(bytes) => serde_json::from_slice(&bytes)
+                        .map_err(|e| corrupt(f, format!("meta table, key state: {e}")))?,
+                };
                 Ok(())
             }
             Some(_) => Err(corrupt(f, "meta table lacks format or secret check")),
             None if existed && self.has_any_record()? => {
                 Err(corrupt(f, "records present but no meta table"))
             }
-            None => self.init(secrets),
+            None => self.init(&secrets.check_value(), 0),
         }
     }
 
     fn has_any_record(&self) -> Result<bool, StoreError> {
-        let snap = self.load()?;
+        let snap = self.load_unchecked()?;
         Ok(snap.counts().total() > 0)
     }
 
     /// Writes the meta table and creates every table, in one durable commit.
-    fn init(&self, secrets: &Secrets) -> Result<(), StoreError> {
+    pub(crate) fn init(&mut self, secret_check: &[u8], seq: u64) -> Result<(), StoreError> {
         let f = &self.file;
-        let mut txn = self.db.begin_write().map_err(|e| engine_err(f, e))?;
+        let state = StateMeta {
+            seq,
+            ..StateMeta::default()
+        };
+        let mut txn = self.db()?.begin_write().map_err(|e| engine_err(f, e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| engine_err(f, redb::Error::from(e)))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| engine_err(f, e))?;
             meta.insert("format", FORMAT)
                 .map_err(|e| engine_err(f, e))?;
-            meta.insert("secret_check", secrets.check_value().as_slice())
+            meta.insert("secret_check", secret_check)
+                .map_err(|e| engine_err(f, e))?;
+            let bytes = serde_json::to_vec(&state).unwrap_or_default();
+            meta.insert("state", bytes.as_slice())
                 .map_err(|e| engine_err(f, e))?;
             txn.open_table(PAIRINGS).map_err(|e| engine_err(f, e))?;
             txn.open_table(TOKENS).map_err(|e| engine_err(f, e))?;
             txn.open_table(REVOCATIONS).map_err(|e| engine_err(f, e))?;
             txn.open_table(INVITES).map_err(|e| engine_err(f, e))?;
+            txn.open_table(INVITES_V1).map_err(|e| engine_err(f, e))?;
             txn.open_table(TASKS).map_err(|e| engine_err(f, e))?;
         }
-        txn.commit().map_err(|e| engine_err(f, e))
+        txn.commit().map_err(|e| engine_err(f, e))?;
+        self.state = state;
+        Ok(())
     }
+
+    /// Every record, without the count check (see [`Backend::load`]).
+    fn load_unchecked(&self) -> Result<Snapshot, StoreError> {
+        let f = &self.file;
+        let txn = self.db()?.begin_read().map_err(|e| engine_err(f, e))?;
+        let mut s = Snapshot::default();
+        load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings)?;
+        load_table(&txn, f, TOKENS, |k, r| *k == r.hash.0, &mut s.device_tokens)?;
+        load_table(
+            &txn,
+            f,
+            REVOCATIONS,
+            |k, r| *k == r.peer_id,
+            &mut s.revocations,
+        )?;
+        load_table(
+            &txn,
+            f,
+            INVITES_V1,
+            |k, r| u64::from(*k) == r.code,
+            &mut s.invites,
+        )?;
+        load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites)?;
+        load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks)?;
+        Ok(s)
+    }
+
+    fn commit_inner(&mut self, writes: &[&[Mutation]]) -> Result<StateMeta, (StoreError, bool)> {
+        let f = self.file.clone();
+        let f = &f;
+        let db = self.db().map_err(|e| (e, true))?;
+        let mut txn = db.begin_write().map_err(|e| commit_err(f, e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| commit_err(f, redb::Error::from(e)))?;
+        let mut state = self.state;
+        state.seq += 1;
+        {
+            let mut pairings = txn.open_table(PAIRINGS).map_err(|e| commit_err(f, e))?;
+            let mut tokens = txn.open_table(TOKENS).map_err(|e| commit_err(f, e))?;
+            let mut revocations = txn.open_table(REVOCATIONS).map_err(|e| commit_err(f, e))?;
+            let mut invites = txn.open_table(INVITES).map_err(|e| commit_err(f, e))?;
+            let mut invites_v1 = txn.open_table(INVITES_V1).map_err(|e| commit_err(f, e))?;
+            let mut tasks = txn.open_table(TASKS).map_err(|e| commit_err(f, e))?;
+            for m in writes.iter().flat_map(|w| w.iter()) {
+                let r = match m {
+                    Mutation::PutPairing(r) => pairings
+                        .insert(r.id, records::encode(r).as_slice())
+                        .map(drop),
+                    Mutation::DeletePairing(id) => {
+                        let removed = pairings.remove(id).map(|v| {
+                            v.and_then(|v| records::decode::<PairingRecord>(v.value()).ok())
+                        });
+                        match removed {
+                            // The peer's revocation goes with the entry if it is this
+                            // entry's (peer ids may repeat across entries).
+                            Ok(Some(p)) => {
+                                let owned = revocations.get(p.peer_id.as_str()).map(|v| {
+                                    v.and_then(|v| {
+                                        records::decode::<RevocationRecord>(v.value()).ok()
+                                    })
+                                    .is_some_and(|r| r.entry_id == Some(*id))
+                                });
+                                match owned {
+                                    Ok(true) => revocations.remove(p.peer_id.as_str()).map(drop),
+                                    Ok(false) => Ok(()),
+                                    Err(e) => Err(e),
+                                }
+                            }
+                            Ok(None) => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Mutation::PutDeviceToken(r) => tokens
+                        .insert(r.hash.0.as_slice(), records::encode(r).as_slice())
+                        .map(drop),
+                    Mutation::DeleteDeviceToken(h) => tokens.remove(h.0.as_slice()).map(drop),
+                    Mutation::PutRevocation(r) => revocations
+                        .insert(r.peer_id.as_str(), records::encode(r).as_slice())
+                        .map(drop),
+                    Mutation::PutInvite(r) => invites
+                        .insert(r.code, records::encode(r).as_slice())
+                        .map(drop),
+                    Mutation::DeleteInvite(c) => {
+                        invites
+                            .remove(c)
+                            .map(drop)
+                            .and_then(|()| match u32::try_from(*c) {
+                                Ok(old) => invites_v1.remove(old).map(drop),
+                                Err(_) => Ok(()),
+                            })
+                    }
+                    Mutation::PutTask(r) => tasks
+                        .insert(r.id.as_str(), records::encode(r).as_slice())
+                        .map(drop),
+                    Mutation::DeleteTask(id) => tasks.remove(id.as_str()).map(drop),
+                };
+                r.map_err(|e| commit_err(f, e))?;
+            }
+            let len = |t: &dyn Fn() -> redb::Result<u64>| t().map_err(|e| commit_err(f, e));
+            state.pairing = len(&|| pairings.len())?;
+            state.device_token = len(&|| tokens.len())?;
+            state.revocation = len(&|| revocations.len())?;
+            state.invite = len(&|| Ok(invites.len()? + invites_v1.len()?))?;
+            state.task = len(&|| tasks.len())?;
+        }
+        {
+            let mut meta = txn.open_table(META).map_err(|e| commit_err(f, e))?;
+            let bytes = serde_json::to_vec(&state).unwrap_or_default();
+            meta.insert("state", bytes.as_slice())
+                .map_err(|e| commit_err(f, e))?;
+        }
+        txn.commit().map_err(|e| commit_err(f, e))?;
+        Ok(state)
+    }
+
+    /// A consistent read snapshot of every table, for a backup or an export: taken now,
+    /// written later (on another thread) while commits go on.
+    pub fn exporter(&self) -> Result<crate::backup::Exporter, StoreError> {
+        let f = &self.file;
+        guarded(f, || {
+            let txn = self.db()?.begin_read().map_err(|e| engine_err(f, e))?;
+            let check = {
+                let meta = txn.open_table(META).map_err(|e| engine_err(f, e))?;
+                let v = meta.get("secret_check").map_err(|e| engine_err(f, e))?;
+                v.map(|v| v.value().to_vec()).unwrap_or_default()
+            };
+            Ok(crate::backup::Exporter::new(
+                txn,
+                f.clone(),
+                check,
+                self.state.seq,
+            ))
+        })
+    }
+}
+
+/// The tables, for [`crate::backup`].
+pub(crate) mod tables {
+    pub(crate) use super::{INVITES, INVITES_V1, PAIRINGS, REVOCATIONS, TASKS, TOKENS};
 }
 
 /// Reads every row of `def`, decoding each value; `check_key` verifies that the key is
@@ -239,80 +633,111 @@ where
 
 impl Backend for RedbBackend {
     fn commit(&mut self, writes: &[&[Mutation]]) -> Result<(), StoreError> {
-        let f = &self.file;
-        let mut txn = self.db.begin_write().map_err(|e| engine_err(f, e))?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(|e| engine_err(f, redb::Error::from(e)))?;
-        {
-            let mut pairings = txn.open_table(PAIRINGS).map_err(|e| engine_err(f, e))?;
-            let mut tokens = txn.open_table(TOKENS).map_err(|e| engine_err(f, e))?;
-            let mut revocations = txn.open_table(REVOCATIONS).map_err(|e| engine_err(f, e))?;
-            let mut invites = txn.open_table(INVITES).map_err(|e| engine_err(f, e))?;
-            let mut invites_v1 = txn.open_table(INVITES_V1).map_err(|e| engine_err(f, e))?;
-            let mut tasks = txn.open_table(TASKS).map_err(|e| engine_err(f, e))?;
-            for m in writes.iter().flat_map(|w| w.iter()) {
-                let r = match m {
-                    Mutation::PutPairing(r) => pairings
-                        .insert(r.id, records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::PutDeviceToken(r) => tokens
-                        .insert(r.hash.0.as_slice(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteDeviceToken(h) => tokens.remove(h.0.as_slice()).map(drop),
-                    Mutation::PutRevocation(r) => revocations
-                        .insert(r.peer_id.as_str(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::PutInvite(r) => invites
-                        .insert(r.code, records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteInvite(c) => {
-                        invites
-                            .remove(c)
-                            .map(drop)
-                            .and_then(|()| match u32::try_from(*c) {
-                                Ok(old) => invites_v1.remove(old).map(drop),
-                                Err(_) => Ok(()),
-                            })
-                    }
-                    Mutation::PutTask(r) => tasks
-                        .insert(r.id.as_str(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteTask(id) => tasks.remove(id.as_str()).map(drop),
-                };
-                r.map_err(|e| engine_err(f, e))?;
+        let f = self.file.clone();
+        let r = catch(|| self.commit_inner(writes)).unwrap_or_else(|panic| {
+            Err((
+                StoreError::Unavailable {
+                    file: f.clone(),
+                    reason: panic,
+                },
+                true,
+            ))
+        });
+        match r {
+            Ok(state) => {
+                self.state = state;
+                Ok(())
+            }
+            Err((e, reopen)) => {
+                self.poisoned |= reopen;
+                Err(e)
             }
         }
-        txn.commit().map_err(|e| engine_err(f, e))
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
         let t0 = Instant::now();
         let f = &self.file;
-        let txn = self.db.begin_read().map_err(|e| engine_err(f, e))?;
-        let mut s = Snapshot::default();
-        load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings)?;
-        load_table(&txn, f, TOKENS, |k, r| *k == r.hash.0, &mut s.device_tokens)?;
-        load_table(
-            &txn,
-            f,
-            REVOCATIONS,
-            |k, r| *k == r.peer_id,
-            &mut s.revocations,
-        )?;
-        load_table(
-            &txn,
-            f,
-            INVITES_V1,
-            |k, r| u64::from(*k) == r.code,
-            &mut s.invites,
-        )?;
-        load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites)?;
-        load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks)?;
+        let mut s = guarded(f, || self.load_unchecked())?;
+        // A directory written before the counts were kept has sequence 0 and no counts.
+        if self.state.seq > 0 {
+            if let Some(wrong) = self.state.counts_match(&s.counts()) {
+                return Err(corrupt(f, wrong));
+            }
+        }
         s.elapsed = t0.elapsed();
+        s.check_elapsed = self.check_elapsed;
+        s.seq = self.state.seq;
         Ok(s)
     }
 
     fn describe(&self) -> String {
         format!("redb {}", self.file.display())
+    }
+
+    fn needs_recovery(&self) -> bool {
+        self.poisoned || self.db.is_none()
+    }
+
+    fn recover(&mut self) -> Result<(), StoreError> {
+        if !self.needs_recovery() {
+            return Ok(());
+        }
+        // Close the failed handle first: redb holds a lock on the file while it is open.
+        self.db = None;
+        let f = self.file.clone();
+        let unavailable = |reason: String| StoreError::Unavailable {
+            file: f.clone(),
+            reason: one_line(&reason),
+        };
+        let db = catch(|| Database::create(&f))
+            .map_err(&unavailable)?
+            .map_err(|e| unavailable(format!("cannot reopen the database: {e}")))?;
+        // redb's recovery on open verified the newest commit (the handle was not closed
+        // cleanly). The commits acknowledged so far must all be there.
+        let read = || -> Result<Option<StateMeta>, StoreError> {
+            let txn = db.begin_read().map_err(|e| engine_err(&f, e))?;
+            let meta = txn.open_table(META).map_err(|e| engine_err(&f, e))?;
+            let v = meta.get("state").map_err(|e| engine_err(&f, e))?;
+            Ok(v.and_then(|v| serde_json::from_slice(v.value()).ok()))
+        };
+        let state = catch(read)
+            .map_err(&unavailable)?
+            .map_err(|e| unavailable(format!("cannot read the reopened database: {e}")))?
+            .unwrap_or_default();
+        if state.seq < self.state.seq {
+            return Err(unavailable(format!(
+                "the reopened database is at commit {} but commit {} was acknowledged; \
+                 stop the server and check the data directory",
+                state.seq, self.state.seq
+            )));
+        }
+        self.state = state;
+        self.db = Some(db);
+        self.poisoned = false;
+        Ok(())
+    }
+
+    fn export(&self) -> Result<Box<dyn crate::backup::Export>, StoreError> {
+        Ok(Box::new(self.exporter()?))
+    }
+
+    fn record_start(&mut self) {
+        // Best effort: a full disk must not stop a start whose data is intact.
+        let bytes = serde_json::to_vec(&self.state).unwrap_or_default();
+        let _ = write_durably(&self.dir.file(SEEN_FILE), &bytes);
+    }
+
+    fn close(&mut self) {
+        if self.needs_recovery() {
+            return;
+        }
+        // Closing the database records a clean shutdown in its header; then the commit
+        // it ended at is recorded beside it.
+        let db = self.db.take();
+        if catch(move || drop(db)).is_err() {
+            return;
+        }
+        self.record_start();
     }
 }

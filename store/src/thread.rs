@@ -10,13 +10,15 @@
 //! [`ShardLink::on_doorbell`](crate::ShardLink::on_doorbell), which wakes the local
 //! waiters. Control threads (start-up, tests) use [`StoreHandle::write_blocking`].
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crate::backup::ExportSummary;
 use crate::error::{StoreError, SubmitError};
 use crate::link::{Completion, ShardLink};
 use crate::records::{Mutation, Snapshot};
@@ -30,6 +32,20 @@ pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 4096;
 pub const BATCH_WRITES_MAX_DEFAULT: usize = 1024;
 /// Default of [`StoreConfig::inflight_max`].
 pub const INFLIGHT_MAX_DEFAULT: usize = 1024;
+/// Default of [`StoreConfig::retry_interval`].
+pub const RETRY_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
+/// Default of [`StoreConfig::retained_writes_max`].
+pub const RETAINED_WRITES_MAX_DEFAULT: usize = 65_536;
+
+/// Bytes of one backup chunk handed from the backup thread to the shard that streams it.
+pub const BACKUP_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks in flight between the backup thread and the shard (1 MiB with
+/// [`BACKUP_CHUNK_BYTES`]): the backup thread waits when the shard's client reads slower
+/// than the backup is written, so a slow client costs at most this much memory.
+pub const BACKUP_CHUNKS_MAX: usize = 16;
+/// How long the backup thread waits for the shard to take a chunk before it gives up
+/// (a client that stopped reading): the snapshot it holds keeps pages from being reused.
+pub const BACKUP_STALL_MAX: Duration = Duration::from_secs(60);
 
 /// Limits of the storage path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +61,17 @@ pub struct StoreConfig {
     /// Writes one shard may have waiting for their commit (sizes its completion ring);
     /// when reached, `submit` fails with [`SubmitError::InFlightFull`] (503).
     pub inflight_max: usize,
+    /// While the store is unavailable (the disk refused a commit), how often the storage
+    /// thread tries to recover: reopen the database, write the retained writes (or a
+    /// probe) and, once that commit succeeds, take writes again. Each try reopens the
+    /// database (redb recovery: a read of the whole tree), so a short interval costs
+    /// storage-thread time during an outage; a long one delays the recovery.
+    pub retry_interval: Duration,
+    /// Writes submitted as retained (revocations) kept while the store is unavailable,
+    /// all shards together; each is about one pairing record, a revocation and a token
+    /// hash (≈ 1 KiB), so the default holds 64 MiB at most. Past it a retained write
+    /// fails like any other ([`StoreError::Unavailable`]).
+    pub retained_writes_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -53,6 +80,8 @@ impl Default for StoreConfig {
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
             batch_writes_max: BATCH_WRITES_MAX_DEFAULT,
             inflight_max: INFLIGHT_MAX_DEFAULT,
+            retry_interval: RETRY_INTERVAL_DEFAULT,
+            retained_writes_max: RETAINED_WRITES_MAX_DEFAULT,
         }
     }
 }
@@ -73,6 +102,13 @@ pub(crate) struct Stats {
     pub(crate) mutations: AtomicU64,
     pub(crate) batch_writes_largest: AtomicU64,
     pub(crate) queue_full: AtomicU64,
+    pub(crate) unavailable_episodes: AtomicU64,
+    pub(crate) refused_unavailable: AtomicU64,
+    pub(crate) retained: AtomicU64,
+    pub(crate) retained_refused: AtomicU64,
+    pub(crate) recoveries: AtomicU64,
+    pub(crate) backups: AtomicU64,
+    pub(crate) backups_failed: AtomicU64,
 }
 
 /// A copy of the storage counters.
@@ -90,6 +126,31 @@ pub struct StoreStats {
     pub batch_writes_largest: u64,
     /// Submissions refused because the queue was full.
     pub queue_full: u64,
+    /// Times the store became unavailable (a commit the disk refused).
+    pub unavailable_episodes: u64,
+    /// Writes refused because the store was unavailable (or whose commit made it so).
+    pub refused_unavailable: u64,
+    /// Retained writes (revocations) waiting for the store to recover.
+    pub retained: u64,
+    /// Retained writes refused because `retained_writes_max` were already waiting.
+    pub retained_refused: u64,
+    /// Times the store became available again.
+    pub recoveries: u64,
+    /// Backups completed.
+    pub backups: u64,
+    /// Backups that failed or were abandoned by their client.
+    pub backups_failed: u64,
+}
+
+/// Whether the store can take writes now, and if not why and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Commits succeed (or none failed since the last success).
+    pub available: bool,
+    /// Why not (the error of the last failed commit or recovery try), when unavailable.
+    pub reason: Option<String>,
+    /// Since when it is unavailable (ns since the Unix epoch; 0 when available).
+    pub since_ns: u64,
 }
 
 pub(crate) enum Reply {
@@ -101,7 +162,10 @@ pub(crate) enum Request {
     Write {
         mutations: Vec<Mutation>,
         reply: Reply,
+        /// Keep it while the store is unavailable and write it on recovery.
+        retain: bool,
     },
+    Backup(BackupRequest),
     Register {
         link: usize,
         completions: rtrb::Producer<Completion>,
@@ -110,12 +174,72 @@ pub(crate) enum Request {
     Shutdown,
 }
 
+pub(crate) struct BackupRequest {
+    chunks: rtrb::Producer<Chunk>,
+    doorbell: Arc<dyn Doorbell>,
+    /// Set by the backup thread to itself, so the stream can wake it.
+    writer: Arc<OnceLock<std::thread::Thread>>,
+}
+
 /// What every link shares with the storage thread.
 pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Set once the storage thread has stopped taking requests for good.
     pub(crate) exited: AtomicBool,
     next_link: AtomicUsize,
+    /// Whether commits succeed; written by the storage thread only.
+    available: AtomicBool,
+    /// When the store became unavailable (ns since the epoch).
+    unavailable_since_ns: AtomicU64,
+    /// Why: written by the storage thread on each failure; read with `try_lock` only (a
+    /// shard never waits for it: when busy, the reason is left out).
+    reason: Mutex<String>,
+    /// A backup is being written (at most one at a time).
+    backup_running: AtomicBool,
+}
+
+/// A piece of a backup stream ([`StoreHandle::backup`]).
+#[derive(Debug)]
+pub enum Chunk {
+    /// Bytes of the backup, in order.
+    Data(Vec<u8>),
+    /// The backup is complete (`Ok`) or failed (`Err`, the reason; the stream then lacks
+    /// its end line, so a restore refuses what was sent).
+    End(Result<ExportSummary, String>),
+}
+
+/// A shard's end of a backup being written by a backup thread: chunks arrive in a
+/// bounded ring ([`BACKUP_CHUNKS_MAX`]) and the doorbell given to
+/// [`StoreHandle::backup`] rings after each. Dropping it abandons the backup.
+pub struct BackupStream {
+    chunks: rtrb::Consumer<Chunk>,
+    writer: Arc<OnceLock<std::thread::Thread>>,
+}
+
+impl std::fmt::Debug for BackupStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupStream")
+    }
+}
+
+impl BackupStream {
+    /// The next chunk, if one is ready (never blocks; wait for the doorbell otherwise).
+    pub fn pop(&mut self) -> Option<Chunk> {
+        let c = self.chunks.pop().ok();
+        if c.is_some() {
+            // Room again: the backup thread may be waiting for it (unpark never blocks).
+            if let Some(t) = self.writer.get() {
+                t.unpark();
+            }
+        }
+        c
+    }
+
+    /// Whether the backup thread is gone without sending [`Chunk::End`] (nothing more
+    /// will come).
+    pub fn is_abandoned(&self) -> bool {
+        self.chunks.is_abandoned() && self.chunks.is_empty()
+    }
 }
 
 /// A cloneable, `Send` handle for submitting writes.
@@ -142,9 +266,66 @@ impl StoreHandle {
             .send(Request::Write {
                 mutations,
                 reply: Reply::Blocking(tx),
+                retain: false,
             })
             .map_err(|_| StoreError::Closed)?;
         rx.recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Starts a backup: the storage thread takes a read snapshot between two group
+    /// commits (so it holds every write acknowledged before this call) and a backup thread
+    /// writes it in the backup format ([`crate::backup`]) as [`Chunk`]s into the returned
+    /// stream, ringing `doorbell` after each. Never blocks. One backup at a time
+    /// ([`SubmitError::BackupRunning`]).
+    pub fn backup(&self, doorbell: Arc<dyn Doorbell>) -> Result<BackupStream, SubmitError> {
+        if self
+            .shared
+            .backup_running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(SubmitError::BackupRunning);
+        }
+        let (producer, consumer) = rtrb::RingBuffer::new(BACKUP_CHUNKS_MAX);
+        let writer = Arc::new(OnceLock::new());
+        match self.tx.try_send(Request::Backup(BackupRequest {
+            chunks: producer,
+            doorbell,
+            writer: writer.clone(),
+        })) {
+            Ok(()) => Ok(BackupStream {
+                chunks: consumer,
+                writer,
+            }),
+            Err(e) => {
+                self.shared.backup_running.store(false, Ordering::Release);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether the store takes writes now (see [`StoreHealth`]). Never blocks.
+    pub fn health(&self) -> StoreHealth {
+        let sh = &self.shared;
+        if sh.exited.load(Ordering::Acquire) {
+            return StoreHealth {
+                available: false,
+                reason: Some(StoreError::Closed.to_string()),
+                since_ns: 0,
+            };
+        }
+        if sh.available.load(Ordering::Acquire) {
+            return StoreHealth {
+                available: true,
+                reason: None,
+                since_ns: 0,
+            };
+        }
+        StoreHealth {
+            available: false,
+            reason: sh.reason.try_lock().ok().map(|r| r.clone()),
+            since_ns: sh.unavailable_since_ns.load(Ordering::Acquire),
+        }
     }
 
     /// A link for one shard (create it on the shard's thread: the link is `!Send`).
@@ -178,6 +359,13 @@ impl StoreHandle {
             mutations: s.mutations.load(Ordering::Relaxed),
             batch_writes_largest: s.batch_writes_largest.load(Ordering::Relaxed),
             queue_full: s.queue_full.load(Ordering::Relaxed),
+            unavailable_episodes: s.unavailable_episodes.load(Ordering::Relaxed),
+            refused_unavailable: s.refused_unavailable.load(Ordering::Relaxed),
+            retained: s.retained.load(Ordering::Relaxed),
+            retained_refused: s.retained_refused.load(Ordering::Relaxed),
+            recoveries: s.recoveries.load(Ordering::Relaxed),
+            backups: s.backups.load(Ordering::Relaxed),
+            backups_failed: s.backups_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -212,21 +400,25 @@ impl Store {
 
     /// Loads every record from `backend`, then starts the storage thread on it.
     pub fn start<B: Backend>(
-        backend: B,
+        mut backend: B,
         config: StoreConfig,
     ) -> Result<(Store, Snapshot), StoreError> {
         let snapshot = backend.load()?;
+        backend.record_start();
         let (tx, rx) = sync_channel(config.queue_depth_max.max(1));
         let shared = Arc::new(Shared {
             stats: Stats::default(),
             exited: AtomicBool::new(false),
             next_link: AtomicUsize::new(0),
+            available: AtomicBool::new(true),
+            unavailable_since_ns: AtomicU64::new(0),
+            reason: Mutex::new(String::new()),
+            backup_running: AtomicBool::new(false),
         });
         let thread_shared = shared.clone();
-        let batch_max = config.batch_writes_max.max(1);
         let thread = std::thread::Builder::new()
             .name("chatixia-store".into())
-            .spawn(move || run(backend, rx, thread_shared, batch_max))
+            .spawn(move || run(backend, rx, thread_shared, config))
             .map_err(|e| StoreError::Io {
                 path: Default::default(),
                 op: "spawn the storage thread",
@@ -291,20 +483,280 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-fn run<B: Backend>(mut backend: B, rx: Receiver<Request>, shared: Arc<Shared>, batch_max: usize) {
+/// The storage thread's state while it runs.
+struct Thread<B: Backend> {
+    backend: B,
+    shared: Arc<Shared>,
+    config: StoreConfig,
+    /// The error of the last failed commit or recovery while unavailable.
+    down: Option<StoreError>,
+    /// When recovery was last tried.
+    last_try: Instant,
+    /// Retained writes waiting for the store to recover, oldest first.
+    retained: VecDeque<Vec<Mutation>>,
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl<B: Backend> Thread<B> {
+    fn set_reason(&self, e: &StoreError) {
+        if let Ok(mut r) = self.shared.reason.lock() {
+            *r = e.to_string();
+        }
+    }
+
+    /// The store became (or stays) unavailable because of `e`.
+    fn went_down(&mut self, e: StoreError) {
+        self.set_reason(&e);
+        if self.down.is_none() {
+            let sh = &self.shared;
+            sh.unavailable_since_ns.store(now_ns(), Ordering::Release);
+            sh.available.store(false, Ordering::Release);
+            sh.stats
+                .unavailable_episodes
+                .fetch_add(1, Ordering::Relaxed);
+            self.last_try = Instant::now();
+        }
+        self.down = Some(e);
+    }
+
+    /// While unavailable and the retry interval has passed: recover the backend, then
+    /// commit the retained writes (a probe commit when there are none). Available again
+    /// once that commit succeeds.
+    fn try_recover(&mut self) {
+        if self.down.is_none() || self.last_try.elapsed() < self.config.retry_interval {
+            return;
+        }
+        self.last_try = Instant::now();
+        if let Err(e) = self.backend.recover() {
+            self.went_down(e);
+            return;
+        }
+        let refs: Vec<&[Mutation]> = self.retained.iter().map(|m| m.as_slice()).collect();
+        match self.backend.commit(&refs) {
+            Ok(()) => {
+                let st = &self.shared.stats;
+                st.commits.fetch_add(1, Ordering::Relaxed);
+                st.recoveries.fetch_add(1, Ordering::Relaxed);
+                st.retained.store(0, Ordering::Relaxed);
+                self.retained.clear();
+                self.down = None;
+                self.shared.available.store(true, Ordering::Release);
+                self.shared.unavailable_since_ns.store(0, Ordering::Release);
+            }
+            Err(e) => {
+                self.shared
+                    .stats
+                    .commits_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.went_down(e);
+            }
+        }
+    }
+
+    /// The answer for a write that could not be committed because of `e`; a retained
+    /// write is kept (bounded) and answered [`StoreError::Deferred`].
+    fn refuse(&mut self, mutations: Vec<Mutation>, retain: bool, e: &StoreError) -> StoreError {
+        let st = &self.shared.stats;
+        if !e.is_unavailable() {
+            return e.clone();
+        }
+        st.refused_unavailable.fetch_add(1, Ordering::Relaxed);
+        if !retain {
+            return e.clone();
+        }
+        if self.retained.len() >= self.config.retained_writes_max {
+            st.retained_refused.fetch_add(1, Ordering::Relaxed);
+            return e.clone();
+        }
+        self.retained.push_back(mutations);
+        st.retained
+            .store(self.retained.len() as u64, Ordering::Relaxed);
+        match e {
+            StoreError::Unavailable { file, reason } | StoreError::Deferred { file, reason } => {
+                StoreError::Deferred {
+                    file: file.clone(),
+                    reason: reason.clone(),
+                }
+            }
+            other => other.clone(),
+        }
+    }
+
+    /// Starts a backup thread on a snapshot taken now (after this round's commit).
+    fn start_backup(&self, b: BackupRequest) {
+        let BackupRequest {
+            mut chunks,
+            doorbell,
+            writer,
+        } = b;
+        let export = match self.backend.export() {
+            Ok(x) => x,
+            Err(e) => {
+                self.shared
+                    .stats
+                    .backups_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.backup_running.store(false, Ordering::Release);
+                let _ = chunks.push(Chunk::End(Err(e.to_string())));
+                doorbell.ring();
+                return;
+            }
+        };
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("chatixia-backup".into())
+            .spawn(move || {
+                let _ = writer.set(std::thread::current());
+                let mut w = ChunkWriter {
+                    chunks,
+                    doorbell,
+                    buf: Vec::with_capacity(BACKUP_CHUNK_BYTES),
+                };
+                let result = export
+                    .write_to(&mut w)
+                    .and_then(|s| {
+                        w.flush_chunk().map(|()| s).map_err(|e| StoreError::Io {
+                            path: Default::default(),
+                            op: "stream the backup",
+                            message: e.to_string(),
+                        })
+                    })
+                    .map_err(|e| e.to_string());
+                let counter = if result.is_ok() {
+                    &shared.stats.backups
+                } else {
+                    &shared.stats.backups_failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                // The snapshot is written: another backup may start.
+                shared.backup_running.store(false, Ordering::Release);
+                // The end marker needs one free slot; a client that stopped reading gets
+                // none and the stream just ends.
+                let _ = w.push(Chunk::End(result));
+            });
+        if spawned.is_err() {
+            self.shared
+                .stats
+                .backups_failed
+                .fetch_add(1, Ordering::Relaxed);
+            self.shared.backup_running.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Collects backup bytes into [`BACKUP_CHUNK_BYTES`] chunks and hands each to the shard.
+struct ChunkWriter {
+    chunks: rtrb::Producer<Chunk>,
+    doorbell: Arc<dyn Doorbell>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    /// Pushes one chunk, waiting (on this backup thread) while the ring is full; gives up
+    /// when the shard dropped its end or took nothing for [`BACKUP_STALL_MAX`].
+    fn push(&mut self, mut c: Chunk) -> std::io::Result<()> {
+        let t0 = Instant::now();
+        loop {
+            if self.chunks.is_abandoned() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "the client went away",
+                ));
+            }
+            match self.chunks.push(c) {
+                Ok(()) => {
+                    self.doorbell.ring();
+                    return Ok(());
+                }
+                Err(rtrb::PushError::Full(back)) => {
+                    c = back;
+                    if t0.elapsed() > BACKUP_STALL_MAX {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the client stopped reading the backup",
+                        ));
+                    }
+                    // Woken by the shard when it takes a chunk; the timeout re-checks
+                    // for a client that went away.
+                    std::thread::park_timeout(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(BACKUP_CHUNK_BYTES));
+        self.push(Chunk::Data(full))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let room = BACKUP_CHUNK_BYTES - self.buf.len();
+        let n = bytes.len().min(room);
+        self.buf.extend_from_slice(&bytes[..n]);
+        if self.buf.len() >= BACKUP_CHUNK_BYTES {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn run<B: Backend>(backend: B, rx: Receiver<Request>, shared: Arc<Shared>, config: StoreConfig) {
     let mut guard = ExitGuard {
         shared: &shared,
         sinks: Vec::new(),
     };
-    let mut batch: Vec<(Vec<Mutation>, Reply)> = Vec::new();
+    let mut t = Thread {
+        backend,
+        shared: shared.clone(),
+        config,
+        down: None,
+        last_try: Instant::now(),
+        retained: VecDeque::new(),
+    };
+    let batch_max = config.batch_writes_max.max(1);
+    let mut batch: Vec<(Vec<Mutation>, Reply, bool)> = Vec::new();
+    let mut backups: Vec<BackupRequest> = Vec::new();
     let mut shutdown = false;
     while !shutdown {
-        // Block for the first request, then take whatever else is queued.
-        let Ok(first) = rx.recv() else { break };
-        let mut next = Some(first);
+        // Block for the first request (while unavailable, at most until the next
+        // recovery try), then take whatever else is queued.
+        let first = if t.down.is_some() {
+            let wait = config.retry_interval.saturating_sub(t.last_try.elapsed());
+            match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(r) => Some(r),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(r) => Some(r),
+                Err(_) => break,
+            }
+        };
+        let mut next = first;
         while let Some(req) = next.take() {
             match req {
-                Request::Write { mutations, reply } => batch.push((mutations, reply)),
+                Request::Write {
+                    mutations,
+                    reply,
+                    retain,
+                } => batch.push((mutations, reply, retain)),
+                Request::Backup(b) => backups.push(b),
                 Request::Register {
                     link,
                     completions,
@@ -328,37 +780,56 @@ fn run<B: Backend>(mut backend: B, rx: Receiver<Request>, shared: Arc<Shared>, b
                 next = rx.try_recv().ok();
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
-        let refs: Vec<&[Mutation]> = batch.iter().map(|(m, _)| m.as_slice()).collect();
-        let result = backend.commit(&refs);
-        drop(refs);
-        let st = &shared.stats;
-        let n = batch.len() as u64;
-        if result.is_ok() {
-            st.commits.fetch_add(1, Ordering::Relaxed);
-        } else {
-            st.commits_failed.fetch_add(1, Ordering::Relaxed);
-        }
-        st.writes.fetch_add(n, Ordering::Relaxed);
-        let muts: usize = batch.iter().map(|(m, _)| m.len()).sum();
-        st.mutations.fetch_add(muts as u64, Ordering::Relaxed);
-        st.batch_writes_largest.fetch_max(n, Ordering::Relaxed);
-        for (_, reply) in batch.drain(..) {
-            match reply {
-                Reply::Blocking(tx) => {
-                    let _ = tx.send(result.clone());
+        t.try_recover();
+        if !batch.is_empty() {
+            let result = match &t.down {
+                Some(e) => Err(e.clone()),
+                None => {
+                    let refs: Vec<&[Mutation]> =
+                        batch.iter().map(|(m, _, _)| m.as_slice()).collect();
+                    let r = t.backend.commit(&refs);
+                    let st = &shared.stats;
+                    if r.is_ok() {
+                        st.commits.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        st.commits_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Err(e) = &r {
+                        if e.is_unavailable() {
+                            t.went_down(e.clone());
+                        }
+                    }
+                    r
                 }
-                Reply::Link { link, key } => {
-                    if let Some(Some(sink)) = guard.sinks.get_mut(link) {
-                        // Cannot be full: the link keeps at most `inflight_max` writes
-                        // outstanding and the ring holds that many.
-                        let _ = sink.completions.push((key, result.clone()));
-                        sink.rung = true;
+            };
+            let st = &shared.stats;
+            let n = batch.len() as u64;
+            st.writes.fetch_add(n, Ordering::Relaxed);
+            let muts: usize = batch.iter().map(|(m, _, _)| m.len()).sum();
+            st.mutations.fetch_add(muts as u64, Ordering::Relaxed);
+            st.batch_writes_largest.fetch_max(n, Ordering::Relaxed);
+            for (mutations, reply, retain) in batch.drain(..) {
+                let r = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(t.refuse(mutations, retain, e)),
+                };
+                match reply {
+                    Reply::Blocking(tx) => {
+                        let _ = tx.send(r);
+                    }
+                    Reply::Link { link, key } => {
+                        if let Some(Some(sink)) = guard.sinks.get_mut(link) {
+                            // Cannot be full: the link keeps at most `inflight_max` writes
+                            // outstanding and the ring holds that many.
+                            let _ = sink.completions.push((key, r));
+                            sink.rung = true;
+                        }
                     }
                 }
             }
+        }
+        for b in backups.drain(..) {
+            t.start_backup(b);
         }
         for sink in guard.sinks.iter_mut().flatten() {
             if std::mem::take(&mut sink.rung) {
@@ -366,9 +837,17 @@ fn run<B: Backend>(mut backend: B, rx: Receiver<Request>, shared: Arc<Shared>, b
             }
         }
     }
+    // A last try for retained writes (revocations) before the process goes.
+    if t.down.is_some() && !t.retained.is_empty() {
+        t.last_try = Instant::now() - config.retry_interval;
+        t.try_recover();
+    }
+    if t.down.is_none() {
+        t.backend.close();
+    }
     // Anything still queued is refused; the guard then marks the store exited and rings
     // every link so their waiters fail with `Closed` instead of waiting forever.
-    drop(backend);
+    drop(t);
     drop(rx);
 }
 

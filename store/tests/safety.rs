@@ -82,7 +82,7 @@ fn filled_dir(marker: &str) -> tempfile::TempDir {
             .unwrap();
     }
     let mut t = task(999, 10);
-    t.payload = serde_json::json!({ "marker": marker });
+    t.payload = serde_json::json!({ "marker": marker }).into();
     h.write_blocking(vec![Mutation::PutTask(t)]).unwrap();
     store.close();
     tmp

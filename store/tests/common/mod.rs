@@ -68,7 +68,7 @@ pub fn task(i: u64, len: usize) -> TaskRecord {
         target_agent_id: String::new(),
         source_agent_id: "agent-001".into(),
         assigned_agent_id: String::new(),
-        payload: serde_json::json!({ "i": i, "blob": blob(i, len) }),
+        payload: serde_json::json!({ "i": i, "blob": blob(i, len) }).into(),
         state: "pending".into(),
         result: String::new(),
         error: String::new(),
