@@ -303,7 +303,9 @@ fn openapi_document_is_served_valid_and_complete() {
 /// a paired device's credentials on the two operations that take them.
 #[test]
 fn schemathesis_with_agent_and_device_credentials() {
-    let srv = Server::start(2);
+    let mut o = Opts::cores(2);
+    o.args = UNLIMITED_FAILURES.iter().map(|s| s.to_string()).collect();
+    let srv = Server::with(o);
     // Credentials first: the runs send wrong secrets, which a failure budget may count.
     let admin = format!("Bearer {}", token(&srv, ADMIN_KEY));
     let agent = format!("Bearer {}", token(&srv, AGENT_KEY));
@@ -347,12 +349,23 @@ fn schemathesis_with_agent_and_device_credentials() {
     );
 }
 
+/// The runs send wrong secrets on purpose, on every route, from one address: with the
+/// default failure budget (tests/auth_failures.rs) they would see 429 from the tenth on
+/// and exercise little else. The budget's own routes and 429s are tested there.
+const UNLIMITED_FAILURES: [&str; 4] = [
+    "--auth-failures-per-ip-max",
+    "1000000000",
+    "--auth-failures-total-max",
+    "1000000000",
+];
+
 /// Admin credentials on every request, the server under `--require-agent-auth` (an
 /// admin may act for any agent, so the agent routes run to the end).
 #[test]
 fn schemathesis_with_admin_credentials() {
     let mut o = Opts::cores(2);
     o.args = vec!["--require-agent-auth".into()];
+    o.args.extend(UNLIMITED_FAILURES.iter().map(|s| s.to_string()));
     let srv = Server::with(o);
     let admin = format!("Bearer {}", token(&srv, ADMIN_KEY));
     schemathesis(
