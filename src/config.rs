@@ -151,11 +151,12 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     pub task_store_bytes_max: usize,
 
-    /// Bytes of tasks one client (API key, else IP) may hold on one shard; over: 429.
+    /// Bytes of tasks one client (the identity of a valid X-API-Key or bearer token,
+    /// else the source address) may hold on one shard; over: 429. Admins: no quota.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub task_client_bytes_max: usize,
 
-    /// Tasks one client (API key, else IP) may hold on one shard; over: 429.
+    /// Tasks one client (as for the bytes) may hold on one shard; over: 429.
     #[arg(long, default_value_t = 4096)]
     pub task_client_tasks_max: usize,
 
@@ -172,7 +173,7 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub agent_store_bytes_max: usize,
 
-    /// Agents one client (source address) may create on one shard; over: 429.
+    /// Agents one client (as for tasks) may create on one shard; over: 429.
     #[arg(long, default_value_t = 1024)]
     pub agent_client_agents_max: usize,
 
@@ -193,6 +194,13 @@ pub struct StoreFlags {
     /// Live invite codes one API key may hold per shard (of 1,000); over: 429.
     #[arg(long, default_value_t = 100)]
     pub pair_codes_per_key_max: usize,
+
+    /// Percent of each store's budget (tasks and agents: entries and bytes per shard;
+    /// the durable store: --data-bytes-max) that all clients without a valid
+    /// X-API-Key or bearer token may fill together; the rest is kept for
+    /// authenticated agents and operators. Over: 503 for anonymous requests. 0 to 100.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub anonymous_share_percent: u8,
 }
 
 /// Subcommands besides serving.
@@ -287,12 +295,14 @@ impl Cli {
                 bytes_max: f.agent_store_bytes_max,
                 client_agents_max: f.agent_client_agents_max,
                 client_bytes_max: f.agent_client_bytes_max,
+                anonymous_share_percent: f.anonymous_share_percent,
             },
             pair_guard: crate::pairing::guard::GuardLimits {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
             },
+            anonymous_share_percent: f.anonymous_share_percent,
         })
     }
 

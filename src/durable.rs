@@ -144,6 +144,7 @@ pub fn task_record(t: &Task) -> TaskRecord {
         created_at_ns: t.created_at.as_nanos(),
         updated_at_ns: t.updated_at.as_nanos(),
         ttl: t.ttl,
+        holder: t.holder.to_string(),
     }
 }
 
@@ -162,6 +163,7 @@ pub fn task_of(r: TaskRecord) -> Task {
         created_at: UnixTime(r.created_at_ns),
         updated_at: UnixTime(r.updated_at_ns),
         ttl: r.ttl,
+        holder: crate::limits::Principal::from_record(&r.holder),
     }
 }
 
@@ -325,6 +327,7 @@ mod tests {
             created_at: UnixTime::from_secs(100),
             updated_at: UnixTime::from_secs(100),
             ttl: 300,
+            holder: crate::limits::Principal::Anonymous("10.0.0.1".into()),
         };
         let mut snap = Snapshot::default();
         snap.pairings
@@ -347,6 +350,8 @@ mod tests {
                 }
                 for t in &b.tasks {
                     assert_eq!(shard_of(&t.id, shards), s);
+                    // The holder survives the record: a restart charges the same budget.
+                    assert_eq!(t.holder, crate::limits::Principal::Anonymous("10.0.0.1".into()));
                     tasks += 1;
                 }
                 for (agent, id, _) in &b.pointers {

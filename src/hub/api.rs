@@ -60,7 +60,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
         .filter(|&s| s != home);
     let target = sub.target_agent_id.clone();
     let ttl = sub.ttl;
-    let client = crate::limits::client_key(peer);
+    let client = ctx.principal(req, peer);
     let mut sub = Some(sub);
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
@@ -86,8 +86,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
                 }
                 return Ok(ok_json(task_created_body(&id)));
             }
-            Reply::Full => return Ok(Response::error(503, "task store is full")),
-            Reply::Quota(why) => return Ok(Response::error(429, *why)),
+            Reply::Refused(r) => return Ok(ctx.refused("tasks", &r)),
             Reply::InUse => {
                 // The submission was consumed by the message; rebuild it from the request.
                 sub = Some(json_body(req)?);
@@ -177,6 +176,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
             Ok(ok_status())
         }
         Reply::NotFound => Ok(not_found_200()),
+        Reply::Refused(r) => Ok(ctx.refused("tasks", &r)),
         Reply::Forbidden(who) => Ok(Response::error(
             403,
             format!("task is assigned to `{who}`: an agent may only report its own tasks"),
@@ -199,12 +199,11 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
     let mut hb = hb;
-    hb.client = crate::limits::client_key(peer);
+    hb.client = ctx.principal(req, peer);
     let op = Op::Heartbeat(Box::new(hb));
     let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
-        Reply::Full => return Ok(Response::error(503, "agent registry is full")),
-        Reply::Quota(why) => return Ok(Response::error(429, *why)),
+        Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
         _ => return Ok(unexpected()),
     };
 

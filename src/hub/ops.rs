@@ -4,7 +4,8 @@
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
-use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
+use crate::limits::{Principal, Refusal};
+use crate::registry::{AgentStore, Heartbeat};
 use crate::time::UnixTime;
 
 /// The hub state one shard owns: the tasks homed here and the pointers left for the
@@ -17,14 +18,14 @@ pub struct Store {
 /// A request to the hub of one shard. Every payload is one word (see `server::msg`).
 pub enum Op {
     /// Heartbeat on the agent's owner: upsert the agent, claim the tasks local to this
-    /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full`.
-    /// The sender's agent quota applies (`Heartbeat::client`, see
-    /// `AgentStore::heartbeat_for`). → also `Quota`.
+    /// shard, hand back the pointers left for it. → `HeartbeatDone`.
+    /// The sender's agent budget applies (`Heartbeat::client`, see
+    /// `AgentStore::heartbeat_for`). → also `Refused`.
     Heartbeat(Box<Heartbeat>),
     /// Store a new pending task under this id for a client (see
     /// `TaskStore::create_for`; `(id, task, client)`), not claimable until `Saved`.
-    /// → `Task` | `InUse` | `Full` | `Quota`.
-    Create(Box<(TaskId, TaskSubmission, String)>),
+    /// → `Task` | `InUse` | `Refused`.
+    Create(Box<(TaskId, TaskSubmission, Principal)>),
     /// The store acknowledged the task's creation: make it claimable. → `Done`.
     Saved(Box<String>),
     /// The store did not acknowledge the task's creation: drop it. → `Done`.
@@ -37,10 +38,12 @@ pub enum Op {
     Pointer(Box<(String, TaskId, UnixTime)>),
     /// One task. → `Task`.
     Get(Box<String>),
-    /// Update a task. → `Updated` | `NotFound`.
+    /// Update a task (within the budget, see `TaskStore::try_update`). → `Updated` |
+    /// `NotFound` | `Refused`.
     Update(Box<(String, TaskUpdate)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Updated` | `NotFound` | `Forbidden` (assigned to someone else).
+    /// agent)`. → `Updated` | `NotFound` | `Refused` | `Forbidden` (assigned to someone
+    /// else).
     UpdateAs(Box<(String, TaskUpdate, String)>),
     /// Every task of the shard. → `Tasks`.
     List,
@@ -58,11 +61,11 @@ pub enum Reply {
     Done,
     NotFound,
     InUse,
-    Full,
     /// The task is assigned to this other agent.
     Forbidden(Box<String>),
-    /// The client's quota on this shard is used up; the reason.
-    Quota(Box<String>),
+    /// A budget refused it: the client's quota, the anonymous share, the whole store
+    /// (of tasks for `Create` and updates, of agents for `Heartbeat`).
+    Refused(Box<Refusal>),
     /// `(claimed tasks, pointers to resolve)`.
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
     Task(Option<Box<Task>>),
@@ -78,10 +81,8 @@ impl Op {
         match self {
             Op::Heartbeat(b) => {
                 let hb = &*b;
-                match agents.heartbeat_for(hb, &hb.client, now) {
-                    Ok(()) => {}
-                    Err(AgentRefusal::Full(_)) => return Reply::Full,
-                    Err(AgentRefusal::ClientQuota(why)) => return Reply::Quota(Box::new(why)),
+                if let Err(r) = agents.heartbeat_for(hb, &hb.client, now) {
+                    return Reply::Refused(Box::new(r));
                 }
                 let claimed = store
                     .tasks
@@ -102,10 +103,7 @@ impl Op {
                         Reply::Task(Some(t))
                     }
                     Err(CreateTaskError::DuplicateId) => Reply::InUse,
-                    Err(CreateTaskError::Full { .. }) => Reply::Full,
-                    Err(e @ CreateTaskError::ClientQuota { .. }) => {
-                        Reply::Quota(Box::new(e.to_string()))
-                    }
+                    Err(CreateTaskError::Refused(r)) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::Pointer(b) => {
@@ -133,9 +131,10 @@ impl Op {
                 let Some(before) = store.tasks.get(&id).cloned() else {
                     return Reply::NotFound;
                 };
-                match store.tasks.update(&id, upd, now) {
-                    Some(after) => Reply::Updated(Box::new((before, after.clone()))),
-                    None => Reply::NotFound,
+                match store.tasks.try_update(&id, upd, now) {
+                    Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
+                    Ok(None) => Reply::NotFound,
+                    Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::UpdateAs(b) => {
@@ -147,9 +146,10 @@ impl Op {
                     }
                     Some(t) => {
                         let before = t.clone();
-                        match store.tasks.update(&id, upd, now) {
-                            Some(after) => Reply::Updated(Box::new((before, after.clone()))),
-                            None => Reply::NotFound,
+                        match store.tasks.try_update(&id, upd, now) {
+                            Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
+                            Ok(None) => Reply::NotFound,
+                            Err(r) => Reply::Refused(Box::new(r)),
                         }
                     }
                 }

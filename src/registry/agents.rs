@@ -11,7 +11,9 @@ use crate::time::UnixTime;
 use wire::json::JsonBody;
 
 mod budget;
-pub use budget::{agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES};
+pub use budget::{
+    agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+};
 
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {
@@ -102,10 +104,10 @@ pub struct Heartbeat {
     /// Default `""`; an empty value does not overwrite a known sidecar id.
     #[serde(default)]
     pub sidecar_peer_id: String,
-    /// Not in the body: the sender's quota key (`limits::client_key`), set by the server
-    /// for the agent budget (`AgentStore::heartbeat_for`); `""`: no quota.
+    /// Not in the body: who sent it (`limits::Principal`), set by the server for the
+    /// agent budget (`AgentStore::heartbeat_for`).
     #[serde(skip)]
-    pub client: String,
+    pub client: crate::limits::Principal,
 }
 
 impl JsonBody for Heartbeat {
@@ -517,7 +519,7 @@ mod tests {
                 uptime_seconds: 0,
                 skill_names: vec![],
                 sidecar_peer_id: String::new(),
-                client: String::new(),
+                client: Default::default(),
             }
         );
         let err = parse_body::<Heartbeat>(br#"{"hostname":"h"}"#).unwrap_err();

@@ -22,11 +22,11 @@ pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> 
     ctx.config.limits.check_agent(&info)?;
     crate::auth::agent::gate(ctx, req, Some(&info.agent_id))?;
     let id = info.agent_id.clone();
-    let client = crate::limits::client_key(peer);
+    let client = ctx.principal(req, peer);
     match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
-        Reply::Quota(why) => Ok(Response::error(429, *why)),
+        Reply::Refused(r) => Ok(ctx.refused("agents", &r)),
         _ => Ok(unexpected()),
     }
 }

@@ -2,7 +2,8 @@
 //! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side.
 
 use crate::hub::TopologyNode;
-use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore};
+use crate::limits::{Principal, Refusal};
+use crate::registry::{AgentInfo, AgentRecord, AgentStore};
 use crate::time::UnixTime;
 
 /// A request to the registry of one shard. Every payload is one word (a box), so the
@@ -10,9 +11,9 @@ use crate::time::UnixTime;
 pub enum Op {
     /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
     Upsert(Box<AgentInfo>),
-    /// Upsert an agent for a client (its quota, see `AgentStore::upsert_for`).
-    /// → `Done` | `Full` | `Quota`.
-    UpsertFor(Box<(AgentInfo, String)>),
+    /// Upsert an agent for a client (its quota and the anonymous share, see
+    /// `AgentStore::upsert_for`). → `Done` | `Refused`.
+    UpsertFor(Box<(AgentInfo, Principal)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
     /// Remove an agent. → `Done` | `NotFound`.
@@ -32,8 +33,8 @@ pub enum Reply {
     Done,
     NotFound,
     Full,
-    /// The client's quota is used up; the reason.
-    Quota(Box<String>),
+    /// A budget refused the agent (the client's quota, the anonymous share, the store).
+    Refused(Box<Refusal>),
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
@@ -51,8 +52,7 @@ impl Op {
                 let (info, client) = *b;
                 match store.upsert_for(info, &client, now) {
                     Ok(()) => Reply::Done,
-                    Err(AgentRefusal::Full(_)) => Reply::Full,
-                    Err(AgentRefusal::ClientQuota(why)) => Reply::Quota(Box::new(why)),
+                    Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),

@@ -149,6 +149,7 @@ impl ShardCtx {
             client_bytes_max: config.limits.task_client_bytes_max,
             client_tasks_max: config.limits.task_client_tasks_max,
             claim_bytes_max: config.limits.list_response_bytes_max,
+            anonymous_share_percent: config.limits.anonymous_share_percent,
             ..TaskStoreConfig::default()
         };
         ShardCtx {
@@ -288,7 +289,7 @@ impl ShardCtx {
                     &mut st.agents.borrow_mut(),
                     self.now(),
                 );
-                if !matches!(reply, hub::ops::Reply::Full | hub::ops::Reply::Quota(_)) {
+                if !matches!(reply, hub::ops::Reply::Refused(_)) {
                     self.note(agent.map(|id| (EventKind::Agent, id)));
                 }
                 if events::hub_task_changed(&reply) {
@@ -348,7 +349,55 @@ impl ShardCtx {
             &self.counters,
             self.shard.stats(),
             self.ws.metrics(),
+            self.budget_metrics(),
         )
+    }
+
+    /// What this shard's task store and agent registry hold against their budgets.
+    fn budget_metrics(&self) -> crate::metrics::BudgetMetrics {
+        let hub = self.state.hub.borrow();
+        let agents = self.state.agents.borrow();
+        let (tasks_anonymous, task_anonymous_bytes) = hub.tasks.anonymous_usage();
+        let (agents_anonymous, agent_anonymous_bytes) = agents.anonymous_usage();
+        let n = |v: usize| v as u64;
+        crate::metrics::BudgetMetrics {
+            tasks: n(hub.tasks.len()),
+            tasks_anonymous: n(tasks_anonymous),
+            task_bytes: n(hub.tasks.bytes()),
+            task_anonymous_bytes: n(task_anonymous_bytes),
+            agents: n(agents.len()),
+            agents_anonymous: n(agents_anonymous),
+            agent_bytes: n(agents.usage(&crate::limits::Principal::default()).0),
+            agent_anonymous_bytes: n(agent_anonymous_bytes),
+            refused: Default::default(),
+        }
+    }
+
+    /// Who a request stores for (see [`crate::limits::Principal`]).
+    pub fn principal(
+        &self,
+        req: &crate::http::Request,
+        peer: std::net::IpAddr,
+    ) -> crate::limits::Principal {
+        crate::limits::Principal::of(
+            req,
+            peer,
+            &self.config.api_keys,
+            &self.config.jwt_secret,
+            self.now(),
+        )
+    }
+
+    /// The answer to a budget refusal of `store` (`tasks`, `agents`), counted in
+    /// `/metrics` (`chatixia_budget_refused_total`).
+    pub fn refused(&self, store: &str, r: &crate::limits::Refusal) -> crate::http::Response {
+        self.counters.budget_refused(store, r.reason());
+        let names = if store == "agents" {
+            &crate::registry::AGENT_STORE_NAMES
+        } else {
+            &crate::hub::TASK_STORE_NAMES
+        };
+        crate::http::Response::error(r.status(), r.message(names))
     }
 
     fn job_health(&self) {

@@ -64,6 +64,7 @@ fn pending_task(id: u32, len: usize) -> chatixia_store::Mutation {
         created_at_ns: 1,
         updated_at_ns: 1,
         ttl: 300,
+        holder: String::new(),
     })
 }
 

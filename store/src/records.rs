@@ -191,6 +191,11 @@ pub struct TaskRecord {
     pub updated_at_ns: u64,
     /// Seconds from creation until it fails.
     pub ttl: u64,
+    /// Who the task is charged to, as the server writes it (`anon:<address>`,
+    /// `agent:<id>`, `admin:<id>`): a restart charges it to the same budget. Empty in
+    /// records written before it was kept (the server charges those as anonymous).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub holder: String,
 }
 
 /// One change. A write is a `Vec<Mutation>` applied atomically: all of it or none of it

@@ -7,6 +7,7 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::hub::payload::Payload;
+use crate::limits::Principal;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
@@ -148,6 +149,10 @@ pub struct Task {
     pub updated_at: UnixTime,
     /// Seconds from `created_at` until an unfinished task fails.
     pub ttl: u64,
+    /// Who the task is charged to (its creator; see [`Principal`]). Not on the wire;
+    /// kept in the durable record so a restart charges it to the same budget.
+    #[serde(skip)]
+    pub holder: Principal,
 }
 
 fn secs_f64<S: Serializer>(t: &UnixTime, s: S) -> Result<S::Ok, S::Error> {

@@ -75,6 +75,7 @@ pub fn task(i: u64, len: usize) -> TaskRecord {
         created_at_ns: 1_795_239_689_000_000_000 + i,
         updated_at_ns: 1_795_239_689_000_000_000 + i,
         ttl: 300,
+        holder: String::new(),
     }
 }
 
