@@ -120,6 +120,19 @@ pub struct Cli {
     /// codes, pending tasks); created if missing, locked while the server runs.
     #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
+
+    /// Bytes of records (keys and values) the durable store may hold. A change that
+    /// would grow them past it is refused with 503 (nothing of it saved); changes that
+    /// free space, and task claims, still pass. Clients without credentials stop at
+    /// --anonymous-share-percent of it. A data directory already over it still loads.
+    /// The file on disk is larger by the engine's page layout (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = chatixia_store::thread::DATA_BYTES_MAX_DEFAULT)]
+    pub data_bytes_max: u64,
+
+    /// Bytes of the durable store's page cache (its engine's default, 1 GiB, would hold
+    /// every page written or loaded in memory).
+    #[arg(long, default_value_t = chatixia_store::CACHE_BYTES_DEFAULT)]
+    pub data_cache_bytes_max: usize,
 }
 
 /// Limits on stored fields, store budgets and client quotas, list pages (see
@@ -304,6 +317,19 @@ impl Cli {
             },
             anonymous_share_percent: f.anonymous_share_percent,
         })
+    }
+
+    /// The durable store's limits (`--data-bytes-max`, its anonymous share, the cache).
+    pub fn store_config(&self) -> chatixia_store::StoreConfig {
+        chatixia_store::StoreConfig {
+            data_bytes_max: self.data_bytes_max,
+            anonymous_data_bytes_max: crate::limits::share(
+                usize::try_from(self.data_bytes_max).unwrap_or(usize::MAX),
+                self.store.anonymous_share_percent,
+            ) as u64,
+            cache_bytes_max: self.data_cache_bytes_max,
+            ..chatixia_store::StoreConfig::default()
+        }
     }
 
     pub fn malloc_trim_interval(&self) -> Result<Duration, String> {

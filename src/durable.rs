@@ -351,7 +351,10 @@ mod tests {
                 for t in &b.tasks {
                     assert_eq!(shard_of(&t.id, shards), s);
                     // The holder survives the record: a restart charges the same budget.
-                    assert_eq!(t.holder, crate::limits::Principal::Anonymous("10.0.0.1".into()));
+                    assert_eq!(
+                        t.holder,
+                        crate::limits::Principal::Anonymous("10.0.0.1".into())
+                    );
                     tasks += 1;
                 }
                 for (agent, id, _) in &b.pointers {

@@ -94,7 +94,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         );
     }
     // Control thread, before any shard starts: opening the store may block on the disk.
-    let (store, snapshot) = open_store(&cli.data_dir, &config.secrets)?;
+    let (store, snapshot) = open_store(&cli.data_dir, &config.secrets, cli.store_config())?;
     config.store = Some(store.handle());
     match reactor::sys::raise_nofile() {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
@@ -176,10 +176,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 fn open_store(
     dir: &std::path::Path,
     secrets: &chatixia_store::Secrets,
+    config: chatixia_store::StoreConfig,
 ) -> Result<(chatixia_store::Store, chatixia_store::Snapshot), String> {
-    let (store, mut snapshot) =
-        chatixia_store::Store::open(dir, secrets, chatixia_store::StoreConfig::default())
-            .map_err(|e| format!("cannot open the data directory: {e}"))?;
+    let (store, mut snapshot) = chatixia_store::Store::open(dir, secrets, config)
+        .map_err(|e| format!("cannot open the data directory: {e}"))?;
+    if snapshot.data_bytes > config.data_bytes_max {
+        // Loaded in full (nothing acknowledged is dropped); only growth is refused.
+        tracing::warn!(
+            data_bytes = snapshot.data_bytes,
+            data_bytes_max = config.data_bytes_max,
+            "the durable store holds more than --data-bytes-max: changes that grow it are \
+             refused (503) until tasks finish or the bound is raised"
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

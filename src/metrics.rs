@@ -272,7 +272,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
 /// The durable store's counters (issue 10) in the Prometheus text format: commits are
 /// fsyncs (one per group commit).
 pub fn render_store(stats: &chatixia_store::StoreStats) -> String {
-    let series: [(&str, &str, &str, u64); 5] = [
+    let series: [(&str, &str, &str, u64); 10] = [
         (
             "chatixia_store_commits_total",
             "counter",
@@ -302,6 +302,36 @@ pub fn render_store(stats: &chatixia_store::StoreStats) -> String {
             "counter",
             "Writes refused because the store's queue was full (503).",
             stats.queue_full,
+        ),
+        (
+            "chatixia_store_data_bytes",
+            "gauge",
+            "Bytes of the stored records, keys and values (--data-bytes-max).",
+            stats.data_bytes,
+        ),
+        (
+            "chatixia_store_data_bytes_max",
+            "gauge",
+            "The bound on the stored records (--data-bytes-max).",
+            stats.data_bytes_max,
+        ),
+        (
+            "chatixia_store_file_bytes",
+            "gauge",
+            "Size of the database file after the last commit.",
+            stats.file_bytes,
+        ),
+        (
+            "chatixia_store_refused_full_total",
+            "counter",
+            "Writes refused because they would grow the records past --data-bytes-max (503).",
+            stats.refused_full,
+        ),
+        (
+            "chatixia_store_refused_anonymous_total",
+            "counter",
+            "Writes for clients without credentials refused at their share of --data-bytes-max (503).",
+            stats.refused_anonymous,
         ),
     ];
     let mut out = String::new();

@@ -21,7 +21,7 @@ use crate::server::common::{
     random_bytes, unexpected, Answer,
 };
 use crate::server::{Msg, ShardCtx};
-use chatixia_store::Mutation;
+use chatixia_store::{Mutation, WriteClass};
 
 /// Redraws of a task id that already exists on its home shard (44 random bits: a clash
 /// is practically impossible; this only bounds the loop).
@@ -61,6 +61,11 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     let target = sub.target_agent_id.clone();
     let ttl = sub.ttl;
     let client = ctx.principal(req, peer);
+    let class = if client.is_anonymous() {
+        WriteClass::Anonymous
+    } else {
+        WriteClass::Bounded
+    };
     let mut sub = Some(sub);
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
@@ -70,7 +75,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
             Reply::Task(Some(task)) => {
                 // Durable before it is claimable or acknowledged (issue 10).
                 let saved = ctx
-                    .commit(vec![Mutation::PutTask(task_record(&task))])
+                    .commit_as(vec![Mutation::PutTask(task_record(&task))], class)
                     .await;
                 if let Err(resp) = saved {
                     let _ = ask_retry(ctx, home, || Op::Remove(Box::new(id.clone()))).await;
@@ -169,7 +174,13 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str) -> Answer<Respo
             } else {
                 Mutation::PutTask(task_record(&after))
             };
-            if let Err(resp) = ctx.commit(vec![m]).await {
+            // Held to the bound of the task's holder, as in memory.
+            let class = if after.holder.is_anonymous() {
+                WriteClass::Anonymous
+            } else {
+                WriteClass::Bounded
+            };
+            if let Err(resp) = ctx.commit_as(vec![m], class).await {
                 let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;
                 return Err(resp);
             }
@@ -270,7 +281,9 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         .iter()
         .map(|t| Mutation::PutTask(task_record(t)))
         .collect();
-    if let Err(resp) = ctx.commit(claims).await {
+    // A claim adds the agent's id to stored tasks: never refused by the size bound,
+    // which would keep a full store full.
+    if let Err(resp) = ctx.commit_as(claims, WriteClass::Progress).await {
         // Not acknowledged: the tasks go back to pending for the next heartbeat.
         for t in &claimed {
             let mut back = t.clone();

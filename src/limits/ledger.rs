@@ -417,7 +417,10 @@ mod tests {
         };
         let m = r.message(&names);
         assert!(m.contains("--anonymous-share-percent 50"), "{m}");
-        assert!(m.contains("X-API-Key or bearer token still have room"), "{m}");
+        assert!(
+            m.contains("X-API-Key or bearer token still have room"),
+            "{m}"
+        );
         // An agent and an admin still get in, up to the whole budget.
         let agent = Principal::Agent("a".into());
         for _ in 0..10 {
@@ -488,7 +491,9 @@ mod tests {
         // The agent's entry may grow to the whole budget.
         l.admit_growth(&BUDGET, &2, 100 + 5_900).unwrap();
         assert_eq!(
-            l.admit_growth(&BUDGET, &2, 100 + 5_901).unwrap_err().reason(),
+            l.admit_growth(&BUDGET, &2, 100 + 5_901)
+                .unwrap_err()
+                .reason(),
             "store_full"
         );
     }
@@ -500,6 +505,9 @@ mod tests {
         assert_eq!(share(1000, 0), 0);
         assert_eq!(share(1000, 100), 1000);
         assert_eq!(share(1000, 200), 1000);
-        assert_eq!(share(usize::MAX, 99), (usize::MAX as u128 * 99 / 100) as usize);
+        assert_eq!(
+            share(usize::MAX, 99),
+            (usize::MAX as u128 * 99 / 100) as usize
+        );
     }
 }

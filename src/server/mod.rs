@@ -182,19 +182,34 @@ impl ShardCtx {
     /// the 503 to answer (nothing acknowledged; the caller undoes its change). Without a
     /// store, succeeds at once.
     pub async fn commit(&self, mutations: Vec<chatixia_store::Mutation>) -> Result<(), Response> {
+        self.commit_as(mutations, chatixia_store::WriteClass::Bounded)
+            .await
+    }
+
+    /// [`commit`](Self::commit) held to the durable store's size bound of `class`
+    /// (`--data-bytes-max`, its anonymous share, or none for a claim): over it, 503
+    /// with the store's reason.
+    pub async fn commit_as(
+        &self,
+        mutations: Vec<chatixia_store::Mutation>,
+        class: chatixia_store::WriteClass,
+    ) -> Result<(), Response> {
         let Some(link) = &self.store else {
             return Ok(());
         };
         if mutations.is_empty() {
             return Ok(());
         }
-        let ack = link.submit(mutations).map_err(|e| {
+        let ack = link.submit_as(mutations, class).map_err(|e| {
             tracing::warn!(error = %e, "store refused a write");
             Response::error(503, format!("state store busy: {e}; try again later"))
         })?;
-        ack.await.map_err(|e| {
-            tracing::error!(error = %e, "store commit failed");
-            Response::error(503, "could not save the change; try again later")
+        ack.await.map_err(|e| match e {
+            e @ chatixia_store::StoreError::Full { .. } => Response::error(503, e.to_string()),
+            e => {
+                tracing::error!(error = %e, "store commit failed");
+                Response::error(503, "could not save the change; try again later")
+            }
         })
     }
 

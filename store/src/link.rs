@@ -14,7 +14,7 @@ use slab::Slab;
 
 use crate::error::{StoreError, SubmitError};
 use crate::records::Mutation;
-use crate::thread::{Reply, Request, Shared};
+use crate::thread::{Reply, Request, Shared, WriteClass};
 
 /// `(waiter key, commit result)`, pushed by the storage thread.
 pub(crate) type Completion = (usize, Result<(), StoreError>);
@@ -74,6 +74,16 @@ impl ShardLink {
     /// resolves once the write is durable (answer 2xx then) or its commit failed.
     /// An error means nothing was queued: answer 503.
     pub fn submit(&self, mutations: Vec<Mutation>) -> Result<Ack, SubmitError> {
+        self.submit_as(mutations, WriteClass::Bounded)
+    }
+
+    /// [`submit`](Self::submit) held to the size bound of `class`: a write that grows
+    /// the records past it resolves to [`StoreError::Full`], nothing of it applied.
+    pub fn submit_as(
+        &self,
+        mutations: Vec<Mutation>,
+        class: WriteClass,
+    ) -> Result<Ack, SubmitError> {
         let mut inner = self.inner.borrow_mut();
         if inner.waiters.len() >= inner.inflight_max {
             return Err(SubmitError::InFlightFull);
@@ -85,6 +95,7 @@ impl ShardLink {
                 link: inner.id,
                 key,
             },
+            class,
         };
         match inner.tx.try_send(req) {
             Ok(()) => Ok(Ack {

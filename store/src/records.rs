@@ -257,6 +257,8 @@ pub struct Snapshot {
     pub tasks: Vec<TaskRecord>,
     /// How long opening, checking and reading took.
     pub elapsed: std::time::Duration,
+    /// Bytes of the stored records, keys and values (what `--data-bytes-max` bounds).
+    pub data_bytes: u64,
 }
 
 impl Snapshot {
@@ -290,13 +292,14 @@ impl Snapshot {
         let c = self.counts();
         format!(
             "loaded {} records ({} pairing entries, {} device tokens, {} revocations, \
-             {} invite codes, {} tasks) in {:.1} ms",
+             {} invite codes, {} tasks; {} bytes) in {:.1} ms",
             c.total(),
             c.pairings,
             c.device_tokens,
             c.revocations,
             c.invites,
             c.tasks,
+            self.data_bytes,
             self.elapsed.as_secs_f64() * 1e3
         )
     }
@@ -375,7 +378,7 @@ mod tests {
         assert_eq!(
             s.summary(),
             "loaded 1 records (0 pairing entries, 0 device tokens, 0 revocations, \
-             1 invite codes, 0 tasks) in 1.5 ms"
+             1 invite codes, 0 tasks; 0 bytes) in 1.5 ms"
         );
     }
 

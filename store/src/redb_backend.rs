@@ -18,7 +18,7 @@ use crate::dir::DataDir;
 use crate::error::StoreError;
 use crate::records::{self, Mutation, Snapshot};
 use crate::secret::Secrets;
-use crate::Backend;
+use crate::{Admit, Backend};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "state.redb";
@@ -34,6 +34,13 @@ const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("task");
 
 /// Value of the meta key `format`.
 const FORMAT: &[u8] = b"chatixia-store 1";
+
+/// Default of [`crate::StoreConfig::cache_bytes_max`]: bytes of redb's page cache
+/// (`--data-cache-bytes-max`). redb's own default is 1 GiB, which it fills with every page
+/// written or read (all of the records after a start-up load): memory that no budget
+/// counted (issue 20). 32 MiB holds the upper levels of every table's B-tree, which
+/// is what a commit reads; record pages come from the OS page cache when needed.
+pub const CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
 
 /// The redb backend. Owns the locked [`DataDir`].
 pub struct RedbBackend {
@@ -80,8 +87,17 @@ fn engine_err(file: &Path, e: impl Into<redb::Error>) -> StoreError {
 
 impl RedbBackend {
     /// Opens (creating if missing) the database in `dir`, checks it, and checks that it
-    /// was written under `secrets`.
+    /// was written under `secrets`; redb's page cache is [`CACHE_BYTES_DEFAULT`].
     pub fn open(dir: DataDir, secrets: &Secrets) -> Result<RedbBackend, StoreError> {
+        RedbBackend::open_with(dir, secrets, CACHE_BYTES_DEFAULT)
+    }
+
+    /// [`open`](Self::open) with a page cache of at most `cache_bytes`.
+    pub fn open_with(
+        dir: DataDir,
+        secrets: &Secrets,
+        cache_bytes: usize,
+    ) -> Result<RedbBackend, StoreError> {
         let file = dir.file(DB_FILE);
         let marker = dir.file(DAMAGED_MARKER);
         if marker.exists() {
@@ -97,7 +113,10 @@ impl RedbBackend {
             ));
         }
         let existed = file.exists();
-        let mut db = match Database::create(&file) {
+        let mut db = match Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&file)
+        {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked {
@@ -204,6 +223,7 @@ fn load_table<K, R>(
     def: TableDefinition<K, &[u8]>,
     check_key: impl Fn(&K::SelfType<'_>, &R) -> bool,
     out: &mut Vec<R>,
+    bytes: &mut u64,
 ) -> Result<(), StoreError>
 where
     K: redb::Key + 'static,
@@ -220,6 +240,7 @@ where
     for row in table.iter().map_err(|e| engine_err(file, e))? {
         let (k, v) = row.map_err(|e| engine_err(file, e))?;
         let key = k.value();
+        *bytes += (K::as_bytes(&key).as_ref().len() + v.value().len()) as u64;
         let rec: R = records::decode(v.value())
             .map_err(|p| corrupt(file, format!("table {name}, key {key:?}: {p}")))?;
         if !check_key(&key, &rec) {
@@ -233,43 +254,119 @@ where
     Ok(())
 }
 
+/// One mutation with its value encoded once: the key, its byte length (for the size
+/// bound), the encoded value (`None`: a delete).
+struct Encoded<'a> {
+    m: &'a Mutation,
+    key_len: usize,
+    value: Option<Vec<u8>>,
+}
+
+impl<'a> Encoded<'a> {
+    fn of(m: &'a Mutation) -> Encoded<'a> {
+        let (key_len, value) = match m {
+            Mutation::PutPairing(r) => (4, Some(records::encode(r))),
+            Mutation::PutDeviceToken(r) => (r.hash.0.len(), Some(records::encode(r))),
+            Mutation::DeleteDeviceToken(h) => (h.0.len(), None),
+            Mutation::PutRevocation(r) => (r.peer_id.len(), Some(records::encode(r))),
+            Mutation::PutInvite(r) => (4, Some(records::encode(r))),
+            Mutation::DeleteInvite(_) => (4, None),
+            Mutation::PutTask(r) => (r.id.len(), Some(records::encode(r))),
+            Mutation::DeleteTask(id) => (id.len(), None),
+        };
+        Encoded { m, key_len, value }
+    }
+
+    /// Bytes of the record after this mutation (0: deleted).
+    fn new_len(&self) -> usize {
+        self.value.as_ref().map_or(0, |v| self.key_len + v.len())
+    }
+}
+
+/// The tables a commit writes.
+struct Tables<'t> {
+    pairings: redb::Table<'t, u32, &'static [u8]>,
+    tokens: redb::Table<'t, &'static [u8], &'static [u8]>,
+    revocations: redb::Table<'t, &'static str, &'static [u8]>,
+    invites: redb::Table<'t, u32, &'static [u8]>,
+    tasks: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl Tables<'_> {
+    /// Bytes of the record `e` replaces or deletes (0: none).
+    fn old_len(&self, e: &Encoded<'_>) -> Result<usize, redb::StorageError> {
+        let v = match e.m {
+            Mutation::PutPairing(r) => self.pairings.get(r.id)?.map(|v| v.value().len()),
+            Mutation::PutDeviceToken(r) => self
+                .tokens
+                .get(r.hash.0.as_slice())?
+                .map(|v| v.value().len()),
+            Mutation::DeleteDeviceToken(h) => {
+                self.tokens.get(h.0.as_slice())?.map(|v| v.value().len())
+            }
+            Mutation::PutRevocation(r) => self
+                .revocations
+                .get(r.peer_id.as_str())?
+                .map(|v| v.value().len()),
+            Mutation::PutInvite(r) => self.invites.get(r.code)?.map(|v| v.value().len()),
+            Mutation::DeleteInvite(c) => self.invites.get(c)?.map(|v| v.value().len()),
+            Mutation::PutTask(r) => self.tasks.get(r.id.as_str())?.map(|v| v.value().len()),
+            Mutation::DeleteTask(id) => self.tasks.get(id.as_str())?.map(|v| v.value().len()),
+        };
+        Ok(v.map_or(0, |n| n + e.key_len))
+    }
+
+    fn apply(&mut self, e: &Encoded<'_>) -> Result<(), redb::StorageError> {
+        let v = e.value.as_deref().unwrap_or_default();
+        match e.m {
+            Mutation::PutPairing(r) => self.pairings.insert(r.id, v).map(drop),
+            Mutation::PutDeviceToken(r) => self.tokens.insert(r.hash.0.as_slice(), v).map(drop),
+            Mutation::DeleteDeviceToken(h) => self.tokens.remove(h.0.as_slice()).map(drop),
+            Mutation::PutRevocation(r) => self.revocations.insert(r.peer_id.as_str(), v).map(drop),
+            Mutation::PutInvite(r) => self.invites.insert(r.code, v).map(drop),
+            Mutation::DeleteInvite(c) => self.invites.remove(c).map(drop),
+            Mutation::PutTask(r) => self.tasks.insert(r.id.as_str(), v).map(drop),
+            Mutation::DeleteTask(id) => self.tasks.remove(id.as_str()).map(drop),
+        }
+    }
+}
+
 impl Backend for RedbBackend {
-    fn commit(&mut self, writes: &[&[Mutation]]) -> Result<(), StoreError> {
+    fn commit(&mut self, writes: &[&[Mutation]], admit: Admit<'_>) -> Result<(), StoreError> {
         let f = &self.file;
         let mut txn = self.db.begin_write().map_err(|e| engine_err(f, e))?;
         txn.set_durability(Durability::Immediate)
             .map_err(|e| engine_err(f, redb::Error::from(e)))?;
         {
-            let mut pairings = txn.open_table(PAIRINGS).map_err(|e| engine_err(f, e))?;
-            let mut tokens = txn.open_table(TOKENS).map_err(|e| engine_err(f, e))?;
-            let mut revocations = txn.open_table(REVOCATIONS).map_err(|e| engine_err(f, e))?;
-            let mut invites = txn.open_table(INVITES).map_err(|e| engine_err(f, e))?;
-            let mut tasks = txn.open_table(TASKS).map_err(|e| engine_err(f, e))?;
-            for m in writes.iter().flat_map(|w| w.iter()) {
-                let r = match m {
-                    Mutation::PutPairing(r) => pairings
-                        .insert(r.id, records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::PutDeviceToken(r) => tokens
-                        .insert(r.hash.0.as_slice(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteDeviceToken(h) => tokens.remove(h.0.as_slice()).map(drop),
-                    Mutation::PutRevocation(r) => revocations
-                        .insert(r.peer_id.as_str(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::PutInvite(r) => invites
-                        .insert(r.code, records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteInvite(c) => invites.remove(c).map(drop),
-                    Mutation::PutTask(r) => tasks
-                        .insert(r.id.as_str(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteTask(id) => tasks.remove(id.as_str()).map(drop),
-                };
-                r.map_err(|e| engine_err(f, e))?;
+            let mut t = Tables {
+                pairings: txn.open_table(PAIRINGS).map_err(|e| engine_err(f, e))?,
+                tokens: txn.open_table(TOKENS).map_err(|e| engine_err(f, e))?,
+                revocations: txn.open_table(REVOCATIONS).map_err(|e| engine_err(f, e))?,
+                invites: txn.open_table(INVITES).map_err(|e| engine_err(f, e))?,
+                tasks: txn.open_table(TASKS).map_err(|e| engine_err(f, e))?,
+            };
+            for (i, w) in writes.iter().enumerate() {
+                let encoded: Vec<Encoded<'_>> = w.iter().map(Encoded::of).collect();
+                // The change in stored bytes, read before anything of the write is
+                // applied (a write names each key once).
+                let mut delta: i64 = 0;
+                for e in &encoded {
+                    let old = t.old_len(e).map_err(|e| engine_err(f, e))?;
+                    delta += e.new_len() as i64 - old as i64;
+                }
+                if !admit(i, delta) {
+                    continue;
+                }
+                for e in &encoded {
+                    t.apply(e).map_err(|e| engine_err(f, e))?;
+                }
             }
         }
         txn.commit().map_err(|e| engine_err(f, e))
+    }
+
+    fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.file).map_or(0, |m| m.len())
     }
 
     fn load(&self) -> Result<Snapshot, StoreError> {
@@ -277,17 +374,26 @@ impl Backend for RedbBackend {
         let f = &self.file;
         let txn = self.db.begin_read().map_err(|e| engine_err(f, e))?;
         let mut s = Snapshot::default();
-        load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings)?;
-        load_table(&txn, f, TOKENS, |k, r| *k == r.hash.0, &mut s.device_tokens)?;
+        let b = &mut s.data_bytes;
+        load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings, b)?;
+        load_table(
+            &txn,
+            f,
+            TOKENS,
+            |k, r| *k == r.hash.0,
+            &mut s.device_tokens,
+            b,
+        )?;
         load_table(
             &txn,
             f,
             REVOCATIONS,
             |k, r| *k == r.peer_id,
             &mut s.revocations,
+            b,
         )?;
-        load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites)?;
-        load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks)?;
+        load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites, b)?;
+        load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks, b)?;
         s.elapsed = t0.elapsed();
         Ok(s)
     }

@@ -30,6 +30,8 @@ pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 4096;
 pub const BATCH_WRITES_MAX_DEFAULT: usize = 1024;
 /// Default of [`StoreConfig::inflight_max`].
 pub const INFLIGHT_MAX_DEFAULT: usize = 1024;
+/// Default of [`StoreConfig::data_bytes_max`] (`--data-bytes-max`): 1 GiB of records.
+pub const DATA_BYTES_MAX_DEFAULT: u64 = 1 << 30;
 
 /// Limits of the storage path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,20 @@ pub struct StoreConfig {
     /// Writes one shard may have waiting for their commit (sizes its completion ring);
     /// when reached, `submit` fails with [`SubmitError::InFlightFull`] (503).
     pub inflight_max: usize,
+    /// Bytes of records (keys and values) the store may hold (`--data-bytes-max`). A
+    /// write that would grow them past it is refused with [`StoreError::Full`] (503),
+    /// nothing of it applied; a write that frees space or keeps the size always passes
+    /// (finishing a task, a deletion). A store already over it (a lower bound after a
+    /// restart) still loads: only growth is refused. The file on disk is larger than
+    /// the records by redb's page layout (see docs/BENCHMARKS.md).
+    pub data_bytes_max: u64,
+    /// The bound of [`WriteClass::Anonymous`] writes (on behalf of clients without
+    /// credentials): the anonymous share of `data_bytes_max`, so that authenticated
+    /// writes always have room.
+    pub anonymous_data_bytes_max: u64,
+    /// Bytes of redb's page cache (`--data-cache-bytes-max`), see
+    /// [`CACHE_BYTES_DEFAULT`](crate::CACHE_BYTES_DEFAULT).
+    pub cache_bytes_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -53,8 +69,26 @@ impl Default for StoreConfig {
             queue_depth_max: QUEUE_DEPTH_MAX_DEFAULT,
             batch_writes_max: BATCH_WRITES_MAX_DEFAULT,
             inflight_max: INFLIGHT_MAX_DEFAULT,
+            data_bytes_max: DATA_BYTES_MAX_DEFAULT,
+            anonymous_data_bytes_max: DATA_BYTES_MAX_DEFAULT / 2,
+            cache_bytes_max: crate::CACHE_BYTES_DEFAULT,
         }
     }
+}
+
+/// Which size bound a write is held to ([`StoreConfig::data_bytes_max`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteClass {
+    /// On behalf of a client without credentials: refused past
+    /// [`StoreConfig::anonymous_data_bytes_max`] when it grows the records.
+    Anonymous,
+    /// Any other change: refused past [`StoreConfig::data_bytes_max`] when it grows the
+    /// records.
+    Bounded,
+    /// A change that moves stored records forward and grows them by a bounded amount (a
+    /// claim adds the agent's id, at most `--agent-field-bytes-max`, to a stored task):
+    /// never refused by the bound, since refusing it would keep a full store full.
+    Progress,
 }
 
 /// Wakes a shard from another thread. Must not block and must not run the shard's code:
@@ -73,6 +107,11 @@ pub(crate) struct Stats {
     pub(crate) mutations: AtomicU64,
     pub(crate) batch_writes_largest: AtomicU64,
     pub(crate) queue_full: AtomicU64,
+    pub(crate) data_bytes: AtomicU64,
+    pub(crate) data_bytes_max: AtomicU64,
+    pub(crate) file_bytes: AtomicU64,
+    pub(crate) refused_full: AtomicU64,
+    pub(crate) refused_anonymous: AtomicU64,
 }
 
 /// A copy of the storage counters.
@@ -90,6 +129,16 @@ pub struct StoreStats {
     pub batch_writes_largest: u64,
     /// Submissions refused because the queue was full.
     pub queue_full: u64,
+    /// Bytes of the stored records (keys and values) now.
+    pub data_bytes: u64,
+    /// Their bound ([`StoreConfig::data_bytes_max`]).
+    pub data_bytes_max: u64,
+    /// Size of the database file after the last commit.
+    pub file_bytes: u64,
+    /// Writes refused by `data_bytes_max`.
+    pub refused_full: u64,
+    /// Writes refused by `anonymous_data_bytes_max`.
+    pub refused_anonymous: u64,
 }
 
 pub(crate) enum Reply {
@@ -101,6 +150,8 @@ pub(crate) enum Request {
     Write {
         mutations: Vec<Mutation>,
         reply: Reply,
+        /// The size bound it is held to.
+        class: WriteClass,
     },
     Register {
         link: usize,
@@ -137,11 +188,21 @@ impl StoreHandle {
     /// thread (waits for queue space and for the commit): for control threads and tests,
     /// never for a shard.
     pub fn write_blocking(&self, mutations: Vec<Mutation>) -> Result<(), StoreError> {
+        self.write_blocking_as(mutations, WriteClass::Bounded)
+    }
+
+    /// [`write_blocking`](Self::write_blocking) held to the bound of `class`.
+    pub fn write_blocking_as(
+        &self,
+        mutations: Vec<Mutation>,
+        class: WriteClass,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = sync_channel(1);
         self.tx
             .send(Request::Write {
                 mutations,
                 reply: Reply::Blocking(tx),
+                class,
             })
             .map_err(|_| StoreError::Closed)?;
         rx.recv().unwrap_or(Err(StoreError::Closed))
@@ -178,6 +239,11 @@ impl StoreHandle {
             mutations: s.mutations.load(Ordering::Relaxed),
             batch_writes_largest: s.batch_writes_largest.load(Ordering::Relaxed),
             queue_full: s.queue_full.load(Ordering::Relaxed),
+            data_bytes: s.data_bytes.load(Ordering::Relaxed),
+            data_bytes_max: s.data_bytes_max.load(Ordering::Relaxed),
+            file_bytes: s.file_bytes.load(Ordering::Relaxed),
+            refused_full: s.refused_full.load(Ordering::Relaxed),
+            refused_anonymous: s.refused_anonymous.load(Ordering::Relaxed),
         }
     }
 }
@@ -204,7 +270,7 @@ impl Store {
         config: StoreConfig,
     ) -> Result<(Store, Snapshot), StoreError> {
         let t0 = Instant::now();
-        let backend = RedbBackend::open(DataDir::open(dir)?, secrets)?;
+        let backend = RedbBackend::open_with(DataDir::open(dir)?, secrets, config.cache_bytes_max)?;
         let (store, mut snapshot) = Store::start(backend, config)?;
         snapshot.elapsed = t0.elapsed();
         Ok((store, snapshot))
@@ -222,11 +288,21 @@ impl Store {
             exited: AtomicBool::new(false),
             next_link: AtomicUsize::new(0),
         });
+        let st = &shared.stats;
+        st.data_bytes.store(snapshot.data_bytes, Ordering::Relaxed);
+        st.data_bytes_max
+            .store(config.data_bytes_max, Ordering::Relaxed);
+        st.file_bytes.store(backend.file_bytes(), Ordering::Relaxed);
         let thread_shared = shared.clone();
+        let bound = SizeBound {
+            bytes: snapshot.data_bytes,
+            bytes_max: config.data_bytes_max,
+            anonymous_bytes_max: config.anonymous_data_bytes_max.min(config.data_bytes_max),
+        };
         let batch_max = config.batch_writes_max.max(1);
         let thread = std::thread::Builder::new()
             .name("chatixia-store".into())
-            .spawn(move || run(backend, rx, thread_shared, batch_max))
+            .spawn(move || run(backend, rx, thread_shared, batch_max, bound))
             .map_err(|e| StoreError::Io {
                 path: Default::default(),
                 op: "spawn the storage thread",
@@ -291,12 +367,50 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
-fn run<B: Backend>(mut backend: B, rx: Receiver<Request>, shared: Arc<Shared>, batch_max: usize) {
+/// The size bound of the stored records, kept by the storage thread.
+#[derive(Debug, Clone, Copy)]
+struct SizeBound {
+    /// Bytes of records now (as of the last commit).
+    bytes: u64,
+    bytes_max: u64,
+    anonymous_bytes_max: u64,
+}
+
+impl SizeBound {
+    /// Decides the writes of one group commit in order: `Ok(delta)` adds to `pending`;
+    /// a write that grows the records past its bound is refused (nothing of it applied).
+    fn admit(&self, pending: &mut i64, delta: i64, class: WriteClass) -> Result<(), StoreError> {
+        let anonymous = class == WriteClass::Anonymous;
+        let max = if anonymous {
+            self.anonymous_bytes_max
+        } else {
+            self.bytes_max
+        };
+        let now = (self.bytes as i64).saturating_add(*pending).max(0);
+        if class != WriteClass::Progress && delta > 0 && now.saturating_add(delta) as u64 > max {
+            return Err(StoreError::Full {
+                bytes: now as u64,
+                bytes_max: max,
+                anonymous,
+            });
+        }
+        *pending = pending.saturating_add(delta);
+        Ok(())
+    }
+}
+
+fn run<B: Backend>(
+    mut backend: B,
+    rx: Receiver<Request>,
+    shared: Arc<Shared>,
+    batch_max: usize,
+    mut bound: SizeBound,
+) {
     let mut guard = ExitGuard {
         shared: &shared,
         sinks: Vec::new(),
     };
-    let mut batch: Vec<(Vec<Mutation>, Reply)> = Vec::new();
+    let mut batch: Vec<(Vec<Mutation>, Reply, WriteClass)> = Vec::new();
     let mut shutdown = false;
     while !shutdown {
         // Block for the first request, then take whatever else is queued.
@@ -304,7 +418,11 @@ fn run<B: Backend>(mut backend: B, rx: Receiver<Request>, shared: Arc<Shared>, b
         let mut next = Some(first);
         while let Some(req) = next.take() {
             match req {
-                Request::Write { mutations, reply } => batch.push((mutations, reply)),
+                Request::Write {
+                    mutations,
+                    reply,
+                    class,
+                } => batch.push((mutations, reply, class)),
                 Request::Register {
                     link,
                     completions,
@@ -331,21 +449,51 @@ fn run<B: Backend>(mut backend: B, rx: Receiver<Request>, shared: Arc<Shared>, b
         if batch.is_empty() {
             continue;
         }
-        let refs: Vec<&[Mutation]> = batch.iter().map(|(m, _)| m.as_slice()).collect();
-        let result = backend.commit(&refs);
+        let refs: Vec<&[Mutation]> = batch.iter().map(|(m, _, _)| m.as_slice()).collect();
+        let mut refused: Vec<Option<StoreError>> = vec![None; batch.len()];
+        let mut pending = 0i64;
+        let result = backend.commit(&refs, &mut |i, delta| {
+            let class = batch.get(i).map_or(WriteClass::Bounded, |w| w.2);
+            match bound.admit(&mut pending, delta, class) {
+                Ok(()) => true,
+                Err(e) => {
+                    if let Some(slot) = refused.get_mut(i) {
+                        *slot = Some(e);
+                    }
+                    false
+                }
+            }
+        });
         drop(refs);
         let st = &shared.stats;
         let n = batch.len() as u64;
         if result.is_ok() {
             st.commits.fetch_add(1, Ordering::Relaxed);
+            bound.bytes = (bound.bytes as i64).saturating_add(pending).max(0) as u64;
+            st.data_bytes.store(bound.bytes, Ordering::Relaxed);
+            st.file_bytes.store(backend.file_bytes(), Ordering::Relaxed);
         } else {
             st.commits_failed.fetch_add(1, Ordering::Relaxed);
         }
+        for e in refused.iter().flatten() {
+            let c = match e {
+                StoreError::Full {
+                    anonymous: true, ..
+                } => &st.refused_anonymous,
+                _ => &st.refused_full,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         st.writes.fetch_add(n, Ordering::Relaxed);
-        let muts: usize = batch.iter().map(|(m, _)| m.len()).sum();
+        let muts: usize = batch.iter().map(|(m, _, _)| m.len()).sum();
         st.mutations.fetch_add(muts as u64, Ordering::Relaxed);
         st.batch_writes_largest.fetch_max(n, Ordering::Relaxed);
-        for (_, reply) in batch.drain(..) {
+        for ((_, reply, _), refused) in batch.drain(..).zip(refused) {
+            // A refused write was not applied, whatever the commit did.
+            let result = match refused {
+                Some(e) => Err(e),
+                None => result.clone(),
+            };
             match reply {
                 Reply::Blocking(tx) => {
                     let _ = tx.send(result.clone());

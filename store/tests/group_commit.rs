@@ -135,6 +135,7 @@ fn full_queue_is_refused_not_blocked() {
         queue_depth_max: 2,
         batch_writes_max: 1,
         inflight_max: 1000,
+        ..StoreConfig::default()
     };
     let (store, _) = Store::open(tmp.path(), &s, config).unwrap();
     let handle = store.handle();

@@ -687,7 +687,12 @@ fn anonymous_share_of_the_task_store() {
     let mut last = None;
     for ip in 0..10 {
         for _ in 0..5 {
-            match s.create_for(sub("x", ""), format!("t{n}"), &anon(&format!("10.0.0.{ip}")), T0) {
+            match s.create_for(
+                sub("x", ""),
+                format!("t{n}"),
+                &anon(&format!("10.0.0.{ip}")),
+                T0,
+            ) {
                 Ok(_) => n += 1,
                 Err(e) => last = Some(e),
             }
@@ -701,20 +706,28 @@ fn anonymous_share_of_the_task_store() {
         matches!(e, CreateTaskError::Refused(Refusal::AnonymousShare { .. })),
         "{e}"
     );
-    assert!(e.to_string().contains("--anonymous-share-percent 50"), "{e}");
+    assert!(
+        e.to_string().contains("--anonymous-share-percent 50"),
+        "{e}"
+    );
     // Authenticated clients get the rest.
     let agent = Principal::Agent("agent-x".into());
     for i in 0..4 {
-        s.create_for(sub("x", ""), format!("g{i}"), &agent, T0).unwrap();
+        s.create_for(sub("x", ""), format!("g{i}"), &agent, T0)
+            .unwrap();
     }
     let admin = Principal::Admin("ops".into());
     for i in 0..16 {
-        s.create_for(sub("x", ""), format!("o{i}"), &admin, T0).unwrap();
+        s.create_for(sub("x", ""), format!("o{i}"), &admin, T0)
+            .unwrap();
     }
     let e = s
         .create_for(sub("x", ""), "o-last".into(), &admin, T0)
         .unwrap_err();
-    assert!(matches!(e, CreateTaskError::Refused(Refusal::Full { .. })), "{e}");
+    assert!(
+        matches!(e, CreateTaskError::Refused(Refusal::Full { .. })),
+        "{e}"
+    );
     s.assert_consistent();
 
     // A result on an anonymous task grows the share: refused past it; the same on an
@@ -727,7 +740,11 @@ fn anonymous_share_of_the_task_store() {
     };
     let r = s.try_update("t0", big.clone(), at(1)).unwrap_err();
     assert_eq!(r.reason(), "anonymous_share");
-    assert_eq!(s.get("t0").unwrap().result, "", "a refused update changes nothing");
+    assert_eq!(
+        s.get("t0").unwrap().result,
+        "",
+        "a refused update changes nothing"
+    );
     assert!(s.try_update("g0", big, at(1)).unwrap().is_some());
     assert!(s.try_update("nope", upd("done"), at(1)).unwrap().is_none());
     s.assert_consistent();

@@ -258,21 +258,31 @@ mod tests {
             client_bytes_max: 1 << 20,
             anonymous_share_percent: 100,
         });
-        s.upsert_for(info("a1", "h"), &anon("10.0.0.1"), T0).unwrap();
-        s.upsert_for(info("a2", "h"), &anon("10.0.0.1"), T0).unwrap();
-        let e = s.upsert_for(info("a3", "h"), &anon("10.0.0.1"), T0).unwrap_err();
+        s.upsert_for(info("a1", "h"), &anon("10.0.0.1"), T0)
+            .unwrap();
+        s.upsert_for(info("a2", "h"), &anon("10.0.0.1"), T0)
+            .unwrap();
+        let e = s
+            .upsert_for(info("a3", "h"), &anon("10.0.0.1"), T0)
+            .unwrap_err();
         assert!(matches!(e, Refusal::ClientQuota { .. }), "{e:?}");
         // The client's own agents can still update; another client is not affected.
-        s.upsert_for(info("a1", "host"), &anon("10.0.0.1"), T0).unwrap();
+        s.upsert_for(info("a1", "host"), &anon("10.0.0.1"), T0)
+            .unwrap();
         let hb: Heartbeat = parse_body(br#"{"agent_id":"a2","skill_names":["x"]}"#).unwrap();
         s.heartbeat_for(&hb, &anon("10.0.0.9"), T0).unwrap();
-        s.upsert_for(info("b1", "h"), &anon("10.0.0.2"), T0).unwrap();
+        s.upsert_for(info("b1", "h"), &anon("10.0.0.2"), T0)
+            .unwrap();
         s.assert_budget_consistent();
         assert_eq!(s.usage(&anon("10.0.0.1")).1 .0, 2);
         // The store's budget: 5 × 600 bytes hold 5 small agents, not 6.
-        s.upsert_for(info("c1", "h"), &anon("10.0.0.3"), T0).unwrap();
-        s.upsert_for(info("d1", "h"), &anon("10.0.0.4"), T0).unwrap();
-        let e = s.upsert_for(info("e1", "h"), &anon("10.0.0.5"), T0).unwrap_err();
+        s.upsert_for(info("c1", "h"), &anon("10.0.0.3"), T0)
+            .unwrap();
+        s.upsert_for(info("d1", "h"), &anon("10.0.0.4"), T0)
+            .unwrap();
+        let e = s
+            .upsert_for(info("e1", "h"), &anon("10.0.0.5"), T0)
+            .unwrap_err();
         assert!(matches!(e, Refusal::Full { .. }), "{e:?}");
         let big = info("d1", &"x".repeat(4000));
         assert!(matches!(
@@ -282,7 +292,8 @@ mod tests {
         // Removal frees room.
         s.remove("a1");
         s.assert_budget_consistent();
-        s.upsert_for(info("a3", "h"), &anon("10.0.0.1"), T0).unwrap();
+        s.upsert_for(info("a3", "h"), &anon("10.0.0.1"), T0)
+            .unwrap();
         s.assert_budget_consistent();
     }
 
@@ -311,7 +322,10 @@ mod tests {
         let e = refusals.last().unwrap();
         assert_eq!(e.reason(), "anonymous_share");
         let m = e.message(&AGENT_STORE_NAMES);
-        assert!(m.contains("agent registry") && m.contains("--anonymous-share-percent 50"), "{m}");
+        assert!(
+            m.contains("agent registry") && m.contains("--anonymous-share-percent 50"),
+            "{m}"
+        );
         // Known anonymous agents still heartbeat.
         let hb: Heartbeat = parse_body(br#"{"agent_id":"a0-0","hostname":"h"}"#).unwrap();
         s.heartbeat_for(&hb, &anon("10.0.1.0"), T0).unwrap();
@@ -321,7 +335,8 @@ mod tests {
         s.upsert_for(info("real-2", "h"), &agent, T0).unwrap();
         let admin = Principal::Admin("ops".into());
         for k in 0..8 {
-            s.upsert_for(info(&format!("ops-{k}"), "h"), &admin, T0).unwrap();
+            s.upsert_for(info(&format!("ops-{k}"), "h"), &admin, T0)
+                .unwrap();
         }
         let e = s.upsert_for(info("ops-9", "h"), &admin, T0).unwrap_err();
         assert_eq!(e.reason(), "store_full");
