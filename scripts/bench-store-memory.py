@@ -172,7 +172,7 @@ def main():
     ap.add_argument("--bin", default="target/release/chatixia-core")
     ap.add_argument("--count", type=int, default=20000)
     ap.add_argument("--sizes", default="tiny,1024,16384,65536")
-    ap.add_argument("--agents", type=int, default=20000)
+    ap.add_argument("--agents", type=int, default=16000)
     ap.add_argument("--extra", default="", help="more server flags, space-separated")
     a = ap.parse_args()
     EXTRA.extend(a.extra.split())
