@@ -131,7 +131,8 @@ def case(bin_, label, count, make_body, path, restart):
     s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
     big = ["--task-store-bytes-max", str(1 << 40), "--task-client-bytes-max", str(1 << 40),
            "--task-client-tasks-max", str(1 << 30), "--agent-store-bytes-max", str(1 << 40),
-           "--agent-client-bytes-max", str(1 << 40), "--agent-client-agents-max", str(1 << 30)]
+           "--agent-client-bytes-max", str(1 << 40), "--agent-client-agents-max", str(1 << 30),
+           "--data-bytes-max", str(1 << 40), "--anonymous-share-percent", "100"]
     extra = big + EXTRA
     p = start(bin_, data, port, extra)
     try:

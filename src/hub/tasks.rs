@@ -83,9 +83,15 @@ impl Default for TaskStoreConfig {
     }
 }
 
-/// Fixed bytes charged per task on top of its strings: the record, its id map entry,
-/// index entries, and room for `assigned_agent_id` (bounded by the field size limit).
-pub const TASK_OVERHEAD_BYTES: usize = 640;
+/// Fixed bytes charged per task on top of its strings: the record and its B-tree slot,
+/// the id map entry and the id's copy in it, the index entries, the ledger's line, the
+/// allocator's header and rounding of each small string, and room for
+/// `assigned_agent_id` (bounded by the field size limit). Measured (issue 20,
+/// docs/BENCHMARKS.md "Memory per stored task"): 20,000 tasks with tiny payloads grew
+/// the RSS of a release build by about 1,040 bytes each (with redb's page cache held to
+/// 1 MiB), and 1 KiB payloads by about 1,020 bytes each on top of the payload; the 640
+/// bytes charged before undercounted that by 40 %.
+pub const TASK_OVERHEAD_BYTES: usize = 1024;
 
 /// The bytes a task is charged against the store's and its client's budgets.
 pub fn task_bytes(t: &Task) -> usize {
