@@ -147,7 +147,8 @@ def case(bin_, label, count, make_body, path, restart):
         counted = metric(port, "chatixia_task_store_bytes" if "tasks" in path else "chatixia_agent_store_bytes")
         disk = du(data)
         row = {"case": label, "n": n, "rss_before_kb": before, "rss_after_kb": after,
-               "counted": counted, "disk": disk, "secs": round(secs, 1)}
+               "counted": counted, "disk": disk, "records": metric(port, "chatixia_store_data_bytes"),
+               "secs": round(secs, 1)}
         if restart:
             p.terminate(); p.wait(30)
             p = start(bin_, data, port, extra)
@@ -198,8 +199,8 @@ def main():
         rows.append(r)
     print()
     print("| case | n | RSS growth (MiB) | counted (MiB) | RSS growth / counted | RSS growth per item (B) | "
-          "data dir (MiB) | RSS after restart, growth (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "RSS after restart, growth (MiB) | records (MiB) | data dir (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         grow = (r["rss_after_kb"] - r["rss_before_kb"]) * 1024
         cnt = r["counted"]
@@ -207,9 +208,10 @@ def main():
         rs = ""
         if "rss_restart_kb" in r:
             rs = f"{(r['rss_restart_kb'] - r['rss_before_kb']) / 1024:.1f}"
+        rec = f"{r['records'] / 2**20:.1f}" if r.get("records") is not None else "n/a"
         print(f"| {r['case']} | {r['n']} | {grow / 2**20:.1f} | "
               f"{(cnt or 0) / 2**20:.1f} | {ratio} | {grow // max(r['n'], 1)} | "
-              f"{r['disk'] / 2**20:.1f} | {rs} |")
+              f"{rs} | {rec} | {r['disk'] / 2**20:.1f} |")
 
 
 if __name__ == "__main__":
