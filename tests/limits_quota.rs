@@ -56,9 +56,9 @@ fn the_task_store_has_a_byte_budget() {
         "--anonymous-share-percent",
         "100",
     ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let s = Server::with(o);
     let blob = "b".repeat(40_000);
     let mut statuses = Vec::new();
