@@ -17,6 +17,10 @@
 # Baseline: the idle server's first sample, before any load. End: after load stops,
 # wait up to SETTLE_S for RSS <= baseline + RSS_SLACK_MB and fds <= baseline + FD_SLACK
 # (the slack: the shards' buffer pools and timers, kept warm on purpose, not a leak).
+# Then (FILL=1, the default; FILL=0 skips it) scripts/soak-fill.py on a fresh server in
+# the default configuration: the many-addresses store fill of issue 20 (80 loopback
+# addresses, each at its quota), RSS and the durable store's size against the budgets,
+# ordinary anonymous and authenticated tasks, a restart (see that script).
 # Prints PASS/FAIL with the numbers; exit status 0 on PASS. samples.csv: t,phase,rss_kb,fds.
 # brute.log: the brute force's counts per 10 s round; metrics-auth.txt: the server's
 # chatixia_auth_* series when load stops.
@@ -124,4 +128,7 @@ if [ "$pass" = 1 ] && [ "$healthz" = 200 ]; then
 else
   echo "FAIL: $summary"
   exit 1
+fi
+if [ "${FILL:-1}" = 1 ]; then
+  python3 scripts/soak-fill.py --bin "$BIN" --cores "$CORES" --out "$OUT/fill" | tail -1
 fi

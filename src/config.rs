@@ -144,6 +144,19 @@ pub struct Cli {
     /// codes, pending tasks); created if missing, locked while the server runs.
     #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
+
+    /// Bytes of records (keys and values) the durable store may hold. A change that
+    /// would grow them past it is refused with 503 (nothing of it saved); changes that
+    /// free space, and task claims, still pass. Clients without credentials stop at
+    /// --anonymous-share-percent of it. A data directory already over it still loads.
+    /// The file on disk is larger by the engine's page layout (docs/BENCHMARKS.md).
+    #[arg(long, default_value_t = chatixia_store::thread::DATA_BYTES_MAX_DEFAULT)]
+    pub data_bytes_max: u64,
+
+    /// Bytes of the durable store's page cache (its engine's default, 1 GiB, would hold
+    /// every page written or loaded in memory).
+    #[arg(long, default_value_t = chatixia_store::CACHE_BYTES_DEFAULT)]
+    pub data_cache_bytes_max: usize,
 }
 
 /// Limits on stored fields, store budgets and client quotas, list pages (see
@@ -175,11 +188,12 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     pub task_store_bytes_max: usize,
 
-    /// Bytes of tasks one client (API key, else IP) may hold on one shard; over: 429.
+    /// Bytes of tasks one client (the identity of a valid X-API-Key or bearer token,
+    /// else the source address) may hold on one shard; over: 429. Admins: no quota.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub task_client_bytes_max: usize,
 
-    /// Tasks one client (API key, else IP) may hold on one shard; over: 429.
+    /// Tasks one client (as for the bytes) may hold on one shard; over: 429.
     #[arg(long, default_value_t = 4096)]
     pub task_client_tasks_max: usize,
 
@@ -196,7 +210,7 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub agent_store_bytes_max: usize,
 
-    /// Agents one client (source address) may create on one shard; over: 429.
+    /// Agents one client (as for tasks) may create on one shard; over: 429.
     #[arg(long, default_value_t = 1024)]
     pub agent_client_agents_max: usize,
 
@@ -229,6 +243,13 @@ pub struct StoreFlags {
     /// Live invite codes one API key may hold per shard (of 1,000); over: 429.
     #[arg(long, default_value_t = 100)]
     pub pair_codes_per_key_max: usize,
+
+    /// Percent of each store's budget (tasks and agents: entries and bytes per shard;
+    /// the durable store: --data-bytes-max) that all clients without a valid
+    /// X-API-Key or bearer token may fill together; the rest is kept for
+    /// authenticated agents and operators. Over: 503 for anonymous requests. 0 to 100.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub anonymous_share_percent: u8,
 }
 
 /// Failure budgets of the routes that check a secret, and JWT checks (see
@@ -461,6 +482,7 @@ impl Cli {
                 bytes_max: f.agent_store_bytes_max,
                 client_agents_max: f.agent_client_agents_max,
                 client_bytes_max: f.agent_client_bytes_max,
+                anonymous_share_percent: f.anonymous_share_percent,
             },
             pair_guard: crate::pairing::guard::GuardLimits {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
@@ -469,6 +491,7 @@ impl Cli {
                 wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
                 code_format: f.pair_code_format,
             },
+            anonymous_share_percent: f.anonymous_share_percent,
         })
     }
 
@@ -484,7 +507,8 @@ impl Cli {
         secs("--pairing-retention", self.pairing_retention)
     }
 
-    /// The storage thread's limits.
+    /// The storage thread's limits: outage recovery, and the size bound of the records
+    /// (`--data-bytes-max`, its anonymous share, redb's cache).
     pub fn store_config(&self) -> Result<chatixia_store::StoreConfig, String> {
         let retry = secs("--store-retry-interval", self.store_retry_interval)?;
         if retry < Duration::from_millis(10) {
@@ -493,6 +517,12 @@ impl Cli {
         Ok(chatixia_store::StoreConfig {
             retry_interval: retry,
             retained_writes_max: self.store_retained_writes_max,
+            data_bytes_max: self.data_bytes_max,
+            anonymous_data_bytes_max: crate::limits::share(
+                usize::try_from(self.data_bytes_max).unwrap_or(usize::MAX),
+                self.store.anonymous_share_percent,
+            ) as u64,
+            cache_bytes_max: self.data_cache_bytes_max,
             ..chatixia_store::StoreConfig::default()
         })
     }

@@ -150,6 +150,7 @@ pub fn task_record(t: &Task) -> TaskRecord {
 fn holder_record(h: &Holder) -> TaskHolder {
     TaskHolder {
         peer_id: h.peer.clone(),
+        admin: h.admin,
         address: h.address.clone(),
     }
 }
@@ -157,12 +158,14 @@ fn holder_record(h: &Holder) -> TaskHolder {
 fn holder_of(r: TaskHolder) -> Holder {
     Holder {
         peer: r.peer_id,
+        admin: r.admin,
         address: r.address,
     }
 }
 
 /// The task of a loaded record.
 pub fn task_of(r: TaskRecord) -> Task {
+    let created_by = r.created_by.map(holder_of);
     Task {
         id: r.id,
         skill: r.skill,
@@ -178,8 +181,9 @@ pub fn task_of(r: TaskRecord) -> Task {
         created_at: UnixTime(r.created_at_ns),
         updated_at: UnixTime(r.updated_at_ns),
         ttl: r.ttl,
+        holder: crate::limits::Charge::of_holder(created_by.as_ref()),
         access: TaskAccess {
-            created_by: r.created_by.map(holder_of),
+            created_by,
             claimed_by: r.claimed_by.map(holder_of),
         },
     }
@@ -388,13 +392,16 @@ mod tests {
             created_at: UnixTime::from_secs(100),
             updated_at: UnixTime::from_secs(101),
             ttl: 300,
+            holder: crate::limits::Charge::Anonymous("10.0.0.1".into()),
             access: TaskAccess {
                 created_by: Some(Holder {
                     peer: None,
+                    admin: false,
                     address: "10.0.0.1".into(),
                 }),
                 claimed_by: Some(Holder {
                     peer: Some("alice-sidecar".into()),
+                    admin: false,
                     address: "10.0.0.2".into(),
                 }),
             },
@@ -405,6 +412,8 @@ mod tests {
         let old = json.split(",\"created_by\"").next().unwrap().to_owned() + "}";
         let loaded = task_of(serde_json::from_str(&old).unwrap());
         t.access = TaskAccess::default();
+        // Without a creator it is charged as anonymous with no address.
+        t.holder = crate::limits::Charge::default();
         assert_eq!(loaded, t);
     }
 
@@ -424,7 +433,15 @@ mod tests {
             created_at: UnixTime::from_secs(100),
             updated_at: UnixTime::from_secs(100),
             ttl: 300,
-            access: TaskAccess::default(),
+            access: TaskAccess {
+                created_by: Some(Holder {
+                    peer: None,
+                    admin: false,
+                    address: "10.0.0.1".into(),
+                }),
+                claimed_by: None,
+            },
+            holder: crate::limits::Charge::Anonymous("10.0.0.1".into()),
         };
         let mut snap = Snapshot::default();
         snap.pairings
@@ -447,6 +464,11 @@ mod tests {
                 }
                 for t in &b.tasks {
                     assert_eq!(shard_of(&t.id, shards), s);
+                    // The holder survives the record: a restart charges the same budget.
+                    assert_eq!(
+                        t.holder,
+                        crate::limits::Charge::Anonymous("10.0.0.1".into())
+                    );
                     tasks += 1;
                 }
                 for (agent, id, _) in &b.pointers {

@@ -275,6 +275,15 @@ fn open_store(
 ) -> Result<(chatixia_store::Store, chatixia_store::Snapshot), String> {
     let (store, mut snapshot) = chatixia_store::Store::open(dir, secrets, config)
         .map_err(|e| format!("cannot open the data directory: {e}"))?;
+    if snapshot.data_bytes > config.data_bytes_max {
+        // Loaded in full (nothing acknowledged is dropped); only growth is refused.
+        tracing::warn!(
+            data_bytes = snapshot.data_bytes,
+            data_bytes_max = config.data_bytes_max,
+            "the durable store holds more than --data-bytes-max: changes that grow it are \
+             refused (503) until tasks finish or the bound is raised"
+        );
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -22,9 +22,27 @@ pub struct ShardCounters {
     pub auth_failures: [Cell<u64>; FAILURE_KINDS],
     /// Attempts refused (429) by the failure budget here, by `SecretRoute::index`.
     pub auth_refused: [Cell<u64>; SECRET_ROUTES],
+    /// Requests refused by a store budget, by [`BUDGET_STORES`] × [`BUDGET_REASONS`],
+    /// counted on the shard that took the request.
+    pub budget_refused: [Cell<u64>; BUDGET_CELLS],
 }
 
+/// The stores whose budget refusals are counted (`store` label).
+pub const BUDGET_STORES: [&str; 2] = ["tasks", "agents"];
+/// Why a budget refused (`reason` label; `limits::Refusal::reason`).
+pub const BUDGET_REASONS: [&str; 3] = ["client_quota", "anonymous_share", "store_full"];
+const BUDGET_CELLS: usize = BUDGET_STORES.len() * BUDGET_REASONS.len();
+
 impl ShardCounters {
+    /// Counts a budget refusal of `store` (one of [`BUDGET_STORES`]) for `reason`.
+    pub fn budget_refused(&self, store: &str, reason: &str) {
+        let s = BUDGET_STORES.iter().position(|&x| x == store);
+        let r = BUDGET_REASONS.iter().position(|&x| x == reason);
+        if let (Some(s), Some(r)) = (s, r) {
+            Self::inc(&self.budget_refused[s * BUDGET_REASONS.len() + r]);
+        }
+    }
+
     pub fn inc(c: &Cell<u64>) {
         c.set(c.get() + 1);
     }
@@ -44,6 +62,26 @@ pub struct ShardMetrics {
     pub mailbox: MailboxStats,
     pub ws: WsMetrics,
     pub auth: AuthMetrics,
+    pub budgets: BudgetMetrics,
+}
+
+/// What one shard's stores hold against their budgets (issue 20), and the refusals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BudgetMetrics {
+    /// Tasks held, and how many of them anonymous clients created.
+    pub tasks: u64,
+    pub tasks_anonymous: u64,
+    /// Bytes charged for them (`hub::task_bytes`), all and anonymous.
+    pub task_bytes: u64,
+    pub task_anonymous_bytes: u64,
+    /// Agents held, and how many anonymous clients created.
+    pub agents: u64,
+    pub agents_anonymous: u64,
+    /// Bytes charged for them (`registry::agent_bytes`), all and anonymous.
+    pub agent_bytes: u64,
+    pub agent_anonymous_bytes: u64,
+    /// Refusals, [`BUDGET_STORES`] × [`BUDGET_REASONS`].
+    pub refused: [u64; BUDGET_CELLS],
 }
 
 /// Failure-budget counters of one shard (issue 20).
@@ -73,7 +111,11 @@ impl ShardMetrics {
         c: &ShardCounters,
         mailbox: MailboxStats,
         ws: WsMetrics,
+        mut budgets: BudgetMetrics,
     ) -> Self {
+        for (out, c) in budgets.refused.iter_mut().zip(&c.budget_refused) {
+            *out = c.get();
+        }
         ShardMetrics {
             shard,
             driver,
@@ -87,6 +129,7 @@ impl ShardMetrics {
                 refused: std::array::from_fn(|i| c.auth_refused[i].get()),
                 addresses: 0,
             },
+            budgets,
         }
     }
 }
@@ -95,7 +138,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 11] = [
+    let series: [(&str, &str, &str, Get); 19] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -162,12 +205,78 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "Wakeups written to this shard's doorbell while its mailbox slept.",
             |m| m.mailbox.wakeups,
         ),
+        (
+            "chatixia_task_store_tasks",
+            "gauge",
+            "Tasks this shard holds, finished ones included.",
+            |m| m.budgets.tasks,
+        ),
+        (
+            "chatixia_task_store_anonymous_tasks",
+            "gauge",
+            "Tasks this shard holds that clients without credentials created.",
+            |m| m.budgets.tasks_anonymous,
+        ),
+        (
+            "chatixia_task_store_bytes",
+            "gauge",
+            "Bytes charged for this shard's tasks (--task-store-bytes-max).",
+            |m| m.budgets.task_bytes,
+        ),
+        (
+            "chatixia_task_store_anonymous_bytes",
+            "gauge",
+            "Bytes charged for the tasks of clients without credentials (--anonymous-share-percent).",
+            |m| m.budgets.task_anonymous_bytes,
+        ),
+        (
+            "chatixia_agent_store_agents",
+            "gauge",
+            "Agents this shard holds.",
+            |m| m.budgets.agents,
+        ),
+        (
+            "chatixia_agent_store_anonymous_agents",
+            "gauge",
+            "Agents this shard holds that clients without credentials created.",
+            |m| m.budgets.agents_anonymous,
+        ),
+        (
+            "chatixia_agent_store_bytes",
+            "gauge",
+            "Bytes charged for this shard's agents (--agent-store-bytes-max).",
+            |m| m.budgets.agent_bytes,
+        ),
+        (
+            "chatixia_agent_store_anonymous_bytes",
+            "gauge",
+            "Bytes charged for the agents of clients without credentials.",
+            |m| m.budgets.agent_anonymous_bytes,
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for m in shards {
             let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", m.shard, get(m));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_budget_refused_total Requests refused by a store budget, by store \
+         and reason (the client's quota: 429; the anonymous share, the whole store: 503)."
+    );
+    let _ = writeln!(out, "# TYPE chatixia_budget_refused_total counter");
+    for m in shards {
+        for (i, store) in BUDGET_STORES.iter().enumerate() {
+            for (j, reason) in BUDGET_REASONS.iter().enumerate() {
+                let v = m.budgets.refused[i * BUDGET_REASONS.len() + j];
+                let _ = writeln!(
+                    out,
+                    "chatixia_budget_refused_total{{shard=\"{}\",store=\"{store}\",reason=\"{reason}\"}} {v}",
+                    m.shard
+                );
+            }
         }
     }
     let _ = writeln!(
@@ -242,10 +351,10 @@ fn render_auth(out: &mut String, shards: &[ShardMetrics]) {
     }
 }
 
-/// The durable store's counters (issues 10, 22) in the Prometheus text format: commits are
-/// fsyncs (one per group commit); `available` is what `/readyz` reports.
+/// The durable store's counters (issues 10, 20, 22) in the Prometheus text format:
+/// commits are fsyncs (one per group commit); `available` is what `/readyz` reports.
 pub fn render_store(stats: &chatixia_store::StoreStats, available: bool) -> String {
-    let series: [(&str, &str, &str, u64); 13] = [
+    let series: [(&str, &str, &str, u64); 18] = [
         (
             "chatixia_store_available",
             "gauge",
@@ -324,6 +433,36 @@ pub fn render_store(stats: &chatixia_store::StoreStats, available: bool) -> Stri
             "Writes refused because the store's queue was full (503).",
             stats.queue_full,
         ),
+        (
+            "chatixia_store_data_bytes",
+            "gauge",
+            "Bytes of the stored records, keys and values (--data-bytes-max).",
+            stats.data_bytes,
+        ),
+        (
+            "chatixia_store_data_bytes_max",
+            "gauge",
+            "The bound on the stored records (--data-bytes-max).",
+            stats.data_bytes_max,
+        ),
+        (
+            "chatixia_store_file_bytes",
+            "gauge",
+            "Size of the database file after the last commit.",
+            stats.file_bytes,
+        ),
+        (
+            "chatixia_store_refused_full_total",
+            "counter",
+            "Writes refused because they would grow the records past --data-bytes-max (503).",
+            stats.refused_full,
+        ),
+        (
+            "chatixia_store_refused_anonymous_total",
+            "counter",
+            "Writes for clients without credentials refused at their share of --data-bytes-max (503).",
+            stats.refused_anonymous,
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, v) in series {
@@ -363,6 +502,11 @@ mod tests {
                 refused: [9, 0, 0, 0, 0, 0],
                 addresses: 3,
             },
+            budgets: BudgetMetrics {
+                task_bytes: 700,
+                refused: [0, 3, 0, 0, 0, 1],
+                ..BudgetMetrics::default()
+            },
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
@@ -381,6 +525,13 @@ mod tests {
             .contains("chatixia_auth_failures_total{shard=\"0\",route=\"ws\",kind=\"jwt\"} 6\n"));
         assert!(text.contains("chatixia_auth_refused_total{shard=\"0\",route=\"token\"} 9\n"));
         assert!(text.contains("chatixia_auth_failure_addresses{shard=\"1\"} 3\n"));
+        assert!(text.contains("chatixia_task_store_bytes{shard=\"1\"} 700\n"));
+        assert!(text.contains(
+            "chatixia_budget_refused_total{shard=\"0\",store=\"tasks\",reason=\"anonymous_share\"} 3\n"
+        ));
+        assert!(text.contains(
+            "chatixia_budget_refused_total{shard=\"1\",store=\"agents\",reason=\"store_full\"} 1\n"
+        ));
         // Every sample line is "name{labels} value" or "name value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();

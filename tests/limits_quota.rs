@@ -45,12 +45,20 @@ fn one_client_cannot_fill_the_task_store() {
 #[test]
 fn the_task_store_has_a_byte_budget() {
     // Tasks of ~40 KB from 12 different clients (each well within its quota): 11 fit a
-    // 450,000-byte budget, the 12th is refused with 503 for the whole store.
+    // 460,000-byte budget (41,064 bytes charged each, issue 20's overhead), the 12th is
+    // refused with 503 for the whole store. (The
+    // anonymous share, issue 20, would stop these clients without credentials at half
+    // of it: tests/limits_share.rs; here it is the whole store.)
     let mut o = Opts::cores(1);
-    o.args = ["--task-store-bytes-max", "450000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    o.args = [
+        "--task-store-bytes-max",
+        "460000",
+        "--anonymous-share-percent",
+        "100",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let s = Server::with(o);
     let blob = "b".repeat(40_000);
     let mut statuses = Vec::new();

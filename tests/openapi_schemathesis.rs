@@ -365,7 +365,8 @@ const UNLIMITED_FAILURES: [&str; 4] = [
 fn schemathesis_with_admin_credentials() {
     let mut o = Opts::cores(2);
     o.args = vec!["--require-agent-auth".into()];
-    o.args.extend(UNLIMITED_FAILURES.iter().map(|s| s.to_string()));
+    o.args
+        .extend(UNLIMITED_FAILURES.iter().map(|s| s.to_string()));
     let srv = Server::with(o);
     let admin = format!("Bearer {}", token(&srv, ADMIN_KEY));
     schemathesis(

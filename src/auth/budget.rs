@@ -42,8 +42,7 @@ pub fn secret_route_of(
             (Route::Agents | Route::Tasks, Method::Post)
                 | (Route::Task | Route::TasksAll | Route::Heartbeat, _)
         );
-        let carries =
-            req.header("x-api-key").is_some() || req.header("authorization").is_some();
+        let carries = req.header("x-api-key").is_some() || req.header("authorization").is_some();
         (agent_route && carries).then_some(SecretRoute::Agent)
     })
 }

@@ -43,6 +43,8 @@ pub enum Owner {
 pub struct Holder {
     /// The credential's peer id; `None`: the request had none.
     pub peer: Option<String>,
+    /// The credential's role was `admin` (what the task is charged to: no quota).
+    pub admin: bool,
     /// The client key of the source address.
     pub address: String,
 }
@@ -106,6 +108,7 @@ impl Principal {
     pub fn holder(&self) -> Holder {
         Holder {
             peer: self.peer.clone(),
+            admin: self.admin,
             address: self.address.clone(),
         }
     }
@@ -192,12 +195,11 @@ pub fn resolve(
         .header("authorization")
         .and_then(|h| bearer_token(h.as_bytes()))
     {
-        let claims = jwt::verify_leeway(secret, token, now.as_secs(), leeway_secs).map_err(|e| {
-            Refused {
+        let claims =
+            jwt::verify_leeway(secret, token, now.as_secs(), leeway_secs).map_err(|e| Refused {
                 response: Response::error(401, format!("invalid token: {e}")),
                 forged: e.is_forgery(),
-            }
-        })?;
+            })?;
         return Ok(Principal::credential(claims.sub, &claims.role, address));
     }
     let key = req

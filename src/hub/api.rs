@@ -22,7 +22,7 @@ use crate::server::common::{
     random_bytes, unexpected, Answer,
 };
 use crate::server::{Msg, ShardCtx};
-use chatixia_store::Mutation;
+use chatixia_store::{Mutation, WriteClass};
 
 /// Redraws of a task id that already exists on its home shard (44 random bits: a clash
 /// is practically impossible; this only bounds the loop).
@@ -49,7 +49,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     let sub: TaskSubmission = json_body(req)?;
     ctx.config.limits.check_task(&sub)?;
     let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
-    let by = crate::auth::agent::principal(ctx, req, peer, source)?.holder();
+    let by = crate::auth::agent::principal(ctx, req, peer, source)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -61,17 +61,21 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
         .filter(|&s| s != home);
     let target = sub.target_agent_id.clone();
     let ttl = sub.ttl;
-    let client = crate::limits::client_key(peer);
+    let class = if by.peer.is_none() {
+        WriteClass::Anonymous
+    } else {
+        WriteClass::Bounded
+    };
     let mut sub = Some(sub);
     for _ in 0..TASK_ID_TRIES_MAX {
         let id = draw_task_id(ctx, home)?;
         let Some(s) = sub.take() else { break };
-        let op = Op::Create(Box::new((id.clone(), s, client.clone(), by.clone())));
+        let op = Op::Create(Box::new((id.clone(), s, by.clone())));
         match ask(ctx, home, op).await? {
             Reply::Task(Some(task)) => {
                 // Durable before it is claimable or acknowledged (issue 10).
                 let saved = ctx
-                    .commit(vec![Mutation::PutTask(task_record(&task))])
+                    .commit_as(vec![Mutation::PutTask(task_record(&task))], class)
                     .await;
                 if let Err(resp) = saved {
                     let _ = ask_retry(ctx, home, || Op::Remove(Box::new(id.clone()))).await;
@@ -87,8 +91,7 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
                 }
                 return Ok(ok_json(task_created_body(&id)));
             }
-            Reply::Full => return Ok(Response::error(503, "task store is full")),
-            Reply::Quota(why) => return Ok(Response::error(429, *why)),
+            Reply::Refused(r) => return Ok(ctx.refused("tasks", &r)),
             Reply::InUse => {
                 // The submission was consumed by the message; rebuild it from the request.
                 sub = Some(json_body(req)?);
@@ -229,13 +232,20 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
             } else {
                 Mutation::PutTask(task_record(&after))
             };
-            if let Err(resp) = ctx.commit(vec![m]).await {
+            // Held to the bound of the task's holder, as in memory.
+            let class = if after.holder.is_anonymous() {
+                WriteClass::Anonymous
+            } else {
+                WriteClass::Bounded
+            };
+            if let Err(resp) = ctx.commit_as(vec![m], class).await {
                 let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;
                 return Err(resp);
             }
             Ok(ok_status())
         }
         Reply::NotFound => Ok(not_found_200()),
+        Reply::Refused(r) => Ok(ctx.refused("tasks", &r)),
         Reply::Forbidden(why) => {
             crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
             Ok(Response::error(403, *why))
@@ -259,13 +269,10 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let mut hb = hb;
-    hb.client = crate::limits::client_key(peer);
     let op = Op::Heartbeat(Box::new((hb, by)));
     let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
-        Reply::Full => return Ok(Response::error(503, "agent registry is full")),
-        Reply::Quota(why) => return Ok(Response::error(429, *why)),
+        Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
         Reply::Forbidden(why) => {
             crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
             return Ok(Response::error(403, *why));
@@ -337,7 +344,9 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         .iter()
         .map(|t| Mutation::PutTask(task_record(t)))
         .collect();
-    if let Err(resp) = ctx.commit(claims).await {
+    // A claim adds the agent's id to stored tasks: never refused by the size bound,
+    // which would keep a full store full.
+    if let Err(resp) = ctx.commit_as(claims, WriteClass::Progress).await {
         // Not acknowledged: the tasks go back to pending for the next heartbeat.
         for t in &claimed {
             let mut back = t.clone();

@@ -30,10 +30,10 @@ pub use ops::Store;
 pub use payload::Payload;
 pub use pointers::TaskPointers;
 pub use tasks::{
-    new_task_id, CreateTaskError, ExpireOutcome, Placement, SortedTask, Task, TaskAccess, TaskId,
-    TaskStore, TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_RETENTION, DEFAULT_TTL_SECS,
-    EXPIRE_INTERVAL, STATE_ASSIGNED, STATE_COMPLETED, STATE_FAILED, STATE_PENDING, TASK_ID_LEN,
-    TTL_EXPIRED_ERROR,
+    new_task_id, task_bytes, CreateTaskError, ExpireOutcome, Placement, SortedTask, Task,
+    TaskAccess, TaskId, TaskStore, TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_RETENTION,
+    DEFAULT_TTL_SECS, EXPIRE_INTERVAL, STATE_ASSIGNED, STATE_COMPLETED, STATE_FAILED,
+    STATE_PENDING, TASK_ID_LEN, TASK_OVERHEAD_BYTES, TASK_STORE_NAMES, TTL_EXPIRED_ERROR,
 };
 pub use topology::{topology, MeshEdge, Topology, TopologyNode};
 
@@ -118,6 +118,7 @@ mod tests {
             updated_at: UnixTime(1_500_000_000_500_000_000),
             ttl: 60,
             access: Default::default(),
+            holder: Default::default(),
         }
     }
 

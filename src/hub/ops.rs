@@ -5,6 +5,7 @@ use crate::auth::principal::{Holder, Principal};
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
+use crate::limits::{Charge, Refusal};
 use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
 use crate::time::UnixTime;
 
@@ -18,15 +19,14 @@ pub struct Store {
 /// A request to the hub of one shard. Every payload is one word (see `server::msg`).
 pub enum Op {
     /// Heartbeat on the agent's owner by a principal: check the agent's binding
-    /// (`AgentStore::heartbeat_as`), upsert the agent, claim the tasks local to this
-    /// shard, hand back the pointers left for it. → `HeartbeatDone` | `Full` |
-    /// `Forbidden`. The sender's agent quota applies (`Heartbeat::client`, see
-    /// `AgentStore::heartbeat_for`). → also `Quota`.
+    /// (`AgentStore::heartbeat_as`), upsert the agent within the budget of what the
+    /// principal is charged to, claim the tasks local to this shard, hand back the
+    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden`.
     Heartbeat(Box<(Heartbeat, Principal)>),
-    /// Store a new pending task under this id for a client by a principal (see
-    /// `TaskStore::create_by`; `(id, task, client, creator)`), not claimable until
-    /// `Saved`. → `Task` | `InUse` | `Full` | `Quota`.
-    Create(Box<(TaskId, TaskSubmission, String, Holder)>),
+    /// Store a new pending task under this id by a principal (see
+    /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
+    /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` | `Refused`.
+    Create(Box<(TaskId, TaskSubmission, Principal)>),
     /// The store acknowledged the task's creation: make it claimable. → `Done`.
     Saved(Box<String>),
     /// The store did not acknowledge the task's creation: drop it. → `Done`.
@@ -39,11 +39,13 @@ pub enum Op {
     Pointer(Box<(String, TaskId, UnixTime)>),
     /// One task. → `Task`.
     Get(Box<String>),
-    /// Update a task by a principal (`Task::updatable_by`); `(id, update, by)`.
-    /// → `Updated` | `NotFound` | `Forbidden`.
+    /// Update a task by a principal (`Task::updatable_by`) within the budget (see
+    /// `TaskStore::try_update`); `(id, update, by)`. → `Updated` | `NotFound` |
+    /// `Forbidden` | `Refused`.
     Update(Box<(String, TaskUpdate, Principal)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Updated` | `NotFound` | `Forbidden` (assigned to someone else).
+    /// agent)`. → `Updated` | `NotFound` | `Refused` | `Forbidden` (assigned to someone
+    /// else).
     UpdateAs(Box<(String, TaskUpdate, String)>),
     /// Every task of the shard. → `Tasks`.
     List,
@@ -63,12 +65,12 @@ pub enum Reply {
     Done,
     NotFound,
     InUse,
-    Full,
     /// Refused (403): the agent is bound to another principal, or the task belongs to
     /// another; the reason.
     Forbidden(Box<String>),
-    /// The client's quota on this shard is used up; the reason.
-    Quota(Box<String>),
+    /// A budget refused it: the client's quota, the anonymous share, the whole store
+    /// (of tasks for `Create` and updates, of agents for `Heartbeat`).
+    Refused(Box<Refusal>),
     /// `(claimed tasks, pointers to resolve)`.
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
     Task(Option<Box<Task>>),
@@ -84,10 +86,9 @@ impl Op {
         match self {
             Op::Heartbeat(b) => {
                 let (hb, by) = &*b;
-                match agents.heartbeat_as(hb, &hb.client, by, now) {
+                match agents.heartbeat_as(hb, by, now) {
                     Ok(()) => {}
-                    Err(AgentRefusal::Full(_)) => return Reply::Full,
-                    Err(AgentRefusal::ClientQuota(why)) => return Reply::Quota(Box::new(why)),
+                    Err(AgentRefusal::Budget(r)) => return Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
                 }
                 let claimed = store.tasks.claim_for_agent_by(
@@ -104,18 +105,21 @@ impl Op {
                 Reply::HeartbeatDone(Box::new((claimed, pointers)))
             }
             Op::Create(b) => {
-                let (id, sub, client, by) = *b;
-                match store.tasks.create_by(sub, id.clone(), &client, by, now) {
+                let (id, sub, by) = *b;
+                match store.tasks.create_for(
+                    sub,
+                    id.clone(),
+                    &Charge::of(&by),
+                    Some(by.holder()),
+                    now,
+                ) {
                     Ok(t) => {
                         let t = Box::new(t.clone());
                         store.tasks.set_saving(&id, true);
                         Reply::Task(Some(t))
                     }
                     Err(CreateTaskError::DuplicateId) => Reply::InUse,
-                    Err(CreateTaskError::Full { .. }) => Reply::Full,
-                    Err(e @ CreateTaskError::ClientQuota { .. }) => {
-                        Reply::Quota(Box::new(e.to_string()))
-                    }
+                    Err(CreateTaskError::Refused(r)) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::Pointer(b) => {
@@ -146,9 +150,10 @@ impl Op {
                 if let Err(why) = before.updatable_by(&by) {
                     return Reply::Forbidden(Box::new(why));
                 }
-                match store.tasks.update(&id, upd, now) {
-                    Some(after) => Reply::Updated(Box::new((before, after.clone()))),
-                    None => Reply::NotFound,
+                match store.tasks.try_update(&id, upd, now) {
+                    Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
+                    Ok(None) => Reply::NotFound,
+                    Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::UpdateAs(b) => {
@@ -161,9 +166,10 @@ impl Op {
                     ))),
                     Some(t) => {
                         let before = t.clone();
-                        match store.tasks.update(&id, upd, now) {
-                            Some(after) => Reply::Updated(Box::new((before, after.clone()))),
-                            None => Reply::NotFound,
+                        match store.tasks.try_update(&id, upd, now) {
+                            Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
+                            Ok(None) => Reply::NotFound,
+                            Err(r) => Reply::Refused(Box::new(r)),
                         }
                     }
                 }

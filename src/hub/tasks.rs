@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::auth::principal::Holder;
-use crate::limits::ClientLedger;
+use crate::limits::{Budget, Charge, ClientLedger, Names, Refusal};
 use crate::time::UnixTime;
 
 mod model;
@@ -41,7 +41,34 @@ pub struct TaskStoreConfig {
     /// one task): bounds the heartbeat response like a list page. Matching tasks past
     /// it stay pending for the agent's next heartbeat.
     pub claim_bytes_max: usize,
+    /// Percent of `tasks_max` and `bytes_max` all anonymous clients together may hold
+    /// (see [`Charge`]); over: [`Refusal::AnonymousShare`] (503) for anonymous
+    /// requests only.
+    pub anonymous_share_percent: u8,
 }
+
+impl TaskStoreConfig {
+    /// The budget of new tasks and of their growth.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            items_max: self.tasks_max,
+            bytes_max: self.bytes_max,
+            client_items_max: self.client_tasks_max,
+            client_bytes_max: self.client_bytes_max,
+            anonymous_share_percent: self.anonymous_share_percent,
+        }
+    }
+}
+
+/// How the task store and its flags are called in a refusal.
+pub const TASK_STORE_NAMES: Names = Names {
+    store: "task store",
+    items: "tasks",
+    bytes_flag: "--task-store-bytes-max",
+    items_flag: "65,536 tasks a shard",
+    client_items_flag: "--task-client-tasks-max",
+    client_bytes_flag: "--task-client-bytes-max",
+};
 
 impl Default for TaskStoreConfig {
     fn default() -> Self {
@@ -52,17 +79,25 @@ impl Default for TaskStoreConfig {
             client_bytes_max: 16 * 1024 * 1024,
             client_tasks_max: 4096,
             claim_bytes_max: 4 * 1024 * 1024,
+            anonymous_share_percent: 50,
         }
     }
 }
 
-/// Fixed bytes charged per task on top of its strings: the record, its id map entry,
-/// index entries, and room for `assigned_agent_id` (bounded by the field size limit).
-pub const TASK_OVERHEAD_BYTES: usize = 640;
+/// Fixed bytes charged per task on top of its strings: the record and its B-tree slot,
+/// the id map entry and the id's copy in it, the index entries, the ledger's line, the
+/// allocator's header and rounding of each small string, and room for
+/// `assigned_agent_id` (bounded by the field size limit). Measured (issue 20,
+/// docs/BENCHMARKS.md "Memory per stored task"): 20,000 tasks with tiny payloads grew
+/// the RSS of a release build by about 1,040 bytes each (with redb's page cache held to
+/// 1 MiB), and 1 KiB payloads by about 1,020 bytes each on top of the payload; the 640
+/// bytes charged before undercounted that by 40 %.
+pub const TASK_OVERHEAD_BYTES: usize = 1024;
 
 /// The bytes a task is charged against the store's and its client's budgets.
 pub fn task_bytes(t: &Task) -> usize {
     TASK_OVERHEAD_BYTES
+        + 2 * t.holder.heap_bytes()
         + t.id.len()
         + t.skill.len()
         + t.target_agent_id.len()
@@ -76,41 +111,18 @@ pub fn task_bytes(t: &Task) -> usize {
 /// Why [`TaskStore::create`] refused a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CreateTaskError {
-    /// The shard holds [`TaskStoreConfig::tasks_max`] tasks.
-    Full {
-        /// The limit that was reached.
-        tasks_max: usize,
-    },
     /// A task with this id exists; draw another id.
     DuplicateId,
-    /// The client already holds its share of this shard: `tasks` tasks of `bytes` bytes.
-    ClientQuota {
-        tasks: usize,
-        bytes: usize,
-        tasks_max: usize,
-        bytes_max: usize,
-    },
+    /// A budget refused it: the client's quota (429), the anonymous share or the whole
+    /// store (503); [`Refusal::message`] with [`TASK_STORE_NAMES`] says which.
+    Refused(Refusal),
 }
 
 impl fmt::Display for CreateTaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CreateTaskError::Full { tasks_max } => write!(
-                f,
-                "task store is full ({tasks_max} tasks, or --task-store-bytes-max bytes)"
-            ),
             CreateTaskError::DuplicateId => f.write_str("duplicate task id"),
-            CreateTaskError::ClientQuota {
-                tasks,
-                bytes,
-                tasks_max,
-                bytes_max,
-            } => write!(
-                f,
-                "this client holds {tasks} tasks ({bytes} bytes) on this shard; its quota is \
-                 {tasks_max} tasks (--task-client-tasks-max) and {bytes_max} bytes \
-                 (--task-client-bytes-max); retry when some finish"
-            ),
+            CreateTaskError::Refused(r) => f.write_str(&r.message(&TASK_STORE_NAMES)),
         }
     }
 }
@@ -237,41 +249,20 @@ impl TaskStore {
         id: TaskId,
         now: UnixTime,
     ) -> Result<&Task, CreateTaskError> {
-        self.create_for(req, id, "", now)
+        self.create_for(req, id, &Charge::Admin(String::new()), None, now)
     }
 
-    /// [`create`](Self::create) on behalf of `client` (an API key or a source address,
-    /// chosen by the server; `""`: no per-client quota). Refuses with
-    /// [`CreateTaskError::ClientQuota`] when the client holds its share of this shard, and
-    /// [`CreateTaskError::Full`] when the store is out of tasks or bytes.
+    /// [`create`](Self::create) charged to `who` (chosen by the server from the
+    /// request's credentials, see [`Charge`]), with `created_by` kept as the task's
+    /// creator ([`TaskAccess::created_by`]; `None`: made by the server itself). Refuses
+    /// with [`CreateTaskError::Refused`]: the client's quota on this shard (anonymous
+    /// clients and agents), the anonymous share (anonymous clients), or the store's
+    /// whole budget of tasks and bytes.
     pub fn create_for(
         &mut self,
         req: TaskSubmission,
         id: TaskId,
-        client: &str,
-        now: UnixTime,
-    ) -> Result<&Task, CreateTaskError> {
-        self.create_inner(req, id, client, None, now)
-    }
-
-    /// [`create_for`](Self::create_for) by principal `by`, kept as the task's creator
-    /// ([`TaskAccess::created_by`]).
-    pub fn create_by(
-        &mut self,
-        req: TaskSubmission,
-        id: TaskId,
-        client: &str,
-        by: Holder,
-        now: UnixTime,
-    ) -> Result<&Task, CreateTaskError> {
-        self.create_inner(req, id, client, Some(by), now)
-    }
-
-    fn create_inner(
-        &mut self,
-        req: TaskSubmission,
-        id: TaskId,
-        client: &str,
+        who: &Charge,
         created_by: Option<Holder>,
         now: UnixTime,
     ) -> Result<&Task, CreateTaskError> {
@@ -279,32 +270,16 @@ impl TaskStore {
             return Err(CreateTaskError::DuplicateId);
         }
         let charge = TASK_OVERHEAD_BYTES
+            + 2 * who.heap_bytes()
             + id.len()
             + req.skill.len()
             + req.target_agent_id.len()
             + req.source_agent_id.len()
             + req.payload.len()
             + STATE_PENDING.len();
-        if !client.is_empty() {
-            let (tasks, bytes) = self.ledger.client(client);
-            if tasks >= self.config.client_tasks_max
-                || bytes.saturating_add(charge) > self.config.client_bytes_max
-            {
-                return Err(CreateTaskError::ClientQuota {
-                    tasks,
-                    bytes,
-                    tasks_max: self.config.client_tasks_max,
-                    bytes_max: self.config.client_bytes_max,
-                });
-            }
-        }
-        if self.tasks.len() >= self.config.tasks_max
-            || self.ledger.bytes().saturating_add(charge) > self.config.bytes_max
-        {
-            return Err(CreateTaskError::Full {
-                tasks_max: self.config.tasks_max,
-            });
-        }
+        self.ledger
+            .admit_new(&self.config.budget(), who, charge)
+            .map_err(CreateTaskError::Refused)?;
         let seq = self.next_seq;
         self.next_seq += 1;
         let task = Task {
@@ -320,6 +295,7 @@ impl TaskStore {
             created_at: now,
             updated_at: now,
             ttl: req.ttl,
+            holder: who.clone(),
             access: TaskAccess {
                 created_by,
                 claimed_by: None,
@@ -327,7 +303,7 @@ impl TaskStore {
         };
         self.index.add(seq, &task);
         self.ids.insert(id, seq);
-        self.charge(seq, client, task_bytes(&task));
+        self.charge(seq, task_bytes(&task), &task.holder);
         Ok(self.tasks.entry(seq).or_insert(task))
     }
 
@@ -337,31 +313,38 @@ impl TaskStore {
     }
 
     /// `(tasks, bytes)` that `client` holds here.
-    pub fn client_usage(&self, client: &str) -> (usize, usize) {
+    pub fn client_usage(&self, client: &Charge) -> (usize, usize) {
         self.ledger.client(client)
     }
 
-    /// Charges task `seq` `bytes` (replacing any earlier charge) to its client.
-    fn charge(&mut self, seq: u64, client: &str, bytes: usize) {
-        let old = self.uncharge(seq);
-        let client = old.map_or_else(|| client.to_owned(), |(c, _)| c);
-        self.ledger.charge(seq, client, bytes);
+    /// `(tasks, bytes)` that anonymous clients hold here, all together.
+    pub fn anonymous_usage(&self) -> (usize, usize) {
+        self.ledger.anonymous()
     }
 
-    /// Charges task `seq` again after a change (to its client).
+    /// Charges task `seq` `bytes` (replacing any earlier charge) to `holder`.
+    fn charge(&mut self, seq: u64, bytes: usize, holder: &Charge) {
+        self.uncharge(seq);
+        self.ledger.charge(seq, holder.clone(), bytes);
+    }
+
+    /// Charges task `seq` again after a change (to its holder).
     fn recharge(&mut self, seq: u64) {
-        if let Some(bytes) = self.tasks.get(&seq).map(task_bytes) {
-            self.charge(seq, "", bytes);
+        if let Some(t) = self.tasks.get(&seq) {
+            let (bytes, holder) = (task_bytes(t), t.holder.clone());
+            self.uncharge(seq);
+            self.ledger.charge(seq, holder, bytes);
         }
     }
 
     /// Removes task `seq`'s charge; returns it.
-    fn uncharge(&mut self, seq: u64) -> Option<(String, usize)> {
+    fn uncharge(&mut self, seq: u64) -> Option<(Charge, usize)> {
         self.ledger.uncharge(&seq)
     }
 
     /// Adds a task loaded from the store at start-up (the limit does not apply: it was
-    /// acknowledged). A task already held under that id is replaced.
+    /// acknowledged), charged to its holder as before the restart. A task already held
+    /// under that id is replaced.
     pub fn insert_loaded(&mut self, task: Task) {
         if let Some(&seq) = self.ids.get(&task.id) {
             self.replace_seq(seq, task);
@@ -371,10 +354,9 @@ impl TaskStore {
         self.next_seq += 1;
         self.index.add(seq, &task);
         self.ids.insert(task.id.clone(), seq);
-        let bytes = task_bytes(&task);
+        let (bytes, holder) = (task_bytes(&task), task.holder.clone());
         self.tasks.insert(seq, task);
-        // Its client is not stored: it counts against the store's budget only.
-        self.charge(seq, "", bytes);
+        self.charge(seq, bytes, &holder);
     }
 
     /// Puts a task back as it was (undoing a change the store did not acknowledge).
@@ -441,6 +423,36 @@ impl TaskStore {
     /// `{"error":"not found"}`. Setting `pending` again makes the task claimable again
     /// (its `assigned_agent_id` is kept until the next claim, as in the reference).
     pub fn update(&mut self, id: &str, upd: TaskUpdate, now: UnixTime) -> Option<&Task> {
+        self.apply_update(id, upd, now)
+    }
+
+    /// [`update`](Self::update) within the budget: an update that makes the task larger
+    /// (a `result` or `error` longer than the one it replaces) is refused when the
+    /// growth does not fit the holder's class (the anonymous share for a task an
+    /// anonymous client created, else the store's whole budget). The per-client quota
+    /// does not apply: it governs new tasks. `Ok(None)`: unknown id.
+    pub fn try_update(
+        &mut self,
+        id: &str,
+        upd: TaskUpdate,
+        now: UnixTime,
+    ) -> Result<Option<&Task>, Refusal> {
+        let Some(&seq) = self.ids.get(id) else {
+            return Ok(None);
+        };
+        if let Some(t) = self.tasks.get(&seq) {
+            let field = |new: &str, old: &str| if new.is_empty() { old.len() } else { new.len() };
+            let after = task_bytes(t) - t.state.len() - t.result.len() - t.error.len()
+                + upd.state.len()
+                + field(&upd.result, &t.result)
+                + field(&upd.error, &t.error);
+            self.ledger
+                .admit_growth(&self.config.budget(), &seq, after)?;
+        }
+        Ok(self.apply_update(id, upd, now))
+    }
+
+    fn apply_update(&mut self, id: &str, upd: TaskUpdate, now: UnixTime) -> Option<&Task> {
         let seq = *self.ids.get(id)?;
         let task = self.tasks.get_mut(&seq)?;
         self.index.remove(seq, task);
@@ -670,6 +682,11 @@ impl TaskStore {
             self.tasks.values().map(task_bytes).sum::<usize>()
         );
         assert_eq!(self.ledger.len(), self.tasks.len());
+        let anonymous = self.tasks.values().filter(|t| t.holder.is_anonymous());
+        assert_eq!(
+            self.ledger.anonymous(),
+            (anonymous.clone().count(), anonymous.map(task_bytes).sum())
+        );
         assert_eq!(fresh.pending_by_target, self.index.pending_by_target);
         assert_eq!(fresh.pending_by_skill, self.index.pending_by_skill);
         assert_eq!(fresh.live_by_deadline, self.index.live_by_deadline);

@@ -7,8 +7,10 @@
 //! `{"error": …}` names the field, its size and the flag that sets the limit. An id or
 //! name a client chooses that holds a control character is 422 ([`check_printable`]).
 
+mod charge;
 mod ledger;
-pub use ledger::ClientLedger;
+pub use charge::Charge;
+pub use ledger::{share, Budget, ClientLedger, Names, Refusal};
 
 use crate::http::Response;
 use crate::hub::{TaskSubmission, TaskUpdate};
@@ -35,8 +37,9 @@ pub struct StoreLimits {
     /// until tasks finish and age out; see `task_client_bytes_max` for why one client
     /// cannot get it there alone.
     pub task_store_bytes_max: usize,
-    /// Bytes of tasks one client (API key if the request carries one, else source IP)
-    /// may hold on one shard. Over: 429 for that client only.
+    /// Bytes of tasks one client (see [`Charge`]: the identity of a valid
+    /// credential, else the source address) may hold on one shard. Over: 429 for that
+    /// client only. Admins have no quota.
     pub task_client_bytes_max: usize,
     /// Tasks one client may hold on one shard (counts tiny tasks, which the bytes do
     /// not catch early). Over: 429 for that client only.
@@ -52,6 +55,11 @@ pub struct StoreLimits {
     pub agent_budget: crate::registry::AgentBudgetConfig,
     /// Pairing's guessing guard (see `pairing::guard`).
     pub pair_guard: crate::pairing::guard::GuardLimits,
+    /// Percent of each store's budget (tasks, agents, the durable store) that all
+    /// anonymous clients (no valid credential, see [`Charge`]) may hold together;
+    /// the rest is kept for authenticated agents and operators. Over: 503 for anonymous
+    /// requests, with a reason that says so.
+    pub anonymous_share_percent: u8,
 }
 
 impl Default for StoreLimits {
@@ -69,6 +77,7 @@ impl Default for StoreLimits {
             list_response_bytes_max: 4 * 1024 * 1024,
             agent_budget: crate::registry::AgentBudgetConfig::default(),
             pair_guard: crate::pairing::guard::GuardLimits::default(),
+            anonymous_share_percent: 50,
         }
     }
 }

@@ -12,7 +12,9 @@ use wire::json::JsonBody;
 
 mod binding;
 mod budget;
-pub use budget::{agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES};
+pub use budget::{
+    agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+};
 
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {
@@ -103,10 +105,6 @@ pub struct Heartbeat {
     /// Default `""`; an empty value does not overwrite a known sidecar id.
     #[serde(default)]
     pub sidecar_peer_id: String,
-    /// Not in the body: the sender's quota key (`limits::client_key`), set by the server
-    /// for the agent budget (`AgentStore::heartbeat_for`); `""`: no quota.
-    #[serde(skip)]
-    pub client: String,
 }
 
 impl JsonBody for Heartbeat {
@@ -528,7 +526,6 @@ mod tests {
                 uptime_seconds: 0,
                 skill_names: vec![],
                 sidecar_peer_id: String::new(),
-                client: String::new(),
             }
         );
         let err = parse_body::<Heartbeat>(br#"{"hostname":"h"}"#).unwrap_err();

@@ -23,11 +23,10 @@ pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> 
     let by = crate::auth::agent::principal(ctx, req, peer, Some(&info.agent_id))?;
     let credential = by.peer.is_some();
     let id = info.agent_id.clone();
-    let client = crate::limits::client_key(peer);
-    match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, client, by)))).await? {
+    match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, by)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
-        Reply::Quota(why) => Ok(Response::error(429, *why)),
+        Reply::Refused(r) => Ok(ctx.refused("agents", &r)),
         Reply::Forbidden(why) => {
             crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
             Ok(Response::error(403, *why))

@@ -3,6 +3,7 @@
 
 use crate::auth::principal::Principal;
 use crate::hub::TopologyNode;
+use crate::limits::Refusal;
 use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore};
 use crate::time::UnixTime;
 
@@ -11,10 +12,10 @@ use crate::time::UnixTime;
 pub enum Op {
     /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
     Upsert(Box<AgentInfo>),
-    /// Upsert an agent for a client (its quota, see `AgentStore::upsert_for`) by a
-    /// principal (its binding, see `AgentStore::upsert_as`); `(agent, client, by)`.
-    /// → `Done` | `Full` | `Quota` | `Forbidden`.
-    UpsertFor(Box<(AgentInfo, String, Principal)>),
+    /// Upsert an agent by a principal: its binding (`AgentStore::upsert_as`), then the
+    /// quota and anonymous share of what it is charged to (`AgentStore::upsert_for`).
+    /// → `Done` | `Refused` | `Forbidden`.
+    UpsertFor(Box<(AgentInfo, Principal)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
     /// Remove an agent. → `Done` | `NotFound`.
@@ -34,8 +35,8 @@ pub enum Reply {
     Done,
     NotFound,
     Full,
-    /// The client's quota is used up; the reason.
-    Quota(Box<String>),
+    /// A budget refused the agent (the client's quota, the anonymous share, the store).
+    Refused(Box<Refusal>),
     /// The agent is bound to another principal (403); the reason.
     Forbidden(Box<String>),
     Agent(Option<Box<AgentRecord>>),
@@ -52,11 +53,10 @@ impl Op {
                 Err(_) => Reply::Full,
             },
             Op::UpsertFor(b) => {
-                let (info, client, by) = *b;
-                match store.upsert_as(info, &client, &by, now) {
+                let (info, by) = *b;
+                match store.upsert_as(info, &by, now) {
                     Ok(()) => Reply::Done,
-                    Err(AgentRefusal::Full(_)) => Reply::Full,
-                    Err(AgentRefusal::ClientQuota(why)) => Reply::Quota(Box::new(why)),
+                    Err(AgentRefusal::Budget(r)) => Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => Reply::Forbidden(Box::new(why)),
                 }
             }

@@ -128,6 +128,10 @@ pub enum Saved {
 /// store being unavailable (a disk that refuses writes) is not logged here, per request:
 /// the control thread logs it once per interval (`main.rs`, `StoreWatch`).
 pub fn store_refusal(e: &chatixia_store::StoreError) -> Response {
+    if let chatixia_store::StoreError::Full { .. } = e {
+        // The size bound (`--data-bytes-max`): the store's own words name it.
+        return Response::error(503, e.to_string());
+    }
     if e.is_unavailable() {
         tracing::debug!(error = %e, "write refused: state store unavailable");
         Response::error(503, format!("{e}; try again later"))
@@ -187,6 +191,7 @@ impl ShardCtx {
             client_bytes_max: config.limits.task_client_bytes_max,
             client_tasks_max: config.limits.task_client_tasks_max,
             claim_bytes_max: config.limits.list_response_bytes_max,
+            anonymous_share_percent: config.limits.anonymous_share_percent,
             ..TaskStoreConfig::default()
         };
         let shards = shard.count();
@@ -226,7 +231,19 @@ impl ShardCtx {
     /// the 503 to answer (nothing acknowledged; the caller undoes its change). Without a
     /// store, succeeds at once.
     pub async fn commit(&self, mutations: Vec<chatixia_store::Mutation>) -> Result<(), Response> {
-        match self.commit_with(mutations, false).await? {
+        self.commit_as(mutations, chatixia_store::WriteClass::Bounded)
+            .await
+    }
+
+    /// [`commit`](Self::commit) held to the durable store's size bound of `class`
+    /// (`--data-bytes-max`, its anonymous share, or none for a claim): over it, 503
+    /// with the store's reason.
+    pub async fn commit_as(
+        &self,
+        mutations: Vec<chatixia_store::Mutation>,
+        class: chatixia_store::WriteClass,
+    ) -> Result<(), Response> {
+        match self.commit_with(mutations, class, false).await? {
             Saved::Durable => Ok(()),
             // Only retained writes are deferred.
             Saved::Deferred(reason) => Err(Response::error(503, reason)),
@@ -235,17 +252,19 @@ impl ShardCtx {
 
     /// [`commit`](Self::commit) for a write that must not be lost to a disk outage (a
     /// revocation): while the store is unavailable it is kept and written on recovery
-    /// ([`Saved::Deferred`]).
+    /// ([`Saved::Deferred`]); the size bound never refuses it.
     pub async fn commit_retained(
         &self,
         mutations: Vec<chatixia_store::Mutation>,
     ) -> Result<Saved, Response> {
-        self.commit_with(mutations, true).await
+        self.commit_with(mutations, chatixia_store::WriteClass::Progress, true)
+            .await
     }
 
     async fn commit_with(
         &self,
         mutations: Vec<chatixia_store::Mutation>,
+        class: chatixia_store::WriteClass,
         retain: bool,
     ) -> Result<Saved, Response> {
         let Some(link) = &self.store else {
@@ -257,7 +276,7 @@ impl ShardCtx {
         let submitted = if retain {
             link.submit_retained(mutations)
         } else {
-            link.submit(mutations)
+            link.submit_as(mutations, class)
         };
         let ack = submitted.map_err(|e| {
             tracing::debug!(error = %e, "store refused a write");
@@ -365,9 +384,7 @@ impl ShardCtx {
                 );
                 if !matches!(
                     reply,
-                    hub::ops::Reply::Full
-                        | hub::ops::Reply::Quota(_)
-                        | hub::ops::Reply::Forbidden(_)
+                    hub::ops::Reply::Refused(_) | hub::ops::Reply::Forbidden(_)
                 ) {
                     self.note(agent.map(|id| (EventKind::Agent, id)));
                 }
@@ -436,9 +453,42 @@ impl ShardCtx {
             &self.counters,
             self.shard.stats(),
             self.ws.metrics(),
+            self.budget_metrics(),
         );
         m.auth.addresses = self.state.auth_failures.borrow().len() as u64;
         m
+    }
+
+    /// What this shard's task store and agent registry hold against their budgets.
+    fn budget_metrics(&self) -> crate::metrics::BudgetMetrics {
+        let hub = self.state.hub.borrow();
+        let agents = self.state.agents.borrow();
+        let (tasks_anonymous, task_anonymous_bytes) = hub.tasks.anonymous_usage();
+        let (agents_anonymous, agent_anonymous_bytes) = agents.anonymous_usage();
+        let n = |v: usize| v as u64;
+        crate::metrics::BudgetMetrics {
+            tasks: n(hub.tasks.len()),
+            tasks_anonymous: n(tasks_anonymous),
+            task_bytes: n(hub.tasks.bytes()),
+            task_anonymous_bytes: n(task_anonymous_bytes),
+            agents: n(agents.len()),
+            agents_anonymous: n(agents_anonymous),
+            agent_bytes: n(agents.usage(&crate::limits::Charge::default()).0),
+            agent_anonymous_bytes: n(agent_anonymous_bytes),
+            refused: Default::default(),
+        }
+    }
+
+    /// The answer to a budget refusal of `store` (`tasks`, `agents`), counted in
+    /// `/metrics` (`chatixia_budget_refused_total`).
+    pub fn refused(&self, store: &str, r: &crate::limits::Refusal) -> crate::http::Response {
+        self.counters.budget_refused(store, r.reason());
+        let names = if store == "agents" {
+            &crate::registry::AGENT_STORE_NAMES
+        } else {
+            &crate::hub::TASK_STORE_NAMES
+        };
+        crate::http::Response::error(r.status(), r.message(names))
     }
 
     fn job_health(&self) {

@@ -352,8 +352,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     let ip = peer.ip();
     // The failure budget (issue 20): an address that presented too many wrong secrets
     // is refused before any secret of this request is looked at.
-    if let Some(secret_route) = auth::budget::secret_route_of(m.route, method, &ctx.config, req)
-    {
+    if let Some(secret_route) = auth::budget::secret_route_of(m.route, method, &ctx.config, req) {
         if let Err(resp) = auth::budget::admit(ctx, ip, secret_route).await {
             return resp;
         }

@@ -647,15 +647,16 @@ fn build(
     let counts = reader.records(|m| {
         batch.push(m);
         if batch.len() >= RESTORE_BATCH_RECORDS {
-            backend.commit(&[&batch])?;
+            backend.commit(&[&batch], &mut |_, _| true)?;
             batch.clear();
         }
         Ok(())
     })?;
-    backend.commit(&[&batch])?;
+    backend.commit(&[&batch], &mut |_, _| true)?;
     // The same check as a start: integrity, meta, secret, every record decoded, counts.
     let dir = backend.into_dir();
-    let backend = RedbBackend::open_named(dir, RESTORING_FILE, secrets)?;
+    let backend =
+        RedbBackend::open_named(dir, RESTORING_FILE, secrets, crate::CACHE_BYTES_DEFAULT)?;
     let snap = backend.load()?;
     if snap.counts() != counts {
         return Err(StoreError::Corrupt {

@@ -68,6 +68,17 @@ pub enum StoreError {
     },
     /// The storage thread has stopped; nothing more can be written.
     Closed,
+    /// The write would grow the stored records past their bound: `--data-bytes-max`,
+    /// or for a write on behalf of a client without credentials its share of it
+    /// (`anonymous`). Nothing of it was applied; writes that free space still pass.
+    Full {
+        /// Bytes of records (keys and values) held when it was refused.
+        bytes: u64,
+        /// The bound that refused it.
+        bytes_max: u64,
+        /// Whether it was the anonymous share's bound.
+        anonymous: bool,
+    },
 }
 
 impl StoreError {
@@ -127,6 +138,27 @@ impl std::fmt::Display for StoreError {
                 file.display()
             ),
             StoreError::Closed => f.write_str("the storage thread has stopped"),
+            StoreError::Full {
+                bytes,
+                bytes_max,
+                anonymous: false,
+            } => write!(
+                f,
+                "the durable store is full ({bytes} bytes of records; the bound is \
+                 {bytes_max} bytes, --data-bytes-max); changes that free space are still \
+                 accepted"
+            ),
+            StoreError::Full {
+                bytes,
+                bytes_max,
+                anonymous: true,
+            } => write!(
+                f,
+                "the durable store's share for clients without credentials is full \
+                 ({bytes} bytes of records; their bound is {bytes_max} bytes, \
+                 --anonymous-share-percent of --data-bytes-max); requests with a valid \
+                 X-API-Key or bearer token still have room"
+            ),
         }
     }
 }

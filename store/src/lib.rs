@@ -43,18 +43,30 @@ pub use records::{
     Counts, DeviceTokenRecord, InviteRecord, JsonText, Mutation, PairingRecord, PairingStatus,
     RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord, TokenHash,
 };
-pub use redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE, SEEN_FILE};
+pub use redb_backend::{RedbBackend, CACHE_BYTES_DEFAULT, DAMAGED_MARKER, DB_FILE, SEEN_FILE};
 pub use secret::{HashKind, Secrets, UnsealError};
 pub use thread::{
     BackupStream, Chunk, Doorbell, Store, StoreConfig, StoreHandle, StoreHealth, StoreStats,
+    WriteClass,
 };
+
+/// Asked once per write of a group commit, in order, with the write's index and the
+/// change it would make to the bytes of stored records (keys and values; negative: it
+/// frees space). `false`: the write is skipped (not applied) and the rest go on.
+pub type Admit<'a> = &'a mut dyn FnMut(usize, i64) -> bool;
 
 /// Where the records live. Implementations run on the storage thread only (`&mut self`,
 /// blocking calls are fine there).
 pub trait Backend: Send + 'static {
-    /// Applies every mutation of every write in one atomic transaction and returns once it
-    /// is durable (one fsync for the whole group). On error none of it is acknowledged.
-    fn commit(&mut self, writes: &[&[Mutation]]) -> Result<(), StoreError>;
+    /// Applies every mutation of every write that `admit` accepts in one atomic
+    /// transaction and returns once it is durable (one fsync for the whole group). On
+    /// error none of it is acknowledged.
+    fn commit(&mut self, writes: &[&[Mutation]], admit: Admit<'_>) -> Result<(), StoreError>;
+
+    /// Size of the backing file(s) on disk, for `/metrics` (0 when unknown).
+    fn file_bytes(&self) -> u64 {
+        0
+    }
 
     /// Reads every record. A record that cannot be decoded is an error naming the file
     /// and the record, never skipped.

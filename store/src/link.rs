@@ -14,7 +14,7 @@ use slab::Slab;
 
 use crate::error::{StoreError, SubmitError};
 use crate::records::Mutation;
-use crate::thread::{Reply, Request, Shared};
+use crate::thread::{Reply, Request, Shared, WriteClass};
 
 /// `(waiter key, commit result)`, pushed by the storage thread.
 pub(crate) type Completion = (usize, Result<(), StoreError>);
@@ -74,7 +74,17 @@ impl ShardLink {
     /// resolves once the write is durable (answer 2xx then) or its commit failed.
     /// An error means nothing was queued: answer 503.
     pub fn submit(&self, mutations: Vec<Mutation>) -> Result<Ack, SubmitError> {
-        self.submit_with(mutations, false)
+        self.submit_with(mutations, WriteClass::Bounded, false)
+    }
+
+    /// [`submit`](Self::submit) held to the size bound of `class`: a write that grows
+    /// the records past it resolves to [`StoreError::Full`], nothing of it applied.
+    pub fn submit_as(
+        &self,
+        mutations: Vec<Mutation>,
+        class: WriteClass,
+    ) -> Result<Ack, SubmitError> {
+        self.submit_with(mutations, class, false)
     }
 
     /// [`submit`](Self::submit) for a write that must not be lost to a disk outage (a
@@ -82,11 +92,18 @@ impl ShardLink {
     /// it is kept by the storage thread (up to `retained_writes_max`) and written first
     /// once the store recovers; its [`Ack`] then resolves with
     /// [`StoreError::Deferred`] at once.
+    /// A retained write is never refused by the size bound ([`WriteClass::Progress`]):
+    /// it is a revocation already in effect.
     pub fn submit_retained(&self, mutations: Vec<Mutation>) -> Result<Ack, SubmitError> {
-        self.submit_with(mutations, true)
+        self.submit_with(mutations, WriteClass::Progress, true)
     }
 
-    fn submit_with(&self, mutations: Vec<Mutation>, retain: bool) -> Result<Ack, SubmitError> {
+    fn submit_with(
+        &self,
+        mutations: Vec<Mutation>,
+        class: WriteClass,
+        retain: bool,
+    ) -> Result<Ack, SubmitError> {
         let mut inner = self.inner.borrow_mut();
         if inner.waiters.len() >= inner.inflight_max {
             return Err(SubmitError::InFlightFull);
@@ -99,6 +116,7 @@ impl ShardLink {
                 key,
             },
             retain,
+            class,
         };
         match inner.tx.try_send(req) {
             Ok(()) => Ok(Ack {

@@ -216,6 +216,10 @@ pub struct TaskRecord {
 pub struct TaskHolder {
     /// The credential's peer id; `None`: no credential.
     pub peer_id: Option<String>,
+    /// The credential's role was `admin` (an admin's tasks are charged to no quota, only
+    /// to the store); absent in records written before it was kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
     /// The client key of its source address.
     pub address: String,
 }
@@ -344,6 +348,8 @@ pub struct Snapshot {
     /// The store's commit sequence number when loaded (counts every commit since the
     /// data directory was created; 0 for a directory written before it was kept).
     pub seq: u64,
+    /// Bytes of the stored records, keys and values (what `--data-bytes-max` bounds).
+    pub data_bytes: u64,
 }
 
 impl Snapshot {
@@ -392,13 +398,14 @@ impl Snapshot {
         let c = self.counts();
         format!(
             "loaded {} records ({} pairing entries, {} device tokens, {} revocations, \
-             {} invite codes, {} tasks) in {:.1} ms (integrity check {:.1} ms)",
+             {} invite codes, {} tasks; {} bytes) in {:.1} ms (integrity check {:.1} ms)",
             c.total(),
             c.pairings,
             c.device_tokens,
             c.revocations,
             c.invites,
             c.tasks,
+            self.data_bytes,
             self.elapsed.as_secs_f64() * 1e3,
             self.check_elapsed.as_secs_f64() * 1e3
         )
@@ -478,7 +485,7 @@ mod tests {
         assert_eq!(
             s.summary(),
             "loaded 1 records (0 pairing entries, 0 device tokens, 0 revocations, \
-             1 invite codes, 0 tasks) in 1.5 ms (integrity check 0.0 ms)"
+             1 invite codes, 0 tasks; 0 bytes) in 1.5 ms (integrity check 0.0 ms)"
         );
     }
 

@@ -44,7 +44,7 @@ use crate::error::StoreError;
 use crate::guard::{catch, one_line};
 use crate::records::{self, Counts, Mutation, PairingRecord, RevocationRecord, Snapshot};
 use crate::secret::Secrets;
-use crate::Backend;
+use crate::{Admit, Backend};
 
 /// Name of the database file inside the data directory.
 pub const DB_FILE: &str = "state.redb";
@@ -53,6 +53,13 @@ pub const DAMAGED_MARKER: &str = "state.redb.damaged";
 /// Name of the file written when the store has loaded at start and at a clean shutdown:
 /// the commit sequence and record counts the database held then (see the module docs).
 pub const SEEN_FILE: &str = "state.redb.seen";
+
+/// Default of [`crate::StoreConfig::cache_bytes_max`]: bytes of redb's page cache
+/// (`--data-cache-bytes-max`). redb's own default is 1 GiB, which it fills with every page
+/// written or read (all of the records after a start-up load): memory that no budget
+/// counted (issue 20). 32 MiB holds the upper levels of every table's B-tree, which
+/// is what a commit reads; record pages come from the OS page cache when needed.
+pub const CACHE_BYTES_DEFAULT: usize = 32 * 1024 * 1024;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub(crate) const PAIRINGS: TableDefinition<u32, &[u8]> = TableDefinition::new("pairing");
@@ -110,6 +117,8 @@ pub struct RedbBackend {
     poisoned: bool,
     /// How long the integrity check at open took.
     check_elapsed: std::time::Duration,
+    /// Bytes of redb's page cache (kept for a reopen after an outage).
+    cache_bytes: usize,
     dir: DataDir,
 }
 
@@ -217,9 +226,18 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl RedbBackend {
     /// Opens (creating if missing) the database in `dir`, checks it, and checks that it
-    /// was written under `secrets`.
+    /// was written under `secrets`; redb's page cache is [`CACHE_BYTES_DEFAULT`].
     pub fn open(dir: DataDir, secrets: &Secrets) -> Result<RedbBackend, StoreError> {
-        RedbBackend::open_named(dir, DB_FILE, secrets)
+        RedbBackend::open_with(dir, secrets, CACHE_BYTES_DEFAULT)
+    }
+
+    /// [`open`](Self::open) with a page cache of at most `cache_bytes`.
+    pub fn open_with(
+        dir: DataDir,
+        secrets: &Secrets,
+        cache_bytes: usize,
+    ) -> Result<RedbBackend, StoreError> {
+        RedbBackend::open_named(dir, DB_FILE, secrets, cache_bytes)
     }
 
     /// [`open`](Self::open) on another file of the directory (restore builds the new
@@ -228,6 +246,7 @@ impl RedbBackend {
         dir: DataDir,
         name: &str,
         secrets: &Secrets,
+        cache_bytes: usize,
     ) -> Result<RedbBackend, StoreError> {
         let file = dir.file(name);
         let marker = dir.file(DAMAGED_MARKER);
@@ -262,7 +281,10 @@ impl RedbBackend {
             }
         }
         let (db, check_elapsed) = guarded(&file, || {
-            let mut db = match Database::create(&file) {
+            let mut db = match Database::builder()
+                .set_cache_size(cache_bytes)
+                .create(&file)
+            {
                 Ok(db) => db,
                 Err(DatabaseError::DatabaseAlreadyOpen) => {
                     return Err(StoreError::Locked {
@@ -294,6 +316,7 @@ impl RedbBackend {
             state: StateMeta::default(),
             poisoned: false,
             check_elapsed,
+            cache_bytes,
             dir,
         };
         let f = backend.file.clone();
@@ -323,6 +346,7 @@ impl RedbBackend {
             state: StateMeta::default(),
             poisoned: false,
             check_elapsed: std::time::Duration::ZERO,
+            cache_bytes: CACHE_BYTES_DEFAULT,
             dir,
         };
         backend.init(secret_check, seq)?;
@@ -459,14 +483,23 @@ impl RedbBackend {
         let f = &self.file;
         let txn = self.db()?.begin_read().map_err(|e| engine_err(f, e))?;
         let mut s = Snapshot::default();
-        load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings)?;
-        load_table(&txn, f, TOKENS, |k, r| *k == r.hash.0, &mut s.device_tokens)?;
+        let b = &mut s.data_bytes;
+        load_table(&txn, f, PAIRINGS, |k, r| *k == r.id, &mut s.pairings, b)?;
+        load_table(
+            &txn,
+            f,
+            TOKENS,
+            |k, r| *k == r.hash.0,
+            &mut s.device_tokens,
+            b,
+        )?;
         load_table(
             &txn,
             f,
             REVOCATIONS,
             |k, r| *k == r.peer_id,
             &mut s.revocations,
+            b,
         )?;
         load_table(
             &txn,
@@ -474,13 +507,18 @@ impl RedbBackend {
             INVITES_V1,
             |k, r| u64::from(*k) == r.code,
             &mut s.invites,
+            b,
         )?;
-        load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites)?;
-        load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks)?;
+        load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites, b)?;
+        load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks, b)?;
         Ok(s)
     }
 
-    fn commit_inner(&mut self, writes: &[&[Mutation]]) -> Result<StateMeta, (StoreError, bool)> {
+    fn commit_inner(
+        &mut self,
+        writes: &[&[Mutation]],
+        admit: Admit<'_>,
+    ) -> Result<StateMeta, (StoreError, bool)> {
         let f = self.file.clone();
         let f = &f;
         let db = self.db().map_err(|e| (e, true))?;
@@ -490,73 +528,36 @@ impl RedbBackend {
         let mut state = self.state;
         state.seq += 1;
         {
-            let mut pairings = txn.open_table(PAIRINGS).map_err(|e| commit_err(f, e))?;
-            let mut tokens = txn.open_table(TOKENS).map_err(|e| commit_err(f, e))?;
-            let mut revocations = txn.open_table(REVOCATIONS).map_err(|e| commit_err(f, e))?;
-            let mut invites = txn.open_table(INVITES).map_err(|e| commit_err(f, e))?;
-            let mut invites_v1 = txn.open_table(INVITES_V1).map_err(|e| commit_err(f, e))?;
-            let mut tasks = txn.open_table(TASKS).map_err(|e| commit_err(f, e))?;
-            for m in writes.iter().flat_map(|w| w.iter()) {
-                let r = match m {
-                    Mutation::PutPairing(r) => pairings
-                        .insert(r.id, records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeletePairing(id) => {
-                        let removed = pairings.remove(id).map(|v| {
-                            v.and_then(|v| records::decode::<PairingRecord>(v.value()).ok())
-                        });
-                        match removed {
-                            // The peer's revocation goes with the entry if it is this
-                            // entry's (peer ids may repeat across entries).
-                            Ok(Some(p)) => {
-                                let owned = revocations.get(p.peer_id.as_str()).map(|v| {
-                                    v.and_then(|v| {
-                                        records::decode::<RevocationRecord>(v.value()).ok()
-                                    })
-                                    .is_some_and(|r| r.entry_id == Some(*id))
-                                });
-                                match owned {
-                                    Ok(true) => revocations.remove(p.peer_id.as_str()).map(drop),
-                                    Ok(false) => Ok(()),
-                                    Err(e) => Err(e),
-                                }
-                            }
-                            Ok(None) => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Mutation::PutDeviceToken(r) => tokens
-                        .insert(r.hash.0.as_slice(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteDeviceToken(h) => tokens.remove(h.0.as_slice()).map(drop),
-                    Mutation::PutRevocation(r) => revocations
-                        .insert(r.peer_id.as_str(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::PutInvite(r) => invites
-                        .insert(r.code, records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteInvite(c) => {
-                        invites
-                            .remove(c)
-                            .map(drop)
-                            .and_then(|()| match u32::try_from(*c) {
-                                Ok(old) => invites_v1.remove(old).map(drop),
-                                Err(_) => Ok(()),
-                            })
-                    }
-                    Mutation::PutTask(r) => tasks
-                        .insert(r.id.as_str(), records::encode(r).as_slice())
-                        .map(drop),
-                    Mutation::DeleteTask(id) => tasks.remove(id.as_str()).map(drop),
-                };
-                r.map_err(|e| commit_err(f, e))?;
+            let mut t = Tables {
+                pairings: txn.open_table(PAIRINGS).map_err(|e| commit_err(f, e))?,
+                tokens: txn.open_table(TOKENS).map_err(|e| commit_err(f, e))?,
+                revocations: txn.open_table(REVOCATIONS).map_err(|e| commit_err(f, e))?,
+                invites: txn.open_table(INVITES).map_err(|e| commit_err(f, e))?,
+                invites_v1: txn.open_table(INVITES_V1).map_err(|e| commit_err(f, e))?,
+                tasks: txn.open_table(TASKS).map_err(|e| commit_err(f, e))?,
+            };
+            for (i, w) in writes.iter().enumerate() {
+                let encoded: Vec<Encoded<'_>> = w.iter().map(Encoded::of).collect();
+                // The change in stored bytes, read before anything of the write is
+                // applied (a write names each key once).
+                let mut delta: i64 = 0;
+                for e in &encoded {
+                    let old = t.old_len(e).map_err(|e| commit_err(f, e))?;
+                    delta += e.new_len() as i64 - old as i64;
+                }
+                if !admit(i, delta) {
+                    continue;
+                }
+                for e in &encoded {
+                    t.apply(e).map_err(|e| commit_err(f, e))?;
+                }
             }
             let len = |t: &dyn Fn() -> redb::Result<u64>| t().map_err(|e| commit_err(f, e));
-            state.pairing = len(&|| pairings.len())?;
-            state.device_token = len(&|| tokens.len())?;
-            state.revocation = len(&|| revocations.len())?;
-            state.invite = len(&|| Ok(invites.len()? + invites_v1.len()?))?;
-            state.task = len(&|| tasks.len())?;
+            state.pairing = len(&|| t.pairings.len())?;
+            state.device_token = len(&|| t.tokens.len())?;
+            state.revocation = len(&|| t.revocations.len())?;
+            state.invite = len(&|| Ok(t.invites.len()? + t.invites_v1.len()?))?;
+            state.task = len(&|| t.tasks.len())?;
         }
         {
             let mut meta = txn.open_table(META).map_err(|e| commit_err(f, e))?;
@@ -602,6 +603,7 @@ fn load_table<K, R>(
     def: TableDefinition<K, &[u8]>,
     check_key: impl Fn(&K::SelfType<'_>, &R) -> bool,
     out: &mut Vec<R>,
+    bytes: &mut u64,
 ) -> Result<(), StoreError>
 where
     K: redb::Key + 'static,
@@ -618,6 +620,7 @@ where
     for row in table.iter().map_err(|e| engine_err(file, e))? {
         let (k, v) = row.map_err(|e| engine_err(file, e))?;
         let key = k.value();
+        *bytes += (K::as_bytes(&key).as_ref().len() + v.value().len()) as u64;
         let rec: R = records::decode(v.value())
             .map_err(|p| corrupt(file, format!("table {name}, key {key:?}: {p}")))?;
         if !check_key(&key, &rec) {
@@ -631,10 +634,134 @@ where
     Ok(())
 }
 
+/// One mutation with its value encoded once: the key, its byte length (for the size
+/// bound), the encoded value (`None`: a delete).
+struct Encoded<'a> {
+    m: &'a Mutation,
+    key_len: usize,
+    value: Option<Vec<u8>>,
+}
+
+impl<'a> Encoded<'a> {
+    fn of(m: &'a Mutation) -> Encoded<'a> {
+        let (key_len, value) = match m {
+            Mutation::PutPairing(r) => (4, Some(records::encode(r))),
+            Mutation::DeletePairing(_) => (4, None),
+            Mutation::PutDeviceToken(r) => (r.hash.0.len(), Some(records::encode(r))),
+            Mutation::DeleteDeviceToken(h) => (h.0.len(), None),
+            Mutation::PutRevocation(r) => (r.peer_id.len(), Some(records::encode(r))),
+            Mutation::PutInvite(r) => (8, Some(records::encode(r))),
+            Mutation::DeleteInvite(_) => (8, None),
+            Mutation::PutTask(r) => (r.id.len(), Some(records::encode(r))),
+            Mutation::DeleteTask(id) => (id.len(), None),
+        };
+        Encoded { m, key_len, value }
+    }
+
+    /// Bytes of the record after this mutation (0: deleted).
+    fn new_len(&self) -> usize {
+        self.value.as_ref().map_or(0, |v| self.key_len + v.len())
+    }
+}
+
+/// The tables a commit writes.
+struct Tables<'t> {
+    pairings: redb::Table<'t, u32, &'static [u8]>,
+    tokens: redb::Table<'t, &'static [u8], &'static [u8]>,
+    revocations: redb::Table<'t, &'static str, &'static [u8]>,
+    invites: redb::Table<'t, u64, &'static [u8]>,
+    invites_v1: redb::Table<'t, u32, &'static [u8]>,
+    tasks: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+/// Bytes of a stored value (0: none).
+fn value_len(v: Option<redb::AccessGuard<'_, &'static [u8]>>) -> usize {
+    v.map_or(0, |v| v.value().len())
+}
+
+impl Tables<'_> {
+    /// The revocation of pairing entry `id`'s peer, if that revocation is the entry's own
+    /// (peer ids may repeat across entries): it leaves with the entry.
+    fn owned_revocation(&self, id: u32) -> Result<Option<String>, redb::StorageError> {
+        let Some(p) = self
+            .pairings
+            .get(id)?
+            .and_then(|v| records::decode::<PairingRecord>(v.value()).ok())
+        else {
+            return Ok(None);
+        };
+        let owned = self
+            .revocations
+            .get(p.peer_id.as_str())?
+            .and_then(|v| records::decode::<RevocationRecord>(v.value()).ok())
+            .is_some_and(|r| r.entry_id == Some(id));
+        Ok(owned.then_some(p.peer_id))
+    }
+
+    /// Bytes of the records `e` replaces or deletes (0: none), keys included.
+    fn old_len(&self, e: &Encoded<'_>) -> Result<usize, redb::StorageError> {
+        let with_key = |n: usize| if n == 0 { 0 } else { n + e.key_len };
+        Ok(match e.m {
+            Mutation::PutPairing(r) => with_key(value_len(self.pairings.get(r.id)?)),
+            Mutation::DeletePairing(id) => {
+                let entry = with_key(value_len(self.pairings.get(id)?));
+                let revocation = match self.owned_revocation(*id)? {
+                    Some(peer) => value_len(self.revocations.get(peer.as_str())?) + peer.len(),
+                    None => 0,
+                };
+                entry + revocation
+            }
+            Mutation::PutDeviceToken(r) => {
+                with_key(value_len(self.tokens.get(r.hash.0.as_slice())?))
+            }
+            Mutation::DeleteDeviceToken(h) => with_key(value_len(self.tokens.get(h.0.as_slice())?)),
+            Mutation::PutRevocation(r) => {
+                with_key(value_len(self.revocations.get(r.peer_id.as_str())?))
+            }
+            Mutation::PutInvite(r) => with_key(value_len(self.invites.get(r.code)?)),
+            Mutation::DeleteInvite(c) => {
+                let old = match u32::try_from(*c) {
+                    Ok(v1) => value_len(self.invites_v1.get(v1)?),
+                    Err(_) => 0,
+                };
+                with_key(value_len(self.invites.get(c)?)) + with_key(old)
+            }
+            Mutation::PutTask(r) => with_key(value_len(self.tasks.get(r.id.as_str())?)),
+            Mutation::DeleteTask(id) => with_key(value_len(self.tasks.get(id.as_str())?)),
+        })
+    }
+
+    fn apply(&mut self, e: &Encoded<'_>) -> Result<(), redb::StorageError> {
+        let v = e.value.as_deref().unwrap_or_default();
+        match e.m {
+            Mutation::PutPairing(r) => self.pairings.insert(r.id, v).map(drop),
+            Mutation::DeletePairing(id) => {
+                if let Some(peer) = self.owned_revocation(*id)? {
+                    self.revocations.remove(peer.as_str())?;
+                }
+                self.pairings.remove(id).map(drop)
+            }
+            Mutation::PutDeviceToken(r) => self.tokens.insert(r.hash.0.as_slice(), v).map(drop),
+            Mutation::DeleteDeviceToken(h) => self.tokens.remove(h.0.as_slice()).map(drop),
+            Mutation::PutRevocation(r) => self.revocations.insert(r.peer_id.as_str(), v).map(drop),
+            Mutation::PutInvite(r) => self.invites.insert(r.code, v).map(drop),
+            Mutation::DeleteInvite(c) => {
+                self.invites.remove(c)?;
+                match u32::try_from(*c) {
+                    Ok(v1) => self.invites_v1.remove(v1).map(drop),
+                    Err(_) => Ok(()),
+                }
+            }
+            Mutation::PutTask(r) => self.tasks.insert(r.id.as_str(), v).map(drop),
+            Mutation::DeleteTask(id) => self.tasks.remove(id.as_str()).map(drop),
+        }
+    }
+}
+
 impl Backend for RedbBackend {
-    fn commit(&mut self, writes: &[&[Mutation]]) -> Result<(), StoreError> {
+    fn commit(&mut self, writes: &[&[Mutation]], admit: Admit<'_>) -> Result<(), StoreError> {
         let f = self.file.clone();
-        let r = catch(|| self.commit_inner(writes)).unwrap_or_else(|panic| {
+        let r = catch(|| self.commit_inner(writes, admit)).unwrap_or_else(|panic| {
             Err((
                 StoreError::Unavailable {
                     file: f.clone(),
@@ -671,6 +798,10 @@ impl Backend for RedbBackend {
         Ok(s)
     }
 
+    fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.file).map_or(0, |m| m.len())
+    }
+
     fn describe(&self) -> String {
         format!("redb {}", self.file.display())
     }
@@ -690,7 +821,8 @@ impl Backend for RedbBackend {
             file: f.clone(),
             reason: one_line(&reason),
         };
-        let db = catch(|| Database::create(&f))
+        let cache = self.cache_bytes;
+        let db = catch(|| Database::builder().set_cache_size(cache).create(&f))
             .map_err(&unavailable)?
             .map_err(|e| unavailable(format!("cannot reopen the database: {e}")))?;
         // redb's recovery on open verified the newest commit (the handle was not closed

@@ -32,6 +32,8 @@ pub const QUEUE_DEPTH_MAX_DEFAULT: usize = 4096;
 pub const BATCH_WRITES_MAX_DEFAULT: usize = 1024;
 /// Default of [`StoreConfig::inflight_max`].
 pub const INFLIGHT_MAX_DEFAULT: usize = 1024;
+/// Default of [`StoreConfig::data_bytes_max`] (`--data-bytes-max`): 1 GiB of records.
+pub const DATA_BYTES_MAX_DEFAULT: u64 = 1 << 30;
 /// Default of [`StoreConfig::retry_interval`].
 pub const RETRY_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
 /// Default of [`StoreConfig::retained_writes_max`].
@@ -72,6 +74,20 @@ pub struct StoreConfig {
     /// hash (≈ 1 KiB), so the default holds 64 MiB at most. Past it a retained write
     /// fails like any other ([`StoreError::Unavailable`]).
     pub retained_writes_max: usize,
+    /// Bytes of records (keys and values) the store may hold (`--data-bytes-max`). A
+    /// write that would grow them past it is refused with [`StoreError::Full`] (503),
+    /// nothing of it applied; a write that frees space or keeps the size always passes
+    /// (finishing a task, a deletion). A store already over it (a lower bound after a
+    /// restart) still loads: only growth is refused. The file on disk is larger than
+    /// the records by redb's page layout (see docs/BENCHMARKS.md).
+    pub data_bytes_max: u64,
+    /// The bound of [`WriteClass::Anonymous`] writes (on behalf of clients without
+    /// credentials): the anonymous share of `data_bytes_max`, so that authenticated
+    /// writes always have room.
+    pub anonymous_data_bytes_max: u64,
+    /// Bytes of redb's page cache (`--data-cache-bytes-max`), see
+    /// [`CACHE_BYTES_DEFAULT`](crate::CACHE_BYTES_DEFAULT).
+    pub cache_bytes_max: usize,
 }
 
 impl Default for StoreConfig {
@@ -82,8 +98,26 @@ impl Default for StoreConfig {
             inflight_max: INFLIGHT_MAX_DEFAULT,
             retry_interval: RETRY_INTERVAL_DEFAULT,
             retained_writes_max: RETAINED_WRITES_MAX_DEFAULT,
+            data_bytes_max: DATA_BYTES_MAX_DEFAULT,
+            anonymous_data_bytes_max: DATA_BYTES_MAX_DEFAULT / 2,
+            cache_bytes_max: crate::CACHE_BYTES_DEFAULT,
         }
     }
+}
+
+/// Which size bound a write is held to ([`StoreConfig::data_bytes_max`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteClass {
+    /// On behalf of a client without credentials: refused past
+    /// [`StoreConfig::anonymous_data_bytes_max`] when it grows the records.
+    Anonymous,
+    /// Any other change: refused past [`StoreConfig::data_bytes_max`] when it grows the
+    /// records.
+    Bounded,
+    /// A change that moves stored records forward and grows them by a bounded amount (a
+    /// claim adds the agent's id, at most `--agent-field-bytes-max`, to a stored task):
+    /// never refused by the bound, since refusing it would keep a full store full.
+    Progress,
 }
 
 /// Wakes a shard from another thread. Must not block and must not run the shard's code:
@@ -109,6 +143,11 @@ pub(crate) struct Stats {
     pub(crate) recoveries: AtomicU64,
     pub(crate) backups: AtomicU64,
     pub(crate) backups_failed: AtomicU64,
+    pub(crate) data_bytes: AtomicU64,
+    pub(crate) data_bytes_max: AtomicU64,
+    pub(crate) file_bytes: AtomicU64,
+    pub(crate) refused_full: AtomicU64,
+    pub(crate) refused_anonymous: AtomicU64,
 }
 
 /// A copy of the storage counters.
@@ -140,6 +179,16 @@ pub struct StoreStats {
     pub backups: u64,
     /// Backups that failed or were abandoned by their client.
     pub backups_failed: u64,
+    /// Bytes of the stored records (keys and values) now.
+    pub data_bytes: u64,
+    /// Their bound ([`StoreConfig::data_bytes_max`]).
+    pub data_bytes_max: u64,
+    /// Size of the database file after the last commit.
+    pub file_bytes: u64,
+    /// Writes refused by `data_bytes_max`.
+    pub refused_full: u64,
+    /// Writes refused by `anonymous_data_bytes_max`.
+    pub refused_anonymous: u64,
 }
 
 /// Whether the store can take writes now, and if not why and since when.
@@ -164,6 +213,8 @@ pub(crate) enum Request {
         reply: Reply,
         /// Keep it while the store is unavailable and write it on recovery.
         retain: bool,
+        /// The size bound it is held to.
+        class: WriteClass,
     },
     Backup(BackupRequest),
     Register {
@@ -261,12 +312,22 @@ impl StoreHandle {
     /// thread (waits for queue space and for the commit): for control threads and tests,
     /// never for a shard.
     pub fn write_blocking(&self, mutations: Vec<Mutation>) -> Result<(), StoreError> {
+        self.write_blocking_as(mutations, WriteClass::Bounded)
+    }
+
+    /// [`write_blocking`](Self::write_blocking) held to the bound of `class`.
+    pub fn write_blocking_as(
+        &self,
+        mutations: Vec<Mutation>,
+        class: WriteClass,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = sync_channel(1);
         self.tx
             .send(Request::Write {
                 mutations,
                 reply: Reply::Blocking(tx),
                 retain: false,
+                class,
             })
             .map_err(|_| StoreError::Closed)?;
         rx.recv().unwrap_or(Err(StoreError::Closed))
@@ -366,6 +427,11 @@ impl StoreHandle {
             recoveries: s.recoveries.load(Ordering::Relaxed),
             backups: s.backups.load(Ordering::Relaxed),
             backups_failed: s.backups_failed.load(Ordering::Relaxed),
+            data_bytes: s.data_bytes.load(Ordering::Relaxed),
+            data_bytes_max: s.data_bytes_max.load(Ordering::Relaxed),
+            file_bytes: s.file_bytes.load(Ordering::Relaxed),
+            refused_full: s.refused_full.load(Ordering::Relaxed),
+            refused_anonymous: s.refused_anonymous.load(Ordering::Relaxed),
         }
     }
 }
@@ -415,10 +481,20 @@ impl Store {
             reason: Mutex::new(String::new()),
             backup_running: AtomicBool::new(false),
         });
+        let st = &shared.stats;
+        st.data_bytes.store(snapshot.data_bytes, Ordering::Relaxed);
+        st.data_bytes_max
+            .store(config.data_bytes_max, Ordering::Relaxed);
+        st.file_bytes.store(backend.file_bytes(), Ordering::Relaxed);
+        let bound = SizeBound {
+            bytes: snapshot.data_bytes,
+            bytes_max: config.data_bytes_max,
+            anonymous_bytes_max: config.anonymous_data_bytes_max.min(config.data_bytes_max),
+        };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("chatixia-store".into())
-            .spawn(move || run(backend, rx, thread_shared, config))
+            .spawn(move || run(backend, rx, thread_shared, config, bound))
             .map_err(|e| StoreError::Io {
                 path: Default::default(),
                 op: "spawn the storage thread",
@@ -483,6 +559,38 @@ impl Drop for ExitGuard<'_> {
     }
 }
 
+/// The size bound of the stored records, kept by the storage thread.
+#[derive(Debug, Clone, Copy)]
+struct SizeBound {
+    /// Bytes of records now (as of the last commit).
+    bytes: u64,
+    bytes_max: u64,
+    anonymous_bytes_max: u64,
+}
+
+impl SizeBound {
+    /// Decides the writes of one group commit in order: `Ok(delta)` adds to `pending`;
+    /// a write that grows the records past its bound is refused (nothing of it applied).
+    fn admit(&self, pending: &mut i64, delta: i64, class: WriteClass) -> Result<(), StoreError> {
+        let anonymous = class == WriteClass::Anonymous;
+        let max = if anonymous {
+            self.anonymous_bytes_max
+        } else {
+            self.bytes_max
+        };
+        let now = (self.bytes as i64).saturating_add(*pending).max(0);
+        if class != WriteClass::Progress && delta > 0 && now.saturating_add(delta) as u64 > max {
+            return Err(StoreError::Full {
+                bytes: now as u64,
+                bytes_max: max,
+                anonymous,
+            });
+        }
+        *pending = pending.saturating_add(delta);
+        Ok(())
+    }
+}
+
 /// The storage thread's state while it runs.
 struct Thread<B: Backend> {
     backend: B,
@@ -494,6 +602,8 @@ struct Thread<B: Backend> {
     last_try: Instant,
     /// Retained writes waiting for the store to recover, oldest first.
     retained: VecDeque<Vec<Mutation>>,
+    /// The size bound of the stored records.
+    bound: SizeBound,
 }
 
 fn now_ns() -> u64 {
@@ -508,6 +618,14 @@ impl<B: Backend> Thread<B> {
         if let Ok(mut r) = self.shared.reason.lock() {
             *r = e.to_string();
         }
+    }
+
+    /// Publishes the size of the records and of the file after a commit.
+    fn note_size(&self) {
+        let st = &self.shared.stats;
+        st.data_bytes.store(self.bound.bytes, Ordering::Relaxed);
+        st.file_bytes
+            .store(self.backend.file_bytes(), Ordering::Relaxed);
     }
 
     /// The store became (or stays) unavailable because of `e`.
@@ -538,8 +656,18 @@ impl<B: Backend> Thread<B> {
             return;
         }
         let refs: Vec<&[Mutation]> = self.retained.iter().map(|m| m.as_slice()).collect();
-        match self.backend.commit(&refs) {
+        // Retained writes are revocations already in effect: the size bound never refuses
+        // them (a revocation adds one small record; refusing it would un-revoke).
+        let mut pending = 0i64;
+        let bound = self.bound;
+        let r = self.backend.commit(&refs, &mut |_, delta| {
+            let _ = bound.admit(&mut pending, delta, WriteClass::Progress);
+            true
+        });
+        match r {
             Ok(()) => {
+                self.bound.bytes = (self.bound.bytes as i64).saturating_add(pending).max(0) as u64;
+                self.note_size();
                 let st = &self.shared.stats;
                 st.commits.fetch_add(1, Ordering::Relaxed);
                 st.recoveries.fetch_add(1, Ordering::Relaxed);
@@ -715,7 +843,13 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-fn run<B: Backend>(backend: B, rx: Receiver<Request>, shared: Arc<Shared>, config: StoreConfig) {
+fn run<B: Backend>(
+    backend: B,
+    rx: Receiver<Request>,
+    shared: Arc<Shared>,
+    config: StoreConfig,
+    bound: SizeBound,
+) {
     let mut guard = ExitGuard {
         shared: &shared,
         sinks: Vec::new(),
@@ -727,9 +861,10 @@ fn run<B: Backend>(backend: B, rx: Receiver<Request>, shared: Arc<Shared>, confi
         down: None,
         last_try: Instant::now(),
         retained: VecDeque::new(),
+        bound,
     };
     let batch_max = config.batch_writes_max.max(1);
-    let mut batch: Vec<(Vec<Mutation>, Reply, bool)> = Vec::new();
+    let mut batch: Vec<(Vec<Mutation>, Reply, bool, WriteClass)> = Vec::new();
     let mut backups: Vec<BackupRequest> = Vec::new();
     let mut shutdown = false;
     while !shutdown {
@@ -755,7 +890,8 @@ fn run<B: Backend>(backend: B, rx: Receiver<Request>, shared: Arc<Shared>, confi
                     mutations,
                     reply,
                     retain,
-                } => batch.push((mutations, reply, retain)),
+                    class,
+                } => batch.push((mutations, reply, retain, class)),
                 Request::Backup(b) => backups.push(b),
                 Request::Register {
                     link,
@@ -782,15 +918,34 @@ fn run<B: Backend>(backend: B, rx: Receiver<Request>, shared: Arc<Shared>, confi
         }
         t.try_recover();
         if !batch.is_empty() {
+            // Per write: refused by the size bound (not applied, whatever the commit did).
+            let mut refused: Vec<Option<StoreError>> = vec![None; batch.len()];
             let result = match &t.down {
                 Some(e) => Err(e.clone()),
                 None => {
                     let refs: Vec<&[Mutation]> =
-                        batch.iter().map(|(m, _, _)| m.as_slice()).collect();
-                    let r = t.backend.commit(&refs);
+                        batch.iter().map(|(m, _, _, _)| m.as_slice()).collect();
+                    let mut pending = 0i64;
+                    let bound = t.bound;
+                    let r = t.backend.commit(&refs, &mut |i, delta| {
+                        let class = batch.get(i).map_or(WriteClass::Bounded, |w| w.3);
+                        match bound.admit(&mut pending, delta, class) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                if let Some(slot) = refused.get_mut(i) {
+                                    *slot = Some(e);
+                                }
+                                false
+                            }
+                        }
+                    });
+                    drop(refs);
                     let st = &shared.stats;
                     if r.is_ok() {
                         st.commits.fetch_add(1, Ordering::Relaxed);
+                        t.bound.bytes =
+                            (t.bound.bytes as i64).saturating_add(pending).max(0) as u64;
+                        t.note_size();
                     } else {
                         st.commits_failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -803,15 +958,25 @@ fn run<B: Backend>(backend: B, rx: Receiver<Request>, shared: Arc<Shared>, confi
                 }
             };
             let st = &shared.stats;
+            for e in refused.iter().flatten() {
+                let c = match e {
+                    StoreError::Full {
+                        anonymous: true, ..
+                    } => &st.refused_anonymous,
+                    _ => &st.refused_full,
+                };
+                c.fetch_add(1, Ordering::Relaxed);
+            }
             let n = batch.len() as u64;
             st.writes.fetch_add(n, Ordering::Relaxed);
-            let muts: usize = batch.iter().map(|(m, _, _)| m.len()).sum();
+            let muts: usize = batch.iter().map(|(m, _, _, _)| m.len()).sum();
             st.mutations.fetch_add(muts as u64, Ordering::Relaxed);
             st.batch_writes_largest.fetch_max(n, Ordering::Relaxed);
-            for (mutations, reply, retain) in batch.drain(..) {
-                let r = match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(t.refuse(mutations, retain, e)),
+            for ((mutations, reply, retain, _), refused) in batch.drain(..).zip(refused) {
+                let r = match (refused, &result) {
+                    (Some(e), _) => Err(e),
+                    (None, Ok(())) => Ok(()),
+                    (None, Err(e)) => Err(t.refuse(mutations, retain, e)),
                 };
                 match reply {
                     Reply::Blocking(tx) => {

@@ -36,13 +36,21 @@ fn unavailable() -> StoreError {
 }
 
 impl Backend for Fake {
-    fn commit(&mut self, writes: &[&[Mutation]]) -> Result<(), StoreError> {
+    fn commit(
+        &mut self,
+        writes: &[&[Mutation]],
+        admit: chatixia_store::Admit<'_>,
+    ) -> Result<(), StoreError> {
         if self.poisoned || self.disk.full.load(Ordering::SeqCst) {
             self.poisoned = true;
             return Err(unavailable());
         }
         let mut c = self.disk.committed.lock().unwrap();
-        c.extend(writes.iter().flat_map(|w| w.iter().cloned()));
+        for (i, w) in writes.iter().enumerate() {
+            if admit(i, 0) {
+                c.extend(w.iter().cloned());
+            }
+        }
         Ok(())
     }
 

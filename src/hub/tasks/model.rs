@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::auth::principal::{Holder, Principal};
 use crate::hub::payload::Payload;
+use crate::limits::Charge;
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 
@@ -149,6 +150,10 @@ pub struct Task {
     pub updated_at: UnixTime,
     /// Seconds from `created_at` until an unfinished task fails.
     pub ttl: u64,
+    /// Who the task is charged to (its creator; see [`Charge`]). Not on the wire;
+    /// kept in the durable record so a restart charges it to the same budget.
+    #[serde(skip)]
+    pub holder: Charge,
     /// Who created and who claimed it (issue 20); never on the wire.
     #[serde(skip)]
     pub access: TaskAccess,

@@ -184,6 +184,7 @@ fn create_get_list() {
             updated_at: T0,
             ttl: 300,
             access: Default::default(),
+            holder: Charge::Admin(String::new()),
         }
     );
     s.create(sub("", ""), "t0".into(), T0).unwrap();
@@ -208,9 +209,13 @@ fn create_refuses_duplicates_and_when_full() {
     );
     assert_eq!(s.get("t1").unwrap().skill, "x", "not overwritten");
     s.create(sub("x", ""), "t2".into(), T0).unwrap();
-    assert_eq!(
-        s.create(sub("x", ""), "t3".into(), T0).unwrap_err(),
-        CreateTaskError::Full { tasks_max: 2 }
+    let e = s.create(sub("x", ""), "t3".into(), T0).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CreateTaskError::Refused(Refusal::Full { items_max: 2, .. })
+        ),
+        "{e}"
     );
     // Finished tasks still count until retention removes them.
     s.update("t1", upd("completed"), at(1)).unwrap();
@@ -549,6 +554,7 @@ fn sample_task() -> Task {
         updated_at: UnixTime(1_700_000_001_000_000_000),
         ttl: 300,
         access: Default::default(),
+        holder: Default::default(),
     }
 }
 
@@ -592,60 +598,171 @@ fn client_quotas_and_byte_budget() {
     let mut s = TaskStore::new(TaskStoreConfig {
         client_tasks_max: 3,
         client_bytes_max: 4 * TASK_OVERHEAD_BYTES,
-        bytes_max: 6 * TASK_OVERHEAD_BYTES + 200,
+        // Each task here is its overhead plus 36 bytes (16 of them its holder's address,
+        // kept twice): six fit, not seven.
+        bytes_max: 6 * TASK_OVERHEAD_BYTES + 300,
+        // This test is about the quotas and the whole store: no anonymous share.
+        anonymous_share_percent: 100,
         ..TaskStoreConfig::default()
     });
     for i in 0..3 {
-        s.create_for(sub("x", ""), format!("a{i}"), "10.0.0.1", T0)
+        s.create_for(sub("x", ""), format!("a{i}"), &anon("10.0.0.1"), None, T0)
             .unwrap();
     }
     let e = s
-        .create_for(sub("x", ""), "a3".into(), "10.0.0.1", T0)
+        .create_for(sub("x", ""), "a3".into(), &anon("10.0.0.1"), None, T0)
         .unwrap_err();
     assert!(
-        matches!(e, CreateTaskError::ClientQuota { tasks: 3, .. }),
+        matches!(
+            e,
+            CreateTaskError::Refused(Refusal::ClientQuota { items: 3, .. })
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("--task-client-tasks-max"));
     // Another client is not affected by the first one's quota.
-    s.create_for(sub("x", ""), "b0".into(), "10.0.0.2", T0)
+    s.create_for(sub("x", ""), "b0".into(), &anon("10.0.0.2"), None, T0)
         .unwrap();
     // A big payload hits the client's byte quota before the store's.
     let mut big = sub("x", "");
     big.payload = serde_json::Value::String("z".repeat(3 * TASK_OVERHEAD_BYTES)).into();
     let e = s
-        .create_for(big.clone(), "b1".into(), "10.0.0.2", T0)
+        .create_for(big.clone(), "b1".into(), &anon("10.0.0.2"), None, T0)
         .unwrap_err();
     assert!(
-        matches!(e, CreateTaskError::ClientQuota { tasks: 1, .. }),
+        matches!(
+            e,
+            CreateTaskError::Refused(Refusal::ClientQuota { items: 1, .. })
+        ),
         "{e}"
     );
     // The store's byte budget refuses everyone once reached.
-    s.create_for(sub("x", ""), "c0".into(), "10.0.0.3", T0)
+    s.create_for(sub("x", ""), "c0".into(), &anon("10.0.0.3"), None, T0)
         .unwrap();
-    s.create_for(sub("x", ""), "d0".into(), "10.0.0.4", T0)
+    s.create_for(sub("x", ""), "d0".into(), &anon("10.0.0.4"), None, T0)
         .unwrap();
     assert_eq!(s.bytes(), s.list().map(task_bytes).sum::<usize>());
     let e = s
-        .create_for(sub("x", ""), "e0".into(), "10.0.0.5", T0)
+        .create_for(sub("x", ""), "e0".into(), &anon("10.0.0.5"), None, T0)
         .unwrap_err();
-    assert!(matches!(e, CreateTaskError::Full { .. }), "{e}");
+    assert!(
+        matches!(e, CreateTaskError::Refused(Refusal::Full { .. })),
+        "{e}"
+    );
     // Results are charged to the task's client; removal gives the room back.
     let done = TaskUpdate {
         state: STATE_COMPLETED.into(),
         result: "r".repeat(100),
         ..TaskUpdate::default()
     };
-    let before = s.client_usage("10.0.0.1").1;
+    let before = s.client_usage(&anon("10.0.0.1")).1;
     s.update("a0", done, at(1)).unwrap();
-    assert_eq!(s.client_usage("10.0.0.1").1, before + 100 + 9 - 7);
+    assert_eq!(s.client_usage(&anon("10.0.0.1")).1, before + 100 + 9 - 7);
     let retention = s.config().retention;
     s.expire(at(2).saturating_add(retention));
-    assert_eq!(s.client_usage("10.0.0.1").0, 2);
+    assert_eq!(s.client_usage(&anon("10.0.0.1")).0, 2);
     assert_eq!(s.bytes(), s.list().map(task_bytes).sum::<usize>());
-    s.create_for(sub("x", ""), "a3".into(), "10.0.0.1", at(1))
+    s.create_for(sub("x", ""), "a3".into(), &anon("10.0.0.1"), None, at(1))
         .unwrap();
     s.assert_consistent();
+}
+
+fn anon(addr: &str) -> Charge {
+    Charge::Anonymous(addr.into())
+}
+
+/// Issue 20, finding 3, sans-IO: many addresses, each within its quota, fill only the
+/// anonymous share of the store; authenticated holders still create tasks, results of
+/// anonymous tasks grow only within the share, and a restart charges loaded tasks to
+/// the same holders.
+#[test]
+fn anonymous_share_of_the_task_store() {
+    let cfg = TaskStoreConfig {
+        tasks_max: 40,
+        client_tasks_max: 4,
+        bytes_max: 1 << 20,
+        anonymous_share_percent: 50,
+        ..TaskStoreConfig::default()
+    };
+    let mut s = TaskStore::new(cfg);
+    let mut n = 0;
+    let mut last = None;
+    for ip in 0..10 {
+        for _ in 0..5 {
+            match s.create_for(
+                sub("x", ""),
+                format!("t{n}"),
+                &anon(&format!("10.0.0.{ip}")),
+                None,
+                T0,
+            ) {
+                Ok(_) => n += 1,
+                Err(e) => last = Some(e),
+            }
+        }
+    }
+    // 5 addresses × 4 tasks = the share (20 of 40 tasks).
+    assert_eq!(n, 20);
+    assert_eq!(s.anonymous_usage().0, 20);
+    let e = last.unwrap();
+    assert!(
+        matches!(e, CreateTaskError::Refused(Refusal::AnonymousShare { .. })),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("--anonymous-share-percent 50"),
+        "{e}"
+    );
+    // Authenticated clients get the rest.
+    let agent = Charge::Agent("agent-x".into());
+    for i in 0..4 {
+        s.create_for(sub("x", ""), format!("g{i}"), &agent, None, T0)
+            .unwrap();
+    }
+    let admin = Charge::Admin("ops".into());
+    for i in 0..16 {
+        s.create_for(sub("x", ""), format!("o{i}"), &admin, None, T0)
+            .unwrap();
+    }
+    let e = s
+        .create_for(sub("x", ""), "o-last".into(), &admin, None, T0)
+        .unwrap_err();
+    assert!(
+        matches!(e, CreateTaskError::Refused(Refusal::Full { .. })),
+        "{e}"
+    );
+    s.assert_consistent();
+
+    // A result on an anonymous task grows the share: refused past it; the same on an
+    // authenticated task is within the whole budget.
+    let share_left = cfg.budget().anonymous_bytes_max() - s.anonymous_usage().1;
+    let big = TaskUpdate {
+        state: "running".into(),
+        result: "r".repeat(share_left + 1),
+        ..TaskUpdate::default()
+    };
+    let r = s.try_update("t0", big.clone(), at(1)).unwrap_err();
+    assert_eq!(r.reason(), "anonymous_share");
+    assert_eq!(
+        s.get("t0").unwrap().result,
+        "",
+        "a refused update changes nothing"
+    );
+    assert!(s.try_update("g0", big, at(1)).unwrap().is_some());
+    assert!(s.try_update("nope", upd("done"), at(1)).unwrap().is_none());
+    s.assert_consistent();
+
+    // A restart: the loaded tasks are charged to the same holders.
+    let mut again = TaskStore::new(cfg);
+    for t in s.list() {
+        again.insert_loaded(t.clone());
+    }
+    assert_eq!(again.anonymous_usage(), s.anonymous_usage());
+    assert_eq!(again.client_usage(&agent), s.client_usage(&agent));
+    assert!(again
+        .create_for(sub("x", ""), "late".into(), &anon("10.0.0.99"), None, T0)
+        .is_err());
+    again.assert_consistent();
 }
 
 #[test]
@@ -721,11 +838,11 @@ fn access_follows_creator_and_claimer() {
     let mut s = store();
     // Submitted without credentials from 10.0.0.1, for agent `alpha`.
     let creator = anon("10.0.0.1");
-    s.create_by(
+    s.create_for(
         sub("", "alpha"),
         "t1".into(),
-        "10.0.0.1",
-        creator.holder(),
+        &Charge::of(&creator),
+        Some(creator.holder()),
         T0,
     )
     .unwrap();
@@ -769,8 +886,14 @@ fn access_follows_creator_and_claimer() {
 
     // A pointer claim records its claimer too; a task made without a principal (one
     // loaded from an older data directory) stays open.
-    s.create_by(sub("k", "beta"), "t2".into(), "", creator.holder(), T0)
-        .unwrap();
+    s.create_for(
+        sub("k", "beta"),
+        "t2".into(),
+        &Charge::of(&creator),
+        Some(creator.holder()),
+        T0,
+    )
+    .unwrap();
     s.set_saving("t2", false);
     let by = anon("10.0.0.5");
     let t = s.claim_id_by("t2", "beta", &by.holder(), at(3)).unwrap();

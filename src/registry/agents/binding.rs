@@ -18,6 +18,7 @@
 
 use super::{AgentInfo, AgentRefusal, AgentStore, Heartbeat};
 use crate::auth::principal::{bound_message, Owner, Principal};
+use crate::limits::Charge;
 use crate::time::UnixTime;
 
 impl AgentStore {
@@ -51,13 +52,12 @@ impl AgentStore {
     pub fn upsert_as(
         &mut self,
         info: AgentInfo,
-        client: &str,
         by: &Principal,
         now: UnixTime,
     ) -> Result<(), AgentRefusal> {
         let id = info.agent_id.clone();
         self.check_binding(&id, by)?;
-        self.upsert_for(info, client, now)?;
+        self.upsert_for(info, &Charge::of(by), now)?;
         self.bind(&id, by);
         Ok(())
     }
@@ -66,12 +66,11 @@ impl AgentStore {
     pub fn heartbeat_as(
         &mut self,
         hb: &Heartbeat,
-        client: &str,
         by: &Principal,
         now: UnixTime,
     ) -> Result<(), AgentRefusal> {
         self.check_binding(&hb.agent_id, by)?;
-        self.heartbeat_for(hb, client, now)?;
+        self.heartbeat_for(hb, &Charge::of(by), now)?;
         self.bind(&hb.agent_id, by);
         Ok(())
     }
@@ -112,30 +111,26 @@ mod tests {
     #[test]
     fn an_address_keeps_what_it_registered() {
         let mut s = AgentStore::new(AgentStoreConfig::default());
-        s.upsert_as(info("a"), "10.0.0.1", &anon("10.0.0.1"), T0)
-            .unwrap();
+        s.upsert_as(info("a"), &anon("10.0.0.1"), T0).unwrap();
         assert_eq!(s.binding("a"), Some(&Owner::Address("10.0.0.1".into())));
         // Another address may neither heartbeat nor re-register it; nothing changes.
         let before = s.get("a").unwrap().clone();
-        let why = refused(s.heartbeat_as(&hb("a"), "10.0.0.2", &anon("10.0.0.2"), T0));
+        let why = refused(s.heartbeat_as(&hb("a"), &anon("10.0.0.2"), T0));
         assert!(why.contains("address that registered it"), "{why}");
-        refused(s.upsert_as(info("a"), "10.0.0.2", &anon("10.0.0.2"), T0));
+        refused(s.upsert_as(info("a"), &anon("10.0.0.2"), T0));
         assert_eq!(s.get("a"), Some(&before));
         // A key that is not for `a` from another address: refused too.
-        refused(s.heartbeat_as(&hb("a"), "10.0.0.2", &key("b-sidecar", "10.0.0.2"), T0));
+        refused(s.heartbeat_as(&hb("a"), &key("b-sidecar", "10.0.0.2"), T0));
         // The registering address may, and goes on holding it while the agent is offline.
         s.tick_health(T0.saturating_add(Duration::from_secs(10_000)));
         assert_eq!(s.get("a").unwrap().health, Health::Offline);
-        refused(s.heartbeat_as(&hb("a"), "10.0.0.2", &anon("10.0.0.2"), T0));
-        s.heartbeat_as(&hb("a"), "10.0.0.1", &anon("10.0.0.1"), T0)
-            .unwrap();
+        refused(s.heartbeat_as(&hb("a"), &anon("10.0.0.2"), T0));
+        s.heartbeat_as(&hb("a"), &anon("10.0.0.1"), T0).unwrap();
         assert_eq!(s.get("a").unwrap().info.capabilities.skills, ["x"]);
         // A new agent id is free for anyone; deleting frees a taken one.
-        s.heartbeat_as(&hb("b"), "10.0.0.2", &anon("10.0.0.2"), T0)
-            .unwrap();
+        s.heartbeat_as(&hb("b"), &anon("10.0.0.2"), T0).unwrap();
         s.remove("a");
-        s.upsert_as(info("a"), "10.0.0.2", &anon("10.0.0.2"), T0)
-            .unwrap();
+        s.upsert_as(info("a"), &anon("10.0.0.2"), T0).unwrap();
         assert_eq!(s.binding("a"), Some(&Owner::Address("10.0.0.2".into())));
     }
 
@@ -144,29 +139,23 @@ mod tests {
         let mut s = AgentStore::new(AgentStoreConfig::default());
         // Registered with alpha's key (peer `alpha-sidecar`, the PyPI convention).
         let alpha = key("alpha-sidecar", "10.0.0.1");
-        s.upsert_as(info("alpha"), "10.0.0.1", &alpha, T0).unwrap();
+        s.upsert_as(info("alpha"), &alpha, T0).unwrap();
         assert_eq!(
             s.binding("alpha"),
             Some(&Owner::Peer("alpha-sidecar".into()))
         );
         // Not even its own address without the key.
-        let why = refused(s.heartbeat_as(&hb("alpha"), "10.0.0.1", &anon("10.0.0.1"), T0));
+        let why = refused(s.heartbeat_as(&hb("alpha"), &anon("10.0.0.1"), T0));
         assert!(why.contains("peer `alpha-sidecar`"), "{why}");
         // The key works from anywhere.
-        s.heartbeat_as(
-            &hb("alpha"),
-            "10.0.0.9",
-            &key("alpha-sidecar", "10.0.0.9"),
-            T0,
-        )
-        .unwrap();
+        s.heartbeat_as(&hb("alpha"), &key("alpha-sidecar", "10.0.0.9"), T0)
+            .unwrap();
         // An admin moves it to itself; then alpha's key takes it back.
         let ops = Principal::credential("ops", "admin", "10.0.0.5");
-        s.upsert_as(info("alpha"), "10.0.0.5", &ops, T0).unwrap();
+        s.upsert_as(info("alpha"), &ops, T0).unwrap();
         assert_eq!(s.binding("alpha"), Some(&Owner::Peer("ops".into())));
-        refused(s.heartbeat_as(&hb("alpha"), "10.0.0.5", &anon("10.0.0.5"), T0));
-        s.heartbeat_as(&hb("alpha"), "10.0.0.1", &alpha, T0)
-            .unwrap();
+        refused(s.heartbeat_as(&hb("alpha"), &anon("10.0.0.5"), T0));
+        s.heartbeat_as(&hb("alpha"), &alpha, T0).unwrap();
         assert_eq!(
             s.binding("alpha"),
             Some(&Owner::Peer("alpha-sidecar".into()))
@@ -176,18 +165,16 @@ mod tests {
     #[test]
     fn the_agents_own_key_takes_its_id_back_from_a_squatter() {
         let mut s = AgentStore::new(AgentStoreConfig::default());
-        s.heartbeat_as(&hb("alpha"), "10.6.6.6", &anon("10.6.6.6"), T0)
+        s.heartbeat_as(&hb("alpha"), &anon("10.6.6.6"), T0).unwrap();
+        s.upsert_as(info("alpha"), &key("alpha", "10.0.0.1"), T0)
             .unwrap();
-        s.upsert_as(info("alpha"), "10.0.0.1", &key("alpha", "10.0.0.1"), T0)
-            .unwrap();
-        refused(s.heartbeat_as(&hb("alpha"), "10.6.6.6", &anon("10.6.6.6"), T0));
+        refused(s.heartbeat_as(&hb("alpha"), &anon("10.6.6.6"), T0));
         // An address binding moves to a credential that comes from it.
-        s.upsert_as(info("c"), "10.0.0.3", &anon("10.0.0.3"), T0)
-            .unwrap();
-        s.heartbeat_as(&hb("c"), "10.0.0.3", &key("shared", "10.0.0.3"), T0)
+        s.upsert_as(info("c"), &anon("10.0.0.3"), T0).unwrap();
+        s.heartbeat_as(&hb("c"), &key("shared", "10.0.0.3"), T0)
             .unwrap();
         assert_eq!(s.binding("c"), Some(&Owner::Peer("shared".into())));
-        refused(s.heartbeat_as(&hb("c"), "10.0.0.3", &anon("10.0.0.3"), T0));
+        refused(s.heartbeat_as(&hb("c"), &anon("10.0.0.3"), T0));
     }
 
     #[test]
@@ -195,8 +182,7 @@ mod tests {
         let mut s = AgentStore::new(AgentStoreConfig::default());
         s.upsert(info("a"), T0).unwrap();
         assert_eq!(s.binding("a"), None);
-        s.heartbeat_as(&hb("a"), "10.0.0.2", &anon("10.0.0.2"), T0)
-            .unwrap();
+        s.heartbeat_as(&hb("a"), &anon("10.0.0.2"), T0).unwrap();
         // A plain upsert (no principal) replaces the record, not its binding.
         s.upsert(info("a"), T0).unwrap();
         assert_eq!(s.binding("a"), Some(&Owner::Address("10.0.0.2".into())));

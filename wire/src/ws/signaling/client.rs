@@ -115,7 +115,6 @@ pub fn message_type(text: &[u8]) -> Option<String> {
     Some(v.get("type")?.as_str()?.to_owned())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
