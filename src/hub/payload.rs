@@ -14,6 +14,7 @@ use std::fmt;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
+use wire::json::{TooDeep, JSON_DEPTH_MAX};
 
 /// Canonical JSON text of a task payload; see the [module docs](self).
 #[derive(Clone)]
@@ -33,7 +34,7 @@ impl Payload {
 
     fn from_raw(v: &RawValue) -> Result<Self, serde_json::Error> {
         let mut out = String::with_capacity(v.get().len());
-        canonical(v, &mut out)?;
+        canonical(v.get(), &mut out)?;
         Ok(Payload(raw(out)))
     }
 
@@ -61,44 +62,206 @@ fn raw(text: String) -> Box<RawValue> {
     })
 }
 
-/// Writes `v` with sorted keys and no whitespace, scalars other than strings verbatim.
-/// Recursion depth is bounded by serde_json's nesting limit (128), checked when the
-/// request body was parsed.
-fn canonical(v: &RawValue, out: &mut String) -> Result<(), serde_json::Error> {
-    let text = v.get();
-    match text.as_bytes().first() {
-        Some(b'{') => {
-            let map: BTreeMap<String, &RawValue> = serde_json::from_str(text)?;
-            out.push('{');
-            for (i, (k, v)) in map.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+/// An array or object being written by [`canonical`].
+enum Open {
+    Array,
+    Object(Object),
+}
+
+/// An object being written: its members went to `out` in input order, each as
+/// `"key":value`; on close they are reordered by key (last duplicate wins) unless they
+/// already are in order.
+struct Object {
+    /// Where its `{` is in `out`.
+    start: usize,
+    /// Each member's (unescaped) key and its `"key":value` text in `out`.
+    members: Vec<(String, std::ops::Range<usize>)>,
+    /// The key of the member whose value is being written, and where it starts.
+    key: String,
+    member_start: usize,
+}
+
+fn malformed(what: &str) -> serde_json::Error {
+    serde_json::Error::custom(format!("malformed JSON payload: {what}"))
+}
+
+/// Writes the JSON text `text` with sorted keys and no whitespace, scalars other than
+/// strings verbatim. One pass, without recursion: the open arrays and objects are an
+/// explicit stack of at most [`JSON_DEPTH_MAX`] entries (deeper is an error naming the
+/// depth). Request bodies are refused at that depth before they get here
+/// (`wire::json::parse_body`); the bound is checked again so that no caller can reach a
+/// deeper walk. Work is linear in the text plus one copy of an object's members when
+/// they were out of order (at most `JSON_DEPTH_MAX` copies of any byte).
+///
+/// `text` has been validated by serde_json (a `RawValue`); anything unexpected is still
+/// an error, never a panic.
+fn canonical(text: &str, out: &mut String) -> Result<(), serde_json::Error> {
+    let b = text.as_bytes();
+    let mut open: Vec<Open> = Vec::new();
+    let mut i = 0;
+    'value: loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(&c @ (b'[' | b'{')) => {
+                if open.len() == JSON_DEPTH_MAX {
+                    let depth = wire::json::nesting_depth(b);
+                    let e = TooDeep {
+                        depth,
+                        limit: JSON_DEPTH_MAX,
+                    };
+                    return Err(serde_json::Error::custom(format!("payload: {e}")));
                 }
-                out.push_str(&serde_json::to_string(k)?);
-                out.push(':');
-                canonical(v, out)?;
-            }
-            out.push('}');
-        }
-        Some(b'[') => {
-            let items: Vec<&RawValue> = serde_json::from_str(text)?;
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+                let close = if c == b'[' { b']' } else { b'}' };
+                i = skip_ws(b, i + 1);
+                if b.get(i) == Some(&close) {
+                    out.push(char::from(c));
+                    out.push(char::from(close));
+                    i += 1;
+                } else if c == b'[' {
+                    out.push('[');
+                    open.push(Open::Array);
+                    continue 'value;
+                } else {
+                    let mut o = Object {
+                        start: out.len(),
+                        members: Vec::new(),
+                        key: String::new(),
+                        member_start: 0,
+                    };
+                    out.push('{');
+                    i = member_key(text, i, out, &mut o)?;
+                    open.push(Open::Object(o));
+                    continue 'value;
                 }
-                canonical(v, out)?;
             }
-            out.push(']');
+            Some(b'"') => i = string(text, i, out)?,
+            Some(_) => {
+                let end = b[i..]
+                    .iter()
+                    .position(|c| matches!(c, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
+                    .map_or(b.len(), |n| i + n);
+                if end == i {
+                    return Err(malformed("expected a value"));
+                }
+                out.push_str(&text[i..end]);
+                i = end;
+            }
+            None => return Err(malformed("expected a value")),
         }
-        Some(b'"') => {
-            let s: String = serde_json::from_str(text)?;
-            out.push_str(&serde_json::to_string(&s)?);
+        // A value ended: close what it completes, or go on to the next one.
+        loop {
+            i = skip_ws(b, i);
+            let Some(top) = open.last_mut() else {
+                return match i == b.len() {
+                    true => Ok(()),
+                    false => Err(malformed("trailing characters")),
+                };
+            };
+            match (top, b.get(i)) {
+                (Open::Array, Some(b',')) => {
+                    out.push(',');
+                    i += 1;
+                    continue 'value;
+                }
+                (Open::Array, Some(b']')) => {
+                    out.push(']');
+                    i += 1;
+                    open.pop();
+                }
+                (Open::Object(o), Some(b',')) => {
+                    let key = std::mem::take(&mut o.key);
+                    o.members.push((key, o.member_start..out.len()));
+                    out.push(',');
+                    i = member_key(text, i + 1, out, o)?;
+                    continue 'value;
+                }
+                (Open::Object(o), Some(b'}')) => {
+                    let key = std::mem::take(&mut o.key);
+                    o.members.push((key, o.member_start..out.len()));
+                    i += 1;
+                    if let Some(Open::Object(o)) = open.pop() {
+                        close_object(o, out);
+                    }
+                }
+                _ => return Err(malformed("expected `,` or a closing bracket")),
+            }
         }
-        Some(_) => out.push_str(text.trim()),
-        None => return Err(serde_json::Error::custom("empty JSON value")),
     }
-    Ok(())
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// Writes the JSON string starting at `text[start]` as serde_json writes it; returns
+/// the index past it. Without a backslash a valid JSON string already is in that form
+/// (serde_json escapes only `"`, `\\` and control characters, which valid JSON cannot
+/// hold unescaped): it is copied.
+fn string(text: &str, start: usize, out: &mut String) -> Result<usize, serde_json::Error> {
+    let end = wire::json::string_end(text.as_bytes(), start).ok_or_else(|| malformed("string"))?;
+    let token = &text[start..end];
+    if !token.contains('\\') {
+        out.push_str(token);
+    } else {
+        let s: String = serde_json::from_str(token)?;
+        out.push_str(&serde_json::to_string(&s)?);
+    }
+    Ok(end)
+}
+
+/// Reads `"key" :` at `text[i..]` (after `{` or `,`) into `o`, writes `"key":` to `out`;
+/// returns the index after the colon.
+fn member_key(
+    text: &str,
+    i: usize,
+    out: &mut String,
+    o: &mut Object,
+) -> Result<usize, serde_json::Error> {
+    let b = text.as_bytes();
+    let i = skip_ws(b, i);
+    if b.get(i) != Some(&b'"') {
+        return Err(malformed("expected a key"));
+    }
+    o.member_start = out.len();
+    let end = string(text, i, out)?;
+    let token = &text[i..end];
+    o.key = match token.contains('\\') {
+        true => serde_json::from_str(token)?,
+        false => token[1..token.len() - 1].to_owned(),
+    };
+    let i = skip_ws(b, end);
+    if b.get(i) != Some(&b':') {
+        return Err(malformed("expected `:`"));
+    }
+    out.push(':');
+    Ok(i + 1)
+}
+
+/// Ends the object `o` in `out`: `}` if its keys are strictly increasing already, else
+/// its members rewritten in key order, the last of duplicates kept (as a `BTreeMap`).
+fn close_object(o: Object, out: &mut String) {
+    if o.members.windows(2).all(|w| w[0].0 < w[1].0) {
+        out.push('}');
+        return;
+    }
+    let mut sorted: BTreeMap<&str, std::ops::Range<usize>> = BTreeMap::new();
+    for (k, r) in &o.members {
+        sorted.insert(k, r.clone());
+    }
+    let mut s = String::with_capacity(out.len() - o.start + 1);
+    s.push('{');
+    for (n, r) in sorted.into_values().enumerate() {
+        if n > 0 {
+            s.push(',');
+        }
+        s.push_str(&out[r]);
+    }
+    s.push('}');
+    out.truncate(o.start);
+    out.push_str(&s);
 }
 
 impl Default for Payload {
@@ -164,5 +327,161 @@ mod tests {
         );
         assert!(Payload::from_json("{").is_err());
         assert_eq!(serde_json::to_string(&p).unwrap(), p.get());
+    }
+
+    /// The previous canonicalization (a re-parse per level, recursive), kept as the
+    /// oracle for the one-pass walk: the same output for every input it could handle.
+    fn recursive(v: &RawValue, out: &mut String) {
+        let text = v.get();
+        match text.as_bytes().first() {
+            Some(b'{') => {
+                let map: BTreeMap<String, &RawValue> = serde_json::from_str(text).unwrap();
+                out.push('{');
+                for (i, (k, v)) in map.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&serde_json::to_string(k).unwrap());
+                    out.push(':');
+                    recursive(v, out);
+                }
+                out.push('}');
+            }
+            Some(b'[') => {
+                let items: Vec<&RawValue> = serde_json::from_str(text).unwrap();
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    recursive(v, out);
+                }
+                out.push(']');
+            }
+            Some(b'"') => {
+                let s: String = serde_json::from_str(text).unwrap();
+                out.push_str(&serde_json::to_string(&s).unwrap());
+            }
+            _ => out.push_str(text.trim()),
+        }
+    }
+
+    /// A random JSON text with whitespace, duplicate and unsorted keys, escapes,
+    /// non-ASCII, exotic numbers; `depth` levels at most.
+    fn random_json(rng: &mut u64, depth: usize, out: &mut String) {
+        fn next_of(rng: &mut u64, n: u64) -> u64 {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng % n
+        }
+        let ws = ["", " ", "\n\t ", "\r\n"];
+        let strings = [
+            r#""a""#,
+            r#""b""#,
+            r#""""#,
+            r#""\u0062""#,
+            r#""é\n\"\\/\/""#,
+            r#""\ud83d\ude00""#,
+            r#""[{]}""#,
+            r#""\u0000\u001f\u007f""#,
+            r#""z""#,
+            r#""A""#,
+        ];
+        let scalars = [
+            "0",
+            "-1",
+            "1.5e3",
+            "1E-7",
+            "123456789012345678901234567890",
+            "true",
+            "false",
+            "null",
+        ];
+        out.push_str(ws[next_of(rng, 4) as usize]);
+        match (depth, next_of(rng, 4)) {
+            (0, _) | (_, 0) => {
+                if next_of(rng, 2) == 0 {
+                    out.push_str(strings[next_of(rng, 10) as usize]);
+                } else {
+                    out.push_str(scalars[next_of(rng, 8) as usize]);
+                }
+            }
+            (_, 1) => {
+                out.push('[');
+                let n = next_of(rng, 4);
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    random_json(rng, depth - 1, out);
+                }
+                out.push_str(ws[next_of(rng, 4) as usize]);
+                out.push(']');
+            }
+            _ => {
+                out.push('{');
+                let n = next_of(rng, 5);
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(ws[next_of(rng, 4) as usize]);
+                    out.push_str(strings[next_of(rng, 10) as usize]);
+                    out.push_str(ws[next_of(rng, 4) as usize]);
+                    out.push(':');
+                    random_json(rng, depth - 1, out);
+                }
+                out.push_str(ws[next_of(rng, 4) as usize]);
+                out.push('}');
+            }
+        }
+        out.push_str(ws[next_of(rng, 4) as usize]);
+    }
+
+    #[test]
+    fn one_pass_matches_the_recursive_canonicalization() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..5000 {
+            let mut text = String::new();
+            random_json(&mut rng, 6, &mut text);
+            let raw: &RawValue = serde_json::from_str(&text).unwrap();
+            let mut want = String::new();
+            recursive(raw, &mut want);
+            let got = Payload::from_json(&text).unwrap();
+            assert_eq!(got.get(), want, "{text}");
+            // Canonical text is its own canonical form.
+            assert_eq!(Payload::from_json(got.get()).unwrap().get(), want);
+        }
+    }
+
+    /// Nesting up to [`JSON_DEPTH_MAX`] is canonicalized; deeper is an error naming
+    /// the depth and the limit, at any depth, without recursion (100,000 levels here;
+    /// the recursive version overflowed a shard's stack at about 8,000).
+    #[test]
+    fn nesting_is_bounded_without_recursion() {
+        let nested = |n: usize, open: &str, inner: &str, close: &str| {
+            open.repeat(n) + inner + &close.repeat(n)
+        };
+        let at = nested(JSON_DEPTH_MAX, r#"{"b":1, "a":"#, "2", "}");
+        let want = nested(JSON_DEPTH_MAX, r#"{"a":"#, "2", r#","b":1}"#);
+        assert_eq!(Payload::from_json(&at).unwrap().get(), want);
+        let at = nested(JSON_DEPTH_MAX, "[", "1", "]");
+        assert_eq!(Payload::from_json(&at).unwrap().get(), at);
+        for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+            for text in [
+                nested(depth, "[", "", "]"),
+                nested(depth, r#"{"k":"#, "1", "}"),
+                nested(depth - 1, "[", "{}", "]"),
+            ] {
+                let err = Payload::from_json(&text).unwrap_err().to_string();
+                assert_eq!(
+                    err,
+                    format!(
+                        "payload: JSON nesting is {depth} levels deep; the limit is {JSON_DEPTH_MAX}"
+                    )
+                );
+            }
+        }
     }
 }
