@@ -53,3 +53,156 @@ fn a_deep_task_payload_is_422_and_the_server_keeps_serving() {
     let ok = other.post_json("/api/hub/tasks", &json!({"skill": "s", "payload": [1]}));
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
+
+/// Every route that takes a JSON body: at the bound the body is read (whatever the
+/// route then answers), one level deeper and 100,000 levels deep it is 422 with the
+/// depth, and nothing was stored.
+#[test]
+fn every_json_route_is_bounded_at_the_limit_and_far_beyond() {
+    let s = Server::with(Opts::cores(2));
+    let id = s.post_json("/api/hub/tasks", &json!({"skill": "s"})).json()["task_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let update = format!("/api/hub/tasks/{id}");
+    // Each route's body with an extra field `x` holding `n` levels (the body is one more).
+    let routes: [(&str, &dyn Fn(&str) -> String); 6] = [
+        ("/api/registry/agents", &|x| {
+            format!(r#"{{"agent_id":"deep","hostname":"h","x":{x}}}"#)
+        }),
+        ("/api/hub/heartbeat", &|x| {
+            format!(r#"{{"agent_id":"deep","x":{x}}}"#)
+        }),
+        ("/api/hub/tasks", &|x| {
+            format!(r#"{{"skill":"deep","payload":{x}}}"#)
+        }),
+        (&update, &|x| format!(r#"{{"state":"running","x":{x}}}"#)),
+        ("/api/pairing/pair", &|x| {
+            format!(r#"{{"code":"000000","agent_name":"deep","x":{x}}}"#)
+        }),
+        ("/debug/clock", &|x| {
+            format!(r#"{{"advance_secs":0,"x":{x}}}"#)
+        }),
+    ];
+    for (path, body) in routes {
+        let at = post_raw(&s, path, &body(&nested(JSON_DEPTH_MAX - 1, "")));
+        assert!(
+            !at.text().contains("nesting"),
+            "{path} at the bound: {}",
+            at.text()
+        );
+        assert_ne!(at.status, 400, "{path}: {}", at.text());
+        for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+            let r = post_raw(&s, path, &body(&nested(depth - 1, "")));
+            assert_too_deep(&r, depth);
+            // Deep and malformed: the depth is what is reported.
+            let r = post_raw(&s, path, &body(&"[".repeat(depth - 1)));
+            assert_too_deep(&r, depth);
+        }
+    }
+    // The bodies at the bound were stored; the deeper ones were not.
+    let agents = s.get("/api/registry/agents").json();
+    assert_eq!(agents.as_array().unwrap().len(), 1, "{agents}");
+    let tasks = s.get("/api/hub/tasks/all").json();
+    let deep: Vec<&Value> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["skill"] == "deep")
+        .collect();
+    assert_eq!(deep.len(), 1, "{tasks}");
+    assert_eq!(
+        deep[0]["payload"],
+        serde_json::from_str::<Value>(&nested(JSON_DEPTH_MAX - 1, "")).unwrap()
+    );
+    assert_eq!(
+        s.get(&format!("/api/hub/tasks/{id}")).json()["state"],
+        "running"
+    );
+}
+
+/// A task payload at the bound survives a restart. Before the bound, a payload 127 levels
+/// deep was accepted and stored as a record 128 levels deep, which serde_json cannot
+/// read back: the data directory made the next start fail ("corrupt").
+#[test]
+fn stored_payloads_at_the_bound_load_after_a_restart() {
+    let dir = TempDir::new();
+    let mut o = Opts::cores(1);
+    o.args = vec![
+        "--data-dir".into(),
+        dir.0.join("data").display().to_string(),
+    ];
+    let mut s = Server::with(o);
+    let at = nested(JSON_DEPTH_MAX - 2, r#"{"b":1,"a":2}"#);
+    let r = post_raw(
+        &s,
+        "/api/hub/tasks",
+        &format!(r#"{{"skill":"s","payload":{at}}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["task_id"].as_str().unwrap().to_owned();
+    // serde_json's own edge: refused now, fatal for the next start before.
+    let r = post_raw(
+        &s,
+        "/api/hub/tasks",
+        &format!(r#"{{"skill":"s","payload":{}}}"#, nested(127, "1")),
+    );
+    assert_too_deep(&r, 128);
+    s.restart();
+    let t = s.get(&format!("/api/hub/tasks/{id}")).json();
+    assert_eq!(
+        t["payload"],
+        serde_json::from_str::<Value>(&nested(JSON_DEPTH_MAX - 2, r#"{"a":2,"b":1}"#)).unwrap(),
+        "{t}"
+    );
+    assert_eq!(
+        s.get("/api/hub/tasks/all").json().as_array().unwrap().len(),
+        1
+    );
+}
+
+/// On `/ws` a message nesting deeper than the bound is not relayed: its sender gets an
+/// `error` frame naming the depth and the limit, and the connection stays open. At the
+/// bound it is relayed.
+#[test]
+fn signaling_messages_deeper_than_the_limit_are_refused_with_an_error_frame() {
+    use common::ws::*;
+    let mut o = Opts::cores(2);
+    // Room for a 100,000-level message (200 KB).
+    o.args = vec!["--ws-message-max".into(), "1048576".into()];
+    let s = Server::with(o);
+    let (mut a, _) = join(&s, "admin-1", &jwt_from_key(&s, "ak_test_admin"));
+    let (mut b, _) = join(&s, "agent-x", &jwt_from_key(&s, "ak_test_agent"));
+    let offer = |payload: &str| {
+        tungstenite::Message::text(format!(
+            r#"{{"type":"offer","peer_id":"admin-1","target_id":"agent-x","payload":{payload}}}"#
+        ))
+    };
+    // At the bound: the message is 64 levels deep, its payload 63.
+    a.send(offer(&nested(JSON_DEPTH_MAX - 1, "1"))).unwrap();
+    let got = recv(&mut b);
+    assert_eq!(got["type"], "offer");
+    assert_eq!(
+        got["payload"],
+        serde_json::from_str::<Value>(&nested(JSON_DEPTH_MAX - 1, "1")).unwrap()
+    );
+    for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+        for payload in [nested(depth - 1, "1"), "[".repeat(depth - 1)] {
+            a.send(offer(&payload)).unwrap();
+            let e = recv(&mut a);
+            assert_eq!(e["type"], "error", "{e}");
+            assert_eq!(
+                e["payload"]["reason"],
+                format!("JSON nesting is {depth} levels deep; the limit is {JSON_DEPTH_MAX}")
+            );
+        }
+    }
+    // Nothing deep reached `b`: the next thing it gets is the next valid offer.
+    a.send(offer(r#"{"sdp":"v=0"}"#)).unwrap();
+    assert_eq!(recv(&mut b)["payload"], json!({"sdp": "v=0"}));
+    // Both connections are still open.
+    send(&mut b, &json!({"type": "register", "peer_id": "agent-x"}));
+    assert_eq!(recv(&mut b)["payload"]["peers"], json!(["admin-1"]));
+    let m = s.get("/metrics").text();
+    assert!(m.contains("chatixia_ws_refused_total"), "{m}");
+}
