@@ -409,6 +409,32 @@ mod tests {
         assert!(parse_channel_message("{}").is_err());
     }
 
+    /// At the bound, the general path (a `Value` tree, then a `MeshMessage`) and a
+    /// signaling frame (a `Value` payload) recurse at most `JSON_DEPTH_MAX` deep: it fits
+    /// an eighth of the 2 MiB stack of the sidecar's shard thread, in a debug build.
+    #[test]
+    fn the_deepest_accepted_lines_fit_a_small_stack() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let x = "[{\"a\":".repeat((JSON_DEPTH_MAX - 3) / 2) + "1" + &"}]".repeat((JSON_DEPTH_MAX - 3) / 2);
+                // A duplicate `type` takes the general path.
+                let line = format!(
+                    r#"{{"type":"send","type":"send","payload":{{"target_peer":"p","message":{{"type":"t","payload":{x}}}}}}}"#
+                );
+                assert!(wire::json::nesting_depth(line.as_bytes()) >= JSON_DEPTH_MAX - 1);
+                assert!(matches!(
+                    parse_command(line.as_bytes()),
+                    Ok(Some(Command::Send { .. }))
+                ));
+                let frame = format!(r#"{{"type":"offer","peer_id":"b","payload":{{"sdp":{x}}}}}"#);
+                assert!(crate::signaling::SignalMessage::parse(&frame).is_some());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn framing() {
         let mut f = LineFramer::default();
