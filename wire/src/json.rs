@@ -89,15 +89,23 @@ pub fn nesting_depth(bytes: &[u8]) -> usize {
 }
 
 /// The index just past the string that starts with the quote at `start`, or `None` if
-/// the input ends inside it. Escapes are skipped whole (`\"` ends nothing).
+/// the input ends inside it. A quote ends the string unless an odd number of
+/// backslashes precede it (each escape is a backslash and one more character, so a run
+/// of them pairs up): one `memchr` per quote rather than a stop at every escape (an SDP
+/// has a `\r\n` in every line).
 pub fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut i = start + 1;
     loop {
-        let j = i + memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
-        if bytes[j] == b'"' {
+        let j = i + memchr::memchr(b'"', bytes.get(i..)?)?;
+        let escapes = bytes[start + 1..j]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if escapes % 2 == 0 {
             return Some(j + 1);
         }
-        i = j + 2;
+        i = j + 1;
     }
 }
 
