@@ -66,7 +66,8 @@ fn every_json_route_is_bounded_at_the_limit_and_far_beyond() {
         .to_owned();
     let update = format!("/api/hub/tasks/{id}");
     // Each route's body with an extra field `x` holding `n` levels (the body is one more).
-    let routes: [(&str, &dyn Fn(&str) -> String); 6] = [
+    type Body<'a> = &'a dyn Fn(&str) -> String;
+    let routes: [(&str, Body); 6] = [
         ("/api/registry/agents", &|x| {
             format!(r#"{{"agent_id":"deep","hostname":"h","x":{x}}}"#)
         }),
