@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::Range;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -62,23 +63,21 @@ fn raw(text: String) -> Box<RawValue> {
     })
 }
 
-/// An array or object being written by [`canonical`].
-enum Open {
-    Array,
-    Object(Object),
+/// An object of the input: where it is, and its members in output order.
+struct Object {
+    /// Index of its `{` in the input, and just past its `}`.
+    start: usize,
+    end: usize,
+    /// Its members sorted by (unescaped) key, the last of duplicates kept (as a
+    /// `BTreeMap`): each key and where its value is in the input.
+    members: Vec<(String, Range<usize>)>,
 }
 
-/// An object being written: its members went to `out` in input order, each as
-/// `"key":value`; on close they are reordered by key (last duplicate wins) unless they
-/// already are in order.
-struct Object {
-    /// Where its `{` is in `out`.
-    start: usize,
-    /// Each member's (unescaped) key and its `"key":value` text in `out`.
-    members: Vec<(String, std::ops::Range<usize>)>,
-    /// The key of the member whose value is being written, and where it starts.
-    key: String,
-    member_start: usize,
+/// An array or object open during [`objects`]: for an object, its index, the key of
+/// the member being read and where that member's value starts.
+enum Open {
+    Array,
+    Object(usize, String, usize),
 }
 
 fn malformed(what: &str) -> serde_json::Error {
@@ -86,17 +85,25 @@ fn malformed(what: &str) -> serde_json::Error {
 }
 
 /// Writes the JSON text `text` with sorted keys and no whitespace, scalars other than
-/// strings verbatim. One pass, without recursion: the open arrays and objects are an
-/// explicit stack of at most [`JSON_DEPTH_MAX`] entries (deeper is an error naming the
-/// depth). Request bodies are refused at that depth before they get here
-/// (`wire::json::parse_body`); the bound is checked again so that no caller can reach a
-/// deeper walk. Work is linear in the text plus one copy of an object's members when
-/// they were out of order (at most `JSON_DEPTH_MAX` copies of any byte).
+/// strings verbatim. Without recursion, and without copying anything twice: a first pass
+/// ([`objects`]) finds every object and sorts its members, a second ([`emit`]) writes
+/// the text in order, jumping to each member's value. Both keep the open arrays and
+/// objects on an explicit stack of at most [`JSON_DEPTH_MAX`] entries (deeper is an
+/// error naming the depth). Request bodies are refused at that depth before they get
+/// here (`wire::json::parse_body`); the bound is checked again so that no caller can
+/// reach a deeper walk. Work is linear in the text plus sorting each object's keys.
 ///
 /// `text` has been validated by serde_json (a `RawValue`); anything unexpected is still
 /// an error, never a panic.
 fn canonical(text: &str, out: &mut String) -> Result<(), serde_json::Error> {
+    let objects = objects(text)?;
+    emit(text, &objects, out)
+}
+
+/// The objects of `text` in input order, each with its members sorted.
+fn objects(text: &str) -> Result<Vec<Object>, serde_json::Error> {
     let b = text.as_bytes();
+    let mut objects: Vec<Object> = Vec::new();
     let mut open: Vec<Open> = Vec::new();
     let mut i = 0;
     'value: loop {
@@ -104,86 +111,191 @@ fn canonical(text: &str, out: &mut String) -> Result<(), serde_json::Error> {
         match b.get(i) {
             Some(&c @ (b'[' | b'{')) => {
                 if open.len() == JSON_DEPTH_MAX {
-                    let depth = wire::json::nesting_depth(b);
                     let e = TooDeep {
-                        depth,
+                        depth: wire::json::nesting_depth(b),
                         limit: JSON_DEPTH_MAX,
                     };
                     return Err(serde_json::Error::custom(format!("payload: {e}")));
                 }
-                let close = if c == b'[' { b']' } else { b'}' };
+                let start = i;
                 i = skip_ws(b, i + 1);
-                if b.get(i) == Some(&close) {
-                    out.push(char::from(c));
-                    out.push(char::from(close));
-                    i += 1;
-                } else if c == b'[' {
-                    out.push('[');
-                    open.push(Open::Array);
-                    continue 'value;
+                if c == b'[' {
+                    if b.get(i) == Some(&b']') {
+                        i += 1;
+                    } else {
+                        open.push(Open::Array);
+                        continue 'value;
+                    }
                 } else {
-                    let mut o = Object {
-                        start: out.len(),
+                    objects.push(Object {
+                        start,
+                        end: 0,
                         members: Vec::new(),
-                        key: String::new(),
-                        member_start: 0,
-                    };
-                    out.push('{');
-                    i = member_key(text, i, out, &mut o)?;
-                    open.push(Open::Object(o));
-                    continue 'value;
+                    });
+                    if b.get(i) == Some(&b'}') {
+                        i += 1;
+                        if let Some(o) = objects.last_mut() {
+                            o.end = i;
+                        }
+                    } else {
+                        let (key, value) = member_key(text, i)?;
+                        open.push(Open::Object(objects.len() - 1, key, value));
+                        i = value;
+                        continue 'value;
+                    }
                 }
             }
-            Some(b'"') => i = string(text, i, out)?,
+            Some(b'"') => {
+                i = wire::json::string_end(b, i).ok_or_else(|| malformed("string"))?;
+            }
             Some(_) => {
-                let end = b[i..]
-                    .iter()
-                    .position(|c| matches!(c, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
-                    .map_or(b.len(), |n| i + n);
+                let end = scalar_end(b, i);
                 if end == i {
                     return Err(malformed("expected a value"));
                 }
-                out.push_str(&text[i..end]);
                 i = end;
             }
             None => return Err(malformed("expected a value")),
         }
-        // A value ended: close what it completes, or go on to the next one.
+        // A value ended at `i`: close what it completes, or go on to the next one.
         loop {
+            let value_end = i;
             i = skip_ws(b, i);
             let Some(top) = open.last_mut() else {
                 return match i == b.len() {
-                    true => Ok(()),
+                    true => Ok(objects),
                     false => Err(malformed("trailing characters")),
                 };
             };
             match (top, b.get(i)) {
                 (Open::Array, Some(b',')) => {
-                    out.push(',');
                     i += 1;
                     continue 'value;
                 }
                 (Open::Array, Some(b']')) => {
-                    out.push(']');
                     i += 1;
                     open.pop();
                 }
-                (Open::Object(o), Some(b',')) => {
-                    let key = std::mem::take(&mut o.key);
-                    o.members.push((key, o.member_start..out.len()));
-                    out.push(',');
-                    i = member_key(text, i + 1, out, o)?;
+                (Open::Object(o, key, value), Some(b',')) => {
+                    let member = (std::mem::take(key), *value..value_end);
+                    objects[*o].members.push(member);
+                    let (next, at) = member_key(text, i + 1)?;
+                    (*key, *value) = (next, at);
+                    i = at;
                     continue 'value;
                 }
-                (Open::Object(o), Some(b'}')) => {
-                    let key = std::mem::take(&mut o.key);
-                    o.members.push((key, o.member_start..out.len()));
+                (Open::Object(o, key, value), Some(b'}')) => {
+                    let o = *o;
+                    let member = (std::mem::take(key), *value..value_end);
                     i += 1;
-                    if let Some(Open::Object(o)) = open.pop() {
-                        close_object(o, out);
-                    }
+                    open.pop();
+                    let object = &mut objects[o];
+                    object.members.push(member);
+                    object.end = i;
+                    // Sorted by key, the last of duplicates kept.
+                    let sorted: BTreeMap<String, Range<usize>> =
+                        std::mem::take(&mut object.members).into_iter().collect();
+                    object.members = sorted.into_iter().collect();
                 }
                 _ => return Err(malformed("expected `,` or a closing bracket")),
+            }
+        }
+    }
+}
+
+/// An array or object being written by [`emit`]: an object's index in `objects` and
+/// how many of its members are written.
+enum Writing {
+    Array,
+    Object(usize, usize),
+}
+
+/// Writes `text` canonically, given its [`objects`].
+fn emit(text: &str, objects: &[Object], out: &mut String) -> Result<(), serde_json::Error> {
+    let b = text.as_bytes();
+    let object_at = |i: usize| {
+        objects
+            .binary_search_by_key(&i, |o| o.start)
+            .map_err(|_| malformed("unexpected object"))
+    };
+    let mut open: Vec<Writing> = Vec::new();
+    let mut i = 0;
+    'value: loop {
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b'[') => {
+                i = skip_ws(b, i + 1);
+                if b.get(i) == Some(&b']') {
+                    out.push_str("[]");
+                    i += 1;
+                } else {
+                    out.push('[');
+                    open.push(Writing::Array);
+                    continue 'value;
+                }
+            }
+            Some(b'{') => {
+                let o = object_at(i)?;
+                match objects[o].members.first() {
+                    None => {
+                        out.push_str("{}");
+                        i = objects[o].end;
+                    }
+                    Some((key, value)) => {
+                        out.push('{');
+                        push_key(key, out)?;
+                        open.push(Writing::Object(o, 1));
+                        i = value.start;
+                        continue 'value;
+                    }
+                }
+            }
+            Some(b'"') => i = string(text, i, out)?,
+            Some(_) => {
+                let end = scalar_end(b, i);
+                out.push_str(&text[i..end]);
+                i = end;
+            }
+            None => return Err(malformed("expected a value")),
+        }
+        loop {
+            let Some(top) = open.last_mut() else {
+                return Ok(());
+            };
+            match top {
+                Writing::Array => {
+                    i = skip_ws(b, i);
+                    match b.get(i) {
+                        Some(b',') => {
+                            out.push(',');
+                            i += 1;
+                            continue 'value;
+                        }
+                        Some(b']') => {
+                            out.push(']');
+                            i += 1;
+                            open.pop();
+                        }
+                        _ => return Err(malformed("expected `,` or `]`")),
+                    }
+                }
+                Writing::Object(o, written) => {
+                    let object = &objects[*o];
+                    match object.members.get(*written) {
+                        Some((key, value)) => {
+                            *written += 1;
+                            out.push(',');
+                            push_key(key, out)?;
+                            i = value.start;
+                            continue 'value;
+                        }
+                        None => {
+                            out.push('}');
+                            i = object.end;
+                            open.pop();
+                        }
+                    }
+                }
             }
         }
     }
@@ -194,6 +306,14 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// Just past the number or literal at `i`.
+fn scalar_end(b: &[u8], i: usize) -> usize {
+    b[i..]
+        .iter()
+        .position(|c| matches!(c, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
+        .map_or(b.len(), |n| i + n)
 }
 
 /// Writes the JSON string starting at `text[start]` as serde_json writes it; returns
@@ -212,56 +332,32 @@ fn string(text: &str, start: usize, out: &mut String) -> Result<usize, serde_jso
     Ok(end)
 }
 
-/// Reads `"key" :` at `text[i..]` (after `{` or `,`) into `o`, writes `"key":` to `out`;
-/// returns the index after the colon.
-fn member_key(
-    text: &str,
-    i: usize,
-    out: &mut String,
-    o: &mut Object,
-) -> Result<usize, serde_json::Error> {
+/// `"key":` as serde_json writes the key.
+fn push_key(key: &str, out: &mut String) -> Result<(), serde_json::Error> {
+    out.push_str(&serde_json::to_string(key)?);
+    out.push(':');
+    Ok(())
+}
+
+/// Reads `"key" :` at `text[i..]` (after `{` or `,`): the unescaped key and the index
+/// of its value.
+fn member_key(text: &str, i: usize) -> Result<(String, usize), serde_json::Error> {
     let b = text.as_bytes();
     let i = skip_ws(b, i);
     if b.get(i) != Some(&b'"') {
         return Err(malformed("expected a key"));
     }
-    o.member_start = out.len();
-    let end = string(text, i, out)?;
+    let end = wire::json::string_end(b, i).ok_or_else(|| malformed("string"))?;
     let token = &text[i..end];
-    o.key = match token.contains('\\') {
+    let key = match token.contains('\\') {
         true => serde_json::from_str(token)?,
         false => token[1..token.len() - 1].to_owned(),
     };
-    let i = skip_ws(b, end);
-    if b.get(i) != Some(&b':') {
+    let colon = skip_ws(b, end);
+    if b.get(colon) != Some(&b':') {
         return Err(malformed("expected `:`"));
     }
-    out.push(':');
-    Ok(i + 1)
-}
-
-/// Ends the object `o` in `out`: `}` if its keys are strictly increasing already, else
-/// its members rewritten in key order, the last of duplicates kept (as a `BTreeMap`).
-fn close_object(o: Object, out: &mut String) {
-    if o.members.windows(2).all(|w| w[0].0 < w[1].0) {
-        out.push('}');
-        return;
-    }
-    let mut sorted: BTreeMap<&str, std::ops::Range<usize>> = BTreeMap::new();
-    for (k, r) in &o.members {
-        sorted.insert(k, r.clone());
-    }
-    let mut s = String::with_capacity(out.len() - o.start + 1);
-    s.push('{');
-    for (n, r) in sorted.into_values().enumerate() {
-        if n > 0 {
-            s.push(',');
-        }
-        s.push_str(&out[r]);
-    }
-    s.push('}');
-    out.truncate(o.start);
-    out.push_str(&s);
+    Ok((key, skip_ws(b, colon + 1)))
 }
 
 impl Default for Payload {
@@ -330,7 +426,7 @@ mod tests {
     }
 
     /// The previous canonicalization (a re-parse per level, recursive), kept as the
-    /// oracle for the one-pass walk: the same output for every input it could handle.
+    /// oracle for the two-pass walk: the same output for every input it could handle.
     fn recursive(v: &RawValue, out: &mut String) {
         let text = v.get();
         match text.as_bytes().first() {
@@ -440,7 +536,7 @@ mod tests {
     }
 
     #[test]
-    fn one_pass_matches_the_recursive_canonicalization() {
+    fn iterative_matches_the_recursive_canonicalization() {
         let mut rng = 0x2545_f491_4f6c_dd1d_u64;
         for _ in 0..5000 {
             let mut text = String::new();
