@@ -204,6 +204,12 @@ fn signaling_messages_deeper_than_the_limit_are_refused_with_an_error_frame() {
     // Both connections are still open.
     send(&mut b, &json!({"type": "register", "peer_id": "agent-x"}));
     assert_eq!(recv(&mut b)["payload"]["peers"], json!(["admin-1"]));
+    // The four refusals are counted (nothing else was refused here).
     let m = s.get("/metrics").text();
-    assert!(m.contains("chatixia_ws_refused_total"), "{m}");
+    let refused: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("chatixia_ws_refused_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(refused, 4, "{m}");
 }

@@ -1,9 +1,10 @@
 //! Task payload canonicalization (`hub::Payload`) and the body check in front of it, at
-//! any depth. The input is compact so that depth is cheap to reach: two bytes (little
-//! endian) give a count N, the third how each of the N levels nests (`[`…`]`,
-//! `{"k":`…`}`, or `[{"a":1,"k":`…`}]`, two levels), the rest is the innermost JSON. A
-//! six-byte input reaches 100,000 levels, which mutating a JSON text does not in a short
-//! run (the recursive canonicalization overflowed a shard's stack at about 8,000).
+//! any depth. The input is compact so that depth is cheap to reach: the first byte `c`
+//! gives a count N (`c` itself below 200, around the bound; else `(c - 199) * 1000`, up
+//! to 56,000), the second how each of the N units nests (`[`…`]`, `{"k":`…`}`, or
+//! `[{"a":1,"k":`…`}]`, two levels), the rest is the innermost JSON. A four-byte input
+//! reaches 100,000 levels, which mutating a JSON text does not in a short run (the
+//! recursive canonicalization overflowed a shard's stack at about 8,000).
 //!
 //! Checked: nothing accepted nests deeper than `JSON_DEPTH_MAX`; a body deeper than it is
 //! refused with `TooDeep` naming its exact depth; canonical text is its own canonical
@@ -16,10 +17,13 @@ use libfuzzer_sys::fuzz_target;
 use wire::json::{nesting_depth, parse_body, BodyError, TooDeep, JSON_DEPTH_MAX};
 
 fuzz_target!(|data: &[u8]| {
-    let [lo, hi, style, inner @ ..] = data else {
+    let [count, style, inner @ ..] = data else {
         return;
     };
-    let n = usize::from(u16::from_le_bytes([*lo, *hi]));
+    let n = match usize::from(*count) {
+        c if c < 200 => c,
+        c => (c - 199) * 1000,
+    };
     let (open, close) = match style % 3 {
         0 => ("[", "]"),
         1 => (r#"{"k":"#, "}"),
