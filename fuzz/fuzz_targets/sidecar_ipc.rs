@@ -3,7 +3,9 @@
 //! goes out is no deeper and a peer's sidecar accepts it.
 #![no_main]
 
-use chatixia_sidecar::ipc::{parse_channel_message, parse_command, Command, Framed, IpcError, LineFramer};
+use chatixia_sidecar::ipc::{
+    parse_channel_message, parse_command, Command, Framed, IpcError, LineFramer,
+};
 use libfuzzer_sys::fuzz_target;
 use wire::json::{nesting_depth, TooDeep, JSON_DEPTH_MAX};
 

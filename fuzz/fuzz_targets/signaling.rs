@@ -10,7 +10,10 @@ use wire::ws::signaling::{self, Action};
 fuzz_target!(|data: &[u8]| {
     // The identity is taken from the input too, so that frames can match it.
     let (identity, text) = match data.iter().position(|&b| b == b'\n') {
-        Some(i) => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
+        Some(i) => (
+            String::from_utf8_lossy(&data[..i]).into_owned(),
+            &data[i + 1..],
+        ),
         None => ("peer-a".to_owned(), data),
     };
     let depth = nesting_depth(text);
@@ -19,7 +22,12 @@ fuzz_target!(|data: &[u8]| {
         let limit = JSON_DEPTH_MAX;
         assert_eq!(action, Action::TooDeep(TooDeep { depth, limit }));
     }
-    if let Action::Relay { kind, target, payload } = action {
+    if let Action::Relay {
+        kind,
+        target,
+        payload,
+    } = action
+    {
         let frame = signaling::relay_frame(kind, &identity, &target, payload);
         assert!(nesting_depth(&frame) <= JSON_DEPTH_MAX);
         let v: serde_json::Value = serde_json::from_slice(&frame).expect("relay frame is JSON");

@@ -44,14 +44,22 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(p) = &alone {
         assert!(depth <= JSON_DEPTH_MAX, "accepted a payload {depth} deep");
         assert!(nesting_depth(p.get().as_bytes()) <= depth);
-        assert_eq!(Payload::from_json(p.get()).expect("canonical reparses").get(), p.get());
+        assert_eq!(
+            Payload::from_json(p.get())
+                .expect("canonical reparses")
+                .get(),
+            p.get()
+        );
     }
 
     let body = format!(r#"{{"skill":"s","payload":{payload}}}"#);
     let body_depth = nesting_depth(body.as_bytes());
     match parse_body::<TaskSubmission>(body.as_bytes()) {
         Ok(sub) => {
-            assert!(body_depth <= JSON_DEPTH_MAX, "accepted a body {body_depth} deep");
+            assert!(
+                body_depth <= JSON_DEPTH_MAX,
+                "accepted a body {body_depth} deep"
+            );
             let alone = alone.expect("a payload accepted in a body is accepted alone");
             assert_eq!(sub.payload.get(), alone.get());
         }
