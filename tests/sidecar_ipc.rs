@@ -76,3 +76,52 @@ fn connect_command_offers_now() {
     assert_eq!(a.list_peers(), vec!["peer-y"]);
     assert_eq!(b.list_peers(), vec!["peer-x"]);
 }
+
+/// Issue 20, finding 1: IPC lines nest at most `JSON_DEPTH_MAX` levels. At the bound a
+/// `send` reaches the peer's agent (its `message` event is as deep); one level deeper,
+/// or a line of a million `[`, is answered with an `error` event naming the depth and
+/// the limit, nothing is sent, and the socket keeps serving. Before the bound the fast
+/// path forwarded any depth verbatim to the peer's agent.
+#[test]
+fn deep_lines_are_refused_and_the_bound_goes_through() {
+    use wire::json::JSON_DEPTH_MAX;
+    let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+    let server = server_for(1, &["dx", "dy"]);
+    let (mut a, mut b) = pair(&server, "dx", "dy");
+    // line > payload > message > payload: the message's payload may nest 61 levels.
+    let send = |id: &str, x: &str| {
+        format!(
+            r#"{{"type":"send","payload":{{"target_peer":"peer-dy","message":{{"type":"t","request_id":"{id}","payload":{x}}}}}}}"#
+        )
+    };
+    let at = nested(JSON_DEPTH_MAX - 3);
+    a.send_line(&send("at", &at));
+    let m = b.expect("the message at the bound", Duration::from_secs(10), |v| {
+        v["type"] == "message" && v["payload"]["message"]["request_id"] == "at"
+    });
+    assert_eq!(
+        m["payload"]["message"]["payload"],
+        serde_json::from_str::<serde_json::Value>(&at).unwrap()
+    );
+    let limit = JSON_DEPTH_MAX;
+    for (line, depth) in [
+        (send("over", &nested(limit - 2)), limit + 1),
+        (send("over", &nested(100_000)), 100_003),
+        ("[".repeat(1_000_000), 1_000_000),
+    ] {
+        a.send_line(&line);
+        let e = a.expect("error", Duration::from_secs(10), |v| v["type"] == "error");
+        assert_eq!(
+            e["payload"]["reason"],
+            format!("JSON nesting is {depth} levels deep; the limit is {limit}")
+        );
+    }
+    a.send_line(&send("after", "1"));
+    b.expect("the next message", Duration::from_secs(10), |v| {
+        v["type"] == "message" && v["payload"]["message"]["request_id"] == "after"
+    });
+    b.expect_none("a deep message", Duration::from_millis(200), |v| {
+        v["payload"]["message"]["request_id"] == "over"
+    });
+    assert_eq!(a.list_peers(), vec!["peer-dy"]);
+}

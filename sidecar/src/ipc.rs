@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use wire::json::{check_depth, TooDeep, JSON_DEPTH_MAX};
 
 /// Longest line we accept from the agent. A MeshMessage carrying a task result can be
 /// large, but a DataChannel message over 1 MiB is not portable across WebRTC stacks
@@ -58,6 +59,14 @@ impl MeshMessageRaw<'_> {
     }
 }
 
+/// A DataChannel message from a peer, normalised, or why it is dropped: not a
+/// MeshMessage, or nested deeper than [`JSON_DEPTH_MAX`] (its `payload` would go to the
+/// agent as it came; the peer may be any WebRTC stack).
+pub fn parse_channel_message(text: &str) -> Result<MeshMessageRaw<'_>, String> {
+    check_depth(text.as_bytes(), JSON_DEPTH_MAX).map_err(|e| e.to_string())?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
 /// What the agent asks for. Messages are already encoded for the DataChannel
 /// ([`MeshMessageRaw::encode`]).
 #[derive(Debug, PartialEq)]
@@ -79,6 +88,8 @@ pub enum IpcError {
     MissingField(&'static str),
     InvalidMessage(String),
     UnknownCommand(String),
+    /// The line nests deeper than [`JSON_DEPTH_MAX`] (checked before parsing).
+    TooDeep(TooDeep),
 }
 
 impl std::fmt::Display for IpcError {
@@ -90,6 +101,7 @@ impl std::fmt::Display for IpcError {
             IpcError::MissingField(k) => write!(f, "missing payload.{k}"),
             IpcError::InvalidMessage(e) => write!(f, "invalid payload.message: {e}"),
             IpcError::UnknownCommand(t) => write!(f, "unknown command type {t:?}"),
+            IpcError::TooDeep(e) => write!(f, "{e}"),
         }
     }
 }
@@ -142,6 +154,9 @@ pub fn parse_command(line: &[u8]) -> Result<Option<Command>, IpcError> {
     if text.is_empty() {
         return Ok(None);
     }
+    // Before any parse: the fast path keeps `message.payload` as raw text, which serde
+    // skips without a depth check, and sends it on to a peer whose agent parses it.
+    check_depth(text.as_bytes(), JSON_DEPTH_MAX).map_err(IpcError::TooDeep)?;
     if let Some(c) = parse_message_command(text) {
         return Ok(Some(c));
     }
@@ -340,6 +355,84 @@ mod tests {
         ] {
             assert!(parse_message_command(line).is_none(), "{line}");
         }
+    }
+
+    /// Lines and DataChannel messages nest at most `JSON_DEPTH_MAX` levels: at the
+    /// bound a `send` goes through (the receiver's `message` event is as deep), one
+    /// level deeper or a whole line of `[` (1 MiB) is refused with the depth.
+    #[test]
+    fn nesting_is_bounded() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        // line > payload > message > payload: 3 levels before the payload's own.
+        let line = |x: &str| {
+            format!(
+                r#"{{"type":"send","payload":{{"target_peer":"p","message":{{"type":"t","payload":{x}}}}}}}"#
+            )
+        };
+        let at = line(&nested(JSON_DEPTH_MAX - 3));
+        let Some(Command::Send { message, .. }) = parse_command(at.as_bytes()).unwrap() else {
+            panic!()
+        };
+        let m = parse_channel_message(std::str::from_utf8(&message).unwrap()).unwrap();
+        let event = event_message_raw("peer", &m);
+        assert_eq!(wire::json::nesting_depth(&event), JSON_DEPTH_MAX);
+        let limit = JSON_DEPTH_MAX;
+        for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+            for l in [
+                line(&nested(depth - 3)),
+                line(&"[".repeat(depth - 3)),
+                format!(r#"{{"type":"list_peers","x":{}}}"#, nested(depth - 1)),
+            ] {
+                let err = parse_command(l.as_bytes()).unwrap_err();
+                assert_eq!(err, IpcError::TooDeep(TooDeep { depth, limit }));
+                assert_eq!(
+                    err.to_string(),
+                    format!("JSON nesting is {depth} levels deep; the limit is {limit}")
+                );
+            }
+            let msg = format!(r#"{{"type":"t","payload":{}}}"#, nested(depth - 1));
+            assert_eq!(
+                parse_channel_message(&msg).unwrap_err(),
+                TooDeep { depth, limit }.to_string()
+            );
+        }
+        let whole = "[".repeat(IPC_LINE_BYTES_MAX);
+        assert_eq!(
+            parse_command(whole.as_bytes()),
+            Err(IpcError::TooDeep(TooDeep {
+                depth: IPC_LINE_BYTES_MAX,
+                limit
+            }))
+        );
+        let at = format!(r#"{{"type":"t","payload":{}}}"#, nested(JSON_DEPTH_MAX - 1));
+        assert!(parse_channel_message(&at).is_ok());
+        assert!(parse_channel_message("{}").is_err());
+    }
+
+    /// At the bound, the general path (a `Value` tree, then a `MeshMessage`) and a
+    /// signaling frame (a `Value` payload) recurse at most `JSON_DEPTH_MAX` deep: it fits
+    /// an eighth of the 2 MiB stack of the sidecar's shard thread, in a debug build.
+    #[test]
+    fn the_deepest_accepted_lines_fit_a_small_stack() {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                let x = "[{\"a\":".repeat((JSON_DEPTH_MAX - 3) / 2) + "1" + &"}]".repeat((JSON_DEPTH_MAX - 3) / 2);
+                // A duplicate `type` takes the general path.
+                let line = format!(
+                    r#"{{"type":"send","type":"send","payload":{{"target_peer":"p","message":{{"type":"t","payload":{x}}}}}}}"#
+                );
+                assert!(wire::json::nesting_depth(line.as_bytes()) >= JSON_DEPTH_MAX - 1);
+                assert!(matches!(
+                    parse_command(line.as_bytes()),
+                    Ok(Some(Command::Send { .. }))
+                ));
+                let frame = format!(r#"{{"type":"offer","peer_id":"b","payload":{{"sdp":{x}}}}}"#);
+                assert!(wire::ws::signaling::SignalMessage::parse(&frame).is_some());
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     #[test]

@@ -175,6 +175,10 @@ pub fn verify_leeway(
     let header_json = URL_SAFE_NO_PAD
         .decode(header_b64)
         .map_err(|_| JwtError::Malformed)?;
+    // Nesting beyond the bound every JSON input has (`wire::json::JSON_DEPTH_MAX`) is
+    // malformed before serde_json sees it (serde_json alone would stop at 128).
+    wire::json::check_depth(&header_json, wire::json::JSON_DEPTH_MAX)
+        .map_err(|_| JwtError::Malformed)?;
     let header: RawHeader =
         serde_json::from_slice(&header_json).map_err(|_| JwtError::Malformed)?;
     match header.alg.as_str() {
@@ -191,6 +195,8 @@ pub fn verify_leeway(
     let payload = URL_SAFE_NO_PAD
         .decode(payload_b64)
         .map_err(|_| JwtError::Malformed)?;
+    wire::json::check_depth(&payload, wire::json::JSON_DEPTH_MAX)
+        .map_err(|_| JwtError::InvalidClaims)?;
     let claims: Claims = serde_json::from_slice(&payload).map_err(|_| JwtError::InvalidClaims)?;
     // The registered claims `jsonwebtoken` looks at separately: a duplicate of any of them
     // is a deserialization error there too.
@@ -624,6 +630,33 @@ mod tests {
         );
         assert!(verify(SECRET, &t2, NOW).is_err());
         assert!(jwt_validate(&t2, SECRET).is_err());
+    }
+
+    /// Header and claims nest at most `JSON_DEPTH_MAX` levels: at the bound a token is
+    /// valid, one level deeper (or as deep as `TOKEN_BYTES_MAX` allows) it is refused.
+    #[test]
+    fn nesting_is_bounded() {
+        use wire::json::JSON_DEPTH_MAX;
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        let header = |x: &str| format!(r#"{{"alg":"HS256","typ":"JWT","x":{x}}}"#);
+        let claims = |x: &str| {
+            format!(
+                r#"{{"sub":"a","role":"agent","exp":{},"iat":{NOW},"aud2":{x}}}"#,
+                NOW + 60
+            )
+        };
+        let at = nested(JSON_DEPTH_MAX - 1);
+        assert!(verify(SECRET, &raw_token(SECRET, &header(&at), &claims("1")), NOW).is_ok());
+        assert!(verify(SECRET, &raw_token(SECRET, &header("1"), &claims(&at)), NOW).is_ok());
+        // About 6,000 levels fit in a token.
+        for depth in [JSON_DEPTH_MAX + 1, 6000] {
+            let deep = nested(depth - 1);
+            let t = raw_token(SECRET, &header(&deep), &claims("1"));
+            assert!(t.len() <= TOKEN_BYTES_MAX);
+            assert_eq!(verify(SECRET, &t, NOW), Err(JwtError::Malformed));
+            let t = raw_token(SECRET, &header("1"), &claims(&deep));
+            assert_eq!(verify(SECRET, &t, NOW), Err(JwtError::InvalidClaims));
+        }
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl ApiKeys {
         if bytes.len() > file_bytes_max {
             return Err(ApiKeysError::TooLarge { bytes: bytes.len() });
         }
+        // The bound every JSON input has (operator input too: one rule, no recursion).
+        wire::json::check_depth(bytes, wire::json::JSON_DEPTH_MAX).map_err(|e| {
+            ApiKeysError::Malformed {
+                reason: e.to_string(),
+            }
+        })?;
         let file: KeysFile =
             serde_json::from_slice(bytes).map_err(|e| ApiKeysError::Malformed {
                 reason: e.to_string(),
@@ -329,6 +335,27 @@ mod tests {
             assert!(err
                 .to_string()
                 .starts_with("API key file is not of the form"));
+        }
+    }
+
+    /// Nesting: at the bound the file loads (unknown fields ignored), one level deeper
+    /// or 100,000 levels it is refused with the depth, without recursion.
+    #[test]
+    fn nesting_is_bounded() {
+        use wire::json::JSON_DEPTH_MAX;
+        let file = |n: usize| {
+            let x = "[".repeat(n) + &"]".repeat(n);
+            format!(r#"{{"keys": {{"k": {{"peer_id": "a", "role": "b"}}}}, "x": {x}}}"#)
+        };
+        assert!(ApiKeys::parse(file(JSON_DEPTH_MAX - 1).as_bytes()).is_ok());
+        for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+            let err = ApiKeys::parse(file(depth - 1).as_bytes()).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!(
+                    "JSON nesting is {depth} levels deep; the limit is {JSON_DEPTH_MAX}"
+                )),
+                "{err}"
+            );
         }
     }
 

@@ -137,6 +137,11 @@ impl AgentQuery {
         if sort == AgentSort::Id && !raw.starts_with('[') {
             return Ok(Some((SortVal::N(0), raw)));
         }
+        // `[value, agent_id]` is 1 level; the bound every JSON input has applies (serde's
+        // untagged `SortVal` buffers what it reads, recursively).
+        if let Err(e) = wire::json::check_depth(raw.as_bytes(), wire::json::JSON_DEPTH_MAX) {
+            return Err(format!("malformed cursor: {e}"));
+        }
         serde_json::from_str::<AgentKey>(&raw)
             .map(Some)
             .map_err(|_| "malformed cursor".into())

@@ -282,6 +282,84 @@ mod tests {
         assert!(l.check_update(&u).is_ok());
     }
 
+    /// What is accepted at the nesting bound is processed with recursion (serde_json
+    /// `Value`s, derived structs) at most `JSON_DEPTH_MAX` deep: all of it fits an
+    /// eighth of the 2 MiB stack a shard thread gets (std's default; `reactor` sets
+    /// none), in a debug build. A task at the bound also round-trips through its
+    /// durable record (one level deeper: serde_json refuses 128).
+    #[test]
+    fn the_deepest_accepted_inputs_fit_a_small_stack() {
+        use wire::json::JSON_DEPTH_MAX;
+        let run = || {
+            // Objects and arrays alternating, 63 levels: the body is 64.
+            let mut payload = String::from("1");
+            for i in 0..JSON_DEPTH_MAX - 1 {
+                payload = match i % 2 {
+                    0 => format!("[{payload},2]"),
+                    _ => format!(r#"{{"b":{payload},"a":"x"}}"#),
+                };
+            }
+            let body = format!(r#"{{"skill":"s","payload":{payload}}}"#);
+            let sub: TaskSubmission = parse_body(body.as_bytes()).unwrap();
+            let want: serde_json::Value = serde_json::from_str(&payload).unwrap();
+            let task = crate::hub::Task {
+                id: "t".into(),
+                skill: sub.skill,
+                target_agent_id: String::new(),
+                source_agent_id: String::new(),
+                assigned_agent_id: String::new(),
+                payload: sub.payload,
+                state: "pending".into(),
+                result: String::new(),
+                error: String::new(),
+                created_at: crate::time::UnixTime::from_secs(1),
+                updated_at: crate::time::UnixTime::from_secs(1),
+                ttl: 300,
+                holder: Default::default(),
+                access: Default::default(),
+            };
+            let record = crate::durable::task_record(&task);
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(record.payload.get()).unwrap(),
+                want
+            );
+            let bytes = serde_json::to_vec(&record).unwrap();
+            let back: chatixia_store::TaskRecord = serde_json::from_slice(&bytes).unwrap();
+            let task = crate::durable::task_of(back);
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(task.payload.get()).unwrap(),
+                want
+            );
+            // A token whose `aud` (a `Value`) nests to the bound.
+            let claims = serde_json::json!({
+                "sub": "a", "role": "agent", "exp": 2_000_000_000u64, "iat": 1,
+                "aud": 1, "nbf": serde_json::from_str::<serde_json::Value>(
+                    &("[".repeat(JSON_DEPTH_MAX - 1) + &"]".repeat(JSON_DEPTH_MAX - 1))
+                ).unwrap(),
+            });
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(b"k"),
+            )
+            .unwrap();
+            assert!(crate::auth::verify(b"k", &token, 1_000).is_ok());
+            // A signaling message at the bound.
+            let msg =
+                format!(r#"{{"type":"offer","peer_id":"a","target_id":"b","payload":{payload}}}"#);
+            assert!(matches!(
+                wire::ws::signaling::interpret(msg.as_bytes(), "a"),
+                wire::ws::signaling::Action::Relay { .. }
+            ));
+        };
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     #[test]
     fn ids_with_control_characters_are_refused() {
         let l = StoreLimits::default();

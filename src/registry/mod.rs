@@ -101,7 +101,15 @@ mod tests {
         let mut body = br#"{"agent_id":"a","hostname":"h","x":"#.to_vec();
         body.extend(std::iter::repeat_n(b'[', 100_000));
         let err = parse_body::<AgentInfo>(&body).unwrap_err();
-        assert_eq!(err.status(), 400, "{err:?}");
+        // Issue 20: the depth is checked first (422), malformed or not.
+        assert_eq!(
+            err,
+            BodyError::TooDeep(wire::json::TooDeep {
+                depth: 100_001,
+                limit: wire::json::JSON_DEPTH_MAX
+            })
+        );
+        assert_eq!(err.status(), 422, "{err:?}");
     }
 
     #[test]

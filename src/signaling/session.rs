@@ -391,6 +391,18 @@ fn on_text_now(ctx: &ShardCtx, key: usize, text: &[u8]) -> Option<Later> {
     match signaling::interpret(text, &slot.peer_id) {
         Action::Register => Some(Later::Register),
         Action::Heartbeat | Action::Ignore(_) => None,
+        Action::TooDeep(e) => {
+            // Refused like an unauthorized relay: an error frame, the connection stays
+            // open (a peer that keeps sending them is bounded by the outbound queue).
+            drop(slots);
+            inc(&ctx.ws.refused);
+            ctx.ws.enqueue(
+                key,
+                text_frame(&signaling::error_frame(&e.to_string())),
+                limits,
+            );
+            None
+        }
         Action::Relay {
             kind,
             target,

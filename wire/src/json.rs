@@ -14,12 +14,116 @@ pub trait JsonBody: DeserializeOwned {
     const REQUIRED_FIELDS: &'static [&'static str];
 }
 
+/// Deepest nesting of arrays and objects accepted in JSON that a peer sends: HTTP request
+/// bodies, signaling messages (server and sidecar), the sidecar's IPC lines and
+/// DataChannel messages, JWT headers and claims, dashboard cursors, the API keys file.
+/// `1` is a scalar inside one array or object (`[1]`), a bare scalar is `0`.
+///
+/// Why a bound at all: serde_json stops at 128 levels only within one `Deserializer`;
+/// a `RawValue` (task payloads, relayed signaling payloads, the sidecar's messages) is
+/// skipped without any depth check, and whatever re-parses it starts again at 0 (task
+/// payload canonicalization recursed once per level and overflowed a shard's stack at
+/// about 8,000 levels). Every JSON input is scanned with [`nesting_depth`] (no
+/// recursion) before it is parsed, so nothing downstream recurses deeper than this.
+///
+/// Why 64: agent payloads, SDP and ICE payloads and MeshMessages nest a few levels;
+/// nothing legitimate comes near 64. It leaves room under serde_json's 128 for the places
+/// that wrap a client's value and parse it again as one document: a task record on disk
+/// is the payload plus one level (a record nested 128 deep made the data directory
+/// unloadable), a sidecar `message` event adds three, the relayed signaling frame one.
+/// The reference (serde_json's limit on the whole body) refuses 128 levels and deeper
+/// with a 400; 65 to 127 levels are refused here and not there (**Differs**).
+///
+/// A constant, not a flag: raising it above about 120 would break the store's records
+/// and the sidecar's events (serde_json's limit), and lowering it has no use.
+pub const JSON_DEPTH_MAX: usize = 64;
+
+/// JSON nested deeper than a limit (see [`JSON_DEPTH_MAX`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooDeep {
+    /// How deep the input nests ([`nesting_depth`]).
+    pub depth: usize,
+    /// The limit it exceeds.
+    pub limit: usize,
+}
+
+impl fmt::Display for TooDeep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "JSON nesting is {} levels deep; the limit is {}",
+            self.depth, self.limit
+        )
+    }
+}
+
+impl std::error::Error for TooDeep {}
+
+/// The deepest nesting of arrays and objects in `bytes` (`[[1]]` is 2, `1` is 0),
+/// counted in one pass without recursion: brackets inside strings (escapes respected)
+/// do not count. Needs no valid JSON: for malformed input it counts the brackets that
+/// JSON text would open (an unclosed `[[[` is 3), so it can run before the parser.
+pub fn nesting_depth(bytes: &[u8]) -> usize {
+    let mut depth = 0usize;
+    let mut deepest = 0usize;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' => match string_end(bytes, i) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => break,
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+    deepest
+}
+
+/// The index just past the string that starts with the quote at `start`, or `None` if
+/// the input ends inside it. A quote ends the string unless an odd number of
+/// backslashes precede it (each escape is a backslash and one more character, so a run
+/// of them pairs up): one `memchr` per quote rather than a stop at every escape (an SDP
+/// has a `\r\n` in every line).
+pub fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        let j = i + memchr::memchr(b'"', bytes.get(i..)?)?;
+        let escapes = bytes[start + 1..j]
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
+        if escapes % 2 == 0 {
+            return Some(j + 1);
+        }
+        i = j + 1;
+    }
+}
+
+/// `Err` when `bytes` nests deeper than `limit` ([`nesting_depth`]).
+pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), TooDeep> {
+    let depth = nesting_depth(bytes);
+    if depth > limit {
+        return Err(TooDeep { depth, limit });
+    }
+    Ok(())
+}
+
 /// Why a request body was refused. Mirrors axum's `Json` extractor, which the reference
-/// uses: malformed JSON is 400, well-formed JSON of the wrong shape is 422.
+/// uses: malformed JSON is 400, well-formed JSON of the wrong shape is 422; nesting
+/// deeper than [`JSON_DEPTH_MAX`] is 422 too (checked first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BodyError {
-    /// Not valid JSON (syntax error, truncated, trailing characters, nesting deeper than
-    /// serde_json's limit of 128). HTTP 400.
+    /// Not valid JSON (syntax error, truncated, trailing characters). HTTP 400.
     Syntax {
         /// serde_json's message, e.g. `expected value at line 1 column 1`.
         message: String,
@@ -37,6 +141,10 @@ pub enum BodyError {
         /// serde_json's message, e.g. `invalid type: string "x", expected u16 at line 1 column 12`.
         message: String,
     },
+    /// Arrays and objects nested deeper than [`JSON_DEPTH_MAX`] (whether or not the
+    /// rest is valid JSON). HTTP 422. **Differs**: the reference answers 400 from 128
+    /// levels on (serde_json's limit), and has no other bound.
+    TooDeep(TooDeep),
 }
 
 impl BodyError {
@@ -44,7 +152,7 @@ impl BodyError {
     pub fn status(&self) -> u16 {
         match self {
             BodyError::Syntax { .. } => 400,
-            BodyError::MissingField { .. } | BodyError::Data { .. } => 422,
+            BodyError::MissingField { .. } | BodyError::Data { .. } | BodyError::TooDeep(_) => 422,
         }
     }
 
@@ -62,6 +170,7 @@ impl BodyError {
             BodyError::MissingField { message, .. } | BodyError::Data { message } => {
                 format!("Failed to deserialize the JSON body into the target type: {message}")
             }
+            BodyError::TooDeep(e) => format!("request body: {e}"),
         }
     }
 }
@@ -75,8 +184,10 @@ impl fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 /// Parses a request body as `T`, the way axum's `Json<T>` extractor would.
-/// Unknown fields are ignored; the whole input must be one JSON value.
+/// Unknown fields are ignored; the whole input must be one JSON value, nested at most
+/// [`JSON_DEPTH_MAX`] levels (checked first, without recursion).
 pub fn parse_body<T: JsonBody>(bytes: &[u8]) -> Result<T, BodyError> {
+    check_depth(bytes, JSON_DEPTH_MAX).map_err(BodyError::TooDeep)?;
     serde_json::from_slice(bytes).map_err(|e| classify::<T>(&e))
 }
 
@@ -133,5 +244,98 @@ mod tests {
         );
         assert!(parse_body::<Body>(br#"{"name":"x","other":1}"#).is_ok());
         assert_eq!(json_vec(&[1, 2]), b"[1,2]");
+    }
+
+    /// `n` nested arrays around `inner`.
+    fn nested(n: usize, inner: &str) -> String {
+        "[".repeat(n) + inner + &"]".repeat(n)
+    }
+
+    #[test]
+    fn nesting_depth_counts_brackets_outside_strings() {
+        for (text, depth) in [
+            ("", 0),
+            ("1", 0),
+            (r#""[[[""#, 0),
+            ("[]", 1),
+            ("{}", 1),
+            (r#"{"a":[1,{"b":[]}],"c":{}}"#, 4),
+            (r#"["]\"",["\\",[["\"]"]]]]"#, 4),
+            (r#"[["\u005b[",[]]]"#, 3),
+            // Malformed input: the brackets it opens, never a panic.
+            ("[[[", 3),
+            ("]]][", 1),
+            (r#"["[[[\"#, 1),
+            (r#"["\"#, 1),
+            (r#"[""#, 1),
+        ] {
+            assert_eq!(nesting_depth(text.as_bytes()), depth, "{text}");
+            // serde_json agrees where it parses.
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+                fn depth_of(v: &serde_json::Value) -> usize {
+                    match v {
+                        serde_json::Value::Array(a) => {
+                            1 + a.iter().map(depth_of).max().unwrap_or(0)
+                        }
+                        serde_json::Value::Object(o) => {
+                            1 + o.values().map(depth_of).max().unwrap_or(0)
+                        }
+                        _ => 0,
+                    }
+                }
+                assert_eq!(depth_of(&v), depth, "{text}");
+            }
+        }
+        assert_eq!(nesting_depth(nested(100_000, "1").as_bytes()), 100_000);
+        assert_eq!(nesting_depth("[".repeat(1_000_000).as_bytes()), 1_000_000);
+    }
+
+    /// At the limit a body parses; one level deeper (or 100,000) is 422 naming the
+    /// depth and the limit, before serde_json sees it (no recursion, no stack).
+    #[test]
+    fn bodies_deeper_than_the_limit_are_422() {
+        #[derive(serde::Deserialize, Debug)]
+        struct Any {
+            #[allow(dead_code)]
+            v: serde_json::Value,
+        }
+        impl JsonBody for Any {
+            const REQUIRED_FIELDS: &'static [&'static str] = &["v"];
+        }
+        let at = format!(r#"{{"v":{}}}"#, nested(JSON_DEPTH_MAX - 1, "1"));
+        assert!(parse_body::<Any>(at.as_bytes()).is_ok());
+        // Unknown fields count too (serde_json skips them without a depth check).
+        let at = format!(
+            r#"{{"name":"x","junk":{}}}"#,
+            nested(JSON_DEPTH_MAX - 1, "")
+        );
+        assert!(parse_body::<Body>(at.as_bytes()).is_ok());
+        for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+            for body in [
+                format!(r#"{{"name":"x","junk":{}}}"#, nested(depth - 1, "")),
+                format!(r#"{{"v":{}}}"#, nested(depth - 1, "1")),
+                // Malformed and deep: still the depth.
+                format!(r#"{{"v":{}"#, "[".repeat(depth - 1)),
+            ] {
+                let err = parse_body::<Any>(body.as_bytes()).unwrap_err();
+                assert_eq!(
+                    err,
+                    BodyError::TooDeep(TooDeep {
+                        depth,
+                        limit: JSON_DEPTH_MAX
+                    })
+                );
+                assert_eq!(err.status(), 422);
+                assert_eq!(
+                    err.response_text(),
+                    format!(
+                        "request body: JSON nesting is {depth} levels deep; the limit is {JSON_DEPTH_MAX}"
+                    )
+                );
+                assert!(parse_body::<Body>(body.as_bytes()).is_err());
+            }
+        }
+        assert_eq!(check_depth(b"[[]]", 2), Ok(()));
+        assert_eq!(check_depth(b"[[]]", 1), Err(TooDeep { depth: 2, limit: 1 }));
     }
 }

@@ -13,7 +13,7 @@ use str0m::change::SdpPendingOffer;
 use str0m::channel::ChannelId;
 use str0m::{Event, IceConnectionState, Output as RtcOutput, Rtc};
 
-use super::super::ipc::{self, MeshMessageRaw};
+use super::super::ipc;
 use super::{Engine, Output, CHANNEL_LABEL, PEER_CONNECT_TIMEOUT, PEER_SILENCE_TIMEOUT};
 
 /// str0m tells us (`ChannelBufferedAmountLow`) when a channel drains below this; the
@@ -371,7 +371,7 @@ impl Engine {
                         let from = p.id.clone();
                         self.count_traffic(d.data.len());
                         let text = String::from_utf8_lossy(&d.data);
-                        match serde_json::from_str::<MeshMessageRaw<'_>>(&text) {
+                        match ipc::parse_channel_message(&text) {
                             Ok(m) => {
                                 tracing::debug!(peer = %from, kind = %m.kind, request_id = %m.request_id, "DataChannel message in");
                                 self.queue_agent(ipc::event_message_raw(&from, &m), true)

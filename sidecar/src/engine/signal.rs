@@ -78,8 +78,8 @@ impl Engine {
 
     /// A text frame from the signaling server.
     pub(super) fn handle_signal(&mut self, now: Instant, text: &str) {
-        let Ok(m) = serde_json::from_str::<SignalMessage>(text) else {
-            tracing::debug!("unparsable signaling frame ignored");
+        let Some(m) = SignalMessage::parse(text) else {
+            tracing::debug!("unparsable or too deeply nested signaling frame ignored");
             return;
         };
         let Some(me) = self.me.clone() else {

@@ -246,6 +246,22 @@ fn agents_sorted_by_other_keys_page_through_every_shard() {
     }
     assert!(AgentSort::parse(Some("nope".into())).is_err());
     assert!(AgentQuery::parse_cursor(AgentSort::Host, Some("not json".into())).is_err());
+    // Nesting: the cursor's 512 bytes could nest 250 levels; past the bound it is
+    // refused before serde (whose untagged enum buffers recursively).
+    let limit = wire::json::JSON_DEPTH_MAX;
+    let nested = |n: usize| "[".repeat(n) + "5,\"a\"" + &"]".repeat(n);
+    assert_eq!(
+        AgentQuery::parse_cursor(AgentSort::Heartbeat, Some(nested(limit))),
+        Err("malformed cursor".into())
+    );
+    for depth in [limit + 1, 250] {
+        assert_eq!(
+            AgentQuery::parse_cursor(AgentSort::Heartbeat, Some(nested(depth))),
+            Err(format!(
+                "malformed cursor: JSON nesting is {depth} levels deep; the limit is {limit}"
+            ))
+        );
+    }
     assert_eq!(
         AgentQuery::parse_cursor(AgentSort::Heartbeat, Some("[5,\"a\"]".into())),
         Ok(Some((SortVal::N(5), "a".into())))

@@ -3,7 +3,10 @@
 //!
 //! Relays splice the sender's `payload` bytes into the outgoing frame as they came
 //! (`serde_json::value::RawValue`): the payload (an SDP of a few KiB) is validated as
-//! JSON once and never decoded into a tree or re-encoded.
+//! JSON once and never decoded into a tree or re-encoded. A message nesting deeper
+//! than [`JSON_DEPTH_MAX`] is refused before it is parsed ([`Action::TooDeep`]): the
+//! server itself never recurses over a payload, but its receivers do (a Python agent's
+//! `json.loads` raises at about 1,000 levels, serde_json at 128).
 
 use std::borrow::Cow;
 
@@ -11,6 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::codec;
+use crate::json::{check_depth, TooDeep, JSON_DEPTH_MAX};
 
 pub mod client;
 pub use client::SignalMessage;
@@ -50,6 +54,10 @@ pub enum Action<'a> {
     Heartbeat,
     /// Dropped, with why (for debug logs and counters): the connection stays open.
     Ignore(&'static str),
+    /// Dropped because it nests deeper than [`JSON_DEPTH_MAX`] (whether or not it is
+    /// valid JSON): the server answers with an [`error_frame`] naming the depth and the
+    /// limit, and the connection stays open.
+    TooDeep(TooDeep),
 }
 
 #[derive(Deserialize)]
@@ -76,6 +84,9 @@ fn borrowed_option<'de: 'a, 'a, D: serde::Deserializer<'de>>(
 
 /// Interprets one text frame from the connection whose identity is `identity`.
 pub fn interpret<'a>(text: &'a [u8], identity: &str) -> Action<'a> {
+    if let Err(e) = check_depth(text, JSON_DEPTH_MAX) {
+        return Action::TooDeep(e);
+    }
     let Ok(msg) = serde_json::from_slice::<Incoming<'_>>(text) else {
         return Action::Ignore("unparsable frame");
     };
@@ -315,6 +326,45 @@ mod tests {
         assert_eq!(
             interpret(br#"{"type":"register","peer_id":"\u0061"}"#, "a"),
             Action::Register
+        );
+    }
+
+    /// A message at the limit is relayed (its payload one level less deep); one level
+    /// deeper, or 100,000, or deep and malformed, is refused with its depth.
+    #[test]
+    fn messages_deeper_than_the_limit_are_refused() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        let msg = |payload: &str| {
+            format!(r#"{{"type":"offer","peer_id":"a","target_id":"b","payload":{payload}}}"#)
+        };
+        let at = msg(&nested(JSON_DEPTH_MAX - 1));
+        let (_, _, frame) = relayed(at.as_bytes());
+        assert_eq!(crate::json::nesting_depth(&frame), JSON_DEPTH_MAX);
+        for depth in [JSON_DEPTH_MAX + 1, 100_000] {
+            let limit = JSON_DEPTH_MAX;
+            for text in [
+                msg(&nested(depth - 1)),
+                msg(&"[".repeat(depth - 1)),
+                format!(
+                    r#"{{"type":"register","peer_id":"a","x":{}}}"#,
+                    nested(depth - 1)
+                ),
+            ] {
+                assert_eq!(
+                    interpret(text.as_bytes(), "a"),
+                    Action::TooDeep(TooDeep { depth, limit })
+                );
+            }
+        }
+        assert_eq!(
+            parse(&error_frame(
+                &TooDeep {
+                    depth: 65,
+                    limit: 64
+                }
+                .to_string()
+            )),
+            json!({"type":"error","peer_id":"registry","payload":{"reason":"JSON nesting is 65 levels deep; the limit is 64"}})
         );
     }
 

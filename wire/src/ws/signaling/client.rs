@@ -60,6 +60,14 @@ impl SignalMessage {
         }
     }
 
+    /// A frame from the signaling server; `None` when it is not a signaling message or
+    /// nests deeper than [`crate::json::JSON_DEPTH_MAX`] (a relayed payload comes from
+    /// another peer, through whatever server the client was pointed at).
+    pub fn parse(text: &str) -> Option<SignalMessage> {
+        crate::json::check_depth(text.as_bytes(), crate::json::JSON_DEPTH_MAX).ok()?;
+        serde_json::from_str(text).ok()
+    }
+
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("signal messages serialize")
     }
@@ -138,6 +146,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.kind, "peer_list");
+    }
+
+    /// Frames nest at most `JSON_DEPTH_MAX` levels (the server enforces the same bound
+    /// on what it relays; another server might not).
+    #[test]
+    fn parse_bounds_nesting() {
+        let limit = crate::json::JSON_DEPTH_MAX;
+        let frame = |n: usize| {
+            let x = "[".repeat(n) + &"]".repeat(n);
+            format!(r#"{{"type":"offer","peer_id":"b","target_id":"a","payload":{x}}}"#)
+        };
+        let m = SignalMessage::parse(&frame(limit - 1)).unwrap();
+        assert_eq!(m.kind, "offer");
+        for depth in [limit + 1, 127, 100_000] {
+            assert_eq!(SignalMessage::parse(&frame(depth - 1)), None);
+        }
+        assert_eq!(SignalMessage::parse("not json"), None);
     }
 
     /// What a client sends is what the server interprets.
