@@ -122,14 +122,13 @@ fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
         cfg.jwt_leeway_secs,
         address,
     )
-    .map(|by| {
+    .inspect(|by| {
         // An unknown key decides what is withheld as surely as a wrong one at
         // `/api/token`: it counts against the address's failure budget (no reader sends
         // a key it does not mean: the PyPI agent polls without one).
         if by.peer.is_none() && req.header("x-api-key").is_some() {
             crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
         }
-        by
     })
     .map_err(|r| {
         if r.forged {
