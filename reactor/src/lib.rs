@@ -28,11 +28,11 @@ pub mod timer;
 
 pub use driver::IoDriver;
 pub use event::{yield_now, LocalEvent, Wait};
-pub use mailbox::MailboxStats;
+pub use mailbox::{MailboxStats, RESERVED_MAX};
 pub use route::ShardId;
 pub use route::{shard_of, shard_of_hash, stable_hash};
 pub use runtime::{
     Reactor, ReactorBuilder, ReactorError, Running, Stopped, MAILBOX_CAPACITY_DEFAULT,
     MAILBOX_SPIN_DEFAULT,
 };
-pub use shard::{AskError, Shard};
+pub use shard::{AskError, Reservation, Shard};

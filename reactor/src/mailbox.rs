@@ -6,6 +6,18 @@
 //!
 //! `back` never overflows: src admits at most `capacity` asks in flight per lane (an ask
 //! is in flight until its reply is consumed), so dst always has room for the reply.
+//!
+//! `fwd` holds `capacity + RESERVED_MAX` messages: [`RESERVED_MAX`] of them back
+//! reservations (`Shard::reserve`), a send that is guaranteed room later. A plain send is
+//! refused while it would leave fewer free slots than there are reservations, so a
+//! reserved send always finds one.
+
+/// Reservations one shard may hold on one lane (and on its own local queue) at once:
+/// one per follow-up a workflow may still have to send there (put back a change the
+/// store did not take, mark one saved). 256 covers that many concurrent workflows
+/// aimed at one shard; past it `reserve` says no and the workflow is refused (503)
+/// before it changes anything.
+pub const RESERVED_MAX: usize = 256;
 
 use std::cell::Cell;
 
@@ -27,6 +39,9 @@ pub(crate) struct OutLane<M> {
     pub(crate) back: rtrb::Consumer<ReplyEnvelope<M>>,
     /// Asks sent on this lane whose replies have not been consumed yet.
     pub(crate) asks_in_flight: Cell<usize>,
+    /// Reservations held on this lane (at most [`RESERVED_MAX`]); `fwd` always has at
+    /// least this many free slots.
+    pub(crate) reserved: Cell<usize>,
 }
 
 /// Receiver side of a lane, held by dst.
@@ -51,12 +66,13 @@ pub(crate) fn lanes<M>(
             if src == dst {
                 continue;
             }
-            let (fwd_p, fwd_c) = rtrb::RingBuffer::new(capacity);
+            let (fwd_p, fwd_c) = rtrb::RingBuffer::new(capacity + RESERVED_MAX);
             let (back_p, back_c) = rtrb::RingBuffer::new(capacity);
             out[src][dst] = Some(OutLane {
                 fwd: fwd_p,
                 back: back_c,
                 asks_in_flight: Cell::new(0),
+                reserved: Cell::new(0),
             });
             inb[dst][src] = Some(InLane {
                 fwd: fwd_c,

@@ -16,7 +16,7 @@ use crate::control::{Control, STATE_DRAINING, STATE_EXIT};
 use crate::doorbell::DoorbellWaiter;
 use crate::driver::IoDriver;
 use crate::event::LocalEvent;
-use crate::mailbox::{Envelope, InLane, MailboxStats, OutLane, ReplyEnvelope};
+use crate::mailbox::{Envelope, InLane, MailboxStats, OutLane, ReplyEnvelope, RESERVED_MAX};
 use crate::route::ShardId;
 
 /// Messages taken from one inbound ring per turn of the mailbox loop before it moves on
@@ -83,8 +83,10 @@ struct Inner<M> {
     control: Arc<Control>,
     out: Vec<Option<RefCell<OutLane<M>>>>,
     inb: Vec<Option<RefCell<InLane<M>>>>,
-    /// Messages to self, bounded by the same capacity as a lane.
+    /// Messages to self, bounded by the same capacity as a lane (plus its reservations).
     local: RefCell<VecDeque<Envelope<M>>>,
+    /// Reservations held on the local queue (see `mailbox::RESERVED_MAX`).
+    local_reserved: Cell<usize>,
     handler: RefCell<Option<Handler<M>>>,
     pending: RefCell<Slab<PendingState<M>>>,
     mailbox_waker: RefCell<Option<Waker>>,
@@ -117,6 +119,7 @@ impl<M: Send + 'static> Shard<M> {
                 out: out.into_iter().map(|l| l.map(RefCell::new)).collect(),
                 inb: inb.into_iter().map(|l| l.map(RefCell::new)).collect(),
                 local: RefCell::new(VecDeque::new()),
+                local_reserved: Cell::new(0),
                 handler: RefCell::new(None),
                 pending: RefCell::new(Slab::new()),
                 mailbox_waker: RefCell::new(None),
@@ -242,11 +245,67 @@ impl<M: Send + 'static> Shard<M> {
         out
     }
 
+    /// Reserves room for one tell to shard `to` later: the tell is then never refused
+    /// for a full lane ([`Reservation::tell`]). `None` when the lane already holds
+    /// [`RESERVED_MAX`](crate::RESERVED_MAX) reservations or has no free slot
+    /// left to back one: the caller refuses its work before starting it. Dropping an
+    /// unused reservation gives the room back.
+    pub fn reserve(&self, to: ShardId) -> Option<Reservation<M>> {
+        let inner = &self.inner;
+        if to == inner.id {
+            let r = inner.local_reserved.get();
+            let room = inner.capacity + RESERVED_MAX;
+            if r >= RESERVED_MAX || inner.local.borrow().len() + r >= room {
+                return None;
+            }
+            inner.local_reserved.set(r + 1);
+        } else {
+            let lane = inner.out[to].as_ref()?.borrow();
+            let r = lane.reserved.get();
+            if r >= RESERVED_MAX || lane.fwd.slots() <= r {
+                return None;
+            }
+            lane.reserved.set(r + 1);
+        }
+        Some(Reservation {
+            shard: self.clone(),
+            to,
+            held: true,
+        })
+    }
+
+    fn release(&self, to: ShardId) {
+        let inner = &self.inner;
+        let cell = if to == inner.id {
+            &inner.local_reserved
+        } else {
+            match inner.out[to].as_ref() {
+                Some(lane) => {
+                    let lane = lane.borrow();
+                    lane.reserved.set(lane.reserved.get().saturating_sub(1));
+                    return;
+                }
+                None => return,
+            }
+        };
+        cell.set(cell.get().saturating_sub(1));
+    }
+
     fn push(&self, to: ShardId, env: Envelope<M>) -> Result<(), Envelope<M>> {
+        self.push_as(to, env, false)
+    }
+
+    fn push_as(&self, to: ShardId, env: Envelope<M>, reserved: bool) -> Result<(), Envelope<M>> {
         let inner = &self.inner;
         if to == inner.id {
             let mut local = inner.local.borrow_mut();
-            if local.len() >= inner.capacity {
+            let room = inner.capacity + RESERVED_MAX;
+            let refused = if reserved {
+                local.len() >= room
+            } else {
+                local.len() >= inner.capacity || local.len() + inner.local_reserved.get() >= room
+            };
+            if refused {
                 inner.refused.set(inner.refused.get() + 1);
                 return Err(env);
             }
@@ -261,6 +320,20 @@ impl<M: Send + 'static> Shard<M> {
             .borrow_mut();
         // rtrb's `push` needs `&mut Producer`; the RefCell gives it to this thread only.
         let mut lane = lane;
+        // A plain send uses at most `capacity` slots and leaves a free slot for every
+        // reservation (the consumer only ever frees more); a reserved send may use the
+        // rest.
+        let slots = lane.fwd.slots();
+        let refused = if reserved {
+            slots == 0
+        } else {
+            slots <= RESERVED_MAX || slots <= lane.reserved.get()
+        };
+        if refused {
+            drop(lane);
+            inner.refused.set(inner.refused.get() + 1);
+            return Err(env);
+        }
         match lane.fwd.push(env) {
             Ok(()) => {
                 drop(lane);
@@ -578,6 +651,40 @@ impl<M> Drop for Ask<M> {
                 Some(PendingState::Waiting(_)) => pending[id] = PendingState::Abandoned,
                 _ => {}
             }
+        }
+    }
+}
+
+/// Room for one tell to a shard, taken by [`Shard::reserve`]: [`tell`](Self::tell)
+/// always succeeds. Dropped unused, it gives the room back.
+pub struct Reservation<M: Send + 'static> {
+    shard: Shard<M>,
+    to: ShardId,
+    held: bool,
+}
+
+impl<M: Send + 'static> Reservation<M> {
+    /// The shard this reservation sends to.
+    pub fn to(&self) -> ShardId {
+        self.to
+    }
+
+    /// Sends `msg` as a tell into the reserved room.
+    pub fn tell(mut self, msg: M) {
+        self.held = false;
+        self.shard.release(self.to);
+        // The room released above is free: a lane keeps a free slot per reservation
+        // and the consumer only frees more, so this push cannot be refused.
+        if self.shard.push_as(self.to, Envelope::Tell(msg), true).is_err() {
+            tracing::error!(to = self.to, "a reserved tell found no room (a bug)");
+        }
+    }
+}
+
+impl<M: Send + 'static> Drop for Reservation<M> {
+    fn drop(&mut self) {
+        if self.held {
+            self.shard.release(self.to);
         }
     }
 }
