@@ -495,6 +495,21 @@ impl Cli {
         })
     }
 
+    /// The registry's limits (field sizes, list pages).
+    pub fn registry_config(&self) -> crate::registry::Config {
+        let f = &self.store;
+        crate::registry::Config {
+            fields: crate::limits::FieldLimits {
+                field_bytes_max: f.agent_field_bytes_max,
+                list_items_max: f.agent_list_items_max,
+            },
+            pages: crate::shard::paging::PageLimits {
+                items_max: f.list_page_items_max,
+                bytes_max: f.list_response_bytes_max,
+            },
+        }
+    }
+
     pub fn malloc_trim_interval(&self) -> Result<Duration, String> {
         secs("--malloc-trim-interval", self.malloc_trim_interval)
     }

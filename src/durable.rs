@@ -15,8 +15,8 @@ use chatixia_store::{
 };
 use reactor::shard_of;
 
-use crate::auth::principal::Holder;
 use crate::hub::{Payload, Placement, Task, TaskAccess, TaskSubmission};
+use crate::limits::Holder;
 use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
 use crate::time::UnixTime;
 

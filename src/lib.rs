@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod server;
+pub mod shard;
 pub mod signaling;
 pub mod store_cli;
 

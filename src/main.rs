@@ -129,6 +129,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     config.test_clock = cli.test_clock;
     config.ws = cli.ws_limits()?;
     config.limits = cli.store_limits()?;
+    config.registry = cli.registry_config();
     config.require_agent_auth = cli.require_agent_auth;
     config.auth_failures = cli.auth.failure_limits()?;
     config.jwt_leeway_secs = cli.auth.jwt_leeway_secs()?;

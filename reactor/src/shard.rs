@@ -189,6 +189,21 @@ impl<M: Send + 'static> Shard<M> {
         }
     }
 
+    /// Asks shard `to` and returns a future of its reply, or the message back when the
+    /// lane is full (or too many asks are in flight on it). The message is sent now.
+    pub fn try_ask(&self, to: ShardId, msg: M) -> Result<Ask<M>, M> {
+        let mut a = self.ask(to, msg);
+        if matches!(a.state, AskState::Failed(Some(AskError::Full(_)))) {
+            // Nothing is pending for a failed ask: its drop has nothing to undo.
+            if let AskState::Failed(Some(AskError::Full(m))) =
+                std::mem::replace(&mut a.state, AskState::Finished)
+            {
+                return Err(m);
+            }
+        }
+        Ok(a)
+    }
+
     /// Asks shard `to` and returns a future of its reply. The message is sent now,
     /// before the future is first polled; a full lane resolves it to `AskError::Full`.
     pub fn ask(&self, to: ShardId, msg: M) -> Ask<M> {
@@ -675,7 +690,11 @@ impl<M: Send + 'static> Reservation<M> {
         self.shard.release(self.to);
         // The room released above is free: a lane keeps a free slot per reservation
         // and the consumer only frees more, so this push cannot be refused.
-        if self.shard.push_as(self.to, Envelope::Tell(msg), true).is_err() {
+        if self
+            .shard
+            .push_as(self.to, Envelope::Tell(msg), true)
+            .is_err()
+        {
             tracing::error!(to = self.to, "a reserved tell found no room (a bug)");
         }
     }

@@ -145,7 +145,10 @@ fn reservations(driver: reactor::driver::DriverChoice) {
     let report = rx.recv_timeout(common::WAIT).unwrap();
     assert_eq!(
         report,
-        format!("plain=4 reservations={} local_plain=4", reactor::RESERVED_MAX),
+        format!(
+            "plain=4 reservations={} local_plain=4",
+            reactor::RESERVED_MAX
+        ),
         "{driver:?}"
     );
     go_tx.send(()).unwrap();

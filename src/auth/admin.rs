@@ -17,7 +17,7 @@ use super::jwt::{self, Claims, JwtError};
 use crate::time::UnixTime;
 
 /// The role an API key entry must carry for its JWTs to pass [`authorize_admin`].
-pub const ADMIN_ROLE: &str = "admin";
+pub use crate::limits::ADMIN_ROLE;
 
 /// Why an `Authorization` header did not yield a usable token (all 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

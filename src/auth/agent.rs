@@ -19,8 +19,8 @@ use std::net::IpAddr;
 use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
 use super::failures::Failure;
 use super::jwt::Claims;
-use super::principal::Principal;
 use crate::http::{Request, Response};
+use crate::limits::Principal;
 use crate::time::UnixTime;
 
 /// The 401 for a refused agent token.
@@ -93,7 +93,7 @@ pub fn principal(
             if r.forged {
                 super::budget::failed(ctx, peer, Failure::Agent);
             }
-            r.response
+            r.error.into()
         }),
     }
 }

@@ -13,7 +13,6 @@ use serde::Serialize;
 use crate::auth::admin::{authorize_admin, AdminAuthError};
 use crate::auth::failures::{Failure, SecretRoute};
 use crate::auth::Claims;
-use crate::dashboard::events::{Delta, Event};
 use crate::dashboard::ops::{HealthCounts, Op, Reply, ShardSummary};
 use crate::dashboard::paging::{
     merge_agents, merge_tasks, parse_filter, parse_limit, secs, AgentQuery, AgentSort, TaskQuery,
@@ -22,6 +21,7 @@ use crate::http::{Request, Response};
 use crate::pairing::Issuer;
 use crate::server::common::{ask_all, unexpected, Answer};
 use crate::server::ShardCtx;
+use crate::shard::{Change as Event, Delta};
 
 /// The event stream's path (its request leaves the HTTP loop with the connection).
 pub const EVENTS_PATH: &str = "/api/dashboard/events";
@@ -229,7 +229,7 @@ pub fn fold(seqs: &mut [u64], deltas: Vec<Delta>) -> Changes {
             *s = d.seq;
         }
         c.resync |= d.lost;
-        c.events.extend(d.events);
+        c.events.extend(d.changes);
     }
     if c.events.len() > EVENTS_PER_PUSH_MAX {
         c.events.clear();
@@ -345,12 +345,12 @@ pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dashboard::events::EventKind;
+    use crate::shard::Topic;
 
     fn ev(seq: u64) -> Event {
         Event {
             seq,
-            kind: EventKind::Agent,
+            topic: Topic::Agent,
             id: format!("a{seq}"),
         }
     }
@@ -363,7 +363,7 @@ mod tests {
             vec![
                 Delta {
                     seq: 3,
-                    events: vec![ev(3)],
+                    changes: vec![ev(3)],
                     lost: false,
                 },
                 Delta::default(),
@@ -374,7 +374,7 @@ mod tests {
         assert!(!c.resync);
         let burst = Delta {
             seq: 1000,
-            events: (4..1000).map(ev).collect(),
+            changes: (4..1000).map(ev).collect(),
             lost: false,
         };
         let c = fold(&mut seqs, vec![burst, Delta::default()]);

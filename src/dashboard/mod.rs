@@ -4,13 +4,10 @@
 //! gather with `ask_all` ([`ops`]).
 //!
 //! Sans-IO here: [`paging`] pages and filters one shard's agents or tasks and merges the
-//! shards' parts; [`events`] is the per-shard change ring the event stream reads deltas
-//! from. Only [`api`] does I/O.
+//! shards' parts; the event stream reads the shards' change logs
+//! (`shard::changes`). Only [`api`] does I/O.
 
 pub mod api;
 pub mod assets;
-pub mod events;
 pub mod ops;
 pub mod paging;
-
-pub use events::{EventKind, EventRing};

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::dashboard::events::Delta;
 use crate::dashboard::paging::{
     agents_part, tasks_part, AgentQuery, AgentRow, Part, TaskQuery, TaskRow,
 };
@@ -13,6 +12,7 @@ use crate::metrics::ShardMetrics;
 use crate::pairing::Status;
 use crate::registry::Health;
 use crate::server::ShardCtx;
+use crate::shard::Delta;
 
 /// A request to one shard's dashboard side. Every payload is one word.
 pub enum Op {
@@ -85,7 +85,7 @@ pub fn apply(ctx: &ShardCtx, op: Op) -> Reply {
         Op::Summary => Reply::Summary(Box::new(summary(ctx))),
         Op::Poll(b) => {
             let (since, with_summary) = *b;
-            let delta = st.events.borrow().since(since);
+            let delta = st.changes.borrow().since(since);
             Reply::Poll(Box::new((delta, with_summary.then(|| summary(ctx)))))
         }
     }

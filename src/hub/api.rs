@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::auth::principal::Principal;
 use crate::durable::task_record;
 use crate::http::{Request, Response};
 use crate::hub::ops::{Op, Reply};
@@ -16,6 +15,7 @@ use crate::hub::{
     heartbeat_body, new_task_id, task_body, task_created_body, Placement, Task, TaskId,
     TaskSubmission, TaskUpdate,
 };
+use crate::limits::Principal;
 use crate::registry::Heartbeat;
 use crate::server::common::{
     ask, ask_all, fill_random, json_body, not_found_200, ok_json, ok_status, path_param,
@@ -134,7 +134,7 @@ fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
         if r.forged {
             crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
         }
-        r.response
+        r.error.into()
     })
 }
 

@@ -24,7 +24,6 @@ pub mod ops;
 pub mod payload;
 mod pointers;
 mod tasks;
-mod topology;
 
 pub use ops::Store;
 pub use payload::Payload;
@@ -35,7 +34,6 @@ pub use tasks::{
     DEFAULT_TTL_SECS, EXPIRE_INTERVAL, STATE_ASSIGNED, STATE_COMPLETED, STATE_FAILED,
     STATE_PENDING, TASK_ID_LEN, TASK_OVERHEAD_BYTES, TASK_STORE_NAMES, TTL_EXPIRED_ERROR,
 };
-pub use topology::{topology, MeshEdge, Topology, TopologyNode};
 
 pub use crate::registry::{NOT_FOUND_BODY, OK_BODY};
 
@@ -90,11 +88,6 @@ pub fn heartbeat_body<T: Borrow<Task>>(pending_tasks: &[T]) -> Vec<u8> {
         pending_tasks: Sorted(pending_tasks),
         status: "ok",
     })
-}
-
-/// `GET /api/hub/network/topology`.
-pub fn topology_body(topology: &Topology) -> Vec<u8> {
-    json_vec(topology)
 }
 
 #[cfg(test)]
@@ -171,13 +164,5 @@ mod tests {
         let reference = serde_json::to_string(&serde_json::to_value(&tasks[0]).unwrap()).unwrap();
         assert_eq!(String::from_utf8(task_body(&tasks[0])).unwrap(), reference);
         assert!(reference.starts_with(r#"{"assigned_agent_id":"a","created_at":"#));
-    }
-
-    #[test]
-    fn topology_body_shape() {
-        assert_eq!(
-            topology_body(&topology(vec![])),
-            br#"{"nodes":[],"mesh_edges":[]}"#
-        );
     }
 }

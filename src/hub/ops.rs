@@ -1,12 +1,13 @@
 //! The hub's typed operations: what another shard asks the shard that holds a task (or
 //! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
 
-use crate::auth::principal::{Holder, Principal};
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
 use crate::limits::{Charge, Refusal};
+use crate::limits::{Holder, Principal};
 use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
+use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
 /// The hub state one shard owns: the tasks homed here and the pointers left for the
@@ -50,7 +51,7 @@ pub enum Op {
     /// Every task of the shard. → `Tasks`.
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
-    ListPage(Box<crate::server::paging::PageReq>),
+    ListPage(Box<crate::shard::paging::PageReq>),
     /// Claim these ids (pointers) for the agent if still pending; `(agent, ids,
     /// claimer)`: the heartbeat's principal, which passed the agent's binding check.
     /// → `Tasks`.
@@ -81,13 +82,57 @@ pub enum Reply {
 
 impl Op {
     /// Applies the operation to the shard's hub state (and, for a heartbeat, to its
-    /// agent registry: the agent and its targeted tasks share an owner).
-    pub fn apply(self, store: &mut Store, agents: &mut AgentStore, now: UnixTime) -> Reply {
+    /// agent registry: the agent and its targeted tasks share an owner); what changed is
+    /// noted in `changes` (a heartbeat only when the agent is new or comes back to
+    /// `active`: at 10,000 agents, steady heartbeats would be the whole log).
+    pub fn apply(
+        self,
+        store: &mut Store,
+        agents: &mut AgentStore,
+        now: UnixTime,
+        changes: &mut ChangeLog,
+    ) -> Reply {
+        let task_id = match &self {
+            Op::Create(b) => Some(b.0.clone()),
+            Op::Saved(id) | Op::Remove(id) => Some((**id).clone()),
+            Op::Restore(t) => Some(t.id.clone()),
+            Op::Update(b) => Some(b.0.clone()),
+            Op::UpdateAs(b) => Some(b.0.clone()),
+            Op::ClaimIds(_) | Op::ClaimFor(_) => Some(String::new()),
+            _ => None,
+        };
+        let reply = self.apply_inner(store, agents, now, changes);
+        let changed = match &reply {
+            Reply::Done | Reply::Updated(_) => true,
+            Reply::Task(t) => t.is_some(),
+            Reply::Tasks(t) => !t.is_empty(),
+            _ => false,
+        };
+        if let (true, Some(id)) = (changed, task_id) {
+            changes.push(Topic::Task, &id);
+        }
+        reply
+    }
+
+    fn apply_inner(
+        self,
+        store: &mut Store,
+        agents: &mut AgentStore,
+        now: UnixTime,
+        changes: &mut ChangeLog,
+    ) -> Reply {
         match self {
             Op::Heartbeat(b) => {
                 let (hb, by) = &*b;
+                let comes_back = agents
+                    .get(&hb.agent_id)
+                    .is_none_or(|r| r.health != crate::registry::Health::Active);
                 match agents.heartbeat_as(hb, by, now) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if comes_back {
+                            changes.push(Topic::Agent, &hb.agent_id);
+                        }
+                    }
                     Err(AgentRefusal::Budget(r)) => return Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
                 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use crate::auth::principal::Holder;
+use crate::limits::Holder;
 use crate::limits::{Budget, Charge, ClientLedger, Names, Refusal};
 use crate::time::UnixTime;
 
@@ -469,11 +469,11 @@ impl TaskStore {
         self.tasks.get(&seq)
     }
 
-    /// Up to `n` tasks whose [`time_key`](crate::server::paging::time_key) (`created_at`,
+    /// Up to `n` tasks whose [`time_key`](crate::shard::paging::time_key) (`created_at`,
     /// then id) is above `after`, in that order: one shard's part of a page. Cost: one
     /// pass over the shard's tasks plus O(n log n).
     pub fn page(&self, after: Option<&str>, n: usize) -> Vec<Task> {
-        use crate::server::paging::time_key;
+        use crate::shard::paging::time_key;
         let mut keyed: Vec<(String, &Task)> = self
             .tasks
             .values()

@@ -6,8 +6,8 @@
 use std::fmt;
 
 #[cfg(test)]
-use crate::auth::admin::ADMIN_ROLE;
-use crate::auth::principal::{Holder, Principal};
+use super::principal::ADMIN_ROLE;
+use super::principal::{Holder, Principal};
 
 /// Who an entry of a store (a task, an agent record) is charged to.
 ///

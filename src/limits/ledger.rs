@@ -104,6 +104,30 @@ impl Refusal {
         }
     }
 
+    /// The metric labels of the reasons, in [`index`](Self::index) order.
+    pub const REASONS: [&'static str; 3] = ["client_quota", "anonymous_share", "store_full"];
+
+    /// The reason's place in [`REASONS`](Self::REASONS).
+    pub fn index(&self) -> usize {
+        match self {
+            Refusal::ClientQuota { .. } => 0,
+            Refusal::AnonymousShare { .. } => 1,
+            Refusal::Full { .. } => 2,
+        }
+    }
+
+    /// The refusal as the service's answer: 429 for the client's quota, 503 otherwise,
+    /// with [`message`](Self::message).
+    pub fn error(&self, n: &Names) -> crate::shard::Error {
+        let kind = match self {
+            Refusal::ClientQuota { .. } => crate::shard::Kind::TooMany,
+            Refusal::AnonymousShare { .. } | Refusal::Full { .. } => {
+                crate::shard::Kind::Unavailable
+            }
+        };
+        crate::shard::Error::new(kind, self.message(n))
+    }
+
     /// The metric label of the reason (`client_quota`, `anonymous_share`, `store_full`).
     pub fn reason(&self) -> &'static str {
         match self {
@@ -176,6 +200,8 @@ pub struct ClientLedger<K> {
     charged: HashMap<K, (Charge, usize)>,
     /// client → (entries, bytes).
     clients: HashMap<Charge, (usize, usize)>,
+    /// Refusals by reason ([`Refusal::REASONS`]), for `/metrics`.
+    refused: [std::cell::Cell<u64>; 3],
 }
 
 impl<K> Default for ClientLedger<K> {
@@ -185,6 +211,7 @@ impl<K> Default for ClientLedger<K> {
             anonymous: (0, 0),
             charged: HashMap::new(),
             clients: HashMap::new(),
+            refused: Default::default(),
         }
     }
 }
@@ -260,7 +287,24 @@ impl<K: Hash + Eq> ClientLedger<K> {
     /// May `who` add a new entry of `bytes` under `budget`? In order: `who`'s quota
     /// (anonymous clients and agents), the store's whole budget (everyone), the
     /// anonymous share (anonymous clients).
+    /// Refusals so far, by [`Refusal::REASONS`].
+    pub fn refused(&self) -> [u64; 3] {
+        std::array::from_fn(|i| self.refused[i].get())
+    }
+
+    fn count(&self, r: Result<(), Refusal>) -> Result<(), Refusal> {
+        if let Err(e) = &r {
+            let c = &self.refused[e.index()];
+            c.set(c.get() + 1);
+        }
+        r
+    }
+
     pub fn admit_new(&self, budget: &Budget, who: &Charge, bytes: usize) -> Result<(), Refusal> {
+        self.count(self.admit_new_inner(budget, who, bytes))
+    }
+
+    fn admit_new_inner(&self, budget: &Budget, who: &Charge, bytes: usize) -> Result<(), Refusal> {
         if who.has_quota() {
             let (items, held) = self.client(who);
             if items >= budget.client_items_max
@@ -295,6 +339,18 @@ impl<K: Hash + Eq> ClientLedger<K> {
     /// or a report that adds nothing); an unknown key is admitted as by the store's
     /// whole budget alone.
     pub fn admit_growth<Q: Hash + Eq + ?Sized>(
+        &self,
+        budget: &Budget,
+        key: &Q,
+        bytes: usize,
+    ) -> Result<(), Refusal>
+    where
+        K: Borrow<Q>,
+    {
+        self.count(self.admit_growth_inner(budget, key, bytes))
+    }
+
+    fn admit_growth_inner<Q: Hash + Eq + ?Sized>(
         &self,
         budget: &Budget,
         key: &Q,

@@ -154,7 +154,7 @@ pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Respo
         Ok(v) => v,
         Err(e) => return Ok(pair_error(e)),
     };
-    crate::limits::check_printable("agent_name", valid.agent_name)?;
+    crate::limits::legacy::check_printable("agent_name", valid.agent_name)?;
     let code = valid.code;
     let code_key = code.to_string();
     let (issuer, expires_at) = match ask_owner(ctx, &code_key, Op::CodeRedeem(code)).await? {

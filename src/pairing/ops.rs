@@ -12,6 +12,7 @@ use crate::pairing::{
     Code, CodeInsertError, CodeStore, CreateError, Entry, EntryId, Issuer, PairingStore,
     RateLimiter, Status,
 };
+use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
 /// The pairing state one shard owns.
@@ -175,7 +176,27 @@ fn transition<E>(
 
 impl Op {
     /// Applies the operation to the shard's pairing stores.
-    pub fn apply(self, store: &mut Store, now: UnixTime) -> Reply {
+    /// Applies the operation; a change to an entry (created, transitioned, saved or put
+    /// back) is noted in `changes`.
+    pub fn apply(self, store: &mut Store, now: UnixTime, changes: &mut ChangeLog) -> Reply {
+        let entry = match &self {
+            Op::EntryCreate(b) => Some(b.0.to_string()),
+            Op::EntryApprove(b) => Some(b.0.to_string()),
+            Op::EntryReject(id) | Op::EntryRevoke(id) | Op::EntrySaved(id) => Some(id.to_string()),
+            Op::EntryRestore(b) => Some(b.0.to_string()),
+            _ => None,
+        };
+        let reply = self.apply_inner(store, now);
+        if let (true, Some(id)) = (
+            matches!(reply, Reply::Entry(_) | Reply::Changed(_) | Reply::Done),
+            entry,
+        ) {
+            changes.push(Topic::Pairing, &id);
+        }
+        reply
+    }
+
+    fn apply_inner(self, store: &mut Store, now: UnixTime) -> Reply {
         match self {
             Op::CodeInsert(b) => {
                 let (code, issuer) = *b;
@@ -359,7 +380,7 @@ mod tests {
             issuer(),
             claim,
         )));
-        match op.apply(store, T0) {
+        match op.apply(store, T0, &mut crate::shard::ChangeLog::new()) {
             Reply::Entry(e) => *e,
             _ => panic!("not created"),
         }
@@ -372,11 +393,14 @@ mod tests {
         let e = created(&mut s, id);
         assert!(e.saving && e.claim_hash.is_some());
         // Saving: the next transition waits.
-        assert!(matches!(Op::EntryReject(id).apply(&mut s, T0), Reply::Busy));
-        Op::EntrySaved(id).apply(&mut s, T0);
+        assert!(matches!(
+            Op::EntryReject(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
+            Reply::Busy
+        ));
+        Op::EntrySaved(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new());
         let hash = Secrets::derive(b"s").token_hash(HashKind::DeviceToken, "dt_1");
         let op = Op::EntryApprove(Box::new((id, "dt_1".into(), hash)));
-        let (before, after) = match op.apply(&mut s, T0) {
+        let (before, after) = match op.apply(&mut s, T0, &mut crate::shard::ChangeLog::new()) {
             Reply::Changed(b) => *b,
             _ => panic!("not approved"),
         };
@@ -386,17 +410,28 @@ mod tests {
             (after.device_token.as_str(), after.token_hash),
             ("dt_1", Some(hash))
         );
-        assert!(matches!(Op::EntryRevoke(id).apply(&mut s, T0), Reply::Busy));
+        assert!(matches!(
+            Op::EntryRevoke(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
+            Reply::Busy
+        ));
         // Not acknowledged: back to pending, not flagged.
-        Op::EntryRestore(Box::new((id, Some(before.clone())))).apply(&mut s, T0);
-        match Op::EntryGet(id).apply(&mut s, T0) {
+        Op::EntryRestore(Box::new((id, Some(before.clone())))).apply(
+            &mut s,
+            T0,
+            &mut crate::shard::ChangeLog::new(),
+        );
+        match Op::EntryGet(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()) {
             Reply::Entry(e) => assert_eq!(*e, before),
             _ => panic!("gone"),
         }
         // Restoring "did not exist" removes it.
-        Op::EntryRestore(Box::new((id, None))).apply(&mut s, T0);
+        Op::EntryRestore(Box::new((id, None))).apply(
+            &mut s,
+            T0,
+            &mut crate::shard::ChangeLog::new(),
+        );
         assert!(matches!(
-            Op::EntryGet(id).apply(&mut s, T0),
+            Op::EntryGet(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
             Reply::NotFound
         ));
     }
@@ -406,27 +441,31 @@ mod tests {
         let mut s = Store::new();
         let id = EntryId::from_u32(9);
         created(&mut s, id);
-        Op::EntrySaved(id).apply(&mut s, T0);
+        Op::EntrySaved(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new());
         let hash = Secrets::derive(b"s").token_hash(HashKind::DeviceToken, "dt_9");
-        Op::EntryApprove(Box::new((id, "dt_9".into(), hash))).apply(&mut s, T0);
+        Op::EntryApprove(Box::new((id, "dt_9".into(), hash))).apply(
+            &mut s,
+            T0,
+            &mut crate::shard::ChangeLog::new(),
+        );
         // Busy while the approval is being saved.
         assert!(matches!(
-            Op::EntryTokenUsed(id).apply(&mut s, T0),
+            Op::EntryTokenUsed(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
             Reply::Busy
         ));
-        Op::EntrySaved(id).apply(&mut s, T0);
-        match Op::EntryTokenUsed(id).apply(&mut s, T0) {
+        Op::EntrySaved(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new());
+        match Op::EntryTokenUsed(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()) {
             Reply::Changed(b) => {
                 assert!(b.1.token_claimed && b.1.device_token.is_empty());
             }
             _ => panic!("not changed"),
         }
-        Op::EntrySaved(id).apply(&mut s, T0);
+        Op::EntrySaved(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new());
         assert!(matches!(
-            Op::EntryTokenUsed(id).apply(&mut s, T0),
+            Op::EntryTokenUsed(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
             Reply::Done
         ));
-        match Op::EntryRevoke(id).apply(&mut s, T0) {
+        match Op::EntryRevoke(id).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()) {
             Reply::Changed(b) => {
                 assert_eq!(b.1.status, Status::Revoked);
                 assert_eq!(b.1.token_hash, Some(hash), "kept to delete its grant");
@@ -439,28 +478,41 @@ mod tests {
     fn redeemed_codes_can_be_put_back() {
         let mut s = Store::new();
         let code = Code::from_u32(42);
-        let expires = match Op::CodeInsert(Box::new((code, issuer()))).apply(&mut s, T0) {
+        let expires = match Op::CodeInsert(Box::new((code, issuer()))).apply(
+            &mut s,
+            T0,
+            &mut crate::shard::ChangeLog::new(),
+        ) {
             Reply::CodeStored(t) => t,
             _ => panic!("not stored"),
         };
-        let (who, at) = match Op::CodeRedeem(code).apply(&mut s, T0) {
-            Reply::Redeemed(Some(b)) => *b,
-            _ => panic!("not redeemed"),
-        };
+        let (who, at) =
+            match Op::CodeRedeem(code).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()) {
+                Reply::Redeemed(Some(b)) => *b,
+                _ => panic!("not redeemed"),
+            };
         assert_eq!((who.clone(), at), (issuer(), expires));
         assert!(matches!(
-            Op::CodeRedeem(code).apply(&mut s, T0),
+            Op::CodeRedeem(code).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
             Reply::Redeemed(None)
         ));
-        Op::CodeRestore(Box::new((code, who, at))).apply(&mut s, T0);
+        Op::CodeRestore(Box::new((code, who, at))).apply(
+            &mut s,
+            T0,
+            &mut crate::shard::ChangeLog::new(),
+        );
         assert!(matches!(
-            Op::CodeRedeem(code).apply(&mut s, T0),
+            Op::CodeRedeem(code).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
             Reply::Redeemed(Some(_))
         ));
-        Op::CodeInsert(Box::new((code, issuer()))).apply(&mut s, T0);
-        Op::CodeRemove(code).apply(&mut s, T0);
+        Op::CodeInsert(Box::new((code, issuer()))).apply(
+            &mut s,
+            T0,
+            &mut crate::shard::ChangeLog::new(),
+        );
+        Op::CodeRemove(code).apply(&mut s, T0, &mut crate::shard::ChangeLog::new());
         assert!(matches!(
-            Op::CodeRedeem(code).apply(&mut s, T0),
+            Op::CodeRedeem(code).apply(&mut s, T0, &mut crate::shard::ChangeLog::new()),
             Reply::Redeemed(None)
         ));
     }

@@ -130,7 +130,7 @@ pub struct AgentRecord {
     /// What the agent is bound to (issue 20): the credential or address that registered
     /// it; `None` for a record made without a principal (`upsert`, `heartbeat`), which
     /// the next principal binds. Never serialized. See `binding.rs`.
-    pub bound: Option<crate::auth::principal::Owner>,
+    pub bound: Option<crate::limits::Owner>,
 }
 
 impl AgentRecord {

@@ -17,6 +17,10 @@ mod agents;
 pub mod api;
 mod health;
 pub mod ops;
+mod topology;
+
+pub use api::Config;
+pub use topology::{topology, topology_body, MeshEdge, Topology, TopologyNode};
 
 pub use agents::{
     agent_bytes, default_port, AgentBudgetConfig, AgentCapabilities, AgentInfo, AgentRecord,

@@ -1,10 +1,11 @@
 //! The registry's typed operations: what another shard asks the owner of an agent
-//! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side.
+//! (`shard_of(agent_id)`), and the owner's reply. [`Op::apply`] is the whole owner side;
+//! it notes its own changes in the shard's change log.
 
-use crate::auth::principal::Principal;
-use crate::hub::TopologyNode;
-use crate::limits::Refusal;
-use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore};
+use crate::limits::{Principal, Refusal};
+use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore, Health, TopologyNode};
+use crate::shard::paging::PageReq;
+use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
 /// A request to the registry of one shard. Every payload is one word (a box), so the
@@ -23,11 +24,13 @@ pub enum Op {
     /// Every agent of the shard. → `Agents`.
     List,
     /// Up to `limit + 1` agents after the cursor, by `agent_id`. → `Agents`.
-    ListPage(Box<crate::server::paging::PageReq>),
+    ListPage(Box<PageReq>),
     /// The shard's best active agent with this skill. → `Agent`.
     RouteFirst(Box<String>),
     /// The shard's topology nodes. → `Nodes`.
     TopologyNodes,
+    /// How many agents of each health the shard holds. → `Health`.
+    HealthCounts,
 }
 
 /// The registry owner's answer to an [`Op`].
@@ -42,27 +45,43 @@ pub enum Reply {
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
+    /// Agents by health: `[active, stale, offline]`.
+    Health(Box<[u64; 3]>),
 }
 
 impl Op {
-    /// Applies the operation to the shard's agent store.
-    pub fn apply(self, store: &mut AgentStore, now: UnixTime) -> Reply {
+    /// Applies the operation to the shard's agent store; a change to an agent is noted
+    /// in `changes`.
+    pub fn apply(self, store: &mut AgentStore, now: UnixTime, changes: &mut ChangeLog) -> Reply {
         match self {
-            Op::Upsert(info) => match store.upsert(*info, now) {
-                Ok(_) => Reply::Done,
-                Err(_) => Reply::Full,
-            },
+            Op::Upsert(info) => {
+                let id = info.agent_id.clone();
+                match store.upsert(*info, now) {
+                    Ok(_) => {
+                        changes.push(Topic::Agent, &id);
+                        Reply::Done
+                    }
+                    Err(_) => Reply::Full,
+                }
+            }
             Op::UpsertFor(b) => {
                 let (info, by) = *b;
+                let id = info.agent_id.clone();
                 match store.upsert_as(info, &by, now) {
-                    Ok(()) => Reply::Done,
+                    Ok(()) => {
+                        changes.push(Topic::Agent, &id);
+                        Reply::Done
+                    }
                     Err(AgentRefusal::Budget(r)) => Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => Reply::Forbidden(Box::new(why)),
                 }
             }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),
             Op::Delete(id) => match store.remove(&id) {
-                Some(_) => Reply::Done,
+                Some(_) => {
+                    changes.push(Topic::Agent, &id);
+                    Reply::Done
+                }
                 None => Reply::NotFound,
             },
             Op::List => Reply::Agents(Box::new(store.list().cloned().collect())),
@@ -73,6 +92,17 @@ impl Op {
             Op::TopologyNodes => Reply::Nodes(Box::new(
                 store.list().map(TopologyNode::from_record).collect(),
             )),
+            Op::HealthCounts => {
+                let mut c = [0u64; 3];
+                for r in store.list() {
+                    c[match r.health {
+                        Health::Active => 0,
+                        Health::Stale => 1,
+                        Health::Offline => 2,
+                    }] += 1;
+                }
+                Reply::Health(Box::new(c))
+            }
         }
     }
 }

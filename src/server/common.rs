@@ -33,7 +33,7 @@ fn ask_error(to: ShardId, e: AskError<Msg>) -> Response {
 }
 
 /// Asks the owner shard `to`; a full mailbox is 503.
-pub async fn ask<R: ShardRequest>(ctx: &ShardCtx, to: ShardId, req: R) -> Answer<R::Reply> {
+pub async fn ask<R: ShardRequest<Msg>>(ctx: &ShardCtx, to: ShardId, req: R) -> Answer<R::Reply> {
     let msg = ctx
         .shard
         .ask(to, req.into_msg())
@@ -43,12 +43,16 @@ pub async fn ask<R: ShardRequest>(ctx: &ShardCtx, to: ShardId, req: R) -> Answer
 }
 
 /// Asks the owner of `key`.
-pub async fn ask_owner<R: ShardRequest>(ctx: &ShardCtx, key: &str, req: R) -> Answer<R::Reply> {
+pub async fn ask_owner<R: ShardRequest<Msg>>(
+    ctx: &ShardCtx,
+    key: &str,
+    req: R,
+) -> Answer<R::Reply> {
     ask(ctx, ctx.shard.shard_of(key), req).await
 }
 
 /// Asks every shard (`make(shard)`), replies in shard order; any failure is the answer.
-pub async fn ask_all<R: ShardRequest>(
+pub async fn ask_all<R: ShardRequest<Msg>>(
     ctx: &ShardCtx,
     make: impl Fn(ShardId) -> R,
 ) -> Answer<Vec<R::Reply>> {
@@ -128,7 +132,7 @@ pub fn not_found_200() -> Response {
 /// Tries to reach a shard before giving up on a full mailbox: for the follow-up steps of
 /// an operation already applied elsewhere (revoking a token after its entry), which
 /// should not be left half done because of a burst.
-pub async fn ask_owner_retry<R: ShardRequest>(
+pub async fn ask_owner_retry<R: ShardRequest<Msg>>(
     ctx: &ShardCtx,
     key: &str,
     make: impl Fn() -> R,

@@ -12,20 +12,21 @@ pub mod backup;
 pub mod common;
 pub mod conn;
 mod debug;
+pub mod layer;
 pub mod msg;
 pub mod paging;
+pub mod respond;
 pub mod router;
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use reactor::Shard;
 
 use crate::auth::ApiKeys;
-use crate::dashboard::{events, EventKind};
 use crate::http::Response;
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
 use crate::metrics::{ShardCounters, ShardMetrics};
@@ -66,6 +67,8 @@ pub struct ServerConfig {
     pub ws: WsLimits,
     /// Stored field sizes, `ttl` range, store budgets and client quotas, list pages.
     pub limits: crate::limits::StoreLimits,
+    /// The registry's field limits and list pages.
+    pub registry: crate::registry::Config,
     /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
     pub require_agent_auth: bool,
     /// The failure budgets of the routes that check a secret (`auth::failures`),
@@ -103,6 +106,7 @@ impl ServerConfig {
             test_clock: false,
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
+            registry: crate::registry::Config::default(),
             require_agent_auth: false,
             auth_failures: crate::auth::failures::FailureLimits::default(),
             jwt_leeway_secs: crate::auth::jwt::LEEWAY_SECS_DEFAULT,
@@ -159,8 +163,9 @@ pub struct ShardState {
     pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
-    /// Dashboard: the changes to the state above, for the event stream.
-    pub events: RefCell<crate::dashboard::EventRing>,
+    /// The changes to the state above, as each service notes them (the dashboard's
+    /// event stream reads them).
+    pub changes: RefCell<crate::shard::ChangeLog>,
 }
 
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
@@ -173,8 +178,10 @@ pub struct ShardCtx {
     pub ws: ConnTable,
     /// Plain HTTP connections: per-IP counts, idle shedding.
     pub http: conn::HttpShard,
-    /// Added to the wall clock (only `POST /debug/clock` changes it).
-    clock_offset: Cell<u64>,
+    /// The shard's clock (wall time plus the test clock's offset).
+    pub clock: crate::shard::Clock,
+    /// The shard layer's counters (asks that waited or gave up, reservations refused).
+    pub layer: crate::shard::LayerStats,
     /// This shard's link to the durable store (`None` without one).
     pub store: Option<chatixia_store::ShardLink>,
 }
@@ -217,12 +224,13 @@ impl ShardCtx {
                     &config.auth_failures,
                 )),
                 authz: RefCell::new(PeerAuthz::default()),
-                events: RefCell::new(crate::dashboard::EventRing::new()),
+                changes: RefCell::new(crate::shard::ChangeLog::new()),
             },
             config,
             ws: ConnTable::default(),
             http: conn::HttpShard::default(),
-            clock_offset: Cell::new(0),
+            clock: crate::shard::Clock::default(),
+            layer: crate::shard::LayerStats::default(),
             store,
         }
     }
@@ -344,15 +352,11 @@ impl ShardCtx {
 
     /// The shard's clock: wall clock plus the test offset.
     pub fn now(&self) -> UnixTime {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        UnixTime(wall.saturating_add(self.clock_offset.get()))
+        self.clock.now()
     }
 
     pub(crate) fn clock_offset(&self) -> u64 {
-        self.clock_offset.get()
+        self.clock.offset()
     }
 
     /// Handles a message from another shard (or this one): applies a request to the
@@ -361,44 +365,28 @@ impl ShardCtx {
         let st = &self.state;
         match msg {
             Msg::Registry(op) => {
-                let ev = match &op {
-                    // `register` with the sender's quota (issue 13): the same event as
-                    // `Upsert`.
-                    crate::registry::ops::Op::UpsertFor(b) => {
-                        Some((EventKind::Agent, b.0.agent_id.clone()))
-                    }
-                    _ => events::of_registry(&op),
-                };
-                let reply = op.apply(&mut st.agents.borrow_mut(), self.now());
-                if matches!(reply, crate::registry::ops::Reply::Done) {
-                    self.note(ev);
-                }
+                let reply = op.apply(
+                    &mut st.agents.borrow_mut(),
+                    self.now(),
+                    &mut st.changes.borrow_mut(),
+                );
                 Some(Msg::RegistryReply(reply))
             }
             Msg::Hub(op) => {
-                let (agent, task) = events::of_hub(&op, &st.agents.borrow());
                 let reply = op.apply(
                     &mut st.hub.borrow_mut(),
                     &mut st.agents.borrow_mut(),
                     self.now(),
+                    &mut st.changes.borrow_mut(),
                 );
-                if !matches!(
-                    reply,
-                    hub::ops::Reply::Refused(_) | hub::ops::Reply::Forbidden(_)
-                ) {
-                    self.note(agent.map(|id| (EventKind::Agent, id)));
-                }
-                if events::hub_task_changed(&reply) {
-                    self.note(task.map(|id| (EventKind::Task, id)));
-                }
                 Some(Msg::HubReply(reply))
             }
             Msg::Pairing(op) => {
-                let ev = events::of_pairing(&op);
-                let reply = op.apply(&mut st.pairing.borrow_mut(), self.now());
-                if events::pairing_changed(&reply) {
-                    self.note(ev.map(|id| (EventKind::Pairing, id)));
-                }
+                let reply = op.apply(
+                    &mut st.pairing.borrow_mut(),
+                    self.now(),
+                    &mut st.changes.borrow_mut(),
+                );
                 Some(Msg::PairingReply(reply))
             }
             Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op))),
@@ -428,18 +416,16 @@ impl ShardCtx {
         }
     }
 
-    /// Notes a change for the dashboard's event stream.
-    fn note(&self, ev: Option<(EventKind, String)>) {
-        if let Some((kind, id)) = ev {
-            self.state.events.borrow_mut().push(kind, &id);
-        }
+    /// Notes a change in the shard's change log.
+    fn note(&self, topic: crate::shard::Topic, id: &str) {
+        self.state.changes.borrow_mut().push(topic, id);
     }
 
     fn on_shard_op(&self, op: ShardOp) -> ShardReply {
         match op {
             ShardOp::Metrics => ShardReply::Metrics(Box::new(self.metrics_snapshot())),
             ShardOp::SetClock(offset) => {
-                self.clock_offset.set(offset);
+                self.clock.set_offset(offset);
                 self.run_periodic_jobs();
                 ShardReply::ClockSet
             }
@@ -494,7 +480,7 @@ impl ShardCtx {
     fn job_health(&self) {
         let now = self.now();
         if self.state.agents.borrow_mut().tick_health(now) > 0 {
-            self.note(Some((EventKind::Agent, String::new())));
+            self.note(crate::shard::Topic::Agent, "");
         }
     }
 
@@ -508,7 +494,7 @@ impl ShardCtx {
             (overdue, expired)
         };
         if expired.expired + expired.removed > 0 {
-            self.note(Some((EventKind::Task, String::new())));
+            self.note(crate::shard::Topic::Task, "");
         }
         // Failed by their TTL: finished tasks live in memory only.
         self.commit_later(
@@ -536,7 +522,7 @@ impl ShardCtx {
         self.state.auth_hints.borrow_mut().sweep(now);
         self.state.authz.borrow_mut().sweep(now);
         if !retired.is_empty() {
-            self.note(Some((EventKind::Pairing, String::new())));
+            self.note(crate::shard::Topic::Pairing, "");
         }
         // Housekeeping: a disk that refuses it leaves them on disk until the next start
         // (which drops them again).

@@ -45,18 +45,12 @@ pub enum ShardReply {
     ClockSet,
 }
 
-/// A request and the reply it gets: how a caller wraps one service's operation into a
-/// [`Msg`] and unwraps the owner's answer.
-pub trait ShardRequest {
-    type Reply;
-    fn into_msg(self) -> Msg;
-    /// The typed reply; `None` for a reply of another service (a bug, never input).
-    fn reply(msg: Msg) -> Option<Self::Reply>;
-}
+/// How a service's operation travels in the shard message: `crate::shard::Request`.
+pub use crate::shard::Request as ShardRequest;
 
 macro_rules! request {
     ($op:ty => $reply:ty, $req:ident, $rep:ident) => {
-        impl ShardRequest for $op {
+        impl crate::shard::Request<Msg> for $op {
             type Reply = $reply;
             fn into_msg(self) -> Msg {
                 Msg::$req(self)

@@ -1,221 +1,36 @@
-//! Paged list routes: `?limit=N&cursor=C`, a stable order by a sort key, and a bounded
-//! response. Sans-IO helpers shared by `GET /api/registry/agents`,
-//! `/api/hub/tasks/all` and `/api/pairing/pending|all`.
-//!
-//! Each list has a sort key (a string whose byte order is the list's order: `agent_id`;
-//! zero-padded `created_at` nanoseconds then the id). A cursor is the last returned
-//! item's key, hex-encoded (opaque to clients, URL-safe); the next page starts strictly
-//! after it, so items added or removed in between neither repeat nor shift a page.
-//!
-//! Without `limit` (the reference's unpaged call) a list answers the reference's shape,
-//! a bare JSON array, as long as it fits one page (`--list-page-items-max` items and
-//! `--list-response-bytes-max` bytes); beyond that it answers the first page and says
-//! so in an `x-next-cursor` header. A page ends early (with the header) rather than
-//! queue more than `--list-response-bytes-max` bytes for one HTTP response.
-
-use serde::Serialize;
+//! TRANSITIONAL (issue 21): HTTP adapters over `shard::paging` for the services not yet
+//! converted to typed outcomes; removed with them.
+#![allow(dead_code)]
 
 use crate::http::{Request, Response};
 use crate::limits::StoreLimits;
 use crate::server::common::Answer;
-use crate::time::UnixTime;
+pub use crate::shard::paging::{item_json, time_key, PageLimits, PageReq};
 
-/// Header naming the cursor of the next page; absent on the last page.
-pub const NEXT_CURSOR_HEADER: &str = "x-next-cursor";
+pub use crate::server::respond::NEXT_CURSOR_HEADER;
 
-/// A page request: at most `limit` items whose key is above `after`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PageReq {
-    pub limit: usize,
-    pub after: Option<String>,
-}
-
-impl PageReq {
-    /// Whether `key` comes after the cursor.
-    pub fn admits(&self, key: &str) -> bool {
-        self.after.as_deref().is_none_or(|a| key > a)
+fn limits(l: &StoreLimits) -> PageLimits {
+    PageLimits {
+        items_max: l.list_page_items_max,
+        bytes_max: l.list_response_bytes_max,
     }
 }
 
-/// Parses `limit` (1 to `--list-page-items-max`; larger values are clamped) and
-/// `cursor`; 400 for a malformed one.
-pub fn page_req(req: &Request, limits: &StoreLimits) -> Answer<PageReq> {
-    let max = limits.list_page_items_max.max(1);
-    let limit = match req.query_param("limit") {
-        None => max,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if n >= 1 => n.min(max),
-            _ => {
-                return Err(Response::error(
-                    400,
-                    format!("invalid `limit` {s:?}: expected an integer from 1 to {max}"),
-                ))
-            }
-        },
-    };
-    let after = match req.query_param("cursor") {
-        None => None,
-        Some(c) if c.is_empty() => None,
-        Some(c) => Some(decode_cursor(&c).ok_or_else(|| Response::error(400, "invalid cursor"))?),
-    };
-    Ok(PageReq { limit, after })
+/// `limit` and `cursor` of `req`; 400 for a malformed one.
+pub fn page_req(req: &Request, l: &StoreLimits) -> Answer<PageReq> {
+    let limit = req.query_param("limit");
+    let cursor = req.query_param("cursor");
+    crate::shard::paging::page_req(limit.as_deref(), cursor.as_deref(), &limits(l))
+        .map_err(Response::from)
 }
 
-/// The sort key of an item listed by `created_at` then a tie-breaking id.
-pub fn time_key(t: UnixTime, id: &str) -> String {
-    format!("{:020}.{id}", t.0)
-}
-
-/// The cursor of the empty key (an agent may have the id `""`): hex would be the empty
-/// string, which a client sends back as "no cursor", restarting at the first page.
-const EMPTY_KEY_CURSOR: &str = "-";
-
-fn encode_cursor(key: &str) -> String {
-    if key.is_empty() {
-        return EMPTY_KEY_CURSOR.to_owned();
-    }
-    key.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_cursor(c: &str) -> Option<String> {
-    if c == EMPTY_KEY_CURSOR {
-        return Some(String::new());
-    }
-    if c.len() % 2 != 0 || c.len() > 4096 {
-        return None;
-    }
-    let bytes: Option<Vec<u8>> = (0..c.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
-        .collect();
-    String::from_utf8(bytes?).ok()
-}
-
-/// Answers one page from `items`: sorted by `key`, already filtered to those after the
-/// cursor, possibly more than a page (a shard gives up to `limit + 1`). Each item is
-/// serialized with `ser`; the body is their JSON array, cut at `limit` items or before
-/// passing `limits.list_response_bytes_max` bytes (at least one item is always sent),
-/// with `x-next-cursor` when anything was left.
+/// One page as a response (see `shard::paging::page_of`).
 pub fn page_response<T>(
     items: &[T],
     page: &PageReq,
-    limits: &StoreLimits,
+    l: &StoreLimits,
     key: impl Fn(&T) -> String,
     ser: impl Fn(&T) -> Vec<u8>,
 ) -> Response {
-    let mut body = Vec::from(&b"["[..]);
-    let mut sent = 0;
-    for item in items.iter().take(page.limit) {
-        let one = ser(item);
-        if sent > 0 && body.len() + one.len() + 2 > limits.list_response_bytes_max {
-            break;
-        }
-        if sent > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(&one);
-        sent += 1;
-    }
-    body.push(b']');
-    let resp = Response::json_bytes(200, body);
-    match items.get(sent) {
-        Some(_) if sent > 0 => {
-            resp.with_header(NEXT_CURSOR_HEADER, encode_cursor(&key(&items[sent - 1])))
-        }
-        _ => resp,
-    }
-}
-
-/// Serializes one list item (compact JSON, as in an array).
-pub fn item_json<T: Serialize>(item: &T) -> Vec<u8> {
-    wire::json::json_vec(item)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_order() {
-        let k = time_key(UnixTime(5), "ab-1");
-        assert_eq!(
-            decode_cursor(&encode_cursor(&k)).as_deref(),
-            Some(k.as_str())
-        );
-        assert!(time_key(UnixTime(9), "z") < time_key(UnixTime(10), "a"));
-        assert_eq!(decode_cursor("zz"), None);
-        // The empty key (agent id `""`) has a cursor of its own, never the empty string
-        // (which means "first page"), and a page starts after it.
-        assert_eq!(encode_cursor(""), "-");
-        assert_eq!(decode_cursor(&encode_cursor("")).as_deref(), Some(""));
-        let after_empty = PageReq {
-            limit: 1,
-            after: decode_cursor("-"),
-        };
-        assert!(!after_empty.admits("") && after_empty.admits("\0"));
-        assert_eq!(decode_cursor("abc"), None);
-        let p = PageReq {
-            limit: 2,
-            after: Some("b".into()),
-        };
-        assert!(p.admits("c") && !p.admits("b"));
-    }
-
-    fn next(r: &Response) -> Option<String> {
-        r.headers
-            .iter()
-            .find(|(n, _)| *n == NEXT_CURSOR_HEADER)
-            .map(|(_, v)| v.to_string())
-    }
-
-    #[test]
-    fn pages_by_count_and_bytes() {
-        let limits = StoreLimits {
-            list_response_bytes_max: 12,
-            ..StoreLimits::default()
-        };
-        let items: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let page = PageReq {
-            limit: 2,
-            after: None,
-        };
-        let r = page_response(
-            &items,
-            &page,
-            &StoreLimits::default(),
-            |s| s.clone(),
-            item_json,
-        );
-        assert_eq!(&r.body[..], br#"["a","b"]"#);
-        assert_eq!(decode_cursor(&next(&r).unwrap()).as_deref(), Some("b"));
-        let r = page_response(
-            &items[..2],
-            &page,
-            &StoreLimits::default(),
-            |s| s.clone(),
-            item_json,
-        );
-        assert!(next(&r).is_none());
-        // 12 bytes hold `["a","b"]` (9) but not a third item; the first always goes.
-        let page = PageReq {
-            limit: 10,
-            after: None,
-        };
-        let r = page_response(&items, &page, &limits, |s| s.clone(), item_json);
-        assert_eq!(&r.body[..], br#"["a","b"]"#);
-        let one = StoreLimits {
-            list_response_bytes_max: 1,
-            ..StoreLimits::default()
-        };
-        let r = page_response(&items, &page, &one, |s| s.clone(), item_json);
-        assert_eq!(&r.body[..], br#"["a"]"#);
-        // A page that ends at the empty key says so with a cursor a client can send back.
-        let items: Vec<String> = vec![String::new(), "a".into()];
-        let page = PageReq {
-            limit: 1,
-            after: None,
-        };
-        let r = page_response(&items, &page, &limits, |s| s.clone(), item_json);
-        assert_eq!(next(&r).as_deref(), Some("-"));
-    }
+    crate::shard::paging::page_of(items, page, &limits(l), key, ser).into()
 }

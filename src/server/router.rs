@@ -9,6 +9,7 @@ use monoio::net::TcpStream;
 
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
+use crate::server::respond::respond;
 use crate::server::{backup, debug, Msg, ServerConfig, ShardCtx};
 use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
@@ -380,15 +381,32 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req, ip).await,
         Route::IceConfig => Ok(auth::api::ice(ctx)),
-        Route::Agents if method == Method::Post => {
-            registry::api::register(ctx, req, peer.ip()).await
-        }
-        Route::Agents => registry::api::list_page(ctx, req).await,
-        Route::Agent if method == Method::Delete => registry::api::delete(ctx, p(0)).await,
-        Route::Agent => registry::api::get(ctx, p(0)).await,
-        Route::RouteSkill => registry::api::route(ctx, req, ip).await,
+        Route::Agents if method == Method::Post => Ok(register(ctx, req, ip).await),
+        Route::Agents => Ok(respond(
+            registry::api::list_page(
+                ctx,
+                &ctx.config.registry,
+                req.query_param("limit").as_deref(),
+                req.query_param("cursor").as_deref(),
+            )
+            .await,
+        )),
+        Route::Agent if method == Method::Delete => match path_id(p(0)) {
+            Ok(id) => Ok(respond(registry::api::delete(ctx, id).await)),
+            Err(e) => Err(e),
+        },
+        Route::Agent => match path_id(p(0)) {
+            Ok(id) => Ok(respond(registry::api::get(ctx, id).await)),
+            Err(e) => Err(e),
+        },
+        Route::RouteSkill => match auth::agent::gate(ctx, req, ip, None) {
+            Ok(_) => Ok(respond(
+                registry::api::route(ctx, req.query_param("skill")).await,
+            )),
+            Err(e) => Err(e),
+        },
         Route::Heartbeat => hub::api::heartbeat(ctx, req, peer.ip()).await,
-        Route::Topology => registry::api::topology_route(ctx).await,
+        Route::Topology => Ok(respond(registry::api::topology_route(ctx).await)),
         Route::Tasks => hub::api::create(ctx, req, peer.ip()).await,
         Route::TasksAll => hub::api::list_page(ctx, req, ip).await,
         Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0), ip).await,
@@ -411,6 +429,34 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::OpenApi => Ok(openapi()),
     };
     result.unwrap_or_else(|resp| resp)
+}
+
+/// A path parameter, percent-decoded (400 for a bad escape).
+fn path_id(raw: &str) -> Result<String, Response> {
+    super::common::path_param(raw)
+}
+
+/// `POST /api/registry/agents`: the body, the caller's principal (401 for a token that
+/// does not verify), then the registry's workflow. A 403 from the agent's binding while
+/// the request carried an unknown `X-API-Key` counts against the address's failure
+/// budget (a key for the agent would have been accepted).
+async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    let info: registry::AgentInfo = match super::common::json_body(req)
+        .and_then(|i| crate::limits::require_object(&req.body).map(|()| i))
+    {
+        Ok(i) => i,
+        Err(resp) => return resp,
+    };
+    let by = match auth::agent::principal(ctx, req, ip, Some(&info.agent_id)) {
+        Ok(by) => by,
+        Err(resp) => return resp,
+    };
+    let credential = by.peer.is_some();
+    let r = registry::api::register(ctx, &ctx.config.registry, info, by).await;
+    if matches!(&r, Err(e) if e.kind == crate::shard::Kind::Forbidden) {
+        auth::agent::refused_by_binding(ctx, req, credential, ip);
+    }
+    respond(r)
 }
 
 /// The operator routes (issue 10): they need an admin JWT unless the server runs with

@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::auth::principal::{Holder, Principal};
 use crate::hub::payload::Payload;
 use crate::limits::Charge;
+use crate::limits::{Holder, Principal};
 use crate::time::UnixTime;
 use wire::json::JsonBody;
 

@@ -831,7 +831,7 @@ fn durable_bookkeeping_saving_load_replace_remove_overdue() {
 /// simulated time.
 #[test]
 fn access_follows_creator_and_claimer() {
-    use crate::auth::principal::Principal;
+    use crate::limits::Principal;
     let anon = |a: &str| Principal::anonymous(a);
     let key = |p: &str, a: &str| Principal::credential(p, "agent", a);
     let admin = Principal::credential("ops", "admin", "10.9.9.9");

@@ -17,7 +17,7 @@
 //! id, covered by `AGENT_OVERHEAD_BYTES`.
 
 use super::{AgentInfo, AgentRefusal, AgentStore, Heartbeat};
-use crate::auth::principal::{bound_message, Owner, Principal};
+use crate::limits::principal::{bound_message, Owner, Principal};
 use crate::limits::Charge;
 use crate::time::UnixTime;
 

@@ -1,4 +1,5 @@
-//! `GET /api/hub/network/topology`: the mesh as the dashboard draws it.
+//! `GET /api/hub/network/topology`: the mesh as the dashboard draws it, derived from the
+//! agent records alone (so it lives with them).
 //!
 //! Shards hand in one [`TopologyNode`] per agent ([`TopologyNode::from_record`]); the
 //! server concatenates them and calls [`topology`], which derives `mesh_peers` and
@@ -7,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::registry::{AgentRecord, Health};
+use super::{AgentRecord, Health};
 
 /// One agent in the topology. Fields in the reference's order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -112,6 +113,11 @@ pub fn topology(mut nodes: Vec<TopologyNode>) -> Topology {
         }
     }
     Topology { nodes, mesh_edges }
+}
+
+/// `GET /api/hub/network/topology`.
+pub fn topology_body(topology: &Topology) -> Vec<u8> {
+    wire::json::json_vec(topology)
 }
 
 #[cfg(test)]
@@ -240,5 +246,13 @@ mod tests {
             r#"],"mesh_edges":[{"from_peer":"sc-1","to_peer":"sc-2"}]}"#
         );
         assert_eq!(serde_json::to_string(&t).unwrap(), want);
+    }
+
+    #[test]
+    fn topology_body_shape() {
+        assert_eq!(
+            topology_body(&topology(vec![])),
+            br#"{"nodes":[],"mesh_edges":[]}"#
+        );
     }
 }
