@@ -18,6 +18,8 @@ pub mod api;
 mod health;
 pub mod ops;
 mod topology;
+#[cfg(test)]
+mod workflows;
 
 pub use api::Config;
 pub use topology::{topology, topology_body, MeshEdge, Topology, TopologyNode};

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{Msg, ShardCtx};
-use crate::shard::{self, Durability, Error, FollowUp, LayerStats, Saved, ShardId, Topic};
+use crate::shard::{self, Durability, Error, FollowUp, LayerStats, Saved, ShardId};
 use crate::time::UnixTime;
 use chatixia_store::{Mutation, StoreError, WriteClass};
 
@@ -119,8 +119,13 @@ impl shard::Shard for ShardCtx {
             }
         }
     }
+}
 
-    fn note(&self, topic: Topic, id: &str) {
-        self.state.changes.borrow_mut().push(topic, id);
+impl<T> shard::Owns<T> for ShardCtx
+where
+    super::ShardState: shard::Owns<T>,
+{
+    fn owned(&self) -> &T {
+        self.state.owned()
     }
 }

@@ -12,13 +12,18 @@ pub mod backup;
 pub mod common;
 pub mod conn;
 mod debug;
+pub mod dispatch;
 pub mod layer;
 pub mod msg;
 pub mod paging;
 pub mod respond;
 pub mod router;
+#[cfg(test)]
+pub mod sim;
+pub mod state;
 
-use std::cell::RefCell;
+pub use state::ShardState;
+
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -28,13 +33,12 @@ use reactor::Shard;
 
 use crate::auth::ApiKeys;
 use crate::http::Response;
-use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig, EXPIRE_INTERVAL};
+use crate::hub::EXPIRE_INTERVAL;
 use crate::metrics::{ShardCounters, ShardMetrics};
-use crate::pairing::DeviceTokenIndex;
-use crate::registry::{AgentStore, AgentStoreConfig, HEALTH_CHECK_INTERVAL};
-use crate::signaling::{ConnTable, PeerAuthz, WsLimits};
+use crate::registry::HEALTH_CHECK_INTERVAL;
+use crate::signaling;
+use crate::signaling::{ConnTable, WsLimits};
 use crate::time::UnixTime;
-use crate::{hub, pairing, signaling};
 pub use msg::Msg;
 use msg::{ShardOp, ShardReply};
 
@@ -145,29 +149,6 @@ pub fn store_refusal(e: &chatixia_store::StoreError) -> Response {
     }
 }
 
-/// The state one shard owns, one store per service (see docs/ARCHITECTURE.md, "State
-/// placement"); the signaling connection table is [`ShardCtx::ws`].
-pub struct ShardState {
-    /// Registry: the agents whose `shard_of(agent_id)` is this shard.
-    pub agents: RefCell<AgentStore>,
-    /// Hub: tasks homed here, and pointers for the agents owned here.
-    pub hub: RefCell<hub::Store>,
-    /// Pairing: invite codes, entries, `pair` rate-limit buckets.
-    pub pairing: RefCell<pairing::Store>,
-    /// Auth: the device-token index.
-    pub tokens: RefCell<DeviceTokenIndex>,
-    /// Auth: wrong secrets of the client addresses this shard owns
-    /// (`shard_of(address)`).
-    pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
-    /// Auth: what this shard has heard of other shards' addresses with recent failures.
-    pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
-    /// Signaling: which of the peers owned here may signal.
-    pub authz: RefCell<PeerAuthz>,
-    /// The changes to the state above, as each service notes them (the dashboard's
-    /// event stream reads them).
-    pub changes: RefCell<crate::shard::ChangeLog>,
-}
-
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
 pub struct ShardCtx {
     pub shard: Shard<Msg>,
@@ -192,40 +173,10 @@ impl ShardCtx {
         config: Arc<ServerConfig>,
         store: Option<chatixia_store::ShardLink>,
     ) -> Self {
-        let tasks = TaskStoreConfig {
-            retention: config.task_retention,
-            bytes_max: config.limits.task_store_bytes_max,
-            client_bytes_max: config.limits.task_client_bytes_max,
-            client_tasks_max: config.limits.task_client_tasks_max,
-            claim_bytes_max: config.limits.list_response_bytes_max,
-            anonymous_share_percent: config.limits.anonymous_share_percent,
-            ..TaskStoreConfig::default()
-        };
-        let shards = shard.count();
         ShardCtx {
+            state: ShardState::new(&config, shard.count()),
             shard,
             counters: ShardCounters::default(),
-            state: ShardState {
-                agents: RefCell::new({
-                    let mut a = AgentStore::new(AgentStoreConfig::default());
-                    a.set_budget(config.limits.agent_budget);
-                    a
-                }),
-                hub: RefCell::new(hub::Store {
-                    tasks: TaskStore::new(tasks),
-                    pointers: TaskPointers::default(),
-                }),
-                pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
-                tokens: RefCell::new(DeviceTokenIndex::new()),
-                auth_failures: RefCell::new(crate::auth::failures::FailureLedger::new(
-                    config.auth_failures.shard_share(shards),
-                )),
-                auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
-                    &config.auth_failures,
-                )),
-                authz: RefCell::new(PeerAuthz::default()),
-                changes: RefCell::new(crate::shard::ChangeLog::new()),
-            },
             config,
             ws: ConnTable::default(),
             http: conn::HttpShard::default(),
@@ -309,47 +260,6 @@ impl ShardCtx {
         }
     }
 
-    /// Loads this shard's part of the stored state (start-up, before accepting).
-    fn load(&self, boot: crate::durable::ShardBoot) {
-        let st = &self.state;
-        {
-            let mut p = st.pairing.borrow_mut();
-            for e in boot.entries {
-                p.entries.insert_loaded(e);
-            }
-            for (code, issuer, expires_at) in boot.invites {
-                p.codes.restore(code, issuer, expires_at);
-            }
-        }
-        {
-            let mut tokens = st.tokens.borrow_mut();
-            for (key, grant) in boot.tokens {
-                if tokens.insert(key, grant).is_err() {
-                    tracing::error!("device-token index full at start-up; a token was not loaded");
-                }
-            }
-        }
-        {
-            let mut authz = st.authz.borrow_mut();
-            for (peer, at) in boot.revoked {
-                authz.restore_revoked(&peer, at);
-            }
-            for (peer, mesh) in boot.authorized {
-                authz.add(&peer, mesh.as_deref());
-            }
-            authz.sweep(self.now());
-        }
-        {
-            let mut hub = st.hub.borrow_mut();
-            for t in boot.tasks {
-                hub.tasks.insert_loaded(t);
-            }
-            for (agent, id, deadline) in boot.pointers {
-                hub.pointers.add(agent, id, deadline);
-            }
-        }
-    }
-
     /// The shard's clock: wall clock plus the test offset.
     pub fn now(&self) -> UnixTime {
         self.clock.now()
@@ -362,57 +272,17 @@ impl ShardCtx {
     /// Handles a message from another shard (or this one): applies a request to the
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
-        let st = &self.state;
-        match msg {
-            Msg::Registry(op) => {
-                let reply = op.apply(
-                    &mut st.agents.borrow_mut(),
-                    self.now(),
-                    &mut st.changes.borrow_mut(),
-                );
-                Some(Msg::RegistryReply(reply))
+        match dispatch::apply(&self.state, &self.ws, &self.config, msg, self.now()) {
+            Ok(reply) => reply,
+            Err(Msg::Dashboard(op)) => {
+                Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op)))
             }
-            Msg::Hub(op) => {
-                let reply = op.apply(
-                    &mut st.hub.borrow_mut(),
-                    &mut st.agents.borrow_mut(),
-                    self.now(),
-                    &mut st.changes.borrow_mut(),
-                );
-                Some(Msg::HubReply(reply))
-            }
-            Msg::Pairing(op) => {
-                let reply = op.apply(
-                    &mut st.pairing.borrow_mut(),
-                    self.now(),
-                    &mut st.changes.borrow_mut(),
-                );
-                Some(Msg::PairingReply(reply))
-            }
-            Msg::Dashboard(op) => Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op))),
-            Msg::Auth(op) => {
-                let mut tokens = st.tokens.borrow_mut();
-                let mut failures = st.auth_failures.borrow_mut();
-                let store = crate::auth::ops::Store {
-                    tokens: &mut tokens,
-                    failures: &mut failures,
-                };
-                Some(Msg::AuthReply(op.apply(store, self.now())))
-            }
-            Msg::Signaling(op) => signaling::api::on_op(self, op).map(Msg::SignalingReply),
-            Msg::Adopt(a) => {
+            Err(Msg::Adopt(a)) => {
                 signaling::api::on_adopt(self, a);
                 None
             }
-            Msg::Shard(op) => Some(Msg::ShardReply(self.on_shard_op(op))),
-            // Replies go to the asking future, never to this handler.
-            Msg::RegistryReply(_)
-            | Msg::HubReply(_)
-            | Msg::PairingReply(_)
-            | Msg::AuthReply(_)
-            | Msg::SignalingReply(_)
-            | Msg::DashboardReply(_)
-            | Msg::ShardReply(_) => None,
+            Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
+            Err(_) => None,
         }
     }
 
@@ -648,7 +518,7 @@ pub async fn run_shard(
         None => None,
     };
     let ctx = Rc::new(ShardCtx::new(shard.clone(), config, link));
-    ctx.load(boot);
+    ctx.state.load(boot, ctx.now());
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
     let stop = shard.shutdown_event().clone();

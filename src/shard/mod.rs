@@ -4,7 +4,8 @@
 //! [`Shard`] trait: the shard's clock, asking the owner of a key and awaiting its reply
 //! under one back-pressure policy ([`ask`]), room reserved ahead for the follow-ups a
 //! workflow must send ([`reserve`]), commits to the durable store ([`Shard::commit`]),
-//! and the shard's change log ([`Shard::note`]). Its workflows return typed
+//! and the state a service keeps on this shard ([`Owns`]); each service's owner side
+//! notes what it changed in the shard's [`ChangeLog`]. Its workflows return typed
 //! [`Outcome`]s and [`Error`]s; `server/` maps them to HTTP in one place.
 //!
 //! Two implementations: the server's shard context (reactor mailboxes, the storage
@@ -115,8 +116,14 @@ pub trait Shard {
     ) -> impl Future<Output = Result<Saved, Error>>;
     /// Submits `mutations` without waiting (housekeeping that a restart would redo).
     fn commit_later(&self, mutations: Vec<Mutation>);
-    /// Notes a change to the state this shard owns, for the change log.
-    fn note(&self, topic: Topic, id: &str);
+}
+
+/// State of type `T` that this shard owns, reached without a message: a service's own
+/// local part of a workflow (the failure budget's view of an address, the signaling
+/// connections of this shard). `T` is the service's type (usually in a `RefCell`: one
+/// thread); the server and the simulator both provide it.
+pub trait Owns<T> {
+    fn owned(&self) -> &T;
 }
 
 /// Fills `buf` from the OS; `Err` (500) when it has no randomness.

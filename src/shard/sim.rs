@@ -25,7 +25,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use super::ask::FollowUp;
-use super::changes::{ChangeLog, Topic};
 use super::outcome::Error;
 use super::{Durability, LayerStats, Saved, Shard, ShardId};
 use crate::time::UnixTime;
@@ -34,7 +33,7 @@ use chatixia_store::Mutation;
 /// The state one simulated shard owns, and how it applies a message to it.
 pub trait Node<M> {
     /// Applies `msg` from shard `from` at `now`; the reply of an ask (`None` for a tell).
-    fn handle(&self, from: ShardId, msg: M, now: UnixTime, changes: &mut ChangeLog) -> Option<M>;
+    fn handle(&self, from: ShardId, msg: M, now: UnixTime) -> Option<M>;
 }
 
 /// A small, fast, seeded generator (xorshift64*): the scheduler's choices.
@@ -91,7 +90,6 @@ type Task = Pin<Box<dyn Future<Output = ()>>>;
 
 struct World<M, N> {
     nodes: Vec<N>,
-    changes: Vec<RefCell<ChangeLog>>,
     stats: Vec<LayerStats>,
     /// Lanes: `lanes[from][to]`, FIFO.
     lanes: RefCell<Vec<Vec<VecDeque<Envelope<M>>>>>,
@@ -123,7 +121,6 @@ impl<M: 'static, N: Node<M> + 'static> Sim<M, N> {
         let n = nodes.len();
         Sim {
             world: Rc::new(World {
-                changes: (0..n).map(|_| RefCell::new(ChangeLog::new())).collect(),
                 stats: (0..n).map(|_| LayerStats::default()).collect(),
                 lanes: RefCell::new(
                     (0..n)
@@ -192,11 +189,6 @@ impl<M: 'static, N: Node<M> + 'static> Sim<M, N> {
     /// The shard layer's counters of shard `id`.
     pub fn stats(&self, id: ShardId) -> &LayerStats {
         &self.world.stats[id]
-    }
-
-    /// Shard `id`'s change log.
-    pub fn changes(&self, id: ShardId) -> std::cell::Ref<'_, ChangeLog> {
-        self.world.changes[id].borrow()
     }
 
     /// Starts `f` (a workflow); [`run`](Self::run) drives it. Its result goes where `f`
@@ -284,10 +276,7 @@ impl<M: 'static, N: Node<M> + 'static> Sim<M, N> {
             return true;
         };
         let now = self.now();
-        let reply = {
-            let mut changes = self.world.changes[to].borrow_mut();
-            self.world.nodes[to].handle(env.from, env.msg, now, &mut changes)
-        };
+        let reply = self.world.nodes[to].handle(env.from, env.msg, now);
         if let Some(slot) = env.reply {
             *slot.reply.borrow_mut() = Some(reply);
             if let Some(w) = slot.waker.borrow_mut().take() {
@@ -507,9 +496,11 @@ impl<M: 'static, N: 'static> Shard for SimShard<M, N> {
     fn commit_later(&self, mutations: Vec<Mutation>) {
         self.world.durable.borrow_mut().extend(mutations);
     }
+}
 
-    fn note(&self, topic: Topic, id: &str) {
-        self.world.changes[self.id].borrow_mut().push(topic, id);
+impl<M, N: super::Owns<T>, T> super::Owns<T> for SimShard<M, N> {
+    fn owned(&self) -> &T {
+        self.world.nodes[self.id].owned()
     }
 }
 
@@ -518,8 +509,8 @@ mod tests {
     use super::*;
     use crate::shard::ask::{ask, reserve, settle, Request};
 
-    /// A counter per shard; `Add(n)` adds and answers the new value.
-    struct Counter(Cell<u64>);
+    /// A counter per shard; `Add(n)` adds and answers the new value, and logs a change.
+    struct Counter(Cell<u64>, RefCell<crate::shard::ChangeLog>);
 
     enum Msg {
         Add(u64),
@@ -541,11 +532,11 @@ mod tests {
     }
 
     impl Node<Msg> for Counter {
-        fn handle(&self, _: ShardId, m: Msg, _: UnixTime, c: &mut ChangeLog) -> Option<Msg> {
+        fn handle(&self, _: ShardId, m: Msg, _: UnixTime) -> Option<Msg> {
             match m {
                 Msg::Add(n) => {
                     self.0.set(self.0.get() + n);
-                    c.push(Topic::Task, "");
+                    self.1.borrow_mut().push(crate::shard::Topic::Task, "");
                     Some(Msg::Value(self.0.get()))
                 }
                 Msg::Value(_) => None,
@@ -555,7 +546,9 @@ mod tests {
 
     fn world(n: usize, seed: u64) -> Sim<Msg, Counter> {
         Sim::new(
-            (0..n).map(|_| Counter(Cell::new(0))).collect(),
+            (0..n)
+                .map(|_| Counter(Cell::new(0), RefCell::new(Default::default())))
+                .collect(),
             UnixTime::from_secs(1_000),
             seed,
         )
@@ -577,7 +570,7 @@ mod tests {
             }
             sim.run();
             assert_eq!(sim.node(1).0.get(), 6);
-            assert_eq!(sim.changes(1).seq(), 3);
+            assert_eq!(sim.node(1).1.borrow().seq(), 3);
             let order: Vec<u64> = log.borrow().iter().map(|(w, _)| *w).collect();
             orders.insert(order);
         }

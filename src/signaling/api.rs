@@ -12,7 +12,7 @@ use monoio::net::TcpStream;
 
 use crate::http::{Request, Response};
 use crate::server::{Msg, ShardCtx};
-use crate::signaling::ops::{self, Op, Reply};
+use crate::signaling::ops::{Op, Reply};
 use crate::signaling::session;
 use crate::signaling::store::inc;
 use crate::ws::handshake;
@@ -33,18 +33,6 @@ pub struct Adopt {
     pub upgrade: handshake::Upgrade,
     /// The `/ws-echo` test endpoint: messages are echoed, not interpreted.
     pub echo: bool,
-}
-
-/// The owner side of a signaling operation addressed to this shard; the reply of an ask.
-pub fn on_op(ctx: &ShardCtx, op: Op) -> Option<Reply> {
-    let mut authz = ctx.state.authz.borrow_mut();
-    let store = ops::Store {
-        conns: &ctx.ws,
-        authz: &mut authz,
-        api_keys: &ctx.config.api_keys,
-        limits: &ctx.config.ws,
-    };
-    op.apply(store, ctx.now())
 }
 
 /// A connection handed over by another shard (or this one): runs it here.

@@ -1,0 +1,53 @@
+//! The server's services on the shard layer's simulator (`shard::sim`): N shards' state
+//! and the server's own dispatch in one thread, on simulated time. Workflow tests of
+//! every service start here.
+
+use std::sync::Arc;
+
+use super::msg::Msg;
+use super::{dispatch, ServerConfig, ShardState};
+use crate::shard::sim::{Node, Sim};
+use crate::shard::ShardId;
+use crate::signaling::ConnTable;
+use crate::time::UnixTime;
+
+/// One simulated shard: its state, its (empty) signaling connections, the settings.
+pub struct SimNode {
+    pub state: ShardState,
+    pub ws: ConnTable,
+    pub config: Arc<ServerConfig>,
+}
+
+impl Node<Msg> for SimNode {
+    fn handle(&self, _from: ShardId, msg: Msg, now: UnixTime) -> Option<Msg> {
+        dispatch::apply(&self.state, &self.ws, &self.config, msg, now).unwrap_or(None)
+    }
+}
+
+impl<T> crate::shard::Owns<T> for SimNode
+where
+    ShardState: crate::shard::Owns<T>,
+{
+    fn owned(&self) -> &T {
+        self.state.owned()
+    }
+}
+
+/// A world of `shards` shards with `config`, its clock at `start`, its scheduler seeded
+/// with `seed`.
+pub fn world(shards: usize, config: ServerConfig, start: UnixTime, seed: u64) -> Sim<Msg, SimNode> {
+    let config = Arc::new(config);
+    let nodes = (0..shards)
+        .map(|_| SimNode {
+            state: ShardState::new(&config, shards),
+            ws: ConnTable::default(),
+            config: config.clone(),
+        })
+        .collect();
+    Sim::new(nodes, start, seed)
+}
+
+/// The default test configuration (no durable store: the simulator's commits stand in).
+pub fn config() -> ServerConfig {
+    ServerConfig::new(std::time::Duration::from_secs(75))
+}

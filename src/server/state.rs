@@ -1,0 +1,112 @@
+//! The state one shard owns, one store per service (see docs/ARCHITECTURE.md, "State
+//! placement"), sans-IO: the server's shard context and the simulator both hold one.
+
+use std::cell::RefCell;
+
+use super::ServerConfig;
+use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig};
+use crate::pairing::DeviceTokenIndex;
+use crate::registry::{AgentStore, AgentStoreConfig};
+use crate::signaling::PeerAuthz;
+use crate::time::UnixTime;
+use crate::{hub, pairing};
+
+/// The state one shard owns, one store per service (see docs/ARCHITECTURE.md, "State
+/// placement"); the signaling connection table is [`ShardCtx::ws`].
+pub struct ShardState {
+    /// Registry: the agents whose `shard_of(agent_id)` is this shard.
+    pub agents: RefCell<AgentStore>,
+    /// Hub: tasks homed here, and pointers for the agents owned here.
+    pub hub: RefCell<hub::Store>,
+    /// Pairing: invite codes, entries, `pair` rate-limit buckets.
+    pub pairing: RefCell<pairing::Store>,
+    /// Auth: the device-token index.
+    pub tokens: RefCell<DeviceTokenIndex>,
+    /// Auth: wrong secrets of the client addresses this shard owns
+    /// (`shard_of(address)`).
+    pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
+    /// Auth: what this shard has heard of other shards' addresses with recent failures.
+    pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
+    /// Signaling: which of the peers owned here may signal.
+    pub authz: RefCell<PeerAuthz>,
+    /// The changes to the state above, as each service notes them (the dashboard's
+    /// event stream reads them).
+    pub changes: RefCell<crate::shard::ChangeLog>,
+}
+
+impl ShardState {
+    /// A shard's empty state, one of `shards`.
+    pub fn new(config: &ServerConfig, shards: usize) -> ShardState {
+        let tasks = TaskStoreConfig {
+            retention: config.task_retention,
+            bytes_max: config.limits.task_store_bytes_max,
+            client_bytes_max: config.limits.task_client_bytes_max,
+            client_tasks_max: config.limits.task_client_tasks_max,
+            claim_bytes_max: config.limits.list_response_bytes_max,
+            anonymous_share_percent: config.limits.anonymous_share_percent,
+            ..TaskStoreConfig::default()
+        };
+        ShardState {
+            agents: RefCell::new({
+                let mut a = AgentStore::new(AgentStoreConfig::default());
+                a.set_budget(config.limits.agent_budget);
+                a
+            }),
+            hub: RefCell::new(hub::Store {
+                tasks: TaskStore::new(tasks),
+                pointers: TaskPointers::default(),
+            }),
+            pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
+            tokens: RefCell::new(DeviceTokenIndex::new()),
+            auth_failures: RefCell::new(crate::auth::failures::FailureLedger::new(
+                config.auth_failures.shard_share(shards),
+            )),
+            auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
+                &config.auth_failures,
+            )),
+            authz: RefCell::new(PeerAuthz::default()),
+            changes: RefCell::new(crate::shard::ChangeLog::new()),
+        }
+    }
+
+    /// Loads this shard's part of the stored state (start-up, before accepting).
+    pub fn load(&self, boot: crate::durable::ShardBoot, now: UnixTime) {
+        let st = self;
+        {
+            let mut p = st.pairing.borrow_mut();
+            for e in boot.entries {
+                p.entries.insert_loaded(e);
+            }
+            for (code, issuer, expires_at) in boot.invites {
+                p.codes.restore(code, issuer, expires_at);
+            }
+        }
+        {
+            let mut tokens = st.tokens.borrow_mut();
+            for (key, grant) in boot.tokens {
+                if tokens.insert(key, grant).is_err() {
+                    tracing::error!("device-token index full at start-up; a token was not loaded");
+                }
+            }
+        }
+        {
+            let mut authz = st.authz.borrow_mut();
+            for (peer, at) in boot.revoked {
+                authz.restore_revoked(&peer, at);
+            }
+            for (peer, mesh) in boot.authorized {
+                authz.add(&peer, mesh.as_deref());
+            }
+            authz.sweep(now);
+        }
+        {
+            let mut hub = st.hub.borrow_mut();
+            for t in boot.tasks {
+                hub.tasks.insert_loaded(t);
+            }
+            for (agent, id, deadline) in boot.pointers {
+                hub.pointers.add(agent, id, deadline);
+            }
+        }
+    }
+}
