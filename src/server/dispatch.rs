@@ -6,15 +6,12 @@
 
 use super::msg::Msg;
 use super::{ServerConfig, ShardState};
-use crate::signaling::ConnTable;
 use crate::time::UnixTime;
 
-/// Applies `msg` to `state` (and `ws`, the shard's signaling connections) at `now`: the
-/// reply of an ask, `None` for a tell. `Err(msg)` for a message this dispatch does not
+/// Applies `msg` to `state` at `now`: the reply of an ask, `None` for a tell. `Err(msg)` for a message this dispatch does not
 /// take (see the module docs).
 pub fn apply(
     state: &ShardState,
-    ws: &ConnTable,
     config: &ServerConfig,
     msg: Msg,
     now: UnixTime,
@@ -58,10 +55,9 @@ pub fn apply(
         Msg::Signaling(op) => {
             let mut authz = st.authz.borrow_mut();
             let store = crate::signaling::ops::Store {
-                conns: ws,
+                conns: &st.ws,
                 authz: &mut authz,
                 api_keys: &config.api_keys,
-                limits: &config.ws,
             };
             op.apply(store, now).map(Msg::SignalingReply)
         }

@@ -5,7 +5,7 @@
 //! * [`msg`]: the shard message, one request and one reply enum per service; the owner
 //!   side is each service's `ops::Op::apply`, dispatched by `ShardCtx::on_message`;
 //! * [`router`]: path and method → a service's HTTP handler (`registry::api`, …,
-//!   `signaling::upgrade` for `/ws`);
+//!   `ws::upgrade` for `/ws`);
 //! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
 
 pub mod backup;
@@ -21,6 +21,7 @@ pub mod router;
 #[cfg(test)]
 pub mod sim;
 pub mod state;
+pub mod ws;
 
 pub use state::ShardState;
 
@@ -36,8 +37,7 @@ use crate::http::Response;
 use crate::hub::EXPIRE_INTERVAL;
 use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::registry::HEALTH_CHECK_INTERVAL;
-use crate::signaling;
-use crate::signaling::{ConnTable, WsLimits};
+use crate::signaling::WsLimits;
 use crate::time::UnixTime;
 pub use msg::Msg;
 use msg::{ShardOp, ShardReply};
@@ -155,8 +155,6 @@ pub struct ShardCtx {
     pub counters: ShardCounters,
     pub config: Arc<ServerConfig>,
     pub state: ShardState,
-    /// Live signaling connections of the peers this shard owns.
-    pub ws: ConnTable,
     /// Plain HTTP connections: per-IP counts, idle shedding.
     pub http: conn::HttpShard,
     /// The shard's clock (wall time plus the test clock's offset).
@@ -178,7 +176,6 @@ impl ShardCtx {
             shard,
             counters: ShardCounters::default(),
             config,
-            ws: ConnTable::default(),
             http: conn::HttpShard::default(),
             clock: crate::shard::Clock::default(),
             layer: crate::shard::LayerStats::default(),
@@ -272,13 +269,13 @@ impl ShardCtx {
     /// Handles a message from another shard (or this one): applies a request to the
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
-        match dispatch::apply(&self.state, &self.ws, &self.config, msg, self.now()) {
+        match dispatch::apply(&self.state, &self.config, msg, self.now()) {
             Ok(reply) => reply,
             Err(Msg::Dashboard(op)) => {
                 Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op)))
             }
             Err(Msg::Adopt(a)) => {
-                signaling::api::on_adopt(self, a);
+                ws::on_adopt(self, a);
                 None
             }
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
@@ -308,7 +305,7 @@ impl ShardCtx {
             self.shard.driver(),
             &self.counters,
             self.shard.stats(),
-            self.ws.metrics(),
+            self.state.ws.metrics(),
             self.budget_metrics(),
         );
         m.auth.addresses = self.state.auth_failures.borrow().len() as u64;
@@ -410,7 +407,7 @@ impl ShardCtx {
     }
 
     fn job_ws_idle(&self) {
-        self.ws.sweep_idle(self.now().as_secs(), &self.config.ws);
+        self.state.ws.sweep_idle(self.now().as_secs());
     }
 
     fn run_periodic_jobs(&self) {
@@ -578,7 +575,7 @@ pub async fn run_shard(
         }
     }
     // Signaling connections close with 1001 (each flushes what it owes first).
-    ctx.ws.close_all();
+    ctx.state.ws.close_all();
     // Stop accepting: closing the listener makes the kernel send new connections to
     // the shards still listening (or refuse them once all have closed).
     drop(listener);
@@ -586,7 +583,7 @@ pub async fn run_shard(
         shard = shard.id(),
         "stopped accepting; draining connections"
     );
-    while ctx.counters.connections_open.get() > 0 || ctx.ws.open.get() > 0 {
+    while ctx.counters.connections_open.get() > 0 || ctx.state.ws.open.get() > 0 {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(drained);

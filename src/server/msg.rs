@@ -22,7 +22,7 @@ pub enum Msg {
     Signaling(signaling::ops::Op),
     SignalingReply(signaling::ops::Reply),
     /// Signaling: run this upgraded connection here (owner: `shard_of(peer_id)`). Tell.
-    Adopt(Box<signaling::Adopt>),
+    Adopt(Box<super::ws::Adopt>),
     /// The operator dashboard's gathers (pages, counts, events).
     Dashboard(dashboard::ops::Op),
     DashboardReply(dashboard::ops::Reply),

@@ -11,7 +11,7 @@ use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
 use crate::server::respond::respond;
 use crate::server::{backup, debug, Msg, ServerConfig, ShardCtx};
-use crate::{auth, dashboard, hub, pairing, registry, signaling};
+use crate::{auth, dashboard, hub, pairing, registry};
 
 /// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
 pub const WS_PATH: &str = "/ws";
@@ -47,9 +47,9 @@ pub async fn stream_route(ctx: &ShardCtx, stream: TcpStream, req: &Request, peer
     }
 }
 
-/// `/ws`: the signaling upgrade (`/ws-echo`: the echo one). Consumes the connection: once authorized it is run by
-/// the shard that owns the peer (`signaling::api`). `leftover`: bytes read after the
-/// request.
+/// `/ws`: the signaling upgrade (`/ws-echo`: the echo one). Consumes the connection:
+/// once authorized it is run by the shard that owns the peer ([`super::ws`]).
+/// `leftover`: bytes read after the request.
 pub async fn route_ws(
     ctx: &Rc<ShardCtx>,
     stream: TcpStream,
@@ -58,7 +58,7 @@ pub async fn route_ws(
     peer: SocketAddr,
 ) {
     let echo = req.path == WS_ECHO_PATH;
-    signaling::upgrade(ctx, stream, req, leftover, peer, echo).await
+    super::ws::upgrade(ctx, stream, req, leftover, peer, echo).await
 }
 
 /// The routes this server knows.

@@ -8,19 +8,17 @@ use super::msg::Msg;
 use super::{dispatch, ServerConfig, ShardState};
 use crate::shard::sim::{Node, Sim};
 use crate::shard::ShardId;
-use crate::signaling::ConnTable;
 use crate::time::UnixTime;
 
-/// One simulated shard: its state, its (empty) signaling connections, the settings.
+/// One simulated shard: its state (its signaling connection table too) and the settings.
 pub struct SimNode {
     pub state: ShardState,
-    pub ws: ConnTable,
     pub config: Arc<ServerConfig>,
 }
 
 impl Node<Msg> for SimNode {
     fn handle(&self, _from: ShardId, msg: Msg, now: UnixTime) -> Option<Msg> {
-        dispatch::apply(&self.state, &self.ws, &self.config, msg, now).unwrap_or(None)
+        dispatch::apply(&self.state, &self.config, msg, now).unwrap_or(None)
     }
 }
 
@@ -40,7 +38,6 @@ pub fn world(shards: usize, config: ServerConfig, start: UnixTime, seed: u64) ->
     let nodes = (0..shards)
         .map(|_| SimNode {
             state: ShardState::new(&config, shards),
-            ws: ConnTable::default(),
             config: config.clone(),
         })
         .collect();

@@ -7,12 +7,13 @@ use super::ServerConfig;
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig};
 use crate::pairing::DeviceTokenIndex;
 use crate::registry::{AgentStore, AgentStoreConfig};
-use crate::signaling::PeerAuthz;
+use crate::shard::Owns;
+use crate::signaling::{ConnTable, PeerAuthz};
 use crate::time::UnixTime;
 use crate::{hub, pairing};
 
 /// The state one shard owns, one store per service (see docs/ARCHITECTURE.md, "State
-/// placement"); the signaling connection table is [`ShardCtx::ws`].
+/// placement").
 pub struct ShardState {
     /// Registry: the agents whose `shard_of(agent_id)` is this shard.
     pub agents: RefCell<AgentStore>,
@@ -29,6 +30,9 @@ pub struct ShardState {
     pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
+    /// Signaling: the live connections of the peers owned here, and the per-IP counts
+    /// of the client addresses owned here.
+    pub ws: ConnTable,
     /// The changes to the state above, as each service notes them (the dashboard's
     /// event stream reads them).
     pub changes: RefCell<crate::shard::ChangeLog>,
@@ -65,6 +69,7 @@ impl ShardState {
                 &config.auth_failures,
             )),
             authz: RefCell::new(PeerAuthz::default()),
+            ws: ConnTable::new(config.ws.clone()),
             changes: RefCell::new(crate::shard::ChangeLog::new()),
         }
     }
@@ -108,5 +113,17 @@ impl ShardState {
                 hub.pointers.add(agent, id, deadline);
             }
         }
+    }
+}
+
+impl Owns<ConnTable> for ShardState {
+    fn owned(&self) -> &ConnTable {
+        &self.ws
+    }
+}
+
+impl Owns<RefCell<PeerAuthz>> for ShardState {
+    fn owned(&self) -> &RefCell<PeerAuthz> {
+        &self.authz
     }
 }

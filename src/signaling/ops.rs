@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use crate::auth::ApiKeys;
-use crate::signaling::{ConnTable, PeerAuthz, WsLimits};
+use crate::signaling::{ConnTable, PeerAuthz};
 use crate::time::UnixTime;
 use crate::ws::codec::close_code;
 
@@ -47,12 +47,12 @@ pub enum Reply {
     Peers(Box<Vec<Box<str>>>),
 }
 
-/// What an [`Op`] applies to: this shard's signaling state and settings.
+/// What an [`Op`] applies to: this shard's signaling state (the connection table holds
+/// its limits) and the API keys (their peers are authorized by their key).
 pub struct Store<'a> {
     pub conns: &'a ConnTable,
     pub authz: &'a mut PeerAuthz,
     pub api_keys: &'a ApiKeys,
-    pub limits: &'a WsLimits,
 }
 
 impl Op {
@@ -62,11 +62,10 @@ impl Op {
             conns,
             authz,
             api_keys,
-            limits,
         } = store;
         match self {
             Op::Relay(r) => {
-                conns.deliver(&r.target, r.mesh.as_deref(), r.frame, limits);
+                conns.deliver(&r.target, r.mesh.as_deref(), r.frame);
                 None
             }
             Op::PeerList(b) => {
@@ -75,9 +74,7 @@ impl Op {
                     conns.list(mesh.as_deref(), &exclude),
                 )))
             }
-            Op::IpAcquire(ip) => Some(Reply::Allowed(
-                conns.ip_acquire(*ip, limits.connections_per_ip_max),
-            )),
+            Op::IpAcquire(ip) => Some(Reply::Allowed(conns.ip_acquire(*ip))),
             Op::IpRelease(ip) => {
                 conns.ip_release(*ip);
                 None

@@ -2,6 +2,11 @@
 //! readability or output, decodes frames (sans-IO codec), acts on signaling messages and
 //! writes what its slot's bounded queue holds. An idle connection allocates nothing: the
 //! read buffer is borrowed from the shard's pool only while bytes are decoded.
+//!
+//! I/O over a monoio socket, generic over the shard layer: the connection table is the
+//! shard's ([`Owns`]), a relay to a peer of another shard is a tell to its owner and
+//! the peer list of `register` an ask to every shard, under the layer's one
+//! back-pressure policy.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -15,35 +20,42 @@ use monoio::net::TcpStream;
 use reactor::recv_ring::RecvRing;
 use std::os::fd::AsRawFd;
 
-use crate::server::{Msg, ShardCtx};
-use crate::signaling::api::release_ip;
+use crate::shard::{self, Owns, Request, Shard};
+use crate::signaling::api::{peers, release_ip, table};
 use crate::signaling::ops::{Op, Relay, Reply};
 use crate::signaling::store::{inc, take_output, ConnTable, PeerSlot};
 use crate::ws::codec::{self, close_code, Decoder, WsEvent};
 use crate::ws::signaling::{self, Action};
 
-/// Times a relay waits (yielding) for room in a full mailbox before it is dropped with
-/// an error frame to the sender: backpressure first, refusal when it persists.
-const RELAY_RETRIES_MAX: usize = 64;
+/// What the connection loop needs of the shard it runs on.
+pub trait Host: Shard + Owns<ConnTable> + 'static {}
 
-/// The long-lived task of one signaling connection. Its future is what an idle
-/// connection costs, so everything that is not waiting-while-idle is boxed.
-pub(super) async fn serve_peer(
-    ctx: Rc<ShardCtx>,
+impl<S: Shard + Owns<ConnTable> + 'static> Host for S {}
+
+/// The long-lived task of one signaling connection: writes the 101 (`switching`), runs
+/// the connection, then gives its slot in the table and its client IP's count back. Its
+/// future is what an idle connection costs, so everything that is not
+/// waiting-while-idle is boxed.
+pub async fn serve_peer<S: Host>(
+    sh: Rc<S>,
     mut stream: TcpStream,
     key: usize,
     switching: Vec<u8>,
     leftover: Vec<u8>,
     client_ip: IpAddr,
     echo: bool,
-) {
-    let fut = Box::pin(write_bounded(&ctx, &mut stream, key, switching));
+) where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let fut = Box::pin(write_bounded(&*sh, &mut stream, key, switching));
     if fut.await {
-        run_peer(&ctx, stream, key, leftover, echo).await;
+        run_peer(&*sh, stream, key, leftover, echo).await;
     }
-    // Cleanup: the slot is this task's.
-    ctx.ws.unregister(key);
-    release_ip(&ctx, client_ip).await;
+    // Cleanup: the slot is this task's. (Boxed: a release that waits for room in a
+    // full mailbox must not grow every idle connection's future.)
+    table(&*sh).unregister(key);
+    let fut = Box::pin(release_ip(&*sh, client_ip));
+    fut.await;
 }
 
 /// Completes when `ready` holds for connection `key`'s slot (or the slot is gone);
@@ -92,25 +104,22 @@ enum Wake {
     Output,
 }
 
-async fn run_peer(
-    ctx: &Rc<ShardCtx>,
-    mut stream: TcpStream,
-    key: usize,
-    leftover: Vec<u8>,
-    echo: bool,
-) {
+async fn run_peer<S: Host>(sh: &S, mut stream: TcpStream, key: usize, leftover: Vec<u8>, echo: bool)
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     // This future is what every idle connection costs, so rare or large futures are
     // boxed, each in a statement of its own (a temporary in a statement with an
     // `.await` keeps its space in the frame for the whole statement).
-    let limits = &ctx.config.ws;
+    let ws = table(sh);
     // On io_uring, bytes arrive through the shard's multishot receive (no poll + read
     // per wakeup; the inbox is empty, unallocated, while the peer is idle).
     let mut rx = RecvRing::current().and_then(|r| r.recv(stream.as_raw_fd()).ok());
-    let mut decoder = Decoder::new(limits.message_size_max);
+    let mut decoder = Decoder::new(ws.limits().message_size_max);
     let mut events = if leftover.is_empty() {
         Some(Decoded::default())
     } else {
-        decode(ctx, key, &mut decoder, &leftover)
+        decode(sh, key, &mut decoder, &leftover)
     };
     drop(leftover);
     loop {
@@ -120,28 +129,27 @@ async fn run_peer(
             // Most events are acted on at once; only what must wait (a `register`
             // asking every shard, a full mailbox) takes the boxed, async path.
             Some((evs, violation)) => {
-                match on_events_now(ctx, key, evs.into_iter(), violation, echo) {
+                match on_events_now(sh, key, evs.into_iter(), violation, echo) {
                     Ok(ok) => ok,
                     Err(wait) => {
-                        let fut = Box::pin(on_events_later(ctx, key, wait, echo));
+                        let fut = Box::pin(on_events_later(sh, key, wait, echo));
                         fut.await
                     }
                 }
             }
         };
         if !ok {
-            let fut = Box::pin(flush_and_close(ctx, &mut stream, key));
+            let fut = Box::pin(flush_and_close(sh, &mut stream, key));
             fut.await;
             return;
         }
-        if ctx.shard.is_shutting_down() {
-            ctx.ws
-                .close_key(key, close_code::GOING_AWAY, "server shutting down".into());
+        if ws.is_shutting_down() {
+            ws.close_key(key, close_code::GOING_AWAY, "server shutting down".into());
         }
         // Write what is queued.
-        let (batch, closing) = take_output(&ctx.ws, key);
+        let (batch, closing) = take_output(ws, key);
         if !batch.is_empty() {
-            let fut = Box::pin(write_bounded(ctx, &mut stream, key, batch));
+            let fut = Box::pin(write_bounded(sh, &mut stream, key, batch));
             if !fut.await {
                 return;
             }
@@ -156,14 +164,14 @@ async fn run_peer(
                     // still go out (it may be reading), as on the one-shot path.
                     (Ok(0), _) => None,
                     (Err(_), _) => return,
-                    (Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
+                    (Ok(n), buf) => decode(sh, key, &mut decoder, &buf[..n]),
                 },
                 _ => Some(Decoded::default()),
             };
             continue;
         }
         if closing {
-            let fut = Box::pin(flush_and_close(ctx, &mut stream, key));
+            let fut = Box::pin(flush_and_close(sh, &mut stream, key));
             fut.await;
             return;
         }
@@ -171,7 +179,7 @@ async fn run_peer(
         // (`ConnTable::close_all`). Both futures live in this frame: an idle connection
         // allocates nothing while it waits.
         let wake = {
-            let pending = std::pin::pin!(output_or_close(&ctx.ws, key));
+            let pending = std::pin::pin!(output_or_close(ws, key));
             match rx.as_mut() {
                 Some(rx) => {
                     let received = std::pin::pin!(rx.recv(Vec::new()));
@@ -194,19 +202,19 @@ async fn run_peer(
             // A half-close: flushed and closed, as on the one-shot path.
             Wake::Received(Ok(0), _) => None,
             Wake::Received(Err(_), _) => return,
-            Wake::Received(Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
+            Wake::Received(Ok(n), buf) => decode(sh, key, &mut decoder, &buf[..n]),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
-                let buf = ctx.ws.take_buf();
+                let buf = ws.take_buf();
                 let fut = Box::pin(stream.read(buf));
                 let (res, buf) = fut.await;
                 let events = match res {
                     Ok(0) | Err(_) => None,
-                    Ok(n) => decode(ctx, key, &mut decoder, &buf[..n]),
+                    Ok(n) => decode(sh, key, &mut decoder, &buf[..n]),
                 };
                 // The buffer goes back to the pool at once: a connection holds one only
                 // while its bytes are decoded.
-                ctx.ws.put_buf(buf);
+                ws.put_buf(buf);
                 events
             }
         };
@@ -219,17 +227,18 @@ async fn run_peer(
 /// nothing else can interrupt a write in progress. The sweep (which runs until the
 /// shard has drained, shutdown included) bounds the write instead of a timer per write
 /// (one fewer timer per relayed frame). False when the connection is done.
-async fn write_bounded<B: monoio::buf::IoBuf>(
-    ctx: &ShardCtx,
+async fn write_bounded<S: Host, B: monoio::buf::IoBuf>(
+    sh: &S,
     stream: &mut TcpStream,
     key: usize,
     bytes: B,
 ) -> bool {
-    ctx.ws.start_write(key, ctx.now().as_secs());
+    let ws = table(sh);
+    ws.start_write(key, sh.now().as_secs());
     let write = std::pin::pin!(stream.write_all(bytes));
-    let abort = std::pin::pin!(write_abort(&ctx.ws, key));
+    let abort = std::pin::pin!(write_abort(ws, key));
     let done = reactor::timer::select2_pinned(write, abort).await;
-    let mut slots = ctx.ws.slots.borrow_mut();
+    let mut slots = ws.slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {
         s.writing = None;
         // A write that finished after the sweep flagged it (but before the task saw
@@ -247,7 +256,7 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
         reactor::timer::Either::Left((Ok(_), _)) => true,
         reactor::timer::Either::Left((Err(_), _)) => false,
         reactor::timer::Either::Right(()) => {
-            inc(&ctx.ws.closed_slow);
+            inc(&ws.closed_slow);
             false
         }
     }
@@ -256,19 +265,20 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
 /// Writes what is still queued (replies to messages that came before the client's
 /// close, in the same read: an echo, a pong), then the close frame, and closes. The
 /// queue is bounded (`outbound_bytes_max`); a close for a full queue emptied it.
-async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize) {
+async fn flush_and_close<S: Host>(sh: &S, stream: &mut TcpStream, key: usize) {
+    let ws = table(sh);
     let mut out = Vec::new();
     loop {
-        let (batch, _) = take_output(&ctx.ws, key);
+        let (batch, _) = take_output(ws, key);
         if batch.is_empty() {
             break;
         }
         out.extend_from_slice(&batch);
     }
-    let close = ctx.ws.close_reason(key);
+    let close = ws.close_reason(key);
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
     codec::encode_close(code, &reason, &mut out);
-    if write_bounded(ctx, stream, key, out).await {
+    if write_bounded(sh, stream, key, out).await {
         let _ = stream.shutdown().await;
     }
 }
@@ -278,9 +288,9 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
 type Decoded = (Vec<WsEvent>, Option<codec::WsError>);
 
 /// Decodes received bytes into events; `None` when the connection is gone.
-fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Decoded> {
-    let now = ctx.now().as_secs();
-    if let Some(s) = ctx.ws.slots.borrow_mut().get_mut(key) {
+fn decode<S: Host>(sh: &S, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Decoded> {
+    let now = sh.now().as_secs();
+    if let Some(s) = table(sh).slots.borrow_mut().get_mut(key) {
         s.last_seen = now;
         s.ping_sent = false;
     }
@@ -291,40 +301,43 @@ fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Op
 
 /// Decoded events that wait on something before they can be acted on: the first
 /// one's pending work, then the rest of the batch and the violation that ended it.
-struct Waiting {
-    later: Later,
+struct Waiting<M> {
+    later: Later<M>,
     rest: std::vec::IntoIter<WsEvent>,
     violation: Option<codec::WsError>,
 }
 
 /// The part of acting on a text frame that has to wait.
-enum Later {
+enum Later<M> {
     /// `register`: the peer lists of every shard.
     Register,
-    /// A relay for another shard whose mailbox was full.
-    Relay(usize, Msg),
+    /// A relay for another shard whose mailbox was full: its owner and the message.
+    Relay(shard::ShardId, M),
 }
 
 /// Acts on decoded events, in order, as far as it can without waiting; `Ok(false)`
 /// when the connection must close, `Err` with what must wait (and what comes after).
-fn on_events_now(
-    ctx: &ShardCtx,
+fn on_events_now<S: Host>(
+    sh: &S,
     key: usize,
     mut events: std::vec::IntoIter<WsEvent>,
     violation: Option<codec::WsError>,
     echo: bool,
-) -> Result<bool, Waiting> {
-    let limits = &ctx.config.ws;
+) -> Result<bool, Waiting<S::Msg>>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let ws = table(sh);
     while let Some(ev) = events.next() {
         match ev {
-            WsEvent::Text(text) if echo => ctx.ws.enqueue(key, text_frame(&text), limits),
+            WsEvent::Text(text) if echo => ws.enqueue(key, text_frame(&text)),
             WsEvent::Binary(bytes) if echo => {
                 let mut f = Vec::with_capacity(codec::text_frame_len(bytes.len()));
                 codec::encode_binary(&bytes, &mut f);
-                ctx.ws.enqueue(key, f.into_boxed_slice(), limits);
+                ws.enqueue(key, f.into_boxed_slice());
             }
             WsEvent::Text(text) => {
-                if let Some(later) = on_text_now(ctx, key, &text) {
+                if let Some(later) = on_text_now(sh, key, &text) {
                     return Err(Waiting {
                         later,
                         rest: events,
@@ -336,7 +349,7 @@ fn on_events_now(
             WsEvent::Ping(p) => {
                 let mut f = Vec::new();
                 codec::encode_pong(&p, &mut f);
-                ctx.ws.enqueue(key, f.into_boxed_slice(), limits);
+                ws.enqueue(key, f.into_boxed_slice());
             }
             WsEvent::Close(c) => {
                 // Echo the client's code (RFC 6455 §5.5.1); refuse codes no endpoint
@@ -346,7 +359,7 @@ fn on_events_now(
                     Some((code, _)) if codec::valid_close_code(code) => (code, ""),
                     Some(_) => (close_code::PROTOCOL_ERROR, "invalid close code"),
                 };
-                ctx.ws.close_key(key, code, reason.into());
+                ws.close_key(key, code, reason.into());
                 return Ok(false);
             }
         }
@@ -354,20 +367,23 @@ fn on_events_now(
     // The messages before a violation are acted on (and answered: what they queued is
     // written before the close frame); then the connection closes with its code.
     if let Some(e) = violation {
-        ctx.ws.close_key(key, e.code, e.reason.into());
+        ws.close_key(key, e.code, e.reason.into());
         return Ok(false);
     }
     Ok(true)
 }
 
 /// Does what had to wait, then acts on the rest of the batch (which may wait again).
-async fn on_events_later(ctx: &Rc<ShardCtx>, key: usize, mut wait: Waiting, echo: bool) -> bool {
+async fn on_events_later<S: Host>(sh: &S, key: usize, mut wait: Waiting<S::Msg>, echo: bool) -> bool
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     loop {
         match wait.later {
-            Later::Register => register(ctx, key).await,
-            Later::Relay(owner, msg) => relay_to_full_mailbox(ctx, key, owner, msg).await,
+            Later::Register => register(sh, key).await,
+            Later::Relay(owner, msg) => relay_to_full_mailbox(sh, key, owner, msg).await,
         }
-        match on_events_now(ctx, key, wait.rest, wait.violation, echo) {
+        match on_events_now(sh, key, wait.rest, wait.violation, echo) {
             Ok(ok) => return ok,
             Err(next) => wait = next,
         }
@@ -384,9 +400,12 @@ fn text_frame(payload: &[u8]) -> Box<[u8]> {
 /// shard or into another shard's mailbox, an error frame, nothing. The sender's id and
 /// mesh are read in place (nothing cloned) and the relayed frame is built framed, in
 /// one allocation. Returns what must wait.
-fn on_text_now(ctx: &ShardCtx, key: usize, text: &[u8]) -> Option<Later> {
-    let limits = &ctx.config.ws;
-    let slots = ctx.ws.slots.borrow();
+fn on_text_now<S: Host>(sh: &S, key: usize, text: &[u8]) -> Option<Later<S::Msg>>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let ws = table(sh);
+    let slots = ws.slots.borrow();
     let slot = slots.get(key)?;
     match signaling::interpret(text, &slot.peer_id) {
         Action::Register => Some(Later::Register),
@@ -395,12 +414,8 @@ fn on_text_now(ctx: &ShardCtx, key: usize, text: &[u8]) -> Option<Later> {
             // Refused like an unauthorized relay: an error frame, the connection stays
             // open (a peer that keeps sending them is bounded by the outbound queue).
             drop(slots);
-            inc(&ctx.ws.refused);
-            ctx.ws.enqueue(
-                key,
-                text_frame(&signaling::error_frame(&e.to_string())),
-                limits,
-            );
+            inc(&ws.refused);
+            ws.enqueue(key, text_frame(&signaling::error_frame(&e.to_string())));
             None
         }
         Action::Relay {
@@ -414,26 +429,27 @@ fn on_text_now(ctx: &ShardCtx, key: usize, text: &[u8]) -> Option<Later> {
                     "not authorized to send {}: this peer has no API key or approved pairing",
                     kind.as_str()
                 );
-                ctx.ws
-                    .enqueue(key, text_frame(&signaling::error_frame(&reason)), limits);
+                ws.enqueue(key, text_frame(&signaling::error_frame(&reason)));
                 return None;
             }
             let frame = signaling::relay_text_frame(kind, &slot.peer_id, &target, payload)
                 .into_boxed_slice();
-            let owner = ctx.shard.shard_of(target.as_bytes());
-            if owner == ctx.shard.id() {
+            let owner = sh.shard_of(target.as_bytes());
+            if owner == sh.id() {
                 drop(slots);
-                ctx.ws.deliver_from(key, &target, frame, limits);
+                ws.deliver_from(key, &target, frame);
                 return None;
             }
             let mesh = slot.mesh.clone();
             drop(slots);
-            let msg = Msg::Signaling(Op::Relay(Box::new(Relay {
+            let relay = Op::Relay(Box::new(Relay {
                 target: target.into(),
                 mesh,
                 frame,
-            })));
-            match ctx.shard.try_tell(owner, msg) {
+            }));
+            // One try now (no future, nothing boxed: the common case); a full mailbox
+            // takes the async path with the layer's policy (`relay_to_full_mailbox`).
+            match sh.try_tell(owner, relay.into_msg()) {
                 Ok(()) => None,
                 Err(back) => Some(Later::Relay(owner, back)),
             }
@@ -441,48 +457,55 @@ fn on_text_now(ctx: &ShardCtx, key: usize, text: &[u8]) -> Option<Later> {
     }
 }
 
-/// Answers `register` with the authorized peers of the sender's mesh on every shard.
-async fn register(ctx: &Rc<ShardCtx>, key: usize) {
-    let limits = &ctx.config.ws;
-    let (identity, mesh, authorized) = match ctx.ws.slots.borrow().get(key) {
+/// Answers `register` with the authorized peers of the sender's mesh on every shard; an
+/// error frame when a shard cannot be asked (its mailbox stayed full).
+async fn register<S: Host>(sh: &S, key: usize)
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let ws = table(sh);
+    let (identity, mesh, authorized) = match ws.slots.borrow().get(key) {
         Some(s) => (s.peer_id.clone(), s.mesh.clone(), s.authorized),
         None => return,
     };
-    let peers: Vec<Box<str>> = if authorized {
-        let replies = ctx
-            .shard
-            .ask_all(|_| Msg::Signaling(Op::PeerList(Box::new((mesh.clone(), identity.clone())))))
-            .await;
-        let mut all = Vec::new();
-        for r in replies {
-            if let Ok(Msg::SignalingReply(Reply::Peers(p))) = r {
-                all.extend(*p);
-            }
-        }
-        all
+    let peers = if authorized {
+        peers(sh, mesh, identity).await
     } else {
-        Vec::new()
+        Ok(Vec::new())
     };
-    let frame = signaling::peer_list_frame(peers.iter().map(|p| &**p));
-    ctx.ws.enqueue(key, text_frame(&frame), limits);
+    let frame = match peers {
+        Ok(peers) => signaling::peer_list_frame(peers.iter().map(|p| &**p)),
+        Err(e) => {
+            inc(&ws.refused);
+            let reason = format!("peer list unavailable: {}", e.message.unwrap_or_default());
+            signaling::error_frame(&reason)
+        }
+    };
+    ws.enqueue(key, text_frame(&frame));
 }
 
-/// A relay whose owner shard's mailbox was full (its first try): waits (yielding)
-/// for room, up to `RELAY_RETRIES_MAX` tries in all (backpressure first), then drops
-/// it with an error frame to the sender (refusal when it persists).
-async fn relay_to_full_mailbox(ctx: &Rc<ShardCtx>, key: usize, owner: usize, mut msg: Msg) {
-    for _ in 1..RELAY_RETRIES_MAX {
-        reactor::yield_now().await;
-        match ctx.shard.try_tell(owner, msg) {
-            Ok(()) => return,
-            Err(back) => msg = back,
-        }
+/// A message already built, sent again under the layer's policy ([`shard::tell`]).
+struct Built<M>(M);
+
+impl<M> Request<M> for Built<M> {
+    type Reply = ();
+    fn into_msg(self) -> M {
+        self.0
     }
-    inc(&ctx.ws.refused);
+    fn reply(_: M) -> Option<()> {
+        None
+    }
+}
+
+/// A relay whose owner shard's mailbox was full (its first try): a tell under the shard
+/// layer's one policy (it waits up to `shard::ASK_PATIENCE` for room: backpressure
+/// first), then dropped with an error frame to the sender (refusal when it persists).
+async fn relay_to_full_mailbox<S: Host>(sh: &S, key: usize, owner: shard::ShardId, msg: S::Msg) {
+    if shard::tell(sh, owner, Built(msg)).await.is_ok() {
+        return;
+    }
+    let ws = table(sh);
+    inc(&ws.refused);
     let reason = "relay dropped: server overloaded";
-    ctx.ws.enqueue(
-        key,
-        text_frame(&signaling::error_frame(reason)),
-        &ctx.config.ws,
-    );
+    ws.enqueue(key, text_frame(&signaling::error_frame(reason)));
 }

@@ -190,9 +190,13 @@ impl MeshIndex {
 }
 
 /// The live signaling connections one shard runs (those of the peers it owns), the
-/// per-IP connection counts of the client IPs it owns, and its read-buffer pool.
-#[derive(Default)]
+/// per-IP connection counts of the client IPs it owns, its read-buffer pool, and the
+/// limits they are held to.
 pub struct ConnTable {
+    limits: WsLimits,
+    /// Set by [`close_all`](Self::close_all) (graceful shutdown): no connection is
+    /// admitted any more, and those running close with 1001.
+    shutting_down: Cell<bool>,
     pub(super) slots: RefCell<Slab<PeerSlot>>,
     pub(super) by_id: RefCell<HashMap<Box<str>, usize>>,
     /// Authorized connections by mesh (what `register` lists).
@@ -212,7 +216,41 @@ pub(super) fn inc(c: &Cell<u64>) {
     c.set(c.get() + 1);
 }
 
+impl Default for ConnTable {
+    fn default() -> Self {
+        ConnTable::new(WsLimits::default())
+    }
+}
+
 impl ConnTable {
+    /// An empty table held to `limits`.
+    pub fn new(limits: WsLimits) -> ConnTable {
+        ConnTable {
+            limits,
+            shutting_down: Cell::new(false),
+            slots: RefCell::default(),
+            by_id: RefCell::default(),
+            meshes: RefCell::default(),
+            ip_counts: RefCell::default(),
+            pool: RefCell::default(),
+            duplicates: RefCell::default(),
+            open: Cell::new(0),
+            relayed: Cell::new(0),
+            refused: Cell::new(0),
+            closed_slow: Cell::new(0),
+        }
+    }
+
+    /// The limits of this shard's signaling connections.
+    pub fn limits(&self) -> &WsLimits {
+        &self.limits
+    }
+
+    /// Whether the shard is shutting down ([`close_all`](Self::close_all) ran).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
     /// Registers a new connection of `peer_id` and returns its key. A second connection
     /// with the same identity replaces the first, which is closed with 4000 and a reason
     /// (never left orphaned); that is logged at warn at most once per identity per
@@ -284,8 +322,8 @@ impl ConnTable {
 
     /// Whether this shard may run one more connection (`connections_per_shard_max`;
     /// beyond it the upgrade is refused with 503).
-    pub(super) fn has_room(&self, limits: &WsLimits) -> bool {
-        (self.open.get() as usize) < limits.connections_per_shard_max
+    pub(super) fn has_room(&self) -> bool {
+        (self.open.get() as usize) < self.limits.connections_per_shard_max
     }
 
     pub fn metrics(&self) -> crate::metrics::WsMetrics {
@@ -313,7 +351,8 @@ impl ConnTable {
     }
 
     /// Queues a frame for connection `key`; a full queue closes the connection.
-    pub(super) fn enqueue(&self, key: usize, frame: Box<[u8]>, limits: &WsLimits) {
+    pub(super) fn enqueue(&self, key: usize, frame: Box<[u8]>) {
+        let limits = &self.limits;
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(key) else {
             return;
@@ -401,26 +440,14 @@ impl ConnTable {
     /// Delivers a relayed frame to a local peer of mesh `mesh` (a relay from another
     /// shard); unknown targets and other meshes are dropped silently, as the protocol
     /// says.
-    pub(super) fn deliver(
-        &self,
-        target: &str,
-        mesh: Option<&str>,
-        frame: Box<[u8]>,
-        limits: &WsLimits,
-    ) {
-        self.deliver_if(target, frame, limits, |_, to| to.mesh.as_deref() == mesh);
+    pub(super) fn deliver(&self, target: &str, mesh: Option<&str>, frame: Box<[u8]>) {
+        self.deliver_if(target, frame, |_, to| to.mesh.as_deref() == mesh);
     }
 
     /// [`ConnTable::deliver`] from local connection `from`: the meshes are compared in
     /// place (nothing cloned).
-    pub(super) fn deliver_from(
-        &self,
-        from: usize,
-        target: &str,
-        frame: Box<[u8]>,
-        limits: &WsLimits,
-    ) {
-        self.deliver_if(target, frame, limits, |slots, to| {
+    pub(super) fn deliver_from(&self, from: usize, target: &str, frame: Box<[u8]>) {
+        self.deliver_if(target, frame, |slots, to| {
             slots.get(from).is_some_and(|a| a.mesh == to.mesh)
         });
     }
@@ -429,7 +456,6 @@ impl ConnTable {
         &self,
         target: &str,
         frame: Box<[u8]>,
-        limits: &WsLimits,
         same_mesh: impl FnOnce(&Slab<PeerSlot>, &PeerSlot) -> bool,
     ) {
         let key = self.by_id.borrow().get(target).copied();
@@ -440,7 +466,7 @@ impl ConnTable {
         };
         if deliver {
             inc(&self.relayed);
-            self.enqueue(key, frame, limits);
+            self.enqueue(key, frame);
         }
     }
 
@@ -464,8 +490,8 @@ impl ConnTable {
     /// The periodic idle check: ping connections silent for half the idle timeout,
     /// close those silent for all of it, and abandon writes in progress for all of it
     /// (the peer does not read; the task is woken to drop the write and close).
-    pub fn sweep_idle(&self, now_secs: u64, limits: &WsLimits) {
-        let idle = limits.idle_timeout.as_secs().max(1);
+    pub fn sweep_idle(&self, now_secs: u64) {
+        let idle = self.limits.idle_timeout.as_secs().max(1);
         let mut to_ping = Vec::new();
         let mut to_close = Vec::new();
         for (k, s) in self.slots.borrow_mut().iter_mut() {
@@ -494,20 +520,23 @@ impl ConnTable {
         for k in to_ping {
             let mut f = Vec::with_capacity(2);
             codec::encode_ping(b"", &mut f);
-            self.enqueue(k, f.into_boxed_slice(), limits);
+            self.enqueue(k, f.into_boxed_slice());
         }
     }
 
-    /// Closes every connection with 1001 (graceful shutdown).
+    /// Closes every connection with 1001 (graceful shutdown); none is admitted after.
     pub fn close_all(&self) {
+        self.shutting_down.set(true);
         let keys: Vec<usize> = self.slots.borrow().iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close_key(k, close_code::GOING_AWAY, "server shutting down".into());
         }
     }
 
-    /// Owner side of the per-IP limit.
-    pub fn ip_acquire(&self, ip: IpAddr, max: usize) -> bool {
+    /// Owner side of the per-IP limit (`connections_per_ip_max`): counts one more
+    /// connection of `ip`, or `false` when it holds the most already.
+    pub fn ip_acquire(&self, ip: IpAddr) -> bool {
+        let max = self.limits.connections_per_ip_max;
         let mut m = self.ip_counts.borrow_mut();
         let n = m.entry(ip).or_insert(0);
         if *n as usize >= max {
@@ -520,6 +549,7 @@ impl ConnTable {
         true
     }
 
+    /// A connection of `ip` closed.
     pub fn ip_release(&self, ip: IpAddr) {
         let mut m = self.ip_counts.borrow_mut();
         if let Some(n) = m.get_mut(&ip) {

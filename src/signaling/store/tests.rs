@@ -28,79 +28,87 @@ fn queued(t: &ConnTable, key: usize) -> usize {
 
 #[test]
 fn a_full_frame_queue_closes_the_slow_peer() {
-    let t = ConnTable::default();
     let l = limits();
+    let t = ConnTable::new(l.clone());
     let k = t.register("p".into(), None, true, 0);
     for _ in 0..l.outbound_frames_max {
-        t.enqueue(k, frame(1), &l);
+        t.enqueue(k, frame(1));
     }
     assert_eq!(close_of(&t, k), None);
-    t.enqueue(k, frame(1), &l);
+    t.enqueue(k, frame(1));
     let (code, reason) = close_of(&t, k).unwrap();
     assert_eq!(code, close_code::POLICY_VIOLATION);
     assert!(reason.contains("outbound queue full"), "{reason}");
     assert_eq!(queued(&t, k), 0, "the queue is dropped");
     assert_eq!(t.closed_slow.get(), 1);
     // Nothing more is queued once closing.
-    t.enqueue(k, frame(1), &l);
+    t.enqueue(k, frame(1));
     assert_eq!(queued(&t, k), 0);
     assert_eq!(t.closed_slow.get(), 1);
 }
 
 #[test]
 fn the_byte_limit_bounds_what_waits_behind_a_frame() {
-    let t = ConnTable::default();
     let l = limits();
+    let t = ConnTable::new(l.clone());
     let k = t.register("p".into(), None, true, 0);
     // One frame larger than the byte limit still goes into an empty queue.
-    t.enqueue(k, frame(l.outbound_bytes_max * 3), &l);
+    t.enqueue(k, frame(l.outbound_bytes_max * 3));
     assert_eq!(close_of(&t, k), None);
     let (out, closing) = take_output(&t, k);
     assert_eq!(out.len(), l.outbound_bytes_max * 3);
     assert!(!closing);
-    t.enqueue(k, frame(60), &l);
-    t.enqueue(k, frame(40), &l);
+    t.enqueue(k, frame(60));
+    t.enqueue(k, frame(40));
     assert_eq!(close_of(&t, k), None, "exactly at the limit is fine");
-    t.enqueue(k, frame(1), &l);
+    t.enqueue(k, frame(1));
     assert_eq!(close_of(&t, k).unwrap().0, close_code::POLICY_VIOLATION);
 }
 
 #[test]
 fn the_shard_connection_limit_counts_open_connections() {
-    let t = ConnTable::default();
     let l = WsLimits {
         connections_per_shard_max: 2,
         ..limits()
     };
-    assert!(t.has_room(&l));
+    let t = ConnTable::new(l.clone());
+    assert!(t.has_room());
     let a = t.register("a".into(), None, true, 0);
-    assert!(t.has_room(&l));
+    assert!(t.has_room());
     let b = t.register("b".into(), None, true, 0);
-    assert!(!t.has_room(&l), "two open, limit two");
+    assert!(!t.has_room(), "two open, limit two");
     // A replaced connection still counts until its task ends.
     let b2 = t.register("b".into(), None, true, 0);
     assert_eq!(t.open.get(), 3);
     t.unregister(b);
     t.unregister(a);
-    assert!(t.has_room(&l));
+    assert!(t.has_room());
     t.unregister(b2);
     assert_eq!(t.open.get(), 0);
 }
 
 #[test]
 fn per_ip_counts_are_limited_and_released() {
-    let t = ConnTable::default();
+    let t = ConnTable::new(WsLimits {
+        connections_per_ip_max: 2,
+        ..limits()
+    });
     let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
-    assert!(t.ip_acquire(a, 2));
-    assert!(t.ip_acquire(a, 2));
-    assert!(!t.ip_acquire(a, 2), "third connection of one IP is refused");
-    assert!(t.ip_acquire(b, 2), "other IPs are counted apart");
+    assert!(t.ip_acquire(a));
+    assert!(t.ip_acquire(a));
+    assert!(!t.ip_acquire(a), "third connection of one IP is refused");
+    assert!(t.ip_acquire(b), "other IPs are counted apart");
     t.ip_release(a);
-    assert!(t.ip_acquire(a, 2));
+    assert!(t.ip_acquire(a));
     // A limit of 0 refuses everyone and leaves no empty entry behind.
     let c = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
-    assert!(!t.ip_acquire(c, 0));
+    let none = ConnTable::new(WsLimits {
+        connections_per_ip_max: 0,
+        ..limits()
+    });
+    assert!(!none.ip_acquire(c));
+    assert!(!none.ip_counts.borrow().contains_key(&c));
     assert!(!t.ip_counts.borrow().contains_key(&c));
     // Releasing to zero forgets the IP; releasing an unknown IP is harmless.
     t.ip_release(b);
@@ -111,21 +119,21 @@ fn per_ip_counts_are_limited_and_released() {
 
 #[test]
 fn idle_sweep_pings_at_half_and_closes_at_the_timeout() {
-    let t = ConnTable::default();
     let l = limits(); // 60 s
+    let t = ConnTable::new(l.clone());
     let k = t.register("p".into(), None, true, 1000);
-    t.sweep_idle(1029, &l);
+    t.sweep_idle(1029);
     assert_eq!(queued(&t, k), 0, "not yet half the idle timeout");
-    t.sweep_idle(1030, &l);
+    t.sweep_idle(1030);
     assert_eq!(queued(&t, k), 1, "one ping at half the idle timeout");
     let (out, _) = take_output(&t, k);
     let mut ping = Vec::new();
     codec::encode_ping(b"", &mut ping);
     assert_eq!(*out, *ping);
-    t.sweep_idle(1045, &l);
+    t.sweep_idle(1045);
     assert_eq!(queued(&t, k), 0, "a single ping per silence");
     assert_eq!(close_of(&t, k), None);
-    t.sweep_idle(1060, &l);
+    t.sweep_idle(1060);
     let (code, reason) = close_of(&t, k).unwrap();
     assert_eq!(
         (code, reason.as_str()),
@@ -135,10 +143,10 @@ fn idle_sweep_pings_at_half_and_closes_at_the_timeout() {
 
 #[test]
 fn activity_resets_the_idle_clock() {
-    let t = ConnTable::default();
     let l = limits();
+    let t = ConnTable::new(l.clone());
     let k = t.register("p".into(), None, true, 0);
-    t.sweep_idle(40, &l);
+    t.sweep_idle(40);
     assert_eq!(queued(&t, k), 1);
     let _ = take_output(&t, k);
     // Bytes arrived (what the session does on every read).
@@ -147,10 +155,10 @@ fn activity_resets_the_idle_clock() {
         slots[k].last_seen = 50;
         slots[k].ping_sent = false;
     }
-    t.sweep_idle(100, &l);
+    t.sweep_idle(100);
     assert_eq!(close_of(&t, k), None);
     assert_eq!(queued(&t, k), 1, "pinged again after new silence");
-    t.sweep_idle(110, &l);
+    t.sweep_idle(110);
     assert!(close_of(&t, k).is_some());
 }
 
@@ -173,8 +181,8 @@ fn a_second_connection_replaces_the_first() {
 
 #[test]
 fn lists_and_relays_within_one_mesh_only() {
-    let t = ConnTable::default();
     let l = limits();
+    let t = ConnTable::new(l.clone());
     let a = t.register("a".into(), None, true, 0);
     let b = t.register("b".into(), None, true, 0);
     let m = t.register("m".into(), Some("blue".into()), true, 0);
@@ -187,21 +195,21 @@ fn lists_and_relays_within_one_mesh_only() {
         "unauthorized and other meshes hidden"
     );
     assert_eq!(t.list(Some("blue"), "x"), vec![Box::<str>::from("m")]);
-    t.deliver("m", None, frame(3), &l);
+    t.deliver("m", None, frame(3));
     assert_eq!(queued(&t, m), 0, "other mesh: dropped");
-    t.deliver("b", None, frame(3), &l);
+    t.deliver("b", None, frame(3));
     assert_eq!(queued(&t, b), 1);
-    t.deliver("nobody", None, frame(3), &l);
+    t.deliver("nobody", None, frame(3));
     assert_eq!(t.relayed.get(), 1);
     // An approval arriving while connected.
     t.set_authorized("u", Some("blue"));
     assert_eq!(t.list(Some("blue"), "m"), vec![Box::<str>::from("u")]);
     // From a local connection: the meshes are compared in place.
-    t.deliver_from(a, "m", frame(3), &l);
+    t.deliver_from(a, "m", frame(3));
     assert_eq!(queued(&t, m), 0, "other mesh: dropped");
-    t.deliver_from(m, "u", frame(3), &l);
+    t.deliver_from(m, "u", frame(3));
     assert_eq!(queued(&t, u), 1, "same mesh");
-    t.deliver_from(a, "nobody", frame(3), &l);
+    t.deliver_from(a, "nobody", frame(3));
     assert_eq!(t.relayed.get(), 2);
     t.close_peer("a", close_code::REVOKED, "pairing revoked");
     assert_eq!(close_of(&t, a).unwrap().0, close_code::REVOKED);
@@ -211,17 +219,17 @@ fn lists_and_relays_within_one_mesh_only() {
 /// buffer up to the batch limit; the byte count follows; a drained queue holds no heap.
 #[test]
 fn take_output_hands_over_a_lone_frame_and_joins_several() {
-    let t = ConnTable::default();
     let l = WsLimits::default();
+    let t = ConnTable::new(l.clone());
     let k = t.register("p".into(), None, true, 0);
     let lone: Box<[u8]> = b"hello".to_vec().into_boxed_slice();
     let ptr = lone.as_ptr();
-    t.enqueue(k, lone, &l);
+    t.enqueue(k, lone);
     let (out, closing) = take_output(&t, k);
     assert_eq!((&*out, closing), (&b"hello"[..], false));
     assert_eq!(out.as_ptr(), ptr, "handed over, not copied");
     for i in 0..5u8 {
-        t.enqueue(k, vec![i; 3].into_boxed_slice(), &l);
+        t.enqueue(k, vec![i; 3].into_boxed_slice());
     }
     let (out, _) = take_output(&t, k);
     assert_eq!(&*out, &[0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4][..]);
@@ -229,7 +237,7 @@ fn take_output_hands_over_a_lone_frame_and_joins_several() {
     // Past the batch limit, the rest waits for the next write.
     let big = WRITE_BATCH_SIZE_MAX / 2 + 1;
     for _ in 0..3 {
-        t.enqueue(k, frame(big), &l);
+        t.enqueue(k, frame(big));
     }
     assert_eq!(take_output(&t, k).0.len(), big);
     assert_eq!(queued(&t, k), 2);
@@ -250,15 +258,15 @@ fn take_output_hands_over_a_lone_frame_and_joins_several() {
 /// write is left to finish.
 #[test]
 fn the_idle_sweep_abandons_only_a_stalled_write() {
-    let t = ConnTable::default();
     let l = limits(); // 60 s
+    let t = ConnTable::new(l.clone());
     let stalled = t.register("s".into(), None, true, 0);
     let busy = t.register("b".into(), None, true, 0);
     t.start_write(stalled, 0);
     t.start_write(busy, 50);
-    t.sweep_idle(59, &l);
+    t.sweep_idle(59);
     assert!(!t.slots.borrow()[stalled].write_abort, "within the timeout");
-    t.sweep_idle(60, &l);
+    t.sweep_idle(60);
     assert!(t.slots.borrow()[stalled].write_abort, "stalled: abandoned");
     assert!(
         !t.slots.borrow()[busy].write_abort,
@@ -269,7 +277,7 @@ fn the_idle_sweep_abandons_only_a_stalled_write() {
         "idle timeout",
         "but silence closes it"
     );
-    t.sweep_idle(110, &l);
+    t.sweep_idle(110);
     assert!(
         t.slots.borrow()[busy].write_abort,
         "60 s into its write: abandoned"
@@ -289,18 +297,18 @@ fn a_writing_task_is_not_woken_for_more_output() {
         }
     }
     let count = Arc::new(Count(AtomicUsize::new(0)));
-    let t = ConnTable::default();
     let l = WsLimits::default();
+    let t = ConnTable::new(l.clone());
     let k = t.register("p".into(), None, true, 0);
     {
         let mut slots = t.slots.borrow_mut();
         slots[k].waker = Some(Waker::from(count.clone()));
     }
     t.start_write(k, 0);
-    t.enqueue(k, frame(3), &l);
+    t.enqueue(k, frame(3));
     assert_eq!(count.0.load(Ordering::SeqCst), 0);
     t.slots.borrow_mut()[k].writing = None;
-    t.enqueue(k, frame(3), &l);
+    t.enqueue(k, frame(3));
     assert_eq!(count.0.load(Ordering::SeqCst), 1);
 }
 
@@ -428,13 +436,13 @@ fn a_replaced_connection_closing_is_not_listed_to_its_successor() {
 /// 2³² − 5 s old, and is not abandoned.
 #[test]
 fn a_clock_stepped_back_does_not_abandon_a_write() {
-    let t = ConnTable::default();
     let l = limits(); // 60 s
+    let t = ConnTable::new(l.clone());
     let k = t.register("w".into(), None, true, 100);
     t.start_write(k, 100);
-    t.sweep_idle(95, &l);
+    t.sweep_idle(95);
     assert!(!t.slots.borrow()[k].write_abort);
-    t.sweep_idle(160, &l);
+    t.sweep_idle(160);
     assert!(
         t.slots.borrow()[k].write_abort,
         "60 s after its start: abandoned"
@@ -446,12 +454,12 @@ fn a_clock_stepped_back_does_not_abandon_a_write() {
 /// timeout, not before.
 #[test]
 fn a_write_is_abandoned_at_the_idle_timeout_from_its_start() {
-    let t = ConnTable::default();
     let l = limits(); // 60 s
+    let t = ConnTable::new(l.clone());
     let k = t.register("w".into(), None, true, (1 << 32) - 5);
     t.start_write(k, u64::from(u32::MAX - 4));
-    t.sweep_idle((1 << 32) + 30, &l);
+    t.sweep_idle((1 << 32) + 30);
     assert!(!t.slots.borrow()[k].write_abort, "35 s: not yet");
-    t.sweep_idle((1 << 32) + 56, &l);
+    t.sweep_idle((1 << 32) + 56);
     assert!(t.slots.borrow()[k].write_abort, "61 s: abandoned");
 }

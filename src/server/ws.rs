@@ -1,0 +1,177 @@
+//! The `/ws` upgrade (and `/ws-echo`): what of signaling touches HTTP and moves sockets.
+//! On the shard that accepted the connection: parse the upgrade, the failure budget and
+//! the JWT (auth), the client IP's slot (`signaling::api::acquire_ip`), then the socket
+//! goes to the peer's owner (`shard_of(peer_id)`, [`Msg::Adopt`]), which admits it
+//! (`signaling::api::admit`), answers 101 and runs it (`signaling::session`). Every
+//! refusal is written here ([`refuse`]): the services' errors through
+//! `Response::from(shard::Error)`, the handshake's with its headers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+
+use crate::http::{Request, Response};
+use crate::server::{Msg, ShardCtx};
+use crate::signaling::api::{acquire_ip, admit, release_ip};
+use crate::ws::handshake;
+
+/// How long writing a refusal (an HTTP error on the upgrade path) may take.
+const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection handed to its owner shard.
+pub struct Adopt {
+    pub fd: OwnedFd,
+    /// Bytes the client sent after the upgrade request.
+    pub leftover: Vec<u8>,
+    pub peer_id: String,
+    pub client_ip: IpAddr,
+    pub upgrade: handshake::Upgrade,
+    /// The `/ws-echo` test endpoint: messages are echoed, not interpreted.
+    pub echo: bool,
+}
+
+/// The response of a refused upgrade: a handshake's refusal with its headers.
+fn handshake_refusal(r: handshake::Refusal) -> Response {
+    let resp = Response::error(r.status, r.reason);
+    match r.status {
+        405 => resp.with_header("allow", "GET"),
+        426 => resp.with_header("sec-websocket-version", "13"),
+        _ => resp,
+    }
+}
+
+/// Writes `resp` and closes with a lingering close: the client may still be sending
+/// (frames pipelined after its upgrade request), and closing with its bytes unread
+/// would turn the refusal into a reset it never reads.
+async fn refuse(mut stream: TcpStream, resp: Response) {
+    let mut out = Vec::new();
+    resp.encode(false, false, &mut out);
+    // Bounded: a refused client that does not read must not hold the task and its fd.
+    if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await
+    {
+        super::conn::linger_close(stream).await;
+    }
+}
+
+/// The upgrade, on the shard that accepted the connection. Consumes the connection.
+/// `echo`: the `/ws-echo` test endpoint (no token; its connection id is its address).
+pub async fn upgrade(
+    ctx: &Rc<ShardCtx>,
+    stream: TcpStream,
+    req: &Request,
+    leftover: Vec<u8>,
+    peer: SocketAddr,
+    echo: bool,
+) {
+    let parsed = if echo {
+        handshake::parse_untokened_upgrade(req)
+    } else {
+        handshake::parse_upgrade(req)
+    };
+    let up = match parsed {
+        Ok(u) => u,
+        Err(r) => return refuse(stream, handshake_refusal(r)).await,
+    };
+    let ip = peer.ip();
+    let peer_id = if echo {
+        // Not a peer id a signaling client can register: it holds a NUL.
+        format!("\0ws-echo {peer}")
+    } else {
+        // The failure budget (issue 20) before the token is looked at.
+        let route = crate::auth::failures::SecretRoute::Ws;
+        if let Err(resp) = crate::auth::budget::admit(ctx, ip, route).await {
+            return refuse(stream, resp).await;
+        }
+        let cfg = &ctx.config;
+        match crate::auth::jwt::verify_leeway(
+            &cfg.jwt_secret,
+            &up.token,
+            ctx.now().as_secs(),
+            cfg.jwt_leeway_secs,
+        ) {
+            Ok(c) => c.sub,
+            Err(e) => {
+                if e.is_forgery() {
+                    let failure = crate::auth::failures::Failure::Ws;
+                    crate::auth::budget::failed(ctx, ip, failure);
+                }
+                let resp = Response::error(401, "invalid or expired token");
+                return refuse(stream, resp).await;
+            }
+        }
+    };
+    if ctx.shard.is_shutting_down() {
+        return refuse(stream, Response::error(503, "server shutting down")).await;
+    }
+    if let Err(e) = acquire_ip(&**ctx, ip).await {
+        return refuse(stream, e.into()).await;
+    }
+    let adopt = Adopt {
+        fd: reactor::net::detach(stream),
+        leftover,
+        peer_id,
+        client_ip: ip,
+        upgrade: up,
+        echo,
+    };
+    let owner = ctx.shard.shard_of(&adopt.peer_id);
+    if owner == ctx.shard.id() {
+        // A task of its own, so the HTTP connection's task (and its buffers) ends here.
+        monoio::spawn(self::adopt(ctx.clone(), adopt));
+        return;
+    }
+    // A socket is not a message that can wait for room: a full mailbox refuses it now.
+    if let Err(Msg::Adopt(a)) = ctx.shard.try_tell(owner, Msg::Adopt(Box::new(adopt))) {
+        release_ip(&**ctx, a.client_ip).await;
+        if let Ok(s) = reactor::net::attach(a.fd) {
+            let resp = crate::shard::Error::overloaded(owner).into();
+            refuse(s, resp).await;
+        }
+    }
+}
+
+/// A connection handed over by another shard (or this one): runs it here.
+pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<Adopt>) {
+    let ctx = ctx.clone();
+    monoio::spawn(async move { adopt(ctx, *a).await });
+}
+
+/// The owner's side: admit, answer 101, run.
+async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
+    let Adopt {
+        fd,
+        leftover,
+        peer_id,
+        client_ip,
+        upgrade,
+        echo,
+    } = a;
+    let Ok(stream) = reactor::net::attach(fd) else {
+        release_ip(&*ctx, client_ip).await;
+        return;
+    };
+    let admitted = if ctx.shard.is_shutting_down() {
+        Err(crate::shard::Error::unavailable("server shutting down"))
+    } else {
+        admit(&*ctx, &ctx.config.api_keys, peer_id, echo)
+    };
+    let key = match admitted {
+        Ok(key) => key,
+        Err(e) => {
+            release_ip(&*ctx, client_ip).await;
+            return refuse(stream, e.into()).await;
+        }
+    };
+    let resp = handshake::switching_protocols(&upgrade);
+    // The token is not kept for the life of the connection.
+    drop(upgrade);
+    // The connection's life runs in a task of its own, so this handshake task (and its
+    // larger state) is freed now.
+    monoio::spawn(crate::signaling::session::serve_peer(
+        ctx, stream, key, resp, leftover, client_ip, echo,
+    ));
+}
