@@ -1,122 +1,131 @@
-//! The dashboard's admin routes (docs/PROTOCOL.md §9). Every one needs an admin JWT
-//! (`Authorization: Bearer …`, or `?token=` on the event stream, which `EventSource`
-//! cannot give headers) checked by [`crate::auth::admin::authorize_admin`].
+//! The dashboard's workflows (docs/PROTOCOL.md §9) on the shard layer: pages of agents
+//! and tasks (asked of the registry and the hub with their own typed queries, merged
+//! here), the summary (counts asked of the registry, the hub and pairing, and each
+//! shard's counters), and who issues an invite. Typed inputs (query values as
+//! `Option<&str>`) in, an [`Outcome`] or an [`Error`] out. The router checks the admin
+//! token (every dashboard route needs one) and answers with `respond`; the invite is
+//! pairing's `issue_code` for the [`issuer`] given here.
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
-use reactor::timer::{select2, Either};
 use serde::Serialize;
 
-use crate::auth::admin::{authorize_admin, AdminAuthError};
-use crate::auth::failures::{Failure, SecretRoute};
-use crate::auth::Claims;
-use crate::dashboard::ops::{HealthCounts, Op, Reply, ShardSummary};
-use crate::dashboard::paging::{
-    merge_agents, merge_tasks, parse_filter, parse_limit, secs, AgentQuery, AgentSort, TaskQuery,
-};
-use crate::http::{Request, Response};
+use crate::auth::ApiKeys;
+use crate::dashboard::ops::{Op, Reply, ShardRow};
+use crate::dashboard::paging::{parse_filter, parse_limit};
+use crate::hub::query::{merge_tasks, TaskQuery};
 use crate::pairing::Issuer;
-use crate::server::common::{ask_all, unexpected, Answer};
-use crate::server::ShardCtx;
-use crate::shard::{Change as Event, Delta};
+use crate::registry::query::{merge_agents, AgentQuery, AgentSort};
+use crate::shard::{ask_all, Error, Outcome, Request, Shard};
+use crate::{hub, pairing, registry};
 
-/// The event stream's path (its request leaves the HTTP loop with the connection).
-pub const EVENTS_PATH: &str = "/api/dashboard/events";
-
-/// How often the event stream gathers the shards' events.
-pub const EVENTS_POLL_INTERVAL: Duration = Duration::from_millis(500);
-/// The summary (counts and per-shard counters) is pushed every this many polls.
-pub const SUMMARY_EVERY_POLLS: u32 = 2;
-/// Events sent in one push; more (a burst) are sent as one `resync` instead, after
-/// which the page re-reads what it shows.
-pub const EVENTS_PER_PUSH_MAX: usize = 256;
-/// The stream's queue is one push (at most [`EVENTS_PER_PUSH_MAX`] events or one
-/// summary): the next is built only once the last is written, so a client that does not
-/// read holds that much memory beyond the kernel's socket buffers. When those are full,
-/// a push not written within this time closes the stream as a slow consumer.
-pub const EVENTS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-
-fn refused(e: AdminAuthError) -> Response {
-    Response::json_bytes(e.status(), e.body().into_bytes())
+/// `GET /api/dashboard/agents` query values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AgentParams<'a> {
+    pub limit: Option<&'a str>,
+    pub cursor: Option<&'a str>,
+    /// `id` (default), `health`, `host`, `mode` or `heartbeat`.
+    pub sort: Option<&'a str>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<&'a str>,
+    /// `active`, `stale` or `offline`.
+    pub health: Option<&'a str>,
+    /// A case-insensitive substring of the id, host name, IP, mode or a skill.
+    pub q: Option<&'a str>,
 }
 
-/// The admin check of every dashboard route (the router has checked `client`'s failure
-/// budget; a token that is not ours counts against it).
-pub fn admin(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Claims> {
-    let header = req.header("authorization").map(str::as_bytes);
-    check_admin(ctx, header, client)
-}
-
-fn check_admin(ctx: &ShardCtx, header: Option<&[u8]>, client: IpAddr) -> Answer<Claims> {
-    let cfg = &ctx.config;
-    authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(|e| {
-        if e.is_forgery() {
-            crate::auth::budget::failed(ctx, client, Failure::Admin);
-        }
-        refused(e)
+/// The registry's query for `p`; 400 naming a malformed value.
+pub fn agent_query(p: &AgentParams<'_>) -> Result<AgentQuery, Error> {
+    let sort = AgentSort::parse(p.sort).map_err(Error::bad_request)?;
+    let desc = match p.order {
+        None | Some("") | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => return Err(Error::bad_request("order must be asc or desc")),
+    };
+    Ok(AgentQuery {
+        limit: parse_limit(p.limit).map_err(Error::bad_request)?,
+        sort,
+        desc,
+        cursor: AgentQuery::parse_cursor(sort, p.cursor).map_err(Error::bad_request)?,
+        health: AgentQuery::parse_health(p.health).map_err(Error::bad_request)?,
+        q: parse_filter("q", p.q).map_err(Error::bad_request)?,
     })
 }
 
-fn bad(e: String) -> Response {
-    Response::error(400, e)
+fn unexpected() -> Error {
+    tracing::error!("unexpected reply to a dashboard question");
+    Error::internal("internal error")
 }
 
-/// `GET /api/dashboard/agents?limit&cursor&sort&order&health&q`.
-pub async fn agents(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    admin(ctx, req, client)?;
-    let sort = AgentSort::parse(req.query_param("sort")).map_err(bad)?;
-    let desc = match req.query_param("order").as_deref() {
-        None | Some("") | Some("asc") => false,
-        Some("desc") => true,
-        Some(_) => return Err(bad("order must be asc or desc".into())),
-    };
-    let q = AgentQuery {
-        limit: parse_limit(req.query_param("limit").as_deref()).map_err(bad)?,
-        sort,
-        desc,
-        cursor: AgentQuery::parse_cursor(sort, req.query_param("cursor")).map_err(bad)?,
-        health: AgentQuery::parse_health(req.query_param("health")).map_err(bad)?,
-        q: parse_filter("q", req.query_param("q")).map_err(bad)?,
-    };
+/// `GET /api/dashboard/agents?limit&cursor&sort&order&health&q`: every shard's part of
+/// the page (`registry::ops::Op::Query`), merged.
+pub async fn agents<S: Shard>(sh: &S, p: &AgentParams<'_>) -> Result<Outcome, Error>
+where
+    registry::ops::Op: Request<S::Msg, Reply = registry::ops::Reply>,
+{
+    let q = agent_query(p)?;
     let mut parts = Vec::new();
-    for r in ask_all(ctx, |_| Op::Agents(Box::new(q.clone()))).await? {
+    for r in ask_all(sh, |_| registry::ops::Op::Query(Box::new(q.clone()))).await? {
         match r {
-            Reply::Agents(p) => parts.push(*p),
+            registry::ops::Reply::Part(p) => parts.push(*p),
             _ => return Err(unexpected()),
         }
     }
-    Ok(Response::json(200, &merge_agents(parts, &q)))
+    Ok(Outcome::json(&merge_agents(parts, &q)))
 }
 
-/// `GET /api/dashboard/tasks?limit&cursor&state&agent`.
-pub async fn tasks(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    admin(ctx, req, client)?;
-    let q = TaskQuery {
-        limit: parse_limit(req.query_param("limit").as_deref()).map_err(bad)?,
-        cursor: TaskQuery::parse_cursor(req.query_param("cursor")).map_err(bad)?,
-        state: parse_filter("state", req.query_param("state")).map_err(bad)?,
-        agent: parse_filter("agent", req.query_param("agent")).map_err(bad)?,
-    };
+/// `GET /api/dashboard/tasks` query values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskParams<'a> {
+    pub limit: Option<&'a str>,
+    pub cursor: Option<&'a str>,
+    pub state: Option<&'a str>,
+    /// The task's source, target or assignee.
+    pub agent: Option<&'a str>,
+}
+
+/// The hub's query for `p`; 400 naming a malformed value.
+pub fn task_query(p: &TaskParams<'_>) -> Result<TaskQuery, Error> {
+    Ok(TaskQuery {
+        limit: parse_limit(p.limit).map_err(Error::bad_request)?,
+        cursor: TaskQuery::parse_cursor(p.cursor).map_err(Error::bad_request)?,
+        state: parse_filter("state", p.state).map_err(Error::bad_request)?,
+        agent: parse_filter("agent", p.agent).map_err(Error::bad_request)?,
+    })
+}
+
+/// `GET /api/dashboard/tasks?limit&cursor&state&agent`: every shard's part of the page
+/// (`hub::ops::Op::Query`), merged.
+pub async fn tasks<S: Shard>(sh: &S, p: &TaskParams<'_>) -> Result<Outcome, Error>
+where
+    hub::ops::Op: Request<S::Msg, Reply = hub::ops::Reply>,
+{
+    let q = task_query(p)?;
     let mut parts = Vec::new();
-    for r in ask_all(ctx, |_| Op::Tasks(Box::new(q.clone()))).await? {
+    for r in ask_all(sh, |_| hub::ops::Op::Query(Box::new(q.clone()))).await? {
         match r {
-            Reply::Tasks(p) => parts.push(*p),
+            hub::ops::Reply::Part(p) => parts.push(*p),
             _ => return Err(unexpected()),
         }
     }
-    Ok(Response::json(200, &merge_tasks(parts, q.limit)))
+    Ok(Outcome::json(&merge_tasks(parts, q.limit)))
+}
+
+/// Agents by health.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct HealthCounts {
+    pub active: u64,
+    pub stale: u64,
+    pub offline: u64,
 }
 
 /// The summary body: totals plus one row per shard.
-#[derive(Serialize, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     /// Server time, seconds since the epoch (the page's clock for ages).
     pub time: f64,
     pub agents: HealthCounts,
-    pub tasks: std::collections::BTreeMap<String, u64>,
+    pub tasks: BTreeMap<String, u64>,
     pub pairing_pending: u64,
     pub pairing_approved: u64,
     /// Signaling WebSocket peers connected.
@@ -124,268 +133,80 @@ pub struct Summary {
     pub shards: Vec<ShardRow>,
 }
 
-/// One shard's counters (the same ones `/metrics` renders).
-#[derive(Serialize)]
-pub struct ShardRow {
-    pub shard: usize,
-    pub io_driver: &'static str,
-    pub connections_open: u64,
-    pub connections_accepted: u64,
-    pub requests_served: u64,
-    pub ws_open: u64,
-    pub ws_relayed: u64,
-    pub ws_refused: u64,
-    pub ws_closed_slow: u64,
-    pub mailbox_sent: u64,
-    pub mailbox_received: u64,
-    pub mailbox_refused_full: u64,
-    pub mailbox_wakeups: u64,
-}
-
-/// Adds up the shards' summaries.
-pub fn total(now: f64, parts: Vec<ShardSummary>) -> Summary {
-    let mut s = Summary {
-        time: now,
-        ..Summary::default()
-    };
-    for p in parts {
-        s.agents.active += p.agents.active;
-        s.agents.stale += p.agents.stale;
-        s.agents.offline += p.agents.offline;
-        for (k, v) in p.tasks {
-            *s.tasks.entry(k).or_default() += v;
-        }
-        s.pairing_pending += p.pairing_pending;
-        s.pairing_approved += p.pairing_approved;
-        if let Some(m) = p.metrics {
-            s.signaling_peers += m.ws.open;
-            s.shards.push(ShardRow {
-                shard: m.shard,
-                io_driver: match m.driver {
-                    reactor::driver::IoDriver::Uring => "io_uring",
-                    reactor::driver::IoDriver::Epoll => "epoll",
-                },
-                connections_open: m.connections_open,
-                connections_accepted: m.connections_accepted,
-                requests_served: m.requests_served,
-                ws_open: m.ws.open,
-                ws_relayed: m.ws.relayed,
-                ws_refused: m.ws.refused,
-                ws_closed_slow: m.ws.closed_slow,
-                mailbox_sent: m.mailbox.sent,
-                mailbox_received: m.mailbox.received,
-                mailbox_refused_full: m.mailbox.refused_full,
-                mailbox_wakeups: m.mailbox.wakeups,
-            });
+impl Summary {
+    /// A summary of nothing at `time` (what the event stream says when the shards could
+    /// not be asked).
+    pub fn empty(time: f64) -> Summary {
+        Summary {
+            time,
+            ..Summary::default()
         }
     }
-    s
 }
 
-/// `GET /api/dashboard/summary`.
-pub async fn summary(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    admin(ctx, req, client)?;
-    let mut parts = Vec::new();
-    for r in ask_all(ctx, |_| Op::Summary).await? {
+/// Counts from every shard: agents by health (the registry's `HealthCounts`), tasks by
+/// state (the hub's `StateCounts`), pairing entries pending and approved (pairing's
+/// `StatusCounts`), and each shard's counters. The first shard that cannot be asked is
+/// the answer (503).
+pub async fn summary_of<S: Shard>(sh: &S) -> Result<Summary, Error>
+where
+    registry::ops::Op: Request<S::Msg, Reply = registry::ops::Reply>,
+    hub::ops::Op: Request<S::Msg, Reply = hub::ops::Reply>,
+    pairing::ops::Op: Request<S::Msg, Reply = pairing::ops::Reply>,
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let mut s = Summary::empty(sh.now().as_secs_f64());
+    let [active, stale, offline] = registry::api::health_counts(sh).await?;
+    s.agents = HealthCounts {
+        active,
+        stale,
+        offline,
+    };
+    for r in ask_all(sh, |_| hub::ops::Op::StateCounts).await? {
         match r {
-            Reply::Summary(s) => parts.push(*s),
+            hub::ops::Reply::StateCounts(c) => {
+                for (k, v) in *c {
+                    *s.tasks.entry(k).or_default() += v;
+                }
+            }
             _ => return Err(unexpected()),
         }
     }
-    Ok(Response::json(200, &total(secs(ctx.now()), parts)))
+    for r in ask_all(sh, |_| pairing::ops::Op::StatusCounts).await? {
+        match r {
+            pairing::ops::Reply::StatusCounts(c) => {
+                s.pairing_pending += c[0];
+                s.pairing_approved += c[1];
+            }
+            _ => return Err(unexpected()),
+        }
+    }
+    for r in ask_all(sh, |_| Op::Counters).await? {
+        let Reply::Counters(row) = r;
+        s.signaling_peers += row.ws_open;
+        s.shards.push(*row);
+    }
+    Ok(s)
 }
 
-/// `POST /api/dashboard/invite`: a new invite code issued by the admin's peer id (in its
-/// key's mesh), as `POST /api/pairing/generate-code` does for an API key.
-pub async fn invite(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    let claims = admin(ctx, req, client)?;
-    let mesh = ctx
-        .config
-        .api_keys
-        .mesh_of(&claims.sub)
-        .flatten()
-        .map(str::to_owned);
-    let issuer = Issuer {
-        peer_id: claims.sub,
+/// `GET /api/dashboard/summary`.
+pub async fn summary<S: Shard>(sh: &S) -> Result<Outcome, Error>
+where
+    registry::ops::Op: Request<S::Msg, Reply = registry::ops::Reply>,
+    hub::ops::Op: Request<S::Msg, Reply = hub::ops::Reply>,
+    pairing::ops::Op: Request<S::Msg, Reply = pairing::ops::Reply>,
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    Ok(Outcome::json(&summary_of(sh).await?))
+}
+
+/// `POST /api/dashboard/invite`: who issues the code: the admin's peer id (the token's
+/// subject), in its key's mesh, as `POST /api/pairing/generate-code` does for an API
+/// key. The code is pairing's `issue_code` for this issuer.
+pub fn issuer(admin_peer_id: String, keys: &ApiKeys) -> Issuer {
+    let mesh = keys.mesh_of(&admin_peer_id).flatten().map(str::to_owned);
+    Issuer {
+        peer_id: admin_peer_id,
         mesh,
-    };
-    crate::pairing::api::issue_code(ctx, issuer).await
-}
-
-/// What one push of the stream says about changes.
-#[derive(Serialize, Default, Debug, PartialEq)]
-pub struct Changes {
-    pub events: Vec<Event>,
-    /// Events were dropped (a burst, or the ring moved on): re-read everything shown.
-    pub resync: bool,
-}
-
-/// Folds the shards' deltas into one push, updating `seqs` (the last sequence seen per
-/// shard).
-pub fn fold(seqs: &mut [u64], deltas: Vec<Delta>) -> Changes {
-    let mut c = Changes::default();
-    for (i, d) in deltas.into_iter().enumerate() {
-        if let Some(s) = seqs.get_mut(i) {
-            *s = d.seq;
-        }
-        c.resync |= d.lost;
-        c.events.extend(d.changes);
-    }
-    if c.events.len() > EVENTS_PER_PUSH_MAX {
-        c.events.clear();
-        c.resync = true;
-    }
-    c
-}
-
-fn sse(out: &mut Vec<u8>, event: &str, data: &impl Serialize) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(event.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    // serde_json writes no raw newline, so one `data:` line carries the whole value.
-    out.extend_from_slice(&serde_json::to_vec(data).unwrap_or_else(|_| b"null".to_vec()));
-    out.extend_from_slice(b"\n\n");
-}
-
-async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
-    match monoio::time::timeout(EVENTS_WRITE_TIMEOUT, stream.write_all(out)).await {
-        Ok((Ok(_), mut buf)) => {
-            buf.clear();
-            Some(buf)
-        }
-        _ => None,
-    }
-}
-
-/// `GET /api/dashboard/events?token=…`: `text/event-stream` of `hello`, `summary` and
-/// `changes` events until the client goes, is too slow, or the server shuts down.
-pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, client: IpAddr) {
-    let mut out = Vec::new();
-    let auth = match crate::auth::budget::admit(ctx, client, SecretRoute::Admin).await {
-        Err(resp) => Err(resp),
-        Ok(()) => match req.query_param("token") {
-            Some(t) => {
-                let header = format!("Bearer {t}");
-                check_admin(ctx, Some(header.as_bytes()), client)
-            }
-            None => admin(ctx, req, client),
-        },
-    };
-    if let Err(resp) = auth {
-        resp.encode(false, false, &mut out);
-        let _ = write_timed(&mut stream, out).await;
-        return;
-    }
-    out.extend_from_slice(
-        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-store\r\n\
-          x-accel-buffering: no\r\nconnection: close\r\n\r\n",
-    );
-    let shards = ctx.shard.count();
-    let mut seqs = vec![0u64; shards];
-    // Start from now: the page reads the lists itself first.
-    let first = ask_all(ctx, |_| Op::Poll(Box::new((u64::MAX, true)))).await;
-    let mut parts = Vec::new();
-    if let Ok(replies) = first {
-        for (i, r) in replies.into_iter().enumerate() {
-            if let Reply::Poll(b) = r {
-                seqs[i] = b.0.seq;
-                parts.extend(b.1);
-            }
-        }
-    }
-    sse(&mut out, "hello", &serde_json::json!({ "shards": shards }));
-    sse(&mut out, "summary", &total(secs(ctx.now()), parts));
-    let Some(buf) = write_timed(&mut stream, out).await else {
-        return;
-    };
-    out = buf;
-    let shutdown = ctx.shard.shutdown_event().clone();
-    let mut tick: u32 = 0;
-    loop {
-        match select2(monoio::time::sleep(EVENTS_POLL_INTERVAL), shutdown.wait()).await {
-            Either::Left(()) => {}
-            Either::Right(()) => return,
-        }
-        tick = tick.wrapping_add(1);
-        let with_summary = tick % SUMMARY_EVERY_POLLS == 0;
-        let Ok(replies) = ask_all(ctx, |s| Op::Poll(Box::new((seqs[s], with_summary)))).await
-        else {
-            continue; // a shard's mailbox is full: try again next tick
-        };
-        let mut deltas = Vec::with_capacity(shards);
-        let mut parts = Vec::new();
-        for r in replies {
-            if let Reply::Poll(b) = r {
-                let (d, s) = *b;
-                deltas.push(d);
-                parts.extend(s);
-            }
-        }
-        let changes = fold(&mut seqs, deltas);
-        if !changes.events.is_empty() || changes.resync {
-            sse(&mut out, "changes", &changes);
-        }
-        if with_summary {
-            sse(&mut out, "summary", &total(secs(ctx.now()), parts));
-        } else if out.is_empty() {
-            // A comment line: keeps proxies from timing the stream out, and finds a
-            // client that went away.
-            out.extend_from_slice(b": tick\n\n");
-        }
-        match write_timed(&mut stream, out).await {
-            Some(buf) => out = buf,
-            None => {
-                tracing::debug!("dashboard event stream closed (client gone or too slow)");
-                return;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::shard::Topic;
-
-    fn ev(seq: u64) -> Event {
-        Event {
-            seq,
-            topic: Topic::Agent,
-            id: format!("a{seq}"),
-        }
-    }
-
-    #[test]
-    fn folding_deltas_tracks_sequences_and_bursts() {
-        let mut seqs = vec![0, 0];
-        let c = fold(
-            &mut seqs,
-            vec![
-                Delta {
-                    seq: 3,
-                    changes: vec![ev(3)],
-                    lost: false,
-                },
-                Delta::default(),
-            ],
-        );
-        assert_eq!(seqs, [3, 0]);
-        assert_eq!(c.events.len(), 1);
-        assert!(!c.resync);
-        let burst = Delta {
-            seq: 1000,
-            changes: (4..1000).map(ev).collect(),
-            lost: false,
-        };
-        let c = fold(&mut seqs, vec![burst, Delta::default()]);
-        assert!(c.resync && c.events.is_empty());
-        assert_eq!(seqs[0], 1000);
-    }
-
-    #[test]
-    fn sse_frames_are_one_data_line() {
-        let mut out = Vec::new();
-        sse(&mut out, "x", &serde_json::json!({"a": "b\nc"}));
-        assert_eq!(out, b"event: x\ndata: {\"a\":\"b\\nc\"}\n\n");
     }
 }

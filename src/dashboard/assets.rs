@@ -1,8 +1,11 @@
 //! The dashboard's files, compiled into the binary (`include_str!`): `GET /` is the
-//! page, `GET /dashboard/{file}` its script, style sheet and icon. Nothing is fetched
-//! from elsewhere at run time, which the Content-Security-Policy enforces.
+//! page, `GET /dashboard/{file}` its script, style sheet and icon, each with the headers
+//! it must be served with ([`Asset`]; the router writes the response). Nothing is
+//! fetched from elsewhere at run time, which the Content-Security-Policy enforces.
 
-use crate::http::Response;
+use std::borrow::Cow;
+
+use crate::shard::Error;
 
 /// Only this origin's own files may load; no inline script or style, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
@@ -34,28 +37,45 @@ const FILES: &[(&str, &str, &str)] = &[
     ("icon.svg", "image/svg+xml", include_str!("assets/icon.svg")),
 ];
 
-fn secured(resp: Response, cache: &'static str) -> Response {
-    resp.with_header("cache-control", cache)
-        .with_header("content-security-policy", CONTENT_SECURITY_POLICY)
-        .with_header("x-content-type-options", "nosniff")
-        .with_header("referrer-policy", "no-referrer")
-        .with_header("x-frame-options", "DENY")
+/// One of the dashboard's files, as it is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Asset {
+    pub content_type: &'static str,
+    pub body: Cow<'static, str>,
+    /// Its `cache-control`.
+    pub cache: &'static str,
+    /// Headers every file is served with: the CSP and its companions.
+    pub headers: &'static [(&'static str, &'static str)],
 }
 
+/// The headers of every dashboard file.
+const SECURED: &[(&str, &str)] = &[
+    ("content-security-policy", CONTENT_SECURITY_POLICY),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+    ("x-frame-options", "DENY"),
+];
+
 /// `GET /`.
-pub fn index() -> Response {
-    let page = INDEX.replace("{{version}}", env!("CARGO_PKG_VERSION"));
-    secured(
-        Response::text(200, "text/html; charset=utf-8", page),
-        PAGE_CACHE,
-    )
+pub fn index() -> Asset {
+    Asset {
+        content_type: "text/html; charset=utf-8",
+        body: Cow::Owned(INDEX.replace("{{version}}", env!("CARGO_PKG_VERSION"))),
+        cache: PAGE_CACHE,
+        headers: SECURED,
+    }
 }
 
 /// `GET /dashboard/{file}`: 404 for a name not compiled in.
-pub fn file(name: &str) -> Response {
+pub fn file(name: &str) -> Result<Asset, Error> {
     match FILES.iter().find(|(n, _, _)| *n == name) {
-        Some((_, ctype, body)) => secured(Response::text(200, ctype, *body), FILE_CACHE),
-        None => Response::error(404, format!("no dashboard file {name}")),
+        Some((_, ctype, body)) => Ok(Asset {
+            content_type: ctype,
+            body: Cow::Borrowed(body),
+            cache: FILE_CACHE,
+            headers: SECURED,
+        }),
+        None => Err(Error::not_found(format!("no dashboard file {name}"))),
     }
 }
 
@@ -66,34 +86,27 @@ mod tests {
     #[test]
     fn files_and_headers() {
         let r = index();
-        assert_eq!(r.status, 200);
-        let h = |r: &Response, n: &str| {
-            if n == "content-type" {
-                return r.content_type.map(|v| v.to_string());
-            }
-            r.headers
-                .iter()
-                .find(|(k, _)| *k == n)
-                .map(|(_, v)| v.to_string())
-        };
-        assert_eq!(h(&r, "content-type").unwrap(), "text/html; charset=utf-8");
-        assert!(h(&r, "content-security-policy")
-            .unwrap()
-            .contains("script-src 'self'"));
-        let body = String::from_utf8(r.body.into_owned()).unwrap();
+        assert_eq!(r.content_type, "text/html; charset=utf-8");
+        assert_eq!(r.cache, "no-cache");
+        let csp = r
+            .headers
+            .iter()
+            .find(|(k, _)| *k == "content-security-policy");
+        assert!(csp.unwrap().1.contains("script-src 'self'"));
+        let body = r.body;
         assert!(!body.contains("{{version}}"));
         assert!(!body.contains("http://") && !body.contains("https://"));
         assert!(
             !body.contains("style="),
             "inline styles are refused by the CSP"
         );
-        let js = file("app.js");
-        assert_eq!(js.status, 200);
-        assert!(h(&js, "content-type")
-            .unwrap()
-            .starts_with("text/javascript"));
-        assert_eq!(file("app.css").status, 200);
-        assert_eq!(file("../Cargo.toml").status, 404);
-        assert_eq!(file("nope.js").status, 404);
+        let js = file("app.js").unwrap();
+        assert!(js.content_type.starts_with("text/javascript"));
+        assert!(file("app.css").is_ok());
+        assert_eq!(
+            file("../Cargo.toml").unwrap_err().kind,
+            crate::shard::Kind::NotFound
+        );
+        assert!(file("nope.js").is_err());
     }
 }

@@ -23,6 +23,7 @@ pub mod api;
 pub mod ops;
 pub mod payload;
 mod pointers;
+pub mod query;
 mod tasks;
 
 pub use ops::Store;

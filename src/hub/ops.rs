@@ -1,6 +1,7 @@
 //! The hub's typed operations: what another shard asks the shard that holds a task (or
 //! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
 
+use crate::hub::query::{tasks_part, TaskQuery, TaskRow};
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
@@ -59,6 +60,10 @@ pub enum Op {
     /// Claim every local pending task matching the agent; `(agent, skills, claimer)`.
     /// → `Tasks`.
     ClaimFor(Box<(String, Vec<String>, Holder)>),
+    /// The shard's part of a filtered page of tasks (`hub::query`). → `Part`.
+    Query(Box<TaskQuery>),
+    /// How many tasks of each state the shard holds. → `StateCounts`.
+    StateCounts,
 }
 
 /// The hub owner's answer to an [`Op`].
@@ -78,6 +83,9 @@ pub enum Reply {
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
     Updated(Box<(Task, Task)>),
+    Part(Box<crate::shard::paging::Part<TaskRow>>),
+    /// Tasks by state.
+    StateCounts(Box<std::collections::BTreeMap<String, u64>>),
 }
 
 impl Op {
@@ -238,6 +246,14 @@ impl Op {
                 Reply::Tasks(Box::new(
                     store.tasks.claim_for_agent_by(&agent, &skills, &by, now),
                 ))
+            }
+            Op::Query(q) => Reply::Part(Box::new(tasks_part(store.tasks.list(), &q))),
+            Op::StateCounts => {
+                let mut counts = std::collections::BTreeMap::new();
+                for t in store.tasks.list() {
+                    *counts.entry(t.state.clone()).or_default() += 1;
+                }
+                Reply::StateCounts(Box::new(counts))
             }
         }
     }

@@ -120,6 +120,8 @@ pub enum Op {
     EntryGet(EntryId),
     /// The shard's entries (`true`: pending only). → `Entries`.
     EntryList(bool),
+    /// How many entries are pending and approved on this shard. → `StatusCounts`.
+    StatusCounts,
 }
 
 /// The pairing owner's answer to an [`Op`].
@@ -147,6 +149,8 @@ pub enum Reply {
     /// `(before, after)` of a transition (the entry is now flagged saving).
     Changed(Box<(Entry, Entry)>),
     Entries(Box<Vec<Entry>>),
+    /// `[pending, approved]` entries.
+    StatusCounts(Box<[u64; 2]>),
 }
 
 /// Applies a transition to entry `id` unless another change of it is being saved; on
@@ -352,6 +356,17 @@ impl Op {
                     store.entries.list_all()
                 };
                 Reply::Entries(Box::new(list.into_iter().cloned().collect()))
+            }
+            Op::StatusCounts => {
+                let mut c = [0u64; 2];
+                for e in store.entries.list_all() {
+                    match e.status {
+                        Status::PendingApproval => c[0] += 1,
+                        Status::Approved => c[1] += 1,
+                        _ => {}
+                    }
+                }
+                Reply::StatusCounts(Box::new(c))
             }
         }
     }

@@ -17,6 +17,7 @@ mod agents;
 pub mod api;
 mod health;
 pub mod ops;
+pub mod query;
 mod topology;
 #[cfg(test)]
 mod workflows;

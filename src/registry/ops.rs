@@ -3,8 +3,9 @@
 //! it notes its own changes in the shard's change log.
 
 use crate::limits::{Principal, Refusal};
+use crate::registry::query::{agents_part, AgentQuery, AgentRow};
 use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore, Health, TopologyNode};
-use crate::shard::paging::PageReq;
+use crate::shard::paging::{PageReq, Part};
 use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
@@ -31,6 +32,8 @@ pub enum Op {
     TopologyNodes,
     /// How many agents of each health the shard holds. → `Health`.
     HealthCounts,
+    /// The shard's part of a filtered, sorted page (`registry::query`). → `Part`.
+    Query(Box<AgentQuery>),
 }
 
 /// The registry owner's answer to an [`Op`].
@@ -47,6 +50,7 @@ pub enum Reply {
     Nodes(Box<Vec<TopologyNode>>),
     /// Agents by health: `[active, stale, offline]`.
     Health(Box<[u64; 3]>),
+    Part(Box<Part<AgentRow>>),
 }
 
 impl Op {
@@ -103,6 +107,7 @@ impl Op {
                 }
                 Reply::Health(Box::new(c))
             }
+            Op::Query(q) => Reply::Part(Box::new(agents_part(store.list(), &q))),
         }
     }
 }

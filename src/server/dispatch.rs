@@ -4,7 +4,7 @@
 //! dashboard's gathers, the shard's own counters and test clock) is the shard context's
 //! (`ShardCtx::on_message`).
 
-use super::msg::Msg;
+use super::msg::{Msg, ShardOp, ShardReply};
 use super::{ServerConfig, ShardState};
 use crate::time::UnixTime;
 
@@ -60,6 +60,10 @@ pub fn apply(
                 api_keys: &config.api_keys,
             };
             op.apply(store, now).map(Msg::SignalingReply)
+        }
+        Msg::Shard(ShardOp::Changes(since)) => {
+            let delta = st.changes.borrow().since(since);
+            Some(Msg::ShardReply(ShardReply::Changes(Box::new(delta))))
         }
         // Replies go to the asking future, never to a handler.
         Msg::RegistryReply(_)

@@ -13,6 +13,7 @@ pub mod common;
 pub mod conn;
 mod debug;
 pub mod dispatch;
+pub mod events;
 pub mod layer;
 pub mod msg;
 pub mod paging;
@@ -271,9 +272,7 @@ impl ShardCtx {
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
         match dispatch::apply(&self.state, &self.config, msg, self.now()) {
             Ok(reply) => reply,
-            Err(Msg::Dashboard(op)) => {
-                Some(Msg::DashboardReply(crate::dashboard::ops::apply(self, op)))
-            }
+            Err(Msg::Dashboard(op)) => Some(Msg::DashboardReply(self.on_dashboard(op))),
             Err(Msg::Adopt(a)) => {
                 ws::on_adopt(self, a);
                 None
@@ -295,6 +294,38 @@ impl ShardCtx {
                 self.clock.set_offset(offset);
                 self.run_periodic_jobs();
                 ShardReply::ClockSet
+            }
+            // Sans-IO: `dispatch` answers it (here for completeness).
+            ShardOp::Changes(since) => {
+                ShardReply::Changes(Box::new(self.state.changes.borrow().since(since)))
+            }
+        }
+    }
+
+    /// The dashboard's question about this shard: its counters.
+    fn on_dashboard(&self, op: crate::dashboard::ops::Op) -> crate::dashboard::ops::Reply {
+        use crate::dashboard::ops::{Op, Reply, ShardRow};
+        match op {
+            Op::Counters => {
+                let m = self.metrics_snapshot();
+                Reply::Counters(Box::new(ShardRow {
+                    shard: m.shard,
+                    io_driver: match m.driver {
+                        reactor::driver::IoDriver::Uring => "io_uring",
+                        reactor::driver::IoDriver::Epoll => "epoll",
+                    },
+                    connections_open: m.connections_open,
+                    connections_accepted: m.connections_accepted,
+                    requests_served: m.requests_served,
+                    ws_open: m.ws.open,
+                    ws_relayed: m.ws.relayed,
+                    ws_refused: m.ws.refused,
+                    ws_closed_slow: m.ws.closed_slow,
+                    mailbox_sent: m.mailbox.sent,
+                    mailbox_received: m.mailbox.received,
+                    mailbox_refused_full: m.mailbox.refused_full,
+                    mailbox_wakeups: m.mailbox.wakeups,
+                }))
             }
         }
     }

@@ -38,11 +38,14 @@ pub enum ShardOp {
     /// Test clock: set the clock offset (nanoseconds) and run every periodic job once.
     /// → `ClockSet`.
     SetClock(u64),
+    /// The shard's changes after this sequence (`shard::ChangesSince`). → `Changes`.
+    Changes(u64),
 }
 
 pub enum ShardReply {
     Metrics(Box<ShardMetrics>),
     ClockSet,
+    Changes(Box<crate::shard::Delta>),
 }
 
 /// How a service's operation travels in the shard message: `crate::shard::Request`.
@@ -72,6 +75,19 @@ request!(auth::ops::Op => auth::ops::Reply, Auth, AuthReply);
 request!(signaling::ops::Op => signaling::ops::Reply, Signaling, SignalingReply);
 request!(ShardOp => ShardReply, Shard, ShardReply);
 request!(dashboard::ops::Op => dashboard::ops::Reply, Dashboard, DashboardReply);
+
+impl crate::shard::Request<Msg> for crate::shard::ChangesSince {
+    type Reply = crate::shard::Delta;
+    fn into_msg(self) -> Msg {
+        Msg::Shard(ShardOp::Changes(self.0))
+    }
+    fn reply(msg: Msg) -> Option<crate::shard::Delta> {
+        match msg {
+            Msg::ShardReply(ShardReply::Changes(d)) => Some(*d),
+            _ => None,
+        }
+    }
+}
 
 // Every ring slot holds one `Msg`: keep it at three words.
 const _: () = assert!(std::mem::size_of::<Msg>() <= 24);

@@ -27,9 +27,9 @@ pub fn is_ws(req: &Request, config: &ServerConfig) -> bool {
 }
 
 /// Whether `req` is the dashboard's event stream (a `GET` that takes the connection out
-/// of the HTTP loop: [`dashboard::api::event_stream`]).
+/// of the HTTP loop: [`super::events::event_stream`]).
 pub fn is_event_stream(req: &Request) -> bool {
-    req.path == dashboard::api::EVENTS_PATH && req.method == Method::Get
+    req.path == super::events::EVENTS_PATH && req.method == Method::Get
 }
 
 /// Whether `req` is a streamed response that takes the connection out of the HTTP loop
@@ -41,7 +41,7 @@ pub fn takes_connection(req: &Request) -> bool {
 /// Answers a request of [`takes_connection`]; the connection ends with it.
 pub async fn stream_route(ctx: &ShardCtx, stream: TcpStream, req: &Request, peer: SocketAddr) {
     if is_event_stream(req) {
-        dashboard::api::event_stream(ctx, stream, req, peer.ip()).await
+        super::events::event_stream(ctx, stream, req, peer.ip()).await
     } else {
         backup::stream(ctx, stream, req, peer.ip()).await
     }
@@ -360,14 +360,8 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     }
     if is_admin_route(m.route, method) && !ctx.config.insecure_open_admin {
         let header = req.header("authorization").map(|v| v.as_bytes());
-        let cfg = &ctx.config;
-        if let Err(e) =
-            auth::admin::authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs)
-        {
-            if e.is_forgery() {
-                auth::budget::failed(ctx, ip, auth::failures::Failure::Admin);
-            }
-            return Response::json_bytes(e.status(), e.body().into_bytes());
+        if let Err(resp) = admin_claims(ctx, header, ip) {
+            return resp;
         }
     }
     let result = match m.route {
@@ -420,15 +414,99 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
         Route::PairingStatus => pairing::api::status(ctx, req, p(0), ip).await,
         Route::DebugClock => debug::clock(ctx, req).await,
-        Route::DashboardPage => Ok(dashboard::assets::index()),
-        Route::DashboardFile => Ok(dashboard::assets::file(p(0))),
-        Route::DashboardAgents => dashboard::api::agents(ctx, req, ip).await,
-        Route::DashboardTasks => dashboard::api::tasks(ctx, req, ip).await,
-        Route::DashboardSummary => dashboard::api::summary(ctx, req, ip).await,
-        Route::DashboardInvite => dashboard::api::invite(ctx, req, ip).await,
+        Route::DashboardPage => Ok(asset(dashboard::assets::index())),
+        Route::DashboardFile => {
+            Ok(dashboard::assets::file(p(0)).map_or_else(Response::from, asset))
+        }
+        Route::DashboardAgents
+        | Route::DashboardTasks
+        | Route::DashboardSummary
+        | Route::DashboardInvite => Ok(dashboard_route(ctx, m.route, req, ip).await),
         Route::OpenApi => Ok(openapi()),
     };
     result.unwrap_or_else(|resp| resp)
+}
+
+/// The admin check of the operator routes (issue 10): `Authorization: Bearer <JWT>`
+/// whose role is admin, else the answer (401 or 403 with a JSON reason). A token that is
+/// not ours counts against `client`'s failure budget (which the caller admitted first).
+pub fn admin_claims(
+    ctx: &ShardCtx,
+    header: Option<&[u8]>,
+    client: std::net::IpAddr,
+) -> Result<auth::Claims, Response> {
+    let cfg = &ctx.config;
+    auth::admin::authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(
+        |e| {
+            if e.is_forgery() {
+                auth::budget::failed(ctx, client, auth::failures::Failure::Admin);
+            }
+            Response::json_bytes(e.status(), e.body().into_bytes())
+        },
+    )
+}
+
+/// The dashboard's API routes (docs/PROTOCOL.md §9): every one needs an admin token,
+/// `--insecure-open-admin` or not (the invite is issued by the token's subject).
+async fn dashboard_route(
+    ctx: &ShardCtx,
+    route: Route,
+    req: &Request,
+    ip: std::net::IpAddr,
+) -> Response {
+    let claims = match admin_claims(ctx, req.header("authorization").map(str::as_bytes), ip) {
+        Ok(c) => c,
+        Err(resp) => return resp,
+    };
+    let q = |name: &str| req.query_param(name);
+    match route {
+        Route::DashboardAgents => {
+            let (limit, cursor, sort, order, health, text) = (
+                q("limit"),
+                q("cursor"),
+                q("sort"),
+                q("order"),
+                q("health"),
+                q("q"),
+            );
+            let params = dashboard::api::AgentParams {
+                limit: limit.as_deref(),
+                cursor: cursor.as_deref(),
+                sort: sort.as_deref(),
+                order: order.as_deref(),
+                health: health.as_deref(),
+                q: text.as_deref(),
+            };
+            respond(dashboard::api::agents(ctx, &params).await)
+        }
+        Route::DashboardTasks => {
+            let (limit, cursor, state, agent) = (q("limit"), q("cursor"), q("state"), q("agent"));
+            let params = dashboard::api::TaskParams {
+                limit: limit.as_deref(),
+                cursor: cursor.as_deref(),
+                state: state.as_deref(),
+                agent: agent.as_deref(),
+            };
+            respond(dashboard::api::tasks(ctx, &params).await)
+        }
+        Route::DashboardSummary => respond(dashboard::api::summary(ctx).await),
+        _ => {
+            let issuer = dashboard::api::issuer(claims.sub, &ctx.config.api_keys);
+            pairing::api::issue_code(ctx, issuer)
+                .await
+                .unwrap_or_else(|resp| resp)
+        }
+    }
+}
+
+/// A dashboard file as a response, with its security headers.
+fn asset(a: dashboard::assets::Asset) -> Response {
+    let mut resp = Response::text(200, a.content_type, a.body.into_owned())
+        .with_header("cache-control", a.cache);
+    for (name, value) in a.headers {
+        resp = resp.with_header(name, *value);
+    }
+    resp
 }
 
 /// A path parameter, percent-decoded (400 for a bad escape).
@@ -649,7 +727,7 @@ mod tests {
             routed += 1;
         }
         assert_eq!(documented(WS_PATH), ["GET"]);
-        assert_eq!(documented(dashboard::api::EVENTS_PATH), ["GET"]);
+        assert_eq!(documented(super::super::events::EVENTS_PATH), ["GET"]);
         assert_eq!(
             paths.len(),
             routed + 2,

@@ -10,15 +10,31 @@ use crate::shard::sim::{Node, Sim};
 use crate::shard::ShardId;
 use crate::time::UnixTime;
 
-/// One simulated shard: its state (its signaling connection table too) and the settings.
+/// One simulated shard: its index, its state (its signaling connection table too) and
+/// the settings.
 pub struct SimNode {
+    pub id: ShardId,
     pub state: ShardState,
     pub config: Arc<ServerConfig>,
 }
 
 impl Node<Msg> for SimNode {
     fn handle(&self, _from: ShardId, msg: Msg, now: UnixTime) -> Option<Msg> {
-        dispatch::apply(&self.state, &self.config, msg, now).unwrap_or(None)
+        match dispatch::apply(&self.state, &self.config, msg, now) {
+            Ok(reply) => reply,
+            // A simulated shard has no I/O: its counters are zero.
+            Err(Msg::Dashboard(crate::dashboard::ops::Op::Counters)) => {
+                let row = crate::dashboard::ops::ShardRow {
+                    shard: self.id,
+                    io_driver: "sim",
+                    ..Default::default()
+                };
+                Some(Msg::DashboardReply(crate::dashboard::ops::Reply::Counters(
+                    Box::new(row),
+                )))
+            }
+            Err(_) => None,
+        }
     }
 }
 
@@ -36,7 +52,8 @@ where
 pub fn world(shards: usize, config: ServerConfig, start: UnixTime, seed: u64) -> Sim<Msg, SimNode> {
     let config = Arc::new(config);
     let nodes = (0..shards)
-        .map(|_| SimNode {
+        .map(|id| SimNode {
+            id,
             state: ShardState::new(&config, shards),
             config: config.clone(),
         })

@@ -45,6 +45,13 @@ pub struct Delta {
     pub lost: bool,
 }
 
+/// A request for one shard's changes after a sequence number ([`ChangeLog::since`]):
+/// the change log is the shard's, not a service's, so the request is the layer's, and
+/// the server (or the simulator) answers it from the shard's log with a [`Delta`]. A
+/// reader asks every shard (`shard::ask_all`) with the last sequence it saw of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangesSince(pub u64);
+
 /// A bounded ring of [`Change`]s with a monotonic sequence (the first change is 1).
 #[derive(Debug, Default)]
 pub struct ChangeLog {

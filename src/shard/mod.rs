@@ -27,7 +27,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use ask::{ask, ask_all, ask_owner, reserve, settle, tell, FollowUp, Request, ASK_PATIENCE};
-pub use changes::{Change, ChangeLog, Delta, Topic};
+pub use changes::{Change, ChangeLog, ChangesSince, Delta, Topic};
 pub use clock::Clock;
 pub use outcome::{Error, Kind, Outcome};
 pub use reactor::ShardId;

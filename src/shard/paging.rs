@@ -1,6 +1,7 @@
 //! Paged list routes: `?limit=N&cursor=C`, a stable order by a sort key, and a bounded
 //! response. Sans-IO helpers shared by `GET /api/registry/agents`,
-//! `/api/hub/tasks/all` and `/api/pairing/pending|all`.
+//! `/api/hub/tasks/all` and `/api/pairing/pending|all`; and filtered pages merged from
+//! every shard's [`Part`] (the dashboard's lists).
 //!
 //! Each list has a sort key (a string whose byte order is the list's order: `agent_id`;
 //! zero-padded `created_at` nanoseconds then the id). A cursor is the last returned
@@ -145,6 +146,63 @@ pub fn page_of<T>(
 /// Serializes one list item (compact JSON, as in an array).
 pub fn item_json<T: Serialize>(item: &T) -> Vec<u8> {
     wire::json::json_vec(item)
+}
+
+/// One shard's part of a filtered, sorted page (the dashboard's lists: agents by a sort
+/// key, tasks newest first): the owner filters and sorts what it holds and sends at most
+/// `limit` rows; the asking shard merges the parts ([`merge_parts`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Part<R> {
+    /// Matching records on this shard (whatever the cursor).
+    pub total: usize,
+    /// Matching records after the cursor.
+    pub after: usize,
+    /// The first `limit` of them, in page order.
+    pub rows: Vec<R>,
+}
+
+impl<R> Default for Part<R> {
+    fn default() -> Self {
+        Part {
+            total: 0,
+            after: 0,
+            rows: Vec::new(),
+        }
+    }
+}
+
+/// A page merged from every shard's [`Part`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Page<R> {
+    pub items: Vec<R>,
+    /// Matching records on all shards.
+    pub total: usize,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Merges the shards' parts into one page of at most `limit` rows in `order`; the next
+/// cursor (`cursor_of` the last row) when more matched after the cursor than the page
+/// holds.
+pub fn merge_parts<R>(
+    parts: Vec<Part<R>>,
+    limit: usize,
+    order: impl Fn(&R, &R) -> std::cmp::Ordering,
+    cursor_of: impl Fn(&R) -> String,
+) -> Page<R> {
+    let total = parts.iter().map(|p| p.total).sum();
+    let after: usize = parts.iter().map(|p| p.after).sum();
+    let mut items: Vec<R> = parts.into_iter().flat_map(|p| p.rows).collect();
+    items.sort_by(&order);
+    items.truncate(limit);
+    let next_cursor = (after > items.len())
+        .then(|| items.last().map(&cursor_of))
+        .flatten();
+    Page {
+        items,
+        total,
+        next_cursor,
+    }
 }
 
 #[cfg(test)]
