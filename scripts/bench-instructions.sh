@@ -15,6 +15,10 @@
 # server of two shards: relay with the peers on different shards (the message crosses a
 # mailbox), relay-local with both on one shard. They need the Python `websockets` and
 # `jwt` packages (target/pyenv, or PYTHON=...).
+# CALLGRIND_ARGS adds callgrind options, e.g. to count only the relay's own code (the
+# sender's and the owner's handling, without the executor's idle turns, whose count
+# depends on timing): CALLGRIND_ARGS="--collect-atstart=no
+# --toggle-collect=*on_events_now* --toggle-collect=*dispatch::apply*".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND=$1; N1=$2; N2=$3; shift 3
@@ -55,7 +59,7 @@ esac
 total() { # $1 = binary, $2 = requests -> total instructions
   local port pid
   port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
+  RUST_LOG=warn valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file="$OUT/cg.%p" \
     "$1" --cores "$CORES" --io-driver epoll --stun-url none --listen "127.0.0.1:$port" 2>>"$OUT/valgrind.log" & pid=$!
   "$PY" -W ignore - "$port" "$2" "$KIND" "${API_KEYS_FILE:-}" <<'PY'
 import http.client, json, sys, time

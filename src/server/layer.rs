@@ -41,18 +41,22 @@ impl shard::Shard for ShardCtx {
     type Msg = Msg;
     type Room = reactor::Reservation<Msg>;
 
+    #[inline]
     fn id(&self) -> ShardId {
         self.shard.id()
     }
 
+    #[inline]
     fn count(&self) -> usize {
         self.shard.count()
     }
 
+    #[inline]
     fn shard_of(&self, key: &[u8]) -> ShardId {
         self.shard.shard_of(key)
     }
 
+    #[inline]
     fn now(&self) -> UnixTime {
         self.clock.now()
     }
@@ -62,6 +66,7 @@ impl shard::Shard for ShardCtx {
         Ok(async move { ask.await.ok() })
     }
 
+    #[inline]
     fn try_tell(&self, to: ShardId, msg: Msg) -> Result<(), Msg> {
         self.shard.try_tell(to, msg)
     }
@@ -70,13 +75,11 @@ impl shard::Shard for ShardCtx {
         self.shard.reserve(to)
     }
 
-    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
-        async move {
-            if d.is_zero() {
-                reactor::yield_now().await
-            } else {
-                monoio::time::sleep(d).await
-            }
+    async fn sleep(&self, d: Duration) {
+        if d.is_zero() {
+            reactor::yield_now().await
+        } else {
+            monoio::time::sleep(d).await
         }
     }
 
@@ -125,6 +128,7 @@ impl<T> shard::Owns<T> for ShardCtx
 where
     super::ShardState: shard::Owns<T>,
 {
+    #[inline]
     fn owned(&self) -> &T {
         self.state.owned()
     }

@@ -117,6 +117,7 @@ impl ShardState {
 }
 
 impl Owns<ConnTable> for ShardState {
+    #[inline]
     fn owned(&self) -> &ConnTable {
         &self.ws
     }

@@ -18,6 +18,7 @@ use crate::signaling::store::inc;
 use crate::signaling::{ConnTable, PeerAuthz};
 
 /// The shard's connection table.
+#[inline]
 pub(super) fn table<S: Owns<ConnTable>>(sh: &S) -> &ConnTable {
     sh.owned()
 }

@@ -111,11 +111,10 @@ where
     // This future is what every idle connection costs, so rare or large futures are
     // boxed, each in a statement of its own (a temporary in a statement with an
     // `.await` keeps its space in the frame for the whole statement).
-    let ws = table(sh);
     // On io_uring, bytes arrive through the shard's multishot receive (no poll + read
     // per wakeup; the inbox is empty, unallocated, while the peer is idle).
     let mut rx = RecvRing::current().and_then(|r| r.recv(stream.as_raw_fd()).ok());
-    let mut decoder = Decoder::new(ws.limits().message_size_max);
+    let mut decoder = Decoder::new(table(sh).limits().message_size_max);
     let mut events = if leftover.is_empty() {
         Some(Decoded::default())
     } else {
@@ -143,11 +142,11 @@ where
             fut.await;
             return;
         }
-        if ws.is_shutting_down() {
-            ws.close_key(key, close_code::GOING_AWAY, "server shutting down".into());
+        if table(sh).is_shutting_down() {
+            table(sh).close_key(key, close_code::GOING_AWAY, "server shutting down".into());
         }
         // Write what is queued.
-        let (batch, closing) = take_output(ws, key);
+        let (batch, closing) = take_output(table(sh), key);
         if !batch.is_empty() {
             let fut = Box::pin(write_bounded(sh, &mut stream, key, batch));
             if !fut.await {
@@ -179,7 +178,7 @@ where
         // (`ConnTable::close_all`). Both futures live in this frame: an idle connection
         // allocates nothing while it waits.
         let wake = {
-            let pending = std::pin::pin!(output_or_close(ws, key));
+            let pending = std::pin::pin!(output_or_close(table(sh), key));
             match rx.as_mut() {
                 Some(rx) => {
                     let received = std::pin::pin!(rx.recv(Vec::new()));
@@ -205,7 +204,7 @@ where
             Wake::Received(Ok(n), buf) => decode(sh, key, &mut decoder, &buf[..n]),
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
-                let buf = ws.take_buf();
+                let buf = table(sh).take_buf();
                 let fut = Box::pin(stream.read(buf));
                 let (res, buf) = fut.await;
                 let events = match res {
@@ -214,7 +213,7 @@ where
                 };
                 // The buffer goes back to the pool at once: a connection holds one only
                 // while its bytes are decoded.
-                ws.put_buf(buf);
+                table(sh).put_buf(buf);
                 events
             }
         };
@@ -233,12 +232,11 @@ async fn write_bounded<S: Host, B: monoio::buf::IoBuf>(
     key: usize,
     bytes: B,
 ) -> bool {
-    let ws = table(sh);
-    ws.start_write(key, sh.now().as_secs());
+    table(sh).start_write(key, sh.now().as_secs());
     let write = std::pin::pin!(stream.write_all(bytes));
-    let abort = std::pin::pin!(write_abort(ws, key));
+    let abort = std::pin::pin!(write_abort(table(sh), key));
     let done = reactor::timer::select2_pinned(write, abort).await;
-    let mut slots = ws.slots.borrow_mut();
+    let mut slots = table(sh).slots.borrow_mut();
     if let Some(s) = slots.get_mut(key) {
         s.writing = None;
         // A write that finished after the sweep flagged it (but before the task saw
@@ -256,7 +254,7 @@ async fn write_bounded<S: Host, B: monoio::buf::IoBuf>(
         reactor::timer::Either::Left((Ok(_), _)) => true,
         reactor::timer::Either::Left((Err(_), _)) => false,
         reactor::timer::Either::Right(()) => {
-            inc(&ws.closed_slow);
+            inc(&table(sh).closed_slow);
             false
         }
     }
@@ -266,16 +264,15 @@ async fn write_bounded<S: Host, B: monoio::buf::IoBuf>(
 /// close, in the same read: an echo, a pong), then the close frame, and closes. The
 /// queue is bounded (`outbound_bytes_max`); a close for a full queue emptied it.
 async fn flush_and_close<S: Host>(sh: &S, stream: &mut TcpStream, key: usize) {
-    let ws = table(sh);
     let mut out = Vec::new();
     loop {
-        let (batch, _) = take_output(ws, key);
+        let (batch, _) = take_output(table(sh), key);
         if batch.is_empty() {
             break;
         }
         out.extend_from_slice(&batch);
     }
-    let close = ws.close_reason(key);
+    let close = table(sh).close_reason(key);
     let (code, reason) = close.unwrap_or((close_code::NORMAL, Cow::Borrowed("")));
     codec::encode_close(code, &reason, &mut out);
     if write_bounded(sh, stream, key, out).await {
@@ -463,8 +460,7 @@ async fn register<S: Host>(sh: &S, key: usize)
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
-    let ws = table(sh);
-    let (identity, mesh, authorized) = match ws.slots.borrow().get(key) {
+    let (identity, mesh, authorized) = match table(sh).slots.borrow().get(key) {
         Some(s) => (s.peer_id.clone(), s.mesh.clone(), s.authorized),
         None => return,
     };
@@ -476,12 +472,12 @@ where
     let frame = match peers {
         Ok(peers) => signaling::peer_list_frame(peers.iter().map(|p| &**p)),
         Err(e) => {
-            inc(&ws.refused);
+            inc(&table(sh).refused);
             let reason = format!("peer list unavailable: {}", e.message.unwrap_or_default());
             signaling::error_frame(&reason)
         }
     };
-    ws.enqueue(key, text_frame(&frame));
+    table(sh).enqueue(key, text_frame(&frame));
 }
 
 /// A message already built, sent again under the layer's policy ([`shard::tell`]).
