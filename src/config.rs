@@ -510,6 +510,27 @@ impl Cli {
         }
     }
 
+    /// The hub's limits (task fields, payload and result sizes, `ttl`, list pages);
+    /// `stray_task_shards` is set once the store is split among the shards.
+    pub fn hub_config(&self) -> crate::hub::Config {
+        let f = &self.store;
+        crate::hub::Config {
+            fields: crate::limits::FieldLimits {
+                field_bytes_max: f.agent_field_bytes_max,
+                list_items_max: f.agent_list_items_max,
+            },
+            payload_bytes_max: f.task_payload_bytes_max,
+            result_bytes_max: f.task_result_bytes_max,
+            ttl_max: f.task_ttl_max,
+            pages: crate::shard::paging::PageLimits {
+                items_max: f.list_page_items_max,
+                bytes_max: f.list_response_bytes_max,
+            },
+            require_agent_auth: self.require_agent_auth,
+            stray_task_shards: Vec::new(),
+        }
+    }
+
     pub fn malloc_trim_interval(&self) -> Result<Duration, String> {
         secs("--malloc-trim-interval", self.malloc_trim_interval)
     }

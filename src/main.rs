@@ -130,6 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     config.ws = cli.ws_limits()?;
     config.limits = cli.store_limits()?;
     config.registry = cli.registry_config();
+    config.hub = cli.hub_config();
     config.require_agent_auth = cli.require_agent_auth;
     config.auth_failures = cli.auth.failure_limits()?;
     config.jwt_leeway_secs = cli.auth.jwt_leeway_secs()?;
@@ -199,7 +200,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     if !stray.is_empty() {
         tracing::info!(shards = ?stray, "tasks re-homed for the new shard count; heartbeats also ask these shards");
     }
-    config.stray_task_shards = stray;
+    config.hub.stray_task_shards = stray;
     let config = Arc::new(config);
     let (bound, listeners) =
         reactor::listener::bind_reuseport(addr, reactor.cores()).map_err(|e| e.to_string())?;

@@ -22,9 +22,6 @@ pub struct ShardCounters {
     pub auth_failures: [Cell<u64>; FAILURE_KINDS],
     /// Attempts refused (429) by the failure budget here, by `SecretRoute::index`.
     pub auth_refused: [Cell<u64>; SECRET_ROUTES],
-    /// Requests refused by a store budget, by [`BUDGET_STORES`] × [`BUDGET_REASONS`],
-    /// counted on the shard that took the request.
-    pub budget_refused: [Cell<u64>; BUDGET_CELLS],
 }
 
 /// The stores whose budget refusals are counted (`store` label).
@@ -34,15 +31,6 @@ pub const BUDGET_REASONS: [&str; 3] = ["client_quota", "anonymous_share", "store
 const BUDGET_CELLS: usize = BUDGET_STORES.len() * BUDGET_REASONS.len();
 
 impl ShardCounters {
-    /// Counts a budget refusal of `store` (one of [`BUDGET_STORES`]) for `reason`.
-    pub fn budget_refused(&self, store: &str, reason: &str) {
-        let s = BUDGET_STORES.iter().position(|&x| x == store);
-        let r = BUDGET_REASONS.iter().position(|&x| x == reason);
-        if let (Some(s), Some(r)) = (s, r) {
-            Self::inc(&self.budget_refused[s * BUDGET_REASONS.len() + r]);
-        }
-    }
-
     pub fn inc(c: &Cell<u64>) {
         c.set(c.get() + 1);
     }
@@ -111,11 +99,8 @@ impl ShardMetrics {
         c: &ShardCounters,
         mailbox: MailboxStats,
         ws: WsMetrics,
-        mut budgets: BudgetMetrics,
+        budgets: BudgetMetrics,
     ) -> Self {
-        for (out, c) in budgets.refused.iter_mut().zip(&c.budget_refused) {
-            *out = c.get();
-        }
         ShardMetrics {
             shard,
             driver,

@@ -20,9 +20,11 @@
 //! [`heartbeat_body`]). `payload` is a `serde_json::Value` and so always has sorted keys.
 
 pub mod api;
+pub use api::Config;
 pub mod ops;
 pub mod payload;
 mod pointers;
+pub mod records;
 mod tasks;
 
 pub use ops::Store;

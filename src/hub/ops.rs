@@ -26,7 +26,8 @@ pub enum Op {
     Heartbeat(Box<(Heartbeat, Principal)>),
     /// Store a new pending task under this id by a principal (see
     /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
-    /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` | `Refused`.
+    /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` (the id is
+    /// taken: the submission comes back to be sent under another) | `Refused`.
     Create(Box<(TaskId, TaskSubmission, Principal)>),
     /// The store acknowledged the task's creation: make it claimable. → `Done`.
     Saved(Box<String>),
@@ -34,6 +35,9 @@ pub enum Op {
     Remove(Box<String>),
     /// Put a task back as it was (a change the store did not acknowledge). → `Done`.
     Restore(Box<Task>),
+    /// Put claimed tasks back to pending (their claim was not made durable). Sent into
+    /// reserved room (`shard::reserve`): never refused. → `Done`.
+    Unclaim(Box<Vec<Task>>),
     /// Leave a pointer to a task living elsewhere, for its target agent (owner:
     /// `shard_of(target)`); `(target, task id, deadline)`. → `Done` (a full table drops
     /// the pointer with a warning: the task stays claimable through its skill).
@@ -65,7 +69,7 @@ pub enum Op {
 pub enum Reply {
     Done,
     NotFound,
-    InUse,
+    InUse(Box<TaskSubmission>),
     /// Refused (403): the agent is bound to another principal, or the task belongs to
     /// another; the reason.
     Forbidden(Box<String>),
@@ -96,6 +100,7 @@ impl Op {
             Op::Create(b) => Some(b.0.clone()),
             Op::Saved(id) | Op::Remove(id) => Some((**id).clone()),
             Op::Restore(t) => Some(t.id.clone()),
+            Op::Unclaim(_) => Some(String::new()),
             Op::Update(b) => Some(b.0.clone()),
             Op::UpdateAs(b) => Some(b.0.clone()),
             Op::ClaimIds(_) | Op::ClaimFor(_) => Some(String::new()),
@@ -151,6 +156,9 @@ impl Op {
             }
             Op::Create(b) => {
                 let (id, sub, by) = *b;
+                if store.tasks.get(&id).is_some() {
+                    return Reply::InUse(Box::new(sub));
+                }
                 match store.tasks.create_for(
                     sub,
                     id.clone(),
@@ -163,7 +171,8 @@ impl Op {
                         store.tasks.set_saving(&id, true);
                         Reply::Task(Some(t))
                     }
-                    Err(CreateTaskError::DuplicateId) => Reply::InUse,
+                    // Checked above: the caller answers it as an internal error.
+                    Err(CreateTaskError::DuplicateId) => Reply::NotFound,
                     Err(CreateTaskError::Refused(r)) => Reply::Refused(Box::new(r)),
                 }
             }
@@ -185,6 +194,15 @@ impl Op {
             }
             Op::Restore(t) => {
                 store.tasks.replace(*t);
+                Reply::Done
+            }
+            Op::Unclaim(tasks) => {
+                for mut t in *tasks {
+                    crate::hub::STATE_PENDING.clone_into(&mut t.state);
+                    t.assigned_agent_id.clear();
+                    t.access.claimed_by = None;
+                    store.tasks.replace(t);
+                }
                 Reply::Done
             }
             Op::Update(b) => {

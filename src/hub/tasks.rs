@@ -313,6 +313,11 @@ impl TaskStore {
     }
 
     /// `(tasks, bytes)` that `client` holds here.
+    /// Budget refusals so far, by `limits::Refusal::REASONS`.
+    pub fn refusals(&self) -> [u64; 3] {
+        self.ledger.refused()
+    }
+
     pub fn client_usage(&self, client: &Charge) -> (usize, usize) {
         self.ledger.client(client)
     }

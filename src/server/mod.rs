@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub limits: crate::limits::StoreLimits,
     /// The registry's field limits and list pages.
     pub registry: crate::registry::Config,
+    /// The hub's field limits, list pages and stray task shards.
+    pub hub: crate::hub::Config,
     /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
     pub require_agent_auth: bool,
     /// The failure budgets of the routes that check a secret (`auth::failures`),
@@ -87,9 +89,6 @@ pub struct ServerConfig {
     pub secrets: chatixia_store::Secrets,
     /// The durable store (`None`: state in memory only, for embedders and benches).
     pub store: Option<chatixia_store::StoreHandle>,
-    /// Shards holding tasks away from their claim home after a restart with another
-    /// shard count: heartbeats ask them too (see `durable::split`).
-    pub stray_task_shards: Vec<usize>,
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
     pub ws_echo: bool,
 }
@@ -111,13 +110,13 @@ impl ServerConfig {
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
             registry: crate::registry::Config::default(),
+            hub: crate::hub::Config::default(),
             require_agent_auth: false,
             auth_failures: crate::auth::failures::FailureLimits::default(),
             jwt_leeway_secs: crate::auth::jwt::LEEWAY_SECS_DEFAULT,
             insecure_open_admin: false,
             secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
             store: None,
-            stray_task_shards: Vec::new(),
             ws_echo: false,
         }
     }
@@ -331,20 +330,12 @@ impl ShardCtx {
             agents_anonymous: n(agents_anonymous),
             agent_bytes: n(agents.usage(&crate::limits::Charge::default()).0),
             agent_anonymous_bytes: n(agent_anonymous_bytes),
-            refused: Default::default(),
+            // `metrics::BUDGET_STORES` × `limits::Refusal::REASONS`: tasks, then agents.
+            refused: {
+                let (t, a) = (hub.tasks.refusals(), agents.refusals());
+                [t[0], t[1], t[2], a[0], a[1], a[2]]
+            },
         }
-    }
-
-    /// The answer to a budget refusal of `store` (`tasks`, `agents`), counted in
-    /// `/metrics` (`chatixia_budget_refused_total`).
-    pub fn refused(&self, store: &str, r: &crate::limits::Refusal) -> crate::http::Response {
-        self.counters.budget_refused(store, r.reason());
-        let names = if store == "agents" {
-            &crate::registry::AGENT_STORE_NAMES
-        } else {
-            &crate::hub::TASK_STORE_NAMES
-        };
-        crate::http::Response::error(r.status(), r.message(names))
     }
 
     fn job_health(&self) {

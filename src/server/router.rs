@@ -405,12 +405,27 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
             )),
             Err(e) => Err(e),
         },
-        Route::Heartbeat => hub::api::heartbeat(ctx, req, peer.ip()).await,
+        Route::Heartbeat => Ok(heartbeat(ctx, req, ip).await),
         Route::Topology => Ok(respond(registry::api::topology_route(ctx).await)),
-        Route::Tasks => hub::api::create(ctx, req, peer.ip()).await,
-        Route::TasksAll => hub::api::list_page(ctx, req, ip).await,
-        Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0), ip).await,
-        Route::Task => hub::api::get(ctx, req, p(0), ip).await,
+        Route::Tasks => Ok(create_task(ctx, req, ip).await),
+        Route::TasksAll => match task_reader(ctx, req, ip) {
+            Ok(reader) => Ok(respond(
+                hub::api::list_page(
+                    ctx,
+                    &ctx.config.hub,
+                    &reader,
+                    req.query_param("limit").as_deref(),
+                    req.query_param("cursor").as_deref(),
+                )
+                .await,
+            )),
+            Err(e) => Err(e),
+        },
+        Route::Task if method == Method::Post => Ok(update_task(ctx, req, p(0), ip).await),
+        Route::Task => match (path_id(p(0)), task_reader(ctx, req, ip)) {
+            (Ok(id), Ok(reader)) => Ok(respond(hub::api::get(ctx, &reader, id).await)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
         Route::GenerateCode => pairing::api::generate_code(ctx, req, ip).await,
         Route::Pair => pairing::api::pair(ctx, req, peer.ip()).await,
         Route::PairingPending => pairing::paged::list_page(ctx, req, true).await,
@@ -441,9 +456,7 @@ fn path_id(raw: &str) -> Result<String, Response> {
 /// the request carried an unknown `X-API-Key` counts against the address's failure
 /// budget (a key for the agent would have been accepted).
 async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
-    let info: registry::AgentInfo = match super::common::json_body(req)
-        .and_then(|i| crate::limits::require_object(&req.body).map(|()| i))
-    {
+    let info: registry::AgentInfo = match object_body(req) {
         Ok(i) => i,
         Err(resp) => return resp,
     };
@@ -453,10 +466,125 @@ async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Respon
     };
     let credential = by.peer.is_some();
     let r = registry::api::register(ctx, &ctx.config.registry, info, by).await;
+    bound(ctx, req, credential, ip, r)
+}
+
+/// A JSON body of the shape `T` (an object): 415, 400 or 422 otherwise.
+fn object_body<T: wire::json::JsonBody>(req: &Request) -> Result<T, Response> {
+    crate::limits::require_object(&req.body)?;
+    super::common::json_body(req)
+}
+
+/// A workflow's answer, and when it is a binding's 403 to a request that carried an
+/// unknown `X-API-Key`, that key counted as a wrong secret (see `register`).
+fn bound(
+    ctx: &ShardCtx,
+    req: &Request,
+    credential: bool,
+    ip: std::net::IpAddr,
+    r: Result<crate::shard::Outcome, crate::shard::Error>,
+) -> Response {
     if matches!(&r, Err(e) if e.kind == crate::shard::Kind::Forbidden) {
         auth::agent::refused_by_binding(ctx, req, credential, ip);
     }
     respond(r)
+}
+
+/// `POST /api/hub/heartbeat`.
+async fn heartbeat(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    let hb: registry::Heartbeat = match object_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let by = match auth::agent::principal(ctx, req, ip, Some(&hb.agent_id)) {
+        Ok(by) => by,
+        Err(resp) => return resp,
+    };
+    let credential = by.peer.is_some();
+    let cfg = &ctx.config;
+    let r = hub::api::heartbeat(ctx, &cfg.registry, &cfg.hub, hb, by).await;
+    bound(ctx, req, credential, ip, r)
+}
+
+/// `POST /api/hub/tasks`.
+async fn create_task(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    let sub: hub::TaskSubmission = match object_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
+    let by = match auth::agent::principal(ctx, req, ip, source) {
+        Ok(by) => by,
+        Err(resp) => return resp,
+    };
+    respond(hub::api::create(ctx, &ctx.config.hub, sub, by).await)
+}
+
+/// `POST /api/hub/tasks/{id}`.
+async fn update_task(
+    ctx: &ShardCtx,
+    req: &Request,
+    raw_id: &str,
+    ip: std::net::IpAddr,
+) -> Response {
+    let id = match path_id(raw_id) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let upd: hub::TaskUpdate = match object_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let by = match auth::agent::principal(ctx, req, ip, None) {
+        Ok(by) => by,
+        Err(resp) => return resp,
+    };
+    let credential = by.peer.is_some();
+    let r = hub::api::update(ctx, &ctx.config.hub, id, upd, by).await;
+    bound(ctx, req, credential, ip, r)
+}
+
+/// The reader of a task route: its principal (reads need no token, also under
+/// `--require-agent-auth`), or under `--insecure-open-admin` (the reference hub's
+/// operator view, whose admin plane is open to anyone) an admin. An unknown key decides
+/// what is withheld as surely as a wrong one at `/api/token`: it counts against the
+/// address's failure budget (no reader sends a key it does not mean: the PyPI agent
+/// polls without one), as does a forged token.
+fn task_reader(
+    ctx: &ShardCtx,
+    req: &Request,
+    ip: std::net::IpAddr,
+) -> Result<crate::limits::Principal, Response> {
+    let address = crate::limits::client_key(ip);
+    let cfg = &ctx.config;
+    if cfg.insecure_open_admin {
+        return Ok(crate::limits::Principal {
+            admin: true,
+            ..crate::limits::Principal::anonymous(address)
+        });
+    }
+    let failed = || auth::budget::failed(ctx, ip, auth::failures::Failure::Agent);
+    match auth::principal::resolve(
+        req,
+        &cfg.api_keys,
+        &cfg.jwt_secret,
+        ctx.now(),
+        cfg.jwt_leeway_secs,
+        address,
+    ) {
+        Ok(by) => {
+            if by.peer.is_none() && req.header("x-api-key").is_some() {
+                failed();
+            }
+            Ok(by)
+        }
+        Err(r) => {
+            if r.forged {
+                failed();
+            }
+            Err(r.error.into())
+        }
+    }
 }
 
 /// The operator routes (issue 10): they need an admin JWT unless the server runs with

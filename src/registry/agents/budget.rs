@@ -100,6 +100,9 @@ pub(super) struct Budget {
     config: AgentBudgetConfig,
     /// agent id → (creating client, bytes charged), and per client.
     ledger: ClientLedger<String>,
+    /// Upserts refused because the registry held `agents_max` agents (the ledger counts
+    /// its own refusals).
+    full_refused: std::cell::Cell<u64>,
 }
 
 impl Budget {
@@ -156,6 +159,14 @@ impl AgentStore {
     }
 
     /// `(agents, bytes)` that anonymous clients created here, all together.
+    /// Budget refusals so far, by `limits::Refusal::REASONS` (the store's own
+    /// "full" counted with the ledger's).
+    pub fn refusals(&self) -> [u64; 3] {
+        let mut r = self.budget.ledger.refused();
+        r[2] += self.budget.full_refused.get();
+        r
+    }
+
     pub fn anonymous_usage(&self) -> (usize, usize) {
         self.budget.ledger.anonymous()
     }
@@ -169,6 +180,9 @@ impl AgentStore {
     }
 
     fn refused_full(&self) -> Refusal {
+        self.budget
+            .full_refused
+            .set(self.budget.full_refused.get() + 1);
         Refusal::Full {
             items: self.agents.len(),
             bytes: self.budget.ledger.bytes(),
