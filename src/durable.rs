@@ -200,17 +200,21 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             Some(key) => shard_of(key, shards),
             None => home,
         };
-        if claim_home != home {
-            if !t.target_agent_id.is_empty() {
-                boots[shard_of(&t.target_agent_id, shards)].pointers.push((
+        // A targeted task is found by its agent's owner through a pointer wherever the
+        // task lives away from that owner (a skill task targeted at an agent included:
+        // `hub::api::create` leaves the same pointer).
+        if !t.target_agent_id.is_empty() {
+            let agent_home = shard_of(&t.target_agent_id, shards);
+            if agent_home != home {
+                boots[agent_home].pointers.push((
                     t.target_agent_id.clone(),
                     t.id.clone(),
                     t.deadline(),
                 ));
             }
-            if !stray.contains(&home) {
-                stray.push(home);
-            }
+        }
+        if claim_home != home && !stray.contains(&home) {
+            stray.push(home);
         }
         boots[home].tasks.push(t);
     }

@@ -26,6 +26,8 @@ pub mod payload;
 mod pointers;
 pub mod records;
 mod tasks;
+#[cfg(test)]
+mod workflows;
 
 pub use ops::Store;
 pub use payload::Payload;

@@ -260,3 +260,24 @@ impl Op {
         }
     }
 }
+
+/// The expiry job on one shard (every `EXPIRE_INTERVAL`): unfinished tasks past their
+/// TTL become `failed`, finished ones past retention are dropped, stale pointers swept.
+/// Returns the deletions to make durable (failed tasks live in memory only); the change
+/// is noted once in `changes`.
+pub fn expire(
+    store: &mut Store,
+    now: UnixTime,
+    changes: &mut ChangeLog,
+) -> Vec<chatixia_store::Mutation> {
+    let overdue = store.tasks.overdue_ids(now);
+    let out = store.tasks.expire(now);
+    store.pointers.sweep(now);
+    if out.expired + out.removed > 0 {
+        changes.push(Topic::Task, "");
+    }
+    overdue
+        .into_iter()
+        .map(chatixia_store::Mutation::DeleteTask)
+        .collect()
+}

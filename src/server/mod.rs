@@ -346,24 +346,13 @@ impl ShardCtx {
     }
 
     fn job_expire(&self) {
-        let now = self.now();
-        let (overdue, expired) = {
-            let mut hub = self.state.hub.borrow_mut();
-            let overdue = hub.tasks.overdue_ids(now);
-            let expired = hub.tasks.expire(now);
-            hub.pointers.sweep(now);
-            (overdue, expired)
-        };
-        if expired.expired + expired.removed > 0 {
-            self.note(crate::shard::Topic::Task, "");
-        }
-        // Failed by their TTL: finished tasks live in memory only.
-        self.commit_later(
-            overdue
-                .into_iter()
-                .map(chatixia_store::Mutation::DeleteTask)
-                .collect(),
+        let st = &self.state;
+        let deletes = crate::hub::ops::expire(
+            &mut st.hub.borrow_mut(),
+            self.now(),
+            &mut st.changes.borrow_mut(),
         );
+        self.commit_later(deletes);
     }
 
     fn job_pairing_sweep(&self) {
