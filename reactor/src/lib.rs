@@ -26,6 +26,7 @@ pub mod signals;
 pub mod sys;
 pub mod timer;
 
+pub use doorbell::{Bell, BellWaiter};
 pub use driver::IoDriver;
 pub use event::{yield_now, LocalEvent, Wait};
 pub use mailbox::{MailboxStats, RESERVED_MAX};

@@ -5,8 +5,8 @@
 //! (`StoreHandle::backup`), and the storage thread takes a read snapshot between two
 //! group commits (so the backup holds every change acknowledged before the request) and
 //! hands it to a backup thread, which writes it in chunks into a bounded ring
-//! (`BACKUP_CHUNKS_MAX` × `BACKUP_CHUNK_BYTES`) and rings a socket-pair doorbell. The shard
-//! awaits the doorbell like any other socket and writes each chunk to the client; it never
+//! (`BACKUP_CHUNKS_MAX` × `BACKUP_CHUNK_BYTES`) and rings the shard's bell
+//! ([`reactor::Bell`]). The shard awaits the bell on its event loop and writes each chunk to the client; it never
 //! reads the disk. The response has no length: it ends when the connection closes, and
 //! the backup's end line (counts and SHA-256) tells a complete backup from a cut one.
 
@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use chatixia_store::{Chunk, SubmitError};
@@ -32,9 +32,6 @@ const BACKUP_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for the backup thread's next chunk (it writes as fast as it reads; a
 /// stall this long means it is stuck).
 const BACKUP_CHUNK_WAIT_MAX: Duration = Duration::from_secs(120);
-
-/// Doorbell bytes read at once (each is one ring; their count does not matter).
-const DOORBELL_READ_BYTES_MAX: usize = 64;
 
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
 cache-control: no-store\r\nconnection: close\r\n\r\n";
@@ -87,9 +84,7 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
         .await;
         return;
     };
-    let pair = chatixia_store::SocketDoorbell::pair()
-        .and_then(|(bell, read)| monoio::net::UnixStream::from_std(read).map(|read| (bell, read)));
-    let (bell, mut read) = match pair {
+    let (bell, mut waiter) = match ctx.shard.bell() {
         Ok(p) => p,
         Err(e) => {
             answer(
@@ -100,7 +95,7 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
             return;
         }
     };
-    let mut chunks = match store.backup(Arc::new(bell)) {
+    let mut chunks = match store.backup(Arc::new(crate::server::StoreBell(bell))) {
         Ok(s) => s,
         Err(SubmitError::BackupRunning) => {
             answer(
@@ -124,7 +119,6 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
         }
     };
     let mut started = false;
-    let mut bell_buf = vec![0u8; DOORBELL_READ_BYTES_MAX];
     // The backup thread closes its doorbell when it ends: what it pushed before is
     // still taken (one more pass), then the stream ends.
     let mut bell_closed = false;
@@ -178,15 +172,8 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
             tracing::warn!("the backup thread ended without finishing the backup");
             return;
         }
-        match monoio::time::timeout(BACKUP_CHUNK_WAIT_MAX, read.read(bell_buf)).await {
-            Ok((Ok(n), b)) => {
-                bell_buf = b;
-                bell_closed = n == 0;
-            }
-            Ok((Err(_), b)) => {
-                bell_buf = b;
-                bell_closed = true;
-            }
+        match monoio::time::timeout(BACKUP_CHUNK_WAIT_MAX, waiter.wait()).await {
+            Ok(r) => bell_closed = r.is_err(),
             Err(_) => {
                 tracing::warn!("the backup thread stalled; backup stream ended");
                 return;

@@ -401,37 +401,35 @@ impl ShardCtx {
     }
 }
 
-/// Doorbell bytes read at once (each is one ring; their count does not matter).
-const DOORBELL_READ_BYTES_MAX: usize = 256;
+/// The store's doorbell is the reactor's [`reactor::Bell`] (an eventfd on io_uring, a
+/// socket pair on epoll): the storage thread rings it, a task of the shard awaits it.
+pub(crate) struct StoreBell(pub(crate) reactor::Bell);
 
-/// Links this shard to the store: the storage thread rings a socket-pair doorbell whose
-/// read end a task of this shard awaits, then wakes the shard's waiting commits.
-fn store_link(handle: &chatixia_store::StoreHandle) -> std::io::Result<chatixia_store::ShardLink> {
-    let (bell, read) = chatixia_store::SocketDoorbell::pair()?;
+impl chatixia_store::Doorbell for StoreBell {
+    fn ring(&self) {
+        self.0.ring();
+    }
+}
+
+/// Links this shard to the store: the storage thread rings a bell that a task of this
+/// shard awaits, which then wakes the shard's waiting commits.
+fn store_link(
+    shard: &Shard<Msg>,
+    handle: &chatixia_store::StoreHandle,
+) -> std::io::Result<chatixia_store::ShardLink> {
+    let (bell, mut waiter) = shard.bell()?;
     let link = handle
-        .link(Arc::new(bell))
+        .link(Arc::new(StoreBell(bell)))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let read = monoio::net::UnixStream::from_std(read)?;
     let l = link.clone();
     monoio::spawn(async move {
-        use monoio::io::AsyncReadRent;
-        let mut read = read;
-        // Rings are one byte each and carry no data: one read drains up to
-        // `DOORBELL_READ_BYTES_MAX` of them; more stay in the socket for the next read
-        // (the storage thread never blocks on a full socket, see `SocketDoorbell`).
-        let mut buf = vec![0u8; DOORBELL_READ_BYTES_MAX];
         loop {
-            let (r, b) = read.read(buf).await;
-            buf = b;
-            match r {
-                Ok(0) | Err(_) => {
-                    // The storage thread is gone: fail whatever still waits.
-                    l.on_doorbell();
-                    break;
-                }
-                Ok(_) => {
-                    l.on_doorbell();
-                }
+            let gone = waiter.wait().await.is_err();
+            // Completions are ready, or the storage thread is gone (whatever still
+            // waits then fails).
+            l.on_doorbell();
+            if gone {
+                break;
             }
         }
     });
@@ -488,7 +486,7 @@ pub async fn run_shard(
     boot: crate::durable::ShardBoot,
 ) {
     let link = match &config.store {
-        Some(handle) => match store_link(handle) {
+        Some(handle) => match store_link(&shard, handle) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!(shard = shard.id(), error = %e, "cannot link to the state store");

@@ -25,7 +25,6 @@
 
 pub mod backup;
 mod dir;
-mod doorbell;
 mod error;
 mod guard;
 mod link;
@@ -36,7 +35,6 @@ pub mod thread;
 
 pub use backup::{Export, ExportSummary, RestoreReport, VerifyReport};
 pub use dir::{DataDir, LOCK_FILE};
-pub use doorbell::SocketDoorbell;
 pub use error::{StoreError, SubmitError};
 pub use link::{Ack, ShardLink};
 pub use records::{
