@@ -24,8 +24,10 @@
 //! docs/ARCHITECTURE.md, "Durable state".
 
 pub mod backup;
+mod channel;
 mod dir;
 mod error;
+pub mod format;
 mod guard;
 mod link;
 pub mod records;
@@ -88,7 +90,7 @@ pub trait Backend: Send + 'static {
 
     /// A consistent snapshot of every record, to write as a backup on another thread
     /// while commits go on.
-    fn export(&self) -> Result<Box<dyn backup::Export>, StoreError>;
+    fn export(&self) -> Result<Box<dyn format::Export>, StoreError>;
 
     /// The store loaded at start: record the state it was in, so that a later open
     /// notices when commits since are missing (redb: `state.redb.seen`).

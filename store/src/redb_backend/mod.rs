@@ -29,6 +29,8 @@
 //! would close this at the price of a second fsync per commit (measured: 0.45–0.6× the
 //! commits per second at one writer); see docs/ARCHITECTURE.md, "Durable state".
 
+pub mod export;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -571,7 +573,7 @@ impl RedbBackend {
 
     /// A consistent read snapshot of every table, for a backup or an export: taken now,
     /// written later (on another thread) while commits go on.
-    pub fn exporter(&self) -> Result<crate::backup::Exporter, StoreError> {
+    pub fn exporter(&self) -> Result<export::Exporter, StoreError> {
         let f = &self.file;
         guarded(f, || {
             let txn = self.db()?.begin_read().map_err(|e| engine_err(f, e))?;
@@ -580,19 +582,9 @@ impl RedbBackend {
                 let v = meta.get("secret_check").map_err(|e| engine_err(f, e))?;
                 v.map(|v| v.value().to_vec()).unwrap_or_default()
             };
-            Ok(crate::backup::Exporter::new(
-                txn,
-                f.clone(),
-                check,
-                self.state.seq,
-            ))
+            Ok(export::Exporter::new(txn, f.clone(), check, self.state.seq))
         })
     }
-}
-
-/// The tables, for [`crate::backup`].
-pub(crate) mod tables {
-    pub(crate) use super::{INVITES, INVITES_V1, PAIRINGS, REVOCATIONS, TASKS, TOKENS};
 }
 
 /// Reads every row of `def`, decoding each value; `check_key` verifies that the key is
@@ -850,7 +842,7 @@ impl Backend for RedbBackend {
         Ok(())
     }
 
-    fn export(&self) -> Result<Box<dyn crate::backup::Export>, StoreError> {
+    fn export(&self) -> Result<Box<dyn crate::format::Export>, StoreError> {
         Ok(Box::new(self.exporter()?))
     }
 
