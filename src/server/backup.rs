@@ -23,7 +23,7 @@ use crate::http::{Request, Response};
 use crate::server::ShardCtx;
 
 /// The backup route's path (its request leaves the HTTP loop with the connection).
-pub const BACKUP_PATH: &str = crate::store_cli::BACKUP_PATH;
+pub const BACKUP_PATH: &str = "/api/admin/backup";
 
 /// A chunk (64 KiB) not taken by the client within this time ends the backup as a slow
 /// consumer (the snapshot it holds keeps the database from reusing pages).
