@@ -81,6 +81,8 @@ pub struct Cli {
     pub port_file: Option<std::path::PathBuf>,
 
     /// Testing only: enables `POST /debug/clock` to move the server's clock forward.
+    /// Exists only in a build with the `test-switches` feature.
+    #[cfg(feature = "test-switches")]
     #[arg(long, hide = true)]
     pub test_clock: bool,
 
@@ -111,7 +113,9 @@ pub struct Cli {
 
     /// Testing only: serve `GET /ws-echo`, a WebSocket that echoes every message, on the
     /// same connection path, codec and limits as `/ws`, for conformance suites
-    /// (Autobahn). It needs no token: never enable it on an exposed listener.
+    /// (Autobahn). It needs no token: never enable it on an exposed listener. Exists only
+    /// in a build with the `test-switches` feature.
+    #[cfg(feature = "test-switches")]
     #[arg(long)]
     pub ws_echo: bool,
 

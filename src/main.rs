@@ -126,7 +126,6 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     config.pairing_retention = cli.pairing_retention()?;
     let store_config = cli.store_config()?;
     config.stun_urls = cli.stun_urls();
-    config.test_clock = cli.test_clock;
     config.ws = cli.ws_limits()?;
     config.limits = cli.store_limits()?;
     config.registry = cli.registry_config();
@@ -134,11 +133,18 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     config.require_agent_auth = cli.require_agent_auth;
     config.auth_failures = cli.auth.failure_limits()?;
     config.jwt_leeway_secs = cli.auth.jwt_leeway_secs()?;
-    config.ws_echo = cli.ws_echo;
-    if config.ws_echo {
-        tracing::warn!(
-            "--ws-echo: GET /ws-echo echoes WebSocket messages without a token (testing only)"
-        );
+    #[cfg(feature = "test-switches")]
+    {
+        config.test_clock = cli.test_clock;
+        config.ws_echo = cli.ws_echo;
+        if config.ws_echo {
+            tracing::warn!(
+                "--ws-echo: GET /ws-echo echoes WebSocket messages without a token (testing only)"
+            );
+        }
+        if config.test_clock {
+            tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
+        }
     }
     config.http_client_limits = cli.http_client_limits()?;
     config.api_keys = load_api_keys();
@@ -158,9 +164,6 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
              delete, and read every task's payload and result; use only behind a trusted \
              boundary"
         );
-    }
-    if config.test_clock {
-        tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
     }
     config.secrets = chatixia_store::Secrets::derive(&config.jwt_secret);
     if config.jwt_secret == chatixia_core::auth::DEFAULT_SECRET.as_bytes() {
@@ -186,6 +189,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 
+    #[cfg(feature = "test-switches")]
     if std::env::var_os("CHATIXIA_DENY_IO_URING").is_some() {
         // Test hook: refuse io_uring as a container's seccomp profile would, so the
         // epoll fallback is exercised against a real refusal from the kernel.
