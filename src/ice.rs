@@ -1,9 +1,39 @@
 //! `GET /api/config`: ICE servers for WebRTC clients (STUN, plus TURN with ephemeral
-//! coturn `use-auth-secret` credentials when configured).
+//! coturn `use-auth-secret` credentials when configured). A service of its own: its
+//! settings ([`Config`]) and one workflow ([`get`]) that needs no other shard.
 
 use serde::Serialize;
 
+use crate::shard::{Error, Outcome, Shard};
 use crate::time::UnixTime;
+
+/// What `GET /api/config` serves (`--stun-url`, `TURN_URL` and `TURN_SECRET`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// STUN URLs (may be empty).
+    pub stun_urls: Vec<String>,
+    /// `(TURN_URL, TURN_SECRET)` when both are set.
+    pub turn: Option<(String, Vec<u8>)>,
+}
+
+impl Default for Config {
+    /// The reference's: its one STUN server, no TURN.
+    fn default() -> Self {
+        Config {
+            stun_urls: default_stun_urls(),
+            turn: None,
+        }
+    }
+}
+
+/// `GET /api/config` at the shard's time.
+pub fn get<S: Shard>(sh: &S, cfg: &Config) -> Result<Outcome, Error> {
+    let turn = cfg
+        .turn
+        .as_ref()
+        .map(|(url, secret)| (url.as_str(), secret.as_slice()));
+    Ok(Outcome::json(&ice_config(&cfg.stun_urls, turn, sh.now())))
+}
 
 /// The reference's only STUN server.
 pub const DEFAULT_STUN_URL: &str = "stun:stun.l.google.com:19302";

@@ -5,12 +5,8 @@ use std::fmt::Write;
 
 use reactor::{IoDriver, MailboxStats};
 
+use crate::auth::budget::{FAILURE_KINDS, SECRET_ROUTES};
 use crate::auth::failures::{Failure, SecretRoute};
-
-/// Kinds of wrong secret counted (`Failure::ALL`).
-const FAILURE_KINDS: usize = Failure::ALL.len();
-/// Route families with a failure budget (`SecretRoute::ALL`).
-const SECRET_ROUTES: usize = SecretRoute::ALL.len();
 
 /// Counters a shard keeps about itself (shard-local cells, never shared).
 #[derive(Default)]
@@ -18,10 +14,6 @@ pub struct ShardCounters {
     pub connections_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub requests_served: Cell<u64>,
-    /// Wrong secrets presented here, by `Failure::index`.
-    pub auth_failures: [Cell<u64>; FAILURE_KINDS],
-    /// Attempts refused (429) by the failure budget here, by `SecretRoute::index`.
-    pub auth_refused: [Cell<u64>; SECRET_ROUTES],
     /// Requests refused by a store budget, by [`BUDGET_STORES`] × [`BUDGET_REASONS`],
     /// counted on the shard that took the request.
     pub budget_refused: [Cell<u64>; BUDGET_CELLS],
@@ -84,7 +76,8 @@ pub struct BudgetMetrics {
     pub refused: [u64; BUDGET_CELLS],
 }
 
-/// Failure-budget counters of one shard (issue 20).
+/// Failure-budget counters of one shard (issue 20): auth keeps them in its state
+/// (`auth::budget::Counters`), the shard reads them into its snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuthMetrics {
     /// Wrong secrets, by `Failure::index`.
@@ -124,11 +117,7 @@ impl ShardMetrics {
             requests_served: c.requests_served.get(),
             mailbox,
             ws,
-            auth: AuthMetrics {
-                failures: std::array::from_fn(|i| c.auth_failures[i].get()),
-                refused: std::array::from_fn(|i| c.auth_refused[i].get()),
-                addresses: 0,
-            },
+            auth: AuthMetrics::default(),
             budgets,
         }
     }

@@ -8,12 +8,21 @@
 //!   expired, wrongly signed, …) → **401**;
 //! * a valid token whose role is not `admin` → **403**;
 //!
-//! both answered with a JSON `{"error": …}` body ([`AdminAuthError::body`]). Pure: the
-//! caller passes the header value, the JWT secret and `now`.
+//! both answered with a JSON `{"error": …}` body ([`AdminAuthError::body`]).
+//! [`authorize_admin`] is pure (the caller passes the header value, the JWT secret and
+//! `now`); [`authorize`] is the workflow the routes call: it also counts a token that is
+//! not ours against the caller's failure budget.
+
+use std::net::IpAddr;
 
 use serde::Serialize;
 
+use super::budget::{failed, Budgeted};
+use super::failures::Failure;
 use super::jwt::{self, Claims, JwtError};
+use super::ops::{Op, Reply};
+use super::Config;
+use crate::shard::{Error, Request};
 use crate::time::UnixTime;
 
 /// The role an API key entry must carry for its JWTs to pass [`authorize_admin`].
@@ -94,6 +103,15 @@ impl AdminAuthError {
     }
 }
 
+impl From<AdminAuthError> for Error {
+    fn from(e: AdminAuthError) -> Error {
+        match e {
+            AdminAuthError::Unauthorized(_) => Error::unauthorized(e.message()),
+            AdminAuthError::Forbidden { .. } => Error::forbidden(e.message()),
+        }
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` value: the scheme is matched without
 /// regard to case (RFC 9110 §11.1), separated by spaces from a non-empty token; the value
 /// must be visible ASCII (the reference's `HeaderValue::to_str`).
@@ -136,6 +154,30 @@ pub fn authorize_admin(
         });
     }
     Ok(claims)
+}
+
+/// The admin check of an operator route from `client`, whose `Authorization` header
+/// is `authorization`: the admin's claims, or 401/403 (a token that is not ours counts
+/// against `client`'s failure budget, which the caller checked before).
+pub async fn authorize<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    authorization: Option<&str>,
+    client: IpAddr,
+) -> Result<Claims, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let header = authorization.map(str::as_bytes);
+    match authorize_admin(header, &cfg.jwt_secret, sh.now(), cfg.jwt_leeway_secs) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if e.is_forgery() {
+                failed(sh, client, Failure::Admin).await;
+            }
+            Err(e.into())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -49,7 +49,10 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     let sub: TaskSubmission = json_body(req)?;
     ctx.config.limits.check_task(&sub)?;
     let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
-    let by = crate::auth::agent::principal(ctx, req, peer, source)?;
+    let presented = crate::server::common::presented(req);
+    let by = crate::auth::agent::principal(ctx, &ctx.config.auth, presented, peer, source)
+        .await
+        .map_err(Response::from)?;
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
         Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
@@ -102,40 +105,12 @@ pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Respo
     Ok(Response::error(500, "could not draw a free task id"))
 }
 
-/// The reader of a task route: its principal (reads need no token, also under
-/// `--require-agent-auth`), or under `--insecure-open-admin` (the reference hub's
-/// operator view, whose admin plane is open to anyone) an admin.
-fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
-    let address = crate::limits::client_key(peer);
-    if ctx.config.insecure_open_admin {
-        return Ok(Principal {
-            admin: true,
-            ..Principal::anonymous(address)
-        });
-    }
-    let cfg = &ctx.config;
-    crate::auth::principal::resolve(
-        req,
-        &cfg.api_keys,
-        &cfg.jwt_secret,
-        ctx.now(),
-        cfg.jwt_leeway_secs,
-        address,
-    )
-    .inspect(|by| {
-        // An unknown key decides what is withheld as surely as a wrong one at
-        // `/api/token`: it counts against the address's failure budget (no reader sends
-        // a key it does not mean: the PyPI agent polls without one).
-        if by.peer.is_none() && req.header("x-api-key").is_some() {
-            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
-        }
-    })
-    .map_err(|r| {
-        if r.forged {
-            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
-        }
-        r.error.into()
-    })
+/// The reader of a task route (auth's `agent::reader`).
+async fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
+    let presented = crate::server::common::presented(req);
+    crate::auth::agent::reader(ctx, &ctx.config.auth, presented, peer)
+        .await
+        .map_err(Response::from)
 }
 
 /// A task as `reader` may see it: whole if [`Task::readable_by`], else with `payload`,
@@ -173,7 +148,7 @@ fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
 /// withheld ([`for_reader`]).
 pub async fn list_page(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
     use crate::server::paging::{page_req, page_response, time_key};
-    let reader = reader(ctx, req, peer)?;
+    let reader = reader(ctx, req, peer).await?;
     let page = page_req(req, &ctx.config.limits)?;
     let mut all: Vec<Task> = Vec::new();
     for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
@@ -199,7 +174,7 @@ fn sort_tasks(tasks: &mut [Task]) {
 /// `GET /api/hub/tasks/{id}` (what the caller may not read is withheld).
 pub async fn get(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -> Answer<Response> {
     let id = path_param(raw_id)?;
-    let reader = reader(ctx, req, peer)?;
+    let reader = reader(ctx, req, peer).await?;
     let to = ctx.shard.shard_of(&id);
     match ask(ctx, to, Op::Get(Box::new(id))).await? {
         Reply::Task(Some(t)) => Ok(ok_json(for_reader(&t, &reader, true))),
@@ -216,9 +191,12 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
     let upd: TaskUpdate = json_body(req)?;
     ctx.config.limits.check_update(&upd)?;
     let to = ctx.shard.shard_of(&id);
-    let by = crate::auth::agent::principal(ctx, req, peer, None)?;
+    let presented = crate::server::common::presented(req);
+    let by = crate::auth::agent::principal(ctx, &ctx.config.auth, presented, peer, None)
+        .await
+        .map_err(Response::from)?;
     let credential = by.peer.is_some();
-    let op = match (&by.peer, ctx.config.require_agent_auth && !by.admin) {
+    let op = match (&by.peer, ctx.config.auth.require_agent_auth && !by.admin) {
         (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
         _ => Op::Update(Box::new((id, upd, by))),
     };
@@ -246,7 +224,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
         Reply::NotFound => Ok(not_found_200()),
         Reply::Refused(r) => Ok(ctx.refused("tasks", &r)),
         Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
+            crate::auth::agent::refused_by_binding(ctx, presented, credential, peer).await;
             Ok(Response::error(403, *why))
         }
         _ => Ok(unexpected()),
@@ -262,7 +240,11 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     crate::limits::require_object(&req.body)?;
     let hb: Heartbeat = json_body(req)?;
     ctx.config.limits.check_heartbeat(&hb)?;
-    let by = crate::auth::agent::principal(ctx, req, peer, Some(&hb.agent_id))?;
+    let presented = crate::server::common::presented(req);
+    let by =
+        crate::auth::agent::principal(ctx, &ctx.config.auth, presented, peer, Some(&hb.agent_id))
+            .await
+            .map_err(Response::from)?;
     let claimer = by.holder();
     let credential = by.peer.is_some();
     let agent = hb.agent_id.clone();
@@ -273,7 +255,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
         Reply::HeartbeatDone(b) => *b,
         Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
         Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
+            crate::auth::agent::refused_by_binding(ctx, presented, credential, peer).await;
             return Ok(Response::error(403, *why));
         }
         _ => return Ok(unexpected()),

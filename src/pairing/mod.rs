@@ -5,14 +5,20 @@
 //! * [`CodeStore`]: invite code → issuer, keyed by the code (12 base32 symbols, or six
 //!   digits with `--pair-code-format digits6`);
 //! * [`PairingStore`]: entry id → [`Entry`], keyed by the 8-hex-digit id;
-//! * [`DeviceTokenIndex`]: device token → [`DeviceGrant`], keyed by the token;
 //! * [`RateLimiter`]: client IP → recent `pair` attempts, and [`budget::AddressBudget`]:
 //!   client key (IPv4 address, IPv6 /64) → wrong codes in 24 h, both on
 //!   `shard_of(client key)`.
 //!
+//! An approved entry's device token is indexed by auth (`auth::DeviceTokenIndex`, on the
+//! shard owning the token) and its peer authorized by signaling (`signaling::PeerAuthz`,
+//! on `shard_of(peer_id)`): pairing asks their typed operations; neither imports pairing.
+//!
 //! Values that pick the owning shard (codes, ids, tokens) are drawn by the caller *before*
 //! routing ([`Code::random`], [`EntryId::random`], [`new_device_token`]), so no store needs
 //! to know about other shards.
+//!
+//! The workflows ([`api`]) are generic over the shard layer and tested on the simulator
+//! (`workflows.rs`).
 //!
 //! `POST /api/pairing/pair`, in the reference's order:
 //! 1. the body must deserialize as [`PairRequest`] (the HTTP layer's job; failures there
@@ -38,16 +44,53 @@ pub mod guard;
 pub mod ops;
 pub mod paged;
 pub mod ratelimit;
+pub mod records;
+#[cfg(test)]
+mod workflows;
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::shard::paging::PageLimits;
+use crate::shard::{Error, Kind};
+use chatixia_store::Secrets;
+
 pub use codes::{daily_guess_odds, Code, CodeFormat, CodeInsertError, CodeStore, Issuer};
 pub use entries::{
-    new_device_token, new_peer_id, CreateError, DeviceGrant, DeviceTokenIndex, Entry, EntryId,
-    IndexInsertError, PairingStore, Status,
+    new_device_token, new_peer_id, CreateError, Entry, EntryId, PairingStore, Status,
 };
+pub use guard::GuardLimits;
 pub use ops::Store;
 pub use ratelimit::RateLimiter;
+
+/// What pairing's workflows are held to (immutable after start).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The guessing guard, the daily budget of wrong codes, the per-key code quota and
+    /// the format of new codes (`--pair-*`).
+    pub guard: GuardLimits,
+    /// How long rejected and revoked entries are kept after their last change
+    /// (`--pairing-retention`).
+    pub retention: Duration,
+    /// Keys derived from the server secret (issue 10): claim secrets and device tokens
+    /// are kept as keyed hashes, a device token sealed until used.
+    pub secrets: Secrets,
+    /// List pages of `GET /api/pairing/pending|all`.
+    pub pages: PageLimits,
+}
+
+impl Default for Config {
+    /// The defaults, with the secrets of the development secret.
+    fn default() -> Self {
+        Config {
+            guard: GuardLimits::default(),
+            retention: DEFAULT_RETENTION,
+            secrets: Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
+            pages: PageLimits::default(),
+        }
+    }
+}
 
 /// Lifetime of an invite code.
 pub const CODE_TTL_SECS: u64 = 300;
@@ -180,6 +223,19 @@ impl PairError {
     }
 }
 
+impl From<PairError> for Error {
+    fn from(e: PairError) -> Error {
+        let kind = match e {
+            PairError::RateLimited => Kind::TooMany,
+            PairError::BadCodeFormat | PairError::AgentNameRequired => Kind::BadRequest,
+            PairError::AgentNameTooLong => Kind::BadRequest,
+            PairError::InvalidCode => Kind::Unauthorized,
+            PairError::StoreFull => Kind::Unavailable,
+        };
+        Error::new(kind, e.message())
+    }
+}
+
 /// Why approve / reject / revoke failed: 404 in every case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActionError {
@@ -208,6 +264,12 @@ impl ActionError {
         ErrorBody {
             error: self.message(),
         }
+    }
+}
+
+impl From<ActionError> for Error {
+    fn from(e: ActionError) -> Error {
+        Error::not_found(e.message())
     }
 }
 
@@ -356,6 +418,16 @@ mod tests {
         ];
         for (e, status, msg) in cases {
             assert_eq!(e.status(), status);
+            let as_error = Error::from(e);
+            assert_eq!(as_error.message.as_deref(), Some(msg));
+            assert_eq!(
+                crate::shard::Error::from(e).kind,
+                match status {
+                    429 => Kind::TooMany,
+                    400 => Kind::BadRequest,
+                    _ => Kind::Unauthorized,
+                }
+            );
             assert_eq!(
                 serde_json::to_string(&e.body()).unwrap(),
                 format!(r#"{{"error":"{msg}"}}"#)
@@ -448,7 +520,7 @@ mod tests {
         };
         let mut codes = CodeStore::new();
         let mut entries = PairingStore::new();
-        let mut index = DeviceTokenIndex::new();
+        let mut index = crate::auth::DeviceTokenIndex::new();
         let mut limiter = RateLimiter::new();
         let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
