@@ -147,6 +147,29 @@ mod tests {
         );
     }
 
+    /// The workflow answers the configuration at the shard's clock.
+    #[test]
+    fn the_workflow_serves_the_configuration_at_the_shards_time() {
+        use crate::shard::sim::{Node, Sim};
+        struct Alone;
+        impl Node<()> for Alone {
+            fn handle(&self, _: usize, _: (), _: UnixTime) -> Option<()> {
+                None
+            }
+        }
+        let sim = Sim::new(vec![Alone], UnixTime::from_secs(1_700_000_000), 1);
+        let cfg = Config {
+            turn: Some(("turn:t".into(), b"my-secret".to_vec())),
+            ..Config::default()
+        };
+        let Ok(Outcome::Json(body)) = get(&sim.shard(0), &cfg) else {
+            panic!("not a JSON answer")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["iceServers"][0]["urls"][0], DEFAULT_STUN_URL);
+        assert_eq!(v["iceServers"][1]["username"], "1700086400:mesh");
+    }
+
     #[test]
     fn custom_stun_list() {
         let urls = vec!["stun:a:3478".to_owned(), "stun:b:3478".to_owned()];

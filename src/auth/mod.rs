@@ -25,6 +25,8 @@ pub mod keys;
 pub mod ops;
 pub mod principal;
 pub mod tokens;
+#[cfg(test)]
+mod workflows;
 
 use serde::Serialize;
 
