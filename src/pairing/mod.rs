@@ -189,18 +189,18 @@ pub enum PairError {
 }
 
 impl PairError {
-    /// HTTP status.
-    pub fn status(self) -> u16 {
+    /// What kind of refusal it is (the router answers 429, 400, 401 or 503).
+    pub fn kind(self) -> Kind {
         match self {
-            PairError::RateLimited => 429,
-            PairError::BadCodeFormat | PairError::AgentNameRequired => 400,
-            PairError::AgentNameTooLong => 400,
-            PairError::InvalidCode => 401,
-            PairError::StoreFull => 503,
+            PairError::RateLimited => Kind::TooMany,
+            PairError::BadCodeFormat | PairError::AgentNameRequired => Kind::BadRequest,
+            PairError::AgentNameTooLong => Kind::BadRequest,
+            PairError::InvalidCode => Kind::Unauthorized,
+            PairError::StoreFull => Kind::Unavailable,
         }
     }
 
-    /// The `error` string of the JSON body.
+    /// The reason the client reads (`{"error": …}`).
     pub fn message(self) -> &'static str {
         match self {
             PairError::RateLimited => "too many pairing attempts, try again later",
@@ -214,25 +214,11 @@ impl PairError {
             PairError::StoreFull => "too many pairing requests, try again later",
         }
     }
-
-    /// The JSON body, `{"error": …}`.
-    pub fn body(self) -> ErrorBody {
-        ErrorBody {
-            error: self.message(),
-        }
-    }
 }
 
 impl From<PairError> for Error {
     fn from(e: PairError) -> Error {
-        let kind = match e {
-            PairError::RateLimited => Kind::TooMany,
-            PairError::BadCodeFormat | PairError::AgentNameRequired => Kind::BadRequest,
-            PairError::AgentNameTooLong => Kind::BadRequest,
-            PairError::InvalidCode => Kind::Unauthorized,
-            PairError::StoreFull => Kind::Unavailable,
-        };
-        Error::new(kind, e.message())
+        Error::new(e.kind(), e.message())
     }
 }
 
@@ -246,23 +232,11 @@ pub enum ActionError {
 }
 
 impl ActionError {
-    /// HTTP status (404).
-    pub fn status(self) -> u16 {
-        404
-    }
-
-    /// The `error` string of the JSON body.
+    /// The reason the client reads (`{"error": …}`, with 404).
     pub fn message(self) -> &'static str {
         match self {
             ActionError::NotFoundOrNotPending => "not found or not pending",
             ActionError::NotFoundOrNotApproved => "not found or not approved",
-        }
-    }
-
-    /// The JSON body, `{"error": …}`.
-    pub fn body(self) -> ErrorBody {
-        ErrorBody {
-            error: self.message(),
         }
     }
 }
@@ -271,13 +245,6 @@ impl From<ActionError> for Error {
     fn from(e: ActionError) -> Error {
         Error::not_found(e.message())
     }
-}
-
-/// `{"error": "…"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ErrorBody {
-    /// The message.
-    pub error: &'static str,
 }
 
 /// `{"status":"ok"}`, the body of a successful reject or revoke.
@@ -396,51 +363,45 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies() {
+    fn errors_and_their_reasons() {
         let cases = [
             (
                 PairError::RateLimited,
-                429,
+                Kind::TooMany,
                 "too many pairing attempts, try again later",
             ),
             (
                 PairError::BadCodeFormat,
-                400,
+                Kind::BadRequest,
                 "code must be 12 characters of Crockford base32 like K7QM-3XPA-9T2D \
                  (dashes and spaces ignored), or 6 digits",
             ),
-            (PairError::AgentNameRequired, 400, "agent_name is required"),
+            (
+                PairError::AgentNameRequired,
+                Kind::BadRequest,
+                "agent_name is required",
+            ),
             (
                 PairError::InvalidCode,
-                401,
+                Kind::Unauthorized,
                 "invalid or expired pairing code",
             ),
+            (
+                PairError::StoreFull,
+                Kind::Unavailable,
+                "too many pairing requests, try again later",
+            ),
         ];
-        for (e, status, msg) in cases {
-            assert_eq!(e.status(), status);
-            let as_error = Error::from(e);
-            assert_eq!(as_error.message.as_deref(), Some(msg));
-            assert_eq!(
-                crate::shard::Error::from(e).kind,
-                match status {
-                    429 => Kind::TooMany,
-                    400 => Kind::BadRequest,
-                    _ => Kind::Unauthorized,
-                }
-            );
-            assert_eq!(
-                serde_json::to_string(&e.body()).unwrap(),
-                format!(r#"{{"error":"{msg}"}}"#)
-            );
+        for (e, kind, msg) in cases {
+            assert_eq!(Error::from(e), Error::new(kind, msg));
         }
-        assert_eq!(ActionError::NotFoundOrNotPending.status(), 404);
         assert_eq!(
-            serde_json::to_string(&ActionError::NotFoundOrNotPending.body()).unwrap(),
-            r#"{"error":"not found or not pending"}"#
+            Error::from(ActionError::NotFoundOrNotPending),
+            Error::not_found("not found or not pending")
         );
         assert_eq!(
-            serde_json::to_string(&ActionError::NotFoundOrNotApproved.body()).unwrap(),
-            r#"{"error":"not found or not approved"}"#
+            Error::from(ActionError::NotFoundOrNotApproved),
+            Error::not_found("not found or not approved")
         );
         assert_eq!(
             serde_json::to_string(&OkBody::OK).unwrap(),
