@@ -8,7 +8,8 @@
 # epoll driver is used (valgrind does not run io_uring).
 #
 # Usage: scripts/bench-instructions.sh KIND N1 N2 BIN [BIN ...]
-#   KIND: heartbeat | healthz
+#   KIND: heartbeat | healthz | relay (two registered WebSocket peers, one offer in
+#         flight; needs Python `websockets`, from target/pyenv when present)
 #   e.g. scripts/bench-instructions.sh heartbeat 500 2500 /tmp/base/chatixia-core target/release/chatixia-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,19 +17,55 @@ KIND=$1; N1=$2; N2=$3; shift 3
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
+PY=python3
+[ -x target/pyenv/bin/python ] && PY=target/pyenv/bin/python   # relay: needs `websockets`
 total() { # $1 = binary, $2 = requests -> total instructions
-  local port pid
-  port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
-    "$1" --cores 1 --io-driver epoll --stun-url none --listen "127.0.0.1:$port" 2>>"$OUT/valgrind.log" & pid=$!
-  python3 - "$port" "$2" "$KIND" <<'PY'
-import http.client, sys, time
-port, n, kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-for _ in range(600):
+  local pid run
+  run=$(mktemp -d "$OUT/run.XXXX")
+  # Two agents' API keys (relay); port 0, read back from --port-file (no port race).
+  printf '{"keys":{"ak_bench_a":{"peer_id":"bench-a","role":"agent"},"ak_bench_b":{"peer_id":"bench-b","role":"agent"}}}' >"$run/keys.json"
+  API_KEYS_FILE="$run/keys.json" CHATIXIA_DATA_DIR="$run/data" RUST_LOG=warn \
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/cg.%p" \
+    "$1" --cores 1 --io-driver epoll --stun-url none --listen "127.0.0.1:0" \
+    --port-file "$run/addr" 2>>"$OUT/valgrind.log" & pid=$!
+  "$PY" - "$run/addr" "$2" "$KIND" <<'PY'
+import http.client, json, sys, time
+addr_file, n, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for _ in range(1200):
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30); c.request("GET", "/healthz"); c.getresponse().read(); break
-    except OSError:
+        host, port = open(addr_file).read().split()[0].rsplit(":", 1)
+        port = int(port)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60); c.request("GET", "/healthz"); c.getresponse().read(); break
+    except (OSError, ValueError, IndexError):
         time.sleep(0.1)
+if kind == "relay":
+    # Two registered peers; `n` offers from a to b, each read by b before the next is
+    # sent (one message in flight: the server's cost per relayed message).
+    from websockets.sync.client import connect
+    def token(key):
+        c.request("POST", "/api/token", "", {"X-API-Key": key}); r = c.getresponse()
+        body = json.loads(r.read()); assert r.status == 200, body
+        return body["token"]
+    def peer(name, key):
+        ws = connect(f"ws://127.0.0.1:{port}/ws?token={token(key)}", max_size=None)
+        ws.send(json.dumps({"type": "register", "peer_id": name}))
+        while json.loads(ws.recv(timeout=60)).get("type") != "peer_list":
+            pass
+        return ws
+    a, b = peer("bench-a", "ak_bench_a"), peer("bench-b", "ak_bench_b")
+    msg = json.dumps({"type": "offer", "peer_id": "bench-a", "target_id": "bench-b",
+                      "payload": {"sdp": "v=0 " + "x" * 200}})
+    got = 0
+    for i in range(n):
+        a.send(msg)
+        while True:
+            m = json.loads(b.recv(timeout=60))
+            if m.get("type") == "offer":
+                got += 1
+                break
+    assert got == n, (got, n)
+    a.close(); b.close()
+    sys.exit(0)
 for i in range(n):
     if kind == "heartbeat":
         body = '{"agent_id":"bench-%d","hostname":"h","skill_names":["s%d"]}' % (i % 100, i % 10)
@@ -43,6 +80,7 @@ PY
   f=$(ls -t "$OUT"/cg.* | head -1)
   awk '/^summary:/ {print $2}' "$f"
   rm -f "$OUT"/cg.*
+  rm -rf "$run"
 }
 printf '%-60s %14s\n' "build ($KIND)" "instr/request"
 for bin in "$@"; do

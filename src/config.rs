@@ -463,9 +463,6 @@ impl Cli {
     /// The store limits.
     pub fn store_limits(&self) -> Result<crate::limits::StoreLimits, String> {
         let f = &self.store;
-        if f.pair_wrong_guesses_per_address_max == 0 {
-            return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
-        }
         if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
             return Err(
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
@@ -488,15 +485,65 @@ impl Cli {
                 client_bytes_max: f.agent_client_bytes_max,
                 anonymous_share_percent: f.anonymous_share_percent,
             },
-            pair_guard: crate::pairing::guard::GuardLimits {
+            anonymous_share_percent: f.anonymous_share_percent,
+        })
+    }
+
+    /// Auth's settings with these API keys and this JWT secret (read by `main` from the
+    /// keys file and `SIGNALING_SECRET`): the failure budgets, the JWT leeway,
+    /// `--require-agent-auth` and `--insecure-open-admin`.
+    pub fn auth_config(
+        &self,
+        api_keys: crate::auth::ApiKeys,
+        jwt_secret: Vec<u8>,
+    ) -> Result<crate::auth::Config, String> {
+        Ok(crate::auth::Config {
+            failures: self.auth.failure_limits()?,
+            jwt_leeway_secs: self.auth.jwt_leeway_secs()?,
+            require_agent_auth: self.require_agent_auth,
+            insecure_open_admin: self.insecure_open_admin,
+            ..crate::auth::Config::new(api_keys, jwt_secret)
+        })
+    }
+
+    /// Pairing's settings, with the keys derived from the server secret: the guessing
+    /// guard and code format (`--pair-*`), `--pairing-retention`, list pages.
+    pub fn pairing_config(
+        &self,
+        secrets: chatixia_store::Secrets,
+    ) -> Result<crate::pairing::Config, String> {
+        let f = &self.store;
+        if f.pair_wrong_guesses_per_address_max == 0 {
+            return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
+        }
+        Ok(crate::pairing::Config {
+            guard: crate::pairing::GuardLimits {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
                 wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
                 code_format: f.pair_code_format,
             },
-            anonymous_share_percent: f.anonymous_share_percent,
+            retention: self.pairing_retention()?,
+            secrets,
+            pages: self.page_limits(),
         })
+    }
+
+    /// `GET /api/config`'s settings: the STUN URLs (`--stun-url`) and TURN (`TURN_URL`
+    /// and `TURN_SECRET`, read by `main`).
+    pub fn ice_config(&self, turn: Option<(String, Vec<u8>)>) -> crate::ice::Config {
+        crate::ice::Config {
+            stun_urls: self.stun_urls(),
+            turn,
+        }
+    }
+
+    fn page_limits(&self) -> crate::shard::paging::PageLimits {
+        crate::shard::paging::PageLimits {
+            items_max: self.store.list_page_items_max,
+            bytes_max: self.store.list_response_bytes_max,
+        }
     }
 
     /// The registry's limits (field sizes, list pages).
@@ -507,10 +554,7 @@ impl Cli {
                 field_bytes_max: f.agent_field_bytes_max,
                 list_items_max: f.agent_list_items_max,
             },
-            pages: crate::shard::paging::PageLimits {
-                items_max: f.list_page_items_max,
-                bytes_max: f.list_response_bytes_max,
-            },
+            pages: self.page_limits(),
         }
     }
 

@@ -1,5 +1,6 @@
-//! Durable state (issue 10): the services' types ↔ the store's records, and the
-//! start-up split of the loaded snapshot by owner shard.
+//! Durable state (issue 10): the start-up split of the loaded snapshot by owner shard,
+//! and the hub's records. (Pairing's records are `pairing::records`, auth's device-token
+//! records `auth::tokens`.)
 //!
 //! The store (`chatixia-store`) runs on its own thread; each shard holds a `ShardLink`
 //! and commits through [`commit`](crate::server::ShardCtx::commit). A handler applies a
@@ -9,121 +10,17 @@
 //!
 //! Sans-IO: plain conversions and a pure split; the shard loads its part at start.
 
-use chatixia_store::{
-    DeviceTokenRecord, HashKind, InviteRecord, PairingRecord, PairingStatus, Secrets, Snapshot,
-    TokenHash,
-};
+use chatixia_store::{Secrets, Snapshot};
 use reactor::shard_of;
 
+use crate::auth::tokens::{grant_of, token_key, DeviceGrant};
 use crate::hub::{Placement, Task, TaskSubmission};
-use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
+use crate::pairing::records::{entry_of, invite_of};
+use crate::pairing::{Code, Entry, Issuer, Status};
 use crate::time::UnixTime;
 
 /// Where the store lives when neither `--data-dir` nor `CHATIXIA_DATA_DIR` is given.
 pub const DEFAULT_DATA_DIR: &str = "./chatixia-data";
-
-/// The key of a device token in the `DeviceTokenIndex` (and the routing key of its owner
-/// shard): the hex of its keyed hash, so the clear token is never needed after approval.
-pub fn token_key(hash: &TokenHash) -> String {
-    crate::pairing::hex_lower(&hash.0)
-}
-
-/// The index key of a device token presented by a client.
-pub fn token_key_of(secrets: &Secrets, token: &str) -> String {
-    token_key(&secrets.token_hash(HashKind::DeviceToken, token))
-}
-
-fn status_record(s: Status) -> PairingStatus {
-    match s {
-        Status::PendingApproval => PairingStatus::PendingApproval,
-        Status::Approved => PairingStatus::Approved,
-        Status::Rejected => PairingStatus::Rejected,
-        Status::Revoked => PairingStatus::Revoked,
-    }
-}
-
-fn status_of(s: PairingStatus) -> Status {
-    match s {
-        PairingStatus::PendingApproval => Status::PendingApproval,
-        PairingStatus::Approved => Status::Approved,
-        PairingStatus::Rejected => Status::Rejected,
-        PairingStatus::Revoked => Status::Revoked,
-    }
-}
-
-/// The record of an entry: token and claim secret as keyed hashes; the device token
-/// sealed only while approved and not yet used by its device.
-pub fn entry_record(e: &Entry, secrets: &Secrets) -> PairingRecord {
-    let sealed = (e.status == Status::Approved && !e.token_claimed && !e.device_token.is_empty())
-        .then(|| secrets.seal(e.id.value(), &e.device_token));
-    PairingRecord {
-        id: e.id.value(),
-        agent_name: e.agent_name.clone(),
-        peer_id: e.peer_id.clone(),
-        status: status_record(e.status),
-        created_at_ns: e.created_at.as_nanos(),
-        updated_at_ns: e.updated_at.as_nanos(),
-        mesh: e.mesh.clone(),
-        invited_by: e.invited_by.clone(),
-        claim_hash: e.claim_hash,
-        token_hash: e.token_hash,
-        sealed_token: sealed,
-    }
-}
-
-/// The entry of a loaded record (a sealed token is opened for the claim path; one that
-/// does not open is treated as claimed).
-pub fn entry_of(r: PairingRecord, secrets: &Secrets) -> Entry {
-    let token = r
-        .sealed_token
-        .as_ref()
-        .and_then(|s| secrets.unseal(r.id, s).ok());
-    Entry {
-        id: EntryId::from_u32(r.id),
-        agent_name: r.agent_name,
-        peer_id: r.peer_id,
-        token_claimed: token.is_none(),
-        device_token: token.unwrap_or_default(),
-        status: status_of(r.status),
-        created_at: UnixTime(r.created_at_ns),
-        updated_at: UnixTime(r.updated_at_ns),
-        mesh: r.mesh,
-        invited_by: r.invited_by,
-        token_hash: r.token_hash,
-        claim_hash: r.claim_hash,
-        saving: false,
-    }
-}
-
-/// The grant record of an approved entry's token.
-pub fn token_record(hash: TokenHash, g: &DeviceGrant) -> DeviceTokenRecord {
-    DeviceTokenRecord {
-        hash,
-        peer_id: g.peer_id.clone(),
-        role: g.role.clone(),
-        mesh: g.mesh.clone(),
-        entry_id: g.entry_id.value(),
-    }
-}
-
-fn grant_of(r: DeviceTokenRecord) -> DeviceGrant {
-    DeviceGrant {
-        peer_id: r.peer_id,
-        role: r.role,
-        mesh: r.mesh,
-        entry_id: EntryId::from_u32(r.entry_id),
-    }
-}
-
-/// The record of an invite code.
-pub fn invite_record(code: Code, issuer: &Issuer, expires_at: UnixTime) -> InviteRecord {
-    InviteRecord {
-        code: code.store_key(),
-        issuer_peer_id: issuer.peer_id.clone(),
-        mesh: issuer.mesh.clone(),
-        expires_at_ns: expires_at.as_nanos(),
-    }
-}
 
 pub use crate::hub::records::{task_of, task_record};
 
@@ -175,23 +72,18 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             .push((r.peer_id, UnixTime::from_secs(r.not_before_secs)));
     }
     for r in snapshot.invites {
+        let key = r.code;
         // Six-digit codes stored by an older server load as six-digit codes.
-        let Some(code) = Code::from_store_key(r.code) else {
+        let Some((code, issuer, expires_at)) = invite_of(r) else {
             tracing::error!(
-                key = r.code,
+                key,
                 "an invite code record holds no valid code; it is not loaded"
             );
             continue;
         };
-        let issuer = Issuer {
-            peer_id: r.issuer_peer_id,
-            mesh: r.mesh,
-        };
-        boots[shard_of(code.to_string(), shards)].invites.push((
-            code,
-            issuer,
-            UnixTime(r.expires_at_ns),
-        ));
+        boots[shard_of(code.to_string(), shards)]
+            .invites
+            .push((code, issuer, expires_at));
     }
     for r in snapshot.tasks {
         let t = task_of(r);
@@ -243,6 +135,8 @@ mod tests {
     use super::*;
     use crate::hub::TaskAccess;
     use crate::limits::Holder;
+    use crate::pairing::records::{entry_record, invite_record};
+    use crate::pairing::EntryId;
     use chatixia_store::TaskRecord;
 
     fn entry(id: u32, status: Status) -> Entry {
@@ -261,28 +155,6 @@ mod tests {
             token_claimed: false,
             saving: false,
         }
-    }
-
-    #[test]
-    fn entries_round_trip_and_seal_only_unclaimed_tokens() {
-        let secrets = Secrets::derive(b"s");
-        let mut e = entry(7, Status::Approved);
-        e.device_token = "dt_0123".into();
-        e.token_hash = Some(secrets.token_hash(HashKind::DeviceToken, "dt_0123"));
-        let r = entry_record(&e, &secrets);
-        assert!(r.sealed_token.is_some());
-        assert!(!serde_json::to_string(&r).unwrap().contains("dt_0123"));
-        assert_eq!(entry_of(r, &secrets), e);
-        e.token_claimed = true;
-        e.device_token.clear();
-        let r = entry_record(&e, &secrets);
-        assert!(r.sealed_token.is_none());
-        assert_eq!(entry_of(r, &secrets), e);
-        // Another secret cannot open the sealed token: it counts as claimed.
-        let mut e2 = entry(8, Status::Approved);
-        e2.device_token = "dt_x".into();
-        let loaded = entry_of(entry_record(&e2, &secrets), &Secrets::derive(b"other"));
-        assert!(loaded.token_claimed && loaded.device_token.is_empty());
     }
 
     /// Issue 20: a six-digit code stored by an older server (its record's `code` the

@@ -5,12 +5,8 @@ use std::fmt::Write;
 
 use reactor::{IoDriver, MailboxStats};
 
+use crate::auth::budget::{FAILURE_KINDS, SECRET_ROUTES};
 use crate::auth::failures::{Failure, SecretRoute};
-
-/// Kinds of wrong secret counted (`Failure::ALL`).
-const FAILURE_KINDS: usize = Failure::ALL.len();
-/// Route families with a failure budget (`SecretRoute::ALL`).
-const SECRET_ROUTES: usize = SecretRoute::ALL.len();
 
 /// Counters a shard keeps about itself (shard-local cells, never shared).
 #[derive(Default)]
@@ -18,10 +14,6 @@ pub struct ShardCounters {
     pub connections_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub requests_served: Cell<u64>,
-    /// Wrong secrets presented here, by `Failure::index`.
-    pub auth_failures: [Cell<u64>; FAILURE_KINDS],
-    /// Attempts refused (429) by the failure budget here, by `SecretRoute::index`.
-    pub auth_refused: [Cell<u64>; SECRET_ROUTES],
 }
 
 /// The stores whose budget refusals are counted (`store` label).
@@ -72,7 +64,8 @@ pub struct BudgetMetrics {
     pub refused: [u64; BUDGET_CELLS],
 }
 
-/// Failure-budget counters of one shard (issue 20).
+/// Failure-budget counters of one shard (issue 20): auth keeps them in its state
+/// (`auth::budget::Counters`), the shard reads them into its snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuthMetrics {
     /// Wrong secrets, by `Failure::index`.
@@ -109,11 +102,7 @@ impl ShardMetrics {
             requests_served: c.requests_served.get(),
             mailbox,
             ws,
-            auth: AuthMetrics {
-                failures: std::array::from_fn(|i| c.auth_failures[i].get()),
-                refused: std::array::from_fn(|i| c.auth_refused[i].get()),
-                addresses: 0,
-            },
+            auth: AuthMetrics::default(),
             budgets,
         }
     }

@@ -10,8 +10,7 @@ use monoio::net::TcpStream;
 use reactor::timer::{select2, Either};
 use serde::Serialize;
 
-use crate::auth::admin::{authorize_admin, AdminAuthError};
-use crate::auth::failures::{Failure, SecretRoute};
+use crate::auth::failures::SecretRoute;
 use crate::auth::Claims;
 use crate::dashboard::ops::{HealthCounts, Op, Reply, ShardSummary};
 use crate::dashboard::paging::{
@@ -39,25 +38,16 @@ pub const EVENTS_PER_PUSH_MAX: usize = 256;
 /// a push not written within this time closes the stream as a slow consumer.
 pub const EVENTS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn refused(e: AdminAuthError) -> Response {
-    Response::json_bytes(e.status(), e.body().into_bytes())
-}
-
 /// The admin check of every dashboard route (the router has checked `client`'s failure
 /// budget; a token that is not ours counts against it).
-pub fn admin(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Claims> {
-    let header = req.header("authorization").map(str::as_bytes);
-    check_admin(ctx, header, client)
+pub async fn admin(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Claims> {
+    check_admin(ctx, req.header("authorization"), client).await
 }
 
-fn check_admin(ctx: &ShardCtx, header: Option<&[u8]>, client: IpAddr) -> Answer<Claims> {
-    let cfg = &ctx.config;
-    authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(|e| {
-        if e.is_forgery() {
-            crate::auth::budget::failed(ctx, client, Failure::Admin);
-        }
-        refused(e)
-    })
+async fn check_admin(ctx: &ShardCtx, header: Option<&str>, client: IpAddr) -> Answer<Claims> {
+    crate::auth::admin::authorize(ctx, &ctx.config.auth, header, client)
+        .await
+        .map_err(Response::from)
 }
 
 fn bad(e: String) -> Response {
@@ -66,7 +56,7 @@ fn bad(e: String) -> Response {
 
 /// `GET /api/dashboard/agents?limit&cursor&sort&order&health&q`.
 pub async fn agents(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    admin(ctx, req, client)?;
+    admin(ctx, req, client).await?;
     let sort = AgentSort::parse(req.query_param("sort")).map_err(bad)?;
     let desc = match req.query_param("order").as_deref() {
         None | Some("") | Some("asc") => false,
@@ -93,7 +83,7 @@ pub async fn agents(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Res
 
 /// `GET /api/dashboard/tasks?limit&cursor&state&agent`.
 pub async fn tasks(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    admin(ctx, req, client)?;
+    admin(ctx, req, client).await?;
     let q = TaskQuery {
         limit: parse_limit(req.query_param("limit").as_deref()).map_err(bad)?,
         cursor: TaskQuery::parse_cursor(req.query_param("cursor")).map_err(bad)?,
@@ -184,7 +174,7 @@ pub fn total(now: f64, parts: Vec<ShardSummary>) -> Summary {
 
 /// `GET /api/dashboard/summary`.
 pub async fn summary(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    admin(ctx, req, client)?;
+    admin(ctx, req, client).await?;
     let mut parts = Vec::new();
     for r in ask_all(ctx, |_| Op::Summary).await? {
         match r {
@@ -198,9 +188,10 @@ pub async fn summary(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Re
 /// `POST /api/dashboard/invite`: a new invite code issued by the admin's peer id (in its
 /// key's mesh), as `POST /api/pairing/generate-code` does for an API key.
 pub async fn invite(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    let claims = admin(ctx, req, client)?;
+    let claims = admin(ctx, req, client).await?;
     let mesh = ctx
         .config
+        .auth
         .api_keys
         .mesh_of(&claims.sub)
         .flatten()
@@ -209,7 +200,9 @@ pub async fn invite(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Res
         peer_id: claims.sub,
         mesh,
     };
-    crate::pairing::api::issue_code(ctx, issuer).await
+    Ok(crate::server::respond::respond(
+        crate::pairing::api::issue_code(ctx, &ctx.config.pairing, issuer).await,
+    ))
 }
 
 /// What one push of the stream says about changes.
@@ -262,13 +255,13 @@ async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
 pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, client: IpAddr) {
     let mut out = Vec::new();
     let auth = match crate::auth::budget::admit(ctx, client, SecretRoute::Admin).await {
-        Err(resp) => Err(resp),
+        Err(e) => Err(Response::from(e)),
         Ok(()) => match req.query_param("token") {
             Some(t) => {
                 let header = format!("Bearer {t}");
-                check_admin(ctx, Some(header.as_bytes()), client)
+                check_admin(ctx, Some(&header), client).await
             }
-            None => admin(ctx, req, client),
+            None => admin(ctx, req, client).await,
         },
     };
     if let Err(resp) = auth {

@@ -56,24 +56,14 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
     // reference's operator routes for its hub, and the reference has no backup (a copy
     // of every record, sealed device tokens included). Wrong tokens count against the
     // address's failure budget, checked first as on every route that checks a secret.
-    use crate::auth::{budget, failures};
-    if let Err(resp) = budget::admit(ctx, ip, failures::SecretRoute::Admin).await {
-        answer(&mut stream, resp).await;
+    use crate::auth::{admin, budget, failures};
+    if let Err(e) = budget::admit(ctx, ip, failures::SecretRoute::Admin).await {
+        answer(&mut stream, e.into()).await;
         return;
     }
-    let header = req.header("authorization").map(str::as_bytes);
-    let cfg = &ctx.config;
-    if let Err(e) =
-        crate::auth::admin::authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs)
-    {
-        if e.is_forgery() {
-            budget::failed(ctx, ip, failures::Failure::Admin);
-        }
-        answer(
-            &mut stream,
-            Response::json_bytes(e.status(), e.body().into_bytes()),
-        )
-        .await;
+    let header = req.header("authorization");
+    if let Err(e) = admin::authorize(ctx, &ctx.config.auth, header, ip).await {
+        answer(&mut stream, e.into()).await;
         return;
     }
     let Some(store) = &ctx.config.store else {

@@ -60,7 +60,7 @@ pub fn apply(
             let store = crate::signaling::ops::Store {
                 conns: ws,
                 authz: &mut authz,
-                api_keys: &config.api_keys,
+                api_keys: &config.auth.api_keys,
                 limits: &config.ws,
             };
             op.apply(store, now).map(Msg::SignalingReply)

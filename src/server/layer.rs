@@ -70,13 +70,11 @@ impl shard::Shard for ShardCtx {
         self.shard.reserve(to)
     }
 
-    fn sleep(&self, d: Duration) -> impl Future<Output = ()> {
-        async move {
-            if d.is_zero() {
-                reactor::yield_now().await
-            } else {
-                monoio::time::sleep(d).await
-            }
+    async fn sleep(&self, d: Duration) {
+        if d.is_zero() {
+            reactor::yield_now().await
+        } else {
+            monoio::time::sleep(d).await
         }
     }
 

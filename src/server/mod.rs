@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use reactor::Shard;
 
-use crate::auth::ApiKeys;
 use crate::http::Response;
 use crate::hub::EXPIRE_INTERVAL;
 use crate::metrics::{ShardCounters, ShardMetrics};
@@ -53,18 +52,15 @@ pub struct ServerConfig {
     pub http_limits: crate::http::Limits,
     /// Header/body deadlines and the per-IP cap of plain HTTP connections.
     pub http_client_limits: conn::ClientLimits,
-    /// The API keys, parsed once before the shards start.
-    pub api_keys: ApiKeys,
-    /// JWT signing secret (`SIGNALING_SECRET`).
-    pub jwt_secret: Vec<u8>,
-    /// STUN URLs of `GET /api/config` (may be empty).
-    pub stun_urls: Vec<String>,
-    /// `(TURN_URL, TURN_SECRET)` when both are set.
-    pub turn: Option<(String, Vec<u8>)>,
+    /// Auth: API keys, the JWT secret and leeway, the derived secrets, the failure
+    /// budgets, `--require-agent-auth`, `--insecure-open-admin`.
+    pub auth: crate::auth::Config,
+    /// Pairing: the guessing guard and code format, retention, secrets, list pages.
+    pub pairing: crate::pairing::Config,
+    /// `GET /api/config`: STUN and TURN.
+    pub ice: crate::ice::Config,
     /// How long finished tasks are kept.
     pub task_retention: Duration,
-    /// How long rejected and revoked pairing entries are kept after their last change.
-    pub pairing_retention: Duration,
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
     /// Signaling WebSocket limits.
@@ -75,18 +71,6 @@ pub struct ServerConfig {
     pub registry: crate::registry::Config,
     /// The hub's field limits, list pages and stray task shards.
     pub hub: crate::hub::Config,
-    /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
-    pub require_agent_auth: bool,
-    /// The failure budgets of the routes that check a secret (`auth::failures`),
-    /// server-wide: each shard enforces its share of the total.
-    pub auth_failures: crate::auth::failures::FailureLimits,
-    /// Clock skew allowed on a JWT's `exp`, `nbf` and `iat` (`--jwt-leeway-secs`).
-    pub jwt_leeway_secs: u64,
-    /// `--insecure-open-admin`: the operator routes need no admin token (the reference's
-    /// open admin plane).
-    pub insecure_open_admin: bool,
-    /// Keys derived from `jwt_secret` for token hashes and sealing (issue 10).
-    pub secrets: chatixia_store::Secrets,
     /// The durable store (`None`: state in memory only, for embedders and benches).
     pub store: Option<chatixia_store::StoreHandle>,
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
@@ -100,22 +84,15 @@ impl ServerConfig {
             http_idle_timeout,
             http_limits: crate::http::Limits::default(),
             http_client_limits: conn::ClientLimits::default(),
-            api_keys: ApiKeys::dev_default(),
-            jwt_secret: crate::auth::DEFAULT_SECRET.as_bytes().to_vec(),
-            stun_urls: crate::ice::default_stun_urls(),
-            turn: None,
+            auth: crate::auth::Config::default(),
+            pairing: crate::pairing::Config::default(),
+            ice: crate::ice::Config::default(),
             task_retention: crate::hub::DEFAULT_RETENTION,
-            pairing_retention: crate::pairing::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
             registry: crate::registry::Config::default(),
             hub: crate::hub::Config::default(),
-            require_agent_auth: false,
-            auth_failures: crate::auth::failures::FailureLimits::default(),
-            jwt_leeway_secs: crate::auth::jwt::LEEWAY_SECS_DEFAULT,
-            insecure_open_admin: false,
-            secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
             store: None,
             ws_echo: false,
         }
@@ -310,7 +287,12 @@ impl ShardCtx {
             self.ws.metrics(),
             self.budget_metrics(),
         );
-        m.auth.addresses = self.state.auth_failures.borrow().len() as u64;
+        let (failures, refused) = self.state.auth_counters.snapshot();
+        m.auth = crate::metrics::AuthMetrics {
+            failures,
+            refused,
+            addresses: self.state.auth_failures.borrow().len() as u64,
+        };
         m
     }
 
@@ -365,7 +347,7 @@ impl ShardCtx {
             pairing.guard.sweep(now);
             let retired = pairing
                 .entries
-                .retire(now.saturating_sub(self.config.pairing_retention));
+                .retire(now.saturating_sub(self.config.pairing.retention));
             (expired, retired)
         };
         self.state.auth_failures.borrow_mut().sweep(now);

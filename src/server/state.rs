@@ -4,9 +4,12 @@
 use std::cell::RefCell;
 
 use super::ServerConfig;
+use crate::auth::budget::Counters as AuthCounters;
+use crate::auth::failures::{FailureHints, FailureLedger};
+use crate::auth::DeviceTokenIndex;
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig};
-use crate::pairing::DeviceTokenIndex;
 use crate::registry::{AgentStore, AgentStoreConfig};
+use crate::shard::Owns;
 use crate::signaling::PeerAuthz;
 use crate::time::UnixTime;
 use crate::{hub, pairing};
@@ -24,9 +27,11 @@ pub struct ShardState {
     pub tokens: RefCell<DeviceTokenIndex>,
     /// Auth: wrong secrets of the client addresses this shard owns
     /// (`shard_of(address)`).
-    pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
+    pub auth_failures: RefCell<FailureLedger>,
     /// Auth: what this shard has heard of other shards' addresses with recent failures.
-    pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
+    pub auth_hints: RefCell<FailureHints>,
+    /// Auth: the failure budget's counters of the requests this shard took.
+    pub auth_counters: AuthCounters,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
     /// The changes to the state above, as each service notes them (the dashboard's
@@ -56,14 +61,13 @@ impl ShardState {
                 tasks: TaskStore::new(tasks),
                 pointers: TaskPointers::default(),
             }),
-            pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
+            pairing: RefCell::new(pairing::Store::with_guard(config.pairing.guard)),
             tokens: RefCell::new(DeviceTokenIndex::new()),
-            auth_failures: RefCell::new(crate::auth::failures::FailureLedger::new(
-                config.auth_failures.shard_share(shards),
+            auth_failures: RefCell::new(FailureLedger::new(
+                config.auth.failures.shard_share(shards),
             )),
-            auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
-                &config.auth_failures,
-            )),
+            auth_hints: RefCell::new(FailureHints::new(&config.auth.failures)),
+            auth_counters: AuthCounters::default(),
             authz: RefCell::new(PeerAuthz::default()),
             changes: RefCell::new(crate::shard::ChangeLog::new()),
         }
@@ -108,5 +112,25 @@ impl ShardState {
                 hub.pointers.add(agent, id, deadline);
             }
         }
+    }
+}
+
+// The state auth's failure budget keeps on each shard and reads without a message
+// (`auth::budget::Budgeted`).
+impl Owns<RefCell<FailureLedger>> for ShardState {
+    fn owned(&self) -> &RefCell<FailureLedger> {
+        &self.auth_failures
+    }
+}
+
+impl Owns<RefCell<FailureHints>> for ShardState {
+    fn owned(&self) -> &RefCell<FailureHints> {
+        &self.auth_hints
+    }
+}
+
+impl Owns<AuthCounters> for ShardState {
+    fn owned(&self) -> &AuthCounters {
+        &self.auth_counters
     }
 }

@@ -45,7 +45,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -56,7 +56,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -103,9 +103,12 @@ struct World<M, N> {
     commits_to_fail: Cell<usize>,
     /// Every commit that succeeded, in order: what a restart would load.
     durable: RefCell<Vec<Mutation>>,
-    tasks: RefCell<Vec<Option<(Task, Arc<TaskFlag>)>>>,
+    tasks: RefCell<Vec<Spawned>>,
     rng: RefCell<Rng>,
 }
+
+/// A task spawned on the simulator and the flag that wakes it (`None`: finished).
+type Spawned = Option<(Task, Arc<TaskFlag>)>;
 
 /// The simulated world; see the [module docs](self).
 pub struct Sim<M, N> {

@@ -91,11 +91,11 @@ pub async fn upgrade(
     } else {
         // The failure budget (issue 20) before the token is looked at.
         let route = crate::auth::failures::SecretRoute::Ws;
-        if let Err(resp) = crate::auth::budget::admit(ctx, peer.ip(), route).await {
-            return send_refusal(stream, resp).await;
+        if let Err(e) = crate::auth::budget::admit(&**ctx, peer.ip(), route).await {
+            return send_refusal(stream, e.into()).await;
         }
         let now = ctx.now();
-        let cfg = &ctx.config;
+        let cfg = &ctx.config.auth;
         match crate::auth::jwt::verify_leeway(
             &cfg.jwt_secret,
             &up.token,
@@ -106,7 +106,7 @@ pub async fn upgrade(
             Err(e) => {
                 if e.is_forgery() {
                     let failure = crate::auth::failures::Failure::Ws;
-                    crate::auth::budget::failed(ctx, peer.ip(), failure);
+                    crate::auth::budget::failed(&**ctx, peer.ip(), failure).await;
                 }
                 return refuse(stream, 401, "invalid or expired token").await;
             }
@@ -198,8 +198,10 @@ pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         (false, None, false)
     } else {
         let authz = ctx.state.authz.borrow();
-        let (authorized, mesh) = match (ctx.config.api_keys.mesh_of(&peer_id), authz.mesh(&peer_id))
-        {
+        let (authorized, mesh) = match (
+            ctx.config.auth.api_keys.mesh_of(&peer_id),
+            authz.mesh(&peer_id),
+        ) {
             (Some(m), _) | (None, Some(m)) => (true, m.map(Box::<str>::from)),
             (None, None) => (false, None),
         };

@@ -528,9 +528,10 @@ pub const TEST_SWITCHES: bool = cfg!(feature = "test-switches");
 
 /// Fails the test (never skips it) when the server lacks the test switches it needs.
 pub fn needs_test_switches(what: &str) {
-    assert!(
-        TEST_SWITCHES,
-        "this test needs {what}, which exists only in a build with the `test-switches` \
-         feature: run scripts/test.sh, or cargo test --features test-switches"
-    );
+    if !TEST_SWITCHES {
+        panic!(
+            "this test needs {what}, which exists only in a build with the `test-switches` \
+             feature: run scripts/test.sh, or cargo test --features test-switches"
+        );
+    }
 }
