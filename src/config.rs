@@ -146,7 +146,7 @@ pub struct Cli {
 
     /// Directory of the durable state (pairings, device-token hashes, revocations, invite
     /// codes, pending tasks); created if missing, locked while the server runs.
-    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
 
     /// Bytes of records (keys and values) the durable store may hold. A change that
@@ -355,7 +355,7 @@ pub enum StoreCommand {
     /// record) and report what it holds. Refused while a server runs on it.
     Verify {
         /// The data directory.
-        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
         data_dir: std::path::PathBuf,
     },
     /// Back up a running server's state to FILE without stopping it (GET
@@ -380,7 +380,7 @@ pub enum StoreCommand {
         #[arg(long)]
         from: std::path::PathBuf,
         /// The data directory.
-        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
         data_dir: std::path::PathBuf,
         /// Move an existing state.redb aside (to state.redb.before-restore) first.
         #[arg(long)]
@@ -390,7 +390,7 @@ pub enum StoreCommand {
     /// tokens appear only as keyed hashes or sealed. Refused while a server runs on it.
     Export {
         /// The data directory.
-        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
         data_dir: std::path::PathBuf,
         /// Write here instead of to stdout (refused if it exists).
         #[arg(long)]

@@ -6,7 +6,6 @@
 pub mod auth;
 pub mod config;
 pub mod dashboard;
-pub mod durable;
 pub mod hub;
 pub mod ice;
 pub mod limits;

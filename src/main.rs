@@ -196,7 +196,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
     let reactor = builder.build().map_err(|e| e.to_string())?;
     let (boots, stray) =
-        chatixia_core::durable::split(snapshot, reactor.cores(), &config.auth.secrets);
+        chatixia_core::server::boot::split(snapshot, reactor.cores(), &config.auth.secrets);
     if !stray.is_empty() {
         tracing::info!(shards = ?stray, "tasks re-homed for the new shard count; heartbeats also ask these shards");
     }

@@ -481,7 +481,7 @@ fn a_restart_with_another_shard_count_keeps_every_task_claimable() {
     assert_eq!(snap.tasks.len(), 4);
     for shards in [1, 4] {
         let secrets = chatixia_store::Secrets::derive(b"s");
-        let (boots, stray) = crate::durable::split(snap.clone(), shards, &secrets);
+        let (boots, stray) = crate::server::boot::split(snap.clone(), shards, &secrets);
         let after = world(shards, config(), T0, 9);
         for (s, boot) in boots.into_iter().enumerate() {
             after.node(s).state.load(boot, T0);

@@ -1,5 +1,5 @@
 //! Pairing's durable records (issue 10): entries and invite codes ↔ the store's records.
-//! Sans-IO conversions; the start-up split (`durable::split`) places the loaded ones on
+//! Sans-IO conversions; the start-up split (`server::boot::split`) places the loaded ones on
 //! their owner shards.
 
 use chatixia_store::{InviteRecord, PairingRecord, PairingStatus, Secrets};

@@ -728,7 +728,7 @@ fn what_the_workflows_saved_survives_a_restart_with_another_shard_count() {
         let pending_code = w.generate(0).unwrap();
         let snap = snapshot(&w.sim.durable());
         let secrets: Secrets = w.cfg().secrets;
-        let (boots, _) = crate::durable::split(snap, after, &secrets);
+        let (boots, _) = crate::server::boot::split(snap, after, &secrets);
         let v = World::new(after, 47);
         for (s, boot) in boots.into_iter().enumerate() {
             v.sim.node(s).state.load(boot, v.sim.now());

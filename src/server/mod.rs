@@ -9,6 +9,7 @@
 //! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
 
 pub mod backup;
+pub mod boot;
 pub mod common;
 pub mod conn;
 mod debug;
@@ -465,7 +466,7 @@ pub async fn run_shard(
     shard: Shard<Msg>,
     listener: StdListener,
     config: Arc<ServerConfig>,
-    boot: crate::durable::ShardBoot,
+    boot: crate::server::boot::ShardBoot,
 ) {
     let link = match &config.store {
         Some(handle) => match store_link(&shard, handle) {

@@ -74,7 +74,7 @@ impl ShardState {
     }
 
     /// Loads this shard's part of the stored state (start-up, before accepting).
-    pub fn load(&self, boot: crate::durable::ShardBoot, now: UnixTime) {
+    pub fn load(&self, boot: crate::server::boot::ShardBoot, now: UnixTime) {
         let st = self;
         {
             let mut p = st.pairing.borrow_mut();

@@ -1,6 +1,6 @@
-//! Durable state (issue 10): the start-up split of the loaded snapshot by owner shard,
-//! and the hub's records. (Pairing's records are `pairing::records`, auth's device-token
-//! records `auth::tokens`.)
+//! The start-up split of the loaded snapshot by owner shard (issue 10). Each service
+//! converts its own records (`hub::records`, `pairing::records`, `auth::tokens`); this is
+//! the one place that names them all.
 //!
 //! The store (`chatixia-store`) runs on its own thread; each shard holds a `ShardLink`
 //! and commits through [`commit`](crate::server::ShardCtx::commit). A handler applies a
@@ -14,6 +14,7 @@ use chatixia_store::{Secrets, Snapshot};
 use reactor::shard_of;
 
 use crate::auth::tokens::{grant_of, token_key, DeviceGrant};
+use crate::hub::records::task_of;
 use crate::hub::{Placement, Task, TaskSubmission};
 use crate::pairing::records::{entry_of, invite_of};
 use crate::pairing::{Code, Entry, Issuer, Status};
@@ -21,8 +22,6 @@ use crate::time::UnixTime;
 
 /// Where the store lives when neither `--data-dir` nor `CHATIXIA_DATA_DIR` is given.
 pub const DEFAULT_DATA_DIR: &str = "./chatixia-data";
-
-pub use crate::hub::records::{task_of, task_record};
 
 /// One shard's part of the loaded state.
 #[derive(Default)]
@@ -133,6 +132,7 @@ fn claim_home(t: &Task) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::records::task_record;
     use crate::hub::TaskAccess;
     use crate::limits::Holder;
     use crate::pairing::records::{entry_record, invite_record};
