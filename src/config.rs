@@ -105,6 +105,9 @@ pub struct Cli {
     #[command(flatten)]
     pub store: StoreFlags,
 
+    #[command(flatten)]
+    pub turn: TurnFlags,
+
     /// Strict mode: agent routes (register, heartbeat, task create/update, route) need
     /// the agent's bearer JWT from /api/token, and an agent may only act as itself (else
     /// 403). Off by default: the PyPI chatixia agent (0.4.3) sends its X-API-Key but no
@@ -208,6 +211,69 @@ pub struct StoreFlags {
     /// Live invite codes one API key may hold per shard (of 1,000); over: 429.
     #[arg(long, default_value_t = 100)]
     pub pair_codes_per_key_max: usize,
+}
+
+/// The embedded TURN server (issue 24; `crate::turn`, docs/PROTOCOL.md §12). Off
+/// unless `--turn-listen` is given; needs `TURN_SECRET`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TurnFlags {
+    /// Serve TURN (UDP and TCP) on this address (repeatable), e.g. 0.0.0.0:3478.
+    #[arg(long = "turn-listen")]
+    pub turn_listen: Vec<SocketAddr>,
+
+    /// The address put in relayed addresses and advertised by /api/config; needed when
+    /// a --turn-listen address is 0.0.0.0 or [::].
+    #[arg(long)]
+    pub turn_public_ip: Option<std::net::IpAddr>,
+
+    /// Relay ports LO-HI, split between the shards.
+    #[arg(long, default_value = "49152-65535")]
+    pub turn_relay_ports: String,
+
+    /// REALM of the TURN long-term credentials.
+    #[arg(long, default_value = "chatixia")]
+    pub turn_realm: String,
+
+    /// Let relays reach this peer range (repeatable), over the default refusal of
+    /// loopback, private, link-local, multicast and the server's own addresses.
+    #[arg(long = "turn-allow-peer")]
+    pub turn_allow_peer: Vec<String>,
+
+    /// Refuse this peer range (repeatable; wins over --turn-allow-peer).
+    #[arg(long = "turn-deny-peer")]
+    pub turn_deny_peer: Vec<String>,
+
+    /// Largest allocation lifetime granted, in seconds (the default lifetime is 600).
+    #[arg(long, default_value_t = 3600)]
+    pub turn_lifetime_max: u64,
+
+    /// Allocations one shard holds; over: 508.
+    #[arg(long, default_value_t = 10_000)]
+    pub turn_allocations_per_shard_max: usize,
+
+    /// Allocations of one peer id (credential user) on one shard; over: 486.
+    #[arg(long, default_value_t = 16)]
+    pub turn_allocations_per_user_max: usize,
+
+    /// Allocations from one client IP on one shard; over: 486.
+    #[arg(long, default_value_t = 64)]
+    pub turn_allocations_per_ip_max: usize,
+
+    /// Permissions of one allocation; over: 508.
+    #[arg(long, default_value_t = 32)]
+    pub turn_permissions_max: usize,
+
+    /// Channels of one allocation; over: 508.
+    #[arg(long, default_value_t = 32)]
+    pub turn_channels_max: usize,
+
+    /// Relayed bytes per second of one allocation, both ways; over: dropped. 0: none.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub turn_allocation_bytes_per_sec_max: u64,
+
+    /// TURN TCP connections one shard holds; more: closed at once.
+    #[arg(long, default_value_t = 4096)]
+    pub turn_tcp_connections_max: usize,
 }
 
 /// Subcommands besides serving.

@@ -15,5 +15,6 @@ pub mod pairing;
 pub mod registry;
 pub mod server;
 pub mod signaling;
+pub mod turn;
 
 pub use wire::{http, time, ws};

@@ -32,6 +32,8 @@ pub struct ShardMetrics {
     pub requests_served: u64,
     pub mailbox: MailboxStats,
     pub ws: WsMetrics,
+    /// The embedded TURN server's numbers (`crate::turn`; zero without it).
+    pub turn: crate::turn::TurnMetrics,
 }
 
 /// Signaling counters of one shard.
@@ -59,6 +61,7 @@ impl ShardMetrics {
             requests_served: c.requests_served.get(),
             mailbox,
             ws,
+            turn: Default::default(),
         }
     }
 }
@@ -157,6 +160,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
     let _ = writeln!(out, "# HELP chatixia_shards Number of shards.");
     let _ = writeln!(out, "# TYPE chatixia_shards gauge");
     let _ = writeln!(out, "chatixia_shards {}", shards.len());
+    crate::turn::render_metrics(shards, &mut out);
     out
 }
 
@@ -228,6 +232,7 @@ mod tests {
                 refused: 0,
                 closed_slow: 0,
             },
+            turn: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));

@@ -325,7 +325,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::Healthz => Ok(healthz()),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req).await,
-        Route::IceConfig => Ok(auth::api::ice(ctx)),
+        Route::IceConfig => Ok(auth::api::ice(ctx, req)),
         Route::Agents if method == Method::Post => {
             registry::api::register(ctx, req, peer.ip()).await
         }

@@ -8,8 +8,11 @@
 
 /// First channel number (RFC 8656 §12).
 pub const CHANNEL_MIN: u16 = 0x4000;
-/// Last channel number; 0x5000–0xFFFF are reserved (RFC 8656 §12, RFC 7983).
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+/// Last channel number accepted. RFC 8656 §12 allows 0x4000–0x4FFF and reserves
+/// 0x5000–0x7FFF; RFC 5766 allowed up to 0x7FFF and its clients use that range (coturn's
+/// `turnutils_uclient` picks numbers anywhere in it). Accepting them is harmless: on
+/// the wire they are ChannelData either way (first byte 0x40–0x7F, RFC 7983).
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 /// Whether the first byte starts a ChannelData message (top bits `01`).
 pub fn is_channel_data(b: &[u8]) -> bool {
@@ -66,14 +69,11 @@ pub fn stream_message_len(b: &[u8]) -> Result<Option<usize>, FramingError> {
             if b.len() < 4 {
                 return Ok(None);
             }
-            if u16::from_be_bytes([b[0], b[1]]) > CHANNEL_MAX {
-                // Reserved numbers: not TURN ("POST" or "PUT" land here; "GET " looks like
-                // channel 0x4745 and waits: the driver's idle timeout ends it).
-                return Err(FramingError::NotTurn);
-            }
             let len = u16::from_be_bytes([b[2], b[3]]) as usize;
             Ok(Some(4 + len.div_ceil(4) * 4))
         }
+        // 0x80–0xFF: neither (an HTTP request's "GET " looks like ChannelData 0x4745 and
+        // waits for its bytes: the driver's idle timeout ends such a connection).
         _ => Err(FramingError::NotTurn),
     }
 }
@@ -196,9 +196,6 @@ mod tests {
         assert_eq!(got[2], b"\x40\x02\x00\x00");
         assert_eq!(f.pending(), 0);
         // Garbage ends the stream.
-        let mut g = StreamFramer::new();
-        g.push(b"POST / HTTP/1.1\r\n");
-        assert_eq!(g.next(), Err(FramingError::NotTurn));
         let mut g = StreamFramer::new();
         g.push(b"\xff\x00\x00\x00");
         assert_eq!(g.next(), Err(FramingError::NotTurn));
