@@ -193,7 +193,22 @@ pub struct SendBatch {
     namelens: Vec<libc::socklen_t>,
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Per message: a `UDP_SEGMENT` control message (GSO runs), and its datagram count.
+    controls: Vec<[u64; GSO_CMSG_WORDS]>,
+    segments: Vec<usize>,
 }
+
+/// Datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64; 32 keeps one
+/// send's burst modest).
+pub const GSO_SEGMENTS_MAX: usize = 32;
+/// Bytes in one GSO send: it travels as one IP datagram until it is cut, so it stays
+/// under 64 KiB with headers.
+pub const GSO_BYTES_MAX: usize = 60 * 1024;
+/// `SOL_UDP` and `UDP_SEGMENT` (linux/udp.h, since 4.18).
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+/// `CMSG_SPACE(sizeof(u16))` in u64 words (24 bytes on 64-bit Linux).
+const GSO_CMSG_WORDS: usize = 3;
 
 impl Default for SendBatch {
     fn default() -> Self {
@@ -213,7 +228,113 @@ impl SendBatch {
                 })
                 .collect(),
             hdrs: (0..BATCH_MAX).map(|_| zeroed_mmsghdr()).collect(),
+            controls: vec![[0u64; GSO_CMSG_WORDS]; BATCH_MAX],
+            segments: vec![0; BATCH_MAX],
         }
+    }
+
+    /// Like [`SendBatch::send`], but consecutive datagrams to one destination, of one
+    /// size (the last of a run may be shorter), leave as one UDP GSO send
+    /// (`UDP_SEGMENT`): the kernel builds, routes and queues the run once and cuts it
+    /// into datagrams at the end. At most [`BATCH_MAX`] datagrams are taken. `Ok(n)`:
+    /// the first `n` datagrams were sent. An error of a GSO send the kernel cannot do
+    /// (no GSO on the route's device, a segment over the path MTU) is `Err` with
+    /// [`gso_refused`] true: the caller sends those datagrams with [`SendBatch::send`].
+    pub fn send_gso<'a>(
+        &mut self,
+        fd: RawFd,
+        msgs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
+    ) -> io::Result<usize> {
+        let mut n_msgs = 0usize;
+        // The open run: its destination, segment size, bytes, and whether it ended
+        // with a shorter datagram (nothing may follow that).
+        let mut run: Option<(SocketAddr, usize, usize, bool)> = None;
+        for (n_iov, (data, to)) in msgs.into_iter().take(BATCH_MAX).enumerate() {
+            let extend = match run {
+                Some((d, seg, bytes, closed)) => {
+                    !closed
+                        && d == to
+                        && !data.is_empty()
+                        && data.len() <= seg
+                        && self.segments[n_msgs - 1] < GSO_SEGMENTS_MAX
+                        && bytes + data.len() <= GSO_BYTES_MAX
+                }
+                None => false,
+            };
+            self.iov[n_iov] = libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            };
+            if extend {
+                let m = n_msgs - 1;
+                self.segments[m] += 1;
+                if let Some((_, seg, bytes, closed)) = run.as_mut() {
+                    *bytes += data.len();
+                    *closed = data.len() < *seg;
+                }
+            } else {
+                let m = n_msgs;
+                self.namelens[m] = to_sockaddr(to, &mut self.names[m]);
+                self.segments[m] = 1;
+                let h = &mut self.hdrs[m];
+                h.msg_hdr.msg_name = &mut self.names[m] as *mut _ as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = self.namelens[m];
+                h.msg_hdr.msg_iov = &mut self.iov[n_iov];
+                h.msg_hdr.msg_flags = 0;
+                h.msg_len = 0;
+                run = Some((to, data.len(), data.len(), false));
+                n_msgs += 1;
+            }
+            self.hdrs[n_msgs - 1].msg_hdr.msg_iovlen = self.segments[n_msgs - 1] as _;
+        }
+        if n_msgs == 0 {
+            return Ok(0);
+        }
+        for m in 0..n_msgs {
+            let h = &mut self.hdrs[m];
+            if self.segments[m] > 1 {
+                // SAFETY: `iov_base` of the run's first iovec points at its first
+                // datagram; reading its length field is plain data.
+                let seg = unsafe { (*h.msg_hdr.msg_iov).iov_len } as u16;
+                let c = &mut self.controls[m];
+                *c = [0; GSO_CMSG_WORDS];
+                // SAFETY: `c` is 24 bytes, 8-aligned: room for a `cmsghdr` (16 bytes)
+                // and the u16 that follows it at CMSG_DATA (offset 16).
+                unsafe {
+                    let cm = c.as_mut_ptr() as *mut libc::cmsghdr;
+                    (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
+                    (*cm).cmsg_level = SOL_UDP;
+                    (*cm).cmsg_type = UDP_SEGMENT;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, seg);
+                }
+                h.msg_hdr.msg_control = c.as_mut_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_controllen = (GSO_CMSG_WORDS * 8) as _;
+            } else {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+        }
+        // SAFETY: the first `n_msgs` headers point at this batch's names, iovecs and
+        // control buffers, and the iovecs at slices of lifetime 'a (alive for the
+        // call); the kernel only reads them. Non-blocking.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n_msgs as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(self.segments[..r as usize].iter().sum())
+    }
+
+    /// Datagrams in message `i` of the last [`SendBatch::send_gso`] (so a caller whose
+    /// send stopped at message `k` knows how many datagrams that message held).
+    pub fn last_segments(&self, i: usize) -> usize {
+        self.segments.get(i).copied().unwrap_or(1)
     }
 
     /// Sends the datagrams of `msgs` (`(bytes, destination)`; at most [`BATCH_MAX`] are
@@ -266,6 +387,16 @@ impl SendBatch {
     }
 }
 
+/// Whether a send error says the kernel cannot do a GSO send here (no `UDP_SEGMENT`, a
+/// device without checksum offload, a segment over the path MTU): EINVAL, EIO,
+/// ENOPROTOOPT, EOPNOTSUPP.
+pub fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EIO | libc::ENOPROTOOPT | libc::EOPNOTSUPP)
+    )
+}
+
 /// Sends one datagram without blocking (`sendto`); for the one-datagram case, where
 /// `sendmmsg` would only add work.
 pub fn send_to(fd: RawFd, data: &[u8], to: SocketAddr) -> io::Result<usize> {
@@ -286,6 +417,76 @@ pub fn send_to(fd: RawFd, data: &[u8], to: SocketAddr) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     Ok(r as usize)
+}
+
+/// A level-triggered epoll set of sockets, for a thread that is not a shard (a load
+/// generator) to wait on many sockets at once. Shards wait through their runtime.
+pub struct Poller {
+    fd: std::os::fd::OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Poller {
+    /// A poller reporting at most `max_events` ready sockets per wait.
+    pub fn new(max_events: usize) -> io::Result<Poller> {
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor we own.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        Ok(Poller {
+            fd,
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; max_events.max(1)],
+        })
+    }
+
+    /// Watches `fd` for readability, reported as `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is valid for the call; the kernel copies it.
+        let r = unsafe {
+            libc::epoll_ctl(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                libc::EPOLL_CTL_ADD,
+                fd,
+                &mut ev,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout_ms` (0: do not wait) and returns the tokens of ready
+    /// sockets.
+    pub fn wait(&mut self, timeout_ms: i32, out: &mut Vec<u64>) -> io::Result<()> {
+        out.clear();
+        // SAFETY: `events` has room for its length; the kernel writes at most that many.
+        let n = unsafe {
+            libc::epoll_wait(
+                std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                self.events.as_mut_ptr(),
+                self.events.len() as i32,
+                timeout_ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        out.extend(self.events[..n as usize].iter().map(|e| e.u64));
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -335,6 +536,52 @@ mod tests {
             }
             assert_eq!(got[10].0, vec![7u8; 64]);
             assert!(got[10].1);
+            // GSO runs: same destination and size (a shorter last) go as one send and
+            // arrive as the same datagrams, in order.
+            let other = UdpSocket::bind(host).unwrap();
+            other.set_nonblocking(true).unwrap();
+            let to2 = other.local_addr().unwrap();
+            let sizes = [
+                (to, 40),
+                (to, 40),
+                (to, 40),
+                (to, 10),
+                (to, 40),
+                (to2, 40),
+                (to2, 40),
+                (to, 40),
+            ];
+            let data: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &(_, n))| vec![i as u8; n])
+                .collect();
+            let msgs: Vec<(&[u8], SocketAddr)> = data
+                .iter()
+                .zip(sizes)
+                .map(|(d, (a, _))| (&d[..], a))
+                .collect();
+            match sb.send_gso(tx.as_raw_fd(), msgs.iter().copied()) {
+                Ok(n) => assert_eq!(n, 8),
+                Err(e) if gso_refused(&e) => {
+                    assert_eq!(sb.send(tx.as_raw_fd(), msgs.iter().copied()).unwrap(), 8)
+                }
+                Err(e) => panic!("{e}"),
+            }
+            let mut seen = [Vec::new(), Vec::new()];
+            for (k, s) in [&rx, &other].iter().enumerate() {
+                while let Ok(n) = rb.recv(s.as_raw_fd()) {
+                    for i in 0..n {
+                        seen[k].push(rb.get(i).0.to_vec());
+                    }
+                }
+            }
+            let want_rx: Vec<Vec<u8>> = [0, 1, 2, 3, 4, 7]
+                .iter()
+                .map(|&i| data[i].clone())
+                .collect();
+            assert_eq!(seen[0], want_rx);
+            assert_eq!(seen[1], vec![data[5].clone(), data[6].clone()]);
         }
     }
 }

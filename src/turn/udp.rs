@@ -174,6 +174,9 @@ pub(crate) struct UdpSide {
     pending: RefCell<Pending>,
     sends: RefCell<Vec<RelaySend>>,
     flush: Kick,
+    /// Runs to one destination leave as UDP GSO sends (off after the kernel refuses
+    /// one; `CHATIXIA_TURN_GSO=0` turns it off, for measurements).
+    gso: Cell<bool>,
 }
 
 impl UdpSide {
@@ -199,6 +202,7 @@ impl UdpSide {
             pending: RefCell::new(Pending::default()),
             sends: RefCell::new(Vec::with_capacity(BATCH_MAX)),
             flush: Kick::default(),
+            gso: Cell::new(std::env::var_os("CHATIXIA_TURN_GSO").is_none_or(|v| v != "0")),
         })
     }
 }
@@ -264,27 +268,56 @@ pub(crate) fn spawn_opened(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>) {
     }
 }
 
-/// Sends `msgs` on `fd` (all of them, in `sendmmsg` calls of at most a batch), skipping
-/// a datagram the kernel refuses and dropping the rest when the socket buffer is full;
-/// counts what was not sent.
+/// Sends `msgs` on `fd` (all of them, in `sendmmsg` calls of at most a batch; runs to
+/// one destination as GSO sends while the kernel takes them), skipping a datagram the
+/// kernel refuses and dropping the rest when the socket buffer is full; counts what
+/// was not sent.
 fn send_all(turn: &TurnShard, tx: &mut SendBatch, fd: RawFd, msgs: &[(&[u8], SocketAddr)]) {
+    let failed = |n: usize| {
+        let c = &turn.counters.send_failed;
+        c.set(c.get() + n as u64);
+    };
     let mut rest = msgs;
     while !rest.is_empty() {
-        match tx.send(fd, rest.iter().copied()) {
+        let gso = turn.udp.gso.get();
+        let r = if gso {
+            tx.send_gso(fd, rest.iter().copied())
+        } else {
+            tx.send(fd, rest.iter().copied())
+        };
+        match r {
             Ok(n) if n >= rest.len() => return,
             Ok(0) => return,
             Ok(n) => rest = &rest[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let c = &turn.counters.send_failed;
-                c.set(c.get() + rest.len() as u64);
-                return;
-            }
-            Err(_) => {
-                // This datagram failed (an ICMP error reported on the socket, say):
-                // skip it, send the rest.
-                let c = &turn.counters.send_failed;
-                c.set(c.get() + 1);
-                rest = &rest[1..];
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return failed(rest.len()),
+            Err(e) => {
+                // The first message failed: a GSO run the kernel cannot do (sent again
+                // one by one), or a datagram it refuses (an ICMP error reported on the
+                // socket, say): skipped.
+                let k = if gso {
+                    tx.last_segments(0).min(rest.len())
+                } else {
+                    1
+                };
+                if gso && k > 1 && reactor::udp::gso_refused(&e) {
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        tracing::warn!(error = %e, "TURN: UDP GSO refused; sending datagrams one by one");
+                        turn.udp.gso.set(false);
+                    }
+                    let mut part = &rest[..k];
+                    while !part.is_empty() {
+                        match tx.send(fd, part.iter().copied()) {
+                            Ok(n) if n > 0 => part = &part[n.min(part.len())..],
+                            _ => {
+                                failed(1);
+                                part = &part[1..];
+                            }
+                        }
+                    }
+                } else {
+                    failed(k);
+                }
+                rest = &rest[k..];
             }
         }
     }
