@@ -14,18 +14,19 @@
 #   open-100k-b5, open-200k-b5   open loop, 100k / 200k relayed datagrams/s, each client
 #                sending its share in bursts every 5 ms (media frames): CPU per datagram,
 #                loss, round-trip p50/p99
-#   open-100k-b1 open loop, 100k/s, one datagram per client per millisecond (no bursts)
+#   open-100k-b1, open-50k-b1   open loop, 100k/s (50k/s), one datagram per client per
+#                millisecond (every 2 ms): no bursts, so nothing to batch
 #   memory       1,000 allocations (each with a channel), no traffic: server RSS growth
 #                per allocation, and allocations per second
 # Usage: scripts/bench-turn.sh [ROUNDS] [SECONDS]
 #   BIN=…      chatixia-core binary (default: target/release/chatixia-core, built here)
 #   SERVERS=…  default "ours coturn" (also "ours-nogso")
-#   SCENARIOS=… default "closed-w8 open-100k-b5 open-200k-b5 open-100k-b1 memory"
+#   SCENARIOS=… default "closed-w8 open-100k-b5 open-200k-b5 open-100k-b1 open-50k-b1 memory"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; SECS=${2:-5}
 SERVERS=${SERVERS:-ours coturn}
-SCENARIOS=${SCENARIOS:-closed-w8 open-100k-b5 open-200k-b5 open-100k-b1 memory}
+SCENARIOS=${SCENARIOS:-closed-w8 open-100k-b5 open-200k-b5 open-100k-b1 open-50k-b1 memory}
 command -v turnserver >/dev/null || { apt-get update -qq && apt-get install -y -qq coturn; }
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin chatixia-core -q
@@ -98,6 +99,7 @@ run() { # $1 = scenario; prints one JSON line
     open-100k-b5) a+=(--rate 100000 --burst-ms 5);;
     open-200k-b5) a+=(--rate 200000 --burst-ms 5);;
     open-100k-b1) a+=(--rate 100000 --burst-ms 1);;
+    open-50k-b1) a+=(--rate 50000 --burst-ms 1);;
     memory) a=(bench turn --server 127.0.0.1:$port --secret $SECRET --server-pid $pid --json
                --allocations 1000 --duration 0);;
   esac

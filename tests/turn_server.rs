@@ -487,3 +487,38 @@ fn turn_entry(cfg: &Value) -> Value {
         .unwrap_or_else(|| panic!("no embedded TURN entry in {cfg}"))
         .clone()
 }
+
+/// Revocations are durable: after a restart every shard still refuses the revoked
+/// peer's older TURN credentials.
+#[test]
+fn revocations_survive_a_restart() {
+    let data = common::scratch_data_dir();
+    let data = data.to_str().unwrap().to_owned();
+    let (mut server, turn) = turn_rig::start(2, Some(KEYS_JSON.to_owned()), &["--data-dir", &data]);
+    let id = pending_entry(&server, "device-2");
+    let r = server.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+    let token = r.json()["device_token"].as_str().unwrap().to_owned();
+    let r = server.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    let jwt = r.json()["token"].as_str().unwrap().to_owned();
+    let r = server.req(
+        "GET",
+        "/api/config",
+        &[("Authorization", &format!("Bearer {jwt}"))],
+        None,
+    );
+    let entry = turn_entry(&r.json());
+    let (user, pass) = (
+        entry["username"].as_str().unwrap().to_owned(),
+        entry["credential"].as_str().unwrap().to_owned(),
+    );
+    Client::udp(turn, &user, &pass).relayed();
+    let r = server.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    server.restart();
+    for _ in 0..4 {
+        assert_eq!(Client::udp(turn, &user, &pass).allocate().code, Some(401));
+    }
+    // Other credentials still allocate.
+    let (u, p) = credentials("bystander", 3600);
+    Client::udp(turn, &u, &p).relayed();
+}
