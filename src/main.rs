@@ -115,8 +115,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     // The embedded TURN server (issue 24): its settings, the revocations every shard
     // must know, and each shard's listening sockets (bound here: a busy port fails
     // the start).
-    config.turn_server = chatixia_core::turn::TurnSettings::from_flags(
-        &cli.turn,
+    config.turn_server = cli.turn.settings(
         std::env::var("TURN_SECRET").ok().as_deref(),
         reactor.cores(),
     )?;

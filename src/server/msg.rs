@@ -30,7 +30,7 @@ pub enum Msg {
     Shard(ShardOp),
     ShardReply(ShardReply),
     /// The embedded TURN server (a revocation, told to every shard). Tell.
-    Turn(crate::turn::Op),
+    Turn(crate::turn::ops::Op),
 }
 
 /// Requests about a shard rather than a service.

@@ -19,6 +19,7 @@
 //! leave in one `sendmmsg`. TCP ([`tcp`]): one task per connection, framed by
 //! `::turn::framing::StreamFramer`.
 
+pub mod ops;
 pub mod settings;
 mod tcp;
 mod udp;
@@ -26,9 +27,11 @@ mod udp;
 use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 
-use ::turn::server::{Dropped, Refusal, Server, Stats};
+use ::turn::server::Server;
 
+use crate::metrics::TurnMetrics;
 use crate::server::ShardCtx;
+pub use ops::Op;
 pub use settings::{ShardSockets, TurnSettings};
 
 /// A reusable, single-waiter, shard-local wakeup (a kick while nobody waits is kept
@@ -72,7 +75,7 @@ pub struct TurnShard {
     pub(crate) counters: DriverCounters,
 }
 
-/// What the driver itself counted (beyond the server's [`Stats`]).
+/// What the driver itself counted (beyond the server's `Stats`).
 #[derive(Default)]
 pub(crate) struct DriverCounters {
     /// Datagrams the kernel would not take (a full socket buffer) or refused.
@@ -81,25 +84,6 @@ pub(crate) struct DriverCounters {
     pub tcp_dropped: Cell<u64>,
     /// TCP connections refused by `--turn-tcp-connections-max`.
     pub tcp_refused: Cell<u64>,
-}
-
-/// The TURN numbers of one shard for `/metrics`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TurnMetrics {
-    pub enabled: bool,
-    pub allocations: u64,
-    pub tcp_connections: u64,
-    pub stats: Stats,
-    pub send_failed: u64,
-    pub tcp_dropped: u64,
-    pub tcp_refused: u64,
-}
-
-/// A request to a shard's TURN side (`Msg::Turn`).
-pub enum Op {
-    /// The pairing of `peer` was revoked at `at` (Unix seconds): end its allocations
-    /// and refuse its older credentials. Told to every shard.
-    Revoke(Box<(String, u64)>),
 }
 
 thread_local! {
@@ -272,133 +256,4 @@ pub fn ice_entry(ctx: &ShardCtx, req: &crate::http::Request) -> Option<crate::ic
         urls: t.urls(),
         username: Some(username),
     })
-}
-
-/// Appends the TURN series of `/metrics` (nothing when no shard runs TURN).
-pub fn render_metrics(shards: &[crate::metrics::ShardMetrics], out: &mut String) {
-    use std::fmt::Write;
-    if !shards.iter().any(|m| m.turn.enabled) {
-        return;
-    }
-    type Get = fn(&TurnMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 10] = [
-        (
-            "chatixia_turn_allocations",
-            "gauge",
-            "TURN allocations held now.",
-            |t| t.allocations,
-        ),
-        (
-            "chatixia_turn_allocations_created_total",
-            "counter",
-            "TURN allocations created.",
-            |t| t.stats.allocations_created,
-        ),
-        (
-            "chatixia_turn_allocations_revoked_total",
-            "counter",
-            "TURN allocations ended by a pairing revocation.",
-            |t| t.stats.allocations_revoked,
-        ),
-        (
-            "chatixia_turn_relayed_packets_total{direction=\"to_peer\"",
-            "counter",
-            "Datagrams relayed, by direction.",
-            |t| t.stats.to_peer_packets,
-        ),
-        (
-            "chatixia_turn_relayed_packets_total{direction=\"to_client\"",
-            "",
-            "",
-            |t| t.stats.to_client_packets,
-        ),
-        (
-            "chatixia_turn_relayed_bytes_total{direction=\"to_peer\"",
-            "counter",
-            "Payload bytes relayed, by direction.",
-            |t| t.stats.to_peer_bytes,
-        ),
-        (
-            "chatixia_turn_relayed_bytes_total{direction=\"to_client\"",
-            "",
-            "",
-            |t| t.stats.to_client_bytes,
-        ),
-        (
-            "chatixia_turn_tcp_connections",
-            "gauge",
-            "TURN TCP connections open now.",
-            |t| t.tcp_connections,
-        ),
-        (
-            "chatixia_turn_send_failed_total",
-            "counter",
-            "Datagrams the kernel did not take (full socket buffer, unreachable).",
-            |t| t.send_failed,
-        ),
-        (
-            "chatixia_turn_tcp_refused_total",
-            "counter",
-            "TURN TCP connections closed by --turn-tcp-connections-max.",
-            |t| t.tcp_refused,
-        ),
-    ];
-    for (name, kind, help, get) in series {
-        // `name` may open a label set: `{direction="…"` (closed below with the shard).
-        let (base, labels) = match name.split_once('{') {
-            Some((b, l)) => (b, format!("{l},")),
-            None => (name, String::new()),
-        };
-        if !kind.is_empty() {
-            let _ = writeln!(out, "# HELP {base} {help}");
-            let _ = writeln!(out, "# TYPE {base} {kind}");
-        }
-        for m in shards {
-            let _ = writeln!(
-                out,
-                "{base}{{{labels}shard=\"{}\"}} {}",
-                m.shard,
-                get(&m.turn)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP chatixia_turn_refused_total TURN requests refused, by reason (the answer's code: unauthorized 401, stale_nonce 438, allocation_mismatch 437, wrong_credentials 441, user_quota and ip_quota 486, shard_capacity, relay_ports, permissions and channels 508, peer_forbidden 403, bad_request 400, unknown_attribute 420, transport 442, address_family 440/443)."
-    );
-    let _ = writeln!(out, "# TYPE chatixia_turn_refused_total counter");
-    for r in Refusal::ALL {
-        for m in shards {
-            let _ = writeln!(
-                out,
-                "chatixia_turn_refused_total{{reason=\"{}\",shard=\"{}\"}} {}",
-                r.name(),
-                m.shard,
-                m.turn.stats.refused(r)
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP chatixia_turn_dropped_total TURN messages dropped without an answer, by reason (malformed: not STUN or ChannelData, or a bad one; rate: over --turn-allocation-bytes-per-sec-max; tcp_queue: a TCP client's full outbound queue)."
-    );
-    let _ = writeln!(out, "# TYPE chatixia_turn_dropped_total counter");
-    for d in Dropped::ALL {
-        for m in shards {
-            let _ = writeln!(
-                out,
-                "chatixia_turn_dropped_total{{reason=\"{}\",shard=\"{}\"}} {}",
-                d.name(),
-                m.shard,
-                m.turn.stats.dropped(d)
-            );
-        }
-    }
-    for m in shards {
-        let _ = writeln!(
-            out,
-            "chatixia_turn_dropped_total{{reason=\"tcp_queue\",shard=\"{}\"}} {}",
-            m.shard, m.turn.tcp_dropped
-        );
-    }
 }

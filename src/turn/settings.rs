@@ -1,14 +1,24 @@
-//! The embedded TURN server's settings, checked once at start from the flags
-//! (`config::TurnFlags`) and `TURN_SECRET`, and its listening sockets, bound on the
-//! control thread before the shards start.
+//! The embedded TURN server's settings (checked once at start from the flags by
+//! `config::TurnFlags::settings`), and its listening sockets, bound on the control
+//! thread before the shards start.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use ::turn::auth::Nonces;
 use ::turn::policy::{Cidr, PeerPolicy};
-use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::TurnFlags;
+/// Parses `LO-HI` (`--turn-relay-ports`).
+pub fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("--turn-relay-ports {s:?}: expected LO-HI, two ports with LO <= HI");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// How long a nonce stays fresh (then 438 Stale Nonce and a new one), as coturn's
 /// default.
@@ -51,99 +61,7 @@ pub struct TurnSettings {
     pub revoked_at_start: Vec<(String, u64)>,
 }
 
-fn parse_ports(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("--turn-relay-ports {s:?}: expected LO-HI, two ports with LO <= HI");
-    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
-    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
-    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
-    if lo == 0 || lo > hi {
-        return Err(bad());
-    }
-    Ok((lo, hi))
-}
-
 impl TurnSettings {
-    /// Checks the flags; `Ok(None)` when `--turn-listen` is not given. `secret` is
-    /// `TURN_SECRET`.
-    pub fn from_flags(
-        f: &TurnFlags,
-        secret: Option<&str>,
-        cores: usize,
-    ) -> Result<Option<TurnSettings>, String> {
-        if f.turn_listen.is_empty() {
-            return Ok(None);
-        }
-        let secret = secret
-            .filter(|s| !s.is_empty())
-            .ok_or("--turn-listen needs TURN_SECRET (the TURN REST shared secret)")?;
-        let relay_ip = match f.turn_public_ip {
-            Some(ip) if ip.is_unspecified() => {
-                return Err("--turn-public-ip must be a concrete address".into())
-            }
-            Some(ip) => ip,
-            None => match f.turn_listen.iter().find(|a| !a.ip().is_unspecified()) {
-                Some(a) if f.turn_listen.iter().all(|b| !b.ip().is_unspecified()) => a.ip(),
-                _ => {
-                    return Err(
-                        "--turn-listen on 0.0.0.0 or [::] needs --turn-public-ip (the address put in relayed addresses)"
-                            .into(),
-                    )
-                }
-            },
-        };
-        let first = f.turn_listen[0].ip();
-        let relay_bind = if first.is_ipv4() == relay_ip.is_ipv4() {
-            first
-        } else if relay_ip.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-        };
-        let relay_ports = parse_ports(&f.turn_relay_ports)?;
-        let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
-        if span < cores {
-            return Err(format!(
-                "--turn-relay-ports {} has {span} ports: fewer than the {cores} shards",
-                f.turn_relay_ports
-            ));
-        }
-        let cidrs = |flag: &str, v: &[String]| -> Result<Vec<Cidr>, String> {
-            v.iter()
-                .map(|s| s.parse::<Cidr>().map_err(|e| format!("{flag}: {e}")))
-                .collect()
-        };
-        if f.turn_lifetime_max < 1 {
-            return Err("--turn-lifetime-max must be at least 1 second".into());
-        }
-        if f.turn_realm.is_empty() || f.turn_realm.len() > 127 {
-            return Err("--turn-realm must be 1 to 127 bytes".into());
-        }
-        let mut nonce_key = [0u8; 32];
-        getrandom::getrandom(&mut nonce_key)
-            .map_err(|e| format!("no randomness for TURN nonces: {e}"))?;
-        Ok(Some(TurnSettings {
-            listen: f.turn_listen.clone(),
-            relay_ip,
-            relay_bind,
-            relay_ports,
-            realm: f.turn_realm.clone(),
-            secret: secret.as_bytes().to_vec(),
-            nonce_key,
-            lifetime_max_secs: f.turn_lifetime_max,
-            allocations_per_shard_max: f.turn_allocations_per_shard_max,
-            allocations_per_user_max: f.turn_allocations_per_user_max,
-            allocations_per_ip_max: f.turn_allocations_per_ip_max,
-            permissions_max: f.turn_permissions_max,
-            channels_max: f.turn_channels_max,
-            bytes_per_sec_max: f.turn_allocation_bytes_per_sec_max,
-            tcp_connections_max: f.turn_tcp_connections_max,
-            allow: cidrs("--turn-allow-peer", &f.turn_allow_peer)?,
-            deny: cidrs("--turn-deny-peer", &f.turn_deny_peer)?,
-            credential_ttl_secs: crate::ice::TURN_CREDENTIAL_TTL_SECS,
-            revoked_at_start: Vec::new(),
-        }))
-    }
-
     /// Shard `shard`'s relay ports: the range cut into `shards` contiguous parts.
     pub fn shard_ports(&self, shard: usize, shards: usize) -> (u16, u16) {
         let (lo, hi) = (
@@ -270,69 +188,4 @@ pub fn bind(settings: &TurnSettings, shards: usize) -> Result<Vec<ShardSockets>,
         tracing::info!(%bound, relay_ip = %settings.relay_ip, ports = ?settings.relay_ports, "TURN listening (UDP and TCP)");
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    fn flags(args: &[&str]) -> TurnFlags {
-        let mut v = vec!["chatixia-core"];
-        v.extend_from_slice(args);
-        crate::config::Cli::parse_from(v).turn
-    }
-
-    #[test]
-    fn settings_are_checked() {
-        assert!(TurnSettings::from_flags(&flags(&[]), None, 2)
-            .unwrap()
-            .is_none());
-        let f = flags(&["--turn-listen", "127.0.0.1:3478"]);
-        let e = TurnSettings::from_flags(&f, None, 2).unwrap_err();
-        assert!(e.contains("TURN_SECRET"), "{e}");
-        let s = TurnSettings::from_flags(&f, Some("s"), 2).unwrap().unwrap();
-        assert_eq!(s.relay_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(s.relay_ports, (49152, 65535));
-        assert_eq!(s.shard_ports(0, 2), (49152, 57343));
-        assert_eq!(s.shard_ports(1, 2), (57344, 65535));
-        assert_eq!(
-            s.urls(),
-            vec![
-                "turn:127.0.0.1:3478?transport=udp",
-                "turn:127.0.0.1:3478?transport=tcp"
-            ]
-        );
-        let f = flags(&["--turn-listen", "0.0.0.0:3478"]);
-        let e = TurnSettings::from_flags(&f, Some("s"), 1).unwrap_err();
-        assert!(e.contains("--turn-public-ip"), "{e}");
-        let f = flags(&[
-            "--turn-listen",
-            "0.0.0.0:3478",
-            "--turn-public-ip",
-            "203.0.113.5",
-            "--turn-relay-ports",
-            "50000-50002",
-            "--turn-allow-peer",
-            "127.0.0.0/8",
-        ]);
-        let s = TurnSettings::from_flags(&f, Some("s"), 3).unwrap().unwrap();
-        assert_eq!(s.relay_bind, "0.0.0.0".parse::<IpAddr>().unwrap());
-        for i in 0..3 {
-            let (a, b) = s.shard_ports(i, 3);
-            assert_eq!(a, b);
-            assert_eq!(a, 50000 + i as u16);
-        }
-        assert!(
-            TurnSettings::from_flags(&f, Some("s"), 4).is_err(),
-            "3 ports for 4 shards"
-        );
-        for bad in ["1-0", "x-2", "5", "0-10"] {
-            let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-relay-ports", bad]);
-            assert!(TurnSettings::from_flags(&f, Some("s"), 1).is_err(), "{bad}");
-        }
-        let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-allow-peer", "nope"]);
-        let e = TurnSettings::from_flags(&f, Some("s"), 1).unwrap_err();
-        assert!(e.contains("--turn-allow-peer"), "{e}");
-    }
 }
