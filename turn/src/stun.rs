@@ -22,7 +22,7 @@ pub const FINGERPRINT_XOR: u32 = 0x5354_554e;
 /// Attributes one message may carry. A TURN request needs about a dozen (USERNAME,
 /// REALM, NONCE, both integrities, FINGERPRINT, SOFTWARE, LIFETIME, transport, a few
 /// XOR-PEER-ADDRESSes); 32 leaves room for any honest client, and keeps the parsed
-/// index ([`Msg`]) a fixed 200 bytes on the stack. More: [`ParseError::TooManyAttributes`].
+/// index ([`Msg`]) a fixed 256 bytes on the stack. More: [`ParseError::TooManyAttributes`].
 pub const ATTRIBUTES_MAX: usize = 32;
 
 /// STUN and TURN methods.
@@ -159,12 +159,13 @@ impl std::fmt::Display for ParseError {
 
 impl std::error::Error for ParseError {}
 
-/// One attribute in a parsed message: type, value offset and value length.
+/// One attribute in a parsed message: type, value offset and value length (a message
+/// is up to 20 + 65,535 bytes, so an offset needs more than 16 bits).
 #[derive(Clone, Copy, Debug, Default)]
 struct AttrRef {
     ty: u16,
-    at: u16,
     len: u16,
+    at: u32,
 }
 
 /// A parsed message: a view of the bytes plus an index of its attributes. Attributes
@@ -257,8 +258,8 @@ pub fn parse(b: &[u8]) -> Result<Msg<'_>, ParseError> {
             _ => {
                 m.attrs[m.count] = AttrRef {
                     ty,
-                    at: (i + 4) as u16,
                     len: l as u16,
+                    at: (i + 4) as u32,
                 };
                 m.count += 1;
             }

@@ -287,3 +287,20 @@ fn never_panics_on_corruption() {
         }
     }
 }
+
+/// The largest message a stream can carry: attribute offsets past 65,535 bytes.
+#[test]
+fn largest_messages_parse() {
+    let mut b = Vec::new();
+    let mut w = Builder::new(&mut b, method::SEND, Class::Indication, [2; 12]);
+    // DATA's value starts at byte 65,536.
+    w.attr(attr::SOFTWARE, &[1u8; 65_508])
+        .attr(attr::DATA, &[7u8; 4])
+        .fingerprint();
+    w.finish();
+    assert_eq!(b.len(), 65_548);
+    let m = parse(&b).unwrap();
+    assert_eq!(m.get(attr::DATA), Some(&[7u8; 4][..]));
+    assert_eq!(m.get(attr::SOFTWARE).map(<[u8]>::len), Some(65_508));
+    assert!(m.fingerprint);
+}
