@@ -275,8 +275,9 @@ pub struct TurnFlags {
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     pub turn_allocation_bytes_per_sec_max: u64,
 
-    /// TURN TCP connections one shard holds; more: closed at once.
-    #[arg(long, default_value_t = 4096)]
+    /// TURN TCP connections one shard holds; more: closed at once. Each holds at most
+    /// about 132 KiB (a partial message, a read buffer, its outbound queue).
+    #[arg(long, default_value_t = 1024)]
     pub turn_tcp_connections_max: usize,
 }
 

@@ -25,13 +25,16 @@ use crate::server::ShardCtx;
 /// Bytes read at once from a TURN TCP connection.
 pub const READ_BYTES: usize = 4096;
 
-/// Bytes queued for one TCP client (answers, and ChannelData from its peers). A client
-/// that does not read has what does not fit dropped (counted as `tcp_queue`), as a UDP
-/// path would lose it; memory stays bounded.
-pub const TCP_OUT_BYTES_MAX: usize = 256 * 1024;
+/// Bytes queued for one TCP client (answers, and ChannelData from its peers): about 50
+/// full-size media datagrams, 50 ms at 10 Mbit/s. A client that does not read has what
+/// does not fit dropped (counted as `tcp_queue`), as a UDP path would lose it. With a
+/// partial message in its framer (at most 64 KiB) and its read buffer, a connection
+/// holds at most about 132 KiB, so `--turn-tcp-connections-max` bounds a shard's.
+pub const TCP_OUT_BYTES_MAX: usize = 64 * 1024;
 
-/// A connection that has no allocation and sends nothing for this long is closed (RFC
-/// 8656 §3.1 suggests closing connections that do not allocate). With an allocation,
+/// A connection that has no allocation and completes no message for this long is
+/// closed (RFC 8656 §3.1 suggests closing connections that do not allocate; a trickle
+/// of bytes that never makes a message does not keep one open). With an allocation,
 /// its lifetime decides: the allocation's end is noticed at the next idle check.
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -137,10 +140,12 @@ async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, a
     let mut framer = StreamFramer::new();
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(READ_BYTES);
+    let mut idle_deadline = std::time::Instant::now() + TCP_IDLE_TIMEOUT;
     'read: loop {
         let read = rd.read(buf);
+        let wait = idle_deadline.saturating_duration_since(std::time::Instant::now());
         let r = match select2(
-            select2(read, monoio::time::sleep(TCP_IDLE_TIMEOUT)),
+            select2(read, monoio::time::sleep(wait)),
             conn.closing.wait(),
         )
         .await
@@ -149,6 +154,7 @@ async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, a
             Either::Left(Either::Right(())) => {
                 // Idle: keep a connection that holds an allocation.
                 if turn.server.borrow().relayed_address(&key).is_some() {
+                    idle_deadline = std::time::Instant::now() + TCP_IDLE_TIMEOUT;
                     buf = Vec::with_capacity(READ_BYTES);
                     continue;
                 }
@@ -167,7 +173,10 @@ async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, a
         let now = ctx.now().0;
         loop {
             let msg = match framer.next() {
-                Ok(Some(m)) => m,
+                Ok(Some(m)) => {
+                    idle_deadline = std::time::Instant::now() + TCP_IDLE_TIMEOUT;
+                    m
+                }
                 Ok(None) => break,
                 Err(_) => {
                     turn.server.borrow_mut().stats.dropped[Dropped::Malformed as usize] += 1;
