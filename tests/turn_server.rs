@@ -54,9 +54,16 @@ fn relay_both_ways(c: &mut Client) {
     assert_eq!(c.refresh(0).msg().u32(attr::LIFETIME), Some(0));
 }
 
+/// On both io drivers (io_uring, and the epoll fallback).
 #[test]
 fn relays_over_udp_and_tcp() {
-    let (server, turn) = turn_rig::start(2, None, &[]);
+    for driver in common::DRIVERS {
+        relays_over_udp_and_tcp_on(driver);
+    }
+}
+
+fn relays_over_udp_and_tcp_on(driver: &str) {
+    let (server, turn) = turn_rig::start(2, None, &["--io-driver", driver]);
     let (u, p) = credentials("peer-udp", 3600);
     relay_both_ways(&mut Client::udp(turn, &u, &p));
     let (u, p) = credentials("peer-tcp", 3600);
