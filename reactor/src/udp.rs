@@ -126,17 +126,24 @@ impl RecvBatch {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.n = 0;
         let count = self.hdrs.len();
+        // The raw pointers are taken once, after the last write through the vectors,
+        // so none is invalidated before the call. `wrapping_add` stays inside each
+        // allocation (`buf` holds `count * slot` bytes, `iov` and `names` `count`).
         let base = self.buf.as_mut_ptr();
+        let iov_p = self.iov.as_mut_ptr();
+        let names_p = self.names.as_mut_ptr();
         for i in 0..count {
-            self.iov[i] = libc::iovec {
-                // SAFETY: `i * slot` is within `buf` (its length is `count * slot`).
-                iov_base: unsafe { base.add(i * self.slot) } as *mut libc::c_void,
+            let iov = libc::iovec {
+                iov_base: base.wrapping_add(i * self.slot) as *mut libc::c_void,
                 iov_len: self.slot,
             };
+            // SAFETY: `iov_p.add(i)` is entry `i` of `iov` (length `count`), which
+            // nothing else borrows now.
+            unsafe { iov_p.add(i).write(iov) };
             let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut libc::c_void;
+            h.msg_hdr.msg_name = names_p.wrapping_add(i) as *mut libc::c_void;
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
-            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iov = iov_p.wrapping_add(i);
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;
@@ -196,6 +203,8 @@ pub struct SendBatch {
     /// Per message: a `UDP_SEGMENT` control message (GSO runs), and its datagram count.
     controls: Vec<[u64; GSO_CMSG_WORDS]>,
     segments: Vec<usize>,
+    /// Per message: its segment size (the first datagram's length).
+    seg_sizes: Vec<u16>,
 }
 
 /// Datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64; 32 keeps one
@@ -230,6 +239,7 @@ impl SendBatch {
             hdrs: (0..BATCH_MAX).map(|_| zeroed_mmsghdr()).collect(),
             controls: vec![[0u64; GSO_CMSG_WORDS]; BATCH_MAX],
             segments: vec![0; BATCH_MAX],
+            seg_sizes: vec![0; BATCH_MAX],
         }
     }
 
@@ -246,6 +256,9 @@ impl SendBatch {
         msgs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
     ) -> io::Result<usize> {
         let mut n_msgs = 0usize;
+        // First the values (iovecs, names, segment counts and sizes); then, with no
+        // write through the vectors left, the headers' raw pointers into them.
+        let mut starts = [0usize; BATCH_MAX];
         // The open run: its destination, segment size, bytes, and whether it ended
         // with a shorter datagram (nothing may follow that).
         let mut run: Option<(SocketAddr, usize, usize, bool)> = None;
@@ -266,8 +279,7 @@ impl SendBatch {
                 iov_len: data.len(),
             };
             if extend {
-                let m = n_msgs - 1;
-                self.segments[m] += 1;
+                self.segments[n_msgs - 1] += 1;
                 if let Some((_, seg, bytes, closed)) = run.as_mut() {
                     *bytes += data.len();
                     *closed = data.len() < *seg;
@@ -276,28 +288,19 @@ impl SendBatch {
                 let m = n_msgs;
                 self.namelens[m] = to_sockaddr(to, &mut self.names[m]);
                 self.segments[m] = 1;
-                let h = &mut self.hdrs[m];
-                h.msg_hdr.msg_name = &mut self.names[m] as *mut _ as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = self.namelens[m];
-                h.msg_hdr.msg_iov = &mut self.iov[n_iov];
-                h.msg_hdr.msg_flags = 0;
-                h.msg_len = 0;
+                self.seg_sizes[m] = data.len().min(usize::from(u16::MAX)) as u16;
+                starts[m] = n_iov;
                 run = Some((to, data.len(), data.len(), false));
                 n_msgs += 1;
             }
-            self.hdrs[n_msgs - 1].msg_hdr.msg_iovlen = self.segments[n_msgs - 1] as _;
         }
         if n_msgs == 0 {
             return Ok(0);
         }
         for m in 0..n_msgs {
-            let h = &mut self.hdrs[m];
+            let c = &mut self.controls[m];
+            *c = [0; GSO_CMSG_WORDS];
             if self.segments[m] > 1 {
-                // SAFETY: `iov_base` of the run's first iovec points at its first
-                // datagram; reading its length field is plain data.
-                let seg = unsafe { (*h.msg_hdr.msg_iov).iov_len } as u16;
-                let c = &mut self.controls[m];
-                *c = [0; GSO_CMSG_WORDS];
                 // SAFETY: `c` is 24 bytes, 8-aligned: room for a `cmsghdr` (16 bytes)
                 // and the u16 that follows it at CMSG_DATA (offset 16).
                 unsafe {
@@ -305,9 +308,23 @@ impl SendBatch {
                     (*cm).cmsg_len = libc::CMSG_LEN(2) as _;
                     (*cm).cmsg_level = SOL_UDP;
                     (*cm).cmsg_type = UDP_SEGMENT;
-                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, seg);
+                    std::ptr::write_unaligned(libc::CMSG_DATA(cm) as *mut u16, self.seg_sizes[m]);
                 }
-                h.msg_hdr.msg_control = c.as_mut_ptr() as *mut libc::c_void;
+            }
+        }
+        let iov_p = self.iov.as_mut_ptr();
+        let names_p = self.names.as_mut_ptr();
+        let controls_p = self.controls.as_mut_ptr();
+        for (m, start) in starts.iter().enumerate().take(n_msgs) {
+            let h = &mut self.hdrs[m];
+            h.msg_hdr.msg_name = names_p.wrapping_add(m) as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = self.namelens[m];
+            h.msg_hdr.msg_iov = iov_p.wrapping_add(*start);
+            h.msg_hdr.msg_iovlen = self.segments[m] as _;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+            if self.segments[m] > 1 {
+                h.msg_hdr.msg_control = controls_p.wrapping_add(m) as *mut libc::c_void;
                 h.msg_hdr.msg_controllen = (GSO_CMSG_WORDS * 8) as _;
             } else {
                 h.msg_hdr.msg_control = std::ptr::null_mut();
@@ -347,27 +364,31 @@ impl SendBatch {
         fd: RawFd,
         msgs: impl IntoIterator<Item = (&'a [u8], SocketAddr)>,
     ) -> io::Result<usize> {
+        // Values first, then the headers' raw pointers (see `send_gso`).
         let mut count = 0;
         for (data, to) in msgs.into_iter().take(BATCH_MAX) {
-            let i = count;
-            self.namelens[i] = to_sockaddr(to, &mut self.names[i]);
-            self.iov[i] = libc::iovec {
+            self.namelens[count] = to_sockaddr(to, &mut self.names[count]);
+            self.iov[count] = libc::iovec {
                 iov_base: data.as_ptr() as *mut libc::c_void,
                 iov_len: data.len(),
             };
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        let iov_p = self.iov.as_mut_ptr();
+        let names_p = self.names.as_mut_ptr();
+        for i in 0..count {
             let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = &mut self.names[i] as *mut _ as *mut libc::c_void;
+            h.msg_hdr.msg_name = names_p.wrapping_add(i) as *mut libc::c_void;
             h.msg_hdr.msg_namelen = self.namelens[i];
-            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iov = iov_p.wrapping_add(i);
             h.msg_hdr.msg_iovlen = 1;
             h.msg_hdr.msg_control = std::ptr::null_mut();
             h.msg_hdr.msg_controllen = 0;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
-            count += 1;
-        }
-        if count == 0 {
-            return Ok(0);
         }
         // SAFETY: the first `count` headers point at this batch's names and iovecs,
         // and the iovecs at slices of lifetime 'a, which outlives this call; the kernel
