@@ -16,5 +16,6 @@ pub mod registry;
 pub mod server;
 pub mod signaling;
 pub mod store_cli;
+pub mod turn;
 
 pub use wire::{http, time, ws};

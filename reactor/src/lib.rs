@@ -25,6 +25,7 @@ mod shard;
 pub mod signals;
 pub mod sys;
 pub mod timer;
+pub mod udp;
 
 pub use driver::IoDriver;
 pub use event::{yield_now, LocalEvent, Wait};

@@ -64,12 +64,15 @@ pub async fn token(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Resp
     }
 }
 
-/// `GET /api/config`.
-pub fn ice(ctx: &ShardCtx) -> Response {
+/// `GET /api/config` (with the embedded TURN server's entry for a caller with a
+/// credential, `crate::turn::ice_entry`).
+pub fn ice(ctx: &ShardCtx, req: &Request) -> Response {
     let cfg = &ctx.config;
     let turn = cfg
         .turn
         .as_ref()
         .map(|(url, secret)| (url.as_str(), secret.as_slice()));
-    Response::json(200, &ice_config(&cfg.stun_urls, turn, ctx.now()))
+    let mut body = ice_config(&cfg.stun_urls, turn, ctx.now());
+    body.ice_servers.extend(crate::turn::ice_entry(ctx, req));
+    Response::json(200, &body)
 }

@@ -392,6 +392,8 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
         }
         None => Ok(()),
     };
+    // Its TURN allocations, wherever they are (every shard; crate::turn::revoke).
+    crate::turn::revoke(ctx, peer).await;
     if let Err(resp) = deauthorized.map(drop).and(removed) {
         tracing::error!(entry = %id, "revocation not fully applied in memory (mailboxes full)");
         return Err(resp);

@@ -85,6 +85,8 @@ pub struct ServerConfig {
     pub stray_task_shards: Vec<usize>,
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
     pub ws_echo: bool,
+    /// The embedded TURN server (`--turn-listen`; issue 24).
+    pub turn_server: Option<crate::turn::TurnSettings>,
 }
 
 impl ServerConfig {
@@ -111,6 +113,7 @@ impl ServerConfig {
             store: None,
             stray_task_shards: Vec::new(),
             ws_echo: false,
+            turn_server: None,
         }
     }
 }
@@ -417,6 +420,10 @@ impl ShardCtx {
                 None
             }
             Msg::Shard(op) => Some(Msg::ShardReply(self.on_shard_op(op))),
+            Msg::Turn(op) => {
+                crate::turn::on_op(self, op);
+                None
+            }
             // Replies go to the asking future, never to this handler.
             Msg::RegistryReply(_)
             | Msg::HubReply(_)
@@ -456,6 +463,7 @@ impl ShardCtx {
             self.budget_metrics(),
         );
         m.auth.addresses = self.state.auth_failures.borrow().len() as u64;
+        m.turn = crate::turn::metrics();
         m
     }
 
@@ -650,6 +658,7 @@ pub async fn run_shard(
     listener: StdListener,
     config: Arc<ServerConfig>,
     boot: crate::durable::ShardBoot,
+    turn: crate::turn::ShardSockets,
 ) {
     let link = match &config.store {
         Some(handle) => match store_link(handle) {
@@ -665,6 +674,7 @@ pub async fn run_shard(
     ctx.load(boot);
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
+    crate::turn::start(&ctx, turn);
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());

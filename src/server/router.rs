@@ -379,7 +379,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         .with_header("allow", "GET")),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => auth::api::token(ctx, req, ip).await,
-        Route::IceConfig => Ok(auth::api::ice(ctx)),
+        Route::IceConfig => Ok(auth::api::ice(ctx, req)),
         Route::Agents if method == Method::Post => {
             registry::api::register(ctx, req, peer.ip()).await
         }
