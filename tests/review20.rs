@@ -1,0 +1,991 @@
+//! Review of issue 20 (and where issue 22's store meets it), as a hostile client and a
+//! careless operator would try it, over real sockets on loopback. Each test is one
+//! probe; the ones named in the review's report as findings fail on the code as merged
+//! (they state the promise they check), the others guard what held.
+
+mod common;
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+
+const KEYS: &str = r#"{"keys": {
+    "ak_test_admin": {"peer_id": "admin-1", "role": "admin"},
+    "ak_alpha": {"peer_id": "alpha-sidecar", "role": "agent"},
+    "ak_beta": {"peer_id": "beta-sidecar", "role": "agent"},
+    "ak_test_agent": {"peer_id": "agent-x", "role": "agent"}
+}}"#;
+
+/// The default failure budget per address and window.
+const PER_IP: usize = 10;
+
+fn ip(a: u8, b: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, a, b)
+}
+
+fn server(cores: usize, args: &[&str]) -> Server {
+    let mut o = Opts::cores(cores);
+    o.keys = Some(KEYS.to_owned());
+    o.args = args.iter().map(|a| a.to_string()).collect();
+    Server::with(o)
+}
+
+/// One request from source address `from`, a JSON body if given.
+fn req_from(
+    s: &Server,
+    from: Ipv4Addr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> Resp {
+    let mut h: Vec<(&str, &str)> = headers.to_vec();
+    let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+    if bytes.is_some() {
+        h.push(("Content-Type", "application/json"));
+    }
+    s.conn_from(from)
+        .request(method, path, &h, bytes.as_deref())
+}
+
+fn post_from(s: &Server, from: Ipv4Addr, path: &str, headers: &[(&str, &str)], b: &Value) -> Resp {
+    req_from(s, from, "POST", path, headers, Some(b))
+}
+
+fn get_from(s: &Server, from: Ipv4Addr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    req_from(s, from, "GET", path, headers, None)
+}
+
+fn bearer(s: &Server, key: &str) -> String {
+    let r = s.req("POST", "/api/token", &[("X-API-Key", key)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    format!("Bearer {}", r.json()["token"].as_str().unwrap())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A JWT signed with the server's (development) secret by `jsonwebtoken`.
+fn jwt(sub: &str, role: &str, iat: u64, exp: u64) -> String {
+    let claims = json!({"sub": sub, "role": role, "iat": iat, "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::ws::SECRET),
+    )
+    .unwrap()
+}
+
+/// Sum of a `/metrics` series over shards, for the samples whose labels contain all of
+/// `labels`.
+fn metric(s: &Server, name: &str, labels: &[&str]) -> u64 {
+    let text = s.get("/metrics").text();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+        .sum()
+}
+
+fn task_id(r: &Resp) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["task_id"].as_str().unwrap().to_owned()
+}
+
+/// Grows the submitter's tasks `ids` with results, largest first, until no growth of
+/// 200 bytes or more fits any more; returns the updates that passed.
+fn grow_tasks(s: &Server, from: Ipv4Addr, headers: &[(&str, &str)], ids: &[String]) -> usize {
+    let mut grown = 0;
+    let mut held = vec![0usize; ids.len()];
+    for size in [
+        60_000usize,
+        30_000,
+        15_000,
+        8_000,
+        4_000,
+        2_000,
+        1_000,
+        500,
+        200,
+    ] {
+        for (i, id) in ids.iter().enumerate() {
+            if held[i] + size > 65_000 {
+                continue;
+            }
+            let r = post_from(
+                s,
+                from,
+                &format!("/api/hub/tasks/{id}"),
+                headers,
+                &json!({"state": "pending", "result": "x".repeat(held[i] + size)}),
+            );
+            match r.status {
+                200 => {
+                    held[i] += size;
+                    grown += 1;
+                }
+                503 => break,
+                _ => panic!("{}", r.text()),
+            }
+        }
+    }
+    grown
+}
+
+// ---------------------------------------------------------------------------------------
+// Findings
+// ---------------------------------------------------------------------------------------
+
+/// PROMISE (§1.8 "Quotas per client", README `--task-client-bytes-max`): one client
+/// holds at most its byte quota of a shard's tasks, and while it holds it every other
+/// client still gets 2xx. PROBE: one address submits small tasks (well within its quota),
+/// then, as their submitter, posts a 60 KB `result` to each (`state` stays `pending`).
+/// The growth is checked against the anonymous share only (`ClientLedger::admit_growth`:
+/// "the per-client quota governs new entries only"), so this one address takes the whole
+/// anonymous share, far past its quota, and every other client without credentials
+/// (every PyPI agent delegating a task) gets 503.
+#[test]
+fn one_address_fills_the_anonymous_task_share_by_growing_its_own_tasks() {
+    let s = server(
+        1,
+        &[
+            "--task-store-bytes-max",
+            "4194304",
+            "--task-client-bytes-max",
+            "262144",
+        ],
+    );
+    let attacker = ip(0, 2);
+    let mut ids = Vec::new();
+    for _ in 0..80 {
+        ids.push(task_id(&post_from(
+            &s,
+            attacker,
+            "/api/hub/tasks",
+            &[],
+            &json!({"skill": "s"}),
+        )));
+    }
+    let grown = grow_tasks(&s, attacker, &[], &ids);
+    let held = metric(&s, "chatixia_task_store_anonymous_bytes", &[]);
+    let r = post_from(
+        &s,
+        ip(0, 3),
+        "/api/hub/tasks",
+        &[],
+        &json!({"skill": "s", "payload": {"q": 1}}),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "one address (quota 262,144 bytes) grew {grown} of its tasks and now holds {held} \
+         bytes; another client without credentials is refused: {}",
+        r.text()
+    );
+}
+
+/// PROMISE (README `--task-client-bytes-max`; §1.8 "authenticated agents and operators
+/// always have room"): an authenticated client is held to its quota too (only admins
+/// have none). PROBE: the holder of one agent key submits small tasks and grows them
+/// with results until the shard's whole task store is full; then an operator's (admin
+/// key) task is refused 503 "task store is full".
+#[test]
+fn one_agent_key_fills_the_whole_task_store_by_growing_its_tasks() {
+    let s = server(
+        1,
+        &[
+            "--task-store-bytes-max",
+            "4194304",
+            "--task-client-bytes-max",
+            "262144",
+        ],
+    );
+    let key = [("X-API-Key", "ak_alpha")];
+    let mut ids = Vec::new();
+    for _ in 0..80 {
+        ids.push(task_id(&post_from(
+            &s,
+            ip(0, 2),
+            "/api/hub/tasks",
+            &key,
+            &json!({"skill": "s"}),
+        )));
+    }
+    let grown = grow_tasks(&s, ip(0, 2), &key, &ids);
+    let r = post_from(
+        &s,
+        ip(0, 9),
+        "/api/hub/tasks",
+        &[("X-API-Key", "ak_test_admin")],
+        &json!({"skill": "ops"}),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "one agent key (quota 262,144 bytes) grew {grown} tasks; an operator is refused: {}",
+        r.text()
+    );
+}
+
+/// PROMISE (README `--agent-client-bytes-max`: "bytes of agents one client creates per
+/// shard; over: 429"; §1.8 every other client still gets 2xx). PROBE: one address
+/// registers small agents, then re-registers each with 256 skills of 200 bytes: the
+/// growth passes every quota, the address takes the anonymous share of the registry, and
+/// another address cannot register a new agent (503).
+#[test]
+fn one_address_fills_the_anonymous_agent_share_by_re_registering_larger() {
+    let s = server(
+        1,
+        &[
+            "--agent-store-bytes-max",
+            "2097152",
+            "--agent-client-bytes-max",
+            "65536",
+        ],
+    );
+    let attacker = ip(0, 2);
+    for i in 0..30 {
+        let r = post_from(
+            &s,
+            attacker,
+            "/api/registry/agents",
+            &[],
+            &json!({"agent_id": format!("sq-{i}"), "hostname": "h"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Re-register each with more skills of 200 bytes, largest steps first, until no
+    // growth of one skill fits.
+    let mut count = [0usize; 30];
+    let mut grown = 0;
+    for step in [256usize, 128, 64, 32, 16, 8, 4, 2, 1] {
+        for (i, c) in count.iter_mut().enumerate() {
+            if *c + step > 256 {
+                continue;
+            }
+            let skills: Vec<String> = (0..*c + step).map(|k| format!("{k:0>200}")).collect();
+            let r = post_from(
+                &s,
+                attacker,
+                "/api/registry/agents",
+                &[],
+                &json!({"agent_id": format!("sq-{i}"), "hostname": "h",
+                        "capabilities": {"skills": skills}}),
+            );
+            match r.status {
+                200 => {
+                    *c += step;
+                    grown += 1;
+                }
+                503 => break,
+                _ => panic!("{}", r.text()),
+            }
+        }
+    }
+    let held = metric(&s, "chatixia_agent_store_anonymous_bytes", &[]);
+    let r = post_from(
+        &s,
+        ip(0, 3),
+        "/api/registry/agents",
+        &[],
+        &json!({"agent_id": "honest", "hostname": "h"}),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "one address (quota 65,536 bytes) grew {grown} agents and holds {held} bytes; \
+         another address cannot register: {}",
+        r.text()
+    );
+}
+
+/// PROMISE (issue 20: "`/api/token` and every route that checks a secret: a failure
+/// budget per address"; §2.4: 10 wrong secrets, then 429). The agent routes check an
+/// `X-API-Key` (it decides what an agent is bound to) but count an unknown one only
+/// when a binding refuses it. PROBE: register a new agent id with a guessed key (never
+/// refused, so never counted), then heartbeat it from the same address without a key:
+/// 200 means the guess was no key (the agent is bound to the address); 403 means it is
+/// a key, and the message names its peer. Two requests per guess, no failure counted,
+/// no 429 however many guesses.
+#[test]
+fn api_keys_can_be_guessed_without_limit_through_agent_registration() {
+    let s = server(2, &[]);
+    let attacker = ip(0, 7);
+    let mut evaluated = 0;
+    let mut found = None;
+    let guesses: Vec<String> = (0..60)
+        .map(|i| format!("ak_guess_{i}"))
+        .chain(["ak_alpha".to_owned()])
+        .collect();
+    for g in &guesses {
+        let reg = post_from(
+            &s,
+            attacker,
+            "/api/registry/agents",
+            &[("X-API-Key", g)],
+            &json!({"agent_id": "probe", "hostname": "h"}),
+        );
+        if reg.status == 429 {
+            break;
+        }
+        assert_eq!(reg.status, 200, "{}", reg.text());
+        evaluated += 1;
+        let hb = post_from(
+            &s,
+            attacker,
+            "/api/hub/heartbeat",
+            &[],
+            &json!({"agent_id": "probe"}),
+        );
+        if hb.status == 403 {
+            found = Some((g.clone(), hb.text()));
+            break;
+        }
+        assert_eq!(hb.status, 200, "{}", hb.text());
+    }
+    let counted = metric(&s, "chatixia_auth_failures_total", &[]);
+    assert!(
+        evaluated <= PER_IP + 1,
+        "{evaluated} guessed API keys were looked at from one address ({counted} failures \
+         counted, no 429); the oracle found {found:?}"
+    );
+}
+
+/// PROMISE (issue 20: "a client without credentials cannot act as an agent that another
+/// client registered … and cannot read another agent's tasks"). Agents and their
+/// bindings are not durable, but the tasks targeted at them are. PROBE: alpha registers
+/// with its own key; a task with a secret payload is submitted for alpha; before a
+/// restart an anonymous attacker gets 403 for alpha; after a restart (SIGTERM, same data
+/// directory) the attacker's first anonymous heartbeat as `alpha` is bound to the
+/// attacker's address and is handed the pending task with its payload.
+#[test]
+fn after_a_restart_anyone_heartbeating_first_takes_an_agents_pending_tasks() {
+    let data = TempDir::new();
+    let mut o = Opts::cores(2);
+    o.keys = Some(KEYS.to_owned());
+    o.args = vec!["--data-dir".into(), data.0.join("d").display().to_string()];
+    let mut s = Server::with(o);
+    let (victim, boss, attacker) = (ip(0, 1), ip(0, 3), ip(0, 2));
+    let r = post_from(
+        &s,
+        victim,
+        "/api/registry/agents",
+        &[("X-API-Key", "ak_alpha")],
+        &json!({"agent_id": "alpha", "hostname": "h"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = task_id(&post_from(
+        &s,
+        boss,
+        "/api/hub/tasks",
+        &[],
+        &json!({"target_agent_id": "alpha", "payload": {"secret": "SECRET-4711"}}),
+    ));
+    let hb = json!({"agent_id": "alpha"});
+    post_from(&s, attacker, "/api/hub/heartbeat", &[], &hb).error(403);
+
+    s.restart();
+    // The task is still there and still pending (durable), its target public.
+    let all = get_from(&s, attacker, "/api/hub/tasks/all", &[]).json();
+    assert_eq!(all[0]["id"], id.as_str(), "{all}");
+    assert_eq!(all[0]["target_agent_id"], "alpha", "{all}");
+    let r = post_from(&s, attacker, "/api/hub/heartbeat", &[], &hb);
+    assert!(
+        !r.text().contains("SECRET-4711"),
+        "after a restart an anonymous client took alpha's id and its task: {} {}",
+        r.status,
+        r.text()
+    );
+    // And alpha, with its own key, no longer gets the task.
+    let r = post_from(
+        &s,
+        victim,
+        "/api/hub/heartbeat",
+        &[("X-API-Key", "ak_alpha")],
+        &hb,
+    );
+    assert!(r.text().contains("SECRET-4711"), "{}", r.text());
+}
+
+/// A raw socket from `from` to the server.
+fn raw_from(s: &Server, from: Ipv4Addr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    sock.connect(&s.addr.into()).unwrap();
+    let t: TcpStream = sock.into();
+    t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    t.set_nodelay(true).unwrap();
+    t
+}
+
+/// `n` connections from `from`, each sends one `POST /api/token` with `header: value_i`
+/// before any answer is read; returns the statuses.
+fn volley(
+    s: &Server,
+    from: Ipv4Addr,
+    n: usize,
+    header: &str,
+    value: &dyn Fn(usize) -> String,
+) -> Vec<u16> {
+    let mut socks: Vec<TcpStream> = (0..n).map(|_| raw_from(s, from)).collect();
+    for (i, t) in socks.iter_mut().enumerate() {
+        let req = format!(
+            "POST /api/token HTTP/1.1\r\nHost: x\r\n{header}: {}\r\nContent-Length: 0\r\n\r\n",
+            value(i)
+        );
+        t.write_all(req.as_bytes()).unwrap();
+    }
+    socks
+        .iter_mut()
+        .map(|t| read_response(t, &mut Vec::new()).status)
+        .collect()
+}
+
+/// PROMISE (§2.4, README "Wrong secrets"): one address gets 10 wrong secrets per
+/// window, then 429, "one after 60 s, 120 s, 240 s"; at most `--cores − 1` attempts
+/// beyond its budget per back-off. PROBE: 40 connections from one address each send one
+/// wrong `X-Device-Token` (looked up on another shard: the route awaits between the
+/// budget's check and the failure) or `X-API-Key` before reading any answer; count the
+/// attempts looked at (401) rather than refused (429); again once the back-off ended.
+#[test]
+fn parallel_connections_multiply_the_failure_budget_of_one_address() {
+    let s = server(2, &[]);
+    let n = 40;
+    let dev = |i: usize| format!("dt_{:032x}", 0xdead_0000u64 + i as u64);
+    let first = volley(&s, ip(0, 9), n, "X-Device-Token", &dev);
+    let looked = first.iter().filter(|&&c| c == 401).count();
+    // Past the back-off (the clock moves; the ledger's window is 60 s, back-off doubles).
+    s.advance(130.0);
+    let again = volley(&s, ip(0, 9), n, "X-Device-Token", &|i| dev(i + 1000));
+    let looked_again = again.iter().filter(|&&c| c == 401).count();
+    let keys = volley(&s, ip(0, 10), n, "X-API-Key", &|i| format!("ak_guess_{i}"));
+    let looked_keys = keys.iter().filter(|&&c| c == 401).count();
+    let bound = PER_IP + s.cores - 1;
+    assert!(
+        looked <= bound && looked_again <= s.cores && looked_keys <= bound,
+        "wrong secrets looked at from one address over {n} parallel connections: {looked} \
+         device tokens in the first window, {looked_again} after the back-off, \
+         {looked_keys} API keys (the budget: {PER_IP}, +{} for the shards)",
+        s.cores - 1
+    );
+}
+
+/// An approved device: its device token.
+fn device_token(s: &Server) -> (String, String) {
+    let id = pending_entry(s, "dev");
+    let admin = bearer(s, "ak_test_admin");
+    let r = s.req(
+        "POST",
+        &format!("/api/pairing/{id}/approve"),
+        &[("Authorization", &admin)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    (id, r.json()["device_token"].as_str().unwrap().to_owned())
+}
+
+/// PROMISE (§2.3, §2.4): an unknown `X-API-Key` at `POST /api/token` counts against the
+/// address's failure budget; 10, then 429. PROBE: send each guessed key together with a
+/// valid `X-Device-Token` (any paired device has one). "A known X-API-Key wins,
+/// otherwise the device token is tried": an unknown key falls through to the device
+/// token, which succeeds, so nothing is counted, and the answer's `peer_id`/`role` says
+/// whether the guess was a key (and whose, and whether it is an admin's).
+#[test]
+fn a_device_token_lets_its_holder_guess_api_keys_without_limit() {
+    let s = server(2, &[]);
+    let (_, dt) = device_token(&s);
+    let mut c = s.conn_from(ip(0, 8));
+    let mut evaluated = 0;
+    let mut found = None;
+    let guesses = (0..60)
+        .map(|i| format!("ak_guess_{i}"))
+        .chain(["ak_test_admin".to_owned()]);
+    for g in guesses {
+        let r = c.request(
+            "POST",
+            "/api/token",
+            &[("X-API-Key", &g), ("X-Device-Token", &dt)],
+            None,
+        );
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        evaluated += 1;
+        let v = r.json();
+        if v["role"] == "admin" {
+            found = Some((g, v["peer_id"].clone()));
+            break;
+        }
+    }
+    let counted = metric(&s, "chatixia_auth_failures_total", &[]);
+    assert!(
+        evaluated <= PER_IP + 1,
+        "{evaluated} guessed API keys were looked at from one address ({counted} failures \
+         counted, no 429); found {found:?}"
+    );
+}
+
+/// PROMISE (as above: every route that checks a secret has a failure budget). PROBE:
+/// `POST /api/hub/tasks` with a guessed `X-API-Key`: an unknown key makes the task
+/// anonymous, a known key authenticated; `GET /metrics` (public) shows which, through
+/// `chatixia_task_store_anonymous_bytes`. No failure is counted, no 429.
+#[test]
+fn the_public_metrics_tell_a_known_api_key_from_an_unknown_one() {
+    let s = server(1, &[]);
+    let anon = || metric(&s, "chatixia_task_store_anonymous_bytes", &[]);
+    let mut evaluated = 0;
+    let mut found = None;
+    let guesses = (0..40)
+        .map(|i| format!("ak_guess_{i}"))
+        .chain(["ak_beta".to_owned()]);
+    for g in guesses {
+        let before = anon();
+        let r = post_from(
+            &s,
+            ip(0, 8),
+            "/api/hub/tasks",
+            &[("X-API-Key", &g)],
+            &json!({"skill": "s"}),
+        );
+        if r.status == 429 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        evaluated += 1;
+        if anon() == before {
+            found = Some(g);
+            break;
+        }
+    }
+    assert!(
+        evaluated <= PER_IP + 1,
+        "{evaluated} guessed API keys were looked at through task submissions, none \
+         counted; /metrics told the known one: {found:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Guards (held when probed)
+// ---------------------------------------------------------------------------------------
+
+/// Sixteen addresses register the same new agent id at once on two shards: exactly one
+/// gets it, the others 403, and only the winner's address can heartbeat it.
+#[test]
+fn a_registration_race_binds_exactly_one_address() {
+    let s = server(2, &[]);
+    let results: Vec<(u8, u16)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (1..=16u8)
+            .map(|b| {
+                let s = &s;
+                sc.spawn(move || {
+                    let r = post_from(
+                        s,
+                        ip(2, b),
+                        "/api/registry/agents",
+                        &[],
+                        &json!({"agent_id": "race", "hostname": format!("h{b}")}),
+                    );
+                    (b, r.status)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let winners: Vec<u8> = results
+        .iter()
+        .filter(|(_, c)| *c == 200)
+        .map(|(b, _)| *b)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(
+        results.iter().all(|(_, c)| *c == 200 || *c == 403),
+        "{results:?}"
+    );
+    let w = winners[0];
+    let rec = s.get("/api/registry/agents/race").json();
+    assert_eq!(rec["hostname"], format!("h{w}"), "{rec}");
+    let hb = json!({"agent_id": "race"});
+    assert_eq!(
+        post_from(&s, ip(2, w), "/api/hub/heartbeat", &[], &hb).status,
+        200
+    );
+    let other = if w == 1 { 2 } else { 1 };
+    post_from(&s, ip(2, other), "/api/hub/heartbeat", &[], &hb).error(403);
+}
+
+/// Every credential shape at an agent bound to its key, from another address: an
+/// expired or future JWT for it is 401 and not counted as a wrong secret; a valid JWT
+/// for `alpha-sidecar` or `alpha` acts; another agent's key is 403 and not counted; a
+/// forged JWT is 401 and counted; and the agent's tasks reach only its binding.
+#[test]
+fn credential_shapes_at_a_bound_agent() {
+    let s = server(2, &[]);
+    let (victim, other) = (ip(0, 1), ip(0, 3));
+    let r = post_from(
+        &s,
+        victim,
+        "/api/registry/agents",
+        &[("X-API-Key", "ak_alpha")],
+        &json!({"agent_id": "alpha", "hostname": "h"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = task_id(&s.post_json(
+        "/api/hub/tasks",
+        &json!({"target_agent_id": "alpha", "payload": {"secret": "S-1"}}),
+    ));
+    let hb = json!({"agent_id": "alpha"});
+    let now = unix_now();
+    // Expired (past the 5 s leeway) and issued in the future: 401, many times, not counted.
+    for _ in 0..(PER_IP + 2) {
+        let expired = format!(
+            "Bearer {}",
+            jwt("alpha-sidecar", "agent", now - 400, now - 30)
+        );
+        let r = post_from(
+            &s,
+            other,
+            "/api/hub/heartbeat",
+            &[("Authorization", &expired)],
+            &hb,
+        );
+        assert_eq!(r.error(401), "invalid token: expired signature");
+        let future = format!(
+            "Bearer {}",
+            jwt("alpha-sidecar", "agent", now + 120, now + 400)
+        );
+        let r = post_from(
+            &s,
+            other,
+            "/api/hub/heartbeat",
+            &[("Authorization", &future)],
+            &hb,
+        );
+        assert_eq!(r.status, 401, "{}", r.text());
+        // Another agent's valid key: 403, not a wrong secret.
+        post_from(
+            &s,
+            other,
+            "/api/hub/heartbeat",
+            &[("X-API-Key", "ak_beta")],
+            &hb,
+        )
+        .error(403);
+    }
+    assert_eq!(metric(&s, "chatixia_auth_failures_total", &[]), 0);
+    // None of that handed out the task.
+    let t = get_from(&s, other, &format!("/api/hub/tasks/{id}"), &[]).json();
+    assert_eq!(
+        (&t["state"], &t["withheld"]),
+        (&json!("pending"), &json!(true)),
+        "{t}"
+    );
+    // A valid JWT for `alpha` acts from anywhere, and gets the task.
+    let mine = format!("Bearer {}", jwt("alpha", "agent", now, now + 300));
+    let r = post_from(
+        &s,
+        other,
+        "/api/hub/heartbeat",
+        &[("Authorization", &mine)],
+        &hb,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["pending_tasks"][0]["payload"]["secret"], "S-1");
+    // A forged token is 401 and counted.
+    let forged = format!("Bearer {}x", jwt("alpha", "agent", now, now + 300));
+    let r = post_from(
+        &s,
+        other,
+        "/api/hub/heartbeat",
+        &[("Authorization", &forged)],
+        &hb,
+    );
+    r.error(401);
+    assert_eq!(metric(&s, "chatixia_auth_failures_total", &[]), 1);
+}
+
+/// The backup route (issue 22) is an admin route under the failure budget, also with
+/// `--insecure-open-admin`: no token 401, an agent's 403, forged ones counted and then
+/// 429 (a right admin token from that address too), a right token from another address
+/// streams a backup; other methods are 405 without a backup.
+#[test]
+fn the_backup_route_needs_an_admin_and_is_under_the_failure_budget() {
+    let s = server(1, &[]);
+    let bk = "/api/admin/backup";
+    let r = get_from(&s, ip(0, 4), bk, &[]);
+    r.error(401);
+    let agent = bearer(&s, "ak_alpha");
+    get_from(&s, ip(0, 4), bk, &[("Authorization", &agent)]).error(403);
+    let now = unix_now();
+    for i in 0..PER_IP {
+        let forged = format!("Bearer {}{i}", jwt("admin-1", "admin", now, now + 300));
+        get_from(&s, ip(0, 4), bk, &[("Authorization", &forged)]).error(401);
+    }
+    let admin = bearer(&s, "ak_test_admin");
+    let r = get_from(&s, ip(0, 4), bk, &[("Authorization", &admin)]);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    // A right token from another address: a backup (its first line is JSON).
+    let mut t = raw_from(&s, ip(0, 5));
+    write!(
+        t,
+        "GET {bk} HTTP/1.1\r\nHost: x\r\nAuthorization: {admin}\r\n\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut t, &mut all).unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let first: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+    assert!(first.is_object(), "{first}");
+    for m in ["POST", "DELETE", "HEAD"] {
+        let r = req_from(&s, ip(0, 6), m, bk, &[], None);
+        assert_eq!(r.status, 405, "{m}: {}", r.text());
+    }
+    // --insecure-open-admin does not open it (README; PROTOCOL §9.5 says it does).
+    let open = server(1, &["--insecure-open-admin"]);
+    get_from(&open, ip(0, 4), bk, &[]).error(401);
+}
+
+/// The ledger's table-size eviction (`--auth-failure-addresses-max`) does not let an
+/// address in a back-off reset its budget: failures from more other addresses than the
+/// table holds push out the ones that expire first, not the backed-off one.
+#[test]
+fn the_failure_ledger_eviction_keeps_a_backed_off_address() {
+    let s = server(1, &["--auth-failure-addresses-max", "8"]);
+    let mut a = s.conn_from(ip(3, 1));
+    for i in 0..PER_IP {
+        let r = a.request(
+            "POST",
+            "/api/token",
+            &[("X-API-Key", &format!("ak_g{i}"))],
+            None,
+        );
+        assert_eq!(r.status, 401);
+    }
+    let r = a.request("POST", "/api/token", &[("X-API-Key", "ak_alpha")], None);
+    assert_eq!(r.status, 429, "{}", r.text());
+    for b in 2..40u8 {
+        let r =
+            s.conn_from(ip(3, b))
+                .request("POST", "/api/token", &[("X-API-Key", "ak_nope")], None);
+        assert_eq!(r.status, 401, "{b}");
+    }
+    assert!(metric(&s, "chatixia_auth_failure_addresses", &[]) <= 8);
+    let r = s
+        .conn_from(ip(3, 1))
+        .request("POST", "/api/token", &[("X-API-Key", "ak_alpha")], None);
+    assert_eq!(
+        r.status,
+        429,
+        "the backed-off address was forgotten: {}",
+        r.text()
+    );
+}
+
+/// JSON nesting through the inputs that are not request bodies: a JWT whose claims or
+/// header nest 100,000 levels (signed with the server's secret, so the signature check
+/// passes and the claims are parsed) on an admin route, an agent route, `/ws` and the
+/// event stream; a dashboard cursor; a signaling message. Each is refused, the server
+/// keeps serving.
+#[test]
+fn deep_nesting_in_tokens_and_cursors_is_refused_and_the_server_lives() {
+    use base64::Engine as _;
+    let mut s = server(2, &[]);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let sign = |msg: &str| {
+        use hmac::Mac as _;
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(common::ws::SECRET).unwrap();
+        m.update(msg.as_bytes());
+        b64(&m.finalize().into_bytes())
+    };
+    let now = unix_now();
+    let header = b64(br#"{"typ":"JWT","alg":"HS256"}"#);
+    let claims = format!(
+        r#"{{"sub":"admin-1","role":"admin","iat":{now},"exp":{},"x":{deep}}}"#,
+        now + 300
+    );
+    let msg = format!("{header}.{}", b64(claims.as_bytes()));
+    let deep_claims = format!("{msg}.{}", sign(&msg));
+    let dheader = b64(format!(r#"{{"alg":"HS256","x":{deep}}}"#).as_bytes());
+    let msg2 = format!(
+        "{dheader}.{}",
+        b64(br#"{"sub":"a","role":"admin","iat":1,"exp":1}"#)
+    );
+    let deep_header = format!("{msg2}.{}", sign(&msg2));
+    for tok in [&deep_claims, &deep_header] {
+        // (tokens over 16 KiB are refused unread; these are larger, so also try a
+        // shallower one below that fits.)
+        let auth = format!("Bearer {tok}");
+        let r = s.req("GET", "/api/pairing/all", &[("Authorization", &auth)], None);
+        assert!(matches!(r.status, 401 | 431), "{} {}", r.status, r.text());
+    }
+    // 5,000 levels fit in 16 KiB of token.
+    let mid = format!("{}1{}", "[".repeat(5_000), "]".repeat(5_000));
+    let claims = format!(
+        r#"{{"sub":"admin-1","role":"admin","iat":{now},"exp":{},"x":{mid}}}"#,
+        now + 300
+    );
+    let msg = format!("{header}.{}", b64(claims.as_bytes()));
+    let tok = format!("{msg}.{}", sign(&msg));
+    assert!(tok.len() < 16 * 1024, "{}", tok.len());
+    let auth = format!("Bearer {tok}");
+    s.req("GET", "/api/pairing/all", &[("Authorization", &auth)], None)
+        .error(401);
+    let r = s.req(
+        "POST",
+        "/api/hub/heartbeat",
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(br#"{"agent_id":"z"}"#),
+    );
+    r.error(401);
+    assert_eq!(common::ws::connect(&s, &tok).err(), Some(401));
+    let r = s.get(&format!("/api/dashboard/events?token={tok}"));
+    assert_eq!(r.status, 401, "{}", r.text());
+    // A dashboard cursor 5,000 levels deep.
+    let admin = bearer(&s, "ak_test_admin");
+    let cursor: String = "%5B".repeat(5_000);
+    let r = s.req(
+        "GET",
+        &format!("/api/dashboard/agents?sort=hostname&cursor={cursor}"),
+        &[("Authorization", &admin)],
+        None,
+    );
+    assert!(
+        r.status == 400 || r.status == 431 || r.status == 414,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    assert!(s.child.try_wait().unwrap().is_none(), "{}", s.log());
+    assert_eq!(s.get("/healthz").status, 200);
+}
+
+/// Issue 22 meets issue 20: with the durable store at its size bound (`--data-bytes-max`,
+/// filled by an operator's tasks) a revocation still passes (it is never refused by the
+/// bound), the device token stops working at once and stays revoked after a restart,
+/// while a new task is refused with the store's 503.
+#[test]
+fn a_revocation_passes_a_full_durable_store() {
+    let data = TempDir::new();
+    let mut o = Opts::cores(2);
+    o.keys = Some(KEYS.to_owned());
+    o.args = vec![
+        "--data-dir".into(),
+        data.0.join("d").display().to_string(),
+        "--data-bytes-max".into(),
+        "262144".into(),
+    ];
+    let mut s = Server::with(o);
+    let (id, dt) = device_token(&s);
+    let admin_key = [("X-API-Key", "ak_test_admin")];
+    let payload = "p".repeat(30_000);
+    let mut last = None;
+    for _ in 0..40 {
+        let r = post_from(
+            &s,
+            ip(0, 9),
+            "/api/hub/tasks",
+            &admin_key,
+            &json!({"skill": "fill", "payload": payload, "ttl": 3600}),
+        );
+        if r.status != 200 {
+            last = Some(r);
+            break;
+        }
+    }
+    let full = last.expect("the durable store never filled");
+    assert!(
+        full.error(503).contains("--data-bytes-max"),
+        "{}",
+        full.text()
+    );
+    let admin = bearer(&s, "ak_test_admin");
+    let r = s.req(
+        "POST",
+        &format!("/api/pairing/{id}/revoke"),
+        &[("Authorization", &admin)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = s.req("POST", "/api/token", &[("X-Device-Token", &dt)], None);
+    assert_eq!(r.status, 401, "{}", r.text());
+    s.restart();
+    let r = s.req("POST", "/api/token", &[("X-Device-Token", &dt)], None);
+    assert_eq!(
+        r.status,
+        401,
+        "revocation lost across a restart: {}",
+        r.text()
+    );
+}
+
+/// The routes issue 20 and 22 added answer malformed requests with a JSON error, never a
+/// 5xx: other methods, query strings, bodies, odd headers.
+#[test]
+fn the_new_routes_answer_malformed_requests_in_json() {
+    let s = server(2, &[]);
+    for (m, path) in [
+        ("POST", "/readyz"),
+        ("DELETE", "/readyz"),
+        ("POST", "/api/openapi.json"),
+        ("PUT", "/api/openapi.json"),
+        ("PATCH", "/api/admin/backup"),
+    ] {
+        let r = s.req(
+            m,
+            path,
+            &[("Content-Type", "application/json")],
+            Some(b"{[[[["),
+        );
+        assert_eq!(r.status, 405, "{m} {path}: {}", r.text());
+        r.json();
+    }
+    for path in [
+        "/readyz?x=%00%ff",
+        "/api/openapi.json?[[[[[[",
+        "/readyz/",
+        "/api/openapi.json/x",
+    ] {
+        let r = s.get(path);
+        assert!(
+            r.status == 200 || r.status == 404,
+            "{path}: {} {}",
+            r.status,
+            r.text()
+        );
+        r.json();
+    }
+    let doc = s.get("/api/openapi.json").json();
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    for p in ["/readyz", "/api/admin/backup", "/api/openapi.json"] {
+        assert!(doc["paths"].get(p).is_some(), "{p} not described");
+    }
+    let r = s.req("HEAD", "/api/openapi.json", &[], None);
+    assert_eq!(r.status, 200);
+    // A backup request whose bearer is 100 KB of garbage: 401 or 431, not a crash.
+    let junk = format!("Bearer {}", "a.".repeat(50_000));
+    let r = s.req(
+        "GET",
+        "/api/admin/backup",
+        &[("Authorization", &junk)],
+        None,
+    );
+    assert!(matches!(r.status, 401 | 431), "{} {}", r.status, r.text());
+    assert_eq!(s.get("/healthz").status, 200);
+}
