@@ -989,3 +989,263 @@ fn the_new_routes_answer_malformed_requests_in_json() {
     assert!(matches!(r.status, 401 | 431), "{} {}", r.status, r.text());
     assert_eq!(s.get("/healthz").status, 200);
 }
+
+/// Runs `chatixia-core ARGS` with `SIGNALING_SECRET=secret`: (exit code, stdout, stderr).
+fn cli(args: &[&str], secret: &str) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+        .args(args)
+        .env("SIGNALING_SECRET", secret)
+        .env("RUST_LOG", "warn")
+        .env_remove("CHATIXIA_DATA_DIR")
+        .env_remove("CHATIXIA_ADMIN_API_KEY")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A payload at the nesting bound (63 levels inside a 64-level body) goes through the
+/// operator's tools of issue 22: `store backup` from the running server, `store
+/// export`, `store verify` and `store restore` all accept it, and a server on the
+/// restored directory serves the task with its payload.
+#[test]
+fn a_payload_at_the_nesting_bound_survives_backup_export_and_restore() {
+    const SECRET: &str = "review20-secret";
+    let root = TempDir::new();
+    let d1 = root.0.join("d1");
+    let d2 = root.0.join("d2");
+    let mut o = Opts::cores(2);
+    o.keys = Some(KEYS.to_owned());
+    o.env = vec![("SIGNALING_SECRET".into(), SECRET.into())];
+    o.args = vec!["--data-dir".into(), d1.display().to_string()];
+    let s = Server::with(o.clone());
+    let deep = format!("{}\"x\"{}", "[".repeat(63), "]".repeat(63));
+    let body = format!(r#"{{"skill":"s","ttl":3600,"payload":{deep}}}"#);
+    let r = s.req(
+        "POST",
+        "/api/hub/tasks",
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    let id = task_id(&r);
+    let file = root.0.join("backup.jsonl");
+    let url = format!("http://{}", s.addr);
+    let (code, _, err) = cli(
+        &[
+            "store",
+            "backup",
+            "--to",
+            &file.display().to_string(),
+            "--url",
+            &url,
+            "--api-key",
+            "ak_test_admin",
+        ],
+        SECRET,
+    );
+    assert_eq!(code, 0, "backup: {err}");
+    drop(s);
+    let (code, _, err) = cli(
+        &[
+            "store",
+            "export",
+            "--data-dir",
+            &d1.display().to_string(),
+            "--to",
+            &root.0.join("export.jsonl").display().to_string(),
+        ],
+        SECRET,
+    );
+    assert_eq!(code, 0, "export: {err}");
+    let (code, out, err) = cli(
+        &[
+            "store",
+            "restore",
+            "--from",
+            &file.display().to_string(),
+            "--data-dir",
+            &d2.display().to_string(),
+        ],
+        SECRET,
+    );
+    assert_eq!(code, 0, "restore: {out} {err}");
+    let (code, _, err) = cli(
+        &["store", "verify", "--data-dir", &d2.display().to_string()],
+        SECRET,
+    );
+    assert_eq!(code, 0, "verify: {err}");
+    o.args = vec!["--data-dir".into(), d2.display().to_string()];
+    let s2 = Server::with(o);
+    let t = s2
+        .req(
+            "GET",
+            &format!("/api/hub/tasks/{id}"),
+            &[("X-API-Key", "ak_test_admin")],
+            None,
+        )
+        .json();
+    assert_eq!(t["payload"].to_string(), deep, "{t}");
+}
+
+/// Writes `\r\n` every 200 ms on `t` for up to `for_secs`; true once the server closed
+/// the connection (what it sent before, if anything, is returned too).
+fn trickle_crlf(t: &mut TcpStream, for_secs: u64) -> (bool, Vec<u8>) {
+    use std::io::Read;
+    t.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(for_secs);
+    let mut got = Vec::new();
+    while std::time::Instant::now() < end {
+        if t.write_all(b"\r\n").is_err() {
+            return (true, got);
+        }
+        let mut b = [0u8; 512];
+        match t.read(&mut b) {
+            Ok(0) => return (true, got),
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (true, got),
+        }
+    }
+    (false, got)
+}
+
+/// The header deadline cannot be dodged with empty lines: a connection that sends only
+/// `\r\n` (which a request parser may skip before a request line) is closed at the
+/// header deadline, before a request and between keep-alive requests; it does not hold
+/// its connection by renewing the idle timeout.
+#[test]
+fn empty_lines_do_not_hold_a_connection_past_its_deadlines() {
+    for driver in DRIVERS {
+        let s = server(
+            1,
+            &[
+                "--io-driver",
+                driver,
+                "--http-header-timeout",
+                "1",
+                "--http-idle-timeout",
+                "2",
+            ],
+        );
+        let mut t = s.stream();
+        let (closed, got) = trickle_crlf(&mut t, 8);
+        assert!(
+            closed,
+            "{driver}: a connection sending only CRLF was held 8 s (header deadline 1 s): \
+             {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        let mut t = s.stream();
+        t.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let r = read_response(&mut t, &mut Vec::new());
+        assert_eq!(r.status, 200);
+        let (closed, got) = trickle_crlf(&mut t, 8);
+        assert!(
+            closed,
+            "{driver}: a keep-alive connection sending only CRLF was held 8 s (idle 2 s, \
+             header 1 s): {:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+}
+
+/// `n` connections from `from` each send `raw` (a whole request) before any answer is
+/// read; returns the statuses.
+fn volley_raw(s: &Server, from: Ipv4Addr, n: usize, raw: &dyn Fn(usize) -> String) -> Vec<u16> {
+    let mut socks: Vec<TcpStream> = (0..n).map(|_| raw_from(s, from)).collect();
+    for (i, t) in socks.iter_mut().enumerate() {
+        t.write_all(raw(i).as_bytes()).unwrap();
+    }
+    socks
+        .iter_mut()
+        .map(|t| read_response(t, &mut Vec::new()).status)
+        .collect()
+}
+
+/// Pairing guesses in parallel from one address stay within the per-IP rate limit and
+/// the daily budget of wrong codes (the budget reserves before the lookup), on two
+/// shards; a right code from another address pairs at once.
+#[test]
+fn parallel_pair_guesses_stay_within_the_rate_limit_and_the_daily_budget() {
+    let s = server(2, &["--pair-wrong-guesses-per-address-max", "3"]);
+    let pair = |i: usize| {
+        let body = format!(
+            r#"{{"code":"ZZZZ-ZZZZ-{:04}","agent_name":"g"}}"#,
+            i % 10_000
+        );
+        format!(
+            "POST /api/pairing/pair HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let first = volley_raw(&s, ip(4, 1), 40, &pair);
+    let looked = first.iter().filter(|&&c| c == 401).count();
+    assert!(looked <= 3, "{looked} wrong codes looked up: {first:?}");
+    assert!(first.iter().all(|&c| c == 401 || c == 429), "{first:?}");
+    s.advance(61.0);
+    let again = volley_raw(&s, ip(4, 1), 40, &|i| pair(i + 100));
+    let looked_again = again.iter().filter(|&&c| c == 401).count();
+    assert_eq!(
+        looked + looked_again,
+        3,
+        "the daily budget is 3: {first:?} {again:?}"
+    );
+    let r = s.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_test_agent")],
+        None,
+    );
+    let code = r.json()["code"].as_str().unwrap().to_owned();
+    let r = post_from(
+        &s,
+        ip(4, 2),
+        "/api/pairing/pair",
+        &[],
+        &json!({"code": code, "agent_name": "honest"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Forged admin tokens on the dashboard's event stream (`?token=`) count against the
+/// address's failure budget like any other route's: after 10, the stream and
+/// `POST /api/token` with a right key from that address are 429.
+#[test]
+fn forged_tokens_on_the_event_stream_spend_the_address_budget() {
+    let s = server(2, &[]);
+    let now = unix_now();
+    for i in 0..PER_IP {
+        let forged = format!("{}{i}", jwt("admin-1", "admin", now, now + 300));
+        let r = get_from(
+            &s,
+            ip(5, 1),
+            &format!("/api/dashboard/events?token={forged}"),
+            &[],
+        );
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    let r = get_from(&s, ip(5, 1), "/api/dashboard/events?token=x.y.z", &[]);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let r = s.conn_from(ip(5, 1)).request(
+        "POST",
+        "/api/token",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    let r = s.conn_from(ip(5, 2)).request(
+        "POST",
+        "/api/token",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
