@@ -1,7 +1,25 @@
 //! Review of issue 20 (and where issue 22's store meets it), as a hostile client and a
 //! careless operator would try it, over real sockets on loopback. Each test is one
-//! probe; the ones named in the review's report as findings fail on the code as merged
-//! (they state the promise they check), the others guard what held.
+//! probe. Findings (they fail on the code as merged; each states the promise it checks):
+//!
+//! * per-client quotas bypassed by growing one's own entries:
+//!   `one_address_fills_the_anonymous_task_share_by_growing_its_own_tasks`,
+//!   `one_agent_key_fills_the_whole_task_store_by_growing_its_tasks`,
+//!   `one_address_fills_the_anonymous_agent_share_by_re_registering_larger`;
+//! * the anonymous share refuses authenticated agents' reports:
+//!   `a_full_anonymous_share_refuses_an_authenticated_agents_results`;
+//! * API keys guessed outside the failure budget:
+//!   `api_keys_can_be_guessed_without_limit_through_agent_registration`,
+//!   `a_device_token_lets_its_holder_guess_api_keys_without_limit`,
+//!   `the_public_metrics_tell_a_known_api_key_from_an_unknown_one`;
+//! * parallel connections multiply one address's failure budget:
+//!   `parallel_connections_multiply_the_failure_budget_of_one_address`;
+//! * a restart hands an agent's pending tasks to whoever heartbeats first:
+//!   `after_a_restart_anyone_heartbeating_first_takes_an_agents_pending_tasks`;
+//! * empty lines hold a keep-alive connection forever:
+//!   `empty_lines_do_not_hold_a_connection_past_its_deadlines`.
+//!
+//! The other tests guard what held when probed.
 
 mod common;
 
@@ -1248,4 +1266,128 @@ fn forged_tokens_on_the_event_stream_spend_the_address_budget() {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// On a dual-stack listener (`[::]`) IPv4 clients arrive as IPv4-mapped IPv6 addresses
+/// (`::ffff:127.0.0.2`); each must still be its own client (all of them share the
+/// IPv6 /64 `::`), for bindings and for the failure budget; `::1` is another client.
+#[test]
+fn ipv4_clients_of_a_dual_stack_listener_are_told_apart() {
+    let mut o = Opts::cores(2);
+    o.keys = Some(KEYS.to_owned());
+    o.listen = "[::]:0".parse().unwrap();
+    let s = Server::with(o);
+    let port = s.addr.port();
+    let v4 = |b: u8| {
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from((ip(0, b), 0)).into()).unwrap();
+        sock.connect(&SocketAddr::from((ip(0, 1), port)).into())
+            .unwrap();
+        let t: TcpStream = sock.into();
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        t
+    };
+    let send = |mut t: TcpStream, method: &str, path: &str, headers: &str, body: &str| {
+        write!(
+            t,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        read_response(&mut t, &mut Vec::new())
+    };
+    let reg = r#"{"agent_id":"dual","hostname":"h"}"#;
+    let hb = r#"{"agent_id":"dual"}"#;
+    assert_eq!(
+        send(v4(2), "POST", "/api/registry/agents", "", reg).status,
+        200
+    );
+    assert_eq!(
+        send(v4(3), "POST", "/api/hub/heartbeat", "", hb).status,
+        403
+    );
+    let six = TcpStream::connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))).unwrap();
+    six.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(send(six, "POST", "/api/hub/heartbeat", "", hb).status, 403);
+    assert_eq!(
+        send(v4(2), "POST", "/api/hub/heartbeat", "", hb).status,
+        200
+    );
+    // Failure budget: 127.0.0.4 backs off, 127.0.0.5 does not.
+    for i in 0..PER_IP {
+        let h = format!("X-API-Key: ak_g{i}\r\n");
+        assert_eq!(send(v4(4), "POST", "/api/token", &h, "").status, 401);
+    }
+    let h = "X-API-Key: ak_test_admin\r\n";
+    assert_eq!(send(v4(4), "POST", "/api/token", h, "").status, 429);
+    assert_eq!(send(v4(5), "POST", "/api/token", h, "").status, 200);
+}
+
+/// PROMISE (issue 20: "what unauthenticated clients can store together is a bounded
+/// share of each store, so that authenticated agents and operators always have room").
+/// PROBE: the PyPI agent submits the tasks it delegates without credentials, so they
+/// are anonymous; an agent with its own key claims one and reports a 10 KB result. The
+/// result's growth is charged to the task's anonymous submitter: once anonymous clients
+/// (here one address) fill their share, the authenticated agent's report is refused 503
+/// and its work is lost (the PyPI agent does not retry a report).
+#[test]
+fn a_full_anonymous_share_refuses_an_authenticated_agents_results() {
+    let s = server(1, &["--task-store-bytes-max", "4194304"]);
+    let alpha = [("X-API-Key", "ak_alpha")];
+    let r = post_from(
+        &s,
+        ip(0, 1),
+        "/api/registry/agents",
+        &alpha,
+        &json!({"agent_id": "alpha", "hostname": "h"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = task_id(&post_from(
+        &s,
+        ip(0, 3),
+        "/api/hub/tasks",
+        &[],
+        &json!({"target_agent_id": "alpha", "payload": {"q": "work"}}),
+    ));
+    let r = post_from(
+        &s,
+        ip(0, 1),
+        "/api/hub/heartbeat",
+        &alpha,
+        &json!({"agent_id": "alpha"}),
+    );
+    assert_eq!(
+        r.json()["pending_tasks"][0]["id"],
+        id.as_str(),
+        "{}",
+        r.text()
+    );
+    // Anonymous clients fill their share (one address, growing its own tasks).
+    let ids: Vec<String> = (0..80)
+        .map(|_| {
+            task_id(&post_from(
+                &s,
+                ip(0, 2),
+                "/api/hub/tasks",
+                &[],
+                &json!({"skill": "s"}),
+            ))
+        })
+        .collect();
+    grow_tasks(&s, ip(0, 2), &[], &ids);
+    let r = post_from(
+        &s,
+        ip(0, 1),
+        &format!("/api/hub/tasks/{id}"),
+        &alpha,
+        &json!({"state": "completed", "result": "r".repeat(10_000)}),
+    );
+    assert_eq!(
+        r.status,
+        200,
+        "an authenticated agent's report on a task submitted without credentials: {}",
+        r.text()
+    );
 }
