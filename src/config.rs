@@ -189,7 +189,9 @@ pub struct StoreFlags {
     pub task_store_bytes_max: usize,
 
     /// Bytes of tasks one client (the identity of a valid X-API-Key or bearer token,
-    /// else the source address) may hold on one shard; over: 429. Admins: no quota.
+    /// else the source address) may hold on one shard: the tasks it submitted and the
+    /// reports (state, result, error) it posted; a submission or update past it: 429.
+    /// Admins: no quota.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub task_client_bytes_max: usize,
 
@@ -210,11 +212,13 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub agent_store_bytes_max: usize,
 
-    /// Agents one client (as for tasks) may create on one shard; over: 429.
+    /// Agents one client (as for tasks) may hold (have bound to it) on one shard; over:
+    /// 429.
     #[arg(long, default_value_t = 1024)]
     pub agent_client_agents_max: usize,
 
-    /// Bytes of agents one client may create on one shard; over: 429.
+    /// Bytes of agents one client may hold on one shard; a register or heartbeat that
+    /// would pass it (a new agent, or one grown or taken over): 429.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub agent_client_bytes_max: usize,
 

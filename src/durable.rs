@@ -144,6 +144,7 @@ pub fn task_record(t: &Task) -> TaskRecord {
         ttl: t.ttl,
         created_by: t.access.created_by.as_ref().map(holder_record),
         claimed_by: t.access.claimed_by.as_ref().map(holder_record),
+        reported_by: t.access.reported_by.as_ref().map(holder_record),
     }
 }
 
@@ -185,6 +186,7 @@ pub fn task_of(r: TaskRecord) -> Task {
         access: TaskAccess {
             created_by,
             claimed_by: r.claimed_by.map(holder_of),
+            reported_by: r.reported_by.map(holder_of),
         },
     }
 }
@@ -404,6 +406,11 @@ mod tests {
                     admin: false,
                     address: "10.0.0.2".into(),
                 }),
+                reported_by: Some(Holder {
+                    peer: Some("alice-sidecar".into()),
+                    admin: false,
+                    address: "10.0.0.3".into(),
+                }),
             },
         };
         let json = serde_json::to_string(&task_record(&t)).unwrap();
@@ -440,6 +447,7 @@ mod tests {
                     address: "10.0.0.1".into(),
                 }),
                 claimed_by: None,
+                reported_by: None,
             },
             holder: crate::limits::Charge::Anonymous("10.0.0.1".into()),
         };

@@ -148,7 +148,9 @@ fn grow_tasks(s: &Server, from: Ipv4Addr, headers: &[(&str, &str)], ids: &[Strin
                     held[i] += size;
                     grown += 1;
                 }
-                503 => break,
+                // The client's quota (429, since growth counts against it) or a full
+                // share or store (503).
+                429 | 503 => break,
                 _ => panic!("{}", r.text()),
             }
         }
@@ -301,7 +303,7 @@ fn one_address_fills_the_anonymous_agent_share_by_re_registering_larger() {
                     *c += step;
                     grown += 1;
                 }
-                503 => break,
+                429 | 503 => break,
                 _ => panic!("{}", r.text()),
             }
         }

@@ -136,6 +136,7 @@ fn task(i: u32) -> Mutation {
         ttl: 3600,
         created_by: None,
         claimed_by: None,
+        reported_by: None,
     })
 }
 

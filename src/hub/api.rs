@@ -218,9 +218,18 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
     let to = ctx.shard.shard_of(&id);
     let by = crate::auth::agent::principal(ctx, req, peer, None)?;
     let credential = by.peer.is_some();
-    let op = match (&by.peer, ctx.config.require_agent_auth && !by.admin) {
-        (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
-        _ => Op::Update(Box::new((id, upd, by))),
+    // The task's report is charged to its poster (`TaskStore::try_update`), and so is
+    // its durable write: an authenticated agent's report is held to the store's bound,
+    // not to the anonymous share of the task's submitter.
+    let class = if credential {
+        WriteClass::Bounded
+    } else {
+        WriteClass::Anonymous
+    };
+    let op = if credential && ctx.config.require_agent_auth && !by.admin {
+        Op::UpdateAs(Box::new((id, upd, by)))
+    } else {
+        Op::Update(Box::new((id, upd, by)))
     };
     match ask(ctx, to, op).await? {
         Reply::Updated(b) => {
@@ -230,12 +239,6 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
                 Mutation::DeleteTask(after.id.clone())
             } else {
                 Mutation::PutTask(task_record(&after))
-            };
-            // Held to the bound of the task's holder, as in memory.
-            let class = if after.holder.is_anonymous() {
-                WriteClass::Anonymous
-            } else {
-                WriteClass::Bounded
             };
             if let Err(resp) = ctx.commit_as(vec![m], class).await {
                 let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;

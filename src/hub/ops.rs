@@ -44,9 +44,9 @@ pub enum Op {
     /// `Forbidden` | `Refused`.
     Update(Box<(String, TaskUpdate, Principal)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Updated` | `NotFound` | `Refused` | `Forbidden` (assigned to someone
-    /// else).
-    UpdateAs(Box<(String, TaskUpdate, String)>),
+    /// by)`, the agent being `by`'s token subject. → `Updated` | `NotFound` | `Refused`
+    /// | `Forbidden` (assigned to someone else).
+    UpdateAs(Box<(String, TaskUpdate, Principal)>),
     /// Every task of the shard. → `Tasks`.
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
@@ -150,14 +150,15 @@ impl Op {
                 if let Err(why) = before.updatable_by(&by) {
                     return Reply::Forbidden(Box::new(why));
                 }
-                match store.tasks.try_update(&id, upd, now) {
+                match store.tasks.try_update(&id, upd, &by.holder(), now) {
                     Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                     Ok(None) => Reply::NotFound,
                     Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::UpdateAs(b) => {
-                let (id, upd, agent) = *b;
+                let (id, upd, by) = *b;
+                let agent = by.peer.as_deref().unwrap_or_default();
                 match store.tasks.get(&id) {
                     None => Reply::NotFound,
                     Some(t) if t.assigned_agent_id != agent => Reply::Forbidden(Box::new(format!(
@@ -166,7 +167,7 @@ impl Op {
                     ))),
                     Some(t) => {
                         let before = t.clone();
-                        match store.tasks.try_update(&id, upd, now) {
+                        match store.tasks.try_update(&id, upd, &by.holder(), now) {
                             Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                             Ok(None) => Reply::NotFound,
                             Err(r) => Reply::Refused(Box::new(r)),

@@ -208,6 +208,10 @@ pub struct TaskRecord {
     /// Who claimed it; absent while pending, and in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<TaskHolder>,
+    /// Who posted its last update (its report is charged to them); absent until it is
+    /// updated, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_by: Option<TaskHolder>,
 }
 
 /// The principal that submitted or claimed a task: the peer id of its API key or JWT,
