@@ -512,7 +512,8 @@ pub enum SecretRoute {
     Admin,
     /// `GET /ws`.
     Ws,
-    /// The agent routes under `--require-agent-auth`.
+    /// The agent and task routes, under `--require-agent-auth` or when the request
+    /// carries an `X-API-Key` or a bearer token.
     Agent,
 }
 
@@ -548,7 +549,7 @@ impl SecretRoute {
 /// A wrong secret, by route and kind of secret (`/metrics` labels `route`, `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// `POST /api/token` with an unknown `X-API-Key` (and no device token).
+    /// `POST /api/token` with an unknown `X-API-Key` (with or without a device token).
     TokenApiKey,
     /// `POST /api/token` with an unknown `X-Device-Token`.
     TokenDeviceToken,
@@ -560,13 +561,16 @@ pub enum Failure {
     Admin,
     /// `/ws` with a JWT that is not ours.
     Ws,
-    /// An agent route (`--require-agent-auth`) with a JWT that is not ours.
+    /// An agent or task route with a JWT that is not ours.
     Agent,
+    /// An agent or task route with an `X-API-Key` that is no known key (it decides
+    /// which agents the request may act as and which tasks it may read).
+    AgentApiKey,
 }
 
 impl Failure {
     /// Every failure, in counter order.
-    pub const ALL: [Failure; 7] = [
+    pub const ALL: [Failure; 8] = [
         Failure::TokenApiKey,
         Failure::TokenDeviceToken,
         Failure::GenerateCode,
@@ -574,6 +578,7 @@ impl Failure {
         Failure::Admin,
         Failure::Ws,
         Failure::Agent,
+        Failure::AgentApiKey,
     ];
 
     /// The route family.
@@ -584,14 +589,14 @@ impl Failure {
             Failure::PairingStatus => SecretRoute::PairingStatus,
             Failure::Admin => SecretRoute::Admin,
             Failure::Ws => SecretRoute::Ws,
-            Failure::Agent => SecretRoute::Agent,
+            Failure::Agent | Failure::AgentApiKey => SecretRoute::Agent,
         }
     }
 
     /// The `kind` label: which secret was wrong.
     pub fn kind(self) -> &'static str {
         match self {
-            Failure::TokenApiKey | Failure::GenerateCode => "api_key",
+            Failure::TokenApiKey | Failure::GenerateCode | Failure::AgentApiKey => "api_key",
             Failure::TokenDeviceToken => "device_token",
             Failure::PairingStatus => "claim_secret",
             Failure::Admin | Failure::Ws | Failure::Agent => "jwt",

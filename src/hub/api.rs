@@ -122,14 +122,9 @@ fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
         cfg.jwt_leeway_secs,
         address,
     )
-    .inspect(|by| {
-        // An unknown key decides what is withheld as surely as a wrong one at
-        // `/api/token`: it counts against the address's failure budget (no reader sends
-        // a key it does not mean: the PyPI agent polls without one).
-        if by.peer.is_none() && req.header("x-api-key").is_some() {
-            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
-        }
-    })
+    // An unknown key decides what is withheld as surely as a wrong one at `/api/token`:
+    // it counts against the address's failure budget.
+    .inspect(|by| crate::auth::agent::unknown_key(ctx, req, by, peer))
     .map_err(|r| {
         if r.forged {
             crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
@@ -248,10 +243,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
         }
         Reply::NotFound => Ok(not_found_200()),
         Reply::Refused(r) => Ok(ctx.refused("tasks", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            Ok(Response::error(403, *why))
-        }
+        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
         _ => Ok(unexpected()),
     }
 }
@@ -267,7 +259,6 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     ctx.config.limits.check_heartbeat(&hb)?;
     let by = crate::auth::agent::principal(ctx, req, peer, Some(&hb.agent_id))?;
     let claimer = by.holder();
-    let credential = by.peer.is_some();
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
@@ -275,10 +266,7 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
         Reply::HeartbeatDone(b) => *b,
         Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            return Ok(Response::error(403, *why));
-        }
+        Reply::Forbidden(why) => return Ok(Response::error(403, *why)),
         _ => return Ok(unexpected()),
     };
 

@@ -21,16 +21,12 @@ pub async fn register(ctx: &ShardCtx, req: &Request, peer: std::net::IpAddr) -> 
     let info: AgentInfo = json_body(req)?;
     ctx.config.limits.check_agent(&info)?;
     let by = crate::auth::agent::principal(ctx, req, peer, Some(&info.agent_id))?;
-    let credential = by.peer.is_some();
     let id = info.agent_id.clone();
     match ask_owner(ctx, &id, Op::UpsertFor(Box::new((info, by)))).await? {
         Reply::Done => Ok(ok_status()),
         Reply::Full => Ok(agents_full()),
         Reply::Refused(r) => Ok(ctx.refused("agents", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            Ok(Response::error(403, *why))
-        }
+        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
         _ => Ok(unexpected()),
     }
 }

@@ -146,7 +146,7 @@ mod tests {
         );
         // Not even its own address without the key.
         let why = refused(s.heartbeat_as(&hb("alpha"), &anon("10.0.0.1"), T0));
-        assert!(why.contains("peer `alpha-sidecar`"), "{why}");
+        assert!(why.contains("bound to another API key or token"), "{why}");
         // The key works from anywhere.
         s.heartbeat_as(&hb("alpha"), &key("alpha-sidecar", "10.0.0.9"), T0)
             .unwrap();
