@@ -469,10 +469,17 @@ fn volley(
 
 /// PROMISE (§2.4, README "Wrong secrets"): one address gets 10 wrong secrets per
 /// window, then 429, "one after 60 s, 120 s, 240 s"; at most `--cores − 1` attempts
-/// beyond its budget per back-off. PROBE: 40 connections from one address each send one
+/// beyond its budget per window. PROBE: 40 connections from one address each send one
 /// wrong `X-Device-Token` (looked up on another shard: the route awaits between the
 /// budget's check and the failure) or `X-API-Key` before reading any answer; count the
-/// attempts looked at (401) rather than refused (429); again once the back-off ended.
+/// attempts looked at (401) rather than refused (429); again once the back-off ended,
+/// and again once the address is forgotten.
+///
+/// (Adjusted with the fix: the second volley came 130 s after the first, which is
+/// after the address is forgotten when exactly 10 attempts were looked at — a window
+/// after its 60 s back-off, §2.4 — so the budget rightly started over there. It now
+/// comes 61 s after, past the back-off but not forgotten, where one attempt per shard
+/// is the promise; a third volley past the forgetting checks a fresh window's bound.)
 #[test]
 fn parallel_connections_multiply_the_failure_budget_of_one_address() {
     let s = server(2, &[]);
@@ -480,20 +487,34 @@ fn parallel_connections_multiply_the_failure_budget_of_one_address() {
     let dev = |i: usize| format!("dt_{:032x}", 0xdead_0000u64 + i as u64);
     let first = volley(&s, ip(0, 9), n, "X-Device-Token", &dev);
     let looked = first.iter().filter(|&&c| c == 401).count();
-    // Past the back-off (the clock moves; the ledger's window is 60 s, back-off doubles).
-    s.advance(130.0);
+    // Past the back-off (the clock moves; the ledger's window is 60 s, the first
+    // back-off the rest of it), within the window after it: the back-off doubles.
+    s.advance(61.0);
     let again = volley(&s, ip(0, 9), n, "X-Device-Token", &|i| dev(i + 1000));
     let looked_again = again.iter().filter(|&&c| c == 401).count();
+    // Long past every back-off and the window after it: forgotten, a fresh budget.
+    s.advance(700.0);
+    let fresh = volley(&s, ip(0, 9), n, "X-Device-Token", &|i| dev(i + 2000));
+    let looked_fresh = fresh.iter().filter(|&&c| c == 401).count();
     let keys = volley(&s, ip(0, 10), n, "X-API-Key", &|i| format!("ak_guess_{i}"));
     let looked_keys = keys.iter().filter(|&&c| c == 401).count();
     let bound = PER_IP + s.cores - 1;
     assert!(
-        looked <= bound && looked_again <= s.cores && looked_keys <= bound,
+        looked <= bound && looked_again <= s.cores && looked_fresh <= bound && looked_keys <= bound,
         "wrong secrets looked at from one address over {n} parallel connections: {looked} \
          device tokens in the first window, {looked_again} after the back-off, \
-         {looked_keys} API keys (the budget: {PER_IP}, +{} for the shards)",
+         {looked_fresh} once forgotten, {looked_keys} API keys (the budget: {PER_IP}, +{} \
+         for the shards)",
         s.cores - 1
     );
+    assert!(
+        [&first, &again, &fresh, &keys]
+            .iter()
+            .all(|v| v.iter().all(|&c| c == 401 || c == 429)),
+        "{first:?} {again:?} {fresh:?} {keys:?}"
+    );
+    // The budget is spent, not skipped: each volley looked at some.
+    assert!(looked >= PER_IP && looked_fresh >= PER_IP && looked_keys >= PER_IP);
 }
 
 /// An approved device: its device token.

@@ -157,6 +157,8 @@ pub struct ShardState {
     pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
     /// Auth: what this shard has heard of other shards' addresses with recent failures.
     pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
+    /// Auth: secret checks in flight here, per client address (`auth::budget::admit`).
+    pub auth_in_flight: RefCell<crate::auth::failures::InFlight>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
     /// Dashboard: the changes to the state above, for the event stream.
@@ -216,6 +218,7 @@ impl ShardCtx {
                 auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
                     &config.auth_failures,
                 )),
+                auth_in_flight: RefCell::new(crate::auth::failures::InFlight::default()),
                 authz: RefCell::new(PeerAuthz::default()),
                 events: RefCell::new(crate::dashboard::EventRing::new()),
             },
