@@ -343,7 +343,7 @@ fn verify_reports_what_it_found_and_refuses_a_running_servers_directory() {
     assert!(
         out.contains(
             "14 records (6 pairing entries, 5 device tokens, 0 revocations, 0 invite codes, \
-             3 tasks)"
+             3 tasks, 0 agent bindings)"
         ),
         "{out}"
     );

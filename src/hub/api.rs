@@ -259,84 +259,117 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     ctx.config.limits.check_heartbeat(&hb)?;
     let by = crate::auth::agent::principal(ctx, req, peer, Some(&hb.agent_id))?;
     let claimer = by.holder();
+    let credential = by.peer.is_some();
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let op = Op::Heartbeat(Box::new((hb, by)));
-    let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
-        Reply::HeartbeatDone(b) => *b,
-        Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
-        Reply::Forbidden(why) => return Ok(Response::error(403, *why)),
-        _ => return Ok(unexpected()),
-    };
-
-    // Pointers, grouped by home shard.
-    let mut by_home: BTreeMap<usize, Vec<TaskId>> = BTreeMap::new();
-    for id in pointers {
-        by_home.entry(ctx.shard.shard_of(&id)).or_default().push(id);
-    }
-    // Skill shards other than the owner (the owner already claimed its local ones).
-    let mut skill_shards: Vec<usize> = skills
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| ctx.shard.shard_of(s))
-        .filter(|&s| s != owner)
-        .collect();
-    // Shards holding tasks away from their claim home since a restart with another
-    // shard count (see `durable::split`).
-    skill_shards.extend(
-        ctx.config
-            .stray_task_shards
+    // A heartbeat of an agent whose binding change is being saved asks again shortly.
+    let make = || Op::Heartbeat(Box::new((hb.clone(), by.clone())));
+    let busy = |r: &Reply| matches!(r, Reply::Busy);
+    let (claimed, pointers, change) =
+        match crate::registry::api::ask_agent_owner(ctx, &agent, make, busy).await? {
+            Reply::HeartbeatDone(b) => *b,
+            Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
+            Reply::Forbidden(why) => return Ok(Response::error(403, *why)),
+            _ => return Ok(unexpected()),
+        };
+    let gathered: Answer<Vec<Task>> = async {
+        let mut claimed = claimed;
+        // Pointers, grouped by home shard.
+        let mut by_home: BTreeMap<usize, Vec<TaskId>> = BTreeMap::new();
+        for id in pointers {
+            by_home.entry(ctx.shard.shard_of(&id)).or_default().push(id);
+        }
+        // Skill shards other than the owner (the owner already claimed its local ones).
+        let mut skill_shards: Vec<usize> = skills
             .iter()
-            .copied()
-            .filter(|&s| s != owner),
-    );
-    skill_shards.sort_unstable();
-    skill_shards.dedup();
+            .filter(|s| !s.is_empty())
+            .map(|s| ctx.shard.shard_of(s))
+            .filter(|&s| s != owner)
+            .collect();
+        // Shards holding tasks away from their claim home since a restart with another
+        // shard count (see `durable::split`).
+        skill_shards.extend(
+            ctx.config
+                .stray_task_shards
+                .iter()
+                .copied()
+                .filter(|&s| s != owner),
+        );
+        skill_shards.sort_unstable();
+        skill_shards.dedup();
 
-    let mut first_error = None;
-    for (home, ids) in by_home {
-        let keep = ids.clone();
-        let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
-        match ask(ctx, home, op).await {
-            Ok(Reply::Tasks(v)) => claimed.extend(*v),
-            Ok(_) => return Ok(unexpected()),
-            Err(resp) => {
-                // Keep the pointers for the next heartbeat.
-                let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
-                for id in keep {
-                    let ptr = Msg::Hub(Op::Pointer(Box::new((agent.clone(), id, deadline))));
-                    let _ = ctx.shard.try_tell(owner, ptr);
+        let mut first_error = None;
+        for (home, ids) in by_home {
+            let keep = ids.clone();
+            let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
+            match ask(ctx, home, op).await {
+                Ok(Reply::Tasks(v)) => claimed.extend(*v),
+                Ok(_) => return Err(unexpected()),
+                Err(resp) => {
+                    // Keep the pointers for the next heartbeat.
+                    let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
+                    for id in keep {
+                        let ptr = Msg::Hub(Op::Pointer(Box::new((agent.clone(), id, deadline))));
+                        let _ = ctx.shard.try_tell(owner, ptr);
+                    }
+                    first_error.get_or_insert(resp);
                 }
-                first_error.get_or_insert(resp);
             }
         }
-    }
-    for s in skill_shards {
-        let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
-        match ask(ctx, s, op).await {
-            Ok(Reply::Tasks(v)) => claimed.extend(*v),
-            Ok(_) => return Ok(unexpected()),
-            // Tasks stay pending on that shard for the next heartbeat; what was already
-            // claimed must still be handed out, so the answer is not an error.
-            Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
+        for s in skill_shards {
+            let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
+            match ask(ctx, s, op).await {
+                Ok(Reply::Tasks(v)) => claimed.extend(*v),
+                Ok(_) => return Err(unexpected()),
+                // Tasks stay pending on that shard for the next heartbeat; what was already
+                // claimed must still be handed out, so the answer is not an error.
+                Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
+            }
         }
+        if claimed.is_empty() {
+            if let Some(resp) = first_error {
+                return Err(resp);
+            }
+        }
+        Ok(claimed)
     }
-    if claimed.is_empty() {
-        if let Some(resp) = first_error {
+    .await;
+    let mut claimed = match gathered {
+        Ok(c) => c,
+        Err(resp) => {
+            if let Some(change) = &change {
+                crate::registry::api::binding_done(ctx, change, false).await;
+            }
             return Err(resp);
         }
-    }
+    };
     sort_tasks(&mut claimed);
     // Claims are durable before the agent gets them; a heartbeat that claims nothing
     // writes nothing.
-    let claims: Vec<Mutation> = claimed
+    let mut write: Vec<Mutation> = claimed
         .iter()
         .map(|t| Mutation::PutTask(task_record(t)))
         .collect();
     // A claim adds the agent's id to stored tasks: never refused by the size bound,
-    // which would keep a full store full.
-    if let Err(resp) = ctx.commit_as(claims, WriteClass::Progress).await {
+    // which would keep a full store full. A new or moved binding of the agent (its
+    // first heartbeat, or another credential taking it over) is durable in the same
+    // write before the 2xx (review of issue 20); a new one is held to the bound.
+    let class = match &change {
+        Some(ch) => {
+            write.push(Mutation::PutAgentBinding(crate::durable::binding_record(
+                &ch.agent_id,
+                &ch.owner,
+            )));
+            crate::registry::api::binding_class(ch, credential)
+        }
+        None => WriteClass::Progress,
+    };
+    let saved = ctx.commit_as(write, class).await;
+    if let Some(change) = &change {
+        crate::registry::api::binding_done(ctx, change, saved.is_ok()).await;
+    }
+    if let Err(resp) = saved {
         // Not acknowledged: the tasks go back to pending for the next heartbeat.
         for t in &claimed {
             let mut back = t.clone();

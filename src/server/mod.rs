@@ -335,6 +335,12 @@ impl ShardCtx {
             authz.sweep(self.now());
         }
         {
+            let mut agents = st.agents.borrow_mut();
+            for (agent, owner) in boot.bindings {
+                agents.load_binding(agent, owner);
+            }
+        }
+        {
             let mut hub = st.hub.borrow_mut();
             for t in boot.tasks {
                 hub.tasks.insert_loaded(t);
@@ -373,7 +379,10 @@ impl ShardCtx {
                     _ => events::of_registry(&op),
                 };
                 let reply = op.apply(&mut st.agents.borrow_mut(), self.now());
-                if matches!(reply, crate::registry::ops::Reply::Done) {
+                if matches!(
+                    reply,
+                    crate::registry::ops::Reply::Done | crate::registry::ops::Reply::Bound(_)
+                ) {
                     self.note(ev);
                 }
                 Some(Msg::RegistryReply(reply))
@@ -387,7 +396,9 @@ impl ShardCtx {
                 );
                 if !matches!(
                     reply,
-                    hub::ops::Reply::Refused(_) | hub::ops::Reply::Forbidden(_)
+                    hub::ops::Reply::Refused(_)
+                        | hub::ops::Reply::Forbidden(_)
+                        | hub::ops::Reply::Busy
                 ) {
                     self.note(agent.map(|id| (EventKind::Agent, id)));
                 }

@@ -59,6 +59,9 @@ pub enum AgentRefusal {
     /// The agent is bound to another credential or address (issue 20): 403, with the
     /// reason (`auth::principal::bound_message`).
     Bound(String),
+    /// A change of the agent's binding is being saved to the durable store: retry
+    /// shortly (the handler does).
+    Busy,
 }
 
 impl From<Refusal> for AgentRefusal {
