@@ -233,6 +233,12 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_WRONG_MAX)]
     pub pair_wrong_guesses_per_address_max: u32,
 
+    /// Client addresses (IPv6: /64s) whose daily budget of wrong pairing codes one shard
+    /// tracks; a new one in a full table makes it forget the least recently active (its
+    /// count starts over; never a refusal). About 100 bytes each.
+    #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_KEYS_MAX)]
+    pub pair_budget_addresses_max: usize,
+
     /// Wrong six-digit pairing codes tried per shard per 60 s, from all addresses
     /// together; then every six-digit `pair` redemption on that shard is 429 until the
     /// window moves (long codes are not affected).
@@ -466,6 +472,9 @@ impl Cli {
         if f.pair_wrong_guesses_per_address_max == 0 {
             return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
         }
+        if f.pair_budget_addresses_max == 0 {
+            return Err("--pair-budget-addresses-max must be at least 1".into());
+        }
         if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
             return Err(
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
@@ -493,6 +502,7 @@ impl Cli {
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
                 wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
+                budget_addresses_max: f.pair_budget_addresses_max,
                 code_format: f.pair_code_format,
             },
             anonymous_share_percent: f.anonymous_share_percent,

@@ -790,7 +790,7 @@ fn the_backup_route_needs_an_admin_and_is_under_the_failure_budget() {
         let r = req_from(&s, ip(0, 6), m, bk, &[], None);
         assert_eq!(r.status, 405, "{m}: {}", r.text());
     }
-    // --insecure-open-admin does not open it (README; PROTOCOL §9.5 says it does).
+    // --insecure-open-admin does not open it (README; PROTOCOL §9.4).
     let open = server(1, &["--insecure-open-admin"]);
     get_from(&open, ip(0, 4), bk, &[]).error(401);
 }
