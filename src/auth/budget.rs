@@ -32,7 +32,10 @@ fn owner_of(ctx: &ShardCtx, addr: IpAddr) -> usize {
 /// event stream are not HTTP-loop routes: they check on their own). The agent routes
 /// check a secret under `--require-agent-auth`, and otherwise when the request carries
 /// one (an `X-API-Key` or a bearer token decides which agents it may act as: issue 20,
-/// `auth::principal`).
+/// `auth::principal`; an unknown key there counts as a wrong secret,
+/// `auth::agent::unknown_key`). Every route that reads an `X-API-Key` is admitted here
+/// first: these, `POST /api/token` and `generate-code` (an admin route reads only its
+/// bearer token).
 pub fn secret_route_of(
     route: Route,
     method: Method,

@@ -2,7 +2,8 @@
 //! anonymous share (issue 20): the byte charge of every entry, who it is charged to, per
 //! client `(entries, bytes)`, and what all anonymous clients hold together. The task
 //! store and the agent registry each keep one (keyed by their own entry id); their
-//! admission rules are [`ClientLedger::admit_new`] and [`ClientLedger::admit_growth`].
+//! admission rules are [`ClientLedger::admit_new`] and [`ClientLedger::admit`] (any
+//! change of an entry, growth included).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
