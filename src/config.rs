@@ -196,7 +196,9 @@ pub struct StoreFlags {
     pub task_store_bytes_max: usize,
 
     /// Bytes of tasks one client (the identity of a valid X-API-Key or bearer token,
-    /// else the source address) may hold on one shard; over: 429. Admins: no quota.
+    /// else the source address) may hold on one shard: the tasks it submitted and the
+    /// reports (state, result, error) it posted; a submission or update past it: 429.
+    /// Admins: no quota.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub task_client_bytes_max: usize,
 
@@ -217,11 +219,13 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub agent_store_bytes_max: usize,
 
-    /// Agents one client (as for tasks) may create on one shard; over: 429.
+    /// Agents one client (as for tasks) may hold (have bound to it) on one shard; over:
+    /// 429.
     #[arg(long, default_value_t = 1024)]
     pub agent_client_agents_max: usize,
 
-    /// Bytes of agents one client may create on one shard; over: 429.
+    /// Bytes of agents one client may hold on one shard; a register or heartbeat that
+    /// would pass it (a new agent, or one grown or taken over): 429.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub agent_client_bytes_max: usize,
 
@@ -235,6 +239,12 @@ pub struct StoreFlags {
     /// attempts are 429 until its window ends. Right codes do not count.
     #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_WRONG_MAX)]
     pub pair_wrong_guesses_per_address_max: u32,
+
+    /// Client addresses (IPv6: /64s) whose daily budget of wrong pairing codes one shard
+    /// tracks; a new one in a full table makes it forget the least recently active (its
+    /// count starts over; never a refusal). About 100 bytes each.
+    #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_KEYS_MAX)]
+    pub pair_budget_addresses_max: usize,
 
     /// Wrong six-digit pairing codes tried per shard per 60 s, from all addresses
     /// together; then every six-digit `pair` redemption on that shard is 429 until the
@@ -617,6 +627,9 @@ impl Cli {
         if f.pair_wrong_guesses_per_address_max == 0 {
             return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
         }
+        if f.pair_budget_addresses_max == 0 {
+            return Err("--pair-budget-addresses-max must be at least 1".into());
+        }
         if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
             return Err(
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
@@ -644,6 +657,7 @@ impl Cli {
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
                 wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
+                budget_addresses_max: f.pair_budget_addresses_max,
                 code_format: f.pair_code_format,
             },
             anonymous_share_percent: f.anonymous_share_percent,

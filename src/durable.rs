@@ -10,12 +10,12 @@
 //! Sans-IO: plain conversions and a pure split; the shard loads its part at start.
 
 use chatixia_store::{
-    DeviceTokenRecord, HashKind, InviteRecord, JsonText, PairingRecord, PairingStatus, Secrets,
-    Snapshot, TaskHolder, TaskRecord, TokenHash,
+    AgentBindingRecord, BindingOwner, DeviceTokenRecord, HashKind, InviteRecord, JsonText,
+    PairingRecord, PairingStatus, Secrets, Snapshot, TaskHolder, TaskRecord, TokenHash,
 };
 use reactor::shard_of;
 
-use crate::auth::principal::Holder;
+use crate::auth::principal::{Holder, Owner};
 use crate::hub::{Payload, Placement, Task, TaskAccess, TaskSubmission};
 use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
 use crate::time::UnixTime;
@@ -144,6 +144,7 @@ pub fn task_record(t: &Task) -> TaskRecord {
         ttl: t.ttl,
         created_by: t.access.created_by.as_ref().map(holder_record),
         claimed_by: t.access.claimed_by.as_ref().map(holder_record),
+        reported_by: t.access.reported_by.as_ref().map(holder_record),
     }
 }
 
@@ -185,8 +186,29 @@ pub fn task_of(r: TaskRecord) -> Task {
         access: TaskAccess {
             created_by,
             claimed_by: r.claimed_by.map(holder_of),
+            reported_by: r.reported_by.map(holder_of),
         },
     }
+}
+
+/// The record of agent `agent_id`'s binding (review of issue 20).
+pub fn binding_record(agent_id: &str, owner: &Owner) -> AgentBindingRecord {
+    AgentBindingRecord {
+        agent_id: agent_id.to_owned(),
+        owner: match owner {
+            Owner::Peer(p) => BindingOwner::Peer(p.clone()),
+            Owner::Address(a) => BindingOwner::Address(a.clone()),
+        },
+    }
+}
+
+/// The binding of a loaded record: `(agent id, owner)`.
+pub fn binding_of(r: AgentBindingRecord) -> (String, Owner) {
+    let owner = match r.owner {
+        BindingOwner::Peer(p) => Owner::Peer(p),
+        BindingOwner::Address(a) => Owner::Address(a),
+    };
+    (r.agent_id, owner)
 }
 
 /// One shard's part of the loaded state.
@@ -207,6 +229,8 @@ pub struct ShardBoot {
     /// Pointers for target agents owned here to tasks living elsewhere:
     /// `(agent, task id, deadline)`.
     pub pointers: Vec<(String, String, UnixTime)>,
+    /// Agent bindings with `shard_of(agent id)` here (the agent's owner).
+    pub bindings: Vec<(String, Owner)>,
 }
 
 /// Splits a loaded snapshot by owner shard for `shards` shards (any count: the owners
@@ -275,6 +299,12 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             }
         }
         boots[home].tasks.push(t);
+    }
+    for r in snapshot.agent_bindings {
+        let (agent, owner) = binding_of(r);
+        boots[shard_of(&agent, shards)]
+            .bindings
+            .push((agent, owner));
     }
     stray.sort_unstable();
     (boots, stray)
@@ -404,6 +434,11 @@ mod tests {
                     admin: false,
                     address: "10.0.0.2".into(),
                 }),
+                reported_by: Some(Holder {
+                    peer: Some("alice-sidecar".into()),
+                    admin: false,
+                    address: "10.0.0.3".into(),
+                }),
             },
         };
         let json = serde_json::to_string(&task_record(&t)).unwrap();
@@ -440,6 +475,7 @@ mod tests {
                     address: "10.0.0.1".into(),
                 }),
                 claimed_by: None,
+                reported_by: None,
             },
             holder: crate::limits::Charge::Anonymous("10.0.0.1".into()),
         };
@@ -451,6 +487,13 @@ mod tests {
         for i in 0..40 {
             snap.tasks
                 .push(task_record(&task(&format!("t{i}"), "", &format!("ag{i}"))));
+            let owner = if i % 2 == 0 {
+                Owner::Peer(format!("ag{i}-sidecar"))
+            } else {
+                Owner::Address("10.0.0.1".into())
+            };
+            snap.agent_bindings
+                .push(binding_record(&format!("ag{i}"), &owner));
         }
         for shards in [1, 3, 7] {
             let (boots, stray) = split(snap.clone(), shards, &secrets);
@@ -478,6 +521,21 @@ mod tests {
                 }
             }
             assert_eq!(tasks, 40);
+            let mut bindings = 0;
+            for (s, b) in boots.iter().enumerate() {
+                for (agent, owner) in &b.bindings {
+                    assert_eq!(shard_of(agent, shards), s);
+                    let want = snap
+                        .agent_bindings
+                        .iter()
+                        .find(|r| r.agent_id == *agent)
+                        .cloned()
+                        .map(binding_of);
+                    assert_eq!(want, Some((agent.clone(), owner.clone())));
+                    bindings += 1;
+                }
+            }
+            assert_eq!(bindings, 40);
             let authorized: usize = boots.iter().map(|b| b.authorized.len()).sum();
             assert_eq!(authorized, 1);
             if shards == 1 {

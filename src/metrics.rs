@@ -658,7 +658,7 @@ mod tests {
                 closed_slow: 0,
             },
             auth: AuthMetrics {
-                failures: [1, 2, 3, 4, 5, 6, 7],
+                failures: [1, 2, 3, 4, 5, 6, 7, 8],
                 refused: [9, 0, 0, 0, 0, 0],
                 addresses: 3,
             },
@@ -684,6 +684,9 @@ mod tests {
         ));
         assert!(text
             .contains("chatixia_auth_failures_total{shard=\"0\",route=\"ws\",kind=\"jwt\"} 6\n"));
+        assert!(text.contains(
+            "chatixia_auth_failures_total{shard=\"0\",route=\"agent\",kind=\"api_key\"} 8\n"
+        ));
         assert!(text.contains("chatixia_auth_refused_total{shard=\"0\",route=\"token\"} 9\n"));
         assert!(text.contains("chatixia_auth_failure_addresses{shard=\"1\"} 3\n"));
         assert!(text.contains("chatixia_task_store_bytes{shard=\"1\"} 700\n"));

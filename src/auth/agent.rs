@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
 use super::failures::Failure;
 use super::jwt::Claims;
+use super::keys::DEV_API_KEY;
 use super::principal::Principal;
 use crate::http::{Request, Response};
 use crate::time::UnixTime;
@@ -70,7 +71,8 @@ pub fn require_self(claims: &Claims, agent_id: &str) -> Result<(), Response> {
 /// The caller of an agent or task route from `peer` (issue 20): under
 /// `--require-agent-auth` the bearer JWT's claims (401 without one, 403 when not for
 /// `agent_id`); otherwise [`super::principal::resolve`] (a JWT, a known API key, or
-/// none). A forged bearer token counts against `peer`'s failure budget.
+/// none). A forged bearer token counts against `peer`'s failure budget, and so does an
+/// `X-API-Key` that is no known key, whatever the route answers then ([`unknown_key`]).
 pub fn principal(
     ctx: &crate::server::ShardCtx,
     req: &Request,
@@ -89,6 +91,7 @@ pub fn principal(
             cfg.jwt_leeway_secs,
             address,
         )
+        .inspect(|by| unknown_key(ctx, req, by, peer))
         .map_err(|r| {
             if r.forged {
                 super::budget::failed(ctx, peer, Failure::Agent);
@@ -98,21 +101,23 @@ pub fn principal(
     }
 }
 
-/// A binding refused `req` (403) while it carried an `X-API-Key` that is no known key
-/// (`credential`: whether the request's principal had one): a wrong key as far as the caller can tell (a key for the
-/// agent would have been accepted), so it counts against `peer`'s failure budget like
-/// a wrong key at `POST /api/token`. Without this a heartbeat would answer, key by key,
-/// whether a guessed key belongs to a key-bound agent, outside that budget. A request
-/// without a key (an agent acting from its own address) and a valid credential for
-/// another agent are not wrong secrets and are never counted.
-pub fn refused_by_binding(
-    ctx: &crate::server::ShardCtx,
-    req: &Request,
-    credential: bool,
-    peer: IpAddr,
-) {
-    if !credential && req.header("x-api-key").is_some() {
-        super::budget::failed(ctx, peer, Failure::Agent);
+/// Counts `req`'s `X-API-Key` as a wrong secret against `peer`'s failure budget when it
+/// is no known key: `by` (what `req` resolved to) has no credential although a key was
+/// sent. A key decides which agents a request may act as and which tasks it may read,
+/// so every answer to a request with a guessed key (200 or 403 at a binding, a task
+/// charged as anonymous or not in `/metrics`, a task withheld or not) tells whether the
+/// guess was a key; counting it up front, before any of that, holds guessing to the
+/// budget (the router admitted the request first: `budget::secret_route_of`). A request
+/// without a key, and a known key (for any agent), are never counted; nor is the public
+/// development key `ak_dev_001` ([`DEV_API_KEY`]) where it is not configured: the
+/// unmodified PyPI agent sends it on every request when it has no key of its own, and
+/// trying a key everyone knows guesses nothing. Any other key a client sends without
+/// having it counts, also an agent's misconfigured one (a server without that key
+/// cannot give its sidecar a JWT either).
+pub fn unknown_key(ctx: &crate::server::ShardCtx, req: &Request, by: &Principal, peer: IpAddr) {
+    let sent = req.header("x-api-key");
+    if by.peer.is_none() && sent.is_some_and(|k| k != DEV_API_KEY) {
+        super::budget::failed(ctx, peer, Failure::AgentApiKey);
     }
 }
 

@@ -19,12 +19,18 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
 
 /// `POST /api/token`: an API key is checked against this shard's copy of the keys; a
 /// device token is looked up on `shard_of(token)`. Unknown or missing → 401, empty body.
-/// An unknown key or token counts against `client`'s failure budget (one per request;
-/// a missing one does not), which the router checked before.
+/// An unknown key or token counts against `client`'s failure budget (a missing one does
+/// not), which the router checked before. An `X-API-Key` that is no known key counts
+/// even when the request also carries a device token that then succeeds: otherwise a
+/// device's holder could guess API keys outside the budget (the answer's `peer_id` and
+/// `role` say whether the guess was a key).
 pub async fn token(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
     let now = ctx.now();
     let cfg = &ctx.config;
     let api_key = header(req, "x-api-key");
+    if req.header("x-api-key").is_some() && api_key.and_then(|k| cfg.api_keys.lookup(k)).is_none() {
+        failed(ctx, client, Failure::TokenApiKey);
+    }
     let exchange = exchange_token(
         &cfg.api_keys,
         &cfg.jwt_secret,
@@ -34,12 +40,8 @@ pub async fn token(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Resp
     );
     match exchange {
         TokenExchange::Issued(resp) => Ok(Response::json(200, &resp)),
-        TokenExchange::Unauthorized => {
-            if api_key.is_some() {
-                failed(ctx, client, Failure::TokenApiKey);
-            }
-            Ok(Response::new(401))
-        }
+        // An unknown key was counted above.
+        TokenExchange::Unauthorized => Ok(Response::new(401)),
         TokenExchange::LookupDeviceToken(token) => {
             // The index is keyed by the token's keyed hash (what the store keeps).
             let key = crate::durable::token_key_of(&cfg.secrets, token);

@@ -5,11 +5,14 @@
 //! The router calls [`admit`] for every route that checks a secret
 //! ([`secret_route`]); `/ws` and the dashboard's event stream, which leave the HTTP
 //! loop, call it themselves. A refused attempt is answered 429 with `retry-after`
-//! before its secret is compared, so the answer says nothing about the secret.
+//! before its secret is compared, so the answer says nothing about the secret. A route
+//! whose check awaits (`POST /api/token` with a device token, the pairing claim path)
+//! holds its attempt in flight with [`admit_held`] until the check is decided.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
-use super::failures::{client_addr, Budget, Failure, Look, SecretRoute, Verdict};
+use super::failures::{client_addr, Attempt, Budget, Failure, Look, SecretRoute, Verdict};
 use super::ops::{Op, Reply};
 use crate::http::{Method, Response};
 use crate::metrics::ShardCounters;
@@ -29,7 +32,10 @@ fn owner_of(ctx: &ShardCtx, addr: IpAddr) -> usize {
 /// event stream are not HTTP-loop routes: they check on their own). The agent routes
 /// check a secret under `--require-agent-auth`, and otherwise when the request carries
 /// one (an `X-API-Key` or a bearer token decides which agents it may act as: issue 20,
-/// `auth::principal`).
+/// `auth::principal`; an unknown key there counts as a wrong secret,
+/// `auth::agent::unknown_key`). Every route that reads an `X-API-Key` is admitted here
+/// first: these, `POST /api/token` and `generate-code` (an admin route reads only its
+/// bearer token).
 pub fn secret_route_of(
     route: Route,
     method: Method,
@@ -86,25 +92,86 @@ pub fn too_many(by: Budget, retry_after_secs: u64) -> Response {
     Response::error(429, reason).with_header("retry-after", retry_after_secs.to_string())
 }
 
+/// How often an attempt that waits for another check of its address on this shard
+/// ([`InFlight`](super::failures::InFlight)) looks again. Such a check is one message to another shard and back
+/// (sub-millisecond): a millisecond keeps the wait short without spinning.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(1);
+
+/// The longest an attempt waits for another check of its address on this shard; then
+/// 503. Far above any check's time (one message to another shard and back); reached
+/// only if a shard stops answering.
+const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// Whether `ip` may try a secret on `route` now: `Err` is the answer (429, or 503 when
 /// the owner cannot be asked). Costs a message only for an address this shard knows to
-/// have failed recently (and it is not its owner).
+/// have failed recently (and it is not its owner). For a check that does not await (an
+/// API key, a JWT): the caller checks the secret before it next awaits, so the outcome
+/// is counted before any other attempt of the address is admitted here.
 pub async fn admit(ctx: &ShardCtx, ip: IpAddr, route: SecretRoute) -> Result<(), Response> {
+    admit_inner(ctx, ip, route, false).await.map(drop)
+}
+
+/// [`admit`] for a check that awaits (a device token or a claim secret looked up on
+/// another shard): the [`Attempt`] counts the check as in flight until it is dropped,
+/// which the caller does once the secret was found right or counted wrong; meanwhile
+/// other attempts of the address on this shard wait ([`InFlight`](super::failures::InFlight)).
+pub async fn admit_held(
+    ctx: &ShardCtx,
+    ip: IpAddr,
+    route: SecretRoute,
+) -> Result<Attempt<'_>, Response> {
+    admit_inner(ctx, ip, route, true)
+        .await
+        .map(|a| a.unwrap_or_else(|| Attempt::enter(&ctx.state.auth_in_flight, client_addr(ip))))
+}
+
+/// Waits until no check of `addr` is in flight on this shard (at most
+/// [`IN_FLIGHT_WAIT_MAX`]).
+async fn wait_turn(ctx: &ShardCtx, addr: IpAddr) -> Result<(), Response> {
+    let mut waited = Duration::ZERO;
+    while ctx.state.auth_in_flight.borrow().count(addr) > 0 {
+        if waited >= IN_FLIGHT_WAIT_MAX {
+            return Err(Response::error(
+                503,
+                "another secret check from this address is still running on this shard; \
+                 retry",
+            ));
+        }
+        monoio::time::sleep(IN_FLIGHT_POLL).await;
+        waited += IN_FLIGHT_POLL;
+    }
+    Ok(())
+}
+
+async fn admit_inner(
+    ctx: &ShardCtx,
+    ip: IpAddr,
+    route: SecretRoute,
+    hold: bool,
+) -> Result<Option<Attempt<'_>>, Response> {
     let addr = client_addr(ip);
+    // One check of an address in flight per shard: the next waits for its outcome.
+    wait_turn(ctx, addr).await?;
     let now = ctx.now();
     let owner = owner_of(ctx, addr);
+    let mut attempt = None;
     let verdict = if owner == ctx.shard.id() {
         ctx.state.auth_failures.borrow_mut().check(addr, now)
     } else {
         let look = ctx.state.auth_hints.borrow().look(addr, now);
         match look {
-            Look::Unknown => return Ok(()),
+            Look::Unknown => Verdict::Allowed {
+                recent_until: crate::time::UnixTime::EPOCH,
+            },
             Look::Refused { until, by } => Verdict::Refused {
                 until,
                 recent_until: until,
                 by,
             },
             Look::Ask => {
+                // In flight while the owner is asked: the address's other attempts here
+                // wait, so the owner answers each with the failures before it counted.
+                attempt = Some(Attempt::enter(&ctx.state.auth_in_flight, addr));
                 let v = match ask(ctx, owner, Op::FailureCheck(Box::new(addr))).await? {
                     Reply::Failures(v) => *v,
                     _ => return Err(unexpected()),
@@ -119,7 +186,9 @@ pub async fn admit(ctx: &ShardCtx, ip: IpAddr, route: SecretRoute) -> Result<(),
             ShardCounters::inc(&ctx.counters.auth_refused[route.index()]);
             Err(too_many(by, secs))
         }
-        _ => Ok(()),
+        // A check that does not await is decided before this shard runs anything else:
+        // its attempt need not stay in flight.
+        _ => Ok(attempt.filter(|_| hold)),
     }
 }
 

@@ -14,10 +14,10 @@
 //! * Otherwise a request may act as `X` only if it [holds](Principal::holds) `X`'s
 //!   binding: the same credential peer, or, for an address-bound agent, the same
 //!   address. Anything else is 403 ([`bound_message`]).
-//! * An unknown `X-API-Key` counts as no credential (the PyPI agent sends `ak_dev_001`
-//!   when it has no key configured, and must keep working where that key is unknown); a
-//!   present but invalid bearer token is 401 (only clients that mean to authenticate
-//!   send one).
+//! * An unknown `X-API-Key` counts as no credential, and as a wrong secret against the
+//!   address's failure budget (`auth::agent::principal`: a key decides what a request
+//!   may act as, so trying one is trying a secret); a present but invalid bearer token
+//!   is 401 (only clients that mean to authenticate send one).
 
 use super::admin::{bearer_token, ADMIN_ROLE};
 use super::{header_value_str, jwt, ApiKeys};
@@ -152,16 +152,18 @@ impl Principal {
 }
 
 /// The `error` of a 403 for acting as `agent_id`, bound to `bound`, without holding it.
-/// Names what would be accepted; never the address.
+/// Names what would be accepted; never the address, and never the bound peer (the
+/// requester has no credential for it: naming it would tell whose key an agent uses, or
+/// that a guessed key is one).
 pub fn bound_message(agent_id: &str, bound: &Owner) -> String {
     let needs = format!(
         "an API key or token for `{agent_id}` or `{agent_id}{SIDECAR_SUFFIX}`, or an admin \
          token (an admin may also delete the agent)"
     );
     match bound {
-        Owner::Peer(p) => format!(
-            "agent `{agent_id}` is bound to the API key or token of peer `{p}`, which \
-             registered it: send that credential, {needs}"
+        Owner::Peer(_) => format!(
+            "agent `{agent_id}` is bound to another API key or token (the one that \
+             registered it or last acted for it): send that credential, {needs}"
         ),
         Owner::Address(_) => format!(
             "agent `{agent_id}` is bound to the address that registered it: act from that \
@@ -181,8 +183,8 @@ pub struct Refused {
 /// The principal of `req` from `address` (a client key) in the default configuration:
 /// a valid bearer JWT (with `leeway_secs` of clock skew), else a known `X-API-Key`, else
 /// none. A bearer token that does not verify is 401; an `Authorization` header of
-/// another scheme and an unknown API key are ignored here (an unknown key that is then
-/// refused 403 by a binding is counted by the route: see `auth::agent`).
+/// another scheme and an unknown API key are ignored here (the route counts an unknown
+/// key as a wrong secret: see `auth::agent::principal`).
 pub fn resolve(
     req: &Request,
     keys: &ApiKeys,
@@ -335,6 +337,10 @@ mod tests {
         assert!(!m.contains("10.0.0.1"), "{m}");
         assert!(m.contains("`x-sidecar`") && m.contains("admin"), "{m}");
         let m = bound_message("x", &Owner::Peer("agent-7".into()));
-        assert!(m.contains("peer `agent-7`"), "{m}");
+        assert!(!m.contains("agent-7"), "{m}");
+        assert!(
+            m.contains("another API key or token") && m.contains("`x-sidecar`"),
+            "{m}"
+        );
     }
 }

@@ -98,7 +98,12 @@ impl EventRing {
 pub fn of_registry(op: &registry::ops::Op) -> Option<(EventKind, String)> {
     match op {
         registry::ops::Op::Upsert(info) => Some((EventKind::Agent, info.agent_id.clone())),
-        registry::ops::Op::Delete(id) => Some((EventKind::Agent, (**id).clone())),
+        registry::ops::Op::DeleteBegin(id) | registry::ops::Op::DeleteFinish(id) => {
+            Some((EventKind::Agent, (**id).clone()))
+        }
+        registry::ops::Op::BindingUndo(change) if change.created => {
+            Some((EventKind::Agent, change.agent_id.clone()))
+        }
         _ => None,
     }
 }

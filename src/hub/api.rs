@@ -122,14 +122,9 @@ fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
         cfg.jwt_leeway_secs,
         address,
     )
-    .inspect(|by| {
-        // An unknown key decides what is withheld as surely as a wrong one at
-        // `/api/token`: it counts against the address's failure budget (no reader sends
-        // a key it does not mean: the PyPI agent polls without one).
-        if by.peer.is_none() && req.header("x-api-key").is_some() {
-            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
-        }
-    })
+    // An unknown key decides what is withheld as surely as a wrong one at `/api/token`:
+    // it counts against the address's failure budget.
+    .inspect(|by| crate::auth::agent::unknown_key(ctx, req, by, peer))
     .map_err(|r| {
         if r.forged {
             crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
@@ -218,9 +213,18 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
     let to = ctx.shard.shard_of(&id);
     let by = crate::auth::agent::principal(ctx, req, peer, None)?;
     let credential = by.peer.is_some();
-    let op = match (&by.peer, ctx.config.require_agent_auth && !by.admin) {
-        (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
-        _ => Op::Update(Box::new((id, upd, by))),
+    // The task's report is charged to its poster (`TaskStore::try_update`), and so is
+    // its durable write: an authenticated agent's report is held to the store's bound,
+    // not to the anonymous share of the task's submitter.
+    let class = if credential {
+        WriteClass::Bounded
+    } else {
+        WriteClass::Anonymous
+    };
+    let op = if credential && ctx.config.require_agent_auth && !by.admin {
+        Op::UpdateAs(Box::new((id, upd, by)))
+    } else {
+        Op::Update(Box::new((id, upd, by)))
     };
     match ask(ctx, to, op).await? {
         Reply::Updated(b) => {
@@ -231,12 +235,6 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
             } else {
                 Mutation::PutTask(task_record(&after))
             };
-            // Held to the bound of the task's holder, as in memory.
-            let class = if after.holder.is_anonymous() {
-                WriteClass::Anonymous
-            } else {
-                WriteClass::Bounded
-            };
             if let Err(resp) = ctx.commit_as(vec![m], class).await {
                 let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;
                 return Err(resp);
@@ -245,10 +243,7 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
         }
         Reply::NotFound => Ok(not_found_200()),
         Reply::Refused(r) => Ok(ctx.refused("tasks", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            Ok(Response::error(403, *why))
-        }
+        Reply::Forbidden(why) => Ok(Response::error(403, *why)),
         _ => Ok(unexpected()),
     }
 }
@@ -268,84 +263,113 @@ pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Re
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = ctx.shard.shard_of(&agent);
-    let op = Op::Heartbeat(Box::new((hb, by)));
-    let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
-        Reply::HeartbeatDone(b) => *b,
-        Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            return Ok(Response::error(403, *why));
+    // A heartbeat of an agent whose binding change is being saved asks again shortly.
+    let make = || Op::Heartbeat(Box::new((hb.clone(), by.clone())));
+    let busy = |r: &Reply| matches!(r, Reply::Busy);
+    let (claimed, pointers, change) =
+        match crate::registry::api::ask_agent_owner(ctx, &agent, make, busy).await? {
+            Reply::HeartbeatDone(b) => *b,
+            Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
+            Reply::Forbidden(why) => return Ok(Response::error(403, *why)),
+            _ => return Ok(unexpected()),
+        };
+    let gathered: Answer<Vec<Task>> = async {
+        let mut claimed = claimed;
+        // Pointers, grouped by home shard.
+        let mut by_home: BTreeMap<usize, Vec<TaskId>> = BTreeMap::new();
+        for id in pointers {
+            by_home.entry(ctx.shard.shard_of(&id)).or_default().push(id);
         }
-        _ => return Ok(unexpected()),
-    };
-
-    // Pointers, grouped by home shard.
-    let mut by_home: BTreeMap<usize, Vec<TaskId>> = BTreeMap::new();
-    for id in pointers {
-        by_home.entry(ctx.shard.shard_of(&id)).or_default().push(id);
-    }
-    // Skill shards other than the owner (the owner already claimed its local ones).
-    let mut skill_shards: Vec<usize> = skills
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| ctx.shard.shard_of(s))
-        .filter(|&s| s != owner)
-        .collect();
-    // Shards holding tasks away from their claim home since a restart with another
-    // shard count (see `durable::split`).
-    skill_shards.extend(
-        ctx.config
-            .stray_task_shards
+        // Skill shards other than the owner (the owner already claimed its local ones).
+        let mut skill_shards: Vec<usize> = skills
             .iter()
-            .copied()
-            .filter(|&s| s != owner),
-    );
-    skill_shards.sort_unstable();
-    skill_shards.dedup();
+            .filter(|s| !s.is_empty())
+            .map(|s| ctx.shard.shard_of(s))
+            .filter(|&s| s != owner)
+            .collect();
+        // Shards holding tasks away from their claim home since a restart with another
+        // shard count (see `durable::split`).
+        skill_shards.extend(
+            ctx.config
+                .stray_task_shards
+                .iter()
+                .copied()
+                .filter(|&s| s != owner),
+        );
+        skill_shards.sort_unstable();
+        skill_shards.dedup();
 
-    let mut first_error = None;
-    for (home, ids) in by_home {
-        let keep = ids.clone();
-        let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
-        match ask(ctx, home, op).await {
-            Ok(Reply::Tasks(v)) => claimed.extend(*v),
-            Ok(_) => return Ok(unexpected()),
-            Err(resp) => {
-                // Keep the pointers for the next heartbeat.
-                let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
-                for id in keep {
-                    let ptr = Msg::Hub(Op::Pointer(Box::new((agent.clone(), id, deadline))));
-                    let _ = ctx.shard.try_tell(owner, ptr);
+        let mut first_error = None;
+        for (home, ids) in by_home {
+            let keep = ids.clone();
+            let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
+            match ask(ctx, home, op).await {
+                Ok(Reply::Tasks(v)) => claimed.extend(*v),
+                Ok(_) => return Err(unexpected()),
+                Err(resp) => {
+                    // Keep the pointers for the next heartbeat.
+                    let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
+                    for id in keep {
+                        let ptr = Msg::Hub(Op::Pointer(Box::new((agent.clone(), id, deadline))));
+                        let _ = ctx.shard.try_tell(owner, ptr);
+                    }
+                    first_error.get_or_insert(resp);
                 }
-                first_error.get_or_insert(resp);
             }
         }
-    }
-    for s in skill_shards {
-        let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
-        match ask(ctx, s, op).await {
-            Ok(Reply::Tasks(v)) => claimed.extend(*v),
-            Ok(_) => return Ok(unexpected()),
-            // Tasks stay pending on that shard for the next heartbeat; what was already
-            // claimed must still be handed out, so the answer is not an error.
-            Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
+        for s in skill_shards {
+            let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
+            match ask(ctx, s, op).await {
+                Ok(Reply::Tasks(v)) => claimed.extend(*v),
+                Ok(_) => return Err(unexpected()),
+                // Tasks stay pending on that shard for the next heartbeat; what was already
+                // claimed must still be handed out, so the answer is not an error.
+                Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
+            }
         }
+        if claimed.is_empty() {
+            if let Some(resp) = first_error {
+                return Err(resp);
+            }
+        }
+        Ok(claimed)
     }
-    if claimed.is_empty() {
-        if let Some(resp) = first_error {
+    .await;
+    let mut claimed = match gathered {
+        Ok(c) => c,
+        Err(resp) => {
+            if let Some(change) = &change {
+                crate::registry::api::binding_done(ctx, change, false).await;
+            }
             return Err(resp);
         }
-    }
+    };
     sort_tasks(&mut claimed);
     // Claims are durable before the agent gets them; a heartbeat that claims nothing
     // writes nothing.
-    let claims: Vec<Mutation> = claimed
+    let mut write: Vec<Mutation> = claimed
         .iter()
         .map(|t| Mutation::PutTask(task_record(t)))
         .collect();
     // A claim adds the agent's id to stored tasks: never refused by the size bound,
-    // which would keep a full store full.
-    if let Err(resp) = ctx.commit_as(claims, WriteClass::Progress).await {
+    // which would keep a full store full. A new or moved binding of the agent (its
+    // first heartbeat, or another credential taking it over) is durable in the same
+    // write before the 2xx (review of issue 20); a new one is held to the bound.
+    let class = match &change {
+        Some(ch) => {
+            write.push(Mutation::PutAgentBinding(crate::durable::binding_record(
+                &ch.agent_id,
+                &ch.owner,
+            )));
+            crate::registry::api::binding_class(ch, credential)
+        }
+        None => WriteClass::Progress,
+    };
+    let saved = ctx.commit_as(write, class).await;
+    if let Some(change) = &change {
+        crate::registry::api::binding_done(ctx, change, saved.is_ok()).await;
+    }
+    if let Err(resp) = saved {
         // Not acknowledged: the tasks go back to pending for the next heartbeat.
         for t in &claimed {
             let mut back = t.clone();

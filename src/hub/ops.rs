@@ -6,7 +6,7 @@ use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
 };
 use crate::limits::{Charge, Refusal};
-use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
+use crate::registry::{AgentRefusal, AgentStore, BindingChange, Heartbeat};
 use crate::time::UnixTime;
 
 /// The hub state one shard owns: the tasks homed here and the pointers left for the
@@ -21,7 +21,7 @@ pub enum Op {
     /// Heartbeat on the agent's owner by a principal: check the agent's binding
     /// (`AgentStore::heartbeat_as`), upsert the agent within the budget of what the
     /// principal is charged to, claim the tasks local to this shard, hand back the
-    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden`.
+    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden` | `Busy`.
     Heartbeat(Box<(Heartbeat, Principal)>),
     /// Store a new pending task under this id by a principal (see
     /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
@@ -44,9 +44,9 @@ pub enum Op {
     /// `Forbidden` | `Refused`.
     Update(Box<(String, TaskUpdate, Principal)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Updated` | `NotFound` | `Refused` | `Forbidden` (assigned to someone
-    /// else).
-    UpdateAs(Box<(String, TaskUpdate, String)>),
+    /// by)`, the agent being `by`'s token subject. → `Updated` | `NotFound` | `Refused`
+    /// | `Forbidden` (assigned to someone else).
+    UpdateAs(Box<(String, TaskUpdate, Principal)>),
     /// Every task of the shard. → `Tasks`.
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
@@ -71,8 +71,10 @@ pub enum Reply {
     /// A budget refused it: the client's quota, the anonymous share, the whole store
     /// (of tasks for `Create` and updates, of agents for `Heartbeat`).
     Refused(Box<Refusal>),
-    /// `(claimed tasks, pointers to resolve)`.
-    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
+    /// `(claimed tasks, pointers to resolve, the agent's binding change to commit)`.
+    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>, Option<BindingChange>)>),
+    /// A change of the agent's binding is being saved: retry.
+    Busy,
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
@@ -86,11 +88,12 @@ impl Op {
         match self {
             Op::Heartbeat(b) => {
                 let (hb, by) = &*b;
-                match agents.heartbeat_as(hb, by, now) {
-                    Ok(()) => {}
+                let change = match agents.heartbeat_as(hb, by, now) {
+                    Ok(change) => change,
                     Err(AgentRefusal::Budget(r)) => return Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
-                }
+                    Err(AgentRefusal::Busy) => return Reply::Busy,
+                };
                 let claimed = store.tasks.claim_for_agent_by(
                     &hb.agent_id,
                     &hb.skill_names,
@@ -102,7 +105,7 @@ impl Op {
                 } else {
                     store.pointers.take(&hb.agent_id)
                 };
-                Reply::HeartbeatDone(Box::new((claimed, pointers)))
+                Reply::HeartbeatDone(Box::new((claimed, pointers, change)))
             }
             Op::Create(b) => {
                 let (id, sub, by) = *b;
@@ -150,14 +153,15 @@ impl Op {
                 if let Err(why) = before.updatable_by(&by) {
                     return Reply::Forbidden(Box::new(why));
                 }
-                match store.tasks.try_update(&id, upd, now) {
+                match store.tasks.try_update(&id, upd, &by.holder(), now) {
                     Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                     Ok(None) => Reply::NotFound,
                     Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::UpdateAs(b) => {
-                let (id, upd, agent) = *b;
+                let (id, upd, by) = *b;
+                let agent = by.peer.as_deref().unwrap_or_default();
                 match store.tasks.get(&id) {
                     None => Reply::NotFound,
                     Some(t) if t.assigned_agent_id != agent => Reply::Forbidden(Box::new(format!(
@@ -166,7 +170,7 @@ impl Op {
                     ))),
                     Some(t) => {
                         let before = t.clone();
-                        match store.tasks.try_update(&id, upd, now) {
+                        match store.tasks.try_update(&id, upd, &by.holder(), now) {
                             Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                             Ok(None) => Reply::NotFound,
                             Err(r) => Reply::Refused(Box::new(r)),

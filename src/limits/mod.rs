@@ -10,7 +10,7 @@
 mod charge;
 mod ledger;
 pub use charge::Charge;
-pub use ledger::{share, Budget, ClientLedger, Names, Refusal};
+pub use ledger::{share, Budget, ClientLedger, Line, Names, Refusal};
 
 use crate::http::Response;
 use crate::hub::{TaskSubmission, TaskUpdate};

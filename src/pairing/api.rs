@@ -75,7 +75,8 @@ pub async fn generate_code(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Ans
         .header("x-api-key")
         .and_then(|v| header_value_str(v.as_bytes()));
     let Some(entry) = key.and_then(|k| ctx.config.api_keys.lookup(k)) else {
-        if key.is_some() {
+        // Any key sent that is no known key (also one that is not text) is a wrong one.
+        if req.header("x-api-key").is_some() {
             failed(ctx, client, Failure::GenerateCode);
         }
         return Ok(Response::new(401));

@@ -20,8 +20,8 @@ pub mod ops;
 
 pub use agents::{
     agent_bytes, default_port, AgentBudgetConfig, AgentCapabilities, AgentInfo, AgentRecord,
-    AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, Heartbeat, SortedAgent,
-    AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+    AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, BindingChange, DeleteStart, Heartbeat,
+    SortedAgent, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
 };
 pub use health::{Health, HEALTH_CHECK_INTERVAL, OFFLINE_AFTER, STALE_AFTER};
 

@@ -160,6 +160,8 @@ pub struct ShardState {
     pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
     /// Auth: what this shard has heard of other shards' addresses with recent failures.
     pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
+    /// Auth: secret checks in flight here, per client address (`auth::budget::admit`).
+    pub auth_in_flight: RefCell<crate::auth::failures::InFlight>,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
     /// Dashboard: the changes to the state above, for the event stream.
@@ -219,6 +221,7 @@ impl ShardCtx {
                 auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
                     &config.auth_failures,
                 )),
+                auth_in_flight: RefCell::new(crate::auth::failures::InFlight::default()),
                 authz: RefCell::new(PeerAuthz::default()),
                 events: RefCell::new(crate::dashboard::EventRing::new()),
             },
@@ -335,6 +338,12 @@ impl ShardCtx {
             authz.sweep(self.now());
         }
         {
+            let mut agents = st.agents.borrow_mut();
+            for (agent, owner) in boot.bindings {
+                agents.load_binding(agent, owner);
+            }
+        }
+        {
             let mut hub = st.hub.borrow_mut();
             for t in boot.tasks {
                 hub.tasks.insert_loaded(t);
@@ -373,7 +382,10 @@ impl ShardCtx {
                     _ => events::of_registry(&op),
                 };
                 let reply = op.apply(&mut st.agents.borrow_mut(), self.now());
-                if matches!(reply, crate::registry::ops::Reply::Done) {
+                if matches!(
+                    reply,
+                    crate::registry::ops::Reply::Done | crate::registry::ops::Reply::Bound(_)
+                ) {
                     self.note(ev);
                 }
                 Some(Msg::RegistryReply(reply))
@@ -387,7 +399,9 @@ impl ShardCtx {
                 );
                 if !matches!(
                     reply,
-                    hub::ops::Reply::Refused(_) | hub::ops::Reply::Forbidden(_)
+                    hub::ops::Reply::Refused(_)
+                        | hub::ops::Reply::Forbidden(_)
+                        | hub::ops::Reply::Busy
                 ) {
                     self.note(agent.map(|id| (EventKind::Agent, id)));
                 }

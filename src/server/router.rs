@@ -352,8 +352,20 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     let ip = peer.ip();
     // The failure budget (issue 20): an address that presented too many wrong secrets
     // is refused before any secret of this request is looked at.
+    // A route whose check awaits (a device token or a claim secret looked up on another
+    // shard) holds its attempt until it answers; every other route checks its secret
+    // before it first awaits (`auth::budget::admit`).
+    let mut _attempt = None;
     if let Some(secret_route) = auth::budget::secret_route_of(m.route, method, &ctx.config, req) {
-        if let Err(resp) = auth::budget::admit(ctx, ip, secret_route).await {
+        let held = matches!(m.route, Route::Token | Route::PairingStatus);
+        let admitted = if held {
+            auth::budget::admit_held(ctx, ip, secret_route)
+                .await
+                .map(|a| _attempt = Some(a))
+        } else {
+            auth::budget::admit(ctx, ip, secret_route).await
+        };
+        if let Err(resp) = admitted {
             return resp;
         }
     }

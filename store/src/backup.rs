@@ -5,6 +5,9 @@
 //! ```text
 //! {"chatixia_store_backup":1,"format":"chatixia-store 1","secret_check":"…","seq":N,"written_at_ns":T}
 //! {"table":"pairing","record":{…}}                one line per record, as stored
+//!                                                 (tables: pairing, device_token,
+//!                                                 revocation, invite, invite_v2, task,
+//!                                                 agent_binding)
 //! …
 //! {"end":{"records":{"pairing":N,…},"total":N,"sha256":"…"}}
 //! ```
@@ -34,8 +37,8 @@ use crate::dir::DataDir;
 use crate::error::StoreError;
 use crate::guard::{catch, one_line};
 use crate::records::{
-    self, Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord, RevocationRecord,
-    TaskRecord, VALUE_FORMAT,
+    self, AgentBindingRecord, Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord,
+    RevocationRecord, TaskRecord, VALUE_FORMAT,
 };
 use crate::redb_backend::{tables, RedbBackend, DAMAGED_MARKER, DB_FILE, FORMAT, SEEN_FILE};
 use crate::secret::Secrets;
@@ -77,6 +80,9 @@ struct TableCounts {
     revocation: u64,
     invite: u64,
     task: u64,
+    /// Absent in a backup written before agent bindings were kept (it restores with none).
+    #[serde(default)]
+    agent_binding: u64,
 }
 
 impl From<Counts> for TableCounts {
@@ -87,6 +93,7 @@ impl From<Counts> for TableCounts {
             revocation: c.revocations as u64,
             invite: c.invites as u64,
             task: c.tasks as u64,
+            agent_binding: c.agent_bindings as u64,
         }
     }
 }
@@ -228,6 +235,7 @@ impl Exporter {
             invites: self.table(tables::INVITES_V1, &mut h)?
                 + self.table(tables::INVITES, &mut h)?,
             tasks: self.table(tables::TASKS, &mut h)?,
+            agent_bindings: self.table(tables::AGENT_BINDINGS, &mut h)?,
         };
         let sha256 = hex(&h.sha.clone().finalize());
         let end = End {
@@ -430,6 +438,10 @@ fn record_of(table: &str, record: &str) -> Result<(Mutation, usize), String> {
             3,
         ),
         "task" => (Mutation::PutTask(records::decode::<TaskRecord>(&bytes)?), 4),
+        "agent_binding" => (
+            Mutation::PutAgentBinding(records::decode::<AgentBindingRecord>(&bytes)?),
+            5,
+        ),
         other => return Err(format!("unknown table {other:?}")),
     };
     Ok(m)
@@ -504,7 +516,7 @@ impl BackupReader {
     ) -> Result<Counts, StoreError> {
         let from = self.from.clone();
         let from = &from;
-        let mut counts = [0usize; 5];
+        let mut counts = [0usize; 6];
         let mut end: Option<End> = None;
         let mut n = 1u64;
         while read_line(&mut self.r, &mut self.line, from)?.is_some() {
@@ -536,6 +548,7 @@ impl BackupReader {
             revocations: counts[2],
             invites: counts[3],
             tasks: counts[4],
+            agent_bindings: counts[5],
         };
         let got = hex(&self.sha.clone().finalize());
         if got != end.end.sha256 {
