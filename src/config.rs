@@ -6,6 +6,10 @@ use std::time::Duration;
 use clap::Parser;
 use reactor::driver::DriverChoice;
 
+use crate::turn::settings::TurnSettings;
+use ::turn::policy::Cidr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 /// chatixia-core: the chatixia mesh server on a thread-per-core io_uring reactor.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chatixia-core", version, about)]
@@ -130,6 +134,9 @@ pub struct Cli {
     #[command(flatten)]
     pub auth: AuthFlags,
 
+    #[command(flatten)]
+    pub turn: TurnFlags,
+
     /// Strict mode: agent routes (register, heartbeat, task create/update, route) need
     /// the agent's bearer JWT from /api/token, and an agent may only act as itself (else
     /// 403). Off by default: the PyPI chatixia agent (0.4.3) sends its X-API-Key but no
@@ -193,7 +200,9 @@ pub struct StoreFlags {
     pub task_store_bytes_max: usize,
 
     /// Bytes of tasks one client (the identity of a valid X-API-Key or bearer token,
-    /// else the source address) may hold on one shard; over: 429. Admins: no quota.
+    /// else the source address) may hold on one shard: the tasks it submitted and the
+    /// reports (state, result, error) it posted; a submission or update past it: 429.
+    /// Admins: no quota.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub task_client_bytes_max: usize,
 
@@ -214,11 +223,13 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub agent_store_bytes_max: usize,
 
-    /// Agents one client (as for tasks) may create on one shard; over: 429.
+    /// Agents one client (as for tasks) may hold (have bound to it) on one shard; over:
+    /// 429.
     #[arg(long, default_value_t = 1024)]
     pub agent_client_agents_max: usize,
 
-    /// Bytes of agents one client may create on one shard; over: 429.
+    /// Bytes of agents one client may hold on one shard; a register or heartbeat that
+    /// would pass it (a new agent, or one grown or taken over): 429.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub agent_client_bytes_max: usize,
 
@@ -232,6 +243,12 @@ pub struct StoreFlags {
     /// attempts are 429 until its window ends. Right codes do not count.
     #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_WRONG_MAX)]
     pub pair_wrong_guesses_per_address_max: u32,
+
+    /// Client addresses (IPv6: /64s) whose daily budget of wrong pairing codes one shard
+    /// tracks; a new one in a full table makes it forget the least recently active (its
+    /// count starts over; never a refusal). About 100 bytes each.
+    #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_KEYS_MAX)]
+    pub pair_budget_addresses_max: usize,
 
     /// Wrong six-digit pairing codes tried per shard per 60 s, from all addresses
     /// together; then every six-digit `pair` redemption on that shard is 429 until the
@@ -331,6 +348,154 @@ impl AuthFlags {
             backoff_max,
             clients_max: self.auth_failure_addresses_max,
         })
+    }
+}
+
+/// The embedded TURN server (issue 24; `crate::turn`, docs/PROTOCOL.md §12). Off
+/// unless `--turn-listen` is given; needs `TURN_SECRET`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TurnFlags {
+    /// Serve TURN (UDP and TCP) on this address (repeatable), e.g. 0.0.0.0:3478.
+    #[arg(long = "turn-listen")]
+    pub turn_listen: Vec<SocketAddr>,
+
+    /// The address put in relayed addresses and advertised by /api/config; needed when
+    /// a --turn-listen address is 0.0.0.0 or [::].
+    #[arg(long)]
+    pub turn_public_ip: Option<std::net::IpAddr>,
+
+    /// Relay ports LO-HI, split between the shards.
+    #[arg(long, default_value = "49152-65535")]
+    pub turn_relay_ports: String,
+
+    /// REALM of the TURN long-term credentials.
+    #[arg(long, default_value = "chatixia")]
+    pub turn_realm: String,
+
+    /// Let relays reach this peer range (repeatable), over the default refusal of
+    /// loopback, private, link-local, multicast and the server's own addresses.
+    #[arg(long = "turn-allow-peer")]
+    pub turn_allow_peer: Vec<String>,
+
+    /// Refuse this peer range (repeatable; wins over --turn-allow-peer).
+    #[arg(long = "turn-deny-peer")]
+    pub turn_deny_peer: Vec<String>,
+
+    /// Largest allocation lifetime granted, in seconds (the default lifetime is 600).
+    #[arg(long, default_value_t = 3600)]
+    pub turn_lifetime_max: u64,
+
+    /// Allocations one shard holds; over: 508.
+    #[arg(long, default_value_t = 10_000)]
+    pub turn_allocations_per_shard_max: usize,
+
+    /// Allocations of one peer id (credential user) on one shard; over: 486.
+    #[arg(long, default_value_t = 16)]
+    pub turn_allocations_per_user_max: usize,
+
+    /// Allocations from one client IP on one shard; over: 486.
+    #[arg(long, default_value_t = 64)]
+    pub turn_allocations_per_ip_max: usize,
+
+    /// Permissions of one allocation; over: 508.
+    #[arg(long, default_value_t = 32)]
+    pub turn_permissions_max: usize,
+
+    /// Channels of one allocation; over: 508.
+    #[arg(long, default_value_t = 32)]
+    pub turn_channels_max: usize,
+
+    /// Relayed bytes per second of one allocation, both ways; over: dropped. 0: none.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub turn_allocation_bytes_per_sec_max: u64,
+
+    /// TURN TCP connections one shard holds; more: closed at once. Each holds at most
+    /// about 132 KiB (a partial message, a read buffer, its outbound queue).
+    #[arg(long, default_value_t = 1024)]
+    pub turn_tcp_connections_max: usize,
+}
+
+impl TurnFlags {
+    /// The embedded TURN server's settings, checked; `Ok(None)` when `--turn-listen` is
+    /// not given. `secret` is `TURN_SECRET`; `cores` the shard count.
+    pub fn settings(
+        &self,
+        secret: Option<&str>,
+        cores: usize,
+    ) -> Result<Option<TurnSettings>, String> {
+        let f = self;
+        if f.turn_listen.is_empty() {
+            return Ok(None);
+        }
+        let secret = secret
+            .filter(|s| !s.is_empty())
+            .ok_or("--turn-listen needs TURN_SECRET (the TURN REST shared secret)")?;
+        let relay_ip = match f.turn_public_ip {
+            Some(ip) if ip.is_unspecified() => {
+                return Err("--turn-public-ip must be a concrete address".into())
+            }
+            Some(ip) => ip,
+            None => match f.turn_listen.iter().find(|a| !a.ip().is_unspecified()) {
+                Some(a) if f.turn_listen.iter().all(|b| !b.ip().is_unspecified()) => a.ip(),
+                _ => {
+                    return Err(
+                        "--turn-listen on 0.0.0.0 or [::] needs --turn-public-ip (the address put in relayed addresses)"
+                            .into(),
+                    )
+                }
+            },
+        };
+        let first = f.turn_listen[0].ip();
+        let relay_bind = if first.is_ipv4() == relay_ip.is_ipv4() {
+            first
+        } else if relay_ip.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        let relay_ports = crate::turn::settings::parse_ports(&f.turn_relay_ports)?;
+        let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
+        if span < cores {
+            return Err(format!(
+                "--turn-relay-ports {} has {span} ports: fewer than the {cores} shards",
+                f.turn_relay_ports
+            ));
+        }
+        let cidrs = |flag: &str, v: &[String]| -> Result<Vec<Cidr>, String> {
+            v.iter()
+                .map(|s| s.parse::<Cidr>().map_err(|e| format!("{flag}: {e}")))
+                .collect()
+        };
+        if f.turn_lifetime_max < 1 {
+            return Err("--turn-lifetime-max must be at least 1 second".into());
+        }
+        if f.turn_realm.is_empty() || f.turn_realm.len() > 127 {
+            return Err("--turn-realm must be 1 to 127 bytes".into());
+        }
+        let mut nonce_key = [0u8; 32];
+        getrandom::getrandom(&mut nonce_key)
+            .map_err(|e| format!("no randomness for TURN nonces: {e}"))?;
+        Ok(Some(TurnSettings {
+            listen: f.turn_listen.clone(),
+            relay_ip,
+            relay_bind,
+            relay_ports,
+            realm: f.turn_realm.clone(),
+            secret: secret.as_bytes().to_vec(),
+            nonce_key,
+            lifetime_max_secs: f.turn_lifetime_max,
+            allocations_per_shard_max: f.turn_allocations_per_shard_max,
+            allocations_per_user_max: f.turn_allocations_per_user_max,
+            allocations_per_ip_max: f.turn_allocations_per_ip_max,
+            permissions_max: f.turn_permissions_max,
+            channels_max: f.turn_channels_max,
+            bytes_per_sec_max: f.turn_allocation_bytes_per_sec_max,
+            tcp_connections_max: f.turn_tcp_connections_max,
+            allow: cidrs("--turn-allow-peer", &f.turn_allow_peer)?,
+            deny: cidrs("--turn-deny-peer", &f.turn_deny_peer)?,
+            credential_ttl_secs: crate::ice::TURN_CREDENTIAL_TTL_SECS,
+            revoked_at_start: Vec::new(),
+        }))
     }
 }
 
@@ -463,6 +628,12 @@ impl Cli {
     /// The store limits.
     pub fn store_limits(&self) -> Result<crate::limits::StoreLimits, String> {
         let f = &self.store;
+        if f.pair_wrong_guesses_per_address_max == 0 {
+            return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
+        }
+        if f.pair_budget_addresses_max == 0 {
+            return Err("--pair-budget-addresses-max must be at least 1".into());
+        }
         if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
             return Err(
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
@@ -522,6 +693,7 @@ impl Cli {
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
                 wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
+                budget_addresses_max: f.pair_budget_addresses_max,
                 code_format: f.pair_code_format,
             },
             retention: self.pairing_retention()?,
@@ -629,5 +801,65 @@ fn secs(flag: &str, v: f64) -> Result<Duration, String> {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!("{flag} must be a non-negative number of seconds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> TurnFlags {
+        let mut v = vec!["chatixia-core"];
+        v.extend_from_slice(args);
+        Cli::parse_from(v).turn
+    }
+
+    #[test]
+    fn turn_settings_are_checked() {
+        assert!(flags(&[]).settings(None, 2).unwrap().is_none());
+        let f = flags(&["--turn-listen", "127.0.0.1:3478"]);
+        let e = f.settings(None, 2).unwrap_err();
+        assert!(e.contains("TURN_SECRET"), "{e}");
+        let s = f.settings(Some("s"), 2).unwrap().unwrap();
+        assert_eq!(s.relay_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(s.relay_ports, (49152, 65535));
+        assert_eq!(s.shard_ports(0, 2), (49152, 57343));
+        assert_eq!(s.shard_ports(1, 2), (57344, 65535));
+        assert_eq!(
+            s.urls(),
+            vec![
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:3478?transport=tcp"
+            ]
+        );
+        let e = flags(&["--turn-listen", "0.0.0.0:3478"])
+            .settings(Some("s"), 1)
+            .unwrap_err();
+        assert!(e.contains("--turn-public-ip"), "{e}");
+        let f = flags(&[
+            "--turn-listen",
+            "0.0.0.0:3478",
+            "--turn-public-ip",
+            "203.0.113.5",
+            "--turn-relay-ports",
+            "50000-50002",
+            "--turn-allow-peer",
+            "127.0.0.0/8",
+        ]);
+        let s = f.settings(Some("s"), 3).unwrap().unwrap();
+        assert_eq!(s.relay_bind, "0.0.0.0".parse::<IpAddr>().unwrap());
+        for i in 0..3 {
+            let (a, b) = s.shard_ports(i, 3);
+            assert_eq!(a, b);
+            assert_eq!(a, 50000 + i as u16);
+        }
+        assert!(f.settings(Some("s"), 4).is_err(), "3 ports for 4 shards");
+        for bad in ["1-0", "x-2", "5", "0-10"] {
+            let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-relay-ports", bad]);
+            assert!(f.settings(Some("s"), 1).is_err(), "{bad}");
+        }
+        let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-allow-peer", "nope"]);
+        let e = f.settings(Some("s"), 1).unwrap_err();
+        assert!(e.contains("--turn-allow-peer"), "{e}");
     }
 }

@@ -26,13 +26,16 @@ impl Default for Config {
     }
 }
 
-/// `GET /api/config` at the shard's time.
-pub fn get<S: Shard>(sh: &S, cfg: &Config) -> Result<Outcome, Error> {
+/// `GET /api/config` at the shard's time; `embedded` is the embedded TURN server's
+/// entry for this caller, if any (`crate::turn::ice_entry`), listed last.
+pub fn get<S: Shard>(sh: &S, cfg: &Config, embedded: Option<IceServer>) -> Result<Outcome, Error> {
     let turn = cfg
         .turn
         .as_ref()
         .map(|(url, secret)| (url.as_str(), secret.as_slice()));
-    Ok(Outcome::json(&ice_config(&cfg.stun_urls, turn, sh.now())))
+    let mut body = ice_config(&cfg.stun_urls, turn, sh.now());
+    body.ice_servers.extend(embedded);
+    Ok(Outcome::json(&body))
 }
 
 /// The reference's only STUN server.
@@ -162,7 +165,7 @@ mod tests {
             turn: Some(("turn:t".into(), b"my-secret".to_vec())),
             ..Config::default()
         };
-        let Ok(Outcome::Json(body)) = get(&sim.shard(0), &cfg) else {
+        let Ok(Outcome::Json(body)) = get(&sim.shard(0), &cfg, None) else {
             panic!("not a JSON answer")
         };
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

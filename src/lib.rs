@@ -16,5 +16,6 @@ pub mod server;
 pub mod shard;
 pub mod signaling;
 pub mod store_cli;
+pub mod turn;
 
 pub use wire::{http, time, ws};

@@ -195,6 +195,24 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         builder = builder.cores(n);
     }
     let reactor = builder.build().map_err(|e| e.to_string())?;
+    // The embedded TURN server (issue 24): its settings, the revocations every shard
+    // must know, and each shard's listening sockets (bound here: a busy port fails
+    // the start).
+    config.turn_server = cli.turn.settings(
+        std::env::var("TURN_SECRET").ok().as_deref(),
+        reactor.cores(),
+    )?;
+    if let Some(t) = config.turn_server.as_mut() {
+        t.revoked_at_start = snapshot
+            .revocations
+            .iter()
+            .map(|r| (r.peer_id.clone(), r.not_before_secs))
+            .collect();
+    }
+    let turn_sockets = match &config.turn_server {
+        Some(t) => chatixia_core::turn::settings::bind(t, reactor.cores())?,
+        None => (0..reactor.cores()).map(|_| Default::default()).collect(),
+    };
     let (boots, stray) =
         chatixia_core::server::boot::split(snapshot, reactor.cores(), &config.auth.secrets);
     if !stray.is_empty() {
@@ -213,8 +231,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let driver = reactor.driver();
     let running = reactor
         .start(
-            listeners.into_iter().zip(boots).collect(),
-            move |shard, (listener, boot)| server::run_shard(shard, listener, config.clone(), boot),
+            listeners
+                .into_iter()
+                .zip(boots)
+                .zip(turn_sockets)
+                .map(|((l, b), t)| (l, b, t))
+                .collect(),
+            move |shard, (listener, boot, turn)| {
+                server::run_shard(shard, listener, config.clone(), boot, turn)
+            },
         )
         .map_err(|e| e.to_string())?;
     tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");

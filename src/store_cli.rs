@@ -44,13 +44,14 @@ fn secrets() -> (Secrets, Vec<u8>) {
 fn counts_line(c: &Counts) -> String {
     format!(
         "{} records ({} pairing entries, {} device tokens, {} revocations, {} invite codes, \
-         {} tasks)",
+         {} tasks, {} agent bindings)",
         c.total(),
         c.pairings,
         c.device_tokens,
         c.revocations,
         c.invites,
-        c.tasks
+        c.tasks,
+        c.agent_bindings
     )
 }
 

@@ -25,6 +25,7 @@ mod shard;
 pub mod signals;
 pub mod sys;
 pub mod timer;
+pub mod udp;
 
 pub use doorbell::{Bell, BellWaiter};
 pub use driver::IoDriver;

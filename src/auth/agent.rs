@@ -20,6 +20,7 @@ use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
 use super::budget::{failed, Budgeted};
 use super::failures::Failure;
 use super::jwt::Claims;
+use super::keys::DEV_API_KEY;
 use super::ops::{Op, Reply};
 use super::{Config, Presented};
 use crate::limits::Principal;
@@ -67,7 +68,8 @@ pub fn require_self(claims: &Claims, agent_id: &str) -> Result<(), Error> {
 /// The caller of an agent or task route from `peer` (issue 20): under
 /// `--require-agent-auth` the bearer JWT's claims (401 without one, 403 when not for
 /// `agent_id`); otherwise [`super::principal::resolve`] (a JWT, a known API key, or
-/// none). A forged bearer token counts against `peer`'s failure budget.
+/// none). A forged bearer token counts against `peer`'s failure budget, and so does an
+/// `X-API-Key` that is no known key, whatever the route answers then ([`unknown_key`]).
 pub async fn principal<S: Budgeted>(
     sh: &S,
     cfg: &Config,
@@ -89,7 +91,10 @@ where
             cfg.jwt_leeway_secs,
             address,
         ) {
-            Ok(p) => Ok(p),
+            Ok(p) => {
+                unknown_key(sh, presented, &p, peer).await;
+                Ok(p)
+            }
             Err(r) => {
                 if r.forged {
                     failed(sh, peer, Failure::Agent).await;
@@ -104,9 +109,8 @@ where
 /// `--require-agent-auth`): [`super::principal::resolve`], or under
 /// `--insecure-open-admin` (the reference hub's operator view, whose admin plane is open
 /// to anyone) an admin. An unknown `X-API-Key` decides what a read withholds as surely
-/// as a wrong one at `/api/token`, so it counts against `peer`'s failure budget (no
-/// reader sends a key it does not mean: the PyPI agent polls without one), as does a
-/// forged bearer token.
+/// as a wrong one at `/api/token`, so it counts against `peer`'s failure budget
+/// ([`unknown_key`]), as does a forged bearer token.
 pub async fn reader<S: Budgeted>(
     sh: &S,
     cfg: &Config,
@@ -133,9 +137,7 @@ where
     );
     match resolved {
         Ok(by) => {
-            if by.peer.is_none() && presented.api_key.is_some() {
-                failed(sh, peer, Failure::Agent).await;
-            }
+            unknown_key(sh, presented, &by, peer).await;
             Ok(by)
         }
         Err(r) => {
@@ -147,24 +149,30 @@ where
     }
 }
 
-/// A binding refused a request (403) while it carried an `X-API-Key` that is no known
-/// key (`credential`: whether the request's principal had one): a wrong key as far as
-/// the caller can tell (a key for the agent would have been accepted), so it counts
-/// against `peer`'s failure budget like a wrong key at `POST /api/token`. Without this a
-/// heartbeat would answer, key by key, whether a guessed key belongs to a key-bound
-/// agent, outside that budget. A request without a key (an agent acting from its own
-/// address) and a valid credential for another agent are not wrong secrets and are
-/// never counted.
-pub async fn refused_by_binding<S: Budgeted>(
+/// Counts the request's `X-API-Key` as a wrong secret against `peer`'s failure budget
+/// when it is no known key: `by` (what the request resolved to) has no credential
+/// although a key was sent. A key decides which agents a request may act as and which
+/// tasks it may read, so every answer to a request with a guessed key (200 or 403 at a
+/// binding, a task charged as anonymous or not in `/metrics`, a task withheld or not)
+/// tells whether the guess was a key; counting it up front, before any of that, holds
+/// guessing to the budget (the router admitted the request first:
+/// `server::router::secret_route_of`). A request without a key, and a known key (for
+/// any agent), are never counted; nor is the public development key `ak_dev_001`
+/// ([`DEV_API_KEY`]) where it is not configured: the unmodified PyPI agent sends it on
+/// every request when it has no key of its own, and trying a key everyone knows
+/// guesses nothing. Any other key a client sends without having it counts, also an
+/// agent's misconfigured one (a server without that key cannot give its sidecar a JWT
+/// either).
+pub async fn unknown_key<S: Budgeted>(
     sh: &S,
     presented: Presented<'_>,
-    credential: bool,
+    by: &Principal,
     peer: IpAddr,
 ) where
     Op: Request<S::Msg, Reply = Reply>,
 {
-    if !credential && presented.api_key.is_some() {
-        failed(sh, peer, Failure::Agent).await;
+    if by.peer.is_none() && presented.api_key.is_some_and(|k| k != DEV_API_KEY) {
+        failed(sh, peer, Failure::AgentApiKey).await;
     }
 }
 

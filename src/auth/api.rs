@@ -41,8 +41,11 @@ fn unexpected() -> Error {
 /// values (`None`: absent; a value that is not visible ASCII counts as absent, as the
 /// reference reads it): an API key is checked against this shard's copy of the keys; a
 /// device token is looked up on `shard_of(its key)`. Unknown or missing → 401 with no
-/// body. An unknown key or token counts against `client`'s failure budget (one per
-/// request; a missing one does not), which the router checked before.
+/// body. An unknown key or token counts against `client`'s failure budget (a missing one
+/// does not), which the router checked before. An `X-API-Key` that is no known key
+/// counts even when the request also carries a device token that then succeeds:
+/// otherwise a device's holder could guess API keys outside the budget (the answer's
+/// `peer_id` and `role` say whether the guess was a key).
 pub async fn token<S: Budgeted>(
     sh: &S,
     cfg: &Config,
@@ -54,19 +57,19 @@ where
     Op: Request<S::Msg, Reply = Reply>,
 {
     let now = sh.now();
+    let sent_key = api_key.is_some();
     let api_key = api_key.and_then(|v| header_value_str(v.as_bytes()));
     let device_token = device_token.and_then(|v| header_value_str(v.as_bytes()));
+    if sent_key && api_key.and_then(|k| cfg.api_keys.lookup(k)).is_none() {
+        failed(sh, client, Failure::TokenApiKey).await;
+    }
     match exchange_token(&cfg.api_keys, &cfg.jwt_secret, api_key, device_token, now) {
         TokenExchange::Issued(body) => Ok(Issued {
             body,
             device_entry: None,
         }),
-        TokenExchange::Unauthorized => {
-            if api_key.is_some() {
-                failed(sh, client, Failure::TokenApiKey).await;
-            }
-            Err(Error::bare(Kind::Unauthorized))
-        }
+        // An unknown key was counted above.
+        TokenExchange::Unauthorized => Err(Error::bare(Kind::Unauthorized)),
         TokenExchange::LookupDeviceToken(token) => {
             // The index is keyed by the token's keyed hash (what the store keeps).
             let key = super::tokens::token_key_of(&cfg.secrets, token);
@@ -107,7 +110,8 @@ where
     match key.and_then(|k| cfg.api_keys.lookup(k)) {
         Some(entry) => Ok(entry),
         None => {
-            if key.is_some() {
+            // Any key sent that is no known key (also one that is not text) is a wrong one.
+            if api_key.is_some() {
                 failed(sh, client, failure).await;
             }
             Err(Error::bare(Kind::Unauthorized))

@@ -8,13 +8,17 @@
 //! `server::router::secret_route_of`); `/ws`, the dashboard's event stream and a backup,
 //! which leave the HTTP loop, call it themselves. A refused attempt is answered 429 with
 //! `retry-after` before its secret is compared, so the answer says nothing about the
-//! secret.
+//! secret. A route whose check awaits (`POST /api/token` with a device token, the
+//! pairing claim path) holds its attempt in flight with [`admit_held`] until the check
+//! is decided.
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
+use std::time::Duration;
 
 use super::failures::{
-    client_addr, Budget, Failure, FailureHints, FailureLedger, Look, SecretRoute, Verdict,
+    client_addr, Attempt, Budget, Failure, FailureHints, FailureLedger, InFlight, Look,
+    SecretRoute, Verdict,
 };
 use super::ops::{Op, Reply};
 use crate::shard::{self, Error, Owns, Request, Shard};
@@ -53,12 +57,20 @@ impl Counters {
 /// counters. Implemented for every shard that owns the three (the server's and the
 /// simulator's).
 pub trait Budgeted:
-    Shard + Owns<RefCell<FailureLedger>> + Owns<RefCell<FailureHints>> + Owns<Counters>
+    Shard
+    + Owns<RefCell<FailureLedger>>
+    + Owns<RefCell<FailureHints>>
+    + Owns<RefCell<InFlight>>
+    + Owns<Counters>
 {
 }
 
 impl<S> Budgeted for S where
-    S: Shard + Owns<RefCell<FailureLedger>> + Owns<RefCell<FailureHints>> + Owns<Counters>
+    S: Shard
+        + Owns<RefCell<FailureLedger>>
+        + Owns<RefCell<FailureHints>>
+        + Owns<RefCell<InFlight>>
+        + Owns<Counters>
 {
 }
 
@@ -68,6 +80,10 @@ fn ledger<S: Budgeted>(sh: &S) -> &RefCell<FailureLedger> {
 
 fn hints<S: Budgeted>(sh: &S) -> &RefCell<FailureHints> {
     Owns::<RefCell<FailureHints>>::owned(sh)
+}
+
+fn in_flight<S: Budgeted>(sh: &S) -> &RefCell<InFlight> {
+    Owns::<RefCell<InFlight>>::owned(sh)
 }
 
 fn counters<S: Budgeted>(sh: &S) -> &Counters {
@@ -103,28 +119,94 @@ pub fn too_many(by: Budget, retry_after_secs: u64) -> Error {
     Error::too_many(reason).retry_after(retry_after_secs)
 }
 
+/// How often an attempt that waits for another check of its address on this shard
+/// ([`InFlight`](super::failures::InFlight)) looks again. Such a check is one message to another shard and back
+/// (sub-millisecond): a millisecond keeps the wait short without spinning.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(1);
+
+/// The longest an attempt waits for another check of its address on this shard; then
+/// 503. Far above any check's time (one message to another shard and back); reached
+/// only if a shard stops answering.
+const IN_FLIGHT_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// Whether `ip` may try a secret on `route` now: `Err` is the answer (429, or 503 when
 /// the owner cannot be asked). Costs a message only for an address this shard knows to
-/// have failed recently (and it is not its owner).
+/// have failed recently (and it is not its owner). For a check that does not await (an
+/// API key, a JWT): the caller checks the secret before it next awaits, so the outcome
+/// is counted before any other attempt of the address is admitted here.
 pub async fn admit<S: Budgeted>(sh: &S, ip: IpAddr, route: SecretRoute) -> Result<(), Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
+    admit_inner(sh, ip, route, false).await.map(drop)
+}
+
+/// [`admit`] for a check that awaits (a device token or a claim secret looked up on
+/// another shard): the [`Attempt`] counts the check as in flight until it is dropped,
+/// which the caller does once the secret was found right or counted wrong; meanwhile
+/// other attempts of the address on this shard wait ([`InFlight`]).
+pub async fn admit_held<S: Budgeted>(
+    sh: &S,
+    ip: IpAddr,
+    route: SecretRoute,
+) -> Result<Attempt<'_>, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    admit_inner(sh, ip, route, true)
+        .await
+        .map(|a| a.unwrap_or_else(|| Attempt::enter(in_flight(sh), client_addr(ip))))
+}
+
+/// Waits until no check of `addr` is in flight on this shard (at most
+/// [`IN_FLIGHT_WAIT_MAX`]; then 503).
+async fn wait_turn<S: Budgeted>(sh: &S, addr: IpAddr) -> Result<(), Error> {
+    let mut waited = Duration::ZERO;
+    while in_flight(sh).borrow().count(addr) > 0 {
+        if waited >= IN_FLIGHT_WAIT_MAX {
+            return Err(Error::unavailable(
+                "another secret check from this address is still running on this shard; \
+                 retry",
+            ));
+        }
+        sh.sleep(IN_FLIGHT_POLL).await;
+        waited += IN_FLIGHT_POLL;
+    }
+    Ok(())
+}
+
+async fn admit_inner<S: Budgeted>(
+    sh: &S,
+    ip: IpAddr,
+    route: SecretRoute,
+    hold: bool,
+) -> Result<Option<Attempt<'_>>, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     let addr = client_addr(ip);
+    // One check of an address in flight per shard: the next waits for its outcome.
+    wait_turn(sh, addr).await?;
     let now = sh.now();
     let owner = owner_of(sh, addr);
+    let mut attempt = None;
     let verdict = if owner == sh.id() {
         ledger(sh).borrow_mut().check(addr, now)
     } else {
         let look = hints(sh).borrow().look(addr, now);
         match look {
-            Look::Unknown => return Ok(()),
+            Look::Unknown => Verdict::Allowed {
+                recent_until: crate::time::UnixTime::EPOCH,
+            },
             Look::Refused { until, by } => Verdict::Refused {
                 until,
                 recent_until: until,
                 by,
             },
             Look::Ask => {
+                // In flight while the owner is asked: the address's other attempts here
+                // wait, so the owner answers each with the failures before it counted.
+                attempt = Some(Attempt::enter(in_flight(sh), addr));
                 let v = match shard::ask(sh, owner, Op::FailureCheck(Box::new(addr))).await? {
                     Reply::Failures(v) => *v,
                     _ => return Err(unexpected()),
@@ -139,7 +221,9 @@ where
             Counters::inc(&counters(sh).refused[route.index()]);
             Err(too_many(by, secs))
         }
-        _ => Ok(()),
+        // A check that does not await is decided before this shard runs anything else:
+        // its attempt need not stay in flight.
+        _ => Ok(attempt.filter(|_| hold)),
     }
 }
 

@@ -2,10 +2,10 @@
 //! [`resolve`] reads from its headers, the API keys, the JWT secret and `now`, as a
 //! [`Principal`] (`limits::principal`, where the binding rules are).
 //!
-//! * An unknown `X-API-Key` counts as no credential (the PyPI agent sends `ak_dev_001`
-//!   when it has no key configured, and must keep working where that key is unknown); a
-//!   present but invalid bearer token is 401 (only clients that mean to authenticate
-//!   send one).
+//! * An unknown `X-API-Key` counts as no credential, and as a wrong secret against the
+//!   address's failure budget (`auth::agent::principal`: a key decides what a request
+//!   may act as, so trying one is trying a secret); a present but invalid bearer token
+//!   is 401 (only clients that mean to authenticate send one).
 
 use super::admin::bearer_token;
 use super::{header_value_str, jwt, ApiKeys, Presented};
@@ -25,8 +25,8 @@ pub struct Refused {
 /// key) in the default configuration:
 /// a valid bearer JWT (with `leeway_secs` of clock skew), else a known `X-API-Key`, else
 /// none. A bearer token that does not verify is 401; an `Authorization` header of
-/// another scheme and an unknown API key are ignored here (an unknown key that is then
-/// refused 403 by a binding is counted by the route: see `auth::agent`).
+/// another scheme and an unknown API key are ignored here (the route counts an unknown
+/// key as a wrong secret: see `auth::agent::principal`).
 pub fn resolve(
     presented: Presented<'_>,
     keys: &ApiKeys,

@@ -285,9 +285,19 @@ where
 {
     cfg.check_update(&upd)?;
     let to = sh.shard_of(id.as_bytes());
-    let op = match (&by.peer, cfg.require_agent_auth && !by.admin) {
-        (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
-        _ => Op::Update(Box::new((id, upd, by))),
+    let credential = by.peer.is_some();
+    // The task's report is charged to its poster (`TaskStore::try_update`), and so is
+    // its durable write: an authenticated agent's report is held to the store's bound,
+    // not to the anonymous share of the task's submitter.
+    let class = if credential {
+        WriteClass::Bounded
+    } else {
+        WriteClass::Anonymous
+    };
+    let op = if credential && cfg.require_agent_auth && !by.admin {
+        Op::UpdateAs(Box::new((id, upd, by)))
+    } else {
+        Op::Update(Box::new((id, upd, by)))
     };
     let room = reserve(sh, to)?;
     match ask(sh, to, op).await? {
@@ -298,12 +308,6 @@ where
                 Mutation::DeleteTask(after.id.clone())
             } else {
                 Mutation::PutTask(task_record(&after))
-            };
-            // Held to the bound of the task's holder, as in memory.
-            let class = if after.holder.is_anonymous() {
-                WriteClass::Anonymous
-            } else {
-                WriteClass::Bounded
             };
             if let Err(e) = sh.commit(vec![m], Durability::Now(class)).await {
                 settle(room, Op::Restore(Box::new(before)));
@@ -340,25 +344,103 @@ pub async fn heartbeat<S: Shard>(
 ) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
+    crate::registry::ops::Op: Request<S::Msg>,
 {
     agents.check_heartbeat(&hb)?;
     let claimer = by.holder();
+    let credential = by.peer.is_some();
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
     let owner = sh.shard_of(agent.as_bytes());
+    // Room on the owner for putting back its claims, and for the follow-up of a change
+    // of the agent's binding (saved or undone), taken before anything changes.
     let owner_room = reserve(sh, owner)?;
-    let op = Op::Heartbeat(Box::new((hb, by)));
-    let (claimed, pointers) = match ask(sh, owner, op).await? {
-        Reply::HeartbeatDone(b) => *b,
-        Reply::Refused(r) => return Err(r.error(&AGENT_STORE_NAMES)),
-        Reply::Forbidden(why) => return Err(Error::forbidden(*why)),
-        _ => return Err(unexpected()),
+    let binding_room = reserve(sh, owner)?;
+    // A heartbeat of an agent whose binding change is being saved asks again shortly.
+    let make = || Op::Heartbeat(Box::new((hb.clone(), by.clone())));
+    let busy = |r: &Reply| matches!(r, Reply::Busy);
+    let (claimed, pointers, change) =
+        match crate::registry::api::ask_agent_owner(sh, &agent, make, busy).await? {
+            Reply::HeartbeatDone(b) => *b,
+            Reply::Refused(r) => return Err(r.error(&AGENT_STORE_NAMES)),
+            Reply::Forbidden(why) => return Err(Error::forbidden(*why)),
+            _ => return Err(unexpected()),
+        };
+    let gathered = gather_claims(
+        sh, cfg, owner, owner_room, &agent, &skills, &claimer, claimed, pointers,
+    )
+    .await;
+    let parts = match gathered {
+        Ok(parts) => parts,
+        Err(e) => {
+            if let Some(change) = &change {
+                crate::registry::api::binding_done(binding_room, change, false);
+            }
+            return Err(e);
+        }
     };
+    // A heartbeat that claims nothing and keeps its binding writes nothing. A claim adds
+    // the agent's id to stored tasks: never refused by the size bound, which would keep a
+    // full store full.
+    let mut writes: Vec<Mutation> = parts
+        .iter()
+        .flat_map(|p| p.tasks.iter())
+        .map(|t| Mutation::PutTask(task_record(t)))
+        .collect();
+    // A new or moved binding of the agent (its first heartbeat, or another credential
+    // taking it over) is durable in the same write before the 2xx (review of issue 20);
+    // a new one is held to the bound.
+    let class = match &change {
+        Some(ch) => {
+            writes.push(Mutation::PutAgentBinding(
+                crate::registry::records::binding_record(&ch.agent_id, &ch.owner),
+            ));
+            crate::registry::api::binding_class(ch, credential)
+        }
+        None => WriteClass::Progress,
+    };
+    let saved = sh.commit(writes, Durability::Now(class)).await;
+    if let Some(change) = &change {
+        crate::registry::api::binding_done(binding_room, change, saved.is_ok());
+    }
+    if let Err(e) = saved {
+        // Not acknowledged: the tasks go back to pending on their shards.
+        for p in parts {
+            if !p.tasks.is_empty() {
+                settle(p.room, Op::Unclaim(Box::new(p.tasks)));
+            }
+        }
+        return Err(e);
+    }
+    let mut claimed: Vec<Task> = parts.into_iter().flat_map(|p| p.tasks).collect();
+    sort_tasks(&mut claimed);
+    Ok(Outcome::Json(heartbeat_body(&claimed)))
+}
+
+/// Steps (2) and (3) of [`heartbeat`]: the owner's claims (`claimed`, with its room),
+/// then the pointers' home shards and the skill shards. `Err` only when nothing was
+/// claimed and a pointer's home could not be asked.
+#[allow(clippy::too_many_arguments)]
+async fn gather_claims<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    owner: ShardId,
+    owner_room: S::Room,
+    agent: &str,
+    skills: &[String],
+    claimer: &crate::limits::Holder,
+    claimed: Vec<Task>,
+    pointers: Vec<TaskId>,
+) -> Result<Vec<Claims<S::Room>>, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let agent = agent.to_owned();
+    let skills = skills.to_vec();
     let mut parts: Vec<Claims<S::Room>> = vec![Claims {
         room: owner_room,
         tasks: claimed,
     }];
-
     // Pointers, grouped by home shard.
     let mut by_home: BTreeMap<ShardId, Vec<TaskId>> = BTreeMap::new();
     for id in pointers {
@@ -430,26 +512,5 @@ where
             return Err(e);
         }
     }
-    // A heartbeat that claims nothing writes nothing. A claim adds the agent's id to
-    // stored tasks: never refused by the size bound, which would keep a full store full.
-    let writes: Vec<Mutation> = parts
-        .iter()
-        .flat_map(|p| p.tasks.iter())
-        .map(|t| Mutation::PutTask(task_record(t)))
-        .collect();
-    if let Err(e) = sh
-        .commit(writes, Durability::Now(WriteClass::Progress))
-        .await
-    {
-        // Not acknowledged: the tasks go back to pending on their shards.
-        for p in parts {
-            if !p.tasks.is_empty() {
-                settle(p.room, Op::Unclaim(Box::new(p.tasks)));
-            }
-        }
-        return Err(e);
-    }
-    let mut claimed: Vec<Task> = parts.into_iter().flat_map(|p| p.tasks).collect();
-    sort_tasks(&mut claimed);
-    Ok(Outcome::Json(heartbeat_body(&claimed)))
+    Ok(parts)
 }

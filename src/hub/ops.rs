@@ -6,7 +6,7 @@ use crate::hub::{
 };
 use crate::limits::{Charge, Refusal};
 use crate::limits::{Holder, Principal};
-use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
+use crate::registry::{AgentRefusal, AgentStore, BindingChange, Heartbeat};
 use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
@@ -22,7 +22,7 @@ pub enum Op {
     /// Heartbeat on the agent's owner by a principal: check the agent's binding
     /// (`AgentStore::heartbeat_as`), upsert the agent within the budget of what the
     /// principal is charged to, claim the tasks local to this shard, hand back the
-    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden`.
+    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden` | `Busy`.
     Heartbeat(Box<(Heartbeat, Principal)>),
     /// Store a new pending task under this id by a principal (see
     /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
@@ -49,9 +49,9 @@ pub enum Op {
     /// `Forbidden` | `Refused`.
     Update(Box<(String, TaskUpdate, Principal)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Updated` | `NotFound` | `Refused` | `Forbidden` (assigned to someone
-    /// else).
-    UpdateAs(Box<(String, TaskUpdate, String)>),
+    /// by)`, the agent being `by`'s token subject. → `Updated` | `NotFound` | `Refused`
+    /// | `Forbidden` (assigned to someone else).
+    UpdateAs(Box<(String, TaskUpdate, Principal)>),
     /// Every task of the shard. → `Tasks`.
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
@@ -76,8 +76,10 @@ pub enum Reply {
     /// A budget refused it: the client's quota, the anonymous share, the whole store
     /// (of tasks for `Create` and updates, of agents for `Heartbeat`).
     Refused(Box<Refusal>),
-    /// `(claimed tasks, pointers to resolve)`.
-    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
+    /// `(claimed tasks, pointers to resolve, the agent's binding change to commit)`.
+    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>, Option<BindingChange>)>),
+    /// A change of the agent's binding is being saved: retry.
+    Busy,
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
@@ -132,15 +134,17 @@ impl Op {
                 let comes_back = agents
                     .get(&hb.agent_id)
                     .is_none_or(|r| r.health != crate::registry::Health::Active);
-                match agents.heartbeat_as(hb, by, now) {
-                    Ok(()) => {
-                        if comes_back {
+                let change = match agents.heartbeat_as(hb, by, now) {
+                    Ok(change) => {
+                        if comes_back || change.is_some() {
                             changes.push(Topic::Agent, &hb.agent_id);
                         }
+                        change
                     }
                     Err(AgentRefusal::Budget(r)) => return Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
-                }
+                    Err(AgentRefusal::Busy) => return Reply::Busy,
+                };
                 let claimed = store.tasks.claim_for_agent_by(
                     &hb.agent_id,
                     &hb.skill_names,
@@ -152,7 +156,7 @@ impl Op {
                 } else {
                     store.pointers.take(&hb.agent_id)
                 };
-                Reply::HeartbeatDone(Box::new((claimed, pointers)))
+                Reply::HeartbeatDone(Box::new((claimed, pointers, change)))
             }
             Op::Create(b) => {
                 let (id, sub, by) = *b;
@@ -213,14 +217,15 @@ impl Op {
                 if let Err(why) = before.updatable_by(&by) {
                     return Reply::Forbidden(Box::new(why));
                 }
-                match store.tasks.try_update(&id, upd, now) {
+                match store.tasks.try_update(&id, upd, &by.holder(), now) {
                     Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                     Ok(None) => Reply::NotFound,
                     Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::UpdateAs(b) => {
-                let (id, upd, agent) = *b;
+                let (id, upd, by) = *b;
+                let agent = by.peer.as_deref().unwrap_or_default();
                 match store.tasks.get(&id) {
                     None => Reply::NotFound,
                     Some(t) if t.assigned_agent_id != agent => Reply::Forbidden(Box::new(format!(
@@ -229,7 +234,7 @@ impl Op {
                     ))),
                     Some(t) => {
                         let before = t.clone();
-                        match store.tasks.try_update(&id, upd, now) {
+                        match store.tasks.try_update(&id, upd, &by.holder(), now) {
                             Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                             Ok(None) => Reply::NotFound,
                             Err(r) => Reply::Refused(Box::new(r)),

@@ -25,6 +25,7 @@ pub fn task_record(t: &Task) -> TaskRecord {
         ttl: t.ttl,
         created_by: t.access.created_by.as_ref().map(holder_record),
         claimed_by: t.access.claimed_by.as_ref().map(holder_record),
+        reported_by: t.access.reported_by.as_ref().map(holder_record),
     }
 }
 
@@ -66,6 +67,7 @@ pub fn task_of(r: TaskRecord) -> Task {
         access: TaskAccess {
             created_by,
             claimed_by: r.claimed_by.map(holder_of),
+            reported_by: r.reported_by.map(holder_of),
         },
     }
 }

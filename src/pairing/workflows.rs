@@ -780,7 +780,10 @@ fn snapshot(mutations: &[Mutation]) -> Snapshot {
             Mutation::DeleteInvite(k) => {
                 invites.remove(&k);
             }
-            Mutation::PutTask(_) | Mutation::DeleteTask(_) => {}
+            Mutation::PutTask(_)
+            | Mutation::DeleteTask(_)
+            | Mutation::PutAgentBinding(_)
+            | Mutation::DeleteAgentBinding(_) => {}
         }
     }
     Snapshot {

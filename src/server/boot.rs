@@ -16,8 +16,10 @@ use reactor::shard_of;
 use crate::auth::tokens::{grant_of, token_key, DeviceGrant};
 use crate::hub::records::task_of;
 use crate::hub::{Placement, Task, TaskSubmission};
+use crate::limits::principal::Owner;
 use crate::pairing::records::{entry_of, invite_of};
 use crate::pairing::{Code, Entry, Issuer, Status};
+use crate::registry::records::binding_of;
 use crate::time::UnixTime;
 
 /// Where the store lives when neither `--data-dir` nor `CHATIXIA_DATA_DIR` is given.
@@ -41,6 +43,8 @@ pub struct ShardBoot {
     /// Pointers for target agents owned here to tasks living elsewhere:
     /// `(agent, task id, deadline)`.
     pub pointers: Vec<(String, String, UnixTime)>,
+    /// Agent bindings with `shard_of(agent id)` here (the agent's owner).
+    pub bindings: Vec<(String, Owner)>,
 }
 
 /// Splits a loaded snapshot by owner shard for `shards` shards (any count: the owners
@@ -109,6 +113,12 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
         }
         boots[home].tasks.push(t);
     }
+    for r in snapshot.agent_bindings {
+        let (agent, owner) = binding_of(r);
+        boots[shard_of(&agent, shards)]
+            .bindings
+            .push((agent, owner));
+    }
     stray.sort_unstable();
     (boots, stray)
 }
@@ -137,6 +147,7 @@ mod tests {
     use crate::limits::Holder;
     use crate::pairing::records::{entry_record, invite_record};
     use crate::pairing::EntryId;
+    use crate::registry::records::binding_record;
     use chatixia_store::TaskRecord;
 
     fn entry(id: u32, status: Status) -> Entry {
@@ -221,6 +232,11 @@ mod tests {
                     admin: false,
                     address: "10.0.0.2".into(),
                 }),
+                reported_by: Some(Holder {
+                    peer: Some("alice-sidecar".into()),
+                    admin: false,
+                    address: "10.0.0.3".into(),
+                }),
             },
         };
         let json = serde_json::to_string(&task_record(&t)).unwrap();
@@ -257,6 +273,7 @@ mod tests {
                     address: "10.0.0.1".into(),
                 }),
                 claimed_by: None,
+                reported_by: None,
             },
             holder: crate::limits::Charge::Anonymous("10.0.0.1".into()),
         };
@@ -268,6 +285,13 @@ mod tests {
         for i in 0..40 {
             snap.tasks
                 .push(task_record(&task(&format!("t{i}"), "", &format!("ag{i}"))));
+            let owner = if i % 2 == 0 {
+                Owner::Peer(format!("ag{i}-sidecar"))
+            } else {
+                Owner::Address("10.0.0.1".into())
+            };
+            snap.agent_bindings
+                .push(binding_record(&format!("ag{i}"), &owner));
         }
         for shards in [1, 3, 7] {
             let (boots, stray) = split(snap.clone(), shards, &secrets);
@@ -295,6 +319,21 @@ mod tests {
                 }
             }
             assert_eq!(tasks, 40);
+            let mut bindings = 0;
+            for (s, b) in boots.iter().enumerate() {
+                for (agent, owner) in &b.bindings {
+                    assert_eq!(shard_of(agent, shards), s);
+                    let want = snap
+                        .agent_bindings
+                        .iter()
+                        .find(|r| r.agent_id == *agent)
+                        .cloned()
+                        .map(binding_of);
+                    assert_eq!(want, Some((agent.clone(), owner.clone())));
+                    bindings += 1;
+                }
+            }
+            assert_eq!(bindings, 40);
             let authorized: usize = boots.iter().map(|b| b.authorized.len()).sum();
             assert_eq!(authorized, 1);
             if shards == 1 {

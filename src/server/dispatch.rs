@@ -73,6 +73,8 @@ pub fn apply(
         | Msg::SignalingReply(_)
         | Msg::DashboardReply(_)
         | Msg::ShardReply(_) => None,
-        other @ (Msg::Dashboard(_) | Msg::Adopt(_) | Msg::Shard(_)) => return Err(other),
+        other @ (Msg::Dashboard(_) | Msg::Adopt(_) | Msg::Shard(_) | Msg::Turn(_)) => {
+            return Err(other)
+        }
     })
 }

@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub store: Option<chatixia_store::StoreHandle>,
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
     pub ws_echo: bool,
+    /// The embedded TURN server (`--turn-listen`; issue 24).
+    pub turn_server: Option<crate::turn::TurnSettings>,
 }
 
 impl ServerConfig {
@@ -96,6 +98,7 @@ impl ServerConfig {
             hub: crate::hub::Config::default(),
             store: None,
             ws_echo: false,
+            turn_server: None,
         }
     }
 }
@@ -249,6 +252,14 @@ impl ShardCtx {
     /// Handles a message from another shard (or this one): applies a request to the
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
+        // A peer deauthorized (its pairing revoked) loses its embedded-TURN allocations
+        // too, wherever they are: every shard is told (`crate::turn::revoke`).
+        if let Msg::Signaling(crate::signaling::ops::Op::PeerDeauthorize(peer)) = &msg {
+            if self.config.turn_server.is_some() {
+                let (ctx, peer) = (self.clone(), (**peer).clone());
+                monoio::spawn(async move { crate::turn::revoke(&ctx, &peer).await });
+            }
+        }
         match dispatch::apply(&self.state, &self.ws, &self.config, msg, self.now()) {
             Ok(reply) => reply,
             Err(Msg::Dashboard(op)) => {
@@ -259,6 +270,10 @@ impl ShardCtx {
                 None
             }
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
+            Err(Msg::Turn(op)) => {
+                crate::turn::on_op(self, op);
+                None
+            }
             Err(_) => None,
         }
     }
@@ -294,6 +309,7 @@ impl ShardCtx {
             refused,
             addresses: self.state.auth_failures.borrow().len() as u64,
         };
+        m.turn = crate::turn::metrics();
         m
     }
 
@@ -467,6 +483,7 @@ pub async fn run_shard(
     listener: StdListener,
     config: Arc<ServerConfig>,
     boot: crate::server::boot::ShardBoot,
+    turn: crate::turn::ShardSockets,
 ) {
     let link = match &config.store {
         Some(handle) => match store_link(&shard, handle) {
@@ -482,6 +499,7 @@ pub async fn run_shard(
     ctx.state.load(boot, ctx.now());
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
+    crate::turn::start(&ctx, turn);
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());

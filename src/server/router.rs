@@ -355,8 +355,20 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     let cfg = &ctx.config;
     // The failure budget (issue 20): an address that presented too many wrong secrets
     // is refused before any secret of this request is looked at.
+    // A route whose check awaits (a device token or a claim secret looked up on another
+    // shard) holds its attempt until it answers; every other route checks its secret
+    // before it first awaits (`auth::budget::admit`).
+    let mut _attempt = None;
     if let Some(secret_route) = secret_route_of(m.route, method, cfg, req) {
-        if let Err(e) = auth::budget::admit(ctx, ip, secret_route).await {
+        let held = matches!(m.route, Route::Token | Route::PairingStatus);
+        let admitted = if held {
+            auth::budget::admit_held(ctx, ip, secret_route)
+                .await
+                .map(|a| _attempt = Some(a))
+        } else {
+            auth::budget::admit(ctx, ip, secret_route).await
+        };
+        if let Err(e) = admitted {
             return e.into();
         }
     }
@@ -377,7 +389,11 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         .with_header("allow", "GET")),
         Route::Metrics => Ok(metrics(ctx).await),
         Route::Token => Ok(token(ctx, req, ip).await),
-        Route::IceConfig => Ok(respond(crate::ice::get(ctx, &cfg.ice))),
+        Route::IceConfig => Ok(respond(crate::ice::get(
+            ctx,
+            &cfg.ice,
+            crate::turn::ice_entry(ctx, req),
+        ))),
         Route::Agents if method == Method::Post => Ok(register(ctx, req, ip).await),
         Route::Agents => Ok(respond(
             registry::api::list_page(
@@ -459,7 +475,10 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
 /// event stream are not HTTP-loop routes: they check on their own). The agent routes
 /// check a secret under `--require-agent-auth`, and otherwise when the request carries
 /// one (an `X-API-Key` or a bearer token decides which agents it may act as: issue 20,
-/// `auth::principal`).
+/// `auth::principal`; an unknown key there counts as a wrong secret,
+/// `auth::agent::unknown_key`). Every route that reads an `X-API-Key` is admitted here
+/// first: these, `POST /api/token` and `generate-code` (an admin route reads only its
+/// bearer token).
 pub fn secret_route_of(
     route: Route,
     method: Method,
@@ -568,31 +587,14 @@ async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Respon
         Ok(by) => by,
         Err(e) => return e.into(),
     };
-    let credential = by.peer.is_some();
     let r = registry::api::register(ctx, &ctx.config.registry, info, by).await;
-    bound(ctx, req, credential, ip, r).await
+    respond(r)
 }
 
 /// A JSON body of the shape `T` (an object): 415, 400 or 422 otherwise.
 fn object_body<T: wire::json::JsonBody>(req: &Request) -> Result<T, Response> {
     crate::limits::require_object(&req.body)?;
     super::common::json_body(req)
-}
-
-/// A workflow's answer, and when it is a binding's 403 to a request that carried an
-/// unknown `X-API-Key`, that key counted as a wrong secret (see `register`).
-async fn bound(
-    ctx: &ShardCtx,
-    req: &Request,
-    credential: bool,
-    ip: std::net::IpAddr,
-    r: Result<crate::shard::Outcome, crate::shard::Error>,
-) -> Response {
-    if matches!(&r, Err(e) if e.kind == crate::shard::Kind::Forbidden) {
-        let presented = super::common::presented(req);
-        auth::agent::refused_by_binding(ctx, presented, credential, ip).await;
-    }
-    respond(r)
 }
 
 /// The caller's principal on an agent route (`auth::agent::principal`), acting as
@@ -619,10 +621,9 @@ async fn heartbeat(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Respo
         Ok(by) => by,
         Err(resp) => return resp,
     };
-    let credential = by.peer.is_some();
     let cfg = &ctx.config;
     let r = hub::api::heartbeat(ctx, &cfg.registry, &cfg.hub, hb, by).await;
-    bound(ctx, req, credential, ip, r).await
+    respond(r)
 }
 
 /// `POST /api/hub/tasks`.
@@ -658,9 +659,8 @@ async fn update_task(
         Ok(by) => by,
         Err(resp) => return resp,
     };
-    let credential = by.peer.is_some();
     let r = hub::api::update(ctx, &ctx.config.hub, id, upd, by).await;
-    bound(ctx, req, credential, ip, r).await
+    respond(r)
 }
 
 /// The reader of a task route (`auth::agent::reader`: reads need no token; an unknown

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 
 use super::ServerConfig;
 use crate::auth::budget::Counters as AuthCounters;
-use crate::auth::failures::{FailureHints, FailureLedger};
+use crate::auth::failures::{FailureHints, FailureLedger, InFlight};
 use crate::auth::DeviceTokenIndex;
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig};
 use crate::registry::{AgentStore, AgentStoreConfig};
@@ -30,6 +30,9 @@ pub struct ShardState {
     pub auth_failures: RefCell<FailureLedger>,
     /// Auth: what this shard has heard of other shards' addresses with recent failures.
     pub auth_hints: RefCell<FailureHints>,
+    /// Auth: the secret checks of client addresses now in flight on this shard (one per
+    /// address: `auth::budget::admit_held`).
+    pub auth_in_flight: RefCell<InFlight>,
     /// Auth: the failure budget's counters of the requests this shard took.
     pub auth_counters: AuthCounters,
     /// Signaling: which of the peers owned here may signal.
@@ -67,6 +70,7 @@ impl ShardState {
                 config.auth.failures.shard_share(shards),
             )),
             auth_hints: RefCell::new(FailureHints::new(&config.auth.failures)),
+            auth_in_flight: RefCell::new(InFlight::default()),
             auth_counters: AuthCounters::default(),
             authz: RefCell::new(PeerAuthz::default()),
             changes: RefCell::new(crate::shard::ChangeLog::new()),
@@ -112,6 +116,12 @@ impl ShardState {
                 hub.pointers.add(agent, id, deadline);
             }
         }
+        {
+            let mut agents = st.agents.borrow_mut();
+            for (agent, owner) in boot.bindings {
+                agents.load_binding(agent, owner);
+            }
+        }
     }
 }
 
@@ -126,6 +136,12 @@ impl Owns<RefCell<FailureLedger>> for ShardState {
 impl Owns<RefCell<FailureHints>> for ShardState {
     fn owned(&self) -> &RefCell<FailureHints> {
         &self.auth_hints
+    }
+}
+
+impl Owns<RefCell<InFlight>> for ShardState {
+    fn owned(&self) -> &RefCell<InFlight> {
+        &self.auth_in_flight
     }
 }
 

@@ -22,8 +22,8 @@ use crate::format::{hex, End, Header, TableCounts};
 pub use crate::format::{Export, ExportSummary, BACKUP_VERSION};
 use crate::guard::one_line;
 use crate::records::{
-    self, Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord, RevocationRecord,
-    TaskRecord, VALUE_FORMAT,
+    self, AgentBindingRecord, Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord,
+    RevocationRecord, TaskRecord, VALUE_FORMAT,
 };
 use crate::redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE, FORMAT, SEEN_FILE};
 use crate::secret::Secrets;
@@ -202,6 +202,10 @@ fn record_of(table: &str, record: &str) -> Result<(Mutation, usize), String> {
             3,
         ),
         "task" => (Mutation::PutTask(records::decode::<TaskRecord>(&bytes)?), 4),
+        "agent_binding" => (
+            Mutation::PutAgentBinding(records::decode::<AgentBindingRecord>(&bytes)?),
+            5,
+        ),
         other => return Err(format!("unknown table {other:?}")),
     };
     Ok(m)
@@ -276,7 +280,7 @@ impl BackupReader {
     ) -> Result<Counts, StoreError> {
         let from = self.from.clone();
         let from = &from;
-        let mut counts = [0usize; 5];
+        let mut counts = [0usize; 6];
         let mut end: Option<End> = None;
         let mut n = 1u64;
         while read_line(&mut self.r, &mut self.line, from)?.is_some() {
@@ -308,6 +312,7 @@ impl BackupReader {
             revocations: counts[2],
             invites: counts[3],
             tasks: counts[4],
+            agent_bindings: counts[5],
         };
         let got = hex(&self.sha.clone().finalize());
         if got != end.end.sha256 {

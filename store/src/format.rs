@@ -4,6 +4,9 @@
 //! ```text
 //! {"chatixia_store_backup":1,"format":"chatixia-store 1","secret_check":"…","seq":N,"written_at_ns":T}
 //! {"table":"pairing","record":{…}}                one line per record, as stored
+//!                                                 (tables: pairing, device_token,
+//!                                                 revocation, invite, invite_v2, task,
+//!                                                 agent_binding)
 //! …
 //! {"end":{"records":{"pairing":N,…},"total":N,"sha256":"…"}}
 //! ```
@@ -46,6 +49,9 @@ pub(crate) struct TableCounts {
     pub(crate) revocation: u64,
     pub(crate) invite: u64,
     pub(crate) task: u64,
+    /// Absent in a backup written before agent bindings were kept (it restores with none).
+    #[serde(default)]
+    pub(crate) agent_binding: u64,
 }
 
 impl From<Counts> for TableCounts {
@@ -56,6 +62,7 @@ impl From<Counts> for TableCounts {
             revocation: c.revocations as u64,
             invite: c.invites as u64,
             task: c.tasks as u64,
+            agent_binding: c.agent_bindings as u64,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! `chatixia-store`: the durable control-plane state of chatixia-core (issue 10).
 //!
 //! * Typed [records] — pairing entries, device-token grants (keyed hashes only),
-//!   revocations (with a per-peer JWT "not before"), invite codes, pending/assigned tasks —
+//!   revocations (with a per-peer JWT "not before"), invite codes, pending/assigned tasks,
+//!   agent bindings —
 //!   changed by atomic writes (`Vec<`[`Mutation`]`>`).
 //! * A small [`Backend`] trait over those records (commit a group of writes durably, load
 //!   everything), implemented on redb ([`RedbBackend`]); a later backend (Redis, for
@@ -40,8 +41,9 @@ pub use dir::{DataDir, LOCK_FILE};
 pub use error::{StoreError, SubmitError};
 pub use link::{Ack, ShardLink};
 pub use records::{
-    Counts, DeviceTokenRecord, InviteRecord, JsonText, Mutation, PairingRecord, PairingStatus,
-    RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord, TokenHash,
+    AgentBindingRecord, BindingOwner, Counts, DeviceTokenRecord, InviteRecord, JsonText, Mutation,
+    PairingRecord, PairingStatus, RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord,
+    TokenHash,
 };
 pub use redb_backend::{RedbBackend, CACHE_BYTES_DEFAULT, DAMAGED_MARKER, DB_FILE, SEEN_FILE};
 pub use secret::{HashKind, Secrets, UnsealError};

@@ -502,6 +502,7 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
 pub mod bench;
 pub mod python;
 pub mod sidecar;
+pub mod turn_rig;
 pub mod ws;
 
 /// A pending pairing entry, made as a device would (invite code from an API key).

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use redb::{ReadableTable as _, TableDefinition, TableHandle as _};
 use sha2::{Digest as _, Sha256};
 
-use super::{FORMAT, INVITES, INVITES_V1, PAIRINGS, REVOCATIONS, TASKS, TOKENS};
+use super::{AGENT_BINDINGS, FORMAT, INVITES, INVITES_V1, PAIRINGS, REVOCATIONS, TASKS, TOKENS};
 use crate::error::StoreError;
 use crate::format::{
     hex, now_ns, End, EndBody, Export, ExportSummary, Hashing, Header, BACKUP_VERSION,
@@ -104,6 +104,7 @@ impl Exporter {
             revocations: self.table(REVOCATIONS, &mut h)?,
             invites: self.table(INVITES_V1, &mut h)? + self.table(INVITES, &mut h)?,
             tasks: self.table(TASKS, &mut h)?,
+            agent_bindings: self.table(AGENT_BINDINGS, &mut h)?,
         };
         let sha256 = hex(&h.sha.clone().finalize());
         let end = End {

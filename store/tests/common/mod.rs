@@ -77,6 +77,7 @@ pub fn task(i: u64, len: usize) -> TaskRecord {
         ttl: 300,
         created_by: None,
         claimed_by: None,
+        reported_by: None,
     }
 }
 
