@@ -6,6 +6,7 @@
 # fresh data directory. Then start-up time with 100,000 stored entries.
 #
 # Usage: scripts/bench-durable.sh BEFORE_BIN AFTER_BIN [APPROVALS_1] [APPROVALS_64] [SECS]
+#   Both builds need the test-switches feature (--test-clock).
 #   BEFORE_BIN: a build without the store (it ignores the admin token and --data-dir).
 set -euo pipefail
 cd "$(dirname "$0")/.."

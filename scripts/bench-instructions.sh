@@ -8,17 +8,11 @@
 # epoll driver is used (valgrind does not run io_uring).
 #
 # Usage: scripts/bench-instructions.sh KIND N1 N2 BIN [BIN ...]
-#   KIND: heartbeat | healthz | relay | relay-local
+#   KIND: heartbeat | healthz | relay | relay-local (two registered WebSocket peers,
+#         one offer in flight, under --cores 2: on different shards (relay) or on the
+#         same one (relay-local); needs Python `websockets`, from target/pyenv)
+#   CALLGRIND_ARGS: extra valgrind arguments (e.g. --toggle-collect=...)
 #   e.g. scripts/bench-instructions.sh heartbeat 500 2500 /tmp/base/chatixia-core target/release/chatixia-core
-# relay and relay-local count one relayed signaling message (an `ice_candidate` of a
-# typical size) between two peers connected to `/ws`, sent and received in lock-step, on a
-# server of two shards: relay with the peers on different shards (the message crosses a
-# mailbox), relay-local with both on one shard. They need the Python `websockets` and
-# `jwt` packages (target/pyenv, or PYTHON=...).
-# CALLGRIND_ARGS adds callgrind options, e.g. to count only the relay's own code (the
-# sender's and the owner's handling, without the executor's idle turns, whose count
-# depends on timing): CALLGRIND_ARGS="--collect-atstart=no
-# --toggle-collect=*on_events_now* --toggle-collect=*dispatch::apply*".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIND=$1; N1=$2; N2=$3; shift 3
@@ -26,15 +20,16 @@ command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 PY=python3
+[ -x target/pyenv/bin/python ] && PY=target/pyenv/bin/python   # relay: needs `websockets`
 CORES=1
+A=bench-a; B=bench-b
 case "$KIND" in
   relay|relay-local)
     CORES=2
-    PY=${PYTHON:-target/pyenv/bin/python3}
-    # Two peers (API keys in the default mesh) on different shards (relay) or on the
-    # same one (relay-local), by the server's key hash (reactor::stable_hash).
-    "$PY" - "$KIND" >"$OUT/keys.json" <<'PY'
-import json, sys
+    # Two peers on different shards (relay) or on the same one (relay-local), by the
+    # server's key hash (reactor::stable_hash).
+    read -r A B < <("$PY" - "$KIND" <<'PY'
+import sys
 M = (1 << 64) - 1
 def h(key):
     x = 0xcbf29ce484222325
@@ -47,9 +42,9 @@ shard = lambda k: (h(k) * 2) >> 64
 a = "bench-a"
 same = sys.argv[1] == "relay-local"
 b = next(f"bench-b{i}" for i in range(1000) if (shard(f"bench-b{i}") == shard(a)) == same)
-print(json.dumps({"keys": {"ak_a": {"peer_id": a, "role": "agent"}, "ak_b": {"peer_id": b, "role": "agent"}}}))
+print(a, b)
 PY
-    export API_KEYS_FILE="$OUT/keys.json"
+)
     # The mailbox spin (polling for more mail a moment after a message from another
     # shard) lasts a time, not a number of polls: under valgrind it would add a count
     # that varies from run to run. Off, a shard sleeps on its doorbell at once.
@@ -57,31 +52,51 @@ PY
     ;;
 esac
 total() { # $1 = binary, $2 = requests -> total instructions
-  local port pid
-  port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-  RUST_LOG=warn valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file="$OUT/cg.%p" \
-    "$1" --cores "$CORES" --io-driver epoll --stun-url none --listen "127.0.0.1:$port" 2>>"$OUT/valgrind.log" & pid=$!
-  "$PY" -W ignore - "$port" "$2" "$KIND" "${API_KEYS_FILE:-}" <<'PY'
+  local pid run
+  run=$(mktemp -d "$OUT/run.XXXX")
+  # Two agents' API keys (relay); port 0, read back from --port-file (no port race).
+  printf '{"keys":{"ak_bench_a":{"peer_id":"%s","role":"agent"},"ak_bench_b":{"peer_id":"%s","role":"agent"}}}' "$A" "$B" >"$run/keys.json"
+  API_KEYS_FILE="$run/keys.json" CHATIXIA_DATA_DIR="$run/data" RUST_LOG=warn \
+    valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file="$OUT/cg.%p" \
+    "$1" --cores "$CORES" --io-driver epoll --stun-url none --listen "127.0.0.1:0" \
+    --port-file "$run/addr" 2>>"$OUT/valgrind.log" & pid=$!
+  "$PY" - "$run/addr" "$2" "$KIND" "$A" "$B" <<'PY'
 import http.client, json, sys, time
-port, n, kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-for _ in range(600):
+addr_file, n, kind, pa, pb = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+for _ in range(1200):
     try:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30); c.request("GET", "/healthz"); c.getresponse().read(); break
-    except OSError:
+        host, port = open(addr_file).read().split()[0].rsplit(":", 1)
+        port = int(port)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60); c.request("GET", "/healthz"); c.getresponse().read(); break
+    except (OSError, ValueError, IndexError):
         time.sleep(0.1)
 if kind.startswith("relay"):
-    import jwt
+    # Two registered peers; `n` offers from a to b, each read by b before the next is
+    # sent (one message in flight: the server's cost per relayed message).
     from websockets.sync.client import connect
-    a, b = [k["peer_id"] for k in json.load(open(sys.argv[4]))["keys"].values()]
-    tok = lambda p: jwt.encode({"sub": p, "role": "agent", "iat": int(time.time()), "exp": int(time.time()) + 36000}, "dev-secret-change-me", algorithm="HS256")
-    wa = connect(f"ws://127.0.0.1:{port}/ws?token={tok(a)}", open_timeout=60, close_timeout=60)
-    wb = connect(f"ws://127.0.0.1:{port}/ws?token={tok(b)}", open_timeout=60, close_timeout=60)
+    def token(key):
+        c.request("POST", "/api/token", "", {"X-API-Key": key}); r = c.getresponse()
+        body = json.loads(r.read()); assert r.status == 200, body
+        return body["token"]
+    def peer(name, key):
+        ws = connect(f"ws://127.0.0.1:{port}/ws?token={token(key)}", max_size=None)
+        ws.send(json.dumps({"type": "register", "peer_id": name}))
+        while json.loads(ws.recv(timeout=60)).get("type") != "peer_list":
+            pass
+        return ws
+    a, b = peer(pa, "ak_bench_a"), peer(pb, "ak_bench_b")
+    msg = json.dumps({"type": "offer", "peer_id": pa, "target_id": pb,
+                      "payload": {"sdp": "v=0 " + "x" * 200}})
+    got = 0
     for i in range(n):
-        m = {"type": "ice_candidate", "peer_id": a, "target_id": b, "payload": {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 %d typ host" % (40000 + i % 1000), "sdpMid": "0", "sdpMLineIndex": 0}}
-        wa.send(json.dumps(m))
-        got = json.loads(wb.recv(timeout=60))
-        assert got["type"] == "ice_candidate" and got["peer_id"] == a, got
-    wa.close(); wb.close()
+        a.send(msg)
+        while True:
+            m = json.loads(b.recv(timeout=60))
+            if m.get("type") == "offer":
+                got += 1
+                break
+    assert got == n, (got, n)
+    a.close(); b.close()
     sys.exit(0)
 for i in range(n):
     if kind == "heartbeat":
@@ -97,6 +112,7 @@ PY
   f=$(ls -t "$OUT"/cg.* | head -1)
   awk '/^summary:/ {print $2}' "$f"
   rm -f "$OUT"/cg.*
+  rm -rf "$run"
 }
 printf '%-60s %14s\n' "build ($KIND)" "instr/request"
 for bin in "$@"; do

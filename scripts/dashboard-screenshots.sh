@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="$(scripts/setup-python.sh)"
-cargo build -p chatixia-core
+cargo build -p chatixia-core --features test-switches
 dir="$(mktemp -d)"
 trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$dir"' EXIT
 # An admin, and two agents whose signaling traffic fills the relay chart.

@@ -34,7 +34,8 @@ SETTLE_S=${SETTLE_S:-120}
 RSS_SLACK_MB=${RSS_SLACK_MB:-24}
 FD_SLACK=${FD_SLACK:-8}
 mkdir -p "$OUT"
-[ -x "$BIN" ] || cargo build --release --bin chatixia-core -q
+# --ws-echo exists only with the test-switches feature.
+[ -x "$BIN" ] || cargo build --release --bin chatixia-core --features test-switches -q
 
 "$BIN" bench keys --count 400 --out "$OUT/keys.json" >/dev/null
 # The server's keys: the load generator's, plus one of its own for the hostile clients

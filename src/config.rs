@@ -6,6 +6,10 @@ use std::time::Duration;
 use clap::Parser;
 use reactor::driver::DriverChoice;
 
+use crate::turn::settings::TurnSettings;
+use ::turn::policy::Cidr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 /// chatixia-core: the chatixia mesh server on a thread-per-core io_uring reactor.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "chatixia-core", version, about)]
@@ -81,6 +85,8 @@ pub struct Cli {
     pub port_file: Option<std::path::PathBuf>,
 
     /// Testing only: enables `POST /debug/clock` to move the server's clock forward.
+    /// Exists only in a build with the `test-switches` feature.
+    #[cfg(feature = "test-switches")]
     #[arg(long, hide = true)]
     pub test_clock: bool,
 
@@ -111,7 +117,9 @@ pub struct Cli {
 
     /// Testing only: serve `GET /ws-echo`, a WebSocket that echoes every message, on the
     /// same connection path, codec and limits as `/ws`, for conformance suites
-    /// (Autobahn). It needs no token: never enable it on an exposed listener.
+    /// (Autobahn). It needs no token: never enable it on an exposed listener. Exists only
+    /// in a build with the `test-switches` feature.
+    #[cfg(feature = "test-switches")]
     #[arg(long)]
     pub ws_echo: bool,
 
@@ -125,6 +133,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub auth: AuthFlags,
+
+    #[command(flatten)]
+    pub turn: TurnFlags,
 
     /// Strict mode: agent routes (register, heartbeat, task create/update, route) need
     /// the agent's bearer JWT from /api/token, and an agent may only act as itself (else
@@ -142,7 +153,7 @@ pub struct Cli {
 
     /// Directory of the durable state (pairings, device-token hashes, revocations, invite
     /// codes, pending tasks); created if missing, locked while the server runs.
-    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+    #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
     pub data_dir: std::path::PathBuf,
 
     /// Bytes of records (keys and values) the durable store may hold. A change that
@@ -189,7 +200,9 @@ pub struct StoreFlags {
     pub task_store_bytes_max: usize,
 
     /// Bytes of tasks one client (the identity of a valid X-API-Key or bearer token,
-    /// else the source address) may hold on one shard; over: 429. Admins: no quota.
+    /// else the source address) may hold on one shard: the tasks it submitted and the
+    /// reports (state, result, error) it posted; a submission or update past it: 429.
+    /// Admins: no quota.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub task_client_bytes_max: usize,
 
@@ -210,11 +223,13 @@ pub struct StoreFlags {
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub agent_store_bytes_max: usize,
 
-    /// Agents one client (as for tasks) may create on one shard; over: 429.
+    /// Agents one client (as for tasks) may hold (have bound to it) on one shard; over:
+    /// 429.
     #[arg(long, default_value_t = 1024)]
     pub agent_client_agents_max: usize,
 
-    /// Bytes of agents one client may create on one shard; over: 429.
+    /// Bytes of agents one client may hold on one shard; a register or heartbeat that
+    /// would pass it (a new agent, or one grown or taken over): 429.
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub agent_client_bytes_max: usize,
 
@@ -228,6 +243,12 @@ pub struct StoreFlags {
     /// attempts are 429 until its window ends. Right codes do not count.
     #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_WRONG_MAX)]
     pub pair_wrong_guesses_per_address_max: u32,
+
+    /// Client addresses (IPv6: /64s) whose daily budget of wrong pairing codes one shard
+    /// tracks; a new one in a full table makes it forget the least recently active (its
+    /// count starts over; never a refusal). About 100 bytes each.
+    #[arg(long, default_value_t = crate::pairing::budget::AddressBudget::DEFAULT_KEYS_MAX)]
+    pub pair_budget_addresses_max: usize,
 
     /// Wrong six-digit pairing codes tried per shard per 60 s, from all addresses
     /// together; then every six-digit `pair` redemption on that shard is 429 until the
@@ -330,6 +351,154 @@ impl AuthFlags {
     }
 }
 
+/// The embedded TURN server (issue 24; `crate::turn`, docs/PROTOCOL.md §12). Off
+/// unless `--turn-listen` is given; needs `TURN_SECRET`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TurnFlags {
+    /// Serve TURN (UDP and TCP) on this address (repeatable), e.g. 0.0.0.0:3478.
+    #[arg(long = "turn-listen")]
+    pub turn_listen: Vec<SocketAddr>,
+
+    /// The address put in relayed addresses and advertised by /api/config; needed when
+    /// a --turn-listen address is 0.0.0.0 or [::].
+    #[arg(long)]
+    pub turn_public_ip: Option<std::net::IpAddr>,
+
+    /// Relay ports LO-HI, split between the shards.
+    #[arg(long, default_value = "49152-65535")]
+    pub turn_relay_ports: String,
+
+    /// REALM of the TURN long-term credentials.
+    #[arg(long, default_value = "chatixia")]
+    pub turn_realm: String,
+
+    /// Let relays reach this peer range (repeatable), over the default refusal of
+    /// loopback, private, link-local, multicast and the server's own addresses.
+    #[arg(long = "turn-allow-peer")]
+    pub turn_allow_peer: Vec<String>,
+
+    /// Refuse this peer range (repeatable; wins over --turn-allow-peer).
+    #[arg(long = "turn-deny-peer")]
+    pub turn_deny_peer: Vec<String>,
+
+    /// Largest allocation lifetime granted, in seconds (the default lifetime is 600).
+    #[arg(long, default_value_t = 3600)]
+    pub turn_lifetime_max: u64,
+
+    /// Allocations one shard holds; over: 508.
+    #[arg(long, default_value_t = 10_000)]
+    pub turn_allocations_per_shard_max: usize,
+
+    /// Allocations of one peer id (credential user) on one shard; over: 486.
+    #[arg(long, default_value_t = 16)]
+    pub turn_allocations_per_user_max: usize,
+
+    /// Allocations from one client IP on one shard; over: 486.
+    #[arg(long, default_value_t = 64)]
+    pub turn_allocations_per_ip_max: usize,
+
+    /// Permissions of one allocation; over: 508.
+    #[arg(long, default_value_t = 32)]
+    pub turn_permissions_max: usize,
+
+    /// Channels of one allocation; over: 508.
+    #[arg(long, default_value_t = 32)]
+    pub turn_channels_max: usize,
+
+    /// Relayed bytes per second of one allocation, both ways; over: dropped. 0: none.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    pub turn_allocation_bytes_per_sec_max: u64,
+
+    /// TURN TCP connections one shard holds; more: closed at once. Each holds at most
+    /// about 132 KiB (a partial message, a read buffer, its outbound queue).
+    #[arg(long, default_value_t = 1024)]
+    pub turn_tcp_connections_max: usize,
+}
+
+impl TurnFlags {
+    /// The embedded TURN server's settings, checked; `Ok(None)` when `--turn-listen` is
+    /// not given. `secret` is `TURN_SECRET`; `cores` the shard count.
+    pub fn settings(
+        &self,
+        secret: Option<&str>,
+        cores: usize,
+    ) -> Result<Option<TurnSettings>, String> {
+        let f = self;
+        if f.turn_listen.is_empty() {
+            return Ok(None);
+        }
+        let secret = secret
+            .filter(|s| !s.is_empty())
+            .ok_or("--turn-listen needs TURN_SECRET (the TURN REST shared secret)")?;
+        let relay_ip = match f.turn_public_ip {
+            Some(ip) if ip.is_unspecified() => {
+                return Err("--turn-public-ip must be a concrete address".into())
+            }
+            Some(ip) => ip,
+            None => match f.turn_listen.iter().find(|a| !a.ip().is_unspecified()) {
+                Some(a) if f.turn_listen.iter().all(|b| !b.ip().is_unspecified()) => a.ip(),
+                _ => {
+                    return Err(
+                        "--turn-listen on 0.0.0.0 or [::] needs --turn-public-ip (the address put in relayed addresses)"
+                            .into(),
+                    )
+                }
+            },
+        };
+        let first = f.turn_listen[0].ip();
+        let relay_bind = if first.is_ipv4() == relay_ip.is_ipv4() {
+            first
+        } else if relay_ip.is_ipv4() {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        };
+        let relay_ports = crate::turn::settings::parse_ports(&f.turn_relay_ports)?;
+        let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
+        if span < cores {
+            return Err(format!(
+                "--turn-relay-ports {} has {span} ports: fewer than the {cores} shards",
+                f.turn_relay_ports
+            ));
+        }
+        let cidrs = |flag: &str, v: &[String]| -> Result<Vec<Cidr>, String> {
+            v.iter()
+                .map(|s| s.parse::<Cidr>().map_err(|e| format!("{flag}: {e}")))
+                .collect()
+        };
+        if f.turn_lifetime_max < 1 {
+            return Err("--turn-lifetime-max must be at least 1 second".into());
+        }
+        if f.turn_realm.is_empty() || f.turn_realm.len() > 127 {
+            return Err("--turn-realm must be 1 to 127 bytes".into());
+        }
+        let mut nonce_key = [0u8; 32];
+        getrandom::getrandom(&mut nonce_key)
+            .map_err(|e| format!("no randomness for TURN nonces: {e}"))?;
+        Ok(Some(TurnSettings {
+            listen: f.turn_listen.clone(),
+            relay_ip,
+            relay_bind,
+            relay_ports,
+            realm: f.turn_realm.clone(),
+            secret: secret.as_bytes().to_vec(),
+            nonce_key,
+            lifetime_max_secs: f.turn_lifetime_max,
+            allocations_per_shard_max: f.turn_allocations_per_shard_max,
+            allocations_per_user_max: f.turn_allocations_per_user_max,
+            allocations_per_ip_max: f.turn_allocations_per_ip_max,
+            permissions_max: f.turn_permissions_max,
+            channels_max: f.turn_channels_max,
+            bytes_per_sec_max: f.turn_allocation_bytes_per_sec_max,
+            tcp_connections_max: f.turn_tcp_connections_max,
+            allow: cidrs("--turn-allow-peer", &f.turn_allow_peer)?,
+            deny: cidrs("--turn-deny-peer", &f.turn_deny_peer)?,
+            credential_ttl_secs: crate::ice::TURN_CREDENTIAL_TTL_SECS,
+            revoked_at_start: Vec::new(),
+        }))
+    }
+}
+
 /// Subcommands besides serving.
 // Parsed once at start: the size of the load generator's arguments does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -351,7 +520,7 @@ pub enum StoreCommand {
     /// record) and report what it holds. Refused while a server runs on it.
     Verify {
         /// The data directory.
-        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
         data_dir: std::path::PathBuf,
     },
     /// Back up a running server's state to FILE without stopping it (GET
@@ -376,7 +545,7 @@ pub enum StoreCommand {
         #[arg(long)]
         from: std::path::PathBuf,
         /// The data directory.
-        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
         data_dir: std::path::PathBuf,
         /// Move an existing state.redb aside (to state.redb.before-restore) first.
         #[arg(long)]
@@ -386,7 +555,7 @@ pub enum StoreCommand {
     /// tokens appear only as keyed hashes or sealed. Refused while a server runs on it.
     Export {
         /// The data directory.
-        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::durable::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "CHATIXIA_DATA_DIR", default_value = crate::server::boot::DEFAULT_DATA_DIR)]
         data_dir: std::path::PathBuf,
         /// Write here instead of to stdout (refused if it exists).
         #[arg(long)]
@@ -462,6 +631,9 @@ impl Cli {
         if f.pair_wrong_guesses_per_address_max == 0 {
             return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
         }
+        if f.pair_budget_addresses_max == 0 {
+            return Err("--pair-budget-addresses-max must be at least 1".into());
+        }
         if f.list_page_items_max == 0 || f.task_client_tasks_max == 0 {
             return Err(
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
@@ -484,15 +656,66 @@ impl Cli {
                 client_bytes_max: f.agent_client_bytes_max,
                 anonymous_share_percent: f.anonymous_share_percent,
             },
-            pair_guard: crate::pairing::guard::GuardLimits {
+            anonymous_share_percent: f.anonymous_share_percent,
+        })
+    }
+
+    /// Auth's settings with these API keys and this JWT secret (read by `main` from the
+    /// keys file and `SIGNALING_SECRET`): the failure budgets, the JWT leeway,
+    /// `--require-agent-auth` and `--insecure-open-admin`.
+    pub fn auth_config(
+        &self,
+        api_keys: crate::auth::ApiKeys,
+        jwt_secret: Vec<u8>,
+    ) -> Result<crate::auth::Config, String> {
+        Ok(crate::auth::Config {
+            failures: self.auth.failure_limits()?,
+            jwt_leeway_secs: self.auth.jwt_leeway_secs()?,
+            require_agent_auth: self.require_agent_auth,
+            insecure_open_admin: self.insecure_open_admin,
+            ..crate::auth::Config::new(api_keys, jwt_secret)
+        })
+    }
+
+    /// Pairing's settings, with the keys derived from the server secret: the guessing
+    /// guard and code format (`--pair-*`), `--pairing-retention`, list pages.
+    pub fn pairing_config(
+        &self,
+        secrets: chatixia_store::Secrets,
+    ) -> Result<crate::pairing::Config, String> {
+        let f = &self.store;
+        if f.pair_wrong_guesses_per_address_max == 0 {
+            return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
+        }
+        Ok(crate::pairing::Config {
+            guard: crate::pairing::GuardLimits {
                 wrong_per_window_max: f.pair_wrong_guesses_per_shard_max,
                 bucket_wrong_max: f.pair_bucket_wrong_guesses_max.max(1),
                 codes_per_key_max: f.pair_codes_per_key_max,
                 wrong_per_address_max: f.pair_wrong_guesses_per_address_max,
+                budget_addresses_max: f.pair_budget_addresses_max,
                 code_format: f.pair_code_format,
             },
-            anonymous_share_percent: f.anonymous_share_percent,
+            retention: self.pairing_retention()?,
+            secrets,
+            pages: self.page_limits(),
         })
+    }
+
+    /// `GET /api/config`'s settings: the STUN URLs (`--stun-url`) and TURN (`TURN_URL`
+    /// and `TURN_SECRET`, read by `main`).
+    pub fn ice_config(&self, turn: Option<(String, Vec<u8>)>) -> crate::ice::Config {
+        crate::ice::Config {
+            stun_urls: self.stun_urls(),
+            turn,
+        }
+    }
+
+    fn page_limits(&self) -> crate::shard::paging::PageLimits {
+        crate::shard::paging::PageLimits {
+            items_max: self.store.list_page_items_max,
+            bytes_max: self.store.list_response_bytes_max,
+        }
     }
 
     /// The registry's limits (field sizes, list pages).
@@ -503,10 +726,28 @@ impl Cli {
                 field_bytes_max: f.agent_field_bytes_max,
                 list_items_max: f.agent_list_items_max,
             },
+            pages: self.page_limits(),
+        }
+    }
+
+    /// The hub's limits (task fields, payload and result sizes, `ttl`, list pages);
+    /// `stray_task_shards` is set once the store is split among the shards.
+    pub fn hub_config(&self) -> crate::hub::Config {
+        let f = &self.store;
+        crate::hub::Config {
+            fields: crate::limits::FieldLimits {
+                field_bytes_max: f.agent_field_bytes_max,
+                list_items_max: f.agent_list_items_max,
+            },
+            payload_bytes_max: f.task_payload_bytes_max,
+            result_bytes_max: f.task_result_bytes_max,
+            ttl_max: f.task_ttl_max,
             pages: crate::shard::paging::PageLimits {
                 items_max: f.list_page_items_max,
                 bytes_max: f.list_response_bytes_max,
             },
+            require_agent_auth: self.require_agent_auth,
+            stray_task_shards: Vec::new(),
         }
     }
 
@@ -560,5 +801,65 @@ fn secs(flag: &str, v: f64) -> Result<Duration, String> {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!("{flag} must be a non-negative number of seconds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> TurnFlags {
+        let mut v = vec!["chatixia-core"];
+        v.extend_from_slice(args);
+        Cli::parse_from(v).turn
+    }
+
+    #[test]
+    fn turn_settings_are_checked() {
+        assert!(flags(&[]).settings(None, 2).unwrap().is_none());
+        let f = flags(&["--turn-listen", "127.0.0.1:3478"]);
+        let e = f.settings(None, 2).unwrap_err();
+        assert!(e.contains("TURN_SECRET"), "{e}");
+        let s = f.settings(Some("s"), 2).unwrap().unwrap();
+        assert_eq!(s.relay_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(s.relay_ports, (49152, 65535));
+        assert_eq!(s.shard_ports(0, 2), (49152, 57343));
+        assert_eq!(s.shard_ports(1, 2), (57344, 65535));
+        assert_eq!(
+            s.urls(),
+            vec![
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:3478?transport=tcp"
+            ]
+        );
+        let e = flags(&["--turn-listen", "0.0.0.0:3478"])
+            .settings(Some("s"), 1)
+            .unwrap_err();
+        assert!(e.contains("--turn-public-ip"), "{e}");
+        let f = flags(&[
+            "--turn-listen",
+            "0.0.0.0:3478",
+            "--turn-public-ip",
+            "203.0.113.5",
+            "--turn-relay-ports",
+            "50000-50002",
+            "--turn-allow-peer",
+            "127.0.0.0/8",
+        ]);
+        let s = f.settings(Some("s"), 3).unwrap().unwrap();
+        assert_eq!(s.relay_bind, "0.0.0.0".parse::<IpAddr>().unwrap());
+        for i in 0..3 {
+            let (a, b) = s.shard_ports(i, 3);
+            assert_eq!(a, b);
+            assert_eq!(a, 50000 + i as u16);
+        }
+        assert!(f.settings(Some("s"), 4).is_err(), "3 ports for 4 shards");
+        for bad in ["1-0", "x-2", "5", "0-10"] {
+            let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-relay-ports", bad]);
+            assert!(f.settings(Some("s"), 1).is_err(), "{bad}");
+        }
+        let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-allow-peer", "nope"]);
+        let e = f.settings(Some("s"), 1).unwrap_err();
+        assert!(e.contains("--turn-allow-peer"), "{e}");
     }
 }

@@ -1,9 +1,42 @@
 //! `GET /api/config`: ICE servers for WebRTC clients (STUN, plus TURN with ephemeral
-//! coturn `use-auth-secret` credentials when configured).
+//! coturn `use-auth-secret` credentials when configured). A service of its own: its
+//! settings ([`Config`]) and one workflow ([`get`]) that needs no other shard.
 
 use serde::Serialize;
 
+use crate::shard::{Error, Outcome, Shard};
 use crate::time::UnixTime;
+
+/// What `GET /api/config` serves (`--stun-url`, `TURN_URL` and `TURN_SECRET`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// STUN URLs (may be empty).
+    pub stun_urls: Vec<String>,
+    /// `(TURN_URL, TURN_SECRET)` when both are set.
+    pub turn: Option<(String, Vec<u8>)>,
+}
+
+impl Default for Config {
+    /// The reference's: its one STUN server, no TURN.
+    fn default() -> Self {
+        Config {
+            stun_urls: default_stun_urls(),
+            turn: None,
+        }
+    }
+}
+
+/// `GET /api/config` at the shard's time; `embedded` is the embedded TURN server's
+/// entry for this caller, if any (`crate::turn::ice_entry`), listed last.
+pub fn get<S: Shard>(sh: &S, cfg: &Config, embedded: Option<IceServer>) -> Result<Outcome, Error> {
+    let turn = cfg
+        .turn
+        .as_ref()
+        .map(|(url, secret)| (url.as_str(), secret.as_slice()));
+    let mut body = ice_config(&cfg.stun_urls, turn, sh.now());
+    body.ice_servers.extend(embedded);
+    Ok(Outcome::json(&body))
+}
 
 /// The reference's only STUN server.
 pub const DEFAULT_STUN_URL: &str = "stun:stun.l.google.com:19302";
@@ -115,6 +148,29 @@ mod tests {
             cfg.ice_servers[0].username.as_deref(),
             Some("18446830473:mesh")
         );
+    }
+
+    /// The workflow answers the configuration at the shard's clock.
+    #[test]
+    fn the_workflow_serves_the_configuration_at_the_shards_time() {
+        use crate::shard::sim::{Node, Sim};
+        struct Alone;
+        impl Node<()> for Alone {
+            fn handle(&self, _: usize, _: (), _: UnixTime) -> Option<()> {
+                None
+            }
+        }
+        let sim = Sim::new(vec![Alone], UnixTime::from_secs(1_700_000_000), 1);
+        let cfg = Config {
+            turn: Some(("turn:t".into(), b"my-secret".to_vec())),
+            ..Config::default()
+        };
+        let Ok(Outcome::Json(body)) = get(&sim.shard(0), &cfg, None) else {
+            panic!("not a JSON answer")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["iceServers"][0]["urls"][0], DEFAULT_STUN_URL);
+        assert_eq!(v["iceServers"][1]["username"], "1700086400:mesh");
     }
 
     #[test]

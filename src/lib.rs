@@ -6,7 +6,6 @@
 pub mod auth;
 pub mod config;
 pub mod dashboard;
-pub mod durable;
 pub mod hub;
 pub mod ice;
 pub mod limits;
@@ -17,5 +16,6 @@ pub mod server;
 pub mod shard;
 pub mod signaling;
 pub mod store_cli;
+pub mod turn;
 
 pub use wire::{http, time, ws};

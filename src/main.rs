@@ -123,46 +123,45 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let shutdown_timeout = cli.shutdown_timeout()?;
     let mut config = ServerConfig::new(cli.http_idle_timeout()?);
     config.task_retention = cli.task_retention()?;
-    config.pairing_retention = cli.pairing_retention()?;
     let store_config = cli.store_config()?;
-    config.stun_urls = cli.stun_urls();
-    config.test_clock = cli.test_clock;
     config.ws = cli.ws_limits()?;
     config.limits = cli.store_limits()?;
     config.registry = cli.registry_config();
-    config.require_agent_auth = cli.require_agent_auth;
-    config.auth_failures = cli.auth.failure_limits()?;
-    config.jwt_leeway_secs = cli.auth.jwt_leeway_secs()?;
-    config.ws_echo = cli.ws_echo;
-    if config.ws_echo {
-        tracing::warn!(
-            "--ws-echo: GET /ws-echo echoes WebSocket messages without a token (testing only)"
-        );
+    config.hub = cli.hub_config();
+    #[cfg(feature = "test-switches")]
+    {
+        config.test_clock = cli.test_clock;
+        config.ws_echo = cli.ws_echo;
+        if config.ws_echo {
+            tracing::warn!(
+                "--ws-echo: GET /ws-echo echoes WebSocket messages without a token (testing only)"
+            );
+        }
+        if config.test_clock {
+            tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
+        }
     }
     config.http_client_limits = cli.http_client_limits()?;
-    config.api_keys = load_api_keys();
-    config.jwt_secret = std::env::var("SIGNALING_SECRET")
+    let jwt_secret = std::env::var("SIGNALING_SECRET")
         .unwrap_or_else(|_| chatixia_core::auth::DEFAULT_SECRET.to_owned())
         .into_bytes();
-    config.turn = match (std::env::var("TURN_URL"), std::env::var("TURN_SECRET")) {
+    config.auth = cli.auth_config(load_api_keys(), jwt_secret)?;
+    config.pairing = cli.pairing_config(config.auth.secrets.clone())?;
+    let turn = match (std::env::var("TURN_URL"), std::env::var("TURN_SECRET")) {
         (Ok(url), Ok(secret)) if !url.is_empty() && !secret.is_empty() => {
             Some((url, secret.into_bytes()))
         }
         _ => None,
     };
-    config.insecure_open_admin = cli.insecure_open_admin;
-    if config.insecure_open_admin {
+    config.ice = cli.ice_config(turn);
+    if config.auth.insecure_open_admin {
         tracing::warn!(
             "--insecure-open-admin: anyone who can reach the port can approve, revoke and \
              delete, and read every task's payload and result; use only behind a trusted \
              boundary"
         );
     }
-    if config.test_clock {
-        tracing::warn!("--test-clock: POST /debug/clock can move the server's clock");
-    }
-    config.secrets = chatixia_store::Secrets::derive(&config.jwt_secret);
-    if config.jwt_secret == chatixia_core::auth::DEFAULT_SECRET.as_bytes() {
+    if config.auth.jwt_secret == chatixia_core::auth::DEFAULT_SECRET.as_bytes() {
         // Allowed (the suite, local runs), loudly: with the public development secret
         // anyone can mint JWTs, and the data directory's sealed tokens open with it.
         tracing::warn!(
@@ -174,9 +173,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // Control thread, before any shard starts: opening the store may block on the disk.
     let (store, snapshot) = open_store(
         &cli.data_dir,
-        &config.secrets,
+        &config.auth.secrets,
         store_config,
-        config.pairing_retention,
+        config.pairing.retention,
     )
     .map_err(Failure::Store)?;
     config.store = Some(store.handle());
@@ -185,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
 
+    #[cfg(feature = "test-switches")]
     if std::env::var_os("CHATIXIA_DENY_IO_URING").is_some() {
         // Test hook: refuse io_uring as a container's seccomp profile would, so the
         // epoll fallback is exercised against a real refusal from the kernel.
@@ -195,11 +195,31 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         builder = builder.cores(n);
     }
     let reactor = builder.build().map_err(|e| e.to_string())?;
-    let (boots, stray) = chatixia_core::durable::split(snapshot, reactor.cores(), &config.secrets);
+    // The embedded TURN server (issue 24): its settings, the revocations every shard
+    // must know, and each shard's listening sockets (bound here: a busy port fails
+    // the start).
+    config.turn_server = cli.turn.settings(
+        std::env::var("TURN_SECRET").ok().as_deref(),
+        reactor.cores(),
+    )?;
+    if let Some(t) = config.turn_server.as_mut() {
+        t.revoked_at_start = snapshot
+            .revocations
+            .iter()
+            .map(|r| (r.peer_id.clone(), r.not_before_secs))
+            .collect();
+    }
+    let turn_sockets = match &config.turn_server {
+        Some(t) => chatixia_core::turn::settings::bind(t, reactor.cores())?,
+        None => (0..reactor.cores()).map(|_| Default::default()).collect(),
+    };
+    let (boots, stray) =
+        chatixia_core::server::boot::split(snapshot, reactor.cores(), &config.auth.secrets);
     if !stray.is_empty() {
         tracing::info!(shards = ?stray, "tasks re-homed for the new shard count; heartbeats also ask these shards");
     }
-    config.stray_task_shards = stray;
+    config.hub.stray_task_shards = stray;
+    let pair_guard = config.pairing.guard;
     let config = Arc::new(config);
     let (bound, listeners) =
         reactor::listener::bind_reuseport(addr, reactor.cores()).map_err(|e| e.to_string())?;
@@ -211,12 +231,19 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let driver = reactor.driver();
     let running = reactor
         .start(
-            listeners.into_iter().zip(boots).collect(),
-            move |shard, (listener, boot)| server::run_shard(shard, listener, config.clone(), boot),
+            listeners
+                .into_iter()
+                .zip(boots)
+                .zip(turn_sockets)
+                .map(|((l, b), t)| (l, b, t))
+                .collect(),
+            move |shard, (listener, boot, turn)| {
+                server::run_shard(shard, listener, config.clone(), boot, turn)
+            },
         )
         .map_err(|e| e.to_string())?;
     tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");
-    log_pairing_odds(&cli, cores);
+    log_pairing_odds(&pair_guard, cores);
     if let Some(path) = &cli.port_file {
         // Written atomically (rename) so a reader never sees a partial address. This is
         // the control thread after the shards started, not a shard: blocking is fine.
@@ -339,11 +366,7 @@ fn load_api_keys() -> ApiKeys {
 
 /// Says at start how guessable invite codes are with this configuration (docs/PROTOCOL.md
 /// §5.3): the bound for 1,000 addresses guessing at full speed for a day.
-fn log_pairing_odds(cli: &Cli, shards: usize) {
-    let Ok(limits) = cli.store_limits() else {
-        return;
-    };
-    let g = limits.pair_guard;
+fn log_pairing_odds(g: &chatixia_core::pairing::GuardLimits, shards: usize) {
     match g.code_format {
         chatixia_core::pairing::CodeFormat::Long => {
             let odds = g.long_code_daily_odds(shards);

@@ -5,12 +5,8 @@ use std::fmt::Write;
 
 use reactor::{IoDriver, MailboxStats};
 
+use crate::auth::budget::{FAILURE_KINDS, SECRET_ROUTES};
 use crate::auth::failures::{Failure, SecretRoute};
-
-/// Kinds of wrong secret counted (`Failure::ALL`).
-const FAILURE_KINDS: usize = Failure::ALL.len();
-/// Route families with a failure budget (`SecretRoute::ALL`).
-const SECRET_ROUTES: usize = SecretRoute::ALL.len();
 
 /// Counters a shard keeps about itself (shard-local cells, never shared).
 #[derive(Default)]
@@ -18,13 +14,6 @@ pub struct ShardCounters {
     pub connections_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub requests_served: Cell<u64>,
-    /// Wrong secrets presented here, by `Failure::index`.
-    pub auth_failures: [Cell<u64>; FAILURE_KINDS],
-    /// Attempts refused (429) by the failure budget here, by `SecretRoute::index`.
-    pub auth_refused: [Cell<u64>; SECRET_ROUTES],
-    /// Requests refused by a store budget, by [`BUDGET_STORES`] × [`BUDGET_REASONS`],
-    /// counted on the shard that took the request.
-    pub budget_refused: [Cell<u64>; BUDGET_CELLS],
 }
 
 /// The stores whose budget refusals are counted (`store` label).
@@ -34,15 +23,6 @@ pub const BUDGET_REASONS: [&str; 3] = ["client_quota", "anonymous_share", "store
 const BUDGET_CELLS: usize = BUDGET_STORES.len() * BUDGET_REASONS.len();
 
 impl ShardCounters {
-    /// Counts a budget refusal of `store` (one of [`BUDGET_STORES`]) for `reason`.
-    pub fn budget_refused(&self, store: &str, reason: &str) {
-        let s = BUDGET_STORES.iter().position(|&x| x == store);
-        let r = BUDGET_REASONS.iter().position(|&x| x == reason);
-        if let (Some(s), Some(r)) = (s, r) {
-            Self::inc(&self.budget_refused[s * BUDGET_REASONS.len() + r]);
-        }
-    }
-
     pub fn inc(c: &Cell<u64>) {
         c.set(c.get() + 1);
     }
@@ -61,6 +41,8 @@ pub struct ShardMetrics {
     pub requests_served: u64,
     pub mailbox: MailboxStats,
     pub ws: WsMetrics,
+    /// The embedded TURN server's numbers (`crate::turn`; zero without it).
+    pub turn: TurnMetrics,
     pub auth: AuthMetrics,
     pub budgets: BudgetMetrics,
 }
@@ -84,7 +66,8 @@ pub struct BudgetMetrics {
     pub refused: [u64; BUDGET_CELLS],
 }
 
-/// Failure-budget counters of one shard (issue 20).
+/// Failure-budget counters of one shard (issue 20): auth keeps them in its state
+/// (`auth::budget::Counters`), the shard reads them into its snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuthMetrics {
     /// Wrong secrets, by `Failure::index`.
@@ -111,11 +94,8 @@ impl ShardMetrics {
         c: &ShardCounters,
         mailbox: MailboxStats,
         ws: WsMetrics,
-        mut budgets: BudgetMetrics,
+        budgets: BudgetMetrics,
     ) -> Self {
-        for (out, c) in budgets.refused.iter_mut().zip(&c.budget_refused) {
-            *out = c.get();
-        }
         ShardMetrics {
             shard,
             driver,
@@ -124,12 +104,9 @@ impl ShardMetrics {
             requests_served: c.requests_served.get(),
             mailbox,
             ws,
-            auth: AuthMetrics {
-                failures: std::array::from_fn(|i| c.auth_failures[i].get()),
-                refused: std::array::from_fn(|i| c.auth_refused[i].get()),
-                addresses: 0,
-            },
+            auth: AuthMetrics::default(),
             budgets,
+            turn: Default::default(),
         }
     }
 }
@@ -295,6 +272,7 @@ pub fn render(shards: &[ShardMetrics]) -> String {
     let _ = writeln!(out, "# HELP chatixia_shards Number of shards.");
     let _ = writeln!(out, "# TYPE chatixia_shards gauge");
     let _ = writeln!(out, "chatixia_shards {}", shards.len());
+    render_turn(shards, &mut out);
     out
 }
 
@@ -347,6 +325,162 @@ fn render_auth(out: &mut String, shards: &[ShardMetrics]) {
             out,
             "chatixia_auth_failure_addresses{{shard=\"{}\"}} {}",
             m.shard, m.auth.addresses
+        );
+    }
+}
+
+/// The embedded TURN server's numbers of one shard (`crate::turn`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TurnMetrics {
+    /// The shard runs TURN (`--turn-listen`); without it no TURN series is rendered.
+    pub enabled: bool,
+    pub allocations: u64,
+    pub tcp_connections: u64,
+    /// The sans-IO server's counters.
+    pub stats: turn::server::Stats,
+    pub send_failed: u64,
+    pub tcp_dropped: u64,
+    pub tcp_refused: u64,
+}
+
+/// The TURN series (docs/PROTOCOL.md §9.2, §12.6); nothing when no shard runs TURN.
+fn render_turn(shards: &[ShardMetrics], out: &mut String) {
+    use turn::server::{Dropped, Refusal};
+    if !shards.iter().any(|m| m.turn.enabled) {
+        return;
+    }
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+    };
+    type Get = fn(&TurnMetrics) -> u64;
+    let plain: [(&str, &str, &str, Get); 6] = [
+        (
+            "chatixia_turn_allocations",
+            "gauge",
+            "TURN allocations held now.",
+            |t| t.allocations,
+        ),
+        (
+            "chatixia_turn_allocations_created_total",
+            "counter",
+            "TURN allocations created.",
+            |t| t.stats.allocations_created,
+        ),
+        (
+            "chatixia_turn_allocations_revoked_total",
+            "counter",
+            "TURN allocations ended by a pairing revocation.",
+            |t| t.stats.allocations_revoked,
+        ),
+        (
+            "chatixia_turn_tcp_connections",
+            "gauge",
+            "TURN TCP connections open now.",
+            |t| t.tcp_connections,
+        ),
+        (
+            "chatixia_turn_tcp_refused_total",
+            "counter",
+            "TURN TCP connections closed by --turn-tcp-connections-max.",
+            |t| t.tcp_refused,
+        ),
+        (
+            "chatixia_turn_send_failed_total",
+            "counter",
+            "Datagrams the kernel did not take (a full socket buffer, an ICMP error).",
+            |t| t.send_failed,
+        ),
+    ];
+    for (name, kind, help, get) in plain {
+        head(out, name, kind, help);
+        for m in shards {
+            let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", m.shard, get(&m.turn));
+        }
+    }
+    let directions: [(&str, Get, Get); 2] = [
+        (
+            "to_peer",
+            |t| t.stats.to_peer_packets,
+            |t| t.stats.to_peer_bytes,
+        ),
+        (
+            "to_client",
+            |t| t.stats.to_client_packets,
+            |t| t.stats.to_client_bytes,
+        ),
+    ];
+    head(
+        out,
+        "chatixia_turn_relayed_packets_total",
+        "counter",
+        "Datagrams relayed, by direction.",
+    );
+    for (d, packets, _) in directions {
+        for m in shards {
+            let _ = writeln!(
+                out,
+                "chatixia_turn_relayed_packets_total{{direction=\"{d}\",shard=\"{}\"}} {}",
+                m.shard,
+                packets(&m.turn)
+            );
+        }
+    }
+    head(
+        out,
+        "chatixia_turn_relayed_bytes_total",
+        "counter",
+        "Payload bytes relayed, by direction.",
+    );
+    for (d, _, bytes) in directions {
+        for m in shards {
+            let _ = writeln!(
+                out,
+                "chatixia_turn_relayed_bytes_total{{direction=\"{d}\",shard=\"{}\"}} {}",
+                m.shard,
+                bytes(&m.turn)
+            );
+        }
+    }
+    head(
+        out,
+        "chatixia_turn_refused_total",
+        "counter",
+        "TURN requests refused, by reason: unauthorized 401, stale_nonce 438, allocation_mismatch 437, wrong_credentials 441, user_quota and ip_quota 486, shard_capacity, relay_ports, permissions and channels 508, peer_forbidden 403, bad_request 400, unknown_attribute 420, transport 442, address_family 440/443.",
+    );
+    for r in Refusal::ALL {
+        for m in shards {
+            let _ = writeln!(
+                out,
+                "chatixia_turn_refused_total{{reason=\"{}\",shard=\"{}\"}} {}",
+                r.name(),
+                m.shard,
+                m.turn.stats.refused(r)
+            );
+        }
+    }
+    head(
+        out,
+        "chatixia_turn_dropped_total",
+        "counter",
+        "TURN messages dropped without an answer, by reason (malformed: not STUN or ChannelData, or a bad one; rate: over --turn-allocation-bytes-per-sec-max; tcp_queue: bytes for a TCP client that does not read).",
+    );
+    for d in Dropped::ALL {
+        for m in shards {
+            let _ = writeln!(
+                out,
+                "chatixia_turn_dropped_total{{reason=\"{}\",shard=\"{}\"}} {}",
+                d.name(),
+                m.shard,
+                m.turn.stats.dropped(d)
+            );
+        }
+    }
+    for m in shards {
+        let _ = writeln!(
+            out,
+            "chatixia_turn_dropped_total{{reason=\"tcp_queue\",shard=\"{}\"}} {}",
+            m.shard, m.turn.tcp_dropped
         );
     }
 }
@@ -498,7 +632,7 @@ mod tests {
                 closed_slow: 0,
             },
             auth: AuthMetrics {
-                failures: [1, 2, 3, 4, 5, 6, 7],
+                failures: [1, 2, 3, 4, 5, 6, 7, 8],
                 refused: [9, 0, 0, 0, 0, 0],
                 addresses: 3,
             },
@@ -507,6 +641,7 @@ mod tests {
                 refused: [0, 3, 0, 0, 0, 1],
                 ..BudgetMetrics::default()
             },
+            turn: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
@@ -523,6 +658,9 @@ mod tests {
         ));
         assert!(text
             .contains("chatixia_auth_failures_total{shard=\"0\",route=\"ws\",kind=\"jwt\"} 6\n"));
+        assert!(text.contains(
+            "chatixia_auth_failures_total{shard=\"0\",route=\"agent\",kind=\"api_key\"} 8\n"
+        ));
         assert!(text.contains("chatixia_auth_refused_total{shard=\"0\",route=\"token\"} 9\n"));
         assert!(text.contains("chatixia_auth_failure_addresses{shard=\"1\"} 3\n"));
         assert!(text.contains("chatixia_task_store_bytes{shard=\"1\"} 700\n"));
@@ -532,6 +670,29 @@ mod tests {
         assert!(text.contains(
             "chatixia_budget_refused_total{shard=\"1\",store=\"agents\",reason=\"store_full\"} 1\n"
         ));
+        assert!(
+            !text.contains("chatixia_turn"),
+            "no TURN series without TURN"
+        );
+        // With TURN on a shard, its series (every shard, every reason).
+        let mut t = m(0, IoDriver::Uring);
+        t.turn.enabled = true;
+        t.turn.allocations = 3;
+        t.turn.stats.to_peer_packets = 9;
+        t.turn.stats.refused[turn::server::Refusal::UserQuota as usize] = 2;
+        let text = render(&[t, m(1, IoDriver::Epoll)]);
+        assert!(text.contains("chatixia_turn_allocations{shard=\"0\"} 3\n"));
+        assert!(text.contains("chatixia_turn_allocations{shard=\"1\"} 0\n"));
+        assert!(text.contains(
+            "chatixia_turn_relayed_packets_total{direction=\"to_peer\",shard=\"0\"} 9\n"
+        ));
+        assert!(text.contains("chatixia_turn_refused_total{reason=\"user_quota\",shard=\"0\"} 2\n"));
+        assert!(text.contains("chatixia_turn_dropped_total{reason=\"tcp_queue\",shard=\"1\"} 0\n"));
+        assert_eq!(
+            text.matches("# TYPE chatixia_turn_refused_total counter")
+                .count(),
+            1
+        );
         // Every sample line is "name{labels} value" or "name value".
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();

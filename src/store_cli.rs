@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 use chatixia_store::{backup, Counts, Secrets};
 
 use crate::config::StoreCommand;
+use crate::server::backup::BACKUP_PATH;
 
 /// Exit status of a refused or failed store command.
 pub const EXIT_STORE_PROBLEM: u8 = 2;
-
-/// Path of the backup route.
-pub const BACKUP_PATH: &str = "/api/admin/backup";
 
 /// How long `store backup` waits for the server between two reads (the server streams
 /// as it reads the snapshot; a stall this long means it is gone).
@@ -46,13 +44,14 @@ fn secrets() -> (Secrets, Vec<u8>) {
 fn counts_line(c: &Counts) -> String {
     format!(
         "{} records ({} pairing entries, {} device tokens, {} revocations, {} invite codes, \
-         {} tasks)",
+         {} tasks, {} agent bindings)",
         c.total(),
         c.pairings,
         c.device_tokens,
         c.revocations,
         c.invites,
-        c.tasks
+        c.tasks,
+        c.agent_bindings
     )
 }
 

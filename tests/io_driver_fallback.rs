@@ -41,6 +41,7 @@ fn auto_uses_io_uring_when_available() {
 
 #[test]
 fn forcing_uring_where_refused_is_a_clear_error() {
+    common::needs_test_switches("CHATIXIA_DENY_IO_URING");
     let out = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
         .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
         .args([

@@ -1,7 +1,7 @@
 //! Two chatixia-sidecar processes connect through a real TURN server, relay only:
 //! coturn (Debian's `turnserver`, installed by scripts/test.sh) listens on 127.0.0.1
 //! with `use-auth-secret`, each sidecar derives its credentials from `TURN_SECRET`
-//! (the TURN REST scheme of PROTOCOL.md §6), allocates, offers only its relay
+//! (the TURN REST scheme of PROTOCOL.md §6, with its peer id as the user), allocates, offers only its relay
 //! candidate, and the DataChannel runs over Send/Data indications. Nothing leaves
 //! loopback.
 
@@ -164,7 +164,11 @@ fn two_sidecars_relay_only_through_coturn() {
         .filter(|l| l.contains("ALLOCATE processed, success"))
         .count();
     assert!(allocations >= 2, "coturn log:\n{log}");
-    assert!(log.contains(":mesh"), "coturn log:\n{log}");
+    // The user names carry each sidecar's peer id (`<expiry>:<peer>`, PROTOCOL.md §6).
+    assert!(
+        log.contains(":peer-a") && log.contains(":peer-b"),
+        "coturn log:\n{log}"
+    );
     assert!(
         log.contains("CREATE_PERMISSION processed, success"),
         "coturn log:\n{log}"

@@ -14,6 +14,7 @@ pub mod server_cpu;
 pub mod sidecar;
 pub mod storm;
 pub mod tokens;
+pub mod turn;
 pub mod ws_idle;
 pub mod ws_relay;
 
@@ -66,6 +67,10 @@ pub enum Scenario {
     /// Two running sidecars, driven over their IPC sockets: A sends N messages to B over
     /// the DataChannel (msg/s, MB/s, order, each sidecar's CPU per message and RSS).
     Sidecar(sidecar::Args),
+    /// A TURN server's relaying: N allocations echo small datagrams through it, closed
+    /// loop (relayed datagrams/s, loss, allocations/s, the server's CPU per datagram and
+    /// RSS per allocation). Any server with TURN REST credentials: this one, coturn.
+    Turn(turn::Args),
 }
 
 /// Options every networked scenario takes.
@@ -135,6 +140,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
             };
         }
         Scenario::Sidecar(a) => (a.json, sidecar::run(a)),
+        Scenario::Turn(a) => (a.json, turn::run(a)),
     };
     match result {
         Ok((report, ok)) => {

@@ -6,7 +6,10 @@
 //! socket types it owns, so there the doorbell is a non-blocking `AF_UNIX` socket pair
 //! whose read end is a monoio `UnixStream`. Both sides of the protocol are the same.
 //!
-//! Protocol (Dekker-style, with a `SeqCst` fence on each side so at least one side sees
+//! The same doorbell is offered outside the reactor as a [`Bell`]: a wakeup any thread
+//! rings and one task on a shard awaits (the store's completions, a backup's chunks).
+//!
+//! Protocol of the mailbox (Dekker-style, with a `SeqCst` fence on each side so at least one side sees
 //! the other's write):
 //! * receiver: `sleeping = true`; fence; re-check every inbound queue; if one is
 //!   non-empty, `sleeping = false` and go on draining; else await the fd.
@@ -16,6 +19,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::driver::IoDriver;
 
@@ -178,6 +182,134 @@ impl DoorbellWaiter {
                     Err(e) => Err(e),
                 }
             }
+        }
+    }
+}
+
+/// A wakeup any thread rings and one task on a shard awaits: the mailbox's doorbell
+/// (an eventfd on io_uring, a socket pair on epoll) for code outside the reactor, such
+/// as a storage thread that publishes completions. Every ring writes (the waiter is a
+/// task, not the sleeping shard: there is no sleep protocol to skip it). A ring never
+/// blocks: a full socket or a saturated eventfd already holds a pending wakeup.
+///
+/// Dropping the `Bell` ends its waiter: the waiter wakes, and its next
+/// [`BellWaiter::wait`] fails with `UnexpectedEof` (a socket pair sees the close; an
+/// eventfd cannot, so a flag says it).
+pub struct Bell {
+    door: Doorbell,
+    closed: Arc<AtomicBool>,
+}
+
+/// The task's half of a [`Bell`]; lives on the shard (monoio runtime) that made it.
+pub struct BellWaiter {
+    waiter: DoorbellWaiter,
+    closed: Arc<AtomicBool>,
+}
+
+impl Bell {
+    /// A bell and its waiter for a runtime running `driver`. Call it on that runtime's
+    /// thread: the waiter registers its descriptor there.
+    pub fn new(driver: IoDriver) -> io::Result<(Bell, BellWaiter)> {
+        let (door, reader) = Doorbell::new(driver)?;
+        let closed = Arc::new(AtomicBool::new(false));
+        Ok((
+            Bell {
+                door,
+                closed: closed.clone(),
+            },
+            BellWaiter {
+                waiter: reader.into_waiter()?,
+                closed,
+            },
+        ))
+    }
+
+    /// Wakes the waiter (or makes its next wait return at once).
+    pub fn ring(&self) {
+        self.door.write();
+    }
+
+    /// Rings written so far.
+    pub fn rings(&self) -> u64 {
+        self.door.rings.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Bell {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        self.door.write();
+    }
+}
+
+impl std::fmt::Debug for Bell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bell")
+            .field("driver", &self.door.kind)
+            .field("rings", &self.rings())
+            .finish()
+    }
+}
+
+impl BellWaiter {
+    /// Completes when the bell has rung at least once since the last wait; fails with
+    /// `UnexpectedEof` once the bell is dropped and its last ring was taken.
+    pub async fn wait(&mut self) -> io::Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the bell was dropped",
+            ));
+        }
+        self.waiter.wait().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn on(driver: IoDriver, f: impl std::future::Future<Output = ()>) {
+        crate::driver::block_on(driver, 64, f).unwrap();
+    }
+
+    fn drivers() -> Vec<IoDriver> {
+        let mut d = vec![IoDriver::Epoll];
+        if crate::driver::resolve(crate::driver::DriverChoice::Uring, 64).is_ok() {
+            d.push(IoDriver::Uring);
+        }
+        d
+    }
+
+    #[test]
+    fn a_bell_rung_from_another_thread_wakes_its_waiter_and_its_drop_ends_it() {
+        for driver in drivers() {
+            on(driver, async move {
+                let (bell, mut waiter) = Bell::new(driver).unwrap();
+                let t = std::thread::spawn(move || {
+                    // Far more rings than a socket buffer holds: never blocks.
+                    for _ in 0..100_000 {
+                        bell.ring();
+                    }
+                    bell
+                });
+                waiter.wait().await.unwrap();
+                let bell = t.join().unwrap();
+                assert!(bell.rings() >= 100_000, "{driver}");
+                drop(bell);
+                // Whatever rings were pending are taken; then the waiter ends.
+                let mut ended = false;
+                for _ in 0..3 {
+                    if waiter.wait().await.is_err() {
+                        ended = true;
+                        break;
+                    }
+                }
+                assert!(
+                    ended,
+                    "{driver}: the waiter must end after its bell is dropped"
+                );
+            });
         }
     }
 }

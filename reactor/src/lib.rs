@@ -25,7 +25,9 @@ mod shard;
 pub mod signals;
 pub mod sys;
 pub mod timer;
+pub mod udp;
 
+pub use doorbell::{Bell, BellWaiter};
 pub use driver::IoDriver;
 pub use event::{yield_now, LocalEvent, Wait};
 pub use mailbox::{MailboxStats, RESERVED_MAX};

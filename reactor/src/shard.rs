@@ -99,6 +99,12 @@ struct Inner<M> {
 
 impl<M: Send + 'static> Shard<M> {
     #[allow(clippy::too_many_arguments)]
+    /// A [`Bell`](crate::Bell) for a task of this shard to await, rung from any thread.
+    /// Call it on this shard's thread.
+    pub fn bell(&self) -> std::io::Result<(crate::Bell, crate::BellWaiter)> {
+        crate::Bell::new(self.inner.driver)
+    }
+
     pub(crate) fn new(
         id: ShardId,
         count: usize,

@@ -9,7 +9,7 @@
 //! | `IPC_SOCKET` | `/tmp/chatixia-sidecar.sock` | Unix socket for the agent (mode 0600) |
 //! | `STUN_URLS` | `stun:stun.l.google.com:19302` | comma-separated `stun:host:port`; empty or `none` disables STUN (tests must) |
 //! | `ICE_SERVERS` | unset | `none` is a synonym for `STUN_URLS=none` |
-//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server, `turn:host[:port][?transport=udp]` (see [`TurnConfig`] and [`super::turn`]) |
+//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server, `turn:host[:port][?transport=udp\|tcp]` (see [`TurnConfig`] and [`super::turn`]) |
 //! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer only the TURN relay candidate (no host/srflx) |
 //! | `SIDECAR_IO_DRIVER` | `auto` | `auto`, `uring` or `epoll` |
 //! | `SIDECAR_UDP_GSO` | `off` | `on`: send runs of datagrams to one peer as one UDP GSO send (less sender CPU, more receiver CPU: docs/BENCHMARKS.md "Sidecar data plane") |
@@ -55,13 +55,24 @@ pub struct TurnConfig {
 
 impl TurnConfig {
     /// Credentials for a new allocation: derived afresh from the secret (so an
-    /// allocation retried after [`TURN_CREDENTIAL_TTL_SECS`] is not refused), else the
-    /// static pair.
-    pub fn credentials(&self) -> (String, String) {
+    /// allocation retried after [`TURN_CREDENTIAL_TTL_SECS`] is not refused) for `peer`,
+    /// our peer id (`<expiry>:<peer>`, the scheme of PROTOCOL.md §6; `mesh` before we
+    /// know it), else the static pair.
+    pub fn credentials(&self, peer: Option<&str>) -> (String, String) {
         match &self.secret {
-            Some(secret) => turn_rest_credentials(secret, unix_now(), TURN_CREDENTIAL_TTL_SECS),
+            Some(secret) => turn_rest_credentials(
+                secret,
+                unix_now(),
+                TURN_CREDENTIAL_TTL_SECS,
+                peer.unwrap_or("mesh"),
+            ),
             None => (self.username.clone(), self.password.clone()),
         }
+    }
+
+    /// Whether the credentials carry our peer id (so the allocation waits for it).
+    pub fn needs_identity(&self) -> bool {
+        self.secret.is_some()
     }
 }
 
@@ -92,7 +103,9 @@ impl SidecarConfig {
         let turn = get("TURN_URL").filter(|u| !u.is_empty()).map(|url| {
             let secret = get("TURN_SECRET").filter(|s| !s.is_empty());
             let (username, password) = match &secret {
-                Some(secret) => turn_rest_credentials(secret, unix_now(), TURN_CREDENTIAL_TTL_SECS),
+                Some(secret) => {
+                    turn_rest_credentials(secret, unix_now(), TURN_CREDENTIAL_TTL_SECS, "mesh")
+                }
                 None => (
                     get("TURN_USERNAME").unwrap_or_default(),
                     get("TURN_PASSWORD").unwrap_or_default(),
@@ -147,10 +160,15 @@ pub fn parse_stun_url(s: &str) -> Result<(String, u16), String> {
     super::url::host_port(rest, 3478).map_err(|e| format!("STUN url {s:?}: {e}"))
 }
 
-/// TURN REST API credentials valid `ttl_secs` from `now_secs` (the one implementation
-/// is [`wire::turn_rest::turn_credentials`], shared with the server).
-pub fn turn_rest_credentials(secret: &str, now_secs: u64, ttl_secs: u64) -> (String, String) {
-    wire::turn_rest::turn_credentials(secret.as_bytes(), now_secs + ttl_secs)
+/// TURN REST API credentials for `peer`, valid `ttl_secs` from `now_secs` (the one
+/// implementation is `turn::auth::rest_credentials`, shared with the server).
+pub fn turn_rest_credentials(
+    secret: &str,
+    now_secs: u64,
+    ttl_secs: u64,
+    peer: &str,
+) -> (String, String) {
+    turn::auth::rest_credentials(secret.as_bytes(), now_secs + ttl_secs, peer)
 }
 
 #[cfg(test)]
@@ -211,8 +229,13 @@ mod tests {
             ("TURN_PASSWORD", "p"),
         ]);
         assert_eq!(c.turn.unwrap().username, "u");
-        let (u, p) = turn_rest_credentials("s", 100, 10);
+        let (u, p) = turn_rest_credentials("s", 100, 10, "mesh");
         assert_eq!(u, "110:mesh");
+        // The same function the server's /api/config uses for the reference's entry.
+        assert_eq!(
+            (u.clone(), p.clone()),
+            wire::turn_rest::turn_credentials(b"s", 110)
+        );
         assert_eq!(p.len(), 28); // base64 of 20 bytes
         let c = cfg(&[
             ("TURN_URL", "turn:t"),
@@ -221,7 +244,9 @@ mod tests {
         ]);
         let t = c.turn.unwrap();
         assert!(t.username.ends_with(":mesh"));
-        assert!(t.credentials().0.ends_with(":mesh"));
+        assert!(t.credentials(None).0.ends_with(":mesh"));
+        assert!(t.credentials(Some("peer-a")).0.ends_with(":peer-a"));
+        assert!(t.needs_identity());
         assert_eq!(t.secret.as_deref(), Some("s"));
         assert!(c.relay_only);
     }

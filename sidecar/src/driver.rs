@@ -7,7 +7,8 @@
 //! Tasks: per UDP socket a reader and a writer; the timer (the engine's
 //! `poll_timeout`); the signaling session loop (token → WebSocket → register, reconnect
 //! with backoff) with its writer; the IPC accept loop with a reader and a writer per
-//! agent connection; STUN and TURN server resolution (with retries scheduled here).
+//! agent connection; STUN and TURN server resolution (with retries scheduled here); for
+//! TURN over TCP, the connection to the server with its reader and writer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -32,7 +33,7 @@ use super::ipc::LineFramer;
 use super::kick::Kick;
 use super::resolve::{Lookup, ResolveError};
 use super::signaling::Backoff;
-use super::turn::parse_turn_url;
+use super::turn::{parse_turn_url, TurnTransport};
 use super::udp_out;
 use super::ws::{WsClient, WsEvent};
 
@@ -75,6 +76,11 @@ pub const SIGNAL_OUT_MESSAGES_MAX: usize = 1024;
 /// are always queued: they are small and bounded by the number of peers and commands.
 pub const IPC_OUT_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// Bytes queued for the TURN TCP connection. What does not fit is dropped (a Send
+/// indication is a datagram: lost as on UDP; a request fails after its timeout and is
+/// retried): a stalled server cannot grow our memory.
+pub const TURN_STREAM_OUT_BYTES_MAX: usize = 1024 * 1024;
+
 /// The driver's wakeups.
 #[derive(Clone, Default)]
 pub struct Kicks {
@@ -83,6 +89,10 @@ pub struct Kicks {
     pub ipc_out: Kick,
     pub ipc_resume: Kick,
     pub timer: Kick,
+    /// Bytes for the TURN TCP connection.
+    pub turn_out: Kick,
+    /// The engine asks for a new TURN TCP connection.
+    pub turn_reconnect: Kick,
 }
 
 /// Counters of what the driver's queues dropped.
@@ -91,6 +101,7 @@ pub struct Dropped {
     pub udp: u64,
     pub ipc: u64,
     pub signal: u64,
+    pub turn_stream: u64,
 }
 
 /// The engine and the queues in front of the writers.
@@ -100,6 +111,11 @@ pub struct State {
     pub signal_out: VecDeque<String>,
     pub ipc_out: VecDeque<Vec<u8>>,
     ipc_out_bytes: usize,
+    /// Messages for the TURN TCP connection, and their bytes.
+    turn_out: VecDeque<Vec<u8>>,
+    turn_out_bytes: usize,
+    /// Which TURN TCP connection is current (a writer of an older one stops).
+    turn_conn: u64,
     /// When the timer task will next wake (so we know when to kick it earlier).
     timer_deadline: Instant,
     /// The current signaling session got as far as `peer_list`.
@@ -152,6 +168,16 @@ impl State {
                     self.kicks.ipc_out.kick();
                 }
                 Output::IpcResume => self.kicks.ipc_resume.kick(),
+                Output::TurnStream(msg) => {
+                    if self.turn_out_bytes + msg.len() > TURN_STREAM_OUT_BYTES_MAX {
+                        self.dropped.turn_stream += 1;
+                        continue;
+                    }
+                    self.turn_out_bytes += msg.len();
+                    self.turn_out.push_back(msg);
+                    self.kicks.turn_out.kick();
+                }
+                Output::TurnReconnect => self.kicks.turn_reconnect.kick(),
                 Output::Registered => self.registered = true,
                 Output::Timeout(t) => {
                     if t < self.timer_deadline {
@@ -290,6 +316,9 @@ pub async fn run(p: Prepared) {
         signal_out: VecDeque::new(),
         ipc_out: VecDeque::new(),
         ipc_out_bytes: 0,
+        turn_out: VecDeque::new(),
+        turn_out_bytes: 0,
+        turn_conn: 0,
         timer_deadline: now,
         registered: false,
         kicks: kicks.clone(),
@@ -478,25 +507,142 @@ async fn stun_setup(state: Shared, servers: Vec<(String, u16)>) {
     }
 }
 
-/// Resolves the TURN server and starts the allocation (the engine retries failures).
+/// Resolves the TURN server and starts the allocation (the engine retries failures):
+/// over UDP from one of our sockets, or over a TCP connection this driver keeps.
 async fn turn_setup(state: Shared, turn: TurnConfig) {
-    let (host, port) = match parse_turn_url(&turn.url) {
+    let (host, port, transport) = match parse_turn_url(&turn.url) {
         Ok(hp) => hp,
         Err(e) => {
             tracing::warn!(error = %e, "TURN_URL not usable: no relay candidates");
             return;
         }
     };
-    match resolve(&host, port).await {
-        Ok(addrs) if !addrs.is_empty() => {
-            let server = *addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]);
-            state.borrow_mut().input(Input::TurnServer {
-                server,
-                config: turn,
-            });
+    let server = match resolve(&host, port).await {
+        Ok(addrs) if !addrs.is_empty() => *addrs.iter().find(|a| a.is_ipv4()).unwrap_or(&addrs[0]),
+        Ok(_) => {
+            tracing::warn!(%host, "TURN server has no address: no relay candidates");
+            return;
         }
-        Ok(_) => tracing::warn!(%host, "TURN server has no address: no relay candidates"),
-        Err(e) => tracing::warn!(error = %e, "TURN server not resolved: no relay candidates"),
+        Err(e) => {
+            tracing::warn!(error = %e, "TURN server not resolved: no relay candidates");
+            return;
+        }
+    };
+    match transport {
+        TurnTransport::Udp => state.borrow_mut().input(Input::TurnServer {
+            server,
+            config: turn,
+        }),
+        TurnTransport::Tcp => turn_tcp(state, server, turn).await,
+    }
+}
+
+/// TURN over TCP: connects to the server, hands the engine the connection
+/// (`Input::TurnStreamOpen`), feeds it what arrives and writes what it sends. When the
+/// connection ends the engine is told (its allocation is gone); a new connection is
+/// opened when the engine asks (`Output::TurnReconnect`, after its retry delay), or
+/// after [`super::engine::TURN_RETRY_DELAY`] when connecting failed.
+async fn turn_tcp(state: Shared, server: SocketAddr, config: TurnConfig) {
+    let (out_kick, reconnect) = {
+        let s = state.borrow();
+        (s.kicks.turn_out.clone(), s.kicks.turn_reconnect.clone())
+    };
+    loop {
+        let stream = match select2(
+            TcpStream::connect(server),
+            monoio::time::sleep(CONNECT_TIMEOUT),
+        )
+        .await
+        {
+            Either::Left(Ok(s)) => s,
+            Either::Left(Err(e)) => {
+                tracing::warn!(%server, error = %e, "TURN: TCP connect failed");
+                monoio::time::sleep(super::engine::TURN_RETRY_DELAY).await;
+                continue;
+            }
+            Either::Right(()) => {
+                tracing::warn!(%server, "TURN: TCP connect timed out");
+                monoio::time::sleep(super::engine::TURN_RETRY_DELAY).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            monoio::time::sleep(super::engine::TURN_RETRY_DELAY).await;
+            continue;
+        };
+        let conn = {
+            let mut s = state.borrow_mut();
+            s.turn_conn += 1;
+            s.turn_out.clear();
+            s.turn_out_bytes = 0;
+            s.input(Input::TurnStreamOpen {
+                server,
+                local,
+                config: config.clone(),
+            });
+            s.turn_conn
+        };
+        let (mut rd, wr) = stream.into_split();
+        monoio::spawn(turn_tcp_writer(state.clone(), wr, out_kick.clone(), conn));
+        out_kick.kick();
+        let mut buf = Vec::with_capacity(STREAM_READ_BYTES);
+        loop {
+            buf.clear();
+            let (r, b) = rd.read(buf).await;
+            buf = b;
+            match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => state.borrow_mut().input(Input::TurnStream(&buf[..n])),
+            }
+        }
+        tracing::warn!(%server, "TURN: the TCP connection closed");
+        {
+            let mut s = state.borrow_mut();
+            s.turn_conn += 1; // its writer stops
+            s.turn_out.clear();
+            s.turn_out_bytes = 0;
+            s.input(Input::TurnStreamClosed);
+        }
+        out_kick.kick();
+        reconnect.wait().await;
+    }
+}
+
+/// Writes the engine's messages for TURN TCP connection `conn` until it is replaced.
+async fn turn_tcp_writer(
+    state: Shared,
+    mut wr: monoio::io::OwnedWriteHalf<TcpStream>,
+    kick: Kick,
+    conn: u64,
+) {
+    let mut batch = Vec::with_capacity(STREAM_READ_BYTES);
+    loop {
+        kick.wait().await;
+        loop {
+            batch.clear();
+            {
+                let mut s = state.borrow_mut();
+                if s.turn_conn != conn {
+                    return;
+                }
+                while batch.len() < STREAM_READ_BYTES {
+                    let Some(m) = s.turn_out.pop_front() else {
+                        break;
+                    };
+                    s.turn_out_bytes -= m.len();
+                    batch.extend_from_slice(&m);
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            let (r, b) = wr.write_all(batch).await;
+            batch = b;
+            if r.is_err() {
+                return;
+            }
+        }
     }
 }
 

@@ -1,5 +1,9 @@
-//! TURN client (RFC 8656, formerly RFC 5766) over UDP, sans-IO: it takes datagrams
-//! from the TURN server and `now`, and hands back datagrams for the server and events.
+//! TURN client (RFC 8656, formerly RFC 5766), sans-IO: it takes messages from the TURN
+//! server and `now`, and hands back messages for the server and events. The messages
+//! travel as UDP datagrams, or framed on a TCP connection (`turn:…?transport=tcp`, RFC
+//! 8656 §3.1: TURN over TCP to the server, relaying UDP to peers); over TCP a request
+//! is sent once ([`TurnClient::reliable`]) and the driver splits the stream with
+//! `turn::framing::StreamFramer`.
 //!
 //! What it does: Allocate with long-term credentials (the first request goes without
 //! them, the server's 401 brings REALM and NONCE, the retry carries USERNAME, REALM,
@@ -10,7 +14,8 @@
 //! (ChannelBind/ChannelData are not used). Requests are retransmitted on the RFC 5389
 //! schedule ([`TURN_RTO`] doubling, [`TURN_TRIES_MAX`] sends).
 //!
-//! Messages are built and read with the STUN codec in [`super::stun`].
+//! Messages are built and read with the workspace's STUN codec (`turn::stun`, through
+//! [`super::stun`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,8 +25,8 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::stun::{
-    attr, attrs, integrity_ok, long_term_key, method, read_xor_address, xor_address, Class,
-    Message, TransactionId,
+    attr, integrity_ok, long_term_key, method, read_xor_address, xor_address, Class, Message,
+    TransactionId,
 };
 
 /// First retransmission timeout of a request (RFC 5389 §7.2.1); it doubles per send.
@@ -29,6 +34,8 @@ pub const TURN_RTO: Duration = Duration::from_millis(500);
 /// Sends of one request before the transaction fails (500 ms … 8 s, then a last 16 s
 /// wait: about 31 s in all).
 pub const TURN_TRIES_MAX: u32 = 6;
+/// Over TCP a request is sent once and fails after this (RFC 8489 §6.2.2: 39.5 s).
+pub const TURN_RELIABLE_TIMEOUT: Duration = Duration::from_millis(39_500);
 /// 438 Stale Nonce retries of one request before giving up.
 pub const STALE_NONCE_RETRIES_MAX: u32 = 3;
 /// The allocation lifetime we ask for in Refresh requests (the RFC default).
@@ -129,6 +136,8 @@ pub struct TurnClient {
     /// Datagrams dropped because [`TURN_OUT_DATAGRAMS_MAX`] was reached.
     pub dropped: u64,
     rng: ChaCha8Rng,
+    /// Over a reliable transport (TCP): no retransmissions.
+    reliable: bool,
 }
 
 impl TurnClient {
@@ -151,6 +160,22 @@ impl TurnClient {
             out: VecDeque::new(),
             events: VecDeque::new(),
             dropped: 0,
+            reliable: false,
+        }
+    }
+
+    /// Over a reliable transport (TCP): requests are sent once and time out after
+    /// [`TURN_RELIABLE_TIMEOUT`].
+    pub fn reliable(mut self) -> TurnClient {
+        self.reliable = true;
+        self
+    }
+
+    /// The transport to the server was lost (a closed TCP connection): the allocation
+    /// is gone.
+    pub fn lost(&mut self, reason: &str) {
+        if self.state != State::Failed {
+            self.fail(reason.to_string());
         }
     }
 
@@ -246,12 +271,18 @@ impl TurnClient {
         let tid = self.new_tid();
         let bytes = self.build(kind, tid);
         self.push_out(bytes.clone());
+        let next = now
+            + if self.reliable {
+                TURN_RELIABLE_TIMEOUT
+            } else {
+                TURN_RTO
+            };
         self.transactions.push(Transaction {
             tid,
             kind,
             bytes,
             sends: 1,
-            next: now + TURN_RTO,
+            next,
             stale_retries,
         });
     }
@@ -446,7 +477,7 @@ impl TurnClient {
             if t.next > now {
                 continue;
             }
-            if t.sends >= TURN_TRIES_MAX {
+            if t.sends >= TURN_TRIES_MAX || self.reliable {
                 expired.push(t.tid);
                 continue;
             }
@@ -511,24 +542,45 @@ impl TurnClient {
 
 /// Whether a request we built carries credentials (a USERNAME attribute).
 fn authed_request(b: &[u8]) -> bool {
-    attrs(b).any(|(t, _, _)| t == attr::USERNAME)
+    Message::decode(b).is_some_and(|m| m.get(attr::USERNAME).is_some())
 }
 
-/// `turn:host[:port][?transport=udp]` → `(host, port)`; `turns:` and other transports
-/// are refused (this client speaks UDP only).
-pub fn parse_turn_url(s: &str) -> Result<(String, u16), String> {
-    let rest = s.strip_prefix("turn:").ok_or_else(|| {
-        format!("TURN url {s:?}: expected turn:host[:port] (turns: is not supported)")
-    })?;
+/// How the client reaches its TURN server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TurnTransport {
+    Udp,
+    Tcp,
+}
+
+/// `turn:host[:port][?transport=udp|tcp]` → `(host, port, transport)` (port 3478 by
+/// default). `turns:` (TLS, RFC 7065) is refused until the workspace has TLS; a
+/// `turns:` server is reached over TCP + TLS on port 5349 by default, which is where
+/// it will plug in (the TCP path already frames messages on a stream).
+pub fn parse_turn_url(s: &str) -> Result<(String, u16, TurnTransport), String> {
+    if s.starts_with("turns:") {
+        return Err(format!(
+            "TURN url {s:?}: turns: (TLS) is not supported by this build yet; use turn:…?transport=tcp or udp"
+        ));
+    }
+    let rest = s
+        .strip_prefix("turn:")
+        .ok_or_else(|| format!("TURN url {s:?}: expected turn:host[:port][?transport=udp|tcp]"))?;
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut transport = TurnTransport::Udp;
     for kv in query.split('&').filter(|q| !q.is_empty()) {
         if let Some(t) = kv.strip_prefix("transport=") {
-            if !t.eq_ignore_ascii_case("udp") {
-                return Err(format!("TURN url {s:?}: only transport=udp is supported"));
-            }
+            transport = if t.eq_ignore_ascii_case("udp") {
+                TurnTransport::Udp
+            } else if t.eq_ignore_ascii_case("tcp") {
+                TurnTransport::Tcp
+            } else {
+                return Err(format!("TURN url {s:?}: transport must be udp or tcp"));
+            };
         }
     }
-    super::url::host_port(hostport, 3478).map_err(|e| format!("TURN url {s:?}: {e}"))
+    let (host, port) =
+        super::url::host_port(hostport, 3478).map_err(|e| format!("TURN url {s:?}: {e}"))?;
+    Ok((host, port, transport))
 }
 
 #[cfg(test)]
@@ -540,11 +592,19 @@ mod tests {
     fn turn_urls() {
         assert_eq!(
             parse_turn_url("turn:127.0.0.1:3479?transport=udp").unwrap(),
-            ("127.0.0.1".to_string(), 3479)
+            ("127.0.0.1".to_string(), 3479, TurnTransport::Udp)
         );
-        assert_eq!(parse_turn_url("turn:t").unwrap(), ("t".to_string(), 3478));
-        assert!(parse_turn_url("turn:t?transport=tcp").is_err());
-        assert!(parse_turn_url("turns:t:5349").is_err());
+        assert_eq!(
+            parse_turn_url("turn:t").unwrap(),
+            ("t".to_string(), 3478, TurnTransport::Udp)
+        );
+        assert_eq!(
+            parse_turn_url("turn:[::1]:5000?transport=TCP").unwrap(),
+            ("::1".to_string(), 5000, TurnTransport::Tcp)
+        );
+        assert!(parse_turn_url("turn:t?transport=sctp").is_err());
+        let e = parse_turn_url("turns:t:5349").unwrap_err();
+        assert!(e.contains("TLS"), "{e}");
     }
 
     // ---- the client against a scripted server ----------------------------------------
@@ -715,6 +775,24 @@ mod tests {
         assert!(matches!(c.poll_event(), Some(TurnEvent::Failed(_))));
         assert!(c.is_failed());
         assert!(t - now < Duration::from_secs(16));
+    }
+
+    #[test]
+    fn over_tcp_a_request_is_sent_once() {
+        let now = Instant::now();
+        let mut c = TurnClient::new(SERVER.parse().unwrap(), "u", "p", 2).reliable();
+        c.start(now);
+        assert!(c.poll_transmit().is_some());
+        assert_eq!(c.poll_timeout(), Some(now + TURN_RELIABLE_TIMEOUT));
+        c.handle_timeout(now + TURN_RELIABLE_TIMEOUT);
+        assert!(c.poll_transmit().is_none(), "no retransmission over TCP");
+        assert!(matches!(c.poll_event(), Some(TurnEvent::Failed(_))));
+        // A lost connection fails an allocation at once.
+        let mut c = TurnClient::new(SERVER.parse().unwrap(), "u", "p", 3).reliable();
+        c.start(now);
+        c.lost("TCP connection closed");
+        assert!(c.is_failed());
+        assert!(matches!(c.poll_event(), Some(TurnEvent::Failed(r)) if r.contains("closed")));
     }
 
     #[test]

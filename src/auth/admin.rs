@@ -8,12 +8,20 @@
 //!   expired, wrongly signed, …) → **401**;
 //! * a valid token whose role is not `admin` → **403**;
 //!
-//! both answered with a JSON `{"error": …}` body ([`AdminAuthError::body`]). Pure: the
-//! caller passes the header value, the JWT secret and `now`.
+//! both answered with a JSON `{"error": …}` body ([`AdminAuthError::message`]; the
+//! router maps the [`Error`] to HTTP).
+//! [`authorize_admin`] is pure (the caller passes the header value, the JWT secret and
+//! `now`); [`authorize`] is the workflow the routes call: it also counts a token that is
+//! not ours against the caller's failure budget.
 
-use serde::Serialize;
+use std::net::IpAddr;
 
+use super::budget::{failed, Budgeted};
+use super::failures::Failure;
 use super::jwt::{self, Claims, JwtError};
+use super::ops::{Op, Reply};
+use super::Config;
+use crate::shard::{Error, Request};
 use crate::time::UnixTime;
 
 /// The role an API key entry must carry for its JWTs to pass [`authorize_admin`].
@@ -52,26 +60,13 @@ pub enum AdminAuthError {
     },
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
-}
-
 impl AdminAuthError {
     /// Whether it counts against the failure budget ([`Unauthorized::is_forgery`]).
     pub fn is_forgery(&self) -> bool {
         matches!(self, AdminAuthError::Unauthorized(u) if u.is_forgery())
     }
 
-    /// The HTTP status: 401 or 403.
-    pub fn status(&self) -> u16 {
-        match self {
-            AdminAuthError::Unauthorized(_) => 401,
-            AdminAuthError::Forbidden { .. } => 403,
-        }
-    }
-
-    /// The `error` text of the response body.
+    /// The reason the client reads (`{"error": …}`, with 401 or 403: [`Error::from`]).
     pub fn message(&self) -> String {
         match self {
             AdminAuthError::Unauthorized(Unauthorized::Missing) => {
@@ -86,11 +81,14 @@ impl AdminAuthError {
             }
         }
     }
+}
 
-    /// The JSON response body, `{"error": …}`.
-    pub fn body(&self) -> String {
-        let message = self.message();
-        serde_json::to_string(&ErrorBody { error: &message }).unwrap_or_default()
+impl From<AdminAuthError> for Error {
+    fn from(e: AdminAuthError) -> Error {
+        match e {
+            AdminAuthError::Unauthorized(_) => Error::unauthorized(e.message()),
+            AdminAuthError::Forbidden { .. } => Error::forbidden(e.message()),
+        }
     }
 }
 
@@ -136,6 +134,30 @@ pub fn authorize_admin(
         });
     }
     Ok(claims)
+}
+
+/// The admin check of an operator route from `client`, whose `Authorization` header
+/// is `authorization`: the admin's claims, or 401/403 (a token that is not ours counts
+/// against `client`'s failure budget, which the caller checked before).
+pub async fn authorize<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    authorization: Option<&str>,
+    client: IpAddr,
+) -> Result<Claims, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let header = authorization.map(str::as_bytes);
+    match authorize_admin(header, &cfg.jwt_secret, sh.now(), cfg.jwt_leeway_secs) {
+        Ok(c) => Ok(c),
+        Err(e) => {
+            if e.is_forgery() {
+                failed(sh, client, Failure::Admin).await;
+            }
+            Err(e.into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,19 +213,16 @@ mod tests {
                 role: "agent".into()
             }
         );
-        assert_eq!(err.status(), 403);
         assert_eq!(
-            err.body(),
-            r#"{"error":"admin role required (token role: agent)"}"#
+            Error::from(err),
+            Error::forbidden("admin role required (token role: agent)")
         );
         // Role match is exact.
         for role in ["Admin", "admin ", "", "administrator"] {
             let t = jwt::issue(SECRET, "p", role, NOW_SECS);
             assert_eq!(
-                authorize_admin(Some(&bearer(&t)), SECRET, NOW, L)
-                    .unwrap_err()
-                    .status(),
-                403,
+                Error::from(authorize_admin(Some(&bearer(&t)), SECRET, NOW, L).unwrap_err()).kind,
+                crate::shard::Kind::Forbidden,
                 "{role:?}"
             );
         }
@@ -264,17 +283,15 @@ mod tests {
                 "{:?}",
                 header.as_deref().map(String::from_utf8_lossy)
             );
-            assert_eq!(got.status(), 401);
-            let body: serde_json::Value = serde_json::from_str(&got.body()).unwrap();
-            assert!(body["error"].as_str().is_some_and(|s| !s.is_empty()));
+            let e = Error::from(got);
+            assert_eq!(e.kind, crate::shard::Kind::Unauthorized);
+            assert!(e.message.is_some_and(|s| !s.is_empty()));
         }
         // An expired admin token.
         let old = jwt::issue(SECRET, "ops-1", "admin", NOW_SECS - 1000);
         assert_eq!(
-            authorize_admin(Some(&bearer(&old)), SECRET, NOW, L)
-                .unwrap_err()
-                .body(),
-            r#"{"error":"invalid token: expired signature"}"#
+            Error::from(authorize_admin(Some(&bearer(&old)), SECRET, NOW, L).unwrap_err()),
+            Error::unauthorized("invalid token: expired signature")
         );
     }
 }

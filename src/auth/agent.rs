@@ -17,35 +17,36 @@
 use std::net::IpAddr;
 
 use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
+use super::budget::{failed, Budgeted};
 use super::failures::Failure;
 use super::jwt::Claims;
-use crate::http::{Request, Response};
+use super::keys::DEV_API_KEY;
+use super::ops::{Op, Reply};
+use super::{Config, Presented};
 use crate::limits::Principal;
+use crate::shard::{Error, Request};
 use crate::time::UnixTime;
 
 /// The 401 for a refused agent token.
-fn unauthorized(u: Unauthorized) -> Response {
+fn unauthorized(u: Unauthorized) -> Error {
     match u {
-        Unauthorized::Missing => Response::error(
-            401,
+        Unauthorized::Missing => Error::unauthorized(
             "agent token required (--require-agent-auth): Authorization: Bearer <token from /api/token>",
         ),
-        Unauthorized::NotBearer => {
-            Response::error(401, "Authorization header must be Bearer <token>")
-        }
-        Unauthorized::Token(e) => Response::error(401, format!("invalid token: {e}")),
+        Unauthorized::NotBearer => Error::unauthorized("Authorization header must be Bearer <token>"),
+        Unauthorized::Token(e) => Error::unauthorized(format!("invalid token: {e}")),
     }
 }
 
-/// The caller's verified claims: 401 without a usable, valid bearer token.
+/// The caller's verified claims from its `Authorization` header: 401 without a usable,
+/// valid bearer token.
 pub fn authenticate(
-    req: &Request,
+    authorization: Option<&str>,
     secret: &[u8],
     now: UnixTime,
     leeway_secs: u64,
 ) -> Result<Claims, Unauthorized> {
-    let header = req.header("authorization").map(str::as_bytes);
-    bearer_claims(header, secret, now, leeway_secs)
+    bearer_claims(authorization.map(str::as_bytes), secret, now, leeway_secs)
 }
 
 /// Whether the token's subject may act as `agent_id`: itself, or any agent for an admin.
@@ -54,89 +55,158 @@ pub fn may_act_as(claims: &Claims, agent_id: &str) -> bool {
 }
 
 /// 403 unless [`may_act_as`].
-pub fn require_self(claims: &Claims, agent_id: &str) -> Result<(), Response> {
+pub fn require_self(claims: &Claims, agent_id: &str) -> Result<(), Error> {
     if may_act_as(claims, agent_id) {
         return Ok(());
     }
-    Err(Response::error(
-        403,
-        format!(
-            "token is for `{}`, not for agent `{agent_id}`: an agent may only act as itself",
-            claims.sub
-        ),
-    ))
+    Err(Error::forbidden(format!(
+        "token is for `{}`, not for agent `{agent_id}`: an agent may only act as itself",
+        claims.sub
+    )))
 }
 
 /// The caller of an agent or task route from `peer` (issue 20): under
 /// `--require-agent-auth` the bearer JWT's claims (401 without one, 403 when not for
 /// `agent_id`); otherwise [`super::principal::resolve`] (a JWT, a known API key, or
-/// none). A forged bearer token counts against `peer`'s failure budget.
-pub fn principal(
-    ctx: &crate::server::ShardCtx,
-    req: &Request,
+/// none). A forged bearer token counts against `peer`'s failure budget, and so does an
+/// `X-API-Key` that is no known key, whatever the route answers then ([`unknown_key`]).
+pub async fn principal<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    presented: Presented<'_>,
     peer: IpAddr,
     agent_id: Option<&str>,
-) -> Result<Principal, Response> {
+) -> Result<Principal, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     let address = crate::limits::client_key(peer);
-    let cfg = &ctx.config;
-    match gate(ctx, req, peer, agent_id)? {
+    match gate(sh, cfg, presented.authorization, peer, agent_id).await? {
         Some(c) => Ok(Principal::credential(c.sub, &c.role, address)),
-        None => super::principal::resolve(
-            req,
+        None => match super::principal::resolve(
+            presented,
             &cfg.api_keys,
             &cfg.jwt_secret,
-            ctx.now(),
+            sh.now(),
             cfg.jwt_leeway_secs,
             address,
-        )
-        .map_err(|r| {
-            if r.forged {
-                super::budget::failed(ctx, peer, Failure::Agent);
+        ) {
+            Ok(p) => {
+                unknown_key(sh, presented, &p, peer).await;
+                Ok(p)
             }
-            r.error.into()
-        }),
+            Err(r) => {
+                if r.forged {
+                    failed(sh, peer, Failure::Agent).await;
+                }
+                Err(r.error)
+            }
+        },
     }
 }
 
-/// A binding refused `req` (403) while it carried an `X-API-Key` that is no known key
-/// (`credential`: whether the request's principal had one): a wrong key as far as the caller can tell (a key for the
-/// agent would have been accepted), so it counts against `peer`'s failure budget like
-/// a wrong key at `POST /api/token`. Without this a heartbeat would answer, key by key,
-/// whether a guessed key belongs to a key-bound agent, outside that budget. A request
-/// without a key (an agent acting from its own address) and a valid credential for
-/// another agent are not wrong secrets and are never counted.
-pub fn refused_by_binding(
-    ctx: &crate::server::ShardCtx,
-    req: &Request,
-    credential: bool,
+/// The reader of a task route (reads need no token, also under
+/// `--require-agent-auth`): [`super::principal::resolve`], or under
+/// `--insecure-open-admin` (the reference hub's operator view, whose admin plane is open
+/// to anyone) an admin. An unknown `X-API-Key` decides what a read withholds as surely
+/// as a wrong one at `/api/token`, so it counts against `peer`'s failure budget
+/// ([`unknown_key`]), as does a forged bearer token.
+pub async fn reader<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    presented: Presented<'_>,
     peer: IpAddr,
-) {
-    if !credential && req.header("x-api-key").is_some() {
-        super::budget::failed(ctx, peer, Failure::Agent);
+) -> Result<Principal, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let address = crate::limits::client_key(peer);
+    if cfg.insecure_open_admin {
+        return Ok(Principal {
+            admin: true,
+            ..Principal::anonymous(address)
+        });
+    }
+    let resolved = super::principal::resolve(
+        presented,
+        &cfg.api_keys,
+        &cfg.jwt_secret,
+        sh.now(),
+        cfg.jwt_leeway_secs,
+        address,
+    );
+    match resolved {
+        Ok(by) => {
+            unknown_key(sh, presented, &by, peer).await;
+            Ok(by)
+        }
+        Err(r) => {
+            if r.forged {
+                failed(sh, peer, Failure::Agent).await;
+            }
+            Err(r.error)
+        }
+    }
+}
+
+/// Counts the request's `X-API-Key` as a wrong secret against `peer`'s failure budget
+/// when it is no known key: `by` (what the request resolved to) has no credential
+/// although a key was sent. A key decides which agents a request may act as and which
+/// tasks it may read, so every answer to a request with a guessed key (200 or 403 at a
+/// binding, a task charged as anonymous or not in `/metrics`, a task withheld or not)
+/// tells whether the guess was a key; counting it up front, before any of that, holds
+/// guessing to the budget (the router admitted the request first:
+/// `server::router::secret_route_of`). A request without a key, and a known key (for
+/// any agent), are never counted; nor is the public development key `ak_dev_001`
+/// ([`DEV_API_KEY`]) where it is not configured: the unmodified PyPI agent sends it on
+/// every request when it has no key of its own, and trying a key everyone knows
+/// guesses nothing. Any other key a client sends without having it counts, also an
+/// agent's misconfigured one (a server without that key cannot give its sidecar a JWT
+/// either).
+pub async fn unknown_key<S: Budgeted>(
+    sh: &S,
+    presented: Presented<'_>,
+    by: &Principal,
+    peer: IpAddr,
+) where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    if by.peer.is_none() && presented.api_key.is_some_and(|k| k != DEV_API_KEY) {
+        failed(sh, peer, Failure::AgentApiKey).await;
     }
 }
 
 /// The route's gate under `--require-agent-auth`: `Ok(None)` when the flag is off,
-/// else the caller's claims, checked to act as `agent_id` when one is given. A token
-/// that is not ours counts against `peer`'s failure budget (the router has checked the
-/// budget before the route ran).
-pub fn gate(
-    ctx: &crate::server::ShardCtx,
-    req: &Request,
+/// else the caller's claims from its `Authorization` header, checked to act as
+/// `agent_id` when one is given. A token that is not ours counts against `peer`'s
+/// failure budget (the router has checked the budget before the route ran).
+pub async fn gate<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    authorization: Option<&str>,
     peer: IpAddr,
     agent_id: Option<&str>,
-) -> Result<Option<Claims>, Response> {
-    if !ctx.config.require_agent_auth {
+) -> Result<Option<Claims>, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    if !cfg.require_agent_auth {
         return Ok(None);
     }
-    let cfg = &ctx.config;
-    let claims =
-        authenticate(req, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(|u| {
+    let claims = match authenticate(
+        authorization,
+        &cfg.jwt_secret,
+        sh.now(),
+        cfg.jwt_leeway_secs,
+    ) {
+        Ok(c) => c,
+        Err(u) => {
             if u.is_forgery() {
-                super::budget::failed(ctx, peer, Failure::Agent);
+                failed(sh, peer, Failure::Agent).await;
             }
-            unauthorized(u)
-        })?;
+            return Err(unauthorized(u));
+        }
+    };
     if let Some(id) = agent_id {
         require_self(&claims, id)?;
     }
@@ -147,36 +217,29 @@ pub fn gate(
 mod tests {
     use super::*;
     use crate::auth::jwt;
+    use crate::shard::Kind;
 
     const SECRET: &[u8] = b"s";
     const NOW_SECS: u64 = 1_795_239_689;
 
-    fn req(auth: Option<&str>) -> Request {
-        let mut raw = String::from("POST /api/hub/heartbeat HTTP/1.1\r\nHost: x\r\n");
-        if let Some(a) = auth {
-            raw.push_str(&format!("Authorization: {a}\r\n"));
-        }
-        raw.push_str("\r\n");
-        let mut p = crate::http::Parser::new(crate::http::Limits::default());
-        p.feed(raw.as_bytes());
-        match p.poll() {
-            Some(crate::http::Event::Request(r)) => r,
-            other => panic!("{other:?}"),
-        }
-    }
-
     #[test]
     fn tokens_and_self() {
         let now = UnixTime::from_secs(NOW_SECS);
-        let auth = |h: Option<&str>| authenticate(&req(h), SECRET, now, 5);
+        let auth = |h: Option<&str>| authenticate(h, SECRET, now, 5);
         assert_eq!(auth(None), Err(Unauthorized::Missing));
-        assert_eq!(unauthorized(auth(None).unwrap_err()).status, 401);
+        assert_eq!(
+            unauthorized(auth(None).unwrap_err()).kind,
+            Kind::Unauthorized
+        );
         assert!(!auth(None).unwrap_err().is_forgery());
         assert!(auth(Some("Bearer nope")).unwrap_err().is_forgery());
         let t = jwt::issue(SECRET, "agent-a", "agent", NOW_SECS);
         let c = auth(Some(&format!("Bearer {t}"))).unwrap();
         assert!(require_self(&c, "agent-a").is_ok());
-        assert_eq!(require_self(&c, "agent-b").unwrap_err().status, 403);
+        assert_eq!(
+            require_self(&c, "agent-b").unwrap_err().kind,
+            Kind::Forbidden
+        );
         let admin = jwt::issue(SECRET, "ops", ADMIN_ROLE, NOW_SECS);
         let c = auth(Some(&format!("Bearer {admin}"))).unwrap();
         assert!(require_self(&c, "agent-b").is_ok());

@@ -1,75 +1,120 @@
-//! `POST /api/token` and `GET /api/config`.
+//! Auth's workflows on any shard: `POST /api/token`, and the API-key check of the routes
+//! that take one (`generate-code`). Typed inputs (the header values, the caller's
+//! address) in, a typed outcome or an [`Error`] out; the router parses the request and
+//! answers.
 
 use std::net::IpAddr;
 
-use crate::auth::budget::failed;
-use crate::auth::failures::Failure;
-use crate::auth::ops::{Op, Reply};
-use crate::auth::DEVICE_TOKEN_ROLE;
-use crate::auth::{exchange_token, header_value_str, TokenExchange, TokenResponse};
-use crate::http::{Request, Response};
-use crate::ice::ice_config;
-use crate::server::common::{ask_owner, Answer};
-use crate::server::ShardCtx;
+use super::budget::{failed, Budgeted};
+use super::failures::Failure;
+use super::ops::{Op, Reply};
+use super::{
+    exchange_token, header_value_str, ApiKeyEntry, Config, TokenExchange, TokenResponse,
+    DEVICE_TOKEN_ROLE,
+};
+use crate::shard::{ask_owner, Error, Kind, Outcome, Request};
 
-fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.header(name)
-        .and_then(|v| header_value_str(v.as_bytes()))
+/// A token issued by `POST /api/token`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Issued {
+    /// The response body.
+    pub body: TokenResponse,
+    /// For a device token: the pairing entry it came from (`auth::DeviceGrant::entry_id`).
+    /// The caller tells pairing that the token was used (pairing's `token_used`), which
+    /// stops serving it on the claim path; auth knows nothing of pairing.
+    pub device_entry: Option<u32>,
 }
 
-/// `POST /api/token`: an API key is checked against this shard's copy of the keys; a
-/// device token is looked up on `shard_of(token)`. Unknown or missing → 401, empty body.
-/// An unknown key or token counts against `client`'s failure budget (one per request;
-/// a missing one does not), which the router checked before.
-pub async fn token(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    let now = ctx.now();
-    let cfg = &ctx.config;
-    let api_key = header(req, "x-api-key");
-    let exchange = exchange_token(
-        &cfg.api_keys,
-        &cfg.jwt_secret,
-        api_key,
-        header(req, "x-device-token"),
-        now,
-    );
-    match exchange {
-        TokenExchange::Issued(resp) => Ok(Response::json(200, &resp)),
-        TokenExchange::Unauthorized => {
-            if api_key.is_some() {
-                failed(ctx, client, Failure::TokenApiKey);
-            }
-            Ok(Response::new(401))
-        }
+impl Issued {
+    /// The 200 answer.
+    pub fn outcome(&self) -> Outcome {
+        Outcome::json(&self.body)
+    }
+}
+
+fn unexpected() -> Error {
+    tracing::error!("unexpected reply from a device-token index");
+    Error::internal("internal error")
+}
+
+/// `POST /api/token` from `client`, with its `X-API-Key` and `X-Device-Token` header
+/// values (`None`: absent; a value that is not visible ASCII counts as absent, as the
+/// reference reads it): an API key is checked against this shard's copy of the keys; a
+/// device token is looked up on `shard_of(its key)`. Unknown or missing → 401 with no
+/// body. An unknown key or token counts against `client`'s failure budget (a missing one
+/// does not), which the router checked before. An `X-API-Key` that is no known key
+/// counts even when the request also carries a device token that then succeeds:
+/// otherwise a device's holder could guess API keys outside the budget (the answer's
+/// `peer_id` and `role` say whether the guess was a key).
+pub async fn token<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    api_key: Option<&str>,
+    device_token: Option<&str>,
+    client: IpAddr,
+) -> Result<Issued, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let now = sh.now();
+    let sent_key = api_key.is_some();
+    let api_key = api_key.and_then(|v| header_value_str(v.as_bytes()));
+    let device_token = device_token.and_then(|v| header_value_str(v.as_bytes()));
+    if sent_key && api_key.and_then(|k| cfg.api_keys.lookup(k)).is_none() {
+        failed(sh, client, Failure::TokenApiKey).await;
+    }
+    match exchange_token(&cfg.api_keys, &cfg.jwt_secret, api_key, device_token, now) {
+        TokenExchange::Issued(body) => Ok(Issued {
+            body,
+            device_entry: None,
+        }),
+        // An unknown key was counted above.
+        TokenExchange::Unauthorized => Err(Error::bare(Kind::Unauthorized)),
         TokenExchange::LookupDeviceToken(token) => {
             // The index is keyed by the token's keyed hash (what the store keeps).
-            let key = crate::durable::token_key_of(&cfg.secrets, token);
-            match ask_owner(ctx, &key, Op::Lookup(Box::new(key.clone()))).await? {
-                Reply::Grant(Some(grant)) => {
-                    crate::pairing::api::token_used(ctx, grant.entry_id).await;
-                    let resp = TokenResponse::issue(
+            let key = super::tokens::token_key_of(&cfg.secrets, token);
+            match ask_owner(sh, &key, Op::Lookup(Box::new(key.clone()))).await? {
+                Reply::Grant(Some(grant)) => Ok(Issued {
+                    body: TokenResponse::issue(
                         &cfg.jwt_secret,
                         &grant.peer_id,
                         DEVICE_TOKEN_ROLE,
                         now,
-                    );
-                    Ok(Response::json(200, &resp))
-                }
+                    ),
+                    device_entry: Some(grant.entry_id),
+                }),
                 Reply::Grant(None) => {
-                    failed(ctx, client, Failure::TokenDeviceToken);
-                    Ok(Response::new(401))
+                    failed(sh, client, Failure::TokenDeviceToken).await;
+                    Err(Error::bare(Kind::Unauthorized))
                 }
-                _ => Ok(crate::server::common::unexpected()),
+                _ => Err(unexpected()),
             }
         }
     }
 }
 
-/// `GET /api/config`.
-pub fn ice(ctx: &ShardCtx) -> Response {
-    let cfg = &ctx.config;
-    let turn = cfg
-        .turn
-        .as_ref()
-        .map(|(url, secret)| (url.as_str(), secret.as_slice()));
-    Response::json(200, &ice_config(&cfg.stun_urls, turn, ctx.now()))
+/// The known API key of a route that needs one (`POST /api/pairing/generate-code`),
+/// from its `X-API-Key` header value: 401 with no body without a known key; an unknown
+/// key (not a missing one) counts against `client`'s failure budget as `failure`.
+pub async fn known_key<'c, S: Budgeted>(
+    sh: &S,
+    cfg: &'c Config,
+    api_key: Option<&str>,
+    client: IpAddr,
+    failure: Failure,
+) -> Result<&'c ApiKeyEntry, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let key = api_key.and_then(|v| header_value_str(v.as_bytes()));
+    match key.and_then(|k| cfg.api_keys.lookup(k)) {
+        Some(entry) => Ok(entry),
+        None => {
+            // Any key sent that is no known key (also one that is not text) is a wrong one.
+            if api_key.is_some() {
+                failed(sh, client, failure).await;
+            }
+            Err(Error::bare(Kind::Unauthorized))
+        }
+    }
 }

@@ -28,9 +28,21 @@
 //! it has no hint of is let through without a message (the common case: every honest
 //! client); an address hinted as backed off is refused locally; any other hinted
 //! address is checked with its owner first. A failure is told to the owner, and the
-//! address hinted. So an address that fails through a shard that has no hint of it
-//! gets one evaluated attempt there before that shard learns of it: at most `cores - 1`
-//! attempts beyond its budget per ledger lifetime.
+//! address hinted.
+//!
+//! Parallel connections (review of issue 20): each shard lets at most one check of an
+//! address be in flight whose outcome is not yet counted ([`InFlight`]); the next
+//! attempt of that address on that shard waits for it. A check that does not await
+//! (an API key, a JWT) is admitted and decided in one step of the shard, so only the
+//! checks that await (a device token or claim secret looked up on another shard, and
+//! admission while it asks the owner) are held in flight. So when the owner admits an
+//! attempt, the failures it does not know yet are at most one per other shard (the
+//! check in flight there, or the failure told from there and not yet received; a
+//! shard's own told failures reach the owner before its next question): an address
+//! gets at most `per_client_max + cores - 1` evaluated attempts per window, however many
+//! connections it opens. The honest path is unchanged: an address without recent
+//! failures costs no message, and waits only behind its own awaiting checks on the same
+//! shard.
 //!
 //! Both tables are bounded (`clients_max` each). A full table forgets the entry that
 //! expires first: those of addresses with a few failures and no back-off go before
@@ -498,6 +510,75 @@ impl FailureHints {
     }
 }
 
+/// Secret checks in flight on one shard, per client address ([`client_addr`]): the
+/// attempts admitted ([`crate::auth::budget::admit`]) whose outcome is not known yet,
+/// because the check awaits (a device token or claim secret looked up on another shard)
+/// or because admission itself awaits the owner's verdict. An address with one in flight
+/// waits for it before its next attempt on this shard is admitted, so each attempt is
+/// admitted with the failures of the ones before it already counted (review of issue
+/// 20: 40 parallel connections of one address were 12 to 31 evaluated attempts; see the
+/// module docs for the bound).
+///
+/// Bounded without a limit of its own: an entry exists only while an attempt holds it
+/// ([`Attempt`]), and each attempt is a request being answered on this shard, so there
+/// are at most as many entries as the shard has connections (`--max-connections`).
+#[derive(Clone, Debug, Default)]
+pub struct InFlight {
+    counts: HashMap<IpAddr, u32>,
+}
+
+impl InFlight {
+    /// Checks of `addr` in flight.
+    pub fn count(&self, addr: IpAddr) -> u32 {
+        self.counts.get(&addr).copied().unwrap_or(0)
+    }
+
+    /// Addresses with a check in flight.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether no check is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    fn enter(&mut self, addr: IpAddr) {
+        *self.counts.entry(addr).or_default() += 1;
+    }
+
+    fn leave(&mut self, addr: IpAddr) {
+        if let Some(n) = self.counts.get_mut(&addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.counts.remove(&addr);
+            }
+        }
+    }
+}
+
+/// One secret check in flight ([`InFlight`]): counted from [`Attempt::enter`] until it
+/// is dropped.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    table: &'a std::cell::RefCell<InFlight>,
+    addr: IpAddr,
+}
+
+impl<'a> Attempt<'a> {
+    /// Counts a check of `addr` in flight in `table`.
+    pub fn enter(table: &'a std::cell::RefCell<InFlight>, addr: IpAddr) -> Attempt<'a> {
+        table.borrow_mut().enter(addr);
+        Attempt { table, addr }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        self.table.borrow_mut().leave(self.addr);
+    }
+}
+
 /// A route family that checks a secret, as `/metrics` labels it (`route="…"`): each
 /// has the failure budget's check before its secret is looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -512,7 +593,8 @@ pub enum SecretRoute {
     Admin,
     /// `GET /ws`.
     Ws,
-    /// The agent routes under `--require-agent-auth`.
+    /// The agent and task routes, under `--require-agent-auth` or when the request
+    /// carries an `X-API-Key` or a bearer token.
     Agent,
 }
 
@@ -548,7 +630,7 @@ impl SecretRoute {
 /// A wrong secret, by route and kind of secret (`/metrics` labels `route`, `kind`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// `POST /api/token` with an unknown `X-API-Key` (and no device token).
+    /// `POST /api/token` with an unknown `X-API-Key` (with or without a device token).
     TokenApiKey,
     /// `POST /api/token` with an unknown `X-Device-Token`.
     TokenDeviceToken,
@@ -560,13 +642,16 @@ pub enum Failure {
     Admin,
     /// `/ws` with a JWT that is not ours.
     Ws,
-    /// An agent route (`--require-agent-auth`) with a JWT that is not ours.
+    /// An agent or task route with a JWT that is not ours.
     Agent,
+    /// An agent or task route with an `X-API-Key` that is no known key (it decides
+    /// which agents the request may act as and which tasks it may read).
+    AgentApiKey,
 }
 
 impl Failure {
     /// Every failure, in counter order.
-    pub const ALL: [Failure; 7] = [
+    pub const ALL: [Failure; 8] = [
         Failure::TokenApiKey,
         Failure::TokenDeviceToken,
         Failure::GenerateCode,
@@ -574,6 +659,7 @@ impl Failure {
         Failure::Admin,
         Failure::Ws,
         Failure::Agent,
+        Failure::AgentApiKey,
     ];
 
     /// The route family.
@@ -584,14 +670,14 @@ impl Failure {
             Failure::PairingStatus => SecretRoute::PairingStatus,
             Failure::Admin => SecretRoute::Admin,
             Failure::Ws => SecretRoute::Ws,
-            Failure::Agent => SecretRoute::Agent,
+            Failure::Agent | Failure::AgentApiKey => SecretRoute::Agent,
         }
     }
 
     /// The `kind` label: which secret was wrong.
     pub fn kind(self) -> &'static str {
         match self {
-            Failure::TokenApiKey | Failure::GenerateCode => "api_key",
+            Failure::TokenApiKey | Failure::GenerateCode | Failure::AgentApiKey => "api_key",
             Failure::TokenDeviceToken => "device_token",
             Failure::PairingStatus => "claim_secret",
             Failure::Admin | Failure::Ws | Failure::Agent => "jwt",
@@ -853,6 +939,23 @@ mod tests {
         );
         assert_eq!(h.look(ip(2), at(1.0)), Look::Unknown);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn attempts_in_flight_are_counted_until_dropped() {
+        let table = std::cell::RefCell::new(InFlight::default());
+        let a = Attempt::enter(&table, ip(1));
+        let b = Attempt::enter(&table, ip(1));
+        let c = Attempt::enter(&table, ip(2));
+        assert_eq!((table.borrow().count(ip(1)), table.borrow().len()), (2, 2));
+        drop(a);
+        assert_eq!(table.borrow().count(ip(1)), 1);
+        drop((b, c));
+        assert!(
+            table.borrow().is_empty(),
+            "an address goes with its last attempt"
+        );
+        assert_eq!(table.borrow().count(ip(1)), 0);
     }
 
     #[test]

@@ -4,8 +4,16 @@
 //! otherwise (header absent, not visible ASCII, or unknown key) an `X-Device-Token` is
 //! tried; with neither usable the answer is 401 with an empty body. [`exchange_token`] does
 //! the API-key half on any shard (each holds [`ApiKeys`]); the device-token half needs the
-//! `DeviceTokenIndex` shard that owns the token, after which [`TokenResponse::issue`] builds
-//! the reply with role [`DEVICE_TOKEN_ROLE`].
+//! [`DeviceTokenIndex`] shard that owns the token, after which [`TokenResponse::issue`]
+//! builds the reply with role [`DEVICE_TOKEN_ROLE`] (`api::token`).
+//!
+//! Auth imports no other service: pairing asks auth's typed operations
+//! ([`ops::Op::Insert`], [`ops::Op::Remove`]) to index and drop device tokens, and
+//! `api::token` hands the pairing entry id of a used device token back to its caller
+//! (the router), which tells pairing ([`api::Issued`]).
+//!
+//! Workflows are generic over the shard layer (`crate::shard`); the failure budget's
+//! ledger, hints and counters are state each shard keeps ([`budget::Budgeted`]).
 
 pub mod admin;
 pub mod agent;
@@ -16,13 +24,71 @@ pub mod jwt;
 pub mod keys;
 pub mod ops;
 pub mod principal;
+pub mod tokens;
+#[cfg(test)]
+mod workflows;
 
 use serde::Serialize;
 
 use crate::time::UnixTime;
+use chatixia_store::Secrets;
 
 pub use jwt::{issue, verify, Claims, JwtError};
 pub use keys::{ApiKeyEntry, ApiKeys, ApiKeysError};
+pub use tokens::{DeviceGrant, DeviceTokenIndex, IndexInsertError};
+
+/// What auth's workflows are held to and check with (immutable after start).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The API keys, parsed once before the shards start.
+    pub api_keys: ApiKeys,
+    /// JWT signing secret (`SIGNALING_SECRET`).
+    pub jwt_secret: Vec<u8>,
+    /// Clock skew allowed on a JWT's `exp`, `nbf` and `iat` (`--jwt-leeway-secs`).
+    pub jwt_leeway_secs: u64,
+    /// Keys derived from `jwt_secret` (issue 10): a presented device token is looked up
+    /// by its keyed hash.
+    pub secrets: Secrets,
+    /// The failure budgets of the routes that check a secret (`failures`), server-wide:
+    /// each shard enforces its share of the total.
+    pub failures: failures::FailureLimits,
+    /// `--require-agent-auth`: agent routes need the agent's JWT (`agent`).
+    pub require_agent_auth: bool,
+    /// `--insecure-open-admin`: the operator routes need no admin token (the
+    /// reference's open admin plane), and task reads withhold nothing.
+    pub insecure_open_admin: bool,
+}
+
+impl Config {
+    /// These keys and this secret (its derived keys with it), the other settings at
+    /// their defaults.
+    pub fn new(api_keys: ApiKeys, jwt_secret: Vec<u8>) -> Config {
+        Config {
+            secrets: Secrets::derive(&jwt_secret),
+            api_keys,
+            jwt_secret,
+            jwt_leeway_secs: jwt::LEEWAY_SECS_DEFAULT,
+            failures: failures::FailureLimits::default(),
+            require_agent_auth: false,
+            insecure_open_admin: false,
+        }
+    }
+}
+
+impl Default for Config {
+    /// The reference's defaults: the development key and secret.
+    fn default() -> Self {
+        Config::new(ApiKeys::dev_default(), DEFAULT_SECRET.as_bytes().to_vec())
+    }
+}
+
+/// The credentials a request presents, as its header values (the router reads them;
+/// `None`: absent): `Authorization` and `X-API-Key`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Presented<'a> {
+    pub authorization: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+}
 
 /// Signing secret when `SIGNALING_SECRET` is unset.
 pub const DEFAULT_SECRET: &str = "dev-secret-change-me";

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::failures::{FailureLedger, Verdict};
-use crate::pairing::{DeviceGrant, DeviceTokenIndex, IndexInsertError};
+use super::tokens::{DeviceGrant, DeviceTokenIndex, IndexInsertError};
 use crate::time::UnixTime;
 
 /// A request to the device-token index of one shard (one-word payloads, see

@@ -2,14 +2,13 @@
 //! [`resolve`] reads from its headers, the API keys, the JWT secret and `now`, as a
 //! [`Principal`] (`limits::principal`, where the binding rules are).
 //!
-//! * An unknown `X-API-Key` counts as no credential (the PyPI agent sends `ak_dev_001`
-//!   when it has no key configured, and must keep working where that key is unknown); a
-//!   present but invalid bearer token is 401 (only clients that mean to authenticate
-//!   send one).
+//! * An unknown `X-API-Key` counts as no credential, and as a wrong secret against the
+//!   address's failure budget (`auth::agent::principal`: a key decides what a request
+//!   may act as, so trying one is trying a secret); a present but invalid bearer token
+//!   is 401 (only clients that mean to authenticate send one).
 
 use super::admin::bearer_token;
-use super::{header_value_str, jwt, ApiKeys};
-use crate::http::Request;
+use super::{header_value_str, jwt, ApiKeys, Presented};
 use crate::limits::principal::Principal;
 use crate::shard::Error;
 use crate::time::UnixTime;
@@ -22,21 +21,22 @@ pub struct Refused {
     pub forged: bool,
 }
 
-/// The principal of `req` from `address` (a client key) in the default configuration:
+/// The principal of a request that `presented` these headers from `address` (a client
+/// key) in the default configuration:
 /// a valid bearer JWT (with `leeway_secs` of clock skew), else a known `X-API-Key`, else
 /// none. A bearer token that does not verify is 401; an `Authorization` header of
-/// another scheme and an unknown API key are ignored here (an unknown key that is then
-/// refused 403 by a binding is counted by the route: see `auth::agent`).
+/// another scheme and an unknown API key are ignored here (the route counts an unknown
+/// key as a wrong secret: see `auth::agent::principal`).
 pub fn resolve(
-    req: &Request,
+    presented: Presented<'_>,
     keys: &ApiKeys,
     secret: &[u8],
     now: UnixTime,
     leeway_secs: u64,
     address: String,
 ) -> Result<Principal, Refused> {
-    if let Some(token) = req
-        .header("authorization")
+    if let Some(token) = presented
+        .authorization
         .and_then(|h| bearer_token(h.as_bytes()))
     {
         let claims =
@@ -46,8 +46,8 @@ pub fn resolve(
             })?;
         return Ok(Principal::credential(claims.sub, &claims.role, address));
     }
-    let key = req
-        .header("x-api-key")
+    let key = presented
+        .api_key
         .and_then(|v| header_value_str(v.as_bytes()));
     Ok(match key.and_then(|k| keys.lookup(k)) {
         Some(entry) => Principal::credential(entry.peer_id.clone(), &entry.role, address),
@@ -62,17 +62,16 @@ mod tests {
     const SECRET: &[u8] = b"s";
     const NOW_SECS: u64 = 1_795_239_689;
 
-    fn req(headers: &[(&str, &str)]) -> Request {
-        let mut raw = String::from("POST /api/hub/heartbeat HTTP/1.1\r\nHost: x\r\n");
-        for (k, v) in headers {
-            raw.push_str(&format!("{k}: {v}\r\n"));
-        }
-        raw.push_str("\r\n");
-        let mut p = crate::http::Parser::new(crate::http::Limits::default());
-        p.feed(raw.as_bytes());
-        match p.poll() {
-            Some(crate::http::Event::Request(r)) => r,
-            other => panic!("{other:?}"),
+    fn req<'a>(headers: &[(&str, &'a str)]) -> Presented<'a> {
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v)
+        };
+        Presented {
+            authorization: find("authorization"),
+            api_key: find("x-api-key"),
         }
     }
 
@@ -86,7 +85,7 @@ mod tests {
 
     fn resolve_with(headers: &[(&str, &str)]) -> Result<Principal, Error> {
         resolve(
-            &req(headers),
+            req(headers),
             &keys(),
             SECRET,
             UnixTime::from_secs(NOW_SECS),

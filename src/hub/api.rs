@@ -1,28 +1,112 @@
-//! `/api/hub/heartbeat` and `/api/hub/tasks*`.
+//! The hub's workflows: the heartbeat with its task claims, and tasks (create, read,
+//! list, update). Typed inputs (parsed bodies, the caller's principal) in, an
+//! [`Outcome`] or an [`Error`] out, on any [`Shard`].
 //!
 //! A task lives on its home shard (`shard_of(skill)`, else `shard_of(target)`, else the
 //! shard that took the request) and its id is drawn until `shard_of(id)` is that home,
 //! so a task is found from its id alone. A task with both a target and a skill also
 //! leaves a pointer on the target's shard (see docs/ARCHITECTURE.md).
+//!
+//! Durability (issue 10): a change is applied on its owner, made durable, and only then
+//! acknowledged; when the store does not take it, the change is undone on its owner
+//! through room reserved there before it was made (`shard::reserve`), so an undo is
+//! never lost to a full mailbox.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-use crate::durable::task_record;
-use crate::http::{Request, Response};
 use crate::hub::ops::{Op, Reply};
+use crate::hub::records::task_record;
 use crate::hub::{
     heartbeat_body, new_task_id, task_body, task_created_body, Placement, Task, TaskId,
-    TaskSubmission, TaskUpdate,
+    TaskSubmission, TaskUpdate, DEFAULT_TTL_SECS, TASK_STORE_NAMES,
 };
-use crate::limits::Principal;
-use crate::registry::Heartbeat;
-use crate::server::common::{
-    ask, ask_all, fill_random, json_body, not_found_200, ok_json, ok_status, path_param,
-    random_bytes, unexpected, Answer,
+use crate::limits::{too_big, FieldLimits, Principal};
+use crate::registry::{Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY};
+use crate::shard::paging::{item_json, page_of, page_req, time_key, PageLimits};
+use crate::shard::{
+    ask, ask_all, fill_random, random, reserve, settle, tell, Durability, Error, Outcome, Request,
+    Shard, ShardId,
 };
-use crate::server::{Msg, ShardCtx};
 use chatixia_store::{Mutation, WriteClass};
+
+/// What the hub's routes are held to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A task's `skill`, `target_agent_id`, `source_agent_id`, and an update's `state`.
+    pub fields: FieldLimits,
+    /// Bytes of a task's `payload` as JSON text (`--task-payload-bytes-max`). Larger: 413.
+    pub payload_bytes_max: usize,
+    /// Bytes of an update's `result` and `error` (`--task-result-bytes-max`). Larger: 413.
+    pub result_bytes_max: usize,
+    /// Largest `ttl` in seconds (`--task-ttl-max`). Above: 422.
+    pub ttl_max: u64,
+    /// List pages.
+    pub pages: PageLimits,
+    /// `--require-agent-auth`: an update needs the assignee's token (see `update`).
+    pub require_agent_auth: bool,
+    /// Shards holding tasks away from their claim home since a restart with another
+    /// shard count: heartbeats ask them too (`server::boot`).
+    pub stray_task_shards: Vec<usize>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fields: FieldLimits::default(),
+            payload_bytes_max: 64 * 1024,
+            result_bytes_max: 64 * 1024,
+            ttl_max: 7 * 24 * 3600,
+            pages: PageLimits::default(),
+            require_agent_auth: false,
+            stray_task_shards: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// `POST /api/hub/tasks`.
+    pub fn check_task(&self, t: &TaskSubmission) -> Result<(), Error> {
+        self.fields.id("skill", &t.skill)?;
+        self.fields.id("target_agent_id", &t.target_agent_id)?;
+        self.fields.id("source_agent_id", &t.source_agent_id)?;
+        if t.payload.len() > self.payload_bytes_max {
+            return Err(too_big(
+                "payload",
+                t.payload.len(),
+                self.payload_bytes_max,
+                "--task-payload-bytes-max",
+            ));
+        }
+        if t.ttl > self.ttl_max {
+            return Err(Error::unprocessable(format!(
+                "field `ttl` is {}; the most is {} seconds (--task-ttl-max)",
+                t.ttl, self.ttl_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /api/hub/tasks/{id}`.
+    pub fn check_update(&self, u: &TaskUpdate) -> Result<(), Error> {
+        self.fields.field("state", &u.state)?;
+        for (name, v) in [("result", &u.result), ("error", &u.error)] {
+            if v.len() > self.result_bytes_max {
+                return Err(too_big(
+                    name,
+                    v.len(),
+                    self.result_bytes_max,
+                    "--task-result-bytes-max",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unexpected() -> Error {
+    tracing::error!("unexpected reply from a hub");
+    Error::internal("internal error")
+}
 
 /// Redraws of a task id that already exists on its home shard (44 random bits: a clash
 /// is practically impossible; this only bounds the loop).
@@ -31,115 +115,89 @@ const TASK_ID_TRIES_MAX: usize = 8;
 /// Draws a task id that hashes to `home`. Each draw hits `home` with probability
 /// 1/shards, so this takes `shards` draws on average; the bound only matters if the
 /// random source is broken.
-fn draw_task_id(ctx: &ShardCtx, home: usize) -> Answer<TaskId> {
-    random_bytes::<1>()?; // fail early (500) if the OS has no randomness
-    let draws_max = 64 * ctx.shard.count().max(1) + 64;
+fn draw_task_id<S: Shard>(sh: &S, home: ShardId) -> Result<TaskId, Error> {
+    random(&mut [0u8; 1])?; // fail early (500) if the OS has no randomness
+    let draws_max = 64 * sh.count().max(1) + 64;
     for _ in 0..draws_max {
         let id = new_task_id(&mut fill_random);
-        if ctx.shard.shard_of(&id) == home {
+        if sh.shard_of(id.as_bytes()) == home {
             return Ok(id);
         }
     }
-    Err(Response::error(500, "could not draw a task id"))
+    Err(Error::internal("could not draw a task id"))
 }
 
-/// `POST /api/hub/tasks`.
-pub async fn create(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
-    crate::limits::require_object(&req.body)?;
-    let sub: TaskSubmission = json_body(req)?;
-    ctx.config.limits.check_task(&sub)?;
-    let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
-    let by = crate::auth::agent::principal(ctx, req, peer, source)?;
-    let (home, pointer_for) = match sub.placement() {
-        Placement::Skill { skill, pointer_for } => (ctx.shard.shard_of(skill), pointer_for),
-        Placement::Agent(agent) => (ctx.shard.shard_of(agent), None),
-        Placement::Any => (ctx.shard.id(), None),
-    };
-    // A targeted skill task whose target lives on another shard leaves a pointer there.
-    let pointer_to = pointer_for
-        .map(|t| ctx.shard.shard_of(t))
-        .filter(|&s| s != home);
-    let target = sub.target_agent_id.clone();
-    let ttl = sub.ttl;
-    let class = if by.peer.is_none() {
+/// The durable store's size bound a change for `by` is held to: its anonymous share for
+/// a client without credentials.
+fn write_class(by: &Principal) -> WriteClass {
+    if by.peer.is_none() {
         WriteClass::Anonymous
     } else {
         WriteClass::Bounded
+    }
+}
+
+/// `POST /api/hub/tasks` by `by`: stored on its home shard, durable before it is
+/// claimable or acknowledged.
+pub async fn create<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    sub: TaskSubmission,
+    by: Principal,
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    cfg.check_task(&sub)?;
+    let (home, pointer_for) = match sub.placement() {
+        Placement::Skill { skill, pointer_for } => (sh.shard_of(skill.as_bytes()), pointer_for),
+        Placement::Agent(agent) => (sh.shard_of(agent.as_bytes()), None),
+        Placement::Any => (sh.id(), None),
     };
-    let mut sub = Some(sub);
+    // A targeted skill task whose target lives on another shard leaves a pointer there.
+    let pointer_to = pointer_for
+        .map(|t| sh.shard_of(t.as_bytes()))
+        .filter(|&s| s != home);
+    let target = sub.target_agent_id.clone();
+    let ttl = sub.ttl;
+    let class = write_class(&by);
+    // The follow-up on the home shard (saved, or removed when the store refuses it) is
+    // never refused: its room is taken before the task is.
+    let room = reserve(sh, home)?;
+    let mut sub = sub;
     for _ in 0..TASK_ID_TRIES_MAX {
-        let id = draw_task_id(ctx, home)?;
-        let Some(s) = sub.take() else { break };
-        let op = Op::Create(Box::new((id.clone(), s, by.clone())));
-        match ask(ctx, home, op).await? {
+        let id = draw_task_id(sh, home)?;
+        let op = Op::Create(Box::new((id.clone(), sub, by.clone())));
+        match ask(sh, home, op).await? {
             Reply::Task(Some(task)) => {
-                // Durable before it is claimable or acknowledged (issue 10).
-                let saved = ctx
-                    .commit_as(vec![Mutation::PutTask(task_record(&task))], class)
-                    .await;
-                if let Err(resp) = saved {
-                    let _ = ask_retry(ctx, home, || Op::Remove(Box::new(id.clone()))).await;
-                    return Err(resp);
+                let put = vec![Mutation::PutTask(task_record(&task))];
+                if let Err(e) = sh.commit(put, Durability::Now(class)).await {
+                    settle(room, Op::Remove(Box::new(id)));
+                    return Err(e);
                 }
-                ask_retry(ctx, home, || Op::Saved(Box::new(id.clone()))).await?;
+                settle(room, Op::Saved(Box::new(id.clone())));
                 if let Some(to) = pointer_to {
-                    let deadline = ctx.now().saturating_add_secs(ttl);
+                    let deadline = sh.now().saturating_add_secs(ttl);
                     let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
-                    if ask(ctx, to, ptr).await.is_err() {
+                    // Best effort: the task stays claimable through its skill.
+                    if tell(sh, to, ptr).await.is_err() {
                         tracing::warn!(task = %id, "could not leave a task pointer (mailbox full)");
                     }
                 }
-                return Ok(ok_json(task_created_body(&id)));
+                return Ok(Outcome::Json(task_created_body(&id)));
             }
-            Reply::Refused(r) => return Ok(ctx.refused("tasks", &r)),
-            Reply::InUse => {
-                // The submission was consumed by the message; rebuild it from the request.
-                sub = Some(json_body(req)?);
-            }
-            _ => return Ok(unexpected()),
+            Reply::Refused(r) => return Err(r.error(&TASK_STORE_NAMES)),
+            // The id was taken: the submission comes back for another draw.
+            Reply::InUse(back) => sub = *back,
+            _ => return Err(unexpected()),
         }
     }
-    Ok(Response::error(500, "could not draw a free task id"))
-}
-
-/// The reader of a task route: its principal (reads need no token, also under
-/// `--require-agent-auth`), or under `--insecure-open-admin` (the reference hub's
-/// operator view, whose admin plane is open to anyone) an admin.
-fn reader(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Principal> {
-    let address = crate::limits::client_key(peer);
-    if ctx.config.insecure_open_admin {
-        return Ok(Principal {
-            admin: true,
-            ..Principal::anonymous(address)
-        });
-    }
-    let cfg = &ctx.config;
-    crate::auth::principal::resolve(
-        req,
-        &cfg.api_keys,
-        &cfg.jwt_secret,
-        ctx.now(),
-        cfg.jwt_leeway_secs,
-        address,
-    )
-    .inspect(|by| {
-        // An unknown key decides what is withheld as surely as a wrong one at
-        // `/api/token`: it counts against the address's failure budget (no reader sends
-        // a key it does not mean: the PyPI agent polls without one).
-        if by.peer.is_none() && req.header("x-api-key").is_some() {
-            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
-        }
-    })
-    .map_err(|r| {
-        if r.forged {
-            crate::auth::budget::failed(ctx, peer, crate::auth::failures::Failure::Agent);
-        }
-        r.error.into()
-    })
+    Err(Error::internal("could not draw a free task id"))
 }
 
 /// A task as `reader` may see it: whole if [`Task::readable_by`], else with `payload`,
-/// `result` and `error` withheld and `"withheld":true` added (issue 20).
+/// `result` and `error` withheld and `"withheld":true` added (issue 20). `sorted`: keys
+/// in sorted order (get-one), else declaration order (lists).
 fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Withheld<T> {
@@ -148,11 +206,7 @@ fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
         withheld: bool,
     }
     if t.readable_by(reader) {
-        return if sorted {
-            task_body(t)
-        } else {
-            crate::server::paging::item_json(t)
-        };
+        return if sorted { task_body(t) } else { item_json(t) };
     }
     let w = t.withheld();
     if sorted {
@@ -168,61 +222,85 @@ fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
     }
 }
 
-/// `GET /api/hub/tasks/all[?limit=N&cursor=C]`: one page of every shard's tasks, by
-/// creation time then id (see `server::paging`); what the caller may not read is
-/// withheld ([`for_reader`]).
-pub async fn list_page(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
-    use crate::server::paging::{page_req, page_response, time_key};
-    let reader = reader(ctx, req, peer)?;
-    let page = page_req(req, &ctx.config.limits)?;
-    let mut all: Vec<Task> = Vec::new();
-    for r in ask_all(ctx, |_| Op::ListPage(Box::new(page.clone()))).await? {
-        match r {
-            Reply::Tasks(v) => all.extend(*v),
-            _ => return Ok(unexpected()),
-        }
-    }
-    sort_tasks(&mut all);
-    Ok(page_response(
-        &all,
-        &page,
-        &ctx.config.limits,
-        |t| time_key(t.created_at, &t.id),
-        |t| for_reader(t, &reader, false),
-    ))
-}
-
 fn sort_tasks(tasks: &mut [Task]) {
     tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
 }
 
-/// `GET /api/hub/tasks/{id}` (what the caller may not read is withheld).
-pub async fn get(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -> Answer<Response> {
-    let id = path_param(raw_id)?;
-    let reader = reader(ctx, req, peer)?;
-    let to = ctx.shard.shard_of(&id);
-    match ask(ctx, to, Op::Get(Box::new(id))).await? {
-        Reply::Task(Some(t)) => Ok(ok_json(for_reader(&t, &reader, true))),
-        Reply::Task(None) => Ok(not_found_200()),
-        _ => Ok(unexpected()),
+/// `GET /api/hub/tasks/all[?limit=N&cursor=C]`: one page of every shard's tasks, by
+/// creation time then id (`shard::paging`); what `reader` may not read is withheld.
+pub async fn list_page<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    reader: &Principal,
+    limit: Option<&str>,
+    cursor: Option<&str>,
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let page = page_req(limit, cursor, &cfg.pages)?;
+    let mut all: Vec<Task> = Vec::new();
+    for r in ask_all(sh, |_| Op::ListPage(Box::new(page.clone()))).await? {
+        match r {
+            Reply::Tasks(v) => all.extend(*v),
+            _ => return Err(unexpected()),
+        }
+    }
+    sort_tasks(&mut all);
+    Ok(page_of(
+        &all,
+        &page,
+        &cfg.pages,
+        |t| time_key(t.created_at, &t.id),
+        |t| for_reader(t, reader, false),
+    ))
+}
+
+/// `GET /api/hub/tasks/{id}` (what `reader` may not read is withheld).
+pub async fn get<S: Shard>(sh: &S, reader: &Principal, id: String) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let to = sh.shard_of(id.as_bytes());
+    match ask(sh, to, Op::Get(Box::new(id))).await? {
+        Reply::Task(Some(t)) => Ok(Outcome::Json(for_reader(&t, reader, true))),
+        Reply::Task(None) => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
+        _ => Err(unexpected()),
     }
 }
 
-/// `POST /api/hub/tasks/{id}`: by the task's claimer or creator (`Task::updatable_by`),
-/// or under `--require-agent-auth` its assignee's token.
-pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -> Answer<Response> {
-    let id = path_param(raw_id)?;
-    crate::limits::require_object(&req.body)?;
-    let upd: TaskUpdate = json_body(req)?;
-    ctx.config.limits.check_update(&upd)?;
-    let to = ctx.shard.shard_of(&id);
-    let by = crate::auth::agent::principal(ctx, req, peer, None)?;
+/// `POST /api/hub/tasks/{id}` by `by`: the task's claimer or creator
+/// (`Task::updatable_by`), or under `--require-agent-auth` its assignee's token (the
+/// router has checked that a token was sent). Durable before it is acknowledged; put
+/// back when the store does not take it.
+pub async fn update<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    id: String,
+    upd: TaskUpdate,
+    by: Principal,
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    cfg.check_update(&upd)?;
+    let to = sh.shard_of(id.as_bytes());
     let credential = by.peer.is_some();
-    let op = match (&by.peer, ctx.config.require_agent_auth && !by.admin) {
-        (Some(sub), true) => Op::UpdateAs(Box::new((id, upd, sub.clone()))),
-        _ => Op::Update(Box::new((id, upd, by))),
+    // The task's report is charged to its poster (`TaskStore::try_update`), and so is
+    // its durable write: an authenticated agent's report is held to the store's bound,
+    // not to the anonymous share of the task's submitter.
+    let class = if credential {
+        WriteClass::Bounded
+    } else {
+        WriteClass::Anonymous
     };
-    match ask(ctx, to, op).await? {
+    let op = if credential && cfg.require_agent_auth && !by.admin {
+        Op::UpdateAs(Box::new((id, upd, by)))
+    } else {
+        Op::Update(Box::new((id, upd, by)))
+    };
+    let room = reserve(sh, to)?;
+    match ask(sh, to, op).await? {
         Reply::Updated(b) => {
             let (before, after) = *b;
             // Finished tasks are kept in memory only (under the retention).
@@ -231,148 +309,208 @@ pub async fn update(ctx: &ShardCtx, req: &Request, raw_id: &str, peer: IpAddr) -
             } else {
                 Mutation::PutTask(task_record(&after))
             };
-            // Held to the bound of the task's holder, as in memory.
-            let class = if after.holder.is_anonymous() {
-                WriteClass::Anonymous
-            } else {
-                WriteClass::Bounded
-            };
-            if let Err(resp) = ctx.commit_as(vec![m], class).await {
-                let _ = ask_retry(ctx, to, || Op::Restore(Box::new(before.clone()))).await;
-                return Err(resp);
+            if let Err(e) = sh.commit(vec![m], Durability::Now(class)).await {
+                settle(room, Op::Restore(Box::new(before)));
+                return Err(e);
             }
-            Ok(ok_status())
+            Ok(Outcome::Static(OK_BODY.as_bytes()))
         }
-        Reply::NotFound => Ok(not_found_200()),
-        Reply::Refused(r) => Ok(ctx.refused("tasks", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            Ok(Response::error(403, *why))
-        }
-        _ => Ok(unexpected()),
+        Reply::NotFound => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
+        Reply::Refused(r) => Err(r.error(&TASK_STORE_NAMES)),
+        Reply::Forbidden(why) => Err(Error::forbidden(*why)),
+        _ => Err(unexpected()),
     }
 }
 
-/// `POST /api/hub/heartbeat`: (1) the agent's owner upserts it, claims the tasks local to
-/// it and hands back the pointers left for the agent; (2) each pointer's home shard
-/// claims that id if still pending; (3) every other shard among `shard_of(skill)` claims
-/// its matching tasks. Each claim is a local state change on the task's only shard, so
-/// a task is assigned at most once however heartbeats race.
-pub async fn heartbeat(ctx: &ShardCtx, req: &Request, peer: IpAddr) -> Answer<Response> {
-    crate::limits::require_object(&req.body)?;
-    let hb: Heartbeat = json_body(req)?;
-    ctx.config.limits.check_heartbeat(&hb)?;
-    let by = crate::auth::agent::principal(ctx, req, peer, Some(&hb.agent_id))?;
+/// Claims asked of one shard in a heartbeat, with the room to put them back there.
+struct Claims<R> {
+    room: R,
+    tasks: Vec<Task>,
+}
+
+/// `POST /api/hub/heartbeat` by `by`: (1) the agent's owner checks its binding, upserts
+/// it, claims the tasks local to it and hands back the pointers left for the agent; (2)
+/// each pointer's home shard claims that id if still pending; (3) every other shard among
+/// `shard_of(skill)` claims its matching tasks. Each claim is a local state change on
+/// the task's only shard, so a task is assigned at most once however heartbeats race.
+/// Claims are durable before the agent gets them; when the store does not take them they
+/// go back to pending on their shards (room for that is reserved before each claim).
+pub async fn heartbeat<S: Shard>(
+    sh: &S,
+    agents: &crate::registry::Config,
+    cfg: &Config,
+    hb: Heartbeat,
+    by: Principal,
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+    crate::registry::ops::Op: Request<S::Msg>,
+{
+    agents.check_heartbeat(&hb)?;
     let claimer = by.holder();
     let credential = by.peer.is_some();
     let agent = hb.agent_id.clone();
     let skills = hb.skill_names.clone();
-    let owner = ctx.shard.shard_of(&agent);
-    let op = Op::Heartbeat(Box::new((hb, by)));
-    let (mut claimed, pointers) = match ask(ctx, owner, op).await? {
-        Reply::HeartbeatDone(b) => *b,
-        Reply::Refused(r) => return Ok(ctx.refused("agents", &r)),
-        Reply::Forbidden(why) => {
-            crate::auth::agent::refused_by_binding(ctx, req, credential, peer);
-            return Ok(Response::error(403, *why));
+    let owner = sh.shard_of(agent.as_bytes());
+    // Room on the owner for putting back its claims, and for the follow-up of a change
+    // of the agent's binding (saved or undone), taken before anything changes.
+    let owner_room = reserve(sh, owner)?;
+    let binding_room = reserve(sh, owner)?;
+    // A heartbeat of an agent whose binding change is being saved asks again shortly.
+    let make = || Op::Heartbeat(Box::new((hb.clone(), by.clone())));
+    let busy = |r: &Reply| matches!(r, Reply::Busy);
+    let (claimed, pointers, change) =
+        match crate::registry::api::ask_agent_owner(sh, &agent, make, busy).await? {
+            Reply::HeartbeatDone(b) => *b,
+            Reply::Refused(r) => return Err(r.error(&AGENT_STORE_NAMES)),
+            Reply::Forbidden(why) => return Err(Error::forbidden(*why)),
+            _ => return Err(unexpected()),
+        };
+    let gathered = gather_claims(
+        sh, cfg, owner, owner_room, &agent, &skills, &claimer, claimed, pointers,
+    )
+    .await;
+    let parts = match gathered {
+        Ok(parts) => parts,
+        Err(e) => {
+            if let Some(change) = &change {
+                crate::registry::api::binding_done(binding_room, change, false);
+            }
+            return Err(e);
         }
-        _ => return Ok(unexpected()),
     };
-
-    // Pointers, grouped by home shard.
-    let mut by_home: BTreeMap<usize, Vec<TaskId>> = BTreeMap::new();
-    for id in pointers {
-        by_home.entry(ctx.shard.shard_of(&id)).or_default().push(id);
+    // A heartbeat that claims nothing and keeps its binding writes nothing. A claim adds
+    // the agent's id to stored tasks: never refused by the size bound, which would keep a
+    // full store full.
+    let mut writes: Vec<Mutation> = parts
+        .iter()
+        .flat_map(|p| p.tasks.iter())
+        .map(|t| Mutation::PutTask(task_record(t)))
+        .collect();
+    // A new or moved binding of the agent (its first heartbeat, or another credential
+    // taking it over) is durable in the same write before the 2xx (review of issue 20);
+    // a new one is held to the bound.
+    let class = match &change {
+        Some(ch) => {
+            writes.push(Mutation::PutAgentBinding(
+                crate::registry::records::binding_record(&ch.agent_id, &ch.owner),
+            ));
+            crate::registry::api::binding_class(ch, credential)
+        }
+        None => WriteClass::Progress,
+    };
+    let saved = sh.commit(writes, Durability::Now(class)).await;
+    if let Some(change) = &change {
+        crate::registry::api::binding_done(binding_room, change, saved.is_ok());
     }
-    // Skill shards other than the owner (the owner already claimed its local ones).
-    let mut skill_shards: Vec<usize> = skills
+    if let Err(e) = saved {
+        // Not acknowledged: the tasks go back to pending on their shards.
+        for p in parts {
+            if !p.tasks.is_empty() {
+                settle(p.room, Op::Unclaim(Box::new(p.tasks)));
+            }
+        }
+        return Err(e);
+    }
+    let mut claimed: Vec<Task> = parts.into_iter().flat_map(|p| p.tasks).collect();
+    sort_tasks(&mut claimed);
+    Ok(Outcome::Json(heartbeat_body(&claimed)))
+}
+
+/// Steps (2) and (3) of [`heartbeat`]: the owner's claims (`claimed`, with its room),
+/// then the pointers' home shards and the skill shards. `Err` only when nothing was
+/// claimed and a pointer's home could not be asked.
+#[allow(clippy::too_many_arguments)]
+async fn gather_claims<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    owner: ShardId,
+    owner_room: S::Room,
+    agent: &str,
+    skills: &[String],
+    claimer: &crate::limits::Holder,
+    claimed: Vec<Task>,
+    pointers: Vec<TaskId>,
+) -> Result<Vec<Claims<S::Room>>, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let agent = agent.to_owned();
+    let skills = skills.to_vec();
+    let mut parts: Vec<Claims<S::Room>> = vec![Claims {
+        room: owner_room,
+        tasks: claimed,
+    }];
+    // Pointers, grouped by home shard.
+    let mut by_home: BTreeMap<ShardId, Vec<TaskId>> = BTreeMap::new();
+    for id in pointers {
+        by_home
+            .entry(sh.shard_of(id.as_bytes()))
+            .or_default()
+            .push(id);
+    }
+    // Skill shards other than the owner (the owner already claimed its local ones), and
+    // shards holding tasks away from their claim home since a restart with another
+    // shard count.
+    let mut skill_shards: Vec<ShardId> = skills
         .iter()
         .filter(|s| !s.is_empty())
-        .map(|s| ctx.shard.shard_of(s))
+        .map(|s| sh.shard_of(s.as_bytes()))
+        .chain(cfg.stray_task_shards.iter().copied())
         .filter(|&s| s != owner)
         .collect();
-    // Shards holding tasks away from their claim home since a restart with another
-    // shard count (see `durable::split`).
-    skill_shards.extend(
-        ctx.config
-            .stray_task_shards
-            .iter()
-            .copied()
-            .filter(|&s| s != owner),
-    );
     skill_shards.sort_unstable();
     skill_shards.dedup();
 
     let mut first_error = None;
     for (home, ids) in by_home {
         let keep = ids.clone();
-        let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
-        match ask(ctx, home, op).await {
-            Ok(Reply::Tasks(v)) => claimed.extend(*v),
-            Ok(_) => return Ok(unexpected()),
-            Err(resp) => {
-                // Keep the pointers for the next heartbeat.
-                let deadline = ctx.now().saturating_add_secs(crate::hub::DEFAULT_TTL_SECS);
-                for id in keep {
-                    let ptr = Msg::Hub(Op::Pointer(Box::new((agent.clone(), id, deadline))));
-                    let _ = ctx.shard.try_tell(owner, ptr);
+        let claimed = match reserve(sh, home) {
+            Ok(room) => {
+                let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
+                match ask(sh, home, op).await {
+                    Ok(Reply::Tasks(v)) => Ok((room, *v)),
+                    Ok(_) => return Err(unexpected()),
+                    Err(e) => Err(e),
                 }
-                first_error.get_or_insert(resp);
+            }
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok((room, tasks)) => parts.push(Claims { room, tasks }),
+            Err(e) => {
+                // Keep the pointers for the next heartbeat (best effort).
+                let deadline = sh.now().saturating_add_secs(DEFAULT_TTL_SECS);
+                for id in keep {
+                    let ptr = Op::Pointer(Box::new((agent.clone(), id, deadline)));
+                    let _ = tell(sh, owner, ptr).await;
+                }
+                first_error.get_or_insert(e);
             }
         }
     }
     for s in skill_shards {
+        // Tasks stay pending on a shard that cannot be reached, for the next heartbeat;
+        // what was already claimed must still be handed out, so that is not an error.
+        let Ok(room) = reserve(sh, s) else {
+            tracing::warn!(
+                shard = s,
+                "heartbeat could not reserve room on a skill shard"
+            );
+            continue;
+        };
         let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
-        match ask(ctx, s, op).await {
-            Ok(Reply::Tasks(v)) => claimed.extend(*v),
-            Ok(_) => return Ok(unexpected()),
-            // Tasks stay pending on that shard for the next heartbeat; what was already
-            // claimed must still be handed out, so the answer is not an error.
+        match ask(sh, s, op).await {
+            Ok(Reply::Tasks(v)) => parts.push(Claims { room, tasks: *v }),
+            Ok(_) => return Err(unexpected()),
             Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
         }
     }
-    if claimed.is_empty() {
-        if let Some(resp) = first_error {
-            return Err(resp);
+    let total: usize = parts.iter().map(|p| p.tasks.len()).sum();
+    if total == 0 {
+        if let Some(e) = first_error {
+            return Err(e);
         }
     }
-    sort_tasks(&mut claimed);
-    // Claims are durable before the agent gets them; a heartbeat that claims nothing
-    // writes nothing.
-    let claims: Vec<Mutation> = claimed
-        .iter()
-        .map(|t| Mutation::PutTask(task_record(t)))
-        .collect();
-    // A claim adds the agent's id to stored tasks: never refused by the size bound,
-    // which would keep a full store full.
-    if let Err(resp) = ctx.commit_as(claims, WriteClass::Progress).await {
-        // Not acknowledged: the tasks go back to pending for the next heartbeat.
-        for t in &claimed {
-            let mut back = t.clone();
-            crate::hub::STATE_PENDING.clone_into(&mut back.state);
-            back.assigned_agent_id.clear();
-            back.access.claimed_by = None;
-            let home = ctx.shard.shard_of(&t.id);
-            let _ = ask_retry(ctx, home, || Op::Restore(Box::new(back.clone()))).await;
-        }
-        return Err(resp);
-    }
-    Ok(ok_json(heartbeat_body(&claimed)))
-}
-
-/// Asks shard `to` until the message is delivered: the follow-ups of a change the store
-/// already decided (make a saved task claimable, drop or restore an unsaved one) must not
-/// be dropped because of a burst. Waiting on a full mailbox is the backpressure.
-async fn ask_retry(ctx: &ShardCtx, to: usize, make: impl Fn() -> Op) -> Answer<Reply> {
-    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
-    loop {
-        match ctx.shard.ask(to, Msg::Hub(make())).await {
-            Ok(Msg::HubReply(r)) => return Ok(r),
-            Ok(_) => return Err(unexpected()),
-            Err(reactor::AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
-            Err(reactor::AskError::NoReply) => {
-                return Err(Response::error(500, format!("shard {to} gave no reply")))
-            }
-        }
-    }
+    Ok(parts)
 }

@@ -20,11 +20,15 @@
 //! [`heartbeat_body`]). `payload` is a `serde_json::Value` and so always has sorted keys.
 
 pub mod api;
+pub use api::Config;
 pub mod ops;
 pub mod payload;
 mod pointers;
 pub mod query;
+pub mod records;
 mod tasks;
+#[cfg(test)]
+mod workflows;
 
 pub use ops::Store;
 pub use payload::Payload;

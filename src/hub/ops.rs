@@ -7,7 +7,7 @@ use crate::hub::{
 };
 use crate::limits::{Charge, Refusal};
 use crate::limits::{Holder, Principal};
-use crate::registry::{AgentRefusal, AgentStore, Heartbeat};
+use crate::registry::{AgentRefusal, AgentStore, BindingChange, Heartbeat};
 use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
@@ -23,11 +23,12 @@ pub enum Op {
     /// Heartbeat on the agent's owner by a principal: check the agent's binding
     /// (`AgentStore::heartbeat_as`), upsert the agent within the budget of what the
     /// principal is charged to, claim the tasks local to this shard, hand back the
-    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden`.
+    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden` | `Busy`.
     Heartbeat(Box<(Heartbeat, Principal)>),
     /// Store a new pending task under this id by a principal (see
     /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
-    /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` | `Refused`.
+    /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` (the id is
+    /// taken: the submission comes back to be sent under another) | `Refused`.
     Create(Box<(TaskId, TaskSubmission, Principal)>),
     /// The store acknowledged the task's creation: make it claimable. → `Done`.
     Saved(Box<String>),
@@ -35,6 +36,9 @@ pub enum Op {
     Remove(Box<String>),
     /// Put a task back as it was (a change the store did not acknowledge). → `Done`.
     Restore(Box<Task>),
+    /// Put claimed tasks back to pending (their claim was not made durable). Sent into
+    /// reserved room (`shard::reserve`): never refused. → `Done`.
+    Unclaim(Box<Vec<Task>>),
     /// Leave a pointer to a task living elsewhere, for its target agent (owner:
     /// `shard_of(target)`); `(target, task id, deadline)`. → `Done` (a full table drops
     /// the pointer with a warning: the task stays claimable through its skill).
@@ -46,9 +50,9 @@ pub enum Op {
     /// `Forbidden` | `Refused`.
     Update(Box<(String, TaskUpdate, Principal)>),
     /// Update a task on behalf of an agent (`--require-agent-auth`); `(id, update,
-    /// agent)`. → `Updated` | `NotFound` | `Refused` | `Forbidden` (assigned to someone
-    /// else).
-    UpdateAs(Box<(String, TaskUpdate, String)>),
+    /// by)`, the agent being `by`'s token subject. → `Updated` | `NotFound` | `Refused`
+    /// | `Forbidden` (assigned to someone else).
+    UpdateAs(Box<(String, TaskUpdate, Principal)>),
     /// Every task of the shard. → `Tasks`.
     List,
     /// Up to `limit + 1` tasks after the cursor, by `(created_at, id)`. → `Tasks`.
@@ -70,15 +74,17 @@ pub enum Op {
 pub enum Reply {
     Done,
     NotFound,
-    InUse,
+    InUse(Box<TaskSubmission>),
     /// Refused (403): the agent is bound to another principal, or the task belongs to
     /// another; the reason.
     Forbidden(Box<String>),
     /// A budget refused it: the client's quota, the anonymous share, the whole store
     /// (of tasks for `Create` and updates, of agents for `Heartbeat`).
     Refused(Box<Refusal>),
-    /// `(claimed tasks, pointers to resolve)`.
-    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>)>),
+    /// `(claimed tasks, pointers to resolve, the agent's binding change to commit)`.
+    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>, Option<BindingChange>)>),
+    /// A change of the agent's binding is being saved: retry.
+    Busy,
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
@@ -104,6 +110,7 @@ impl Op {
             Op::Create(b) => Some(b.0.clone()),
             Op::Saved(id) | Op::Remove(id) => Some((**id).clone()),
             Op::Restore(t) => Some(t.id.clone()),
+            Op::Unclaim(_) => Some(String::new()),
             Op::Update(b) => Some(b.0.clone()),
             Op::UpdateAs(b) => Some(b.0.clone()),
             Op::ClaimIds(_) | Op::ClaimFor(_) => Some(String::new()),
@@ -135,15 +142,17 @@ impl Op {
                 let comes_back = agents
                     .get(&hb.agent_id)
                     .is_none_or(|r| r.health != crate::registry::Health::Active);
-                match agents.heartbeat_as(hb, by, now) {
-                    Ok(()) => {
-                        if comes_back {
+                let change = match agents.heartbeat_as(hb, by, now) {
+                    Ok(change) => {
+                        if comes_back || change.is_some() {
                             changes.push(Topic::Agent, &hb.agent_id);
                         }
+                        change
                     }
                     Err(AgentRefusal::Budget(r)) => return Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
-                }
+                    Err(AgentRefusal::Busy) => return Reply::Busy,
+                };
                 let claimed = store.tasks.claim_for_agent_by(
                     &hb.agent_id,
                     &hb.skill_names,
@@ -155,10 +164,13 @@ impl Op {
                 } else {
                     store.pointers.take(&hb.agent_id)
                 };
-                Reply::HeartbeatDone(Box::new((claimed, pointers)))
+                Reply::HeartbeatDone(Box::new((claimed, pointers, change)))
             }
             Op::Create(b) => {
                 let (id, sub, by) = *b;
+                if store.tasks.get(&id).is_some() {
+                    return Reply::InUse(Box::new(sub));
+                }
                 match store.tasks.create_for(
                     sub,
                     id.clone(),
@@ -171,7 +183,8 @@ impl Op {
                         store.tasks.set_saving(&id, true);
                         Reply::Task(Some(t))
                     }
-                    Err(CreateTaskError::DuplicateId) => Reply::InUse,
+                    // Checked above: the caller answers it as an internal error.
+                    Err(CreateTaskError::DuplicateId) => Reply::NotFound,
                     Err(CreateTaskError::Refused(r)) => Reply::Refused(Box::new(r)),
                 }
             }
@@ -195,6 +208,15 @@ impl Op {
                 store.tasks.replace(*t);
                 Reply::Done
             }
+            Op::Unclaim(tasks) => {
+                for mut t in *tasks {
+                    crate::hub::STATE_PENDING.clone_into(&mut t.state);
+                    t.assigned_agent_id.clear();
+                    t.access.claimed_by = None;
+                    store.tasks.replace(t);
+                }
+                Reply::Done
+            }
             Op::Update(b) => {
                 let (id, upd, by) = *b;
                 let Some(before) = store.tasks.get(&id).cloned() else {
@@ -203,14 +225,15 @@ impl Op {
                 if let Err(why) = before.updatable_by(&by) {
                     return Reply::Forbidden(Box::new(why));
                 }
-                match store.tasks.try_update(&id, upd, now) {
+                match store.tasks.try_update(&id, upd, &by.holder(), now) {
                     Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                     Ok(None) => Reply::NotFound,
                     Err(r) => Reply::Refused(Box::new(r)),
                 }
             }
             Op::UpdateAs(b) => {
-                let (id, upd, agent) = *b;
+                let (id, upd, by) = *b;
+                let agent = by.peer.as_deref().unwrap_or_default();
                 match store.tasks.get(&id) {
                     None => Reply::NotFound,
                     Some(t) if t.assigned_agent_id != agent => Reply::Forbidden(Box::new(format!(
@@ -219,7 +242,7 @@ impl Op {
                     ))),
                     Some(t) => {
                         let before = t.clone();
-                        match store.tasks.try_update(&id, upd, now) {
+                        match store.tasks.try_update(&id, upd, &by.holder(), now) {
                             Ok(Some(after)) => Reply::Updated(Box::new((before, after.clone()))),
                             Ok(None) => Reply::NotFound,
                             Err(r) => Reply::Refused(Box::new(r)),
@@ -257,4 +280,25 @@ impl Op {
             }
         }
     }
+}
+
+/// The expiry job on one shard (every `EXPIRE_INTERVAL`): unfinished tasks past their
+/// TTL become `failed`, finished ones past retention are dropped, stale pointers swept.
+/// Returns the deletions to make durable (failed tasks live in memory only); the change
+/// is noted once in `changes`.
+pub fn expire(
+    store: &mut Store,
+    now: UnixTime,
+    changes: &mut ChangeLog,
+) -> Vec<chatixia_store::Mutation> {
+    let overdue = store.tasks.overdue_ids(now);
+    let out = store.tasks.expire(now);
+    store.pointers.sweep(now);
+    if out.expired + out.removed > 0 {
+        changes.push(Topic::Task, "");
+    }
+    overdue
+        .into_iter()
+        .map(chatixia_store::Mutation::DeleteTask)
+        .collect()
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::limits::Holder;
-use crate::limits::{Budget, Charge, ClientLedger, Names, Refusal};
+use crate::limits::{Budget, Charge, ClientLedger, Line, Names, Refusal};
 use crate::time::UnixTime;
 
 mod model;
@@ -27,13 +27,12 @@ pub struct TaskStoreConfig {
     /// update before [`TaskStore::expire`] removes it (the reference keeps them forever).
     pub retention: Duration,
     /// Bytes of tasks this shard holds (each task charged [`task_bytes`]). Full:
-    /// [`CreateTaskError::Full`] (503) until tasks finish and age out. Updates may add a
-    /// result past it (bounded by the result size limit per task): the budget refuses
-    /// new tasks, never an agent's report.
+    /// [`Refusal::Full`] (503) for a new task, and for an update that makes a task
+    /// larger ([`TaskStore::try_update`]), until tasks finish and age out.
     pub bytes_max: usize,
-    /// Bytes one client (see [`TaskStore::create_for`]) may hold here; over:
-    /// [`CreateTaskError::ClientQuota`] (429) for that client only, so one client cannot
-    /// fill the store for everyone.
+    /// Bytes one client (see [`TaskStore::create_for`]) may hold here, in the tasks it
+    /// created and the reports it posted ([`task_line`]); over: [`Refusal::ClientQuota`]
+    /// (429) for that client only, so one client cannot fill the store for everyone.
     pub client_bytes_max: usize,
     /// Tasks one client may hold here (same rule; counts tiny tasks).
     pub client_tasks_max: usize,
@@ -94,7 +93,29 @@ impl Default for TaskStoreConfig {
 /// bytes charged before undercounted that by 40 %.
 pub const TASK_OVERHEAD_BYTES: usize = 1024;
 
-/// The bytes a task is charged against the store's and its client's budgets.
+/// The bytes of a task's report (what an update sets: `state`, `result`, `error`),
+/// charged to the principal of its last update ([`TaskAccess::reported_by`]).
+pub fn report_bytes(t: &Task) -> usize {
+    t.state.len() + t.result.len() + t.error.len()
+}
+
+/// What a task is charged, to whom: its report ([`report_bytes`]) to the principal of
+/// its last update, the rest to its creator ([`Task::holder`]); all of it to its creator
+/// until it is updated.
+pub fn task_line(t: &Task) -> Line {
+    let report = report_bytes(t);
+    Line::split(
+        t.holder.clone(),
+        task_bytes(t) - report,
+        t.access
+            .reported_by
+            .as_ref()
+            .map(|h| Charge::of_holder(Some(h))),
+        report,
+    )
+}
+
+/// The bytes a task is charged against the store's and its clients' budgets.
 pub fn task_bytes(t: &Task) -> usize {
     TASK_OVERHEAD_BYTES
         + 2 * t.holder.heap_bytes()
@@ -299,11 +320,12 @@ impl TaskStore {
             access: TaskAccess {
                 created_by,
                 claimed_by: None,
+                reported_by: None,
             },
         };
         self.index.add(seq, &task);
         self.ids.insert(id, seq);
-        self.charge(seq, task_bytes(&task), &task.holder);
+        self.charge(seq, task_line(&task));
         Ok(self.tasks.entry(seq).or_insert(task))
     }
 
@@ -313,6 +335,11 @@ impl TaskStore {
     }
 
     /// `(tasks, bytes)` that `client` holds here.
+    /// Budget refusals so far, by `limits::Refusal::REASONS`.
+    pub fn refusals(&self) -> [u64; 3] {
+        self.ledger.refused()
+    }
+
     pub fn client_usage(&self, client: &Charge) -> (usize, usize) {
         self.ledger.client(client)
     }
@@ -322,23 +349,21 @@ impl TaskStore {
         self.ledger.anonymous()
     }
 
-    /// Charges task `seq` `bytes` (replacing any earlier charge) to `holder`.
-    fn charge(&mut self, seq: u64, bytes: usize, holder: &Charge) {
+    /// Charges task `seq` as `line` says (replacing any earlier charge).
+    fn charge(&mut self, seq: u64, line: Line) {
         self.uncharge(seq);
-        self.ledger.charge(seq, holder.clone(), bytes);
+        self.ledger.put(seq, line);
     }
 
-    /// Charges task `seq` again after a change (to its holder).
+    /// Charges task `seq` again after a change ([`task_line`]).
     fn recharge(&mut self, seq: u64) {
-        if let Some(t) = self.tasks.get(&seq) {
-            let (bytes, holder) = (task_bytes(t), t.holder.clone());
-            self.uncharge(seq);
-            self.ledger.charge(seq, holder, bytes);
+        if let Some(line) = self.tasks.get(&seq).map(task_line) {
+            self.charge(seq, line);
         }
     }
 
     /// Removes task `seq`'s charge; returns it.
-    fn uncharge(&mut self, seq: u64) -> Option<(Charge, usize)> {
+    fn uncharge(&mut self, seq: u64) -> Option<Line> {
         self.ledger.uncharge(&seq)
     }
 
@@ -354,9 +379,9 @@ impl TaskStore {
         self.next_seq += 1;
         self.index.add(seq, &task);
         self.ids.insert(task.id.clone(), seq);
-        let (bytes, holder) = (task_bytes(&task), task.holder.clone());
+        let line = task_line(&task);
         self.tasks.insert(seq, task);
-        self.charge(seq, bytes, &holder);
+        self.charge(seq, line);
     }
 
     /// Puts a task back as it was (undoing a change the store did not acknowledge).
@@ -423,18 +448,23 @@ impl TaskStore {
     /// `{"error":"not found"}`. Setting `pending` again makes the task claimable again
     /// (its `assigned_agent_id` is kept until the next claim, as in the reference).
     pub fn update(&mut self, id: &str, upd: TaskUpdate, now: UnixTime) -> Option<&Task> {
-        self.apply_update(id, upd, now)
+        self.apply_update(id, upd, None, now)
     }
 
-    /// [`update`](Self::update) within the budget: an update that makes the task larger
-    /// (a `result` or `error` longer than the one it replaces) is refused when the
-    /// growth does not fit the holder's class (the anonymous share for a task an
-    /// anonymous client created, else the store's whole budget). The per-client quota
-    /// does not apply: it governs new tasks. `Ok(None)`: unknown id.
+    /// [`update`](Self::update) by `by`, within the budget (issue 20): the task's report
+    /// (`state`, `result`, `error`, [`report_bytes`]) is charged to `by` from now on, the
+    /// rest stays charged to its creator. Refused when what `by` would hold more does
+    /// not fit its quota (anonymous clients and agents), the anonymous share (an
+    /// anonymous `by`) or the store's whole budget, as a new task would be; an update
+    /// that adds nothing to anyone is always admitted. So a client cannot grow its own
+    /// tasks past its quota, and an authenticated agent's report on a task an anonymous
+    /// client submitted counts against the agent's quota, not the anonymous share.
+    /// `Ok(None)`: unknown id.
     pub fn try_update(
         &mut self,
         id: &str,
         upd: TaskUpdate,
+        by: &Holder,
         now: UnixTime,
     ) -> Result<Option<&Task>, Refusal> {
         let Some(&seq) = self.ids.get(id) else {
@@ -442,20 +472,32 @@ impl TaskStore {
         };
         if let Some(t) = self.tasks.get(&seq) {
             let field = |new: &str, old: &str| if new.is_empty() { old.len() } else { new.len() };
-            let after = task_bytes(t) - t.state.len() - t.result.len() - t.error.len()
-                + upd.state.len()
-                + field(&upd.result, &t.result)
-                + field(&upd.error, &t.error);
-            self.ledger
-                .admit_growth(&self.config.budget(), &seq, after)?;
+            let report =
+                upd.state.len() + field(&upd.result, &t.result) + field(&upd.error, &t.error);
+            let after = Line::split(
+                t.holder.clone(),
+                task_bytes(t) - report_bytes(t),
+                Some(Charge::of_holder(Some(by))),
+                report,
+            );
+            self.ledger.admit(&self.config.budget(), &seq, &after)?;
         }
-        Ok(self.apply_update(id, upd, now))
+        Ok(self.apply_update(id, upd, Some(by), now))
     }
 
-    fn apply_update(&mut self, id: &str, upd: TaskUpdate, now: UnixTime) -> Option<&Task> {
+    fn apply_update(
+        &mut self,
+        id: &str,
+        upd: TaskUpdate,
+        by: Option<&Holder>,
+        now: UnixTime,
+    ) -> Option<&Task> {
         let seq = *self.ids.get(id)?;
         let task = self.tasks.get_mut(&seq)?;
         self.index.remove(seq, task);
+        if let Some(by) = by {
+            task.access.reported_by = Some(by.clone());
+        }
         task.state = upd.state;
         if !upd.result.is_empty() {
             task.result = upd.result;
@@ -683,9 +725,19 @@ impl TaskStore {
         );
         assert_eq!(self.ledger.len(), self.tasks.len());
         let anonymous = self.tasks.values().filter(|t| t.holder.is_anonymous());
+        let anonymous_bytes: usize = self
+            .tasks
+            .values()
+            .map(task_line)
+            .flat_map(|l| {
+                let extra = l.extra.filter(|(c, _)| c.is_anonymous()).map(|(_, b)| b);
+                [(l.holder.is_anonymous()).then_some(l.bytes), extra]
+            })
+            .flatten()
+            .sum();
         assert_eq!(
             self.ledger.anonymous(),
-            (anonymous.clone().count(), anonymous.map(task_bytes).sum())
+            (anonymous.count(), anonymous_bytes)
         );
         assert_eq!(fresh.pending_by_target, self.index.pending_by_target);
         assert_eq!(fresh.pending_by_skill, self.index.pending_by_skill);

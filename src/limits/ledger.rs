@@ -2,7 +2,8 @@
 //! anonymous share (issue 20): the byte charge of every entry, who it is charged to, per
 //! client `(entries, bytes)`, and what all anonymous clients hold together. The task
 //! store and the agent registry each keep one (keyed by their own entry id); their
-//! admission rules are [`ClientLedger::admit_new`] and [`ClientLedger::admit_growth`].
+//! admission rules are [`ClientLedger::admit_new`] and [`ClientLedger::admit`] (any
+//! change of an entry, growth included).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -188,16 +189,64 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// What one entry of a store is charged, and to whom: `bytes` to its `holder` (the
+/// client it counts as an entry of), and optionally a part charged to another client
+/// (`extra`, bytes only, no entry): a task's report (state, `result`, `error`) is
+/// charged to whoever posted it (issue 20), the rest of the task to its submitter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// Who the entry counts as an entry of, and the bytes charged to it.
+    pub holder: Charge,
+    pub bytes: usize,
+    /// Bytes charged to another client; `None`: none.
+    pub extra: Option<(Charge, usize)>,
+}
+
+impl Line {
+    /// `bytes` charged wholly to `holder`.
+    pub fn new(holder: Charge, bytes: usize) -> Line {
+        Line {
+            holder,
+            bytes,
+            extra: None,
+        }
+    }
+
+    /// `bytes` to `holder` and `extra` bytes to `reporter`; one part when they are the
+    /// same client.
+    pub fn split(holder: Charge, bytes: usize, reporter: Option<Charge>, extra: usize) -> Line {
+        match reporter {
+            Some(r) if r != holder => Line {
+                holder,
+                bytes,
+                extra: Some((r, extra)),
+            },
+            _ => Line::new(holder, bytes + extra),
+        }
+    }
+
+    /// Bytes of the whole entry.
+    pub fn total(&self) -> usize {
+        self.bytes + self.extra.as_ref().map_or(0, |(_, b)| *b)
+    }
+
+    /// `(client, entries, bytes)` of each part.
+    fn parts(&self) -> impl Iterator<Item = (&Charge, usize, usize)> {
+        std::iter::once((&self.holder, 1, self.bytes))
+            .chain(self.extra.as_ref().map(|(c, b)| (c, 0, *b)))
+    }
+}
+
 /// Charges of entries `K` to clients. Bounded by the entries of its store: a client's
-/// line goes away with its last entry.
+/// line goes away when it holds nothing.
 #[derive(Clone, Debug)]
 pub struct ClientLedger<K> {
     /// Bytes charged in all.
     bytes: usize,
     /// `(entries, bytes)` charged to anonymous clients, all together.
     anonymous: (usize, usize),
-    /// entry → (client, bytes charged).
-    charged: HashMap<K, (Charge, usize)>,
+    /// entry → what it is charged, to whom.
+    charged: HashMap<K, Line>,
     /// client → (entries, bytes).
     clients: HashMap<Charge, (usize, usize)>,
     /// Refusals by reason ([`Refusal::REASONS`]), for `/metrics`.
@@ -215,6 +264,10 @@ impl<K> Default for ClientLedger<K> {
         }
     }
 }
+
+/// How one client's holdings change with an admission: `(entries, bytes)` added (may be
+/// negative).
+type Delta<'a> = (&'a Charge, i128, i128);
 
 impl<K: Hash + Eq> ClientLedger<K> {
     /// Bytes charged in all.
@@ -242,51 +295,63 @@ impl<K: Hash + Eq> ClientLedger<K> {
         self.anonymous
     }
 
-    /// Who `key` is charged to, and how much.
-    pub fn charge_of<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<(&Charge, usize)>
+    /// What `key` is charged, to whom.
+    pub fn charge_of<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&Line>
     where
         K: Borrow<Q>,
     {
-        self.charged.get(key).map(|(c, b)| (c, *b))
+        self.charged.get(key)
     }
 
     /// Charges `key` `bytes` to `client` (the caller has removed any earlier charge).
     pub fn charge(&mut self, key: K, client: Charge, bytes: usize) {
-        self.bytes += bytes;
-        if client.is_anonymous() {
-            self.anonymous.0 += 1;
-            self.anonymous.1 += bytes;
+        self.put(key, Line::new(client, bytes));
+    }
+
+    /// Charges `key` as `line` says (the caller has removed any earlier charge).
+    pub fn put(&mut self, key: K, line: Line) {
+        for (client, items, bytes) in line.parts() {
+            self.bytes += bytes;
+            if client.is_anonymous() {
+                self.anonymous.0 += items;
+                self.anonymous.1 += bytes;
+            }
+            if items == 0 && bytes == 0 {
+                continue;
+            }
+            let u = match self.clients.get_mut(client) {
+                Some(u) => u,
+                None => self.clients.entry(client.clone()).or_default(),
+            };
+            u.0 += items;
+            u.1 += bytes;
         }
-        let u = self.clients.entry(client.clone()).or_default();
-        u.0 += 1;
-        u.1 += bytes;
-        self.charged.insert(key, (client, bytes));
+        self.charged.insert(key, line);
     }
 
     /// Removes `key`'s charge and returns it.
-    pub fn uncharge<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<(Charge, usize)>
+    pub fn uncharge<Q: Hash + Eq + ?Sized>(&mut self, key: &Q) -> Option<Line>
     where
         K: Borrow<Q>,
     {
-        let (client, bytes) = self.charged.remove(key)?;
-        self.bytes = self.bytes.saturating_sub(bytes);
-        if client.is_anonymous() {
-            self.anonymous.0 = self.anonymous.0.saturating_sub(1);
-            self.anonymous.1 = self.anonymous.1.saturating_sub(bytes);
-        }
-        if let Some(u) = self.clients.get_mut(&client) {
-            u.0 = u.0.saturating_sub(1);
-            u.1 = u.1.saturating_sub(bytes);
-            if u.0 == 0 {
-                self.clients.remove(&client);
+        let line = self.charged.remove(key)?;
+        for (client, items, bytes) in line.parts() {
+            self.bytes = self.bytes.saturating_sub(bytes);
+            if client.is_anonymous() {
+                self.anonymous.0 = self.anonymous.0.saturating_sub(items);
+                self.anonymous.1 = self.anonymous.1.saturating_sub(bytes);
+            }
+            if let Some(u) = self.clients.get_mut(client) {
+                u.0 = u.0.saturating_sub(items);
+                u.1 = u.1.saturating_sub(bytes);
+                if *u == (0, 0) {
+                    self.clients.remove(client);
+                }
             }
         }
-        Some((client, bytes))
+        Some(line)
     }
 
-    /// May `who` add a new entry of `bytes` under `budget`? In order: `who`'s quota
-    /// (anonymous clients and agents), the store's whole budget (everyone), the
-    /// anonymous share (anonymous clients).
     /// Refusals so far, by [`Refusal::REASONS`].
     pub fn refused(&self) -> [u64; 3] {
         std::array::from_fn(|i| self.refused[i].get())
@@ -300,77 +365,86 @@ impl<K: Hash + Eq> ClientLedger<K> {
         r
     }
 
+    /// May `who` add a new entry of `bytes` under `budget`? In order: `who`'s quota
+    /// (anonymous clients and agents), the store's whole budget (everyone), the
+    /// anonymous share (anonymous clients).
     pub fn admit_new(&self, budget: &Budget, who: &Charge, bytes: usize) -> Result<(), Refusal> {
-        self.count(self.admit_new_inner(budget, who, bytes))
+        self.count(self.admit_line(budget, None, &Line::new(who.clone(), bytes)))
     }
 
-    fn admit_new_inner(&self, budget: &Budget, who: &Charge, bytes: usize) -> Result<(), Refusal> {
-        if who.has_quota() {
-            let (items, held) = self.client(who);
-            if items >= budget.client_items_max
-                || held.saturating_add(bytes) > budget.client_bytes_max
+    /// May entry `key` (new or already charged) be charged as `line` says from now on?
+    /// Growth is held to the same limits as a new entry, charged to whoever it goes to
+    /// (issue 20): each client that would hold more (entries or bytes) is held to its
+    /// quota (anonymous clients and agents), the store to its whole budget, anonymous
+    /// clients together to their share. So a client cannot grow its own entries past
+    /// its quota, and an entry that moves to another client (an agent bound anew, a
+    /// task's report posted by another) counts for that client in full. A change that
+    /// adds nothing to anyone is always admitted (a full store never refuses a
+    /// heartbeat or a report that adds nothing).
+    pub fn admit<Q: Hash + Eq + ?Sized>(
+        &self,
+        budget: &Budget,
+        key: &Q,
+        line: &Line,
+    ) -> Result<(), Refusal>
+    where
+        K: Borrow<Q>,
+    {
+        self.count(self.admit_line(budget, self.charged.get(key), line))
+    }
+
+    fn admit_line(&self, budget: &Budget, old: Option<&Line>, new: &Line) -> Result<(), Refusal> {
+        // At most four parts (two before, two after): a small list, no allocation
+        // beyond it.
+        let mut deltas: Vec<Delta<'_>> = Vec::with_capacity(4);
+        let mut add = |client, items: usize, bytes: usize, sign: i128| {
+            let (i, b) = (sign * items as i128, sign * bytes as i128);
+            match deltas.iter_mut().find(|d| d.0 == client) {
+                Some(d) => {
+                    d.1 += i;
+                    d.2 += b;
+                }
+                None => deltas.push((client, i, b)),
+            }
+        };
+        for (c, i, b) in old.into_iter().flat_map(Line::parts) {
+            add(c, i, b, -1);
+        }
+        for (c, i, b) in new.parts() {
+            add(c, i, b, 1);
+        }
+        let over =
+            |held: usize, delta: i128, max: usize| delta > 0 && held as i128 + delta > max as i128;
+        for &(client, items, bytes) in &deltas {
+            if !client.has_quota() {
+                continue;
+            }
+            let (held_items, held) = self.client(client);
+            if over(held_items, items, budget.client_items_max)
+                || over(held, bytes, budget.client_bytes_max)
             {
                 return Err(Refusal::ClientQuota {
-                    items,
+                    items: held_items,
                     bytes: held,
                     items_max: budget.client_items_max,
                     bytes_max: budget.client_bytes_max,
                 });
             }
         }
-        if self.len() >= budget.items_max || self.bytes.saturating_add(bytes) > budget.bytes_max {
-            return Err(self.full(budget));
-        }
-        if who.is_anonymous() {
-            let (items, held) = self.anonymous;
-            if items >= budget.anonymous_items_max()
-                || held.saturating_add(bytes) > budget.anonymous_bytes_max()
-            {
-                return Err(self.share_refusal(budget));
-            }
-        }
-        Ok(())
-    }
-
-    /// May entry `key`, already charged, be charged `bytes` from now on? Growth counts
-    /// against the anonymous share when its holder is anonymous, and against the
-    /// store's whole budget; the per-client quota governs new entries only. An entry
-    /// that does not grow is always admitted (a full store never refuses a heartbeat
-    /// or a report that adds nothing); an unknown key is admitted as by the store's
-    /// whole budget alone.
-    pub fn admit_growth<Q: Hash + Eq + ?Sized>(
-        &self,
-        budget: &Budget,
-        key: &Q,
-        bytes: usize,
-    ) -> Result<(), Refusal>
-    where
-        K: Borrow<Q>,
-    {
-        self.count(self.admit_growth_inner(budget, key, bytes))
-    }
-
-    fn admit_growth_inner<Q: Hash + Eq + ?Sized>(
-        &self,
-        budget: &Budget,
-        key: &Q,
-        bytes: usize,
-    ) -> Result<(), Refusal>
-    where
-        K: Borrow<Q>,
-    {
-        let (anonymous, old) = match self.charged.get(key) {
-            Some((c, b)) => (c.is_anonymous(), *b),
-            None => (false, 0),
+        let sum = |anonymous_only: bool| {
+            deltas
+                .iter()
+                .filter(|d| !anonymous_only || d.0.is_anonymous())
+                .fold((0i128, 0i128), |(i, b), d| (i + d.1, b + d.2))
         };
-        if bytes <= old {
-            return Ok(());
-        }
-        let grow = bytes - old;
-        if self.bytes.saturating_add(grow) > budget.bytes_max {
+        let (items, bytes) = sum(false);
+        if over(self.len(), items, budget.items_max) || over(self.bytes, bytes, budget.bytes_max) {
             return Err(self.full(budget));
         }
-        if anonymous && self.anonymous.1.saturating_add(grow) > budget.anonymous_bytes_max() {
+        let (items, bytes) = sum(true);
+        if over(self.anonymous.0, items, budget.anonymous_items_max())
+            || over(self.anonymous.1, bytes, budget.anonymous_bytes_max())
+        {
             return Err(self.share_refusal(budget));
         }
         Ok(())
@@ -413,8 +487,11 @@ mod tests {
         assert_eq!((l.bytes(), l.len()), (157, 3));
         assert_eq!(l.client(&anon("a")), (2, 150));
         assert_eq!(l.anonymous(), (2, 150));
-        assert_eq!(l.charge_of(&3), Some((&Charge::Agent("b".into()), 7)));
-        assert_eq!(l.uncharge(&1), Some((anon("a"), 100)));
+        assert_eq!(
+            l.charge_of(&3),
+            Some(&Line::new(Charge::Agent("b".into()), 7))
+        );
+        assert_eq!(l.uncharge(&1), Some(Line::new(anon("a"), 100)));
         assert_eq!(l.uncharge(&1), None);
         assert_eq!(l.client(&anon("a")), (1, 50));
         assert_eq!(l.anonymous(), (1, 50));
@@ -531,27 +608,111 @@ mod tests {
         l.admit_new(&b, &Charge::Agent("a".into()), 1).unwrap();
     }
 
+    /// Issue 20 (review): growth is held to the same limits as a new entry, charged to
+    /// whoever it goes to.
     #[test]
-    fn growth_counts_against_the_holders_class() {
+    fn growth_counts_against_quota_share_and_store() {
+        let grow = |l: &ClientLedger<u64>, key: u64, who: &Charge, bytes: usize| {
+            l.admit(&BUDGET, &key, &Line::new(who.clone(), bytes))
+                .map_err(|r| r.reason())
+        };
         let mut l = ClientLedger::default();
-        l.charge(1u64, anon("a"), 4_000);
-        l.charge(2u64, Charge::Agent("b".into()), 100);
-        // Anonymous entry 1 may grow to the share (5,000 bytes), no further.
-        l.admit_growth(&BUDGET, &1, 5_000).unwrap();
+        let a = anon("a");
+        l.charge(1u64, a.clone(), 400);
+        l.charge(2u64, a.clone(), 400);
+        // `a` holds 800 of its 1,000 bytes: an entry may grow by 200, no more.
+        assert_eq!(grow(&l, 1, &a, 600), Ok(()));
+        assert_eq!(grow(&l, 1, &a, 601), Err("client_quota"));
+        // Not growing is always fine, even over the quota.
+        assert_eq!(grow(&l, 1, &a, 400), Ok(()));
+        assert_eq!(grow(&l, 1, &a, 1), Ok(()));
+        // The anonymous share (5,000 bytes) holds growth by many addresses.
+        let mut l = ClientLedger::default();
+        for k in 0..5u64 {
+            l.charge(k, anon(&k.to_string()), 990);
+        }
+        l.charge(5, anon("5"), 40);
+        assert_eq!(l.anonymous(), (6, 4_990));
+        assert_eq!(grow(&l, 5, &anon("5"), 51), Err("anonymous_share"));
+        assert_eq!(grow(&l, 5, &anon("5"), 50), Ok(()));
+        // An agent has a quota too; an admin only the store's budget.
+        let agent = Charge::Agent("b".into());
+        l.charge(10, agent.clone(), 100);
+        assert_eq!(grow(&l, 10, &agent, 1_001), Err("client_quota"));
+        let admin = Charge::Admin("ops".into());
+        l.charge(11, admin.clone(), 100);
+        // The store holds 5,190 bytes: entry 11 may grow by 4,810.
+        assert_eq!(l.bytes(), 5_190);
+        assert_eq!(grow(&l, 11, &admin, 100 + 4_810), Ok(()));
+        assert_eq!(grow(&l, 11, &admin, 100 + 4_811), Err("store_full"));
+    }
+
+    /// A part charged to another client (a task's report): it counts for that client,
+    /// bytes only; moving it from one client to another frees the first.
+    #[test]
+    fn an_extra_part_counts_for_its_own_client() {
+        let mut l = ClientLedger::default();
+        let (a, k) = (anon("a"), Charge::Agent("k".into()));
+        // A full anonymous share: 5 addresses of 1,000 bytes.
+        for n in 0..5u64 {
+            l.charge(n, anon(&n.to_string()), 1_000);
+        }
+        l.charge(9, a.clone(), 0);
+        // The share refuses `a` growing entry 9, but not `k` reporting on it.
         assert_eq!(
-            l.admit_growth(&BUDGET, &1, 5_001).unwrap_err().reason(),
-            "anonymous_share"
-        );
-        // Not growing is always fine; the per-client quota does not apply to growth.
-        l.admit_growth(&BUDGET, &1, 4_000).unwrap();
-        // The agent's entry may grow to the whole budget.
-        l.admit_growth(&BUDGET, &2, 100 + 5_900).unwrap();
-        assert_eq!(
-            l.admit_growth(&BUDGET, &2, 100 + 5_901)
+            l.admit(&BUDGET, &9, &Line::split(a.clone(), 0, Some(a.clone()), 10))
                 .unwrap_err()
                 .reason(),
-            "store_full"
+            "anonymous_share"
         );
+        let line = Line::split(a.clone(), 0, Some(k.clone()), 900);
+        assert_eq!(line.total(), 900);
+        l.admit(&BUDGET, &9, &line).unwrap();
+        l.uncharge(&9);
+        l.put(9, line);
+        assert_eq!(l.client(&k), (0, 900));
+        assert_eq!(l.client(&a), (1, 0));
+        assert_eq!(l.anonymous(), (6, 5_000));
+        assert_eq!(l.bytes(), 5_900);
+        // `k`'s quota holds its reports: 100 more bytes fit, 101 do not.
+        let more = Line::split(a.clone(), 0, Some(k.clone()), 1_000);
+        l.admit(&BUDGET, &9, &more).unwrap();
+        let over = Line::split(a.clone(), 0, Some(k.clone()), 1_001);
+        assert_eq!(
+            l.admit(&BUDGET, &9, &over).unwrap_err().reason(),
+            "client_quota"
+        );
+        // The report moves back to `a`: the share counts it again.
+        let back = Line::split(a.clone(), 0, Some(a.clone()), 900);
+        assert_eq!(back, Line::new(a.clone(), 900));
+        assert_eq!(
+            l.admit(&BUDGET, &9, &back).unwrap_err().reason(),
+            "anonymous_share"
+        );
+        l.uncharge(&9);
+        assert!(!l.clients.contains_key(&k) && !l.clients.contains_key(&a));
+        assert_eq!((l.bytes(), l.anonymous()), (5_000, (5, 5_000)));
+    }
+
+    /// An entry that moves to another client (an agent bound anew) counts as a new one
+    /// for that client: one more entry, all its bytes.
+    #[test]
+    fn a_moved_entry_counts_in_full_for_its_new_client() {
+        let mut l = ClientLedger::default();
+        let k = Charge::Agent("k".into());
+        for n in 0..10u64 {
+            l.charge(n, k.clone(), 10);
+        }
+        l.charge(20, anon("a"), 10);
+        // `k` holds its 10 entries: taking entry 20 is over its quota.
+        assert_eq!(
+            l.admit(&BUDGET, &20, &Line::new(k.clone(), 10))
+                .unwrap_err()
+                .reason(),
+            "client_quota"
+        );
+        l.uncharge(&0);
+        l.admit(&BUDGET, &20, &Line::new(k.clone(), 10)).unwrap();
     }
 
     #[test]

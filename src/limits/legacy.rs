@@ -43,8 +43,6 @@ pub struct StoreLimits {
     pub list_response_bytes_max: usize,
     /// The agent store's byte budget and per-client quotas (`registry::agents::budget`).
     pub agent_budget: crate::registry::AgentBudgetConfig,
-    /// Pairing's guessing guard (see `pairing::guard`).
-    pub pair_guard: crate::pairing::guard::GuardLimits,
     /// Percent of each store's budget (tasks, agents, the durable store) that all
     /// anonymous clients (no valid credential, see `Charge`) may hold together;
     /// the rest is kept for authenticated agents and operators. Over: 503 for anonymous
@@ -66,7 +64,6 @@ impl Default for StoreLimits {
             list_page_items_max: 1000,
             list_response_bytes_max: 4 * 1024 * 1024,
             agent_budget: crate::registry::AgentBudgetConfig::default(),
-            pair_guard: crate::pairing::guard::GuardLimits::default(),
             anonymous_share_percent: 50,
         }
     }

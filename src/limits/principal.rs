@@ -147,16 +147,18 @@ impl Principal {
 }
 
 /// The `error` of a 403 for acting as `agent_id`, bound to `bound`, without holding it.
-/// Names what would be accepted; never the address.
+/// Names what would be accepted; never the address, and never the bound peer (the
+/// requester has no credential for it: naming it would tell whose key an agent uses, or
+/// that a guessed key is one).
 pub fn bound_message(agent_id: &str, bound: &Owner) -> String {
     let needs = format!(
         "an API key or token for `{agent_id}` or `{agent_id}{SIDECAR_SUFFIX}`, or an admin \
          token (an admin may also delete the agent)"
     );
     match bound {
-        Owner::Peer(p) => format!(
-            "agent `{agent_id}` is bound to the API key or token of peer `{p}`, which \
-             registered it: send that credential, {needs}"
+        Owner::Peer(_) => format!(
+            "agent `{agent_id}` is bound to another API key or token (the one that \
+             registered it or last acted for it): send that credential, {needs}"
         ),
         Owner::Address(_) => format!(
             "agent `{agent_id}` is bound to the address that registered it: act from that \
@@ -222,6 +224,10 @@ mod tests {
         assert!(!m.contains("10.0.0.1"), "{m}");
         assert!(m.contains("`x-sidecar`") && m.contains("admin"), "{m}");
         let m = bound_message("x", &Owner::Peer("agent-7".into()));
-        assert!(m.contains("peer `agent-7`"), "{m}");
+        assert!(!m.contains("agent-7"), "{m}");
+        assert!(
+            m.contains("another API key or token") && m.contains("`x-sidecar`"),
+            "{m}"
+        );
     }
 }

@@ -1,405 +1,476 @@
-//! `/api/pairing/*`: codes on `shard_of(code)`, entries on `shard_of(entry id)`, device
-//! tokens on `shard_of(token)`, approved peers on `shard_of(peer_id)`, rate-limit buckets
-//! and daily wrong-code budgets on `shard_of(client key)` (`limits::client_key`: the
-//! IPv4 address, or the IPv6 /64). Random keys are drawn here, before routing.
+//! Pairing's workflows, on any shard: codes live on `shard_of(code)`, entries on
+//! `shard_of(entry id)`, rate-limit buckets and daily wrong-code budgets on
+//! `shard_of(client key)` (`limits::client_key`: the IPv4 address, or the IPv6 /64);
+//! the device-token index is auth's (on `shard_of(token key)`) and the peers' signaling
+//! authorization signaling's (on `shard_of(peer_id)`), each asked through its typed
+//! operations. Random keys are drawn here, before routing. Typed inputs (a parsed body,
+//! ids, header values) in, an [`Outcome`] or an [`Error`] out.
 //!
-//! Durable (issue 10): each change is applied on its owner (the entry flagged `saving`),
-//! committed to the store from here, and answered 2xx only once acknowledged; otherwise
-//! it is undone on its owner and answered 503.
+//! Durable (issue 10): each change is applied on its owner first (an entry is flagged
+//! `saving`, so its next change waits), committed from here, and answered 2xx only once
+//! acknowledged; otherwise it is undone on its owner and answered 503.
+//!
+//! Follow-ups (issue 21): marking an entry saved, and every undo (putting a code back,
+//! restoring an entry, dropping an indexed token, deauthorizing a peer), must never be
+//! refused by a burst, or state would be left half done (an entry stuck `saving`, a
+//! token that works for a pending entry). So before each change the workflow reserves
+//! room for its follow-up on the shard the follow-up goes to (`shard::reserve`; none
+//! left: 503 before that change, after undoing the earlier ones through their own
+//! rooms). A follow-up is then asked as usual, so the answer is given once it is
+//! applied; if the owner's mailbox stays full past `shard::ASK_PATIENCE` it goes into
+//! the reserved room instead (`shard::settle`, which cannot be refused) and is applied as
+//! soon as the owner drains its mailbox ([`follow_up`]).
 
 use std::net::IpAddr;
 
-use crate::auth::budget::failed;
+use chatixia_store::{HashKind, Mutation, RevocationRecord, WriteClass};
+
+use super::ops::{Counters, Op, Reply};
+use super::records::{entry_record, invite_record};
+use super::{
+    hex_lower, new_peer_id, ActionError, Code, CodeStore, Config, Entry, EntryId,
+    GenerateCodeResponse, Issuer, OkBody, PairError, PairRequest, PairingStore, Status,
+};
+use crate::auth::budget::{failed, Budgeted};
 use crate::auth::failures::Failure;
-use crate::auth::header_value_str;
 use crate::auth::ops::{Op as TokenOp, Reply as TokenReply};
-use crate::durable::{entry_record, invite_record, token_key, token_record};
-use crate::http::{Request, Response};
-use crate::pairing::ops::{Op, Reply};
-use crate::pairing::{
-    hex_lower, new_peer_id, ActionError, Code, CodeStore, Entry, EntryId, GenerateCodeResponse,
-    Issuer, OkBody, PairError, PairRequest, PairingStore, Status,
+use crate::auth::tokens::{token_key, token_record};
+use crate::shard::{
+    self, ask_all, ask_owner, reserve, settle, Durability, Error, FollowUp, Kind, Outcome, Request,
+    Saved, Shard,
 };
-use crate::server::common::{
-    ask_all, ask_owner, ask_owner_retry, fill_random, json_body, random_bytes, unexpected, Answer,
-};
-use crate::server::{Saved, ShardCtx};
 use crate::signaling::ops::{Op as AuthzOp, Reply as AuthzReply};
-use chatixia_store::{HashKind, Mutation, RevocationRecord};
 
-fn pair_error(e: PairError) -> Response {
-    Response::json(e.status(), &e.body())
+fn unexpected() -> Error {
+    tracing::error!("unexpected reply from a pairing owner");
+    Error::internal("internal error")
 }
 
-fn action_error(e: ActionError) -> Response {
-    Response::json(e.status(), &e.body())
+fn busy() -> Error {
+    Error::conflict("a change to this entry is being saved; retry")
 }
 
-fn busy() -> Response {
-    Response::error(409, "a change to this entry is being saved; retry")
+/// The owner shard of `key`.
+fn owner<S: Shard>(sh: &S, key: &str) -> shard::ShardId {
+    sh.shard_of(key.as_bytes())
 }
 
-/// Asks the entry's owner until the message is delivered: a follow-up of a change that
-/// is already decided (saved or refused by the store) must not be dropped because of a
-/// burst, or the entry would stay flagged `saving` (or hold an unsaved state). Waiting
-/// on a full mailbox is the backpressure.
-async fn tell_entry_owner(ctx: &ShardCtx, id: EntryId, make: impl Fn() -> Op) {
-    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
-    let to = ctx.shard.shard_of(id.to_string());
-    loop {
-        match ctx.shard.ask(to, crate::server::Msg::Pairing(make())).await {
-            Ok(_) => return,
-            Err(reactor::AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
-            Err(reactor::AskError::NoReply) => {
-                tracing::error!(entry = %id, "entry owner gave no reply to a follow-up");
-                return;
-            }
+/// Commits `mutations` and waits until they are durable (held to the store's size bound:
+/// pairing's records are not a claim). `Err`: nothing of them is saved (503).
+async fn commit<S: Shard>(sh: &S, mutations: Vec<Mutation>) -> Result<(), Error> {
+    match sh
+        .commit(mutations, Durability::Now(WriteClass::Bounded))
+        .await?
+    {
+        Saved::Durable => Ok(()),
+        // Only retained writes are deferred.
+        Saved::Deferred(reason) => Err(Error::unavailable(reason)),
+    }
+}
+
+/// Applies the follow-up `make()` on `room`'s shard (see the [module docs](self)):
+/// asked, so it is applied when this returns `true`; if the ask is refused (the owner's
+/// mailbox stayed full past the ask patience, so it was never delivered) it goes into the
+/// reserved room and is applied as soon as the owner drains its mailbox (`false`). It is
+/// never lost.
+pub(super) async fn follow_up<S: Shard, O: Request<S::Msg>>(
+    sh: &S,
+    room: S::Room,
+    make: impl Fn() -> O,
+) -> bool {
+    match shard::ask(sh, room.to(), make()).await {
+        Ok(_) => true,
+        Err(e) if e.kind == Kind::Unavailable => {
+            tracing::warn!(
+                shard = room.to(),
+                "a follow-up waits in reserved room (mailbox full)"
+            );
+            settle(room, make());
+            false
+        }
+        Err(e) => {
+            // Delivered (a missing or wrong reply is a bug, logged by the layer).
+            tracing::error!(error = %e, "a follow-up was answered wrongly");
+            true
         }
     }
 }
 
-/// Clears the entry's `saving` flag after its change was acknowledged.
-async fn saved(ctx: &ShardCtx, id: EntryId) {
-    tell_entry_owner(ctx, id, || Op::EntrySaved(id)).await
+/// A code, drawn from the OS.
+fn draw_code(cfg: &Config) -> Result<Code, Error> {
+    shard::random(&mut [0u8; 1])?;
+    Ok(Code::random(&mut shard::fill_random, cfg.guard.code_format))
 }
 
-/// Puts the entry back as it was after a change the store did not acknowledge.
-async fn restore(ctx: &ShardCtx, id: EntryId, before: Option<Entry>) {
-    tell_entry_owner(ctx, id, || Op::EntryRestore(Box::new((id, before.clone())))).await
+/// An entry id and a peer id, drawn from the OS.
+fn draw_entry() -> Result<(EntryId, String), Error> {
+    let mut buf = [0u8; 7];
+    shard::random(&mut buf)?;
+    let mut bytes = buf.into_iter();
+    let mut rng = |out: &mut [u8]| out.iter_mut().for_each(|b| *b = bytes.next().unwrap_or(0));
+    let id = EntryId::random(&mut rng);
+    Ok((id, new_peer_id(&mut rng)))
 }
 
-/// `POST /api/pairing/generate-code`: needs the `X-API-Key` of a known key (an unknown
-/// one counts against `client`'s failure budget).
-pub async fn generate_code(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    let key = req
-        .header("x-api-key")
-        .and_then(|v| header_value_str(v.as_bytes()));
-    let Some(entry) = key.and_then(|k| ctx.config.api_keys.lookup(k)) else {
-        if key.is_some() {
-            failed(ctx, client, Failure::GenerateCode);
-        }
-        return Ok(Response::new(401));
-    };
-    let issuer = Issuer {
-        peer_id: entry.peer_id.clone(),
-        mesh: entry.mesh.clone(),
-    };
-    issue_code(ctx, issuer).await
+/// A secret of `prefix` + 32 hex digits (16 bytes from the OS).
+fn draw_secret(prefix: &str) -> Result<String, Error> {
+    let mut buf = [0u8; 16];
+    shard::random(&mut buf)?;
+    Ok(format!("{prefix}{}", hex_lower(&buf)))
 }
 
 /// Draws a new invite code for `issuer`, stores it on its owner shard and makes it
-/// durable before answering (`generate-code` and the dashboard's invite share it).
-pub async fn issue_code(ctx: &ShardCtx, issuer: Issuer) -> Answer<Response> {
+/// durable before answering: `POST /api/pairing/generate-code` (the issuer is the API
+/// key auth checked) and the dashboard's invite (the admin) share it.
+pub async fn issue_code<S: Shard>(sh: &S, cfg: &Config, issuer: Issuer) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     for _ in 0..CodeStore::GENERATE_TRIES_MAX {
-        random_bytes::<1>()?;
-        let code = Code::random(&mut fill_random, ctx.config.limits.pair_guard.code_format);
+        let code = draw_code(cfg)?;
         let key = code.to_string();
-        match ask_owner(ctx, &key, Op::CodeInsert(Box::new((code, issuer.clone())))).await? {
+        // Room to take the code back should the store refuse it.
+        let room = reserve(sh, owner(sh, &key))?;
+        match ask_owner(sh, &key, Op::CodeInsert(Box::new((code, issuer.clone())))).await? {
             Reply::CodeStored(expires_at) => {
                 let put = Mutation::PutInvite(invite_record(code, &issuer, expires_at));
-                if let Err(resp) = ctx.commit(vec![put]).await {
-                    let _ = ask_owner_retry(ctx, &key, || Op::CodeRemove(code)).await;
-                    return Err(resp);
+                if let Err(e) = commit(sh, vec![put]).await {
+                    follow_up(sh, room, || Op::CodeRemove(code)).await;
+                    return Err(e);
                 }
-                return Ok(Response::json(200, &GenerateCodeResponse::new(code)));
+                return Ok(Outcome::json(&GenerateCodeResponse::new(code)));
             }
             Reply::InUse => continue,
-            Reply::Full => return Ok(Response::error(503, "too many live invite codes")),
+            Reply::Full => return Err(Error::unavailable("too many live invite codes")),
             Reply::Quota(n) => {
-                return Ok(Response::error(
-                    429,
-                    format!(
-                        "this API key holds {n} live invite codes on this shard, its quota \
-                         (--pair-codes-per-key-max); wait for some to be used or expire"
-                    ),
-                ))
+                return Err(Error::too_many(format!(
+                    "this API key holds {n} live invite codes on this shard, its quota \
+                     (--pair-codes-per-key-max); wait for some to be used or expire"
+                )))
             }
-            _ => return Ok(unexpected()),
+            _ => return Err(unexpected()),
         }
     }
-    Ok(Response::error(503, "too many live invite codes"))
+    Err(Error::unavailable("too many live invite codes"))
 }
 
-/// `POST /api/pairing/pair`, in the reference's order: body, rate limit, code format,
-/// agent name, then (issue 20) the client key's daily budget of wrong codes, redeem,
-/// create. The answer adds `claim_secret` (issue 10), the device's bearer secret for
-/// `GET /api/pairing/{id}/status`.
-pub async fn pair(ctx: &ShardCtx, req: &Request, client: IpAddr) -> Answer<Response> {
-    // `["123456","name"]` would otherwise be read as the object, field by field.
-    crate::limits::require_object(&req.body)?;
-    let body: PairRequest = json_body(req)?;
+/// `POST /api/pairing/pair` from `client`, with its parsed body, in the reference's
+/// order: rate limit, code format, agent name, then (issue 20) the client key's daily
+/// budget of wrong codes, redeem, create. The answer adds `claim_secret` (issue 10), the
+/// device's bearer secret for `GET /api/pairing/{id}/status`. A code is consumed only
+/// once its entry is saved: any failure after the redemption puts it back.
+pub async fn pair<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    body: PairRequest,
+    client: IpAddr,
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     // Validated before the rate check (pure), answered after it (the reference's order):
     // only a well-formed request reserves one wrong code of the daily budget, in the
     // same message.
     let validated = body.validate();
     let client_key = crate::limits::client_key(client);
     let check = Op::RateCheck(Box::new((client, validated.is_ok())));
-    match ask_owner(ctx, &client_key, check).await? {
+    match ask_owner(sh, &client_key, check).await? {
         Reply::Allowed(true) => {}
-        Reply::Allowed(false) => return Ok(pair_error(PairError::RateLimited)),
+        Reply::Allowed(false) => return Err(PairError::RateLimited.into()),
         Reply::Spent(secs) => {
-            let max = ctx.config.limits.pair_guard.wrong_per_address_max;
-            return Ok(Response::error(
-                429,
-                format!(
-                    "this address tried {max} wrong pairing codes within 24 h, its limit \
-                     (--pair-wrong-guesses-per-address-max); try again in {secs} s"
-                ),
-            )
-            .with_header("retry-after", secs.to_string()));
+            let max = cfg.guard.wrong_per_address_max;
+            return Err(Error::too_many(format!(
+                "this address tried {max} wrong pairing codes within 24 h, its limit \
+                 (--pair-wrong-guesses-per-address-max); try again in {secs} s"
+            ))
+            .retry_after(secs));
         }
-        _ => return Ok(unexpected()),
+        _ => return Err(unexpected()),
     }
-    let valid = match validated {
-        Ok(v) => v,
-        Err(e) => return Ok(pair_error(e)),
-    };
-    crate::limits::legacy::check_printable("agent_name", valid.agent_name)?;
+    let valid = validated.map_err(Error::from)?;
+    crate::limits::check_printable("agent_name", valid.agent_name)?;
     let code = valid.code;
     let code_key = code.to_string();
-    let (issuer, expires_at) = match ask_owner(ctx, &code_key, Op::CodeRedeem(code)).await? {
+    // Drawn before the code is redeemed, so no failure to draw can leave it used.
+    let claim_secret = draw_secret("cs_")?;
+    let claim_hash = cfg.secrets.token_hash(HashKind::ClaimSecret, &claim_secret);
+    // Room to put the code back, and to refund the reservation of a right code.
+    let code_room = reserve(sh, owner(sh, &code_key))?;
+    let refund_room = reserve(sh, owner(sh, &client_key))?;
+    let (issuer, expires_at) = match ask_owner(sh, &code_key, Op::CodeRedeem(code)).await? {
         Reply::Redeemed(Some(b)) => {
-            // A right code is not a wrong guess: give the reservation back (best
-            // effort: a full mailbox only leaves one count in the budget).
-            let _ = ask_owner(ctx, &client_key, Op::GuessRefund(Box::new(client))).await;
+            // A right code is not a wrong guess: give the reservation back.
+            settle(refund_room, Op::GuessRefund(Box::new(client)));
             *b
         }
-        Reply::Redeemed(None) => return Ok(pair_error(PairError::InvalidCode)),
+        Reply::Redeemed(None) => return Err(PairError::InvalidCode.into()),
         Reply::Throttled(secs) => {
-            return Ok(Response::error(
-                429,
-                format!(
-                    "too many wrong pairing codes were tried on this server recently; \
-                     try again in {secs} s"
-                ),
-            )
-            .with_header("retry-after", secs.to_string()))
+            return Err(Error::too_many(format!(
+                "too many wrong pairing codes were tried on this server recently; \
+                 try again in {secs} s"
+            ))
+            .retry_after(secs))
         }
-        _ => return Ok(unexpected()),
+        _ => return Err(unexpected()),
     };
-    let put_code_back = || async {
-        let _ = ask_owner_retry(ctx, &code_key, || {
-            Op::CodeRestore(Box::new((code, issuer.clone(), expires_at)))
-        })
-        .await;
-    };
-    let claim_secret = format!("cs_{}", hex_lower(&random_bytes::<16>()?));
-    let claim_hash = ctx
-        .config
-        .secrets
-        .token_hash(HashKind::ClaimSecret, &claim_secret);
+    let put_back = || Op::CodeRestore(Box::new((code, issuer.clone(), expires_at)));
+    let mut outcome = Err(PairError::StoreFull.into());
     for _ in 0..PairingStore::CREATE_TRIES_MAX {
-        random_bytes::<1>()?;
-        let id = EntryId::random(&mut fill_random);
-        let peer_id = new_peer_id(&mut fill_random);
-        let op = Op::EntryCreate(Box::new((
-            id,
-            peer_id,
-            valid.agent_name.to_owned(),
-            issuer.clone(),
-            claim_hash,
-        )));
-        match ask_owner(ctx, &id.to_string(), op).await? {
-            Reply::Entry(e) => {
+        let step = create_entry(sh, valid.agent_name, &issuer, claim_hash).await;
+        match step {
+            Created::Entry(entry, room) => {
                 let write = vec![
                     Mutation::DeleteInvite(code.store_key()),
-                    Mutation::PutPairing(entry_record(&e, &ctx.config.secrets)),
+                    Mutation::PutPairing(entry_record(&entry, &cfg.secrets)),
                 ];
-                if let Err(resp) = ctx.commit(write).await {
-                    restore(ctx, id, None).await;
-                    put_code_back().await;
-                    return Err(resp);
+                let id = entry.id;
+                if let Err(e) = commit(sh, write).await {
+                    follow_up(sh, room, || Op::EntryRestore(Box::new((id, None)))).await;
+                    outcome = Err(e);
+                    break;
                 }
-                saved(ctx, id).await;
-                let mut body = serde_json::to_value(e.pair_response()).unwrap_or_default();
+                follow_up(sh, room, || Op::EntrySaved(id)).await;
+                drop(code_room);
+                let mut body = serde_json::to_value(entry.pair_response()).unwrap_or_default();
                 body["claim_secret"] = serde_json::Value::String(claim_secret);
-                return Ok(Response::json(200, &body));
+                return Ok(Outcome::Json(wire::json::json_vec(&body)));
             }
-            Reply::InUse => continue,
-            Reply::Full => {
-                put_code_back().await;
-                return Ok(pair_error(PairError::StoreFull));
+            Created::InUse => continue,
+            Created::Refused(e) => {
+                outcome = Err(e);
+                break;
             }
-            _ => return Ok(unexpected()),
         }
     }
-    put_code_back().await;
-    Ok(pair_error(PairError::StoreFull))
+    follow_up(sh, code_room, put_back).await;
+    outcome
 }
 
-/// `GET /api/pairing/pending` and `/all`: every shard's entries, oldest first (never
-/// with device tokens).
-pub async fn list(ctx: &ShardCtx, pending_only: bool) -> Answer<Response> {
-    let mut all: Vec<Entry> = Vec::new();
-    for r in ask_all(ctx, |_| Op::EntryList(pending_only)).await? {
-        match r {
-            Reply::Entries(v) => all.extend(*v),
-            _ => return Ok(unexpected()),
-        }
+/// One try at creating a pending entry.
+enum Created<R> {
+    /// Created, flagged saving; the room for its follow-up (saved, or removed).
+    Entry(Box<Entry>, R),
+    /// The drawn id is taken: draw another.
+    InUse,
+    /// Not created (full, overloaded, no randomness).
+    Refused(Error),
+}
+
+async fn create_entry<S: Shard>(
+    sh: &S,
+    agent_name: &str,
+    issuer: &Issuer,
+    claim_hash: chatixia_store::TokenHash,
+) -> Created<S::Room>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let (id, peer_id) = match draw_entry() {
+        Ok(d) => d,
+        Err(e) => return Created::Refused(e),
+    };
+    let key = id.to_string();
+    let room = match reserve(sh, owner(sh, &key)) {
+        Ok(r) => r,
+        Err(e) => return Created::Refused(e),
+    };
+    let op = Op::EntryCreate(Box::new((
+        id,
+        peer_id,
+        agent_name.to_owned(),
+        issuer.clone(),
+        claim_hash,
+    )));
+    match ask_owner(sh, &key, op).await {
+        Ok(Reply::Entry(e)) => Created::Entry(e, room),
+        Ok(Reply::InUse) => Created::InUse,
+        Ok(Reply::Full) => Created::Refused(PairError::StoreFull.into()),
+        Ok(_) => Created::Refused(unexpected()),
+        Err(e) => Created::Refused(e),
     }
-    all.sort_by_key(|e| (e.created_at, e.id));
-    Ok(Response::json(200, &all))
-}
-
-/// The entry id of the path, or the action's 404.
-fn entry_id(raw: &str, err: ActionError) -> Answer<EntryId> {
-    EntryId::parse(raw).ok_or_else(|| action_error(err))
 }
 
 /// `(before, after)` of a transition on the entry's owner, or the answer.
-async fn transition(
-    ctx: &ShardCtx,
+async fn transition<S: Shard>(
+    sh: &S,
     id: EntryId,
     op: Op,
     err: ActionError,
-) -> Answer<(Entry, Entry)> {
-    match ask_owner(ctx, &id.to_string(), op).await? {
+) -> Result<(Entry, Entry), Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    match ask_owner(sh, &id.to_string(), op).await? {
         Reply::Changed(b) => Ok(*b),
-        Reply::NotFound => Err(action_error(err)),
+        Reply::NotFound => Err(err.into()),
         Reply::Busy => Err(busy()),
         _ => Err(unexpected()),
     }
 }
 
-/// `POST /api/pairing/{id}/approve`: approve on the entry's shard (with a device token
-/// drawn here), index the token (by its keyed hash) on `shard_of(hash)`, authorize the
-/// peer on `shard_of(peer_id)`, commit the entry and the token grant; 200 once durable.
-pub async fn approve(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
+/// The answer when a device token could not be put in effect.
+fn not_activated() -> Error {
+    Error::unavailable("could not activate the device token; try again later")
+}
+
+/// `POST /api/pairing/{id}/approve` (an operator's: the router checked the admin
+/// token): approve on the entry's shard (with a device token drawn here), index the token
+/// (by its keyed hash) with auth on `shard_of(key)`, authorize the peer with signaling
+/// on `shard_of(peer_id)`, commit the entry and the token grant; 200 once durable. Any
+/// failure undoes the steps taken, latest first: the peer, the token, the entry (back
+/// to pending, so the admin can retry).
+pub async fn approve<S: Shard>(sh: &S, cfg: &Config, raw_id: &str) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+    TokenOp: Request<S::Msg, Reply = TokenReply>,
+    AuthzOp: Request<S::Msg, Reply = AuthzReply>,
+{
     let not_pending = ActionError::NotFoundOrNotPending;
-    let id = entry_id(raw_id, not_pending)?;
-    let token = format!("dt_{}", hex_lower(&random_bytes::<16>()?));
-    let hash = ctx.config.secrets.token_hash(HashKind::DeviceToken, &token);
+    let id = EntryId::parse(raw_id).ok_or(not_pending)?;
+    let token = draw_secret("dt_")?;
+    let hash = cfg.secrets.token_hash(HashKind::DeviceToken, &token);
     let key = token_key(&hash);
+    let entry_room = reserve(sh, owner(sh, &id.to_string()))?;
+    let token_room = reserve(sh, owner(sh, &key))?;
     let op = Op::EntryApprove(Box::new((id, token, hash)));
-    let (before, entry) = transition(ctx, id, op, not_pending).await?;
+    let (before, entry) = transition(sh, id, op, not_pending).await?;
+    let restore = || Op::EntryRestore(Box::new((id, Some(before.clone()))));
     let Some(grant) = entry.device_grant() else {
-        restore(ctx, id, Some(before)).await;
-        return Ok(unexpected());
+        follow_up(sh, entry_room, restore).await;
+        return Err(unexpected());
     };
-    let indexed = ask_owner(
-        ctx,
-        &key,
-        TokenOp::Insert(Box::new((key.clone(), grant.clone()))),
-    )
-    .await;
-    let authorized = match &indexed {
-        Ok(TokenReply::Done) => {
-            ask_owner(
-                ctx,
-                &entry.peer_id,
-                AuthzOp::PeerAuthorize(Box::new((entry.peer_id.clone(), entry.mesh.clone()))),
-            )
-            .await
+    let peer = entry.peer_id.as_str();
+    let peer_room = match reserve(sh, owner(sh, peer)) {
+        Ok(r) => r,
+        Err(e) => {
+            follow_up(sh, entry_room, restore).await;
+            return Err(e);
         }
-        Ok(_) | Err(_) => Ok(AuthzReply::Full),
     };
-    let activated = matches!(authorized, Ok(AuthzReply::Done));
-    let committed = if activated {
-        let write = vec![
-            Mutation::PutPairing(entry_record(&entry, &ctx.config.secrets)),
-            Mutation::PutDeviceToken(token_record(hash, &grant)),
-        ];
-        ctx.commit(write).await
-    } else {
-        Err(Response::error(
-            503,
-            "could not activate the device token; try again later",
-        ))
-    };
-    if let Err(resp) = committed {
-        // Not acknowledged: the token must not work and the entry goes back to pending,
-        // so the admin can retry.
-        if activated {
-            let peer = entry.peer_id.as_str();
-            let _ = ask_owner_retry(ctx, peer, || {
-                AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
-            })
-            .await;
-        }
-        if matches!(indexed, Ok(TokenReply::Done)) {
-            let _ = ask_owner_retry(ctx, &key, || TokenOp::Remove(Box::new(key.clone()))).await;
-        }
-        restore(ctx, id, Some(before)).await;
-        return Err(resp);
+    let insert = TokenOp::Insert(Box::new((key.clone(), grant.clone())));
+    if !matches!(ask_owner(sh, &key, insert).await, Ok(TokenReply::Done)) {
+        follow_up(sh, entry_room, restore).await;
+        return Err(not_activated());
     }
-    saved(ctx, id).await;
-    Ok(Response::json(200, &entry.approve_response()))
+    let unindex = || TokenOp::Remove(Box::new(key.clone()));
+    let authorize = AuthzOp::PeerAuthorize(Box::new((peer.to_owned(), entry.mesh.clone())));
+    if !matches!(ask_owner(sh, peer, authorize).await, Ok(AuthzReply::Done)) {
+        follow_up(sh, token_room, unindex).await;
+        follow_up(sh, entry_room, restore).await;
+        return Err(not_activated());
+    }
+    let write = vec![
+        Mutation::PutPairing(entry_record(&entry, &cfg.secrets)),
+        Mutation::PutDeviceToken(token_record(hash, &grant)),
+    ];
+    if let Err(e) = commit(sh, write).await {
+        // Not acknowledged: the token must not work and the entry goes back to pending.
+        follow_up(sh, peer_room, || {
+            AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
+        })
+        .await;
+        follow_up(sh, token_room, unindex).await;
+        follow_up(sh, entry_room, restore).await;
+        return Err(e);
+    }
+    follow_up(sh, entry_room, || Op::EntrySaved(id)).await;
+    Ok(Outcome::json(&entry.approve_response()))
 }
 
-/// `POST /api/pairing/{id}/reject`.
-pub async fn reject(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
+/// `POST /api/pairing/{id}/reject` (an operator's).
+pub async fn reject<S: Shard>(sh: &S, cfg: &Config, raw_id: &str) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     let err = ActionError::NotFoundOrNotPending;
-    let id = entry_id(raw_id, err)?;
-    let (before, after) = transition(ctx, id, Op::EntryReject(id), err).await?;
-    let write = vec![Mutation::PutPairing(entry_record(
-        &after,
-        &ctx.config.secrets,
-    ))];
-    if let Err(resp) = ctx.commit(write).await {
-        restore(ctx, id, Some(before)).await;
-        return Err(resp);
+    let id = EntryId::parse(raw_id).ok_or(err)?;
+    let room = reserve(sh, owner(sh, &id.to_string()))?;
+    let (before, after) = transition(sh, id, Op::EntryReject(id), err).await?;
+    let write = vec![Mutation::PutPairing(entry_record(&after, &cfg.secrets))];
+    if let Err(e) = commit(sh, write).await {
+        follow_up(sh, room, || {
+            Op::EntryRestore(Box::new((id, Some(before.clone()))))
+        })
+        .await;
+        return Err(e);
     }
-    saved(ctx, id).await;
-    Ok(Response::json(200, &OkBody::OK))
+    follow_up(sh, room, || Op::EntrySaved(id)).await;
+    Ok(Outcome::json(&OkBody::OK))
 }
 
-/// `POST /api/pairing/{id}/revoke`: the entry, its token grant and the peer's
-/// revocation are committed; then the token stops working and the peer's live
-/// connections are closed (4001).
+/// `POST /api/pairing/{id}/revoke` (an operator's): the entry, its token grant and the
+/// peer's revocation are committed; then the token stops working (auth drops it) and
+/// the peer is deauthorized, which closes its live connections (4001, signaling).
 ///
 /// Fails closed (issue 22): the token stops working and the connections close whatever
 /// the store answers. Saved → 200. The store is unavailable (disk full, read-only) → the
-/// revocation is kept and written once it recovers → 202 `{"ok":true,"saved":false,…}`
-/// (a restart before then loses it). Not kept either (the store's queue is full, or
-/// `--store-retained-writes-max` revocations already wait) → the entry goes back to
-/// `approved` so the revocation can be repeated, its token still refused until a restart,
-/// and 503 saying so.
-pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
+/// revocation is kept and written once it recovers (`Durability::Retained`) → 202
+/// `{"ok":true,"saved":false,…}` (a restart before then loses it). Not kept either (the
+/// store's queue is full, or `--store-retained-writes-max` revocations already wait) →
+/// the entry goes back to `approved` so the revocation can be repeated, its token still
+/// refused until a restart, and 503 saying so.
+pub async fn revoke<S: Shard>(sh: &S, cfg: &Config, raw_id: &str) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+    TokenOp: Request<S::Msg, Reply = TokenReply>,
+    AuthzOp: Request<S::Msg, Reply = AuthzReply>,
+{
     let err = ActionError::NotFoundOrNotApproved;
-    let id = entry_id(raw_id, err)?;
-    let (before, entry) = transition(ctx, id, Op::EntryRevoke(id), err).await?;
+    let id = EntryId::parse(raw_id).ok_or(err)?;
+    let entry_room = reserve(sh, owner(sh, &id.to_string()))?;
+    let (before, entry) = transition(sh, id, Op::EntryRevoke(id), err).await?;
+    let restore = || Op::EntryRestore(Box::new((id, Some(before.clone()))));
+    // The revocation's own follow-ups: room on the peer's owner and the token's.
+    let peer = entry.peer_id.as_str();
+    let key = entry.token_hash.as_ref().map(token_key);
+    let rooms = reserve(sh, owner(sh, peer)).and_then(|p| match &key {
+        Some(k) => reserve(sh, owner(sh, k)).map(|t| (p, Some(t))),
+        None => Ok((p, None)),
+    });
+    let (peer_room, token_room) = match rooms {
+        Ok(r) => r,
+        Err(e) => {
+            follow_up(sh, entry_room, restore).await;
+            return Err(e);
+        }
+    };
     let mut write = vec![
-        Mutation::PutPairing(entry_record(&entry, &ctx.config.secrets)),
+        Mutation::PutPairing(entry_record(&entry, &cfg.secrets)),
         Mutation::PutRevocation(RevocationRecord {
             peer_id: entry.peer_id.clone(),
-            not_before_secs: ctx.now().as_secs(),
+            not_before_secs: sh.now().as_secs(),
             entry_id: Some(id.value()),
         }),
     ];
     if let Some(hash) = entry.token_hash {
         write.push(Mutation::DeleteDeviceToken(hash));
     }
-    let committed = ctx.commit_retained(write).await;
+    let committed = sh.commit(write, Durability::Retained).await;
     match &committed {
-        Ok(_) => saved(ctx, id).await,
+        Ok(_) => follow_up(sh, entry_room, || Op::EntrySaved(id)).await,
         // Not kept for the store: the entry stays approved there, so it does here too
         // (and the revocation can be repeated); the token is refused below all the same.
-        Err(_) => restore(ctx, id, Some(before)).await,
-    }
-    // Both follow-ups are attempted whatever the other's outcome: the peer's
-    // authorization first, since that closes its live signaling connections.
-    let peer = entry.peer_id.as_str();
-    let deauthorized = ask_owner_retry(ctx, peer, || {
+        Err(_) => follow_up(sh, entry_room, restore).await,
+    };
+    // Both take effect whatever the store answered: the peer's authorization first,
+    // since that closes its live signaling connections.
+    let mut applied = follow_up(sh, peer_room, || {
         AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
     })
     .await;
-    let removed = match entry.token_hash {
-        Some(hash) => {
-            let key = token_key(&hash);
-            ask_owner_retry(ctx, &key, || TokenOp::Remove(Box::new(key.clone())))
-                .await
-                .map(drop)
-        }
-        None => Ok(()),
-    };
-    if let Err(resp) = deauthorized.map(drop).and(removed) {
-        tracing::error!(entry = %id, "revocation not fully applied in memory (mailboxes full)");
-        return Err(resp);
+    if let (Some(room), Some(key)) = (token_room, &key) {
+        applied &= follow_up(sh, room, || TokenOp::Remove(Box::new(key.clone()))).await;
+    }
+    if !applied {
+        tracing::error!(entry = %id, "revocation waits in reserved room (mailboxes full)");
+        return Err(Error::unavailable(
+            "the revocation is decided, but a shard is overloaded: the token stops working \
+             and the peer's connections close as soon as it drains its mailbox",
+        ));
     }
     match committed {
-        Ok(Saved::Durable) => Ok(Response::json(200, &OkBody::OK)),
-        Ok(Saved::Deferred(reason)) => Ok(Response::json(
-            202,
+        Ok(Saved::Durable) => Ok(Outcome::json(&OkBody::OK)),
+        Ok(Saved::Deferred(reason)) => Ok(Outcome::Accepted(wire::json::json_vec(
             &serde_json::json!({
                 "ok": true,
                 "saved": false,
@@ -408,21 +479,15 @@ pub async fn revoke(ctx: &ShardCtx, raw_id: &str) -> Answer<Response> {
                      undoes it)"
                 ),
             }),
-        )),
-        Err(resp) => {
+        ))),
+        Err(e) => {
             tracing::error!(entry = %id, "revocation in effect but not saved");
-            let detail = serde_json::from_slice::<serde_json::Value>(&resp.body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            Err(Response::error(
-                503,
-                format!(
-                    "the token no longer works, but the revocation could not be saved \
-                     ({detail}): the entry stays approved and its token works again after a \
-                     restart; repeat the revocation"
-                ),
-            ))
+            let detail = e.message.unwrap_or_default();
+            Err(Error::unavailable(format!(
+                "the token no longer works, but the revocation could not be saved \
+                 ({detail}): the entry stays approved and its token works again after a \
+                 restart; repeat the revocation"
+            )))
         }
     }
 }
@@ -437,83 +502,99 @@ struct StatusBody<'a> {
     status: Status,
 }
 
-/// `GET /api/pairing/{id}/status` with `Authorization: Bearer <claim_secret>` (issue
-/// 10): the device's own view of its entry and, once approved, its device token (until
-/// the token is first used or the entry is revoked). Unknown id or wrong secret → 401,
-/// the same answer, so ids cannot be probed; either counts against `client`'s failure
-/// budget (a missing secret does not).
-pub async fn status(
-    ctx: &ShardCtx,
-    req: &Request,
+/// `GET /api/pairing/{id}/status` from `client` with its `Authorization` header
+/// (`Bearer <claim_secret>`, issue 10): the device's own view of its entry and, once
+/// approved, its device token (until the token is first used or the entry is revoked).
+/// Unknown id or wrong secret → 401, the same answer, so ids cannot be probed; either
+/// counts against `client`'s failure budget (a missing secret does not).
+pub async fn status<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    authorization: Option<&str>,
     raw_id: &str,
     client: IpAddr,
-) -> Answer<Response> {
-    let refused = || Response::error(401, "unknown entry or wrong claim secret");
-    let secret = req
-        .header("authorization")
-        .and_then(|v| crate::auth::admin::bearer_token(v.as_bytes()))
-        .ok_or_else(refused)?;
-    let wrong = || {
-        failed(ctx, client, Failure::PairingStatus);
-        refused()
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+    TokenOp: Request<S::Msg, Reply = TokenReply>,
+{
+    let refused = || Error::unauthorized("unknown entry or wrong claim secret");
+    let Some(secret) = authorization.and_then(|v| crate::auth::admin::bearer_token(v.as_bytes()))
+    else {
+        return Err(refused());
     };
-    let id = EntryId::parse(raw_id).ok_or_else(wrong)?;
-    let entry = match ask_owner(ctx, &id.to_string(), Op::EntryGet(id)).await? {
-        Reply::Entry(e) => e,
-        Reply::NotFound => return Err(wrong()),
-        _ => return Ok(unexpected()),
+    let entry = match EntryId::parse(raw_id) {
+        None => None,
+        Some(id) => match ask_owner(sh, &id.to_string(), Op::EntryGet(id)).await? {
+            Reply::Entry(e) => Some(e),
+            Reply::NotFound => None,
+            _ => return Err(unexpected()),
+        },
     };
-    let ok = entry
-        .claim_hash
-        .is_some_and(|h| ctx.config.secrets.verify(HashKind::ClaimSecret, secret, &h));
-    if !ok {
-        return Err(wrong());
-    }
+    let ok = entry.as_ref().is_some_and(|e| {
+        e.claim_hash
+            .is_some_and(|h| cfg.secrets.verify(HashKind::ClaimSecret, secret, &h))
+    });
+    let Some(entry) = entry.filter(|_| ok) else {
+        failed(sh, client, Failure::PairingStatus).await;
+        return Err(refused());
+    };
     // Not while the approval is still being saved: a token is handed out only once durable.
     let token = (entry.status == Status::Approved
         && !entry.saving
         && !entry.token_claimed
         && !entry.device_token.is_empty())
     .then_some(entry.device_token.as_str());
-    Ok(Response::json(
-        200,
-        &StatusBody {
-            device_token: token,
-            id: entry.id,
-            peer_id: &entry.peer_id,
-            status: entry.status,
-        },
-    ))
+    Ok(Outcome::json(&StatusBody {
+        device_token: token,
+        id: entry.id,
+        peer_id: &entry.peer_id,
+        status: entry.status,
+    }))
 }
 
-/// The device used its token (`POST /api/token`): stop serving it on the claim path and
-/// drop its sealed copy from the store. Best effort: the token works either way.
-pub async fn token_used(ctx: &ShardCtx, id: EntryId) {
-    let Ok(Reply::Changed(b)) = ask_owner(ctx, &id.to_string(), Op::EntryTokenUsed(id)).await
-    else {
+/// The device used its token (`POST /api/token` answered with the entry's id: the router
+/// calls this): stop serving it on the claim path and drop its sealed copy from the
+/// store. Best effort: the token works either way; if the store does not take the
+/// change the entry keeps it in memory (the claim path stays closed) and the sealed copy
+/// stays on disk until the token's next use.
+pub async fn token_used<S: Shard>(sh: &S, cfg: &Config, id: EntryId)
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let Ok(room) = reserve(sh, owner(sh, &id.to_string())) else {
+        tracing::warn!(entry = %id, "device token used; its owner is overloaded (claim path kept)");
+        return;
+    };
+    let Ok(Reply::Changed(b)) = ask_owner(sh, &id.to_string(), Op::EntryTokenUsed(id)).await else {
         return;
     };
     let (_, after) = *b;
-    let write = vec![Mutation::PutPairing(entry_record(
-        &after,
-        &ctx.config.secrets,
-    ))];
-    if ctx.commit(write).await.is_err() {
+    let write = vec![Mutation::PutPairing(entry_record(&after, &cfg.secrets))];
+    if commit(sh, write).await.is_err() {
         tracing::warn!(entry = %id, "could not save that the device token was used");
     }
-    saved(ctx, id).await;
+    follow_up(sh, room, || Op::EntrySaved(id)).await;
 }
 
-/// The `chatixia_pair_*` series of `/metrics`: every shard's pairing counters.
-pub async fn metrics(ctx: &ShardCtx) -> Answer<String> {
-    use std::fmt::Write;
+/// Every shard's pairing counters, in shard order (`/metrics`).
+pub async fn counters<S: Shard>(sh: &S) -> Result<Vec<Counters>, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     let mut shards = Vec::new();
-    for r in ask_all(ctx, |_| Op::Counters).await? {
+    for r in ask_all(sh, |_| Op::Counters).await? {
         match r {
             Reply::Counters(c) => shards.push(*c),
             _ => return Err(unexpected()),
         }
     }
+    Ok(shards)
+}
+
+/// The `chatixia_pair_*` series of `/metrics` from every shard's counters.
+pub fn render_metrics(shards: &[Counters]) -> String {
+    use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -533,7 +614,7 @@ pub async fn metrics(ctx: &ShardCtx) -> Answer<String> {
             );
         }
     }
-    type Get = fn(&crate::pairing::ops::Counters) -> u64;
+    type Get = fn(&Counters) -> u64;
     let series: [(&str, &str, &str, Get); 5] = [
         (
             "chatixia_pair_wrong_codes_total",
@@ -572,5 +653,5 @@ pub async fn metrics(ctx: &ShardCtx) -> Answer<String> {
             let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", get(c));
         }
     }
-    Ok(out)
+    out
 }

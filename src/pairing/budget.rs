@@ -14,7 +14,8 @@
 //! codes looked up (the end of one window and the start of the next), which is the
 //! figure `docs/PROTOCOL.md` §5.3 uses.
 //!
-//! The table holds at most [`KEYS_MAX`](AddressBudget::KEYS_MAX) keys per shard; a new
+//! The table holds at most `--pair-budget-addresses-max` keys per shard (default
+//! [`DEFAULT_KEYS_MAX`](AddressBudget::DEFAULT_KEYS_MAX)); a new
 //! key in a full table makes it forget the least recently active one (never refuse a
 //! newcomer: that was a lockout anyone could trigger, issue 13). Forgetting resets that
 //! key's count, which only a client with more keys than the table could exploit; each
@@ -83,18 +84,21 @@ impl AddressBudget {
     /// addresses at 200,000 looked-up guesses a day (§5.3's arithmetic).
     pub const DEFAULT_WRONG_MAX: u32 = 100;
 
-    /// Keys tracked per shard. 65,536 windows are about 6 MiB; more distinct addresses
-    /// (or /64s) than that on one shard in a day make the table forget the least
-    /// recently active key (its count starts over).
-    pub const KEYS_MAX: usize = 65_536;
+    /// Default of `--pair-budget-addresses-max`, the keys tracked per shard. 65,536
+    /// windows are about 6 MiB; more distinct addresses (or /64s) than that on one shard
+    /// in a day make the table forget the least recently active key (its count starts
+    /// over).
+    pub const DEFAULT_KEYS_MAX: usize = 65_536;
 
     /// A table allowing `wrong_max` wrong codes per key per 24 h, holding at most
-    /// [`KEYS_MAX`](Self::KEYS_MAX) keys.
+    /// [`DEFAULT_KEYS_MAX`](Self::DEFAULT_KEYS_MAX) keys.
     pub fn new(wrong_max: u32) -> AddressBudget {
-        AddressBudget::with_keys_max(wrong_max, Self::KEYS_MAX)
+        AddressBudget::with_keys_max(wrong_max, Self::DEFAULT_KEYS_MAX)
     }
 
-    /// Like [`new`](Self::new) with another key limit (tests).
+    /// Like [`new`](Self::new) holding at most `keys_max` keys
+    /// (`--pair-budget-addresses-max`, which the flags hold to at least 1; a table of
+    /// none refuses every guess).
     pub fn with_keys_max(wrong_max: u32, keys_max: usize) -> AddressBudget {
         AddressBudget {
             keys: HashMap::new(),
@@ -308,11 +312,11 @@ mod tests {
         for n in 0..70_000u32 {
             assert_eq!(big.reserve(IpAddr::V4(Ipv4Addr::from(n)), at(0)), Ok(()));
         }
-        assert_eq!(big.len(), AddressBudget::KEYS_MAX);
+        assert_eq!(big.len(), AddressBudget::DEFAULT_KEYS_MAX);
         assert_eq!(big.recency.len(), big.len());
         // The sweep forgets ended windows, keeping the recency index in step.
         assert_eq!(big.sweep(at(WINDOW_SECS - 1)), 0);
-        assert_eq!(big.sweep(at(WINDOW_SECS)), AddressBudget::KEYS_MAX);
+        assert_eq!(big.sweep(at(WINDOW_SECS)), AddressBudget::DEFAULT_KEYS_MAX);
         assert!(big.is_empty() && big.recency.is_empty());
     }
 

@@ -1,4 +1,5 @@
-//! Onboarding entries (the approval state machine) and the device-token index.
+//! Onboarding entries (the approval state machine). The device-token index an approval
+//! feeds is auth's (`auth::DeviceTokenIndex`).
 //!
 //! ```text
 //! pending_approval ──approve──▶ approved ──revoke──▶ revoked
@@ -17,7 +18,7 @@ use serde::{Serialize, Serializer};
 
 use super::codes::Issuer;
 use super::{hex_lower, ActionError, ApproveResponse, PairResponse, Rng};
-use crate::auth::DEVICE_TOKEN_ROLE;
+use crate::auth::{DeviceGrant, DEVICE_TOKEN_ROLE};
 use crate::time::UnixTime;
 use chatixia_store::TokenHash;
 
@@ -135,7 +136,7 @@ pub struct Entry {
     /// Assigned peer id.
     pub peer_id: String,
     /// Empty until approval, then `dt_` + 32 hex (kept after revocation, as in the
-    /// reference, but removed from the [`DeviceTokenIndex`]).
+    /// reference, but removed from auth's device-token index).
     pub device_token: String,
     /// State.
     pub status: Status,
@@ -148,7 +149,7 @@ pub struct Entry {
     /// Peer id of the API key that generated the invite.
     pub invited_by: String,
     /// Keyed hash of the device token once approved (what the durable store keeps; its
-    /// hex is the token's key in the [`DeviceTokenIndex`]).
+    /// hex is the token's key in auth's device-token index, `auth::tokens::token_key`).
     pub token_hash: Option<TokenHash>,
     /// Keyed hash of the claim secret handed out by `pair` (the device's own path to its
     /// token: `GET /api/pairing/{id}/status`).
@@ -197,14 +198,14 @@ impl Entry {
         }
     }
 
-    /// What this entry's device token grants, for [`DeviceTokenIndex::insert`]; `None`
+    /// What this entry's device token grants, for auth's device-token index; `None`
     /// unless the entry is approved.
     pub fn device_grant(&self) -> Option<DeviceGrant> {
         (self.status == Status::Approved && !self.device_token.is_empty()).then(|| DeviceGrant {
             peer_id: self.peer_id.clone(),
             role: DEVICE_TOKEN_ROLE.to_owned(),
             mesh: self.mesh.clone(),
-            entry_id: self.id,
+            entry_id: self.id.value(),
         })
     }
 }
@@ -361,8 +362,8 @@ impl PairingStore {
 
     /// `pending_approval` → `approved` with a fresh device token from `rng`.
     ///
-    /// The caller then inserts `entry.device_grant()` into the [`DeviceTokenIndex`] owning
-    /// `entry.device_token` and replies with `entry.approve_response()`.
+    /// The caller then indexes `entry.device_grant()` with auth (on the shard owning the
+    /// token) and replies with `entry.approve_response()`.
     pub fn approve(
         &mut self,
         id: &str,
@@ -401,8 +402,8 @@ impl PairingStore {
         Ok(e)
     }
 
-    /// `approved` → `revoked`. The caller then removes `entry.device_token` from the
-    /// [`DeviceTokenIndex`] that owns it.
+    /// `approved` → `revoked`. The caller then has auth drop the entry's token from its
+    /// index.
     pub fn revoke(&mut self, id: &str, now: UnixTime) -> Result<&Entry, ActionError> {
         let e = EntryId::parse(id)
             .and_then(|id| self.entries.get_mut(&id))
@@ -457,104 +458,6 @@ impl PairingStore {
     /// The configured limit.
     pub fn entries_max(&self) -> usize {
         self.entries_max
-    }
-}
-
-/// What a device token grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceGrant {
-    /// Peer id of the approved entry.
-    pub peer_id: String,
-    /// Always [`DEVICE_TOKEN_ROLE`] (`agent`).
-    pub role: String,
-    /// Mesh of the entry (`None` = default).
-    pub mesh: Option<String>,
-    /// The entry it came from.
-    pub entry_id: EntryId,
-}
-
-/// Why a device token could not be indexed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IndexInsertError {
-    /// The token is already indexed (128 random bits: practically never).
-    InUse,
-    /// The index holds `tokens_max` tokens.
-    Full,
-}
-
-/// Device token → grant, for the tokens one shard owns. Holds only approved, unrevoked
-/// tokens: insert on approve, remove on revoke.
-#[derive(Debug, Clone)]
-pub struct DeviceTokenIndex {
-    tokens: HashMap<String, DeviceGrant>,
-    tokens_max: usize,
-}
-
-impl Default for DeviceTokenIndex {
-    fn default() -> Self {
-        DeviceTokenIndex::new()
-    }
-}
-
-impl DeviceTokenIndex {
-    /// Default for `tokens_max`.
-    pub const DEFAULT_TOKENS_MAX: usize = 100_000;
-
-    /// An empty index holding at most
-    /// [`DEFAULT_TOKENS_MAX`](Self::DEFAULT_TOKENS_MAX) tokens.
-    pub fn new() -> DeviceTokenIndex {
-        DeviceTokenIndex::with_limit(Self::DEFAULT_TOKENS_MAX)
-    }
-
-    /// An empty index holding at most `tokens_max` tokens.
-    ///
-    /// Tokens come only from approvals, which the pairing stores' `entries_max` already
-    /// bound, so this is a backstop: set it at least as large as the entries one shard's
-    /// share of tokens can come from. When full, [`insert`](Self::insert) fails with
-    /// [`IndexInsertError::Full`] and the new token does not work (the server should then
-    /// revoke the entry it just approved and answer 503).
-    pub fn with_limit(tokens_max: usize) -> DeviceTokenIndex {
-        DeviceTokenIndex {
-            tokens: HashMap::new(),
-            tokens_max,
-        }
-    }
-
-    /// Index `token`.
-    pub fn insert(&mut self, token: String, grant: DeviceGrant) -> Result<(), IndexInsertError> {
-        if self.tokens.contains_key(&token) {
-            return Err(IndexInsertError::InUse);
-        }
-        if self.tokens.len() >= self.tokens_max {
-            return Err(IndexInsertError::Full);
-        }
-        self.tokens.insert(token, grant);
-        Ok(())
-    }
-
-    /// Drop `token` (on revoke); returns what it granted.
-    pub fn remove(&mut self, token: &str) -> Option<DeviceGrant> {
-        self.tokens.remove(token)
-    }
-
-    /// What `token` grants, if it is indexed.
-    pub fn lookup(&self, token: &str) -> Option<&DeviceGrant> {
-        self.tokens.get(token)
-    }
-
-    /// Number of tokens.
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    /// Whether no token is indexed.
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-
-    /// The configured limit.
-    pub fn tokens_max(&self) -> usize {
-        self.tokens_max
     }
 }
 

@@ -50,6 +50,8 @@ pub struct GuardLimits {
     /// Wrong codes one address (IPv6: one /64) may try per 24 h
     /// (`--pair-wrong-guesses-per-address-max`; see [`AddressBudget`](super::budget::AddressBudget)).
     pub wrong_per_address_max: u32,
+    /// Client keys that table holds per shard (`--pair-budget-addresses-max`).
+    pub budget_addresses_max: usize,
     /// The format of new invite codes (`--pair-code-format`).
     pub code_format: super::CodeFormat,
 }
@@ -61,6 +63,7 @@ impl Default for GuardLimits {
             bucket_wrong_max: 3,
             codes_per_key_max: CodeStore::DEFAULT_ISSUER_CODES_MAX,
             wrong_per_address_max: super::budget::AddressBudget::DEFAULT_WRONG_MAX,
+            budget_addresses_max: super::budget::AddressBudget::DEFAULT_KEYS_MAX,
             code_format: super::CodeFormat::Long,
         }
     }

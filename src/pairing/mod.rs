@@ -5,14 +5,20 @@
 //! * [`CodeStore`]: invite code → issuer, keyed by the code (12 base32 symbols, or six
 //!   digits with `--pair-code-format digits6`);
 //! * [`PairingStore`]: entry id → [`Entry`], keyed by the 8-hex-digit id;
-//! * [`DeviceTokenIndex`]: device token → [`DeviceGrant`], keyed by the token;
 //! * [`RateLimiter`]: client IP → recent `pair` attempts, and [`budget::AddressBudget`]:
 //!   client key (IPv4 address, IPv6 /64) → wrong codes in 24 h, both on
 //!   `shard_of(client key)`.
 //!
+//! An approved entry's device token is indexed by auth (`auth::DeviceTokenIndex`, on the
+//! shard owning the token) and its peer authorized by signaling (`signaling::PeerAuthz`,
+//! on `shard_of(peer_id)`): pairing asks their typed operations; neither imports pairing.
+//!
 //! Values that pick the owning shard (codes, ids, tokens) are drawn by the caller *before*
 //! routing ([`Code::random`], [`EntryId::random`], [`new_device_token`]), so no store needs
 //! to know about other shards.
+//!
+//! The workflows ([`api`]) are generic over the shard layer and tested on the simulator
+//! (`workflows.rs`).
 //!
 //! `POST /api/pairing/pair`, in the reference's order:
 //! 1. the body must deserialize as [`PairRequest`] (the HTTP layer's job; failures there
@@ -38,16 +44,53 @@ pub mod guard;
 pub mod ops;
 pub mod paged;
 pub mod ratelimit;
+pub mod records;
+#[cfg(test)]
+mod workflows;
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::shard::paging::PageLimits;
+use crate::shard::{Error, Kind};
+use chatixia_store::Secrets;
+
 pub use codes::{daily_guess_odds, Code, CodeFormat, CodeInsertError, CodeStore, Issuer};
 pub use entries::{
-    new_device_token, new_peer_id, CreateError, DeviceGrant, DeviceTokenIndex, Entry, EntryId,
-    IndexInsertError, PairingStore, Status,
+    new_device_token, new_peer_id, CreateError, Entry, EntryId, PairingStore, Status,
 };
+pub use guard::GuardLimits;
 pub use ops::Store;
 pub use ratelimit::RateLimiter;
+
+/// What pairing's workflows are held to (immutable after start).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The guessing guard, the daily budget of wrong codes, the per-key code quota and
+    /// the format of new codes (`--pair-*`).
+    pub guard: GuardLimits,
+    /// How long rejected and revoked entries are kept after their last change
+    /// (`--pairing-retention`).
+    pub retention: Duration,
+    /// Keys derived from the server secret (issue 10): claim secrets and device tokens
+    /// are kept as keyed hashes, a device token sealed until used.
+    pub secrets: Secrets,
+    /// List pages of `GET /api/pairing/pending|all`.
+    pub pages: PageLimits,
+}
+
+impl Default for Config {
+    /// The defaults, with the secrets of the development secret.
+    fn default() -> Self {
+        Config {
+            guard: GuardLimits::default(),
+            retention: DEFAULT_RETENTION,
+            secrets: Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
+            pages: PageLimits::default(),
+        }
+    }
+}
 
 /// Lifetime of an invite code.
 pub const CODE_TTL_SECS: u64 = 300;
@@ -146,18 +189,18 @@ pub enum PairError {
 }
 
 impl PairError {
-    /// HTTP status.
-    pub fn status(self) -> u16 {
+    /// What kind of refusal it is (the router answers 429, 400, 401 or 503).
+    pub fn kind(self) -> Kind {
         match self {
-            PairError::RateLimited => 429,
-            PairError::BadCodeFormat | PairError::AgentNameRequired => 400,
-            PairError::AgentNameTooLong => 400,
-            PairError::InvalidCode => 401,
-            PairError::StoreFull => 503,
+            PairError::RateLimited => Kind::TooMany,
+            PairError::BadCodeFormat | PairError::AgentNameRequired => Kind::BadRequest,
+            PairError::AgentNameTooLong => Kind::BadRequest,
+            PairError::InvalidCode => Kind::Unauthorized,
+            PairError::StoreFull => Kind::Unavailable,
         }
     }
 
-    /// The `error` string of the JSON body.
+    /// The reason the client reads (`{"error": …}`).
     pub fn message(self) -> &'static str {
         match self {
             PairError::RateLimited => "too many pairing attempts, try again later",
@@ -171,12 +214,11 @@ impl PairError {
             PairError::StoreFull => "too many pairing requests, try again later",
         }
     }
+}
 
-    /// The JSON body, `{"error": …}`.
-    pub fn body(self) -> ErrorBody {
-        ErrorBody {
-            error: self.message(),
-        }
+impl From<PairError> for Error {
+    fn from(e: PairError) -> Error {
+        Error::new(e.kind(), e.message())
     }
 }
 
@@ -190,32 +232,19 @@ pub enum ActionError {
 }
 
 impl ActionError {
-    /// HTTP status (404).
-    pub fn status(self) -> u16 {
-        404
-    }
-
-    /// The `error` string of the JSON body.
+    /// The reason the client reads (`{"error": …}`, with 404).
     pub fn message(self) -> &'static str {
         match self {
             ActionError::NotFoundOrNotPending => "not found or not pending",
             ActionError::NotFoundOrNotApproved => "not found or not approved",
         }
     }
-
-    /// The JSON body, `{"error": …}`.
-    pub fn body(self) -> ErrorBody {
-        ErrorBody {
-            error: self.message(),
-        }
-    }
 }
 
-/// `{"error": "…"}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct ErrorBody {
-    /// The message.
-    pub error: &'static str,
+impl From<ActionError> for Error {
+    fn from(e: ActionError) -> Error {
+        Error::not_found(e.message())
+    }
 }
 
 /// `{"status":"ok"}`, the body of a successful reject or revoke.
@@ -334,41 +363,45 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies() {
+    fn errors_and_their_reasons() {
         let cases = [
             (
                 PairError::RateLimited,
-                429,
+                Kind::TooMany,
                 "too many pairing attempts, try again later",
             ),
             (
                 PairError::BadCodeFormat,
-                400,
+                Kind::BadRequest,
                 "code must be 12 characters of Crockford base32 like K7QM-3XPA-9T2D \
                  (dashes and spaces ignored), or 6 digits",
             ),
-            (PairError::AgentNameRequired, 400, "agent_name is required"),
+            (
+                PairError::AgentNameRequired,
+                Kind::BadRequest,
+                "agent_name is required",
+            ),
             (
                 PairError::InvalidCode,
-                401,
+                Kind::Unauthorized,
                 "invalid or expired pairing code",
             ),
+            (
+                PairError::StoreFull,
+                Kind::Unavailable,
+                "too many pairing requests, try again later",
+            ),
         ];
-        for (e, status, msg) in cases {
-            assert_eq!(e.status(), status);
-            assert_eq!(
-                serde_json::to_string(&e.body()).unwrap(),
-                format!(r#"{{"error":"{msg}"}}"#)
-            );
+        for (e, kind, msg) in cases {
+            assert_eq!(Error::from(e), Error::new(kind, msg));
         }
-        assert_eq!(ActionError::NotFoundOrNotPending.status(), 404);
         assert_eq!(
-            serde_json::to_string(&ActionError::NotFoundOrNotPending.body()).unwrap(),
-            r#"{"error":"not found or not pending"}"#
+            Error::from(ActionError::NotFoundOrNotPending),
+            Error::not_found("not found or not pending")
         );
         assert_eq!(
-            serde_json::to_string(&ActionError::NotFoundOrNotApproved.body()).unwrap(),
-            r#"{"error":"not found or not approved"}"#
+            Error::from(ActionError::NotFoundOrNotApproved),
+            Error::not_found("not found or not approved")
         );
         assert_eq!(
             serde_json::to_string(&OkBody::OK).unwrap(),
@@ -448,7 +481,7 @@ mod tests {
         };
         let mut codes = CodeStore::new();
         let mut entries = PairingStore::new();
-        let mut index = DeviceTokenIndex::new();
+        let mut index = crate::auth::DeviceTokenIndex::new();
         let mut limiter = RateLimiter::new();
         let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 

@@ -43,7 +43,7 @@ pub struct Counters {
     pub codes_burnt: u64,
     /// Addresses in the rate-limit table now (at most 65,536).
     pub rate_addresses: u64,
-    /// Client keys in the daily-budget table now (at most `AddressBudget::KEYS_MAX`).
+    /// Client keys in the daily-budget table now (at most `--pair-budget-addresses-max`).
     pub budget_keys: u64,
     /// Invite codes held now (at most `CodeStore::DEFAULT_CODES_MAX`).
     pub codes: u64,
@@ -62,7 +62,10 @@ impl Store {
             codes,
             entries: PairingStore::new(),
             rate: RateLimiter::new(),
-            budget: AddressBudget::new(limits.wrong_per_address_max),
+            budget: AddressBudget::with_keys_max(
+                limits.wrong_per_address_max,
+                limits.budget_addresses_max,
+            ),
             guard: GuessGuard::new(limits),
             counters: Counters::default(),
         }

@@ -1,6 +1,7 @@
 //! Agent records and the per-shard agent store.
 
 use std::collections::btree_map::{BTreeMap, Entry};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use serde::ser::SerializeStruct;
@@ -12,6 +13,7 @@ use wire::json::JsonBody;
 
 mod binding;
 mod budget;
+pub use binding::{BindingChange, DeleteStart};
 pub use budget::{
     agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
 };
@@ -266,6 +268,14 @@ pub struct AgentStore {
     agents: BTreeMap<String, AgentRecord>,
     config: AgentStoreConfig,
     budget: budget::Budget,
+    /// Bindings loaded from the durable store at start whose agent has not registered or
+    /// heartbeated since (`binding.rs`). Each counts as an agent against `agents_max`;
+    /// only a restart adds entries, and an agent's return or deletion removes its own.
+    loaded: HashMap<String, crate::limits::principal::Owner>,
+    /// Agents whose binding change (or deletion) is being committed to the durable
+    /// store: their other changes wait (`AgentRefusal::Busy`). At most one entry per
+    /// request in progress on this shard.
+    saving: HashSet<String>,
 }
 
 impl AgentStore {
@@ -275,6 +285,8 @@ impl AgentStore {
             agents: BTreeMap::new(),
             config,
             budget: budget::Budget::default(),
+            loaded: HashMap::new(),
+            saving: HashSet::new(),
         }
     }
 
@@ -297,7 +309,7 @@ impl AgentStore {
     /// reference does: `health` becomes `active`, and both `registered_at` and
     /// `last_heartbeat` become `now` (re-registering resets `registered_at`).
     pub fn upsert(&mut self, info: AgentInfo, now: UnixTime) -> Result<&AgentRecord, AgentsFull> {
-        let (full, refusal) = (self.is_full(), self.full());
+        let (full, refusal) = (self.is_full_for(&info.agent_id), self.full());
         match self.agents.entry(info.agent_id.clone()) {
             Entry::Occupied(mut e) => {
                 // The binding stays with the agent id (`upsert_as` moves it).
@@ -323,7 +335,7 @@ impl AgentStore {
     /// `capabilities.mode` are kept. An unknown agent is registered from the heartbeat
     /// (`capabilities.mode` = `mode`, no MCP servers), `registered_at` = `now`.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: UnixTime) -> Result<&AgentRecord, AgentsFull> {
-        let (full, refusal) = (self.is_full(), self.full());
+        let (full, refusal) = (self.is_full_for(&hb.agent_id), self.full());
         match self.agents.entry(hb.agent_id.clone()) {
             Entry::Occupied(e) => {
                 let rec = e.into_mut();
@@ -430,8 +442,11 @@ impl AgentStore {
             .min_by(|a, b| a.route_key().cmp(&b.route_key()))
     }
 
-    fn is_full(&self) -> bool {
-        self.agents.len() >= self.config.agents_max
+    /// Whether a new record for `agent_id` would pass `agents_max`: the records and the
+    /// loaded bindings count (an agent whose binding was loaded takes its place).
+    fn is_full_for(&self, agent_id: &str) -> bool {
+        self.agents.len() + self.loaded.len() >= self.config.agents_max
+            && !self.loaded.contains_key(agent_id)
     }
 
     fn full(&self) -> AgentsFull {

@@ -5,11 +5,69 @@
 use crate::limits::{FieldLimits, Principal};
 use crate::registry::ops::{Op, Reply};
 use crate::registry::{
-    agent_body, route_miss_body, topology, topology_body, AgentInfo, AgentRecord, Heartbeat,
-    AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY,
+    agent_body, route_miss_body, topology, topology_body, AgentInfo, AgentRecord, BindingChange,
+    Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY,
 };
 use crate::shard::paging::{item_json, page_of, page_req, PageLimits};
-use crate::shard::{ask_all, ask_owner, Error, Outcome, Request, Shard};
+use crate::shard::{
+    ask_all, ask_owner, reserve, settle, Durability, Error, Outcome, Request, Shard,
+};
+use chatixia_store::{Mutation, WriteClass};
+
+/// How long a request for an agent whose binding change is being saved waits before it
+/// asks again. A save is one group commit of the durable store (a few milliseconds).
+const BINDING_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How many times such a request asks before it answers 503: 5,000 × 2 ms = 10 s, far
+/// beyond a commit (the store's own timeouts answer sooner when the disk is in trouble).
+const BINDING_BUSY_TRIES_MAX: usize = 5_000;
+
+/// Asks the owner of `agent_id` (`make()`) until it is not busy saving a change of that
+/// agent's binding (at most [`BINDING_BUSY_TRIES_MAX`] times, then 503).
+pub async fn ask_agent_owner<S: Shard, O: Request<S::Msg>>(
+    sh: &S,
+    agent_id: &str,
+    make: impl Fn() -> O,
+    busy: impl Fn(&O::Reply) -> bool,
+) -> Result<O::Reply, Error> {
+    for _ in 0..BINDING_BUSY_TRIES_MAX {
+        let reply = ask_owner(sh, agent_id, make()).await?;
+        if !busy(&reply) {
+            return Ok(reply);
+        }
+        sh.sleep(BINDING_BUSY_POLL).await;
+    }
+    Err(Error::unavailable(format!(
+        "a change of agent `{agent_id}`'s binding is still being saved; retry"
+    )))
+}
+
+/// The durable write class of a binding `change` made by a request with
+/// (`credential`) or without credentials: a new binding is a new record, held to the
+/// store's bound (or its anonymous part); a binding that moves replaces one of about
+/// its size and is never refused by the bound (an agent's own key must always take its
+/// id back).
+pub fn binding_class(change: &BindingChange, credential: bool) -> WriteClass {
+    match (change.is_new(), credential) {
+        (false, _) => WriteClass::Progress,
+        (true, true) => WriteClass::Bounded,
+        (true, false) => WriteClass::Anonymous,
+    }
+}
+
+/// The follow-up of a binding change that was committed (`saved`) or not: clears the
+/// agent's saving flag, or undoes the change. Sent into room reserved before the change
+/// was asked for (`shard::reserve`): a decided change is never left flagged.
+pub fn binding_done<M, R: crate::shard::FollowUp<M>>(room: R, change: &BindingChange, saved: bool)
+where
+    Op: Request<M>,
+{
+    if saved {
+        settle(room, Op::BindingSaved(Box::new(change.agent_id.clone())));
+    } else {
+        settle(room, Op::BindingUndo(Box::new(change.clone())));
+    }
+}
 
 /// What the registry's routes are held to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,8 +123,29 @@ where
 {
     cfg.check_agent(&info)?;
     let id = info.agent_id.clone();
-    match ask_owner(sh, &id, Op::UpsertFor(Box::new((info, by)))).await? {
+    let credential = by.peer.is_some();
+    // Room for the follow-up of a binding change, taken before anything changes.
+    let room = reserve(sh, sh.shard_of(id.as_bytes()))?;
+    let make = || Op::UpsertFor(Box::new((info.clone(), by.clone())));
+    match ask_agent_owner(sh, &id, make, |r| matches!(r, Reply::Busy)).await? {
         Reply::Done => Ok(Outcome::Static(OK_BODY.as_bytes())),
+        Reply::Bound(change) => {
+            // A new or moved binding is durable before the 2xx (review of issue 20:
+            // otherwise a restart forgets it, and whoever heartbeats first takes the
+            // agent's pending tasks).
+            let put = Mutation::PutAgentBinding(crate::registry::records::binding_record(
+                &change.agent_id,
+                &change.owner,
+            ));
+            let saved = sh
+                .commit(
+                    vec![put],
+                    Durability::Now(binding_class(&change, credential)),
+                )
+                .await;
+            binding_done(room, &change, saved.is_ok());
+            saved.map(|_| Outcome::Static(OK_BODY.as_bytes()))
+        }
         Reply::Full => Err(Error::unavailable("agent registry is full")),
         Reply::Refused(r) => Err(r.error(&AGENT_STORE_NAMES)),
         Reply::Forbidden(why) => Err(Error::forbidden(*why)),
@@ -117,14 +196,28 @@ where
 }
 
 /// `DELETE /api/registry/agents/{id}` (an operator's: the router checked the admin
-/// token). The agent's binding goes with it.
+/// token): the agent and its binding, from memory and from the durable store (the
+/// deletion is durable before the 2xx; if the store refuses it, nothing is removed).
 pub async fn delete<S: Shard>(sh: &S, id: String) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
-    match ask_owner(sh, &id, Op::Delete(Box::new(id.clone()))).await? {
+    // Room for the follow-up (finish, or clear the flag), taken before anything changes.
+    let room = reserve(sh, sh.shard_of(id.as_bytes()))?;
+    let make = || Op::DeleteBegin(Box::new(id.clone()));
+    match ask_agent_owner(sh, &id, make, |r| matches!(r, Reply::Busy)).await? {
         Reply::Done => Ok(Outcome::Static(OK_BODY.as_bytes())),
         Reply::NotFound => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
+        Reply::Deleting => {
+            // Never refused by the size bound: it frees space.
+            let gone = vec![Mutation::DeleteAgentBinding(id.clone())];
+            let saved = sh.commit(gone, Durability::Now(WriteClass::Progress)).await;
+            match &saved {
+                Ok(_) => settle(room, Op::DeleteFinish(Box::new(id.clone()))),
+                Err(_) => settle(room, Op::BindingSaved(Box::new(id.clone()))),
+            }
+            saved.map(|_| Outcome::Static(OK_BODY.as_bytes()))
+        }
         _ => Err(unexpected()),
     }
 }

@@ -18,6 +18,7 @@ pub mod api;
 mod health;
 pub mod ops;
 pub mod query;
+pub mod records;
 mod topology;
 #[cfg(test)]
 mod workflows;
@@ -27,8 +28,8 @@ pub use topology::{topology, topology_body, MeshEdge, Topology, TopologyNode};
 
 pub use agents::{
     agent_bytes, default_port, AgentBudgetConfig, AgentCapabilities, AgentInfo, AgentRecord,
-    AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, Heartbeat, SortedAgent,
-    AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+    AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, BindingChange, DeleteStart, Heartbeat,
+    SortedAgent, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
 };
 pub use health::{Health, HEALTH_CHECK_INTERVAL, OFFLINE_AFTER, STALE_AFTER};
 

@@ -4,7 +4,10 @@
 
 use crate::limits::{Principal, Refusal};
 use crate::registry::query::{agents_part, AgentQuery, AgentRow};
-use crate::registry::{AgentInfo, AgentRecord, AgentRefusal, AgentStore, Health, TopologyNode};
+use crate::registry::{
+    AgentInfo, AgentRecord, AgentRefusal, AgentStore, BindingChange, DeleteStart, Health,
+    TopologyNode,
+};
 use crate::shard::paging::{PageReq, Part};
 use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
@@ -16,12 +19,21 @@ pub enum Op {
     Upsert(Box<AgentInfo>),
     /// Upsert an agent by a principal: its binding (`AgentStore::upsert_as`), then the
     /// quota and anonymous share of what it is charged to (`AgentStore::upsert_for`).
-    /// → `Done` | `Refused` | `Forbidden`.
+    /// → `Done` | `Bound` (a binding change to commit) | `Refused` | `Forbidden` | `Busy`.
     UpsertFor(Box<(AgentInfo, Principal)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
-    /// Remove an agent. → `Done` | `NotFound`.
-    Delete(Box<String>),
+    /// Start removing an agent (`AgentStore::delete_begin`). → `Done` (removed: it had no
+    /// binding) | `Deleting` (commit the binding's deletion, then `DeleteFinish`) |
+    /// `NotFound` | `Busy`.
+    DeleteBegin(Box<String>),
+    /// The binding's deletion is durable: remove the agent. → `Done`.
+    DeleteFinish(Box<String>),
+    /// A binding change (or deletion) was acknowledged, or a deletion refused: the agent
+    /// may change again. → `Done`.
+    BindingSaved(Box<String>),
+    /// A binding change was refused by the durable store: undo it. → `Done`.
+    BindingUndo(Box<BindingChange>),
     /// Every agent of the shard. → `Agents`.
     List,
     /// Up to `limit + 1` agents after the cursor, by `agent_id`. → `Agents`.
@@ -45,6 +57,12 @@ pub enum Reply {
     Refused(Box<Refusal>),
     /// The agent is bound to another principal (403); the reason.
     Forbidden(Box<String>),
+    /// Done, and the agent's binding changed: commit it (the agent is flagged saving).
+    Bound(Box<BindingChange>),
+    /// A change of the agent's binding is being saved: retry.
+    Busy,
+    /// Commit the deletion of the agent's binding, then `DeleteFinish`.
+    Deleting,
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
@@ -72,22 +90,45 @@ impl Op {
                 let (info, by) = *b;
                 let id = info.agent_id.clone();
                 match store.upsert_as(info, &by, now) {
-                    Ok(()) => {
+                    Ok(None) => {
                         changes.push(Topic::Agent, &id);
                         Reply::Done
                     }
+                    Ok(Some(change)) => {
+                        changes.push(Topic::Agent, &id);
+                        Reply::Bound(Box::new(change))
+                    }
                     Err(AgentRefusal::Budget(r)) => Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => Reply::Forbidden(Box::new(why)),
+                    Err(AgentRefusal::Busy) => Reply::Busy,
                 }
             }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),
-            Op::Delete(id) => match store.remove(&id) {
-                Some(_) => {
+            Op::DeleteBegin(id) => match store.delete_begin(&id) {
+                DeleteStart::Removed => {
                     changes.push(Topic::Agent, &id);
                     Reply::Done
                 }
-                None => Reply::NotFound,
+                DeleteStart::Deleting => Reply::Deleting,
+                DeleteStart::NotFound => Reply::NotFound,
+                DeleteStart::Busy => Reply::Busy,
             },
+            Op::DeleteFinish(id) => {
+                store.delete_finish(&id);
+                changes.push(Topic::Agent, &id);
+                Reply::Done
+            }
+            Op::BindingSaved(id) => {
+                store.binding_saved(&id);
+                Reply::Done
+            }
+            Op::BindingUndo(change) => {
+                store.binding_undo(&change);
+                if change.created {
+                    changes.push(Topic::Agent, &change.agent_id);
+                }
+                Reply::Done
+            }
             Op::List => Reply::Agents(Box::new(store.list().cloned().collect())),
             Op::ListPage(p) => Reply::Agents(Box::new(
                 store.page(p.after.as_deref(), p.limit.saturating_add(1)),

@@ -5,8 +5,8 @@
 //! (`StoreHandle::backup`), and the storage thread takes a read snapshot between two
 //! group commits (so the backup holds every change acknowledged before the request) and
 //! hands it to a backup thread, which writes it in chunks into a bounded ring
-//! (`BACKUP_CHUNKS_MAX` × `BACKUP_CHUNK_BYTES`) and rings a socket-pair doorbell. The shard
-//! awaits the doorbell like any other socket and writes each chunk to the client; it never
+//! (`BACKUP_CHUNKS_MAX` × `BACKUP_CHUNK_BYTES`) and rings the shard's bell
+//! ([`reactor::Bell`]). The shard awaits the bell on its event loop and writes each chunk to the client; it never
 //! reads the disk. The response has no length: it ends when the connection closes, and
 //! the backup's end line (counts and SHA-256) tells a complete backup from a cut one.
 
@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 
 use chatixia_store::{Chunk, SubmitError};
@@ -23,7 +23,7 @@ use crate::http::{Request, Response};
 use crate::server::ShardCtx;
 
 /// The backup route's path (its request leaves the HTTP loop with the connection).
-pub const BACKUP_PATH: &str = crate::store_cli::BACKUP_PATH;
+pub const BACKUP_PATH: &str = "/api/admin/backup";
 
 /// A chunk (64 KiB) not taken by the client within this time ends the backup as a slow
 /// consumer (the snapshot it holds keeps the database from reusing pages).
@@ -32,9 +32,6 @@ const BACKUP_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for the backup thread's next chunk (it writes as fast as it reads; a
 /// stall this long means it is stuck).
 const BACKUP_CHUNK_WAIT_MAX: Duration = Duration::from_secs(120);
-
-/// Doorbell bytes read at once (each is one ring; their count does not matter).
-const DOORBELL_READ_BYTES_MAX: usize = 64;
 
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
 cache-control: no-store\r\nconnection: close\r\n\r\n";
@@ -59,24 +56,14 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
     // reference's operator routes for its hub, and the reference has no backup (a copy
     // of every record, sealed device tokens included). Wrong tokens count against the
     // address's failure budget, checked first as on every route that checks a secret.
-    use crate::auth::{budget, failures};
-    if let Err(resp) = budget::admit(ctx, ip, failures::SecretRoute::Admin).await {
-        answer(&mut stream, resp).await;
+    use crate::auth::{admin, budget, failures};
+    if let Err(e) = budget::admit(ctx, ip, failures::SecretRoute::Admin).await {
+        answer(&mut stream, e.into()).await;
         return;
     }
-    let header = req.header("authorization").map(str::as_bytes);
-    let cfg = &ctx.config;
-    if let Err(e) =
-        crate::auth::admin::authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs)
-    {
-        if e.is_forgery() {
-            budget::failed(ctx, ip, failures::Failure::Admin);
-        }
-        answer(
-            &mut stream,
-            Response::json_bytes(e.status(), e.body().into_bytes()),
-        )
-        .await;
+    let header = req.header("authorization");
+    if let Err(e) = admin::authorize(ctx, &ctx.config.auth, header, ip).await {
+        answer(&mut stream, e.into()).await;
         return;
     }
     let Some(store) = &ctx.config.store else {
@@ -87,9 +74,7 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
         .await;
         return;
     };
-    let pair = chatixia_store::SocketDoorbell::pair()
-        .and_then(|(bell, read)| monoio::net::UnixStream::from_std(read).map(|read| (bell, read)));
-    let (bell, mut read) = match pair {
+    let (bell, mut waiter) = match ctx.shard.bell() {
         Ok(p) => p,
         Err(e) => {
             answer(
@@ -100,7 +85,7 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
             return;
         }
     };
-    let mut chunks = match store.backup(Arc::new(bell)) {
+    let mut chunks = match store.backup(Arc::new(crate::server::StoreBell(bell))) {
         Ok(s) => s,
         Err(SubmitError::BackupRunning) => {
             answer(
@@ -124,7 +109,6 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
         }
     };
     let mut started = false;
-    let mut bell_buf = vec![0u8; DOORBELL_READ_BYTES_MAX];
     // The backup thread closes its doorbell when it ends: what it pushed before is
     // still taken (one more pass), then the stream ends.
     let mut bell_closed = false;
@@ -178,15 +162,8 @@ pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: Ip
             tracing::warn!("the backup thread ended without finishing the backup");
             return;
         }
-        match monoio::time::timeout(BACKUP_CHUNK_WAIT_MAX, read.read(bell_buf)).await {
-            Ok((Ok(n), b)) => {
-                bell_buf = b;
-                bell_closed = n == 0;
-            }
-            Ok((Err(_), b)) => {
-                bell_buf = b;
-                bell_closed = true;
-            }
+        match monoio::time::timeout(BACKUP_CHUNK_WAIT_MAX, waiter.wait()).await {
+            Ok(r) => bell_closed = r.is_err(),
             Err(_) => {
                 tracing::warn!("the backup thread stalled; backup stream ended");
                 return;

@@ -129,25 +129,12 @@ pub fn not_found_200() -> Response {
     Response::json_bytes(200, crate::registry::NOT_FOUND_BODY.as_bytes().to_vec())
 }
 
-/// Tries to reach a shard before giving up on a full mailbox: for the follow-up steps of
-/// an operation already applied elsewhere (revoking a token after its entry), which
-/// should not be left half done because of a burst.
-pub async fn ask_owner_retry<R: ShardRequest<Msg>>(
-    ctx: &ShardCtx,
-    key: &str,
-    make: impl Fn() -> R,
-) -> Answer<R::Reply> {
-    const TRIES: usize = 200;
-    const BACKOFF: std::time::Duration = std::time::Duration::from_millis(5);
-    let to = ctx.shard.shard_of(key);
-    for _ in 0..TRIES {
-        match ctx.shard.ask(to, make().into_msg()).await {
-            Ok(m) => return R::reply(m).ok_or_else(unexpected),
-            Err(AskError::Full(_)) => monoio::time::sleep(BACKOFF).await,
-            Err(e) => return Err(ask_error(to, e)),
-        }
+/// The credentials `req` presents (`Authorization`, `X-API-Key`), for auth's workflows.
+pub fn presented(req: &Request) -> crate::auth::Presented<'_> {
+    crate::auth::Presented {
+        authorization: req.header("authorization"),
+        api_key: req.header("x-api-key"),
     }
-    Err(ask_error(to, AskError::Full(make().into_msg())))
 }
 
 #[cfg(test)]

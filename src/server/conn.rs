@@ -8,7 +8,10 @@
 //!   closed at `header_timeout`, without a response (as nginx's `client_header_timeout`
 //!   does: there is no request to answer, and a browser's unused preconnect must not
 //!   read a 408 as the answer to its next request); between keep-alive requests the
-//!   idle timeout applies instead;
+//!   idle timeout applies until the first byte of the next request, whatever it is:
+//!   empty lines (which a server may skip before a request line) start the header
+//!   deadline too, and a connection that sent only those is closed at it without a
+//!   response (review of issue 20: `\r\n` every 200 ms held a connection forever);
 //! * each client IP may hold `connections_per_ip_max` plain HTTP connections per
 //!   shard; more get 503 and are closed ([`admit`]);
 //! * every early close after an error response is a *lingering* close ([`linger_close`]):
@@ -225,34 +228,34 @@ async fn linger_close_within(mut stream: TcpStream, time_max: Duration) {
 /// Where a request in progress stands against its deadline.
 #[derive(Default)]
 struct Progress {
-    /// When the first byte of the request in progress was read; before a connection's
-    /// first request, when the connection was accepted.
+    /// When the header deadline of the next request started: the first byte read since
+    /// the previous request (an empty line too, review of issue 20), or, before a
+    /// connection's first request, when the connection was accepted. `None`: nothing
+    /// read since the previous request (the idle timeout applies).
     head_start: Option<Instant>,
     /// When the body started, and body bytes read since.
     body: Option<(Instant, u64)>,
-    /// No request has been received on this connection yet: the header deadline runs
-    /// from the accept, bytes or not.
-    first: bool,
 }
 
 impl Progress {
-    /// A connection accepted at `accepted`, before its first request.
+    /// A connection accepted at `accepted`, before its first request: the header
+    /// deadline runs from the accept, bytes or not.
     fn accepted(accepted: Instant) -> Progress {
         Progress {
             head_start: Some(accepted),
             body: None,
-            first: true,
         }
     }
 
-    /// Whether the deadline passed on a connection that has not sent a byte (given
-    /// that `parser` is idle): it is closed without a response.
+    /// Whether a connection whose deadline passed is closed without a response: no
+    /// request has begun (`parser` holds nothing but empty lines), so there is nothing
+    /// to answer, and a 408 would be read as the answer to the client's next request.
     fn silent(&self, parser: &Parser) -> bool {
-        self.first && parser.is_idle()
+        self.body.is_none() && parser.is_idle()
     }
 
     /// The instant the request in progress must be complete by (or its body must have
-    /// made more progress by), `None` between requests.
+    /// made more progress by), `None` between requests before any byte of the next.
     fn deadline(&self, limits: &ClientLimits) -> Option<Instant> {
         match self.body {
             Some(_) if limits.body_rate_min == 0 => None,
@@ -267,9 +270,8 @@ impl Progress {
     /// Updates the state after the parser has consumed what it could.
     fn after_parse(&mut self, parser: &Parser, now: Instant) {
         if parser.is_idle() {
-            if !self.first {
-                *self = Progress::default();
-            }
+            // Nothing of a request, or only empty lines (which RFC 9112 §2.2 lets a
+            // server skip): they do not stop the deadline that their first byte began.
             return;
         }
         if self.head_start.is_none() {
@@ -284,7 +286,14 @@ impl Progress {
         }
     }
 
-    fn read(&mut self, n: usize) {
+    /// `n` bytes were read at `now`. The first byte after the previous response starts
+    /// the next request's header deadline, whatever it is: a client sending empty lines
+    /// (`\r\n` every 200 ms) no longer holds the connection past it by renewing the
+    /// idle timeout with each read.
+    fn read(&mut self, n: usize, now: Instant) {
+        if n > 0 && self.head_start.is_none() {
+            self.head_start = Some(now);
+        }
         if let Some((_, bytes)) = &mut self.body {
             *bytes = bytes.saturating_add(n as u64);
         }
@@ -489,7 +498,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
             Ok((Ok(n), buf)) => {
                 parser.feed(&buf[..n]);
-                progress.read(n);
+                progress.read(n, Instant::now());
                 // A multishot receive hands over its inbox, which may have grown large
                 // during a burst; an idle keep-alive connection keeps one read's worth.
                 rbuf = if buf.capacity() > READ_BUFFER_KEPT_MAX {
@@ -560,7 +569,7 @@ mod tests {
         let p = parser_with(b"GET / HTTP/1.1\r\nHost: a\r\nX: ");
         pr.after_parse(&p, t0);
         // More bytes of the same head later do not move it.
-        pr.read(1);
+        pr.read(1, t0 + Duration::from_secs(9));
         pr.after_parse(&p, t0 + Duration::from_secs(9));
         assert_eq!(
             pr.deadline(&limits(1024)),
@@ -591,7 +600,38 @@ mod tests {
         let mut pr = Progress::default();
         pr.after_parse(&parser_with(b""), t0);
         assert_eq!(pr.deadline(&limits(1024)), None);
-        assert!(!pr.silent(&parser_with(b"")));
+    }
+
+    /// Review of issue 20: empty lines between keep-alive requests start the header
+    /// deadline; more of them do not move it; a connection that sent only those is
+    /// closed at it without a response.
+    #[test]
+    fn empty_lines_start_the_header_deadline() {
+        let t0 = Instant::now();
+        let mut pr = Progress::default();
+        let mut p = parser_with(b"");
+        p.feed(b"\r\n");
+        assert!(p.poll().is_none());
+        pr.read(2, t0);
+        pr.after_parse(&p, t0);
+        let at = Some(t0 + Duration::from_secs(10));
+        assert_eq!(pr.deadline(&limits(1024)), at);
+        for k in 1..40 {
+            p.feed(b"\r\n");
+            assert!(p.poll().is_none());
+            let now = t0 + Duration::from_millis(200 * k);
+            pr.read(2, now);
+            pr.after_parse(&p, now);
+            assert_eq!(pr.deadline(&limits(1024)), at, "{k}");
+        }
+        assert!(pr.silent(&p));
+        // The request that follows keeps that deadline, and is not silent.
+        p.feed(b"GET / HTTP/1.1\r\n");
+        assert!(p.poll().is_none());
+        pr.read(16, t0 + Duration::from_secs(9));
+        pr.after_parse(&p, t0 + Duration::from_secs(9));
+        assert_eq!(pr.deadline(&limits(1024)), at);
+        assert!(!pr.silent(&p));
     }
 
     #[test]
@@ -605,7 +645,7 @@ mod tests {
             pr.deadline(&limits(1000)),
             Some(t0 + Duration::from_secs(10))
         );
-        pr.read(5000);
+        pr.read(5000, t0);
         assert_eq!(
             pr.deadline(&limits(1000)),
             Some(t0 + Duration::from_secs(15))
@@ -618,8 +658,7 @@ mod tests {
         );
         // No minimum rate: no body deadline.
         assert_eq!(pr.deadline(&limits(0)), None);
-        // Back to idle: everything resets.
-        pr.after_parse(&parser_with(b""), t0);
-        assert_eq!(pr.deadline(&limits(1000)), None);
+        // (A request that is complete is answered, and `serve` starts the next one
+        // from `Progress::default()`.)
     }
 }

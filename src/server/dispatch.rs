@@ -57,7 +57,7 @@ pub fn apply(
             let store = crate::signaling::ops::Store {
                 conns: &st.ws,
                 authz: &mut authz,
-                api_keys: &config.api_keys,
+                api_keys: &config.auth.api_keys,
             };
             op.apply(store, now).map(Msg::SignalingReply)
         }
@@ -73,6 +73,8 @@ pub fn apply(
         | Msg::SignalingReply(_)
         | Msg::DashboardReply(_)
         | Msg::ShardReply(_) => None,
-        other @ (Msg::Dashboard(_) | Msg::Adopt(_) | Msg::Shard(_)) => return Err(other),
+        other @ (Msg::Dashboard(_) | Msg::Adopt(_) | Msg::Shard(_) | Msg::Turn(_)) => {
+            return Err(other)
+        }
     })
 }

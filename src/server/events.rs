@@ -13,7 +13,7 @@ use reactor::timer::{select2, Either};
 
 use crate::auth::failures::SecretRoute;
 use crate::dashboard::events::{EventStream, EVENTS_POLL_INTERVAL};
-use crate::http::Request;
+use crate::http::{Request, Response};
 use crate::server::ShardCtx;
 
 /// The event stream's path (its request leaves the HTTP loop with the connection).
@@ -40,20 +40,19 @@ async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
 pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, client: IpAddr) {
     let mut out = Vec::new();
     let auth = match crate::auth::budget::admit(ctx, client, SecretRoute::Admin).await {
-        Err(resp) => Err(resp),
-        Ok(()) => match req.query_param("token") {
-            Some(t) => {
-                let header = format!("Bearer {t}");
-                super::router::admin_claims(ctx, Some(header.as_bytes()), client)
-            }
-            None => super::router::admin_claims(
-                ctx,
-                req.header("authorization").map(str::as_bytes),
-                client,
-            ),
-        },
+        Err(e) => Err(e),
+        Ok(()) => {
+            let header = match req.query_param("token") {
+                Some(t) => Some(format!("Bearer {t}")),
+                None => req.header("authorization").map(str::to_owned),
+            };
+            crate::auth::admin::authorize(ctx, &ctx.config.auth, header.as_deref(), client)
+                .await
+                .map(drop)
+        }
     };
-    if let Err(resp) = auth {
+    if let Err(e) = auth {
+        let resp = Response::from(e);
         resp.encode(false, false, &mut out);
         let _ = write_timed(&mut stream, out).await;
         return;

@@ -9,6 +9,7 @@
 //! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
 
 pub mod backup;
+pub mod boot;
 pub mod common;
 pub mod conn;
 mod debug;
@@ -33,7 +34,6 @@ use std::time::Duration;
 
 use reactor::Shard;
 
-use crate::auth::ApiKeys;
 use crate::http::Response;
 use crate::hub::EXPIRE_INTERVAL;
 use crate::metrics::{ShardCounters, ShardMetrics};
@@ -54,18 +54,15 @@ pub struct ServerConfig {
     pub http_limits: crate::http::Limits,
     /// Header/body deadlines and the per-IP cap of plain HTTP connections.
     pub http_client_limits: conn::ClientLimits,
-    /// The API keys, parsed once before the shards start.
-    pub api_keys: ApiKeys,
-    /// JWT signing secret (`SIGNALING_SECRET`).
-    pub jwt_secret: Vec<u8>,
-    /// STUN URLs of `GET /api/config` (may be empty).
-    pub stun_urls: Vec<String>,
-    /// `(TURN_URL, TURN_SECRET)` when both are set.
-    pub turn: Option<(String, Vec<u8>)>,
+    /// Auth: API keys, the JWT secret and leeway, the derived secrets, the failure
+    /// budgets, `--require-agent-auth`, `--insecure-open-admin`.
+    pub auth: crate::auth::Config,
+    /// Pairing: the guessing guard and code format, retention, secrets, list pages.
+    pub pairing: crate::pairing::Config,
+    /// `GET /api/config`: STUN and TURN.
+    pub ice: crate::ice::Config,
     /// How long finished tasks are kept.
     pub task_retention: Duration,
-    /// How long rejected and revoked pairing entries are kept after their last change.
-    pub pairing_retention: Duration,
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
     /// Signaling WebSocket limits.
@@ -74,25 +71,14 @@ pub struct ServerConfig {
     pub limits: crate::limits::StoreLimits,
     /// The registry's field limits and list pages.
     pub registry: crate::registry::Config,
-    /// `--require-agent-auth`: agent routes need the agent's JWT (`auth::agent`).
-    pub require_agent_auth: bool,
-    /// The failure budgets of the routes that check a secret (`auth::failures`),
-    /// server-wide: each shard enforces its share of the total.
-    pub auth_failures: crate::auth::failures::FailureLimits,
-    /// Clock skew allowed on a JWT's `exp`, `nbf` and `iat` (`--jwt-leeway-secs`).
-    pub jwt_leeway_secs: u64,
-    /// `--insecure-open-admin`: the operator routes need no admin token (the reference's
-    /// open admin plane).
-    pub insecure_open_admin: bool,
-    /// Keys derived from `jwt_secret` for token hashes and sealing (issue 10).
-    pub secrets: chatixia_store::Secrets,
+    /// The hub's field limits, list pages and stray task shards.
+    pub hub: crate::hub::Config,
     /// The durable store (`None`: state in memory only, for embedders and benches).
     pub store: Option<chatixia_store::StoreHandle>,
-    /// Shards holding tasks away from their claim home after a restart with another
-    /// shard count: heartbeats ask them too (see `durable::split`).
-    pub stray_task_shards: Vec<usize>,
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
     pub ws_echo: bool,
+    /// The embedded TURN server (`--turn-listen`; issue 24).
+    pub turn_server: Option<crate::turn::TurnSettings>,
 }
 
 impl ServerConfig {
@@ -102,24 +88,18 @@ impl ServerConfig {
             http_idle_timeout,
             http_limits: crate::http::Limits::default(),
             http_client_limits: conn::ClientLimits::default(),
-            api_keys: ApiKeys::dev_default(),
-            jwt_secret: crate::auth::DEFAULT_SECRET.as_bytes().to_vec(),
-            stun_urls: crate::ice::default_stun_urls(),
-            turn: None,
+            auth: crate::auth::Config::default(),
+            pairing: crate::pairing::Config::default(),
+            ice: crate::ice::Config::default(),
             task_retention: crate::hub::DEFAULT_RETENTION,
-            pairing_retention: crate::pairing::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
             limits: crate::limits::StoreLimits::default(),
             registry: crate::registry::Config::default(),
-            require_agent_auth: false,
-            auth_failures: crate::auth::failures::FailureLimits::default(),
-            jwt_leeway_secs: crate::auth::jwt::LEEWAY_SECS_DEFAULT,
-            insecure_open_admin: false,
-            secrets: chatixia_store::Secrets::derive(crate::auth::DEFAULT_SECRET.as_bytes()),
+            hub: crate::hub::Config::default(),
             store: None,
-            stray_task_shards: Vec::new(),
             ws_echo: false,
+            turn_server: None,
         }
     }
 }
@@ -270,6 +250,14 @@ impl ShardCtx {
     /// Handles a message from another shard (or this one): applies a request to the
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
+        // A peer deauthorized (its pairing revoked) loses its embedded-TURN allocations
+        // too, wherever they are: every shard is told (`crate::turn::revoke`).
+        if let Msg::Signaling(crate::signaling::ops::Op::PeerDeauthorize(peer)) = &msg {
+            if self.config.turn_server.is_some() {
+                let (ctx, peer) = (self.clone(), (**peer).clone());
+                monoio::spawn(async move { crate::turn::revoke(&ctx, &peer).await });
+            }
+        }
         match dispatch::apply(&self.state, &self.config, msg, self.now()) {
             Ok(reply) => reply,
             Err(Msg::Dashboard(op)) => Some(Msg::DashboardReply(self.on_dashboard(op))),
@@ -278,6 +266,10 @@ impl ShardCtx {
                 None
             }
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
+            Err(Msg::Turn(op)) => {
+                crate::turn::on_op(self, op);
+                None
+            }
             Err(_) => None,
         }
     }
@@ -339,7 +331,13 @@ impl ShardCtx {
             self.state.ws.metrics(),
             self.budget_metrics(),
         );
-        m.auth.addresses = self.state.auth_failures.borrow().len() as u64;
+        let (failures, refused) = self.state.auth_counters.snapshot();
+        m.auth = crate::metrics::AuthMetrics {
+            failures,
+            refused,
+            addresses: self.state.auth_failures.borrow().len() as u64,
+        };
+        m.turn = crate::turn::metrics();
         m
     }
 
@@ -359,20 +357,12 @@ impl ShardCtx {
             agents_anonymous: n(agents_anonymous),
             agent_bytes: n(agents.usage(&crate::limits::Charge::default()).0),
             agent_anonymous_bytes: n(agent_anonymous_bytes),
-            refused: Default::default(),
+            // `metrics::BUDGET_STORES` × `limits::Refusal::REASONS`: tasks, then agents.
+            refused: {
+                let (t, a) = (hub.tasks.refusals(), agents.refusals());
+                [t[0], t[1], t[2], a[0], a[1], a[2]]
+            },
         }
-    }
-
-    /// The answer to a budget refusal of `store` (`tasks`, `agents`), counted in
-    /// `/metrics` (`chatixia_budget_refused_total`).
-    pub fn refused(&self, store: &str, r: &crate::limits::Refusal) -> crate::http::Response {
-        self.counters.budget_refused(store, r.reason());
-        let names = if store == "agents" {
-            &crate::registry::AGENT_STORE_NAMES
-        } else {
-            &crate::hub::TASK_STORE_NAMES
-        };
-        crate::http::Response::error(r.status(), r.message(names))
     }
 
     fn job_health(&self) {
@@ -383,24 +373,13 @@ impl ShardCtx {
     }
 
     fn job_expire(&self) {
-        let now = self.now();
-        let (overdue, expired) = {
-            let mut hub = self.state.hub.borrow_mut();
-            let overdue = hub.tasks.overdue_ids(now);
-            let expired = hub.tasks.expire(now);
-            hub.pointers.sweep(now);
-            (overdue, expired)
-        };
-        if expired.expired + expired.removed > 0 {
-            self.note(crate::shard::Topic::Task, "");
-        }
-        // Failed by their TTL: finished tasks live in memory only.
-        self.commit_later(
-            overdue
-                .into_iter()
-                .map(chatixia_store::Mutation::DeleteTask)
-                .collect(),
+        let st = &self.state;
+        let deletes = crate::hub::ops::expire(
+            &mut st.hub.borrow_mut(),
+            self.now(),
+            &mut st.changes.borrow_mut(),
         );
+        self.commit_later(deletes);
     }
 
     fn job_pairing_sweep(&self) {
@@ -413,7 +392,7 @@ impl ShardCtx {
             pairing.guard.sweep(now);
             let retired = pairing
                 .entries
-                .retire(now.saturating_sub(self.config.pairing_retention));
+                .retire(now.saturating_sub(self.config.pairing.retention));
             (expired, retired)
         };
         self.state.auth_failures.borrow_mut().sweep(now);
@@ -449,37 +428,35 @@ impl ShardCtx {
     }
 }
 
-/// Doorbell bytes read at once (each is one ring; their count does not matter).
-const DOORBELL_READ_BYTES_MAX: usize = 256;
+/// The store's doorbell is the reactor's [`reactor::Bell`] (an eventfd on io_uring, a
+/// socket pair on epoll): the storage thread rings it, a task of the shard awaits it.
+pub(crate) struct StoreBell(pub(crate) reactor::Bell);
 
-/// Links this shard to the store: the storage thread rings a socket-pair doorbell whose
-/// read end a task of this shard awaits, then wakes the shard's waiting commits.
-fn store_link(handle: &chatixia_store::StoreHandle) -> std::io::Result<chatixia_store::ShardLink> {
-    let (bell, read) = chatixia_store::SocketDoorbell::pair()?;
+impl chatixia_store::Doorbell for StoreBell {
+    fn ring(&self) {
+        self.0.ring();
+    }
+}
+
+/// Links this shard to the store: the storage thread rings a bell that a task of this
+/// shard awaits, which then wakes the shard's waiting commits.
+fn store_link(
+    shard: &Shard<Msg>,
+    handle: &chatixia_store::StoreHandle,
+) -> std::io::Result<chatixia_store::ShardLink> {
+    let (bell, mut waiter) = shard.bell()?;
     let link = handle
-        .link(Arc::new(bell))
+        .link(Arc::new(StoreBell(bell)))
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let read = monoio::net::UnixStream::from_std(read)?;
     let l = link.clone();
     monoio::spawn(async move {
-        use monoio::io::AsyncReadRent;
-        let mut read = read;
-        // Rings are one byte each and carry no data: one read drains up to
-        // `DOORBELL_READ_BYTES_MAX` of them; more stay in the socket for the next read
-        // (the storage thread never blocks on a full socket, see `SocketDoorbell`).
-        let mut buf = vec![0u8; DOORBELL_READ_BYTES_MAX];
         loop {
-            let (r, b) = read.read(buf).await;
-            buf = b;
-            match r {
-                Ok(0) | Err(_) => {
-                    // The storage thread is gone: fail whatever still waits.
-                    l.on_doorbell();
-                    break;
-                }
-                Ok(_) => {
-                    l.on_doorbell();
-                }
+            let gone = waiter.wait().await.is_err();
+            // Completions are ready, or the storage thread is gone (whatever still
+            // waits then fails).
+            l.on_doorbell();
+            if gone {
+                break;
             }
         }
     });
@@ -533,10 +510,11 @@ pub async fn run_shard(
     shard: Shard<Msg>,
     listener: StdListener,
     config: Arc<ServerConfig>,
-    boot: crate::durable::ShardBoot,
+    boot: crate::server::boot::ShardBoot,
+    turn: crate::turn::ShardSockets,
 ) {
     let link = match &config.store {
-        Some(handle) => match store_link(handle) {
+        Some(handle) => match store_link(&shard, handle) {
             Ok(l) => Some(l),
             Err(e) => {
                 tracing::error!(shard = shard.id(), error = %e, "cannot link to the state store");
@@ -549,6 +527,7 @@ pub async fn run_shard(
     ctx.state.load(boot, ctx.now());
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
+    crate::turn::start(&ctx, turn);
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());

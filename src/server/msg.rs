@@ -29,6 +29,8 @@ pub enum Msg {
     /// About the shard itself (counters, test clock).
     Shard(ShardOp),
     ShardReply(ShardReply),
+    /// The embedded TURN server (a revocation, told to every shard). Tell.
+    Turn(crate::turn::ops::Op),
 }
 
 /// Requests about a shard rather than a service.

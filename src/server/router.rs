@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use monoio::net::TcpStream;
 
+use crate::auth::failures::{Failure, SecretRoute};
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
 use crate::server::respond::respond;
@@ -351,19 +352,33 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     }
     let p = |i: usize| m.params.get(i).copied().unwrap_or("");
     let ip = peer.ip();
+    let cfg = &ctx.config;
     // The failure budget (issue 20): an address that presented too many wrong secrets
     // is refused before any secret of this request is looked at.
-    if let Some(secret_route) = auth::budget::secret_route_of(m.route, method, &ctx.config, req) {
-        if let Err(resp) = auth::budget::admit(ctx, ip, secret_route).await {
-            return resp;
+    // A route whose check awaits (a device token or a claim secret looked up on another
+    // shard) holds its attempt until it answers; every other route checks its secret
+    // before it first awaits (`auth::budget::admit`).
+    let mut _attempt = None;
+    if let Some(secret_route) = secret_route_of(m.route, method, cfg, req) {
+        let held = matches!(m.route, Route::Token | Route::PairingStatus);
+        let admitted = if held {
+            auth::budget::admit_held(ctx, ip, secret_route)
+                .await
+                .map(|a| _attempt = Some(a))
+        } else {
+            auth::budget::admit(ctx, ip, secret_route).await
+        };
+        if let Err(e) = admitted {
+            return e.into();
         }
     }
-    if is_admin_route(m.route, method) && !ctx.config.insecure_open_admin {
-        let header = req.header("authorization").map(|v| v.as_bytes());
-        if let Err(resp) = admin_claims(ctx, header, ip) {
-            return resp;
+    if is_admin_route(m.route, method) && !cfg.auth.insecure_open_admin {
+        let header = req.header("authorization");
+        if let Err(e) = auth::admin::authorize(ctx, &cfg.auth, header, ip).await {
+            return e.into();
         }
     }
+    let query = |name: &str| req.query_param(name);
     let result = match m.route {
         Route::Healthz => Ok(healthz()),
         Route::Readyz => Ok(readyz(ctx)),
@@ -373,15 +388,19 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         )
         .with_header("allow", "GET")),
         Route::Metrics => Ok(metrics(ctx).await),
-        Route::Token => auth::api::token(ctx, req, ip).await,
-        Route::IceConfig => Ok(auth::api::ice(ctx)),
+        Route::Token => Ok(token(ctx, req, ip).await),
+        Route::IceConfig => Ok(respond(crate::ice::get(
+            ctx,
+            &cfg.ice,
+            crate::turn::ice_entry(ctx, req),
+        ))),
         Route::Agents if method == Method::Post => Ok(register(ctx, req, ip).await),
         Route::Agents => Ok(respond(
             registry::api::list_page(
                 ctx,
-                &ctx.config.registry,
-                req.query_param("limit").as_deref(),
-                req.query_param("cursor").as_deref(),
+                &cfg.registry,
+                query("limit").as_deref(),
+                query("cursor").as_deref(),
             )
             .await,
         )),
@@ -393,26 +412,53 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
             Ok(id) => Ok(respond(registry::api::get(ctx, id).await)),
             Err(e) => Err(e),
         },
-        Route::RouteSkill => match auth::agent::gate(ctx, req, ip, None) {
-            Ok(_) => Ok(respond(
-                registry::api::route(ctx, req.query_param("skill")).await,
+        Route::RouteSkill => {
+            match auth::agent::gate(ctx, &cfg.auth, req.header("authorization"), ip, None).await {
+                Ok(_) => Ok(respond(registry::api::route(ctx, query("skill")).await)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Route::Heartbeat => Ok(heartbeat(ctx, req, ip).await),
+        Route::Topology => Ok(respond(registry::api::topology_route(ctx).await)),
+        Route::Tasks => Ok(create_task(ctx, req, ip).await),
+        Route::TasksAll => match task_reader(ctx, req, ip).await {
+            Ok(reader) => Ok(respond(
+                hub::api::list_page(
+                    ctx,
+                    &cfg.hub,
+                    &reader,
+                    query("limit").as_deref(),
+                    query("cursor").as_deref(),
+                )
+                .await,
             )),
             Err(e) => Err(e),
         },
-        Route::Heartbeat => hub::api::heartbeat(ctx, req, peer.ip()).await,
-        Route::Topology => Ok(respond(registry::api::topology_route(ctx).await)),
-        Route::Tasks => hub::api::create(ctx, req, peer.ip()).await,
-        Route::TasksAll => hub::api::list_page(ctx, req, ip).await,
-        Route::Task if method == Method::Post => hub::api::update(ctx, req, p(0), ip).await,
-        Route::Task => hub::api::get(ctx, req, p(0), ip).await,
-        Route::GenerateCode => pairing::api::generate_code(ctx, req, ip).await,
-        Route::Pair => pairing::api::pair(ctx, req, peer.ip()).await,
-        Route::PairingPending => pairing::paged::list_page(ctx, req, true).await,
-        Route::PairingAll => pairing::paged::list_page(ctx, req, false).await,
-        Route::Approve => pairing::api::approve(ctx, p(0)).await,
-        Route::Reject => pairing::api::reject(ctx, p(0)).await,
-        Route::Revoke => pairing::api::revoke(ctx, p(0)).await,
-        Route::PairingStatus => pairing::api::status(ctx, req, p(0), ip).await,
+        Route::Task if method == Method::Post => Ok(update_task(ctx, req, p(0), ip).await),
+        Route::Task => match (path_id(p(0)), task_reader(ctx, req, ip).await) {
+            (Ok(id), Ok(reader)) => Ok(respond(hub::api::get(ctx, &reader, id).await)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+        Route::GenerateCode => Ok(generate_code(ctx, req, ip).await),
+        Route::Pair => Ok(pair(ctx, req, ip).await),
+        Route::PairingPending | Route::PairingAll => Ok(respond(
+            pairing::paged::list_page(
+                ctx,
+                &cfg.pairing,
+                m.route == Route::PairingPending,
+                query("limit").as_deref(),
+                query("cursor").as_deref(),
+            )
+            .await,
+        )),
+        Route::Approve => Ok(respond(
+            pairing::api::approve(ctx, &cfg.pairing, p(0)).await,
+        )),
+        Route::Reject => Ok(respond(pairing::api::reject(ctx, &cfg.pairing, p(0)).await)),
+        Route::Revoke => Ok(respond(pairing::api::revoke(ctx, &cfg.pairing, p(0)).await)),
+        Route::PairingStatus => Ok(respond(
+            pairing::api::status(ctx, &cfg.pairing, req.header("authorization"), p(0), ip).await,
+        )),
         Route::DebugClock => debug::clock(ctx, req).await,
         Route::DashboardPage => Ok(asset(dashboard::assets::index())),
         Route::DashboardFile => {
@@ -427,23 +473,99 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
     result.unwrap_or_else(|resp| resp)
 }
 
-/// The admin check of the operator routes (issue 10): `Authorization: Bearer <JWT>`
-/// whose role is admin, else the answer (401 or 403 with a JSON reason). A token that is
-/// not ours counts against `client`'s failure budget (which the caller admitted first).
-pub fn admin_claims(
-    ctx: &ShardCtx,
-    header: Option<&[u8]>,
-    client: std::net::IpAddr,
-) -> Result<auth::Claims, Response> {
+/// The route family whose secret `req` makes `route` check, if any (`/ws` and the
+/// event stream are not HTTP-loop routes: they check on their own). The agent routes
+/// check a secret under `--require-agent-auth`, and otherwise when the request carries
+/// one (an `X-API-Key` or a bearer token decides which agents it may act as: issue 20,
+/// `auth::principal`; an unknown key there counts as a wrong secret,
+/// `auth::agent::unknown_key`). Every route that reads an `X-API-Key` is admitted here
+/// first: these, `POST /api/token` and `generate-code` (an admin route reads only its
+/// bearer token).
+pub fn secret_route_of(
+    route: Route,
+    method: Method,
+    config: &ServerConfig,
+    req: &Request,
+) -> Option<SecretRoute> {
+    secret_route(route, method, config).or_else(|| {
+        let agent_route = matches!(
+            (route, method),
+            (Route::Agents | Route::Tasks, Method::Post)
+                | (Route::Task | Route::TasksAll | Route::Heartbeat, _)
+        );
+        let carries = req.header("x-api-key").is_some() || req.header("authorization").is_some();
+        (agent_route && carries).then_some(SecretRoute::Agent)
+    })
+}
+
+/// The route family whose secret `route` checks whatever the request carries.
+pub fn secret_route(route: Route, method: Method, config: &ServerConfig) -> Option<SecretRoute> {
+    let auth = &config.auth;
+    match route {
+        Route::Token => Some(SecretRoute::Token),
+        Route::GenerateCode => Some(SecretRoute::GenerateCode),
+        Route::PairingStatus => Some(SecretRoute::PairingStatus),
+        Route::DashboardAgents
+        | Route::DashboardTasks
+        | Route::DashboardSummary
+        | Route::DashboardInvite => Some(SecretRoute::Admin),
+        r if is_admin_route(r, method) => (!auth.insecure_open_admin).then_some(SecretRoute::Admin),
+        Route::Agents | Route::Tasks | Route::Task if method == Method::Post => {
+            auth.require_agent_auth.then_some(SecretRoute::Agent)
+        }
+        Route::Heartbeat | Route::RouteSkill => {
+            auth.require_agent_auth.then_some(SecretRoute::Agent)
+        }
+        _ => None,
+    }
+}
+
+/// `POST /api/token`: auth's workflow; a device token that was used ends its pairing
+/// entry's claim path (pairing's `token_used`) before the answer.
+async fn token(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
     let cfg = &ctx.config;
-    auth::admin::authorize_admin(header, &cfg.jwt_secret, ctx.now(), cfg.jwt_leeway_secs).map_err(
-        |e| {
-            if e.is_forgery() {
-                auth::budget::failed(ctx, client, auth::failures::Failure::Admin);
+    let api_key = req.header("x-api-key");
+    let device_token = req.header("x-device-token");
+    match auth::api::token(ctx, &cfg.auth, api_key, device_token, ip).await {
+        Ok(issued) => {
+            if let Some(entry) = issued.device_entry {
+                let id = pairing::EntryId::from_u32(entry);
+                pairing::api::token_used(ctx, &cfg.pairing, id).await;
             }
-            Response::json_bytes(e.status(), e.body().into_bytes())
-        },
-    )
+            issued.outcome().into()
+        }
+        Err(e) => e.into(),
+    }
+}
+
+/// `POST /api/pairing/generate-code`: the `X-API-Key` of a known key (auth: an unknown
+/// one counts against the failure budget), then pairing issues a code in its name.
+async fn generate_code(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    let cfg = &ctx.config;
+    let api_key = req.header("x-api-key");
+    let key = match auth::api::known_key(ctx, &cfg.auth, api_key, ip, Failure::GenerateCode).await {
+        Ok(k) => k,
+        Err(e) => return e.into(),
+    };
+    let issuer = pairing::Issuer {
+        peer_id: key.peer_id.clone(),
+        mesh: key.mesh.clone(),
+    };
+    respond(pairing::api::issue_code(ctx, &cfg.pairing, issuer).await)
+}
+
+/// `POST /api/pairing/pair`: the body (an object: `["123456","name"]` would otherwise be
+/// read field by field), then pairing's workflow. Parse failures are answered before the
+/// rate limit and do not count against it (the reference's order).
+async fn pair(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    if let Err(resp) = crate::limits::require_object(&req.body) {
+        return resp;
+    }
+    let body: pairing::PairRequest = match super::common::json_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    respond(pairing::api::pair(ctx, &ctx.config.pairing, body, ip).await)
 }
 
 /// The dashboard's API routes (docs/PROTOCOL.md §9): every one needs an admin token,
@@ -454,9 +576,10 @@ async fn dashboard_route(
     req: &Request,
     ip: std::net::IpAddr,
 ) -> Response {
-    let claims = match admin_claims(ctx, req.header("authorization").map(str::as_bytes), ip) {
+    let header = req.header("authorization");
+    let claims = match auth::admin::authorize(ctx, &ctx.config.auth, header, ip).await {
         Ok(c) => c,
-        Err(resp) => return resp,
+        Err(e) => return e.into(),
     };
     let q = |name: &str| req.query_param(name);
     match route {
@@ -491,10 +614,8 @@ async fn dashboard_route(
         }
         Route::DashboardSummary => respond(dashboard::api::summary(ctx).await),
         _ => {
-            let issuer = dashboard::api::issuer(claims.sub, &ctx.config.api_keys);
-            pairing::api::issue_code(ctx, issuer)
-                .await
-                .unwrap_or_else(|resp| resp)
+            let issuer = dashboard::api::issuer(claims.sub, &ctx.config.auth.api_keys);
+            respond(pairing::api::issue_code(ctx, &ctx.config.pairing, issuer).await)
         }
     }
 }
@@ -519,22 +640,104 @@ fn path_id(raw: &str) -> Result<String, Response> {
 /// the request carried an unknown `X-API-Key` counts against the address's failure
 /// budget (a key for the agent would have been accepted).
 async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
-    let info: registry::AgentInfo = match super::common::json_body(req)
-        .and_then(|i| crate::limits::require_object(&req.body).map(|()| i))
-    {
+    let info: registry::AgentInfo = match object_body(req) {
         Ok(i) => i,
         Err(resp) => return resp,
     };
-    let by = match auth::agent::principal(ctx, req, ip, Some(&info.agent_id)) {
+    let cfg = &ctx.config;
+    let presented = super::common::presented(req);
+    let by = match auth::agent::principal(ctx, &cfg.auth, presented, ip, Some(&info.agent_id)).await
+    {
+        Ok(by) => by,
+        Err(e) => return e.into(),
+    };
+    let r = registry::api::register(ctx, &ctx.config.registry, info, by).await;
+    respond(r)
+}
+
+/// A JSON body of the shape `T` (an object): 415, 400 or 422 otherwise.
+fn object_body<T: wire::json::JsonBody>(req: &Request) -> Result<T, Response> {
+    crate::limits::require_object(&req.body)?;
+    super::common::json_body(req)
+}
+
+/// The caller's principal on an agent route (`auth::agent::principal`), acting as
+/// `agent_id` when it names one.
+async fn principal(
+    ctx: &ShardCtx,
+    req: &Request,
+    ip: std::net::IpAddr,
+    agent_id: Option<&str>,
+) -> Result<crate::limits::Principal, Response> {
+    let presented = super::common::presented(req);
+    auth::agent::principal(ctx, &ctx.config.auth, presented, ip, agent_id)
+        .await
+        .map_err(Response::from)
+}
+
+/// `POST /api/hub/heartbeat`.
+async fn heartbeat(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    let hb: registry::Heartbeat = match object_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let by = match principal(ctx, req, ip, Some(&hb.agent_id)).await {
         Ok(by) => by,
         Err(resp) => return resp,
     };
-    let credential = by.peer.is_some();
-    let r = registry::api::register(ctx, &ctx.config.registry, info, by).await;
-    if matches!(&r, Err(e) if e.kind == crate::shard::Kind::Forbidden) {
-        auth::agent::refused_by_binding(ctx, req, credential, ip);
-    }
+    let cfg = &ctx.config;
+    let r = hub::api::heartbeat(ctx, &cfg.registry, &cfg.hub, hb, by).await;
     respond(r)
+}
+
+/// `POST /api/hub/tasks`.
+async fn create_task(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+    let sub: hub::TaskSubmission = match object_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let source = (!sub.source_agent_id.is_empty()).then_some(sub.source_agent_id.as_str());
+    let by = match principal(ctx, req, ip, source).await {
+        Ok(by) => by,
+        Err(resp) => return resp,
+    };
+    respond(hub::api::create(ctx, &ctx.config.hub, sub, by).await)
+}
+
+/// `POST /api/hub/tasks/{id}`.
+async fn update_task(
+    ctx: &ShardCtx,
+    req: &Request,
+    raw_id: &str,
+    ip: std::net::IpAddr,
+) -> Response {
+    let id = match path_id(raw_id) {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
+    let upd: hub::TaskUpdate = match object_body(req) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let by = match principal(ctx, req, ip, None).await {
+        Ok(by) => by,
+        Err(resp) => return resp,
+    };
+    let r = hub::api::update(ctx, &ctx.config.hub, id, upd, by).await;
+    respond(r)
+}
+
+/// The reader of a task route (`auth::agent::reader`: reads need no token; an unknown
+/// key or a forged token counts against the address's failure budget).
+async fn task_reader(
+    ctx: &ShardCtx,
+    req: &Request,
+    ip: std::net::IpAddr,
+) -> Result<crate::limits::Principal, Response> {
+    let presented = super::common::presented(req);
+    auth::agent::reader(ctx, &ctx.config.auth, presented, ip)
+        .await
+        .map_err(Response::from)
 }
 
 /// The operator routes (issue 10): they need an admin JWT unless the server runs with
@@ -616,9 +819,9 @@ async fn metrics(ctx: &ShardCtx) -> Response {
         }
     }
     let mut body = crate::metrics::render(&shards);
-    match crate::pairing::api::metrics(ctx).await {
-        Ok(text) => body.push_str(&text),
-        Err(resp) => return resp,
+    match pairing::api::counters(ctx).await {
+        Ok(c) => body.push_str(&pairing::api::render_metrics(&c)),
+        Err(e) => return e.into(),
     }
     if let Some(store) = &ctx.config.store {
         body.push_str(&crate::metrics::render_store(

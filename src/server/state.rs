@@ -4,8 +4,10 @@
 use std::cell::RefCell;
 
 use super::ServerConfig;
+use crate::auth::budget::Counters as AuthCounters;
+use crate::auth::failures::{FailureHints, FailureLedger, InFlight};
+use crate::auth::DeviceTokenIndex;
 use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig};
-use crate::pairing::DeviceTokenIndex;
 use crate::registry::{AgentStore, AgentStoreConfig};
 use crate::shard::Owns;
 use crate::signaling::{ConnTable, PeerAuthz};
@@ -25,9 +27,14 @@ pub struct ShardState {
     pub tokens: RefCell<DeviceTokenIndex>,
     /// Auth: wrong secrets of the client addresses this shard owns
     /// (`shard_of(address)`).
-    pub auth_failures: RefCell<crate::auth::failures::FailureLedger>,
+    pub auth_failures: RefCell<FailureLedger>,
     /// Auth: what this shard has heard of other shards' addresses with recent failures.
-    pub auth_hints: RefCell<crate::auth::failures::FailureHints>,
+    pub auth_hints: RefCell<FailureHints>,
+    /// Auth: the secret checks of client addresses now in flight on this shard (one per
+    /// address: `auth::budget::admit_held`).
+    pub auth_in_flight: RefCell<InFlight>,
+    /// Auth: the failure budget's counters of the requests this shard took.
+    pub auth_counters: AuthCounters,
     /// Signaling: which of the peers owned here may signal.
     pub authz: RefCell<PeerAuthz>,
     /// Signaling: the live connections of the peers owned here, and the per-IP counts
@@ -60,14 +67,14 @@ impl ShardState {
                 tasks: TaskStore::new(tasks),
                 pointers: TaskPointers::default(),
             }),
-            pairing: RefCell::new(pairing::Store::with_guard(config.limits.pair_guard)),
+            pairing: RefCell::new(pairing::Store::with_guard(config.pairing.guard)),
             tokens: RefCell::new(DeviceTokenIndex::new()),
-            auth_failures: RefCell::new(crate::auth::failures::FailureLedger::new(
-                config.auth_failures.shard_share(shards),
+            auth_failures: RefCell::new(FailureLedger::new(
+                config.auth.failures.shard_share(shards),
             )),
-            auth_hints: RefCell::new(crate::auth::failures::FailureHints::new(
-                &config.auth_failures,
-            )),
+            auth_hints: RefCell::new(FailureHints::new(&config.auth.failures)),
+            auth_in_flight: RefCell::new(InFlight::default()),
+            auth_counters: AuthCounters::default(),
             authz: RefCell::new(PeerAuthz::default()),
             ws: ConnTable::new(config.ws.clone()),
             changes: RefCell::new(crate::shard::ChangeLog::new()),
@@ -75,7 +82,7 @@ impl ShardState {
     }
 
     /// Loads this shard's part of the stored state (start-up, before accepting).
-    pub fn load(&self, boot: crate::durable::ShardBoot, now: UnixTime) {
+    pub fn load(&self, boot: crate::server::boot::ShardBoot, now: UnixTime) {
         let st = self;
         {
             let mut p = st.pairing.borrow_mut();
@@ -113,6 +120,38 @@ impl ShardState {
                 hub.pointers.add(agent, id, deadline);
             }
         }
+        {
+            let mut agents = st.agents.borrow_mut();
+            for (agent, owner) in boot.bindings {
+                agents.load_binding(agent, owner);
+            }
+        }
+    }
+}
+
+// The state auth's failure budget keeps on each shard and reads without a message
+// (`auth::budget::Budgeted`).
+impl Owns<RefCell<FailureLedger>> for ShardState {
+    fn owned(&self) -> &RefCell<FailureLedger> {
+        &self.auth_failures
+    }
+}
+
+impl Owns<RefCell<FailureHints>> for ShardState {
+    fn owned(&self) -> &RefCell<FailureHints> {
+        &self.auth_hints
+    }
+}
+
+impl Owns<RefCell<InFlight>> for ShardState {
+    fn owned(&self) -> &RefCell<InFlight> {
+        &self.auth_in_flight
+    }
+}
+
+impl Owns<AuthCounters> for ShardState {
+    fn owned(&self) -> &AuthCounters {
+        &self.auth_counters
     }
 }
 

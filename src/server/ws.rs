@@ -83,10 +83,10 @@ pub async fn upgrade(
     } else {
         // The failure budget (issue 20) before the token is looked at.
         let route = crate::auth::failures::SecretRoute::Ws;
-        if let Err(resp) = crate::auth::budget::admit(ctx, ip, route).await {
-            return refuse(stream, resp).await;
+        if let Err(e) = crate::auth::budget::admit(&**ctx, ip, route).await {
+            return refuse(stream, e.into()).await;
         }
-        let cfg = &ctx.config;
+        let cfg = &ctx.config.auth;
         match crate::auth::jwt::verify_leeway(
             &cfg.jwt_secret,
             &up.token,
@@ -97,7 +97,7 @@ pub async fn upgrade(
             Err(e) => {
                 if e.is_forgery() {
                     let failure = crate::auth::failures::Failure::Ws;
-                    crate::auth::budget::failed(ctx, ip, failure);
+                    crate::auth::budget::failed(&**ctx, ip, failure).await;
                 }
                 let resp = Response::error(401, "invalid or expired token");
                 return refuse(stream, resp).await;
@@ -157,7 +157,7 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
     let admitted = if ctx.shard.is_shutting_down() {
         Err(crate::shard::Error::unavailable("server shutting down"))
     } else {
-        admit(&*ctx, &ctx.config.api_keys, peer_id, echo)
+        admit(&*ctx, &ctx.config.auth.api_keys, peer_id, echo)
     };
     let key = match admitted {
         Ok(key) => key,

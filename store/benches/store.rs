@@ -67,6 +67,7 @@ fn pending_task(id: u32, len: usize) -> chatixia_store::Mutation {
         ttl: 300,
         created_by: None,
         claimed_by: None,
+        reported_by: None,
     })
 }
 

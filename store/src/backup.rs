@@ -1,22 +1,8 @@
 //! Backups, exports, restore and verify (issue 22).
 //!
-//! One format for a backup of a running server and an offline export: JSON lines.
+//! The format is [`crate::format`]'s.
 //!
-//! ```text
-//! {"chatixia_store_backup":1,"format":"chatixia-store 1","secret_check":"…","seq":N,"written_at_ns":T}
-//! {"table":"pairing","record":{…}}                one line per record, as stored
-//! …
-//! {"end":{"records":{"pairing":N,…},"total":N,"sha256":"…"}}
-//! ```
-//!
-//! The records are the stored records themselves, so device tokens and claim secrets
-//! appear only as keyed hashes, and a token not yet claimed only sealed under a key
-//! derived from the server secret: a backup alone yields no usable token. `secret_check`
-//! is the data directory's server-secret check value (an HMAC output, not the secret).
-//! `sha256` covers every byte before the end line, so a truncated or altered backup is
-//! refused by [`restore`].
-//!
-//! [`Exporter`] writes from one read transaction (a consistent snapshot: every commit
+//! `redb_backend::export::Exporter` writes from one read transaction (a consistent snapshot: every commit
 //! acknowledged before it was taken, nothing after); the storage thread takes it between
 //! two group commits and a backup thread writes it while commits go on.
 
@@ -26,23 +12,22 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
-use redb::{ReadableTable as _, TableDefinition, TableHandle as _};
-use serde::{Deserialize, Serialize};
+
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::dir::DataDir;
 use crate::error::StoreError;
-use crate::guard::{catch, one_line};
+use crate::format::{hex, End, Header, TableCounts};
+pub use crate::format::{Export, ExportSummary, BACKUP_VERSION};
+use crate::guard::one_line;
 use crate::records::{
-    self, Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord, RevocationRecord,
-    TaskRecord, VALUE_FORMAT,
+    self, AgentBindingRecord, Counts, DeviceTokenRecord, InviteRecord, Mutation, PairingRecord,
+    RevocationRecord, TaskRecord, VALUE_FORMAT,
 };
-use crate::redb_backend::{tables, RedbBackend, DAMAGED_MARKER, DB_FILE, FORMAT, SEEN_FILE};
+use crate::redb_backend::{RedbBackend, DAMAGED_MARKER, DB_FILE, FORMAT, SEEN_FILE};
 use crate::secret::Secrets;
 use crate::Backend as _;
-
-/// Version of the backup format (the header's `chatixia_store_backup`).
-pub const BACKUP_VERSION: u64 = 1;
 
 /// Longest line [`restore`] reads. The longest record is a task with its payload, result
 /// and error at their size limits (64 KiB each by default, JSON-escaped up to 6× for
@@ -59,219 +44,6 @@ const RESTORE_BATCH_RECORDS: usize = 10_000;
 pub const RESTORING_FILE: &str = "state.redb.restoring";
 /// Name the replaced database is moved to by `restore --replace`.
 pub const BEFORE_RESTORE_FILE: &str = "state.redb.before-restore";
-
-#[derive(Serialize, Deserialize)]
-struct Header {
-    chatixia_store_backup: u64,
-    format: String,
-    secret_check: String,
-    seq: u64,
-    written_at_ns: u64,
-}
-
-/// Records per table, as the end line names them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-struct TableCounts {
-    pairing: u64,
-    device_token: u64,
-    revocation: u64,
-    invite: u64,
-    task: u64,
-}
-
-impl From<Counts> for TableCounts {
-    fn from(c: Counts) -> Self {
-        TableCounts {
-            pairing: c.pairings as u64,
-            device_token: c.device_tokens as u64,
-            revocation: c.revocations as u64,
-            invite: c.invites as u64,
-            task: c.tasks as u64,
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct EndBody {
-    records: TableCounts,
-    total: u64,
-    sha256: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct End {
-    end: EndBody,
-}
-
-/// What a backup or export wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportSummary {
-    /// Records of each kind.
-    pub counts: Counts,
-    /// Bytes written (the whole file).
-    pub bytes: u64,
-    /// SHA-256 of everything before the end line (hex), as the end line says.
-    pub sha256: String,
-    /// The store's commit sequence number at the snapshot.
-    pub seq: u64,
-}
-
-/// A snapshot that can be written out in the backup format (see the module docs).
-pub trait Export: Send {
-    /// Writes the whole backup to `out`.
-    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<ExportSummary, StoreError>;
-}
-
-/// Counts bytes and hashes them on the way to `out`.
-struct Hashing<'a> {
-    out: &'a mut dyn Write,
-    sha: Sha256,
-    bytes: u64,
-}
-
-impl Hashing<'_> {
-    fn put(&mut self, parts: &[&[u8]]) -> std::io::Result<()> {
-        for p in parts {
-            self.out.write_all(p)?;
-            self.sha.update(p);
-            self.bytes += p.len() as u64;
-        }
-        Ok(())
-    }
-}
-
-/// The redb snapshot of a backup or export: one read transaction.
-pub struct Exporter {
-    txn: redb::ReadTransaction,
-    file: PathBuf,
-    secret_check: Vec<u8>,
-    seq: u64,
-}
-
-impl Exporter {
-    pub(crate) fn new(
-        txn: redb::ReadTransaction,
-        file: PathBuf,
-        secret_check: Vec<u8>,
-        seq: u64,
-    ) -> Exporter {
-        Exporter {
-            txn,
-            file,
-            secret_check,
-            seq,
-        }
-    }
-
-    fn table<K: redb::Key + 'static>(
-        &self,
-        def: TableDefinition<K, &[u8]>,
-        h: &mut Hashing<'_>,
-    ) -> Result<usize, StoreError> {
-        let file = &self.file;
-        let io = |e: std::io::Error| StoreError::Io {
-            path: PathBuf::from("(backup output)"),
-            op: "write the backup to",
-            message: e.to_string(),
-        };
-        let engine = |e: redb::Error| StoreError::Corrupt {
-            file: file.clone(),
-            problem: one_line(&e.to_string()),
-        };
-        let name = def.name().to_owned();
-        let table = match self.txn.open_table(def) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-            Err(e) => return Err(engine(e.into())),
-        };
-        let prefix = format!("{{\"table\":\"{name}\",\"record\":");
-        let mut n = 0;
-        for row in table.iter().map_err(|e| engine(e.into()))? {
-            let (_, v) = row.map_err(|e| engine(e.into()))?;
-            let v = v.value();
-            let Some((&VALUE_FORMAT, body)) = v.split_first() else {
-                return Err(StoreError::Corrupt {
-                    file: file.clone(),
-                    problem: format!("table {name}: a record of an unknown format"),
-                });
-            };
-            h.put(&[prefix.as_bytes(), body, b"}\n"]).map_err(io)?;
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    fn write_inner(&self, out: &mut dyn Write) -> Result<ExportSummary, StoreError> {
-        let io = |e: std::io::Error| StoreError::Io {
-            path: PathBuf::from("(backup output)"),
-            op: "write the backup to",
-            message: e.to_string(),
-        };
-        let header = Header {
-            chatixia_store_backup: BACKUP_VERSION,
-            format: String::from_utf8_lossy(FORMAT).into_owned(),
-            secret_check: STANDARD_NO_PAD.encode(&self.secret_check),
-            seq: self.seq,
-            written_at_ns: now_ns(),
-        };
-        let mut h = Hashing {
-            out,
-            sha: Sha256::new(),
-            bytes: 0,
-        };
-        let line = serde_json::to_vec(&header).unwrap_or_default();
-        h.put(&[&line, b"\n"]).map_err(io)?;
-        let counts = Counts {
-            pairings: self.table(tables::PAIRINGS, &mut h)?,
-            device_tokens: self.table(tables::TOKENS, &mut h)?,
-            revocations: self.table(tables::REVOCATIONS, &mut h)?,
-            invites: self.table(tables::INVITES_V1, &mut h)?
-                + self.table(tables::INVITES, &mut h)?,
-            tasks: self.table(tables::TASKS, &mut h)?,
-        };
-        let sha256 = hex(&h.sha.clone().finalize());
-        let end = End {
-            end: EndBody {
-                records: counts.into(),
-                total: counts.total() as u64,
-                sha256: sha256.clone(),
-            },
-        };
-        let line = serde_json::to_vec(&end).unwrap_or_default();
-        h.out.write_all(&line).map_err(io)?;
-        h.out.write_all(b"\n").map_err(io)?;
-        h.out.flush().map_err(io)?;
-        Ok(ExportSummary {
-            counts,
-            bytes: h.bytes + line.len() as u64 + 1,
-            sha256,
-            seq: self.seq,
-        })
-    }
-}
-
-impl Export for Exporter {
-    fn write_to(self: Box<Self>, out: &mut dyn Write) -> Result<ExportSummary, StoreError> {
-        let file = self.file.clone();
-        catch(|| self.write_inner(out)).unwrap_or_else(|panic| {
-            Err(StoreError::Corrupt {
-                file,
-                problem: panic,
-            })
-        })
-    }
-}
-
-fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// What [`verify`] found.
 #[derive(Debug, Clone)]
@@ -430,6 +202,10 @@ fn record_of(table: &str, record: &str) -> Result<(Mutation, usize), String> {
             3,
         ),
         "task" => (Mutation::PutTask(records::decode::<TaskRecord>(&bytes)?), 4),
+        "agent_binding" => (
+            Mutation::PutAgentBinding(records::decode::<AgentBindingRecord>(&bytes)?),
+            5,
+        ),
         other => return Err(format!("unknown table {other:?}")),
     };
     Ok(m)
@@ -504,7 +280,7 @@ impl BackupReader {
     ) -> Result<Counts, StoreError> {
         let from = self.from.clone();
         let from = &from;
-        let mut counts = [0usize; 5];
+        let mut counts = [0usize; 6];
         let mut end: Option<End> = None;
         let mut n = 1u64;
         while read_line(&mut self.r, &mut self.line, from)?.is_some() {
@@ -536,6 +312,7 @@ impl BackupReader {
             revocations: counts[2],
             invites: counts[3],
             tasks: counts[4],
+            agent_bindings: counts[5],
         };
         let got = hex(&self.sha.clone().finalize());
         if got != end.end.sha256 {

@@ -1,7 +1,8 @@
 //! `chatixia-store`: the durable control-plane state of chatixia-core (issue 10).
 //!
 //! * Typed [records] — pairing entries, device-token grants (keyed hashes only),
-//!   revocations (with a per-peer JWT "not before"), invite codes, pending/assigned tasks —
+//!   revocations (with a per-peer JWT "not before"), invite codes, pending/assigned tasks,
+//!   agent bindings —
 //!   changed by atomic writes (`Vec<`[`Mutation`]`>`).
 //! * A small [`Backend`] trait over those records (commit a group of writes durably, load
 //!   everything), implemented on redb ([`RedbBackend`]); a later backend (Redis, for
@@ -24,9 +25,10 @@
 //! docs/ARCHITECTURE.md, "Durable state".
 
 pub mod backup;
+mod channel;
 mod dir;
-mod doorbell;
 mod error;
+pub mod format;
 mod guard;
 mod link;
 pub mod records;
@@ -36,12 +38,12 @@ pub mod thread;
 
 pub use backup::{Export, ExportSummary, RestoreReport, VerifyReport};
 pub use dir::{DataDir, LOCK_FILE};
-pub use doorbell::SocketDoorbell;
 pub use error::{StoreError, SubmitError};
 pub use link::{Ack, ShardLink};
 pub use records::{
-    Counts, DeviceTokenRecord, InviteRecord, JsonText, Mutation, PairingRecord, PairingStatus,
-    RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord, TokenHash,
+    AgentBindingRecord, BindingOwner, Counts, DeviceTokenRecord, InviteRecord, JsonText, Mutation,
+    PairingRecord, PairingStatus, RevocationRecord, SealedToken, Snapshot, TaskHolder, TaskRecord,
+    TokenHash,
 };
 pub use redb_backend::{RedbBackend, CACHE_BYTES_DEFAULT, DAMAGED_MARKER, DB_FILE, SEEN_FILE};
 pub use secret::{HashKind, Secrets, UnsealError};
@@ -90,7 +92,7 @@ pub trait Backend: Send + 'static {
 
     /// A consistent snapshot of every record, to write as a backup on another thread
     /// while commits go on.
-    fn export(&self) -> Result<Box<dyn backup::Export>, StoreError>;
+    fn export(&self) -> Result<Box<dyn format::Export>, StoreError>;
 
     /// The store loaded at start: record the state it was in, so that a later open
     /// notices when commits since are missing (redb: `state.redb.seen`).

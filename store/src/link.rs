@@ -12,12 +12,9 @@ use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
+use crate::channel::{Completion, Reply, Request, Shared, WriteClass};
 use crate::error::{StoreError, SubmitError};
 use crate::records::Mutation;
-use crate::thread::{Reply, Request, Shared, WriteClass};
-
-/// `(waiter key, commit result)`, pushed by the storage thread.
-pub(crate) type Completion = (usize, Result<(), StoreError>);
 
 enum Waiter {
     Waiting(Option<Waker>),

@@ -208,6 +208,10 @@ pub struct TaskRecord {
     /// Who claimed it; absent while pending, and in older records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<TaskHolder>,
+    /// Who posted its last update (its report is charged to them); absent until it is
+    /// updated, and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_by: Option<TaskHolder>,
 }
 
 /// The principal that submitted or claimed a task: the peer id of its API key or JWT,
@@ -222,6 +226,30 @@ pub struct TaskHolder {
     pub admin: bool,
     /// The client key of its source address.
     pub address: String,
+}
+
+/// What an agent id is bound to (issue 20, review): agents live in memory, but the
+/// tasks targeted at them are durable, so the binding is too; otherwise, after a restart,
+/// whoever heartbeated an agent's id first would take its pending tasks. Keyed by the
+/// agent id; written when an agent is first bound or its binding moves, deleted with the
+/// agent (`DELETE /api/registry/agents/{id}`). A store written before bindings were kept
+/// has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentBindingRecord {
+    /// The agent id.
+    pub agent_id: String,
+    /// What it is bound to.
+    pub owner: BindingOwner,
+}
+
+/// The owner of an agent binding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindingOwner {
+    /// The peer id of the API key or JWT that registered it (or last acted for it).
+    Peer(String),
+    /// The client key of the source address that registered it without credentials.
+    Address(String),
 }
 
 /// A JSON value kept as its text (`serde_json::value::RawValue`): stored, loaded, backed
@@ -304,6 +332,10 @@ pub enum Mutation {
     PutTask(TaskRecord),
     /// Remove a task (finished, expired or gone).
     DeleteTask(String),
+    /// Insert or replace an agent's binding.
+    PutAgentBinding(AgentBindingRecord),
+    /// Remove an agent's binding (the agent was deleted), by agent id.
+    DeleteAgentBinding(String),
 }
 
 /// Records of each kind, for [`crate::Snapshot`] and stats.
@@ -319,12 +351,19 @@ pub struct Counts {
     pub invites: usize,
     /// Pending or assigned tasks.
     pub tasks: usize,
+    /// Agent bindings.
+    pub agent_bindings: usize,
 }
 
 impl Counts {
     /// Records of every kind together.
     pub fn total(&self) -> usize {
-        self.pairings + self.device_tokens + self.revocations + self.invites + self.tasks
+        self.pairings
+            + self.device_tokens
+            + self.revocations
+            + self.invites
+            + self.tasks
+            + self.agent_bindings
     }
 }
 
@@ -341,6 +380,8 @@ pub struct Snapshot {
     pub invites: Vec<InviteRecord>,
     /// Pending and assigned tasks.
     pub tasks: Vec<TaskRecord>,
+    /// Agent bindings.
+    pub agent_bindings: Vec<AgentBindingRecord>,
     /// How long opening, checking and reading took.
     pub elapsed: std::time::Duration,
     /// Of that, how long the full integrity check took (every page's checksum).
@@ -361,6 +402,7 @@ impl Snapshot {
             revocations: self.revocations.len(),
             invites: self.invites.len(),
             tasks: self.tasks.len(),
+            agent_bindings: self.agent_bindings.len(),
         }
     }
 
@@ -398,13 +440,15 @@ impl Snapshot {
         let c = self.counts();
         format!(
             "loaded {} records ({} pairing entries, {} device tokens, {} revocations, \
-             {} invite codes, {} tasks; {} bytes) in {:.1} ms (integrity check {:.1} ms)",
+             {} invite codes, {} tasks, {} agent bindings; {} bytes) in {:.1} ms \
+             (integrity check {:.1} ms)",
             c.total(),
             c.pairings,
             c.device_tokens,
             c.revocations,
             c.invites,
             c.tasks,
+            c.agent_bindings,
             self.data_bytes,
             self.elapsed.as_secs_f64() * 1e3,
             self.check_elapsed.as_secs_f64() * 1e3
@@ -485,7 +529,8 @@ mod tests {
         assert_eq!(
             s.summary(),
             "loaded 1 records (0 pairing entries, 0 device tokens, 0 revocations, \
-             1 invite codes, 0 tasks; 0 bytes) in 1.5 ms (integrity check 0.0 ms)"
+             1 invite codes, 0 tasks, 0 agent bindings; 0 bytes) in 1.5 ms (integrity \
+             check 0.0 ms)"
         );
     }
 

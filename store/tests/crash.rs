@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use chatixia_store::{PairingStatus, SocketDoorbell, Store, StoreConfig, StoreHandle};
+use chatixia_store::{PairingStatus, Store, StoreConfig, StoreHandle};
 use common::*;
 
 const DIR_ENV: &str = "CHATIXIA_STORE_CRASH_DIR";
@@ -65,19 +65,11 @@ fn link_writer(handle: StoreHandle, base: u64) {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (bell, r) = SocketDoorbell::pair().unwrap();
+        let (bell, mut waiter) = test_bell();
         let link = Rc::new(handle.link(Arc::new(bell)).unwrap());
         let bell_link = link.clone();
         monoio::spawn(async move {
-            use monoio::io::AsyncReadRent as _;
-            let mut r = monoio::net::UnixStream::from_std(r).unwrap();
-            let mut buf = vec![0u8; 64];
-            loop {
-                let (res, b) = r.read(buf).await;
-                buf = b;
-                if !matches!(res, Ok(n) if n > 0) {
-                    break;
-                }
+            while waiter.wait().await.is_ok() {
                 bell_link.on_doorbell();
             }
         });

@@ -7,7 +7,7 @@ mod common;
 use std::rc::Rc;
 use std::sync::{Arc, Barrier};
 
-use chatixia_store::{Mutation, SocketDoorbell, Store, StoreConfig, SubmitError};
+use chatixia_store::{Mutation, Store, StoreConfig, SubmitError};
 use common::*;
 
 #[test]
@@ -69,23 +69,13 @@ fn shard_link_batches_and_wakes_on_the_shard_thread() {
     let s2 = s.clone();
     let done = rt.block_on(async move {
         let s = s2;
-        let (bell, r) = SocketDoorbell::pair().unwrap();
+        let (bell, mut waiter) = test_bell();
         let link = Rc::new(handle.link(Arc::new(bell)).unwrap());
         // The shard's doorbell task.
         let bell_link = link.clone();
         monoio::spawn(async move {
-            use monoio::io::AsyncReadRent as _;
-            let mut r = monoio::net::UnixStream::from_std(r).unwrap();
-            let mut buf = vec![0u8; 64];
-            loop {
-                let (res, b) = r.read(buf).await;
-                buf = b;
-                match res {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        bell_link.on_doorbell();
-                    }
-                }
+            while waiter.wait().await.is_ok() {
+                bell_link.on_doorbell();
             }
         });
         // 64 writes submitted at once; the 65th is refused (in-flight limit).
@@ -143,7 +133,7 @@ fn full_queue_is_refused_not_blocked() {
         .build()
         .unwrap();
     let refused = rt.block_on(async move {
-        let (bell, _r) = SocketDoorbell::pair().unwrap();
+        let bell = Unheard;
         let link = handle.link(Arc::new(bell)).unwrap();
         // Each commit is one fsync'd write; submitting 200 without yielding overruns a
         // queue of 2.
@@ -174,7 +164,7 @@ fn submit_after_close_is_refused_closed() {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let (bell, _r) = SocketDoorbell::pair().unwrap();
+        let bell = Unheard;
         let link = handle.link(Arc::new(bell)).unwrap();
         // Queued before the close: committed by it.
         let ack = link.submit(vec![Mutation::PutInvite(invite(3))]).unwrap();

@@ -2,7 +2,10 @@
 
 mod common;
 
-use chatixia_store::{HashKind, Mutation, PairingStatus, Secrets, Store, StoreConfig, StoreError};
+use chatixia_store::{
+    AgentBindingRecord, BindingOwner, HashKind, Mutation, PairingStatus, Secrets, Store,
+    StoreConfig, StoreError,
+};
 use common::*;
 
 #[test]
@@ -223,5 +226,140 @@ fn six_digit_invites_of_an_older_server_still_load_and_long_ones_round_trip() {
     store.close();
     let (store, snap) = Store::open(tmp.path(), &s, StoreConfig::default()).unwrap();
     assert!(snap.invites.is_empty(), "{:?}", snap.invites);
+    store.close();
+}
+
+fn binding(id: &str, owner: BindingOwner) -> AgentBindingRecord {
+    AgentBindingRecord {
+        agent_id: id.into(),
+        owner,
+    }
+}
+
+/// Review of issue 20: agent bindings round-trip through a reopen, an export and a
+/// restore; a data directory and a backup written before bindings were kept load and
+/// restore with none (their counts have no `agent_binding`), and take new ones.
+#[test]
+fn agent_bindings_round_trip_and_older_stores_and_backups_have_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let s = secrets();
+    let alpha = binding("alpha", BindingOwner::Peer("alpha-sidecar".into()));
+    let gamma = binding("gamma", BindingOwner::Address("10.0.0.7".into()));
+    let (store, _) = Store::open(&dir, &s, StoreConfig::default()).unwrap();
+    let h = store.handle();
+    h.write_blocking(vec![
+        Mutation::PutAgentBinding(alpha.clone()),
+        Mutation::PutAgentBinding(gamma.clone()),
+        Mutation::PutAgentBinding(binding("gone", BindingOwner::Address("x".into()))),
+        Mutation::PutTask(task(1, 10)),
+    ])
+    .unwrap();
+    // A binding that moves is replaced; a deleted one is gone.
+    let moved = binding("gamma", BindingOwner::Peer("gamma-sidecar".into()));
+    h.write_blocking(vec![
+        Mutation::PutAgentBinding(moved.clone()),
+        Mutation::DeleteAgentBinding("gone".into()),
+    ])
+    .unwrap();
+    store.close();
+    let (store, snap) = Store::open(&dir, &s, StoreConfig::default()).unwrap();
+    let mut got = snap.agent_bindings.clone();
+    got.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    assert_eq!(got, vec![alpha.clone(), moved.clone()]);
+    assert_eq!(
+        (snap.counts().agent_bindings, snap.counts().total()),
+        (2, 3)
+    );
+    assert!(
+        snap.summary().contains("2 agent bindings"),
+        "{}",
+        snap.summary()
+    );
+    store.close();
+
+    // Export, then restore elsewhere: the bindings come back.
+    let mut out = Vec::new();
+    let summary = chatixia_store::backup::export(&dir, &s, &mut out).unwrap();
+    assert_eq!(summary.counts.agent_bindings, 2);
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert_eq!(
+        text.matches("{\"table\":\"agent_binding\"").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("\"agent_binding\":2"), "{text}");
+    let file = tmp.path().join("b.jsonl");
+    std::fs::write(&file, &out).unwrap();
+    let restored = tmp.path().join("r");
+    let report = chatixia_store::backup::restore(&file, &restored, &s, false).unwrap();
+    assert_eq!(report.counts.agent_bindings, 2);
+    let (store, snap) = Store::open(&restored, &s, StoreConfig::default()).unwrap();
+    assert_eq!(snap.agent_bindings.len(), 2);
+    store.close();
+
+    // A backup written before bindings were kept: no such lines, no such count.
+    let old: String = text
+        .lines()
+        .filter(|l| !l.contains("\"table\":\"agent_binding\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let body_end = old.rfind("{\"end\":").unwrap();
+    let body = &old[..body_end];
+    let sha = {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(body.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let end = format!(
+        "{{\"end\":{{\"records\":{{\"pairing\":0,\"device_token\":0,\"revocation\":0,\
+         \"invite\":0,\"task\":1}},\"total\":1,\"sha256\":\"{sha}\"}}}}\n"
+    );
+    let old_file = tmp.path().join("old.jsonl");
+    std::fs::write(&old_file, format!("{body}{end}")).unwrap();
+    let report =
+        chatixia_store::backup::restore(&old_file, &tmp.path().join("o"), &s, false).unwrap();
+    assert_eq!((report.counts.tasks, report.counts.agent_bindings), (1, 0));
+
+    // A data directory written before bindings were kept: no table, no count in its
+    // state (nor in state.redb.seen).
+    let legacy = tmp.path().join("legacy");
+    let (store, _) = Store::open(&legacy, &s, StoreConfig::default()).unwrap();
+    store
+        .handle()
+        .write_blocking(vec![Mutation::PutTask(task(2, 10))])
+        .unwrap();
+    store.close();
+    let strip = |bytes: &[u8]| {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        v.as_object_mut().unwrap().remove("agent_binding").unwrap();
+        serde_json::to_vec(&v).unwrap()
+    };
+    {
+        let db = redb::Database::create(legacy.join(chatixia_store::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &[u8]> =
+                redb::TableDefinition::new("agent_binding");
+            assert!(txn.delete_table(def).unwrap());
+            let meta: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let mut m = txn.open_table(meta).unwrap();
+            use redb::ReadableTable as _;
+            let state = strip(m.get("state").unwrap().unwrap().value());
+            m.insert("state", state.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let seen = legacy.join(chatixia_store::SEEN_FILE);
+    std::fs::write(&seen, strip(&std::fs::read(&seen).unwrap())).unwrap();
+    let (store, snap) = Store::open(&legacy, &s, StoreConfig::default()).unwrap();
+    assert_eq!((snap.tasks.len(), snap.agent_bindings.len()), (1, 0));
+    store
+        .handle()
+        .write_blocking(vec![Mutation::PutAgentBinding(alpha.clone())])
+        .unwrap();
+    store.close();
+    let (store, snap) = Store::open(&legacy, &s, StoreConfig::default()).unwrap();
+    assert_eq!(snap.agent_bindings, vec![alpha]);
     store.close();
 }

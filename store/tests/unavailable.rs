@@ -119,7 +119,7 @@ fn writes_fail_fast_while_down_retained_ones_are_kept_bounded_and_written_first(
         .unwrap();
     let h2 = h.clone();
     let results = rt.block_on(async move {
-        let (bell, _r) = chatixia_store::SocketDoorbell::pair().unwrap();
+        let bell = Unheard;
         let link = h2.link(Arc::new(bell)).unwrap();
         let mut out = Vec::new();
         for i in 2..5 {
@@ -186,7 +186,7 @@ fn writes_fail_fast_while_down_retained_ones_are_kept_bounded_and_written_first(
     assert_eq!((st.retained, st.recoveries), (0, 1));
     // One backup at a time, and a backend that cannot export ends the stream with the
     // reason.
-    let (bell, _r) = chatixia_store::SocketDoorbell::pair().unwrap();
+    let bell = Unheard;
     let mut b = h.backup(Arc::new(bell)).unwrap();
     let t0 = Instant::now();
     let end = loop {
@@ -200,7 +200,7 @@ fn writes_fail_fast_while_down_retained_ones_are_kept_bounded_and_written_first(
         matches!(&end, chatixia_store::Chunk::End(Err(e)) if e.contains("No space")),
         "{end:?}"
     );
-    let (bell, _r) = chatixia_store::SocketDoorbell::pair().unwrap();
+    let bell = Unheard;
     assert!(!matches!(
         h.backup(Arc::new(bell)),
         Err(SubmitError::BackupRunning)

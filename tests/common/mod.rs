@@ -155,6 +155,11 @@ impl Server {
     }
 
     pub fn with(opts: Opts) -> Server {
+        if opts.args.iter().any(|a| a == "--ws-echo")
+            || opts.env.iter().any(|(k, _)| k == "CHATIXIA_DENY_IO_URING")
+        {
+            needs_test_switches("--ws-echo or CHATIXIA_DENY_IO_URING");
+        }
         let dir = TempDir::new();
         let port_file = dir.0.join("addr");
         let keys_file = dir.0.join("api_keys.json");
@@ -169,7 +174,12 @@ impl Server {
             .arg(opts.cores.to_string())
             .arg("--port-file")
             .arg(&port_file)
-            .args(["--test-clock", "--stun-url", "none"])
+            .args(["--stun-url", "none"])
+            .args(if TEST_SWITCHES {
+                &["--test-clock"][..]
+            } else {
+                &[]
+            })
             .args(&opts.args)
             .env("API_KEYS_FILE", &keys_file)
             .env_remove("SIGNALING_SECRET")
@@ -294,6 +304,7 @@ impl Server {
 
     /// Moves the server clock forward and runs every shard's periodic jobs.
     pub fn advance(&self, secs: f64) {
+        needs_test_switches("POST /debug/clock (--test-clock)");
         let r = self.post_json("/debug/clock", &json!({ "advance_secs": secs }));
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.json()["status"], "ok");
@@ -491,6 +502,7 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
 pub mod bench;
 pub mod python;
 pub mod sidecar;
+pub mod turn_rig;
 pub mod ws;
 
 /// A pending pairing entry, made as a device would (invite code from an API key).
@@ -509,4 +521,18 @@ pub fn pending_entry(s: &Server, name: &str) -> String {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["id"].as_str().unwrap().to_owned()
+}
+
+/// Whether the server under test was built with the `test-switches` feature
+/// (`--test-clock`, `--ws-echo`, `CHATIXIA_DENY_IO_URING`); a default build lacks them.
+pub const TEST_SWITCHES: bool = cfg!(feature = "test-switches");
+
+/// Fails the test (never skips it) when the server lacks the test switches it needs.
+pub fn needs_test_switches(what: &str) {
+    if !TEST_SWITCHES {
+        panic!(
+            "this test needs {what}, which exists only in a build with the `test-switches` \
+             feature: run scripts/test.sh, or cargo test --features test-switches"
+        );
+    }
 }

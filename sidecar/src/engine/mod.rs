@@ -99,11 +99,22 @@ pub enum Input<'a> {
     Ipc(&'a [Framed]),
     /// STUN servers, resolved: probe them for server-reflexive candidates.
     StunServers(&'a [SocketAddr]),
-    /// The TURN server, resolved: allocate a relay candidate on it.
+    /// The TURN server, resolved (UDP): allocate a relay candidate on it.
     TurnServer {
         server: SocketAddr,
         config: TurnConfig,
     },
+    /// A TCP connection to the TURN server is open (`?transport=tcp`), from `local`:
+    /// allocate over it (replacing any earlier allocation).
+    TurnStreamOpen {
+        server: SocketAddr,
+        local: SocketAddr,
+        config: TurnConfig,
+    },
+    /// Bytes read from the TURN TCP connection.
+    TurnStream(&'a [u8]),
+    /// The TURN TCP connection closed (or could not be opened).
+    TurnStreamClosed,
 }
 
 /// What the engine asks of the driver.
@@ -124,6 +135,11 @@ pub enum Output {
     IpcResume,
     /// The signaling session is fully up (`peer_list` arrived).
     Registered,
+    /// Bytes for the TURN TCP connection.
+    TurnStream(Vec<u8>),
+    /// The TURN allocation over TCP failed: open a new connection (then
+    /// [`Input::TurnStreamOpen`]).
+    TurnReconnect,
     /// Nothing more now; call [`Engine::handle_input`] with [`Input::Timeout`] then.
     Timeout(Instant),
 }
@@ -245,13 +261,23 @@ impl Engine {
                 self.handle_udp(now, sock, source, data);
             }
             Input::Timeout => self.handle_timeout(now),
-            Input::Identity(id) => self.me = Some(id),
+            Input::Identity(id) => {
+                self.me = Some(id);
+                self.turn_identity(now);
+            }
             Input::SignalingOpen => self.signaling_opened(),
             Input::SignalingText(t) => self.handle_signal(now, t),
             Input::SignalingClosed { code } => self.signaling_closed(code),
             Input::Ipc(lines) => self.handle_ipc(now, lines),
             Input::StunServers(servers) => self.start_stun(now, servers),
             Input::TurnServer { server, config } => self.start_turn(now, server, config)?,
+            Input::TurnStreamOpen {
+                server,
+                local,
+                config,
+            } => self.start_turn_stream(now, server, local, config),
+            Input::TurnStream(data) => self.turn_stream(now, data),
+            Input::TurnStreamClosed => self.turn_stream_closed(now),
         }
         Ok(())
     }
@@ -313,6 +339,7 @@ impl Engine {
         let droppable = matches!(
             o,
             Output::Transmit { .. }
+                | Output::TurnStream(_)
                 | Output::Agent {
                     droppable: true,
                     ..

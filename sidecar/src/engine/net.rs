@@ -29,13 +29,29 @@ pub(super) struct StunProbe {
     pub next: Instant,
 }
 
-/// The TURN client and where its traffic goes: UDP socket `sock` to `client.server()`.
+/// The TURN client and where its traffic goes.
 pub(super) struct Turn {
     pub client: TurnClient,
-    sock: usize,
+    path: TurnPath,
     config: TurnConfig,
     /// When to replace a failed client with a fresh allocation.
     pub retry_at: Option<Instant>,
+    /// The credentials carry our peer id, not known yet: the client is not started
+    /// until the token exchange names us.
+    waiting_identity: bool,
+}
+
+/// How the TURN client's messages travel.
+enum TurnPath {
+    /// As datagrams on UDP socket `sock` to `client.server()`.
+    Udp(usize),
+    /// Framed on the driver's TCP connection from `local` (`Output::TurnStream`).
+    Tcp {
+        local: SocketAddr,
+        framer: turn::framing::StreamFramer,
+        /// The connection closed: a new one was asked for.
+        closed: bool,
+    },
 }
 
 impl Engine {
@@ -54,9 +70,8 @@ impl Engine {
                 // the CreatePermission it may have queued for a new peer).
                 let ind = t.client.send_indication(now, dest, &data);
                 self.flush_turn();
-                if let (Some(t), Some(ind)) = (&self.turn, ind) {
-                    let (sock, server) = (t.sock, t.client.server());
-                    self.emit_udp(sock, server, ind);
+                if let Some(ind) = ind {
+                    self.emit_turn(ind);
                 }
                 return;
             }
@@ -76,6 +91,18 @@ impl Engine {
         self.emit(Output::Transmit { sock, dest, data });
     }
 
+    /// A message for the TURN server, on its path.
+    fn emit_turn(&mut self, msg: Vec<u8>) {
+        let Some(t) = &self.turn else { return };
+        match t.path {
+            TurnPath::Udp(sock) => {
+                let server = t.client.server();
+                self.emit_udp(sock, server, msg);
+            }
+            TurnPath::Tcp { .. } => self.emit(Output::TurnStream(msg)),
+        }
+    }
+
     /// A datagram arrived on UDP socket `sock` from `source`.
     pub(super) fn handle_udp(
         &mut self,
@@ -85,15 +112,8 @@ impl Engine {
         data: &[u8],
     ) {
         if let Some(t) = self.turn.as_mut() {
-            if sock == t.sock && source == t.client.server() {
-                let relayed = t.client.relayed();
-                let from_peer = t.client.handle_datagram(now, data);
-                self.after_turn(now);
-                // A Data indication: the peer's datagram, as received on our relayed
-                // address.
-                if let (Some((peer, payload)), Some(relayed)) = (from_peer, relayed) {
-                    self.handle_packet(now, peer, relayed, &payload);
-                }
+            if matches!(t.path, TurnPath::Udp(s) if s == sock) && source == t.client.server() {
+                self.turn_message(now, data);
                 return;
             }
         }
@@ -251,16 +271,52 @@ impl Engine {
             .position(|a| fam(a) && a.ip().is_loopback() == server.ip().is_loopback())
             .or_else(|| self.locals.iter().position(fam))
             .ok_or(EngineError::NoSocketForTurn(server))?;
-        tracing::info!(%server, local = %self.locals[sock], "TURN: allocating");
-        let client = self.new_turn_client(now, server, &config);
+        tracing::info!(%server, local = %self.locals[sock], "TURN: allocating (UDP)");
+        self.install_turn(now, server, TurnPath::Udp(sock), config);
+        Ok(())
+    }
+
+    /// Starts allocating over a TCP connection the driver opened to `server` from
+    /// `local` (a new connection replaces an earlier allocation).
+    pub(super) fn start_turn_stream(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        local: SocketAddr,
+        config: TurnConfig,
+    ) {
+        tracing::info!(%server, %local, "TURN: allocating (TCP)");
+        let path = TurnPath::Tcp {
+            local,
+            framer: turn::framing::StreamFramer::new(),
+            closed: false,
+        };
+        self.install_turn(now, server, path, config);
+    }
+
+    fn install_turn(
+        &mut self,
+        now: Instant,
+        server: SocketAddr,
+        path: TurnPath,
+        config: TurnConfig,
+    ) {
+        let waiting_identity = config.needs_identity() && self.me.is_none();
+        let reliable = matches!(path, TurnPath::Tcp { .. });
+        let client = if waiting_identity {
+            tracing::info!("TURN: waiting for our peer id (the credentials carry it)");
+            TurnClient::new(server, "", "", 0)
+        } else {
+            self.new_turn_client(now, server, &config, reliable)
+        };
         self.turn = Some(Turn {
             client,
-            sock,
+            path,
             config,
             retry_at: None,
+            waiting_identity,
         });
         self.after_turn(now);
-        Ok(())
     }
 
     fn new_turn_client(
@@ -268,31 +324,108 @@ impl Engine {
         now: Instant,
         server: SocketAddr,
         config: &TurnConfig,
+        reliable: bool,
     ) -> TurnClient {
-        let (username, password) = config.credentials();
+        let (username, password) = config.credentials(self.me.as_deref());
         let mut client = TurnClient::new(server, &username, &password, self.rng.next_u64());
+        if reliable {
+            client = client.reliable();
+        }
         client.start(now);
         client
+    }
+
+    /// The token exchange named us: a TURN client waiting for it starts.
+    pub(super) fn turn_identity(&mut self, now: Instant) {
+        let Some(t) = self.turn.as_mut() else { return };
+        if !t.waiting_identity {
+            return;
+        }
+        t.waiting_identity = false;
+        let (server, config) = (t.client.server(), t.config.clone());
+        let reliable = matches!(t.path, TurnPath::Tcp { .. });
+        let client = self.new_turn_client(now, server, &config, reliable);
+        if let Some(t) = self.turn.as_mut() {
+            t.client = client;
+        }
+        self.after_turn(now);
+    }
+
+    /// A message from the TURN server (a datagram, or one framed off the stream).
+    fn turn_message(&mut self, now: Instant, data: &[u8]) {
+        let Some(t) = self.turn.as_mut() else { return };
+        let relayed = t.client.relayed();
+        let from_peer = t.client.handle_datagram(now, data);
+        self.after_turn(now);
+        // A Data indication: the peer's datagram, as received on our relayed address.
+        if let (Some((peer, payload)), Some(relayed)) = (from_peer, relayed) {
+            self.handle_packet(now, peer, relayed, &payload);
+        }
+    }
+
+    /// Bytes from the TURN TCP connection.
+    pub(super) fn turn_stream(&mut self, now: Instant, data: &[u8]) {
+        let mut msgs = Vec::new();
+        {
+            let Some(Turn {
+                path: TurnPath::Tcp { framer, .. },
+                ..
+            }) = self.turn.as_mut()
+            else {
+                return;
+            };
+            framer.push(data);
+            loop {
+                match framer.next() {
+                    Ok(Some(m)) => msgs.push(m.to_vec()),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TURN: the TCP connection carries garbage");
+                        break;
+                    }
+                }
+            }
+        }
+        for m in msgs {
+            self.turn_message(now, &m);
+        }
+    }
+
+    /// The TURN TCP connection closed: the allocation is gone (retried later on a new
+    /// connection).
+    pub(super) fn turn_stream_closed(&mut self, now: Instant) {
+        if let Some(t) = self.turn.as_mut() {
+            if let TurnPath::Tcp { closed, .. } = &mut t.path {
+                *closed = true;
+                t.client
+                    .lost("the TCP connection to the TURN server closed");
+            }
+        }
+        self.after_turn(now);
     }
 
     /// The relay candidate, once allocated.
     pub(super) fn relay_candidate(&self) -> Option<Candidate> {
         let t = self.turn.as_ref()?;
         let relayed = t.client.relayed()?;
-        Candidate::relayed(relayed, self.locals[t.sock], "udp").ok()
+        let local = match &t.path {
+            TurnPath::Udp(sock) => self.locals[*sock],
+            TurnPath::Tcp { local, .. } => *local,
+        };
+        // The relayed address is UDP whatever carries our messages to the server.
+        Candidate::relayed(relayed, local, "udp").ok()
     }
 
-    /// Moves the TURN client's datagrams to the output.
+    /// Moves the TURN client's messages to the output.
     fn flush_turn(&mut self) {
         let Some(t) = self.turn.as_mut() else { return };
-        let (sock, server) = (t.sock, t.client.server());
         let mut out = Vec::new();
         while let Some(b) = t.client.poll_transmit() {
             out.push(b);
         }
         let next = [t.client.poll_timeout(), t.retry_at];
         for b in out {
-            self.emit_udp(sock, server, b);
+            self.emit_turn(b);
         }
         for n in next.into_iter().flatten() {
             self.wake_at(n);
@@ -327,10 +460,22 @@ impl Engine {
         if t.retry_at.is_some_and(|r| r <= now) {
             t.retry_at = None;
             let (server, config) = (t.client.server(), t.config.clone());
-            tracing::info!(%server, "TURN: allocating again");
-            let client = self.new_turn_client(now, server, &config);
-            if let Some(t) = self.turn.as_mut() {
-                t.client = client;
+            match &t.path {
+                TurnPath::Tcp { closed: true, .. } => {
+                    // A new allocation needs a new connection: the driver opens it
+                    // and says so with Input::TurnStreamOpen.
+                    tracing::info!(%server, "TURN: reconnecting (TCP)");
+                    self.emit(Output::TurnReconnect);
+                    return;
+                }
+                path => {
+                    let reliable = matches!(path, TurnPath::Tcp { .. });
+                    tracing::info!(%server, "TURN: allocating again");
+                    let client = self.new_turn_client(now, server, &config, reliable);
+                    if let Some(t) = self.turn.as_mut() {
+                        t.client = client;
+                    }
+                }
             }
         } else {
             t.client.handle_timeout(now);

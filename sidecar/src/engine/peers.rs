@@ -257,26 +257,16 @@ impl PeerTable {
 /// The USERNAME of a STUN Binding request is `<receiver's ufrag>:<sender's ufrag>`:
 /// its first half is our ufrag for the peer that sent it.
 fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
-    // Binding request: type 0x0001, magic cookie at 4..8.
+    use super::super::stun::{attr, method, Class};
     if data.len() < 20 || data[0] != 0 || data[1] != 1 {
+        return None; // not a Binding request: skip the parse
+    }
+    let m = turn::stun::parse(data).ok()?;
+    if (m.method, m.class) != (method::BINDING, Class::Request) {
         return None;
     }
-    if data[4..8] != [0x21, 0x12, 0xA4, 0x42] {
-        return None;
-    }
-    let mut pos = 20;
-    while pos + 4 <= data.len() {
-        let ty = u16::from_be_bytes([data[pos], data[pos + 1]]);
-        let len = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
-        let start = pos + 4;
-        let v = data.get(start..start + len)?;
-        if ty == super::super::stun::attr::USERNAME {
-            let s = std::str::from_utf8(v).ok()?;
-            return s.split(':').next();
-        }
-        pos = start + len.div_ceil(4) * 4;
-    }
-    None
+    let s = std::str::from_utf8(m.get(attr::USERNAME)?).ok()?;
+    s.split(':').next()
 }
 
 impl Engine {

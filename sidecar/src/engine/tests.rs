@@ -25,6 +25,8 @@ struct Side {
     /// Events for the agent, parsed.
     agent: Vec<Value>,
     registers: u32,
+    /// Its TURN TCP connection's local address, when it uses TURN over TCP.
+    tcp: Option<SocketAddr>,
 }
 
 impl Side {
@@ -36,6 +38,7 @@ impl Side {
             addr,
             agent: Vec::new(),
             registers: 0,
+            tcp: None,
         }
     }
 
@@ -127,7 +130,12 @@ impl Pair {
                 Output::Agent { line, .. } => {
                     self.s[i].agent.push(serde_json::from_slice(&line).unwrap())
                 }
-                Output::IpcResume | Output::Registered => {}
+                Output::IpcResume | Output::Registered | Output::TurnReconnect => {}
+                Output::TurnStream(data) => {
+                    let src = self.s[i].tcp.expect("TURN over TCP");
+                    let server = self.relay.as_ref().expect("a relay").server;
+                    self.udp.push_back((src, server, data));
+                }
                 Output::Timeout(t) => {
                     // The cheap deadline is never later than the exact one.
                     assert!(t <= self.s[i].e.next_deadline());
@@ -161,6 +169,14 @@ impl Pair {
                     }
                     continue;
                 }
+            }
+            // The relay's messages to a side on TCP arrive on its stream, cut in two
+            // (the engine must reassemble them).
+            if let Some(j) = self.s.iter().position(|s| s.tcp == Some(dst)) {
+                let (a, b) = data.split_at(data.len() / 2);
+                self.input(j, Input::TurnStream(a));
+                self.input(j, Input::TurnStream(b));
+                continue;
             }
             let from_relay = self.relay.as_ref().is_some_and(|r| src == r.server);
             if !self.link_up && !from_relay {
@@ -554,6 +570,10 @@ struct Relay {
     relayed_in: u32,
     relayed_out: u32,
     tid: u8,
+    /// TURN REST: the key comes from the request's USERNAME under this secret.
+    secret: Option<Vec<u8>>,
+    /// The USERNAME of the last authenticated Allocate.
+    username: Option<String>,
 }
 
 const REALM: &str = "chatixia";
@@ -570,6 +590,15 @@ impl Relay {
             relayed_in: 0,
             relayed_out: 0,
             tid: 0,
+            secret: None,
+            username: None,
+        }
+    }
+
+    fn with_secret(secret: &str) -> Relay {
+        Relay {
+            secret: Some(secret.as_bytes().to_vec()),
+            ..Relay::new("", "")
         }
     }
 
@@ -577,6 +606,12 @@ impl Relay {
         let Some(m) = Message::decode(b) else {
             return Vec::new();
         };
+        if let (Some(secret), Some(user)) = (&self.secret, m.get(attr::USERNAME)) {
+            let user = String::from_utf8_lossy(user).into_owned();
+            let password = turn::auth::rest_password(secret, &user);
+            self.key = stun::long_term_key(&user, REALM, &password);
+            self.username = Some(user);
+        }
         let reply = |class, attrs: Vec<(u16, Vec<u8>)>, key: Option<&[u8]>| {
             let mut r = Message::new(m.method, class, m.tid);
             for (t, v) in attrs {
@@ -700,4 +735,58 @@ fn turn_server_without_a_usable_socket_is_an_error() {
         e.handle_input(now, Input::TurnServer { server, config }),
         Err(EngineError::NoSocketForTurn(server))
     );
+}
+
+/// TURN over TCP (`?transport=tcp`), with credentials derived from a secret: the
+/// allocation waits for our peer id (it is in the user name), every message travels on
+/// the stream (cut at arbitrary points), and the DataChannel runs over it.
+#[test]
+fn relay_only_side_connects_through_turn_over_tcp() {
+    let mut p = Pair::new();
+    let now = p.now;
+    p.s[0] = Side::new(now, A, "10.0.0.1:1000", true, 11);
+    let tcp: SocketAddr = "10.0.0.1:5555".parse().unwrap();
+    p.s[0].tcp = Some(tcp);
+    let relay = Relay::with_secret("s3cret");
+    let server = relay.server;
+    p.relay = Some(relay);
+    let config = TurnConfig {
+        url: format!("turn:{server}?transport=tcp"),
+        username: String::new(),
+        password: String::new(),
+        secret: Some("s3cret".into()),
+    };
+    p.input(
+        0,
+        Input::TurnStreamOpen {
+            server,
+            local: tcp,
+            config,
+        },
+    );
+    // No identity yet: nothing is sent.
+    p.run_until(Duration::from_secs(1), |_| false);
+    assert_eq!(p.relay.as_ref().unwrap().allocations, 0);
+    p.signaling_up();
+    assert!(p.run_until(Duration::from_secs(5), |p| p
+        .relay
+        .as_ref()
+        .is_some_and(|r| r.allocations == 1)));
+    let user = p.relay.as_ref().unwrap().username.clone().unwrap();
+    assert!(user.ends_with(&format!(":{A}")), "{user}");
+    p.deliver();
+    p.peer_list(0);
+    p.connect();
+    let r = p.relay.as_ref().unwrap();
+    assert!(
+        r.relayed_in > 0 && r.relayed_out > 0,
+        "traffic went through the relay"
+    );
+    p.send(1, "via TCP relay");
+    p.run_until(Duration::from_secs(2), |p| !p.received(0).is_empty());
+    assert_eq!(p.received(0), vec!["via TCP relay".to_string()]);
+    // The connection closes: the relay candidate is gone, and after the retry delay the
+    // engine asks for a new connection.
+    p.input(0, Input::TurnStreamClosed);
+    assert!(p.s[0].e.turn.as_ref().unwrap().client.is_failed());
 }

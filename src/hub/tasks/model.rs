@@ -171,6 +171,10 @@ pub struct TaskAccess {
     pub created_by: Option<Holder>,
     /// The principal of the heartbeat that last claimed it.
     pub claimed_by: Option<Holder>,
+    /// The principal of the last update (`POST /api/hub/tasks/{id}`): the task's
+    /// report (`state`, `result`, `error`) is charged to it (issue 20); `None`: never
+    /// updated, the whole task is charged to its creator ([`Task::holder`]).
+    pub reported_by: Option<Holder>,
 }
 
 fn secs_f64<S: Serializer>(t: &UnixTime, s: S) -> Result<S::Ok, S::Error> {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::Principal;
 use serde_json::json;
 use wire::json::{parse_body, BodyError};
 
@@ -741,15 +742,37 @@ fn anonymous_share_of_the_task_store() {
         result: "r".repeat(share_left + 1),
         ..TaskUpdate::default()
     };
-    let r = s.try_update("t0", big.clone(), at(1)).unwrap_err();
+    let creator = Principal::anonymous("10.0.0.0").holder();
+    let r = s
+        .try_update("t0", big.clone(), &creator, at(1))
+        .unwrap_err();
     assert_eq!(r.reason(), "anonymous_share");
     assert_eq!(
         s.get("t0").unwrap().result,
         "",
         "a refused update changes nothing"
     );
-    assert!(s.try_update("g0", big, at(1)).unwrap().is_some());
-    assert!(s.try_update("nope", upd("done"), at(1)).unwrap().is_none());
+    let agent_x = Principal::credential("agent-x", "agent", "10.0.0.7").holder();
+    assert!(s
+        .try_update("g0", big.clone(), &agent_x, at(1))
+        .unwrap()
+        .is_some());
+    // An authenticated agent's report on an anonymous task is charged to the agent
+    // (issue 20, review): the full share does not refuse it.
+    let before = s.anonymous_usage();
+    let small = TaskUpdate {
+        result: "done".repeat(10),
+        ..upd("completed")
+    };
+    assert!(s
+        .try_update("t1", small, &agent_x, at(1))
+        .unwrap()
+        .is_some());
+    assert_eq!(s.anonymous_usage().1, before.1 - "pending".len());
+    assert!(s
+        .try_update("nope", upd("done"), &agent_x, at(1))
+        .unwrap()
+        .is_none());
     s.assert_consistent();
 
     // A restart: the loaded tasks are charged to the same holders.

@@ -8,28 +8,106 @@
 //! [may act for it](Principal::may_act_for): a credential for the agent (its peer id is
 //! the agent id or `<agent id>-sidecar`, or an admin's), or one that holds the binding.
 //! A principal that acts moves the binding to itself, so the agent's own key takes its
-//! id back from whoever registered it first, and an admin can move any agent. The
-//! binding lives as long as the record: `DELETE` (admin) removes both. Agents are not
-//! durable, so neither is the binding (a restart forgets both).
+//! id back from whoever registered it first, and an admin can move any agent.
+//!
+//! **Durable** (review of issue 20): agents live in memory, but the tasks targeted at
+//! them are durable, so after a restart whoever heartbeated an agent's id first took its
+//! pending tasks. A binding is therefore kept in the durable store too
+//! (`AgentBindingRecord`), written when an agent is first bound or its binding moves
+//! (a [`BindingChange`], which the handler commits before it answers 2xx, and undoes
+//! with [`AgentStore::binding_undo`] if the store refuses it); a heartbeat of the same
+//! holder writes nothing. While a change is being saved, other registers, heartbeats and
+//! deletes of that agent get [`AgentRefusal::Busy`] (the handler retries shortly). At
+//! start the stored bindings are loaded into their agent's owner shard
+//! ([`AgentStore::load_binding`]): an agent known only by its binding is checked against
+//! it like a registered one, and its record takes the binding when it comes back.
+//!
+//! **Bounded**: a binding exists only while its agent does — in memory as the record, or
+//! after a restart as a loaded binding until the agent comes back — and goes with it:
+//! `DELETE` (admin) removes both, from memory and the store ([`AgentStore::delete_begin`]).
+//! An agent that goes offline keeps its binding until an admin deletes it (as the
+//! reference keeps offline agents). A loaded binding counts as an agent against the
+//! shard's `agents_max`, so bindings never outnumber what the agent budget allows.
 //!
 //! The check comes first: a refused request changes nothing and is not charged.
 //! Memory: the binding is a client key (at most 45 bytes) or an operator-issued peer
-//! id, covered by `AGENT_OVERHEAD_BYTES`.
+//! id, covered by `AGENT_OVERHEAD_BYTES`; a loaded binding without a record is not
+//! charged bytes (its count is bounded by `agents_max`).
 
 use super::{AgentInfo, AgentRefusal, AgentStore, Heartbeat};
 use crate::limits::principal::{bound_message, Owner, Principal};
 use crate::limits::Charge;
 use crate::time::UnixTime;
 
+/// A change of an agent's binding, applied in memory and being committed to the durable
+/// store (the agent is flagged saving until [`AgentStore::binding_saved`] or
+/// [`AgentStore::binding_undo`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindingChange {
+    /// The agent.
+    pub agent_id: String,
+    /// Its binding from now on.
+    pub owner: Owner,
+    /// Its binding before (`None`: it had none).
+    pub before: Option<Owner>,
+    /// The agent's record was created by this change (undo removes it).
+    pub created: bool,
+}
+
+impl BindingChange {
+    /// A new binding (the agent had none): held to the durable store's size bound like
+    /// any new record. A binding that moves replaces one of about its size.
+    pub fn is_new(&self) -> bool {
+        self.before.is_none()
+    }
+}
+
+/// Why [`AgentStore::delete_begin`] did not start a delete.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteStart {
+    /// Removed at once (it had no binding to delete from the store).
+    Removed,
+    /// Flagged saving; commit the binding's deletion, then
+    /// [`AgentStore::delete_finish`] (or [`AgentStore::binding_saved`] if refused).
+    Deleting,
+    /// No such agent (nor binding).
+    NotFound,
+    /// A change of it is being saved; retry.
+    Busy,
+}
+
 impl AgentStore {
-    /// What agent `agent_id` is bound to, if it is held and bound.
+    /// What agent `agent_id` is bound to, if it is held and bound, or known by a
+    /// binding loaded at start.
     pub fn binding(&self, agent_id: &str) -> Option<&Owner> {
-        self.agents.get(agent_id).and_then(|r| r.bound.as_ref())
+        match self.agents.get(agent_id) {
+            Some(r) => r.bound.as_ref(),
+            None => self.loaded.get(agent_id),
+        }
+    }
+
+    /// Bindings loaded at start whose agent has not come back yet.
+    pub fn loaded_bindings(&self) -> usize {
+        self.loaded.len()
+    }
+
+    /// Loads a stored binding at start (its agent has no record yet).
+    pub fn load_binding(&mut self, agent_id: String, owner: Owner) {
+        match self.agents.get_mut(&agent_id) {
+            Some(r) => r.bound = Some(owner),
+            None => {
+                self.loaded.insert(agent_id, owner);
+            }
+        }
     }
 
     /// `Ok` when `by` may act as `agent_id` (a new agent, an unbound one, or
-    /// [`Principal::may_act_for`]); else the 403 refusal naming what is needed.
+    /// [`Principal::may_act_for`]); else the 403 refusal naming what is needed, or
+    /// [`AgentRefusal::Busy`] while a change of it is being saved.
     pub fn check_binding(&self, agent_id: &str, by: &Principal) -> Result<(), AgentRefusal> {
+        if self.saving.contains(agent_id) {
+            return Err(AgentRefusal::Busy);
+        }
         match self.binding(agent_id) {
             Some(bound) if !by.may_act_for(agent_id, bound) => {
                 Err(AgentRefusal::Bound(bound_message(agent_id, bound)))
@@ -38,28 +116,92 @@ impl AgentStore {
         }
     }
 
-    fn bind(&mut self, agent_id: &str, by: &Principal) {
-        if let Some(r) = self.agents.get_mut(agent_id) {
-            // Most heartbeats come from the binding's holder: no new allocation then.
-            if !r.bound.as_ref().is_some_and(|b| by.is_owner(b)) {
-                r.bound = Some(by.owner());
+    /// Binds `agent_id` (whose record exists now) to `by`; the change to save, if its
+    /// binding is new or moved (the agent is then flagged saving).
+    fn bind(&mut self, agent_id: &str, by: &Principal, created: bool) -> Option<BindingChange> {
+        if !self.agents.contains_key(agent_id) {
+            return None;
+        }
+        // A loaded binding moves onto the record (a record exists now).
+        let loaded = self.loaded.remove(agent_id);
+        let r = self.agents.get_mut(agent_id)?;
+        if r.bound.is_none() {
+            r.bound = loaded;
+        }
+        // Most heartbeats come from the binding's holder: no new allocation then.
+        if r.bound.as_ref().is_some_and(|b| by.is_owner(b)) {
+            return None;
+        }
+        let owner = by.owner();
+        let before = r.bound.replace(owner.clone());
+        self.saving.insert(agent_id.to_owned());
+        Some(BindingChange {
+            agent_id: agent_id.to_owned(),
+            owner,
+            before,
+            created,
+        })
+    }
+
+    /// The durable store acknowledged the agent's binding change (or its deletion was
+    /// refused): other changes of it may go on.
+    pub fn binding_saved(&mut self, agent_id: &str) {
+        self.saving.remove(agent_id);
+    }
+
+    /// The durable store refused `change`: puts the binding back as it was, and removes
+    /// the record the change created (its binding, if it had one, stays as loaded).
+    pub fn binding_undo(&mut self, change: &BindingChange) {
+        let id = change.agent_id.as_str();
+        self.saving.remove(id);
+        if change.created {
+            self.remove(id);
+            if let Some(b) = &change.before {
+                self.loaded.insert(id.to_owned(), b.clone());
             }
+        } else if let Some(r) = self.agents.get_mut(id) {
+            r.bound.clone_from(&change.before);
         }
     }
 
+    /// `DELETE /api/registry/agents/{id}`, first step: an agent without a binding is
+    /// removed at once; one with a binding is flagged saving while its binding's
+    /// deletion is committed ([`delete_finish`](Self::delete_finish) then removes it).
+    pub fn delete_begin(&mut self, agent_id: &str) -> DeleteStart {
+        if self.saving.contains(agent_id) {
+            return DeleteStart::Busy;
+        }
+        if self.binding(agent_id).is_some() {
+            self.saving.insert(agent_id.to_owned());
+            return DeleteStart::Deleting;
+        }
+        match self.remove(agent_id) {
+            Some(_) => DeleteStart::Removed,
+            None => DeleteStart::NotFound,
+        }
+    }
+
+    /// The binding's deletion is durable: removes the agent and its binding.
+    pub fn delete_finish(&mut self, agent_id: &str) {
+        self.saving.remove(agent_id);
+        self.loaded.remove(agent_id);
+        self.remove(agent_id);
+    }
+
     /// `POST /api/registry/agents` by `by`: [`check_binding`](Self::check_binding), then
-    /// [`upsert_for`](Self::upsert_for) `client`'s quota, then bound to `by`.
+    /// [`upsert_for`](Self::upsert_for) `client`'s quota, then bound to `by`. The binding
+    /// change to commit, if any.
     pub fn upsert_as(
         &mut self,
         info: AgentInfo,
         by: &Principal,
         now: UnixTime,
-    ) -> Result<(), AgentRefusal> {
+    ) -> Result<Option<BindingChange>, AgentRefusal> {
         let id = info.agent_id.clone();
         self.check_binding(&id, by)?;
+        let created = !self.agents.contains_key(&id);
         self.upsert_for(info, &Charge::of(by), now)?;
-        self.bind(&id, by);
-        Ok(())
+        Ok(self.bind(&id, by, created))
     }
 
     /// The registry half of a heartbeat by `by` (as [`upsert_as`](Self::upsert_as)).
@@ -68,11 +210,11 @@ impl AgentStore {
         hb: &Heartbeat,
         by: &Principal,
         now: UnixTime,
-    ) -> Result<(), AgentRefusal> {
+    ) -> Result<Option<BindingChange>, AgentRefusal> {
         self.check_binding(&hb.agent_id, by)?;
+        let created = !self.agents.contains_key(&hb.agent_id);
         self.heartbeat_for(hb, &Charge::of(by), now)?;
-        self.bind(&hb.agent_id, by);
-        Ok(())
+        Ok(self.bind(&hb.agent_id, by, created))
     }
 }
 
@@ -108,29 +250,45 @@ mod tests {
         }
     }
 
+    /// Registers `id` by `by`; a binding change is acknowledged at once.
+    fn up(s: &mut AgentStore, id: &str, by: &Principal) -> Result<(), AgentRefusal> {
+        if let Some(change) = s.upsert_as(info(id), by, T0)? {
+            s.binding_saved(&change.agent_id);
+        }
+        Ok(())
+    }
+
+    /// Heartbeats `id` by `by` (as [`up`]).
+    fn beat(s: &mut AgentStore, id: &str, by: &Principal) -> Result<(), AgentRefusal> {
+        if let Some(change) = s.heartbeat_as(&hb(id), by, T0)? {
+            s.binding_saved(&change.agent_id);
+        }
+        Ok(())
+    }
+
     #[test]
     fn an_address_keeps_what_it_registered() {
         let mut s = AgentStore::new(AgentStoreConfig::default());
-        s.upsert_as(info("a"), &anon("10.0.0.1"), T0).unwrap();
+        up(&mut s, "a", &anon("10.0.0.1")).unwrap();
         assert_eq!(s.binding("a"), Some(&Owner::Address("10.0.0.1".into())));
         // Another address may neither heartbeat nor re-register it; nothing changes.
         let before = s.get("a").unwrap().clone();
-        let why = refused(s.heartbeat_as(&hb("a"), &anon("10.0.0.2"), T0));
+        let why = refused(beat(&mut s, "a", &anon("10.0.0.2")));
         assert!(why.contains("address that registered it"), "{why}");
-        refused(s.upsert_as(info("a"), &anon("10.0.0.2"), T0));
+        refused(up(&mut s, "a", &anon("10.0.0.2")));
         assert_eq!(s.get("a"), Some(&before));
         // A key that is not for `a` from another address: refused too.
-        refused(s.heartbeat_as(&hb("a"), &key("b-sidecar", "10.0.0.2"), T0));
+        refused(beat(&mut s, "a", &key("b-sidecar", "10.0.0.2")));
         // The registering address may, and goes on holding it while the agent is offline.
         s.tick_health(T0.saturating_add(Duration::from_secs(10_000)));
         assert_eq!(s.get("a").unwrap().health, Health::Offline);
-        refused(s.heartbeat_as(&hb("a"), &anon("10.0.0.2"), T0));
-        s.heartbeat_as(&hb("a"), &anon("10.0.0.1"), T0).unwrap();
+        refused(beat(&mut s, "a", &anon("10.0.0.2")));
+        beat(&mut s, "a", &anon("10.0.0.1")).unwrap();
         assert_eq!(s.get("a").unwrap().info.capabilities.skills, ["x"]);
         // A new agent id is free for anyone; deleting frees a taken one.
-        s.heartbeat_as(&hb("b"), &anon("10.0.0.2"), T0).unwrap();
+        beat(&mut s, "b", &anon("10.0.0.2")).unwrap();
         s.remove("a");
-        s.upsert_as(info("a"), &anon("10.0.0.2"), T0).unwrap();
+        up(&mut s, "a", &anon("10.0.0.2")).unwrap();
         assert_eq!(s.binding("a"), Some(&Owner::Address("10.0.0.2".into())));
     }
 
@@ -139,23 +297,22 @@ mod tests {
         let mut s = AgentStore::new(AgentStoreConfig::default());
         // Registered with alpha's key (peer `alpha-sidecar`, the PyPI convention).
         let alpha = key("alpha-sidecar", "10.0.0.1");
-        s.upsert_as(info("alpha"), &alpha, T0).unwrap();
+        up(&mut s, "alpha", &alpha).unwrap();
         assert_eq!(
             s.binding("alpha"),
             Some(&Owner::Peer("alpha-sidecar".into()))
         );
         // Not even its own address without the key.
-        let why = refused(s.heartbeat_as(&hb("alpha"), &anon("10.0.0.1"), T0));
-        assert!(why.contains("peer `alpha-sidecar`"), "{why}");
+        let why = refused(beat(&mut s, "alpha", &anon("10.0.0.1")));
+        assert!(why.contains("bound to another API key or token"), "{why}");
         // The key works from anywhere.
-        s.heartbeat_as(&hb("alpha"), &key("alpha-sidecar", "10.0.0.9"), T0)
-            .unwrap();
+        beat(&mut s, "alpha", &key("alpha-sidecar", "10.0.0.9")).unwrap();
         // An admin moves it to itself; then alpha's key takes it back.
         let ops = Principal::credential("ops", "admin", "10.0.0.5");
-        s.upsert_as(info("alpha"), &ops, T0).unwrap();
+        up(&mut s, "alpha", &ops).unwrap();
         assert_eq!(s.binding("alpha"), Some(&Owner::Peer("ops".into())));
-        refused(s.heartbeat_as(&hb("alpha"), &anon("10.0.0.5"), T0));
-        s.heartbeat_as(&hb("alpha"), &alpha, T0).unwrap();
+        refused(beat(&mut s, "alpha", &anon("10.0.0.5")));
+        beat(&mut s, "alpha", &alpha).unwrap();
         assert_eq!(
             s.binding("alpha"),
             Some(&Owner::Peer("alpha-sidecar".into()))
@@ -165,16 +322,14 @@ mod tests {
     #[test]
     fn the_agents_own_key_takes_its_id_back_from_a_squatter() {
         let mut s = AgentStore::new(AgentStoreConfig::default());
-        s.heartbeat_as(&hb("alpha"), &anon("10.6.6.6"), T0).unwrap();
-        s.upsert_as(info("alpha"), &key("alpha", "10.0.0.1"), T0)
-            .unwrap();
-        refused(s.heartbeat_as(&hb("alpha"), &anon("10.6.6.6"), T0));
+        beat(&mut s, "alpha", &anon("10.6.6.6")).unwrap();
+        up(&mut s, "alpha", &key("alpha", "10.0.0.1")).unwrap();
+        refused(beat(&mut s, "alpha", &anon("10.6.6.6")));
         // An address binding moves to a credential that comes from it.
-        s.upsert_as(info("c"), &anon("10.0.0.3"), T0).unwrap();
-        s.heartbeat_as(&hb("c"), &key("shared", "10.0.0.3"), T0)
-            .unwrap();
+        up(&mut s, "c", &anon("10.0.0.3")).unwrap();
+        beat(&mut s, "c", &key("shared", "10.0.0.3")).unwrap();
         assert_eq!(s.binding("c"), Some(&Owner::Peer("shared".into())));
-        refused(s.heartbeat_as(&hb("c"), &anon("10.0.0.3"), T0));
+        refused(beat(&mut s, "c", &anon("10.0.0.3")));
     }
 
     #[test]
@@ -182,9 +337,108 @@ mod tests {
         let mut s = AgentStore::new(AgentStoreConfig::default());
         s.upsert(info("a"), T0).unwrap();
         assert_eq!(s.binding("a"), None);
-        s.heartbeat_as(&hb("a"), &anon("10.0.0.2"), T0).unwrap();
+        beat(&mut s, "a", &anon("10.0.0.2")).unwrap();
         // A plain upsert (no principal) replaces the record, not its binding.
         s.upsert(info("a"), T0).unwrap();
         assert_eq!(s.binding("a"), Some(&Owner::Address("10.0.0.2".into())));
+    }
+
+    /// Review of issue 20: what must be saved (a new or moved binding, not a heartbeat
+    /// of its holder); other changes of the agent wait while it is saved; a refused
+    /// save is undone.
+    #[test]
+    fn binding_changes_are_saved_one_at_a_time_and_undone_if_refused() {
+        let mut s = AgentStore::new(AgentStoreConfig::default());
+        let alpha = key("alpha-sidecar", "10.0.0.1");
+        let change = s.upsert_as(info("alpha"), &alpha, T0).unwrap().unwrap();
+        assert_eq!(
+            change,
+            BindingChange {
+                agent_id: "alpha".into(),
+                owner: Owner::Peer("alpha-sidecar".into()),
+                before: None,
+                created: true,
+            }
+        );
+        assert!(change.is_new());
+        // Saving: the holder itself waits, and so does a delete.
+        assert_eq!(
+            s.heartbeat_as(&hb("alpha"), &alpha, T0),
+            Err(AgentRefusal::Busy)
+        );
+        assert_eq!(s.delete_begin("alpha"), DeleteStart::Busy);
+        // Refused by the store: the agent it created is gone.
+        s.binding_undo(&change);
+        assert!(s.get("alpha").is_none() && s.binding("alpha").is_none());
+        s.assert_budget_consistent();
+        up(&mut s, "alpha", &alpha).unwrap();
+        // A heartbeat of its holder changes nothing to save.
+        assert_eq!(s.heartbeat_as(&hb("alpha"), &alpha, T0), Ok(None));
+        // An admin moves it: a moved binding (undone, it goes back).
+        let ops = Principal::credential("ops", "admin", "10.0.0.5");
+        let moved = s.upsert_as(info("alpha"), &ops, T0).unwrap().unwrap();
+        assert!(!moved.is_new() && !moved.created);
+        assert_eq!(moved.before, Some(Owner::Peer("alpha-sidecar".into())));
+        s.binding_undo(&moved);
+        assert_eq!(
+            s.binding("alpha"),
+            Some(&Owner::Peer("alpha-sidecar".into()))
+        );
+        assert!(s.get("alpha").is_some());
+        assert_eq!(s.heartbeat_as(&hb("alpha"), &alpha, T0), Ok(None));
+    }
+
+    /// Review of issue 20: after a restart an agent known only by its stored binding is
+    /// checked against it; its holder takes its record back without a save; it counts
+    /// against `agents_max`; a delete removes it.
+    #[test]
+    fn loaded_bindings_hold_an_agent_until_it_comes_back_or_is_deleted() {
+        let mut s = AgentStore::new(AgentStoreConfig { agents_max: 3 });
+        s.load_binding("alpha".into(), Owner::Peer("alpha-sidecar".into()));
+        s.load_binding("gamma".into(), Owner::Address("10.0.0.7".into()));
+        assert_eq!(s.loaded_bindings(), 2);
+        assert!(s.get("alpha").is_none());
+        // Anyone else: refused, nothing created.
+        let why = refused(beat(&mut s, "alpha", &anon("10.6.6.6")));
+        assert!(why.contains("another API key or token"), "{why}");
+        refused(beat(&mut s, "gamma", &anon("10.6.6.6")));
+        assert_eq!((s.len(), s.loaded_bindings()), (0, 2));
+        // The loaded bindings count: one new agent fits, a second does not.
+        up(&mut s, "new", &anon("10.0.0.9")).unwrap();
+        assert!(matches!(
+            up(&mut s, "new2", &anon("10.0.0.9")),
+            Err(AgentRefusal::Budget(_))
+        ));
+        // Its holder comes back: the binding moves onto the record, nothing to save
+        // (also when the store is full: it takes its own place).
+        let alpha = key("alpha-sidecar", "10.0.0.1");
+        assert_eq!(s.heartbeat_as(&hb("alpha"), &alpha, T0), Ok(None));
+        assert_eq!((s.len(), s.loaded_bindings()), (2, 1));
+        assert_eq!(
+            s.binding("alpha"),
+            Some(&Owner::Peer("alpha-sidecar".into()))
+        );
+        // A credential for gamma takes it over: a moved binding to save; undone, the
+        // loaded binding is back and the record gone.
+        let g = key("gamma-sidecar", "10.0.0.1");
+        let change = s.heartbeat_as(&hb("gamma"), &g, T0).unwrap().unwrap();
+        assert!(change.created && !change.is_new());
+        s.binding_undo(&change);
+        assert_eq!((s.len(), s.loaded_bindings()), (2, 1));
+        assert_eq!(s.binding("gamma"), Some(&Owner::Address("10.0.0.7".into())));
+        // An admin deletes gamma, known only by its binding: saved, then removed.
+        assert_eq!(s.delete_begin("gamma"), DeleteStart::Deleting);
+        assert_eq!(s.delete_begin("gamma"), DeleteStart::Busy);
+        s.delete_finish("gamma");
+        assert_eq!(s.binding("gamma"), None);
+        assert_eq!(s.delete_begin("gamma"), DeleteStart::NotFound);
+        // A refused deletion leaves the agent as it was.
+        assert_eq!(s.delete_begin("alpha"), DeleteStart::Deleting);
+        s.binding_saved("alpha");
+        assert!(s.get("alpha").is_some());
+        // An unbound record goes at once.
+        s.upsert(info("plain"), T0).unwrap();
+        assert_eq!(s.delete_begin("plain"), DeleteStart::Removed);
+        s.assert_budget_consistent();
     }
 }

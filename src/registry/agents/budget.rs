@@ -6,13 +6,16 @@
 //! [`Charge`]: the identity of a valid credential, else the source address) may
 //! create at most `client_agents_max` agents and `client_bytes_max` bytes on a shard;
 //! anonymous clients together at most `anonymous_share_percent` of the agents and bytes.
-//! A record is charged to the client that created it; later registers and heartbeats
-//! (by anyone) re-charge it to that client, refused only if its growth does not fit
-//! that client's class (the anonymous share, or the store as a whole). `DELETE` frees
-//! the charge.
+//! A record is charged to the client it is bound to (`binding.rs`): the one that
+//! created it, then whoever last registered or heartbeated it (each such request moves
+//! the binding to itself). A register or heartbeat that makes the record larger, or
+//! moves it to another client, is held to the same limits as a new record for that
+//! client (issue 20, review): its quota, the anonymous share if it is anonymous, the
+//! store's whole budget; one that adds nothing is always admitted. `DELETE` frees the
+//! charge.
 
 use super::{AgentInfo, AgentRecord, AgentStore, Heartbeat};
-use crate::limits::{Budget as LimitBudget, Charge, ClientLedger, Names, Refusal};
+use crate::limits::{Budget as LimitBudget, Charge, ClientLedger, Line, Names, Refusal};
 use crate::time::UnixTime;
 
 /// Fixed bytes charged per agent on top of its strings: the record and its B-tree slot,
@@ -54,8 +57,11 @@ pub enum AgentRefusal {
     /// store (503); answer with [`Refusal::message`] and [`AGENT_STORE_NAMES`].
     Budget(Refusal),
     /// The agent is bound to another credential or address (issue 20): 403, with the
-    /// reason (`auth::principal::bound_message`).
+    /// reason (`limits::principal::bound_message`).
     Bound(String),
+    /// A change of the agent's binding is being saved to the durable store: retry
+    /// shortly (the handler does).
+    Busy,
 }
 
 impl From<Refusal> for AgentRefusal {
@@ -100,11 +106,14 @@ pub(super) struct Budget {
     config: AgentBudgetConfig,
     /// agent id → (creating client, bytes charged), and per client.
     ledger: ClientLedger<String>,
+    /// Upserts refused because the registry held `agents_max` agents (the ledger counts
+    /// its own refusals).
+    full_refused: std::cell::Cell<u64>,
 }
 
 impl Budget {
-    fn uncharge(&mut self, id: &str) -> Option<Charge> {
-        self.ledger.uncharge(id).map(|(client, _)| client)
+    fn uncharge(&mut self, id: &str) -> Option<Line> {
+        self.ledger.uncharge(id)
     }
 
     fn charge(&mut self, id: &str, client: Charge, bytes: usize) {
@@ -122,9 +131,9 @@ impl Budget {
         }
     }
 
-    /// May `client` store `id` at `new` bytes? A new record: the client's quota, the
-    /// anonymous share, the whole store; a known one: its growth, against its
-    /// creator's class.
+    /// May `client` hold `id` at `new` bytes from now on? A new record, one that grows,
+    /// and one that moves to `client` are held to `client`'s quota, the anonymous share
+    /// (if `client` is anonymous) and the whole store ([`ClientLedger::admit`]).
     fn admit(
         &self,
         id: &str,
@@ -133,11 +142,8 @@ impl Budget {
         agents_max: usize,
     ) -> Result<(), Refusal> {
         let limits = self.limits(agents_max);
-        if self.ledger.charge_of(id).is_some() {
-            self.ledger.admit_growth(&limits, id, new)
-        } else {
-            self.ledger.admit_new(&limits, client, new)
-        }
+        self.ledger
+            .admit(&limits, id, &Line::new(client.clone(), new))
     }
 }
 
@@ -156,19 +162,30 @@ impl AgentStore {
     }
 
     /// `(agents, bytes)` that anonymous clients created here, all together.
+    /// Budget refusals so far, by `limits::Refusal::REASONS` (the store's own
+    /// "full" counted with the ledger's).
+    pub fn refusals(&self) -> [u64; 3] {
+        let mut r = self.budget.ledger.refused();
+        r[2] += self.budget.full_refused.get();
+        r
+    }
+
     pub fn anonymous_usage(&self) -> (usize, usize) {
         self.budget.ledger.anonymous()
     }
 
+    /// Charges `id` again, to `client` (whom it is bound to from now on).
     fn recharge(&mut self, id: &str, client: &Charge) {
-        let old = self.budget.uncharge(id);
+        self.budget.uncharge(id);
         if let Some(bytes) = self.agents.get(id).map(agent_bytes) {
-            let owner = old.unwrap_or_else(|| client.clone());
-            self.budget.charge(id, owner, bytes);
+            self.budget.charge(id, client.clone(), bytes);
         }
     }
 
     fn refused_full(&self) -> Refusal {
+        self.budget
+            .full_refused
+            .set(self.budget.full_refused.get() + 1);
         Refusal::Full {
             items: self.agents.len(),
             bytes: self.budget.ledger.bytes(),
@@ -288,11 +305,24 @@ mod tests {
         s.upsert_for(info("a1", "host"), &anon("10.0.0.1"), T0)
             .unwrap();
         let hb: Heartbeat = parse_body(br#"{"agent_id":"a2","skill_names":["x"]}"#).unwrap();
-        s.heartbeat_for(&hb, &anon("10.0.0.9"), T0).unwrap();
+        s.heartbeat_for(&hb, &anon("10.0.0.1"), T0).unwrap();
         s.upsert_for(info("b1", "h"), &anon("10.0.0.2"), T0)
             .unwrap();
         s.assert_budget_consistent();
         assert_eq!(s.usage(&anon("10.0.0.1")).1 .0, 2);
+        // A heartbeat by another client moves the agent's charge to it (its binding
+        // moves too, `binding.rs`): it counts as a new agent for that client.
+        s.heartbeat_for(&hb, &anon("10.0.0.2"), T0).unwrap();
+        assert_eq!(s.usage(&anon("10.0.0.1")).1 .0, 1);
+        assert_eq!(s.usage(&anon("10.0.0.2")).1 .0, 2);
+        let e = s.heartbeat_for(&hb, &anon("10.0.0.2"), T0);
+        assert!(e.is_ok(), "{e:?}");
+        let e = s
+            .upsert_for(info("a1", "h"), &anon("10.0.0.2"), T0)
+            .unwrap_err();
+        assert!(matches!(e, Refusal::ClientQuota { .. }), "{e:?}");
+        s.heartbeat_for(&hb, &anon("10.0.0.1"), T0).unwrap();
+        s.assert_budget_consistent();
         // The store's budget: 5 × (overhead + 90) bytes hold 5 small agents, not 6.
         s.upsert_for(info("c1", "h"), &anon("10.0.0.3"), T0)
             .unwrap();

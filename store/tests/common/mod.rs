@@ -77,6 +77,7 @@ pub fn task(i: u64, len: usize) -> TaskRecord {
         ttl: 300,
         created_by: None,
         claimed_by: None,
+        reported_by: None,
     }
 }
 
@@ -97,4 +98,26 @@ pub fn approval_write(s: &Secrets, i: u64, task_len: usize) -> Vec<Mutation> {
         Mutation::PutDeviceToken(grant(s, i)),
         Mutation::PutTask(task(i, task_len)),
     ]
+}
+
+/// The store's doorbell as the server makes it: the reactor's bell, which a task of the
+/// test's monoio runtime (epoll) awaits. Call on that runtime.
+pub struct TestBell(pub reactor::Bell);
+
+impl chatixia_store::Doorbell for TestBell {
+    fn ring(&self) {
+        self.0.ring();
+    }
+}
+
+pub fn test_bell() -> (TestBell, reactor::BellWaiter) {
+    let (bell, waiter) = reactor::Bell::new(reactor::IoDriver::Epoll).unwrap();
+    (TestBell(bell), waiter)
+}
+
+/// A doorbell nobody awaits: the test polls the link or the stream itself.
+pub struct Unheard;
+
+impl chatixia_store::Doorbell for Unheard {
+    fn ring(&self) {}
 }

@@ -1,5 +1,6 @@
-//! Durable state (issue 10): the services' types ↔ the store's records, and the
-//! start-up split of the loaded snapshot by owner shard.
+//! The start-up split of the loaded snapshot by owner shard (issue 10). Each service
+//! converts its own records (`hub::records`, `pairing::records`, `auth::tokens`); this is
+//! the one place that names them all.
 //!
 //! The store (`chatixia-store`) runs on its own thread; each shard holds a `ShardLink`
 //! and commits through [`commit`](crate::server::ShardCtx::commit). A handler applies a
@@ -9,185 +10,20 @@
 //!
 //! Sans-IO: plain conversions and a pure split; the shard loads its part at start.
 
-use chatixia_store::{
-    DeviceTokenRecord, HashKind, InviteRecord, JsonText, PairingRecord, PairingStatus, Secrets,
-    Snapshot, TaskHolder, TaskRecord, TokenHash,
-};
+use chatixia_store::{Secrets, Snapshot};
 use reactor::shard_of;
 
-use crate::hub::{Payload, Placement, Task, TaskAccess, TaskSubmission};
-use crate::limits::Holder;
-use crate::pairing::{Code, DeviceGrant, Entry, EntryId, Issuer, Status};
+use crate::auth::tokens::{grant_of, token_key, DeviceGrant};
+use crate::hub::records::task_of;
+use crate::hub::{Placement, Task, TaskSubmission};
+use crate::limits::principal::Owner;
+use crate::pairing::records::{entry_of, invite_of};
+use crate::pairing::{Code, Entry, Issuer, Status};
+use crate::registry::records::binding_of;
 use crate::time::UnixTime;
 
 /// Where the store lives when neither `--data-dir` nor `CHATIXIA_DATA_DIR` is given.
 pub const DEFAULT_DATA_DIR: &str = "./chatixia-data";
-
-/// The key of a device token in the `DeviceTokenIndex` (and the routing key of its owner
-/// shard): the hex of its keyed hash, so the clear token is never needed after approval.
-pub fn token_key(hash: &TokenHash) -> String {
-    crate::pairing::hex_lower(&hash.0)
-}
-
-/// The index key of a device token presented by a client.
-pub fn token_key_of(secrets: &Secrets, token: &str) -> String {
-    token_key(&secrets.token_hash(HashKind::DeviceToken, token))
-}
-
-fn status_record(s: Status) -> PairingStatus {
-    match s {
-        Status::PendingApproval => PairingStatus::PendingApproval,
-        Status::Approved => PairingStatus::Approved,
-        Status::Rejected => PairingStatus::Rejected,
-        Status::Revoked => PairingStatus::Revoked,
-    }
-}
-
-fn status_of(s: PairingStatus) -> Status {
-    match s {
-        PairingStatus::PendingApproval => Status::PendingApproval,
-        PairingStatus::Approved => Status::Approved,
-        PairingStatus::Rejected => Status::Rejected,
-        PairingStatus::Revoked => Status::Revoked,
-    }
-}
-
-/// The record of an entry: token and claim secret as keyed hashes; the device token
-/// sealed only while approved and not yet used by its device.
-pub fn entry_record(e: &Entry, secrets: &Secrets) -> PairingRecord {
-    let sealed = (e.status == Status::Approved && !e.token_claimed && !e.device_token.is_empty())
-        .then(|| secrets.seal(e.id.value(), &e.device_token));
-    PairingRecord {
-        id: e.id.value(),
-        agent_name: e.agent_name.clone(),
-        peer_id: e.peer_id.clone(),
-        status: status_record(e.status),
-        created_at_ns: e.created_at.as_nanos(),
-        updated_at_ns: e.updated_at.as_nanos(),
-        mesh: e.mesh.clone(),
-        invited_by: e.invited_by.clone(),
-        claim_hash: e.claim_hash,
-        token_hash: e.token_hash,
-        sealed_token: sealed,
-    }
-}
-
-/// The entry of a loaded record (a sealed token is opened for the claim path; one that
-/// does not open is treated as claimed).
-pub fn entry_of(r: PairingRecord, secrets: &Secrets) -> Entry {
-    let token = r
-        .sealed_token
-        .as_ref()
-        .and_then(|s| secrets.unseal(r.id, s).ok());
-    Entry {
-        id: EntryId::from_u32(r.id),
-        agent_name: r.agent_name,
-        peer_id: r.peer_id,
-        token_claimed: token.is_none(),
-        device_token: token.unwrap_or_default(),
-        status: status_of(r.status),
-        created_at: UnixTime(r.created_at_ns),
-        updated_at: UnixTime(r.updated_at_ns),
-        mesh: r.mesh,
-        invited_by: r.invited_by,
-        token_hash: r.token_hash,
-        claim_hash: r.claim_hash,
-        saving: false,
-    }
-}
-
-/// The grant record of an approved entry's token.
-pub fn token_record(hash: TokenHash, g: &DeviceGrant) -> DeviceTokenRecord {
-    DeviceTokenRecord {
-        hash,
-        peer_id: g.peer_id.clone(),
-        role: g.role.clone(),
-        mesh: g.mesh.clone(),
-        entry_id: g.entry_id.value(),
-    }
-}
-
-fn grant_of(r: DeviceTokenRecord) -> DeviceGrant {
-    DeviceGrant {
-        peer_id: r.peer_id,
-        role: r.role,
-        mesh: r.mesh,
-        entry_id: EntryId::from_u32(r.entry_id),
-    }
-}
-
-/// The record of an invite code.
-pub fn invite_record(code: Code, issuer: &Issuer, expires_at: UnixTime) -> InviteRecord {
-    InviteRecord {
-        code: code.store_key(),
-        issuer_peer_id: issuer.peer_id.clone(),
-        mesh: issuer.mesh.clone(),
-        expires_at_ns: expires_at.as_nanos(),
-    }
-}
-
-/// The record of a pending or assigned task.
-pub fn task_record(t: &Task) -> TaskRecord {
-    TaskRecord {
-        id: t.id.clone(),
-        skill: t.skill.clone(),
-        target_agent_id: t.target_agent_id.clone(),
-        source_agent_id: t.source_agent_id.clone(),
-        assigned_agent_id: t.assigned_agent_id.clone(),
-        // The record holds the JSON text itself: every digit survives a restart.
-        payload: JsonText::from_json(t.payload.get()).unwrap_or_else(|_| JsonText::null()),
-        state: t.state.clone(),
-        result: t.result.clone(),
-        error: t.error.clone(),
-        created_at_ns: t.created_at.as_nanos(),
-        updated_at_ns: t.updated_at.as_nanos(),
-        ttl: t.ttl,
-        created_by: t.access.created_by.as_ref().map(holder_record),
-        claimed_by: t.access.claimed_by.as_ref().map(holder_record),
-    }
-}
-
-fn holder_record(h: &Holder) -> TaskHolder {
-    TaskHolder {
-        peer_id: h.peer.clone(),
-        admin: h.admin,
-        address: h.address.clone(),
-    }
-}
-
-fn holder_of(r: TaskHolder) -> Holder {
-    Holder {
-        peer: r.peer_id,
-        admin: r.admin,
-        address: r.address,
-    }
-}
-
-/// The task of a loaded record.
-pub fn task_of(r: TaskRecord) -> Task {
-    let created_by = r.created_by.map(holder_of);
-    Task {
-        id: r.id,
-        skill: r.skill,
-        target_agent_id: r.target_agent_id,
-        source_agent_id: r.source_agent_id,
-        assigned_agent_id: r.assigned_agent_id,
-        // Stored canonical text (or, from an older store, a `serde_json::Value`'s, which
-        // is canonical too); it was valid JSON when loaded.
-        payload: Payload::from_json(r.payload.get()).unwrap_or_default(),
-        state: r.state,
-        result: r.result,
-        error: r.error,
-        created_at: UnixTime(r.created_at_ns),
-        updated_at: UnixTime(r.updated_at_ns),
-        ttl: r.ttl,
-        holder: crate::limits::Charge::of_holder(created_by.as_ref()),
-        access: TaskAccess {
-            created_by,
-            claimed_by: r.claimed_by.map(holder_of),
-        },
-    }
-}
 
 /// One shard's part of the loaded state.
 #[derive(Default)]
@@ -207,6 +43,8 @@ pub struct ShardBoot {
     /// Pointers for target agents owned here to tasks living elsewhere:
     /// `(agent, task id, deadline)`.
     pub pointers: Vec<(String, String, UnixTime)>,
+    /// Agent bindings with `shard_of(agent id)` here (the agent's owner).
+    pub bindings: Vec<(String, Owner)>,
 }
 
 /// Splits a loaded snapshot by owner shard for `shards` shards (any count: the owners
@@ -237,23 +75,18 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             .push((r.peer_id, UnixTime::from_secs(r.not_before_secs)));
     }
     for r in snapshot.invites {
+        let key = r.code;
         // Six-digit codes stored by an older server load as six-digit codes.
-        let Some(code) = Code::from_store_key(r.code) else {
+        let Some((code, issuer, expires_at)) = invite_of(r) else {
             tracing::error!(
-                key = r.code,
+                key,
                 "an invite code record holds no valid code; it is not loaded"
             );
             continue;
         };
-        let issuer = Issuer {
-            peer_id: r.issuer_peer_id,
-            mesh: r.mesh,
-        };
-        boots[shard_of(code.to_string(), shards)].invites.push((
-            code,
-            issuer,
-            UnixTime(r.expires_at_ns),
-        ));
+        boots[shard_of(code.to_string(), shards)]
+            .invites
+            .push((code, issuer, expires_at));
     }
     for r in snapshot.tasks {
         let t = task_of(r);
@@ -262,19 +95,29 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             Some(key) => shard_of(key, shards),
             None => home,
         };
-        if claim_home != home {
-            if !t.target_agent_id.is_empty() {
-                boots[shard_of(&t.target_agent_id, shards)].pointers.push((
+        // A targeted task is found by its agent's owner through a pointer wherever the
+        // task lives away from that owner (a skill task targeted at an agent included:
+        // `hub::api::create` leaves the same pointer).
+        if !t.target_agent_id.is_empty() {
+            let agent_home = shard_of(&t.target_agent_id, shards);
+            if agent_home != home {
+                boots[agent_home].pointers.push((
                     t.target_agent_id.clone(),
                     t.id.clone(),
                     t.deadline(),
                 ));
             }
-            if !stray.contains(&home) {
-                stray.push(home);
-            }
+        }
+        if claim_home != home && !stray.contains(&home) {
+            stray.push(home);
         }
         boots[home].tasks.push(t);
+    }
+    for r in snapshot.agent_bindings {
+        let (agent, owner) = binding_of(r);
+        boots[shard_of(&agent, shards)]
+            .bindings
+            .push((agent, owner));
     }
     stray.sort_unstable();
     (boots, stray)
@@ -299,6 +142,13 @@ fn claim_home(t: &Task) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::records::task_record;
+    use crate::hub::TaskAccess;
+    use crate::limits::Holder;
+    use crate::pairing::records::{entry_record, invite_record};
+    use crate::pairing::EntryId;
+    use crate::registry::records::binding_record;
+    use chatixia_store::TaskRecord;
 
     fn entry(id: u32, status: Status) -> Entry {
         Entry {
@@ -316,28 +166,6 @@ mod tests {
             token_claimed: false,
             saving: false,
         }
-    }
-
-    #[test]
-    fn entries_round_trip_and_seal_only_unclaimed_tokens() {
-        let secrets = Secrets::derive(b"s");
-        let mut e = entry(7, Status::Approved);
-        e.device_token = "dt_0123".into();
-        e.token_hash = Some(secrets.token_hash(HashKind::DeviceToken, "dt_0123"));
-        let r = entry_record(&e, &secrets);
-        assert!(r.sealed_token.is_some());
-        assert!(!serde_json::to_string(&r).unwrap().contains("dt_0123"));
-        assert_eq!(entry_of(r, &secrets), e);
-        e.token_claimed = true;
-        e.device_token.clear();
-        let r = entry_record(&e, &secrets);
-        assert!(r.sealed_token.is_none());
-        assert_eq!(entry_of(r, &secrets), e);
-        // Another secret cannot open the sealed token: it counts as claimed.
-        let mut e2 = entry(8, Status::Approved);
-        e2.device_token = "dt_x".into();
-        let loaded = entry_of(entry_record(&e2, &secrets), &Secrets::derive(b"other"));
-        assert!(loaded.token_claimed && loaded.device_token.is_empty());
     }
 
     /// Issue 20: a six-digit code stored by an older server (its record's `code` the
@@ -404,6 +232,11 @@ mod tests {
                     admin: false,
                     address: "10.0.0.2".into(),
                 }),
+                reported_by: Some(Holder {
+                    peer: Some("alice-sidecar".into()),
+                    admin: false,
+                    address: "10.0.0.3".into(),
+                }),
             },
         };
         let json = serde_json::to_string(&task_record(&t)).unwrap();
@@ -440,6 +273,7 @@ mod tests {
                     address: "10.0.0.1".into(),
                 }),
                 claimed_by: None,
+                reported_by: None,
             },
             holder: crate::limits::Charge::Anonymous("10.0.0.1".into()),
         };
@@ -451,6 +285,13 @@ mod tests {
         for i in 0..40 {
             snap.tasks
                 .push(task_record(&task(&format!("t{i}"), "", &format!("ag{i}"))));
+            let owner = if i % 2 == 0 {
+                Owner::Peer(format!("ag{i}-sidecar"))
+            } else {
+                Owner::Address("10.0.0.1".into())
+            };
+            snap.agent_bindings
+                .push(binding_record(&format!("ag{i}"), &owner));
         }
         for shards in [1, 3, 7] {
             let (boots, stray) = split(snap.clone(), shards, &secrets);
@@ -478,6 +319,21 @@ mod tests {
                 }
             }
             assert_eq!(tasks, 40);
+            let mut bindings = 0;
+            for (s, b) in boots.iter().enumerate() {
+                for (agent, owner) in &b.bindings {
+                    assert_eq!(shard_of(agent, shards), s);
+                    let want = snap
+                        .agent_bindings
+                        .iter()
+                        .find(|r| r.agent_id == *agent)
+                        .cloned()
+                        .map(binding_of);
+                    assert_eq!(want, Some((agent.clone(), owner.clone())));
+                    bindings += 1;
+                }
+            }
+            assert_eq!(bindings, 40);
             let authorized: usize = boots.iter().map(|b| b.authorized.len()).sum();
             assert_eq!(authorized, 1);
             if shards == 1 {

@@ -29,6 +29,8 @@
 //! would close this at the price of a second fsync per commit (measured: 0.45–0.6× the
 //! commits per second at one writer); see docs/ARCHITECTURE.md, "Durable state".
 
+pub mod export;
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -71,6 +73,10 @@ pub(crate) const INVITES: TableDefinition<u64, &[u8]> = TableDefinition::new("in
 /// still loaded, and emptied as they are redeemed or expire; nothing new goes there.
 pub(crate) const INVITES_V1: TableDefinition<u32, &[u8]> = TableDefinition::new("invite");
 pub(crate) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("task");
+/// Agent bindings by agent id (issue 20, review). A data directory written before they
+/// were kept has no such table: it loads with none, and the first commit creates it.
+pub(crate) const AGENT_BINDINGS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("agent_binding");
 
 /// Value of the meta key `format`.
 pub(crate) const FORMAT: &[u8] = b"chatixia-store 1";
@@ -85,9 +91,22 @@ pub(crate) struct StateMeta {
     pub(crate) revocation: u64,
     pub(crate) invite: u64,
     pub(crate) task: u64,
+    /// Absent in a store (and a `state.redb.seen`) written before bindings were kept.
+    #[serde(default)]
+    pub(crate) agent_binding: u64,
 }
 
 impl StateMeta {
+    /// Records of every table together.
+    fn records(&self) -> u64 {
+        self.pairing
+            + self.device_token
+            + self.revocation
+            + self.invite
+            + self.task
+            + self.agent_binding
+    }
+
     fn counts_match(&self, c: &Counts) -> Option<String> {
         let pairs = [
             ("pairing", self.pairing, c.pairings),
@@ -95,6 +114,7 @@ impl StateMeta {
             ("revocation", self.revocation, c.revocations),
             ("invite", self.invite, c.invites),
             ("task", self.task, c.tasks),
+            ("agent_binding", self.agent_binding, c.agent_bindings),
         ];
         let wrong: Vec<String> = pairs
             .iter()
@@ -383,13 +403,9 @@ impl RedbBackend {
                      was last loaded or cleanly closed ({}): the newest changes are missing; \
                      restore a backup, or delete {} to accept this state",
                     s.seq,
-                    s.pairing + s.device_token + s.revocation + s.invite + s.task,
+                    s.records(),
                     clean.seq,
-                    clean.pairing
-                        + clean.device_token
-                        + clean.revocation
-                        + clean.invite
-                        + clean.task,
+                    clean.records(),
                     SEEN_FILE,
                     self.dir.file(SEEN_FILE).display()
                 ),
@@ -472,6 +488,8 @@ impl RedbBackend {
             txn.open_table(INVITES).map_err(|e| engine_err(f, e))?;
             txn.open_table(INVITES_V1).map_err(|e| engine_err(f, e))?;
             txn.open_table(TASKS).map_err(|e| engine_err(f, e))?;
+            txn.open_table(AGENT_BINDINGS)
+                .map_err(|e| engine_err(f, e))?;
         }
         txn.commit().map_err(|e| engine_err(f, e))?;
         self.state = state;
@@ -511,6 +529,14 @@ impl RedbBackend {
         )?;
         load_table(&txn, f, INVITES, |k, r| *k == r.code, &mut s.invites, b)?;
         load_table(&txn, f, TASKS, |k, r| *k == r.id, &mut s.tasks, b)?;
+        load_table(
+            &txn,
+            f,
+            AGENT_BINDINGS,
+            |k, r| *k == r.agent_id,
+            &mut s.agent_bindings,
+            b,
+        )?;
         Ok(s)
     }
 
@@ -535,6 +561,9 @@ impl RedbBackend {
                 invites: txn.open_table(INVITES).map_err(|e| commit_err(f, e))?,
                 invites_v1: txn.open_table(INVITES_V1).map_err(|e| commit_err(f, e))?,
                 tasks: txn.open_table(TASKS).map_err(|e| commit_err(f, e))?,
+                bindings: txn
+                    .open_table(AGENT_BINDINGS)
+                    .map_err(|e| commit_err(f, e))?,
             };
             for (i, w) in writes.iter().enumerate() {
                 let encoded: Vec<Encoded<'_>> = w.iter().map(Encoded::of).collect();
@@ -558,6 +587,7 @@ impl RedbBackend {
             state.revocation = len(&|| t.revocations.len())?;
             state.invite = len(&|| Ok(t.invites.len()? + t.invites_v1.len()?))?;
             state.task = len(&|| t.tasks.len())?;
+            state.agent_binding = len(&|| t.bindings.len())?;
         }
         {
             let mut meta = txn.open_table(META).map_err(|e| commit_err(f, e))?;
@@ -571,7 +601,7 @@ impl RedbBackend {
 
     /// A consistent read snapshot of every table, for a backup or an export: taken now,
     /// written later (on another thread) while commits go on.
-    pub fn exporter(&self) -> Result<crate::backup::Exporter, StoreError> {
+    pub fn exporter(&self) -> Result<export::Exporter, StoreError> {
         let f = &self.file;
         guarded(f, || {
             let txn = self.db()?.begin_read().map_err(|e| engine_err(f, e))?;
@@ -580,19 +610,9 @@ impl RedbBackend {
                 let v = meta.get("secret_check").map_err(|e| engine_err(f, e))?;
                 v.map(|v| v.value().to_vec()).unwrap_or_default()
             };
-            Ok(crate::backup::Exporter::new(
-                txn,
-                f.clone(),
-                check,
-                self.state.seq,
-            ))
+            Ok(export::Exporter::new(txn, f.clone(), check, self.state.seq))
         })
     }
-}
-
-/// The tables, for [`crate::backup`].
-pub(crate) mod tables {
-    pub(crate) use super::{INVITES, INVITES_V1, PAIRINGS, REVOCATIONS, TASKS, TOKENS};
 }
 
 /// Reads every row of `def`, decoding each value; `check_key` verifies that the key is
@@ -654,6 +674,8 @@ impl<'a> Encoded<'a> {
             Mutation::DeleteInvite(_) => (8, None),
             Mutation::PutTask(r) => (r.id.len(), Some(records::encode(r))),
             Mutation::DeleteTask(id) => (id.len(), None),
+            Mutation::PutAgentBinding(r) => (r.agent_id.len(), Some(records::encode(r))),
+            Mutation::DeleteAgentBinding(id) => (id.len(), None),
         };
         Encoded { m, key_len, value }
     }
@@ -672,6 +694,7 @@ struct Tables<'t> {
     invites: redb::Table<'t, u64, &'static [u8]>,
     invites_v1: redb::Table<'t, u32, &'static [u8]>,
     tasks: redb::Table<'t, &'static str, &'static [u8]>,
+    bindings: redb::Table<'t, &'static str, &'static [u8]>,
 }
 
 /// Bytes of a stored value (0: none).
@@ -728,6 +751,12 @@ impl Tables<'_> {
             }
             Mutation::PutTask(r) => with_key(value_len(self.tasks.get(r.id.as_str())?)),
             Mutation::DeleteTask(id) => with_key(value_len(self.tasks.get(id.as_str())?)),
+            Mutation::PutAgentBinding(r) => {
+                with_key(value_len(self.bindings.get(r.agent_id.as_str())?))
+            }
+            Mutation::DeleteAgentBinding(id) => {
+                with_key(value_len(self.bindings.get(id.as_str())?))
+            }
         })
     }
 
@@ -754,6 +783,8 @@ impl Tables<'_> {
             }
             Mutation::PutTask(r) => self.tasks.insert(r.id.as_str(), v).map(drop),
             Mutation::DeleteTask(id) => self.tasks.remove(id.as_str()).map(drop),
+            Mutation::PutAgentBinding(r) => self.bindings.insert(r.agent_id.as_str(), v).map(drop),
+            Mutation::DeleteAgentBinding(id) => self.bindings.remove(id.as_str()).map(drop),
         }
     }
 }
@@ -850,7 +881,7 @@ impl Backend for RedbBackend {
         Ok(())
     }
 
-    fn export(&self) -> Result<Box<dyn crate::backup::Export>, StoreError> {
+    fn export(&self) -> Result<Box<dyn crate::format::Export>, StoreError> {
         Ok(Box::new(self.exporter()?))
     }
 
