@@ -13,6 +13,9 @@
 //! - `serde_json_same_route` (task create only): the route the simd-json path has to
 //!   take (payload through a `serde_json::Value`, see below) with serde_json as the
 //!   parser, to tell what the parser changes from what the route changes.
+//! - `serde_json_payload_not_canonical` (task create only): not a path the server could
+//!   take; serde_json with the payload left as a `RawValue`, to show what `Payload`'s
+//!   canonical form costs on top of parsing.
 //!
 //! Error paths are not timed: a simd-json path would keep the exact messages and status
 //! codes only by parsing again with serde_json when simd-json refuses an input.
@@ -191,6 +194,22 @@ struct SubmissionTree {
     ttl: u64,
 }
 
+/// [`TaskSubmission`] with the payload left as sent (no canonical form).
+#[derive(Deserialize)]
+#[allow(dead_code)] // Read only by the benchmark's timing.
+struct SubmissionRaw {
+    #[serde(default)]
+    skill: String,
+    #[serde(default)]
+    target_agent_id: String,
+    #[serde(default)]
+    source_agent_id: String,
+    #[serde(default)]
+    payload: Option<Box<serde_json::value::RawValue>>,
+    #[serde(default = "ttl_default")]
+    ttl: u64,
+}
+
 fn ttl_default() -> u64 {
     chatixia_core::hub::DEFAULT_TTL_SECS
 }
@@ -262,6 +281,80 @@ fn signal_simd(text: &str, scratch: Option<&mut Scratch>) -> Option<SignalMessag
     simd_body::<SignalMessage>(text.as_bytes(), scratch)
 }
 
+// ---- Where the two parsers disagree ----------------------------------------------------
+
+/// How `T` reads `input` with each parser: `None` when both agree (both refuse, or both
+/// give equal values), else a line saying what each did.
+fn disagreement<T>(input: &str) -> Option<String>
+where
+    T: DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let a = serde_json::from_str::<T>(input);
+    let b = simd_json::serde::from_slice::<T>(&mut input.as_bytes().to_vec());
+    let show = |r: Result<String, String>| r.unwrap_or_else(|e| format!("refused ({e})"));
+    match (&a, &b) {
+        (Ok(x), Ok(y)) if x == y => return None,
+        (Err(_), Err(_)) => return None,
+        _ => {}
+    }
+    let name = std::any::type_name::<T>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("?");
+    Some(format!(
+        "{name} {input}\n    serde_json: {}\n    simd-json:  {}",
+        show(a.map(|v| format!("{v:?}")).map_err(|e| e.to_string())),
+        show(b.map(|v| format!("{v:?}")).map_err(|e| e.to_string()))
+    ))
+}
+
+/// Prints the inputs on which simd-json accepts what serde_json refuses, refuses what it
+/// accepts, or reads another value (before the timings; docs/BENCHMARKS.md quotes them).
+/// Both refuse the rest (trailing characters, duplicate fields, lone surrogates, control
+/// characters, a byte-order mark, trailing commas, leading zeros), with other messages.
+fn disagreements() {
+    let heartbeat = [
+        r#"{"agent_id":"a","goals_count":-0}"#,
+        r#"{"agent_id":"a","x":123456789012345678901234567890}"#,
+        r#"{"agent_id":"a","x":1e400}"#,
+        r#"{"agent_id":"a","port":8000.0}"#,
+        r#"{"agent_id":"a","skills_count":01}"#,
+        r#"{"agent_id":"a"} x"#,
+        "\u{feff}{\"agent_id\":\"a\"}",
+    ];
+    let update = [
+        r#"{"state":"x","state":"y"}"#,
+        r#"{"state":"x","result":"\ud800"}"#,
+        "{\"state\":\"a\u{1}b\"}",
+        r#"{"state":"x",}"#,
+    ];
+    let signal = [
+        r#"{"type":"t","payload":2.2250738585072011e-308}"#,
+        r#"{"type":"t","payload":1.00000000000000011102230246251565404236316680908203125}"#,
+        r#"{"type":"t","payload":-0}"#,
+        r#"{"type":"t","payload":-9223372036854775809}"#,
+        r#"{"type":"t","payload":0.1}"#,
+    ];
+    let lines: Vec<String> = (heartbeat.iter())
+        .filter_map(|i| disagreement::<Heartbeat>(i))
+        .chain(update.iter().filter_map(|i| disagreement::<TaskUpdate>(i)))
+        .chain(
+            signal
+                .iter()
+                .filter_map(|i| disagreement::<SignalMessage>(i)),
+        )
+        .chain(disagreement::<TaskSubmission>(r#"{"payload":{"a":1}}"#))
+        .collect();
+    let total = heartbeat.len() + update.len() + signal.len() + 1;
+    eprintln!(
+        "serde_json and simd-json disagree on {} of {total} inputs:",
+        lines.len()
+    );
+    for l in lines {
+        eprintln!("  {l}");
+    }
+}
+
 // ---- The benchmark --------------------------------------------------------------------
 
 fn group<'a>(c: &'a mut Criterion, name: &str, input: &[u8]) -> BenchmarkGroup<'a, WallTime> {
@@ -296,6 +389,15 @@ where
         g.bench_function("serde_json_same_route", |b| {
             b.iter(|| serde_tree(black_box(input)).unwrap())
         });
+        // Not a path the server could take (the payload is left as sent): what parsing
+        // alone costs, without `Payload`'s canonical form.
+        let raw_only = |bytes: &[u8]| {
+            check_depth(bytes, JSON_DEPTH_MAX).ok()?;
+            serde_json::from_slice::<SubmissionRaw>(bytes).ok()
+        };
+        g.bench_function("serde_json_payload_not_canonical", |b| {
+            b.iter(|| raw_only(black_box(input)).unwrap())
+        });
     }
     g.bench_function("simd_json", |b| {
         b.iter(|| convert(simd_body::<S>(black_box(input), None).unwrap()))
@@ -307,6 +409,7 @@ where
 }
 
 fn bench(c: &mut Criterion) {
+    disagreements();
     body_case::<Heartbeat, Heartbeat>(c, "heartbeat", &heartbeat(), |h| h);
     body_case::<TaskSubmission, SubmissionTree>(
         c,
