@@ -31,11 +31,11 @@
 //! (results in docs/BENCHMARKS.md, "JSON parsing: serde_json vs simd-json").
 
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use chatixia_core::hub::{Payload, TaskSubmission, TaskUpdate};
 use chatixia_core::registry::Heartbeat;
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use criterion::{measurement::WallTime, Throughput};
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use simd_json::prelude::{ValueObjectAccess, ValueObjectAccessAsScalar, Writable};
@@ -357,11 +357,104 @@ fn disagreements() {
 
 // ---- The benchmark --------------------------------------------------------------------
 
-fn group<'a>(c: &'a mut Criterion, name: &str, input: &[u8]) -> BenchmarkGroup<'a, WallTime> {
+/// One way to the result, called once per iteration (inputs and results black-boxed).
+type Way<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+
+/// Rounds of the interleaved comparison: enough for stable quartiles, about half a
+/// second per pair.
+const INTERLEAVED_ROUNDS: usize = 300;
+
+/// How long one batch of the baseline's calls takes in the interleaved comparison: long
+/// enough to time well, short enough that load changes little within a round.
+const INTERLEAVED_BATCH: Duration = Duration::from_micros(500);
+
+/// Times every way with criterion, then compares each with the first (`serde_json`)
+/// interleaved: rounds of one batch of each, in alternating order, and the median of the
+/// per-round ratios. On a shared machine whose load moves during a run, criterion's
+/// numbers for two ways are taken seconds apart; the interleaved ratio is not.
+fn case(c: &mut Criterion, name: &str, input: &[u8], mut ways: Vec<Way<'_>>) {
+    println!("json/{name}: {} bytes", input.len());
     let mut g = c.benchmark_group(format!("json/{name}"));
     g.throughput(Throughput::Bytes(input.len() as u64));
-    eprintln!("json/{name}: {} bytes", input.len());
-    g
+    for (way, f) in ways.iter_mut() {
+        g.bench_function(*way, |b| b.iter(&mut *f));
+    }
+    g.finish();
+    if std::env::var("JSON_BENCH_INTERLEAVED").as_deref() == Ok("0") || !selected(name) {
+        return;
+    }
+    let (first, rest) = ways.split_at_mut(1);
+    let base = &mut first[0].1;
+    let start = Instant::now();
+    let mut batch = 0usize;
+    while start.elapsed() < INTERLEAVED_BATCH {
+        base();
+        batch += 1;
+    }
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..batch {
+            f();
+        }
+        t.elapsed().as_secs_f64()
+    };
+    for (way, f) in rest {
+        let mut ratios: Vec<f64> = (0..INTERLEAVED_ROUNDS)
+            .map(|round| match round % 2 {
+                0 => {
+                    let a = time(base);
+                    time(f) / a
+                }
+                _ => {
+                    let b = time(f);
+                    b / time(base)
+                }
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let q = |n: usize| ratios[n * (INTERLEAVED_ROUNDS - 1) / 4];
+        println!(
+            "interleaved json/{name}/{way} / serde_json: x{:.2} (quartiles x{:.2} to x{:.2}; \
+             {INTERLEAVED_ROUNDS} rounds of {batch} calls)",
+            q(2),
+            q(1),
+            q(3)
+        );
+    }
+}
+
+/// Whether criterion's filter (the command line's positional arguments, taken as
+/// substrings) selects the case; no filter selects all.
+fn selected(name: &str) -> bool {
+    const WITH_VALUE: [&str; 14] = [
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--profile-time",
+        "--output-format",
+        "--color",
+    ];
+    let mut filters = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if WITH_VALUE.contains(&a.as_str()) {
+            args.next();
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| format!("json/{name}/").contains(f.as_str()))
 }
 
 /// A request body: `parse_body::<T>` against simd-json into `T` (`convert` from `S`,
@@ -372,12 +465,13 @@ where
     S: DeserializeOwned,
 {
     let want = parse_body::<T>(input).expect("serde_json parses the input");
-    let mut scratch = Scratch::new();
     assert_eq!(simd_body::<S>(input, None).map(convert), Some(want));
-    let mut g = group(c, name, input);
-    g.bench_function("serde_json", |b| {
-        b.iter(|| parse_body::<T>(black_box(input)).unwrap())
-    });
+    let mut ways: Vec<Way<'_>> = vec![(
+        "serde_json",
+        Box::new(|| {
+            black_box(parse_body::<T>(black_box(input)).unwrap());
+        }),
+    )];
     if std::any::type_name::<S>() != std::any::type_name::<T>() {
         // The simd-json path's route with serde_json as the parser: what the parser
         // alone changes.
@@ -386,26 +480,38 @@ where
             serde_json::from_slice::<S>(bytes).ok().map(convert)
         };
         assert_eq!(serde_tree(input), simd_body::<S>(input, None).map(convert));
-        g.bench_function("serde_json_same_route", |b| {
-            b.iter(|| serde_tree(black_box(input)).unwrap())
-        });
+        ways.push((
+            "serde_json_same_route",
+            Box::new(move || {
+                black_box(serde_tree(black_box(input)).unwrap());
+            }),
+        ));
         // Not a path the server could take (the payload is left as sent): what parsing
         // alone costs, without `Payload`'s canonical form.
-        let raw_only = |bytes: &[u8]| {
-            check_depth(bytes, JSON_DEPTH_MAX).ok()?;
-            serde_json::from_slice::<SubmissionRaw>(bytes).ok()
-        };
-        g.bench_function("serde_json_payload_not_canonical", |b| {
-            b.iter(|| raw_only(black_box(input)).unwrap())
-        });
+        ways.push((
+            "serde_json_payload_not_canonical",
+            Box::new(|| {
+                check_depth(input, JSON_DEPTH_MAX).unwrap();
+                black_box(serde_json::from_slice::<SubmissionRaw>(black_box(input)).unwrap());
+            }),
+        ));
     }
-    g.bench_function("simd_json", |b| {
-        b.iter(|| convert(simd_body::<S>(black_box(input), None).unwrap()))
-    });
-    g.bench_function("simd_json_reused", |b| {
-        b.iter(|| convert(simd_body::<S>(black_box(input), Some(&mut scratch)).unwrap()))
-    });
-    g.finish();
+    ways.push((
+        "simd_json",
+        Box::new(|| {
+            black_box(convert(simd_body::<S>(black_box(input), None).unwrap()));
+        }),
+    ));
+    let mut scratch = Scratch::new();
+    ways.push((
+        "simd_json_reused",
+        Box::new(move || {
+            black_box(convert(
+                simd_body::<S>(black_box(input), Some(&mut scratch)).unwrap(),
+            ));
+        }),
+    ));
+    case(c, name, input, ways);
 }
 
 fn bench(c: &mut Criterion) {
@@ -427,27 +533,40 @@ fn bench(c: &mut Criterion) {
 
     // Server: a relayed offer (interpret + the relay frame).
     let offer = offer();
+    let want = relay_serde(&offer).unwrap();
+    let got = relay_simd(&offer, None).unwrap();
+    // Same frame up to the payload's key order (simd-json keeps the input's order here;
+    // nothing promises it for larger objects).
+    let a: serde_json::Value = serde_json::from_slice(&want[4..]).unwrap();
+    let b: serde_json::Value = serde_json::from_slice(&got[4..]).unwrap();
+    assert_eq!(a, b);
+    let input = &offer[..];
     let mut scratch = Scratch::new();
-    {
-        let want = relay_serde(&offer).unwrap();
-        let got = relay_simd(&offer, None).unwrap();
-        // Same frame up to the payload's key order (simd-json keeps the input's order
-        // here; nothing promises it for larger objects).
-        let a: serde_json::Value = serde_json::from_slice(&want[4..]).unwrap();
-        let b: serde_json::Value = serde_json::from_slice(&got[4..]).unwrap();
-        assert_eq!(a, b);
-        let mut g = group(c, "relay_offer_3k", &offer);
-        g.bench_function("serde_json", |b| {
-            b.iter(|| relay_serde(black_box(&offer)).unwrap())
-        });
-        g.bench_function("simd_json", |b| {
-            b.iter(|| relay_simd(black_box(&offer), None).unwrap())
-        });
-        g.bench_function("simd_json_reused", |b| {
-            b.iter(|| relay_simd(black_box(&offer), Some(&mut scratch)).unwrap())
-        });
-        g.finish();
-    }
+    case(
+        c,
+        "relay_offer_3k",
+        input,
+        vec![
+            (
+                "serde_json",
+                Box::new(|| {
+                    black_box(relay_serde(black_box(input)).unwrap());
+                }),
+            ),
+            (
+                "simd_json",
+                Box::new(|| {
+                    black_box(relay_simd(black_box(input), None).unwrap());
+                }),
+            ),
+            (
+                "simd_json_reused",
+                Box::new(|| {
+                    black_box(relay_simd(black_box(input), Some(&mut scratch)).unwrap());
+                }),
+            ),
+        ],
+    );
 
     // Client (sidecar): an offer and a peer list of 1,000 peers read with
     // `SignalMessage::parse`; the load generator counts peer lists (`count_peer_list`).
@@ -459,23 +578,37 @@ fn bench(c: &mut Criterion) {
         let text = std::str::from_utf8(input).unwrap();
         let want = SignalMessage::parse(text).unwrap();
         assert_eq!(signal_simd(text, None), Some(want));
-        let mut g = group(c, name, input);
-        g.bench_function("serde_json", |b| {
-            b.iter(|| SignalMessage::parse(black_box(text)).unwrap())
-        });
-        g.bench_function("simd_json", |b| {
-            b.iter(|| signal_simd(black_box(text), None).unwrap())
-        });
-        g.bench_function("simd_json_reused", |b| {
-            b.iter(|| signal_simd(black_box(text), Some(&mut scratch)).unwrap())
-        });
+        let mut scratch = Scratch::new();
+        let mut ways: Vec<Way<'_>> = vec![
+            (
+                "serde_json",
+                Box::new(|| {
+                    black_box(SignalMessage::parse(black_box(text)).unwrap());
+                }),
+            ),
+            (
+                "simd_json",
+                Box::new(|| {
+                    black_box(signal_simd(black_box(text), None).unwrap());
+                }),
+            ),
+            (
+                "simd_json_reused",
+                Box::new(move || {
+                    black_box(signal_simd(black_box(text), Some(&mut scratch)).unwrap());
+                }),
+            ),
+        ];
         if name == "client_peer_list_1000" {
             assert_eq!(count_peer_list(input), Some(1000));
-            g.bench_function("loadgen_count_peer_list", |b| {
-                b.iter(|| count_peer_list(black_box(input)).unwrap())
-            });
+            ways.push((
+                "loadgen_count_peer_list",
+                Box::new(|| {
+                    black_box(count_peer_list(black_box(input)).unwrap());
+                }),
+            ));
         }
-        g.finish();
+        case(c, name, input, ways);
     }
 }
 
