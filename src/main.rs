@@ -277,9 +277,17 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             trim_heap();
             last_trim = std::time::Instant::now();
         }
-        if let Some(sig) = signals::wait_termination(Duration::from_millis(200)) {
-            tracing::info!(signal = ?sig, timeout = ?shutdown_timeout, "graceful shutdown");
-            break;
+        match signals::wait_termination(Duration::from_millis(200)) {
+            Some(signals::Signal::Hangup) => {
+                // `systemctl reload`: nothing is reloaded in place yet; the config file
+                // is read at start (restart to apply it). The server keeps running.
+                tracing::info!("SIGHUP: nothing to reload (restart to apply the config file)");
+            }
+            Some(sig) => {
+                tracing::info!(signal = ?sig, timeout = ?shutdown_timeout, "graceful shutdown");
+                break;
+            }
+            None => {}
         }
         if let Some(i) = running.failed_shard() {
             return Err(Failure::Other(format!(

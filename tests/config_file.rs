@@ -548,3 +548,26 @@ fn the_example_file_is_complete_and_loads() {
         "{report}"
     );
 }
+
+#[test]
+fn sighup_keeps_the_server_running() {
+    // `systemctl reload` (the unit's ExecReload) sends SIGHUP: it must not end the server.
+    let dir = TempDir::new();
+    let cfg = config(
+        &dir.0,
+        &format!("data-dir = \"{}\"\n", dir.0.join("d").display()),
+    );
+    let server = Running::start(&dir.0, &["--config", cfg.to_str().unwrap()], &[]);
+    signal(&server.child, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("SIGHUP") {
+        assert!(
+            Instant::now() < deadline,
+            "no SIGHUP line: {}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(server.request("GET", "/healthz", &[]).status, 200);
+    assert!(server.stop().success());
+}
