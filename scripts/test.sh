@@ -23,6 +23,14 @@ if ! command -v turnserver >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y coturn || { $SUDO apt-get update && $SUDO apt-get install -y coturn; }
 fi
+# systemd-analyze (tests/packaging.rs verifies the unit), dpkg-dev and binutils
+# (scripts/build-deb.sh: dpkg-shlibdeps, strip) for the Debian package's test.
+for tool_pkg in systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev strip:binutils; do
+  if ! command -v "${tool_pkg%%:*}" >/dev/null; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y "${tool_pkg#*:}" || { $SUDO apt-get update && $SUDO apt-get install -y "${tool_pkg#*:}"; }
+  fi
+done
 # Formatting and lints are part of the suite (clippy with warnings as errors).
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -1,6 +1,10 @@
-//! Command-line configuration.
+//! Command-line configuration, and the `--config` file (`file`): every flag below is also
+//! a key of the file; precedence command line > environment > file > default.
+
+pub mod file;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -18,6 +22,16 @@ pub struct Cli {
     /// check, back up, restore or export the durable state.
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// Read settings from this TOML file: each key is a flag below without its dashes
+    /// (`cores = 4`). A flag on the command line wins over the file, and so does a
+    /// flag's environment variable. `chatixia-core config example` prints every key.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where each setting came from (filled by [`file::load`], not a flag).
+    #[arg(skip)]
+    pub sources: file::Sources,
 
     /// Number of shards, one pinned per core (default: every core this process may use).
     #[arg(long)]
@@ -168,6 +182,35 @@ pub struct Cli {
     /// every page written or loaded in memory).
     #[arg(long, default_value_t = chatixia_store::CACHE_BYTES_DEFAULT)]
     pub data_cache_bytes_max: usize,
+
+    /// The API keys file (JSON, `{"keys": {"<key>": {"peer_id": …, "role": …}}}`), read
+    /// once at start. Missing or malformed: a warning and the development key ak_dev_001,
+    /// as the reference does, unless the path came from the command line or the config
+    /// file (then the start fails). It holds secrets: keep it unreadable to other users.
+    #[arg(
+        long,
+        env = "API_KEYS_FILE",
+        default_value = "api_keys.json",
+        value_name = "FILE"
+    )]
+    pub api_keys_file: PathBuf,
+
+    /// File holding the server secret (the HS256 key of every JWT, and the key of the
+    /// data directory's sealed tokens), in place of SIGNALING_SECRET; one trailing newline
+    /// is ignored. SIGNALING_SECRET wins over this key in the config file, not over the
+    /// flag on the command line. Neither: the public development secret, with a warning.
+    #[arg(long, env = "SIGNALING_SECRET_FILE", value_name = "FILE")]
+    pub signaling_secret_file: Option<PathBuf>,
+
+    /// TURN server for `GET /api/config` (`turn:host:port?transport=udp`), with
+    /// time-limited credentials from the TURN secret (TURN_SECRET or --turn-secret-file).
+    #[arg(long, env = "TURN_URL", value_name = "URL")]
+    pub turn_url: Option<String>,
+
+    /// File holding the TURN shared secret (coturn's `use-auth-secret`), in place of
+    /// TURN_SECRET (which wins over this key in the config file, as for the server secret).
+    #[arg(long, env = "TURN_SECRET_FILE", value_name = "FILE")]
+    pub turn_secret_file: Option<PathBuf>,
 }
 
 /// Limits on stored fields, store budgets and client quotas, list pages (see
@@ -417,19 +460,21 @@ pub struct TurnFlags {
 
 impl TurnFlags {
     /// The embedded TURN server's settings, checked; `Ok(None)` when `--turn-listen` is
-    /// not given. `secret` is `TURN_SECRET`; `cores` the shard count.
+    /// not given. `secret` is the TURN REST shared secret (`TURN_SECRET` or
+    /// `--turn-secret-file`: [`Cli::turn_secret`]); `cores` the shard count.
     pub fn settings(
         &self,
-        secret: Option<&str>,
+        secret: Option<&[u8]>,
         cores: usize,
     ) -> Result<Option<TurnSettings>, String> {
         let f = self;
         if f.turn_listen.is_empty() {
             return Ok(None);
         }
-        let secret = secret
-            .filter(|s| !s.is_empty())
-            .ok_or("--turn-listen needs TURN_SECRET (the TURN REST shared secret)")?;
+        let secret = secret.filter(|s| !s.is_empty()).ok_or(
+            "--turn-listen needs the TURN REST shared secret (TURN_SECRET or \
+                 --turn-secret-file)",
+        )?;
         let relay_ip = match f.turn_public_ip {
             Some(ip) if ip.is_unspecified() => {
                 return Err("--turn-public-ip must be a concrete address".into())
@@ -481,7 +526,7 @@ impl TurnFlags {
             relay_bind,
             relay_ports,
             realm: f.turn_realm.clone(),
-            secret: secret.as_bytes().to_vec(),
+            secret: secret.to_vec(),
             nonce_key,
             lifetime_max_secs: f.turn_lifetime_max,
             allocations_per_shard_max: f.turn_allocations_per_shard_max,
@@ -509,6 +554,21 @@ pub enum Command {
     /// The durable state: verify, back up (from a running server), restore, export.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The config file (`--config FILE`): print an example, or check the settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `chatixia-core config …`.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum ConfigCommand {
+    /// Print a config file in which every key appears, commented out, with its default
+    /// and what it does (packaging/chatixia-core.toml is this output).
+    Example,
+    /// Check the settings as the server would take them (`chatixia-core --config FILE
+    /// [flags] config check`): print every key with its value and where it came from
+    /// (command line, environment, config file, default); exit 1 on a bad setting.
+    Check,
 }
 
 /// `chatixia-core store …` (issue 22). Each exits 0 on success and 2 on a problem with
@@ -568,20 +628,25 @@ fn parse_driver(s: &str) -> Result<DriverChoice, String> {
 }
 
 impl Cli {
-    /// The listen address after applying the `PORT` fallback.
+    /// The listen address after applying the `PORT` fallback: `--listen` on the command
+    /// line, else `PORT` (as 0.0.0.0:$PORT), else `listen` from the config file, else
+    /// 0.0.0.0:8080 (the environment wins over the file, as for every setting).
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        let port = std::env::var("PORT").ok();
         if let Some(a) = self.listen {
-            return Ok(a);
+            if port.is_none() || self.sources.source("listen") == file::Source::CommandLine {
+                return Ok(a);
+            }
         }
-        match std::env::var("PORT") {
-            Ok(p) => {
+        match port {
+            Some(p) => {
                 let port: u16 = p
                     .trim()
                     .parse()
                     .map_err(|_| format!("PORT={p:?} is not a port number"))?;
                 Ok(SocketAddr::from(([0, 0, 0, 0], port)))
             }
-            Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            None => Ok(SocketAddr::from(([0, 0, 0, 0], 8080))),
         }
     }
 
@@ -794,6 +859,123 @@ impl Cli {
             .cloned()
             .collect()
     }
+
+    /// The server secret: `--signaling-secret-file` from the command line, else
+    /// `SIGNALING_SECRET`, else `SIGNALING_SECRET_FILE` or the config file's
+    /// `signaling-secret-file`. `None`: none set (the public development secret).
+    pub fn server_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        secret(
+            "SIGNALING_SECRET",
+            "signaling-secret-file",
+            self.signaling_secret_file.as_deref(),
+            self.sources.source("signaling-secret-file"),
+        )
+    }
+
+    /// The TURN URL and secret, when both are set (`--turn-url` / `TURN_URL`, and
+    /// `TURN_SECRET` / `--turn-secret-file`, the secret chosen as for the server secret).
+    pub fn turn(&self) -> Result<Option<(String, Vec<u8>)>, String> {
+        let url = self.turn_url.clone().filter(|u| !u.is_empty());
+        let secret = self.turn_secret()?;
+        match (url, secret) {
+            (Some(url), Some(secret)) => Ok(Some((url, secret))),
+            (Some(_), None) => {
+                tracing::warn!(
+                    "--turn-url is set but no TURN secret (TURN_SECRET or \
+                     --turn-secret-file): GET /api/config lists no TURN server"
+                );
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The TURN REST shared secret: `TURN_SECRET`, else `--turn-secret-file` (chosen as
+    /// for the server secret); shared by `--turn-url` credentials and the embedded TURN
+    /// server (`--turn-listen`).
+    pub fn turn_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        secret(
+            "TURN_SECRET",
+            "turn-secret-file",
+            self.turn_secret_file.as_deref(),
+            self.sources.source("turn-secret-file"),
+        )
+    }
+
+    /// Every check the server makes of its settings at start, without starting it
+    /// (`chatixia-core config check`).
+    pub fn check(&self) -> Result<(), String> {
+        self.listen_addr()?;
+        self.shutdown_timeout()?;
+        self.http_idle_timeout()?;
+        self.http_client_limits()?;
+        self.ws_limits()?;
+        self.store_limits()?;
+        self.store_config()?;
+        self.task_retention()?;
+        self.pairing_retention()?;
+        self.malloc_trim_interval()?;
+        self.auth.failure_limits()?;
+        self.auth.jwt_leeway_secs()?;
+        self.server_secret()?;
+        self.turn()?;
+        Ok(())
+    }
+}
+
+/// Largest secret file read (a secret is tens of bytes; this bounds what a wrong path
+/// makes the start read).
+pub const SECRET_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+/// A secret from the variable `var` or from a file (the flag `key`), by the precedence
+/// command line > environment > config file; both variables set is refused as unclear.
+fn secret(
+    var: &str,
+    key: &str,
+    path: Option<&Path>,
+    source: file::Source,
+) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::ffi::OsStringExt;
+    let value = std::env::var_os(var).filter(|v| !v.is_empty());
+    match (path, value) {
+        (Some(p), _) if source == file::Source::CommandLine => read_secret(key, p).map(Some),
+        (Some(_), Some(_)) if source == file::Source::Environment => {
+            Err(format!("both {var} and {var}_FILE are set: set one"))
+        }
+        (_, Some(v)) => Ok(Some(v.into_vec())),
+        (Some(p), None) => read_secret(key, p).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads a secret file (control thread, before the shards start), without one trailing
+/// newline; warns when every user of the host may read it.
+fn read_secret(key: &str, path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let what = |e: &dyn std::fmt::Display| format!("cannot read --{key} {}: {e}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| what(&e))?;
+    let mut bytes = Vec::new();
+    f.take(SECRET_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| what(&e))?;
+    if bytes.len() as u64 > SECRET_FILE_BYTES_MAX {
+        return Err(what(&format!(
+            "longer than {SECRET_FILE_BYTES_MAX} bytes (SECRET_FILE_BYTES_MAX)"
+        )));
+    }
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(what(&"the file is empty"));
+    }
+    if let Some(w) = file::world_readable(path) {
+        tracing::warn!("{w}");
+    }
+    Ok(bytes)
 }
 
 fn secs(flag: &str, v: f64) -> Result<Duration, String> {
@@ -820,7 +1002,7 @@ mod tests {
         let f = flags(&["--turn-listen", "127.0.0.1:3478"]);
         let e = f.settings(None, 2).unwrap_err();
         assert!(e.contains("TURN_SECRET"), "{e}");
-        let s = f.settings(Some("s"), 2).unwrap().unwrap();
+        let s = f.settings(Some(b"s"), 2).unwrap().unwrap();
         assert_eq!(s.relay_ip, "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(s.relay_ports, (49152, 65535));
         assert_eq!(s.shard_ports(0, 2), (49152, 57343));
@@ -833,7 +1015,7 @@ mod tests {
             ]
         );
         let e = flags(&["--turn-listen", "0.0.0.0:3478"])
-            .settings(Some("s"), 1)
+            .settings(Some(b"s"), 1)
             .unwrap_err();
         assert!(e.contains("--turn-public-ip"), "{e}");
         let f = flags(&[
@@ -846,20 +1028,20 @@ mod tests {
             "--turn-allow-peer",
             "127.0.0.0/8",
         ]);
-        let s = f.settings(Some("s"), 3).unwrap().unwrap();
+        let s = f.settings(Some(b"s"), 3).unwrap().unwrap();
         assert_eq!(s.relay_bind, "0.0.0.0".parse::<IpAddr>().unwrap());
         for i in 0..3 {
             let (a, b) = s.shard_ports(i, 3);
             assert_eq!(a, b);
             assert_eq!(a, 50000 + i as u16);
         }
-        assert!(f.settings(Some("s"), 4).is_err(), "3 ports for 4 shards");
+        assert!(f.settings(Some(b"s"), 4).is_err(), "3 ports for 4 shards");
         for bad in ["1-0", "x-2", "5", "0-10"] {
             let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-relay-ports", bad]);
-            assert!(f.settings(Some("s"), 1).is_err(), "{bad}");
+            assert!(f.settings(Some(b"s"), 1).is_err(), "{bad}");
         }
         let f = flags(&["--turn-listen", "127.0.0.1:1", "--turn-allow-peer", "nope"]);
-        let e = f.settings(Some("s"), 1).unwrap_err();
+        let e = f.settings(Some(b"s"), 1).unwrap_err();
         assert!(e.contains("--turn-allow-peer"), "{e}");
     }
 }

@@ -2,11 +2,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use chatixia_core::auth::ApiKeys;
-use chatixia_core::config::{Cli, Command};
+use chatixia_core::config::file::{self, LoadError, Source};
+use chatixia_core::config::{Cli, Command, ConfigCommand};
 use chatixia_core::server::{self, ServerConfig};
 use reactor::signals;
 use reactor::{Reactor, Stopped};
@@ -21,7 +21,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match file::load(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(LoadError::Usage(e)) => e.exit(),
+        Err(LoadError::File(e)) => {
+            eprintln!("chatixia-core: {e}");
+            return ExitCode::from(1);
+        }
+    };
     // The load generator logs only warnings by default: its output is the report.
     let default_filter = if cli.command.is_some() {
         "warn"
@@ -34,9 +41,39 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    for w in &cli.sources.warnings {
+        tracing::warn!("{w}");
+    }
     match cli.command.clone() {
         Some(Command::Bench(args)) => return loadgen::main(args),
-        Some(Command::Store(cmd)) => return chatixia_core::store_cli::main(cmd),
+        Some(Command::Store(cmd)) => {
+            return match cli.server_secret() {
+                Ok(secret) => chatixia_core::store_cli::main(cmd, secret),
+                Err(e) => {
+                    eprintln!("chatixia-core: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Config(ConfigCommand::Example)) => {
+            print!("{}", file::example());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Config(ConfigCommand::Check)) => {
+            print!("{}", file::report(&cli.sources));
+            return match cli.check() {
+                Ok(()) => {
+                    if let Ok(addr) = cli.listen_addr() {
+                        println!("# listen address in effect: {addr}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("chatixia-core: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
         None => {}
     }
     match run(cli) {
@@ -142,18 +179,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
     }
     config.http_client_limits = cli.http_client_limits()?;
-    let jwt_secret = std::env::var("SIGNALING_SECRET")
-        .unwrap_or_else(|_| chatixia_core::auth::DEFAULT_SECRET.to_owned())
-        .into_bytes();
-    config.auth = cli.auth_config(load_api_keys(), jwt_secret)?;
+    let jwt_secret = cli
+        .server_secret()?
+        .unwrap_or_else(|| chatixia_core::auth::DEFAULT_SECRET.as_bytes().to_vec());
+    config.auth = cli.auth_config(load_api_keys(&cli)?, jwt_secret)?;
     config.pairing = cli.pairing_config(config.auth.secrets.clone())?;
-    let turn = match (std::env::var("TURN_URL"), std::env::var("TURN_SECRET")) {
-        (Ok(url), Ok(secret)) if !url.is_empty() && !secret.is_empty() => {
-            Some((url, secret.into_bytes()))
-        }
-        _ => None,
-    };
-    config.ice = cli.ice_config(turn);
+    config.ice = cli.ice_config(cli.turn()?);
     if config.auth.insecure_open_admin {
         tracing::warn!(
             "--insecure-open-admin: anyone who can reach the port can approve, revoke and \
@@ -198,10 +229,9 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // The embedded TURN server (issue 24): its settings, the revocations every shard
     // must know, and each shard's listening sockets (bound here: a busy port fails
     // the start).
-    config.turn_server = cli.turn.settings(
-        std::env::var("TURN_SECRET").ok().as_deref(),
-        reactor.cores(),
-    )?;
+    config.turn_server = cli
+        .turn
+        .settings(cli.turn_secret()?.as_deref(), reactor.cores())?;
     if let Some(t) = config.turn_server.as_mut() {
         t.revoked_at_start = snapshot
             .revocations
@@ -267,9 +297,17 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             trim_heap();
             last_trim = std::time::Instant::now();
         }
-        if let Some(sig) = signals::wait_termination(Duration::from_millis(200)) {
-            tracing::info!(signal = ?sig, timeout = ?shutdown_timeout, "graceful shutdown");
-            break;
+        match signals::wait_termination(Duration::from_millis(200)) {
+            Some(signals::Signal::Hangup) => {
+                // `systemctl reload`: nothing is reloaded in place yet; the config file
+                // is read at start (restart to apply it). The server keeps running.
+                tracing::info!("SIGHUP: nothing to reload (restart to apply the config file)");
+            }
+            Some(sig) => {
+                tracing::info!(signal = ?sig, timeout = ?shutdown_timeout, "graceful shutdown");
+                break;
+            }
+            None => {}
         }
         if let Some(i) = running.failed_shard() {
             return Err(Failure::Other(format!(
@@ -338,28 +376,39 @@ fn trim_heap() {
     reactor::sys::malloc_trim();
 }
 
-/// Reads `API_KEYS_FILE` (default `api_keys.json`) once, before the shards start, as the
-/// reference does: no readable file → the development key; a malformed file → a warning
-/// and the development key.
-fn load_api_keys() -> ApiKeys {
-    let path = std::env::var("API_KEYS_FILE").unwrap_or_else(|_| "api_keys.json".to_owned());
+/// Reads `--api-keys-file` (`API_KEYS_FILE`, default `api_keys.json`) once, before the
+/// shards start. From the environment or the default, as the reference does: no readable
+/// file → the development key; a malformed file → a warning and the development key.
+/// Named on the command line or in the config file, an operator asked for that file: a
+/// missing or malformed one stops the start.
+fn load_api_keys(cli: &Cli) -> Result<ApiKeys, String> {
+    let path = cli.api_keys_file.display().to_string();
+    let strict = matches!(
+        cli.sources.source("api-keys-file"),
+        Source::CommandLine | Source::File
+    );
     // Read once on the control thread before any shard starts; shards get a parsed,
     // immutable copy and never touch the file.
-    let bytes = match std::fs::read(&path) {
+    let bytes = match std::fs::read(&cli.api_keys_file) {
         Ok(b) => b,
+        Err(e) if strict => return Err(format!("cannot read --api-keys-file {path}: {e}")),
         Err(e) => {
             tracing::warn!(%path, error = %e, "no API keys file; using the development key ak_dev_001");
-            return ApiKeys::dev_default();
+            return Ok(ApiKeys::dev_default());
         }
     };
+    if let Some(w) = file::world_readable(&cli.api_keys_file) {
+        tracing::warn!("{w}");
+    }
     match ApiKeys::parse(&bytes) {
         Ok(keys) => {
             tracing::info!(%path, keys = keys.len(), "API keys loaded");
-            keys
+            Ok(keys)
         }
+        Err(e) if strict => Err(format!("--api-keys-file {path}: {e}")),
         Err(e) => {
             tracing::warn!(%path, error = %e, "malformed API keys file; using the development key ak_dev_001");
-            ApiKeys::dev_default()
+            Ok(ApiKeys::dev_default())
         }
     }
 }

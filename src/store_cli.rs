@@ -26,18 +26,16 @@ const BACKUP_READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest response head `store backup` reads before the body.
 const RESPONSE_HEAD_BYTES_MAX: usize = 64 * 1024;
 
-/// The server secret as the server reads it (`SIGNALING_SECRET`, else the public
-/// development secret, with a warning).
-fn secrets() -> (Secrets, Vec<u8>) {
-    let secret = std::env::var("SIGNALING_SECRET")
-        .unwrap_or_else(|_| {
-            eprintln!(
-                "chatixia-core: SIGNALING_SECRET is not set: using the public development \
-                 secret (as the server does)"
-            );
-            crate::auth::DEFAULT_SECRET.to_owned()
-        })
-        .into_bytes();
+/// The server secret as the server reads it (`Cli::server_secret`: SIGNALING_SECRET or
+/// --signaling-secret-file), else the public development secret, with a warning.
+fn secrets(secret: Option<&[u8]>) -> (Secrets, Vec<u8>) {
+    let secret = secret.map(<[u8]>::to_vec).unwrap_or_else(|| {
+        eprintln!(
+            "chatixia-core: SIGNALING_SECRET is not set: using the public development \
+             secret (as the server does)"
+        );
+        crate::auth::DEFAULT_SECRET.as_bytes().to_vec()
+    });
     (Secrets::derive(&secret), secret)
 }
 
@@ -61,22 +59,25 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(EXIT_STORE_PROBLEM)
 }
 
-/// Runs one `store` subcommand.
-pub fn main(cmd: StoreCommand) -> ExitCode {
+/// Runs one `store` subcommand; `secret` is the server secret (`None`: not set).
+pub fn main(cmd: StoreCommand, secret: Option<Vec<u8>>) -> ExitCode {
+    let secret = secret.as_deref();
     match cmd {
-        StoreCommand::Verify { data_dir } => verify(&data_dir),
-        StoreCommand::Backup { to, url, api_key } => backup_cmd(&to, &url, api_key.as_deref()),
+        StoreCommand::Verify { data_dir } => verify(&data_dir, secret),
+        StoreCommand::Backup { to, url, api_key } => {
+            backup_cmd(&to, &url, api_key.as_deref(), secret)
+        }
         StoreCommand::Restore {
             from,
             data_dir,
             replace,
-        } => restore(&from, &data_dir, replace),
-        StoreCommand::Export { data_dir, to } => export(&data_dir, to.as_deref()),
+        } => restore(&from, &data_dir, replace, secret),
+        StoreCommand::Export { data_dir, to } => export(&data_dir, to.as_deref(), secret),
     }
 }
 
-fn verify(data_dir: &Path) -> ExitCode {
-    let (secrets, _) = secrets();
+fn verify(data_dir: &Path, secret: Option<&[u8]>) -> ExitCode {
+    let (secrets, _) = secrets(secret);
     match backup::verify(data_dir, &secrets) {
         Ok(r) => {
             println!("{}: ok", r.file.display());
@@ -99,8 +100,8 @@ fn verify(data_dir: &Path) -> ExitCode {
     }
 }
 
-fn restore(from: &Path, data_dir: &Path, replace: bool) -> ExitCode {
-    let (secrets, _) = secrets();
+fn restore(from: &Path, data_dir: &Path, replace: bool, secret: Option<&[u8]>) -> ExitCode {
+    let (secrets, _) = secrets(secret);
     let t0 = Instant::now();
     match backup::restore(from, data_dir, &secrets, replace) {
         Ok(r) => {
@@ -127,8 +128,8 @@ fn create_new(path: &Path) -> Result<std::fs::File, String> {
         .map_err(|e| format!("cannot create {}: {e}", path.display()))
 }
 
-fn export(data_dir: &Path, to: Option<&Path>) -> ExitCode {
-    let (secrets, _) = secrets();
+fn export(data_dir: &Path, to: Option<&Path>, secret: Option<&[u8]>) -> ExitCode {
+    let (secrets, _) = secrets(secret);
     let result = match to {
         Some(path) => {
             let file = match create_new(path) {
@@ -267,9 +268,13 @@ fn small_body(head: &str, mut s: TcpStream, mut body: Vec<u8>) -> String {
 
 /// An admin JWT: from `/api/token` with an admin API key, or signed here with the server
 /// secret.
-fn admin_jwt(authority: &str, api_key: Option<&str>) -> Result<String, String> {
+fn admin_jwt(
+    authority: &str,
+    api_key: Option<&str>,
+    secret: Option<&[u8]>,
+) -> Result<String, String> {
     let Some(key) = api_key else {
-        let (_, secret) = secrets();
+        let (_, secret) = secrets(secret);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -302,9 +307,9 @@ fn partial_path(to: &Path) -> PathBuf {
     to.with_file_name(name)
 }
 
-fn backup_cmd(to: &Path, url: &str, api_key: Option<&str>) -> ExitCode {
+fn backup_cmd(to: &Path, url: &str, api_key: Option<&str>, secret: Option<&[u8]>) -> ExitCode {
     let t0 = Instant::now();
-    match backup_inner(to, url, api_key) {
+    match backup_inner(to, url, api_key, secret) {
         Ok((counts, bytes)) => {
             println!(
                 "backed up {} to {} ({bytes} bytes) in {:.1} ms",
@@ -318,12 +323,17 @@ fn backup_cmd(to: &Path, url: &str, api_key: Option<&str>) -> ExitCode {
     }
 }
 
-fn backup_inner(to: &Path, url: &str, api_key: Option<&str>) -> Result<(Counts, u64), String> {
+fn backup_inner(
+    to: &Path,
+    url: &str,
+    api_key: Option<&str>,
+    secret: Option<&[u8]>,
+) -> Result<(Counts, u64), String> {
     if to.exists() {
         return Err(format!("{} exists; choose a new file", to.display()));
     }
     let authority = http_authority(url)?;
-    let jwt = admin_jwt(&authority, api_key)?;
+    let jwt = admin_jwt(&authority, api_key, secret)?;
     let raw = format!(
         "GET {BACKUP_PATH} HTTP/1.1\r\nhost: {authority}\r\nauthorization: Bearer {jwt}\r\n\
          connection: close\r\n\r\n"
