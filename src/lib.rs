@@ -17,5 +17,6 @@ pub mod server;
 pub mod shard;
 pub mod signaling;
 pub mod store_cli;
+pub mod tls;
 
 pub use wire::{http, time, ws};

@@ -51,6 +51,8 @@ pub struct ShardMetrics {
     pub ws: WsMetrics,
     pub auth: AuthMetrics,
     pub budgets: BudgetMetrics,
+    /// TLS handshakes (issue 23); all zero without TLS.
+    pub tls: crate::tls::metrics::TlsMetrics,
 }
 
 /// What one shard's stores hold against their budgets (issue 20), and the refusals.
@@ -115,6 +117,7 @@ impl ShardMetrics {
                 addresses: 0,
             },
             budgets,
+            tls: Default::default(),
         }
     }
 }
@@ -277,6 +280,10 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         );
     }
     render_auth(&mut out, shards);
+    if shards.iter().any(|m| m.tls.generation > 0) {
+        let tls: Vec<_> = shards.iter().map(|m| (m.shard, m.tls)).collect();
+        crate::tls::metrics::render(&mut out, &tls);
+    }
     let _ = writeln!(out, "# HELP chatixia_shards Number of shards.");
     let _ = writeln!(out, "# TYPE chatixia_shards gauge");
     let _ = writeln!(out, "chatixia_shards {}", shards.len());
@@ -492,6 +499,7 @@ mod tests {
                 refused: [0, 3, 0, 0, 0, 1],
                 ..BudgetMetrics::default()
             },
+            tls: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));

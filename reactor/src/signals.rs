@@ -1,8 +1,8 @@
-//! Termination signals for the control thread.
+//! Termination and reload signals for the control thread.
 //!
-//! The control thread blocks SIGINT and SIGTERM before it starts the shards (threads
-//! inherit the mask, so no shard is interrupted), then waits for them synchronously
-//! with `sigtimedwait`. No async signal handler runs anywhere.
+//! The control thread blocks SIGINT, SIGTERM and SIGHUP before it starts the shards
+//! (threads inherit the mask, so no shard is interrupted), then waits for them
+//! synchronously with `sigtimedwait`. No async signal handler runs anywhere.
 
 use std::io;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use std::time::Duration;
 pub enum Signal {
     Interrupt,
     Terminate,
+    /// SIGHUP: reload (the TLS certificates); the process goes on.
+    Hangup,
 }
 
 fn term_set() -> libc::sigset_t {
@@ -21,11 +23,13 @@ fn term_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }
 
-/// Blocks SIGINT and SIGTERM in the calling thread (and threads it starts later).
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and threads it starts
+/// later).
 pub fn block_termination() -> io::Result<()> {
     let set = term_set();
     // SAFETY: `set` is initialised; the old mask is not needed (null).
@@ -36,7 +40,7 @@ pub fn block_termination() -> io::Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for SIGINT or SIGTERM (which must be blocked).
+/// Waits up to `timeout` for SIGINT, SIGTERM or SIGHUP (which must be blocked).
 pub fn wait_termination(timeout: Duration) -> Option<Signal> {
     let set = term_set();
     let ts = libc::timespec {
@@ -48,6 +52,7 @@ pub fn wait_termination(timeout: Duration) -> Option<Signal> {
     match sig {
         libc::SIGINT => Some(Signal::Interrupt),
         libc::SIGTERM => Some(Signal::Terminate),
+        libc::SIGHUP => Some(Signal::Hangup),
         _ => None, // EAGAIN (timeout) or EINTR
     }
 }

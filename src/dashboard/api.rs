@@ -5,8 +5,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use reactor::timer::{select2, Either};
 use serde::Serialize;
 
@@ -247,7 +245,7 @@ fn sse(out: &mut Vec<u8>, event: &str, data: &impl Serialize) {
     out.extend_from_slice(b"\n\n");
 }
 
-async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
+async fn write_timed(stream: &mut crate::tls::Transport, out: Vec<u8>) -> Option<Vec<u8>> {
     match monoio::time::timeout(EVENTS_WRITE_TIMEOUT, stream.write_all(out)).await {
         Ok((Ok(_), mut buf)) => {
             buf.clear();
@@ -259,7 +257,12 @@ async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
 
 /// `GET /api/dashboard/events?token=…`: `text/event-stream` of `hello`, `summary` and
 /// `changes` events until the client goes, is too slow, or the server shuts down.
-pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, client: IpAddr) {
+pub async fn event_stream(
+    ctx: &ShardCtx,
+    mut stream: crate::tls::Transport,
+    req: &Request,
+    client: IpAddr,
+) {
     let mut out = Vec::new();
     let auth = match crate::auth::budget::admit(ctx, client, SecretRoute::Admin).await {
         Err(resp) => Err(resp),

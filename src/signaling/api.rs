@@ -3,18 +3,15 @@
 //! of the signaling messages. The connection loop itself is in `session`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
-
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use crate::http::{Request, Response};
 use crate::server::{Msg, ShardCtx};
 use crate::signaling::ops::{Op, Reply};
 use crate::signaling::session;
 use crate::signaling::store::inc;
+use crate::tls::{Detached, Transport};
 use crate::ws::handshake;
 
 /// How long writing a refusal (an HTTP error on the upgrade path) may take.
@@ -25,7 +22,8 @@ const RELEASE_RETRIES_MAX: usize = 100_000;
 
 /// A connection handed to its owner shard.
 pub struct Adopt {
-    pub fd: OwnedFd,
+    /// The connection (its socket, and its TLS state if any).
+    pub conn: Detached,
     /// Bytes the client sent after the upgrade request.
     pub leftover: Vec<u8>,
     pub peer_id: String,
@@ -44,7 +42,7 @@ pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<Adopt>) {
 /// Writes an HTTP error response and closes with a lingering close: the client may
 /// still be sending (frames pipelined after its upgrade request), and closing with its
 /// bytes unread would turn the refusal into a reset it never reads.
-async fn refuse(stream: TcpStream, status: u16, reason: &str) {
+async fn refuse(stream: Transport, status: u16, reason: &str) {
     let mut resp = Response::error(status, reason);
     if status == 405 {
         resp = resp.with_header("allow", "GET");
@@ -56,7 +54,7 @@ async fn refuse(stream: TcpStream, status: u16, reason: &str) {
 }
 
 /// Writes `resp` and closes (lingering), as [`refuse`].
-async fn send_refusal(mut stream: TcpStream, resp: Response) {
+async fn send_refusal(mut stream: Transport, resp: Response) {
     let mut out = Vec::new();
     resp.encode(false, false, &mut out);
     // Bounded: a refused client that does not read must not hold the task and its fd.
@@ -70,7 +68,7 @@ async fn send_refusal(mut stream: TcpStream, resp: Response) {
 /// `echo`: the `/ws-echo` test endpoint (no token; its connection id is its address).
 pub async fn upgrade(
     ctx: &Rc<ShardCtx>,
-    stream: TcpStream,
+    stream: Transport,
     req: &Request,
     leftover: Vec<u8>,
     peer: SocketAddr,
@@ -132,7 +130,7 @@ pub async fn upgrade(
         Err(_) => return refuse(stream, 503, "server overloaded (mailbox full)").await,
     }
     let adopt = Adopt {
-        fd: reactor::net::detach(stream),
+        conn: stream.detach(),
         leftover,
         peer_id,
         client_ip: ip,
@@ -147,7 +145,7 @@ pub async fn upgrade(
     }
     if let Err(Msg::Adopt(a)) = ctx.shard.try_tell(owner, Msg::Adopt(Box::new(adopt))) {
         release_ip(ctx, a.client_ip).await;
-        if let Ok(s) = reactor::net::attach(a.fd) {
+        if let Ok(s) = Transport::attach(a.conn) {
             refuse(s, 503, "server overloaded (mailbox full)").await;
         }
     }
@@ -179,14 +177,14 @@ pub(super) async fn release_ip(ctx: &ShardCtx, ip: IpAddr) {
 /// The owner's side: admit, answer 101, run.
 pub(super) async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
     let Adopt {
-        fd,
+        conn,
         leftover,
         peer_id,
         client_ip,
         upgrade,
         echo,
     } = a;
-    let Ok(stream) = reactor::net::attach(fd) else {
+    let Ok(stream) = Transport::attach(conn) else {
         release_ip(&ctx, client_ip).await;
         return;
     };

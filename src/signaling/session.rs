@@ -10,8 +10,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use reactor::recv_ring::RecvRing;
 use std::os::fd::AsRawFd;
 
@@ -19,6 +17,7 @@ use crate::server::{Msg, ShardCtx};
 use crate::signaling::api::release_ip;
 use crate::signaling::ops::{Op, Relay, Reply};
 use crate::signaling::store::{inc, take_output, ConnTable, PeerSlot};
+use crate::tls::Transport;
 use crate::ws::codec::{self, close_code, Decoder, WsEvent};
 use crate::ws::signaling::{self, Action};
 
@@ -30,7 +29,7 @@ const RELAY_RETRIES_MAX: usize = 64;
 /// connection costs, so everything that is not waiting-while-idle is boxed.
 pub(super) async fn serve_peer(
     ctx: Rc<ShardCtx>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     key: usize,
     switching: Vec<u8>,
     leftover: Vec<u8>,
@@ -94,7 +93,7 @@ enum Wake {
 
 async fn run_peer(
     ctx: &Rc<ShardCtx>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     key: usize,
     leftover: Vec<u8>,
     echo: bool,
@@ -156,7 +155,9 @@ async fn run_peer(
                     // still go out (it may be reading), as on the one-shot path.
                     (Ok(0), _) => None,
                     (Err(_), _) => return,
-                    (Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
+                    (Ok(n), mut buf) => {
+                        open_decode(ctx, key, &mut decoder, &mut stream, &mut buf, n)
+                    }
                 },
                 _ => Some(Decoded::default()),
             };
@@ -194,15 +195,17 @@ async fn run_peer(
             // A half-close: flushed and closed, as on the one-shot path.
             Wake::Received(Ok(0), _) => None,
             Wake::Received(Err(_), _) => return,
-            Wake::Received(Ok(n), buf) => decode(ctx, key, &mut decoder, &buf[..n]),
+            Wake::Received(Ok(n), mut buf) => {
+                open_decode(ctx, key, &mut decoder, &mut stream, &mut buf, n)
+            }
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
                 let buf = ctx.ws.take_buf();
-                let fut = Box::pin(stream.read(buf));
-                let (res, buf) = fut.await;
+                let fut = Box::pin(stream.read_raw(buf));
+                let (res, mut buf) = fut.await;
                 let events = match res {
                     Ok(0) | Err(_) => None,
-                    Ok(n) => decode(ctx, key, &mut decoder, &buf[..n]),
+                    Ok(n) => open_decode(ctx, key, &mut decoder, &mut stream, &mut buf, n),
                 };
                 // The buffer goes back to the pool at once: a connection holds one only
                 // while its bytes are decoded.
@@ -219,9 +222,9 @@ async fn run_peer(
 /// nothing else can interrupt a write in progress. The sweep (which runs until the
 /// shard has drained, shutdown included) bounds the write instead of a timer per write
 /// (one fewer timer per relayed frame). False when the connection is done.
-async fn write_bounded<B: monoio::buf::IoBuf>(
+async fn write_bounded<B: monoio::buf::IoBuf + AsRef<[u8]>>(
     ctx: &ShardCtx,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     key: usize,
     bytes: B,
 ) -> bool {
@@ -256,7 +259,7 @@ async fn write_bounded<B: monoio::buf::IoBuf>(
 /// Writes what is still queued (replies to messages that came before the client's
 /// close, in the same read: an echo, a pong), then the close frame, and closes. The
 /// queue is bounded (`outbound_bytes_max`); a close for a full queue emptied it.
-async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize) {
+async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut Transport, key: usize) {
     let mut out = Vec::new();
     loop {
         let (batch, _) = take_output(&ctx.ws, key);
@@ -276,6 +279,22 @@ async fn flush_and_close(ctx: &Rc<ShardCtx>, stream: &mut TcpStream, key: usize)
 /// Decoded input: the complete messages and control frames, then the protocol
 /// violation that ended decoding, if any.
 type Decoded = (Vec<WsEvent>, Option<codec::WsError>);
+
+/// Decodes `buf[..n]`, bytes just received from the socket (TLS: decrypted first, see
+/// `Transport::open`), into events; `None` when the connection is gone.
+fn open_decode(
+    ctx: &ShardCtx,
+    key: usize,
+    decoder: &mut Decoder,
+    stream: &mut Transport,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Option<Decoded> {
+    match stream.open(buf, n) {
+        Ok(m) => decode(ctx, key, decoder, &buf[..m]),
+        Err(_) => None,
+    }
+}
 
 /// Decodes received bytes into events; `None` when the connection is gone.
 fn decode(ctx: &ShardCtx, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Decoded> {
