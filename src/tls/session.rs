@@ -382,3 +382,299 @@ fn encode_sized(
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+        PKCS_ECDSA_P256_SHA256, PKCS_RSA_SHA256,
+    };
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::io::{Read, Write};
+
+    /// A throwaway CA, a server certificate for `localhost` it signed, the server's
+    /// configuration and a client configuration trusting the CA.
+    pub(crate) struct Pki {
+        pub server: Arc<rustls::ServerConfig>,
+        pub roots: rustls::RootCertStore,
+    }
+
+    pub(crate) fn pki(rsa: bool) -> Pki {
+        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "chatixia test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let alg = if rsa {
+            &PKCS_RSA_SHA256
+        } else {
+            &PKCS_ECDSA_P256_SHA256
+        };
+        let key = KeyPair::generate_for(alg).unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = super::super::config::provider()
+            .key_provider
+            .load_private_key(der)
+            .unwrap();
+        let certified =
+            rustls::sign::CertifiedKey::new(vec![cert.der().clone(), ca.der().clone()], signer);
+        certified.keys_match().unwrap();
+        let server = super::super::config::server_config(Arc::new(certified)).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        Pki { server, roots }
+    }
+
+    fn client_config(
+        pki: &Pki,
+        version: &'static rustls::SupportedProtocolVersion,
+        alpn: &[&[u8]],
+    ) -> Arc<rustls::ClientConfig> {
+        let mut c =
+            rustls::ClientConfig::builder_with_provider(Arc::new(super::super::config::provider()))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(pki.roots.clone())
+                .with_no_client_auth();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+
+    fn client(
+        pki: &Pki,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> rustls::ClientConnection {
+        let cfg = client_config(pki, version, &[b"http/1.1"]);
+        rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap()
+    }
+
+    /// Moves the client's TLS bytes to the server in pieces of `chunk` bytes; returns
+    /// what the server decrypted and the server's last result.
+    fn to_server(
+        c: &mut rustls::ClientConnection,
+        s: &mut TlsSession,
+        chunk: usize,
+    ) -> (Vec<u8>, Result<Progress, TlsError>) {
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        let mut plain = Vec::new();
+        let mut last = Ok(s.progress());
+        for piece in wire.chunks_mut(chunk.max(1)) {
+            last = s.receive(piece, &mut |p| plain.extend_from_slice(p));
+            if last.is_err() {
+                break;
+            }
+        }
+        (plain, last)
+    }
+
+    /// Moves the server's outgoing bytes to the client; returns what it decrypted.
+    fn to_client(s: &mut TlsSession, extra: &[u8], c: &mut rustls::ClientConnection) -> Vec<u8> {
+        let mut wire = s.take_outgoing();
+        wire.extend_from_slice(extra);
+        let mut rd = &wire[..];
+        let mut plain = Vec::new();
+        while !rd.is_empty() {
+            c.read_tls(&mut rd).unwrap();
+            c.process_new_packets().unwrap();
+            let _ = c.reader().read_to_end(&mut plain);
+        }
+        plain
+    }
+
+    fn handshake(c: &mut rustls::ClientConnection, s: &mut TlsSession, chunk: usize) {
+        for _ in 0..4 {
+            let (_, r) = to_server(c, s, chunk);
+            r.unwrap();
+            to_client(s, &[], c);
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return;
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    #[test]
+    fn handshakes_and_carries_data_both_ways() {
+        for rsa in [false, true] {
+            let pki = pki(rsa);
+            for v in [&rustls::version::TLS13, &rustls::version::TLS12] {
+                let mut s = TlsSession::new(pki.server.clone()).unwrap();
+                let mut c = client(&pki, v);
+                handshake(&mut c, &mut s, usize::MAX);
+                assert_eq!(c.alpn_protocol(), Some(&b"http/1.1"[..]));
+                assert_eq!(c.protocol_version(), Some(v.version));
+                c.writer().write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+                let (plain, r) = to_server(&mut c, &mut s, usize::MAX);
+                assert_eq!(r.unwrap(), Progress::Open);
+                assert_eq!(plain, b"GET / HTTP/1.1\r\n\r\n");
+                let mut out = Vec::new();
+                s.send(b"HTTP/1.1 200 OK\r\n\r\n", &mut out).unwrap();
+                assert_eq!(to_client(&mut s, &out, &mut c), b"HTTP/1.1 200 OK\r\n\r\n");
+                assert_eq!(s.pending_len(), 0, "no buffer kept between records");
+            }
+        }
+    }
+
+    #[test]
+    fn bytes_split_anywhere_keep_only_the_incomplete_record() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let mut c = client(&pki, &rustls::version::TLS13);
+        handshake(&mut c, &mut s, 1);
+        let msg: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        c.writer().write_all(&msg).unwrap();
+        for chunk in [1, 7, 1000, 4096] {
+            if chunk > 1 {
+                c.writer().write_all(&msg).unwrap();
+            }
+            let (plain, r) = to_server(&mut c, &mut s, chunk);
+            r.unwrap();
+            assert_eq!(plain, msg, "chunk {chunk}");
+            assert_eq!(s.pending_len(), 0);
+        }
+    }
+
+    #[test]
+    fn large_writes_span_records() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let mut c = client(&pki, &rustls::version::TLS13);
+        handshake(&mut c, &mut s, usize::MAX);
+        let msg: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let mut out = Vec::new();
+        s.send(&msg, &mut out).unwrap();
+        assert_eq!(to_client(&mut s, &out, &mut c), msg);
+    }
+
+    #[test]
+    fn garbage_fails_with_an_alert() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        // An application-data record before any handshake.
+        let mut junk = b"\x17\x03\x03\x00\x05hello".to_vec();
+        let r = s.receive(&mut junk, &mut |_| panic!("no plaintext"));
+        assert!(matches!(r, Err(TlsError::Protocol(_))), "{r:?}");
+        let alert = s.take_outgoing();
+        assert_eq!(
+            alert.first(),
+            Some(&0x15),
+            "a plaintext alert record: {alert:?}"
+        );
+        // A record header no TLS peer sends.
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let mut junk = vec![0xff; 64];
+        assert!(s.receive(&mut junk, &mut |_| {}).is_err());
+        // Failed stays failed.
+        assert!(s.receive(&mut [0x16, 3, 1], &mut |_| {}).is_err());
+        let mut out = Vec::new();
+        assert!(s.send(b"x", &mut out).is_err());
+    }
+
+    #[test]
+    fn a_tampered_record_fails_with_an_encrypted_alert() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let mut c = client(&pki, &rustls::version::TLS13);
+        handshake(&mut c, &mut s, usize::MAX);
+        c.writer().write_all(b"hello").unwrap();
+        let mut wire = Vec::new();
+        c.write_tls(&mut wire).unwrap();
+        let last = wire.len() - 1;
+        wire[last] ^= 1;
+        let r = s.receive(&mut wire, &mut |_| panic!("no plaintext"));
+        assert!(
+            matches!(r, Err(TlsError::Protocol(rustls::Error::DecryptError))),
+            "{r:?}"
+        );
+        let alert = s.take_outgoing();
+        assert!(!alert.is_empty());
+        let mut rd = &alert[..];
+        c.read_tls(&mut rd).unwrap();
+        let e = c.process_new_packets().unwrap_err();
+        assert!(e.to_string().contains("BadRecordMac"), "{e}");
+    }
+
+    #[test]
+    fn an_endless_handshake_message_is_bounded() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        // A ClientHello header announcing 65,535 bytes, then records of it that never
+        // complete it.
+        let mut first = vec![0x16, 3, 1, 0x40, 0x00, 1, 0x00, 0xff, 0xff];
+        first.resize(5 + 0x4000, 0);
+        let mut r = s.receive(&mut first, &mut |_| {});
+        for _ in 0..8 {
+            if r.is_err() {
+                break;
+            }
+            let mut rec = vec![0x16, 3, 1, 0x40, 0x00];
+            rec.resize(5 + 0x4000, 0);
+            r = s.receive(&mut rec, &mut |_| {});
+            assert!(s.pending_len() <= INCOMING_BYTES_MAX);
+        }
+        assert!(r.is_err(), "{r:?}");
+    }
+
+    #[test]
+    fn close_notify_both_ways() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let mut c = client(&pki, &rustls::version::TLS13);
+        handshake(&mut c, &mut s, usize::MAX);
+        c.send_close_notify();
+        let (plain, r) = to_server(&mut c, &mut s, usize::MAX);
+        assert!(plain.is_empty());
+        assert_eq!(r.unwrap(), Progress::PeerClosed);
+        let mut out = Vec::new();
+        s.close_notify(&mut out);
+        assert!(!out.is_empty());
+        let mut rd = &out[..];
+        c.read_tls(&mut rd).unwrap();
+        let st = c.process_new_packets().unwrap();
+        assert!(st.peer_has_closed());
+    }
+
+    #[test]
+    fn a_key_update_is_answered() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let mut c = client(&pki, &rustls::version::TLS13);
+        handshake(&mut c, &mut s, usize::MAX);
+        c.refresh_traffic_keys().unwrap();
+        c.writer().write_all(b"after").unwrap();
+        let (plain, r) = to_server(&mut c, &mut s, usize::MAX);
+        r.unwrap();
+        assert_eq!(plain, b"after");
+        // Our own key update goes out before the next data.
+        let mut out = Vec::new();
+        s.send(b"reply", &mut out).unwrap();
+        assert_eq!(to_client(&mut s, &out, &mut c), b"reply");
+    }
+
+    #[test]
+    fn alpn_without_http1_is_refused() {
+        let pki = pki(false);
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let cfg = client_config(&pki, &rustls::version::TLS13, &[b"h2"]);
+        let mut c =
+            rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        let (_, r) = to_server(&mut c, &mut s, usize::MAX);
+        assert!(r.is_err(), "{r:?}");
+        assert!(s.has_outgoing(), "a no_application_protocol alert");
+        // No ALPN at all is served.
+        let mut s = TlsSession::new(pki.server.clone()).unwrap();
+        let cfg = client_config(&pki, &rustls::version::TLS13, &[]);
+        let mut c =
+            rustls::ClientConnection::new(cfg, ServerName::try_from("localhost").unwrap()).unwrap();
+        handshake(&mut c, &mut s, usize::MAX);
+    }
+}
