@@ -216,7 +216,11 @@ impl Server {
             assert!(Instant::now() < deadline, "server did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        loop {
+        // A TLS-only server (--tls-cert without --tls-listen) answers plain HTTP with a
+        // 400: its tests reach it over TLS (`common::tls`), once its port file is written.
+        let tls_only = server.opts.args.iter().any(|a| a == "--tls-cert")
+            && !server.opts.args.iter().any(|a| a == "--tls-listen");
+        while !tls_only {
             if let Ok(mut c) = server.try_connect() {
                 if let Ok(r) = c.try_request("GET", "/healthz", &[], None) {
                     if r.status == 200 {
@@ -440,7 +444,11 @@ pub fn refusing_port() -> (socket2::Socket, u16) {
 
 /// Reads one response with the shared reader (`wire::http::client::ResponseParser`),
 /// reading from `s` as needed; bytes past it stay in the parser.
-fn read_with(s: &mut TcpStream, parser: &mut ResponseParser, head: bool) -> std::io::Result<Resp> {
+pub fn read_with(
+    s: &mut impl Read,
+    parser: &mut ResponseParser,
+    head: bool,
+) -> std::io::Result<Resp> {
     loop {
         let polled = if head {
             parser.poll_head()
@@ -502,6 +510,7 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
 pub mod bench;
 pub mod python;
 pub mod sidecar;
+pub mod tls;
 pub mod ws;
 
 /// A pending pairing entry, made as a device would (invite code from an API key).
