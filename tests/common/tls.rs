@@ -48,6 +48,9 @@ pub struct CertFiles {
     pub key: PathBuf,
     /// The server certificate (DER), to tell which one a server presents.
     pub leaf: Vec<u8>,
+    /// Base64 of the SHA-256 of the key's SubjectPublicKeyInfo (what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes).
+    pub spki_sha256: String,
 }
 
 /// A root CA and an intermediate it signed; server certificates come from the
@@ -112,6 +115,12 @@ impl Pki {
             cert: self.dir.0.join(format!("{name}.crt")),
             key: self.dir.0.join(format!("{name}.key")),
             leaf: cert.der().to_vec(),
+            spki_sha256: {
+                use rcgen::PublicKeyData;
+                use sha2::Digest;
+                let spki = key.subject_public_key_info();
+                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&spki))
+            },
         };
         let chain = pem("CERTIFICATE", cert.der()) + &pem("CERTIFICATE", self.inter.der());
         std::fs::write(&files.cert, chain).unwrap();
