@@ -31,6 +31,11 @@ for tool_pkg in systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev strip:binutils; 
     $SUDO apt-get install -y "${tool_pkg#*:}" || { $SUDO apt-get update && $SUDO apt-get install -y "${tool_pkg#*:}"; }
   fi
 done
+# testssl.sh for the TLS port's scan (tests/tls_testssl.rs); curl for the TLS tests.
+if ! command -v testssl >/dev/null || ! command -v curl >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y testssl.sh curl || { $SUDO apt-get update && $SUDO apt-get install -y testssl.sh curl; }
+fi
 # Formatting and lints are part of the suite (clippy with warnings as errors).
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true

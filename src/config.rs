@@ -98,6 +98,32 @@ pub struct Cli {
     #[arg(long)]
     pub port_file: Option<std::path::PathBuf>,
 
+    /// TLS: PEM file of the certificate chain (the server's certificate first, then its
+    /// intermediates). With --tls-key, the --listen listener serves HTTPS and WSS only,
+    /// unless --tls-listen adds a TLS listener beside it.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// TLS: PEM file of the certificate's private key (RSA or ECDSA; PKCS#8, PKCS#1 or
+    /// SEC1). A key that does not match the certificate stops the start.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// TLS: address of a TLS listener beside the plain --listen one (e.g. plain on
+    /// 127.0.0.1:8080 for health checks, TLS on 0.0.0.0:443).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// TLS: write the bound TLS listen address (`ip:port`) to this file once listening
+    /// (the --tls-listen one, or the --listen one when it is TLS).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_port_file: Option<std::path::PathBuf>,
+
+    /// TLS: seconds between checks of --tls-cert and --tls-key for a change; changed
+    /// files are loaded for new connections (as on SIGHUP). 0: only on SIGHUP.
+    #[arg(long, default_value_t = 1.0)]
+    pub tls_reload_interval: f64,
+
     /// Testing only: enables `POST /debug/clock` to move the server's clock forward.
     /// Exists only in a build with the `test-switches` feature.
     #[cfg(feature = "test-switches")]
@@ -814,6 +840,21 @@ impl Cli {
             require_agent_auth: self.require_agent_auth,
             stray_task_shards: Vec::new(),
         }
+    }
+
+    /// The TLS settings; `None` without --tls-cert and --tls-key.
+    pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(crate::tls::TlsSettings {
+            files: crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            listen: self.tls_listen,
+            reload_interval: secs("--tls-reload-interval", self.tls_reload_interval)?,
+        }))
     }
 
     pub fn malloc_trim_interval(&self) -> Result<Duration, String> {

@@ -16,6 +16,7 @@ pub mod server;
 pub mod shard;
 pub mod signaling;
 pub mod store_cli;
+pub mod tls;
 pub mod turn;
 
 pub use wire::{http, time, ws};

@@ -158,6 +158,13 @@ impl StoreWatch {
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let addr = cli.listen_addr()?;
     let shutdown_timeout = cli.shutdown_timeout()?;
+    let tls = cli.tls_settings()?;
+    // TLS: the certificate and key are read and checked first (an unreadable, invalid or
+    // mismatched file stops the start, naming it).
+    let tls_config = match &tls {
+        Some(t) => Some(chatixia_core::tls::config::load(&t.files)?),
+        None => None,
+    };
     let mut config = ServerConfig::new(cli.http_idle_timeout()?);
     config.task_retention = cli.task_retention()?;
     let store_config = cli.store_config()?;
@@ -226,6 +233,18 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         builder = builder.cores(n);
     }
     let reactor = builder.build().map_err(|e| e.to_string())?;
+    let (mut reloader, shard_tls) = match (&tls, tls_config) {
+        (Some(t), Some(c)) => {
+            let (r, parts) = chatixia_core::tls::reload::start(
+                t.files.clone(),
+                c,
+                reactor.cores(),
+                t.reload_interval,
+            );
+            (Some(r), parts.into_iter().map(Some).collect())
+        }
+        _ => (None, (0..reactor.cores()).map(|_| None).collect::<Vec<_>>()),
+    };
     // The embedded TURN server (issue 24): its settings, the revocations every shard
     // must know, and each shard's listening sockets (bound here: a busy port fails
     // the start).
@@ -253,6 +272,23 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let config = Arc::new(config);
     let (bound, listeners) =
         reactor::listener::bind_reuseport(addr, reactor.cores()).map_err(|e| e.to_string())?;
+    // The TLS listener beside the plain one (SO_REUSEPORT per shard, as the plain one).
+    let (tls_bound, tls_listeners) = match tls.as_ref().and_then(|t| t.listen) {
+        Some(a) => {
+            let (b, ls) = reactor::listener::bind_reuseport(a, reactor.cores())
+                .map_err(|e| format!("--tls-listen: {e}"))?;
+            (Some(b), ls.into_iter().map(Some).collect())
+        }
+        None => (
+            tls.as_ref().map(|_| bound),
+            (0..reactor.cores()).map(|_| None).collect::<Vec<_>>(),
+        ),
+    };
+    let shard_tls: Vec<Option<server::ShardTlsListen>> = shard_tls
+        .into_iter()
+        .zip(tls_listeners)
+        .map(|(t, listener)| t.map(|tls| server::ShardTlsListen { tls, listener }))
+        .collect();
 
     // Block SIGINT/SIGTERM before any shard starts: threads inherit the mask, and this
     // thread takes the signals synchronously.
@@ -265,22 +301,29 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .into_iter()
                 .zip(boots)
                 .zip(turn_sockets)
-                .map(|((l, b), t)| (l, b, t))
+                .zip(shard_tls)
+                .map(|(((l, b), t), s)| (l, b, t, s))
                 .collect(),
-            move |shard, (listener, boot, turn)| {
-                server::run_shard(shard, listener, config.clone(), boot, turn)
+            move |shard, (listener, boot, turn, tls)| {
+                server::run_shard(shard, listener, config.clone(), boot, turn, tls)
             },
         )
         .map_err(|e| e.to_string())?;
-    tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening");
+    match tls_bound {
+        Some(tls) if tls == bound => {
+            tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening (TLS)")
+        }
+        Some(tls) => {
+            tracing::info!(%bound, %tls, cores, driver = %driver, "chatixia-core listening (plain and TLS)")
+        }
+        None => tracing::info!(%bound, cores, driver = %driver, "chatixia-core listening"),
+    }
     log_pairing_odds(&pair_guard, cores);
     if let Some(path) = &cli.port_file {
-        // Written atomically (rename) so a reader never sees a partial address. This is
-        // the control thread after the shards started, not a shard: blocking is fine.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bound.to_string())
-            .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|e| format!("cannot write --port-file {}: {e}", path.display()))?;
+        write_port_file("--port-file", path, bound)?;
+    }
+    if let (Some(path), Some(tls)) = (&cli.tls_port_file, tls_bound) {
+        write_port_file("--tls-port-file", path, tls)?;
     }
 
     let trim_interval = cli.malloc_trim_interval()?;
@@ -297,12 +340,14 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             trim_heap();
             last_trim = std::time::Instant::now();
         }
+        if let Some(r) = reloader.as_mut() {
+            r.tick();
+        }
         match signals::wait_termination(Duration::from_millis(200)) {
-            Some(signals::Signal::Hangup) => {
-                // `systemctl reload`: nothing is reloaded in place yet; the config file
-                // is read at start (restart to apply it). The server keeps running.
-                tracing::info!("SIGHUP: nothing to reload (restart to apply the config file)");
-            }
+            Some(signals::Signal::Hangup) => match reloader.as_mut() {
+                Some(r) => r.reload("SIGHUP"),
+                None => tracing::info!("SIGHUP: nothing to reload (no TLS certificate)"),
+            },
             Some(sig) => {
                 tracing::info!(signal = ?sig, timeout = ?shutdown_timeout, "graceful shutdown");
                 break;
@@ -327,6 +372,19 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     // Commits what is queued and releases the data directory's lock.
     store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `addr` to `path` atomically (rename), so a reader never sees a partial address.
+/// This is the control thread after the shards started, not a shard: blocking is fine.
+fn write_port_file(
+    flag: &str,
+    path: &std::path::Path,
+    addr: std::net::SocketAddr,
+) -> Result<(), Failure> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addr.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Failure::Other(format!("cannot write {flag} {}: {e}", path.display())))
 }
 
 /// Opens the data directory (lock, recovery, integrity check, secret check) and loads

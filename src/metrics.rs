@@ -45,6 +45,8 @@ pub struct ShardMetrics {
     pub turn: TurnMetrics,
     pub auth: AuthMetrics,
     pub budgets: BudgetMetrics,
+    /// TLS handshakes (issue 23); all zero without TLS.
+    pub tls: crate::tls::metrics::TlsMetrics,
 }
 
 /// What one shard's stores hold against their budgets (issue 20), and the refusals.
@@ -107,6 +109,7 @@ impl ShardMetrics {
             auth: AuthMetrics::default(),
             budgets,
             turn: Default::default(),
+            tls: Default::default(),
         }
     }
 }
@@ -269,6 +272,10 @@ pub fn render(shards: &[ShardMetrics]) -> String {
         );
     }
     render_auth(&mut out, shards);
+    if shards.iter().any(|m| m.tls.generation > 0) {
+        let tls: Vec<_> = shards.iter().map(|m| (m.shard, m.tls)).collect();
+        crate::tls::metrics::render(&mut out, &tls);
+    }
     let _ = writeln!(out, "# HELP chatixia_shards Number of shards.");
     let _ = writeln!(out, "# TYPE chatixia_shards gauge");
     let _ = writeln!(out, "chatixia_shards {}", shards.len());
@@ -642,6 +649,7 @@ mod tests {
                 ..BudgetMetrics::default()
             },
             turn: Default::default(),
+            tls: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));

@@ -3,7 +3,8 @@
 //! The script signs in, reads agents, tasks and a pending pairing, approves and revokes
 //! it from the page, and watches a new agent appear; this side checks the server's
 //! view at each step (approval through the API, the device's WebSocket closed with
-//! 4001) and registers the new agent.
+//! 4001) and registers the new agent. Then the same over HTTPS (issue 23): the page on a
+//! TLS listener beside the plain one, the browser trusting the test certificate's key.
 
 mod common;
 
@@ -28,16 +29,36 @@ fn agent(srv: &Server, id: &str, skills: &[&str]) {
 
 #[test]
 fn dashboard_in_chromium() {
+    dashboard(false);
+}
+
+#[test]
+fn dashboard_in_chromium_over_https() {
+    dashboard(true);
+}
+
+fn dashboard(https: bool) {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).is_file(),
         "{chromium} is missing: scripts/test.sh installs Debian's chromium (apt-get install -y chromium)"
     );
     let python = venv_bin().join("python");
-    let srv = Server::start(SHARDS);
+    let pki = common::tls::Pki::new();
+    let cert = pki.issue("dashboard", common::tls::KeyKind::Ecdsa);
+    let tls_srv = https.then(|| common::tls::start(common::Opts::cores(SHARDS), &cert, true));
+    let plain_srv = (!https).then(|| Server::start(SHARDS));
+    let (srv, base): (&Server, String) = match (&tls_srv, &plain_srv) {
+        (Some(t), _) => (
+            &t.server,
+            format!("https://localhost:{}", t.tls_addr.port()),
+        ),
+        (None, Some(s)) => (s, format!("http://{}", s.addr)),
+        (None, None) => unreachable!(),
+    };
 
-    agent(&srv, "agent-alpha", &["translate"]);
-    agent(&srv, "agent-beta", &["search"]);
+    agent(srv, "agent-alpha", &["translate"]);
+    agent(srv, "agent-beta", &["search"]);
     for skill in ["translate", "search"] {
         let r = srv.post_json(
             "/api/hub/tasks",
@@ -72,10 +93,11 @@ fn dashboard_in_chromium() {
     // The device's own path to its token once approved (lists never carry it).
     let claim_secret = r.json()["claim_secret"].as_str().unwrap().to_string();
 
-    let admin_jwt = common::ws::jwt_from_key(&srv, "ak_test_admin");
+    let admin_jwt = common::ws::jwt_from_key(srv, "ak_test_admin");
     let mut child = bounded(&python)
         .arg(repo_root().join("tests/dashboard/browser_test.py"))
-        .env("BASE", format!("http://{}", srv.addr))
+        .env("BASE", &base)
+        .env("SPKI", if https { cert.spki_sha256.as_str() } else { "" })
         .env("ADMIN_KEY", "ak_test_admin")
         .env("AGENT_KEY", "ak_test_agent")
         .env("ENTRY_ID", &entry)
@@ -143,7 +165,7 @@ fn dashboard_in_chromium() {
                 );
                 assert_eq!(r.status, 200, "{}", r.text());
                 let jwt = r.json()["token"].as_str().unwrap().to_string();
-                let (ws, _) = join(&srv, &device_peer, &jwt);
+                let (ws, _) = join(srv, &device_peer, &jwt);
                 device_ws = Some(ws);
             }
             "revoked" => {
@@ -156,7 +178,7 @@ fn dashboard_in_chromium() {
                     "revoking from the page closes the device: {reason}"
                 );
             }
-            "watching" => agent(&srv, "agent-gamma", &["ocr"]),
+            "watching" => agent(srv, "agent-gamma", &["ocr"]),
             other => panic!("unknown step {other}"),
         }
         steps.push(step.to_string());

@@ -6,6 +6,7 @@
 //! HdrHistogram, merged here. A progress line on stderr shows live counters.
 
 pub mod compare;
+pub mod handshakes;
 pub mod http;
 pub mod keys;
 pub mod msg;
@@ -61,6 +62,9 @@ pub enum Scenario {
     WsRelay(ws_relay::Args),
     /// Connect/register/disconnect churn.
     Storm(storm::Args),
+    /// Full TLS handshakes (one request each) against an https:// URL; with
+    /// --server-pid, the server's CPU per handshake.
+    TlsHandshakes(handshakes::Args),
     /// Two builds side by side: every scenario, alternating for N rounds; a table of
     /// medians and ratios, and report.json + report.html in --out.
     Compare(compare::Args),
@@ -76,9 +80,13 @@ pub enum Scenario {
 /// Options every networked scenario takes.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Common {
-    /// The server's base URL.
+    /// The server's base URL (`http://` or `https://`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// For an `https://` URL: PEM file of the CA to trust (the load generator trusts
+    /// nothing else).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
     /// The api_keys.json the server loads (written by `bench keys`).
     #[arg(long, default_value = "api_keys.json")]
     pub keys: PathBuf,
@@ -111,6 +119,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
         Scenario::WsIdle(a) => (a.common.json, ws_idle::run(a)),
         Scenario::WsRelay(a) => (a.common.json, ws_relay::run(a)),
         Scenario::Storm(a) => (a.common.json, storm::run(a)),
+        Scenario::TlsHandshakes(a) => (a.common.json, handshakes::run(a)),
         Scenario::Compare(a) => {
             let argv: Vec<String> = std::env::args().collect();
             let json_out = a.json;
@@ -215,7 +224,7 @@ pub struct Setup {
 /// target answers and accepts the first key, so an unreachable or refusing target
 /// gives one clear message instead of thousands of failures.
 pub fn setup(common: &Common) -> Result<Setup, String> {
-    let target = Target::parse(&common.url)?;
+    let target = Target::parse(&common.url, common.ca_file.as_deref())?;
     let peers = keys::load(&common.keys)?;
     if common.cores == 0 {
         return Err("--cores must be at least 1".into());
@@ -234,22 +243,37 @@ pub fn setup(common: &Common) -> Result<Setup, String> {
     })
 }
 
-fn cpu_now() -> Duration {
+pub(crate) fn cpu_now() -> Duration {
     reactor::sys::cpu_time()
         .map(|(u, s)| u + s)
         .unwrap_or_default()
 }
 
 fn preflight(url: &str, target: &Target, peer: &keys::Peer) -> Result<(), String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&target.addr, Duration::from_secs(3))
-        .map_err(|e| {
+    let s = std::net::TcpStream::connect_timeout(&target.addr, Duration::from_secs(3)).map_err(
+        |e| {
             format!(
                 "cannot reach {url} ({}): {e}; is the server running?",
                 target.addr
             )
-        })?;
+        },
+    )?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    // Over TLS for an https target (blocking rustls over the same socket).
+    let mut tls_stream;
+    let mut plain_stream;
+    let s: &mut dyn ReadWrite = match &target.tls {
+        Some(t) => {
+            let conn = rustls::ClientConnection::new(t.config.clone(), t.name.clone())
+                .map_err(|e| format!("{url}: {e}"))?;
+            tls_stream = rustls::StreamOwned::new(conn, s);
+            &mut tls_stream
+        }
+        None => {
+            plain_stream = s;
+            &mut plain_stream
+        }
+    };
     let mut req = Vec::new();
     wire::http::client::write_request(
         "POST",
@@ -288,6 +312,10 @@ fn preflight(url: &str, target: &Target, peer: &keys::Peer) -> Result<(), String
         s => Err(format!("{url} answered POST /api/token with {s}")),
     }
 }
+
+/// A blocking byte stream (plain or TLS) for the preflight request.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// Live counters a scenario shares with the progress line.
 #[derive(Default)]

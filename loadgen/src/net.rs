@@ -1,9 +1,12 @@
 //! Connections of the load generator on the current shard: TCP connect with an
-//! optional source address, a keep-alive HTTP/1.1 connection, and a WebSocket client
-//! connection. Failures are classified by kind so reports can say which limit hit.
+//! optional source address, TLS over it for `https://` targets ([`Stream`]), a
+//! keep-alive HTTP/1.1 connection, and a WebSocket client connection. Failures are
+//! classified by kind so reports can say which limit hit.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
@@ -35,34 +38,87 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The `Host` header.
     pub host: String,
+    /// For `https://`: the TLS client and the name the certificate must carry.
+    pub tls: Option<TlsTarget>,
+}
+
+/// TLS to a target.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub config: Arc<rustls::ClientConfig>,
+    pub name: rustls::pki_types::ServerName<'static>,
+}
+
+/// The load generator's TLS client: trusts the PEM certificates of `ca_file` (the
+/// server's CA); TLS 1.3 and 1.2 with the suites of rustls's aws-lc-rs provider, but
+/// only the X25519 key exchange, so that two servers compared see the same work
+/// (nginx with OpenSSL 3.0 has no post-quantum group; rustls would prefer one).
+pub fn tls_client(ca_file: &Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?
+    {
+        let c = c.map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("--ca-file {}: {e}", ca_file.display()))?;
+    }
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // One full handshake per connection, as the servers compared do.
+    c.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(c))
 }
 
 impl Target {
-    /// Parses `http://host:port` (a trailing `/` is allowed; nothing else after it).
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("--url {url:?}: expected http://host:port"))?;
+    /// Parses `http://host:port` or `https://host:port` (a trailing `/` is allowed;
+    /// nothing else after it). `https` needs `ca_file`, the CA to trust.
+    pub fn parse(url: &str, ca_file: Option<&Path>) -> Result<Target, String> {
+        let expected = || format!("--url {url:?}: expected http://host:port or https://host:port");
+        let (rest, default_port, tls) = if let Some(r) = url.strip_prefix("http://") {
+            (r, 80, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, 443, true)
+        } else {
+            return Err(expected());
+        };
         let hostport = rest.trim_end_matches('/');
         if hostport.is_empty() || hostport.contains('/') {
-            return Err(format!("--url {url:?}: expected http://host:port"));
+            return Err(expected());
         }
-        let with_port = if hostport
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            hostport.to_owned()
-        } else {
-            format!("{hostport}:80")
+        let (with_port, hostname) = match hostport.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (hostport.to_owned(), h),
+            _ => (format!("{hostport}:{default_port}"), hostport),
         };
         let addr = with_port
             .to_socket_addrs()
             .map_err(|e| format!("--url {url:?}: cannot resolve: {e}"))?
             .next()
             .ok_or_else(|| format!("--url {url:?}: no address"))?;
+        let tls = if tls {
+            let ca = ca_file.ok_or_else(|| format!("--url {url:?}: https needs --ca-file"))?;
+            let name = rustls::pki_types::ServerName::try_from(
+                hostname.trim_matches(['[', ']']).to_owned(),
+            )
+            .map_err(|e| format!("--url {url:?}: {e}"))?;
+            Some(TlsTarget {
+                config: tls_client(ca)?,
+                name,
+            })
+        } else {
+            None
+        };
         Ok(Target {
             addr,
             host: hostport.to_owned(),
+            tls,
         })
     }
 }
@@ -243,9 +299,138 @@ pub async fn read_some(stream: &mut TcpStream, mut buf: Vec<u8>) -> Result<Vec<u
     }
 }
 
+/// Plaintext read out of a TLS client per call (the caller's buffer grows to hold it).
+const TLS_PLAIN_CHUNK_BYTES: usize = 16 * 1024;
+
+/// A connection's byte stream: TCP, or TLS over it (a rustls client, boxed: an idle
+/// plain connection pays one pointer).
+pub struct Stream {
+    tcp: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
+}
+
+impl Stream {
+    /// Connects (from `source`) and, for an `https://` target, completes the TLS
+    /// handshake (within [`IO_TIMEOUT`]).
+    pub async fn open(target: &Target, source: Option<IpAddr>) -> Result<Stream, Fail> {
+        let tcp = connect(target.addr, source).await?;
+        let Some(t) = &target.tls else {
+            return Ok(Stream { tcp, tls: None });
+        };
+        let conn = rustls::ClientConnection::new(t.config.clone(), t.name.clone())
+            .map_err(|e| Fail::new("tls", e.to_string()))?;
+        let mut s = Stream {
+            tcp,
+            tls: Some(Box::new(conn)),
+        };
+        with_timeout("tls handshake", s.handshake()).await?;
+        Ok(s)
+    }
+
+    async fn handshake(&mut self) -> Result<(), Fail> {
+        let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
+        let mut early = Vec::new();
+        loop {
+            self.flush_tls().await?;
+            let conn = self.tls.as_mut().expect("a TLS stream");
+            if !conn.is_handshaking() {
+                return Ok(());
+            }
+            buf = read_some(&mut self.tcp, buf).await?;
+            tls_feed(conn, &buf, &mut early)?;
+        }
+    }
+
+    /// Writes what the TLS client has for the server.
+    async fn flush_tls(&mut self) -> Result<(), Fail> {
+        let Some(conn) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        if !conn.wants_write() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out)
+                .map_err(|e| Fail::new("tls", e.to_string()))?;
+        }
+        write_all(&mut self.tcp, out).await.map(drop)
+    }
+
+    /// Writes all of `buf` (TLS: encrypted).
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, Fail> {
+        let Some(conn) = self.tls.as_mut() else {
+            return write_all(&mut self.tcp, buf).await;
+        };
+        std::io::Write::write_all(&mut conn.writer(), &buf)
+            .map_err(|e| Fail::new("tls", e.to_string()))?;
+        self.flush_tls().await?;
+        Ok(buf)
+    }
+
+    /// Reads into `buf` (cleared first) at least one byte (TLS: of plaintext); the end
+    /// of the stream is an error (closed by the server).
+    pub async fn read_some(&mut self, mut buf: Vec<u8>) -> Result<Vec<u8>, Fail> {
+        if self.tls.is_none() {
+            return read_some(&mut self.tcp, buf).await;
+        }
+        let mut plain = Vec::new();
+        loop {
+            buf = read_some(&mut self.tcp, buf).await?;
+            let conn = self.tls.as_mut().expect("a TLS stream");
+            let closed = tls_feed(conn, &buf, &mut plain)?;
+            // A key update or an alert owed to the server.
+            self.flush_tls().await?;
+            if !plain.is_empty() {
+                buf.clear();
+                buf.extend_from_slice(&plain);
+                return Ok(buf);
+            }
+            if closed {
+                return Err(Fail::new(
+                    "closed by server",
+                    "the server closed the TLS connection",
+                ));
+            }
+        }
+    }
+
+    /// The TCP stream of a plain connection (`None` for TLS).
+    pub fn into_plain(self) -> Option<TcpStream> {
+        self.tls.is_none().then_some(self.tcp)
+    }
+}
+
+/// Takes TLS bytes from the server; appends the plaintext to `plain`. `Ok(true)`: the
+/// server sent `close_notify`.
+fn tls_feed(
+    conn: &mut rustls::ClientConnection,
+    mut bytes: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<bool, Fail> {
+    let tls = |e: &dyn std::fmt::Display| Fail::new("tls", e.to_string());
+    let mut closed = false;
+    while !bytes.is_empty() {
+        conn.read_tls(&mut bytes).map_err(|e| tls(&e))?;
+        let state = conn.process_new_packets().map_err(|e| tls(&e))?;
+        closed |= state.peer_has_closed();
+        // Drained after every batch: rustls bounds the plaintext it holds unread.
+        let mut chunk = [0u8; TLS_PLAIN_CHUNK_BYTES];
+        loop {
+            match std::io::Read::read(&mut conn.reader(), &mut chunk) {
+                Ok(0) => break,
+                Ok(n) => plain.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(tls(&e)),
+            }
+        }
+    }
+    Ok(closed)
+}
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct HttpConn {
-    stream: TcpStream,
+    stream: Stream,
     parser: ResponseParser,
     host: String,
     rbuf: Option<Vec<u8>>,
@@ -255,7 +440,7 @@ pub struct HttpConn {
 impl HttpConn {
     pub async fn open(target: &Target, source: Option<IpAddr>) -> Result<HttpConn, Fail> {
         Ok(HttpConn {
-            stream: connect(target.addr, source).await?,
+            stream: Stream::open(target, source).await?,
             parser: ResponseParser::new(),
             host: target.host.clone(),
             rbuf: Some(Vec::with_capacity(READ_CHUNK_BYTES)),
@@ -275,13 +460,13 @@ impl HttpConn {
         w.clear();
         write_request(method, path, &self.host, headers, body, &mut w);
         with_timeout("request", async {
-            self.wbuf = Some(write_all(&mut self.stream, w).await?);
+            self.wbuf = Some(self.stream.write_all(w).await?);
             loop {
                 if let Some(r) = self.parser.poll().map_err(|e| Fail::new("protocol", e))? {
                     return Ok(r);
                 }
                 let buf = self.rbuf.take().unwrap_or_default();
-                let buf = read_some(&mut self.stream, buf).await?;
+                let buf = self.stream.read_some(buf).await?;
                 self.parser.feed(&buf);
                 self.rbuf = Some(buf);
             }
@@ -318,7 +503,7 @@ impl Rng {
 
 /// A WebSocket client connection to `/ws`.
 pub struct WsConn {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub decoder: ClientDecoder,
     /// Frames decoded but not yet returned by [`WsConn::next_event`]. Bounded by what
     /// one read of [`READ_CHUNK_BYTES`] can hold (it is drained before the next read).
@@ -334,7 +519,7 @@ impl WsConn {
         source: Option<IpAddr>,
         token: &str,
     ) -> Result<WsConn, Fail> {
-        let mut stream = connect(target.addr, source).await?;
+        let mut stream = Stream::open(target, source).await?;
         with_timeout("upgrade", async move {
             let key = tungstenite::handshake::client::generate_key();
             let mut req = Vec::with_capacity(512);
@@ -351,14 +536,14 @@ impl WsConn {
                 None,
                 &mut req,
             );
-            write_all(&mut stream, req).await?;
+            stream.write_all(req).await?;
             let mut parser = ResponseParser::new();
             let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
             let resp = loop {
                 if let Some(r) = parser.poll().map_err(|e| Fail::new("protocol", e))? {
                     break r;
                 }
-                buf = read_some(&mut stream, buf).await?;
+                buf = stream.read_some(buf).await?;
                 parser.feed(&buf);
             };
             if resp.status != 101 {
@@ -402,7 +587,7 @@ impl WsConn {
     pub async fn send_text(&mut self, text: &[u8]) -> Result<(), Fail> {
         let mut out = Vec::with_capacity(text.len() + 14);
         encode_text_masked(text, self.rng.mask(), &mut out);
-        write_all(&mut self.stream, out).await.map(drop)
+        self.stream.write_all(out).await.map(drop)
     }
 
     /// The next frame from the server; pings are answered here and not returned.
@@ -414,7 +599,7 @@ impl WsConn {
                     ClientEvent::Ping(p) => {
                         let mut out = Vec::with_capacity(p.len() + 8);
                         encode_pong_masked(&p, self.rng.mask(), &mut out);
-                        write_all(&mut self.stream, out).await?;
+                        self.stream.write_all(out).await?;
                     }
                     ClientEvent::Close(code) => {
                         return Err(Fail::new(
@@ -426,7 +611,7 @@ impl WsConn {
                 }
             }
             let buf = self.rbuf.take().unwrap_or_default();
-            let buf = read_some(&mut self.stream, buf).await?;
+            let buf = self.stream.read_some(buf).await?;
             let r = self.decode(&buf);
             // A large message may have grown the buffer; idle connections keep a small one.
             self.rbuf = Some(if buf.capacity() > READ_CHUNK_BYTES * 4 {
@@ -456,16 +641,18 @@ impl WsConn {
     }
 
     /// The socket and what was read but not yet returned, to split the connection
-    /// into a reading and a writing task.
+    /// into a reading and a writing task (plain connections only: `None` for TLS).
+    #[allow(clippy::type_complexity)]
     pub fn into_parts(
         self,
-    ) -> (
+    ) -> Option<(
         TcpStream,
         ClientDecoder,
         std::collections::VecDeque<ClientEvent>,
         Rng,
-    ) {
-        (self.stream, self.decoder, self.pending, self.rng)
+    )> {
+        let tcp = self.stream.into_plain()?;
+        Some((tcp, self.decoder, self.pending, self.rng))
     }
 
     /// Closes as a well-behaved client does: sends a close frame (1000) and waits
@@ -474,7 +661,7 @@ impl WsConn {
     pub async fn close_gracefully(mut self) -> Result<(), Fail> {
         let mut out = Vec::with_capacity(8);
         encode_close_masked(1000, self.rng.mask(), &mut out);
-        write_all(&mut self.stream, out).await?;
+        self.stream.write_all(out).await?;
         with_timeout("close", async {
             loop {
                 match self.next_event().await {
@@ -491,8 +678,7 @@ impl WsConn {
     pub async fn close(mut self) {
         let mut out = Vec::with_capacity(8);
         encode_close_masked(1000, self.rng.mask(), &mut out);
-        let _ =
-            monoio::time::timeout(Duration::from_secs(1), write_all(&mut self.stream, out)).await;
+        let _ = monoio::time::timeout(Duration::from_secs(1), self.stream.write_all(out)).await;
     }
 }
 
@@ -502,11 +688,18 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        let t = Target::parse("http://127.0.0.1:8080/").unwrap();
+        let t = Target::parse("http://127.0.0.1:8080/", None).unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(t.host, "127.0.0.1:8080");
-        assert!(Target::parse("https://x:1").is_err());
-        assert!(Target::parse("http://127.0.0.1:1/api").is_err());
+        assert!(t.tls.is_none());
+        assert!(
+            Target::parse("https://127.0.0.1:1", None)
+                .unwrap_err()
+                .contains("--ca-file"),
+            "https needs a CA"
+        );
+        assert!(Target::parse("ftp://x:1", None).is_err());
+        assert!(Target::parse("http://127.0.0.1:1/api", None).is_err());
         let s = Sources::for_target(&t, 300);
         assert_eq!(s.len(), 300);
         assert_eq!(s.pick(0), Some("127.1.0.1".parse().unwrap()));

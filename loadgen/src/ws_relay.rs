@@ -191,7 +191,9 @@ async fn shard(input: ShardIn) -> ShardOut {
     let mut writers = Vec::new();
     let mut readers = Vec::new();
     for (conn, me, other, kind, g) in conns {
-        let (stream, mut decoder, pending, mut rng) = conn.into_parts();
+        let Some((stream, mut decoder, pending, mut rng)) = conn.into_parts() else {
+            unreachable!("run() refuses TLS targets")
+        };
         let (mut rd, mut wr) = stream.into_split();
         let pongs: Rc<RefCell<Vec<u8>>> = Rc::default();
         // Reader: records every relayed frame's latency.
@@ -334,6 +336,9 @@ async fn shard(input: ShardIn) -> ShardOut {
 
 pub fn run(args: Args) -> Result<(Value, bool), String> {
     let setup = super::setup(&args.common)?;
+    if setup.target.tls.is_some() {
+        return Err("ws-relay splits each connection into a reader and a writer: plain ws:// only (http:// URL)".into());
+    }
     if args.peers < 2 || args.peers % 2 != 0 {
         return Err("--peers must be an even number of at least 2".into());
     }

@@ -21,3 +21,25 @@ pub fn attach(fd: OwnedFd) -> io::Result<monoio::net::TcpStream> {
     std.set_nonblocking(true)?;
     monoio::net::TcpStream::from_std(std)
 }
+
+/// Sends what fits of `bytes` on `stream` now, without waiting (`MSG_DONTWAIT`) and
+/// outside the event loop: for a last message before a close (a TLS alert), where
+/// waiting for room is not worth it. Returns the bytes sent.
+pub fn try_send(stream: &monoio::net::TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    // SAFETY: `fd` is the open socket `stream` owns for the whole call, and `bytes` is a
+    // valid buffer of `bytes.len()` bytes that the kernel only reads.
+    let n = unsafe {
+        libc::send(
+            fd,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

@@ -13,7 +13,7 @@ use std::time::Duration;
 pub enum Signal {
     Interrupt,
     Terminate,
-    /// SIGHUP: reload what can be reloaded; not a termination.
+    /// SIGHUP: reload (the TLS certificates); the process goes on.
     Hangup,
 }
 

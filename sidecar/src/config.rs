@@ -40,6 +40,9 @@ pub struct SidecarConfig {
     /// cut the sender's CPU per message by 12–24% but raised the receiver's by 4–17% and
     /// lowered msg/s by 4–14% (docs/BENCHMARKS.md, "Sidecar data plane").
     pub udp_gso: bool,
+    /// The TLS client for `https://` and `wss://` URLs (roots read by `main` before the
+    /// shard starts, [`super::tls::roots`]); `None` when both URLs are plain.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// TURN server settings from the env vars of the spec.
@@ -140,6 +143,7 @@ impl SidecarConfig {
             relay_only,
             io_driver,
             udp_gso,
+            tls: None,
         })
     }
 }

@@ -33,6 +33,7 @@ use super::ipc::LineFramer;
 use super::kick::Kick;
 use super::resolve::{Lookup, ResolveError};
 use super::signaling::Backoff;
+use super::tls::TlsClient;
 use super::turn::{parse_turn_url, TurnTransport};
 use super::udp_out;
 use super::ws::{WsClient, WsEvent};
@@ -649,7 +650,8 @@ async fn turn_tcp_writer(
 /// Why a signaling session ended.
 #[derive(Debug)]
 enum SessionError {
-    Tls,
+    /// The TLS handshake or a record failed (rustls's reason), or timed out.
+    Tls(String),
     Resolve(ResolveError),
     Connect(String),
     Io(std::io::Error),
@@ -660,9 +662,7 @@ enum SessionError {
 impl std::fmt::Display for SessionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SessionError::Tls => {
-                f.write_str("https/wss URLs are not supported by this build (use http/ws)")
-            }
+            SessionError::Tls(e) => f.write_str(e),
             SessionError::Resolve(e) => write!(f, "{e}"),
             SessionError::Connect(e) => f.write_str(e),
             SessionError::Io(e) => write!(f, "{e}"),
@@ -686,6 +686,81 @@ async fn connect(host: &str, port: u16) -> Result<TcpStream, SessionError> {
         }
     }
     Err(SessionError::Connect(last))
+}
+
+/// With a `https`/`wss` URL: the TLS handshake on `s` (within [`CONNECT_TIMEOUT`]);
+/// `None` for a plain URL.
+async fn start_tls(
+    cfg: &SidecarConfig,
+    url: &super::url::Url,
+    s: &mut TcpStream,
+) -> Result<Option<TlsClient>, SessionError> {
+    if !url.is_tls() {
+        return Ok(None);
+    }
+    let config = cfg
+        .tls
+        .as_ref()
+        .ok_or_else(|| SessionError::Tls("TLS: no client configuration".into()))?;
+    let mut tls = TlsClient::new(config, &url.host).map_err(SessionError::Tls)?;
+    let done = {
+        let handshake = std::pin::pin!(tls_handshake(&mut tls, s));
+        select2(handshake, monoio::time::sleep(CONNECT_TIMEOUT)).await
+    };
+    match done {
+        Either::Left(r) => r?,
+        Either::Right(()) => {
+            return Err(SessionError::Tls(format!(
+                "TLS: handshake with {} not done within {CONNECT_TIMEOUT:?}",
+                url.host
+            )))
+        }
+    }
+    Ok(Some(tls))
+}
+
+async fn tls_handshake(tls: &mut TlsClient, s: &mut TcpStream) -> Result<(), SessionError> {
+    let mut buf = Vec::with_capacity(STREAM_READ_BYTES);
+    // An HTTP server sends no application data before the request: nothing is lost.
+    let mut early = Vec::new();
+    loop {
+        let out = tls.take_tls();
+        if !out.is_empty() {
+            s.write_all(out).await.0.map_err(SessionError::Io)?;
+        }
+        if !tls.is_handshaking() {
+            return Ok(());
+        }
+        buf.clear();
+        let (r, b) = s.read(buf).await;
+        buf = b;
+        match r.map_err(SessionError::Io)? {
+            0 => {
+                return Err(SessionError::Tls(
+                    "TLS: the server closed during the handshake".into(),
+                ))
+            }
+            n => {
+                tls.feed(&buf[..n], &mut early).map_err(SessionError::Tls)?;
+            }
+        }
+    }
+}
+
+/// `bytes` from the socket as the application's: decrypted with `tls`, into `plain`.
+fn open<'a>(
+    tls: Option<&mut TlsClient>,
+    bytes: &'a [u8],
+    plain: &'a mut Vec<u8>,
+) -> Result<&'a [u8], SessionError> {
+    match tls {
+        None => Ok(bytes),
+        Some(t) => {
+            plain.clear();
+            t.feed(bytes, plain).map_err(SessionError::Tls)?;
+            Ok(plain)
+        }
+    }
 }
 
 async fn signaling_loop(state: Shared, cfg: SidecarConfig) {
@@ -728,17 +803,18 @@ async fn session(
     cfg: &SidecarConfig,
     seed: u64,
 ) -> Result<Option<u16>, SessionError> {
-    if cfg.token_url.is_tls() || cfg.signaling_url.is_tls() {
-        return Err(SessionError::Tls);
-    }
     // 1. API key → JWT.
     let mut s = connect(&cfg.token_url.host, cfg.token_url.port).await?;
-    let (r, _) = s
-        .write_all(token_request(&cfg.token_url, &cfg.api_key))
-        .await;
+    let mut tls = start_tls(cfg, &cfg.token_url, &mut s).await?;
+    let mut request = token_request(&cfg.token_url, &cfg.api_key);
+    if let Some(t) = tls.as_mut() {
+        request = t.seal(&request).map_err(SessionError::Tls)?;
+    }
+    let (r, _) = s.write_all(request).await;
     r.map_err(SessionError::Io)?;
     let mut reader = ResponseReader::default();
     let mut buf = Vec::with_capacity(STREAM_READ_BYTES);
+    let mut plain = Vec::new();
     let token = loop {
         let (r, b) = s.read(buf).await;
         buf = b;
@@ -746,7 +822,8 @@ async fn session(
         if n == 0 {
             return Err(SessionError::Token(reader.finish()));
         }
-        if let Some(t) = reader.feed(&buf[..n]).map_err(SessionError::Token)? {
+        let bytes = open(tls.as_mut(), &buf[..n], &mut plain)?;
+        if let Some(t) = reader.feed(bytes).map_err(SessionError::Token)? {
             break t;
         }
         buf.clear();
@@ -758,7 +835,10 @@ async fn session(
         .input(Input::Identity(token.peer_id.clone()));
 
     // 2. WebSocket.
-    let stream = connect(&cfg.signaling_url.host, cfg.signaling_url.port).await?;
+    let mut stream = connect(&cfg.signaling_url.host, cfg.signaling_url.port).await?;
+    let tls = start_tls(cfg, &cfg.signaling_url, &mut stream)
+        .await?
+        .map(|t| Rc::new(RefCell::new(t)));
     let _ = stream.set_tcp_keepalive(
         Some(SIGNAL_KEEPALIVE.0),
         Some(SIGNAL_KEEPALIVE.1),
@@ -775,11 +855,13 @@ async fn session(
     let writer = monoio::spawn(signal_writer(
         state.clone(),
         ws.clone(),
+        tls.clone(),
         wr,
         wkick.clone(),
         closed.clone(),
     ));
     wkick.kick(); // sends the upgrade request
+    let mut plain = Vec::new();
     let result = loop {
         buf.clear();
         let (r, b) = rd.read(buf).await;
@@ -789,10 +871,16 @@ async fn session(
             Ok(n) => n,
             Err(e) => break Err(SessionError::Io(e)),
         };
-        let events = match ws.borrow_mut().feed(&buf[..n]) {
+        let mut tls = tls.as_ref().map(|t| t.borrow_mut());
+        let bytes = match open(tls.as_deref_mut(), &buf[..n], &mut plain) {
+            Ok(b) => b,
+            Err(e) => break Err(e),
+        };
+        let events = match ws.borrow_mut().feed(bytes) {
             Ok(ev) => ev,
             Err(e) => break Err(SessionError::Ws(e)),
         };
+        drop(tls);
         wkick.kick(); // pongs, close replies
         let mut end = None;
         for ev in events {
@@ -818,6 +906,7 @@ async fn session(
 async fn signal_writer(
     state: Shared,
     ws: Rc<RefCell<WsClient>>,
+    tls: Option<Rc<RefCell<TlsClient>>>,
     mut wr: monoio::io::OwnedWriteHalf<TcpStream>,
     kick: Kick,
     closed: Rc<Cell<bool>>,
@@ -834,7 +923,18 @@ async fn signal_writer(
                     }
                 }
             }
-            ws.take_outbound()
+            let out = ws.take_outbound();
+            match &tls {
+                // Sealed, after what TLS owes the server (an alert, a key update).
+                Some(t) => match t.borrow_mut().seal(&out) {
+                    Ok(sealed) => sealed,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "signaling send failed");
+                        return;
+                    }
+                },
+                None => out,
+            }
         };
         if !out.is_empty() {
             let (r, _) = wr.write_all(out).await;

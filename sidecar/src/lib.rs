@@ -4,7 +4,7 @@
 //! Everything protocol-shaped is sans-IO (takes bytes and `now`, returns bytes and
 //! events): [`http_client`] (token exchange), [`ws`] (WebSocket client codec),
 //! [`signaling`] (message shapes and backoff), [`stun`] (binding requests), [`ipc`]
-//! (JSON lines), [`turn`] (TURN client), [`resolve`] (name lookups handed to a helper
+//! (JSON lines), [`turn`] (TURN client), [`tls`] (TLS to the registry), [`resolve`] (name lookups handed to a helper
 //! thread), [`engine`] (the peer table of `Rtc`s and the glue between them, behind one
 //! input door and one output door). Only [`driver`] touches sockets, the clock and
 //! wakeups ([`kick`]).
@@ -18,6 +18,7 @@ pub mod kick;
 pub mod resolve;
 pub mod signaling;
 pub mod stun;
+pub mod tls;
 pub mod turn;
 pub mod udp_out;
 pub mod url;

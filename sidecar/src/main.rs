@@ -36,7 +36,13 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let config = SidecarConfig::from_env()?;
+    let mut config = SidecarConfig::from_env()?;
+    if config.token_url.is_tls() || config.signaling_url.is_tls() {
+        // The roots are files: read here, before the shard starts.
+        let roots = chatixia_sidecar::tls::roots()?;
+        tracing::info!(roots = roots.len(), "TLS to the registry");
+        config.tls = Some(chatixia_sidecar::tls::client_config(roots)?);
+    }
     str0m::crypto::from_feature_flags().install_process_default();
     let udp = driver::bind_udp().map_err(|e| format!("UDP: {e}"))?;
     let ipc_path = config.ipc_socket.clone();

@@ -14,13 +14,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
-
 use chatixia_store::{Chunk, SubmitError};
 
 use crate::http::{Request, Response};
 use crate::server::ShardCtx;
+use crate::tls::Transport;
 
 /// The backup route's path (its request leaves the HTTP loop with the connection).
 pub const BACKUP_PATH: &str = "/api/admin/backup";
@@ -36,14 +34,14 @@ const BACKUP_CHUNK_WAIT_MAX: Duration = Duration::from_secs(120);
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
 cache-control: no-store\r\nconnection: close\r\n\r\n";
 
-async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> bool {
+async fn write_timed(stream: &mut Transport, out: Vec<u8>) -> bool {
     matches!(
         monoio::time::timeout(BACKUP_WRITE_TIMEOUT, stream.write_all(out)).await,
         Ok((Ok(_), _))
     )
 }
 
-async fn answer(stream: &mut TcpStream, resp: Response) {
+async fn answer(stream: &mut Transport, resp: Response) {
     let mut out = Vec::new();
     resp.encode(false, false, &mut out);
     let _ = write_timed(stream, out).await;
@@ -51,7 +49,7 @@ async fn answer(stream: &mut TcpStream, resp: Response) {
 
 /// Serves one backup request on `stream` (an admin route: admin JWT unless
 /// `--insecure-open-admin`), then closes the connection.
-pub async fn stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, ip: IpAddr) {
+pub async fn stream(ctx: &ShardCtx, mut stream: Transport, req: &Request, ip: IpAddr) {
     // Always an admin token, also under --insecure-open-admin: that flag opens the
     // reference's operator routes for its hub, and the reference has no backup (a copy
     // of every record, sealed device tokens included). Wrong tokens count against the

@@ -30,8 +30,6 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use reactor::recv_ring::RecvRing;
 use reactor::timer::{select2, select2_pinned, Either};
 use reactor::LocalEvent;
@@ -39,6 +37,7 @@ use reactor::LocalEvent;
 use crate::http::{Event, Method, Parser, Response};
 use crate::metrics::ShardCounters;
 use crate::server::{router, ShardCtx};
+use crate::tls::Transport;
 
 /// Bytes asked for per read. 4 KiB holds a typical API request (headers and a small
 /// JSON body) in one read; larger bodies take several. It bounds one read, not the
@@ -178,7 +177,7 @@ pub fn admit(ctx: &Rc<ShardCtx>, peer: SocketAddr) -> Option<HttpSlot> {
 }
 
 /// Answers a connection refused by [`admit`]: 503 with a JSON reason, then close.
-pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: TcpStream) {
+pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: Transport) {
     let max = ctx.config.http_client_limits.connections_per_ip_max;
     let mut out = Vec::new();
     Response::error(
@@ -197,12 +196,12 @@ pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: TcpStream) {
 /// closes, for at most [`LINGER_TIME_MAX`] and [`LINGER_SIZE_MAX`] bytes (each read at
 /// most [`LINGER_READ_TIMEOUT`]). Closing with unread bytes would make the kernel send
 /// a reset, which can destroy the response before the client reads it.
-pub async fn linger_close(stream: TcpStream) {
+pub async fn linger_close(stream: Transport) {
     linger_close_within(stream, LINGER_TIME_MAX).await
 }
 
 /// [`linger_close`] for at most `time_max`.
-async fn linger_close_within(mut stream: TcpStream, time_max: Duration) {
+async fn linger_close_within(mut stream: Transport, time_max: Duration) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -214,7 +213,8 @@ async fn linger_close_within(mut stream: TcpStream, time_max: Duration) {
         if left.is_zero() {
             return;
         }
-        match monoio::time::timeout(left.min(LINGER_READ_TIMEOUT), stream.read(buf)).await {
+        // Dropped unread: TLS records need no decrypting.
+        match monoio::time::timeout(left.min(LINGER_READ_TIMEOUT), stream.read_raw(buf)).await {
             Ok((Ok(n), b)) if n > 0 => {
                 drained += n;
                 buf = b;
@@ -303,7 +303,7 @@ impl Progress {
 /// Serves one connection until the client closes it, an error, the idle timeout, or a
 /// graceful shutdown (which lets a request in progress finish). `slot` is its place in
 /// the per-IP count, given up when the connection becomes a WebSocket.
-pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, slot: HttpSlot) {
+pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, slot: HttpSlot) {
     // On io_uring, a keep-alive connection's bytes arrive through the shard's multishot
     // receive (one receive armed for the connection's life, buffers from the shard's
     // ring: no `recv` per request), from its second request on: the first request of
@@ -339,7 +339,12 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
                     // the multishot receive took in since (in that order).
                     let mut leftover = parser.take_remaining();
                     if let Some(rx) = rx.take() {
-                        leftover.extend_from_slice(&rx.stop().await);
+                        let mut rest = rx.stop().await;
+                        let n = rest.len();
+                        match stream.open(&mut rest, n) {
+                            Ok(m) => leftover.extend_from_slice(&rest[..m]),
+                            Err(_) => return,
+                        }
                     }
                     drop(slot);
                     router::route_ws(ctx, stream, &req, leftover, peer).await;
@@ -444,7 +449,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
         let outcome = {
             let read = async {
                 match rx.as_mut() {
-                    Some(rx) => rx.recv(rbuf).await,
+                    Some(rx) => recv_open(rx, &mut stream, rbuf).await,
                     None => stream.read(rbuf).await,
                 }
             };
@@ -511,8 +516,27 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: TcpStream, peer: SocketAddr, 
     }
 }
 
+/// The multishot receive's next bytes, as the application's (TLS: decrypted; a receive
+/// that completes no record is waited past). `Ok(0)` is the end of the stream.
+async fn recv_open(
+    rx: &mut reactor::recv_ring::MultiRecv,
+    stream: &mut Transport,
+    mut buf: Vec<u8>,
+) -> monoio::BufResult<usize, Vec<u8>> {
+    loop {
+        let (r, mut b) = rx.recv(buf).await;
+        match r {
+            Ok(n) if n > 0 => match stream.open(&mut b, n) {
+                Ok(0) => buf = b,
+                r => return (r, b),
+            },
+            r => return (r, b),
+        }
+    }
+}
+
 /// The request in progress missed its deadline: 408 with a reason, then close.
-async fn late(ctx: &ShardCtx, mut stream: TcpStream, progress: &Progress) {
+async fn late(ctx: &ShardCtx, mut stream: Transport, progress: &Progress) {
     let limits = &ctx.config.http_client_limits;
     let reason = if progress.body.is_some() {
         format!(
@@ -534,7 +558,7 @@ async fn late(ctx: &ShardCtx, mut stream: TcpStream, progress: &Progress) {
 }
 
 /// Writes `bytes` within the idle timeout; false when the connection is done.
-async fn write_bounded(ctx: &ShardCtx, stream: &mut TcpStream, bytes: Vec<u8>) -> bool {
+async fn write_bounded(ctx: &ShardCtx, stream: &mut Transport, bytes: Vec<u8>) -> bool {
     matches!(
         monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(bytes)).await,
         Ok((Ok(_), _))

@@ -7,8 +7,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use reactor::timer::{select2, Either};
 
 use crate::auth::failures::SecretRoute;
@@ -26,7 +24,7 @@ pub const EVENTS_PATH: &str = "/api/dashboard/events";
 /// consumer.
 pub const EVENTS_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
+async fn write_timed(stream: &mut crate::tls::Transport, out: Vec<u8>) -> Option<Vec<u8>> {
     match monoio::time::timeout(EVENTS_WRITE_TIMEOUT, stream.write_all(out)).await {
         Ok((Ok(_), mut buf)) => {
             buf.clear();
@@ -37,7 +35,12 @@ async fn write_timed(stream: &mut TcpStream, out: Vec<u8>) -> Option<Vec<u8>> {
 }
 
 /// Serves the event stream on `stream` (the request `req` from `client`).
-pub async fn event_stream(ctx: &ShardCtx, mut stream: TcpStream, req: &Request, client: IpAddr) {
+pub async fn event_stream(
+    ctx: &ShardCtx,
+    mut stream: crate::tls::Transport,
+    req: &Request,
+    client: IpAddr,
+) {
     let mut out = Vec::new();
     let auth = match crate::auth::budget::admit(ctx, client, SecretRoute::Admin).await {
         Err(e) => Err(e),

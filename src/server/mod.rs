@@ -144,6 +144,8 @@ pub struct ShardCtx {
     pub layer: crate::shard::LayerStats,
     /// This shard's link to the durable store (`None` without one).
     pub store: Option<chatixia_store::ShardLink>,
+    /// TLS handshakes and their failures, the certificate generation in use.
+    pub tls: crate::tls::metrics::TlsCounters,
 }
 
 impl ShardCtx {
@@ -161,6 +163,7 @@ impl ShardCtx {
             clock: crate::shard::Clock::default(),
             layer: crate::shard::LayerStats::default(),
             store,
+            tls: crate::tls::metrics::TlsCounters::default(),
         }
     }
 
@@ -338,6 +341,7 @@ impl ShardCtx {
             addresses: self.state.auth_failures.borrow().len() as u64,
         };
         m.turn = crate::turn::metrics();
+        m.tls = self.tls.snapshot();
         m
     }
 
@@ -504,14 +508,22 @@ impl AcceptFailures {
     }
 }
 
-/// The application future of one shard: serves its listener until shutdown, then waits
-/// for its connections to finish.
+/// A shard's TLS: the configuration new connections get, and the listener it serves on
+/// (`None`: the shard's `--listen` listener is the TLS one).
+pub struct ShardTlsListen {
+    pub tls: crate::tls::ShardTls,
+    pub listener: Option<StdListener>,
+}
+
+/// The application future of one shard: serves its listener (and its TLS listener) until
+/// shutdown, then waits for its connections to finish.
 pub async fn run_shard(
     shard: Shard<Msg>,
     listener: StdListener,
     config: Arc<ServerConfig>,
     boot: crate::server::boot::ShardBoot,
     turn: crate::turn::ShardSockets,
+    tls: Option<ShardTlsListen>,
 ) {
     let link = match &config.store {
         Some(handle) => match store_link(&shard, handle) {
@@ -544,6 +556,45 @@ pub async fn run_shard(
     let drained = SetOnDrop(reactor::LocalEvent::new());
     reactor::timer::every(ws_sweep, drained.0.clone(), move || c.job_ws_idle());
 
+    let (main_tls, tls_listener) = match tls {
+        None => (None, None),
+        Some(ShardTlsListen {
+            tls,
+            listener: None,
+        }) => (Some(tls), None),
+        Some(ShardTlsListen {
+            tls,
+            listener: Some(l),
+        }) => (None, Some((l, tls))),
+    };
+    // The TLS listener beside the plain one: its own accept loop (it ends at shutdown,
+    // closing its listener, as the plain loop below).
+    if let Some((l, tls)) = tls_listener {
+        let c = ctx.clone();
+        monoio::spawn(async move { accept_loop(&c, l, Some(tls)).await });
+    }
+    accept_loop(&ctx, listener, main_tls).await;
+    // Signaling connections close with 1001 (each flushes what it owes first).
+    ctx.state.ws.close_all();
+    tracing::debug!(
+        shard = shard.id(),
+        "stopped accepting; draining connections"
+    );
+    while ctx.counters.connections_open.get() > 0 || ctx.state.ws.open.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(drained);
+}
+
+/// Accepts connections on `listener` until shutdown (TLS ones with `tls`), each served
+/// by a task of its own; then closes the listener, so the kernel sends new connections
+/// to the shards still listening (or refuses them once all have closed).
+async fn accept_loop(
+    ctx: &Rc<ShardCtx>,
+    listener: StdListener,
+    mut tls: Option<crate::tls::ShardTls>,
+) {
+    let shard = &ctx.shard;
     let listener = match monoio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -551,6 +602,10 @@ pub async fn run_shard(
             return;
         }
     };
+    if let Some(t) = tls.as_mut() {
+        // The certificate generation shows in /metrics from the start.
+        t.config(&ctx.tls);
+    }
     let shutdown = shard.shutdown_event().clone();
     let mut backoff = ACCEPT_ERROR_BACKOFF;
     let mut failures = AcceptFailures::default();
@@ -564,10 +619,20 @@ pub async fn run_shard(
                 ShardCounters::inc(&ctx.counters.connections_open);
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
+                let tls = tls.as_mut().map(|t| t.config(&ctx.tls));
                 monoio::spawn(async move {
-                    match conn::admit(&ctx, peer) {
-                        Some(slot) => conn::serve(&ctx, stream, peer, slot).await,
-                        None => conn::refuse_over_cap(&ctx, stream).await,
+                    let slot = conn::admit(&ctx, peer);
+                    let stream = match tls {
+                        None => Some(crate::tls::Transport::plain(stream)),
+                        // Boxed: a plain connection's task keeps no room for it.
+                        Some(cfg) => {
+                            Box::pin(crate::tls::accept::handshake(&ctx, stream, cfg)).await
+                        }
+                    };
+                    match (stream, slot) {
+                        (Some(stream), Some(slot)) => conn::serve(&ctx, stream, peer, slot).await,
+                        (Some(stream), None) => conn::refuse_over_cap(&ctx, stream).await,
+                        (None, _) => {}
                     }
                     ShardCounters::dec(&ctx.counters.connections_open);
                 });
@@ -584,19 +649,7 @@ pub async fn run_shard(
             }
         }
     }
-    // Signaling connections close with 1001 (each flushes what it owes first).
-    ctx.state.ws.close_all();
-    // Stop accepting: closing the listener makes the kernel send new connections to
-    // the shards still listening (or refuse them once all have closed).
     drop(listener);
-    tracing::debug!(
-        shard = shard.id(),
-        "stopped accepting; draining connections"
-    );
-    while ctx.counters.connections_open.get() > 0 || ctx.state.ws.open.get() > 0 {
-        monoio::time::sleep(Duration::from_millis(5)).await;
-    }
-    drop(drained);
 }
 
 /// Sets its event when dropped: on every way out of the shard's serving function.

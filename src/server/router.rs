@@ -5,13 +5,12 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use monoio::net::TcpStream;
-
 use crate::auth::failures::{Failure, SecretRoute};
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
 use crate::server::respond::respond;
 use crate::server::{backup, debug, Msg, ServerConfig, ShardCtx};
+use crate::tls::Transport;
 use crate::{auth, dashboard, hub, pairing, registry};
 
 /// The signaling WebSocket's path: its request leaves the HTTP loop with the connection.
@@ -40,7 +39,7 @@ pub fn takes_connection(req: &Request) -> bool {
 }
 
 /// Answers a request of [`takes_connection`]; the connection ends with it.
-pub async fn stream_route(ctx: &ShardCtx, stream: TcpStream, req: &Request, peer: SocketAddr) {
+pub async fn stream_route(ctx: &ShardCtx, stream: Transport, req: &Request, peer: SocketAddr) {
     if is_event_stream(req) {
         super::events::event_stream(ctx, stream, req, peer.ip()).await
     } else {
@@ -53,7 +52,7 @@ pub async fn stream_route(ctx: &ShardCtx, stream: TcpStream, req: &Request, peer
 /// `leftover`: bytes read after the request.
 pub async fn route_ws(
     ctx: &Rc<ShardCtx>,
-    stream: TcpStream,
+    stream: Transport,
     req: &Request,
     leftover: Vec<u8>,
     peer: SocketAddr,

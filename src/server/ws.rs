@@ -7,16 +7,13 @@
 //! `Response::from(shard::Error)`, the handshake's with its headers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
-
-use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 
 use crate::http::{Request, Response};
 use crate::server::{Msg, ShardCtx};
 use crate::signaling::api::{acquire_ip, admit, release_ip};
+use crate::tls::{Detached, Transport};
 use crate::ws::handshake;
 
 /// How long writing a refusal (an HTTP error on the upgrade path) may take.
@@ -24,7 +21,8 @@ const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A connection handed to its owner shard.
 pub struct Adopt {
-    pub fd: OwnedFd,
+    /// The connection (its socket, and its TLS state if any).
+    pub conn: Detached,
     /// Bytes the client sent after the upgrade request.
     pub leftover: Vec<u8>,
     pub peer_id: String,
@@ -47,7 +45,7 @@ fn handshake_refusal(r: handshake::Refusal) -> Response {
 /// Writes `resp` and closes with a lingering close: the client may still be sending
 /// (frames pipelined after its upgrade request), and closing with its bytes unread
 /// would turn the refusal into a reset it never reads.
-async fn refuse(mut stream: TcpStream, resp: Response) {
+async fn refuse(mut stream: Transport, resp: Response) {
     let mut out = Vec::new();
     resp.encode(false, false, &mut out);
     // Bounded: a refused client that does not read must not hold the task and its fd.
@@ -61,7 +59,7 @@ async fn refuse(mut stream: TcpStream, resp: Response) {
 /// `echo`: the `/ws-echo` test endpoint (no token; its connection id is its address).
 pub async fn upgrade(
     ctx: &Rc<ShardCtx>,
-    stream: TcpStream,
+    stream: Transport,
     req: &Request,
     leftover: Vec<u8>,
     peer: SocketAddr,
@@ -111,7 +109,7 @@ pub async fn upgrade(
         return refuse(stream, e.into()).await;
     }
     let adopt = Adopt {
-        fd: reactor::net::detach(stream),
+        conn: stream.detach(),
         leftover,
         peer_id,
         client_ip: ip,
@@ -127,7 +125,7 @@ pub async fn upgrade(
     // A socket is not a message that can wait for room: a full mailbox refuses it now.
     if let Err(Msg::Adopt(a)) = ctx.shard.try_tell(owner, Msg::Adopt(Box::new(adopt))) {
         release_ip(&**ctx, a.client_ip).await;
-        if let Ok(s) = reactor::net::attach(a.fd) {
+        if let Ok(s) = Transport::attach(a.conn) {
             let resp = crate::shard::Error::overloaded(owner).into();
             refuse(s, resp).await;
         }
@@ -143,14 +141,14 @@ pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<Adopt>) {
 /// The owner's side: admit, answer 101, run.
 async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
     let Adopt {
-        fd,
+        conn,
         leftover,
         peer_id,
         client_ip,
         upgrade,
         echo,
     } = a;
-    let Ok(stream) = reactor::net::attach(fd) else {
+    let Ok(stream) = Transport::attach(conn) else {
         release_ip(&*ctx, client_ip).await;
         return;
     };

@@ -15,8 +15,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
-use monoio::net::TcpStream;
 use reactor::recv_ring::RecvRing;
 use std::os::fd::AsRawFd;
 
@@ -24,6 +22,7 @@ use crate::shard::{self, Owns, Request, Shard};
 use crate::signaling::api::{peers, release_ip, table};
 use crate::signaling::ops::{Op, Relay, Reply};
 use crate::signaling::store::{inc, take_output, ConnTable, PeerSlot};
+use crate::tls::Transport;
 use crate::ws::codec::{self, close_code, Decoder, WsEvent};
 use crate::ws::signaling::{self, Action};
 
@@ -38,7 +37,7 @@ impl<S: Shard + Owns<ConnTable> + 'static> Host for S {}
 /// waiting-while-idle is boxed.
 pub async fn serve_peer<S: Host>(
     sh: Rc<S>,
-    mut stream: TcpStream,
+    mut stream: Transport,
     key: usize,
     switching: Vec<u8>,
     leftover: Vec<u8>,
@@ -104,7 +103,7 @@ enum Wake {
     Output,
 }
 
-async fn run_peer<S: Host>(sh: &S, mut stream: TcpStream, key: usize, leftover: Vec<u8>, echo: bool)
+async fn run_peer<S: Host>(sh: &S, mut stream: Transport, key: usize, leftover: Vec<u8>, echo: bool)
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
@@ -163,7 +162,9 @@ where
                     // still go out (it may be reading), as on the one-shot path.
                     (Ok(0), _) => None,
                     (Err(_), _) => return,
-                    (Ok(n), buf) => decode(sh, key, &mut decoder, &buf[..n]),
+                    (Ok(n), mut buf) => {
+                        open_decode(sh, key, &mut decoder, &mut stream, &mut buf, n)
+                    }
                 },
                 _ => Some(Decoded::default()),
             };
@@ -201,15 +202,17 @@ where
             // A half-close: flushed and closed, as on the one-shot path.
             Wake::Received(Ok(0), _) => None,
             Wake::Received(Err(_), _) => return,
-            Wake::Received(Ok(n), buf) => decode(sh, key, &mut decoder, &buf[..n]),
+            Wake::Received(Ok(n), mut buf) => {
+                open_decode(sh, key, &mut decoder, &mut stream, &mut buf, n)
+            }
             Wake::Readable(Err(_)) => return,
             Wake::Readable(Ok(())) => {
                 let buf = table(sh).take_buf();
-                let fut = Box::pin(stream.read(buf));
-                let (res, buf) = fut.await;
+                let fut = Box::pin(stream.read_raw(buf));
+                let (res, mut buf) = fut.await;
                 let events = match res {
                     Ok(0) | Err(_) => None,
-                    Ok(n) => decode(sh, key, &mut decoder, &buf[..n]),
+                    Ok(n) => open_decode(sh, key, &mut decoder, &mut stream, &mut buf, n),
                 };
                 // The buffer goes back to the pool at once: a connection holds one only
                 // while its bytes are decoded.
@@ -226,9 +229,9 @@ where
 /// nothing else can interrupt a write in progress. The sweep (which runs until the
 /// shard has drained, shutdown included) bounds the write instead of a timer per write
 /// (one fewer timer per relayed frame). False when the connection is done.
-async fn write_bounded<S: Host, B: monoio::buf::IoBuf>(
+async fn write_bounded<S: Host, B: monoio::buf::IoBuf + AsRef<[u8]>>(
     sh: &S,
-    stream: &mut TcpStream,
+    stream: &mut Transport,
     key: usize,
     bytes: B,
 ) -> bool {
@@ -263,7 +266,7 @@ async fn write_bounded<S: Host, B: monoio::buf::IoBuf>(
 /// Writes what is still queued (replies to messages that came before the client's
 /// close, in the same read: an echo, a pong), then the close frame, and closes. The
 /// queue is bounded (`outbound_bytes_max`); a close for a full queue emptied it.
-async fn flush_and_close<S: Host>(sh: &S, stream: &mut TcpStream, key: usize) {
+async fn flush_and_close<S: Host>(sh: &S, stream: &mut Transport, key: usize) {
     let mut out = Vec::new();
     loop {
         let (batch, _) = take_output(table(sh), key);
@@ -283,6 +286,22 @@ async fn flush_and_close<S: Host>(sh: &S, stream: &mut TcpStream, key: usize) {
 /// Decoded input: the complete messages and control frames, then the protocol
 /// violation that ended decoding, if any.
 type Decoded = (Vec<WsEvent>, Option<codec::WsError>);
+
+/// Decodes `buf[..n]`, bytes just received from the socket (TLS: decrypted first, see
+/// `Transport::open`), into events; `None` when the connection is gone.
+fn open_decode<S: Host>(
+    sh: &S,
+    key: usize,
+    decoder: &mut Decoder,
+    stream: &mut Transport,
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> Option<Decoded> {
+    match stream.open(buf, n) {
+        Ok(m) => decode(sh, key, decoder, &buf[..m]),
+        Err(_) => None,
+    }
+}
 
 /// Decodes received bytes into events; `None` when the connection is gone.
 fn decode<S: Host>(sh: &S, key: usize, decoder: &mut Decoder, bytes: &[u8]) -> Option<Decoded> {

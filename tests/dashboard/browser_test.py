@@ -16,6 +16,10 @@ ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
+# Over HTTPS (BASE=https://…), the browser trusts the test server's key alone (SPKI: the
+# base64 SHA-256 of its SubjectPublicKeyInfo); certificate errors stay errors otherwise.
+if os.environ.get("SPKI"):
+    ARGS.append("--ignore-certificate-errors-spki-list=" + os.environ["SPKI"])
 # Generous: the page is pushed changes about every 500 ms; this only bounds a hang.
 WAIT_MS = 15_000
 
@@ -46,6 +50,7 @@ def main():
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
 
         page.goto(BASE + "/")
+        assert page.url.startswith(BASE), page.url
         # Before sign-in: the login form and nothing else.
         expect(page.locator("#login")).to_be_visible()
         expect(page.locator("#app")).to_be_hidden()

@@ -33,7 +33,7 @@ impl Spec {
             return Err("an empty server spec: give a command or an http:// URL".into());
         }
         if s.starts_with("http://") || s.starts_with("https://") {
-            super::super::net::Target::parse(s)?;
+            super::super::net::Target::parse(s, None)?;
             Ok(Spec::Url {
                 url: s.trim_end_matches('/').to_owned(),
                 pid,
@@ -141,7 +141,7 @@ impl Running {
     pub fn start(side: &Side, launch: &Launch, tag: &str) -> Result<Running, String> {
         let cmd = match &side.spec {
             Spec::Url { url, pid } => {
-                let t = super::super::net::Target::parse(url)?;
+                let t = super::super::net::Target::parse(url, None)?;
                 TcpStream::connect_timeout(&t.addr, Duration::from_secs(3))
                     .map_err(|e| format!("{url} does not answer: {e}"))?;
                 return Ok(Running {
