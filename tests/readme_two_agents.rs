@@ -177,8 +177,18 @@ fn readme_two_agents_see_each_other() {
     };
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
+        // The agents print their banner after the sidecar is up: the sidecars may meet before
+        // the second banner reaches the log, so wait for both.
+        let banner = |a: &Agent| {
+            a.log().contains(&format!(
+                "Agent '{}' connected to mesh at http://{}",
+                a.name, server.addr
+            ))
+        };
         let seen = sidecar_log("alpha").contains("peer connected peer=beta-sidecar")
-            && sidecar_log("beta").contains("peer connected peer=alpha-sidecar");
+            && sidecar_log("beta").contains("peer connected peer=alpha-sidecar")
+            && banner(&alpha)
+            && banner(&beta);
         if seen {
             break;
         }
