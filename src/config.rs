@@ -101,22 +101,22 @@ pub struct Cli {
     /// TLS: PEM file of the certificate chain (the server's certificate first, then its
     /// intermediates). With --tls-key, the --listen listener serves HTTPS and WSS only,
     /// unless --tls-listen adds a TLS listener beside it.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long)]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// TLS: PEM file of the certificate's private key (RSA or ECDSA; PKCS#8, PKCS#1 or
     /// SEC1). A key that does not match the certificate stops the start.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_key: Option<std::path::PathBuf>,
 
     /// TLS: address of a TLS listener beside the plain --listen one (e.g. plain on
     /// 127.0.0.1:8080 for health checks, TLS on 0.0.0.0:443).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_listen: Option<SocketAddr>,
 
     /// TLS: write the bound TLS listen address (`ip:port`) to this file once listening
     /// (the --tls-listen one, or the --listen one when it is TLS).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_port_file: Option<std::path::PathBuf>,
 
     /// TLS: seconds between checks of --tls-cert and --tls-key for a change; changed
@@ -842,10 +842,23 @@ impl Cli {
         }
     }
 
-    /// The TLS settings; `None` without --tls-cert and --tls-key.
+    /// The TLS settings; `None` without --tls-cert and --tls-key. The pairs are checked
+    /// here, not by clap's `requires`: a value from the config file is a clap default,
+    /// which `requires` does not see.
     pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => (c, k),
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
+            (None, None) => {
+                if self.tls_listen.is_some() {
+                    return Err("--tls-listen needs --tls-cert and --tls-key".into());
+                }
+                if self.tls_port_file.is_some() {
+                    return Err("--tls-port-file needs --tls-cert and --tls-key".into());
+                }
+                return Ok(None);
+            }
         };
         Ok(Some(crate::tls::TlsSettings {
             files: crate::tls::TlsFiles {
@@ -960,6 +973,7 @@ impl Cli {
         self.auth.jwt_leeway_secs()?;
         self.server_secret()?;
         self.turn()?;
+        self.tls_settings()?;
         Ok(())
     }
 }
@@ -1035,6 +1049,23 @@ mod tests {
         let mut v = vec!["chatixia-core"];
         v.extend_from_slice(args);
         Cli::parse_from(v).turn
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        let tls = |args: &[&str]| {
+            let mut v = vec!["chatixia-core"];
+            v.extend_from_slice(args);
+            Cli::parse_from(v).tls_settings().map(|s| s.is_some())
+        };
+        assert_eq!(tls(&[]), Ok(false));
+        assert_eq!(tls(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]), Ok(true));
+        assert!(tls(&["--tls-cert", "c.pem"]).unwrap_err().contains("--tls-key"));
+        assert!(tls(&["--tls-key", "k.pem"]).unwrap_err().contains("--tls-cert"));
+        let e = tls(&["--tls-listen", "127.0.0.1:8443"]).unwrap_err();
+        assert!(e.contains("--tls-listen needs"), "{e}");
+        let e = tls(&["--tls-port-file", "p"]).unwrap_err();
+        assert!(e.contains("--tls-port-file needs"), "{e}");
     }
 
     #[test]
