@@ -167,6 +167,10 @@ fn try_start(dir: &Path) -> Result<Server, (i32, String)> {
     let stderr_path = log.0.join("stderr");
     let keys = log.0.join("keys.json");
     std::fs::write(&keys, KEYS_JSON).unwrap();
+    // Readable only by its owner, as an operator keeps it (a wider mode is warned about
+    // at start, which would add a line to the stderr this test reads).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
         .args([
             "--listen",
