@@ -1059,9 +1059,16 @@ mod tests {
             Cli::parse_from(v).tls_settings().map(|s| s.is_some())
         };
         assert_eq!(tls(&[]), Ok(false));
-        assert_eq!(tls(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]), Ok(true));
-        assert!(tls(&["--tls-cert", "c.pem"]).unwrap_err().contains("--tls-key"));
-        assert!(tls(&["--tls-key", "k.pem"]).unwrap_err().contains("--tls-cert"));
+        assert_eq!(
+            tls(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]),
+            Ok(true)
+        );
+        assert!(tls(&["--tls-cert", "c.pem"])
+            .unwrap_err()
+            .contains("--tls-key"));
+        assert!(tls(&["--tls-key", "k.pem"])
+            .unwrap_err()
+            .contains("--tls-cert"));
         let e = tls(&["--tls-listen", "127.0.0.1:8443"]).unwrap_err();
         assert!(e.contains("--tls-listen needs"), "{e}");
         let e = tls(&["--tls-port-file", "p"]).unwrap_err();
