@@ -17,7 +17,6 @@ pub mod dispatch;
 pub mod events;
 pub mod layer;
 pub mod msg;
-pub mod paging;
 pub mod respond;
 pub mod router;
 #[cfg(test)]
@@ -61,17 +60,13 @@ pub struct ServerConfig {
     pub pairing: crate::pairing::Config,
     /// `GET /api/config`: STUN and TURN.
     pub ice: crate::ice::Config,
-    /// How long finished tasks are kept.
-    pub task_retention: Duration,
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
     /// Signaling WebSocket limits.
     pub ws: WsLimits,
-    /// Stored field sizes, `ttl` range, store budgets and client quotas, list pages.
-    pub limits: crate::limits::StoreLimits,
-    /// The registry's field limits and list pages.
+    /// The registry's field limits, list pages and agent store budget.
     pub registry: crate::registry::Config,
-    /// The hub's field limits, list pages and stray task shards.
+    /// The hub's field limits, list pages, stray task shards and task store.
     pub hub: crate::hub::Config,
     /// The durable store (`None`: state in memory only, for embedders and benches).
     pub store: Option<chatixia_store::StoreHandle>,
@@ -91,10 +86,8 @@ impl ServerConfig {
             auth: crate::auth::Config::default(),
             pairing: crate::pairing::Config::default(),
             ice: crate::ice::Config::default(),
-            task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
-            limits: crate::limits::StoreLimits::default(),
             registry: crate::registry::Config::default(),
             hub: crate::hub::Config::default(),
             store: None,

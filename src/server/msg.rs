@@ -50,9 +50,6 @@ pub enum ShardReply {
     Changes(Box<crate::shard::Delta>),
 }
 
-/// How a service's operation travels in the shard message: `crate::shard::Request`.
-pub use crate::shard::Request as ShardRequest;
-
 macro_rules! request {
     ($op:ty => $reply:ty, $req:ident, $rep:ident) => {
         impl crate::shard::Request<Msg> for $op {

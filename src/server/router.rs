@@ -557,7 +557,7 @@ async fn generate_code(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> R
 /// read field by field), then pairing's workflow. Parse failures are answered before the
 /// rate limit and do not count against it (the reference's order).
 async fn pair(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
-    if let Err(resp) = crate::limits::require_object(&req.body) {
+    if let Err(resp) = super::common::require_object(&req.body) {
         return resp;
     }
     let body: pairing::PairRequest = match super::common::json_body(req) {
@@ -656,7 +656,7 @@ async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Respon
 
 /// A JSON body of the shape `T` (an object): 415, 400 or 422 otherwise.
 fn object_body<T: wire::json::JsonBody>(req: &Request) -> Result<T, Response> {
-    crate::limits::require_object(&req.body)?;
+    super::common::require_object(&req.body)?;
     super::common::json_body(req)
 }
 
