@@ -33,7 +33,6 @@ use std::time::Duration;
 
 use reactor::Shard;
 
-use crate::http::Response;
 use crate::hub::EXPIRE_INTERVAL;
 use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::registry::HEALTH_CHECK_INTERVAL;
@@ -97,32 +96,6 @@ impl ServerConfig {
     }
 }
 
-/// How a retained write ended ([`ShardCtx::commit_retained`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Saved {
-    /// On disk.
-    Durable,
-    /// Not yet: the store is unavailable; kept and written once it recovers (the reason).
-    Deferred(String),
-}
-
-/// The 503 for a write the store did not acknowledge (nothing of it is on disk). The
-/// store being unavailable (a disk that refuses writes) is not logged here, per request:
-/// the control thread logs it once per interval (`main.rs`, `StoreWatch`).
-pub fn store_refusal(e: &chatixia_store::StoreError) -> Response {
-    if let chatixia_store::StoreError::Full { .. } = e {
-        // The size bound (`--data-bytes-max`): the store's own words name it.
-        return Response::error(503, e.to_string());
-    }
-    if e.is_unavailable() {
-        tracing::debug!(error = %e, "write refused: state store unavailable");
-        Response::error(503, format!("{e}; try again later"))
-    } else {
-        tracing::error!(error = %e, "store commit failed");
-        Response::error(503, "could not save the change; try again later")
-    }
-}
-
 /// What one shard owns. Single-threaded: `Rc` and `Cell` only.
 pub struct ShardCtx {
     pub shard: Shard<Msg>,
@@ -157,70 +130,6 @@ impl ShardCtx {
             layer: crate::shard::LayerStats::default(),
             store,
             tls: crate::tls::metrics::TlsCounters::default(),
-        }
-    }
-
-    /// Commits `mutations` as one atomic write and waits until it is durable. `Err` is
-    /// the 503 to answer (nothing acknowledged; the caller undoes its change). Without a
-    /// store, succeeds at once.
-    pub async fn commit(&self, mutations: Vec<chatixia_store::Mutation>) -> Result<(), Response> {
-        self.commit_as(mutations, chatixia_store::WriteClass::Bounded)
-            .await
-    }
-
-    /// [`commit`](Self::commit) held to the durable store's size bound of `class`
-    /// (`--data-bytes-max`, its anonymous share, or none for a claim): over it, 503
-    /// with the store's reason.
-    pub async fn commit_as(
-        &self,
-        mutations: Vec<chatixia_store::Mutation>,
-        class: chatixia_store::WriteClass,
-    ) -> Result<(), Response> {
-        match self.commit_with(mutations, class, false).await? {
-            Saved::Durable => Ok(()),
-            // Only retained writes are deferred.
-            Saved::Deferred(reason) => Err(Response::error(503, reason)),
-        }
-    }
-
-    /// [`commit`](Self::commit) for a write that must not be lost to a disk outage (a
-    /// revocation): while the store is unavailable it is kept and written on recovery
-    /// ([`Saved::Deferred`]); the size bound never refuses it.
-    pub async fn commit_retained(
-        &self,
-        mutations: Vec<chatixia_store::Mutation>,
-    ) -> Result<Saved, Response> {
-        self.commit_with(mutations, chatixia_store::WriteClass::Progress, true)
-            .await
-    }
-
-    async fn commit_with(
-        &self,
-        mutations: Vec<chatixia_store::Mutation>,
-        class: chatixia_store::WriteClass,
-        retain: bool,
-    ) -> Result<Saved, Response> {
-        let Some(link) = &self.store else {
-            return Ok(Saved::Durable);
-        };
-        if mutations.is_empty() {
-            return Ok(Saved::Durable);
-        }
-        let submitted = if retain {
-            link.submit_retained(mutations)
-        } else {
-            link.submit_as(mutations, class)
-        };
-        let ack = submitted.map_err(|e| {
-            tracing::debug!(error = %e, "store refused a write");
-            Response::error(503, format!("state store busy: {e}; try again later"))
-        })?;
-        match ack.await {
-            Ok(()) => Ok(Saved::Durable),
-            Err(e @ chatixia_store::StoreError::Deferred { .. }) => {
-                Ok(Saved::Deferred(e.to_string()))
-            }
-            Err(e) => Err(store_refusal(&e)),
         }
     }
 
