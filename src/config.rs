@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use reactor::driver::DriverChoice;
 
-use crate::turn::settings::TurnSettings;
+use crate::server::turn::settings::TurnSettings;
 use ::turn::policy::Cidr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -420,7 +420,7 @@ impl AuthFlags {
     }
 }
 
-/// The embedded TURN server (issue 24; `crate::turn`, docs/PROTOCOL.md §12). Off
+/// The embedded TURN server (issue 24; `crate::server::turn`, docs/PROTOCOL.md §12). Off
 /// unless `--turn-listen` is given; needs `TURN_SECRET`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TurnFlags {
@@ -524,7 +524,7 @@ impl TurnFlags {
         } else {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         };
-        let relay_ports = crate::turn::settings::parse_ports(&f.turn_relay_ports)?;
+        let relay_ports = crate::server::turn::settings::parse_ports(&f.turn_relay_ports)?;
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < cores {
             return Err(format!(

@@ -258,7 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             .collect();
     }
     let turn_sockets = match &config.turn_server {
-        Some(t) => chatixia_core::turn::settings::bind(t, reactor.cores())?,
+        Some(t) => chatixia_core::server::turn::settings::bind(t, reactor.cores())?,
         None => (0..reactor.cores()).map(|_| Default::default()).collect(),
     };
     let (boots, stray) =

@@ -16,12 +16,16 @@ mod debug;
 pub mod dispatch;
 pub mod events;
 pub mod layer;
+mod linger;
+pub mod metrics;
 pub mod msg;
 pub mod respond;
 pub mod router;
 #[cfg(test)]
 pub mod sim;
 pub mod state;
+mod tls_accept;
+pub mod turn;
 pub mod ws;
 
 pub use state::ShardState;
@@ -34,8 +38,8 @@ use std::time::Duration;
 use reactor::Shard;
 
 use crate::hub::EXPIRE_INTERVAL;
-use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::registry::HEALTH_CHECK_INTERVAL;
+use crate::server::metrics::{ShardCounters, ShardMetrics};
 use crate::signaling::WsLimits;
 use crate::time::UnixTime;
 pub use msg::Msg;
@@ -72,7 +76,7 @@ pub struct ServerConfig {
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
     pub ws_echo: bool,
     /// The embedded TURN server (`--turn-listen`; issue 24).
-    pub turn_server: Option<crate::turn::TurnSettings>,
+    pub turn_server: Option<crate::server::turn::TurnSettings>,
 }
 
 impl ServerConfig {
@@ -156,11 +160,11 @@ impl ShardCtx {
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
         // A peer deauthorized (its pairing revoked) loses its embedded-TURN allocations
-        // too, wherever they are: every shard is told (`crate::turn::revoke`).
+        // too, wherever they are: every shard is told (`crate::server::turn::revoke`).
         if let Msg::Signaling(crate::signaling::ops::Op::PeerDeauthorize(peer)) = &msg {
             if self.config.turn_server.is_some() {
                 let (ctx, peer) = (self.clone(), (**peer).clone());
-                monoio::spawn(async move { crate::turn::revoke(&ctx, &peer).await });
+                monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });
             }
         }
         match dispatch::apply(&self.state, &self.config, msg, self.now()) {
@@ -172,7 +176,7 @@ impl ShardCtx {
             }
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
             Err(Msg::Turn(op)) => {
-                crate::turn::on_op(self, op);
+                crate::server::turn::on_op(self, op);
                 None
             }
             Err(_) => None,
@@ -237,24 +241,24 @@ impl ShardCtx {
             self.budget_metrics(),
         );
         let (failures, refused) = self.state.auth_counters.snapshot();
-        m.auth = crate::metrics::AuthMetrics {
+        m.auth = crate::server::metrics::AuthMetrics {
             failures,
             refused,
             addresses: self.state.auth_failures.borrow().len() as u64,
         };
-        m.turn = crate::turn::metrics();
+        m.turn = crate::server::turn::metrics();
         m.tls = self.tls.snapshot();
         m
     }
 
     /// What this shard's task store and agent registry hold against their budgets.
-    fn budget_metrics(&self) -> crate::metrics::BudgetMetrics {
+    fn budget_metrics(&self) -> crate::server::metrics::BudgetMetrics {
         let hub = self.state.hub.borrow();
         let agents = self.state.agents.borrow();
         let (tasks_anonymous, task_anonymous_bytes) = hub.tasks.anonymous_usage();
         let (agents_anonymous, agent_anonymous_bytes) = agents.anonymous_usage();
         let n = |v: usize| v as u64;
-        crate::metrics::BudgetMetrics {
+        crate::server::metrics::BudgetMetrics {
             tasks: n(hub.tasks.len()),
             tasks_anonymous: n(tasks_anonymous),
             task_bytes: n(hub.tasks.bytes()),
@@ -424,7 +428,7 @@ pub async fn run_shard(
     listener: StdListener,
     config: Arc<ServerConfig>,
     boot: crate::server::boot::ShardBoot,
-    turn: crate::turn::ShardSockets,
+    turn: crate::server::turn::ShardSockets,
     tls: Option<ShardTlsListen>,
 ) {
     let link = match &config.store {
@@ -441,7 +445,7 @@ pub async fn run_shard(
     ctx.state.load(boot, ctx.now());
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
-    crate::turn::start(&ctx, turn);
+    crate::server::turn::start(&ctx, turn);
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());
@@ -527,9 +531,7 @@ async fn accept_loop(
                     let stream = match tls {
                         None => Some(crate::tls::Transport::plain(stream)),
                         // Boxed: a plain connection's task keeps no room for it.
-                        Some(cfg) => {
-                            Box::pin(crate::tls::accept::handshake(&ctx, stream, cfg)).await
-                        }
+                        Some(cfg) => Box::pin(tls_accept::handshake(&ctx, stream, cfg)).await,
                     };
                     match (stream, slot) {
                         (Some(stream), Some(slot)) => conn::serve(&ctx, stream, peer, slot).await,

@@ -391,7 +391,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::IceConfig => Ok(respond(crate::ice::get(
             ctx,
             &cfg.ice,
-            crate::turn::ice_entry(ctx, req),
+            crate::server::turn::ice_entry(ctx, req),
         ))),
         Route::Agents if method == Method::Post => Ok(register(ctx, req, ip).await),
         Route::Agents => Ok(respond(
@@ -817,13 +817,13 @@ async fn metrics(ctx: &ShardCtx) -> Response {
             }
         }
     }
-    let mut body = crate::metrics::render(&shards);
+    let mut body = crate::server::metrics::render(&shards);
     match pairing::api::counters(ctx).await {
         Ok(c) => body.push_str(&pairing::api::render_metrics(&c)),
         Err(e) => return e.into(),
     }
     if let Some(store) = &ctx.config.store {
-        body.push_str(&crate::metrics::render_store(
+        body.push_str(&crate::server::metrics::render_store(
             &store.stats(),
             store.health().available,
         ));

@@ -28,4 +28,4 @@ pub mod store;
 mod workflows;
 
 pub use authz::{PeerAuthz, REVOCATION_MEMORY};
-pub use store::{ConnTable, DuplicateLog, WsLimits};
+pub use store::{ConnTable, DuplicateLog, WsLimits, WsMetrics};

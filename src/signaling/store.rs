@@ -189,6 +189,16 @@ impl MeshIndex {
     }
 }
 
+/// Signaling counters of one shard ([`ConnTable::metrics`]): connections open, messages
+/// relayed, upgrades or relays refused, connections closed for a full outbound queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WsMetrics {
+    pub open: u64,
+    pub relayed: u64,
+    pub refused: u64,
+    pub closed_slow: u64,
+}
+
 /// The live signaling connections one shard runs (those of the peers it owns), the
 /// per-IP connection counts of the client IPs it owns, its read-buffer pool, and the
 /// limits they are held to.
@@ -326,8 +336,9 @@ impl ConnTable {
         (self.open.get() as usize) < self.limits.connections_per_shard_max
     }
 
-    pub fn metrics(&self) -> crate::metrics::WsMetrics {
-        crate::metrics::WsMetrics {
+    /// This shard's signaling counters (read into `/metrics` by the server).
+    pub fn metrics(&self) -> WsMetrics {
+        WsMetrics {
             open: self.open.get(),
             relayed: self.relayed.get(),
             refused: self.refused.get(),
