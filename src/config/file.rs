@@ -49,6 +49,12 @@ const SAMPLES: &[(&str, &str)] = &[
     ),
     ("turn-url", "\"turn:turn.example.net:3478?transport=udp\""),
     ("turn-secret-file", "\"/etc/chatixia-core/turn-secret\""),
+    ("tls-cert", "\"/etc/chatixia-core/tls/fullchain.pem\""),
+    ("tls-key", "\"/etc/chatixia-core/tls/privkey.pem\""),
+    ("tls-listen", "\"0.0.0.0:8443\""),
+    ("tls-port-file", "\"/run/chatixia-core/tls-addr\""),
+    ("turn-listen", "[\"0.0.0.0:3478\"]"),
+    ("turn-public-ip", "\"203.0.113.7\""),
 ];
 
 /// Where a setting came from.
@@ -393,6 +399,9 @@ fn check(key: &str, kind: Kind, values: &[String]) -> Result<(), String> {
         .chain(values.iter().map(|v| format!("--{key}={v}")));
     match Cli::command().try_get_matches_from(argv) {
         Ok(_) => Ok(()),
+        // A flag that needs another (`--tls-cert` and `--tls-key`): alone its value is
+        // checked; whether both are set is checked when the settings are parsed whole.
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Ok(()),
         Err(e) => {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
