@@ -14,7 +14,7 @@
 //!   response (review of issue 20: `\r\n` every 200 ms held a connection forever);
 //! * each client IP may hold `connections_per_ip_max` plain HTTP connections per
 //!   shard; more get 503 and are closed ([`admit`]);
-//! * every early close after an error response is a *lingering* close ([`linger_close`](super::linger::linger_close)):
+//! * every early close after an error response is a *lingering* close (`linger::linger_close`):
 //!   the write side is shut and what the client is still sending is read and dropped,
 //!   bounded in time and bytes, so the client reads its 4xx instead of a reset;
 //! * graceful shutdown: requests already received are answered (`connection: close`),

@@ -1,12 +1,20 @@
-//! The shard application: accept loop, per-connection HTTP loop, routing, and the
-//! messages shards exchange. With the services' `api` and `session` modules, the only
-//! place that does I/O or reads the clock.
+//! The shard application, and the only module that names every service (see
+//! docs/ARCHITECTURE.md, "The server crate in layers"): accept loop, per-connection HTTP
+//! loop, routing, the messages shards exchange and their dispatch.
 //!
 //! * [`msg`]: the shard message, one request and one reply enum per service; the owner
-//!   side is each service's `ops::Op::apply`, dispatched by `ShardCtx::on_message`;
-//! * [`router`]: path and method → a service's HTTP handler (`registry::api`, …,
-//!   `ws::upgrade` for `/ws`);
-//! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
+//!   side is each service's `ops::Op::apply`, called by [`dispatch`] (sans-IO) and, for
+//!   what needs the shard's I/O, `ShardCtx::on_message`;
+//! * [`layer`]: `ShardCtx` as the shard layer the services run on (`shard::Shard`);
+//!   [`state`]: one store per service;
+//! * [`router`]: path and method → a service's workflow (`registry::api`, …,
+//!   `ws::upgrade` for `/ws`), answered through [`respond`]; [`common`]: what the
+//!   router reads from a request;
+//! * [`conn`]: one HTTP/1.1 connection; `linger`: the lingering close; `tls_accept`: the
+//!   TLS handshake; [`turn`]: the embedded TURN server's sockets;
+//! * [`boot`]: the stored state split among the shards; [`metrics`]: `/metrics`;
+//! * `sim` (tests): the services on the shard layer's simulator, and their workflow
+//!   tests.
 
 pub mod backup;
 pub mod boot;
