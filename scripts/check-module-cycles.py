@@ -12,8 +12,24 @@ are no edge of their own, and a `mod` line is no edge (a parent that declares a 
 not depend on it). A child's use of its own ancestors' items (`super::X` defined in the
 parent's file) is no edge either: a child module is a part of its parent, and a parent
 that splits its work among children (types beside it, `impl` blocks in them) is one
-room, not a circle. Between any other modules, siblings included, every import counts. A module's own `#[cfg(test)]` tests are part of its file; test files
-under tests/ are not read. Exit status 1 with every circle and the names that tie it.
+room, not a circle. Between any other modules, siblings included, every import counts.
+A module's own `#[cfg(test)]` tests are part of its file; test files under tests/ are
+not read.
+
+The server crate (chatixia-core's library) is also checked at the granularity of its
+top-level modules (`registry`, `hub`, `pairing`, `auth`, `signaling`, `dashboard`, `ice`,
+`shard`, `limits`, `tls`, `server`, `config`, `store_cli`), where a `pub use` of another
+top-level module's name counts as an import too:
+  * no circle among them;
+  * the shard layer (`shard`) imports no other module of the crate, and `limits` only
+    `shard`;
+  * nothing below `server/` imports `crate::server` (only `config`, which builds the
+    server's settings from the flags, and `store_cli` stand above it), and nothing
+    below it names `crate::http` (services return typed outcomes; `server/` alone maps
+    them to HTTP).
+
+Exit status 1 with every circle and broken rule and the names that tie each; with
+`--verbose`, every import edge too.
 """
 import os
 import re
@@ -353,6 +369,99 @@ def circles(edges):
     return out
 
 
+# The server crate's layering, at the granularity of its top-level modules (see the
+# module docs).
+SERVER_CRATE = "chatixia-core (lib)"
+SERVER = "server"
+# Above the server: they build its settings or open its data directory.
+ABOVE_SERVER = {"config", "store_cli"}
+# The layers under every service, and what each may import from the crate.
+LAYERS = {"shard": set(), "limits": {"shard"}}
+# File-to-file imports shown per pair of top-level modules in a circle (--verbose: all).
+EDGES_SHOWN_MAX = 3
+
+
+def top_of(rel):
+    """The top-level module of a file of the crate (`src/hub/api.rs` -> `hub`), or None
+    for the crate root."""
+    parts = rel.split(os.sep)
+    if len(parts) < 2 or parts[0] != "src" or parts[1] in ("lib.rs", "main.rs"):
+        return None
+    return parts[1][:-3] if parts[1].endswith(".rs") else parts[1]
+
+
+def reexport_edges(mods):
+    """(from_file, to_file) -> names, for the `pub use` lines of each module (the
+    file-level graph follows them through instead)."""
+    edges = defaultdict(set)
+    for path, mod in mods.items():
+        targets = [(segs, name) for name, segs in mod.reexports.items()]
+        targets += [(segs, "*") for segs in mod.glob_reexports]
+        for segs, name in targets:
+            if not segs or (segs[0] not in ("crate", "super", "self")
+                            and segs[0] not in mod.children):
+                continue
+            target = is_module_path(mods, path, segs) or resolve(mods, path, segs)
+            if target is not None and target.file != mod.file:
+                edges[(mod.file, target.file)].add(name)
+    return edges
+
+
+def layering(mods, edges, rel, verbose):
+    """The checks of the server crate's top-level modules; the number of faults."""
+    top = defaultdict(lambda: defaultdict(set))  # a -> b -> {"file -> file: names"}
+    all_edges = defaultdict(set)
+    for e, names in list(edges.items()) + list(reexport_edges(mods).items()):
+        all_edges[e] |= names
+    for (a, b), names in sorted(all_edges.items()):
+        ta, tb = top_of(rel(a)), top_of(rel(b))
+        if ta and tb and ta != tb:
+            top[ta][tb].add(f"{rel(a)} -> {rel(b)}: {', '.join(sorted(names))}")
+    faults = 0
+    for a in sorted(top):
+        print(f"{SERVER_CRATE}: {a} -> {', '.join(sorted(top[a]))}")
+        if verbose:
+            for b in sorted(top[a]):
+                for why in sorted(top[a][b]):
+                    print(f"    {why}")
+    graph = {a: set(bs) for a, bs in top.items()}
+    for comp in circles({(a, b): () for a in graph for b in graph[a]}):
+        faults += 1
+        print(f"circle in {SERVER_CRATE} among top-level modules: {', '.join(comp)}")
+        for a in comp:
+            for b in comp:
+                whys = sorted(top.get(a, {}).get(b, ()))
+                shown = whys if verbose else whys[:EDGES_SHOWN_MAX]
+                for why in shown:
+                    print(f"  {why}")
+                if len(whys) > len(shown):
+                    print(f"  ... and {len(whys) - len(shown)} more {a} -> {b} (--verbose)")
+    for a in sorted(top):
+        for b in sorted(top[a]):
+            broken = None
+            if b == SERVER and a not in ABOVE_SERVER:
+                broken = f"{a} imports crate::{SERVER} (only server/ names every service)"
+            elif a in LAYERS and b not in LAYERS[a]:
+                broken = f"{a} imports crate::{b} (the layer under the services knows none)"
+            if broken:
+                faults += 1
+                print(f"layering in {SERVER_CRATE}: {broken}")
+                for why in sorted(top[a][b]):
+                    print(f"  {why}")
+    # Nothing below the server reads or builds HTTP (`crate::http`, `wire::http`).
+    for f in sorted({mod.file for mod in mods.values()}):
+        t = top_of(rel(f))
+        if t is None or t == SERVER or t in ABOVE_SERVER:
+            continue
+        code = strip_comments_and_strings(open(f, encoding="utf-8").read())
+        for m in re.finditer(r"\b(?:crate|wire)\s*::\s*(?:\{[^}]*\b)?http\b", code):
+            faults += 1
+            line = code.count("\n", 0, m.start()) + 1
+            print(f"layering in {SERVER_CRATE}: {rel(f)}:{line} names crate::http "
+                  f"(below server/: typed outcomes and errors, not HTTP)")
+    return faults
+
+
 def main():
     verbose = "--verbose" in sys.argv
     found = 0
@@ -372,10 +481,15 @@ def main():
             for (a, b), names in sorted(edges.items()):
                 if a in members and b in members:
                     print(f"  {rel(a)} -> {rel(b)}: {', '.join(sorted(names))}")
+        if name == SERVER_CRATE:
+            found += layering(mods, edges, rel, verbose)
     if found:
-        print(f"check-module-cycles: {found} import circle(s)", file=sys.stderr)
+        print(f"check-module-cycles: {found} import circle(s) or layering fault(s)",
+              file=sys.stderr)
         return 1
-    print("check-module-cycles: no import circle in any crate")
+    print("check-module-cycles: no import circle in any crate; the server crate's "
+          "top-level modules are layered (no circle, shard and limits under the services, "
+          "nothing below server/ imports it or names crate::http)")
     return 0
 
 

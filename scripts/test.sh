@@ -41,6 +41,9 @@ if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 cargo fmt --all --check
+# No import circle in any crate, and the server crate's layering (the shard layer under
+# the services, nothing below server/ importing it): docs/ARCHITECTURE.md, "Layers".
+python3 scripts/check-module-cycles.py
 # The test switches (--test-clock, --ws-echo, CHATIXIA_DENY_IO_URING) exist only with
 # this feature; a default build lacks them.
 FEATURES=(--features chatixia-core/test-switches)

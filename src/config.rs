@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use reactor::driver::DriverChoice;
 
-use crate::turn::settings::TurnSettings;
+use crate::server::turn::settings::TurnSettings;
 use ::turn::policy::Cidr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -240,7 +240,7 @@ pub struct Cli {
 }
 
 /// Limits on stored fields, store budgets and client quotas, list pages (see
-/// `limits::StoreLimits`, which documents each).
+/// `registry::Config` and `hub::Config`, which document each).
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreFlags {
     /// Bytes of one stored agent/task string field (agent_id, hostname, ip, skill, …);
@@ -420,7 +420,7 @@ impl AuthFlags {
     }
 }
 
-/// The embedded TURN server (issue 24; `crate::turn`, docs/PROTOCOL.md §12). Off
+/// The embedded TURN server (issue 24; `crate::server::turn`, docs/PROTOCOL.md §12). Off
 /// unless `--turn-listen` is given; needs `TURN_SECRET`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TurnFlags {
@@ -524,7 +524,7 @@ impl TurnFlags {
         } else {
             IpAddr::V6(Ipv6Addr::UNSPECIFIED)
         };
-        let relay_ports = crate::turn::settings::parse_ports(&f.turn_relay_ports)?;
+        let relay_ports = crate::server::turn::settings::parse_ports(&f.turn_relay_ports)?;
         let span = usize::from(relay_ports.1 - relay_ports.0) + 1;
         if span < cores {
             return Err(format!(
@@ -716,8 +716,8 @@ impl Cli {
         })
     }
 
-    /// The store limits.
-    pub fn store_limits(&self) -> Result<crate::limits::StoreLimits, String> {
+    /// The checks of the store flags that no service's config makes on its own.
+    fn check_store_flags(&self) -> Result<(), String> {
         let f = &self.store;
         if f.pair_wrong_guesses_per_address_max == 0 {
             return Err("--pair-wrong-guesses-per-address-max must be at least 1".into());
@@ -730,25 +730,7 @@ impl Cli {
                 "--list-page-items-max and --task-client-tasks-max must be at least 1".into(),
             );
         }
-        Ok(crate::limits::StoreLimits {
-            agent_field_bytes_max: f.agent_field_bytes_max,
-            agent_list_items_max: f.agent_list_items_max,
-            task_payload_bytes_max: f.task_payload_bytes_max,
-            task_result_bytes_max: f.task_result_bytes_max,
-            task_ttl_max: f.task_ttl_max,
-            task_store_bytes_max: f.task_store_bytes_max,
-            task_client_bytes_max: f.task_client_bytes_max,
-            task_client_tasks_max: f.task_client_tasks_max,
-            list_page_items_max: f.list_page_items_max,
-            list_response_bytes_max: f.list_response_bytes_max,
-            agent_budget: crate::registry::AgentBudgetConfig {
-                bytes_max: f.agent_store_bytes_max,
-                client_agents_max: f.agent_client_agents_max,
-                client_bytes_max: f.agent_client_bytes_max,
-                anonymous_share_percent: f.anonymous_share_percent,
-            },
-            anonymous_share_percent: f.anonymous_share_percent,
-        })
+        Ok(())
     }
 
     /// Auth's settings with these API keys and this JWT secret (read by `main` from the
@@ -818,14 +800,23 @@ impl Cli {
                 list_items_max: f.agent_list_items_max,
             },
             pages: self.page_limits(),
+            budget: crate::registry::AgentBudgetConfig {
+                bytes_max: f.agent_store_bytes_max,
+                client_agents_max: f.agent_client_agents_max,
+                client_bytes_max: f.agent_client_bytes_max,
+                anonymous_share_percent: f.anonymous_share_percent,
+            },
         }
     }
 
-    /// The hub's limits (task fields, payload and result sizes, `ttl`, list pages);
-    /// `stray_task_shards` is set once the store is split among the shards.
-    pub fn hub_config(&self) -> crate::hub::Config {
+    /// The hub's limits (task fields, payload and result sizes, `ttl`, list pages, the
+    /// task store's budget and quotas) with finished tasks kept for `retention`
+    /// (`--task-retention`); `stray_task_shards` is set once the store is split among
+    /// the shards. Checks the store flags first.
+    pub fn hub_config(&self, retention: Duration) -> Result<crate::hub::Config, String> {
+        self.check_store_flags()?;
         let f = &self.store;
-        crate::hub::Config {
+        Ok(crate::hub::Config {
             fields: crate::limits::FieldLimits {
                 field_bytes_max: f.agent_field_bytes_max,
                 list_items_max: f.agent_list_items_max,
@@ -839,7 +830,16 @@ impl Cli {
             },
             require_agent_auth: self.require_agent_auth,
             stray_task_shards: Vec::new(),
-        }
+            tasks: crate::hub::TaskStoreConfig {
+                retention,
+                bytes_max: f.task_store_bytes_max,
+                client_bytes_max: f.task_client_bytes_max,
+                client_tasks_max: f.task_client_tasks_max,
+                claim_bytes_max: f.list_response_bytes_max,
+                anonymous_share_percent: f.anonymous_share_percent,
+                ..crate::hub::TaskStoreConfig::default()
+            },
+        })
     }
 
     /// The TLS settings; `None` without --tls-cert and --tls-key. The pairs are checked
@@ -964,7 +964,7 @@ impl Cli {
         self.http_idle_timeout()?;
         self.http_client_limits()?;
         self.ws_limits()?;
-        self.store_limits()?;
+        self.check_store_flags()?;
         self.store_config()?;
         self.task_retention()?;
         self.pairing_retention()?;

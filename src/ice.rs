@@ -27,7 +27,7 @@ impl Default for Config {
 }
 
 /// `GET /api/config` at the shard's time; `embedded` is the embedded TURN server's
-/// entry for this caller, if any (`crate::turn::ice_entry`), listed last.
+/// entry for this caller, if any (`crate::server::turn::ice_entry`), listed last.
 pub fn get<S: Shard>(sh: &S, cfg: &Config, embedded: Option<IceServer>) -> Result<Outcome, Error> {
     let turn = cfg
         .turn

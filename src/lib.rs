@@ -9,7 +9,6 @@ pub mod dashboard;
 pub mod hub;
 pub mod ice;
 pub mod limits;
-pub mod metrics;
 pub mod pairing;
 pub mod registry;
 pub mod server;
@@ -17,6 +16,5 @@ pub mod shard;
 pub mod signaling;
 pub mod store_cli;
 pub mod tls;
-pub mod turn;
 
 pub use wire::{http, time, ws};

@@ -166,12 +166,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         None => None,
     };
     let mut config = ServerConfig::new(cli.http_idle_timeout()?);
-    config.task_retention = cli.task_retention()?;
+    let task_retention = cli.task_retention()?;
     let store_config = cli.store_config()?;
     config.ws = cli.ws_limits()?;
-    config.limits = cli.store_limits()?;
+    config.hub = cli.hub_config(task_retention)?;
     config.registry = cli.registry_config();
-    config.hub = cli.hub_config();
     #[cfg(feature = "test-switches")]
     {
         config.test_clock = cli.test_clock;
@@ -259,7 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             .collect();
     }
     let turn_sockets = match &config.turn_server {
-        Some(t) => chatixia_core::turn::settings::bind(t, reactor.cores())?,
+        Some(t) => chatixia_core::server::turn::settings::bind(t, reactor.cores())?,
         None => (0..reactor.cores()).map(|_| Default::default()).collect(),
     };
     let (boots, stray) =

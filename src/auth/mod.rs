@@ -25,8 +25,6 @@ pub mod keys;
 pub mod ops;
 pub mod principal;
 pub mod tokens;
-#[cfg(test)]
-mod workflows;
 
 use serde::Serialize;
 

@@ -401,6 +401,10 @@ fn check(key: &str, kind: Kind, values: &[String]) -> Result<(), String> {
         .chain(values.iter().map(|v| format!("--{key}={v}")));
     match Cli::command().try_get_matches_from(argv) {
         Ok(_) => Ok(()),
+        // A flag that needs another is checked for its value alone; the pairs (such as
+        // `--tls-cert` and `--tls-key`) are checked with the whole settings
+        // (`Cli::tls_settings`).
+        Err(e) if e.kind() == clap::error::ErrorKind::MissingRequiredArgument => Ok(()),
         Err(e) => {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();

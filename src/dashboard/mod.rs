@@ -15,5 +15,3 @@ pub mod assets;
 pub mod events;
 pub mod ops;
 pub mod paging;
-#[cfg(test)]
-mod workflows;

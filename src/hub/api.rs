@@ -18,7 +18,7 @@ use crate::hub::ops::{Op, Reply};
 use crate::hub::records::task_record;
 use crate::hub::{
     heartbeat_body, new_task_id, task_body, task_created_body, Placement, Task, TaskId,
-    TaskSubmission, TaskUpdate, DEFAULT_TTL_SECS, TASK_STORE_NAMES,
+    TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_TTL_SECS, TASK_STORE_NAMES,
 };
 use crate::limits::{too_big, FieldLimits, Principal};
 use crate::registry::{Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY};
@@ -47,6 +47,11 @@ pub struct Config {
     /// Shards holding tasks away from their claim home since a restart with another
     /// shard count: heartbeats ask them too (`server::boot`).
     pub stray_task_shards: Vec<usize>,
+    /// Each shard's task store: its byte budget and client quotas, the bytes one
+    /// heartbeat claims, the anonymous share, how long finished tasks are kept
+    /// (`--task-store-bytes-max`, `--task-client-bytes-max`, `--task-client-tasks-max`,
+    /// `--list-response-bytes-max`, `--anonymous-share-percent`, `--task-retention`).
+    pub tasks: TaskStoreConfig,
 }
 
 impl Default for Config {
@@ -59,6 +64,7 @@ impl Default for Config {
             pages: PageLimits::default(),
             require_agent_auth: false,
             stray_task_shards: Vec::new(),
+            tasks: TaskStoreConfig::default(),
         }
     }
 }

@@ -27,8 +27,6 @@ mod pointers;
 pub mod query;
 pub mod records;
 mod tasks;
-#[cfg(test)]
-mod workflows;
 
 pub use ops::Store;
 pub use payload::Payload;

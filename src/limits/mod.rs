@@ -13,11 +13,9 @@
 
 mod charge;
 mod ledger;
-pub mod legacy;
 pub mod principal;
 pub use charge::Charge;
 pub use ledger::{share, Budget, ClientLedger, Line, Names, Refusal};
-pub use legacy::{require_object, StoreLimits};
 pub use principal::{Holder, Owner, Principal, ADMIN_ROLE};
 
 use crate::shard::Error;

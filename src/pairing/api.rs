@@ -73,7 +73,7 @@ async fn commit<S: Shard>(sh: &S, mutations: Vec<Mutation>) -> Result<(), Error>
 /// mailbox stayed full past the ask patience, so it was never delivered) it goes into the
 /// reserved room and is applied as soon as the owner drains its mailbox (`false`). It is
 /// never lost.
-pub(super) async fn follow_up<S: Shard, O: Request<S::Msg>>(
+pub(crate) async fn follow_up<S: Shard, O: Request<S::Msg>>(
     sh: &S,
     room: S::Room,
     make: impl Fn() -> O,

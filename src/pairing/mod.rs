@@ -18,7 +18,7 @@
 //! to know about other shards.
 //!
 //! The workflows ([`api`]) are generic over the shard layer and tested on the simulator
-//! (`workflows.rs`).
+//! (`server/sim/pairing.rs`).
 //!
 //! `POST /api/pairing/pair`, in the reference's order:
 //! 1. the body must deserialize as [`PairRequest`] (the HTTP layer's job; failures there
@@ -45,8 +45,6 @@ pub mod ops;
 pub mod paged;
 pub mod ratelimit;
 pub mod records;
-#[cfg(test)]
-mod workflows;
 
 use std::time::Duration;
 

@@ -76,6 +76,9 @@ pub struct Config {
     pub fields: FieldLimits,
     /// List pages.
     pub pages: PageLimits,
+    /// The agent store's byte budget and per-client quotas (`--agent-store-bytes-max`,
+    /// `--agent-client-agents-max`, `--agent-client-bytes-max`, the anonymous share).
+    pub budget: crate::registry::AgentBudgetConfig,
 }
 
 impl Config {

@@ -20,8 +20,6 @@ pub mod ops;
 pub mod query;
 pub mod records;
 mod topology;
-#[cfg(test)]
-mod workflows;
 
 pub use api::Config;
 pub use topology::{topology, topology_body, MeshEdge, Topology, TopologyNode};

@@ -3,10 +3,10 @@
 //! the one place that names them all.
 //!
 //! The store (`chatixia-store`) runs on its own thread; each shard holds a `ShardLink`
-//! and commits through [`commit`](crate::server::ShardCtx::commit). A handler applies a
-//! change on the owner shard first (flagged `saving`, so the record's next change waits
-//! for this one), commits it, answers 2xx only once the commit is acknowledged, and
-//! undoes the change (503) otherwise. See docs/ARCHITECTURE.md, "Durable state".
+//! and commits through the shard layer ([`crate::shard::Shard::commit`]). A handler
+//! applies a change on the owner shard first (flagged `saving`, so the record's next
+//! change waits for this one), commits it, answers 2xx only once the commit is
+//! acknowledged, and undoes the change (503) otherwise. See docs/ARCHITECTURE.md, "Durable state".
 //!
 //! Sans-IO: plain conversions and a pure split; the shard loads its part at start.
 

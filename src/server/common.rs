@@ -1,11 +1,7 @@
-//! Helpers shared by the services' HTTP handlers: JSON bodies, asking owners (typed:
-//! each request gets its service's reply), randomness, path parameters.
-
-use reactor::{AskError, ShardId};
+//! What the router reads from an HTTP request before it calls a service: JSON bodies
+//! (an object, of the expected shape), path parameters, the credentials presented.
 
 use crate::http::{Request, Response};
-use crate::server::msg::ShardRequest;
-use crate::server::{Msg, ShardCtx};
 use wire::json::{parse_body, JsonBody};
 
 /// A handler's early exit: the response to send.
@@ -23,70 +19,18 @@ pub fn json_body<T: JsonBody>(req: &Request) -> Answer<T> {
     parse_body::<T>(&req.body).map_err(|e| Response::error(e.status(), e.response_text()))
 }
 
-fn ask_error(to: ShardId, e: AskError<Msg>) -> Response {
-    match e {
-        AskError::Full(_) => {
-            Response::error(503, format!("shard {to} is overloaded (mailbox full)"))
-        }
-        AskError::NoReply => Response::error(500, format!("shard {to} gave no reply")),
+/// Refuses a body that is valid JSON but not an object (`[]`, `"x"`, `1`): serde would
+/// read a JSON array into a struct field by field, so `[]` would be an empty task.
+/// 422, as for any body of the wrong shape.
+pub fn require_object(body: &[u8]) -> Answer<()> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        return Err(Response::error(
+            422,
+            "Failed to deserialize the JSON body into the target type: expected a JSON object, got an array",
+        ));
     }
-}
-
-/// Asks the owner shard `to`; a full mailbox is 503.
-pub async fn ask<R: ShardRequest<Msg>>(ctx: &ShardCtx, to: ShardId, req: R) -> Answer<R::Reply> {
-    let msg = ctx
-        .shard
-        .ask(to, req.into_msg())
-        .await
-        .map_err(|e| ask_error(to, e))?;
-    R::reply(msg).ok_or_else(unexpected)
-}
-
-/// Asks the owner of `key`.
-pub async fn ask_owner<R: ShardRequest<Msg>>(
-    ctx: &ShardCtx,
-    key: &str,
-    req: R,
-) -> Answer<R::Reply> {
-    ask(ctx, ctx.shard.shard_of(key), req).await
-}
-
-/// Asks every shard (`make(shard)`), replies in shard order; any failure is the answer.
-pub async fn ask_all<R: ShardRequest<Msg>>(
-    ctx: &ShardCtx,
-    make: impl Fn(ShardId) -> R,
-) -> Answer<Vec<R::Reply>> {
-    let replies = ctx.shard.ask_all(|s| make(s).into_msg()).await;
-    let mut out = Vec::with_capacity(replies.len());
-    for (i, r) in replies.into_iter().enumerate() {
-        let msg = r.map_err(|e| ask_error(i, e))?;
-        out.push(R::reply(msg).ok_or_else(unexpected)?);
-    }
-    Ok(out)
-}
-
-/// The answer to an owner's reply of an unexpected kind (a bug, never input-driven).
-pub fn unexpected() -> Response {
-    tracing::error!("unexpected reply from an owner shard");
-    Response::error(500, "internal error")
-}
-
-/// `N` random bytes from the OS.
-pub fn random_bytes<const N: usize>() -> Answer<[u8; N]> {
-    let mut buf = [0u8; N];
-    getrandom::getrandom(&mut buf).map_err(|e| {
-        tracing::error!(error = %e, "getrandom failed");
-        Response::error(500, "no randomness available")
-    })?;
-    Ok(buf)
-}
-
-/// Fills `buf` from the OS (for the modules' `Rng` closures); on failure the buffer is
-/// left as is and the error is reported by the caller through [`random_bytes`] first.
-pub fn fill_random(buf: &mut [u8]) {
-    if getrandom::getrandom(buf).is_err() {
-        tracing::error!("getrandom failed");
-    }
+    Ok(())
 }
 
 /// A path segment, percent-decoded (as axum's `Path` does). Invalid escapes or UTF-8 → 400.
@@ -112,21 +56,6 @@ pub fn path_param(raw: &str) -> Answer<String> {
         .decode_utf8()
         .map(|s| s.into_owned())
         .map_err(|_| Response::error(400, "path is not valid UTF-8"))
-}
-
-/// A pre-serialized JSON body with status 200.
-pub fn ok_json(body: Vec<u8>) -> Response {
-    Response::json_bytes(200, body)
-}
-
-/// `{"status":"ok"}`.
-pub fn ok_status() -> Response {
-    Response::json_static(200, crate::registry::OK_BODY.as_bytes())
-}
-
-/// `{"error":"not found"}` with status 200 (registry and task routes).
-pub fn not_found_200() -> Response {
-    Response::json_bytes(200, crate::registry::NOT_FOUND_BODY.as_bytes().to_vec())
 }
 
 /// The credentials `req` presents (`Authorization`, `X-API-Key`), for auth's workflows.

@@ -1,13 +1,14 @@
 //! `POST /debug/clock` (only with `--test-clock`): moves every shard's clock forward and
 //! runs every shard's periodic jobs once, so tests drive health, expiry and rate-limit
-//! windows without sleeping.
+//! windows without sleeping. The server's own route (it asks every shard about itself,
+//! not a service), on the shard layer ([`crate::shard::ask_all`]).
 
 use serde::Deserialize;
 
+use super::common::{json_body, Answer};
+use super::msg::{ShardOp, ShardReply};
+use super::ShardCtx;
 use crate::http::{Request, Response};
-use crate::server::common::{ask_all, json_body, unexpected, Answer};
-use crate::server::msg::{ShardOp, ShardReply};
-use crate::server::ShardCtx;
 use wire::json::JsonBody;
 
 #[derive(Deserialize)]
@@ -32,9 +33,11 @@ pub async fn clock(ctx: &ShardCtx, req: &Request) -> Answer<Response> {
     }
     let step = (adv.advance_secs * 1e9) as u64;
     let offset = ctx.clock_offset().saturating_add(step);
-    for r in ask_all(ctx, |_| ShardOp::SetClock(offset)).await? {
+    let replies = crate::shard::ask_all(ctx, |_| ShardOp::SetClock(offset)).await;
+    for r in replies.map_err(Response::from)? {
         if !matches!(r, ShardReply::ClockSet) {
-            return Ok(unexpected());
+            tracing::error!("unexpected reply to SetClock");
+            return Ok(Response::error(500, "internal error"));
         }
     }
     Ok(Response::json(

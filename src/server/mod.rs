@@ -1,12 +1,20 @@
-//! The shard application: accept loop, per-connection HTTP loop, routing, and the
-//! messages shards exchange. With the services' `api` and `session` modules, the only
-//! place that does I/O or reads the clock.
+//! The shard application, and the only module that names every service (see
+//! docs/ARCHITECTURE.md, "The server crate in layers"): accept loop, per-connection HTTP
+//! loop, routing, the messages shards exchange and their dispatch.
 //!
 //! * [`msg`]: the shard message, one request and one reply enum per service; the owner
-//!   side is each service's `ops::Op::apply`, dispatched by `ShardCtx::on_message`;
-//! * [`router`]: path and method → a service's HTTP handler (`registry::api`, …,
-//!   `ws::upgrade` for `/ws`);
-//! * [`conn`]: one HTTP/1.1 connection; [`common`]: what the handlers share.
+//!   side is each service's `ops::Op::apply`, called by [`dispatch`] (sans-IO) and, for
+//!   what needs the shard's I/O, `ShardCtx::on_message`;
+//! * [`layer`]: `ShardCtx` as the shard layer the services run on (`shard::Shard`);
+//!   [`state`]: one store per service;
+//! * [`router`]: path and method → a service's workflow (`registry::api`, …,
+//!   `ws::upgrade` for `/ws`), answered through [`respond`]; [`common`]: what the
+//!   router reads from a request;
+//! * [`conn`]: one HTTP/1.1 connection; `linger`: the lingering close; `tls_accept`: the
+//!   TLS handshake; [`turn`]: the embedded TURN server's sockets;
+//! * [`boot`]: the stored state split among the shards; [`metrics`]: `/metrics`;
+//! * `sim` (tests): the services on the shard layer's simulator, and their workflow
+//!   tests.
 
 pub mod backup;
 pub mod boot;
@@ -16,13 +24,16 @@ mod debug;
 pub mod dispatch;
 pub mod events;
 pub mod layer;
+mod linger;
+pub mod metrics;
 pub mod msg;
-pub mod paging;
 pub mod respond;
 pub mod router;
 #[cfg(test)]
 pub mod sim;
 pub mod state;
+mod tls_accept;
+pub mod turn;
 pub mod ws;
 
 pub use state::ShardState;
@@ -34,10 +45,9 @@ use std::time::Duration;
 
 use reactor::Shard;
 
-use crate::http::Response;
 use crate::hub::EXPIRE_INTERVAL;
-use crate::metrics::{ShardCounters, ShardMetrics};
 use crate::registry::HEALTH_CHECK_INTERVAL;
+use crate::server::metrics::{ShardCounters, ShardMetrics};
 use crate::signaling::WsLimits;
 use crate::time::UnixTime;
 pub use msg::Msg;
@@ -61,24 +71,20 @@ pub struct ServerConfig {
     pub pairing: crate::pairing::Config,
     /// `GET /api/config`: STUN and TURN.
     pub ice: crate::ice::Config,
-    /// How long finished tasks are kept.
-    pub task_retention: Duration,
     /// Enables `POST /debug/clock`.
     pub test_clock: bool,
     /// Signaling WebSocket limits.
     pub ws: WsLimits,
-    /// Stored field sizes, `ttl` range, store budgets and client quotas, list pages.
-    pub limits: crate::limits::StoreLimits,
-    /// The registry's field limits and list pages.
+    /// The registry's field limits, list pages and agent store budget.
     pub registry: crate::registry::Config,
-    /// The hub's field limits, list pages and stray task shards.
+    /// The hub's field limits, list pages, stray task shards and task store.
     pub hub: crate::hub::Config,
     /// The durable store (`None`: state in memory only, for embedders and benches).
     pub store: Option<chatixia_store::StoreHandle>,
     /// Serves the `/ws-echo` test WebSocket (no token; `--ws-echo`).
     pub ws_echo: bool,
     /// The embedded TURN server (`--turn-listen`; issue 24).
-    pub turn_server: Option<crate::turn::TurnSettings>,
+    pub turn_server: Option<crate::server::turn::TurnSettings>,
 }
 
 impl ServerConfig {
@@ -91,42 +97,14 @@ impl ServerConfig {
             auth: crate::auth::Config::default(),
             pairing: crate::pairing::Config::default(),
             ice: crate::ice::Config::default(),
-            task_retention: crate::hub::DEFAULT_RETENTION,
             test_clock: false,
             ws: WsLimits::default(),
-            limits: crate::limits::StoreLimits::default(),
             registry: crate::registry::Config::default(),
             hub: crate::hub::Config::default(),
             store: None,
             ws_echo: false,
             turn_server: None,
         }
-    }
-}
-
-/// How a retained write ended ([`ShardCtx::commit_retained`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Saved {
-    /// On disk.
-    Durable,
-    /// Not yet: the store is unavailable; kept and written once it recovers (the reason).
-    Deferred(String),
-}
-
-/// The 503 for a write the store did not acknowledge (nothing of it is on disk). The
-/// store being unavailable (a disk that refuses writes) is not logged here, per request:
-/// the control thread logs it once per interval (`main.rs`, `StoreWatch`).
-pub fn store_refusal(e: &chatixia_store::StoreError) -> Response {
-    if let chatixia_store::StoreError::Full { .. } = e {
-        // The size bound (`--data-bytes-max`): the store's own words name it.
-        return Response::error(503, e.to_string());
-    }
-    if e.is_unavailable() {
-        tracing::debug!(error = %e, "write refused: state store unavailable");
-        Response::error(503, format!("{e}; try again later"))
-    } else {
-        tracing::error!(error = %e, "store commit failed");
-        Response::error(503, "could not save the change; try again later")
     }
 }
 
@@ -167,70 +145,6 @@ impl ShardCtx {
         }
     }
 
-    /// Commits `mutations` as one atomic write and waits until it is durable. `Err` is
-    /// the 503 to answer (nothing acknowledged; the caller undoes its change). Without a
-    /// store, succeeds at once.
-    pub async fn commit(&self, mutations: Vec<chatixia_store::Mutation>) -> Result<(), Response> {
-        self.commit_as(mutations, chatixia_store::WriteClass::Bounded)
-            .await
-    }
-
-    /// [`commit`](Self::commit) held to the durable store's size bound of `class`
-    /// (`--data-bytes-max`, its anonymous share, or none for a claim): over it, 503
-    /// with the store's reason.
-    pub async fn commit_as(
-        &self,
-        mutations: Vec<chatixia_store::Mutation>,
-        class: chatixia_store::WriteClass,
-    ) -> Result<(), Response> {
-        match self.commit_with(mutations, class, false).await? {
-            Saved::Durable => Ok(()),
-            // Only retained writes are deferred.
-            Saved::Deferred(reason) => Err(Response::error(503, reason)),
-        }
-    }
-
-    /// [`commit`](Self::commit) for a write that must not be lost to a disk outage (a
-    /// revocation): while the store is unavailable it is kept and written on recovery
-    /// ([`Saved::Deferred`]); the size bound never refuses it.
-    pub async fn commit_retained(
-        &self,
-        mutations: Vec<chatixia_store::Mutation>,
-    ) -> Result<Saved, Response> {
-        self.commit_with(mutations, chatixia_store::WriteClass::Progress, true)
-            .await
-    }
-
-    async fn commit_with(
-        &self,
-        mutations: Vec<chatixia_store::Mutation>,
-        class: chatixia_store::WriteClass,
-        retain: bool,
-    ) -> Result<Saved, Response> {
-        let Some(link) = &self.store else {
-            return Ok(Saved::Durable);
-        };
-        if mutations.is_empty() {
-            return Ok(Saved::Durable);
-        }
-        let submitted = if retain {
-            link.submit_retained(mutations)
-        } else {
-            link.submit_as(mutations, class)
-        };
-        let ack = submitted.map_err(|e| {
-            tracing::debug!(error = %e, "store refused a write");
-            Response::error(503, format!("state store busy: {e}; try again later"))
-        })?;
-        match ack.await {
-            Ok(()) => Ok(Saved::Durable),
-            Err(e @ chatixia_store::StoreError::Deferred { .. }) => {
-                Ok(Saved::Deferred(e.to_string()))
-            }
-            Err(e) => Err(store_refusal(&e)),
-        }
-    }
-
     /// Submits `mutations` without waiting for the commit (housekeeping: deleting expired
     /// codes and tasks, which start-up would drop anyway).
     pub fn commit_later(&self, mutations: Vec<chatixia_store::Mutation>) {
@@ -254,11 +168,11 @@ impl ShardCtx {
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
         // A peer deauthorized (its pairing revoked) loses its embedded-TURN allocations
-        // too, wherever they are: every shard is told (`crate::turn::revoke`).
+        // too, wherever they are: every shard is told (`crate::server::turn::revoke`).
         if let Msg::Signaling(crate::signaling::ops::Op::PeerDeauthorize(peer)) = &msg {
             if self.config.turn_server.is_some() {
                 let (ctx, peer) = (self.clone(), (**peer).clone());
-                monoio::spawn(async move { crate::turn::revoke(&ctx, &peer).await });
+                monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });
             }
         }
         match dispatch::apply(&self.state, &self.config, msg, self.now()) {
@@ -270,7 +184,7 @@ impl ShardCtx {
             }
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
             Err(Msg::Turn(op)) => {
-                crate::turn::on_op(self, op);
+                crate::server::turn::on_op(self, op);
                 None
             }
             Err(_) => None,
@@ -335,24 +249,24 @@ impl ShardCtx {
             self.budget_metrics(),
         );
         let (failures, refused) = self.state.auth_counters.snapshot();
-        m.auth = crate::metrics::AuthMetrics {
+        m.auth = crate::server::metrics::AuthMetrics {
             failures,
             refused,
             addresses: self.state.auth_failures.borrow().len() as u64,
         };
-        m.turn = crate::turn::metrics();
+        m.turn = crate::server::turn::metrics();
         m.tls = self.tls.snapshot();
         m
     }
 
     /// What this shard's task store and agent registry hold against their budgets.
-    fn budget_metrics(&self) -> crate::metrics::BudgetMetrics {
+    fn budget_metrics(&self) -> crate::server::metrics::BudgetMetrics {
         let hub = self.state.hub.borrow();
         let agents = self.state.agents.borrow();
         let (tasks_anonymous, task_anonymous_bytes) = hub.tasks.anonymous_usage();
         let (agents_anonymous, agent_anonymous_bytes) = agents.anonymous_usage();
         let n = |v: usize| v as u64;
-        crate::metrics::BudgetMetrics {
+        crate::server::metrics::BudgetMetrics {
             tasks: n(hub.tasks.len()),
             tasks_anonymous: n(tasks_anonymous),
             task_bytes: n(hub.tasks.bytes()),
@@ -522,7 +436,7 @@ pub async fn run_shard(
     listener: StdListener,
     config: Arc<ServerConfig>,
     boot: crate::server::boot::ShardBoot,
-    turn: crate::turn::ShardSockets,
+    turn: crate::server::turn::ShardSockets,
     tls: Option<ShardTlsListen>,
 ) {
     let link = match &config.store {
@@ -539,7 +453,7 @@ pub async fn run_shard(
     ctx.state.load(boot, ctx.now());
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
-    crate::turn::start(&ctx, turn);
+    crate::server::turn::start(&ctx, turn);
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());
@@ -625,9 +539,7 @@ async fn accept_loop(
                     let stream = match tls {
                         None => Some(crate::tls::Transport::plain(stream)),
                         // Boxed: a plain connection's task keeps no room for it.
-                        Some(cfg) => {
-                            Box::pin(crate::tls::accept::handshake(&ctx, stream, cfg)).await
-                        }
+                        Some(cfg) => Box::pin(tls_accept::handshake(&ctx, stream, cfg)).await,
                     };
                     match (stream, slot) {
                         (Some(stream), Some(slot)) => conn::serve(&ctx, stream, peer, slot).await,

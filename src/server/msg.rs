@@ -7,7 +7,11 @@
 //! Every payload is at most one word (a box or a small copy), so a service enum is two
 //! words and the message (every ring slot) three.
 
-use crate::metrics::ShardMetrics;
+use std::net::IpAddr;
+
+use crate::server::metrics::ShardMetrics;
+use crate::tls::Detached;
+use crate::ws::handshake;
 use crate::{auth, dashboard, hub, pairing, registry, signaling};
 
 pub enum Msg {
@@ -22,7 +26,7 @@ pub enum Msg {
     Signaling(signaling::ops::Op),
     SignalingReply(signaling::ops::Reply),
     /// Signaling: run this upgraded connection here (owner: `shard_of(peer_id)`). Tell.
-    Adopt(Box<super::ws::Adopt>),
+    Adopt(Box<Adopt>),
     /// The operator dashboard's gathers (pages, counts, events).
     Dashboard(dashboard::ops::Op),
     DashboardReply(dashboard::ops::Reply),
@@ -30,7 +34,21 @@ pub enum Msg {
     Shard(ShardOp),
     ShardReply(ShardReply),
     /// The embedded TURN server (a revocation, told to every shard). Tell.
-    Turn(crate::turn::ops::Op),
+    Turn(crate::server::turn::ops::Op),
+}
+
+/// A connection handed to its owner shard (`server::ws`): the signaling upgrade, once
+/// authorized on the shard that accepted it.
+pub struct Adopt {
+    /// The connection (its socket, and its TLS state if any).
+    pub conn: Detached,
+    /// Bytes the client sent after the upgrade request.
+    pub leftover: Vec<u8>,
+    pub peer_id: String,
+    pub client_ip: IpAddr,
+    pub upgrade: handshake::Upgrade,
+    /// The `/ws-echo` test endpoint: messages are echoed, not interpreted.
+    pub echo: bool,
 }
 
 /// Requests about a shard rather than a service.
@@ -49,9 +67,6 @@ pub enum ShardReply {
     ClockSet,
     Changes(Box<crate::shard::Delta>),
 }
-
-/// How a service's operation travels in the shard message: `crate::shard::Request`.
-pub use crate::shard::Request as ShardRequest;
 
 macro_rules! request {
     ($op:ty => $reply:ty, $req:ident, $rep:ident) => {

@@ -391,7 +391,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         Route::IceConfig => Ok(respond(crate::ice::get(
             ctx,
             &cfg.ice,
-            crate::turn::ice_entry(ctx, req),
+            crate::server::turn::ice_entry(ctx, req),
         ))),
         Route::Agents if method == Method::Post => Ok(register(ctx, req, ip).await),
         Route::Agents => Ok(respond(
@@ -557,7 +557,7 @@ async fn generate_code(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> R
 /// read field by field), then pairing's workflow. Parse failures are answered before the
 /// rate limit and do not count against it (the reference's order).
 async fn pair(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
-    if let Err(resp) = crate::limits::require_object(&req.body) {
+    if let Err(resp) = super::common::require_object(&req.body) {
         return resp;
     }
     let body: pairing::PairRequest = match super::common::json_body(req) {
@@ -656,7 +656,7 @@ async fn register(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Respon
 
 /// A JSON body of the shape `T` (an object): 415, 400 or 422 otherwise.
 fn object_body<T: wire::json::JsonBody>(req: &Request) -> Result<T, Response> {
-    crate::limits::require_object(&req.body)?;
+    super::common::require_object(&req.body)?;
     super::common::json_body(req)
 }
 
@@ -817,13 +817,13 @@ async fn metrics(ctx: &ShardCtx) -> Response {
             }
         }
     }
-    let mut body = crate::metrics::render(&shards);
+    let mut body = crate::server::metrics::render(&shards);
     match pairing::api::counters(ctx).await {
         Ok(c) => body.push_str(&pairing::api::render_metrics(&c)),
         Err(e) => return e.into(),
     }
     if let Some(store) = &ctx.config.store {
-        body.push_str(&crate::metrics::render_store(
+        body.push_str(&crate::server::metrics::render_store(
             &store.stats(),
             store.health().available,
         ));

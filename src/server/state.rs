@@ -7,7 +7,7 @@ use super::ServerConfig;
 use crate::auth::budget::Counters as AuthCounters;
 use crate::auth::failures::{FailureHints, FailureLedger, InFlight};
 use crate::auth::DeviceTokenIndex;
-use crate::hub::{TaskPointers, TaskStore, TaskStoreConfig};
+use crate::hub::{TaskPointers, TaskStore};
 use crate::registry::{AgentStore, AgentStoreConfig};
 use crate::shard::Owns;
 use crate::signaling::{ConnTable, PeerAuthz};
@@ -48,23 +48,14 @@ pub struct ShardState {
 impl ShardState {
     /// A shard's empty state, one of `shards`.
     pub fn new(config: &ServerConfig, shards: usize) -> ShardState {
-        let tasks = TaskStoreConfig {
-            retention: config.task_retention,
-            bytes_max: config.limits.task_store_bytes_max,
-            client_bytes_max: config.limits.task_client_bytes_max,
-            client_tasks_max: config.limits.task_client_tasks_max,
-            claim_bytes_max: config.limits.list_response_bytes_max,
-            anonymous_share_percent: config.limits.anonymous_share_percent,
-            ..TaskStoreConfig::default()
-        };
         ShardState {
             agents: RefCell::new({
                 let mut a = AgentStore::new(AgentStoreConfig::default());
-                a.set_budget(config.limits.agent_budget);
+                a.set_budget(config.registry.budget);
                 a
             }),
             hub: RefCell::new(hub::Store {
-                tasks: TaskStore::new(tasks),
+                tasks: TaskStore::new(config.hub.tasks),
                 pointers: TaskPointers::default(),
             }),
             pairing: RefCell::new(pairing::Store::with_guard(config.pairing.guard)),

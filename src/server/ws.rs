@@ -6,31 +6,19 @@
 //! refusal is written here ([`refuse`]): the services' errors through
 //! `Response::from(shard::Error)`, the handshake's with its headers.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use crate::http::{Request, Response};
+use crate::server::msg::Adopt;
 use crate::server::{Msg, ShardCtx};
 use crate::signaling::api::{acquire_ip, admit, release_ip};
-use crate::tls::{Detached, Transport};
+use crate::tls::Transport;
 use crate::ws::handshake;
 
 /// How long writing a refusal (an HTTP error on the upgrade path) may take.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A connection handed to its owner shard.
-pub struct Adopt {
-    /// The connection (its socket, and its TLS state if any).
-    pub conn: Detached,
-    /// Bytes the client sent after the upgrade request.
-    pub leftover: Vec<u8>,
-    pub peer_id: String,
-    pub client_ip: IpAddr,
-    pub upgrade: handshake::Upgrade,
-    /// The `/ws-echo` test endpoint: messages are echoed, not interpreted.
-    pub echo: bool,
-}
 
 /// The response of a refused upgrade: a handshake's refusal with its headers.
 fn handshake_refusal(r: handshake::Refusal) -> Response {
@@ -51,7 +39,7 @@ async fn refuse(mut stream: Transport, resp: Response) {
     // Bounded: a refused client that does not read must not hold the task and its fd.
     if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, stream.write_all(out)).await
     {
-        super::conn::linger_close(stream).await;
+        super::linger::linger_close(stream).await;
     }
 }
 

@@ -24,8 +24,6 @@ pub mod authz;
 pub mod ops;
 pub mod session;
 pub mod store;
-#[cfg(test)]
-mod workflows;
 
 pub use authz::{PeerAuthz, REVOCATION_MEMORY};
-pub use store::{ConnTable, DuplicateLog, WsLimits};
+pub use store::{ConnTable, DuplicateLog, WsLimits, WsMetrics};

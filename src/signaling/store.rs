@@ -189,6 +189,16 @@ impl MeshIndex {
     }
 }
 
+/// Signaling counters of one shard ([`ConnTable::metrics`]): connections open, messages
+/// relayed, upgrades or relays refused, connections closed for a full outbound queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WsMetrics {
+    pub open: u64,
+    pub relayed: u64,
+    pub refused: u64,
+    pub closed_slow: u64,
+}
+
 /// The live signaling connections one shard runs (those of the peers it owns), the
 /// per-IP connection counts of the client IPs it owns, its read-buffer pool, and the
 /// limits they are held to.
@@ -255,7 +265,7 @@ impl ConnTable {
     /// with the same identity replaces the first, which is closed with 4000 and a reason
     /// (never left orphaned); that is logged at warn at most once per identity per
     /// [`DUPLICATE_WARN_INTERVAL_SECS`], the rest at debug.
-    pub(super) fn register(
+    pub(crate) fn register(
         &self,
         peer_id: Box<str>,
         mesh: Option<Box<str>>,
@@ -304,7 +314,7 @@ impl ConnTable {
 
     /// Forgets connection `key` (its task ended). Its identity maps to it only if it was
     /// not replaced.
-    pub(super) fn unregister(&self, key: usize) {
+    pub(crate) fn unregister(&self, key: usize) {
         self.meshes
             .borrow_mut()
             .remove(&mut self.slots.borrow_mut(), key);
@@ -326,8 +336,9 @@ impl ConnTable {
         (self.open.get() as usize) < self.limits.connections_per_shard_max
     }
 
-    pub fn metrics(&self) -> crate::metrics::WsMetrics {
-        crate::metrics::WsMetrics {
+    /// This shard's signaling counters (read into `/metrics` by the server).
+    pub fn metrics(&self) -> WsMetrics {
+        WsMetrics {
             open: self.open.get(),
             relayed: self.relayed.get(),
             refused: self.refused.get(),
@@ -391,10 +402,18 @@ impl ConnTable {
         }
     }
 
+    /// Whether the connection `key` may signal, and in which mesh (the workflow tests of
+    /// `server::sim`).
+    #[cfg(test)]
+    pub(crate) fn authorization(&self, key: usize) -> Option<(bool, Option<Box<str>>)> {
+        let slots = self.slots.borrow();
+        slots.get(key).map(|s| (s.authorized, s.mesh.clone()))
+    }
+
     /// The code and reason connection `key` is closing with, for its close frame. Read,
     /// not taken: the slot stays closing (unlisted, refusing output) until its task
     /// unregisters it.
-    pub(super) fn close_reason(&self, key: usize) -> Option<(u16, Cow<'static, str>)> {
+    pub(crate) fn close_reason(&self, key: usize) -> Option<(u16, Cow<'static, str>)> {
         self.slots.borrow().get(key).and_then(|s| s.close.clone())
     }
 
@@ -564,7 +583,7 @@ impl ConnTable {
 /// Drains the queue into one write batch (empty: nothing queued); also says whether a
 /// close is pending. A lone frame is handed over as it is (no copy); several are
 /// joined into one buffer of exactly their size, up to `WRITE_BATCH_SIZE_MAX`.
-pub(super) fn take_output(ws: &ConnTable, key: usize) -> (Box<[u8]>, bool) {
+pub(crate) fn take_output(ws: &ConnTable, key: usize) -> (Box<[u8]>, bool) {
     let mut slots = ws.slots.borrow_mut();
     let Some(slot) = slots.get_mut(key) else {
         return (Box::default(), true);

@@ -3,8 +3,6 @@
 //! * [`config`]: the certificate chain and key (PEM), checked, and the rustls
 //!   configuration (TLS 1.3 and 1.2, ECDHE with AEAD suites only, ALPN `http/1.1`);
 //! * [`session`]: one connection's TLS state, sans-IO, on rustls's unbuffered API;
-//! * [`accept`]: the handshake on the accepting shard, with the header deadline; plain
-//!   HTTP on the TLS port gets a 400;
 //! * [`transport`]: the byte stream the HTTP and WebSocket code reads and writes, plain
 //!   or TLS;
 //! * [`reload`]: certificates reloaded on SIGHUP and when the files change;
@@ -12,7 +10,6 @@
 //!
 //! docs/ARCHITECTURE.md ("TLS") says where this sits in the connection loop.
 
-pub mod accept;
 pub mod config;
 pub mod metrics;
 pub mod reload;

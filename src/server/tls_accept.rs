@@ -11,11 +11,13 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use reactor::timer::{select2, Either};
 
-use super::metrics::Refusal;
-use super::session::{Progress, TlsSession};
-use super::Transport;
+use super::linger::linger_close;
+use super::metrics::ShardCounters;
+use super::ShardCtx;
 use crate::http::Response;
-use crate::server::ShardCtx;
+use crate::tls::metrics::Refusal;
+use crate::tls::session::{Progress, TlsSession};
+use crate::tls::Transport;
 
 /// Bytes asked for per read during the handshake. A ClientHello (about 1.8 KiB with a
 /// post-quantum key share, under 600 bytes without) and a client's second flight fit in
@@ -54,7 +56,7 @@ pub async fn handshake(
     };
     match outcome {
         Ok(t) => {
-            crate::metrics::ShardCounters::inc(&ctx.tls.handshakes);
+            ShardCounters::inc(&ctx.tls.handshakes);
             Some(t)
         }
         Err((why, tcp)) => {
@@ -112,7 +114,7 @@ async fn refuse_plaintext(mut tcp: TcpStream) {
     let mut out = Vec::new();
     Response::error(400, PLAINTEXT_REFUSAL).encode(false, false, &mut out);
     if let Ok((Ok(_), _)) = monoio::time::timeout(REFUSE_WRITE_TIMEOUT, tcp.write_all(out)).await {
-        crate::server::conn::linger_close(Transport::plain(tcp)).await;
+        linger_close(Transport::plain(tcp)).await;
     }
 }
 

@@ -4,12 +4,12 @@
 
 use serde_json::Value;
 
+use super::{config, world, SimNode};
 use crate::dashboard::api::{self, AgentParams, TaskParams};
 use crate::dashboard::events::EventStream;
 use crate::hub::TaskSubmission;
 use crate::limits::Principal;
 use crate::pairing::{EntryId, Issuer};
-use crate::server::sim::{config, world, SimNode};
 use crate::server::Msg;
 use crate::shard::sim::Sim;
 use crate::shard::{Kind, Outcome, ShardId, ASK_PATIENCE};

@@ -9,11 +9,11 @@ use std::rc::Rc;
 
 use chatixia_store::{Mutation, Secrets, Snapshot};
 
-use super::api;
-use super::{Code, Entry, EntryId, Issuer, PairRequest, Status};
+use super::{config, world, SimNode};
 use crate::auth;
-use crate::server::msg::Msg;
-use crate::server::sim::{config, world, SimNode};
+use crate::pairing::api;
+use crate::pairing::{Code, Entry, EntryId, Issuer, PairRequest, Status};
+use crate::server::Msg;
 use crate::shard::sim::Sim;
 use crate::shard::{Error, Kind, Outcome};
 use crate::time::UnixTime;
@@ -70,7 +70,7 @@ impl World {
         }
     }
 
-    fn cfg(&self) -> super::Config {
+    fn cfg(&self) -> crate::pairing::Config {
         self.sim.node(0).config.pairing.clone()
     }
 
@@ -619,7 +619,7 @@ fn a_refused_step_undoes_the_steps_before_it() {
         let code = w.generate(0).unwrap();
         for s in 0..shards {
             let mut p = w.sim.node(s).state.pairing.borrow_mut();
-            for i in 0..super::PairingStore::DEFAULT_ENTRIES_MAX as u32 {
+            for i in 0..crate::pairing::PairingStore::DEFAULT_ENTRIES_MAX as u32 {
                 let mut e = w_entry(i + (s as u32) * 100_000);
                 e.status = Status::Rejected;
                 p.entries.insert_loaded(e);
@@ -701,7 +701,7 @@ fn a_follow_up_to_a_full_mailbox_waits_in_its_room() {
     let a = applied.clone();
     w.sim.spawn(async move {
         a.set(Some(
-            api::follow_up(&sh, room, || super::ops::Op::CodeRemove(code)).await,
+            api::follow_up(&sh, room, || crate::pairing::ops::Op::CodeRemove(code)).await,
         ));
     });
     w.sim.run();

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::{config, world, SimNode};
 use crate::hub::{api, Config, TaskSubmission, TaskUpdate};
 use crate::limits::Principal;
 use crate::registry::{self, Heartbeat};
-use crate::server::sim::{config, world, SimNode};
 use crate::server::Msg;
 use crate::shard::sim::{Rng, Sim};
 use crate::shard::{Error, Kind, Outcome};

@@ -29,7 +29,7 @@ use std::rc::Rc;
 
 use ::turn::server::Server;
 
-use crate::metrics::TurnMetrics;
+use crate::server::metrics::TurnMetrics;
 use crate::server::ShardCtx;
 pub use ops::Op;
 pub use settings::{ShardSockets, TurnSettings};

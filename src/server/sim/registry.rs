@@ -1,9 +1,9 @@
 //! The registry's workflows on the simulator (issue 21): N shards in one thread, the
 //! server's own dispatch, simulated time, and faults.
 
+use super::{config, world};
 use crate::limits::Principal;
 use crate::registry::api;
-use crate::server::sim::{config, world};
 use crate::shard::{Kind, Outcome};
 use crate::time::UnixTime;
 use wire::json::parse_body;
@@ -107,7 +107,7 @@ fn an_overloaded_owner_is_a_503_after_the_ask_patience() {
 /// The binding records the simulator's store holds: `(agent, owner)` after replaying
 /// every acknowledged commit.
 fn stored_bindings(
-    sim: &crate::shard::sim::Sim<crate::server::msg::Msg, crate::server::sim::SimNode>,
+    sim: &crate::shard::sim::Sim<crate::server::msg::Msg, super::SimNode>,
 ) -> Vec<(String, String)> {
     use chatixia_store::{BindingOwner, Mutation};
     let mut held = std::collections::BTreeMap::new();

@@ -1,15 +1,15 @@
 //! Auth's workflows on the simulator (issue 21): `POST /api/token`, the failure budget
 //! across shards (the owner's ledger, the other shards' hints), the admin and agent
 //! checks, with full mailboxes. (The device-token flow with pairing is in
-//! `pairing::workflows`.)
+//! `server::sim::pairing`.)
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::budget::admit;
-use super::failures::{Failure, SecretRoute};
-use super::{api, jwt, DeviceGrant, Presented};
-use crate::server::msg::Msg;
-use crate::server::sim::{config, world, SimNode};
+use super::{config, world, SimNode};
+use crate::auth::budget::admit;
+use crate::auth::failures::{Failure, SecretRoute};
+use crate::auth::{api, jwt, DeviceGrant, Presented};
+use crate::server::Msg;
 use crate::shard::sim::Sim;
 use crate::shard::{Error, Kind};
 use crate::time::UnixTime;
@@ -17,7 +17,7 @@ use crate::time::UnixTime;
 const T0: UnixTime = UnixTime(1_800_000_000_000_000_000);
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
 
-fn cfg(sim: &Sim<Msg, SimNode>) -> super::Config {
+fn cfg(sim: &Sim<Msg, SimNode>) -> crate::auth::Config {
     sim.node(0).config.auth.clone()
 }
 
@@ -45,11 +45,11 @@ fn token(
 
 /// Indexes `token` on its owner shard, as pairing's approval does.
 fn index(sim: &Sim<Msg, SimNode>, token: &str, entry_id: u32) {
-    let key = super::tokens::token_key_of(&cfg(sim).secrets, token);
+    let key = crate::auth::tokens::token_key_of(&cfg(sim).secrets, token);
     let owner = reactor::shard_of(&key, sim.count());
     let grant = DeviceGrant {
         peer_id: "agent-0a0b0c".into(),
-        role: super::DEVICE_TOKEN_ROLE.into(),
+        role: crate::auth::DEVICE_TOKEN_ROLE.into(),
         mesh: None,
         entry_id,
     };
@@ -154,7 +154,7 @@ fn wrong_secrets_spend_the_address_budget_on_any_shard() {
 fn a_full_owner_mailbox_is_a_503_and_a_failure_is_not_forgotten() {
     let sim = world(2, config(), T0, 13);
     index(&sim, "dt_0123", 1);
-    let key = super::tokens::token_key_of(&cfg(&sim).secrets, "dt_0123");
+    let key = crate::auth::tokens::token_key_of(&cfg(&sim).secrets, "dt_0123");
     let owner = reactor::shard_of(&key, 2);
     sim.set_full(owner, true);
     let e = token(&sim, 1 - owner, None, Some("dt_0123")).unwrap_err();
@@ -197,7 +197,7 @@ fn admin_and_agent_checks_count_only_forged_tokens() {
     let run_admin = |h: Option<String>| {
         let (sh, cfg) = (sim.shard(1), cfg.clone());
         sim.block_on(async move {
-            super::admin::authorize(&sh, &cfg, h.as_deref(), CLIENT)
+            crate::auth::admin::authorize(&sh, &cfg, h.as_deref(), CLIENT)
                 .await
                 .map(|c| c.sub)
         })
@@ -227,7 +227,7 @@ fn admin_and_agent_checks_count_only_forged_tokens() {
                 authorization: h.as_deref(),
                 api_key: None,
             };
-            super::agent::principal(&sh, &cfg, presented, CLIENT, Some(agent_id)).await
+            crate::auth::agent::principal(&sh, &cfg, presented, CLIENT, Some(agent_id)).await
         })
     };
     let p = principal(Some(agent.clone()), "alpha").unwrap();

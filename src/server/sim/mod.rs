@@ -1,6 +1,15 @@
 //! The server's services on the shard layer's simulator (`shard::sim`): N shards' state
-//! and the server's own dispatch in one thread, on simulated time. Workflow tests of
-//! every service start here.
+//! and the server's own dispatch in one thread, on simulated time, and the workflow
+//! tests of every service on it (one file a service: the services' workflows run as
+//! the server runs them, with every other service they ask, so the tests live here, the
+//! one place that names every service).
+
+mod auth;
+mod dashboard;
+mod hub;
+mod pairing;
+mod registry;
+mod signaling;
 
 use std::sync::Arc;
 

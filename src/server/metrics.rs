@@ -1,4 +1,7 @@
-//! Per-shard counters and their Prometheus text rendering (sans-IO).
+//! Per-shard counters and their Prometheus text rendering (sans-IO): the server's own
+//! counters (connections, requests), and a snapshot of each service's, which every
+//! service keeps in its own state (`signaling::WsMetrics`, auth's failure budget, the
+//! task and agent stores' budgets, TLS, TURN); only the server names them all.
 
 use std::cell::Cell;
 use std::fmt::Write;
@@ -7,6 +10,7 @@ use reactor::{IoDriver, MailboxStats};
 
 use crate::auth::budget::{FAILURE_KINDS, SECRET_ROUTES};
 use crate::auth::failures::{Failure, SecretRoute};
+use crate::signaling::WsMetrics;
 
 /// Counters a shard keeps about itself (shard-local cells, never shared).
 #[derive(Default)]
@@ -41,7 +45,7 @@ pub struct ShardMetrics {
     pub requests_served: u64,
     pub mailbox: MailboxStats,
     pub ws: WsMetrics,
-    /// The embedded TURN server's numbers (`crate::turn`; zero without it).
+    /// The embedded TURN server's numbers (`crate::server::turn`; zero without it).
     pub turn: TurnMetrics,
     pub auth: AuthMetrics,
     pub budgets: BudgetMetrics,
@@ -78,15 +82,6 @@ pub struct AuthMetrics {
     pub refused: [u64; SECRET_ROUTES],
     /// Addresses with recent failures in this shard's ledger.
     pub addresses: u64,
-}
-
-/// Signaling counters of one shard.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WsMetrics {
-    pub open: u64,
-    pub relayed: u64,
-    pub refused: u64,
-    pub closed_slow: u64,
 }
 
 impl ShardMetrics {
@@ -336,7 +331,7 @@ fn render_auth(out: &mut String, shards: &[ShardMetrics]) {
     }
 }
 
-/// The embedded TURN server's numbers of one shard (`crate::turn`).
+/// The embedded TURN server's numbers of one shard (`crate::server::turn`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TurnMetrics {
     /// The shard runs TURN (`--turn-listen`); without it no TURN series is rendered.

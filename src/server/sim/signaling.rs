@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::server::sim::{config, world, SimNode};
+use super::{config, world, SimNode};
 use crate::server::Msg;
 use crate::shard::sim::{Sim, SimShard};
 use crate::shard::{self, Kind, ShardId, ASK_PATIENCE};
@@ -172,11 +172,7 @@ fn approvals_and_revocations_reach_the_peer_on_its_owner() {
         let owner = shards - 1;
         // Connected before its approval: admitted, may not signal.
         let key = admit_on(&sim, &peer).unwrap();
-        let slot = |sim: &World| {
-            let slots = sim.node(owner).state.ws.slots.borrow();
-            let s = slots.get(key).unwrap();
-            (s.authorized, s.mesh.clone())
-        };
+        let slot = |sim: &World| sim.node(owner).state.ws.authorization(key).unwrap();
         assert_eq!(slot(&sim), (false, None));
         // Approved from any shard: the owner's PeerAuthz counts it, the live connection
         // may signal at once, in the entry's mesh.
@@ -237,10 +233,7 @@ fn admission_holds_the_shard_limit_and_shutdown() {
     let sim = world(1, c, T0, 2);
     // The dev key's peer is authorized by its key, in the default mesh.
     let key = admit_on(&sim, crate::auth::keys::DEV_PEER_ID).unwrap();
-    {
-        let slots = sim.node(0).state.ws.slots.borrow();
-        assert!(slots.get(key).unwrap().authorized);
-    }
+    assert!(sim.node(0).state.ws.authorization(key).unwrap().0);
     let e = admit_on(&sim, "another").unwrap_err();
     assert_eq!(
         (e.kind, e.message.as_deref()),
