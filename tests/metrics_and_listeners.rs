@@ -47,6 +47,14 @@ fn metrics_cover_every_shard() {
             sample(&text, &format!("chatixia_mailbox_sent_total{l}"));
             sample(&text, &format!("chatixia_mailbox_received_total{l}"));
             sample(&text, &format!("chatixia_mailbox_refused_total{l}"));
+            // The shard layer's back-pressure counters (nothing waited on an idle server).
+            for series in [
+                "chatixia_shard_asks_waited_total",
+                "chatixia_shard_asks_refused_total",
+                "chatixia_shard_reservations_refused_total",
+            ] {
+                assert_eq!(sample(&text, &format!("{series}{l}")), 0, "{series}");
+            }
             assert_eq!(
                 sample(
                     &text,

@@ -51,6 +51,29 @@ pub struct ShardMetrics {
     pub budgets: BudgetMetrics,
     /// TLS handshakes (issue 23); all zero without TLS.
     pub tls: crate::tls::metrics::TlsMetrics,
+    /// The shard layer's back-pressure counters (`crate::shard::LayerStats`).
+    pub layer: LayerMetrics,
+}
+
+/// The shard layer's counters on one shard: asks that found a full mailbox and waited,
+/// asks given up on after `shard::ASK_PATIENCE` (answered 503), and workflows refused
+/// because no room for their follow-ups could be reserved (503).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerMetrics {
+    pub asks_waited: u64,
+    pub asks_refused: u64,
+    pub reservations_refused: u64,
+}
+
+impl LayerMetrics {
+    /// The counts now.
+    pub fn of(s: &crate::shard::LayerStats) -> LayerMetrics {
+        LayerMetrics {
+            asks_waited: s.asks_waited.get(),
+            asks_refused: s.asks_refused.get(),
+            reservations_refused: s.reservations_refused.get(),
+        }
+    }
 }
 
 /// What one shard's stores hold against their budgets (issue 20), and the refusals.
@@ -105,6 +128,7 @@ impl ShardMetrics {
             budgets,
             turn: Default::default(),
             tls: Default::default(),
+            layer: Default::default(),
         }
     }
 }
@@ -113,7 +137,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 19] = [
+    let series: [(&str, &str, &str, Get); 22] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -179,6 +203,24 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "counter",
             "Wakeups written to this shard's doorbell while its mailbox slept.",
             |m| m.mailbox.wakeups,
+        ),
+        (
+            "chatixia_shard_asks_waited_total",
+            "counter",
+            "Asks to another shard that found its mailbox full and waited.",
+            |m| m.layer.asks_waited,
+        ),
+        (
+            "chatixia_shard_asks_refused_total",
+            "counter",
+            "Asks to another shard given up after the ask patience (answered 503).",
+            |m| m.layer.asks_refused,
+        ),
+        (
+            "chatixia_shard_reservations_refused_total",
+            "counter",
+            "Workflows refused because no room for their follow-ups could be reserved (503).",
+            |m| m.layer.reservations_refused,
         ),
         (
             "chatixia_task_store_tasks",

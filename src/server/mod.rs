@@ -256,6 +256,7 @@ impl ShardCtx {
         };
         m.turn = crate::server::turn::metrics();
         m.tls = self.tls.snapshot();
+        m.layer = crate::server::metrics::LayerMetrics::of(&self.layer);
         m
     }
 
