@@ -49,6 +49,15 @@ const SAMPLES: &[(&str, &str)] = &[
     ),
     ("turn-url", "\"turn:turn.example.net:3478?transport=udp\""),
     ("turn-secret-file", "\"/etc/chatixia-core/turn-secret\""),
+    ("tls-cert", "\"/etc/chatixia-core/tls/fullchain.pem\""),
+    ("tls-key", "\"/etc/chatixia-core/tls/privkey.pem\""),
+    ("tls-listen", "\"0.0.0.0:443\""),
+    ("tls-port-file", "\"/run/chatixia-core/tls-addr\""),
+    ("turn-listen", "[\"0.0.0.0:3478\"]"),
+    ("turn-tls-listen", "[\"0.0.0.0:5349\"]"),
+    ("turn-public-ip", "\"203.0.113.10\""),
+    ("turn-allow-peer", "[\"198.51.100.0/24\"]"),
+    ("turn-deny-peer", "[\"203.0.113.0/24\"]"),
 ];
 
 /// Where a setting came from.
