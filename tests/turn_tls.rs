@@ -31,6 +31,7 @@ use turn::stun::{attr, method, Class, Message};
 /// the plain listener (`https`), all with `files`' certificate.
 struct Rig {
     server: Server,
+    turn: SocketAddr,
     turns: SocketAddr,
     https: SocketAddr,
     _dir: common::TempDir,
@@ -51,10 +52,11 @@ fn start(cores: usize, keys: Option<String>, files: &CertFiles, extra: &[&str]) 
     ]);
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (server, _) = turn_rig::start(cores, keys, &args);
+    let (server, turn) = turn_rig::start(cores, keys, &args);
     let https = tls::read_port_file(&port_file);
     Rig {
         server,
+        turn,
         turns,
         https,
         _dir: dir,
@@ -300,6 +302,34 @@ fn non_tls_clients_on_the_turn_tls_port_are_closed() {
         &pass,
     );
     c.relayed();
+}
+
+#[test]
+fn tls_connections_count_against_the_tcp_connection_limit() {
+    let pki = Pki::new();
+    let files = pki.issue("turns", KeyKind::Ecdsa);
+    let rig = start(1, None, &files, &["--turn-tcp-connections-max", "2"]);
+    let cfg = turn_rig::tls_config(pki.roots());
+    let (user, pass) = credentials("peer-limit", 3600);
+    // One TLS client with an allocation, one connection still in its handshake.
+    let mut first = Client::tls(rig.turns, &cfg, "localhost", &user, &pass);
+    first.relayed();
+    let _handshaking = TcpStream::connect(rig.turns).unwrap();
+    assert!(eventually(Duration::from_secs(3), || metric(
+        &rig.server,
+        "chatixia_turn_tcp_connections",
+        ""
+    ) == 2));
+    // A third is closed at once, over TLS or over TCP (one limit for both).
+    assert!(Client::try_tls(rig.turns, &cfg, "localhost").is_err());
+    let mut c = Client::tcp(rig.turn, &user, &pass);
+    assert!(c.closed(Duration::from_secs(3)));
+    assert!(
+        metric(&rig.server, "chatixia_turn_tcp_refused_total", "") == 2,
+        "refusals are counted"
+    );
+    // The first is unaffected.
+    assert!(first.refresh(600).ok());
 }
 
 #[test]
