@@ -383,13 +383,13 @@ fn render_turn(shards: &[ShardMetrics], out: &mut String) {
         (
             "chatixia_turn_tcp_connections",
             "gauge",
-            "TURN TCP connections open now.",
+            "TURN TCP and TLS connections open now (TLS handshakes in progress included).",
             |t| t.tcp_connections,
         ),
         (
             "chatixia_turn_tcp_refused_total",
             "counter",
-            "TURN TCP connections closed by --turn-tcp-connections-max.",
+            "TURN TCP and TLS connections closed by --turn-tcp-connections-max.",
             |t| t.tcp_refused,
         ),
         (
