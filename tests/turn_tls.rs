@@ -201,7 +201,7 @@ fn turn_over_tls_challenges_refuses_a_bad_credential_and_relays() {
     assert_eq!(first.code, Some(401));
     let msg = first.msg();
     assert!(msg.get(attr::NONCE).is_some_and(|n| !n.is_empty()));
-    assert_eq!(msg.get(attr::REALM), Some(&turn_rig::REALM.as_bytes()[..]));
+    assert_eq!(msg.get(attr::REALM), Some(turn_rig::REALM.as_bytes()));
     let bad = c.request(method::ALLOCATE, attrs);
     assert_eq!(bad.code, Some(401), "a wrong password is refused");
     assert!(bad.msg().get(attr::NONCE).is_some_and(|n| !n.is_empty()));
