@@ -421,12 +421,17 @@ impl AuthFlags {
 }
 
 /// The embedded TURN server (issue 24; `crate::server::turn`, docs/PROTOCOL.md §12). Off
-/// unless `--turn-listen` is given; needs `TURN_SECRET`.
+/// unless `--turn-listen` or `--turn-tls-listen` is given; needs `TURN_SECRET`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TurnFlags {
     /// Serve TURN (UDP and TCP) on this address (repeatable), e.g. 0.0.0.0:3478.
     #[arg(long = "turn-listen")]
     pub turn_listen: Vec<SocketAddr>,
+
+    /// Serve TURN over TLS (turns:) on this address (repeatable), e.g. 0.0.0.0:5349,
+    /// with the --tls-cert certificate (needs --tls-cert and --tls-key).
+    #[arg(long = "turn-tls-listen")]
+    pub turn_tls_listen: Vec<SocketAddr>,
 
     /// The address put in relayed addresses and advertised by /api/config; needed when
     /// a --turn-listen address is 0.0.0.0 or [::].
@@ -494,11 +499,17 @@ impl TurnFlags {
         cores: usize,
     ) -> Result<Option<TurnSettings>, String> {
         let f = self;
-        if f.turn_listen.is_empty() {
+        let all: Vec<SocketAddr> = f
+            .turn_listen
+            .iter()
+            .chain(&f.turn_tls_listen)
+            .copied()
+            .collect();
+        if all.is_empty() {
             return Ok(None);
         }
         let secret = secret.filter(|s| !s.is_empty()).ok_or(
-            "--turn-listen needs the TURN REST shared secret (TURN_SECRET or \
+            "--turn-listen and --turn-tls-listen need the TURN REST shared secret (TURN_SECRET or \
                  --turn-secret-file)",
         )?;
         let relay_ip = match f.turn_public_ip {
@@ -506,17 +517,17 @@ impl TurnFlags {
                 return Err("--turn-public-ip must be a concrete address".into())
             }
             Some(ip) => ip,
-            None => match f.turn_listen.iter().find(|a| !a.ip().is_unspecified()) {
-                Some(a) if f.turn_listen.iter().all(|b| !b.ip().is_unspecified()) => a.ip(),
+            None => match all.iter().find(|a| !a.ip().is_unspecified()) {
+                Some(a) if all.iter().all(|b| !b.ip().is_unspecified()) => a.ip(),
                 _ => {
                     return Err(
-                        "--turn-listen on 0.0.0.0 or [::] needs --turn-public-ip (the address put in relayed addresses)"
+                        "--turn-listen or --turn-tls-listen on 0.0.0.0 or [::] needs --turn-public-ip (the address put in relayed addresses)"
                             .into(),
                     )
                 }
             },
         };
-        let first = f.turn_listen[0].ip();
+        let first = all[0].ip();
         let relay_bind = if first.is_ipv4() == relay_ip.is_ipv4() {
             first
         } else if relay_ip.is_ipv4() {
@@ -548,6 +559,7 @@ impl TurnFlags {
             .map_err(|e| format!("no randomness for TURN nonces: {e}"))?;
         Ok(Some(TurnSettings {
             listen: f.turn_listen.clone(),
+            tls_listen: f.turn_tls_listen.clone(),
             relay_ip,
             relay_bind,
             relay_ports,
@@ -842,23 +854,28 @@ impl Cli {
         })
     }
 
-    /// The TLS settings; `None` without --tls-cert and --tls-key. The pairs are checked
-    /// here, not by clap's `requires`: a value from the config file is a clap default,
-    /// which `requires` does not see.
+    /// The TLS settings; `None` without --tls-cert and --tls-key. The flags that need a
+    /// certificate are checked here rather than by clap's `requires`, which a config
+    /// file's values (clap's defaults) do not satisfy.
     pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
-        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
-            (Some(c), Some(k)) => (c, k),
-            (Some(_), None) => return Err("--tls-cert needs --tls-key".into()),
-            (None, Some(_)) => return Err("--tls-key needs --tls-cert".into()),
-            (None, None) => {
-                if self.tls_listen.is_some() {
-                    return Err("--tls-listen needs --tls-cert and --tls-key".into());
-                }
-                if self.tls_port_file.is_some() {
-                    return Err("--tls-port-file needs --tls-cert and --tls-key".into());
-                }
-                return Ok(None);
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            let needs = [
+                (self.tls_cert.is_some(), "--tls-cert needs --tls-key"),
+                (self.tls_key.is_some(), "--tls-key needs --tls-cert"),
+                (self.tls_listen.is_some(), "--tls-listen needs --tls-cert and --tls-key"),
+                (
+                    self.tls_port_file.is_some(),
+                    "--tls-port-file needs --tls-cert and --tls-key",
+                ),
+                (
+                    !self.turn.turn_tls_listen.is_empty(),
+                    "--turn-tls-listen needs --tls-cert and --tls-key (TURN over TLS serves the server's certificate)",
+                ),
+            ];
+            if let Some((_, e)) = needs.iter().find(|(set, _)| *set) {
+                return Err((*e).into());
             }
+            return Ok(None);
         };
         Ok(Some(crate::tls::TlsSettings {
             files: crate::tls::TlsFiles {
@@ -1087,12 +1104,36 @@ mod tests {
         assert_eq!(s.shard_ports(0, 2), (49152, 57343));
         assert_eq!(s.shard_ports(1, 2), (57344, 65535));
         assert_eq!(
-            s.urls(),
+            s.urls(Some("turn.example")),
             vec![
                 "turn:127.0.0.1:3478?transport=udp",
                 "turn:127.0.0.1:3478?transport=tcp"
             ]
         );
+        // TURN over TLS: `turns:` at the name the caller used, else the relay IP.
+        let f = flags(&[
+            "--turn-listen",
+            "127.0.0.1:3478",
+            "--turn-tls-listen",
+            "127.0.0.1:5349",
+        ]);
+        let s = f.settings(Some(b"s"), 1).unwrap().unwrap();
+        assert_eq!(s.tls_listen, ["127.0.0.1:5349".parse().unwrap()]);
+        assert_eq!(
+            s.urls(Some("turn.example")),
+            vec![
+                "turn:127.0.0.1:3478?transport=udp",
+                "turn:127.0.0.1:3478?transport=tcp",
+                "turns:turn.example:5349?transport=tcp"
+            ]
+        );
+        assert_eq!(s.urls(None)[2], "turns:127.0.0.1:5349?transport=tcp");
+        // TLS alone is enough to run TURN.
+        let f = flags(&["--turn-tls-listen", "127.0.0.1:443"]);
+        let s = f.settings(Some(b"s"), 1).unwrap().unwrap();
+        assert_eq!(s.urls(None), vec!["turns:127.0.0.1:443?transport=tcp"]);
+        let e = f.settings(None, 1).unwrap_err();
+        assert!(e.contains("TURN_SECRET"), "{e}");
         let e = flags(&["--turn-listen", "0.0.0.0:3478"])
             .settings(Some(b"s"), 1)
             .unwrap_err();

@@ -159,10 +159,14 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     let addr = cli.listen_addr()?;
     let shutdown_timeout = cli.shutdown_timeout()?;
     let tls = cli.tls_settings()?;
+    // With the embedded TURN server, the HTTPS listener also takes ALPN `stun.turn`.
+    let turn_alpn = !cli.turn.turn_listen.is_empty() || !cli.turn.turn_tls_listen.is_empty();
     // TLS: the certificate and key are read and checked first (an unreadable, invalid or
     // mismatched file stops the start, naming it).
     let tls_config = match &tls {
-        Some(t) => Some(chatixia_core::tls::config::load(&t.files)?),
+        Some(t) => Some(chatixia_core::tls::config::load_configs(
+            &t.files, turn_alpn,
+        )?),
         None => None,
     };
     let mut config = ServerConfig::new(cli.http_idle_timeout()?);
@@ -236,6 +240,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         (Some(t), Some(c)) => {
             let (r, parts) = chatixia_core::tls::reload::start(
                 t.files.clone(),
+                turn_alpn,
                 c,
                 reactor.cores(),
                 t.reload_interval,
@@ -257,7 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             .map(|r| (r.peer_id.clone(), r.not_before_secs))
             .collect();
     }
-    let turn_sockets = match &config.turn_server {
+    let turn_sockets = match config.turn_server.as_mut() {
         Some(t) => chatixia_core::server::turn::settings::bind(t, reactor.cores())?,
         None => (0..reactor.cores()).map(|_| Default::default()).collect(),
     };

@@ -5,8 +5,11 @@
 //!   other through its relay ports, loopback or not;
 //! * coturn's `turnutils_uclient` against `turnutils_peer` (Debian package `coturn`,
 //!   installed by scripts/test.sh): no loss, with channels and with Send indications,
-//!   over UDP and TCP;
-//! * aiortc (PyPI, in the venv of scripts/setup-python.sh) with a relay-only policy.
+//!   over UDP, TCP and TLS (OpenSSL's client against our rustls server);
+//! * aiortc (PyPI, in the venv of scripts/setup-python.sh) with a relay-only policy,
+//!   over UDP, TCP and `turns:` (Python's ssl, the test CA through `SSL_CERT_FILE`).
+//!
+//! (The sidecars over `turns:` are in tests/turn_tls.rs.)
 
 mod common;
 
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use common::python::{bounded, repo_root, venv_bin, AGENT_ENV_REMOVE};
 use common::sidecar::{keys_json, mesh_message, Sidecar};
+use common::tls::{KeyKind, Pki};
 use common::turn_rig::{self, credentials, metric, SECRET};
 use serde_json::{json, Value};
 
@@ -180,6 +184,89 @@ fn coturn_uclient_relays_without_loss_with_and_without_channels() {
     }
     assert!(metric(&server, "chatixia_turn_allocations_created_total", "") >= 8);
     assert!(metric(&server, "chatixia_turn_relayed_packets_total", "to_peer") >= 400);
+}
+
+/// A server with TURN over TLS on a free port, with a certificate from a throwaway CA.
+fn start_with_tls(pki: &Pki, extra: &[&str]) -> (common::Server, std::net::SocketAddr) {
+    let files = pki.issue("turns", KeyKind::Ecdsa);
+    let turns = std::net::SocketAddr::from(([127, 0, 0, 1], turn_rig::free_port()));
+    let mut args = common::tls::tls_args(&files);
+    args.extend([
+        "--tls-listen".into(),
+        "127.0.0.1:0".into(),
+        "--turn-tls-listen".into(),
+        turns.to_string(),
+    ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (server, _) = turn_rig::start(1, None, &args);
+    (server, turns)
+}
+
+#[test]
+fn coturn_uclient_relays_over_tls_without_loss() {
+    let pki = Pki::new();
+    let (server, turns) = start_with_tls(&pki, &[]);
+    let peer = Peer::start();
+    // -S: TLS (turnutils_uclient does not check the certificate).
+    for flags in [&["-t", "-S"][..], &["-t", "-S", "-s"]] {
+        let (sent, received, lost, text) = uclient(turns, peer.1, flags);
+        assert!(
+            sent > 0 && sent != u64::MAX,
+            "{flags:?}: no messages sent:\n{text}"
+        );
+        assert_eq!(
+            sent, received,
+            "{flags:?}: every message came back:\n{text}"
+        );
+        assert_eq!(lost, 0, "{flags:?}:\n{text}");
+    }
+    assert!(metric(&server, "chatixia_turn_allocations_created_total", "") >= 4);
+    assert!(metric(&server, "chatixia_tls_handshakes_total", "") >= 4);
+}
+
+#[test]
+fn aiortc_relay_only_over_tls() {
+    let pki = Pki::new();
+    let (server, turns) = start_with_tls(&pki, &["--no-allow"]);
+    let (user, pass) = credentials("aiortc", 3600);
+    let url = format!("turns:localhost:{}?transport=tcp", turns.port());
+    let v = aiortc(&url, &user, &pass, &[("SSL_CERT_FILE", &pki.ca_pem)]);
+    assert_eq!(v["ok"], true, "{v}");
+    let types = v["candidates"].as_array().unwrap();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t == "relay"),
+        "{v}"
+    );
+    assert_eq!(
+        metric(&server, "chatixia_turn_allocations_created_total", ""),
+        2
+    );
+    assert!(metric(&server, "chatixia_tls_handshakes_total", "") >= 2);
+}
+
+/// Runs tests/fixtures/aiortc_turn.py through `url`; its JSON result.
+fn aiortc(url: &str, user: &str, pass: &str, env: &[(&str, &std::path::Path)]) -> Value {
+    let mut cmd = bounded(&venv_bin().join("python"));
+    cmd.arg(repo_root().join("tests/fixtures/aiortc_turn.py"))
+        .args(["--url", url])
+        .args(["--username", user, "--credential", pass]);
+    for k in AGENT_ENV_REMOVE {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let out = cmd
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run aiortc_turn.py (the venv of scripts/setup-python.sh)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_else(|_| {
+        panic!(
+            "{url}: no result:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! | `IPC_SOCKET` | `/tmp/chatixia-sidecar.sock` | Unix socket for the agent (mode 0600) |
 //! | `STUN_URLS` | `stun:stun.l.google.com:19302` | comma-separated `stun:host:port`; empty or `none` disables STUN (tests must) |
 //! | `ICE_SERVERS` | unset | `none` is a synonym for `STUN_URLS=none` |
-//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server, `turn:host[:port][?transport=udp\|tcp]` (see [`TurnConfig`] and [`super::turn`]) |
+//! | `TURN_URL`, `TURN_SECRET` / `TURN_USERNAME`, `TURN_PASSWORD` | unset | TURN server, `turn:host[:port][?transport=udp\|tcp]` or `turns:host[:port][?transport=tcp]` (TLS; roots as for `https://`: the system's, `SSL_CERT_FILE`, `SSL_CERT_DIR`) (see [`TurnConfig`] and [`super::turn`]) |
 //! | `ICE_TRANSPORT_POLICY` | `all` | `relay`: offer only the TURN relay candidate (no host/srflx) |
 //! | `SIDECAR_IO_DRIVER` | `auto` | `auto`, `uring` or `epoll` |
 //! | `SIDECAR_UDP_GSO` | `off` | `on`: send runs of datagrams to one peer as one UDP GSO send (less sender CPU, more receiver CPU: docs/BENCHMARKS.md "Sidecar data plane") |
@@ -43,6 +43,9 @@ pub struct SidecarConfig {
     /// The TLS client for `https://` and `wss://` URLs (roots read by `main` before the
     /// shard starts, [`super::tls::roots`]); `None` when both URLs are plain.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// The TLS client for a `turns:` TURN_URL (the same roots, ALPN `stun.turn`); `None`
+    /// otherwise.
+    pub turn_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// TURN server settings from the env vars of the spec.
@@ -144,6 +147,7 @@ impl SidecarConfig {
             io_driver,
             udp_gso,
             tls: None,
+            turn_tls: None,
         })
     }
 }

@@ -8,7 +8,7 @@
 //! `poll_timeout`); the signaling session loop (token → WebSocket → register, reconnect
 //! with backoff) with its writer; the IPC accept loop with a reader and a writer per
 //! agent connection; STUN and TURN server resolution (with retries scheduled here); for
-//! TURN over TCP, the connection to the server with its reader and writer.
+//! TURN over TCP or TLS, the connection to the server with its reader and writer.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -348,7 +348,11 @@ pub async fn run(p: Prepared) {
     }
     match &p.config.turn {
         Some(turn) => {
-            monoio::spawn(turn_setup(state.clone(), turn.clone()));
+            monoio::spawn(turn_setup(
+                state.clone(),
+                turn.clone(),
+                p.config.turn_tls.clone(),
+            ));
         }
         None if p.config.relay_only => {
             tracing::warn!("ICE_TRANSPORT_POLICY=relay without TURN_URL: no candidates at all");
@@ -509,8 +513,9 @@ async fn stun_setup(state: Shared, servers: Vec<(String, u16)>) {
 }
 
 /// Resolves the TURN server and starts the allocation (the engine retries failures):
-/// over UDP from one of our sockets, or over a TCP connection this driver keeps.
-async fn turn_setup(state: Shared, turn: TurnConfig) {
+/// over UDP from one of our sockets, or over a TCP or TLS connection this driver
+/// keeps. `tls`: the client configuration for a `turns:` URL.
+async fn turn_setup(state: Shared, turn: TurnConfig, tls: Option<Arc<rustls::ClientConfig>>) {
     let (host, port, transport) = match parse_turn_url(&turn.url) {
         Ok(hp) => hp,
         Err(e) => {
@@ -534,7 +539,11 @@ async fn turn_setup(state: Shared, turn: TurnConfig) {
             server,
             config: turn,
         }),
-        TurnTransport::Tcp => turn_tcp(state, server, turn).await,
+        TurnTransport::Tcp => turn_tcp(state, server, turn, None).await,
+        TurnTransport::Tls => match tls {
+            Some(cfg) => turn_tcp(state, server, turn, Some((cfg, host))).await,
+            None => tracing::warn!("TURN over TLS without a TLS client: no relay candidates"),
+        },
     }
 }
 
@@ -542,8 +551,15 @@ async fn turn_setup(state: Shared, turn: TurnConfig) {
 /// (`Input::TurnStreamOpen`), feeds it what arrives and writes what it sends. When the
 /// connection ends the engine is told (its allocation is gone); a new connection is
 /// opened when the engine asks (`Output::TurnReconnect`, after its retry delay), or
-/// after [`super::engine::TURN_RETRY_DELAY`] when connecting failed.
-async fn turn_tcp(state: Shared, server: SocketAddr, config: TurnConfig) {
+/// after [`super::engine::TURN_RETRY_DELAY`] when connecting failed. With `tls`
+/// (`turns:`: the client configuration and the server's name), TLS over the connection:
+/// the handshake within [`CONNECT_TIMEOUT`], then the same messages sealed.
+async fn turn_tcp(
+    state: Shared,
+    server: SocketAddr,
+    config: TurnConfig,
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+) {
     let (out_kick, reconnect) = {
         let s = state.borrow();
         (s.kicks.turn_out.clone(), s.kicks.turn_reconnect.clone())
@@ -572,6 +588,18 @@ async fn turn_tcp(state: Shared, server: SocketAddr, config: TurnConfig) {
             monoio::time::sleep(super::engine::TURN_RETRY_DELAY).await;
             continue;
         };
+        let mut stream = stream;
+        let session = match &tls {
+            None => None,
+            Some((cfg, host)) => match turn_tls_handshake(cfg, host, &mut stream).await {
+                Ok(t) => Some(Rc::new(RefCell::new(t))),
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "TURN: TLS handshake failed");
+                    monoio::time::sleep(super::engine::TURN_RETRY_DELAY).await;
+                    continue;
+                }
+            },
+        };
         let conn = {
             let mut s = state.borrow_mut();
             s.turn_conn += 1;
@@ -585,16 +613,35 @@ async fn turn_tcp(state: Shared, server: SocketAddr, config: TurnConfig) {
             s.turn_conn
         };
         let (mut rd, wr) = stream.into_split();
-        monoio::spawn(turn_tcp_writer(state.clone(), wr, out_kick.clone(), conn));
+        monoio::spawn(turn_tcp_writer(
+            state.clone(),
+            wr,
+            out_kick.clone(),
+            conn,
+            session.clone(),
+        ));
         out_kick.kick();
         let mut buf = Vec::with_capacity(STREAM_READ_BYTES);
+        let mut plain = Vec::new();
         loop {
             buf.clear();
             let (r, b) = rd.read(buf).await;
             buf = b;
-            match r {
+            let n = match r {
                 Ok(0) | Err(_) => break,
-                Ok(n) => state.borrow_mut().input(Input::TurnStream(&buf[..n])),
+                Ok(n) => n,
+            };
+            let mut guard = session.as_ref().map(|t| t.borrow_mut());
+            match open(guard.as_deref_mut(), &buf[..n], &mut plain) {
+                Ok(bytes) => state.borrow_mut().input(Input::TurnStream(bytes)),
+                Err(e) => {
+                    tracing::warn!(%server, error = %e, "TURN: TLS failed");
+                    break;
+                }
+            }
+            if guard.is_some_and(|s| s.wants_write()) {
+                // A key update (or an alert) to send: the writer takes it.
+                out_kick.kick();
             }
         }
         tracing::warn!(%server, "TURN: the TCP connection closed");
@@ -610,16 +657,48 @@ async fn turn_tcp(state: Shared, server: SocketAddr, config: TurnConfig) {
     }
 }
 
-/// Writes the engine's messages for TURN TCP connection `conn` until it is replaced.
+/// The TLS handshake of a `turns:` connection with `host` (its name checked against
+/// the certificate, and sent as SNI), within [`CONNECT_TIMEOUT`].
+async fn turn_tls_handshake(
+    cfg: &Arc<rustls::ClientConfig>,
+    host: &str,
+    s: &mut TcpStream,
+) -> Result<TlsClient, SessionError> {
+    let mut tls = TlsClient::new(cfg, host).map_err(SessionError::Tls)?;
+    let done = {
+        let handshake = std::pin::pin!(tls_handshake(&mut tls, s));
+        select2(handshake, monoio::time::sleep(CONNECT_TIMEOUT)).await
+    };
+    match done {
+        Either::Left(r) => r?,
+        Either::Right(()) => {
+            return Err(SessionError::Tls(format!(
+                "TLS: handshake with {host} not done within {CONNECT_TIMEOUT:?}"
+            )))
+        }
+    }
+    Ok(tls)
+}
+
+/// Writes the engine's messages for TURN TCP connection `conn` until it is replaced
+/// (sealed with `tls` for `turns:`, after what TLS owes the server).
 async fn turn_tcp_writer(
     state: Shared,
     mut wr: monoio::io::OwnedWriteHalf<TcpStream>,
     kick: Kick,
     conn: u64,
+    tls: Option<Rc<RefCell<TlsClient>>>,
 ) {
     let mut batch = Vec::with_capacity(STREAM_READ_BYTES);
     loop {
         kick.wait().await;
+        if let Some(t) = &tls {
+            // What TLS owes the server (a key update) goes out even with no message.
+            let owed = t.borrow_mut().take_tls();
+            if !owed.is_empty() && wr.write_all(owed).await.0.is_err() {
+                return;
+            }
+        }
         loop {
             batch.clear();
             {
@@ -637,6 +716,19 @@ async fn turn_tcp_writer(
             }
             if batch.is_empty() {
                 break;
+            }
+            if let Some(t) = &tls {
+                let sealed = match t.borrow_mut().seal(&batch) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TURN: TLS send failed");
+                        return;
+                    }
+                };
+                if wr.write_all(sealed).await.0.is_err() {
+                    return;
+                }
+                continue;
             }
             let (r, b) = wr.write_all(batch).await;
             batch = b;

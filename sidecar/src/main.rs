@@ -37,11 +37,22 @@ fn main() -> ExitCode {
 
 fn run() -> Result<(), String> {
     let mut config = SidecarConfig::from_env()?;
-    if config.token_url.is_tls() || config.signaling_url.is_tls() {
+    let registry_tls = config.token_url.is_tls() || config.signaling_url.is_tls();
+    let turn_tls = config
+        .turn
+        .as_ref()
+        .is_some_and(|t| t.url.starts_with("turns:"));
+    if registry_tls || turn_tls {
         // The roots are files: read here, before the shard starts.
         let roots = chatixia_sidecar::tls::roots()?;
-        tracing::info!(roots = roots.len(), "TLS to the registry");
-        config.tls = Some(chatixia_sidecar::tls::client_config(roots)?);
+        if registry_tls {
+            tracing::info!(roots = roots.len(), "TLS to the registry");
+            config.tls = Some(chatixia_sidecar::tls::client_config(roots.clone())?);
+        }
+        if turn_tls {
+            tracing::info!(roots = roots.len(), "TLS to the TURN server");
+            config.turn_tls = Some(chatixia_sidecar::tls::turn_client_config(roots)?);
+        }
     }
     str0m::crypto::from_feature_flags().install_process_default();
     let udp = driver::bind_udp().map_err(|e| format!("UDP: {e}"))?;

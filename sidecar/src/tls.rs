@@ -1,6 +1,6 @@
-//! TLS to the registry: `https://` token URLs and `wss://` signaling URLs. A rustls
-//! client (aws-lc-rs, as the server and str0m), sans-IO: the driver moves bytes between
-//! the socket and [`TlsClient`].
+//! TLS to the registry (`https://` token URLs and `wss://` signaling URLs) and to a
+//! TURN server (`turns:` URLs). A rustls client (aws-lc-rs, as the server and str0m),
+//! sans-IO: the driver moves bytes between the socket and [`TlsClient`].
 //!
 //! Trusted roots ([`client_config`]): the system's store, plus `SSL_CERT_FILE` (a PEM
 //! file, e.g. a private CA) and `SSL_CERT_DIR` when set, as OpenSSL, and so the Python
@@ -46,13 +46,29 @@ pub fn roots() -> Result<rustls::RootCertStore, String> {
 /// The client configuration for `roots`: TLS 1.3 and 1.2 (rustls's defaults), ALPN
 /// `http/1.1`.
 pub fn client_config(roots: rustls::RootCertStore) -> Result<Arc<rustls::ClientConfig>, String> {
+    config_with_alpn(roots, b"http/1.1")
+}
+
+/// The client configuration for TURN over TLS: as [`client_config`], with ALPN
+/// `stun.turn` (RFC 7443), which a server that also serves HTTPS on the port (as
+/// chatixia-core's HTTPS listener does) uses to tell TURN from HTTP.
+pub fn turn_client_config(
+    roots: rustls::RootCertStore,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    config_with_alpn(roots, b"stun.turn")
+}
+
+fn config_with_alpn(
+    roots: rustls::RootCertStore,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut c = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(c))
 }
 
@@ -74,6 +90,11 @@ impl TlsClient {
 
     pub fn is_handshaking(&self) -> bool {
         self.conn.is_handshaking()
+    }
+
+    /// Whether TLS bytes wait to be sent ([`TlsClient::take_tls`]).
+    pub fn wants_write(&self) -> bool {
+        self.conn.wants_write()
     }
 
     /// TLS bytes to send now (the handshake, alerts, key updates, sealed data).

@@ -1,8 +1,9 @@
 //! TURN client (RFC 8656, formerly RFC 5766), sans-IO: it takes messages from the TURN
 //! server and `now`, and hands back messages for the server and events. The messages
 //! travel as UDP datagrams, or framed on a TCP connection (`turn:…?transport=tcp`, RFC
-//! 8656 §3.1: TURN over TCP to the server, relaying UDP to peers); over TCP a request
-//! is sent once ([`TurnClient::reliable`]) and the driver splits the stream with
+//! 8656 §3.1: TURN over TCP to the server, relaying UDP to peers), or on TLS over TCP
+//! (`turns:`, RFC 7065; ALPN `stun.turn`, RFC 7443); over a stream a request is sent
+//! once ([`TurnClient::reliable`]) and the driver splits the stream with
 //! `turn::framing::StreamFramer`.
 //!
 //! What it does: Allocate with long-term credentials (the first request goes without
@@ -550,36 +551,48 @@ fn authed_request(b: &[u8]) -> bool {
 pub enum TurnTransport {
     Udp,
     Tcp,
+    /// TLS over TCP (`turns:`); the URL's host is the name checked against the
+    /// server's certificate (and sent as SNI).
+    Tls,
 }
 
-/// `turn:host[:port][?transport=udp|tcp]` → `(host, port, transport)` (port 3478 by
-/// default). `turns:` (TLS, RFC 7065) is refused until the workspace has TLS; a
-/// `turns:` server is reached over TCP + TLS on port 5349 by default, which is where
-/// it will plug in (the TCP path already frames messages on a stream).
+/// `turn:host[:port][?transport=udp|tcp]` or `turns:host[:port][?transport=tcp]` →
+/// `(host, port, transport)`. The port defaults to 3478 (`turn:`) or 5349 (`turns:`,
+/// RFC 7065). `turns:` with `transport=udp` (DTLS) is refused: not supported.
 pub fn parse_turn_url(s: &str) -> Result<(String, u16, TurnTransport), String> {
-    if s.starts_with("turns:") {
-        return Err(format!(
-            "TURN url {s:?}: turns: (TLS) is not supported by this build yet; use turn:…?transport=tcp or udp"
-        ));
-    }
-    let rest = s
-        .strip_prefix("turn:")
-        .ok_or_else(|| format!("TURN url {s:?}: expected turn:host[:port][?transport=udp|tcp]"))?;
+    let (rest, tls) = match (s.strip_prefix("turns:"), s.strip_prefix("turn:")) {
+        (Some(r), _) => (r, true),
+        (None, Some(r)) => (r, false),
+        (None, None) => {
+            return Err(format!(
+                "TURN url {s:?}: expected turn:host[:port][?transport=udp|tcp] or turns:host[:port]"
+            ))
+        }
+    };
     let (hostport, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut transport = TurnTransport::Udp;
+    let mut transport = if tls {
+        TurnTransport::Tls
+    } else {
+        TurnTransport::Udp
+    };
     for kv in query.split('&').filter(|q| !q.is_empty()) {
         if let Some(t) = kv.strip_prefix("transport=") {
-            transport = if t.eq_ignore_ascii_case("udp") {
-                TurnTransport::Udp
-            } else if t.eq_ignore_ascii_case("tcp") {
-                TurnTransport::Tcp
-            } else {
-                return Err(format!("TURN url {s:?}: transport must be udp or tcp"));
+            transport = match (tls, t.to_ascii_lowercase().as_str()) {
+                (false, "udp") => TurnTransport::Udp,
+                (false, "tcp") => TurnTransport::Tcp,
+                (true, "tcp") => TurnTransport::Tls,
+                (true, "udp") => {
+                    return Err(format!(
+                        "TURN url {s:?}: turns: over UDP (DTLS) is not supported; use turns:…?transport=tcp"
+                    ))
+                }
+                _ => return Err(format!("TURN url {s:?}: transport must be udp or tcp")),
             };
         }
     }
-    let (host, port) =
-        super::url::host_port(hostport, 3478).map_err(|e| format!("TURN url {s:?}: {e}"))?;
+    let default_port = if tls { 5349 } else { 3478 };
+    let (host, port) = super::url::host_port(hostport, default_port)
+        .map_err(|e| format!("TURN url {s:?}: {e}"))?;
     Ok((host, port, transport))
 }
 
@@ -603,8 +616,17 @@ mod tests {
             ("::1".to_string(), 5000, TurnTransport::Tcp)
         );
         assert!(parse_turn_url("turn:t?transport=sctp").is_err());
-        let e = parse_turn_url("turns:t:5349").unwrap_err();
-        assert!(e.contains("TLS"), "{e}");
+        assert_eq!(
+            parse_turn_url("turns:turn.example").unwrap(),
+            ("turn.example".to_string(), 5349, TurnTransport::Tls)
+        );
+        assert_eq!(
+            parse_turn_url("turns:127.0.0.1:443?transport=tcp").unwrap(),
+            ("127.0.0.1".to_string(), 443, TurnTransport::Tls)
+        );
+        let e = parse_turn_url("turns:t:5349?transport=udp").unwrap_err();
+        assert!(e.contains("DTLS"), "{e}");
+        assert!(parse_turn_url("stun:t").is_err());
     }
 
     // ---- the client against a scripted server ----------------------------------------

@@ -54,9 +54,10 @@ const SAMPLES: &[(&str, &str)] = &[
     ("tls-listen", "\"0.0.0.0:443\""),
     ("tls-port-file", "\"/run/chatixia-core/tls-addr\""),
     ("turn-listen", "[\"0.0.0.0:3478\"]"),
-    ("turn-public-ip", "\"203.0.113.7\""),
-    ("turn-allow-peer", "[\"10.1.0.0/16\"]"),
-    ("turn-deny-peer", "[\"10.1.2.0/24\"]"),
+    ("turn-tls-listen", "[\"0.0.0.0:5349\"]"),
+    ("turn-public-ip", "\"203.0.113.10\""),
+    ("turn-allow-peer", "[\"198.51.100.0/24\"]"),
+    ("turn-deny-peer", "[\"203.0.113.0/24\"]"),
 ];
 
 /// Where a setting came from.

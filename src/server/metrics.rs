@@ -420,13 +420,13 @@ fn render_turn(shards: &[ShardMetrics], out: &mut String) {
         (
             "chatixia_turn_tcp_connections",
             "gauge",
-            "TURN TCP connections open now.",
+            "TURN TCP and TLS connections open now (TLS handshakes in progress included).",
             |t| t.tcp_connections,
         ),
         (
             "chatixia_turn_tcp_refused_total",
             "counter",
-            "TURN TCP connections closed by --turn-tcp-connections-max.",
+            "TURN TCP and TLS connections closed by --turn-tcp-connections-max.",
             |t| t.tcp_refused,
         ),
         (
@@ -687,6 +687,11 @@ mod tests {
             },
             turn: Default::default(),
             tls: Default::default(),
+            layer: LayerMetrics {
+                asks_waited: 4,
+                asks_refused: 1,
+                reservations_refused: 2,
+            },
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
@@ -698,6 +703,9 @@ mod tests {
         assert!(text.ends_with("chatixia_shards 2\n"));
         assert!(text.contains("chatixia_ws_connections_open{shard=\"1\"} 1\n"));
         assert!(text.contains("chatixia_ws_relayed_total{shard=\"0\"} 2\n"));
+        assert!(text.contains("chatixia_shard_asks_waited_total{shard=\"1\"} 4\n"));
+        assert!(text.contains("chatixia_shard_asks_refused_total{shard=\"0\"} 1\n"));
+        assert!(text.contains("chatixia_shard_reservations_refused_total{shard=\"1\"} 2\n"));
         assert!(text.contains(
             "chatixia_auth_failures_total{shard=\"1\",route=\"token\",kind=\"device_token\"} 2\n"
         ));

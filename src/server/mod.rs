@@ -454,7 +454,12 @@ pub async fn run_shard(
     ctx.state.load(boot, ctx.now());
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
-    crate::server::turn::start(&ctx, turn);
+    // The shard's TLS configurations, shared by its HTTPS and TURN-over-TLS listeners.
+    let (tls, tls_listener) = match tls {
+        None => (None, None),
+        Some(ShardTlsListen { tls, listener }) => (Some(Rc::new(tls)), listener),
+    };
+    crate::server::turn::start(&ctx, turn, tls.clone());
     let stop = shard.shutdown_event().clone();
     let c = ctx.clone();
     reactor::timer::every(HEALTH_CHECK_INTERVAL, stop.clone(), move || c.job_health());
@@ -471,23 +476,16 @@ pub async fn run_shard(
     let drained = SetOnDrop(reactor::LocalEvent::new());
     reactor::timer::every(ws_sweep, drained.0.clone(), move || c.job_ws_idle());
 
-    let (main_tls, tls_listener) = match tls {
-        None => (None, None),
-        Some(ShardTlsListen {
-            tls,
-            listener: None,
-        }) => (Some(tls), None),
-        Some(ShardTlsListen {
-            tls,
-            listener: Some(l),
-        }) => (None, Some((l, tls))),
+    let main_tls = match (tls, tls_listener) {
+        // The TLS listener beside the plain one: its own accept loop (it ends at
+        // shutdown, closing its listener, as the plain loop below).
+        (Some(tls), Some(l)) => {
+            let c = ctx.clone();
+            monoio::spawn(async move { accept_loop(&c, l, Some(tls)).await });
+            None
+        }
+        (tls, _) => tls,
     };
-    // The TLS listener beside the plain one: its own accept loop (it ends at shutdown,
-    // closing its listener, as the plain loop below).
-    if let Some((l, tls)) = tls_listener {
-        let c = ctx.clone();
-        monoio::spawn(async move { accept_loop(&c, l, Some(tls)).await });
-    }
     accept_loop(&ctx, listener, main_tls).await;
     // Signaling connections close with 1001 (each flushes what it owes first).
     ctx.state.ws.close_all();
@@ -507,7 +505,7 @@ pub async fn run_shard(
 async fn accept_loop(
     ctx: &Rc<ShardCtx>,
     listener: StdListener,
-    mut tls: Option<crate::tls::ShardTls>,
+    tls: Option<Rc<crate::tls::ShardTls>>,
 ) {
     let shard = &ctx.shard;
     let listener = match monoio::net::TcpListener::from_std(listener) {
@@ -517,7 +515,7 @@ async fn accept_loop(
             return;
         }
     };
-    if let Some(t) = tls.as_mut() {
+    if let Some(t) = tls.as_ref() {
         // The certificate generation shows in /metrics from the start.
         t.config(&ctx.tls);
     }
@@ -534,13 +532,23 @@ async fn accept_loop(
                 ShardCounters::inc(&ctx.counters.connections_open);
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
-                let tls = tls.as_mut().map(|t| t.config(&ctx.tls));
+                let tls = tls.as_ref().map(|t| t.config(&ctx.tls));
                 monoio::spawn(async move {
                     let slot = conn::admit(&ctx, peer);
                     let stream = match tls {
                         None => Some(crate::tls::Transport::plain(stream)),
                         // Boxed: a plain connection's task keeps no room for it.
                         Some(cfg) => Box::pin(tls_accept::handshake(&ctx, stream, cfg)).await,
+                    };
+                    // ALPN `stun.turn` (RFC 7443): a TURN client on the HTTPS port.
+                    let stream = match stream {
+                        Some(s) if s.alpn() == Some(crate::tls::config::ALPN_TURN) => {
+                            drop(slot);
+                            crate::server::turn::adopt_tls(&ctx, s, peer);
+                            ShardCounters::dec(&ctx.counters.connections_open);
+                            return;
+                        }
+                        s => s,
                     };
                     match (stream, slot) {
                         (Some(stream), Some(slot)) => conn::serve(&ctx, stream, peer, slot).await,

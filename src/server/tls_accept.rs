@@ -39,6 +39,16 @@ pub fn looks_like_http(first: &[u8]) -> bool {
     first.first().is_some_and(|b| b.is_ascii_uppercase())
 }
 
+/// What a connection whose first bytes look like plain HTTP gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlainHttp {
+    /// The readable 400 (the HTTPS listeners).
+    Answer400,
+    /// Nothing special: the bytes go to TLS, which refuses them with an alert (the TURN
+    /// listeners, where a ChannelData frame may start with an upper-case letter).
+    Refuse,
+}
+
 /// Runs the handshake of `tcp` (accepted by this shard); `None` when the connection
 /// ended (counted by reason in `ctx.tls`).
 pub async fn handshake(
@@ -46,9 +56,19 @@ pub async fn handshake(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
 ) -> Option<Transport> {
+    handshake_with(ctx, tcp, config, PlainHttp::Answer400).await
+}
+
+/// [`handshake`], with `plain` saying what plain HTTP gets.
+pub async fn handshake_with(
+    ctx: &ShardCtx,
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    plain: PlainHttp,
+) -> Option<Transport> {
     let deadline = ctx.config.http_client_limits.header_timeout;
     let shutdown = ctx.shard.shutdown_event().clone();
-    let run = std::pin::pin!(monoio::time::timeout(deadline, run(tcp, config)));
+    let run = std::pin::pin!(monoio::time::timeout(deadline, run(tcp, config, plain)));
     let outcome = match select2(run, shutdown.wait()).await {
         Either::Left(Ok(r)) => r,
         Either::Left(Err(_elapsed)) => Err((Refusal::Timeout, None)),
@@ -73,6 +93,7 @@ pub async fn handshake(
 async fn run(
     mut tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
+    plain: PlainHttp,
 ) -> Result<Transport, (Refusal, Option<TcpStream>)> {
     let mut session = TlsSession::new(config).map_err(|_| (Refusal::Protocol, None))?;
     let mut early = Vec::new();
@@ -87,7 +108,7 @@ async fn run(
         };
         if first {
             first = false;
-            if looks_like_http(&buf[..n]) {
+            if plain == PlainHttp::Answer400 && looks_like_http(&buf[..n]) {
                 return Err((Refusal::PlaintextHttp, Some(tcp)));
             }
         }

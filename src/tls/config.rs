@@ -15,6 +15,12 @@ use rustls::sign::CertifiedKey;
 /// (RFC 7301 §3.2); one that offers no ALPN is served.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 
+/// The ALPN protocol of TURN over TLS (RFC 7443). The `--turn-tls-listen` listeners
+/// select it (a client that offers ALPN without it is refused; one that offers none is
+/// served); the HTTPS listener selects it too when the embedded TURN server runs, and
+/// hands such a connection to TURN ([`Configs::http`]).
+pub const ALPN_TURN: &[u8] = b"stun.turn";
+
 /// The certificate and key files (`--tls-cert`, `--tls-key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -120,4 +126,41 @@ pub fn server_config(key: Arc<CertifiedKey>) -> Result<Arc<rustls::ServerConfig>
 /// [`load_key`] then [`server_config`].
 pub fn load(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, String> {
     server_config(load_key(files)?)
+}
+
+/// The configurations one certificate serves: the HTTPS/WSS listener's, and TURN over
+/// TLS's (`--turn-tls-listen`). Built together, from one key, at start and on each
+/// reload, so both listeners always present the same certificate.
+#[derive(Clone)]
+pub struct Configs {
+    /// ALPN `http/1.1`, and `stun.turn` after it when `turn` was asked for (a client
+    /// offering both gets HTTP: the server's order decides).
+    pub http: Arc<rustls::ServerConfig>,
+    /// ALPN `stun.turn` only.
+    pub turn: Arc<rustls::ServerConfig>,
+}
+
+/// [`Configs`] for `key`; `turn`: whether the HTTPS listener also takes ALPN
+/// `stun.turn` (the embedded TURN server runs).
+pub fn configs(key: Arc<CertifiedKey>, turn: bool) -> Result<Configs, String> {
+    let base = server_config(key)?;
+    let with_alpn = |alpn: Vec<Vec<u8>>| {
+        let mut c = (*base).clone();
+        c.alpn_protocols = alpn;
+        Arc::new(c)
+    };
+    let http = if turn {
+        with_alpn(vec![ALPN_HTTP1.to_vec(), ALPN_TURN.to_vec()])
+    } else {
+        base.clone()
+    };
+    Ok(Configs {
+        turn: with_alpn(vec![ALPN_TURN.to_vec()]),
+        http,
+    })
+}
+
+/// [`load_key`] then [`configs`].
+pub fn load_configs(files: &TlsFiles, turn: bool) -> Result<Configs, String> {
+    configs(load_key(files)?, turn)
 }

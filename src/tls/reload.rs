@@ -1,15 +1,17 @@
 //! Certificate reload: the control thread reads the files again on SIGHUP and when they
 //! change (it polls their metadata; shards never touch the disk), and hands a checked,
 //! ready rustls configuration to every shard by a bounded queue. A shard takes the
-//! newest one when it accepts a TLS connection ([`ShardTls::config`]): connections
-//! already open keep theirs, none is dropped. A certificate or key that does not load
-//! is refused with a log line and the one before keeps serving.
+//! newest one when it accepts a TLS connection ([`ShardTls::config`], and
+//! [`ShardTls::turn_config`] for the TURN-over-TLS listeners): connections already open
+//! keep theirs, none is dropped. A certificate or key that does not load is refused
+//! with a log line and the one before keeps serving.
 
+use std::cell::{Cell, RefCell};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::config::{load, TlsFiles};
+use super::config::{load_configs, Configs, TlsFiles};
 use super::metrics::TlsCounters;
 
 /// Reloads queued for one shard that has not accepted a TLS connection since: a shard
@@ -20,26 +22,40 @@ const UPDATES_QUEUED_MAX: usize = 4;
 /// A reloaded configuration and its generation number.
 struct Update {
     generation: u64,
-    config: Arc<rustls::ServerConfig>,
+    configs: Configs,
 }
 
-/// What one shard holds: the configuration new TLS connections get.
+/// What one shard holds: the configurations new TLS connections get. Shared (an `Rc`)
+/// by the shard's accept loops (HTTPS, TURN over TLS); its cells are borrowed only
+/// within a call.
 pub struct ShardTls {
-    current: Arc<rustls::ServerConfig>,
-    generation: u64,
+    current: RefCell<Configs>,
+    generation: Cell<u64>,
     updates: Receiver<Update>,
 }
 
 impl ShardTls {
-    /// The configuration for a connection accepted now (the newest the control thread
-    /// sent); notes its generation in `counters`.
-    pub fn config(&mut self, counters: &TlsCounters) -> Arc<rustls::ServerConfig> {
+    /// Takes the newest configurations the control thread sent; notes the generation.
+    fn refresh(&self, counters: &TlsCounters) {
         while let Ok(u) = self.updates.try_recv() {
-            self.current = u.config;
-            self.generation = u.generation;
+            *self.current.borrow_mut() = u.configs;
+            self.generation.set(u.generation);
         }
-        counters.generation.set(self.generation);
-        self.current.clone()
+        counters.generation.set(self.generation.get());
+    }
+
+    /// The configuration for an HTTPS/WSS connection accepted now (the newest the
+    /// control thread sent); notes its generation in `counters`.
+    pub fn config(&self, counters: &TlsCounters) -> Arc<rustls::ServerConfig> {
+        self.refresh(counters);
+        self.current.borrow().http.clone()
+    }
+
+    /// The configuration for a TURN-over-TLS connection accepted now (same certificate,
+    /// ALPN `stun.turn`).
+    pub fn turn_config(&self, counters: &TlsCounters) -> Arc<rustls::ServerConfig> {
+        self.refresh(counters);
+        self.current.borrow().turn.clone()
     }
 }
 
@@ -62,8 +78,10 @@ fn stamp(files: &TlsFiles) -> Option<Stamp> {
 /// The control thread's side of reloads.
 pub struct Reloader {
     files: TlsFiles,
+    /// Whether the HTTPS listener also takes ALPN `stun.turn` (`config::configs`).
+    turn_alpn: bool,
     generation: u64,
-    current: Arc<rustls::ServerConfig>,
+    current: Configs,
     stamp: Option<Stamp>,
     shards: Vec<SyncSender<Update>>,
     /// Shards whose queue was full when the newest generation was sent.
@@ -73,11 +91,13 @@ pub struct Reloader {
     last_poll: Instant,
 }
 
-/// The reloader and one [`ShardTls`] per shard, from the configuration `files` gave at
-/// start ([`load`]: an error there stops the start, naming the file).
+/// The reloader and one [`ShardTls`] per shard, from the configurations `files` gave
+/// at start ([`load_configs`] with `turn_alpn`: an error there stops the start, naming
+/// the file).
 pub fn start(
     files: TlsFiles,
-    config: Arc<rustls::ServerConfig>,
+    turn_alpn: bool,
+    config: Configs,
     shards: usize,
     poll_interval: Duration,
 ) -> (Reloader, Vec<ShardTls>) {
@@ -88,13 +108,14 @@ pub fn start(
         let (tx, rx) = sync_channel(UPDATES_QUEUED_MAX);
         senders.push(tx);
         parts.push(ShardTls {
-            current: config.clone(),
-            generation: 1,
+            current: RefCell::new(config.clone()),
+            generation: Cell::new(1),
             updates: rx,
         });
     }
     let reloader = Reloader {
         files,
+        turn_alpn,
         generation: 1,
         current: config,
         stamp,
@@ -132,7 +153,7 @@ impl Reloader {
     pub fn reload(&mut self, why: &str) {
         // Taken before reading: a change while we read triggers another reload.
         self.stamp = stamp(&self.files);
-        match load(&self.files) {
+        match load_configs(&self.files, self.turn_alpn) {
             Ok(config) => {
                 self.generation += 1;
                 self.current = config;
@@ -158,7 +179,7 @@ impl Reloader {
             }
             let u = Update {
                 generation: self.generation,
-                config: self.current.clone(),
+                configs: self.current.clone(),
             };
             match tx.try_send(u) {
                 // Sent, or the shard is gone (shutting down): nothing owed.

@@ -106,6 +106,11 @@ impl TlsSession {
         )
     }
 
+    /// The ALPN protocol agreed in the handshake, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
     /// Where the connection stands.
     pub fn progress(&self) -> Progress {
         self.progress

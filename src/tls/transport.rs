@@ -12,12 +12,15 @@
 //! without waiting ([`reactor::net::try_send`]), since the caller closes the connection
 //! on the error.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
 
 use monoio::buf::IoBuf;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 
 use super::session::{Progress, TlsError, TlsSession};
@@ -45,6 +48,36 @@ pub struct TlsState {
     /// Application bytes received with the end of the handshake (a client may send its
     /// first request with its Finished), handed out by the first [`Transport::read`].
     pub(crate) early: Vec<u8>,
+}
+
+impl TlsState {
+    /// Decrypts `buf[..n]` into `buf` (see [`Transport::open`]); an alert for a broken
+    /// connection stays in the session's outgoing bytes.
+    fn open(&mut self, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+        let mut plain = SPARE.take();
+        plain.clear();
+        plain.reserve(n.max(SPARE_BYTES_MIN));
+        let r = self
+            .session
+            .receive(&mut buf[..n], &mut |p| plain.extend_from_slice(p));
+        // The decrypted bytes become the caller's buffer; its spent ciphertext buffer the
+        // next spare.
+        std::mem::swap(buf, &mut plain);
+        plain.clear();
+        if plain.capacity() <= SPARE_BYTES_MAX {
+            SPARE.set(plain);
+        }
+        if let Err(e) = r {
+            return Err(tls_io_error(e));
+        }
+        if buf.is_empty() && self.session.progress() == Progress::PeerClosed {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "TLS close_notify received",
+            ));
+        }
+        Ok(buf.len())
+    }
 }
 
 /// A connection's byte stream.
@@ -88,6 +121,29 @@ impl Transport {
 
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// The ALPN protocol the TLS handshake agreed on (`None` for plain TCP, or when
+    /// none was).
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.tls.as_ref().and_then(|t| t.session.alpn())
+    }
+
+    /// Splits the connection into a reader and a writer for two tasks of this shard
+    /// (TURN over TCP and TLS: a client's requests are read while a write to it
+    /// waits). With TLS both halves hold the one session: decryption and encryption
+    /// each borrow it within a call, never across an await.
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        let Transport { tcp, tls } = self;
+        let tls = tls.map(|t| Rc::new(RefCell::new(*t)));
+        let (rd, wr) = tcp.into_split();
+        (
+            ReadHalf {
+                tcp: rd,
+                tls: tls.clone(),
+            },
+            WriteHalf { tcp: wr, tls },
+        )
     }
 
     /// The TCP stream underneath (for socket options).
@@ -150,35 +206,16 @@ impl Transport {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(n);
         };
-        let mut plain = SPARE.take();
-        plain.clear();
-        plain.reserve(n.max(SPARE_BYTES_MIN));
-        let r = tls
-            .session
-            .receive(&mut buf[..n], &mut |p| plain.extend_from_slice(p));
-        // The decrypted bytes become the caller's buffer; its spent ciphertext buffer the
-        // next spare.
-        std::mem::swap(buf, &mut plain);
-        plain.clear();
-        if plain.capacity() <= SPARE_BYTES_MAX {
-            SPARE.set(plain);
-        }
-        if let Err(e) = r {
-            // The alert (bad record, decode error …) goes out now, best-effort and
-            // without waiting: the caller closes the connection on this error.
-            let alert = tls.session.take_outgoing();
-            if !alert.is_empty() {
-                let _ = reactor::net::try_send(&self.tcp, &alert);
+        tls.open(buf, n).inspect_err(|e| {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                // The alert (bad record, decode error …) goes out now, best-effort and
+                // without waiting: the caller closes the connection on this error.
+                let alert = tls.session.take_outgoing();
+                if !alert.is_empty() {
+                    let _ = reactor::net::try_send(&self.tcp, &alert);
+                }
             }
-            return Err(tls_io_error(e));
-        }
-        if buf.is_empty() && tls.session.progress() == Progress::PeerClosed {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "TLS close_notify received",
-            ));
-        }
-        Ok(buf.len())
+        })
     }
 
     /// Sends TLS bytes the session owes the peer (a key update) now.
@@ -248,5 +285,102 @@ impl Transport {
 impl AsRawFd for Transport {
     fn as_raw_fd(&self) -> RawFd {
         self.tcp.as_raw_fd()
+    }
+}
+
+/// The reading half of a split [`Transport`].
+pub struct ReadHalf {
+    tcp: OwnedReadHalf<TcpStream>,
+    tls: Option<Rc<RefCell<TlsState>>>,
+}
+
+/// The writing half of a split [`Transport`].
+pub struct WriteHalf {
+    tcp: OwnedWriteHalf<TcpStream>,
+    tls: Option<Rc<RefCell<TlsState>>>,
+}
+
+impl ReadHalf {
+    /// As [`Transport::read`]: application bytes into `buf` (TLS: decrypted, at least
+    /// one byte); `Ok(0)` at the end of the stream. TLS bytes the session then owes the
+    /// peer (a key update's answer, the alert of a broken connection) are left for the
+    /// writer ([`ReadHalf::owes`], [`WriteHalf::flush_owed`]).
+    pub async fn read(&mut self, mut buf: Vec<u8>) -> monoio::BufResult<usize, Vec<u8>> {
+        let Some(tls) = self.tls.as_ref() else {
+            return self.tcp.read(buf).await;
+        };
+        {
+            let mut t = tls.borrow_mut();
+            if !t.early.is_empty() {
+                buf.clear();
+                buf.append(&mut t.early);
+                t.early = Vec::new();
+                return (Ok(buf.len()), buf);
+            }
+        }
+        loop {
+            let (r, b) = self.tcp.read(buf).await;
+            buf = b;
+            let n = match r {
+                Ok(0) => return (Ok(0), buf),
+                Ok(n) => n,
+                Err(e) => return (Err(e), buf),
+            };
+            match tls.borrow_mut().open(&mut buf, n) {
+                Ok(0) => {}
+                Ok(m) => return (Ok(m), buf),
+                // The peer's `close_notify`: the end of the stream.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return (Ok(0), buf),
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    /// Whether the TLS session owes the peer bytes the writer should send now.
+    pub fn owes(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.borrow().session.has_outgoing())
+    }
+}
+
+impl WriteHalf {
+    /// Writes all of `buf` (TLS: encrypted, after what the session owes the peer).
+    pub async fn write_all(&mut self, buf: Vec<u8>) -> monoio::BufResult<usize, Vec<u8>> {
+        let Some(tls) = self.tls.as_ref() else {
+            return self.tcp.write_all(buf).await;
+        };
+        let mut out = Vec::new();
+        if let Err(e) = tls.borrow_mut().session.send(&buf, &mut out) {
+            return (Err(tls_io_error(e)), buf);
+        }
+        let (r, _) = self.tcp.write_all(out).await;
+        (r.map(|_| buf.len()), buf)
+    }
+
+    /// Sends the TLS bytes the session owes the peer (a key update, an alert), if any.
+    pub async fn flush_owed(&mut self) -> io::Result<()> {
+        let Some(tls) = self.tls.as_ref() else {
+            return Ok(());
+        };
+        let out = tls.borrow_mut().session.take_outgoing();
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.tcp.write_all(out).await.0.map(|_| ())
+    }
+
+    /// Ends our side: what the session owes (an alert), or TLS `close_notify`, then the
+    /// TCP FIN.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_ref() {
+            let mut out = Vec::new();
+            tls.borrow_mut().session.close_notify(&mut out);
+            if !out.is_empty() {
+                let (r, _) = self.tcp.write_all(out).await;
+                r?;
+            }
+        }
+        self.tcp.shutdown().await
     }
 }

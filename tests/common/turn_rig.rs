@@ -1,6 +1,6 @@
 //! The embedded TURN server under test: a chatixia-core with `--turn-listen` on a free
-//! loopback port, and a small blocking TURN client (UDP or TCP) built on the `turn`
-//! crate's codec, for asserting every answer.
+//! loopback port, and a small blocking TURN client (UDP, TCP, or TLS over TCP) built on
+//! the `turn` crate's codec, for asserting every answer.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -79,9 +79,21 @@ pub fn credentials(peer: &str, ttl: i64) -> (String, String) {
     rest_credentials(SECRET.as_bytes(), (now + ttl) as u64, peer)
 }
 
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
 enum Conn {
     Udp(UdpSocket),
     Tcp(TcpStream, StreamFramer),
+    Tls(Box<TlsStream>, StreamFramer),
+}
+
+/// A TLS client configuration for TURN over TLS: `roots`, ALPN `stun.turn` (RFC 7443).
+pub fn tls_config(roots: rustls::RootCertStore) -> std::sync::Arc<rustls::ClientConfig> {
+    let base =
+        super::tls::client_config(roots, &[&rustls::version::TLS13, &rustls::version::TLS12]);
+    let mut c = (*base).clone();
+    c.alpn_protocols = vec![b"stun.turn".to_vec()];
+    std::sync::Arc::new(c)
 }
 
 /// A blocking TURN client with long-term credentials.
@@ -129,6 +141,50 @@ impl Client {
         Client::with(Conn::Tcp(s, StreamFramer::new()), username, password)
     }
 
+    /// TURN over TLS to `server`, checked against `cfg`'s roots for the name `sni`;
+    /// panics when the handshake fails.
+    pub fn tls(
+        server: SocketAddr,
+        cfg: &std::sync::Arc<rustls::ClientConfig>,
+        sni: &str,
+        username: &str,
+        password: &str,
+    ) -> Client {
+        let s = Self::try_tls(server, cfg, sni).unwrap_or_else(|e| panic!("TLS to {server}: {e}"));
+        Client::with(
+            Conn::Tls(Box::new(s), StreamFramer::new()),
+            username,
+            password,
+        )
+    }
+
+    /// The TLS handshake alone: the stream, or why it failed.
+    pub fn try_tls(
+        server: SocketAddr,
+        cfg: &std::sync::Arc<rustls::ClientConfig>,
+        sni: &str,
+    ) -> std::io::Result<TlsStream> {
+        let tcp = TcpStream::connect(server)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+        let conn =
+            rustls::ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        while s.conn.is_handshaking() {
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        s.sock.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(s)
+    }
+
+    /// The TLS connection of a TLS client (for its certificate, its ALPN).
+    pub fn tls_conn(&self) -> Option<&rustls::ClientConnection> {
+        match &self.conn {
+            Conn::Tls(s, _) => Some(&s.conn),
+            _ => None,
+        }
+    }
+
     fn with(conn: Conn, username: &str, password: &str) -> Client {
         Client {
             conn,
@@ -144,6 +200,7 @@ impl Client {
         match &self.conn {
             Conn::Udp(s) => s.local_addr().unwrap(),
             Conn::Tcp(s, _) => s.local_addr().unwrap(),
+            Conn::Tls(s, _) => s.sock.local_addr().unwrap(),
         }
     }
 
@@ -157,6 +214,10 @@ impl Client {
                 s.send(b).unwrap();
             }
             Conn::Tcp(s, _) => s.write_all(b).unwrap(),
+            Conn::Tls(s, _) => {
+                s.write_all(b).unwrap();
+                s.flush().unwrap();
+            }
         }
     }
 
@@ -165,7 +226,7 @@ impl Client {
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 70_000];
         loop {
-            if let Conn::Tcp(_, f) = &mut self.conn {
+            if let Conn::Tcp(_, f) | Conn::Tls(_, f) = &mut self.conn {
                 if let Ok(Some(m)) = f.next() {
                     return Some(m.to_vec());
                 }
@@ -184,23 +245,32 @@ impl Client {
                     Ok(n) => f.push(&buf[..n]),
                     Err(_) => {}
                 },
+                Conn::Tls(s, f) => match s.read(&mut buf) {
+                    Ok(0) => return None,
+                    Ok(n) => f.push(&buf[..n]),
+                    Err(e) if is_timeout(&e) => {}
+                    Err(_) => return None,
+                },
             }
         }
     }
 
-    /// Whether the server closed a TCP connection (reads EOF within `wait`).
+    /// Whether the server closed a TCP (or TLS) connection (reads EOF within `wait`).
     pub fn closed(&mut self, wait: Duration) -> bool {
-        let Conn::Tcp(s, _) = &mut self.conn else {
-            return false;
-        };
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 4096];
         while Instant::now() < deadline {
-            match s.read(&mut buf) {
+            let r = match &mut self.conn {
+                Conn::Udp(_) => return false,
+                Conn::Tcp(s, _) => s.read(&mut buf),
+                Conn::Tls(s, _) => s.read(&mut buf),
+            };
+            match r {
                 Ok(0) => return true,
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-                Err(_) => {}
+                Err(e) if is_timeout(&e) => {}
+                // A reset, or a TLS end without close_notify.
+                Err(_) => return true,
             }
         }
         false
@@ -251,7 +321,7 @@ impl Client {
                     _ => self.stash.push(b),
                 }
             }
-            if matches!(self.conn, Conn::Tcp(..)) {
+            if matches!(self.conn, Conn::Tcp(..) | Conn::Tls(..)) {
                 break;
             }
         }
@@ -315,7 +385,8 @@ impl Client {
     /// ChannelData on `number` (padded on TCP).
     pub fn send_channel(&mut self, number: u16, data: &[u8]) {
         let mut b = Vec::new();
-        framing::write_channel_data(&mut b, number, data, matches!(self.conn, Conn::Tcp(..)));
+        let stream = matches!(self.conn, Conn::Tcp(..) | Conn::Tls(..));
+        framing::write_channel_data(&mut b, number, data, stream);
         self.send_raw(&b);
     }
 
@@ -342,6 +413,13 @@ impl Client {
             }
         }
     }
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
 }
 
 /// The sum over shards of a `/metrics` series (with `labels` inside its braces).

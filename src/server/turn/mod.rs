@@ -3,7 +3,8 @@
 //! and clock:
 //!
 //! * per shard, for each `--turn-listen` address, a UDP socket and a TCP listener with
-//!   `SO_REUSEPORT` (bound in `main` before the shards start, so a busy port fails the
+//!   `SO_REUSEPORT`, and for each `--turn-tls-listen` address a TCP listener for TURN
+//!   over TLS (bound in `main` before the shards start, so a busy port fails the
 //!   start). The kernel hashes a client's UDP 4-tuple to one shard's socket, so every
 //!   datagram of a client lands on the shard that holds its allocation;
 //! * relay sockets, bound on demand from the shard's share of `--turn-relay-ports`
@@ -16,8 +17,9 @@
 //! (`reactor::udp`) with one receive batch and one send batch per shard, shared by
 //! every socket; datagrams for clients queue in one bounded buffer that a flusher task
 //! sends after the other ready tasks of the same turn ran, so datagrams from many relays
-//! leave in one `sendmmsg`. TCP ([`tcp`]): one task per connection, framed by
-//! `::turn::framing::StreamFramer`.
+//! leave in one `sendmmsg`. TCP and TLS ([`tcp`]): one task per connection, framed by
+//! `::turn::framing::StreamFramer`; TLS is `crate::tls`'s session, with the server's
+//! certificate (reloaded with it).
 
 pub mod ops;
 pub mod settings;
@@ -33,6 +35,7 @@ use crate::server::metrics::TurnMetrics;
 use crate::server::ShardCtx;
 pub use ops::Op;
 pub use settings::{ShardSockets, TurnSettings};
+pub use tcp::adopt_tls;
 
 /// A reusable, single-waiter, shard-local wakeup (a kick while nobody waits is kept
 /// for the next wait).
@@ -95,8 +98,9 @@ fn shard_turn() -> Option<Rc<TurnShard>> {
     SHARD.with(|s| s.get().cloned())
 }
 
-/// Starts the TURN side of this shard, when `--turn-listen` is set.
-pub fn start(ctx: &Rc<ShardCtx>, sockets: ShardSockets) {
+/// Starts the TURN side of this shard, when `--turn-listen` or `--turn-tls-listen` is
+/// set; `tls`: the shard's certificate, for `--turn-tls-listen`.
+pub fn start(ctx: &Rc<ShardCtx>, sockets: ShardSockets, tls: Option<Rc<crate::tls::ShardTls>>) {
     let Some(settings) = ctx.config.turn_server.as_ref() else {
         return;
     };
@@ -135,7 +139,7 @@ pub fn start(ctx: &Rc<ShardCtx>, sockets: ShardSockets) {
     }
     tracing::debug!(shard, ?ports, "TURN relay ports");
     udp::spawn(ctx, &turn);
-    tcp::spawn(ctx, &turn, sockets.tcp);
+    tcp::spawn(ctx, &turn, sockets.tcp, sockets.tls, tls);
     let stop = ctx.shard.shutdown_event().clone();
     let (c, t) = (ctx.clone(), turn.clone());
     reactor::timer::every(SWEEP_INTERVAL, stop.clone(), move || t.sweep(&c));
@@ -251,9 +255,12 @@ pub fn ice_entry(ctx: &ShardCtx, req: &crate::http::Request) -> Option<crate::ic
     };
     let expiry = issued.saturating_add(t.credential_ttl_secs);
     let (username, credential) = ::turn::auth::rest_credentials(&t.secret, expiry, &peer);
+    // `turns:` URLs name the host the caller reached us by: the TURN-over-TLS listeners
+    // present the same certificate as the HTTPS one.
+    let host = req.header("host").and_then(settings::host_name);
     Some(crate::ice::IceServer {
         credential: Some(credential),
-        urls: t.urls(),
+        urls: t.urls(host),
         username: Some(username),
     })
 }

@@ -33,7 +33,10 @@ pub const REVOKED_PEERS_MAX: usize = 65_536;
 /// The embedded TURN server's settings (immutable after start).
 #[derive(Debug, Clone)]
 pub struct TurnSettings {
+    /// UDP and TCP (`--turn-listen`).
     pub listen: Vec<SocketAddr>,
+    /// TLS over TCP (`--turn-tls-listen`).
+    pub tls_listen: Vec<SocketAddr>,
     /// The IP of relayed addresses (advertised).
     pub relay_ip: IpAddr,
     /// The IP relay sockets bind to.
@@ -76,9 +79,15 @@ impl TurnSettings {
 
     /// The sans-IO server's settings for shard `shard` of `shards`.
     pub fn server_config(&self, shard: usize, shards: usize) -> ::turn::server::Config {
+        let listen: Vec<SocketAddr> = self
+            .listen
+            .iter()
+            .chain(&self.tls_listen)
+            .copied()
+            .collect();
         let mut own_ips = vec![self.relay_ip];
         own_ips.extend(
-            self.listen
+            listen
                 .iter()
                 .map(|a| a.ip())
                 .filter(|ip| !ip.is_unspecified()),
@@ -99,7 +108,7 @@ impl TurnSettings {
             policy: PeerPolicy {
                 allow: self.allow.clone(),
                 deny: self.deny.clone(),
-                listen: self.listen.clone(),
+                listen,
                 own_ips,
                 relay_ports: self.relay_ports,
             },
@@ -108,30 +117,64 @@ impl TurnSettings {
         }
     }
 
-    /// The URLs `/api/config` advertises: UDP and TCP on each listen port, at the
-    /// relay IP.
-    pub fn urls(&self) -> Vec<String> {
-        let host = match self.relay_ip {
+    /// The URLs `/api/config` advertises: UDP and TCP on each `--turn-listen` port, at
+    /// the relay IP; `turns:` (TLS over TCP) on each `--turn-tls-listen` port, at
+    /// `tls_host` (the name the client reached the server by, which the certificate
+    /// names) or else the relay IP.
+    pub fn urls(&self, tls_host: Option<&str>) -> Vec<String> {
+        let ip = match self.relay_ip {
             IpAddr::V4(ip) => ip.to_string(),
             IpAddr::V6(ip) => format!("[{ip}]"),
         };
+        let mut out = Vec::new();
         let mut ports: Vec<u16> = self.listen.iter().map(|a| a.port()).collect();
         ports.dedup();
-        let mut out = Vec::new();
         for p in ports {
-            out.push(format!("turn:{host}:{p}?transport=udp"));
-            out.push(format!("turn:{host}:{p}?transport=tcp"));
+            out.push(format!("turn:{ip}:{p}?transport=udp"));
+            out.push(format!("turn:{ip}:{p}?transport=tcp"));
+        }
+        let host = tls_host.unwrap_or(&ip);
+        let mut ports: Vec<u16> = self.tls_listen.iter().map(|a| a.port()).collect();
+        ports.dedup();
+        for p in ports {
+            out.push(format!("turns:{host}:{p}?transport=tcp"));
         }
         out
     }
 }
 
+/// The host of a `Host` header value (`name`, `name:port`, `[v6]:port`), when it is a
+/// DNS name or an IP literal; `None` for anything else (it goes into a URL).
+pub fn host_name(host: &str) -> Option<&str> {
+    let h = host.trim();
+    let name = if h.starts_with('[') {
+        let end = h.find(']')?;
+        let inner = &h[1..end];
+        inner.parse::<std::net::Ipv6Addr>().ok()?;
+        &h[..=end]
+    } else {
+        match h.rsplit_once(':') {
+            Some((n, port)) if port.parse::<u16>().is_ok() => n,
+            _ => h,
+        }
+    };
+    let dns = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    (name.starts_with('[') || dns).then_some(name)
+}
+
 /// One shard's listening sockets: a UDP socket and a TCP listener per `--turn-listen`
-/// address, in that order.
+/// address, in that order, and a TCP listener per `--turn-tls-listen` address.
 #[derive(Default)]
 pub struct ShardSockets {
     pub udp: Vec<std::net::UdpSocket>,
     pub tcp: Vec<std::net::TcpListener>,
+    pub tls: Vec<std::net::TcpListener>,
 }
 
 /// Kernel receive buffer asked for each TURN UDP socket (listening and relay); the
@@ -155,9 +198,12 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
 /// probe first (a port held by anyone, another chatixia-core included, fails the start
 /// with "address already in use"), then `SO_REUSEPORT` sockets on the concrete port.
 /// TCP listeners come from `reactor::listener::bind_reuseport` on the same port.
-pub fn bind(settings: &TurnSettings, shards: usize) -> Result<Vec<ShardSockets>, String> {
+/// The addresses in `settings` become the bound ones (a port 0 the port taken), so
+/// that `/api/config` and the peer policy name them.
+pub fn bind(settings: &mut TurnSettings, shards: usize) -> Result<Vec<ShardSockets>, String> {
     let mut out: Vec<ShardSockets> = (0..shards).map(|_| ShardSockets::default()).collect();
-    for &addr in &settings.listen {
+    for i in 0..settings.listen.len() {
+        let addr = settings.listen[i];
         let probe = udp_socket(addr).map_err(|e| format!("TURN {addr}: {e}"))?;
         probe
             .bind(&addr.into())
@@ -185,7 +231,46 @@ pub fn bind(settings: &TurnSettings, shards: usize) -> Result<Vec<ShardSockets>,
         for (s, l) in out.iter_mut().zip(tcp) {
             s.tcp.push(l);
         }
+        settings.listen[i] = bound;
         tracing::info!(%bound, relay_ip = %settings.relay_ip, ports = ?settings.relay_ports, "TURN listening (UDP and TCP)");
     }
+    for i in 0..settings.tls_listen.len() {
+        let addr = settings.tls_listen[i];
+        let (bound, tls) = reactor::listener::bind_reuseport(addr, shards)
+            .map_err(|e| format!("--turn-tls-listen: {e}"))?;
+        for (s, l) in out.iter_mut().zip(tls) {
+            s.tls.push(l);
+        }
+        settings.tls_listen[i] = bound;
+        tracing::info!(%bound, relay_ip = %settings.relay_ip, ports = ?settings.relay_ports, "TURN listening (TLS)");
+    }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name;
+
+    #[test]
+    fn host_names_from_host_headers() {
+        assert_eq!(host_name("turn.example.com"), Some("turn.example.com"));
+        assert_eq!(host_name("turn.example.com:8443"), Some("turn.example.com"));
+        assert_eq!(host_name("127.0.0.1:8080"), Some("127.0.0.1"));
+        assert_eq!(host_name("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_name("[::1]"), Some("[::1]"));
+        assert_eq!(host_name("localhost"), Some("localhost"));
+        // Nothing that is not a name goes into a URL.
+        for bad in [
+            "",
+            ":80",
+            "a b",
+            "evil.example/x?",
+            "a..b",
+            "[not-v6]:80",
+            "x@y",
+            "name:port:80",
+        ] {
+            assert_eq!(host_name(bad), None, "{bad:?}");
+        }
+    }
 }

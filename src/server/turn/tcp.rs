@@ -1,11 +1,17 @@
-//! TURN over TCP (RFC 8656 §3.1): a client's STUN and ChannelData messages framed on a
-//! TCP connection, relayed to peers over UDP. One task per connection reads and frames
-//! (`::turn::framing::StreamFramer`); a writer task drains the connection's bounded
-//! outbound buffer. The connection is the allocation's 5-tuple: when it closes, the
-//! allocation ends.
+//! TURN over TCP (RFC 8656 §3.1) and over TLS (RFC 7065 `turns:`, RFC 7443 ALPN
+//! `stun.turn`): a client's STUN and ChannelData messages framed on a TCP connection,
+//! or on TLS over one, relayed to peers over UDP. One task per connection reads and
+//! frames (`::turn::framing::StreamFramer`); a writer task drains the connection's
+//! bounded outbound buffer. The connection is the allocation's 5-tuple: when it closes,
+//! the allocation ends.
 //!
-//! TLS (`turns:`) will be this same loop over a TLS stream once the server has TLS: the
-//! framer and the server see bytes either way.
+//! TLS is `crate::tls`'s: the handshake (`tls::accept::handshake_with`, within
+//! `--http-header-timeout`, counted with the HTTPS listeners' in `/metrics`) on the
+//! accepting shard, then the [`Transport`] split in two halves that share its session.
+//! The framer and the server see the same bytes over TCP and TLS. Connections come
+//! from the `--turn-listen` (plain) and `--turn-tls-listen` listeners, and from the
+//! HTTPS listener when a client's ALPN is `stun.turn` ([`adopt_tls`]); all count
+//! against `--turn-tcp-connections-max` from their accept on.
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -13,14 +19,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ::turn::framing::StreamFramer;
-use ::turn::server::{Action, ClientKey, Dropped, Transport};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
-use monoio::net::{TcpListener, TcpStream};
-use reactor::timer::{select2, Either};
+use ::turn::server::{Action, ClientKey, Dropped};
+use monoio::net::TcpListener;
+use reactor::timer::{select2, select2_pinned, Either};
 use slab::Slab;
 
 use super::{Kick, TurnShard};
+use crate::server::tls_accept::{handshake_with, PlainHttp};
 use crate::server::ShardCtx;
+use crate::tls::transport::WriteHalf;
+use crate::tls::{ShardTls, Transport};
 
 /// Bytes read at once from a TURN TCP connection.
 pub const READ_BYTES: usize = 4096;
@@ -41,6 +49,10 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause after a failed accept (out of fds): the listener stays readable.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long a closing TLS connection may take to send its last TLS bytes (the alert of
+/// a broken connection, or `close_notify`) to a client that does not read.
+const TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 pub(crate) struct TcpConn {
     out: RefCell<Vec<u8>>,
@@ -59,6 +71,21 @@ pub(crate) struct TcpSide {
 impl TcpSide {
     pub fn open(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// A slot for a connection just accepted (it counts against
+    /// `--turn-tcp-connections-max` from now, its TLS handshake included); `None` when
+    /// the shard holds its maximum (counted as `tcp_refused`).
+    fn reserve(&self, turn: &TurnShard, max: usize) -> Option<(u32, Rc<TcpConn>)> {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= max {
+            let r = &turn.counters.tcp_refused;
+            r.set(r.get() + 1);
+            return None;
+        }
+        let conn = Rc::new(TcpConn::default());
+        let id = conns.insert(conn.clone());
+        Some((id as u32, conn))
     }
 
     /// Queues `bytes` for connection `id` (dropped and counted when its buffer is full).
@@ -85,40 +112,74 @@ impl TcpSide {
     }
 }
 
+/// Serves the shard's TURN listeners: `plain` (`--turn-listen`, TCP) and `tls`
+/// (`--turn-tls-listen`, with the shard's certificate `certs`).
 pub(crate) fn spawn(
     ctx: &Rc<ShardCtx>,
     turn: &Rc<TurnShard>,
-    listeners: Vec<std::net::TcpListener>,
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+    certs: Option<Rc<ShardTls>>,
 ) {
-    for l in listeners {
+    if !tls.is_empty() && certs.is_none() {
+        // `main` refuses --turn-tls-listen without --tls-cert: not reached.
+        tracing::error!("TURN: TLS listeners without a certificate");
+        return;
+    }
+    let listeners = plain
+        .into_iter()
+        .map(|l| (l, None))
+        .chain(tls.into_iter().map(|l| (l, certs.clone())));
+    for (l, certs) in listeners {
         match TcpListener::from_std(l) {
             Ok(l) => {
-                monoio::spawn(accept_loop(ctx.clone(), turn.clone(), l));
+                monoio::spawn(accept_loop(ctx.clone(), turn.clone(), l, certs));
             }
             Err(e) => tracing::error!(error = %e, "TURN: cannot register a TCP listener"),
         }
     }
 }
 
-async fn accept_loop(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, listener: TcpListener) {
-    let stop = ctx.shard.shutdown_event().clone();
-    let max = ctx
-        .config
+fn connections_max(ctx: &ShardCtx) -> usize {
+    ctx.config
         .turn_server
         .as_ref()
-        .map_or(0, |t| t.tcp_connections_max);
+        .map_or(0, |t| t.tcp_connections_max)
+}
+
+async fn accept_loop(
+    ctx: Rc<ShardCtx>,
+    turn: Rc<TurnShard>,
+    listener: TcpListener,
+    certs: Option<Rc<ShardTls>>,
+) {
+    let stop = ctx.shard.shutdown_event().clone();
+    let max = connections_max(&ctx);
     loop {
         match select2(listener.accept(), stop.wait()).await {
             Either::Right(()) => return,
             Either::Left(Ok((stream, peer))) => {
-                if turn.tcp.open() >= max {
-                    let r = &turn.counters.tcp_refused;
-                    r.set(r.get() + 1);
+                let Some((id, conn)) = turn.tcp.reserve(&turn, max) else {
                     drop(stream);
                     continue;
-                }
+                };
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(connection(ctx.clone(), turn.clone(), stream, peer));
+                let cfg = certs.as_ref().map(|c| c.turn_config(&ctx.tls));
+                let (c, t) = (ctx.clone(), turn.clone());
+                monoio::spawn(async move {
+                    let stream = match cfg {
+                        None => Some(Transport::plain(stream)),
+                        // Plain HTTP is not told apart: a ChannelData frame may start
+                        // with an upper-case letter; TLS refuses both with an alert.
+                        Some(cfg) => handshake_with(&c, stream, cfg, PlainHttp::Refuse).await,
+                    };
+                    match stream {
+                        Some(s) => connection(c, t, s, peer, id, conn).await,
+                        None => {
+                            t.tcp.conns.borrow_mut().remove(id as usize);
+                        }
+                    }
+                });
             }
             Either::Left(Err(e)) => {
                 tracing::debug!(error = %e, "TURN: accept failed");
@@ -128,11 +189,29 @@ async fn accept_loop(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, listener: TcpListen
     }
 }
 
-async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, addr: SocketAddr) {
-    let conn = Rc::new(TcpConn::default());
-    let id = turn.tcp.conns.borrow_mut().insert(conn.clone());
+/// Serves a TLS connection of the HTTPS listener whose client chose ALPN `stun.turn`
+/// (RFC 7443), handshake done, in a task of its own; closed at once when this shard
+/// has no TURN server or holds `--turn-tcp-connections-max` connections.
+pub fn adopt_tls(ctx: &Rc<ShardCtx>, stream: Transport, peer: SocketAddr) {
+    let Some(turn) = super::shard_turn() else {
+        return;
+    };
+    let Some((id, conn)) = turn.tcp.reserve(&turn, connections_max(ctx)) else {
+        return;
+    };
+    monoio::spawn(connection(ctx.clone(), turn, stream, peer, id, conn));
+}
+
+async fn connection(
+    ctx: Rc<ShardCtx>,
+    turn: Rc<TurnShard>,
+    stream: Transport,
+    addr: SocketAddr,
+    id: u32,
+    conn: Rc<TcpConn>,
+) {
     let key = ClientKey {
-        transport: Transport::Tcp(id as u32),
+        transport: ::turn::server::Transport::Tcp(id),
         addr,
     };
     let (mut rd, wr) = stream.into_split();
@@ -142,28 +221,34 @@ async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, a
     let mut buf = Vec::with_capacity(READ_BYTES);
     let mut idle_deadline = std::time::Instant::now() + TCP_IDLE_TIMEOUT;
     'read: loop {
-        let read = rd.read(buf);
-        let wait = idle_deadline.saturating_duration_since(std::time::Instant::now());
-        let r = match select2(
-            select2(read, monoio::time::sleep(wait)),
-            conn.closing.wait(),
-        )
-        .await
-        {
-            Either::Left(Either::Left(r)) => r,
-            Either::Left(Either::Right(())) => {
-                // Idle: keep a connection that holds an allocation.
-                if turn.server.borrow().relayed_address(&key).is_some() {
-                    idle_deadline = std::time::Instant::now() + TCP_IDLE_TIMEOUT;
-                    buf = Vec::with_capacity(READ_BYTES);
-                    continue;
+        // One read, kept across idle checks (a read given up could lose bytes already
+        // received, which on TLS breaks the stream).
+        let r = {
+            let mut read = std::pin::pin!(rd.read(buf));
+            loop {
+                let wait = idle_deadline.saturating_duration_since(std::time::Instant::now());
+                let sleep = std::pin::pin!(monoio::time::sleep(wait));
+                let either = select2_pinned(read.as_mut(), sleep);
+                match select2(either, conn.closing.wait()).await {
+                    Either::Left(Either::Left(r)) => break Some(r),
+                    Either::Left(Either::Right(())) => {
+                        // Idle: keep a connection that holds an allocation.
+                        if turn.server.borrow().relayed_address(&key).is_some() {
+                            idle_deadline = std::time::Instant::now() + TCP_IDLE_TIMEOUT;
+                            continue;
+                        }
+                        break None;
+                    }
+                    Either::Right(()) => break None,
                 }
-                break;
             }
-            Either::Right(()) => break,
         };
-        let (res, b) = r;
+        let Some((res, b)) = r else { break };
         buf = b;
+        if rd.owes() {
+            // A TLS key update to answer: the writer sends it.
+            conn.kick.kick();
+        }
         let n = match res {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -190,7 +275,7 @@ async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, a
                 server.on_client(now, key, msg, &mut *relays, &mut out)
             };
             match action {
-                Action::Reply(r) => turn.tcp.enqueue(&turn, id as u32, &out[r]),
+                Action::Reply(r) => turn.tcp.enqueue(&turn, id, &out[r]),
                 Action::Relay {
                     relay,
                     peer,
@@ -205,19 +290,33 @@ async fn connection(ctx: Rc<ShardCtx>, turn: Rc<TurnShard>, stream: TcpStream, a
         let mut relays = turn.udp.relays.borrow_mut();
         turn.server.borrow_mut().client_closed(&key, &mut *relays);
     }
-    turn.tcp.conns.borrow_mut().remove(id);
+    turn.tcp.conns.borrow_mut().remove(id as usize);
     conn.closing.set();
+    // A TLS alert owed for a broken connection goes out with the writer's close.
+    drop(rd);
     writer.await;
 }
 
-/// Writes what is queued for the connection until it closes. A write blocked by a
-/// client that does not read is abandoned when the connection closes.
-async fn writer(mut wr: monoio::io::OwnedWriteHalf<TcpStream>, conn: Rc<TcpConn>) {
+/// Writes what is queued for the connection until it closes (TLS: encrypted, and what
+/// the session owes the client). A write blocked by a client that does not read is
+/// abandoned when the connection closes; otherwise a TLS connection ends with its
+/// alert or `close_notify`, for at most [`TLS_CLOSE_TIMEOUT`].
+async fn writer(mut wr: WriteHalf, conn: Rc<TcpConn>) {
     let mut spare = Vec::new();
     loop {
         if conn.out.borrow().is_empty() {
             if let Either::Right(()) = select2(conn.kick.wait(), conn.closing.wait()).await {
-                return;
+                break;
+            }
+            if conn.out.borrow().is_empty() {
+                // Kicked for TLS bytes the session owes (a key update).
+                match select2(wr.flush_owed(), conn.closing.wait()).await {
+                    Either::Left(Ok(())) => continue,
+                    Either::Left(Err(_)) | Either::Right(()) => {
+                        conn.closing.set();
+                        return;
+                    }
+                }
             }
             continue;
         }
@@ -233,4 +332,6 @@ async fn writer(mut wr: monoio::io::OwnedWriteHalf<TcpStream>, conn: Rc<TcpConn>
             }
         }
     }
+    // Closed between writes: the stream is whole, its TLS end can go out.
+    let _ = monoio::time::timeout(TLS_CLOSE_TIMEOUT, wr.shutdown()).await;
 }
