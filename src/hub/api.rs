@@ -363,10 +363,13 @@ where
     let owner_room = reserve(sh, owner)?;
     let binding_room = reserve(sh, owner)?;
     // A heartbeat of an agent whose binding change is being saved asks again shortly.
-    let make = || Op::Heartbeat(Box::new((hb.clone(), by.clone())));
-    let busy = |r: &Reply| matches!(r, Reply::Busy);
+    let again = |r| match r {
+        Reply::Busy(b) => Err(Op::Heartbeat(b)),
+        r => Ok(r),
+    };
+    let op = Op::Heartbeat(Box::new((hb, by)));
     let (claimed, pointers, change) =
-        match crate::registry::api::ask_agent_owner(sh, &agent, make, busy).await? {
+        match crate::registry::api::ask_agent_owner(sh, &agent, op, again).await? {
             Reply::HeartbeatDone(b) => *b,
             Reply::Refused(r) => return Err(r.error(&AGENT_STORE_NAMES)),
             Reply::Forbidden(why) => return Err(Error::forbidden(*why)),

@@ -84,7 +84,7 @@ pub enum Reply {
     /// `(claimed tasks, pointers to resolve, the agent's binding change to commit)`.
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>, Option<BindingChange>)>),
     /// A change of the agent's binding is being saved: retry.
-    Busy,
+    Busy(Box<(Heartbeat, Principal)>),
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
@@ -151,7 +151,8 @@ impl Op {
                     }
                     Err(AgentRefusal::Budget(r)) => return Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
-                    Err(AgentRefusal::Busy) => return Reply::Busy,
+                    // The payload goes back for the retry (nothing copied).
+                    Err(AgentRefusal::Busy) => return Reply::Busy(b),
                 };
                 let claimed = store.tasks.claim_for_agent_by(
                     &hb.agent_id,

@@ -22,18 +22,21 @@ const BINDING_BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(
 /// beyond a commit (the store's own timeouts answer sooner when the disk is in trouble).
 const BINDING_BUSY_TRIES_MAX: usize = 5_000;
 
-/// Asks the owner of `agent_id` (`make()`) until it is not busy saving a change of that
-/// agent's binding (at most [`BINDING_BUSY_TRIES_MAX`] times, then 503).
+/// Asks the owner of `agent_id` with `op` until it is not busy saving a change of that
+/// agent's binding (at most [`BINDING_BUSY_TRIES_MAX`] times, then 503): `again` turns
+/// a reply into the answer, or into the operation to send again (a busy owner hands the
+/// operation's payload back, so a retry copies nothing).
 pub async fn ask_agent_owner<S: Shard, O: Request<S::Msg>>(
     sh: &S,
     agent_id: &str,
-    make: impl Fn() -> O,
-    busy: impl Fn(&O::Reply) -> bool,
+    op: O,
+    again: impl Fn(O::Reply) -> Result<O::Reply, O>,
 ) -> Result<O::Reply, Error> {
+    let mut op = op;
     for _ in 0..BINDING_BUSY_TRIES_MAX {
-        let reply = ask_owner(sh, agent_id, make()).await?;
-        if !busy(&reply) {
-            return Ok(reply);
+        match again(ask_owner(sh, agent_id, op).await?) {
+            Ok(reply) => return Ok(reply),
+            Err(back) => op = back,
         }
         sh.sleep(BINDING_BUSY_POLL).await;
     }
@@ -129,8 +132,13 @@ where
     let credential = by.peer.is_some();
     // Room for the follow-up of a binding change, taken before anything changes.
     let room = reserve(sh, sh.shard_of(id.as_bytes()))?;
-    let make = || Op::UpsertFor(Box::new((info.clone(), by.clone())));
-    match ask_agent_owner(sh, &id, make, |r| matches!(r, Reply::Busy)).await? {
+    // A busy owner consumed the agent's info: the retry sends a copy.
+    let first = Op::UpsertFor(Box::new((info.clone(), by.clone())));
+    let again = |r| match r {
+        Reply::Busy => Err(Op::UpsertFor(Box::new((info.clone(), by.clone())))),
+        r => Ok(r),
+    };
+    match ask_agent_owner(sh, &id, first, again).await? {
         Reply::Done => Ok(Outcome::Static(OK_BODY.as_bytes())),
         Reply::Bound(change) => {
             // A new or moved binding is durable before the 2xx (review of issue 20:
@@ -207,8 +215,11 @@ where
 {
     // Room for the follow-up (finish, or clear the flag), taken before anything changes.
     let room = reserve(sh, sh.shard_of(id.as_bytes()))?;
-    let make = || Op::DeleteBegin(Box::new(id.clone()));
-    match ask_agent_owner(sh, &id, make, |r| matches!(r, Reply::Busy)).await? {
+    let again = |r| match r {
+        Reply::Busy => Err(Op::DeleteBegin(Box::new(id.clone()))),
+        r => Ok(r),
+    };
+    match ask_agent_owner(sh, &id, Op::DeleteBegin(Box::new(id.clone())), again).await? {
         Reply::Done => Ok(Outcome::Static(OK_BODY.as_bytes())),
         Reply::NotFound => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
         Reply::Deleting => {
