@@ -230,8 +230,22 @@ impl Transport {
         self.tcp.write_all(out).await.0.map(|_| ())
     }
 
-    /// Writes all of `buf` (TLS: encrypted).
-    pub async fn write_all<B: IoBuf + AsRef<[u8]>>(
+    /// Writes all of `buf` (TLS: encrypted). Plain TCP gets the socket's own future, so a
+    /// task that awaits this costs no more than it did on the socket (every signaling
+    /// connection's future is as large as its largest await: `write_all`); the TLS path
+    /// is boxed, on connections that allocate for each record anyway.
+    pub fn write_all<B: IoBuf + AsRef<[u8]>>(
+        &mut self,
+        buf: B,
+    ) -> impl std::future::Future<Output = monoio::BufResult<usize, B>> + '_ {
+        if self.tls.is_none() {
+            futures_util::future::Either::Left(self.tcp.write_all(buf))
+        } else {
+            futures_util::future::Either::Right(Box::pin(self.write_all_tls(buf)))
+        }
+    }
+
+    async fn write_all_tls<B: IoBuf + AsRef<[u8]>>(
         &mut self,
         buf: B,
     ) -> monoio::BufResult<usize, B> {
