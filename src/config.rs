@@ -101,22 +101,24 @@ pub struct Cli {
     /// TLS: PEM file of the certificate chain (the server's certificate first, then its
     /// intermediates). With --tls-key, the --listen listener serves HTTPS and WSS only,
     /// unless --tls-listen adds a TLS listener beside it.
-    #[arg(long, requires = "tls_key")]
+    // The TLS flags need each other (`tls_settings` says which is missing), not by clap's
+    // `requires`: that does not count a key of the config file as given.
+    #[arg(long)]
     pub tls_cert: Option<std::path::PathBuf>,
 
     /// TLS: PEM file of the certificate's private key (RSA or ECDSA; PKCS#8, PKCS#1 or
     /// SEC1). A key that does not match the certificate stops the start.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_key: Option<std::path::PathBuf>,
 
     /// TLS: address of a TLS listener beside the plain --listen one (e.g. plain on
     /// 127.0.0.1:8080 for health checks, TLS on 0.0.0.0:443).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_listen: Option<SocketAddr>,
 
     /// TLS: write the bound TLS listen address (`ip:port`) to this file once listening
     /// (the --tls-listen one, or the --listen one when it is TLS).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long)]
     pub tls_port_file: Option<std::path::PathBuf>,
 
     /// TLS: seconds between checks of --tls-cert and --tls-key for a change; changed
@@ -842,10 +844,29 @@ impl Cli {
         }
     }
 
-    /// The TLS settings; `None` without --tls-cert and --tls-key.
+    /// The TLS settings; `None` without --tls-cert and --tls-key. One of the two without
+    /// the other, or --tls-listen or --tls-port-file without both, is an error naming
+    /// what is missing (on the command line or in the config file alike).
     pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            return Ok(None);
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                return Err("--tls-cert needs --tls-key (the certificate's private key)".into())
+            }
+            (None, Some(_)) => {
+                return Err("--tls-key needs --tls-cert (the certificate chain)".into())
+            }
+            (None, None) => {
+                for (set, flag) in [
+                    (self.tls_listen.is_some(), "--tls-listen"),
+                    (self.tls_port_file.is_some(), "--tls-port-file"),
+                ] {
+                    if set {
+                        return Err(format!("{flag} needs --tls-cert and --tls-key"));
+                    }
+                }
+                return Ok(None);
+            }
         };
         Ok(Some(crate::tls::TlsSettings {
             files: crate::tls::TlsFiles {
@@ -960,6 +981,10 @@ impl Cli {
         self.auth.jwt_leeway_secs()?;
         self.server_secret()?;
         self.turn()?;
+        if let Some(tls) = self.tls_settings()? {
+            // As at start: the files are read and the key must match the certificate.
+            crate::tls::config::load(&tls.files)?;
+        }
         Ok(())
     }
 }

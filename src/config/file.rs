@@ -49,6 +49,10 @@ const SAMPLES: &[(&str, &str)] = &[
     ),
     ("turn-url", "\"turn:turn.example.net:3478?transport=udp\""),
     ("turn-secret-file", "\"/etc/chatixia-core/turn-secret\""),
+    ("tls-cert", "\"/etc/chatixia-core/tls/fullchain.pem\""),
+    ("tls-key", "\"/etc/chatixia-core/tls/privkey.pem\""),
+    ("tls-listen", "\"0.0.0.0:443\""),
+    ("tls-port-file", "\"/run/chatixia-core/tls-addr\""),
 ];
 
 /// Where a setting came from.
