@@ -642,8 +642,14 @@ fn tls_is_configured_by_the_file_and_a_missing_half_is_named() {
 
     // One half alone, or a TLS listener without either: refused, naming what is missing.
     let cases = [
-        (format!("tls-cert = \"{cert}\"\n"), "--tls-cert needs --tls-key"),
-        (format!("tls-key = \"{key}\"\n"), "--tls-key needs --tls-cert"),
+        (
+            format!("tls-cert = \"{cert}\"\n"),
+            "--tls-cert needs --tls-key",
+        ),
+        (
+            format!("tls-key = \"{key}\"\n"),
+            "--tls-key needs --tls-cert",
+        ),
         (
             "tls-listen = \"127.0.0.1:0\"\n".to_string(),
             "--tls-listen needs --tls-cert and --tls-key",
@@ -665,7 +671,10 @@ fn tls_is_configured_by_the_file_and_a_missing_half_is_named() {
     let cfg = write(
         &dir.0,
         "mismatch.toml",
-        &format!("tls-cert = \"{cert}\"\ntls-key = \"{}\"\n", other.key.display()),
+        &format!(
+            "tls-cert = \"{cert}\"\ntls-key = \"{}\"\n",
+            other.key.display()
+        ),
     );
     let out = run(
         &dir.0,
@@ -674,5 +683,8 @@ fn tls_is_configured_by_the_file_and_a_missing_half_is_named() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("does not match the certificate"), "{stderr}");
+    assert!(
+        stderr.contains("does not match the certificate"),
+        "{stderr}"
+    );
 }
