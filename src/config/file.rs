@@ -53,6 +53,10 @@ const SAMPLES: &[(&str, &str)] = &[
     ("tls-key", "\"/etc/chatixia-core/tls/privkey.pem\""),
     ("tls-listen", "\"0.0.0.0:443\""),
     ("tls-port-file", "\"/run/chatixia-core/tls-addr\""),
+    ("turn-listen", "[\"0.0.0.0:3478\"]"),
+    ("turn-public-ip", "\"203.0.113.5\""),
+    ("turn-allow-peer", "[\"10.0.0.0/8\"]"),
+    ("turn-deny-peer", "[\"192.0.2.0/24\"]"),
 ];
 
 /// Where a setting came from.
