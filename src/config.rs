@@ -101,6 +101,8 @@ pub struct Cli {
     /// TLS: PEM file of the certificate chain (the server's certificate first, then its
     /// intermediates). With --tls-key, the --listen listener serves HTTPS and WSS only,
     /// unless --tls-listen adds a TLS listener beside it.
+    // The TLS flags need each other (`tls_settings` says which is missing), not by clap's
+    // `requires`: that does not count a key of the config file as given.
     #[arg(long)]
     pub tls_cert: Option<std::path::PathBuf>,
 
@@ -854,28 +856,31 @@ impl Cli {
         })
     }
 
-    /// The TLS settings; `None` without --tls-cert and --tls-key. The flags that need a
-    /// certificate are checked here rather than by clap's `requires`, which a config
-    /// file's values (clap's defaults) do not satisfy.
+    /// The TLS settings; `None` without --tls-cert and --tls-key. One of the two without
+    /// the other, or --tls-listen or --tls-port-file without both, is an error naming
+    /// what is missing (on the command line or in the config file alike).
     pub fn tls_settings(&self) -> Result<Option<crate::tls::TlsSettings>, String> {
-        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
-            let needs = [
-                (self.tls_cert.is_some(), "--tls-cert needs --tls-key"),
-                (self.tls_key.is_some(), "--tls-key needs --tls-cert"),
-                (self.tls_listen.is_some(), "--tls-listen needs --tls-cert and --tls-key"),
-                (
-                    self.tls_port_file.is_some(),
-                    "--tls-port-file needs --tls-cert and --tls-key",
-                ),
-                (
-                    !self.turn.turn_tls_listen.is_empty(),
-                    "--turn-tls-listen needs --tls-cert and --tls-key (TURN over TLS serves the server's certificate)",
-                ),
-            ];
-            if let Some((_, e)) = needs.iter().find(|(set, _)| *set) {
-                return Err((*e).into());
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => {
+                return Err("--tls-cert needs --tls-key (the certificate's private key)".into())
             }
-            return Ok(None);
+            (None, Some(_)) => {
+                return Err("--tls-key needs --tls-cert (the certificate chain)".into())
+            }
+            (None, None) => {
+                for (set, flag) in [
+                    (self.tls_listen.is_some(), "--tls-listen"),
+                    (self.tls_port_file.is_some(), "--tls-port-file"),
+                    // TURN over TLS serves the server's certificate.
+                    (!self.turn.turn_tls_listen.is_empty(), "--turn-tls-listen"),
+                ] {
+                    if set {
+                        return Err(format!("{flag} needs --tls-cert and --tls-key"));
+                    }
+                }
+                return Ok(None);
+            }
         };
         Ok(Some(crate::tls::TlsSettings {
             files: crate::tls::TlsFiles {
@@ -990,7 +995,10 @@ impl Cli {
         self.auth.jwt_leeway_secs()?;
         self.server_secret()?;
         self.turn()?;
-        self.tls_settings()?;
+        if let Some(tls) = self.tls_settings()? {
+            // As at start: the files are read and the key must match the certificate.
+            crate::tls::config::load(&tls.files)?;
+        }
         Ok(())
     }
 }

@@ -571,3 +571,120 @@ fn sighup_keeps_the_server_running() {
     assert_eq!(server.request("GET", "/healthz", &[]).status, 200);
     assert!(server.stop().success());
 }
+
+#[test]
+fn tls_is_configured_by_the_file_and_a_missing_half_is_named() {
+    // The packaged unit starts `chatixia-core --config FILE` and nothing else: TLS must be
+    // settable from the file alone, and from the file and the command line together.
+    use common::tls::{self, KeyKind, Pki};
+    let dir = TempDir::new();
+    let pki = Pki::new();
+    let files = pki.issue("localhost", KeyKind::Ecdsa);
+    let other = pki.issue("other", KeyKind::Ecdsa);
+    let tls_port_file = dir.0.join("tls-addr");
+    let (cert, key) = (files.cert.display(), files.key.display());
+    let tls_keys = format!(
+        "tls-cert = \"{cert}\"\ntls-key = \"{key}\"\ntls-listen = \"127.0.0.1:0\"\n\
+         tls-port-file = \"{}\"\ndata-dir = \"{}\"\n",
+        tls_port_file.display(),
+        dir.0.join("d").display()
+    );
+    let cfg = config(&dir.0, &tls_keys);
+    let cfg_arg = cfg.to_str().unwrap();
+    let out = run(&dir.0, &["--config", cfg_arg, "config", "check"], &[]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains(&format!("tls-cert = \"{cert}\"  # config file")),
+        "{report}"
+    );
+    let server = Running::start(&dir.0, &["--config", cfg_arg], &[]);
+    let tls_addr = tls::read_port_file(&tls_port_file);
+    let client = pki.client();
+    let mut c = tls::TlsConn::connect(tls_addr, &client).expect("TLS from the config file");
+    assert_eq!(c.leaf(), files.leaf);
+    assert_eq!(c.get("/healthz").status, 200);
+    // The plain listener beside it still answers.
+    assert_eq!(server.request("GET", "/healthz", &[]).status, 200);
+    drop(c);
+    assert!(server.stop().success());
+
+    // The certificate on the command line, its key from the file.
+    let cfg = config(
+        &dir.0,
+        &format!(
+            "tls-key = \"{key}\"\ntls-port-file = \"{}\"\ndata-dir = \"{}\"\n",
+            tls_port_file.display(),
+            dir.0.join("d").display()
+        ),
+    );
+    let out = run(
+        &dir.0,
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tls-cert",
+            &cert.to_string(),
+            "config",
+            "check",
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // One half alone, or a TLS listener without either: refused, naming what is missing.
+    let cases = [
+        (
+            format!("tls-cert = \"{cert}\"\n"),
+            "--tls-cert needs --tls-key",
+        ),
+        (
+            format!("tls-key = \"{key}\"\n"),
+            "--tls-key needs --tls-cert",
+        ),
+        (
+            "tls-listen = \"127.0.0.1:0\"\n".to_string(),
+            "--tls-listen needs --tls-cert and --tls-key",
+        ),
+    ];
+    for (text, want) in cases {
+        let line = refused(&dir.0, &text);
+        assert!(line.contains(want), "{text:?}: want {want:?} in {line}");
+        let cfg = write(&dir.0, "bad.toml", &text);
+        let out = run(
+            &dir.0,
+            &["--config", cfg.to_str().unwrap(), "config", "check"],
+            &[("RUST_LOG", "off")],
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(want));
+    }
+    // `config check` reads the files as the start does: a key of another certificate.
+    let cfg = write(
+        &dir.0,
+        "mismatch.toml",
+        &format!(
+            "tls-cert = \"{cert}\"\ntls-key = \"{}\"\n",
+            other.key.display()
+        ),
+    );
+    let out = run(
+        &dir.0,
+        &["--config", cfg.to_str().unwrap(), "config", "check"],
+        &[("RUST_LOG", "off")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("does not match the certificate"),
+        "{stderr}"
+    );
+}

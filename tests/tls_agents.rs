@@ -77,8 +77,16 @@ fn two_agents_meet_through_a_tls_only_server() {
     };
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
+        // The agents print their banner after the sidecar is up: the sidecars may meet
+        // before the second banner reaches the log, so wait for both (as
+        // tests/readme_two_agents.rs does).
+        let banner = |name: &str| {
+            agent_log(name).contains(&format!("Agent '{name}' connected to mesh at {registry}"))
+        };
         if sidecar_log("alpha").contains("peer connected peer=beta-sidecar")
             && sidecar_log("beta").contains("peer connected peer=alpha-sidecar")
+            && banner("alpha")
+            && banner("beta")
         {
             break;
         }

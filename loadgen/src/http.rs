@@ -1,6 +1,7 @@
-//! `bench http`: a mix of heartbeat, register, list-agents and topology requests over
-//! keep-alive connections, either closed loop (each connection sends its next request
-//! when the previous answer arrives) or open loop at `--rate` requests per second.
+//! `bench http`: a mix of heartbeat, register, list-agents and topology requests (or
+//! `GET /healthz`, which any server answers) over keep-alive connections, either closed
+//! loop (each connection sends its next request when the previous answer arrives) or
+//! open loop at `--rate` requests per second.
 //!
 //! Open loop corrects coordinated omission: every request has an intended send time
 //! on a fixed schedule, and its latency is measured from that time, so a stalled server
@@ -34,7 +35,8 @@ pub struct Args {
     /// loop, as fast as answers come.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Weights of the request kinds: heartbeat, register, list, topology.
+    /// Weights of the request kinds: heartbeat, register, list, topology, and healthz
+    /// (`GET /healthz`: no state, any server answers it; not in the default mix).
     #[arg(long, default_value = "heartbeat=50,register=10,list=20,topology=20")]
     pub mix: String,
     /// Distinct agent ids used (the first N peers of the keys file; default 100, so
@@ -50,6 +52,7 @@ enum Op {
     Register,
     List,
     Topology,
+    Healthz,
 }
 
 impl Op {
@@ -59,6 +62,7 @@ impl Op {
             Op::Register => "register",
             Op::List => "list",
             Op::Topology => "topology",
+            Op::Healthz => "healthz",
         }
     }
 }
@@ -74,6 +78,7 @@ fn parse_mix(s: &str) -> Result<Vec<(Op, u64)>, String> {
             "register" => Op::Register,
             "list" => Op::List,
             "topology" => Op::Topology,
+            "healthz" => Op::Healthz,
             other => return Err(format!("--mix: unknown request kind {other:?}")),
         };
         let w: u64 = w
@@ -243,6 +248,7 @@ async fn shard(input: ShardIn) -> ShardOut {
                     }
                     Op::List => ("GET", "/api/registry/agents", None),
                     Op::Topology => ("GET", "/api/hub/network/topology", None),
+                    Op::Healthz => ("GET", "/healthz", None),
                 };
                 let r = async {
                     if conn.is_none() {
@@ -441,6 +447,7 @@ mod tests {
             .filter(|_| pick(&mix, &mut rng) == Op::Heartbeat)
             .count();
         assert!((2700..3300).contains(&hb), "{hb}");
+        assert_eq!(parse_mix("healthz=1").unwrap(), vec![(Op::Healthz, 1)]);
         assert!(parse_mix("nope=1").is_err());
         assert!(parse_mix("list=0").is_err());
     }
