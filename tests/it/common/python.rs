@@ -21,10 +21,17 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs scripts/setup-python.sh (idempotent) and returns the venv's `bin` directory.
-/// Panics, with the script's explanation above, when there is no usable venv: an
-/// interop test never passes without its peer.
+/// Runs scripts/setup-python.sh (idempotent) once per test process and returns the venv's
+/// `bin` directory. Panics, with the script's explanation above, when there is no usable
+/// venv: an interop test never passes without its peer (a later call runs the script
+/// again). Every Python test is in this one binary, so the script's checks (several
+/// Python start-ups) run once per suite, not once per test.
 pub fn venv_bin() -> PathBuf {
+    static VENV_BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    VENV_BIN.get_or_init(setup_venv).clone()
+}
+
+fn setup_venv() -> PathBuf {
     let script = repo_root().join("scripts/setup-python.sh");
     let mut child = Command::new("bash")
         .arg(&script)
