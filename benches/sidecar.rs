@@ -8,7 +8,7 @@
 //! each leg crossing both IPC sockets and the DataChannel. Memory: B's RSS before and
 //! after opening peers.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::io::Write;

@@ -3,7 +3,7 @@
 # the real `chatixia` agent from PyPI (version 0.4.3), plus PyJWT and websockets, and
 # aiortc (an independent WebRTC stack for the sidecar interop test), Playwright (drives
 # the Debian `chromium` for the dashboard's browser test; it never downloads a browser),
-# and kosoku (the Autobahn TestSuite cases, for tests/autobahn.rs).
+# and kosoku (the Autobahn TestSuite cases, for tests/it/autobahn.rs).
 #
 #   scripts/setup-python.sh            # venv at <repo>/target/pyenv
 #   CHATIXIA_VENV=/some/dir scripts/setup-python.sh
@@ -96,7 +96,7 @@ find_python() {
 }
 
 with_lock() {
-    # Serialize concurrent runs (e.g. two test binaries) on the same venv.
+    # Serialize concurrent runs (e.g. two test processes) on the same venv.
     mkdir -p "$(dirname "$venv")"
     if command -v flock >/dev/null 2>&1; then
         exec 9>"${venv}.lock"

@@ -12,18 +12,18 @@ fi
 if [ -x scripts/setup-python.sh ]; then
   scripts/setup-python.sh
 fi
-# Debian's chromium for the dashboard's browser test (tests/dashboard_browser.rs, driven by
+# Debian's chromium for the dashboard's browser test (tests/it/dashboard_browser.rs, driven by
 # Playwright from the venv with executable_path=/usr/bin/chromium; no browser download).
 if ! command -v chromium >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y chromium || { $SUDO apt-get update && $SUDO apt-get install -y chromium; }
 fi
-# coturn for the TURN test (tests/sidecar_turn.rs runs `turnserver` on loopback).
+# coturn for the TURN test (tests/it/sidecar_turn.rs runs `turnserver` on loopback).
 if ! command -v turnserver >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y coturn || { $SUDO apt-get update && $SUDO apt-get install -y coturn; }
 fi
-# systemd-analyze (tests/packaging.rs verifies the unit), dpkg-dev and binutils
+# systemd-analyze (tests/it/packaging.rs verifies the unit), dpkg-dev and binutils
 # (scripts/build-deb.sh: dpkg-shlibdeps, strip) for the Debian package's test.
 for tool_pkg in systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev strip:binutils; do
   if ! command -v "${tool_pkg%%:*}" >/dev/null; then
@@ -31,7 +31,7 @@ for tool_pkg in systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev strip:binutils; 
     $SUDO apt-get install -y "${tool_pkg#*:}" || { $SUDO apt-get update && $SUDO apt-get install -y "${tool_pkg#*:}"; }
   fi
 done
-# testssl.sh for the TLS port's scan (tests/tls_testssl.rs); curl for the TLS tests.
+# testssl.sh for the TLS port's scan (tests/it/tls_testssl.rs); curl for the TLS tests.
 if ! command -v testssl >/dev/null || ! command -v curl >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y testssl.sh curl || { $SUDO apt-get update && $SUDO apt-get install -y testssl.sh curl; }

@@ -1,5 +1,5 @@
 //! A global allocator that counts allocations per thread, for tests that pin down how
-//! many heap allocations a hot path makes (`tests/alloc_per_request.rs`). It lives here
+//! many heap allocations a hot path makes (`tests/it/alloc_per_request.rs`). It lives here
 //! because `reactor/` is the only crate allowed `unsafe`; a test binary installs it with
 //! `#[global_allocator] static A: reactor::alloc_count::Counting = reactor::alloc_count::Counting;`.
 

@@ -1,5 +1,5 @@
 """Drives the operator dashboard in headless Debian chromium (Playwright, no browser
-download). Run by tests/dashboard_browser.rs, which owns the server and checks the
+download). Run by tests/it/dashboard_browser.rs, which owns the server and checks the
 server side: at each `STEP name` line printed here it does its part, then writes a line
 on stdin to let this script go on.
 

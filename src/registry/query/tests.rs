@@ -184,7 +184,7 @@ fn agents_sorted_by_other_keys_page_through_every_shard() {
     );
 }
 
-/// Found by schemathesis (tests/openapi_schemathesis.rs): an empty agent id at the end of
+/// Found by schemathesis (tests/it/openapi_schemathesis.rs): an empty agent id at the end of
 /// a page gave the cursor `""`, which means "first page" (paging started over, and the
 /// page's Next button was disabled). Found beside it: a cursor by host for a 256-byte
 /// host and id was longer than the 512 bytes accepted (400 on the next page).
