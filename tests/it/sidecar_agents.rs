@@ -202,6 +202,24 @@ fn two_agents_delegate_over_the_datachannel() {
         },
     );
 
+    // Alpha's agent runs its first heartbeat right after joining the mesh, while it may
+    // still be reading the sidecar's queued peer events: a task claimed by that heartbeat
+    // can find beta not yet known and take the HTTP fallback. So the task is posted once
+    // that heartbeat is done (last_heartbeat past registered_at); the next heartbeat, 15 s
+    // later, claims it with the mesh known.
+    wait_for(
+        "alpha's first heartbeat after joining the mesh",
+        CONNECT_TIMEOUT,
+        &mut [&mut alpha, &mut beta],
+        &server,
+        || {
+            let a = server.get("/api/registry/agents/alpha").json();
+            // RFC 3339 times of one fixed format: their text orders as their time.
+            let (hb, reg) = (a["last_heartbeat"].as_str(), a["registered_at"].as_str());
+            hb.is_some() && reg.is_some() && hb > reg
+        },
+    );
+
     // The hub task: alpha delegates a `list_agents` to beta.
     let r = server.post_json(
         "/api/hub/tasks",
