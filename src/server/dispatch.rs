@@ -78,3 +78,52 @@ pub fn apply(
         }
     })
 }
+
+/// [`apply`], and the peer whose **last** approval `msg` revoked, if any: a
+/// `PeerDeauthorize` of a peer that another approved entry still authorizes revokes
+/// nothing (PROTOCOL §5.6), so its embedded-TURN allocations stay.
+pub fn apply_noting_revocation(
+    state: &ShardState,
+    config: &ServerConfig,
+    msg: Msg,
+    now: UnixTime,
+) -> (Result<Option<Msg>, Msg>, Option<String>) {
+    let deauthorizing = match &msg {
+        Msg::Signaling(crate::signaling::ops::Op::PeerDeauthorize(peer))
+            if state.authz.borrow().contains(peer) =>
+        {
+            Some((**peer).clone())
+        }
+        _ => None,
+    };
+    let applied = apply(state, config, msg, now);
+    let revoked = deauthorizing.filter(|p| !state.authz.borrow().contains(p));
+    (applied, revoked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signaling::ops::Op;
+
+    #[test]
+    fn only_the_last_approval_of_a_peer_revokes_it() {
+        let config = crate::server::sim::config();
+        let state = ShardState::new(&config, 1);
+        let now = UnixTime::from_secs(1_800_000_000);
+        let authorize = || Msg::Signaling(Op::PeerAuthorize(Box::new(("agent-1".into(), None))));
+        let revoke = || Msg::Signaling(Op::PeerDeauthorize(Box::new("agent-1".into())));
+        // Two approved entries of one peer id.
+        for _ in 0..2 {
+            let (r, revoked) = apply_noting_revocation(&state, &config, authorize(), now);
+            assert!(r.is_ok() && revoked.is_none());
+        }
+        let (_, revoked) = apply_noting_revocation(&state, &config, revoke(), now);
+        assert_eq!(revoked, None, "another approval still authorizes the peer");
+        let (_, revoked) = apply_noting_revocation(&state, &config, revoke(), now);
+        assert_eq!(revoked.as_deref(), Some("agent-1"));
+        // A peer that was never approved (or is already revoked) revokes nothing more.
+        let (_, revoked) = apply_noting_revocation(&state, &config, revoke(), now);
+        assert_eq!(revoked, None);
+    }
+}

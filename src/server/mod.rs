@@ -167,15 +167,16 @@ impl ShardCtx {
     /// Handles a message from another shard (or this one): applies a request to the
     /// store it names; returns the reply of an ask.
     fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
-        // A peer deauthorized (its pairing revoked) loses its embedded-TURN allocations
-        // too, wherever they are: every shard is told (`crate::server::turn::revoke`).
-        if let Msg::Signaling(crate::signaling::ops::Op::PeerDeauthorize(peer)) = &msg {
-            if self.config.turn_server.is_some() {
-                let (ctx, peer) = (self.clone(), (**peer).clone());
-                monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });
-            }
+        // A peer whose last approval is revoked loses its embedded-TURN allocations too,
+        // wherever they are: every shard is told (`crate::server::turn::revoke`). Not
+        // while another approved entry still authorizes that peer id (PROTOCOL §5.6).
+        let (applied, revoked) =
+            dispatch::apply_noting_revocation(&self.state, &self.config, msg, self.now());
+        if let (Some(peer), true) = (revoked, self.config.turn_server.is_some()) {
+            let ctx = self.clone();
+            monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });
         }
-        match dispatch::apply(&self.state, &self.config, msg, self.now()) {
+        match applied {
             Ok(reply) => reply,
             Err(Msg::Dashboard(op)) => Some(Msg::DashboardReply(self.on_dashboard(op))),
             Err(Msg::Adopt(a)) => {

@@ -61,8 +61,28 @@ pub fn provider() -> CryptoProvider {
     }
 }
 
+/// Largest certificate-chain or key file read. A PEM chain of a few certificates is a
+/// few KiB (a long chain with RSA-4096 keys stays under 32 KiB); past this the file is
+/// refused with its name, instead of a wrong path (`/dev/zero`, a log) being read whole
+/// at start or on every reload.
+pub const TLS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
 fn read(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+    use std::io::Read;
+    let fail = |e: std::io::Error| format!("cannot read {flag} {}: {e}", path.display());
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .map_err(fail)?
+        .take(TLS_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut buf)
+        .map_err(fail)?;
+    if buf.len() as u64 > TLS_FILE_BYTES_MAX {
+        return Err(format!(
+            "{flag} {}: larger than {TLS_FILE_BYTES_MAX} bytes; not a PEM file of a certificate chain or key",
+            path.display()
+        ));
+    }
+    Ok(buf)
 }
 
 /// Reads and checks the certificate chain and key: both parse, the key is one we can
@@ -163,4 +183,19 @@ pub fn configs(key: Arc<CertifiedKey>, turn: bool) -> Result<Configs, String> {
 /// [`load_key`] then [`configs`].
 pub fn load_configs(files: &TlsFiles, turn: bool) -> Result<Configs, String> {
     configs(load_key(files)?, turn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endless_file_is_refused_with_its_name() {
+        let files = TlsFiles {
+            cert: "/dev/zero".into(),
+            key: "/dev/zero".into(),
+        };
+        let e = load_key(&files).err().expect("refused");
+        assert!(e.contains("--tls-cert /dev/zero: larger than"), "{e}");
+    }
 }
