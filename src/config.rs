@@ -489,6 +489,12 @@ pub struct TurnFlags {
     /// about 132 KiB (a partial message, a read buffer, its outbound queue).
     #[arg(long, default_value_t = 1024)]
     pub turn_tcp_connections_max: usize,
+
+    /// TURN TCP and TLS connections one client address holds on one shard (handshakes
+    /// included); more: closed at once, counted as refused. Keeps one address from taking
+    /// every slot of --turn-tcp-connections-max.
+    #[arg(long, default_value_t = 16)]
+    pub turn_tcp_connections_per_ip_max: usize,
 }
 
 impl TurnFlags {
@@ -576,6 +582,7 @@ impl TurnFlags {
             channels_max: f.turn_channels_max,
             bytes_per_sec_max: f.turn_allocation_bytes_per_sec_max,
             tcp_connections_max: f.turn_tcp_connections_max,
+            tcp_connections_per_ip_max: f.turn_tcp_connections_per_ip_max,
             allow: cidrs("--turn-allow-peer", &f.turn_allow_peer)?,
             deny: cidrs("--turn-deny-peer", &f.turn_deny_peer)?,
             credential_ttl_secs: crate::ice::TURN_CREDENTIAL_TTL_SECS,

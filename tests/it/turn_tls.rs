@@ -332,6 +332,49 @@ fn tls_connections_count_against_the_tcp_connection_limit() {
     assert!(first.refresh(600).ok());
 }
 
+/// A TCP connection to `to` from the loopback address `from` (127.x.y.z).
+fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local = SocketAddr::from((from, 0));
+    s.bind(&local.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[test]
+fn one_address_cannot_take_every_tcp_slot() {
+    let pki = Pki::new();
+    let files = pki.issue("turns", KeyKind::Ecdsa);
+    let rig = start(1, None, &files, &["--turn-tcp-connections-per-ip-max", "2"]);
+    // An address that only opens connections (handshakes it never finishes).
+    let _held: Vec<TcpStream> = (0..2)
+        .map(|_| connect_from([127, 0, 0, 9], rig.turns))
+        .collect();
+    assert!(eventually(Duration::from_secs(3), || metric(
+        &rig.server,
+        "chatixia_turn_tcp_connections",
+        ""
+    ) == 2));
+    // Its third is closed at once, and counted.
+    let mut third = connect_from([127, 0, 0, 9], rig.turns);
+    let mut b = [0u8; 1];
+    assert!(
+        matches!(third.read(&mut b), Ok(0) | Err(_)),
+        "a third connection of one address is closed"
+    );
+    assert_eq!(
+        metric(&rig.server, "chatixia_turn_tcp_refused_total", ""),
+        1
+    );
+    // Another address gets its allocation over TLS as usual.
+    let cfg = turn_rig::tls_config(pki.roots());
+    let (user, pass) = credentials("peer-other", 3600);
+    let mut c = Client::tls(rig.turns, &cfg, "localhost", &user, &pass);
+    c.relayed();
+}
+
 #[test]
 fn the_https_listener_hands_alpn_stun_turn_to_turn() {
     let pki = Pki::new();

@@ -55,6 +55,8 @@ pub struct TurnSettings {
     pub channels_max: usize,
     pub bytes_per_sec_max: u64,
     pub tcp_connections_max: usize,
+    /// TCP/TLS connections of one client address on one shard.
+    pub tcp_connections_per_ip_max: usize,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     /// Lifetime of the REST credentials `/api/config` hands out.

@@ -53,8 +53,9 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// a broken connection, or `close_notify`) to a client that does not read.
 const TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub(crate) struct TcpConn {
+    /// The client's address (its per-address count, `TcpSide::per_ip`).
+    ip: std::net::IpAddr,
     out: RefCell<Vec<u8>>,
     /// Wakes the writer: bytes were queued.
     kick: Kick,
@@ -62,10 +63,13 @@ pub(crate) struct TcpConn {
     closing: reactor::LocalEvent,
 }
 
-/// The shard's TURN TCP connections (their outbound buffers, by id).
+/// The shard's TURN TCP connections (their outbound buffers, by id), and how many each
+/// client address holds (at most `--turn-tcp-connections-per-ip-max`; the map has at
+/// most one entry per connection, so it is bounded by `--turn-tcp-connections-max`).
 #[derive(Default)]
 pub(crate) struct TcpSide {
     conns: RefCell<Slab<Rc<TcpConn>>>,
+    per_ip: RefCell<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl TcpSide {
@@ -76,16 +80,43 @@ impl TcpSide {
     /// A slot for a connection just accepted (it counts against
     /// `--turn-tcp-connections-max` from now, its TLS handshake included); `None` when
     /// the shard holds its maximum (counted as `tcp_refused`).
-    fn reserve(&self, turn: &TurnShard, max: usize) -> Option<(u32, Rc<TcpConn>)> {
+    fn reserve(
+        &self,
+        turn: &TurnShard,
+        (max, per_ip_max): (usize, usize),
+        ip: std::net::IpAddr,
+    ) -> Option<(u32, Rc<TcpConn>)> {
         let mut conns = self.conns.borrow_mut();
-        if conns.len() >= max {
+        let mut per_ip = self.per_ip.borrow_mut();
+        let held = per_ip.get(&ip).copied().unwrap_or(0);
+        if conns.len() >= max || held >= per_ip_max {
             let r = &turn.counters.tcp_refused;
             r.set(r.get() + 1);
             return None;
         }
-        let conn = Rc::new(TcpConn::default());
+        let conn = Rc::new(TcpConn {
+            ip,
+            out: RefCell::default(),
+            kick: Kick::default(),
+            closing: reactor::LocalEvent::default(),
+        });
         let id = conns.insert(conn.clone());
+        per_ip.insert(ip, held + 1);
         Some((id as u32, conn))
+    }
+
+    /// Gives connection `id`'s slot back (and its address's count).
+    fn release(&self, id: u32) {
+        let Some(conn) = self.conns.borrow_mut().try_remove(id as usize) else {
+            return;
+        };
+        let mut per_ip = self.per_ip.borrow_mut();
+        if let Some(n) = per_ip.get_mut(&conn.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&conn.ip);
+            }
+        }
     }
 
     /// Queues `bytes` for connection `id` (dropped and counted when its buffer is full).
@@ -140,11 +171,11 @@ pub(crate) fn spawn(
     }
 }
 
-fn connections_max(ctx: &ShardCtx) -> usize {
-    ctx.config
-        .turn_server
-        .as_ref()
-        .map_or(0, |t| t.tcp_connections_max)
+/// `(--turn-tcp-connections-max, --turn-tcp-connections-per-ip-max)`.
+fn connections_max(ctx: &ShardCtx) -> (usize, usize) {
+    ctx.config.turn_server.as_ref().map_or((0, 0), |t| {
+        (t.tcp_connections_max, t.tcp_connections_per_ip_max)
+    })
 }
 
 async fn accept_loop(
@@ -159,7 +190,7 @@ async fn accept_loop(
         match select2(listener.accept(), stop.wait()).await {
             Either::Right(()) => return,
             Either::Left(Ok((stream, peer))) => {
-                let Some((id, conn)) = turn.tcp.reserve(&turn, max) else {
+                let Some((id, conn)) = turn.tcp.reserve(&turn, max, peer.ip()) else {
                     drop(stream);
                     continue;
                 };
@@ -176,7 +207,7 @@ async fn accept_loop(
                     match stream {
                         Some(s) => connection(c, t, s, peer, id, conn).await,
                         None => {
-                            t.tcp.conns.borrow_mut().remove(id as usize);
+                            t.tcp.release(id);
                         }
                     }
                 });
@@ -196,7 +227,7 @@ pub fn adopt_tls(ctx: &Rc<ShardCtx>, stream: Transport, peer: SocketAddr) {
     let Some(turn) = super::shard_turn() else {
         return;
     };
-    let Some((id, conn)) = turn.tcp.reserve(&turn, connections_max(ctx)) else {
+    let Some((id, conn)) = turn.tcp.reserve(&turn, connections_max(ctx), peer.ip()) else {
         return;
     };
     monoio::spawn(connection(ctx.clone(), turn, stream, peer, id, conn));
@@ -290,7 +321,7 @@ async fn connection(
         let mut relays = turn.udp.relays.borrow_mut();
         turn.server.borrow_mut().client_closed(&key, &mut *relays);
     }
-    turn.tcp.conns.borrow_mut().remove(id as usize);
+    turn.tcp.release(id);
     conn.closing.set();
     // A TLS alert owed for a broken connection goes out with the writer's close.
     drop(rd);
