@@ -108,7 +108,7 @@ mod tests {
 
     #[test]
     fn only_the_last_approval_of_a_peer_revokes_it() {
-        let config = crate::server::sim::config();
+        let config = ServerConfig::new(std::time::Duration::from_secs(75));
         let state = ShardState::new(&config, 1);
         let now = UnixTime::from_secs(1_800_000_000);
         let authorize = || Msg::Signaling(Op::PeerAuthorize(Box::new(("agent-1".into(), None))));
