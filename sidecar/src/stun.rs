@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 pub use turn::auth::long_term_key;
 pub use turn::stun::{
-    attr, fingerprint_ok, integrity_ok, method, read_mapped_address, read_xor_address, xor_address,
-    Class, Message, TransactionId, MAGIC,
+    attr, fingerprint_ok, integrity_ok, is_stun, method, read_mapped_address, read_xor_address,
+    xor_address, Class, Message, TransactionId, MAGIC,
 };
 
 // ---- Binding ------------------------------------------------------------------------
