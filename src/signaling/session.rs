@@ -68,10 +68,13 @@ where
         client_ip,
         echo,
     };
-    let mut switching = Some(switching);
     async move {
-        let bytes = switching.take().unwrap_or_default();
-        let fut = Box::pin(write_bounded(&*conn.sh, &mut conn.stream, conn.key, bytes));
+        let fut = Box::pin(write_bounded(
+            &*conn.sh,
+            &mut conn.stream,
+            conn.key,
+            switching,
+        ));
         if fut.await {
             run_peer(&mut conn).await;
         }
