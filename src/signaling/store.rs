@@ -74,7 +74,9 @@ pub(super) struct PeerSlot {
     /// timeout: the peer does not read (a zero TCP window), so the write is abandoned.
     /// This is what bounds a write in time (as a timer per write did, without one).
     pub(super) write_abort: bool,
-    pub(super) close: Option<(u16, Cow<'static, str>)>,
+    /// The code and reason the connection closes with, once it is closing. Boxed: rare,
+    /// and 8 bytes instead of 32 in every slot.
+    pub(super) close: Option<Box<(u16, Cow<'static, str>)>>,
     /// Shard clock (seconds) of the last bytes received.
     pub(super) last_seen: u64,
     pub(super) ping_sent: bool,
@@ -378,10 +380,10 @@ impl ConnTable {
         {
             slot.outq.clear();
             slot.outq_bytes = 0;
-            slot.close = Some((
+            slot.close = Some(Box::new((
                 close_code::POLICY_VIOLATION,
                 "outbound queue full: the peer is not reading".into(),
-            ));
+            )));
             inc(&self.closed_slow);
         } else {
             slot.outq_bytes += frame.len();
@@ -414,7 +416,10 @@ impl ConnTable {
     /// not taken: the slot stays closing (unlisted, refusing output) until its task
     /// unregisters it.
     pub(crate) fn close_reason(&self, key: usize) -> Option<(u16, Cow<'static, str>)> {
-        self.slots.borrow().get(key).and_then(|s| s.close.clone())
+        self.slots
+            .borrow()
+            .get(key)
+            .and_then(|s| s.close.as_deref().cloned())
     }
 
     /// Asks connection `key` to close with `code` and `reason`.
@@ -422,7 +427,7 @@ impl ConnTable {
         let mut slots = self.slots.borrow_mut();
         if let Some(slot) = slots.get_mut(key) {
             if slot.close.is_none() {
-                slot.close = Some((code, reason));
+                slot.close = Some(Box::new((code, reason)));
             }
             if let Some(w) = slot.waker.take() {
                 w.wake();

@@ -273,9 +273,13 @@ impl Transport {
         self.tcp.shutdown().await
     }
 
-    /// Waits until the socket is readable.
-    pub async fn readable(&self, relaxed: bool) -> io::Result<()> {
-        self.tcp.readable(relaxed).await
+    /// Waits until the socket is readable: the socket's own future (a wrapper `async fn`
+    /// would add its arguments to every idle signaling connection's state).
+    pub fn readable(
+        &self,
+        relaxed: bool,
+    ) -> impl std::future::Future<Output = io::Result<()>> + '_ {
+        self.tcp.readable(relaxed)
     }
 
     /// Detaches the connection from this shard (no I/O may be in flight).

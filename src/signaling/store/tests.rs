@@ -18,7 +18,7 @@ fn frame(len: usize) -> Box<[u8]> {
 fn close_of(t: &ConnTable, key: usize) -> Option<(u16, String)> {
     t.slots.borrow()[key]
         .close
-        .as_ref()
+        .as_deref()
         .map(|(c, r)| (*c, r.to_string()))
 }
 
