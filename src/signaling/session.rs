@@ -555,34 +555,3 @@ async fn relay_to_full_mailbox<S: Host>(sh: &S, key: usize, owner: shard::ShardI
     let reason = "relay dropped: server overloaded";
     ws.enqueue(key, text_frame(&signaling::error_frame(reason)));
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::ShardCtx;
-    use std::mem::size_of;
-
-    /// Size of the future an `async fn` (or a function returning `impl Future`) of one
-    /// argument returns, without making one.
-    fn ret1<A, R>(_: impl Fn(A) -> R) -> usize {
-        size_of::<R>()
-    }
-    fn ret7<A, B, C, D, E, F, G, R>(_: impl Fn(A, B, C, D, E, F, G) -> R) -> usize {
-        size_of::<R>()
-    }
-
-    /// An idle registered connection costs its task (monoio's header and trailer, about
-    /// 40 bytes, plus this future) and its slot: the issue-26 budget is 1.5 KiB for
-    /// everything. The task's future was 960 bytes before its state was held once in
-    /// `Conn` (its arguments and their copies, the 101 and the upgrade's leftover
-    /// bytes, all kept for the connection's life), 504 after; the slot 176, 152 after.
-    #[test]
-    fn an_idle_connection_task_and_slot_stay_small() {
-        let task = ret7(serve_peer::<ShardCtx>);
-        let run = ret1(run_peer::<ShardCtx>);
-        let slot = size_of::<PeerSlot>();
-        println!("serve_peer future {task} B, run_peer {run} B, PeerSlot {slot} B");
-        assert!(task <= 640, "serve_peer's future is {task} bytes");
-        assert!(slot <= 160, "PeerSlot is {slot} bytes");
-    }
-}

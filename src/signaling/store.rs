@@ -55,6 +55,12 @@ const READ_POOL_BUFFERS_MAX: usize = 64;
 /// Output batched into one write (frames beyond wait for the next write).
 const WRITE_BATCH_SIZE_MAX: usize = 256 * 1024;
 
+/// The size of one connection slot (a test keeps it within issue 26's memory budget).
+#[cfg(test)]
+pub(crate) fn slot_bytes() -> usize {
+    std::mem::size_of::<PeerSlot>()
+}
+
 /// One live signaling connection's state, in the owner shard's slab.
 pub(super) struct PeerSlot {
     pub(super) peer_id: Box<str>,
