@@ -25,7 +25,8 @@ if ! command -v turnserver >/dev/null; then
 fi
 # systemd-analyze (tests/it/packaging.rs verifies the unit), dpkg-dev and binutils
 # (scripts/build-deb.sh: dpkg-shlibdeps, strip) for the Debian package's test.
-for tool_pkg in systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev strip:binutils; do
+# iproute2 and setpriv: `bench compare --sidecar` makes network namespaces (tests/it/bench_compare_sidecar.rs).
+for tool_pkg in systemd-analyze:systemd dpkg-shlibdeps:dpkg-dev strip:binutils ip:iproute2 setpriv:util-linux; do
   if ! command -v "${tool_pkg%%:*}" >/dev/null; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get install -y "${tool_pkg#*:}" || { $SUDO apt-get update && $SUDO apt-get install -y "${tool_pkg#*:}"; }

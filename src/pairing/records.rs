@@ -91,28 +91,33 @@ pub fn invite_of(r: InviteRecord) -> Option<(Code, Issuer, UnixTime)> {
     Some((code, issuer, UnixTime(r.expires_at_ns)))
 }
 
+/// An entry for tests: id `id`, peer `agent-<id as 6 hex digits>`, mesh `blue`, invited by
+/// `admin-1`, no token yet (also the start-up split's tests, `server::boot`).
+#[cfg(test)]
+pub(crate) fn test_entry(id: u32, status: Status) -> Entry {
+    Entry {
+        id: EntryId::from_u32(id),
+        agent_name: "bot".into(),
+        peer_id: format!("agent-{id:06x}"),
+        device_token: String::new(),
+        status,
+        created_at: UnixTime(1),
+        updated_at: UnixTime(2),
+        mesh: Some("blue".into()),
+        invited_by: "admin-1".into(),
+        token_hash: None,
+        claim_hash: None,
+        token_claimed: false,
+        saving: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chatixia_store::HashKind;
 
-    fn entry(id: u32, status: Status) -> Entry {
-        Entry {
-            id: EntryId::from_u32(id),
-            agent_name: "bot".into(),
-            peer_id: format!("agent-{id:06x}"),
-            device_token: String::new(),
-            status,
-            created_at: UnixTime(1),
-            updated_at: UnixTime(2),
-            mesh: Some("blue".into()),
-            invited_by: "admin-1".into(),
-            token_hash: None,
-            claim_hash: None,
-            token_claimed: false,
-            saving: false,
-        }
-    }
+    use super::test_entry as entry;
 
     #[test]
     fn entries_round_trip_and_seal_only_unclaimed_tokens() {

@@ -145,28 +145,9 @@ mod tests {
     use crate::hub::records::task_record;
     use crate::hub::TaskAccess;
     use crate::limits::Holder;
-    use crate::pairing::records::{entry_record, invite_record};
-    use crate::pairing::EntryId;
+    use crate::pairing::records::{entry_record, invite_record, test_entry as entry};
     use crate::registry::records::binding_record;
     use chatixia_store::TaskRecord;
-
-    fn entry(id: u32, status: Status) -> Entry {
-        Entry {
-            id: EntryId::from_u32(id),
-            agent_name: "bot".into(),
-            peer_id: format!("agent-{id:06x}"),
-            device_token: String::new(),
-            status,
-            created_at: UnixTime(1),
-            updated_at: UnixTime(2),
-            mesh: Some("blue".into()),
-            invited_by: "admin-1".into(),
-            token_hash: None,
-            claim_hash: None,
-            token_claimed: false,
-            saving: false,
-        }
-    }
 
     /// Issue 20: a six-digit code stored by an older server (its record's `code` the
     /// plain number) loads as that six-digit code; a long code round-trips; a key no

@@ -34,10 +34,10 @@ fn cannot_make_namespaces() -> Option<String> {
 }
 
 fn skip(test: &str, why: &str) {
-    eprintln!(
-        "SKIPPED {test}: {why}; `bench compare --sidecar` makes network namespaces \
+    common::skip(&format!(
+        "{test}: {why}; `bench compare --sidecar` makes network namespaces \
          (run the suite as root with iproute2 to run it)"
-    );
+    ));
 }
 
 fn stdout_of(cmd: &str, args: &[&str]) -> String {

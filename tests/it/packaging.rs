@@ -28,11 +28,7 @@ fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing under CI=true"
-        );
-        eprintln!("SKIPPED: {tool} is missing");
+        common::skip(&format!("{tool} is missing"));
     }
     found
 }
@@ -41,11 +37,7 @@ fn is_root() -> bool {
     let out = Command::new("id").arg("-u").output().unwrap();
     let root = String::from_utf8_lossy(&out.stdout).trim() == "0";
     if !root {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "installing with dpkg --root needs root under CI=true"
-        );
-        eprintln!("SKIPPED: installing with dpkg --root needs root");
+        common::skip("installing with dpkg --root needs root");
     }
     root
 }

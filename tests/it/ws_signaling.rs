@@ -562,12 +562,12 @@ fn a_half_closed_client_gets_what_is_queued() {
 fn a_busy_relay_target_is_still_read() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     if reactor::sys::kernel_version().is_some_and(|v| v < (6, 0)) {
-        eprintln!("SKIPPED: no multishot receive before Linux 6.0");
+        common::skip("no multishot receive before Linux 6.0");
         return;
     }
     let srv = queue_server("uring");
     if !srv.get("/metrics").text().contains("driver=\"io_uring\"") {
-        eprintln!("SKIPPED: io_uring is refused here");
+        common::skip("io_uring is refused here");
         return;
     }
     let mut slow = ws::slow_client(&srv, &jwt_for("peer-b", 3000));
