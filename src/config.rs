@@ -1,6 +1,7 @@
 //! Command-line configuration, and the `--config` file (`file`): every flag below is also
 //! a key of the file; precedence command line > environment > file > default.
 
+pub mod cluster;
 pub mod file;
 
 use std::net::SocketAddr;
@@ -178,6 +179,9 @@ pub struct Cli {
 
     #[command(flatten)]
     pub turn: TurnFlags,
+
+    #[command(flatten)]
+    pub cluster: cluster::ClusterFlags,
 
     /// Strict mode: agent routes (register, heartbeat, task create/update, route) need
     /// the agent's bearer JWT from /api/token, and an agent may only act as itself (else

@@ -273,9 +273,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
     config.hub.stray_task_shards = stray;
     let pair_guard = config.pairing.guard;
-    let config = Arc::new(config);
     let (bound, listeners) =
         reactor::listener::bind_reuseport(addr, reactor.cores()).map_err(|e| e.to_string())?;
+    // The cluster link (issue 25): started before the shards, which link to it as they
+    // start; the default node id names the port just bound.
+    let (node, cluster_parts) = start_cluster(&cli, bound.port(), reactor.cores())?;
+    config.cluster = node.clone();
+    let config = Arc::new(config);
     // The TLS listener beside the plain one (SO_REUSEPORT per shard, as the plain one).
     let (tls_bound, tls_listeners) = match tls.as_ref().and_then(|t| t.listen) {
         Some(a) => {
@@ -306,10 +310,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .zip(boots)
                 .zip(turn_sockets)
                 .zip(shard_tls)
-                .map(|(((l, b), t), s)| (l, b, t, s))
+                .zip(cluster_parts)
+                .map(|((((l, b), t), s), c)| (l, b, t, s, c))
                 .collect(),
-            move |shard, (listener, boot, turn, tls)| {
-                server::run_shard(shard, listener, config.clone(), boot, turn, tls)
+            move |shard, (listener, boot, turn, tls, cluster)| {
+                server::run_shard(shard, listener, config.clone(), boot, turn, tls, cluster)
             },
         )
         .map_err(|e| e.to_string())?;
@@ -373,9 +378,70 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             return Err(Failure::Other(format!("shard {i} failed during shutdown")))
         }
     }
+    // The node's lease goes back (the other nodes drop it at once rather than after
+    // the lease), after the shards' last directory changes.
+    if let Some(n) = &node {
+        n.node.stop(CLUSTER_STOP_MAX);
+    }
     // Commits what is queued and releases the data directory's lock.
     store.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Longest the shutdown waits for the cluster link to send what it holds and hand the
+/// node's lease back.
+const CLUSTER_STOP_MAX: Duration = Duration::from_secs(2);
+
+/// Starts the link to the cluster's Redis when `--cluster` is given: the node's lease,
+/// its channel, the scripts of the services (signaling's directory). One part per shard.
+#[allow(clippy::type_complexity)]
+fn start_cluster(
+    cli: &Cli,
+    port: u16,
+    cores: usize,
+) -> Result<
+    (
+        Option<server::cluster::NodeHandle>,
+        Vec<Option<server::cluster::ShardCluster>>,
+    ),
+    Failure,
+> {
+    let none = || (0..cores).map(|_| None).collect();
+    let Some(mut cfg) =
+        chatixia_core::config::cluster::settings(&cli.cluster, port).map_err(Failure::Other)?
+    else {
+        return Ok((None, none()));
+    };
+    let signaling = chatixia_core::signaling::remote::on_connect(&cfg.prefix, &cfg.node_id);
+    cfg.on_connect.push(signaling);
+    let node_id = cfg.node_id.clone();
+    let bells: Vec<Arc<server::cluster::LateBell>> =
+        (0..cores).map(|_| Arc::new(Default::default())).collect();
+    let route: chatixia_cluster::Route = Arc::new(move |key: &[u8]| reactor::shard_of(key, cores));
+    let (node, parts) = chatixia_cluster::Node::start(
+        cfg,
+        chatixia_core::signaling::remote::scripts(),
+        bells
+            .iter()
+            .map(|b| b.clone() as Arc<dyn chatixia_cluster::Doorbell>)
+            .collect(),
+        route,
+    )
+    .map_err(|e| Failure::Other(format!("--cluster: cannot start the link: {e}")))?;
+    tracing::info!(node = %node_id, "cluster node: linking to Redis");
+
+    let shards = parts
+        .into_iter()
+        .zip(bells)
+        .map(|(parts, bell)| Some(server::cluster::ShardCluster { parts, bell }))
+        .collect();
+    Ok((
+        Some(server::cluster::NodeHandle {
+            node: Arc::new(node),
+            id: node_id,
+        }),
+        shards,
+    ))
 }
 
 /// Writes `addr` to `path` atomically (rename), so a reader never sees a partial address.

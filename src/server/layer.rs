@@ -115,6 +115,10 @@ impl shard::Shard for ShardCtx {
         }
     }
 
+    fn cluster(&self) -> Option<&chatixia_cluster::ShardLink> {
+        self.cluster.as_ref()
+    }
+
     fn commit_later(&self, mutations: Vec<Mutation>) {
         if let (Some(link), false) = (&self.store, mutations.is_empty()) {
             if let Err(e) = link.submit_as(mutations, WriteClass::Progress) {

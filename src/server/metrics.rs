@@ -53,6 +53,8 @@ pub struct ShardMetrics {
     pub tls: crate::tls::metrics::TlsMetrics,
     /// The shard layer's back-pressure counters (`crate::shard::LayerStats`).
     pub layer: LayerMetrics,
+    /// Messages from other nodes this shard could not read (`--cluster`).
+    pub cluster_malformed: u64,
 }
 
 /// The shard layer's counters on one shard: asks that found a full mailbox and waited,
@@ -129,6 +131,7 @@ impl ShardMetrics {
             turn: Default::default(),
             tls: Default::default(),
             layer: Default::default(),
+            cluster_malformed: 0,
         }
     }
 }

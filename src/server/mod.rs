@@ -18,6 +18,7 @@
 
 pub mod backup;
 pub mod boot;
+pub mod cluster;
 pub mod common;
 pub mod conn;
 mod debug;
@@ -85,6 +86,9 @@ pub struct ServerConfig {
     pub ws_echo: bool,
     /// The embedded TURN server (`--turn-listen`; issue 24).
     pub turn_server: Option<crate::server::turn::TurnSettings>,
+    /// This node's link to its cluster (`--cluster`; issue 25), for `/readyz` and
+    /// `/metrics` (each shard has its own side of it, `ShardCtx::cluster`).
+    pub cluster: Option<cluster::NodeHandle>,
 }
 
 impl ServerConfig {
@@ -104,6 +108,7 @@ impl ServerConfig {
             store: None,
             ws_echo: false,
             turn_server: None,
+            cluster: None,
         }
     }
 }
@@ -124,6 +129,10 @@ pub struct ShardCtx {
     pub store: Option<chatixia_store::ShardLink>,
     /// TLS handshakes and their failures, the certificate generation in use.
     pub tls: crate::tls::metrics::TlsCounters,
+    /// This shard's link to the other nodes (`--cluster`; `None` on a node alone).
+    pub cluster: Option<chatixia_cluster::ShardLink>,
+    /// Messages from other nodes this shard could not read (dropped).
+    pub cluster_malformed: std::cell::Cell<u64>,
 }
 
 impl ShardCtx {
@@ -131,6 +140,7 @@ impl ShardCtx {
         shard: Shard<Msg>,
         config: Arc<ServerConfig>,
         store: Option<chatixia_store::ShardLink>,
+        cluster: Option<chatixia_cluster::ShardLink>,
     ) -> Self {
         ShardCtx {
             state: ShardState::new(&config, shard.count()),
@@ -142,6 +152,8 @@ impl ShardCtx {
             layer: crate::shard::LayerStats::default(),
             store,
             tls: crate::tls::metrics::TlsCounters::default(),
+            cluster,
+            cluster_malformed: std::cell::Cell::new(0),
         }
     }
 
@@ -258,6 +270,7 @@ impl ShardCtx {
         m.turn = crate::server::turn::metrics();
         m.tls = self.tls.snapshot();
         m.layer = crate::server::metrics::LayerMetrics::of(&self.layer);
+        m.cluster_malformed = self.cluster_malformed.get();
         m
     }
 
@@ -383,6 +396,9 @@ fn store_link(
     Ok(link)
 }
 
+/// Longest a shard waits at shutdown for its directory changes to reach the cluster link.
+const CLUSTER_DRAIN_MAX: Duration = Duration::from_secs(2);
+
 /// Backoff after an accept error such as EMFILE (out of file descriptors): the
 /// listener stays readable, so retrying at once would spin the shard. It doubles while
 /// accepts keep failing, up to [`ACCEPT_ERROR_BACKOFF_MAX`].
@@ -440,7 +456,19 @@ pub async fn run_shard(
     boot: crate::server::boot::ShardBoot,
     turn: crate::server::turn::ShardSockets,
     tls: Option<ShardTlsListen>,
+    cluster: Option<cluster::ShardCluster>,
 ) {
+    let cluster = match cluster.map(|c| cluster::link(&shard, c)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(shard = shard.id(), error = %e, "cannot link to the cluster");
+            return;
+        }
+    };
+    let (cluster, cluster_bell) = match cluster {
+        Some((l, w)) => (Some(l), Some(w)),
+        None => (None, None),
+    };
     let link = match &config.store {
         Some(handle) => match store_link(&shard, handle) {
             Ok(l) => Some(l),
@@ -451,8 +479,11 @@ pub async fn run_shard(
         },
         None => None,
     };
-    let ctx = Rc::new(ShardCtx::new(shard.clone(), config, link));
+    let ctx = Rc::new(ShardCtx::new(shard.clone(), config, link, cluster));
     ctx.state.load(boot, ctx.now());
+    if let Some(w) = cluster_bell {
+        cluster::start(&ctx, w);
+    }
     let handler_ctx = ctx.clone();
     shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
     // The shard's TLS configurations, shared by its HTTPS and TURN-over-TLS listeners.
@@ -495,6 +526,15 @@ pub async fn run_shard(
         "stopped accepting; draining connections"
     );
     while ctx.counters.connections_open.get() > 0 || ctx.state.ws.open.get() > 0 {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // In a cluster, the directory's leaves of the connections just closed go out before
+    // the node hands its lease back (bounded: a link that is down takes nothing).
+    let deadline = std::time::Instant::now() + CLUSTER_DRAIN_MAX;
+    while ctx.cluster.as_ref().is_some_and(|l| l.is_up())
+        && !ctx.state.ws.outbox_is_empty()
+        && std::time::Instant::now() < deadline
+    {
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     drop(drained);

@@ -776,6 +776,26 @@ pub fn openapi() -> Response {
 /// full, read-only or failing disk: changes that need a write are refused, reads are
 /// served). `/healthz` stays 200 either way: the process is alive.
 pub fn readyz(ctx: &ShardCtx) -> Response {
+    // In a cluster, a node without its Redis cannot answer for the shared state: new
+    // clients go to another node (issue 25).
+    if let Some(node) = &ctx.config.cluster {
+        let h = node.node.health();
+        if !h.up {
+            let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
+            let secs = wall
+                .saturating_duration_since(crate::time::UnixTime(h.since_ns))
+                .as_secs();
+            let body = serde_json::json!({
+                "status": "unavailable",
+                "error": format!(
+                    "cluster: Redis unreachable: {}",
+                    h.reason.unwrap_or_else(|| "not connected yet".into())
+                ),
+                "unavailable_secs": if h.since_ns == 0 { 0 } else { secs },
+            });
+            return Response::json(503, &body);
+        }
+    }
     let Some(store) = &ctx.config.store else {
         return Response::json_static(200, br#"{"status":"ready"}"#);
     };
@@ -826,6 +846,14 @@ async fn metrics(ctx: &ShardCtx) -> Response {
         body.push_str(&crate::server::metrics::render_store(
             &store.stats(),
             store.health().available,
+        ));
+    }
+    if let Some(node) = &ctx.config.cluster {
+        let malformed = shards.iter().map(|m| m.cluster_malformed).sum();
+        body.push_str(&crate::server::cluster::render_metrics(
+            &node.id,
+            &node.node.stats(),
+            malformed,
         ));
     }
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", body)

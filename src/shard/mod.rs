@@ -116,6 +116,13 @@ pub trait Shard {
     ) -> impl Future<Output = Result<Saved, Error>>;
     /// Submits `mutations` without waiting (housekeeping that a restart would redo).
     fn commit_later(&self, mutations: Vec<Mutation>);
+
+    /// This node's link to the other nodes of its cluster (`--cluster`, issue 25):
+    /// Redis commands and scripts, and publishes to another node's channel, none of
+    /// which blocks. `None` on a node alone.
+    fn cluster(&self) -> Option<&chatixia_cluster::ShardLink> {
+        None
+    }
 }
 
 /// State of type `T` that this shard owns, reached without a message: a service's own

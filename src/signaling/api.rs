@@ -112,7 +112,8 @@ where
 }
 
 /// The authorized, connected peers of `mesh` on every shard, but `exclude` (what
-/// `register` answers): one ask per shard.
+/// `register` answers): one ask per shard; in a cluster, then those of the other nodes
+/// (`remote::peers_elsewhere`).
 pub async fn peers<S>(
     sh: &S,
     mesh: Option<Box<str>>,
@@ -132,6 +133,17 @@ where
             Reply::Peers(p) => all.extend(*p),
             _ => return Err(unexpected()),
         }
+    }
+    if sh.cluster().is_some() {
+        let elsewhere = super::remote::peers_elsewhere(sh, mesh.as_deref(), &exclude).await;
+        // A peer listed both here and at another node (it moved, and the older entry is
+        // not gone yet) is listed once.
+        let here: std::collections::HashSet<&str> = all.iter().map(|p| &**p).collect();
+        let elsewhere: Vec<Box<str>> = elsewhere
+            .into_iter()
+            .filter(|p| !here.contains(&**p))
+            .collect();
+        all.extend(elsewhere);
     }
     Ok(all)
 }

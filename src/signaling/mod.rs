@@ -22,6 +22,8 @@
 pub mod api;
 pub mod authz;
 pub mod ops;
+pub mod outbox;
+pub mod remote;
 pub mod session;
 pub mod store;
 

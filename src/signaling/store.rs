@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use slab::Slab;
 
+use super::outbox::{Outbox, Outgoing};
 use crate::ws::codec::{self, close_code};
 
 /// Limits of the signaling endpoint (each a CLI flag).
@@ -224,6 +225,8 @@ pub struct ConnTable {
     pool: RefCell<Vec<Vec<u8>>>,
     /// When each replaced identity was last logged at warn.
     duplicates: RefCell<DuplicateLog>,
+    /// What the other nodes of a cluster must be told (`None` without `--cluster`).
+    pub(super) outbox: RefCell<Option<Outbox>>,
     pub open: Cell<u64>,
     pub relayed: Cell<u64>,
     pub refused: Cell<u64>,
@@ -252,6 +255,7 @@ impl ConnTable {
             ip_counts: RefCell::default(),
             pool: RefCell::default(),
             duplicates: RefCell::default(),
+            outbox: RefCell::default(),
             open: Cell::new(0),
             relayed: Cell::new(0),
             refused: Cell::new(0),
@@ -298,6 +302,7 @@ impl ConnTable {
             self.meshes
                 .borrow_mut()
                 .add(&mut self.slots.borrow_mut(), key);
+            self.note_join(key);
         }
         let old = self.by_id.borrow_mut().insert(peer_id.clone(), key);
         if let Some(old) = old {
@@ -329,13 +334,68 @@ impl ConnTable {
         let Some(slot) = self.slots.borrow_mut().try_remove(key) else {
             return;
         };
-        {
+        let current = {
             let mut by_id = self.by_id.borrow_mut();
-            if by_id.get(&slot.peer_id) == Some(&key) {
+            let current = by_id.get(&slot.peer_id) == Some(&key);
+            if current {
                 by_id.remove(&slot.peer_id);
             }
+            current
+        };
+        // A replaced connection leaves nothing: its successor holds the entry.
+        if current && slot.authorized {
+            self.note(Outgoing::Leave {
+                peer: slot.peer_id,
+                mesh: slot.mesh,
+            });
         }
         self.open.set(self.open.get() - 1);
+    }
+
+    /// Whether the cluster outbox holds nothing (or there is none).
+    pub fn outbox_is_empty(&self) -> bool {
+        self.outbox.borrow().as_ref().is_none_or(|o| o.is_empty())
+    }
+
+    /// Keeps an outbox of what the other nodes of a cluster must be told (`--cluster`).
+    pub fn enable_outbox(&self) {
+        *self.outbox.borrow_mut() = Some(Outbox::default());
+    }
+
+    /// Notes `item` for the cluster, when there is one; `false` when the outbox refused
+    /// it (full).
+    fn note(&self, item: Outgoing) -> bool {
+        match self.outbox.borrow_mut().as_mut() {
+            Some(o) => o.push(item),
+            None => true,
+        }
+    }
+
+    fn note_join(&self, key: usize) {
+        if self.outbox.borrow().is_none() {
+            return;
+        }
+        let item = match self.slots.borrow().get(key) {
+            Some(s) => Outgoing::Join {
+                peer: s.peer_id.clone(),
+                mesh: s.mesh.clone(),
+            },
+            None => return,
+        };
+        self.note(item);
+    }
+
+    /// The authorized peers connected here, with their meshes (what this shard asserts
+    /// in the cluster's directory after the link comes back).
+    pub(super) fn authorized_peers(&self) -> Vec<(Box<str>, Option<Box<str>>)> {
+        let slots = self.slots.borrow();
+        let by_id = self.by_id.borrow();
+        by_id
+            .iter()
+            .filter_map(|(_, &k)| slots.get(k))
+            .filter(|s| s.authorized && s.close.is_none())
+            .map(|s| (s.peer_id.clone(), s.mesh.clone()))
+            .collect()
     }
 
     /// Whether this shard may run one more connection (`connections_per_shard_max`;
@@ -448,15 +508,26 @@ impl ConnTable {
         let Some(key) = self.by_id.borrow().get(peer).copied() else {
             return;
         };
-        let mut slots = self.slots.borrow_mut();
-        let mut meshes = self.meshes.borrow_mut();
-        // Re-listed under its (possibly new) mesh.
-        meshes.remove(&mut slots, key);
-        if let Some(s) = slots.get_mut(key) {
+        let left = {
+            let mut slots = self.slots.borrow_mut();
+            let mut meshes = self.meshes.borrow_mut();
+            // Re-listed under its (possibly new) mesh.
+            meshes.remove(&mut slots, key);
+            let Some(s) = slots.get_mut(key) else { return };
+            let new_mesh = mesh.map(Box::from);
+            let left = (s.authorized && s.mesh != new_mesh).then(|| Outgoing::Leave {
+                peer: s.peer_id.clone(),
+                mesh: s.mesh.clone(),
+            });
             s.authorized = true;
-            s.mesh = mesh.map(Box::from);
+            s.mesh = new_mesh;
             meshes.add(&mut slots, key);
+            left
+        };
+        if let Some(l) = left {
+            self.note(l);
         }
+        self.note_join(key);
     }
 
     /// Closes the live connection of `peer` (e.g. its pairing was revoked).
@@ -468,28 +539,61 @@ impl ConnTable {
     }
 
     /// Delivers a relayed frame to a local peer of mesh `mesh` (a relay from another
-    /// shard); unknown targets and other meshes are dropped silently, as the protocol
-    /// says.
+    /// shard); other meshes are dropped silently, as the protocol says, and so are
+    /// unknown targets, but in a cluster, where a target no shard of this node holds is
+    /// sent on to the other nodes (the outbox).
     pub(super) fn deliver(&self, target: &str, mesh: Option<&str>, frame: Box<[u8]>) {
-        self.deliver_if(target, frame, |_, to| to.mesh.as_deref() == mesh);
+        if let Some(frame) = self.deliver_if(target, frame, |_, to| to.mesh.as_deref() == mesh) {
+            self.forward(target, mesh.map(Box::from), frame);
+        }
+    }
+
+    /// [`ConnTable::deliver`] of a relay that came from another node: never sent on (a
+    /// target that left meanwhile drops it).
+    pub(super) fn deliver_here(&self, target: &str, mesh: Option<&str>, frame: Box<[u8]>) {
+        let _ = self.deliver_if(target, frame, |_, to| to.mesh.as_deref() == mesh);
     }
 
     /// [`ConnTable::deliver`] from local connection `from`: the meshes are compared in
     /// place (nothing cloned).
     pub(super) fn deliver_from(&self, from: usize, target: &str, frame: Box<[u8]>) {
-        self.deliver_if(target, frame, |slots, to| {
+        let back = self.deliver_if(target, frame, |slots, to| {
             slots.get(from).is_some_and(|a| a.mesh == to.mesh)
         });
+        if let Some(frame) = back {
+            if self.outbox.borrow().is_some() {
+                let mesh = self.slots.borrow().get(from).and_then(|s| s.mesh.clone());
+                self.forward(target, mesh, frame);
+            }
+        }
     }
 
+    /// A relay to a target no shard of this node holds: to the cluster when there is
+    /// one (a full outbox drops it, counted as refused), else dropped.
+    fn forward(&self, target: &str, mesh: Option<Box<str>>, frame: Box<[u8]>) {
+        if self.outbox.borrow().is_none() {
+            return;
+        }
+        let relay = Outgoing::Relay {
+            target: target.into(),
+            mesh,
+            frame,
+        };
+        if !self.note(relay) {
+            inc(&self.refused);
+        }
+    }
+
+    /// Delivers to the local target when it is here; the frame back when no connection of
+    /// `target` is on this shard.
     fn deliver_if(
         &self,
         target: &str,
         frame: Box<[u8]>,
         same_mesh: impl FnOnce(&Slab<PeerSlot>, &PeerSlot) -> bool,
-    ) {
+    ) -> Option<Box<[u8]>> {
         let key = self.by_id.borrow().get(target).copied();
-        let Some(key) = key else { return };
+        let Some(key) = key else { return Some(frame) };
         let deliver = {
             let slots = self.slots.borrow();
             slots.get(key).is_some_and(|to| same_mesh(&slots, to))
@@ -498,6 +602,7 @@ impl ConnTable {
             inc(&self.relayed);
             self.enqueue(key, frame);
         }
+        None
     }
 
     /// Authorized connected peers of `mesh`, but `exclude`.

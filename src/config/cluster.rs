@@ -1,0 +1,77 @@
+//! `--cluster` and its flags (issue 25): several nodes as one mesh over Redis.
+
+use std::time::Duration;
+
+/// Scale-out over Redis (docs/ARCHITECTURE.md, "Cluster"). Off unless `--cluster` is
+/// given: then the node shares which signaling peers it holds through Redis, relays to
+/// peers of other nodes through it, and keeps a lease there.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterFlags {
+    /// Join a cluster of nodes sharing this Redis: `redis://[user:password@]HOST:PORT[/DB]`.
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+
+    /// This node's name in the cluster (unique among its nodes). Default: the host name
+    /// and the listening port, `HOST:PORT`.
+    #[arg(long, value_name = "NAME")]
+    pub node_id: Option<String>,
+
+    /// Seconds a node's lease in Redis runs without renewal (renewed every third of it):
+    /// a node killed without a goodbye leaves the other nodes' peer lists within it.
+    #[arg(long, default_value_t = 10.0)]
+    pub cluster_lease: f64,
+
+    /// Prefix of every Redis key and channel of this cluster (one Redis can serve several).
+    #[arg(long, default_value = "chx:")]
+    pub cluster_prefix: String,
+}
+
+/// Node ids longer than this are refused: the id is in every directory entry of the
+/// node's peers and in its channel's name.
+pub const NODE_ID_BYTES_MAX: usize = 128;
+
+/// The settings `--cluster` asks for, checked; `None` without `--cluster`. `port`: the
+/// listening port, for the default node id.
+pub fn settings(
+    f: &ClusterFlags,
+    port: u16,
+) -> Result<Option<chatixia_cluster::ClusterConfig>, String> {
+    let Some(url) = &f.cluster else {
+        return Ok(None);
+    };
+    let url = chatixia_cluster::parse_url(url).map_err(|e| format!("--cluster: {e}"))?;
+    let node_id = match &f.node_id {
+        Some(id) => id.clone(),
+        None => format!("{}:{port}", host_name()),
+    };
+    if node_id.is_empty()
+        || node_id.len() > NODE_ID_BYTES_MAX
+        || node_id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(format!(
+            "--node-id: {node_id:?}: 1 to {NODE_ID_BYTES_MAX} bytes, no spaces or control characters"
+        ));
+    }
+    if !(f.cluster_lease.is_finite() && (1.0..=3600.0).contains(&f.cluster_lease)) {
+        return Err("--cluster-lease: seconds between 1 and 3600".into());
+    }
+    if f.cluster_prefix
+        .chars()
+        .any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err("--cluster-prefix: no spaces or control characters".into());
+    }
+    let mut c = chatixia_cluster::ClusterConfig::new(url, node_id);
+    c.lease = Duration::from_secs_f64(f.cluster_lease);
+    c.prefix = f.cluster_prefix.clone();
+    Ok(Some(c))
+}
+
+/// The host's name (`/proc/sys/kernel/hostname`, what `gethostname(2)` reads on Linux),
+/// or `localhost` when it has none. The control thread at start: blocking is fine.
+fn host_name() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        _ => "localhost".into(),
+    }
+}

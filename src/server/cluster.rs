@@ -1,0 +1,222 @@
+//! A shard's side of the cluster (`--cluster`, issue 25): its link to Redis, the task
+//! that takes what the link thread hands it (messages for the peers this shard owns, the
+//! link going down and up, nodes whose lease ran out), and its signaling directory task.
+//! The services' parts are theirs (`signaling::remote`); this names them.
+
+use std::rc::Rc;
+use std::sync::{Arc, OnceLock};
+
+use chatixia_cluster::{Inbound, LinkParts, ShardLink};
+
+use super::ShardCtx;
+use crate::signaling::remote;
+
+/// The node's link thread, as the shards see it (health for `/readyz`, counters for
+/// `/metrics`).
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub node: Arc<chatixia_cluster::Node>,
+    /// The node's name (`--node-id`).
+    pub id: String,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeHandle")
+    }
+}
+
+/// A shard's doorbell for the link thread. The link starts before the shards do and a
+/// bell is made on its shard's thread, so it is set once the shard runs; a ring before
+/// that is not lost (the shard takes everything waiting once it has set its bell).
+#[derive(Default)]
+pub struct LateBell(OnceLock<reactor::Bell>);
+
+impl chatixia_cluster::Doorbell for LateBell {
+    fn ring(&self) {
+        if let Some(b) = self.0.get() {
+            b.ring();
+        }
+    }
+}
+
+/// What a shard is given to join the cluster.
+pub struct ShardCluster {
+    pub parts: LinkParts,
+    pub bell: Arc<LateBell>,
+}
+
+/// Builds the shard's link (on its thread) and sets its bell.
+pub fn link(
+    shard: &reactor::Shard<super::Msg>,
+    c: ShardCluster,
+) -> std::io::Result<(ShardLink, reactor::BellWaiter)> {
+    let (bell, waiter) = shard.bell()?;
+    let link = ShardLink::new(c.parts);
+    if c.bell.0.set(bell).is_err() {
+        return Err(std::io::Error::other("cluster bell set twice"));
+    }
+    Ok((link, waiter))
+}
+
+/// Starts the shard's cluster tasks: the doorbell (replies, inbound messages, the link's
+/// state) and the signaling directory.
+pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
+    ctx.state.ws.enable_outbox();
+    let c = ctx.clone();
+    monoio::spawn(async move {
+        loop {
+            // What arrived before the bell was set, then on every ring.
+            take(&c);
+            if waiter.wait().await.is_err() {
+                take(&c);
+                break;
+            }
+        }
+    });
+    let c = ctx.clone();
+    monoio::spawn(async move { remote::run(c).await });
+}
+
+/// Takes what the link thread published for this shard.
+fn take(ctx: &ShardCtx) {
+    let Some(link) = &ctx.cluster else { return };
+    link.on_doorbell(|ev| match ev {
+        Inbound::Message { route_key, body } => {
+            if remote::on_message(&ctx.state.ws, &route_key, &body).is_err() {
+                tracing::debug!(
+                    len = body.len(),
+                    "malformed message from another node dropped"
+                );
+                ctx.cluster_malformed.set(ctx.cluster_malformed.get() + 1);
+            }
+        }
+        Inbound::Up { generation } => {
+            tracing::info!(
+                shard = ctx.shard.id(),
+                generation,
+                "cluster link up: asserting this shard's peers"
+            );
+            remote::on_up(&ctx.state.ws);
+        }
+        Inbound::Down { reason } => {
+            tracing::debug!(shard = ctx.shard.id(), %reason, "cluster link down");
+            remote::on_down(&ctx.state.ws);
+        }
+        Inbound::Members { live, gone } => {
+            tracing::debug!(shard = ctx.shard.id(), ?live, ?gone, "cluster members");
+            // One shard of each node removes what gone nodes held.
+            if ctx.shard.id() == 0 && !gone.is_empty() {
+                remote::forget_nodes(link, &gone);
+            }
+        }
+    });
+}
+
+/// The cluster link's counters (`--cluster`) in the Prometheus text format, labelled
+/// with the node; `malformed`: messages from other nodes the shards dropped.
+pub fn render_metrics(node: &str, s: &chatixia_cluster::Stats, malformed: u64) -> String {
+    use std::fmt::Write;
+    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+    let series: [(&str, &str, &str, u64); 11] = [
+        (
+            "chatixia_cluster_up",
+            "gauge",
+            "1 while the link to the cluster's Redis is up (see /readyz).",
+            u64::from(s.up),
+        ),
+        (
+            "chatixia_cluster_commands_total",
+            "counter",
+            "Redis commands sent (scripts and publishes included).",
+            s.commands,
+        ),
+        (
+            "chatixia_cluster_publishes_total",
+            "counter",
+            "Messages published to other nodes' channels.",
+            s.publishes,
+        ),
+        (
+            "chatixia_cluster_deliveries_total",
+            "counter",
+            "Messages from this node's channel handed to its shards.",
+            s.deliveries,
+        ),
+        (
+            "chatixia_cluster_inbound_dropped_total",
+            "counter",
+            "Messages from this node's channel dropped: the shard's inbound ring was full.",
+            s.inbound_dropped,
+        ),
+        (
+            "chatixia_cluster_malformed_total",
+            "counter",
+            "Messages from this node's channel the shards could not read (dropped).",
+            malformed,
+        ),
+        (
+            "chatixia_cluster_refused_total",
+            "counter",
+            "Commands refused before sending: link down or too many in flight.",
+            s.refused,
+        ),
+        (
+            "chatixia_cluster_lease_renewals_total",
+            "counter",
+            "Renewals of this node's lease.",
+            s.lease_renewals,
+        ),
+        (
+            "chatixia_cluster_reconnects_total",
+            "counter",
+            "Times the link reconnected to Redis.",
+            s.reconnects,
+        ),
+        (
+            "chatixia_cluster_probes_missed_total",
+            "counter",
+            "Subscription probes not received in time (the subscription was reconnected).",
+            s.probes_missed,
+        ),
+        (
+            "chatixia_cluster_round_trips_total",
+            "counter",
+            "Command round trips measured (submission to reply).",
+            s.round_trips,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, v) in series {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{node=\"{node}\"}} {v}\n"
+        );
+    }
+    let name = "chatixia_cluster_round_trip_seconds";
+    let _ = write!(
+        out,
+        "# HELP {name} Redis command round trips (submission to reply).\n# TYPE {name} histogram\n"
+    );
+    let mut cumulative = 0;
+    for (i, le) in chatixia_cluster::ROUND_TRIP_BUCKETS_US.iter().enumerate() {
+        cumulative += s.round_trip_buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{node=\"{node}\",le=\"{}\"}} {cumulative}",
+            *le as f64 / 1e6
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{node=\"{node}\",le=\"+Inf\"}} {}",
+        s.round_trips
+    );
+    let _ = writeln!(
+        out,
+        "{name}_sum{{node=\"{node}\"}} {}",
+        s.round_trip_us_sum as f64 / 1e6
+    );
+    let _ = writeln!(out, "{name}_count{{node=\"{node}\"}} {}", s.round_trips);
+    out
+}

@@ -1,0 +1,467 @@
+//! Signaling across the nodes of a cluster (`--cluster`, issue 25; docs/ARCHITECTURE.md,
+//! "Cluster"). A peer is connected to one node; the others learn where through a
+//! directory in Redis, and reach it through that node's channel.
+//!
+//! * **The directory**: one Redis hash per mesh (`{prefix}m:{mesh}`, `{prefix}nomesh`)
+//!   mapping each authorized connected peer to its node, and per node the set of mesh
+//!   hashes it wrote to (`{prefix}nm:{node}`), so that a node's entries can be removed
+//!   when its lease runs out ([`CLEANUP`]). A shard notes its joins and leaves in its
+//!   connection table's outbox ([`super::outbox`]); its directory task ([`run`]) sends
+//!   them as scripts. A leave removes the entry only while it still names this node: a
+//!   peer that reconnected elsewhere is not removed by its old node's late goodbye.
+//!   A join that finds the peer at another node tells that node to close the older
+//!   connection (4000), as within one node.
+//! * **Peer lists**: `register` lists the peers of this node (its shards), then those
+//!   of the other live nodes from the mesh's hash: one `HGETALL`.
+//! * **Relays**: a relay to a peer no shard of this node holds goes out as one script
+//!   ([`RELAY`]) that looks the target up and publishes the frame to its node's channel
+//!   (`SPUBLISH`): one Redis command per relayed message, none within a node. The target
+//!   node's owner shard of the peer delivers it ([`on_message`]).
+//! * **Faults**: while the link is down relays to other nodes are dropped (counted as
+//!   refused) and peer lists hold this node's peers only; when it is back (a new
+//!   generation) the link has cleared this node's stale entries ([`CLEANUP`] on connect)
+//!   and every shard asserts its peers again ([`on_up`]).
+//!
+//! The scripts name keys they are not passed (a node's mesh hashes): a single Redis
+//! (or a Sentinel-managed primary), not Redis Cluster.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+
+use chatixia_cluster::{Refused, Script, ShardLink, Value};
+
+use super::outbox::Outgoing;
+use super::store::inc;
+use super::ConnTable;
+use crate::shard::{Owns, Shard};
+use crate::ws::codec::close_code;
+
+/// Adds (or moves) a peer's entry: `KEYS[1]` the mesh hash, `KEYS[2]` this node's set of
+/// mesh hashes; `ARGV` peer, node, channel prefix, the framed "close your older
+/// connection" message for the node that held the peer before.
+pub const JOIN: Script = Script {
+    name: "chx_join",
+    source: r#"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], KEYS[1])
+if old and old ~= ARGV[2] then
+  redis.call('SPUBLISH', ARGV[3] .. old, ARGV[4])
+end
+return 1
+"#,
+};
+
+/// Removes a peer's entry if it still names this node: `KEYS[1]` the mesh hash; `ARGV`
+/// peer, node.
+pub const LEAVE: Script = Script {
+    name: "chx_leave",
+    source: r#"
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#,
+};
+
+/// A relay to a peer of another node: `KEYS[1]` the sender's mesh hash; `ARGV` target,
+/// this node, channel prefix, the framed message. Publishes to the target's node when it
+/// is another node; 1 when published.
+pub const RELAY: Script = Script {
+    name: "chx_relay",
+    source: r#"
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+if n and n ~= ARGV[2] then
+  redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
+  return 1
+end
+return 0
+"#,
+};
+
+/// Removes every entry naming a node: `KEYS[1]` its set of mesh hashes; `ARGV[1]` the
+/// node. Run by the node itself on every connect (before its shards assert their peers
+/// again) and by the others when its lease ran out. Returns the entries removed.
+pub const CLEANUP: Script = Script {
+    name: "chx_cleanup",
+    source: r#"
+local n = 0
+for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local all = redis.call('HGETALL', k)
+  for i = 1, #all, 2 do
+    if all[i + 1] == ARGV[1] then
+      redis.call('HDEL', k, all[i])
+      n = n + 1
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
+"#,
+};
+
+/// The scripts signaling runs (loaded by the link on every connect).
+pub fn scripts() -> Vec<Script> {
+    vec![JOIN, LEAVE, RELAY, CLEANUP]
+}
+
+/// What a node runs on every connect before its shards assert their peers: its own
+/// stale entries go ([`CLEANUP`]). `(script, keys, args)`.
+pub fn on_connect(prefix: &str, node: &str) -> (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    (
+        CLEANUP.name,
+        vec![node_meshes_key(prefix, node)],
+        vec![node.as_bytes().to_vec()],
+    )
+}
+
+/// The mesh's directory hash.
+fn mesh_key(prefix: &str, mesh: Option<&str>) -> Vec<u8> {
+    match mesh {
+        Some(m) => [prefix.as_bytes(), b"m:", m.as_bytes()].concat(),
+        None => [prefix.as_bytes(), b"nomesh"].concat(),
+    }
+}
+
+/// The set of mesh hashes a node wrote to.
+fn node_meshes_key(prefix: &str, node: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"nm:", node.as_bytes()].concat()
+}
+
+/// The prefix of the nodes' channels (`{prefix}n:{node}`, the link's).
+fn channel_prefix(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"n:"].concat()
+}
+
+/// The sorted set of the nodes' leases (the link's).
+fn nodes_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"nodes"].concat()
+}
+
+/// Message kinds on a node's channel (the body's first byte).
+const MSG_RELAY: u8 = b'r';
+const MSG_REPLACED: u8 = b'k';
+
+/// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
+/// route key being the peer (the receiving node hands it to the peer's owner shard).
+fn framed(route_key: &[u8], body: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(route_key.len()).unwrap_or(u16::MAX);
+    let key = &route_key[..usize::from(len)];
+    let mut v = Vec::with_capacity(2 + key.len() + body.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(key);
+    v.extend_from_slice(body);
+    v
+}
+
+/// A relay's body: kind, whether a mesh follows, its length, the mesh, the frame.
+fn relay_body(mesh: Option<&str>, frame: &[u8]) -> Vec<u8> {
+    let m = mesh.unwrap_or("").as_bytes();
+    let mut v = Vec::with_capacity(4 + m.len() + frame.len());
+    v.push(MSG_RELAY);
+    v.push(u8::from(mesh.is_some()));
+    v.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    v.extend_from_slice(m);
+    v.extend_from_slice(frame);
+    v
+}
+
+/// Why an inbound message was not understood (a bug or another version: logged, dropped).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+/// A message this node's channel delivered for peer `route_key`, on its owner shard: a
+/// relay to deliver to the peer if it is here (never sent on again), or the notice that
+/// the peer connected to another node (its connection here closes with 4000).
+pub fn on_message(ws: &ConnTable, route_key: &[u8], body: &[u8]) -> Result<(), Malformed> {
+    let target = std::str::from_utf8(route_key).map_err(|_| Malformed)?;
+    match body.split_first() {
+        Some((&MSG_RELAY, rest)) => {
+            let (&has_mesh, rest) = rest.split_first().ok_or(Malformed)?;
+            let (len, rest) = rest.split_first_chunk::<2>().ok_or(Malformed)?;
+            let len = usize::from(u16::from_be_bytes(*len));
+            if rest.len() < len {
+                return Err(Malformed);
+            }
+            let (mesh, frame) = rest.split_at(len);
+            let mesh = std::str::from_utf8(mesh).map_err(|_| Malformed)?;
+            let mesh = (has_mesh == 1).then_some(mesh);
+            ws.deliver_here(target, mesh, frame.into());
+            Ok(())
+        }
+        Some((&MSG_REPLACED, _)) => {
+            ws.close_peer(
+                target,
+                close_code::REPLACED,
+                "replaced by a newer connection of the same peer on another node",
+            );
+            Ok(())
+        }
+        _ => Err(Malformed),
+    }
+}
+
+/// The link is up again (a new generation): the link cleared this node's stale entries
+/// on connect; this shard asserts every peer it holds.
+pub fn on_up(ws: &ConnTable) {
+    if let Some(o) = ws.outbox.borrow_mut().as_mut() {
+        o.resync = true;
+        o.wake();
+    }
+}
+
+/// The link is down: what waits cannot go out (relays are dropped, counted as refused);
+/// the directory is asserted again when it is back.
+pub fn on_down(ws: &ConnTable) {
+    let dropped = match ws.outbox.borrow_mut().as_mut() {
+        Some(o) => {
+            o.resync = true;
+            o.take()
+                .into_iter()
+                .filter(|i| matches!(i, Outgoing::Relay { .. }))
+                .count()
+        }
+        None => 0,
+    };
+    for _ in 0..dropped {
+        inc(&ws.refused);
+    }
+}
+
+/// Nodes whose lease ran out: their directory entries go, then their lease entry (one
+/// shard of each node does this; both steps are idempotent).
+pub fn forget_nodes(link: &ShardLink, gone: &[String]) {
+    let prefix = link.prefix().to_string();
+    for node in gone {
+        let r = link
+            .eval_nowait(
+                CLEANUP.name,
+                vec![node_meshes_key(&prefix, node)],
+                vec![node.as_bytes().to_vec()],
+            )
+            .and_then(|()| {
+                link.command_nowait(vec![
+                    b"ZREM".to_vec(),
+                    nodes_key(&prefix),
+                    node.as_bytes().to_vec(),
+                ])
+            });
+        match r {
+            Ok(()) => tracing::info!(node = %node, "cluster node gone: its peers are removed"),
+            Err(e) => tracing::debug!(node = %node, error = ?e, "gone node not removed now"),
+        }
+    }
+}
+
+/// The peers of `mesh` connected to the other live nodes, but `exclude`: one `HGETALL`
+/// of the mesh's hash. Empty on a node alone, and while the link is down (the list then
+/// holds this node's peers only).
+pub async fn peers_elsewhere<S: Shard>(sh: &S, mesh: Option<&str>, exclude: &str) -> Vec<Box<str>> {
+    let Some(link) = sh.cluster() else {
+        return Vec::new();
+    };
+    let reply = match link.command(vec![b"HGETALL".to_vec(), mesh_key(link.prefix(), mesh)]) {
+        Ok(r) => r.await,
+        Err(e) => {
+            tracing::debug!(error = ?e, "peer list without the other nodes");
+            return Vec::new();
+        }
+    };
+    let items = match reply {
+        Ok(Value::Array(items)) => items,
+        other => {
+            tracing::debug!(reply = ?other, "peer list without the other nodes");
+            return Vec::new();
+        }
+    };
+    let live = link.live_nodes();
+    let me = link.node_id();
+    let mut out = Vec::new();
+    let mut it = items.into_iter();
+    while let (Some(Value::Bulk(peer)), Some(Value::Bulk(node))) = (it.next(), it.next()) {
+        let Ok(node) = std::str::from_utf8(&node) else {
+            continue;
+        };
+        if node == me || !live.iter().any(|n| n == node) {
+            continue;
+        }
+        match String::from_utf8(peer) {
+            Ok(p) if p != exclude => out.push(p.into_boxed_str()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// How long the directory task waits before trying again when the link's queue for
+/// this shard is full (`Refused::Busy`): a turn of the link's pipeline.
+const LINK_BUSY_RETRY: Duration = Duration::from_millis(1);
+
+/// The shard's directory task (in a cluster): sends what the connection table's outbox
+/// holds, and asserts every peer again after the link came back. Runs until the shard
+/// stops.
+pub async fn run<S>(sh: std::rc::Rc<S>)
+where
+    S: Shard + Owns<ConnTable> + 'static,
+{
+    let ws: &ConnTable = sh.owned();
+    loop {
+        // Wait for items or a resync.
+        poll_fn(|cx| {
+            let mut ob = ws.outbox.borrow_mut();
+            let Some(o) = ob.as_mut() else {
+                return Poll::Pending;
+            };
+            if o.is_empty() && !o.resync {
+                o.set_waker(cx.waker());
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let Some(link) = sh.cluster() else { return };
+        if !link.is_up() {
+            on_down(ws);
+            // `on_up` wakes the task again.
+            poll_fn(|cx| {
+                let mut ob = ws.outbox.borrow_mut();
+                match ob.as_mut() {
+                    Some(o) if !link.is_up() => {
+                        o.set_waker(cx.waker());
+                        Poll::Pending
+                    }
+                    _ => Poll::Ready(()),
+                }
+            })
+            .await;
+            continue;
+        }
+        let (items, resync) = {
+            let mut ob = ws.outbox.borrow_mut();
+            let Some(o) = ob.as_mut() else { return };
+            let resync = std::mem::take(&mut o.resync);
+            (o.take(), resync)
+        };
+        let items = if resync {
+            // Everything held now, then what was queued (joins of these again, leaves
+            // of peers gone since: harmless).
+            let mut all: VecDeque<Outgoing> = ws
+                .authorized_peers()
+                .into_iter()
+                .map(|(peer, mesh)| Outgoing::Join { peer, mesh })
+                .collect();
+            all.extend(items);
+            all
+        } else {
+            items
+        };
+        send(&*sh, ws, link, items).await;
+    }
+}
+
+/// Sends `items` through the link in order, waiting while its queue is full; stops (the
+/// rest handled as by [`on_down`]) when the link goes down.
+async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: VecDeque<Outgoing>) {
+    let prefix = link.prefix();
+    let node = link.node_id();
+    while let Some(item) = items.pop_front() {
+        let sent = match &item {
+            Outgoing::Join { peer, mesh } => link.eval_nowait(
+                JOIN.name,
+                vec![
+                    mesh_key(prefix, mesh.as_deref()),
+                    node_meshes_key(prefix, node),
+                ],
+                vec![
+                    peer.as_bytes().to_vec(),
+                    node.as_bytes().to_vec(),
+                    channel_prefix(prefix),
+                    framed(peer.as_bytes(), &[MSG_REPLACED]),
+                ],
+            ),
+            Outgoing::Leave { peer, mesh } => link.eval_nowait(
+                LEAVE.name,
+                vec![mesh_key(prefix, mesh.as_deref())],
+                vec![peer.as_bytes().to_vec(), node.as_bytes().to_vec()],
+            ),
+            Outgoing::Relay {
+                target,
+                mesh,
+                frame,
+            } => link.eval_nowait(
+                RELAY.name,
+                vec![mesh_key(prefix, mesh.as_deref())],
+                vec![
+                    target.as_bytes().to_vec(),
+                    node.as_bytes().to_vec(),
+                    channel_prefix(prefix),
+                    framed(target.as_bytes(), &relay_body(mesh.as_deref(), frame)),
+                ],
+            ),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(Refused::Busy) => {
+                items.push_front(item);
+                sh.sleep(LINK_BUSY_RETRY).await;
+            }
+            Err(Refused::Down(_) | Refused::Closed) => {
+                items.push_front(item);
+                put_back_for_resync(ws, items);
+                return;
+            }
+        }
+    }
+}
+
+/// The link went down while items waited: joins and leaves are covered by the resync
+/// when it is back, relays are dropped (counted as refused).
+fn put_back_for_resync(ws: &ConnTable, items: VecDeque<Outgoing>) {
+    let relays = items
+        .iter()
+        .filter(|i| matches!(i, Outgoing::Relay { .. }))
+        .count();
+    for _ in 0..relays {
+        inc(&ws.refused);
+    }
+    let mut ob = ws.outbox.borrow_mut();
+    if let Some(o) = ob.as_mut() {
+        o.resync = true;
+        o.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_message_round_trips_through_its_framing() {
+        let body = relay_body(Some("mesh-1"), b"\x81\x02hi");
+        let f = framed(b"bob", &body);
+        assert_eq!(&f[..2], &3u16.to_be_bytes());
+        assert_eq!(&f[2..5], b"bob");
+        assert_eq!(&f[5..], &body[..]);
+        let ws = ConnTable::default();
+        // No such peer here: dropped, never sent on (no outbox either way).
+        assert_eq!(on_message(&ws, b"bob", &body), Ok(()));
+        assert_eq!(
+            on_message(&ws, b"bob", b"r\x01\x00\x09short"),
+            Err(Malformed)
+        );
+        assert_eq!(on_message(&ws, b"bob", b"?"), Err(Malformed));
+        assert_eq!(on_message(&ws, b"\xff", &body), Err(Malformed));
+        assert_eq!(on_message(&ws, b"bob", b""), Err(Malformed));
+    }
+
+    #[test]
+    fn keys_keep_meshes_apart_from_the_meshless() {
+        assert_eq!(mesh_key("chx:", Some("a")), b"chx:m:a".to_vec());
+        assert_eq!(mesh_key("chx:", None), b"chx:nomesh".to_vec());
+        assert_ne!(mesh_key("chx:", Some("")), mesh_key("chx:", None));
+        assert_eq!(node_meshes_key("chx:", "n1"), b"chx:nm:n1".to_vec());
+    }
+}
