@@ -695,6 +695,7 @@ mod tests {
                 asks_refused: 1,
                 reservations_refused: 2,
             },
+            cluster_malformed: 0,
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));
