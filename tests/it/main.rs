@@ -44,6 +44,7 @@ mod bench_sidecar;
 mod bench_storm;
 mod bench_ws_idle;
 mod bench_ws_relay;
+mod cluster;
 mod config_file;
 mod dashboard_browser;
 mod durability_crash;

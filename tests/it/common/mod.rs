@@ -511,6 +511,7 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
 
 pub mod bench;
 pub mod python;
+pub mod redis;
 pub mod sidecar;
 pub mod tls;
 pub mod turn_rig;

@@ -1,0 +1,374 @@
+//! Several nodes as one mesh over Redis (issue 25), with a real `redis-server` and real
+//! WebSocket clients: peer lists and relays across nodes in every direction, relays
+//! within a node that never touch Redis, a peer moving between nodes, `kill -9` of a
+//! node, SIGTERM handing the lease back, and Redis stopped and restarted while a node
+//! keeps relaying between its own peers.
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::redis::{self, Redis};
+use common::ws::{self, connect, recv, recv_close, send, Ws};
+use common::{Opts, Server};
+use serde_json::{json, Value};
+
+/// One API key per peer (and the mesh it is in), the same file on every node.
+fn keys(peers: &[(&str, Option<&str>)]) -> String {
+    let mut keys = serde_json::Map::new();
+    for (p, mesh) in peers {
+        let mut e = json!({"peer_id": p, "role": "agent"});
+        if let Some(m) = mesh {
+            e["mesh"] = json!(m);
+        }
+        keys.insert(format!("ak_{p}"), e);
+    }
+    json!({ "keys": keys }).to_string()
+}
+
+/// A node of the cluster on `redis`: `--cluster`, `--node-id`, a short lease.
+fn node(redis: &Redis, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
+    let mut o = Opts::cores(cores);
+    o.keys = Some(keys.to_string());
+    o.args = vec![
+        "--cluster".into(),
+        redis.url(),
+        "--node-id".into(),
+        id.into(),
+        "--cluster-lease".into(),
+        lease.into(),
+    ];
+    let srv = Server::with(o);
+    wait_ready(&srv);
+    srv
+}
+
+/// Waits until `/readyz` says 200 (the link is up).
+fn wait_ready(srv: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = srv.get("/readyz");
+        if r.status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node never ready: {} {}\n{}",
+            r.status,
+            r.text(),
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn peer(srv: &Server, name: &str) -> Ws {
+    let t = ws::jwt_from_key(srv, &format!("ak_{name}"));
+    connect(srv, &t).unwrap_or_else(|s| panic!("{name}: upgrade refused with {s}"))
+}
+
+/// `register` answered with the peer list, as a set.
+fn list(ws: &mut Ws, me: &str) -> BTreeSet<String> {
+    send(ws, &json!({"type": "register", "peer_id": me}));
+    let v = recv(ws);
+    assert_eq!(v["type"], "peer_list", "{v}");
+    v["payload"]["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Registers until the list is `want` (the directory is written as peers connect, not
+/// before their 101), for at most `within`.
+fn list_until(ws: &mut Ws, me: &str, want: &[&str], within: Duration) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    let deadline = Instant::now() + within;
+    loop {
+        let got = list(ws, me);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{me}: peer list {got:?}, wanted {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn offer(from: &str, to: &str, n: usize) -> Value {
+    json!({"type": "offer", "peer_id": from, "target_id": to, "payload": {"sdp": format!("v=0 {n}")}})
+}
+
+/// `from` relays to `to`, which receives exactly that message.
+fn relay(a: &mut Ws, from: &str, b: &mut Ws, to: &str, n: usize) {
+    send(a, &offer(from, to, n));
+    let got = recv(b);
+    assert_eq!(got, offer(from, to, n), "{from} → {to}");
+}
+
+fn metric(srv: &Server, name: &str) -> u64 {
+    let text = srv.get("/metrics").text();
+    text.lines()
+        .find(|l| l.starts_with(name) && !l.starts_with('#'))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+const KEYS: &[(&str, Option<&str>)] = &[
+    ("alice", None),
+    ("bob", None),
+    ("carol", None),
+    ("dave", None),
+    ("mallory", Some("other")),
+];
+
+#[test]
+fn peers_and_relays_across_three_nodes_in_every_direction() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 2, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let n3 = node(&redis, "n3", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut dave = peer(&n1, "dave");
+    let mut bob = peer(&n2, "bob");
+    let mut carol = peer(&n3, "carol");
+    let mut mallory = peer(&n2, "mallory");
+    let w = Duration::from_secs(10);
+    // Each sees the others of its mesh on every node, and no one of another mesh.
+    list_until(&mut alice, "alice", &["bob", "carol", "dave"], w);
+    list_until(&mut bob, "bob", &["alice", "carol", "dave"], w);
+    list_until(&mut carol, "carol", &["alice", "bob", "dave"], w);
+    list_until(&mut mallory, "mallory", &[], w);
+    // Relays in every direction between the nodes, and within n1 (across its shards or
+    // not).
+    let mut n = 0;
+    let mut peers: Vec<(&str, &mut Ws)> = vec![
+        ("alice", &mut alice),
+        ("bob", &mut bob),
+        ("carol", &mut carol),
+        ("dave", &mut dave),
+    ];
+    for i in 0..peers.len() {
+        for j in 0..peers.len() {
+            if i == j {
+                continue;
+            }
+            n += 1;
+            let (lo, hi) = peers.split_at_mut(i.max(j));
+            let (a, b) = if i < j {
+                (&mut lo[i], &mut hi[0])
+            } else {
+                (&mut hi[0], &mut lo[j])
+            };
+            relay(a.1, a.0, b.1, b.0, n);
+        }
+    }
+    // Another mesh is not reached across nodes either: mallory's offer to bob (same
+    // node) and to carol (another node) arrive nowhere; bob's next message is alice's.
+    send(&mut mallory, &offer("mallory", "carol", 0));
+    send(&mut mallory, &offer("mallory", "bob", 0));
+    relay(&mut alice, "alice", &mut carol, "carol", 1000);
+    relay(&mut alice, "alice", &mut bob, "bob", 1001);
+    // Within a node no Redis command is spent; across nodes one publish each.
+    let before = redis.calls("spublish");
+    for i in 0..50 {
+        relay(&mut alice, "alice", &mut dave, "dave", 2000 + i);
+    }
+    let local = redis.calls("spublish") - before;
+    let before = redis.calls("spublish");
+    for i in 0..50 {
+        relay(&mut alice, "alice", &mut bob, "bob", 3000 + i);
+    }
+    let across = redis.calls("spublish") - before;
+    // The link's probes publish too (one per node per 2 s): a few, never 50.
+    assert!(local < 10, "{local} publishes for 50 relays within a node");
+    assert!(
+        (50..60).contains(&across),
+        "{across} publishes for 50 relays across nodes"
+    );
+    assert!(metric(&n2, "chatixia_cluster_deliveries_total") >= 50);
+    assert_eq!(metric(&n1, "chatixia_cluster_up"), 1);
+}
+
+#[test]
+fn a_peer_that_moves_to_another_node_replaces_its_older_connection() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let mut old = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(10));
+    let mut new = peer(&n2, "alice");
+    let (code, reason) = recv_close(&mut old);
+    assert_eq!(code, 4000, "{reason}");
+    assert!(reason.contains("another node"), "{reason}");
+    // Listed once, and reached at its new node; the old node's goodbye removed nothing.
+    std::thread::sleep(Duration::from_millis(300));
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(5));
+    relay(&mut bob, "bob", &mut new, "alice", 1);
+    let mut carol = peer(&n1, "carol");
+    list_until(
+        &mut carol,
+        "carol",
+        &["alice", "bob"],
+        Duration::from_secs(5),
+    );
+    relay(&mut carol, "carol", &mut new, "alice", 2);
+}
+
+#[test]
+fn a_killed_node_leaves_the_peer_lists_within_its_lease() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "2");
+    let mut n2 = node(&redis, "n2", 1, &k, "2");
+    let mut alice = peer(&n1, "alice");
+    let _bob = peer(&n2, "bob");
+    list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
+    n2.child.kill().unwrap();
+    n2.child.wait().unwrap();
+    let killed = Instant::now();
+    // Gone from the list after the lease (2 s) and a renewal period, not before long.
+    list_until(&mut alice, "alice", &[], Duration::from_secs(8));
+    assert!(
+        killed.elapsed() >= Duration::from_millis(500),
+        "listed as gone too soon"
+    );
+    // Its entries are removed from Redis too, and its lease entry.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cmd(&["HGET", "chx:nomesh", "bob"]) != redis::Reply::Nil {
+        assert!(Instant::now() < deadline, "bob's entry stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        redis.cmd(&["ZSCORE", "chx:nodes", "n2"]),
+        redis::Reply::Nil,
+        "n2's lease entry stayed"
+    );
+}
+
+#[test]
+fn sigterm_hands_the_lease_and_the_peers_back_at_once() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    // A long lease: what removes the peers here is the goodbye, not the expiry.
+    let n1 = node(&redis, "n1", 1, &k, "60");
+    let mut n2 = node(&redis, "n2", 2, &k, "60");
+    let mut alice = peer(&n1, "alice");
+    let _bob = peer(&n2, "bob");
+    let _carol = peer(&n2, "carol");
+    list_until(
+        &mut alice,
+        "alice",
+        &["bob", "carol"],
+        Duration::from_secs(10),
+    );
+    let (status, _) = n2.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    list_until(&mut alice, "alice", &[], Duration::from_secs(3));
+    assert_eq!(redis.cmd(&["ZSCORE", "chx:nodes", "n2"]), redis::Reply::Nil);
+}
+
+#[test]
+fn without_redis_a_node_relays_between_its_own_peers_and_is_not_ready() {
+    let Some(mut redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 2, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    let mut alice = peer(&n1, "alice");
+    let mut dave = peer(&n1, "dave");
+    let mut bob = peer(&n2, "bob");
+    list_until(
+        &mut alice,
+        "alice",
+        &["bob", "dave"],
+        Duration::from_secs(10),
+    );
+    redis.kill();
+    // Not ready (a JSON reason), still alive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = n1.get("/readyz");
+        if r.status == 503 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {}", r.status);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("Redis"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(n1.get("/healthz").status, 200);
+    // Relays within the node go on; the list holds this node's peers.
+    for i in 0..20 {
+        relay(&mut alice, "alice", &mut dave, "dave", i);
+        relay(&mut dave, "dave", &mut alice, "alice", 100 + i);
+    }
+    list_until(&mut alice, "alice", &["dave"], Duration::from_secs(5));
+    // A relay to the other node is dropped, nothing else happens to the sender.
+    send(&mut alice, &offer("alice", "bob", 0));
+    relay(&mut dave, "dave", &mut alice, "alice", 500);
+    // Redis is back (empty): the nodes reconnect, assert their peers again, and the
+    // mesh is whole again.
+    redis.restart();
+    wait_ready(&n1);
+    wait_ready(&n2);
+    list_until(&mut bob, "bob", &["alice", "dave"], Duration::from_secs(15));
+    list_until(
+        &mut alice,
+        "alice",
+        &["bob", "dave"],
+        Duration::from_secs(15),
+    );
+    relay(&mut alice, "alice", &mut bob, "bob", 600);
+    relay(&mut bob, "bob", &mut dave, "dave", 601);
+    assert!(metric(&n1, "chatixia_cluster_reconnects_total") >= 1);
+}
+
+#[test]
+fn bad_cluster_flags_fail_the_start_with_a_reason() {
+    for (args, want) in [
+        (vec!["--cluster", "http://127.0.0.1:6379"], "--cluster"),
+        (
+            vec!["--cluster", "redis://127.0.0.1:6379", "--node-id", "a b"],
+            "--node-id",
+        ),
+        (
+            vec![
+                "--cluster",
+                "redis://127.0.0.1:6379",
+                "--cluster-lease",
+                "0",
+            ],
+            "--cluster-lease",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .env("CHATIXIA_DATA_DIR", common::scratch_data_dir())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,199 @@
+//! A real `redis-server` for the cluster tests (issue 25), on loopback. Redis cannot bind
+//! port 0 and report it, so a port is picked and the start retried with another when it
+//! is taken (Redis exits at once, saying so in its log).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::TempDir;
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+    extra: Vec<String>,
+}
+
+/// `redis-server` on PATH, or `None` after `common::skip` (which fails under CI=true).
+pub fn start(extra: &[&str]) -> Option<Redis> {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        super::skip("redis-server is not installed (apt-get install redis-server)");
+        return None;
+    }
+    let mut r = Redis {
+        port: 0,
+        child: None,
+        dir: TempDir::new(),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    for attempt in 0..20u16 {
+        // Below the ephemeral range (32768-60999), spread by process and attempt.
+        let port = 20_000 + ((std::process::id() as u16).wrapping_mul(7) + attempt * 131) % 12_000;
+        r.port = port;
+        if r.spawn() {
+            return Some(r);
+        }
+    }
+    panic!("redis-server did not start on any of 20 ports");
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.0.join("redis.log")
+    }
+
+    /// Starts redis-server on `self.port`; false when the port was taken.
+    fn spawn(&mut self) -> bool {
+        let _ = std::fs::remove_file(self.log_path());
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            if self.ping() {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn ping(&self) -> bool {
+        matches!(self.try_cmd(&["PING"]), Ok(Reply::Simple(s)) if s == "PONG")
+    }
+
+    /// Kills Redis (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts Redis again on the same port (empty: no persistence in these tests).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "port {} stayed taken", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// One command over a fresh connection (RESP, by hand: a test's independent client).
+    pub fn cmd(&self, args: &[&str]) -> Reply {
+        self.try_cmd(args).expect("redis command")
+    }
+
+    pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<Reply> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(out.as_bytes())?;
+        read_reply(&mut BufReader::new(s))
+    }
+
+    /// Calls of a command so far (`INFO commandstats`), scripts' calls included.
+    pub fn calls(&self, command: &str) -> u64 {
+        let Reply::Bulk(info) = self.cmd(&["INFO", "commandstats"]) else {
+            panic!("INFO")
+        };
+        let key = format!("cmdstat_{}:calls=", command.to_lowercase());
+        info.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(String),
+    Nil,
+    Array(Vec<Reply>),
+}
+
+fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end();
+    let (t, rest) = line.split_at(1.min(line.len()));
+    let bad = || std::io::Error::other(format!("bad reply {line:?}"));
+    Ok(match t {
+        "+" => Reply::Simple(rest.into()),
+        "-" => Reply::Error(rest.into()),
+        ":" => Reply::Int(rest.parse().map_err(|_| bad())?),
+        "$" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            if n < 0 {
+                Reply::Nil
+            } else {
+                let mut b = vec![0; n as usize + 2];
+                r.read_exact(&mut b)?;
+                b.truncate(n as usize);
+                Reply::Bulk(String::from_utf8_lossy(&b).into())
+            }
+        }
+        "*" => {
+            let n: i64 = rest.parse().map_err(|_| bad())?;
+            let mut v = Vec::new();
+            for _ in 0..n.max(0) {
+                v.push(read_reply(r)?);
+            }
+            if n < 0 {
+                Reply::Nil
+            } else {
+                Reply::Array(v)
+            }
+        }
+        _ => return Err(bad()),
+    })
+}
