@@ -25,11 +25,19 @@
 //!
 //! Nothing here knows chatixia: keys, scripts and message bodies are the services'.
 
+mod channel;
+mod conn;
+mod lease;
+mod resp;
+mod shard;
+mod thread;
 mod url;
 
-pub use url::{parse_url, RedisUrl};
+pub use conn::REPLY_BYTES_MAX;
+pub use shard::{Reply, ShardLink};
+pub use thread::{Node, CONTROL_RESERVE, REQUEST_QUEUE_MAX};
+pub use url::{parse_url, RedisUrl, DEFAULT_PORT};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Wakes a shard from the link thread. Must not block: the link thread calls it after
@@ -55,6 +63,56 @@ pub struct ClusterConfig {
     pub inflight_max: usize,
     /// Inbound messages waiting for one shard: past it a message is dropped and counted.
     pub inbound_max: usize,
+    /// A connection whose oldest command in flight has waited this long for its reply is
+    /// declared dead: it is reconnected and the commands in flight fail
+    /// ([`CmdError::Lost`]). Also bounds each step of connecting. A Redis that is stopped
+    /// (SIGSTOP, a hung host) so never hangs a shard's request for longer.
+    pub command_timeout: Duration,
+    /// How long a TCP connect to Redis may take.
+    pub connect_timeout: Duration,
+}
+
+/// The key and channel namespace: one Redis can hold several meshes by prefix.
+pub const DEFAULT_PREFIX: &str = "chx:";
+/// A node that stops renewing is gone after this: long enough to ride out a Redis
+/// failover or a paused process (a few seconds), short enough that a dead node's peers
+/// leave the others' lists soon. Renewed every third of it, so two renewals may fail.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// A subscription that stopped delivering is found within 3 × this (6 s), for one tiny
+/// publish per node every 2 s.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Commands one shard may have in flight: far above what a shard's requests need at
+/// sub-millisecond Redis round trips (4096 in flight at 0.2 ms each is 20 k commands/s per
+/// shard), small enough that a stalled Redis holds a bounded amount per shard (each
+/// slot is one small waiter).
+pub const DEFAULT_INFLIGHT_MAX: usize = 4096;
+/// Messages waiting for one shard: a second of a busy shard's cross-node relays; the
+/// ring is allocated up front (one pointer-sized slot per message plus its bytes while
+/// queued).
+pub const DEFAULT_INBOUND_MAX: usize = 65_536;
+/// Redis answers in well under a millisecond; 3 s without any reply on a connection is
+/// a stopped or unreachable Redis, not a slow one (a slow script is bounded by Redis's
+/// own `busy-reply-threshold`, 5 s, after which it answers BUSY).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// A TCP connect on a LAN takes a millisecond; 1 s without one is an unreachable host
+/// (then backoff and try again) rather than a slow one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl ClusterConfig {
+    /// A node `node_id` linking to `url`, every other setting its default.
+    pub fn new(url: RedisUrl, node_id: impl Into<String>) -> Self {
+        ClusterConfig {
+            url,
+            node_id: node_id.into(),
+            prefix: DEFAULT_PREFIX.into(),
+            lease: DEFAULT_LEASE,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            inflight_max: DEFAULT_INFLIGHT_MAX,
+            inbound_max: DEFAULT_INBOUND_MAX,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
 }
 
 /// A RESP reply.
@@ -129,6 +187,12 @@ pub struct Stats {
     pub lease_renewals: u64,
     pub reconnects: u64,
     pub probes_missed: u64,
+    /// Replies to `_nowait` commands (and publishes) that were error replies.
+    pub nowait_errors: u64,
+    /// Commands in flight when a connection failed (each failed with [`CmdError::Lost`]).
+    pub lost: u64,
+    /// Up/Down/Members events dropped because a shard's inbound ring was full.
+    pub control_dropped: u64,
     pub up: bool,
 }
 
@@ -145,18 +209,11 @@ pub struct Health {
     pub generation: u64,
 }
 
-/// The link thread, held by the process (Send + Sync).
-pub struct Node {
-    _inner: Arc<()>,
-}
-
 /// What a shard needs to build its [`ShardLink`] on its own thread (Send).
-pub struct LinkParts {
-    _private: (),
-}
+pub struct LinkParts(pub(crate) thread::Parts);
 
-/// One shard's side of the link (`!Send`: build it on the shard's thread).
-#[derive(Clone)]
-pub struct ShardLink {
-    _private: std::rc::Rc<()>,
+impl std::fmt::Debug for LinkParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkParts({})", self.0.shard)
+    }
 }
