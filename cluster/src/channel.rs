@@ -29,10 +29,7 @@ pub(crate) enum What {
         args: Vec<Vec<u8>>,
     },
     /// `SPUBLISH channel message`, counted as a publish.
-    Publish {
-        channel: Vec<u8>,
-        message: Vec<u8>,
-    },
+    Publish { channel: Vec<u8>, message: Vec<u8> },
 }
 
 /// `(waiter key, result)`, pushed by the link thread into the shard's completion ring.

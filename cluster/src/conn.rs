@@ -53,7 +53,9 @@ pub(crate) fn open(
     let mut stream = stream.ok_or(last)?;
     let io = |e: io::Error| format!("setting up the connection: {e}");
     stream.set_nodelay(true).map_err(io)?;
-    stream.set_write_timeout(Some(command_timeout)).map_err(io)?;
+    stream
+        .set_write_timeout(Some(command_timeout))
+        .map_err(io)?;
     let mut out = Vec::new();
     for cmd in setup {
         encode_command(&mut out, cmd);
@@ -135,7 +137,10 @@ impl Conn {
 
     /// Reads what has arrived and passes each complete reply to `f`, until the socket is
     /// drained. An error ends the connection.
-    pub(crate) fn read(&mut self, mut f: impl FnMut(Value) -> Result<(), String>) -> Result<(), String> {
+    pub(crate) fn read(
+        &mut self,
+        mut f: impl FnMut(Value) -> Result<(), String>,
+    ) -> Result<(), String> {
         let mut chunk = [0u8; 16 << 10];
         loop {
             match self.stream.read(&mut chunk) {

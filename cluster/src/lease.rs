@@ -181,7 +181,11 @@ mod tests {
     }
 
     fn bulks(v: &[&str]) -> Value {
-        Value::Array(v.iter().map(|s| Value::Bulk(s.as_bytes().to_vec())).collect())
+        Value::Array(
+            v.iter()
+                .map(|s| Value::Bulk(s.as_bytes().to_vec()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -193,7 +197,11 @@ mod tests {
             .contains("ERR x"));
         assert!(parse_lease_reply(&Value::Int(1)).is_err());
         assert!(parse_lease_reply(&Value::Array(vec![bulks(&[]), Value::Int(3)])).is_err());
-        assert!(parse_lease_reply(&Value::Array(vec![Value::Array(vec![Value::Nil]), bulks(&[])])).is_err());
+        assert!(parse_lease_reply(&Value::Array(vec![
+            Value::Array(vec![Value::Nil]),
+            bulks(&[])
+        ]))
+        .is_err());
     }
 
     #[test]

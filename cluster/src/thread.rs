@@ -16,9 +16,7 @@ use crate::channel::{unix_ns, Completion, InboundItem, Request, Shared, What};
 use crate::conn::{open, Conn};
 use crate::lease::{parse_lease_reply, Backoff, Members, Probe, LEASE_SCRIPT, PROBE_MISSED_AFTER};
 use crate::shard::channel_of;
-use crate::{
-    ClusterConfig, CmdError, Doorbell, Health, Inbound, LinkParts, Script, Stats, Value,
-};
+use crate::{ClusterConfig, CmdError, Doorbell, Health, Inbound, LinkParts, Script, Stats, Value};
 
 const WAKER: Token = Token(0);
 const CMD: Token = Token(1);
@@ -62,7 +60,9 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("health", &self.health()).finish()
+        f.debug_struct("Node")
+            .field("health", &self.health())
+            .finish()
     }
 }
 
@@ -202,11 +202,7 @@ impl Node {
         self.stop_within_ms.store(ms, Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
         let _ = self.waker.wake();
-        let done = self
-            .done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(done) = done else { return };
         if done.recv_timeout(within).is_ok() {
             if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -249,12 +245,15 @@ enum Origin {
         discard: bool,
         at: Instant,
         /// An `EVALSHA` to retry once as `EVAL` on `NOSCRIPT`.
-        retry: Option<Box<(usize, Vec<Vec<u8>>, Vec<Vec<u8>>)>>,
+        retry: Option<Box<EvalRetry>>,
     },
     Lease,
     Probe,
     Leave,
 }
+
+/// What an `EVALSHA` needs to be sent again as `EVAL`: the script's index, keys, args.
+type EvalRetry = (usize, Vec<Vec<u8>>, Vec<Vec<u8>>);
 
 /// Both connections while up.
 struct Up {
@@ -449,7 +448,11 @@ impl Link {
             Ok((mut up, live, gone)) => {
                 let reg = self.poll.registry();
                 let r = reg
-                    .register(&mut up.cmd.stream, CMD, Interest::READABLE | Interest::WRITABLE)
+                    .register(
+                        &mut up.cmd.stream,
+                        CMD,
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
                     .and_then(|()| reg.register(&mut up.sub.stream, SUB, Interest::READABLE));
                 if let Err(e) = r {
                     return self.fail(format!("cannot poll the connections: {e}"));
@@ -460,7 +463,9 @@ impl Link {
                 self.probe.reset();
                 self.members.reset();
                 self.reported_down = false;
-                self.shared.generation.store(self.generation, Ordering::Relaxed);
+                self.shared
+                    .generation
+                    .store(self.generation, Ordering::Relaxed);
                 self.shared.since_ns.store(unix_ns(), Ordering::Relaxed);
                 self.shared.up.store(true, Ordering::SeqCst);
                 tracing::info!(generation = self.generation, "cluster link up");
@@ -494,7 +499,8 @@ impl Link {
             .map_err(|e| format!("subscription: {e}"))?;
         check_setup(&setup, &replies, "subscription")?;
         match replies.last() {
-            Some(Value::Array(a)) if a.first().and_then(Value::as_bytes) == Some(b"ssubscribe") => {}
+            Some(Value::Array(a)) if a.first().and_then(Value::as_bytes) == Some(b"ssubscribe") => {
+            }
             other => return Err(format!("subscription: SSUBSCRIBE answered {other:?}")),
         }
         // The commands.
@@ -555,7 +561,10 @@ impl Link {
             let _ = reg.deregister(&mut up.sub.stream);
             for p in up.pending {
                 if let Origin::Shard {
-                    shard, key, discard, ..
+                    shard,
+                    key,
+                    discard,
+                    ..
                 } = p.origin
                 {
                     self.shared.stats.lost.fetch_add(1, Ordering::Relaxed);
@@ -837,7 +846,9 @@ impl Link {
     }
 
     fn complete(&mut self, shard: usize, key: usize, result: Result<Value, CmdError>) {
-        let Some(out) = self.shards.get_mut(shard) else { return };
+        let Some(out) = self.shards.get_mut(shard) else {
+            return;
+        };
         // Never full: a shard has at most `inflight_max` waiters, each completed once,
         // and the ring holds `inflight_max`.
         if out.completions.push((key, result)).is_err() {

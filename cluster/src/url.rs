@@ -191,7 +191,10 @@ mod tests {
     #[test]
     fn bad_urls_say_what_is_wrong() {
         let cases = [
-            ("redis+sentinel://h:26379,h2:26379/mymaster", "not supported yet"),
+            (
+                "redis+sentinel://h:26379,h2:26379/mymaster",
+                "not supported yet",
+            ),
             ("rediss://h:6379", "TLS"),
             ("http://h:6379", "unknown scheme"),
             ("127.0.0.1:6379", "not a URL"),
