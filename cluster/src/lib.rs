@@ -1,6 +1,7 @@
 //! A chatixia-core node's link to Redis (issue 25, docs/ARCHITECTURE.md "Cluster").
 //!
-//! One **link thread** per node holds the node's connections to Redis: one for commands
+//! One **link thread** per node (a `mio` poll loop: no busy wait, no blocking on a
+//! shard's behalf) holds the node's connections to Redis: one for commands
 //! (pipelined: every shard's commands go out in order on it, replies come back in that
 //! order) and one subscribed to the node's own sharded pub/sub channel
 //! (`SSUBSCRIBE {prefix}n:{node}`). Shards never touch a socket of it: a shard submits a
@@ -13,7 +14,19 @@
 //! The link thread also keeps the node's **lease**: a sorted set `{prefix}nodes` scored
 //! by each node's lease expiry (Redis's own clock, `TIME`), renewed every `lease / 3`;
 //! the nodes whose lease runs are the live ones ([`Inbound::Members`]). A node that dies
-//! loses its lease after `lease`.
+//! loses its lease after `lease` and is then reported as **gone** (still in the set, its
+//! lease run out) by every renewal until the server removes it (`ZREM {prefix}nodes
+//! NODE`, by [`ShardLink::command_nowait`]) once it has cleaned up what that node held:
+//! the link never removes another node itself, so a server that crashes mid-cleanup
+//! leaves the node listed as gone and the cleanup is done again. [`Node::stop`] hands
+//! this node's lease back (`ZREM`), so a node that stops cleanly just leaves `live`.
+//!
+//! Bounds: shards submit through one bounded queue ([`REQUEST_QUEUE_MAX`]; full →
+//! [`Refused::Busy`]); a shard has at most `inflight_max` commands in flight (its
+//! completion ring holds that many, so it never overflows); its inbound ring holds
+//! `inbound_max` messages (past it a message is dropped and counted) plus
+//! [`CONTROL_RESERVE`] slots kept for Up/Down/Members; a reply is at most
+//! [`REPLY_BYTES_MAX`]. A shard's doorbell is rung once per batch of the loop.
 //!
 //! Faults: a connection that fails is reconnected with backoff (100 ms doubling to 5 s);
 //! meanwhile commands are refused ([`Refused::Down`]) and every shard is told

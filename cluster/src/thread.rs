@@ -408,6 +408,10 @@ impl Link {
                 return self.fail(msg);
             }
         }
+        if self.leaving.is_some() {
+            // Handing the lease back: a renewal queued after the ZREM would undo it.
+            return;
+        }
         if now >= up.lease_due {
             up.lease_due = now + self.cfg.lease / 3;
             if !up.lease_inflight {
