@@ -23,6 +23,12 @@ if ! command -v turnserver >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y coturn || { $SUDO apt-get update && $SUDO apt-get install -y coturn; }
 fi
+# redis-server (7) for the cluster crate's tests (cluster/tests/link.rs starts its own on a free
+# port); redis-sentinel for the Sentinel tests of issue 25.
+if ! command -v redis-server >/dev/null; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get install -y redis-server redis-sentinel || { $SUDO apt-get update && $SUDO apt-get install -y redis-server redis-sentinel; }
+fi
 # systemd-analyze (tests/it/packaging.rs verifies the unit), dpkg-dev and binutils
 # (scripts/build-deb.sh: dpkg-shlibdeps, strip) for the Debian package's test.
 # iproute2 and setpriv: `bench compare --sidecar` makes network namespaces (tests/it/bench_compare_sidecar.rs).

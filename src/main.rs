@@ -413,6 +413,9 @@ fn start_cluster(
         return Ok((None, none()));
     };
     let signaling = chatixia_core::signaling::remote::on_connect(&cfg.prefix, &cfg.node_id);
+    // Its stale directory entries go on every connect (before its shards assert what
+    // they hold), and all of them at a graceful stop.
+    cfg.on_stop.push(signaling.clone());
     cfg.on_connect.push(signaling);
     let node_id = cfg.node_id.clone();
     let bells: Vec<Arc<server::cluster::LateBell>> =

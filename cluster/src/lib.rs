@@ -1,6 +1,7 @@
 //! A chatixia-core node's link to Redis (issue 25, docs/ARCHITECTURE.md "Cluster").
 //!
-//! One **link thread** per node holds the node's connections to Redis: one for commands
+//! One **link thread** per node (a `mio` poll loop: no busy wait, no blocking on a
+//! shard's behalf) holds the node's connections to Redis: one for commands
 //! (pipelined: every shard's commands go out in order on it, replies come back in that
 //! order) and one subscribed to the node's own sharded pub/sub channel
 //! (`SSUBSCRIBE {prefix}n:{node}`). Shards never touch a socket of it: a shard submits a
@@ -13,7 +14,19 @@
 //! The link thread also keeps the node's **lease**: a sorted set `{prefix}nodes` scored
 //! by each node's lease expiry (Redis's own clock, `TIME`), renewed every `lease / 3`;
 //! the nodes whose lease runs are the live ones ([`Inbound::Members`]). A node that dies
-//! loses its lease after `lease`.
+//! loses its lease after `lease` and is then reported as **gone** (still in the set, its
+//! lease run out) by every renewal until the server removes it (`ZREM {prefix}nodes
+//! NODE`, by [`ShardLink::command_nowait`]) once it has cleaned up what that node held:
+//! the link never removes another node itself, so a server that crashes mid-cleanup
+//! leaves the node listed as gone and the cleanup is done again. [`Node::stop`] hands
+//! this node's lease back (`ZREM`), so a node that stops cleanly just leaves `live`.
+//!
+//! Bounds: shards submit through one bounded queue ([`REQUEST_QUEUE_MAX`]; full →
+//! [`Refused::Busy`]); a shard has at most `inflight_max` commands in flight (its
+//! completion ring holds that many, so it never overflows); its inbound ring holds
+//! `inbound_max` messages (past it a message is dropped and counted) plus
+//! [`CONTROL_RESERVE`] slots kept for Up/Down/Members; a reply is at most
+//! [`REPLY_BYTES_MAX`]. A shard's doorbell is rung once per batch of the loop.
 //!
 //! Faults: a connection that fails is reconnected with backoff (100 ms doubling to 5 s);
 //! meanwhile commands are refused ([`Refused::Down`]) and every shard is told
@@ -25,11 +38,19 @@
 //!
 //! Nothing here knows chatixia: keys, scripts and message bodies are the services'.
 
+mod channel;
+mod conn;
+mod lease;
+mod resp;
+mod shard;
+mod thread;
 mod url;
 
-pub use url::{parse_url, RedisUrl};
+pub use conn::REPLY_BYTES_MAX;
+pub use shard::{Reply, ShardLink};
+pub use thread::{Node, CONTROL_RESERVE, REQUEST_QUEUE_MAX};
+pub use url::{parse_url, RedisUrl, DEFAULT_PORT};
 
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Wakes a shard from the link thread. Must not block: the link thread calls it after
@@ -55,17 +76,74 @@ pub struct ClusterConfig {
     pub inflight_max: usize,
     /// Inbound messages waiting for one shard: past it a message is dropped and counted.
     pub inbound_max: usize,
-    /// Scripts run on every connect before [`Inbound::Up`] (a node clearing its stale
-    /// entries before its shards assert what they hold).
+    /// A connection whose oldest command in flight has waited this long for its reply is
+    /// declared dead: it is reconnected and the commands in flight fail
+    /// ([`CmdError::Lost`]). Also bounds each step of connecting. A Redis that is stopped
+    /// (SIGSTOP, a hung host) so never hangs a shard's request for longer.
+    pub command_timeout: Duration,
+    /// How long a TCP connect to Redis may take.
+    pub connect_timeout: Duration,
+    /// Scripts run on every connect, after the scripts are loaded and before the shards
+    /// are told [`Inbound::Up`] (a node clearing its stale entries before its shards
+    /// assert what they hold). A script that fails fails the connect.
     pub on_connect: Vec<OnConnect>,
+    /// Scripts run by [`Node::stop`] after the commands already submitted and before the
+    /// lease is handed back (a node removing what it holds).
+    pub on_stop: Vec<OnConnect>,
 }
 
-/// Picks the shard an inbound message goes to, by its route key.
-pub type Route = Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
-
-/// A script run on every connect, before the shards are told the link is up: its name
+/// A script run by the link itself ([`ClusterConfig::on_connect`], `on_stop`): its name
 /// (one of the scripts given at start), keys and args.
 pub type OnConnect = (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+/// Picks the shard an inbound message goes to, by its route key (the reactor's
+/// `shard_of` over the node's shard count).
+pub type Route = std::sync::Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
+
+/// The key and channel namespace: one Redis can hold several meshes by prefix.
+pub const DEFAULT_PREFIX: &str = "chx:";
+/// A node that stops renewing is gone after this: long enough to ride out a Redis
+/// failover or a paused process (a few seconds), short enough that a dead node's peers
+/// leave the others' lists soon. Renewed every third of it, so two renewals may fail.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// A subscription that stopped delivering is found within 3 × this (6 s), for one tiny
+/// publish per node every 2 s.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// Commands one shard may have in flight: far above what a shard's requests need at
+/// sub-millisecond Redis round trips (4096 in flight at 0.2 ms each is 20 k commands/s per
+/// shard), small enough that a stalled Redis holds a bounded amount per shard (each
+/// slot is one small waiter).
+pub const DEFAULT_INFLIGHT_MAX: usize = 4096;
+/// Messages waiting for one shard: a second of a busy shard's cross-node relays; the
+/// ring is allocated up front (one pointer-sized slot per message plus its bytes while
+/// queued).
+pub const DEFAULT_INBOUND_MAX: usize = 65_536;
+/// Redis answers in well under a millisecond; 3 s without any reply on a connection is
+/// a stopped or unreachable Redis, not a slow one (a slow script is bounded by Redis's
+/// own `busy-reply-threshold`, 5 s, after which it answers BUSY).
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// A TCP connect on a LAN takes a millisecond; 1 s without one is an unreachable host
+/// (then backoff and try again) rather than a slow one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl ClusterConfig {
+    /// A node `node_id` linking to `url`, every other setting its default.
+    pub fn new(url: RedisUrl, node_id: impl Into<String>) -> Self {
+        ClusterConfig {
+            url,
+            node_id: node_id.into(),
+            prefix: DEFAULT_PREFIX.into(),
+            lease: DEFAULT_LEASE,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            inflight_max: DEFAULT_INFLIGHT_MAX,
+            inbound_max: DEFAULT_INBOUND_MAX,
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            on_connect: Vec::new(),
+            on_stop: Vec::new(),
+        }
+    }
+}
 
 /// A RESP reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +217,12 @@ pub struct Stats {
     pub lease_renewals: u64,
     pub reconnects: u64,
     pub probes_missed: u64,
+    /// Replies to `_nowait` commands (and publishes) that were error replies.
+    pub nowait_errors: u64,
+    /// Commands in flight when a connection failed (each failed with [`CmdError::Lost`]).
+    pub lost: u64,
+    /// Up/Down/Members events dropped because a shard's inbound ring was full.
+    pub control_dropped: u64,
     pub up: bool,
 }
 
@@ -155,113 +239,11 @@ pub struct Health {
     pub generation: u64,
 }
 
-/// The link thread, held by the process (Send + Sync).
-pub struct Node {
-    _inner: Arc<()>,
-}
-
 /// What a shard needs to build its [`ShardLink`] on its own thread (Send).
-pub struct LinkParts {
-    _private: (),
-}
+pub struct LinkParts(pub(crate) thread::Parts);
 
-/// One shard's side of the link (`!Send`: build it on the shard's thread).
-#[derive(Clone)]
-pub struct ShardLink {
-    _private: std::rc::Rc<()>,
-}
-
-// --- integrator's stand-ins until the link lands (replaced wholesale by the i25-cluster merge) ---
-impl ClusterConfig {
-    pub fn new(url: RedisUrl, node_id: String) -> Self {
-        ClusterConfig {
-            url,
-            node_id,
-            prefix: "chx:".into(),
-            lease: Duration::from_secs(10),
-            probe_interval: Duration::from_secs(2),
-            inflight_max: 4096,
-            inbound_max: 65536,
-            on_connect: Vec::new(),
-        }
-    }
-}
-
-/// The future of a command's reply.
-pub struct Reply;
-impl std::future::Future for Reply {
-    type Output = Result<Value, CmdError>;
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::task::Poll::Ready(Err(CmdError::Closed))
-    }
-}
-
-impl Node {
-    pub fn start(
-        _cfg: ClusterConfig,
-        _scripts: Vec<Script>,
-        _bells: Vec<Arc<dyn Doorbell>>,
-        _route: Route,
-    ) -> std::io::Result<(Node, Vec<LinkParts>)> {
-        Err(std::io::Error::other("not yet"))
-    }
-    pub fn stats(&self) -> Stats {
-        Stats::default()
-    }
-    pub fn health(&self) -> Health {
-        Health {
-            up: false,
-            since_ns: 0,
-            reason: None,
-            generation: 0,
-        }
-    }
-    pub fn stop(&self, _within: Duration) {}
-}
-
-impl ShardLink {
-    pub fn new(_parts: LinkParts) -> ShardLink {
-        ShardLink {
-            _private: std::rc::Rc::new(()),
-        }
-    }
-    pub fn node_id(&self) -> &str {
-        ""
-    }
-    pub fn prefix(&self) -> &str {
-        ""
-    }
-    pub fn is_up(&self) -> bool {
-        false
-    }
-    pub fn generation(&self) -> u64 {
-        0
-    }
-    pub fn live_nodes(&self) -> Vec<String> {
-        Vec::new()
-    }
-    pub fn command(&self, _args: Vec<Vec<u8>>) -> Result<Reply, Refused> {
-        Err(Refused::Closed)
-    }
-    pub fn command_nowait(&self, _args: Vec<Vec<u8>>) -> Result<(), Refused> {
-        Err(Refused::Closed)
-    }
-    pub fn eval(&self, _s: &str, _k: Vec<Vec<u8>>, _a: Vec<Vec<u8>>) -> Result<Reply, Refused> {
-        Err(Refused::Closed)
-    }
-    pub fn eval_nowait(&self, _s: &str, _k: Vec<Vec<u8>>, _a: Vec<Vec<u8>>) -> Result<(), Refused> {
-        Err(Refused::Closed)
-    }
-    pub fn publish(&self, _node: &str, _key: &[u8], _body: &[u8]) -> Result<(), Refused> {
-        Err(Refused::Closed)
-    }
-    pub fn on_doorbell(&self, _f: impl FnMut(Inbound)) -> usize {
-        0
-    }
-    pub fn inflight(&self) -> usize {
-        0
+impl std::fmt::Debug for LinkParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LinkParts({})", self.0.shard)
     }
 }

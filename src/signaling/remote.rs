@@ -12,7 +12,7 @@
 //!   A join that finds the peer at another node tells that node to close the older
 //!   connection (4000), as within one node.
 //! * **Peer lists**: `register` lists the peers of this node (its shards), then those
-//!   of the other live nodes from the mesh's hash: one `HGETALL`.
+//!   of the other live nodes from the mesh's hash: one script ([`PEERS`]).
 //! * **Relays**: a relay to a peer no shard of this node holds goes out as one script
 //!   ([`RELAY`]) that looks the target up and publishes the frame to its node's channel
 //!   (`SPUBLISH`): one Redis command per relayed message, none within a node. The target
@@ -103,9 +103,37 @@ return n
 "#,
 };
 
+/// The peers of a mesh at the other live nodes: `KEYS[1]` the mesh hash, `KEYS[2]` the
+/// nodes' leases; `ARGV[1]` this node. A node is live while its lease runs, on Redis's
+/// clock, as of this call (a node that joined a moment ago is listed at once, one whose
+/// lease ran out is not, whether or not its entries are removed yet).
+pub const PEERS: Script = Script {
+    name: "chx_peers",
+    source: r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+local out = {}
+for i = 1, #all, 2 do
+  local n = all[i + 1]
+  if n ~= ARGV[1] then
+    local ok = live[n]
+    if ok == nil then
+      local score = redis.call('ZSCORE', KEYS[2], n)
+      ok = (score and tonumber(score) >= now) or false
+      live[n] = ok
+    end
+    if ok then out[#out + 1] = all[i] end
+  end
+end
+return out
+"#,
+};
+
 /// The scripts signaling runs (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![JOIN, LEAVE, RELAY, CLEANUP]
+    vec![JOIN, LEAVE, RELAY, CLEANUP, PEERS]
 }
 
 /// What a node runs on every connect before its shards assert their peers: its own
@@ -256,14 +284,18 @@ pub fn forget_nodes(link: &ShardLink, gone: &[String]) {
     }
 }
 
-/// The peers of `mesh` connected to the other live nodes, but `exclude`: one `HGETALL`
-/// of the mesh's hash. Empty on a node alone, and while the link is down (the list then
+/// The peers of `mesh` connected to the other live nodes, but `exclude`: one script
+/// ([`PEERS`]) over the mesh's hash. Empty on a node alone, and while the link is down (the list then
 /// holds this node's peers only).
 pub async fn peers_elsewhere<S: Shard>(sh: &S, mesh: Option<&str>, exclude: &str) -> Vec<Box<str>> {
     let Some(link) = sh.cluster() else {
         return Vec::new();
     };
-    let reply = match link.command(vec![b"HGETALL".to_vec(), mesh_key(link.prefix(), mesh)]) {
+    let reply = match link.eval(
+        PEERS.name,
+        vec![mesh_key(link.prefix(), mesh), nodes_key(link.prefix())],
+        vec![link.node_id().as_bytes().to_vec()],
+    ) {
         Ok(r) => r.await,
         Err(e) => {
             tracing::debug!(error = ?e, "peer list without the other nodes");
@@ -277,23 +309,15 @@ pub async fn peers_elsewhere<S: Shard>(sh: &S, mesh: Option<&str>, exclude: &str
             return Vec::new();
         }
     };
-    let live = link.live_nodes();
-    let me = link.node_id();
-    let mut out = Vec::new();
-    let mut it = items.into_iter();
-    while let (Some(Value::Bulk(peer)), Some(Value::Bulk(node))) = (it.next(), it.next()) {
-        let Ok(node) = std::str::from_utf8(&node) else {
-            continue;
-        };
-        if node == me || !live.iter().any(|n| n == node) {
-            continue;
-        }
-        match String::from_utf8(peer) {
-            Ok(p) if p != exclude => out.push(p.into_boxed_str()),
-            _ => {}
-        }
-    }
-    out
+    items
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Bulk(p) => String::from_utf8(p).ok(),
+            _ => None,
+        })
+        .filter(|p| p != exclude)
+        .map(String::into_boxed_str)
+        .collect()
 }
 
 /// How long the directory task waits before trying again when the link's queue for

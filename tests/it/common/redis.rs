@@ -34,9 +34,17 @@ pub fn start(extra: &[&str]) -> Option<Redis> {
         dir: TempDir::new(),
         extra: extra.iter().map(|s| s.to_string()).collect(),
     };
+    // Tests of one process start several: each tries its own ports.
+    static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     for attempt in 0..20u16 {
-        // Below the ephemeral range (32768-60999), spread by process and attempt.
-        let port = 20_000 + ((std::process::id() as u16).wrapping_mul(7) + attempt * 131) % 12_000;
+        // Below the ephemeral range (32768-60999), spread by process, server and attempt.
+        let port = 20_000
+            + ((std::process::id() as u16)
+                .wrapping_mul(7)
+                .wrapping_add(nth.wrapping_mul(977))
+                .wrapping_add(attempt.wrapping_mul(131)))
+                % 12_000;
         r.port = port;
         if r.spawn() {
             return Some(r);
@@ -77,7 +85,9 @@ impl Redis {
                 self.child = None;
                 return false;
             }
-            if self.ping() {
+            // Ours is ready once its own log says so (a ping could reach another
+            // test's Redis on this port while ours fails to bind and exits).
+            if self.log().contains("Ready to accept connections") && self.ping() {
                 return true;
             }
             assert!(
