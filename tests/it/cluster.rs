@@ -372,3 +372,38 @@ fn bad_cluster_flags_fail_the_start_with_a_reason() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_node_paused_past_its_lease_is_dropped_and_comes_back_whole() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "2");
+    let n2 = node(&redis, "n2", 1, &k, "2");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
+    let pid = n2.child.id().to_string();
+    let signal = |s: &str| {
+        let st = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    // Stopped (a paused VM, a stalled host): its lease runs out, n1 removes its peers.
+    signal("-STOP");
+    list_until(&mut alice, "alice", &[], Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cmd(&["HGET", "chx:nomesh", "bob"]) != redis::Reply::Nil {
+        assert!(Instant::now() < deadline, "bob's entry stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Resumed, it finds its lease lapsed and asserts its peers again: listed and
+    // reachable as before, without bob reconnecting.
+    signal("-CONT");
+    list_until(&mut alice, "alice", &["bob"], Duration::from_secs(15));
+    relay(&mut alice, "alice", &mut bob, "bob", 1);
+    relay(&mut bob, "bob", &mut alice, "alice", 2);
+}
