@@ -258,6 +258,8 @@ enum Origin {
     Probe,
     /// One of the node's stop scripts (`on_stop`).
     StopScript,
+    /// The hello a node that just connected publishes to the others.
+    Hello,
     Leave,
 }
 
@@ -499,6 +501,25 @@ impl Link {
                 tracing::info!(generation = self.generation, "cluster link up");
                 let generation = self.generation;
                 self.control(|| Inbound::Up { generation });
+                // The other live nodes renew at once on this hello and so learn of this
+                // node now rather than at their next renewal (a revocation they
+                // broadcast reaches it).
+                if let Some(up) = &mut self.up {
+                    let now = Instant::now();
+                    for node in live.iter().filter(|n| **n != self.cfg.node_id) {
+                        let mut message = vec![0u8, 0u8];
+                        message.extend_from_slice(HELLO_MARK);
+                        up.cmd.queue(&[
+                            b"SPUBLISH".as_slice(),
+                            &channel_of(&self.cfg.prefix, node),
+                            &message,
+                        ]);
+                        up.pending.push_back(Pending {
+                            origin: Origin::Hello,
+                            sent: now,
+                        });
+                    }
+                }
                 self.on_members(live, gone);
                 // Replies already buffered from the setup (a message published at once).
                 self.read_sub();
@@ -788,6 +809,11 @@ impl Link {
                     self.fail(format!("the probe's SPUBLISH failed: {e}"));
                 }
             }
+            Origin::Hello => {
+                if let Value::Error(e) = v {
+                    tracing::debug!("cluster: a hello was not published: {e}");
+                }
+            }
             Origin::StopScript => {
                 if let Value::Error(e) = v {
                     tracing::warn!("cluster: a stop script failed: {e}");
@@ -855,7 +881,12 @@ impl Link {
         };
         let body = &payload[2 + key_len..];
         if key.is_empty() {
-            if !self.probe.seen(body) {
+            if body == HELLO_MARK {
+                // A node joined: renew now, which reports the new members.
+                if let Some(up) = &mut self.up {
+                    up.lease_due = Instant::now();
+                }
+            } else if !self.probe.seen(body) {
                 tracing::debug!("cluster: a message without a route key");
             }
             return;
@@ -923,6 +954,10 @@ impl Link {
         }
     }
 }
+
+/// The body of the hello a node publishes to the others when it connects (route key
+/// empty, like the probes).
+const HELLO_MARK: &[u8] = b"chx-hello";
 
 fn args(a: &[&str]) -> Vec<Vec<u8>> {
     a.iter().map(|s| s.as_bytes().to_vec()).collect()

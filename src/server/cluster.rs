@@ -79,11 +79,23 @@ pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
 }
 
 /// Takes what the link thread published for this shard.
-fn take(ctx: &ShardCtx) {
+fn take(ctx: &Rc<ShardCtx>) {
     let Some(link) = &ctx.cluster else { return };
     link.on_doorbell(|ev| match ev {
         Inbound::Message { route_key, body } => {
-            if remote::on_message(&ctx.state.ws, &route_key, &body).is_err() {
+            let here = remote::Here {
+                ws: &ctx.state.ws,
+                authz: &ctx.state.authz,
+                api_keys: &ctx.config.auth.api_keys,
+                now: ctx.now(),
+            };
+            let done = remote::on_message(&here, &route_key, &body);
+            if done == Ok(remote::Done::Revoked) && ctx.config.turn_server.is_some() {
+                let c = ctx.clone();
+                let peer = String::from_utf8_lossy(&route_key).into_owned();
+                monoio::spawn(async move { crate::server::turn::revoke(&c, &peer).await });
+            }
+            if done.is_err() {
                 tracing::debug!(
                     len = body.len(),
                     "malformed message from another node dropped"

@@ -184,6 +184,10 @@ impl ShardCtx {
         // while another approved entry still authorizes that peer id (PROTOCOL §5.6).
         let (applied, revoked) =
             dispatch::apply_noting_revocation(&self.state, &self.config, msg, self.now());
+        // In a cluster, every other node closes that peer's connections too.
+        if let (Some(peer), Some(link)) = (&revoked, &self.cluster) {
+            crate::signaling::remote::broadcast_revocation(link, peer);
+        }
         if let (Some(peer), true) = (revoked, self.config.turn_server.is_some()) {
             let ctx = self.clone();
             monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });

@@ -169,9 +169,12 @@ fn nodes_key(prefix: &str) -> Vec<u8> {
     [prefix.as_bytes(), b"nodes"].concat()
 }
 
-/// Message kinds on a node's channel (the body's first byte).
+/// Message kinds on a node's channel (the body's first byte). Every service's kinds are
+/// listed here, the one place that reads a node's channel (`server::cluster` hands each
+/// message to this module first).
 const MSG_RELAY: u8 = b'r';
 const MSG_REPLACED: u8 = b'k';
+const MSG_REVOKED: u8 = b'v';
 
 /// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
 /// route key being the peer (the receiving node hands it to the peer's owner shard).
@@ -201,10 +204,31 @@ fn relay_body(mesh: Option<&str>, frame: &[u8]) -> Vec<u8> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed;
 
+/// What a message from another node may change on the peer's owner shard.
+pub struct Here<'a> {
+    pub ws: &'a ConnTable,
+    pub authz: &'a std::cell::RefCell<super::PeerAuthz>,
+    pub api_keys: &'a crate::auth::ApiKeys,
+    pub now: crate::time::UnixTime,
+}
+
+/// What [`on_message`] did that the server must finish.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Done {
+    Nothing,
+    /// The peer's last approval was revoked at another node and none is held here: its
+    /// embedded-TURN allocations on this node go too.
+    Revoked,
+}
+
 /// A message this node's channel delivered for peer `route_key`, on its owner shard: a
-/// relay to deliver to the peer if it is here (never sent on again), or the notice that
-/// the peer connected to another node (its connection here closes with 4000).
-pub fn on_message(ws: &ConnTable, route_key: &[u8], body: &[u8]) -> Result<(), Malformed> {
+/// relay to deliver to the peer if it is here (never sent on again); the notice that
+/// the peer connected to another node (its connection here closes with 4000); or that
+/// its pairing was revoked at another node (unless an API key or an approval held here
+/// authorizes it, its connection here closes with 4001 and a new one is refused as
+/// revoked, as on the node that revoked it).
+pub fn on_message(here: &Here<'_>, route_key: &[u8], body: &[u8]) -> Result<Done, Malformed> {
+    let ws = here.ws;
     let target = std::str::from_utf8(route_key).map_err(|_| Malformed)?;
     match body.split_first() {
         Some((&MSG_RELAY, rest)) => {
@@ -218,7 +242,7 @@ pub fn on_message(ws: &ConnTable, route_key: &[u8], body: &[u8]) -> Result<(), M
             let mesh = std::str::from_utf8(mesh).map_err(|_| Malformed)?;
             let mesh = (has_mesh == 1).then_some(mesh);
             ws.deliver_here(target, mesh, frame.into());
-            Ok(())
+            Ok(Done::Nothing)
         }
         Some((&MSG_REPLACED, _)) => {
             ws.close_peer(
@@ -226,9 +250,30 @@ pub fn on_message(ws: &ConnTable, route_key: &[u8], body: &[u8]) -> Result<(), M
                 close_code::REPLACED,
                 "replaced by a newer connection of the same peer on another node",
             );
-            Ok(())
+            Ok(Done::Nothing)
+        }
+        Some((&MSG_REVOKED, _)) => {
+            if here.api_keys.has_peer_id(target) || here.authz.borrow().contains(target) {
+                return Ok(Done::Nothing);
+            }
+            here.authz.borrow_mut().restore_revoked(target, here.now);
+            ws.close_peer(target, close_code::REVOKED, "pairing revoked");
+            Ok(Done::Revoked)
         }
         _ => Err(Malformed),
+    }
+}
+
+/// `peer`'s last approval was revoked here: every other live node closes its
+/// connections there too (4001) and refuses it as revoked ([`on_message`]). One publish
+/// per node; a node that misses it (its link was down) still refuses the peer's
+/// signaling, since only this node held its approval.
+pub fn broadcast_revocation(link: &ShardLink, peer: &str) {
+    let me = link.node_id();
+    for node in link.live_nodes().iter().filter(|n| *n != me) {
+        if let Err(e) = link.publish(node, peer.as_bytes(), &[MSG_REVOKED]) {
+            tracing::warn!(%peer, %node, error = ?e, "revocation not sent to a node");
+        }
     }
 }
 
@@ -470,15 +515,27 @@ mod tests {
         assert_eq!(&f[2..5], b"bob");
         assert_eq!(&f[5..], &body[..]);
         let ws = ConnTable::default();
+        let authz = std::cell::RefCell::new(super::super::PeerAuthz::default());
+        let keys = crate::auth::ApiKeys::parse(br#"{"keys": {}}"#).unwrap();
+        let here = Here {
+            ws: &ws,
+            authz: &authz,
+            api_keys: &keys,
+            now: crate::time::UnixTime::from_secs(100),
+        };
         // No such peer here: dropped, never sent on (no outbox either way).
-        assert_eq!(on_message(&ws, b"bob", &body), Ok(()));
-        assert_eq!(
-            on_message(&ws, b"bob", b"r\x01\x00\x09short"),
-            Err(Malformed)
-        );
-        assert_eq!(on_message(&ws, b"bob", b"?"), Err(Malformed));
-        assert_eq!(on_message(&ws, b"\xff", &body), Err(Malformed));
-        assert_eq!(on_message(&ws, b"bob", b""), Err(Malformed));
+        assert_eq!(on_message(&here, b"bob", &body), Ok(Done::Nothing));
+        let short = b"r\x01\x00\x09short";
+        assert_eq!(on_message(&here, b"bob", short), Err(Malformed));
+        assert_eq!(on_message(&here, b"bob", b"?"), Err(Malformed));
+        assert_eq!(on_message(&here, b"\xff", &body), Err(Malformed));
+        assert_eq!(on_message(&here, b"bob", b""), Err(Malformed));
+        // A revocation elsewhere: refused here from now on, unless approved here too.
+        assert_eq!(on_message(&here, b"bob", b"v"), Ok(Done::Revoked));
+        assert!(authz.borrow().is_revoked("bob"));
+        authz.borrow_mut().add("carol", None);
+        assert_eq!(on_message(&here, b"carol", b"v"), Ok(Done::Nothing));
+        assert!(!authz.borrow().is_revoked("carol"));
     }
 
     #[test]

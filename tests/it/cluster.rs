@@ -407,3 +407,66 @@ fn a_node_paused_past_its_lease_is_dropped_and_comes_back_whole() {
     relay(&mut alice, "alice", &mut bob, "bob", 1);
     relay(&mut bob, "bob", &mut alice, "alice", 2);
 }
+
+#[test]
+fn a_revocation_at_one_node_closes_the_device_at_another() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let mut with_admin: Vec<(&str, Option<&str>)> = KEYS.to_vec();
+    with_admin.push(("ops-admin", None));
+    let mut k: Value = serde_json::from_str(&keys(&with_admin)).unwrap();
+    k["keys"]["ak_test_admin"] = json!({"peer_id": "ops-admin", "role": "admin"});
+    let k = k.to_string();
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 2, &k, "10");
+    // A device paired and approved at n1.
+    let r = n1.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = r.json()["code"].as_str().unwrap().to_string();
+    let r = n1.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "laptop"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let device = r.json()["peer_id"].as_str().unwrap().to_string();
+    let r = n1.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["device_token"].as_str().unwrap().to_string();
+    let r = n1.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let jwt = r.json()["token"].as_str().unwrap().to_string();
+    // Its JWT opens /ws at both nodes (the signing secret is the cluster's; only n1,
+    // which holds its approval, lets it signal, so n2's connection is not in the
+    // directory and replaces nothing).
+    let mut at_n1 = connect(&n1, &jwt).unwrap();
+    let mut at_n2 = connect(&n2, &jwt).unwrap();
+    // Revoked at n1: the connections at both nodes close with 4001, and both refuse it
+    // from now on.
+    let r = n1.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (code, reason) = recv_close(&mut at_n1);
+    assert_eq!(code, 4001, "{reason}");
+    let (code, reason) = recv_close(&mut at_n2);
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.contains("revoked"), "{reason}");
+    assert_eq!(connect(&n2, &jwt).err(), Some(401));
+    assert_eq!(connect(&n1, &jwt).err(), Some(401));
+    // An API-key peer of the same cluster is not touched by it.
+    let mut alice = peer(&n2, "alice");
+    let mut bob = peer(&n1, "bob");
+    list_until(
+        &mut alice,
+        "alice",
+        &["bob", "carol", "dave"][..1],
+        Duration::from_secs(5),
+    );
+    relay(&mut alice, "alice", &mut bob, "bob", 1);
+    let _ = device;
+}
