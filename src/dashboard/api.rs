@@ -131,6 +131,18 @@ pub struct Summary {
     /// Signaling WebSocket peers connected.
     pub signaling_peers: u64,
     pub shards: Vec<ShardRow>,
+    /// This node's cluster (`--cluster`); absent on a node alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterRow>,
+}
+
+/// The cluster as this node sees it: its name, whether its link to Redis is up, and the
+/// live nodes (as of its last lease renewal).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ClusterRow {
+    pub node: String,
+    pub up: bool,
+    pub nodes: Vec<String>,
 }
 
 impl Summary {
@@ -186,6 +198,11 @@ where
         s.signaling_peers += row.ws_open;
         s.shards.push(*row);
     }
+    s.cluster = sh.cluster().map(|l| ClusterRow {
+        node: l.node_id().to_owned(),
+        up: l.is_up(),
+        nodes: l.live_nodes(),
+    });
     Ok(s)
 }
 

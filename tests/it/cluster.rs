@@ -470,3 +470,40 @@ fn a_revocation_at_one_node_closes_the_device_at_another() {
     relay(&mut alice, "alice", &mut bob, "bob", 1);
     let _ = device;
 }
+
+#[test]
+fn the_dashboard_names_the_node_and_the_live_nodes() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let mut k: Value = serde_json::from_str(&keys(KEYS)).unwrap();
+    k["keys"]["ak_test_admin"] = json!({"peer_id": "ops-admin", "role": "admin"});
+    let k = k.to_string();
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let _n2 = node(&redis, "n2", 1, &k, "10");
+    // n2's hello makes n1 renew at once: both are listed well within a lease.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = n1.admin_get("/api/dashboard/summary");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let c = r.json()["cluster"].clone();
+        assert_eq!(c["node"], "n1", "{c}");
+        if c["nodes"] == json!(["n1", "n2"]) {
+            assert_eq!(c["up"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{c}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A node alone has no cluster in its summary.
+    let alone = Server::with({
+        let mut o = Opts::cores(1);
+        o.keys = Some(k.clone());
+        o
+    });
+    assert!(alone
+        .admin_get("/api/dashboard/summary")
+        .json()
+        .get("cluster")
+        .is_none());
+}

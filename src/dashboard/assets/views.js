@@ -157,7 +157,9 @@ function renderSummary(ctx, s) {
     card("Offline", s.agents.offline, "v-bad", "silent > 270 s"),
     card("Signaling peers", s.signaling_peers, "v-accent", "WebSocket connected"),
     card("Tasks", taskTotal, "", `${fmt(t.pending || 0)} pending`),
-    card("Awaiting approval", s.pairing_pending, s.pairing_pending ? "v-warn" : "", `${fmt(s.pairing_approved)} approved`));
+    card("Awaiting approval", s.pairing_pending, s.pairing_pending ? "v-warn" : "", `${fmt(s.pairing_approved)} approved`),
+    ...(s.cluster ? [card("Cluster nodes", s.cluster.nodes.length, s.cluster.up ? "v-ok" : "v-bad",
+      `${s.cluster.up ? "" : "Redis down · "}this: ${s.cluster.node} · ${s.cluster.nodes.join(", ")}`)] : []));
   const states = ["pending", "assigned", "completed", "failed", ...Object.keys(t).filter((k) => !["pending", "assigned", "completed", "failed"].includes(k))];
   $("task-states").replaceChildren(...states.map((k) => {
     const fillEl = h("span", { class: `fill bg-${k}` });
