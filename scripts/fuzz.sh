@@ -5,7 +5,7 @@
 #
 #   scripts/fuzz.sh [--seconds N] [--sanitizer none|address] [target ...]
 #
-# Defaults: 20 s per target (9 targets: about 3 minutes of fuzzing), no sanitizer (the
+# Defaults: 20 s per target (10 targets: about 3.5 minutes of fuzzing), no sanitizer (the
 # fuzzed code is safe Rust: panics and aborts are what we look for, and a build
 # without ASan is much faster). A crash leaves its input in fuzz/artifacts/<target>/
 # and makes the script fail; turn it into a regression test in the crate at fault.

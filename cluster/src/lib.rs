@@ -46,6 +46,17 @@ mod shard;
 mod thread;
 mod url;
 
+/// Entry points for the fuzz targets (`fuzz/fuzz_targets/cluster_inbound.rs`): the reply
+/// decoder the link thread runs on whatever Redis (or an impostor) sends.
+#[doc(hidden)]
+pub mod fuzzing {
+
+    /// [`crate::Value`] of the first complete reply in `buf` and the bytes it took.
+    pub fn decode_reply(buf: &[u8]) -> Result<Option<(crate::Value, usize)>, String> {
+        crate::resp::decode_reply(buf)
+    }
+}
+
 pub use conn::REPLY_BYTES_MAX;
 pub use shard::{Reply, ShardLink};
 pub use thread::{Node, CONTROL_RESERVE, REQUEST_QUEUE_MAX};

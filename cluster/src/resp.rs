@@ -40,11 +40,91 @@ fn encode_by_hand<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
 /// The first complete reply in `buf` and the bytes it took; `Ok(None)` when `buf` holds
 /// only part of one. An error means the stream is not RESP2 (the connection is useless).
 pub(crate) fn decode_reply(buf: &[u8]) -> Result<Option<(Value, usize)>, String> {
+    // The codec and `to_value` recurse once per nested array: a reply nested past
+    // `REPLY_DEPTH_MAX` (from something that is not a sane Redis) is refused before
+    // either runs, or it would overflow the link thread's stack and abort the node.
+    if nests_deeper_than(buf, REPLY_DEPTH_MAX) {
+        return Err(format!(
+            "a reply nested deeper than {REPLY_DEPTH_MAX} arrays"
+        ));
+    }
     match decode(buf) {
         Ok(Some((frame, n))) => Ok(Some((to_value(frame), n))),
         Ok(None) => Ok(None),
         Err(e) => Err(format!("a reply that is not RESP2: {e}")),
     }
+}
+
+/// Arrays a reply may nest: the deepest this link reads is 3 (a script's list of lists,
+/// inside nothing; a pushed `smessage` is 1). Deeper is refused as not RESP from Redis.
+pub(crate) const REPLY_DEPTH_MAX: usize = 32;
+
+/// Whether the first reply in `buf` nests more than `max` arrays, found without
+/// recursion (a stack of at most `max` counts). Incomplete or malformed input answers
+/// `false`: the codec then waits for more or refuses it.
+fn nests_deeper_than(buf: &[u8], max: usize) -> bool {
+    let mut open: Vec<i64> = Vec::new();
+    let mut pos = 0;
+    loop {
+        let Some(kind) = buf.get(pos).copied() else {
+            return false;
+        };
+        // A line is a kind byte, its text and `\r\n`: a `\r\n` in the kind's place is
+        // not RESP (the codec refuses it).
+        let Some(eol) = memchr_crlf(&buf[pos..]).filter(|&e| e >= 1) else {
+            return false;
+        };
+        let line = &buf[pos + 1..pos + eol];
+        let after = pos + eol + 2;
+        let n: Option<i64> = std::str::from_utf8(line).ok().and_then(|t| t.parse().ok());
+        match kind {
+            b'*' => {
+                let Some(n) = n else { return false };
+                pos = after;
+                if n > 0 {
+                    if open.len() >= max {
+                        return true;
+                    }
+                    open.push(n);
+                    continue;
+                }
+            }
+            b'$' => {
+                let Some(n) = n else { return false };
+                pos = if n < 0 {
+                    after
+                } else {
+                    match usize::try_from(n)
+                        .ok()
+                        .and_then(|n| after.checked_add(n + 2))
+                    {
+                        Some(p) => p,
+                        None => return false,
+                    }
+                };
+            }
+            b'+' | b'-' | b':' => pos = after,
+            _ => return false,
+        }
+        // One element done: close the arrays it completes.
+        loop {
+            match open.last_mut() {
+                None => return false,
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    open.pop();
+                }
+            }
+        }
+    }
+}
+
+/// Where the first `\r\n` of `b` starts.
+fn memchr_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
 }
 
 fn to_value(frame: OwnedFrame) -> Value {
@@ -112,5 +192,67 @@ mod tests {
         );
         assert_eq!(&wire[at..], b"$3\r\nab");
         assert!(decode_reply(b"?what\r\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    /// Runs `f` on a thread with a shard's stack (2 MiB): a recursion that would
+    /// overflow there aborts the test.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_reply_nested_past_the_limit_is_refused_not_a_stack_overflow() {
+        let mut deep = Vec::new();
+        for _ in 0..200_000 {
+            deep.extend_from_slice(b"*1\r\n");
+        }
+        deep.extend_from_slice(b":1\r\n");
+        let r = on_small_stack(move || decode_reply(&deep));
+        assert!(r.unwrap_err().contains("nested deeper than"));
+        // At the limit it decodes.
+        let mut ok = Vec::new();
+        for _ in 0..REPLY_DEPTH_MAX {
+            ok.extend_from_slice(b"*1\r\n");
+        }
+        ok.extend_from_slice(b"$2\r\nhi\r\n");
+        let (v, n) = decode_reply(&ok).unwrap().unwrap();
+        assert_eq!(n, ok.len());
+        let mut v = &v;
+        for _ in 0..REPLY_DEPTH_MAX {
+            match v {
+                Value::Array(a) => v = &a[0],
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(v, &Value::Bulk(b"hi".to_vec()));
+    }
+
+    #[test]
+    fn the_depth_scan_reads_only_the_first_reply_and_skips_bulk_bodies() {
+        // A bulk body that looks like arrays does not count.
+        let mut b = b"*2\r\n$8\r\n*1\r\n*1\r\n\r\n:5\r\n".to_vec();
+        assert!(!nests_deeper_than(&b, 1));
+        // What follows the first reply is not looked at.
+        b.extend_from_slice(b"*1\r\n*1\r\n*1\r\n:1\r\n");
+        assert!(!nests_deeper_than(&b, 1));
+        assert!(nests_deeper_than(b"*1\r\n*1\r\n:1\r\n", 1));
+        // Incomplete or garbage: left to the codec.
+        assert!(!nests_deeper_than(b"*1\r\n*1", 1));
+        assert!(!nests_deeper_than(b"?x\r\n", 1));
+        assert!(!nests_deeper_than(b"$99999999999999999999\r\n", 1));
+        // Found by fuzz/fuzz_targets/cluster_inbound.rs: a line break where a kind byte
+        // belongs (it sliced backwards and panicked).
+        assert!(!nests_deeper_than(b"*2\r\n*+1\r\n$2\r\nab\r\n\r\n$\xff\xff\n", 8));
+        assert!(decode_reply(b"*2\r\n*+1\r\n$2\r\nab\r\n\r\n$\xff\xff\n").is_err());
     }
 }
