@@ -16,6 +16,7 @@
 mod agents;
 pub mod api;
 mod health;
+pub mod mirror;
 pub mod ops;
 pub mod query;
 pub mod records;

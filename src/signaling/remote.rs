@@ -169,9 +169,10 @@ fn nodes_key(prefix: &str) -> Vec<u8> {
     [prefix.as_bytes(), b"nodes"].concat()
 }
 
-/// Message kinds on a node's channel (the body's first byte).
-const MSG_RELAY: u8 = b'r';
-const MSG_REPLACED: u8 = b'k';
+/// Message kinds on a node's channel (the body's first byte; every service's kinds are
+/// listed in `server::cluster`).
+pub const MSG_RELAY: u8 = b'r';
+pub const MSG_REPLACED: u8 = b'k';
 
 /// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
 /// route key being the peer (the receiving node hands it to the peer's owner shard).
