@@ -13,10 +13,12 @@ use wire::json::JsonBody;
 
 mod binding;
 mod budget;
+mod mirror;
 pub use binding::{BindingChange, DeleteStart};
 pub use budget::{
     agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
 };
+pub use mirror::{MirrorNotes, MirrorWrite, HEARTBEAT_WRITE_INTERVAL, NOTED_AGENTS_MAX};
 
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {
@@ -278,7 +280,7 @@ pub struct AgentStore {
     saving: HashSet<String>,
     /// In a cluster: which agents changed, for the shard's mirror task
     /// (`registry::mirror`); `None` on a node alone.
-    mirror: Option<super::mirror::Mirror>,
+    mirror: Option<MirrorNotes>,
 }
 
 impl AgentStore {
@@ -296,16 +298,16 @@ impl AgentStore {
 
     /// Notes every change of an agent for the cluster's mirror (`registry::mirror`).
     pub fn enable_mirror(&mut self) {
-        self.mirror = Some(super::mirror::Mirror::default());
+        self.mirror = Some(MirrorNotes::default());
     }
 
     /// The mirror's notes, in a cluster.
-    pub fn mirror_mut(&mut self) -> Option<&mut super::mirror::Mirror> {
+    pub fn mirror_mut(&mut self) -> Option<&mut MirrorNotes> {
         self.mirror.as_mut()
     }
 
-    /// What the mirror task writes now (`Mirror::take`); empty on a node alone.
-    pub fn mirror_writes(&mut self, now: UnixTime) -> Vec<super::mirror::Write> {
+    /// What the mirror task writes now ([`MirrorNotes::take`]); empty on a node alone.
+    pub fn mirror_writes(&mut self, now: UnixTime) -> Vec<MirrorWrite> {
         let agents = &self.agents;
         match self.mirror.as_mut() {
             Some(m) => m.take(now, |id| agents.get(id), agents.values()),

@@ -180,7 +180,7 @@ where
     /// A listed agent: held here, or the mirror's record (its JSON as the holding node
     /// wrote it).
     enum Listed {
-        Here(AgentRecord),
+        Here(Box<AgentRecord>),
         Elsewhere(String, Vec<u8>),
     }
     impl Listed {
@@ -195,7 +195,7 @@ where
     let mut all: Vec<Listed> = Vec::new();
     for r in ask_all(sh, |_| Op::ListPage(Box::new(page.clone()))).await? {
         match r {
-            Reply::Agents(v) => all.extend(v.into_iter().map(Listed::Here)),
+            Reply::Agents(v) => all.extend(v.into_iter().map(|r| Listed::Here(Box::new(r)))),
             _ => return Err(unexpected()),
         }
     }

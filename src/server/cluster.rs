@@ -181,26 +181,6 @@ fn take(ctx: &Rc<ShardCtx>) {
     });
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_message_kind_belongs_to_one_service() {
-        for (i, (k, _)) in KINDS.iter().enumerate() {
-            assert!(
-                KINDS[i + 1..].iter().all(|(o, _)| o != k),
-                "kind {:?} used twice",
-                *k as char
-            );
-        }
-        assert_eq!(service_of(b"r\x00"), Some(&Service::Signaling));
-        assert_eq!(service_of(b"m"), Some(&Service::Registry));
-        assert_eq!(service_of(b"?"), None);
-        assert_eq!(service_of(b""), None);
-    }
-}
-
 /// The cluster link's counters (`--cluster`) in the Prometheus text format, labelled
 /// with the node; `malformed`: messages from other nodes the shards dropped.
 pub fn render_metrics(node: &str, s: &chatixia_cluster::Stats, malformed: u64) -> String {
@@ -307,4 +287,24 @@ pub fn render_metrics(node: &str, s: &chatixia_cluster::Stats, malformed: u64) -
     );
     let _ = writeln!(out, "{name}_count{{node=\"{node}\"}} {}", s.round_trips);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_kind_belongs_to_one_service() {
+        for (i, (k, _)) in KINDS.iter().enumerate() {
+            assert!(
+                KINDS[i + 1..].iter().all(|(o, _)| o != k),
+                "kind {:?} used twice",
+                *k as char
+            );
+        }
+        assert_eq!(service_of(b"r\x00"), Some(&Service::Signaling));
+        assert_eq!(service_of(b"m"), Some(&Service::Registry));
+        assert_eq!(service_of(b"?"), None);
+        assert_eq!(service_of(b""), None);
+    }
 }
