@@ -316,15 +316,19 @@ impl AgentStore {
     }
 
     /// The agent moved to another node of the cluster (whose write replaced the
-    /// mirror's entry): its record goes from memory, without a note; its durable
-    /// binding stays. `false` when not held here, or while a change of its binding is
+    /// mirror's entry): its record goes from memory, without a note; its binding stays
+    /// (held as a loaded one is after a restart, and durable as it was). `false` when not held here, or while a change of its binding is
     /// being saved (then it stays; the next write here takes it back).
     pub fn drop_moved(&mut self, agent_id: &str) -> bool {
         if self.saving.contains(agent_id) || !self.agents.contains_key(agent_id) {
             return false;
         }
         self.uncharge(agent_id);
-        self.agents.remove(agent_id);
+        // Its binding stays, as after a restart: only that principal takes the id back
+        // here.
+        if let Some(owner) = self.agents.remove(agent_id).and_then(|r| r.bound) {
+            self.loaded.insert(agent_id.to_owned(), owner);
+        }
         if let Some(m) = self.mirror.as_mut() {
             m.forget(agent_id);
         }
