@@ -393,7 +393,8 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
 const CLUSTER_STOP_MAX: Duration = Duration::from_secs(2);
 
 /// Starts the link to the cluster's Redis when `--cluster` is given: the node's lease,
-/// its channel, the scripts of the services (signaling's directory). One part per shard.
+/// its channel, the scripts of the services (signaling's directory, the registry's
+/// mirror). One part per shard.
 #[allow(clippy::type_complexity)]
 fn start_cluster(
     cli: &Cli,
@@ -417,13 +418,20 @@ fn start_cluster(
     // they hold), and all of them at a graceful stop.
     cfg.on_stop.push(signaling.clone());
     cfg.on_connect.push(signaling);
+    // The same for the registry's mirror (its agents).
+    let registry = chatixia_core::registry::mirror::on_connect(&cfg.prefix, &cfg.node_id);
+    cfg.on_stop.push(registry.clone());
+    cfg.on_connect.push(registry);
     let node_id = cfg.node_id.clone();
     let bells: Vec<Arc<server::cluster::LateBell>> =
         (0..cores).map(|_| Arc::new(Default::default())).collect();
     let route: chatixia_cluster::Route = Arc::new(move |key: &[u8]| reactor::shard_of(key, cores));
     let (node, parts) = chatixia_cluster::Node::start(
         cfg,
-        chatixia_core::signaling::remote::scripts(),
+        chatixia_core::signaling::remote::scripts()
+            .into_iter()
+            .chain(chatixia_core::registry::mirror::scripts())
+            .collect(),
         bells
             .iter()
             .map(|b| b.clone() as Arc<dyn chatixia_cluster::Doorbell>)

@@ -252,7 +252,10 @@ mod depth_tests {
         assert!(!nests_deeper_than(b"$99999999999999999999\r\n", 1));
         // Found by fuzz/fuzz_targets/cluster_inbound.rs: a line break where a kind byte
         // belongs (it sliced backwards and panicked).
-        assert!(!nests_deeper_than(b"*2\r\n*+1\r\n$2\r\nab\r\n\r\n$\xff\xff\n", 8));
+        assert!(!nests_deeper_than(
+            b"*2\r\n*+1\r\n$2\r\nab\r\n\r\n$\xff\xff\n",
+            8
+        ));
         assert!(decode_reply(b"*2\r\n*+1\r\n$2\r\nab\r\n\r\n$\xff\xff\n").is_err());
     }
 }

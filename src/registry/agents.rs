@@ -13,10 +13,12 @@ use wire::json::JsonBody;
 
 mod binding;
 mod budget;
+mod mirror;
 pub use binding::{BindingChange, DeleteStart};
 pub use budget::{
     agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
 };
+pub use mirror::{MirrorNotes, MirrorWrite, HEARTBEAT_WRITE_INTERVAL, NOTED_AGENTS_MAX};
 
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {
@@ -276,6 +278,9 @@ pub struct AgentStore {
     /// store: their other changes wait (`AgentRefusal::Busy`). At most one entry per
     /// request in progress on this shard.
     saving: HashSet<String>,
+    /// In a cluster: which agents changed, for the shard's mirror task
+    /// (`registry::mirror`); `None` on a node alone.
+    mirror: Option<MirrorNotes>,
 }
 
 impl AgentStore {
@@ -287,6 +292,52 @@ impl AgentStore {
             budget: budget::Budget::default(),
             loaded: HashMap::new(),
             saving: HashSet::new(),
+            mirror: None,
+        }
+    }
+
+    /// Notes every change of an agent for the cluster's mirror (`registry::mirror`).
+    pub fn enable_mirror(&mut self) {
+        self.mirror = Some(MirrorNotes::default());
+    }
+
+    /// The mirror's notes, in a cluster.
+    pub fn mirror_mut(&mut self) -> Option<&mut MirrorNotes> {
+        self.mirror.as_mut()
+    }
+
+    /// What the mirror task writes now ([`MirrorNotes::take`]); empty on a node alone.
+    pub fn mirror_writes(&mut self, now: UnixTime) -> Vec<MirrorWrite> {
+        let agents = &self.agents;
+        match self.mirror.as_mut() {
+            Some(m) => m.take(now, |id| agents.get(id), agents.values()),
+            None => Vec::new(),
+        }
+    }
+
+    /// The agent moved to another node of the cluster (whose write replaced the
+    /// mirror's entry): its record goes from memory, without a note; its binding stays
+    /// (held as a loaded one is after a restart, and durable as it was). `false` when not held here, or while a change of its binding is
+    /// being saved (then it stays; the next write here takes it back).
+    pub fn drop_moved(&mut self, agent_id: &str) -> bool {
+        if self.saving.contains(agent_id) || !self.agents.contains_key(agent_id) {
+            return false;
+        }
+        self.uncharge(agent_id);
+        // Its binding stays, as after a restart: only that principal takes the id back
+        // here.
+        if let Some(owner) = self.agents.remove(agent_id).and_then(|r| r.bound) {
+            self.loaded.insert(agent_id.to_owned(), owner);
+        }
+        if let Some(m) = self.mirror.as_mut() {
+            m.forget(agent_id);
+        }
+        true
+    }
+
+    fn note(&mut self, agent_id: &str, came: bool) {
+        if let Some(m) = self.mirror.as_mut() {
+            m.note(agent_id, came);
         }
     }
 
@@ -310,6 +361,9 @@ impl AgentStore {
     /// `last_heartbeat` become `now` (re-registering resets `registered_at`).
     pub fn upsert(&mut self, info: AgentInfo, now: UnixTime) -> Result<&AgentRecord, AgentsFull> {
         let (full, refusal) = (self.is_full_for(&info.agent_id), self.full());
+        if !full || self.agents.contains_key(&info.agent_id) {
+            self.note(&info.agent_id, true);
+        }
         match self.agents.entry(info.agent_id.clone()) {
             Entry::Occupied(mut e) => {
                 // The binding stays with the agent id (`upsert_as` moves it).
@@ -336,6 +390,9 @@ impl AgentStore {
     /// (`capabilities.mode` = `mode`, no MCP servers), `registered_at` = `now`.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: UnixTime) -> Result<&AgentRecord, AgentsFull> {
         let (full, refusal) = (self.is_full_for(&hb.agent_id), self.full());
+        if !full || self.agents.contains_key(&hb.agent_id) {
+            self.note(&hb.agent_id, true);
+        }
         match self.agents.entry(hb.agent_id.clone()) {
             Entry::Occupied(e) => {
                 let rec = e.into_mut();
@@ -385,7 +442,11 @@ impl AgentStore {
     /// `{"error":"not found"}`).
     pub fn remove(&mut self, agent_id: &str) -> Option<AgentRecord> {
         self.uncharge(agent_id);
-        self.agents.remove(agent_id)
+        let gone = self.agents.remove(agent_id);
+        if gone.is_some() {
+            self.note(agent_id, false);
+        }
+        gone
     }
 
     /// Up to `n` agents whose `agent_id` is above `after`, by `agent_id`: one shard's
@@ -415,6 +476,9 @@ impl AgentStore {
             if health != rec.health {
                 rec.health = health;
                 changed += 1;
+                if let Some(m) = self.mirror.as_mut() {
+                    m.note(&rec.info.agent_id, false);
+                }
             }
         }
         changed

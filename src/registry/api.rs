@@ -165,7 +165,9 @@ where
 }
 
 /// `GET /api/registry/agents[?limit=N&cursor=C]`: one page of every shard's agents, by
-/// `agent_id` (`shard::paging`).
+/// `agent_id` (`shard::paging`); in a cluster, with the agents the other live nodes hold
+/// (`registry::mirror`; an agent held here is listed from here, once). While the link
+/// is down, this node's agents.
 pub async fn list_page<S: Shard>(
     sh: &S,
     cfg: &Config,
@@ -175,33 +177,76 @@ pub async fn list_page<S: Shard>(
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
+    /// A listed agent: held here, or the mirror's record (its JSON as the holding node
+    /// wrote it).
+    enum Listed {
+        Here(Box<AgentRecord>),
+        Elsewhere(String, Vec<u8>),
+    }
+    impl Listed {
+        fn id(&self) -> &str {
+            match self {
+                Listed::Here(r) => &r.info.agent_id,
+                Listed::Elsewhere(id, _) => id,
+            }
+        }
+    }
     let page = page_req(limit, cursor, &cfg.pages)?;
-    let mut all: Vec<AgentRecord> = Vec::new();
+    let mut all: Vec<Listed> = Vec::new();
     for r in ask_all(sh, |_| Op::ListPage(Box::new(page.clone()))).await? {
         match r {
-            Reply::Agents(v) => all.extend(*v),
+            Reply::Agents(v) => all.extend(v.into_iter().map(|r| Listed::Here(Box::new(r)))),
             _ => return Err(unexpected()),
         }
     }
-    all.sort_by(|a, b| a.info.agent_id.cmp(&b.info.agent_id));
+    if sh.cluster().is_some() {
+        all.extend(
+            crate::registry::mirror::elsewhere(sh)
+                .await
+                .into_iter()
+                .filter(|(id, _)| page.admits(id))
+                .map(|(id, json)| Listed::Elsewhere(id, json)),
+        );
+        // Held here first among equal ids: the duplicate from the mirror goes (an
+        // agent that moved here a moment ago, before its old node dropped it).
+        all.sort_by(|a, b| {
+            a.id().cmp(b.id()).then_with(|| {
+                matches!(a, Listed::Elsewhere(..)).cmp(&matches!(b, Listed::Elsewhere(..)))
+            })
+        });
+        all.dedup_by(|later, first| later.id() == first.id());
+    } else {
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+    }
     Ok(page_of(
         &all,
         &page,
         &cfg.pages,
-        |a| a.info.agent_id.clone(),
-        item_json,
+        |a| a.id().to_owned(),
+        |a| match a {
+            Listed::Here(r) => item_json(r),
+            Listed::Elsewhere(_, json) => json.clone(),
+        },
     ))
 }
 
 /// `GET /api/registry/agents/{id}`: the record, or the reference's 200
-/// `{"error":"not found"}`.
+/// `{"error":"not found"}`. In a cluster, an agent another live node holds is answered
+/// from the mirror (keys sorted, as here).
 pub async fn get<S: Shard>(sh: &S, id: String) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
     match ask_owner(sh, &id, Op::Get(Box::new(id.clone()))).await? {
         Reply::Agent(Some(rec)) => Ok(Outcome::Json(agent_body(&rec))),
-        Reply::Agent(None) => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
+        Reply::Agent(None) => match crate::registry::mirror::one_elsewhere(sh, &id).await {
+            // The reference's shape: through a `serde_json::Value`, keys sorted.
+            Some(json) => match serde_json::from_slice::<serde_json::Value>(&json) {
+                Ok(v) => Ok(Outcome::Json(wire::json::json_vec(&v))),
+                Err(_) => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
+            },
+            None => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
+        },
         _ => Err(unexpected()),
     }
 }
@@ -209,7 +254,30 @@ where
 /// `DELETE /api/registry/agents/{id}` (an operator's: the router checked the admin
 /// token): the agent and its binding, from memory and from the durable store (the
 /// deletion is durable before the 2xx; if the store refuses it, nothing is removed).
+/// In a cluster, an agent another node holds is removed from the mirror and that node
+/// is told to delete it (`registry::mirror::drop_elsewhere`): answered `{"status":"ok"}`
+/// once the mirror's entry is gone; the holding node deletes it as here when the
+/// message arrives.
 pub async fn delete<S: Shard>(sh: &S, id: String) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let here = delete_here(sh, id.clone()).await?;
+    if !matches!(&here, Outcome::Static(b) if *b == NOT_FOUND_BODY.as_bytes()) {
+        return Ok(here);
+    }
+    match crate::registry::mirror::drop_elsewhere(sh, &id).await {
+        Some(node) => {
+            tracing::info!(agent = %id, %node, "agent deleted at the node that holds it");
+            Ok(Outcome::Static(OK_BODY.as_bytes()))
+        }
+        None => Ok(here),
+    }
+}
+
+/// [`delete`] at this node only; also the delete another node asks for (an operator's
+/// `DELETE` there of an agent held here, `registry::mirror::MSG_DELETE`).
+pub async fn delete_here<S: Shard>(sh: &S, id: String) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
 {

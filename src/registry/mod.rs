@@ -16,6 +16,7 @@
 mod agents;
 pub mod api;
 mod health;
+pub mod mirror;
 pub mod ops;
 pub mod query;
 pub mod records;
@@ -27,7 +28,8 @@ pub use topology::{topology, topology_body, MeshEdge, Topology, TopologyNode};
 pub use agents::{
     agent_bytes, default_port, AgentBudgetConfig, AgentCapabilities, AgentInfo, AgentRecord,
     AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, BindingChange, DeleteStart, Heartbeat,
-    SortedAgent, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+    MirrorNotes, MirrorWrite, SortedAgent, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+    HEARTBEAT_WRITE_INTERVAL, NOTED_AGENTS_MAX,
 };
 pub use health::{Health, HEALTH_CHECK_INTERVAL, OFFLINE_AFTER, STALE_AFTER};
 

@@ -1,7 +1,18 @@
 //! A shard's side of the cluster (`--cluster`, issue 25): its link to Redis, the task
-//! that takes what the link thread hands it (messages for the peers this shard owns, the
-//! link going down and up, nodes whose lease ran out), and its signaling directory task.
-//! The services' parts are theirs (`signaling::remote`); this names them.
+//! that takes what the link thread hands it (messages for the keys this shard owns, the
+//! link going down and up, nodes whose lease ran out), its signaling directory task and
+//! its registry mirror task. The services' parts are theirs (`signaling::remote`,
+//! `registry::mirror`); this names them.
+//!
+//! Messages between nodes carry their kind in the body's first byte, one set of bytes
+//! for every service, dispatched here ([`service_of`]):
+//!
+//! | Byte | Service | Meaning |
+//! |---|---|---|
+//! | `r` | signaling | a relay to a peer of this node |
+//! | `k` | signaling | the peer connected to another node: close it here (4000) |
+//! | `m` | registry | the agent moved to another node: drop it here |
+//! | `d` | registry | an operator deleted the agent at another node: delete it here |
 
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -9,6 +20,7 @@ use std::sync::{Arc, OnceLock};
 use chatixia_cluster::{Inbound, LinkParts, ShardLink};
 
 use super::ShardCtx;
+use crate::registry::mirror;
 use crate::signaling::remote;
 
 /// The node's link thread, as the shards see it (health for `/readyz`, counters for
@@ -59,10 +71,33 @@ pub fn link(
     Ok((link, waiter))
 }
 
+/// The service a message from another node is for, by its kind (the body's first byte;
+/// see the module docs).
+#[derive(Debug, PartialEq, Eq)]
+enum Service {
+    Signaling,
+    Registry,
+}
+
+/// The kinds each service reads (every byte once).
+const KINDS: [(u8, Service); 5] = [
+    (remote::MSG_RELAY, Service::Signaling),
+    (remote::MSG_REPLACED, Service::Signaling),
+    (remote::MSG_REVOKED, Service::Signaling),
+    (mirror::MSG_MOVED, Service::Registry),
+    (mirror::MSG_DELETE, Service::Registry),
+];
+
+fn service_of(body: &[u8]) -> Option<&'static Service> {
+    let kind = *body.first()?;
+    KINDS.iter().find(|(k, _)| *k == kind).map(|(_, s)| s)
+}
+
 /// Starts the shard's cluster tasks: the doorbell (replies, inbound messages, the link's
-/// state) and the signaling directory.
+/// state), the signaling directory and the registry mirror.
 pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
     ctx.state.ws.enable_outbox();
+    ctx.state.agents.borrow_mut().enable_mirror();
     let c = ctx.clone();
     monoio::spawn(async move {
         loop {
@@ -76,49 +111,85 @@ pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
     });
     let c = ctx.clone();
     monoio::spawn(async move { remote::run(c).await });
+    let c = ctx.clone();
+    monoio::spawn(async move { mirror::run(c).await });
 }
 
-/// Takes what the link thread published for this shard.
-fn take(ctx: &Rc<ShardCtx>) {
-    let Some(link) = &ctx.cluster else { return };
-    link.on_doorbell(|ev| match ev {
-        Inbound::Message { route_key, body } => {
+/// A message from another node for a key this shard owns, given to its service.
+fn on_message(ctx: &Rc<ShardCtx>, route_key: &[u8], body: &[u8]) {
+    let ok = match service_of(body) {
+        Some(Service::Signaling) => {
             let here = remote::Here {
                 ws: &ctx.state.ws,
                 authz: &ctx.state.authz,
                 api_keys: &ctx.config.auth.api_keys,
                 now: ctx.now(),
             };
-            let done = remote::on_message(&here, &route_key, &body);
+            let done = remote::on_message(&here, route_key, body);
             if done == Ok(remote::Done::Revoked) && ctx.config.turn_server.is_some() {
                 let c = ctx.clone();
-                let peer = String::from_utf8_lossy(&route_key).into_owned();
+                let peer = String::from_utf8_lossy(route_key).into_owned();
                 monoio::spawn(async move { crate::server::turn::revoke(&c, &peer).await });
             }
-            if done.is_err() {
-                tracing::debug!(
-                    len = body.len(),
-                    "malformed message from another node dropped"
-                );
-                ctx.cluster_malformed.set(ctx.cluster_malformed.get() + 1);
-            }
+            done.is_ok()
         }
+        Some(Service::Registry) => match mirror::on_message(route_key, body) {
+            Ok(mirror::Inbound::Moved(id)) => {
+                if ctx.state.agents.borrow_mut().drop_moved(&id) {
+                    tracing::debug!(agent = %id, "agent moved to another node");
+                    ctx.state
+                        .changes
+                        .borrow_mut()
+                        .push(crate::shard::Topic::Agent, &id);
+                }
+                true
+            }
+            Ok(mirror::Inbound::Delete(id)) => {
+                let c = ctx.clone();
+                monoio::spawn(async move {
+                    if let Err(e) = crate::registry::api::delete_here(&*c, id.clone()).await {
+                        tracing::warn!(agent = %id, error = ?e, "a delete asked by another node failed");
+                    }
+                });
+                true
+            }
+            Err(_) => false,
+        },
+        None => false,
+    };
+    if !ok {
+        tracing::debug!(
+            len = body.len(),
+            "malformed message from another node dropped"
+        );
+        ctx.cluster_malformed.set(ctx.cluster_malformed.get() + 1);
+    }
+}
+
+/// Takes what the link thread published for this shard.
+fn take(ctx: &Rc<ShardCtx>) {
+    let Some(link) = &ctx.cluster else { return };
+    link.on_doorbell(|ev| match ev {
+        Inbound::Message { route_key, body } => on_message(ctx, &route_key, &body),
         Inbound::Up { generation } => {
             tracing::info!(
                 shard = ctx.shard.id(),
                 generation,
-                "cluster link up: asserting this shard's peers"
+                "cluster link up: asserting this shard's peers and agents"
             );
             remote::on_up(&ctx.state.ws);
+            mirror::on_up(&ctx.state.agents);
         }
         Inbound::Down { reason } => {
             tracing::debug!(shard = ctx.shard.id(), %reason, "cluster link down");
             remote::on_down(&ctx.state.ws);
+            mirror::on_down(&ctx.state.agents);
         }
         Inbound::Members { live, gone } => {
             tracing::debug!(shard = ctx.shard.id(), ?live, ?gone, "cluster members");
             // One shard of each node removes what gone nodes held.
             if ctx.shard.id() == 0 && !gone.is_empty() {
+                mirror::forget_nodes(link, &gone);
                 remote::forget_nodes(link, &gone);
             }
         }
@@ -231,4 +302,24 @@ pub fn render_metrics(node: &str, s: &chatixia_cluster::Stats, malformed: u64) -
     );
     let _ = writeln!(out, "{name}_count{{node=\"{node}\"}} {}", s.round_trips);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_message_kind_belongs_to_one_service() {
+        for (i, (k, _)) in KINDS.iter().enumerate() {
+            assert!(
+                KINDS[i + 1..].iter().all(|(o, _)| o != k),
+                "kind {:?} used twice",
+                *k as char
+            );
+        }
+        assert_eq!(service_of(b"r\x00"), Some(&Service::Signaling));
+        assert_eq!(service_of(b"m"), Some(&Service::Registry));
+        assert_eq!(service_of(b"?"), None);
+        assert_eq!(service_of(b""), None);
+    }
 }

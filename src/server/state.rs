@@ -158,3 +158,11 @@ impl Owns<RefCell<PeerAuthz>> for ShardState {
         &self.authz
     }
 }
+
+// The registry's mirror task (`registry::mirror::run`) reads the agent store without a
+// message.
+impl Owns<RefCell<AgentStore>> for ShardState {
+    fn owned(&self) -> &RefCell<AgentStore> {
+        &self.agents
+    }
+}

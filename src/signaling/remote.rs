@@ -169,12 +169,11 @@ fn nodes_key(prefix: &str) -> Vec<u8> {
     [prefix.as_bytes(), b"nodes"].concat()
 }
 
-/// Message kinds on a node's channel (the body's first byte). Every service's kinds are
-/// listed here, the one place that reads a node's channel (`server::cluster` hands each
-/// message to this module first).
-const MSG_RELAY: u8 = b'r';
-const MSG_REPLACED: u8 = b'k';
-const MSG_REVOKED: u8 = b'v';
+/// Message kinds on a node's channel (the body's first byte; every service's kinds are
+/// listed in `server::cluster`).
+pub const MSG_RELAY: u8 = b'r';
+pub const MSG_REPLACED: u8 = b'k';
+pub const MSG_REVOKED: u8 = b'v';
 
 /// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
 /// route key being the peer (the receiving node hands it to the peer's owner shard).

@@ -13,9 +13,14 @@ use common::ws::{self, connect, recv, recv_close, send, Ws};
 use common::{Opts, Server};
 use serde_json::{json, Value};
 
-/// One API key per peer (and the mesh it is in), the same file on every node.
+/// One API key per peer (and the mesh it is in), and the operator's (`ak_test_admin`),
+/// the same file on every node.
 fn keys(peers: &[(&str, Option<&str>)]) -> String {
     let mut keys = serde_json::Map::new();
+    keys.insert(
+        "ak_test_admin".into(),
+        json!({"peer_id": "admin-1", "role": "admin"}),
+    );
     for (p, mesh) in peers {
         let mut e = json!({"peer_id": p, "role": "agent"});
         if let Some(m) = mesh {
@@ -506,4 +511,225 @@ fn the_dashboard_names_the_node_and_the_live_nodes() {
         .json()
         .get("cluster")
         .is_none());
+}
+
+// The agent registry across nodes (registry::mirror).
+
+fn agent(id: &str, host: &str) -> Value {
+    json!({
+        "agent_id": id, "hostname": host, "ip": "10.0.0.1", "port": 9000,
+        "sidecar_peer_id": format!("sc-{id}"),
+        "capabilities": {"skills": ["web"], "mcp_servers": ["fs"], "goals_count": 2, "mode": "m"},
+        "status": "ready", "mode": "auto"
+    })
+}
+
+fn register(srv: &Server, id: &str, host: &str) {
+    let r = srv.post_json("/api/registry/agents", &agent(id, host));
+    assert_eq!((r.status, r.text()), (200, r#"{"status":"ok"}"#.into()));
+}
+
+fn heartbeat(srv: &Server, id: &str, host: &str) {
+    let r = srv.post_json(
+        "/api/hub/heartbeat",
+        &json!({"agent_id": id, "hostname": host, "skill_names": ["web"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// `GET /api/registry/agents` at `srv`: 200, the records.
+fn agents(srv: &Server) -> Vec<Value> {
+    let r = srv.get("/api/registry/agents");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().as_array().unwrap().clone()
+}
+
+fn ids(list: &[Value]) -> Vec<String> {
+    list.iter()
+        .map(|a| a["agent_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Lists at `srv` until `ok` holds of the list, for at most `within`; the list.
+fn agents_until(
+    srv: &Server,
+    within: Duration,
+    what: &str,
+    ok: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = agents(srv);
+        if ok(&list) {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the list stayed {:?}",
+            ids(&list)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn listed(want: &'static [&'static str]) -> impl Fn(&[Value]) -> bool {
+    move |l: &[Value]| ids(l) == want
+}
+
+#[test]
+fn an_agent_registered_at_one_node_is_listed_at_the_others_and_moves_with_its_heartbeats() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 2, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let n3 = node(&redis, "n3", 1, &k, "10");
+    register(&n1, "ag1", "one.local");
+    register(&n2, "ag0", "zero.local");
+    let w = Duration::from_secs(10);
+    // Every node lists both, with the same records as the holding node.
+    let at1 = agents_until(&n1, w, "n1", listed(&["ag0", "ag1"]));
+    let at2 = agents_until(&n2, w, "n2", listed(&["ag0", "ag1"]));
+    let at3 = agents_until(&n3, w, "n3", listed(&["ag0", "ag1"]));
+    assert_eq!(at1, at2);
+    assert_eq!(at1, at3);
+    assert_eq!(at3[1]["hostname"], "one.local");
+    // One agent (sorted keys, as at its node) at any node.
+    let one = n1.get("/api/registry/agents/ag1").text();
+    assert_eq!(n3.get("/api/registry/agents/ag1").text(), one);
+    assert_eq!(
+        n3.get("/api/registry/agents/nope").text(),
+        r#"{"error":"not found"}"#
+    );
+    // Paging spans the nodes.
+    let p1 = n3.get("/api/registry/agents?limit=1");
+    assert_eq!(ids(p1.json().as_array().unwrap()), ["ag0"]);
+    let cursor = p1
+        .header("x-next-cursor")
+        .expect("a next cursor")
+        .to_string();
+    let p2 = n3.get(&format!("/api/registry/agents?limit=1&cursor={cursor}"));
+    assert_eq!(ids(p2.json().as_array().unwrap()), ["ag1"]);
+    assert_eq!(p2.header("x-next-cursor"), None);
+    // Steady heartbeats at its node are not a write each.
+    let before = redis.calls("hset");
+    for _ in 0..20 {
+        heartbeat(&n1, "ag1", "one.local");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let writes = redis.calls("hset") - before;
+    assert!(
+        writes <= 2,
+        "{writes} mirror writes for 20 steady heartbeats"
+    );
+    // A heartbeat at n2 moves it there: listed once everywhere, as n2 holds it (n1's
+    // copy dropped, so n1 lists it from the mirror).
+    heartbeat(&n2, "ag1", "moved.local");
+    for n in [&n1, &n2, &n3] {
+        agents_until(n, w, "after the move", |l| {
+            ids(l) == ["ag0", "ag1"] && l[1]["hostname"] == "moved.local"
+        });
+    }
+    assert_eq!(
+        n1.get("/api/registry/agents/ag1").json()["hostname"],
+        "moved.local"
+    );
+    assert_eq!(
+        redis.cmd(&["SISMEMBER", "chx:na:n1", "ag1"]),
+        redis::Reply::Int(0)
+    );
+    // An operator's delete at a node that does not hold it: the holding node deletes it.
+    let d = n3.admin_req("DELETE", "/api/registry/agents/ag1");
+    assert_eq!((d.status, d.text()), (200, r#"{"status":"ok"}"#.into()));
+    for n in [&n1, &n2, &n3] {
+        agents_until(n, w, "after the delete", listed(&["ag0"]));
+    }
+    assert_eq!(
+        n2.get("/api/registry/agents/ag1").text(),
+        r#"{"error":"not found"}"#
+    );
+    let d = n3.admin_req("DELETE", "/api/registry/agents/ag1");
+    assert_eq!(
+        (d.status, d.text()),
+        (200, r#"{"error":"not found"}"#.into())
+    );
+    // A delete at its node is a delete everywhere too.
+    let d = n2.admin_req("DELETE", "/api/registry/agents/ag0");
+    assert_eq!(d.text(), r#"{"status":"ok"}"#);
+    for n in [&n1, &n3] {
+        agents_until(n, w, "after the local delete", listed(&[]));
+    }
+    assert_eq!(redis.cmd(&["HLEN", "chx:agents"]), redis::Reply::Int(0));
+}
+
+#[test]
+fn a_killed_nodes_agents_leave_the_other_lists_within_its_lease() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "2");
+    let mut n2 = node(&redis, "n2", 1, &k, "2");
+    register(&n1, "a1", "one");
+    register(&n2, "a2", "two");
+    agents_until(&n1, Duration::from_secs(10), "n1", listed(&["a1", "a2"]));
+    n2.child.kill().unwrap();
+    n2.child.wait().unwrap();
+    agents_until(
+        &n1,
+        Duration::from_secs(8),
+        "after kill -9",
+        listed(&["a1"]),
+    );
+    // Its entries are removed from Redis too.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cmd(&["HEXISTS", "chx:agents", "a2"]) != redis::Reply::Int(0) {
+        assert!(Instant::now() < deadline, "a2's entry stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(redis.cmd(&["EXISTS", "chx:na:n2"]), redis::Reply::Int(0));
+}
+
+#[test]
+fn without_redis_the_lists_hold_the_nodes_own_agents_and_a_restart_asserts_them_again() {
+    let Some(mut redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 2, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    register(&n1, "a1", "one");
+    register(&n1, "a3", "three");
+    register(&n2, "a2", "two");
+    let w = Duration::from_secs(10);
+    agents_until(&n2, w, "n2", listed(&["a1", "a2", "a3"]));
+    redis.kill();
+    // 200 with this node's agents (a get of another node's agent: not found).
+    agents_until(&n1, w, "n1 without Redis", listed(&["a1", "a3"]));
+    agents_until(&n2, w, "n2 without Redis", listed(&["a2"]));
+    assert_eq!(
+        n2.get("/api/registry/agents/a1").text(),
+        r#"{"error":"not found"}"#
+    );
+    // Redis is back (empty): each node writes its agents again.
+    redis.restart();
+    wait_ready(&n1);
+    wait_ready(&n2);
+    agents_until(
+        &n2,
+        Duration::from_secs(15),
+        "n2 after the restart",
+        listed(&["a1", "a2", "a3"]),
+    );
+    agents_until(
+        &n1,
+        Duration::from_secs(15),
+        "n1 after the restart",
+        listed(&["a1", "a2", "a3"]),
+    );
+    assert_eq!(
+        n2.get("/api/registry/agents/a3").json()["hostname"],
+        "three"
+    );
 }

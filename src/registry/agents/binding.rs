@@ -392,6 +392,29 @@ mod tests {
     /// checked against it; its holder takes its record back without a save; it counts
     /// against `agents_max`; a delete removes it.
     #[test]
+    fn an_agent_that_moved_to_another_node_keeps_its_binding_here() {
+        let mut s = AgentStore::new(AgentStoreConfig::default());
+        s.enable_mirror();
+        up(&mut s, "alpha", &anon("10.0.0.1")).unwrap();
+        assert!(s.drop_moved("alpha"));
+        assert!(s.get("alpha").is_none());
+        assert_eq!(s.loaded_bindings(), 1);
+        // Another client may not take the id here; its holder may.
+        refused(beat(&mut s, "alpha", &anon("10.6.6.6")));
+        beat(&mut s, "alpha", &anon("10.0.0.1")).unwrap();
+        assert_eq!((s.len(), s.loaded_bindings()), (1, 0));
+        // Not dropped while a change of its binding is being saved.
+        let change = s
+            .upsert_as(info("alpha"), &key("alpha-sidecar", "10.0.0.1"), T0)
+            .unwrap()
+            .unwrap();
+        assert!(!s.drop_moved("alpha"));
+        s.binding_saved(&change.agent_id);
+        assert!(s.drop_moved("alpha"));
+        assert!(!s.drop_moved("alpha"), "no longer here");
+    }
+
+    #[test]
     fn loaded_bindings_hold_an_agent_until_it_comes_back_or_is_deleted() {
         let mut s = AgentStore::new(AgentStoreConfig { agents_max: 3 });
         s.load_binding("alpha".into(), Owner::Peer("alpha-sidecar".into()));

@@ -1,0 +1,523 @@
+//! The agent registry across the nodes of a cluster (`--cluster`, issue 25;
+//! docs/ARCHITECTURE.md, "Cluster"). An agent is held by one node: the one it registers
+//! and heartbeats with (its owner shard there, as on a node alone). That node mirrors the
+//! agent's public record into Redis; the other nodes list it from there.
+//!
+//! * **The mirror**: one hash, `{prefix}agents`, agent id → `NODE "\n" RECORD`, where
+//!   RECORD is exactly the JSON `GET /api/registry/agents` shows for the agent, and per
+//!   node the set of agent ids it wrote (`{prefix}na:{node}`), so that its entries can be
+//!   removed when its lease runs out ([`CLEANUP`]). The agent store notes, sans-IO, which
+//!   agents changed ([`MirrorNotes`](crate::registry::MirrorNotes), kept by the store when the shard is in a cluster); the
+//!   shard's mirror task ([`run`]) writes them as scripts ([`PUT`], [`DEL`]). A steady
+//!   heartbeat changes only `last_heartbeat`: it is written at most once per
+//!   [`HEARTBEAT_WRITE_INTERVAL`](crate::registry::HEARTBEAT_WRITE_INTERVAL) per agent; any other change (a field, the health) is
+//!   written at once.
+//! * **Moves**: an agent that registers or heartbeats at another node is created there
+//!   as on a node alone; that node's write replaces the mirror's entry and tells the
+//!   node named before ([`MSG_MOVED`]), which drops its own copy (memory only: its
+//!   durable binding stays, as on a node alone after a restart).
+//! * **Reads**: `GET /api/registry/agents` (and `/{id}`) at any node answer this node's
+//!   agents and the mirror's entries of the other live nodes ([`AGENTS`], [`AGENT`]: the
+//!   nodes' leases checked on Redis's clock, as signaling's `PEERS`). An agent this node
+//!   holds is answered from here, never twice.
+//! * **Operator deletes**: `DELETE /api/registry/agents/{id}` at a node that does not hold
+//!   the agent removes the mirror's entry and tells the holding node ([`MSG_DELETE`]),
+//!   which deletes the agent as its own `DELETE` would ([`DROP`]).
+//! * **Faults**: while the link is down the lists hold this node's agents only, and the
+//!   changes wait; when it is back the link has removed this node's entries (connect
+//!   scripts) and every shard writes all its agents again ([`MirrorNotes`](crate::registry::MirrorNotes)). Such a
+//!   write does not take an agent from another live node: the agent moved while this
+//!   node was cut off, and this node drops its copy.
+//!
+//! The scripts name keys they are not passed (another node's set, the leases): a single
+//! Redis (or a Sentinel-managed primary), not Redis Cluster.
+
+use std::future::poll_fn;
+use std::task::Poll;
+use std::time::Duration;
+
+use chatixia_cluster::{Refused, Script, ShardLink, Value};
+
+use crate::registry::MirrorWrite as Write;
+use crate::shard::{Owns, Shard};
+
+/// Writes (or takes over) an agent's entry: `KEYS[1]` the mirror hash, `KEYS[2]` this
+/// node's set of agents, `KEYS[3]` the nodes' leases; `ARGV` agent id, this node, the
+/// record's JSON, the channel prefix, the framed "moved" message, `1` when the agent
+/// itself came to this node (a register or heartbeat) or `0` (a health change, a write
+/// again after a reconnect), the prefix of the nodes' agent sets. A `0` write does not
+/// take the agent from another live node: it tells this node to drop its copy instead.
+/// 1 when written.
+pub const PUT: Script = Script {
+    name: "chx_agent_put",
+    source: r#"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+local n = old and string.match(old, '^([^\n]*)\n')
+if n and n ~= ARGV[2] then
+  if ARGV[6] ~= '1' then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local score = redis.call('ZSCORE', KEYS[3], n)
+    if score and tonumber(score) >= now then
+      redis.call('SPUBLISH', ARGV[4] .. ARGV[2], ARGV[5])
+      return 0
+    end
+  end
+  redis.call('SPUBLISH', ARGV[4] .. n, ARGV[5])
+  redis.call('SREM', ARGV[7] .. n, ARGV[1])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\n' .. ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"#,
+};
+
+/// Removes an agent's entry while it names this node: `KEYS[1]` the mirror hash,
+/// `KEYS[2]` this node's set; `ARGV` agent id, this node.
+pub const DEL: Script = Script {
+    name: "chx_agent_del",
+    source: r#"
+redis.call('SREM', KEYS[2], ARGV[1])
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and string.sub(old, 1, #ARGV[2] + 1) == ARGV[2] .. '\n' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#,
+};
+
+/// Removes every entry naming a node: `KEYS[1]` its set of agents, `KEYS[2]` the mirror
+/// hash; `ARGV[1]` the node. Run where signaling's `CLEANUP` is: by the node on every
+/// connect and at a graceful stop, by the others when its lease ran out.
+pub const CLEANUP: Script = Script {
+    name: "chx_agent_cleanup",
+    source: r#"
+local n = 0
+local p = ARGV[1] .. '\n'
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local v = redis.call('HGET', KEYS[2], id)
+  if v and string.sub(v, 1, #p) == p then
+    redis.call('HDEL', KEYS[2], id)
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
+"#,
+};
+
+/// The records of the agents the other live nodes hold: `KEYS[1]` the mirror hash,
+/// `KEYS[2]` the leases; `ARGV[1]` this node. Liveness as signaling's `PEERS` (the
+/// lease on Redis's clock, as of this call). An array of the records' JSON.
+pub const AGENTS: Script = Script {
+    name: "chx_agents",
+    source: r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+local out = {}
+for i = 2, #all, 2 do
+  local v = all[i]
+  local n = string.match(v, '^([^\n]*)\n')
+  if n and n ~= ARGV[1] then
+    local ok = live[n]
+    if ok == nil then
+      local score = redis.call('ZSCORE', KEYS[2], n)
+      ok = (score and tonumber(score) >= now) or false
+      live[n] = ok
+    end
+    if ok then out[#out + 1] = string.sub(v, #n + 2) end
+  end
+end
+return out
+"#,
+};
+
+/// One agent's record when another live node holds it: `KEYS` as [`AGENTS`]; `ARGV`
+/// agent id, this node. The JSON or nil.
+pub const AGENT: Script = Script {
+    name: "chx_agent",
+    source: r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local n = string.match(v, '^([^\n]*)\n')
+if not n or n == ARGV[2] then return false end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[2], n)
+if score and tonumber(score) >= now then return string.sub(v, #n + 2) end
+return false
+"#,
+};
+
+/// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash;
+/// `ARGV` agent id, this node, the channel prefix, the framed "delete" message, the
+/// prefix of the nodes' agent sets. Removes the entry and tells its node; the node's
+/// name, or nil when no other node held it.
+pub const DROP: Script = Script {
+    name: "chx_agent_drop",
+    source: r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return false end
+local n = string.match(v, '^([^\n]*)\n')
+if not n or n == ARGV[2] then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', ARGV[5] .. n, ARGV[1])
+redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
+return n
+"#,
+};
+
+/// The scripts the registry runs (loaded by the link on every connect).
+pub fn scripts() -> Vec<Script> {
+    vec![PUT, DEL, CLEANUP, AGENTS, AGENT, DROP]
+}
+
+/// What a node runs on every connect (before its shards write their agents again) and
+/// at a graceful stop: its entries go ([`CLEANUP`]). `(script, keys, args)`.
+pub fn on_connect(prefix: &str, node: &str) -> (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    (
+        CLEANUP.name,
+        vec![node_agents_key(prefix, node), agents_key(prefix)],
+        vec![node.as_bytes().to_vec()],
+    )
+}
+
+/// Nodes whose lease ran out: their mirror entries go (the lease entry itself is
+/// removed by signaling's `forget_nodes`).
+pub fn forget_nodes(link: &ShardLink, gone: &[String]) {
+    let prefix = link.prefix().to_string();
+    for node in gone {
+        let (script, keys, args) = on_connect(&prefix, node);
+        if let Err(e) = link.eval_nowait(script, keys, args) {
+            tracing::debug!(node = %node, error = ?e, "gone node's agents not removed now");
+        }
+    }
+}
+
+/// The mirror hash.
+fn agents_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"agents"].concat()
+}
+
+/// The prefix of the nodes' sets of agents.
+fn node_agents_prefix(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"na:"].concat()
+}
+
+/// The set of agent ids a node wrote.
+fn node_agents_key(prefix: &str, node: &str) -> Vec<u8> {
+    [&node_agents_prefix(prefix)[..], node.as_bytes()].concat()
+}
+
+/// The prefix of the nodes' channels (`{prefix}n:{node}`, the link's).
+fn channel_prefix(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"n:"].concat()
+}
+
+/// The sorted set of the nodes' leases (the link's).
+fn nodes_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"nodes"].concat()
+}
+
+/// Message kinds on a node's channel (the body's first byte; every service's kinds are
+/// listed in `server::cluster`): the agent (the route key) moved to another node, drop
+/// this node's copy; an operator deleted the agent at another node, delete it here.
+pub const MSG_MOVED: u8 = b'm';
+pub const MSG_DELETE: u8 = b'd';
+
+/// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
+/// route key being the agent (the receiving node hands it to the agent's owner shard).
+fn framed(route_key: &[u8], kind: u8) -> Vec<u8> {
+    let len = u16::try_from(route_key.len()).unwrap_or(u16::MAX);
+    let key = &route_key[..usize::from(len)];
+    let mut v = Vec::with_capacity(3 + key.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(key);
+    v.push(kind);
+    v
+}
+
+/// The link is up again (a new generation): the link removed this node's entries on
+/// connect; this shard writes all its agents again.
+pub fn on_up(store: &std::cell::RefCell<crate::registry::AgentStore>) {
+    if let Some(m) = store.borrow_mut().mirror_mut() {
+        m.ask_resync();
+    }
+}
+
+/// The link is down: what is noted is written again (all of it) once it is back.
+pub fn on_down(store: &std::cell::RefCell<crate::registry::AgentStore>) {
+    if let Some(m) = store.borrow_mut().mirror_mut() {
+        m.resync = true;
+    }
+}
+
+/// Why an inbound message was not understood (a bug or another version: logged, dropped).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+/// What a message from another node asks of the agent's owner shard here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// The agent moved to another node: drop this node's copy
+    /// ([`AgentStore::drop_moved`](crate::registry::AgentStore::drop_moved)).
+    Moved(String),
+    /// An operator deleted the agent at another node: delete it as
+    /// `DELETE /api/registry/agents/{id}` does (`registry::api::delete`).
+    Delete(String),
+}
+
+/// Reads a message this node's channel delivered for agent `route_key`.
+pub fn on_message(route_key: &[u8], body: &[u8]) -> Result<Inbound, Malformed> {
+    let id = std::str::from_utf8(route_key).map_err(|_| Malformed)?;
+    match body {
+        [MSG_MOVED] => Ok(Inbound::Moved(id.to_owned())),
+        [MSG_DELETE] => Ok(Inbound::Delete(id.to_owned())),
+        _ => Err(Malformed),
+    }
+}
+
+/// The records (the list's JSON, with their ids) of the agents the other live nodes
+/// hold: one script ([`AGENTS`]). Empty on a node alone and while the link is down (the
+/// list then holds this node's agents only).
+pub async fn elsewhere<S: Shard>(sh: &S) -> Vec<(String, Vec<u8>)> {
+    let Some(link) = sh.cluster() else {
+        return Vec::new();
+    };
+    let reply = match link.eval(
+        AGENTS.name,
+        vec![agents_key(link.prefix()), nodes_key(link.prefix())],
+        vec![link.node_id().as_bytes().to_vec()],
+    ) {
+        Ok(r) => r.await,
+        Err(e) => {
+            tracing::debug!(error = ?e, "agent list without the other nodes");
+            return Vec::new();
+        }
+    };
+    let items = match reply {
+        Ok(Value::Array(items)) => items,
+        other => {
+            tracing::debug!(reply = ?other, "agent list without the other nodes");
+            return Vec::new();
+        }
+    };
+    items
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Bulk(json) => Some((id_of(&json)?, json)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The record (the list's JSON) of agent `id` when another live node holds it
+/// ([`AGENT`]); `None` on a node alone and while the link is down.
+pub async fn one_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<Vec<u8>> {
+    let link = sh.cluster()?;
+    let reply = link
+        .eval(
+            AGENT.name,
+            vec![agents_key(link.prefix()), nodes_key(link.prefix())],
+            vec![id.as_bytes().to_vec(), link.node_id().as_bytes().to_vec()],
+        )
+        .ok()?
+        .await;
+    match reply {
+        Ok(Value::Bulk(json)) if id_of(&json).is_some() => Some(json),
+        _ => None,
+    }
+}
+
+/// An operator's delete of agent `id`, which no shard here holds: removes the mirror's
+/// entry and tells the node that holds it ([`DROP`]). That node's name, or `None` (no
+/// other node holds it, a node alone, the link down).
+pub async fn drop_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<String> {
+    let link = sh.cluster()?;
+    let prefix = link.prefix();
+    let reply = link
+        .eval(
+            DROP.name,
+            vec![agents_key(prefix)],
+            vec![
+                id.as_bytes().to_vec(),
+                link.node_id().as_bytes().to_vec(),
+                channel_prefix(prefix),
+                framed(id.as_bytes(), MSG_DELETE),
+                node_agents_prefix(prefix),
+            ],
+        )
+        .ok()?
+        .await;
+    match reply {
+        Ok(Value::Bulk(node)) => String::from_utf8(node).ok(),
+        _ => None,
+    }
+}
+
+/// The agent id of a mirrored record (`None`: not a record; dropped).
+fn id_of(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        agent_id: String,
+    }
+    serde_json::from_slice::<Id>(json).ok().map(|i| i.agent_id)
+}
+
+/// How long the mirror task waits before trying again when the link's queue for this
+/// shard is full (`Refused::Busy`): a turn of the link's pipeline.
+const LINK_BUSY_RETRY: Duration = Duration::from_millis(1);
+
+/// The shard's mirror task (in a cluster): writes what the agent store noted, and all
+/// its agents again after the link came back. Runs until the shard stops.
+pub async fn run<S>(sh: std::rc::Rc<S>)
+where
+    S: Shard + Owns<std::cell::RefCell<crate::registry::AgentStore>> + 'static,
+{
+    let store: &std::cell::RefCell<crate::registry::AgentStore> = sh.owned();
+    loop {
+        // Wait for notes, and for the link to be up.
+        poll_fn(|cx| {
+            let mut st = store.borrow_mut();
+            let Some(m) = st.mirror_mut() else {
+                return Poll::Pending;
+            };
+            let up = sh.cluster().is_some_and(ShardLink::is_up);
+            if !m.is_pending() || !up {
+                m.set_waker(cx.waker());
+                return Poll::Pending;
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let Some(link) = sh.cluster() else { return };
+        let lost = store
+            .borrow_mut()
+            .mirror_mut()
+            .is_some_and(|m| std::mem::take(&mut m.lost));
+        if lost {
+            remove_stale(&*sh, store, link).await;
+        }
+        let writes = store.borrow_mut().mirror_writes(sh.now());
+        send(&*sh, store, link, writes).await;
+    }
+}
+
+/// After a refused note: the entries of this node's set that this shard owns and no
+/// longer holds are removed.
+async fn remove_stale<S: Shard>(
+    sh: &S,
+    store: &std::cell::RefCell<crate::registry::AgentStore>,
+    link: &ShardLink,
+) {
+    let key = node_agents_key(link.prefix(), link.node_id());
+    let again = || {
+        if let Some(m) = store.borrow_mut().mirror_mut() {
+            m.lost = true;
+        }
+    };
+    let Ok(reply) = link.command(vec![b"SMEMBERS".to_vec(), key]) else {
+        return again();
+    };
+    let Ok(Value::Array(ids)) = reply.await else {
+        return again();
+    };
+    let stale: Vec<Write> = ids
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Bulk(id) => String::from_utf8(id).ok(),
+            _ => None,
+        })
+        .filter(|id| sh.shard_of(id.as_bytes()) == sh.id() && store.borrow().get(id).is_none())
+        .map(|id| Write::Del { id })
+        .collect();
+    send(sh, store, link, stale).await;
+}
+
+/// Sends `writes` through the link in order, waiting while its queue is full; when the
+/// link goes down, the rest is written again (all agents) once it is back.
+async fn send<S: Shard>(
+    sh: &S,
+    store: &std::cell::RefCell<crate::registry::AgentStore>,
+    link: &ShardLink,
+    writes: Vec<Write>,
+) {
+    let prefix = link.prefix();
+    let node = link.node_id();
+    let mut writes = std::collections::VecDeque::from(writes);
+    while let Some(w) = writes.pop_front() {
+        let sent = match &w {
+            Write::Put { id, json, came } => link.eval_nowait(
+                PUT.name,
+                vec![
+                    agents_key(prefix),
+                    node_agents_key(prefix, node),
+                    nodes_key(prefix),
+                ],
+                vec![
+                    id.as_bytes().to_vec(),
+                    node.as_bytes().to_vec(),
+                    json.clone(),
+                    channel_prefix(prefix),
+                    framed(id.as_bytes(), MSG_MOVED),
+                    if *came { b"1".to_vec() } else { b"0".to_vec() },
+                    node_agents_prefix(prefix),
+                ],
+            ),
+            Write::Del { id } => link.eval_nowait(
+                DEL.name,
+                vec![agents_key(prefix), node_agents_key(prefix, node)],
+                vec![id.as_bytes().to_vec(), node.as_bytes().to_vec()],
+            ),
+        };
+        match sent {
+            Ok(()) => {}
+            Err(Refused::Busy) => {
+                writes.push_front(w);
+                sh.sleep(LINK_BUSY_RETRY).await;
+            }
+            Err(Refused::Down(_) | Refused::Closed) => {
+                // Deletes not sent leave entries behind unless removed after the resync.
+                let dels = std::iter::once(&w)
+                    .chain(writes.iter())
+                    .any(|w| matches!(w, Write::Del { .. }));
+                if let Some(m) = store.borrow_mut().mirror_mut() {
+                    m.resync = true;
+                    m.lost |= dels;
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_their_framing() {
+        let f = framed(b"agent-1", MSG_MOVED);
+        assert_eq!(&f[..2], &7u16.to_be_bytes());
+        assert_eq!(&f[2..9], b"agent-1");
+        assert_eq!(
+            on_message(b"agent-1", &f[9..]),
+            Ok(Inbound::Moved("agent-1".into()))
+        );
+        assert_eq!(
+            on_message(b"a", &[MSG_DELETE]),
+            Ok(Inbound::Delete("a".into()))
+        );
+        assert_eq!(on_message(b"a", b"mx"), Err(Malformed));
+        assert_eq!(on_message(b"\xff", &[MSG_MOVED]), Err(Malformed));
+    }
+
+    #[test]
+    fn ids_come_from_the_records() {
+        assert_eq!(id_of(br#"{"agent_id":"a","x":1}"#).as_deref(), Some("a"));
+        assert_eq!(id_of(b"nope"), None);
+    }
+}
