@@ -22,7 +22,7 @@ use common::{Opts, Server, TempDir, Value};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// The section's text, from its heading to the next `## `.
-fn section() -> String {
+pub(crate) fn section() -> String {
     let readme =
         std::fs::read_to_string(common::python::repo_root().join("README.md")).expect("README.md");
     let start = readme
@@ -34,7 +34,7 @@ fn section() -> String {
 }
 
 /// The fenced code blocks of `text` as (language, body), indentation removed.
-fn code_blocks(text: &str) -> Vec<(String, String)> {
+pub(crate) fn code_blocks(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut cur: Option<(String, usize, String)> = None;
     for line in text.lines() {
