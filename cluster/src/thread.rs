@@ -95,11 +95,15 @@ impl Node {
                 "cluster: the lease and the probe interval must be positive".into(),
             ));
         }
-        if cfg.replicas_min > 0 && cfg.wait_timeout.as_millis() == 0 {
-            // `WAIT n 0` would block the command connection for good.
-            return Err(invalid(
-                "cluster: wait_timeout must be at least 1 ms when replicas_min > 0".into(),
-            ));
+        if cfg.replicas_min > 0
+            && (cfg.wait_timeout.as_millis() == 0 || cfg.wait_timeout * 3 >= cfg.lease * 2)
+        {
+            // `WAIT n 0` would block the command connection for good; a renewal written
+            // behind a WAIT (every third of the lease) must still land within the lease.
+            return Err(invalid(format!(
+                "cluster: wait_timeout ({:?}) must be at least 1 ms and under two thirds of the lease ({:?}) when replicas_min > 0",
+                cfg.wait_timeout, cfg.lease
+            )));
         }
         for (i, s) in scripts.iter().enumerate() {
             if scripts[..i].iter().any(|o| o.name == s.name) {
@@ -546,7 +550,14 @@ impl Link {
         if now >= up.probe_due {
             up.probe_due = now + self.cfg.probe_interval;
             let mut message = vec![0u8, 0u8];
-            message.extend_from_slice(&self.probe.send(now));
+            // A probe written behind a WAIT reaches Redis up to wait_timeout later: its
+            // clock starts then (a slow WAIT is not a silent subscription).
+            let at = if up.wait_outstanding {
+                now + self.cfg.wait_timeout
+            } else {
+                now
+            };
+            message.extend_from_slice(&self.probe.send(at));
             up.cmd
                 .queue(&[b"SPUBLISH".as_slice(), &self.channel, &message]);
             up.push(Origin::Probe, now);
