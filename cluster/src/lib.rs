@@ -36,6 +36,27 @@
 //! silently stops delivering is detected: the link publishes a probe to its own channel
 //! every `probe_interval`, and one not seen within `3 × probe_interval` reconnects.
 //!
+//! **Sentinel** (`redis+sentinel://S1,S2/MASTER`): before each connect the link asks the
+//! Sentinels in order (`SENTINEL get-master-addr-by-name`, each bounded by the connect
+//! and command timeouts) for the primary, connects both connections there and checks
+//! `ROLE` says `master` (a replica, or a primary just demoted, fails the connect: backoff
+//! and ask again). It also keeps a connection to the Sentinel that answered subscribed to
+//! `+switch-master`: when the Sentinels promote a replica the link reconnects at once
+//! instead of at its next backoff step. Worst case to follow a failover: Sentinel's
+//! `down-after-milliseconds` + its failover (promotion, about a second or two, plus up
+//! to 1 s of random delay before it starts) + one connect; without the watch (its
+//! Sentinel gone) + one backoff step (at most 5 s). Measured on loopback with
+//! down-after 1 s: the link is up on the promoted replica about 3.1 s after `kill -9` of
+//! the primary, within 5 ms of `+switch-master`.
+//!
+//! **Durable writes** ([`ShardLink::eval_durable`]): the script's reply resolves only once
+//! `WAIT replicas_min wait_timeout` (on the same connection, after it) reports that many
+//! replicas, else with a `NOREPLICAS …` error value. One `WAIT` is in flight at a time
+//! and covers every durable eval written before it; a `WAIT` holds the connection, so
+//! what is written behind it gets `wait_timeout` more before the command timeout or the
+//! probe declares the link dead, and `wait_timeout` must stay under two thirds of the
+//! lease.
+//!
 //! Nothing here knows chatixia: keys, scripts and message bodies are the services'.
 
 mod channel;

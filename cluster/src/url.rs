@@ -419,7 +419,7 @@ mod tests {
 
     #[test]
     fn bad_sentinel_urls_say_what_is_wrong() {
-        let nine = format!("redis+sentinel://{}/m", vec!["h"; 9].join(","));
+        let nine = format!("redis+sentinel://{}/m", ["h"; 9].join(","));
         let cases = [
             ("redis+sentinel://h:26379", "no master name"),
             ("redis+sentinel://h:26379/", "no master name"),

@@ -339,8 +339,7 @@ fn a_wait_timeout_that_would_outlast_the_lease_is_refused_at_start() {
     let bells: Vec<Arc<dyn chatixia_cluster::Doorbell>> = vec![Arc::new(NoBell)];
     let route: chatixia_cluster::Route = Arc::new(|_: &[u8]| 0);
     let e = chatixia_cluster::Node::start(cfg.clone(), vec![], bells.clone(), route.clone())
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(
         e.to_string().contains("under two thirds of the lease"),
         "{e}"
