@@ -249,7 +249,9 @@ impl Sentinel {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(_)) = child.try_wait() {
+                // Most likely the port was taken: try another.
                 let _ = std::fs::remove_file(&conf);
+                let _ = std::fs::remove_file(&log);
                 return None;
             }
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -265,6 +267,7 @@ impl Sentinel {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = std::fs::remove_file(&conf);
+                let _ = std::fs::remove_file(&log);
                 panic!("redis-sentinel on {port} not ready in 10 s:\n{text}");
             }
             std::thread::sleep(Duration::from_millis(20));
