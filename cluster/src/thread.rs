@@ -379,9 +379,11 @@ impl Link {
                 let ms = self.stop_within_ms.load(Ordering::SeqCst).max(1);
                 // Leave a tenth of `within` for the thread's own exit.
                 self.leaving = Some(now + Duration::from_millis(ms - ms / 10));
-                // What the shards submitted before the stop goes first, then the
-                // node's stop scripts, then the lease.
+                // What the shards submitted before the stop goes first (with the
+                // WAIT for its durable writes), then the node's stop scripts, then the
+                // lease.
                 self.drain_requests();
+                self.queue_wait(now);
                 if let Some(up) = &mut self.up {
                     for (name, keys, args) in &self.cfg.on_stop {
                         let Some(s) = self.scripts.iter().find(|s| s.name == *name) else {
