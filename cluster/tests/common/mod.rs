@@ -110,10 +110,17 @@ impl Redis {
             std::process::id()
         ));
         let _ = std::fs::remove_file(&log);
+        // A replica writes the primary's snapshot to its `dir` at a full sync: a temp
+        // file of its own, not the test's working directory.
+        let rdb = format!("chx-cluster-redis-{}-{port}.rdb", std::process::id());
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
             .args(["--logfile", log.to_str().unwrap()])
+            .args(["--dir", std::env::temp_dir().to_str().unwrap()])
+            .args(["--dbfilename", &rdb])
+            // A replica's full sync starts at once (the default waits 5 s for others).
+            .args(["--repl-diskless-sync-delay", "0"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -199,6 +206,8 @@ impl Drop for Redis {
         }
         self.kill();
         let _ = std::fs::remove_file(&self.log);
+        let rdb = format!("chx-cluster-redis-{}-{}.rdb", std::process::id(), self.port);
+        let _ = std::fs::remove_file(std::env::temp_dir().join(rdb));
     }
 }
 
