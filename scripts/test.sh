@@ -24,8 +24,9 @@ if ! command -v turnserver >/dev/null; then
   $SUDO apt-get install -y coturn || { $SUDO apt-get update && $SUDO apt-get install -y coturn; }
 fi
 # redis-server (7) for the cluster crate's tests (cluster/tests/link.rs starts its own on a free
-# port); redis-sentinel for the Sentinel tests of issue 25.
-if ! command -v redis-server >/dev/null; then
+# port); redis-sentinel for its Sentinel tests (cluster/tests/sentinel.rs). Either missing
+# installs both.
+if ! command -v redis-server >/dev/null || ! command -v redis-sentinel >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get install -y redis-server redis-sentinel || { $SUDO apt-get update && $SUDO apt-get install -y redis-server redis-sentinel; }
 fi

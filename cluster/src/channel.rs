@@ -27,6 +27,8 @@ pub(crate) enum What {
         script: usize,
         keys: Vec<Vec<u8>>,
         args: Vec<Vec<u8>>,
+        /// Its reply waits for `WAIT replicas_min` (when `replicas_min` > 0).
+        durable: bool,
     },
     /// `SPUBLISH channel message`, counted as a publish.
     Publish { channel: Vec<u8>, message: Vec<u8> },
@@ -71,6 +73,7 @@ pub(crate) struct Counters {
     pub(crate) nowait_errors: AtomicU64,
     pub(crate) lost: AtomicU64,
     pub(crate) control_dropped: AtomicU64,
+    pub(crate) unreplicated: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +104,7 @@ impl Counters {
             nowait_errors: r(&self.nowait_errors),
             lost: r(&self.lost),
             control_dropped: r(&self.control_dropped),
+            unreplicated: r(&self.unreplicated),
             up,
         }
     }

@@ -7,7 +7,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::resp::{decode_reply, encode_command};
-use crate::{RedisUrl, Value};
+use crate::Value;
 
 /// The most bytes of a reply not yet complete: a reply this large is a desync or a value
 /// no service of ours stores (Redis's own bound, `proto-max-bulk-len`, is 512 MiB); the
@@ -25,21 +25,22 @@ pub(crate) struct Conn {
     wstart: usize,
 }
 
-/// Opens a connection to `url` and runs `setup` (pipelined, in one write) on it, each
+/// Opens a connection to `host:port` and runs `setup` (pipelined, in one write) on it, each
 /// reply waited for within `command_timeout` of the write; returns the connection (now
 /// non-blocking) and the replies in order. An error reply is returned as a value: the
 /// caller judges it.
 pub(crate) fn open(
-    url: &RedisUrl,
+    host: &str,
+    port: u16,
     connect_timeout: Duration,
     command_timeout: Duration,
     setup: &[Vec<Vec<u8>>],
 ) -> Result<(Conn, Vec<Value>), String> {
-    let addrs: Vec<_> = (url.host.as_str(), url.port)
+    let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}:{}: {e}", url.host, url.port))?
+        .map_err(|e| format!("cannot resolve {host}:{port}: {e}"))?
         .collect();
-    let mut last = format!("{}:{} resolves to no address", url.host, url.port);
+    let mut last = format!("{host}:{port} resolves to no address");
     let mut stream = None;
     for a in addrs {
         match TcpStream::connect_timeout(&a, connect_timeout) {

@@ -132,6 +132,16 @@ impl ShardLink {
         keys: Vec<Vec<u8>>,
         args: Vec<Vec<u8>>,
     ) -> Result<Reply, Refused> {
+        self.eval_inner(script, keys, args, false)
+    }
+
+    fn eval_inner(
+        &self,
+        script: &str,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+        durable: bool,
+    ) -> Result<Reply, Refused> {
         let Some(index) = self.script(script) else {
             return self.resolved(Value::Error(format!(
                 "NOSCRIPT no script named {script:?} was given to this node"
@@ -142,10 +152,29 @@ impl ShardLink {
                 script: index,
                 keys,
                 args,
+                durable,
             },
             false,
         )
         .map(|key| self.reply(key))
+    }
+
+    /// [`eval`](Self::eval) of a write that must survive the loss of the primary: the
+    /// link thread follows it on the same connection with `WAIT replicas_min
+    /// wait_timeout` (one `WAIT` covers every durable eval written since the previous
+    /// one) and resolves it with the script's reply only once `WAIT` reports at least
+    /// `replicas_min` replicas; fewer resolve it with `Value::Error("NOREPLICAS k of the
+    /// n replicas required acknowledged the write …")` (the script did run on the
+    /// primary). A script error reply resolves at once. With `replicas_min` 0 (plain
+    /// `redis://` by default) it is [`eval`](Self::eval). A connection lost before the
+    /// `WAIT` answered resolves with [`CmdError::Lost`].
+    pub fn eval_durable(
+        &self,
+        script: &str,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<Reply, Refused> {
+        self.eval_inner(script, keys, args, true)
     }
 
     /// [`eval`](Self::eval) whose reply nobody awaits (see
@@ -172,6 +201,7 @@ impl ShardLink {
                 script: index,
                 keys,
                 args,
+                durable: false,
             },
             true,
         )

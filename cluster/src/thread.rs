@@ -17,12 +17,15 @@ use crate::conn::{open, Conn};
 use crate::lease::{parse_lease_reply, Backoff, Members, Probe, LEASE_SCRIPT, PROBE_MISSED_AFTER};
 use crate::shard::channel_of;
 use crate::{
-    ClusterConfig, CmdError, Doorbell, Health, Inbound, LinkParts, Route, Script, Stats, Value,
+    Addr, ClusterConfig, CmdError, Doorbell, Health, Inbound, LinkParts, Route, Script, Stats,
+    Value,
 };
 
 const WAKER: Token = Token(0);
 const CMD: Token = Token(1);
 const SUB: Token = Token(2);
+/// The subscription to a Sentinel's `+switch-master` (sentinel mode).
+const WATCH: Token = Token(3);
 
 /// Requests queued from all shards to the link thread: it drains the queue on every
 /// wake, so this only has to hold what the shards submit while it writes one batch; a
@@ -92,6 +95,16 @@ impl Node {
                 "cluster: the lease and the probe interval must be positive".into(),
             ));
         }
+        if cfg.replicas_min > 0
+            && (cfg.wait_timeout.as_millis() == 0 || cfg.wait_timeout * 3 >= cfg.lease * 2)
+        {
+            // `WAIT n 0` would block the command connection for good; a renewal written
+            // behind a WAIT (every third of the lease) must still land within the lease.
+            return Err(invalid(format!(
+                "cluster: wait_timeout ({:?}) must be at least 1 ms and under two thirds of the lease ({:?}) when replicas_min > 0",
+                cfg.wait_timeout, cfg.lease
+            )));
+        }
         for (i, s) in scripts.iter().enumerate() {
             if scripts[..i].iter().any(|o| o.name == s.name) {
                 return Err(invalid(format!("cluster: two scripts named {:?}", s.name)));
@@ -157,6 +170,9 @@ impl Node {
             reported_down: false,
             stop_within_ms: stop_within_ms.clone(),
             leaving: None,
+            primary: None,
+            sentinel_order: Vec::new(),
+            watch: None,
         };
         let thread = std::thread::Builder::new()
             .name("chx-cluster".into())
@@ -243,6 +259,10 @@ struct Pending {
     origin: Origin,
     /// When it was written (the command timeout runs from here).
     sent: Instant,
+    /// Written while a `WAIT` was outstanding (or is that `WAIT`): its reply may come
+    /// `wait_timeout` later than Redis's own work takes, so its timeout is that much
+    /// longer.
+    behind_wait: bool,
 }
 
 enum Origin {
@@ -253,7 +273,13 @@ enum Origin {
         at: Instant,
         /// An `EVALSHA` to retry once as `EVAL` on `NOSCRIPT`.
         retry: Option<Box<EvalRetry>>,
+        /// A durable eval: its reply waits for the `WAIT` with this number (the next one
+        /// written after it), see [`Up::awaiting`].
+        wait: Option<u64>,
     },
+    /// `WAIT replicas_min wait_timeout` number `n`: resolves the durable evals written
+    /// before it.
+    Wait(u64),
     Lease,
     Probe,
     /// One of the node's stop scripts (`on_stop`).
@@ -274,6 +300,39 @@ struct Up {
     lease_due: Instant,
     lease_inflight: bool,
     probe_due: Instant,
+    /// `WAIT`s written on this connection (the last one's number).
+    waits_written: u64,
+    /// A `WAIT` is in flight: no second one is written until it answers (a `WAIT`
+    /// blocks the connection for up to `wait_timeout`; one at a time covers every durable
+    /// eval written meanwhile, and the delay it adds to the pipeline stays one
+    /// `wait_timeout`).
+    wait_outstanding: bool,
+    /// A durable eval was written since the last `WAIT`.
+    durable_unwaited: bool,
+    /// Durable evals answered, in the order answered, waiting for their `WAIT` (its
+    /// number): at most the shards' commands in flight (each shard's `inflight_max`).
+    awaiting: VecDeque<Awaiting>,
+}
+
+/// A durable eval answered by the primary, its reply held until its `WAIT` answers.
+struct Awaiting {
+    wait: u64,
+    shard: usize,
+    key: usize,
+    discard: bool,
+    at: Instant,
+    value: Value,
+}
+
+impl Up {
+    fn push(&mut self, origin: Origin, sent: Instant) {
+        let behind_wait = self.wait_outstanding;
+        self.pending.push_back(Pending {
+            origin,
+            sent,
+            behind_wait,
+        });
+    }
 }
 
 struct Link {
@@ -300,6 +359,15 @@ struct Link {
     stop_within_ms: Arc<AtomicU64>,
     /// Stopping: until when the lease hand-back may take.
     leaving: Option<Instant>,
+    /// The Redis the connections were opened to (the primary, in sentinel mode).
+    primary: Option<(String, u16)>,
+    /// Sentinel mode: the Sentinels in the order they are asked (the last one that
+    /// answered first, as Redis's guidelines for Sentinel clients say).
+    sentinel_order: Vec<(String, u16)>,
+    /// Sentinel mode: a connection to a Sentinel subscribed to `+switch-master`, so a
+    /// failover is followed at once rather than at the next backoff step. Kept across
+    /// Down/Up; opened again at the next connect when it fails.
+    watch: Option<Conn>,
 }
 
 impl Link {
@@ -311,19 +379,18 @@ impl Link {
                 let ms = self.stop_within_ms.load(Ordering::SeqCst).max(1);
                 // Leave a tenth of `within` for the thread's own exit.
                 self.leaving = Some(now + Duration::from_millis(ms - ms / 10));
-                // What the shards submitted before the stop goes first, then the
-                // node's stop scripts, then the lease.
+                // What the shards submitted before the stop goes first (with the
+                // WAIT for its durable writes), then the node's stop scripts, then the
+                // lease.
                 self.drain_requests();
+                self.queue_wait(now);
                 if let Some(up) = &mut self.up {
                     for (name, keys, args) in &self.cfg.on_stop {
                         let Some(s) = self.scripts.iter().find(|s| s.name == *name) else {
                             continue;
                         };
                         queue_eval(&mut up.cmd, b"EVAL", s.source.as_bytes(), keys, args);
-                        up.pending.push_back(Pending {
-                            origin: Origin::StopScript,
-                            sent: now,
-                        });
+                        up.push(Origin::StopScript, now);
                     }
                 }
                 match &mut self.up {
@@ -333,10 +400,7 @@ impl Link {
                             &self.nodes_key,
                             self.cfg.node_id.as_bytes(),
                         ]);
-                        up.pending.push_back(Pending {
-                            origin: Origin::Leave,
-                            sent: now,
-                        });
+                        up.push(Origin::Leave, now);
                     }
                     None => break,
                 }
@@ -347,6 +411,7 @@ impl Link {
                 }
             }
             self.timers(now);
+            self.queue_wait(now);
             if let Some(up) = &mut self.up {
                 if let Err(e) = up.cmd.flush() {
                     self.fail(e);
@@ -366,6 +431,7 @@ impl Link {
                 match ev.token() {
                     CMD => self.read_cmd(),
                     SUB => self.read_sub(),
+                    WATCH => self.read_watch(),
                     _ => {}
                 }
             }
@@ -398,22 +464,53 @@ impl Link {
                     at(t);
                 }
                 if let Some(p) = up.pending.front() {
-                    at(p.sent + self.cfg.command_timeout);
+                    at(self.reply_deadline(p));
                 }
             }
         }
         d
     }
 
+    /// How much longer than `command_timeout` a reply may take: a `WAIT` ahead of it.
+    fn wait_slack(&self, p: &Pending) -> Duration {
+        if p.behind_wait {
+            self.cfg.wait_timeout
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn reply_deadline(&self, p: &Pending) -> Instant {
+        p.sent + self.cfg.command_timeout + self.wait_slack(p)
+    }
+
+    /// Writes a `WAIT` for the durable evals written since the last one, unless one is
+    /// still in flight (its reply queues the next).
+    fn queue_wait(&mut self, now: Instant) {
+        let Some(up) = &mut self.up else { return };
+        if !up.durable_unwaited || up.wait_outstanding {
+            return;
+        }
+        up.durable_unwaited = false;
+        up.wait_outstanding = true;
+        up.waits_written += 1;
+        let replicas = self.cfg.replicas_min.to_string();
+        let ms = self.cfg.wait_timeout.as_millis().max(1).to_string();
+        up.cmd
+            .queue(&[b"WAIT".as_slice(), replicas.as_bytes(), ms.as_bytes()]);
+        let n = up.waits_written;
+        up.push(Origin::Wait(n), now);
+    }
+
     fn timers(&mut self, now: Instant) {
-        let Some(up) = &mut self.up else {
+        let Some(up) = &self.up else {
             if now >= self.retry_at && self.leaving.is_none() {
                 self.connect();
             }
             return;
         };
         if let Some(p) = up.pending.front() {
-            if now >= p.sent + self.cfg.command_timeout {
+            if now >= self.reply_deadline(p) {
                 let msg = format!(
                     "no reply from Redis within command_timeout ({:?})",
                     self.cfg.command_timeout
@@ -421,6 +518,7 @@ impl Link {
                 return self.fail(msg);
             }
         }
+        let Some(up) = &mut self.up else { return };
         if let Some(t) = self.probe.deadline(self.cfg.probe_interval) {
             if now >= t {
                 self.shared
@@ -448,22 +546,23 @@ impl Link {
                     &self.cfg.node_id,
                     &lease_ms,
                 ));
-                up.pending.push_back(Pending {
-                    origin: Origin::Lease,
-                    sent: now,
-                });
+                up.push(Origin::Lease, now);
             }
         }
         if now >= up.probe_due {
             up.probe_due = now + self.cfg.probe_interval;
             let mut message = vec![0u8, 0u8];
-            message.extend_from_slice(&self.probe.send(now));
+            // A probe written behind a WAIT reaches Redis up to wait_timeout later: its
+            // clock starts then (a slow WAIT is not a silent subscription).
+            let at = if up.wait_outstanding {
+                now + self.cfg.wait_timeout
+            } else {
+                now
+            };
+            message.extend_from_slice(&self.probe.send(at));
             up.cmd
                 .queue(&[b"SPUBLISH".as_slice(), &self.channel, &message]);
-            up.pending.push_back(Pending {
-                origin: Origin::Probe,
-                sent: now,
-            });
+            up.push(Origin::Probe, now);
         }
     }
 
@@ -514,10 +613,7 @@ impl Link {
                             &channel_of(&self.cfg.prefix, node),
                             &message,
                         ]);
-                        up.pending.push_back(Pending {
-                            origin: Origin::Hello,
-                            sent: now,
-                        });
+                        up.push(Origin::Hello, now);
                     }
                 }
                 self.on_members(live, gone);
@@ -529,6 +625,13 @@ impl Link {
     }
 
     fn open_both(&mut self) -> Result<(Up, Vec<String>, Vec<String>), String> {
+        // Where: the URL's Redis, or the primary the Sentinels name now.
+        let (host, port) = match &self.cfg.url.addr {
+            Addr::Direct { host, port } => (host.clone(), *port),
+            Addr::Sentinel(_) => self.find_primary()?,
+        };
+        self.primary = Some((host.clone(), port));
+        let sentinel = self.cfg.url.sentinels().is_some();
         let cfg = &self.cfg;
         let node = &cfg.node_id;
         let mut auth: Vec<Vec<Vec<u8>>> = Vec::new();
@@ -543,10 +646,25 @@ impl Link {
         // The subscription.
         let mut setup = auth.clone();
         setup.push(args(&["CLIENT", "SETNAME", &format!("chx-{node}-sub")]));
+        // Sentinel mode: the address the Sentinels gave must be the primary now (one
+        // just demoted, or a replica named while a failover is under way, is not).
+        let role_at = setup.len();
+        if sentinel {
+            setup.push(args(&["ROLE"]));
+        }
         setup.push(vec![b"SSUBSCRIBE".to_vec(), self.channel.clone()]);
-        let (sub, replies) = open(&cfg.url, cfg.connect_timeout, cfg.command_timeout, &setup)
-            .map_err(|e| format!("subscription: {e}"))?;
+        let (sub, replies) = open(
+            &host,
+            port,
+            cfg.connect_timeout,
+            cfg.command_timeout,
+            &setup,
+        )
+        .map_err(|e| format!("subscription: {e}"))?;
         check_setup(&setup, &replies, "subscription")?;
+        if sentinel {
+            check_role(&replies[role_at], &host, port)?;
+        }
         match replies.last() {
             Some(Value::Array(a)) if a.first().and_then(Value::as_bytes) == Some(b"ssubscribe") => {
             }
@@ -554,6 +672,10 @@ impl Link {
         }
         // The commands.
         let mut setup = auth;
+        let role_at = setup.len();
+        if sentinel {
+            setup.push(args(&["ROLE"]));
+        }
         if cfg.url.db != 0 {
             setup.push(args(&["SELECT", &cfg.url.db.to_string()]));
         }
@@ -583,9 +705,18 @@ impl Link {
                 .map(|a| a.to_vec())
                 .collect(),
         );
-        let (cmd, replies) = open(&cfg.url, cfg.connect_timeout, cfg.command_timeout, &setup)
-            .map_err(|e| format!("commands: {e}"))?;
+        let (cmd, replies) = open(
+            &host,
+            port,
+            cfg.connect_timeout,
+            cfg.command_timeout,
+            &setup,
+        )
+        .map_err(|e| format!("commands: {e}"))?;
         check_setup(&setup[..scripts_at], &replies[..scripts_at], "commands")?;
+        if sentinel {
+            check_role(&replies[role_at], &host, port)?;
+        }
         for ((name, _, _), r) in cfg.on_connect.iter().zip(&replies[connect_at..]) {
             if let Value::Error(e) = r {
                 return Err(format!("connect script {name:?} failed: {e}"));
@@ -613,10 +744,139 @@ impl Link {
                 lease_due: now + cfg.lease / 3,
                 lease_inflight: false,
                 probe_due: now + cfg.probe_interval,
+                waits_written: 0,
+                wait_outstanding: false,
+                durable_unwaited: false,
+                awaiting: VecDeque::new(),
             },
             live,
             gone,
         ))
+    }
+
+    /// Asks the Sentinels in order for the primary's address (`SENTINEL
+    /// get-master-addr-by-name`), each with a blocking connect bounded by
+    /// `connect_timeout` and a reply bounded by `command_timeout`; the one that answers
+    /// is asked first next time. Opens the `+switch-master` watch on it if none is open.
+    fn find_primary(&mut self) -> Result<(String, u16), String> {
+        let Some(sentinels) = self.cfg.url.sentinels().cloned() else {
+            return Err("not in sentinel mode".into());
+        };
+        if self.sentinel_order.is_empty() {
+            self.sentinel_order.clone_from(&sentinels.addrs);
+        }
+        let auth: Vec<Vec<Vec<u8>>> = sentinels
+            .password
+            .iter()
+            .map(|p| vec![b"AUTH".to_vec(), p.clone().into_bytes()])
+            .collect();
+        let master = &sentinels.master;
+        let mut errors = Vec::new();
+        for i in 0..self.sentinel_order.len() {
+            let (host, port) = self.sentinel_order[i].clone();
+            let mut setup = auth.clone();
+            setup.push(args(&["SENTINEL", "get-master-addr-by-name", master]));
+            let answer = open(
+                &host,
+                port,
+                self.cfg.connect_timeout,
+                self.cfg.command_timeout,
+                &setup,
+            )
+            .and_then(|(_conn, replies)| {
+                check_setup(&setup, &replies, "sentinel")?;
+                parse_master_addr(&replies[replies.len() - 1], master)
+            });
+            match answer {
+                Ok(addr) => {
+                    if i > 0 {
+                        let s = self.sentinel_order.remove(i);
+                        self.sentinel_order.insert(0, s);
+                    }
+                    if self.watch.is_none() {
+                        self.open_watch(&host, port, &auth);
+                    }
+                    return Ok(addr);
+                }
+                Err(e) => errors.push(format!("sentinel {host}:{port}: {e}")),
+            }
+        }
+        Err(format!(
+            "no Sentinel named the primary {master:?}: {}",
+            errors.join("; ")
+        ))
+    }
+
+    /// Subscribes to `+switch-master` on the Sentinel `host:port` (best effort: without
+    /// it a failover is followed at the next reconnect attempt).
+    fn open_watch(&mut self, host: &str, port: u16, auth: &[Vec<Vec<u8>>]) {
+        let mut setup = auth.to_vec();
+        setup.push(args(&["SUBSCRIBE", "+switch-master"]));
+        let opened = open(
+            host,
+            port,
+            self.cfg.connect_timeout,
+            self.cfg.command_timeout,
+            &setup,
+        )
+        .and_then(|(mut conn, replies)| {
+            check_setup(&setup, &replies, "sentinel watch")?;
+            self.poll
+                .registry()
+                .register(&mut conn.stream, WATCH, Interest::READABLE)
+                .map_err(|e| format!("cannot poll it: {e}"))?;
+            Ok(conn)
+        });
+        match opened {
+            Ok(conn) => self.watch = Some(conn),
+            Err(e) => tracing::warn!("cluster: cannot watch +switch-master on {host}:{port}: {e}"),
+        }
+    }
+
+    /// A Sentinel said something: a `+switch-master` of our primary to another address
+    /// reconnects at once (to the new primary), whatever the backoff.
+    fn read_watch(&mut self) {
+        let Some(mut watch) = self.watch.take() else {
+            return;
+        };
+        let master = self
+            .cfg
+            .url
+            .sentinels()
+            .map(|s| s.master.clone())
+            .unwrap_or_default();
+        let mut switched = None;
+        let mut collect = |v: Value| -> Result<(), String> {
+            if let Some(addr) = parse_switch_master(&v, &master) {
+                switched = Some(addr);
+            }
+            Ok(())
+        };
+        let mut r = watch.decode(&mut collect);
+        if r.is_ok() {
+            r = watch.read(&mut collect);
+        }
+        match r {
+            Ok(()) => self.watch = Some(watch),
+            Err(e) => {
+                tracing::warn!("cluster: the +switch-master watch failed: {e}");
+                let _ = self.poll.registry().deregister(&mut watch.stream);
+            }
+        }
+        let Some((host, port)) = switched else { return };
+        if self.up.is_some() && self.primary.as_ref() == Some(&(host.clone(), port)) {
+            return;
+        }
+        tracing::info!("cluster: the Sentinels switched {master:?} to {host}:{port}");
+        if self.up.is_some() {
+            self.fail(format!(
+                "the Sentinels switched the primary {master:?} to {host}:{port}"
+            ));
+        }
+        if self.leaving.is_none() {
+            self.backoff.reset();
+            self.retry_at = Instant::now();
+        }
     }
 
     /// The link is down: every command in flight fails, shards are told once, the
@@ -643,6 +903,16 @@ impl Link {
                     };
                     self.complete(shard, key, result);
                 }
+            }
+            // Answered by the primary but not known to be replicated: lost as well.
+            for a in up.awaiting {
+                self.shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+                let result = if a.discard {
+                    Ok(Value::Nil)
+                } else {
+                    Err(CmdError::Lost(reason.clone()))
+                };
+                self.complete(a.shard, a.key, result);
             }
         }
         if was_up {
@@ -695,28 +965,39 @@ impl Link {
         };
         self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
         let mut retry = None;
+        let mut wait = None;
         match req.what {
             What::Command(a) => up.cmd.queue(&a),
             What::Publish { channel, message } => {
                 self.shared.stats.publishes.fetch_add(1, Ordering::Relaxed);
                 up.cmd.queue(&[b"SPUBLISH".as_slice(), &channel, &message]);
             }
-            What::Eval { script, keys, args } => {
+            What::Eval {
+                script,
+                keys,
+                args,
+                durable,
+            } => {
                 let sha = self.shas.get(script).map(Vec::as_slice).unwrap_or(b"");
                 queue_eval(&mut up.cmd, b"EVALSHA", sha, &keys, &args);
                 retry = Some(Box::new((script, keys, args)));
+                if durable && self.cfg.replicas_min > 0 {
+                    up.durable_unwaited = true;
+                    wait = Some(up.waits_written + 1);
+                }
             }
         }
-        up.pending.push_back(Pending {
-            origin: Origin::Shard {
+        up.push(
+            Origin::Shard {
                 shard: req.shard,
                 key: req.key,
                 discard: req.discard,
                 at: req.at,
                 retry,
+                wait,
             },
-            sent: Instant::now(),
-        });
+            Instant::now(),
+        );
     }
 
     fn read_cmd(&mut self) {
@@ -750,24 +1031,43 @@ impl Link {
                 discard,
                 at,
                 retry,
+                wait,
             } => {
                 if let (Some(retry), Some(e)) = (retry, v.as_error()) {
                     if e.starts_with("NOSCRIPT") {
                         let (script, keys, args) = *retry;
                         let source = self.scripts[script].source.as_bytes();
                         queue_eval(&mut up.cmd, b"EVAL", source, &keys, &args);
-                        up.pending.push_back(Pending {
-                            origin: Origin::Shard {
+                        // Written now: the next WAIT covers it.
+                        let wait = wait.map(|_| {
+                            up.durable_unwaited = true;
+                            up.waits_written + 1
+                        });
+                        up.push(
+                            Origin::Shard {
                                 shard,
                                 key,
                                 discard,
                                 at,
                                 retry: None,
+                                wait,
                             },
-                            sent: Instant::now(),
-                        });
+                            Instant::now(),
+                        );
                         return;
                     }
+                }
+                if let (Some(wait), false) = (wait, matches!(v, Value::Error(_))) {
+                    // Held until its WAIT answers (a script that failed is answered now).
+                    up.awaiting.push_back(Awaiting {
+                        wait,
+                        shard,
+                        key,
+                        discard,
+                        at,
+                        value: v,
+                    });
+                    return;
                 }
                 let us = u64::try_from(at.elapsed().as_micros()).unwrap_or(u64::MAX);
                 self.shared.stats.round_trip(us);
@@ -784,6 +1084,43 @@ impl Link {
                     Ok(v)
                 };
                 self.complete(shard, key, result);
+            }
+            Origin::Wait(n) => {
+                up.wait_outstanding = false;
+                let min = self.cfg.replicas_min;
+                let ms = self.cfg.wait_timeout.as_millis().max(1);
+                let acked = match &v {
+                    Value::Int(k) if *k >= i64::from(min) => Ok(()),
+                    Value::Int(k) => Err(format!(
+                        "NOREPLICAS {k} of the {min} replicas required acknowledged the write \
+                         within wait_timeout ({ms} ms): it ran on the primary and may be lost \
+                         if the primary fails"
+                    )),
+                    Value::Error(e) => Err(format!("NOREPLICAS WAIT failed: {e}")),
+                    other => Err(format!("NOREPLICAS WAIT answered {other:?}")),
+                };
+                let mut done = Vec::new();
+                while up.awaiting.front().is_some_and(|a| a.wait <= n) {
+                    if let Some(a) = up.awaiting.pop_front() {
+                        done.push(a);
+                    }
+                }
+                for a in done {
+                    let us = u64::try_from(a.at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    self.shared.stats.round_trip(us);
+                    let value = match &acked {
+                        Ok(()) => a.value,
+                        Err(e) => {
+                            self.shared
+                                .stats
+                                .unreplicated
+                                .fetch_add(1, Ordering::Relaxed);
+                            Value::Error(e.clone())
+                        }
+                    };
+                    let result = if a.discard { Ok(Value::Nil) } else { Ok(value) };
+                    self.complete(a.shard, a.key, result);
+                }
             }
             Origin::Lease => {
                 up.lease_inflight = false;
@@ -1001,4 +1338,99 @@ fn check_setup(setup: &[Vec<Vec<u8>>], replies: &[Value], what: &str) -> Result<
         }
     }
     Ok(())
+}
+
+/// `ROLE` must answer `master`.
+fn check_role(v: &Value, host: &str, port: u16) -> Result<(), String> {
+    let role = match v {
+        Value::Array(a) => a.first().and_then(Value::as_bytes),
+        _ => None,
+    };
+    match role {
+        Some(b"master") => Ok(()),
+        Some(r) => Err(format!(
+            "{host}:{port} is a {} (ROLE), not the primary: a failover under way?",
+            String::from_utf8_lossy(r)
+        )),
+        None => Err(format!("{host}:{port}: ROLE answered {v:?}")),
+    }
+}
+
+/// The reply to `SENTINEL get-master-addr-by-name`: `[host, port]`.
+fn parse_master_addr(v: &Value, master: &str) -> Result<(String, u16), String> {
+    match v {
+        Value::Array(a) if a.len() == 2 => {
+            let host = a[0]
+                .as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            let port = a[1]
+                .as_bytes()
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|p| p.parse::<u16>().ok());
+            match (host, port) {
+                (Some(h), Some(p)) if !h.is_empty() && p != 0 => Ok((h, p)),
+                _ => Err(format!("an address that is not HOST PORT: {v:?}")),
+            }
+        }
+        Value::Nil => Err(format!("it monitors no master named {master:?}")),
+        Value::Error(e) => Err(format!("refused: {e}")),
+        other => Err(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// A `+switch-master` message for `master`: the new primary's address.
+/// (`["message", "+switch-master", "NAME OLDIP OLDPORT NEWIP NEWPORT"]`.)
+fn parse_switch_master(v: &Value, master: &str) -> Option<(String, u16)> {
+    let Value::Array(a) = v else { return None };
+    if a.len() != 3
+        || a[0].as_bytes() != Some(b"message".as_slice())
+        || a[1].as_bytes() != Some(b"+switch-master".as_slice())
+    {
+        return None;
+    }
+    let text = std::str::from_utf8(a[2].as_bytes()?).ok()?;
+    let f: Vec<&str> = text.split_whitespace().collect();
+    match f.as_slice() {
+        [name, _, _, host, port] if *name == master => Some((host.to_string(), port.parse().ok()?)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn sentinel_replies_parse() {
+        let v = Value::Array(vec![bulk("10.0.0.2"), bulk("6380")]);
+        assert_eq!(parse_master_addr(&v, "m"), Ok(("10.0.0.2".into(), 6380)));
+        assert!(parse_master_addr(&Value::Nil, "m")
+            .unwrap_err()
+            .contains("no master named \"m\""));
+        let v = Value::Array(vec![bulk("h"), bulk("x")]);
+        assert!(parse_master_addr(&v, "m").is_err());
+        let msg = |t: &str| Value::Array(vec![bulk("message"), bulk("+switch-master"), bulk(t)]);
+        assert_eq!(
+            parse_switch_master(&msg("m 127.0.0.1 1 127.0.0.1 2"), "m"),
+            Some(("127.0.0.1".into(), 2))
+        );
+        assert_eq!(parse_switch_master(&msg("other 1 1 2 2"), "m"), None);
+        assert_eq!(parse_switch_master(&msg("m 1 1"), "m"), None);
+        let sub = Value::Array(vec![
+            bulk("subscribe"),
+            bulk("+switch-master"),
+            Value::Int(1),
+        ]);
+        assert_eq!(parse_switch_master(&sub, "m"), None);
+        let master = Value::Array(vec![bulk("master"), Value::Int(0), Value::Array(vec![])]);
+        assert!(check_role(&master, "h", 1).is_ok());
+        let replica = Value::Array(vec![bulk("slave"), bulk("h"), Value::Int(2)]);
+        assert!(check_role(&replica, "h", 1)
+            .unwrap_err()
+            .contains("is a slave"));
+    }
 }

@@ -2,18 +2,60 @@
 
 use percent_encoding::percent_decode_str;
 
-/// Where Redis is: `redis://[user:password@]HOST:PORT[/DB]`.
+/// Where Redis is and how to log in: `redis://[user:password@]HOST:PORT[/DB]`, or
+/// `redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]` (the primary
+/// named `MASTER` is asked of these Sentinels). The user, password and database are the
+/// data nodes' (the primary's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisUrl {
-    pub host: String,
-    pub port: u16,
+    pub addr: Addr,
     pub user: Option<String>,
     pub password: Option<String>,
     pub db: u32,
 }
 
-/// Redis's own port, taken when the URL names none.
+/// How the Redis to link to is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Addr {
+    /// `redis://`: this Redis.
+    Direct { host: String, port: u16 },
+    /// `redis+sentinel://`: the current primary, asked of Sentinels.
+    Sentinel(Sentinels),
+}
+
+/// The Sentinels that monitor the primary, and its name there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sentinels {
+    /// Asked in this order (1 to [`SENTINELS_MAX`]).
+    pub addrs: Vec<(String, u16)>,
+    /// The name the Sentinels monitor the primary under (`sentinel monitor NAME …`).
+    pub master: String,
+    /// The Sentinels' own password (`requirepass` in sentinel.conf), from the query
+    /// `?sentinel_password=PW`; the URL's user and password are the data nodes'.
+    pub password: Option<String>,
+}
+
+/// Redis's own port, taken when a `redis://` URL names none.
 pub const DEFAULT_PORT: u16 = 6379;
+/// Sentinel's own port, taken when a sentinel in a `redis+sentinel://` URL names none.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+/// The most Sentinels one URL may list: they are asked one after another with blocking,
+/// bounded connects on the link thread (at most `connect_timeout + command_timeout`
+/// each), so the list bounds how long one attempt to find the primary may take. A
+/// deployment runs 3 or 5 Sentinels.
+pub const SENTINELS_MAX: usize = 8;
+
+impl RedisUrl {
+    /// The Sentinels, in the sentinel form.
+    pub fn sentinels(&self) -> Option<&Sentinels> {
+        match &self.addr {
+            Addr::Sentinel(s) => Some(s),
+            Addr::Direct { .. } => None,
+        }
+    }
+}
+
+const FORM: &str = "expected redis://[user:password@]HOST:PORT[/DB] or redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]";
 
 /// Parses a `--cluster` URL; the error names what is wrong.
 ///
@@ -21,33 +63,30 @@ pub const DEFAULT_PORT: u16 = 6379;
 /// percent-decoded (`%40` for `@`), the port defaults to 6379 and the database to 0; a
 /// password alone is `redis://:password@host`. An IPv6 host is written in brackets
 /// (`redis://[::1]:6379`).
+///
+/// `redis+sentinel://[user:password@]HOST[:PORT][,HOST[:PORT]…]/MASTER[/DB][?sentinel_password=PW]`:
+/// 1 to [`SENTINELS_MAX`] Sentinels (port default 26379), asked in order for the primary
+/// named `MASTER` (percent-decoded); the user, password and database are the data
+/// nodes'; the Sentinels' own password, if they have one, is the query's
+/// `sentinel_password` (percent-decoded).
 pub fn parse_url(s: &str) -> Result<RedisUrl, String> {
-    let rest = match s.split_once("://") {
-        Some(("redis", rest)) => rest,
-        Some(("redis+sentinel", _)) => {
-            return Err(format!(
-                "{s:?}: redis+sentinel:// (Sentinel) is not supported yet; give the primary as redis://HOST:PORT"
-            ))
-        }
-        Some(("rediss", _)) => {
-            return Err(format!("{s:?}: rediss:// (TLS to Redis) is not supported"))
+    let (sentinel, rest) = match s.split_once("://") {
+        Some(("redis", rest)) => (false, rest),
+        Some(("redis+sentinel", rest)) => (true, rest),
+        Some(("rediss" | "rediss+sentinel", _)) => {
+            return Err(format!("{s:?}: TLS to Redis (rediss://) is not supported"))
         }
         Some(("unix" | "redis+unix", _)) => {
             return Err(format!(
                 "{s:?}: a Unix socket is not supported; give redis://HOST:PORT"
             ))
         }
-        Some((scheme, _)) => {
-            return Err(format!(
-                "{s:?}: unknown scheme {scheme:?}; expected redis://[user:password@]HOST:PORT[/DB]"
-            ))
-        }
-        None => {
-            return Err(format!(
-                "{s:?}: not a URL; expected redis://[user:password@]HOST:PORT[/DB]"
-            ))
-        }
+        Some((scheme, _)) => return Err(format!("{s:?}: unknown scheme {scheme:?}; {FORM}")),
+        None => return Err(format!("{s:?}: not a URL; {FORM}")),
     };
+    if sentinel {
+        return parse_sentinel(s, rest);
+    }
     if rest.contains(['?', '#']) {
         return Err(format!(
             "{s:?}: query and fragment are not supported; expected redis://[user:password@]HOST:PORT[/DB]"
@@ -57,6 +96,104 @@ pub fn parse_url(s: &str) -> Result<RedisUrl, String> {
         Some((a, p)) => (a, Some(p)),
         None => (rest, None),
     };
+    let (user, password, hostport) = split_userinfo(s, authority)?;
+    let (host, port) = split_host_port(s, hostport, DEFAULT_PORT)?;
+    let db = match path {
+        None | Some("") => 0,
+        Some(p) => parse_db(s, p)?,
+    };
+    Ok(RedisUrl {
+        addr: Addr::Direct { host, port },
+        user,
+        password,
+        db,
+    })
+}
+
+fn parse_sentinel(s: &str, rest: &str) -> Result<RedisUrl, String> {
+    if rest.contains('#') {
+        return Err(format!("{s:?}: a fragment is not supported; {FORM}"));
+    }
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, p),
+        None => (rest, ""),
+    };
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path, None),
+    };
+    let (user, password, hosts) = split_userinfo(s, authority)?;
+    if hosts.is_empty() {
+        return Err(format!(
+            "{s:?}: no sentinel; expected redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER[/DB]"
+        ));
+    }
+    let mut addrs = Vec::new();
+    for h in hosts.split(',') {
+        if h.is_empty() {
+            return Err(format!(
+                "{s:?}: an empty sentinel in the list; expected HOST:PORT[,HOST:PORT…]"
+            ));
+        }
+        addrs.push(split_host_port(s, h, DEFAULT_SENTINEL_PORT)?);
+    }
+    if addrs.len() > SENTINELS_MAX {
+        return Err(format!(
+            "{s:?}: {} sentinels; at most {SENTINELS_MAX}",
+            addrs.len()
+        ));
+    }
+    let (master, db) = match path.split_once('/') {
+        Some((m, d)) => (m, Some(d)),
+        None => (path, None),
+    };
+    let master = decode(s, "master name", master)?;
+    if master.is_empty() {
+        return Err(format!(
+            "{s:?}: no master name; expected redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER[/DB]"
+        ));
+    }
+    if master.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "{s:?}: the master name {master:?} has a space or a control character"
+        ));
+    }
+    let db = match db {
+        None | Some("") => 0,
+        Some(d) => parse_db(s, d)?,
+    };
+    let mut sentinel_password = None;
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        match pair.split_once('=') {
+            Some(("sentinel_password", v)) if sentinel_password.is_none() => {
+                sentinel_password = Some(decode(s, "sentinel password", v)?)
+            }
+            Some(("sentinel_password", _)) => {
+                return Err(format!("{s:?}: sentinel_password given twice"))
+            }
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown query {pair:?}; the only one is ?sentinel_password=PW"
+                ))
+            }
+        }
+    }
+    Ok(RedisUrl {
+        addr: Addr::Sentinel(Sentinels {
+            addrs,
+            master,
+            password: sentinel_password,
+        }),
+        user,
+        password,
+        db,
+    })
+}
+
+/// `(user, password, rest)` of `[user[:password]@]rest`.
+type UserInfo<'a> = (Option<String>, Option<String>, &'a str);
+
+fn split_userinfo<'a>(s: &str, authority: &'a str) -> Result<UserInfo<'a>, String> {
     // The last '@' ends the credentials: a raw '@' in a password is forgiven.
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
@@ -80,20 +217,12 @@ pub fn parse_url(s: &str) -> Result<RedisUrl, String> {
             }
         }
     };
-    let (host, port) = split_host_port(s, hostport)?;
-    let db = match path {
-        None | Some("") => 0,
-        Some(p) => p.parse::<u32>().map_err(|_| {
-            format!("{s:?}: database {p:?} is not a number (redis://HOST:PORT/DB, DB from 0)")
-        })?,
-    };
-    Ok(RedisUrl {
-        host,
-        port,
-        user,
-        password,
-        db,
-    })
+    Ok((user, password, hostport))
+}
+
+fn parse_db(url: &str, p: &str) -> Result<u32, String> {
+    p.parse::<u32>()
+        .map_err(|_| format!("{url:?}: database {p:?} is not a number (…/DB, DB from 0)"))
 }
 
 fn decode(url: &str, what: &str, raw: &str) -> Result<String, String> {
@@ -103,7 +232,7 @@ fn decode(url: &str, what: &str, raw: &str) -> Result<String, String> {
         .map_err(|_| format!("{url:?}: the {what} is not UTF-8 once percent-decoded"))
 }
 
-fn split_host_port(url: &str, hostport: &str) -> Result<(String, u16), String> {
+fn split_host_port(url: &str, hostport: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
         let (host, after) = v6
             .split_once(']')
@@ -122,15 +251,13 @@ fn split_host_port(url: &str, hostport: &str) -> Result<(String, u16), String> {
         }
     };
     if host.is_empty() {
-        return Err(format!(
-            "{url:?}: no host; expected redis://[user:password@]HOST:PORT[/DB]"
-        ));
+        return Err(format!("{url:?}: no host; {FORM}"));
     }
     if host.contains(['[', ']', ' ', '@', ':']) && !hostport.starts_with('[') {
         return Err(format!("{url:?}: the host {host:?} is not a host name"));
     }
     let port = match port {
-        None => DEFAULT_PORT,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => {
                 return Err(format!(
@@ -149,8 +276,10 @@ mod tests {
 
     fn url(host: &str, port: u16, user: Option<&str>, pass: Option<&str>, db: u32) -> RedisUrl {
         RedisUrl {
-            host: host.into(),
-            port,
+            addr: Addr::Direct {
+                host: host.into(),
+                port,
+            },
             user: user.map(Into::into),
             password: pass.map(Into::into),
             db,
@@ -191,11 +320,8 @@ mod tests {
     #[test]
     fn bad_urls_say_what_is_wrong() {
         let cases = [
-            (
-                "redis+sentinel://h:26379,h2:26379/mymaster",
-                "not supported yet",
-            ),
             ("rediss://h:6379", "TLS"),
+            ("rediss+sentinel://h/m", "TLS"),
             ("http://h:6379", "unknown scheme"),
             ("127.0.0.1:6379", "not a URL"),
             ("redis://", "no host"),
@@ -209,6 +335,110 @@ mod tests {
             ("redis://[::1:6379", "closing"),
             ("redis://u:%FF@h", "not UTF-8"),
             ("unix:///tmp/redis.sock", "Unix socket"),
+        ];
+        for (s, want) in cases {
+            match parse_url(s) {
+                Ok(u) => panic!("{s} parsed as {u:?}"),
+                Err(e) => assert!(e.contains(want), "{s}: {e}"),
+            }
+        }
+    }
+
+    fn sentinel(
+        addrs: &[(&str, u16)],
+        master: &str,
+        user: Option<&str>,
+        pass: Option<&str>,
+        db: u32,
+        sentinel_pass: Option<&str>,
+    ) -> RedisUrl {
+        RedisUrl {
+            addr: Addr::Sentinel(Sentinels {
+                addrs: addrs.iter().map(|(h, p)| (h.to_string(), *p)).collect(),
+                master: master.into(),
+                password: sentinel_pass.map(Into::into),
+            }),
+            user: user.map(Into::into),
+            password: pass.map(Into::into),
+            db,
+        }
+    }
+
+    #[test]
+    fn good_sentinel_urls() {
+        let cases = [
+            (
+                "redis+sentinel://127.0.0.1:26380,127.0.0.1:26381/m",
+                sentinel(
+                    &[("127.0.0.1", 26380), ("127.0.0.1", 26381)],
+                    "m",
+                    None,
+                    None,
+                    0,
+                    None,
+                ),
+            ),
+            (
+                "redis+sentinel://s1,s2,s3/mymaster/3",
+                sentinel(
+                    &[("s1", 26379), ("s2", 26379), ("s3", 26379)],
+                    "mymaster",
+                    None,
+                    None,
+                    3,
+                    None,
+                ),
+            ),
+            (
+                "redis+sentinel://alice:p%40ss@[::1]:5000,h/m%2Fx/",
+                sentinel(
+                    &[("::1", 5000), ("h", 26379)],
+                    "m/x",
+                    Some("alice"),
+                    Some("p@ss"),
+                    0,
+                    None,
+                ),
+            ),
+            (
+                "redis+sentinel://:pw@h:1/m?sentinel_password=s%26p",
+                sentinel(&[("h", 1)], "m", None, Some("pw"), 0, Some("s&p")),
+            ),
+            (
+                "redis+sentinel://h/m/2?sentinel_password=",
+                sentinel(&[("h", 26379)], "m", None, None, 2, Some("")),
+            ),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_url(s), Ok(want), "{s}");
+        }
+        let u = parse_url("redis+sentinel://h/m").unwrap();
+        assert_eq!(u.sentinels().map(|s| s.master.as_str()), Some("m"));
+        assert_eq!(parse_url("redis://h").unwrap().sentinels(), None);
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_what_is_wrong() {
+        let nine = format!("redis+sentinel://{}/m", ["h"; 9].join(","));
+        let cases = [
+            ("redis+sentinel://h:26379", "no master name"),
+            ("redis+sentinel://h:26379/", "no master name"),
+            ("redis+sentinel://h:26379//1", "no master name"),
+            ("redis+sentinel:///m", "no sentinel"),
+            ("redis+sentinel://u:p@/m", "no sentinel"),
+            ("redis+sentinel://:1/m", "no host"),
+            ("redis+sentinel://h1,,h2/m", "empty sentinel"),
+            ("redis+sentinel://h1,/m", "empty sentinel"),
+            ("redis+sentinel://h:0/m", "not a port number"),
+            ("redis+sentinel://h:1/m/x", "is not a number"),
+            ("redis+sentinel://h:1/m%20n", "space"),
+            ("redis+sentinel://h:1/m?db=1", "unknown query"),
+            (
+                "redis+sentinel://h:1/m?sentinel_password=a&sentinel_password=b",
+                "twice",
+            ),
+            ("redis+sentinel://h:1/m#f", "fragment"),
+            (nine.as_str(), "at most 8"),
         ];
         for (s, want) in cases {
             match parse_url(s) {

@@ -189,6 +189,9 @@ fn a_full_inbound_ring_drops_messages_and_counts_them() {
     let (_node_a, a) = start_node(config(&redis.url(), "a"), vec![], 1, |_| 0);
     bs[0].wait_for(UP_WITHIN, is_up);
     a[0].wait_for(UP_WITHIN, is_up);
+    // b learns of a (a's hello makes it renew at once): that Members event must be
+    // taken before the pause, or it holds one of the ring's slots.
+    bs[0].wait_for(UP_WITHIN, |e| live_of(e).is_some_and(|(l, _)| l.len() == 2));
     bs[0].pause();
     bs[0].drain();
     a[0].run(|link| async move {

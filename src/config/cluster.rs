@@ -7,7 +7,10 @@ use std::time::Duration;
 /// peers of other nodes through it, and keeps a lease there.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ClusterFlags {
-    /// Join a cluster of nodes sharing this Redis: `redis://[user:password@]HOST:PORT[/DB]`.
+    /// Join a cluster of nodes sharing this Redis: `redis://[user:password@]HOST:PORT[/DB]`,
+    /// or a Sentinel-managed primary, followed through failovers:
+    /// `redis+sentinel://[user:password@]HOST:PORT[,HOST:PORT…]/MASTER[/DB]` (the
+    /// Sentinels' own password, if any, as `?sentinel_password=PW`).
     #[arg(long, value_name = "URL")]
     pub cluster: Option<String>,
 

@@ -45,18 +45,58 @@ fn candidate_port() -> u16 {
     20_000 + (seed % 30_000) as u16
 }
 
+/// Whether redis-sentinel is here (as [`redis_or_skip`]).
+pub fn sentinel_or_skip(test: &str) -> bool {
+    if !redis_or_skip(test) {
+        return false;
+    }
+    let found = Command::new("redis-sentinel")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{test}: redis-sentinel is not installed (scripts/test.sh installs it)");
+        }
+        eprintln!("SKIP {test}: redis-sentinel is not installed");
+    }
+    found
+}
+
 /// A redis-server on 127.0.0.1, killed on drop.
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     log: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A replica of the Redis on `primary` (`--replicaof`), synced when this returns.
+    pub fn replica_of(primary: u16) -> Redis {
+        let r = Redis::start_with(&["--replicaof", "127.0.0.1", &primary.to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !r
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "replica not in sync in 10 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// Starts with `extra` arguments.
+    pub fn start_with(extra: &[&str]) -> Redis {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         for _ in 0..20 {
             let port = candidate_port();
-            if let Some(r) = Redis::on(port) {
+            if let Some(r) = Redis::on(port, &extra) {
                 return r;
             }
         }
@@ -64,16 +104,24 @@ impl Redis {
     }
 
     /// Starts on `port`; `None` when it cannot bind it.
-    fn on(port: u16) -> Option<Redis> {
+    fn on(port: u16, extra: &[String]) -> Option<Redis> {
         let log = std::env::temp_dir().join(format!(
             "chx-cluster-redis-{}-{port}.log",
             std::process::id()
         ));
         let _ = std::fs::remove_file(&log);
+        // A replica writes the primary's snapshot to its `dir` at a full sync: a temp
+        // file of its own, not the test's working directory.
+        let rdb = format!("chx-cluster-redis-{}-{port}.rdb", std::process::id());
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
             .args(["--logfile", log.to_str().unwrap()])
+            .args(["--dir", std::env::temp_dir().to_str().unwrap()])
+            .args(["--dbfilename", &rdb])
+            // A replica's full sync starts at once (the default waits 5 s for others).
+            .args(["--repl-diskless-sync-delay", "0"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -89,6 +137,7 @@ impl Redis {
                     port,
                     child: Some(child),
                     log,
+                    extra: extra.to_vec(),
                 });
             }
             if Instant::now() > deadline {
@@ -117,7 +166,7 @@ impl Redis {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(r) = Redis::on(self.port) {
+            if let Some(r) = Redis::on(self.port, &self.extra) {
                 *self = r;
                 return;
             }
@@ -156,6 +205,139 @@ impl Drop for Redis {
                 .status();
         }
         self.kill();
+        let _ = std::fs::remove_file(&self.log);
+        let rdb = format!("chx-cluster-redis-{}-{}.rdb", std::process::id(), self.port);
+        let _ = std::fs::remove_file(std::env::temp_dir().join(rdb));
+    }
+}
+
+/// A redis-sentinel on 127.0.0.1 monitoring the primary on `primary` as `m` (quorum 1,
+/// down after 1 s, failover timeout 3 s), with its own config file (Sentinel rewrites
+/// it); killed and its files removed on drop.
+pub struct Sentinel {
+    pub port: u16,
+    child: Option<Child>,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+/// The name the test Sentinels monitor the primary under.
+pub const MASTER: &str = "m";
+
+impl Sentinel {
+    pub fn start(primary: u16) -> Sentinel {
+        for _ in 0..20 {
+            if let Some(s) = Sentinel::on(candidate_port(), primary) {
+                return s;
+            }
+        }
+        panic!("could not start redis-sentinel on any of 20 ports");
+    }
+
+    fn on(port: u16, primary: u16) -> Option<Sentinel> {
+        let dir = std::env::temp_dir();
+        let pid = std::process::id();
+        let conf = dir.join(format!("chx-cluster-sentinel-{pid}-{port}.conf"));
+        let log = dir.join(format!("chx-cluster-sentinel-{pid}-{port}.log"));
+        let _ = std::fs::remove_file(&log);
+        let text = format!(
+            "port {port}\nbind 127.0.0.1\nlogfile {}\ndir {}\n\
+             sentinel monitor {MASTER} 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds {MASTER} 1000\n\
+             sentinel failover-timeout {MASTER} 3000\n",
+            log.display(),
+            dir.display()
+        );
+        std::fs::write(&conf, text).unwrap();
+        let mut child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-sentinel");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                // Most likely the port was taken: try another.
+                let _ = std::fs::remove_file(&conf);
+                let _ = std::fs::remove_file(&log);
+                return None;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("+monitor master") {
+                return Some(Sentinel {
+                    port,
+                    child: Some(child),
+                    conf,
+                    log,
+                });
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&conf);
+                let _ = std::fs::remove_file(&log);
+                panic!("redis-sentinel on {port} not ready in 10 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs a command with redis-cli against this Sentinel; its output, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Waits until this Sentinel lists a replica of the primary that it could promote
+    /// (flags exactly `slave`, its link to the primary up).
+    pub fn wait_for_replica(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = self.cli(&["SENTINEL", "replicas", MASTER]);
+            let lines: Vec<&str> = out.lines().collect();
+            let field = |k: &str| {
+                lines
+                    .windows(2)
+                    .find(|w| w[0] == k)
+                    .map(|w| w[1].to_string())
+            };
+            if field("flags").as_deref() == Some("slave")
+                && field("master-link-status").as_deref() == Some("ok")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel lists no healthy replica in {within:?}: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The primary's port as this Sentinel names it now.
+    pub fn primary_port(&self) -> Option<u16> {
+        let out = self.cli(&["SENTINEL", "get-master-addr-by-name", MASTER]);
+        out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+
+    /// The Sentinel's log (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.conf);
         let _ = std::fs::remove_file(&self.log);
     }
 }
