@@ -72,6 +72,10 @@ pub struct Args {
     /// counts less that rate too.
     #[arg(long, default_value_t = 0.0)]
     pub redis_idle: f64,
+    /// The Redis server's process id: its CPU over the measured window per relayed
+    /// message, reported apart from the nodes' (`redis.cpu`).
+    #[arg(long, value_name = "PID")]
+    pub redis_pid: Option<u32>,
 }
 
 /// Pong bytes a peer's reader may leave for its writer; beyond that pings go
@@ -395,6 +399,13 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         None => None,
     };
     let redis_idle = super::secs("--redis-idle", args.redis_idle)?;
+    let redis_cpu = match args.redis_pid {
+        Some(pid) => Some(
+            super::server_cpu::Sampler::start(pid)
+                .map_err(|e| e.replace("--server-pid", "--redis-pid"))?,
+        ),
+        None => None,
+    };
     // The first node is the one `setup` checks; the others are checked here.
     let urls: Vec<String> = if args.targets.is_empty() {
         vec![args.common.url.clone()]
@@ -630,6 +641,9 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
             ok = false;
         }
         None => {}
+    }
+    if let (Some(s), Some((from, to))) = (&redis_cpu, window) {
+        report["redis"]["cpu"] = s.report(from, to, t.received);
     }
     let mut report = super::finish(&setup, &common, report);
     if args.targets.len() > 1 {
