@@ -156,9 +156,9 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     if duration.is_zero() {
         return Err("--duration must be positive".into());
     }
-    let server_cpu = match common.server_pid {
-        Some(pid) => Some(super::server_cpu::Sampler::start(pid)?),
-        None => None,
+    let server_cpu = match common.one_server_pid("tls-handshakes")? {
+        Some(pid) => vec![super::server_cpu::Sampler::start(pid)?],
+        None => Vec::new(),
     };
     let setup = super::Setup {
         target: target.clone(),

@@ -11,6 +11,7 @@ pub mod http;
 pub mod keys;
 pub mod msg;
 pub mod net;
+pub mod redis_stats;
 pub mod server_cpu;
 pub mod sidecar;
 pub mod storm;
@@ -103,9 +104,25 @@ pub struct Common {
     #[arg(long)]
     pub no_pin: bool,
     /// The server's process id (on this machine): report its CPU time over the measured
-    /// window per operation, from /proc/PID/stat (and, for ws-idle, its RSS).
+    /// window per operation, from /proc/PID/stat (and, for ws-idle, its RSS). Repeatable
+    /// for the scenarios on `setup` (http, storm, ws-relay): the CPU of several processes
+    /// (the nodes of a cluster) summed, each also shown.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+}
+
+impl Common {
+    /// The one `--server-pid` of a scenario that reads a single process.
+    pub fn one_server_pid(&self, scenario: &str) -> Result<Option<u32>, String> {
+        match self.server_pid.as_slice() {
+            [] => Ok(None),
+            [pid] => Ok(Some(*pid)),
+            more => Err(format!(
+                "{scenario} reads one server process; --server-pid was given {} times",
+                more.len()
+            )),
+        }
+    }
 }
 
 /// Runs a bench command; prints the report; the exit code says whether it succeeded.
@@ -216,8 +233,8 @@ pub struct Setup {
     pub peers: Vec<keys::Peer>,
     pub started: Instant,
     pub cpu_start: Duration,
-    /// Samples the server's CPU time when `--server-pid` is given.
-    pub server_cpu: Option<server_cpu::Sampler>,
+    /// Samples each `--server-pid`'s CPU time.
+    pub server_cpu: Vec<server_cpu::Sampler>,
 }
 
 /// Parses the URL, reads the keys, raises the open-file limit, and checks that the
@@ -230,10 +247,11 @@ pub fn setup(common: &Common) -> Result<Setup, String> {
         return Err("--cores must be at least 1".into());
     }
     preflight(&common.url, &target, &peers[0])?;
-    let server_cpu = match common.server_pid {
-        Some(pid) => Some(server_cpu::Sampler::start(pid)?),
-        None => None,
-    };
+    let server_cpu = common
+        .server_pid
+        .iter()
+        .map(|pid| server_cpu::Sampler::start(*pid))
+        .collect::<Result<_, _>>()?;
     Ok(Setup {
         target,
         peers,
@@ -249,7 +267,7 @@ pub(crate) fn cpu_now() -> Duration {
         .unwrap_or_default()
 }
 
-fn preflight(url: &str, target: &Target, peer: &keys::Peer) -> Result<(), String> {
+pub(crate) fn preflight(url: &str, target: &Target, peer: &keys::Peer) -> Result<(), String> {
     let s = std::net::TcpStream::connect_timeout(&target.addr, Duration::from_secs(3)).map_err(
         |e| {
             format!(
@@ -487,15 +505,22 @@ impl Errors {
 }
 
 /// Adds the server's CPU use over the measured `window` per operation (`ops` done in
-/// it) to `report` as `server_cpu`, when `--server-pid` was given.
+/// it) to `report` as `server_cpu`, when `--server-pid` was given; with several, their
+/// sum (see [`server_cpu::sum`]).
 pub fn add_server_cpu(
     setup: &Setup,
     report: &mut Value,
     window: Option<(Instant, Instant)>,
     ops: u64,
 ) {
-    if let (Some(s), Some((from, to))) = (&setup.server_cpu, window) {
-        report["server_cpu"] = s.report(from, to, ops);
+    let Some((from, to)) = window else { return };
+    match setup.server_cpu.as_slice() {
+        [] => {}
+        [s] => report["server_cpu"] = s.report(from, to, ops),
+        many => {
+            let each: Vec<Value> = many.iter().map(|s| s.report(from, to, ops)).collect();
+            report["server_cpu"] = server_cpu::sum(each, ops);
+        }
     }
 }
 

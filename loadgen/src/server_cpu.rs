@@ -95,6 +95,30 @@ impl Sampler {
     }
 }
 
+/// Several processes' [`Sampler::report`]s (the nodes of a cluster) as one:
+/// `{"pids", "window_s" (the widest), "cpu_s", "cpu_us_per_op", "cpu_percent"}` summed
+/// over them (100 = one core busy), and each report under `"each"`. A process without
+/// samples makes the sum's fields absent (`"error"` says which), not smaller.
+pub fn sum(each: Vec<Value>, ops: u64) -> Value {
+    let pids: Vec<Value> = each.iter().map(|r| r["pid"].clone()).collect();
+    if let Some(bad) = each.iter().find(|r| r.get("error").is_some()) {
+        return json!({"pids": pids, "error": format!("no CPU samples for pid {}", bad["pid"]), "each": each});
+    }
+    let cpu_s: f64 = each.iter().filter_map(|r| r["cpu_s"].as_f64()).sum();
+    let window_s = each
+        .iter()
+        .filter_map(|r| r["window_s"].as_f64())
+        .fold(0.0, f64::max);
+    json!({
+        "pids": pids,
+        "window_s": super::round3(window_s),
+        "cpu_s": super::round3(cpu_s),
+        "cpu_us_per_op": (ops > 0).then(|| super::round3(cpu_s * 1e6 / ops as f64)),
+        "cpu_percent": super::round3(100.0 * cpu_s / window_s.max(1e-9)),
+        "each": each,
+    })
+}
+
 impl Drop for Sampler {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -128,6 +152,27 @@ mod tests {
     fn reads_our_own_cpu() {
         assert!(cpu_ticks(std::process::id()).is_ok());
         assert!(cpu_ticks(u32::MAX).is_err());
+    }
+
+    #[test]
+    fn several_processes_are_summed() {
+        let a = json!({"pid": 1, "window_s": 2.0, "cpu_s": 0.5, "cpu_us_per_op": 50.0, "cpu_percent": 25.0});
+        let b = json!({"pid": 2, "window_s": 2.01, "cpu_s": 0.25, "cpu_us_per_op": 25.0, "cpu_percent": 12.5});
+        let s = sum(vec![a, b], 10_000);
+        assert_eq!(s["pids"], json!([1, 2]));
+        assert_eq!(s["cpu_s"], 0.75);
+        assert_eq!(s["cpu_us_per_op"], 75.0);
+        assert_eq!(s["window_s"], 2.01);
+        assert_eq!(s["each"].as_array().unwrap().len(), 2);
+        let bad = sum(
+            vec![
+                json!({"pid": 3, "error": "x"}),
+                json!({"pid": 4, "cpu_s": 1.0}),
+            ],
+            1,
+        );
+        assert!(bad.get("cpu_us_per_op").is_none());
+        assert!(bad["error"].as_str().unwrap().contains('3'));
     }
 
     #[test]

@@ -247,6 +247,7 @@ pub fn rss_kib(pid: u32) -> Result<u64, String> {
 }
 
 pub fn run(args: Args) -> Result<(Value, bool), String> {
+    let server_pid = args.common.one_server_pid("ws-idle")?;
     let setup = super::setup(&args.common)?;
     let n = args.connections;
     if n == 0 {
@@ -261,7 +262,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         ));
     }
     let hold = super::secs("--hold", args.hold)?;
-    if let Some(pid) = args.common.server_pid {
+    if let Some(pid) = server_pid {
         rss_kib(pid)?;
     }
     let nofile = reactor::sys::raise_nofile().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
@@ -296,7 +297,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     // Control-thread state of the progress callback; no shard touches it (the Mutex
     // satisfies the callback's Send bound and is never contended).
     let phases = Arc::new(Mutex::new(Phases::default()));
-    let (c, p, pid) = (coord.clone(), phases.clone(), args.common.server_pid);
+    let (c, p, pid) = (coord.clone(), phases.clone(), server_pid);
     let t_start = Instant::now();
     let progress = move || {
         let mut ph = p.lock().expect("not poisoned");
@@ -364,7 +365,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         _ => 0.0,
     };
     let ph = phases.lock().expect("not poisoned");
-    let rss = args.common.server_pid.map(|pid| {
+    let rss = server_pid.map(|pid| {
         let per = match (ph.rss_before, ph.rss_after) {
             (Some(b), Some(a)) if established > 0 => Some(super::round3(
                 a.saturating_sub(b) as f64 / established as f64,

@@ -7,6 +7,14 @@
 //!
 //! Sent and received are counted over the same window (messages whose intended time
 //! falls in the measured period), so with no loss they agree exactly.
+//!
+//! Several nodes of a cluster (issue 25): `--target URL` once per node (instead of
+//! `--url`). Pair `p`'s offering peer is on node `p mod N`, its answering peer on the
+//! next node (a relay across nodes, through Redis), or on the same node with
+//! `--same-node`. Each peer's token comes from the node it connects to (the nodes share
+//! the keys file and the signaling secret). `--server-pid` once per node sums their CPU;
+//! `--redis URL` reads Redis's `INFO commandstats` at the start and end of the measured
+//! window: the Redis commands per relayed message.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -45,6 +53,29 @@ pub struct Args {
     /// Loopback source addresses to spread the connections over.
     #[arg(long, default_value_t = 16)]
     pub source_ips: usize,
+    /// A node of a cluster (repeat once per node, instead of `--url`): the pairs'
+    /// peers are spread over the nodes, each pair's two peers on different nodes
+    /// (unless `--same-node`).
+    #[arg(long = "target", value_name = "URL", conflicts_with = "url")]
+    pub targets: Vec<String>,
+    /// With several `--target`s: both peers of a pair on the same node (the pairs still
+    /// spread over the nodes): relays that never leave a node, the control for a run
+    /// across nodes.
+    #[arg(long)]
+    pub same_node: bool,
+    /// The cluster's Redis (`redis://HOST:PORT`): report the Redis commands run per
+    /// relayed message over the measured window (`INFO commandstats`).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// With `--redis`: first count Redis's commands for this many seconds before any
+    /// peer connects (the nodes' lease renewals and probes) and report the window's
+    /// counts less that rate too.
+    #[arg(long, default_value_t = 0.0)]
+    pub redis_idle: f64,
+    /// The Redis server's process id: its CPU over the measured window per relayed
+    /// message, reported apart from the nodes' (`redis.cpu`).
+    #[arg(long, value_name = "PID")]
+    pub redis_pid: Option<u32>,
 }
 
 /// Pong bytes a peer's reader may leave for its writer; beyond that pings go
@@ -82,15 +113,26 @@ struct Coord {
 }
 
 struct ShardIn {
-    target: Target,
-    /// (global peer index, peer, partner, kind it sends)
-    pairs: Vec<(usize, Peer, Peer)>,
+    /// The nodes (one without `--target`).
+    targets: Vec<Target>,
+    /// (global peer index of the offering peer, offering peer and its node, answering
+    /// peer and its node)
+    pairs: Vec<Pair>,
     sources: Sources,
     interval: Duration,
     peers_total: usize,
     payload: usize,
     token_concurrency: usize,
     coord: Arc<Coord>,
+}
+
+#[derive(Clone)]
+struct Pair {
+    g: usize,
+    a: Peer,
+    node_a: usize,
+    b: Peer,
+    node_b: usize,
 }
 
 #[derive(Default)]
@@ -119,19 +161,30 @@ async fn shard(input: ShardIn) -> ShardOut {
     let tally = Rc::new(RefCell::new(Tally::default()));
     // Open and register every peer of this shard (both ends of each of its pairs).
     let setup = async {
-        let mut peers: Vec<(usize, &Peer, &Peer, RelayKind)> = Vec::new();
-        for (g, a, b) in &input.pairs {
-            peers.push((*g, a, b, RelayKind::Offer));
-            peers.push((*g + 1, b, a, RelayKind::Answer));
+        let mut peers: Vec<(usize, &Peer, &Peer, RelayKind, usize)> = Vec::new();
+        for p in &input.pairs {
+            peers.push((p.g, &p.a, &p.b, RelayKind::Offer, p.node_a));
+            peers.push((p.g + 1, &p.b, &p.a, RelayKind::Answer, p.node_b));
         }
-        let keys: Vec<String> = peers.iter().map(|p| p.1.key.clone()).collect();
-        let tokens = super::tokens::fetch_all(
-            &input.target,
-            &keys,
-            input.token_concurrency,
-            &Arc::new(AtomicU64::new(0)),
-        )
-        .await?;
+        // Each peer's token from the node it connects to.
+        let mut jwts: Vec<String> = vec![String::new(); peers.len()];
+        for (n, target) in input.targets.iter().enumerate() {
+            let on: Vec<usize> = (0..peers.len()).filter(|&i| peers[i].4 == n).collect();
+            if on.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = on.iter().map(|&i| peers[i].1.key.clone()).collect();
+            let tokens = super::tokens::fetch_all(
+                target,
+                &keys,
+                input.token_concurrency,
+                &Arc::new(AtomicU64::new(0)),
+            )
+            .await?;
+            for (i, t) in on.into_iter().zip(tokens) {
+                jwts[i] = t.jwt;
+            }
+        }
         // Connected and registered CONNECT_CONCURRENCY at a time: one by one, 10,000
         // peers would take minutes against a server that answers in tens of ms.
         let mut conns = Vec::with_capacity(peers.len());
@@ -139,12 +192,12 @@ async fn shard(input: ShardIn) -> ShardOut {
             let handles: Vec<_> = batch
                 .iter()
                 .enumerate()
-                .map(|(j, (g, me, other, kind))| {
+                .map(|(j, (g, me, other, kind, node))| {
                     let i = b * CONNECT_CONCURRENCY + j;
                     let (target, source, jwt) = (
-                        input.target.clone(),
+                        input.targets[*node].clone(),
                         input.sources.pick(*g),
-                        tokens[i].jwt.clone(),
+                        jwts[i].clone(),
                     );
                     let (me, other, kind, g) =
                         (me.peer_id.clone(), other.peer_id.clone(), *kind, *g);
@@ -335,8 +388,40 @@ async fn shard(input: ShardIn) -> ShardOut {
 }
 
 pub fn run(args: Args) -> Result<(Value, bool), String> {
-    let setup = super::setup(&args.common)?;
-    if setup.target.tls.is_some() {
+    if args.targets.len() == 1 {
+        return Err("--target names the nodes of a cluster: give it once per node (at least two), or use --url for one server".into());
+    }
+    if args.same_node && args.targets.is_empty() {
+        return Err("--same-node places the peers of a pair on one of several --target nodes; with one --url every pair is on one node already".into());
+    }
+    let redis = match &args.redis {
+        Some(u) => Some(super::redis_stats::Stats::parse(u)?),
+        None => None,
+    };
+    let redis_idle = super::secs("--redis-idle", args.redis_idle)?;
+    let redis_cpu = match args.redis_pid {
+        Some(pid) => Some(
+            super::server_cpu::Sampler::start(pid)
+                .map_err(|e| e.replace("--server-pid", "--redis-pid"))?,
+        ),
+        None => None,
+    };
+    // The first node is the one `setup` checks; the others are checked here.
+    let urls: Vec<String> = if args.targets.is_empty() {
+        vec![args.common.url.clone()]
+    } else {
+        args.targets.clone()
+    };
+    let mut common = args.common.clone();
+    common.url = urls[0].clone();
+    let setup = super::setup(&common)?;
+    let mut targets = vec![setup.target.clone()];
+    for u in &urls[1..] {
+        let t = Target::parse(u, common.ca_file.as_deref())?;
+        super::preflight(u, &t, &setup.peers[0])?;
+        targets.push(t);
+    }
+    if targets.iter().any(|t| t.tls.is_some()) {
         return Err("ws-relay splits each connection into a reader and a writer: plain ws:// only (http:// URL)".into());
     }
     if args.peers < 2 || args.peers % 2 != 0 {
@@ -362,7 +447,14 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
             if pairs.len() * 2 >= args.peers {
                 break 'outer;
             }
-            pairs.push((pairs.len() * 2, two[0].clone(), two[1].clone()));
+            let (p, n) = (pairs.len(), targets.len());
+            pairs.push(Pair {
+                g: p * 2,
+                a: two[0].clone(),
+                node_a: p % n,
+                b: two[1].clone(),
+                node_b: if args.same_node { p % n } else { (p + 1) % n },
+            });
         }
     }
     if pairs.len() * 2 < args.peers {
@@ -381,7 +473,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
     let inputs: Vec<ShardIn> = super::deal(&pairs, cores)
         .into_iter()
         .map(|pairs| ShardIn {
-            target: setup.target.clone(),
+            targets: targets.clone(),
             pairs,
             sources: sources.clone(),
             interval,
@@ -391,7 +483,58 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
             coord: coord.clone(),
         })
         .collect();
+    // Redis's counts with no peer connected: the nodes' own background commands.
+    let idle = match (&redis, redis_idle.is_zero()) {
+        (Some(r), false) => {
+            let before = r.read()?;
+            let t = Instant::now();
+            std::thread::sleep(redis_idle);
+            let after = r.read()?;
+            Some((
+                super::redis_stats::delta(&before, &after),
+                t.elapsed().as_secs_f64(),
+            ))
+        }
+        _ => None,
+    };
     let _ = epoch();
+    // Reads Redis's counts when the measured window opens and once the run has drained:
+    // a control thread (blocking reads and sleeps; no shard does either).
+    let finished = Arc::new(AtomicBool::new(false));
+    let redis_window = redis.clone().map(|r| {
+        let (c, finished) = (coord.clone(), finished.clone());
+        std::thread::Builder::new()
+            .name("redis-stats".into())
+            .spawn(move || {
+                let wait = |f: &dyn Fn() -> bool| {
+                    while !f() {
+                        if finished.load(Ordering::Acquire) {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    true
+                };
+                if !wait(&|| c.go.load(Ordering::Acquire)) {
+                    return Err("the run did not start".to_owned());
+                }
+                let from = c.measure_from.load(Ordering::Acquire);
+                if !wait(&|| nanos_now() >= from) {
+                    return Err("the run ended before its window".to_owned());
+                }
+                let (before, t0) = (r.read()?, Instant::now());
+                if !wait(&|| c.stop.load(Ordering::Acquire)) {
+                    return Err("the run ended without draining".to_owned());
+                }
+                let after = r.read()?;
+                Ok((
+                    super::redis_stats::delta(&before, &after),
+                    t0.elapsed().as_secs_f64(),
+                ))
+            })
+            .map_err(|e| format!("starting the Redis reader: {e}"))
+    });
+    let redis_window = redis_window.transpose()?;
     // Touched only by the progress callback on the control thread (no shard sees it);
     // the Mutex satisfies the callback's Send bound, it is never contended.
     let drained_at: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -422,13 +565,19 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         )
     };
     let outs = super::run_on_shards(
-        &args.common,
+        &common,
         inputs,
         // A slow server (the reference answers 10,000 registrations in minutes).
         warmup + duration + Duration::from_secs(120 + args.peers as u64 / 15),
         progress,
         shard,
-    )?;
+    );
+    finished.store(true, Ordering::Release);
+    let redis_window = redis_window.map(|h| {
+        h.join()
+            .unwrap_or_else(|_| Err("the Redis reader panicked".into()))
+    });
+    let outs = outs?;
     let mut hist = super::histogram();
     let mut t = Tally::default();
     for o in outs {
@@ -439,8 +588,21 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         t.unsent += o.tally.unsent;
         t.errors.merge(o.tally.errors);
     }
+    let mut per_node = vec![0usize; targets.len()];
+    for p in &pairs {
+        per_node[p.node_a] += 1;
+        per_node[p.node_b] += 1;
+    }
+    let placement = match (targets.len(), args.same_node) {
+        (1, _) => "one node",
+        (_, true) => "pairs within a node",
+        (_, false) => "pairs across nodes",
+    };
     let report = json!({
         "scenario": "ws-relay",
+        "nodes": urls,
+        "placement": placement,
+        "peers_per_node": per_node,
         "peers": args.peers,
         "target_rate_msgs": args.rate,
         "warmup_s": warmup.as_secs_f64(),
@@ -463,5 +625,29 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
         .then(|| (ns(&coord.measure_from), ns(&coord.end)));
     let mut report = report;
     super::add_server_cpu(&setup, &mut report, window, t.received);
-    Ok((super::finish(&setup, &args.common, report), ok))
+    let mut ok = ok;
+    match redis_window {
+        Some(Ok((counts, window_s))) => {
+            report["redis"] = super::redis_stats::report(
+                args.redis.as_deref().unwrap_or_default(),
+                &counts,
+                window_s,
+                t.received,
+                idle.as_ref().map(|(c, s)| (c, *s)),
+            );
+        }
+        Some(Err(e)) => {
+            report["redis"] = json!({"error": e});
+            ok = false;
+        }
+        None => {}
+    }
+    if let (Some(s), Some((from, to))) = (&redis_cpu, window) {
+        report["redis"]["cpu"] = s.report(from, to, t.received);
+    }
+    let mut report = super::finish(&setup, &common, report);
+    if args.targets.len() > 1 {
+        report["target"] = json!(urls);
+    }
+    Ok((report, ok))
 }

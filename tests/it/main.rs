@@ -37,6 +37,7 @@ mod api_registry;
 mod api_sharding;
 mod auth_failures;
 mod autobahn;
+mod bench_cluster;
 mod bench_compare;
 mod bench_compare_sidecar;
 mod bench_http;
