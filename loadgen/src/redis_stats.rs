@@ -29,12 +29,18 @@ pub struct Stats {
 impl Stats {
     pub fn parse(url: &str) -> Result<Stats, String> {
         let url = chatixia_cluster::parse_url(url).map_err(|e| format!("--redis {e}"))?;
+        if !matches!(url.addr, chatixia_cluster::Addr::Direct { .. }) {
+            return Err("--redis: a redis://HOST:PORT URL (the Redis to count commands on)".into());
+        }
         Ok(Stats { url })
     }
 
     /// `INFO commandstats` now, as calls per command.
     pub fn read(&self) -> Result<Counts, String> {
-        let at = format!("{}:{}", self.url.host, self.url.port);
+        let at = match &self.url.addr {
+            chatixia_cluster::Addr::Direct { host, port } => format!("{host}:{port}"),
+            chatixia_cluster::Addr::Sentinel(_) => return Err("--redis: not a redis:// URL".into()),
+        };
         let s = TcpStream::connect(&at).map_err(|e| format!("--redis {at}: {e}"))?;
         s.set_read_timeout(Some(READ_TIMEOUT))
             .map_err(|e| e.to_string())?;
