@@ -46,6 +46,7 @@ mod bench_storm;
 mod bench_ws_idle;
 mod bench_ws_relay;
 mod cluster;
+mod cluster_agents;
 mod config_file;
 mod dashboard_browser;
 mod durability_crash;
