@@ -152,9 +152,10 @@ return false
 "#,
 };
 
-/// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash;
-/// `ARGV` agent id, this node, the channel prefix, the framed "delete" message, the
-/// prefix of the nodes' agent sets. Removes the entry and tells its node; the node's
+/// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash,
+/// `KEYS[2]` the bindings (`registry::bindings`); `ARGV` agent id, this node, the
+/// channel prefix, the framed "delete" message, the prefix of the nodes' agent sets.
+/// Removes the entry and the agent's cluster binding and tells its node; the node's
 /// name, or nil when no other node held it.
 pub const DROP: Script = Script {
     name: "chx_agent_drop",
@@ -164,6 +165,7 @@ if not v then return false end
 local n = string.match(v, '^([^\n]*)\n')
 if not n or n == ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('SREM', ARGV[5] .. n, ARGV[1])
 redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
 return n
@@ -244,6 +246,7 @@ fn framed(route_key: &[u8], kind: u8) -> Vec<u8> {
 /// connect; this shard writes all its agents again.
 pub fn on_up(store: &std::cell::RefCell<crate::registry::AgentStore>) {
     if let Some(m) = store.borrow_mut().mirror_mut() {
+        m.assert_bindings = true;
         m.ask_resync();
     }
 }
@@ -341,7 +344,10 @@ pub async fn drop_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<String> {
     let reply = link
         .eval(
             DROP.name,
-            vec![agents_key(prefix)],
+            vec![
+                agents_key(prefix),
+                crate::registry::bindings::bindings_key(prefix),
+            ],
             vec![
                 id.as_bytes().to_vec(),
                 link.node_id().as_bytes().to_vec(),
@@ -394,6 +400,14 @@ where
         })
         .await;
         let Some(link) = sh.cluster() else { return };
+        let assert = store
+            .borrow_mut()
+            .mirror_mut()
+            .is_some_and(|m| std::mem::take(&mut m.assert_bindings));
+        if assert && !crate::registry::bindings::assert_all(&*sh, store, link).await {
+            // The link failed meanwhile: its next `Up` asks again.
+            continue;
+        }
         let lost = store
             .borrow_mut()
             .mirror_mut()

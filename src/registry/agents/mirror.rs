@@ -47,6 +47,11 @@ pub struct MirrorNotes {
     /// A note was refused: entries of agents no longer held here may be left; the
     /// task removes them (this node's set, those this shard owns and no longer holds).
     pub lost: bool,
+    /// The link came up: the shard's bindings are asserted into the cluster's
+    /// (`registry::bindings::assert_all`) before its agents are written again.
+    pub assert_bindings: bool,
+    /// Bindings this shard asserted that another node had bound first (theirs won).
+    pub binding_conflicts: u64,
     waker: Option<Waker>,
 }
 
