@@ -42,15 +42,25 @@ use crate::registry::MirrorWrite as Write;
 use crate::shard::{Owns, Shard};
 
 /// Writes (or takes over) an agent's entry: `KEYS[1]` the mirror hash, `KEYS[2]` this
-/// node's set of agents, `KEYS[3]` the nodes' leases; `ARGV` agent id, this node, the
-/// record's JSON, the channel prefix, the framed "moved" message, `1` when the agent
-/// itself came to this node (a register or heartbeat) or `0` (a health change, a write
-/// again after a reconnect), the prefix of the nodes' agent sets. A `0` write does not
-/// take the agent from another live node: it tells this node to drop its copy instead.
-/// 1 when written.
+/// node's set of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
+/// (`registry::bindings`); `ARGV` agent id, this node, the record's JSON, the channel
+/// prefix, the framed "moved" message, `1` when the agent itself came to this node (a
+/// register or heartbeat) or `0` (a health change, a write again after a reconnect),
+/// the prefix of the nodes' agent sets, the agent's binding here (`""`: none). A `0`
+/// write does not take the agent from another live node, and no write takes it while
+/// the cluster's binding names another holder than this node's (a steady heartbeat
+/// here raced a move that took the binding): it tells this node to drop its copy
+/// instead. 1 when written.
 pub const PUT: Script = Script {
     name: "chx_agent_put",
     source: r#"
+if ARGV[8] ~= '' then
+  local b = redis.call('HGET', KEYS[4], ARGV[1])
+  if b and b ~= ARGV[8] then
+    redis.call('SPUBLISH', ARGV[4] .. ARGV[2], ARGV[5])
+    return 0
+  end
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local n = old and string.match(old, '^([^\n]*)\n')
 if n and n ~= ARGV[2] then
@@ -464,12 +474,18 @@ async fn send<S: Shard>(
     let mut writes = std::collections::VecDeque::from(writes);
     while let Some(w) = writes.pop_front() {
         let sent = match &w {
-            Write::Put { id, json, came } => link.eval_nowait(
+            Write::Put {
+                id,
+                json,
+                came,
+                bound,
+            } => link.eval_nowait(
                 PUT.name,
                 vec![
                     agents_key(prefix),
                     node_agents_key(prefix, node),
                     nodes_key(prefix),
+                    crate::registry::bindings::bindings_key(prefix),
                 ],
                 vec![
                     id.as_bytes().to_vec(),
@@ -479,6 +495,10 @@ async fn send<S: Shard>(
                     framed(id.as_bytes(), MSG_MOVED),
                     if *came { b"1".to_vec() } else { b"0".to_vec() },
                     node_agents_prefix(prefix),
+                    bound
+                        .as_ref()
+                        .map(crate::registry::bindings::owner_value)
+                        .unwrap_or_default(),
                 ],
             ),
             Write::Del { id } => link.eval_nowait(

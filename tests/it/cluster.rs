@@ -925,3 +925,40 @@ fn without_redis_an_agent_new_to_a_node_is_refused_and_bound_ones_keep_heartbeat
     assert_eq!(register_as(&n1, HOME, a, "ag2", "two").status, 200);
     assert_eq!(heartbeat_as(&n2, AWAY, a, "ag1").status, 200);
 }
+
+#[test]
+fn a_node_whose_copy_of_an_agent_lost_its_cluster_binding_drops_it() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(HOLDERS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let a = Some("ak_holder-a");
+    assert_eq!(register_as(&n1, HOME, a, "ag", "one").status, 200);
+    // The cluster's binding names another holder (as when a move took it, and a steady
+    // heartbeat here raced the move's notice): the next write of n1's copy does not
+    // take the mirror's entry, and n1 drops the copy.
+    redis.cmd(&["HSET", "chx:bindings", "ag", "P:holder-b"]);
+    let r = post_as(
+        &n1,
+        HOME,
+        a,
+        "/api/hub/heartbeat",
+        &json!({"agent_id": "ag", "hostname": "changed", "skill_names": ["web"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = heartbeat_as(&n1, HOME, a, "ag");
+        if r.status == 403 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "n1 kept its stale copy of ag");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        register_as(&n1, AWAY, Some("ak_holder-b"), "ag", "b").status,
+        200
+    );
+}

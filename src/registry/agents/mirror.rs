@@ -58,11 +58,14 @@ pub struct MirrorNotes {
 /// One write to the mirror.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MirrorWrite {
-    /// The agent's record (the list's JSON); `came`: it registered or heartbeated here.
+    /// The agent's record (the list's JSON); `came`: it registered or heartbeated here;
+    /// `bound`: its binding here (the write does not take the agent where the cluster's
+    /// binding names another holder, `registry::bindings`).
     Put {
         id: String,
         json: Vec<u8>,
         came: bool,
+        bound: Option<crate::limits::Owner>,
     },
     /// The agent is no longer here.
     Del { id: String },
@@ -173,6 +176,7 @@ impl MirrorNotes {
             id: r.info.agent_id.clone(),
             json: wire::json::json_vec(r),
             came,
+            bound: r.bound.clone(),
         }
     }
 }
