@@ -15,7 +15,10 @@
 //! * **Moves**: an agent that registers or heartbeats at another node is created there
 //!   as on a node alone; that node's write replaces the mirror's entry and tells the
 //!   node named before ([`MSG_MOVED`]), which drops its own copy (memory only: its
-//!   durable binding stays, as on a node alone after a restart).
+//!   durable binding stays, as on a node alone after a restart). Whether the agent may
+//!   come is its cluster-wide binding's to say (`registry::bindings`); a write of a copy
+//!   whose binding is no longer the cluster's does not take the entry, its node drops
+//!   the copy instead.
 //! * **Reads**: `GET /api/registry/agents` (and `/{id}`) at any node answer this node's
 //!   agents and the mirror's entries of the other live nodes ([`AGENTS`], [`AGENT`]: the
 //!   nodes' leases checked on Redis's clock, as signaling's `PEERS`). An agent this node
