@@ -431,6 +431,7 @@ fn start_cluster(
         chatixia_core::signaling::remote::scripts()
             .into_iter()
             .chain(chatixia_core::registry::mirror::scripts())
+            .chain(chatixia_core::registry::bindings::scripts())
             .collect(),
         bells
             .iter()

@@ -367,14 +367,42 @@ where
         Reply::Busy(b) => Err(Op::Heartbeat(b)),
         r => Ok(r),
     };
-    let op = Op::Heartbeat(Box::new((hb, by)));
-    let (claimed, pointers, change) =
-        match crate::registry::api::ask_agent_owner(sh, &agent, op, again).await? {
-            Reply::HeartbeatDone(b) => *b,
-            Reply::Refused(r) => return Err(r.error(&AGENT_STORE_NAMES)),
-            Reply::Forbidden(why) => return Err(Error::forbidden(*why)),
-            _ => return Err(unexpected()),
+    let mut op = Op::Heartbeat(Box::new((hb, by, false)));
+    // In a cluster, an agent not held here bound to this principal is checked against
+    // the cluster's binding first (`registry::bindings`), once; undone if the heartbeat
+    // is refused after it.
+    let mut cluster = None;
+    let undo = |sh: &S, cluster: Option<crate::registry::bindings::Bound>| {
+        if let Some(b) = cluster {
+            crate::registry::bindings::undo(sh, b);
+        }
+    };
+    let (claimed, pointers, change) = loop {
+        let reply = match crate::registry::api::ask_agent_owner(sh, &agent, op, again).await {
+            Ok(r) => r,
+            Err(e) => {
+                undo(sh, cluster);
+                return Err(e);
+            }
         };
+        let refused = match reply {
+            Reply::HeartbeatDone(b) => break *b,
+            Reply::AskCluster(mut b) if !b.2 => {
+                match crate::registry::bindings::bind(sh, &agent, &b.1).await {
+                    Ok(bound) => cluster = bound,
+                    Err(e) => return Err(e),
+                }
+                b.2 = true;
+                op = Op::Heartbeat(b);
+                continue;
+            }
+            Reply::Refused(r) => r.error(&AGENT_STORE_NAMES),
+            Reply::Forbidden(why) => Error::forbidden(*why),
+            _ => unexpected(),
+        };
+        undo(sh, cluster);
+        return Err(refused);
+    };
     let gathered = gather_claims(
         sh, cfg, owner, owner_room, &agent, &skills, &claimer, claimed, pointers,
     )
@@ -385,6 +413,7 @@ where
             if let Some(change) = &change {
                 crate::registry::api::binding_done(binding_room, change, false);
             }
+            undo(sh, cluster);
             return Err(e);
         }
     };
@@ -413,6 +442,7 @@ where
         crate::registry::api::binding_done(binding_room, change, saved.is_ok());
     }
     if let Err(e) = saved {
+        undo(sh, cluster);
         // Not acknowledged: the tasks go back to pending on their shards.
         for p in parts {
             if !p.tasks.is_empty() {

@@ -23,8 +23,10 @@ pub enum Op {
     /// Heartbeat on the agent's owner by a principal: check the agent's binding
     /// (`AgentStore::heartbeat_as`), upsert the agent within the budget of what the
     /// principal is charged to, claim the tasks local to this shard, hand back the
-    /// pointers left for it. → `HeartbeatDone` | `Refused` | `Forbidden` | `Busy`.
-    Heartbeat(Box<(Heartbeat, Principal)>),
+    /// pointers left for it; the `bool`: the cluster's binding allowed it
+    /// (`registry::bindings`). → `HeartbeatDone` | `Refused` | `Forbidden` | `Busy` |
+    /// `AskCluster`.
+    Heartbeat(Box<(Heartbeat, Principal, bool)>),
     /// Store a new pending task under this id by a principal (see
     /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
     /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` (the id is
@@ -84,7 +86,10 @@ pub enum Reply {
     /// `(claimed tasks, pointers to resolve, the agent's binding change to commit)`.
     HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>, Option<BindingChange>)>),
     /// A change of the agent's binding is being saved: retry.
-    Busy(Box<(Heartbeat, Principal)>),
+    Busy(Box<(Heartbeat, Principal, bool)>),
+    /// In a cluster: check the agent's binding there first (`registry::bindings`), then
+    /// send the heartbeat (handed back) again with it checked. Nothing changed.
+    AskCluster(Box<(Heartbeat, Principal, bool)>),
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
@@ -138,11 +143,11 @@ impl Op {
     ) -> Reply {
         match self {
             Op::Heartbeat(b) => {
-                let (hb, by) = &*b;
+                let (hb, by, cleared) = &*b;
                 let comes_back = agents
                     .get(&hb.agent_id)
                     .is_none_or(|r| r.health != crate::registry::Health::Active);
-                let change = match agents.heartbeat_as(hb, by, now) {
+                let change = match agents.heartbeat_as_in(hb, by, now, *cleared) {
                     Ok(change) => {
                         if comes_back || change.is_some() {
                             changes.push(Topic::Agent, &hb.agent_id);
@@ -153,6 +158,7 @@ impl Op {
                     Err(AgentRefusal::Bound(why)) => return Reply::Forbidden(Box::new(why)),
                     // The payload goes back for the retry (nothing copied).
                     Err(AgentRefusal::Busy) => return Reply::Busy(b),
+                    Err(AgentRefusal::AskCluster) => return Reply::AskCluster(b),
                 };
                 let claimed = store.tasks.claim_for_agent_by(
                     &hb.agent_id,

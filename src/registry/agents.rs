@@ -281,6 +281,10 @@ pub struct AgentStore {
     /// In a cluster: which agents changed, for the shard's mirror task
     /// (`registry::mirror`); `None` on a node alone.
     mirror: Option<MirrorNotes>,
+    /// In a cluster (not under `--require-agent-auth`): bindings are cluster-wide, a
+    /// request that is not a steady one of the agent's holder here is checked against
+    /// Redis first ([`AgentRefusal::AskCluster`], `registry::bindings`).
+    cluster_bindings: bool,
 }
 
 impl AgentStore {
@@ -293,6 +297,7 @@ impl AgentStore {
             loaded: HashMap::new(),
             saving: HashSet::new(),
             mirror: None,
+            cluster_bindings: false,
         }
     }
 

@@ -118,6 +118,9 @@ fn unexpected() -> Error {
 }
 
 /// `POST /api/registry/agents` by `by`: the agent's owner checks its binding and budget.
+/// In a cluster, an agent not held here bound to `by` is checked against the cluster's
+/// binding first (`registry::bindings`: 403 as here, 503 while Redis is unreachable),
+/// and that check is undone when the register is refused after it.
 pub async fn register<S: Shard>(
     sh: &S,
     cfg: &Config,
@@ -128,17 +131,45 @@ where
     Op: Request<S::Msg, Reply = Reply>,
 {
     cfg.check_agent(&info)?;
+    let mut cluster = None;
+    let r = register_checked(sh, info, by, &mut cluster).await;
+    if let (Err(_), Some(b)) = (&r, cluster) {
+        crate::registry::bindings::undo(sh, b);
+    }
+    r
+}
+
+/// [`register`] after the field checks; `cluster`: what the cluster's check changed.
+async fn register_checked<S: Shard>(
+    sh: &S,
+    info: AgentInfo,
+    by: Principal,
+    cluster: &mut Option<crate::registry::bindings::Bound>,
+) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
     let id = info.agent_id.clone();
     let credential = by.peer.is_some();
     // Room for the follow-up of a binding change, taken before anything changes.
     let room = reserve(sh, sh.shard_of(id.as_bytes()))?;
-    // A busy owner consumed the agent's info: the retry sends a copy.
-    let first = Op::UpsertFor(Box::new((info.clone(), by.clone())));
-    let again = |r| match r {
-        Reply::Busy => Err(Op::UpsertFor(Box::new((info.clone(), by.clone())))),
-        r => Ok(r),
+    let mut cleared = false;
+    let reply = loop {
+        // A busy owner consumed the agent's info: the retry sends a copy.
+        let first = Op::UpsertFor(Box::new((info.clone(), by.clone(), cleared)));
+        let again = |r| match r {
+            Reply::Busy => Err(Op::UpsertFor(Box::new((info.clone(), by.clone(), cleared)))),
+            r => Ok(r),
+        };
+        match ask_agent_owner(sh, &id, first, again).await? {
+            Reply::AskCluster if !cleared => {
+                *cluster = crate::registry::bindings::bind(sh, &id, &by).await?;
+                cleared = true;
+            }
+            r => break r,
+        }
     };
-    match ask_agent_owner(sh, &id, first, again).await? {
+    match reply {
         Reply::Done => Ok(Outcome::Static(OK_BODY.as_bytes())),
         Reply::Bound(change) => {
             // A new or moved binding is durable before the 2xx (review of issue 20:
@@ -271,12 +302,18 @@ where
             tracing::info!(agent = %id, %node, "agent deleted at the node that holds it");
             Ok(Outcome::Static(OK_BODY.as_bytes()))
         }
+        // No node holds it: its cluster binding, if one is left, goes too.
+        None if crate::registry::bindings::unbind_any(sh, &id).await => {
+            Ok(Outcome::Static(OK_BODY.as_bytes()))
+        }
         None => Ok(here),
     }
 }
 
 /// [`delete`] at this node only; also the delete another node asks for (an operator's
-/// `DELETE` there of an agent held here, `registry::mirror::MSG_DELETE`).
+/// `DELETE` there of an agent held here, `registry::mirror::MSG_DELETE`). In a cluster
+/// the agent's binding goes from Redis too while it names this node's
+/// (`registry::bindings::unbind`).
 pub async fn delete_here<S: Shard>(sh: &S, id: String) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
@@ -290,7 +327,7 @@ where
     match ask_agent_owner(sh, &id, Op::DeleteBegin(Box::new(id.clone())), again).await? {
         Reply::Done => Ok(Outcome::Static(OK_BODY.as_bytes())),
         Reply::NotFound => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
-        Reply::Deleting => {
+        Reply::Deleting(owner) => {
             // Never refused by the size bound: it frees space.
             let gone = vec![Mutation::DeleteAgentBinding(id.clone())];
             let saved = sh.commit(gone, Durability::Now(WriteClass::Progress)).await;
@@ -298,7 +335,12 @@ where
                 Ok(_) => settle(room, Op::DeleteFinish(Box::new(id.clone()))),
                 Err(_) => settle(room, Op::BindingSaved(Box::new(id.clone()))),
             }
-            saved.map(|_| Outcome::Static(OK_BODY.as_bytes()))
+            saved?;
+            // In a cluster, the binding goes from Redis too while it is this one.
+            if let Some(owner) = owner {
+                crate::registry::bindings::unbind(sh, &id, &owner).await;
+            }
+            Ok(Outcome::Static(OK_BODY.as_bytes()))
         }
         _ => Err(unexpected()),
     }

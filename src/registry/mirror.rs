@@ -15,7 +15,10 @@
 //! * **Moves**: an agent that registers or heartbeats at another node is created there
 //!   as on a node alone; that node's write replaces the mirror's entry and tells the
 //!   node named before ([`MSG_MOVED`]), which drops its own copy (memory only: its
-//!   durable binding stays, as on a node alone after a restart).
+//!   durable binding stays, as on a node alone after a restart). Whether the agent may
+//!   come is its cluster-wide binding's to say (`registry::bindings`); a write of a copy
+//!   whose binding is no longer the cluster's does not take the entry, its node drops
+//!   the copy instead.
 //! * **Reads**: `GET /api/registry/agents` (and `/{id}`) at any node answer this node's
 //!   agents and the mirror's entries of the other live nodes ([`AGENTS`], [`AGENT`]: the
 //!   nodes' leases checked on Redis's clock, as signaling's `PEERS`). An agent this node
@@ -42,15 +45,25 @@ use crate::registry::MirrorWrite as Write;
 use crate::shard::{Owns, Shard};
 
 /// Writes (or takes over) an agent's entry: `KEYS[1]` the mirror hash, `KEYS[2]` this
-/// node's set of agents, `KEYS[3]` the nodes' leases; `ARGV` agent id, this node, the
-/// record's JSON, the channel prefix, the framed "moved" message, `1` when the agent
-/// itself came to this node (a register or heartbeat) or `0` (a health change, a write
-/// again after a reconnect), the prefix of the nodes' agent sets. A `0` write does not
-/// take the agent from another live node: it tells this node to drop its copy instead.
-/// 1 when written.
+/// node's set of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
+/// (`registry::bindings`); `ARGV` agent id, this node, the record's JSON, the channel
+/// prefix, the framed "moved" message, `1` when the agent itself came to this node (a
+/// register or heartbeat) or `0` (a health change, a write again after a reconnect),
+/// the prefix of the nodes' agent sets, the agent's binding here (`""`: none). A `0`
+/// write does not take the agent from another live node, and no write takes it while
+/// the cluster's binding names another holder than this node's (a steady heartbeat
+/// here raced a move that took the binding): it tells this node to drop its copy
+/// instead. 1 when written.
 pub const PUT: Script = Script {
     name: "chx_agent_put",
     source: r#"
+if ARGV[8] ~= '' then
+  local b = redis.call('HGET', KEYS[4], ARGV[1])
+  if b and b ~= ARGV[8] then
+    redis.call('SPUBLISH', ARGV[4] .. ARGV[2], ARGV[5])
+    return 0
+  end
+end
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 local n = old and string.match(old, '^([^\n]*)\n')
 if n and n ~= ARGV[2] then
@@ -152,9 +165,10 @@ return false
 "#,
 };
 
-/// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash;
-/// `ARGV` agent id, this node, the channel prefix, the framed "delete" message, the
-/// prefix of the nodes' agent sets. Removes the entry and tells its node; the node's
+/// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash,
+/// `KEYS[2]` the bindings (`registry::bindings`); `ARGV` agent id, this node, the
+/// channel prefix, the framed "delete" message, the prefix of the nodes' agent sets.
+/// Removes the entry and the agent's cluster binding and tells its node; the node's
 /// name, or nil when no other node held it.
 pub const DROP: Script = Script {
     name: "chx_agent_drop",
@@ -164,6 +178,7 @@ if not v then return false end
 local n = string.match(v, '^([^\n]*)\n')
 if not n or n == ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('SREM', ARGV[5] .. n, ARGV[1])
 redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
 return n
@@ -244,6 +259,7 @@ fn framed(route_key: &[u8], kind: u8) -> Vec<u8> {
 /// connect; this shard writes all its agents again.
 pub fn on_up(store: &std::cell::RefCell<crate::registry::AgentStore>) {
     if let Some(m) = store.borrow_mut().mirror_mut() {
+        m.assert_bindings = true;
         m.ask_resync();
     }
 }
@@ -341,7 +357,10 @@ pub async fn drop_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<String> {
     let reply = link
         .eval(
             DROP.name,
-            vec![agents_key(prefix)],
+            vec![
+                agents_key(prefix),
+                crate::registry::bindings::bindings_key(prefix),
+            ],
             vec![
                 id.as_bytes().to_vec(),
                 link.node_id().as_bytes().to_vec(),
@@ -394,6 +413,14 @@ where
         })
         .await;
         let Some(link) = sh.cluster() else { return };
+        let assert = store
+            .borrow_mut()
+            .mirror_mut()
+            .is_some_and(|m| std::mem::take(&mut m.assert_bindings));
+        if assert && !crate::registry::bindings::assert_all(&*sh, store, link).await {
+            // The link failed meanwhile: its next `Up` asks again.
+            continue;
+        }
         let lost = store
             .borrow_mut()
             .mirror_mut()
@@ -450,12 +477,18 @@ async fn send<S: Shard>(
     let mut writes = std::collections::VecDeque::from(writes);
     while let Some(w) = writes.pop_front() {
         let sent = match &w {
-            Write::Put { id, json, came } => link.eval_nowait(
+            Write::Put {
+                id,
+                json,
+                came,
+                bound,
+            } => link.eval_nowait(
                 PUT.name,
                 vec![
                     agents_key(prefix),
                     node_agents_key(prefix, node),
                     nodes_key(prefix),
+                    crate::registry::bindings::bindings_key(prefix),
                 ],
                 vec![
                     id.as_bytes().to_vec(),
@@ -465,6 +498,10 @@ async fn send<S: Shard>(
                     framed(id.as_bytes(), MSG_MOVED),
                     if *came { b"1".to_vec() } else { b"0".to_vec() },
                     node_agents_prefix(prefix),
+                    bound
+                        .as_ref()
+                        .map(crate::registry::bindings::owner_value)
+                        .unwrap_or_default(),
                 ],
             ),
             Write::Del { id } => link.eval_nowait(

@@ -15,6 +15,7 @@
 
 mod agents;
 pub mod api;
+pub mod bindings;
 mod health;
 pub mod mirror;
 pub mod ops;

@@ -17,15 +17,17 @@ use crate::time::UnixTime;
 pub enum Op {
     /// Upsert an agent (owner: `shard_of(agent_id)`). → `Done` | `Full`.
     Upsert(Box<AgentInfo>),
-    /// Upsert an agent by a principal: its binding (`AgentStore::upsert_as`), then the
-    /// quota and anonymous share of what it is charged to (`AgentStore::upsert_for`).
-    /// → `Done` | `Bound` (a binding change to commit) | `Refused` | `Forbidden` | `Busy`.
-    UpsertFor(Box<(AgentInfo, Principal)>),
+    /// Upsert an agent by a principal: its binding (`AgentStore::upsert_as_in`; the
+    /// `bool`: the cluster's binding allowed it, `registry::bindings`), then the quota
+    /// and anonymous share of what it is charged to (`AgentStore::upsert_for`).
+    /// → `Done` | `Bound` (a binding change to commit) | `Refused` | `Forbidden` | `Busy`
+    /// | `AskCluster`.
+    UpsertFor(Box<(AgentInfo, Principal, bool)>),
     /// One agent. → `Agent`.
     Get(Box<String>),
     /// Start removing an agent (`AgentStore::delete_begin`). → `Done` (removed: it had no
-    /// binding) | `Deleting` (commit the binding's deletion, then `DeleteFinish`) |
-    /// `NotFound` | `Busy`.
+    /// binding) | `Deleting` (commit the binding's deletion, then `DeleteFinish`; with the
+    /// binding, for the cluster's) | `NotFound` | `Busy`.
     DeleteBegin(Box<String>),
     /// The binding's deletion is durable: remove the agent. → `Done`.
     DeleteFinish(Box<String>),
@@ -61,8 +63,12 @@ pub enum Reply {
     Bound(Box<BindingChange>),
     /// A change of the agent's binding is being saved: retry.
     Busy,
-    /// Commit the deletion of the agent's binding, then `DeleteFinish`.
-    Deleting,
+    /// In a cluster: check the agent's binding there first (`registry::bindings`), then
+    /// ask again with it checked. Nothing changed.
+    AskCluster,
+    /// Commit the deletion of the agent's binding (it was bound to this), then
+    /// `DeleteFinish`.
+    Deleting(Option<Box<crate::limits::Owner>>),
     Agent(Option<Box<AgentRecord>>),
     Agents(Box<Vec<AgentRecord>>),
     Nodes(Box<Vec<TopologyNode>>),
@@ -87,9 +93,9 @@ impl Op {
                 }
             }
             Op::UpsertFor(b) => {
-                let (info, by) = *b;
+                let (info, by, cleared) = *b;
                 let id = info.agent_id.clone();
-                match store.upsert_as(info, &by, now) {
+                match store.upsert_as_in(info, &by, now, cleared) {
                     Ok(None) => {
                         changes.push(Topic::Agent, &id);
                         Reply::Done
@@ -101,6 +107,7 @@ impl Op {
                     Err(AgentRefusal::Budget(r)) => Reply::Refused(Box::new(r)),
                     Err(AgentRefusal::Bound(why)) => Reply::Forbidden(Box::new(why)),
                     Err(AgentRefusal::Busy) => Reply::Busy,
+                    Err(AgentRefusal::AskCluster) => Reply::AskCluster,
                 }
             }
             Op::Get(id) => Reply::Agent(store.get(&id).cloned().map(Box::new)),
@@ -109,7 +116,14 @@ impl Op {
                     changes.push(Topic::Agent, &id);
                     Reply::Done
                 }
-                DeleteStart::Deleting => Reply::Deleting,
+                // In a cluster, with the binding: the cluster's goes too while it is this.
+                DeleteStart::Deleting => Reply::Deleting(
+                    store
+                        .binding(&id)
+                        .filter(|_| store.cluster_bindings())
+                        .cloned()
+                        .map(Box::new),
+                ),
                 DeleteStart::NotFound => Reply::NotFound,
                 DeleteStart::Busy => Reply::Busy,
             },

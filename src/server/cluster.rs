@@ -98,6 +98,11 @@ fn service_of(body: &[u8]) -> Option<&'static Service> {
 pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
     ctx.state.ws.enable_outbox();
     ctx.state.agents.borrow_mut().enable_mirror();
+    // Bindings are cluster-wide (`registry::bindings`), but under
+    // `--require-agent-auth`, where an agent acts only with its own token.
+    if !ctx.config.auth.require_agent_auth {
+        ctx.state.agents.borrow_mut().enable_cluster_bindings();
+    }
     let c = ctx.clone();
     monoio::spawn(async move {
         loop {
@@ -197,11 +202,23 @@ fn take(ctx: &Rc<ShardCtx>) {
 }
 
 /// The cluster link's counters (`--cluster`) in the Prometheus text format, labelled
-/// with the node; `malformed`: messages from other nodes the shards dropped.
-pub fn render_metrics(node: &str, s: &chatixia_cluster::Stats, malformed: u64) -> String {
+/// with the node; `malformed`: messages from other nodes the shards dropped;
+/// `binding_conflicts`: bindings asserted on connect that lost to another node's.
+pub fn render_metrics(
+    node: &str,
+    s: &chatixia_cluster::Stats,
+    malformed: u64,
+    binding_conflicts: u64,
+) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    let series: [(&str, &str, &str, u64); 11] = [
+    let series: [(&str, &str, &str, u64); 13] = [
+        (
+            "chatixia_cluster_unreplicated_total",
+            "counter",
+            "Durable writes (agent bindings) no replica acknowledged in time (WAIT; answered 503).",
+            s.unreplicated,
+        ),
         (
             "chatixia_cluster_up",
             "gauge",
@@ -237,6 +254,12 @@ pub fn render_metrics(node: &str, s: &chatixia_cluster::Stats, malformed: u64) -
             "counter",
             "Messages from this node's channel the shards could not read (dropped).",
             malformed,
+        ),
+        (
+            "chatixia_cluster_binding_conflicts_total",
+            "counter",
+            "Agent bindings this node asserted on connect that another node had bound first (theirs won).",
+            binding_conflicts,
         ),
         (
             "chatixia_cluster_refused_total",

@@ -55,6 +55,8 @@ pub struct ShardMetrics {
     pub layer: LayerMetrics,
     /// Messages from other nodes this shard could not read (`--cluster`).
     pub cluster_malformed: u64,
+    /// Bindings this shard asserted on connect that another node had bound first.
+    pub cluster_binding_conflicts: u64,
 }
 
 /// The shard layer's counters on one shard: asks that found a full mailbox and waited,
@@ -132,6 +134,7 @@ impl ShardMetrics {
             tls: Default::default(),
             layer: Default::default(),
             cluster_malformed: 0,
+            cluster_binding_conflicts: 0,
         }
     }
 }
@@ -696,6 +699,7 @@ mod tests {
                 reservations_refused: 2,
             },
             cluster_malformed: 0,
+            cluster_binding_conflicts: 0,
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));

@@ -275,6 +275,12 @@ impl ShardCtx {
         m.tls = self.tls.snapshot();
         m.layer = crate::server::metrics::LayerMetrics::of(&self.layer);
         m.cluster_malformed = self.cluster_malformed.get();
+        m.cluster_binding_conflicts = self
+            .state
+            .agents
+            .borrow_mut()
+            .mirror_mut()
+            .map_or(0, |n| n.binding_conflicts);
         m
     }
 

@@ -733,3 +733,232 @@ fn without_redis_the_lists_hold_the_nodes_own_agents_and_a_restart_asserts_them_
         "three"
     );
 }
+
+// Agent bindings across nodes (registry::bindings): cluster-wide, as on a node alone.
+
+/// Two agent credentials (`ak_holder-a`, `ak_holder-b`; neither is for the agents of
+/// these tests) and the operator's.
+const HOLDERS: &[(&str, Option<&str>)] = &[("holder-a", None), ("holder-b", None)];
+
+/// `POST path` at `srv` from `from` (a loopback address), with `key` as `X-API-Key`.
+fn post_as(
+    srv: &Server,
+    from: [u8; 4],
+    key: Option<&str>,
+    path: &str,
+    body: &Value,
+) -> common::Resp {
+    let mut h = vec![("Content-Type", "application/json")];
+    if let Some(k) = key {
+        h.push(("X-API-Key", k));
+    }
+    let body = serde_json::to_vec(body).unwrap();
+    srv.conn_from(from.into())
+        .request("POST", path, &h, Some(&body))
+}
+
+fn register_as(
+    srv: &Server,
+    from: [u8; 4],
+    key: Option<&str>,
+    id: &str,
+    host: &str,
+) -> common::Resp {
+    post_as(srv, from, key, "/api/registry/agents", &agent(id, host))
+}
+
+fn heartbeat_as(srv: &Server, from: [u8; 4], key: Option<&str>, id: &str) -> common::Resp {
+    post_as(
+        srv,
+        from,
+        key,
+        "/api/hub/heartbeat",
+        &json!({"agent_id": id, "hostname": "hb", "skill_names": ["web"]}),
+    )
+}
+
+const HOME: [u8; 4] = [127, 0, 25, 1];
+const AWAY: [u8; 4] = [127, 0, 25, 2];
+
+/// Which node the mirror names as holding `id`.
+fn holder_node(redis: &Redis, id: &str) -> Option<String> {
+    match redis.cmd(&["HGET", "chx:agents", id]) {
+        redis::Reply::Bulk(v) => v.split('\n').next().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn cluster_binding(redis: &Redis, id: &str) -> Option<String> {
+    match redis.cmd(&["HGET", "chx:bindings", id]) {
+        redis::Reply::Bulk(v) => Some(v),
+        _ => None,
+    }
+}
+
+#[test]
+fn an_agents_binding_holds_at_every_node_and_goes_with_its_delete() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(HOLDERS);
+    let n1 = node(&redis, "n1", 2, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let (a, b) = (Some("ak_holder-a"), Some("ak_holder-b"));
+    let w = Duration::from_secs(10);
+    let r = register_as(&n1, HOME, a, "ag", "home.local");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cluster_binding(&redis, "ag").as_deref(), Some("P:holder-a"));
+    agents_until(&n2, w, "n2 lists it", listed(&["ag"]));
+    // Another credential, at a node that never held it: refused as at its node (the
+    // same 403 and reason), by register and by heartbeat, with or without a key, from
+    // any address.
+    let at_home = register_as(&n1, AWAY, b, "ag", "stolen.local");
+    assert_eq!(at_home.status, 403, "{}", at_home.text());
+    for r in [
+        register_as(&n2, AWAY, b, "ag", "stolen.local"),
+        register_as(&n2, HOME, None, "ag", "stolen.local"),
+    ] {
+        assert_eq!((r.status, r.text()), (403, at_home.text()));
+    }
+    let r = heartbeat_as(&n2, AWAY, b, "ag");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("bound to another API key or token"));
+    // Not moved: n1 holds it, as registered.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(holder_node(&redis, "ag").as_deref(), Some("n1"));
+    let l = agents(&n1);
+    assert_eq!(
+        (ids(&l), &l[0]["hostname"]),
+        (vec!["ag".to_string()], &json!("home.local"))
+    );
+    assert_eq!(
+        n2.get("/api/registry/agents/ag").json()["hostname"],
+        "home.local"
+    );
+    // Its holder's credential at n2, from another address: allowed, and it moves.
+    let r = register_as(&n2, AWAY, a, "ag", "moved.local");
+    assert_eq!(r.status, 200, "{}", r.text());
+    for n in [&n1, &n2] {
+        agents_until(n, w, "after the move", |l| {
+            ids(l) == ["ag"] && l[0]["hostname"] == "moved.local"
+        });
+    }
+    assert_eq!(holder_node(&redis, "ag").as_deref(), Some("n2"));
+    // Still refused to B at the node it left (whose own binding is kept there).
+    assert_eq!(register_as(&n1, AWAY, b, "ag", "x").status, 403);
+    // Deleted at the node that holds it: its binding goes everywhere; B takes the id
+    // at the node it left, and A is refused there and at n2 from then on.
+    let d = n2.admin_req("DELETE", "/api/registry/agents/ag");
+    assert_eq!(d.text(), r#"{"status":"ok"}"#);
+    assert_eq!(cluster_binding(&redis, "ag"), None);
+    let r = register_as(&n1, AWAY, b, "ag", "b.local");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cluster_binding(&redis, "ag").as_deref(), Some("P:holder-b"));
+    for n in [&n1, &n2] {
+        let r = heartbeat_as(n, HOME, a, "ag");
+        assert_eq!(r.status, 403, "{}", r.text());
+    }
+    // Deleted at a node that does not hold it (n2; n1 does): gone too, and an
+    // address without a key takes the id at n2.
+    let d = n2.admin_req("DELETE", "/api/registry/agents/ag");
+    assert_eq!(d.text(), r#"{"status":"ok"}"#);
+    assert_eq!(cluster_binding(&redis, "ag"), None);
+    let r = heartbeat_as(&n2, HOME, None, "ag");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        cluster_binding(&redis, "ag").as_deref(),
+        Some("A:127.0.25.1")
+    );
+}
+
+#[test]
+fn without_redis_an_agent_new_to_a_node_is_refused_and_bound_ones_keep_heartbeating() {
+    let Some(mut redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(HOLDERS);
+    let n1 = node(&redis, "n1", 2, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    let (a, b) = (Some("ak_holder-a"), Some("ak_holder-b"));
+    assert_eq!(register_as(&n1, HOME, a, "ag1", "one").status, 200);
+    assert_eq!(heartbeat_as(&n1, HOME, a, "ag1").status, 200);
+    let refused_before = metric(&n1, "chatixia_cluster_refused_total");
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n1.get("/readyz").status != 503 || n2.get("/readyz").status != 503 {
+        assert!(Instant::now() < deadline, "the nodes never saw Redis go");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bound here: its heartbeats and registers go on (no Redis needed); another
+    // credential is still refused here (403).
+    for _ in 0..3 {
+        assert_eq!(heartbeat_as(&n1, HOME, a, "ag1").status, 200);
+    }
+    assert_eq!(register_as(&n1, AWAY, a, "ag1", "one").status, 200);
+    assert_eq!(register_as(&n1, AWAY, b, "ag1", "x").status, 403);
+    // New to a node: refused with 503 and the reason (failing closed), counted.
+    for (srv, id) in [(&n1, "ag2"), (&n2, "ag1")] {
+        for r in [
+            register_as(srv, HOME, a, id, "x"),
+            heartbeat_as(srv, HOME, a, id),
+        ] {
+            assert_eq!(r.status, 503, "{id}: {}", r.text());
+            let why = r.json()["error"].as_str().unwrap().to_string();
+            assert!(why.starts_with("cluster unavailable: "), "{why}");
+        }
+    }
+    assert!(metric(&n1, "chatixia_cluster_refused_total") > refused_before);
+    // Redis is back, empty: n1 asserts its binding again, so B is refused at n2 and a
+    // new agent is taken at n1.
+    redis.restart();
+    wait_ready(&n1);
+    wait_ready(&n2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cluster_binding(&redis, "ag1").as_deref() != Some("P:holder-a") {
+        assert!(Instant::now() < deadline, "n1 never asserted ag1's binding");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(heartbeat_as(&n2, AWAY, b, "ag1").status, 403);
+    assert_eq!(register_as(&n1, HOME, a, "ag2", "two").status, 200);
+    assert_eq!(heartbeat_as(&n2, AWAY, a, "ag1").status, 200);
+}
+
+#[test]
+fn a_node_whose_copy_of_an_agent_lost_its_cluster_binding_drops_it() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(HOLDERS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let a = Some("ak_holder-a");
+    assert_eq!(register_as(&n1, HOME, a, "ag", "one").status, 200);
+    // The cluster's binding names another holder (as when a move took it, and a steady
+    // heartbeat here raced the move's notice): the next write of n1's copy does not
+    // take the mirror's entry, and n1 drops the copy.
+    redis.cmd(&["HSET", "chx:bindings", "ag", "P:holder-b"]);
+    let r = post_as(
+        &n1,
+        HOME,
+        a,
+        "/api/hub/heartbeat",
+        &json!({"agent_id": "ag", "hostname": "changed", "skill_names": ["web"]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = heartbeat_as(&n1, HOME, a, "ag");
+        if r.status == 403 {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(Instant::now() < deadline, "n1 kept its stale copy of ag");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        register_as(&n1, AWAY, Some("ak_holder-b"), "ag", "b").status,
+        200
+    );
+}

@@ -105,14 +105,101 @@ impl AgentStore {
     /// [`Principal::may_act_for`]); else the 403 refusal naming what is needed, or
     /// [`AgentRefusal::Busy`] while a change of it is being saved.
     pub fn check_binding(&self, agent_id: &str, by: &Principal) -> Result<(), AgentRefusal> {
+        self.check_binding_in(agent_id, by, false)
+    }
+
+    /// Makes bindings cluster-wide (`--cluster`, not under `--require-agent-auth`;
+    /// `registry::bindings`): see [`check_binding_in`](Self::check_binding_in).
+    pub fn enable_cluster_bindings(&mut self) {
+        self.cluster_bindings = true;
+    }
+
+    /// Whether bindings are cluster-wide.
+    pub fn cluster_bindings(&self) -> bool {
+        self.cluster_bindings
+    }
+
+    /// Whether `by` is a steady caller of `agent_id` here: the agent's record is held
+    /// here, bound to exactly what `by` binds (nothing would change).
+    fn is_steady(&self, agent_id: &str, by: &Principal) -> bool {
+        self.agents
+            .get(agent_id)
+            .and_then(|r| r.bound.as_ref())
+            .is_some_and(|b| by.is_owner(b))
+    }
+
+    /// [`check_binding`](Self::check_binding), in a cluster, where the cluster's binding
+    /// is the one that counts (`registry::bindings`):
+    ///
+    /// * an agent held here is checked against its binding here first (a refusal needs
+    ///   no round trip); then, unless `by` is a steady caller (bound here to exactly
+    ///   what `by` binds: nothing would change), the cluster decides
+    ///   ([`AgentRefusal::AskCluster`]: nothing changed);
+    /// * an agent not held here is the cluster's to decide: a binding kept here (the
+    ///   agent moved away, or a restart) may be stale, since its binding may have moved
+    ///   with it.
+    ///
+    /// `cleared`: the cluster allowed `by` (its binding now names `by`).
+    pub fn check_binding_in(
+        &self,
+        agent_id: &str,
+        by: &Principal,
+        cleared: bool,
+    ) -> Result<(), AgentRefusal> {
         if self.saving.contains(agent_id) {
             return Err(AgentRefusal::Busy);
         }
-        match self.binding(agent_id) {
-            Some(bound) if !by.may_act_for(agent_id, bound) => {
-                Err(AgentRefusal::Bound(bound_message(agent_id, bound)))
+        let held = self.agents.contains_key(agent_id);
+        if self.cluster_bindings && !held {
+            return if cleared {
+                Ok(())
+            } else {
+                Err(AgentRefusal::AskCluster)
+            };
+        }
+        if let Some(bound) = self.binding(agent_id) {
+            if !by.may_act_for(agent_id, bound) {
+                return Err(AgentRefusal::Bound(bound_message(agent_id, bound)));
             }
-            _ => Ok(()),
+        }
+        if self.cluster_bindings && !cleared && !self.is_steady(agent_id, by) {
+            return Err(AgentRefusal::AskCluster);
+        }
+        Ok(())
+    }
+
+    /// Every binding held here (records and loaded ones): what a node asserts into the
+    /// cluster's bindings when its link comes up (`registry::bindings::assert_all`).
+    pub fn bindings(&self) -> Vec<(String, Owner)> {
+        let held = self
+            .agents
+            .iter()
+            .filter_map(|(id, r)| Some((id.clone(), r.bound.clone()?)));
+        let loaded = self.loaded.iter().map(|(id, o)| (id.clone(), o.clone()));
+        held.chain(loaded).collect()
+    }
+
+    /// The cluster holds another binding of `agent_id` (asserted earlier by another
+    /// node): it wins here too, in memory (the stored binding is asserted, and loses,
+    /// again at the next start). Not while a change of it is being saved (that change
+    /// passed the cluster's check). `false` when nothing was changed.
+    pub fn adopt_binding(&mut self, agent_id: &str, owner: Owner) -> bool {
+        if self.saving.contains(agent_id) {
+            return false;
+        }
+        if let Some(r) = self.agents.get_mut(agent_id) {
+            if r.bound.is_some() {
+                r.bound = Some(owner);
+                return true;
+            }
+            return false;
+        }
+        match self.loaded.get_mut(agent_id) {
+            Some(b) => {
+                *b = owner;
+                true
+            }
+            None => false,
         }
     }
 
@@ -197,8 +284,19 @@ impl AgentStore {
         by: &Principal,
         now: UnixTime,
     ) -> Result<Option<BindingChange>, AgentRefusal> {
+        self.upsert_as_in(info, by, now, false)
+    }
+
+    /// [`upsert_as`](Self::upsert_as) in a cluster ([`check_binding_in`](Self::check_binding_in)).
+    pub fn upsert_as_in(
+        &mut self,
+        info: AgentInfo,
+        by: &Principal,
+        now: UnixTime,
+        cleared: bool,
+    ) -> Result<Option<BindingChange>, AgentRefusal> {
         let id = info.agent_id.clone();
-        self.check_binding(&id, by)?;
+        self.check_binding_in(&id, by, cleared)?;
         let created = !self.agents.contains_key(&id);
         self.upsert_for(info, &Charge::of(by), now)?;
         Ok(self.bind(&id, by, created))
@@ -211,7 +309,19 @@ impl AgentStore {
         by: &Principal,
         now: UnixTime,
     ) -> Result<Option<BindingChange>, AgentRefusal> {
-        self.check_binding(&hb.agent_id, by)?;
+        self.heartbeat_as_in(hb, by, now, false)
+    }
+
+    /// [`heartbeat_as`](Self::heartbeat_as) in a cluster
+    /// ([`check_binding_in`](Self::check_binding_in)).
+    pub fn heartbeat_as_in(
+        &mut self,
+        hb: &Heartbeat,
+        by: &Principal,
+        now: UnixTime,
+        cleared: bool,
+    ) -> Result<Option<BindingChange>, AgentRefusal> {
+        self.check_binding_in(&hb.agent_id, by, cleared)?;
         let created = !self.agents.contains_key(&hb.agent_id);
         self.heartbeat_for(hb, &Charge::of(by), now)?;
         Ok(self.bind(&hb.agent_id, by, created))
@@ -412,6 +522,53 @@ mod tests {
         s.binding_saved(&change.agent_id);
         assert!(s.drop_moved("alpha"));
         assert!(!s.drop_moved("alpha"), "no longer here");
+    }
+
+    /// Issue 25: in a cluster only a steady caller of an agent held here skips the
+    /// cluster's check; a refusal here needs none; an agent not held here is the
+    /// cluster's to decide, whatever binding is kept here; another node's binding
+    /// asserted first wins here.
+    #[test]
+    fn in_a_cluster_only_steady_callers_skip_the_clusters_check() {
+        let mut s = AgentStore::new(AgentStoreConfig::default());
+        s.enable_mirror();
+        s.enable_cluster_bindings();
+        let a = anon("10.0.0.1");
+        assert_eq!(
+            s.upsert_as(info("a"), &a, T0),
+            Err(AgentRefusal::AskCluster)
+        );
+        assert!(s.get("a").is_none() && s.binding("a").is_none());
+        let change = s.upsert_as_in(info("a"), &a, T0, true).unwrap().unwrap();
+        s.binding_saved(&change.agent_id);
+        // Steady: no round trip.
+        assert_eq!(s.heartbeat_as(&hb("a"), &a, T0), Ok(None));
+        // Refused here without asking.
+        refused(beat(&mut s, "a", &anon("10.0.0.2")));
+        // The agent's own key would move the binding: the cluster's moves first.
+        let own = key("a-sidecar", "10.0.0.9");
+        assert_eq!(
+            s.heartbeat_as(&hb("a"), &own, T0),
+            Err(AgentRefusal::AskCluster)
+        );
+        // Moved to another node: the binding kept here does not decide.
+        assert!(s.drop_moved("a"));
+        assert_eq!(
+            s.heartbeat_as(&hb("a"), &a, T0),
+            Err(AgentRefusal::AskCluster)
+        );
+        let b = anon("10.0.0.2");
+        let moved = s.heartbeat_as_in(&hb("a"), &b, T0, true).unwrap().unwrap();
+        assert_eq!(moved.before, Some(Owner::Address("10.0.0.1".into())));
+        s.binding_saved(&moved.agent_id);
+        assert_eq!(
+            s.bindings(),
+            [("a".into(), Owner::Address("10.0.0.2".into()))]
+        );
+        // Another node bound it first: its holder acts here, this one is refused.
+        assert!(s.adopt_binding("a", Owner::Peer("p".into())));
+        refused(beat(&mut s, "a", &b));
+        assert!(!s.adopt_binding("nope", Owner::Peer("p".into())));
     }
 
     #[test]

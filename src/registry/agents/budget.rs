@@ -62,6 +62,10 @@ pub enum AgentRefusal {
     /// A change of the agent's binding is being saved to the durable store: retry
     /// shortly (the handler does).
     Busy,
+    /// In a cluster (`registry::bindings`): the agent is not held here bound to this
+    /// principal, so the cluster's binding decides; ask it (`BIND`), then again with the
+    /// check done. Nothing changed.
+    AskCluster,
 }
 
 impl From<Refusal> for AgentRefusal {

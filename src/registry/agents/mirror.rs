@@ -47,17 +47,25 @@ pub struct MirrorNotes {
     /// A note was refused: entries of agents no longer held here may be left; the
     /// task removes them (this node's set, those this shard owns and no longer holds).
     pub lost: bool,
+    /// The link came up: the shard's bindings are asserted into the cluster's
+    /// (`registry::bindings::assert_all`) before its agents are written again.
+    pub assert_bindings: bool,
+    /// Bindings this shard asserted that another node had bound first (theirs won).
+    pub binding_conflicts: u64,
     waker: Option<Waker>,
 }
 
 /// One write to the mirror.
 #[derive(Debug, PartialEq, Eq)]
 pub enum MirrorWrite {
-    /// The agent's record (the list's JSON); `came`: it registered or heartbeated here.
+    /// The agent's record (the list's JSON); `came`: it registered or heartbeated here;
+    /// `bound`: its binding here (the write does not take the agent where the cluster's
+    /// binding names another holder, `registry::bindings`).
     Put {
         id: String,
         json: Vec<u8>,
         came: bool,
+        bound: Option<crate::limits::Owner>,
     },
     /// The agent is no longer here.
     Del { id: String },
@@ -168,6 +176,7 @@ impl MirrorNotes {
             id: r.info.agent_id.clone(),
             json: wire::json::json_vec(r),
             came,
+            bound: r.bound.clone(),
         }
     }
 }
