@@ -208,6 +208,24 @@ pub async fn bind<S: Shard>(
     let items = match reply {
         Ok(Value::Array(items)) => items,
         Ok(Value::Error(e)) if e.starts_with("NOREPLICAS") => {
+            // The script ran, but no replica confirmed this connection's writes. A
+            // refusal wrote nothing and stands whatever the replicas say: read the
+            // binding back; only one that would be ours is refused for durability.
+            let held = match link.command(vec![
+                b"HGET".to_vec(),
+                bindings_key(link.prefix()),
+                agent_id.as_bytes().to_vec(),
+            ]) {
+                Ok(r) => r.await.ok(),
+                Err(_) => None,
+            };
+            if let Some(Value::Bulk(v)) = held {
+                if v != mine && !by.is_for(agent_id) {
+                    if let Some(bound) = owner_of(&v) {
+                        return Err(Error::forbidden(bound_message(agent_id, &bound)));
+                    }
+                }
+            }
             return Err(unavailable(
                 agent_id,
                 &format!("the binding was not replicated: {e}"),

@@ -33,11 +33,16 @@ fn keys(peers: &[(&str, Option<&str>)]) -> String {
 
 /// A node of the cluster on `redis`: `--cluster`, `--node-id`, a short lease.
 fn node(redis: &Redis, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
+    node_at(&redis.url(), id, cores, keys, lease)
+}
+
+/// A node of the cluster at `url` (`redis://` or `redis+sentinel://`).
+fn node_at(url: &str, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
     let mut o = Opts::cores(cores);
     o.keys = Some(keys.to_string());
     o.args = vec![
         "--cluster".into(),
-        redis.url(),
+        url.into(),
         "--node-id".into(),
         id.into(),
         "--cluster-lease".into(),
@@ -961,4 +966,80 @@ fn a_node_whose_copy_of_an_agent_lost_its_cluster_binding_drops_it() {
         register_as(&n1, AWAY, Some("ak_holder-b"), "ag", "b").status,
         200
     );
+}
+
+#[test]
+fn through_sentinel_a_binding_is_replicated_before_its_200_and_survives_a_failover() {
+    let Some(mut primary) = redis::start(&["--repl-diskless-sync-delay", "0"]) else {
+        return;
+    };
+    let replica = redis::start(&[
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
+    .unwrap();
+    let Some(sentinel) = redis::sentinel(primary.port) else {
+        return;
+    };
+    sentinel.wait_for_replica(Duration::from_secs(15));
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{}/{}",
+        sentinel.port,
+        redis::MASTER
+    );
+    let k = keys(HOLDERS);
+    let n1 = node_at(&url, "n1", 1, &k, "10");
+    let n2 = node_at(&url, "n2", 1, &k, "10");
+    let (a, b) = (Some("ak_holder-a"), Some("ak_holder-b"));
+    // The 200 comes once a replica has the binding (WAIT): it is on the replica now.
+    let r = register_as(&n1, HOME, a, "ag", "home.local");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        cluster_binding(&replica, "ag").as_deref(),
+        Some("P:holder-a")
+    );
+    // The primary dies: the nodes follow the Sentinel to the promoted replica, where the
+    // binding still refuses another credential at a node that never held the agent.
+    primary.kill();
+    let failed_over = Instant::now();
+    for n in [&n1, &n2] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if n.get("/readyz").status == 200
+                && matches!(replica.cmd(&["ROLE"]), redis::Reply::Array(r) if r.first() == Some(&redis::Reply::Bulk("master".into())))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no failover followed: {}",
+                sentinel.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    eprintln!(
+        "nodes ready on the promoted replica {:?} after the kill",
+        failed_over.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = register_as(&n2, AWAY, b, "ag", "stolen.local");
+        if r.status == 403 {
+            break;
+        }
+        // 503 while n2's link reconnects; never 200.
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The promoted primary has no replica left: a new binding cannot be made durable, so
+    // it is refused (503, said why), and nothing is half-bound.
+    let r = register_as(&n2, AWAY, b, "other", "x.local");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("not replicated"), "{}", r.text());
+    assert!(metric(&n2, "chatixia_cluster_unreplicated_total") >= 1);
 }

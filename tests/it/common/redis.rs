@@ -207,3 +207,131 @@ fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
         _ => return Err(bad()),
     })
 }
+
+/// `redis-sentinel` on loopback monitoring the primary on `primary` as `m` (quorum 1, down
+/// after 1 s, failover timeout 3 s), with its own config file (Sentinel rewrites it).
+pub struct Sentinel {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+/// The name the test Sentinels monitor the primary under.
+pub const MASTER: &str = "m";
+
+/// A Sentinel for the primary on `primary`, or `None` after `common::skip`.
+pub fn sentinel(primary: u16) -> Option<Sentinel> {
+    if Command::new("redis-sentinel")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        super::skip("redis-sentinel is not installed (apt-get install redis-sentinel)");
+        return None;
+    }
+    static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let nth = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for attempt in 0..20u16 {
+        let port = 20_000
+            + ((std::process::id() as u16)
+                .wrapping_mul(13)
+                .wrapping_add(nth.wrapping_mul(1_409))
+                .wrapping_add(attempt.wrapping_mul(157))
+                .wrapping_add(6_000))
+                % 12_000;
+        let dir = TempDir::new();
+        let conf = dir.0.join("sentinel.conf");
+        let log = dir.0.join("sentinel.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nlogfile {}\ndir {}\n\
+                 sentinel monitor {MASTER} 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds {MASTER} 1000\n\
+                 sentinel failover-timeout {MASTER} 3000\n",
+                log.display(),
+                dir.0.display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-sentinel");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break; // the port was taken: another
+            }
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("+monitor master")
+            {
+                return Some(Sentinel {
+                    port,
+                    child: Some(child),
+                    dir,
+                });
+            }
+            assert!(Instant::now() < deadline, "redis-sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("redis-sentinel did not start on any of 20 ports");
+}
+
+impl Sentinel {
+    /// Waits until it lists a replica of the primary it could promote.
+    pub fn wait_for_replica(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = matches!(
+                self.cmd(&["SENTINEL", "replicas", MASTER]),
+                Ok(Reply::Array(rs)) if rs.iter().any(|r| match r {
+                    Reply::Array(kv) => {
+                        let field = |k: &str| kv.chunks(2).find(|c| c[0] == Reply::Bulk(k.into())).map(|c| &c[1]);
+                        field("flags") == Some(&Reply::Bulk("slave".into()))
+                            && field("master-link-status") == Some(&Reply::Bulk("ok".into()))
+                    }
+                    _ => false,
+                })
+            );
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Sentinel lists no healthy replica: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("sentinel.log")).unwrap_or_default()
+    }
+
+    fn cmd(&self, args: &[&str]) -> std::io::Result<Reply> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(out.as_bytes())?;
+        read_reply(&mut BufReader::new(s))
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
