@@ -1043,3 +1043,326 @@ fn through_sentinel_a_binding_is_replicated_before_its_200_and_survives_a_failov
     assert!(r.text().contains("not replicated"), "{}", r.text());
     assert!(metric(&n2, "chatixia_cluster_unreplicated_total") >= 1);
 }
+
+// ---------------------------------------------------------------------------------------
+// Hostile review of issue 25 (branch i25-review). Each test below FAILS on main at the
+// time of the review (b83771b): it demonstrates a defect, not a feature.
+// ---------------------------------------------------------------------------------------
+
+/// Sends `kill SIG pid`.
+fn signal(srv: &Server, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &srv.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Waits until `/metrics` says `name` ≥ `at_least`.
+fn metric_until(srv: &Server, name: &str, at_least: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while metric(srv, name) < at_least {
+        assert!(Instant::now() < deadline, "{name} stayed below {at_least}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PROTOCOL §7.5: "a peer that connects to another node is moved there, and its
+/// connection at the older node is closed with 4000". A node paused past its lease (its
+/// entries removed by the others) comes back and re-asserts every peer it holds with
+/// `JOIN`, which takes the entry back from the node the peer moved to meanwhile and
+/// closes the NEWER connection there with 4000 ("replaced by a newer connection … on
+/// another node", which is false); the stale one survives. The registry's mirror does
+/// not have this bug (its write after a reconnect, `came = 0`, never takes an agent from
+/// a live node); signaling's resync should do the same.
+#[test]
+fn a_node_back_from_a_pause_does_not_close_the_newer_connection_at_another_node() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "2");
+    let n2 = node(&redis, "n2", 1, &k, "2");
+    let mut old = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(10));
+    // n1 stalls past its lease: n2 drops alice; alice reconnects at n2.
+    signal(&n1, "-STOP");
+    list_until(&mut bob, "bob", &[], Duration::from_secs(10));
+    let mut new = peer(&n2, "alice");
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(5));
+    // n1 resumes, finds its lease lapsed, reconnects and re-asserts its peers.
+    signal(&n1, "-CONT");
+    metric_until(
+        &n1,
+        "chatixia_cluster_reconnects_total",
+        1,
+        Duration::from_secs(15),
+    );
+    wait_ready(&n1);
+    std::thread::sleep(Duration::from_secs(1));
+    // The newer connection must still be open and reached.
+    send(&mut bob, &offer("bob", "alice", 1));
+    loop {
+        match new.read().expect("read the newer connection") {
+            tungstenite::Message::Text(t) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v, offer("bob", "alice", 1));
+                break;
+            }
+            tungstenite::Message::Close(f) => {
+                panic!("the NEWER connection of alice (at n2) was closed by the stale node: {f:?}")
+            }
+            _ => continue,
+        }
+    }
+    // And the older one (at n1) is the one replaced.
+    let (code, _) = recv_close(&mut old);
+    assert_eq!(code, 4000);
+}
+
+/// `--node-id` must be unique (README), but nothing checks it: a second process started
+/// with the id of a live node (a copied config; or two hosts whose default id
+/// `HOST:PORT` is the same, e.g. both `localhost:8080`) is accepted and ready. The two then
+/// share one lease, one channel and one set of directory entries: their peers cannot see
+/// or reach each other (`PEERS`/`RELAY` skip "this node"), the CLEANUP either runs on
+/// its (re)connect or SIGTERM removes the other's peers (and the other, whose lease the
+/// twin keeps renewed, never notices the loss), and each masks the other's lapsed lease.
+/// Either refuse the second node (this test then returns early) or keep them apart.
+#[test]
+fn a_second_node_with_a_live_node_id_is_refused_or_kept_apart() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let twin = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        node(&redis, "n1", 1, &k, "10")
+    }));
+    let Ok(twin) = twin else {
+        return; // refused (exited, or never ready): what a fix may do
+    };
+    let mut carol = peer(&twin, "carol");
+    // Two peers of one mesh on two processes: each lists the other, as across any nodes.
+    list_until(&mut carol, "carol", &["alice"], Duration::from_secs(5));
+    relay(&mut carol, "carol", &mut alice, "alice", 1);
+}
+
+/// Like `a_second_node_with_a_live_node_id_is_refused_or_kept_apart`, the lasting harm:
+/// the twin reconnects (here its connections are killed, as a network blip would), its
+/// connect script removes every entry naming "n1", the first n1's included; the first n1
+/// renews a lease the twin keeps alive, so it never re-asserts alice: she stays missing
+/// from the other nodes' lists for good.
+#[test]
+fn a_twin_node_id_reconnecting_does_not_remove_the_other_processes_peers_for_good() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    let _alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(10));
+    let twin = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        node(&redis, "n1", 1, &k, "3")
+    }));
+    let Ok(twin) = twin else {
+        return; // refused: what a fix may do
+    };
+    // The twin's connections are the newest named chx-n1-*: kill them.
+    let redis::Reply::Bulk(clients) = redis.cmd(&["CLIENT", "LIST"]) else {
+        panic!("CLIENT LIST")
+    };
+    let mut ids: Vec<u64> = clients
+        .lines()
+        .filter(|l| l.contains("name=chx-n1-"))
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .collect();
+    ids.sort();
+    assert_eq!(ids.len(), 4, "{clients}");
+    for id in &ids[2..] {
+        redis.cmd(&["CLIENT", "KILL", "ID", &id.to_string()]);
+    }
+    metric_until(
+        &twin,
+        "chatixia_cluster_reconnects_total",
+        1,
+        Duration::from_secs(10),
+    );
+    wait_ready(&twin);
+    // alice never left n1: she must be listed again within a couple of renewals.
+    std::thread::sleep(Duration::from_millis(500));
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(8));
+}
+
+/// ARCHITECTURE.md: "a larger mirror [than REPLY_BYTES_MAX] fails the script and the list
+/// falls back to this node's agents". It does not: a reply over 64 MiB fails the link's
+/// command connection, so ONE anonymous `GET /api/registry/agents` takes the node's
+/// whole link down (every command in flight lost, relays dropped, `/readyz` 503, then a
+/// reconnect and a re-assertion of every peer and agent), every time it is asked.
+#[test]
+fn an_anonymous_agent_list_over_a_large_mirror_does_not_take_the_link_down() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let _n2 = node(&redis, "n2", 1, &k, "10");
+    // About 70 MiB of records held by the live n2 (as n2 writes them: `NODE \n RECORD`).
+    let fill = r#"
+local pad = string.rep('x', 65000)
+for i = 1, tonumber(ARGV[2]) do
+  local id = 'big-' .. i
+  redis.call('HSET', KEYS[1], id, ARGV[1] .. '\n{"agent_id":"' .. id .. '","pad":"' .. pad .. '"}')
+end
+return 1"#;
+    redis.cmd(&["EVAL", fill, "1", "chx:agents", "n2", "1100"]);
+    let before = metric(&n1, "chatixia_cluster_reconnects_total");
+    let r = n1.get("/api/registry/agents?limit=1");
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        metric(&n1, "chatixia_cluster_reconnects_total"),
+        before,
+        "one anonymous GET /api/registry/agents reconnected the node's link:\n{}",
+        n1.log()
+    );
+}
+
+/// Every page of `GET /api/registry/agents` (anonymous) runs `AGENTS`: one Lua script
+/// reading the WHOLE mirror (HGETALL), which blocks the one Redis every node shares. With
+/// a mirror of ~90,000 agents (under the 64 MiB reply bound) a script takes about half a
+/// second here; eight anonymous clients asking in a loop at ONE node delay every other
+/// node's commands past `command_timeout` (3 s): nodes that were never asked anything lose their link
+/// (lease, relays, `/readyz` 503). A page must not cost O(whole cluster) on Redis.
+#[test]
+fn anonymous_agent_lists_at_one_node_do_not_take_the_other_nodes_down() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let fill = r#"
+local pad = string.rep('p', 520)
+for i = 1, tonumber(ARGV[2]) do
+  local id = string.format('fake-%06d', i)
+  redis.call('HSET', KEYS[1], id, ARGV[1] .. '\n{"agent_id":"' .. id .. '","pad":"' .. pad .. '"}')
+end
+return 1"#;
+    redis.cmd(&["EVAL", fill, "1", "chx:agents", "n2", "90000"]);
+    let before = metric(&n2, "chatixia_cluster_reconnects_total");
+    let addr = n1.addr;
+    // Eight anonymous clients asking for one record each, one request after another, for
+    // 12 s: about four lease renewals of n2, which is asked nothing.
+    let until = Instant::now() + Duration::from_secs(12);
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                while Instant::now() < until {
+                    let mut s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    s.write_all(b"GET /api/registry/agents?limit=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .unwrap();
+                    let mut out = Vec::new();
+                    let _ = s.read_to_end(&mut out);
+                }
+            })
+        })
+        .collect();
+    for t in burst {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        metric(&n2, "chatixia_cluster_reconnects_total"),
+        before,
+        "n2 (asked nothing) lost its link while n1 served anonymous agent lists:\n{}",
+        n2.log()
+    );
+}
+
+/// The Redis password of `--cluster redis://:PASSWORD@HOST` is printed in clear by
+/// `config check` (every key with its value) and in the start-up error of a URL with a
+/// typo (`--cluster: "redis://:PASSWORD@…": port … is not a port number`), so it lands in
+/// terminals, CI logs and the journal. (There is also no way to give it but the command
+/// line, visible in `ps`, or the config file, which the project says to keep secrets out
+/// of: no `--cluster-password-file`.)
+#[test]
+fn the_redis_password_is_not_printed() {
+    let dir = common::TempDir::new();
+    let bin = env!("CARGO_BIN_EXE_chatixia-core");
+    let run = |url: &str, extra: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(["--cluster", url, "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .current_dir(&dir.0)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let check = run("redis://:hunter2-pw@127.0.0.1:6379", &["config", "check"]);
+    assert!(
+        !check.contains("hunter2-pw"),
+        "config check printed the password:\n{check}"
+    );
+    let typo = run("redis://:hunter2-pw@127.0.0.1:99999", &[]);
+    assert!(
+        !typo.contains("hunter2-pw"),
+        "the start-up error printed the password:\n{typo}"
+    );
+}
+
+/// PROTOCOL §3.5a: "A register or heartbeat at another node moves the agent there: the
+/// node that held it drops its copy … every node lists it once, as the new node holds
+/// it." Not for the agent id "" (which registration accepts): its "moved" message is
+/// framed with an empty route key, which the receiving link takes for its own probe or
+/// hello (`thread.rs` `message`: `key.is_empty()`), so the old node keeps answering its
+/// stale record for good.
+#[test]
+fn an_agent_with_an_empty_id_that_moves_is_dropped_by_its_old_node() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    register(&n1, "", "one");
+    let w = Duration::from_secs(10);
+    agents_until(&n2, w, "n2 lists it", listed(&[""]));
+    heartbeat(&n2, "", "two");
+    let moved = |l: &[Value]| l.len() == 1 && l[0]["hostname"] == "two";
+    agents_until(&n2, w, "n2 holds it now", moved);
+    agents_until(&n1, Duration::from_secs(5), "n1 must drop its copy", moved);
+}
+
+/// `chatixia_cluster_publishes_total` says "Messages published to other nodes' channels",
+/// but a relay across nodes (the one publish per relayed message the issue measures) is a
+/// script (`RELAY`) and is not counted: after cross-node relays it still reads 0.
+#[test]
+fn relays_across_nodes_are_counted_as_publishes() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
+    for i in 0..3 {
+        relay(&mut alice, "alice", &mut bob, "bob", i);
+    }
+    assert!(
+        metric(&n1, "chatixia_cluster_publishes_total") >= 3,
+        "3 relays published to n2, publishes_total = {}",
+        metric(&n1, "chatixia_cluster_publishes_total")
+    );
+}
