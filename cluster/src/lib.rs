@@ -82,7 +82,8 @@ pub use conn::REPLY_BYTES_MAX;
 pub use shard::{Reply, ShardLink};
 pub use thread::{Node, CONTROL_RESERVE, REQUEST_QUEUE_MAX};
 pub use url::{
-    parse_url, Addr, RedisUrl, Sentinels, DEFAULT_PORT, DEFAULT_SENTINEL_PORT, SENTINELS_MAX,
+    parse_url, redact_url, Addr, RedisUrl, Sentinels, DEFAULT_PORT, DEFAULT_SENTINEL_PORT,
+    SENTINELS_MAX,
 };
 
 use std::time::Duration;

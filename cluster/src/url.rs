@@ -70,6 +70,42 @@ const FORM: &str = "expected redis://[user:password@]HOST:PORT[/DB] or redis+sen
 /// nodes'; the Sentinels' own password, if they have one, is the query's
 /// `sentinel_password` (percent-decoded).
 pub fn parse_url(s: &str) -> Result<RedisUrl, String> {
+    // An error names the URL, never its secrets.
+    parse(s).map_err(|e| scrub(&e, s))
+}
+
+/// `s` with its password and `sentinel_password` written as `***` (for logs and
+/// `config check`); anything else as given.
+pub fn redact_url(s: &str) -> String {
+    scrub(s, s)
+}
+
+/// `text` with every secret of the URL `s` replaced by `***`: the password of its
+/// userinfo (`user:PW@`, as written) and the query's `sentinel_password=PW`.
+fn scrub(text: &str, s: &str) -> String {
+    let mut out = text.to_string();
+    let rest = s.split_once("://").map_or(s, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if let Some((userinfo, _)) = authority.rsplit_once('@') {
+        if let Some((_, pw)) = userinfo.split_once(':') {
+            if !pw.is_empty() {
+                out = out.replace(&format!(":{pw}@"), ":***@");
+            }
+        }
+    }
+    if let Some((_, q)) = rest.split_once('?') {
+        for pair in q.split('&') {
+            if let Some(pw) = pair.strip_prefix("sentinel_password=") {
+                if !pw.is_empty() {
+                    out = out.replace(&format!("sentinel_password={pw}"), "sentinel_password=***");
+                }
+            }
+        }
+    }
+    out
+}
+
+fn parse(s: &str) -> Result<RedisUrl, String> {
     let (sentinel, rest) = match s.split_once("://") {
         Some(("redis", rest)) => (false, rest),
         Some(("redis+sentinel", rest)) => (true, rest),
@@ -446,5 +482,29 @@ mod tests {
                 Err(e) => assert!(e.contains(want), "{s}: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_appear_in_errors_or_redacted_urls() {
+        let e = parse_url("redis://:hunter2@127.0.0.1:99999").unwrap_err();
+        assert!(!e.contains("hunter2") && e.contains(":***@"), "{e}");
+        let e = parse_url("redis://u:p%40ss@h:1/x").unwrap_err();
+        assert!(!e.contains("p%40ss"), "{e}");
+        let e = parse_url("redis+sentinel://h:1/m?sentinel_password=sp&x=1").unwrap_err();
+        assert!(!e.contains("=sp"), "{e}");
+        assert_eq!(
+            redact_url("redis://user:pw@h:6379/2"),
+            "redis://user:***@h:6379/2"
+        );
+        assert_eq!(redact_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            redact_url("redis+sentinel://:a@h1,h2/m?sentinel_password=b"),
+            "redis+sentinel://:***@h1,h2/m?sentinel_password=***"
+        );
     }
 }

@@ -27,7 +27,16 @@ pub struct ClusterFlags {
     /// Prefix of every Redis key and channel of this cluster (one Redis can serve several).
     #[arg(long, default_value = "chx:")]
     pub cluster_prefix: String,
+
+    /// File holding the password of the cluster's Redis (its data nodes), in place of one
+    /// in the --cluster URL, which `ps` and the config file would show; one trailing
+    /// newline is ignored. It wins over a password in the URL.
+    #[arg(long, env = "CHATIXIA_CLUSTER_PASSWORD_FILE", value_name = "FILE")]
+    pub cluster_password_file: Option<std::path::PathBuf>,
 }
+
+/// Bytes of a `--cluster-password-file` read at most: a password, not a document.
+pub const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
 
 /// Node ids longer than this are refused: the id is in every directory entry of the
 /// node's peers and in its channel's name.
@@ -64,6 +73,10 @@ pub fn settings(
     {
         return Err("--cluster-prefix: no spaces or control characters".into());
     }
+    let mut url = url;
+    if let Some(path) = &f.cluster_password_file {
+        url.password = Some(read_password(path)?);
+    }
     let mut c = chatixia_cluster::ClusterConfig::new(url, node_id);
     c.lease = Duration::from_secs_f64(f.cluster_lease);
     c.prefix = f.cluster_prefix.clone();
@@ -77,4 +90,31 @@ fn host_name() -> String {
         Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
         _ => "localhost".into(),
     }
+}
+
+/// The password in `path` (the control thread at start: blocking is fine), one trailing
+/// newline dropped; a warning when every user may read the file.
+fn read_password(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let what =
+        |e: &dyn std::fmt::Display| format!("--cluster-password-file {}: {e}", path.display());
+    let f = std::fs::File::open(path).map_err(|e| what(&e))?;
+    let mut text = String::new();
+    f.take(PASSWORD_FILE_BYTES_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| what(&e))?;
+    if text.len() as u64 > PASSWORD_FILE_BYTES_MAX {
+        return Err(what(&format!(
+            "longer than {PASSWORD_FILE_BYTES_MAX} bytes"
+        )));
+    }
+    let pw = text.strip_suffix('\n').unwrap_or(&text);
+    let pw = pw.strip_suffix('\r').unwrap_or(pw);
+    if pw.is_empty() {
+        return Err(what(&"empty"));
+    }
+    if let Some(w) = super::file::world_readable(path) {
+        tracing::warn!("{w}");
+    }
+    Ok(pw.to_string())
 }

@@ -261,10 +261,17 @@ fn settings(matches: &ArgMatches, from_file: &BTreeSet<String>) -> Vec<Setting> 
                 Some(ValueSource::DefaultValue) if from_file.contains(id) => Source::File,
                 _ => Source::Default,
             };
-            let raw = matches
+            let mut raw: Vec<String> = matches
                 .get_raw(id)
                 .map(|vs| vs.map(|v| v.to_string_lossy().into_owned()).collect())
                 .unwrap_or_default();
+            // A URL's password is a secret: never listed (`config check`).
+            if id == "cluster" {
+                raw = raw
+                    .iter()
+                    .map(|v| chatixia_cluster::redact_url(v))
+                    .collect();
+            }
             Setting {
                 key: arg.get_long().unwrap_or_default().to_owned(),
                 source,

@@ -1366,3 +1366,47 @@ fn relays_across_nodes_are_counted_as_publishes() {
         metric(&n1, "chatixia_cluster_publishes_total")
     );
 }
+
+#[test]
+fn the_redis_password_comes_from_a_file_and_is_never_listed() {
+    let Some(redis) = redis::start(&["--requirepass", "s3cret-pw"]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let dir = common::TempDir::new();
+    let pw = dir.0.join("redis-password");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let mut o = Opts::cores(1);
+    o.keys = Some(k.clone());
+    o.args = vec![
+        "--cluster".into(),
+        redis.url(),
+        "--node-id".into(),
+        "n1".into(),
+        "--cluster-password-file".into(),
+        pw.display().to_string(),
+    ];
+    let n1 = Server::with(o);
+    wait_ready(&n1);
+    // Without it the node cannot log in: not ready, and the reason says so.
+    let mut o = Opts::cores(1);
+    o.keys = Some(k);
+    o.args = vec![
+        "--cluster".into(),
+        redis.url(),
+        "--node-id".into(),
+        "n2".into(),
+    ];
+    let n2 = Server::with(o);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = n2.get("/readyz");
+        assert_eq!(r.status, 503, "{}", r.text());
+        if r.text().contains("NOAUTH") || r.text().contains("auth") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!n1.log().contains("s3cret-pw") && !n2.log().contains("s3cret-pw"));
+}

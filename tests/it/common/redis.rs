@@ -104,7 +104,12 @@ impl Redis {
     }
 
     fn ping(&self) -> bool {
-        matches!(self.try_cmd(&["PING"]), Ok(Reply::Simple(s)) if s == "PONG")
+        // A Redis with `--requirepass` answers NOAUTH: it is up all the same.
+        match self.try_cmd(&["PING"]) {
+            Ok(Reply::Simple(s)) => s == "PONG",
+            Ok(Reply::Error(e)) => e.starts_with("NOAUTH"),
+            _ => false,
+        }
     }
 
     /// Kills Redis (SIGKILL) and waits for it to exit.
