@@ -208,6 +208,25 @@ impl ShardLink {
         .map(drop)
     }
 
+    /// [`eval_nowait`](Self::eval_nowait) of a script that publishes to another node's
+    /// channel (a relay looked up and published in one script): counted in
+    /// [`Stats::publishes`](crate::Stats) like [`publish`](Self::publish).
+    pub fn eval_nowait_publishing(
+        &self,
+        script: &str,
+        keys: Vec<Vec<u8>>,
+        args: Vec<Vec<u8>>,
+    ) -> Result<(), Refused> {
+        self.eval_nowait(script, keys, args)?;
+        self.inner
+            .borrow()
+            .shared
+            .stats
+            .publishes
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// `SPUBLISH` to node `node`'s channel (`{prefix}n:{node}`) a message for `route_key`
     /// (the key that picks the shard there) with `body`; no reply awaited. On the wire:
     /// `[u16 big-endian key length][key][body]`. A route key longer than 65535 bytes

@@ -234,7 +234,7 @@ pub fn render_metrics(
         (
             "chatixia_cluster_publishes_total",
             "counter",
-            "Messages published to other nodes' channels.",
+            "Messages published to other nodes' channels (relays through the RELAY script included).",
             s.publishes,
         ),
         (

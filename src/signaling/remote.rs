@@ -459,7 +459,7 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
                 target,
                 mesh,
                 frame,
-            } => link.eval_nowait(
+            } => link.eval_nowait_publishing(
                 RELAY.name,
                 vec![mesh_key(prefix, mesh.as_deref())],
                 vec![
