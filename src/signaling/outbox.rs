@@ -14,6 +14,12 @@ use std::task::Waker;
 /// (the shard asserts all its peers again).
 pub const OUTBOX_ITEMS_MAX: usize = 16 * 1024;
 
+/// Bytes of relayed frames the outbox holds: frames are up to `--ws-message-max` (64 KiB)
+/// each, so the item count alone would let a relay flood to remote peers hold a gigabyte
+/// per shard while Redis is slow. Past it a relay is refused like one past
+/// [`OUTBOX_ITEMS_MAX`] (dropped, counted as refused).
+pub const OUTBOX_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// One thing to tell the cluster.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
@@ -36,10 +42,22 @@ pub enum Outgoing {
     },
 }
 
+impl Outgoing {
+    /// Bytes of the frame a relay carries (0 for a join or a leave).
+    fn frame_len(&self) -> usize {
+        match self {
+            Outgoing::Relay { frame, .. } => frame.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// The bounded queue of [`Outgoing`] items and the directory task's waker.
 #[derive(Debug, Default)]
 pub struct Outbox {
     items: VecDeque<Outgoing>,
+    /// Bytes of the relayed frames in `items`.
+    bytes: usize,
     /// Joins or leaves were refused (the outbox was full, or the link was down): the
     /// shard's whole directory must be asserted again.
     pub resync: bool,
@@ -49,12 +67,14 @@ pub struct Outbox {
 impl Outbox {
     /// Queues `item`; `false` when the outbox is full (see [`OUTBOX_ITEMS_MAX`]).
     pub fn push(&mut self, item: Outgoing) -> bool {
-        if self.items.len() >= OUTBOX_ITEMS_MAX {
+        let size = item.frame_len();
+        if self.items.len() >= OUTBOX_ITEMS_MAX || self.bytes + size > OUTBOX_BYTES_MAX {
             if !matches!(item, Outgoing::Relay { .. }) {
                 self.resync = true;
             }
             return false;
         }
+        self.bytes += size;
         self.items.push_back(item);
         if let Some(w) = self.waker.take() {
             w.wake();
@@ -64,11 +84,13 @@ impl Outbox {
 
     /// Takes everything queued.
     pub fn take(&mut self) -> VecDeque<Outgoing> {
+        self.bytes = 0;
         std::mem::take(&mut self.items)
     }
 
     /// Puts items the link could not take yet back in front, in order.
     pub fn put_back(&mut self, mut rest: VecDeque<Outgoing>) {
+        self.bytes += rest.iter().map(Outgoing::frame_len).sum::<usize>();
         rest.append(&mut self.items);
         self.items = rest;
     }
@@ -131,5 +153,26 @@ mod tests {
         o.put_back(VecDeque::from([first]));
         let order: Vec<_> = o.take().into_iter().collect();
         assert_eq!(order, vec![join("0"), join("later")]);
+    }
+
+    #[test]
+    fn relayed_bytes_are_bounded_too() {
+        let mut o = Outbox::default();
+        let big = || Outgoing::Relay {
+            target: "t".into(),
+            mesh: None,
+            frame: vec![0; 64 * 1024].into_boxed_slice(),
+        };
+        let fit = OUTBOX_BYTES_MAX / (64 * 1024);
+        for _ in 0..fit {
+            assert!(o.push(big()));
+        }
+        assert!(!o.push(big()), "past the byte bound");
+        assert!(o.push(join("j")), "joins carry no frame");
+        assert!(!o.resync);
+        let taken = o.take();
+        assert!(o.push(big()), "taking frees the bytes");
+        o.put_back(taken);
+        assert!(!o.push(big()), "putting back counts them again");
     }
 }

@@ -364,6 +364,13 @@ pub async fn peers_elsewhere<S: Shard>(sh: &S, mesh: Option<&str>, exclude: &str
         .collect()
 }
 
+/// Commands this shard's directory task keeps in the link at once before it sends
+/// another relay: a relayed frame is up to 64 KiB, so the link's own bound
+/// (`inflight_max`, 4096 commands) would let a flood to remote peers hold 256 MiB per
+/// shard while Redis is slow; this holds it to 32 MiB. The task waits (the outbox fills,
+/// then refuses) rather than queueing more.
+const RELAYS_INFLIGHT_MAX: usize = 512;
+
 /// How long the directory task waits before trying again when the link's queue for
 /// this shard is full (`Refused::Busy`): a turn of the link's pipeline.
 const LINK_BUSY_RETRY: Duration = Duration::from_millis(1);
@@ -436,6 +443,15 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
     let prefix = link.prefix();
     let node = link.node_id();
     while let Some(item) = items.pop_front() {
+        if matches!(item, Outgoing::Relay { .. }) && link.inflight() >= RELAYS_INFLIGHT_MAX {
+            items.push_front(item);
+            sh.sleep(LINK_BUSY_RETRY).await;
+            if !link.is_up() {
+                put_back_for_resync(ws, items);
+                return;
+            }
+            continue;
+        }
         let sent = match &item {
             Outgoing::Join { peer, mesh } => link.eval_nowait(
                 JOIN.name,
