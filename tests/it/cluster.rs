@@ -1121,14 +1121,15 @@ fn without_redis_an_approval_is_refused_and_the_entry_stays_pending() {
 #[test]
 fn approvals_are_asserted_again_and_a_revocation_without_redis_reaches_the_cluster_later() {
     // Kept across a restart (appendonly, fsync on every write): what n1 could not remove
-    // while Redis was down is still there when it is back.
+    // while Redis was down is still there when it is back, and goes then (n1 removes it
+    // and tells n2; n2 checks the peers it admitted on another node's approval).
     let Some(mut redis) = redis::start(&["--appendonly", "yes", "--appendfsync", "always"]) else {
         return;
     };
     let k = pairing_keys();
     let n1 = node(&redis, "n1", 2, &k, "3");
     let n2 = node(&redis, "n2", 1, &k, "3");
-    let (kept, _) = pending_device(&n1, "mallory");
+    let (kept, kept_device) = pending_device(&n1, "mallory");
     let kept_token = approve(&n1, &kept);
     let (id, device) = pending_device(&n1, "alice");
     let token = approve(&n1, &id);
@@ -1138,8 +1139,9 @@ fn approvals_are_asserted_again_and_a_revocation_without_redis_reaches_the_clust
     let mut dev = connect(&n2, &jwt).unwrap();
     let mut alice = peer(&n1, "alice");
     list_until(&mut alice, "alice", &[&device], Duration::from_secs(10));
-    // Redis lost its data: n1 asserts its approvals again when it is back.
-    redis.cmd(&["FLUSHALL"]);
+    // Redis lost the tokens (n1 asserts its approvals again when it is back); the
+    // approvals hash is kept.
+    redis.cmd(&["DEL", "chx:tokens"]);
     redis.kill();
     wait_not_ready(&n1);
     // Revoked while Redis is down: in effect at n1 at once; the cluster learns it later.
@@ -1170,4 +1172,13 @@ fn approvals_are_asserted_again_and_a_revocation_without_redis_reaches_the_clust
     }
     assert_eq!(device_jwt(&n2, &token).status, 401);
     assert_eq!(connect(&n2, &jwt).err(), Some(401));
+    // The revoked approval is gone from Redis, the kept one is there.
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:authz", &device]),
+        redis::Reply::Nil
+    );
+    assert_ne!(
+        redis.cmd(&["HGET", "chx:authz", &kept_device]),
+        redis::Reply::Nil
+    );
 }
