@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | `r` | signaling | a relay to a peer of this node |
 //! | `k` | signaling | the peer connected to another node: close it here (4000) |
+//! | `v` | signaling | the peer's last approval was revoked at another node: close it here (4001) |
 //! | `m` | registry | the agent moved to another node: drop it here |
 //! | `d` | registry | an operator deleted the agent at another node: delete it here |
 
