@@ -235,7 +235,7 @@ pub fn render_metrics(
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
-            "Durable writes (agent bindings) no replica acknowledged in time (WAIT; answered 503).",
+            "Durable writes (agent bindings, pairing approvals and revocations) no replica acknowledged in time (WAIT; answered 503, a revocation 202).",
             s.unreplicated,
         ),
         (
