@@ -394,7 +394,7 @@ const CLUSTER_STOP_MAX: Duration = Duration::from_secs(2);
 
 /// Starts the link to the cluster's Redis when `--cluster` is given: the node's lease,
 /// its channel, the scripts of the services (signaling's directory, the registry's
-/// mirror). One part per shard.
+/// mirror and bindings, pairing's approvals). One part per shard.
 #[allow(clippy::type_complexity)]
 fn start_cluster(
     cli: &Cli,
@@ -432,6 +432,7 @@ fn start_cluster(
             .into_iter()
             .chain(chatixia_core::registry::mirror::scripts())
             .chain(chatixia_core::registry::bindings::scripts())
+            .chain(chatixia_core::pairing::cluster::scripts())
             .collect(),
         bells
             .iter()

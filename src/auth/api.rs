@@ -12,7 +12,7 @@ use super::{
     exchange_token, header_value_str, ApiKeyEntry, Config, TokenExchange, TokenResponse,
     DEVICE_TOKEN_ROLE,
 };
-use crate::shard::{ask_owner, Error, Kind, Outcome, Request};
+use crate::shard::{ask_owner, Error, Kind, Outcome, Request, Shard};
 
 /// A token issued by `POST /api/token`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,7 +40,9 @@ fn unexpected() -> Error {
 /// `POST /api/token` from `client`, with its `X-API-Key` and `X-Device-Token` header
 /// values (`None`: absent; a value that is not visible ASCII counts as absent, as the
 /// reference reads it): an API key is checked against this shard's copy of the keys; a
-/// device token is looked up on `shard_of(its key)`. Unknown or missing → 401 with no
+/// device token is looked up on `shard_of(its key)`, and in a cluster, when not held
+/// there, in the cluster's token hash ([`cluster_grant`]: 503 while Redis cannot be
+/// asked). Unknown or missing → 401 with no
 /// body. An unknown key or token counts against `client`'s failure budget (a missing one
 /// does not), which the router checked before. An `X-API-Key` that is no known key
 /// counts even when the request also carries a device token that then succeeds:
@@ -73,8 +75,14 @@ where
         TokenExchange::LookupDeviceToken(token) => {
             // The index is keyed by the token's keyed hash (what the store keeps).
             let key = super::tokens::token_key_of(&cfg.secrets, token);
-            match ask_owner(sh, &key, Op::Lookup(Box::new(key.clone()))).await? {
-                Reply::Grant(Some(grant)) => Ok(Issued {
+            let grant = match ask_owner(sh, &key, Op::Lookup(Box::new(key.clone()))).await? {
+                Reply::Grant(Some(grant)) => Some(*grant),
+                // In a cluster the token may be another node's approval.
+                Reply::Grant(None) => cluster_grant(sh, &key).await?,
+                _ => return Err(unexpected()),
+            };
+            match grant {
+                Some(grant) => Ok(Issued {
                     body: TokenResponse::issue(
                         &cfg.jwt_secret,
                         &grant.peer_id,
@@ -83,13 +91,58 @@ where
                     ),
                     device_entry: Some(grant.entry_id),
                 }),
-                Reply::Grant(None) => {
+                None => {
                     failed(sh, client, Failure::TokenDeviceToken).await;
                     Err(Error::bare(Kind::Unauthorized))
                 }
-                _ => Err(unexpected()),
             }
         }
+    }
+}
+
+/// In a cluster, the grant of a device token this node's index does not hold, from the
+/// cluster's token hash (`tokens::cluster_tokens_key`; one `HGET` of its key, never the
+/// token): `Ok(None)` on a node alone and when no node approved it (a wrong token,
+/// counted as here). While Redis cannot be asked, 503 (failing closed, and not counted:
+/// the token may be right).
+async fn cluster_grant<S: Shard>(
+    sh: &S,
+    key: &str,
+) -> Result<Option<super::tokens::DeviceGrant>, Error> {
+    use chatixia_cluster::{Refused, Value};
+    let Some(link) = sh.cluster() else {
+        return Ok(None);
+    };
+    let unavailable = |why: &str| {
+        Error::unavailable(format!(
+            "cluster unavailable: this device token is not known at this node and cannot \
+             be checked across the cluster ({why}); retry"
+        ))
+    };
+    let reply = match link.command(vec![
+        b"HGET".to_vec(),
+        super::tokens::cluster_tokens_key(link.prefix()),
+        key.as_bytes().to_vec(),
+    ]) {
+        Ok(r) => r.await,
+        Err(Refused::Down(why)) => return Err(unavailable(&why)),
+        Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
+        Err(Refused::Closed) => return Err(unavailable("the link has stopped")),
+    };
+    match reply {
+        Ok(Value::Bulk(v)) => match super::tokens::grant_of_value(&v) {
+            Some(g) => Ok(Some(g)),
+            None => {
+                tracing::error!("unreadable device-token grant in the cluster");
+                Err(unavailable("unreadable grant"))
+            }
+        },
+        Ok(Value::Nil) => Ok(None),
+        Ok(other) => {
+            tracing::error!(reply = ?other, "unexpected reply to the device-token lookup");
+            Err(unavailable("unexpected reply"))
+        }
+        Err(e) => Err(unavailable(&format!("{e:?}"))),
     }
 }
 

@@ -9,8 +9,9 @@ use std::collections::HashMap;
 
 use chatixia_store::{DeviceTokenRecord, HashKind, Secrets, TokenHash};
 
-/// What a device token grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a device token grants. In a cluster the same, as JSON, is the token's entry in
+/// Redis ([`cluster_tokens_key`], [`grant_value`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeviceGrant {
     /// Peer id of the approved entry.
     pub peer_id: String,
@@ -124,6 +125,25 @@ pub fn token_key_of(secrets: &Secrets, token: &str) -> String {
     token_key(&secrets.token_hash(HashKind::DeviceToken, token))
 }
 
+/// In a cluster (`--cluster`, issue 25): the hash of every approved device token of
+/// every node, `{prefix}tokens`, its key ([`token_key`], the keyed hash: never the token)
+/// → its grant as JSON ([`grant_value`]). Written by the approving node before its
+/// `2xx` (`pairing::cluster`), read by `POST /api/token` at a node whose own index does
+/// not hold the token.
+pub fn cluster_tokens_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"tokens"].concat()
+}
+
+/// A grant as the cluster's token hash keeps it (JSON).
+pub fn grant_value(g: &DeviceGrant) -> Vec<u8> {
+    serde_json::to_vec(g).unwrap_or_default()
+}
+
+/// The grant of a value of the cluster's token hash (`None`: not one of ours).
+pub fn grant_of_value(v: &[u8]) -> Option<DeviceGrant> {
+    serde_json::from_slice(v).ok()
+}
+
 /// The durable record of an indexed token.
 pub fn token_record(hash: TokenHash, g: &DeviceGrant) -> DeviceTokenRecord {
     DeviceTokenRecord {
@@ -191,6 +211,8 @@ mod tests {
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(key, token_key_of(&secrets, "dt_0124"));
+        assert_eq!(grant_of_value(&grant_value(&grant())), Some(grant()));
+        assert_eq!(grant_of_value(b"{}"), None);
         let r = token_record(hash, &grant());
         assert_eq!(r.entry_id, 0x0bad_c0de);
         assert_eq!(grant_of(r), grant());

@@ -316,9 +316,10 @@ fn not_activated() -> Error {
 /// `POST /api/pairing/{id}/approve` (an operator's: the router checked the admin
 /// token): approve on the entry's shard (with a device token drawn here), index the token
 /// (by its keyed hash) with auth on `shard_of(key)`, authorize the peer with signaling
-/// on `shard_of(peer_id)`, commit the entry and the token grant; 200 once durable. Any
-/// failure undoes the steps taken, latest first: the peer, the token, the entry (back
-/// to pending, so the admin can retry).
+/// on `shard_of(peer_id)`, in a cluster write both into Redis (`pairing::cluster`,
+/// durable; 503 while Redis is unreachable), commit the entry and the token grant; 200
+/// once durable. Any failure undoes the steps taken, latest first: the cluster's
+/// records, the peer, the token, the entry (back to pending, so the admin can retry).
 pub async fn approve<S: Shard>(sh: &S, cfg: &Config, raw_id: &str) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
@@ -327,6 +328,9 @@ where
 {
     let not_pending = ActionError::NotFoundOrNotPending;
     let id = EntryId::parse(raw_id).ok_or(not_pending)?;
+    // In a cluster the approval holds at every node, so it needs Redis: refused now,
+    // before anything changes, while Redis is unreachable (failing closed).
+    super::cluster::check_up(sh)?;
     let token = draw_secret("dt_")?;
     let hash = cfg.secrets.token_hash(HashKind::DeviceToken, &token);
     let key = token_key(&hash);
@@ -359,16 +363,24 @@ where
         follow_up(sh, entry_room, restore).await;
         return Err(not_activated());
     }
+    let deauthorize = || AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()));
+    // In a cluster: the token and the peer's approval at every node, durable in Redis
+    // before the commit (and so before the 2xx).
+    if let Err(e) = super::cluster::approve(sh, &key, &grant).await {
+        follow_up(sh, peer_room, deauthorize).await;
+        follow_up(sh, token_room, unindex).await;
+        follow_up(sh, entry_room, restore).await;
+        return Err(e);
+    }
     let write = vec![
         Mutation::PutPairing(entry_record(&entry, &cfg.secrets)),
         Mutation::PutDeviceToken(token_record(hash, &grant)),
     ];
     if let Err(e) = commit(sh, write).await {
-        // Not acknowledged: the token must not work and the entry goes back to pending.
-        follow_up(sh, peer_room, || {
-            AuthzOp::PeerDeauthorize(Box::new(peer.to_owned()))
-        })
-        .await;
+        // Not acknowledged: the token must not work (here or at another node) and the
+        // entry goes back to pending.
+        super::cluster::undo(sh, &key, &grant);
+        follow_up(sh, peer_room, deauthorize).await;
         follow_up(sh, token_room, unindex).await;
         follow_up(sh, entry_room, restore).await;
         return Err(e);
@@ -405,7 +417,10 @@ where
 /// Fails closed (issue 22): the token stops working and the connections close whatever
 /// the store answers. Saved → 200. The store is unavailable (disk full, read-only) → the
 /// revocation is kept and written once it recovers (`Durability::Retained`) → 202
-/// `{"ok":true,"saved":false,…}` (a restart before then loses it). Not kept either (the
+/// `{"ok":true,"saved":false,…}` (a restart before then loses it). In a cluster the
+/// token and the approval also go from Redis (`pairing::cluster::revoke`); while Redis
+/// cannot be written that waits for this node's next connect, answered 202 with
+/// `"cluster":false` and why. Not kept either (the
 /// store's queue is full, or `--store-retained-writes-max` revocations already wait) →
 /// the entry goes back to `approved` so the revocation can be repeated, its token still
 /// refused until a restart, and 503 saying so.
@@ -461,6 +476,19 @@ where
     if let (Some(room), Some(key)) = (token_room, &key) {
         applied &= follow_up(sh, room, || TokenOp::Remove(Box::new(key.clone()))).await;
     }
+    // In a cluster: the token and the approval go from Redis too (the other nodes were
+    // told to close the peer's connections as the deauthorization above took its last
+    // approval here). Whatever the store answered, as the steps above.
+    let cluster = super::cluster::revoke(sh, key.as_deref(), peer, id).await;
+    if let Err(why) = &cluster {
+        tracing::warn!(entry = %id, error = %why, "revocation not in the cluster yet");
+    }
+    let elsewhere = |why: &str| {
+        format!(
+            "other nodes of the cluster may still accept the token until this node reaches \
+             Redis again ({why}), when it removes it there"
+        )
+    };
     if !applied {
         tracing::error!(entry = %id, "revocation waits in reserved room (mailboxes full)");
         return Err(Error::unavailable(
@@ -469,17 +497,40 @@ where
         ));
     }
     match committed {
-        Ok(Saved::Durable) => Ok(Outcome::json(&OkBody::OK)),
-        Ok(Saved::Deferred(reason)) => Ok(Outcome::Accepted(wire::json::json_vec(
-            &serde_json::json!({
+        Ok(Saved::Durable) => match cluster {
+            Ok(()) => Ok(Outcome::json(&OkBody::OK)),
+            Err(why) => Ok(Outcome::Accepted(wire::json::json_vec(
+                &serde_json::json!({
+                    "ok": true,
+                    "saved": true,
+                    "cluster": false,
+                    "detail": format!(
+                        "revoked: the token no longer works at this node; {}",
+                        elsewhere(&why)
+                    ),
+                }),
+            ))),
+        },
+        Ok(Saved::Deferred(reason)) => {
+            let mut body = serde_json::json!({
                 "ok": true,
                 "saved": false,
                 "detail": format!(
                     "revoked: the token no longer works; {reason} (a restart before then \
                      undoes it)"
                 ),
-            }),
-        ))),
+            });
+            if let Err(why) = cluster {
+                body["cluster"] = false.into();
+                body["detail"] = format!(
+                    "{}; {}",
+                    body["detail"].as_str().unwrap_or_default(),
+                    elsewhere(&why)
+                )
+                .into();
+            }
+            Ok(Outcome::Accepted(wire::json::json_vec(&body)))
+        }
         Err(e) => {
             tracing::error!(entry = %id, "revocation in effect but not saved");
             let detail = e.message.unwrap_or_default();

@@ -38,6 +38,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod cluster;
 pub mod codes;
 pub mod entries;
 pub mod guard;

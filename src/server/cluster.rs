@@ -1,8 +1,9 @@
 //! A shard's side of the cluster (`--cluster`, issue 25): its link to Redis, the task
 //! that takes what the link thread hands it (messages for the keys this shard owns, the
 //! link going down and up, nodes whose lease ran out), its signaling directory task and
-//! its registry mirror task. The services' parts are theirs (`signaling::remote`,
-//! `registry::mirror`); this names them.
+//! its registry mirror task, and on every `Up` its pairing approvals' assertion. The
+//! services' parts are theirs (`signaling::remote`, `registry::mirror`,
+//! `pairing::cluster`); this names them.
 //!
 //! Messages between nodes carry their kind in the body's first byte, one set of bytes
 //! for every service, dispatched here ([`service_of`]):
@@ -11,6 +12,7 @@
 //! |---|---|---|
 //! | `r` | signaling | a relay to a peer of this node |
 //! | `k` | signaling | the peer connected to another node: close it here (4000) |
+//! | `v` | signaling | the peer's last approval was revoked at another node: close it here (4001) |
 //! | `m` | registry | the agent moved to another node: drop it here |
 //! | `d` | registry | an operator deleted the agent at another node: delete it here |
 
@@ -20,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use chatixia_cluster::{Inbound, LinkParts, ShardLink};
 
 use super::ShardCtx;
+use crate::pairing::cluster as pairing;
 use crate::registry::mirror;
 use crate::signaling::remote;
 
@@ -184,6 +187,22 @@ fn take(ctx: &Rc<ShardCtx>) {
             );
             remote::on_up(&ctx.state.ws);
             mirror::on_up(&ctx.state.agents);
+            // This shard's pairing approvals (and revocations) into the cluster's records.
+            let a = pairing::assertions(&ctx.state.pairing.borrow().entries);
+            if !a.approved.is_empty() || !a.revoked.is_empty() {
+                let c = ctx.clone();
+                monoio::spawn(async move { pairing::assert_all(&*c, a).await });
+            }
+            // Peers connected here on another node's approval: still approved?
+            let c = ctx.clone();
+            monoio::spawn(async move {
+                let keys = &c.config.auth.api_keys;
+                for peer in remote::recheck_approvals(&*c, keys).await {
+                    if c.config.turn_server.is_some() {
+                        crate::server::turn::revoke(&c, &peer).await;
+                    }
+                }
+            });
         }
         Inbound::Down { reason } => {
             tracing::debug!(shard = ctx.shard.id(), %reason, "cluster link down");
@@ -216,7 +235,7 @@ pub fn render_metrics(
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
-            "Durable writes (agent bindings) no replica acknowledged in time (WAIT; answered 503).",
+            "Durable writes (agent bindings, pairing approvals and revocations) no replica acknowledged in time (WAIT; answered 503, a revocation 202).",
             s.unreplicated,
         ),
         (

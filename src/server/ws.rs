@@ -2,7 +2,8 @@
 //! On the shard that accepted the connection: parse the upgrade, the failure budget and
 //! the JWT (auth), the client IP's slot (`signaling::api::acquire_ip`), then the socket
 //! goes to the peer's owner (`shard_of(peer_id)`, [`Msg::Adopt`]), which admits it
-//! (`signaling::api::admit`), answers 101 and runs it (`signaling::session`). Every
+//! (`signaling::api::admit`; in a cluster, a peer not authorized at this node after one
+//! look at the cluster's approvals, `signaling::api::cluster_approval`), answers 101 and runs it (`signaling::session`). Every
 //! refusal is written here ([`refuse`]): the services' errors through
 //! `Response::from(shard::Error)`, the handshake's with its headers.
 
@@ -13,7 +14,9 @@ use std::time::Duration;
 use crate::http::{Request, Response};
 use crate::server::msg::Adopt;
 use crate::server::{Msg, ShardCtx};
-use crate::signaling::api::{acquire_ip, admit, release_ip};
+use crate::signaling::api::{
+    acquire_ip, admit, cluster_approval, needs_cluster_approval, release_ip,
+};
 use crate::tls::Transport;
 use crate::ws::handshake;
 
@@ -140,10 +143,18 @@ async fn adopt(ctx: Rc<ShardCtx>, a: Adopt) {
         release_ip(&*ctx, client_ip).await;
         return;
     };
+    let keys = &ctx.config.auth.api_keys;
+    // In a cluster, a peer neither an API key nor an approval here authorizes may be
+    // approved at another node: one Redis round trip, then admitted as usual.
+    let cluster = if needs_cluster_approval(&*ctx, keys, &peer_id, echo) {
+        cluster_approval(&*ctx, &peer_id).await
+    } else {
+        Ok(None)
+    };
     let admitted = if ctx.shard.is_shutting_down() {
         Err(crate::shard::Error::unavailable("server shutting down"))
     } else {
-        admit(&*ctx, &ctx.config.auth.api_keys, peer_id, echo)
+        cluster.and_then(|c| admit(&*ctx, keys, peer_id, echo, c))
     };
     let key = match admitted {
         Ok(key) => key,

@@ -73,6 +73,63 @@ where
     }
 }
 
+/// Whether a peer's admission must ask the cluster for its approval ([`cluster_approval`]):
+/// in a cluster, for a peer that neither an API key nor an approval held at this node
+/// authorizes (API-key peers and peers approved here never wait for Redis).
+pub fn needs_cluster_approval<S>(sh: &S, keys: &ApiKeys, peer_id: &str, echo: bool) -> bool
+where
+    S: Shard + Owns<RefCell<PeerAuthz>>,
+{
+    !echo
+        && sh.cluster().is_some()
+        && keys.mesh_of(peer_id).is_none()
+        && !Owns::<RefCell<PeerAuthz>>::owned(sh)
+            .borrow()
+            .contains(peer_id)
+}
+
+/// The mesh of `peer`'s approval at another node of the cluster (`Ok(Some(None))`: the
+/// default mesh; `Ok(None)`: no node approved it): one `HGET` of the cluster's approvals
+/// (`authz::cluster_authz_key`). While Redis cannot be asked, 503 (failing closed: the
+/// peer may be one whose approval is revoked, or one approved elsewhere that would
+/// otherwise connect unauthorized and see no peers).
+pub async fn cluster_approval<S: Shard>(
+    sh: &S,
+    peer: &str,
+) -> Result<Option<Option<Box<str>>>, Error> {
+    use chatixia_cluster::{Refused, Value};
+    let Some(link) = sh.cluster() else {
+        return Ok(None);
+    };
+    let unavailable = |why: &str| {
+        Error::unavailable(format!(
+            "cluster unavailable: peer `{peer}` is not approved at this node and its \
+             approval cannot be checked across the cluster ({why}); retry"
+        ))
+    };
+    let reply = match link.command(vec![
+        b"HGET".to_vec(),
+        super::authz::cluster_authz_key(link.prefix()),
+        peer.as_bytes().to_vec(),
+    ]) {
+        Ok(r) => r.await,
+        Err(Refused::Down(why)) => return Err(unavailable(&why)),
+        Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
+        Err(Refused::Closed) => return Err(unavailable("the link has stopped")),
+    };
+    match reply {
+        Ok(Value::Bulk(v)) => {
+            Ok(super::authz::cluster_mesh(&v).map(|m| m.map(String::into_boxed_str)))
+        }
+        Ok(Value::Nil) => Ok(None),
+        Ok(other) => {
+            tracing::error!(%peer, reply = ?other, "unexpected reply to the approval lookup");
+            Err(unavailable("unexpected reply"))
+        }
+        Err(e) => Err(unavailable(&format!("{e:?}"))),
+    }
+}
+
 /// Admits a connection of `peer_id` on its owner (this shard): refused while the shard
 /// shuts down (503), for a peer whose pairing was revoked and that has no API key (401),
 /// and past `connections_per_shard_max` (503, counted as refused). Admitted, it is
@@ -80,8 +137,17 @@ where
 /// approved pairing's): the authorization just read and the slot are one step, so a
 /// revocation or an approval that arrives while the 101 is written finds the
 /// connection. Returns its key in the table. `echo`: the `/ws-echo` test endpoint (never
-/// authorized to signal). The caller releases the IP's slot when this refuses.
-pub fn admit<S>(sh: &S, keys: &ApiKeys, peer_id: String, echo: bool) -> Result<usize, Error>
+/// authorized to signal). `cluster`: the peer's approval at another node, read before
+/// ([`cluster_approval`]); a revocation this node learnt of (its own, or one another
+/// node broadcast) wins over it, so a revocation whose record in Redis is not removed
+/// yet still refuses the peer here. The caller releases the IP's slot when this refuses.
+pub fn admit<S>(
+    sh: &S,
+    keys: &ApiKeys,
+    peer_id: String,
+    echo: bool,
+    cluster: Option<Option<Box<str>>>,
+) -> Result<usize, Error>
 where
     S: Shard + Owns<ConnTable> + Owns<RefCell<PeerAuthz>>,
 {
@@ -95,7 +161,10 @@ where
         let authz = Owns::<RefCell<PeerAuthz>>::owned(sh).borrow();
         let (authorized, mesh) = match (keys.mesh_of(&peer_id), authz.mesh(&peer_id)) {
             (Some(m), _) | (None, Some(m)) => (true, m.map(Box::<str>::from)),
-            (None, None) => (false, None),
+            (None, None) => match cluster {
+                Some(m) if !authz.is_revoked(&peer_id) => (true, m),
+                _ => (false, None),
+            },
         };
         (authorized, mesh, !authorized && authz.is_revoked(&peer_id))
     };

@@ -99,6 +99,34 @@ impl PeerAuthz {
     }
 }
 
+/// In a cluster (`--cluster`, issue 25): the hash of the peers approved at any node,
+/// `{prefix}authz`, peer id → JSON `{"e":[entry ids],"m":mesh}` (`m` absent: the default
+/// mesh; the first approval's mesh stays, as [`PeerAuthz::add`] keeps it). Written by the
+/// approving node before its `2xx` and removed entry by entry at revocation
+/// (`pairing::cluster`); read when a peer that neither an API key nor an approval held
+/// at the node authorizes connects there ([`cluster_mesh`]).
+pub fn cluster_authz_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"authz"].concat()
+}
+
+/// A value of the cluster's approvals hash.
+#[derive(serde::Deserialize)]
+struct ClusterApproval {
+    /// The approving entries (at least one while the value exists).
+    #[serde(default)]
+    e: Vec<String>,
+    /// The mesh (absent: the default mesh).
+    #[serde(default)]
+    m: Option<String>,
+}
+
+/// The mesh an approval in the cluster gives its peer (`Some(None)`: the default mesh),
+/// from a value of the approvals hash; `None`: no entry holds it (or not one of ours).
+pub fn cluster_mesh(v: &[u8]) -> Option<Option<String>> {
+    let a: ClusterApproval = serde_json::from_slice(v).ok()?;
+    (!a.e.is_empty()).then_some(a.m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +168,23 @@ mod tests {
         a.add("p", Some("red"));
         assert!(!a.is_revoked("p"));
         assert_eq!(a.mesh("p"), Some(Some("red")));
+    }
+
+    #[test]
+    fn cluster_approvals_name_their_mesh() {
+        assert_eq!(
+            cluster_mesh(br#"{"e":["0a0b0c0d"],"m":"blue"}"#),
+            Some(Some("blue".into()))
+        );
+        assert_eq!(cluster_mesh(br#"{"e":["0a0b0c0d"]}"#), Some(None));
+        assert_eq!(
+            cluster_mesh(br#"{"e":{},"m":"x"}"#),
+            None,
+            "Lua's empty table"
+        );
+        assert_eq!(cluster_mesh(br#"{"m":"x"}"#), None);
+        assert_eq!(cluster_mesh(b"\xff"), None);
+        assert_eq!(cluster_authz_key("chx:"), b"chx:authz".to_vec());
     }
 
     #[test]

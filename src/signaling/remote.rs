@@ -276,6 +276,70 @@ pub fn broadcast_revocation(link: &ShardLink, peer: &str) {
     }
 }
 
+/// Peers per `HMGET` when [`recheck_approvals`] asks the cluster's approvals: a reply of
+/// at most 256 values (about 40 KiB) per round trip for a shard's connections.
+const RECHECK_BATCH_MAX: usize = 256;
+
+/// The link is up again (a new generation): the peers connected here on an approval
+/// held at another node (neither an API key nor an approval here authorizes them) are
+/// checked against the cluster's approvals (`authz::cluster_authz_key`) once more. One
+/// whose approval is gone (its revocation's broadcast was missed: this node, or the one
+/// that revoked it, was away from Redis) is closed with 4001 and refused as revoked, as
+/// [`on_message`] does. Returns those peers (their embedded-TURN allocations go too).
+/// Nothing when the link fails meanwhile (the next `Up` checks again).
+pub async fn recheck_approvals<S>(sh: &S, api_keys: &crate::auth::ApiKeys) -> Vec<String>
+where
+    S: Shard + Owns<ConnTable> + Owns<std::cell::RefCell<super::PeerAuthz>>,
+{
+    let Some(link) = sh.cluster() else {
+        return Vec::new();
+    };
+    let ws: &ConnTable = sh.owned();
+    let authz: &std::cell::RefCell<super::PeerAuthz> = sh.owned();
+    let peers: Vec<Box<str>> = ws
+        .authorized_peers()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| !api_keys.has_peer_id(p) && !authz.borrow().contains(p))
+        .collect();
+    let mut revoked = Vec::new();
+    for batch in peers.chunks(RECHECK_BATCH_MAX) {
+        let mut args = vec![
+            b"HMGET".to_vec(),
+            super::authz::cluster_authz_key(link.prefix()),
+        ];
+        args.extend(batch.iter().map(|p| p.as_bytes().to_vec()));
+        let values = match link.command(args) {
+            Ok(r) => match r.await {
+                Ok(Value::Array(v)) if v.len() == batch.len() => v,
+                other => {
+                    tracing::debug!(reply = ?other, "approvals not checked again now");
+                    return revoked;
+                }
+            },
+            Err(e) => {
+                tracing::debug!(error = ?e, "approvals not checked again now");
+                return revoked;
+            }
+        };
+        for (peer, v) in batch.iter().zip(values) {
+            let approved = match v {
+                Value::Bulk(v) => super::authz::cluster_mesh(&v).is_some(),
+                _ => false,
+            };
+            // Approved here meanwhile: its own approval authorizes it.
+            if approved || authz.borrow().contains(peer) {
+                continue;
+            }
+            tracing::info!(%peer, "a revocation found late: closing the peer here");
+            authz.borrow_mut().restore_revoked(peer, sh.now());
+            ws.close_peer(peer, close_code::REVOKED, "pairing revoked");
+            revoked.push(peer.to_string());
+        }
+    }
+    revoked
+}
+
 /// The link is up again (a new generation): the link cleared this node's stale entries
 /// on connect; this shard asserts every peer it holds.
 pub fn on_up(ws: &ConnTable) {

@@ -452,17 +452,16 @@ fn a_revocation_at_one_node_closes_the_device_at_another() {
     let r = n1.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
     assert_eq!(r.status, 200, "{}", r.text());
     let jwt = r.json()["token"].as_str().unwrap().to_string();
-    // Its JWT opens /ws at both nodes (the signing secret is the cluster's; only n1,
-    // which holds its approval, lets it signal, so n2's connection is not in the
-    // directory and replaces nothing).
+    // Its JWT opens /ws at both nodes (the signing secret is the cluster's, and so is
+    // its approval): the newer connection, at n2, replaces the one at n1 (4000).
     let mut at_n1 = connect(&n1, &jwt).unwrap();
     let mut at_n2 = connect(&n2, &jwt).unwrap();
-    // Revoked at n1: the connections at both nodes close with 4001, and both refuse it
+    let (code, reason) = recv_close(&mut at_n1);
+    assert_eq!(code, 4000, "{reason}");
+    // Revoked at n1: the connection at n2 closes with 4001, and both nodes refuse it
     // from now on.
     let r = n1.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
     assert_eq!(r.status, 200, "{}", r.text());
-    let (code, reason) = recv_close(&mut at_n1);
-    assert_eq!(code, 4001, "{reason}");
     let (code, reason) = recv_close(&mut at_n2);
     assert_eq!(code, 4001, "{reason}");
     assert!(reason.contains("revoked"), "{reason}");
@@ -1409,4 +1408,225 @@ fn the_redis_password_comes_from_a_file_and_is_never_listed() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!n1.log().contains("s3cret-pw") && !n2.log().contains("s3cret-pw"));
+}
+
+// Pairing across nodes (pairing::cluster): approvals and device tokens in Redis.
+
+/// The keys of the pairing tests: mallory and oscar share mesh `other`, alice is in the
+/// default mesh; the operator's key is an admin.
+fn pairing_keys() -> String {
+    let mut k: Value = serde_json::from_str(&keys(&[
+        ("alice", None),
+        ("mallory", Some("other")),
+        ("oscar", Some("other")),
+    ]))
+    .unwrap();
+    k["keys"]["ak_test_admin"] = json!({"peer_id": "ops-admin", "role": "admin"});
+    k.to_string()
+}
+
+/// A pending entry at `srv`, invited by `inviter`'s key: (entry id, the device's peer id).
+fn pending_device(srv: &Server, inviter: &str) -> (String, String) {
+    let r = srv.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", &format!("ak_{inviter}"))],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = r.json()["code"].as_str().unwrap().to_string();
+    let r = srv.post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "laptop"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["peer_id"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Approves entry `id` at `srv`: its device token.
+fn approve(srv: &Server, id: &str) -> String {
+    let r = srv.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["device_token"].as_str().unwrap().to_string()
+}
+
+/// `POST /api/token` with a device token at `srv`.
+fn device_jwt(srv: &Server, token: &str) -> common::Resp {
+    srv.req("POST", "/api/token", &[("X-Device-Token", token)], None)
+}
+
+fn wait_not_ready(srv: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.get("/readyz").status != 503 {
+        assert!(Instant::now() < deadline, "/readyz stayed ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_pairing_approved_at_one_node_holds_at_another_until_revoked() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 2, &k, "10");
+    // Paired and approved at n1, invited by mallory: its mesh is `other`.
+    let (id, device) = pending_device(&n1, "mallory");
+    let token = approve(&n1, &id);
+    // Redis holds the token's keyed hash and the approval, never the token.
+    let tokens = format!("{:?}", redis.cmd(&["HGETALL", "chx:tokens"]));
+    assert!(tokens.contains(&device), "{tokens}");
+    assert!(!tokens.contains(&token), "{tokens}");
+    // The device token works at n2.
+    let r = device_jwt(&n2, &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["peer_id"], device.as_str(), "{}", r.text());
+    let jwt = r.json()["token"].as_str().unwrap().to_string();
+    // It connects at n2 and signals there, in its mesh: listed to an API-key peer of
+    // its mesh at n2 and at n1, not to one of another mesh.
+    let mut dev = connect(&n2, &jwt).unwrap_or_else(|s| panic!("device refused with {s}"));
+    let mut oscar = peer(&n2, "oscar");
+    let mut mallory = peer(&n1, "mallory");
+    let mut alice = peer(&n2, "alice");
+    list_until(
+        &mut oscar,
+        "oscar",
+        &[&device, "mallory"],
+        Duration::from_secs(10),
+    );
+    list_until(
+        &mut mallory,
+        "mallory",
+        &[&device, "oscar"],
+        Duration::from_secs(10),
+    );
+    list_until(
+        &mut dev,
+        &device,
+        &["mallory", "oscar"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(list(&mut alice, "alice"), BTreeSet::new());
+    // Relays both ways, within n2 and across nodes.
+    relay(&mut dev, &device, &mut oscar, "oscar", 1);
+    relay(&mut oscar, "oscar", &mut dev, &device, 2);
+    relay(&mut dev, &device, &mut mallory, "mallory", 3);
+    relay(&mut mallory, "mallory", &mut dev, &device, 4);
+    // Revoked at n1: closed at n2 (4001), its token and its JWT refused at n2.
+    let r = n1.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (code, reason) = recv_close(&mut dev);
+    assert_eq!(code, 4001, "{reason}");
+    let r = device_jwt(&n2, &token);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(connect(&n2, &jwt).err(), Some(401));
+    assert_eq!(redis.cmd(&["HLEN", "chx:tokens"]), redis::Reply::Int(0));
+    assert_eq!(redis.cmd(&["HLEN", "chx:authz"]), redis::Reply::Int(0));
+    list_until(&mut mallory, "mallory", &["oscar"], Duration::from_secs(5));
+}
+
+#[test]
+fn without_redis_an_approval_is_refused_and_the_entry_stays_pending() {
+    let Some(mut redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let n1 = node(&redis, "n1", 2, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    let (id, device) = pending_device(&n1, "mallory");
+    redis.kill();
+    wait_not_ready(&n1);
+    let r = n1.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(err.contains("cluster unavailable"), "{err}");
+    // Nothing half done: the entry is pending, no token was handed out.
+    let r = n1.admin_get("/api/pairing/pending");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pending = r.json();
+    assert_eq!(pending.as_array().unwrap().len(), 1, "{pending}");
+    assert_eq!(pending[0]["id"], id.as_str());
+    assert_eq!(pending[0]["status"], "pending_approval");
+    // A device token unknown at n2 cannot be checked either: 503, not 401.
+    wait_not_ready(&n2);
+    let r = device_jwt(&n2, "dt_00000000000000000000000000000000");
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Redis back: the same entry is approved, and holds at n2.
+    redis.restart();
+    wait_ready(&n1);
+    wait_ready(&n2);
+    let token = approve(&n1, &id);
+    let r = device_jwt(&n2, &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["peer_id"], device.as_str());
+}
+
+#[test]
+fn approvals_are_asserted_again_and_a_revocation_without_redis_reaches_the_cluster_later() {
+    // Kept across a restart (appendonly, fsync on every write): what n1 could not remove
+    // while Redis was down is still there when it is back, and goes then (n1 removes it
+    // and tells n2; n2 checks the peers it admitted on another node's approval).
+    let Some(mut redis) = redis::start(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let n1 = node(&redis, "n1", 2, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    let (kept, kept_device) = pending_device(&n1, "mallory");
+    let kept_token = approve(&n1, &kept);
+    let (id, device) = pending_device(&n1, "alice");
+    let token = approve(&n1, &id);
+    let r = device_jwt(&n2, &token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let jwt = r.json()["token"].as_str().unwrap().to_string();
+    let mut dev = connect(&n2, &jwt).unwrap();
+    let mut alice = peer(&n1, "alice");
+    list_until(&mut alice, "alice", &[&device], Duration::from_secs(10));
+    // Redis lost the tokens (n1 asserts its approvals again when it is back); the
+    // approvals hash is kept.
+    redis.cmd(&["DEL", "chx:tokens"]);
+    redis.kill();
+    wait_not_ready(&n1);
+    // Revoked while Redis is down: in effect at n1 at once; the cluster learns it later.
+    let r = n1.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["ok"].clone(), v["cluster"].clone()),
+        (json!(true), json!(false)),
+        "{v}"
+    );
+    // Not in n1's index any more; the cluster's cannot be asked: refused (503).
+    assert_eq!(device_jwt(&n1, &token).status, 503);
+    redis.restart();
+    wait_ready(&n1);
+    wait_ready(&n2);
+    // The kept approval is back in Redis; the revoked one is not, and the device's
+    // connection at n2 (which missed the broadcast) is closed.
+    let (code, reason) = recv_close(&mut dev);
+    assert_eq!(code, 4001, "{reason}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while device_jwt(&n2, &kept_token).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the kept approval was not asserted"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(device_jwt(&n2, &token).status, 401);
+    assert_eq!(connect(&n2, &jwt).err(), Some(401));
+    // The revoked approval is gone from Redis, the kept one is there.
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:authz", &device]),
+        redis::Reply::Nil
+    );
+    assert_ne!(
+        redis.cmd(&["HGET", "chx:authz", &kept_device]),
+        redis::Reply::Nil
+    );
 }

@@ -158,10 +158,52 @@ fn deauthorize(sim: &World, from: ShardId, peer: &str) -> Reply {
 }
 
 fn admit_on(sim: &World, peer: &str) -> Result<usize, shard::Error> {
+    admit_with(sim, peer, None)
+}
+
+/// Admission with the peer's approval at another node of a cluster (`cluster`).
+fn admit_with(
+    sim: &World,
+    peer: &str,
+    cluster: Option<Option<Box<str>>>,
+) -> Result<usize, shard::Error> {
     let owner = reactor::shard_of(peer.as_bytes(), sim.count());
     let sh: SimShard<Msg, SimNode> = sim.shard(owner);
     let keys = crate::auth::ApiKeys::dev_default();
-    admit(&sh, &keys, peer.to_owned(), false)
+    admit(&sh, &keys, peer.to_owned(), false, cluster)
+}
+
+#[test]
+fn an_approval_at_another_node_authorizes_unless_a_revocation_is_known_here() {
+    let sim = world(2, config(), T0, 3);
+    let peer = owned_by(1, 2, "paired", 0);
+    // Approved elsewhere, in its mesh: it may signal here, in that mesh.
+    let key = admit_with(&sim, &peer, Some(Some("blue".into()))).unwrap();
+    let ws = &sim.node(1).state.ws;
+    assert_eq!(ws.authorization(key).unwrap(), (true, Some("blue".into())));
+    // The default mesh.
+    let other = owned_by(1, 2, "paired-too", 0);
+    let key = admit_with(&sim, &other, Some(None)).unwrap();
+    assert_eq!(ws.authorization(key).unwrap(), (true, None));
+    // A revocation this node learnt of wins over a record not removed yet.
+    let revoked = owned_by(1, 2, "revoked", 0);
+    sim.node(1)
+        .state
+        .authz
+        .borrow_mut()
+        .restore_revoked(&revoked, T0);
+    let e = admit_with(&sim, &revoked, Some(None)).unwrap_err();
+    assert_eq!(
+        (e.kind, e.message.as_deref()),
+        (Kind::Unauthorized, Some("pairing revoked"))
+    );
+    // An API key's mesh is its own whatever the cluster says.
+    let key = admit_with(&sim, crate::auth::keys::DEV_PEER_ID, Some(Some("x".into()))).unwrap();
+    let owner = reactor::shard_of(crate::auth::keys::DEV_PEER_ID.as_bytes(), 2);
+    assert_eq!(
+        sim.node(owner).state.ws.authorization(key).unwrap(),
+        (true, None)
+    );
 }
 
 #[test]

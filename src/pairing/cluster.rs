@@ -1,0 +1,383 @@
+//! Pairing approvals across the nodes of a cluster (`--cluster`, issue 25;
+//! docs/ARCHITECTURE.md, "Cluster"; docs/PROTOCOL.md §5.10). A pairing entry lives at
+//! the node that took its `pair` (its data directory), but what its approval grants
+//! holds at every node: its device token works at `POST /api/token` and its peer may
+//! signal (in its mesh) whichever node it reaches.
+//!
+//! * **The records**: two Redis hashes, written together by one script. The device
+//!   tokens, `{prefix}tokens` (`auth::tokens::cluster_tokens_key`): the token's key (the
+//!   hex of its keyed hash, as the node's index keys it; never the token) → its grant as
+//!   JSON. The approvals, `{prefix}authz` (`signaling::authz::cluster_authz_key`): peer
+//!   id → `{"e":[entry ids],"m":mesh}`; entry ids rather than a count, so that writing
+//!   an approval again is idempotent and peer ids that repeat across entries (24-bit
+//!   random) stay authorized until their last entry is revoked.
+//! * **Approve** ([`approve`]): before the approval's commit and its `2xx`, a durable
+//!   write ([`APPROVE`], `eval_durable`: in Sentinel mode acknowledged by a replica).
+//!   While Redis cannot be written the approval is undone like any other failed step
+//!   (the entry stays pending) and answered 503 (failing closed). A write that may have
+//!   run (a lost connection, `NOREPLICAS`) is removed again, best effort; one left behind
+//!   grants nothing anyone can use (nobody holds its token: it was never answered).
+//! * **Revoke** ([`revoke`]): the records go ([`UNAPPROVE`], durable) after the
+//!   revocation took effect at this node (which fails closed whatever Redis says, and
+//!   broadcasts it to the other nodes' connections, `signaling::remote`). While Redis
+//!   cannot be written the other nodes may still accept the token and admit the peer
+//!   (not one already told of the revocation): the revoke answers 202 saying so, and the
+//!   records go at this node's next connect to Redis ([`assert_all`]), which also tells
+//!   the other nodes to close the peer then.
+//! * **Asserted on every connect** ([`assert_all`], each shard for the entries it owns):
+//!   every approved entry's records are written again (idempotent), then every revoked
+//!   entry's removed (those still kept, `--pairing-retention`); a peer whose last
+//!   approval this removes is broadcast as revoked.
+//!
+//! Bounded: the hashes hold one token and at most one approval per approved entry of
+//! every node (each node's `--pair-entries-max` per shard). An approving node that is
+//! gone for good leaves its approvals in effect (its entries, and so their revocation,
+//! were only there): remove them with `redis-cli HDEL` (README).
+
+use chatixia_cluster::{Refused, Script, ShardLink, Value};
+
+use super::{Entry, EntryId, PairingStore, Status};
+use crate::auth::tokens::{cluster_tokens_key, grant_value, token_key, DeviceGrant};
+use crate::shard::{Error, Shard};
+use crate::signaling::authz::cluster_authz_key;
+
+/// Writes approvals: `KEYS[1]` the token hash, `KEYS[2]` the approvals hash; `ARGV` in
+/// groups of six: token key, grant (JSON), peer, entry id, `1` when a mesh follows, the
+/// mesh. Idempotent: an entry id already listed is not added again; a peer's first
+/// approval's mesh stays. Returns the approvals added.
+pub const APPROVE: Script = Script {
+    name: "chx_pair_approve",
+    source: r#"
+local n = 0
+for i = 1, #ARGV - 5, 6 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  local peer, id = ARGV[i + 2], ARGV[i + 3]
+  local cur = redis.call('HGET', KEYS[2], peer)
+  local rec = cur and cjson.decode(cur)
+  if type(rec) ~= 'table' or type(rec.e) ~= 'table' then
+    rec = {e = {}}
+    if ARGV[i + 4] == '1' then rec.m = ARGV[i + 5] end
+  end
+  local found = false
+  for _, e in ipairs(rec.e) do
+    if e == id then found = true end
+  end
+  if not found then
+    rec.e[#rec.e + 1] = id
+    redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
+    n = n + 1
+  end
+end
+return n
+"#,
+};
+
+/// Removes approvals: `KEYS[1]` the token hash, `KEYS[2]` the approvals hash; `ARGV` in
+/// groups of three: token key (`""`: none), peer, entry id. Idempotent. Returns the peers
+/// whose last approval this removed.
+pub const UNAPPROVE: Script = Script {
+    name: "chx_pair_unapprove",
+    source: r#"
+local out = {}
+for i = 1, #ARGV - 2, 3 do
+  if ARGV[i] ~= '' then redis.call('HDEL', KEYS[1], ARGV[i]) end
+  local peer, id = ARGV[i + 1], ARGV[i + 2]
+  local cur = redis.call('HGET', KEYS[2], peer)
+  local rec = cur and cjson.decode(cur)
+  if type(rec) == 'table' and type(rec.e) == 'table' then
+    local keep, found = {}, false
+    for _, e in ipairs(rec.e) do
+      if e == id then found = true else keep[#keep + 1] = e end
+    end
+    if found and #keep == 0 then
+      redis.call('HDEL', KEYS[2], peer)
+      out[#out + 1] = peer
+    elseif found then
+      rec.e = keep
+      redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
+    end
+  end
+end
+return out
+"#,
+};
+
+/// The scripts of pairing (loaded by the link on every connect).
+pub fn scripts() -> Vec<Script> {
+    vec![APPROVE, UNAPPROVE]
+}
+
+/// Approvals (or removals) per script when asserting: 256 × 6 arguments (about 60 KiB)
+/// keeps Redis from running one long script for a shard's 10,000 entries; the shard
+/// sends them one batch after another.
+pub const ASSERT_BATCH_MAX: usize = 256;
+
+/// How long a write waits before trying again when the link's queue for this shard is
+/// full (`Refused::Busy`): a turn of the link's pipeline.
+const LINK_BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Most tries of a revocation's removal while the link's queue is full (about a second
+/// of [`LINK_BUSY_RETRY`]); past it the records go at the next connect.
+const BUSY_TRIES_MAX: u32 = 1000;
+
+/// The [`APPROVE`] arguments of one approval.
+fn approve_args(key: &str, grant: &DeviceGrant) -> [Vec<u8>; 6] {
+    let (has_mesh, mesh) = match &grant.mesh {
+        Some(m) => (b"1", m.as_bytes().to_vec()),
+        None => (b"0", Vec::new()),
+    };
+    [
+        key.as_bytes().to_vec(),
+        grant_value(grant),
+        grant.peer_id.as_bytes().to_vec(),
+        EntryId::from_u32(grant.entry_id).to_string().into_bytes(),
+        has_mesh.to_vec(),
+        mesh,
+    ]
+}
+
+/// The [`UNAPPROVE`] arguments of one approval.
+fn unapprove_args(key: Option<&str>, peer: &str, entry: EntryId) -> [Vec<u8>; 3] {
+    [
+        key.unwrap_or("").as_bytes().to_vec(),
+        peer.as_bytes().to_vec(),
+        entry.to_string().into_bytes(),
+    ]
+}
+
+fn keys(link: &ShardLink) -> Vec<Vec<u8>> {
+    vec![
+        cluster_tokens_key(link.prefix()),
+        cluster_authz_key(link.prefix()),
+    ]
+}
+
+/// The 503 of an approval the cluster cannot take.
+fn unavailable(why: &str) -> Error {
+    Error::unavailable(format!(
+        "cluster unavailable: the approval cannot be written to the cluster ({why}); the \
+         entry stays pending, retry"
+    ))
+}
+
+/// Refuses an approval at once while the link is down (before anything changes here).
+pub fn check_up<S: Shard>(sh: &S) -> Result<(), Error> {
+    match sh.cluster() {
+        Some(link) if !link.is_up() => Err(unavailable("Redis is unreachable")),
+        _ => Ok(()),
+    }
+}
+
+/// Writes an approval's records ([`APPROVE`], durable) before its `2xx`: `Ok` on a node
+/// alone and once written (in Sentinel mode, acknowledged by a replica); else 503, and
+/// a write that may have run is removed again (best effort).
+pub async fn approve<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) -> Result<(), Error> {
+    let Some(link) = sh.cluster() else {
+        return Ok(());
+    };
+    let reply = match link.eval_durable(APPROVE.name, keys(link), approve_args(key, grant).into()) {
+        Ok(r) => r.await,
+        Err(Refused::Down(why)) => return Err(unavailable(&why)),
+        Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
+        Err(Refused::Closed) => return Err(unavailable("the link has stopped")),
+    };
+    let why = match reply {
+        Ok(Value::Int(_)) => return Ok(()),
+        Ok(Value::Error(e)) if e.starts_with("NOREPLICAS") => {
+            format!("the approval was not replicated: {e}")
+        }
+        Ok(other) => {
+            tracing::error!(reply = ?other, "unexpected reply to APPROVE");
+            "unexpected reply".to_owned()
+        }
+        Err(e) => format!("{e:?}"),
+    };
+    undo(sh, key, grant);
+    Err(unavailable(&why))
+}
+
+/// An approval whose records were (or may have been) written is undone: they go, best
+/// effort (not awaited; logged when it cannot be sent). One left behind authorizes
+/// nothing anyone can use: its token was never answered.
+pub fn undo<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) {
+    let Some(link) = sh.cluster() else { return };
+    let entry = EntryId::from_u32(grant.entry_id);
+    let args = unapprove_args(Some(key), &grant.peer_id, entry);
+    if let Err(e) = link.eval_nowait(UNAPPROVE.name, keys(link), args.into()) {
+        tracing::warn!(%entry, error = ?e, "an undone approval's cluster records not removed");
+    }
+}
+
+/// Removes a revoked entry's records ([`UNAPPROVE`], durable): `Ok` on a node alone and
+/// once removed; else why not (the records then go at this node's next connect,
+/// [`assert_all`]).
+pub async fn revoke<S: Shard>(
+    sh: &S,
+    key: Option<&str>,
+    peer: &str,
+    entry: EntryId,
+) -> Result<(), String> {
+    let Some(link) = sh.cluster() else {
+        return Ok(());
+    };
+    let args = unapprove_args(key, peer, entry);
+    let mut tries = 0;
+    let reply = loop {
+        match link.eval_durable(UNAPPROVE.name, keys(link), args.to_vec()) {
+            Ok(r) => break r.await,
+            Err(Refused::Busy) if tries < BUSY_TRIES_MAX => {
+                tries += 1;
+                sh.sleep(LINK_BUSY_RETRY).await;
+            }
+            Err(Refused::Busy) => return Err("too many commands in flight".into()),
+            Err(Refused::Down(why)) => return Err(why),
+            Err(Refused::Closed) => return Err("the link has stopped".into()),
+        }
+    };
+    match reply {
+        Ok(Value::Array(_)) => Ok(()),
+        Ok(Value::Error(e)) => Err(e),
+        Ok(other) => Err(format!("unexpected reply {other:?}")),
+        Err(e) => Err(format!("{e:?}")),
+    }
+}
+
+/// What a shard asserts on connect: its approved entries' records and its revoked
+/// entries' removals.
+#[derive(Debug, Default, PartialEq)]
+pub struct Assertions {
+    /// Token key and grant of each approved entry (not one being saved: its approval
+    /// writes, or undoes, its own records).
+    pub approved: Vec<(String, DeviceGrant)>,
+    /// Token key (if any), peer and id of each revoked entry still kept.
+    pub revoked: Vec<(Option<String>, String, EntryId)>,
+}
+
+/// What the entries of a shard assert ([`assert_all`]).
+pub fn assertions(entries: &PairingStore) -> Assertions {
+    let mut a = Assertions::default();
+    for e in entries.list_all() {
+        match e.status {
+            Status::Approved if !e.saving => {
+                // Not `Entry::device_grant`: a token used (or loaded from the store) is no
+                // longer held in clear, and grants the same.
+                if let Some(hash) = &e.token_hash {
+                    let grant = DeviceGrant {
+                        peer_id: e.peer_id.clone(),
+                        role: crate::auth::DEVICE_TOKEN_ROLE.to_owned(),
+                        mesh: e.mesh.clone(),
+                        entry_id: e.id.value(),
+                    };
+                    a.approved.push((token_key(hash), grant));
+                }
+            }
+            Status::Revoked => a.revoked.push(revoked_of(e)),
+            _ => {}
+        }
+    }
+    a
+}
+
+fn revoked_of(e: &Entry) -> (Option<String>, String, EntryId) {
+    (
+        e.token_hash.as_ref().map(token_key),
+        e.peer_id.clone(),
+        e.id,
+    )
+}
+
+/// The link is up (a new generation): writes this shard's approvals again, then removes
+/// its revoked entries' records, in batches of [`ASSERT_BATCH_MAX`]; each peer whose
+/// last approval in the cluster a removal took is broadcast as revoked (its connections
+/// at the other nodes close, 4001). `false` when the link failed first (the next `Up`
+/// asserts again).
+pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> bool {
+    let Some(link) = sh.cluster() else {
+        return true;
+    };
+    for batch in a.approved.chunks(ASSERT_BATCH_MAX) {
+        let args = batch.iter().flat_map(|(k, g)| approve_args(k, g)).collect();
+        match send(sh, link, APPROVE.name, args).await {
+            Some(Value::Int(_)) => {}
+            other => {
+                tracing::debug!(reply = ?other, "pairing approvals not asserted now");
+                return false;
+            }
+        }
+    }
+    for batch in a.revoked.chunks(ASSERT_BATCH_MAX) {
+        let args = batch
+            .iter()
+            .flat_map(|(k, p, id)| unapprove_args(k.as_deref(), p, *id))
+            .collect();
+        match send(sh, link, UNAPPROVE.name, args).await {
+            Some(Value::Array(gone)) => {
+                for p in gone {
+                    if let Value::Bulk(p) = p {
+                        let peer = String::from_utf8_lossy(&p);
+                        tracing::info!(%peer, "a revocation reached the cluster late");
+                        crate::signaling::remote::broadcast_revocation(link, &peer);
+                    }
+                }
+            }
+            other => {
+                tracing::debug!(reply = ?other, "pairing revocations not asserted now");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// One script of an assertion, waiting while the link's queue is full; `None` when the
+/// link is down or the reply is lost.
+async fn send<S: Shard>(
+    sh: &S,
+    link: &ShardLink,
+    script: &str,
+    args: Vec<Vec<u8>>,
+) -> Option<Value> {
+    loop {
+        match link.eval_durable(script, keys(link), args.clone()) {
+            Ok(r) => return r.await.ok(),
+            Err(Refused::Busy) => sh.sleep(LINK_BUSY_RETRY).await,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(mesh: Option<&str>) -> DeviceGrant {
+        DeviceGrant {
+            peer_id: "agent-0a1b2c".into(),
+            role: "agent".into(),
+            mesh: mesh.map(Into::into),
+            entry_id: 0x0a0b_0c0d,
+        }
+    }
+
+    #[test]
+    fn arguments_keep_the_default_mesh_apart_from_an_empty_one() {
+        let [k, g, p, id, has, m] = approve_args("ab12", &grant(None));
+        assert_eq!(
+            (&k[..], &p[..], &id[..]),
+            (&b"ab12"[..], &b"agent-0a1b2c"[..], &b"0a0b0c0d"[..])
+        );
+        assert_eq!(
+            crate::auth::tokens::grant_of_value(&g),
+            Some(grant(None)),
+            "the grant, never the token"
+        );
+        assert_eq!((&has[..], &m[..]), (&b"0"[..], &b""[..]));
+        let [.., has, m] = approve_args("ab12", &grant(Some("")));
+        assert_eq!((&has[..], &m[..]), (&b"1"[..], &b""[..]));
+        let [k, p, id] = unapprove_args(None, "p", EntryId::from_u32(1));
+        assert_eq!(
+            (&k[..], &p[..], &id[..]),
+            (&b""[..], &b"p"[..], &b"00000001"[..])
+        );
+    }
+}
