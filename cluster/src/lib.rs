@@ -111,6 +111,11 @@ pub struct ClusterConfig {
     pub inflight_max: usize,
     /// Inbound messages waiting for one shard: past it a message is dropped and counted.
     pub inbound_max: usize,
+    /// Bytes of the inbound messages waiting for one shard (keys and bodies): a message
+    /// may be up to 64 KiB (a relayed frame), so `inbound_max` alone would let a flood
+    /// from the other nodes queue gigabytes for a slow shard. Past it a message is
+    /// dropped and counted (`inbound_dropped`).
+    pub inbound_bytes_max: usize,
     /// A connection whose oldest command in flight has waited this long for its reply is
     /// declared dead: it is reconnected and the commands in flight fail
     /// ([`CmdError::Lost`]). Also bounds each step of connecting. A Redis that is stopped
@@ -164,6 +169,10 @@ pub const DEFAULT_INFLIGHT_MAX: usize = 4096;
 /// ring is allocated up front (one pointer-sized slot per message plus its bytes while
 /// queued).
 pub const DEFAULT_INBOUND_MAX: usize = 65_536;
+/// Bytes of inbound messages waiting for one shard: a second of a busy shard's
+/// cross-node relays at ~1 KiB each (an SDP or a candidate) fits several times over,
+/// and a flood of 64 KiB frames stops at 32 MiB per shard.
+pub const DEFAULT_INBOUND_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Redis answers in well under a millisecond; 3 s without any reply on a connection is
 /// a stopped or unreachable Redis, not a slow one (a slow script is bounded by Redis's
 /// own `busy-reply-threshold`, 5 s, after which it answers BUSY).
@@ -189,6 +198,7 @@ impl ClusterConfig {
             probe_interval: DEFAULT_PROBE_INTERVAL,
             inflight_max: DEFAULT_INFLIGHT_MAX,
             inbound_max: DEFAULT_INBOUND_MAX,
+            inbound_bytes_max: DEFAULT_INBOUND_BYTES_MAX,
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             replicas_min,

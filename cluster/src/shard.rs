@@ -31,6 +31,8 @@ struct Inner {
     waker: Arc<mio::Waker>,
     completions: rtrb::Consumer<Completion>,
     inbound: rtrb::Consumer<InboundItem>,
+    /// Bytes of the messages in `inbound` (the link adds, this side takes off).
+    inbound_bytes: Arc<std::sync::atomic::AtomicUsize>,
     waiters: Slab<Waiter>,
     inflight_max: usize,
     shared: Arc<Shared>,
@@ -69,6 +71,7 @@ impl ShardLink {
                 waker: p.waker,
                 completions: p.completions,
                 inbound: p.inbound,
+                inbound_bytes: p.inbound_bytes,
                 waiters: Slab::with_capacity(p.inflight_max.min(1024)),
                 inflight_max: p.inflight_max,
                 shared: p.shared,
@@ -305,7 +308,11 @@ impl ShardLink {
                         inner.down_reason.clone_from(reason);
                     }
                     Inbound::Members { live, .. } => inner.live.clone_from(live),
-                    Inbound::Message { .. } => {}
+                    Inbound::Message { route_key, body } => {
+                        inner
+                            .inbound_bytes
+                            .fetch_sub(route_key.len() + body.len(), Ordering::AcqRel);
+                    }
                 }
                 event
             };

@@ -47,6 +47,8 @@ pub(crate) struct Parts {
     pub(crate) waker: Arc<Waker>,
     pub(crate) completions: rtrb::Consumer<Completion>,
     pub(crate) inbound: rtrb::Consumer<InboundItem>,
+    /// Bytes of the messages in `inbound` (added by the link, taken off by the shard).
+    pub(crate) inbound_bytes: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) inflight_max: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) scripts: Arc<[&'static str]>,
@@ -127,9 +129,11 @@ impl Node {
         for (shard, bell) in bells.into_iter().enumerate() {
             let (cp, cc) = rtrb::RingBuffer::new(cfg.inflight_max);
             let (ip, ic) = rtrb::RingBuffer::new(cfg.inbound_max + CONTROL_RESERVE);
+            let inbound_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
             outs.push(ShardOut {
                 completions: cp,
                 inbound: ip,
+                inbound_bytes: inbound_bytes.clone(),
                 bell,
                 dirty: false,
             });
@@ -139,6 +143,7 @@ impl Node {
                 waker: waker.clone(),
                 completions: cc,
                 inbound: ic,
+                inbound_bytes,
                 inflight_max: cfg.inflight_max,
                 shared: shared.clone(),
                 scripts: names.clone(),
@@ -249,6 +254,7 @@ impl Drop for Node {
 struct ShardOut {
     completions: rtrb::Producer<Completion>,
     inbound: rtrb::Producer<InboundItem>,
+    inbound_bytes: Arc<std::sync::atomic::AtomicUsize>,
     bell: Arc<dyn Doorbell>,
     /// Something was pushed since the last ring.
     dirty: bool,
@@ -1234,7 +1240,10 @@ impl Link {
             tracing::warn!(shard, "cluster: route() named a shard that does not exist");
             return;
         };
-        if out.inbound.slots() <= CONTROL_RESERVE {
+        let size = key.len() + body.len();
+        if out.inbound.slots() <= CONTROL_RESERVE
+            || out.inbound_bytes.load(Ordering::Acquire) + size > self.cfg.inbound_bytes_max
+        {
             stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -1243,6 +1252,7 @@ impl Link {
             body: body.to_vec(),
         };
         if out.inbound.push(m).is_ok() {
+            out.inbound_bytes.fetch_add(size, Ordering::AcqRel);
             out.dirty = true;
             stats.deliveries.fetch_add(1, Ordering::Relaxed);
         }

@@ -221,6 +221,60 @@ fn a_full_inbound_ring_drops_messages_and_counts_them() {
 }
 
 #[test]
+fn inbound_bytes_are_bounded_and_freed_as_the_shard_takes_them() {
+    if !redis_or_skip("inbound_bytes_are_bounded_and_freed_as_the_shard_takes_them") {
+        return;
+    }
+    let redis = Redis::start();
+    let mut cfg = config(&redis.url(), "b");
+    // Room for three 1 KiB messages (key + body), whatever the ring's count.
+    cfg.inbound_bytes_max = 3 * 1025 + 100;
+    let (node_b, bs) = start_node(cfg, vec![], 1, |_| 0);
+    let (_node_a, a) = start_node(config(&redis.url(), "a"), vec![], 1, |_| 0);
+    bs[0].wait_for(UP_WITHIN, is_up);
+    a[0].wait_for(UP_WITHIN, is_up);
+    bs[0].wait_for(UP_WITHIN, |e| live_of(e).is_some_and(|(l, _)| l.len() == 2));
+    bs[0].pause();
+    bs[0].drain();
+    let send = |from: u8| {
+        a[0].run(move |link| async move {
+            for i in from..from + 10 {
+                link.publish("b", &[i], &[0u8; 1024]).unwrap();
+            }
+            link.command(vec![b("PING")]).unwrap().await.unwrap();
+        });
+    };
+    send(0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node_b.stats().deliveries + node_b.stats().inbound_dropped < 10 {
+        assert!(Instant::now() < deadline, "{:?}", node_b.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = node_b.stats();
+    assert_eq!((st.deliveries, st.inbound_dropped), (3, 7), "{st:?}");
+    // Taken by the shard, the bytes are free again.
+    bs[0].resume();
+    assert_eq!(
+        bs[0]
+            .drain()
+            .iter()
+            .filter(|e| matches!(e, Inbound::Message { .. }))
+            .count(),
+        3
+    );
+    bs[0].pause();
+    send(100);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node_b.stats().deliveries + node_b.stats().inbound_dropped < 20 {
+        assert!(Instant::now() < deadline, "{:?}", node_b.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let st = node_b.stats();
+    assert_eq!((st.deliveries, st.inbound_dropped), (6, 14), "{st:?}");
+    bs[0].resume();
+}
+
+#[test]
 fn a_node_cut_off_from_redis_is_down_and_then_listed_as_gone() {
     if !redis_or_skip("a_node_cut_off_from_redis_is_down_and_then_listed_as_gone") {
         return;
