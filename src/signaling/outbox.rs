@@ -17,8 +17,19 @@ pub const OUTBOX_ITEMS_MAX: usize = 16 * 1024;
 /// One thing to tell the cluster.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
-    /// `peer` of `mesh` is connected here and may signal.
+    /// `peer` of `mesh` came here (connected and authorized, or approved while
+    /// connected) and may signal: its entry is set to this node, whichever node held it
+    /// (that node closes its older connection, 4000).
     Join {
+        peer: Box<str>,
+        mesh: Option<Box<str>>,
+    },
+    /// `peer` of `mesh` has been held here since before the link came back: never noted
+    /// by the table, built by the directory task's resync for every authorized peer
+    /// without a `Join` waiting. Its entry is set to this node unless another live node
+    /// holds the peer (a newer connection went there while this node was cut off, or
+    /// paused): then this node closes its own connection of the peer instead (4000).
+    Assert {
         peer: Box<str>,
         mesh: Option<Box<str>>,
     },
@@ -67,10 +78,24 @@ impl Outbox {
         std::mem::take(&mut self.items)
     }
 
-    /// Puts items the link could not take yet back in front, in order.
+    /// Puts items the link could not take yet back in front, in order. Past
+    /// [`OUTBOX_ITEMS_MAX`] the newest go and a resync is asked for (a join dropped so
+    /// is asserted by it instead).
     pub fn put_back(&mut self, mut rest: VecDeque<Outgoing>) {
         rest.append(&mut self.items);
         self.items = rest;
+        if self.items.len() > OUTBOX_ITEMS_MAX {
+            self.items.truncate(OUTBOX_ITEMS_MAX);
+            self.resync = true;
+        }
+    }
+
+    /// Drops the relays waiting (the link is down: they cannot go out) and says how
+    /// many; joins and leaves wait for the link to come back.
+    pub fn drop_relays(&mut self) -> usize {
+        let before = self.items.len();
+        self.items.retain(|i| !matches!(i, Outgoing::Relay { .. }));
+        before - self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
