@@ -229,7 +229,7 @@ impl Node {
     }
 
     /// Why the link stopped for good, if it did: another live process holds this node's
-    /// id (found before this link was ever up: see [`Node::start`]'s docs in lib.rs).
+    /// id (found before this link was ever up; see the crate docs, "incarnation").
     /// The process should exit with this message.
     pub fn fatal(&self) -> Option<String> {
         self.shared
@@ -239,7 +239,8 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Hands the lease back (`ZREM` of this node from `{prefix}nodes`) when connected,
+    /// Hands the lease back (`ZREM` of this node from `{prefix}nodes`, while this
+    /// incarnation holds it) when connected,
     /// then stops the link thread; waits at most `within`. Commands still waiting fail
     /// with [`CmdError::Closed`]; later submissions are refused
     /// ([`Refused::Closed`](crate::Refused::Closed)).

@@ -8,10 +8,12 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 /// Items waiting for the directory task. It drains the outbox every time it is woken (a
-/// turn of the shard's loop), so what waits is what one turn produced; a burst beyond
-/// this (thousands of connects, or relays to remote peers, within one turn) is refused:
-/// a relay is dropped and counted as refused, a join or leave sets [`Outbox::resync`]
-/// (the shard asserts all its peers again).
+/// turn of the shard's loop), so what waits is what one turn produced, or, while the
+/// link is down, the joins and leaves since (relays are dropped then); a burst beyond
+/// this (thousands of connects, or relays to remote peers, within one turn; or an outage
+/// that long) is refused: a relay is dropped and counted as refused, a join or leave
+/// sets [`Outbox::resync`] (the shard asserts all its peers again: a peer whose join
+/// was refused so is asserted, which takes no entry from another live node).
 pub const OUTBOX_ITEMS_MAX: usize = 16 * 1024;
 
 /// One thing to tell the cluster.
@@ -156,5 +158,39 @@ mod tests {
         o.put_back(VecDeque::from([first]));
         let order: Vec<_> = o.take().into_iter().collect();
         assert_eq!(order, vec![join("0"), join("later")]);
+    }
+
+    #[test]
+    fn while_down_relays_go_and_joins_wait_and_a_put_back_stays_bounded() {
+        let mut o = Outbox::default();
+        o.push(join("a"));
+        o.push(Outgoing::Relay {
+            target: "t".into(),
+            mesh: None,
+            frame: Box::new([1]),
+        });
+        o.push(Outgoing::Leave {
+            peer: "b".into(),
+            mesh: None,
+        });
+        assert_eq!(o.drop_relays(), 1);
+        assert_eq!(o.len(), 2);
+        // Put back in front of what came since; past the bound the newest go and a
+        // resync is asked for.
+        let taken = o.take();
+        for i in 0..OUTBOX_ITEMS_MAX {
+            assert!(o.push(join(&i.to_string())));
+        }
+        assert!(!o.resync);
+        o.put_back(taken);
+        assert_eq!(o.len(), OUTBOX_ITEMS_MAX);
+        assert!(o.resync);
+        let all = o.take();
+        assert_eq!(all[0], join("a"));
+        assert_eq!(all[2], join("0"));
+        assert_eq!(
+            all[OUTBOX_ITEMS_MAX - 1],
+            join(&(OUTBOX_ITEMS_MAX - 3).to_string())
+        );
     }
 }

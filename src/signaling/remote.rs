@@ -20,7 +20,10 @@
 //! * **Faults**: while the link is down relays to other nodes are dropped (counted as
 //!   refused) and peer lists hold this node's peers only; when it is back (a new
 //!   generation) the link has cleared this node's stale entries ([`CLEANUP`] on connect)
-//!   and every shard asserts its peers again ([`on_up`]).
+//!   and every shard asserts its peers again ([`on_up`]): joins noted meanwhile still
+//!   take their peer's entry (the peer came here), the other peers are asserted, which
+//!   takes no entry from another live node (the peer connected there while this node
+//!   was cut off or paused: this node closes its own, older, connection).
 //!
 //! The scripts name keys they are not passed (a node's mesh hashes): a single Redis
 //! (or a Sentinel-managed primary), not Redis Cluster.
