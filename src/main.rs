@@ -368,6 +368,13 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 "shard {i} stopped unexpectedly (see the log above)"
             )));
         }
+        // Another live node holds this --node-id (found before the link was ever up):
+        // the process stops, its shards first; the other's lease is not touched.
+        if let Some(fatal) = node.as_ref().and_then(|n| n.node.fatal()) {
+            let _ = running.shutdown(shutdown_timeout);
+            store.close();
+            return Err(Failure::Other(fatal));
+        }
     }
     match running.shutdown(shutdown_timeout) {
         Stopped::Clean => tracing::info!("shutdown complete"),

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) reason: Mutex<String>,
     /// Set by [`Node::stop`](crate::Node::stop).
     pub(crate) stopping: AtomicBool,
+    /// Why the link stopped for good (another live process holds the node id).
+    pub(crate) fatal: Mutex<Option<String>>,
     /// Set once the link thread has stopped for good.
     pub(crate) exited: AtomicBool,
     /// A wake of the link thread is pending (shards skip the syscall while it is).

@@ -8,26 +8,91 @@ use crate::Value;
 
 /// Renews this node's lease and lists the members, in one round trip on Redis's clock.
 /// `KEYS[1]` is `{prefix}nodes`, a sorted set of node ids scored by lease expiry (Unix
-/// ms); `ARGV[1]` the node id, `ARGV[2]` the lease in ms. Returns `{live, gone}`: the
-/// nodes whose lease runs (score ≥ now) and those whose lease ran out but are still in
-/// the set, and 1 when this node's own lease had run out (or was removed) before this
-/// renewal. Nothing here removes a gone node: the server removes it (`ZREM`) once it has
-/// cleaned up what the node held, so a crash between the two leaves it listed as gone
-/// and the next node's renewal reports it again.
+/// ms), `KEYS[2]` `{prefix}holders`, node id → the incarnation (a random token drawn at
+/// each process start) that holds its lease; `ARGV[1]` the node id, `ARGV[2]` the lease
+/// in ms, `ARGV[3]` this process's incarnation.
+///
+/// A lease that runs (score ≥ now) and is held by another incarnation is not touched:
+/// the reply is `{"held", ms it runs still, its expiry}` (two processes started with one
+/// `--node-id`; or this one was paused past its lease and another took the id
+/// meanwhile). Otherwise the lease is taken or renewed and the reply is `{live, gone,
+/// lapsed}`: the nodes whose lease runs and those whose lease ran out but are still in
+/// the set, and 1 when this process's own lease had run out, been removed or been held
+/// by another incarnation before this renewal. Nothing here removes a gone node: the
+/// server removes it (`ZREM`) once it has cleaned up what the node held, so a crash
+/// between the two leaves it listed as gone and the next node's renewal reports it
+/// again.
 pub(crate) const LEASE_SCRIPT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local prev = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if prev and tonumber(prev) >= now and holder and holder ~= ARGV[3] then
+  return {'held', tonumber(prev) - now, tonumber(prev)}
+end
 local lapsed = 0
-if (not prev) or tonumber(prev) < now then lapsed = 1 end
+if (not prev) or tonumber(prev) < now or holder ~= ARGV[3] then lapsed = 1 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. string.format('%d', now))
 return {live, gone, lapsed}
 "#;
 
-/// `{live, gone, lapsed}` from [`LEASE_SCRIPT`]'s reply, each list sorted.
-pub(crate) fn parse_lease_reply(v: &Value) -> Result<(Vec<String>, Vec<String>, bool), String> {
+/// Hands this process's lease back at a graceful stop: removes the node from
+/// `KEYS[1]` (`{prefix}nodes`) and its holder from `KEYS[2]` only while `ARGV[2]` (this
+/// incarnation) holds it (`ARGV[1]` the node id): a process that lost the id to another
+/// does not remove that one's lease. 1 when handed back.
+pub(crate) const HAND_BACK_SCRIPT: &str = r#"
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
+/// The error a guarded script ([`guarded`]) answers when this incarnation does not hold
+/// the node's lease.
+pub(crate) const NOT_HOLDER: &str = "CHX_NOT_HOLDER";
+
+/// `source` run only while this incarnation holds the node's lease: the caller appends
+/// `{prefix}holders` to the script's keys and the node id and the incarnation to its
+/// args; the script itself sees its own keys and args only. Used for the node's connect
+/// and stop scripts (they remove every entry naming the node id: run by a process that
+/// does not hold the id, they would remove the holder's).
+pub(crate) fn guarded(source: &str) -> String {
+    format!(
+        r#"
+local chx_k, chx_a = KEYS, ARGV
+local chx_n = #chx_a
+if redis.call('HGET', chx_k[#chx_k], chx_a[chx_n - 1]) ~= chx_a[chx_n] then
+  return redis.error_reply('{NOT_HOLDER} another process holds this node id')
+end
+local KEYS = {{unpack(chx_k, 1, #chx_k - 1)}}
+local ARGV = {{unpack(chx_a, 1, chx_n - 2)}}
+{source}"#
+    )
+}
+
+/// What [`LEASE_SCRIPT`] answered.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LeaseReply {
+    /// Renewed (or taken): the live and gone nodes, each sorted, and whether this
+    /// process's lease had lapsed.
+    Granted {
+        live: Vec<String>,
+        gone: Vec<String>,
+        lapsed: bool,
+    },
+    /// Another incarnation holds the node id's lease: it runs `remaining_ms` more and
+    /// expires at `expiry_ms` (Unix ms on Redis's clock; a later refusal with a later
+    /// expiry means the holder renewed it, so is alive).
+    Held { remaining_ms: i64, expiry_ms: i64 },
+}
+
+/// [`LeaseReply`] from [`LEASE_SCRIPT`]'s reply.
+pub(crate) fn parse_lease_reply(v: &Value) -> Result<LeaseReply, String> {
     let list = |v: &Value| -> Result<Vec<String>, String> {
         let Value::Array(items) = v else {
             return Err(format!("lease renewal: expected a list, got {v:?}"));
@@ -44,11 +109,20 @@ pub(crate) fn parse_lease_reply(v: &Value) -> Result<(Vec<String>, Vec<String>, 
         Ok(out)
     };
     match v {
-        Value::Array(three) if three.len() == 3 => Ok((
-            list(&three[0])?,
-            list(&three[1])?,
-            three[2] == Value::Int(1),
-        )),
+        Value::Array(three) if three.len() == 3 && three[0].as_bytes() == Some(b"held") => {
+            match (&three[1], &three[2]) {
+                (Value::Int(remaining_ms), Value::Int(expiry_ms)) => Ok(LeaseReply::Held {
+                    remaining_ms: *remaining_ms,
+                    expiry_ms: *expiry_ms,
+                }),
+                _ => Err(format!("lease renewal: unexpected reply {v:?}")),
+            }
+        }
+        Value::Array(three) if three.len() == 3 => Ok(LeaseReply::Granted {
+            live: list(&three[0])?,
+            gone: list(&three[1])?,
+            lapsed: three[2] == Value::Int(1),
+        }),
         Value::Error(e) => Err(format!("lease renewal refused: {e}")),
         other => Err(format!("lease renewal: unexpected reply {other:?}")),
     }
@@ -201,10 +275,39 @@ mod tests {
         let v = Value::Array(vec![bulks(&["b", "a"]), bulks(&["c"]), Value::Int(0)]);
         assert_eq!(
             parse_lease_reply(&v),
-            Ok((s(&["a", "b"]), s(&["c"]), false))
+            Ok(LeaseReply::Granted {
+                live: s(&["a", "b"]),
+                gone: s(&["c"]),
+                lapsed: false
+            })
         );
         let v = Value::Array(vec![bulks(&["a"]), bulks(&[]), Value::Int(1)]);
-        assert_eq!(parse_lease_reply(&v), Ok((s(&["a"]), s(&[]), true)));
+        assert_eq!(
+            parse_lease_reply(&v),
+            Ok(LeaseReply::Granted {
+                live: s(&["a"]),
+                gone: s(&[]),
+                lapsed: true
+            })
+        );
+        let v = Value::Array(vec![
+            Value::Bulk(b"held".to_vec()),
+            Value::Int(900),
+            Value::Int(1_700_000_000_900),
+        ]);
+        assert_eq!(
+            parse_lease_reply(&v),
+            Ok(LeaseReply::Held {
+                remaining_ms: 900,
+                expiry_ms: 1_700_000_000_900
+            })
+        );
+        let v = Value::Array(vec![
+            Value::Bulk(b"held".to_vec()),
+            Value::Nil,
+            Value::Int(1),
+        ]);
+        assert!(parse_lease_reply(&v).is_err());
         assert!(parse_lease_reply(&Value::Error("ERR x".into()))
             .unwrap_err()
             .contains("ERR x"));

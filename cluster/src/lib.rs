@@ -21,6 +21,14 @@
 //! leaves the node listed as gone and the cleanup is done again. [`Node::stop`] hands
 //! this node's lease back (`ZREM`), so a node that stops cleanly just leaves `live`.
 //!
+//! A node id's lease belongs to one **incarnation** (128 random bits per [`Node::start`],
+//! in `{prefix}holders`): the lease script never renews or takes an id whose lease runs
+//! under another incarnation. Refused before it was ever up, the link waits for that
+//! lease to run out (a process that died without handing it back) and stops for good
+//! ([`Node::fatal`]) as soon as it sees it renewed (another live process has this id);
+//! refused once up (paused past its lease, the id taken meanwhile), it stays down and
+//! retries. The connect and stop scripts run only while this incarnation holds the id.
+//!
 //! Bounds: shards submit through one bounded queue ([`REQUEST_QUEUE_MAX`]; full →
 //! [`Refused::Busy`]); a shard has at most `inflight_max` commands in flight (its
 //! completion ring holds that many, so it never overflows); its inbound ring holds
@@ -134,12 +142,15 @@ pub struct ClusterConfig {
     /// replica is missing), so keep it short; commands written behind one get this
     /// much more than `command_timeout` for their reply.
     pub wait_timeout: Duration,
-    /// Scripts run on every connect, after the scripts are loaded and before the shards
-    /// are told [`Inbound::Up`] (a node clearing its stale entries before its shards
-    /// assert what they hold). A script that fails fails the connect.
+    /// Scripts run on every connect, after the scripts are loaded and the lease taken,
+    /// and before the shards are told [`Inbound::Up`] (a node clearing its stale entries
+    /// before its shards assert what they hold). Each runs only while this incarnation
+    /// holds the node id's lease (a process refused the id removes nothing of the
+    /// holder's). A script that fails fails the connect.
     pub on_connect: Vec<OnConnect>,
     /// Scripts run by [`Node::stop`] after the commands already submitted and before the
-    /// lease is handed back (a node removing what it holds).
+    /// lease is handed back (a node removing what it holds); as `on_connect`, only while
+    /// this incarnation holds the id.
     pub on_stop: Vec<OnConnect>,
 }
 

@@ -14,7 +14,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::channel::{unix_ns, Completion, InboundItem, Request, Shared, What};
 use crate::conn::{open, Conn};
-use crate::lease::{parse_lease_reply, Backoff, Members, Probe, LEASE_SCRIPT, PROBE_MISSED_AFTER};
+use crate::lease::{
+    guarded, parse_lease_reply, Backoff, LeaseReply, Members, Probe, HAND_BACK_SCRIPT,
+    LEASE_SCRIPT, PROBE_MISSED_AFTER,
+};
 use crate::shard::channel_of;
 use crate::{
     Addr, ClusterConfig, CmdError, Doorbell, Health, Inbound, LinkParts, Route, Script, Stats,
@@ -154,9 +157,18 @@ impl Node {
         drop(tx);
         let stop_within_ms = Arc::new(AtomicU64::new(0));
         let (done_tx, done_rx) = sync_channel(1);
+        let mut token = [0u8; 16];
+        getrandom::getrandom(&mut token).map_err(|e| {
+            std::io::Error::other(format!("cluster: no random incarnation token: {e}"))
+        })?;
         let link = Link {
             channel: channel_of(&cfg.prefix, &cfg.node_id),
             nodes_key: format!("{}nodes", cfg.prefix).into_bytes(),
+            holders_key: format!("{}holders", cfg.prefix).into_bytes(),
+            incarnation: token.iter().map(|b| format!("{b:02x}")).collect(),
+            first_held: None,
+            held: None,
+            fatal: false,
             probe: Probe::new(unix_ns() ^ u64::from(std::process::id()).rotate_left(32)),
             cfg,
             scripts,
@@ -221,7 +233,19 @@ impl Node {
         }
     }
 
-    /// Hands the lease back (`ZREM` of this node from `{prefix}nodes`) when connected,
+    /// Why the link stopped for good, if it did: another live process holds this node's
+    /// id (found before this link was ever up; see the crate docs, "incarnation").
+    /// The process should exit with this message.
+    pub fn fatal(&self) -> Option<String> {
+        self.shared
+            .fatal
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Hands the lease back (`ZREM` of this node from `{prefix}nodes`, while this
+    /// incarnation holds it) when connected,
     /// then stops the link thread; waits at most `within`. Commands still waiting fail
     /// with [`CmdError::Closed`]; later submissions are refused
     /// ([`Refused::Closed`](crate::Refused::Closed)).
@@ -352,6 +376,19 @@ struct Link {
     route: Route,
     channel: Vec<u8>,
     nodes_key: Vec<u8>,
+    /// `{prefix}holders`: node id → the incarnation holding its lease.
+    holders_key: Vec<u8>,
+    /// This process's incarnation: 128 random bits (hex), drawn at start. The lease of
+    /// the node id is this process's only while the holder named in Redis is this.
+    incarnation: String,
+    /// Before the first Up: the expiry of another incarnation's lease on this node id
+    /// when first refused. A later refusal with a later expiry means that one renewed
+    /// it (it is alive): the start fails ([`Link::on_held`]).
+    first_held: Option<i64>,
+    /// The last connect was refused the lease: `(remaining_ms, expiry_ms)`.
+    held: Option<(i64, i64)>,
+    /// Stopped for good (`Shared::fatal` says why): the loop ends.
+    fatal: bool,
     up: Option<Up>,
     /// While down: when to try again.
     retry_at: Instant,
@@ -380,6 +417,9 @@ impl Link {
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         loop {
+            if self.fatal {
+                break;
+            }
             let now = Instant::now();
             if self.shared.stopping.load(Ordering::SeqCst) && self.leaving.is_none() {
                 let ms = self.stop_within_ms.load(Ordering::SeqCst).max(1);
@@ -390,22 +430,35 @@ impl Link {
                 // lease.
                 self.drain_requests();
                 self.queue_wait(now);
+                // Guarded: a process that lost the node id to another removes nothing.
+                let stop: Vec<_> = self
+                    .cfg
+                    .on_stop
+                    .iter()
+                    .filter_map(|(name, keys, args)| {
+                        let s = self.scripts.iter().find(|s| s.name == *name)?;
+                        let (keys, args) = self.guard_args(keys, args);
+                        Some((guarded(s.source), keys, args))
+                    })
+                    .collect();
                 if let Some(up) = &mut self.up {
-                    for (name, keys, args) in &self.cfg.on_stop {
-                        let Some(s) = self.scripts.iter().find(|s| s.name == *name) else {
-                            continue;
-                        };
-                        queue_eval(&mut up.cmd, b"EVAL", s.source.as_bytes(), keys, args);
+                    for (source, keys, args) in &stop {
+                        queue_eval(&mut up.cmd, b"EVAL", source.as_bytes(), keys, args);
                         up.push(Origin::StopScript, now);
                     }
                 }
                 match &mut self.up {
                     Some(up) => {
-                        up.cmd.queue(&[
-                            b"ZREM".as_slice(),
-                            &self.nodes_key,
-                            self.cfg.node_id.as_bytes(),
-                        ]);
+                        queue_eval(
+                            &mut up.cmd,
+                            b"EVAL",
+                            HAND_BACK_SCRIPT.as_bytes(),
+                            &[self.nodes_key.clone(), self.holders_key.clone()],
+                            &[
+                                self.cfg.node_id.as_bytes().to_vec(),
+                                self.incarnation.as_bytes().to_vec(),
+                            ],
+                        );
                         up.push(Origin::Leave, now);
                     }
                     None => break,
@@ -447,8 +500,10 @@ impl Link {
         // Completions pushed so far are in the rings before `exited` is seen.
         self.shared.up.store(false, Ordering::SeqCst);
         self.shared.exited.store(true, Ordering::SeqCst);
-        if let Ok(mut r) = self.shared.reason.lock() {
-            *r = "the cluster link has stopped".into();
+        if !self.fatal {
+            if let Ok(mut r) = self.shared.reason.lock() {
+                *r = "the cluster link has stopped".into();
+            }
         }
         for s in &self.shards {
             s.bell.ring();
@@ -549,8 +604,10 @@ impl Link {
                 let lease_ms = self.cfg.lease.as_millis().to_string();
                 up.cmd.queue(&lease_command(
                     &self.nodes_key,
+                    &self.holders_key,
                     &self.cfg.node_id,
                     &lease_ms,
+                    &self.incarnation,
                 ));
                 up.push(Origin::Lease, now);
             }
@@ -626,8 +683,64 @@ impl Link {
                 // Replies already buffered from the setup (a message published at once).
                 self.read_sub();
             }
-            Err(e) => self.fail(e),
+            Err(e) => {
+                self.fail(e);
+                if let Some((remaining_ms, expiry_ms)) = self.held.take() {
+                    self.on_held(remaining_ms, expiry_ms);
+                }
+            }
         }
+    }
+
+    /// `keys` and `args` of a [`guarded`] script: the holders' hash appended to the keys,
+    /// the node id and this incarnation to the args.
+    fn guard_args(&self, keys: &[Vec<u8>], args: &[Vec<u8>]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut k = keys.to_vec();
+        k.push(self.holders_key.clone());
+        let mut a = args.to_vec();
+        a.push(self.cfg.node_id.as_bytes().to_vec());
+        a.push(self.incarnation.as_bytes().to_vec());
+        (k, a)
+    }
+
+    /// Another incarnation holds this node id's lease (it runs `remaining_ms` more, to
+    /// `expiry_ms` on Redis's clock); the link is down already ([`Link::fail`]).
+    ///
+    /// Before this link was ever up: a lease that the other process renews (its expiry
+    /// moved since the first refusal) is a live node with this id, and the link stops
+    /// for good ([`Node::fatal`]: the process exits saying so). One that is not renewed
+    /// is a process that died (`kill -9`, a crash) without handing it back: this one
+    /// waits for it to run out and takes it. Either is known within one lease. Once up,
+    /// a refusal (this process was paused past its lease and another took the id) keeps
+    /// the link down, retried, until the other's lease runs out.
+    fn on_held(&mut self, remaining_ms: i64, expiry_ms: i64) {
+        let id = &self.cfg.node_id;
+        if self.generation == 0 {
+            match self.first_held {
+                None => self.first_held = Some(expiry_ms),
+                Some(first) if expiry_ms > first => {
+                    let msg = format!(
+                        "--node-id {id:?} is held by another live node: its lease on Redis \
+                         was renewed while this process waited for it to run out. Each node \
+                         needs its own --node-id (the default, HOST:PORT, is the same on two \
+                         hosts with the same name and port)"
+                    );
+                    tracing::error!("cluster: {msg}");
+                    if let Ok(mut r) = self.shared.reason.lock() {
+                        r.clone_from(&msg);
+                    }
+                    if let Ok(mut f) = self.shared.fatal.lock() {
+                        *f = Some(msg);
+                    }
+                    self.fatal = true;
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+        // Try again when it runs out, or sooner (the backoff) to see it renewed.
+        let out = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0)) + HELD_MARGIN;
+        self.retry_at = self.retry_at.min(Instant::now() + out);
     }
 
     fn open_both(&mut self) -> Result<(Up, Vec<String>, Vec<String>), String> {
@@ -690,27 +803,38 @@ impl Link {
         for s in &self.scripts {
             setup.push(args(&["SCRIPT", "LOAD", s.source]));
         }
+        // The lease first: the connect scripts remove every entry naming this node id, so
+        // they run only while this incarnation holds it (guarded: a process refused the
+        // id must not remove the holder's entries).
+        let lease_at = setup.len();
+        let lease_ms = cfg.lease.as_millis().to_string();
+        setup.push(
+            lease_command(
+                &self.nodes_key,
+                &self.holders_key,
+                node,
+                &lease_ms,
+                &self.incarnation,
+            )
+            .iter()
+            .map(|a| a.to_vec())
+            .collect(),
+        );
         let connect_at = setup.len();
         for (name, keys, a) in &cfg.on_connect {
             let Some(s) = self.scripts.iter().find(|s| s.name == *name) else {
                 continue;
             };
+            let (keys, a) = self.guard_args(keys, a);
             let mut c = vec![
                 b"EVAL".to_vec(),
-                s.source.as_bytes().to_vec(),
+                guarded(s.source).into_bytes(),
                 keys.len().to_string().into_bytes(),
             ];
-            c.extend(keys.iter().cloned());
-            c.extend(a.iter().cloned());
+            c.extend(keys);
+            c.extend(a);
             setup.push(c);
         }
-        let lease_ms = cfg.lease.as_millis().to_string();
-        setup.push(
-            lease_command(&self.nodes_key, node, &lease_ms)
-                .iter()
-                .map(|a| a.to_vec())
-                .collect(),
-        );
         let (cmd, replies) = open(
             &host,
             port,
@@ -723,19 +847,28 @@ impl Link {
         if sentinel {
             check_role(&replies[role_at], &host, port)?;
         }
+        let (live, gone) = match parse_lease_reply(&replies[lease_at])? {
+            LeaseReply::Granted { live, gone, .. } => (live, gone),
+            LeaseReply::Held {
+                remaining_ms,
+                expiry_ms,
+            } => {
+                self.held = Some((remaining_ms, expiry_ms));
+                return Err(held_reason(node, remaining_ms));
+            }
+        };
         for ((name, _, _), r) in cfg.on_connect.iter().zip(&replies[connect_at..]) {
             if let Value::Error(e) = r {
                 return Err(format!("connect script {name:?} failed: {e}"));
             }
         }
         let mut shas = Vec::with_capacity(self.scripts.len());
-        for (s, r) in self.scripts.iter().zip(&replies[scripts_at..connect_at]) {
+        for (s, r) in self.scripts.iter().zip(&replies[scripts_at..lease_at]) {
             match r.as_bytes() {
                 Some(sha) if matches!(r, Value::Bulk(_)) => shas.push(sha.to_vec()),
                 _ => return Err(format!("SCRIPT LOAD of {:?} answered {r:?}", s.name)),
             }
         }
-        let (live, gone, _) = parse_lease_reply(&replies[replies.len() - 1])?;
         self.shared
             .stats
             .lease_renewals
@@ -1131,13 +1264,24 @@ impl Link {
             Origin::Lease => {
                 up.lease_inflight = false;
                 match parse_lease_reply(&v) {
-                    Ok((_, _, true)) => {
+                    Ok(LeaseReply::Held {
+                        remaining_ms,
+                        expiry_ms,
+                    }) => {
+                        self.fail(held_reason(&self.cfg.node_id, remaining_ms));
+                        self.on_held(remaining_ms, expiry_ms);
+                    }
+                    Ok(LeaseReply::Granted { lapsed: true, .. }) => {
                         // Paused past the lease (a stopped process, a slow host): the
                         // other nodes may have removed what this node held. A reconnect
                         // runs the connect scripts and has the shards assert it again.
                         self.fail("this node's lease had lapsed; re-asserting".into());
                     }
-                    Ok((live, gone, false)) => {
+                    Ok(LeaseReply::Granted {
+                        live,
+                        gone,
+                        lapsed: false,
+                    }) => {
                         self.shared
                             .stats
                             .lease_renewals
@@ -1310,15 +1454,36 @@ fn args(a: &[&str]) -> Vec<Vec<u8>> {
     a.iter().map(|s| s.as_bytes().to_vec()).collect()
 }
 
-fn lease_command<'a>(nodes_key: &'a [u8], node: &'a str, lease_ms: &'a str) -> [&'a [u8]; 6] {
+fn lease_command<'a>(
+    nodes_key: &'a [u8],
+    holders_key: &'a [u8],
+    node: &'a str,
+    lease_ms: &'a str,
+    incarnation: &'a str,
+) -> [&'a [u8]; 8] {
     [
         b"EVAL",
         LEASE_SCRIPT.as_bytes(),
-        b"1",
+        b"2",
         nodes_key,
+        holders_key,
         node.as_bytes(),
         lease_ms.as_bytes(),
+        incarnation.as_bytes(),
     ]
+}
+
+/// Waited past the other incarnation's expiry before trying again: Redis's clock and
+/// this host's may step apart by a little between two calls.
+const HELD_MARGIN: Duration = Duration::from_millis(100);
+
+/// Why the link is down while another incarnation holds the node id.
+fn held_reason(node: &str, remaining_ms: i64) -> String {
+    format!(
+        "another process holds --node-id {node:?} (its lease runs {remaining_ms} ms more): \
+         two nodes started with one id, or this one was paused past its lease and the id \
+         was taken meanwhile; retrying until that lease runs out"
+    )
 }
 
 fn queue_eval(cmd: &mut Conn, verb: &[u8], script: &[u8], keys: &[Vec<u8>], args: &[Vec<u8>]) {

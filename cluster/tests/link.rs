@@ -407,3 +407,129 @@ fn a_blackholed_subscription_is_found_by_the_probe_and_reconnected() {
         |e| matches!(e, Inbound::Message { body, .. } if body == b"self"),
     );
 }
+
+/// Counts its runs: a connect script that shows whether it ran.
+const COUNT: Script = Script {
+    name: "count",
+    source: "return redis.call('INCR', KEYS[1])",
+};
+
+fn counting(mut c: chatixia_cluster::ClusterConfig) -> chatixia_cluster::ClusterConfig {
+    let key = format!("{}connects:{}", c.prefix, c.node_id);
+    c.on_connect.push(("count", vec![b(&key)], vec![]));
+    c
+}
+
+/// Sets node `node`'s lease in Redis as another incarnation (`holder`) would, running
+/// `ms` more on Redis's clock.
+fn lease_held_by(redis: &Redis, node: &str, holder: &str, ms: u64) {
+    let prefix = format!("t{}:", std::process::id());
+    let r = redis.cli(&[
+        "EVAL",
+        "local t = redis.call('TIME') \
+         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) \
+         redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1]) \
+         redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) return 1",
+        "2",
+        &format!("{prefix}nodes"),
+        &format!("{prefix}holders"),
+        node,
+        holder,
+        &ms.to_string(),
+    ]);
+    assert_eq!(r, "1");
+}
+
+#[test]
+fn a_second_process_with_a_live_node_id_is_refused_for_good_and_touches_nothing() {
+    if !redis_or_skip("a_second_process_with_a_live_node_id_is_refused") {
+        return;
+    }
+    let redis = Redis::start();
+    let prefix = format!("t{}:", std::process::id());
+    let (node, a) = start_node(counting(config(&redis.url(), "a")), vec![COUNT], 1, route2);
+    a[0].wait_for(UP_WITHIN, is_up);
+    let holder = redis.cli(&["HGET", &format!("{prefix}holders"), "a"]);
+    assert_eq!(holder.len(), 32, "a 128-bit token in hex: {holder:?}");
+    // A second process with the same id: refused while the first renews its lease, and
+    // it stops for good once it saw a renewal (within a lease: 0.9 s here).
+    let (twin, t) = start_node(counting(config(&redis.url(), "a")), vec![COUNT], 1, route2);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let fatal = loop {
+        if let Some(f) = twin.fatal() {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "{:?}", twin.health());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        fatal.contains("--node-id \"a\"") && fatal.contains("held by another live node"),
+        "{fatal}"
+    );
+    let h = twin.health();
+    assert!(!h.up && h.generation == 0, "{h:?}");
+    assert!(h.reason.unwrap().contains("held by another live node"));
+    let e = t[0].wait_for(Duration::from_secs(1), is_down);
+    assert!(
+        matches!(&e, Inbound::Down { reason } if reason.contains("another process holds --node-id \"a\"")),
+        "{e:?}"
+    );
+    // Its connect script never ran; the first keeps its lease and stays up.
+    assert_eq!(redis.cli(&["GET", &format!("{prefix}connects:a")]), "1");
+    assert_eq!(
+        redis.cli(&["HGET", &format!("{prefix}holders"), "a"]),
+        holder
+    );
+    twin.stop(Duration::from_secs(1));
+    drop(twin);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(node.health().up);
+    assert_eq!(node.health().generation, 1);
+    assert_ne!(redis.cli(&["ZSCORE", &format!("{prefix}nodes"), "a"]), "");
+}
+
+#[test]
+fn a_lease_left_by_a_dead_process_is_taken_once_it_runs_out() {
+    if !redis_or_skip("a_lease_left_by_a_dead_process_is_taken_once_it_runs_out") {
+        return;
+    }
+    let redis = Redis::start();
+    // A process killed with -9 left a lease of 1.5 s; its successor with the same id
+    // waits it out (not refused for good: nobody renews it) and takes it.
+    lease_held_by(&redis, "a", "dead-incarnation", 1500);
+    let (node, a) = start_node(config(&redis.url(), "a"), vec![], 1, route2);
+    let e = a[0].wait_for(UP_WITHIN, is_down);
+    assert!(
+        matches!(&e, Inbound::Down { reason } if reason.contains("another process holds")),
+        "{e:?}"
+    );
+    a[0].wait_for(Duration::from_secs(5), is_up);
+    assert!(node.fatal().is_none());
+    assert!(node.health().up);
+}
+
+#[test]
+fn a_node_whose_id_was_taken_while_it_was_cut_off_stays_down_until_that_lease_runs_out() {
+    if !redis_or_skip("a_node_whose_id_was_taken_while_it_was_cut_off") {
+        return;
+    }
+    let redis = Redis::start();
+    let prefix = format!("t{}:", std::process::id());
+    let (node, a) = start_node(counting(config(&redis.url(), "a")), vec![COUNT], 1, route2);
+    a[0].wait_for(UP_WITHIN, is_up);
+    // Another incarnation holds the id now (this one was paused past its lease, say).
+    lease_held_by(&redis, "a", "other", 1500);
+    let e = a[0].wait_for(Duration::from_secs(2), is_down);
+    assert!(
+        matches!(&e, Inbound::Down { reason } if reason.contains("another process holds --node-id \"a\"")),
+        "{e:?}"
+    );
+    // Down, never fatal (it was up: kept retrying), its connect script held back while
+    // the other's lease runs; then it takes the id back and is up again.
+    assert!(node.fatal().is_none());
+    assert_eq!(redis.cli(&["GET", &format!("{prefix}connects:a")]), "1");
+    let e = a[0].wait_for(Duration::from_secs(5), is_up);
+    assert!(matches!(e, Inbound::Up { generation: 2 }), "{e:?}");
+    assert_eq!(redis.cli(&["GET", &format!("{prefix}connects:a")]), "2");
+    assert!(node.fatal().is_none());
+}

@@ -788,7 +788,7 @@ pub fn readyz(ctx: &ShardCtx) -> Response {
             let body = serde_json::json!({
                 "status": "unavailable",
                 "error": format!(
-                    "cluster: Redis unreachable: {}",
+                    "cluster link down: {}",
                     h.reason.unwrap_or_else(|| "not connected yet".into())
                 ),
                 "unavailable_secs": if h.since_ns == 0 { 0 } else { secs },

@@ -8,10 +8,12 @@ use std::collections::VecDeque;
 use std::task::Waker;
 
 /// Items waiting for the directory task. It drains the outbox every time it is woken (a
-/// turn of the shard's loop), so what waits is what one turn produced; a burst beyond
-/// this (thousands of connects, or relays to remote peers, within one turn) is refused:
-/// a relay is dropped and counted as refused, a join or leave sets [`Outbox::resync`]
-/// (the shard asserts all its peers again).
+/// turn of the shard's loop), so what waits is what one turn produced, or, while the
+/// link is down, the joins and leaves since (relays are dropped then); a burst beyond
+/// this (thousands of connects, or relays to remote peers, within one turn; or an outage
+/// that long) is refused: a relay is dropped and counted as refused, a join or leave
+/// sets [`Outbox::resync`] (the shard asserts all its peers again: a peer whose join
+/// was refused so is asserted, which takes no entry from another live node).
 pub const OUTBOX_ITEMS_MAX: usize = 16 * 1024;
 
 /// Bytes of relayed frames the outbox holds: frames are up to `--ws-message-max` (64 KiB)
@@ -23,8 +25,19 @@ pub const OUTBOX_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// One thing to tell the cluster.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outgoing {
-    /// `peer` of `mesh` is connected here and may signal.
+    /// `peer` of `mesh` came here (connected and authorized, or approved while
+    /// connected) and may signal: its entry is set to this node, whichever node held it
+    /// (that node closes its older connection, 4000).
     Join {
+        peer: Box<str>,
+        mesh: Option<Box<str>>,
+    },
+    /// `peer` of `mesh` has been held here since before the link came back: never noted
+    /// by the table, built by the directory task's resync for every authorized peer
+    /// without a `Join` waiting. Its entry is set to this node unless another live node
+    /// holds the peer (a newer connection went there while this node was cut off, or
+    /// paused): then this node closes its own connection of the peer instead (4000).
+    Assert {
         peer: Box<str>,
         mesh: Option<Box<str>>,
     },
@@ -88,11 +101,27 @@ impl Outbox {
         std::mem::take(&mut self.items)
     }
 
-    /// Puts items the link could not take yet back in front, in order.
+    /// Puts items the link could not take yet back in front, in order. Past
+    /// [`OUTBOX_ITEMS_MAX`] the newest go and a resync is asked for (a join dropped so
+    /// is asserted by it instead).
     pub fn put_back(&mut self, mut rest: VecDeque<Outgoing>) {
         self.bytes += rest.iter().map(Outgoing::frame_len).sum::<usize>();
         rest.append(&mut self.items);
         self.items = rest;
+        if self.items.len() > OUTBOX_ITEMS_MAX {
+            self.items.truncate(OUTBOX_ITEMS_MAX);
+            self.resync = true;
+            self.bytes = self.items.iter().map(Outgoing::frame_len).sum();
+        }
+    }
+
+    /// Drops the relays waiting (the link is down: they cannot go out) and says how
+    /// many; joins and leaves wait for the link to come back.
+    pub fn drop_relays(&mut self) -> usize {
+        let before = self.items.len();
+        self.items.retain(|i| !matches!(i, Outgoing::Relay { .. }));
+        self.bytes = 0;
+        before - self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -174,5 +203,39 @@ mod tests {
         assert!(o.push(big()), "taking frees the bytes");
         o.put_back(taken);
         assert!(!o.push(big()), "putting back counts them again");
+    }
+
+    #[test]
+    fn while_down_relays_go_and_joins_wait_and_a_put_back_stays_bounded() {
+        let mut o = Outbox::default();
+        o.push(join("a"));
+        o.push(Outgoing::Relay {
+            target: "t".into(),
+            mesh: None,
+            frame: Box::new([1]),
+        });
+        o.push(Outgoing::Leave {
+            peer: "b".into(),
+            mesh: None,
+        });
+        assert_eq!(o.drop_relays(), 1);
+        assert_eq!(o.len(), 2);
+        // Put back in front of what came since; past the bound the newest go and a
+        // resync is asked for.
+        let taken = o.take();
+        for i in 0..OUTBOX_ITEMS_MAX {
+            assert!(o.push(join(&i.to_string())));
+        }
+        assert!(!o.resync);
+        o.put_back(taken);
+        assert_eq!(o.len(), OUTBOX_ITEMS_MAX);
+        assert!(o.resync);
+        let all = o.take();
+        assert_eq!(all[0], join("a"));
+        assert_eq!(all[2], join("0"));
+        assert_eq!(
+            all[OUTBOX_ITEMS_MAX - 1],
+            join(&(OUTBOX_ITEMS_MAX - 3).to_string())
+        );
     }
 }

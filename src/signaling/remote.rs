@@ -20,7 +20,10 @@
 //! * **Faults**: while the link is down relays to other nodes are dropped (counted as
 //!   refused) and peer lists hold this node's peers only; when it is back (a new
 //!   generation) the link has cleared this node's stale entries ([`CLEANUP`] on connect)
-//!   and every shard asserts its peers again ([`on_up`]).
+//!   and every shard asserts its peers again ([`on_up`]): joins noted meanwhile still
+//!   take their peer's entry (the peer came here), the other peers are asserted, which
+//!   takes no entry from another live node (the peer connected there while this node
+//!   was cut off or paused: this node closes its own, older, connection).
 //!
 //! The scripts name keys they are not passed (a node's mesh hashes): a single Redis
 //! (or a Sentinel-managed primary), not Redis Cluster.
@@ -39,12 +42,27 @@ use crate::shard::{Owns, Shard};
 use crate::ws::codec::close_code;
 
 /// Adds (or moves) a peer's entry: `KEYS[1]` the mesh hash, `KEYS[2]` this node's set of
-/// mesh hashes; `ARGV` peer, node, channel prefix, the framed "close your older
-/// connection" message for the node that held the peer before.
+/// mesh hashes, `KEYS[3]` the nodes' leases; `ARGV` peer, node, channel prefix, the
+/// framed "close your older connection" message, `1` when the peer came to this node
+/// (a new connection: [`Outgoing::Join`]) or `0` (a re-assertion after the link came
+/// back: [`Outgoing::Assert`]). A `1` takes the entry and sends the message to the node
+/// named before. A `0` does not take it from another live node (lease on Redis's clock,
+/// as [`PEERS`]): the peer connected there while this node was cut off, so this node's
+/// connection is the older one, and the message goes to this node instead (as the
+/// registry's `PUT`). 1 when written, 0 when not.
 pub const JOIN: Script = Script {
     name: "chx_join",
     source: r#"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old and old ~= ARGV[2] and ARGV[5] ~= '1' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local score = redis.call('ZSCORE', KEYS[3], old)
+  if score and tonumber(score) >= now then
+    redis.call('SPUBLISH', ARGV[3] .. ARGV[2], ARGV[4])
+    return 0
+  end
+end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], KEYS[1])
 if old and old ~= ARGV[2] then
@@ -349,16 +367,14 @@ pub fn on_up(ws: &ConnTable) {
     }
 }
 
-/// The link is down: what waits cannot go out (relays are dropped, counted as refused);
-/// the directory is asserted again when it is back.
+/// The link is down: relays waiting cannot go out (dropped, counted as refused); joins
+/// and leaves wait for it (a join sent then still takes the peer's entry: the peer
+/// came here), and the directory is asserted again when it is back.
 pub fn on_down(ws: &ConnTable) {
     let dropped = match ws.outbox.borrow_mut().as_mut() {
         Some(o) => {
             o.resync = true;
-            o.take()
-                .into_iter()
-                .filter(|i| matches!(i, Outgoing::Relay { .. }))
-                .count()
+            o.drop_relays()
         }
         None => 0,
     };
@@ -485,14 +501,26 @@ where
             (o.take(), resync)
         };
         let items = if resync {
-            // Everything held now, then what was queued (joins of these again, leaves
-            // of peers gone since: harmless).
-            let mut all: VecDeque<Outgoing> = ws
-                .authorized_peers()
-                .into_iter()
-                .map(|(peer, mesh)| Outgoing::Join { peer, mesh })
-                .collect();
-            all.extend(items);
+            // What was queued (joins of peers that came here, leaves), then every other
+            // peer held now, asserted: it takes no entry from another live node. After
+            // the queued leaves, so that a leave of an older connection of a peer held
+            // now does not remove its entry for good.
+            let asserts: Vec<Outgoing> = {
+                let queued: std::collections::HashSet<&str> = items
+                    .iter()
+                    .filter_map(|i| match i {
+                        Outgoing::Join { peer, .. } => Some(&**peer),
+                        _ => None,
+                    })
+                    .collect();
+                ws.authorized_peers()
+                    .into_iter()
+                    .filter(|(peer, _)| !queued.contains(&**peer))
+                    .map(|(peer, mesh)| Outgoing::Assert { peer, mesh })
+                    .collect()
+            };
+            let mut all = items;
+            all.extend(asserts);
             all
         } else {
             items
@@ -517,17 +545,23 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
             continue;
         }
         let sent = match &item {
-            Outgoing::Join { peer, mesh } => link.eval_nowait(
+            Outgoing::Join { peer, mesh } | Outgoing::Assert { peer, mesh } => link.eval_nowait(
                 JOIN.name,
                 vec![
                     mesh_key(prefix, mesh.as_deref()),
                     node_meshes_key(prefix, node),
+                    nodes_key(prefix),
                 ],
                 vec![
                     peer.as_bytes().to_vec(),
                     node.as_bytes().to_vec(),
                     channel_prefix(prefix),
                     framed(peer.as_bytes(), &[MSG_REPLACED]),
+                    if matches!(item, Outgoing::Join { .. }) {
+                        b"1".to_vec()
+                    } else {
+                        b"0".to_vec()
+                    },
                 ],
             ),
             Outgoing::Leave { peer, mesh } => link.eval_nowait(
@@ -565,8 +599,9 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
     }
 }
 
-/// The link went down while items waited: joins and leaves are covered by the resync
-/// when it is back, relays are dropped (counted as refused).
+/// The link went down while items waited: joins and leaves go back to the outbox for
+/// when it is back (asserts are built again by the resync then), relays are dropped
+/// (counted as refused).
 fn put_back_for_resync(ws: &ConnTable, items: VecDeque<Outgoing>) {
     let relays = items
         .iter()
@@ -575,8 +610,13 @@ fn put_back_for_resync(ws: &ConnTable, items: VecDeque<Outgoing>) {
     for _ in 0..relays {
         inc(&ws.refused);
     }
+    let rest: VecDeque<Outgoing> = items
+        .into_iter()
+        .filter(|i| matches!(i, Outgoing::Join { .. } | Outgoing::Leave { .. }))
+        .collect();
     let mut ob = ws.outbox.borrow_mut();
     if let Some(o) = ob.as_mut() {
+        o.put_back(rest);
         o.resync = true;
         o.wake();
     }

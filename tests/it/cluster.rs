@@ -1196,6 +1196,84 @@ fn a_twin_node_id_reconnecting_does_not_remove_the_other_processes_peers_for_goo
     list_until(&mut bob, "bob", &["alice"], Duration::from_secs(8));
 }
 
+/// `GET path` (the whole response) while the server answers; `None` once it is gone.
+fn get_if_running(srv: &Server, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(srv.addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+/// The refusal that `a_second_node_with_a_live_node_id_is_refused_or_kept_apart` accepts,
+/// made explicit (README, `--node-id`): a second process started with a live node's id
+/// is never ready (`/readyz` 503 naming the reason while it waits to see whether the
+/// lease is renewed) and exits with status 1, saying that another node holds the id;
+/// the first keeps its lease, its peers and its readiness.
+#[test]
+fn a_second_node_with_a_live_node_id_exits_saying_another_node_holds_it() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "3");
+    let n2 = node(&redis, "n2", 1, &k, "3");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(10));
+    let mut o = Opts::cores(1);
+    o.keys = Some(k.clone());
+    o.args = [
+        "--cluster",
+        &redis.url(),
+        "--node-id",
+        "n1",
+        "--cluster-lease",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut twin = Server::with(o);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = twin.child.try_wait().unwrap() {
+            break st;
+        }
+        if let Some(r) = get_if_running(&twin, "/readyz") {
+            assert!(r.starts_with("HTTP/1.1 503"), "the twin was ready: {r}");
+            assert!(
+                r.contains("held by another") || r.contains("another process holds"),
+                "{r}"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the twin kept running: {}",
+            twin.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1), "{}", twin.log());
+    assert!(
+        twin.log()
+            .contains("--node-id \"n1\" is held by another live node"),
+        "{}",
+        twin.log()
+    );
+    // The first n1 is untouched: ready, listed, reached, its lease in place.
+    assert_eq!(n1.get("/readyz").status, 200);
+    assert!(matches!(
+        redis.cmd(&["ZSCORE", "chx:nodes", "n1"]),
+        redis::Reply::Bulk(_)
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    list_until(&mut bob, "bob", &["alice"], Duration::from_secs(2));
+    relay(&mut bob, "bob", &mut alice, "alice", 1);
+}
+
 /// ARCHITECTURE.md: "a larger mirror [than REPLY_BYTES_MAX] fails the script and the list
 /// falls back to this node's agents". It does not: a reply over 64 MiB fails the link's
 /// command connection, so ONE anonymous `GET /api/registry/agents` takes the node's
