@@ -145,6 +145,32 @@ pub type OnConnect = (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>);
 /// `shard_of` over the node's shard count).
 pub type Route = std::sync::Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
 
+/// The longest route key a message can carry (65534 bytes): a message on a channel is
+/// framed `[u16 big-endian key length][key][body]`, and the length 65535
+/// ([`LINK_KEY_LEN`]) marks the link's own messages (probes, hellos), so that no route
+/// key a service uses (the empty one included: an agent may have the id `""`) is taken
+/// for one of them. [`ShardLink::publish`] refuses a longer key.
+pub const ROUTE_KEY_BYTES_MAX: usize = u16::MAX as usize - 1;
+
+/// The key-length field of the link's own messages (no key follows): a length no route
+/// key can have ([`ROUTE_KEY_BYTES_MAX`]).
+pub const LINK_KEY_LEN: u16 = u16::MAX;
+
+/// Frames a message for `route_key` as the link does (`[u16 key length][key][body]`):
+/// for services whose scripts publish (the framing is built before the script runs).
+/// `None` when the key is longer than [`ROUTE_KEY_BYTES_MAX`].
+pub fn frame(route_key: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    if route_key.len() > ROUTE_KEY_BYTES_MAX {
+        return None;
+    }
+    let len = u16::try_from(route_key.len()).ok()?;
+    let mut v = Vec::with_capacity(2 + route_key.len() + body.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(route_key);
+    v.extend_from_slice(body);
+    Some(v)
+}
+
 /// The key and channel namespace: one Redis can hold several meshes by prefix.
 pub const DEFAULT_PREFIX: &str = "chx:";
 /// A node that stops renewing is gone after this: long enough to ride out a Redis
@@ -301,5 +327,20 @@ pub struct LinkParts(pub(crate) thread::Parts);
 impl std::fmt::Debug for LinkParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LinkParts({})", self.0.shard)
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn no_route_key_is_framed_as_the_links_own_message() {
+        // The empty key (an agent `""`) is a key of length 0.
+        assert_eq!(frame(b"", b"m"), Some(vec![0, 0, b'm']));
+        let longest = vec![b'k'; ROUTE_KEY_BYTES_MAX];
+        let f = frame(&longest, b"").unwrap();
+        assert_ne!(u16::from_be_bytes([f[0], f[1]]), LINK_KEY_LEN);
+        assert_eq!(frame(&vec![b'k'; ROUTE_KEY_BYTES_MAX + 1], b""), None);
     }
 }

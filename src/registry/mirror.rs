@@ -243,16 +243,15 @@ fn nodes_key(prefix: &str) -> Vec<u8> {
 pub const MSG_MOVED: u8 = b'm';
 pub const MSG_DELETE: u8 = b'd';
 
-/// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
-/// route key being the agent (the receiving node hands it to the agent's owner shard).
+/// A message as the link frames it on a channel (`chatixia_cluster::frame`:
+/// `[u16 key length][key][body]`), the route key being the agent (the receiving node
+/// hands it to the agent's owner shard). The empty id `""` is a key like any other (the
+/// link's own messages use a length no key has, `chatixia_cluster::LINK_KEY_LEN`). An
+/// agent id is bounded by `--agent-field-bytes-max`, far below the longest key
+/// (`ROUTE_KEY_BYTES_MAX`); a longer one would be cut (and reach no one).
 fn framed(route_key: &[u8], kind: u8) -> Vec<u8> {
-    let len = u16::try_from(route_key.len()).unwrap_or(u16::MAX);
-    let key = &route_key[..usize::from(len)];
-    let mut v = Vec::with_capacity(3 + key.len());
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(key);
-    v.push(kind);
-    v
+    let key = &route_key[..route_key.len().min(chatixia_cluster::ROUTE_KEY_BYTES_MAX)];
+    chatixia_cluster::frame(key, &[kind]).unwrap_or_default()
 }
 
 /// The link is up again (a new generation): the link removed this node's entries on
@@ -550,6 +549,10 @@ mod tests {
         );
         assert_eq!(on_message(b"a", b"mx"), Err(Malformed));
         assert_eq!(on_message(b"\xff", &[MSG_MOVED]), Err(Malformed));
+        // The empty id is framed as a key of length 0, never as the link's own marker.
+        let f = framed(b"", MSG_MOVED);
+        assert_eq!(f, [0, 0, MSG_MOVED]);
+        assert_ne!(u16::from_be_bytes([f[0], f[1]]), chatixia_cluster::LINK_KEY_LEN);
     }
 
     #[test]
