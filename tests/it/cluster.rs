@@ -1210,18 +1210,27 @@ fn an_anonymous_agent_list_over_a_large_mirror_does_not_take_the_link_down() {
     let k = keys(KEYS);
     let n1 = node(&redis, "n1", 1, &k, "10");
     let _n2 = node(&redis, "n2", 1, &k, "10");
-    // About 70 MiB of records held by the live n2 (as n2 writes them: `NODE \n RECORD`).
+    // About 70 MiB of records held by the live n2 (as n2 writes them: `NODE \n RECORD`
+    // in the mirror, the id in n2's index).
     let fill = r#"
 local pad = string.rep('x', 65000)
 for i = 1, tonumber(ARGV[2]) do
   local id = 'big-' .. i
   redis.call('HSET', KEYS[1], id, ARGV[1] .. '\n{"agent_id":"' .. id .. '","pad":"' .. pad .. '"}')
+  redis.call('ZADD', KEYS[2], 0, id)
 end
 return 1"#;
-    redis.cmd(&["EVAL", fill, "1", "chx:agents", "n2", "1100"]);
+    redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:n2", "n2", "1100"]);
     let before = metric(&n1, "chatixia_cluster_reconnects_total");
     let r = n1.get("/api/registry/agents?limit=1");
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(r.json().as_array().unwrap()), ["big-1"]);
+    // Unpaged: the first page, cut at --list-response-bytes-max (4 MiB), with a cursor.
+    let r = n1.get("/api/registry/agents");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json().as_array().unwrap().len();
+    assert!((60..=70).contains(&page), "{page} records of 65 kB");
+    assert!(r.header("x-next-cursor").is_some());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         metric(&n1, "chatixia_cluster_reconnects_total"),
@@ -1250,9 +1259,13 @@ local pad = string.rep('p', 520)
 for i = 1, tonumber(ARGV[2]) do
   local id = string.format('fake-%06d', i)
   redis.call('HSET', KEYS[1], id, ARGV[1] .. '\n{"agent_id":"' .. id .. '","pad":"' .. pad .. '"}')
+  redis.call('ZADD', KEYS[2], 0, id)
 end
 return 1"#;
-    redis.cmd(&["EVAL", fill, "1", "chx:agents", "n2", "90000"]);
+    redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:n2", "n2", "90000"]);
+    // The fill is listed (a page reads the index, not the whole mirror).
+    let r = n1.get("/api/registry/agents?limit=2");
+    assert_eq!(ids(r.json().as_array().unwrap()), ["fake-000001", "fake-000002"]);
     let before = metric(&n2, "chatixia_cluster_reconnects_total");
     let addr = n1.addr;
     // Eight anonymous clients asking for one record each, one request after another, for
@@ -1365,4 +1378,64 @@ fn relays_across_nodes_are_counted_as_publishes() {
         "3 relays published to n2, publishes_total = {}",
         metric(&n1, "chatixia_cluster_publishes_total")
     );
+}
+
+/// A list at one node pages through the other nodes' agents in bounded reads (issue 25
+/// review: no page reads the whole mirror): every agent once, in `agent_id` order, this
+/// node's own agents merged in, whether unpaged (the first page, 1000 items, with a
+/// cursor) or by small pages; a gone node's entries and an index entry whose record
+/// names another node are not listed.
+#[test]
+fn a_list_pages_through_the_other_nodes_agents_in_order_and_once() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 2, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    // n1 holds a few, n2 (as n2 writes them) 2,500, a node without a lease 100.
+    for id in ["fake-000000", "fake-000700x", "fake-002500x", "zz-here"] {
+        register(&n1, id, "here");
+    }
+    let fill = r#"
+for i = 1, tonumber(ARGV[2]) do
+  local id = string.format(ARGV[3] .. '-%06d', i)
+  redis.call('HSET', KEYS[1], id, ARGV[1] .. '\n{"agent_id":"' .. id .. '","hostname":"' .. ARGV[1] .. '"}')
+  redis.call('ZADD', KEYS[2], 0, id)
+end
+return 1"#;
+    redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:n2", "n2", "2500", "fake"]);
+    redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:gone", "gone", "100", "fake-0005"]);
+    // n2's index names an id whose record says another node: not listed by n2's part.
+    redis.cmd(&["ZADD", "chx:ni:n2", "0", "fake-000001a"]);
+    redis.cmd(&["HSET", "chx:agents", "fake-000001a", "gone\n{\"agent_id\":\"fake-000001a\"}"]);
+    let mut want: Vec<String> = (1..=2500).map(|i| format!("fake-{i:06}")).collect();
+    want.extend(["fake-000000", "fake-000700x", "fake-002500x", "zz-here"].map(String::from));
+    want.sort();
+    // The mirror's writes of n1's agents are asynchronous: wait until n2 lists them.
+    agents_until(&n2, Duration::from_secs(10), "n2 lists n1's", |l| l.len() == 4);
+    // Unpaged: the first 1000 (--list-page-items-max), with a cursor.
+    let r = n1.get("/api/registry/agents");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ids(r.json().as_array().unwrap()), want[..1000]);
+    assert!(r.header("x-next-cursor").is_some());
+    // By pages of 300 and of 777 at n1; at n2 (which holds none of the fill in memory:
+    // its own entries are never read from the mirror), n1's four by pages of 3.
+    let here: Vec<String> = ["fake-000000", "fake-000700x", "fake-002500x", "zz-here"]
+        .map(String::from)
+        .to_vec();
+    for (srv, limit, want) in [(&n1, 300, &want), (&n1, 777, &want), (&n2, 3, &here)] {
+        let mut got = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let r = srv.get(&format!("/api/registry/agents?limit={limit}&cursor={cursor}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+            got.extend(ids(r.json().as_array().unwrap()));
+            match r.header("x-next-cursor") {
+                Some(c) => cursor = c.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(&got, want, "paged by {limit}");
+    }
 }
