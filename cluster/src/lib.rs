@@ -25,8 +25,9 @@
 //! [`Refused::Busy`]); a shard has at most `inflight_max` commands in flight (its
 //! completion ring holds that many, so it never overflows); its inbound ring holds
 //! `inbound_max` messages (past it a message is dropped and counted) plus
-//! [`CONTROL_RESERVE`] slots kept for Up/Down/Members; a reply is at most
-//! [`REPLY_BYTES_MAX`]. A shard's doorbell is rung once per batch of the loop.
+//! [`CONTROL_RESERVE`] slots kept for Up/Down/Members; the link keeps at most
+//! [`REPLY_BYTES_MAX`] of a reply (a larger one is read past and its command gets a
+//! [`DISCARDED`] error reply; the connection carries on). A shard's doorbell is rung once per batch of the loop.
 //!
 //! Faults: a connection that fails is reconnected with backoff (100 ms doubling to 5 s);
 //! meanwhile commands are refused ([`Refused::Down`]) and every shard is told
@@ -78,7 +79,7 @@ pub mod fuzzing {
     }
 }
 
-pub use conn::REPLY_BYTES_MAX;
+pub use conn::{DISCARDED, REPLY_BYTES_MAX};
 pub use shard::{Reply, ShardLink};
 pub use thread::{Node, CONTROL_RESERVE, REQUEST_QUEUE_MAX};
 pub use url::{
@@ -305,6 +306,10 @@ pub struct Stats {
     /// Durable writes resolved with `NOREPLICAS`: their `WAIT` saw fewer than
     /// `replicas_min` replicas acknowledge them within `wait_timeout`.
     pub unreplicated: u64,
+    /// Replies over [`REPLY_BYTES_MAX`] read past and dropped (their command got a
+    /// `CHXDISCARDED` error reply; a pushed message was dropped, also counted in
+    /// `inbound_dropped`).
+    pub replies_discarded: u64,
     pub up: bool,
 }
 

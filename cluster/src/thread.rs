@@ -1007,7 +1007,12 @@ impl Link {
             replies.push(v);
             Ok(())
         });
+        let discarded = std::mem::take(&mut up.cmd.discarded);
         self.up = Some(up);
+        self.shared
+            .stats
+            .replies_discarded
+            .fetch_add(discarded, Ordering::Relaxed);
         for v in replies {
             if self.up.is_none() {
                 return;
@@ -1169,8 +1174,15 @@ impl Link {
     fn read_sub(&mut self) {
         let Some(mut up) = self.up.take() else { return };
         let mut messages = Vec::new();
+        let mut dropped = 0u64;
         let mut collect = |v: Value| -> Result<(), String> {
             match v {
+                // A message over REPLY_BYTES_MAX, read past: dropped, the subscription
+                // carries on.
+                Value::Error(e) if e.starts_with(crate::conn::DISCARDED) => {
+                    dropped += 1;
+                    Ok(())
+                }
                 Value::Array(mut a)
                     if a.len() == 3 && a[0].as_bytes() == Some(b"smessage".as_slice()) =>
                 {
@@ -1196,7 +1208,13 @@ impl Link {
         if r.is_ok() {
             r = up.sub.read(&mut collect);
         }
+        let discarded = std::mem::take(&mut up.sub.discarded);
         self.up = Some(up);
+        let stats = &self.shared.stats;
+        stats
+            .replies_discarded
+            .fetch_add(discarded, Ordering::Relaxed);
+        stats.inbound_dropped.fetch_add(dropped, Ordering::Relaxed);
         for m in messages {
             self.message(m);
         }

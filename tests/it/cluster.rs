@@ -1198,7 +1198,8 @@ fn a_twin_node_id_reconnecting_does_not_remove_the_other_processes_peers_for_goo
 }
 
 /// ARCHITECTURE.md: "a larger mirror [than REPLY_BYTES_MAX] fails the script and the list
-/// falls back to this node's agents". It does not: a reply over 64 MiB fails the link's
+/// falls back to this node's agents". It did not (fixed: a page reads a bounded slice of
+/// the mirror, and the link reads past a reply over its bound): a reply over 64 MiB fails the link's
 /// command connection, so ONE anonymous `GET /api/registry/agents` takes the node's
 /// whole link down (every command in flight lost, relays dropped, `/readyz` 503, then a
 /// reconnect and a re-assertion of every peer and agent), every time it is asked.
@@ -1231,6 +1232,19 @@ return 1"#;
     let page = r.json().as_array().unwrap().len();
     assert!((60..=70).contains(&page), "{page} records of 65 kB");
     assert!(r.header("x-next-cursor").is_some());
+    // One record over REPLY_BYTES_MAX (no node writes one: by hand), first in order: the
+    // page's call is answered with it alone, which the link reads past and drops; the
+    // list falls back to this node's agents (none) and the link stays up.
+    let huge = r#"
+local id = 'aaa-huge'
+local pad = string.rep('h', 70 * 1024 * 1024)
+redis.call('HSET', KEYS[1], id, ARGV[1] .. '\n{"agent_id":"' .. id .. '","pad":"' .. pad .. '"}')
+redis.call('ZADD', KEYS[2], 0, id)
+return 1"#;
+    redis.cmd(&["EVAL", huge, "2", "chx:agents", "chx:ni:n2", "n2"]);
+    let r = n1.get("/api/registry/agents?limit=1");
+    assert_eq!((r.status, r.text()), (200, "[]".to_string()));
+    assert_eq!(metric(&n1, "chatixia_cluster_replies_discarded_total"), 1);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         metric(&n1, "chatixia_cluster_reconnects_total"),
