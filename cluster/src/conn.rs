@@ -200,9 +200,7 @@ impl Conn {
                     } else {
                         match decode_reply(&self.rbuf[at..end]) {
                             Ok(Some((v, used))) if used == end - at => v,
-                            Ok(_) => {
-                                break Err("a reply whose end the decoder did not find".into())
-                            }
+                            Ok(_) => break Err("a reply whose end the decoder did not find".into()),
                             Err(e) => break Err(e),
                         }
                     };

@@ -189,7 +189,9 @@ impl Scan {
                 std::str::from_utf8(text)
                     .ok()
                     .and_then(|t| t.parse::<i64>().ok())
-                    .ok_or_else(|| "a reply that is not RESP2: a length that is not a number".to_string())
+                    .ok_or_else(|| {
+                        "a reply that is not RESP2: a length that is not a number".to_string()
+                    })
             };
             let done = match line[0] {
                 b'*' => {

@@ -371,7 +371,12 @@ fn a_reply_over_the_bound_fails_its_command_not_the_connection() {
     let job = s.spawn(move |link| async move {
         // A string of `big` zero bytes, made at once.
         let set = link
-            .command(vec![b("SETRANGE"), b("big"), (big - 1).to_string().into_bytes(), b("x")])
+            .command(vec![
+                b("SETRANGE"),
+                b("big"),
+                (big - 1).to_string().into_bytes(),
+                b("x"),
+            ])
             .unwrap()
             .await;
         // Pipelined: before, the oversized one, after.

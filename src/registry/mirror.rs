@@ -37,7 +37,7 @@
 //!   write does not take an agent from another live node: the agent moved while this
 //!   node was cut off, and this node drops its copy.
 //!
-//! The scripts name keys they are not passed (another node's set, the leases): a single
+//! The scripts name keys they are not passed (another node's index, the leases): a single
 //! Redis (or a Sentinel-managed primary), not Redis Cluster.
 
 use std::future::poll_fn;
@@ -50,11 +50,11 @@ use crate::registry::MirrorWrite as Write;
 use crate::shard::{Owns, Shard};
 
 /// Writes (or takes over) an agent's entry: `KEYS[1]` the mirror hash, `KEYS[2]` this
-/// node's set of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
+/// node's index of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
 /// (`registry::bindings`); `ARGV` agent id, this node, the record's JSON, the channel
 /// prefix, the framed "moved" message, `1` when the agent itself came to this node (a
 /// register or heartbeat) or `0` (a health change, a write again after a reconnect),
-/// the prefix of the nodes' agent sets, the agent's binding here (`""`: none). A `0`
+/// the prefix of the nodes' agent indexes, the agent's binding here (`""`: none). A `0`
 /// write does not take the agent from another live node, and no write takes it while
 /// the cluster's binding names another holder than this node's (a steady heartbeat
 /// here raced a move that took the binding): it tells this node to drop its copy
@@ -91,7 +91,7 @@ return 1
 };
 
 /// Removes an agent's entry while it names this node: `KEYS[1]` the mirror hash,
-/// `KEYS[2]` this node's set; `ARGV` agent id, this node.
+/// `KEYS[2]` this node's index; `ARGV` agent id, this node.
 pub const DEL: Script = Script {
     name: "chx_agent_del",
     source: r#"
@@ -105,7 +105,7 @@ return 0
 "#,
 };
 
-/// Removes every entry naming a node: `KEYS[1]` its set of agents, `KEYS[2]` the mirror
+/// Removes every entry naming a node: `KEYS[1]` its index of agents, `KEYS[2]` the mirror
 /// hash; `ARGV[1]` the node. Run where signaling's `CLEANUP` is: by the node on every
 /// connect and at a graceful stop, by the others when its lease ran out.
 pub const CLEANUP: Script = Script {
@@ -236,7 +236,7 @@ return false
 
 /// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash,
 /// `KEYS[2]` the bindings (`registry::bindings`); `ARGV` agent id, this node, the
-/// channel prefix, the framed "delete" message, the prefix of the nodes' agent sets.
+/// channel prefix, the framed "delete" message, the prefix of the nodes' agent indexes.
 /// Removes the entry and the agent's cluster binding and tells its node; the node's
 /// name, or nil when no other node held it.
 pub const DROP: Script = Script {
@@ -399,7 +399,9 @@ pub async fn elsewhere<S: Shard>(
             Some(id) => [b"(".as_slice(), id.as_bytes()].concat(),
             None => b"-".to_vec(),
         };
-        let n = want.saturating_sub(got.records.len()).clamp(1, MIRROR_PAGE_MAX);
+        let n = want
+            .saturating_sub(got.records.len())
+            .clamp(1, MIRROR_PAGE_MAX);
         let budget = bytes.saturating_sub(size).clamp(1, MIRROR_REPLY_BYTES_MAX);
         let reply = match link.eval(
             PAGE.name,
@@ -560,7 +562,7 @@ where
     }
 }
 
-/// After a refused note: the entries of this node's set that this shard owns and no
+/// After a refused note: the entries of this node's index that this shard owns and no
 /// longer holds are removed.
 async fn remove_stale<S: Shard>(
     sh: &S,
@@ -573,12 +575,8 @@ async fn remove_stale<S: Shard>(
             m.lost = true;
         }
     };
-    let Ok(reply) = link.command(vec![
-        b"ZRANGE".to_vec(),
-        key,
-        b"0".to_vec(),
-        b"-1".to_vec(),
-    ]) else {
+    let Ok(reply) = link.command(vec![b"ZRANGE".to_vec(), key, b"0".to_vec(), b"-1".to_vec()])
+    else {
         return again();
     };
     let Ok(Value::Array(ids)) = reply.await else {
@@ -685,7 +683,10 @@ mod tests {
         // The empty id is framed as a key of length 0, never as the link's own marker.
         let f = framed(b"", MSG_MOVED);
         assert_eq!(f, [0, 0, MSG_MOVED]);
-        assert_ne!(u16::from_be_bytes([f[0], f[1]]), chatixia_cluster::LINK_KEY_LEN);
+        assert_ne!(
+            u16::from_be_bytes([f[0], f[1]]),
+            chatixia_cluster::LINK_KEY_LEN
+        );
     }
 
     #[test]

@@ -1279,7 +1279,10 @@ return 1"#;
     redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:n2", "n2", "90000"]);
     // The fill is listed (a page reads the index, not the whole mirror).
     let r = n1.get("/api/registry/agents?limit=2");
-    assert_eq!(ids(r.json().as_array().unwrap()), ["fake-000001", "fake-000002"]);
+    assert_eq!(
+        ids(r.json().as_array().unwrap()),
+        ["fake-000001", "fake-000002"]
+    );
     let before = metric(&n2, "chatixia_cluster_reconnects_total");
     let addr = n1.addr;
     // Eight anonymous clients asking for one record each, one request after another, for
@@ -1418,16 +1421,41 @@ for i = 1, tonumber(ARGV[2]) do
   redis.call('ZADD', KEYS[2], 0, id)
 end
 return 1"#;
-    redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:n2", "n2", "2500", "fake"]);
-    redis.cmd(&["EVAL", fill, "2", "chx:agents", "chx:ni:gone", "gone", "100", "fake-0005"]);
+    redis.cmd(&[
+        "EVAL",
+        fill,
+        "2",
+        "chx:agents",
+        "chx:ni:n2",
+        "n2",
+        "2500",
+        "fake",
+    ]);
+    redis.cmd(&[
+        "EVAL",
+        fill,
+        "2",
+        "chx:agents",
+        "chx:ni:gone",
+        "gone",
+        "100",
+        "fake-0005",
+    ]);
     // n2's index names an id whose record says another node: not listed by n2's part.
     redis.cmd(&["ZADD", "chx:ni:n2", "0", "fake-000001a"]);
-    redis.cmd(&["HSET", "chx:agents", "fake-000001a", "gone\n{\"agent_id\":\"fake-000001a\"}"]);
+    redis.cmd(&[
+        "HSET",
+        "chx:agents",
+        "fake-000001a",
+        "gone\n{\"agent_id\":\"fake-000001a\"}",
+    ]);
     let mut want: Vec<String> = (1..=2500).map(|i| format!("fake-{i:06}")).collect();
     want.extend(["fake-000000", "fake-000700x", "fake-002500x", "zz-here"].map(String::from));
     want.sort();
     // The mirror's writes of n1's agents are asynchronous: wait until n2 lists them.
-    agents_until(&n2, Duration::from_secs(10), "n2 lists n1's", |l| l.len() == 4);
+    agents_until(&n2, Duration::from_secs(10), "n2 lists n1's", |l| {
+        l.len() == 4
+    });
     // Unpaged: the first 1000 (--list-page-items-max), with a cursor.
     let r = n1.get("/api/registry/agents");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -1442,7 +1470,9 @@ return 1"#;
         let mut got = Vec::new();
         let mut cursor = String::new();
         loop {
-            let r = srv.get(&format!("/api/registry/agents?limit={limit}&cursor={cursor}"));
+            let r = srv.get(&format!(
+                "/api/registry/agents?limit={limit}&cursor={cursor}"
+            ));
             assert_eq!(r.status, 200, "{}", r.text());
             got.extend(ids(r.json().as_array().unwrap()));
             match r.header("x-next-cursor") {
