@@ -1259,7 +1259,9 @@ return 1"#;
 /// a mirror of ~90,000 agents (under the 64 MiB reply bound) a script takes about half a
 /// second here; eight anonymous clients asking in a loop at ONE node delay every other
 /// node's commands past `command_timeout` (3 s): nodes that were never asked anything lose their link
-/// (lease, relays, `/readyz` 503). A page must not cost O(whole cluster) on Redis.
+/// (lease, relays, `/readyz` 503). A page must not cost O(whole cluster) on Redis
+/// (fixed: a page reads each live node's sorted index after its cursor, in bounded
+/// calls; the fill writes the index as a node does).
 #[test]
 fn anonymous_agent_lists_at_one_node_do_not_take_the_other_nodes_down() {
     let Some(redis) = redis::start(&[]) else {
