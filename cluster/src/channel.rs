@@ -76,6 +76,7 @@ pub(crate) struct Counters {
     pub(crate) lost: AtomicU64,
     pub(crate) control_dropped: AtomicU64,
     pub(crate) unreplicated: AtomicU64,
+    pub(crate) replies_discarded: AtomicU64,
 }
 
 impl Counters {
@@ -107,6 +108,7 @@ impl Counters {
             lost: r(&self.lost),
             control_dropped: r(&self.control_dropped),
             unreplicated: r(&self.unreplicated),
+            replies_discarded: r(&self.replies_discarded),
             up,
         }
     }

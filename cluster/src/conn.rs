@@ -6,13 +6,20 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::resp::{decode_reply, encode_command};
+use crate::resp::{decode_reply, encode_command, Scan};
 use crate::Value;
 
-/// The most bytes of a reply not yet complete: a reply this large is a desync or a value
-/// no service of ours stores (Redis's own bound, `proto-max-bulk-len`, is 512 MiB); the
-/// connection is then dropped and reconnected rather than grown without end.
+/// The most bytes of one reply the link keeps: no service of ours asks for a reply this
+/// large (Redis's own bound, `proto-max-bulk-len`, is 512 MiB). A larger reply on a
+/// running connection is read past without being kept, and its command gets an error
+/// reply instead ([`DISCARDED`]; counted, `replies_discarded`): the connection, and
+/// every other command on it, carries on. During the connection's setup it fails the
+/// connect.
 pub const REPLY_BYTES_MAX: usize = 64 << 20;
+
+/// The error code of the reply a command gets in place of one over [`REPLY_BYTES_MAX`]
+/// (Redis's own error codes are other words: `ERR`, `NOSCRIPT`, …).
+pub const DISCARDED: &str = "CHXDISCARDED";
 
 /// How much one read takes (a pipelined batch of small replies fits in one).
 const READ_CHUNK: usize = 64 << 10;
@@ -23,6 +30,14 @@ pub(crate) struct Conn {
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     wstart: usize,
+    /// Where the reply at the front of `rbuf` ends, found as its bytes arrive.
+    scan: Scan,
+    /// Bytes of that reply already fed to `scan`.
+    scanned: usize,
+    /// That reply passed [`REPLY_BYTES_MAX`]: its bytes are dropped as they arrive.
+    discarding: bool,
+    /// Replies discarded so far (over [`REPLY_BYTES_MAX`]).
+    pub(crate) discarded: u64,
 }
 
 /// Opens a connection to `host:port` and runs `setup` (pipelined, in one write) on it, each
@@ -109,6 +124,10 @@ pub(crate) fn open(
             rbuf,
             wbuf: Vec::new(),
             wstart: 0,
+            scan: Scan::default(),
+            scanned: 0,
+            discarding: false,
+            discarded: 0,
         },
         replies,
     ))
@@ -157,25 +176,57 @@ impl Conn {
         }
     }
 
-    /// Replies already buffered (left from the setup) are passed to `f`.
+    /// Passes each complete reply buffered to `f` (also those left from the setup). A
+    /// reply is decoded once whole ([`Scan`] finds its end as it arrives); one over
+    /// [`REPLY_BYTES_MAX`] is read past without being kept and `f` gets
+    /// `Value::Error("CHXDISCARDED …")` in its place.
     pub(crate) fn decode(
         &mut self,
         f: &mut impl FnMut(Value) -> Result<(), String>,
     ) -> Result<(), String> {
         let mut at = 0;
         let r = loop {
-            match decode_reply(&self.rbuf[at..]) {
-                Ok(Some((v, n))) => {
-                    at += n;
+            let from = at + self.scanned;
+            match self.scan.feed(&self.rbuf[from..]) {
+                Err(e) => break Err(e),
+                Ok(Some(n)) => {
+                    let end = from + n;
+                    self.scanned = 0;
+                    let v = if std::mem::take(&mut self.discarding) {
+                        Value::Error(format!(
+                            "{DISCARDED} a reply over {REPLY_BYTES_MAX} bytes (REPLY_BYTES_MAX), \
+                             read past and dropped by the link"
+                        ))
+                    } else {
+                        match decode_reply(&self.rbuf[at..end]) {
+                            Ok(Some((v, used))) if used == end - at => v,
+                            Ok(_) => break Err("a reply whose end the decoder did not find".into()),
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    at = end;
                     if let Err(e) = f(v) {
                         break Err(e);
                     }
                 }
-                Ok(None) if self.rbuf.len() - at > REPLY_BYTES_MAX => {
-                    break Err(format!("a reply over {REPLY_BYTES_MAX} bytes"))
+                Ok(None) => {
+                    self.scanned = self.rbuf.len() - at;
+                    if !self.discarding && self.scanned > REPLY_BYTES_MAX {
+                        self.discarding = true;
+                        self.discarded += 1;
+                        tracing::warn!(
+                            "cluster: a reply over {REPLY_BYTES_MAX} bytes (REPLY_BYTES_MAX): \
+                             read past and dropped, its command fails"
+                        );
+                    }
+                    if self.discarding {
+                        // Scanned, not kept.
+                        self.rbuf.truncate(at);
+                        self.rbuf.shrink_to(READ_CHUNK);
+                        self.scanned = 0;
+                    }
+                    break Ok(());
                 }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e),
             }
         };
         self.rbuf.drain(..at);

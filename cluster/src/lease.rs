@@ -201,7 +201,8 @@ impl Probe {
         body
     }
 
-    /// A message with an empty route key arrived with `body`: whether it was one of ours.
+    /// A link message (framed with [`crate::LINK_KEY_LEN`]) arrived with `body`: whether
+    /// it was one of ours.
     pub(crate) fn seen(&mut self, body: &[u8]) -> bool {
         let Some(rest) = body.strip_prefix(PROBE_MARK) else {
             return false;

@@ -33,8 +33,9 @@
 //! [`Refused::Busy`]); a shard has at most `inflight_max` commands in flight (its
 //! completion ring holds that many, so it never overflows); its inbound ring holds
 //! `inbound_max` messages (past it a message is dropped and counted) plus
-//! [`CONTROL_RESERVE`] slots kept for Up/Down/Members; a reply is at most
-//! [`REPLY_BYTES_MAX`]. A shard's doorbell is rung once per batch of the loop.
+//! [`CONTROL_RESERVE`] slots kept for Up/Down/Members; the link keeps at most
+//! [`REPLY_BYTES_MAX`] of a reply (a larger one is read past and its command gets a
+//! [`DISCARDED`] error reply; the connection carries on). A shard's doorbell is rung once per batch of the loop.
 //!
 //! Faults: a connection that fails is reconnected with backoff (100 ms doubling to 5 s);
 //! meanwhile commands are refused ([`Refused::Down`]) and every shard is told
@@ -86,7 +87,7 @@ pub mod fuzzing {
     }
 }
 
-pub use conn::REPLY_BYTES_MAX;
+pub use conn::{DISCARDED, REPLY_BYTES_MAX};
 pub use shard::{Reply, ShardLink};
 pub use thread::{Node, CONTROL_RESERVE, REQUEST_QUEUE_MAX};
 pub use url::{
@@ -161,6 +162,32 @@ pub type OnConnect = (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>);
 /// Picks the shard an inbound message goes to, by its route key (the reactor's
 /// `shard_of` over the node's shard count).
 pub type Route = std::sync::Arc<dyn Fn(&[u8]) -> usize + Send + Sync>;
+
+/// The longest route key a message can carry (65534 bytes): a message on a channel is
+/// framed `[u16 big-endian key length][key][body]`, and the length 65535
+/// ([`LINK_KEY_LEN`]) marks the link's own messages (probes, hellos), so that no route
+/// key a service uses (the empty one included: an agent may have the id `""`) is taken
+/// for one of them. [`ShardLink::publish`] refuses a longer key.
+pub const ROUTE_KEY_BYTES_MAX: usize = u16::MAX as usize - 1;
+
+/// The key-length field of the link's own messages (no key follows): a length no route
+/// key can have ([`ROUTE_KEY_BYTES_MAX`]).
+pub const LINK_KEY_LEN: u16 = u16::MAX;
+
+/// Frames a message for `route_key` as the link does (`[u16 key length][key][body]`):
+/// for services whose scripts publish (the framing is built before the script runs).
+/// `None` when the key is longer than [`ROUTE_KEY_BYTES_MAX`].
+pub fn frame(route_key: &[u8], body: &[u8]) -> Option<Vec<u8>> {
+    if route_key.len() > ROUTE_KEY_BYTES_MAX {
+        return None;
+    }
+    let len = u16::try_from(route_key.len()).ok()?;
+    let mut v = Vec::with_capacity(2 + route_key.len() + body.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(route_key);
+    v.extend_from_slice(body);
+    Some(v)
+}
 
 /// The key and channel namespace: one Redis can hold several meshes by prefix.
 pub const DEFAULT_PREFIX: &str = "chx:";
@@ -301,6 +328,10 @@ pub struct Stats {
     /// Durable writes resolved with `NOREPLICAS`: their `WAIT` saw fewer than
     /// `replicas_min` replicas acknowledge them within `wait_timeout`.
     pub unreplicated: u64,
+    /// Replies over [`REPLY_BYTES_MAX`] read past and dropped (their command got a
+    /// `CHXDISCARDED` error reply; a pushed message was dropped, also counted in
+    /// `inbound_dropped`).
+    pub replies_discarded: u64,
     pub up: bool,
 }
 
@@ -323,5 +354,20 @@ pub struct LinkParts(pub(crate) thread::Parts);
 impl std::fmt::Debug for LinkParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "LinkParts({})", self.0.shard)
+    }
+}
+
+#[cfg(test)]
+mod frame_tests {
+    use super::*;
+
+    #[test]
+    fn no_route_key_is_framed_as_the_links_own_message() {
+        // The empty key (an agent `""`) is a key of length 0.
+        assert_eq!(frame(b"", b"m"), Some(vec![0, 0, b'm']));
+        let longest = vec![b'k'; ROUTE_KEY_BYTES_MAX];
+        let f = frame(&longest, b"").unwrap();
+        assert_ne!(u16::from_be_bytes([f[0], f[1]]), LINK_KEY_LEN);
+        assert_eq!(frame(&vec![b'k'; ROUTE_KEY_BYTES_MAX + 1], b""), None);
     }
 }

@@ -122,6 +122,128 @@ fn nests_deeper_than(buf: &[u8], max: usize) -> bool {
     }
 }
 
+/// Bytes of one line of a reply (an array's or a bulk string's header, a simple string,
+/// an error, an integer) the scanner keeps while the line is split between reads:
+/// Redis's lines are a number or a short message; a longer one is not RESP from Redis
+/// and fails the connection.
+const LINE_BYTES_MAX: usize = 64 << 10;
+
+/// Finds where a reply ends as its bytes arrive, reading each byte once and keeping
+/// none but a split line ([`LINE_BYTES_MAX`]): the connection decodes a reply only once
+/// it is whole (not again at every read of a large one), and can read past a reply
+/// over `REPLY_BYTES_MAX` without keeping it (`conn::Conn::decode`).
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Elements left in each array open, innermost last (at most [`REPLY_DEPTH_MAX`]).
+    open: Vec<i64>,
+    /// Bytes of a bulk string's body and its `\r\n` not yet passed.
+    bulk_left: u64,
+    /// The line being read, while it is split between reads.
+    line: Vec<u8>,
+}
+
+impl Scan {
+    /// Passes `buf`, the bytes after those already fed: `Ok(Some(n))` when the reply
+    /// ends after the first `n` bytes of `buf` (the scanner is then ready for the next
+    /// reply), `Ok(None)` when all of `buf` is part of it and more is to come, `Err`
+    /// when the stream is not RESP2 (the connection is useless).
+    pub(crate) fn feed(&mut self, buf: &[u8]) -> Result<Option<usize>, String> {
+        let mut pos = 0;
+        loop {
+            if self.bulk_left > 0 {
+                let n = usize::try_from(self.bulk_left)
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len() - pos);
+                pos += n;
+                self.bulk_left -= n as u64;
+                if self.bulk_left > 0 {
+                    return Ok(None);
+                }
+                if self.element_done() {
+                    return Ok(Some(pos));
+                }
+                continue;
+            }
+            let rest = &buf[pos..];
+            let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+                if self.line.len() + rest.len() > LINE_BYTES_MAX {
+                    return Err(format!("a reply line over {LINE_BYTES_MAX} bytes"));
+                }
+                self.line.extend_from_slice(rest);
+                return Ok(None);
+            };
+            if self.line.len() + nl + 1 > LINE_BYTES_MAX {
+                return Err(format!("a reply line over {LINE_BYTES_MAX} bytes"));
+            }
+            self.line.extend_from_slice(&rest[..=nl]);
+            pos += nl + 1;
+            let line = std::mem::take(&mut self.line);
+            let Some(text) = line
+                .strip_suffix(b"\r\n")
+                .and_then(|l| l.get(1..))
+                .filter(|_| line.len() >= 3)
+            else {
+                return Err("a reply that is not RESP2: a line without its kind or \\r\\n".into());
+            };
+            let num = || {
+                std::str::from_utf8(text)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or_else(|| {
+                        "a reply that is not RESP2: a length that is not a number".to_string()
+                    })
+            };
+            let done = match line[0] {
+                b'*' => {
+                    let n = num()?;
+                    if n > 0 {
+                        if self.open.len() >= REPLY_DEPTH_MAX {
+                            return Err(format!(
+                                "a reply nested deeper than {REPLY_DEPTH_MAX} arrays"
+                            ));
+                        }
+                        self.open.push(n);
+                        false
+                    } else {
+                        true
+                    }
+                }
+                b'$' => {
+                    let n = num()?;
+                    match u64::try_from(n) {
+                        Ok(n) => {
+                            self.bulk_left = n.saturating_add(2);
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                }
+                b'+' | b'-' | b':' => true,
+                k => return Err(format!("a reply that is not RESP2: kind byte {k:#04x}")),
+            };
+            if done && self.element_done() {
+                return Ok(Some(pos));
+            }
+        }
+    }
+
+    /// One element ended: closes the arrays it completes; whether the reply ended.
+    fn element_done(&mut self) -> bool {
+        loop {
+            match self.open.last_mut() {
+                None => return true,
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        return false;
+                    }
+                    self.open.pop();
+                }
+            }
+        }
+    }
+}
+
 /// Where the first `\r\n` of `b` starts.
 fn memchr_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
@@ -192,6 +314,63 @@ mod tests {
         );
         assert_eq!(&wire[at..], b"$3\r\nab");
         assert!(decode_reply(b"?what\r\n").is_err());
+    }
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+
+    /// Feeds `wire` in pieces of `step` bytes: where each reply ended.
+    fn ends(wire: &[u8], step: usize) -> Vec<usize> {
+        let mut s = Scan::default();
+        let mut out = Vec::new();
+        let (mut at, mut fed) = (0, 0);
+        while fed < wire.len() {
+            let end = (fed + step).min(wire.len());
+            let mut from = fed;
+            while let Some(n) = s.feed(&wire[from..end]).unwrap() {
+                at = from + n;
+                out.push(at);
+                from = at;
+                if from == end {
+                    break;
+                }
+            }
+            fed = end;
+        }
+        let _ = at;
+        out
+    }
+
+    #[test]
+    fn replies_end_where_the_decoder_says_in_any_pieces() {
+        let wire: &[u8] = b"+OK\r\n-ERR no\r\n:42\r\n$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n\
+            *2\r\n$3\r\na\r\n\r\n*2\r\n:1\r\n*1\r\n+x\r\n+\r\n";
+        let mut want = Vec::new();
+        let mut at = 0;
+        while let Some((_, n)) = decode_reply(&wire[at..]).unwrap() {
+            at += n;
+            want.push(at);
+        }
+        assert_eq!(at, wire.len());
+        for step in 1..=wire.len() {
+            assert_eq!(ends(wire, step), want, "in pieces of {step}");
+        }
+    }
+
+    #[test]
+    fn what_is_not_resp_is_refused() {
+        for bad in [&b"?x\r\n"[..], b"*x\r\n", b"$1\n", b"\r\n"] {
+            assert!(Scan::default().feed(bad).is_err(), "{bad:?}");
+        }
+        let mut deep = Vec::new();
+        for _ in 0..=REPLY_DEPTH_MAX {
+            deep.extend_from_slice(b"*1\r\n");
+        }
+        assert!(Scan::default().feed(&deep).unwrap_err().contains("nested"));
+        let long = vec![b'+'; LINE_BYTES_MAX + 1];
+        assert!(Scan::default().feed(&long).is_err());
     }
 }
 

@@ -232,13 +232,15 @@ impl ShardLink {
 
     /// `SPUBLISH` to node `node`'s channel (`{prefix}n:{node}`) a message for `route_key`
     /// (the key that picks the shard there) with `body`; no reply awaited. On the wire:
-    /// `[u16 big-endian key length][key][body]`. A route key longer than 65535 bytes
-    /// cannot be framed: refused as [`Refused::Busy`] and logged.
+    /// `[u16 big-endian key length][key][body]` ([`crate::frame`]). A route key longer
+    /// than [`crate::ROUTE_KEY_BYTES_MAX`] cannot be framed: refused as
+    /// [`Refused::Busy`] and logged.
     pub fn publish(&self, node: &str, route_key: &[u8], body: &[u8]) -> Result<(), Refused> {
-        let Ok(len) = u16::try_from(route_key.len()) else {
+        let Some(message) = crate::frame(route_key, body) else {
             tracing::warn!(
                 len = route_key.len(),
-                "publish: a route key longer than 65535 bytes"
+                max = crate::ROUTE_KEY_BYTES_MAX,
+                "publish: a route key too long to frame"
             );
             self.inner
                 .borrow()
@@ -249,10 +251,6 @@ impl ShardLink {
             return Err(Refused::Busy);
         };
         let channel = channel_of(self.prefix(), node);
-        let mut message = Vec::with_capacity(2 + route_key.len() + body.len());
-        message.extend_from_slice(&len.to_be_bytes());
-        message.extend_from_slice(route_key);
-        message.extend_from_slice(body);
         self.submit(What::Publish { channel, message }, true)
             .map(drop)
     }

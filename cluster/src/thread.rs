@@ -614,7 +614,7 @@ impl Link {
         }
         if now >= up.probe_due {
             up.probe_due = now + self.cfg.probe_interval;
-            let mut message = vec![0u8, 0u8];
+            let mut message = crate::LINK_KEY_LEN.to_be_bytes().to_vec();
             // A probe written behind a WAIT reaches Redis up to wait_timeout later: its
             // clock starts then (a slow WAIT is not a silent subscription).
             let at = if up.wait_outstanding {
@@ -669,7 +669,7 @@ impl Link {
                 if let Some(up) = &mut self.up {
                     let now = Instant::now();
                     for node in live.iter().filter(|n| **n != self.cfg.node_id) {
-                        let mut message = vec![0u8, 0u8];
+                        let mut message = crate::LINK_KEY_LEN.to_be_bytes().to_vec();
                         message.extend_from_slice(HELLO_MARK);
                         up.cmd.queue(&[
                             b"SPUBLISH".as_slice(),
@@ -1146,7 +1146,12 @@ impl Link {
             replies.push(v);
             Ok(())
         });
+        let discarded = std::mem::take(&mut up.cmd.discarded);
         self.up = Some(up);
+        self.shared
+            .stats
+            .replies_discarded
+            .fetch_add(discarded, Ordering::Relaxed);
         for v in replies {
             if self.up.is_none() {
                 return;
@@ -1319,8 +1324,15 @@ impl Link {
     fn read_sub(&mut self) {
         let Some(mut up) = self.up.take() else { return };
         let mut messages = Vec::new();
+        let mut dropped = 0u64;
         let mut collect = |v: Value| -> Result<(), String> {
             match v {
+                // A message over REPLY_BYTES_MAX, read past: dropped, the subscription
+                // carries on.
+                Value::Error(e) if e.starts_with(crate::conn::DISCARDED) => {
+                    dropped += 1;
+                    Ok(())
+                }
                 Value::Array(mut a)
                     if a.len() == 3 && a[0].as_bytes() == Some(b"smessage".as_slice()) =>
                 {
@@ -1346,7 +1358,13 @@ impl Link {
         if r.is_ok() {
             r = up.sub.read(&mut collect);
         }
+        let discarded = std::mem::take(&mut up.sub.discarded);
         self.up = Some(up);
+        let stats = &self.shared.stats;
+        stats
+            .replies_discarded
+            .fetch_add(discarded, Ordering::Relaxed);
+        stats.inbound_dropped.fetch_add(dropped, Ordering::Relaxed);
         for m in messages {
             self.message(m);
         }
@@ -1357,27 +1375,32 @@ impl Link {
 
     fn message(&mut self, payload: Vec<u8>) {
         let stats = &self.shared.stats;
-        let key_len = match payload.get(..2) {
-            Some(&[a, b]) => usize::from(u16::from_be_bytes([a, b])),
-            _ => usize::MAX,
-        };
-        let Some(key) = payload.get(2..2usize.saturating_add(key_len)) else {
+        let Some(&[a, b]) = payload.get(..2) else {
             stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("cluster: a message shorter than its framing");
             return;
         };
-        let body = &payload[2 + key_len..];
-        if key.is_empty() {
+        let key_len = u16::from_be_bytes([a, b]);
+        if key_len == crate::LINK_KEY_LEN {
+            // The link's own (no service frames this length; the empty key is a service's).
+            let body = &payload[2..];
             if body == HELLO_MARK {
                 // A node joined: renew now, which reports the new members.
                 if let Some(up) = &mut self.up {
                     up.lease_due = Instant::now();
                 }
             } else if !self.probe.seen(body) {
-                tracing::debug!("cluster: a message without a route key");
+                tracing::debug!("cluster: a link message that is neither a hello nor a probe");
             }
             return;
         }
+        let key_len = usize::from(key_len);
+        let Some(key) = payload.get(2..2 + key_len) else {
+            stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("cluster: a message shorter than its framing");
+            return;
+        };
+        let body = &payload[2 + key_len..];
         let shard = (self.route)(key);
         let Some(out) = self.shards.get_mut(shard) else {
             stats.inbound_dropped.fetch_add(1, Ordering::Relaxed);
@@ -1446,8 +1469,8 @@ impl Link {
     }
 }
 
-/// The body of the hello a node publishes to the others when it connects (route key
-/// empty, like the probes).
+/// The body of the hello a node publishes to the others when it connects (framed with
+/// [`crate::LINK_KEY_LEN`], like the probes).
 const HELLO_MARK: &[u8] = b"chx-hello";
 
 fn args(a: &[&str]) -> Vec<Vec<u8>> {

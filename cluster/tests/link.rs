@@ -533,3 +533,50 @@ fn a_node_whose_id_was_taken_while_it_was_cut_off_stays_down_until_that_lease_ru
     assert_eq!(redis.cli(&["GET", &format!("{prefix}connects:a")]), "2");
     assert!(node.fatal().is_none());
 }
+
+/// A reply over `REPLY_BYTES_MAX` (a 70 MiB string, asked among other commands) is read
+/// past and dropped: its command gets a `CHXDISCARDED` error reply, the commands around
+/// it their replies, and the connection stays up (no reconnect).
+#[test]
+fn a_reply_over_the_bound_fails_its_command_not_the_connection() {
+    if !redis_or_skip("a_reply_over_the_bound_fails_its_command_not_the_connection") {
+        return;
+    }
+    let redis = Redis::start();
+    let (node, shards) = start_node(config(&redis.url(), "a"), vec![], 1, route2);
+    let s = &shards[0];
+    s.wait_for(UP_WITHIN, is_up);
+    let big = 70 << 20;
+    assert!(big > chatixia_cluster::REPLY_BYTES_MAX);
+    let job = s.spawn(move |link| async move {
+        // A string of `big` zero bytes, made at once.
+        let set = link
+            .command(vec![
+                b("SETRANGE"),
+                b("big"),
+                (big - 1).to_string().into_bytes(),
+                b("x"),
+            ])
+            .unwrap()
+            .await;
+        // Pipelined: before, the oversized one, after.
+        let before = link.command(vec![b("SET"), b("k"), b("v")]).unwrap();
+        let get = link.command(vec![b("GET"), b("big")]).unwrap();
+        let after = link.command(vec![b("GET"), b("k")]).unwrap();
+        let (before, get, after) = (before.await, get.await, after.await);
+        let len = link.command(vec![b("STRLEN"), b("big")]).unwrap().await;
+        (set, before, get, after, len)
+    });
+    let (set, before, get, after, len) = job.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(set, Ok(Value::Int(big as i64)));
+    assert_eq!(before, Ok(Value::Simple("OK".into())));
+    assert!(
+        matches!(&get, Ok(Value::Error(e)) if e.starts_with(chatixia_cluster::DISCARDED)),
+        "{get:?}"
+    );
+    assert_eq!(after, Ok(Value::Bulk(b"v".to_vec())));
+    assert_eq!(len, Ok(Value::Int(big as i64)));
+    let st = node.stats();
+    assert!(st.up);
+    assert_eq!((st.reconnects, st.replies_discarded), (0, 1), "{st:?}");
+}

@@ -8,7 +8,7 @@ use crate::registry::{
     agent_body, route_miss_body, topology, topology_body, AgentInfo, AgentRecord, BindingChange,
     Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY,
 };
-use crate::shard::paging::{item_json, page_of, page_req, PageLimits};
+use crate::shard::paging::{encode_cursor, item_json, page_of, page_req, PageLimits};
 use crate::shard::{
     ask_all, ask_owner, reserve, settle, Durability, Error, Outcome, Request, Shard,
 };
@@ -197,8 +197,10 @@ where
 
 /// `GET /api/registry/agents[?limit=N&cursor=C]`: one page of every shard's agents, by
 /// `agent_id` (`shard::paging`); in a cluster, with the agents the other live nodes hold
-/// (`registry::mirror`; an agent held here is listed from here, once). While the link
-/// is down, this node's agents.
+/// (`registry::mirror::elsewhere`, bounded reads after the cursor; an agent held here is
+/// listed from here, once). When the mirror was read only up to some id (its call bound,
+/// `MIRROR_PAGE_CALLS_MAX`, or a call that failed midway), the page ends there, with
+/// `x-next-cursor` at that id. While the link is down, this node's agents.
 pub async fn list_page<S: Shard>(
     sh: &S,
     cfg: &Config,
@@ -230,10 +232,19 @@ where
             _ => return Err(unexpected()),
         }
     }
+    let mut reached = None;
     if sh.cluster().is_some() {
+        // One more than the page, as each shard gives: whether more follow is known.
+        let m = crate::registry::mirror::elsewhere(
+            sh,
+            page.after.as_deref(),
+            page.limit.saturating_add(1),
+            cfg.pages.bytes_max,
+        )
+        .await;
+        reached = m.reached;
         all.extend(
-            crate::registry::mirror::elsewhere(sh)
-                .await
+            m.records
                 .into_iter()
                 .filter(|(id, _)| page.admits(id))
                 .map(|(id, json)| Listed::Elsewhere(id, json)),
@@ -246,10 +257,14 @@ where
             })
         });
         all.dedup_by(|later, first| later.id() == first.id());
+        // The mirror was read up to `reached` only: what lies beyond is for a next page.
+        if let Some(r) = &reached {
+            all.truncate(all.partition_point(|a| a.id() <= r.as_str()));
+        }
     } else {
         all.sort_by(|a, b| a.id().cmp(b.id()));
     }
-    Ok(page_of(
+    let out = page_of(
         &all,
         &page,
         &cfg.pages,
@@ -258,7 +273,15 @@ where
             Listed::Here(r) => item_json(r),
             Listed::Elsewhere(_, json) => json.clone(),
         },
-    ))
+    );
+    Ok(match (out, reached) {
+        // Everything up to `reached` was sent: the next page starts after it.
+        (Outcome::Page { json, next: None }, Some(r)) => Outcome::Page {
+            json,
+            next: Some(encode_cursor(&r)),
+        },
+        (out, _) => out,
+    })
 }
 
 /// `GET /api/registry/agents/{id}`: the record, or the reference's 200

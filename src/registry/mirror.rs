@@ -5,8 +5,9 @@
 //!
 //! * **The mirror**: one hash, `{prefix}agents`, agent id → `NODE "\n" RECORD`, where
 //!   RECORD is exactly the JSON `GET /api/registry/agents` shows for the agent, and per
-//!   node the set of agent ids it wrote (`{prefix}na:{node}`), so that its entries can be
-//!   removed when its lease runs out ([`CLEANUP`]). The agent store notes, sans-IO, which
+//!   node the ids of the entries naming it, a sorted set (`{prefix}ni:{node}`, score 0:
+//!   ordered by the ids' bytes), so that its entries can be removed when its lease runs
+//!   out ([`CLEANUP`]) and a list page reads only what it shows ([`PAGE`]). The agent store notes, sans-IO, which
 //!   agents changed ([`MirrorNotes`](crate::registry::MirrorNotes), kept by the store when the shard is in a cluster); the
 //!   shard's mirror task ([`run`]) writes them as scripts ([`PUT`], [`DEL`]). A steady
 //!   heartbeat changes only `last_heartbeat`: it is written at most once per
@@ -20,9 +21,13 @@
 //!   whose binding is no longer the cluster's does not take the entry, its node drops
 //!   the copy instead.
 //! * **Reads**: `GET /api/registry/agents` (and `/{id}`) at any node answer this node's
-//!   agents and the mirror's entries of the other live nodes ([`AGENTS`], [`AGENT`]: the
+//!   agents and the mirror's entries of the other live nodes ([`PAGE`], [`AGENT`]: the
 //!   nodes' leases checked on Redis's clock, as signaling's `PEERS`). An agent this node
-//!   holds is answered from here, never twice.
+//!   holds is answered from here, never twice. No list reads the whole mirror: a page
+//!   reads the ids after its cursor from each live node's index, in bounded calls
+//!   ([`MIRROR_PAGE_MAX`] ids, [`MIRROR_REPLY_BYTES_MAX`] bytes, at most
+//!   [`MIRROR_PAGE_CALLS_MAX`] calls), so one Redis command costs O(live nodes × log N)
+//!   plus a few hundred `HGET`s whatever the mirror's size.
 //! * **Operator deletes**: `DELETE /api/registry/agents/{id}` at a node that does not hold
 //!   the agent removes the mirror's entry and tells the holding node ([`MSG_DELETE`]),
 //!   which deletes the agent as its own `DELETE` would ([`DROP`]).
@@ -32,7 +37,7 @@
 //!   write does not take an agent from another live node: the agent moved while this
 //!   node was cut off, and this node drops its copy.
 //!
-//! The scripts name keys they are not passed (another node's set, the leases): a single
+//! The scripts name keys they are not passed (another node's index, the leases): a single
 //! Redis (or a Sentinel-managed primary), not Redis Cluster.
 
 use std::future::poll_fn;
@@ -45,11 +50,11 @@ use crate::registry::MirrorWrite as Write;
 use crate::shard::{Owns, Shard};
 
 /// Writes (or takes over) an agent's entry: `KEYS[1]` the mirror hash, `KEYS[2]` this
-/// node's set of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
+/// node's index of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
 /// (`registry::bindings`); `ARGV` agent id, this node, the record's JSON, the channel
 /// prefix, the framed "moved" message, `1` when the agent itself came to this node (a
 /// register or heartbeat) or `0` (a health change, a write again after a reconnect),
-/// the prefix of the nodes' agent sets, the agent's binding here (`""`: none). A `0`
+/// the prefix of the nodes' agent indexes, the agent's binding here (`""`: none). A `0`
 /// write does not take the agent from another live node, and no write takes it while
 /// the cluster's binding names another holder than this node's (a steady heartbeat
 /// here raced a move that took the binding): it tells this node to drop its copy
@@ -77,20 +82,20 @@ if n and n ~= ARGV[2] then
     end
   end
   redis.call('SPUBLISH', ARGV[4] .. n, ARGV[5])
-  redis.call('SREM', ARGV[7] .. n, ARGV[1])
+  redis.call('ZREM', ARGV[7] .. n, ARGV[1])
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\n' .. ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
 return 1
 "#,
 };
 
 /// Removes an agent's entry while it names this node: `KEYS[1]` the mirror hash,
-/// `KEYS[2]` this node's set; `ARGV` agent id, this node.
+/// `KEYS[2]` this node's index; `ARGV` agent id, this node.
 pub const DEL: Script = Script {
     name: "chx_agent_del",
     source: r#"
-redis.call('SREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old and string.sub(old, 1, #ARGV[2] + 1) == ARGV[2] .. '\n' then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -100,7 +105,7 @@ return 0
 "#,
 };
 
-/// Removes every entry naming a node: `KEYS[1]` its set of agents, `KEYS[2]` the mirror
+/// Removes every entry naming a node: `KEYS[1]` its index of agents, `KEYS[2]` the mirror
 /// hash; `ARGV[1]` the node. Run where signaling's `CLEANUP` is: by the node on every
 /// connect and at a graceful stop, by the others when its lease ran out.
 pub const CLEANUP: Script = Script {
@@ -108,7 +113,7 @@ pub const CLEANUP: Script = Script {
     source: r#"
 local n = 0
 local p = ARGV[1] .. '\n'
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local v = redis.call('HGET', KEYS[2], id)
   if v and string.sub(v, 1, #p) == p then
     redis.call('HDEL', KEYS[2], id)
@@ -120,35 +125,99 @@ return n
 "#,
 };
 
-/// The records of the agents the other live nodes hold: `KEYS[1]` the mirror hash,
-/// `KEYS[2]` the leases; `ARGV[1]` this node. Liveness as signaling's `PEERS` (the
-/// lease on Redis's clock, as of this call). An array of the records' JSON.
-pub const AGENTS: Script = Script {
-    name: "chx_agents",
+/// Most agent ids one [`PAGE`] call examines (and so most records it returns): a call
+/// costs Redis O(live nodes × (log N + this)) plus this many `HGET`s, well under a
+/// millisecond, so other nodes' commands interleave between the calls of one list. A
+/// page of more (`--list-page-items-max` is 1000 by default) is several calls.
+pub const MIRROR_PAGE_MAX: usize = 256;
+
+/// Bytes of records one [`PAGE`] call returns: it stops before a record that would pass
+/// this (one record is always returned), so a reply is at most this or one record (a
+/// record is bounded by the writing node's `--agent-field-bytes-max` and
+/// `--agent-list-items-max`), far under the link's `REPLY_BYTES_MAX` (64 MiB).
+pub const MIRROR_REPLY_BYTES_MAX: usize = 1 << 20;
+
+/// Most [`PAGE`] calls one list page makes. With [`MIRROR_PAGE_MAX`] records a call,
+/// 64 calls are 16,384 records, beyond any page of the default limits (1000 items,
+/// 4 MiB); a page that needs more (a larger `--list-page-items-max`) ends early with
+/// `x-next-cursor` at the last agent read, as a page cut by its byte bound does.
+pub const MIRROR_PAGE_CALLS_MAX: usize = 64;
+
+/// A bounded slice of the other live nodes' records after a cursor, in `agent_id`
+/// order: `KEYS[1]` the mirror hash, `KEYS[2]` the leases; `ARGV` this node, the prefix
+/// of the nodes' sorted indexes of agent ids (`{prefix}ni:{node}`, score 0, so ordered
+/// by the ids' bytes), the `ZRANGEBYLEX` minimum (`-`, or `(` and the cursor's id), how
+/// many ids to examine at most ([`MIRROR_PAGE_MAX`]), the byte budget
+/// ([`MIRROR_REPLY_BYTES_MAX`]). Liveness as signaling's `PEERS` (the lease on Redis's
+/// clock, as of this call). Reads at most that many ids from each live node's index,
+/// merges them by bytes (Lua's `<` on strings follows the server's locale, so a byte
+/// comparison of its own) and takes each id's entry while it names that node. Returns
+/// `[done, reached, record…]`: `done` 1 when every id after the cursor was examined,
+/// else 0 and `reached`, the last id examined (every id up to it was: the next call
+/// starts after it).
+pub const PAGE: Script = Script {
+    name: "chx_agents_page",
     source: r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local all = redis.call('HGETALL', KEYS[1])
-local live = {}
-local out = {}
-for i = 2, #all, 2 do
-  local v = all[i]
-  local n = string.match(v, '^([^\n]*)\n')
-  if n and n ~= ARGV[1] then
-    local ok = live[n]
-    if ok == nil then
-      local score = redis.call('ZSCORE', KEYS[2], n)
-      ok = (score and tonumber(score) >= now) or false
-      live[n] = ok
-    end
-    if ok then out[#out + 1] = string.sub(v, #n + 2) end
+local want = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
+local lists = {}
+local more = false
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+  if n ~= ARGV[1] then
+    local ids = redis.call('ZRANGEBYLEX', ARGV[2] .. n, ARGV[3], '+', 'LIMIT', 0, want)
+    if #ids >= want then more = true end
+    if #ids > 0 then lists[#lists + 1] = {n = n, ids = ids, at = 1} end
   end
+end
+local function before(a, b)
+  local k = math.min(#a, #b)
+  for i = 1, k do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local out = {0, ''}
+local bytes = 0
+local taken = 0
+local cut = false
+while taken < want do
+  local best = nil
+  for _, l in ipairs(lists) do
+    local id = l.ids[l.at]
+    if id and (best == nil or before(id, best.ids[best.at])) then best = l end
+  end
+  if best == nil then break end
+  local id = best.ids[best.at]
+  local v = redis.call('HGET', KEYS[1], id)
+  local p = best.n .. '\n'
+  if v and string.sub(v, 1, #p) == p then
+    local rec = string.sub(v, #p + 1)
+    if #out > 2 and bytes + #rec > budget then
+      cut = true
+      break
+    end
+    out[#out + 1] = rec
+    bytes = bytes + #rec
+  end
+  best.at = best.at + 1
+  taken = taken + 1
+  out[2] = id
+end
+if not cut and not more then
+  local left = false
+  for _, l in ipairs(lists) do
+    if l.ids[l.at] then left = true end
+  end
+  if not left then out[1] = 1 end
 end
 return out
 "#,
 };
 
-/// One agent's record when another live node holds it: `KEYS` as [`AGENTS`]; `ARGV`
+/// One agent's record when another live node holds it: `KEYS` as [`PAGE`]; `ARGV`
 /// agent id, this node. The JSON or nil.
 pub const AGENT: Script = Script {
     name: "chx_agent",
@@ -167,7 +236,7 @@ return false
 
 /// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash,
 /// `KEYS[2]` the bindings (`registry::bindings`); `ARGV` agent id, this node, the
-/// channel prefix, the framed "delete" message, the prefix of the nodes' agent sets.
+/// channel prefix, the framed "delete" message, the prefix of the nodes' agent indexes.
 /// Removes the entry and the agent's cluster binding and tells its node; the node's
 /// name, or nil when no other node held it.
 pub const DROP: Script = Script {
@@ -179,7 +248,7 @@ local n = string.match(v, '^([^\n]*)\n')
 if not n or n == ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('SREM', ARGV[5] .. n, ARGV[1])
+redis.call('ZREM', ARGV[5] .. n, ARGV[1])
 redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
 return n
 "#,
@@ -187,7 +256,7 @@ return n
 
 /// The scripts the registry runs (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![PUT, DEL, CLEANUP, AGENTS, AGENT, DROP]
+    vec![PUT, DEL, CLEANUP, PAGE, AGENT, DROP]
 }
 
 /// What a node runs on every connect (before its shards write their agents again) and
@@ -217,12 +286,13 @@ fn agents_key(prefix: &str) -> Vec<u8> {
     [prefix.as_bytes(), b"agents"].concat()
 }
 
-/// The prefix of the nodes' sets of agents.
+/// The prefix of the nodes' sorted indexes of agent ids.
 fn node_agents_prefix(prefix: &str) -> Vec<u8> {
-    [prefix.as_bytes(), b"na:"].concat()
+    [prefix.as_bytes(), b"ni:"].concat()
 }
 
-/// The set of agent ids a node wrote.
+/// The agent ids whose entries name a node, a sorted set (score 0: ordered by the ids'
+/// bytes), written with each entry: what [`CLEANUP`] removes and [`PAGE`] reads.
 fn node_agents_key(prefix: &str, node: &str) -> Vec<u8> {
     [&node_agents_prefix(prefix)[..], node.as_bytes()].concat()
 }
@@ -243,16 +313,15 @@ fn nodes_key(prefix: &str) -> Vec<u8> {
 pub const MSG_MOVED: u8 = b'm';
 pub const MSG_DELETE: u8 = b'd';
 
-/// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
-/// route key being the agent (the receiving node hands it to the agent's owner shard).
+/// A message as the link frames it on a channel (`chatixia_cluster::frame`:
+/// `[u16 key length][key][body]`), the route key being the agent (the receiving node
+/// hands it to the agent's owner shard). The empty id `""` is a key like any other (the
+/// link's own messages use a length no key has, `chatixia_cluster::LINK_KEY_LEN`). An
+/// agent id is bounded by `--agent-field-bytes-max`, far below the longest key
+/// (`ROUTE_KEY_BYTES_MAX`); a longer one would be cut (and reach no one).
 fn framed(route_key: &[u8], kind: u8) -> Vec<u8> {
-    let len = u16::try_from(route_key.len()).unwrap_or(u16::MAX);
-    let key = &route_key[..usize::from(len)];
-    let mut v = Vec::with_capacity(3 + key.len());
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(key);
-    v.push(kind);
-    v
+    let key = &route_key[..route_key.len().min(chatixia_cluster::ROUTE_KEY_BYTES_MAX)];
+    chatixia_cluster::frame(key, &[kind]).unwrap_or_default()
 }
 
 /// The link is up again (a new generation): the link removed this node's entries on
@@ -296,38 +365,98 @@ pub fn on_message(route_key: &[u8], body: &[u8]) -> Result<Inbound, Malformed> {
     }
 }
 
-/// The records (the list's JSON, with their ids) of the agents the other live nodes
-/// hold: one script ([`AGENTS`]). Empty on a node alone and while the link is down (the
-/// list then holds this node's agents only).
-pub async fn elsewhere<S: Shard>(sh: &S) -> Vec<(String, Vec<u8>)> {
+/// What [`elsewhere`] read of the other live nodes' agents after a cursor.
+#[derive(Debug, Default)]
+pub struct Elsewhere {
+    /// Their records (the list's JSON, with their ids), in `agent_id` order.
+    pub records: Vec<(String, Vec<u8>)>,
+    /// `None`: every agent after the cursor was read. `Some(id)`: those up to `id` (and
+    /// no further): a page merged with them ends at `id` at the latest.
+    pub reached: Option<String>,
+}
+
+/// The records of the agents the other live nodes hold whose ids come after `after`, in
+/// order: at least `want` of them or `bytes` of records, unless fewer are left. Read by
+/// bounded [`PAGE`] calls ([`MIRROR_PAGE_MAX`] ids, [`MIRROR_REPLY_BYTES_MAX`] bytes
+/// each, at most [`MIRROR_PAGE_CALLS_MAX`]), each a short script, so that other
+/// commands run between them. Empty on a node alone and while the link is down (the
+/// list then holds this node's agents only); a call that fails after the first ends
+/// the read where it got (`reached`).
+pub async fn elsewhere<S: Shard>(
+    sh: &S,
+    after: Option<&str>,
+    want: usize,
+    bytes: usize,
+) -> Elsewhere {
+    let mut got = Elsewhere::default();
     let Some(link) = sh.cluster() else {
-        return Vec::new();
+        return got;
     };
-    let reply = match link.eval(
-        AGENTS.name,
-        vec![agents_key(link.prefix()), nodes_key(link.prefix())],
-        vec![link.node_id().as_bytes().to_vec()],
-    ) {
-        Ok(r) => r.await,
-        Err(e) => {
-            tracing::debug!(error = ?e, "agent list without the other nodes");
-            return Vec::new();
-        }
-    };
-    let items = match reply {
-        Ok(Value::Array(items)) => items,
-        other => {
-            tracing::debug!(reply = ?other, "agent list without the other nodes");
-            return Vec::new();
-        }
-    };
-    items
-        .into_iter()
-        .filter_map(|v| match v {
-            Value::Bulk(json) => Some((id_of(&json)?, json)),
+    let mut from: Option<String> = after.map(str::to_owned);
+    let mut size = 0usize;
+    for call in 0..MIRROR_PAGE_CALLS_MAX {
+        let min = match &from {
+            Some(id) => [b"(".as_slice(), id.as_bytes()].concat(),
+            None => b"-".to_vec(),
+        };
+        let n = want
+            .saturating_sub(got.records.len())
+            .clamp(1, MIRROR_PAGE_MAX);
+        let budget = bytes.saturating_sub(size).clamp(1, MIRROR_REPLY_BYTES_MAX);
+        let reply = match link.eval(
+            PAGE.name,
+            vec![agents_key(link.prefix()), nodes_key(link.prefix())],
+            vec![
+                link.node_id().as_bytes().to_vec(),
+                node_agents_prefix(link.prefix()),
+                min,
+                n.to_string().into_bytes(),
+                budget.to_string().into_bytes(),
+            ],
+        ) {
+            Ok(r) => r.await.map_err(|e| format!("{e:?}")),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        let items = match reply {
+            Ok(Value::Array(items)) if items.len() >= 2 => items,
+            other => {
+                tracing::debug!(reply = ?other, "agent list without (the rest of) the other nodes");
+                // The first call: the list holds this node's agents; a later one: it
+                // ends where the read got.
+                got.reached = if call == 0 { None } else { from };
+                return got;
+            }
+        };
+        let mut items = items.into_iter();
+        let done = matches!(items.next(), Some(Value::Int(1)));
+        let reached = match items.next() {
+            Some(Value::Bulk(id)) => String::from_utf8(id).ok(),
             _ => None,
-        })
-        .collect()
+        };
+        for v in items {
+            if let Value::Bulk(json) = v {
+                if let Some(id) = id_of(&json) {
+                    size = size.saturating_add(json.len());
+                    got.records.push((id, json));
+                }
+            }
+        }
+        if done {
+            got.reached = None;
+            return got;
+        }
+        // Not done: the script examined at least one id (`reached`).
+        let Some(reached) = reached else {
+            got.reached = from;
+            return got;
+        };
+        from = Some(reached);
+        if got.records.len() >= want || size >= bytes {
+            break;
+        }
+    }
+    got.reached = from;
+    got
 }
 
 /// The record (the list's JSON) of agent `id` when another live node holds it
@@ -433,7 +562,7 @@ where
     }
 }
 
-/// After a refused note: the entries of this node's set that this shard owns and no
+/// After a refused note: the entries of this node's index that this shard owns and no
 /// longer holds are removed.
 async fn remove_stale<S: Shard>(
     sh: &S,
@@ -446,7 +575,8 @@ async fn remove_stale<S: Shard>(
             m.lost = true;
         }
     };
-    let Ok(reply) = link.command(vec![b"SMEMBERS".to_vec(), key]) else {
+    let Ok(reply) = link.command(vec![b"ZRANGE".to_vec(), key, b"0".to_vec(), b"-1".to_vec()])
+    else {
         return again();
     };
     let Ok(Value::Array(ids)) = reply.await else {
@@ -550,6 +680,13 @@ mod tests {
         );
         assert_eq!(on_message(b"a", b"mx"), Err(Malformed));
         assert_eq!(on_message(b"\xff", &[MSG_MOVED]), Err(Malformed));
+        // The empty id is framed as a key of length 0, never as the link's own marker.
+        let f = framed(b"", MSG_MOVED);
+        assert_eq!(f, [0, 0, MSG_MOVED]);
+        assert_ne!(
+            u16::from_be_bytes([f[0], f[1]]),
+            chatixia_cluster::LINK_KEY_LEN
+        );
     }
 
     #[test]

@@ -231,7 +231,7 @@ pub fn render_metrics(
 ) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    let series: [(&str, &str, &str, u64); 13] = [
+    let series: [(&str, &str, &str, u64); 14] = [
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
@@ -303,6 +303,12 @@ pub fn render_metrics(
             "counter",
             "Subscription probes not received in time (the subscription was reconnected).",
             s.probes_missed,
+        ),
+        (
+            "chatixia_cluster_replies_discarded_total",
+            "counter",
+            "Redis replies over REPLY_BYTES_MAX (64 MiB) read past and dropped (their command failed; the link stayed up).",
+            s.replies_discarded,
         ),
         (
             "chatixia_cluster_round_trips_total",

@@ -89,7 +89,8 @@ pub fn time_key(t: UnixTime, id: &str) -> String {
 /// string, which a client sends back as "no cursor", restarting at the first page.
 const EMPTY_KEY_CURSOR: &str = "-";
 
-fn encode_cursor(key: &str) -> String {
+/// The cursor of the item with sort key `key` (the next page starts after it).
+pub fn encode_cursor(key: &str) -> String {
     if key.is_empty() {
         return EMPTY_KEY_CURSOR.to_owned();
     }

@@ -193,16 +193,13 @@ pub const MSG_RELAY: u8 = b'r';
 pub const MSG_REPLACED: u8 = b'k';
 pub const MSG_REVOKED: u8 = b'v';
 
-/// A message as the link frames it on a channel: `[u16 key length][key][body]`, the
-/// route key being the peer (the receiving node hands it to the peer's owner shard).
+/// A message as the link frames it on a channel (`chatixia_cluster::frame`:
+/// `[u16 key length][key][body]`), the route key being the peer (the receiving node hands
+/// it to the peer's owner shard). A peer id is far shorter than the longest key
+/// (`ROUTE_KEY_BYTES_MAX`, 65534 bytes); a longer one would be cut (and reach no one).
 fn framed(route_key: &[u8], body: &[u8]) -> Vec<u8> {
-    let len = u16::try_from(route_key.len()).unwrap_or(u16::MAX);
-    let key = &route_key[..usize::from(len)];
-    let mut v = Vec::with_capacity(2 + key.len() + body.len());
-    v.extend_from_slice(&len.to_be_bytes());
-    v.extend_from_slice(key);
-    v.extend_from_slice(body);
-    v
+    let key = &route_key[..route_key.len().min(chatixia_cluster::ROUTE_KEY_BYTES_MAX)];
+    chatixia_cluster::frame(key, body).unwrap_or_default()
 }
 
 /// A relay's body: kind, whether a mesh follows, its length, the mesh, the frame.

@@ -45,7 +45,7 @@ pub struct MirrorNotes {
     /// refused).
     pub resync: bool,
     /// A note was refused: entries of agents no longer held here may be left; the
-    /// task removes them (this node's set, those this shard owns and no longer holds).
+    /// task removes them (this node's index, those this shard owns and no longer holds).
     pub lost: bool,
     /// The link came up: the shard's bindings are asserted into the cluster's
     /// (`registry::bindings::assert_all`) before its agents are written again.
