@@ -1837,3 +1837,29 @@ return 1"#;
         assert_eq!(&got, want, "paged by {limit}");
     }
 }
+
+/// Issue 25: "a 2xx means durable" in cluster mode is Redis's durability. With
+/// `appendonly yes` and `appendfsync always` a binding answered 200 survives a `kill -9`
+/// of Redis itself, with the node that made it gone too (so nothing re-asserts it): a
+/// fresh node still refuses another credential. (With `appendonly no` this test fails:
+/// the binding is gone and the other credential takes the id.)
+#[test]
+fn with_appendfsync_always_a_binding_survives_redis_killed_and_restarted() {
+    let Some(mut redis) = redis::start(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let k = keys(HOLDERS);
+    let mut n1 = node(&redis, "n1", 1, &k, "10");
+    let (a, b) = (Some("ak_holder-a"), Some("ak_holder-b"));
+    let r = register_as(&n1, HOME, a, "ag", "home.local");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The node that holds the binding dies, then Redis itself.
+    n1.child.kill().unwrap();
+    n1.child.wait().unwrap();
+    redis.kill();
+    redis.restart();
+    assert_eq!(cluster_binding(&redis, "ag").as_deref(), Some("P:holder-a"));
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let r = register_as(&n2, AWAY, b, "ag", "stolen.local");
+    assert_eq!(r.status, 403, "{}", r.text());
+}
