@@ -1863,3 +1863,69 @@ fn with_appendfsync_always_a_binding_survives_redis_killed_and_restarted() {
     let r = register_as(&n2, AWAY, b, "ag", "stolen.local");
     assert_eq!(r.status, 403, "{}", r.text());
 }
+
+/// Review round 2 (FAILING ON MAIN): a leave refused by a full outbox while the link is
+/// up is lost. The resync that follows asserts the peers still here, but nothing removes
+/// the entry of the peer that left: other nodes list it (and relay to it) until this
+/// node next reconnects to Redis. Here one peer floods relays at a remote peer while
+/// Redis is briefly paused (shorter than any link timeout), so the shard's outbox fills
+/// with relays (past its item bound); a second peer of the same shard disconnects then.
+#[test]
+fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n1, "bob");
+    let mut carol = peer(&n2, "carol");
+    list_until(
+        &mut carol,
+        "carol",
+        &["alice", "bob"],
+        Duration::from_secs(10),
+    );
+    list_until(
+        &mut alice,
+        "alice",
+        &["bob", "carol"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:nomesh", "bob"]),
+        redis::Reply::Bulk("n1".into())
+    );
+    // Redis stalls for 1.5 s (under the command timeout and the probe's deadline).
+    redis.cmd(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    // More small relays than the outbox holds items (OUTBOX_ITEMS_MAX, 16384, plus the
+    // 512 the link takes while Redis stalls).
+    for n in 0..20_000 {
+        send(&mut alice, &offer("alice", "carol", n));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // bob leaves while the outbox is full.
+    bob.close(None).ok();
+    while bob.read().is_ok() {}
+    drop(bob);
+    assert!(
+        metric(&n1, "chatixia_ws_refused_total") > 0,
+        "the outbox never filled: the test did not reach the case"
+    );
+    // Redis is back; everything drains. bob's entry must go (it left n1, which is live).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = redis.cmd(&["HGET", "chx:nomesh", "bob"]);
+        if e == redis::Reply::Nil {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "bob left n1 but its entry still names {e:?}: a ghost in every other node's \
+             peer list (reconnects of n1: {})",
+            metric(&n1, "chatixia_cluster_reconnects_total")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
