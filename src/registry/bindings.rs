@@ -16,7 +16,9 @@
 //!   principal; anything else → 403, the same refusal as a node alone. While the link is
 //!   down such a request is refused with 503 (failing closed); steady requests never
 //!   touch Redis. A request refused here after `BIND` changed the entry puts it back
-//!   ([`RESTORE`]).
+//!   ([`RESTORE`]), except one refused because no replica confirmed the write (Sentinel,
+//!   `NOREPLICAS`): the binding then stays on the primary (the answer, 503, says so; the
+//!   caller's retry finds it its own), and is lost only if the primary is.
 //! * **Asserted on every connect**: each shard writes the bindings it holds (records and
 //!   those loaded from its data directory) without overwriting another holder
 //!   ([`ASSERT`], [`assert_all`]): the binding already in Redis is the earlier one and

@@ -191,7 +191,18 @@ fn take(ctx: &Rc<ShardCtx>) {
             let a = pairing::assertions(&ctx.state.pairing.borrow().entries);
             if !a.approved.is_empty() || !a.revoked.is_empty() {
                 let c = ctx.clone();
-                monoio::spawn(async move { pairing::assert_all(&*c, a).await });
+                monoio::spawn(async move {
+                    if pairing::assert_all(&*c, a).await {
+                        // An entry revoked while the approvals went out (its removal may
+                        // have reached Redis before the batch that wrote it again): the
+                        // revocations once more, from the entries as they are now.
+                        let mut again = pairing::assertions(&c.state.pairing.borrow().entries);
+                        again.approved.clear();
+                        if !again.revoked.is_empty() {
+                            pairing::assert_all(&*c, again).await;
+                        }
+                    }
+                });
             }
             // Peers connected here on another node's approval: still approved?
             let c = ctx.clone();

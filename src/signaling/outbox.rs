@@ -78,10 +78,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Queues `item`; `false` when the outbox is full (see [`OUTBOX_ITEMS_MAX`]).
+    /// Queues `item`; `false` when the outbox is full (see [`OUTBOX_ITEMS_MAX`]). A leave
+    /// is never refused: a resync asserts the peers still here but cannot know whom to
+    /// remove, so a lost leave would leave a ghost entry at every other node. Leaves are
+    /// bounded all the same: at most one per connection that ended, so by the shard's
+    /// connections (`--max-connections-per-shard`), a few hundred bytes each.
     pub fn push(&mut self, item: Outgoing) -> bool {
         let size = item.frame_len();
-        if self.items.len() >= OUTBOX_ITEMS_MAX || self.bytes + size > OUTBOX_BYTES_MAX {
+        let leave = matches!(item, Outgoing::Leave { .. });
+        if !leave && (self.items.len() >= OUTBOX_ITEMS_MAX || self.bytes + size > OUTBOX_BYTES_MAX)
+        {
             if !matches!(item, Outgoing::Relay { .. }) {
                 self.resync = true;
             }
@@ -109,7 +115,16 @@ impl Outbox {
         rest.append(&mut self.items);
         self.items = rest;
         if self.items.len() > OUTBOX_ITEMS_MAX {
-            self.items.truncate(OUTBOX_ITEMS_MAX);
+            // The newest go, but never a leave (see `push`).
+            let mut excess = self.items.len() - OUTBOX_ITEMS_MAX;
+            let mut i = self.items.len();
+            while excess > 0 && i > 0 {
+                i -= 1;
+                if !matches!(self.items[i], Outgoing::Leave { .. }) {
+                    self.items.remove(i);
+                    excess -= 1;
+                }
+            }
             self.resync = true;
             self.bytes = self.items.iter().map(Outgoing::frame_len).sum();
         }
@@ -182,6 +197,29 @@ mod tests {
         o.put_back(VecDeque::from([first]));
         let order: Vec<_> = o.take().into_iter().collect();
         assert_eq!(order, vec![join("0"), join("later")]);
+    }
+
+    #[test]
+    fn a_leave_is_never_refused_nor_dropped_by_a_put_back() {
+        let mut o = Outbox::default();
+        for i in 0..OUTBOX_ITEMS_MAX {
+            assert!(o.push(join(&i.to_string())));
+        }
+        assert!(!o.push(join("x")), "full for joins");
+        let leave = |p: &str| Outgoing::Leave {
+            peer: p.into(),
+            mesh: None,
+        };
+        assert!(o.push(leave("gone")), "a leave still goes in");
+        let taken = o.take();
+        for i in 0..10 {
+            assert!(o.push(join(&format!("late{i}"))));
+        }
+        o.push(leave("gone-too"));
+        o.put_back(taken);
+        let all: Vec<_> = o.take().into_iter().collect();
+        assert!(all.contains(&leave("gone")) && all.contains(&leave("gone-too")));
+        assert!(all.len() <= OUTBOX_ITEMS_MAX + 2);
     }
 
     #[test]
