@@ -17,24 +17,12 @@ if [ -z "${BIN:-}" ]; then
   BIN=target/release/chatixia-core
 fi
 TMP=$(mktemp -d)
-. scripts/lib/bench-server.sh  # free_port
+. scripts/lib/bench-server.sh  # free_port, start_redis
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; sleep 0.5;
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
-for _ in $(seq 20); do
-  RPORT=$(free_port)
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --dir "$TMP" --logfile "$TMP/redis.log" >/dev/null 2>&1 & rpid=$!
-  for _ in $(seq 100); do
-    kill -0 "$rpid" 2>/dev/null || break
-    grep -q "Ready to accept connections" "$TMP/redis.log" 2>/dev/null && break
-    sleep 0.05
-  done
-  kill -0 "$rpid" 2>/dev/null && grep -q "Ready to accept" "$TMP/redis.log" && { pids+=("$rpid"); break; }
-  wait "$rpid" 2>/dev/null || true
-done
-REDIS=redis://127.0.0.1:$RPORT
+start_redis "$TMP"; pids+=("$rpid")
 "$BIN" bench keys --count "$PEERS" --meshes $((PEERS / 10)) --out "$TMP/keys.json" >/dev/null
 python3 - "$TMP" <<'PY'
 import json, sys
@@ -43,7 +31,9 @@ keys = json.load(open(f"{tmp}/keys.json"))["keys"]
 items = list(keys.items())
 third = (len(items) + 2) // 3
 for i in range(3):
-    json.dump({"keys": dict(items[i * third:(i + 1) * third])}, open(f"{tmp}/keys-{i}.json", "w"))
+    part = dict(items[i * third:(i + 1) * third])
+    json.dump({"keys": part}, open(f"{tmp}/keys-{i}.json", "w"))
+    open(f"{tmp}/count-{i}", "w").write(str(len(part)))
 PY
 export SIGNALING_SECRET=bench-connect-secret API_KEYS_FILE=$TMP/keys.json RUST_LOG=warn
 ports=() npids=()
@@ -61,7 +51,7 @@ echo "redis $REDIS; nodes ${ports[*]}; $PEERS peers in meshes of 10" >&2
 lg=()
 for i in 0 1 2; do
   "$BIN" bench ws-idle --no-pin --url "http://127.0.0.1:${ports[$i]}" --keys "$TMP/keys-$i.json" \
-    --connections $(( (PEERS + 2) / 3 )) --hold "$HOLD" --server-pid "${npids[$i]}" --json \
+    --connections "$(cat "$TMP/count-$i")" --hold "$HOLD" --server-pid "${npids[$i]}" --json \
     > "$TMP/idle-$i.json" 2>"$TMP/idle-$i.err" & lg+=($!)
 done
 # Redis's memory while every peer is held (the connects take about a second).

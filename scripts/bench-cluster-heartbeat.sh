@@ -25,32 +25,12 @@ if [ -z "${BIN:-}" ]; then
   BIN=target/release/chatixia-core
 fi
 TMP=$(mktemp -d)
-. scripts/lib/bench-server.sh  # free_port
+. scripts/lib/bench-server.sh  # free_port, start_redis, stop_pid
 rpid= apid= cpid=
-stop_pid() {
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 40); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
 cleanup() { stop_pid "$apid"; stop_pid "$cpid"; stop_pid "$rpid"; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-for _ in $(seq 20); do
-  RPORT=$(free_port)
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --dir "$TMP" --logfile "$TMP/redis.log" >/dev/null 2>&1 & rpid=$!
-  for _ in $(seq 100); do
-    kill -0 "$rpid" 2>/dev/null || break
-    grep -q "Ready to accept connections" "$TMP/redis.log" 2>/dev/null && break
-    sleep 0.05
-  done
-  kill -0 "$rpid" 2>/dev/null && grep -q "Ready to accept" "$TMP/redis.log" && break
-  wait "$rpid" 2>/dev/null || true; rpid=
-done
-[ -n "$rpid" ] || { echo "redis-server did not start: $(tail -3 "$TMP/redis.log")" >&2; exit 1; }
-REDIS=redis://127.0.0.1:$RPORT
+start_redis "$TMP"
 
 "$BIN" bench keys --count "$AGENTS" --out "$TMP/keys.json" >/dev/null
 export SIGNALING_SECRET=bench-heartbeat-secret API_KEYS_FILE=$TMP/keys.json RUST_LOG=warn

@@ -37,33 +37,12 @@ TMP=$(mktemp -d)
 KEEP=${OUT:-}
 OUT=${OUT:-$TMP/out}
 mkdir -p "$OUT"
-. scripts/lib/bench-server.sh  # free_port
+. scripts/lib/bench-server.sh  # free_port, start_redis, stop_pid
 rpid= apid= bpid=
-stop_pid() { # TERM, then KILL after 2 s
-  [ -n "$1" ] || return 0
-  kill -TERM "$1" 2>/dev/null || true
-  for _ in $(seq 40); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-}
 cleanup() { stop_pid "$apid"; stop_pid "$bpid"; stop_pid "$rpid"; rm -rf "$TMP"; }
 trap cleanup EXIT
 
-# Redis cannot bind port 0 and say which: pick one, retry when taken.
-for _ in $(seq 20); do
-  RPORT=$(free_port)
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    --dir "$TMP" --logfile "$TMP/redis.log" >/dev/null 2>&1 & rpid=$!
-  for _ in $(seq 100); do
-    kill -0 "$rpid" 2>/dev/null || break
-    grep -q "Ready to accept connections" "$TMP/redis.log" 2>/dev/null && break
-    sleep 0.05
-  done
-  kill -0 "$rpid" 2>/dev/null && grep -q "Ready to accept" "$TMP/redis.log" && break
-  wait "$rpid" 2>/dev/null || true; rpid=
-done
-[ -n "$rpid" ] || { echo "redis-server did not start: $(tail -3 "$TMP/redis.log")" >&2; exit 1; }
-REDIS=redis://127.0.0.1:$RPORT
+start_redis "$TMP"
 
 maxpeers=0; for p in $PAIRS; do [ $((2 * p)) -gt $maxpeers ] && maxpeers=$((2 * p)); done
 "$BIN" bench keys --count "$maxpeers" --out "$TMP/keys.json" >/dev/null

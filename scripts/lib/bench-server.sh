@@ -4,12 +4,17 @@
 # Stops the server `$pid`: TERM, then KILL after 2 s (the reference may ignore SIGTERM
 # while connections are open).
 stop() {
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  stop_pid "$pid"
   pid=
+}
+
+# Stops process $1 (if any): TERM, then KILL after 2 s.
+stop_pid() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 40); do kill -0 "$1" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 # A port the reference can bind on 0.0.0.0 (it binds the wildcard address): below the
@@ -27,4 +32,27 @@ for _ in range(1000):
         pass
     finally:
         s.close()'
+}
+
+# Starts a redis-server in the background with its files in directory $1 (no
+# persistence): Redis cannot bind port 0 and say which, so a port is picked and the start
+# retried when it is taken. Sets `rpid`, `RPORT` and `REDIS` (its URL); exits the script
+# when no start worked.
+start_redis() {
+  local dir=$1
+  rpid=
+  for _ in $(seq 20); do
+    RPORT=$(free_port)
+    redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+      --dir "$dir" --logfile "$dir/redis.log" >/dev/null 2>&1 & rpid=$!
+    for _ in $(seq 100); do
+      kill -0 "$rpid" 2>/dev/null || break
+      grep -q "Ready to accept connections" "$dir/redis.log" 2>/dev/null && break
+      sleep 0.05
+    done
+    kill -0 "$rpid" 2>/dev/null && grep -q "Ready to accept" "$dir/redis.log" && break
+    wait "$rpid" 2>/dev/null || true; rpid=
+  done
+  [ -n "$rpid" ] || { echo "redis-server did not start: $(tail -3 "$dir/redis.log")" >&2; exit 1; }
+  REDIS=redis://127.0.0.1:$RPORT
 }
