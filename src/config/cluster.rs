@@ -1,4 +1,6 @@
 //! `--cluster` and its flags (issue 25): several nodes as one mesh over Redis.
+//! Control-thread code, run once at start (the host name, a password file): blocking
+//! reads are fine.
 
 use std::time::Duration;
 

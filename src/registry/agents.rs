@@ -301,51 +301,6 @@ impl AgentStore {
         }
     }
 
-    /// Notes every change of an agent for the cluster's mirror (`registry::mirror`).
-    pub fn enable_mirror(&mut self) {
-        self.mirror = Some(MirrorNotes::default());
-    }
-
-    /// The mirror's notes, in a cluster.
-    pub fn mirror_mut(&mut self) -> Option<&mut MirrorNotes> {
-        self.mirror.as_mut()
-    }
-
-    /// What the mirror task writes now ([`MirrorNotes::take`]); empty on a node alone.
-    pub fn mirror_writes(&mut self, now: UnixTime) -> Vec<MirrorWrite> {
-        let agents = &self.agents;
-        match self.mirror.as_mut() {
-            Some(m) => m.take(now, |id| agents.get(id), agents.values()),
-            None => Vec::new(),
-        }
-    }
-
-    /// The agent moved to another node of the cluster (whose write replaced the
-    /// mirror's entry): its record goes from memory, without a note; its binding stays
-    /// (held as a loaded one is after a restart, and durable as it was). `false` when not held here, or while a change of its binding is
-    /// being saved (then it stays; the next write here takes it back).
-    pub fn drop_moved(&mut self, agent_id: &str) -> bool {
-        if self.saving.contains(agent_id) || !self.agents.contains_key(agent_id) {
-            return false;
-        }
-        self.uncharge(agent_id);
-        // Its binding stays, as after a restart: only that principal takes the id back
-        // here.
-        if let Some(owner) = self.agents.remove(agent_id).and_then(|r| r.bound) {
-            self.loaded.insert(agent_id.to_owned(), owner);
-        }
-        if let Some(m) = self.mirror.as_mut() {
-            m.forget(agent_id);
-        }
-        true
-    }
-
-    fn note(&mut self, agent_id: &str, came: bool) {
-        if let Some(m) = self.mirror.as_mut() {
-            m.note(agent_id, came);
-        }
-    }
-
     /// The limits this store was built with.
     pub fn config(&self) -> AgentStoreConfig {
         self.config

@@ -201,6 +201,55 @@ fn digest_of(r: &AgentRecord) -> u64 {
     h.finish()
 }
 
+/// The agent store's side of the mirror: what it notes as agents change, and what it
+/// hands the mirror task.
+impl super::AgentStore {
+    /// Notes every change of an agent for the cluster's mirror (`registry::mirror`).
+    pub fn enable_mirror(&mut self) {
+        self.mirror = Some(MirrorNotes::default());
+    }
+
+    /// The mirror's notes, in a cluster.
+    pub fn mirror_mut(&mut self) -> Option<&mut MirrorNotes> {
+        self.mirror.as_mut()
+    }
+
+    /// What the mirror task writes now ([`MirrorNotes::take`]); empty on a node alone.
+    pub fn mirror_writes(&mut self, now: UnixTime) -> Vec<MirrorWrite> {
+        let agents = &self.agents;
+        match self.mirror.as_mut() {
+            Some(m) => m.take(now, |id| agents.get(id), agents.values()),
+            None => Vec::new(),
+        }
+    }
+
+    /// The agent moved to another node of the cluster (whose write replaced the
+    /// mirror's entry): its record goes from memory, without a note; its binding stays
+    /// (held as a loaded one is after a restart, and durable as it was). `false` when
+    /// not held here, or while a change of its binding is being saved (then it stays; the next write here takes it back).
+    pub fn drop_moved(&mut self, agent_id: &str) -> bool {
+        if self.saving.contains(agent_id) || !self.agents.contains_key(agent_id) {
+            return false;
+        }
+        self.uncharge(agent_id);
+        // Its binding stays, as after a restart: only that principal takes the id back
+        // here.
+        if let Some(owner) = self.agents.remove(agent_id).and_then(|r| r.bound) {
+            self.loaded.insert(agent_id.to_owned(), owner);
+        }
+        if let Some(m) = self.mirror.as_mut() {
+            m.forget(agent_id);
+        }
+        true
+    }
+
+    pub(super) fn note(&mut self, agent_id: &str, came: bool) {
+        if let Some(m) = self.mirror.as_mut() {
+            m.note(agent_id, came);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
