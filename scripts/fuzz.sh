@@ -58,9 +58,12 @@ for t in "${targets[@]}"; do
   # writes no artifact for: run the target on corpus/$t alone to find the input.
   if ! (ulimit -s 2048 && cargo +nightly fuzz run --sanitizer "$sanitizer" "$t" "$scratch/$t" \
       "corpus/$t" -- -max_total_time="$seconds" -max_len=65536 -len_control=0 "${dict[@]}" \
-      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) 2>&1 | tail -n 20; then
+      -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) >"$scratch/$t.log" 2>&1; then
     failed+=("$t")
+    # The panic's message and where (the last 20 lines are cargo-fuzz's own backtrace).
+    grep -a -A3 -E "panicked at|ERROR: libFuzzer|SUMMARY" "$scratch/$t.log" | head -n 20 || true
   fi
+  tail -n 20 "$scratch/$t.log"
 done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "fuzz.sh: crashes in: ${failed[*]} (inputs in fuzz/artifacts/)" >&2

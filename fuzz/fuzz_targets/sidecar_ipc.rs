@@ -1,6 +1,7 @@
 //! The sidecar's IPC: JSON lines from the agent, framed in fragments, then parsed. A
 //! line nesting deeper than `JSON_DEPTH_MAX` is refused with its depth; a message that
-//! goes out is no deeper and a peer's sidecar accepts it.
+//! goes out is no deeper and a peer's sidecar accepts it, as does a full JSON parse;
+//! the `message` event built from a peer's DataChannel message parses.
 #![no_main]
 
 use chatixia_sidecar::ipc::{
@@ -20,7 +21,17 @@ fn check(line: &[u8]) {
     if let Ok(Some(Command::Send { message, .. } | Command::Broadcast { message })) = got {
         assert!(nesting_depth(&message) <= JSON_DEPTH_MAX);
         let text = std::str::from_utf8(&message).expect("messages are UTF-8");
-        parse_channel_message(text).expect("a peer accepts what we send");
+        let m = parse_channel_message(text).expect("a peer accepts what we send");
+        // ... and so does any full JSON parse (the reference sidecar's `Value`), and the
+        // `message` event the peer's sidecar hands its agent.
+        serde_json::from_str::<serde_json::Value>(text).expect("a full parse accepts it");
+        let event = chatixia_sidecar::ipc::event_message_raw("peer", &m);
+        serde_json::from_slice::<serde_json::Value>(&event).expect("the event parses");
+    }
+    // A DataChannel message from any peer: what the sidecar hands its agent parses.
+    if let Ok(Ok(m)) = text.map(parse_channel_message) {
+        let event = chatixia_sidecar::ipc::event_message_raw("peer", &m);
+        serde_json::from_slice::<serde_json::Value>(&event).expect("the event parses");
     }
 }
 

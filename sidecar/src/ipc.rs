@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
-use wire::json::{check_depth, TooDeep, JSON_DEPTH_MAX};
+use wire::json::{check_depth, check_strict, TooDeep, JSON_DEPTH_MAX};
 
 /// Longest line we accept from the agent. A MeshMessage carrying a task result can be
 /// large, but a DataChannel message over 1 MiB is not portable across WebRTC stacks
@@ -64,7 +64,13 @@ impl MeshMessageRaw<'_> {
 /// agent as it came; the peer may be any WebRTC stack).
 pub fn parse_channel_message(text: &str) -> Result<MeshMessageRaw<'_>, String> {
     check_depth(text.as_bytes(), JSON_DEPTH_MAX).map_err(|e| e.to_string())?;
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    let m: MeshMessageRaw<'_> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    // The payload goes on as it came: only what a full parse accepts (the reference
+    // sidecar's `Value` parse refuses a lone surrogate escape, a number beyond f64).
+    if let Some(p) = m.payload {
+        check_strict(p.get()).map_err(|e| e.to_string())?;
+    }
+    Ok(m)
 }
 
 /// What the agent asks for. Messages are already encoded for the DataChannel
@@ -138,6 +144,11 @@ fn parse_message_command(text: &str) -> Option<Command> {
     };
     let p: PayloadRaw<'_> = serde_json::from_str(l.payload?.get()).ok()?;
     let m: MeshMessageRaw<'_> = serde_json::from_str(p.message.get()).ok()?;
+    // A payload that only the skipping validation accepts (wire::json::check_strict)
+    // takes the general path, whose full parse words the error.
+    if let Some(payload) = m.payload {
+        check_strict(payload.get()).ok()?;
+    }
     let message = m.encode();
     Some(if send {
         let target = p.target_peer.filter(|t| !t.is_empty())?.into_owned();
@@ -355,6 +366,28 @@ mod tests {
         ] {
             assert!(parse_message_command(line).is_none(), "{line}");
         }
+    }
+
+    /// A message payload that serde_json's skipping validation passes and its full parse
+    /// refuses (a lone surrogate escape, which Python's `json.dumps` writes for a `str`
+    /// holding one; a number beyond f64) is refused both ways, worded by the full parse,
+    /// never sent on or handed to the agent.
+    #[test]
+    fn payloads_a_full_parse_refuses_are_refused() {
+        for payload in [r#""\ud83d""#, r#"{"x":"a\udc00"}"#, "[1e400]"] {
+            let line = format!(
+                r#"{{"type":"send","payload":{{"target_peer":"p","message":{{"type":"t","payload":{payload}}}}}}}"#
+            );
+            let err = parse_command(line.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, IpcError::InvalidJson(_)),
+                "{payload}: {err:?}"
+            );
+            let channel = format!(r#"{{"type":"t","payload":{payload}}}"#);
+            assert!(parse_channel_message(&channel).is_err(), "{payload}");
+        }
+        let ok = parse_channel_message(r#"{"type":"t","payload":["\ud83d\ude00",1e300]}"#);
+        assert!(ok.is_ok());
     }
 
     /// Lines and DataChannel messages nest at most `JSON_DEPTH_MAX` levels: at the

@@ -2,6 +2,7 @@
 //! status codes and messages), and infallible response serialization. Sans-IO.
 
 use std::fmt;
+use std::sync::LazyLock;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -106,6 +107,126 @@ pub fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
             return Some(j + 1);
         }
         i = j + 1;
+    }
+}
+
+/// `Ok` when serde_json's full parse accepts `text`, which serde_json has already
+/// accepted as a `RawValue`; checked without building a tree.
+///
+/// Why: a `RawValue` (a relayed signaling payload, spliced into the outgoing frame as it
+/// came) is validated by *skipping* its values, which accepts what the full parse
+/// refuses: a lone UTF-16 surrogate escape (`"\ud83d\r"`) and a number beyond `f64`
+/// (`1e999`, "number out of range"). Spliced, such a payload made a frame that the
+/// reference's parser, or any Rust receiver's (the sidecar's), cannot read (both found
+/// by the signaling fuzz target). Those are the only two things the skip lets through
+/// (serde_json's `ignore_escape` checks a `\u`'s four hex digits and nothing more, its
+/// `ignore_number` the grammar and not the value).
+///
+/// Cost: the full walk unescapes every string into the parser's scratch, which made a
+/// relayed 3 KiB SDP offer 2.3 times as slow (criterion, `cargo bench --bench
+/// signaling`). So a scan ([`may_be_refused`]: one `memmem` over the text, a byte loop
+/// over what lies between strings) first looks for what could be refused, a `\ud`/`\uD`
+/// escape, an exponent or a run of more than [`NUMBER_DIGITS_EXACT_MAX`] digits, and only
+/// then is the value walked. The walk recurses once per level: callers check
+/// [`nesting_depth`] against [`JSON_DEPTH_MAX`] first, and serde_json stops at 128.
+pub fn check_strict(text: &str) -> Result<(), serde_json::Error> {
+    if !may_be_refused(text.as_bytes()) {
+        return Ok(());
+    }
+    serde_json::from_str::<Strict>(text).map(|_| ())
+}
+
+/// Digits a number may have before it could exceed `f64` (about 1.8e308): a run of
+/// more is walked in full by [`check_strict`] (a long fraction is walked needlessly,
+/// and passes).
+pub const NUMBER_DIGITS_EXACT_MAX: usize = 308;
+
+/// Whether valid JSON `b` holds something that serde_json's full parse might refuse:
+/// see [`check_strict`]. False positives cost a walk; a false negative would let a
+/// refused value through, so anything unsure answers `true`.
+fn may_be_refused(b: &[u8]) -> bool {
+    // Outside strings valid JSON has no backslash: one search over the whole text finds
+    // every `\u` escape (an escaped backslash before a `u` is a harmless false positive).
+    static ESCAPE_U: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+    if ESCAPE_U
+        .find_iter(b)
+        .any(|k| matches!(b.get(k + 2), Some(b'd' | b'D')))
+    {
+        return true;
+    }
+    let mut i = 0;
+    let mut digits = 0usize;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                let Some(end) = string_end(b, i) else {
+                    return true;
+                };
+                i = end;
+                digits = 0;
+                continue;
+            }
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > NUMBER_DIGITS_EXACT_MAX {
+                    return true;
+                }
+            }
+            // In valid JSON an `e` right after a digit is an exponent (in `true` and
+            // `false` it follows a letter).
+            b'e' | b'E' if digits > 0 => return true,
+            _ => digits = 0,
+        }
+        i += 1;
+    }
+    false
+}
+
+/// A JSON value walked in full and dropped: see [`check_strict`].
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // `deserialize_any`, not `deserialize_ignored_any`: the latter is the skipping
+        // path that lets the values above through.
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_entry::<Strict, Strict>()?.is_some() {}
+        Ok(Strict)
     }
 }
 
@@ -249,6 +370,56 @@ mod tests {
     /// `n` nested arrays around `inner`.
     fn nested(n: usize, inner: &str) -> String {
         "[".repeat(n) + inner + &"]".repeat(n)
+    }
+
+    /// `check_strict` agrees with serde_json's full parse on everything its RawValue
+    /// accepts, on both sides of each thing the prefilter looks for.
+    #[test]
+    fn check_strict_agrees_with_the_full_parse() {
+        let digits = |n: usize| format!("9{}", "0".repeat(n - 1));
+        let mut cases: Vec<String> = [
+            r#""plain""#,
+            r#""v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n""#,
+            r#""\ud83d\ude00""#,
+            r#""\uD83D\uDE00""#,
+            r#""\ud83d\r""#,
+            r#""\uD83D""#,
+            r#""\udfff""#,
+            r#""\\ud83d""#,
+            r#""\u0041\u00e9""#,
+            r#"{"\ud800":1}"#,
+            r#"{"k":"\ud800\udc00"}"#,
+            "1e308",
+            "1e309",
+            "-1E400",
+            "0e99999999999999999999",
+            "1.5e-400",
+            "[true,false,null,1.0e1]",
+            "18446744073709551616",
+            "-9223372036854775809",
+            r#"{"candidate":"candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host","sdpMLineIndex":0}"#,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for n in [308, 309, 310, 400] {
+            cases.push(digits(n));
+            cases.push(format!("[-{}]", digits(n)));
+            cases.push(format!("0.{}", digits(n)));
+            cases.push(format!("{}.5", digits(n)));
+        }
+        for text in &cases {
+            assert!(
+                serde_json::from_str::<&serde_json::value::RawValue>(text).is_ok(),
+                "{text}"
+            );
+            let full = serde_json::from_str::<serde_json::Value>(text).is_ok();
+            assert_eq!(check_strict(text).is_ok(), full, "{text}");
+        }
+        // The refusals the skip lets through are among the cases.
+        for refused in [r#""\ud83d\r""#, "1e309", &digits(310)] {
+            assert!(check_strict(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

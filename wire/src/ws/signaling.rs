@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::codec;
-use crate::json::{check_depth, TooDeep, JSON_DEPTH_MAX};
+use crate::json::{check_depth, check_strict, TooDeep, JSON_DEPTH_MAX};
 
 pub mod client;
 pub use client::SignalMessage;
@@ -104,10 +104,17 @@ pub fn interpret<'a>(text: &'a [u8], identity: &str) -> Action<'a> {
     let Some(target) = msg.target_id else {
         return Action::Ignore("relay without target_id");
     };
+    let payload = msg.payload.map_or("null", |p| p.get());
+    // The payload is spliced as it came: it must be JSON that a full parse accepts too
+    // (see [`check_strict`]); the reference, which parses the whole message, drops such
+    // a frame as unparsable.
+    if check_strict(payload).is_err() {
+        return Action::Ignore("unparsable frame");
+    }
     Action::Relay {
         kind,
         target,
-        payload: msg.payload.map_or("null", |p| p.get()),
+        payload,
     }
 }
 
@@ -322,6 +329,46 @@ mod tests {
             interpret(br#"{"type":"register"}"#, "a"),
             Action::Ignore("unparsable frame")
         );
+        // Payloads serde_json's RawValue passes and its full parse (the reference's, a
+        // Rust receiver's) refuses: lone UTF-16 surrogate escapes, numbers beyond f64, in
+        // values and in keys. Spliced, they made frames that do not parse (found by the
+        // signaling fuzz target).
+        for payload in [
+            r#""\ud83d\r""#,
+            r#""\ud83d""#,
+            r#""\ude00x""#,
+            r#"{"a":["\ud83d\u0041"]}"#,
+            r#"{"\udc00":1}"#,
+            r#"[[123455E6789012345678901234567890]]"#,
+            r#"{"n":-1e400}"#,
+        ] {
+            let text =
+                format!(r#"{{"type":"offer","peer_id":"a","target_id":"b","payload":{payload}}}"#);
+            assert!(serde_json::from_str::<serde_json::Value>(&text).is_err());
+            assert_eq!(
+                interpret(text.as_bytes(), "a"),
+                Action::Ignore("unparsable frame"),
+                "{payload}"
+            );
+        }
+        // A pair, and escaped backslashes before a `u`, are fine.
+        for payload in [
+            r#""\ud83d\ude00""#,
+            r#""\\ud83d""#,
+            r#""\\\u0041 \\""#,
+            r#"[1e308,-0.0,18446744073709551616,{"k":[true,null]}]"#,
+        ] {
+            let text =
+                format!(r#"{{"type":"offer","peer_id":"a","target_id":"b","payload":{payload}}}"#);
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&text).is_ok(),
+                "{payload}"
+            );
+            assert!(
+                matches!(interpret(text.as_bytes(), "a"), Action::Relay { .. }),
+                "{payload}"
+            );
+        }
         // Escaped identity compares by value.
         assert_eq!(
             interpret(br#"{"type":"register","peer_id":"\u0061"}"#, "a"),
