@@ -440,6 +440,7 @@ fn start_cluster(
             .chain(chatixia_core::registry::mirror::scripts())
             .chain(chatixia_core::registry::bindings::scripts())
             .chain(chatixia_core::pairing::cluster::scripts())
+            .chain(chatixia_core::hub::cluster::scripts())
             .collect(),
         bells
             .iter()

@@ -108,6 +108,13 @@ where
             _ => return Err(unexpected()),
         }
     }
+    // In a cluster, the tasks in Redis (`hub::cluster`): shown where Redis answers.
+    if let Some(link) = sh.cluster() {
+        match hub::cluster::query_part(link, &q).await {
+            Ok(p) => parts.push(p),
+            Err(e) => tracing::debug!(error = ?e, "dashboard: no cluster tasks"),
+        }
+    }
     Ok(Outcome::json(&merge_tasks(parts, q.limit)))
 }
 
@@ -182,6 +189,16 @@ where
                 }
             }
             _ => return Err(unexpected()),
+        }
+    }
+    if let Some(link) = sh.cluster() {
+        match hub::cluster::state_counts(link).await {
+            Ok(c) => {
+                for (k, v) in c {
+                    *s.tasks.entry(k).or_default() += v;
+                }
+            }
+            Err(e) => tracing::debug!(error = ?e, "dashboard: no cluster task counts"),
         }
     }
     for r in ask_all(sh, |_| pairing::ops::Op::StatusCounts).await? {

@@ -17,12 +17,12 @@ use std::collections::BTreeMap;
 use crate::hub::ops::{Op, Reply};
 use crate::hub::records::task_record;
 use crate::hub::{
-    heartbeat_body, new_task_id, task_body, task_created_body, Placement, Task, TaskId,
+    for_reader, heartbeat_body, new_task_id, task_created_body, Placement, Task, TaskId,
     TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_TTL_SECS, TASK_STORE_NAMES,
 };
 use crate::limits::{too_big, FieldLimits, Principal};
 use crate::registry::{Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY};
-use crate::shard::paging::{item_json, page_of, page_req, time_key, PageLimits};
+use crate::shard::paging::{page_of, page_req, time_key, PageLimits};
 use crate::shard::{
     ask, ask_all, fill_random, random, reserve, settle, tell, Durability, Error, Outcome, Request,
     Shard, ShardId,
@@ -155,6 +155,10 @@ where
     Op: Request<S::Msg, Reply = Reply>,
 {
     cfg.check_task(&sub)?;
+    // In a cluster, Redis is the hub's store of record (`hub::cluster`).
+    if let Some(link) = sh.cluster() {
+        return crate::hub::cluster::create(sh, link, &cfg.tasks, sub, by).await;
+    }
     let (home, pointer_for) = match sub.placement() {
         Placement::Skill { skill, pointer_for } => (sh.shard_of(skill.as_bytes()), pointer_for),
         Placement::Agent(agent) => (sh.shard_of(agent.as_bytes()), None),
@@ -201,33 +205,6 @@ where
     Err(Error::internal("could not draw a free task id"))
 }
 
-/// A task as `reader` may see it: whole if [`Task::readable_by`], else with `payload`,
-/// `result` and `error` withheld and `"withheld":true` added (issue 20). `sorted`: keys
-/// in sorted order (get-one), else declaration order (lists).
-fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
-    #[derive(serde::Serialize)]
-    struct Withheld<T> {
-        #[serde(flatten)]
-        task: T,
-        withheld: bool,
-    }
-    if t.readable_by(reader) {
-        return if sorted { task_body(t) } else { item_json(t) };
-    }
-    let w = t.withheld();
-    if sorted {
-        wire::json::json_vec(&Withheld {
-            task: w.sorted_keys(),
-            withheld: true,
-        })
-    } else {
-        wire::json::json_vec(&Withheld {
-            task: &w,
-            withheld: true,
-        })
-    }
-}
-
 fn sort_tasks(tasks: &mut [Task]) {
     tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
 }
@@ -252,6 +229,10 @@ where
             _ => return Err(unexpected()),
         }
     }
+    // In a cluster: the tasks in Redis, with any this node held before it joined.
+    if let Some(link) = sh.cluster() {
+        all.extend(crate::hub::cluster::page(link, &page).await?);
+    }
     sort_tasks(&mut all);
     Ok(page_of(
         &all,
@@ -267,6 +248,11 @@ pub async fn get<S: Shard>(sh: &S, reader: &Principal, id: String) -> Result<Out
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
+    if let Some(link) = sh.cluster() {
+        if let Some(found) = crate::hub::cluster::get(link, reader, &id).await? {
+            return Ok(found);
+        }
+    }
     let to = sh.shard_of(id.as_bytes());
     match ask(sh, to, Op::Get(Box::new(id))).await? {
         Reply::Task(Some(t)) => Ok(Outcome::Json(for_reader(&t, reader, true))),
@@ -300,7 +286,23 @@ where
     } else {
         WriteClass::Anonymous
     };
-    let op = if credential && cfg.require_agent_auth && !by.admin {
+    let as_agent = credential && cfg.require_agent_auth && !by.admin;
+    if let Some(link) = sh.cluster() {
+        let done = crate::hub::cluster::update(
+            sh,
+            link,
+            &cfg.tasks,
+            &id,
+            upd.clone(),
+            by.clone(),
+            as_agent,
+        )
+        .await?;
+        if let Some(done) = done {
+            return Ok(done);
+        }
+    }
+    let op = if as_agent {
         Op::UpdateAs(Box::new((id, upd, by)))
     } else {
         Op::Update(Box::new((id, upd, by)))
@@ -452,6 +454,17 @@ where
         return Err(e);
     }
     let mut claimed: Vec<Task> = parts.into_iter().flat_map(|p| p.tasks).collect();
+    // In a cluster, the tasks in Redis (durable before they are handed out). While
+    // Redis cannot be asked they stay pending there for a later heartbeat: the agent's
+    // own heartbeat still succeeds with what this node holds.
+    if let Some(link) = sh.cluster() {
+        match crate::hub::cluster::claim(sh, link, &cfg.tasks, &agent, &skills, &claimer).await {
+            Ok(more) => claimed.extend(more),
+            Err(e) => {
+                tracing::debug!(agent = %agent, error = ?e, "no cluster claims this heartbeat")
+            }
+        }
+    }
     sort_tasks(&mut claimed);
     Ok(Outcome::Json(heartbeat_body(&claimed)))
 }

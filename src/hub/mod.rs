@@ -21,6 +21,7 @@
 
 pub mod api;
 pub use api::Config;
+pub mod cluster;
 pub mod ops;
 pub mod payload;
 mod pointers;
@@ -45,6 +46,8 @@ use std::borrow::Borrow;
 use serde::{Serialize, Serializer};
 
 use wire::json::json_vec;
+
+use crate::limits::Principal;
 
 /// `POST /api/hub/tasks`: `{"task_id":"…"}`.
 pub fn task_created_body(task_id: &str) -> Vec<u8> {
@@ -91,6 +94,37 @@ pub fn heartbeat_body<T: Borrow<Task>>(pending_tasks: &[T]) -> Vec<u8> {
         pending_tasks: Sorted(pending_tasks),
         status: "ok",
     })
+}
+
+/// A task as `reader` may see it: whole if [`Task::readable_by`], else with `payload`,
+/// `result` and `error` withheld and `"withheld":true` added (issue 20). `sorted`: keys
+/// in sorted order (get-one), else declaration order (lists).
+pub fn for_reader(t: &Task, reader: &Principal, sorted: bool) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Withheld<T> {
+        #[serde(flatten)]
+        task: T,
+        withheld: bool,
+    }
+    if t.readable_by(reader) {
+        return if sorted {
+            task_body(t)
+        } else {
+            crate::shard::paging::item_json(t)
+        };
+    }
+    let w = t.withheld();
+    if sorted {
+        wire::json::json_vec(&Withheld {
+            task: w.sorted_keys(),
+            withheld: true,
+        })
+    } else {
+        wire::json::json_vec(&Withheld {
+            task: &w,
+            withheld: true,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -303,26 +303,7 @@ impl TaskStore {
             .map_err(CreateTaskError::Refused)?;
         let seq = self.next_seq;
         self.next_seq += 1;
-        let task = Task {
-            id: id.clone(),
-            skill: req.skill,
-            target_agent_id: req.target_agent_id,
-            source_agent_id: req.source_agent_id,
-            assigned_agent_id: String::new(),
-            payload: req.payload,
-            state: STATE_PENDING.to_owned(),
-            result: String::new(),
-            error: String::new(),
-            created_at: now,
-            updated_at: now,
-            ttl: req.ttl,
-            holder: who.clone(),
-            access: TaskAccess {
-                created_by,
-                claimed_by: None,
-                reported_by: None,
-            },
-        };
+        let task = Task::new_pending(req, id.clone(), who.clone(), created_by, now);
         self.index.add(seq, &task);
         self.ids.insert(id, seq);
         self.charge(seq, task_line(&task));
@@ -495,17 +476,7 @@ impl TaskStore {
         let seq = *self.ids.get(id)?;
         let task = self.tasks.get_mut(&seq)?;
         self.index.remove(seq, task);
-        if let Some(by) = by {
-            task.access.reported_by = Some(by.clone());
-        }
-        task.state = upd.state;
-        if !upd.result.is_empty() {
-            task.result = upd.result;
-        }
-        if !upd.error.is_empty() {
-            task.error = upd.error;
-        }
-        task.updated_at = now;
+        task.apply_update(upd, by, now);
         self.index.add(seq, task);
         self.recharge(seq);
         self.tasks.get(&seq)

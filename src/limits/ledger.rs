@@ -231,7 +231,7 @@ impl Line {
     }
 
     /// `(client, entries, bytes)` of each part.
-    fn parts(&self) -> impl Iterator<Item = (&Charge, usize, usize)> {
+    pub fn parts(&self) -> impl Iterator<Item = (&Charge, usize, usize)> {
         std::iter::once((&self.holder, 1, self.bytes))
             .chain(self.extra.as_ref().map(|(c, b)| (c, 0, *b)))
     }

@@ -24,6 +24,7 @@ use chatixia_cluster::{Inbound, LinkParts, ShardLink};
 use super::ShardCtx;
 use crate::pairing::cluster as pairing;
 use crate::registry::mirror;
+use crate::shard::Shard as _;
 use crate::signaling::remote;
 
 /// The node's link thread, as the shards see it (health for `/readyz`, counters for
@@ -121,6 +122,26 @@ pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
     monoio::spawn(async move { remote::run(c).await });
     let c = ctx.clone();
     monoio::spawn(async move { mirror::run(c).await });
+    // The hub's tasks in Redis expire as a node alone's do (`hub::cluster::sweep`):
+    // every node's first shard sweeps; a task two nodes sweep at once changes once.
+    if ctx.id() == 0 {
+        let c = ctx.clone();
+        let stop = ctx.shard.shutdown_event().clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::select! {
+                    _ = monoio::time::sleep(crate::hub::EXPIRE_INTERVAL) => {}
+                    _ = stop.wait() => break,
+                }
+                if let Some(link) = c.cluster().filter(|l| l.is_up()) {
+                    let n = crate::hub::cluster::sweep(&*c, link, &c.config.hub.tasks).await;
+                    if n > 0 {
+                        c.note(crate::shard::Topic::Task, "");
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// A message from another node for a key this shard owns, given to its service.

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 /// One API key per peer (and the mesh it is in), and the operator's (`ak_test_admin`),
 /// the same file on every node.
-fn keys(peers: &[(&str, Option<&str>)]) -> String {
+pub(crate) fn keys(peers: &[(&str, Option<&str>)]) -> String {
     let mut keys = serde_json::Map::new();
     keys.insert(
         "ak_test_admin".into(),
@@ -32,12 +32,12 @@ fn keys(peers: &[(&str, Option<&str>)]) -> String {
 }
 
 /// A node of the cluster on `redis`: `--cluster`, `--node-id`, a short lease.
-fn node(redis: &Redis, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
+pub(crate) fn node(redis: &Redis, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
     node_at(&redis.url(), id, cores, keys, lease)
 }
 
 /// A node of the cluster at `url` (`redis://` or `redis+sentinel://`).
-fn node_at(url: &str, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
+pub(crate) fn node_at(url: &str, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
     let mut o = Opts::cores(cores);
     o.keys = Some(keys.to_string());
     o.args = vec![
@@ -54,7 +54,7 @@ fn node_at(url: &str, id: &str, cores: usize, keys: &str, lease: &str) -> Server
 }
 
 /// Waits until `/readyz` says 200 (the link is up).
-fn wait_ready(srv: &Server) {
+pub(crate) fn wait_ready(srv: &Server) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = srv.get("/readyz");
@@ -119,7 +119,7 @@ fn relay(a: &mut Ws, from: &str, b: &mut Ws, to: &str, n: usize) {
     assert_eq!(got, offer(from, to, n), "{from} → {to}");
 }
 
-fn metric(srv: &Server, name: &str) -> u64 {
+pub(crate) fn metric(srv: &Server, name: &str) -> u64 {
     let text = srv.get("/metrics").text();
     text.lines()
         .find(|l| l.starts_with(name) && !l.starts_with('#'))
@@ -745,7 +745,7 @@ fn without_redis_the_lists_hold_the_nodes_own_agents_and_a_restart_asserts_them_
 const HOLDERS: &[(&str, Option<&str>)] = &[("holder-a", None), ("holder-b", None)];
 
 /// `POST path` at `srv` from `from` (a loopback address), with `key` as `X-API-Key`.
-fn post_as(
+pub(crate) fn post_as(
     srv: &Server,
     from: [u8; 4],
     key: Option<&str>,

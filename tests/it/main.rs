@@ -47,6 +47,7 @@ mod bench_ws_idle;
 mod bench_ws_relay;
 mod cluster;
 mod cluster_agents;
+mod cluster_hub;
 mod config_file;
 mod dashboard_browser;
 mod durability_crash;

@@ -190,6 +190,54 @@ impl Serialize for Secs {
 }
 
 impl Task {
+    /// A new `pending` task from a submission, `created_at = updated_at = now`, charged
+    /// to `holder` and created by `created_by` (`None`: by the server itself).
+    pub fn new_pending(
+        req: TaskSubmission,
+        id: TaskId,
+        holder: Charge,
+        created_by: Option<Holder>,
+        now: UnixTime,
+    ) -> Task {
+        Task {
+            id,
+            skill: req.skill,
+            target_agent_id: req.target_agent_id,
+            source_agent_id: req.source_agent_id,
+            assigned_agent_id: String::new(),
+            payload: req.payload,
+            state: STATE_PENDING.to_owned(),
+            result: String::new(),
+            error: String::new(),
+            created_at: now,
+            updated_at: now,
+            ttl: req.ttl,
+            holder,
+            access: TaskAccess {
+                created_by,
+                claimed_by: None,
+                reported_by: None,
+            },
+        }
+    }
+
+    /// An update's change (`POST /api/hub/tasks/{id}`): `state` set, `result` and
+    /// `error` only when non-empty, `updated_at = now`, the report charged to `by`
+    /// ([`TaskAccess::reported_by`]) when given.
+    pub fn apply_update(&mut self, upd: TaskUpdate, by: Option<&Holder>, now: UnixTime) {
+        if let Some(by) = by {
+            self.access.reported_by = Some(by.clone());
+        }
+        self.state = upd.state;
+        if !upd.result.is_empty() {
+            self.result = upd.result;
+        }
+        if !upd.error.is_empty() {
+            self.error = upd.error;
+        }
+        self.updated_at = now;
+    }
+
     /// `completed` or `failed`: the states TTL expiry leaves alone and retention removes.
     pub fn is_finished(&self) -> bool {
         self.state == STATE_COMPLETED || self.state == STATE_FAILED

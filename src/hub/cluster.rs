@@ -1,0 +1,928 @@
+//! The task hub across the nodes of a cluster (`--cluster`, issue 25; docs/ARCHITECTURE.md
+//! "Cluster: the task hub"). On a node alone a task lives on one shard and a claim is a
+//! local state change there. In a cluster Redis is the hub's store of record: a task
+//! posted at one node is read, claimed and reported at any other, a claim is made once
+//! however heartbeats at several nodes race, and a node's death loses nothing (its
+//! tasks were never its own).
+//!
+//! The hub's rules stay in Rust ([`Task::matches`], [`Task::updatable_by`], the
+//! budgets' [`Line`]s): a change reads the task's record and its version, applies the
+//! rule here, and writes the new record back only if the version is still the one read
+//! ([`PUT`], a compare-and-set of a batch, each item on its own). Two nodes claiming the
+//! same task both read it pending; Redis runs one `PUT` after the other, the second
+//! finds a newer version and claims nothing. Each `PUT` is written with
+//! `eval_durable` before its 2xx (Sentinel: `WAIT` for a replica).
+//!
+//! Keys (`{prefix}` is `--cluster-prefix`):
+//! * `{prefix}t:{id}`: a hash, `r` the task's record (the data directory's `TaskRecord`
+//!   as JSON, payload text verbatim) and `v` its version (1 on create, +1 on each
+//!   change).
+//! * Sorted sets whose members are [`time_key`]s (`created_at` then id: the order the
+//!   hub lists and claims in): `{prefix}ta` every task (score 0, read by lex: the list
+//!   pages), `{prefix}tp:t:{agent}` pending tasks by target and `{prefix}tp:s:{skill}`
+//!   by skill (score 0: claims in creation order), `{prefix}tl` unfinished tasks by
+//!   deadline and `{prefix}tf` finished ones by last update (score in seconds: the
+//!   sweep).
+//! * `{prefix}tb`: a hash of counters: `n`/`b` tasks and bytes held, `an`/`ab` those
+//!   of anonymous clients, `n:{client}`/`b:{client}` each client's, `s:{state}` tasks by
+//!   state (the dashboard's counts).
+//!
+//! Budgets are cluster-wide: this node's per-shard limits (`--task-store-bytes-max`,
+//! `--task-client-bytes-max`, `--task-client-tasks-max`, the 65,536 tasks of a shard)
+//! times its shard count, with the same anonymous share; the nodes of a cluster are
+//! expected to run with the same flags. A refusal is the same 429/503 as a node alone.
+//!
+//! Bounded: a heartbeat reads at most [`CLAIM_CANDIDATES_MAX`] candidates of each of
+//! its indexes and claims at most `claim_bytes_max`; a list page reads `limit + 1`
+//! records; the sweep handles [`SWEEP_BATCH_MAX`] tasks a turn. Every task is in at
+//! most five sorted sets; the counters hash holds two fields per client with tasks.
+
+use std::collections::BTreeMap;
+
+use chatixia_cluster::{Refused, Script, ShardLink, Value};
+use chatixia_store::TaskRecord;
+
+use crate::hub::records::{task_of, task_record};
+use crate::hub::tasks::task_line;
+use crate::hub::{
+    new_task_id, task_created_body, Task, TaskId, TaskStoreConfig, TaskSubmission, TaskUpdate,
+    STATE_ASSIGNED, STATE_FAILED, TASK_STORE_NAMES, TTL_EXPIRED_ERROR,
+};
+use crate::limits::{Budget, Charge, Holder, Line, Principal, Refusal};
+use crate::registry::OK_BODY;
+use crate::shard::paging::{time_key, PageReq};
+use crate::shard::{fill_random, random, Error, Outcome, Shard};
+use crate::time::UnixTime;
+
+/// The fields of a task's hash: its record and its version.
+const FIELD_RECORD: &[u8] = b"r";
+const FIELD_VERSION: &[u8] = b"v";
+
+/// Candidates a heartbeat reads from each of its indexes (the agent's targeted tasks,
+/// each skill's): a claim is bounded by `claim_bytes_max` anyway, and what is past
+/// this stays pending for the agent's next heartbeat.
+pub const CLAIM_CANDIDATES_MAX: usize = 64;
+
+/// Tasks the sweep fails (past their TTL) or removes (past retention) per script: one
+/// Redis call stays short; the rest wait for the next turn (every `EXPIRE_INTERVAL`).
+pub const SWEEP_BATCH_MAX: usize = 128;
+
+/// Retries of a change that lost a race (another node changed the task between the read
+/// and the write): each retry reads the task again and applies the rule again.
+const RACE_RETRIES_MAX: usize = 4;
+
+/// A batch of compare-and-set writes of task records, each on its own.
+///
+/// `KEYS[1]` the counters hash, then every key an item names. `ARGV[1]` the limits
+/// (`items_max bytes_max client_items_max client_bytes_max anon_items_max
+/// anon_bytes_max`, spaces between), then per item: the index (into `KEYS`) of its
+/// task hash, its member (time key), the version it must have (`0`: must not exist),
+/// the new record (`""`: delete), the old and new state (`""`: none, for `s:` counts),
+/// the number of charge deltas, of sorted-set removals and of additions; then each
+/// delta (client, `1` if anonymous, `1` if it has a quota, items, bytes), each removal
+/// (key index), each addition (key index, score).
+///
+/// Per item: `{1, new version}` written, `{0, current version}` lost the race, `{2,
+/// which, items held, bytes held}` refused by a budget (`client`, `anon` or `full`;
+/// nothing written). Growth is checked as `limits::ClientLedger::admit` does: a client
+/// that would hold more against its quota, the whole store, the anonymous share.
+pub const PUT: Script = Script {
+    name: "chx_tasks_put",
+    source: r#"
+local lim = {}
+for x in string.gmatch(ARGV[1], '%d+') do lim[#lim + 1] = tonumber(x) end
+local tb = KEYS[1]
+local out = {}
+local i = 2
+local function num(k) return tonumber(redis.call('HGET', tb, k) or '0') end
+while i <= #ARGV do
+  local tk = KEYS[tonumber(ARGV[i])]
+  local member, want, rec = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local so, sn = ARGV[i + 4], ARGV[i + 5]
+  local nd, nr, na = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
+  local d0 = i + 9
+  local r0 = d0 + 5 * nd
+  local a0 = r0 + nr
+  i = a0 + 2 * na
+  local cur = redis.call('HGET', tk, 'v') or '0'
+  if cur ~= want then
+    out[#out + 1] = {0, cur}
+  else
+    local refused = nil
+    local tn, tbytes, an, ab = 0, 0, 0, 0
+    for d = 0, nd - 1 do
+      local k = d0 + 5 * d
+      local c, anon, quota = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+      local dn, db = tonumber(ARGV[k + 3]), tonumber(ARGV[k + 4])
+      tn, tbytes = tn + dn, tbytes + db
+      if anon == '1' then an, ab = an + dn, ab + db end
+      if not refused and quota == '1' and (dn > 0 or db > 0) then
+        local hn, hb = num('n:' .. c), num('b:' .. c)
+        if (dn > 0 and hn + dn > lim[3]) or (db > 0 and hb + db > lim[4]) then
+          refused = {2, 'client', hn, hb}
+        end
+      end
+    end
+    if not refused and (tn > 0 or tbytes > 0) then
+      local hn, hb = num('n'), num('b')
+      if (tn > 0 and hn + tn > lim[1]) or (tbytes > 0 and hb + tbytes > lim[2]) then
+        refused = {2, 'full', hn, hb}
+      end
+    end
+    if not refused and (an > 0 or ab > 0) then
+      local hn, hb = num('an'), num('ab')
+      if (an > 0 and hn + an > lim[5]) or (ab > 0 and hb + ab > lim[6]) then
+        refused = {2, 'anon', hn, hb}
+      end
+    end
+    if refused then
+      out[#out + 1] = refused
+    else
+      local v = tonumber(cur) + 1
+      if rec == '' then
+        redis.call('DEL', tk)
+      else
+        redis.call('HSET', tk, 'r', rec, 'v', v)
+      end
+      for d = 0, nd - 1 do
+        local k = d0 + 5 * d
+        local c = ARGV[k]
+        local dn, db = tonumber(ARGV[k + 3]), tonumber(ARGV[k + 4])
+        if redis.call('HINCRBY', tb, 'n:' .. c, dn) <= 0 then redis.call('HDEL', tb, 'n:' .. c) end
+        if redis.call('HINCRBY', tb, 'b:' .. c, db) <= 0 then redis.call('HDEL', tb, 'b:' .. c) end
+      end
+      redis.call('HINCRBY', tb, 'n', tn)
+      redis.call('HINCRBY', tb, 'b', tbytes)
+      redis.call('HINCRBY', tb, 'an', an)
+      redis.call('HINCRBY', tb, 'ab', ab)
+      if so ~= '' then redis.call('HINCRBY', tb, 's:' .. so, -1) end
+      if sn ~= '' then redis.call('HINCRBY', tb, 's:' .. sn, 1) end
+      for r = 0, nr - 1 do redis.call('ZREM', KEYS[tonumber(ARGV[r0 + r])], member) end
+      for a = 0, na - 1 do
+        redis.call('ZADD', KEYS[tonumber(ARGV[a0 + 2 * a])], ARGV[a0 + 2 * a + 1], member)
+      end
+      out[#out + 1] = {1, v}
+    end
+  end
+end
+return out
+"#,
+};
+
+/// Reads the records of the members of sorted sets: `KEYS` the sets, `ARGV[1]` the
+/// prefix of task hashes (`{prefix}t:`), `ARGV[2]` where to start (a lex bound: `-` or
+/// `(member` ascending, `+` or `(member` with `ARGV[4]` = `rev`), `ARGV[3]` how many
+/// members of each set. A flat array of member, version, record for each member whose
+/// task exists (every write keeps the two together; one missing is skipped).
+pub const READ: Script = Script {
+    name: "chx_tasks_read",
+    source: r#"
+local out = {}
+for _, key in ipairs(KEYS) do
+  local ms
+  if ARGV[4] == 'rev' then
+    ms = redis.call('ZRANGE', key, ARGV[2], '-', 'BYLEX', 'REV', 'LIMIT', 0, tonumber(ARGV[3]))
+  else
+    ms = redis.call('ZRANGE', key, ARGV[2], '+', 'BYLEX', 'LIMIT', 0, tonumber(ARGV[3]))
+  end
+  for _, m in ipairs(ms) do
+    local id = string.sub(m, 22)
+    local got = redis.call('HMGET', ARGV[1] .. id, 'v', 'r')
+    if got[1] then
+      out[#out + 1] = m
+      out[#out + 1] = got[1]
+      out[#out + 1] = got[2]
+    end
+  end
+end
+return out
+"#,
+};
+
+/// The sweep's candidates: `KEYS[1]` a sorted set by time (`tl` or `tf`), `ARGV[1]` the
+/// prefix of task hashes, `ARGV[2]` the score up to which (inclusive), `ARGV[3]` how
+/// many. The same flat array as [`READ`].
+pub const DUE: Script = Script {
+    name: "chx_tasks_due",
+    source: r#"
+local out = {}
+local ms = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(ms) do
+  local id = string.sub(m, 22)
+  local got = redis.call('HMGET', ARGV[1] .. id, 'v', 'r')
+  if got[1] then
+    out[#out + 1] = m
+    out[#out + 1] = got[1]
+    out[#out + 1] = got[2]
+  else
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+return out
+"#,
+};
+
+/// The hub's scripts (loaded by the link on every connect).
+pub fn scripts() -> Vec<Script> {
+    vec![PUT, READ, DUE]
+}
+
+fn key(prefix: &str, parts: &[&str]) -> Vec<u8> {
+    let mut k = prefix.as_bytes().to_vec();
+    for p in parts {
+        k.extend_from_slice(p.as_bytes());
+    }
+    k
+}
+
+/// The Redis keys of one prefix.
+struct Keys<'a>(&'a str);
+
+impl Keys<'_> {
+    fn task(&self, id: &str) -> Vec<u8> {
+        key(self.0, &["t:", id])
+    }
+    fn task_prefix(&self) -> Vec<u8> {
+        key(self.0, &["t:"])
+    }
+    fn all(&self) -> Vec<u8> {
+        key(self.0, &["ta"])
+    }
+    fn by_target(&self, agent: &str) -> Vec<u8> {
+        key(self.0, &["tp:t:", agent])
+    }
+    fn by_skill(&self, skill: &str) -> Vec<u8> {
+        key(self.0, &["tp:s:", skill])
+    }
+    fn live(&self) -> Vec<u8> {
+        key(self.0, &["tl"])
+    }
+    fn finished(&self) -> Vec<u8> {
+        key(self.0, &["tf"])
+    }
+    fn counters(&self) -> Vec<u8> {
+        key(self.0, &["tb"])
+    }
+
+    /// The sorted sets a task is in, with its score there (as `hub::tasks`' index).
+    fn indexes(&self, t: &Task) -> Vec<(Vec<u8>, String)> {
+        let mut out = vec![(self.all(), "0".to_owned())];
+        if t.is_finished() {
+            out.push((self.finished(), secs(t.updated_at)));
+        } else {
+            out.push((self.live(), secs(t.deadline())));
+        }
+        if t.is_pending() {
+            out.push((self.by_target(&t.target_agent_id), "0".to_owned()));
+            if !t.skill.is_empty() {
+                out.push((self.by_skill(&t.skill), "0".to_owned()));
+            }
+        }
+        out
+    }
+}
+
+fn secs(t: UnixTime) -> String {
+    format!("{:.6}", t.as_secs_f64())
+}
+
+/// The cluster-wide budget: this node's per-shard limits times its shards.
+fn budget(cfg: &TaskStoreConfig, shards: usize) -> Budget {
+    let b = cfg.budget();
+    let n = shards.max(1);
+    Budget {
+        items_max: b.items_max.saturating_mul(n),
+        bytes_max: b.bytes_max.saturating_mul(n),
+        client_items_max: b.client_items_max.saturating_mul(n),
+        client_bytes_max: b.client_bytes_max.saturating_mul(n),
+        anonymous_share_percent: b.anonymous_share_percent,
+    }
+}
+
+/// A quota key of the counters hash for a client (its kind and name: two kinds never
+/// share a counter).
+fn client_key(c: &Charge) -> String {
+    c.to_string()
+}
+
+/// One compare-and-set of a task (an item of [`PUT`]).
+struct Put {
+    id: TaskId,
+    member: String,
+    /// The version read (`0`: a new task).
+    version: u64,
+    before: Option<Task>,
+    /// `None`: delete.
+    after: Option<Task>,
+}
+
+/// What became of one [`Put`].
+#[derive(Debug, PartialEq)]
+enum Put1 {
+    Written(u64),
+    Raced,
+    Refused(Refusal),
+}
+
+fn unavailable(why: impl std::fmt::Display) -> Error {
+    Error::unavailable(format!(
+        "cluster unavailable: the task hub is shared through Redis and cannot be reached \
+         ({why}); retry"
+    ))
+}
+
+fn refused(e: Refused) -> Error {
+    match e {
+        Refused::Down(why) => unavailable(why),
+        Refused::Busy => unavailable("too many commands in flight"),
+        Refused::Closed => unavailable("the link has stopped"),
+    }
+}
+
+/// Runs a batch of [`Put`]s, durably (before a 2xx), and what became of each. `Err`
+/// (503) when Redis could not be asked or did not confirm the write. A batch that ran
+/// on the primary but that no replica confirmed (`NOREPLICAS`) is taken back: each
+/// item that was written (its version is one past the one read) goes back as it was,
+/// so that a client's retry does not find its task twice, or claimed by an agent that
+/// never got it.
+async fn put(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1>, Error> {
+    match put_once(link, budget, puts).await {
+        Err(PutError::NotReplicated(e)) => {
+            let back: Vec<Put> = puts
+                .iter()
+                .map(|p| Put {
+                    id: p.id.clone(),
+                    member: p.member.clone(),
+                    version: p.version + 1,
+                    before: p.after.clone(),
+                    after: p.before.clone(),
+                })
+                .collect();
+            if let Err(e) = put_once(link, budget, &back).await {
+                tracing::warn!(error = ?e, "an unconfirmed task write was not taken back");
+            }
+            Err(unavailable(format!("the write was not replicated: {e}")))
+        }
+        Err(PutError::Unavailable(e)) => Err(e),
+        Ok(r) => Ok(r),
+    }
+}
+
+#[derive(Debug)]
+enum PutError {
+    Unavailable(Error),
+    /// `NOREPLICAS`: the script ran on the primary.
+    NotReplicated(String),
+}
+
+async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1>, PutError> {
+    use PutError::Unavailable as U;
+    let keys_of = Keys(link.prefix());
+    let mut keys: Vec<Vec<u8>> = vec![keys_of.counters()];
+    let mut index: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+    let mut at = |keys: &mut Vec<Vec<u8>>, k: Vec<u8>| -> Vec<u8> {
+        let n = *index.entry(k.clone()).or_insert_with(|| {
+            keys.push(k);
+            keys.len()
+        });
+        n.to_string().into_bytes()
+    };
+    let lim = format!(
+        "{} {} {} {} {} {}",
+        budget.items_max,
+        budget.bytes_max,
+        budget.client_items_max,
+        budget.client_bytes_max,
+        budget.anonymous_items_max(),
+        budget.anonymous_bytes_max()
+    );
+    let mut args: Vec<Vec<u8>> = vec![lim.into_bytes()];
+    for p in puts {
+        let task_key = at(&mut keys, keys_of.task(&p.id));
+        let record = match &p.after {
+            Some(t) => serde_json::to_vec(&task_record(t))
+                .map_err(|e| U(Error::internal(format!("task record: {e}"))))?,
+            None => Vec::new(),
+        };
+        let state = |t: &Option<Task>| t.as_ref().map(|t| t.state.clone()).unwrap_or_default();
+        let deltas = deltas(
+            p.before.as_ref().map(task_line).as_ref(),
+            p.after.as_ref().map(task_line).as_ref(),
+        );
+        let removes: Vec<Vec<u8>> = p
+            .before
+            .iter()
+            .flat_map(|t| keys_of.indexes(t))
+            .map(|(k, _)| k)
+            .collect();
+        let adds: Vec<(Vec<u8>, String)> =
+            p.after.iter().flat_map(|t| keys_of.indexes(t)).collect();
+        args.extend([
+            task_key,
+            p.member.clone().into_bytes(),
+            p.version.to_string().into_bytes(),
+            record,
+            state(&p.before).into_bytes(),
+            state(&p.after).into_bytes(),
+            deltas.len().to_string().into_bytes(),
+            removes.len().to_string().into_bytes(),
+            adds.len().to_string().into_bytes(),
+        ]);
+        for (c, dn, db) in &deltas {
+            args.extend([
+                client_key(c).into_bytes(),
+                if c.is_anonymous() { b"1" } else { b"0" }.to_vec(),
+                if c.has_quota() { b"1" } else { b"0" }.to_vec(),
+                dn.to_string().into_bytes(),
+                db.to_string().into_bytes(),
+            ]);
+        }
+        for k in removes {
+            args.push(at(&mut keys, k));
+        }
+        for (k, score) in adds {
+            args.push(at(&mut keys, k));
+            args.push(score.into_bytes());
+        }
+    }
+    let reply = link
+        .eval_durable(PUT.name, keys, args)
+        .map_err(|e| U(refused(e)))?
+        .await
+        .map_err(|e| U(unavailable(format!("{e:?}"))))?;
+    let items = match reply {
+        Value::Array(items) => items,
+        Value::Error(e) if e.starts_with("NOREPLICAS") => return Err(PutError::NotReplicated(e)),
+        Value::Error(e) => return Err(U(unavailable(e))),
+        other => {
+            tracing::error!(reply = ?other, "unexpected reply to the task PUT");
+            return Err(U(unavailable("unexpected reply")));
+        }
+    };
+    if items.len() != puts.len() {
+        return Err(U(unavailable("unexpected reply")));
+    }
+    Ok(items.into_iter().map(|v| put1(v, budget)).collect())
+}
+
+fn int(v: Option<&Value>) -> u64 {
+    match v {
+        Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Value::Bulk(b)) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn put1(v: Value, b: &Budget) -> Put1 {
+    let Value::Array(a) = v else {
+        return Put1::Raced;
+    };
+    let (items, bytes) = (
+        usize::try_from(int(a.get(2))).unwrap_or(usize::MAX),
+        usize::try_from(int(a.get(3))).unwrap_or(usize::MAX),
+    );
+    match int(a.first()) {
+        1 => Put1::Written(int(a.get(1))),
+        2 => Put1::Refused(match a.get(1) {
+            Some(Value::Bulk(w)) if w == b"client" => Refusal::ClientQuota {
+                items,
+                bytes,
+                items_max: b.client_items_max,
+                bytes_max: b.client_bytes_max,
+            },
+            Some(Value::Bulk(w)) if w == b"anon" => Refusal::AnonymousShare {
+                items,
+                bytes,
+                items_max: b.anonymous_items_max(),
+                bytes_max: b.anonymous_bytes_max(),
+                percent: b.anonymous_share_percent,
+            },
+            _ => Refusal::Full {
+                items,
+                bytes,
+                items_max: b.items_max,
+                bytes_max: b.bytes_max,
+            },
+        }),
+        _ => Put1::Raced,
+    }
+}
+
+/// Per client, what a change from `old` to `new` adds (negative: frees), as
+/// `limits::ClientLedger::admit` counts it.
+fn deltas(old: Option<&Line>, new: Option<&Line>) -> Vec<(Charge, i64, i64)> {
+    let mut out: Vec<(Charge, i64, i64)> = Vec::with_capacity(4);
+    let mut add = |c: &Charge, items: usize, bytes: usize, sign: i64| {
+        let (i, b) = (sign * items as i64, sign * bytes as i64);
+        match out.iter_mut().find(|d| d.0 == *c) {
+            Some(d) => {
+                d.1 += i;
+                d.2 += b;
+            }
+            None => out.push((c.clone(), i, b)),
+        }
+    };
+    for (c, i, b) in old.into_iter().flat_map(Line::parts) {
+        add(c, i, b, -1);
+    }
+    for (c, i, b) in new.into_iter().flat_map(Line::parts) {
+        add(c, i, b, 1);
+    }
+    out
+}
+
+/// A task with its version, as read.
+struct Read {
+    member: String,
+    version: u64,
+    task: Task,
+}
+
+fn parse_reads(v: Value) -> Result<Vec<Read>, Error> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Error(e) => return Err(unavailable(e)),
+        _ => return Err(unavailable("unexpected reply")),
+    };
+    let mut out = Vec::with_capacity(items.len() / 3);
+    for c in items.chunks(3) {
+        let (Some(Value::Bulk(m)), Some(Value::Bulk(r))) = (c.first(), c.get(2)) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<TaskRecord>(r) else {
+            tracing::warn!(member = %String::from_utf8_lossy(m), "unreadable task record in Redis");
+            continue;
+        };
+        out.push(Read {
+            member: String::from_utf8_lossy(m).into_owned(),
+            version: int(c.get(1)),
+            task: task_of(rec),
+        });
+    }
+    Ok(out)
+}
+
+/// One task and its version (`None`: no such task).
+async fn read_one(link: &ShardLink, id: &str) -> Result<Option<(u64, Task)>, Error> {
+    let k = Keys(link.prefix()).task(id);
+    let reply = link
+        .command(vec![
+            b"HMGET".to_vec(),
+            k,
+            FIELD_VERSION.to_vec(),
+            FIELD_RECORD.to_vec(),
+        ])
+        .map_err(refused)?
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    let Value::Array(a) = reply else {
+        return Err(unavailable("unexpected reply"));
+    };
+    let (Some(v), Some(Value::Bulk(r))) = (a.first(), a.get(1)) else {
+        return Ok(None);
+    };
+    let rec: TaskRecord = serde_json::from_slice(r)
+        .map_err(|e| Error::internal(format!("unreadable task record in Redis: {e}")))?;
+    Ok(Some((int(Some(v)), task_of(rec))))
+}
+
+/// `POST /api/hub/tasks` in a cluster: written to Redis (durably) before the 2xx.
+pub async fn create<S: Shard>(
+    sh: &S,
+    link: &ShardLink,
+    cfg: &TaskStoreConfig,
+    sub: TaskSubmission,
+    by: Principal,
+) -> Result<Outcome, Error> {
+    random(&mut [0u8; 1])?;
+    let budget = budget(cfg, sh.count());
+    let now = sh.now();
+    for _ in 0..RACE_RETRIES_MAX {
+        let id = new_task_id(&mut fill_random);
+        let task = Task::new_pending(
+            sub.clone(),
+            id.clone(),
+            Charge::of(&by),
+            Some(by.holder()),
+            now,
+        );
+        let put1 = Put {
+            member: time_key(task.created_at, &id),
+            id: id.clone(),
+            version: 0,
+            before: None,
+            after: Some(task),
+        };
+        match put(link, &budget, std::slice::from_ref(&put1))
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some(Put1::Written(_)) => return Ok(Outcome::Json(task_created_body(&id))),
+            Some(Put1::Refused(r)) => return Err(r.error(&TASK_STORE_NAMES)),
+            // The id exists (44 random bits): draw another.
+            _ => continue,
+        }
+    }
+    Err(Error::internal("could not draw a free task id"))
+}
+
+/// `GET /api/hub/tasks/{id}` in a cluster. `Ok(None)`: not in Redis (the caller looks
+/// on this node, where tasks from before it joined the cluster may be).
+pub async fn get(link: &ShardLink, reader: &Principal, id: &str) -> Result<Option<Outcome>, Error> {
+    Ok(read_one(link, id)
+        .await?
+        .map(|(_, t)| Outcome::Json(crate::hub::for_reader(&t, reader, true))))
+}
+
+/// `POST /api/hub/tasks/{id}` in a cluster: the same rules as a node alone
+/// (`hub::ops::Op::Update`/`UpdateAs`), applied to the record read from Redis and
+/// written back only if nobody changed it meanwhile (else read again). `Ok(None)`: not
+/// in Redis.
+pub async fn update<S: Shard>(
+    sh: &S,
+    link: &ShardLink,
+    cfg: &TaskStoreConfig,
+    id: &str,
+    upd: TaskUpdate,
+    by: Principal,
+    as_agent: bool,
+) -> Result<Option<Outcome>, Error> {
+    let budget = budget(cfg, sh.count());
+    for _ in 0..RACE_RETRIES_MAX {
+        let Some((version, before)) = read_one(link, id).await? else {
+            return Ok(None);
+        };
+        if as_agent {
+            let agent = by.peer.as_deref().unwrap_or_default();
+            if before.assigned_agent_id != agent {
+                return Err(Error::forbidden(format!(
+                    "task is assigned to `{}`: an agent may only report its own tasks",
+                    before.assigned_agent_id
+                )));
+            }
+        } else if let Err(why) = before.updatable_by(&by) {
+            return Err(Error::forbidden(why));
+        }
+        let mut after = before.clone();
+        after.apply_update(upd.clone(), Some(&by.holder()), sh.now());
+        let p = Put {
+            id: id.to_owned(),
+            member: time_key(before.created_at, id),
+            version,
+            before: Some(before),
+            after: Some(after),
+        };
+        match put(link, &budget, &[p]).await?.into_iter().next() {
+            Some(Put1::Written(_)) => return Ok(Some(Outcome::Static(OK_BODY.as_bytes()))),
+            Some(Put1::Refused(r)) => return Err(r.error(&TASK_STORE_NAMES)),
+            _ => continue,
+        }
+    }
+    Err(Error::unavailable(
+        "the task kept changing under this update; retry",
+    ))
+}
+
+/// The cluster's part of a heartbeat: claims, for `agent`, the pending tasks in Redis
+/// targeted at it (unless its id is empty) or with one of its `skills`, oldest first,
+/// at most `claim_bytes_max` (at least one). Each claim is a compare-and-set: a task
+/// another node claimed first is skipped. Durable before it returns.
+pub async fn claim<S: Shard>(
+    sh: &S,
+    link: &ShardLink,
+    cfg: &TaskStoreConfig,
+    agent: &str,
+    skills: &[String],
+    claimer: &Holder,
+) -> Result<Vec<Task>, Error> {
+    let keys = Keys(link.prefix());
+    let mut sets: Vec<Vec<u8>> = Vec::new();
+    if !agent.is_empty() {
+        sets.push(keys.by_target(agent));
+    }
+    for s in skills.iter().filter(|s| !s.is_empty()) {
+        sets.push(keys.by_skill(s));
+    }
+    sets.sort();
+    sets.dedup();
+    if sets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let reply = link
+        .eval(
+            READ.name,
+            sets,
+            vec![
+                keys.task_prefix(),
+                b"-".to_vec(),
+                CLAIM_CANDIDATES_MAX.to_string().into_bytes(),
+            ],
+        )
+        .map_err(refused)?
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    let mut found = parse_reads(reply)?;
+    found.sort_by(|a, b| a.member.cmp(&b.member));
+    found.dedup_by(|a, b| a.member == b.member);
+    let now = sh.now();
+    let mut bytes = 0usize;
+    let mut puts = Vec::new();
+    for r in found {
+        let t = &r.task;
+        // The reference's rule, as `TaskStore::claim_for_agent`: by target only for a
+        // non-empty agent id.
+        let by_target = !agent.is_empty() && t.target_agent_id == agent;
+        let by_skill = !t.skill.is_empty() && skills.contains(&t.skill);
+        if !t.is_pending() || !(by_target || by_skill) {
+            continue;
+        }
+        let size = crate::hub::task_bytes(t);
+        if !puts.is_empty() && bytes + size > cfg.claim_bytes_max {
+            break;
+        }
+        bytes += size;
+        let mut after = r.task.clone();
+        STATE_ASSIGNED.clone_into(&mut after.state);
+        agent.clone_into(&mut after.assigned_agent_id);
+        after.access.claimed_by = Some(claimer.clone());
+        after.updated_at = now;
+        puts.push(Put {
+            id: r.task.id.clone(),
+            member: r.member,
+            version: r.version,
+            before: Some(r.task),
+            after: Some(after),
+        });
+    }
+    if puts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let budget = budget(cfg, sh.count());
+    let results = put(link, &budget, &puts).await?;
+    Ok(puts
+        .into_iter()
+        .zip(results)
+        .filter(|(_, r)| matches!(r, Put1::Written(_)))
+        .filter_map(|(p, _)| p.after)
+        .collect())
+}
+
+/// `GET /api/hub/tasks/all` in a cluster: one page of the tasks in Redis, by creation
+/// time then id, after the cursor; `limit + 1` records read.
+pub async fn page(link: &ShardLink, page: &PageReq) -> Result<Vec<Task>, Error> {
+    let keys = Keys(link.prefix());
+    let min = match &page.after {
+        Some(after) => [b"(".as_slice(), after.as_bytes()].concat(),
+        None => b"-".to_vec(),
+    };
+    let reply = link
+        .eval(
+            READ.name,
+            vec![keys.all()],
+            vec![
+                keys.task_prefix(),
+                min,
+                page.limit.saturating_add(1).to_string().into_bytes(),
+            ],
+        )
+        .map_err(refused)?
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    Ok(parse_reads(reply)?.into_iter().map(|r| r.task).collect())
+}
+
+/// Tasks the dashboard's filtered list reads from Redis per page: the newest this many
+/// after the cursor are filtered (the totals it shows count within them, and say so
+/// when the scan was cut).
+pub const QUERY_SCAN_MAX: usize = 512;
+
+/// The dashboard's filtered list in a cluster: the part of the tasks in Redis, from
+/// the newest [`QUERY_SCAN_MAX`] after the cursor.
+pub async fn query_part(
+    link: &ShardLink,
+    q: &crate::hub::query::TaskQuery,
+) -> Result<crate::shard::paging::Part<crate::hub::query::TaskRow>, Error> {
+    let keys = Keys(link.prefix());
+    let max = match &q.cursor {
+        Some((n, id)) => format!("({}", time_key(UnixTime(*n), id)).into_bytes(),
+        None => b"+".to_vec(),
+    };
+    let reply = link
+        .eval(
+            READ.name,
+            vec![keys.all()],
+            vec![
+                keys.task_prefix(),
+                max,
+                QUERY_SCAN_MAX.to_string().into_bytes(),
+                b"rev".to_vec(),
+            ],
+        )
+        .map_err(refused)?
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    let tasks: Vec<Task> = parse_reads(reply)?.into_iter().map(|r| r.task).collect();
+    Ok(crate::hub::query::tasks_part(tasks.iter(), q))
+}
+
+/// Tasks by state across the cluster (the dashboard's counts), from the counters.
+pub async fn state_counts(link: &ShardLink) -> Result<BTreeMap<String, u64>, Error> {
+    let reply = link
+        .command(vec![b"HGETALL".to_vec(), Keys(link.prefix()).counters()])
+        .map_err(refused)?
+        .await
+        .map_err(|e| unavailable(format!("{e:?}")))?;
+    let Value::Array(a) = reply else {
+        return Err(unavailable("unexpected reply"));
+    };
+    let mut out = BTreeMap::new();
+    for kv in a.chunks(2) {
+        if let (Some(Value::Bulk(k)), v) = (kv.first(), kv.get(1)) {
+            if let Some(state) = k.strip_prefix(b"s:") {
+                let n = int(v);
+                if n > 0 {
+                    out.insert(String::from_utf8_lossy(state).into_owned(), n);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One turn of the cluster's expiry (run by every node; a task two nodes sweep at once
+/// is changed by one of them): unfinished tasks past their TTL become `failed` (`TTL
+/// expired`), finished ones past retention are deleted; at most [`SWEEP_BATCH_MAX`] of
+/// each. Returns how many were changed.
+pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) -> usize {
+    let keys = Keys(link.prefix());
+    let now = sh.now();
+    let budget = budget(cfg, sh.count());
+    let retention_nanos = u64::try_from(cfg.retention.as_nanos()).unwrap_or(u64::MAX);
+    let mut changed = 0;
+    for (set, upto) in [
+        (keys.live(), Some(now)),
+        (
+            keys.finished(),
+            now.0.checked_sub(retention_nanos).map(UnixTime),
+        ),
+    ] {
+        let Some(upto) = upto else { continue };
+        let due = link.eval(
+            DUE.name,
+            vec![set],
+            vec![
+                keys.task_prefix(),
+                secs(upto).into_bytes(),
+                SWEEP_BATCH_MAX.to_string().into_bytes(),
+            ],
+        );
+        let reads = match due {
+            Ok(r) => match r.await {
+                Ok(v) => parse_reads(v).unwrap_or_default(),
+                Err(_) => return changed,
+            },
+            Err(_) => return changed,
+        };
+        let puts: Vec<Put> = reads
+            .into_iter()
+            .filter_map(|r| {
+                let after = if r.task.is_finished() {
+                    // Strictly past retention, as `TaskStore::expire`.
+                    if r.task.updated_at >= upto {
+                        return None;
+                    }
+                    None
+                } else {
+                    // Strictly past the deadline.
+                    if r.task.deadline() >= now {
+                        return None;
+                    }
+                    let mut t = r.task.clone();
+                    STATE_FAILED.clone_into(&mut t.state);
+                    TTL_EXPIRED_ERROR.clone_into(&mut t.error);
+                    t.updated_at = now;
+                    Some(t)
+                };
+                Some(Put {
+                    id: r.task.id.clone(),
+                    member: r.member,
+                    version: r.version,
+                    before: Some(r.task),
+                    after,
+                })
+            })
+            .collect();
+        if puts.is_empty() {
+            continue;
+        }
+        match put(link, &budget, &puts).await {
+            Ok(rs) => changed += rs.iter().filter(|r| matches!(r, Put1::Written(_))).count(),
+            Err(e) => tracing::debug!(error = %e, "cluster task sweep"),
+        }
+    }
+    changed
+}

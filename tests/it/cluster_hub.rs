@@ -1,0 +1,460 @@
+//! The task hub across the nodes of a cluster (issue 25, `hub::cluster`): Redis is its
+//! store of record. A task posted at one node is read, claimed and reported at the
+//! others; heartbeats racing at two nodes never claim a task twice; a killed node loses
+//! no task; budgets are cluster-wide; a task answered 2xx survives Redis killed and
+//! restarted under `appendfsync always`; without Redis a post is a 503 with a reason
+//! while heartbeats go on. Real `redis-server`, real nodes, HTTP over loopback.
+use crate::cluster::{keys, node, post_as};
+use crate::common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::redis;
+use common::Server;
+use serde_json::{json, Value};
+
+const AGENTS: &[(&str, Option<&str>)] = &[
+    ("poster", None),
+    ("worker-1", None),
+    ("worker-2", None),
+    ("carol", None),
+];
+
+const FROM: [u8; 4] = [127, 0, 26, 1];
+
+fn post_task(srv: &Server, key: &str, body: &Value) -> common::Resp {
+    post_as(srv, FROM, Some(key), "/api/hub/tasks", body)
+}
+
+fn posted(srv: &Server, key: &str, body: &Value) -> String {
+    let r = post_task(srv, key, body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["task_id"].as_str().unwrap().to_owned()
+}
+
+/// A heartbeat of `agent` (with its own key) listing `skills`: the claimed tasks.
+fn heartbeat(srv: &Server, agent: &str, skills: &[&str]) -> Vec<Value> {
+    let r = post_as(
+        srv,
+        FROM,
+        Some(&format!("ak_{agent}")),
+        "/api/hub/heartbeat",
+        &json!({"agent_id": agent, "hostname": "h", "skill_names": skills}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["pending_tasks"].as_array().unwrap().clone()
+}
+
+fn task(srv: &Server, id: &str) -> Value {
+    let r = srv.req(
+        "GET",
+        &format!("/api/hub/tasks/{id}"),
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+fn ids(tasks: &[Value]) -> BTreeSet<String> {
+    tasks
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_task_posted_at_one_node_is_claimed_at_another_and_reported_at_a_third() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    let b = node(&redis, "b", 2, &k, "10");
+    let c = node(&redis, "c", 1, &k, "10");
+    let id = posted(
+        &a,
+        "ak_poster",
+        &json!({"skill": "summarize", "payload": {"text": "hi", "n": 12345678901234567890u64}, "ttl": 600}),
+    );
+    // Redis holds it: the node keeps nothing of its own.
+    assert!(matches!(
+        redis.cmd(&["HGET", &format!("chx:t:{id}"), "r"]),
+        redis::Reply::Bulk(_)
+    ));
+    let t = task(&b, &id);
+    assert_eq!(t["state"], "pending");
+    assert_eq!(
+        t["payload"],
+        json!({"n": 12345678901234567890u64, "text": "hi"})
+    );
+    // A worker without the skill claims nothing; one with it claims it at b.
+    assert!(heartbeat(&b, "worker-2", &["translate"]).is_empty());
+    let got = heartbeat(&b, "worker-1", &["summarize"]);
+    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
+    assert_eq!(got[0]["state"], "assigned");
+    assert_eq!(got[0]["assigned_agent_id"], "worker-1");
+    // Claimed once: nobody gets it again, at any node.
+    assert!(heartbeat(&c, "worker-1", &["summarize"]).is_empty());
+    assert!(heartbeat(&a, "worker-2", &["summarize"]).is_empty());
+    assert_eq!(task(&c, &id)["assigned_agent_id"], "worker-1");
+    // Only the claimer (or an admin) reports it, at any node.
+    let report = json!({"state": "completed", "result": "done at c"});
+    let path = format!("/api/hub/tasks/{id}");
+    let r = post_as(&c, FROM, Some("ak_worker-2"), &path, &report);
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = post_as(&c, FROM, Some("ak_worker-1"), &path, &report);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let t = task(&a, &id);
+    assert_eq!(
+        (t["state"].as_str(), t["result"].as_str()),
+        (Some("completed"), Some("done at c"))
+    );
+    // Every node lists it; the dashboard's counts are the cluster's.
+    for n in [&a, &b, &c] {
+        let r = n.req(
+            "GET",
+            "/api/hub/tasks/all",
+            &[("X-API-Key", "ak_test_admin")],
+            None,
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            ids(r.json().as_array().unwrap()),
+            BTreeSet::from([id.clone()])
+        );
+    }
+    let s = c.admin_get("/api/dashboard/summary");
+    assert_eq!(s.json()["tasks"]["completed"], 1, "{}", s.text());
+    let rows = c.admin_get("/api/dashboard/tasks?state=completed");
+    assert_eq!(rows.status, 200, "{}", rows.text());
+    assert!(rows.text().contains(&id), "{}", rows.text());
+    // An unknown id is the reference's `{"error":"not found"}` (a 200) at every node.
+    for n in [&a, &b, &c] {
+        let r = n.req(
+            "GET",
+            "/api/hub/tasks/000000000000",
+            &[("X-API-Key", "ak_test_admin")],
+            None,
+        );
+        assert_eq!(
+            (r.status, r.text()),
+            (200, r#"{"error":"not found"}"#.to_owned())
+        );
+    }
+}
+
+/// Two agents heartbeat as fast as they can at two different nodes while tasks are
+/// posted at a third: every task is claimed exactly once.
+#[test]
+fn heartbeats_racing_at_two_nodes_never_claim_a_task_twice() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    let b = node(&redis, "b", 1, &k, "10");
+    let c = node(&redis, "c", 1, &k, "10");
+    const TASKS: usize = 150;
+    let mut all = BTreeSet::new();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = &stop;
+    let claimed = std::thread::scope(|s| {
+        let workers: Vec<_> = [(&b, "worker-1"), (&c, "worker-2")]
+            .into_iter()
+            .map(|(srv, agent)| {
+                s.spawn(move || {
+                    let mut got = Vec::new();
+                    loop {
+                        let done = stop.load(std::sync::atomic::Ordering::SeqCst);
+                        got.extend(heartbeat(srv, agent, &["race"]));
+                        if done {
+                            return got;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for n in 0..TASKS {
+            all.insert(posted(
+                &a,
+                "ak_poster",
+                &json!({"skill": "race", "payload": n}),
+            ));
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    // Whatever was left after the last racing heartbeat.
+    let mut rest = heartbeat(&a, "worker-1", &["race"]);
+    rest.extend(heartbeat(&a, "worker-1", &["race"]));
+    let (one, two) = (ids(&claimed[0]), ids(&claimed[1]));
+    assert_eq!(one.len(), claimed[0].len(), "worker-1 got a task twice");
+    assert_eq!(two.len(), claimed[1].len(), "worker-2 got a task twice");
+    assert!(
+        one.is_disjoint(&two),
+        "claimed by both: {:?}",
+        one.intersection(&two)
+    );
+    let mut union: BTreeSet<String> = one.union(&two).cloned().collect();
+    assert!(union.is_disjoint(&ids(&rest)));
+    union.extend(ids(&rest));
+    assert_eq!(union, all, "every task claimed once");
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "no race: {} and {}",
+        one.len(),
+        two.len()
+    );
+    // Each is assigned to the agent that got it.
+    for t in claimed[0].iter().take(5) {
+        let id = t["id"].as_str().unwrap();
+        assert_eq!(task(&a, id)["assigned_agent_id"], "worker-1");
+    }
+}
+
+/// A task targeted at an agent reaches it at whichever node it heartbeats; lists page
+/// across the cluster with the cursor.
+#[test]
+fn targeted_tasks_reach_their_agent_at_any_node_and_lists_page_across_nodes() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 2, &k, "10");
+    let b = node(&redis, "b", 1, &k, "10");
+    let mut want = Vec::new();
+    for n in 0..5 {
+        let at = if n % 2 == 0 { &a } else { &b };
+        want.push(posted(
+            at,
+            "ak_poster",
+            &json!({"target_agent_id": "carol", "payload": n}),
+        ));
+    }
+    // Pages of two at b, in creation order.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let path = match &cursor {
+            Some(c) => format!("/api/hub/tasks/all?limit=2&cursor={c}"),
+            None => "/api/hub/tasks/all?limit=2".to_owned(),
+        };
+        let r = b.req("GET", &path, &[("X-API-Key", "ak_test_admin")], None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let page = r.json();
+        let page = page.as_array().unwrap();
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|t| t["id"].as_str().unwrap().to_owned()));
+        cursor = r.header("x-next-cursor").map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, want, "every task once, in creation order");
+    // Nobody else claims them (no skill); carol does, at either node.
+    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
+    let got = heartbeat(&b, "carol", &[]);
+    let got_ids: Vec<String> = got
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(got_ids, want, "in creation order");
+}
+
+/// A node killed with `kill -9` right after its 200 loses nothing: the task is claimed
+/// and reported at another node.
+#[test]
+fn a_killed_node_loses_no_task() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let mut a = node(&redis, "a", 1, &k, "2");
+    let b = node(&redis, "b", 1, &k, "2");
+    let id = posted(&a, "ak_poster", &json!({"skill": "s", "payload": "x"}));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let got = heartbeat(&b, "worker-1", &["s"]);
+    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
+    let r = post_as(
+        &b,
+        FROM,
+        Some("ak_worker-1"),
+        &format!("/api/hub/tasks/{id}"),
+        &json!({"state": "failed", "error": "boom"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(task(&b, &id)["error"], "boom");
+}
+
+/// Budgets are cluster-wide: a client's task quota counts its tasks at every node.
+#[test]
+fn a_clients_task_quota_counts_its_tasks_at_every_node() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let quota = |id: &str| {
+        let mut o = common::Opts::cores(1);
+        o.keys = Some(k.clone());
+        o.args = [
+            "--cluster",
+            &redis.url(),
+            "--node-id",
+            id,
+            "--task-client-tasks-max",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = Server::with(o);
+        wait_ready(&s);
+        s
+    };
+    let (a, b) = (quota("a"), quota("b"));
+    let first = posted(&a, "ak_poster", &json!({"payload": 1}));
+    posted(&b, "ak_poster", &json!({"payload": 2}));
+    let r = post_task(&a, "ak_poster", &json!({"payload": 3}));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("--task-client-tasks-max"),
+        "{}",
+        r.text()
+    );
+    let r = post_task(&b, "ak_poster", &json!({"payload": 3}));
+    assert_eq!(r.status, 429, "{}", r.text());
+    // Another client has its own quota.
+    posted(&b, "ak_carol", &json!({"payload": 4}));
+    // A finished task still counts until retention removes it; the admin's posts have
+    // no quota.
+    let r = post_as(
+        &a,
+        FROM,
+        Some("ak_poster"),
+        &format!("/api/hub/tasks/{first}"),
+        &json!({"state": "completed"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        post_task(&b, "ak_poster", &json!({"payload": 5})).status,
+        429
+    );
+    posted(&a, "ak_test_admin", &json!({"payload": 6}));
+}
+
+fn wait_ready(srv: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while srv.get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "node never ready\n{}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Without Redis a post is refused with 503 and a reason (nothing half-made), while an
+/// agent bound at the node keeps heartbeating; once Redis is back, posts work again.
+#[test]
+fn without_redis_a_post_is_503_and_heartbeats_go_on() {
+    let Some(mut redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    assert!(heartbeat(&a, "worker-1", &["s"]).is_empty());
+    redis.kill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.get("/readyz").status != 503 {
+        assert!(Instant::now() < deadline, "readyz stayed 200");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = post_task(&a, "ak_poster", &json!({"skill": "s"}));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("cluster unavailable"),
+        "{}",
+        r.text()
+    );
+    let r = a.req(
+        "GET",
+        "/api/hub/tasks/abcdefabcdef",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(heartbeat(&a, "worker-1", &["s"]).is_empty());
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while a.get("/readyz").status != 200 {
+        assert!(Instant::now() < deadline, "readyz stayed 503");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = posted(&a, "ak_poster", &json!({"skill": "s"}));
+    assert_eq!(
+        ids(&heartbeat(&a, "worker-1", &["s"])),
+        BTreeSet::from([id])
+    );
+}
+
+/// Under `appendonly yes` and `appendfsync always` a task answered 200, and its claim,
+/// survive a `kill -9` of Redis (with the node that made them gone too): a fresh node
+/// reads it assigned, and nobody claims it again.
+#[test]
+fn with_appendfsync_always_a_task_and_its_claim_survive_redis_killed() {
+    let Some(mut redis) = redis::start(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let mut a = node(&redis, "a", 1, &k, "10");
+    let claimed = posted(&a, "ak_poster", &json!({"skill": "s", "payload": 1}));
+    assert_eq!(
+        ids(&heartbeat(&a, "worker-1", &["s"])),
+        BTreeSet::from([claimed.clone()])
+    );
+    let pending = posted(&a, "ak_poster", &json!({"skill": "s", "payload": 2}));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    redis.kill();
+    redis.restart();
+    let b = node(&redis, "b", 1, &k, "10");
+    assert_eq!(task(&b, &claimed)["assigned_agent_id"], "worker-1");
+    assert_eq!(task(&b, &pending)["state"], "pending");
+    assert_eq!(
+        ids(&heartbeat(&b, "worker-2", &["s"])),
+        BTreeSet::from([pending])
+    );
+}
+
+/// A task past its TTL fails at every node, as on a node alone (the sweep runs every
+/// 30 s on each node's first shard): `failed`, `TTL expired`, claimable no more.
+#[test]
+fn a_task_past_its_ttl_fails_across_the_cluster() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    let b = node(&redis, "b", 1, &k, "10");
+    let id = posted(&a, "ak_poster", &json!({"skill": "late", "ttl": 1}));
+    let deadline = Instant::now() + Duration::from_secs(70);
+    loop {
+        let t = task(&b, &id);
+        if t["state"] == "failed" {
+            assert_eq!(t["error"], "TTL expired");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never expired: {t}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(heartbeat(&b, "worker-1", &["late"]).is_empty());
+}
