@@ -441,6 +441,7 @@ fn start_cluster(
             .chain(chatixia_core::registry::bindings::scripts())
             .chain(chatixia_core::pairing::cluster::scripts())
             .chain(chatixia_core::hub::cluster::scripts())
+            .chain(chatixia_core::pairing::directory::scripts())
             .collect(),
         bells
             .iter()

@@ -133,6 +133,12 @@ where
         let room = reserve(sh, owner(sh, &key))?;
         match ask_owner(sh, &key, Op::CodeInsert(Box::new((code, issuer.clone())))).await? {
             Reply::CodeStored(expires_at) => {
+                // In a cluster, where the code is (`directory`) before anyone is told it.
+                let ttl = expires_at.0.saturating_sub(sh.now().0) / 1_000_000;
+                if let Err(e) = super::directory::note_code(sh, &code, ttl).await {
+                    follow_up(sh, room, || Op::CodeRemove(code)).await;
+                    return Err(e);
+                }
                 let put = Mutation::PutInvite(invite_record(code, &issuer, expires_at));
                 if let Err(e) = commit(sh, vec![put]).await {
                     follow_up(sh, room, || Op::CodeRemove(code)).await;
@@ -165,6 +171,52 @@ pub async fn pair<S: Shard>(
     body: PairRequest,
     client: IpAddr,
 ) -> Result<Outcome, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    match pair_here_or(sh, cfg, body, client, false).await {
+        Paired::Here(r) => r,
+        Paired::Elsewhere(_) => Err(PairError::InvalidCode.into()),
+    }
+}
+
+/// Where a `pair` was answered.
+pub enum Paired {
+    /// Here (its code was this node's, or nobody's).
+    Here(Result<Outcome, Error>),
+    /// Not here: the code was issued by this other node of the cluster, which should be
+    /// asked instead (`server::forward`). This node's rate limit counted the attempt;
+    /// its wrong-code reservation was given back (the code is right, elsewhere).
+    Elsewhere(String),
+}
+
+/// [`pair`], except that with `look_elsewhere` (in a cluster, a request from a client
+/// rather than one another node sent here) a code unknown here that another node issued
+/// is [`Paired::Elsewhere`] (`directory::code_elsewhere`).
+pub async fn pair_here_or<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    body: PairRequest,
+    client: IpAddr,
+    look_elsewhere: bool,
+) -> Paired
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    match pair_inner(sh, cfg, body, client, look_elsewhere).await {
+        Ok(Ok(o)) => Paired::Here(Ok(o)),
+        Ok(Err(node)) => Paired::Elsewhere(node),
+        Err(e) => Paired::Here(Err(e)),
+    }
+}
+
+async fn pair_inner<S: Shard>(
+    sh: &S,
+    cfg: &Config,
+    body: PairRequest,
+    client: IpAddr,
+    look_elsewhere: bool,
+) -> Result<Result<Outcome, String>, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
@@ -203,7 +255,15 @@ where
             settle(refund_room, Op::GuessRefund(Box::new(client)));
             *b
         }
-        Reply::Redeemed(None) => return Err(PairError::InvalidCode.into()),
+        Reply::Redeemed(None) => {
+            if look_elsewhere {
+                if let Some(node) = super::directory::code_elsewhere(sh, &code).await {
+                    settle(refund_room, Op::GuessRefund(Box::new(client)));
+                    return Ok(Err(node));
+                }
+            }
+            return Err(PairError::InvalidCode.into());
+        }
         Reply::Throttled(secs) => {
             return Err(Error::too_many(format!(
                 "too many wrong pairing codes were tried on this server recently; \
@@ -224,16 +284,23 @@ where
                     Mutation::PutPairing(entry_record(&entry, &cfg.secrets)),
                 ];
                 let id = entry.id;
-                if let Err(e) = commit(sh, write).await {
+                // In a cluster, where the entry is (`directory`), then the entry itself.
+                let noted = super::directory::note_entry(sh, id).await;
+                let saved = match noted {
+                    Ok(()) => commit(sh, write).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = saved {
                     follow_up(sh, room, || Op::EntryRestore(Box::new((id, None)))).await;
                     outcome = Err(e);
                     break;
                 }
                 follow_up(sh, room, || Op::EntrySaved(id)).await;
                 drop(code_room);
+                super::directory::forget_code(sh, &code);
                 let mut body = serde_json::to_value(entry.pair_response()).unwrap_or_default();
                 body["claim_secret"] = serde_json::Value::String(claim_secret);
-                return Ok(Outcome::Json(wire::json::json_vec(&body)));
+                return Ok(Ok(Outcome::Json(wire::json::json_vec(&body))));
             }
             Created::InUse => continue,
             Created::Refused(e) => {
@@ -243,7 +310,7 @@ where
         }
     }
     follow_up(sh, code_room, put_back).await;
-    outcome
+    outcome.map(Ok)
 }
 
 /// One try at creating a pending entry.

@@ -40,6 +40,7 @@ pub mod api;
 pub mod budget;
 pub mod cluster;
 pub mod codes;
+pub mod directory;
 pub mod entries;
 pub mod guard;
 pub mod ops;

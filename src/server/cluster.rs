@@ -81,15 +81,21 @@ pub fn link(
 enum Service {
     Signaling,
     Registry,
+    /// A request another node sends here (`server::forward`), and the answers to ours
+    /// (`shard::nodes`).
+    Ask,
+    Answer,
 }
 
 /// The kinds each service reads (every byte once).
-const KINDS: [(u8, Service); 5] = [
+const KINDS: [(u8, Service); 7] = [
     (remote::MSG_RELAY, Service::Signaling),
     (remote::MSG_REPLACED, Service::Signaling),
     (remote::MSG_REVOKED, Service::Signaling),
     (mirror::MSG_MOVED, Service::Registry),
     (mirror::MSG_DELETE, Service::Registry),
+    (crate::shard::nodes::MSG_ASK, Service::Ask),
+    (crate::shard::nodes::MSG_ANSWER, Service::Answer),
 ];
 
 fn service_of(body: &[u8]) -> Option<&'static Service> {
@@ -184,6 +190,8 @@ fn on_message(ctx: &Rc<ShardCtx>, route_key: &[u8], body: &[u8]) {
             }
             Err(_) => false,
         },
+        Some(Service::Ask) => super::forward::on_ask(ctx, &body[1..]),
+        Some(Service::Answer) => ctx.state.node_asks.on_answer(&body[1..]),
         None => false,
     };
     if !ok {

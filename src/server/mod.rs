@@ -24,6 +24,7 @@ pub mod conn;
 mod debug;
 pub mod dispatch;
 pub mod events;
+mod forward;
 pub mod layer;
 mod linger;
 pub mod metrics;
@@ -338,6 +339,8 @@ impl ShardCtx {
                 .retire(now.saturating_sub(self.config.pairing.retention));
             (expired, retired)
         };
+        // In a cluster, the retired entries' notes of where they are go too.
+        crate::pairing::directory::forget_entries(self, &retired);
         self.state.auth_failures.borrow_mut().sweep(now);
         self.state.auth_hints.borrow_mut().sweep(now);
         self.state.authz.borrow_mut().sweep(now);

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::rc::Rc;
 
+use super::forward;
 use crate::auth::failures::{Failure, SecretRoute};
 use crate::http::{Method, Request, Response};
 use crate::server::msg::{ShardOp, ShardReply};
@@ -440,10 +441,11 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
         },
         Route::GenerateCode => Ok(generate_code(ctx, req, ip).await),
         Route::Pair => Ok(pair(ctx, req, ip).await),
+        // Pairing entries and codes stay at their node; in a cluster, a request about
+        // one another node holds is answered there (`forward`).
         Route::PairingPending | Route::PairingAll => Ok(respond(
-            pairing::paged::list_page(
+            forward::list(
                 ctx,
-                &cfg.pairing,
                 m.route == Route::PairingPending,
                 query("limit").as_deref(),
                 query("cursor").as_deref(),
@@ -451,12 +453,16 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
             .await,
         )),
         Route::Approve => Ok(respond(
-            pairing::api::approve(ctx, &cfg.pairing, p(0)).await,
+            forward::action(ctx, forward::Action::Approve, p(0)).await,
         )),
-        Route::Reject => Ok(respond(pairing::api::reject(ctx, &cfg.pairing, p(0)).await)),
-        Route::Revoke => Ok(respond(pairing::api::revoke(ctx, &cfg.pairing, p(0)).await)),
+        Route::Reject => Ok(respond(
+            forward::action(ctx, forward::Action::Reject, p(0)).await,
+        )),
+        Route::Revoke => Ok(respond(
+            forward::action(ctx, forward::Action::Revoke, p(0)).await,
+        )),
         Route::PairingStatus => Ok(respond(
-            pairing::api::status(ctx, &cfg.pairing, req.header("authorization"), p(0), ip).await,
+            forward::status(ctx, req.header("authorization"), p(0), ip).await,
         )),
         Route::DebugClock => debug::clock(ctx, req).await,
         Route::DashboardPage => Ok(asset(dashboard::assets::index())),
@@ -529,7 +535,7 @@ async fn token(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response 
         Ok(issued) => {
             if let Some(entry) = issued.device_entry {
                 let id = pairing::EntryId::from_u32(entry);
-                pairing::api::token_used(ctx, &cfg.pairing, id).await;
+                forward::token_used(ctx, id).await;
             }
             issued.outcome().into()
         }
@@ -564,7 +570,7 @@ async fn pair(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
         Ok(b) => b,
         Err(resp) => return resp,
     };
-    respond(pairing::api::pair(ctx, &ctx.config.pairing, body, ip).await)
+    respond(forward::pair(ctx, body, ip).await)
 }
 
 /// The dashboard's API routes (docs/PROTOCOL.md §9): every one needs an admin token,

@@ -43,6 +43,8 @@ pub struct ShardState {
     /// The changes to the state above, as each service notes them (the dashboard's
     /// event stream reads them).
     pub changes: RefCell<crate::shard::ChangeLog>,
+    /// Cluster: this shard's requests to other nodes waiting for their answers.
+    pub node_asks: crate::shard::nodes::NodeAsks,
 }
 
 impl ShardState {
@@ -69,6 +71,7 @@ impl ShardState {
             authz: RefCell::new(PeerAuthz::default()),
             ws: ConnTable::new(config.ws.clone()),
             changes: RefCell::new(crate::shard::ChangeLog::new()),
+            node_asks: Default::default(),
         }
     }
 

@@ -19,6 +19,7 @@
 pub mod ask;
 pub mod changes;
 pub mod clock;
+pub mod nodes;
 pub mod outcome;
 pub mod paging;
 pub mod sim;

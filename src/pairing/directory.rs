@@ -1,0 +1,175 @@
+//! Which node holds an invite code or a pairing entry (`--cluster`, issue 25;
+//! docs/PROTOCOL.md §5.10). Codes and entries stay at the node that made them (its data
+//! directory, its shards); Redis only says where they are, so that any node can send a
+//! request about one to its node (`shard::nodes`, `server::forward`):
+//!
+//! * `{prefix}pc:{code}` → the issuing node, expiring with the code (`PX`): written
+//!   durably before `generate-code` answers, deleted when the code is redeemed.
+//! * `{prefix}pe` (a hash): entry id → the node that took its `pair`: written durably
+//!   before `pair` answers, deleted when the entry is retired (`--pairing-retention`).
+//!
+//! Bounded: one key per live code of every node (each node's code store bound) and one
+//! field per kept entry of every node (`--pair-entries-max` per shard). A node gone for
+//! good leaves its fields until an operator removes them; requests about its entries are
+//! answered 503 naming it.
+
+use chatixia_cluster::{Refused, Script, ShardLink, Value};
+
+use super::{Code, EntryId};
+use crate::shard::{Error, Shard};
+
+/// Notes a code's node: `KEYS[1]` the code's key, `ARGV[1]` the node, `ARGV[2]` its
+/// lifetime in ms.
+pub const NOTE_CODE: Script = Script {
+    name: "chx_pair_note_code",
+    source: "return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])",
+};
+
+/// Notes an entry's node: `KEYS[1]` the entries hash, `ARGV[1]` the id, `ARGV[2]` the
+/// node.
+pub const NOTE_ENTRY: Script = Script {
+    name: "chx_pair_note_entry",
+    source: "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
+};
+
+/// The directory's scripts (loaded by the link on every connect).
+pub fn scripts() -> Vec<Script> {
+    vec![NOTE_CODE, NOTE_ENTRY]
+}
+
+fn code_key(link: &ShardLink, code: &Code) -> Vec<u8> {
+    [
+        link.prefix().as_bytes(),
+        b"pc:",
+        code.to_string().as_bytes(),
+    ]
+    .concat()
+}
+
+fn entries_key(link: &ShardLink) -> Vec<u8> {
+    [link.prefix().as_bytes(), b"pe"].concat()
+}
+
+fn unavailable(what: &str, why: impl std::fmt::Display) -> Error {
+    Error::unavailable(format!(
+        "cluster unavailable: the {what} cannot be noted in the cluster ({why}); retry"
+    ))
+}
+
+async fn durable(
+    link: &ShardLink,
+    script: &str,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+    what: &str,
+) -> Result<(), Error> {
+    let reply = match link.eval_durable(script, keys, args) {
+        Ok(r) => r.await,
+        Err(Refused::Down(why)) => return Err(unavailable(what, why)),
+        Err(Refused::Busy) => return Err(unavailable(what, "too many commands in flight")),
+        Err(Refused::Closed) => return Err(unavailable(what, "the link has stopped")),
+    };
+    match reply {
+        Ok(Value::Error(e)) => Err(unavailable(what, e)),
+        Ok(_) => Ok(()),
+        Err(e) => Err(unavailable(what, format!("{e:?}"))),
+    }
+}
+
+/// Notes that this node issued `code`, live for `ttl_ms`, before the code is answered:
+/// `Ok` on a node alone.
+pub async fn note_code<S: Shard>(sh: &S, code: &Code, ttl_ms: u64) -> Result<(), Error> {
+    let Some(link) = sh.cluster() else {
+        return Ok(());
+    };
+    durable(
+        link,
+        NOTE_CODE.name,
+        vec![code_key(link, code)],
+        vec![
+            link.node_id().as_bytes().to_vec(),
+            ttl_ms.max(1).to_string().into_bytes(),
+        ],
+        "invite code",
+    )
+    .await
+}
+
+/// Notes that this node holds entry `id`, before its `pair` is answered.
+pub async fn note_entry<S: Shard>(sh: &S, id: EntryId) -> Result<(), Error> {
+    let Some(link) = sh.cluster() else {
+        return Ok(());
+    };
+    durable(
+        link,
+        NOTE_ENTRY.name,
+        vec![entries_key(link)],
+        vec![
+            id.to_string().into_bytes(),
+            link.node_id().as_bytes().to_vec(),
+        ],
+        "pairing entry",
+    )
+    .await
+}
+
+/// The node that issued `code`, when it is another node (`None`: this node, no such
+/// code, a node alone, or Redis unreachable: then the code is looked for here only).
+pub async fn code_elsewhere<S: Shard>(sh: &S, code: &Code) -> Option<String> {
+    let link = sh.cluster()?;
+    let got = link
+        .command(vec![b"GET".to_vec(), code_key(link, code)])
+        .ok()?
+        .await
+        .ok()?;
+    elsewhere(link, got)
+}
+
+/// The node that holds entry `id`, when it is another node; `Err` (503) while Redis
+/// cannot be asked. `Ok(None)`: this node, no such entry, or a node alone.
+pub async fn entry_elsewhere<S: Shard>(sh: &S, id: EntryId) -> Result<Option<String>, Error> {
+    let Some(link) = sh.cluster() else {
+        return Ok(None);
+    };
+    let asked = link.command(vec![
+        b"HGET".to_vec(),
+        entries_key(link),
+        id.to_string().into_bytes(),
+    ]);
+    let got = match asked {
+        Ok(r) => r.await.map_err(|e| unavailable_lookup(format!("{e:?}")))?,
+        Err(e) => return Err(unavailable_lookup(format!("{e:?}"))),
+    };
+    Ok(elsewhere(link, got))
+}
+
+fn unavailable_lookup(why: String) -> Error {
+    Error::unavailable(format!(
+        "cluster unavailable: which node holds this pairing entry cannot be asked ({why}); retry"
+    ))
+}
+
+fn elsewhere(link: &ShardLink, got: Value) -> Option<String> {
+    match got {
+        Value::Bulk(node) if node != link.node_id().as_bytes() => String::from_utf8(node).ok(),
+        _ => None,
+    }
+}
+
+/// A redeemed code's note goes (best effort, not awaited: one left behind expires with
+/// the code, and a request it sends here finds no code).
+pub fn forget_code<S: Shard>(sh: &S, code: &Code) {
+    let Some(link) = sh.cluster() else { return };
+    let _ = link.command_nowait(vec![b"DEL".to_vec(), code_key(link, code)]);
+}
+
+/// Retired entries' notes go (best effort, not awaited).
+pub fn forget_entries<S: Shard>(sh: &S, ids: &[EntryId]) {
+    let Some(link) = sh.cluster() else { return };
+    if ids.is_empty() {
+        return;
+    }
+    let mut cmd = vec![b"HDEL".to_vec(), entries_key(link)];
+    cmd.extend(ids.iter().map(|id| id.to_string().into_bytes()));
+    let _ = link.command_nowait(cmd);
+}
