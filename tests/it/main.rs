@@ -48,6 +48,7 @@ mod bench_ws_relay;
 mod cluster;
 mod cluster_agents;
 mod cluster_hub;
+mod cluster_registry_route;
 mod config_file;
 mod dashboard_browser;
 mod durability_crash;
