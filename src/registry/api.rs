@@ -426,9 +426,9 @@ where
 pub const TOPOLOGY_ELSEWHERE_MAX: usize =
     crate::registry::mirror::MIRROR_PAGE_CALLS_MAX * crate::registry::mirror::MIRROR_PAGE_MAX;
 
-/// Bytes of the other nodes' records (the list's JSON) one topology reads, as a list page
-/// bounded by `--list-response-bytes-max` would be at its default's 4×: about 16,000
-/// records of a kilobyte; they are parsed into a few fields each and dropped.
+/// Bytes of the other nodes' records (the list's JSON) one topology reads: room for
+/// [`TOPOLOGY_ELSEWHERE_MAX`] records of a kilobyte (a typical record is a few hundred
+/// bytes), held only while each is parsed into a [`TopologyNode`]'s few fields.
 pub const TOPOLOGY_ELSEWHERE_BYTES_MAX: usize = 16 << 20;
 
 /// `GET /api/hub/network/topology`: every shard's agents; in a cluster, with the agents

@@ -28,6 +28,13 @@
 //!   ([`MIRROR_PAGE_MAX`] ids, [`MIRROR_REPLY_BYTES_MAX`] bytes, at most
 //!   [`MIRROR_PAGE_CALLS_MAX`] calls), so one Redis command costs O(live nodes × log N)
 //!   plus a few hundred `HGET`s whatever the mirror's size.
+//! * **Routes**: `GET /api/registry/route` at any node weighs the other live nodes' best
+//!   candidate for the skill ([`ROUTE`]): each node keeps, per skill, a sorted set of its
+//!   routable agents ordered as the route key (`{prefix}rs:{node}\n{skill}`, written by
+//!   the same scripts as the entries, from each write's
+//!   [`RouteEntry`](crate::registry::RouteEntry)), and one call reads the first member of
+//!   each live node's set: O(live nodes × log N). The topology reads the other nodes'
+//!   agents as a list does ([`elsewhere`]), within its own bound.
 //! * **Operator deletes**: `DELETE /api/registry/agents/{id}` at a node that does not hold
 //!   the agent removes the mirror's entry and tells the holding node ([`MSG_DELETE`]),
 //!   which deletes the agent as its own `DELETE` would ([`DROP`]).
