@@ -18,7 +18,9 @@ pub use binding::{BindingChange, DeleteStart};
 pub use budget::{
     agent_bytes, AgentBudgetConfig, AgentRefusal, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
 };
-pub use mirror::{MirrorNotes, MirrorWrite, HEARTBEAT_WRITE_INTERVAL, NOTED_AGENTS_MAX};
+pub use mirror::{
+    MirrorNotes, MirrorWrite, RouteEntry, HEARTBEAT_WRITE_INTERVAL, NOTED_AGENTS_MAX,
+};
 
 /// Default `port` of an agent when the body has none.
 pub const fn default_port() -> u16 {

@@ -6,9 +6,9 @@ use crate::limits::{FieldLimits, Principal};
 use crate::registry::ops::{Op, Reply};
 use crate::registry::{
     agent_body, route_miss_body, topology, topology_body, AgentInfo, AgentRecord, BindingChange,
-    Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY,
+    Heartbeat, TopologyNode, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY,
 };
-use crate::shard::paging::{encode_cursor, item_json, page_of, page_req, PageLimits};
+use crate::shard::paging::{encode_cursor, item_json, page_of, page_req, time_key, PageLimits};
 use crate::shard::{
     ask_all, ask_owner, reserve, settle, Durability, Error, Outcome, Request, Shard,
 };
@@ -370,7 +370,11 @@ where
 }
 
 /// `GET /api/registry/route?skill=X`: the best candidate of every shard, then the one
-/// with the smallest `route_key` (earliest registered, then `agent_id`).
+/// with the smallest `route_key` (earliest registered, then `agent_id`). In a cluster the
+/// other live nodes' best joins them: one [`ROUTE`](crate::registry::mirror::ROUTE) call
+/// reads the first member of each live node's route index of the skill (bounded, O(live
+/// nodes × log N); see there), and the smaller `route_key` wins (this node's agent on a
+/// tie). While the link is down (or on a node alone), this node's agents.
 pub async fn route<S: Shard>(sh: &S, skill: Option<String>) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
@@ -395,13 +399,43 @@ where
             _ => return Err(unexpected()),
         }
     }
+    if let Some((member, json)) = crate::registry::mirror::route_elsewhere(sh, &skill).await {
+        let here = best
+            .as_ref()
+            .map(|b| time_key(b.registered_at, &b.info.agent_id));
+        if here.is_none_or(|h| member < h) {
+            // The reference's shape: through a `serde_json::Value`, keys sorted (as `get`).
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&json) {
+                return Ok(Outcome::Json(wire::json::json_vec(&v)));
+            }
+        }
+    }
     Ok(Outcome::Json(match best {
         Some(rec) => agent_body(&rec),
         None => route_miss_body(&skill),
     }))
 }
 
-/// `GET /api/hub/network/topology`.
+/// Most agents of the other live nodes `GET /api/hub/network/topology` reads from the
+/// mirror: what [`elsewhere`](crate::registry::mirror::elsewhere) reads in its bounded
+/// calls (`MIRROR_PAGE_CALLS_MAX` × `MIRROR_PAGE_MAX`, each a short script), as many as one
+/// shard holds (`agents_max`'s default). Past it (or past
+/// [`TOPOLOGY_ELSEWHERE_BYTES_MAX`] of their records) the other nodes' agents after the
+/// last one read, by `agent_id`, are left out of that answer (logged); this node's own
+/// agents are always in.
+pub const TOPOLOGY_ELSEWHERE_MAX: usize =
+    crate::registry::mirror::MIRROR_PAGE_CALLS_MAX * crate::registry::mirror::MIRROR_PAGE_MAX;
+
+/// Bytes of the other nodes' records (the list's JSON) one topology reads: room for
+/// [`TOPOLOGY_ELSEWHERE_MAX`] records of a kilobyte (a typical record is a few hundred
+/// bytes), held only while each is parsed into a [`TopologyNode`]'s few fields.
+pub const TOPOLOGY_ELSEWHERE_BYTES_MAX: usize = 16 << 20;
+
+/// `GET /api/hub/network/topology`: every shard's agents; in a cluster, with the agents
+/// the other live nodes hold, read from the mirror in bounded calls (at most
+/// [`TOPOLOGY_ELSEWHERE_MAX`] agents and [`TOPOLOGY_ELSEWHERE_BYTES_MAX`] of records; past
+/// them the rest is left out). An agent held here is taken from here, once. While the
+/// link is down, this node's agents.
 pub async fn topology_route<S: Shard>(sh: &S) -> Result<Outcome, Error>
 where
     Op: Request<S::Msg, Reply = Reply>,
@@ -412,6 +446,31 @@ where
             Reply::Nodes(v) => nodes.extend(*v),
             _ => return Err(unexpected()),
         }
+    }
+    if sh.cluster().is_some() {
+        let m = crate::registry::mirror::elsewhere(
+            sh,
+            None,
+            TOPOLOGY_ELSEWHERE_MAX,
+            TOPOLOGY_ELSEWHERE_BYTES_MAX,
+        )
+        .await;
+        if let Some(at) = &m.reached {
+            tracing::warn!(
+                read = m.records.len(),
+                last = %at,
+                "topology: the other nodes' agents after this one are left out \
+                 (TOPOLOGY_ELSEWHERE_MAX, TOPOLOGY_ELSEWHERE_BYTES_MAX)"
+            );
+        }
+        let here: std::collections::HashSet<String> =
+            nodes.iter().map(|n| n.agent_id.clone()).collect();
+        nodes.extend(
+            m.records
+                .iter()
+                .filter(|(id, _)| !here.contains(id))
+                .filter_map(|(_, json)| TopologyNode::from_json(json)),
+        );
     }
     Ok(Outcome::Json(topology_body(&topology(nodes))))
 }

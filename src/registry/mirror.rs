@@ -28,6 +28,13 @@
 //!   ([`MIRROR_PAGE_MAX`] ids, [`MIRROR_REPLY_BYTES_MAX`] bytes, at most
 //!   [`MIRROR_PAGE_CALLS_MAX`] calls), so one Redis command costs O(live nodes × log N)
 //!   plus a few hundred `HGET`s whatever the mirror's size.
+//! * **Routes**: `GET /api/registry/route` at any node weighs the other live nodes' best
+//!   candidate for the skill ([`ROUTE`]): each node keeps, per skill, a sorted set of its
+//!   routable agents ordered as the route key (`{prefix}rs:{node}\n{skill}`, written by
+//!   the same scripts as the entries, from each write's
+//!   [`RouteEntry`](crate::registry::RouteEntry)), and one call reads the first member of
+//!   each live node's set: O(live nodes × log N). The topology reads the other nodes'
+//!   agents as a list does ([`elsewhere`]), within its own bound.
 //! * **Operator deletes**: `DELETE /api/registry/agents/{id}` at a node that does not hold
 //!   the agent removes the mirror's entry and tells the holding node ([`MSG_DELETE`]),
 //!   which deletes the agent as its own `DELETE` would ([`DROP`]).
@@ -49,19 +56,50 @@ use chatixia_cluster::{Refused, Script, ShardLink, Value};
 use crate::registry::MirrorWrite as Write;
 use crate::shard::{Owns, Shard};
 
+/// Lua shared by the scripts that change an agent's entry (a macro: `Script::source` is
+/// one literal). `unroute(routes, rs, nr, id, only)` removes agent `id` from the route
+/// indexes its route entry (`{prefix}routes`, id → `{"n":NODE,"m":MEMBER,"s":[SKILL…]}`)
+/// names, `{rs}{NODE}\n{SKILL}`, and the entry; a skill whose index is left empty leaves
+/// the node's set of skills (`{nr}{NODE}`). With `only` (a node), only while the entry
+/// names that node. O(the agent's skills × log N).
+macro_rules! unroute_lua {
+    () => {
+        r#"
+local function unroute(routes, rs, nr, id, only)
+  local old = redis.call('HGET', routes, id)
+  if not old then return end
+  local o = cjson.decode(old)
+  if only and o.n ~= only then return end
+  for _, s in ipairs(o.s) do
+    local k = rs .. o.n .. '\n' .. s
+    redis.call('ZREM', k, o.m)
+    if redis.call('EXISTS', k) == 0 then redis.call('SREM', nr .. o.n, s) end
+  end
+  redis.call('HDEL', routes, id)
+end
+"#
+    };
+}
+
 /// Writes (or takes over) an agent's entry: `KEYS[1]` the mirror hash, `KEYS[2]` this
 /// node's index of agents, `KEYS[3]` the nodes' leases, `KEYS[4]` the agents' bindings
-/// (`registry::bindings`); `ARGV` agent id, this node, the record's JSON, the channel
-/// prefix, the framed "moved" message, `1` when the agent itself came to this node (a
-/// register or heartbeat) or `0` (a health change, a write again after a reconnect),
-/// the prefix of the nodes' agent indexes, the agent's binding here (`""`: none). A `0`
+/// (`registry::bindings`), `KEYS[5]` the route entries; `ARGV` agent id, this node, the
+/// record's JSON, the channel prefix, the framed "moved" message, `1` when the agent
+/// itself came to this node (a register or heartbeat) or `0` (a health change, a write
+/// again after a reconnect), the prefix of the nodes' agent indexes, the agent's binding
+/// here (`""`: none), its route entry (`""`: not routable, see
+/// [`RouteEntry`](crate::registry::RouteEntry)), the prefix of the route indexes, the
+/// prefix of the nodes' sets of skills. The agent's members in the route indexes are
+/// replaced with the entry's (whichever node wrote them before). A `0`
 /// write does not take the agent from another live node, and no write takes it while
 /// the cluster's binding names another holder than this node's (a steady heartbeat
 /// here raced a move that took the binding): it tells this node to drop its copy
 /// instead. 1 when written.
 pub const PUT: Script = Script {
     name: "chx_agent_put",
-    source: r#"
+    source: concat!(
+        unroute_lua!(),
+        r#"
 if ARGV[8] ~= '' then
   local b = redis.call('HGET', KEYS[4], ARGV[1])
   if b and b ~= ARGV[8] then
@@ -86,34 +124,55 @@ if n and n ~= ARGV[2] then
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '\n' .. ARGV[3])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
+unroute(KEYS[5], ARGV[10], ARGV[11], ARGV[1], nil)
+if ARGV[9] ~= '' then
+  local e = cjson.decode(ARGV[9])
+  for _, s in ipairs(e.s) do
+    redis.call('ZADD', ARGV[10] .. ARGV[2] .. '\n' .. s, 0, e.m)
+    redis.call('SADD', ARGV[11] .. ARGV[2], s)
+  end
+  redis.call('HSET', KEYS[5], ARGV[1], ARGV[9])
+end
 return 1
-"#,
+"#
+    ),
 };
 
 /// Removes an agent's entry while it names this node: `KEYS[1]` the mirror hash,
-/// `KEYS[2]` this node's index; `ARGV` agent id, this node.
+/// `KEYS[2]` this node's index, `KEYS[3]` the route entries; `ARGV` agent id, this node,
+/// the prefix of the route indexes, the prefix of the nodes' sets of skills. Its route
+/// indexes' members go with it (while its route entry names this node).
 pub const DEL: Script = Script {
     name: "chx_agent_del",
-    source: r#"
+    source: concat!(
+        unroute_lua!(),
+        r#"
 redis.call('ZREM', KEYS[2], ARGV[1])
+unroute(KEYS[3], ARGV[3], ARGV[4], ARGV[1], ARGV[2])
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old and string.sub(old, 1, #ARGV[2] + 1) == ARGV[2] .. '\n' then
   redis.call('HDEL', KEYS[1], ARGV[1])
   return 1
 end
 return 0
-"#,
+"#
+    ),
 };
 
 /// Removes every entry naming a node: `KEYS[1]` its index of agents, `KEYS[2]` the mirror
-/// hash; `ARGV[1]` the node. Run where signaling's `CLEANUP` is: by the node on every
-/// connect and at a graceful stop, by the others when its lease ran out.
+/// hash, `KEYS[3]` the route entries; `ARGV` the node, the prefix of the route indexes,
+/// the prefix of the nodes' sets of skills. Its route indexes go whole (every skill of its
+/// set), and the route entries naming it. Run where signaling's `CLEANUP` is: by the node
+/// on every connect and at a graceful stop, by the others when its lease ran out.
 pub const CLEANUP: Script = Script {
     name: "chx_agent_cleanup",
-    source: r#"
+    source: concat!(
+        unroute_lua!(),
+        r#"
 local n = 0
 local p = ARGV[1] .. '\n'
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  unroute(KEYS[3], ARGV[2], ARGV[3], id, ARGV[1])
   local v = redis.call('HGET', KEYS[2], id)
   if v and string.sub(v, 1, #p) == p then
     redis.call('HDEL', KEYS[2], id)
@@ -121,8 +180,13 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   end
 end
 redis.call('DEL', KEYS[1])
+for _, s in ipairs(redis.call('SMEMBERS', ARGV[3] .. ARGV[1])) do
+  redis.call('DEL', ARGV[2] .. ARGV[1] .. '\n' .. s)
+end
+redis.call('DEL', ARGV[3] .. ARGV[1])
 return n
-"#,
+"#
+    ),
 };
 
 /// Most agent ids one [`PAGE`] call examines (and so most records it returns): a call
@@ -234,14 +298,81 @@ return false
 "#,
 };
 
+/// Most members of one node's route index of a skill that [`ROUTE`] examines: the first
+/// that checks out (its route entry and mirror entry still name that node) is that node's
+/// best candidate. The writes keep the indexes exact (every script that changes an entry
+/// changes its members in the same step), so the first member always checks out and this
+/// bound is a guard, not a search: a node whose first this-many members did not check out
+/// offers no candidate to that call.
+pub const ROUTE_PROBE_MAX: usize = 8;
+
+/// The best route for a skill among the agents the other live nodes hold (`GET
+/// /api/registry/route` in a cluster): `KEYS[1]` the mirror hash, `KEYS[2]` the leases,
+/// `KEYS[3]` the route entries; `ARGV` this node, the prefix of the route indexes, the
+/// skill, [`ROUTE_PROBE_MAX`].
+///
+/// Why a sorted set per node and skill (`{prefix}rs:{NODE}\n{SKILL}`, score 0, members
+/// `time_key(registered_at, id)`, so that the first member in byte order is the node's
+/// smallest [`AgentRecord::route_key`](crate::registry::AgentRecord::route_key)) rather
+/// than one per skill: the read takes the first member of each live node's index but this
+/// node's (whose agents the shards answer), O(live nodes × log N), and never walks past
+/// the entries of this node or of a node whose lease ran out (not yet removed by
+/// [`CLEANUP`]), which a single index per skill would have to skip, one by one. A node id
+/// has no `\n` (`--node-id`), so the keys do not collide. Only routable agents are
+/// indexed (`active`, as the holding node's health tick last said, and the skill listed).
+/// Liveness as [`PAGE`]'s. Returns `[member, record]` of the smallest member, or an empty
+/// array.
+pub const ROUTE: Script = Script {
+    name: "chx_agent_route",
+    source: r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local probe = tonumber(ARGV[4])
+local function before(a, b)
+  local k = math.min(#a, #b)
+  for i = 1, k do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local best, rec = nil, nil
+for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
+  if n ~= ARGV[1] then
+    local p = n .. '\n'
+    for _, m in ipairs(redis.call('ZRANGE', ARGV[2] .. p .. ARGV[3], 0, probe - 1)) do
+      local id = string.sub(m, 22)
+      local e = redis.call('HGET', KEYS[3], id)
+      local v = redis.call('HGET', KEYS[1], id)
+      if e and v and string.sub(v, 1, #p) == p then
+        local o = cjson.decode(e)
+        if o.n == n and o.m == m then
+          if best == nil or before(m, best) then
+            best = m
+            rec = string.sub(v, #p + 1)
+          end
+          break
+        end
+      end
+    end
+  end
+end
+if best then return {best, rec} end
+return {}
+"#,
+};
+
 /// An operator's delete of an agent another node holds: `KEYS[1]` the mirror hash,
-/// `KEYS[2]` the bindings (`registry::bindings`); `ARGV` agent id, this node, the
-/// channel prefix, the framed "delete" message, the prefix of the nodes' agent indexes.
-/// Removes the entry and the agent's cluster binding and tells its node; the node's
-/// name, or nil when no other node held it.
+/// `KEYS[2]` the bindings (`registry::bindings`), `KEYS[3]` the route entries; `ARGV`
+/// agent id, this node, the channel prefix, the framed "delete" message, the prefix of
+/// the nodes' agent indexes, the prefix of the route indexes, the prefix of the nodes'
+/// sets of skills. Removes the entry, its route indexes' members and the agent's cluster
+/// binding and tells its node; the node's name, or nil when no other node held it.
 pub const DROP: Script = Script {
     name: "chx_agent_drop",
-    source: r#"
+    source: concat!(
+        unroute_lua!(),
+        r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return false end
 local n = string.match(v, '^([^\n]*)\n')
@@ -249,14 +380,16 @@ if not n or n == ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', ARGV[5] .. n, ARGV[1])
+unroute(KEYS[3], ARGV[6], ARGV[7], ARGV[1], nil)
 redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
 return n
-"#,
+"#
+    ),
 };
 
 /// The scripts the registry runs (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![PUT, DEL, CLEANUP, PAGE, AGENT, DROP]
+    vec![PUT, DEL, CLEANUP, PAGE, AGENT, DROP, ROUTE]
 }
 
 /// What a node runs on every connect (before its shards write their agents again) and
@@ -264,8 +397,16 @@ pub fn scripts() -> Vec<Script> {
 pub fn on_connect(prefix: &str, node: &str) -> (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (
         CLEANUP.name,
-        vec![node_agents_key(prefix, node), agents_key(prefix)],
-        vec![node.as_bytes().to_vec()],
+        vec![
+            node_agents_key(prefix, node),
+            agents_key(prefix),
+            routes_key(prefix),
+        ],
+        vec![
+            node.as_bytes().to_vec(),
+            route_index_prefix(prefix),
+            node_skills_prefix(prefix),
+        ],
     )
 }
 
@@ -295,6 +436,25 @@ fn node_agents_prefix(prefix: &str) -> Vec<u8> {
 /// bytes), written with each entry: what [`CLEANUP`] removes and [`PAGE`] reads.
 fn node_agents_key(prefix: &str, node: &str) -> Vec<u8> {
     [&node_agents_prefix(prefix)[..], node.as_bytes()].concat()
+}
+
+/// The route entries: agent id → `{"n":NODE,"m":MEMBER,"s":[SKILL…]}`, which route indexes
+/// hold the agent (what [`PUT`], [`DEL`], [`DROP`] and [`CLEANUP`] remove).
+fn routes_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"routes"].concat()
+}
+
+/// The prefix of the route indexes, `{prefix}rs:{NODE}\n{SKILL}`: sorted sets (score 0)
+/// of the members (`time_key(registered_at, id)`) of a node's routable agents with that
+/// skill ([`ROUTE`]).
+fn route_index_prefix(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"rs:"].concat()
+}
+
+/// The prefix of the nodes' sets of skills that have a route index (`{prefix}nr:{NODE}`):
+/// what [`CLEANUP`] removes whole.
+fn node_skills_prefix(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"nr:"].concat()
 }
 
 /// The prefix of the nodes' channels (`{prefix}n:{node}`, the link's).
@@ -489,6 +649,7 @@ pub async fn drop_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<String> {
             vec![
                 agents_key(prefix),
                 crate::registry::bindings::bindings_key(prefix),
+                routes_key(prefix),
             ],
             vec![
                 id.as_bytes().to_vec(),
@@ -496,6 +657,8 @@ pub async fn drop_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<String> {
                 channel_prefix(prefix),
                 framed(id.as_bytes(), MSG_DELETE),
                 node_agents_prefix(prefix),
+                route_index_prefix(prefix),
+                node_skills_prefix(prefix),
             ],
         )
         .ok()?
@@ -504,6 +667,51 @@ pub async fn drop_elsewhere<S: Shard>(sh: &S, id: &str) -> Option<String> {
         Ok(Value::Bulk(node)) => String::from_utf8(node).ok(),
         _ => None,
     }
+}
+
+/// The best route for `skill` among the agents the other live nodes hold ([`ROUTE`]): its
+/// member (`time_key(registered_at, id)`, comparable with this node's best) and its
+/// record (the list's JSON). `None` on a node alone, while the link is down, and when no
+/// other node holds a routable agent with the skill.
+pub async fn route_elsewhere<S: Shard>(sh: &S, skill: &str) -> Option<(String, Vec<u8>)> {
+    let link = sh.cluster()?;
+    let prefix = link.prefix();
+    let reply = link
+        .eval(
+            ROUTE.name,
+            vec![agents_key(prefix), nodes_key(prefix), routes_key(prefix)],
+            vec![
+                link.node_id().as_bytes().to_vec(),
+                route_index_prefix(prefix),
+                skill.as_bytes().to_vec(),
+                ROUTE_PROBE_MAX.to_string().into_bytes(),
+            ],
+        )
+        .ok()?
+        .await;
+    match reply {
+        Ok(Value::Array(items)) => match <[Value; 2]>::try_from(items) {
+            Ok([Value::Bulk(member), Value::Bulk(json)]) if id_of(&json).is_some() => {
+                Some((String::from_utf8(member).ok()?, json))
+            }
+            _ => None,
+        },
+        other => {
+            tracing::debug!(reply = ?other, "route without the other nodes");
+            None
+        }
+    }
+}
+
+/// A route entry as [`PUT`] stores it: `{"n":NODE,"m":MEMBER,"s":[SKILL…]}`.
+fn route_value(node: &str, r: &crate::registry::RouteEntry) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Stored<'a> {
+        n: &'a str,
+        #[serde(flatten)]
+        r: &'a crate::registry::RouteEntry,
+    }
+    wire::json::json_vec(&Stored { n: node, r })
 }
 
 /// The agent id of a mirrored record (`None`: not a record; dropped).
@@ -612,6 +820,7 @@ async fn send<S: Shard>(
                 json,
                 came,
                 bound,
+                route,
             } => link.eval_nowait(
                 PUT.name,
                 vec![
@@ -619,6 +828,7 @@ async fn send<S: Shard>(
                     node_agents_key(prefix, node),
                     nodes_key(prefix),
                     crate::registry::bindings::bindings_key(prefix),
+                    routes_key(prefix),
                 ],
                 vec![
                     id.as_bytes().to_vec(),
@@ -632,12 +842,27 @@ async fn send<S: Shard>(
                         .as_ref()
                         .map(crate::registry::bindings::owner_value)
                         .unwrap_or_default(),
+                    route
+                        .as_ref()
+                        .map(|r| route_value(node, r))
+                        .unwrap_or_default(),
+                    route_index_prefix(prefix),
+                    node_skills_prefix(prefix),
                 ],
             ),
             Write::Del { id } => link.eval_nowait(
                 DEL.name,
-                vec![agents_key(prefix), node_agents_key(prefix, node)],
-                vec![id.as_bytes().to_vec(), node.as_bytes().to_vec()],
+                vec![
+                    agents_key(prefix),
+                    node_agents_key(prefix, node),
+                    routes_key(prefix),
+                ],
+                vec![
+                    id.as_bytes().to_vec(),
+                    node.as_bytes().to_vec(),
+                    route_index_prefix(prefix),
+                    node_skills_prefix(prefix),
+                ],
             ),
         };
         match sent {

@@ -29,7 +29,7 @@ pub use topology::{topology, topology_body, MeshEdge, Topology, TopologyNode};
 pub use agents::{
     agent_bytes, default_port, AgentBudgetConfig, AgentCapabilities, AgentInfo, AgentRecord,
     AgentRefusal, AgentStore, AgentStoreConfig, AgentsFull, BindingChange, DeleteStart, Heartbeat,
-    MirrorNotes, MirrorWrite, SortedAgent, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
+    MirrorNotes, MirrorWrite, RouteEntry, SortedAgent, AGENT_OVERHEAD_BYTES, AGENT_STORE_NAMES,
     HEARTBEAT_WRITE_INTERVAL, NOTED_AGENTS_MAX,
 };
 pub use health::{Health, HEALTH_CHECK_INTERVAL, OFFLINE_AFTER, STALE_AFTER};

@@ -6,7 +6,7 @@
 //! `mesh_edges` from the whole list (they depend on every agent, so they cannot be
 //! computed per shard).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{AgentRecord, Health};
 
@@ -47,6 +47,46 @@ impl TopologyNode {
             health: r.health,
             mesh_peers: Vec::new(),
         }
+    }
+
+    /// The node for an agent record as the list shows it (§3.3's JSON: another node's
+    /// agent, from the cluster's mirror), with `mesh_peers` still empty; `None` when it is
+    /// not such a record.
+    pub fn from_json(json: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Caps {
+            #[serde(default)]
+            skills: Vec<serde::de::IgnoredAny>,
+        }
+        #[derive(Deserialize)]
+        struct Listed {
+            agent_id: String,
+            ip: String,
+            port: u16,
+            hostname: String,
+            sidecar_peer_id: String,
+            mode: String,
+            capabilities: Caps,
+            health: String,
+        }
+        let r: Listed = serde_json::from_slice(json).ok()?;
+        let health = match r.health.as_str() {
+            "active" => Health::Active,
+            "stale" => Health::Stale,
+            "offline" => Health::Offline,
+            _ => return None,
+        };
+        Some(TopologyNode {
+            agent_id: r.agent_id,
+            ip: r.ip,
+            port: r.port,
+            hostname: r.hostname,
+            sidecar_peer_id: r.sidecar_peer_id,
+            mode: r.mode,
+            skills_count: r.capabilities.skills.len(),
+            health,
+            mesh_peers: Vec::new(),
+        })
     }
 
     fn is_mesh_member(&self) -> bool {
@@ -246,6 +286,46 @@ mod tests {
             r#"],"mesh_edges":[{"from_peer":"sc-1","to_peer":"sc-2"}]}"#
         );
         assert_eq!(serde_json::to_string(&t).unwrap(), want);
+    }
+
+    #[test]
+    fn a_mirrored_record_gives_the_node_its_record_gives() {
+        let mut rec = AgentRecord {
+            info: AgentInfo {
+                agent_id: "a1".into(),
+                hostname: "host1".into(),
+                ip: "10.0.0.1".into(),
+                port: 8001,
+                sidecar_peer_id: "sc-1".into(),
+                capabilities: AgentCapabilities {
+                    skills: vec!["x".into(), "y".into()],
+                    mcp_servers: vec!["fs".into()],
+                    goals_count: 2,
+                    mode: "cap".into(),
+                },
+                status: "s".into(),
+                mode: "auto".into(),
+            },
+            health: Health::Active,
+            registered_at: UnixTime::EPOCH,
+            last_heartbeat: UnixTime::EPOCH,
+            bound: None,
+        };
+        for h in [Health::Active, Health::Stale, Health::Offline] {
+            rec.health = h;
+            // The JSON the list shows, which the mirror holds.
+            let json = wire::json::json_vec(&rec);
+            assert_eq!(
+                TopologyNode::from_json(&json),
+                Some(TopologyNode::from_record(&rec))
+            );
+        }
+        assert_eq!(TopologyNode::from_json(b"{}"), None);
+        // A health the wire does not have: not a record.
+        let bad = String::from_utf8(wire::json::json_vec(&rec))
+            .unwrap()
+            .replace(r#""health":"offline""#, r#""health":"asleep""#);
+        assert_eq!(TopologyNode::from_json(bad.as_bytes()), None);
     }
 
     #[test]

@@ -49,6 +49,7 @@ mod cluster;
 mod cluster_agents;
 mod cluster_hub;
 mod cluster_pairing;
+mod cluster_registry_route;
 mod config_file;
 mod dashboard_browser;
 mod durability_crash;

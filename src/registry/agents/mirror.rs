@@ -60,15 +60,46 @@ pub struct MirrorNotes {
 pub enum MirrorWrite {
     /// The agent's record (the list's JSON); `came`: it registered or heartbeated here;
     /// `bound`: its binding here (the write does not take the agent where the cluster's
-    /// binding names another holder, `registry::bindings`).
+    /// binding names another holder, `registry::bindings`); `route`: its entries in the
+    /// per-skill route indexes (`registry::mirror`, `ROUTE`), `None` when
+    /// `GET /api/registry/route` would not pick it (not `active`, or no skills).
     Put {
         id: String,
         json: Vec<u8>,
         came: bool,
         bound: Option<crate::limits::Owner>,
+        route: Option<RouteEntry>,
     },
     /// The agent is no longer here.
     Del { id: String },
+}
+
+/// Where a routable agent stands in the per-skill route indexes of the mirror: its
+/// member (`shard::paging::time_key` of `registered_at` and the id, so that the indexes'
+/// byte order is [`AgentRecord::route_key`]'s) and its skills, each once.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RouteEntry {
+    #[serde(rename = "m")]
+    pub member: String,
+    #[serde(rename = "s")]
+    pub skills: Vec<String>,
+}
+
+impl RouteEntry {
+    /// `r`'s entry, `None` when the route would not pick it (`registry::agents::routable`
+    /// for any skill: `active`, with at least one skill).
+    pub fn of(r: &AgentRecord) -> Option<RouteEntry> {
+        if r.health != super::Health::Active || r.info.capabilities.skills.is_empty() {
+            return None;
+        }
+        let mut skills = r.info.capabilities.skills.clone();
+        skills.sort_unstable();
+        skills.dedup();
+        Some(RouteEntry {
+            member: crate::shard::paging::time_key(r.registered_at, &r.info.agent_id),
+            skills,
+        })
+    }
 }
 
 impl MirrorNotes {
@@ -177,6 +208,7 @@ impl MirrorNotes {
             json: wire::json::json_vec(r),
             came,
             bound: r.bound.clone(),
+            route: RouteEntry::of(r),
         }
     }
 }
@@ -329,6 +361,36 @@ mod tests {
             ids(&s.mirror_writes(T0)),
             ["put a true", "put x false", "del gone"]
         );
+    }
+
+    #[test]
+    fn only_active_agents_with_skills_have_a_route_entry_ordered_as_the_route_key() {
+        let mut s = AgentStore::new(AgentStoreConfig::default());
+        s.enable_mirror();
+        let i: AgentInfo = wire::json::parse_body(
+            br#"{"agent_id":"a","hostname":"h","capabilities":{"skills":["y","x","y"]}}"#,
+        )
+        .unwrap();
+        s.upsert(i, T0).unwrap();
+        s.upsert(info("none"), T0).unwrap();
+        let a = s.get("a").unwrap();
+        let e = RouteEntry::of(a).unwrap();
+        assert_eq!(e.skills, ["x", "y"]);
+        assert_eq!(e.member, format!("{:020}.a", T0.0));
+        assert_eq!(RouteEntry::of(s.get("none").unwrap()), None);
+        // The members' byte order is the route key's: time first, then the id.
+        let later = crate::shard::paging::time_key(T0.saturating_add(Duration::from_nanos(1)), "0");
+        assert!(e.member < later);
+        assert!(e.member < crate::shard::paging::time_key(T0, "b"));
+        // Not active: no entry, and the write that says so carries none.
+        s.mirror_writes(T0);
+        let late = T0.saturating_add(Duration::from_secs(100));
+        s.tick_health(late);
+        assert_eq!(RouteEntry::of(s.get("a").unwrap()), None);
+        assert!(s
+            .mirror_writes(late)
+            .iter()
+            .all(|w| matches!(w, MirrorWrite::Put { route: None, .. })));
     }
 
     #[test]
