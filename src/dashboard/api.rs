@@ -71,6 +71,11 @@ where
             _ => return Err(unexpected()),
         }
     }
+    // In a cluster, the agents the other live nodes hold (`registry::api::agents_elsewhere`).
+    if sh.cluster().is_some() {
+        let others = registry::api::agents_elsewhere(sh).await;
+        parts.push(registry::query::agents_part(others.iter(), &q));
+    }
     Ok(Outcome::json(&merge_agents(parts, &q)))
 }
 
@@ -175,7 +180,14 @@ where
     Op: Request<S::Msg, Reply = Reply>,
 {
     let mut s = Summary::empty(sh.now().as_secs_f64());
-    let [active, stale, offline] = registry::api::health_counts(sh).await?;
+    let [mut active, mut stale, mut offline] = registry::api::health_counts(sh).await?;
+    for r in registry::api::agents_elsewhere(sh).await {
+        match r.health {
+            registry::Health::Active => active += 1,
+            registry::Health::Stale => stale += 1,
+            registry::Health::Offline => offline += 1,
+        }
+    }
     s.agents = HealthCounts {
         active,
         stale,

@@ -140,6 +140,34 @@ pub struct AgentRecord {
 }
 
 impl AgentRecord {
+    /// An agent record as the list shows it (§3.3's JSON: another node's agent, from the
+    /// cluster's mirror); `None` when it is not such a record. Its binding is not
+    /// listed: `bound` is `None`.
+    pub fn from_list_json(json: &[u8]) -> Option<AgentRecord> {
+        #[derive(Deserialize)]
+        struct Listed {
+            #[serde(flatten)]
+            info: AgentInfo,
+            health: String,
+            registered_at: String,
+            last_heartbeat: String,
+        }
+        let r: Listed = serde_json::from_slice(json).ok()?;
+        let health = match r.health.as_str() {
+            "active" => Health::Active,
+            "stale" => Health::Stale,
+            "offline" => Health::Offline,
+            _ => return None,
+        };
+        Some(AgentRecord {
+            info: r.info,
+            health,
+            registered_at: UnixTime::parse_rfc3339(&r.registered_at)?,
+            last_heartbeat: UnixTime::parse_rfc3339(&r.last_heartbeat)?,
+            bound: None,
+        })
+    }
+
     fn new(info: AgentInfo, now: UnixTime) -> Self {
         AgentRecord {
             info,

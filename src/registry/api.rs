@@ -475,6 +475,35 @@ where
     Ok(Outcome::Json(topology_body(&topology(nodes))))
 }
 
+/// The agents the other live nodes hold, from the mirror (the dashboard's list and
+/// counts in a cluster), read as the topology reads them: at most
+/// [`TOPOLOGY_ELSEWHERE_MAX`] records and [`TOPOLOGY_ELSEWHERE_BYTES_MAX`] of them (past
+/// them the rest, by `agent_id`, is left out, logged). Empty on a node alone and while
+/// the link is down.
+pub async fn agents_elsewhere<S: Shard>(sh: &S) -> Vec<AgentRecord> {
+    if sh.cluster().is_none() {
+        return Vec::new();
+    }
+    let m = crate::registry::mirror::elsewhere(
+        sh,
+        None,
+        TOPOLOGY_ELSEWHERE_MAX,
+        TOPOLOGY_ELSEWHERE_BYTES_MAX,
+    )
+    .await;
+    if let Some(at) = &m.reached {
+        tracing::warn!(
+            read = m.records.len(),
+            last = %at,
+            "dashboard: the other nodes' agents after this one are left out"
+        );
+    }
+    m.records
+        .iter()
+        .filter_map(|(_, json)| AgentRecord::from_list_json(json))
+        .collect()
+}
+
 /// Agents by health on every shard: `[active, stale, offline]`.
 pub async fn health_counts<S: Shard>(sh: &S) -> Result<[u64; 3], Error>
 where

@@ -90,6 +90,65 @@ impl UnixTime {
         self.to_string()
     }
 
+    /// Parses what [`to_rfc3339`](Self::to_rfc3339) and
+    /// [`to_rfc3339_nanos`](Self::to_rfc3339_nanos) write (UTC: `Z` or `+00:00`, 0 to 9
+    /// fraction digits, years 1970 to 9999); `None` for anything else (another node's
+    /// record that is not ours).
+    pub fn parse_rfc3339(s: &str) -> Option<UnixTime> {
+        let b = s.as_bytes();
+        let num = |r: std::ops::Range<usize>| -> Option<u64> {
+            let d = b.get(r)?;
+            if d.is_empty() || !d.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            std::str::from_utf8(d).ok()?.parse().ok()
+        };
+        if b.len() < 20
+            || b[4] != b'-'
+            || b[7] != b'-'
+            || b[10] != b'T'
+            || b[13] != b':'
+            || b[16] != b':'
+        {
+            return None;
+        }
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (h, m, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if year < 1970
+            || !(1..=12).contains(&month)
+            || !(1..=31).contains(&day)
+            || h > 23
+            || m > 59
+            || sec > 59
+        {
+            return None;
+        }
+        let mut i = 19;
+        let mut nanos = 0u64;
+        if b.get(i) == Some(&b'.') {
+            let start = i + 1;
+            let mut end = start;
+            while b.get(end).is_some_and(u8::is_ascii_digit) {
+                end += 1;
+            }
+            let digits = end - start;
+            if digits == 0 || digits > 9 {
+                return None;
+            }
+            nanos = num(start..end)? * 10u64.pow(9 - digits as u32);
+            i = end;
+        }
+        match &b[i..] {
+            b"Z" | b"+00:00" => {}
+            _ => return None,
+        }
+        let days = days_from_civil(year, month, day)?;
+        let secs = days * SECS_PER_DAY + h * 3600 + m * 60 + sec;
+        Some(UnixTime(
+            secs.checked_mul(NANOS_PER_SEC)?.checked_add(nanos)?,
+        ))
+    }
+
     /// RFC 3339 with always exactly 9 fraction digits and `+00:00`
     /// (chrono's `SecondsFormat::Nanos`).
     pub fn to_rfc3339_nanos(self) -> String {
@@ -157,6 +216,19 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (year, month, day)
 }
 
+/// Days since 1970-01-01 of a civil date (the inverse of [`civil_from_days`]); `None`
+/// for a day the month does not have.
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    (civil_from_days(days) == (year, month, day)).then_some(days)
+}
+
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -167,6 +239,38 @@ mod tests {
 
     fn at(secs: u64, nanos: u64) -> UnixTime {
         UnixTime(secs * NANOS_PER_SEC + nanos)
+    }
+
+    #[test]
+    fn rfc3339_parses_what_it_writes() {
+        for t in [
+            at(0, 0),
+            at(1_795_239_689, 512_345_600),
+            at(951_782_400, 1),
+            at(4_102_444_799, 999_999_999),
+            at(1_709_164_800, 0),
+        ] {
+            assert_eq!(UnixTime::parse_rfc3339(&t.to_rfc3339()), Some(t), "{t}");
+            assert_eq!(
+                UnixTime::parse_rfc3339(&t.to_rfc3339_nanos()),
+                Some(t),
+                "{t}"
+            );
+        }
+        for bad in [
+            "",
+            "2026-02-30T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00+01:00",
+            "2026-01-01T00:00:00.Z",
+            "2026-01-01T00:00:00.1234567891Z",
+            "2026-01-01 00:00:00Z",
+            "２026-01-01T00:00:00Z",
+        ] {
+            assert_eq!(UnixTime::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]
