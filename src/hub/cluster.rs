@@ -25,7 +25,9 @@
 //!   sweep).
 //! * `{prefix}tb`: a hash of counters: `n`/`b` tasks and bytes held, `an`/`ab` those
 //!   of anonymous clients, `n:{client}`/`b:{client}` each client's, `s:{state}` tasks by
-//!   state (the dashboard's counts).
+//!   state (the dashboard's counts). A client's or a state's field goes when it counts
+//!   nothing: states are any string an update sends, and a field kept at 0 for each
+//!   would grow the hash (and every dashboard summary's `HGETALL`) without bound.
 //!
 //! Budgets are cluster-wide: this node's per-shard limits (`--task-store-bytes-max`,
 //! `--task-client-bytes-max`, `--task-client-tasks-max`, the 65,536 tasks of a shard)
@@ -155,7 +157,9 @@ while i <= #ARGV do
       redis.call('HINCRBY', tb, 'b', tbytes)
       redis.call('HINCRBY', tb, 'an', an)
       redis.call('HINCRBY', tb, 'ab', ab)
-      if so ~= '' then redis.call('HINCRBY', tb, 's:' .. so, -1) end
+      if so ~= '' and redis.call('HINCRBY', tb, 's:' .. so, -1) <= 0 then
+        redis.call('HDEL', tb, 's:' .. so)
+      end
       if sn ~= '' then redis.call('HINCRBY', tb, 's:' .. sn, 1) end
       for r = 0, nr - 1 do redis.call('ZREM', KEYS[tonumber(ARGV[r0 + r])], member) end
       for a = 0, na - 1 do
