@@ -32,7 +32,8 @@
 //! Budgets are cluster-wide: this node's per-shard limits (`--task-store-bytes-max`,
 //! `--task-client-bytes-max`, `--task-client-tasks-max`, the 65,536 tasks of a shard)
 //! times its shard count, with the same anonymous share; the nodes of a cluster are
-//! expected to run with the same flags. A refusal is the same 429/503 as a node alone.
+//! expected to run with the same flags. A refusal is the same 429/503 as a node alone,
+//! and what a node alone never refuses (a claim, an expiry) is not refused here either.
 //!
 //! Bounded: a heartbeat reads at most [`CLAIM_CANDIDATES_MAX`] candidates of each of
 //! its indexes and claims at most `claim_bytes_max`; a list page reads `limit + 1`
@@ -303,6 +304,21 @@ fn budget(cfg: &TaskStoreConfig, shards: usize) -> Budget {
     }
 }
 
+/// No limit: the budget of the changes a node alone never refuses (`TaskStore`'s
+/// `claim_for` and `expire` recharge without admitting: a claim adds the few bytes of
+/// `assigned`, an expiry those of `TTL expired`; refusing them would leave a task that
+/// no heartbeat can claim and no sweep can fail, and a full store full), and of taking
+/// back an unreplicated write.
+fn unlimited() -> Budget {
+    Budget {
+        items_max: usize::MAX,
+        bytes_max: usize::MAX,
+        client_items_max: usize::MAX,
+        client_bytes_max: usize::MAX,
+        anonymous_share_percent: 100,
+    }
+}
+
 /// A quota key of the counters hash for a client (its kind and name: two kinds never
 /// share a counter).
 fn client_key(c: &Charge) -> String {
@@ -362,7 +378,7 @@ async fn put(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1
                     after: p.before.clone(),
                 })
                 .collect();
-            if let Err(e) = put_once(link, budget, &back).await {
+            if let Err(e) = put_once(link, &unlimited(), &back).await {
                 tracing::warn!(error = ?e, "an unconfirmed task write was not taken back");
             }
             Err(unavailable(format!("the write was not replicated: {e}")))
@@ -765,8 +781,8 @@ pub async fn claim<S: Shard>(
     if puts.is_empty() {
         return Ok(Vec::new());
     }
-    let budget = budget(cfg, sh.count());
-    let results = put(link, &budget, &puts).await?;
+    // Never refused by a budget, as on a node alone (`unlimited`).
+    let results = put(link, &unlimited(), &puts).await?;
     Ok(puts
         .into_iter()
         .zip(results)
@@ -864,7 +880,8 @@ pub async fn state_counts(link: &ShardLink) -> Result<BTreeMap<String, u64>, Err
 pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) -> usize {
     let keys = Keys(link.prefix());
     let now = sh.now();
-    let budget = budget(cfg, sh.count());
+    // Never refused by a budget, as on a node alone (`unlimited`).
+    let budget = unlimited();
     let retention_nanos = u64::try_from(cfg.retention.as_nanos()).unwrap_or(u64::MAX);
     let mut changed = 0;
     for (set, upto) in [
