@@ -583,3 +583,35 @@ fn the_counters_hash_does_not_keep_states_no_task_is_in() {
     let s = a.admin_get("/api/dashboard/summary");
     assert_eq!(s.json()["tasks"], json!({"made-up-99": 1}), "{}", s.text());
 }
+
+/// The dashboard's filtered task list finds every matching task in Redis, as a node
+/// alone's does: a completed task behind more than `QUERY_SCAN_MAX` (512) newer ones
+/// is listed under `state=completed` and counted in `total`.
+#[test]
+fn the_dashboard_lists_a_matching_task_behind_many_newer_ones() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    let done = posted(&a, "ak_test_admin", &json!({"payload": 0}));
+    let r = post_as(
+        &a,
+        FROM,
+        Some("ak_test_admin"),
+        &format!("/api/hub/tasks/{done}"),
+        &json!({"state": "completed", "result": "old"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for n in 0..520 {
+        posted(&a, "ak_test_admin", &json!({"payload": n}));
+    }
+    let r = a.admin_get("/api/dashboard/tasks?state=completed&limit=10");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    assert_eq!(
+        (ids(page["items"].as_array().unwrap()), &page["total"]),
+        (BTreeSet::from([done]), &json!(1)),
+        "{page}"
+    );
+}
