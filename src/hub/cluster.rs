@@ -815,38 +815,55 @@ pub async fn page(link: &ShardLink, page: &PageReq) -> Result<Vec<Task>, Error> 
     Ok(parse_reads(reply)?.into_iter().map(|r| r.task).collect())
 }
 
-/// Tasks the dashboard's filtered list reads from Redis per page: the newest this many
-/// after the cursor are filtered (the totals it shows count within them, and say so
-/// when the scan was cut).
+/// Tasks the dashboard's filtered list reads from Redis per script: one call stays
+/// short; the list reads window after window, newest first.
 pub const QUERY_SCAN_MAX: usize = 512;
 
-/// The dashboard's filtered list in a cluster: the part of the tasks in Redis, from
-/// the newest [`QUERY_SCAN_MAX`] after the cursor.
+/// The dashboard's filtered list in a cluster: the part of the tasks in Redis. Every
+/// task is read (in windows of [`QUERY_SCAN_MAX`], each filtered as it comes), as a
+/// node alone's shards each filter all they hold: a matching task behind any number of
+/// newer ones is found, and `total` counts every match. Bounded by the cluster's task
+/// budget (`--task-store-bytes-max`, the tasks of a shard); only the first `limit`
+/// rows after the cursor are kept.
 pub async fn query_part(
     link: &ShardLink,
     q: &crate::hub::query::TaskQuery,
 ) -> Result<crate::shard::paging::Part<crate::hub::query::TaskRow>, Error> {
     let keys = Keys(link.prefix());
-    let max = match &q.cursor {
-        Some((n, id)) => format!("({}", time_key(UnixTime(*n), id)).into_bytes(),
-        None => b"+".to_vec(),
-    };
-    let reply = link
-        .eval(
-            READ.name,
-            vec![keys.all()],
-            vec![
-                keys.task_prefix(),
-                max,
-                QUERY_SCAN_MAX.to_string().into_bytes(),
-                b"rev".to_vec(),
-            ],
-        )
-        .map_err(refused)?
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    let tasks: Vec<Task> = parse_reads(reply)?.into_iter().map(|r| r.task).collect();
-    Ok(crate::hub::query::tasks_part(tasks.iter(), q))
+    let mut part = crate::shard::paging::Part::default();
+    let mut max = b"+".to_vec();
+    loop {
+        let reply = link
+            .eval(
+                READ.name,
+                vec![keys.all()],
+                vec![
+                    keys.task_prefix(),
+                    max,
+                    QUERY_SCAN_MAX.to_string().into_bytes(),
+                    b"rev".to_vec(),
+                ],
+            )
+            .map_err(refused)?
+            .await
+            .map_err(|e| unavailable(format!("{e:?}")))?;
+        let reads = parse_reads(reply)?;
+        let more = reads.len() >= QUERY_SCAN_MAX;
+        let Some(last) = reads.last().map(|r| r.member.clone()) else {
+            return Ok(part);
+        };
+        let tasks: Vec<Task> = reads.into_iter().map(|r| r.task).collect();
+        // Windows come newest first, and so do each window's rows.
+        let p = crate::hub::query::tasks_part(tasks.iter(), q);
+        part.total += p.total;
+        part.after += p.after;
+        let room = q.limit.saturating_sub(part.rows.len());
+        part.rows.extend(p.rows.into_iter().take(room));
+        if !more {
+            return Ok(part);
+        }
+        max = format!("({last}").into_bytes();
+    }
 }
 
 /// Tasks by state across the cluster (the dashboard's counts), from the counters.
