@@ -25,12 +25,15 @@
 //!   sweep).
 //! * `{prefix}tb`: a hash of counters: `n`/`b` tasks and bytes held, `an`/`ab` those
 //!   of anonymous clients, `n:{client}`/`b:{client}` each client's, `s:{state}` tasks by
-//!   state (the dashboard's counts).
+//!   state (the dashboard's counts). A client's or a state's field goes when it counts
+//!   nothing: states are any string an update sends, and a field kept at 0 for each
+//!   would grow the hash (and every dashboard summary's `HGETALL`) without bound.
 //!
 //! Budgets are cluster-wide: this node's per-shard limits (`--task-store-bytes-max`,
 //! `--task-client-bytes-max`, `--task-client-tasks-max`, the 65,536 tasks of a shard)
 //! times its shard count, with the same anonymous share; the nodes of a cluster are
-//! expected to run with the same flags. A refusal is the same 429/503 as a node alone.
+//! expected to run with the same flags. A refusal is the same 429/503 as a node alone,
+//! and what a node alone never refuses (a claim, an expiry) is not refused here either.
 //!
 //! Bounded: a heartbeat reads at most [`CLAIM_CANDIDATES_MAX`] candidates of each of
 //! its indexes and claims at most `claim_bytes_max`; a list page reads `limit + 1`
@@ -155,7 +158,9 @@ while i <= #ARGV do
       redis.call('HINCRBY', tb, 'b', tbytes)
       redis.call('HINCRBY', tb, 'an', an)
       redis.call('HINCRBY', tb, 'ab', ab)
-      if so ~= '' then redis.call('HINCRBY', tb, 's:' .. so, -1) end
+      if so ~= '' and redis.call('HINCRBY', tb, 's:' .. so, -1) <= 0 then
+        redis.call('HDEL', tb, 's:' .. so)
+      end
       if sn ~= '' then redis.call('HINCRBY', tb, 's:' .. sn, 1) end
       for r = 0, nr - 1 do redis.call('ZREM', KEYS[tonumber(ARGV[r0 + r])], member) end
       for a = 0, na - 1 do
@@ -299,6 +304,21 @@ fn budget(cfg: &TaskStoreConfig, shards: usize) -> Budget {
     }
 }
 
+/// No limit: the budget of the changes a node alone never refuses (`TaskStore`'s
+/// `claim_for` and `expire` recharge without admitting: a claim adds the few bytes of
+/// `assigned`, an expiry those of `TTL expired`; refusing them would leave a task that
+/// no heartbeat can claim and no sweep can fail, and a full store full), and of taking
+/// back an unreplicated write.
+fn unlimited() -> Budget {
+    Budget {
+        items_max: usize::MAX,
+        bytes_max: usize::MAX,
+        client_items_max: usize::MAX,
+        client_bytes_max: usize::MAX,
+        anonymous_share_percent: 100,
+    }
+}
+
 /// A quota key of the counters hash for a client (its kind and name: two kinds never
 /// share a counter).
 fn client_key(c: &Charge) -> String {
@@ -358,7 +378,7 @@ async fn put(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1
                     after: p.before.clone(),
                 })
                 .collect();
-            if let Err(e) = put_once(link, budget, &back).await {
+            if let Err(e) = put_once(link, &unlimited(), &back).await {
                 tracing::warn!(error = ?e, "an unconfirmed task write was not taken back");
             }
             Err(unavailable(format!("the write was not replicated: {e}")))
@@ -761,8 +781,8 @@ pub async fn claim<S: Shard>(
     if puts.is_empty() {
         return Ok(Vec::new());
     }
-    let budget = budget(cfg, sh.count());
-    let results = put(link, &budget, &puts).await?;
+    // Never refused by a budget, as on a node alone (`unlimited`).
+    let results = put(link, &unlimited(), &puts).await?;
     Ok(puts
         .into_iter()
         .zip(results)
@@ -795,38 +815,55 @@ pub async fn page(link: &ShardLink, page: &PageReq) -> Result<Vec<Task>, Error> 
     Ok(parse_reads(reply)?.into_iter().map(|r| r.task).collect())
 }
 
-/// Tasks the dashboard's filtered list reads from Redis per page: the newest this many
-/// after the cursor are filtered (the totals it shows count within them, and say so
-/// when the scan was cut).
+/// Tasks the dashboard's filtered list reads from Redis per script: one call stays
+/// short; the list reads window after window, newest first.
 pub const QUERY_SCAN_MAX: usize = 512;
 
-/// The dashboard's filtered list in a cluster: the part of the tasks in Redis, from
-/// the newest [`QUERY_SCAN_MAX`] after the cursor.
+/// The dashboard's filtered list in a cluster: the part of the tasks in Redis. Every
+/// task is read (in windows of [`QUERY_SCAN_MAX`], each filtered as it comes), as a
+/// node alone's shards each filter all they hold: a matching task behind any number of
+/// newer ones is found, and `total` counts every match. Bounded by the cluster's task
+/// budget (`--task-store-bytes-max`, the tasks of a shard); only the first `limit`
+/// rows after the cursor are kept.
 pub async fn query_part(
     link: &ShardLink,
     q: &crate::hub::query::TaskQuery,
 ) -> Result<crate::shard::paging::Part<crate::hub::query::TaskRow>, Error> {
     let keys = Keys(link.prefix());
-    let max = match &q.cursor {
-        Some((n, id)) => format!("({}", time_key(UnixTime(*n), id)).into_bytes(),
-        None => b"+".to_vec(),
-    };
-    let reply = link
-        .eval(
-            READ.name,
-            vec![keys.all()],
-            vec![
-                keys.task_prefix(),
-                max,
-                QUERY_SCAN_MAX.to_string().into_bytes(),
-                b"rev".to_vec(),
-            ],
-        )
-        .map_err(refused)?
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    let tasks: Vec<Task> = parse_reads(reply)?.into_iter().map(|r| r.task).collect();
-    Ok(crate::hub::query::tasks_part(tasks.iter(), q))
+    let mut part = crate::shard::paging::Part::default();
+    let mut max = b"+".to_vec();
+    loop {
+        let reply = link
+            .eval(
+                READ.name,
+                vec![keys.all()],
+                vec![
+                    keys.task_prefix(),
+                    max,
+                    QUERY_SCAN_MAX.to_string().into_bytes(),
+                    b"rev".to_vec(),
+                ],
+            )
+            .map_err(refused)?
+            .await
+            .map_err(|e| unavailable(format!("{e:?}")))?;
+        let reads = parse_reads(reply)?;
+        let more = reads.len() >= QUERY_SCAN_MAX;
+        let Some(last) = reads.last().map(|r| r.member.clone()) else {
+            return Ok(part);
+        };
+        let tasks: Vec<Task> = reads.into_iter().map(|r| r.task).collect();
+        // Windows come newest first, and so do each window's rows.
+        let p = crate::hub::query::tasks_part(tasks.iter(), q);
+        part.total += p.total;
+        part.after += p.after;
+        let room = q.limit.saturating_sub(part.rows.len());
+        part.rows.extend(p.rows.into_iter().take(room));
+        if !more {
+            return Ok(part);
+        }
+        max = format!("({last}").into_bytes();
+    }
 }
 
 /// Tasks by state across the cluster (the dashboard's counts), from the counters.
@@ -860,7 +897,8 @@ pub async fn state_counts(link: &ShardLink) -> Result<BTreeMap<String, u64>, Err
 pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) -> usize {
     let keys = Keys(link.prefix());
     let now = sh.now();
-    let budget = budget(cfg, sh.count());
+    // Never refused by a budget, as on a node alone (`unlimited`).
+    let budget = unlimited();
     let retention_nanos = u64::try_from(cfg.retention.as_nanos()).unwrap_or(u64::MAX);
     let mut changed = 0;
     for (set, upto) in [

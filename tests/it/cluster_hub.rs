@@ -458,3 +458,160 @@ fn a_task_past_its_ttl_fails_across_the_cluster() {
     }
     assert!(heartbeat(&b, "worker-1", &["late"]).is_empty());
 }
+
+/// A node of one core on `redis` with `extra` flags.
+fn node_with(redis: &redis::Redis, id: &str, keys: &str, extra: &[&str]) -> Server {
+    let mut o = common::Opts::cores(1);
+    o.keys = Some(keys.to_owned());
+    o.args = ["--cluster", &redis.url(), "--node-id", id]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
+    let s = Server::with(o);
+    wait_ready(&s);
+    s
+}
+
+/// A field of the hub's counters hash (`chx:tb`), 0 when absent.
+fn counter(redis: &redis::Redis, field: &str) -> i64 {
+    match redis.cmd(&["HGET", "chx:tb", field]) {
+        redis::Reply::Bulk(s) => s.parse().unwrap(),
+        redis::Reply::Nil => 0,
+        other => panic!("HGET chx:tb {field}: {other:?}"),
+    }
+}
+
+/// Pads the pending task `id` of `poster` (its creator) with a `result` so that the
+/// poster holds exactly `quota` bytes: an update by the creator, admitted as on a node
+/// alone (`hb + db > quota` refuses, `== quota` does not).
+fn pad_to_quota(srv: &Server, redis: &redis::Redis, poster: &str, id: &str, quota: i64) {
+    let held = counter(redis, &format!("b:agent:{poster}"));
+    assert!(held < quota, "{held} of {quota}");
+    let result = "x".repeat(usize::try_from(quota - held).unwrap());
+    let r = post_as(
+        srv,
+        FROM,
+        Some(&format!("ak_{poster}")),
+        &format!("/api/hub/tasks/{id}"),
+        &json!({"state": "pending", "result": result}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(counter(redis, &format!("b:agent:{poster}")), quota);
+}
+
+/// A claim is never refused by a budget (as on a node alone, `TaskStore::claim_for`:
+/// it adds a few bytes of state, and refusing it would leave a full store full): a task
+/// whose poster holds exactly its byte quota is claimed by the next heartbeat.
+#[test]
+fn a_task_whose_poster_holds_its_whole_byte_quota_is_still_claimed() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node_with(&redis, "a", &k, &["--task-client-bytes-max", "4096"]);
+    let id = posted(&a, "ak_poster", &json!({"skill": "s", "payload": 1}));
+    pad_to_quota(&a, &redis, "poster", &id, 4096);
+    assert_eq!(
+        ids(&heartbeat(&a, "worker-1", &["s"])),
+        BTreeSet::from([id.clone()]),
+        "the task was not claimed: it is {}",
+        task(&a, &id)["state"]
+    );
+    assert_eq!(task(&a, &id)["assigned_agent_id"], "worker-1");
+}
+
+/// Expiry is never refused by a budget either (`TaskStore::expire`): a task past its
+/// TTL whose poster holds exactly its byte quota fails (`TTL expired` adds bytes).
+#[test]
+fn a_task_whose_poster_holds_its_whole_byte_quota_still_expires() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node_with(&redis, "a", &k, &["--task-client-bytes-max", "4096"]);
+    let id = posted(&a, "ak_poster", &json!({"skill": "late", "ttl": 1}));
+    pad_to_quota(&a, &redis, "poster", &id, 4096);
+    let deadline = Instant::now() + Duration::from_secs(70);
+    loop {
+        let t = task(&a, &id);
+        if t["state"] == "failed" {
+            assert_eq!(t["error"], "TTL expired");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never expired: still {}",
+            t["state"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The counters hash holds a count per state some task is in, not one per state any
+/// task was ever in: a client cycling one task through many made-up states does not
+/// grow it (nor the `HGETALL` of every dashboard summary).
+#[test]
+fn the_counters_hash_does_not_keep_states_no_task_is_in() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    let id = posted(&a, "ak_poster", &json!({"payload": 1}));
+    let hlen = || match redis.cmd(&["HLEN", "chx:tb"]) {
+        redis::Reply::Int(n) => n,
+        other => panic!("HLEN: {other:?}"),
+    };
+    let before = hlen();
+    for n in 0..100 {
+        let r = post_as(
+            &a,
+            FROM,
+            Some("ak_poster"),
+            &format!("/api/hub/tasks/{id}"),
+            &json!({"state": format!("made-up-{n}")}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert!(
+        hlen() <= before + 1,
+        "chx:tb grew from {before} to {} fields: {:?}",
+        hlen(),
+        redis.cmd(&["HKEYS", "chx:tb"])
+    );
+    let s = a.admin_get("/api/dashboard/summary");
+    assert_eq!(s.json()["tasks"], json!({"made-up-99": 1}), "{}", s.text());
+}
+
+/// The dashboard's filtered task list finds every matching task in Redis, as a node
+/// alone's does: a completed task behind more than `QUERY_SCAN_MAX` (512) newer ones
+/// is listed under `state=completed` and counted in `total`.
+#[test]
+fn the_dashboard_lists_a_matching_task_behind_many_newer_ones() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let a = node(&redis, "a", 1, &k, "10");
+    let done = posted(&a, "ak_test_admin", &json!({"payload": 0}));
+    let r = post_as(
+        &a,
+        FROM,
+        Some("ak_test_admin"),
+        &format!("/api/hub/tasks/{done}"),
+        &json!({"state": "completed", "result": "old"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for n in 0..520 {
+        posted(&a, "ak_test_admin", &json!({"payload": n}));
+    }
+    let r = a.admin_get("/api/dashboard/tasks?state=completed&limit=10");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let page = r.json();
+    assert_eq!(
+        (ids(page["items"].as_array().unwrap()), &page["total"]),
+        (BTreeSet::from([done]), &json!(1)),
+        "{page}"
+    );
+}
