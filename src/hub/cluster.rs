@@ -81,7 +81,8 @@ const RACE_RETRIES_MAX: usize = 4;
 /// anon_bytes_max`, spaces between), then per item: the index (into `KEYS`) of its
 /// task hash, its member (time key), the version it must have (`0`: must not exist),
 /// the new record (`""`: delete), the old and new state (`""`: none, for `s:` counts),
-/// the number of charge deltas, of sorted-set removals and of additions; then each
+/// the number of charge deltas, of sorted-set removals and of additions, the record it
+/// must hold besides its version (`""`: any; taking back a write of ours); then each
 /// delta (client, `1` if anonymous, `1` if it has a quota, items, bytes), each removal
 /// (key index), each addition (key index, score).
 ///
@@ -103,12 +104,13 @@ while i <= #ARGV do
   local member, want, rec = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local so, sn = ARGV[i + 4], ARGV[i + 5]
   local nd, nr, na = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
-  local d0 = i + 9
+  local exact = ARGV[i + 9]
+  local d0 = i + 10
   local r0 = d0 + 5 * nd
   local a0 = r0 + nr
   i = a0 + 2 * na
   local cur = redis.call('HGET', tk, 'v') or '0'
-  if cur ~= want then
+  if cur ~= want or (exact ~= '' and redis.call('HGET', tk, 'r') ~= exact) then
     out[#out + 1] = {0, cur}
   else
     local refused = nil
@@ -334,6 +336,9 @@ struct Put {
     before: Option<Task>,
     /// `None`: delete.
     after: Option<Task>,
+    /// Also require the stored record to be `before`'s, byte for byte (taking back a
+    /// write of ours: at `version` it may be another node's write instead).
+    exact: bool,
 }
 
 /// What became of one [`Put`].
@@ -368,31 +373,50 @@ fn refused(e: Refused) -> Error {
 async fn put(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1>, Error> {
     match put_once(link, budget, puts).await {
         Err(PutError::NotReplicated(e)) => {
-            let back: Vec<Put> = puts
-                .iter()
-                .map(|p| Put {
-                    id: p.id.clone(),
-                    member: p.member.clone(),
-                    version: p.version + 1,
-                    before: p.after.clone(),
-                    after: p.before.clone(),
-                })
-                .collect();
-            if let Err(e) = put_once(link, &unlimited(), &back).await {
-                tracing::warn!(error = ?e, "an unconfirmed task write was not taken back");
-            }
+            take_back(link, puts).await;
             Err(unavailable(format!("the write was not replicated: {e}")))
+        }
+        Err(PutError::MaybeRan(e)) => {
+            // The connection failed after the batch was sent: take back whatever of it
+            // ran (when Redis can be reached again at once), so that no task stays
+            // claimed by an agent that never got it.
+            take_back(link, puts).await;
+            Err(e)
         }
         Err(PutError::Unavailable(e)) => Err(e),
         Ok(r) => Ok(r),
     }
 }
 
+/// Puts back each item of a batch that was written but cannot be counted on: an item
+/// is ours if its version is one past the one read *and* its record is the one we
+/// wrote (at that version it may instead be another node's write, after ours lost a
+/// race: that one stays). Best effort (logged); never refused by a budget.
+async fn take_back(link: &ShardLink, puts: &[Put]) {
+    let back: Vec<Put> = puts
+        .iter()
+        .map(|p| Put {
+            id: p.id.clone(),
+            member: p.member.clone(),
+            version: p.version + 1,
+            before: p.after.clone(),
+            after: p.before.clone(),
+            exact: true,
+        })
+        .collect();
+    if let Err(e) = put_once(link, &unlimited(), &back).await {
+        tracing::warn!(error = ?e, "an unconfirmed task write was not taken back");
+    }
+}
+
 #[derive(Debug)]
 enum PutError {
+    /// Not sent, or refused as a whole: nothing ran.
     Unavailable(Error),
     /// `NOREPLICAS`: the script ran on the primary.
     NotReplicated(String),
+    /// The connection failed after the batch was written: it may have run.
+    MaybeRan(Error),
 }
 
 async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1>, PutError> {
@@ -424,6 +448,11 @@ async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec
                 .map_err(|e| U(Error::internal(format!("task record: {e}"))))?,
             None => Vec::new(),
         };
+        let exact = match (&p.before, p.exact) {
+            (Some(t), true) => serde_json::to_vec(&task_record(t))
+                .map_err(|e| U(Error::internal(format!("task record: {e}"))))?,
+            _ => Vec::new(),
+        };
         let state = |t: &Option<Task>| t.as_ref().map(|t| t.state.clone()).unwrap_or_default();
         let deltas = deltas(
             p.before.as_ref().map(task_line).as_ref(),
@@ -447,6 +476,7 @@ async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec
             deltas.len().to_string().into_bytes(),
             removes.len().to_string().into_bytes(),
             adds.len().to_string().into_bytes(),
+            exact,
         ]);
         for (c, dn, db) in &deltas {
             args.extend([
@@ -469,7 +499,7 @@ async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec
         .eval_durable(PUT.name, keys, args)
         .map_err(|e| U(refused(e)))?
         .await
-        .map_err(|e| U(unavailable(format!("{e:?}"))))?;
+        .map_err(|e| PutError::MaybeRan(unavailable(format!("{e:?}"))))?;
     let items = match reply {
         Value::Array(items) => items,
         Value::Error(e) if e.starts_with("NOREPLICAS") => return Err(PutError::NotReplicated(e)),
@@ -635,6 +665,7 @@ pub async fn create<S: Shard>(
             version: 0,
             before: None,
             after: Some(task),
+            exact: false,
         };
         match put(link, &budget, std::slice::from_ref(&put1))
             .await?
@@ -695,6 +726,7 @@ pub async fn update<S: Shard>(
             version,
             before: Some(before),
             after: Some(after),
+            exact: false,
         };
         match put(link, &budget, &[p]).await?.into_iter().next() {
             Some(Put1::Written(_)) => return Ok(Some(Outcome::Static(OK_BODY.as_bytes()))),
@@ -776,6 +808,7 @@ pub async fn claim<S: Shard>(
             version: r.version,
             before: Some(r.task),
             after: Some(after),
+            exact: false,
         });
     }
     if puts.is_empty() {
@@ -951,6 +984,7 @@ pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) ->
                     version: r.version,
                     before: Some(r.task),
                     after,
+                    exact: false,
                 })
             })
             .collect();

@@ -615,3 +615,93 @@ fn the_dashboard_lists_a_matching_task_behind_many_newer_ones() {
         "{page}"
     );
 }
+
+/// Under Sentinel every task write waits for a replica (`WAIT`). With the replica gone a
+/// post is refused (503, not replicated) and leaves nothing behind, and a heartbeat's
+/// claim that no replica confirmed is taken back: the task is pending again, for a
+/// later heartbeat, rather than assigned to an agent that never got it.
+#[test]
+fn through_sentinel_an_unreplicated_post_or_claim_is_taken_back() {
+    let Some(primary) = redis::start(&["--repl-diskless-sync-delay", "0"]) else {
+        return;
+    };
+    let mut replica = redis::start(&[
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
+    .unwrap();
+    let Some(sentinel) = redis::sentinel(primary.port) else {
+        return;
+    };
+    sentinel.wait_for_replica(Duration::from_secs(15));
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{}/{}",
+        sentinel.port,
+        redis::MASTER
+    );
+    let k = keys(AGENTS);
+    let a = crate::cluster::node_at(&url, "a", 1, &k, "10");
+    // Replicated: 200 (a loaded machine may make the replica late: retried).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let id = loop {
+        let r = post_task(&a, "ak_poster", &json!({"skill": "s"}));
+        if r.status == 200 {
+            break r.json()["task_id"].as_str().unwrap().to_owned();
+        }
+        assert!(r.text().contains("not replicated"), "{}", r.text());
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let tasks_in_redis = || match primary.cmd(&["KEYS", "chx:t:*"]) {
+        redis::Reply::Array(a) => a.len(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(tasks_in_redis(), 1);
+    // The worker is bound at the node while the replica is there (a binding needs one).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post_as(
+            &a,
+            FROM,
+            Some("ak_worker-1"),
+            "/api/hub/heartbeat",
+            &json!({"agent_id": "worker-1", "hostname": "h", "skill_names": ["other"]}),
+        );
+        if r.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    replica.kill();
+    // Without a replica: the post is refused and nothing of it stays.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post_task(&a, "ak_poster", &json!({"skill": "s"}));
+        assert_ne!(r.status, 200, "{}", r.text());
+        if r.text().contains("not replicated") {
+            assert_eq!(r.status, 503);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(tasks_in_redis(), 1, "the refused post left a task");
+    // The claim is not confirmed: no task handed out, and it is pending again.
+    assert!(heartbeat(&a, "worker-1", &["s"]).is_empty());
+    let rec = match primary.cmd(&["HGET", &format!("chx:t:{id}"), "r"]) {
+        redis::Reply::Bulk(r) => r,
+        other => panic!("{other:?}"),
+    };
+    let rec: Value = serde_json::from_str(&rec).unwrap();
+    assert_eq!(rec["state"], "pending", "{rec}");
+    assert_eq!(rec["assigned_agent_id"], "", "{rec}");
+    assert_eq!(
+        primary.cmd(&["ZCARD", "chx:tp:s:s"]),
+        redis::Reply::Int(1),
+        "pending in its skill's index again"
+    );
+}
