@@ -332,3 +332,69 @@ fn without_redis_route_and_topology_answer_from_the_nodes_own_agents() {
         "n2 after the restart",
     );
 }
+
+/// The dashboard's agent list (sorted, filtered, paged) and its health counts include
+/// the agents the other live nodes hold; a killed node's agents leave them with its lease.
+#[test]
+fn the_dashboard_lists_and_counts_the_agents_of_every_live_node() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(NO_PEERS);
+    let a = node(&redis, "a", 1, &k, "2");
+    let mut b = node(&redis, "b", 2, &k, "2");
+    for id in ["a1", "a2"] {
+        register(&a, id, &["x"]);
+    }
+    for id in ["b1", "b2", "b3"] {
+        register(&b, id, &["y"]);
+    }
+    let ids = |srv: &Server, path: &str| -> (Vec<String>, Value) {
+        let r = srv.admin_get(path);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        let ids = v["items"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|r| r["agent_id"].as_str().unwrap().to_owned())
+            .collect();
+        (ids, v)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, _) = ids(&a, "/api/dashboard/agents");
+        if got == ["a1", "a2", "b1", "b2", "b3"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Filtered, sorted and paged across nodes, at either node.
+    for srv in [&a, &b] {
+        let (got, v) = ids(srv, "/api/dashboard/agents?q=b&order=desc&limit=2");
+        assert_eq!(got, ["b3", "b2"], "{v}");
+        assert_eq!(v["total"], 3, "{v}");
+        let cursor = v["next_cursor"].as_str().unwrap().to_owned();
+        let (got, _) = ids(
+            srv,
+            &format!("/api/dashboard/agents?q=b&order=desc&limit=2&cursor={cursor}"),
+        );
+        assert_eq!(got, ["b1"]);
+    }
+    let s = a.admin_get("/api/dashboard/summary").json();
+    assert_eq!(s["agents"]["active"], 5, "{s}");
+    // b killed: its agents leave a's list and counts once its lease is out.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (got, _) = ids(&a, "/api/dashboard/agents");
+        let s = a.admin_get("/api/dashboard/summary").json();
+        if got == ["a1", "a2"] && s["agents"]["active"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{got:?} {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
