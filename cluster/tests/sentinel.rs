@@ -96,12 +96,23 @@ fn a_node_follows_a_failover_when_the_primary_is_killed() {
     bs[0].wait_for(UP_WITHIN, is_up);
     assert_eq!(port_of(&a[0]), primary.port.to_string());
     publish_reaches(&a[0], &bs[0], "before");
-    // Acknowledged by the replica before it resolves: survives the primary's loss.
-    assert_eq!(
-        durable_set(&a[0], "kept", "yes"),
-        Ok(Value::Bulk(b("done")))
-    );
+    // Acknowledged by the replica before it resolves: survives the primary's loss. The
+    // replica must be attached first; on a loaded machine it may still miss `WAIT`'s
+    // 500 ms (NOREPLICAS, the write stays on the primary): written again until it is
+    // acknowledged.
     sentinel.wait_for_replica(Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = durable_set(&a[0], "kept", "yes");
+        if matches!(&r, Ok(Value::Error(e)) if e.starts_with("NOREPLICAS"))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        assert_eq!(r, Ok(Value::Bulk(b("done"))));
+        break;
+    }
 
     let killed = Instant::now();
     primary.kill();
@@ -168,6 +179,8 @@ fn eval_durable_waits_for_the_replica_and_says_when_it_did_not_acknowledge() {
     cfg.lease = Duration::from_secs(5);
     let (node, s) = start_node(cfg, vec![SET, BAD], 1, |_| 0);
     s[0].wait_for(UP_WITHIN, is_up);
+    // The replica attached before the first WAIT (a loaded machine may still be syncing).
+    sentinel.wait_for_replica(Duration::from_secs(10));
     assert_eq!(durable_set(&s[0], "k", "v1"), Ok(Value::Bulk(b("done"))));
     // Acknowledged: the replica has it now.
     assert_eq!(replica.cli(&["GET", "k"]), "v1");

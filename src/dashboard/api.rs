@@ -180,18 +180,13 @@ where
     Op: Request<S::Msg, Reply = Reply>,
 {
     let mut s = Summary::empty(sh.now().as_secs_f64());
-    let [mut active, mut stale, mut offline] = registry::api::health_counts(sh).await?;
-    for r in registry::api::agents_elsewhere(sh).await {
-        match r.health {
-            registry::Health::Active => active += 1,
-            registry::Health::Stale => stale += 1,
-            registry::Health::Offline => offline += 1,
-        }
-    }
+    let [active, stale, offline] = registry::api::health_counts(sh).await?;
+    // In a cluster, the counts the other live nodes last wrote (every 5 s).
+    let [a, st, o] = registry::api::health_elsewhere(sh).await;
     s.agents = HealthCounts {
-        active,
-        stale,
-        offline,
+        active: active + a,
+        stale: stale + st,
+        offline: offline + o,
     };
     for r in ask_all(sh, |_| hub::ops::Op::StateCounts).await? {
         match r {

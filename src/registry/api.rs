@@ -504,6 +504,79 @@ pub async fn agents_elsewhere<S: Shard>(sh: &S) -> Vec<AgentRecord> {
         .collect()
 }
 
+/// The hash where each node of a cluster writes its agents' health counts
+/// ([`publish_health`]): node id → `"active stale offline"`.
+fn health_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"hc"].concat()
+}
+
+/// How often a node writes its health counts for the others' dashboards
+/// ([`publish_health`]): their summaries lag this node's by at most this.
+pub const HEALTH_PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes this node's agents' health counts into the cluster (one `HSET`, not awaited),
+/// for the other nodes' dashboard summaries ([`health_elsewhere`]): one field per node,
+/// so a summary reads a few bytes per node rather than every agent.
+pub async fn publish_health<S: Shard>(sh: &S)
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    let Some(link) = sh.cluster().filter(|l| l.is_up()) else {
+        return;
+    };
+    let Ok([a, st, o]) = health_counts(sh).await else {
+        return;
+    };
+    let _ = link.command_nowait(vec![
+        b"HSET".to_vec(),
+        health_key(link.prefix()),
+        link.node_id().as_bytes().to_vec(),
+        format!("{a} {st} {o}").into_bytes(),
+    ]);
+}
+
+/// The health counts the other live nodes last wrote ([`publish_health`]; a node whose
+/// lease ran out is not counted, and its field is dropped). `[0, 0, 0]` on a node alone
+/// and while Redis cannot be asked.
+pub async fn health_elsewhere<S: Shard>(sh: &S) -> [u64; 3] {
+    let mut total = [0u64; 3];
+    let Some(link) = sh.cluster() else {
+        return total;
+    };
+    let Ok(r) = link.command(vec![b"HGETALL".to_vec(), health_key(link.prefix())]) else {
+        return total;
+    };
+    let Ok(chatixia_cluster::Value::Array(a)) = r.await else {
+        return total;
+    };
+    let live = link.live_nodes();
+    let mut gone = Vec::new();
+    for kv in a.chunks(2) {
+        let (Some(chatixia_cluster::Value::Bulk(node)), Some(chatixia_cluster::Value::Bulk(v))) =
+            (kv.first(), kv.get(1))
+        else {
+            continue;
+        };
+        let node = String::from_utf8_lossy(node);
+        if node == link.node_id() {
+            continue;
+        }
+        if !live.iter().any(|n| *n == node) {
+            gone.push(node.into_owned().into_bytes());
+            continue;
+        }
+        for (t, n) in total.iter_mut().zip(String::from_utf8_lossy(v).split(' ')) {
+            *t += n.parse::<u64>().unwrap_or(0);
+        }
+    }
+    if !gone.is_empty() {
+        let mut cmd = vec![b"HDEL".to_vec(), health_key(link.prefix())];
+        cmd.extend(gone);
+        let _ = link.command_nowait(cmd);
+    }
+    total
+}
+
 /// Agents by health on every shard: `[active, stale, offline]`.
 pub async fn health_counts<S: Shard>(sh: &S) -> Result<[u64; 3], Error>
 where

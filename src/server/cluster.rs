@@ -128,6 +128,20 @@ pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
     monoio::spawn(async move { remote::run(c).await });
     let c = ctx.clone();
     monoio::spawn(async move { mirror::run(c).await });
+    // This node's health counts for the other nodes' dashboards.
+    if ctx.id() == 0 {
+        let c = ctx.clone();
+        let stop = ctx.shard.shutdown_event().clone();
+        monoio::spawn(async move {
+            loop {
+                crate::registry::api::publish_health(&*c).await;
+                monoio::select! {
+                    _ = monoio::time::sleep(crate::registry::api::HEALTH_PUBLISH_INTERVAL) => {}
+                    _ = stop.wait() => break,
+                }
+            }
+        });
+    }
     // The hub's tasks in Redis expire as a node alone's do (`hub::cluster::sweep`):
     // every node's first shard sweeps; a task two nodes sweep at once changes once.
     if ctx.id() == 0 {

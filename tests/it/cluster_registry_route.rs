@@ -382,8 +382,16 @@ fn the_dashboard_lists_and_counts_the_agents_of_every_live_node() {
         );
         assert_eq!(got, ["b1"]);
     }
-    let s = a.admin_get("/api/dashboard/summary").json();
-    assert_eq!(s["agents"]["active"], 5, "{s}");
+    // The counts: each node writes its own every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = a.admin_get("/api/dashboard/summary").json();
+        if s["agents"]["active"] == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // b killed: its agents leave a's list and counts once its lease is out.
     b.child.kill().unwrap();
     b.child.wait().unwrap();
