@@ -251,6 +251,12 @@ where
     let refund_room = reserve(sh, owner(sh, &client_key))?;
     let (issuer, expires_at) = match ask_owner(sh, &code_key, Op::CodeRedeem(code)).await? {
         Reply::Redeemed(Some(b)) => {
+            // In a cluster, wrong guesses near it at other nodes may have burnt it: gone,
+            // as a code a node alone burnt (its reservation kept, as a wrong code's).
+            if super::directory::burnt(sh, &code, b.1).await {
+                super::directory::forget_code(sh, &code);
+                return Err(PairError::InvalidCode.into());
+            }
             // A right code is not a wrong guess: give the reservation back.
             settle(refund_room, Op::GuessRefund(Box::new(client)));
             *b
@@ -262,6 +268,8 @@ where
                     return Ok(Err(node));
                 }
             }
+            // Counted across the cluster too (the code may be another node's).
+            super::directory::wrong_guess(sh, &code, cfg.guard.bucket_wrong_max).await;
             return Err(PairError::InvalidCode.into());
         }
         Reply::Throttled(secs) => {

@@ -32,9 +32,29 @@ pub const NOTE_ENTRY: Script = Script {
     source: "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
 };
 
+/// Counts a wrong six-digit guess in its bucket across the cluster (the guessing
+/// guard's per-code budget, `pairing::guard`, made cluster-wide): `KEYS[1]` the bucket's
+/// count (`{prefix}pg:{bucket}`, living a code's lifetime from its first guess), `KEYS[2]`
+/// its burn note (`{prefix}pb:{bucket}`); `ARGV[1]` the budget
+/// (`--pair-bucket-wrong-guesses-max`), `ARGV[2]` a code's lifetime in ms, `ARGV[3]` now
+/// (ns). Once the budget is spent the count starts over and the burn note holds the time:
+/// every live six-digit code of the bucket issued before it, at any node, is burnt when
+/// it is next redeemed. Returns 1 when it burnt.
+pub const WRONG_GUESS: Script = Script {
+    name: "chx_pair_wrong_guess",
+    source: "local n = redis.call('INCR', KEYS[1]) \
+             if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+             if n >= tonumber(ARGV[1]) then \
+               redis.call('DEL', KEYS[1]) \
+               redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2]) \
+               return 1 \
+             end \
+             return 0",
+};
+
 /// The directory's scripts (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![NOTE_CODE, NOTE_ENTRY]
+    vec![NOTE_CODE, NOTE_ENTRY, WRONG_GUESS]
 }
 
 fn code_key(link: &ShardLink, code: &Code) -> Vec<u8> {
@@ -153,6 +173,70 @@ fn elsewhere(link: &ShardLink, got: Value) -> Option<String> {
     match got {
         Value::Bulk(node) if node != link.node_id().as_bytes() => String::from_utf8(node).ok(),
         _ => None,
+    }
+}
+
+fn bucket_keys(link: &ShardLink, bucket: u32) -> (Vec<u8>, Vec<u8>) {
+    let p = link.prefix().as_bytes();
+    let b = bucket.to_string();
+    (
+        [p, b"pg:", b.as_bytes()].concat(),
+        [p, b"pb:", b.as_bytes()].concat(),
+    )
+}
+
+/// In a cluster, counts a wrong guess of six-digit `code` in its bucket across the
+/// nodes ([`WRONG_GUESS`]), so that guesses sent through any node spend the same
+/// per-code budget as at a node alone. Best effort: while Redis cannot be asked only the
+/// shard's own guard counts it. A long code is not counted.
+pub async fn wrong_guess<S: Shard>(sh: &S, code: &Code, bucket_wrong_max: u32) {
+    let (Some(link), Some(n)) = (sh.cluster(), code.digits6()) else {
+        return;
+    };
+    let (count, burn) = bucket_keys(link, n / super::guard::BUCKET_WIDTH);
+    let life_ms = super::CODE_TTL_SECS * 1000;
+    let asked = link.eval(
+        WRONG_GUESS.name,
+        vec![count, burn],
+        vec![
+            bucket_wrong_max.max(1).to_string().into_bytes(),
+            life_ms.to_string().into_bytes(),
+            sh.now().0.to_string().into_bytes(),
+        ],
+    );
+    match asked {
+        Ok(r) => {
+            if let Ok(Value::Int(1)) = r.await {
+                tracing::warn!(
+                    "six-digit invite codes burnt across the cluster after wrong guesses near them"
+                );
+            }
+        }
+        Err(e) => tracing::debug!(error = ?e, "wrong guess not counted in the cluster"),
+    }
+}
+
+/// Whether six-digit `code`, live until `expires_at`, was burnt by wrong guesses at any
+/// node of the cluster ([`WRONG_GUESS`]'s note is newer than its issue). `false` on a
+/// node alone, for a long code, and while Redis cannot be asked (the shard's own guard
+/// still applies).
+pub async fn burnt<S: Shard>(sh: &S, code: &Code, expires_at: crate::time::UnixTime) -> bool {
+    let (Some(link), Some(n)) = (sh.cluster(), code.digits6()) else {
+        return false;
+    };
+    let (_, burn) = bucket_keys(link, n / super::guard::BUCKET_WIDTH);
+    let Ok(r) = link.command(vec![b"GET".to_vec(), burn]) else {
+        return false;
+    };
+    let issued = expires_at
+        .0
+        .saturating_sub(super::CODE_TTL_SECS.saturating_mul(1_000_000_000));
+    match r.await {
+        Ok(Value::Bulk(at)) => std::str::from_utf8(&at)
+            .ok()
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|at| at >= issued),
+        _ => false,
     }
 }
 

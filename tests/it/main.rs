@@ -50,6 +50,7 @@ mod cluster_agents;
 mod cluster_hub;
 mod cluster_pairing;
 mod cluster_registry_route;
+mod cluster_review;
 mod config_file;
 mod dashboard_browser;
 mod durability_crash;

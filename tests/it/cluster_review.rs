@@ -1,0 +1,82 @@
+//! Hostile review of pairing across the nodes of a cluster (issue 25): what a node alone
+//! guarantees must still hold when requests go through another node. Real
+//! `redis-server`, real nodes, HTTP over loopback.
+use crate::cluster::{keys, wait_ready};
+use crate::common;
+
+use std::net::Ipv4Addr;
+
+use common::redis::{self, Redis};
+use common::{Opts, Server};
+use serde_json::json;
+
+/// A node of the cluster on `redis` with `extra` flags.
+fn node_with(redis: &Redis, id: &str, keys: &str, extra: &[&str]) -> Server {
+    let mut o = Opts::cores(1);
+    o.keys = Some(keys.to_string());
+    o.args = [
+        "--cluster",
+        &redis.url(),
+        "--node-id",
+        id,
+        "--cluster-lease",
+        "10",
+    ]
+    .iter()
+    .chain(extra)
+    .map(|s| s.to_string())
+    .collect();
+    let srv = Server::with(o);
+    wait_ready(&srv);
+    srv
+}
+
+fn code_at(srv: &Server) -> String {
+    let r = srv.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_alice")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["code"].as_str().unwrap().to_string()
+}
+
+fn pair_from(srv: &Server, ip: Ipv4Addr, code: &str) -> common::Resp {
+    srv.conn_from(ip).post_json(
+        "/api/pairing/pair",
+        &json!({"code": code, "agent_name": "guesser"}),
+    )
+}
+
+/// A node alone burns a six-digit code once three wrong guesses land in its bucket of
+/// 1,000 (`hostile_pairing::wrong_guesses_near_a_code_burn_it`). Guesses sent through
+/// another node of the cluster were counted only there, where the code is not, so the
+/// code survived any number of them and the right guess then paired through that node.
+#[test]
+fn wrong_guesses_near_a_six_digit_code_at_another_node_burn_it() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(&[("alice", None)]);
+    let six = ["--pair-code-format", "digits6"];
+    let a = node_with(&redis, "a", &k, &six);
+    let b = node_with(&redis, "b", &k, &six);
+    let real = code_at(&a);
+    let n: u32 = real.parse().unwrap();
+    let near: Vec<String> = (0..1000)
+        .map(|k| n / 1000 * 1000 + k)
+        .filter(|&c| c != n)
+        .take(3)
+        .map(|c| format!("{c:06}"))
+        .collect();
+    for (i, code) in near.iter().enumerate() {
+        let r = pair_from(&b, Ipv4Addr::new(127, 0, 31, 1 + i as u8), code);
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    for (srv, last) in [(&b, 100), (&a, 101)] {
+        let r = pair_from(srv, Ipv4Addr::new(127, 0, 31, last), &real);
+        assert_eq!(r.status, 401, "the code should be burnt: {}", r.text());
+    }
+    assert_eq!(a.admin_get("/api/pairing/all").json(), json!([]));
+}
