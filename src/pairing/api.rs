@@ -295,7 +295,12 @@ where
                 // In a cluster, where the entry is (`directory`), then the entry itself.
                 let noted = super::directory::note_entry(sh, id).await;
                 let saved = match noted {
-                    Ok(()) => commit(sh, write).await,
+                    Ok(true) => commit(sh, write).await,
+                    Ok(false) => {
+                        // Another live node holds an entry with this id: draw another.
+                        follow_up(sh, room, || Op::EntryRestore(Box::new((id, None)))).await;
+                        continue;
+                    }
                     Err(e) => Err(e),
                 };
                 if let Err(e) = saved {

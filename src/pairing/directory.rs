@@ -25,12 +25,34 @@ pub const NOTE_CODE: Script = Script {
     source: "return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])",
 };
 
-/// Notes an entry's node: `KEYS[1]` the entries hash, `ARGV[1]` the id, `ARGV[2]` the
-/// node.
+/// Notes entries' node: `KEYS[1]` the entries hash; `ARGV[1]` this node, `ARGV[2]` how
+/// many live nodes follow, then the live nodes, then the entry ids. An id is noted as
+/// this node's unless another *live* node holds it (entry ids are 32 random bits, drawn
+/// at each node: two nodes can draw the same one); a note naming a node that is not
+/// live (gone, or this node under its former `--node-id`) is taken over. Returns the ids
+/// another live node holds.
 pub const NOTE_ENTRY: Script = Script {
     name: "chx_pair_note_entry",
-    source: "return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
+    source: r#"
+local me, n = ARGV[1], tonumber(ARGV[2])
+local live = {}
+for i = 3, 2 + n do live[ARGV[i]] = true end
+local taken = {}
+for i = 3 + n, #ARGV do
+  local cur = redis.call('HGET', KEYS[1], ARGV[i])
+  if cur and cur ~= me and live[cur] then
+    taken[#taken + 1] = ARGV[i]
+  elseif cur ~= me then
+    redis.call('HSET', KEYS[1], ARGV[i], me)
+  end
+end
+return taken
+"#,
 };
+
+/// Entry ids noted per [`NOTE_ENTRY`] call when a shard notes all its entries again
+/// (after every connect): one short script at a time.
+pub const NOTE_ENTRIES_BATCH_MAX: usize = 512;
 
 /// Counts a wrong six-digit guess in its bucket across the cluster (the guessing
 /// guard's per-code budget, `pairing::guard`, made cluster-wide): `KEYS[1]` the bucket's
@@ -115,22 +137,74 @@ pub async fn note_code<S: Shard>(sh: &S, code: &Code, ttl_ms: u64) -> Result<(),
     .await
 }
 
-/// Notes that this node holds entry `id`, before its `pair` is answered.
-pub async fn note_entry<S: Shard>(sh: &S, id: EntryId) -> Result<(), Error> {
+fn note_args(link: &ShardLink, ids: &[EntryId]) -> Vec<Vec<u8>> {
+    let live = link.live_nodes();
+    let mut args = vec![
+        link.node_id().as_bytes().to_vec(),
+        live.len().to_string().into_bytes(),
+    ];
+    args.extend(live.into_iter().map(String::into_bytes));
+    args.extend(ids.iter().map(|id| id.to_string().into_bytes()));
+    args
+}
+
+/// Notes that this node holds entry `id`, before its `pair` is answered: `Ok(true)`;
+/// `Ok(false)` when another live node holds an entry with this id (draw another).
+pub async fn note_entry<S: Shard>(sh: &S, id: EntryId) -> Result<bool, Error> {
     let Some(link) = sh.cluster() else {
-        return Ok(());
+        return Ok(true);
     };
-    durable(
-        link,
+    let what = "pairing entry";
+    let reply = match link.eval_durable(
         NOTE_ENTRY.name,
         vec![entries_key(link)],
-        vec![
-            id.to_string().into_bytes(),
-            link.node_id().as_bytes().to_vec(),
-        ],
-        "pairing entry",
-    )
-    .await
+        note_args(link, &[id]),
+    ) {
+        Ok(r) => r.await,
+        Err(Refused::Down(why)) => return Err(unavailable(what, why)),
+        Err(Refused::Busy) => return Err(unavailable(what, "too many commands in flight")),
+        Err(Refused::Closed) => return Err(unavailable(what, "the link has stopped")),
+    };
+    match reply {
+        Ok(Value::Array(taken)) => Ok(taken.is_empty()),
+        Ok(Value::Error(e)) => Err(unavailable(what, e)),
+        Ok(other) => Err(unavailable(what, format!("unexpected reply {other:?}"))),
+        Err(e) => Err(unavailable(what, format!("{e:?}"))),
+    }
+}
+
+/// Notes every entry `ids` of a shard again (after each connect to Redis: Redis may have
+/// lost its data, or this node may run under a new `--node-id`), in batches of
+/// [`NOTE_ENTRIES_BATCH_MAX`]; an id another live node holds is logged (its entry here
+/// is reachable at this node only). `false` when the link failed midway.
+pub async fn note_entries<S: Shard>(sh: &S, ids: &[EntryId]) -> bool {
+    let Some(link) = sh.cluster() else {
+        return true;
+    };
+    for batch in ids.chunks(NOTE_ENTRIES_BATCH_MAX) {
+        let sent = link.eval(
+            NOTE_ENTRY.name,
+            vec![entries_key(link)],
+            note_args(link, batch),
+        );
+        match sent {
+            Ok(r) => match r.await {
+                Ok(Value::Array(taken)) => {
+                    for t in taken {
+                        if let Value::Bulk(id) = t {
+                            tracing::warn!(
+                                entry = %String::from_utf8_lossy(&id),
+                                "a pairing entry id held here is noted for another live node"
+                            );
+                        }
+                    }
+                }
+                _ => return false,
+            },
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// The node that issued `code`, when it is another node (`None`: this node, no such

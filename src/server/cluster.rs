@@ -230,6 +230,23 @@ fn take(ctx: &Rc<ShardCtx>) {
             );
             remote::on_up(&ctx.state.ws);
             mirror::on_up(&ctx.state.agents);
+            // Where this shard's pairing entries are (`pairing::directory`): Redis may have
+            // lost it, or this node may run under a new `--node-id`.
+            let ids: Vec<_> = ctx
+                .state
+                .pairing
+                .borrow()
+                .entries
+                .list_all()
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            if !ids.is_empty() {
+                let c = ctx.clone();
+                monoio::spawn(async move {
+                    crate::pairing::directory::note_entries(&*c, &ids).await;
+                });
+            }
             // This shard's pairing approvals (and revocations) into the cluster's records.
             let a = pairing::assertions(&ctx.state.pairing.borrow().entries);
             if !a.approved.is_empty() || !a.revoked.is_empty() {

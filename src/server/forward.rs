@@ -196,11 +196,21 @@ pub async fn list(
         limit: page.limit,
     })
     .map_err(|e| Error::internal(e.to_string()))?;
-    for node in link.live_nodes() {
-        if node == link.node_id() {
-            continue;
-        }
-        match ask(ctx, &node, LIST_ROUTE_KEY, TAG_LIST, &req).await {
+    // Every other live node at once: a node that does not answer costs one timeout, not
+    // one each.
+    let others: Vec<String> = link
+        .live_nodes()
+        .into_iter()
+        .filter(|n| n != link.node_id())
+        .collect();
+    let answers = futures_util::future::join_all(
+        others
+            .iter()
+            .map(|node| ask(ctx, node, LIST_ROUTE_KEY, TAG_LIST, &req)),
+    )
+    .await;
+    for (node, answer) in others.iter().zip(answers) {
+        match answer {
             Ok(Outcome::Json(body)) => {
                 match serde_json::from_slice::<Vec<(String, Box<serde_json::value::RawValue>)>>(
                     &body,

@@ -57,10 +57,30 @@ pub struct NodeAsks {
 
 impl Default for NodeAsks {
     fn default() -> Self {
+        // Numbers start at random: an answer meant for this node's previous process (a
+        // restart within an ask's timeout) must not wake an ask of this one.
+        let mut start = [0u8; 8];
+        super::fill_random(&mut start);
         NodeAsks {
             slots: RefCell::new(slab::Slab::new()),
-            next: std::cell::Cell::new(1),
+            next: std::cell::Cell::new(u64::from_be_bytes(start)),
             reply_key: RefCell::new(None),
+        }
+    }
+}
+
+/// Removes an ask's slot when the ask ends, whichever way (answered, timed out, or its
+/// future dropped): a slot is never left behind.
+struct SlotGuard<'a> {
+    asks: &'a NodeAsks,
+    key: usize,
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let mut slots = self.asks.slots.borrow_mut();
+        if slots.contains(self.key) {
+            slots.remove(self.key);
         }
     }
 }
@@ -163,8 +183,8 @@ pub async fn ask_node<S: Shard>(
     body.push(tag);
     body.extend_from_slice(request);
     let key = asks.slots.borrow_mut().insert(Slot::Waiting(n, None));
+    let _guard = SlotGuard { asks, key };
     if let Err(e) = link.publish(node, route_key, &body) {
-        asks.slots.borrow_mut().remove(key);
         return Err(unavailable(node, format!("{e:?}")));
     }
     let wait = poll_fn(|cx| {
@@ -193,17 +213,8 @@ pub async fn ask_node<S: Shard>(
         Poll::Pending
     })
     .await;
-    match answered {
-        Some(r) => r,
-        None => {
-            // Timed out: the slot goes (a late answer finds nothing).
-            let mut slots = asks.slots.borrow_mut();
-            if slots.contains(key) {
-                slots.remove(key);
-            }
-            Err(unavailable(node, "no answer in time"))
-        }
-    }
+    // Timed out: the slot goes with the guard (a late answer finds nothing).
+    answered.unwrap_or_else(|| Err(unavailable(node, "no answer in time")))
 }
 
 /// An ask from another node, parsed (the body after its kind byte).

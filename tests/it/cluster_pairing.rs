@@ -203,3 +203,35 @@ fn an_entry_whose_node_is_gone_is_a_503_naming_it() {
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.text().contains("node `a`"), "{}", r.text());
 }
+
+/// Redis restarted empty: each node notes its entries again once it reconnects, so an
+/// entry is still reached from another node (approved there).
+#[test]
+fn entries_are_noted_again_after_redis_lost_its_data() {
+    let Some(mut redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let a = node(&redis, "a", 2, &k, "10");
+    let b = node(&redis, "b", 1, &k, "10");
+    let code = code_at(&a, "alice");
+    let r = pair_at(&a, 1, &code, "laptop");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.cmd(&["HGET", "chx:pe", &id]) != redis::Reply::Bulk("a".into()) {
+        assert!(Instant::now() < deadline, "the entry was not noted again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = b.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+        if r.status == 200 {
+            assert!(r.json()["device_token"].as_str().is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} {}", r.status, r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
