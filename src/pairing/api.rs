@@ -135,9 +135,17 @@ where
             Reply::CodeStored(expires_at) => {
                 // In a cluster, where the code is (`directory`) before anyone is told it.
                 let ttl = expires_at.0.saturating_sub(sh.now().0) / 1_000_000;
-                if let Err(e) = super::directory::note_code(sh, &code, ttl).await {
-                    follow_up(sh, room, || Op::CodeRemove(code)).await;
-                    return Err(e);
+                match super::directory::note_code(sh, &code, ttl).await {
+                    Ok(true) => {}
+                    // Another node's live code: draw another.
+                    Ok(false) => {
+                        follow_up(sh, room, || Op::CodeRemove(code)).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        follow_up(sh, room, || Op::CodeRemove(code)).await;
+                        return Err(e);
+                    }
                 }
                 let put = Mutation::PutInvite(invite_record(code, &issuer, expires_at));
                 if let Err(e) = commit(sh, vec![put]).await {

@@ -454,6 +454,15 @@ impl CodeStore {
         before - self.codes.len()
     }
 
+    /// The live codes and their expiry (a node noting its codes in a cluster again).
+    pub fn live(&self, now: UnixTime) -> Vec<(Code, UnixTime)> {
+        self.codes
+            .iter()
+            .filter(|(_, inv)| now < inv.expires_at)
+            .map(|(c, inv)| (*c, inv.expires_at))
+            .collect()
+    }
+
     /// Codes held (live or not yet swept).
     pub fn len(&self) -> usize {
         self.codes.len()

@@ -18,11 +18,23 @@ use chatixia_cluster::{Refused, Script, ShardLink, Value};
 use super::{Code, EntryId};
 use crate::shard::{Error, Shard};
 
-/// Notes a code's node: `KEYS[1]` the code's key, `ARGV[1]` the node, `ARGV[2]` its
-/// lifetime in ms.
+/// Notes codes' node: `ARGV[1]` the node, then pairs of a code's key (`KEYS`, in order)
+/// and its lifetime in ms. A code another node noted is left to it (codes are drawn at
+/// each node: six digits collide across nodes): returns the keys that were taken.
 pub const NOTE_CODE: Script = Script {
     name: "chx_pair_note_code",
-    source: "return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])",
+    source: r#"
+local taken = {}
+for i, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if cur and cur ~= ARGV[1] then
+    taken[#taken + 1] = k
+  else
+    redis.call('SET', k, ARGV[1], 'PX', ARGV[i + 1])
+  end
+end
+return taken
+"#,
 };
 
 /// Notes entries' node: `KEYS[1]` the entries hash; `ARGV[1]` this node, `ARGV[2]` how
@@ -98,43 +110,67 @@ fn unavailable(what: &str, why: impl std::fmt::Display) -> Error {
     ))
 }
 
-async fn durable(
-    link: &ShardLink,
-    script: &str,
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
-    what: &str,
-) -> Result<(), Error> {
-    let reply = match link.eval_durable(script, keys, args) {
+/// Notes that this node issued `code`, live for `ttl_ms`, before the code is answered:
+/// `Ok(true)`; `Ok(false)` when another node issued the same code and it is still live
+/// (draw another: a code names one invite in the cluster).
+pub async fn note_code<S: Shard>(sh: &S, code: &Code, ttl_ms: u64) -> Result<bool, Error> {
+    let Some(link) = sh.cluster() else {
+        return Ok(true);
+    };
+    let what = "invite code";
+    let args = vec![
+        link.node_id().as_bytes().to_vec(),
+        ttl_ms.max(1).to_string().into_bytes(),
+    ];
+    let reply = match link.eval_durable(NOTE_CODE.name, vec![code_key(link, code)], args) {
         Ok(r) => r.await,
         Err(Refused::Down(why)) => return Err(unavailable(what, why)),
         Err(Refused::Busy) => return Err(unavailable(what, "too many commands in flight")),
         Err(Refused::Closed) => return Err(unavailable(what, "the link has stopped")),
     };
     match reply {
+        Ok(Value::Array(taken)) => Ok(taken.is_empty()),
         Ok(Value::Error(e)) => Err(unavailable(what, e)),
-        Ok(_) => Ok(()),
+        Ok(other) => Err(unavailable(what, format!("unexpected reply {other:?}"))),
         Err(e) => Err(unavailable(what, format!("{e:?}"))),
     }
 }
 
-/// Notes that this node issued `code`, live for `ttl_ms`, before the code is answered:
-/// `Ok` on a node alone.
-pub async fn note_code<S: Shard>(sh: &S, code: &Code, ttl_ms: u64) -> Result<(), Error> {
+/// Codes per [`NOTE_CODE`] call when a shard notes its live codes again.
+pub const NOTE_CODES_BATCH_MAX: usize = 256;
+
+/// Notes a shard's live codes again (after each connect to Redis), in batches of
+/// [`NOTE_CODES_BATCH_MAX`], each with the lifetime it has left; one another node noted
+/// meanwhile stays that node's (logged: this one is redeemed here only). `false` when
+/// the link failed midway.
+pub async fn note_codes<S: Shard>(sh: &S, codes: &[(Code, u64)]) -> bool {
     let Some(link) = sh.cluster() else {
-        return Ok(());
+        return true;
     };
-    durable(
-        link,
-        NOTE_CODE.name,
-        vec![code_key(link, code)],
-        vec![
-            link.node_id().as_bytes().to_vec(),
-            ttl_ms.max(1).to_string().into_bytes(),
-        ],
-        "invite code",
-    )
-    .await
+    for batch in codes.chunks(NOTE_CODES_BATCH_MAX) {
+        let keys = batch.iter().map(|(c, _)| code_key(link, c)).collect();
+        let mut args = vec![link.node_id().as_bytes().to_vec()];
+        args.extend(
+            batch
+                .iter()
+                .map(|(_, ttl)| ttl.max(&1).to_string().into_bytes()),
+        );
+        match link.eval(NOTE_CODE.name, keys, args) {
+            Ok(r) => match r.await {
+                Ok(Value::Array(taken)) => {
+                    if !taken.is_empty() {
+                        tracing::warn!(
+                            codes = taken.len(),
+                            "invite codes issued here are noted for another node"
+                        );
+                    }
+                }
+                _ => return false,
+            },
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 fn note_args(link: &ShardLink, ids: &[EntryId]) -> Vec<Vec<u8>> {

@@ -241,10 +241,21 @@ fn take(ctx: &Rc<ShardCtx>) {
                 .iter()
                 .map(|e| e.id)
                 .collect();
-            if !ids.is_empty() {
+            let now = ctx.now();
+            let codes: Vec<_> = ctx
+                .state
+                .pairing
+                .borrow()
+                .codes
+                .live(now)
+                .into_iter()
+                .map(|(code, until)| (code, until.0.saturating_sub(now.0) / 1_000_000))
+                .collect();
+            if !ids.is_empty() || !codes.is_empty() {
                 let c = ctx.clone();
                 monoio::spawn(async move {
                     crate::pairing::directory::note_entries(&*c, &ids).await;
+                    crate::pairing::directory::note_codes(&*c, &codes).await;
                 });
             }
             // This shard's pairing approvals (and revocations) into the cluster's records.

@@ -204,8 +204,9 @@ fn an_entry_whose_node_is_gone_is_a_503_naming_it() {
     assert!(r.text().contains("node `a`"), "{}", r.text());
 }
 
-/// Redis restarted empty: each node notes its entries again once it reconnects, so an
-/// entry is still reached from another node (approved there).
+/// Redis restarted empty: each node notes its entries and live codes again once it
+/// reconnects, so an entry is still reached from another node (approved there) and a code
+/// still pairs there.
 #[test]
 fn entries_are_noted_again_after_redis_lost_its_data() {
     let Some(mut redis) = redis::start(&[]) else {
@@ -218,6 +219,8 @@ fn entries_are_noted_again_after_redis_lost_its_data() {
     let r = pair_at(&a, 1, &code, "laptop");
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().unwrap().to_owned();
+    // A code issued at a, not used yet: noted again too.
+    let unused = code_at(&a, "alice");
     redis.restart();
     let deadline = Instant::now() + Duration::from_secs(20);
     while redis.cmd(&["HGET", "chx:pe", &id]) != redis::Reply::Bulk("a".into()) {
@@ -234,4 +237,11 @@ fn entries_are_noted_again_after_redis_lost_its_data() {
         assert!(Instant::now() < deadline, "{} {}", r.status, r.text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    let r = pair_at(&b, 2, &unused, "second");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:pe", r.json()["id"].as_str().unwrap()]),
+        redis::Reply::Bulk("a".into()),
+        "paired at a, the code's node"
+    );
 }
