@@ -640,6 +640,31 @@ impl WsConn {
         .await
     }
 
+    /// Sends `register` and reads only the first `bytes` bytes the server sends back (the
+    /// start of its `peer_list` frame), as a client that never reads the rest (issue 26's
+    /// idle client). The connection is then only fit for holding: what is left of the
+    /// frame is never decoded.
+    pub async fn register_partial(&mut self, peer_id: &str, bytes: usize) -> Result<(), Fail> {
+        if self.stream.tls.is_some() {
+            return Err(Fail::new(
+                "usage",
+                "reading part of the peer list needs a plain ws:// target",
+            ));
+        }
+        let msg = wire::ws::signaling::SignalMessage::register(peer_id).to_text();
+        self.send_text(msg.as_bytes()).await?;
+        with_timeout("register", async {
+            let mut got = 0usize;
+            while got < bytes {
+                // A read into exactly the room still wanted: the rest stays in the socket.
+                let buf = read_some(&mut self.stream.tcp, Vec::with_capacity(bytes - got)).await?;
+                got += buf.len();
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// The socket and what was read but not yet returned, to split the connection
     /// into a reading and a writing task (plain connections only: `None` for TLS).
     #[allow(clippy::type_complexity)]

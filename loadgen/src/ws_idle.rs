@@ -37,6 +37,11 @@ pub struct Args {
     /// ~28,000 ports towards one server address.
     #[arg(long, default_value_t = 64)]
     pub source_ips: usize,
+    /// Read only this many bytes of each peer's `peer_list` and never read again (as a
+    /// client that reads the start of the list and then sits idle: issue 26; plain
+    /// `ws://` only); `0` (default): read and count the whole list, answer pings.
+    #[arg(long, default_value_t = 0)]
+    pub read_peer_list_bytes: usize,
 }
 
 /// Cross-thread phase control (main thread ↔ shards).
@@ -59,6 +64,8 @@ struct ShardIn {
     concurrency: usize,
     token_concurrency: usize,
     coord: Arc<Coord>,
+    /// `Args::read_peer_list_bytes`.
+    partial: usize,
 }
 
 struct ShardOut {
@@ -81,6 +88,7 @@ async fn wait_flag(f: &AtomicBool) {
 
 async fn shard(input: ShardIn) -> ShardOut {
     let coord = input.coord.clone();
+    let partial = input.partial;
     let keys: Vec<String> = input.peers.iter().map(|(_, p)| p.key.clone()).collect();
     let counter = Arc::new(AtomicU64::new(0));
     let fetched =
@@ -158,7 +166,12 @@ async fn shard(input: ShardIn) -> ShardOut {
                 let r = async {
                     let mut c =
                         WsConn::open(&target, sources.pick(*global), &tokens[i].jwt).await?;
-                    let listed = c.register(&peer.peer_id).await?;
+                    let listed = if partial > 0 {
+                        c.register_partial(&peer.peer_id, partial).await?;
+                        0
+                    } else {
+                        c.register(&peer.peer_id).await?
+                    };
                     Ok::<_, Fail>((c, listed))
                 }
                 .await;
@@ -172,9 +185,13 @@ async fn shard(input: ShardIn) -> ShardOut {
                         }
                         coord.established.fetch_add(1, Ordering::Relaxed);
                         let (state, stop, coord) = (state.clone(), stop.clone(), coord.clone());
-                        holders
-                            .borrow_mut()
-                            .push(monoio::spawn(hold(conn, stop, state, coord)));
+                        holders.borrow_mut().push(monoio::spawn(hold(
+                            conn,
+                            stop,
+                            state,
+                            coord,
+                            partial > 0,
+                        )));
                     }
                     Err(e) => {
                         coord.failed.fetch_add(1, Ordering::Relaxed);
@@ -218,8 +235,20 @@ async fn shard(input: ShardIn) -> ShardOut {
 
 type HoldState = Rc<RefCell<(hdrhistogram::Histogram<u64>, Errors, u64, Errors, u64)>>;
 
-/// Keeps one connection open until `stop`, answering pings; a drop is counted.
-async fn hold(mut conn: WsConn, stop: reactor::LocalEvent, state: HoldState, coord: Arc<Coord>) {
+/// Keeps one connection open until `stop`, answering pings; a drop is counted. `silent`:
+/// reads nothing (the rest of a partly read peer list stays unread), answers nothing.
+async fn hold(
+    mut conn: WsConn,
+    stop: reactor::LocalEvent,
+    state: HoldState,
+    coord: Arc<Coord>,
+    silent: bool,
+) {
+    if silent {
+        stop.wait().await;
+        drop(conn);
+        return;
+    }
     loop {
         match reactor::timer::select2(conn.next_event(), stop.wait()).await {
             reactor::timer::Either::Left(Ok(_)) => continue,
@@ -281,6 +310,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
                 + usize::from(s < args.connect_concurrency % cores),
             token_concurrency: args.common.token_concurrency,
             coord: coord.clone(),
+            partial: args.read_peer_list_bytes,
         })
         .collect();
 
