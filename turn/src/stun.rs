@@ -23,6 +23,8 @@ pub const FINGERPRINT_XOR: u32 = 0x5354_554e;
 /// REALM, NONCE, both integrities, FINGERPRINT, SOFTWARE, LIFETIME, transport, a few
 /// XOR-PEER-ADDRESSes); 32 leaves room for any honest client, and keeps the parsed
 /// index ([`Msg`]) a fixed 256 bytes on the stack. More: [`ParseError::TooManyAttributes`].
+/// MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256 and FINGERPRINT (one of each) do not count:
+/// they are kept apart from the index, and each can appear once.
 pub const ATTRIBUTES_MAX: usize = 32;
 
 /// STUN and TURN methods.
@@ -222,9 +224,21 @@ pub fn parse(b: &[u8]) -> Result<Msg<'_>, ParseError> {
         if end > b.len() {
             return Err(ParseError::Truncated);
         }
-        seen += 1;
-        if seen > ATTRIBUTES_MAX {
-            return Err(ParseError::TooManyAttributes);
+        // The bound counts the attributes listed or skipped, not MESSAGE-INTEGRITY(-SHA256)
+        // and FINGERPRINT (at most one of each is taken; a second is skipped, and
+        // counted): a message of `ATTRIBUTES_MAX` attributes with its integrity and
+        // fingerprint, as `Message::encode` writes it, parses (found by fuzzing).
+        let special = match ty {
+            attr::FINGERPRINT => true,
+            attr::MESSAGE_INTEGRITY_SHA256 => m.integrity_sha256.is_none(),
+            attr::MESSAGE_INTEGRITY => m.integrity.is_none() && m.integrity_sha256.is_none(),
+            _ => false,
+        };
+        if !special {
+            seen += 1;
+            if seen > ATTRIBUTES_MAX {
+                return Err(ParseError::TooManyAttributes);
+            }
         }
         if m.fingerprint {
             // Nothing may follow FINGERPRINT.

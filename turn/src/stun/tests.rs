@@ -237,6 +237,24 @@ fn refuses_malformed_messages() {
     }
     w.finish();
     assert_eq!(parse(&many).unwrap_err(), ParseError::TooManyAttributes);
+    // Exactly `ATTRIBUTES_MAX` of them with MESSAGE-INTEGRITY, -SHA256 and FINGERPRINT:
+    // those three do not count, so what `Message::encode` writes parses (the stun fuzz
+    // target found 32 attributes re-encoded with a FINGERPRINT refused).
+    let mut full = Message::new(method::BINDING, Class::Request, [7; 12]);
+    for i in 0..ATTRIBUTES_MAX {
+        full = full.with(attr::SOFTWARE, vec![b'a' + (i % 26) as u8]);
+    }
+    for (key, fp) in [
+        (None, true),
+        (Some(&b"key"[..]), false),
+        (Some(&b"key"[..]), true),
+    ] {
+        let bytes = full.encode(key, fp);
+        let m = parse(&bytes).expect("parses");
+        assert_eq!(m.types().count(), ATTRIBUTES_MAX);
+        assert_eq!(m.fingerprint, fp);
+        assert_eq!(Message::decode(&bytes).as_ref(), Some(&full));
+    }
     // Something after FINGERPRINT.
     let mut after = Vec::new();
     let mut w = Builder::new(&mut after, method::BINDING, Class::Request, [0; 12]);
