@@ -257,12 +257,24 @@ where
     // Room to put the code back, and to refund the reservation of a right code.
     let code_room = reserve(sh, owner(sh, &code_key))?;
     let refund_room = reserve(sh, owner(sh, &client_key))?;
+    // In a cluster, the address's wrong codes at every node count against its budget.
+    let max = cfg.guard.wrong_per_address_max;
+    if let Some(secs) = super::directory::address_spent(sh, &client_key, max).await {
+        // Not a guess: the reservation this node made goes back.
+        settle(refund_room, Op::GuessRefund(Box::new(client)));
+        return Err(Error::too_many(format!(
+            "this address tried {max} wrong pairing codes within 24 h across the cluster, \
+             its limit (--pair-wrong-guesses-per-address-max); try again in {secs} s"
+        ))
+        .retry_after(secs));
+    }
     let (issuer, expires_at) = match ask_owner(sh, &code_key, Op::CodeRedeem(code)).await? {
         Reply::Redeemed(Some(b)) => {
             // In a cluster, wrong guesses near it at other nodes may have burnt it: gone,
             // as a code a node alone burnt (its reservation kept, as a wrong code's).
             if super::directory::burnt(sh, &code, b.1).await {
                 super::directory::forget_code(sh, &code);
+                super::directory::address_wrong(sh, &client_key);
                 return Err(PairError::InvalidCode.into());
             }
             // A right code is not a wrong guess: give the reservation back.
@@ -276,8 +288,10 @@ where
                     return Ok(Err(node));
                 }
             }
-            // Counted across the cluster too (the code may be another node's).
+            // Counted across the cluster too (the code may be another node's), and
+            // against the address's cluster-wide budget.
             super::directory::wrong_guess(sh, &code, cfg.guard.bucket_wrong_max).await;
+            super::directory::address_wrong(sh, &client_key);
             return Err(PairError::InvalidCode.into());
         }
         Reply::Throttled(secs) => {

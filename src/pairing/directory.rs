@@ -86,9 +86,63 @@ pub const WRONG_GUESS: Script = Script {
              return 0",
 };
 
+/// Counts a wrong code from a client address across the cluster (the daily budget of
+/// `--pair-wrong-guesses-per-address-max`, made cluster-wide): `KEYS[1]` the address's
+/// count (`{prefix}pa:{client key}`), `ARGV[1]` the window in ms (24 h, from the first
+/// wrong code). Returns the count.
+pub const ADDRESS_WRONG: Script = Script {
+    name: "chx_pair_address_wrong",
+    source: "local n = redis.call('INCR', KEYS[1]) \
+             if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+             return n",
+};
+
+/// The window of the per-address budget of wrong codes (as `pairing::budget`'s).
+const ADDRESS_WINDOW_MS: u64 = 24 * 3600 * 1000;
+
 /// The directory's scripts (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![NOTE_CODE, NOTE_ENTRY, WRONG_GUESS]
+    vec![NOTE_CODE, NOTE_ENTRY, WRONG_GUESS, ADDRESS_WRONG]
+}
+
+fn address_key(link: &ShardLink, client_key: &str) -> Vec<u8> {
+    [link.prefix().as_bytes(), b"pa:", client_key.as_bytes()].concat()
+}
+
+/// In a cluster, whether the client address `client_key` has tried `max` wrong codes
+/// within 24 h at any node ([`ADDRESS_WRONG`]): `Some(seconds until its window ends)`.
+/// `None` on a node alone and while Redis cannot be asked (each node's own budget still
+/// applies), so N nodes never give a guesser N budgets while Redis is up.
+pub async fn address_spent<S: Shard>(sh: &S, client_key: &str, max: u32) -> Option<u64> {
+    let link = sh.cluster()?;
+    let key = address_key(link, client_key);
+    let n = match link
+        .command(vec![b"GET".to_vec(), key.clone()])
+        .ok()?
+        .await
+        .ok()?
+    {
+        Value::Bulk(v) => std::str::from_utf8(&v).ok()?.parse::<u64>().ok()?,
+        _ => return None,
+    };
+    if n < u64::from(max) {
+        return None;
+    }
+    let ttl = match link.command(vec![b"PTTL".to_vec(), key]).ok()?.await.ok()? {
+        Value::Int(ms) if ms > 0 => (ms as u64).div_ceil(1000),
+        _ => 1,
+    };
+    Some(ttl)
+}
+
+/// Counts a wrong code from `client_key` across the cluster (best effort, not awaited).
+pub fn address_wrong<S: Shard>(sh: &S, client_key: &str) {
+    let Some(link) = sh.cluster() else { return };
+    let _ = link.eval_nowait(
+        ADDRESS_WRONG.name,
+        vec![address_key(link, client_key)],
+        vec![ADDRESS_WINDOW_MS.to_string().into_bytes()],
+    );
 }
 
 fn code_key(link: &ShardLink, code: &Code) -> Vec<u8> {

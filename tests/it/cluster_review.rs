@@ -80,3 +80,74 @@ fn wrong_guesses_near_a_six_digit_code_at_another_node_burn_it() {
     }
     assert_eq!(a.admin_get("/api/pairing/all").json(), json!([]));
 }
+
+/// The daily budget of wrong codes per address (`--pair-wrong-guesses-per-address-max`)
+/// counts the address's wrong codes at every node: spreading guesses over the nodes
+/// does not give a guesser one budget per node.
+#[test]
+fn an_addresss_wrong_codes_at_every_node_count_against_one_budget() {
+    let Some(redis) = crate::common::redis::start(&[]) else {
+        return;
+    };
+    let k = crate::cluster::keys(&[("alice", None)]);
+    let node = |id: &str| {
+        let mut o = crate::common::Opts::cores(1);
+        o.keys = Some(k.clone());
+        o.args = [
+            "--cluster",
+            &redis.url(),
+            "--node-id",
+            id,
+            "--pair-wrong-guesses-per-address-max",
+            "3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let s = crate::common::Server::with(o);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while s.get("/readyz").status != 200 {
+            assert!(std::time::Instant::now() < deadline, "{}", s.log());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        s
+    };
+    let (a, b) = (node("a"), node("b"));
+    let from: std::net::Ipv4Addr = [127, 0, 28, 9].into();
+    let pair = |srv: &crate::common::Server, code: &str| {
+        let body =
+            serde_json::to_vec(&serde_json::json!({"code": code, "agent_name": "x"})).unwrap();
+        srv.conn_from(from).request(
+            "POST",
+            "/api/pairing/pair",
+            &[("Content-Type", "application/json")],
+            Some(&body),
+        )
+    };
+    // Three wrong codes: two at a, one at b (each node alone has room for more).
+    for (srv, code) in [
+        (&a, "AAAA-BBBB-CCCC"),
+        (&a, "AAAA-BBBB-CCCD"),
+        (&b, "AAAA-BBBB-CCCE"),
+    ] {
+        let r = pair(srv, code);
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
+    // The budget is spent at both nodes, also for a right code.
+    let r = b.req(
+        "POST",
+        "/api/pairing/generate-code",
+        &[("X-API-Key", "ak_alice")],
+        None,
+    );
+    let good = r.json()["code"].as_str().unwrap().to_owned();
+    for srv in [&b, &a] {
+        let r = pair(srv, &good);
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert!(
+            r.text().contains("--pair-wrong-guesses-per-address-max"),
+            "{}",
+            r.text()
+        );
+    }
+}
