@@ -1,79 +1,23 @@
-//! The task hub across the nodes of a cluster (`--cluster`, issue 25; docs/ARCHITECTURE.md
-//! "Cluster: the task hub"). On a node alone a task lives on one shard and a claim is a
-//! local state change there. In a cluster Redis is the hub's store of record: a task
-//! posted at one node is read, claimed and reported at any other, a claim is made once
-//! however heartbeats at several nodes race, and a node's death loses nothing (its
-//! tasks were never its own).
-//!
-//! The hub's rules stay in Rust ([`Task::matches`], [`Task::updatable_by`], the
-//! budgets' [`Line`]s): a change reads the task's record and its version, applies the
-//! rule here, and writes the new record back only if the version is still the one read
-//! ([`PUT`], a compare-and-set of a batch, each item on its own). Two nodes claiming the
-//! same task both read it pending; Redis runs one `PUT` after the other, the second
-//! finds a newer version and claims nothing. Each `PUT` is written with
-//! `eval_durable` before its 2xx (Sentinel: `WAIT` for a replica).
-//!
-//! Keys (`{prefix}` is `--cluster-prefix`):
-//! * `{prefix}t:{id}`: a hash, `r` the task's record (the data directory's `TaskRecord`
-//!   as JSON, payload text verbatim) and `v` its version (1 on create, +1 on each
-//!   change).
-//! * Sorted sets whose members are [`time_key`]s (`created_at` then id: the order the
-//!   hub lists and claims in): `{prefix}ta` every task (score 0, read by lex: the list
-//!   pages), `{prefix}tp:t:{agent}` pending tasks by target and `{prefix}tp:s:{skill}`
-//!   by skill (score 0: claims in creation order), `{prefix}tl` unfinished tasks by
-//!   deadline and `{prefix}tf` finished ones by last update (score in seconds: the
-//!   sweep).
-//! * `{prefix}tb`: a hash of counters: `n`/`b` tasks and bytes held, `an`/`ab` those
-//!   of anonymous clients, `n:{client}`/`b:{client}` each client's, `s:{state}` tasks by
-//!   state (the dashboard's counts). A client's or a state's field goes when it counts
-//!   nothing: states are any string an update sends, and a field kept at 0 for each
-//!   would grow the hash (and every dashboard summary's `HGETALL`) without bound.
-//!
-//! Budgets are cluster-wide: this node's per-shard limits (`--task-store-bytes-max`,
-//! `--task-client-bytes-max`, `--task-client-tasks-max`, the 65,536 tasks of a shard)
-//! times its shard count, with the same anonymous share; the nodes of a cluster are
-//! expected to run with the same flags. A refusal is the same 429/503 as a node alone,
-//! and what a node alone never refuses (a claim, an expiry) is not refused here either.
-//!
-//! Bounded: a heartbeat reads at most [`CLAIM_CANDIDATES_MAX`] candidates of each of
-//! its indexes and claims at most `claim_bytes_max`; a list page reads `limit + 1`
-//! records; the sweep handles [`SWEEP_BATCH_MAX`] tasks a turn. Every task is in at
-//! most five sorted sets; the counters hash holds two fields per client with tasks.
-
-use std::collections::BTreeMap;
+//! The task hub's records in Redis (`--cluster`; see the [parent](super) for the
+//! design): the keys, the scripts ([`PUT`], a batch of compare-and-sets; [`READ`] and
+//! [`DUE`], bounded reads), a change's budget deltas and index moves derived from the
+//! task before and after, and taking back a write that cannot be counted on. The
+//! workflows (create, claim, update, list, sweep) are the parent's.
 
 use chatixia_cluster::{Refused, Script, ShardLink, Value};
 use chatixia_store::TaskRecord;
 
 use crate::hub::records::{task_of, task_record};
 use crate::hub::tasks::task_line;
-use crate::hub::{
-    new_task_id, task_created_body, Task, TaskId, TaskStoreConfig, TaskSubmission, TaskUpdate,
-    STATE_ASSIGNED, STATE_FAILED, TASK_STORE_NAMES, TTL_EXPIRED_ERROR,
-};
-use crate::limits::{Budget, Charge, Holder, Line, Principal, Refusal};
-use crate::registry::OK_BODY;
-use crate::shard::paging::{time_key, PageReq};
-use crate::shard::{fill_random, random, Error, Outcome, Shard};
+use crate::hub::{Task, TaskId, TaskStoreConfig};
+use crate::limits::{Budget, Charge, Line, Refusal};
+use crate::shard::Error;
 use crate::time::UnixTime;
+use std::collections::BTreeMap;
 
 /// The fields of a task's hash: its record and its version.
-const FIELD_RECORD: &[u8] = b"r";
-const FIELD_VERSION: &[u8] = b"v";
-
-/// Candidates a heartbeat reads from each of its indexes (the agent's targeted tasks,
-/// each skill's): a claim is bounded by `claim_bytes_max` anyway, and what is past
-/// this stays pending for the agent's next heartbeat.
-pub const CLAIM_CANDIDATES_MAX: usize = 64;
-
-/// Tasks the sweep fails (past their TTL) or removes (past retention) per script: one
-/// Redis call stays short; the rest wait for the next turn (every `EXPIRE_INTERVAL`).
-pub const SWEEP_BATCH_MAX: usize = 128;
-
-/// Retries of a change that lost a race (another node changed the task between the read
-/// and the write): each retry reads the task again and applies the rule again.
-const RACE_RETRIES_MAX: usize = 4;
-
+pub(super) const FIELD_RECORD: &[u8] = b"r";
+pub(super) const FIELD_VERSION: &[u8] = b"v";
 /// A batch of compare-and-set writes of task records, each on its own.
 ///
 /// `KEYS[1]` the counters hash, then every key an item names. `ARGV[1]` the limits
@@ -234,7 +178,7 @@ pub fn scripts() -> Vec<Script> {
     vec![PUT, READ, DUE]
 }
 
-fn key(prefix: &str, parts: &[&str]) -> Vec<u8> {
+pub(super) fn key(prefix: &str, parts: &[&str]) -> Vec<u8> {
     let mut k = prefix.as_bytes().to_vec();
     for p in parts {
         k.extend_from_slice(p.as_bytes());
@@ -243,36 +187,36 @@ fn key(prefix: &str, parts: &[&str]) -> Vec<u8> {
 }
 
 /// The Redis keys of one prefix.
-struct Keys<'a>(&'a str);
+pub(super) struct Keys<'a>(pub(super) &'a str);
 
 impl Keys<'_> {
-    fn task(&self, id: &str) -> Vec<u8> {
+    pub(super) fn task(&self, id: &str) -> Vec<u8> {
         key(self.0, &["t:", id])
     }
-    fn task_prefix(&self) -> Vec<u8> {
+    pub(super) fn task_prefix(&self) -> Vec<u8> {
         key(self.0, &["t:"])
     }
-    fn all(&self) -> Vec<u8> {
+    pub(super) fn all(&self) -> Vec<u8> {
         key(self.0, &["ta"])
     }
-    fn by_target(&self, agent: &str) -> Vec<u8> {
+    pub(super) fn by_target(&self, agent: &str) -> Vec<u8> {
         key(self.0, &["tp:t:", agent])
     }
-    fn by_skill(&self, skill: &str) -> Vec<u8> {
+    pub(super) fn by_skill(&self, skill: &str) -> Vec<u8> {
         key(self.0, &["tp:s:", skill])
     }
-    fn live(&self) -> Vec<u8> {
+    pub(super) fn live(&self) -> Vec<u8> {
         key(self.0, &["tl"])
     }
-    fn finished(&self) -> Vec<u8> {
+    pub(super) fn finished(&self) -> Vec<u8> {
         key(self.0, &["tf"])
     }
-    fn counters(&self) -> Vec<u8> {
+    pub(super) fn counters(&self) -> Vec<u8> {
         key(self.0, &["tb"])
     }
 
     /// The sorted sets a task is in, with its score there (as `hub::tasks`' index).
-    fn indexes(&self, t: &Task) -> Vec<(Vec<u8>, String)> {
+    pub(super) fn indexes(&self, t: &Task) -> Vec<(Vec<u8>, String)> {
         let mut out = vec![(self.all(), "0".to_owned())];
         if t.is_finished() {
             out.push((self.finished(), secs(t.updated_at)));
@@ -289,12 +233,12 @@ impl Keys<'_> {
     }
 }
 
-fn secs(t: UnixTime) -> String {
+pub(super) fn secs(t: UnixTime) -> String {
     format!("{:.6}", t.as_secs_f64())
 }
 
 /// The cluster-wide budget: this node's per-shard limits times its shards.
-fn budget(cfg: &TaskStoreConfig, shards: usize) -> Budget {
+pub(super) fn budget(cfg: &TaskStoreConfig, shards: usize) -> Budget {
     let b = cfg.budget();
     let n = shards.max(1);
     Budget {
@@ -311,7 +255,7 @@ fn budget(cfg: &TaskStoreConfig, shards: usize) -> Budget {
 /// `assigned`, an expiry those of `TTL expired`; refusing them would leave a task that
 /// no heartbeat can claim and no sweep can fail, and a full store full), and of taking
 /// back an unreplicated write.
-fn unlimited() -> Budget {
+pub(super) fn unlimited() -> Budget {
     Budget {
         items_max: usize::MAX,
         bytes_max: usize::MAX,
@@ -323,40 +267,40 @@ fn unlimited() -> Budget {
 
 /// A quota key of the counters hash for a client (its kind and name: two kinds never
 /// share a counter).
-fn client_key(c: &Charge) -> String {
+pub(super) fn client_key(c: &Charge) -> String {
     c.to_string()
 }
 
 /// One compare-and-set of a task (an item of [`PUT`]).
-struct Put {
-    id: TaskId,
-    member: String,
+pub(super) struct Put {
+    pub(super) id: TaskId,
+    pub(super) member: String,
     /// The version read (`0`: a new task).
-    version: u64,
-    before: Option<Task>,
+    pub(super) version: u64,
+    pub(super) before: Option<Task>,
     /// `None`: delete.
-    after: Option<Task>,
+    pub(super) after: Option<Task>,
     /// Also require the stored record to be `before`'s, byte for byte (taking back a
     /// write of ours: at `version` it may be another node's write instead).
-    exact: bool,
+    pub(super) exact: bool,
 }
 
 /// What became of one [`Put`].
 #[derive(Debug, PartialEq)]
-enum Put1 {
+pub(super) enum Put1 {
     Written(u64),
     Raced,
     Refused(Refusal),
 }
 
-fn unavailable(why: impl std::fmt::Display) -> Error {
+pub(super) fn unavailable(why: impl std::fmt::Display) -> Error {
     Error::unavailable(format!(
         "cluster unavailable: the task hub is shared through Redis and cannot be reached \
          ({why}); retry"
     ))
 }
 
-fn refused(e: Refused) -> Error {
+pub(super) fn refused(e: Refused) -> Error {
     match e {
         Refused::Down(why) => unavailable(why),
         Refused::Busy => unavailable("too many commands in flight"),
@@ -370,7 +314,11 @@ fn refused(e: Refused) -> Error {
 /// item that was written (its version is one past the one read) goes back as it was,
 /// so that a client's retry does not find its task twice, or claimed by an agent that
 /// never got it.
-async fn put(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1>, Error> {
+pub(super) async fn put(
+    link: &ShardLink,
+    budget: &Budget,
+    puts: &[Put],
+) -> Result<Vec<Put1>, Error> {
     match put_once(link, budget, puts).await {
         Err(PutError::NotReplicated(e)) => {
             take_back(link, puts).await;
@@ -392,7 +340,7 @@ async fn put(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1
 /// is ours if its version is one past the one read *and* its record is the one we
 /// wrote (at that version it may instead be another node's write, after ours lost a
 /// race: that one stays). Best effort (logged); never refused by a budget.
-async fn take_back(link: &ShardLink, puts: &[Put]) {
+pub(super) async fn take_back(link: &ShardLink, puts: &[Put]) {
     let back: Vec<Put> = puts
         .iter()
         .map(|p| Put {
@@ -410,7 +358,7 @@ async fn take_back(link: &ShardLink, puts: &[Put]) {
 }
 
 #[derive(Debug)]
-enum PutError {
+pub(super) enum PutError {
     /// Not sent, or refused as a whole: nothing ran.
     Unavailable(Error),
     /// `NOREPLICAS`: the script ran on the primary.
@@ -419,7 +367,11 @@ enum PutError {
     MaybeRan(Error),
 }
 
-async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec<Put1>, PutError> {
+pub(super) async fn put_once(
+    link: &ShardLink,
+    budget: &Budget,
+    puts: &[Put],
+) -> Result<Vec<Put1>, PutError> {
     use PutError::Unavailable as U;
     let keys_of = Keys(link.prefix());
     let mut keys: Vec<Vec<u8>> = vec![keys_of.counters()];
@@ -515,7 +467,7 @@ async fn put_once(link: &ShardLink, budget: &Budget, puts: &[Put]) -> Result<Vec
     Ok(items.into_iter().map(|v| put1(v, budget)).collect())
 }
 
-fn int(v: Option<&Value>) -> u64 {
+pub(super) fn int(v: Option<&Value>) -> u64 {
     match v {
         Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
         Some(Value::Bulk(b)) => std::str::from_utf8(b)
@@ -526,7 +478,7 @@ fn int(v: Option<&Value>) -> u64 {
     }
 }
 
-fn put1(v: Value, b: &Budget) -> Put1 {
+pub(super) fn put1(v: Value, b: &Budget) -> Put1 {
     let Value::Array(a) = v else {
         return Put1::Raced;
     };
@@ -563,7 +515,7 @@ fn put1(v: Value, b: &Budget) -> Put1 {
 
 /// Per client, what a change from `old` to `new` adds (negative: frees), as
 /// `limits::ClientLedger::admit` counts it.
-fn deltas(old: Option<&Line>, new: Option<&Line>) -> Vec<(Charge, i64, i64)> {
+pub(super) fn deltas(old: Option<&Line>, new: Option<&Line>) -> Vec<(Charge, i64, i64)> {
     let mut out: Vec<(Charge, i64, i64)> = Vec::with_capacity(4);
     let mut add = |c: &Charge, items: usize, bytes: usize, sign: i64| {
         let (i, b) = (sign * items as i64, sign * bytes as i64);
@@ -585,13 +537,13 @@ fn deltas(old: Option<&Line>, new: Option<&Line>) -> Vec<(Charge, i64, i64)> {
 }
 
 /// A task with its version, as read.
-struct Read {
-    member: String,
-    version: u64,
-    task: Task,
+pub(super) struct Read {
+    pub(super) member: String,
+    pub(super) version: u64,
+    pub(super) task: Task,
 }
 
-fn parse_reads(v: Value) -> Result<Vec<Read>, Error> {
+pub(super) fn parse_reads(v: Value) -> Result<Vec<Read>, Error> {
     let items = match v {
         Value::Array(items) => items,
         Value::Error(e) => return Err(unavailable(e)),
@@ -616,7 +568,7 @@ fn parse_reads(v: Value) -> Result<Vec<Read>, Error> {
 }
 
 /// One task and its version (`None`: no such task).
-async fn read_one(link: &ShardLink, id: &str) -> Result<Option<(u64, Task)>, Error> {
+pub(super) async fn read_one(link: &ShardLink, id: &str) -> Result<Option<(u64, Task)>, Error> {
     let k = Keys(link.prefix()).task(id);
     let reply = link
         .command(vec![
@@ -637,364 +589,4 @@ async fn read_one(link: &ShardLink, id: &str) -> Result<Option<(u64, Task)>, Err
     let rec: TaskRecord = serde_json::from_slice(r)
         .map_err(|e| Error::internal(format!("unreadable task record in Redis: {e}")))?;
     Ok(Some((int(Some(v)), task_of(rec))))
-}
-
-/// `POST /api/hub/tasks` in a cluster: written to Redis (durably) before the 2xx.
-pub async fn create<S: Shard>(
-    sh: &S,
-    link: &ShardLink,
-    cfg: &TaskStoreConfig,
-    sub: TaskSubmission,
-    by: Principal,
-) -> Result<Outcome, Error> {
-    random(&mut [0u8; 1])?;
-    let budget = budget(cfg, sh.count());
-    let now = sh.now();
-    for _ in 0..RACE_RETRIES_MAX {
-        let id = new_task_id(&mut fill_random);
-        let task = Task::new_pending(
-            sub.clone(),
-            id.clone(),
-            Charge::of(&by),
-            Some(by.holder()),
-            now,
-        );
-        let put1 = Put {
-            member: time_key(task.created_at, &id),
-            id: id.clone(),
-            version: 0,
-            before: None,
-            after: Some(task),
-            exact: false,
-        };
-        match put(link, &budget, std::slice::from_ref(&put1))
-            .await?
-            .into_iter()
-            .next()
-        {
-            Some(Put1::Written(_)) => return Ok(Outcome::Json(task_created_body(&id))),
-            Some(Put1::Refused(r)) => return Err(r.error(&TASK_STORE_NAMES)),
-            // The id exists (44 random bits): draw another.
-            _ => continue,
-        }
-    }
-    Err(Error::internal("could not draw a free task id"))
-}
-
-/// `GET /api/hub/tasks/{id}` in a cluster. `Ok(None)`: not in Redis (the caller looks
-/// on this node, where tasks from before it joined the cluster may be).
-pub async fn get(link: &ShardLink, reader: &Principal, id: &str) -> Result<Option<Outcome>, Error> {
-    Ok(read_one(link, id)
-        .await?
-        .map(|(_, t)| Outcome::Json(crate::hub::for_reader(&t, reader, true))))
-}
-
-/// `POST /api/hub/tasks/{id}` in a cluster: the same rules as a node alone
-/// (`hub::ops::Op::Update`/`UpdateAs`), applied to the record read from Redis and
-/// written back only if nobody changed it meanwhile (else read again). `Ok(None)`: not
-/// in Redis.
-pub async fn update<S: Shard>(
-    sh: &S,
-    link: &ShardLink,
-    cfg: &TaskStoreConfig,
-    id: &str,
-    upd: TaskUpdate,
-    by: Principal,
-    as_agent: bool,
-) -> Result<Option<Outcome>, Error> {
-    let budget = budget(cfg, sh.count());
-    for _ in 0..RACE_RETRIES_MAX {
-        let Some((version, before)) = read_one(link, id).await? else {
-            return Ok(None);
-        };
-        if as_agent {
-            let agent = by.peer.as_deref().unwrap_or_default();
-            if before.assigned_agent_id != agent {
-                return Err(Error::forbidden(format!(
-                    "task is assigned to `{}`: an agent may only report its own tasks",
-                    before.assigned_agent_id
-                )));
-            }
-        } else if let Err(why) = before.updatable_by(&by) {
-            return Err(Error::forbidden(why));
-        }
-        let mut after = before.clone();
-        after.apply_update(upd.clone(), Some(&by.holder()), sh.now());
-        let p = Put {
-            id: id.to_owned(),
-            member: time_key(before.created_at, id),
-            version,
-            before: Some(before),
-            after: Some(after),
-            exact: false,
-        };
-        match put(link, &budget, &[p]).await?.into_iter().next() {
-            Some(Put1::Written(_)) => return Ok(Some(Outcome::Static(OK_BODY.as_bytes()))),
-            Some(Put1::Refused(r)) => return Err(r.error(&TASK_STORE_NAMES)),
-            _ => continue,
-        }
-    }
-    Err(Error::unavailable(
-        "the task kept changing under this update; retry",
-    ))
-}
-
-/// The cluster's part of a heartbeat: claims, for `agent`, the pending tasks in Redis
-/// targeted at it (unless its id is empty) or with one of its `skills`, oldest first,
-/// at most `claim_bytes_max` (at least one). Each claim is a compare-and-set: a task
-/// another node claimed first is skipped. Durable before it returns.
-pub async fn claim<S: Shard>(
-    sh: &S,
-    link: &ShardLink,
-    cfg: &TaskStoreConfig,
-    agent: &str,
-    skills: &[String],
-    claimer: &Holder,
-) -> Result<Vec<Task>, Error> {
-    let keys = Keys(link.prefix());
-    let mut sets: Vec<Vec<u8>> = Vec::new();
-    if !agent.is_empty() {
-        sets.push(keys.by_target(agent));
-    }
-    for s in skills.iter().filter(|s| !s.is_empty()) {
-        sets.push(keys.by_skill(s));
-    }
-    sets.sort();
-    sets.dedup();
-    if sets.is_empty() {
-        return Ok(Vec::new());
-    }
-    let reply = link
-        .eval(
-            READ.name,
-            sets,
-            vec![
-                keys.task_prefix(),
-                b"-".to_vec(),
-                CLAIM_CANDIDATES_MAX.to_string().into_bytes(),
-            ],
-        )
-        .map_err(refused)?
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    let mut found = parse_reads(reply)?;
-    found.sort_by(|a, b| a.member.cmp(&b.member));
-    found.dedup_by(|a, b| a.member == b.member);
-    let now = sh.now();
-    let mut bytes = 0usize;
-    let mut puts = Vec::new();
-    for r in found {
-        let t = &r.task;
-        // The reference's rule, as `TaskStore::claim_for_agent`: by target only for a
-        // non-empty agent id.
-        let by_target = !agent.is_empty() && t.target_agent_id == agent;
-        let by_skill = !t.skill.is_empty() && skills.contains(&t.skill);
-        if !t.is_pending() || !(by_target || by_skill) {
-            continue;
-        }
-        let size = crate::hub::task_bytes(t);
-        if !puts.is_empty() && bytes + size > cfg.claim_bytes_max {
-            break;
-        }
-        bytes += size;
-        let mut after = r.task.clone();
-        STATE_ASSIGNED.clone_into(&mut after.state);
-        agent.clone_into(&mut after.assigned_agent_id);
-        after.access.claimed_by = Some(claimer.clone());
-        after.updated_at = now;
-        puts.push(Put {
-            id: r.task.id.clone(),
-            member: r.member,
-            version: r.version,
-            before: Some(r.task),
-            after: Some(after),
-            exact: false,
-        });
-    }
-    if puts.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Never refused by a budget, as on a node alone (`unlimited`).
-    let results = put(link, &unlimited(), &puts).await?;
-    Ok(puts
-        .into_iter()
-        .zip(results)
-        .filter(|(_, r)| matches!(r, Put1::Written(_)))
-        .filter_map(|(p, _)| p.after)
-        .collect())
-}
-
-/// `GET /api/hub/tasks/all` in a cluster: one page of the tasks in Redis, by creation
-/// time then id, after the cursor; `limit + 1` records read.
-pub async fn page(link: &ShardLink, page: &PageReq) -> Result<Vec<Task>, Error> {
-    let keys = Keys(link.prefix());
-    let min = match &page.after {
-        Some(after) => [b"(".as_slice(), after.as_bytes()].concat(),
-        None => b"-".to_vec(),
-    };
-    let reply = link
-        .eval(
-            READ.name,
-            vec![keys.all()],
-            vec![
-                keys.task_prefix(),
-                min,
-                page.limit.saturating_add(1).to_string().into_bytes(),
-            ],
-        )
-        .map_err(refused)?
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    Ok(parse_reads(reply)?.into_iter().map(|r| r.task).collect())
-}
-
-/// Tasks the dashboard's filtered list reads from Redis per script: one call stays
-/// short; the list reads window after window, newest first.
-pub const QUERY_SCAN_MAX: usize = 512;
-
-/// The dashboard's filtered list in a cluster: the part of the tasks in Redis. Every
-/// task is read (in windows of [`QUERY_SCAN_MAX`], each filtered as it comes), as a
-/// node alone's shards each filter all they hold: a matching task behind any number of
-/// newer ones is found, and `total` counts every match. Bounded by the cluster's task
-/// budget (`--task-store-bytes-max`, the tasks of a shard); only the first `limit`
-/// rows after the cursor are kept.
-pub async fn query_part(
-    link: &ShardLink,
-    q: &crate::hub::query::TaskQuery,
-) -> Result<crate::shard::paging::Part<crate::hub::query::TaskRow>, Error> {
-    let keys = Keys(link.prefix());
-    let mut part = crate::shard::paging::Part::default();
-    let mut max = b"+".to_vec();
-    loop {
-        let reply = link
-            .eval(
-                READ.name,
-                vec![keys.all()],
-                vec![
-                    keys.task_prefix(),
-                    max,
-                    QUERY_SCAN_MAX.to_string().into_bytes(),
-                    b"rev".to_vec(),
-                ],
-            )
-            .map_err(refused)?
-            .await
-            .map_err(|e| unavailable(format!("{e:?}")))?;
-        let reads = parse_reads(reply)?;
-        let more = reads.len() >= QUERY_SCAN_MAX;
-        let Some(last) = reads.last().map(|r| r.member.clone()) else {
-            return Ok(part);
-        };
-        let tasks: Vec<Task> = reads.into_iter().map(|r| r.task).collect();
-        // Windows come newest first, and so do each window's rows.
-        let p = crate::hub::query::tasks_part(tasks.iter(), q);
-        part.total += p.total;
-        part.after += p.after;
-        let room = q.limit.saturating_sub(part.rows.len());
-        part.rows.extend(p.rows.into_iter().take(room));
-        if !more {
-            return Ok(part);
-        }
-        max = format!("({last}").into_bytes();
-    }
-}
-
-/// Tasks by state across the cluster (the dashboard's counts), from the counters.
-pub async fn state_counts(link: &ShardLink) -> Result<BTreeMap<String, u64>, Error> {
-    let reply = link
-        .command(vec![b"HGETALL".to_vec(), Keys(link.prefix()).counters()])
-        .map_err(refused)?
-        .await
-        .map_err(|e| unavailable(format!("{e:?}")))?;
-    let Value::Array(a) = reply else {
-        return Err(unavailable("unexpected reply"));
-    };
-    let mut out = BTreeMap::new();
-    for kv in a.chunks(2) {
-        if let (Some(Value::Bulk(k)), v) = (kv.first(), kv.get(1)) {
-            if let Some(state) = k.strip_prefix(b"s:") {
-                let n = int(v);
-                if n > 0 {
-                    out.insert(String::from_utf8_lossy(state).into_owned(), n);
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// One turn of the cluster's expiry (run by every node; a task two nodes sweep at once
-/// is changed by one of them): unfinished tasks past their TTL become `failed` (`TTL
-/// expired`), finished ones past retention are deleted; at most [`SWEEP_BATCH_MAX`] of
-/// each. Returns how many were changed.
-pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) -> usize {
-    let keys = Keys(link.prefix());
-    let now = sh.now();
-    // Never refused by a budget, as on a node alone (`unlimited`).
-    let budget = unlimited();
-    let retention_nanos = u64::try_from(cfg.retention.as_nanos()).unwrap_or(u64::MAX);
-    let mut changed = 0;
-    for (set, upto) in [
-        (keys.live(), Some(now)),
-        (
-            keys.finished(),
-            now.0.checked_sub(retention_nanos).map(UnixTime),
-        ),
-    ] {
-        let Some(upto) = upto else { continue };
-        let due = link.eval(
-            DUE.name,
-            vec![set],
-            vec![
-                keys.task_prefix(),
-                secs(upto).into_bytes(),
-                SWEEP_BATCH_MAX.to_string().into_bytes(),
-            ],
-        );
-        let reads = match due {
-            Ok(r) => match r.await {
-                Ok(v) => parse_reads(v).unwrap_or_default(),
-                Err(_) => return changed,
-            },
-            Err(_) => return changed,
-        };
-        let puts: Vec<Put> = reads
-            .into_iter()
-            .filter_map(|r| {
-                let after = if r.task.is_finished() {
-                    // Strictly past retention, as `TaskStore::expire`.
-                    if r.task.updated_at >= upto {
-                        return None;
-                    }
-                    None
-                } else {
-                    // Strictly past the deadline.
-                    if r.task.deadline() >= now {
-                        return None;
-                    }
-                    let mut t = r.task.clone();
-                    STATE_FAILED.clone_into(&mut t.state);
-                    TTL_EXPIRED_ERROR.clone_into(&mut t.error);
-                    t.updated_at = now;
-                    Some(t)
-                };
-                Some(Put {
-                    id: r.task.id.clone(),
-                    member: r.member,
-                    version: r.version,
-                    before: Some(r.task),
-                    after,
-                    exact: false,
-                })
-            })
-            .collect();
-        if puts.is_empty() {
-            continue;
-        }
-        match put(link, &budget, &puts).await {
-            Ok(rs) => changed += rs.iter().filter(|r| matches!(r, Put1::Written(_))).count(),
-            Err(e) => tracing::debug!(error = %e, "cluster task sweep"),
-        }
-    }
-    changed
 }
