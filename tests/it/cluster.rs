@@ -38,16 +38,18 @@ pub(crate) fn node(redis: &Redis, id: &str, cores: usize, keys: &str, lease: &st
 
 /// A node of the cluster at `url` (`redis://` or `redis+sentinel://`).
 pub(crate) fn node_at(url: &str, id: &str, cores: usize, keys: &str, lease: &str) -> Server {
+    node_with(url, id, cores, keys, &["--cluster-lease", lease])
+}
+
+/// A node of the cluster at `url` with more flags (`extra`), once ready.
+pub(crate) fn node_with(url: &str, id: &str, cores: usize, keys: &str, extra: &[&str]) -> Server {
     let mut o = Opts::cores(cores);
     o.keys = Some(keys.to_string());
-    o.args = vec![
-        "--cluster".into(),
-        url.into(),
-        "--node-id".into(),
-        id.into(),
-        "--cluster-lease".into(),
-        lease.into(),
-    ];
+    o.args = ["--cluster", url, "--node-id", id]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     let srv = Server::with(o);
     wait_ready(&srv);
     srv

@@ -300,22 +300,7 @@ fn a_clients_task_quota_counts_its_tasks_at_every_node() {
     };
     let k = keys(AGENTS);
     let quota = |id: &str| {
-        let mut o = common::Opts::cores(1);
-        o.keys = Some(k.clone());
-        o.args = [
-            "--cluster",
-            &redis.url(),
-            "--node-id",
-            id,
-            "--task-client-tasks-max",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let s = Server::with(o);
-        wait_ready(&s);
-        s
+        crate::cluster::node_with(&redis.url(), id, 1, &k, &["--task-client-tasks-max", "2"])
     };
     let (a, b) = (quota("a"), quota("b"));
     let first = posted(&a, "ak_poster", &json!({"payload": 1}));
@@ -349,14 +334,6 @@ fn a_clients_task_quota_counts_its_tasks_at_every_node() {
         429
     );
     posted(&a, "ak_test_admin", &json!({"payload": 6}));
-}
-
-fn wait_ready(srv: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while srv.get("/readyz").status != 200 {
-        assert!(Instant::now() < deadline, "node never ready\n{}", srv.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Without Redis a post is refused with 503 and a reason (nothing half-made), while an
@@ -459,20 +436,6 @@ fn a_task_past_its_ttl_fails_across_the_cluster() {
     assert!(heartbeat(&b, "worker-1", &["late"]).is_empty());
 }
 
-/// A node of one core on `redis` with `extra` flags.
-fn node_with(redis: &redis::Redis, id: &str, keys: &str, extra: &[&str]) -> Server {
-    let mut o = common::Opts::cores(1);
-    o.keys = Some(keys.to_owned());
-    o.args = ["--cluster", &redis.url(), "--node-id", id]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string())
-        .collect();
-    let s = Server::with(o);
-    wait_ready(&s);
-    s
-}
-
 /// A field of the hub's counters hash (`chx:tb`), 0 when absent.
 fn counter(redis: &redis::Redis, field: &str) -> i64 {
     match redis.cmd(&["HGET", "chx:tb", field]) {
@@ -509,7 +472,13 @@ fn a_task_whose_poster_holds_its_whole_byte_quota_is_still_claimed() {
         return;
     };
     let k = keys(AGENTS);
-    let a = node_with(&redis, "a", &k, &["--task-client-bytes-max", "4096"]);
+    let a = crate::cluster::node_with(
+        &redis.url(),
+        "a",
+        1,
+        &k,
+        &["--task-client-bytes-max", "4096"],
+    );
     let id = posted(&a, "ak_poster", &json!({"skill": "s", "payload": 1}));
     pad_to_quota(&a, &redis, "poster", &id, 4096);
     assert_eq!(
@@ -529,7 +498,13 @@ fn a_task_whose_poster_holds_its_whole_byte_quota_still_expires() {
         return;
     };
     let k = keys(AGENTS);
-    let a = node_with(&redis, "a", &k, &["--task-client-bytes-max", "4096"]);
+    let a = crate::cluster::node_with(
+        &redis.url(),
+        "a",
+        1,
+        &k,
+        &["--task-client-bytes-max", "4096"],
+    );
     let id = posted(&a, "ak_poster", &json!({"skill": "late", "ttl": 1}));
     pad_to_quota(&a, &redis, "poster", &id, 4096);
     let deadline = Instant::now() + Duration::from_secs(70);

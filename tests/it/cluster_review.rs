@@ -91,26 +91,13 @@ fn an_addresss_wrong_codes_at_every_node_count_against_one_budget() {
     };
     let k = crate::cluster::keys(&[("alice", None)]);
     let node = |id: &str| {
-        let mut o = crate::common::Opts::cores(1);
-        o.keys = Some(k.clone());
-        o.args = [
-            "--cluster",
+        crate::cluster::node_with(
             &redis.url(),
-            "--node-id",
             id,
-            "--pair-wrong-guesses-per-address-max",
-            "3",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let s = crate::common::Server::with(o);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while s.get("/readyz").status != 200 {
-            assert!(std::time::Instant::now() < deadline, "{}", s.log());
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        s
+            1,
+            &k,
+            &["--pair-wrong-guesses-per-address-max", "3"],
+        )
     };
     let (a, b) = (node("a"), node("b"));
     let from: std::net::Ipv4Addr = [127, 0, 28, 9].into();

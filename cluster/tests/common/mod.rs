@@ -18,21 +18,26 @@ use chatixia_cluster::{
     parse_url, ClusterConfig, Doorbell, Inbound, LinkParts, Node, Script, ShardLink,
 };
 
-/// Whether redis-server is here; a missing one fails under `CI=true` (never a silent
-/// pass there) and is a printed skip elsewhere.
-pub fn redis_or_skip(test: &str) -> bool {
-    let found = Command::new("redis-server")
+/// Whether `program` is here; a missing one fails under `CI=true` (never a silent pass
+/// there) and is a printed skip elsewhere.
+fn installed_or_skip(test: &str, program: &str) -> bool {
+    let found = Command::new(program)
         .arg("--version")
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: redis-server is not installed (scripts/test.sh installs it)");
+            panic!("{test}: {program} is not installed (scripts/test.sh installs it)");
         }
-        eprintln!("SKIP {test}: redis-server is not installed");
+        eprintln!("SKIP {test}: {program} is not installed");
     }
     found
+}
+
+/// Whether redis-server is here (see [`installed_or_skip`]).
+pub fn redis_or_skip(test: &str) -> bool {
+    installed_or_skip(test, "redis-server")
 }
 
 static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -45,23 +50,9 @@ fn candidate_port() -> u16 {
     20_000 + (seed % 30_000) as u16
 }
 
-/// Whether redis-sentinel is here (as [`redis_or_skip`]).
+/// Whether redis-server and redis-sentinel are here (see [`installed_or_skip`]).
 pub fn sentinel_or_skip(test: &str) -> bool {
-    if !redis_or_skip(test) {
-        return false;
-    }
-    let found = Command::new("redis-sentinel")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{test}: redis-sentinel is not installed (scripts/test.sh installs it)");
-        }
-        eprintln!("SKIP {test}: redis-sentinel is not installed");
-    }
-    found
+    redis_or_skip(test) && installed_or_skip(test, "redis-sentinel")
 }
 
 /// A redis-server on 127.0.0.1, killed on drop.
