@@ -18,6 +18,7 @@
 #   RATES=…      offered msg/s, default "2000 10000"
 #   PAIRS=…      pairs of peers, default "1 100"
 #   DURATION=…   seconds measured per run (default 5; warm-up 1)
+#   NODE_ARGS=…  more flags for both nodes (e.g. "--cluster-flush-delay-ms 0")
 #   OUT=DIR      keep every run's JSON report there
 #   PERF=DIR     also `perf record -g` both nodes during each cross-node run of the first
 #                round (DIR/perf-{a,b}-PAIRS-RATE.data; read with `perf report -i …`); the
@@ -51,7 +52,7 @@ node() { # $1 = name, $2 = CPU; prints "PID PORT"
   local port; port=$(free_port)
   mkdir -p "$TMP/$1"
   CHATIXIA_DATA_DIR=$TMP/$1 taskset -c "$2" "$BIN" --cores 1 --stun-url none \
-    --listen "127.0.0.1:$port" --cluster "$REDIS" --node-id "$1" 2>>"$TMP/$1.log" >/dev/null &
+    --listen "127.0.0.1:$port" --cluster "$REDIS" --node-id "$1" ${NODE_ARGS:-} 2>>"$TMP/$1.log" >/dev/null &
   echo "$! $port"
 }
 read -r apid APORT < <(node node-a 0)

@@ -580,3 +580,70 @@ fn a_reply_over_the_bound_fails_its_command_not_the_connection() {
     assert!(st.up);
     assert_eq!((st.reconnects, st.replies_discarded), (0, 1), "{st:?}");
 }
+
+/// Submits `n` `PING`s from the shard, one every 2 ms, then awaits them all; the link's
+/// `(commands, writes)` grown meanwhile.
+fn spaced_pings(node: &chatixia_cluster::Node, shard: &Shard, n: usize) -> (u64, u64) {
+    let before = node.stats();
+    let replies = shard.run(move |link| async move {
+        let mut pending = Vec::new();
+        for _ in 0..n {
+            pending.push(link.command(vec![b("PING")]).unwrap());
+            monoio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut out = Vec::new();
+        for p in pending {
+            out.push(p.await);
+        }
+        out
+    });
+    assert!(
+        replies
+            .iter()
+            .all(|r| matches!(r, Ok(Value::Simple(s)) if s == "PONG")),
+        "{replies:?}"
+    );
+    let after = node.stats();
+    (
+        after.commands - before.commands,
+        after.writes - before.writes,
+    )
+}
+
+#[test]
+fn the_flush_delay_gathers_the_commands_submitted_while_it_runs_into_one_write() {
+    if !redis_or_skip("the_flush_delay_gathers_the_commands_submitted_while_it_runs_into_one_write")
+    {
+        return;
+    }
+    let redis = Redis::start();
+    // Without a delay every command submitted on its own (2 ms apart) is written on its
+    // own; with 100 ms, those of each 100 ms go out together. The background (lease
+    // renewals every 300 ms, probes every 200 ms) adds a few commands either way.
+    const N: usize = 40;
+    let mut c = config(&redis.url(), "plain");
+    c.flush_delay = Duration::ZERO;
+    let (plain, shards) = start_node(c, vec![], 1, route2);
+    shards[0].wait_for(UP_WITHIN, is_up);
+    let (commands, writes) = spaced_pings(&plain, &shards[0], N);
+    assert!(commands >= N as u64, "{commands}");
+    assert!(
+        writes >= N as u64 / 2,
+        "without a delay: {writes} writes for {commands} commands"
+    );
+    plain.stop(Duration::from_secs(2));
+
+    let mut c = config(&redis.url(), "delayed");
+    c.flush_delay = Duration::from_millis(100);
+    let (delayed, shards) = start_node(c, vec![], 1, route2);
+    shards[0].wait_for(UP_WITHIN, is_up);
+    let (commands, writes) = spaced_pings(&delayed, &shards[0], N);
+    assert!(commands >= N as u64, "{commands}");
+    // 40 × 2 ms (or more on a loaded machine) is a few windows of 100 ms.
+    assert!(
+        writes * 4 <= commands,
+        "with a 100 ms delay: {writes} writes for {commands} commands"
+    );
+    assert!(delayed.stats().up);
+    delayed.stop(Duration::from_secs(2));
+}

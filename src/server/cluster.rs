@@ -313,7 +313,7 @@ pub fn render_metrics(
 ) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    let series: [(&str, &str, &str, u64); 14] = [
+    let series: [(&str, &str, &str, u64); 15] = [
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
@@ -331,6 +331,12 @@ pub fn render_metrics(
             "counter",
             "Redis commands sent (scripts and publishes included).",
             s.commands,
+        ),
+        (
+            "chatixia_cluster_writes_total",
+            "counter",
+            "Writes of queued commands to Redis (commands_total / writes_total: how many the flush delay gathers per write).",
+            s.writes,
         ),
         (
             "chatixia_cluster_publishes_total",

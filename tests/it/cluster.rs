@@ -210,6 +210,43 @@ fn peers_and_relays_across_three_nodes_in_every_direction() {
 }
 
 #[test]
+fn with_a_flush_delay_relays_across_nodes_arrive_all_and_in_order_in_fewer_writes() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let extra = ["--cluster-lease", "10", "--cluster-flush-delay-ms", "20"];
+    let n1 = node_with(&redis.url(), "n1", 1, &k, &extra);
+    let n2 = node_with(&redis.url(), "n2", 1, &k, &extra);
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    let w = Duration::from_secs(10);
+    list_until(&mut alice, "alice", &["bob"], w);
+    list_until(&mut bob, "bob", &["alice"], w);
+    relay(&mut alice, "alice", &mut bob, "bob", 0);
+    // 100 offers, 1 ms apart: each is its own turn of n1's shard, so without a delay
+    // each would be its own write to Redis; with 20 ms they go out a window at a time.
+    let commands = metric(&n1, "chatixia_cluster_commands_total");
+    let writes = metric(&n1, "chatixia_cluster_writes_total");
+    for i in 1..=100 {
+        send(&mut alice, &offer("alice", "bob", i));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for i in 1..=100 {
+        assert_eq!(recv(&mut bob), offer("alice", "bob", i));
+    }
+    // And back, the same way.
+    relay(&mut bob, "bob", &mut alice, "alice", 101);
+    let commands = metric(&n1, "chatixia_cluster_commands_total") - commands;
+    let writes = metric(&n1, "chatixia_cluster_writes_total") - writes;
+    assert!(commands >= 100, "{commands} commands for 100 relays");
+    assert!(
+        writes * 3 <= commands,
+        "{writes} writes for {commands} commands with a 20 ms flush delay"
+    );
+}
+
+#[test]
 fn a_peer_that_moves_to_another_node_replaces_its_older_connection() {
     let Some(redis) = redis::start(&[]) else {
         return;
@@ -371,6 +408,15 @@ fn bad_cluster_flags_fail_the_start_with_a_reason() {
                 "0",
             ],
             "--cluster-lease",
+        ),
+        (
+            vec![
+                "--cluster",
+                "redis://127.0.0.1:6379",
+                "--cluster-flush-delay-ms",
+                "21",
+            ],
+            "--cluster-flush-delay-ms",
         ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))

@@ -177,6 +177,9 @@ struct Link {
     stop_within_ms: Arc<AtomicU64>,
     /// Stopping: until when the lease hand-back may take.
     leaving: Option<Instant>,
+    /// The flush delay runs ([`ClusterConfig::flush_delay`]): the shards' requests are
+    /// taken again at this instant, not before.
+    linger_until: Option<Instant>,
     /// The Redis the connections were opened to (the primary, in sentinel mode).
     primary: Option<(String, u16)>,
     /// Sentinel mode: the Sentinels in the order they are asked (the last one that
@@ -247,6 +250,9 @@ impl Link {
             self.timers(now);
             self.queue_wait(now);
             if let Some(up) = &mut self.up {
+                if up.cmd.has_queued() {
+                    self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
+                }
                 if let Err(e) = up.cmd.flush() {
                     self.fail(e);
                 }
@@ -254,6 +260,8 @@ impl Link {
             self.ring_bells();
             let timeout = self
                 .next_deadline()
+                .map(|d| self.linger_until.map_or(d, |l| l.min(d)))
+                .or(self.linger_until)
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -269,8 +277,7 @@ impl Link {
                     _ => {}
                 }
             }
-            self.shared.wake_pending.store(false, Ordering::SeqCst);
-            self.drain_requests();
+            self.take_requests(Instant::now());
         }
         // Completions pushed so far are in the rings before `exited` is seen.
         self.shared.up.store(false, Ordering::SeqCst);
@@ -726,12 +733,40 @@ impl Link {
         self.retry_at = Instant::now() + self.backoff.next();
     }
 
-    fn drain_requests(&mut self) {
+    /// Takes the shards' requests unless the flush delay is running
+    /// ([`ClusterConfig::flush_delay`]). While it runs `wake_pending` stays set, so no
+    /// shard rings: what they submit meanwhile is taken when it ends. When a turn takes
+    /// nothing the link is idle again: `wake_pending` is cleared (then the queue read
+    /// once more, for a request pushed while it was still set) and the next submission
+    /// rings at once.
+    fn take_requests(&mut self, now: Instant) {
+        if self.linger_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.linger_until = None;
+        let mut taken = 0;
+        if !self.cfg.flush_delay.is_zero() {
+            taken = self.drain_requests();
+        }
+        if taken == 0 {
+            self.shared.wake_pending.store(false, Ordering::SeqCst);
+            taken = self.drain_requests();
+        }
+        if taken > 0 && !self.cfg.flush_delay.is_zero() {
+            self.shared.wake_pending.store(true, Ordering::SeqCst);
+            self.linger_until = Some(now + self.cfg.flush_delay);
+        }
+    }
+
+    /// Takes every request queued; how many.
+    fn drain_requests(&mut self) -> usize {
+        let mut n = 0;
         loop {
             let req = match self.rx.try_recv() {
                 Ok(r) => r,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
             };
+            n += 1;
             self.request(req);
         }
     }
