@@ -425,6 +425,13 @@ fn start_cluster(
     // they hold), and all of them at a graceful stop.
     cfg.on_stop.push(signaling.clone());
     cfg.on_connect.push(signaling);
+    // Its shard count, for relays addressed to its shards' own channels.
+    cfg.on_connect
+        .push(chatixia_core::signaling::remote::on_connect_cores(
+            &cfg.prefix,
+            &cfg.node_id,
+            cores,
+        ));
     // The same for the registry's mirror (its agents).
     let registry = chatixia_core::registry::mirror::on_connect(&cfg.prefix, &cfg.node_id);
     cfg.on_stop.push(registry.clone());

@@ -48,6 +48,10 @@ pub(crate) struct Shared {
     pub(crate) since_ns: AtomicU64,
     /// Why it is down: written by the link thread; a shard reads it with `try_lock` only.
     pub(crate) reason: Mutex<String>,
+    /// Where the link's connections go while up, for a shard's own connections
+    /// ([`crate::pipe`]): written by the link thread at each Up; a shard reads it with
+    /// `try_lock` only.
+    pub(crate) direct: Mutex<Option<crate::Direct>>,
     /// Set by [`Node::stop`](crate::Node::stop).
     pub(crate) stopping: AtomicBool,
     /// Why the link stopped for good (another live process holds the node id).

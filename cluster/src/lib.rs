@@ -71,6 +71,7 @@
 mod channel;
 mod conn;
 mod lease;
+pub mod pipe;
 mod resp;
 mod shard;
 mod thread;
@@ -153,17 +154,6 @@ pub struct ClusterConfig {
     /// lease is handed back (a node removing what it holds); as `on_connect`, only while
     /// this incarnation holds the id.
     pub on_stop: Vec<OnConnect>,
-    /// After the link thread has written the shards' commands to Redis it takes the
-    /// next ones no sooner than this later (Centrifugo's and rueidis's "max flush
-    /// delay"): commands submitted meanwhile wait in the request queue and go out
-    /// together, in one write, and the shards submitting them skip the wake-up (the
-    /// link is known to come back for them). Under load this turns a wake-up of the
-    /// link thread, a write to Redis, a read of its replies and, at the receiving node,
-    /// a read of the subscription and a wake-up of the shard per command into one per
-    /// delay; a command submitted while the link is idle goes at once. It adds at most
-    /// this much (rounded up to the poll's millisecond) to a command's round trip.
-    /// Zero: every command goes at once.
-    pub flush_delay: Duration,
 }
 
 /// A script run by the link itself ([`ClusterConfig::on_connect`], `on_stop`): its name
@@ -234,11 +224,6 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// or far behind, and holds the node's command pipeline no longer than that per `WAIT`.
 pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// [`ClusterConfig::flush_delay`] by default: none. It saves Redis CPU (about a fifth at 1 ms
-/// and 10,000 cross-node relays a second) but not the nodes', and adds latency (docs/BENCHMARKS.md,
-/// "Cluster").
-pub const DEFAULT_FLUSH_DELAY: Duration = Duration::ZERO;
-
 impl ClusterConfig {
     /// A node `node_id` linking to `url`, every other setting its default
     /// (`replicas_min` 1 in sentinel mode, 0 otherwise).
@@ -259,7 +244,6 @@ impl ClusterConfig {
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             on_connect: Vec::new(),
             on_stop: Vec::new(),
-            flush_delay: DEFAULT_FLUSH_DELAY,
         }
     }
 }
@@ -324,8 +308,7 @@ pub struct Script {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub commands: u64,
-    /// Writes of queued commands to Redis (commands / writes: the batch the flush delay
-    /// gathers).
+    /// Writes of queued commands to Redis (commands / writes: how many go out per write).
     pub writes: u64,
     /// Sum and count of command round trips (submission to completion), microseconds.
     pub round_trip_us_sum: u64,
@@ -370,6 +353,21 @@ pub struct Health {
 
 /// What a shard needs to build its [`ShardLink`] on its own thread (Send).
 pub struct LinkParts(pub(crate) thread::Parts);
+
+/// The Redis the link is connected to (as of its last Up) and how to log in there: what
+/// a shard needs to open its own connections ([`pipe`]).
+#[derive(Clone, Debug)]
+pub struct Direct {
+    /// The address the link's command connection reached (resolved by the link thread:
+    /// a shard never resolves a name).
+    pub addr: std::net::SocketAddr,
+    /// `AUTH` when the URL has a password.
+    pub login: Vec<Vec<Vec<u8>>>,
+    pub db: u32,
+    /// The link's generation when it connected there: a newer one (a reconnect, a
+    /// failover) means the shard's connections must be opened again.
+    pub generation: u64,
+}
 
 impl std::fmt::Debug for LinkParts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -105,6 +105,38 @@ impl ShardLink {
         self.inner.borrow().generation
     }
 
+    /// The link's generation while it is up, read from what the link thread shares now
+    /// (not this shard's last Up): `None` while it is down.
+    pub fn current_generation(&self) -> Option<u64> {
+        let inner = self.inner.borrow();
+        inner
+            .shared
+            .up
+            .load(Ordering::Acquire)
+            .then(|| inner.shared.generation.load(Ordering::Acquire))
+    }
+
+    /// The link thread has stopped for good.
+    pub fn is_closed(&self) -> bool {
+        self.inner.borrow().shared.exited.load(Ordering::Acquire)
+    }
+
+    /// This shard's index in the node.
+    pub fn shard(&self) -> usize {
+        self.inner.borrow().shard
+    }
+
+    /// Where the link is connected now (`None` while it is down, or in the instant the
+    /// link thread writes it: asked again later).
+    pub fn direct(&self) -> Option<crate::Direct> {
+        let inner = self.inner.borrow();
+        if !inner.shared.up.load(Ordering::Acquire) {
+            return None;
+        }
+        let d = inner.shared.direct.try_lock().ok()?;
+        d.clone()
+    }
+
     /// The live nodes as of the last [`Inbound::Members`] this shard took.
     pub fn live_nodes(&self) -> Vec<String> {
         self.inner.borrow().live.clone()

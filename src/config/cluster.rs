@@ -30,16 +30,6 @@ pub struct ClusterFlags {
     #[arg(long, default_value = "chx:")]
     pub cluster_prefix: String,
 
-    /// Milliseconds the link waits after writing commands to Redis before it writes the
-    /// next ones, so that under load the commands of that time (cross-node relays,
-    /// directory updates) go out together, in one write, instead of one each: less CPU
-    /// for Redis (about a fifth less per cross-node relay at 1 ms and 10,000 relays a
-    /// second), at the cost of up to this much more latency per Redis round trip. A
-    /// command sent while the link is idle goes at once. 0 (the default) sends every
-    /// command at once.
-    #[arg(long, default_value_t = 0, value_name = "MS")]
-    pub cluster_flush_delay_ms: u64,
-
     /// File holding the password of the cluster's Redis (its data nodes), in place of one
     /// in the --cluster URL, which `ps` and the config file would show; one trailing
     /// newline is ignored. It wins over a password in the URL.
@@ -49,11 +39,6 @@ pub struct ClusterFlags {
 
 /// Bytes of a `--cluster-password-file` read at most: a password, not a document.
 pub const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
-
-/// The longest `--cluster-flush-delay-ms`: every Redis round trip may take this much
-/// longer, and a hub request makes several; past a few milliseconds batching saves
-/// little more (ten per write at 10,000 relays a second already).
-pub const CLUSTER_FLUSH_DELAY_MS_MAX: u64 = 20;
 
 /// Node ids longer than this are refused: the id is in every directory entry of the
 /// node's peers and in its channel's name.
@@ -90,11 +75,6 @@ pub fn settings(
     {
         return Err("--cluster-prefix: no spaces or control characters".into());
     }
-    if f.cluster_flush_delay_ms > CLUSTER_FLUSH_DELAY_MS_MAX {
-        return Err(format!(
-            "--cluster-flush-delay-ms: at most {CLUSTER_FLUSH_DELAY_MS_MAX}"
-        ));
-    }
     let mut url = url;
     if let Some(path) = &f.cluster_password_file {
         url.password = Some(read_password(path)?);
@@ -102,7 +82,6 @@ pub fn settings(
     let mut c = chatixia_cluster::ClusterConfig::new(url, node_id);
     c.lease = Duration::from_secs_f64(f.cluster_lease);
     c.prefix = f.cluster_prefix.clone();
-    c.flush_delay = Duration::from_millis(f.cluster_flush_delay_ms);
     Ok(Some(c))
 }
 

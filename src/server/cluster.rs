@@ -126,6 +126,9 @@ pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
     });
     let c = ctx.clone();
     monoio::spawn(async move { remote::run(c).await });
+    if let Some(link) = &ctx.cluster {
+        start_pipe(ctx, link);
+    }
     let c = ctx.clone();
     monoio::spawn(async move { mirror::run(c).await });
     // This node's health counts for the other nodes' dashboards.
@@ -217,6 +220,44 @@ fn on_message(ctx: &Rc<ShardCtx>, route_key: &[u8], body: &[u8]) {
     }
 }
 
+/// The shard's own connections to Redis (`chatixia_cluster::pipe`): relays to peers of
+/// other nodes go out through its publisher, and those to this shard's peers arrive
+/// through its subscription, neither crossing the link thread. Both end with the shard.
+fn start_pipe(ctx: &Rc<ShardCtx>, link: &chatixia_cluster::ShardLink) {
+    use chatixia_cluster::pipe;
+    let channel = remote::shard_channel(link.prefix(), link.node_id(), ctx.id());
+    let p = pipe::Pipe::new(channel, remote::RELAY.source);
+    ctx.state.ws.set_pipe(p.clone());
+    let interval = chatixia_cluster::DEFAULT_PROBE_INTERVAL;
+    let stop = ctx.shard.shutdown_event().clone();
+    let (l, q) = (link.clone(), p.clone());
+    monoio::spawn(async move {
+        monoio::select! {
+            _ = pipe::run_publisher(l, q, interval) => {}
+            _ = stop.wait() => {}
+        }
+    });
+    let stop = ctx.shard.shutdown_event().clone();
+    let c = ctx.clone();
+    let l = link.clone();
+    monoio::spawn(async move {
+        let deliver = |key: &[u8], body: &[u8]| {
+            // Only relays to this shard's peers are published to its channel; one for
+            // another shard (a node restarted with another shard count, noted late)
+            // would reach no one here.
+            if c.shard.shard_of(key) == c.id() {
+                on_message(&c, key, body);
+            } else {
+                c.cluster_malformed.set(c.cluster_malformed.get() + 1);
+            }
+        };
+        monoio::select! {
+            _ = pipe::run_subscriber(l, p, interval, deliver) => {}
+            _ = stop.wait() => {}
+        }
+    });
+}
+
 /// Takes what the link thread published for this shard.
 fn take(ctx: &Rc<ShardCtx>) {
     let Some(link) = &ctx.cluster else { return };
@@ -304,12 +345,14 @@ fn take(ctx: &Rc<ShardCtx>) {
 
 /// The cluster link's counters (`--cluster`) in the Prometheus text format, labelled
 /// with the node; `malformed`: messages from other nodes the shards dropped;
-/// `binding_conflicts`: bindings asserted on connect that lost to another node's.
+/// `binding_conflicts`: bindings asserted on connect that lost to another node's;
+/// `pipes`: each shard's own connections (`chatixia_cluster::pipe`), labelled by shard.
 pub fn render_metrics(
     node: &str,
     s: &chatixia_cluster::Stats,
     malformed: u64,
     binding_conflicts: u64,
+    pipes: &[chatixia_cluster::pipe::PipeStats],
 ) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
@@ -335,7 +378,7 @@ pub fn render_metrics(
         (
             "chatixia_cluster_writes_total",
             "counter",
-            "Writes of queued commands to Redis (commands_total / writes_total: how many the flush delay gathers per write).",
+            "Writes of queued commands to Redis by the link thread (commands_total / writes_total: how many go out per write).",
             s.writes,
         ),
         (
@@ -437,6 +480,45 @@ pub fn render_metrics(
         s.round_trip_us_sum as f64 / 1e6
     );
     let _ = writeln!(out, "{name}_count{{node=\"{node}\"}} {}", s.round_trips);
+    type Field = fn(&chatixia_cluster::pipe::PipeStats) -> u64;
+    let per_shard: [(&str, &str, Field); 6] = [
+        (
+            "chatixia_cluster_pipe_commands_total",
+            "Relays to other nodes sent on the shard's own Redis connection (not through the link thread).",
+            |p| p.commands,
+        ),
+        (
+            "chatixia_cluster_pipe_writes_total",
+            "Writes on the shard's own Redis connection (commands_total / writes_total: relays per write).",
+            |p| p.writes,
+        ),
+        (
+            "chatixia_cluster_pipe_deliveries_total",
+            "Messages the shard's own subscription (its channel) delivered.",
+            |p| p.deliveries,
+        ),
+        (
+            "chatixia_cluster_pipe_connects_total",
+            "Connections the shard opened to Redis (its publisher and its subscription), the first ones included.",
+            |p| p.connects,
+        ),
+        (
+            "chatixia_cluster_pipe_probes_missed_total",
+            "Times the shard's subscription heard nothing, not even its probes, for 3 probe intervals (opened again).",
+            |p| p.probes_missed,
+        ),
+        (
+            "chatixia_cluster_pipe_refused_total",
+            "Relays the shard's own connection could not take (not connected, or its queue full): sent through the link.",
+            |p| p.refused,
+        ),
+    ];
+    for (name, help, field) in per_shard {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n");
+        for (i, p) in pipes.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{node=\"{node}\",shard=\"{i}\"}} {}", field(p));
+        }
+    }
     out
 }
 

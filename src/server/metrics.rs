@@ -57,6 +57,8 @@ pub struct ShardMetrics {
     pub cluster_malformed: u64,
     /// Bindings this shard asserted on connect that another node had bound first.
     pub cluster_binding_conflicts: u64,
+    /// The shard's own connections to the cluster's Redis (`--cluster`).
+    pub cluster_pipe: chatixia_cluster::pipe::PipeStats,
 }
 
 /// The shard layer's counters on one shard: asks that found a full mailbox and waited,
@@ -135,6 +137,7 @@ impl ShardMetrics {
             layer: Default::default(),
             cluster_malformed: 0,
             cluster_binding_conflicts: 0,
+            cluster_pipe: Default::default(),
         }
     }
 }
@@ -700,6 +703,7 @@ mod tests {
             },
             cluster_malformed: 0,
             cluster_binding_conflicts: 0,
+            cluster_pipe: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);
         assert!(text.contains("chatixia_connections_accepted_total{shard=\"0\"} 10\n"));

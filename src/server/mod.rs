@@ -276,6 +276,7 @@ impl ShardCtx {
         m.tls = self.tls.snapshot();
         m.layer = crate::server::metrics::LayerMetrics::of(&self.layer);
         m.cluster_malformed = self.cluster_malformed.get();
+        m.cluster_pipe = self.state.ws.pipe().map(|p| p.stats()).unwrap_or_default();
         m.cluster_binding_conflicts = self
             .state
             .agents

@@ -857,11 +857,13 @@ async fn metrics(ctx: &ShardCtx) -> Response {
     if let Some(node) = &ctx.config.cluster {
         let malformed = shards.iter().map(|m| m.cluster_malformed).sum();
         let conflicts = shards.iter().map(|m| m.cluster_binding_conflicts).sum();
+        let pipes: Vec<_> = shards.iter().map(|m| m.cluster_pipe).collect();
         body.push_str(&crate::server::cluster::render_metrics(
             &node.id,
             &node.node.stats(),
             malformed,
             conflicts,
+            &pipes,
         ));
     }
     Response::text(200, "text/plain; version=0.0.4; charset=utf-8", body)

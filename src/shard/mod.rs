@@ -31,6 +31,9 @@ pub use ask::{ask, ask_all, ask_owner, reserve, settle, tell, FollowUp, Request,
 pub use changes::{Change, ChangeLog, ChangesSince, Delta, Topic};
 pub use clock::Clock;
 pub use outcome::{Error, Kind, Outcome};
+/// The hash that routes a key to its owner shard (`shard_of_hash` of it over a node's
+/// shard count), for what names the owner shard at another node.
+pub use reactor::stable_hash as key_hash;
 pub use reactor::ShardId;
 
 use crate::time::UnixTime;

@@ -85,18 +85,41 @@ return 0
 "#,
 };
 
-/// A relay to a peer of another node: `KEYS[1]` the sender's mesh hash; `ARGV` target,
-/// this node, channel prefix, the framed message. Publishes to the target's node when it
-/// is another node; 1 when published.
+/// A relay to a peer of another node: `KEYS[1]` the sender's mesh hash, `KEYS[2]` the
+/// nodes' shard counts ([`CORES`]); `ARGV` target, this node, the node channels' prefix,
+/// the framed message, the target's [`crate::shard::key_hash`] as its high and low 32
+/// bits, the shard channels' prefix. When the target is at another node, publishes to
+/// the channel of the shard that owns it there (`shard_of_hash`, computed exactly in
+/// doubles: each product stays under 2^53) if that has a subscriber (2), else to the
+/// node's channel (1: its link thread hands it to the shard); 0 when not published.
 pub const RELAY: Script = Script {
     name: "chx_relay",
     source: r#"
 local n = redis.call('HGET', KEYS[1], ARGV[1])
 if n and n ~= ARGV[2] then
+  local c = tonumber(redis.call('HGET', KEYS[2], n))
+  if c and c >= 1 then
+    local hi = tonumber(ARGV[5])
+    local lo = tonumber(ARGV[6])
+    local s = math.floor((hi * c + math.floor(lo * c / 4294967296)) / 4294967296)
+    if redis.call('SPUBLISH', ARGV[7] .. s .. ':' .. n, ARGV[4]) > 0 then
+      return 2
+    end
+  end
   redis.call('SPUBLISH', ARGV[3] .. n, ARGV[4])
   return 1
 end
 return 0
+"#,
+};
+
+/// Notes a node's shard count (`KEYS[1]` the counts' hash; `ARGV` node, count): what
+/// [`RELAY`] needs to name the owner shard's channel there. Run on every connect.
+pub const CORES: Script = Script {
+    name: "chx_cores",
+    source: r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 "#,
 };
 
@@ -151,7 +174,37 @@ return out
 
 /// The scripts signaling runs (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![JOIN, LEAVE, RELAY, CLEANUP, PEERS]
+    vec![JOIN, LEAVE, RELAY, CLEANUP, PEERS, CORES]
+}
+
+/// What a node runs on every connect to note its shard count ([`CORES`]).
+pub fn on_connect_cores(
+    prefix: &str,
+    node: &str,
+    cores: usize,
+) -> (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    (
+        CORES.name,
+        vec![cores_key(prefix)],
+        vec![node.as_bytes().to_vec(), cores.to_string().into_bytes()],
+    )
+}
+
+/// The channel of one shard of a node (`{prefix}s:{shard}:{node}`): the shard's own
+/// subscription ([`chatixia_cluster::pipe`]). Its own namespace (`s:`), so that no node
+/// id (which may hold `:`) names another's channel.
+pub fn shard_channel(prefix: &str, node: &str, shard: usize) -> Vec<u8> {
+    format!("{prefix}s:{shard}:{node}").into_bytes()
+}
+
+/// The hash of the nodes' shard counts.
+fn cores_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"cores"].concat()
+}
+
+/// The prefix of the shards' channels.
+fn shard_channel_prefix(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"s:"].concat()
 }
 
 /// What a node runs on every connect before its shards assert their peers: its own
@@ -570,16 +623,31 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
                 target,
                 mesh,
                 frame,
-            } => link.eval_nowait_publishing(
-                RELAY.name,
-                vec![mesh_key(prefix, mesh.as_deref())],
-                vec![
+            } => {
+                let h = crate::shard::key_hash(target.as_bytes());
+                let keys = [mesh_key(prefix, mesh.as_deref()), cores_key(prefix)];
+                let args = [
                     target.as_bytes().to_vec(),
                     node.as_bytes().to_vec(),
                     channel_prefix(prefix),
                     framed(target.as_bytes(), &relay_body(mesh.as_deref(), frame)),
-                ],
-            ),
+                    (h >> 32).to_string().into_bytes(),
+                    (h & 0xffff_ffff).to_string().into_bytes(),
+                    shard_channel_prefix(prefix),
+                ];
+                // The shard's own connection when it is up (no thread on the way), else
+                // the link.
+                let piped = ws.pipe().is_some_and(|p| {
+                    let k: [&[u8]; 2] = [&keys[0], &keys[1]];
+                    let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                    p.eval(&k, &a)
+                });
+                if piped {
+                    Ok(())
+                } else {
+                    link.eval_nowait_publishing(RELAY.name, keys.to_vec(), args.to_vec())
+                }
+            }
         };
         match sent {
             Ok(()) => {}

@@ -227,6 +227,9 @@ pub struct ConnTable {
     duplicates: RefCell<DuplicateLog>,
     /// What the other nodes of a cluster must be told (`None` without `--cluster`).
     pub(super) outbox: RefCell<Option<Outbox>>,
+    /// The shard's own connections to the cluster's Redis (`--cluster`), for relays to
+    /// other nodes ([`super::remote`]).
+    pipe: RefCell<Option<chatixia_cluster::pipe::Pipe>>,
     pub open: Cell<u64>,
     pub relayed: Cell<u64>,
     pub refused: Cell<u64>,
@@ -256,6 +259,7 @@ impl ConnTable {
             pool: RefCell::default(),
             duplicates: RefCell::default(),
             outbox: RefCell::default(),
+            pipe: RefCell::default(),
             open: Cell::new(0),
             relayed: Cell::new(0),
             refused: Cell::new(0),
@@ -360,6 +364,16 @@ impl ConnTable {
     /// Keeps an outbox of what the other nodes of a cluster must be told (`--cluster`).
     pub fn enable_outbox(&self) {
         *self.outbox.borrow_mut() = Some(Outbox::default());
+    }
+
+    /// Relays to other nodes go through `pipe` while it is up.
+    pub fn set_pipe(&self, pipe: chatixia_cluster::pipe::Pipe) {
+        *self.pipe.borrow_mut() = Some(pipe);
+    }
+
+    /// The shard's own connections to the cluster's Redis, if any.
+    pub fn pipe(&self) -> Option<chatixia_cluster::pipe::Pipe> {
+        self.pipe.borrow().clone()
     }
 
     /// Notes `item` for the cluster, when there is one; `false` when the outbox refused

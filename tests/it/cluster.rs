@@ -205,44 +205,105 @@ fn peers_and_relays_across_three_nodes_in_every_direction() {
         (50..60).contains(&across),
         "{across} publishes for 50 relays across nodes"
     );
-    assert!(metric(&n2, "chatixia_cluster_deliveries_total") >= 50);
+    // Delivered at n2 by its link or (once up) its shards' own subscriptions.
+    assert!(
+        metric(&n2, "chatixia_cluster_deliveries_total")
+            + shard_metric(&n2, "chatixia_cluster_pipe_deliveries_total")
+            >= 50
+    );
     assert_eq!(metric(&n1, "chatixia_cluster_up"), 1);
 }
 
+/// The sum of a per-shard metric over the node's shards.
+fn shard_metric(srv: &Server, name: &str) -> u64 {
+    let text = srv.get("/metrics").text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains("shard=\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Waits until every shard of `srv` has its own connections to Redis up (both).
+fn pipes_up(srv: &Server, cores: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while shard_metric(srv, "chatixia_cluster_pipe_connects_total") < 2 * cores {
+        assert!(Instant::now() < deadline, "the shards' pipes never came up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn with_a_flush_delay_relays_across_nodes_arrive_all_and_in_order_in_fewer_writes() {
+fn relays_across_nodes_go_through_the_shards_own_connections_and_outlive_a_killed_subscription() {
     let Some(redis) = redis::start(&[]) else {
         return;
     };
     let k = keys(KEYS);
-    let extra = ["--cluster-lease", "10", "--cluster-flush-delay-ms", "20"];
-    let n1 = node_with(&redis.url(), "n1", 1, &k, &extra);
-    let n2 = node_with(&redis.url(), "n2", 1, &k, &extra);
+    let n1 = node(&redis, "n1", 2, &k, "10");
+    let n2 = node(&redis, "n2", 2, &k, "10");
     let mut alice = peer(&n1, "alice");
     let mut bob = peer(&n2, "bob");
     let w = Duration::from_secs(10);
     list_until(&mut alice, "alice", &["bob"], w);
     list_until(&mut bob, "bob", &["alice"], w);
-    relay(&mut alice, "alice", &mut bob, "bob", 0);
-    // 100 offers, 1 ms apart: each is its own turn of n1's shard, so without a delay
-    // each would be its own write to Redis; with 20 ms they go out a window at a time.
-    let commands = metric(&n1, "chatixia_cluster_commands_total");
-    let writes = metric(&n1, "chatixia_cluster_writes_total");
-    for i in 1..=100 {
-        send(&mut alice, &offer("alice", "bob", i));
-        std::thread::sleep(Duration::from_millis(1));
+    pipes_up(&n1, 2);
+    pipes_up(&n2, 2);
+    // Both ways, each relay one command on the sending shard's own connection and one
+    // delivery on the receiving shard's own subscription: the link threads carry none.
+    let sent = shard_metric(&n1, "chatixia_cluster_pipe_commands_total");
+    let got = shard_metric(&n2, "chatixia_cluster_pipe_deliveries_total");
+    let link_got = metric(&n2, "chatixia_cluster_deliveries_total");
+    for i in 0..50 {
+        relay(&mut alice, "alice", &mut bob, "bob", i);
+        relay(&mut bob, "bob", &mut alice, "alice", 100 + i);
     }
-    for i in 1..=100 {
-        assert_eq!(recv(&mut bob), offer("alice", "bob", i));
+    assert_eq!(
+        shard_metric(&n1, "chatixia_cluster_pipe_commands_total") - sent,
+        50
+    );
+    assert_eq!(
+        shard_metric(&n2, "chatixia_cluster_pipe_deliveries_total") - got,
+        50
+    );
+    assert_eq!(metric(&n2, "chatixia_cluster_deliveries_total"), link_got);
+    assert_eq!(
+        shard_metric(&n2, "chatixia_cluster_pipe_commands_total"),
+        50
+    );
+
+    // n2's shard subscriptions killed (as Redis would on a client-output-buffer limit):
+    // relays to bob go on arriving, through n2's link while its shards subscribe again.
+    let crate::common::redis::Reply::Bulk(list) = redis.cmd(&["CLIENT", "LIST"]) else {
+        panic!("CLIENT LIST")
+    };
+    let ids: Vec<String> = list
+        .lines()
+        .filter(|l| l.contains("name=chx-n2-s0 ") || l.contains("name=chx-n2-s1 "))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    let connects = shard_metric(&n2, "chatixia_cluster_pipe_connects_total");
+    for id in &ids {
+        redis.cmd(&["CLIENT", "KILL", "ID", id]);
     }
-    // And back, the same way.
-    relay(&mut bob, "bob", &mut alice, "alice", 101);
-    let commands = metric(&n1, "chatixia_cluster_commands_total") - commands;
-    let writes = metric(&n1, "chatixia_cluster_writes_total") - writes;
-    assert!(commands >= 100, "{commands} commands for 100 relays");
-    assert!(
-        writes * 3 <= commands,
-        "{writes} writes for {commands} commands with a 20 ms flush delay"
+    for i in 0..20 {
+        relay(&mut alice, "alice", &mut bob, "bob", 200 + i);
+    }
+    let deadline = Instant::now() + w;
+    while shard_metric(&n2, "chatixia_cluster_pipe_connects_total") < connects + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "n2's shards never subscribed again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let got = shard_metric(&n2, "chatixia_cluster_pipe_deliveries_total");
+    for i in 0..20 {
+        relay(&mut alice, "alice", &mut bob, "bob", 300 + i);
+    }
+    assert_eq!(
+        shard_metric(&n2, "chatixia_cluster_pipe_deliveries_total") - got,
+        20
     );
 }
 
@@ -408,15 +469,6 @@ fn bad_cluster_flags_fail_the_start_with_a_reason() {
                 "0",
             ],
             "--cluster-lease",
-        ),
-        (
-            vec![
-                "--cluster",
-                "redis://127.0.0.1:6379",
-                "--cluster-flush-delay-ms",
-                "21",
-            ],
-            "--cluster-flush-delay-ms",
         ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))

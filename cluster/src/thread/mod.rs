@@ -177,9 +177,6 @@ struct Link {
     stop_within_ms: Arc<AtomicU64>,
     /// Stopping: until when the lease hand-back may take.
     leaving: Option<Instant>,
-    /// The flush delay runs ([`ClusterConfig::flush_delay`]): the shards' requests are
-    /// taken again at this instant, not before.
-    linger_until: Option<Instant>,
     /// The Redis the connections were opened to (the primary, in sentinel mode).
     primary: Option<(String, u16)>,
     /// Sentinel mode: the Sentinels in the order they are asked (the last one that
@@ -260,8 +257,6 @@ impl Link {
             self.ring_bells();
             let timeout = self
                 .next_deadline()
-                .map(|d| self.linger_until.map_or(d, |l| l.min(d)))
-                .or(self.linger_until)
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
@@ -277,7 +272,8 @@ impl Link {
                     _ => {}
                 }
             }
-            self.take_requests(Instant::now());
+            self.shared.wake_pending.store(false, Ordering::SeqCst);
+            self.drain_requests();
         }
         // Completions pushed so far are in the rings before `exited` is seen.
         self.shared.up.store(false, Ordering::SeqCst);
@@ -433,6 +429,15 @@ impl Link {
                 }
                 self.up = Some(up);
                 self.generation += 1;
+                let addr = self.up.as_ref().and_then(|u| u.cmd.stream.peer_addr().ok());
+                if let (Ok(mut d), Some(addr)) = (self.shared.direct.lock(), addr) {
+                    *d = Some(crate::Direct {
+                        addr,
+                        login: self.login(),
+                        db: self.cfg.url.db,
+                        generation: self.generation,
+                    });
+                }
                 self.backoff.reset();
                 self.probe.reset();
                 self.members.reset();
@@ -525,6 +530,20 @@ impl Link {
         self.retry_at = self.retry_at.min(Instant::now() + out);
     }
 
+    /// The commands that log a new connection in (`AUTH`, when the URL has a password).
+    fn login(&self) -> Vec<Vec<Vec<u8>>> {
+        let mut auth = Vec::new();
+        if let Some(p) = &self.cfg.url.password {
+            let mut c = vec![b"AUTH".to_vec()];
+            if let Some(u) = &self.cfg.url.user {
+                c.push(u.clone().into_bytes());
+            }
+            c.push(p.clone().into_bytes());
+            auth.push(c);
+        }
+        auth
+    }
+
     fn open_both(&mut self) -> Result<(Up, Vec<String>, Vec<String>), String> {
         // Where: the URL's Redis, or the primary the Sentinels name now.
         let (host, port) = match &self.cfg.url.addr {
@@ -533,17 +552,9 @@ impl Link {
         };
         self.primary = Some((host.clone(), port));
         let sentinel = self.cfg.url.sentinels().is_some();
+        let auth = self.login();
         let cfg = &self.cfg;
         let node = &cfg.node_id;
-        let mut auth: Vec<Vec<Vec<u8>>> = Vec::new();
-        if let Some(p) = &cfg.url.password {
-            let mut c = vec![b"AUTH".to_vec()];
-            if let Some(u) = &cfg.url.user {
-                c.push(u.clone().into_bytes());
-            }
-            c.push(p.clone().into_bytes());
-            auth.push(c);
-        }
         // The subscription.
         let mut setup = auth.clone();
         setup.push(args(&["CLIENT", "SETNAME", &format!("chx-{node}-sub")]));
@@ -733,40 +744,12 @@ impl Link {
         self.retry_at = Instant::now() + self.backoff.next();
     }
 
-    /// Takes the shards' requests unless the flush delay is running
-    /// ([`ClusterConfig::flush_delay`]). While it runs `wake_pending` stays set, so no
-    /// shard rings: what they submit meanwhile is taken when it ends. When a turn takes
-    /// nothing the link is idle again: `wake_pending` is cleared (then the queue read
-    /// once more, for a request pushed while it was still set) and the next submission
-    /// rings at once.
-    fn take_requests(&mut self, now: Instant) {
-        if self.linger_until.is_some_and(|t| now < t) {
-            return;
-        }
-        self.linger_until = None;
-        let mut taken = 0;
-        if !self.cfg.flush_delay.is_zero() {
-            taken = self.drain_requests();
-        }
-        if taken == 0 {
-            self.shared.wake_pending.store(false, Ordering::SeqCst);
-            taken = self.drain_requests();
-        }
-        if taken > 0 && !self.cfg.flush_delay.is_zero() {
-            self.shared.wake_pending.store(true, Ordering::SeqCst);
-            self.linger_until = Some(now + self.cfg.flush_delay);
-        }
-    }
-
-    /// Takes every request queued; how many.
-    fn drain_requests(&mut self) -> usize {
-        let mut n = 0;
+    fn drain_requests(&mut self) {
         loop {
             let req = match self.rx.try_recv() {
                 Ok(r) => r,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return n,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
             };
-            n += 1;
             self.request(req);
         }
     }

@@ -147,7 +147,6 @@ impl Node {
             reported_down: false,
             stop_within_ms: stop_within_ms.clone(),
             leaving: None,
-            linger_until: None,
             primary: None,
             sentinel_order: Vec::new(),
             watch: None,

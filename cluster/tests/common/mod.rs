@@ -351,6 +351,10 @@ struct Pair {
     server: TcpStream,
     is_sub: AtomicBool,
     blackholed: AtomicBool,
+    /// What the client wrote first (its setup: `CLIENT SETNAME` names it).
+    first: Mutex<Vec<u8>>,
+    /// Bytes Redis sent the client.
+    down: std::sync::atomic::AtomicU64,
 }
 
 impl Proxy {
@@ -374,6 +378,8 @@ impl Proxy {
                     server,
                     is_sub: AtomicBool::new(false),
                     blackholed: AtomicBool::new(false),
+                    first: Mutex::new(Vec::new()),
+                    down: Default::default(),
                 });
                 st.conns.lock().unwrap().push(pair.clone());
                 let p = pair.clone();
@@ -399,9 +405,38 @@ impl Proxy {
 
     /// From now on, what Redis sends on the subscriptions open now is dropped.
     pub fn blackhole_subscriptions(&self) -> usize {
+        self.blackhole_subscriptions_of(b"")
+    }
+
+    /// Bytes Redis sent on the connections whose setup held `needle` (a client name).
+    pub fn bytes_sent_to(&self, needle: &[u8]) -> u64 {
+        self.state
+            .conns
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| {
+                p.first
+                    .lock()
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+            })
+            .map(|p| p.down.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    /// The same for the subscriptions whose setup held `needle` (a client name).
+    pub fn blackhole_subscriptions_of(&self, needle: &[u8]) -> usize {
         let mut n = 0;
         for p in self.state.conns.lock().unwrap().iter() {
-            if p.is_sub.load(Ordering::SeqCst) {
+            let named = needle.is_empty()
+                || p.first
+                    .lock()
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle);
+            if p.is_sub.load(Ordering::SeqCst) && named {
                 p.blackholed.store(true, Ordering::SeqCst);
                 n += 1;
             }
@@ -425,8 +460,17 @@ fn pump(p: &Pair, upstream: bool) {
         if upstream && buf[..n].windows(10).any(|w| w == b"SSUBSCRIBE") {
             p.is_sub.store(true, Ordering::SeqCst);
         }
+        if upstream {
+            let mut first = p.first.lock().unwrap();
+            if first.is_empty() {
+                first.extend_from_slice(&buf[..n]);
+            }
+        }
         if !upstream && p.blackholed.load(Ordering::SeqCst) {
             continue;
+        }
+        if !upstream {
+            p.down.fetch_add(n as u64, Ordering::SeqCst);
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

@@ -1,0 +1,516 @@
+//! A shard's own connections to Redis, driven by the shard's event loop (issue 25: a relay
+//! to a peer of another node). Through the link a relay crosses a thread on each node (a
+//! wake-up of the link thread to write it, one of the owner shard to deliver it); these
+//! two connections take both hops out of its path:
+//!
+//! * the **publisher** writes what the shard queued ([`Pipe::eval`]: `EVALSHA` of one
+//!   script, its replies turned off with `CLIENT REPLY OFF`), everything queued in one
+//!   write;
+//! * the **subscriber** is subscribed (`SSUBSCRIBE`) to the shard's own channel and hands
+//!   every message that arrives there to the shard ([`run_subscriber`]'s `deliver`).
+//!
+//! Both follow the link: they connect where the link's command connection is connected
+//! ([`crate::Direct`], resolved by the link thread), once it is up, and again after each
+//! new generation (a reconnect, a failover). The publisher probes the subscription (a
+//! message to the shard's own channel every probe interval, and `SCRIPT LOAD` of its script
+//! again, since with replies off a flushed script cache would go unnoticed); a
+//! subscription that hears nothing for [`PROBE_MISSED_AFTER`] intervals is not trusted:
+//! both connections are opened again. Whoever publishes to a shard's channel falls back
+//! to the node's channel (the link's) when it has no subscriber, so while the subscriber
+//! is down nothing is lost but the hop; while the publisher is down the shard sends
+//! through the link ([`Pipe::eval`] refuses).
+
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+
+use crate::resp::{decode_reply, encode_command};
+use crate::{Direct, ShardLink, Value, LINK_KEY_LEN};
+
+/// Bytes of commands waiting for the publisher's next write. A turn of the shard's loop
+/// seldom queues more than a few hundred relays, but a relayed frame may be 64 KiB: past
+/// this [`Pipe::eval`] refuses and the caller sends through the link (with its own
+/// bounds) rather than queue more here.
+pub const PIPE_BYTES_MAX: usize = 4 << 20;
+
+/// How long connecting and the setup's replies may take: a Redis that does not answer
+/// within it is tried again after [`RETRY`], the link carrying the relays meanwhile.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long one write may take: a Redis that stops reading (stopped, hung) ends the
+/// publisher's connection after it, and the shard sends through the link.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause after a failed connect, and between looks while the link is down.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Bytes one read of the subscription takes.
+const READ_CHUNK: usize = 64 << 10;
+
+/// The largest message the subscription takes: a relayed frame (at most the server's
+/// 64 KiB `--ws-message-max` by default, 16 MiB at most) with its framing. A larger one,
+/// or a reply that never ends, ends the connection rather than grow the buffer.
+pub const MESSAGE_BYTES_MAX: usize = 17 << 20;
+
+/// Probe intervals the subscription may stay silent before it is not trusted.
+pub const PROBE_MISSED_AFTER: u32 = 3;
+
+/// What the pipes did, for `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PipeStats {
+    /// Commands queued by [`Pipe::eval`].
+    pub commands: u64,
+    /// Writes of queued commands.
+    pub writes: u64,
+    /// Messages the subscription delivered (probes not counted).
+    pub deliveries: u64,
+    /// Connections opened (both kinds), the first ones included.
+    pub connects: u64,
+    /// Times the subscription heard nothing for [`PROBE_MISSED_AFTER`] intervals.
+    pub probes_missed: u64,
+    /// [`Pipe::eval`] refused: not connected, or [`PIPE_BYTES_MAX`] queued.
+    pub refused: u64,
+}
+
+/// One shard's pair of connections (`!Send`: the shard's own). Cheap to clone.
+#[derive(Clone)]
+pub struct Pipe(Rc<Inner>);
+
+struct Inner {
+    /// The shard's channel.
+    channel: Vec<u8>,
+    /// The script [`Pipe::eval`] runs, loaded by the publisher on each connect.
+    script: &'static str,
+    /// Its SHA-1 as Redis answered `SCRIPT LOAD`.
+    sha: RefCell<Vec<u8>>,
+    /// Commands queued, RESP-encoded.
+    out: RefCell<Vec<u8>>,
+    /// The publisher is connected: [`Pipe::eval`] queues.
+    pub_up: Cell<bool>,
+    /// The subscriber is subscribed.
+    sub_up: Cell<bool>,
+    /// The publisher's task, waiting for commands.
+    writer: RefCell<Option<Waker>>,
+    /// Bumped when the subscription went silent: the publisher connects again too (its
+    /// connection may be the silent one).
+    restarts: Cell<u64>,
+    /// Numbers the probes.
+    probe_seq: Cell<u64>,
+    stats: Cell<PipeStats>,
+}
+
+impl Pipe {
+    /// A pipe for the shard whose channel is `channel`, running `script` ([`Pipe::eval`]).
+    pub fn new(channel: Vec<u8>, script: &'static str) -> Pipe {
+        Pipe(Rc::new(Inner {
+            channel,
+            script,
+            sha: RefCell::new(Vec::new()),
+            out: RefCell::new(Vec::new()),
+            pub_up: Cell::new(false),
+            sub_up: Cell::new(false),
+            writer: RefCell::new(None),
+            restarts: Cell::new(0),
+            probe_seq: Cell::new(0),
+            stats: Cell::new(PipeStats::default()),
+        }))
+    }
+
+    /// The publisher is connected ([`Pipe::eval`] may queue).
+    pub fn is_up(&self) -> bool {
+        self.0.pub_up.get()
+    }
+
+    /// The subscriber is subscribed.
+    pub fn is_subscribed(&self) -> bool {
+        self.0.sub_up.get()
+    }
+
+    pub fn stats(&self) -> PipeStats {
+        self.0.stats.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut PipeStats)) {
+        let mut s = self.0.stats.get();
+        f(&mut s);
+        self.0.stats.set(s);
+    }
+
+    /// Queues `EVALSHA script keys… args…`, no reply wanted; written at the publisher's
+    /// next turn. `false` (counted as refused) when the publisher is not connected or
+    /// [`PIPE_BYTES_MAX`] is queued: send it another way.
+    pub fn eval(&self, keys: &[&[u8]], args: &[&[u8]]) -> bool {
+        let inner = &*self.0;
+        let mut out = inner.out.borrow_mut();
+        if !inner.pub_up.get() || out.len() >= PIPE_BYTES_MAX {
+            drop(out);
+            self.count(|s| s.refused += 1);
+            return false;
+        }
+        let nkeys = keys.len().to_string();
+        let sha = inner.sha.borrow();
+        let mut cmd: Vec<&[u8]> = Vec::with_capacity(3 + keys.len() + args.len());
+        cmd.extend([b"EVALSHA".as_slice(), &sha, nkeys.as_bytes()]);
+        cmd.extend_from_slice(keys);
+        cmd.extend_from_slice(args);
+        encode_command(&mut out, &cmd);
+        drop(out);
+        self.count(|s| s.commands += 1);
+        if let Some(w) = inner.writer.borrow_mut().take() {
+            w.wake();
+        }
+        true
+    }
+}
+
+/// Where the link is connected now, and its generation, without locking: `None` while
+/// it is down.
+fn link_generation(link: &ShardLink) -> Option<u64> {
+    link.current_generation()
+}
+
+/// Opens a connection to `addr`, runs `setup` (one write) and waits for as many replies,
+/// all within [`OPEN_TIMEOUT`]; the connection, the replies, and the bytes read past them.
+async fn open(
+    addr: SocketAddr,
+    setup: &[Vec<Vec<u8>>],
+) -> Result<(TcpStream, Vec<Value>, Vec<u8>), String> {
+    let work = async {
+        let mut stream = TcpStream::connect_addr(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut out = Vec::new();
+        for cmd in setup {
+            encode_command(&mut out, cmd);
+        }
+        let (r, _) = stream.write_all(out).await;
+        r.map_err(|e| format!("writing to Redis: {e}"))?;
+        let mut rbuf = Vec::new();
+        let mut replies = Vec::with_capacity(setup.len());
+        let mut chunk = Vec::with_capacity(READ_CHUNK);
+        while replies.len() < setup.len() {
+            if let Some((v, n)) = decode_reply(&rbuf)? {
+                rbuf.drain(..n);
+                replies.push(v);
+                continue;
+            }
+            if rbuf.len() > MESSAGE_BYTES_MAX {
+                return Err(format!(
+                    "a reply over {MESSAGE_BYTES_MAX} bytes while connecting"
+                ));
+            }
+            chunk.clear();
+            let (r, c) = stream.read(chunk).await;
+            chunk = c;
+            match r {
+                Ok(0) => return Err("Redis closed the connection while connecting".into()),
+                Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+                Err(e) => return Err(format!("reading from Redis: {e}")),
+            }
+        }
+        Ok((stream, replies, rbuf))
+    };
+    match monoio::time::timeout(OPEN_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "no answer from Redis at {addr} within {OPEN_TIMEOUT:?}"
+        )),
+    }
+}
+
+fn args(a: &[&[u8]]) -> Vec<Vec<u8>> {
+    a.iter().map(|x| x.to_vec()).collect()
+}
+
+/// The first error reply among `replies`, as a message.
+fn refused(replies: &[Value]) -> Option<String> {
+    replies.iter().find_map(|v| {
+        v.as_error()
+            .map(|e| format!("Redis refused the setup: {e}"))
+    })
+}
+
+/// The publisher's task: connects where the link is, loads the script, turns replies off
+/// and writes what [`Pipe::eval`] queues; probes the subscription every `probe_interval`.
+/// What a turn of the shard's loop queued goes out in one write (a flush delay as the
+/// link's was measured here and bought nothing: docs/BENCHMARKS.md, "Cluster"). Runs
+/// until the link stops for good.
+pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration) {
+    let name = format!("chx-{}-p{}", link.node_id(), link.shard());
+    while !link.is_closed() {
+        let Some(d) = link.direct() else {
+            monoio::time::sleep(RETRY).await;
+            continue;
+        };
+        let restarts = pipe.0.restarts.get();
+        match publish_on(&link, &pipe, &d, &name, probe_interval, restarts).await {
+            // A new generation: what is queued goes out on the next connection.
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(shard = link.shard(), error = %e, "shard's Redis publisher");
+                // Not written (and no way to know when it could be): dropped, as the link
+                // drops the relays it holds when it goes down.
+                pipe.0.out.borrow_mut().clear();
+                monoio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+async fn publish_on(
+    link: &ShardLink,
+    pipe: &Pipe,
+    d: &Direct,
+    name: &str,
+    probe_interval: Duration,
+    restarts: u64,
+) -> Result<(), String> {
+    let inner = &*pipe.0;
+    let mut setup = d.login.clone();
+    setup.push(args(&[b"SELECT", d.db.to_string().as_bytes()]));
+    setup.push(args(&[b"CLIENT", b"SETNAME", name.as_bytes()]));
+    setup.push(args(&[b"SCRIPT", b"LOAD", inner.script.as_bytes()]));
+    let (stream, replies, _) = open(d.addr, &setup).await?;
+    if let Some(e) = refused(&replies) {
+        return Err(e);
+    }
+    let sha = replies
+        .last()
+        .and_then(Value::as_bytes)
+        .ok_or("SCRIPT LOAD answered no SHA")?
+        .to_vec();
+    *inner.sha.borrow_mut() = sha;
+    pipe.count(|s| s.connects += 1);
+    // Nothing is read from here on: with replies off Redis sends nothing, and a
+    // connection it closed fails the next write (at the latest the next probe's).
+    let mut stream = stream;
+    let mut buf = Vec::new();
+    encode_command(&mut buf, &[b"CLIENT".as_slice(), b"REPLY", b"OFF"]);
+    inner.pub_up.set(true);
+    let mut next_probe = Instant::now();
+    let result = loop {
+        if link_generation(link) != Some(d.generation) || inner.restarts.get() != restarts {
+            break Ok(());
+        }
+        let now = Instant::now();
+        if now >= next_probe {
+            next_probe = now + probe_interval;
+            let seq = inner.probe_seq.get() + 1;
+            inner.probe_seq.set(seq);
+            let mut probe = LINK_KEY_LEN.to_be_bytes().to_vec();
+            probe.extend_from_slice(&seq.to_be_bytes());
+            encode_command(
+                &mut buf,
+                &[b"SCRIPT".as_slice(), b"LOAD", inner.script.as_bytes()],
+            );
+            encode_command(&mut buf, &[b"SPUBLISH".as_slice(), &inner.channel, &probe]);
+        }
+        {
+            let mut out = inner.out.borrow_mut();
+            if buf.is_empty() {
+                std::mem::swap(&mut buf, &mut out);
+            } else if !out.is_empty() {
+                buf.extend_from_slice(&out);
+                out.clear();
+            }
+        }
+        if buf.is_empty() {
+            // Wait for commands or the next probe.
+            let wait = poll_fn(|cx| {
+                if !inner.out.borrow().is_empty() {
+                    return Poll::Ready(());
+                }
+                *inner.writer.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            });
+            let left = next_probe.saturating_duration_since(Instant::now());
+            let _ = monoio::time::timeout(left, wait).await;
+            continue;
+        }
+        let (r, b) = match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(buf)).await {
+            Ok(r) => r,
+            Err(_) => break Err(format!("a write took over {WRITE_TIMEOUT:?}")),
+        };
+        buf = b;
+        buf.clear();
+        if let Err(e) = r {
+            break Err(format!("writing to Redis: {e}"));
+        }
+        pipe.count(|s| s.writes += 1);
+    };
+    inner.pub_up.set(false);
+    let _ = stream.shutdown().await;
+    result
+}
+
+/// The subscriber's task: subscribes to the shard's channel where the link is connected
+/// and hands each message (its route key and body, as [`crate::frame`] framed them) to
+/// `deliver`; opens it again when it ends, when the link's generation changes, or when it
+/// hears nothing (not even the publisher's probes) for [`PROBE_MISSED_AFTER`] probe
+/// intervals. Runs until the link stops for good.
+pub async fn run_subscriber(
+    link: ShardLink,
+    pipe: Pipe,
+    probe_interval: Duration,
+    mut deliver: impl FnMut(&[u8], &[u8]),
+) {
+    let name = format!("chx-{}-s{}", link.node_id(), link.shard());
+    while !link.is_closed() {
+        let Some(d) = link.direct() else {
+            monoio::time::sleep(RETRY).await;
+            continue;
+        };
+        let r = subscribe_on(&link, &pipe, &d, &name, probe_interval, &mut deliver).await;
+        pipe.0.sub_up.set(false);
+        if let Err(e) = r {
+            tracing::debug!(shard = link.shard(), error = %e, "shard's Redis subscription");
+            monoio::time::sleep(RETRY).await;
+        }
+    }
+}
+
+async fn subscribe_on(
+    link: &ShardLink,
+    pipe: &Pipe,
+    d: &Direct,
+    name: &str,
+    probe_interval: Duration,
+    deliver: &mut impl FnMut(&[u8], &[u8]),
+) -> Result<(), String> {
+    let inner = &*pipe.0;
+    let mut setup = d.login.clone();
+    setup.push(args(&[b"CLIENT", b"SETNAME", name.as_bytes()]));
+    setup.push(vec![b"SSUBSCRIBE".to_vec(), inner.channel.clone()]);
+    let (mut stream, replies, mut rbuf) = open(d.addr, &setup).await?;
+    if let Some(e) = refused(&replies) {
+        return Err(e);
+    }
+    pipe.count(|s| s.connects += 1);
+    inner.sub_up.set(true);
+    let silent_max = probe_interval * PROBE_MISSED_AFTER;
+    let mut chunk = Vec::with_capacity(READ_CHUNK);
+    loop {
+        // Every complete message so far.
+        while let Some((v, n)) = decode_reply(&rbuf)? {
+            rbuf.drain(..n);
+            if let Some(payload) = smessage(&v, &inner.channel) {
+                on_payload(pipe, payload, deliver);
+            }
+        }
+        if rbuf.len() > MESSAGE_BYTES_MAX {
+            return Err(format!("a message over {MESSAGE_BYTES_MAX} bytes"));
+        }
+        if link_generation(link) != Some(d.generation) {
+            return Ok(());
+        }
+        chunk.clear();
+        // A read cut short by the timeout may lose what it read: the connection is given
+        // up then, never read again.
+        match monoio::time::timeout(silent_max, stream.read(chunk)).await {
+            Err(_) => {
+                pipe.count(|s| s.probes_missed += 1);
+                inner.restarts.set(inner.restarts.get() + 1);
+                return Err(format!(
+                    "the subscription heard nothing, not even a probe, for {silent_max:?}"
+                ));
+            }
+            Ok((r, c)) => {
+                chunk = c;
+                match r {
+                    Ok(0) => return Err("Redis closed the subscription".into()),
+                    Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+                    Err(e) => return Err(format!("reading the subscription: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// The payload of an `smessage` push on `channel`.
+fn smessage<'a>(v: &'a Value, channel: &[u8]) -> Option<&'a [u8]> {
+    let Value::Array(parts) = v else { return None };
+    match parts.as_slice() {
+        [kind, ch, payload]
+            if kind.as_bytes() == Some(b"smessage") && ch.as_bytes() == Some(channel) =>
+        {
+            payload.as_bytes()
+        }
+        _ => None,
+    }
+}
+
+/// A message of the shard's channel: a probe (the link's key length, nothing to deliver)
+/// or `[u16 key length][key][body]`.
+fn on_payload(pipe: &Pipe, payload: &[u8], deliver: &mut impl FnMut(&[u8], &[u8])) {
+    let Some((len, rest)) = payload.split_first_chunk::<2>() else {
+        return;
+    };
+    let len = u16::from_be_bytes(*len);
+    if len == LINK_KEY_LEN {
+        return;
+    }
+    let len = usize::from(len);
+    if rest.len() < len {
+        return;
+    }
+    let (key, body) = rest.split_at(len);
+    pipe.count(|s| s.deliveries += 1);
+    deliver(key, body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_split_into_key_and_body_and_a_probe_is_not_delivered() {
+        let pipe = Pipe::new(b"ch".to_vec(), "return 1");
+        let mut got = Vec::new();
+        let framed = crate::frame(b"peer", b"body").unwrap();
+        on_payload(&pipe, &framed, &mut |k, b| {
+            got.push((k.to_vec(), b.to_vec()))
+        });
+        let mut probe = LINK_KEY_LEN.to_be_bytes().to_vec();
+        probe.extend_from_slice(&7u64.to_be_bytes());
+        on_payload(&pipe, &probe, &mut |k, b| {
+            got.push((k.to_vec(), b.to_vec()))
+        });
+        on_payload(&pipe, &[0, 9, b'x'], &mut |k, b| {
+            got.push((k.to_vec(), b.to_vec()))
+        });
+        assert_eq!(got, vec![(b"peer".to_vec(), b"body".to_vec())]);
+        assert_eq!(pipe.stats().deliveries, 1);
+        let m = Value::Array(vec![
+            Value::Bulk(b"smessage".to_vec()),
+            Value::Bulk(b"ch".to_vec()),
+            Value::Bulk(framed.clone()),
+        ]);
+        assert_eq!(smessage(&m, b"ch"), Some(framed.as_slice()));
+        assert_eq!(smessage(&m, b"other"), None);
+    }
+
+    #[test]
+    fn eval_refuses_while_the_publisher_is_not_connected_and_past_its_bound() {
+        let pipe = Pipe::new(b"ch".to_vec(), "return 1");
+        assert!(!pipe.eval(&[b"k"], &[b"a"]));
+        pipe.0.pub_up.set(true);
+        *pipe.0.sha.borrow_mut() = b"abc".to_vec();
+        assert!(pipe.eval(&[b"k"], &[b"a"]));
+        assert_eq!(
+            pipe.0.out.borrow().as_slice(),
+            b"*5\r\n$7\r\nEVALSHA\r\n$3\r\nabc\r\n$1\r\n1\r\n$1\r\nk\r\n$1\r\na\r\n"
+        );
+        let big = vec![0u8; PIPE_BYTES_MAX];
+        assert!(pipe.eval(&[], &[&big]));
+        assert!(!pipe.eval(&[], &[b"x"]));
+        let s = pipe.stats();
+        assert_eq!((s.commands, s.refused), (2, 2));
+    }
+}
