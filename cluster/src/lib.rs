@@ -86,6 +86,13 @@ pub mod fuzzing {
     pub fn decode_reply(buf: &[u8]) -> Result<Option<(crate::Value, usize)>, String> {
         crate::resp::decode_reply(buf)
     }
+
+    /// What a shard's own subscription ([`crate::pipe`]) does with the replies it
+    /// decodes: each message of its channel split into route key and body (a probe, or a
+    /// message too short for its key, is nothing).
+    pub fn pipe_messages(buf: &[u8], channel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        crate::pipe::fuzz_messages(buf, channel)
+    }
 }
 
 pub use conn::{DISCARDED, REPLY_BYTES_MAX};

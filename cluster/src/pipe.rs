@@ -465,6 +465,25 @@ fn on_payload(pipe: &Pipe, payload: &[u8], deliver: &mut impl FnMut(&[u8], &[u8]
     deliver(key, body);
 }
 
+/// What [`subscribe_on`] delivers from `buf` (for the fuzz target): every complete reply
+/// decoded, each message of `channel` split.
+pub(crate) fn fuzz_messages(mut buf: &[u8], channel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let pipe = Pipe::new(channel.to_vec(), "");
+    let mut out = Vec::new();
+    while let Ok(Some((v, n))) = decode_reply(buf) {
+        buf = &buf[n.min(buf.len())..];
+        if let Some(payload) = smessage(&v, channel) {
+            on_payload(&pipe, payload, &mut |k, b| {
+                out.push((k.to_vec(), b.to_vec()))
+            });
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
