@@ -308,6 +308,74 @@ fn relays_across_nodes_go_through_the_shards_own_connections_and_outlive_a_kille
 }
 
 #[test]
+fn through_a_sentinel_failover_relays_across_nodes_arrive_exactly_once() {
+    let Some(primary) = redis::start(&["--repl-diskless-sync-delay", "0"]) else {
+        return;
+    };
+    let replica = redis::start(&[
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ])
+    .unwrap();
+    let Some(sentinel) = redis::sentinel(primary.port) else {
+        return;
+    };
+    sentinel.wait_for_replica(Duration::from_secs(15));
+    let url = format!(
+        "redis+sentinel://127.0.0.1:{}/{}",
+        sentinel.port,
+        redis::MASTER
+    );
+    let k = keys(KEYS);
+    let n1 = node_at(&url, "n1", 1, &k, "10");
+    let n2 = node_at(&url, "n2", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    let w = Duration::from_secs(10);
+    list_until(&mut alice, "alice", &["bob"], w);
+    pipes_up(&n1, 1);
+    pipes_up(&n2, 1);
+    relay(&mut alice, "alice", &mut bob, "bob", 0);
+    // A failover the Sentinel is asked for: the old primary lives on, as a replica of
+    // the new one (which passes its publishes on to it).
+    let connects = shard_metric(&n2, "chatixia_cluster_pipe_connects_total");
+    assert_eq!(
+        sentinel
+            .cmd(&["SENTINEL", "FAILOVER", redis::MASTER])
+            .unwrap(),
+        redis::Reply::Simple("OK".into())
+    );
+    let is = |r: &Redis, role: &str| matches!(r.cmd(&["ROLE"]), redis::Reply::Array(v) if v.first() == Some(&redis::Reply::Bulk(role.into())));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(is(&replica, "master") && is(&primary, "slave")) {
+        assert!(Instant::now() < deadline, "no failover: {}", sentinel.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The nodes follow (their shards' publishers at once, on the new generation).
+    while shard_metric(&n2, "chatixia_cluster_pipe_connects_total") <= connects {
+        assert!(Instant::now() < deadline, "n2 never followed the failover");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_ready(&n1);
+    wait_ready(&n2);
+    // Every relay arrives, once: `relay` reads the next message bob gets, so a second
+    // copy of one would be read in place of the next.
+    for i in 1..=40 {
+        relay(&mut alice, "alice", &mut bob, "bob", i);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Past the old subscription's silence limit (3 probe intervals): still exactly once.
+    std::thread::sleep(Duration::from_secs(7));
+    for i in 41..=50 {
+        relay(&mut alice, "alice", &mut bob, "bob", i);
+    }
+    relay(&mut bob, "bob", &mut alice, "alice", 51);
+}
+
+#[test]
 fn a_peer_that_moves_to_another_node_replaces_its_older_connection() {
     let Some(redis) = redis::start(&[]) else {
         return;

@@ -320,7 +320,7 @@ impl Sentinel {
         std::fs::read_to_string(self.dir.0.join("sentinel.log")).unwrap_or_default()
     }
 
-    fn cmd(&self, args: &[&str]) -> std::io::Result<Reply> {
+    pub fn cmd(&self, args: &[&str]) -> std::io::Result<Reply> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut out = format!("*{}\r\n", args.len());
