@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
-use crate::resp::{decode_reply, encode_command};
+use crate::resp::{decode_reply, encode_command, Scan};
 use crate::{Direct, ShardLink, Value, LINK_KEY_LEN};
 
 /// Bytes of commands waiting for the publisher's next write. A turn of the shard's loop
@@ -396,14 +396,26 @@ async fn subscribe_on(
     inner.sub_up.set(true);
     let silent_max = probe_interval * PROBE_MISSED_AFTER;
     let mut chunk = Vec::with_capacity(READ_CHUNK);
+    let mut scan = Scan::default();
+    // Bytes of `rbuf` already fed to `scan` (all of what follows the last whole reply).
+    let mut scanned = 0;
     loop {
-        // Every complete message so far.
-        while let Some((v, n)) = decode_reply(&rbuf)? {
-            rbuf.drain(..n);
-            if let Some(payload) = smessage(&v, &inner.channel) {
-                on_payload(pipe, payload, deliver);
+        // Every complete message so far, each found by the scanner (every byte read
+        // once, so a large message arriving over many reads is not parsed again at each)
+        // and decoded once whole; the buffer is cut once, after them.
+        let mut at = 0;
+        while let Some(n) = scan.feed(&rbuf[at + scanned..])? {
+            let end = at + scanned + n;
+            scanned = 0;
+            if let Some((v, _)) = decode_reply(&rbuf[at..end])? {
+                if let Some(payload) = smessage(&v, &inner.channel) {
+                    on_payload(pipe, payload, deliver);
+                }
             }
+            at = end;
         }
+        scanned = rbuf.len() - at;
+        rbuf.drain(..at);
         if rbuf.len() > MESSAGE_BYTES_MAX {
             return Err(format!("a message over {MESSAGE_BYTES_MAX} bytes"));
         }

@@ -97,6 +97,18 @@ fn what_the_publisher_sends_reaches_the_shards_subscription_in_order_without_rep
     assert_eq!(s.commands, 500);
     assert_eq!(s.deliveries, 500);
     assert!(s.writes < 500, "{s:?}: one write per turn, not per command");
+    // A message of 4 MiB arrives over many reads, whole.
+    let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let b2 = big.clone();
+    assert!(shards[0].run(move |_| async move {
+        let framed = chatixia_cluster::frame(b"big", &b2).unwrap();
+        pipe_here().eval(&[CHANNEL], &[&framed])
+    }));
+    let (k, b) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the large message");
+    assert_eq!(k, b"big");
+    assert!(b == big, "the large message arrived changed");
     // Replies are off: Redis sent the publisher the setup's answers (+OK, +OK, the
     // script's SHA: 5 + 5 + 47 bytes) and nothing for 500 scripts (`:1\r\n` each, 2,000 bytes).
     assert_eq!(proxy.bytes_sent_to(b"chx-a-p0"), 57);
