@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use crate::resp::{decode_reply, encode_command};
@@ -288,62 +288,78 @@ async fn publish_on(
         .to_vec();
     *inner.sha.borrow_mut() = sha;
     pipe.count(|s| s.connects += 1);
-    // Nothing is read from here on: with replies off Redis sends nothing, and a
-    // connection it closed fails the next write (at the latest the next probe's).
-    let mut stream = stream;
+    // With replies off Redis sends nothing: a read stays posted all along, and ends the
+    // connection when Redis closes it (a write into it would succeed here and be lost)
+    // or answers anyway (`CLIENT REPLY` refused, say by an ACL: its replies would pile
+    // up at Redis, never read).
+    let (mut reader, mut stream) = stream.into_split();
+    let watch = async move {
+        let (r, _) = reader.read(Vec::with_capacity(64)).await;
+        match r {
+            Ok(0) => "Redis closed the publisher's connection".to_string(),
+            Ok(_) => "Redis answered the publisher although its replies are off".to_string(),
+            Err(e) => format!("reading the publisher's connection: {e}"),
+        }
+    };
     let mut buf = Vec::new();
     encode_command(&mut buf, &[b"CLIENT".as_slice(), b"REPLY", b"OFF"]);
     inner.pub_up.set(true);
     let mut next_probe = Instant::now();
-    let result = loop {
-        if link_generation(link) != Some(d.generation) || inner.restarts.get() != restarts {
-            break Ok(());
-        }
-        let now = Instant::now();
-        if now >= next_probe {
-            next_probe = now + probe_interval;
-            let seq = inner.probe_seq.get() + 1;
-            inner.probe_seq.set(seq);
-            let mut probe = LINK_KEY_LEN.to_be_bytes().to_vec();
-            probe.extend_from_slice(&seq.to_be_bytes());
-            encode_command(
-                &mut buf,
-                &[b"SCRIPT".as_slice(), b"LOAD", inner.script.as_bytes()],
-            );
-            encode_command(&mut buf, &[b"SPUBLISH".as_slice(), &inner.channel, &probe]);
-        }
-        {
-            let mut out = inner.out.borrow_mut();
-            if buf.is_empty() {
-                std::mem::swap(&mut buf, &mut out);
-            } else if !out.is_empty() {
-                buf.extend_from_slice(&out);
-                out.clear();
+    let work = async {
+        loop {
+            if link_generation(link) != Some(d.generation) || inner.restarts.get() != restarts {
+                break Ok(());
             }
-        }
-        if buf.is_empty() {
-            // Wait for commands or the next probe.
-            let wait = poll_fn(|cx| {
-                if !inner.out.borrow().is_empty() {
-                    return Poll::Ready(());
+            let now = Instant::now();
+            if now >= next_probe {
+                next_probe = now + probe_interval;
+                let seq = inner.probe_seq.get() + 1;
+                inner.probe_seq.set(seq);
+                let mut probe = LINK_KEY_LEN.to_be_bytes().to_vec();
+                probe.extend_from_slice(&seq.to_be_bytes());
+                encode_command(
+                    &mut buf,
+                    &[b"SCRIPT".as_slice(), b"LOAD", inner.script.as_bytes()],
+                );
+                encode_command(&mut buf, &[b"SPUBLISH".as_slice(), &inner.channel, &probe]);
+            }
+            {
+                let mut out = inner.out.borrow_mut();
+                if buf.is_empty() {
+                    std::mem::swap(&mut buf, &mut out);
+                } else if !out.is_empty() {
+                    buf.extend_from_slice(&out);
+                    out.clear();
                 }
-                *inner.writer.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            });
-            let left = next_probe.saturating_duration_since(Instant::now());
-            let _ = monoio::time::timeout(left, wait).await;
-            continue;
+            }
+            if buf.is_empty() {
+                // Wait for commands or the next probe.
+                let wait = poll_fn(|cx| {
+                    if !inner.out.borrow().is_empty() {
+                        return Poll::Ready(());
+                    }
+                    *inner.writer.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                });
+                let left = next_probe.saturating_duration_since(Instant::now());
+                let _ = monoio::time::timeout(left, wait).await;
+                continue;
+            }
+            let (r, b) = match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(buf)).await {
+                Ok(r) => r,
+                Err(_) => break Err(format!("a write took over {WRITE_TIMEOUT:?}")),
+            };
+            buf = b;
+            buf.clear();
+            if let Err(e) = r {
+                break Err(format!("writing to Redis: {e}"));
+            }
+            pipe.count(|s| s.writes += 1);
         }
-        let (r, b) = match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(buf)).await {
-            Ok(r) => r,
-            Err(_) => break Err(format!("a write took over {WRITE_TIMEOUT:?}")),
-        };
-        buf = b;
-        buf.clear();
-        if let Err(e) = r {
-            break Err(format!("writing to Redis: {e}"));
-        }
-        pipe.count(|s| s.writes += 1);
+    };
+    let result = monoio::select! {
+        r = work => r,
+        e = watch => Err(e),
     };
     inner.pub_up.set(false);
     let _ = stream.shutdown().await;

@@ -195,7 +195,10 @@ fn a_publisher_closed_by_redis_is_noticed_before_relays_are_written_into_it() {
     // And the pipe comes back.
     let deadline = Instant::now() + UP_WITHIN;
     while wait_pipe(&shards[0]).connects <= before.connects {
-        assert!(Instant::now() < deadline, "the publisher never connected again");
+        assert!(
+            Instant::now() < deadline,
+            "the publisher never connected again"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(send(&shards[0], "again", 10), 10);
