@@ -729,4 +729,53 @@ mod tests {
         assert_ne!(mesh_key("chx:", Some("")), mesh_key("chx:", None));
         assert_eq!(node_meshes_key("chx:", "n1"), b"chx:nm:n1".to_vec());
     }
+
+    /// RELAY's owner shard, as Lua 5.1 computes it (numbers are doubles).
+    fn lua_shard(h: u64, c: usize) -> usize {
+        let (hi, lo, c) = ((h >> 32) as f64, (h & 0xffff_ffff) as f64, c as f64);
+        ((hi * c + (lo * c / 4294967296.0).floor()) / 4294967296.0).floor() as usize
+    }
+
+    #[test]
+    fn the_relay_scripts_owner_shard_agrees_with_shard_of_hash() {
+        assert!(RELAY
+            .source
+            .contains("math.floor((hi * c + math.floor(lo * c / 4294967296)) / 4294967296)"));
+        // splitmix64: many hashes, and the edges.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut hashes = vec![
+            0,
+            1,
+            u64::MAX,
+            u64::MAX - 1,
+            1 << 63,
+            (1 << 32) - 1,
+            1 << 32,
+        ];
+        for _ in 0..20_000 {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            hashes.push(z ^ (z >> 31));
+        }
+        for (i, peer) in ["alice", "bob", "", "peer-\u{e9}"].iter().enumerate() {
+            hashes.push(crate::shard::key_hash(peer.as_bytes()));
+            hashes.push(i as u64);
+        }
+        for c in 1..=64usize {
+            // The boundaries between shards, and either side of them.
+            for k in 0..c as u128 {
+                let b = ((k << 64) / c as u128) as u64;
+                hashes.extend([b, b.wrapping_sub(1), b.wrapping_add(1)]);
+            }
+            for &h in &hashes {
+                assert_eq!(
+                    lua_shard(h, c),
+                    reactor::shard_of_hash(h, c),
+                    "hash {h:#x}, {c} shards"
+                );
+            }
+        }
+    }
 }
