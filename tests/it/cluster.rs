@@ -2095,6 +2095,7 @@ fn a_burst_of_relays_while_redis_stalls_arrives_in_order() {
     let piped = shard_metric(&n1, "chatixia_cluster_pipe_commands_total");
     let refused = shard_metric(&n1, "chatixia_cluster_pipe_refused_total");
     let out_of_order: Vec<_> = got.windows(2).filter(|p| p[0] >= p[1]).collect();
+    assert!(!got.is_empty(), "bob received none of {n}");
     assert!(
         out_of_order.is_empty(),
         "{} received ({piped} relays on the shard's connection, {refused} refused \
