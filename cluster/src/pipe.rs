@@ -127,6 +127,11 @@ impl Pipe {
         self.0.pub_up.get()
     }
 
+    /// [`Pipe::eval`] would queue another command now ([`PIPE_BYTES_MAX`] not reached).
+    pub fn has_room(&self) -> bool {
+        self.0.out.borrow().len() < PIPE_BYTES_MAX
+    }
+
     /// The subscriber is subscribed.
     pub fn is_subscribed(&self) -> bool {
         self.0.sub_up.get()

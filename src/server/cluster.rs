@@ -509,7 +509,7 @@ pub fn render_metrics(
         ),
         (
             "chatixia_cluster_pipe_refused_total",
-            "Relays the shard's own connection could not take (not connected, or its queue full): sent through the link.",
+            "Relays the shard's own connection could not take (not connected): sent through the link.",
             |p| p.refused,
         ),
     ];

@@ -636,16 +636,15 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
                     shard_channel_prefix(prefix),
                 ];
                 // The shard's own connection when it is up (no thread on the way), else
-                // the link.
-                let piped = ws.pipe().is_some_and(|p| {
-                    let k: [&[u8]; 2] = [&keys[0], &keys[1]];
-                    let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-                    p.eval(&k, &a)
-                });
-                if piped {
-                    Ok(())
-                } else {
-                    link.eval_nowait_publishing(RELAY.name, keys.to_vec(), args.to_vec())
+                // the link. While it is up but full (Redis slow to read) the relay waits
+                // as for a busy link: through the link, another connection, it would
+                // overtake those queued on the shard's.
+                let k: [&[u8]; 2] = [&keys[0], &keys[1]];
+                let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                match ws.pipe().filter(|p| p.is_up()) {
+                    Some(p) if !p.has_room() => Err(Refused::Busy),
+                    Some(p) if p.eval(&k, &a) => Ok(()),
+                    _ => link.eval_nowait_publishing(RELAY.name, keys.to_vec(), args.to_vec()),
                 }
             }
         };
