@@ -204,3 +204,21 @@ fn a_publisher_closed_by_redis_is_noticed_before_relays_are_written_into_it() {
     assert_eq!(send(&shards[0], "again", 10), 10);
     receive(&rx, "again", 10);
 }
+
+/// `--node-id` takes any id without spaces or control characters, "nœud-1" among them;
+/// Redis refuses such a client name (`CLIENT SETNAME`: only `!` to `~`). The link only
+/// logs that; the shard's connections must come up all the same (not retry forever,
+/// every relay through the link).
+#[test]
+fn the_pipe_comes_up_for_a_node_id_that_redis_refuses_as_a_client_name() {
+    if !redis_or_skip("the_pipe_comes_up_for_a_node_id_that_redis_refuses") {
+        return;
+    }
+    let redis = Redis::start();
+    let (_node, shards) = start_node(config(&redis.url(), "nœud-1"), vec![], 1, route2);
+    shards[0].wait_for(UP_WITHIN, is_up);
+    let rx = start_pipe(&shards[0]);
+    wait_pipe(&shards[0]);
+    assert_eq!(send(&shards[0], "m", 10), 10);
+    receive(&rx, "m", 10);
+}
