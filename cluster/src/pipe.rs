@@ -230,6 +230,17 @@ async fn open(
     }
 }
 
+/// The connection's name in `CLIENT LIST`: `chx-{node}-{kind}{shard}`, each character
+/// of the node id that Redis refuses in a name (only `!` to `~`: a node id may hold any
+/// other but spaces and control characters) as `?`. A refused name would fail the setup.
+fn client_name(node: &str, kind: &str, shard: usize) -> String {
+    let node: String = node
+        .chars()
+        .map(|c| if ('!'..='~').contains(&c) { c } else { '?' })
+        .collect();
+    format!("chx-{node}-{kind}{shard}")
+}
+
 fn args(a: &[&[u8]]) -> Vec<Vec<u8>> {
     a.iter().map(|x| x.to_vec()).collect()
 }
@@ -248,7 +259,7 @@ fn refused(replies: &[Value]) -> Option<String> {
 /// link's was measured here and bought nothing: docs/BENCHMARKS.md, "Cluster"). Runs
 /// until the link stops for good.
 pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration) {
-    let name = format!("chx-{}-p{}", link.node_id(), link.shard());
+    let name = client_name(link.node_id(), "p", link.shard());
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
@@ -382,7 +393,7 @@ pub async fn run_subscriber(
     probe_interval: Duration,
     mut deliver: impl FnMut(&[u8], &[u8]),
 ) {
-    let name = format!("chx-{}-s{}", link.node_id(), link.shard());
+    let name = client_name(link.node_id(), "s", link.shard());
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
@@ -515,6 +526,12 @@ mod tests {
         ]);
         assert_eq!(smessage(&m, b"ch"), Some(framed.as_slice()));
         assert_eq!(smessage(&m, b"other"), None);
+    }
+
+    #[test]
+    fn a_client_name_holds_only_what_redis_takes() {
+        assert_eq!(client_name("a:b", "p", 3), "chx-a:b-p3");
+        assert_eq!(client_name("nœud-1", "s", 0), "chx-n?ud-1-s0");
     }
 
     #[test]
