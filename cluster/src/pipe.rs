@@ -551,4 +551,52 @@ mod tests {
         let s = pipe.stats();
         assert_eq!((s.commands, s.refused), (2, 2));
     }
+
+    /// What the subscription may read, however malformed, never panics: bytes decoded as
+    /// replies (RESP3 pushes, nested arrays, cut frames), any array taken as a message,
+    /// any payload split into key and body.
+    #[test]
+    fn malformed_subscription_input_never_panics() {
+        let pipe = Pipe::new(b"ch".to_vec(), "return 1");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"*$+-:>%~_#,(!=|\r\n0123456789smessagech\x00\xff";
+        let mut delivered = 0;
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if round % 3 == 0 {
+                bytes.splice(
+                    0..0,
+                    b"*3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n".iter().copied(),
+                );
+            }
+            if let Ok(Some((v, n))) = decode_reply(&bytes) {
+                assert!(n <= bytes.len());
+                if let Some(p) = smessage(&v, b"ch") {
+                    on_payload(&pipe, p, &mut |_, _| delivered += 1);
+                }
+            }
+            on_payload(&pipe, &bytes, &mut |k, b| {
+                assert!(k.len() + b.len() + 2 <= bytes.len());
+                delivered += 1;
+            });
+        }
+        assert_eq!(pipe.stats().deliveries, delivered);
+        let nested = Value::Array(vec![
+            Value::Array(vec![]),
+            Value::Bulk(b"ch".to_vec()),
+            Value::Nil,
+        ]);
+        assert_eq!(smessage(&nested, b"ch"), None);
+        assert_eq!(smessage(&Value::Array(vec![]), b"ch"), None);
+        assert_eq!(smessage(&Value::Error("x".into()), b"ch"), None);
+    }
 }
