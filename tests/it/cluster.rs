@@ -188,7 +188,12 @@ fn peers_and_relays_across_three_nodes_in_every_direction() {
     send(&mut mallory, &offer("mallory", "bob", 0));
     relay(&mut alice, "alice", &mut carol, "carol", 1000);
     relay(&mut alice, "alice", &mut bob, "bob", 1001);
-    // Within a node no Redis command is spent; across nodes one publish each.
+    // Within a node no Redis command is spent; across nodes one publish each (the shards'
+    // own subscriptions up: else RELAY publishes twice, to the shard's channel and, as
+    // it has no subscriber yet, to the node's; without this wait the test raced them).
+    pipes_up(&n1, 2);
+    pipes_up(&n2, 1);
+    pipes_up(&n3, 1);
     let before = redis.calls("spublish");
     for i in 0..50 {
         relay(&mut alice, "alice", &mut dave, "dave", 2000 + i);
@@ -1576,6 +1581,10 @@ fn relays_across_nodes_are_counted_as_publishes() {
     let mut alice = peer(&n1, "alice");
     let mut bob = peer(&n2, "bob");
     list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
+    // Through the shards' own connections too (they come up a moment after the link:
+    // without this wait the test raced them).
+    pipes_up(&n1, 1);
+    pipes_up(&n2, 1);
     for i in 0..3 {
         relay(&mut alice, "alice", &mut bob, "bob", i);
     }
