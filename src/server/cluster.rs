@@ -384,8 +384,8 @@ pub fn render_metrics(
         (
             "chatixia_cluster_publishes_total",
             "counter",
-            "Messages published to other nodes' channels (relays through the RELAY script included).",
-            s.publishes,
+            "Messages published to other nodes' channels (relays through the RELAY script included, by the link or the shards' own connections).",
+            s.publishes + pipes.iter().map(|p| p.commands).sum::<u64>(),
         ),
         (
             "chatixia_cluster_deliveries_total",
