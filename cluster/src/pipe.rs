@@ -35,8 +35,9 @@ use crate::{Direct, ShardLink, Value, LINK_KEY_LEN};
 
 /// Bytes of commands waiting for the publisher's next write. A turn of the shard's loop
 /// seldom queues more than a few hundred relays, but a relayed frame may be 64 KiB: past
-/// this [`Pipe::eval`] refuses and the caller sends through the link (with its own
-/// bounds) rather than queue more here.
+/// this [`Pipe::eval`] refuses ([`Pipe::has_room`] says so first) and the caller waits
+/// for the publisher to write, as for a busy link: sending through the link, another
+/// connection, would let the relay overtake those queued here.
 pub const PIPE_BYTES_MAX: usize = 4 << 20;
 
 /// How long connecting and the setup's replies may take: a Redis that does not answer
