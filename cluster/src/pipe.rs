@@ -27,7 +27,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 
 use crate::resp::{decode_reply, encode_command, Scan};
@@ -35,8 +35,9 @@ use crate::{Direct, ShardLink, Value, LINK_KEY_LEN};
 
 /// Bytes of commands waiting for the publisher's next write. A turn of the shard's loop
 /// seldom queues more than a few hundred relays, but a relayed frame may be 64 KiB: past
-/// this [`Pipe::eval`] refuses and the caller sends through the link (with its own
-/// bounds) rather than queue more here.
+/// this [`Pipe::eval`] refuses ([`Pipe::has_room`] says so first) and the caller waits
+/// for the publisher to write, as for a busy link: sending through the link, another
+/// connection, would let the relay overtake those queued here.
 pub const PIPE_BYTES_MAX: usize = 4 << 20;
 
 /// How long connecting and the setup's replies may take: a Redis that does not answer
@@ -125,6 +126,11 @@ impl Pipe {
     /// The publisher is connected ([`Pipe::eval`] may queue).
     pub fn is_up(&self) -> bool {
         self.0.pub_up.get()
+    }
+
+    /// [`Pipe::eval`] would queue another command now ([`PIPE_BYTES_MAX`] not reached).
+    pub fn has_room(&self) -> bool {
+        self.0.out.borrow().len() < PIPE_BYTES_MAX
     }
 
     /// The subscriber is subscribed.
@@ -225,6 +231,17 @@ async fn open(
     }
 }
 
+/// The connection's name in `CLIENT LIST`: `chx-{node}-{kind}{shard}`, each character
+/// of the node id that Redis refuses in a name (only `!` to `~`: a node id may hold any
+/// other but spaces and control characters) as `?`. A refused name would fail the setup.
+fn client_name(node: &str, kind: &str, shard: usize) -> String {
+    let node: String = node
+        .chars()
+        .map(|c| if ('!'..='~').contains(&c) { c } else { '?' })
+        .collect();
+    format!("chx-{node}-{kind}{shard}")
+}
+
 fn args(a: &[&[u8]]) -> Vec<Vec<u8>> {
     a.iter().map(|x| x.to_vec()).collect()
 }
@@ -243,7 +260,7 @@ fn refused(replies: &[Value]) -> Option<String> {
 /// link's was measured here and bought nothing: docs/BENCHMARKS.md, "Cluster"). Runs
 /// until the link stops for good.
 pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration) {
-    let name = format!("chx-{}-p{}", link.node_id(), link.shard());
+    let name = client_name(link.node_id(), "p", link.shard());
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
@@ -288,62 +305,78 @@ async fn publish_on(
         .to_vec();
     *inner.sha.borrow_mut() = sha;
     pipe.count(|s| s.connects += 1);
-    // Nothing is read from here on: with replies off Redis sends nothing, and a
-    // connection it closed fails the next write (at the latest the next probe's).
-    let mut stream = stream;
+    // With replies off Redis sends nothing: a read stays posted all along, and ends the
+    // connection when Redis closes it (a write into it would succeed here and be lost)
+    // or answers anyway (`CLIENT REPLY` refused, say by an ACL: its replies would pile
+    // up at Redis, never read).
+    let (mut reader, mut stream) = stream.into_split();
+    let watch = async move {
+        let (r, _) = reader.read(Vec::with_capacity(64)).await;
+        match r {
+            Ok(0) => "Redis closed the publisher's connection".to_string(),
+            Ok(_) => "Redis answered the publisher although its replies are off".to_string(),
+            Err(e) => format!("reading the publisher's connection: {e}"),
+        }
+    };
     let mut buf = Vec::new();
     encode_command(&mut buf, &[b"CLIENT".as_slice(), b"REPLY", b"OFF"]);
     inner.pub_up.set(true);
     let mut next_probe = Instant::now();
-    let result = loop {
-        if link_generation(link) != Some(d.generation) || inner.restarts.get() != restarts {
-            break Ok(());
-        }
-        let now = Instant::now();
-        if now >= next_probe {
-            next_probe = now + probe_interval;
-            let seq = inner.probe_seq.get() + 1;
-            inner.probe_seq.set(seq);
-            let mut probe = LINK_KEY_LEN.to_be_bytes().to_vec();
-            probe.extend_from_slice(&seq.to_be_bytes());
-            encode_command(
-                &mut buf,
-                &[b"SCRIPT".as_slice(), b"LOAD", inner.script.as_bytes()],
-            );
-            encode_command(&mut buf, &[b"SPUBLISH".as_slice(), &inner.channel, &probe]);
-        }
-        {
-            let mut out = inner.out.borrow_mut();
-            if buf.is_empty() {
-                std::mem::swap(&mut buf, &mut out);
-            } else if !out.is_empty() {
-                buf.extend_from_slice(&out);
-                out.clear();
+    let work = async {
+        loop {
+            if link_generation(link) != Some(d.generation) || inner.restarts.get() != restarts {
+                break Ok(());
             }
-        }
-        if buf.is_empty() {
-            // Wait for commands or the next probe.
-            let wait = poll_fn(|cx| {
-                if !inner.out.borrow().is_empty() {
-                    return Poll::Ready(());
+            let now = Instant::now();
+            if now >= next_probe {
+                next_probe = now + probe_interval;
+                let seq = inner.probe_seq.get() + 1;
+                inner.probe_seq.set(seq);
+                let mut probe = LINK_KEY_LEN.to_be_bytes().to_vec();
+                probe.extend_from_slice(&seq.to_be_bytes());
+                encode_command(
+                    &mut buf,
+                    &[b"SCRIPT".as_slice(), b"LOAD", inner.script.as_bytes()],
+                );
+                encode_command(&mut buf, &[b"SPUBLISH".as_slice(), &inner.channel, &probe]);
+            }
+            {
+                let mut out = inner.out.borrow_mut();
+                if buf.is_empty() {
+                    std::mem::swap(&mut buf, &mut out);
+                } else if !out.is_empty() {
+                    buf.extend_from_slice(&out);
+                    out.clear();
                 }
-                *inner.writer.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            });
-            let left = next_probe.saturating_duration_since(Instant::now());
-            let _ = monoio::time::timeout(left, wait).await;
-            continue;
+            }
+            if buf.is_empty() {
+                // Wait for commands or the next probe.
+                let wait = poll_fn(|cx| {
+                    if !inner.out.borrow().is_empty() {
+                        return Poll::Ready(());
+                    }
+                    *inner.writer.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                });
+                let left = next_probe.saturating_duration_since(Instant::now());
+                let _ = monoio::time::timeout(left, wait).await;
+                continue;
+            }
+            let (r, b) = match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(buf)).await {
+                Ok(r) => r,
+                Err(_) => break Err(format!("a write took over {WRITE_TIMEOUT:?}")),
+            };
+            buf = b;
+            buf.clear();
+            if let Err(e) = r {
+                break Err(format!("writing to Redis: {e}"));
+            }
+            pipe.count(|s| s.writes += 1);
         }
-        let (r, b) = match monoio::time::timeout(WRITE_TIMEOUT, stream.write_all(buf)).await {
-            Ok(r) => r,
-            Err(_) => break Err(format!("a write took over {WRITE_TIMEOUT:?}")),
-        };
-        buf = b;
-        buf.clear();
-        if let Err(e) = r {
-            break Err(format!("writing to Redis: {e}"));
-        }
-        pipe.count(|s| s.writes += 1);
+    };
+    let result = monoio::select! {
+        r = work => r,
+        e = watch => Err(e),
     };
     inner.pub_up.set(false);
     let _ = stream.shutdown().await;
@@ -361,7 +394,7 @@ pub async fn run_subscriber(
     probe_interval: Duration,
     mut deliver: impl FnMut(&[u8], &[u8]),
 ) {
-    let name = format!("chx-{}-s{}", link.node_id(), link.shard());
+    let name = client_name(link.node_id(), "s", link.shard());
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
@@ -528,6 +561,12 @@ mod tests {
     }
 
     #[test]
+    fn a_client_name_holds_only_what_redis_takes() {
+        assert_eq!(client_name("a:b", "p", 3), "chx-a:b-p3");
+        assert_eq!(client_name("nœud-1", "s", 0), "chx-n?ud-1-s0");
+    }
+
+    #[test]
     fn eval_refuses_while_the_publisher_is_not_connected_and_past_its_bound() {
         let pipe = Pipe::new(b"ch".to_vec(), "return 1");
         assert!(!pipe.eval(&[b"k"], &[b"a"]));
@@ -543,5 +582,53 @@ mod tests {
         assert!(!pipe.eval(&[], &[b"x"]));
         let s = pipe.stats();
         assert_eq!((s.commands, s.refused), (2, 2));
+    }
+
+    /// What the subscription may read, however malformed, never panics: bytes decoded as
+    /// replies (RESP3 pushes, nested arrays, cut frames), any array taken as a message,
+    /// any payload split into key and body.
+    #[test]
+    fn malformed_subscription_input_never_panics() {
+        let pipe = Pipe::new(b"ch".to_vec(), "return 1");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"*$+-:>%~_#,(!=|\r\n0123456789smessagech\x00\xff";
+        let mut delivered = 0;
+        for round in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
+            if round % 3 == 0 {
+                bytes.splice(
+                    0..0,
+                    b"*3\r\n$8\r\nsmessage\r\n$2\r\nch\r\n".iter().copied(),
+                );
+            }
+            if let Ok(Some((v, n))) = decode_reply(&bytes) {
+                assert!(n <= bytes.len());
+                if let Some(p) = smessage(&v, b"ch") {
+                    on_payload(&pipe, p, &mut |_, _| delivered += 1);
+                }
+            }
+            on_payload(&pipe, &bytes, &mut |k, b| {
+                assert!(k.len() + b.len() + 2 <= bytes.len());
+                delivered += 1;
+            });
+        }
+        assert_eq!(pipe.stats().deliveries, delivered);
+        let nested = Value::Array(vec![
+            Value::Array(vec![]),
+            Value::Bulk(b"ch".to_vec()),
+            Value::Nil,
+        ]);
+        assert_eq!(smessage(&nested, b"ch"), None);
+        assert_eq!(smessage(&Value::Array(vec![]), b"ch"), None);
+        assert_eq!(smessage(&Value::Error("x".into()), b"ch"), None);
     }
 }

@@ -29,12 +29,17 @@ fn pipe_here() -> Pipe {
 
 /// Starts the shard's pipe: its deliveries (key, body) come on the returned channel.
 fn start_pipe(shard: &Shard) -> mpsc::Receiver<(Vec<u8>, Vec<u8>)> {
+    start_pipe_probing(shard, PROBE)
+}
+
+/// [`start_pipe`] with probes every `probe`.
+fn start_pipe_probing(shard: &Shard, probe: Duration) -> mpsc::Receiver<(Vec<u8>, Vec<u8>)> {
     let (tx, rx) = mpsc::channel();
     shard.run(move |link| async move {
         let p = Pipe::new(CHANNEL.to_vec(), PUB);
         PIPE.with(|c| *c.borrow_mut() = Some(p.clone()));
-        monoio::spawn(pipe::run_publisher(link.clone(), p.clone(), PROBE));
-        monoio::spawn(pipe::run_subscriber(link, p, PROBE, move |k, b| {
+        monoio::spawn(pipe::run_publisher(link.clone(), p.clone(), probe));
+        monoio::spawn(pipe::run_subscriber(link, p, probe, move |k, b| {
             let _ = tx.send((k.to_vec(), b.to_vec()));
         }));
     });
@@ -164,4 +169,68 @@ fn a_killed_subscription_is_opened_again_and_a_silent_one_is_found_by_its_probes
     }
     assert_eq!(send(&shards[0], "after", 10), 10);
     receive(&rx, "after", 10);
+}
+
+/// The id of the client named `name` in Redis's `CLIENT LIST`.
+fn client_id(redis: &Redis, name: &str) -> String {
+    let list = redis.cli(&["CLIENT", "LIST"]);
+    list.lines()
+        .find(|l| l.contains(&format!("name={name} ")))
+        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
+        .to_string()
+}
+
+/// Redis closes the publisher's connection (CLIENT KILL, a restart, a proxy timing it
+/// out): with replies off nothing is read from it, so the relays queued next were
+/// accepted, written into the closed connection and lost (the write succeeds locally;
+/// only the one after it fails). Every relay the pipe accepts must arrive.
+#[test]
+fn a_publisher_closed_by_redis_is_noticed_before_relays_are_written_into_it() {
+    if !redis_or_skip("a_publisher_closed_by_redis_is_noticed") {
+        return;
+    }
+    let redis = Redis::start();
+    let (_node, shards) = start_node(config(&redis.url(), "a"), vec![], 1, route2);
+    shards[0].wait_for(UP_WITHIN, is_up);
+    // Probes far apart: no probe write finds the closed connection first.
+    let rx = start_pipe_probing(&shards[0], Duration::from_secs(30));
+    let before = wait_pipe(&shards[0]);
+    assert_eq!(send(&shards[0], "first", 10), 10);
+    receive(&rx, "first", 10);
+
+    redis.cli(&["CLIENT", "KILL", "ID", &client_id(&redis, "chx-a-p0")]);
+    // The close reaches the shard's socket.
+    std::thread::sleep(Duration::from_millis(500));
+    let accepted = send(&shards[0], "after-kill", 10);
+    receive(&rx, "after-kill", accepted);
+    // And the pipe comes back.
+    let deadline = Instant::now() + UP_WITHIN;
+    while wait_pipe(&shards[0]).connects <= before.connects {
+        assert!(
+            Instant::now() < deadline,
+            "the publisher never connected again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(send(&shards[0], "again", 10), 10);
+    receive(&rx, "again", 10);
+}
+
+/// `--node-id` takes any id without spaces or control characters, "nœud-1" among them;
+/// Redis refuses such a client name (`CLIENT SETNAME`: only `!` to `~`). The link only
+/// logs that; the shard's connections must come up all the same (not retry forever,
+/// every relay through the link).
+#[test]
+fn the_pipe_comes_up_for_a_node_id_that_redis_refuses_as_a_client_name() {
+    if !redis_or_skip("the_pipe_comes_up_for_a_node_id_that_redis_refuses") {
+        return;
+    }
+    let redis = Redis::start();
+    let (_node, shards) = start_node(config(&redis.url(), "nœud-1"), vec![], 1, route2);
+    shards[0].wait_for(UP_WITHIN, is_up);
+    let rx = start_pipe(&shards[0]);
+    wait_pipe(&shards[0]);
+    assert_eq!(send(&shards[0], "m", 10), 10);
+    receive(&rx, "m", 10);
 }

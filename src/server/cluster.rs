@@ -384,8 +384,8 @@ pub fn render_metrics(
         (
             "chatixia_cluster_publishes_total",
             "counter",
-            "Messages published to other nodes' channels (relays through the RELAY script included).",
-            s.publishes,
+            "Messages published to other nodes' channels (relays through the RELAY script included, by the link or the shards' own connections).",
+            s.publishes + pipes.iter().map(|p| p.commands).sum::<u64>(),
         ),
         (
             "chatixia_cluster_deliveries_total",
@@ -509,7 +509,7 @@ pub fn render_metrics(
         ),
         (
             "chatixia_cluster_pipe_refused_total",
-            "Relays the shard's own connection could not take (not connected, or its queue full): sent through the link.",
+            "Relays the shard's own connection could not take (not connected): sent through the link.",
             |p| p.refused,
         ),
     ];

@@ -636,16 +636,15 @@ async fn send<S: Shard>(sh: &S, ws: &ConnTable, link: &ShardLink, mut items: Vec
                     shard_channel_prefix(prefix),
                 ];
                 // The shard's own connection when it is up (no thread on the way), else
-                // the link.
-                let piped = ws.pipe().is_some_and(|p| {
-                    let k: [&[u8]; 2] = [&keys[0], &keys[1]];
-                    let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
-                    p.eval(&k, &a)
-                });
-                if piped {
-                    Ok(())
-                } else {
-                    link.eval_nowait_publishing(RELAY.name, keys.to_vec(), args.to_vec())
+                // the link. While it is up but full (Redis slow to read) the relay waits
+                // as for a busy link: through the link, another connection, it would
+                // overtake those queued on the shard's.
+                let k: [&[u8]; 2] = [&keys[0], &keys[1]];
+                let a: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+                match ws.pipe().filter(|p| p.is_up()) {
+                    Some(p) if !p.has_room() => Err(Refused::Busy),
+                    Some(p) if p.eval(&k, &a) => Ok(()),
+                    _ => link.eval_nowait_publishing(RELAY.name, keys.to_vec(), args.to_vec()),
                 }
             }
         };
@@ -728,5 +727,54 @@ mod tests {
         assert_eq!(mesh_key("chx:", None), b"chx:nomesh".to_vec());
         assert_ne!(mesh_key("chx:", Some("")), mesh_key("chx:", None));
         assert_eq!(node_meshes_key("chx:", "n1"), b"chx:nm:n1".to_vec());
+    }
+
+    /// RELAY's owner shard, as Lua 5.1 computes it (numbers are doubles).
+    fn lua_shard(h: u64, c: usize) -> usize {
+        let (hi, lo, c) = ((h >> 32) as f64, (h & 0xffff_ffff) as f64, c as f64);
+        ((hi * c + (lo * c / 4294967296.0).floor()) / 4294967296.0).floor() as usize
+    }
+
+    #[test]
+    fn the_relay_scripts_owner_shard_agrees_with_shard_of_hash() {
+        assert!(RELAY
+            .source
+            .contains("math.floor((hi * c + math.floor(lo * c / 4294967296)) / 4294967296)"));
+        // splitmix64: many hashes, and the edges.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut hashes = vec![
+            0,
+            1,
+            u64::MAX,
+            u64::MAX - 1,
+            1 << 63,
+            (1 << 32) - 1,
+            1 << 32,
+        ];
+        for _ in 0..20_000 {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            hashes.push(z ^ (z >> 31));
+        }
+        for (i, peer) in ["alice", "bob", "", "peer-\u{e9}"].iter().enumerate() {
+            hashes.push(crate::shard::key_hash(peer.as_bytes()));
+            hashes.push(i as u64);
+        }
+        for c in 1..=64usize {
+            // The boundaries between shards, and either side of them.
+            for k in 0..c as u128 {
+                let b = ((k << 64) / c as u128) as u64;
+                hashes.extend([b, b.wrapping_sub(1), b.wrapping_add(1)]);
+            }
+            for &h in &hashes {
+                assert_eq!(
+                    lua_shard(h, c),
+                    reactor::shard_of_hash(h, c),
+                    "hash {h:#x}, {c} shards"
+                );
+            }
+        }
     }
 }

@@ -188,7 +188,12 @@ fn peers_and_relays_across_three_nodes_in_every_direction() {
     send(&mut mallory, &offer("mallory", "bob", 0));
     relay(&mut alice, "alice", &mut carol, "carol", 1000);
     relay(&mut alice, "alice", &mut bob, "bob", 1001);
-    // Within a node no Redis command is spent; across nodes one publish each.
+    // Within a node no Redis command is spent; across nodes one publish each (the shards'
+    // own subscriptions up: else RELAY publishes twice, to the shard's channel and, as
+    // it has no subscriber yet, to the node's; without this wait the test raced them).
+    pipes_up(&n1, 2);
+    pipes_up(&n2, 1);
+    pipes_up(&n3, 1);
     let before = redis.calls("spublish");
     for i in 0..50 {
         relay(&mut alice, "alice", &mut dave, "dave", 2000 + i);
@@ -1644,6 +1649,10 @@ fn relays_across_nodes_are_counted_as_publishes() {
     let mut alice = peer(&n1, "alice");
     let mut bob = peer(&n2, "bob");
     list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
+    // Through the shards' own connections too (they come up a moment after the link:
+    // without this wait the test raced them).
+    pipes_up(&n1, 1);
+    pipes_up(&n2, 1);
     for i in 0..3 {
         relay(&mut alice, "alice", &mut bob, "bob", i);
     }
@@ -2096,4 +2105,79 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A burst of large relays while Redis is stalled (a paused VM, a fork, a slow disk):
+/// the sending shard's own connection takes what fits its queue (4 MiB) and the rest goes
+/// through the link, another connection. When Redis resumes it reads the two
+/// connections in turns, so relays that went through the link overtake those still
+/// queued on the shard's connection: bob must receive alice's messages in the order she
+/// sent them (some may be lost, none reordered).
+#[test]
+fn a_burst_of_relays_while_redis_stalls_arrives_in_order() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    let w = Duration::from_secs(10);
+    list_until(&mut alice, "alice", &["bob"], w);
+    list_until(&mut bob, "bob", &["alice"], w);
+    pipes_up(&n1, 1);
+    pipes_up(&n2, 1);
+    relay(&mut alice, "alice", &mut bob, "bob", 0);
+    let redis::Reply::Bulk(info) = redis.cmd(&["INFO", "server"]) else {
+        panic!("INFO")
+    };
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .expect("process_id")
+        .trim()
+        .to_string();
+    let signal = |s: &str| {
+        let st = std::process::Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let pad = "x".repeat(60_000);
+    let n = 300;
+    signal("-STOP");
+    for i in 1..=n {
+        send(
+            &mut alice,
+            &json!({"type": "offer", "peer_id": "alice", "target_id": "bob",
+                    "payload": {"sdp": format!("v=0 {i}"), "pad": pad}}),
+        );
+    }
+    // What alice sent reached her shard (the next message is answered after them).
+    std::thread::sleep(Duration::from_millis(700));
+    signal("-CONT");
+    bob.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(m) = bob.read() {
+        if let tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            let sdp = v["payload"]["sdp"].as_str().unwrap_or_default().to_string();
+            got.push(sdp["v=0 ".len()..].parse::<usize>().unwrap());
+        }
+    }
+    let piped = shard_metric(&n1, "chatixia_cluster_pipe_commands_total");
+    let refused = shard_metric(&n1, "chatixia_cluster_pipe_refused_total");
+    let out_of_order: Vec<_> = got.windows(2).filter(|p| p[0] >= p[1]).collect();
+    assert!(!got.is_empty(), "bob received none of {n}");
+    assert!(
+        out_of_order.is_empty(),
+        "{} received ({piped} relays on the shard's connection, {refused} refused \
+         there): out of order {:?}",
+        got.len(),
+        &out_of_order[..out_of_order.len().min(10)]
+    );
 }
