@@ -51,6 +51,19 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed connect, and between looks while the link is down.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// The longest pause between tries while they keep failing (the pause doubles from
+/// [`RETRY`]): a Redis that refuses the setup (an ACL denying `CLIENT REPLY`, `SCRIPT`
+/// or `SSUBSCRIBE`) is asked every 16 s per connection, not every 500 ms forever; the
+/// link carries the relays meanwhile.
+const RETRY_MAX: Duration = Duration::from_secs(16);
+
+/// The pause after `fails` failures in a row.
+fn backoff(fails: u32) -> Duration {
+    RETRY
+        .saturating_mul(1 << fails.saturating_sub(1).min(5))
+        .min(RETRY_MAX)
+}
+
 /// Bytes one read of the subscription takes.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -261,21 +274,34 @@ fn refused(replies: &[Value]) -> Option<String> {
 /// until the link stops for good.
 pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration) {
     let name = client_name(link.node_id(), "p", link.shard());
+    let mut fails = 0;
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
             continue;
         };
         let restarts = pipe.0.restarts.get();
+        let connects = pipe.stats().connects;
         match publish_on(&link, &pipe, &d, &name, probe_interval, restarts).await {
-            // A new generation: what is queued goes out on the next connection.
-            Ok(()) => {}
+            // A new generation up already: what is queued goes out on the next
+            // connection. The link down: dropped, as the link drops the relays it holds
+            // when it goes down (they would go out seconds late, if ever).
+            Ok(()) => {
+                fails = 0;
+                if link.current_generation().is_none() {
+                    pipe.0.out.borrow_mut().clear();
+                }
+            }
             Err(e) => {
                 tracing::debug!(shard = link.shard(), error = %e, "shard's Redis publisher");
-                // Not written (and no way to know when it could be): dropped, as the link
-                // drops the relays it holds when it goes down.
+                // Not written (and no way to know when it could be): dropped, as above.
                 pipe.0.out.borrow_mut().clear();
-                monoio::time::sleep(RETRY).await;
+                // A connection that came up and later failed starts the backoff again.
+                if pipe.stats().connects > connects {
+                    fails = 0;
+                }
+                fails += 1;
+                monoio::time::sleep(backoff(fails)).await;
             }
         }
     }
@@ -395,16 +421,24 @@ pub async fn run_subscriber(
     mut deliver: impl FnMut(&[u8], &[u8]),
 ) {
     let name = client_name(link.node_id(), "s", link.shard());
+    let mut fails = 0;
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
             continue;
         };
+        let connects = pipe.stats().connects;
         let r = subscribe_on(&link, &pipe, &d, &name, probe_interval, &mut deliver).await;
         pipe.0.sub_up.set(false);
         if let Err(e) = r {
             tracing::debug!(shard = link.shard(), error = %e, "shard's Redis subscription");
-            monoio::time::sleep(RETRY).await;
+            if pipe.stats().connects > connects {
+                fails = 0;
+            }
+            fails += 1;
+            monoio::time::sleep(backoff(fails)).await;
+        } else {
+            fails = 0;
         }
     }
 }
@@ -564,6 +598,12 @@ mod tests {
     fn a_client_name_holds_only_what_redis_takes() {
         assert_eq!(client_name("a:b", "p", 3), "chx-a:b-p3");
         assert_eq!(client_name("nœud-1", "s", 0), "chx-n?ud-1-s0");
+    }
+
+    #[test]
+    fn the_pause_between_failed_tries_doubles_up_to_its_bound() {
+        let ms: Vec<u128> = (1..=8).map(|f| backoff(f).as_millis()).collect();
+        assert_eq!(ms, [500, 1000, 2000, 4000, 8000, 16000, 16000, 16000]);
     }
 
     #[test]

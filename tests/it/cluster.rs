@@ -2076,10 +2076,14 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
     );
     // Redis stalls for 1.5 s (under the command timeout and the probe's deadline).
     redis.cmd(&["CLIENT", "PAUSE", "1500", "ALL"]);
-    // More small relays than the outbox holds items (OUTBOX_ITEMS_MAX, 16384, plus the
-    // 512 the link takes while Redis stalls).
+    // More relays than the shard's own connection (PIPE_BYTES_MAX, 4 MiB), the link
+    // (512) and the outbox (OUTBOX_ITEMS_MAX, 16384 items, and 16 MiB) take while Redis
+    // stalls: 20,000 of 1 KiB.
+    let pad = "x".repeat(1024);
     for n in 0..20_000 {
-        send(&mut alice, &offer("alice", "carol", n));
+        let mut o = offer("alice", "carol", n);
+        o["payload"]["pad"] = json!(pad);
+        send(&mut alice, &o);
     }
     std::thread::sleep(Duration::from_millis(300));
     // bob leaves while the outbox is full.

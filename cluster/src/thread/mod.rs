@@ -429,9 +429,11 @@ impl Link {
                 }
                 self.up = Some(up);
                 self.generation += 1;
+                // Where the shards' own connections go (`crate::pipe`); none when the
+                // address cannot be read (they wait, and relays take the link).
                 let addr = self.up.as_ref().and_then(|u| u.cmd.stream.peer_addr().ok());
-                if let (Ok(mut d), Some(addr)) = (self.shared.direct.lock(), addr) {
-                    *d = Some(crate::Direct {
+                if let Ok(mut d) = self.shared.direct.lock() {
+                    *d = addr.map(|addr| crate::Direct {
                         addr,
                         login: self.login(),
                         db: self.cfg.url.db,
