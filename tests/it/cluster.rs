@@ -381,6 +381,78 @@ fn through_a_sentinel_failover_relays_across_nodes_arrive_exactly_once() {
 }
 
 #[test]
+fn relays_stay_in_order_while_the_shards_own_connection_comes_and_goes() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = keys(KEYS);
+    let n1 = node(&redis, "n1", 1, &k, "10");
+    let n2 = node(&redis, "n2", 1, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    let w = Duration::from_secs(10);
+    list_until(&mut alice, "alice", &["bob"], w);
+    list_until(&mut bob, "bob", &["alice"], w);
+    pipes_up(&n1, 1);
+    pipes_up(&n2, 1);
+    relay(&mut alice, "alice", &mut bob, "bob", 0);
+    // While alice streams offers, n1's publisher is killed again and again: each time
+    // the shard sends through the link until its own connection is back, then through
+    // that again. Whatever arrives must arrive in order.
+    let port = redis.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let st = stop.clone();
+    let killer = std::thread::spawn(move || {
+        let cmd = |a: &[&str]| redis::try_cmd_at(port, a).expect("redis command");
+        let mut kills = 0;
+        while !st.load(std::sync::atomic::Ordering::SeqCst) {
+            if let redis::Reply::Bulk(list) = cmd(&["CLIENT", "LIST"]) {
+                for id in list
+                    .lines()
+                    .filter(|l| l.contains("name=chx-n1-p0 "))
+                    .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+                {
+                    cmd(&["CLIENT", "KILL", "ID", id]);
+                    kills += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        kills
+    });
+    // About 2.5 s of offers: the publisher comes back 500 ms after each kill.
+    let n = 6000;
+    for i in 1..=n {
+        send(&mut alice, &offer("alice", "bob", i));
+        if i % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(8));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let kills = killer.join().unwrap();
+    bob.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut got = Vec::new();
+    while let Ok(m) = bob.read() {
+        if let tungstenite::Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            let sdp = v["payload"]["sdp"].as_str().unwrap_or_default().to_string();
+            got.push(sdp["v=0 ".len()..].parse::<usize>().unwrap());
+        }
+    }
+    let out_of_order: Vec<_> = got.windows(2).filter(|p| p[0] >= p[1]).collect();
+    assert!(kills >= 2, "the publisher was killed {kills} times");
+    assert!(got.len() > n / 2, "bob received {} of {n}", got.len());
+    assert!(
+        out_of_order.is_empty(),
+        "{} received, publisher killed {kills} times: out of order {:?}",
+        got.len(),
+        &out_of_order[..out_of_order.len().min(10)]
+    );
+}
+
+#[test]
 fn a_peer_that_moves_to_another_node_replaces_its_older_connection() {
     let Some(redis) = redis::start(&[]) else {
         return;

@@ -136,14 +136,7 @@ impl Redis {
     }
 
     pub fn try_cmd(&self, args: &[&str]) -> std::io::Result<Reply> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(out.as_bytes())?;
-        read_reply(&mut BufReader::new(s))
+        try_cmd_at(self.port, args)
     }
 
     /// Calls of a command so far (`INFO commandstats`), scripts' calls included.
@@ -339,4 +332,16 @@ impl Drop for Sentinel {
             let _ = c.wait();
         }
     }
+}
+
+/// One command to the Redis on `port` over a fresh connection (from another thread).
+pub fn try_cmd_at(port: u16, args: &[&str]) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(out.as_bytes())?;
+    read_reply(&mut BufReader::new(s))
 }
