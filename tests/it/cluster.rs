@@ -2146,18 +2146,25 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
         redis.cmd(&["HGET", "chx:nomesh", "bob"]),
         redis::Reply::Bulk("n1".into())
     );
-    // Redis stalls for 1.5 s (under the command timeout and the probe's deadline).
-    redis.cmd(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    // Redis stalls for 2.5 s (under the command timeout, 3 s, and the probe's deadline).
+    redis.cmd(&["CLIENT", "PAUSE", "2500", "ALL"]);
+    let paused = Instant::now();
     // More relays than the shard's own connection (PIPE_BYTES_MAX, 4 MiB), the link
     // (512) and the outbox (OUTBOX_ITEMS_MAX, 16384 items, and 16 MiB) take while Redis
-    // stalls: 20,000 of 1 KiB.
-    let pad = "x".repeat(1024);
-    for n in 0..20_000 {
-        let mut o = offer("alice", "carol", n);
-        o["payload"]["pad"] = json!(pad);
-        send(&mut alice, &o);
+    // stalls (about 5,000 of 4 KiB): sent 500 at a time until one is refused, however
+    // fast this machine takes them.
+    let pad = "x".repeat(4096);
+    let mut n = 0;
+    while metric(&n1, "chatixia_ws_refused_total") == 0
+        && paused.elapsed() < Duration::from_millis(2000)
+    {
+        for _ in 0..500 {
+            let mut o = offer("alice", "carol", n);
+            o["payload"]["pad"] = json!(pad);
+            send(&mut alice, &o);
+            n += 1;
+        }
     }
-    std::thread::sleep(Duration::from_millis(300));
     // bob leaves while the outbox is full.
     bob.close(None).ok();
     while bob.read().is_ok() {}
