@@ -66,7 +66,6 @@ pub(crate) struct Shared {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) commands: AtomicU64,
-    pub(crate) writes: AtomicU64,
     pub(crate) round_trip_us_sum: AtomicU64,
     pub(crate) round_trips: AtomicU64,
     pub(crate) round_trip_buckets: [AtomicU64; ROUND_TRIP_BUCKETS_US.len() + 1],
@@ -99,7 +98,6 @@ impl Counters {
         let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Stats {
             commands: r(&self.commands),
-            writes: r(&self.writes),
             round_trip_us_sum: r(&self.round_trip_us_sum),
             round_trips: r(&self.round_trips),
             round_trip_buckets: self.round_trip_buckets.iter().map(r).collect(),

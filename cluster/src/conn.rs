@@ -139,11 +139,6 @@ impl Conn {
         encode_command(&mut self.wbuf, args);
     }
 
-    /// Bytes are queued and not yet written.
-    pub(crate) fn has_queued(&self) -> bool {
-        self.wstart < self.wbuf.len()
-    }
-
     /// Writes what is queued until done or the socket is full.
     pub(crate) fn flush(&mut self) -> Result<(), String> {
         while self.wstart < self.wbuf.len() {

@@ -315,8 +315,6 @@ pub struct Script {
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
     pub commands: u64,
-    /// Writes of queued commands to Redis (commands / writes: how many go out per write).
-    pub writes: u64,
     /// Sum and count of command round trips (submission to completion), microseconds.
     pub round_trip_us_sum: u64,
     pub round_trips: u64,

@@ -188,12 +188,6 @@ impl Pipe {
     }
 }
 
-/// Where the link is connected now, and its generation, without locking: `None` while
-/// it is down.
-fn link_generation(link: &ShardLink) -> Option<u64> {
-    link.current_generation()
-}
-
 /// Opens a connection to `addr`, runs `setup` (one write) and waits for as many replies,
 /// all within [`OPEN_TIMEOUT`]; the connection, the replies, and the bytes read past them.
 async fn open(
@@ -350,7 +344,7 @@ async fn publish_on(
     let mut next_probe = Instant::now();
     let work = async {
         loop {
-            if link_generation(link) != Some(d.generation) || inner.restarts.get() != restarts {
+            if link.current_generation() != Some(d.generation) || inner.restarts.get() != restarts {
                 break Ok(());
             }
             let now = Instant::now();
@@ -455,7 +449,7 @@ async fn subscribe_on(
     let mut setup = d.login.clone();
     setup.push(args(&[b"CLIENT", b"SETNAME", name.as_bytes()]));
     setup.push(vec![b"SSUBSCRIBE".to_vec(), inner.channel.clone()]);
-    let (mut stream, replies, mut rbuf) = open(d.addr, &setup).await?;
+    let (mut stream, replies, rbuf) = open(d.addr, &setup).await?;
     if let Some(e) = refused(&replies) {
         return Err(e);
     }
@@ -463,30 +457,11 @@ async fn subscribe_on(
     inner.sub_up.set(true);
     let silent_max = probe_interval * PROBE_MISSED_AFTER;
     let mut chunk = Vec::with_capacity(READ_CHUNK);
-    let mut scan = Scan::default();
-    // Bytes of `rbuf` already fed to `scan` (all of what follows the last whole reply).
-    let mut scanned = 0;
+    let mut inbox = Inbox::default();
+    // What came after the setup's replies.
+    inbox.take(&rbuf, pipe, deliver)?;
     loop {
-        // Every complete message so far, each found by the scanner (every byte read
-        // once, so a large message arriving over many reads is not parsed again at each)
-        // and decoded once whole; the buffer is cut once, after them.
-        let mut at = 0;
-        while let Some(n) = scan.feed(&rbuf[at + scanned..])? {
-            let end = at + scanned + n;
-            scanned = 0;
-            if let Some((v, _)) = decode_reply(&rbuf[at..end])? {
-                if let Some(payload) = smessage(&v, &inner.channel) {
-                    on_payload(pipe, payload, deliver);
-                }
-            }
-            at = end;
-        }
-        scanned = rbuf.len() - at;
-        rbuf.drain(..at);
-        if rbuf.len() > MESSAGE_BYTES_MAX {
-            return Err(format!("a message over {MESSAGE_BYTES_MAX} bytes"));
-        }
-        if link_generation(link) != Some(d.generation) {
+        if link.current_generation() != Some(d.generation) {
             return Ok(());
         }
         chunk.clear();
@@ -504,7 +479,7 @@ async fn subscribe_on(
                 chunk = c;
                 match r {
                     Ok(0) => return Err("Redis closed the subscription".into()),
-                    Ok(n) => rbuf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => inbox.take(&chunk[..n], pipe, deliver)?,
                     Err(e) => return Err(format!("reading the subscription: {e}")),
                 }
             }
@@ -544,21 +519,58 @@ fn on_payload(pipe: &Pipe, payload: &[u8], deliver: &mut impl FnMut(&[u8], &[u8]
     deliver(key, body);
 }
 
-/// What [`subscribe_on`] delivers from `buf` (for the fuzz target): every complete reply
-/// decoded, each message of `channel` split.
-pub(crate) fn fuzz_messages(mut buf: &[u8], channel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// What the subscription has read and not yet delivered: the bytes after the last whole
+/// reply, with a scanner that has seen them (every byte is scanned once, so a large
+/// message arriving over many reads is not parsed again at each; each reply is decoded
+/// once, whole).
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    scan: Scan,
+}
+
+impl Inbox {
+    /// Takes `read` (what one read brought) and hands every message of the pipe's channel
+    /// now complete to `deliver`. An error (not RESP, or a message over
+    /// [`MESSAGE_BYTES_MAX`]) ends the connection.
+    fn take(
+        &mut self,
+        read: &[u8],
+        pipe: &Pipe,
+        deliver: &mut impl FnMut(&[u8], &[u8]),
+    ) -> Result<(), String> {
+        // The bytes already scanned are those held: feed only what is new.
+        let mut scanned = self.buf.len();
+        self.buf.extend_from_slice(read);
+        let mut at = 0;
+        while let Some(n) = self.scan.feed(&self.buf[scanned..])? {
+            let end = scanned + n;
+            if let Some((v, _)) = decode_reply(&self.buf[at..end])? {
+                if let Some(payload) = smessage(&v, &pipe.0.channel) {
+                    on_payload(pipe, payload, deliver);
+                }
+            }
+            at = end;
+            scanned = end;
+        }
+        self.buf.drain(..at);
+        if self.buf.len() > MESSAGE_BYTES_MAX {
+            return Err(format!("a message over {MESSAGE_BYTES_MAX} bytes"));
+        }
+        Ok(())
+    }
+}
+
+/// What the subscription delivers from `buf` read in two parts, split at `split` (for
+/// the fuzz target): each message of `channel`, as key and body.
+pub(crate) fn fuzz_messages(buf: &[u8], channel: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     let pipe = Pipe::new(channel.to_vec(), "");
     let mut out = Vec::new();
-    while let Ok(Some((v, n))) = decode_reply(buf) {
-        buf = &buf[n.min(buf.len())..];
-        if let Some(payload) = smessage(&v, channel) {
-            on_payload(&pipe, payload, &mut |k, b| {
-                out.push((k.to_vec(), b.to_vec()))
-            });
-        }
-        if n == 0 {
-            break;
-        }
+    let mut inbox = Inbox::default();
+    let split = buf.first().map_or(0, |&b| usize::from(b)).min(buf.len());
+    let mut deliver = |k: &[u8], b: &[u8]| out.push((k.to_vec(), b.to_vec()));
+    if inbox.take(&buf[..split], &pipe, &mut deliver).is_ok() {
+        let _ = inbox.take(&buf[split..], &pipe, &mut deliver);
     }
     out
 }
@@ -598,6 +610,32 @@ mod tests {
     fn a_client_name_holds_only_what_redis_takes() {
         assert_eq!(client_name("a:b", "p", 3), "chx-a:b-p3");
         assert_eq!(client_name("nœud-1", "s", 0), "chx-n?ud-1-s0");
+    }
+
+    #[test]
+    fn messages_cut_anywhere_between_reads_are_delivered_once_each_whole() {
+        let msg = |key: &[u8], body: &[u8]| {
+            let framed = crate::frame(key, body).unwrap();
+            let mut out = Vec::new();
+            encode_command(&mut out, &[b"smessage".as_slice(), b"ch", &framed]);
+            out
+        };
+        let stream = [msg(b"a", b"one"), msg(b"b", &[7; 300]), msg(b"c", b"")].concat();
+        let want = vec![
+            (b"a".to_vec(), b"one".to_vec()),
+            (b"b".to_vec(), vec![7; 300]),
+            (b"c".to_vec(), Vec::new()),
+        ];
+        for cut in 0..=stream.len() {
+            let pipe = Pipe::new(b"ch".to_vec(), "");
+            let mut inbox = Inbox::default();
+            let mut got = Vec::new();
+            let mut deliver = |k: &[u8], b: &[u8]| got.push((k.to_vec(), b.to_vec()));
+            inbox.take(&stream[..cut], &pipe, &mut deliver).unwrap();
+            inbox.take(&stream[cut..], &pipe, &mut deliver).unwrap();
+            assert_eq!(got, want, "cut at {cut}");
+            assert!(inbox.buf.is_empty());
+        }
     }
 
     #[test]

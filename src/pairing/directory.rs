@@ -171,12 +171,24 @@ pub async fn note_code<S: Shard>(sh: &S, code: &Code, ttl_ms: u64) -> Result<boo
     let Some(link) = sh.cluster() else {
         return Ok(true);
     };
-    let what = "invite code";
     let args = vec![
         link.node_id().as_bytes().to_vec(),
         ttl_ms.max(1).to_string().into_bytes(),
     ];
-    let reply = match link.eval_durable(NOTE_CODE.name, vec![code_key(link, code)], args) {
+    let keys = vec![code_key(link, code)];
+    note_one(link, "invite code", NOTE_CODE.name, keys, args).await
+}
+
+/// Runs a note script durably for one code or entry: `Ok(true)` when noted, `Ok(false)`
+/// when another live node holds it (the script answers what it could not take).
+async fn note_one(
+    link: &ShardLink,
+    what: &str,
+    script: &str,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+) -> Result<bool, Error> {
+    let reply = match link.eval_durable(script, keys, args) {
         Ok(r) => r.await,
         Err(Refused::Down(why)) => return Err(unavailable(what, why)),
         Err(Refused::Busy) => return Err(unavailable(what, "too many commands in flight")),
@@ -244,23 +256,8 @@ pub async fn note_entry<S: Shard>(sh: &S, id: EntryId) -> Result<bool, Error> {
     let Some(link) = sh.cluster() else {
         return Ok(true);
     };
-    let what = "pairing entry";
-    let reply = match link.eval_durable(
-        NOTE_ENTRY.name,
-        vec![entries_key(link)],
-        note_args(link, &[id]),
-    ) {
-        Ok(r) => r.await,
-        Err(Refused::Down(why)) => return Err(unavailable(what, why)),
-        Err(Refused::Busy) => return Err(unavailable(what, "too many commands in flight")),
-        Err(Refused::Closed) => return Err(unavailable(what, "the link has stopped")),
-    };
-    match reply {
-        Ok(Value::Array(taken)) => Ok(taken.is_empty()),
-        Ok(Value::Error(e)) => Err(unavailable(what, e)),
-        Ok(other) => Err(unavailable(what, format!("unexpected reply {other:?}"))),
-        Err(e) => Err(unavailable(what, format!("{e:?}"))),
-    }
+    let (keys, args) = (vec![entries_key(link)], note_args(link, &[id]));
+    note_one(link, "pairing entry", NOTE_ENTRY.name, keys, args).await
 }
 
 /// Notes every entry `ids` of a shard again (after each connect to Redis: Redis may have

@@ -356,7 +356,7 @@ pub fn render_metrics(
 ) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    let series: [(&str, &str, &str, u64); 15] = [
+    let series: [(&str, &str, &str, u64); 14] = [
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
@@ -374,12 +374,6 @@ pub fn render_metrics(
             "counter",
             "Redis commands sent (scripts and publishes included).",
             s.commands,
-        ),
-        (
-            "chatixia_cluster_writes_total",
-            "counter",
-            "Writes of queued commands to Redis by the link thread (commands_total / writes_total: how many go out per write).",
-            s.writes,
         ),
         (
             "chatixia_cluster_publishes_total",
@@ -489,7 +483,7 @@ pub fn render_metrics(
         ),
         (
             "chatixia_cluster_pipe_writes_total",
-            "Writes on the shard's own Redis connection (commands_total / writes_total: relays per write).",
+            "Writes on the shard's own Redis connection (chatixia_cluster_pipe_commands_total / this: relays per write).",
             |p| p.writes,
         ),
         (

@@ -247,9 +247,6 @@ impl Link {
             self.timers(now);
             self.queue_wait(now);
             if let Some(up) = &mut self.up {
-                if up.cmd.has_queued() {
-                    self.shared.stats.writes.fetch_add(1, Ordering::Relaxed);
-                }
                 if let Err(e) = up.cmd.flush() {
                     self.fail(e);
                 }
