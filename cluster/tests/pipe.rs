@@ -91,8 +91,7 @@ fn what_the_publisher_sends_reaches_the_shards_subscription_in_order_without_rep
     }
     let redis = Redis::start();
     let proxy = Proxy::start(redis.port);
-    let (_node, shards) = start_node(config(&proxy.url(), "a"), vec![], 1, route2);
-    shards[0].wait_for(UP_WITHIN, is_up);
+    let (_node, shards) = up_node(&proxy.url(), "a");
     let rx = start_pipe(&shards[0]);
     let before = wait_pipe(&shards[0]);
     assert_eq!(before.connects, 2);
@@ -126,22 +125,14 @@ fn a_killed_subscription_is_opened_again_and_a_silent_one_is_found_by_its_probes
     }
     let redis = Redis::start();
     let proxy = Proxy::start(redis.port);
-    let (_node, shards) = start_node(config(&proxy.url(), "a"), vec![], 1, route2);
-    shards[0].wait_for(UP_WITHIN, is_up);
+    let (_node, shards) = up_node(&proxy.url(), "a");
     let rx = start_pipe(&shards[0]);
     wait_pipe(&shards[0]);
     assert_eq!(send(&shards[0], "first", 10), 10);
     receive(&rx, "first", 10);
 
     // Killed: Redis closes it; the subscriber opens it again.
-    let list = redis.cli(&["CLIENT", "LIST"]);
-    let id = list
-        .lines()
-        .find(|l| l.contains("name=chx-a-s0"))
-        .and_then(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .unwrap_or_else(|| panic!("no subscription in {list}"))
-        .to_string();
-    redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    redis.cli(&["CLIENT", "KILL", "ID", &client_id(&redis, "chx-a-s0")]);
     let deadline = Instant::now() + UP_WITHIN;
     while wait_pipe(&shards[0]).connects < 3 {
         assert!(Instant::now() < deadline, "never subscribed again");
@@ -171,6 +162,13 @@ fn a_killed_subscription_is_opened_again_and_a_silent_one_is_found_by_its_probes
     receive(&rx, "after", 10);
 }
 
+/// A node `id` of one shard on the Redis at `url`, its link up.
+fn up_node(url: &str, id: &str) -> (chatixia_cluster::Node, Vec<Shard>) {
+    let (node, shards) = start_node(config(url, id), vec![], 1, route2);
+    shards[0].wait_for(UP_WITHIN, is_up);
+    (node, shards)
+}
+
 /// The id of the client named `name` in Redis's `CLIENT LIST`.
 fn client_id(redis: &Redis, name: &str) -> String {
     let list = redis.cli(&["CLIENT", "LIST"]);
@@ -191,8 +189,7 @@ fn a_publisher_closed_by_redis_is_noticed_before_relays_are_written_into_it() {
         return;
     }
     let redis = Redis::start();
-    let (_node, shards) = start_node(config(&redis.url(), "a"), vec![], 1, route2);
-    shards[0].wait_for(UP_WITHIN, is_up);
+    let (_node, shards) = up_node(&redis.url(), "a");
     // Probes far apart: no probe write finds the closed connection first.
     let rx = start_pipe_probing(&shards[0], Duration::from_secs(30));
     let before = wait_pipe(&shards[0]);
@@ -227,8 +224,7 @@ fn the_pipe_comes_up_for_a_node_id_that_redis_refuses_as_a_client_name() {
         return;
     }
     let redis = Redis::start();
-    let (_node, shards) = start_node(config(&redis.url(), "nœud-1"), vec![], 1, route2);
-    shards[0].wait_for(UP_WITHIN, is_up);
+    let (_node, shards) = up_node(&redis.url(), "nœud-1");
     let rx = start_pipe(&shards[0]);
     wait_pipe(&shards[0]);
     assert_eq!(send(&shards[0], "m", 10), 10);

@@ -277,16 +277,8 @@ fn relays_across_nodes_go_through_the_shards_own_connections_and_outlive_a_kille
 
     // n2's shard subscriptions killed (as Redis would on a client-output-buffer limit):
     // relays to bob go on arriving, through n2's link while its shards subscribe again.
-    let crate::common::redis::Reply::Bulk(list) = redis.cmd(&["CLIENT", "LIST"]) else {
-        panic!("CLIENT LIST")
-    };
-    let ids: Vec<String> = list
-        .lines()
-        .filter(|l| l.contains("name=chx-n2-s0 ") || l.contains("name=chx-n2-s1 "))
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .map(str::to_string)
-        .collect();
-    assert_eq!(ids.len(), 2, "{list}");
+    let ids = redis::client_ids_at(redis.port, |n| n == "chx-n2-s0" || n == "chx-n2-s1");
+    assert_eq!(ids.len(), 2, "{ids:?}");
     let connects = shard_metric(&n2, "chatixia_cluster_pipe_connects_total");
     for id in &ids {
         redis.cmd(&["CLIENT", "KILL", "ID", id]);
@@ -314,26 +306,9 @@ fn relays_across_nodes_go_through_the_shards_own_connections_and_outlive_a_kille
 
 #[test]
 fn through_a_sentinel_failover_relays_across_nodes_arrive_exactly_once() {
-    let Some(primary) = redis::start(&["--repl-diskless-sync-delay", "0"]) else {
+    let Some((primary, replica, sentinel, url)) = redis::sentinel_pair() else {
         return;
     };
-    let replica = redis::start(&[
-        "--replicaof",
-        "127.0.0.1",
-        &primary.port.to_string(),
-        "--repl-diskless-sync-delay",
-        "0",
-    ])
-    .unwrap();
-    let Some(sentinel) = redis::sentinel(primary.port) else {
-        return;
-    };
-    sentinel.wait_for_replica(Duration::from_secs(15));
-    let url = format!(
-        "redis+sentinel://127.0.0.1:{}/{}",
-        sentinel.port,
-        redis::MASTER
-    );
     let k = keys(KEYS);
     let n1 = node_at(&url, "n1", 1, &k, "10");
     let n2 = node_at(&url, "n2", 1, &k, "10");
@@ -406,15 +381,9 @@ fn relays_stay_in_order_while_the_shards_own_connection_comes_and_goes() {
         let cmd = |a: &[&str]| redis::try_cmd_at(port, a).expect("redis command");
         let mut kills = 0;
         while !st.load(std::sync::atomic::Ordering::SeqCst) {
-            if let redis::Reply::Bulk(list) = cmd(&["CLIENT", "LIST"]) {
-                for id in list
-                    .lines()
-                    .filter(|l| l.contains("name=chx-n1-p0 "))
-                    .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-                {
-                    cmd(&["CLIENT", "KILL", "ID", id]);
-                    kills += 1;
-                }
+            for id in redis::client_ids_at(port, |n| n == "chx-n1-p0") {
+                cmd(&["CLIENT", "KILL", "ID", &id]);
+                kills += 1;
             }
             std::thread::sleep(Duration::from_millis(150));
         }
@@ -1214,26 +1183,9 @@ fn a_node_whose_copy_of_an_agent_lost_its_cluster_binding_drops_it() {
 
 #[test]
 fn through_sentinel_a_binding_is_replicated_before_its_200_and_survives_a_failover() {
-    let Some(mut primary) = redis::start(&["--repl-diskless-sync-delay", "0"]) else {
+    let Some((mut primary, replica, sentinel, url)) = redis::sentinel_pair() else {
         return;
     };
-    let replica = redis::start(&[
-        "--replicaof",
-        "127.0.0.1",
-        &primary.port.to_string(),
-        "--repl-diskless-sync-delay",
-        "0",
-    ])
-    .unwrap();
-    let Some(sentinel) = redis::sentinel(primary.port) else {
-        return;
-    };
-    sentinel.wait_for_replica(Duration::from_secs(15));
-    let url = format!(
-        "redis+sentinel://127.0.0.1:{}/{}",
-        sentinel.port,
-        redis::MASTER
-    );
     let k = keys(HOLDERS);
     let n1 = node_at(&url, "n1", 1, &k, "10");
     let n2 = node_at(&url, "n2", 1, &k, "10");
@@ -1425,17 +1377,15 @@ fn a_twin_node_id_reconnecting_does_not_remove_the_other_processes_peers_for_goo
     let Ok(twin) = twin else {
         return; // refused: what a fix may do
     };
-    // The twin's connections are the newest named chx-n1-*: kill them.
-    let redis::Reply::Bulk(clients) = redis.cmd(&["CLIENT", "LIST"]) else {
-        panic!("CLIENT LIST")
-    };
-    let mut ids: Vec<u64> = clients
-        .lines()
-        .filter(|l| l.contains("name=chx-n1-"))
-        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next()?.parse().ok())
-        .collect();
+    // The twin's link connections are the newest named chx-n1-cmd/sub (not the
+    // shards' own, chx-n1-p0/s0): kill them.
+    let mut ids: Vec<u64> =
+        redis::client_ids_at(redis.port, |n| n == "chx-n1-cmd" || n == "chx-n1-sub")
+            .iter()
+            .filter_map(|id| id.parse().ok())
+            .collect();
     ids.sort();
-    assert_eq!(ids.len(), 4, "{clients}");
+    assert_eq!(ids.len(), 4, "{ids:?}");
     for id in &ids[2..] {
         redis.cmd(&["CLIENT", "KILL", "ID", &id.to_string()]);
     }
@@ -2146,22 +2096,24 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
         redis.cmd(&["HGET", "chx:nomesh", "bob"]),
         redis::Reply::Bulk("n1".into())
     );
-    // Redis stalls for 2.5 s (under the command timeout, 3 s, and the probe's deadline).
-    redis.cmd(&["CLIENT", "PAUSE", "2500", "ALL"]);
+    // The relays must fill the outbox, behind the link's bound (512 in flight): n1's
+    // shard loses its own connection (killed; it tries again 500 ms later), then Redis
+    // stalls (SIGSTOP, so that no connection is taken or read) for at most 2.5 s, under
+    // the link's command timeout (3 s) and the probe's deadline.
+    for id in redis::client_ids_at(redis.port, |n| n == "chx-n1-p0") {
+        redis.cmd(&["CLIENT", "KILL", "ID", &id]);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    redis.signal("-STOP");
     let paused = Instant::now();
-    // More relays than the shard's own connection (PIPE_BYTES_MAX, 4 MiB), the link
-    // (512) and the outbox (OUTBOX_ITEMS_MAX, 16384 items, and 16 MiB) take while Redis
-    // stalls (about 5,000 of 4 KiB): sent 500 at a time until one is refused, however
-    // fast this machine takes them.
-    let pad = "x".repeat(4096);
+    // More small relays than the link and the outbox (OUTBOX_ITEMS_MAX, 16384) take:
+    // sent 1,000 at a time until one is refused.
     let mut n = 0;
     while metric(&n1, "chatixia_ws_refused_total") == 0
         && paused.elapsed() < Duration::from_millis(2000)
     {
-        for _ in 0..500 {
-            let mut o = offer("alice", "carol", n);
-            o["payload"]["pad"] = json!(pad);
-            send(&mut alice, &o);
+        for _ in 0..1000 {
+            send(&mut alice, &offer("alice", "carol", n));
             n += 1;
         }
     }
@@ -2169,9 +2121,12 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
     bob.close(None).ok();
     while bob.read().is_ok() {}
     drop(bob);
+    let refused = metric(&n1, "chatixia_ws_refused_total");
+    std::thread::sleep(Duration::from_millis(2500).saturating_sub(paused.elapsed()));
+    redis.signal("-CONT");
     assert!(
-        metric(&n1, "chatixia_ws_refused_total") > 0,
-        "the outbox never filled: the test did not reach the case"
+        refused > 0,
+        "the outbox never filled ({n} relays sent): the test did not reach the case"
     );
     // Redis is back; everything drains. bob's entry must go (it left n1, which is live).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -2212,22 +2167,7 @@ fn a_burst_of_relays_while_redis_stalls_arrives_in_order() {
     pipes_up(&n1, 1);
     pipes_up(&n2, 1);
     relay(&mut alice, "alice", &mut bob, "bob", 0);
-    let redis::Reply::Bulk(info) = redis.cmd(&["INFO", "server"]) else {
-        panic!("INFO")
-    };
-    let pid = info
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .expect("process_id")
-        .trim()
-        .to_string();
-    let signal = |s: &str| {
-        let st = std::process::Command::new("kill")
-            .args([s, &pid])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let signal = |s: &str| redis.signal(s);
     let pad = "x".repeat(60_000);
     let n = 300;
     signal("-STOP");

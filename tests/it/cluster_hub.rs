@@ -597,26 +597,9 @@ fn the_dashboard_lists_a_matching_task_behind_many_newer_ones() {
 /// later heartbeat, rather than assigned to an agent that never got it.
 #[test]
 fn through_sentinel_an_unreplicated_post_or_claim_is_taken_back() {
-    let Some(primary) = redis::start(&["--repl-diskless-sync-delay", "0"]) else {
+    let Some((primary, mut replica, _sentinel, url)) = redis::sentinel_pair() else {
         return;
     };
-    let mut replica = redis::start(&[
-        "--replicaof",
-        "127.0.0.1",
-        &primary.port.to_string(),
-        "--repl-diskless-sync-delay",
-        "0",
-    ])
-    .unwrap();
-    let Some(sentinel) = redis::sentinel(primary.port) else {
-        return;
-    };
-    sentinel.wait_for_replica(Duration::from_secs(15));
-    let url = format!(
-        "redis+sentinel://127.0.0.1:{}/{}",
-        sentinel.port,
-        redis::MASTER
-    );
     let k = keys(AGENTS);
     let a = crate::cluster::node_at(&url, "a", 1, &k, "10");
     // Replicated: 200 (a loaded machine may make the replica late: retried).

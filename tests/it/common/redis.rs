@@ -120,6 +120,17 @@ impl Redis {
         }
     }
 
+    /// Sends Redis `kill SIG` (`-STOP` stalls it without closing a connection: it reads
+    /// nothing, so what is written to it fills the socket buffers; `-CONT` resumes it).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis is running").id();
+        let st = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
     /// Starts Redis again on the same port (empty: no persistence in these tests).
     pub fn restart(&mut self) {
         self.kill();
@@ -314,14 +325,7 @@ impl Sentinel {
     }
 
     pub fn cmd(&self, args: &[&str]) -> std::io::Result<Reply> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(out.as_bytes())?;
-        read_reply(&mut BufReader::new(s))
+        try_cmd_at(self.port, args)
     }
 }
 
@@ -334,7 +338,41 @@ impl Drop for Sentinel {
     }
 }
 
-/// One command to the Redis on `port` over a fresh connection (from another thread).
+/// A primary with one replica and a Sentinel watching them (the replica attached), and
+/// the `redis+sentinel://` URL the nodes join; `None` after `common::skip`.
+pub fn sentinel_pair() -> Option<(Redis, Redis, Sentinel, String)> {
+    let primary = start(&["--repl-diskless-sync-delay", "0"])?;
+    let replica = start(&[
+        "--replicaof",
+        "127.0.0.1",
+        &primary.port.to_string(),
+        "--repl-diskless-sync-delay",
+        "0",
+    ])?;
+    let sentinel = sentinel(primary.port)?;
+    sentinel.wait_for_replica(Duration::from_secs(15));
+    let url = format!("redis+sentinel://127.0.0.1:{}/{MASTER}", sentinel.port);
+    Some((primary, replica, sentinel, url))
+}
+
+/// The ids of the clients of the Redis on `port` whose name `named` accepts
+/// (`CLIENT LIST`, in its order).
+pub fn client_ids_at(port: u16, named: impl Fn(&str) -> bool) -> Vec<String> {
+    let Ok(Reply::Bulk(list)) = try_cmd_at(port, &["CLIENT", "LIST"]) else {
+        panic!("CLIENT LIST")
+    };
+    let field = |l: &str, k: &str| {
+        l.split(' ')
+            .find_map(|f| f.strip_prefix(k))
+            .map(str::to_string)
+    };
+    list.lines()
+        .filter(|l| field(l, "name=").is_some_and(|n| named(&n)))
+        .filter_map(|l| field(l, "id="))
+        .collect()
+}
+
+/// One command to a Redis (or a Sentinel) on `port` over a fresh connection.
 pub fn try_cmd_at(port: u16, args: &[&str]) -> std::io::Result<Reply> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
