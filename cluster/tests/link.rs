@@ -543,7 +543,13 @@ fn a_reply_over_the_bound_fails_its_command_not_the_connection() {
         return;
     }
     let redis = Redis::start();
-    let (node, shards) = start_node(config(&redis.url(), "a"), vec![], 1, route2);
+    // 70 MiB over loopback on a loaded machine: the bound is under test, not the
+    // timeouts (the test config's 700 ms would reset the link mid-reply).
+    let mut cfg = config(&redis.url(), "a");
+    cfg.command_timeout = Duration::from_secs(5);
+    cfg.probe_interval = Duration::from_secs(2);
+    cfg.lease = Duration::from_secs(10);
+    let (node, shards) = start_node(cfg, vec![], 1, route2);
     let s = &shards[0];
     s.wait_for(UP_WITHIN, is_up);
     let big = 70 << 20;

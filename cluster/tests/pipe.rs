@@ -197,8 +197,20 @@ fn a_publisher_closed_by_redis_is_noticed_before_relays_are_written_into_it() {
     receive(&rx, "first", 10);
 
     redis.cli(&["CLIENT", "KILL", "ID", &client_id(&redis, "chx-a-p0")]);
-    // The close reaches the shard's socket.
-    std::thread::sleep(Duration::from_millis(500));
+    // The close reaches the shard's socket: the publisher goes down (or is already
+    // up again, on a new connection).
+    let c0 = before.connects;
+    shards[0].run(move |_| async move {
+        let p = pipe_here();
+        let deadline = Instant::now() + UP_WITHIN;
+        while p.is_up() && p.stats().connects == c0 {
+            assert!(
+                Instant::now() < deadline,
+                "the publisher never saw the close"
+            );
+            monoio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
     let accepted = send(&shards[0], "after-kill", 10);
     receive(&rx, "after-kill", accepted);
     // And the pipe comes back.

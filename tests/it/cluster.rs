@@ -194,20 +194,29 @@ fn peers_and_relays_across_three_nodes_in_every_direction() {
     pipes_up(&n1, 2);
     pipes_up(&n2, 1);
     pipes_up(&n3, 1);
+    // The probes publish too: each node's link and each shard's own publisher, every
+    // 2 s (3 links + 4 shards here), so a window of d allows 7 × (d / 2 s + 1) of them.
+    let probes = |d: Duration| 7 * (d.as_secs() / 2 + 1);
+    let t = Instant::now();
     let before = redis.calls("spublish");
     for i in 0..50 {
         relay(&mut alice, "alice", &mut dave, "dave", 2000 + i);
     }
     let local = redis.calls("spublish") - before;
+    let local_max = probes(t.elapsed());
+    let t = Instant::now();
     let before = redis.calls("spublish");
     for i in 0..50 {
         relay(&mut alice, "alice", &mut bob, "bob", 3000 + i);
     }
     let across = redis.calls("spublish") - before;
-    // The link's probes publish too (one per node per 2 s): a few, never 50.
-    assert!(local < 10, "{local} publishes for 50 relays within a node");
+    let across_max = 50 + probes(t.elapsed());
     assert!(
-        (50..60).contains(&across),
+        local <= local_max,
+        "{local} publishes for 50 relays within a node"
+    );
+    assert!(
+        (50..=across_max).contains(&across),
         "{across} publishes for 50 relays across nodes"
     );
     // Delivered at n2 by its link or (once up) its shards' own subscriptions.
@@ -535,10 +544,13 @@ fn without_redis_a_node_relays_between_its_own_peers_and_is_not_ready() {
         assert!(Instant::now() < deadline, "/readyz stayed {}", r.status);
         std::thread::sleep(Duration::from_millis(50));
     };
+    // "Redis closed the connection" at first; from the first reconnect on (100 ms
+    // later) "subscription: cannot connect to …: Connection refused".
+    let e = r.json()["error"].as_str().unwrap().to_string();
     assert!(
-        r.json()["error"].as_str().unwrap().contains("Redis"),
-        "{}",
-        r.text()
+        e.starts_with("cluster link down: ")
+            && (e.contains("Redis") || e.contains("cannot connect to")),
+        "{e}"
     );
     assert_eq!(n1.get("/healthz").status, 200);
     // Relays within the node go on; the list holds this node's peers.
@@ -669,6 +681,25 @@ fn a_revocation_at_one_node_closes_the_device_at_another() {
     // Its JWT opens /ws at both nodes (the signing secret is the cluster's, and so is
     // its approval): the newer connection, at n2, replaces the one at n1 (4000).
     let mut at_n1 = connect(&n1, &jwt).unwrap();
+    // n1 has written the device into the directory before n2 is asked (else n1's
+    // late entry could replace n2's, and the older connection would win).
+    let in_directory_at_n1 = || {
+        let mut hashes = vec![redis::Reply::Bulk("chx:nomesh".into())];
+        if let redis::Reply::Array(meshes) = redis.cmd(&["KEYS", "chx:m:*"]) {
+            hashes.extend(meshes);
+        }
+        hashes.iter().any(|h| match h {
+            redis::Reply::Bulk(h) => {
+                redis.cmd(&["HGET", h, &device]) == redis::Reply::Bulk("n1".into())
+            }
+            _ => false,
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !in_directory_at_n1() {
+        assert!(Instant::now() < deadline, "the device never joined at n1");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut at_n2 = connect(&n2, &jwt).unwrap();
     let (code, reason) = recv_close(&mut at_n1);
     assert_eq!(code, 4000, "{reason}");
@@ -831,12 +862,23 @@ fn an_agent_registered_at_one_node_is_listed_at_the_others_and_moves_with_its_he
     assert_eq!(ids(p2.json().as_array().unwrap()), ["ag1"]);
     assert_eq!(p2.header("x-next-cursor"), None);
     // Steady heartbeats at its node are not a write each.
+    // Each lease renewal is an HSET too (`{prefix}holders`): counted out. The renewals
+    // are read after the HSETs before and before the HSETs after, so a renewal racing
+    // the window can only make `writes` smaller, never larger.
+    let renewals = || -> u64 {
+        [&n1, &n2, &n3]
+            .iter()
+            .map(|n| metric(n, "chatixia_cluster_lease_renewals_total"))
+            .sum()
+    };
     let before = redis.calls("hset");
+    let renewed = renewals();
     for _ in 0..20 {
         heartbeat(&n1, "ag1", "one.local");
     }
     std::thread::sleep(Duration::from_millis(300));
-    let writes = redis.calls("hset") - before;
+    let renewed = renewals() - renewed;
+    let writes = (redis.calls("hset") - before).saturating_sub(renewed);
     assert!(
         writes <= 2,
         "{writes} mirror writes for 20 steady heartbeats"

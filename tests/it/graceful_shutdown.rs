@@ -23,25 +23,26 @@ fn sigterm_finishes_in_flight_request_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(100));
 
         let addr = srv.addr;
+        // The rest of the body goes once the shutdown has begun (the idle connection
+        // is closed then), and 300 ms later, so that the exit visibly waits for it.
         let finisher = std::thread::spawn(move || {
+            let idle_closed = closed_by_peer(&mut idle);
             std::thread::sleep(Duration::from_millis(300));
             busy.write_all(b"world").unwrap();
             let r = read_response(&mut busy, &mut Vec::new());
             (
+                idle_closed,
                 r.status,
                 r.header("connection").map(str::to_string),
                 closed_by_peer(&mut busy),
             )
         });
         let (status, took) = srv.terminate(Duration::from_secs(5));
-        let (code, conn_header, closed) = finisher.join().unwrap();
+        let (idle_closed, code, conn_header, closed) = finisher.join().unwrap();
+        assert!(idle_closed, "{driver}: idle keep-alive connection closed");
         assert_eq!(code, 405, "{driver}: the in-flight request was answered");
         assert_eq!(conn_header.as_deref(), Some("close"), "{driver}");
         assert!(closed, "{driver}");
-        assert!(
-            closed_by_peer(&mut idle),
-            "{driver}: idle keep-alive connection closed"
-        );
         assert_eq!(status.code(), Some(0), "{driver}: exit status {status}");
         assert!(
             took >= Duration::from_millis(250),

@@ -356,7 +356,9 @@ fn a_handshake_that_does_not_finish_within_the_header_deadline_is_closed() {
         o.args.extend(["--http-header-timeout".into(), "1".into()]);
         let srv = tls::start(o, &files, false);
         let cfg = pki.client();
-        // Silent after connecting; and half a ClientHello.
+        // Silent after connecting; and half a ClientHello. Timed from before the
+        // connects: the server's deadline runs from its accept, which is after.
+        let t = Instant::now();
         let mut silent = TcpStream::connect(srv.tls_addr).unwrap();
         let mut half = TcpStream::connect(srv.tls_addr).unwrap();
         let mut hello = Vec::new();
@@ -369,7 +371,6 @@ fn a_handshake_that_does_not_finish_within_the_header_deadline_is_closed() {
             c.write_tls(&mut hello).unwrap();
         }
         half.write_all(&hello[..hello.len() / 2]).unwrap();
-        let t = Instant::now();
         for s in [&mut silent, &mut half] {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let got = tls::read_raw_until_close(s);
