@@ -18,6 +18,7 @@ mod event;
 pub mod listener;
 mod mailbox;
 pub mod net;
+pub mod pool;
 pub mod recv_ring;
 mod route;
 mod runtime;

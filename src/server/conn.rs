@@ -296,7 +296,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                         }
                     }
                     drop(slot);
-                    router::route_ws(ctx, stream, &req, leftover, peer).await;
+                    // Boxed, as every handler below: an idle keep-alive connection's
+                    // task keeps no room for what a request needs while it runs.
+                    Box::pin(router::route_ws(ctx, stream, &req, leftover, peer)).await;
                     return;
                 }
                 Event::Request(req) if router::takes_connection(&req) => {
@@ -308,14 +310,17 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                     }
                     // The stream's reads are its own from here.
                     drop(rx.take());
-                    router::stream_route(ctx, stream, &req, peer).await;
+                    Box::pin(router::stream_route(ctx, stream, &req, peer)).await;
                     return;
                 }
                 Event::Request(req) => {
                     // Its deadline is met; the next request's starts with its bytes.
                     progress = Progress::default();
                     answered = true;
-                    let resp = router::handle(ctx, &req, peer).await;
+                    // Boxed: the handler's state (up to ~4 KiB: the largest route's)
+                    // lives only while it runs, not in every idle connection's task;
+                    // in a block the shard recycles (`reactor::pool`).
+                    let resp = reactor::pool::boxed(router::handle(ctx, &req, peer)).await;
                     ShardCounters::inc(&ctx.counters.requests_served);
                     let keep_alive = req.keep_alive && !shutdown.is_set();
                     let resp = if req.version_minor == 0 && keep_alive {
@@ -350,8 +355,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             match monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(out)).await {
                 Ok((Ok(_), buf)) => {
                     // A pipelined burst fills a batch up to WRITE_BATCH_SIZE_MAX; a
-                    // connection keeps only a small one between batches.
-                    out = if buf.capacity() > READ_BUFFER_KEPT_MAX {
+                    // connection keeps only a small one between batches, and none
+                    // once it has nothing more to answer (idle memory).
+                    out = if buf.capacity() > READ_BUFFER_KEPT_MAX || parser.buffered_len() == 0 {
                         Vec::new()
                     } else {
                         buf
@@ -364,7 +370,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
         if close {
             if linger {
                 drop(rx.take());
-                linger_close(stream).await;
+                Box::pin(linger_close(stream)).await;
             }
             return;
         }
@@ -385,7 +391,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                 if progress.silent(&parser) {
                     return;
                 }
-                return late(ctx, stream, &progress).await;
+                return Box::pin(late(ctx, stream, &progress)).await;
             }
             Some(d) => (d - now).min(ctx.config.http_idle_timeout),
             None => ctx.config.http_idle_timeout,
@@ -395,11 +401,19 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                 rx = ring.recv(stream.as_raw_fd()).ok();
             }
         }
+        if rx.is_some() {
+            // The multishot receive brings its own buffer (its inbox, allocated as
+            // bytes arrive): a connection waiting on it holds none, and the parser
+            // none between requests.
+            rbuf = Vec::new();
+            parser.release_idle();
+        }
         let outcome = {
+            let buf = std::mem::take(&mut rbuf);
             let read = async {
                 match rx.as_mut() {
-                    Some(rx) => recv_open(rx, &mut stream, rbuf).await,
-                    None => stream.read(rbuf).await,
+                    Some(rx) => recv_open(rx, &mut stream, buf).await,
+                    None => stream.read(buf).await,
                 }
             };
             let mut read = std::pin::pin!(monoio::time::timeout(wait, read));
@@ -437,29 +451,36 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             // request crossing our close finds an orderly end (nothing was read of it:
             // the client may send it again elsewhere) rather than a reset.
             drop(rx.take());
-            linger_close_within(stream, SHUTDOWN_LINGER_TIME_MAX).await;
+            Box::pin(linger_close_within(stream, SHUTDOWN_LINGER_TIME_MAX)).await;
             return;
         };
         match outcome {
             Err(_elapsed) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) && !progress.silent(&parser) {
                     drop(rx.take());
-                    return late(ctx, stream, &progress).await;
+                    return Box::pin(late(ctx, stream, &progress)).await;
                 }
                 // Idle past the timeout, or silent since the accept: close.
                 return;
             }
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
-            Ok((Ok(n), buf)) => {
-                parser.feed(&buf[..n]);
+            Ok((Ok(n), mut buf)) => {
                 progress.read(n, Instant::now());
-                // A multishot receive hands over its inbox, which may have grown large
-                // during a burst; an idle keep-alive connection keeps one read's worth.
-                rbuf = if buf.capacity() > READ_BUFFER_KEPT_MAX {
-                    Vec::with_capacity(READ_CHUNK_SIZE)
+                if rx.is_some() {
+                    // A multishot receive's inbox becomes the parser's buffer (no
+                    // copy), released once its requests are answered (see above).
+                    buf.truncate(n);
+                    parser.feed_vec(buf);
                 } else {
-                    buf
-                };
+                    // A one-shot read's buffer is kept for the next read (one read's
+                    // worth).
+                    parser.feed(&buf[..n]);
+                    rbuf = if buf.capacity() > READ_BUFFER_KEPT_MAX {
+                        Vec::with_capacity(READ_CHUNK_SIZE)
+                    } else {
+                        buf
+                    };
+                }
             }
         }
     }

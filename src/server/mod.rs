@@ -607,7 +607,7 @@ async fn accept_loop(
                     };
                     match (stream, slot) {
                         (Some(stream), Some(slot)) => conn::serve(&ctx, stream, peer, slot).await,
-                        (Some(stream), None) => conn::refuse_over_cap(&ctx, stream).await,
+                        (Some(stream), None) => Box::pin(conn::refuse_over_cap(&ctx, stream)).await,
                         (None, _) => {}
                     }
                     ShardCounters::dec(&ctx.counters.connections_open);

@@ -299,6 +299,18 @@ impl Parser {
         }
     }
 
+    /// [`Parser::feed`] for bytes the caller owns: when nothing is buffered (between
+    /// requests, the usual case) the parser takes the vector as its buffer, without a
+    /// copy or an allocation.
+    pub fn feed_vec(&mut self, bytes: Vec<u8>) {
+        if self.buf.is_empty() && !matches!(self.state, State::Dead) {
+            self.buf = bytes;
+            self.pos = 0;
+        } else {
+            self.feed(&bytes);
+        }
+    }
+
     /// The next event, or `None` when more bytes are needed. After an
     /// [`Event::Error`] it always returns `None`.
     pub fn poll(&mut self) -> Option<Event> {
@@ -361,6 +373,15 @@ impl Parser {
     /// in progress are not counted).
     pub fn buffered_len(&self) -> usize {
         self.buf.len().saturating_sub(self.pos)
+    }
+
+    /// Frees the buffer if nothing is buffered (between requests), so that an idle
+    /// connection's parser holds no memory; the next `feed` allocates again.
+    pub fn release_idle(&mut self) {
+        if self.pos >= self.buf.len() && !matches!(self.state, State::Body { .. }) {
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
     }
 
     /// The bytes after the last yielded request, e.g. WebSocket frames that followed

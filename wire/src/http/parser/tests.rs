@@ -735,3 +735,53 @@ fn compaction_with_many_pipelined_requests() {
     assert_eq!(count, 2000);
     assert!(p.is_idle());
 }
+
+#[test]
+fn release_idle_frees_the_buffer_between_requests_only() {
+    let mut p = parser();
+    // Between requests: nothing buffered, nothing kept.
+    let ev = events(&mut p, b"GET /a HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!(matches!(&ev[..], [Event::Request(r)] if r.path == "/a"));
+    assert!(p.buf.capacity() > 0);
+    p.release_idle();
+    assert_eq!((p.buf.capacity(), p.buffered_len()), (0, 0));
+    // Half a head: kept, and the request completes after more bytes.
+    let ev = events(&mut p, b"GET /b HTTP/1.1\r\nho");
+    assert!(ev.is_empty());
+    p.release_idle();
+    assert_eq!(p.buffered_len(), 19);
+    let ev = events(&mut p, b"st: x\r\n\r\n");
+    assert!(matches!(&ev[..], [Event::Request(r)] if r.path == "/b"));
+    // In a body: kept, whatever is buffered.
+    let ev = events(
+        &mut p,
+        b"POST /c HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nab",
+    );
+    assert!(ev.is_empty(), "{ev:?}");
+    p.release_idle();
+    let ev = events(&mut p, b"cd");
+    assert!(matches!(&ev[..], [Event::Request(r)] if r.body == b"abcd"));
+    p.release_idle();
+    assert_eq!(p.buf.capacity(), 0);
+}
+
+#[test]
+fn feed_vec_takes_the_buffer_when_empty_and_appends_otherwise() {
+    let mut p = parser();
+    let v = b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /b HT".to_vec();
+    let ptr = v.as_ptr();
+    p.feed_vec(v);
+    assert_eq!(p.buf.as_ptr(), ptr, "taken without a copy");
+    let ev = drain(&mut p);
+    assert!(matches!(&ev[..], [Event::Request(r)] if r.path == "/a"));
+    // Half a request buffered: the next bytes are appended.
+    p.feed_vec(b"TP/1.1\r\nhost: x\r\n\r\n".to_vec());
+    let ev = drain(&mut p);
+    assert!(matches!(&ev[..], [Event::Request(r)] if r.path == "/b"));
+    // After an error, ignored as `feed` is.
+    let mut p = parser();
+    p.feed(b"\x00\x00\x00 garbage\r\n\r\n");
+    assert!(matches!(drain(&mut p)[..], [Event::Error(_)]));
+    p.feed_vec(b"GET / HTTP/1.1\r\n\r\n".to_vec());
+    assert!(drain(&mut p).is_empty());
+}

@@ -574,7 +574,9 @@ impl Drop for TimerEntry {
     }
 }
 
-#[cfg_attr(target_arch = "x86_64", repr(align(128)))]
-#[cfg_attr(not(target_arch = "x86_64"), repr(align(64)))]
+// chatixia-core patch (README.chatixia.md): no padding. tokio's timer pads these for
+// threads that share a timer; monoio's timers never leave their thread (`Cell`,
+// `RefCell`), and the 128-byte alignment made every `Sleep` 640 bytes and every
+// future holding one 128-aligned, padding each connection's task by kilobytes.
 #[derive(Debug, Default)]
 struct CachePadded<T>(T);
