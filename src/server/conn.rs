@@ -496,8 +496,9 @@ async fn recv_open(
     loop {
         let (r, mut b) = rx.recv(buf).await;
         match r {
-            Ok(n) if n > 0 => match stream.open(&mut b, n) {
-                Ok(0) => buf = b,
+            Ok(n) if n > 0 => match stream.open_received(&mut b, n) {
+                // No whole record yet: wait holding no buffer (the inbox allocates).
+                Ok(0) => buf = Vec::new(),
                 r => return (r, b),
             },
             r => return (r, b),

@@ -52,11 +52,13 @@ pub struct TlsState {
 
 impl TlsState {
     /// Decrypts `buf[..n]` into `buf` (see [`Transport::open`]); an alert for a broken
-    /// connection stays in the session's outgoing bytes.
-    fn open(&mut self, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+    /// connection stays in the session's outgoing bytes. The decrypted bytes' buffer has
+    /// room for at least `capacity_min` bytes (a caller that reads into it next), else
+    /// about `n` (a caller that hands it on: no 4 KiB block per request).
+    fn open(&mut self, buf: &mut Vec<u8>, n: usize, capacity_min: usize) -> io::Result<usize> {
         let mut plain = SPARE.take();
         plain.clear();
-        plain.reserve(n.max(SPARE_BYTES_MIN));
+        plain.reserve(n.max(capacity_min));
         let r = self
             .session
             .receive(&mut buf[..n], &mut |p| plain.extend_from_slice(p));
@@ -203,10 +205,21 @@ impl Transport {
     ///
     /// [`read_raw`]: Transport::read_raw
     pub fn open(&mut self, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+        self.open_with(buf, n, SPARE_BYTES_MIN)
+    }
+
+    /// [`Transport::open`] for a caller that hands the bytes on rather than reading into
+    /// the buffer again (the HTTP loop's multishot receive: the parser takes it): over
+    /// TLS the buffer is sized by what arrived, not one read's worth.
+    pub fn open_received(&mut self, buf: &mut Vec<u8>, n: usize) -> io::Result<usize> {
+        self.open_with(buf, n, 0)
+    }
+
+    fn open_with(&mut self, buf: &mut Vec<u8>, n: usize, capacity_min: usize) -> io::Result<usize> {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(n);
         };
-        tls.open(buf, n).inspect_err(|e| {
+        tls.open(buf, n, capacity_min).inspect_err(|e| {
             if e.kind() != io::ErrorKind::UnexpectedEof {
                 // The alert (bad record, decode error …) goes out now, best-effort and
                 // without waiting: the caller closes the connection on this error.
@@ -344,7 +357,7 @@ impl ReadHalf {
                 Ok(n) => n,
                 Err(e) => return (Err(e), buf),
             };
-            match tls.borrow_mut().open(&mut buf, n) {
+            match tls.borrow_mut().open(&mut buf, n, SPARE_BYTES_MIN) {
                 Ok(0) => {}
                 Ok(m) => return (Ok(m), buf),
                 // The peer's `close_notify`: the end of the stream.

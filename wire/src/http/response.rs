@@ -110,7 +110,15 @@ impl Response {
             500
         };
         let bodyless = status < 200 || status == 204 || status == 304;
-        out.reserve(128 + self.body.len());
+        // Everything this writes, so that a fresh buffer is allocated once: the fixed
+        // lines are under 192 bytes (status line, content-length, the two CORS lines,
+        // connection, content type), then each header and the body.
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum();
+        out.reserve(192 + self.content_type.map_or(0, str::len) + headers + self.body.len());
         out.extend_from_slice(b"HTTP/1.1 ");
         push_decimal(out, u64::from(status));
         out.push(b' ');
