@@ -167,6 +167,16 @@ impl<F: Future> Drop for LocalBox<F> {
 // like `Box`.
 impl<F: Future> Unpin for LocalBox<F> {}
 
+impl<F: Future> LocalBox<F> {
+    /// Whether the future sits in a pooled block (not the `Box` fallback for futures
+    /// too large or too aligned): a caller on a hot path asserts it in debug builds, so
+    /// that a handler growing past the classes shows in tests rather than as a slower
+    /// allocation per request.
+    pub fn is_pooled(&self) -> bool {
+        matches!(self.inner, Inner::Pooled { .. })
+    }
+}
+
 /// Free blocks this thread keeps, per class (for tests and metrics).
 pub fn free_blocks() -> usize {
     FREE.try_with(|f| f.borrow().0.iter().map(Vec::len).sum())
@@ -212,6 +222,7 @@ mod tests {
         assert_eq!(free_blocks(), before + 1, "the block went back to the pool");
         // The next future of that class takes it.
         let f = boxed(async move { big.len() });
+        assert!(f.is_pooled());
         assert_eq!(free_blocks(), before);
         drop(f);
         assert_eq!(free_blocks(), before + 1);
@@ -273,7 +284,7 @@ mod tests {
             let a = a;
             a.0
         });
-        assert!(matches!(f.inner, Inner::Boxed(_)));
+        assert!(!f.is_pooled());
         assert_eq!(block_on(f), 3);
         let huge = [1u8; POOLED_SIZE_MAX + 1];
         let f = boxed(async move { huge.len() });

@@ -320,7 +320,12 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                     // Boxed: the handler's state (up to ~4 KiB: the largest route's)
                     // lives only while it runs, not in every idle connection's task;
                     // in a block the shard recycles (`reactor::pool`).
-                    let resp = reactor::pool::boxed(router::handle(ctx, &req, peer)).await;
+                    let handler = reactor::pool::boxed(router::handle(ctx, &req, peer));
+                    debug_assert!(
+                        handler.is_pooled(),
+                        "the handler outgrew the pool's classes"
+                    );
+                    let resp = handler.await;
                     ShardCounters::inc(&ctx.counters.requests_served);
                     let keep_alive = req.keep_alive && !shutdown.is_set();
                     let resp = if req.version_minor == 0 && keep_alive {
