@@ -64,6 +64,22 @@ fn backoff(fails: u32) -> Duration {
         .min(RETRY_MAX)
 }
 
+/// Failures in a row of one of a shard's connections, for [`backoff`]: a connection
+/// that came up and later failed starts the count again.
+#[derive(Default)]
+struct Failures(u32);
+
+impl Failures {
+    /// A failed attempt: waits out the backoff. `came_up`: the attempt had connected.
+    async fn wait(&mut self, came_up: bool) {
+        if came_up {
+            self.0 = 0;
+        }
+        self.0 += 1;
+        monoio::time::sleep(backoff(self.0)).await;
+    }
+}
+
 /// Bytes one read of the subscription takes.
 const READ_CHUNK: usize = 64 << 10;
 
@@ -268,7 +284,7 @@ fn refused(replies: &[Value]) -> Option<String> {
 /// until the link stops for good.
 pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration) {
     let name = client_name(link.node_id(), "p", link.shard());
-    let mut fails = 0;
+    let mut fails = Failures::default();
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
@@ -281,7 +297,7 @@ pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration
             // connection. The link down: dropped, as the link drops the relays it holds
             // when it goes down (they would go out seconds late, if ever).
             Ok(()) => {
-                fails = 0;
+                fails = Failures::default();
                 if link.current_generation().is_none() {
                     pipe.0.out.borrow_mut().clear();
                 }
@@ -290,12 +306,7 @@ pub async fn run_publisher(link: ShardLink, pipe: Pipe, probe_interval: Duration
                 tracing::debug!(shard = link.shard(), error = %e, "shard's Redis publisher");
                 // Not written (and no way to know when it could be): dropped, as above.
                 pipe.0.out.borrow_mut().clear();
-                // A connection that came up and later failed starts the backoff again.
-                if pipe.stats().connects > connects {
-                    fails = 0;
-                }
-                fails += 1;
-                monoio::time::sleep(backoff(fails)).await;
+                fails.wait(pipe.stats().connects > connects).await;
             }
         }
     }
@@ -415,7 +426,7 @@ pub async fn run_subscriber(
     mut deliver: impl FnMut(&[u8], &[u8]),
 ) {
     let name = client_name(link.node_id(), "s", link.shard());
-    let mut fails = 0;
+    let mut fails = Failures::default();
     while !link.is_closed() {
         let Some(d) = link.direct() else {
             monoio::time::sleep(RETRY).await;
@@ -426,13 +437,9 @@ pub async fn run_subscriber(
         pipe.0.sub_up.set(false);
         if let Err(e) = r {
             tracing::debug!(shard = link.shard(), error = %e, "shard's Redis subscription");
-            if pipe.stats().connects > connects {
-                fails = 0;
-            }
-            fails += 1;
-            monoio::time::sleep(backoff(fails)).await;
+            fails.wait(pipe.stats().connects > connects).await;
         } else {
-            fails = 0;
+            fails = Failures::default();
         }
     }
 }

@@ -164,8 +164,7 @@ impl<F: Future> Drop for LocalBox<F> {
 }
 
 // `LocalBox` holds a raw pointer, so it is neither `Send` nor `Sync`; it is `Unpin`
-// like `Box`.
-impl<F: Future> Unpin for LocalBox<F> {}
+// (a pointer or a `Pin<Box>`) like `Box`.
 
 impl<F: Future> LocalBox<F> {
     /// Whether the future sits in a pooled block (not the `Box` fallback for futures
@@ -177,8 +176,9 @@ impl<F: Future> LocalBox<F> {
     }
 }
 
-/// Free blocks this thread keeps, per class (for tests and metrics).
-pub fn free_blocks() -> usize {
+/// Free blocks this thread keeps, all classes.
+#[cfg(test)]
+fn free_blocks() -> usize {
     FREE.try_with(|f| f.borrow().0.iter().map(Vec::len).sum())
         .unwrap_or(0)
 }

@@ -237,6 +237,22 @@ fn shard_metric(srv: &Server, name: &str) -> u64 {
         .sum()
 }
 
+/// The start of the relay tests: two nodes of `cores` shards at `url`, alice at n1 and
+/// bob at n2, each listing the other, and every shard's own Redis connections up.
+fn alice_and_bob_across(url: &str, cores: usize) -> (Server, Server, Ws, Ws) {
+    let k = keys(KEYS);
+    let n1 = node_at(url, "n1", cores, &k, "10");
+    let n2 = node_at(url, "n2", cores, &k, "10");
+    let mut alice = peer(&n1, "alice");
+    let mut bob = peer(&n2, "bob");
+    let w = Duration::from_secs(10);
+    list_until(&mut alice, "alice", &["bob"], w);
+    list_until(&mut bob, "bob", &["alice"], w);
+    pipes_up(&n1, cores as u64);
+    pipes_up(&n2, cores as u64);
+    (n1, n2, alice, bob)
+}
+
 /// Waits until every shard of `srv` has its own connections to Redis up (both).
 fn pipes_up(srv: &Server, cores: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -251,16 +267,7 @@ fn relays_across_nodes_go_through_the_shards_own_connections_and_outlive_a_kille
     let Some(redis) = redis::start(&[]) else {
         return;
     };
-    let k = keys(KEYS);
-    let n1 = node(&redis, "n1", 2, &k, "10");
-    let n2 = node(&redis, "n2", 2, &k, "10");
-    let mut alice = peer(&n1, "alice");
-    let mut bob = peer(&n2, "bob");
-    let w = Duration::from_secs(10);
-    list_until(&mut alice, "alice", &["bob"], w);
-    list_until(&mut bob, "bob", &["alice"], w);
-    pipes_up(&n1, 2);
-    pipes_up(&n2, 2);
+    let (n1, n2, mut alice, mut bob) = alice_and_bob_across(&redis.url(), 2);
     // Both ways, each relay one command on the sending shard's own connection and one
     // delivery on the receiving shard's own subscription: the link threads carry none.
     let sent = shard_metric(&n1, "chatixia_cluster_pipe_commands_total");
@@ -295,7 +302,7 @@ fn relays_across_nodes_go_through_the_shards_own_connections_and_outlive_a_kille
     for i in 0..20 {
         relay(&mut alice, "alice", &mut bob, "bob", 200 + i);
     }
-    let deadline = Instant::now() + w;
+    let deadline = Instant::now() + Duration::from_secs(10);
     while shard_metric(&n2, "chatixia_cluster_pipe_connects_total") < connects + 2 {
         assert!(
             Instant::now() < deadline,
@@ -318,15 +325,7 @@ fn through_a_sentinel_failover_relays_across_nodes_arrive_exactly_once() {
     let Some((primary, replica, sentinel, url)) = redis::sentinel_pair() else {
         return;
     };
-    let k = keys(KEYS);
-    let n1 = node_at(&url, "n1", 1, &k, "10");
-    let n2 = node_at(&url, "n2", 1, &k, "10");
-    let mut alice = peer(&n1, "alice");
-    let mut bob = peer(&n2, "bob");
-    let w = Duration::from_secs(10);
-    list_until(&mut alice, "alice", &["bob"], w);
-    pipes_up(&n1, 1);
-    pipes_up(&n2, 1);
+    let (n1, n2, mut alice, mut bob) = alice_and_bob_across(&url, 1);
     relay(&mut alice, "alice", &mut bob, "bob", 0);
     // A failover the Sentinel is asked for: the old primary lives on, as a replica of
     // the new one (which passes its publishes on to it).
@@ -369,16 +368,7 @@ fn relays_stay_in_order_while_the_shards_own_connection_comes_and_goes() {
     let Some(redis) = redis::start(&[]) else {
         return;
     };
-    let k = keys(KEYS);
-    let n1 = node(&redis, "n1", 1, &k, "10");
-    let n2 = node(&redis, "n2", 1, &k, "10");
-    let mut alice = peer(&n1, "alice");
-    let mut bob = peer(&n2, "bob");
-    let w = Duration::from_secs(10);
-    list_until(&mut alice, "alice", &["bob"], w);
-    list_until(&mut bob, "bob", &["alice"], w);
-    pipes_up(&n1, 1);
-    pipes_up(&n2, 1);
+    let (_n1, _n2, mut alice, mut bob) = alice_and_bob_across(&redis.url(), 1);
     relay(&mut alice, "alice", &mut bob, "bob", 0);
     // While alice streams offers, n1's publisher is killed again and again: each time
     // the shard sends through the link until its own connection is back, then through
@@ -1711,16 +1701,9 @@ fn relays_across_nodes_are_counted_as_publishes() {
     let Some(redis) = redis::start(&[]) else {
         return;
     };
-    let k = keys(KEYS);
-    let n1 = node(&redis, "n1", 1, &k, "10");
-    let n2 = node(&redis, "n2", 1, &k, "10");
-    let mut alice = peer(&n1, "alice");
-    let mut bob = peer(&n2, "bob");
-    list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
     // Through the shards' own connections too (they come up a moment after the link:
-    // without this wait the test raced them).
-    pipes_up(&n1, 1);
-    pipes_up(&n2, 1);
+    // the helper waits for them, else the test raced them).
+    let (n1, _n2, mut alice, mut bob) = alice_and_bob_across(&redis.url(), 1);
     for i in 0..3 {
         relay(&mut alice, "alice", &mut bob, "bob", i);
     }
@@ -2202,16 +2185,7 @@ fn a_burst_of_relays_while_redis_stalls_arrives_in_order() {
     let Some(redis) = redis::start(&[]) else {
         return;
     };
-    let k = keys(KEYS);
-    let n1 = node(&redis, "n1", 1, &k, "10");
-    let n2 = node(&redis, "n2", 1, &k, "10");
-    let mut alice = peer(&n1, "alice");
-    let mut bob = peer(&n2, "bob");
-    let w = Duration::from_secs(10);
-    list_until(&mut alice, "alice", &["bob"], w);
-    list_until(&mut bob, "bob", &["alice"], w);
-    pipes_up(&n1, 1);
-    pipes_up(&n2, 1);
+    let (n1, _n2, mut alice, mut bob) = alice_and_bob_across(&redis.url(), 1);
     relay(&mut alice, "alice", &mut bob, "bob", 0);
     let signal = |s: &str| redis.signal(s);
     let pad = "x".repeat(60_000);
