@@ -62,6 +62,15 @@ impl Charge {
         }
     }
 
+    /// Whether this is [`Charge::of`]`(p)` (without building it).
+    pub fn is_of(&self, p: &Principal) -> bool {
+        match (self, &p.peer, p.admin) {
+            (Charge::Admin(c), Some(id), true) | (Charge::Agent(c), Some(id), false) => c == id,
+            (Charge::Anonymous(c), None, _) => *c == p.address,
+            _ => false,
+        }
+    }
+
     /// What a loaded task is charged to: its creator as stored (`None`: a record
     /// written before creators were kept, charged as anonymous with no address, so that
     /// it counts against the anonymous share rather than escape it).

@@ -303,6 +303,22 @@ impl<K: Hash + Eq> ClientLedger<K> {
         self.charged.get(key)
     }
 
+    /// Whether `key` is charged `bytes`, wholly to the client `holder` accepts: then
+    /// charging it so again changes nothing, and [`admit`](Self::admit) would admit it.
+    pub fn is_charged<Q: Hash + Eq + ?Sized>(
+        &self,
+        key: &Q,
+        holder: impl FnOnce(&Charge) -> bool,
+        bytes: usize,
+    ) -> bool
+    where
+        K: Borrow<Q>,
+    {
+        self.charged
+            .get(key)
+            .is_some_and(|l| l.extra.is_none() && l.bytes == bytes && holder(&l.holder))
+    }
+
     /// Charges `key` `bytes` to `client` (the caller has removed any earlier charge).
     pub fn charge(&mut self, key: K, client: Charge, bytes: usize) {
         self.put(key, Line::new(client, bytes));

@@ -168,6 +168,24 @@ impl AgentRecord {
         })
     }
 
+    /// A heartbeat's change of a known record: what it carries replaces what the record
+    /// held (an empty `sidecar_peer_id` keeps the known one), and the agent is active.
+    fn beat(&mut self, hb: &Heartbeat, now: UnixTime) {
+        self.last_heartbeat = now;
+        self.health = Health::Active;
+        let info = &mut self.info;
+        info.hostname.clone_from(&hb.hostname);
+        info.ip.clone_from(&hb.ip);
+        info.port = hb.port;
+        info.status.clone_from(&hb.status);
+        info.mode.clone_from(&hb.mode);
+        info.capabilities.skills.clone_from(&hb.skill_names);
+        info.capabilities.goals_count = hb.goals_count;
+        if !hb.sidecar_peer_id.is_empty() {
+            info.sidecar_peer_id.clone_from(&hb.sidecar_peer_id);
+        }
+    }
+
     fn new(info: AgentInfo, now: UnixTime) -> Self {
         AgentRecord {
             info,
@@ -315,6 +333,13 @@ pub struct AgentStore {
     /// request that is not a steady one of the agent's holder here is checked against
     /// Redis first ([`AgentRefusal::AskCluster`], `registry::bindings`).
     cluster_bindings: bool,
+    /// Tests: every heartbeat takes the general path (`binding.rs`'s steady one is off),
+    /// to compare the two.
+    #[cfg(test)]
+    general_only: bool,
+    /// Tests: heartbeats that took the steady path.
+    #[cfg(test)]
+    steady_taken: usize,
 }
 
 impl AgentStore {
@@ -328,6 +353,10 @@ impl AgentStore {
             saving: HashSet::new(),
             mirror: None,
             cluster_bindings: false,
+            #[cfg(test)]
+            general_only: false,
+            #[cfg(test)]
+            steady_taken: 0,
         }
     }
 
@@ -386,19 +415,7 @@ impl AgentStore {
         match self.agents.entry(hb.agent_id.clone()) {
             Entry::Occupied(e) => {
                 let rec = e.into_mut();
-                rec.last_heartbeat = now;
-                rec.health = Health::Active;
-                let info = &mut rec.info;
-                info.hostname.clone_from(&hb.hostname);
-                info.ip.clone_from(&hb.ip);
-                info.port = hb.port;
-                info.status.clone_from(&hb.status);
-                info.mode.clone_from(&hb.mode);
-                info.capabilities.skills.clone_from(&hb.skill_names);
-                info.capabilities.goals_count = hb.goals_count;
-                if !hb.sidecar_peer_id.is_empty() {
-                    info.sidecar_peer_id.clone_from(&hb.sidecar_peer_id);
-                }
+                rec.beat(hb, now);
                 Ok(rec)
             }
             Entry::Vacant(_) if full => Err(refusal),

@@ -15,6 +15,7 @@
 //! charge.
 
 use super::{AgentInfo, AgentRecord, AgentStore, Heartbeat};
+use crate::limits::principal::Principal;
 use crate::limits::{Budget as LimitBudget, Charge, ClientLedger, Line, Names, Refusal};
 use crate::time::UnixTime;
 
@@ -104,6 +105,41 @@ pub fn agent_bytes(r: &AgentRecord) -> usize {
         + list(&i.capabilities.mcp_servers)
 }
 
+/// The bytes the record of `hb.agent_id` is charged once `hb` is applied to `known`
+/// (its record, if held): [`agent_bytes`] of what [`AgentStore::heartbeat`] leaves. The
+/// heartbeat's fields, and what it keeps of a known record (its capabilities' mode and
+/// MCP servers, its sidecar id when the heartbeat has none); a new record's
+/// capabilities' mode is the heartbeat's mode.
+pub(super) fn heartbeat_bytes(known: Option<&AgentRecord>, hb: &Heartbeat) -> usize {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| s.len() + ITEM_OVERHEAD_BYTES)
+            .sum::<usize>()
+    };
+    let kept = match known {
+        Some(r) => {
+            let i = &r.info;
+            i.capabilities.mode.len()
+                + list(&i.capabilities.mcp_servers)
+                + if hb.sidecar_peer_id.is_empty() {
+                    i.sidecar_peer_id.len()
+                } else {
+                    0
+                }
+        }
+        None => hb.mode.len(),
+    };
+    AGENT_OVERHEAD_BYTES
+        + kept
+        + hb.agent_id.len()
+        + hb.hostname.len()
+        + hb.ip.len()
+        + hb.sidecar_peer_id.len()
+        + hb.status.len()
+        + hb.mode.len()
+        + list(&hb.skill_names)
+}
+
 /// Accounting state (part of [`AgentStore`]).
 #[derive(Clone, Debug, Default)]
 pub(super) struct Budget {
@@ -118,6 +154,12 @@ pub(super) struct Budget {
 impl Budget {
     fn uncharge(&mut self, id: &str) -> Option<Line> {
         self.ledger.uncharge(id)
+    }
+
+    /// Whether `id` is charged `bytes`, wholly to `by`'s client: a change that leaves it
+    /// so needs no admission and no new charge.
+    pub(super) fn is_charged_to(&self, id: &str, by: &Principal, bytes: usize) -> bool {
+        self.ledger.is_charged(id, |c| c.is_of(by), bytes)
     }
 
     fn charge(&mut self, id: &str, client: Charge, bytes: usize) {
@@ -223,33 +265,7 @@ impl AgentStore {
         client: &Charge,
         now: UnixTime,
     ) -> Result<(), Refusal> {
-        // What the record will hold: the heartbeat's fields, plus the kept ones.
-        let kept = self.agents.get(&hb.agent_id).map_or(0, |r| {
-            let i = &r.info;
-            i.capabilities.mode.len()
-                + i.capabilities
-                    .mcp_servers
-                    .iter()
-                    .map(|s| s.len() + ITEM_OVERHEAD_BYTES)
-                    .sum::<usize>()
-                + if hb.sidecar_peer_id.is_empty() {
-                    i.sidecar_peer_id.len()
-                } else {
-                    0
-                }
-        });
-        let new = AGENT_OVERHEAD_BYTES
-            + kept
-            + hb.agent_id.len()
-            + hb.hostname.len()
-            + hb.ip.len()
-            + hb.sidecar_peer_id.len()
-            + hb.status.len()
-            + 2 * hb.mode.len()
-            + hb.skill_names
-                .iter()
-                .map(|s| s.len() + ITEM_OVERHEAD_BYTES)
-                .sum::<usize>();
+        let new = heartbeat_bytes(self.agents.get(&hb.agent_id), hb);
         self.budget
             .admit(&hb.agent_id, client, new, self.config.agents_max)?;
         if self.heartbeat(hb, now).is_err() {
@@ -286,6 +302,31 @@ mod tests {
 
     fn info(id: &str, host: &str) -> AgentInfo {
         parse_body(format!(r#"{{"agent_id":"{id}","hostname":"{host}"}}"#).as_bytes()).unwrap()
+    }
+
+    /// A heartbeat that changes nothing adds nothing, so it is admitted at the client's
+    /// byte quota: the bytes it is held to are the record's after it (the capabilities'
+    /// mode kept, not counted a second time from the heartbeat's mode).
+    #[test]
+    fn an_unchanged_heartbeat_with_a_mode_is_admitted_at_the_quota() {
+        let hb: Heartbeat =
+            parse_body(br#"{"agent_id":"a1","mode":"relay","skill_names":["x"]}"#).unwrap();
+        let mut probe = AgentStore::new(AgentStoreConfig::default());
+        probe.heartbeat_for(&hb, &anon("10.0.0.1"), T0).unwrap();
+        let bytes = probe.usage(&anon("10.0.0.1")).1 .1;
+        let mut s = AgentStore::new(AgentStoreConfig::default());
+        s.set_budget(AgentBudgetConfig {
+            client_bytes_max: bytes,
+            ..AgentBudgetConfig::default()
+        });
+        s.heartbeat_for(&hb, &anon("10.0.0.1"), T0).unwrap();
+        assert_eq!(s.heartbeat_for(&hb, &anon("10.0.0.1"), T0), Ok(()));
+        // One more byte is more than the quota.
+        let mut grown = hb.clone();
+        grown.hostname = "h".into();
+        let e = s.heartbeat_for(&grown, &anon("10.0.0.1"), T0).unwrap_err();
+        assert!(matches!(e, Refusal::ClientQuota { .. }), "{e:?}");
+        s.assert_budget_consistent();
     }
 
     #[test]
