@@ -88,6 +88,9 @@ struct Inner<M> {
     /// Reservations held on the local queue (see `mailbox::RESERVED_MAX`).
     local_reserved: Cell<usize>,
     handler: RefCell<Option<Handler<M>>>,
+    /// The handler is running (a message being applied): an ask to this shard made
+    /// meanwhile is queued, never applied inside it.
+    in_handler: Cell<bool>,
     pending: RefCell<Slab<PendingState<M>>>,
     mailbox_waker: RefCell<Option<Waker>>,
     sent: Cell<u64>,
@@ -127,6 +130,7 @@ impl<M: Send + 'static> Shard<M> {
                 local: RefCell::new(VecDeque::new()),
                 local_reserved: Cell::new(0),
                 handler: RefCell::new(None),
+                in_handler: Cell::new(false),
                 pending: RefCell::new(Slab::new()),
                 mailbox_waker: RefCell::new(None),
                 sent: Cell::new(0),
@@ -214,7 +218,21 @@ impl<M: Send + 'static> Shard<M> {
     /// before the future is first polled; a full lane resolves it to `AskError::Full`.
     pub fn ask(&self, to: ShardId, msg: M) -> Ask<M> {
         let inner = &self.inner;
-        if to != inner.id {
+        if to == inner.id {
+            if let Some(handler) = self.direct_handler() {
+                // Applied now, as the mailbox would apply it if it ran now: nothing is
+                // queued before it (see `direct_handler`). Saves the ask's trip
+                // through the local queue: a slot, two wakeups and a second poll of
+                // the asker (about 3% of a heartbeat's CPU on one shard).
+                let entered = Entered::new(&inner.in_handler);
+                let reply = handler(inner.id, msg);
+                drop(entered);
+                return Ask {
+                    shard: self.clone(),
+                    state: AskState::Ready(reply),
+                };
+            }
+        } else {
             let lane = inner.out[to]
                 .as_ref()
                 .expect("lane to another shard")
@@ -251,6 +269,28 @@ impl<M: Send + 'static> Shard<M> {
                 }
             }
         }
+    }
+
+    /// The handler, when an ask to this shard may be applied at once instead of
+    /// queued: one is installed, none is running (no re-entry), the shard is not
+    /// exiting, and no message waits in the local queue or an inbound ring. Then the
+    /// mailbox, draining now, would apply the ask before anything else; anything a
+    /// task could know was sent to this shard before its ask (a tell pushed before the
+    /// reply it has read, say) is still in a ring, and the ask is queued behind it.
+    fn direct_handler(&self) -> Option<Handler<M>> {
+        let inner = &self.inner;
+        if inner.in_handler.get() || inner.exit.is_set() || !inner.local.borrow().is_empty() {
+            return None;
+        }
+        if inner
+            .inb
+            .iter()
+            .flatten()
+            .any(|l| !l.borrow().fwd.is_empty())
+        {
+            return None;
+        }
+        inner.handler.borrow().clone()
     }
 
     /// Asks every shard (this one included) with the message `make(shard)` and
@@ -437,6 +477,8 @@ impl<M: Send + 'static> Shard<M> {
             Some(h) => h,
             None => return Drained::default(),
         };
+        // Asks made while a message is applied are queued (`direct_handler`).
+        let _entered = Entered::new(&inner.in_handler);
         let mut handled = 0;
         // Replies first: they complete work already started.
         for lane in inner.out.iter() {
@@ -610,7 +652,26 @@ impl<M: Send + 'static> Future for SleepFuture<'_, M> {
     }
 }
 
+/// Marks the shard's handler as running while it lives (`Inner::in_handler`), also
+/// when the handler panics.
+struct Entered<'a>(&'a Cell<bool>);
+
+impl<'a> Entered<'a> {
+    fn new(flag: &'a Cell<bool>) -> Self {
+        flag.set(true);
+        Entered(flag)
+    }
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 enum AskState<M> {
+    /// Applied when asked ([`Shard::direct_handler`]): the handler's reply.
+    Ready(Option<M>),
     Waiting(usize),
     Failed(Option<AskError<M>>),
     Finished,
@@ -632,6 +693,11 @@ impl<M> Future for Ask<M> {
                 let e = e.take().expect("polled after completion");
                 self.state = AskState::Finished;
                 Poll::Ready(Err(e))
+            }
+            AskState::Ready(r) => {
+                let r = r.take();
+                self.state = AskState::Finished;
+                Poll::Ready(r.ok_or(AskError::NoReply))
             }
             AskState::Finished => panic!("Ask polled after completion"),
             AskState::Waiting(id) => {
