@@ -12,6 +12,7 @@
 #         one offer in flight, under --cores 2: on different shards (relay) or on the
 #         same one (relay-local); needs Python `websockets`, from target/pyenv)
 #   CALLGRIND_ARGS: extra valgrind arguments (e.g. --toggle-collect=...)
+#   KEEP_CALLGRIND=DIR: keep each run's callgrind profile there (callgrind_annotate)
 #   e.g. scripts/bench-instructions.sh heartbeat 500 2500 /tmp/base/chatixia-core target/release/chatixia-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,6 +112,10 @@ PY
   local f
   f=$(ls -t "$OUT"/cg.* | head -1)
   awk '/^summary:/ {print $2}' "$f"
+  # KEEP_CALLGRIND=DIR: keep each run's profile (for callgrind_annotate).
+  if [ -n "${KEEP_CALLGRIND:-}" ]; then
+    mkdir -p "$KEEP_CALLGRIND"; cp "$f" "$KEEP_CALLGRIND/$(basename "$1").$2.callgrind"
+  fi
   rm -f "$OUT"/cg.*
   rm -rf "$run"
 }

@@ -134,9 +134,10 @@ pub struct Request {
 impl Request {
     /// Value of the first header field with this name (compared case-insensitively).
     pub fn header(&self, name_lowercase: &str) -> Option<&str> {
+        let name = name_lowercase.as_bytes();
         self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name_lowercase))
+            .matching(|n| n.eq_ignore_ascii_case(name))
+            .next()
             .map(|(_, v)| v)
     }
 
@@ -187,9 +188,8 @@ impl Request {
 
 fn header_has_token(headers: &Headers, name: &str, token: &str) -> bool {
     headers
-        .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .flat_map(|(_, v)| v.split(','))
+        .values(name)
+        .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
@@ -542,8 +542,8 @@ impl Parser {
         let framing = body_framing(&headers, version_minor, &self.limits).map_err(Some)?;
         let expects_continue = version_minor >= 1
             && headers
-                .iter()
-                .any(|(n, v)| n == "expect" && v.trim().eq_ignore_ascii_case("100-continue"));
+                .values("expect")
+                .any(|v| v.trim().eq_ignore_ascii_case("100-continue"));
 
         let req = Request {
             method,
@@ -618,7 +618,7 @@ fn map_httparse_error(e: httparse::Error) -> HttpError {
 /// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` field; an HTTP/1.0 one
 /// at most one. Anything else is 400.
 fn check_host(headers: &Headers, version_minor: u8) -> Result<(), HttpError> {
-    match headers.iter().filter(|(n, _)| *n == "host").count() {
+    match headers.values("host").count() {
         0 if version_minor >= 1 => Err(HttpError::bad_request(
             "missing Host header (required in HTTP/1.1)",
         )),
@@ -630,8 +630,8 @@ fn check_host(headers: &Headers, version_minor: u8) -> Result<(), HttpError> {
 /// RFC 9110 §10.1.1: the only expectation we meet is `100-continue`; any other gives
 /// `417 Expectation Failed`.
 fn check_expect(headers: &Headers) -> Result<(), HttpError> {
-    for (name, value) in headers {
-        if name == "expect" && !value.trim().eq_ignore_ascii_case("100-continue") {
+    for value in headers.values("expect") {
+        if !value.trim().eq_ignore_ascii_case("100-continue") {
             return Err(HttpError::new(
                 417,
                 format!(
@@ -684,7 +684,8 @@ fn body_framing(
     let mut content_length: Option<u64> = None;
     let mut has_te = false;
     let mut te_codings: Vec<&str> = Vec::new();
-    for (name, value) in headers {
+    let framing = |n: &[u8]| n == b"content-length" || n == b"transfer-encoding";
+    for (name, value) in headers.matching(framing) {
         if name == "content-length" {
             // A list of identical values ("5, 5") is allowed; anything else is not.
             for item in value.split(',') {

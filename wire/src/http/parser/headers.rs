@@ -91,6 +91,27 @@ impl Headers {
         self.iter().nth(i)
     }
 
+    /// `(name, value)` of the fields whose name (lower-case bytes) `wanted` accepts, in
+    /// arrival order. Within the index a field that is not wanted costs a length and a
+    /// byte comparison, no `str` (the lookups of every request: its framing, `Host`,
+    /// `Connection`, `Expect`, its credentials, its content type).
+    pub fn matching<P: Fn(&[u8]) -> bool>(&self, wanted: P) -> Matching<'_, P> {
+        Matching {
+            headers: self,
+            wanted,
+            next: 0,
+            start: 0,
+            rest: None,
+        }
+    }
+
+    /// The values of the fields called `name` (compared ASCII case-insensitively), in
+    /// arrival order.
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.matching(move |n| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+
     /// The `i`-th field, one of the first `indexed`.
     fn indexed_field(&self, i: usize) -> (&str, &str) {
         let start = if i == 0 {
@@ -149,6 +170,40 @@ impl<'a> Iterator for Iter<'a> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.headers.len - self.next;
         (left, Some(left))
+    }
+}
+
+/// Iterator of [`Headers::matching`].
+pub struct Matching<'a, P> {
+    headers: &'a Headers,
+    wanted: P,
+    /// Next indexed field, and where its name starts.
+    next: usize,
+    start: usize,
+    /// Past the index: the scan of the remaining fields.
+    rest: Option<std::iter::Skip<Iter<'a>>>,
+}
+
+impl<'a, P: Fn(&[u8]) -> bool> Iterator for Matching<'a, P> {
+    type Item = (&'a str, &'a str);
+    fn next(&mut self) -> Option<Self::Item> {
+        let h = self.headers;
+        let bytes = h.text.as_bytes();
+        while self.next < h.indexed {
+            let (name_end, value_end) = h.ends[self.next];
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let start = self.start;
+            self.next += 1;
+            self.start = value_end + 1;
+            if bytes.get(start..name_end).is_some_and(|n| (self.wanted)(n)) {
+                return Some(h.indexed_field(self.next - 1));
+            }
+        }
+        if h.indexed == h.len {
+            return None;
+        }
+        let rest = self.rest.get_or_insert_with(|| h.iter().skip(h.indexed));
+        rest.find(|(n, _)| (self.wanted)(n.as_bytes()))
     }
 }
 
@@ -241,6 +296,19 @@ mod tests {
                 assert_eq!((gn, gv), (w.0.as_str(), w.1.as_str()), "field {i} of {n}");
             }
             assert_eq!(h.get(n), None);
+            // `matching` and `values` find what a walk finds, in order.
+            for k in [0, 3, 15, 16, 39] {
+                let name = format!("x-f{k}");
+                let walk: Vec<&str> = h
+                    .iter()
+                    .filter(|(f, _)| *f == name)
+                    .map(|(_, v)| v)
+                    .collect();
+                assert_eq!(h.values(&name.to_uppercase()).collect::<Vec<_>>(), walk);
+                let some: Vec<(&str, &str)> = h.matching(|f| f.ends_with(b"1")).collect();
+                let want: Vec<(&str, &str)> = h.iter().filter(|(f, _)| f.ends_with('1')).collect();
+                assert_eq!(some, want, "{n} fields");
+            }
         }
     }
 }
