@@ -134,6 +134,9 @@ pub struct Request {
 impl Request {
     /// Value of the first header field with this name (compared case-insensitively).
     pub fn header(&self, name_lowercase: &str) -> Option<&str> {
+        if !self.headers.may_have(name_lowercase) {
+            return None;
+        }
         let name = name_lowercase.as_bytes();
         self.headers
             .matching(|n| n.eq_ignore_ascii_case(name))
@@ -684,7 +687,11 @@ fn body_framing(
     let mut content_length: Option<u64> = None;
     let mut has_te = false;
     let mut te_codings: Vec<&str> = Vec::new();
-    let framing = |n: &[u8]| n == b"content-length" || n == b"transfer-encoding";
+    let (cl, te) = (
+        headers.may_have("content-length"),
+        headers.may_have("transfer-encoding"),
+    );
+    let framing = |n: &[u8]| (cl && n == b"content-length") || (te && n == b"transfer-encoding");
     for (name, value) in headers.matching(framing) {
         if name == "content-length" {
             // A list of identical values ("5, 5") is allowed; anything else is not.

@@ -22,6 +22,17 @@ pub struct Headers {
     /// are in `text`.
     ends: [(u32, u32); INDEXED_FIELDS_MAX],
     indexed: usize,
+    /// [`name_bit`] of every field's name, or-ed: a field whose bit is not set is not
+    /// there.
+    names: u64,
+}
+
+/// One of 64 bits for a field name, from its length and its first and last bytes
+/// (ASCII case-insensitive): distinct for the names requests are asked about.
+fn name_bit(name: &[u8]) -> u64 {
+    let first = name.first().map_or(0, u8::to_ascii_lowercase) as usize;
+    let last = name.last().map_or(0, u8::to_ascii_lowercase) as usize;
+    1u64 << ((name.len() + first + 3 * last) % 64)
 }
 
 impl Headers {
@@ -31,7 +42,47 @@ impl Headers {
             .iter()
             .map(|h| h.name.len() + h.value.len() + 2)
             .sum();
-        let mut text = String::with_capacity(size);
+        let mut bytes: Vec<u8> = Vec::with_capacity(size);
+        let mut ends = [(0u32, 0u32); INDEXED_FIELDS_MAX];
+        let mut indexed = 0;
+        let mut names = 0u64;
+        for h in parsed {
+            names |= name_bit(h.name.as_bytes());
+            let start = bytes.len();
+            bytes.extend_from_slice(h.name.as_bytes());
+            bytes[start..].make_ascii_lowercase();
+            let name_end = bytes.len();
+            bytes.push(0);
+            bytes.extend_from_slice(h.value);
+            let value_end = bytes.len();
+            bytes.push(0);
+            // Offsets past u32 (a head of 4 GiB: never within the header limit) are
+            // left to the scan.
+            if indexed < INDEXED_FIELDS_MAX {
+                if let (Ok(n), Ok(v)) = (u32::try_from(name_end), u32::try_from(value_end)) {
+                    ends[indexed] = (n, v);
+                    indexed += 1;
+                }
+            }
+        }
+        // Valid UTF-8 (nearly every head) is checked once, as a whole; a value that is
+        // not pays for the lossy decoder, field by field.
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(_) => return Self::from_parsed_lossy(parsed, names),
+        };
+        Headers {
+            text,
+            len: parsed.len(),
+            ends,
+            indexed,
+            names,
+        }
+    }
+
+    /// [`from_parsed`](Self::from_parsed) for a head with a value that is not UTF-8.
+    fn from_parsed_lossy(parsed: &[httparse::Header<'_>], names: u64) -> Headers {
+        let mut text = String::new();
         let mut ends = [(0u32, 0u32); INDEXED_FIELDS_MAX];
         let mut indexed = 0;
         for h in parsed {
@@ -40,16 +91,9 @@ impl Headers {
             text[start..].make_ascii_lowercase();
             let name_end = text.len();
             text.push('\0');
-            // Valid UTF-8 (nearly every value) is copied as it is; only the rest pays
-            // for the lossy decoder.
-            match std::str::from_utf8(h.value) {
-                Ok(v) => text.push_str(v),
-                Err(_) => text.push_str(&String::from_utf8_lossy(h.value)),
-            }
+            text.push_str(&String::from_utf8_lossy(h.value));
             let value_end = text.len();
             text.push('\0');
-            // Offsets past u32 (a head of 4 GiB: never within the header limit) are
-            // left to the scan.
             if indexed < INDEXED_FIELDS_MAX {
                 if let (Ok(n), Ok(v)) = (u32::try_from(name_end), u32::try_from(value_end)) {
                     ends[indexed] = (n, v);
@@ -62,7 +106,14 @@ impl Headers {
             len: parsed.len(),
             ends,
             indexed,
+            names,
         }
+    }
+
+    /// Whether a field may be called `name` (ASCII case-insensitively): `false` means
+    /// none is, without a walk (most lookups are of fields a request does not carry).
+    pub fn may_have(&self, name: &str) -> bool {
+        self.names & name_bit(name.as_bytes()) != 0
     }
 
     /// Number of fields.
@@ -108,8 +159,10 @@ impl Headers {
     /// The values of the fields called `name` (compared ASCII case-insensitively), in
     /// arrival order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.matching(move |n| n.eq_ignore_ascii_case(name.as_bytes()))
+        let absent = !self.may_have(name);
+        self.matching(move |n| !absent && n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
+            .take(if absent { 0 } else { usize::MAX })
     }
 
     /// The `i`-th field, one of the first `indexed`.
@@ -249,6 +302,49 @@ mod tests {
         assert_eq!(h.get(1), Some(("x-empty", "")));
         assert_eq!(h.get(3), None);
         assert!(Headers::default().iter().next().is_none());
+    }
+
+    /// The names requests are asked about have bits of their own, so that asking for
+    /// one a request lacks costs no walk; case does not matter.
+    #[test]
+    fn common_names_have_distinct_bits() {
+        let names = [
+            "host",
+            "connection",
+            "content-length",
+            "transfer-encoding",
+            "expect",
+            "content-type",
+            "authorization",
+            "x-api-key",
+            "x-device-token",
+            "upgrade",
+            "user-agent",
+            "accept",
+            "accept-encoding",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "origin",
+            "cookie",
+            "x-forwarded-for",
+        ];
+        for (i, a) in names.iter().enumerate() {
+            assert_eq!(
+                name_bit(a.as_bytes()),
+                name_bit(a.to_uppercase().as_bytes())
+            );
+            for b in &names[i + 1..] {
+                assert_ne!(name_bit(a.as_bytes()), name_bit(b.as_bytes()), "{a} {b}");
+            }
+        }
+        let parsed = [httparse::Header {
+            name: "Content-Type",
+            value: b"x",
+        }];
+        let h = Headers::from_parsed(&parsed);
+        assert!(h.may_have("content-type") && !h.may_have("authorization"));
+        assert_eq!(h.values("CONTENT-TYPE").collect::<Vec<_>>(), ["x"]);
+        assert_eq!(h.values("authorization").count(), 0);
     }
 
     /// Past the indexed fields the scan takes over where the index ends, in order;
