@@ -35,6 +35,14 @@ pub struct ClusterFlags {
     /// newline is ignored. It wins over a password in the URL.
     #[arg(long, env = "CHATIXIA_CLUSTER_PASSWORD_FILE", value_name = "FILE")]
     pub cluster_password_file: Option<std::path::PathBuf>,
+
+    /// Testing only: seconds a Redis connection waits for a reply before it is declared
+    /// dead (default 3), so that a test can stall Redis longer than that on a slow
+    /// runner without the link giving up first. Exists only in a build with the
+    /// `test-switches` feature.
+    #[cfg(feature = "test-switches")]
+    #[arg(long, hide = true)]
+    pub cluster_command_timeout: Option<f64>,
 }
 
 /// Bytes of a `--cluster-password-file` read at most: a password, not a document.
@@ -82,6 +90,13 @@ pub fn settings(
     let mut c = chatixia_cluster::ClusterConfig::new(url, node_id);
     c.lease = Duration::from_secs_f64(f.cluster_lease);
     c.prefix = f.cluster_prefix.clone();
+    #[cfg(feature = "test-switches")]
+    if let Some(secs) = f.cluster_command_timeout {
+        if !(secs.is_finite() && (0.1..=600.0).contains(&secs)) {
+            return Err("--cluster-command-timeout: seconds between 0.1 and 600".into());
+        }
+        c.command_timeout = Duration::from_secs_f64(secs);
+    }
     Ok(Some(c))
 }
 

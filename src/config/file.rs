@@ -34,7 +34,7 @@ const NOT_KEYS: &[&str] = &["help", "version", "config"];
 
 /// Flags only a build with the `test-switches` feature has: keys there (generic), left
 /// out of the example (which describes a default build).
-pub const TEST_SWITCHES: &[&str] = &["test-clock", "ws-echo"];
+pub const TEST_SWITCHES: &[&str] = &["test-clock", "ws-echo", "cluster-command-timeout"];
 
 /// Example values for the keys that have no default (the example shows the syntax).
 /// A key without a default missing here gets a placeholder from its value name.

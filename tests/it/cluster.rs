@@ -2104,8 +2104,13 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
         return;
     };
     let k = keys(KEYS);
-    let n1 = node(&redis, "n1", 1, &k, "10");
-    let n2 = node(&redis, "n2", 1, &k, "10");
+    // Redis is stalled below for up to STALL; the links wait that long for replies (a
+    // test switch) rather than their 3 s, so that a slow runner has time to fill the
+    // outbox before anything gives up. Under the subscription probe's 6 s.
+    const STALL: Duration = Duration::from_millis(5000);
+    let slow = ["--cluster-lease", "10", "--cluster-command-timeout", "30"];
+    let n1 = node_with(&redis.url(), "n1", 1, &k, &slow);
+    let n2 = node_with(&redis.url(), "n2", 1, &k, &slow);
     let mut alice = peer(&n1, "alice");
     let mut bob = peer(&n1, "bob");
     let mut carol = peer(&n2, "carol");
@@ -2127,8 +2132,8 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
     );
     // The relays must fill the outbox, behind the link's bound (512 in flight): n1's
     // shard loses its own connection (killed; it tries again 500 ms later), then Redis
-    // stalls (SIGSTOP, so that no connection is taken or read) for at most 2.5 s, under
-    // the link's command timeout (3 s) and the probe's deadline.
+    // stalls (SIGSTOP, so that no connection is taken or read) for at most STALL, under
+    // the links' command timeout (30 s here) and the probe's deadline (6 s).
     for id in redis::client_ids_at(redis.port, |n| n == "chx-n1-p0") {
         redis.cmd(&["CLIENT", "KILL", "ID", &id]);
     }
@@ -2139,7 +2144,7 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
     // sent 1,000 at a time until one is refused.
     let mut n = 0;
     while metric(&n1, "chatixia_ws_refused_total") == 0
-        && paused.elapsed() < Duration::from_millis(2000)
+        && paused.elapsed() < STALL - Duration::from_millis(500)
     {
         for _ in 0..1000 {
             send(&mut alice, &offer("alice", "carol", n));
@@ -2151,7 +2156,7 @@ fn a_leave_refused_by_a_full_outbox_does_not_leave_a_ghost_entry() {
     while bob.read().is_ok() {}
     drop(bob);
     let refused = metric(&n1, "chatixia_ws_refused_total");
-    std::thread::sleep(Duration::from_millis(2500).saturating_sub(paused.elapsed()));
+    std::thread::sleep(STALL.saturating_sub(paused.elapsed()));
     redis.signal("-CONT");
     assert!(
         refused > 0,
