@@ -123,12 +123,16 @@ return 1
 "#,
 };
 
-/// Removes every entry naming a node: `KEYS[1]` its set of mesh hashes; `ARGV[1]` the
-/// node. Run by the node itself on every connect (before its shards assert their peers
-/// again) and by the others when its lease ran out. Returns the entries removed.
+/// Removes every entry naming a node: `KEYS[1]` its set of mesh hashes, `KEYS[2]` the
+/// nodes' shard counts ([`CORES`]: its count goes too, so that the hash holds the nodes
+/// there are, not every id ever used); `ARGV[1]` the node. Run by the node itself on
+/// every connect (before its shards assert their peers again, and before [`CORES`]
+/// notes its count again) and at a graceful stop, and by the others when its lease ran
+/// out. Returns the entries removed.
 pub const CLEANUP: Script = Script {
     name: "chx_cleanup",
     source: r#"
+redis.call('HDEL', KEYS[2], ARGV[1])
 local n = 0
 for _, k in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local all = redis.call('HGETALL', k)
@@ -212,7 +216,7 @@ fn shard_channel_prefix(prefix: &str) -> Vec<u8> {
 pub fn on_connect(prefix: &str, node: &str) -> (&'static str, Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (
         CLEANUP.name,
-        vec![node_meshes_key(prefix, node)],
+        vec![node_meshes_key(prefix, node), cores_key(prefix)],
         vec![node.as_bytes().to_vec()],
     )
 }
@@ -441,7 +445,7 @@ pub fn forget_nodes(link: &ShardLink, gone: &[String]) {
         let r = link
             .eval_nowait(
                 CLEANUP.name,
-                vec![node_meshes_key(&prefix, node)],
+                vec![node_meshes_key(&prefix, node), cores_key(&prefix)],
                 vec![node.as_bytes().to_vec()],
             )
             .and_then(|()| {

@@ -460,6 +460,10 @@ fn a_killed_node_leaves_the_peer_lists_within_its_lease() {
     let mut alice = peer(&n1, "alice");
     let _bob = peer(&n2, "bob");
     list_until(&mut alice, "alice", &["bob"], Duration::from_secs(10));
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:cores", "n2"]),
+        redis::Reply::Bulk("1".into())
+    );
     n2.child.kill().unwrap();
     n2.child.wait().unwrap();
     let killed = Instant::now();
@@ -475,11 +479,22 @@ fn a_killed_node_leaves_the_peer_lists_within_its_lease() {
         assert!(Instant::now() < deadline, "bob's entry stayed");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Its shard count goes with its entries (the same script): the hash holds the
+    // nodes there are, not every id ever used.
     assert_eq!(
-        redis.cmd(&["ZSCORE", "chx:nodes", "n2"]),
+        redis.cmd(&["HGET", "chx:cores", "n2"]),
         redis::Reply::Nil,
-        "n2's lease entry stayed"
+        "n2's shard count stayed"
     );
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:cores", "n1"]),
+        redis::Reply::Bulk("1".into())
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cmd(&["ZSCORE", "chx:nodes", "n2"]) != redis::Reply::Nil {
+        assert!(Instant::now() < deadline, "n2's lease entry stayed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -500,10 +515,15 @@ fn sigterm_hands_the_lease_and_the_peers_back_at_once() {
         &["bob", "carol"],
         Duration::from_secs(10),
     );
+    assert_eq!(
+        redis.cmd(&["HGET", "chx:cores", "n2"]),
+        redis::Reply::Bulk("2".into())
+    );
     let (status, _) = n2.terminate(Duration::from_secs(10));
     assert!(status.success(), "{status}");
     list_until(&mut alice, "alice", &[], Duration::from_secs(3));
     assert_eq!(redis.cmd(&["ZSCORE", "chx:nodes", "n2"]), redis::Reply::Nil);
+    assert_eq!(redis.cmd(&["HGET", "chx:cores", "n2"]), redis::Reply::Nil);
 }
 
 #[test]
