@@ -389,6 +389,8 @@ pub struct TurnMetrics {
     pub enabled: bool,
     pub allocations: u64,
     pub tcp_connections: u64,
+    /// Of `tcp_connections`, those over TLS (`--turn-tls-listen`, ALPN `stun.turn`).
+    pub tls_connections: u64,
     /// The sans-IO server's counters.
     pub stats: turn::server::Stats,
     pub send_failed: u64,
@@ -407,7 +409,7 @@ fn render_turn(shards: &[ShardMetrics], out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} {kind}");
     };
     type Get = fn(&TurnMetrics) -> u64;
-    let plain: [(&str, &str, &str, Get); 6] = [
+    let plain: [(&str, &str, &str, Get); 7] = [
         (
             "chatixia_turn_allocations",
             "gauge",
@@ -431,6 +433,12 @@ fn render_turn(shards: &[ShardMetrics], out: &mut String) {
             "gauge",
             "TURN TCP and TLS connections open now (TLS handshakes in progress included).",
             |t| t.tcp_connections,
+        ),
+        (
+            "chatixia_turn_tls_connections",
+            "gauge",
+            "Of chatixia_turn_tcp_connections, those over TLS (TLS handshakes in progress included).",
+            |t| t.tls_connections,
         ),
         (
             "chatixia_turn_tcp_refused_total",

@@ -86,6 +86,7 @@ fn sidecars_through_the_embedded_server(transport: &str) {
     assert!(metric(&server, "chatixia_turn_relayed_packets_total", "to_client") > 10);
     if transport == "tcp" {
         assert_eq!(metric(&server, "chatixia_turn_tcp_connections", ""), 2);
+        assert_eq!(metric(&server, "chatixia_turn_tls_connections", ""), 0);
     }
 }
 

@@ -159,6 +159,7 @@ fn two_sidecars_relay_only_over_tls() {
     // every TLS handshake is a TURN one).
     assert_eq!(metric(&rig.server, "chatixia_turn_allocations", ""), 2);
     assert_eq!(metric(&rig.server, "chatixia_turn_tcp_connections", ""), 2);
+    assert_eq!(metric(&rig.server, "chatixia_turn_tls_connections", ""), 2);
     assert!(metric(&rig.server, "chatixia_tls_handshakes_total", "") >= 2);
     assert!(
         metric(
@@ -388,6 +389,9 @@ fn the_https_listener_hands_alpn_stun_turn_to_turn() {
         Some(&b"stun.turn"[..])
     );
     relay_both_ways(&mut c);
+    // Counted as a TURN connection over TLS.
+    assert_eq!(metric(&rig.server, "chatixia_turn_tcp_connections", ""), 1);
+    assert_eq!(metric(&rig.server, "chatixia_turn_tls_connections", ""), 1);
     // HTTP on the same port, as before.
     let mut h = TlsConn::connect(rig.https, &pki.client()).unwrap();
     assert_eq!(h.tls.conn.alpn_protocol(), Some(&b"http/1.1"[..]));

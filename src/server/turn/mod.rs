@@ -171,6 +171,7 @@ impl TurnShard {
             enabled: true,
             allocations: s.allocations() as u64,
             tcp_connections: self.tcp.open() as u64,
+            tls_connections: self.tcp.open_tls() as u64,
             stats: s.stats,
             send_failed: self.counters.send_failed.get(),
             tcp_dropped: self.counters.tcp_dropped.get(),

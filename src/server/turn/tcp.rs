@@ -13,7 +13,7 @@
 //! HTTPS listener when a client's ALPN is `stun.turn` ([`adopt_tls`]); all count
 //! against `--turn-tcp-connections-max` from their accept on.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -56,6 +56,8 @@ const TLS_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct TcpConn {
     /// The client's address (its per-address count, `TcpSide::per_ip`).
     ip: std::net::IpAddr,
+    /// Over TLS (counted in `TcpSide::tls`).
+    tls: bool,
     out: RefCell<Vec<u8>>,
     /// Wakes the writer: bytes were queued.
     kick: Kick,
@@ -69,12 +71,19 @@ pub(crate) struct TcpConn {
 #[derive(Default)]
 pub(crate) struct TcpSide {
     conns: RefCell<Slab<Rc<TcpConn>>>,
+    /// Of `conns`, those over TLS.
+    tls: Cell<usize>,
     per_ip: RefCell<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
 impl TcpSide {
     pub fn open(&self) -> usize {
         self.conns.borrow().len()
+    }
+
+    /// Of [`open`](Self::open), the connections over TLS.
+    pub fn open_tls(&self) -> usize {
+        self.tls.get()
     }
 
     /// A slot for a connection just accepted (it counts against
@@ -85,6 +94,7 @@ impl TcpSide {
         turn: &TurnShard,
         (max, per_ip_max): (usize, usize),
         ip: std::net::IpAddr,
+        tls: bool,
     ) -> Option<(u32, Rc<TcpConn>)> {
         let mut conns = self.conns.borrow_mut();
         let mut per_ip = self.per_ip.borrow_mut();
@@ -96,12 +106,16 @@ impl TcpSide {
         }
         let conn = Rc::new(TcpConn {
             ip,
+            tls,
             out: RefCell::default(),
             kick: Kick::default(),
             closing: reactor::LocalEvent::default(),
         });
         let id = conns.insert(conn.clone());
         per_ip.insert(ip, held + 1);
+        if tls {
+            self.tls.set(self.tls.get() + 1);
+        }
         Some((id as u32, conn))
     }
 
@@ -110,6 +124,9 @@ impl TcpSide {
         let Some(conn) = self.conns.borrow_mut().try_remove(id as usize) else {
             return;
         };
+        if conn.tls {
+            self.tls.set(self.tls.get().saturating_sub(1));
+        }
         let mut per_ip = self.per_ip.borrow_mut();
         if let Some(n) = per_ip.get_mut(&conn.ip) {
             *n -= 1;
@@ -190,7 +207,8 @@ async fn accept_loop(
         match select2(listener.accept(), stop.wait()).await {
             Either::Right(()) => return,
             Either::Left(Ok((stream, peer))) => {
-                let Some((id, conn)) = turn.tcp.reserve(&turn, max, peer.ip()) else {
+                let Some((id, conn)) = turn.tcp.reserve(&turn, max, peer.ip(), certs.is_some())
+                else {
                     drop(stream);
                     continue;
                 };
@@ -227,7 +245,10 @@ pub fn adopt_tls(ctx: &Rc<ShardCtx>, stream: Transport, peer: SocketAddr) {
     let Some(turn) = super::shard_turn() else {
         return;
     };
-    let Some((id, conn)) = turn.tcp.reserve(&turn, connections_max(ctx), peer.ip()) else {
+    let Some((id, conn)) = turn
+        .tcp
+        .reserve(&turn, connections_max(ctx), peer.ip(), true)
+    else {
         return;
     };
     monoio::spawn(connection(ctx.clone(), turn, stream, peer, id, conn));
