@@ -200,7 +200,9 @@ impl<M: Send + 'static> Shard<M> {
     }
 
     /// Asks shard `to` and returns a future of its reply, or the message back when the
-    /// lane is full (or too many asks are in flight on it). The message is sent now.
+    /// lane is full (or too many asks are in flight on it). The message is sent now;
+    /// an ask of this shard itself may be applied now, inside this call (see
+    /// [`ask`](Self::ask)).
     pub fn try_ask(&self, to: ShardId, msg: M) -> Result<Ask<M>, M> {
         let mut a = self.ask(to, msg);
         if matches!(a.state, AskState::Failed(Some(AskError::Full(_)))) {
@@ -216,6 +218,13 @@ impl<M: Send + 'static> Shard<M> {
 
     /// Asks shard `to` and returns a future of its reply. The message is sent now,
     /// before the future is first polled; a full lane resolves it to `AskError::Full`.
+    ///
+    /// An ask of this shard itself is **applied inside this call** when nothing waits
+    /// before it (`direct_handler`): the handler runs before `ask` returns. So the
+    /// caller must not hold, across the call, a borrow of anything the handler borrows
+    /// (the shard's state): that would panic, and only when the mailbox happens to be
+    /// empty. (A borrow held across an `.await` is already a lint; one held across
+    /// this plain call is not.)
     pub fn ask(&self, to: ShardId, msg: M) -> Ask<M> {
         let inner = &self.inner;
         if to == inner.id {

@@ -105,6 +105,12 @@ struct World<M, N> {
     durable: RefCell<Vec<Mutation>>,
     tasks: RefCell<Vec<Spawned>>,
     rng: RefCell<Rng>,
+    /// A message is being applied (`Node::handle` runs): asks made meanwhile are queued.
+    handling: Cell<bool>,
+    /// Asks a shard makes of itself are applied at once when nothing waits for it, as
+    /// the reactor does (`reactor::Shard::ask`); off: every ask is queued, a point
+    /// where another workflow may run ([`Sim::set_direct_self_asks`]).
+    direct_self_asks: Cell<bool>,
 }
 
 /// A task spawned on the simulator and the flag that wakes it (`None`: finished).
@@ -139,8 +145,16 @@ impl<M: 'static, N: Node<M> + 'static> Sim<M, N> {
                 durable: RefCell::new(Vec::new()),
                 tasks: RefCell::new(Vec::new()),
                 rng: RefCell::new(Rng::new(seed)),
+                handling: Cell::new(false),
+                direct_self_asks: Cell::new(true),
             }),
         }
+    }
+
+    /// Whether an ask a shard makes of itself is applied at once when nothing waits
+    /// for that shard (the default, as the reactor does), or queued like any other.
+    pub fn set_direct_self_asks(&self, on: bool) {
+        self.world.direct_self_asks.set(on);
     }
 
     /// The handle of shard `id`.
@@ -279,7 +293,9 @@ impl<M: 'static, N: Node<M> + 'static> Sim<M, N> {
             return true;
         };
         let now = self.now();
+        self.world.handling.set(true);
         let reply = self.world.nodes[to].handle(env.from, env.msg, now);
+        self.world.handling.set(false);
         if let Some(slot) = env.reply {
             *slot.reply.borrow_mut() = Some(reply);
             if let Some(w) = slot.waker.borrow_mut().take() {
@@ -392,7 +408,7 @@ impl<M, N> Drop for SimRoom<M, N> {
     }
 }
 
-impl<M: 'static, N: 'static> Shard for SimShard<M, N> {
+impl<M: 'static, N: Node<M> + 'static> Shard for SimShard<M, N> {
     type Msg = M;
     type Room = SimRoom<M, N>;
 
@@ -415,6 +431,18 @@ impl<M: 'static, N: 'static> Shard for SimShard<M, N> {
     fn try_ask(&self, to: ShardId, msg: M) -> Result<impl Future<Output = Option<M>>, M> {
         if self.world.full.borrow()[to] {
             return Err(msg);
+        }
+        let w = &self.world;
+        let nothing_waits = || w.lanes.borrow().iter().all(|from| from[to].is_empty());
+        if to == self.id && w.direct_self_asks.get() && !w.handling.get() && nothing_waits() {
+            w.handling.set(true);
+            let reply = w.nodes[to].handle(self.id, msg, self.now());
+            w.handling.set(false);
+            let slot = Rc::new(ReplySlot {
+                reply: RefCell::new(Some(reply)),
+                waker: RefCell::new(None),
+            });
+            return Ok(SimReply { slot });
         }
         let slot = Rc::new(ReplySlot {
             reply: RefCell::new(None),
@@ -578,6 +606,30 @@ mod tests {
             orders.insert(order);
         }
         assert!(orders.len() > 1, "seeds give different interleavings");
+    }
+
+    /// As the reactor: an ask a shard makes of itself is applied when made if nothing
+    /// waits for that shard, else queued behind what does; with the switch off, always
+    /// queued.
+    #[test]
+    fn asks_to_self_are_applied_at_once_when_nothing_waits() {
+        for direct in [true, false] {
+            let sim = world(1, 3);
+            sim.set_direct_self_asks(direct);
+            let sh = sim.shard(0);
+            let applied_when_asked = sim.block_on(async move {
+                let pending = sh.try_ask(0, Msg::Add(2)).ok().unwrap();
+                let at_once = sh.world.nodes[0].0.get() == 2;
+                assert!(matches!(pending.await, Some(Msg::Value(2))));
+                // A tell waits: the next ask goes behind it.
+                assert!(sh.try_tell(0, Msg::Add(1)).is_ok());
+                let behind = sh.try_ask(0, Msg::Add(1)).ok().unwrap();
+                assert_eq!(sh.world.nodes[0].0.get(), 2, "overtook the queued tell");
+                assert!(matches!(behind.await, Some(Msg::Value(4))));
+                at_once
+            });
+            assert_eq!(applied_when_asked, direct);
+        }
     }
 
     #[test]
