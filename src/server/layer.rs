@@ -62,6 +62,12 @@ impl shard::Shard for ShardCtx {
     }
 
     fn try_ask(&self, to: ShardId, msg: Msg) -> Result<impl Future<Output = Option<Msg>>, Msg> {
+        // An ask of this shard may apply at once, inside the call: a borrow of the state
+        // held here would panic, but only when the mailbox is empty. Always, in tests.
+        debug_assert!(
+            to != self.shard.id() || self.state.is_unborrowed(),
+            "an ask of this shard made while its state is borrowed"
+        );
         let ask = self.shard.try_ask(to, msg)?;
         Ok(async move { ask.await.ok() })
     }

@@ -48,6 +48,20 @@ pub struct ShardState {
 }
 
 impl ShardState {
+    /// Whether no borrow of the state is held (debug builds check it before an ask of
+    /// this shard itself, which may apply at once: `reactor::Shard::ask`).
+    pub fn is_unborrowed(&self) -> bool {
+        self.agents.try_borrow_mut().is_ok()
+            && self.hub.try_borrow_mut().is_ok()
+            && self.pairing.try_borrow_mut().is_ok()
+            && self.tokens.try_borrow_mut().is_ok()
+            && self.auth_failures.try_borrow_mut().is_ok()
+            && self.auth_hints.try_borrow_mut().is_ok()
+            && self.auth_in_flight.try_borrow_mut().is_ok()
+            && self.authz.try_borrow_mut().is_ok()
+            && self.changes.try_borrow_mut().is_ok()
+    }
+
     /// A shard's empty state, one of `shards`.
     pub fn new(config: &ServerConfig, shards: usize) -> ShardState {
         ShardState {
