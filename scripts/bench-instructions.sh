@@ -13,6 +13,7 @@
 #         same one (relay-local); needs Python `websockets`, from target/pyenv)
 #   CALLGRIND_ARGS: extra valgrind arguments (e.g. --toggle-collect=...)
 #   KEEP_CALLGRIND=DIR: keep each run's callgrind profile there (callgrind_annotate)
+#   SHARDS=N: --cores N for heartbeat and healthz (default 1)
 #   e.g. scripts/bench-instructions.sh heartbeat 500 2500 /tmp/base/chatixia-core target/release/chatixia-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 PY=python3
 [ -x target/pyenv/bin/python ] && PY=target/pyenv/bin/python   # relay: needs `websockets`
-CORES=1
+CORES=${SHARDS:-1}   # SHARDS=2: heartbeat or healthz over two shards (relay sets 2 itself)
 A=bench-a; B=bench-b
 case "$KIND" in
   relay|relay-local)
