@@ -60,6 +60,8 @@ impl ShardState {
             && self.auth_in_flight.try_borrow_mut().is_ok()
             && self.authz.try_borrow_mut().is_ok()
             && self.changes.try_borrow_mut().is_ok()
+            && self.ws.is_unborrowed()
+            && self.node_asks.is_unborrowed()
     }
 
     /// A shard's empty state, one of `shards`.

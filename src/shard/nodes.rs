@@ -86,6 +86,12 @@ impl Drop for SlotGuard<'_> {
 }
 
 impl NodeAsks {
+    /// Whether no borrow of the table is held (debug builds check it before a shard asks
+    /// itself).
+    pub fn is_unborrowed(&self) -> bool {
+        self.slots.try_borrow_mut().is_ok() && self.reply_key.try_borrow_mut().is_ok()
+    }
+
     /// Asks waiting now.
     pub fn in_flight(&self) -> usize {
         self.slots.borrow().len()

@@ -247,6 +247,19 @@ impl Default for ConnTable {
 }
 
 impl ConnTable {
+    /// Whether no borrow of the table is held (debug builds check it before a shard asks
+    /// itself: `ShardState::is_unborrowed`).
+    pub fn is_unborrowed(&self) -> bool {
+        self.slots.try_borrow_mut().is_ok()
+            && self.by_id.try_borrow_mut().is_ok()
+            && self.meshes.try_borrow_mut().is_ok()
+            && self.ip_counts.try_borrow_mut().is_ok()
+            && self.pool.try_borrow_mut().is_ok()
+            && self.duplicates.try_borrow_mut().is_ok()
+            && self.outbox.try_borrow_mut().is_ok()
+            && self.pipe.try_borrow_mut().is_ok()
+    }
+
     /// An empty table held to `limits`.
     pub fn new(limits: WsLimits) -> ConnTable {
         ConnTable {

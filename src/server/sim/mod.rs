@@ -57,7 +57,9 @@ where
 }
 
 /// A world of `shards` shards with `config`, its clock at `start`, its scheduler seeded
-/// with `seed`.
+/// with `seed`. An even seed applies a shard's asks of itself at once when nothing
+/// waits for it (as the reactor does), an odd one queues them (each such ask is then a
+/// point where another workflow may run): the tests that loop over seeds run both.
 pub fn world(shards: usize, config: ServerConfig, start: UnixTime, seed: u64) -> Sim<Msg, SimNode> {
     let config = Arc::new(config);
     let nodes = (0..shards)
@@ -67,7 +69,9 @@ pub fn world(shards: usize, config: ServerConfig, start: UnixTime, seed: u64) ->
             config: config.clone(),
         })
         .collect();
-    Sim::new(nodes, start, seed)
+    let sim = Sim::new(nodes, start, seed);
+    sim.set_direct_self_asks(seed % 2 == 0);
+    sim
 }
 
 /// The default test configuration (no durable store: the simulator's commits stand in).

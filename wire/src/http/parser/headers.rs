@@ -11,8 +11,8 @@
 
 /// Fields whose ends are kept (inline, no allocation): what clients send in practice
 /// (wrk 3, curl 4, Python's clients 5–9, a browser ~12). Fields past them are found by
-/// scanning. The index is part of every parser (its body state holds a request), so of
-/// every idle keep-alive connection: 12 fields of two `u16` offsets are 48 bytes.
+/// scanning. The index is part of every request: 12 fields of two `u16` offsets are 48
+/// bytes.
 const INDEXED_FIELDS_MAX: usize = 12;
 
 /// Header fields in arrival order; see the module docs.
