@@ -487,8 +487,8 @@ async fn gather_claims<S: Shard>(
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
-    let agent = agent.to_owned();
-    let skills = skills.to_vec();
+    // `agent` and `skills` are copied only into the messages that carry them (most
+    // heartbeats send none: their agent's skills are claimed at its owner).
     let mut parts: Vec<Claims<S::Room>> = vec![Claims {
         room: owner_room,
         tasks: claimed,
@@ -519,7 +519,7 @@ where
         let keep = ids.clone();
         let claimed = match reserve(sh, home) {
             Ok(room) => {
-                let op = Op::ClaimIds(Box::new((agent.clone(), ids, claimer.clone())));
+                let op = Op::ClaimIds(Box::new((agent.to_owned(), ids, claimer.clone())));
                 match ask(sh, home, op).await {
                     Ok(Reply::Tasks(v)) => Ok((room, *v)),
                     Ok(_) => return Err(unexpected()),
@@ -534,7 +534,7 @@ where
                 // Keep the pointers for the next heartbeat (best effort).
                 let deadline = sh.now().saturating_add_secs(DEFAULT_TTL_SECS);
                 for id in keep {
-                    let ptr = Op::Pointer(Box::new((agent.clone(), id, deadline)));
+                    let ptr = Op::Pointer(Box::new((agent.to_owned(), id, deadline)));
                     let _ = tell(sh, owner, ptr).await;
                 }
                 first_error.get_or_insert(e);
@@ -551,7 +551,11 @@ where
             );
             continue;
         };
-        let op = Op::ClaimFor(Box::new((agent.clone(), skills.clone(), claimer.clone())));
+        let op = Op::ClaimFor(Box::new((
+            agent.to_owned(),
+            skills.to_vec(),
+            claimer.clone(),
+        )));
         match ask(sh, s, op).await {
             Ok(Reply::Tasks(v)) => parts.push(Claims { room, tasks: *v }),
             Ok(_) => return Err(unexpected()),
