@@ -72,14 +72,6 @@ start() { # $1 = uring | epoll | ref
       "http://127.0.0.1:$PORT/api/hub/heartbeat" >/dev/null
   done
 }
-cat > "$TMP/hb.lua" <<'LUA'
-local n = 0
-request = function()
-  n = n + 1
-  local body = string.format('{"agent_id":"bench-%d","hostname":"h","skill_names":["s%d"]}', n % 100, n % 10)
-  return wrk.format("POST", "/api/hub/heartbeat", {["content-type"] = "application/json"}, body)
-end
-LUA
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 HZ=$(getconf CLK_TCK)
 measure() { # $1 = server, $2 = scenario, rest = wrk target arguments
@@ -100,7 +92,7 @@ for run in $(seq 1 "$RUNS"); do
   for srv in $SERVERS; do
     if [ "$srv" = ref ] && { [ "$REF_REGISTRY" = none ] || [ ! -x "$REF_REGISTRY" ]; }; then continue; fi
     start "$srv"
-    measure "$srv" heartbeat -s "$TMP/hb.lua" "http://127.0.0.1:$PORT"
+    measure "$srv" heartbeat -s scripts/lib/hb.lua "http://127.0.0.1:$PORT"
     measure "$srv" list-agents "http://127.0.0.1:$PORT/api/registry/agents"
     stop
   done

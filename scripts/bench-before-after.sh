@@ -18,14 +18,6 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 OUT=${OUT:-$(mktemp -d)}
 mkdir -p "$OUT"
 "$AFTER" bench keys --count 100 --out "$OUT/keys100.json" >/dev/null
-cat > "$OUT/hb.lua" <<'LUA'
-local n = 0
-request = function()
-  n = n + 1
-  local body = string.format('{"agent_id":"bench-%d","hostname":"h","skill_names":["s%d"]}', n % 100, n % 10)
-  return wrk.format("POST", "/api/hub/heartbeat", {["content-type"] = "application/json"}, body)
-end
-LUA
 pid=
 stop() { [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; pid=; }
 trap stop EXIT
@@ -49,7 +41,7 @@ for round in $(seq 1 "$ROUNDS"); do
         "http://127.0.0.1:$PORT/api/hub/heartbeat" >/dev/null
     done
     t0=$(ticks)
-    reqs=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" -s "$OUT/hb.lua" "http://127.0.0.1:$PORT" \
+    reqs=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" -s scripts/lib/hb.lua "http://127.0.0.1:$PORT" \
       | awk '/requests in/ {print $1}')
     t1=$(ticks)
     echo -e "heartbeat\t$which\t$reqs\t$SECS\t$(( t1 - t0 ))" >> "$OUT/results.tsv"

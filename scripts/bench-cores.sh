@@ -4,7 +4,7 @@
 # server per (build, cores), alternating. The server is pinned to CPU 0 (both shards on
 # one core, so that the load generator has the other: what is measured is the hop
 # between shards, not the contention of a 2-vCPU VM), `wrk -t1 -c64` on CPU 1, 100
-# agents registered first, heartbeats rotating over them (`hb.lua`, as in
+# agents registered first, heartbeats rotating over them (`scripts/lib/hb.lua`, as in
 # scripts/bench-api.sh: about half land on the shard that does not own their agent).
 # Per run: the server's utime and stime from /proc/PID/stat over the wrk window, per
 # request. Prints every run, then per build the median `--cores 2` / `--cores 1` ratio.
@@ -18,14 +18,6 @@ TMP=$(mktemp -d)
 pid=
 . scripts/lib/bench-server.sh  # stop
 trap 'stop; rm -rf "$TMP"' EXIT
-cat > "$TMP/hb.lua" <<'LUA'
-local n = 0
-request = function()
-  n = n + 1
-  local body = string.format('{"agent_id":"bench-%d","hostname":"h","skill_names":["s%d"]}', n % 100, n % 10)
-  return wrk.format("POST", "/api/hub/heartbeat", {["content-type"] = "application/json"}, body)
-end
-LUA
 HZ=$(getconf CLK_TCK)
 : > "$TMP/results.tsv"
 for run in $(seq 1 "$RUNS"); do
@@ -42,9 +34,9 @@ for run in $(seq 1 "$RUNS"); do
           -d "{\"agent_id\":\"bench-$i\",\"hostname\":\"h$i\",\"skill_names\":[\"s$((i % 10))\"]}" \
           "http://$addr/api/hub/heartbeat" >/dev/null
       done
-      taskset -c 1 wrk -t1 -c64 -d1s -s "$TMP/hb.lua" "http://$addr" >/dev/null  # warm-up
+      taskset -c 1 wrk -t1 -c64 -d1s -s scripts/lib/hb.lua "http://$addr" >/dev/null  # warm-up
       read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
-      out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" -s "$TMP/hb.lua" "http://$addr")
+      out=$(taskset -c 1 wrk -t1 -c64 -d"${SECS}s" -s scripts/lib/hb.lua "http://$addr")
       read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
       reqs=$(awk '/requests in/ {print $1}' <<<"$out")
       stop

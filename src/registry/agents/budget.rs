@@ -85,14 +85,14 @@ pub const AGENT_STORE_NAMES: Names = Names {
     client_bytes_flag: "--agent-client-bytes-max",
 };
 
+/// The bytes a list of strings is charged: each one's text and overhead.
+fn list_bytes(v: &[String]) -> usize {
+    v.iter().map(|s| s.len() + ITEM_OVERHEAD_BYTES).sum()
+}
+
 /// The bytes a record is charged.
 pub fn agent_bytes(r: &AgentRecord) -> usize {
     let i = &r.info;
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|s| s.len() + ITEM_OVERHEAD_BYTES)
-            .sum::<usize>()
-    };
     AGENT_OVERHEAD_BYTES
         + i.agent_id.len()
         + i.hostname.len()
@@ -101,8 +101,8 @@ pub fn agent_bytes(r: &AgentRecord) -> usize {
         + i.status.len()
         + i.mode.len()
         + i.capabilities.mode.len()
-        + list(&i.capabilities.skills)
-        + list(&i.capabilities.mcp_servers)
+        + list_bytes(&i.capabilities.skills)
+        + list_bytes(&i.capabilities.mcp_servers)
 }
 
 /// The bytes the record of `hb.agent_id` is charged once `hb` is applied to `known`
@@ -111,16 +111,11 @@ pub fn agent_bytes(r: &AgentRecord) -> usize {
 /// MCP servers, its sidecar id when the heartbeat has none); a new record's
 /// capabilities' mode is the heartbeat's mode.
 pub(super) fn heartbeat_bytes(known: Option<&AgentRecord>, hb: &Heartbeat) -> usize {
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|s| s.len() + ITEM_OVERHEAD_BYTES)
-            .sum::<usize>()
-    };
     let kept = match known {
         Some(r) => {
             let i = &r.info;
             i.capabilities.mode.len()
-                + list(&i.capabilities.mcp_servers)
+                + list_bytes(&i.capabilities.mcp_servers)
                 + if hb.sidecar_peer_id.is_empty() {
                     i.sidecar_peer_id.len()
                 } else {
@@ -137,7 +132,7 @@ pub(super) fn heartbeat_bytes(known: Option<&AgentRecord>, hb: &Heartbeat) -> us
         + hb.sidecar_peer_id.len()
         + hb.status.len()
         + hb.mode.len()
-        + list(&hb.skill_names)
+        + list_bytes(&hb.skill_names)
 }
 
 /// Accounting state (part of [`AgentStore`]).

@@ -134,14 +134,7 @@ pub struct Request {
 impl Request {
     /// Value of the first header field with this name (compared case-insensitively).
     pub fn header(&self, name_lowercase: &str) -> Option<&str> {
-        if !self.headers.may_have(name_lowercase) {
-            return None;
-        }
-        let name = name_lowercase.as_bytes();
-        self.headers
-            .matching(|n| n.eq_ignore_ascii_case(name))
-            .next()
-            .map(|(_, v)| v)
+        self.headers.first(name_lowercase)
     }
 
     /// Whether any header field `name` has `token` in its comma-separated list

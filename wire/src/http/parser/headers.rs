@@ -58,8 +58,18 @@ fn name_bit(name: &[u8]) -> u64 {
 }
 
 impl Headers {
-    /// Copies the fields httparse found.
+    /// Copies the fields httparse found. Values are copied as they are and the head is
+    /// checked as UTF-8 once, as a whole (nearly every head is); a head that is not is
+    /// built again with its values decoded lossily.
     pub(super) fn from_parsed(parsed: &[httparse::Header<'_>]) -> Headers {
+        Self::build(parsed, false)
+            .or_else(|| Self::build(parsed, true))
+            .unwrap_or_default()
+    }
+
+    /// The fields in one buffer with their index and name mask; `None` when the text is
+    /// not UTF-8 (never with `lossy`).
+    fn build(parsed: &[httparse::Header<'_>], lossy: bool) -> Option<Headers> {
         let size: usize = parsed
             .iter()
             .map(|h| h.name.len() + h.value.len() + 2)
@@ -75,49 +85,33 @@ impl Headers {
             bytes[start..].make_ascii_lowercase();
             let name_end = bytes.len();
             bytes.push(0);
-            bytes.extend_from_slice(h.value);
+            if lossy {
+                bytes.extend_from_slice(String::from_utf8_lossy(h.value).as_bytes());
+            } else {
+                bytes.extend_from_slice(h.value);
+            }
             let value_end = bytes.len();
             bytes.push(0);
             index(&mut ends, &mut indexed, name_end, value_end);
         }
-        // Valid UTF-8 (nearly every head) is checked once, as a whole; a value that is
-        // not pays for the lossy decoder, field by field.
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(_) => return Self::from_parsed_lossy(parsed, names),
-        };
-        Headers {
-            text,
+        Some(Headers {
+            text: String::from_utf8(bytes).ok()?,
             len: u32::try_from(parsed.len()).unwrap_or(u32::MAX),
             ends,
             indexed,
             names,
-        }
+        })
     }
 
-    /// [`from_parsed`](Self::from_parsed) for a head with a value that is not UTF-8.
-    fn from_parsed_lossy(parsed: &[httparse::Header<'_>], names: u64) -> Headers {
-        let mut text = String::new();
-        let mut ends = [(0u16, 0u16); INDEXED_FIELDS_MAX];
-        let mut indexed = 0;
-        for h in parsed {
-            let start = text.len();
-            text.push_str(h.name);
-            text[start..].make_ascii_lowercase();
-            let name_end = text.len();
-            text.push('\0');
-            text.push_str(&String::from_utf8_lossy(h.value));
-            let value_end = text.len();
-            text.push('\0');
-            index(&mut ends, &mut indexed, name_end, value_end);
+    /// The value of the first field called `name` (ASCII case-insensitively).
+    pub fn first(&self, name: &str) -> Option<&str> {
+        if !self.may_have(name) {
+            return None;
         }
-        Headers {
-            text,
-            len: u32::try_from(parsed.len()).unwrap_or(u32::MAX),
-            ends,
-            indexed,
-            names,
-        }
+        let name = name.as_bytes();
+        self.matching(|n| n.eq_ignore_ascii_case(name))
+            .next()
+            .map(|(_, v)| v)
     }
 
     /// Whether a field may be called `name` (ASCII case-insensitively): `false` means
