@@ -14,11 +14,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::hub::ops::{Op, Reply};
+use crate::hub::ops::{HeartbeatCall, Op, Reply};
 use crate::hub::records::task_record;
 use crate::hub::{
     for_reader, heartbeat_body, new_task_id, task_created_body, Placement, Task, TaskId,
-    TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_TTL_SECS, TASK_STORE_NAMES,
+    TaskStoreConfig, TaskSubmission, TaskUpdate, DEFAULT_TTL_SECS, HEARTBEAT_IDLE_BODY,
+    TASK_STORE_NAMES,
 };
 use crate::limits::{too_big, FieldLimits, Principal};
 use crate::registry::{Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY};
@@ -355,11 +356,8 @@ where
     crate::registry::ops::Op: Request<S::Msg>,
 {
     agents.check_heartbeat(&hb)?;
-    let claimer = by.holder();
     let credential = by.peer.is_some();
-    let agent = hb.agent_id.clone();
-    let skills = hb.skill_names.clone();
-    let owner = sh.shard_of(agent.as_bytes());
+    let owner = sh.shard_of(hb.agent_id.as_bytes());
     // Room on the owner for putting back its claims, and for the follow-up of a change
     // of the agent's binding (saved or undone), taken before anything changes.
     let owner_room = reserve(sh, owner)?;
@@ -369,7 +367,9 @@ where
         Reply::Busy(b) => Err(Op::Heartbeat(b)),
         r => Ok(r),
     };
-    let mut op = Op::Heartbeat(Box::new((hb, by, false)));
+    // The heartbeat goes to the owner and comes back in one block (`HeartbeatCall`):
+    // its agent id, skills and principal are used again below, never copied.
+    let mut op = Op::Heartbeat(HeartbeatCall::new(hb, by));
     // In a cluster, an agent not held here bound to this principal is checked against
     // the cluster's binding first (`registry::bindings`), once; undone if the heartbeat
     // is refused after it.
@@ -379,22 +379,30 @@ where
             crate::registry::bindings::undo(sh, b);
         }
     };
-    let (claimed, pointers, change) = loop {
-        let reply = match crate::registry::api::ask_agent_owner(sh, &agent, op, again).await {
-            Ok(r) => r,
+    let call = loop {
+        let asked = crate::registry::api::ask_owner_while_busy(sh, owner, op, again).await;
+        let reply = match asked {
+            Ok(Ok(r)) => r,
+            Ok(Err(back)) => {
+                undo(sh, cluster);
+                return Err(match back {
+                    Op::Heartbeat(b) => crate::registry::api::still_saving(&b.hb.agent_id),
+                    _ => unexpected(),
+                });
+            }
             Err(e) => {
                 undo(sh, cluster);
                 return Err(e);
             }
         };
         let refused = match reply {
-            Reply::HeartbeatDone(b) => break *b,
-            Reply::AskCluster(mut b) if !b.2 => {
-                match crate::registry::bindings::bind(sh, &agent, &b.1).await {
+            Reply::HeartbeatDone(b) => break b,
+            Reply::AskCluster(mut b) if !b.cleared => {
+                match Box::pin(crate::registry::bindings::bind(sh, &b.hb.agent_id, &b.by)).await {
                     Ok(bound) => cluster = bound,
                     Err(e) => return Err(e),
                 }
-                b.2 = true;
+                b.cleared = true;
                 op = Op::Heartbeat(b);
                 continue;
             }
@@ -405,8 +413,17 @@ where
         undo(sh, cluster);
         return Err(refused);
     };
+    let HeartbeatCall {
+        hb,
+        by,
+        claimed,
+        pointers,
+        change,
+        ..
+    } = *call;
+    let (agent, skills) = (hb.agent_id, hb.skill_names);
     let gathered = gather_claims(
-        sh, cfg, owner, owner_room, &agent, &skills, &claimer, claimed, pointers,
+        sh, cfg, owner, owner_room, &agent, &skills, &by, claimed, pointers,
     )
     .await;
     let parts = match gathered {
@@ -458,7 +475,11 @@ where
     // Redis cannot be asked they stay pending there for a later heartbeat: the agent's
     // own heartbeat still succeeds with what this node holds.
     if let Some(link) = sh.cluster() {
-        match crate::hub::cluster::claim(sh, link, &cfg.tasks, &agent, &skills, &claimer).await {
+        // Boxed, as the binding check above: a Redis round trip's state is kept out of
+        // every heartbeat's future (moved whole at each step, cluster or not).
+        let claimer = by.holder();
+        let claim = crate::hub::cluster::claim(sh, link, &cfg.tasks, &agent, &skills, &claimer);
+        match Box::pin(claim).await {
             Ok(more) => claimed.extend(more),
             Err(e) => {
                 tracing::debug!(agent = %agent, error = ?e, "no cluster claims this heartbeat")
@@ -466,6 +487,9 @@ where
         }
     }
     sort_tasks(&mut claimed);
+    if claimed.is_empty() {
+        return Ok(Outcome::Static(HEARTBEAT_IDLE_BODY));
+    }
     Ok(Outcome::Json(heartbeat_body(&claimed)))
 }
 
@@ -480,7 +504,7 @@ async fn gather_claims<S: Shard>(
     owner_room: S::Room,
     agent: &str,
     skills: &[String],
-    claimer: &crate::limits::Holder,
+    by: &Principal,
     claimed: Vec<Task>,
     pointers: Vec<TaskId>,
 ) -> Result<Vec<Claims<S::Room>>, Error>
@@ -513,6 +537,12 @@ where
         .collect();
     skill_shards.sort_unstable();
     skill_shards.dedup();
+    // Who claims, made only for the messages that carry it.
+    let claimer = if by_home.is_empty() && skill_shards.is_empty() {
+        crate::limits::Holder::default()
+    } else {
+        by.holder()
+    };
 
     let mut first_error = None;
     for (home, ids) in by_home {

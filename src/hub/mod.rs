@@ -75,6 +75,9 @@ pub fn task_body(task: &Task) -> Vec<u8> {
     json_vec(&task.sorted_keys())
 }
 
+/// [`heartbeat_body`] of no tasks: most heartbeats' answer, without serializing.
+pub const HEARTBEAT_IDLE_BODY: &[u8] = br#"{"pending_tasks":[],"status":"ok"}"#;
+
 /// `POST /api/hub/heartbeat`: `{"pending_tasks":[…],"status":"ok"}`, the tasks with sorted
 /// keys (the reference builds it with `json!`, whose map sorts `pending_tasks` first).
 pub fn heartbeat_body<T: Borrow<Task>>(pending_tasks: &[T]) -> Vec<u8> {
@@ -176,6 +179,7 @@ mod tests {
             heartbeat_body(&empty),
             br#"{"pending_tasks":[],"status":"ok"}"#
         );
+        assert_eq!(heartbeat_body(&empty), HEARTBEAT_IDLE_BODY);
         let want_one = concat!(
             r#"{"pending_tasks":[{"assigned_agent_id":"a","created_at":1500000000.5,"error":"","#,
             r#""id":"t1","payload":{"k":"v"},"result":"","skill":"s","source_agent_id":"","#,

@@ -18,15 +18,43 @@ pub struct Store {
     pub pointers: TaskPointers,
 }
 
+/// A heartbeat on its way to the agent's owner and back: the request, then what the
+/// owner did. One block both ways, so the caller gets its heartbeat and principal back
+/// without copying them (it needs the agent's id and skills for the claims elsewhere).
+pub struct HeartbeatCall {
+    pub hb: Heartbeat,
+    pub by: Principal,
+    /// The cluster's binding allowed it (`registry::bindings`).
+    pub cleared: bool,
+    /// The tasks claimed on the owner (filled in by the owner).
+    pub claimed: Vec<Task>,
+    /// The pointers left for the agent, to resolve on their shards (filled in).
+    pub pointers: Vec<TaskId>,
+    /// The agent's binding change to commit (filled in).
+    pub change: Option<BindingChange>,
+}
+
+impl HeartbeatCall {
+    pub fn new(hb: Heartbeat, by: Principal) -> Box<Self> {
+        Box::new(Self {
+            hb,
+            by,
+            cleared: false,
+            claimed: Vec::new(),
+            pointers: Vec::new(),
+            change: None,
+        })
+    }
+}
+
 /// A request to the hub of one shard. Every payload is one word (see `server::msg`).
 pub enum Op {
     /// Heartbeat on the agent's owner by a principal: check the agent's binding
     /// (`AgentStore::heartbeat_as`), upsert the agent within the budget of what the
     /// principal is charged to, claim the tasks local to this shard, hand back the
-    /// pointers left for it; the `bool`: the cluster's binding allowed it
-    /// (`registry::bindings`). → `HeartbeatDone` | `Refused` | `Forbidden` | `Busy` |
-    /// `AskCluster`.
-    Heartbeat(Box<(Heartbeat, Principal, bool)>),
+    /// pointers left for it. → `HeartbeatDone` (the same block, its results filled in)
+    /// | `Refused` | `Forbidden` | `Busy` | `AskCluster`.
+    Heartbeat(Box<HeartbeatCall>),
     /// Store a new pending task under this id by a principal (see
     /// `TaskStore::create_for`: charged to the principal, kept as the task's creator;
     /// `(id, task, by)`), not claimable until `Saved`. → `Task` | `InUse` (the id is
@@ -83,13 +111,14 @@ pub enum Reply {
     /// A budget refused it: the client's quota, the anonymous share, the whole store
     /// (of tasks for `Create` and updates, of agents for `Heartbeat`).
     Refused(Box<Refusal>),
-    /// `(claimed tasks, pointers to resolve, the agent's binding change to commit)`.
-    HeartbeatDone(Box<(Vec<Task>, Vec<TaskId>, Option<BindingChange>)>),
+    /// The heartbeat done: its block, with the claimed tasks, the pointers to resolve
+    /// and the agent's binding change to commit filled in.
+    HeartbeatDone(Box<HeartbeatCall>),
     /// A change of the agent's binding is being saved: retry.
-    Busy(Box<(Heartbeat, Principal, bool)>),
+    Busy(Box<HeartbeatCall>),
     /// In a cluster: check the agent's binding there first (`registry::bindings`), then
     /// send the heartbeat (handed back) again with it checked. Nothing changed.
-    AskCluster(Box<(Heartbeat, Principal, bool)>),
+    AskCluster(Box<HeartbeatCall>),
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
     /// `(before, after)` of an update.
@@ -142,12 +171,13 @@ impl Op {
         changes: &mut ChangeLog,
     ) -> Reply {
         match self {
-            Op::Heartbeat(b) => {
-                let (hb, by, cleared) = &*b;
+            Op::Heartbeat(mut b) => {
+                let call = &mut *b;
+                let (hb, by) = (&call.hb, &call.by);
                 let comes_back = agents
                     .get(&hb.agent_id)
                     .is_none_or(|r| r.health != crate::registry::Health::Active);
-                let change = match agents.heartbeat_as_in(hb, by, now, *cleared) {
+                let change = match agents.heartbeat_as_in(hb, by, now, call.cleared) {
                     Ok(change) => {
                         if comes_back || change.is_some() {
                             changes.push(Topic::Agent, &hb.agent_id);
@@ -160,18 +190,19 @@ impl Op {
                     Err(AgentRefusal::Busy) => return Reply::Busy(b),
                     Err(AgentRefusal::AskCluster) => return Reply::AskCluster(b),
                 };
-                let claimed = store.tasks.claim_for_agent_by(
+                call.claimed = store.tasks.claim_for_agent_by(
                     &hb.agent_id,
                     &hb.skill_names,
-                    &by.holder(),
+                    || by.holder(),
                     now,
                 );
-                let pointers = if hb.agent_id.is_empty() {
+                call.pointers = if hb.agent_id.is_empty() {
                     Vec::new()
                 } else {
                     store.pointers.take(&hb.agent_id)
                 };
-                Reply::HeartbeatDone(Box::new((claimed, pointers, change)))
+                call.change = change;
+                Reply::HeartbeatDone(b)
             }
             Op::Create(b) => {
                 let (id, sub, by) = *b;
@@ -273,9 +304,12 @@ impl Op {
             }
             Op::ClaimFor(b) => {
                 let (agent, skills, by) = *b;
-                Reply::Tasks(Box::new(
-                    store.tasks.claim_for_agent_by(&agent, &skills, &by, now),
-                ))
+                Reply::Tasks(Box::new(store.tasks.claim_for_agent_by(
+                    &agent,
+                    &skills,
+                    || by,
+                    now,
+                )))
             }
             Op::Query(q) => Reply::Part(Box::new(tasks_part(store.tasks.list(), &q))),
             Op::StateCounts => {

@@ -33,6 +33,9 @@ impl TaskPointers {
 
     /// Removes and returns the agent's pointers.
     pub fn take(&mut self, agent: &str) -> Vec<TaskId> {
+        if self.len == 0 {
+            return Vec::new(); // (the common case: no key hashed)
+        }
         match self.by_agent.remove(agent) {
             Some(v) => {
                 self.len -= v.len();

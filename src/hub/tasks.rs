@@ -522,7 +522,7 @@ impl TaskStore {
         skill_names: &[String],
         now: UnixTime,
     ) -> Vec<Task> {
-        self.claim_matching(agent_id, true, skill_names, None, now)
+        self.claim_matching(agent_id, true, skill_names, || None, now)
     }
 
     /// Like [`claim_for`](Self::claim_for), except that an empty `agent_id` claims
@@ -534,7 +534,7 @@ impl TaskStore {
         skill_names: &[String],
         now: UnixTime,
     ) -> Vec<Task> {
-        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, None, now)
+        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, || None, now)
     }
 
     /// [`claim_for_agent`](Self::claim_for_agent) by the heartbeat's principal `by`,
@@ -543,10 +543,16 @@ impl TaskStore {
         &mut self,
         agent_id: &str,
         skill_names: &[String],
-        by: &Holder,
+        by: impl FnOnce() -> Holder,
         now: UnixTime,
     ) -> Vec<Task> {
-        self.claim_matching(agent_id, !agent_id.is_empty(), skill_names, Some(by), now)
+        self.claim_matching(
+            agent_id,
+            !agent_id.is_empty(),
+            skill_names,
+            || Some(by()),
+            now,
+        )
     }
 
     /// Claims the task `id` for `agent_id` if it is still `pending`; `None` if it is
@@ -595,7 +601,7 @@ impl TaskStore {
         agent_id: &str,
         by_target: bool,
         skill_names: &[String],
-        by: Option<&Holder>,
+        by: impl FnOnce() -> Option<Holder>,
         now: UnixTime,
     ) -> Vec<Task> {
         let mut seqs = BTreeSet::new();
@@ -609,6 +615,10 @@ impl TaskStore {
                 seqs.extend(set.iter().copied());
             }
         }
+        if seqs.is_empty() {
+            return Vec::new(); // (most heartbeats: no holder made)
+        }
+        let by = by();
         let mut claimed = Vec::with_capacity(seqs.len());
         let mut bytes = 0usize;
         for seq in seqs {
@@ -626,7 +636,7 @@ impl TaskStore {
             self.index.remove(seq, task);
             STATE_ASSIGNED.clone_into(&mut task.state);
             agent_id.clone_into(&mut task.assigned_agent_id);
-            task.access.claimed_by = by.cloned();
+            task.access.claimed_by = by.clone();
             task.updated_at = now;
             self.index.add(seq, task);
             claimed.push(task.clone());

@@ -10,7 +10,7 @@ use crate::registry::{
 };
 use crate::shard::paging::{encode_cursor, item_json, page_of, page_req, time_key, PageLimits};
 use crate::shard::{
-    ask_all, ask_owner, reserve, settle, Durability, Error, Outcome, Request, Shard,
+    ask, ask_all, ask_owner, reserve, settle, Durability, Error, Outcome, Request, Shard,
 };
 use chatixia_store::{Mutation, WriteClass};
 
@@ -32,17 +32,38 @@ pub async fn ask_agent_owner<S: Shard, O: Request<S::Msg>>(
     op: O,
     again: impl Fn(O::Reply) -> Result<O::Reply, O>,
 ) -> Result<O::Reply, Error> {
+    match ask_owner_while_busy(sh, sh.shard_of(agent_id.as_bytes()), op, again).await? {
+        Ok(reply) => Ok(reply),
+        Err(_) => Err(still_saving(agent_id)),
+    }
+}
+
+/// [`ask_agent_owner`] of shard `owner`, for a caller whose agent id travels in `op`:
+/// after the last try, the operation comes back (`Ok(Err(op))`, answer
+/// [`still_saving`]).
+pub async fn ask_owner_while_busy<S: Shard, O: Request<S::Msg>>(
+    sh: &S,
+    owner: crate::shard::ShardId,
+    op: O,
+    again: impl Fn(O::Reply) -> Result<O::Reply, O>,
+) -> Result<Result<O::Reply, O>, Error> {
     let mut op = op;
     for _ in 0..BINDING_BUSY_TRIES_MAX {
-        match again(ask_owner(sh, agent_id, op).await?) {
-            Ok(reply) => return Ok(reply),
+        match again(ask(sh, owner, op).await?) {
+            Ok(reply) => return Ok(Ok(reply)),
             Err(back) => op = back,
         }
         sh.sleep(BINDING_BUSY_POLL).await;
     }
-    Err(Error::unavailable(format!(
+    Ok(Err(op))
+}
+
+/// The 503 of a request that found agent `agent_id`'s binding change still being saved
+/// after [`BINDING_BUSY_TRIES_MAX`] tries.
+pub fn still_saving(agent_id: &str) -> Error {
+    Error::unavailable(format!(
         "a change of agent `{agent_id}`'s binding is still being saved; retry"
-    )))
+    ))
 }
 
 /// The durable write class of a binding `change` made by a request with

@@ -886,7 +886,7 @@ fn access_follows_creator_and_claimer() {
 
     // Claimed by alpha's heartbeat with its key, from 10.0.0.3.
     let claimer = key("alpha-sidecar", "10.0.0.3");
-    let got = s.claim_for_agent_by("alpha", &[], &claimer.holder(), at(1));
+    let got = s.claim_for_agent_by("alpha", &[], || claimer.holder(), at(1));
     assert_eq!(ids(&got), ["t1"]);
     assert_eq!(got[0].access.claimed_by, Some(claimer.holder()));
     let t = s.get("t1").unwrap().clone();
