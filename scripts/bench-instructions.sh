@@ -8,7 +8,8 @@
 # epoll driver is used (valgrind does not run io_uring).
 #
 # Usage: scripts/bench-instructions.sh KIND N1 N2 BIN [BIN ...]
-#   KIND: heartbeat | healthz | relay | relay-local (two registered WebSocket peers,
+#   KIND: heartbeat | heartbeat-token (the same with `Authorization: Bearer` of a token
+#         from POST /api/token, as agents and `bench http` send it) | healthz | relay | relay-local (two registered WebSocket peers,
 #         one offer in flight, under --cores 2: on different shards (relay) or on the
 #         same one (relay-local); needs Python `websockets`, from target/pyenv)
 #   CALLGRIND_ARGS: extra valgrind arguments (e.g. --toggle-collect=...)
@@ -100,10 +101,15 @@ if kind.startswith("relay"):
     assert got == n, (got, n)
     a.close(); b.close()
     sys.exit(0)
+headers = {"content-type": "application/json"}
+if kind == "heartbeat-token":
+    c.request("POST", "/api/token", "", {"X-API-Key": "ak_bench_a"}); r = c.getresponse()
+    body = json.loads(r.read()); assert r.status == 200, body
+    headers["authorization"] = "Bearer " + body["token"]
 for i in range(n):
-    if kind == "heartbeat":
+    if kind.startswith("heartbeat"):
         body = '{"agent_id":"bench-%d","hostname":"h","skill_names":["s%d"]}' % (i % 100, i % 10)
-        c.request("POST", "/api/hub/heartbeat", body, {"content-type": "application/json"})
+        c.request("POST", "/api/hub/heartbeat", body, headers)
     else:
         c.request("GET", "/healthz")
     r = c.getresponse(); r.read()

@@ -16,16 +16,19 @@
 
 use std::net::IpAddr;
 
-use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
+use super::admin::{bearer_token, Unauthorized, ADMIN_ROLE};
 use super::budget::{failed, Budgeted};
 use super::failures::Failure;
 use super::jwt::Claims;
 use super::keys::DEV_API_KEY;
 use super::ops::{Op, Reply};
+use super::verified::VerifiedTokens;
 use super::{Config, Presented};
 use crate::limits::Principal;
+use crate::shard::Owns;
 use crate::shard::{Error, Request};
 use crate::time::UnixTime;
+use std::cell::RefCell;
 
 /// The 401 for a refused agent token.
 fn unauthorized(u: Unauthorized) -> Error {
@@ -42,11 +45,21 @@ fn unauthorized(u: Unauthorized) -> Error {
 /// valid bearer token.
 pub fn authenticate(
     authorization: Option<&str>,
+    tokens: &mut VerifiedTokens,
     secret: &[u8],
     now: UnixTime,
     leeway_secs: u64,
 ) -> Result<Claims, Unauthorized> {
-    bearer_claims(authorization.map(str::as_bytes), secret, now, leeway_secs)
+    let header = authorization.ok_or(Unauthorized::Missing)?;
+    let token = bearer_token(header.as_bytes()).ok_or(Unauthorized::NotBearer)?;
+    tokens
+        .verify(secret, token, now.as_secs(), leeway_secs)
+        .map_err(Unauthorized::Token)
+}
+
+/// The shard's verified tokens (`auth::verified`).
+fn tokens<S: Budgeted>(sh: &S) -> &RefCell<VerifiedTokens> {
+    Owns::<RefCell<VerifiedTokens>>::owned(sh)
 }
 
 /// Whether the token's subject may act as `agent_id`: itself, or any agent for an admin.
@@ -83,25 +96,30 @@ where
     let address = crate::limits::client_key(peer);
     match gate(sh, cfg, presented.authorization, peer, agent_id).await? {
         Some(c) => Ok(Principal::credential(c.sub, &c.role, address)),
-        None => match super::principal::resolve(
-            presented,
-            &cfg.api_keys,
-            &cfg.jwt_secret,
-            sh.now(),
-            cfg.jwt_leeway_secs,
-            address,
-        ) {
-            Ok(p) => {
-                unknown_key(sh, presented, &p, peer).await;
-                Ok(p)
-            }
-            Err(r) => {
-                if r.forged {
-                    failed(sh, peer, Failure::Agent).await;
+        None => {
+            // The cache is borrowed for the call only: never across an await.
+            let resolved = super::principal::resolve(
+                presented,
+                &cfg.api_keys,
+                &mut tokens(sh).borrow_mut(),
+                &cfg.jwt_secret,
+                sh.now(),
+                cfg.jwt_leeway_secs,
+                address,
+            );
+            match resolved {
+                Ok(p) => {
+                    unknown_key(sh, presented, &p, peer).await;
+                    Ok(p)
                 }
-                Err(r.error)
+                Err(r) => {
+                    if r.forged {
+                        failed(sh, peer, Failure::Agent).await;
+                    }
+                    Err(r.error)
+                }
             }
-        },
+        }
     }
 }
 
@@ -130,6 +148,7 @@ where
     let resolved = super::principal::resolve(
         presented,
         &cfg.api_keys,
+        &mut tokens(sh).borrow_mut(),
         &cfg.jwt_secret,
         sh.now(),
         cfg.jwt_leeway_secs,
@@ -193,12 +212,15 @@ where
     if !cfg.require_agent_auth {
         return Ok(None);
     }
-    let claims = match authenticate(
+    // The cache is borrowed for the call only: never across an await.
+    let verified = authenticate(
         authorization,
+        &mut tokens(sh).borrow_mut(),
         &cfg.jwt_secret,
         sh.now(),
         cfg.jwt_leeway_secs,
-    ) {
+    );
+    let claims = match verified {
         Ok(c) => c,
         Err(u) => {
             if u.is_forgery() {
@@ -225,7 +247,15 @@ mod tests {
     #[test]
     fn tokens_and_self() {
         let now = UnixTime::from_secs(NOW_SECS);
-        let auth = |h: Option<&str>| authenticate(h, SECRET, now, 5);
+        let auth = |h: Option<&str>| {
+            authenticate(
+                h,
+                &mut crate::auth::verified::VerifiedTokens::new(),
+                SECRET,
+                now,
+                5,
+            )
+        };
         assert_eq!(auth(None), Err(Unauthorized::Missing));
         assert_eq!(
             unauthorized(auth(None).unwrap_err()).kind,

@@ -54,12 +54,14 @@ impl Counters {
 
 /// A shard that keeps the failure budget's state: the ledger of the addresses it owns
 /// (`shard_of(address octets)`), its hints of the others' recent failures, and its
-/// counters. Implemented for every shard that owns the three (the server's and the
+/// counters; and the tokens it verified lately (`auth::verified`, read by the same
+/// requests). Implemented for every shard that owns the three (the server's and the
 /// simulator's).
 pub trait Budgeted:
     Shard
     + Owns<RefCell<FailureLedger>>
     + Owns<RefCell<FailureHints>>
+    + Owns<RefCell<super::verified::VerifiedTokens>>
     + Owns<RefCell<InFlight>>
     + Owns<Counters>
 {
@@ -69,6 +71,7 @@ impl<S> Budgeted for S where
     S: Shard
         + Owns<RefCell<FailureLedger>>
         + Owns<RefCell<FailureHints>>
+        + Owns<RefCell<super::verified::VerifiedTokens>>
         + Owns<RefCell<InFlight>>
         + Owns<Counters>
 {

@@ -148,6 +148,19 @@ pub fn encode(secret: &[u8], claims: &Claims) -> String {
     token
 }
 
+/// A token of our header over the claims `payload` (JSON, as it is): tokens with claims
+/// [`Claims`] cannot carry (tests).
+#[cfg(test)]
+pub(crate) fn sign_claims_json(secret: &[u8], payload: &str) -> String {
+    let mut token = URL_SAFE_NO_PAD.encode(HEADER_JSON);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
+    let signature = sign(secret, token.as_bytes());
+    token.push('.');
+    token.push_str(&signature);
+    token
+}
+
 /// [`verify_leeway`] with the default leeway, [`LEEWAY_SECS_DEFAULT`].
 pub fn verify(secret: &[u8], token: &str, now_secs: u64) -> Result<Claims, JwtError> {
     verify_leeway(secret, token, now_secs, LEEWAY_SECS_DEFAULT)
@@ -165,6 +178,56 @@ pub fn verify_leeway(
     now_secs: u64,
     leeway_secs: u64,
 ) -> Result<Claims, JwtError> {
+    let signed = verify_signed(secret, token)?;
+    signed.check(now_secs, leeway_secs)?;
+    Ok(signed.claims)
+}
+
+/// A token whose structure, header, algorithm, signature and claims' shape passed: what
+/// [`verify_leeway`] checks that does not depend on the time. [`Signed::check`] does the
+/// rest at a given time; the two together are [`verify_leeway`], so a token checked
+/// once may be checked again at another time from this (`auth::verified`).
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub claims: Claims,
+    /// `nbf`, when the token has one.
+    nbf: Option<serde_json::Value>,
+    /// The token names an audience: refused at every time, after an expiry.
+    names_audience: bool,
+}
+
+impl Signed {
+    /// The checks of [`verify_leeway`] that depend on `now_secs`, in its order:
+    /// expiry, then the audience (whatever the time), `nbf`, `iat`.
+    pub fn check(&self, now_secs: u64, leeway_secs: u64) -> Result<(), JwtError> {
+        if self.claims.exp < now_secs.saturating_sub(leeway_secs) {
+            return Err(JwtError::Expired);
+        }
+        if self.names_audience {
+            return Err(JwtError::InvalidAudience);
+        }
+        if self
+            .nbf
+            .as_ref()
+            .is_some_and(|nbf| not_yet_valid(nbf, now_secs, leeway_secs))
+        {
+            return Err(JwtError::NotYetValid);
+        }
+        if self.claims.iat > now_secs.saturating_add(leeway_secs) {
+            return Err(JwtError::IssuedInFuture);
+        }
+        Ok(())
+    }
+
+    /// Whether this can pass [`check`](Self::check) at some time (it names no
+    /// audience).
+    pub fn may_pass(&self) -> bool {
+        !self.names_audience
+    }
+}
+
+/// The checks of [`verify_leeway`] that do not depend on the time, in its order.
+pub fn verify_signed(secret: &[u8], token: &str) -> Result<Signed, JwtError> {
     if token.len() > TOKEN_BYTES_MAX {
         return Err(JwtError::Malformed);
     }
@@ -201,24 +264,11 @@ pub fn verify_leeway(
     // The registered claims `jsonwebtoken` looks at separately: a duplicate of any of them
     // is a deserialization error there too.
     let spec: SpecClaims = serde_json::from_slice(&payload).map_err(|_| JwtError::InvalidClaims)?;
-
-    if claims.exp < now_secs.saturating_sub(leeway_secs) {
-        return Err(JwtError::Expired);
-    }
-    if spec.aud.as_ref().is_some_and(names_audience) {
-        return Err(JwtError::InvalidAudience);
-    }
-    if spec
-        .nbf
-        .as_ref()
-        .is_some_and(|nbf| not_yet_valid(nbf, now_secs, leeway_secs))
-    {
-        return Err(JwtError::NotYetValid);
-    }
-    if claims.iat > now_secs.saturating_add(leeway_secs) {
-        return Err(JwtError::IssuedInFuture);
-    }
-    Ok(claims)
+    Ok(Signed {
+        claims,
+        names_audience: spec.aud.as_ref().is_some_and(names_audience),
+        nbf: spec.nbf,
+    })
 }
 
 /// Algorithm names `jsonwebtoken` 9 knows; any other `alg` fails header parsing there.

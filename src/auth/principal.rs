@@ -8,7 +8,7 @@
 //!   is 401 (only clients that mean to authenticate send one).
 
 use super::admin::bearer_token;
-use super::{header_value_str, jwt, ApiKeys, Presented};
+use super::{header_value_str, ApiKeys, Presented};
 use crate::limits::principal::Principal;
 use crate::shard::Error;
 use crate::time::UnixTime;
@@ -23,13 +23,15 @@ pub struct Refused {
 
 /// The principal of a request that `presented` these headers from `address` (a client
 /// key) in the default configuration:
-/// a valid bearer JWT (with `leeway_secs` of clock skew), else a known `X-API-Key`, else
+/// a valid bearer JWT (with `leeway_secs` of clock skew; verified through the shard's
+/// `tokens`), else a known `X-API-Key`, else
 /// none. A bearer token that does not verify is 401; an `Authorization` header of
 /// another scheme and an unknown API key are ignored here (the route counts an unknown
 /// key as a wrong secret: see `auth::agent::principal`).
 pub fn resolve(
     presented: Presented<'_>,
     keys: &ApiKeys,
+    tokens: &mut super::verified::VerifiedTokens,
     secret: &[u8],
     now: UnixTime,
     leeway_secs: u64,
@@ -39,8 +41,9 @@ pub fn resolve(
         .authorization
         .and_then(|h| bearer_token(h.as_bytes()))
     {
-        let claims =
-            jwt::verify_leeway(secret, token, now.as_secs(), leeway_secs).map_err(|e| Refused {
+        let claims = tokens
+            .verify(secret, token, now.as_secs(), leeway_secs)
+            .map_err(|e| Refused {
                 error: Error::unauthorized(format!("invalid token: {e}")),
                 forged: e.is_forgery(),
             })?;
@@ -58,6 +61,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::jwt;
 
     const SECRET: &[u8] = b"s";
     const NOW_SECS: u64 = 1_795_239_689;
@@ -87,6 +91,7 @@ mod tests {
         resolve(
             req(headers),
             &keys(),
+            &mut crate::auth::verified::VerifiedTokens::new(),
             SECRET,
             UnixTime::from_secs(NOW_SECS),
             5,

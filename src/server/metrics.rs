@@ -111,6 +111,10 @@ pub struct AuthMetrics {
     pub refused: [u64; SECRET_ROUTES],
     /// Addresses with recent failures in this shard's ledger.
     pub addresses: u64,
+    /// Bearer token verifications answered from the shard's cache (`auth::verified`),
+    /// and those verified in full.
+    pub tokens_cached: u64,
+    pub tokens_verified: u64,
 }
 
 impl ShardMetrics {
@@ -379,6 +383,28 @@ fn render_auth(out: &mut String, shards: &[ShardMetrics]) {
             "chatixia_auth_failure_addresses{{shard=\"{}\"}} {}",
             m.shard, m.auth.addresses
         );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP chatixia_auth_token_verifications_total Bearer tokens checked on agent and \
+         task routes, by how: `cached` (the token was verified before on this shard: only \
+         its times checked again) or `full` (base64, HMAC-SHA256, claims)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE chatixia_auth_token_verifications_total counter"
+    );
+    for m in shards {
+        for (how, n) in [
+            ("cached", m.auth.tokens_cached),
+            ("full", m.auth.tokens_verified),
+        ] {
+            let _ = writeln!(
+                out,
+                "chatixia_auth_token_verifications_total{{shard=\"{}\",how=\"{how}\"}} {n}",
+                m.shard
+            );
+        }
     }
 }
 
@@ -696,6 +722,8 @@ mod tests {
                 failures: [1, 2, 3, 4, 5, 6, 7, 8],
                 refused: [9, 0, 0, 0, 0, 0],
                 addresses: 3,
+                tokens_cached: 11,
+                tokens_verified: 2,
             },
             budgets: BudgetMetrics {
                 task_bytes: 700,
@@ -736,6 +764,11 @@ mod tests {
         ));
         assert!(text.contains("chatixia_auth_refused_total{shard=\"0\",route=\"token\"} 9\n"));
         assert!(text.contains("chatixia_auth_failure_addresses{shard=\"1\"} 3\n"));
+        assert!(text
+            .contains("chatixia_auth_token_verifications_total{shard=\"1\",how=\"cached\"} 11\n"));
+        assert!(
+            text.contains("chatixia_auth_token_verifications_total{shard=\"1\",how=\"full\"} 2\n")
+        );
         assert!(text.contains("chatixia_task_store_bytes{shard=\"1\"} 700\n"));
         assert!(text.contains(
             "chatixia_budget_refused_total{shard=\"0\",store=\"tasks\",reason=\"anonymous_share\"} 3\n"

@@ -267,10 +267,13 @@ impl ShardCtx {
             self.budget_metrics(),
         );
         let (failures, refused) = self.state.auth_counters.snapshot();
+        let (tokens_cached, tokens_verified) = self.state.verified_tokens.borrow().counts();
         m.auth = crate::server::metrics::AuthMetrics {
             failures,
             refused,
             addresses: self.state.auth_failures.borrow().len() as u64,
+            tokens_cached,
+            tokens_verified,
         };
         m.turn = crate::server::turn::metrics();
         m.tls = self.tls.snapshot();

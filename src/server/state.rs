@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use super::ServerConfig;
 use crate::auth::budget::Counters as AuthCounters;
 use crate::auth::failures::{FailureHints, FailureLedger, InFlight};
+use crate::auth::verified::VerifiedTokens;
 use crate::auth::DeviceTokenIndex;
 use crate::hub::{TaskPointers, TaskStore};
 use crate::registry::{AgentStore, AgentStoreConfig};
@@ -30,6 +31,8 @@ pub struct ShardState {
     pub auth_failures: RefCell<FailureLedger>,
     /// Auth: what this shard has heard of other shards' addresses with recent failures.
     pub auth_hints: RefCell<FailureHints>,
+    /// Bearer tokens verified lately (`auth::verified`).
+    pub verified_tokens: RefCell<VerifiedTokens>,
     /// Auth: the secret checks of client addresses now in flight on this shard (one per
     /// address: `auth::budget::admit_held`).
     pub auth_in_flight: RefCell<InFlight>,
@@ -57,6 +60,7 @@ impl ShardState {
             && self.tokens.try_borrow_mut().is_ok()
             && self.auth_failures.try_borrow_mut().is_ok()
             && self.auth_hints.try_borrow_mut().is_ok()
+            && self.verified_tokens.try_borrow_mut().is_ok()
             && self.auth_in_flight.try_borrow_mut().is_ok()
             && self.authz.try_borrow_mut().is_ok()
             && self.changes.try_borrow_mut().is_ok()
@@ -82,6 +86,7 @@ impl ShardState {
                 config.auth.failures.shard_share(shards),
             )),
             auth_hints: RefCell::new(FailureHints::new(&config.auth.failures)),
+            verified_tokens: RefCell::new(VerifiedTokens::new()),
             auth_in_flight: RefCell::new(InFlight::default()),
             auth_counters: AuthCounters::default(),
             authz: RefCell::new(PeerAuthz::default()),
@@ -150,6 +155,12 @@ impl Owns<RefCell<FailureLedger>> for ShardState {
 impl Owns<RefCell<FailureHints>> for ShardState {
     fn owned(&self) -> &RefCell<FailureHints> {
         &self.auth_hints
+    }
+}
+
+impl Owns<RefCell<VerifiedTokens>> for ShardState {
+    fn owned(&self) -> &RefCell<VerifiedTokens> {
+        &self.verified_tokens
     }
 }
 

@@ -36,6 +36,7 @@ mod api_pairing;
 mod api_registry;
 mod api_sharding;
 mod auth_failures;
+mod auth_token_cache;
 mod autobahn;
 mod bench_cluster;
 mod bench_compare;
