@@ -112,15 +112,26 @@ enum Inner<F> {
 
 /// Moves `f` into a block from this thread's pool.
 pub fn boxed<F: Future>(f: F) -> LocalBox<F> {
+    boxed_with(|| f)
+}
+
+/// The future `make` returns, made in a block from this thread's pool: the block is
+/// taken first, so that the future (an `async fn`'s state: as large as its largest
+/// await, kilobytes for a router) can be written where it will live rather than built
+/// on the stack and copied whole.
+#[inline(always)]
+pub fn boxed_with<F: Future>(make: impl FnOnce() -> F) -> LocalBox<F> {
     let inner = match class_of(Layout::new::<F>()) {
         Some(class) => {
             let ptr = alloc_block(class).cast::<F>();
             // SAFETY: the block is at least `size_of::<F>()` bytes, aligned to
-            // POOLED_ALIGN ≥ `align_of::<F>()`, and unused: writing `f` there is valid.
-            unsafe { ptr.as_ptr().write(f) };
+            // POOLED_ALIGN ≥ `align_of::<F>()`, and unused: writing an `F` there is
+            // valid. Should `make` panic, the block is not given back (a leak, not
+            // unsoundness).
+            unsafe { ptr.as_ptr().write(make()) };
             Inner::Pooled { ptr, class }
         }
-        None => Inner::Boxed(Box::pin(f)),
+        None => Inner::Boxed(Box::pin(make())),
     };
     LocalBox { inner }
 }

@@ -319,8 +319,9 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                     answered = true;
                     // Boxed: the handler's state (up to ~4 KiB: the largest route's)
                     // lives only while it runs, not in every idle connection's task;
-                    // in a block the shard recycles (`reactor::pool`).
-                    let handler = reactor::pool::boxed(router::handle(ctx, &req, peer));
+                    // in a block the shard recycles (`reactor::pool`), made there (not
+                    // copied in).
+                    let handler = reactor::pool::boxed_with(|| router::handle(ctx, &req, peer));
                     debug_assert!(
                         handler.is_pooled(),
                         "the handler outgrew the pool's classes"
