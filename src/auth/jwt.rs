@@ -190,8 +190,8 @@ pub fn verify_leeway(
 #[derive(Debug, Clone)]
 pub struct Signed {
     pub claims: Claims,
-    /// `nbf`, when the token has one.
-    nbf: Option<serde_json::Value>,
+    /// `nbf`, as far as the check reads it (kept small: a cached `Signed` holds no JSON).
+    nbf: NotBefore,
     /// The token names an audience: refused at every time, after an expiry.
     names_audience: bool,
 }
@@ -206,11 +206,7 @@ impl Signed {
         if self.names_audience {
             return Err(JwtError::InvalidAudience);
         }
-        if self
-            .nbf
-            .as_ref()
-            .is_some_and(|nbf| not_yet_valid(nbf, now_secs, leeway_secs))
-        {
+        if not_yet_valid(self.nbf, now_secs, leeway_secs) {
             return Err(JwtError::NotYetValid);
         }
         if self.claims.iat > now_secs.saturating_add(leeway_secs) {
@@ -226,8 +222,10 @@ impl Signed {
     }
 }
 
-/// The checks of [`verify_leeway`] that do not depend on the time, in its order.
-pub fn verify_signed(secret: &[u8], token: &str) -> Result<Signed, JwtError> {
+/// The checks of [`verify_leeway`] that do not depend on the time, in its order. Not a
+/// verification on its own: the claims are valid only once [`Signed::check`] passes.
+#[must_use = "a token is valid only once `Signed::check` passes"]
+pub(crate) fn verify_signed(secret: &[u8], token: &str) -> Result<Signed, JwtError> {
     if token.len() > TOKEN_BYTES_MAX {
         return Err(JwtError::Malformed);
     }
@@ -267,7 +265,7 @@ pub fn verify_signed(secret: &[u8], token: &str) -> Result<Signed, JwtError> {
     Ok(Signed {
         claims,
         names_audience: spec.aud.as_ref().is_some_and(names_audience),
-        nbf: spec.nbf,
+        nbf: spec.nbf.as_ref().map_or(NotBefore::Absent, NotBefore::of),
     })
 }
 
@@ -303,14 +301,32 @@ struct SpecClaims {
     aud: Option<serde_json::Value>,
 }
 
-/// Whether a numeric `nbf` lies more than the leeway after `now_secs` (a non-numeric
-/// `nbf` is ignored, as the reference ignores every `nbf`).
-fn not_yet_valid(nbf: &serde_json::Value, now_secs: u64, leeway_secs: u64) -> bool {
+/// A token's `nbf` as the check reads it: a non-negative integer, another number, or
+/// none (absent or not a number: ignored, as the reference ignores every `nbf`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NotBefore {
+    Absent,
+    Secs(u64),
+    Number(f64),
+}
+
+impl NotBefore {
+    fn of(nbf: &serde_json::Value) -> NotBefore {
+        match (nbf.as_u64(), nbf.as_f64()) {
+            (Some(n), _) => NotBefore::Secs(n),
+            (None, Some(f)) => NotBefore::Number(f),
+            (None, None) => NotBefore::Absent,
+        }
+    }
+}
+
+/// Whether a numeric `nbf` lies more than the leeway after `now_secs`.
+fn not_yet_valid(nbf: NotBefore, now_secs: u64, leeway_secs: u64) -> bool {
     let limit = now_secs.saturating_add(leeway_secs);
-    match (nbf.as_u64(), nbf.as_f64()) {
-        (Some(n), _) => n > limit,
-        (None, Some(f)) => f > limit as f64,
-        (None, None) => false,
+    match nbf {
+        NotBefore::Secs(n) => n > limit,
+        NotBefore::Number(f) => f > limit as f64,
+        NotBefore::Absent => false,
     }
 }
 

@@ -19,11 +19,13 @@
 //! no sharing between shards.
 
 use super::jwt::{self, Claims, JwtError, Signed};
+use subtle::ConstantTimeEq;
 
 /// How many tokens a shard keeps: a slot per client of a shard that heartbeats every few
-/// seconds on a keep-alive connection, for a few hundred such clients per shard, in at
-/// most `VERIFIED_TOKENS_SLOTS × (VERIFIED_TOKEN_BYTES_MAX + ~100)` bytes (~290 KiB; a
-/// token of ours is ~200 bytes, so ~80 KiB in practice). When two tokens share a slot
+/// seconds on a keep-alive connection, for a few hundred such clients per shard. An
+/// entry is the token and its claims (`sub` and `role` are parts of the token): at most
+/// `VERIFIED_TOKENS_SLOTS × (2 × VERIFIED_TOKEN_BYTES_MAX + ~150)` bytes (~550 KiB; a
+/// token of ours is ~200 bytes, so ~100 KiB in practice). When two tokens share a slot
 /// the newer one is kept: the other is verified in full next time (no more than
 /// without the cache).
 pub const VERIFIED_TOKENS_SLOTS: usize = 256;
@@ -80,7 +82,11 @@ impl VerifiedTokens {
         let slot = slot_of(token);
         if cacheable {
             if let Some(e) = self.slots.get(slot).and_then(Option::as_ref) {
-                if *e.token == *token {
+                // In constant time, as the signature check it stands for (the length
+                // is public: the token's own).
+                if e.token.len() == token.len()
+                    && bool::from(e.token.as_bytes().ct_eq(token.as_bytes()))
+                {
                     self.hits += 1;
                     e.signed.check(now_secs, leeway_secs)?;
                     return Ok(e.signed.claims.clone());
@@ -103,7 +109,8 @@ impl VerifiedTokens {
         Ok(claims)
     }
 
-    /// How many verifications were answered from the cache, and how many were not.
+    /// How many verifications were answered from the cache (the token found; its time
+    /// checks may still have refused it), and how many were verified in full.
     pub fn counts(&self) -> (u64, u64) {
         (self.hits, self.misses)
     }
