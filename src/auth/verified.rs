@@ -82,11 +82,7 @@ impl VerifiedTokens {
         let slot = slot_of(token);
         if cacheable {
             if let Some(e) = self.slots.get(slot).and_then(Option::as_ref) {
-                // In constant time, as the signature check it stands for (the length
-                // is public: the token's own).
-                if e.token.len() == token.len()
-                    && bool::from(e.token.as_bytes().ct_eq(token.as_bytes()))
-                {
+                if same_token(&e.token, token) {
                     self.hits += 1;
                     e.signed.check(now_secs, leeway_secs)?;
                     return Ok(e.signed.claims.clone());
@@ -123,6 +119,21 @@ impl VerifiedTokens {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Whether `presented` is the cached token `kept`: its signature (after the last `.`)
+/// compared in constant time, as the HMAC check it stands for compares it; the header
+/// and claims before it are no secret (anyone holding the token reads them) and are
+/// compared as bytes.
+fn same_token(kept: &str, presented: &str) -> bool {
+    let (Some((kept_msg, kept_sig)), Some((msg, sig))) =
+        (kept.rsplit_once('.'), presented.rsplit_once('.'))
+    else {
+        return false;
+    };
+    kept_msg == msg
+        && kept_sig.len() == sig.len()
+        && bool::from(kept_sig.as_bytes().ct_eq(sig.as_bytes()))
 }
 
 /// A token's slot, from the last characters before its final one: the base64 of its
@@ -246,6 +257,28 @@ mod tests {
             Err(JwtError::InvalidSignature)
         );
         assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn same_token_is_byte_for_byte() {
+        let t = jwt::issue(SECRET, "alpha", "agent", NOW);
+        assert!(same_token(&t, &t.clone()));
+        let (msg, sig) = t.rsplit_once('.').unwrap();
+        for i in 0..t.len() {
+            let mut other = t.clone().into_bytes();
+            other[i] ^= 1;
+            assert!(
+                !same_token(&t, &String::from_utf8(other).unwrap()),
+                "byte {i}"
+            );
+        }
+        assert!(!same_token(&t, msg));
+        assert!(!same_token(&t, &format!("{msg}.{sig}x")));
+        assert!(!same_token(&t, &format!("{msg}x.{sig}")));
+        assert!(
+            !same_token("", ""),
+            "no token is cached without a signature"
+        );
     }
 
     #[test]
