@@ -103,17 +103,16 @@ pub fn bearer_token(authorization: &[u8]) -> Option<&str> {
         .then_some(token)
 }
 
-/// The verified claims of an `Authorization: Bearer <JWT>` value (`None` when the
-/// header is absent), with `leeway_secs` of clock skew (`--jwt-leeway-secs`).
+/// The claims of an `Authorization: Bearer <JWT>` value (`None` when the header is
+/// absent), as `verify` finds them: `jwt::verify_leeway`, or a shard's cache of it
+/// (`auth::verified`).
 pub fn bearer_claims(
     authorization: Option<&[u8]>,
-    secret: &[u8],
-    now: UnixTime,
-    leeway_secs: u64,
+    verify: impl FnOnce(&str) -> Result<Claims, jwt::JwtError>,
 ) -> Result<Claims, Unauthorized> {
     let header = authorization.ok_or(Unauthorized::Missing)?;
     let token = bearer_token(header).ok_or(Unauthorized::NotBearer)?;
-    jwt::verify_leeway(secret, token, now.as_secs(), leeway_secs).map_err(Unauthorized::Token)
+    verify(token).map_err(Unauthorized::Token)
 }
 
 /// Decides an admin route: `authorization` is the raw `Authorization` header value
@@ -125,8 +124,8 @@ pub fn authorize_admin(
     now: UnixTime,
     leeway_secs: u64,
 ) -> Result<Claims, AdminAuthError> {
-    let claims = bearer_claims(authorization, secret, now, leeway_secs)
-        .map_err(AdminAuthError::Unauthorized)?;
+    let verify = |t: &str| jwt::verify_leeway(secret, t, now.as_secs(), leeway_secs);
+    let claims = bearer_claims(authorization, verify).map_err(AdminAuthError::Unauthorized)?;
     if claims.role != ADMIN_ROLE {
         return Err(AdminAuthError::Forbidden {
             peer_id: claims.sub,

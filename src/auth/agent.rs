@@ -16,7 +16,7 @@
 
 use std::net::IpAddr;
 
-use super::admin::{bearer_token, Unauthorized, ADMIN_ROLE};
+use super::admin::{bearer_claims, Unauthorized, ADMIN_ROLE};
 use super::budget::{failed, Budgeted};
 use super::failures::Failure;
 use super::jwt::Claims;
@@ -50,11 +50,9 @@ pub fn authenticate(
     now: UnixTime,
     leeway_secs: u64,
 ) -> Result<Claims, Unauthorized> {
-    let header = authorization.ok_or(Unauthorized::Missing)?;
-    let token = bearer_token(header.as_bytes()).ok_or(Unauthorized::NotBearer)?;
-    tokens
-        .verify(secret, token, now.as_secs(), leeway_secs)
-        .map_err(Unauthorized::Token)
+    bearer_claims(authorization.map(str::as_bytes), |t| {
+        tokens.verify(secret, t, now.as_secs(), leeway_secs)
+    })
 }
 
 /// The shard's verified tokens (`auth::verified`).
@@ -96,30 +94,7 @@ where
     let address = crate::limits::client_key(peer);
     match gate(sh, cfg, presented.authorization, peer, agent_id).await? {
         Some(c) => Ok(Principal::credential(c.sub, &c.role, address)),
-        None => {
-            // The cache is borrowed for the call only: never across an await.
-            let resolved = super::principal::resolve(
-                presented,
-                &cfg.api_keys,
-                &mut tokens(sh).borrow_mut(),
-                &cfg.jwt_secret,
-                sh.now(),
-                cfg.jwt_leeway_secs,
-                address,
-            );
-            match resolved {
-                Ok(p) => {
-                    unknown_key(sh, presented, &p, peer).await;
-                    Ok(p)
-                }
-                Err(r) => {
-                    if r.forged {
-                        failed(sh, peer, Failure::Agent).await;
-                    }
-                    Err(r.error)
-                }
-            }
-        }
+        None => resolve_counted(sh, cfg, presented, peer, address).await,
     }
 }
 
@@ -145,6 +120,22 @@ where
             ..Principal::anonymous(address)
         });
     }
+    resolve_counted(sh, cfg, presented, peer, address).await
+}
+
+/// [`super::principal::resolve`] with the shard's verified tokens, counting a forged
+/// bearer token or an unknown `X-API-Key` against `peer`'s failure budget.
+async fn resolve_counted<S: Budgeted>(
+    sh: &S,
+    cfg: &Config,
+    presented: Presented<'_>,
+    peer: IpAddr,
+    address: String,
+) -> Result<Principal, Error>
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    // The cache is borrowed for the call only: never across an await.
     let resolved = super::principal::resolve(
         presented,
         &cfg.api_keys,

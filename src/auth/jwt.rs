@@ -138,20 +138,12 @@ pub fn issue(secret: &[u8], peer_id: &str, role: &str, now_secs: u64) -> String 
 /// Sign arbitrary claims (the building block of [`issue`]).
 pub fn encode(secret: &[u8], claims: &Claims) -> String {
     // Serializing two strings and two integers cannot fail.
-    let payload = serde_json::to_vec(claims).unwrap_or_default();
-    let mut token = URL_SAFE_NO_PAD.encode(HEADER_JSON);
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(payload, &mut token);
-    let signature = sign(secret, token.as_bytes());
-    token.push('.');
-    token.push_str(&signature);
-    token
+    sign_payload(secret, serde_json::to_vec(claims).unwrap_or_default())
 }
 
-/// A token of our header over the claims `payload` (JSON, as it is): tokens with claims
-/// [`Claims`] cannot carry (tests).
-#[cfg(test)]
-pub(crate) fn sign_claims_json(secret: &[u8], payload: &str) -> String {
+/// A token of our header over the claims `payload` (JSON, as it is: also claims that
+/// [`Claims`] cannot carry, for tests).
+pub(crate) fn sign_payload(secret: &[u8], payload: impl AsRef<[u8]>) -> String {
     let mut token = URL_SAFE_NO_PAD.encode(HEADER_JSON);
     token.push('.');
     URL_SAFE_NO_PAD.encode_string(payload, &mut token);

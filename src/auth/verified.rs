@@ -111,11 +111,13 @@ impl VerifiedTokens {
         (self.hits, self.misses)
     }
 
-    /// How many tokens are kept.
+    /// How many tokens are kept (tests).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -176,16 +178,16 @@ mod tests {
             jwt::issue(SECRET, "beta", "admin", NOW - 1000),
             jwt::encode(SECRET, &claims("later", NOW + 300, NOW + 200)),
             jwt::issue(b"another secret", "alpha", "agent", NOW),
-            jwt::sign_claims_json(
+            jwt::sign_payload(
                 SECRET,
-                &format!(
+                format!(
                     r#"{{"sub":"a","role":"agent","exp":{},"iat":{NOW},"aud":"x"}}"#,
                     NOW + 300
                 ),
             ),
-            jwt::sign_claims_json(
+            jwt::sign_payload(
                 SECRET,
-                &format!(
+                format!(
                     r#"{{"sub":"n","role":"agent","exp":{},"iat":{NOW},"nbf":{}}}"#,
                     NOW + 300,
                     NOW + 100
@@ -231,9 +233,9 @@ mod tests {
     #[test]
     fn a_token_naming_an_audience_or_too_long_is_not_kept() {
         let mut cache = VerifiedTokens::new();
-        let aud = jwt::sign_claims_json(
+        let aud = jwt::sign_payload(
             SECRET,
-            &format!(
+            format!(
                 r#"{{"sub":"a","role":"agent","exp":{},"iat":{NOW},"aud":"x"}}"#,
                 NOW + 300
             ),

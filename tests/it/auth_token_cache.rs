@@ -10,17 +10,6 @@ use common::*;
 
 const VERIFICATIONS: &str = "chatixia_auth_token_verifications_total";
 
-fn bearer(s: &Server) -> String {
-    let r = s.req(
-        "POST",
-        "/api/token",
-        &[("X-API-Key", "ak_test_agent")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    format!("Bearer {}", r.json()["token"].as_str().unwrap())
-}
-
 /// Our token's header and claims under a signature made with another key.
 fn forged(ours: &str) -> String {
     let claims = ours.trim_start_matches("Bearer ");
@@ -40,7 +29,7 @@ fn a_token_is_verified_once_and_still_refused_once_expired() {
         let mut o = Opts::cores(1);
         o.args = args.iter().map(|a| a.to_string()).collect();
         let s = Server::with(o);
-        let token = bearer(&s);
+        let token = s.bearer("ak_test_agent");
         let body = serde_json::to_vec(&json!({"agent_id": "agent-x", "hostname": "h"})).unwrap();
         let mut c = s.conn();
         let mut heartbeat = |auth: &str| {
@@ -85,7 +74,7 @@ fn a_token_is_verified_once_and_still_refused_once_expired() {
         assert_eq!(r.status, 401, "{args:?}: {}", r.text());
         assert!(r.text().contains("expired signature"), "{}", r.text());
         // A fresh token works again.
-        let fresh = bearer(&s);
+        let fresh = s.bearer("ak_test_agent");
         assert_eq!(heartbeat(&fresh).status, 200, "{args:?}");
     }
 }

@@ -10,12 +10,6 @@ const KEYS: &str = r#"{"keys": {
     "ak_y": {"peer_id": "agent-y", "role": "agent"}
 }}"#;
 
-fn token(s: &Server, key: &str) -> String {
-    let r = s.req("POST", "/api/token", &[("X-API-Key", key)], None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    format!("Bearer {}", r.json()["token"].as_str().unwrap())
-}
-
 fn post(s: &Server, path: &str, auth: Option<&str>, body: &Value) -> Resp {
     let b = serde_json::to_vec(body).unwrap();
     let mut h = vec![("Content-Type", "application/json")];
@@ -31,7 +25,7 @@ fn agents_act_only_as_themselves() {
     o.keys = Some(KEYS.to_owned());
     o.args = vec!["--require-agent-auth".into()];
     let s = Server::with(o);
-    let (x, y) = (token(&s, "ak_x"), token(&s, "ak_y"));
+    let (x, y) = (s.bearer("ak_x"), s.bearer("ak_y"));
     let hb = |id: &str| json!({"agent_id": id, "hostname": "h", "skill_names": ["payroll"]});
 
     // No token: 401 on every agent route.

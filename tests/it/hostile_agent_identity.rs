@@ -56,12 +56,6 @@ fn get(s: &Server, last: u8, path: &str, headers: &[(&str, &str)]) -> Resp {
     from(s, last, "GET", path, headers, None)
 }
 
-fn bearer(s: &Server, key: &str) -> String {
-    let r = s.req("POST", "/api/token", &[("X-API-Key", key)], None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    format!("Bearer {}", r.json()["token"].as_str().unwrap())
-}
-
 fn submit(s: &Server, last: u8, body: &Value) -> String {
     let r = post(s, last, "/api/hub/tasks", &[], body);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -151,7 +145,7 @@ fn anonymous_clients_cannot_act_as_an_agent_registered_from_another_address() {
         (&json!("completed"), &json!("")),
         "{t}"
     );
-    let admin = bearer(&s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     let t = get(
         &s,
         ATTACKER,
@@ -201,7 +195,7 @@ fn an_agent_registered_with_its_key_is_not_taken_without_it() {
     // With it (or its JWT), from anywhere.
     for auth in [
         ("X-API-Key", "ak_alpha".to_owned()),
-        ("Authorization", bearer(&s, "ak_alpha")),
+        ("Authorization", s.bearer("ak_alpha")),
     ] {
         let r = post(
             &s,
@@ -219,7 +213,7 @@ fn an_agent_registered_with_its_key_is_not_taken_without_it() {
     let r = post(&s, ATTACKER, "/api/registry/agents", &[], &reg("gamma"));
     assert_eq!(r.status, 200, "{}", r.text());
     post(&s, VICTIM, "/api/registry/agents", &[], &reg("gamma")).error(403);
-    let admin = bearer(&s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     let r = post(
         &s,
         BOSS,
@@ -306,7 +300,7 @@ fn task_lists_withhold_payload_result_and_error_without_admin() {
     assert_eq!(rest.json().as_array().unwrap().len(), 1);
     assert!(!rest.text().contains("SECRET"));
     // The submitter, an admin token or an admin API key: everything.
-    let admin = bearer(&s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     for (last, h) in [
         (VICTIM, vec![]),
         (ATTACKER, vec![("Authorization", admin.as_str())]),

@@ -18,17 +18,6 @@ fn addr(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, 10 + i)
 }
 
-fn agent_jwt(s: &Server) -> String {
-    let r = s.req(
-        "POST",
-        "/api/token",
-        &[("X-API-Key", "ak_test_agent")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()["token"].as_str().unwrap().to_owned()
-}
-
 fn post(s: &Server, path: &str, body: &Value, headers: &[(&str, &str)]) -> Resp {
     let b = serde_json::to_vec(body).unwrap();
     let mut h = vec![("Content-Type", "application/json")];
@@ -115,7 +104,7 @@ fn many_addresses_fill_only_the_anonymous_share_of_the_task_store() {
     assert!(metric(&s, "chatixia_task_store_anonymous_bytes", "") <= 200_000);
 
     // Authenticated clients still have room: an API key, an agent JWT, an admin JWT.
-    let jwt = format!("Bearer {}", agent_jwt(&s));
+    let jwt = s.bearer("ak_test_agent");
     let admin = format!("Bearer {}", s.admin_token());
     let creds: [(&str, &str); 3] = [
         ("X-API-Key", "ak_test_agent"),
@@ -204,7 +193,7 @@ fn many_addresses_fill_only_the_anonymous_share_of_the_agent_registry() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     // Authenticated clients register (and heartbeat new agents).
-    let jwt = format!("Bearer {}", agent_jwt(&s));
+    let jwt = s.bearer("ak_test_agent");
     for (k, v, id) in [
         ("X-API-Key", "ak_test_agent", "real-1"),
         ("Authorization", jwt.as_str(), "real-2"),

@@ -76,12 +76,6 @@ fn get_from(s: &Server, from: Ipv4Addr, path: &str, headers: &[(&str, &str)]) ->
     req_from(s, from, "GET", path, headers, None)
 }
 
-fn bearer(s: &Server, key: &str) -> String {
-    let r = s.req("POST", "/api/token", &[("X-API-Key", key)], None);
-    assert_eq!(r.status, 200, "{}", r.text());
-    format!("Bearer {}", r.json()["token"].as_str().unwrap())
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -520,7 +514,7 @@ fn parallel_connections_multiply_the_failure_budget_of_one_address() {
 /// An approved device: its device token.
 fn device_token(s: &Server) -> (String, String) {
     let id = pending_entry(s, "dev");
-    let admin = bearer(s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     let r = s.req(
         "POST",
         &format!("/api/pairing/{id}/approve"),
@@ -761,14 +755,14 @@ fn the_backup_route_needs_an_admin_and_is_under_the_failure_budget() {
     let bk = "/api/admin/backup";
     let r = get_from(&s, ip(0, 4), bk, &[]);
     r.error(401);
-    let agent = bearer(&s, "ak_alpha");
+    let agent = s.bearer("ak_alpha");
     get_from(&s, ip(0, 4), bk, &[("Authorization", &agent)]).error(403);
     let now = unix_now();
     for i in 0..PER_IP {
         let forged = format!("Bearer {}{i}", jwt("admin-1", "admin", now, now + 300));
         get_from(&s, ip(0, 4), bk, &[("Authorization", &forged)]).error(401);
     }
-    let admin = bearer(&s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     let r = get_from(&s, ip(0, 4), bk, &[("Authorization", &admin)]);
     assert_eq!(r.status, 429, "{}", r.text());
     assert!(r.header("retry-after").is_some());
@@ -895,7 +889,7 @@ fn deep_nesting_in_tokens_and_cursors_is_refused_and_the_server_lives() {
     let r = s.get(&format!("/api/dashboard/events?token={tok}"));
     assert_eq!(r.status, 401, "{}", r.text());
     // A dashboard cursor 5,000 levels deep.
-    let admin = bearer(&s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     let cursor: String = "%5B".repeat(5_000);
     let r = s.req(
         "GET",
@@ -952,7 +946,7 @@ fn a_revocation_passes_a_full_durable_store() {
         "{}",
         full.text()
     );
-    let admin = bearer(&s, "ak_test_admin");
+    let admin = s.bearer("ak_test_admin");
     let r = s.req(
         "POST",
         &format!("/api/pairing/{id}/revoke"),

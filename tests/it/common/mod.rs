@@ -285,16 +285,21 @@ impl Server {
         self.conn().post_json(path, body)
     }
 
+    /// A fresh JWT from `POST /api/token` with API key `key`.
+    pub fn token(&self, key: &str) -> String {
+        let r = self.req("POST", "/api/token", &[("X-API-Key", key)], None);
+        assert_eq!(r.status, 200, "token for {key}: {}", r.text());
+        r.json()["token"].as_str().expect("token").to_owned()
+    }
+
+    /// `Bearer <token>`: an `Authorization` value with a fresh JWT for API key `key`.
+    pub fn bearer(&self, key: &str) -> String {
+        format!("Bearer {}", self.token(key))
+    }
+
     /// A fresh admin JWT (API key `ak_test_admin` of [`KEYS_JSON`], role admin).
     pub fn admin_token(&self) -> String {
-        let r = self.req(
-            "POST",
-            "/api/token",
-            &[("X-API-Key", "ak_test_admin")],
-            None,
-        );
-        assert_eq!(r.status, 200, "admin token: {}", r.text());
-        r.json()["token"].as_str().expect("token").to_owned()
+        self.token("ak_test_admin")
     }
 
     /// One request to an operator route with a fresh admin token (issue 10).
