@@ -18,9 +18,25 @@
 #                millisecond (every 2 ms): no bursts, so nothing to batch
 #   memory       1,000 allocations (each with a channel), no traffic: server RSS growth
 #                per allocation, and allocations per second
+#   SCENARIO-gso     the same with the load generator sending each burst (and each run
+#                of echoes to one relayed address) as one UDP GSO send: on loopback the
+#                run reaches the server's socket as one packet, as a NIC's GRO would
+#                hand it over; a server with UDP_GRO takes it whole, one without it gets
+#                the datagrams one by one (e.g. closed-w8-gso, open-200k-b5-gso)
+#   SCENARIO-gsogro  … and the load generator's sockets take the servers' GSO runs
+#                whole (on loopback the receiver's delivery is charged to the sender)
+# NETNS=1: the load generator in a network namespace of its own behind a veth pair
+#   (the servers on 10.99.0.1, the load generator on 10.99.0.2), both ends with GRO and
+#   threaded NAPI: datagrams sent one by one cross a link whose receiving side polls
+#   them in batches (a kernel thread, as a NIC's interrupt and NAPI poll) and coalesces
+#   a flow's back-to-back datagrams for a socket that asks for UDP_GRO; and a side's
+#   deliveries run in that thread, not in the sender's system call, as across a real
+#   network (on loopback the sender pays for the receiver's delivery). The NAPI
+#   threads run on the load generator's CPU. Needs root (ip netns, ethtool).
 # Usage: scripts/bench-turn.sh [ROUNDS] [SECONDS]
 #   BIN=…      chatixia-core binary (default: target/release/chatixia-core, built here)
-#   SERVERS=…  default "ours coturn" (also "ours-nogso")
+#   SERVERS=…  default "ours coturn" (also "ours-nogso": CHATIXIA_TURN_GSO=0, and
+#              "ours-nogro": CHATIXIA_TURN_GRO=0)
 #   SCENARIOS=… default "closed-w8 open-100k-b5 open-200k-b5 open-100k-b1 open-50k-b1 memory"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,26 +53,46 @@ SECRET=bench-turn-secret
 TMP=$(mktemp -d)
 pid=
 stop() { if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; fi; pid=; }
-trap 'stop; rm -rf "$TMP"' EXIT
+HOST_IP=127.0.0.1; LG_IP=127.0.0.1; NSX=(); NS=; VA=
+unlink() { if [ -n "$NS" ]; then ip netns del "$NS" 2>/dev/null || true; ip link del "$VA" 2>/dev/null || true; fi; }
+trap 'stop; unlink; rm -rf "$TMP"' EXIT
+if [ "${NETNS:-0}" = 1 ]; then
+  command -v ethtool >/dev/null || { apt-get update -qq && apt-get install -y -qq ethtool; }
+  NS=bench-turn-$$; VA=bt$$a; VB=bt$$b
+  ip netns add "$NS"
+  ip link add "$VA" type veth peer name "$VB"
+  ip link set "$VB" netns "$NS"
+  ip addr add 10.99.0.1/24 dev "$VA"; ip link set "$VA" up
+  ip netns exec "$NS" ip addr add 10.99.0.2/24 dev "$VB"
+  ip netns exec "$NS" ip link set "$VB" up
+  ip netns exec "$NS" ip link set lo up
+  # TSO off: veth hands a datagram to the NAPI thread (and GRO) only then.
+  ethtool -K "$VA" gro on tso off; ip netns exec "$NS" ethtool -K "$VB" gro on tso off
+  echo 1 > "/sys/class/net/$VA/threaded"
+  ip netns exec "$NS" sh -c "echo 1 > /sys/class/net/$VB/threaded"
+  sleep 0.2
+  for t in $(pgrep "^napi/($VA|$VB)"); do taskset -pc "$LCPU" "$t" >/dev/null; done
+  HOST_IP=10.99.0.1; LG_IP=10.99.0.2; NSX=(ip netns exec "$NS")
+fi
 free_port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 start_server() { # $1 = name; sets pid and port
   port=$(free_port)
   case $1 in
-    ours|ours-nogso)
-      local gso=1; [ "$1" = ours-nogso ] && gso=0
+    ours|ours-nogso|ours-nogro)
+      local gso=1 gro=1; [ "$1" = ours-nogso ] && gso=0; [ "$1" = ours-nogro ] && gro=0
       rm -rf "$TMP/data"
-      CHATIXIA_TURN_GSO=$gso TURN_SECRET=$SECRET RUST_LOG=warn taskset -c $SCPU "$BIN" --cores 1 \
-        --listen 127.0.0.1:0 --data-dir "$TMP/data" --turn-listen 127.0.0.1:$port \
-        --turn-relay-ports 40000-41999 --turn-allow-peer 127.0.0.0/8 \
+      CHATIXIA_TURN_GSO=$gso CHATIXIA_TURN_GRO=$gro TURN_SECRET=$SECRET RUST_LOG=warn taskset -c $SCPU "$BIN" --cores 1 \
+        --listen 127.0.0.1:0 --data-dir "$TMP/data" --turn-listen $HOST_IP:$port \
+        --turn-relay-ports 40000-41999 --turn-allow-peer 127.0.0.0/8 --turn-allow-peer 10.99.0.0/24 \
         --turn-allocations-per-ip-max 100000 --turn-allocations-per-user-max 100000 \
         2>"$TMP/$1.log" &
       pid=$!;;
     coturn)
       rm -f "$TMP/turndb"
       cat > "$TMP/coturn.conf" <<EOF
-listening-ip=127.0.0.1
-relay-ip=127.0.0.1
+listening-ip=$HOST_IP
+relay-ip=$HOST_IP
 listening-port=$port
 use-auth-secret
 static-auth-secret=$SECRET
@@ -80,11 +116,11 @@ EOF
       pid=$!;;
   esac
   for _ in $(seq 100); do
-    if python3 - "$port" <<'EOF' 2>/dev/null; then break; fi
+    if python3 - "$port" "$HOST_IP" <<'EOF' 2>/dev/null; then break; fi
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.1)
-s.sendto(bytes.fromhex("000100002112a442") + b"\x01" * 12, ("127.0.0.1", int(sys.argv[1])))
+s.sendto(bytes.fromhex("000100002112a442") + b"\x01" * 12, (sys.argv[2], int(sys.argv[1])))
 s.recvfrom(100)
 EOF
     sleep 0.1
@@ -92,18 +128,23 @@ EOF
 }
 
 run() { # $1 = scenario; prints one JSON line
-  local a=(bench turn --server 127.0.0.1:$port --secret $SECRET --server-pid $pid --json
+  local a=(bench turn --server $HOST_IP:$port --bind $LG_IP --secret $SECRET --server-pid $pid --json
            --allocations 100 --size 120 --duration $SECS --warmup 1)
-  case $1 in
+  local sc=$1
+  case $sc in
+    *-gsogro) a+=(--gso --gro); sc=${sc%-gsogro};;
+    *-gso) a+=(--gso); sc=${sc%-gso};;
+  esac
+  case $sc in
     closed-w8) a+=(--window 8);;
     open-100k-b5) a+=(--rate 100000 --burst-ms 5);;
     open-200k-b5) a+=(--rate 200000 --burst-ms 5);;
     open-100k-b1) a+=(--rate 100000 --burst-ms 1);;
     open-50k-b1) a+=(--rate 50000 --burst-ms 1);;
-    memory) a=(bench turn --server 127.0.0.1:$port --secret $SECRET --server-pid $pid --json
+    memory) a=(bench turn --server $HOST_IP:$port --bind $LG_IP --secret $SECRET --server-pid $pid --json
                --allocations 1000 --duration 0);;
   esac
-  taskset -c $LCPU "$BIN" "${a[@]}" || echo '{"error":"run failed"}'
+  "${NSX[@]}" taskset -c $LCPU "$BIN" "${a[@]}" || echo '{"error":"run failed"}'
 }
 
 RESULTS="$TMP/results.jsonl"

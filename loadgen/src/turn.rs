@@ -1,7 +1,7 @@
 //! `chatixia-core bench turn`: a TURN server's relaying rate and cost (issue 24), for
 //! any server that takes TURN REST credentials (`use-auth-secret`): this one, coturn.
 //!
-//! N clients (one UDP socket each, from 127.0.0.1) allocate over UDP (401, then with
+//! N clients (one UDP socket each, from `--bind`, 127.0.0.1 by default) allocate over UDP (401, then with
 //! credentials `<expiry>:bench-<i>`), and each binds a channel (or, with
 //! `--send-indications`, creates a permission) to one peer socket of the load
 //! generator. Then, closed loop: each client keeps `--window` ChannelData messages of
@@ -41,6 +41,10 @@ pub struct Args {
     /// The TURN server (UDP).
     #[arg(long, default_value = "127.0.0.1:3478")]
     pub server: SocketAddr,
+    /// The address the clients' and the peer's sockets bind (another host's, when the
+    /// load generator runs in a network namespace).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
     /// The TURN REST shared secret (the server's TURN_SECRET / static-auth-secret).
     #[arg(long)]
     pub secret: String,
@@ -70,6 +74,17 @@ pub struct Args {
     /// Relay with Send/Data indications instead of channels.
     #[arg(long)]
     pub send_indications: bool,
+    /// Send each client's burst (and the peer's echoes to one relayed address) as one
+    /// UDP GSO send: on loopback a run stays one packet up to the receiving socket, so a
+    /// server that asks for UDP_GRO receives it whole — what a NIC's GRO does with a
+    /// flow's back-to-back packets. A server without GRO gets the datagrams one by one.
+    #[arg(long)]
+    pub gso: bool,
+    /// Ask for UDP_GRO on the load generator's own sockets: a server's GSO runs reach
+    /// them whole instead of being cut up on delivery (on loopback, delivery is charged
+    /// to the sending server's CPU; across a network it is the receiver's).
+    #[arg(long)]
+    pub gro: bool,
     /// The server's pid: its CPU per relayed datagram and its RSS per allocation.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -192,12 +207,16 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
         return Err("--allocations and --window must be at least 1, --size 1 to 1400".into());
     }
     let channels = !a.send_indications;
-    let peer_sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("peer socket: {e}"))?;
+    let peer_sock =
+        UdpSocket::bind((a.bind, 0)).map_err(|e| format!("peer socket on {}: {e}", a.bind))?;
     peer_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     // Room for bursts: a full buffer would count as the server's loss.
     let _ = socket2::SockRef::from(&peer_sock).set_recv_buffer_size(SOCKET_BUFFER_BYTES);
     let _ = socket2::SockRef::from(&peer_sock).set_send_buffer_size(SOCKET_BUFFER_BYTES);
     let peer = peer_sock.local_addr().map_err(|e| e.to_string())?;
+    if a.gro {
+        reactor::udp::enable_gro(peer_sock.as_raw_fd()).map_err(|e| format!("UDP_GRO: {e}"))?;
+    }
     let expiry = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -206,11 +225,14 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     let mut clients = Vec::with_capacity(a.allocations);
     let mut poller = Poller::new(256).map_err(|e| format!("epoll: {e}"))?;
     for i in 0..a.allocations {
-        let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("client socket: {e}"))?;
+        let sock = UdpSocket::bind((a.bind, 0)).map_err(|e| format!("client socket: {e}"))?;
         sock.connect(a.server)
             .map_err(|e| format!("connect {}: {e}", a.server))?;
         sock.set_nonblocking(true).map_err(|e| e.to_string())?;
         let _ = socket2::SockRef::from(&sock).set_recv_buffer_size(SOCKET_BUFFER_BYTES / 4);
+        if a.gro {
+            reactor::udp::enable_gro(sock.as_raw_fd()).map_err(|e| format!("UDP_GRO: {e}"))?;
+        }
         poller
             .add(sock.as_raw_fd(), i as u64)
             .map_err(|e| format!("epoll: {e}"))?;
@@ -237,7 +259,14 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     let rss_before = a.server_pid.and_then(rss_kib);
 
     // ---- allocations -----------------------------------------------------------------
-    let mut rx = RecvBatch::new(64, 2048);
+    let mut rx = RecvBatch::new(
+        64,
+        if a.gro {
+            reactor::udp::GRO_BYTES_MAX
+        } else {
+            2048
+        },
+    );
     let mut ready = Vec::new();
     let t0 = Instant::now();
     let mut seq = 0u32;
@@ -272,9 +301,11 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
             while let Ok(n) = rx.recv(c.sock.as_raw_fd()) {
                 for k in 0..n {
                     let (d, _) = rx.get(k);
-                    if c.on_response(d)? && c.step != Step::Ready {
-                        seq += 1;
-                        c.request(i, seq, peer, channels, now);
+                    for r in rx.segments(k) {
+                        if c.on_response(&d[r])? && c.step != Step::Ready {
+                            seq += 1;
+                            c.request(i, seq, peer, channels, now);
+                        }
                     }
                 }
             }
@@ -304,6 +335,8 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
         "size": a.size,
         "window": a.window,
         "relay": if channels { "channels" } else { "send-indications" },
+        "client_gso": a.gso,
+        "client_gro": a.gro,
         "allocations_per_s": (a.allocations as f64 / alloc_secs.max(1e-9)).round(),
     });
     if let (Some(b), Some(af)) = (rss_before, rss_after) {
@@ -338,12 +371,20 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     };
     let mut tx = SendBatch::new();
     let mut msg = build(start);
-    let send_n = |c: &mut Client, tx: &mut SendBatch, msg: &[u8], n: usize| -> usize {
+    let mut gso = a.gso;
+    let mut send_n = |c: &mut Client, tx: &mut SendBatch, msg: &[u8], n: usize| -> usize {
         let fd = c.sock.as_raw_fd();
         let mut sent = 0;
         while sent < n {
-            match tx.send(fd, std::iter::repeat_n((msg, a.server), n - sent)) {
+            let msgs = std::iter::repeat_n((msg, a.server), n - sent);
+            let r = if gso {
+                tx.send_gso(fd, msgs)
+            } else {
+                tx.send(fd, msgs)
+            };
+            match r {
                 Ok(k) if k > 0 => sent += k,
+                Err(e) if gso && reactor::udp::gso_refused(&e) => gso = false,
                 _ => break,
             }
         }
@@ -369,7 +410,7 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     let (mut rt_in, mut lost_in, mut sent_in) = (0u64, 0u64, 0u64);
     let mut rtt = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)
         .map_err(|e| e.to_string())?;
-    let mut echo: Vec<(usize, SocketAddr)> = Vec::with_capacity(64);
+    let mut echo: Vec<(usize, std::ops::Range<usize>, SocketAddr)> = Vec::with_capacity(64);
     let mut last_loss_check = start;
     let burst = Duration::from_millis(a.burst_ms.max(1));
     // Open loop: per client, messages per burst (fractions carried over).
@@ -417,18 +458,26 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
                     let Ok(n) = rx.recv(peer_sock.as_raw_fd()) else {
                         break;
                     };
-                    peer_rx += n as u64;
                     echo.clear();
                     for k in 0..n {
                         if let (_, Some(from)) = rx.get(k) {
-                            echo.push((k, from));
+                            echo.extend(rx.segments(k).map(|r| (k, r, from)));
                         }
                     }
-                    let msgs: Vec<(&[u8], SocketAddr)> =
-                        echo.iter().map(|&(k, from)| (rx.get(k).0, from)).collect();
+                    peer_rx += echo.len() as u64;
+                    let msgs: Vec<(&[u8], SocketAddr)> = echo
+                        .iter()
+                        .map(|(k, r, from)| (&rx.get(*k).0[r.clone()], *from))
+                        .collect();
                     let mut off = 0;
                     while off < msgs.len() {
-                        match tx.send(peer_sock.as_raw_fd(), msgs[off..].iter().copied()) {
+                        let rest = msgs[off..].iter().copied();
+                        let r = if a.gso {
+                            tx.send_gso(peer_sock.as_raw_fd(), rest)
+                        } else {
+                            tx.send(peer_sock.as_raw_fd(), rest)
+                        };
+                        match r {
                             Ok(k) => off += k.max(1),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(_) => off += 1,
@@ -445,8 +494,8 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
             let mut got = 0usize;
             let now_ns = (now - start).as_nanos() as u64;
             while let Ok(n) = rx.recv(fd) {
-                for k in 0..n {
-                    let d = rx.get(k).0;
+                for (k, r) in (0..n).flat_map(|k| rx.segments(k).map(move |r| (k, r))) {
+                    let d = &rx.get(k).0[r];
                     let payload = if channels {
                         framing::parse_channel_data(d).map(|(_, p)| p)
                     } else {

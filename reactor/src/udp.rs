@@ -86,15 +86,84 @@ fn zeroed_mmsghdr() -> libc::mmsghdr {
     unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() }
 }
 
-/// Datagrams received by one `recvmmsg`: up to `count` datagrams of at most `slot`
-/// bytes each (a longer one is cut and reported with [`RecvBatch::truncated`]).
+/// `UDP_GRO` (linux/udp.h, since 5.0): a socket option, and the control message that
+/// gives the segment size of a coalesced receive.
+const UDP_GRO: libc::c_int = 104;
+/// `CMSG_SPACE(sizeof(int))` in u64 words (24 bytes on 64-bit Linux).
+const GRO_CMSG_WORDS: usize = 3;
+/// `CMSG_LEN(sizeof(int))`: a header (16 bytes, already 8-aligned) and the int.
+const GRO_CMSG_LEN: usize =
+    std::mem::size_of::<libc::cmsghdr>() + std::mem::size_of::<libc::c_int>();
+
+/// Bytes of one receive slot that takes coalesced datagrams ([`enable_gro`]): the
+/// kernel coalesces up to an IP datagram's 64 KiB, and a slot shorter than what it
+/// delivers would cut the run and lose its tail.
+pub const GRO_BYTES_MAX: usize = 65_536;
+
+/// Asks the kernel to deliver consecutive datagrams of one flow and one size on `fd`
+/// as one receive (`UDP_GRO`): a sender's GSO run stays whole on loopback, and a NIC's
+/// GRO coalesces runs of a flow. [`RecvBatch`] reports each message's segment size
+/// and [`RecvBatch::segments`] cuts it back into datagrams. A batch that reads such a
+/// socket needs slots of [`GRO_BYTES_MAX`].
+pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a live int for the call; the kernel copies it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            SOL_UDP,
+            UDP_GRO,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Datagrams received by one `recvmmsg`: up to `count` messages of at most `slot`
+/// bytes each (a longer one is cut and reported with [`RecvBatch::truncated`]). From a
+/// socket with [`enable_gro`], a message may hold several datagrams of one source
+/// ([`RecvBatch::segments`]).
 pub struct RecvBatch {
     slot: usize,
     buf: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
     iov: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Per message: room for a `UDP_GRO` control message.
+    controls: Vec<[u64; GRO_CMSG_WORDS]>,
     n: usize,
+}
+
+/// The datagrams of one received message: ranges of its bytes (see
+/// [`RecvBatch::segments`]).
+#[derive(Clone, Debug)]
+pub struct Segments {
+    at: usize,
+    len: usize,
+    /// The segment size; 0 once the one range of an uncoalesced message is given.
+    seg: usize,
+    whole: bool,
+}
+
+impl Iterator for Segments {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.whole {
+            self.whole = false;
+            return Some(0..self.len);
+        }
+        if self.seg == 0 || self.at >= self.len {
+            return None;
+        }
+        let start = self.at;
+        self.at = (start + self.seg).min(self.len);
+        Some(start..self.at)
+    }
 }
 
 impl RecvBatch {
@@ -112,6 +181,7 @@ impl RecvBatch {
                 })
                 .collect(),
             hdrs: (0..count).map(|_| zeroed_mmsghdr()).collect(),
+            controls: vec![[0u64; GRO_CMSG_WORDS]; count],
             n: 0,
         }
     }
@@ -132,6 +202,7 @@ impl RecvBatch {
         let base = self.buf.as_mut_ptr();
         let iov_p = self.iov.as_mut_ptr();
         let names_p = self.names.as_mut_ptr();
+        let controls_p = self.controls.as_mut_ptr();
         for i in 0..count {
             let iov = libc::iovec {
                 iov_base: base.wrapping_add(i * self.slot) as *mut libc::c_void,
@@ -145,14 +216,15 @@ impl RecvBatch {
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
             h.msg_hdr.msg_iov = iov_p.wrapping_add(i);
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_control = controls_p.wrapping_add(i) as *mut libc::c_void;
+            h.msg_hdr.msg_controllen = (GRO_CMSG_WORDS * 8) as _;
             h.msg_hdr.msg_flags = 0;
             h.msg_len = 0;
         }
-        // SAFETY: every header points at this batch's own name and iovec entries,
-        // which point into `buf`; all live (and are not moved) for the call. The call
-        // is non-blocking (MSG_DONTWAIT) and writes at most `count` headers.
+        // SAFETY: every header points at this batch's own name, iovec and control
+        // entries (the iovecs into `buf`); all live (and are not moved) for the call.
+        // The call is non-blocking (MSG_DONTWAIT) and writes at most `count` headers,
+        // each control message within its 24 bytes (msg_controllen).
         let r = unsafe {
             libc::recvmmsg(
                 fd,
@@ -187,9 +259,59 @@ impl RecvBatch {
         (data, from_sockaddr(&self.names[i], h.msg_hdr.msg_namelen))
     }
 
-    /// Whether datagram `i` was longer than the slot (and so cut).
+    /// Whether message `i` was longer than the slot (and so cut).
     pub fn truncated(&self, i: usize) -> bool {
         self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+    }
+
+    /// The segment size of message `i` when the kernel delivered several datagrams of
+    /// one source in it (a socket with [`enable_gro`]); `None` for a single datagram.
+    // `msg_controllen` and `cmsg_len` are `size_t` in glibc, `socklen_t` in musl.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn segment_size(&self, i: usize) -> Option<usize> {
+        let h = &self.hdrs[i].msg_hdr;
+        if (h.msg_controllen as usize) < GRO_CMSG_LEN {
+            return None;
+        }
+        // SAFETY: the kernel wrote `msg_controllen` bytes of control messages into
+        // this message's own 24-byte buffer (8-aligned), which `msg_control` still
+        // points at; CMSG_FIRSTHDR/NXTHDR stay within that length, and the int is
+        // read unaligned from inside the message it belongs to.
+        unsafe {
+            let mut cm = libc::CMSG_FIRSTHDR(h);
+            while !cm.is_null() {
+                if (*cm).cmsg_level == SOL_UDP
+                    && (*cm).cmsg_type == UDP_GRO
+                    && (*cm).cmsg_len as usize >= GRO_CMSG_LEN
+                {
+                    let seg = std::ptr::read_unaligned(libc::CMSG_DATA(cm) as *const libc::c_int);
+                    return usize::try_from(seg).ok().filter(|&s| s > 0);
+                }
+                cm = libc::CMSG_NXTHDR(h, cm);
+            }
+        }
+        None
+    }
+
+    /// The datagrams of message `i`, as ranges of its bytes ([`RecvBatch::get`]): one
+    /// range for a single datagram, or the coalesced run cut at its segment size (the
+    /// last may be shorter).
+    pub fn segments(&self, i: usize) -> Segments {
+        let len = (self.hdrs[i].msg_len as usize).min(self.slot);
+        match self.segment_size(i) {
+            Some(seg) if seg < len => Segments {
+                at: 0,
+                len,
+                seg,
+                whole: false,
+            },
+            _ => Segments {
+                at: 0,
+                len,
+                seg: 0,
+                whole: true,
+            },
+        }
     }
 }
 
@@ -604,5 +726,78 @@ mod tests {
             assert_eq!(seen[0], want_rx);
             assert_eq!(seen[1], vec![data[5].clone(), data[6].clone()]);
         }
+    }
+
+    #[test]
+    fn coalesced_receives_are_cut_back_into_their_datagrams() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let to = rx.local_addr().unwrap();
+        enable_gro(rx.as_raw_fd()).unwrap();
+        // A run of five 40-byte datagrams and a 13-byte one (one GSO send), then a
+        // lone datagram, then a run of two.
+        let run: Vec<Vec<u8>> = (0..6u8)
+            .map(|i| vec![i; if i == 5 { 13 } else { 40 }])
+            .collect();
+        let lone = vec![9u8; 7];
+        let pair: Vec<Vec<u8>> = vec![vec![20u8; 30], vec![21u8; 30]];
+        let mut sb = SendBatch::new();
+        let msgs: Vec<(&[u8], SocketAddr)> = run.iter().map(|d| (&d[..], to)).collect();
+        match sb.send_gso(tx.as_raw_fd(), msgs.iter().copied()) {
+            Ok(n) => assert_eq!(n, 6),
+            Err(e) if gso_refused(&e) => return, // no GSO here: nothing to coalesce
+            Err(e) => panic!("{e}"),
+        }
+        send_to(tx.as_raw_fd(), &lone, to).unwrap();
+        let msgs: Vec<(&[u8], SocketAddr)> = pair.iter().map(|d| (&d[..], to)).collect();
+        assert_eq!(
+            sb.send_gso(tx.as_raw_fd(), msgs.iter().copied()).unwrap(),
+            2
+        );
+
+        let mut rb = RecvBatch::new(8, GRO_BYTES_MAX);
+        let (mut got, mut sizes) = (Vec::new(), Vec::new());
+        while let Ok(n) = rb.recv(rx.as_raw_fd()) {
+            for i in 0..n {
+                let (d, from) = rb.get(i);
+                assert_eq!(from, Some(tx.local_addr().unwrap()));
+                assert!(!rb.truncated(i));
+                sizes.push(rb.segment_size(i));
+                got.extend(rb.segments(i).map(|r| d[r].to_vec()));
+            }
+        }
+        let mut want = run.clone();
+        want.push(lone);
+        want.extend(pair);
+        assert_eq!(got, want);
+        // The runs arrived whole (one message each, with their segment size); the lone
+        // datagram without one.
+        assert_eq!(sizes, vec![Some(40), None, Some(30)]);
+
+        // A socket without GRO gets the same runs as separate datagrams.
+        let plain = UdpSocket::bind("127.0.0.1:0").unwrap();
+        plain.set_nonblocking(true).unwrap();
+        let to = plain.local_addr().unwrap();
+        let msgs: Vec<(&[u8], SocketAddr)> = run.iter().map(|d| (&d[..], to)).collect();
+        assert_eq!(
+            sb.send_gso(tx.as_raw_fd(), msgs.iter().copied()).unwrap(),
+            6
+        );
+        let mut got = Vec::new();
+        while let Ok(n) = rb.recv(plain.as_raw_fd()) {
+            for i in 0..n {
+                assert_eq!(rb.segment_size(i), None);
+                assert_eq!(rb.segments(i).count(), 1);
+                got.push(rb.get(i).0.to_vec());
+            }
+        }
+        assert_eq!(got, run);
+
+        // An empty datagram is one empty segment.
+        send_to(tx.as_raw_fd(), &[], rx.local_addr().unwrap()).unwrap();
+        let n = rb.recv(rx.as_raw_fd()).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(rb.segments(0).collect::<Vec<_>>(), vec![0..0]);
     }
 }

@@ -422,6 +422,8 @@ pub struct TurnMetrics {
     pub send_failed: u64,
     pub tcp_dropped: u64,
     pub tcp_refused: u64,
+    /// Datagrams received in coalesced runs (UDP GRO).
+    pub coalesced: u64,
 }
 
 /// The TURN series (docs/PROTOCOL.md §9.2, §12.6); nothing when no shard runs TURN.
@@ -435,7 +437,7 @@ fn render_turn(shards: &[ShardMetrics], out: &mut String) {
         let _ = writeln!(out, "# TYPE {name} {kind}");
     };
     type Get = fn(&TurnMetrics) -> u64;
-    let plain: [(&str, &str, &str, Get); 7] = [
+    let plain: [(&str, &str, &str, Get); 8] = [
         (
             "chatixia_turn_allocations",
             "gauge",
@@ -477,6 +479,12 @@ fn render_turn(shards: &[ShardMetrics], out: &mut String) {
             "counter",
             "Datagrams the kernel did not take (a full socket buffer, an ICMP error).",
             |t| t.send_failed,
+        ),
+        (
+            "chatixia_turn_coalesced_datagrams_total",
+            "counter",
+            "Datagrams that arrived in coalesced runs (UDP GRO: a sender's GSO run, or a NIC's GRO).",
+            |t| t.coalesced,
         ),
     ];
     for (name, kind, help, get) in plain {

@@ -44,6 +44,7 @@ mod bench_compare_sidecar;
 mod bench_http;
 mod bench_sidecar;
 mod bench_storm;
+mod bench_turn;
 mod bench_ws_idle;
 mod bench_ws_relay;
 mod cluster;

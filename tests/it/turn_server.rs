@@ -370,6 +370,107 @@ fn garbage_is_dropped_and_counted() {
     );
 }
 
+/// Sends `msgs` to `to` from `fd` as UDP GSO runs (one send per run of one size).
+fn send_run(fd: std::os::fd::RawFd, to: SocketAddr, msgs: &[Vec<u8>]) {
+    let mut sb = reactor::udp::SendBatch::new();
+    let list: Vec<(&[u8], SocketAddr)> = msgs.iter().map(|m| (&m[..], to)).collect();
+    assert_eq!(sb.send_gso(fd, list.iter().copied()).unwrap(), msgs.len());
+}
+
+/// A run of datagrams that arrives as one receive (UDP GRO: here a GSO send on
+/// loopback, on a NIC its GRO) is relayed datagram by datagram, both ways, in order;
+/// a run of STUN requests gets an answer each; a run whose datagrams are over the
+/// datagram limit is dropped and counted, each datagram once.
+#[test]
+fn coalesced_runs_are_relayed_datagram_by_datagram() {
+    use std::os::fd::AsRawFd;
+    use turn::framing;
+    let (server, turn) = turn_rig::start(1, None, &[]);
+    let (u, p) = credentials("peer-gro", 3600);
+    let mut c = Client::udp(turn, &u, &p);
+    let relayed = c.relayed();
+    let (peer, peer_addr) = peer_socket();
+    assert!(c.channel_bind(0x4001, peer_addr).ok());
+    let fd = c.udp_socket().unwrap().as_raw_fd();
+    let coalesced = || metric(&server, "chatixia_turn_coalesced_datagrams_total", "");
+    assert_eq!(coalesced(), 0);
+
+    // Client → peer: five ChannelData of 40 payload bytes and a shorter one, one run.
+    let payloads: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| vec![b'a' + i; if i == 5 { 17 } else { 40 }])
+        .collect();
+    let run: Vec<Vec<u8>> = payloads
+        .iter()
+        .map(|p| {
+            let mut b = Vec::new();
+            framing::write_channel_data(&mut b, 0x4001, p, false);
+            b
+        })
+        .collect();
+    send_run(fd, turn, &run);
+    let mut buf = [0u8; 2048];
+    for want in &payloads {
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &want[..]);
+        assert_eq!(from, relayed);
+    }
+    assert_eq!(coalesced(), 6, "the run arrived as one receive");
+
+    // Peer → client: a run of four datagrams to the relayed address.
+    let back: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'0' + i; 33]).collect();
+    send_run(peer.as_raw_fd(), relayed, &back);
+    for want in &back {
+        let (p, d) = c.recv_data(Duration::from_secs(2)).expect("ChannelData");
+        assert_eq!((p, &d), (None, want));
+    }
+    assert_eq!(coalesced(), 10);
+
+    // A run of three Binding requests: three answers, by transaction id.
+    let reqs: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| Message::new(method::BINDING, Class::Request, [i + 1; 12]).encode(None, false))
+        .collect();
+    send_run(fd, turn, &reqs);
+    let mut tids = Vec::new();
+    while tids.len() < 3 {
+        let b = c.recv(Duration::from_secs(2)).expect("a Binding answer");
+        let m = turn::stun::parse(&b).unwrap();
+        assert_eq!((m.method, m.class), (method::BINDING, Class::Success));
+        tids.push(m.tid[0]);
+    }
+    tids.sort();
+    assert_eq!(tids, vec![1, 2, 3]);
+
+    // Datagrams over the limit, in a run: each dropped and counted, none relayed.
+    let malformed = || {
+        metric(
+            &server,
+            "chatixia_turn_dropped_total",
+            "reason=\"malformed\"",
+        )
+    };
+    let before = malformed();
+    let big: Vec<Vec<u8>> = (0..2)
+        .map(|_| {
+            let mut b = Vec::new();
+            framing::write_channel_data(&mut b, 0x4001, &[7u8; 5000], false);
+            b
+        })
+        .collect();
+    send_run(fd, turn, &big);
+    assert!(eventually(Duration::from_secs(2), || malformed() == before + 2));
+    peer.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(
+        peer.recv_from(&mut buf).is_err(),
+        "nothing over the limit was relayed"
+    );
+    // And the allocation still relays.
+    c.send_channel(0x4001, b"still here");
+    peer.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (n, _) = peer.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"still here");
+}
+
 #[test]
 fn an_expired_credential_ends_its_allocation() {
     let (server, turn) = turn_rig::start(1, None, &[]);

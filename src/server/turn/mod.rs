@@ -87,6 +87,8 @@ pub(crate) struct DriverCounters {
     pub tcp_dropped: Cell<u64>,
     /// TCP connections refused by `--turn-tcp-connections-max`.
     pub tcp_refused: Cell<u64>,
+    /// Datagrams that arrived in coalesced runs (UDP GRO), each counted.
+    pub coalesced: Cell<u64>,
 }
 
 thread_local! {
@@ -176,6 +178,7 @@ impl TurnShard {
             send_failed: self.counters.send_failed.get(),
             tcp_dropped: self.counters.tcp_dropped.get(),
             tcp_refused: self.counters.tcp_refused.get(),
+            coalesced: self.counters.coalesced.get(),
         }
     }
 }

@@ -16,6 +16,12 @@
 //! One receive batch and one send batch serve every socket of the shard (they are only
 //! borrowed between two awaits), so a relay costs its socket, a small task and a table
 //! slot, not buffers of its own.
+//!
+//! Every socket asks for `UDP_GRO` (off with `CHATIXIA_TURN_GRO=0`): a run of
+//! datagrams of one flow arrives as one message (a NIC's GRO, or a sender's GSO run on
+//! loopback) and is cut back into its datagrams here, each handled as if it had come
+//! alone. The receive batch's slots are then [`reactor::udp::GRO_BYTES_MAX`] (64 × 64
+//! KiB of address space per shard, backed by memory only as far as runs fill it).
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -34,8 +40,9 @@ use super::{Kick, TurnSettings, TurnShard};
 use crate::server::ShardCtx;
 
 /// Bytes of one received datagram. TURN traffic is WebRTC media and data, at most an
-/// MTU (about 1,500 bytes); a longer datagram is cut by the kernel, flagged, and
-/// dropped as malformed. 64 of these are the shard's one receive batch (256 KiB).
+/// MTU (about 1,500 bytes); a longer datagram is dropped and counted as malformed (cut
+/// by the kernel when the slot is this size, or found longer in a coalesced run).
+/// Without GRO, 64 of these are the shard's one receive batch (256 KiB).
 pub const DATAGRAM_BYTES_MAX: usize = 4096;
 
 /// Batches one task drains before it lets the rest of the shard run (then it waits for
@@ -72,6 +79,8 @@ pub(crate) struct RelayTable {
     /// Opened since the last [`RelayTable::take_opened`]: their tasks are spawned by the
     /// caller (which holds the shard's `Rc`s).
     opened: Vec<RelayId>,
+    /// New relay sockets ask for coalesced receives.
+    gro: bool,
 }
 
 impl RelayTable {
@@ -116,6 +125,9 @@ impl Relays for RelayTable {
             OpenError::Failed
         })?;
         let fd = sock.as_raw_fd();
+        if self.gro {
+            ask_gro(fd);
+        }
         let slot = id.slot();
         if self.slots.len() <= slot {
             self.slots.resize_with(slot + 1, || None);
@@ -162,8 +174,9 @@ struct Pending {
     items: Vec<(usize, usize, usize, SocketAddr)>,
 }
 
-/// A client → peer send of the current batch: relay slot and fd, datagram index in the
-/// receive batch, payload range, peer.
+/// A client → peer send of the current batch: relay slot and fd, message index in the
+/// receive batch, payload range in that message, peer. A batch holds at most one per
+/// datagram it received: 64 messages of at most the kernel's 128 coalesced datagrams.
 type RelaySend = (usize, RawFd, usize, std::ops::Range<usize>, SocketAddr);
 
 pub(crate) struct UdpSide {
@@ -179,12 +192,30 @@ pub(crate) struct UdpSide {
     gso: Cell<bool>,
 }
 
+/// Whether the shard's UDP sockets ask for coalesced receives (`CHATIXIA_TURN_GRO=0`
+/// turns it off, for measurements).
+fn gro_wanted() -> bool {
+    std::env::var_os("CHATIXIA_TURN_GRO").is_none_or(|v| v != "0")
+}
+
+/// Asks for coalesced receives on `fd`; a kernel that refuses (before 5.0) delivers
+/// datagrams one by one, which the drain handles the same.
+fn ask_gro(fd: RawFd) {
+    if let Err(e) = reactor::udp::enable_gro(fd) {
+        tracing::debug!(error = %e, "TURN: UDP GRO refused; datagrams arrive one by one");
+    }
+}
+
 impl UdpSide {
     pub fn new(settings: &TurnSettings, socks: Vec<std::net::UdpSocket>) -> io::Result<UdpSide> {
+        let gro = gro_wanted();
         let mut listeners = Vec::with_capacity(socks.len());
         for s in socks {
             let sock = UdpSocket::from_std(s)?;
             let fd = sock.as_raw_fd();
+            if gro {
+                ask_gro(fd);
+            }
             listeners.push(Listener {
                 sock: Rc::new(sock),
                 fd,
@@ -196,8 +227,16 @@ impl UdpSide {
                 bind_ip: settings.relay_bind,
                 slots: Vec::new(),
                 opened: Vec::new(),
+                gro,
             }),
-            rx: RefCell::new(RecvBatch::new(BATCH_MAX, DATAGRAM_BYTES_MAX)),
+            rx: RefCell::new(RecvBatch::new(
+                BATCH_MAX,
+                if gro {
+                    reactor::udp::GRO_BYTES_MAX
+                } else {
+                    DATAGRAM_BYTES_MAX
+                },
+            )),
             tx: RefCell::new(SendBatch::new()),
             pending: RefCell::new(Pending::default()),
             sends: RefCell::new(Vec::with_capacity(BATCH_MAX)),
@@ -346,6 +385,14 @@ fn flush_pending(turn: &TurnShard) {
     p.buf.clear();
 }
 
+/// Counts the datagrams of message `i` when it came as a coalesced run.
+fn count_coalesced(turn: &TurnShard, rx: &RecvBatch, i: usize) {
+    if rx.segment_size(i).is_some() {
+        let c = &turn.counters.coalesced;
+        c.set(c.get() + rx.segments(i).count() as u64);
+    }
+}
+
 /// Drains listener `li`: clients' datagrams through the server.
 fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
     let fd = turn.udp.listeners[li].fd;
@@ -377,18 +424,34 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
                     transport: Transport::Udp(li as u16),
                     addr: from,
                 };
-                match server.on_client(now, key, data, &mut *relays, &mut pending.buf) {
-                    Action::Reply(r) => pending.items.push((li, r.start, r.end, from)),
-                    Action::Relay {
-                        relay,
-                        peer,
-                        payload,
-                    } => {
-                        if let Some(rfd) = relays.fd(relay) {
-                            sends.push((relay.slot(), rfd, i, payload, peer));
-                        }
+                count_coalesced(turn, &rx, i);
+                for seg in rx.segments(i) {
+                    if seg.len() > DATAGRAM_BYTES_MAX {
+                        server.stats.dropped[Dropped::Malformed as usize] += 1;
+                        continue;
                     }
-                    Action::None => {}
+                    let at = seg.start;
+                    let dg = &data[seg];
+                    match server.on_client(now, key, dg, &mut *relays, &mut pending.buf) {
+                        Action::Reply(r) => pending.items.push((li, r.start, r.end, from)),
+                        Action::Relay {
+                            relay,
+                            peer,
+                            payload,
+                        } => {
+                            if let Some(rfd) = relays.fd(relay) {
+                                let payload = at + payload.start..at + payload.end;
+                                sends.push((relay.slot(), rfd, i, payload, peer));
+                            }
+                        }
+                        Action::None => {}
+                    }
+                    // A coalesced run of requests can queue more answers than a batch.
+                    if pending.items.len() >= BATCH_MAX {
+                        drop(pending);
+                        flush_pending(turn);
+                        pending = turn.udp.pending.borrow_mut();
+                    }
                 }
             }
         }
@@ -436,14 +499,17 @@ fn drain_relay(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, id: RelayId, fd: RawFd)
             let mut server = turn.server.borrow_mut();
             let mut pending = turn.udp.pending.borrow_mut();
             for i in 0..n {
+                count_coalesced(turn, &rx, i);
+            }
+            for (i, seg) in (0..n).flat_map(|i| rx.segments(i).map(move |r| (i, r))) {
                 let (data, from) = rx.get(i);
                 let Some(from) = from else { continue };
-                if rx.truncated(i) {
+                if rx.truncated(i) || seg.len() > DATAGRAM_BYTES_MAX {
                     server.stats.dropped[Dropped::Malformed as usize] += 1;
                     continue;
                 }
                 let start = pending.buf.len();
-                match server.on_peer(now, id, from, data, &mut pending.buf) {
+                match server.on_peer(now, id, from, &data[seg], &mut pending.buf) {
                     Some(ClientKey {
                         transport: Transport::Udp(li),
                         addr,

@@ -204,6 +204,14 @@ impl Client {
         }
     }
 
+    /// The UDP socket of a UDP client (to send a GSO run on it, say).
+    pub fn udp_socket(&self) -> Option<&UdpSocket> {
+        match &self.conn {
+            Conn::Udp(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn key(&self) -> [u8; 16] {
         long_term_key(&self.username, REALM, &self.password)
     }
