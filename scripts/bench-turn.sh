@@ -31,8 +31,11 @@
 #   them in batches (a kernel thread, as a NIC's interrupt and NAPI poll) and coalesces
 #   a flow's back-to-back datagrams for a socket that asks for UDP_GRO; and a side's
 #   deliveries run in that thread, not in the sender's system call, as across a real
-#   network (on loopback the sender pays for the receiver's delivery). The NAPI
-#   threads run on the load generator's CPU. Needs root (ip netns, ethtool).
+#   network (on loopback the sender pays for the receiver's delivery). The server
+#   side's NAPI thread (its receive work: GRO, delivery to its sockets) runs on the
+#   server's CPU and its CPU time is added to the server's ("+napi" column, over the
+#   whole run: 10 ms ticks of both, per datagram relayed in the run); the load
+#   generator's runs on the load generator's CPU. Needs root (ip netns, ethtool).
 # Usage: scripts/bench-turn.sh [ROUNDS] [SECONDS]
 #   BIN=…      chatixia-core binary (default: target/release/chatixia-core, built here)
 #   SERVERS=…  default "ours coturn" (also "ours-nogso": CHATIXIA_TURN_GSO=0, and
@@ -53,9 +56,9 @@ SECRET=bench-turn-secret
 TMP=$(mktemp -d)
 pid=
 stop() { if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; fi; pid=; }
-HOST_IP=127.0.0.1; LG_IP=127.0.0.1; NSX=(); NS=; VA=
-unlink() { if [ -n "$NS" ]; then ip netns del "$NS" 2>/dev/null || true; ip link del "$VA" 2>/dev/null || true; fi; }
-trap 'stop; unlink; rm -rf "$TMP"' EXIT
+HOST_IP=127.0.0.1; LG_IP=127.0.0.1; NSX=(); NS=; VA=; NAPI=
+unlink_ns() { if [ -n "$NS" ]; then ip netns del "$NS" 2>/dev/null || true; ip link del "$VA" 2>/dev/null || true; fi; }
+trap 'stop; unlink_ns; rm -rf "$TMP"' EXIT
 if [ "${NETNS:-0}" = 1 ]; then
   command -v ethtool >/dev/null || { apt-get update -qq && apt-get install -y -qq ethtool; }
   NS=bench-turn-$$; VA=bt$$a; VB=bt$$b
@@ -71,7 +74,9 @@ if [ "${NETNS:-0}" = 1 ]; then
   echo 1 > "/sys/class/net/$VA/threaded"
   ip netns exec "$NS" sh -c "echo 1 > /sys/class/net/$VB/threaded"
   sleep 0.2
-  for t in $(pgrep "^napi/($VA|$VB)"); do taskset -pc "$LCPU" "$t" >/dev/null; done
+  NAPI=$(pgrep "^napi/$VA-" || true); LNAPI=$(pgrep "^napi/$VB-" || true)
+  [ -n "$NAPI" ] && [ -n "$LNAPI" ] || { echo "no NAPI threads for $VA/$VB: threaded NAPI unsupported?" >&2; exit 1; }
+  taskset -pc "$SCPU" "$NAPI" >/dev/null; taskset -pc "$LCPU" "$LNAPI" >/dev/null
   HOST_IP=10.99.0.1; LG_IP=10.99.0.2; NSX=(ip netns exec "$NS")
 fi
 free_port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
@@ -147,6 +152,9 @@ run() { # $1 = scenario; prints one JSON line
   "${NSX[@]}" taskset -c $LCPU "$BIN" "${a[@]}" || echo '{"error":"run failed"}'
 }
 
+ticks() { # utime + stime of a process or thread, in clock ticks (all its threads for a pid)
+  awk '{print $14 + $15}' "/proc/$1/stat"
+}
 RESULTS="$TMP/results.jsonl"
 for r in $(seq "$ROUNDS"); do
   order=$SERVERS
@@ -154,9 +162,16 @@ for r in $(seq "$ROUNDS"); do
   for s in $order; do
     for sc in $SCENARIOS; do
       start_server "$s"
-      line=$(run "$sc")
+      extra=
+      if [ -n "$NAPI" ]; then
+        s0=$(ticks "$pid"); n0=$(ticks "$NAPI")
+        line=$(run "$sc")
+        extra=",\"whole_run\":{\"server_ticks\":$(( $(ticks "$pid") - s0 )),\"napi_ticks\":$(( $(ticks "$NAPI") - n0 )),\"hz\":$(getconf CLK_TCK)}"
+      else
+        line=$(run "$sc")
+      fi
       stop
-      echo "{\"round\":$r,\"server\":\"$s\",\"scenario\":\"$sc\",\"report\":$line}" | tee -a "$RESULTS" >&2
+      echo "{\"round\":$r,\"server\":\"$s\",\"scenario\":\"$sc\",\"report\":$line$extra}" | tee -a "$RESULTS" >&2
     done
   done
 done
@@ -178,11 +193,19 @@ scen = []
 for r in rows:
     if r["scenario"] not in scen:
         scen.append(r["scenario"])
-print(f"{'scenario':<14} {'server':<11} {'relayed/s':>10} {'cpu us/dg':>9} {'dg/s/core':>10} {'lost':>7} {'rtt p50':>8} {'rtt p99':>8} {'B/alloc':>8} {'alloc/s':>8}")
+napi = any("whole_run" in r for r in rows)
+def with_napi(r):
+    w, rep = r.get("whole_run"), r["report"]
+    dg = 2 * (rep.get("round_trips") or 0)
+    if not w or not dg:
+        return None
+    return (w["server_ticks"] + w["napi_ticks"]) / w["hz"] * 1e6 / dg
+print(f"{'scenario':<14} {'server':<11} {'relayed/s':>10} {'cpu us/dg':>9} {'dg/s/core':>10} {'lost':>7} {'rtt p50':>8} {'rtt p99':>8} {'B/alloc':>8} {'alloc/s':>8}" + (f" {'+napi us/dg':>11}" if napi else ""))
 table = {}
 for sc in scen:
     for s in servers:
         rs = [r["report"] for r in rows if r["scenario"] == sc and r["server"] == s]
+        wn = med([with_napi(r) for r in rows if r["scenario"] == sc and r["server"] == s])
         pps = med([get(x, "relayed_per_s") for x in rs])
         cpu = med([get(x, "server_cpu", "cpu_us_per_op") for x in rs])
         lost = med([get(x, "lost_measured") for x in rs])
@@ -191,9 +214,9 @@ for sc in scen:
         mem = med([get(x, "server_rss_bytes_per_allocation") for x in rs])
         aps = med([get(x, "allocations_per_s") for x in rs])
         per_core = 1e6 / cpu if cpu else None
-        table[(sc, s)] = (cpu, mem, aps)
+        table[(sc, s)] = (cpu, mem, aps, wn)
         f = lambda v, fmt: (fmt.format(v) if v is not None else "-")
-        print(f"{sc:<14} {s:<11} {f(pps,'{:.0f}'):>10} {f(cpu,'{:.3f}'):>9} {f(per_core,'{:.0f}'):>10} {f(lost,'{:.0f}'):>7} {f(p50,'{:.0f}'):>8} {f(p99,'{:.0f}'):>8} {f(mem,'{:.0f}'):>8} {f(aps,'{:.0f}'):>8}")
+        print(f"{sc:<14} {s:<11} {f(pps,'{:.0f}'):>10} {f(cpu,'{:.3f}'):>9} {f(per_core,'{:.0f}'):>10} {f(lost,'{:.0f}'):>7} {f(p50,'{:.0f}'):>8} {f(p99,'{:.0f}'):>8} {f(mem,'{:.0f}'):>8} {f(aps,'{:.0f}'):>8}" + (f" {f(wn,'{:.3f}'):>11}" if napi else ""))
 if "ours" in servers and "coturn" in servers:
     print()
     for sc in scen:
@@ -202,6 +225,8 @@ if "ours" in servers and "coturn" in servers:
             continue
         if o[0] and c[0]:
             print(f"{sc}: datagrams/s per core, ours / coturn = {c[0] / o[0]:.2f}x")
+        if o[3] and c[3]:
+            print(f"{sc}: with each server's NAPI thread, ours / coturn = {c[3] / o[3]:.2f}x")
         if o[1] and c[1]:
             print(f"{sc}: memory per allocation, ours / coturn = {o[1] / c[1]:.3f}; allocations/s ours / coturn = {o[2] / c[2]:.2f}x")
 EOF

@@ -371,20 +371,22 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     };
     let mut tx = SendBatch::new();
     let mut msg = build(start);
-    let mut gso = a.gso;
-    let mut send_n = |c: &mut Client, tx: &mut SendBatch, msg: &[u8], n: usize| -> usize {
+    // GSO sends, until the kernel refuses one (then one by one, for the clients and the
+    // peer alike).
+    let gso = std::cell::Cell::new(a.gso);
+    let send_n = |c: &mut Client, tx: &mut SendBatch, msg: &[u8], n: usize| -> usize {
         let fd = c.sock.as_raw_fd();
         let mut sent = 0;
         while sent < n {
             let msgs = std::iter::repeat_n((msg, a.server), n - sent);
-            let r = if gso {
+            let r = if gso.get() {
                 tx.send_gso(fd, msgs)
             } else {
                 tx.send(fd, msgs)
             };
             match r {
                 Ok(k) if k > 0 => sent += k,
-                Err(e) if gso && reactor::udp::gso_refused(&e) => gso = false,
+                Err(e) if gso.get() && reactor::udp::gso_refused(&e) => gso.set(false),
                 _ => break,
             }
         }
@@ -472,13 +474,14 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
                     let mut off = 0;
                     while off < msgs.len() {
                         let rest = msgs[off..].iter().copied();
-                        let r = if a.gso {
+                        let r = if gso.get() {
                             tx.send_gso(peer_sock.as_raw_fd(), rest)
                         } else {
                             tx.send(peer_sock.as_raw_fd(), rest)
                         };
                         match r {
                             Ok(k) => off += k.max(1),
+                            Err(e) if gso.get() && reactor::udp::gso_refused(&e) => gso.set(false),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(_) => off += 1,
                         }

@@ -86,12 +86,14 @@ fn zeroed_mmsghdr() -> libc::mmsghdr {
     unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() }
 }
 
+impl ExactSizeIterator for Segments {}
+
 /// `UDP_GRO` (linux/udp.h, since 5.0): a socket option, and the control message that
 /// gives the segment size of a coalesced receive.
 const UDP_GRO: libc::c_int = 104;
 /// `CMSG_SPACE(sizeof(int))` in u64 words (24 bytes on 64-bit Linux).
 const GRO_CMSG_WORDS: usize = 3;
-/// `CMSG_LEN(sizeof(int))`: a header (16 bytes, already 8-aligned) and the int.
+/// `CMSG_LEN(sizeof(int))`: a header (already aligned) and the int.
 const GRO_CMSG_LEN: usize =
     std::mem::size_of::<libc::cmsghdr>() + std::mem::size_of::<libc::c_int>();
 
@@ -144,13 +146,25 @@ pub struct RecvBatch {
 pub struct Segments {
     at: usize,
     len: usize,
-    /// The segment size; 0 once the one range of an uncoalesced message is given.
+    /// The segment size of a coalesced run (0 for a single datagram).
     seg: usize,
+    /// A single datagram whose one range is still to be given.
     whole: bool,
 }
 
 impl Iterator for Segments {
     type Item = std::ops::Range<usize>;
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = if self.whole {
+            1
+        } else if self.seg == 0 {
+            0
+        } else {
+            (self.len.saturating_sub(self.at)).div_ceil(self.seg)
+        };
+        (n, Some(n))
+    }
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.whole {
@@ -253,15 +267,20 @@ impl RecvBatch {
     /// Datagram `i`: its bytes and its source (`None` for an address family other than
     /// IPv4/IPv6, which a UDP socket never reports).
     pub fn get(&self, i: usize) -> (&[u8], Option<SocketAddr>) {
+        debug_assert!(i < self.n, "message {i} of a batch of {}", self.n);
         let h = &self.hdrs[i];
         let len = (h.msg_len as usize).min(self.slot);
         let data = &self.buf[i * self.slot..i * self.slot + len];
         (data, from_sockaddr(&self.names[i], h.msg_hdr.msg_namelen))
     }
 
-    /// Whether message `i` was longer than the slot (and so cut).
+    /// Whether message `i` was cut: longer than the slot, or with more control data than
+    /// its buffer holds (`MSG_CTRUNC`: another control message took the room of the
+    /// `UDP_GRO` one, so a coalesced run could not be told from one datagram). Callers
+    /// drop such a message.
     pub fn truncated(&self, i: usize) -> bool {
-        self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0
+        debug_assert!(i < self.n, "message {i} of a batch of {}", self.n);
+        self.hdrs[i].msg_hdr.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0
     }
 
     /// The segment size of message `i` when the kernel delivered several datagrams of
@@ -269,6 +288,7 @@ impl RecvBatch {
     // `msg_controllen` and `cmsg_len` are `size_t` in glibc, `socklen_t` in musl.
     #[allow(clippy::unnecessary_cast)]
     pub fn segment_size(&self, i: usize) -> Option<usize> {
+        debug_assert!(i < self.n, "message {i} of a batch of {}", self.n);
         let h = &self.hdrs[i].msg_hdr;
         if (h.msg_controllen as usize) < GRO_CMSG_LEN {
             return None;
@@ -295,10 +315,17 @@ impl RecvBatch {
 
     /// The datagrams of message `i`, as ranges of its bytes ([`RecvBatch::get`]): one
     /// range for a single datagram, or the coalesced run cut at its segment size (the
-    /// last may be shorter).
+    /// last may be shorter). Of a run cut by the slot, only its whole datagrams; a single
+    /// datagram cut by the slot is given as cut ([`RecvBatch::truncated`] says so).
     pub fn segments(&self, i: usize) -> Segments {
-        let len = (self.hdrs[i].msg_len as usize).min(self.slot);
-        match self.segment_size(i) {
+        let mut len = (self.hdrs[i].msg_len as usize).min(self.slot);
+        let seg = self.segment_size(i);
+        if let Some(seg) = seg {
+            if self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+                len -= len % seg;
+            }
+        }
+        match seg {
             Some(seg) if seg < len => Segments {
                 at: 0,
                 len,
@@ -329,8 +356,8 @@ pub struct SendBatch {
     seg_sizes: Vec<u16>,
 }
 
-/// Datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64; 32 keeps one
-/// send's burst modest).
+/// Datagrams in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64, 128 since 6.x;
+/// 32 keeps one send's burst modest).
 pub const GSO_SEGMENTS_MAX: usize = 32;
 /// Bytes in one GSO send: it travels as one IP datagram until it is cut, so it stays
 /// under 64 KiB with headers.
@@ -764,7 +791,11 @@ mod tests {
                 assert_eq!(from, Some(tx.local_addr().unwrap()));
                 assert!(!rb.truncated(i));
                 sizes.push(rb.segment_size(i));
-                got.extend(rb.segments(i).map(|r| d[r].to_vec()));
+                let segs = rb.segments(i);
+                let k = segs.len();
+                let before = got.len();
+                got.extend(segs.map(|r| d[r].to_vec()));
+                assert_eq!(got.len() - before, k, "len() counts the segments");
             }
         }
         let mut want = run.clone();

@@ -2,8 +2,8 @@
 //! and the batched sends between them.
 //!
 //! * A listener's task waits for readability, then drains the socket with `recvmmsg`
-//!   (at most [`DRAIN_ROUNDS_MAX`] batches before it lets other tasks run) and hands
-//!   each datagram to the sans-IO server. Payloads for peers go out with one
+//!   (until it has handled [`DRAIN_DATAGRAMS_MAX`] datagrams, then it lets other tasks
+//!   run) and hands each datagram to the sans-IO server. Payloads for peers go out with one
 //!   `sendmmsg` per relay socket per batch, straight from the receive buffer (no copy);
 //!   answers for clients join the client queue.
 //! * A relay's task does the same for its socket: what the server turns into ChannelData
@@ -20,8 +20,9 @@
 //! Every socket asks for `UDP_GRO` (off with `CHATIXIA_TURN_GRO=0`): a run of
 //! datagrams of one flow arrives as one message (a NIC's GRO, or a sender's GSO run on
 //! loopback) and is cut back into its datagrams here, each handled as if it had come
-//! alone. The receive batch's slots are then [`reactor::udp::GRO_BYTES_MAX`] (64 × 64
-//! KiB of address space per shard, backed by memory only as far as runs fill it).
+//! alone. The receive batch is then [`GRO_BATCH`] slots of
+//! [`reactor::udp::GRO_BYTES_MAX`]: 1 MiB per shard, which stays resident once large
+//! datagrams or long runs have filled it.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -45,9 +46,17 @@ use crate::server::ShardCtx;
 /// Without GRO, 64 of these are the shard's one receive batch (256 KiB).
 pub const DATAGRAM_BYTES_MAX: usize = 4096;
 
-/// Batches one task drains before it lets the rest of the shard run (then it waits for
-/// readability again, which is immediate while datagrams are queued).
-pub const DRAIN_ROUNDS_MAX: usize = 8;
+/// Datagrams one task handles before it lets the rest of the shard run (then it waits
+/// for readability again, which is immediate while datagrams are queued): it stops
+/// after the batch that reaches this, so with coalesced runs a drain may go past it by
+/// at most one batch ([`GRO_BATCH`] runs).
+pub const DRAIN_DATAGRAMS_MAX: usize = 8 * BATCH_MAX;
+
+/// Messages one receive takes when the sockets ask for coalesced runs: a run holds up
+/// to 128 datagrams (the kernel's `UDP_MAX_SEGMENTS`) in up to 64 KiB, so 16 runs bound
+/// one batch to 2,048 datagrams (the time a shard spends on it before others run) and
+/// its buffer to 1 MiB; one by one, 16 datagrams per system call.
+pub const GRO_BATCH: usize = 16;
 
 /// Pause after a readiness error (none is expected; this keeps one from spinning).
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
@@ -176,7 +185,7 @@ struct Pending {
 
 /// A client → peer send of the current batch: relay slot and fd, message index in the
 /// receive batch, payload range in that message, peer. A batch holds at most one per
-/// datagram it received: 64 messages of at most the kernel's 128 coalesced datagrams.
+/// datagram it received: [`GRO_BATCH`] runs of at most the kernel's 128 datagrams.
 type RelaySend = (usize, RawFd, usize, std::ops::Range<usize>, SocketAddr);
 
 pub(crate) struct UdpSide {
@@ -198,23 +207,27 @@ fn gro_wanted() -> bool {
     std::env::var_os("CHATIXIA_TURN_GRO").is_none_or(|v| v != "0")
 }
 
-/// Asks for coalesced receives on `fd`; a kernel that refuses (before 5.0) delivers
-/// datagrams one by one, which the drain handles the same.
-fn ask_gro(fd: RawFd) {
-    if let Err(e) = reactor::udp::enable_gro(fd) {
-        tracing::debug!(error = %e, "TURN: UDP GRO refused; datagrams arrive one by one");
+/// Asks for coalesced receives on `fd`: false when the kernel refuses (before 5.0: it
+/// refuses every socket), which then delivers datagrams one by one.
+fn ask_gro(fd: RawFd) -> bool {
+    match reactor::udp::enable_gro(fd) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "TURN: UDP GRO refused; datagrams arrive one by one");
+            false
+        }
     }
 }
 
 impl UdpSide {
     pub fn new(settings: &TurnSettings, socks: Vec<std::net::UdpSocket>) -> io::Result<UdpSide> {
-        let gro = gro_wanted();
+        let mut gro = gro_wanted();
         let mut listeners = Vec::with_capacity(socks.len());
         for s in socks {
             let sock = UdpSocket::from_std(s)?;
             let fd = sock.as_raw_fd();
-            if gro {
-                ask_gro(fd);
+            if gro && !ask_gro(fd) {
+                gro = false;
             }
             listeners.push(Listener {
                 sock: Rc::new(sock),
@@ -229,14 +242,11 @@ impl UdpSide {
                 opened: Vec::new(),
                 gro,
             }),
-            rx: RefCell::new(RecvBatch::new(
-                BATCH_MAX,
-                if gro {
-                    reactor::udp::GRO_BYTES_MAX
-                } else {
-                    DATAGRAM_BYTES_MAX
-                },
-            )),
+            rx: RefCell::new(if gro {
+                RecvBatch::new(GRO_BATCH, reactor::udp::GRO_BYTES_MAX)
+            } else {
+                RecvBatch::new(BATCH_MAX, DATAGRAM_BYTES_MAX)
+            }),
             tx: RefCell::new(SendBatch::new()),
             pending: RefCell::new(Pending::default()),
             sends: RefCell::new(Vec::with_capacity(BATCH_MAX)),
@@ -385,18 +395,20 @@ fn flush_pending(turn: &TurnShard) {
     p.buf.clear();
 }
 
-/// Counts the datagrams of message `i` when it came as a coalesced run.
-fn count_coalesced(turn: &TurnShard, rx: &RecvBatch, i: usize) {
-    if rx.segment_size(i).is_some() {
+/// Counts `k` datagrams that came as one coalesced run.
+fn count_coalesced(turn: &TurnShard, k: usize) {
+    if k > 1 {
         let c = &turn.counters.coalesced;
-        c.set(c.get() + rx.segments(i).count() as u64);
+        c.set(c.get() + k as u64);
     }
 }
 
 /// Drains listener `li`: clients' datagrams through the server.
 fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
     let fd = turn.udp.listeners[li].fd;
-    for _ in 0..DRAIN_ROUNDS_MAX {
+    let mut handled = 0usize;
+    // Each round handles at least one datagram or consumes one error: bounded.
+    for _ in 0..DRAIN_DATAGRAMS_MAX {
         let now = ctx.now().0;
         let mut rx = turn.udp.rx.borrow_mut();
         let n = match rx.recv(fd) {
@@ -415,6 +427,7 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
             let mut pending = turn.udp.pending.borrow_mut();
             for i in 0..n {
                 let (data, from) = rx.get(i);
+                handled += 1;
                 let Some(from) = from else { continue };
                 if rx.truncated(i) {
                     server.stats.dropped[Dropped::Malformed as usize] += 1;
@@ -424,8 +437,10 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
                     transport: Transport::Udp(li as u16),
                     addr: from,
                 };
-                count_coalesced(turn, &rx, i);
-                for seg in rx.segments(i) {
+                let segs = rx.segments(i);
+                handled += segs.len().saturating_sub(1);
+                count_coalesced(turn, segs.len());
+                for seg in segs {
                     if seg.len() > DATAGRAM_BYTES_MAX {
                         server.stats.dropped[Dropped::Malformed as usize] += 1;
                         continue;
@@ -440,6 +455,7 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
                             payload,
                         } => {
                             if let Some(rfd) = relays.fd(relay) {
+                                // `payload` is a range of `dg`: made one of message `i`.
                                 let payload = at + payload.start..at + payload.end;
                                 sends.push((relay.slot(), rfd, i, payload, peer));
                             }
@@ -466,6 +482,11 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
         }
         drop(msgs);
         drop(tx);
+        // A batch of coalesced runs can leave it long; keep it at a batch's size.
+        if sends.capacity() > 4 * BATCH_MAX {
+            sends.clear();
+            sends.shrink_to(BATCH_MAX);
+        }
         drop(sends);
         let full = n == rx.capacity();
         drop(rx);
@@ -473,7 +494,7 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
         if turn.udp.pending.borrow().items.len() >= BATCH_MAX {
             flush_pending(turn);
         }
-        if !full {
+        if !full || handled >= DRAIN_DATAGRAMS_MAX {
             break;
         }
     }
@@ -483,7 +504,9 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
 
 /// Drains relay `id`: peers' datagrams through the server to the client queue.
 fn drain_relay(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, id: RelayId, fd: RawFd) {
-    for _ in 0..DRAIN_ROUNDS_MAX {
+    let mut handled = 0usize;
+    // Each round handles at least one datagram or consumes one error: bounded.
+    for _ in 0..DRAIN_DATAGRAMS_MAX {
         let now = ctx.now().0;
         let mut rx = turn.udp.rx.borrow_mut();
         let n = match rx.recv(fd) {
@@ -499,43 +522,50 @@ fn drain_relay(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, id: RelayId, fd: RawFd)
             let mut server = turn.server.borrow_mut();
             let mut pending = turn.udp.pending.borrow_mut();
             for i in 0..n {
-                count_coalesced(turn, &rx, i);
-            }
-            for (i, seg) in (0..n).flat_map(|i| rx.segments(i).map(move |r| (i, r))) {
                 let (data, from) = rx.get(i);
+                handled += 1;
                 let Some(from) = from else { continue };
-                if rx.truncated(i) || seg.len() > DATAGRAM_BYTES_MAX {
+                if rx.truncated(i) {
                     server.stats.dropped[Dropped::Malformed as usize] += 1;
                     continue;
                 }
-                let start = pending.buf.len();
-                match server.on_peer(now, id, from, &data[seg], &mut pending.buf) {
-                    Some(ClientKey {
-                        transport: Transport::Udp(li),
-                        addr,
-                    }) => {
-                        let end = pending.buf.len();
-                        pending.items.push((usize::from(li), start, end, addr));
+                let segs = rx.segments(i);
+                handled += segs.len().saturating_sub(1);
+                count_coalesced(turn, segs.len());
+                for seg in segs {
+                    if seg.len() > DATAGRAM_BYTES_MAX {
+                        server.stats.dropped[Dropped::Malformed as usize] += 1;
+                        continue;
                     }
-                    Some(ClientKey {
-                        transport: Transport::Tcp(c),
-                        ..
-                    }) => {
-                        turn.tcp.enqueue(turn, c, &pending.buf[start..]);
-                        pending.buf.truncate(start);
+                    let start = pending.buf.len();
+                    match server.on_peer(now, id, from, &data[seg], &mut pending.buf) {
+                        Some(ClientKey {
+                            transport: Transport::Udp(li),
+                            addr,
+                        }) => {
+                            let end = pending.buf.len();
+                            pending.items.push((usize::from(li), start, end, addr));
+                        }
+                        Some(ClientKey {
+                            transport: Transport::Tcp(c),
+                            ..
+                        }) => {
+                            turn.tcp.enqueue(turn, c, &pending.buf[start..]);
+                            pending.buf.truncate(start);
+                        }
+                        None => pending.buf.truncate(start),
                     }
-                    None => pending.buf.truncate(start),
-                }
-                if pending.items.len() >= BATCH_MAX {
-                    drop(pending);
-                    flush_pending(turn);
-                    pending = turn.udp.pending.borrow_mut();
+                    if pending.items.len() >= BATCH_MAX {
+                        drop(pending);
+                        flush_pending(turn);
+                        pending = turn.udp.pending.borrow_mut();
+                    }
                 }
             }
         }
         let full = n == rx.capacity();
         drop(rx);
-        if !full {
+        if !full || handled >= DRAIN_DATAGRAMS_MAX {
             break;
         }
     }
