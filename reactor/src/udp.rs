@@ -86,8 +86,6 @@ fn zeroed_mmsghdr() -> libc::mmsghdr {
     unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() }
 }
 
-impl ExactSizeIterator for Segments {}
-
 /// `UDP_GRO` (linux/udp.h, since 5.0): a socket option, and the control message that
 /// gives the segment size of a coalesced receive.
 const UDP_GRO: libc::c_int = 104;
@@ -179,6 +177,8 @@ impl Iterator for Segments {
         Some(start..self.at)
     }
 }
+
+impl ExactSizeIterator for Segments {}
 
 impl RecvBatch {
     /// A batch of `count` (at most [`BATCH_MAX`]) datagrams of `slot` bytes.
