@@ -79,7 +79,8 @@ if [ "${NETNS:-0}" = 1 ]; then
   taskset -pc "$SCPU" "$NAPI" >/dev/null; taskset -pc "$LCPU" "$LNAPI" >/dev/null
   HOST_IP=10.99.0.1; LG_IP=10.99.0.2; NSX=(ip netns exec "$NS")
 fi
-free_port() { python3 -c 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+# A UDP port free on the servers' address (the servers take no port 0 for TURN here).
+free_port() { python3 -c 'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind((sys.argv[1],0));print(s.getsockname()[1])' "$HOST_IP"; }
 
 start_server() { # $1 = name; sets pid and port
   port=$(free_port)

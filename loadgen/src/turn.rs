@@ -42,9 +42,10 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:3478")]
     pub server: SocketAddr,
     /// The address the clients' and the peer's sockets bind (another host's, when the
-    /// load generator runs in a network namespace).
-    #[arg(long, default_value = "127.0.0.1")]
-    pub bind: std::net::IpAddr,
+    /// load generator runs in a network namespace); default: the loopback address of
+    /// the server's family.
+    #[arg(long)]
+    pub bind: Option<std::net::IpAddr>,
     /// The TURN REST shared secret (the server's TURN_SECRET / static-auth-secret).
     #[arg(long)]
     pub secret: String,
@@ -207,8 +208,13 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
         return Err("--allocations and --window must be at least 1, --size 1 to 1400".into());
     }
     let channels = !a.send_indications;
+    let bind = a.bind.unwrap_or(if a.server.is_ipv4() {
+        std::net::IpAddr::from(std::net::Ipv4Addr::LOCALHOST)
+    } else {
+        std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+    });
     let peer_sock =
-        UdpSocket::bind((a.bind, 0)).map_err(|e| format!("peer socket on {}: {e}", a.bind))?;
+        UdpSocket::bind((bind, 0)).map_err(|e| format!("peer socket on {bind}: {e}"))?;
     peer_sock.set_nonblocking(true).map_err(|e| e.to_string())?;
     // Room for bursts: a full buffer would count as the server's loss.
     let _ = socket2::SockRef::from(&peer_sock).set_recv_buffer_size(SOCKET_BUFFER_BYTES);
@@ -225,7 +231,7 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     let mut clients = Vec::with_capacity(a.allocations);
     let mut poller = Poller::new(256).map_err(|e| format!("epoll: {e}"))?;
     for i in 0..a.allocations {
-        let sock = UdpSocket::bind((a.bind, 0)).map_err(|e| format!("client socket: {e}"))?;
+        let sock = UdpSocket::bind((bind, 0)).map_err(|e| format!("client socket: {e}"))?;
         sock.connect(a.server)
             .map_err(|e| format!("connect {}: {e}", a.server))?;
         sock.set_nonblocking(true).map_err(|e| e.to_string())?;
