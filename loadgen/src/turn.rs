@@ -17,9 +17,10 @@
 //! allocation). One thread, epoll and `recvmmsg`/`sendmmsg` (`reactor::udp`), so the
 //! load generator is not the bottleneck: pin it to another CPU than the server.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reactor::udp::{Poller, RecvBatch, SendBatch};
@@ -203,6 +204,21 @@ impl Client {
 }
 
 /// Runs the scenario; the report and whether it succeeded.
+/// Sends what `msgs` holds (a batch's worth) on `fd`: as GSO runs while `gso` holds,
+/// and after the kernel refuses one, one by one from then on (that batch included).
+fn send_batch<'a, I>(tx: &mut SendBatch, fd: RawFd, gso: &Cell<bool>, msgs: I) -> io::Result<usize>
+where
+    I: Iterator<Item = (&'a [u8], SocketAddr)> + Clone,
+{
+    if gso.get() {
+        match tx.send_gso(fd, msgs.clone()) {
+            Err(e) if reactor::udp::gso_refused(&e) => gso.set(false),
+            r => return r,
+        }
+    }
+    tx.send(fd, msgs)
+}
+
 pub fn run(a: Args) -> Result<(Value, bool), String> {
     if a.allocations == 0 || a.window == 0 || a.size == 0 || a.size > 1400 {
         return Err("--allocations and --window must be at least 1, --size 1 to 1400".into());
@@ -379,20 +395,13 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
     let mut msg = build(start);
     // GSO sends, until the kernel refuses one (then one by one, for the clients and the
     // peer alike).
-    let gso = std::cell::Cell::new(a.gso);
+    let gso = Cell::new(a.gso);
     let send_n = |c: &mut Client, tx: &mut SendBatch, msg: &[u8], n: usize| -> usize {
         let fd = c.sock.as_raw_fd();
         let mut sent = 0;
         while sent < n {
-            let msgs = std::iter::repeat_n((msg, a.server), n - sent);
-            let r = if gso.get() {
-                tx.send_gso(fd, msgs)
-            } else {
-                tx.send(fd, msgs)
-            };
-            match r {
+            match send_batch(tx, fd, &gso, std::iter::repeat_n((msg, a.server), n - sent)) {
                 Ok(k) if k > 0 => sent += k,
-                Err(e) if gso.get() && reactor::udp::gso_refused(&e) => gso.set(false),
                 _ => break,
             }
         }
@@ -480,14 +489,8 @@ pub fn run(a: Args) -> Result<(Value, bool), String> {
                     let mut off = 0;
                     while off < msgs.len() {
                         let rest = msgs[off..].iter().copied();
-                        let r = if gso.get() {
-                            tx.send_gso(peer_sock.as_raw_fd(), rest)
-                        } else {
-                            tx.send(peer_sock.as_raw_fd(), rest)
-                        };
-                        match r {
+                        match send_batch(&mut tx, peer_sock.as_raw_fd(), &gso, rest) {
                             Ok(k) => off += k.max(1),
-                            Err(e) if gso.get() && reactor::udp::gso_refused(&e) => gso.set(false),
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                             Err(_) => off += 1,
                         }

@@ -31,10 +31,10 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use ::turn::server::{Action, ClientKey, Dropped, OpenError, RelayId, Relays, Transport};
+use ::turn::server::{Action, ClientKey, Dropped, OpenError, RelayId, Relays, Stats, Transport};
 use monoio::net::udp::UdpSocket;
 use reactor::timer::{select2, Either};
-use reactor::udp::{RecvBatch, SendBatch, BATCH_MAX};
+use reactor::udp::{RecvBatch, Segments, SendBatch, BATCH_MAX};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{Kick, TurnSettings, TurnShard};
@@ -395,12 +395,41 @@ fn flush_pending(turn: &TurnShard) {
     p.buf.clear();
 }
 
-/// Counts `k` datagrams that came as one coalesced run.
-fn count_coalesced(turn: &TurnShard, k: usize) {
+/// Message `i` of a drain's batch: its bytes, source and datagrams, with what both
+/// drains count per message done — its datagrams against the drain's budget, a cut
+/// message dropped as malformed (`None`), a coalesced run's datagrams.
+fn message<'a>(
+    turn: &TurnShard,
+    stats: &mut Stats,
+    rx: &'a RecvBatch,
+    i: usize,
+    handled: &mut usize,
+) -> Option<(&'a [u8], SocketAddr, Segments)> {
+    let (data, from) = rx.get(i);
+    *handled += 1;
+    let from = from?;
+    if rx.truncated(i) {
+        stats.dropped[Dropped::Malformed as usize] += 1;
+        return None;
+    }
+    let segs = rx.segments(i);
+    let k = segs.len();
+    *handled += k.saturating_sub(1);
     if k > 1 {
         let c = &turn.counters.coalesced;
         c.set(c.get() + k as u64);
     }
+    Some((data, from, segs))
+}
+
+/// Whether a datagram of a run is over [`DATAGRAM_BYTES_MAX`] (dropped and counted as
+/// malformed, as one alone would be: cut by the kernel at that slot size).
+fn too_long(stats: &mut Stats, seg: &std::ops::Range<usize>) -> bool {
+    let long = seg.len() > DATAGRAM_BYTES_MAX;
+    if long {
+        stats.dropped[Dropped::Malformed as usize] += 1;
+    }
+    long
 }
 
 /// Drains listener `li`: clients' datagrams through the server.
@@ -426,23 +455,17 @@ fn drain_listener(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, li: usize) {
             let mut relays = turn.udp.relays.borrow_mut();
             let mut pending = turn.udp.pending.borrow_mut();
             for i in 0..n {
-                let (data, from) = rx.get(i);
-                handled += 1;
-                let Some(from) = from else { continue };
-                if rx.truncated(i) {
-                    server.stats.dropped[Dropped::Malformed as usize] += 1;
+                let Some((data, from, segs)) =
+                    message(turn, &mut server.stats, &rx, i, &mut handled)
+                else {
                     continue;
-                }
+                };
                 let key = ClientKey {
                     transport: Transport::Udp(li as u16),
                     addr: from,
                 };
-                let segs = rx.segments(i);
-                handled += segs.len().saturating_sub(1);
-                count_coalesced(turn, segs.len());
                 for seg in segs {
-                    if seg.len() > DATAGRAM_BYTES_MAX {
-                        server.stats.dropped[Dropped::Malformed as usize] += 1;
+                    if too_long(&mut server.stats, &seg) {
                         continue;
                     }
                     let at = seg.start;
@@ -522,19 +545,13 @@ fn drain_relay(ctx: &Rc<ShardCtx>, turn: &Rc<TurnShard>, id: RelayId, fd: RawFd)
             let mut server = turn.server.borrow_mut();
             let mut pending = turn.udp.pending.borrow_mut();
             for i in 0..n {
-                let (data, from) = rx.get(i);
-                handled += 1;
-                let Some(from) = from else { continue };
-                if rx.truncated(i) {
-                    server.stats.dropped[Dropped::Malformed as usize] += 1;
+                let Some((data, from, segs)) =
+                    message(turn, &mut server.stats, &rx, i, &mut handled)
+                else {
                     continue;
-                }
-                let segs = rx.segments(i);
-                handled += segs.len().saturating_sub(1);
-                count_coalesced(turn, segs.len());
+                };
                 for seg in segs {
-                    if seg.len() > DATAGRAM_BYTES_MAX {
-                        server.stats.dropped[Dropped::Malformed as usize] += 1;
+                    if too_long(&mut server.stats, &seg) {
                         continue;
                     }
                     let start = pending.buf.len();
