@@ -31,7 +31,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use reactor::recv_ring::RecvRing;
-use reactor::timer::{select2, select2_pinned, Either};
+use reactor::timer::{select2, select2_pinned, within, Either, TimedOut};
 use reactor::LocalEvent;
 
 use crate::http::{Event, Method, Parser, Response};
@@ -265,7 +265,16 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
     // The first request's header deadline runs from here (see `Progress::accepted`).
-    let mut progress = Progress::accepted(Instant::now());
+    let accepted = Instant::now();
+    let mut progress = Progress::accepted(accepted);
+    // The connection's one timer, for every read and write (`reactor::timer::within`):
+    // moved forward with each wait, it enters the timer wheel about once per idle
+    // timeout rather than twice per request.
+    let mut timer = std::pin::pin!(monoio::time::sleep_until(monoio::time::Instant::from_std(
+        accepted + limits.header_timeout
+    )));
+    // When the last bytes were read: a write is bounded by the idle timeout from there.
+    let mut read_at = accepted;
     let shutdown = ctx.shard.shutdown_event().clone();
     // A plain request has been answered on this connection (it is keep-alive).
     let mut answered = false;
@@ -358,7 +367,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
         if !out.is_empty() {
             // A client that pipelines and never reads must not hold the connection
             // forever: writes are bounded by the idle timeout too.
-            match monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(out)).await {
+            let limit = monoio::time::Instant::from_std(read_at + ctx.config.http_idle_timeout);
+            match within(timer.as_mut(), limit, stream.write_all(out)).await {
                 Ok((Ok(_), buf)) => {
                     // A pipelined burst fills a batch up to WRITE_BATCH_SIZE_MAX; a
                     // connection keeps only a small one between batches, and none
@@ -422,7 +432,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                     None => stream.read(buf).await,
                 }
             };
-            let mut read = std::pin::pin!(monoio::time::timeout(wait, read));
+            let limit = monoio::time::Instant::from_std(now + wait);
+            let mut read = std::pin::pin!(within(timer.as_mut(), limit, read));
             if parser.is_idle() {
                 let shed = ctx.http.shed_event();
                 let woke = if shutdown.is_set() {
@@ -461,7 +472,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             return;
         };
         match outcome {
-            Err(_elapsed) => {
+            Err(TimedOut) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) && !progress.silent(&parser) {
                     drop(rx.take());
                     return Box::pin(late(ctx, stream, &progress)).await;
@@ -471,7 +482,8 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             }
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
             Ok((Ok(n), mut buf)) => {
-                progress.read(n, Instant::now());
+                read_at = Instant::now();
+                progress.read(n, read_at);
                 if rx.is_some() {
                     // A multishot receive's inbox becomes the parser's buffer (no
                     // copy), released once its requests are answered (see above).
