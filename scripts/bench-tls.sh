@@ -16,6 +16,14 @@
 #    resumption, X25519 key exchange, the ECDSA P-256 certificate, one GET /healthz with
 #    `connection: close`). Server CPU per handshake; handshakes per second of server CPU
 #    = handshakes per second one core would do.
+# 2b. counts (part `counts`, in the first round only): what does not depend on the
+#    machine's kernel cost. System calls per heartbeat on the server under the heartbeat
+#    load above (perf's `raw_syscalls:sys_enter` tracepoint for COUNT_SECS of the run),
+#    and user-space instructions per heartbeat under callgrind: N1 and then N2
+#    heartbeats over one TLS keep-alive connection (Python's http.client with the
+#    agent's bearer token), the difference of the two totals over N2 - N1 (start-up and
+#    the handshake cancel out). Ours runs its epoll driver there (valgrind does not run
+#    io_uring); the kernel's share is not counted by callgrind.
 # 3. idle: `bench ws-idle --connections N` over wss:// (token over https, the /ws upgrade,
 #    register, then held idle): RSS after all are up minus RSS before, over N. Ours: the
 #    server's RSS, everything included (TLS state, socket, registry entry); also ours
@@ -39,10 +47,17 @@ RUNS=${1:-3}; SECS=${2:-5}
 IDLE_N=${IDLE_N:-4000}
 SETTLE=${SETTLE:-11}
 MEMORY_RUNS=${MEMORY_RUNS:-1}
-PARTS=${PARTS:-heartbeat healthz handshakes idle idle-keepalive}
+PARTS=${PARTS:-heartbeat healthz counts handshakes idle idle-keepalive}
+COUNT_SECS=${COUNT_SECS:-3}
+N1=${N1:-300}; N2=${N2:-1300}   # heartbeats per callgrind run (part counts)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { apt-get update -qq && apt-get install -y -qq nginx-light; }
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+case " $PARTS " in
+  *" counts "*)
+    command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind; }
+    command -v perf >/dev/null || { apt-get update -qq && apt-get install -y -qq linux-perf; } ;;
+esac
 if [ -z "${BIN:-}" ]; then
   cargo build --release --bin chatixia-core -q
   BIN=target/release/chatixia-core
@@ -130,7 +145,7 @@ EOF
 }
 
 wait_port() { # $1 = url
-  for _ in $(seq 200); do
+  for _ in $(seq "${WAIT_TRIES:-200}"); do
     curl -sf --cacert "$CA" -o /dev/null "$1/healthz" && return 0; sleep 0.05
   done
   echo "server did not come up: $1" >&2; cat "$TMP/server.log" >&2; exit 1
@@ -145,9 +160,9 @@ start() {
   PORT=$(free_port)
   case $1 in
     ours)
-      API_KEYS_FILE="$TMP/keys.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --stun-url none \
+      API_KEYS_FILE="$TMP/keys.json" RUST_LOG=warn taskset -c 0 ${WRAP:-} "$BIN" --cores 1 --stun-url none \
         --max-http-connections-per-ip "$HTTP_PER_IP" --listen "127.0.0.1:$PORT" --tls-cert "$CERT" --tls-key "$KEY" --data-dir "$TMP/data-$PORT" \
-        2>>"$TMP/server.log" & pid=$!
+        ${OURS_EXTRA:-} 2>>"$TMP/server.log" & pid=$!
       URL=https://localhost:$PORT ;;
     ours-plain)
       API_KEYS_FILE="$TMP/keys.json" RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --stun-url none \
@@ -155,7 +170,7 @@ start() {
       URL=http://127.0.0.1:$PORT ;;
     nginx)
       nginx_conf "$PORT" static
-      taskset -c 0 "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2>>"$TMP/server.log" & pid=$!
+      taskset -c 0 ${WRAP:-} "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" 2>>"$TMP/server.log" & pid=$!
       URL=https://localhost:$PORT ;;
     nginx-proxy)
       # The backend: a plain chatixia-core on core 1 beside the load generator (its CPU
@@ -189,13 +204,39 @@ print(" ".join(field(p) for p in sys.argv[2:]))
 PY
 }
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$pid/status"; }
+# User-space instructions of server $1 (ours | nginx) serving $2 heartbeats over one TLS
+# keep-alive connection, under callgrind (part `counts`).
+callgrind_total() {
+  local cg=$TMP/cg; rm -rf "$cg"; mkdir -p "$cg"
+  WRAP="valgrind --tool=callgrind --callgrind-out-file=$cg/cg.%p" WAIT_TRIES=1200 \
+    OURS_EXTRA="--io-driver epoll" start "$1" 2>/dev/null
+  python3 - "$URL" "$2" "$CA" "$TMP/keys.json" <<'PY'
+import http.client, json, ssl, sys, urllib.parse
+url, n, ca, keys = urllib.parse.urlsplit(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+key = next(iter(json.load(open(keys))["keys"]))
+c = http.client.HTTPSConnection(url.hostname, url.port, timeout=300,
+                                context=ssl.create_default_context(cafile=ca))
+c.request("POST", "/api/token", "", {"X-API-Key": key}); r = c.getresponse()
+token = json.loads(r.read())["token"]; assert r.status == 200
+agent = json.load(open(keys))["keys"][key]["peer_id"]
+headers = {"content-type": "application/json", "authorization": "Bearer " + token}
+for i in range(n):
+    body = '{"agent_id":"%s","hostname":"bench","status":"active","skill_names":["bench"]}' % agent
+    c.request("POST", "/api/hub/heartbeat", body, headers)
+    r = c.getresponse(); r.read(); assert r.status == 200, r.status
+PY
+  # No KILL after a grace here (`stop`): callgrind writes its profile at the exit.
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  awk '/^summary:/ {print $2}' "$(ls -t "$cg"/cg.* | head -1)"
+}
+
 : > "$TMP/results.tsv"
 row() { echo -e "$1\t$2\t$3\t$4" >> "$TMP/results.tsv"; echo "run=$run part=$1 server=$2 $3=$4"; }
 
 for run in $(seq 1 "$RUNS"); do
   for part in $PARTS; do
     # Memory varies little between rounds (±2%): measured in the first MEMORY_RUNS.
-    case $part in idle*) [ "$run" -le "$MEMORY_RUNS" ] || continue ;; esac
+    case $part in idle*|counts) [ "$run" -le "$MEMORY_RUNS" ] || continue ;; esac
     case $part in
       heartbeat)
         for srv in ours nginx ours-plain; do
@@ -206,6 +247,23 @@ for run in $(seq 1 "$RUNS"); do
           read -r us rps < <(get "$out" server_cpu.cpu_us_per_op throughput_rps)
           row heartbeat "$srv" cpu_us_per_req "$us"
           row heartbeat-rps "$srv" req_per_s "$rps"
+        done ;;
+      counts)
+        for srv in ours nginx; do
+          start "$srv"
+          taskset -c 1 "$BIN" bench http --url "$URL" --mix heartbeat=1 --concurrency 64 \
+            --duration "$(( COUNT_SECS + 2 ))" --warmup 0 --keys "$TMP/keys.json" --ca-file "$CA" \
+            --no-pin --json > "$TMP/counts.json" 2>&1 &
+          lg=$!
+          sleep 1
+          perf stat -e raw_syscalls:sys_enter -x, -o "$TMP/perf-stat" -p "$pid" -- sleep "$COUNT_SECS"
+          wait "$lg" || true
+          stop
+          calls=$(awk -F, '/raw_syscalls/ {print $1}' "$TMP/perf-stat")
+          read -r rps < <(get "$(cat "$TMP/counts.json")" throughput_rps)
+          row syscalls "$srv" per_req "$(python3 -c "print(round($calls / $COUNT_SECS / $rps, 4))")"
+          a=$(callgrind_total "$srv" "$N1"); b=$(callgrind_total "$srv" "$N2")
+          row instructions "$srv" per_req "$(( (b - a) / (N2 - N1) ))"
         done ;;
       healthz)
         # Like for like: GET /healthz, a fixed answer on both (no state, no token check).
@@ -287,6 +345,8 @@ def ratio(label, a, b):
 print()
 ratio("heartbeat CPU/request ours/nginx (goal <= 1)", m("heartbeat", "ours"), m("heartbeat", "nginx"))
 ratio("healthz CPU/request ours/nginx (like for like)", m("healthz", "ours"), m("healthz", "nginx"))
+ratio("heartbeat user-space instructions/request ours/nginx (callgrind)", m("instructions", "ours"), m("instructions", "nginx"))
+ratio("heartbeat system calls/request ours/nginx", m("syscalls", "ours"), m("syscalls", "nginx"))
 ratio("heartbeat CPU/request ours TLS/ours plain", m("heartbeat", "ours"), m("heartbeat", "ours-plain"))
 ratio("handshakes per core ours/nginx (goal >= 1)", m("handshakes-per-core", "ours"), m("handshakes-per-core", "nginx"))
 ratio("idle wss:// memory ours/nginx proxy (goal <= 0.25; ours <= 8 KiB)", m("idle-wss", "ours"), m("idle-wss", "nginx-proxy"))
