@@ -273,8 +273,6 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
     let mut timer = std::pin::pin!(monoio::time::sleep_until(monoio::time::Instant::from_std(
         accepted + limits.header_timeout
     )));
-    // When the last bytes were read: a write is bounded by the idle timeout from there.
-    let mut read_at = accepted;
     let shutdown = ctx.shard.shutdown_event().clone();
     // A plain request has been answered on this connection (it is keep-alive).
     let mut answered = false;
@@ -367,7 +365,12 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
         if !out.is_empty() {
             // A client that pipelines and never reads must not hold the connection
             // forever: writes are bounded by the idle timeout too.
-            let limit = monoio::time::Instant::from_std(read_at + ctx.config.http_idle_timeout);
+            // Each write has the whole idle timeout from its start: a pipelined burst's
+            // answers are written batch after batch without a read between them, and a
+            // client reading them steadily must not lose the last ones to the time the
+            // first ones took (hostile review of the one timer).
+            let limit =
+                monoio::time::Instant::from_std(Instant::now() + ctx.config.http_idle_timeout);
             match within(timer.as_mut(), limit, stream.write_all(out)).await {
                 Ok((Ok(_), buf)) => {
                     // A pipelined burst fills a batch up to WRITE_BATCH_SIZE_MAX; a
@@ -482,8 +485,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             }
             Ok((Ok(0), _)) | Ok((Err(_), _)) => return,
             Ok((Ok(n), mut buf)) => {
-                read_at = Instant::now();
-                progress.read(n, read_at);
+                progress.read(n, Instant::now());
                 if rx.is_some() {
                     // A multishot receive's inbox becomes the parser's buffer (no
                     // copy), released once its requests are answered (see above).
