@@ -24,6 +24,8 @@
 #   PAIRS=…      pairs of peers, default "1 100"
 #   DURATION=…   seconds measured per run (default 5; warm-up 1)
 #   NODE_ARGS=…  more flags for both nodes (e.g. "--io-driver epoll")
+#   NODE_ENV=…   more environment for both nodes only, not the load generator (e.g.
+#                "REACTOR_URING_SETUP=defer")
 #   OUT=DIR      keep every run's JSON report there
 #   PERF=DIR     also `perf record -g` both nodes during each cross-node run of the first
 #                round (DIR/perf-{a,b}-PAIRS-RATE.data; read with `perf report -i …`); the
@@ -56,7 +58,7 @@ export SIGNALING_SECRET=bench-cluster-secret API_KEYS_FILE=$TMP/keys.json RUST_L
 node() { # $1 = name, $2 = CPU; prints "PID PORT"
   local port; port=$(free_port)
   mkdir -p "$TMP/$1"
-  CHATIXIA_DATA_DIR=$TMP/$1 taskset -c "$2" "$BIN" --cores 1 --stun-url none \
+  env ${NODE_ENV:-} CHATIXIA_DATA_DIR=$TMP/$1 taskset -c "$2" "$BIN" --cores 1 --stun-url none \
     --listen "127.0.0.1:$port" --cluster "$REDIS" --node-id "$1" ${NODE_ARGS:-} 2>>"$TMP/$1.log" >/dev/null &
   echo "$! $port"
 }

@@ -72,7 +72,8 @@ mod channel;
 mod conn;
 mod lease;
 pub mod pipe;
-mod resp;
+#[doc(hidden)]
+pub mod resp;
 mod shard;
 mod thread;
 mod url;
