@@ -90,11 +90,20 @@ for run in $(seq 1 "$RUNS"); do
               >/dev/null 2>>"$TMP/perf.log" & perfs+=($!)
           done
         fi
+        stats=()
+        if [ -n "${STAT:-}" ]; then
+          for n in a b; do
+            p=$apid; [ $n = b ] && p=$bpid
+            perf stat -e raw_syscalls:sys_enter,context-switches -x, -p "$p" \
+              -o "$OUT/stat-$n-$place-$pairs-$rate-$run.csv" -- sleep $((DURATION + 1)) \
+              >/dev/null 2>>"$TMP/perf.log" & stats+=($!)
+          done
+        fi
         "$BIN" bench ws-relay --no-pin "${where[@]}" --keys "$TMP/keys.json" \
           --peers $((2 * pairs)) --rate "$rate" --duration "$DURATION" --warmup 1 \
           --server-pid "$apid" --server-pid "$bpid" --redis "$REDIS" --redis-pid "$rpid" --json > "$f" 2>"$TMP/err" \
           || { echo "run $place pairs=$pairs rate=$rate failed: $(tail -2 "$TMP/err")" >&2; }
-        for p in "${perfs[@]}"; do wait "$p" || true; done
+        for p in "${perfs[@]}" "${stats[@]}"; do wait "$p" || true; done
       done
     done
   done
