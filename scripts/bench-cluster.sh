@@ -24,6 +24,8 @@
 #   PAIRS=…      pairs of peers, default "1 100"
 #   DURATION=…   seconds measured per run (default 5; warm-up 1)
 #   NODE_ARGS=…  more flags for both nodes (e.g. "--io-driver epoll")
+#   STAT=1       also count each node's system calls and context switches over each run
+#                (perf stat: raw_syscalls:sys_enter, context-switches → OUT/stat-*.csv)
 #   NODE_ENV=…   more environment for both nodes only, not the load generator (e.g.
 #                "REACTOR_URING_SETUP=defer")
 #   OUT=DIR      keep every run's JSON report there
