@@ -25,7 +25,9 @@
 #   DURATION=…   seconds measured per run (default 5; warm-up 1)
 #   NODE_ARGS=…  more flags for both nodes (e.g. "--io-driver epoll")
 #   STAT=1       also count each node's system calls and context switches over each run
-#                (perf stat: raw_syscalls:sys_enter, context-switches → OUT/stat-*.csv)
+#                (perf stat: raw_syscalls:sys_enter, context-switches → OUT/stat-*.csv;
+#                the window is DURATION + 1 s from the load generator's start, its set-up
+#                and warm-up included), printed per second and node after the table
 #   NODE_ENV=…   more environment for both nodes only, not the load generator (e.g.
 #                "REACTOR_URING_SETUP=defer")
 #   OUT=DIR      keep every run's JSON report there
@@ -60,7 +62,8 @@ export SIGNALING_SECRET=bench-cluster-secret API_KEYS_FILE=$TMP/keys.json RUST_L
 node() { # $1 = name, $2 = CPU; prints "PID PORT"
   local port; port=$(free_port)
   mkdir -p "$TMP/$1"
-  env ${NODE_ENV:-} CHATIXIA_DATA_DIR=$TMP/$1 taskset -c "$2" "$BIN" --cores 1 --stun-url none \
+  local ne=(); read -ra ne <<<"${NODE_ENV:-}"
+  env "${ne[@]}" "CHATIXIA_DATA_DIR=$TMP/$1" taskset -c "$2" "$BIN" --cores 1 --stun-url none \
     --listen "127.0.0.1:$port" --cluster "$REDIS" --node-id "$1" ${NODE_ARGS:-} 2>>"$TMP/$1.log" >/dev/null &
   echo "$! $port"
 }
@@ -160,4 +163,33 @@ for p in pairs:
 print()
 print("\n".join(goals))
 EOF
+if [ -n "${STAT:-}" ]; then
+  python3 - "$OUT" "$RUNS" "$PAIRS" "$RATES" "$DURATION" <<'EOF'
+import statistics, sys
+out, runs, pairs, rates, dur = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), int(sys.argv[5])
+def counts(f):
+    c = {}
+    try:
+        for line in open(f):
+            parts = line.strip().split(",")
+            if len(parts) > 2 and parts[0].isdigit():
+                c[parts[2]] = int(parts[0])
+    except OSError:
+        pass
+    return c
+print()
+print("per node and second (medians of the runs; window DURATION + 1 s, set-up and warm-up included):")
+print(f"{'case':<26}{'A calls/s':>12}{'A switches/s':>14}{'B calls/s':>12}{'B switches/s':>14}")
+for p in pairs:
+    for rate in rates:
+        for place in ("local", "split", "cross"):
+            cols = []
+            for n in ("a", "b"):
+                cs = [counts(f"{out}/stat-{n}-{place}-{p}-{rate}-{r}.csv") for r in range(1, runs + 1)]
+                for ev in ("raw_syscalls:sys_enter", "context-switches"):
+                    xs = [c[ev] / (dur + 1) for c in cs if ev in c]
+                    cols.append(f"{statistics.median(xs):.0f}" if xs else "-")
+            print(f"{place + ' ' + p + ' pairs ' + rate + '/s':<26}" + "".join(f"{x:>12}" if i % 2 == 0 else f"{x:>14}" for i, x in enumerate(cols)))
+EOF
+fi
 if [ -n "$KEEP" ]; then echo "reports in $KEEP" >&2; fi

@@ -16,7 +16,7 @@
 #    resumption, X25519 key exchange, the ECDSA P-256 certificate, one GET /healthz with
 #    `connection: close`). Server CPU per handshake; handshakes per second of server CPU
 #    = handshakes per second one core would do.
-# 2b. counts (part `counts`, in the first round only): what does not depend on the
+# 2b. counts (part `counts`, opt-in, in the first MEMORY_RUNS rounds): what does not depend on the
 #    machine's kernel cost. System calls per heartbeat on the server under the heartbeat
 #    load above (perf's `raw_syscalls:sys_enter` tracepoint for COUNT_SECS of the run),
 #    and user-space instructions per heartbeat under callgrind: N1 and then N2
@@ -40,14 +40,17 @@
 #   SETTLE=…  seconds between a server's start and the memory baseline (default 11)
 #   MEMORY_RUNS=…  rounds that measure memory (the idle parts; default 1)
 #   KEEP_TMP=1  keep the temporary directory (logs, nginx's error.log)
-#   PARTS=…   which parts (default "heartbeat healthz handshakes idle idle-keepalive")
+#   PARTS=…   which parts (default "heartbeat healthz handshakes idle idle-keepalive"; also
+#             `counts`, opt-in: it needs valgrind and perf's tracepoints, installed here)
+#   COUNT_SECS=…, N1=…, N2=…  part counts: seconds of the system-call count (default 3);
+#             heartbeats of the two callgrind runs (default 300 and 1300)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}; SECS=${2:-5}
 IDLE_N=${IDLE_N:-4000}
 SETTLE=${SETTLE:-11}
 MEMORY_RUNS=${MEMORY_RUNS:-1}
-PARTS=${PARTS:-heartbeat healthz counts handshakes idle idle-keepalive}
+PARTS=${PARTS:-heartbeat healthz handshakes idle idle-keepalive}
 COUNT_SECS=${COUNT_SECS:-3}
 N1=${N1:-300}; N2=${N2:-1300}   # heartbeats per callgrind run (part counts)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -205,12 +208,14 @@ PY
 }
 rss() { awk '/^VmRSS:/{print $2}' "/proc/$pid/status"; }
 # User-space instructions of server $1 (ours | nginx) serving $2 heartbeats over one TLS
-# keep-alive connection, under callgrind (part `counts`).
+# keep-alive connection, under callgrind (part `counts`), into CG_TOTAL; fails (with a
+# message, the server stopped) when the heartbeats or the profile fail.
 callgrind_total() {
   local cg=$TMP/cg; rm -rf "$cg"; mkdir -p "$cg"
+  CG_TOTAL=
   WRAP="valgrind --tool=callgrind --callgrind-out-file=$cg/cg.%p" WAIT_TRIES=1200 \
-    OURS_EXTRA="--io-driver epoll" start "$1" 2>/dev/null
-  python3 - "$URL" "$2" "$CA" "$TMP/keys.json" <<'PY'
+    OURS_EXTRA="--io-driver epoll" start "$1"
+  if ! python3 - "$URL" "$2" "$CA" "$TMP/keys.json" <<'PY'
 import http.client, json, ssl, sys, urllib.parse
 url, n, ca, keys = urllib.parse.urlsplit(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 key = next(iter(json.load(open(keys))["keys"]))
@@ -225,9 +230,20 @@ for i in range(n):
     c.request("POST", "/api/hub/heartbeat", body, headers)
     r = c.getresponse(); r.read(); assert r.status == 200, r.status
 PY
-  # No KILL after a grace here (`stop`): callgrind writes its profile at the exit.
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; pid=
-  awk '/^summary:/ {print $2}' "$(ls -t "$cg"/cg.* | head -1)"
+  then
+    echo "counts: the heartbeats to $1 under callgrind failed" >&2
+    stop
+    return 1
+  fi
+  # Callgrind writes its profile at the exit: TERM, up to 60 s for it, then KILL.
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  pid=
+  local f; f=$(ls -t "$cg"/cg.* 2>/dev/null | head -1)
+  [ -n "$f" ] && CG_TOTAL=$(awk '/^summary:/ {print $2}' "$f")
+  [ -n "$CG_TOTAL" ] || { echo "counts: no callgrind profile from $1" >&2; return 1; }
 }
 
 : > "$TMP/results.tsv"
@@ -253,17 +269,27 @@ for run in $(seq 1 "$RUNS"); do
           start "$srv"
           taskset -c 1 "$BIN" bench http --url "$URL" --mix heartbeat=1 --concurrency 64 \
             --duration "$(( COUNT_SECS + 2 ))" --warmup 0 --keys "$TMP/keys.json" --ca-file "$CA" \
-            --no-pin --json > "$TMP/counts.json" 2>&1 &
+            --no-pin --json > "$TMP/counts.json" 2>>"$TMP/counts.err" &
           lg=$!
           sleep 1
-          perf stat -e raw_syscalls:sys_enter -x, -o "$TMP/perf-stat" -p "$pid" -- sleep "$COUNT_SECS"
+          calls=
+          if perf stat -e raw_syscalls:sys_enter -x, -o "$TMP/perf-stat" -p "$pid" \
+              -- sleep "$COUNT_SECS" 2>>"$TMP/counts.err"; then
+            calls=$(awk -F, '/raw_syscalls/ {print $1}' "$TMP/perf-stat")
+          fi
           wait "$lg" || true
           stop
-          calls=$(awk -F, '/raw_syscalls/ {print $1}' "$TMP/perf-stat")
-          read -r rps < <(get "$(cat "$TMP/counts.json")" throughput_rps)
-          row syscalls "$srv" per_req "$(python3 -c "print(round($calls / $COUNT_SECS / $rps, 4))")"
-          a=$(callgrind_total "$srv" "$N1"); b=$(callgrind_total "$srv" "$N2")
-          row instructions "$srv" per_req "$(( (b - a) / (N2 - N1) ))"
+          rps=$(get "$(cat "$TMP/counts.json")" throughput_rps 2>/dev/null || true)
+          if [[ "$calls" =~ ^[0-9]+$ && "$rps" =~ ^[0-9.]+$ ]]; then
+            row syscalls "$srv" per_req "$(python3 -c "print(round($calls / $COUNT_SECS / $rps, 4))")"
+          else
+            echo "warning: counts: no system-call count for $srv (perf: '$calls', rate: '$rps'; $TMP/counts.err)" >&2
+          fi
+          if callgrind_total "$srv" "$N1" && a=$CG_TOTAL && callgrind_total "$srv" "$N2"; then
+            row instructions "$srv" per_req "$(( (CG_TOTAL - a) / (N2 - N1) ))"
+          else
+            echo "warning: counts: no instruction count for $srv" >&2
+          fi
         done ;;
       healthz)
         # Like for like: GET /healthz, a fixed answer on both (no state, no token check).

@@ -1,5 +1,6 @@
-//! RESP2 on the wire, through the sans-IO `redis-protocol` codec: commands out (arrays of
-//! bulk strings), replies in as [`Value`]s.
+//! RESP2 on the wire: commands out (arrays of bulk strings, written directly:
+//! [`encode_command`]), replies in as [`Value`]s through the sans-IO `redis-protocol`
+//! codec.
 
 use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
@@ -16,9 +17,16 @@ use crate::Value;
 /// chatixia-cluster --bench resp`).
 #[doc(hidden)]
 pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
-    let body: usize = args.iter().map(|a| a.as_ref().len()).sum();
+    let body = args
+        .iter()
+        .fold(0usize, |n, a| n.saturating_add(a.as_ref().len()));
     // Each argument's header is at most `$` + 20 digits + CRLF, and its CRLF after.
-    out.reserve(24 + body + args.len() * 25);
+    out.reserve(
+        args.len()
+            .saturating_mul(25)
+            .saturating_add(body)
+            .saturating_add(23),
+    );
     push_header(out, b'*', args.len());
     for a in args {
         let a = a.as_ref();

@@ -1,5 +1,4 @@
-//! Per-shard timers for periodic jobs, a task's one timer for many waits ([`within`]),
-//! and a small `select` of two futures.
+//! Per-shard timers for periodic jobs, and a small `select` of two futures.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,91 +64,4 @@ pub async fn select2<A: Future, B: Future>(a: A, b: B) -> Either<A::Output, B::O
     let a = std::pin::pin!(a);
     let b = std::pin::pin!(b);
     select2_pinned(a, b).await
-}
-
-/// [`within`]'s deadline passed before its future completed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimedOut;
-
-/// Runs `fut` until it completes or `timer` reaches `limit` ([`TimedOut`]). `timer` is
-/// the task's own, kept pinned across all its waits (a connection's reads and writes),
-/// instead of a fresh timer per wait (`monoio::time::timeout`): that one enters the
-/// timer wheel when first polled and leaves it when dropped, twice per keep-alive
-/// request. Moving a timer to a later deadline only records the new one (the wheel
-/// files the entry again when its old deadline comes, without waking the task), so a
-/// task whose deadlines move forward pays the wheel about once per timeout span, not
-/// once per wait. An earlier `limit` than the timer's moves it back (the wheel again).
-pub async fn within<F: Future>(
-    mut timer: Pin<&mut monoio::time::Sleep>,
-    limit: monoio::time::Instant,
-    fut: F,
-) -> Result<F::Output, TimedOut> {
-    if timer.deadline() != limit {
-        timer.as_mut().reset(limit);
-    }
-    let fut = std::pin::pin!(fut);
-    match select2_pinned(fut, timer).await {
-        Either::Left(v) => Ok(v),
-        Either::Right(()) => Err(TimedOut),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use monoio::time::Instant;
-
-    fn run<F: Future>(f: F) -> F::Output {
-        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .enable_timer()
-            .build()
-            .expect("runtime")
-            .block_on(f)
-    }
-
-    #[test]
-    fn one_timer_serves_many_waits_forward_and_back() {
-        run(async {
-            let start = Instant::now();
-            let mut timer =
-                std::pin::pin!(monoio::time::sleep_until(start + Duration::from_secs(60)));
-            // A wait that completes first is not timed out, and leaves the timer usable.
-            let r = within(timer.as_mut(), start + Duration::from_secs(60), async { 7 }).await;
-            assert_eq!(r, Ok(7));
-            // An earlier limit moves the timer back: the wait ends at it, not at 60 s.
-            let r = within(
-                timer.as_mut(),
-                Instant::now() + Duration::from_millis(20),
-                std::future::pending::<()>(),
-            )
-            .await;
-            assert_eq!(r, Err(TimedOut));
-            let took = start.elapsed();
-            assert!(
-                took >= Duration::from_millis(20) && took < Duration::from_secs(5),
-                "{took:?}"
-            );
-            // After it fired, a later limit arms it again: a future that finishes before
-            // it wins, and one that does not is timed out at the new limit.
-            let r = within(
-                timer.as_mut(),
-                Instant::now() + Duration::from_millis(200),
-                monoio::time::sleep(Duration::from_millis(10)),
-            )
-            .await;
-            assert_eq!(r, Ok(()));
-            let before = Instant::now();
-            let r = within(
-                timer.as_mut(),
-                before + Duration::from_millis(30),
-                std::future::pending::<()>(),
-            )
-            .await;
-            assert_eq!(r, Err(TimedOut));
-            assert!(before.elapsed() >= Duration::from_millis(30));
-            // A limit already past times out at once (a future that is not ready loses).
-            let r = within(timer.as_mut(), Instant::now(), std::future::pending::<()>()).await;
-            assert_eq!(r, Err(TimedOut));
-        });
-    }
 }

@@ -31,7 +31,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use reactor::recv_ring::RecvRing;
-use reactor::timer::{select2, select2_pinned, within, Either, TimedOut};
+use reactor::timer::{select2, select2_pinned, Either};
 use reactor::LocalEvent;
 
 use crate::http::{Event, Method, Parser, Response};
@@ -265,14 +265,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
     // The first request's header deadline runs from here (see `Progress::accepted`).
-    let accepted = Instant::now();
-    let mut progress = Progress::accepted(accepted);
-    // The connection's one timer, for every read and write (`reactor::timer::within`):
-    // moved forward with each wait, it enters the timer wheel about once per idle
-    // timeout rather than twice per request.
-    let mut timer = std::pin::pin!(monoio::time::sleep_until(monoio::time::Instant::from_std(
-        accepted + limits.header_timeout
-    )));
+    let mut progress = Progress::accepted(Instant::now());
     let shutdown = ctx.shard.shutdown_event().clone();
     // A plain request has been answered on this connection (it is keep-alive).
     let mut answered = false;
@@ -365,13 +358,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
         if !out.is_empty() {
             // A client that pipelines and never reads must not hold the connection
             // forever: writes are bounded by the idle timeout too.
-            // Each write has the whole idle timeout from its start: a pipelined burst's
-            // answers are written batch after batch without a read between them, and a
-            // client reading them steadily must not lose the last ones to the time the
-            // first ones took (hostile review of the one timer).
-            let limit =
-                monoio::time::Instant::from_std(Instant::now() + ctx.config.http_idle_timeout);
-            match within(timer.as_mut(), limit, stream.write_all(out)).await {
+            match monoio::time::timeout(ctx.config.http_idle_timeout, stream.write_all(out)).await {
                 Ok((Ok(_), buf)) => {
                     // A pipelined burst fills a batch up to WRITE_BATCH_SIZE_MAX; a
                     // connection keeps only a small one between batches, and none
@@ -435,8 +422,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                     None => stream.read(buf).await,
                 }
             };
-            let limit = monoio::time::Instant::from_std(now + wait);
-            let mut read = std::pin::pin!(within(timer.as_mut(), limit, read));
+            let mut read = std::pin::pin!(monoio::time::timeout(wait, read));
             if parser.is_idle() {
                 let shed = ctx.http.shed_event();
                 let woke = if shutdown.is_set() {
@@ -475,7 +461,7 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             return;
         };
         match outcome {
-            Err(TimedOut) => {
+            Err(_elapsed) => {
                 if deadline.is_some_and(|d| d <= Instant::now()) && !progress.silent(&parser) {
                     drop(rx.take());
                     return Box::pin(late(ctx, stream, &progress)).await;
