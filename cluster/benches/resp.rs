@@ -1,7 +1,7 @@
 //! Encoding a command: the direct encoder (`resp::encode_command`) against
 //! `redis-protocol`'s (`encode_borrowed` of an array frame, sized by `encode_len`), on
 //! the command a cross-node relay writes (`EVALSHA` of the relay script with a signaling
-//! frame) and a short one. docs/BENCHMARKS.md, "RESP encoding".
+//! frame) and a short one. docs/BENCHMARKS.md, "Kept: commands encoded directly" (cluster).
 //!
 //! cargo bench -p chatixia-cluster --bench resp
 
