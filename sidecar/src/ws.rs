@@ -254,7 +254,7 @@ mod tests {
         let mut d = Decoder::new(1024);
         let mut got = Vec::new();
         d.decode(&out, |e| got.push(e)).unwrap();
-        assert_eq!(got, vec![SrvEvent::Text(b"yo".to_vec()), SrvEvent::Pong]);
+        assert_eq!(got, vec![SrvEvent::Text("yo".into()), SrvEvent::Pong]);
     }
 
     #[test]

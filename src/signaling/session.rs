@@ -377,7 +377,7 @@ where
     let ws = table(sh);
     while let Some(ev) = events.next() {
         match ev {
-            WsEvent::Text(text) if echo => ws.enqueue(key, text_frame(&text)),
+            WsEvent::Text(text) if echo => ws.enqueue(key, text_frame(text.as_bytes())),
             WsEvent::Binary(bytes) if echo => {
                 let mut f = Vec::with_capacity(codec::text_frame_len(bytes.len()));
                 codec::encode_binary(&bytes, &mut f);
@@ -447,14 +447,14 @@ fn text_frame(payload: &[u8]) -> Box<[u8]> {
 /// shard or into another shard's mailbox, an error frame, nothing. The sender's id and
 /// mesh are read in place (nothing cloned) and the relayed frame is built framed, in
 /// one allocation. Returns what must wait.
-fn on_text_now<S: Host>(sh: &S, key: usize, text: &[u8]) -> Option<Later<S::Msg>>
+fn on_text_now<S: Host>(sh: &S, key: usize, text: &str) -> Option<Later<S::Msg>>
 where
     Op: Request<S::Msg, Reply = Reply>,
 {
     let ws = table(sh);
     let slots = ws.slots.borrow();
     let slot = slots.get(key)?;
-    match signaling::interpret(text, &slot.peer_id) {
+    match signaling::interpret_str(text, &slot.peer_id) {
         Action::Register => Some(Later::Register),
         Action::Heartbeat | Action::Ignore(_) => None,
         Action::TooDeep(e) => {

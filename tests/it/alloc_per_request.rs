@@ -144,7 +144,7 @@ fn relay_allocations_per_message() {
                 kind,
                 target,
                 payload,
-            } = signaling::interpret(&text, "agent-a")
+            } = signaling::interpret_str(&text, "agent-a")
             else {
                 panic!("not a relay")
             };

@@ -148,7 +148,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                WsEvent::Text(b"hello".to_vec()),
+                WsEvent::Text("hello".into()),
                 WsEvent::Pong,
                 WsEvent::Close(Some((1000, String::new())))
             ]

@@ -27,7 +27,9 @@ pub mod close_code {
 /// A complete message or control frame.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsEvent {
-    Text(Vec<u8>),
+    /// A text message, its UTF-8 checked here (RFC 6455 §8.1): consumers need not check
+    /// it again.
+    Text(String),
     Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
@@ -227,13 +229,10 @@ impl Decoder {
         on_event: &mut impl FnMut(WsEvent),
     ) -> Result<(), WsError> {
         if is_text {
-            if std::str::from_utf8(&msg).is_err() {
-                return Err(err(
-                    close_code::INVALID_PAYLOAD,
-                    "text message is not UTF-8",
-                ));
-            }
-            on_event(WsEvent::Text(msg));
+            // Checked and kept as a `String` (no copy): the one UTF-8 pass a message gets.
+            let text = String::from_utf8(msg)
+                .map_err(|_| err(close_code::INVALID_PAYLOAD, "text message is not UTF-8"))?;
+            on_event(WsEvent::Text(text));
         } else {
             on_event(WsEvent::Binary(msg));
         }
@@ -399,7 +398,7 @@ mod tests {
         assert_eq!(
             evs,
             vec![
-                WsEvent::Text(br#"{"type":"register"}"#.to_vec()),
+                WsEvent::Text(r#"{"type":"register"}"#.into()),
                 WsEvent::Ping(b"hi".to_vec()),
                 WsEvent::Close(Some((1000, "bye".into())))
             ]
@@ -427,7 +426,7 @@ mod tests {
         let evs = decode_all(&mut d, &wire).unwrap();
         assert_eq!(
             evs,
-            vec![WsEvent::Ping(vec![]), WsEvent::Text(b"hello".to_vec())]
+            vec![WsEvent::Ping(vec![]), WsEvent::Text("hello".into())]
         );
         // Over the limit: a single frame, and across fragments.
         let mut d = Decoder::new(5);
@@ -460,7 +459,7 @@ mod tests {
         assert_eq!(
             &evs[..4],
             &[
-                WsEvent::Text(b"hi".to_vec()),
+                WsEvent::Text("hi".into()),
                 WsEvent::Binary(vec![0, 1, 2]),
                 WsEvent::Ping(b"p".to_vec()),
                 WsEvent::Close(Some((1000, String::new()))),
@@ -481,7 +480,10 @@ mod tests {
                 assert!(d.held_bytes() <= 2 * fed, "{} > 2 x {fed}", d.held_bytes());
             }
         }
-        assert_eq!(evs, vec![WsEvent::Text(payload)]);
+        assert_eq!(
+            evs,
+            vec![WsEvent::Text(String::from_utf8(payload).unwrap())]
+        );
         assert_eq!(d.held_bytes(), 0);
     }
 
@@ -500,7 +502,7 @@ mod tests {
         wire.extend(client_frame(0, true, b"b"));
         assert_eq!(
             decode_all(&mut d, &wire).unwrap(),
-            vec![WsEvent::Text("aκb".as_bytes().to_vec())]
+            vec![WsEvent::Text("aκb".into())]
         );
     }
 
