@@ -442,6 +442,18 @@ impl<M: Send + 'static> Shard<M> {
         }
     }
 
+    /// Whether a message from shard `from` waits unread in this shard's inbound ring
+    /// from it (its replies to this shard's asks not counted: they travel on another
+    /// ring). Messages from one shard are read in the order sent.
+    pub fn has_mail_from(&self, from: ShardId) -> bool {
+        match self.inner.inb.get(from) {
+            Some(Some(lane)) => !lane.borrow().fwd.is_empty(),
+            // This shard's own queue.
+            Some(None) => !self.inner.local.borrow().is_empty(),
+            None => true,
+        }
+    }
+
     /// True if a state change awaits observation, or (once a handler is installed) any
     /// inbound ring or the local queue holds a message.
     fn has_mail(&self) -> bool {

@@ -12,9 +12,10 @@
 //! through room reserved there before it was made (`shard::reserve`), so an undo is
 //! never lost to a full mailbox.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use crate::hub::ops::{HeartbeatCall, Op, Reply};
+use crate::hub::ops::{HeartbeatCall, Op, Reply, Store};
 use crate::hub::records::task_record;
 use crate::hub::{
     for_reader, heartbeat_body, new_task_id, task_created_body, Placement, Task, TaskId,
@@ -25,8 +26,8 @@ use crate::limits::{too_big, FieldLimits, Principal};
 use crate::registry::{Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY};
 use crate::shard::paging::{page_of, page_req, time_key, PageLimits};
 use crate::shard::{
-    ask, ask_all, fill_random, random, reserve, settle, tell, Durability, Error, Outcome, Request,
-    Shard, ShardId,
+    ask, ask_all, fill_random, random, reserve, settle, tell, Durability, Error, Outcome, Owns,
+    Request, Shard, ShardId,
 };
 use chatixia_store::{Mutation, WriteClass};
 
@@ -344,7 +345,7 @@ struct Claims<R> {
 /// the task's only shard, so a task is assigned at most once however heartbeats race.
 /// Claims are durable before the agent gets them; when the store does not take them they
 /// go back to pending on their shards (room for that is reserved before each claim).
-pub async fn heartbeat<S: Shard>(
+pub async fn heartbeat<S: Shard + Owns<RefCell<Store>>>(
     sh: &S,
     agents: &crate::registry::Config,
     cfg: &Config,
@@ -497,7 +498,7 @@ where
 /// then the pointers' home shards and the skill shards. `Err` only when nothing was
 /// claimed and a pointer's home could not be asked.
 #[allow(clippy::too_many_arguments)]
-async fn gather_claims<S: Shard>(
+async fn gather_claims<S: Shard + Owns<RefCell<Store>>>(
     sh: &S,
     cfg: &Config,
     owner: ShardId,
@@ -537,6 +538,25 @@ where
         .collect();
     skill_shards.sort_unstable();
     skill_shards.dedup();
+    // Skill shards that said "none left" for every skill of this heartbeat they hold,
+    // and have said nothing since, are not asked again (`hub::hints`). Not in a cluster
+    // (tasks are Redis's there), not the stray shards (which hold tasks of skills homed
+    // elsewhere), not this shard (its own claim is cheap, and nothing tells it).
+    if sh.cluster().is_none() {
+        let now = sh.now();
+        let hints = &mut Owns::<RefCell<Store>>::owned(sh).borrow_mut().hints;
+        skill_shards.retain(|&s| {
+            let skip = s != sh.id()
+                && !cfg.stray_task_shards.contains(&s)
+                && !sh.mail_waiting_from(s)
+                && skills
+                    .iter()
+                    .filter(|k| !k.is_empty() && sh.shard_of(k.as_bytes()) == s)
+                    .all(|k| hints.none_left(k, now));
+            hints.skipped += u64::from(skip);
+            !skip
+        });
+    }
     // Who claims, made only for the messages that carry it.
     let claimer = if by_home.is_empty() && skill_shards.is_empty() {
         crate::limits::Holder::default()
@@ -587,7 +607,19 @@ where
             claimer.clone(),
         )));
         match ask(sh, s, op).await {
-            Ok(Reply::Tasks(v)) => parts.push(Claims { room, tasks: *v }),
+            Ok(Reply::ClaimedFor(b)) => {
+                let (tasks, none) = *b;
+                if let (Some(none), true, None) = (none, s != sh.id(), sh.cluster()) {
+                    let held: Vec<&str> = skills
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|k| !k.is_empty() && sh.shard_of(k.as_bytes()) == s)
+                        .collect();
+                    let store = Owns::<RefCell<Store>>::owned(sh);
+                    store.borrow_mut().hints.record(s, &held, none, sh.now());
+                }
+                parts.push(Claims { room, tasks })
+            }
             Ok(_) => return Err(unexpected()),
             Err(_) => tracing::warn!(shard = s, "heartbeat could not reach a skill shard"),
         }

@@ -22,6 +22,7 @@
 pub mod api;
 pub use api::Config;
 pub mod cluster;
+pub mod hints;
 pub mod ops;
 pub mod payload;
 mod pointers;

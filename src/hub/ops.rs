@@ -1,6 +1,7 @@
 //! The hub's typed operations: what another shard asks the shard that holds a task (or
 //! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
 
+use crate::hub::hints::{NoneLeft, SkillHints};
 use crate::hub::query::{tasks_part, TaskQuery, TaskRow};
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
@@ -8,6 +9,7 @@ use crate::hub::{
 use crate::limits::{Charge, Refusal};
 use crate::limits::{Holder, Principal};
 use crate::registry::{AgentRefusal, AgentStore, BindingChange, Heartbeat};
+use crate::shard::ShardId;
 use crate::shard::{ChangeLog, Topic};
 use crate::time::UnixTime;
 
@@ -16,6 +18,8 @@ use crate::time::UnixTime;
 pub struct Store {
     pub tasks: TaskStore,
     pub pointers: TaskPointers,
+    /// Skills other shards said have no pending task (`hub::hints`).
+    pub hints: SkillHints,
 }
 
 /// A heartbeat on its way to the agent's owner and back: the request, then what the
@@ -92,8 +96,11 @@ pub enum Op {
     /// → `Tasks`.
     ClaimIds(Box<(String, Vec<TaskId>, Holder)>),
     /// Claim every local pending task matching the agent; `(agent, skills, claimer)`.
-    /// → `Tasks`.
+    /// → `ClaimedFor`.
     ClaimFor(Box<(String, Vec<String>, Holder)>),
+    /// Tell (no reply used): shard `from` has pending tasks again for these skills,
+    /// which it had said "none left" for, as of this epoch (`hub::hints`).
+    Pending(Box<(ShardId, Vec<String>, u64)>),
     /// The shard's part of a filtered page of tasks (`hub::query`). → `Part`.
     Query(Box<TaskQuery>),
     /// How many tasks of each state the shard holds. → `StateCounts`.
@@ -121,6 +128,9 @@ pub enum Reply {
     AskCluster(Box<HeartbeatCall>),
     Task(Option<Box<Task>>),
     Tasks(Box<Vec<Task>>),
+    /// A `ClaimFor`'s tasks, and whether none of the skills asked for has a pending task
+    /// left here (`hub::hints`).
+    ClaimedFor(Box<(Vec<Task>, Option<NoneLeft>)>),
     /// `(before, after)` of an update.
     Updated(Box<(Task, Task)>),
     Part(Box<crate::shard::paging::Part<TaskRow>>),
@@ -155,6 +165,7 @@ impl Op {
             Reply::Done | Reply::Updated(_) => true,
             Reply::Task(t) => t.is_some(),
             Reply::Tasks(t) => !t.is_empty(),
+            Reply::ClaimedFor(b) => !b.0.is_empty(),
             _ => false,
         };
         if let (true, Some(id)) = (changed, task_id) {
@@ -304,12 +315,14 @@ impl Op {
             }
             Op::ClaimFor(b) => {
                 let (agent, skills, by) = *b;
-                Reply::Tasks(Box::new(store.tasks.claim_for_agent_by(
-                    &agent,
-                    &skills,
-                    || by,
-                    now,
-                )))
+                let tasks = store.tasks.claim_for_agent_by(&agent, &skills, || by, now);
+                let none = store.tasks.none_left(&skills, now);
+                Reply::ClaimedFor(Box::new((tasks, none)))
+            }
+            Op::Pending(b) => {
+                let (from, skills, epoch) = *b;
+                store.hints.pending(from, &skills, epoch);
+                Reply::Done
             }
             Op::Query(q) => Reply::Part(Box::new(tasks_part(store.tasks.list(), &q))),
             Op::StateCounts => {

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
+use crate::hub::hints::{Announcer, NoneLeft};
 use crate::limits::Holder;
 use crate::limits::{Budget, Charge, ClientLedger, Line, Names, Refusal};
 use crate::time::UnixTime;
@@ -172,6 +173,9 @@ struct Index {
     live_by_deadline: BTreeSet<(UnixTime, u64)>,
     /// Finished tasks by last update.
     finished_by_update: BTreeSet<(UnixTime, u64)>,
+    /// Who may believe a skill has no pending task here (`hub::hints`): told by every
+    /// task that becomes pending, here where pending-ness is decided.
+    announce: Announcer,
 }
 
 impl Index {
@@ -185,6 +189,7 @@ impl Index {
             set_insert(&mut self.pending_by_target, &t.target_agent_id, seq);
             if !t.skill.is_empty() {
                 set_insert(&mut self.pending_by_skill, &t.skill, seq);
+                self.announce.note_pending(&t.skill);
             }
         }
     }
@@ -643,6 +648,26 @@ impl TaskStore {
             self.recharge(seq);
         }
         claimed
+    }
+
+    /// After a claim for `skills`: "none left" for them if none of them has a pending
+    /// task here (one being saved counts: it becomes claimable without becoming pending
+    /// again), remembered so that the next task of one of them is told
+    /// (`hub::hints`). `None`: something is pending, or the table is full.
+    pub fn none_left(&mut self, skills: &[String], now: UnixTime) -> Option<NoneLeft> {
+        if skills
+            .iter()
+            .any(|s| self.index.pending_by_skill.contains_key(s.as_str()))
+        {
+            return None;
+        }
+        self.index.announce.none_left(skills, now)
+    }
+
+    /// Skills said "none left" for that have a pending task again, with the epoch to
+    /// tell every other shard (`hub::hints`).
+    pub fn take_announcement(&mut self) -> Option<(Vec<String>, u64)> {
+        self.index.announce.take()
     }
 
     /// The 30 s job ([`EXPIRE_INTERVAL`]): every unfinished task whose deadline has passed

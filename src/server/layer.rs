@@ -81,6 +81,11 @@ impl shard::Shard for ShardCtx {
         self.shard.reserve(to)
     }
 
+    #[inline]
+    fn mail_waiting_from(&self, from: ShardId) -> bool {
+        self.shard.has_mail_from(from)
+    }
+
     async fn sleep(&self, d: Duration) {
         if d.is_zero() {
             reactor::yield_now().await

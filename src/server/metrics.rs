@@ -57,6 +57,9 @@ pub struct ShardMetrics {
     pub cluster_malformed: u64,
     /// Bindings this shard asserted on connect that another node had bound first.
     pub cluster_binding_conflicts: u64,
+    /// Asks of a heartbeat to a skill shard skipped on that shard's "none left"
+    /// (`hub::hints`).
+    pub skill_asks_skipped: u64,
     /// The shard's own connections to the cluster's Redis (`--cluster`).
     pub cluster_pipe: chatixia_cluster::pipe::PipeStats,
 }
@@ -141,6 +144,7 @@ impl ShardMetrics {
             layer: Default::default(),
             cluster_malformed: 0,
             cluster_binding_conflicts: 0,
+            skill_asks_skipped: 0,
             cluster_pipe: Default::default(),
         }
     }
@@ -150,7 +154,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 22] = [
+    let series: [(&str, &str, &str, Get); 23] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -222,6 +226,12 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "counter",
             "Asks to another shard that found its mailbox full and waited.",
             |m| m.layer.asks_waited,
+        ),
+        (
+            "chatixia_hub_skill_asks_skipped_total",
+            "counter",
+            "Heartbeat asks to a skill shard skipped because it said none of the skills had a pending task.",
+            |m| m.skill_asks_skipped,
         ),
         (
             "chatixia_shard_asks_refused_total",
@@ -747,6 +757,7 @@ mod tests {
             },
             cluster_malformed: 0,
             cluster_binding_conflicts: 0,
+            skill_asks_skipped: 0,
             cluster_pipe: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);

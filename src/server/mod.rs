@@ -183,8 +183,12 @@ impl ShardCtx {
         // A peer whose last approval is revoked loses its embedded-TURN allocations too,
         // wherever they are: every shard is told (`crate::server::turn::revoke`). Not
         // while another approved entry still authorizes that peer id (PROTOCOL §5.6).
+        let hub = matches!(msg, Msg::Hub(_));
         let (applied, revoked) =
             dispatch::apply_noting_revocation(&self.state, &self.config, msg, self.now());
+        if hub {
+            self.announce_pending();
+        }
         // In a cluster, every other node closes that peer's connections too.
         if let (Some(peer), Some(link)) = (&revoked, &self.cluster) {
             crate::signaling::remote::broadcast_revocation(link, peer);
@@ -206,6 +210,24 @@ impl ShardCtx {
                 None
             }
             Err(_) => None,
+        }
+    }
+
+    /// Tells every other shard the skills that have a pending task here again after
+    /// this shard said "none left" for them (`hub::hints`): before the reply of the
+    /// message that made them pending, so before the 2xx of a post. A full mailbox
+    /// refuses its tell (counted in the reactor's refusals): that shard's hint lapses
+    /// within `hub::hints::SKILL_HINT_TTL`.
+    fn announce_pending(&self) {
+        let Some((skills, epoch)) = self.state.hub.borrow_mut().tasks.take_announcement() else {
+            return;
+        };
+        let me = self.shard.id();
+        for to in (0..self.shard.count()).filter(|&s| s != me) {
+            let op = crate::hub::ops::Op::Pending(Box::new((me, skills.clone(), epoch)));
+            if self.shard.try_tell(to, Msg::Hub(op)).is_err() {
+                tracing::debug!(to, "a pending-skills tell was refused: full mailbox");
+            }
         }
     }
 
@@ -279,6 +301,7 @@ impl ShardCtx {
         m.tls = self.tls.snapshot();
         m.layer = crate::server::metrics::LayerMetrics::of(&self.layer);
         m.cluster_malformed = self.cluster_malformed.get();
+        m.skill_asks_skipped = self.state.hub.borrow().hints.skipped;
         m.cluster_pipe = self.state.ws.pipe().map(|p| p.stats()).unwrap_or_default();
         m.cluster_binding_conflicts = self
             .state

@@ -79,6 +79,7 @@ impl ShardState {
             hub: RefCell::new(hub::Store {
                 tasks: TaskStore::new(config.hub.tasks),
                 pointers: TaskPointers::default(),
+                hints: Default::default(),
             }),
             pairing: RefCell::new(pairing::Store::with_guard(config.pairing.guard)),
             tokens: RefCell::new(DeviceTokenIndex::new()),
@@ -194,5 +195,13 @@ impl Owns<RefCell<PeerAuthz>> for ShardState {
 impl Owns<RefCell<AgentStore>> for ShardState {
     fn owned(&self) -> &RefCell<AgentStore> {
         &self.agents
+    }
+}
+
+// The heartbeat's skill hints (`hub::hints`) are read where the heartbeat runs, without
+// a message.
+impl Owns<RefCell<hub::Store>> for ShardState {
+    fn owned(&self) -> &RefCell<hub::Store> {
+        &self.hub
     }
 }

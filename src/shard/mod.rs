@@ -107,6 +107,13 @@ pub trait Shard {
     fn try_tell(&self, to: ShardId, msg: Self::Msg) -> Result<(), Self::Msg>;
     /// Room for one tell to `to` later, or `None` (see [`reserve`]).
     fn try_reserve(&self, to: ShardId) -> Option<Self::Room>;
+    /// Whether a message from shard `from` waits unread in this shard's mailbox: what
+    /// this shard knows of `from`'s state may be older than something `from` already
+    /// said. Tells from one shard arrive in the order sent. Where it cannot tell: `true`.
+    fn mail_waiting_from(&self, from: ShardId) -> bool {
+        let _ = from;
+        true
+    }
     /// Waits `d` of this shard's time.
     fn sleep(&self, d: Duration) -> impl Future<Output = ()>;
     /// The shard layer's counters.

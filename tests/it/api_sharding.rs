@@ -46,3 +46,73 @@ fn one_agent_through_many_connections() {
         }
     }
 }
+
+/// A heartbeat through either shard gets a task posted (or set back to pending) just
+/// before it, though the skill's shard had just said "none left" to both (issue 26:
+/// `hub::hints`, a heartbeat skips asking a skill shard that said so less than 1 s ago):
+/// the skill shard tells every shard before the post's answer is sent. And the hints
+/// were used: idle heartbeats skipped asks.
+#[test]
+fn a_task_posted_after_none_left_goes_to_the_next_heartbeat_through_any_shard() {
+    let s = Server::start(2);
+    let mut conns: Vec<Conn> = (0..16).map(|_| s.conn()).collect();
+    let hb = |c: &mut Conn, agent: &str| {
+        let r = c.post_json(
+            "/api/hub/heartbeat",
+            &json!({"agent_id": agent, "hostname": "h", "skill_names": ["x", "y"]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let v = r.json();
+        v["pending_tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    for round in 0..30 {
+        // Idle heartbeats through every connection: both shards hear "none left".
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert_eq!(hb(c, &format!("idle-{i}")), Vec::<String>::new());
+        }
+        let skill = ["x", "y"][round % 2];
+        let r = conns[round % 16].post_json(
+            "/api/hub/tasks",
+            &json!({"skill": skill, "payload": {"round": round}, "ttl": 60}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.json()["task_id"].as_str().unwrap().to_owned();
+        let k = (round * 7 + 3) % 16;
+        assert_eq!(
+            hb(&mut conns[k], &format!("worker-{k}")),
+            vec![id.clone()],
+            "round {round}: the first heartbeat after the post"
+        );
+        // Idle heartbeats again, then the task is set back to pending: the next
+        // heartbeat, through another connection, gets it.
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert_eq!(hb(c, &format!("idle-{i}")), Vec::<String>::new());
+        }
+        let r = conns[(round + 5) % 16].post_json(
+            &format!("/api/hub/tasks/{id}"),
+            &json!({"state": "pending"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let k2 = (k + 1 + round % 15) % 16;
+        assert_eq!(
+            hb(&mut conns[k2], &format!("worker-{k2}")),
+            vec![id],
+            "round {round}: the first heartbeat after the task was set pending again"
+        );
+    }
+    let m = s.get("/metrics").text();
+    let skipped: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("chatixia_hub_skill_asks_skipped_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        skipped > 100,
+        "the hints were not used: {skipped} asks skipped\n{m}"
+    );
+}

@@ -29,7 +29,12 @@ pub struct SimNode {
 
 impl Node<Msg> for SimNode {
     fn handle(&self, _from: ShardId, msg: Msg, now: UnixTime) -> Option<Msg> {
-        match dispatch::apply(&self.state, &self.config, msg, now) {
+        // A simulated shard cannot tell the others what became pending here
+        // (`hub::hints`): its shard layer never trusts a hint (`mail_waiting_from`), so
+        // the announcements are dropped.
+        let handled = dispatch::apply(&self.state, &self.config, msg, now);
+        let _ = self.state.hub.borrow_mut().tasks.take_announcement();
+        match handled {
             Ok(reply) => reply,
             // A simulated shard has no I/O: its counters are zero.
             Err(Msg::Dashboard(crate::dashboard::ops::Op::Counters)) => {
