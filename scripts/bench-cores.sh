@@ -9,6 +9,13 @@
 # Per run: the server's utime and stime from /proc/PID/stat over the wrk window, per
 # request. Prints every run, then per build the median `--cores 2` / `--cores 1` ratio.
 # Usage: scripts/bench-cores.sh [SECONDS] [RUNS] BIN [BIN ...]
+#   RATE=R: instead of wrk's closed loop, the first BIN's load generator at a fixed R
+#     heartbeats a second (`bench http --mix heartbeat=100 --rate R --concurrency 64
+#     --agents 100`, open loop, the agents' bearer tokens, one skill): both shard counts
+#     then serve the same load, so a slower round does not also mean smaller batches.
+#     CPU from the server's /proc/PID/stat over the measured window, as reported by the
+#     load generator (`--server-pid`). A BIN may be a wrapper script that `exec`s the
+#     binary (e.g. to set REACTOR_MAILBOX_SPIN_US).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}; RUNS=${2:-5}; shift 2
@@ -19,6 +26,12 @@ pid=
 . scripts/lib/bench-server.sh  # stop
 trap 'stop; rm -rf "$TMP"' EXIT
 HZ=$(getconf CLK_TCK)
+if [ -n "${RATE:-}" ]; then
+  # The agents' API keys, for the load generator's tokens; the servers read them.
+  KEYS=$TMP/keys.json
+  "$1" bench keys --count 100 --out "$KEYS" >/dev/null
+  export API_KEYS_FILE=$KEYS SIGNALING_SECRET=bench-cores-secret
+fi
 : > "$TMP/results.tsv"
 for run in $(seq 1 "$RUNS"); do
   for bin in "$@"; do
@@ -28,7 +41,24 @@ for run in $(seq 1 "$RUNS"); do
         --listen 127.0.0.1:0 --port-file "$d/addr" --data-dir "$d/data" 2>>"$TMP/server.log" &
       pid=$!
       for _ in $(seq 200); do [ -s "$d/addr" ] && break; sleep 0.05; done
+      [ -s "$d/addr" ] || { echo "server $bin --cores $cores did not start" >&2; tail -5 "$TMP/server.log" >&2; exit 1; }
       addr=$(cat "$d/addr")
+      if [ -n "${RATE:-}" ]; then
+        taskset -c 1 "$1" bench http --no-pin --url "http://$addr" --keys "$KEYS" \
+          --mix heartbeat=100 --concurrency 64 --agents 100 --rate "$RATE" \
+          --duration "$SECS" --warmup 1 --server-pid "$pid" --json > "$d/out.json" 2>"$d/err" \
+          || { echo "bench http failed: $(tail -2 "$d/err")" >&2; exit 1; }
+        stop
+        python3 - "$d/out.json" "$bin" "$cores" "$run" >>"$TMP/results.tsv" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+cpu = r["server_cpu"]["cpu_us_per_op"]
+print(f"{sys.argv[4]}\t{sys.argv[2]}\t{sys.argv[3]}\t{r['throughput_rps']:.0f}\t-\t-\t{cpu:.2f}")
+PY
+        tail -1 "$TMP/results.tsv" | awk -F'\t' '{printf "run=%s bin=%s cores=%s rps=%s cpu_us_per_req=%s (p99 above)\n", $1, $2, $3, $4, $7}'
+        python3 -c 'import json,sys; print("  p99_us", json.load(open(sys.argv[1]))["latency_us"]["p99"])' "$d/out.json"
+        continue
+      fi
       for i in $(seq 0 99); do
         curl -sf -X POST -H 'content-type: application/json' \
           -d "{\"agent_id\":\"bench-$i\",\"hostname\":\"h$i\",\"skill_names\":[\"s$((i % 10))\"]}" \

@@ -26,8 +26,8 @@ use crate::limits::{too_big, FieldLimits, Principal};
 use crate::registry::{Heartbeat, AGENT_STORE_NAMES, NOT_FOUND_BODY, OK_BODY};
 use crate::shard::paging::{page_of, page_req, time_key, PageLimits};
 use crate::shard::{
-    ask, ask_all, fill_random, random, reserve, settle, tell, Durability, Error, Outcome, Owns,
-    Request, Shard, ShardId,
+    ask, ask_all, fill_random, random, reserve, settle, tell, Durability, Error, FollowUp, Outcome,
+    Owns, Request, Shard, ShardId,
 };
 use chatixia_store::{Mutation, WriteClass};
 
@@ -267,7 +267,7 @@ where
 /// (`Task::updatable_by`), or under `--require-agent-auth` its assignee's token (the
 /// router has checked that a token was sent). Durable before it is acknowledged; put
 /// back when the store does not take it.
-pub async fn update<S: Shard>(
+pub async fn update<S: Shard + Owns<RefCell<Store>>>(
     sh: &S,
     cfg: &Config,
     id: String,
@@ -320,7 +320,7 @@ where
                 Mutation::PutTask(task_record(&after))
             };
             if let Err(e) = sh.commit(vec![m], Durability::Now(class)).await {
-                settle(room, Op::Restore(Box::new(before)));
+                put_back(sh, room, Op::Restore(Box::new(before)));
                 return Err(e);
             }
             Ok(Outcome::Static(OK_BODY.as_bytes()))
@@ -466,7 +466,7 @@ where
         // Not acknowledged: the tasks go back to pending on their shards.
         for p in parts {
             if !p.tasks.is_empty() {
-                settle(p.room, Op::Unclaim(Box::new(p.tasks)));
+                put_back(sh, p.room, Op::Unclaim(Box::new(p.tasks)));
             }
         }
         return Err(e);
@@ -492,6 +492,20 @@ where
         return Ok(Outcome::Static(HEARTBEAT_IDLE_BODY));
     }
     Ok(Outcome::Json(heartbeat_body(&claimed)))
+}
+
+/// Sends `op`, which may make a task pending again (a claim put back, an update undone),
+/// into `room`: this shard's hints from that shard go first (`hub::hints`, a retry here
+/// may come before that shard tells).
+fn put_back<S: Shard + Owns<RefCell<Store>>>(sh: &S, room: S::Room, op: Op)
+where
+    Op: Request<S::Msg>,
+{
+    Owns::<RefCell<Store>>::owned(sh)
+        .borrow_mut()
+        .hints
+        .barrier(room.to());
+    settle(room, op);
 }
 
 /// Steps (2) and (3) of [`heartbeat`]: the owner's claims (`claimed`, with its room),
@@ -601,22 +615,29 @@ where
             );
             continue;
         };
+        // A "none left" is worth asking for where a hint may be used (see above).
+        let hint = s != sh.id() && sh.cluster().is_none() && !cfg.stray_task_shards.contains(&s);
+        let asked = Owns::<RefCell<Store>>::owned(sh).borrow().hints.asking(s);
         let op = Op::ClaimFor(Box::new((
             agent.to_owned(),
             skills.to_vec(),
             claimer.clone(),
+            hint,
         )));
         match ask(sh, s, op).await {
             Ok(Reply::ClaimedFor(b)) => {
                 let (tasks, none) = *b;
-                if let (Some(none), true, None) = (none, s != sh.id(), sh.cluster()) {
+                if let (Some(none), true) = (none, hint) {
                     let held: Vec<&str> = skills
                         .iter()
                         .map(String::as_str)
                         .filter(|k| !k.is_empty() && sh.shard_of(k.as_bytes()) == s)
                         .collect();
                     let store = Owns::<RefCell<Store>>::owned(sh);
-                    store.borrow_mut().hints.record(s, &held, none, sh.now());
+                    store
+                        .borrow_mut()
+                        .hints
+                        .record(s, &held, none, asked, sh.now());
                 }
                 parts.push(Claims { room, tasks })
             }

@@ -1,7 +1,7 @@
 //! The hub's typed operations: what another shard asks the shard that holds a task (or
 //! an agent's pointers), and the reply. [`Op::apply`] is the whole owner side.
 
-use crate::hub::hints::{NoneLeft, SkillHints};
+use crate::hub::hints::{Announcement, NoneLeft, SkillHints};
 use crate::hub::query::{tasks_part, TaskQuery, TaskRow};
 use crate::hub::{
     CreateTaskError, Task, TaskId, TaskPointers, TaskStore, TaskSubmission, TaskUpdate,
@@ -95,12 +95,13 @@ pub enum Op {
     /// claimer)`: the heartbeat's principal, which passed the agent's binding check.
     /// → `Tasks`.
     ClaimIds(Box<(String, Vec<TaskId>, Holder)>),
-    /// Claim every local pending task matching the agent; `(agent, skills, claimer)`.
+    /// Claim every local pending task matching the agent; `(agent, skills, claimer,
+    /// whether to say "none left" when nothing is pending for them: `hub::hints`).
     /// → `ClaimedFor`.
-    ClaimFor(Box<(String, Vec<String>, Holder)>),
-    /// Tell (no reply used): shard `from` has pending tasks again for these skills,
-    /// which it had said "none left" for, as of this epoch (`hub::hints`).
-    Pending(Box<(ShardId, Vec<String>, u64)>),
+    ClaimFor(Box<(String, Vec<String>, Holder, bool)>),
+    /// Tell (no reply used): shard `from` has pending tasks again, which it had said
+    /// "none left" for (`hub::hints`).
+    Pending(Box<(ShardId, Announcement)>),
     /// The shard's part of a filtered page of tasks (`hub::query`). → `Part`.
     Query(Box<TaskQuery>),
     /// How many tasks of each state the shard holds. → `StateCounts`.
@@ -314,14 +315,18 @@ impl Op {
                 Reply::Tasks(Box::new(claimed))
             }
             Op::ClaimFor(b) => {
-                let (agent, skills, by) = *b;
+                let (agent, skills, by, hint) = *b;
                 let tasks = store.tasks.claim_for_agent_by(&agent, &skills, || by, now);
-                let none = store.tasks.none_left(&skills, now);
+                let none = if hint {
+                    store.tasks.none_left(&skills, now)
+                } else {
+                    None
+                };
                 Reply::ClaimedFor(Box::new((tasks, none)))
             }
             Op::Pending(b) => {
-                let (from, skills, epoch) = *b;
-                store.hints.pending(from, &skills, epoch);
+                let (from, what) = *b;
+                store.hints.pending(from, &what);
                 Reply::Done
             }
             Op::Query(q) => Reply::Part(Box::new(tasks_part(store.tasks.list(), &q))),

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use crate::hub::hints::{Announcer, NoneLeft};
+use crate::hub::hints::{Announcement, Announcer, NoneLeft};
 use crate::limits::Holder;
 use crate::limits::{Budget, Charge, ClientLedger, Line, Names, Refusal};
 use crate::time::UnixTime;
@@ -187,6 +187,9 @@ impl Index {
         }
         if t.is_pending() {
             set_insert(&mut self.pending_by_target, &t.target_agent_id, seq);
+            if !t.target_agent_id.is_empty() {
+                self.announce.note_targeted();
+            }
             if !t.skill.is_empty() {
                 set_insert(&mut self.pending_by_skill, &t.skill, seq);
                 self.announce.note_pending(&t.skill);
@@ -652,21 +655,26 @@ impl TaskStore {
 
     /// After a claim for `skills`: "none left" for them if none of them has a pending
     /// task here (one being saved counts: it becomes claimable without becoming pending
-    /// again), remembered so that the next task of one of them is told
+    /// again) and no task aimed at an agent is pending here (a `ClaimFor` claims those
+    /// too, whatever the skills), remembered so that the next such task is told
     /// (`hub::hints`). `None`: something is pending, or the table is full.
     pub fn none_left(&mut self, skills: &[String], now: UnixTime) -> Option<NoneLeft> {
-        if skills
-            .iter()
-            .any(|s| self.index.pending_by_skill.contains_key(s.as_str()))
+        // `""` holds the untargeted tasks, which no agent claims by target.
+        let targeted = self.index.pending_by_target.len()
+            > usize::from(self.index.pending_by_target.contains_key(""));
+        if targeted
+            || skills
+                .iter()
+                .any(|s| self.index.pending_by_skill.contains_key(s.as_str()))
         {
             return None;
         }
         self.index.announce.none_left(skills, now)
     }
 
-    /// Skills said "none left" for that have a pending task again, with the epoch to
-    /// tell every other shard (`hub::hints`).
-    pub fn take_announcement(&mut self) -> Option<(Vec<String>, u64)> {
+    /// What to tell every other shard of the skills said "none left" for that have a
+    /// pending task again (`hub::hints`).
+    pub fn take_announcement(&mut self) -> Option<Announcement> {
         self.index.announce.take()
     }
 

@@ -40,12 +40,13 @@ pub mod ws;
 
 pub use state::ShardState;
 
+use std::cell::RefCell;
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reactor::Shard;
+use reactor::{Shard, ShardId};
 
 use crate::hub::EXPIRE_INTERVAL;
 use crate::registry::HEALTH_CHECK_INTERVAL;
@@ -134,6 +135,10 @@ pub struct ShardCtx {
     pub cluster: Option<chatixia_cluster::ShardLink>,
     /// Messages from other nodes this shard could not read (dropped).
     pub cluster_malformed: std::cell::Cell<u64>,
+    /// Per shard, room for the next tell of what became pending here (`hub::hints`):
+    /// held while that shard may hold a "none left" from here, so that the tell is never
+    /// refused by a full mailbox; without one, no "none left" is said to it.
+    hint_rooms: RefCell<Vec<Option<reactor::Reservation<Msg>>>>,
 }
 
 impl ShardCtx {
@@ -143,8 +148,9 @@ impl ShardCtx {
         store: Option<chatixia_store::ShardLink>,
         cluster: Option<chatixia_cluster::ShardLink>,
     ) -> Self {
+        let count = shard.count();
         ShardCtx {
-            state: ShardState::new(&config, shard.count()),
+            state: ShardState::new(&config, count),
             shard,
             counters: ShardCounters::default(),
             config,
@@ -155,6 +161,7 @@ impl ShardCtx {
             tls: crate::tls::metrics::TlsCounters::default(),
             cluster,
             cluster_malformed: std::cell::Cell::new(0),
+            hint_rooms: RefCell::new((0..count).map(|_| None).collect()),
         }
     }
 
@@ -179,7 +186,7 @@ impl ShardCtx {
 
     /// Handles a message from another shard (or this one): applies a request to the
     /// store it names; returns the reply of an ask.
-    fn on_message(self: &Rc<Self>, msg: Msg) -> Option<Msg> {
+    fn on_message(self: &Rc<Self>, from: ShardId, msg: Msg) -> Option<Msg> {
         // A peer whose last approval is revoked loses its embedded-TURN allocations too,
         // wherever they are: every shard is told (`crate::server::turn::revoke`). Not
         // while another approved entry still authorizes that peer id (PROTOCOL §5.6).
@@ -198,6 +205,12 @@ impl ShardCtx {
             monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });
         }
         match applied {
+            Ok(Some(Msg::HubReply(crate::hub::ops::Reply::ClaimedFor(mut b)))) => {
+                if b.1.is_some() && !self.hint_room_for(from) {
+                    b.1 = None;
+                }
+                Some(Msg::HubReply(crate::hub::ops::Reply::ClaimedFor(b)))
+            }
             Ok(reply) => reply,
             Err(Msg::Dashboard(op)) => Some(Msg::DashboardReply(self.on_dashboard(op))),
             Err(Msg::Adopt(a)) => {
@@ -213,21 +226,43 @@ impl ShardCtx {
         }
     }
 
-    /// Tells every other shard the skills that have a pending task here again after
-    /// this shard said "none left" for them (`hub::hints`): before the reply of the
-    /// message that made them pending, so before the 2xx of a post. A full mailbox
-    /// refuses its tell (counted in the reactor's refusals): that shard's hint lapses
-    /// within `hub::hints::SKILL_HINT_TTL`.
+    /// Whether this shard holds room for a tell to `to` (taking it if it can): a "none
+    /// left" is said to `to` only then (`hub::hints`).
+    fn hint_room_for(&self, to: ShardId) -> bool {
+        if to == self.shard.id() {
+            return false;
+        }
+        let mut rooms = self.hint_rooms.borrow_mut();
+        let Some(slot) = rooms.get_mut(to) else {
+            return false;
+        };
+        if slot.is_none() {
+            *slot = self.shard.reserve(to);
+        }
+        slot.is_some()
+    }
+
+    /// Tells every other shard that may hold a "none left" from here (those this shard
+    /// holds room for) what became pending here again (`hub::hints`): right after the
+    /// message that did it, before its reply, so before the 2xx of a post. Each tell
+    /// goes into the room held for it, so a full mailbox never refuses it; room for the
+    /// next is taken first, and when none is left the tell says to drop every hint from
+    /// here (and none is said to that shard until room is had again).
     fn announce_pending(&self) {
-        let Some((skills, epoch)) = self.state.hub.borrow_mut().tasks.take_announcement() else {
+        let Some(what) = self.state.hub.borrow_mut().tasks.take_announcement() else {
             return;
         };
         let me = self.shard.id();
-        for to in (0..self.shard.count()).filter(|&s| s != me) {
-            let op = crate::hub::ops::Op::Pending(Box::new((me, skills.clone(), epoch)));
-            if self.shard.try_tell(to, Msg::Hub(op)).is_err() {
-                tracing::debug!(to, "a pending-skills tell was refused: full mailbox");
-            }
+        let mut rooms = self.hint_rooms.borrow_mut();
+        for (to, slot) in rooms.iter_mut().enumerate() {
+            let Some(room) = slot.take() else {
+                continue; // holds no hint from here
+            };
+            let next = self.shard.reserve(to);
+            let mut what = what.clone();
+            what.all |= next.is_none();
+            room.tell(Msg::Hub(crate::hub::ops::Op::Pending(Box::new((me, what)))));
+            *slot = next;
         }
     }
 
@@ -525,7 +560,7 @@ pub async fn run_shard(
         cluster::start(&ctx, w);
     }
     let handler_ctx = ctx.clone();
-    shard.set_handler(move |_from, msg| handler_ctx.on_message(msg));
+    shard.set_handler(move |from, msg| handler_ctx.on_message(from, msg));
     // The shard's TLS configurations, shared by its HTTPS and TURN-over-TLS listeners.
     let (tls, tls_listener) = match tls {
         None => (None, None),

@@ -116,3 +116,64 @@ fn a_task_posted_after_none_left_goes_to_the_next_heartbeat_through_any_shard() 
         "the hints were not used: {skipped} asks skipped\n{m}"
     );
 }
+
+/// A task aimed at an agent that lacks its skill, set back to pending (its pointer was
+/// used up by the first claim), is found only by the skill shard's `ClaimFor`, which
+/// claims by target too: that shard's "none left" for the agent's own skills must not
+/// make it skipped (review of the skill hints: it did, for as long as other agents kept
+/// the hint fresh).
+#[test]
+fn a_targeted_task_set_pending_again_reaches_its_target_through_any_shard() {
+    let s = Server::start(2);
+    let on = |k: &str, n: usize| reactor::shard_of(k, 2) == n;
+    let pick = |p: &str, n: usize| (0..).map(|i| format!("{p}{i}")).find(|k| on(k, n)).unwrap();
+    let (x, z) = (pick("x", 1), pick("z", 1));
+    let a1 = pick("agent", 0);
+    let idle: Vec<String> = (0..)
+        .map(|i| format!("idle{i}"))
+        .filter(|k| on(k, 0))
+        .take(4)
+        .collect();
+    let mut conns: Vec<Conn> = (0..16).map(|_| s.conn()).collect();
+    let hb = |c: &mut Conn, agent: &str, skill: &str| -> Vec<String> {
+        let r = c.post_json(
+            "/api/hub/heartbeat",
+            &json!({"agent_id": agent, "hostname": "h", "skill_names": [skill]}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["pending_tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let r = conns[0].post_json(
+        "/api/hub/tasks",
+        &json!({"skill": z, "target_agent_id": a1, "payload": {}, "ttl": 60}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["task_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        hb(&mut conns[0], &a1, &x),
+        vec![id.clone()],
+        "first claim (pointer)"
+    );
+    for k in 0..16 {
+        let r = conns[k].post_json(
+            &format!("/api/hub/tasks/{id}"),
+            &json!({"state": "pending"}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        // Other agents with skill x heartbeat through every connection: shard 1 says
+        // "none left for x" to shard 0.
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert!(hb(c, &idle[i % 4], &x).is_empty());
+        }
+        assert_eq!(
+            hb(&mut conns[k], &a1, &x),
+            vec![id.clone()],
+            "conn {k}: the first heartbeat of its target after the task was set pending"
+        );
+    }
+}
