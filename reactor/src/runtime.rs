@@ -24,12 +24,6 @@ pub const MAILBOX_CAPACITY_DEFAULT: usize = 1024;
 /// reply, next ask) then costs no wakeup syscall on either side, which cuts an idle
 /// round trip by an order of magnitude; the price is up to 50 µs of polling after the
 /// last message, and smaller batches under a one-way flood (docs/BENCHMARKS.md).
-///
-/// Only where each shard has a CPU of its own: a shard that shares its CPU with another
-/// shard (more shards than allowed CPUs) does not spin unless told to
-/// ([`ReactorBuilder::mailbox_spin`], `REACTOR_MAILBOX_SPIN_US`), since its spinning
-/// holds the very CPU the shard it waits for needs to answer (issue 26: +46% CPU per
-/// heartbeat at `--cores 2` on one CPU with the spin, +19% without).
 pub const MAILBOX_SPIN_DEFAULT: Duration = Duration::from_micros(50);
 
 /// Configures a [`Reactor`].
@@ -38,8 +32,7 @@ pub struct ReactorBuilder {
     cores: Option<usize>,
     driver: DriverChoice,
     mailbox_capacity: usize,
-    /// `None`: [`MAILBOX_SPIN_DEFAULT`] where shards have CPUs of their own, else zero.
-    mailbox_spin: Option<Duration>,
+    mailbox_spin: Duration,
     uring_entries: u32,
     pin: bool,
 }
@@ -57,29 +50,18 @@ impl Default for ReactorBuilder {
     }
 }
 
-/// `REACTOR_MAILBOX_SPIN_US` (read once per builder; for benchmarks), else `None` (the
-/// default, see [`spin_for`]). A value that is not a number is ignored with a warning.
-fn mailbox_spin_from_env() -> Option<Duration> {
+/// `REACTOR_MAILBOX_SPIN_US` (read once per builder; for benchmarks), else
+/// [`MAILBOX_SPIN_DEFAULT`]. A value that is not a number is ignored with a warning.
+fn mailbox_spin_from_env() -> Duration {
     match std::env::var("REACTOR_MAILBOX_SPIN_US") {
-        Err(_) => None,
+        Err(_) => MAILBOX_SPIN_DEFAULT,
         Ok(v) => match v.trim().parse::<u64>() {
-            Ok(us) => Some(Duration::from_micros(us)),
+            Ok(us) => Duration::from_micros(us),
             Err(_) => {
                 tracing::warn!(value = %v, "REACTOR_MAILBOX_SPIN_US is not a number of microseconds; using the default");
-                None
+                MAILBOX_SPIN_DEFAULT
             }
         },
-    }
-}
-
-/// The mailbox spin of `shards` shards on `cpus` allowed CPUs: the one set, else
-/// [`MAILBOX_SPIN_DEFAULT`] when every shard has a CPU of its own and zero when some
-/// share one (see there).
-fn spin_for(set: Option<Duration>, shards: usize, cpus: usize) -> Duration {
-    match set {
-        Some(d) => d,
-        None if shards > cpus.max(1) => Duration::ZERO,
-        None => MAILBOX_SPIN_DEFAULT,
     }
 }
 
@@ -99,9 +81,9 @@ impl ReactorBuilder {
     }
     /// How long a shard's mailbox keeps looking for mail (yielding between looks)
     /// after its last message before it sleeps on its doorbell (default 50 µs; zero:
-    /// sleep as soon as a look finds nothing; by default zero where shards share a CPU).
+    /// sleep as soon as a look finds nothing).
     pub fn mailbox_spin(mut self, d: Duration) -> Self {
-        self.mailbox_spin = Some(d);
+        self.mailbox_spin = d;
         self
     }
     /// Pin shard `i` to the i-th allowed CPU (default on).
@@ -196,14 +178,6 @@ impl Reactor {
             drained: AtomicUsize::new(0),
         });
         let (outs, inbs) = mailbox::lanes::<M>(n, self.config.mailbox_capacity);
-        let spin = spin_for(self.config.mailbox_spin, n, self.cpus.len());
-        if spin.is_zero() && self.config.mailbox_spin.is_none() && n > 1 {
-            tracing::info!(
-                shards = n,
-                cpus = self.cpus.len(),
-                "more shards than CPUs: mailboxes sleep without spinning"
-            );
-        }
         let app = Arc::new(app);
         let mut threads = Vec::with_capacity(n);
         let parts = outs
@@ -217,7 +191,7 @@ impl Reactor {
             let app = app.clone();
             let driver = self.driver;
             let entries = self.config.uring_entries;
-            let capacity = (self.config.mailbox_capacity, spin);
+            let capacity = (self.config.mailbox_capacity, self.config.mailbox_spin);
             let cpu = if self.config.pin && !self.cpus.is_empty() {
                 Some(self.cpus[id % self.cpus.len()])
             } else {
@@ -394,26 +368,4 @@ fn allowed_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize)
         .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_that_share_a_cpu_do_not_spin_unless_told() {
-        let set = Some(Duration::from_micros(7));
-        // A CPU each: the default spin.
-        assert_eq!(spin_for(None, 2, 2), MAILBOX_SPIN_DEFAULT);
-        assert_eq!(spin_for(None, 1, 1), MAILBOX_SPIN_DEFAULT);
-        // More shards than CPUs (`taskset -c 0 … --cores 2`): none.
-        assert_eq!(spin_for(None, 2, 1), Duration::ZERO);
-        assert_eq!(spin_for(None, 3, 2), Duration::ZERO);
-        // No CPU known counts as one.
-        assert_eq!(spin_for(None, 2, 0), Duration::ZERO);
-        assert_eq!(spin_for(None, 1, 0), MAILBOX_SPIN_DEFAULT);
-        // Set explicitly (builder or REACTOR_MAILBOX_SPIN_US): as set, always.
-        assert_eq!(spin_for(set, 2, 1), Duration::from_micros(7));
-        assert_eq!(spin_for(Some(Duration::ZERO), 2, 2), Duration::ZERO);
-    }
 }
