@@ -173,6 +173,12 @@ struct Index {
     live_by_deadline: BTreeSet<(UnixTime, u64)>,
     /// Finished tasks by last update.
     finished_by_update: BTreeSet<(UnixTime, u64)>,
+    /// Pending tasks aimed at an agent that live here by their skill: a `ClaimFor` of
+    /// that agent from another shard claims them whatever skills it asks for, so none
+    /// left is not said while there are any (`hub::hints`). Tasks aimed at an agent
+    /// without a skill live at that agent's own shard, which its heartbeats never send
+    /// a `ClaimFor` (they claim there directly).
+    targeted_by_skill: usize,
     /// Who may believe a skill has no pending task here (`hub::hints`): told by every
     /// task that becomes pending, here where pending-ness is decided.
     announce: Announcer,
@@ -187,7 +193,8 @@ impl Index {
         }
         if t.is_pending() {
             set_insert(&mut self.pending_by_target, &t.target_agent_id, seq);
-            if !t.target_agent_id.is_empty() {
+            if !t.target_agent_id.is_empty() && !t.skill.is_empty() {
+                self.targeted_by_skill += 1;
                 self.announce.note_targeted();
             }
             if !t.skill.is_empty() {
@@ -205,6 +212,9 @@ impl Index {
         }
         if t.is_pending() {
             set_remove(&mut self.pending_by_target, &t.target_agent_id, seq);
+            if !t.target_agent_id.is_empty() && !t.skill.is_empty() {
+                self.targeted_by_skill = self.targeted_by_skill.saturating_sub(1);
+            }
             if !t.skill.is_empty() {
                 set_remove(&mut self.pending_by_skill, &t.skill, seq);
             }
@@ -655,14 +665,12 @@ impl TaskStore {
 
     /// After a claim for `skills`: "none left" for them if none of them has a pending
     /// task here (one being saved counts: it becomes claimable without becoming pending
-    /// again) and no task aimed at an agent is pending here (a `ClaimFor` claims those
-    /// too, whatever the skills), remembered so that the next such task is told
+    /// again) and no task aimed at an agent is pending here by its skill (a `ClaimFor`
+    /// claims those too, whatever the skills), remembered so that the next such task is
+    /// told
     /// (`hub::hints`). `None`: something is pending, or the table is full.
     pub fn none_left(&mut self, skills: &[String], now: UnixTime) -> Option<NoneLeft> {
-        // `""` holds the untargeted tasks, which no agent claims by target.
-        let targeted = self.index.pending_by_target.len()
-            > usize::from(self.index.pending_by_target.contains_key(""));
-        if targeted
+        if self.index.targeted_by_skill > 0
             || skills
                 .iter()
                 .any(|s| self.index.pending_by_skill.contains_key(s.as_str()))
@@ -755,6 +763,7 @@ impl TaskStore {
         );
         assert_eq!(fresh.pending_by_target, self.index.pending_by_target);
         assert_eq!(fresh.pending_by_skill, self.index.pending_by_skill);
+        assert_eq!(fresh.targeted_by_skill, self.index.targeted_by_skill);
         assert_eq!(fresh.live_by_deadline, self.index.live_by_deadline);
         assert_eq!(fresh.finished_by_update, self.index.finished_by_update);
     }

@@ -133,6 +133,15 @@ impl Running {
         (r.status, token)
     }
 
+    /// SIGTERM; panics with the exit status and the server's log unless it exited with
+    /// success (a CI run once saw a failure here with nothing to go on).
+    fn stop_ok(self) {
+        let log = self.log.clone();
+        let st = self.stop();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(st.success(), "exit after SIGTERM: {st:?}\n{text}");
+    }
+
     /// SIGTERM, and the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
         signal(&self.child, "-TERM");
@@ -233,7 +242,7 @@ fn the_file_configures_the_server_and_the_store_commands() {
         server.log()
     );
     assert!(server.log().contains("cores=1"), "{}", server.log());
-    assert!(server.stop().success());
+    server.stop_ok();
     assert!(data.join("state.redb").exists(), "data-dir from the file");
     // `store verify` takes its --data-dir from the same file.
     let out = run(&dir.0, &["--config", cfg_s, "store", "verify"], &[]);
@@ -297,7 +306,7 @@ fn the_environment_wins_over_the_file_and_the_command_line_over_both() {
         urls.iter().any(|u| u.starts_with("turn:env.example")),
         "{urls:?}"
     );
-    assert!(server.stop().success());
+    server.stop_ok();
     assert!(env_data.join("state.redb").exists());
     assert!(!file_data.exists(), "the file's data-dir was not used");
 
@@ -316,7 +325,7 @@ fn the_environment_wins_over_the_file_and_the_command_line_over_both() {
         &env,
     );
     assert_eq!(server.token("ak_file").0, 200);
-    assert!(server.stop().success());
+    server.stop_ok();
     assert!(flag_data.join("state.redb").exists());
 
     // `config check` names each source.
@@ -370,7 +379,7 @@ fn the_server_secret_comes_from_a_file_and_signaling_secret_wins_over_it() {
         log.contains("holds a secret and every user of this host may read it"),
         "a world-readable secret file is warned about: {log}"
     );
-    assert!(server.stop().success());
+    server.stop_ok();
 
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     // SIGNALING_SECRET wins over the file's signaling-secret-file (another data directory:
@@ -382,7 +391,7 @@ fn the_server_secret_comes_from_a_file_and_signaling_secret_wins_over_it() {
     let token = server.token("ak_a").1.expect("token");
     assert!(jwt_secret_ok(&token, b"secret-from-env"));
     assert!(!jwt_secret_ok(&token, b"secret-from-file"));
-    assert!(server.stop().success());
+    server.stop_ok();
     let log = Running::log_of(&dir.0);
     assert!(
         !log.contains(&format!("{} holds a secret", secret.display())),
@@ -399,7 +408,7 @@ fn the_server_secret_comes_from_a_file_and_signaling_secret_wins_over_it() {
     let server = Running::start(&dir.0, &args, &env);
     let token = server.token("ak_a").1.expect("token");
     assert!(jwt_secret_ok(&token, b"secret-from-file"));
-    assert!(server.stop().success());
+    server.stop_ok();
 
     // Both variables set: refused as unclear.
     let out = run(
@@ -569,7 +578,7 @@ fn sighup_keeps_the_server_running() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(server.request("GET", "/healthz", &[]).status, 200);
-    assert!(server.stop().success());
+    server.stop_ok();
 }
 
 #[test]
@@ -611,7 +620,7 @@ fn tls_is_configured_by_the_file_and_a_missing_half_is_named() {
     // The plain listener beside it still answers.
     assert_eq!(server.request("GET", "/healthz", &[]).status, 200);
     drop(c);
-    assert!(server.stop().success());
+    server.stop_ok();
 
     // The certificate on the command line, its key from the file.
     let cfg = config(

@@ -927,3 +927,35 @@ fn access_follows_creator_and_claimer() {
     assert!(t.readable_by(&anon("10.0.0.6")));
     s.assert_consistent();
 }
+
+/// `hub::hints`: "none left" is said only while nothing a `ClaimFor` could claim is
+/// pending: no task of the asked skills, no task aimed at an agent by its skill (claimed
+/// by target whatever the skills); a task aimed at an agent without a skill (which lives
+/// at that agent's own shard) does not stop it.
+#[test]
+fn none_left_only_while_no_claimable_task_is_pending() {
+    let mut s = store();
+    let none = |s: &mut TaskStore, k: &[&str]| s.none_left(&skills(k), T0).is_some();
+    assert!(none(&mut s, &["x"]));
+    s.create(sub("", "agent-a"), "t1".into(), T0).unwrap();
+    assert!(
+        none(&mut s, &["x"]),
+        "a targeted task without a skill lives at its agent's shard"
+    );
+    assert!(s.take_announcement().is_none());
+    s.create(sub("x", ""), "t2".into(), T0).unwrap();
+    assert!(!none(&mut s, &["x"]) && none(&mut s, &["y"]));
+    // The task of `x` was said to be none for earlier: told.
+    let told = s.take_announcement().unwrap();
+    assert_eq!((told.skills, told.all), (skills(&["x"]), false));
+    s.claim_for_agent("b", &skills(&["x"]), T0);
+    assert!(none(&mut s, &["x"]));
+    // A task aimed at an agent by its skill `z`: nothing is said for any skill, and every
+    // hint said before goes.
+    s.create(sub("z", "agent-a"), "t3".into(), T0).unwrap();
+    let told = s.take_announcement().unwrap();
+    assert!(told.all);
+    assert!(!none(&mut s, &["x"]) && !none(&mut s, &["y"]));
+    s.claim_for_agent("agent-a", &skills(&[]), T0);
+    assert!(none(&mut s, &["x"]));
+}
