@@ -188,12 +188,24 @@ where
                     return Err(e);
                 }
                 settle(room, Op::Saved(Box::new(id.clone())));
+                let mut sync = vec![home];
                 if let Some(to) = pointer_to {
                     let deadline = sh.now().saturating_add_secs(ttl);
                     let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
                     // Best effort: the task stays claimable through its skill.
                     if tell(sh, to, ptr).await.is_err() {
                         tracing::warn!(task = %id, "could not leave a task pointer (mailbox full)");
+                    } else {
+                        sync.push(to);
+                    }
+                }
+                // The answer waits until the task is claimable and its pointer left: a
+                // heartbeat that starts after it, through any shard, gets the task (its
+                // ask could otherwise be read there before the tells above). Best
+                // effort: a mailbox full past the ask's patience answers anyway.
+                for s in sync {
+                    if ask(sh, s, Op::Sync).await.is_err() {
+                        tracing::warn!(task = %id, shard = s, "could not confirm the task's follow-ups (mailbox full)");
                     }
                 }
                 return Ok(Outcome::Json(task_created_body(&id)));

@@ -99,6 +99,9 @@ pub enum Op {
     /// whether to say "none left" when nothing is pending for them: `hub::hints`).
     /// → `ClaimedFor`.
     ClaimFor(Box<(String, Vec<String>, Holder, bool)>),
+    /// Changes nothing: its reply says that everything the asking shard sent this shard
+    /// before it has been applied (messages from one shard are read in order). → `Done`.
+    Sync,
     /// Tell (no reply used): shard `from` has pending tasks again, which it had said
     /// "none left" for (`hub::hints`).
     Pending(Box<(ShardId, Announcement)>),
@@ -324,6 +327,7 @@ impl Op {
                 };
                 Reply::ClaimedFor(Box::new((tasks, none)))
             }
+            Op::Sync => Reply::Done,
             Op::Pending(b) => {
                 let (from, what) = *b;
                 store.hints.pending(from, &what);
