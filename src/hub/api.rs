@@ -335,6 +335,12 @@ where
                 put_back(sh, room, Op::Restore(Box::new(before)));
                 return Err(e);
             }
+            // Pending again, a task aimed at an agent that lives elsewhere needs its
+            // pointer again (its first claim used it): left, and the answer waits for
+            // it as a post's does.
+            if after.is_pending() && !before.is_pending() {
+                repoint(sh, &after, to).await;
+            }
             Ok(Outcome::Static(OK_BODY.as_bytes()))
         }
         Reply::NotFound => Ok(Outcome::Static(NOT_FOUND_BODY.as_bytes())),
@@ -475,10 +481,21 @@ where
     }
     if let Err(e) = saved {
         undo(sh, cluster);
-        // Not acknowledged: the tasks go back to pending on their shards.
+        // Not acknowledged: the tasks go back to pending on their shards, with the
+        // pointers their claims used up.
         for p in parts {
             if !p.tasks.is_empty() {
+                let home = p.room.to();
+                let aimed: Vec<Task> = p
+                    .tasks
+                    .iter()
+                    .filter(|t| !t.target_agent_id.is_empty())
+                    .cloned()
+                    .collect();
                 put_back(sh, p.room, Op::Unclaim(Box::new(p.tasks)));
+                for t in &aimed {
+                    repoint(sh, t, home).await;
+                }
             }
         }
         return Err(e);
@@ -504,6 +521,31 @@ where
         return Ok(Outcome::Static(HEARTBEAT_IDLE_BODY));
     }
     Ok(Outcome::Json(heartbeat_body(&claimed)))
+}
+
+/// Leaves again the pointer of `task` (living on shard `home`) for its target, if it is
+/// aimed at an agent owned by another shard (`hub::api::create` leaves the first; a
+/// claim uses it up), and waits until it is there (`Op::Sync`). Best effort, as at a
+/// post: a full mailbox leaves the task claimable through its skill.
+async fn repoint<S: Shard>(sh: &S, task: &Task, home: ShardId)
+where
+    Op: Request<S::Msg, Reply = Reply>,
+{
+    if task.target_agent_id.is_empty() {
+        return;
+    }
+    let owner = sh.shard_of(task.target_agent_id.as_bytes());
+    if owner == home {
+        return;
+    }
+    let ptr = Op::Pointer(Box::new((
+        task.target_agent_id.clone(),
+        task.id.clone(),
+        task.deadline(),
+    )));
+    if tell(sh, owner, ptr).await.is_err() || ask(sh, owner, Op::Sync).await.is_err() {
+        tracing::warn!(task = %task.id, "could not leave a task pointer again (mailbox full)");
+    }
 }
 
 /// Sends `op`, which may make a task pending again (a claim put back, an update undone),

@@ -562,3 +562,41 @@ fn a_heartbeat_right_after_a_post_gets_the_task() {
         }
     }
 }
+
+/// A task aimed at an agent by a skill that agent lacks, set back to pending after its
+/// agent claimed it, reaches that agent's next heartbeat again (as the reference's
+/// `target == agent` match does): its first claim used up the pointer on the agent's
+/// shard, and the update leaves it again. Before, the task was found only by agents
+/// with its skill.
+#[test]
+fn a_targeted_task_set_pending_again_reaches_its_agent_again() {
+    for shards in [1, 2, 4] {
+        for seed in 0..8 {
+            let sim = world(shards, config(), T0, seed);
+            for p in 0..shards {
+                let beta = Principal::credential("beta", "agent", "10.0.0.8");
+                let id = create(&sim, p, task("code", "beta"), beta.clone()).unwrap();
+                let got = heartbeat(&sim, (p + 1) % shards, hb("beta", &[]), beta.clone());
+                assert_eq!(
+                    got.unwrap(),
+                    vec![id.clone()],
+                    "{shards} shards, seed {seed}"
+                );
+                // Back to pending (by its claimer), through any shard, then its agent's
+                // next heartbeat, through any shard, gets it again.
+                let sh = sim.shard(p);
+                let (i, by) = (id.clone(), beta.clone());
+                let upd: TaskUpdate = parse_body(br#"{"state":"pending"}"#).unwrap();
+                sim.block_on(async move { api::update(&sh, &cfg(), i, upd, by).await })
+                    .unwrap();
+                let a = (p + shards - 1) % shards;
+                let got = heartbeat(&sim, a, hb("beta", &[]), beta).unwrap();
+                assert_eq!(
+                    got,
+                    vec![id],
+                    "{shards} shards, seed {seed}, update through {p}"
+                );
+            }
+        }
+    }
+}
