@@ -161,17 +161,11 @@ where
     if let Some(link) = sh.cluster() {
         return crate::hub::cluster::create(sh, link, &cfg.tasks, sub, by).await;
     }
-    let (home, pointer_for) = match sub.placement() {
-        Placement::Skill { skill, pointer_for } => (sh.shard_of(skill.as_bytes()), pointer_for),
-        Placement::Agent(agent) => (sh.shard_of(agent.as_bytes()), None),
-        Placement::Any => (sh.id(), None),
+    let home = match sub.placement() {
+        Placement::Skill { skill, .. } => sh.shard_of(skill.as_bytes()),
+        Placement::Agent(agent) => sh.shard_of(agent.as_bytes()),
+        Placement::Any => sh.id(),
     };
-    // A targeted skill task whose target lives on another shard leaves a pointer there.
-    let pointer_to = pointer_for
-        .map(|t| sh.shard_of(t.as_bytes()))
-        .filter(|&s| s != home);
-    let target = sub.target_agent_id.clone();
-    let ttl = sub.ttl;
     let class = write_class(&by);
     // The follow-up on the home shard (saved, or removed when the store refuses it) is
     // never refused: its room is taken before the task is.
@@ -188,26 +182,15 @@ where
                     return Err(e);
                 }
                 settle(room, Op::Saved(Box::new(id.clone())));
-                let mut sync = vec![home];
-                if let Some(to) = pointer_to {
-                    let deadline = sh.now().saturating_add_secs(ttl);
-                    let ptr = Op::Pointer(Box::new((target, id.clone(), deadline)));
-                    // Best effort: the task stays claimable through its skill.
-                    if tell(sh, to, ptr).await.is_err() {
-                        tracing::warn!(task = %id, "could not leave a task pointer (mailbox full)");
-                    } else {
-                        sync.push(to);
-                    }
-                }
-                // The answer waits until the task is claimable and its pointer left: a
-                // heartbeat that starts after it, through any shard, gets the task (its
-                // ask could otherwise be read there before the tells above). Best
+                // The answer waits until the task is claimable (`Sync`) and its pointer
+                // left (`repoint`: a targeted skill task whose target lives on another
+                // shard): a heartbeat that starts after it, through any shard, gets the
+                // task (its ask could otherwise be read there before the tells). Best
                 // effort: a mailbox full past the ask's patience answers anyway.
-                for s in sync {
-                    if ask(sh, s, Op::Sync).await.is_err() {
-                        tracing::warn!(task = %id, shard = s, "could not confirm the task's follow-ups (mailbox full)");
-                    }
+                if ask(sh, home, Op::Sync).await.is_err() {
+                    tracing::warn!(task = %id, "could not confirm the task is claimable (mailbox full)");
                 }
+                repoint(sh, &task, home).await;
                 return Ok(Outcome::Json(task_created_body(&id)));
             }
             Reply::Refused(r) => return Err(r.error(&TASK_STORE_NAMES)),
@@ -523,10 +506,10 @@ where
     Ok(Outcome::Json(heartbeat_body(&claimed)))
 }
 
-/// Leaves again the pointer of `task` (living on shard `home`) for its target, if it is
-/// aimed at an agent owned by another shard (`hub::api::create` leaves the first; a
-/// claim uses it up), and waits until it is there (`Op::Sync`). Best effort, as at a
-/// post: a full mailbox leaves the task claimable through its skill.
+/// Leaves the pointer of `task` (living on shard `home`) for its target, if it is aimed
+/// at an agent owned by another shard: at a post, and again when the task becomes
+/// pending after a claim used the pointer up. Waits until it is there (`Op::Sync`).
+/// Best effort: a full mailbox leaves the task claimable through its skill.
 async fn repoint<S: Shard>(sh: &S, task: &Task, home: ShardId)
 where
     Op: Request<S::Msg, Reply = Reply>,
@@ -544,7 +527,7 @@ where
         task.deadline(),
     )));
     if tell(sh, owner, ptr).await.is_err() || ask(sh, owner, Op::Sync).await.is_err() {
-        tracing::warn!(task = %task.id, "could not leave a task pointer again (mailbox full)");
+        tracing::warn!(task = %task.id, "could not leave a task pointer (mailbox full)");
     }
 }
 
@@ -610,17 +593,21 @@ where
     // and have said nothing since, are not asked again (`hub::hints`). Not in a cluster
     // (tasks are Redis's there), not the stray shards (which hold tasks of skills homed
     // elsewhere), not this shard (its own claim is cheap, and nothing tells it).
-    if sh.cluster().is_none() {
+    let hintable =
+        |s: ShardId| s != sh.id() && sh.cluster().is_none() && !cfg.stray_task_shards.contains(&s);
+    // The heartbeat's skills that skill shard `s` holds.
+    let held = |s: ShardId| {
+        skills
+            .iter()
+            .map(String::as_str)
+            .filter(move |k| !k.is_empty() && sh.shard_of(k.as_bytes()) == s)
+    };
+    {
         let now = sh.now();
         let hints = &mut Owns::<RefCell<Store>>::owned(sh).borrow_mut().hints;
         skill_shards.retain(|&s| {
-            let skip = s != sh.id()
-                && !cfg.stray_task_shards.contains(&s)
-                && !sh.mail_waiting_from(s)
-                && skills
-                    .iter()
-                    .filter(|k| !k.is_empty() && sh.shard_of(k.as_bytes()) == s)
-                    .all(|k| hints.none_left(k, now));
+            let skip =
+                hintable(s) && !sh.mail_waiting_from(s) && held(s).all(|k| hints.none_left(k, now));
             hints.skipped += u64::from(skip);
             !skip
         });
@@ -670,7 +657,7 @@ where
             continue;
         };
         // A "none left" is worth asking for where a hint may be used (see above).
-        let hint = s != sh.id() && sh.cluster().is_none() && !cfg.stray_task_shards.contains(&s);
+        let hint = hintable(s);
         let asked = Owns::<RefCell<Store>>::owned(sh).borrow().hints.asking(s);
         let op = Op::ClaimFor(Box::new((
             agent.to_owned(),
@@ -682,11 +669,7 @@ where
             Ok(Reply::ClaimedFor(b)) => {
                 let (tasks, none) = *b;
                 if let (Some(none), true) = (none, hint) {
-                    let held: Vec<&str> = skills
-                        .iter()
-                        .map(String::as_str)
-                        .filter(|k| !k.is_empty() && sh.shard_of(k.as_bytes()) == s)
-                        .collect();
+                    let held: Vec<&str> = held(s).collect();
                     let store = Owns::<RefCell<Store>>::owned(sh);
                     store
                         .borrow_mut()

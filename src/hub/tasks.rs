@@ -667,8 +667,7 @@ impl TaskStore {
     /// task here (one being saved counts: it becomes claimable without becoming pending
     /// again) and no task aimed at an agent is pending here by its skill (a `ClaimFor`
     /// claims those too, whatever the skills), remembered so that the next such task is
-    /// told
-    /// (`hub::hints`). `None`: something is pending, or the table is full.
+    /// told (`hub::hints`). `None`: something is pending, or the table is full.
     pub fn none_left(&mut self, skills: &[String], now: UnixTime) -> Option<NoneLeft> {
         if self.index.targeted_by_skill > 0
             || skills

@@ -17,17 +17,6 @@ fn create(s: &Server, body: Value) -> String {
     id
 }
 
-fn claimed_ids(r: &Resp) -> Vec<String> {
-    let v = r.json();
-    assert_eq!(v["status"], "ok");
-    v["pending_tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn task_lifecycle() {
     both(|s| {

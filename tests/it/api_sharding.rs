@@ -62,13 +62,7 @@ fn a_task_posted_after_none_left_goes_to_the_next_heartbeat_through_any_shard() 
             &json!({"agent_id": agent, "hostname": "h", "skill_names": ["x", "y"]}),
         );
         assert_eq!(r.status, 200, "{}", r.text());
-        let v = r.json();
-        v["pending_tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_str().unwrap().to_owned())
-            .collect::<Vec<_>>()
+        claimed_ids(&r)
     };
     for round in 0..30 {
         // Idle heartbeats through every connection: both shards hear "none left".
@@ -105,15 +99,10 @@ fn a_task_posted_after_none_left_goes_to_the_next_heartbeat_through_any_shard() 
             "round {round}: the first heartbeat after the task was set pending again"
         );
     }
-    let m = s.get("/metrics").text();
-    let skipped: u64 = m
-        .lines()
-        .filter(|l| l.starts_with("chatixia_hub_skill_asks_skipped_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+    let skipped = common::turn_rig::metric(&s, "chatixia_hub_skill_asks_skipped_total", "");
     assert!(
         skipped > 100,
-        "the hints were not used: {skipped} asks skipped\n{m}"
+        "the hints were not used: {skipped} asks skipped"
     );
 }
 
@@ -141,12 +130,7 @@ fn a_targeted_task_set_pending_again_reaches_its_target_through_any_shard() {
             &json!({"agent_id": agent, "hostname": "h", "skill_names": [skill]}),
         );
         assert_eq!(r.status, 200, "{}", r.text());
-        r.json()["pending_tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t["id"].as_str().unwrap().to_owned())
-            .collect()
+        claimed_ids(&r)
     };
     let r = conns[0].post_json(
         "/api/hub/tasks",

@@ -74,14 +74,17 @@ fn heartbeat(sim: &World, from: usize, b: Heartbeat, by: Principal) -> Result<Ve
     let sh = sim.shard(from);
     let agents = registry::Config::default();
     sim.block_on(async move { api::heartbeat(&sh, &agents, &cfg(), b, by).await })
-        .map(|o| {
-            body(o)["pending_tasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["id"].as_str().unwrap().to_owned())
-                .collect()
-        })
+        .map(|o| claimed(&body(o)))
+}
+
+/// The ids a heartbeat's answer hands out.
+fn claimed(v: &Value) -> Vec<String> {
+    v["pending_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn get(sim: &World, from: usize, id: &str, reader: Principal) -> Value {
@@ -546,15 +549,9 @@ fn a_heartbeat_right_after_a_post_gets_the_task() {
                         let got = api::heartbeat(&sha, &agents, &cfg(), hbeat, by).await;
                         (id, body(got.unwrap()))
                     });
-                    let got: Vec<&str> = got["pending_tasks"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|t| t["id"].as_str().unwrap())
-                        .collect();
                     assert_eq!(
-                        got,
-                        vec![id.as_str()],
+                        claimed(&got),
+                        vec![id],
                         "case {k}: {shards} shards, seed {seed}, posted through {p}, heartbeat through {a}"
                     );
                 }

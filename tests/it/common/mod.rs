@@ -520,6 +520,18 @@ pub mod redis;
 pub mod sidecar;
 pub mod tls;
 pub mod turn_rig;
+
+/// The ids of the tasks a heartbeat's answer hands out (`pending_tasks`).
+pub fn claimed_ids(r: &Resp) -> Vec<String> {
+    let v = r.json();
+    assert_eq!(v["status"], "ok");
+    v["pending_tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect()
+}
 pub mod ws;
 
 /// A pending pairing entry, made as a device would (invite code from an API key).
