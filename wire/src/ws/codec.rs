@@ -273,9 +273,20 @@ pub fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
+/// XORs `buf` with the repeated 4-byte `mask` (RFC 6455 §5.3), eight bytes at a time:
+/// the byte loop was most of a relayed frame's decode (callgrind).
 fn unmask(buf: &mut [u8], mask: [u8; 4]) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
+    let [a, b, c, d] = mask;
+    let wide = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let mut words = buf.chunks_exact_mut(8);
+    for w in &mut words {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(w);
+        w.copy_from_slice(&(u64::from_ne_bytes(bytes) ^ wide).to_ne_bytes());
+    }
+    // The rest starts at a multiple of 8, so at the mask's first byte.
+    for (i, x) in words.into_remainder().iter_mut().enumerate() {
+        *x ^= mask[i & 3];
     }
 }
 
@@ -614,6 +625,22 @@ mod tests {
                 }
                 rest = &rest[n..];
             }
+        }
+    }
+
+    #[test]
+    fn unmasking_agrees_with_the_byte_loop_at_every_length() {
+        let mask = [0x12, 0x9a, 0xff, 0x01];
+        for len in 0..70 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 5) as u8).collect();
+            let mut fast = data.clone();
+            unmask(&mut fast, mask);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(fast, slow, "length {len}");
         }
     }
 

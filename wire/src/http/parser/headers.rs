@@ -29,6 +29,13 @@ pub struct Headers {
     /// [`name_bit`] of every field's name, or-ed: a field whose bit is not set is not
     /// there.
     names: u64,
+    /// The bits of [`names`](Self::names) that more than one field set: a name whose
+    /// bit is not among them is carried by at most one field.
+    repeated: u64,
+    /// For each of the first `indexed` fields, the position of its name's bit: a lookup
+    /// compares names only where the bit matches (nearly always the one field asked
+    /// for), not at every field.
+    bits: [u8; INDEXED_FIELDS_MAX],
 }
 
 /// Notes where a field ends in the index (`ends`, `indexed`), while there is room and
@@ -52,9 +59,14 @@ fn index(
 /// One of 64 bits for a field name, from its length and its first and last bytes
 /// (ASCII case-insensitive): distinct for the names requests are asked about.
 fn name_bit(name: &[u8]) -> u64 {
+    1u64 << name_bit_pos(name)
+}
+
+/// The position of [`name_bit`].
+fn name_bit_pos(name: &[u8]) -> u8 {
     let first = name.first().map_or(0, u8::to_ascii_lowercase) as usize;
     let last = name.last().map_or(0, u8::to_ascii_lowercase) as usize;
-    1u64 << ((name.len() + first + 3 * last) % 64)
+    ((name.len() + first + 3 * last) % 64) as u8
 }
 
 impl Headers {
@@ -78,8 +90,16 @@ impl Headers {
         let mut ends = [(0u16, 0u16); INDEXED_FIELDS_MAX];
         let mut indexed = 0;
         let mut names = 0u64;
+        let mut repeated = 0u64;
+        let mut bits = [0u8; INDEXED_FIELDS_MAX];
         for h in parsed {
-            names |= name_bit(h.name.as_bytes());
+            let pos = name_bit_pos(h.name.as_bytes());
+            let bit = 1u64 << pos;
+            repeated |= names & bit;
+            names |= bit;
+            if let Some(b) = bits.get_mut(usize::from(indexed)) {
+                *b = pos;
+            }
             let start = bytes.len();
             bytes.extend_from_slice(h.name.as_bytes());
             bytes[start..].make_ascii_lowercase();
@@ -100,18 +120,14 @@ impl Headers {
             ends,
             indexed,
             names,
+            repeated,
+            bits,
         })
     }
 
     /// The value of the first field called `name` (ASCII case-insensitively).
     pub fn first(&self, name: &str) -> Option<&str> {
-        if !self.may_have(name) {
-            return None;
-        }
-        let name = name.as_bytes();
-        self.matching(|n| n.eq_ignore_ascii_case(name))
-            .next()
-            .map(|(_, v)| v)
+        self.named(name).next()
     }
 
     /// Whether a field may be called `name` (ASCII case-insensitively): `false` means
@@ -163,10 +179,29 @@ impl Headers {
     /// The values of the fields called `name` (compared ASCII case-insensitively), in
     /// arrival order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        let absent = !self.may_have(name);
-        self.matching(move |n| !absent && n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v)
-            .take(if absent { 0 } else { usize::MAX })
+        self.named(name)
+    }
+
+    /// [`Headers::values`]: among the indexed fields only those whose name has
+    /// `name`'s bit are compared; past the index, the scan; none at all when the bit
+    /// is not set, and no more after the first when no other field set it.
+    fn named<'a, 'n>(&'a self, name: &'n str) -> Named<'a, 'n> {
+        let pos = name_bit_pos(name.as_bytes());
+        let bit = 1u64 << pos;
+        Named {
+            headers: self,
+            name: name.as_bytes(),
+            pos,
+            next: 0,
+            left: if self.names & bit == 0 {
+                0
+            } else if self.repeated & bit == 0 {
+                1
+            } else {
+                usize::MAX
+            },
+            rest: None,
+        }
     }
 
     /// The `i`-th field, one of the first `indexed`.
@@ -227,6 +262,68 @@ impl<'a> Iterator for Iter<'a> {
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = self.headers.len() - self.next;
         (left, Some(left))
+    }
+}
+
+/// Whether a stored (lower-case) field name is `asked`, ASCII case-insensitively.
+/// Callers ask in lower case: the plain comparison (one `memcmp`) settles nearly every
+/// lookup, where the case-insensitive one goes byte by byte.
+fn same_name(stored: &[u8], asked: &[u8]) -> bool {
+    stored.len() == asked.len() && (stored == asked || stored.eq_ignore_ascii_case(asked))
+}
+
+/// Iterator of [`Headers::values`] (see [`Headers::named`]).
+struct Named<'a, 'n> {
+    headers: &'a Headers,
+    name: &'n [u8],
+    /// The position of `name`'s bit.
+    pos: u8,
+    /// Next indexed field.
+    next: usize,
+    /// Fields that may still be called `name`: 0 (none), 1 (the bit is not repeated),
+    /// or unknown.
+    left: usize,
+    /// Past the index: the scan of the remaining fields.
+    rest: Option<std::iter::Skip<Iter<'a>>>,
+}
+
+impl<'a> Iterator for Named<'a, '_> {
+    type Item = &'a str;
+    fn next(&mut self) -> Option<&'a str> {
+        if self.left == 0 {
+            return None;
+        }
+        let h = self.headers;
+        let indexed = usize::from(h.indexed);
+        while self.next < indexed {
+            let i = self.next;
+            self.next += 1;
+            if h.bits[i] != self.pos {
+                continue;
+            }
+            let (n, v) = h.indexed_field(i);
+            if same_name(n.as_bytes(), self.name) {
+                self.left -= 1;
+                return Some(v);
+            }
+        }
+        if indexed == h.len() {
+            self.left = 0;
+            return None;
+        }
+        let name = self.name;
+        let rest = self.rest.get_or_insert_with(|| h.iter().skip(indexed));
+        let found = rest.find(|(n, _)| same_name(n.as_bytes(), name));
+        match found {
+            Some((_, v)) => {
+                self.left -= 1;
+                Some(v)
+            }
+            None => {
+                self.left = 0;
+                None
+            }
+        }
     }
 }
 
@@ -386,6 +483,76 @@ mod tests {
         assert!(h.may_have("content-type") && !h.may_have("authorization"));
         assert_eq!(h.values("CONTENT-TYPE").collect::<Vec<_>>(), ["x"]);
         assert_eq!(h.values("authorization").count(), 0);
+    }
+
+    /// `first` and `values` (which compare names only where the name's bit matches, and
+    /// stop after one field when no other set its bit) give what a plain scan of every
+    /// field gives: random heads of 0–30 fields from a small set of names (so names
+    /// repeat, bits collide: `ab`/`ba`-like pairs share a bit, and fields run past the
+    /// index), in random case, asked about every name of the set and some absent ones.
+    #[test]
+    fn lookups_agree_with_a_plain_scan() {
+        // Names chosen to collide: equal length, first and last bytes swapped give the
+        // same bit when `first + 3 * last` agrees modulo 64 — found by search below.
+        let mut pool: Vec<String> = [
+            "host",
+            "content-type",
+            "content-length",
+            "expect",
+            "x-a",
+            "x-b",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let want_pos = name_bit_pos(b"host");
+        pool.extend(
+            (0..2000)
+                .map(|i| format!("k{i}"))
+                .filter(|n| name_bit_pos(n.as_bytes()) == want_pos)
+                .take(3),
+        );
+        assert!(pool.len() >= 8, "colliding names found: {pool:?}");
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for round in 0..3000 {
+            let count = next(31);
+            let fields: Vec<(String, Vec<u8>)> = (0..count)
+                .map(|i| {
+                    let name = &pool[next(pool.len())];
+                    let name = if next(2) == 0 {
+                        name.to_ascii_uppercase()
+                    } else {
+                        name.clone()
+                    };
+                    (name, format!("{round}-{i}").into_bytes())
+                })
+                .collect();
+            let parsed: Vec<httparse::Header<'_>> = fields
+                .iter()
+                .map(|(name, value)| httparse::Header { name, value })
+                .collect();
+            let h = Headers::from_parsed(&parsed);
+            for asked in pool
+                .iter()
+                .map(String::as_str)
+                .chain(["absent", "HOST", "k"])
+            {
+                let want: Vec<String> = fields
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(asked))
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                    .collect();
+                let got: Vec<&str> = h.values(asked).collect();
+                assert_eq!(got, want, "round {round}, {asked}, {fields:?}");
+                assert_eq!(h.first(asked), want.first().map(String::as_str));
+            }
+        }
     }
 
     /// Past the indexed fields the scan takes over where the index ends, in order;
