@@ -28,11 +28,19 @@
 //!   every approved entry's records are written again (idempotent), then every revoked
 //!   entry's removed (those still kept, `--pairing-retention`); a peer whose last
 //!   approval this removes is broadcast as revoked.
+//! * **Revoked while its node is away** ([`revoke_away`], [`REVOKE_AWAY`]): a device must
+//!   be revocable while the node holding its entry is down. Each approval is also noted
+//!   by entry id (`{prefix}pap`: its token key and peer), so that any node can take its
+//!   records out of Redis for an entry whose node is not live; the id is then noted in
+//!   `{prefix}prv` until that node revoked it itself: [`APPROVE`] refuses to write the
+//!   approval of such an id back and names it, and the node revokes the entry in its own
+//!   store (server/cluster.rs, on `Up`), whose [`UNAPPROVE`] clears the note.
 //!
-//! Bounded: the hashes hold one token and at most one approval per approved entry of
-//! every node (each node's `--pair-entries-max` per shard). An approving node that is
-//! gone for good leaves its approvals in effect (its entries, and so their revocation,
-//! were only there): remove them with `redis-cli HDEL` (README).
+//! Bounded: the hashes hold one token, one note and at most one approval per approved
+//! entry of every node (each node's `--pair-entries-max` per shard), and one note per
+//! entry revoked while its node was away. An approving node that is gone for good
+//! leaves its approvals in effect until they are revoked at another node, or removed
+//! with `redis-cli HDEL` (README).
 
 use chatixia_cluster::{Refused, Script, ShardLink, Value};
 
@@ -41,17 +49,27 @@ use crate::auth::tokens::{cluster_tokens_key, grant_value, token_key, DeviceGran
 use crate::shard::{Error, Shard};
 use crate::signaling::authz::cluster_authz_key;
 
-/// Writes approvals: `KEYS[1]` the token hash, `KEYS[2]` the approvals hash; `ARGV` in
-/// groups of six: token key, grant (JSON), peer, entry id, `1` when a mesh follows, the
-/// mesh. Idempotent: an entry id already listed is not added again; a peer's first
-/// approval's mesh stays. Returns the approvals added.
+/// Writes approvals: `KEYS` the token hash, the approvals hash, the approved entries'
+/// hash and the revoked-away hash ([`keys`]); `ARGV` this node, then in groups of six:
+/// token key, grant (JSON), peer, entry id, `1` when a mesh follows, the mesh.
+/// Idempotent: an entry id already listed is not added again; a peer's first approval's
+/// mesh stays. An entry of this node revoked at another node while this one was away
+/// ([`REVOKE_AWAY`]) is not written again (a note naming another node is of an entry
+/// that node held under the same id, and goes). Returns the approvals added, or (when
+/// any was refused so) the ids refused.
 pub const APPROVE: Script = Script {
     name: "chx_pair_approve",
     source: r#"
-local n = 0
-for i = 1, #ARGV - 5, 6 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+local n, refused = 0, {}
+for i = 2, #ARGV - 5, 6 do
   local peer, id = ARGV[i + 2], ARGV[i + 3]
+  local away = redis.call('HGET', KEYS[4], id)
+  if away == ARGV[1] then
+    refused[#refused + 1] = id
+  else
+  if away then redis.call('HDEL', KEYS[4], id) end
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('HSET', KEYS[3], id, cjson.encode({k = ARGV[i], p = peer}))
   local cur = redis.call('HGET', KEYS[2], peer)
   local rec = cur and cjson.decode(cur)
   if type(rec) ~= 'table' or type(rec.e) ~= 'table' then
@@ -67,13 +85,16 @@ for i = 1, #ARGV - 5, 6 do
     redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
     n = n + 1
   end
+  end
 end
+if #refused > 0 then return refused end
 return n
 "#,
 };
 
-/// Removes approvals: `KEYS[1]` the token hash, `KEYS[2]` the approvals hash; `ARGV` in
-/// groups of three: token key (`""`: none), peer, entry id. Idempotent. Returns the peers
+/// Removes approvals: `KEYS` as [`APPROVE`]'s; `ARGV` in groups of three: token key
+/// (`""`: none), peer, entry id. Idempotent. The entry's note of a revocation made while
+/// its node was away goes too (its node has now revoked it itself). Returns the peers
 /// whose last approval this removed.
 pub const UNAPPROVE: Script = Script {
     name: "chx_pair_unapprove",
@@ -82,6 +103,8 @@ local out = {}
 for i = 1, #ARGV - 2, 3 do
   if ARGV[i] ~= '' then redis.call('HDEL', KEYS[1], ARGV[i]) end
   local peer, id = ARGV[i + 1], ARGV[i + 2]
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
   local cur = redis.call('HGET', KEYS[2], peer)
   local rec = cur and cjson.decode(cur)
   if type(rec) == 'table' and type(rec.e) == 'table' then
@@ -102,9 +125,54 @@ return out
 "#,
 };
 
+/// Revokes, at any node, an approved entry whose node is not live (killed, or cut off
+/// from Redis past its lease): `KEYS` as [`APPROVE`]'s, then the entries' directory
+/// (`pairing::directory`); `ARGV` the entry id and the node the directory names for it.
+/// Takes what the approval wrote (its token, its approval of the peer: the same as
+/// [`UNAPPROVE`]) and notes the id in the revoked-away hash, so that its node, when it
+/// connects again, does not write the approval back ([`APPROVE`] refuses it) but
+/// revokes the entry in its own store ([`assert_all`]). Returns `{1, peer, last}`
+/// (`last`: `"1"` when this took the peer's last approval), `{0}` when the cluster holds
+/// no approval of the entry (pending, rejected, revoked, or approved before its node
+/// wrote the approved entries' hash: it cannot be told apart from here), `{-1}` when the
+/// directory names another node now.
+pub const REVOKE_AWAY: Script = Script {
+    name: "chx_pair_revoke_away",
+    source: r#"
+local id = ARGV[1]
+if redis.call('HGET', KEYS[5], id) ~= ARGV[2] then return {-1} end
+local cur = redis.call('HGET', KEYS[3], id)
+local rec = cur and cjson.decode(cur)
+if type(rec) ~= 'table' or type(rec.k) ~= 'string' or type(rec.p) ~= 'string' then
+  return {0}
+end
+local peer = rec.p
+redis.call('HDEL', KEYS[1], rec.k)
+redis.call('HDEL', KEYS[3], id)
+redis.call('HSET', KEYS[4], id, ARGV[2])
+local last = '0'
+local a = redis.call('HGET', KEYS[2], peer)
+local ra = a and cjson.decode(a)
+if type(ra) == 'table' and type(ra.e) == 'table' then
+  local keep, found = {}, false
+  for _, e in ipairs(ra.e) do
+    if e == id then found = true else keep[#keep + 1] = e end
+  end
+  if found and #keep == 0 then
+    redis.call('HDEL', KEYS[2], peer)
+    last = '1'
+  elseif found then
+    ra.e = keep
+    redis.call('HSET', KEYS[2], peer, cjson.encode(ra))
+  end
+end
+return {1, peer, last}
+"#,
+};
+
 /// The scripts of pairing (loaded by the link on every connect).
 pub fn scripts() -> Vec<Script> {
-    vec![APPROVE, UNAPPROVE]
+    vec![APPROVE, UNAPPROVE, REVOKE_AWAY]
 }
 
 /// Approvals (or removals) per script when asserting: 256 × 6 arguments (about 60 KiB)
@@ -145,10 +213,25 @@ fn unapprove_args(key: Option<&str>, peer: &str, entry: EntryId) -> [Vec<u8>; 3]
     ]
 }
 
+/// `{prefix}pap`: entry id → `{"k": token key, "p": peer}` of each approval in the
+/// cluster (what [`REVOKE_AWAY`] takes when the entry's node is away).
+fn approved_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"pap"].concat()
+}
+
+/// `{prefix}prv`: entry id → its node, for each entry revoked at another node while its
+/// own was away, until that node revoked it in its own store.
+fn revoked_away_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"prv"].concat()
+}
+
+/// The keys of [`APPROVE`] and [`UNAPPROVE`] (and the first four of [`REVOKE_AWAY`]).
 fn keys(link: &ShardLink) -> Vec<Vec<u8>> {
     vec![
         cluster_tokens_key(link.prefix()),
         cluster_authz_key(link.prefix()),
+        approved_key(link.prefix()),
+        revoked_away_key(link.prefix()),
     ]
 }
 
@@ -175,7 +258,9 @@ pub async fn approve<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) -> Result
     let Some(link) = sh.cluster() else {
         return Ok(());
     };
-    let reply = match link.eval_durable(APPROVE.name, keys(link), approve_args(key, grant).into()) {
+    let mut args = vec![link.node_id().as_bytes().to_vec()];
+    args.extend(approve_args(key, grant));
+    let reply = match link.eval_durable(APPROVE.name, keys(link), args) {
         Ok(r) => r.await,
         Err(Refused::Down(why)) => return Err(unavailable(&why)),
         Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
@@ -183,6 +268,15 @@ pub async fn approve<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) -> Result
     };
     let why = match reply {
         Ok(Value::Int(_)) => return Ok(()),
+        // Revoked at another node while this one was away (this entry was approved
+        // here before, and its approval undone here): nothing was written, nothing to
+        // undo; it stays revoked in the cluster.
+        Ok(Value::Array(_)) => {
+            return Err(Error::conflict(
+                "this pairing entry was revoked at another node of the cluster; it cannot \
+                 be approved",
+            ))
+        }
         Ok(Value::Error(e)) if e.starts_with("NOREPLICAS") => {
             format!("the approval was not replicated: {e}")
         }
@@ -242,6 +336,63 @@ pub async fn revoke<S: Shard>(
     }
 }
 
+/// What [`revoke_away`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RevokedAway {
+    /// The approval is gone from the cluster; `last`: it was the peer's last one (its
+    /// connections at every node are to close).
+    Revoked { peer: String, last: bool },
+    /// The cluster holds no approval of the entry.
+    NotApproved,
+    /// The directory names another node for it now.
+    Moved,
+}
+
+/// Revokes approved entry `id`, held by `node`, which is not live ([`REVOKE_AWAY`],
+/// durable: in Sentinel mode acknowledged by a replica). `Err` (503) while Redis cannot
+/// take it.
+pub async fn revoke_away<S: Shard>(sh: &S, id: EntryId, node: &str) -> Result<RevokedAway, Error> {
+    let unavailable = |why: &str| {
+        Error::unavailable(format!(
+            "cluster unavailable: the revocation cannot be written to the cluster ({why}); retry"
+        ))
+    };
+    let Some(link) = sh.cluster() else {
+        return Ok(RevokedAway::NotApproved);
+    };
+    let mut keys = keys(link);
+    keys.push(super::directory::entries_key(link));
+    let args = vec![id.to_string().into_bytes(), node.as_bytes().to_vec()];
+    let reply = match link.eval_durable(REVOKE_AWAY.name, keys, args) {
+        Ok(r) => r.await,
+        Err(Refused::Down(why)) => return Err(unavailable(&why)),
+        Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
+        Err(Refused::Closed) => return Err(unavailable("the link has stopped")),
+    };
+    match reply {
+        Ok(Value::Array(v)) => match &v[..] {
+            [Value::Int(1), Value::Bulk(peer), Value::Bulk(last)] => Ok(RevokedAway::Revoked {
+                peer: String::from_utf8_lossy(peer).into_owned(),
+                last: last == b"1",
+            }),
+            [Value::Int(0)] => Ok(RevokedAway::NotApproved),
+            [Value::Int(-1)] => Ok(RevokedAway::Moved),
+            _ => {
+                tracing::error!(reply = ?v, "unexpected reply to REVOKE_AWAY");
+                Err(unavailable("unexpected reply"))
+            }
+        },
+        // Not replicated (Sentinel): it ran on the primary; a retry finds it done
+        // there (`NotApproved`) or, after a failover, runs it again.
+        Ok(Value::Error(e)) => Err(unavailable(&e)),
+        Ok(other) => {
+            tracing::error!(reply = ?other, "unexpected reply to REVOKE_AWAY");
+            Err(unavailable("unexpected reply"))
+        }
+        Err(e) => Err(unavailable(&format!("{e:?}"))),
+    }
+}
+
 /// What a shard asserts on connect: its approved entries' records and its revoked
 /// entries' removals.
 #[derive(Debug, Default, PartialEq)]
@@ -289,19 +440,29 @@ fn revoked_of(e: &Entry) -> (Option<String>, String, EntryId) {
 /// The link is up (a new generation): writes this shard's approvals again, then removes
 /// its revoked entries' records, in batches of [`ASSERT_BATCH_MAX`]; each peer whose
 /// last approval in the cluster a removal took is broadcast as revoked (its connections
-/// at the other nodes close, 4001). `false` when the link failed first (the next `Up`
-/// asserts again).
-pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> bool {
+/// at the other nodes close, 4001). Returns the approved entries that were revoked at
+/// another node while this one was away ([`REVOKE_AWAY`]; not written again), for the
+/// caller to revoke here; `None` when the link failed first (the next `Up` asserts
+/// again).
+pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>> {
     let Some(link) = sh.cluster() else {
-        return true;
+        return Some(Vec::new());
     };
+    let mut revoked_away = Vec::new();
     for batch in a.approved.chunks(ASSERT_BATCH_MAX) {
-        let args = batch.iter().flat_map(|(k, g)| approve_args(k, g)).collect();
+        let node = link.node_id().as_bytes().to_vec();
+        let args = std::iter::once(node)
+            .chain(batch.iter().flat_map(|(k, g)| approve_args(k, g)))
+            .collect();
         match send(sh, link, APPROVE.name, args).await {
             Some(Value::Int(_)) => {}
+            Some(Value::Array(ids)) => revoked_away.extend(ids.iter().filter_map(|v| match v {
+                Value::Bulk(id) => EntryId::parse(std::str::from_utf8(id).ok()?),
+                _ => None,
+            })),
             other => {
                 tracing::debug!(reply = ?other, "pairing approvals not asserted now");
-                return false;
+                return None;
             }
         }
     }
@@ -322,11 +483,11 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> bool {
             }
             other => {
                 tracing::debug!(reply = ?other, "pairing revocations not asserted now");
-                return false;
+                return None;
             }
         }
     }
-    true
+    Some(revoked_away)
 }
 
 /// One script of an assertion, waiting while the link's queue is full; `None` when the

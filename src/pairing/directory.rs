@@ -154,7 +154,8 @@ fn code_key(link: &ShardLink, code: &Code) -> Vec<u8> {
     .concat()
 }
 
-fn entries_key(link: &ShardLink) -> Vec<u8> {
+/// The entries' directory: entry id → the node that holds it.
+pub fn entries_key(link: &ShardLink) -> Vec<u8> {
     [link.prefix().as_bytes(), b"pe"].concat()
 }
 

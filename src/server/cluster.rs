@@ -304,7 +304,26 @@ fn take(ctx: &Rc<ShardCtx>) {
             if !a.approved.is_empty() || !a.revoked.is_empty() {
                 let c = ctx.clone();
                 monoio::spawn(async move {
-                    if pairing::assert_all(&*c, a).await {
+                    if let Some(away) = pairing::assert_all(&*c, a).await {
+                        // Approved here, revoked at another node while this one was away
+                        // (`pairing::cluster::REVOKE_AWAY`): revoked here too, as an
+                        // operator's revocation here would (its store, its token, its
+                        // peer's connections here; the cluster's records are gone).
+                        for id in away {
+                            let raw = id.to_string();
+                            let cfg = &c.config.pairing;
+                            match crate::pairing::api::revoke(&*c, cfg, &raw).await {
+                                Ok(_) => tracing::warn!(
+                                    entry = %raw,
+                                    "a pairing entry revoked at another node while this one was away is revoked here"
+                                ),
+                                Err(e) => tracing::error!(
+                                    entry = %raw,
+                                    error = ?e,
+                                    "a pairing entry revoked at another node could not be revoked here; retried at the next connect"
+                                ),
+                            }
+                        }
                         // An entry revoked while the approvals went out (its removal may
                         // have reached Redis before the batch that wrote it again): the
                         // revocations once more, from the entries as they are now.

@@ -49,11 +49,15 @@ fn live(ctx: &ShardCtx, node: &str) -> Result<(), Error> {
     if live {
         Ok(())
     } else {
-        Err(Error::unavailable(format!(
-            "cluster unavailable: node `{node}`, which holds this pairing entry or code, is \
-             not live; retry once it is back"
-        )))
+        Err(not_live(node))
     }
+}
+
+fn not_live(node: &str) -> Error {
+    Error::unavailable(format!(
+        "cluster unavailable: node `{node}`, which holds this pairing entry or code, is not \
+         live; retry once it is back"
+    ))
 }
 
 async fn ask(
@@ -80,8 +84,13 @@ async fn entry_node(ctx: &ShardCtx, raw_id: &str) -> Option<String> {
 }
 
 /// `POST /api/pairing/{id}/approve|reject|revoke` (the router checked the admin token).
+/// A revocation of an entry whose node is not live is made here, in the cluster's
+/// records ([`revoke_away`]): a device must be revocable while its entry's node is down.
 pub async fn action(ctx: &ShardCtx, action: Action, raw_id: &str) -> Result<Outcome, Error> {
     if let Some(node) = entry_node(ctx, raw_id).await {
+        if action == Action::Revoke && live(ctx, &node).is_err() {
+            return revoke_away(ctx, raw_id, &node).await;
+        }
         let tag = match action {
             Action::Approve => TAG_APPROVE,
             Action::Reject => TAG_REJECT,
@@ -90,6 +99,39 @@ pub async fn action(ctx: &ShardCtx, action: Action, raw_id: &str) -> Result<Outc
         return ask(ctx, &node, raw_id.as_bytes(), tag, raw_id.as_bytes()).await;
     }
     run_action(ctx, action, raw_id).await
+}
+
+/// Revokes entry `raw_id`, held by `node`, which is not live: its approval leaves the
+/// cluster's records (its token is refused at every node from now on), the peer's
+/// connections close at every live node (4001) when that was its last approval, and
+/// `node` revokes the entry in its own store when it connects again
+/// (`pairing::cluster::REVOKE_AWAY`). 200 once that is durable in Redis; 503 naming the
+/// node when the cluster holds no approval of the entry (one pending there, or approved
+/// before the cluster noted approvals: only its node can tell).
+async fn revoke_away(ctx: &ShardCtx, raw_id: &str, node: &str) -> Result<Outcome, Error> {
+    let id = EntryId::parse(raw_id).ok_or_else(|| Error::not_found("no such pairing entry"))?;
+    match pairing::cluster::revoke_away(ctx, id, node).await? {
+        pairing::cluster::RevokedAway::Revoked { peer, last } => {
+            if let (true, Some(link)) = (last, &ctx.cluster) {
+                // Every live node, this one included: its connections of the peer are
+                // held by the peer's owner shard, which hears it through the link.
+                crate::signaling::remote::broadcast_revocation_everywhere(link, &peer);
+            }
+            tracing::warn!(entry = %id, %node, %peer, "pairing entry revoked while its node is away");
+            Ok(Outcome::json(&serde_json::json!({
+                "ok": true,
+                "detail": format!(
+                    "revoked in the cluster while node `{node}`, which holds this entry, is \
+                     away; it revokes the entry in its own store when it is back"
+                ),
+            })))
+        }
+        // Pending there (or approved before approvals were noted), or moved meanwhile:
+        // only a node that holds it can say; retried, a moved entry is asked there.
+        pairing::cluster::RevokedAway::NotApproved | pairing::cluster::RevokedAway::Moved => {
+            Err(not_live(node))
+        }
+    }
 }
 
 async fn run_action(ctx: &ShardCtx, action: Action, raw_id: &str) -> Result<Outcome, Error> {

@@ -341,7 +341,18 @@ pub fn on_message(here: &Here<'_>, route_key: &[u8], body: &[u8]) -> Result<Done
 /// signaling, since only this node held its approval.
 pub fn broadcast_revocation(link: &ShardLink, peer: &str) {
     let me = link.node_id();
-    for node in link.live_nodes().iter().filter(|n| *n != me) {
+    publish_revocation(link, peer, |n| n != me);
+}
+
+/// [`broadcast_revocation`] to every live node, this one included (a revocation made
+/// here of an approval another node held: this node's connections of the peer close
+/// the same way, through the link).
+pub fn broadcast_revocation_everywhere(link: &ShardLink, peer: &str) {
+    publish_revocation(link, peer, |_| true);
+}
+
+fn publish_revocation(link: &ShardLink, peer: &str, to: impl Fn(&str) -> bool) {
+    for node in link.live_nodes().iter().filter(|n| to(n)) {
         if let Err(e) = link.publish(node, peer.as_bytes(), &[MSG_REVOKED]) {
             tracing::warn!(%peer, %node, error = ?e, "revocation not sent to a node");
         }

@@ -5,6 +5,7 @@
 //! Real `redis-server`, real nodes, HTTP over loopback.
 use crate::cluster::{keys, node};
 use crate::common;
+use common::ws::{connect, recv_close};
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -244,4 +245,176 @@ fn entries_are_noted_again_after_redis_lost_its_data() {
         redis::Reply::Bulk("a".into()),
         "paired at a, the code's node"
     );
+}
+
+/// The status of entry `id` in `srv`'s `GET /api/pairing/all`, if listed.
+fn status_in_all(srv: &Server, id: &str) -> Option<String> {
+    let r = srv.admin_get("/api/pairing/all");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .map(|e| e["status"].as_str().unwrap_or("").to_owned())
+}
+
+/// A device whose entry's node is down (`kill -9`) can still be revoked, at any node:
+/// once that node's lease ran out, the revocation at another node takes its token out of
+/// the cluster (refused at every node), closes its WebSocket there with 4001 at once, and
+/// the dead node, restarted on its data directory, does not write the approval back but
+/// revokes the entry in its own store (listed revoked, its token refused there too).
+/// While the node is still live the request goes to it as before; a pending entry of a
+/// node that is down stays a 503 naming it (only its node can tell it apart).
+#[test]
+fn a_device_is_revocable_while_its_entrys_node_is_down_and_that_node_learns_it() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let dir = common::TempDir::new();
+    let data = dir.0.join("data");
+    let data = data.to_str().unwrap();
+    let a_flags = ["--cluster-lease", "2", "--data-dir", data];
+    let mut a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &a_flags);
+    let b = node(&redis, "b", 2, &k, "2");
+    // Approved at a; a second entry left pending at a.
+    let code = code_at(&a, "alice");
+    let r = pair_at(&a, 1, &code, "laptop");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let r = a.admin_req("POST", &format!("/api/pairing/{id}/approve"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["device_token"].as_str().unwrap().to_owned();
+    let code = code_at(&a, "alice");
+    let r = pair_at(&a, 2, &code, "phone");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pending = r.json()["id"].as_str().unwrap().to_owned();
+    // The device signals through b on its token.
+    let r = b.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let jwt = r.json()["token"].as_str().unwrap().to_owned();
+    let mut at_b = connect(&b, &jwt).expect("device connects at b");
+    // a dies; until its lease runs out b cannot tell it from a slow node: 503.
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = b.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+        if r.status == 200 {
+            assert!(r.text().contains("node `a`"), "{}", r.text());
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(Instant::now() < deadline, "{} {}", r.status, r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, reason) = recv_close(&mut at_b);
+    assert_eq!(code, 4001, "{reason}");
+    let r = b.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(connect(&b, &jwt).err(), Some(401));
+    // Again: the approval is already gone from the cluster, so only a can answer.
+    let r = b.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = b.admin_req("POST", &format!("/api/pairing/{pending}/revoke"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("node `a`"), "{}", r.text());
+    // a comes back on its data directory: the entry is revoked there (listed so, its
+    // token refused: the revocation's steps, which its list shows first), durably.
+    drop(a);
+    let a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &a_flags);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = status_in_all(&a, &id);
+        let r = a.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+        if status.as_deref() == Some("revoked") && r.status == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never revoked the entry: {status:?}, token {} {}\n{}",
+            r.status,
+            r.text(),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(connect(&a, &jwt).err(), Some(401));
+    assert_eq!(status_in_all(&b, &id).as_deref(), Some("revoked"));
+    assert_eq!(
+        status_in_all(&b, &pending).as_deref(),
+        Some("pending_approval")
+    );
+    // The cluster's note of the revocation went with a's own (nothing left to apply),
+    // and the approval was not written back.
+    for (hash, field) in [("chx:prv", &id), ("chx:pap", &id)] {
+        assert_eq!(
+            redis.cmd(&["HEXISTS", hash, field]),
+            redis::Reply::Int(0),
+            "{hash}"
+        );
+    }
+    // Restarted once more, it stays revoked (the local revocation was durable).
+    let mut a = a;
+    a.restart();
+    crate::cluster::wait_ready(&a);
+    assert_eq!(status_in_all(&a, &id).as_deref(), Some("revoked"));
+    let r = a.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    assert_eq!(r.status, 401, "{}", r.text());
+}
+
+/// The approval script against a real Redis: it refuses (and names) only the ids that
+/// were revoked while *this* node was away; a note naming another node is of an entry
+/// that node held under the same id (ids are drawn at each node and reused once their
+/// node is gone), so it goes and the approval is written, with its note for a later
+/// revocation away. `UNAPPROVE` clears both notes.
+#[test]
+fn the_approval_script_refuses_only_this_nodes_ids_revoked_away() {
+    use chatixia_core::pairing::cluster::{APPROVE, UNAPPROVE};
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let keys = ["chx:tokens", "chx:authz", "chx:pap", "chx:prv"];
+    assert_eq!(
+        redis.cmd(&["HSET", "chx:prv", "0000000a", "a"]),
+        redis::Reply::Int(1)
+    );
+    assert_eq!(
+        redis.cmd(&["HSET", "chx:prv", "0000000b", "b"]),
+        redis::Reply::Int(1)
+    );
+    let grant = r#"{"peer_id":"p","role":"agent","mesh":null,"entry_id":10}"#;
+    let mut args = vec!["EVAL", APPROVE.source, "4"];
+    args.extend(keys);
+    args.push("a");
+    args.extend(["k1", grant, "p1", "0000000a", "0", ""]);
+    args.extend(["k2", grant, "p2", "0000000b", "0", ""]);
+    args.extend(["k3", grant, "p3", "0000000c", "0", ""]);
+    assert_eq!(
+        redis.cmd(&args),
+        redis::Reply::Array(vec![redis::Reply::Bulk("0000000a".into())])
+    );
+    let exists = |h: &str, f: &str| redis.cmd(&["HEXISTS", h, f]) == redis::Reply::Int(1);
+    assert!(!exists("chx:tokens", "k1") && !exists("chx:authz", "p1"));
+    assert!(!exists("chx:pap", "0000000a") && exists("chx:prv", "0000000a"));
+    for (k, p, id) in [("k2", "p2", "0000000b"), ("k3", "p3", "0000000c")] {
+        assert!(exists("chx:tokens", k) && exists("chx:authz", p), "{id}");
+        assert!(exists("chx:pap", id) && !exists("chx:prv", id), "{id}");
+    }
+    let redis::Reply::Bulk(note) = redis.cmd(&["HGET", "chx:pap", "0000000b"]) else {
+        panic!("no note")
+    };
+    let note: Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(note, json!({"k": "k2", "p": "p2"}));
+    // Unapproved (its node revoked it itself): the notes go with it.
+    let mut args = vec!["EVAL", UNAPPROVE.source, "4"];
+    args.extend(keys);
+    args.extend(["", "p1", "0000000a", "k2", "p2", "0000000b"]);
+    assert_eq!(
+        redis.cmd(&args),
+        redis::Reply::Array(vec![redis::Reply::Bulk("p2".into())])
+    );
+    assert!(!exists("chx:prv", "0000000a") && !exists("chx:pap", "0000000b"));
+    assert!(!exists("chx:tokens", "k2") && exists("chx:tokens", "k3"));
 }
