@@ -31,10 +31,15 @@
 //! * **Revoked while its node is away** ([`revoke_away`], [`REVOKE_AWAY`]): a device must
 //!   be revocable while the node holding its entry is down. Each approval is also noted
 //!   by entry id (`{prefix}pap`: its token key and peer), so that any node can take its
-//!   records out of Redis for an entry whose node is not live; the id is then noted in
-//!   `{prefix}prv` until that node revoked it itself: [`APPROVE`] refuses to write the
-//!   approval of such an id back and names it, and the node revokes the entry in its own
-//!   store (server/cluster.rs, on `Up`), whose [`UNAPPROVE`] clears the note.
+//!   records out of Redis for an entry whose node is not live (decided in the script, by
+//!   the node's lease on Redis's clock); the id is then noted in `{prefix}prv` with the
+//!   token key, the peer and the node: [`APPROVE`] refuses to write that token's
+//!   approval back (under whatever `--node-id` its node returns) and names the id, and
+//!   the node revokes the entry in its own store (server/cluster.rs, on `Up`). The note
+//!   stays until the entry is retired ([`forget_revoked_away`]), so a node that could
+//!   not save its own revocation is refused again at its next connect; a second
+//!   revocation answers the same (a retry after a lost reply or an unconfirmed write).
+//!   Until the node is back the revocation lives only in Redis (Redis's durability).
 //!
 //! Bounded: the hashes hold one token, one note and at most one approval per approved
 //! entry of every node (each node's `--pair-entries-max` per shard), and one note per
@@ -50,21 +55,23 @@ use crate::shard::{Error, Shard};
 use crate::signaling::authz::cluster_authz_key;
 
 /// Writes approvals: `KEYS` the token hash, the approvals hash, the approved entries'
-/// hash and the revoked-away hash ([`keys`]); `ARGV` this node, then in groups of six:
-/// token key, grant (JSON), peer, entry id, `1` when a mesh follows, the mesh.
-/// Idempotent: an entry id already listed is not added again; a peer's first approval's
-/// mesh stays. An entry of this node revoked at another node while this one was away
-/// ([`REVOKE_AWAY`]) is not written again (a note naming another node is of an entry
-/// that node held under the same id, and goes). Returns the approvals added, or (when
-/// any was refused so) the ids refused.
+/// hash and the revoked-away hash ([`keys`]); `ARGV` in groups of six: token key, grant
+/// (JSON), peer, entry id, `1` when a mesh follows, the mesh. Idempotent: an entry id
+/// already listed is not added again; a peer's first approval's mesh stays. An approval
+/// revoked at another node while its node was away ([`REVOKE_AWAY`]: noted with its
+/// token key, so whatever `--node-id` its node has when it comes back) is not written
+/// again; a note of another token key is of another entry that had the same id (ids
+/// are drawn at each node and reused once their node is gone), and goes. Returns the
+/// approvals added, or (when any was refused so) the ids refused.
 pub const APPROVE: Script = Script {
     name: "chx_pair_approve",
     source: r#"
 local n, refused = 0, {}
-for i = 2, #ARGV - 5, 6 do
+for i = 1, #ARGV - 5, 6 do
   local peer, id = ARGV[i + 2], ARGV[i + 3]
   local away = redis.call('HGET', KEYS[4], id)
-  if away == ARGV[1] then
+  local note = away and cjson.decode(away)
+  if type(note) == 'table' and note.k == ARGV[i] then
     refused[#refused + 1] = id
   else
   if away then redis.call('HDEL', KEYS[4], id) end
@@ -93,9 +100,11 @@ return n
 };
 
 /// Removes approvals: `KEYS` as [`APPROVE`]'s; `ARGV` in groups of three: token key
-/// (`""`: none), peer, entry id. Idempotent. The entry's note of a revocation made while
-/// its node was away goes too (its node has now revoked it itself). Returns the peers
-/// whose last approval this removed.
+/// (`""`: none), peer, entry id. Idempotent. A note of a revocation made while the
+/// entry's node was away stays (it keeps [`APPROVE`] from writing the approval back
+/// should the node's own revocation not have been saved); it goes when the entry is
+/// retired ([`forget_revoked_away`]). Returns the peers whose last approval this
+/// removed.
 pub const UNAPPROVE: Script = Script {
     name: "chx_pair_unapprove",
     source: r#"
@@ -104,7 +113,6 @@ for i = 1, #ARGV - 2, 3 do
   if ARGV[i] ~= '' then redis.call('HDEL', KEYS[1], ARGV[i]) end
   local peer, id = ARGV[i + 1], ARGV[i + 2]
   redis.call('HDEL', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
   local cur = redis.call('HGET', KEYS[2], peer)
   local rec = cur and cjson.decode(cur)
   if type(rec) == 'table' and type(rec.e) == 'table' then
@@ -127,20 +135,36 @@ return out
 
 /// Revokes, at any node, an approved entry whose node is not live (killed, or cut off
 /// from Redis past its lease): `KEYS` as [`APPROVE`]'s, then the entries' directory
-/// (`pairing::directory`); `ARGV` the entry id and the node the directory names for it.
-/// Takes what the approval wrote (its token, its approval of the peer: the same as
-/// [`UNAPPROVE`]) and notes the id in the revoked-away hash, so that its node, when it
+/// (`pairing::directory`) and the nodes' leases (`{prefix}nodes`); `ARGV` the entry id
+/// and the node the directory names for it. Takes what the approval wrote (its token,
+/// its approval of the peer: the same as [`UNAPPROVE`]) and notes the id, with the
+/// token key, the peer and the node, in the revoked-away hash, so that its node, when it
 /// connects again, does not write the approval back ([`APPROVE`] refuses it) but
 /// revokes the entry in its own store ([`assert_all`]). Returns `{1, peer, last}`
-/// (`last`: `"1"` when this took the peer's last approval), `{0}` when the cluster holds
-/// no approval of the entry (pending, rejected, revoked, or approved before its node
-/// wrote the approved entries' hash: it cannot be told apart from here), `{-1}` when the
-/// directory names another node now.
+/// (`last`: `"1"` when the peer holds no approval in the cluster now); the same again
+/// for an entry already revoked so (a retry after a lost reply or a write no replica
+/// confirmed); `{0}` when the cluster holds no approval of the entry (pending,
+/// rejected, revoked, or approved before its node noted approvals: it cannot be told
+/// apart from here); `{-1}` when the directory names another node now; `{-2}` when that
+/// node's lease runs (on Redis's clock, in the same script as the change: a node back
+/// from away has taken its lease before it asserts its approvals, so the two cannot
+/// cross).
 pub const REVOKE_AWAY: Script = Script {
     name: "chx_pair_revoke_away",
     source: r#"
 local id = ARGV[1]
 if redis.call('HGET', KEYS[5], id) ~= ARGV[2] then return {-1} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = redis.call('ZSCORE', KEYS[6], ARGV[2])
+if exp and tonumber(exp) >= now then return {-2} end
+local done = redis.call('HGET', KEYS[4], id)
+local note = done and cjson.decode(done)
+if type(note) == 'table' and note.n == ARGV[2] and type(note.p) == 'string' then
+  local again = '0'
+  if redis.call('HEXISTS', KEYS[2], note.p) == 0 then again = '1' end
+  return {1, note.p, again}
+end
 local cur = redis.call('HGET', KEYS[3], id)
 local rec = cur and cjson.decode(cur)
 if type(rec) ~= 'table' or type(rec.k) ~= 'string' or type(rec.p) ~= 'string' then
@@ -149,7 +173,7 @@ end
 local peer = rec.p
 redis.call('HDEL', KEYS[1], rec.k)
 redis.call('HDEL', KEYS[3], id)
-redis.call('HSET', KEYS[4], id, ARGV[2])
+redis.call('HSET', KEYS[4], id, cjson.encode({k = rec.k, p = peer, n = ARGV[2]}))
 local last = '0'
 local a = redis.call('HGET', KEYS[2], peer)
 local ra = a and cjson.decode(a)
@@ -219,10 +243,27 @@ fn approved_key(prefix: &str) -> Vec<u8> {
     [prefix.as_bytes(), b"pap"].concat()
 }
 
-/// `{prefix}prv`: entry id → its node, for each entry revoked at another node while its
-/// own was away, until that node revoked it in its own store.
+/// `{prefix}prv`: entry id → `{"k": token key, "p": peer, "n": node}` for each approval
+/// revoked at another node while its entry's node was away, until the entry is retired.
 fn revoked_away_key(prefix: &str) -> Vec<u8> {
     [prefix.as_bytes(), b"prv"].concat()
+}
+
+/// The leases of the nodes (the cluster link's `{prefix}nodes`: node → lease expiry).
+fn nodes_key(prefix: &str) -> Vec<u8> {
+    [prefix.as_bytes(), b"nodes"].concat()
+}
+
+/// Retired entries' notes of a revocation made while their node was away go (best
+/// effort, not awaited; with the entries' directory notes, `pairing::directory`).
+pub fn forget_revoked_away<S: Shard>(sh: &S, ids: &[EntryId]) {
+    let Some(link) = sh.cluster() else { return };
+    if ids.is_empty() {
+        return;
+    }
+    let mut cmd = vec![b"HDEL".to_vec(), revoked_away_key(link.prefix())];
+    cmd.extend(ids.iter().map(|id| id.to_string().into_bytes()));
+    let _ = link.command_nowait(cmd);
 }
 
 /// The keys of [`APPROVE`] and [`UNAPPROVE`] (and the first four of [`REVOKE_AWAY`]).
@@ -258,9 +299,7 @@ pub async fn approve<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) -> Result
     let Some(link) = sh.cluster() else {
         return Ok(());
     };
-    let mut args = vec![link.node_id().as_bytes().to_vec()];
-    args.extend(approve_args(key, grant));
-    let reply = match link.eval_durable(APPROVE.name, keys(link), args) {
+    let reply = match link.eval_durable(APPROVE.name, keys(link), approve_args(key, grant).into()) {
         Ok(r) => r.await,
         Err(Refused::Down(why)) => return Err(unavailable(&why)),
         Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
@@ -339,13 +378,25 @@ pub async fn revoke<S: Shard>(
 /// What [`revoke_away`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RevokedAway {
-    /// The approval is gone from the cluster; `last`: it was the peer's last one (its
-    /// connections at every node are to close).
+    /// The approval is gone from the cluster (now, or by an earlier request); `last`:
+    /// the peer holds no approval in the cluster now (its connections at every node are
+    /// to close).
     Revoked { peer: String, last: bool },
+    /// The revocation ran on the primary but no replica confirmed it (or its reply was
+    /// lost and a second look found it done there): the token is refused there already,
+    /// so the peer's connections are to close as for `Revoked`, but the answer is a 503
+    /// (`why`): a failover before a replica has it would bring the approval back.
+    Unconfirmed {
+        peer: String,
+        last: bool,
+        why: String,
+    },
     /// The cluster holds no approval of the entry.
     NotApproved,
     /// The directory names another node for it now.
     Moved,
+    /// The entry's node holds its lease (it came back): ask it.
+    Live,
 }
 
 /// Revokes approved entry `id`, held by `node`, which is not live ([`REVOKE_AWAY`],
@@ -362,34 +413,60 @@ pub async fn revoke_away<S: Shard>(sh: &S, id: EntryId, node: &str) -> Result<Re
     };
     let mut keys = keys(link);
     keys.push(super::directory::entries_key(link));
+    keys.push(nodes_key(link.prefix()));
     let args = vec![id.to_string().into_bytes(), node.as_bytes().to_vec()];
-    let reply = match link.eval_durable(REVOKE_AWAY.name, keys, args) {
-        Ok(r) => r.await,
-        Err(Refused::Down(why)) => return Err(unavailable(&why)),
-        Err(Refused::Busy) => return Err(unavailable("too many commands in flight")),
-        Err(Refused::Closed) => return Err(unavailable("the link has stopped")),
+    let refused = |r: Refused| match r {
+        Refused::Down(why) => unavailable(&why),
+        Refused::Busy => unavailable("too many commands in flight"),
+        Refused::Closed => unavailable("the link has stopped"),
     };
-    match reply {
-        Ok(Value::Array(v)) => match &v[..] {
-            [Value::Int(1), Value::Bulk(peer), Value::Bulk(last)] => Ok(RevokedAway::Revoked {
-                peer: String::from_utf8_lossy(peer).into_owned(),
-                last: last == b"1",
-            }),
-            [Value::Int(0)] => Ok(RevokedAway::NotApproved),
-            [Value::Int(-1)] => Ok(RevokedAway::Moved),
-            _ => {
-                tracing::error!(reply = ?v, "unexpected reply to REVOKE_AWAY");
-                Err(unavailable("unexpected reply"))
-            }
-        },
-        // Not replicated (Sentinel): it ran on the primary; a retry finds it done
-        // there (`NotApproved`) or, after a failover, runs it again.
-        Ok(Value::Error(e)) => Err(unavailable(&e)),
+    let reply = link
+        .eval_durable(REVOKE_AWAY.name, keys.clone(), args.clone())
+        .map_err(refused)?
+        .await;
+    let why = match reply {
+        Ok(Value::Array(v)) => return parsed(&v).ok_or_else(|| unavailable("unexpected reply")),
+        Ok(Value::Error(e)) if e.starts_with("NOREPLICAS") => e,
+        Ok(Value::Error(e)) => return Err(unavailable(&e)),
         Ok(other) => {
             tracing::error!(reply = ?other, "unexpected reply to REVOKE_AWAY");
-            Err(unavailable("unexpected reply"))
+            return Err(unavailable("unexpected reply"));
         }
-        Err(e) => Err(unavailable(&format!("{e:?}"))),
+        Err(e) => format!("{e:?}"),
+    };
+    // It may have run (on the primary, or before the connection failed): it answers the
+    // same again if it did (and runs now if it did not), so a second look says whose
+    // connections to close. Not durable either way: answered 503.
+    let again = link
+        .eval(REVOKE_AWAY.name, keys, args)
+        .map_err(refused)?
+        .await;
+    match again {
+        Ok(Value::Array(v)) => match parsed(&v) {
+            Some(RevokedAway::Revoked { peer, last }) => {
+                Ok(RevokedAway::Unconfirmed { peer, last, why })
+            }
+            Some(other) => Ok(other),
+            None => Err(unavailable("unexpected reply")),
+        },
+        _ => Err(unavailable(&why)),
+    }
+}
+
+/// [`REVOKE_AWAY`]'s reply (`None`: not one of its shapes).
+fn parsed(v: &[Value]) -> Option<RevokedAway> {
+    match v {
+        [Value::Int(1), Value::Bulk(peer), Value::Bulk(last)] => Some(RevokedAway::Revoked {
+            peer: String::from_utf8_lossy(peer).into_owned(),
+            last: last == b"1",
+        }),
+        [Value::Int(0)] => Some(RevokedAway::NotApproved),
+        [Value::Int(-1)] => Some(RevokedAway::Moved),
+        [Value::Int(-2)] => Some(RevokedAway::Live),
+        _ => {
+            tracing::error!(reply = ?v, "unexpected reply to REVOKE_AWAY");
+            None
+        }
     }
 }
 
@@ -450,10 +527,7 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>>
     };
     let mut revoked_away = Vec::new();
     for batch in a.approved.chunks(ASSERT_BATCH_MAX) {
-        let node = link.node_id().as_bytes().to_vec();
-        let args = std::iter::once(node)
-            .chain(batch.iter().flat_map(|(k, g)| approve_args(k, g)))
-            .collect();
+        let args = batch.iter().flat_map(|(k, g)| approve_args(k, g)).collect();
         match send(sh, link, APPROVE.name, args).await {
             Some(Value::Int(_)) => {}
             Some(Value::Array(ids)) => revoked_away.extend(ids.iter().filter_map(|v| match v {

@@ -317,10 +317,13 @@ fn take(ctx: &Rc<ShardCtx>) {
                                     entry = %raw,
                                     "a pairing entry revoked at another node while this one was away is revoked here"
                                 ),
-                                Err(e) => tracing::error!(
+                                // Revoked meanwhile (an earlier connect's turn), or its
+                                // store or a mailbox refused: the note stays in Redis, so
+                                // the next connect refuses the approval again.
+                                Err(e) => tracing::warn!(
                                     entry = %raw,
                                     error = ?e,
-                                    "a pairing entry revoked at another node could not be revoked here; retried at the next connect"
+                                    "a pairing entry revoked at another node was not revoked here now; tried again at the next connect while it is approved here"
                                 ),
                             }
                         }

@@ -103,34 +103,57 @@ pub async fn action(ctx: &ShardCtx, action: Action, raw_id: &str) -> Result<Outc
 
 /// Revokes entry `raw_id`, held by `node`, which is not live: its approval leaves the
 /// cluster's records (its token is refused at every node from now on), the peer's
-/// connections close at every live node (4001) when that was its last approval, and
+/// connections close at every live node (4001) when it holds no other approval, and
 /// `node` revokes the entry in its own store when it connects again
-/// (`pairing::cluster::REVOKE_AWAY`). 200 once that is durable in Redis; 503 naming the
-/// node when the cluster holds no approval of the entry (one pending there, or approved
-/// before the cluster noted approvals: only its node can tell).
+/// (`pairing::cluster::REVOKE_AWAY`). 200 once that is durable in Redis (again for a
+/// retry: the same answer); 503 naming the node when the cluster holds no approval of
+/// the entry (one pending there, or approved before the cluster noted approvals: only
+/// its node can tell); sent to `node` after all when Redis says its lease runs (it came
+/// back since this node last heard).
 async fn revoke_away(ctx: &ShardCtx, raw_id: &str, node: &str) -> Result<Outcome, Error> {
+    use pairing::cluster::RevokedAway;
     let id = EntryId::parse(raw_id).ok_or_else(|| Error::not_found("no such pairing entry"))?;
+    let close = |peer: &str, last: bool| {
+        if let (true, Some(link)) = (last, &ctx.cluster) {
+            // Every live node, this one included: its connections of the peer are
+            // held by the peer's owner shard, which hears it through the link.
+            crate::signaling::remote::broadcast_revocation_everywhere(link, peer);
+        }
+    };
     match pairing::cluster::revoke_away(ctx, id, node).await? {
-        pairing::cluster::RevokedAway::Revoked { peer, last } => {
-            if let (true, Some(link)) = (last, &ctx.cluster) {
-                // Every live node, this one included: its connections of the peer are
-                // held by the peer's owner shard, which hears it through the link.
-                crate::signaling::remote::broadcast_revocation_everywhere(link, &peer);
-            }
+        RevokedAway::Revoked { peer, last } => {
+            close(&peer, last);
             tracing::warn!(entry = %id, %node, %peer, "pairing entry revoked while its node is away");
             Ok(Outcome::json(&serde_json::json!({
                 "ok": true,
                 "detail": format!(
                     "revoked in the cluster while node `{node}`, which holds this entry, is \
-                     away; it revokes the entry in its own store when it is back"
+                     away; it revokes the entry in its own store when it reconnects"
                 ),
             })))
         }
+        RevokedAway::Unconfirmed { peer, last, why } => {
+            close(&peer, last);
+            Err(Error::unavailable(format!(
+                "cluster unavailable: the revocation ran on Redis's primary but was not \
+                 confirmed ({why}); the token is refused and the device's connections are \
+                 closed, but a failover could bring the approval back: retry"
+            )))
+        }
+        RevokedAway::Live => {
+            ask_node(
+                ctx,
+                &ctx.state.node_asks,
+                node,
+                raw_id.as_bytes(),
+                TAG_REVOKE,
+                raw_id.as_bytes(),
+            )
+            .await
+        }
         // Pending there (or approved before approvals were noted), or moved meanwhile:
         // only a node that holds it can say; retried, a moved entry is asked there.
-        pairing::cluster::RevokedAway::NotApproved | pairing::cluster::RevokedAway::Moved => {
-            Err(not_live(node))
-        }
+        RevokedAway::NotApproved | RevokedAway::Moved => Err(not_live(node)),
     }
 }
 

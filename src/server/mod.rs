@@ -403,6 +403,7 @@ impl ShardCtx {
         };
         // In a cluster, the retired entries' notes of where they are go too.
         crate::pairing::directory::forget_entries(self, &retired);
+        crate::pairing::cluster::forget_revoked_away(self, &retired);
         self.state.auth_failures.borrow_mut().sweep(now);
         self.state.auth_hints.borrow_mut().sweep(now);
         self.state.authz.borrow_mut().sweep(now);

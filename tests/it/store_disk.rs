@@ -25,15 +25,15 @@ const SECRET: &str = "store-disk-test-secret";
 
 /// A tmpfs mounted for one test, unmounted (lazily) on drop, before its mount point's
 /// scratch directory is removed.
-struct Tmpfs {
-    path: PathBuf,
+pub(crate) struct Tmpfs {
+    pub(crate) path: PathBuf,
     _scratch: TempDir,
 }
 
 impl Tmpfs {
     /// `None` (after saying why) when this process may not mount; a failure under
     /// `CI=true`.
-    fn mount(size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(size: &str) -> Option<Tmpfs> {
         let dir = TempDir::new();
         let mnt = dir.0.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
