@@ -61,7 +61,8 @@ use crate::signaling::authz::cluster_authz_key;
 /// revoked at another node while its node was away ([`REVOKE_AWAY`]: noted with its
 /// token key, so whatever `--node-id` its node has when it comes back) is not written
 /// again; a note of another token key is of another entry that had the same id (ids
-/// are drawn at each node and reused once their node is gone), and goes. Returns the
+/// are drawn at each node and reused once their node is gone), and goes; a note that
+/// cannot be read as one is taken as naming this approval (failing closed). Returns the
 /// approvals added, or (when any was refused so) the ids refused.
 pub const APPROVE: Script = Script {
     name: "chx_pair_approve",
@@ -70,8 +71,9 @@ local n, refused = 0, {}
 for i = 1, #ARGV - 5, 6 do
   local peer, id = ARGV[i + 2], ARGV[i + 3]
   local away = redis.call('HGET', KEYS[4], id)
-  local note = away and cjson.decode(away)
-  if type(note) == 'table' and note.k == ARGV[i] then
+  local ok, note = false, nil
+  if away then ok, note = pcall(cjson.decode, away) end
+  if away and (not ok or type(note) ~= 'table' or note.k == ARGV[i]) then
     refused[#refused + 1] = id
   else
   if away then redis.call('HDEL', KEYS[4], id) end
@@ -159,8 +161,9 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local exp = redis.call('ZSCORE', KEYS[6], ARGV[2])
 if exp and tonumber(exp) >= now then return {-2} end
 local done = redis.call('HGET', KEYS[4], id)
-local note = done and cjson.decode(done)
-if type(note) == 'table' and note.n == ARGV[2] and type(note.p) == 'string' then
+local ok, note = false, nil
+if done then ok, note = pcall(cjson.decode, done) end
+if ok and type(note) == 'table' and note.n == ARGV[2] and type(note.p) == 'string' then
   local again = '0'
   if redis.call('HEXISTS', KEYS[2], note.p) == 0 then again = '1' end
   return {1, note.p, again}
@@ -367,12 +370,40 @@ pub async fn revoke<S: Shard>(
             Err(Refused::Closed) => return Err("the link has stopped".into()),
         }
     };
-    match reply {
-        Ok(Value::Array(_)) => Ok(()),
-        Ok(Value::Error(e)) => Err(e),
-        Ok(other) => Err(format!("unexpected reply {other:?}")),
-        Err(e) => Err(format!("{e:?}")),
+    let why = match reply {
+        Ok(Value::Array(gone)) => {
+            // The peers that hold no approval anywhere in the cluster now: every other
+            // node closes them (the shard that deauthorized the peer here closed its
+            // own connections). Decided by the cluster's records, not this node's: a
+            // peer id another entry approves at another node stays connected.
+            for p in gone {
+                if let Value::Bulk(p) = p {
+                    crate::signaling::remote::broadcast_revocation(
+                        link,
+                        &String::from_utf8_lossy(&p),
+                    );
+                }
+            }
+            return Ok(());
+        }
+        Ok(Value::Error(e)) => e,
+        Ok(other) => format!("unexpected reply {other:?}"),
+        Err(e) => format!("{e:?}"),
+    };
+    // It may have run (no replica confirmed it, or its reply was lost): a peer left with
+    // no approval in the cluster is closed at the other nodes now, as above; else at
+    // this node's next connect ([`assert_all`]).
+    let authz = vec![
+        b"HEXISTS".to_vec(),
+        cluster_authz_key(link.prefix()),
+        peer.as_bytes().to_vec(),
+    ];
+    if let Ok(r) = link.command(authz) {
+        if let Ok(Value::Int(0)) = r.await {
+            crate::signaling::remote::broadcast_revocation(link, peer);
+        }
     }
+    Err(why)
 }
 
 /// What [`revoke_away`] did.
@@ -526,6 +557,9 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>>
         return Some(Vec::new());
     };
     let mut revoked_away = Vec::new();
+    // The removals run even when an approval batch failed: nothing about approvals may
+    // hold revocations back.
+    let mut complete = true;
     for batch in a.approved.chunks(ASSERT_BATCH_MAX) {
         let args = batch.iter().flat_map(|(k, g)| approve_args(k, g)).collect();
         match send(sh, link, APPROVE.name, args).await {
@@ -536,7 +570,8 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>>
             })),
             other => {
                 tracing::debug!(reply = ?other, "pairing approvals not asserted now");
-                return None;
+                complete = false;
+                break;
             }
         }
     }
@@ -561,7 +596,7 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>>
             }
         }
     }
-    Some(revoked_away)
+    complete.then_some(revoked_away)
 }
 
 /// One script of an assertion, waiting while the link's queue is full; `None` when the

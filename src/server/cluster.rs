@@ -292,18 +292,18 @@ fn take(ctx: &Rc<ShardCtx>) {
                 .into_iter()
                 .map(|(code, until)| (code, until.0.saturating_sub(now.0) / 1_000_000))
                 .collect();
-            if !ids.is_empty() || !codes.is_empty() {
-                let c = ctx.clone();
-                monoio::spawn(async move {
+            // This shard's pairing approvals (and revocations) into the cluster's records:
+            // after the entries are noted as this node's (a node back under another
+            // `--node-id` takes them over first, so that a revocation made away under the
+            // old name cannot slip in after its approvals went out).
+            let a = pairing::assertions(&ctx.state.pairing.borrow().entries);
+            let c = ctx.clone();
+            monoio::spawn(async move {
+                if !ids.is_empty() || !codes.is_empty() {
                     crate::pairing::directory::note_entries(&*c, &ids).await;
                     crate::pairing::directory::note_codes(&*c, &codes).await;
-                });
-            }
-            // This shard's pairing approvals (and revocations) into the cluster's records.
-            let a = pairing::assertions(&ctx.state.pairing.borrow().entries);
-            if !a.approved.is_empty() || !a.revoked.is_empty() {
-                let c = ctx.clone();
-                monoio::spawn(async move {
+                }
+                if !a.approved.is_empty() || !a.revoked.is_empty() {
                     if let Some(away) = pairing::assert_all(&*c, a).await {
                         // Approved here, revoked at another node while this one was away
                         // (`pairing::cluster::REVOKE_AWAY`): revoked here too, as an
@@ -336,8 +336,8 @@ fn take(ctx: &Rc<ShardCtx>) {
                             pairing::assert_all(&*c, again).await;
                         }
                     }
-                });
-            }
+                }
+            });
             // Peers connected here on another node's approval: still approved?
             let c = ctx.clone();
             monoio::spawn(async move {

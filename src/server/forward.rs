@@ -136,8 +136,9 @@ async fn revoke_away(ctx: &ShardCtx, raw_id: &str, node: &str) -> Result<Outcome
             close(&peer, last);
             Err(Error::unavailable(format!(
                 "cluster unavailable: the revocation ran on Redis's primary but was not \
-                 confirmed ({why}); the token is refused and the device's connections are \
-                 closed, but a failover could bring the approval back: retry"
+                 confirmed ({why}); the token is refused and, unless another approval of \
+                 the device remains, its connections are closed, but a failover could \
+                 bring the approval back: retry"
             )))
         }
         RevokedAway::Live => {

@@ -196,10 +196,9 @@ impl ShardCtx {
         if hub {
             self.announce_pending();
         }
-        // In a cluster, every other node closes that peer's connections too.
-        if let (Some(peer), Some(link)) = (&revoked, &self.cluster) {
-            crate::signaling::remote::broadcast_revocation(link, peer);
-        }
+        // In a cluster the other nodes are told by the revocation's removal from Redis
+        // (`pairing::cluster::revoke`), which knows whether the peer holds an approval
+        // at another node: this node's last approval of it need not be the cluster's.
         if let (Some(peer), true) = (revoked, self.config.turn_server.is_some()) {
             let ctx = self.clone();
             monoio::spawn(async move { crate::server::turn::revoke(&ctx, &peer).await });

@@ -388,16 +388,35 @@ fn the_approval_script_refuses_only_the_revoked_token() {
         redis.cmd(&["HSET", "chx:prv", "0000000b", &nb]),
         redis::Reply::Int(1)
     );
+    // A note that is not one (not JSON, or not an object) refuses: failing closed.
+    assert_eq!(
+        redis.cmd(&["HSET", "chx:prv", "0000000d", "a"]),
+        redis::Reply::Int(1)
+    );
+    assert_eq!(
+        redis.cmd(&["HSET", "chx:prv", "0000000e", "2"]),
+        redis::Reply::Int(1)
+    );
     let grant = r#"{"peer_id":"p","role":"agent","mesh":null,"entry_id":10}"#;
     let mut args = vec!["EVAL", APPROVE.source, "4"];
     args.extend(keys);
     args.extend(["k1", grant, "p1", "0000000a", "0", ""]);
     args.extend(["k2", grant, "p2", "0000000b", "0", ""]);
     args.extend(["k3", grant, "p3", "0000000c", "0", ""]);
+    args.extend(["k4", grant, "p4", "0000000d", "0", ""]);
+    args.extend(["k5", grant, "p5", "0000000e", "0", ""]);
     assert_eq!(
         redis.cmd(&args),
-        redis::Reply::Array(vec![redis::Reply::Bulk("0000000a".into())])
+        redis::Reply::Array(
+            ["0000000a", "0000000d", "0000000e"]
+                .into_iter()
+                .map(|id| redis::Reply::Bulk(id.into()))
+                .collect()
+        )
     );
+    assert!(["k4", "k5"]
+        .iter()
+        .all(|k| redis.cmd(&["HEXISTS", "chx:tokens", k]) == redis::Reply::Int(0)));
     let exists = |h: &str, f: &str| redis.cmd(&["HEXISTS", h, f]) == redis::Reply::Int(1);
     assert!(!exists("chx:tokens", "k1") && !exists("chx:authz", "p1"));
     assert!(!exists("chx:pap", "0000000a") && exists("chx:prv", "0000000a"));
@@ -606,8 +625,10 @@ fn a_revocation_away_outlives_a_holder_that_could_not_save_it() {
     }
     token_refused_at(&a, &token);
     assert_eq!(token_status(&b, &token), 401);
+    // Nothing of the approval was written back (the cluster held only this token).
+    assert_eq!(redis.cmd(&["HLEN", "chx:tokens"]), redis::Reply::Int(0));
     assert_eq!(
-        redis.cmd(&["HEXISTS", "chx:tokens", &token]),
+        redis.cmd(&["HEXISTS", "chx:pap", &id]),
         redis::Reply::Int(0)
     );
 }
@@ -665,4 +686,75 @@ fn an_unconfirmed_revocation_away_closes_the_device_and_a_retry_confirms_it() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert_eq!(token_status(&b, &token), 401);
+}
+
+/// A peer id approved by two entries (peer ids are 24 random bits and may repeat): the
+/// revocation away of one leaves its connections open (another approval remains), and
+/// so does the holder's own revocation when it comes back: whether the other nodes close
+/// a peer is decided by the cluster's approvals, not by the revoking node's (second
+/// review: the holder, back, broadcast the revocation because its own last approval of
+/// the peer went, and every other node closed and refused the peer for 360 s).
+#[test]
+fn a_peer_with_another_approval_stays_connected_through_a_revocation_away() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let dir = common::TempDir::new();
+    let data = dir.0.join("data");
+    let data = data.to_str().unwrap();
+    let flags = ["--cluster-lease", "2", "--data-dir", data];
+    let mut a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
+    let b = node(&redis, "b", 1, &k, "2");
+    let (id, token) = approved_at(&a, 1);
+    let redis::Reply::Bulk(note) = redis.cmd(&["HGET", "chx:pap", &id]) else {
+        panic!("no note of the approval")
+    };
+    let note: Value = serde_json::from_str(&note).unwrap();
+    let peer = note["p"].as_str().unwrap().to_owned();
+    // A second approval of the same peer id, by another entry of another node.
+    redis.cmd(&[
+        "HSET",
+        "chx:authz",
+        &peer,
+        &json!({"e": [id.clone(), "fedcba98"]}).to_string(),
+    ]);
+    let r = b.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let jwt = r.json()["token"].as_str().unwrap().to_owned();
+    let mut ws = connect(&b, &jwt).expect("connects at b");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    revoke_away_at(&b, &id);
+    assert_eq!(
+        token_status(&b, &token),
+        401,
+        "this entry's token is revoked"
+    );
+    let no_close = |ws: &mut common::ws::Ws, for_: Duration| {
+        ws.get_mut().set_read_timeout(Some(for_)).ok();
+        while let Ok(m) = ws.read() {
+            assert!(
+                !matches!(m, tungstenite::Message::Close(_)),
+                "closed although another approval remains: {m:?}"
+            );
+        }
+    };
+    no_close(&mut ws, Duration::from_millis(1000));
+    drop(a);
+    let a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status_in_all(&a, &id).as_deref() != Some("revoked") {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    no_close(&mut ws, Duration::from_millis(1000));
+    assert_eq!(
+        redis.cmd(&["HEXISTS", "chx:authz", &peer]),
+        redis::Reply::Int(1)
+    );
+    assert!(
+        connect(&b, &jwt).is_ok(),
+        "refused at b although approved by its other entry"
+    );
 }
