@@ -578,9 +578,9 @@ where
     if let (Some(room), Some(key)) = (token_room, &key) {
         applied &= follow_up(sh, room, || TokenOp::Remove(Box::new(key.clone()))).await;
     }
-    // In a cluster: the token and the approval go from Redis too (the other nodes were
-    // told to close the peer's connections as the deauthorization above took its last
-    // approval here). Whatever the store answered, as the steps above.
+    // In a cluster: the token and the approval go from Redis too, and the other nodes
+    // close the peer's connections unless the cluster holds another approval of it
+    // (`cluster::revoke`). Whatever the store answered, as the steps above.
     let cluster = super::cluster::revoke(sh, key.as_deref(), peer, id).await;
     if let Err(why) = &cluster {
         tracing::warn!(entry = %id, error = %why, "revocation not in the cluster yet");

@@ -18,8 +18,10 @@
 //!   run (a lost connection, `NOREPLICAS`) is removed again, best effort; one left behind
 //!   grants nothing anyone can use (nobody holds its token: it was never answered).
 //! * **Revoke** ([`revoke`]): the records go ([`UNAPPROVE`], durable) after the
-//!   revocation took effect at this node (which fails closed whatever Redis says, and
-//!   broadcasts it to the other nodes' connections, `signaling::remote`). While Redis
+//!   revocation took effect at this node (which fails closed whatever Redis says). The
+//!   other nodes are told to close the peer's connections (`signaling::remote`) when the
+//!   cluster holds no other approval of that peer id: asked before the removal (so that
+//!   a lost reply cannot leave them untold), and from the removal's reply. While Redis
 //!   cannot be written the other nodes may still accept the token and admit the peer
 //!   (not one already told of the revocation): the revoke answers 202 saying so, and the
 //!   records go at this node's next connect to Redis ([`assert_all`]), which also tells
@@ -73,7 +75,7 @@ for i = 1, #ARGV - 5, 6 do
   local away = redis.call('HGET', KEYS[4], id)
   local ok, note = false, nil
   if away then ok, note = pcall(cjson.decode, away) end
-  if away and (not ok or type(note) ~= 'table' or note.k == ARGV[i]) then
+  if away and (not ok or type(note) ~= 'table' or type(note.k) ~= 'string' or note.k == ARGV[i]) then
     refused[#refused + 1] = id
   else
   if away then redis.call('HDEL', KEYS[4], id) end
@@ -356,6 +358,13 @@ pub async fn revoke<S: Shard>(
     let Some(link) = sh.cluster() else {
         return Ok(());
     };
+    // Whether this takes the peer's last approval in the cluster, asked before the
+    // removal and told to the other nodes now, while the link is up: a removal whose
+    // reply is lost would leave nobody to tell them (the next connect finds it done).
+    let told = last_approval(link, peer, entry).await;
+    if told {
+        crate::signaling::remote::broadcast_revocation(link, peer);
+    }
     let args = unapprove_args(key, peer, entry);
     let mut tries = 0;
     let reply = loop {
@@ -378,10 +387,10 @@ pub async fn revoke<S: Shard>(
             // peer id another entry approves at another node stays connected.
             for p in gone {
                 if let Value::Bulk(p) = p {
-                    crate::signaling::remote::broadcast_revocation(
-                        link,
-                        &String::from_utf8_lossy(&p),
-                    );
+                    let p = String::from_utf8_lossy(&p);
+                    if !(told && p == peer) {
+                        crate::signaling::remote::broadcast_revocation(link, &p);
+                    }
                 }
             }
             return Ok(());
@@ -390,20 +399,58 @@ pub async fn revoke<S: Shard>(
         Ok(other) => format!("unexpected reply {other:?}"),
         Err(e) => format!("{e:?}"),
     };
-    // It may have run (no replica confirmed it, or its reply was lost): a peer left with
-    // no approval in the cluster is closed at the other nodes now, as above; else at
-    // this node's next connect ([`assert_all`]).
-    let authz = vec![
-        b"HEXISTS".to_vec(),
+    // It may have run (no replica confirmed it): a peer left with no approval in the
+    // cluster is closed at the other nodes now, as above; else at this node's next
+    // connect ([`assert_all`]).
+    if !told {
+        announce_unapproved(link, &[peer]).await;
+    }
+    Err(why)
+}
+
+/// Whether `peer`'s approval in the cluster names no entry but `entry` (or there is
+/// none): its removal leaves the peer unapproved everywhere. `false` when Redis cannot
+/// say (the removal's own reply decides then).
+async fn last_approval(link: &ShardLink, peer: &str, entry: EntryId) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Approval {
+        e: Vec<String>,
+    }
+    let ask = vec![
+        b"HGET".to_vec(),
         cluster_authz_key(link.prefix()),
         peer.as_bytes().to_vec(),
     ];
-    if let Ok(r) = link.command(authz) {
-        if let Ok(Value::Int(0)) = r.await {
-            crate::signaling::remote::broadcast_revocation(link, peer);
+    let Ok(reply) = link.command(ask) else {
+        return false;
+    };
+    let id = entry.to_string();
+    match reply.await {
+        Ok(Value::Nil) => true,
+        Ok(Value::Bulk(v)) => {
+            serde_json::from_slice::<Approval>(&v).is_ok_and(|a| a.e.iter().all(|e| *e == id))
+        }
+        _ => false,
+    }
+}
+
+/// Tells the other nodes to close each of `peers` that holds no approval in the cluster
+/// now (one `HMGET`): after a removal whose reply said nothing (not confirmed by a
+/// replica). Best effort: nothing while Redis cannot be asked.
+async fn announce_unapproved(link: &ShardLink, peers: &[&str]) {
+    if peers.is_empty() {
+        return;
+    }
+    let mut ask = vec![b"HMGET".to_vec(), cluster_authz_key(link.prefix())];
+    ask.extend(peers.iter().map(|p| p.as_bytes().to_vec()));
+    let Ok(reply) = link.command(ask) else { return };
+    if let Ok(Value::Array(values)) = reply.await {
+        for (p, v) in peers.iter().zip(values) {
+            if matches!(v, Value::Nil) {
+                crate::signaling::remote::broadcast_revocation(link, p);
+            }
         }
     }
-    Err(why)
 }
 
 /// What [`revoke_away`] did.
@@ -550,8 +597,9 @@ fn revoked_of(e: &Entry) -> (Option<String>, String, EntryId) {
 /// last approval in the cluster a removal took is broadcast as revoked (its connections
 /// at the other nodes close, 4001). Returns the approved entries that were revoked at
 /// another node while this one was away ([`REVOKE_AWAY`]; not written again), for the
-/// caller to revoke here; `None` when the link failed first (the next `Up` asserts
-/// again).
+/// caller to revoke here; `None` when a batch was not taken (the link failed, a
+/// replica did not confirm: the next `Up` asserts again). A failed batch does not hold
+/// the others back.
 pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>> {
     let Some(link) = sh.cluster() else {
         return Some(Vec::new());
@@ -592,7 +640,11 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>>
             }
             other => {
                 tracing::debug!(reply = ?other, "pairing revocations not asserted now");
-                return None;
+                complete = false;
+                // It may have run (not confirmed by a replica): its peers left without
+                // an approval are told now.
+                let peers: Vec<&str> = batch.iter().map(|(_, p, _)| p.as_str()).collect();
+                announce_unapproved(link, &peers).await;
             }
         }
     }

@@ -335,10 +335,11 @@ pub fn on_message(here: &Here<'_>, route_key: &[u8], body: &[u8]) -> Result<Done
     }
 }
 
-/// `peer`'s last approval was revoked here: every other live node closes its
-/// connections there too (4001) and refuses it as revoked ([`on_message`]). One publish
-/// per node; a node that misses it (its link was down) still refuses the peer's
-/// signaling, since only this node held its approval.
+/// `peer` holds no approval in the cluster any more (its last one was revoked): every
+/// other live node closes its connections there too (4001) and refuses it as revoked
+/// ([`on_message`]). One publish per node; a node that misses it (its link was down)
+/// still refuses the peer's new signaling, whose approval it looks up in Redis, and
+/// checks the peers it admitted again when it reconnects.
 pub fn broadcast_revocation(link: &ShardLink, peer: &str) {
     let me = link.node_id();
     publish_revocation(link, peer, |n| n != me);
