@@ -103,6 +103,34 @@ return n
 "#,
 };
 
+/// The Lua of taking entry `id` out of `peer`'s approval in the approvals hash
+/// (`KEYS[2]`), shared by [`UNAPPROVE`] and [`REVOKE_AWAY`]: defines
+/// `unapprove_peer(peer, id)`, true when that was the peer's last approval (the field
+/// goes).
+macro_rules! unapprove_peer_lua {
+    () => {
+        r#"
+local function unapprove_peer(peer, id)
+  local cur = redis.call('HGET', KEYS[2], peer)
+  local rec = cur and cjson.decode(cur)
+  if type(rec) ~= 'table' or type(rec.e) ~= 'table' then return false end
+  local keep, found = {}, false
+  for _, e in ipairs(rec.e) do
+    if e == id then found = true else keep[#keep + 1] = e end
+  end
+  if found and #keep == 0 then
+    redis.call('HDEL', KEYS[2], peer)
+    return true
+  elseif found then
+    rec.e = keep
+    redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
+  end
+  return false
+end
+"#
+    };
+}
+
 /// Removes approvals: `KEYS` as [`APPROVE`]'s; `ARGV` in groups of three: token key
 /// (`""`: none), peer, entry id. Idempotent. A note of a revocation made while the
 /// entry's node was away stays (it keeps [`APPROVE`] from writing the approval back
@@ -111,30 +139,19 @@ return n
 /// removed.
 pub const UNAPPROVE: Script = Script {
     name: "chx_pair_unapprove",
-    source: r#"
+    source: concat!(
+        unapprove_peer_lua!(),
+        r#"
 local out = {}
 for i = 1, #ARGV - 2, 3 do
   if ARGV[i] ~= '' then redis.call('HDEL', KEYS[1], ARGV[i]) end
   local peer, id = ARGV[i + 1], ARGV[i + 2]
   redis.call('HDEL', KEYS[3], id)
-  local cur = redis.call('HGET', KEYS[2], peer)
-  local rec = cur and cjson.decode(cur)
-  if type(rec) == 'table' and type(rec.e) == 'table' then
-    local keep, found = {}, false
-    for _, e in ipairs(rec.e) do
-      if e == id then found = true else keep[#keep + 1] = e end
-    end
-    if found and #keep == 0 then
-      redis.call('HDEL', KEYS[2], peer)
-      out[#out + 1] = peer
-    elseif found then
-      rec.e = keep
-      redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
-    end
-  end
+  if unapprove_peer(peer, id) then out[#out + 1] = peer end
 end
 return out
-"#,
+"#
+    ),
 };
 
 /// Revokes, at any node, an approved entry whose node is not live (killed, or cut off
@@ -155,7 +172,9 @@ return out
 /// cross).
 pub const REVOKE_AWAY: Script = Script {
     name: "chx_pair_revoke_away",
-    source: r#"
+    source: concat!(
+        unapprove_peer_lua!(),
+        r#"
 local id = ARGV[1]
 if redis.call('HGET', KEYS[5], id) ~= ARGV[2] then return {-1} end
 local t = redis.call('TIME')
@@ -180,23 +199,10 @@ redis.call('HDEL', KEYS[1], rec.k)
 redis.call('HDEL', KEYS[3], id)
 redis.call('HSET', KEYS[4], id, cjson.encode({k = rec.k, p = peer, n = ARGV[2]}))
 local last = '0'
-local a = redis.call('HGET', KEYS[2], peer)
-local ra = a and cjson.decode(a)
-if type(ra) == 'table' and type(ra.e) == 'table' then
-  local keep, found = {}, false
-  for _, e in ipairs(ra.e) do
-    if e == id then found = true else keep[#keep + 1] = e end
-  end
-  if found and #keep == 0 then
-    redis.call('HDEL', KEYS[2], peer)
-    last = '1'
-  elseif found then
-    ra.e = keep
-    redis.call('HSET', KEYS[2], peer, cjson.encode(ra))
-  end
-end
+if unapprove_peer(peer, id) then last = '1' end
 return {1, peer, last}
-"#,
+"#
+    ),
 };
 
 /// The scripts of pairing (loaded by the link on every connect).

@@ -324,22 +324,8 @@ fn a_device_is_revocable_while_its_entrys_node_is_down_and_that_node_learns_it()
     // token refused: the revocation's steps, which its list shows first), durably.
     drop(a);
     let a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &a_flags);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = status_in_all(&a, &id);
-        let r = a.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
-        if status.as_deref() == Some("revoked") && r.status == 401 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a never revoked the entry: {status:?}, token {} {}\n{}",
-            r.status,
-            r.text(),
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    revoked_at(&a, &id);
+    token_refused_at(&a, &token);
     assert_eq!(connect(&a, &jwt).err(), Some(401));
     assert_eq!(status_in_all(&b, &id).as_deref(), Some("revoked"));
     assert_eq!(
@@ -498,6 +484,20 @@ fn token_status(srv: &Server, token: &str) -> u16 {
         .status
 }
 
+/// Waits until `srv` lists entry `id` as revoked.
+fn revoked_at(srv: &Server, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status_in_all(srv, id).as_deref() != Some("revoked") {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            status_in_all(srv, id),
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Waits until `srv` refuses `token` (its revocation's steps are under way there).
 fn token_refused_at(srv: &Server, token: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -535,16 +535,7 @@ fn a_revocation_away_holds_when_the_holder_comes_back_under_another_node_id() {
     assert_eq!(token_status(&b, &token), 401);
     drop(a);
     let c = crate::cluster::node_with(&redis.url(), "c", 1, &k, &flags);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status_in_all(&c, &id).as_deref() != Some("revoked") {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}\n{}",
-            status_in_all(&c, &id),
-            c.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    revoked_at(&c, &id);
     token_refused_at(&c, &token);
     assert_eq!(token_status(&b, &token), 401);
 }
@@ -597,32 +588,14 @@ fn a_revocation_away_outlives_a_holder_that_could_not_save_it() {
         .map(|s| s.to_string())
         .collect();
     let mut a = Server::with(o);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status_in_all(&a, &id).as_deref() != Some("revoked") {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}\n{}",
-            status_in_all(&a, &id),
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    revoked_at(&a, &id);
     // Killed before the disk frees; started again with room.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     std::fs::remove_file(&ballast).unwrap();
     drop(a);
     let a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status_in_all(&a, &id).as_deref() != Some("revoked") {
-        assert!(
-            Instant::now() < deadline,
-            "{:?}\n{}",
-            status_in_all(&a, &id),
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    revoked_at(&a, &id);
     token_refused_at(&a, &token);
     assert_eq!(token_status(&b, &token), 401);
     // Nothing of the approval was written back (the cluster held only this token).
@@ -743,11 +716,7 @@ fn a_peer_with_another_approval_stays_connected_through_a_revocation_away() {
     no_close(&mut ws, Duration::from_millis(1000));
     drop(a);
     let a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while status_in_all(&a, &id).as_deref() != Some("revoked") {
-        assert!(Instant::now() < deadline, "{}", a.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    revoked_at(&a, &id);
     no_close(&mut ws, Duration::from_millis(1000));
     assert_eq!(
         redis.cmd(&["HEXISTS", "chx:authz", &peer]),
