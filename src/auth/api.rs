@@ -79,6 +79,8 @@ where
                 Reply::Grant(Some(grant)) => Some(*grant),
                 // In a cluster the token may be another node's approval.
                 Reply::Grant(None) => cluster_grant(sh, &key).await?,
+                // Revoked here: refused even while the cluster's hash still holds it.
+                Reply::Revoked => None,
                 _ => return Err(unexpected()),
             };
             match grant {

@@ -15,8 +15,11 @@ pub enum Op {
     Lookup(Box<String>),
     /// Index an approved entry's token. → `Done` | `InUse` | `Full`.
     Insert(Box<(String, DeviceGrant)>),
-    /// Drop a revoked token. → `Done` | `NotFound`.
+    /// Drop a token whose approval was undone. → `Done` | `NotFound`.
     Remove(Box<String>),
+    /// Drop a revoked token and refuse it from now on, whatever the cluster's token
+    /// hash still says (`DeviceTokenIndex::revoke`). → `Done` | `NotFound`.
+    Revoke(Box<String>),
     /// May this client address try a secret now? → `Failures`.
     FailureCheck(Box<IpAddr>),
     /// This client address presented a wrong secret (told). → `Failures`.
@@ -30,6 +33,8 @@ pub enum Reply {
     InUse,
     Full,
     Grant(Option<Box<DeviceGrant>>),
+    /// A `Lookup` of a token revoked here: refused, not looked for elsewhere.
+    Revoked,
     /// The address's standing after a `FailureCheck` or `FailureRecord`.
     Failures(Box<Verdict>),
 }
@@ -45,6 +50,7 @@ impl Op {
     pub fn apply(self, store: Store<'_>, now: UnixTime) -> Reply {
         let tokens = store.tokens;
         match self {
+            Op::Lookup(t) if tokens.is_revoked(&t) => Reply::Revoked,
             Op::Lookup(t) => Reply::Grant(tokens.lookup(&t).cloned().map(Box::new)),
             Op::Insert(b) => {
                 let (token, grant) = *b;
@@ -55,6 +61,10 @@ impl Op {
                 }
             }
             Op::Remove(t) => match tokens.remove(&t) {
+                Some(_) => Reply::Done,
+                None => Reply::NotFound,
+            },
+            Op::Revoke(t) => match tokens.revoke(&t) {
                 Some(_) => Reply::Done,
                 None => Reply::NotFound,
             },

@@ -5,7 +5,7 @@
 //! A token is indexed by its key ([`token_key`]): the hex of its keyed hash, what the
 //! durable store keeps, so the clear token is never needed after approval.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use chatixia_store::{DeviceTokenRecord, HashKind, Secrets, TokenHash};
 
@@ -35,11 +35,30 @@ pub enum IndexInsertError {
 
 /// Device token key → grant, for the tokens one shard owns. Holds only approved,
 /// unrevoked tokens: insert on approve, remove on revoke.
+///
+/// In a cluster it also remembers the keys of tokens revoked here ([`revoke`]), so that
+/// a lookup refuses them without asking Redis: while Redis has not taken the revocation
+/// (unreachable, refusing, or its reply lost) the cluster's token hash still holds the
+/// token, and `POST /api/token` falls back to that hash for tokens it does not hold.
+///
+/// [`revoke`]: Self::revoke
 #[derive(Debug, Clone)]
 pub struct DeviceTokenIndex {
     tokens: HashMap<String, DeviceGrant>,
     tokens_max: usize,
+    /// Keys of tokens revoked here, oldest first in `revoked_order`.
+    revoked: HashSet<String>,
+    revoked_order: VecDeque<String>,
 }
+
+/// Revoked token keys a shard remembers ([`DeviceTokenIndex::revoke`]): about 200 bytes
+/// each (the 64-hex-digit key twice), so at most ~3 MiB per shard. The memory is only
+/// needed while the cluster's records of a revocation wait for Redis (seconds, or until
+/// Redis is back); the retry of those records (`pairing::cluster`) holds at most
+/// 4,096 per shard. When full, the oldest key is forgotten: a lookup of that token asks
+/// the cluster's hash again, which by then no longer holds it unless Redis has refused
+/// 16,384 later revocations in the meantime.
+pub const REVOKED_KEYS_MAX: usize = 16_384;
 
 impl Default for DeviceTokenIndex {
     fn default() -> Self {
@@ -67,6 +86,8 @@ impl DeviceTokenIndex {
         DeviceTokenIndex {
             tokens: HashMap::new(),
             tokens_max,
+            revoked: HashSet::new(),
+            revoked_order: VecDeque::new(),
         }
     }
 
@@ -78,13 +99,41 @@ impl DeviceTokenIndex {
         if self.tokens.len() >= self.tokens_max {
             return Err(IndexInsertError::Full);
         }
+        // Approved (again) here: no longer refused as revoked.
+        if self.revoked.remove(&token) {
+            self.revoked_order.retain(|k| *k != token);
+        }
         self.tokens.insert(token, grant);
         Ok(())
     }
 
-    /// Drop `token` (on revoke); returns what it granted.
+    /// Drop `token` (an approval undone); returns what it granted.
     pub fn remove(&mut self, token: &str) -> Option<DeviceGrant> {
         self.tokens.remove(token)
+    }
+
+    /// Drop `token` and remember it as revoked here (in a cluster: [`is_revoked`] until
+    /// [`REVOKED_KEYS_MAX`] later revocations push it out); returns what it granted.
+    ///
+    /// [`is_revoked`]: Self::is_revoked
+    pub fn revoke(&mut self, token: &str) -> Option<DeviceGrant> {
+        if !self.revoked.contains(token) {
+            if self.revoked_order.len() >= REVOKED_KEYS_MAX {
+                if let Some(old) = self.revoked_order.pop_front() {
+                    self.revoked.remove(&old);
+                }
+            }
+            self.revoked.insert(token.to_owned());
+            self.revoked_order.push_back(token.to_owned());
+        }
+        self.tokens.remove(token)
+    }
+
+    /// Whether `token` was revoked here (and is remembered, see [`revoke`]).
+    ///
+    /// [`revoke`]: Self::revoke
+    pub fn is_revoked(&self, token: &str) -> bool {
+        self.revoked.contains(token)
     }
 
     /// What `token` grants, if it is indexed.
@@ -176,6 +225,33 @@ mod tests {
             mesh: Some("blue".into()),
             entry_id: 0x0bad_c0de,
         }
+    }
+
+    #[test]
+    fn a_revoked_token_is_refused_until_later_revocations_push_it_out() {
+        let mut idx = DeviceTokenIndex::new();
+        idx.insert("k0".into(), grant()).unwrap();
+        assert_eq!(idx.revoke("k0"), Some(grant()));
+        assert!(idx.is_revoked("k0") && idx.lookup("k0").is_none());
+        // A key never indexed here (another node's token) is remembered as well.
+        assert_eq!(idx.revoke("elsewhere"), None);
+        assert!(idx.is_revoked("elsewhere"));
+        // Revoking again does not take a second place.
+        idx.revoke("k0");
+        for i in 1..REVOKED_KEYS_MAX - 1 {
+            idx.revoke(&format!("k{i}"));
+        }
+        assert!(idx.is_revoked("k0"), "{REVOKED_KEYS_MAX} remembered");
+        idx.revoke("one-more");
+        assert!(!idx.is_revoked("k0"), "the oldest goes first");
+        assert!(idx.is_revoked("elsewhere") && idx.is_revoked("one-more"));
+        assert_eq!(idx.revoked.len(), REVOKED_KEYS_MAX);
+        assert_eq!(idx.revoked_order.len(), REVOKED_KEYS_MAX);
+        // Approved again (an entry restored): no longer refused.
+        idx.insert("one-more".into(), grant()).unwrap();
+        assert!(!idx.is_revoked("one-more"));
+        assert_eq!(idx.lookup("one-more"), Some(&grant()));
+        assert_eq!(idx.revoked.len(), idx.revoked_order.len());
     }
 
     #[test]

@@ -526,8 +526,9 @@ where
 /// store's queue is full, or `--store-retained-writes-max` revocations already wait) →
 /// the entry goes back to `approved` so the revocation can be repeated, its token still
 /// refused until a restart, and 503 saying so.
-pub async fn revoke<S: Shard>(sh: &S, cfg: &Config, raw_id: &str) -> Result<Outcome, Error>
+pub async fn revoke<S>(sh: &S, cfg: &Config, raw_id: &str) -> Result<Outcome, Error>
 where
+    S: Shard + crate::shard::Owns<std::cell::RefCell<super::cluster::Unsynced>>,
     Op: Request<S::Msg, Reply = Reply>,
     TokenOp: Request<S::Msg, Reply = TokenReply>,
     AuthzOp: Request<S::Msg, Reply = AuthzReply>,
@@ -576,7 +577,18 @@ where
     })
     .await;
     if let (Some(room), Some(key)) = (token_room, &key) {
-        applied &= follow_up(sh, room, || TokenOp::Remove(Box::new(key.clone()))).await;
+        // In a cluster the token is also remembered as revoked: until Redis has taken
+        // the revocation its token hash still holds it, and this node must not answer
+        // from there.
+        let clustered = sh.cluster().is_some();
+        applied &= follow_up(sh, room, || {
+            if clustered {
+                TokenOp::Revoke(Box::new(key.clone()))
+            } else {
+                TokenOp::Remove(Box::new(key.clone()))
+            }
+        })
+        .await;
     }
     // In a cluster: the token and the approval go from Redis too, and the other nodes
     // close the peer's connections unless the cluster holds another approval of it
@@ -587,8 +599,9 @@ where
     }
     let elsewhere = |why: &str| {
         format!(
-            "other nodes of the cluster may still accept the token until this node reaches \
-             Redis again ({why}), when it removes it there"
+            "other nodes of the cluster may still accept the token until Redis takes the \
+             revocation ({why}): this node sends it again every second while connected, \
+             and at its next connect"
         )
     };
     if !applied {

@@ -23,9 +23,14 @@
 //!   cluster holds no other approval of that peer id: asked before the removal (so that
 //!   a lost reply cannot leave them untold), and from the removal's reply. While Redis
 //!   cannot be written the other nodes may still accept the token and admit the peer
-//!   (not one already told of the revocation): the revoke answers 202 saying so, and the
-//!   records go at this node's next connect to Redis ([`assert_all`]), which also tells
-//!   the other nodes to close the peer then.
+//!   (not one already told of the revocation): the revoke answers 202 saying so. The
+//!   shard keeps the removal ([`Unsynced`]) and sends it again every
+//!   [`UNSYNCED_RETRY_INTERVAL`] while the link is up ([`retry_unsynced`]: a link that
+//!   stays up while Redis refuses the script, or too busy to take it, is not followed by
+//!   a connect), and the records also go at this node's next connect to Redis
+//!   ([`assert_all`]); either tells the other nodes to close the peer then. This node
+//!   refuses the token meanwhile though Redis's token hash still holds it
+//!   (`auth::tokens::DeviceTokenIndex::revoke`).
 //! * **Asserted on every connect** ([`assert_all`], each shard for the entries it owns):
 //!   every approved entry's records are written again (idempotent), then every revoked
 //!   entry's removed (those still kept, `--pairing-retention`); a peer whose last
@@ -49,11 +54,15 @@
 //! leaves its approvals in effect until they are revoked at another node, or removed
 //! with `redis-cli HDEL` (README).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use chatixia_cluster::{Refused, Script, ShardLink, Value};
 
 use super::{Entry, EntryId, PairingStore, Status};
 use crate::auth::tokens::{cluster_tokens_key, grant_value, token_key, DeviceGrant};
-use crate::shard::{Error, Shard};
+use crate::shard::{Error, Owns, Shard};
 use crate::signaling::authz::cluster_authz_key;
 
 /// Writes approvals: `KEYS` the token hash, the approvals hash, the approved entries'
@@ -220,7 +229,7 @@ pub const ASSERT_BATCH_MAX: usize = 256;
 const LINK_BUSY_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Most tries of a revocation's removal while the link's queue is full (about a second
-/// of [`LINK_BUSY_RETRY`]); past it the records go at the next connect.
+/// of [`LINK_BUSY_RETRY`]); past it the removal is kept for [`retry_unsynced`].
 const BUSY_TRIES_MAX: u32 = 1000;
 
 /// The [`APPROVE`] arguments of one approval.
@@ -352,10 +361,130 @@ pub fn undo<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) {
     }
 }
 
+/// Revocations made at this shard whose records the cluster has not confirmed removed
+/// ([`revoke`] failed: Redis unreachable, refusing the script, not confirmed by a
+/// replica, the reply lost, the link too busy): entry id → (token key, peer). Tried
+/// again by [`retry_unsynced`] until [`UNAPPROVE`] answers; one shard's, in its
+/// `RefCell` (`Owns`).
+#[derive(Debug, Default)]
+pub struct Unsynced {
+    pending: BTreeMap<EntryId, (Option<String>, String)>,
+    /// A retry is under way (one at a time per shard).
+    retrying: bool,
+    /// Revocations not kept because [`UNSYNCED_REVOCATIONS_MAX`] were already waiting.
+    dropped: u64,
+}
+
+/// Revocations one shard keeps for [`retry_unsynced`]: a few hundred bytes each (a
+/// token key, a peer id), so about 1 MiB at most. Thousands waiting means Redis has
+/// refused every removal for a long while; one more is then not kept (counted in
+/// `chatixia_pairing_cluster_revocations_unkept_total`, logged): its records go at this
+/// node's next connect ([`assert_all`]), and this node refuses its token meanwhile.
+pub const UNSYNCED_REVOCATIONS_MAX: usize = 4_096;
+
+/// How often a shard sends its [`Unsynced`] removals again while its link is up: a
+/// revoked device may be admitted at another node until then, so seconds, not minutes;
+/// each try is one script of at most [`ASSERT_BATCH_MAX`] removals.
+pub const UNSYNCED_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Unsynced {
+    /// Revocations waiting.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Revocations not kept (the table was full).
+    pub fn unkept(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether a retry should start now: some wait and none is under way.
+    pub fn due(&self) -> bool {
+        !self.pending.is_empty() && !self.retrying
+    }
+
+    fn keep(&mut self, id: EntryId, key: Option<&str>, peer: &str) {
+        if self.pending.len() >= UNSYNCED_REVOCATIONS_MAX && !self.pending.contains_key(&id) {
+            self.dropped += 1;
+            tracing::error!(
+                entry = %id,
+                "a revocation's cluster records are not retried: {UNSYNCED_REVOCATIONS_MAX} already wait; they go at this node's next connect to Redis"
+            );
+            return;
+        }
+        self.pending
+            .insert(id, (key.map(str::to_owned), peer.to_owned()));
+    }
+}
+
+/// Sends up to [`ASSERT_BATCH_MAX`] of this shard's [`Unsynced`] removals again, in one
+/// [`UNAPPROVE`] (idempotent), if the link is up: those Redis took leave the table, and
+/// the peers whose last approval went are told to the other nodes; on any other answer
+/// they stay for the next try (a peer that may have been left unapproved by a write
+/// no replica confirmed is looked at, as in [`revoke`]). The server calls it every
+/// [`UNSYNCED_RETRY_INTERVAL`] while [`Unsynced::due`].
+pub async fn retry_unsynced<S: Shard + Owns<RefCell<Unsynced>>>(sh: &S) {
+    let Some(link) = sh.cluster() else { return };
+    let batch: Vec<(EntryId, Option<String>, String)> = {
+        let mut u = sh.owned().borrow_mut();
+        if !u.due() || !link.is_up() {
+            return;
+        }
+        u.retrying = true;
+        u.pending
+            .iter()
+            .take(ASSERT_BATCH_MAX)
+            .map(|(id, (k, p))| (*id, k.clone(), p.clone()))
+            .collect()
+    };
+    let args = batch
+        .iter()
+        .flat_map(|(id, k, p)| unapprove_args(k.as_deref(), p, *id))
+        .collect();
+    let reply = match link.eval_durable(UNAPPROVE.name, keys(link), args) {
+        Ok(r) => Some(r.await),
+        // Busy or down: the next try (down: the next connect asserts them as well).
+        Err(_) => None,
+    };
+    match reply {
+        Some(Ok(Value::Array(gone))) => {
+            {
+                let mut u = sh.owned().borrow_mut();
+                for (id, k, p) in &batch {
+                    // A revocation of the same entry noted again meanwhile is the same
+                    // removal: taken too.
+                    if u.pending.get(id) == Some(&(k.clone(), p.clone())) {
+                        u.pending.remove(id);
+                    }
+                }
+            }
+            for p in gone {
+                if let Value::Bulk(p) = p {
+                    let peer = String::from_utf8_lossy(&p);
+                    tracing::info!(%peer, "a revocation reached the cluster on a retry");
+                    crate::signaling::remote::broadcast_revocation(link, &peer);
+                }
+            }
+        }
+        Some(other) => {
+            tracing::debug!(reply = ?other, "pairing revocations not in the cluster yet");
+            let peers: Vec<&str> = batch.iter().map(|(_, _, p)| p.as_str()).collect();
+            announce_unapproved(link, &peers).await;
+        }
+        None => {}
+    }
+    sh.owned().borrow_mut().retrying = false;
+}
+
 /// Removes a revoked entry's records ([`UNAPPROVE`], durable): `Ok` on a node alone and
-/// once removed; else why not (the records then go at this node's next connect,
-/// [`assert_all`]).
-pub async fn revoke<S: Shard>(
+/// once removed; else why not (the removal is then kept for [`retry_unsynced`], and the
+/// records also go at this node's next connect, [`assert_all`]).
+pub async fn revoke<S: Shard + Owns<RefCell<Unsynced>>>(
     sh: &S,
     key: Option<&str>,
     peer: &str,
@@ -380,8 +509,14 @@ pub async fn revoke<S: Shard>(
                 tries += 1;
                 sh.sleep(LINK_BUSY_RETRY).await;
             }
-            Err(Refused::Busy) => return Err("too many commands in flight".into()),
-            Err(Refused::Down(why)) => return Err(why),
+            Err(Refused::Busy) => {
+                sh.owned().borrow_mut().keep(entry, key, peer);
+                return Err("too many commands in flight".into());
+            }
+            Err(Refused::Down(why)) => {
+                sh.owned().borrow_mut().keep(entry, key, peer);
+                return Err(why);
+            }
             Err(Refused::Closed) => return Err("the link has stopped".into()),
         }
     };
@@ -406,8 +541,9 @@ pub async fn revoke<S: Shard>(
         Err(e) => format!("{e:?}"),
     };
     // It may have run (no replica confirmed it): a peer left with no approval in the
-    // cluster is closed at the other nodes now, as above; else at this node's next
-    // connect ([`assert_all`]).
+    // cluster is closed at the other nodes now, as above; else when a retry or this
+    // node's next connect ([`assert_all`]) removes it.
+    sh.owned().borrow_mut().keep(entry, key, peer);
     if !told {
         announce_unapproved(link, &[peer]).await;
     }
@@ -606,7 +742,10 @@ fn revoked_of(e: &Entry) -> (Option<String>, String, EntryId) {
 /// caller to revoke here; `None` when a batch was not taken (the link failed, a
 /// replica did not confirm: the next `Up` asserts again). A failed batch does not hold
 /// the others back.
-pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>> {
+pub async fn assert_all<S: Shard + Owns<RefCell<Unsynced>>>(
+    sh: &S,
+    a: Assertions,
+) -> Option<Vec<EntryId>> {
     let Some(link) = sh.cluster() else {
         return Some(Vec::new());
     };
@@ -647,6 +786,13 @@ pub async fn assert_all<S: Shard>(sh: &S, a: Assertions) -> Option<Vec<EntryId>>
             other => {
                 tracing::debug!(reply = ?other, "pairing revocations not asserted now");
                 complete = false;
+                // Not followed by another connect while the link stays up: retried.
+                {
+                    let mut u = sh.owned().borrow_mut();
+                    for (k, p, id) in batch {
+                        u.keep(*id, k.as_deref(), p);
+                    }
+                }
                 // It may have run (not confirmed by a replica): its peers left without
                 // an approval are told now.
                 let peers: Vec<&str> = batch.iter().map(|(_, p, _)| p.as_str()).collect();
@@ -685,6 +831,23 @@ mod tests {
             mesh: mesh.map(Into::into),
             entry_id: 0x0a0b_0c0d,
         }
+    }
+
+    #[test]
+    fn unsynced_revocations_are_bounded_and_counted() {
+        let mut u = Unsynced::default();
+        assert!(!u.due());
+        for i in 0..UNSYNCED_REVOCATIONS_MAX as u32 {
+            u.keep(EntryId::from_u32(i), Some("k"), "peer");
+        }
+        assert!(u.due());
+        // The same entry again takes no second place, even when full.
+        u.keep(EntryId::from_u32(0), None, "peer");
+        assert_eq!((u.len(), u.unkept()), (UNSYNCED_REVOCATIONS_MAX, 0));
+        u.keep(EntryId::from_u32(u32::MAX), Some("k"), "peer");
+        assert_eq!((u.len(), u.unkept()), (UNSYNCED_REVOCATIONS_MAX, 1));
+        u.retrying = true;
+        assert!(!u.due(), "one retry at a time");
     }
 
     #[test]

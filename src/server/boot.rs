@@ -32,6 +32,10 @@ pub struct ShardBoot {
     pub entries: Vec<Entry>,
     /// Device tokens with `shard_of(token key)` here: `(key, grant)`.
     pub tokens: Vec<(String, DeviceGrant)>,
+    /// Keys of revoked entries' tokens with `shard_of(token key)` here: refused at this
+    /// node whatever the cluster's token hash still holds (`DeviceTokenIndex::revoke`;
+    /// used in a cluster only).
+    pub revoked_tokens: Vec<String>,
     /// Approved peers with `shard_of(peer_id)` here: `(peer, mesh)`.
     pub authorized: Vec<(String, Option<String>)>,
     /// Revoked peers with `shard_of(peer_id)` here, and when.
@@ -60,6 +64,12 @@ pub fn split(snapshot: Snapshot, shards: usize, secrets: &Secrets) -> (Vec<Shard
             boots[shard_of(&e.peer_id, shards)]
                 .authorized
                 .push((e.peer_id.clone(), e.mesh.clone()));
+        }
+        if e.status == Status::Revoked {
+            if let Some(h) = &e.token_hash {
+                let key = token_key(h);
+                boots[shard_of(&key, shards)].revoked_tokens.push(key);
+            }
         }
         boots[shard_of(e.id.to_string(), shards)].entries.push(e);
     }

@@ -60,6 +60,10 @@ pub struct ShardMetrics {
     /// Asks of a heartbeat to a skill shard skipped on that shard's "none left"
     /// (`hub::hints`).
     pub skill_asks_skipped: u64,
+    /// Revocations made at this shard whose cluster records wait for Redis, and those
+    /// not kept for a retry (`pairing::cluster::Unsynced`).
+    pub pairing_unsynced: u64,
+    pub pairing_unkept: u64,
     /// The shard's own connections to the cluster's Redis (`--cluster`).
     pub cluster_pipe: chatixia_cluster::pipe::PipeStats,
 }
@@ -145,6 +149,8 @@ impl ShardMetrics {
             cluster_malformed: 0,
             cluster_binding_conflicts: 0,
             skill_asks_skipped: 0,
+            pairing_unsynced: 0,
+            pairing_unkept: 0,
             cluster_pipe: Default::default(),
         }
     }
@@ -154,7 +160,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 23] = [
+    let series: [(&str, &str, &str, Get); 25] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -226,6 +232,18 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "counter",
             "Asks to another shard that found its mailbox full and waited.",
             |m| m.layer.asks_waited,
+        ),
+        (
+            "chatixia_pairing_cluster_revocations_unsynced",
+            "gauge",
+            "Pairing revocations made here whose records the cluster has not removed yet (retried every second).",
+            |m| m.pairing_unsynced,
+        ),
+        (
+            "chatixia_pairing_cluster_revocations_unkept_total",
+            "counter",
+            "Pairing revocations whose cluster records were not kept for a retry (too many waiting; they go at the next connect).",
+            |m| m.pairing_unkept,
         ),
         (
             "chatixia_hub_skill_asks_skipped_total",
@@ -758,6 +776,8 @@ mod tests {
             cluster_malformed: 0,
             cluster_binding_conflicts: 0,
             skill_asks_skipped: 0,
+            pairing_unsynced: 0,
+            pairing_unkept: 0,
             cluster_pipe: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);

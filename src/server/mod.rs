@@ -336,6 +336,11 @@ impl ShardCtx {
         m.layer = crate::server::metrics::LayerMetrics::of(&self.layer);
         m.cluster_malformed = self.cluster_malformed.get();
         m.skill_asks_skipped = self.state.hub.borrow().hints.skipped;
+        {
+            let u = self.state.pairing_unsynced.borrow();
+            m.pairing_unsynced = u.len() as u64;
+            m.pairing_unkept = u.unkept();
+        }
         m.cluster_pipe = self.state.ws.pipe().map(|p| p.stats()).unwrap_or_default();
         m.cluster_binding_conflicts = self
             .state
@@ -422,6 +427,15 @@ impl ShardCtx {
                 )
                 .collect(),
         );
+    }
+
+    /// Revocations whose cluster records wait for Redis, sent again
+    /// (`pairing::cluster::retry_unsynced`; one try at a time).
+    fn job_pairing_unsynced(self: &Rc<Self>) {
+        if self.state.pairing_unsynced.borrow().due() {
+            let c = self.clone();
+            monoio::spawn(async move { crate::pairing::cluster::retry_unsynced(&*c).await });
+        }
     }
 
     fn job_ws_idle(&self) {
@@ -555,6 +569,11 @@ pub async fn run_shard(
         None => None,
     };
     let ctx = Rc::new(ShardCtx::new(shard.clone(), config, link, cluster));
+    let mut boot = boot;
+    if ctx.cluster.is_none() {
+        // Only a cluster's token hash can still hold a token revoked here.
+        boot.revoked_tokens.clear();
+    }
     ctx.state.load(boot, ctx.now());
     if let Some(w) = cluster_bell {
         cluster::start(&ctx, w);
@@ -573,7 +592,17 @@ pub async fn run_shard(
     let c = ctx.clone();
     reactor::timer::every(EXPIRE_INTERVAL, stop.clone(), move || c.job_expire());
     let c = ctx.clone();
-    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop, move || c.job_pairing_sweep());
+    reactor::timer::every(PAIRING_SWEEP_INTERVAL, stop.clone(), move || {
+        c.job_pairing_sweep()
+    });
+    if ctx.cluster.is_some() {
+        let c = ctx.clone();
+        reactor::timer::every(
+            crate::pairing::cluster::UNSYNCED_RETRY_INTERVAL,
+            stop,
+            move || c.job_pairing_unsynced(),
+        );
+    }
     let c = ctx.clone();
     let ws_sweep = (ctx.config.ws.idle_timeout / 4).max(Duration::from_secs(1));
     // The signaling sweep runs until the shard has drained, not just until shutdown

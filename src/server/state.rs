@@ -48,6 +48,8 @@ pub struct ShardState {
     pub changes: RefCell<crate::shard::ChangeLog>,
     /// Cluster: this shard's requests to other nodes waiting for their answers.
     pub node_asks: crate::shard::nodes::NodeAsks,
+    /// Revocations made here whose cluster records wait for Redis (`--cluster`).
+    pub pairing_unsynced: RefCell<pairing::cluster::Unsynced>,
 }
 
 impl ShardState {
@@ -66,6 +68,7 @@ impl ShardState {
             && self.changes.try_borrow_mut().is_ok()
             && self.ws.is_unborrowed()
             && self.node_asks.is_unborrowed()
+            && self.pairing_unsynced.try_borrow_mut().is_ok()
     }
 
     /// A shard's empty state, one of `shards`.
@@ -94,6 +97,7 @@ impl ShardState {
             ws: ConnTable::new(config.ws.clone()),
             changes: RefCell::new(crate::shard::ChangeLog::new()),
             node_asks: Default::default(),
+            pairing_unsynced: Default::default(),
         }
     }
 
@@ -115,6 +119,9 @@ impl ShardState {
                 if tokens.insert(key, grant).is_err() {
                     tracing::error!("device-token index full at start-up; a token was not loaded");
                 }
+            }
+            for key in boot.revoked_tokens {
+                tokens.revoke(&key);
             }
         }
         {
@@ -187,6 +194,14 @@ impl Owns<ConnTable> for ShardState {
 impl Owns<RefCell<PeerAuthz>> for ShardState {
     fn owned(&self) -> &RefCell<PeerAuthz> {
         &self.authz
+    }
+}
+
+// A revocation's cluster records that wait for Redis are kept where it was made, and
+// retried from there (`pairing::cluster::retry_unsynced`).
+impl Owns<RefCell<pairing::cluster::Unsynced>> for ShardState {
+    fn owned(&self) -> &RefCell<pairing::cluster::Unsynced> {
+        &self.pairing_unsynced
     }
 }
 

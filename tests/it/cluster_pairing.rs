@@ -727,3 +727,93 @@ fn a_peer_with_another_approval_stays_connected_through_a_revocation_away() {
         "refused at b although approved by its other entry"
     );
 }
+
+/// A revocation at the entry's own node while Redis refuses the removal of its records
+/// (here an ACL that denies `HDEL` for a while; a script error, a reply no replica
+/// confirmed or a link too busy are the same case) and the link stays up: answered 202
+/// `"cluster": false`, and the records must not wait for a reconnect that may never come
+/// (before: they stayed until this node's next connect, and the token kept working at
+/// every other node). The node tries the removal again while the link is up: once Redis
+/// takes it, the token is refused at the other node and the device's connection there
+/// closes (4001), with no reconnect of the link.
+#[test]
+fn a_revocation_redis_refused_is_retried_while_the_link_stays_up() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let a = node(&redis, "a", 1, &k, "2");
+    let b = node(&redis, "b", 1, &k, "2");
+    let (id, token) = approved_at(&a, 1);
+    let r = b.req("POST", "/api/token", &[("X-Device-Token", &token)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let jwt = r.json()["token"].as_str().unwrap().to_owned();
+    let mut at_b = connect(&b, &jwt).expect("device connects at b");
+    let reconnects = crate::cluster::metric(&a, "chatixia_cluster_reconnects_total");
+    redis.cmd(&["ACL", "SETUSER", "default", "-hdel"]);
+    let r = a.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["cluster"], json!(false), "{}", r.text());
+    // Refused at a at once; still in the cluster's records while Redis refuses.
+    assert_eq!(token_status(&a, &token), 401);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(token_status(&b, &token), 200, "the fault is not in effect");
+    redis.cmd(&["ACL", "SETUSER", "default", "+hdel"]);
+    token_refused_at(&b, &token);
+    let (code, reason) = recv_close(&mut at_b);
+    assert_eq!(code, 4001, "{reason}");
+    assert_eq!(connect(&b, &jwt).err(), Some(401));
+    assert_eq!(
+        crate::cluster::metric(&a, "chatixia_cluster_reconnects_total"),
+        reconnects,
+        "the link reconnected: the retry is not what removed the records\n{}",
+        a.log()
+    );
+    assert_eq!(
+        crate::cluster::metric(&a, "chatixia_pairing_cluster_revocations_unsynced"),
+        0
+    );
+}
+
+/// The same, with the revoking node killed (`kill -9`) and started again on its data
+/// directory while Redis still refuses (here its link cannot even connect: its connect
+/// script needs `HDEL` too): it refuses the token though Redis's token hash still holds
+/// it (its store says revoked; before, a node that could not ask Redis answered 503,
+/// and one that could, 200), and once Redis takes commands again its connect removes
+/// the records, so the other node refuses the token too.
+#[test]
+fn a_revocation_redis_refused_holds_across_a_restart() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let dir = common::TempDir::new();
+    let data = dir.0.join("data");
+    let data = data.to_str().unwrap();
+    let flags = ["--cluster-lease", "2", "--data-dir", data];
+    let mut a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
+    let b = node(&redis, "b", 1, &k, "2");
+    let (id, token) = approved_at(&a, 1);
+    assert_eq!(token_status(&b, &token), 200);
+    redis.cmd(&["ACL", "SETUSER", "default", "-hdel"]);
+    let r = a.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    drop(a);
+    let mut o = common::Opts::cores(1);
+    o.keys = Some(k.clone());
+    o.args = ["--cluster", &redis.url(), "--node-id", "a"]
+        .iter()
+        .chain(&flags)
+        .map(|s| s.to_string())
+        .collect();
+    let a = Server::with(o);
+    assert_eq!(a.get("/readyz").status, 503, "the fault is not in effect");
+    assert_eq!(token_status(&a, &token), 401, "{}", a.log());
+    assert_eq!(token_status(&b, &token), 200, "the fault is not in effect");
+    redis.cmd(&["ACL", "SETUSER", "default", "+hdel"]);
+    crate::cluster::wait_ready(&a);
+    token_refused_at(&b, &token);
+    assert_eq!(token_status(&a, &token), 401);
+}
