@@ -54,10 +54,10 @@ pub struct DeviceTokenIndex {
 /// Revoked token keys a shard remembers ([`DeviceTokenIndex::revoke`]): about 200 bytes
 /// each (the 64-hex-digit key twice), so at most ~3 MiB per shard. The memory is only
 /// needed while the cluster's records of a revocation wait for Redis (seconds, or until
-/// Redis is back); the retry of those records (`pairing::cluster`) holds at most
-/// 4,096 per shard. When full, the oldest key is forgotten: a lookup of that token asks
-/// the cluster's hash again, which by then no longer holds it unless Redis has refused
-/// 16,384 later revocations in the meantime.
+/// Redis is back), but every revocation in a cluster is remembered, taken or not. When
+/// full, the oldest key is forgotten: a lookup of that token asks the cluster's hash
+/// again, which no longer holds it unless its removal still waits after 16,384 later
+/// revocations of tokens of this shard.
 pub const REVOKED_KEYS_MAX: usize = 16_384;
 
 impl Default for DeviceTokenIndex {

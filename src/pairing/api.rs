@@ -521,8 +521,9 @@ where
 /// revocation is kept and written once it recovers (`Durability::Retained`) → 202
 /// `{"ok":true,"saved":false,…}` (a restart before then loses it). In a cluster the
 /// token and the approval also go from Redis (`pairing::cluster::revoke`); while Redis
-/// cannot be written that waits for this node's next connect, answered 202 with
-/// `"cluster":false` and why. Not kept either (the
+/// cannot be written (or refuses it) that is sent again every second while the link is
+/// up and at this node's next connect (`cluster::retry_unsynced`), answered 202 with
+/// `"cluster":false` and why; this node refuses the token meanwhile. Not kept either (the
 /// store's queue is full, or `--store-retained-writes-max` revocations already wait) →
 /// the entry goes back to `approved` so the revocation can be repeated, its token still
 /// refused until a restart, and 503 saying so.
@@ -594,14 +595,19 @@ where
     // close the peer's connections unless the cluster holds another approval of it
     // (`cluster::revoke`). Whatever the store answered, as the steps above.
     let cluster = super::cluster::revoke(sh, key.as_deref(), peer, id).await;
-    if let Err(why) = &cluster {
-        tracing::warn!(entry = %id, error = %why, "revocation not in the cluster yet");
+    if let Err(e) = &cluster {
+        tracing::warn!(entry = %id, error = %e.why, "revocation not in the cluster yet");
     }
-    let elsewhere = |why: &str| {
+    let elsewhere = |e: &super::cluster::Unremoved| {
+        let when = if e.retried {
+            "this node sends it again every second while connected, and at its next connect"
+        } else {
+            "too many revocations wait at this node: it sends this one at its next connect"
+        };
         format!(
             "other nodes of the cluster may still accept the token until Redis takes the \
-             revocation ({why}): this node sends it again every second while connected, \
-             and at its next connect"
+             revocation ({}): {when}",
+            e.why
         )
     };
     if !applied {

@@ -121,8 +121,14 @@ macro_rules! unapprove_peer_lua {
         r#"
 local function unapprove_peer(peer, id)
   local cur = redis.call('HGET', KEYS[2], peer)
-  local rec = cur and cjson.decode(cur)
-  if type(rec) ~= 'table' or type(rec.e) ~= 'table' then return false end
+  if not cur then return false end
+  local ok, rec = pcall(cjson.decode, cur)
+  if not ok or type(rec) ~= 'table' or type(rec.e) ~= 'table' then
+    -- Unreadable: it cannot say which entries approve the peer; a revocation fails
+    -- closed (the peer is no longer approved) rather than failing every time.
+    redis.call('HDEL', KEYS[2], peer)
+    return true
+  end
   local keep, found = {}, false
   for _, e in ipairs(rec.e) do
     if e == id then found = true else keep[#keep + 1] = e end
@@ -365,21 +371,29 @@ pub fn undo<S: Shard>(sh: &S, key: &str, grant: &DeviceGrant) {
 /// ([`revoke`] failed: Redis unreachable, refusing the script, not confirmed by a
 /// replica, the reply lost, the link too busy): entry id → (token key, peer). Tried
 /// again by [`retry_unsynced`] until [`UNAPPROVE`] answers; one shard's, in its
-/// `RefCell` (`Owns`).
+/// `RefCell` (`Owns`). Also whether this shard's connect-time removals
+/// ([`assert_all`]) were not all taken while the link stayed up (`reassert`): the
+/// server then runs them again ([`Unsynced::take_reassert`]).
 #[derive(Debug, Default)]
 pub struct Unsynced {
     pending: BTreeMap<EntryId, (Option<String>, String)>,
+    /// Where the next try starts (the entry after the last one tried): a table longer
+    /// than one batch is gone through in turn, not its first batch again and again.
+    next: Option<EntryId>,
     /// A retry is under way (one at a time per shard).
     retrying: bool,
+    /// The connect's removals must run again.
+    reassert: bool,
     /// Revocations not kept because [`UNSYNCED_REVOCATIONS_MAX`] were already waiting.
     dropped: u64,
 }
 
 /// Revocations one shard keeps for [`retry_unsynced`]: a few hundred bytes each (a
 /// token key, a peer id), so about 1 MiB at most. Thousands waiting means Redis has
-/// refused every removal for a long while; one more is then not kept (counted in
-/// `chatixia_pairing_cluster_revocations_unkept_total`, logged): its records go at this
-/// node's next connect ([`assert_all`]), and this node refuses its token meanwhile.
+/// refused every operator's revocation for a long while; one more is then not kept
+/// (counted in `chatixia_pairing_cluster_revocations_unkept_total`, logged, and said in
+/// the revoke's answer): its records go at this node's next connect ([`assert_all`]),
+/// and this node refuses its token meanwhile.
 pub const UNSYNCED_REVOCATIONS_MAX: usize = 4_096;
 
 /// How often a shard sends its [`Unsynced`] removals again while its link is up: a
@@ -408,59 +422,106 @@ impl Unsynced {
         !self.pending.is_empty() && !self.retrying
     }
 
-    fn keep(&mut self, id: EntryId, key: Option<&str>, peer: &str) {
+    /// Whether the connect's removals are to run again; clears it (they are about to).
+    pub fn take_reassert(&mut self) -> bool {
+        std::mem::take(&mut self.reassert)
+    }
+
+    /// Keeps a removal for [`retry_unsynced`]; `false` when the table is full.
+    fn keep(&mut self, id: EntryId, key: Option<&str>, peer: &str) -> bool {
         if self.pending.len() >= UNSYNCED_REVOCATIONS_MAX && !self.pending.contains_key(&id) {
             self.dropped += 1;
             tracing::error!(
                 entry = %id,
                 "a revocation's cluster records are not retried: {UNSYNCED_REVOCATIONS_MAX} already wait; they go at this node's next connect to Redis"
             );
-            return;
+            return false;
         }
         self.pending
             .insert(id, (key.map(str::to_owned), peer.to_owned()));
+        true
+    }
+
+    /// Up to `n` waiting removals, from where the last try stopped (then from the
+    /// start).
+    fn batch(&mut self, n: usize) -> Vec<(EntryId, Option<String>, String)> {
+        let from = self.next.take().unwrap_or(EntryId::from_u32(0));
+        let out: Vec<_> = (self.pending.range(from..))
+            .chain(self.pending.range(..from))
+            .take(n)
+            .map(|(id, (k, p))| (*id, k.clone(), p.clone()))
+            .collect();
+        if let Some((last, _, _)) = out.last() {
+            self.next = last.value().checked_add(1).map(EntryId::from_u32);
+        }
+        out
+    }
+
+    /// `id`'s removal was taken: it leaves the table unless it was noted again
+    /// differently meanwhile.
+    fn done(&mut self, id: EntryId, key: &Option<String>, peer: &str) {
+        if self
+            .pending
+            .get(&id)
+            .is_some_and(|(k, p)| k == key && p == peer)
+        {
+            self.pending.remove(&id);
+        }
     }
 }
 
 /// Sends up to [`ASSERT_BATCH_MAX`] of this shard's [`Unsynced`] removals again, in one
 /// [`UNAPPROVE`] (idempotent), if the link is up: those Redis took leave the table, and
-/// the peers whose last approval went are told to the other nodes; on any other answer
-/// they stay for the next try (a peer that may have been left unapproved by a write
-/// no replica confirmed is looked at, as in [`revoke`]). The server calls it every
+/// the peers whose last approval went are told to the other nodes. A batch the script
+/// refused is sent again one removal at a time, so that one removal Redis keeps
+/// refusing does not hold the others back; any other failure (no reply, not confirmed
+/// by a replica) leaves them for the next try (a peer a write no replica confirmed may
+/// have left unapproved is looked at, as in [`revoke`]). The server calls it every
 /// [`UNSYNCED_RETRY_INTERVAL`] while [`Unsynced::due`].
 pub async fn retry_unsynced<S: Shard + Owns<RefCell<Unsynced>>>(sh: &S) {
     let Some(link) = sh.cluster() else { return };
-    let batch: Vec<(EntryId, Option<String>, String)> = {
+    let batch = {
         let mut u = sh.owned().borrow_mut();
         if !u.due() || !link.is_up() {
             return;
         }
         u.retrying = true;
-        u.pending
-            .iter()
-            .take(ASSERT_BATCH_MAX)
-            .map(|(id, (k, p))| (*id, k.clone(), p.clone()))
-            .collect()
+        u.batch(ASSERT_BATCH_MAX)
     };
+    let refused = match unapprove_again(sh, link, &batch).await {
+        Some(Value::Error(_)) => batch.len() > 1,
+        _ => false,
+    };
+    if refused {
+        for one in batch.chunks(1) {
+            if !link.is_up() {
+                break;
+            }
+            unapprove_again(sh, link, one).await;
+        }
+    }
+    sh.owned().borrow_mut().retrying = false;
+}
+
+/// One [`UNAPPROVE`] of `batch` for [`retry_unsynced`]; the reply when it was not taken
+/// (`None`: not sent, or no reply).
+async fn unapprove_again<S: Shard + Owns<RefCell<Unsynced>>>(
+    sh: &S,
+    link: &ShardLink,
+    batch: &[(EntryId, Option<String>, String)],
+) -> Option<Value> {
     let args = batch
         .iter()
         .flat_map(|(id, k, p)| unapprove_args(k.as_deref(), p, *id))
         .collect();
-    let reply = match link.eval_durable(UNAPPROVE.name, keys(link), args) {
-        Ok(r) => Some(r.await),
-        // Busy or down: the next try (down: the next connect asserts them as well).
-        Err(_) => None,
-    };
-    match reply {
-        Some(Ok(Value::Array(gone))) => {
+    // Busy or down: the next try (down: the next connect removes them as well).
+    let reply = link.eval_durable(UNAPPROVE.name, keys(link), args).ok()?;
+    match reply.await {
+        Ok(Value::Array(gone)) => {
             {
                 let mut u = sh.owned().borrow_mut();
-                for (id, k, p) in &batch {
-                    // A revocation of the same entry noted again meanwhile is the same
-                    // removal: taken too.
-                    if u.pending.get(id) == Some(&(k.clone(), p.clone())) {
-                        u.pending.remove(id);
-                    }
+                for (id, k, p) in batch {
+                    u.done(*id, k, p);
                 }
             }
             for p in gone {
@@ -470,15 +531,24 @@ pub async fn retry_unsynced<S: Shard + Owns<RefCell<Unsynced>>>(sh: &S) {
                     crate::signaling::remote::broadcast_revocation(link, &peer);
                 }
             }
+            None
         }
-        Some(other) => {
+        other => {
             tracing::debug!(reply = ?other, "pairing revocations not in the cluster yet");
             let peers: Vec<&str> = batch.iter().map(|(_, _, p)| p.as_str()).collect();
             announce_unapproved(link, &peers).await;
+            other.ok()
         }
-        None => {}
     }
-    sh.owned().borrow_mut().retrying = false;
+}
+
+/// Why a revoked entry's records are not (known to be) out of the cluster yet
+/// ([`revoke`]).
+#[derive(Debug)]
+pub struct Unremoved {
+    pub why: String,
+    /// Kept for [`retry_unsynced`] (else only this node's next connect removes them).
+    pub retried: bool,
 }
 
 /// Removes a revoked entry's records ([`UNAPPROVE`], durable): `Ok` on a node alone and
@@ -489,7 +559,7 @@ pub async fn revoke<S: Shard + Owns<RefCell<Unsynced>>>(
     key: Option<&str>,
     peer: &str,
     entry: EntryId,
-) -> Result<(), String> {
+) -> Result<(), Unremoved> {
     let Some(link) = sh.cluster() else {
         return Ok(());
     };
@@ -510,14 +580,21 @@ pub async fn revoke<S: Shard + Owns<RefCell<Unsynced>>>(
                 sh.sleep(LINK_BUSY_RETRY).await;
             }
             Err(Refused::Busy) => {
-                sh.owned().borrow_mut().keep(entry, key, peer);
-                return Err("too many commands in flight".into());
+                let retried = sh.owned().borrow_mut().keep(entry, key, peer);
+                let why = "too many commands in flight".into();
+                return Err(Unremoved { why, retried });
             }
             Err(Refused::Down(why)) => {
-                sh.owned().borrow_mut().keep(entry, key, peer);
-                return Err(why);
+                let retried = sh.owned().borrow_mut().keep(entry, key, peer);
+                return Err(Unremoved { why, retried });
             }
-            Err(Refused::Closed) => return Err("the link has stopped".into()),
+            Err(Refused::Closed) => {
+                let why = "the link has stopped".into();
+                return Err(Unremoved {
+                    why,
+                    retried: false,
+                });
+            }
         }
     };
     let why = match reply {
@@ -543,11 +620,11 @@ pub async fn revoke<S: Shard + Owns<RefCell<Unsynced>>>(
     // It may have run (no replica confirmed it): a peer left with no approval in the
     // cluster is closed at the other nodes now, as above; else when a retry or this
     // node's next connect ([`assert_all`]) removes it.
-    sh.owned().borrow_mut().keep(entry, key, peer);
+    let retried = sh.owned().borrow_mut().keep(entry, key, peer);
     if !told {
         announce_unapproved(link, &[peer]).await;
     }
-    Err(why)
+    Err(Unremoved { why, retried })
 }
 
 /// Whether `peer`'s approval in the cluster names no entry but `entry` (or there is
@@ -786,12 +863,11 @@ pub async fn assert_all<S: Shard + Owns<RefCell<Unsynced>>>(
             other => {
                 tracing::debug!(reply = ?other, "pairing revocations not asserted now");
                 complete = false;
-                // Not followed by another connect while the link stays up: retried.
-                {
-                    let mut u = sh.owned().borrow_mut();
-                    for (k, p, id) in batch {
-                        u.keep(*id, k.as_deref(), p);
-                    }
+                // Not followed by another connect while the link stays up: the server
+                // runs the removals again (`Unsynced::take_reassert`), from the entries
+                // as they are then.
+                if link.is_up() {
+                    sh.owned().borrow_mut().reassert = true;
                 }
                 // It may have run (not confirmed by a replica): its peers left without
                 // an approval are told now.
@@ -848,6 +924,31 @@ mod tests {
         assert_eq!((u.len(), u.unkept()), (UNSYNCED_REVOCATIONS_MAX, 1));
         u.retrying = true;
         assert!(!u.due(), "one retry at a time");
+    }
+
+    #[test]
+    fn unsynced_batches_go_round_the_table() {
+        let mut u = Unsynced::default();
+        for i in [3u32, 7, 9, 12, u32::MAX] {
+            assert!(u.keep(EntryId::from_u32(i), None, "p"));
+        }
+        let ids = |b: Vec<(EntryId, Option<String>, String)>| {
+            b.into_iter()
+                .map(|(id, _, _)| id.value())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(u.batch(2)), [3, 7]);
+        assert_eq!(ids(u.batch(2)), [9, 12]);
+        // The last id has no successor: the next batch starts from the beginning.
+        assert_eq!(ids(u.batch(2)), [u32::MAX, 3]);
+        assert_eq!(ids(u.batch(2)), [7, 9]);
+        // One taken leaves; one noted again differently meanwhile stays.
+        u.done(EntryId::from_u32(12), &None, "p");
+        u.done(EntryId::from_u32(3), &Some("k".into()), "p");
+        assert_eq!(ids(u.batch(10)), [u32::MAX, 3, 7, 9]);
+        assert!(!u.take_reassert());
+        u.reassert = true;
+        assert!(u.take_reassert() && !u.take_reassert());
     }
 
     #[test]

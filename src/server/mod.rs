@@ -430,11 +430,23 @@ impl ShardCtx {
     }
 
     /// Revocations whose cluster records wait for Redis, sent again
-    /// (`pairing::cluster::retry_unsynced`; one try at a time).
+    /// (`pairing::cluster::retry_unsynced`; one try at a time), and the connect's removals of this shard's revoked entries run again when Redis
+    /// did not take them all while the link stayed up (`Unsynced::take_reassert`).
     fn job_pairing_unsynced(self: &Rc<Self>) {
+        use crate::pairing::cluster as pc;
         if self.state.pairing_unsynced.borrow().due() {
             let c = self.clone();
-            monoio::spawn(async move { crate::pairing::cluster::retry_unsynced(&*c).await });
+            monoio::spawn(async move { pc::retry_unsynced(&*c).await });
+        }
+        if self.state.pairing_unsynced.borrow_mut().take_reassert() {
+            let mut again = pc::assertions(&self.state.pairing.borrow().entries);
+            again.approved.clear();
+            if !again.revoked.is_empty() {
+                let c = self.clone();
+                monoio::spawn(async move {
+                    pc::assert_all(&*c, again).await;
+                });
+            }
         }
     }
 

@@ -817,3 +817,54 @@ fn a_revocation_redis_refused_holds_across_a_restart() {
     token_refused_at(&b, &token);
     assert_eq!(token_status(&a, &token), 401);
 }
+
+/// Two revocations wait for Redis; meanwhile the approval record of one peer becomes
+/// unreadable (not JSON). Once Redis takes commands again both go: the removal reads
+/// the record through `pcall` and, unable to tell which entries approve the peer, takes
+/// the approval (fails closed) rather than failing the whole retry every second (review:
+/// one bad record kept every other revocation of the batch from ever reaching Redis).
+#[test]
+fn revocations_waiting_for_redis_go_even_past_an_unreadable_approval() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let a = node(&redis, "a", 1, &k, "2");
+    let b = node(&redis, "b", 1, &k, "2");
+    let (id1, t1) = approved_at(&a, 1);
+    let (id2, t2) = approved_at(&a, 2);
+    let all = a.admin_get("/api/pairing/all").json();
+    let peer_of = |id: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap()["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (p1, p2) = (peer_of(&id1), peer_of(&id2));
+    redis.cmd(&["ACL", "SETUSER", "default", "-hdel"]);
+    for id in [&id1, &id2] {
+        let r = a.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert!(r.text().contains("again every second"), "{}", r.text());
+    }
+    assert_eq!(
+        crate::cluster::metric(&a, "chatixia_pairing_cluster_revocations_unsynced"),
+        2
+    );
+    redis.cmd(&["HSET", "chx:authz", &p1, "{not json"]);
+    redis.cmd(&["ACL", "SETUSER", "default", "+hdel"]);
+    token_refused_at(&b, &t1);
+    token_refused_at(&b, &t2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::cluster::metric(&a, "chatixia_pairing_cluster_revocations_unsynced") != 0 {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for p in [&p1, &p2] {
+        assert_eq!(redis.cmd(&["HGET", "chx:authz", p]), redis::Reply::Nil);
+    }
+}
