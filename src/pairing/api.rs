@@ -521,8 +521,8 @@ where
 /// revocation is kept and written once it recovers (`Durability::Retained`) → 202
 /// `{"ok":true,"saved":false,…}` (a restart before then loses it). In a cluster the
 /// token and the approval also go from Redis (`pairing::cluster::revoke`); while Redis
-/// cannot be written (or refuses it) that is sent again every second while the link is
-/// up and at this node's next connect (`cluster::retry_unsynced`), answered 202 with
+/// cannot be written (or refuses it) that is sent again while the link is up (backed
+/// off) and at this node's next connect (`cluster::retry_unsynced`), answered 202 with
 /// `"cluster":false` and why; this node refuses the token meanwhile. Not kept either (the
 /// store's queue is full, or `--store-retained-writes-max` revocations already wait) →
 /// the entry goes back to `approved` so the revocation can be repeated, its token still
@@ -600,9 +600,10 @@ where
     }
     let elsewhere = |e: &super::cluster::Unremoved| {
         let when = if e.retried {
-            "this node sends it again every second while connected, and at its next connect"
+            "this node sends it again while connected (after a second, then backing off to \
+             every 8 s) and at its next connect"
         } else {
-            "too many revocations wait at this node: it sends this one at its next connect"
+            "this node sends it at its next connect"
         };
         format!(
             "other nodes of the cluster may still accept the token until Redis takes the \

@@ -24,8 +24,8 @@
 //!   a lost reply cannot leave them untold), and from the removal's reply. While Redis
 //!   cannot be written the other nodes may still accept the token and admit the peer
 //!   (not one already told of the revocation): the revoke answers 202 saying so. The
-//!   shard keeps the removal ([`Unsynced`]) and sends it again every
-//!   [`UNSYNCED_RETRY_INTERVAL`] while the link is up ([`retry_unsynced`]: a link that
+//!   shard keeps the removal ([`Unsynced`]) and sends it again while the link is up,
+//!   backing off from [`UNSYNCED_RETRY_INTERVAL`] ([`retry_unsynced`]: a link that
 //!   stays up while Redis refuses the script, or too busy to take it, is not followed by
 //!   a connect), and the records also go at this node's next connect to Redis
 //!   ([`assert_all`]); either tells the other nodes to close the peer then. This node
@@ -119,15 +119,20 @@ return n
 macro_rules! unapprove_peer_lua {
     () => {
         r#"
+local function unreadable_approval(peer)
+  -- It cannot say which entries approve the peer: a revocation fails closed (the peer
+  -- loses every approval in the cluster until their nodes assert them again) rather
+  -- than failing every time.
+  redis.log(redis.LOG_WARNING, 'chatixia: unreadable approval of peer ' .. peer .. ' removed')
+  redis.call('HDEL', KEYS[2], peer)
+  return true
+end
 local function unapprove_peer(peer, id)
   local cur = redis.call('HGET', KEYS[2], peer)
   if not cur then return false end
   local ok, rec = pcall(cjson.decode, cur)
   if not ok or type(rec) ~= 'table' or type(rec.e) ~= 'table' then
-    -- Unreadable: it cannot say which entries approve the peer; a revocation fails
-    -- closed (the peer is no longer approved) rather than failing every time.
-    redis.call('HDEL', KEYS[2], peer)
-    return true
+    return unreadable_approval(peer)
   end
   local keep, found = {}, false
   for _, e in ipairs(rec.e) do
@@ -138,7 +143,9 @@ local function unapprove_peer(peer, id)
     return true
   elseif found then
     rec.e = keep
-    redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
+    local encoded, out = pcall(cjson.encode, rec)
+    if not encoded then return unreadable_approval(peer) end
+    redis.call('HSET', KEYS[2], peer, out)
   end
   return false
 end
@@ -384,8 +391,34 @@ pub struct Unsynced {
     retrying: bool,
     /// The connect's removals must run again.
     reassert: bool,
+    /// A re-run of them is under way (one at a time per shard).
+    reasserting: bool,
+    /// Ticks to let pass before the next try, and the current back-off (doubled by each
+    /// try that Redis did not take, up to [`UNSYNCED_BACKOFF_TICKS_MAX`]; reset by one
+    /// it took).
+    wait: u32,
+    backoff: u32,
     /// Revocations not kept because [`UNSYNCED_REVOCATIONS_MAX`] were already waiting.
     dropped: u64,
+    /// Re-runs of the connect's removals started.
+    reasserts: u64,
+}
+
+/// The longest back-off between two tries, in [`UNSYNCED_RETRY_INTERVAL`]s: a Redis
+/// that keeps refusing (or, under Sentinel without a replica, keeps answering
+/// `NOREPLICAS` after each write's `WAIT`) is asked about every 8 s instead of every
+/// second, and a revocation reaches the cluster at most that long after Redis takes
+/// writes again (a reconnect asserts everything at once anyway).
+pub const UNSYNCED_BACKOFF_TICKS_MAX: u32 = 8;
+
+/// What the server's tick is to start ([`Unsynced::tick`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// [`retry_unsynced`].
+    pub retry: bool,
+    /// The connect's removals again ([`assert_all`] of the revoked entries, then
+    /// [`Unsynced::reasserted`]).
+    pub reassert: bool,
 }
 
 /// Revocations one shard keeps for [`retry_unsynced`]: a few hundred bytes each (a
@@ -417,14 +450,45 @@ impl Unsynced {
         self.dropped
     }
 
-    /// Whether a retry should start now: some wait and none is under way.
-    pub fn due(&self) -> bool {
-        !self.pending.is_empty() && !self.retrying
+    /// Re-runs of the connect's removals started.
+    pub fn reasserts(&self) -> u64 {
+        self.reasserts
     }
 
-    /// Whether the connect's removals are to run again; clears it (they are about to).
-    pub fn take_reassert(&mut self) -> bool {
-        std::mem::take(&mut self.reassert)
+    /// One [`UNSYNCED_RETRY_INTERVAL`] passed: what to start now (each marked under way
+    /// here, one of each at a time, none while a back-off runs).
+    pub fn tick(&mut self) -> Due {
+        if self.wait > 0 {
+            self.wait -= 1;
+            return Due::default();
+        }
+        let due = Due {
+            retry: !self.pending.is_empty() && !self.retrying,
+            reassert: self.reassert && !self.reasserting,
+        };
+        self.retrying |= due.retry;
+        if due.reassert {
+            self.reassert = false;
+            self.reasserting = true;
+            self.reasserts += 1;
+        }
+        due
+    }
+
+    /// A re-run of the connect's removals ended; `taken`: Redis took them all (else it
+    /// runs again after the back-off: `assert_all` marked it).
+    pub fn reasserted(&mut self, taken: bool) {
+        self.reasserting = false;
+        self.outcome(taken);
+    }
+
+    fn outcome(&mut self, taken: bool) {
+        if taken {
+            self.backoff = 0;
+        } else {
+            self.backoff = (self.backoff * 2).clamp(1, UNSYNCED_BACKOFF_TICKS_MAX);
+            self.wait = self.backoff;
+        }
     }
 
     /// Keeps a removal for [`retry_unsynced`]; `false` when the table is full.
@@ -474,48 +538,52 @@ impl Unsynced {
 /// [`UNAPPROVE`] (idempotent), if the link is up: those Redis took leave the table, and
 /// the peers whose last approval went are told to the other nodes. A batch the script
 /// refused is sent again one removal at a time, so that one removal Redis keeps
-/// refusing does not hold the others back; any other failure (no reply, not confirmed
-/// by a replica) leaves them for the next try (a peer a write no replica confirmed may
-/// have left unapproved is looked at, as in [`revoke`]). The server calls it every
-/// [`UNSYNCED_RETRY_INTERVAL`] while [`Unsynced::due`].
+/// refusing does not hold the others back (not on `NOREPLICAS`: the script ran, only
+/// its confirmation is missing); any other failure (no reply, not confirmed by a
+/// replica) leaves them for the next try (a peer a write no replica confirmed may have
+/// left unapproved is looked at, as in [`revoke`]). The server starts it when
+/// [`Unsynced::tick`] says so; a try Redis did not take backs the next one off.
 pub async fn retry_unsynced<S: Shard + Owns<RefCell<Unsynced>>>(sh: &S) {
-    let Some(link) = sh.cluster() else { return };
-    let batch = {
-        let mut u = sh.owned().borrow_mut();
-        if !u.due() || !link.is_up() {
-            return;
-        }
-        u.retrying = true;
-        u.batch(ASSERT_BATCH_MAX)
+    let batch = match sh.cluster() {
+        Some(link) if link.is_up() => sh.owned().borrow_mut().batch(ASSERT_BATCH_MAX),
+        _ => Vec::new(),
     };
-    let refused = match unapprove_again(sh, link, &batch).await {
-        Some(Value::Error(_)) => batch.len() > 1,
-        _ => false,
-    };
-    if refused {
-        for one in batch.chunks(1) {
-            if !link.is_up() {
-                break;
+    let mut taken = true;
+    if let Some(link) = sh.cluster().filter(|_| !batch.is_empty()) {
+        match unapprove_again(sh, link, &batch).await {
+            Ok(()) => {}
+            Err(Some(Value::Error(e))) if batch.len() > 1 && !e.starts_with("NOREPLICAS") => {
+                for one in batch.chunks(1) {
+                    if !link.is_up() {
+                        taken = false;
+                        break;
+                    }
+                    taken &= unapprove_again(sh, link, one).await.is_ok();
+                }
             }
-            unapprove_again(sh, link, one).await;
+            Err(_) => taken = false,
         }
     }
-    sh.owned().borrow_mut().retrying = false;
+    let mut u = sh.owned().borrow_mut();
+    u.retrying = false;
+    u.outcome(taken);
 }
 
-/// One [`UNAPPROVE`] of `batch` for [`retry_unsynced`]; the reply when it was not taken
-/// (`None`: not sent, or no reply).
+/// One [`UNAPPROVE`] of `batch` for [`retry_unsynced`]: `Ok` when Redis took it, else
+/// its reply (`None`: not sent, or no reply).
 async fn unapprove_again<S: Shard + Owns<RefCell<Unsynced>>>(
     sh: &S,
     link: &ShardLink,
     batch: &[(EntryId, Option<String>, String)],
-) -> Option<Value> {
+) -> Result<(), Option<Value>> {
     let args = batch
         .iter()
         .flat_map(|(id, k, p)| unapprove_args(k.as_deref(), p, *id))
         .collect();
     // Busy or down: the next try (down: the next connect removes them as well).
-    let reply = link.eval_durable(UNAPPROVE.name, keys(link), args).ok()?;
+    let reply = link
+        .eval_durable(UNAPPROVE.name, keys(link), args)
+        .map_err(|_| None)?;
     match reply.await {
         Ok(Value::Array(gone)) => {
             {
@@ -531,13 +599,13 @@ async fn unapprove_again<S: Shard + Owns<RefCell<Unsynced>>>(
                     crate::signaling::remote::broadcast_revocation(link, &peer);
                 }
             }
-            None
+            Ok(())
         }
         other => {
             tracing::debug!(reply = ?other, "pairing revocations not in the cluster yet");
             let peers: Vec<&str> = batch.iter().map(|(_, _, p)| p.as_str()).collect();
             announce_unapproved(link, &peers).await;
-            other.ok()
+            Err(other.ok())
         }
     }
 }
@@ -846,37 +914,58 @@ pub async fn assert_all<S: Shard + Owns<RefCell<Unsynced>>>(
         }
     }
     for batch in a.revoked.chunks(ASSERT_BATCH_MAX) {
-        let args = batch
-            .iter()
-            .flat_map(|(k, p, id)| unapprove_args(k.as_deref(), p, *id))
-            .collect();
-        match send(sh, link, UNAPPROVE.name, args).await {
-            Some(Value::Array(gone)) => {
-                for p in gone {
-                    if let Value::Bulk(p) = p {
-                        let peer = String::from_utf8_lossy(&p);
-                        tracing::info!(%peer, "a revocation reached the cluster late");
-                        crate::signaling::remote::broadcast_revocation(link, &peer);
-                    }
+        match remove(sh, link, batch).await {
+            Ok(()) => {}
+            // One removal the script refuses (not a missing confirmation: the script
+            // ran) must not hold the others of its batch back: one at a time.
+            Err(Some(Value::Error(e))) if batch.len() > 1 && !e.starts_with("NOREPLICAS") => {
+                for one in batch.chunks(1) {
+                    complete &= remove(sh, link, one).await.is_ok();
                 }
             }
-            other => {
-                tracing::debug!(reply = ?other, "pairing revocations not asserted now");
-                complete = false;
-                // Not followed by another connect while the link stays up: the server
-                // runs the removals again (`Unsynced::take_reassert`), from the entries
-                // as they are then.
-                if link.is_up() {
-                    sh.owned().borrow_mut().reassert = true;
-                }
-                // It may have run (not confirmed by a replica): its peers left without
-                // an approval are told now.
-                let peers: Vec<&str> = batch.iter().map(|(_, p, _)| p.as_str()).collect();
-                announce_unapproved(link, &peers).await;
-            }
+            Err(_) => complete = false,
         }
     }
+    // Not followed by another connect while the link stays up: the server runs the
+    // removals again (`Unsynced::tick`), from the entries as they are then (an entry
+    // revoked while an approval batch that failed went out included).
+    if !complete && link.is_up() {
+        sh.owned().borrow_mut().reassert = true;
+    }
     complete.then_some(revoked_away)
+}
+
+/// One [`UNAPPROVE`] of an assertion's revoked entries: `Ok` when Redis took it (the
+/// peers whose last approval went are told to the other nodes), else its reply (`None`:
+/// the link is down or the reply lost; a peer a write no replica confirmed may have
+/// left unapproved is told all the same).
+async fn remove<S: Shard>(
+    sh: &S,
+    link: &ShardLink,
+    batch: &[(Option<String>, String, EntryId)],
+) -> Result<(), Option<Value>> {
+    let args = batch
+        .iter()
+        .flat_map(|(k, p, id)| unapprove_args(k.as_deref(), p, *id))
+        .collect();
+    match send(sh, link, UNAPPROVE.name, args).await {
+        Some(Value::Array(gone)) => {
+            for p in gone {
+                if let Value::Bulk(p) = p {
+                    let peer = String::from_utf8_lossy(&p);
+                    tracing::info!(%peer, "a revocation reached the cluster late");
+                    crate::signaling::remote::broadcast_revocation(link, &peer);
+                }
+            }
+            Ok(())
+        }
+        other => {
+            tracing::debug!(reply = ?other, "pairing revocations not asserted now");
+            let peers: Vec<&str> = batch.iter().map(|(_, p, _)| p.as_str()).collect();
+            announce_unapproved(link, &peers).await;
+            Err(other)
+        }
+    }
 }
 
 /// One script of an assertion, waiting while the link's queue is full; `None` when the
@@ -912,18 +1001,51 @@ mod tests {
     #[test]
     fn unsynced_revocations_are_bounded_and_counted() {
         let mut u = Unsynced::default();
-        assert!(!u.due());
+        assert_eq!(u.tick(), Due::default());
         for i in 0..UNSYNCED_REVOCATIONS_MAX as u32 {
-            u.keep(EntryId::from_u32(i), Some("k"), "peer");
+            assert!(u.keep(EntryId::from_u32(i), Some("k"), "peer"));
         }
-        assert!(u.due());
         // The same entry again takes no second place, even when full.
-        u.keep(EntryId::from_u32(0), None, "peer");
+        assert!(u.keep(EntryId::from_u32(0), None, "peer"));
         assert_eq!((u.len(), u.unkept()), (UNSYNCED_REVOCATIONS_MAX, 0));
-        u.keep(EntryId::from_u32(u32::MAX), Some("k"), "peer");
+        assert!(!u.keep(EntryId::from_u32(u32::MAX), Some("k"), "peer"));
         assert_eq!((u.len(), u.unkept()), (UNSYNCED_REVOCATIONS_MAX, 1));
-        u.retrying = true;
-        assert!(!u.due(), "one retry at a time");
+        assert!(u.tick().retry);
+        assert!(!u.tick().retry, "one retry at a time");
+    }
+
+    #[test]
+    fn tries_back_off_while_redis_does_not_take_them_and_one_runs_at_a_time() {
+        let mut u = Unsynced::default();
+        u.keep(EntryId::from_u32(1), None, "p");
+        u.reassert = true;
+        let both = Due {
+            retry: true,
+            reassert: true,
+        };
+        assert_eq!(u.tick(), both);
+        assert_eq!(u.reasserts(), 1);
+        // Under way: neither starts again, even when marked again meanwhile.
+        u.reassert = true;
+        assert_eq!(u.tick(), Due::default());
+        // Not taken: 1, 2, 4, 8, 8 ticks pass before the next try.
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            u.retrying = false;
+            u.outcome(false);
+            let mut n = 0;
+            while u.tick() == Due::default() {
+                n += 1;
+            }
+            waits.push(n);
+            u.reasserting = false;
+            u.reassert = true;
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 8]);
+        // Taken: the next try at the next tick.
+        u.retrying = false;
+        u.reasserted(true);
+        assert!(u.tick().reassert);
     }
 
     #[test]
@@ -946,9 +1068,6 @@ mod tests {
         u.done(EntryId::from_u32(12), &None, "p");
         u.done(EntryId::from_u32(3), &Some("k".into()), "p");
         assert_eq!(ids(u.batch(10)), [u32::MAX, 3, 7, 9]);
-        assert!(!u.take_reassert());
-        u.reassert = true;
-        assert!(u.take_reassert() && !u.take_reassert());
     }
 
     #[test]

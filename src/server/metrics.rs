@@ -64,6 +64,8 @@ pub struct ShardMetrics {
     /// not kept for a retry (`pairing::cluster::Unsynced`).
     pub pairing_unsynced: u64,
     pub pairing_unkept: u64,
+    /// Re-runs of a connect's revocation removals Redis did not all take.
+    pub pairing_reasserts: u64,
     /// The shard's own connections to the cluster's Redis (`--cluster`).
     pub cluster_pipe: chatixia_cluster::pipe::PipeStats,
 }
@@ -151,6 +153,7 @@ impl ShardMetrics {
             skill_asks_skipped: 0,
             pairing_unsynced: 0,
             pairing_unkept: 0,
+            pairing_reasserts: 0,
             cluster_pipe: Default::default(),
         }
     }
@@ -160,7 +163,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 25] = [
+    let series: [(&str, &str, &str, Get); 26] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -244,6 +247,12 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "counter",
             "Pairing revocations whose cluster records were not kept for a retry (too many waiting; they go at the next connect).",
             |m| m.pairing_unkept,
+        ),
+        (
+            "chatixia_pairing_cluster_reasserts_total",
+            "counter",
+            "Re-runs of a connect's removal of revoked pairing entries from the cluster, after Redis did not take them all.",
+            |m| m.pairing_reasserts,
         ),
         (
             "chatixia_hub_skill_asks_skipped_total",
@@ -778,6 +787,7 @@ mod tests {
             skill_asks_skipped: 0,
             pairing_unsynced: 0,
             pairing_unkept: 0,
+            pairing_reasserts: 0,
             cluster_pipe: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);

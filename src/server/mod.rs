@@ -340,6 +340,7 @@ impl ShardCtx {
             let u = self.state.pairing_unsynced.borrow();
             m.pairing_unsynced = u.len() as u64;
             m.pairing_unkept = u.unkept();
+            m.pairing_reasserts = u.reasserts();
         }
         m.cluster_pipe = self.state.ws.pipe().map(|p| p.stats()).unwrap_or_default();
         m.cluster_binding_conflicts = self
@@ -430,23 +431,25 @@ impl ShardCtx {
     }
 
     /// Revocations whose cluster records wait for Redis, sent again
-    /// (`pairing::cluster::retry_unsynced`; one try at a time), and the connect's removals of this shard's revoked entries run again when Redis
-    /// did not take them all while the link stayed up (`Unsynced::take_reassert`).
+    /// (`pairing::cluster::retry_unsynced`), and the connect's removals of this shard's
+    /// revoked entries run again when Redis did not take them all while the link stayed
+    /// up: each one at a time, backed off while Redis does not take them
+    /// (`Unsynced::tick`).
     fn job_pairing_unsynced(self: &Rc<Self>) {
         use crate::pairing::cluster as pc;
-        if self.state.pairing_unsynced.borrow().due() {
+        let due = self.state.pairing_unsynced.borrow_mut().tick();
+        if due.retry {
             let c = self.clone();
             monoio::spawn(async move { pc::retry_unsynced(&*c).await });
         }
-        if self.state.pairing_unsynced.borrow_mut().take_reassert() {
+        if due.reassert {
             let mut again = pc::assertions(&self.state.pairing.borrow().entries);
             again.approved.clear();
-            if !again.revoked.is_empty() {
-                let c = self.clone();
-                monoio::spawn(async move {
-                    pc::assert_all(&*c, again).await;
-                });
-            }
+            let c = self.clone();
+            monoio::spawn(async move {
+                let taken = pc::assert_all(&*c, again).await.is_some();
+                c.state.pairing_unsynced.borrow_mut().reasserted(taken);
+            });
         }
     }
 
