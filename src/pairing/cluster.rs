@@ -91,8 +91,11 @@ for i = 1, #ARGV - 5, 6 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   redis.call('HSET', KEYS[3], id, cjson.encode({k = ARGV[i], p = peer}))
   local cur = redis.call('HGET', KEYS[2], peer)
-  local rec = cur and cjson.decode(cur)
-  if type(rec) ~= 'table' or type(rec.e) ~= 'table' then
+  local read, rec = false, nil
+  if cur then read, rec = pcall(cjson.decode, cur) end
+  if not read or type(rec) ~= 'table' or type(rec.e) ~= 'table' then
+    -- None, or unreadable (its other entries' nodes write theirs again at their next
+    -- connect): a fresh one.
     rec = {e = {}}
     if ARGV[i + 4] == '1' then rec.m = ARGV[i + 5] end
   end
@@ -102,7 +105,13 @@ for i = 1, #ARGV - 5, 6 do
   end
   if not found then
     rec.e[#rec.e + 1] = id
-    redis.call('HSET', KEYS[2], peer, cjson.encode(rec))
+    local encoded, out = pcall(cjson.encode, rec)
+    if not encoded then
+      rec = {e = {id}}
+      if ARGV[i + 4] == '1' then rec.m = ARGV[i + 5] end
+      out = cjson.encode(rec)
+    end
+    redis.call('HSET', KEYS[2], peer, out)
     n = n + 1
   end
   end
@@ -393,15 +402,45 @@ pub struct Unsynced {
     reassert: bool,
     /// A re-run of them is under way (one at a time per shard).
     reasserting: bool,
-    /// Ticks to let pass before the next try, and the current back-off (doubled by each
-    /// try that Redis did not take, up to [`UNSYNCED_BACKOFF_TICKS_MAX`]; reset by one
-    /// it took).
-    wait: u32,
-    backoff: u32,
+    /// The retries' back-off and the re-runs' (each its own: one kind taken does not
+    /// cut the other's).
+    retry_backoff: Backoff,
+    reassert_backoff: Backoff,
     /// Revocations not kept because [`UNSYNCED_REVOCATIONS_MAX`] were already waiting.
     dropped: u64,
     /// Re-runs of the connect's removals started.
     reasserts: u64,
+}
+
+/// Ticks to let pass before the next try, and the current back-off in ticks (doubled
+/// by each try that Redis did not take, up to [`UNSYNCED_BACKOFF_TICKS_MAX`]; reset by
+/// one it took).
+#[derive(Debug, Default)]
+struct Backoff {
+    wait: u32,
+    ticks: u32,
+}
+
+impl Backoff {
+    /// Whether a try may start at this tick (else one tick of the wait passes).
+    fn ready(&mut self) -> bool {
+        if self.wait > 0 {
+            self.wait -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// A try ended: the next comes 1, 2, 4, … [`UNSYNCED_BACKOFF_TICKS_MAX`] ticks after
+    /// this one while Redis does not take them, at the next tick once it did.
+    fn outcome(&mut self, taken: bool) {
+        if taken {
+            self.ticks = 0;
+        } else {
+            self.ticks = (self.ticks * 2).clamp(1, UNSYNCED_BACKOFF_TICKS_MAX);
+        }
+        self.wait = self.ticks.saturating_sub(1);
+    }
 }
 
 /// The longest back-off between two tries, in [`UNSYNCED_RETRY_INTERVAL`]s: a Redis
@@ -458,13 +497,9 @@ impl Unsynced {
     /// One [`UNSYNCED_RETRY_INTERVAL`] passed: what to start now (each marked under way
     /// here, one of each at a time, none while a back-off runs).
     pub fn tick(&mut self) -> Due {
-        if self.wait > 0 {
-            self.wait -= 1;
-            return Due::default();
-        }
         let due = Due {
-            retry: !self.pending.is_empty() && !self.retrying,
-            reassert: self.reassert && !self.reasserting,
+            retry: !self.pending.is_empty() && !self.retrying && self.retry_backoff.ready(),
+            reassert: self.reassert && !self.reasserting && self.reassert_backoff.ready(),
         };
         self.retrying |= due.retry;
         if due.reassert {
@@ -479,25 +514,24 @@ impl Unsynced {
     /// runs again after the back-off: `assert_all` marked it).
     pub fn reasserted(&mut self, taken: bool) {
         self.reasserting = false;
-        self.outcome(taken);
+        self.reassert_backoff.outcome(taken);
     }
 
-    fn outcome(&mut self, taken: bool) {
-        if taken {
-            self.backoff = 0;
-        } else {
-            self.backoff = (self.backoff * 2).clamp(1, UNSYNCED_BACKOFF_TICKS_MAX);
-            self.wait = self.backoff;
-        }
+    /// A retry ended; `taken`: Redis took what it sent.
+    fn retried(&mut self, taken: bool) {
+        self.retrying = false;
+        self.retry_backoff.outcome(taken);
     }
 
-    /// Keeps a removal for [`retry_unsynced`]; `false` when the table is full.
+    /// Keeps a removal for [`retry_unsynced`]; `false` when the table is full (its
+    /// records then go at this node's next connect: the entry may live on another
+    /// shard, whose revoked entries this one cannot run again).
     fn keep(&mut self, id: EntryId, key: Option<&str>, peer: &str) -> bool {
         if self.pending.len() >= UNSYNCED_REVOCATIONS_MAX && !self.pending.contains_key(&id) {
             self.dropped += 1;
             tracing::error!(
                 entry = %id,
-                "a revocation's cluster records are not retried: {UNSYNCED_REVOCATIONS_MAX} already wait; they go at this node's next connect to Redis"
+                "a revocation's cluster records are not kept for a retry: {UNSYNCED_REVOCATIONS_MAX} already wait; they go at this node's next connect to Redis"
             );
             return false;
         }
@@ -553,20 +587,12 @@ pub async fn retry_unsynced<S: Shard + Owns<RefCell<Unsynced>>>(sh: &S) {
         match unapprove_again(sh, link, &batch).await {
             Ok(()) => {}
             Err(Some(Value::Error(e))) if batch.len() > 1 && !e.starts_with("NOREPLICAS") => {
-                for one in batch.chunks(1) {
-                    if !link.is_up() {
-                        taken = false;
-                        break;
-                    }
-                    taken &= unapprove_again(sh, link, one).await.is_ok();
-                }
+                taken = one_by_one(&batch, |one| unapprove_again(sh, link, one)).await;
             }
             Err(_) => taken = false,
         }
     }
-    let mut u = sh.owned().borrow_mut();
-    u.retrying = false;
-    u.outcome(taken);
+    sh.owned().borrow_mut().retried(taken);
 }
 
 /// One [`UNAPPROVE`] of `batch` for [`retry_unsynced`]: `Ok` when Redis took it, else
@@ -906,22 +932,22 @@ pub async fn assert_all<S: Shard + Owns<RefCell<Unsynced>>>(
                 Value::Bulk(id) => EntryId::parse(std::str::from_utf8(id).ok()?),
                 _ => None,
             })),
+            // The next batch all the same: one the script refuses must not hold the
+            // others back (a link that is down fails them at once).
             other => {
                 tracing::debug!(reply = ?other, "pairing approvals not asserted now");
                 complete = false;
-                break;
             }
         }
     }
     for batch in a.revoked.chunks(ASSERT_BATCH_MAX) {
         match remove(sh, link, batch).await {
             Ok(()) => {}
-            // One removal the script refuses (not a missing confirmation: the script
-            // ran) must not hold the others of its batch back: one at a time.
+            // One removal the script refuses must not hold the others of its batch
+            // back: one at a time (not on NOREPLICAS: a missing confirmation, or Redis's
+            // own min-replicas-to-write, holds for every removal alike).
             Err(Some(Value::Error(e))) if batch.len() > 1 && !e.starts_with("NOREPLICAS") => {
-                for one in batch.chunks(1) {
-                    complete &= remove(sh, link, one).await.is_ok();
-                }
+                complete &= one_by_one(batch, |one| remove(sh, link, one)).await;
             }
             Err(_) => complete = false,
         }
@@ -934,6 +960,33 @@ pub async fn assert_all<S: Shard + Owns<RefCell<Unsynced>>>(
     }
     complete.then_some(revoked_away)
 }
+
+/// Sends each of `batch` alone through `send` (after the script refused the batch):
+/// `true` when all were taken. Stops at the second refusal while none was taken yet: a
+/// refusal that holds for every removal (an ACL, say) costs two scripts, not one per
+/// removal; a single bad one still lets the others through.
+async fn one_by_one<'a, T, F, Fut>(batch: &'a [T], mut send: F) -> bool
+where
+    F: FnMut(&'a [T]) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Option<Value>>>,
+{
+    let (mut taken, mut refused) = (0, 0);
+    for one in batch.chunks(1) {
+        if send(one).await.is_ok() {
+            taken += 1;
+        } else {
+            refused += 1;
+            if taken == 0 && refused >= SPLIT_REFUSALS_MAX {
+                return false;
+            }
+        }
+    }
+    refused == 0
+}
+
+/// Refusals of single removals, with none taken, after which a split batch is given up
+/// ([`one_by_one`]): two in a row mean the refusal is not about one removal.
+const SPLIT_REFUSALS_MAX: u32 = 2;
 
 /// One [`UNAPPROVE`] of an assertion's revoked entries: `Ok` when Redis took it (the
 /// peers whose last approval went are told to the other nodes), else its reply (`None`:
@@ -1028,24 +1081,76 @@ mod tests {
         // Under way: neither starts again, even when marked again meanwhile.
         u.reassert = true;
         assert_eq!(u.tick(), Due::default());
-        // Not taken: 1, 2, 4, 8, 8 ticks pass before the next try.
-        let mut waits = Vec::new();
+        // Not taken: the next try comes 1, 2, 4, 8, 8 ticks after the last.
+        let mut gaps = Vec::new();
         for _ in 0..5 {
-            u.retrying = false;
-            u.outcome(false);
-            let mut n = 0;
-            while u.tick() == Due::default() {
+            u.reasserted(false);
+            u.reassert = true;
+            let mut n = 1;
+            while !u.tick().reassert {
                 n += 1;
             }
-            waits.push(n);
-            u.reasserting = false;
-            u.reassert = true;
+            gaps.push(n);
         }
-        assert_eq!(waits, [1, 2, 4, 8, 8]);
-        // Taken: the next try at the next tick.
-        u.retrying = false;
+        assert_eq!(gaps, [1, 2, 4, 8, 8]);
+        // The retry's back-off is its own: it never failed, so it is tried at once.
+        u.retried(true);
+        assert!(u.tick().retry);
+        // Taken: the next re-run at the next tick.
         u.reasserted(true);
+        u.reassert = true;
         assert!(u.tick().reassert);
+        // A retry taken each round does not cut the re-runs' back-off (review).
+        let mut u = Unsynced {
+            reassert: true,
+            ..Default::default()
+        };
+        let mut runs = Vec::new();
+        for t in 0..40u32 {
+            u.keep(EntryId::from_u32(t), None, "p");
+            let d = u.tick();
+            if d.reassert {
+                runs.push(t);
+                u.reassert = true;
+                u.reasserted(false);
+            }
+            if d.retry {
+                u.pending.clear();
+                u.retried(true);
+            }
+        }
+        assert_eq!(runs, [0, 1, 3, 7, 15, 23, 31, 39]);
+    }
+
+    #[test]
+    fn a_split_batch_lets_the_others_through_and_gives_up_on_a_refusal_of_all() {
+        fn now<F: std::future::Future>(f: F) -> F::Output {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::pin!(f).poll(&mut cx) {
+                std::task::Poll::Ready(v) => v,
+                std::task::Poll::Pending => panic!("pending"),
+            }
+        }
+        let run = |refuse: &dyn Fn(u32) -> bool| {
+            let sent = std::cell::RefCell::new(Vec::new());
+            let all = now(one_by_one(&[1u32, 2, 3, 4, 5][..], |one: &[u32]| {
+                let id = one[0];
+                sent.borrow_mut().push(id);
+                let r = if refuse(id) {
+                    Err(Some(Value::Error("ERR".into())))
+                } else {
+                    Ok(())
+                };
+                async move { r }
+            }));
+            (all, sent.into_inner())
+        };
+        assert_eq!(run(&|_| false), (true, vec![1, 2, 3, 4, 5]));
+        // One bad removal, first or not: the others are sent.
+        assert_eq!(run(&|id| id == 1), (false, vec![1, 2, 3, 4, 5]));
+        assert_eq!(run(&|id| id == 3), (false, vec![1, 2, 3, 4, 5]));
+        // Refused alike: two scripts, not five.
+        assert_eq!(run(&|_| true), (false, vec![1, 2]));
     }
 
     #[test]

@@ -925,3 +925,55 @@ fn a_connect_removes_revocations_past_an_approval_that_cannot_be_written_back() 
         "the connect took them all"
     );
 }
+
+/// Redis lost two approvals' tokens while their node was down, and one peer's approval
+/// record became one that cannot be written back: the node's connect writes both
+/// approvals again (the bad record is replaced), so both devices' tokens work at the
+/// other node (third review: `APPROVE` failed on such a record, which failed its whole
+/// batch, and every later batch was skipped, at every connect).
+#[test]
+fn a_connect_writes_approvals_back_past_an_approval_record_that_cannot_be_written() {
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let k = pairing_keys();
+    let dir = common::TempDir::new();
+    let data = dir.0.join("data");
+    let data = data.to_str().unwrap();
+    let flags = ["--cluster-lease", "2", "--data-dir", data];
+    let mut a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
+    let b = node(&redis, "b", 1, &k, "2");
+    let (id1, t1) = approved_at(&a, 1);
+    let (id2, t2) = approved_at(&a, 2);
+    let all = a.admin_get("/api/pairing/all").json();
+    let peer_of = |id: &str| {
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id)
+            .unwrap()["peer_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (p1, p2) = (peer_of(&id1), peer_of(&id2));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    drop(a);
+    redis.cmd(&["DEL", "chx:tokens", "chx:pap"]);
+    redis.cmd(&["HDEL", "chx:authz", &p2]);
+    let poison = "{\"e\":[\"other\"],\"n\":1e999}";
+    redis.cmd(&["HSET", "chx:authz", &p1, poison]);
+    let _a = crate::cluster::node_with(&redis.url(), "a", 1, &k, &flags);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while token_status(&b, &t1) != 200 || token_status(&b, &t2) != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "{} {}",
+            token_status(&b, &t1),
+            token_status(&b, &t2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(redis.cmd(&["HGET", "chx:authz", &p1]), redis::Reply::Nil);
+}
