@@ -16,6 +16,9 @@
 #     CPU from the server's /proc/PID/stat over the measured window, as reported by the
 #     load generator (`--server-pid`). A BIN may be a wrapper script that `exec`s the
 #     binary (e.g. to set REACTOR_MAILBOX_SPIN_US).
+#   HTTP_ARGS="...": more arguments for that load generator, e.g. `--agent-per-connection`
+#     (each connection speaks for one agent, as an agent process does: issue 26's
+#     connection steering then serves its heartbeats on its agent's shard).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-5}; RUNS=${2:-5}; shift 2
@@ -45,7 +48,7 @@ for run in $(seq 1 "$RUNS"); do
       addr=$(cat "$d/addr")
       if [ -n "${RATE:-}" ]; then
         taskset -c 1 "$1" bench http --no-pin --url "http://$addr" --keys "$KEYS" \
-          --mix heartbeat=100 --concurrency 64 --agents 100 --rate "$RATE" \
+          --mix heartbeat=100 --concurrency 64 --agents 100 --rate "$RATE" ${HTTP_ARGS:-} \
           --duration "$SECS" --warmup 1 --server-pid "$pid" --json > "$d/out.json" 2>"$d/err" \
           || { echo "bench http failed: $(tail -2 "$d/err")" >&2; exit 1; }
         stop

@@ -44,6 +44,11 @@ pub struct Args {
     /// square of the active agents).
     #[arg(long)]
     pub agents: Option<usize>,
+    /// Each connection sends for one agent only (connection `c` for agent `c` mod the
+    /// agents), as an agent process does with its own keep-alive connection; without
+    /// it each request takes the next agent, so one connection speaks for many.
+    #[arg(long)]
+    pub agent_per_connection: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -120,6 +125,7 @@ struct ShardIn {
     duration: Duration,
     token_concurrency: usize,
     live: Arc<Live>,
+    agent_per_connection: bool,
 }
 
 struct ShardOut {
@@ -196,6 +202,7 @@ async fn shard(input: ShardIn) -> ShardOut {
             let offset = interval.mul_f64((input.conn_base + c) as f64 / input.conns_total as f64);
             (interval, start + offset)
         });
+        let sticky = input.agent_per_connection;
         tasks.push(monoio::spawn(async move {
             let mut rng = super::net::Rng::seeded();
             let mut conn: Option<HttpConn> = None;
@@ -230,7 +237,11 @@ async fn shard(input: ShardIn) -> ShardOut {
                     state.borrow_mut().late += 1;
                 }
                 let op = pick(&mix, &mut rng);
-                agent = (agent + 1) % agents.len();
+                agent = if sticky {
+                    c % agents.len()
+                } else {
+                    (agent + 1) % agents.len()
+                };
                 let (peer, _) = &agents[agent];
                 let body;
                 let (method, path, body) = match op {
@@ -368,6 +379,7 @@ pub fn run(args: Args) -> Result<(Value, bool), String> {
             duration,
             token_concurrency: args.common.token_concurrency,
             live: live.clone(),
+            agent_per_connection: args.agent_per_connection,
         });
         base += conns;
     }

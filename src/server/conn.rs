@@ -23,7 +23,7 @@
 //! * when the process runs out of file descriptors the accept loop asks every idle
 //!   keep-alive connection of the shard to close ([`HttpShard::shed_idle`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -37,6 +37,8 @@ use reactor::LocalEvent;
 use crate::http::{Event, Method, Parser, Response};
 use crate::server::linger::{linger_close, linger_close_within};
 use crate::server::metrics::ShardCounters;
+use crate::server::msg::{AdoptHttp, Msg};
+use crate::server::steer::Steer;
 use crate::server::{router, ShardCtx};
 use crate::tls::Transport;
 
@@ -159,6 +161,20 @@ pub fn admit(ctx: &Rc<ShardCtx>, peer: SocketAddr) -> Option<HttpSlot> {
     })
 }
 
+/// Counts a connection moved here from another shard (`steer`) under its IP. The cap
+/// is not checked again: the connection was admitted where it was accepted and is
+/// counted at one shard at a time, so a client's connections over all shards stay
+/// within the cap times the shards; one shard may count more than the cap of the
+/// connections moved to it (those of one client's agents that it owns).
+fn admit_moved(ctx: &Rc<ShardCtx>, peer: SocketAddr) -> HttpSlot {
+    let ip = peer.ip();
+    *ctx.http.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
+    HttpSlot {
+        ctx: ctx.clone(),
+        ip,
+    }
+}
+
 /// Answers a connection refused by [`admit`]: 503 with a JSON reason, then close.
 pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: Transport) {
     let max = ctx.config.http_client_limits.connections_per_ip_max;
@@ -252,7 +268,51 @@ impl Progress {
 /// Serves one connection until the client closes it, an error, the idle timeout, or a
 /// graceful shutdown (which lets a request in progress finish). `slot` is its place in
 /// the per-IP count, given up when the connection becomes a WebSocket.
-pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, slot: HttpSlot) {
+pub async fn serve(ctx: &Rc<ShardCtx>, stream: Transport, peer: SocketAddr, slot: HttpSlot) {
+    serve_from(ctx, stream, peer, slot, Arrival::Accepted).await
+}
+
+/// How a connection came to this shard's [`serve_from`].
+enum Arrival {
+    /// Accepted here: its first request is still to come.
+    Accepted,
+    /// Handed over by another shard (steering) between two requests, with the bytes of
+    /// the next one already received, if any.
+    Moved { leftover: Vec<u8>, steer: Steer },
+}
+
+/// Runs a keep-alive HTTP connection handed over by another shard (`Msg::AdoptHttp`):
+/// its requests name state this shard owns.
+pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<AdoptHttp>) {
+    let ctx = ctx.clone();
+    ShardCounters::inc(&ctx.counters.connections_open);
+    monoio::spawn(async move {
+        let AdoptHttp {
+            conn,
+            leftover,
+            peer,
+            moves,
+        } = *a;
+        if let Ok(stream) = Transport::attach(conn) {
+            let slot = admit_moved(&ctx, peer);
+            let arrival = Arrival::Moved {
+                leftover,
+                steer: Steer::moved(moves),
+            };
+            serve_from(&ctx, stream, peer, slot, arrival).await;
+        }
+        ShardCounters::dec(&ctx.counters.connections_open);
+    });
+}
+
+/// Serves a connection, fresh or moved here (see [`serve`]).
+async fn serve_from(
+    ctx: &Rc<ShardCtx>,
+    mut stream: Transport,
+    peer: SocketAddr,
+    slot: HttpSlot,
+    arrival: Arrival,
+) {
     // On io_uring, a keep-alive connection's bytes arrive through the shard's multishot
     // receive (one receive armed for the connection's life, buffers from the shard's
     // ring: no `recv` per request), from its second request on: the first request of
@@ -264,11 +324,23 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
     let mut parser = Parser::new(ctx.config.http_limits);
     let mut out: Vec<u8> = Vec::new();
     let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK_SIZE);
-    // The first request's header deadline runs from here (see `Progress::accepted`).
-    let mut progress = Progress::accepted(Instant::now());
     let shutdown = ctx.shard.shutdown_event().clone();
-    // A plain request has been answered on this connection (it is keep-alive).
-    let mut answered = false;
+    let (mut progress, mut answered, mut steer) = match arrival {
+        // The first request's header deadline runs from here (see `Progress::accepted`).
+        Arrival::Accepted => (Progress::accepted(Instant::now()), false, Steer::default()),
+        // Between two requests of a keep-alive connection: the idle timeout applies,
+        // or the header deadline from now if bytes of the next request came along.
+        Arrival::Moved { leftover, steer } => {
+            let mut progress = Progress::default();
+            if !leftover.is_empty() {
+                progress.read(leftover.len(), Instant::now());
+                parser.feed_vec(leftover);
+            }
+            (progress, true, steer)
+        }
+    };
+    // The shard the answered requests asked this connection to move to (`steer`).
+    let mut move_to: Option<reactor::ShardId> = None;
     loop {
         // Answer everything the parser can produce from what has been read.
         let mut close = false;
@@ -321,13 +393,18 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                     // lives only while it runs, not in every idle connection's task;
                     // in a block the shard recycles (`reactor::pool`), made there (not
                     // copied in).
-                    let handler = reactor::pool::boxed_with(|| router::handle(ctx, &req, peer));
+                    let home = Cell::new(None);
+                    let handler =
+                        reactor::pool::boxed_with(|| router::handle(ctx, &req, peer, &home));
                     debug_assert!(
                         handler.is_pooled(),
                         "the handler outgrew the pool's classes"
                     );
                     let resp = handler.await;
                     ShardCounters::inc(&ctx.counters.requests_served);
+                    if home.get().is_some() {
+                        move_to = steer.answered(ctx.shard.id(), home.get());
+                    }
                     let keep_alive = req.keep_alive && !shutdown.is_set();
                     let resp = if req.version_minor == 0 && keep_alive {
                         resp.with_header("connection", "keep-alive")
@@ -384,6 +461,32 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
             // The batch limit stopped us with requests possibly still buffered: parse
             // again before reading more.
             continue;
+        }
+        if let Some(to) = move_to.take() {
+            // Between requests, nothing of the next one parsed: the connection goes to
+            // the shard its requests name. A partial request waits for the next turn
+            // (the run still asks for the move after its next answer).
+            if parser.buffered_len() == 0 && !parser.is_reading_body() && !shutdown.is_set() {
+                match Box::pin(move_out(ctx, stream, rx.take(), peer, &steer, to)).await {
+                    Moved::Gone => {
+                        drop(slot);
+                        return;
+                    }
+                    Moved::Closed => return,
+                    Moved::Kept(s, leftover) => {
+                        // The other shard's mailbox was full: served here, as before.
+                        stream = s;
+                        steer.refused();
+                        multishot = RecvRing::current();
+                        rbuf = Vec::with_capacity(READ_CHUNK_SIZE);
+                        if !leftover.is_empty() {
+                            progress.read(leftover.len(), Instant::now());
+                            parser.feed_vec(leftover);
+                            continue;
+                        }
+                    }
+                }
+            }
         }
         let now = Instant::now();
         progress.after_parse(&parser, now);
@@ -489,6 +592,62 @@ pub async fn serve(ctx: &Rc<ShardCtx>, mut stream: Transport, peer: SocketAddr, 
                 }
             }
         }
+    }
+}
+
+/// How [`move_out`] went.
+enum Moved {
+    /// The connection is the other shard's now.
+    Gone,
+    /// The other shard could not take it (its mailbox was full): the connection, and
+    /// the bytes of the next request already received.
+    Kept(Transport, Vec<u8>),
+    /// It broke on the way (a receive or TLS error): closed.
+    Closed,
+}
+
+/// Hands a keep-alive connection, between two requests, to shard `to` (`steer`): its
+/// multishot receive is stopped first, and what it had received goes along.
+async fn move_out(
+    ctx: &ShardCtx,
+    mut stream: Transport,
+    rx: Option<reactor::recv_ring::MultiRecv>,
+    peer: SocketAddr,
+    steer: &Steer,
+    to: reactor::ShardId,
+) -> Moved {
+    let mut leftover = Vec::new();
+    if let Some(rx) = rx {
+        let mut rest = rx.stop().await;
+        let n = rest.len();
+        match stream.open(&mut rest, n) {
+            Ok(m) => {
+                rest.truncate(m);
+                leftover = rest;
+            }
+            Err(_) => return Moved::Closed,
+        }
+    }
+    let a = AdoptHttp {
+        conn: stream.detach(),
+        leftover,
+        peer,
+        moves: steer.moved_to().moves(),
+    };
+    // A socket is not a message that can wait for room: a full mailbox keeps it here.
+    match ctx.shard.try_tell(to, Msg::AdoptHttp(Box::new(a))) {
+        Ok(()) => {
+            ShardCounters::inc(&ctx.counters.http_moved);
+            Moved::Gone
+        }
+        Err(Msg::AdoptHttp(a)) => {
+            let AdoptHttp { conn, leftover, .. } = *a;
+            match Transport::attach(conn) {
+                Ok(s) => Moved::Kept(s, leftover),
+                Err(_) => Moved::Closed,
+            }
+        }
+        Err(_) => Moved::Closed,
     }
 }
 

@@ -73,9 +73,11 @@ pub fn apply(
         | Msg::SignalingReply(_)
         | Msg::DashboardReply(_)
         | Msg::ShardReply(_) => None,
-        other @ (Msg::Dashboard(_) | Msg::Adopt(_) | Msg::Shard(_) | Msg::Turn(_)) => {
-            return Err(other)
-        }
+        other @ (Msg::Dashboard(_)
+        | Msg::Adopt(_)
+        | Msg::AdoptHttp(_)
+        | Msg::Shard(_)
+        | Msg::Turn(_)) => return Err(other),
     })
 }
 

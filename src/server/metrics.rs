@@ -18,6 +18,9 @@ pub struct ShardCounters {
     pub connections_accepted: Cell<u64>,
     pub connections_open: Cell<u64>,
     pub requests_served: Cell<u64>,
+    /// Keep-alive HTTP connections handed to the shard their requests named
+    /// (`server::steer`).
+    pub http_moved: Cell<u64>,
 }
 
 /// The stores whose budget refusals are counted (`store` label).
@@ -43,6 +46,7 @@ pub struct ShardMetrics {
     pub connections_accepted: u64,
     pub connections_open: u64,
     pub requests_served: u64,
+    pub http_moved: u64,
     pub mailbox: MailboxStats,
     pub ws: WsMetrics,
     /// The embedded TURN server's numbers (`crate::server::turn`; zero without it).
@@ -141,6 +145,7 @@ impl ShardMetrics {
             connections_accepted: c.connections_accepted.get(),
             connections_open: c.connections_open.get(),
             requests_served: c.requests_served.get(),
+            http_moved: c.http_moved.get(),
             mailbox,
             ws,
             auth: AuthMetrics::default(),
@@ -163,7 +168,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 26] = [
+    let series: [(&str, &str, &str, Get); 27] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -205,6 +210,12 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "counter",
             "HTTP requests served.",
             |m| m.requests_served,
+        ),
+        (
+            "chatixia_http_connections_moved_total",
+            "counter",
+            "Keep-alive HTTP connections this shard handed to the shard their requests named.",
+            |m| m.http_moved,
         ),
         (
             "chatixia_mailbox_sent_total",
@@ -751,6 +762,7 @@ mod tests {
             connections_accepted: 10 + s as u64,
             connections_open: 2,
             requests_served: 7,
+            http_moved: 1,
             mailbox: MailboxStats {
                 sent: 3,
                 received: 4,

@@ -34,6 +34,7 @@ pub mod router;
 #[cfg(test)]
 pub mod sim;
 pub mod state;
+mod steer;
 mod tls_accept;
 pub mod turn;
 pub mod ws;
@@ -214,6 +215,10 @@ impl ShardCtx {
             Err(Msg::Dashboard(op)) => Some(Msg::DashboardReply(self.on_dashboard(op))),
             Err(Msg::Adopt(a)) => {
                 ws::on_adopt(self, a);
+                None
+            }
+            Err(Msg::AdoptHttp(a)) => {
+                conn::on_adopt(self, a);
                 None
             }
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),

@@ -27,6 +27,9 @@ pub enum Msg {
     SignalingReply(signaling::ops::Reply),
     /// Signaling: run this upgraded connection here (owner: `shard_of(peer_id)`). Tell.
     Adopt(Box<Adopt>),
+    /// A keep-alive HTTP connection whose requests name state this shard owns: serve it
+    /// here (`server::conn`'s steering). Tell.
+    AdoptHttp(Box<AdoptHttp>),
     /// The operator dashboard's gathers (pages, counts, events).
     Dashboard(dashboard::ops::Op),
     DashboardReply(dashboard::ops::Reply),
@@ -49,6 +52,19 @@ pub struct Adopt {
     pub upgrade: handshake::Upgrade,
     /// The `/ws-echo` test endpoint: messages are echoed, not interpreted.
     pub echo: bool,
+}
+
+/// A keep-alive HTTP connection handed to the shard its requests name (`server::conn`,
+/// `server::steer`), between two requests.
+pub struct AdoptHttp {
+    /// The connection (its socket, and its TLS state if any).
+    pub conn: Detached,
+    /// Bytes of the next request already received (a request pipelined behind the
+    /// last one answered), if any.
+    pub leftover: Vec<u8>,
+    pub peer: std::net::SocketAddr,
+    /// Moves made so far (`steer::Steer::moved`).
+    pub moves: u32,
 }
 
 /// Requests about a shard rather than a service.

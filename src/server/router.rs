@@ -325,8 +325,15 @@ fn allow_header(methods: &[Method]) -> String {
     names.join(",")
 }
 
-/// Answers one request from `peer`.
-pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response {
+/// Answers one request from `peer`. `home` is set to the shard that owns what an
+/// answered request named, where a connection is better served there
+/// (`server::steer`: an agent's heartbeats).
+pub async fn handle(
+    ctx: &ShardCtx,
+    req: &Request,
+    peer: SocketAddr,
+    home: &std::cell::Cell<Option<reactor::ShardId>>,
+) -> Response {
     let matched =
         match_path(&req.path).filter(|m| m.route != Route::DebugClock || ctx.config.test_clock);
     let Some(m) = matched else {
@@ -418,7 +425,7 @@ pub async fn handle(ctx: &ShardCtx, req: &Request, peer: SocketAddr) -> Response
                 Err(e) => Err(e.into()),
             }
         }
-        Route::Heartbeat => Ok(heartbeat(ctx, req, ip).await),
+        Route::Heartbeat => Ok(heartbeat(ctx, req, ip, home).await),
         Route::Topology => Ok(respond(registry::api::topology_route(ctx).await)),
         Route::Tasks => Ok(create_task(ctx, req, ip).await),
         Route::TasksAll => match task_reader(ctx, req, ip).await {
@@ -680,8 +687,13 @@ async fn principal(
         .map_err(Response::from)
 }
 
-/// `POST /api/hub/heartbeat`.
-async fn heartbeat(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Response {
+/// `POST /api/hub/heartbeat`. An accepted heartbeat sets `home` to its agent's owner.
+async fn heartbeat(
+    ctx: &ShardCtx,
+    req: &Request,
+    ip: std::net::IpAddr,
+    home: &std::cell::Cell<Option<reactor::ShardId>>,
+) -> Response {
     let hb: registry::Heartbeat = match object_body(req) {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -691,7 +703,11 @@ async fn heartbeat(ctx: &ShardCtx, req: &Request, ip: std::net::IpAddr) -> Respo
         Err(resp) => return resp,
     };
     let cfg = &ctx.config;
+    let owner = ctx.shard.shard_of(hb.agent_id.as_bytes());
     let r = hub::api::heartbeat(ctx, &cfg.registry, &cfg.hub, hb, by).await;
+    if r.is_ok() {
+        home.set(Some(owner));
+    }
     respond(r)
 }
 

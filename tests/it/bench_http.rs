@@ -116,3 +116,59 @@ fn unreachable_or_refusing_target_exits_non_zero_with_a_message() {
         "{stderr}"
     );
 }
+
+/// `bench http --agent-per-connection`: each connection speaks for one agent, as an
+/// agent process does; at `--cores 2` the server then moves the connections accepted
+/// by the shard that does not own their agent (connection steering, issue 26), and
+/// their heartbeats take no hop between shards. Without it one connection speaks for
+/// many agents and its heartbeats keep taking the hop.
+#[test]
+fn agent_per_connection_heartbeats_are_served_where_their_agent_is() {
+    let metric = |b: &Bench, name: &str| common::turn_rig::metric(&b.server, name, "");
+    let args = |sticky: bool| {
+        let mut a = vec![
+            "--mix",
+            "heartbeat=100",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--concurrency",
+            "16",
+            "--agents",
+            "16",
+        ];
+        if sticky {
+            a.push("--agent-per-connection");
+        }
+        a
+    };
+    let b = Bench::start(2, 16, 1, &[]);
+    let r = b.run("http", &args(true));
+    assert_eq!(r["requests"]["failed"], 0, "{r}");
+    let ok = r["requests"]["ok"].as_u64().unwrap();
+    assert!(ok > 100, "{r}");
+    let moved = metric(&b, "chatixia_http_connections_moved_total");
+    assert!((1..=16).contains(&moved), "{moved} of 16 connections moved");
+    let sent = metric(&b, "chatixia_mailbox_sent_total");
+    let requests = metric(&b, "chatixia_http_requests_total");
+    // Before a connection moves: two heartbeats with a hop each (and a skill ask or
+    // two); the /metrics reads: one each way. Without steering: about one per request.
+    assert!(
+        sent * 10 < requests,
+        "{sent} mailbox messages for {requests} requests"
+    );
+    // The rotating client: every heartbeat may name either shard, so a connection moves
+    // at most twice and then stays: the hops go on.
+    let b = Bench::start(2, 16, 1, &[]);
+    let r = b.run("http", &args(false));
+    assert_eq!(r["requests"]["failed"], 0, "{r}");
+    let moved = metric(&b, "chatixia_http_connections_moved_total");
+    assert!(moved <= 2 * 16, "{moved} moves of 16 connections");
+    let sent = metric(&b, "chatixia_mailbox_sent_total");
+    let requests = metric(&b, "chatixia_http_requests_total");
+    assert!(
+        sent * 4 > requests,
+        "{sent} mailbox messages for {requests} requests of a rotating client"
+    );
+}

@@ -63,6 +63,7 @@ mod hostile_pairing;
 mod http_edge_cases;
 mod http_fd_exhaustion;
 mod http_hostile;
+mod http_steering;
 mod interop_agent;
 mod interop_pair_cli;
 mod io_driver_fallback;

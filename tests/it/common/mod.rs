@@ -371,6 +371,12 @@ impl Resp {
 }
 
 impl Conn {
+    /// The socket, for raw writes and reads between requests (when the connection's own
+    /// reader holds nothing of a response).
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     pub fn try_request(
         &mut self,
         method: &str,

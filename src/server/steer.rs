@@ -1,0 +1,159 @@
+//! Steering a keep-alive HTTP connection to the shard that owns what it asks about
+//! (issue 26: "the cross-shard hop made cheap").
+//!
+//! The kernel spreads accepted connections over the shards (`SO_REUSEPORT`), so at
+//! `--cores N` an agent's heartbeats land on its agent's owner only one time in N; every
+//! other one takes the hop there and back (two mailbox messages, and on a busy machine
+//! two thread switches). An agent keeps one connection for its heartbeats, so once a
+//! connection has shown whose it is, it is handed to that shard (`conn`'s move: the
+//! socket and its TLS state, as a signaling upgrade is handed to its peer's owner) and
+//! its next requests are served where their state lives.
+//!
+//! This module is the policy, sans-IO: which answered requests named which owner, and
+//! when a connection moves. A client whose requests name agents of several shards (a
+//! load generator rotating over agents, a dashboard) must not bounce between shards:
+//! a move needs [`STEER_AFTER`] requests in a row naming the same other shard, and a
+//! connection moves at most [`STEER_MOVES_MAX`] times in its life.
+
+use reactor::ShardId;
+
+/// Requests in a row that must name the same other shard before the connection moves
+/// there. One is not enough: a client naming agents of several shards would move on
+/// every other request; two in a row is what one agent's heartbeats look like.
+pub const STEER_AFTER: u32 = 2;
+
+/// Moves one connection may make in its life. Each move costs a cancelled receive, a
+/// message to the other shard and a new receive there; a client whose requests change
+/// owner in runs would otherwise pay that again and again. Past it, the connection
+/// stays where it is (its requests hop, as they would without steering).
+pub const STEER_MOVES_MAX: u32 = 2;
+
+/// One connection's steering state: a few bytes, as it lives in every keep-alive
+/// connection's task (shard ids are stored as `u16`: a server has far fewer shards).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Steer {
+    /// The other shard the last requests named, and how many in a row (up to
+    /// [`STEER_AFTER`]).
+    run: Option<(u16, u8)>,
+    /// Moves made so far (carried along when the connection moves; up to
+    /// [`STEER_MOVES_MAX`]).
+    moves: u8,
+}
+
+impl Steer {
+    /// A connection that has moved `moves` times already.
+    pub fn moved(moves: u32) -> Steer {
+        Steer {
+            run: None,
+            moves: u8::try_from(moves).unwrap_or(u8::MAX),
+        }
+    }
+
+    /// Moves made so far.
+    pub fn moves(&self) -> u32 {
+        u32::from(self.moves)
+    }
+
+    /// An answered request on shard `here` named state owned by `home` (`None`: it
+    /// named none, as `/healthz` or a listing: the run is left as it is). Returns the
+    /// shard the connection should move to now, if any; the caller moves it only when
+    /// nothing else is in progress on it, and hands [`Steer::moved_to`] along.
+    pub fn answered(&mut self, here: ShardId, home: Option<ShardId>) -> Option<ShardId> {
+        let home = home?;
+        // A shard id beyond u16 (never: shards are cores) is not steered to.
+        let Ok(to) = u16::try_from(home) else {
+            self.run = None;
+            return None;
+        };
+        if home == here {
+            self.run = None;
+            return None;
+        }
+        let n = match self.run {
+            Some((s, n)) if s == to => n.saturating_add(1),
+            _ => 1,
+        };
+        self.run = Some((to, n));
+        (u32::from(n) >= STEER_AFTER && self.moves() < STEER_MOVES_MAX).then_some(home)
+    }
+
+    /// The connection was handed to another shard: the state it carries there.
+    pub fn moved_to(&self) -> Steer {
+        Steer::moved(self.moves().saturating_add(1))
+    }
+
+    /// The move was refused (the other shard's mailbox was full): start counting again,
+    /// so that the next try waits for another run.
+    pub fn refused(&mut self) {
+        self.run = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_requests_in_a_row_for_another_shard_move_the_connection() {
+        let mut s = Steer::default();
+        assert_eq!(s.answered(0, Some(1)), None);
+        assert_eq!(s.answered(0, Some(1)), Some(1));
+        assert_eq!(s.moved_to(), Steer::moved(1));
+    }
+
+    #[test]
+    fn requests_that_name_no_owner_leave_the_run_as_it_is() {
+        let mut s = Steer::default();
+        assert_eq!(s.answered(0, Some(1)), None);
+        assert_eq!(s.answered(0, None), None);
+        assert_eq!(s.answered(0, Some(1)), Some(1));
+    }
+
+    #[test]
+    fn a_request_for_this_shard_or_a_third_one_starts_the_run_again() {
+        let mut s = Steer::default();
+        assert_eq!(s.answered(0, Some(1)), None);
+        assert_eq!(s.answered(0, Some(0)), None);
+        assert_eq!(s.answered(0, Some(1)), None);
+        assert_eq!(s.answered(0, Some(2)), None);
+        assert_eq!(s.answered(0, Some(1)), None);
+        assert_eq!(s.answered(0, Some(1)), Some(1));
+    }
+
+    #[test]
+    fn requests_for_this_shard_never_move_it() {
+        let mut s = Steer::default();
+        for _ in 0..10 {
+            assert_eq!(s.answered(3, Some(3)), None);
+        }
+    }
+
+    #[test]
+    fn a_connection_stops_moving_after_its_moves() {
+        // Moved twice already (0 → 1 → 0): it stays, whatever its requests name.
+        let mut s = Steer::moved(STEER_MOVES_MAX);
+        for _ in 0..10 {
+            assert_eq!(s.answered(0, Some(1)), None);
+        }
+        // One move left: it takes it.
+        let mut s = Steer::moved(STEER_MOVES_MAX - 1);
+        s.answered(0, Some(1));
+        assert_eq!(s.answered(0, Some(1)), Some(1));
+        assert_eq!(s.moved_to().moves(), STEER_MOVES_MAX);
+    }
+
+    #[test]
+    fn the_state_is_a_few_bytes() {
+        assert!(std::mem::size_of::<Steer>() <= 6);
+    }
+
+    #[test]
+    fn a_refused_move_waits_for_another_run() {
+        let mut s = Steer::default();
+        s.answered(0, Some(1));
+        assert_eq!(s.answered(0, Some(1)), Some(1));
+        s.refused();
+        assert_eq!(s.answered(0, Some(1)), None);
+        assert_eq!(s.answered(0, Some(1)), Some(1));
+    }
+}
