@@ -144,7 +144,7 @@ mod tests {
 
     #[test]
     fn the_state_is_a_few_bytes() {
-        assert!(std::mem::size_of::<Steer>() <= 6);
+        assert!(std::mem::size_of::<Steer>() <= 8);
     }
 
     #[test]
