@@ -61,6 +61,12 @@ const WRITE_BATCH_SIZE_MAX: usize = 64 * 1024;
 /// refused client that does not read must not hold the task and its fd.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a connection offered to another shard (`steer`) waits for its answer. The
+/// answer is immediate (the other shard checks two things and replies); only a shard
+/// that has stopped running does not answer, and the offering task must not wait on it
+/// forever (it would hold its own shard's drain at shutdown).
+const MOVE_ANSWER_TIME_MAX: Duration = Duration::from_secs(1);
+
 /// Graceful shutdown: how long a connection idle between requests is still read from
 /// once shutdown begins. A keep-alive client may have a request on the wire already;
 /// closing at once would reset it unanswered. Any request arriving within this is
@@ -161,20 +167,6 @@ pub fn admit(ctx: &Rc<ShardCtx>, peer: SocketAddr) -> Option<HttpSlot> {
     })
 }
 
-/// Counts a connection moved here from another shard (`steer`) under its IP. The cap
-/// is not checked again: the connection was admitted where it was accepted and is
-/// counted at one shard at a time, so a client's connections over all shards stay
-/// within the cap times the shards; one shard may count more than the cap of the
-/// connections moved to it (those of one client's agents that it owns).
-fn admit_moved(ctx: &Rc<ShardCtx>, peer: SocketAddr) -> HttpSlot {
-    let ip = peer.ip();
-    *ctx.http.per_ip.borrow_mut().entry(ip).or_insert(0) += 1;
-    HttpSlot {
-        ctx: ctx.clone(),
-        ip,
-    }
-}
-
 /// Answers a connection refused by [`admit`]: 503 with a JSON reason, then close.
 pub async fn refuse_over_cap(ctx: &Rc<ShardCtx>, mut stream: Transport) {
     let max = ctx.config.http_client_limits.connections_per_ip_max;
@@ -268,8 +260,15 @@ impl Progress {
 /// Serves one connection until the client closes it, an error, the idle timeout, or a
 /// graceful shutdown (which lets a request in progress finish). `slot` is its place in
 /// the per-IP count, given up when the connection becomes a WebSocket.
-pub async fn serve(ctx: &Rc<ShardCtx>, stream: Transport, peer: SocketAddr, slot: HttpSlot) {
-    serve_from(ctx, stream, peer, slot, Arrival::Accepted).await
+pub fn serve(
+    ctx: &Rc<ShardCtx>,
+    stream: Transport,
+    peer: SocketAddr,
+    slot: HttpSlot,
+) -> impl std::future::Future<Output = ()> + '_ {
+    // Not an `async fn` around it: that would keep the arguments a second time in
+    // every idle connection's task.
+    serve_from(ctx, stream, peer, slot, Arrival::Accepted)
 }
 
 /// How a connection came to this shard's [`serve_from`].
@@ -281,9 +280,18 @@ enum Arrival {
     Moved { leftover: Vec<u8>, steer: Steer },
 }
 
-/// Runs a keep-alive HTTP connection handed over by another shard (`Msg::AdoptHttp`):
-/// its requests name state this shard owns.
-pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<AdoptHttp>) {
+/// Takes a keep-alive HTTP connection another shard offers (`Msg::AdoptHttp`, an ask):
+/// its requests name state this shard owns. The reply is `AdoptHttpReply(None)` when it
+/// is served here from now on, or the connection back when this shard may not take it:
+/// it is shutting down, or the client's address holds as many plain HTTP connections
+/// here as it may (`connections_per_ip_max`: moves must not let one address hold more).
+pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<AdoptHttp>) -> Msg {
+    if ctx.shard.is_shutting_down() {
+        return Msg::AdoptHttpReply(Some(a));
+    }
+    let Some(slot) = admit(ctx, a.peer) else {
+        return Msg::AdoptHttpReply(Some(a));
+    };
     let ctx = ctx.clone();
     ShardCounters::inc(&ctx.counters.connections_open);
     monoio::spawn(async move {
@@ -294,7 +302,6 @@ pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<AdoptHttp>) {
             moves,
         } = *a;
         if let Ok(stream) = Transport::attach(conn) {
-            let slot = admit_moved(&ctx, peer);
             let arrival = Arrival::Moved {
                 leftover,
                 steer: Steer::moved(moves),
@@ -303,6 +310,7 @@ pub fn on_adopt(ctx: &Rc<ShardCtx>, a: Box<AdoptHttp>) {
         }
         ShardCounters::dec(&ctx.counters.connections_open);
     });
+    Msg::AdoptHttpReply(None)
 }
 
 /// Serves a connection, fresh or moved here (see [`serve`]).
@@ -339,8 +347,6 @@ async fn serve_from(
             (progress, true, steer)
         }
     };
-    // The shard the answered requests asked this connection to move to (`steer`).
-    let mut move_to: Option<reactor::ShardId> = None;
     loop {
         // Answer everything the parser can produce from what has been read.
         let mut close = false;
@@ -403,7 +409,7 @@ async fn serve_from(
                     let resp = handler.await;
                     ShardCounters::inc(&ctx.counters.requests_served);
                     if home.get().is_some() {
-                        move_to = steer.answered(ctx.shard.id(), home.get());
+                        steer.answered(ctx.shard.id(), home.get());
                     }
                     let keep_alive = req.keep_alive && !shutdown.is_set();
                     let resp = if req.version_minor == 0 && keep_alive {
@@ -462,10 +468,10 @@ async fn serve_from(
             // again before reading more.
             continue;
         }
-        if let Some(to) = move_to.take() {
+        if let Some(to) = steer.due() {
             // Between requests, nothing of the next one parsed: the connection goes to
             // the shard its requests name. A partial request waits for the next turn
-            // (the run still asks for the move after its next answer).
+            // (the move stays due).
             if parser.buffered_len() == 0 && !parser.is_reading_body() && !shutdown.is_set() {
                 match Box::pin(move_out(ctx, stream, rx.take(), peer, &steer, to)).await {
                     Moved::Gone => {
@@ -474,7 +480,7 @@ async fn serve_from(
                     }
                     Moved::Closed => return,
                     Moved::Kept(s, leftover) => {
-                        // The other shard's mailbox was full: served here, as before.
+                        // The other shard could not take it: served here, as before.
                         stream = s;
                         steer.refused();
                         multishot = RecvRing::current();
@@ -620,7 +626,8 @@ async fn move_out(
     if let Some(rx) = rx {
         let mut rest = rx.stop().await;
         let n = rest.len();
-        match stream.open(&mut rest, n) {
+        // Sized by what arrived (usually nothing: the client waits for its answer).
+        match stream.open_received(&mut rest, n) {
             Ok(m) => {
                 rest.truncate(m);
                 leftover = rest;
@@ -634,20 +641,32 @@ async fn move_out(
         peer,
         moves: steer.moved_to().moves(),
     };
+    let kept = |a: Box<AdoptHttp>| {
+        let AdoptHttp { conn, leftover, .. } = *a;
+        match Transport::attach(conn) {
+            Ok(s) => Moved::Kept(s, leftover),
+            Err(_) => Moved::Closed,
+        }
+    };
     // A socket is not a message that can wait for room: a full mailbox keeps it here.
-    match ctx.shard.try_tell(to, Msg::AdoptHttp(Box::new(a))) {
-        Ok(()) => {
+    // The other shard answers at once whether it took it (its per-IP count and its
+    // shutdown are its own to check); this connection's place in this shard's count is
+    // given up only then.
+    let asked = match ctx.shard.try_ask(to, Msg::AdoptHttp(Box::new(a))) {
+        Ok(ask) => ask,
+        Err(Msg::AdoptHttp(a)) => return kept(a),
+        Err(_) => return Moved::Closed,
+    };
+    match monoio::time::timeout(MOVE_ANSWER_TIME_MAX, asked).await {
+        Ok(Ok(Msg::AdoptHttpReply(None))) => {
             ShardCounters::inc(&ctx.counters.http_moved);
             Moved::Gone
         }
-        Err(Msg::AdoptHttp(a)) => {
-            let AdoptHttp { conn, leftover, .. } = *a;
-            match Transport::attach(conn) {
-                Ok(s) => Moved::Kept(s, leftover),
-                Err(_) => Moved::Closed,
-            }
-        }
-        Err(_) => Moved::Closed,
+        Ok(Ok(Msg::AdoptHttpReply(Some(a))))
+        | Ok(Err(reactor::AskError::Full(Msg::AdoptHttp(a)))) => kept(a),
+        // No answer (the other shard stopped): the connection is in its mailbox, closed
+        // with it. This shard's count lets it go.
+        Ok(_) | Err(_) => Moved::Gone,
     }
 }
 

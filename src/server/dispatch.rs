@@ -76,6 +76,7 @@ pub fn apply(
         other @ (Msg::Dashboard(_)
         | Msg::Adopt(_)
         | Msg::AdoptHttp(_)
+        | Msg::AdoptHttpReply(_)
         | Msg::Shard(_)
         | Msg::Turn(_)) => return Err(other),
     })

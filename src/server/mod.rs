@@ -217,10 +217,7 @@ impl ShardCtx {
                 ws::on_adopt(self, a);
                 None
             }
-            Err(Msg::AdoptHttp(a)) => {
-                conn::on_adopt(self, a);
-                None
-            }
+            Err(Msg::AdoptHttp(a)) => Some(conn::on_adopt(self, a)),
             Err(Msg::Shard(op)) => Some(Msg::ShardReply(self.on_shard_op(op))),
             Err(Msg::Turn(op)) => {
                 crate::server::turn::on_op(self, op);

@@ -28,8 +28,10 @@ pub enum Msg {
     /// Signaling: run this upgraded connection here (owner: `shard_of(peer_id)`). Tell.
     Adopt(Box<Adopt>),
     /// A keep-alive HTTP connection whose requests name state this shard owns: serve it
-    /// here (`server::conn`'s steering). Tell.
+    /// here (`server::conn`'s steering). Ask → `AdoptHttpReply`.
     AdoptHttp(Box<AdoptHttp>),
+    /// `None`: taken; else the connection handed back (not taken).
+    AdoptHttpReply(Option<Box<AdoptHttp>>),
     /// The operator dashboard's gathers (pages, counts, events).
     Dashboard(dashboard::ops::Op),
     DashboardReply(dashboard::ops::Reply),

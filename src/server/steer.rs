@@ -54,12 +54,26 @@ impl Steer {
         u32::from(self.moves)
     }
 
+    /// The shard the connection should move to, if its requests asked for a move and it
+    /// has moves left. The caller moves it only when nothing else is in progress on it
+    /// (a request partly received waits for the next turn: the move stays due), and
+    /// hands [`Steer::moved_to`] along, or calls [`Steer::refused`].
+    pub fn due(&self) -> Option<ShardId> {
+        match self.run {
+            Some((to, n)) if u32::from(n) >= STEER_AFTER && self.moves() < STEER_MOVES_MAX => {
+                Some(ShardId::from(to))
+            }
+            _ => None,
+        }
+    }
+
     /// An answered request on shard `here` named state owned by `home` (`None`: it
-    /// named none, as `/healthz` or a listing: the run is left as it is). Returns the
-    /// shard the connection should move to now, if any; the caller moves it only when
-    /// nothing else is in progress on it, and hands [`Steer::moved_to`] along.
+    /// named none, as `/healthz` or a listing: the run is left as it is). Returns
+    /// [`Steer::due`] after it.
     pub fn answered(&mut self, here: ShardId, home: Option<ShardId>) -> Option<ShardId> {
-        let home = home?;
+        let Some(home) = home else {
+            return self.due();
+        };
         // A shard id beyond u16 (never: shards are cores) is not steered to.
         let Ok(to) = u16::try_from(home) else {
             self.run = None;
@@ -73,8 +87,8 @@ impl Steer {
             Some((s, n)) if s == to => n.saturating_add(1),
             _ => 1,
         };
-        self.run = Some((to, n));
-        (u32::from(n) >= STEER_AFTER && self.moves() < STEER_MOVES_MAX).then_some(home)
+        self.run = Some((to, n.min(u8::try_from(STEER_AFTER).unwrap_or(u8::MAX))));
+        self.due()
     }
 
     /// The connection was handed to another shard: the state it carries there.
@@ -82,7 +96,8 @@ impl Steer {
         Steer::moved(self.moves().saturating_add(1))
     }
 
-    /// The move was refused (the other shard's mailbox was full): start counting again,
+    /// The move was refused (the other shard's mailbox was full, it is shutting down,
+    /// or it holds as many connections of this client as it may): start counting again,
     /// so that the next try waits for another run.
     pub fn refused(&mut self) {
         self.run = None;
@@ -107,6 +122,13 @@ mod tests {
         assert_eq!(s.answered(0, Some(1)), None);
         assert_eq!(s.answered(0, None), None);
         assert_eq!(s.answered(0, Some(1)), Some(1));
+        // A move put off (the next request partly received) stays due past requests
+        // that name no owner, and past more of the same run.
+        assert_eq!(s.answered(0, None), Some(1));
+        for _ in 0..300 {
+            assert_eq!(s.answered(0, Some(1)), Some(1));
+        }
+        assert_eq!(s.due(), Some(1));
     }
 
     #[test]

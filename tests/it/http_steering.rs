@@ -230,3 +230,48 @@ fn a_tls_connection_moves_with_its_session() {
         assert!(moved_conns > 0, "{driver}: no TLS connection moved");
     }
 }
+
+/// A move does not let one address hold more plain HTTP connections than the per-IP cap
+/// allows per shard (hostile review of the first version: the shard a connection moved
+/// to counted it without checking the cap, and the shard it left took a new one in its
+/// place, so one address held 38 connections with a cap of 2 per shard). The shard
+/// asked to take a connection over the cap hands it back, and it is served where it is.
+#[test]
+fn moves_keep_an_address_within_its_connection_cap() {
+    for driver in DRIVERS {
+        let s = Server::start_driver(2, driver, &["--max-http-connections-per-ip", "2"]);
+        let agent = agent_on(1, "cap");
+        let mut held = Vec::new();
+        let mut refused = 0;
+        for _ in 0..40 {
+            let mut c = s.conn();
+            let body = heartbeat_body(&agent);
+            let headers = [("Content-Type", "application/json")];
+            match c.try_request("POST", "/api/hub/heartbeat", &headers, Some(&body)) {
+                Ok(r) if r.status == 200 => {}
+                Ok(r) => {
+                    assert_eq!(r.status, 503, "{driver}: {}", r.text());
+                    refused += 1;
+                    continue;
+                }
+                Err(_) => {
+                    refused += 1;
+                    continue;
+                }
+            }
+            // The second heartbeat asks for the move (to shard 1, if accepted by 0).
+            assert_eq!(heartbeat(&mut c, &agent).status, 200, "{driver}");
+            held.push(c);
+        }
+        // Every connection kept is served, wherever it is.
+        for c in held.iter_mut() {
+            let r = heartbeat(c, &agent);
+            assert_eq!(r.status, 200, "{driver}: {}", r.text());
+        }
+        assert!(
+            (2..=4).contains(&held.len()),
+            "{driver}: one address holds {} connections (cap 2 per shard, 2 shards); {refused} refused",
+            held.len()
+        );
+    }
+}
