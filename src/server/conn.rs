@@ -62,9 +62,11 @@ const WRITE_BATCH_SIZE_MAX: usize = 64 * 1024;
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a connection offered to another shard (`steer`) waits for its answer. The
-/// answer is immediate (the other shard checks two things and replies); only a shard
-/// that has stopped running does not answer, and the offering task must not wait on it
-/// forever (it would hold its own shard's drain at shutdown).
+/// answer comes as soon as that shard reads its mail (it checks two things and replies);
+/// a shard that has stopped, or is more than this behind, does not answer in time, and
+/// the offering task must not wait on it forever (it would hold its own shard's drain
+/// at shutdown). The connection is then that shard's: served there if it takes it,
+/// closed if it hands it back (the reply finds no one waiting).
 const MOVE_ANSWER_TIME_MAX: Duration = Duration::from_secs(1);
 
 /// Graceful shutdown: how long a connection idle between requests is still read from
@@ -662,10 +664,9 @@ async fn move_out(
             ShardCounters::inc(&ctx.counters.http_moved);
             Moved::Gone
         }
-        Ok(Ok(Msg::AdoptHttpReply(Some(a))))
-        | Ok(Err(reactor::AskError::Full(Msg::AdoptHttp(a)))) => kept(a),
-        // No answer (the other shard stopped): the connection is in its mailbox, closed
-        // with it. This shard's count lets it go.
+        Ok(Ok(Msg::AdoptHttpReply(Some(a)))) => kept(a),
+        // No answer in time (see MOVE_ANSWER_TIME_MAX): the connection is the other
+        // shard's. This shard's count lets it go.
         Ok(_) | Err(_) => Moved::Gone,
     }
 }

@@ -97,10 +97,14 @@ impl Steer {
     }
 
     /// The move was refused (the other shard's mailbox was full, it is shutting down,
-    /// or it holds as many connections of this client as it may): start counting again,
-    /// so that the next try waits for another run.
+    /// or it holds as many connections of this client as it may): it counts as one of
+    /// the connection's moves (a shard that keeps refusing is not asked after every
+    /// other request: each try stops and re-arms the receive and costs a round trip,
+    /// more than the hop it would save; second review), and the next try waits for
+    /// another run.
     pub fn refused(&mut self) {
         self.run = None;
+        self.moves = self.moves.saturating_add(1);
     }
 }
 
@@ -170,12 +174,17 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_move_waits_for_another_run() {
+    fn a_refused_move_waits_for_another_run_and_counts_as_a_move() {
         let mut s = Steer::default();
         s.answered(0, Some(1));
         assert_eq!(s.answered(0, Some(1)), Some(1));
         s.refused();
         assert_eq!(s.answered(0, Some(1)), None);
         assert_eq!(s.answered(0, Some(1)), Some(1));
+        s.refused();
+        // Two tries refused: no more, whatever the requests name.
+        for _ in 0..10 {
+            assert_eq!(s.answered(0, Some(1)), None);
+        }
     }
 }

@@ -275,3 +275,74 @@ fn moves_keep_an_address_within_its_connection_cap() {
         );
     }
 }
+
+/// `/metrics`, summed over the shards, read on a fresh connection, retried while the
+/// per-IP cap refuses it.
+fn metric_retry(s: &Server, name: &str) -> u64 {
+    for _ in 0..200 {
+        let mut c = s.conn();
+        if let Ok(r) = c.try_request("GET", "/metrics", &[], None) {
+            if r.status == 200 {
+                return r
+                    .text()
+                    .lines()
+                    .filter(|l| l.starts_with(&format!("{name}{{")))
+                    .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+                    .sum();
+            }
+        }
+    }
+    panic!("no /metrics read got through the cap");
+}
+
+/// A connection whose agent's shard keeps refusing it (that shard is full for the
+/// address) stops asking: its heartbeats cost the hop, not a move attempt every other
+/// request as well (second review: 120 mailbox messages for 40 heartbeats, against 80
+/// for the hop alone).
+#[test]
+fn a_refused_move_is_not_asked_again_every_other_request() {
+    for driver in DRIVERS {
+        let s = Server::start_driver(2, driver, &["--max-http-connections-per-ip", "2"]);
+        let agent = agent_on(1, "retry");
+        // Two connections on shard 1 (moved there, or accepted there), and one more
+        // that shard 1 can no longer take: it stays on shard 0.
+        let mut held: Vec<Conn> = Vec::new();
+        for _ in 0..200 {
+            if held.len() == 3 {
+                break;
+            }
+            let mut c = s.conn();
+            let body = heartbeat_body(&agent);
+            let headers = [("Content-Type", "application/json")];
+            let ok = (0..3).all(|_| {
+                matches!(c.try_request("POST", "/api/hub/heartbeat", &headers, Some(&body)),
+                    Ok(r) if r.status == 200)
+            });
+            if ok {
+                held.push(c);
+            }
+        }
+        assert_eq!(held.len(), 3, "{driver}");
+        let moved = metric_retry(&s, "chatixia_http_connections_moved_total");
+        let before0 = metric_retry(&s, "chatixia_mailbox_sent_total");
+        let before = metric_retry(&s, "chatixia_mailbox_sent_total");
+        let per_read = before - before0;
+        let n = 40;
+        for _ in 0..n {
+            assert_eq!(heartbeat(&mut held[2], &agent).status, 200, "{driver}");
+        }
+        let after = metric_retry(&s, "chatixia_mailbox_sent_total");
+        assert_eq!(
+            metric_retry(&s, "chatixia_http_connections_moved_total"),
+            moved,
+            "{driver}: a connection moved"
+        );
+        let sent = (after - before).saturating_sub(per_read);
+        // The hop: an ask and its reply per heartbeat; the two tries, if any were left,
+        // two more each.
+        assert!(
+            sent <= 2 * n + 4,
+            "{driver}: {sent} mailbox messages for {n} heartbeats of a connection whose move is refused"
+        );
+    }
+}
