@@ -10,6 +10,52 @@ use common::{Opts, Server};
 use serde_json::json;
 use tungstenite::Message;
 
+/// The bytes queued for sending on the server's side of the connection between
+/// `server` and `client` (`tx_queue` in /proc/net/tcp), if it is listed.
+fn send_queue(server: std::net::SocketAddr, client: std::net::SocketAddr) -> Option<u64> {
+    let hex = |a: std::net::SocketAddr| match a {
+        std::net::SocketAddr::V4(v4) => format!(
+            "{:08X}:{:04X}",
+            u32::from_le_bytes(v4.ip().octets()),
+            v4.port()
+        ),
+        std::net::SocketAddr::V6(_) => String::new(),
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.get(1) == Some(&local.as_str()) && f.get(2) == Some(&remote.as_str()) {
+            let (tx, _) = f.get(4)?.split_once(':')?;
+            u64::from_str_radix(tx, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Waits (up to 20 s) until the server's send queue to `client` holds bytes and has not
+/// changed over five polls 50 ms apart: the server's write to it is stuck.
+fn wait_for_stalled_write(server: std::net::SocketAddr, client: std::net::SocketAddr) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    let mut same = 0;
+    while std::time::Instant::now() < end {
+        let q = send_queue(server, client);
+        if q.is_some_and(|n| n > 0) && q == last {
+            same += 1;
+            if same >= 5 {
+                return true;
+            }
+        } else {
+            same = 0;
+        }
+        last = q;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
 fn server(cores: usize, extra: &[&str]) -> Server {
     let mut o = Opts::cores(cores);
     o.keys = Some(
@@ -250,8 +296,15 @@ fn an_idle_close_during_a_slow_write_still_sends_1001() {
     // has stalled (the client reads nothing, its receive buffer is 4 KiB): sent at once,
     // it could arrive while the server was still between two batches of the burst, be
     // read there, and leave the peer not silent at all (a race of the test, not of the
-    // server, seen once the connection task got smaller and faster, issue 26).
-    std::thread::sleep(Duration::from_millis(200));
+    // server, seen once the connection task got smaller and faster, issue 26). A fixed
+    // 200 ms was not always enough on a loaded machine (it failed once beside a release
+    // build): wait until the server's send queue to this client holds bytes and stops
+    // moving.
+    let client = slow.get_ref().local_addr().unwrap();
+    assert!(
+        wait_for_stalled_write(srv.addr, client),
+        "the server's write to the slow peer never stalled"
+    );
     send(
         &mut slow,
         &json!({"type": "heartbeat", "peer_id": "peer-b"}),
