@@ -17,15 +17,20 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk;
 command -v perf >/dev/null || { echo "perf is needed (apt-get install linux-perf)" >&2; exit 2; }
 TMP=$(mktemp -d)
 pid=
-stop() { if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true; fi; pid=; }
+. scripts/lib/bench-server.sh  # stop, free_port
 trap 'stop; rm -rf "$TMP"' EXIT
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 run() { # $1 = label
-  local port; port=$(free_port)
+  local port
   case $1 in
-    ours) RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
-            --listen "127.0.0.1:$port" 2>>"$TMP/server.log" & pid=$! ;;
-    floor) taskset -c 0 "$FLOOR_DIR/ring_healthz" "127.0.0.1:$port" 2>>"$TMP/server.log" & pid=$! ;;
+    # Ours binds port 0 and reports it (no race for a free port).
+    ours) rm -f "$TMP/addr"
+          RUST_LOG=warn taskset -c 0 "$BIN" --cores 1 --io-driver uring --stun-url none \
+            --listen 127.0.0.1:0 --port-file "$TMP/addr" 2>>"$TMP/server.log" & pid=$!
+          for _ in $(seq 200); do [ -s "$TMP/addr" ] && break; sleep 0.05; done
+          port=$(cut -d: -f2 "$TMP/addr") ;;
+    # The floor takes a fixed address.
+    floor) port=$(free_port)
+           taskset -c 0 "$FLOOR_DIR/ring_healthz" "127.0.0.1:$port" 2>>"$TMP/server.log" & pid=$! ;;
   esac
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.05; done
   taskset -c 1 wrk -t1 -c64 -d2 "http://127.0.0.1:$port/healthz" >/dev/null

@@ -38,7 +38,7 @@ use crate::http::{Event, Method, Parser, Response};
 use crate::server::linger::{linger_close, linger_close_within};
 use crate::server::metrics::ShardCounters;
 use crate::server::msg::{AdoptHttp, Msg};
-use crate::server::steer::Steer;
+use crate::server::steer::{move_out, Moved, Steer};
 use crate::server::{router, ShardCtx};
 use crate::tls::Transport;
 
@@ -60,14 +60,6 @@ const WRITE_BATCH_SIZE_MAX: usize = 64 * 1024;
 /// Writing a refusal (503 before serving, 408 after a deadline) is bounded by this: a
 /// refused client that does not read must not hold the task and its fd.
 const REFUSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a connection offered to another shard (`steer`) waits for its answer. The
-/// answer comes as soon as that shard reads its mail (it checks two things and replies);
-/// a shard that has stopped, or is more than this behind, does not answer in time, and
-/// the offering task must not wait on it forever (it would hold its own shard's drain
-/// at shutdown). The connection is then that shard's: served there if it takes it,
-/// closed if it hands it back (the reply finds no one waiting).
-const MOVE_ANSWER_TIME_MAX: Duration = Duration::from_secs(1);
 
 /// Graceful shutdown: how long a connection idle between requests is still read from
 /// once shutdown begins. A keep-alive client may have a request on the wire already;
@@ -410,9 +402,7 @@ async fn serve_from(
                     );
                     let resp = handler.await;
                     ShardCounters::inc(&ctx.counters.requests_served);
-                    if home.get().is_some() {
-                        steer.answered(ctx.shard.id(), home.get());
-                    }
+                    steer.answered(ctx.shard.id(), home.get());
                     let keep_alive = req.keep_alive && !shutdown.is_set();
                     let resp = if req.version_minor == 0 && keep_alive {
                         resp.with_header("connection", "keep-alive")
@@ -600,74 +590,6 @@ async fn serve_from(
                 }
             }
         }
-    }
-}
-
-/// How [`move_out`] went.
-enum Moved {
-    /// The connection is the other shard's now.
-    Gone,
-    /// The other shard could not take it (its mailbox was full): the connection, and
-    /// the bytes of the next request already received.
-    Kept(Transport, Vec<u8>),
-    /// It broke on the way (a receive or TLS error): closed.
-    Closed,
-}
-
-/// Hands a keep-alive connection, between two requests, to shard `to` (`steer`): its
-/// multishot receive is stopped first, and what it had received goes along.
-async fn move_out(
-    ctx: &ShardCtx,
-    mut stream: Transport,
-    rx: Option<reactor::recv_ring::MultiRecv>,
-    peer: SocketAddr,
-    steer: &Steer,
-    to: reactor::ShardId,
-) -> Moved {
-    let mut leftover = Vec::new();
-    if let Some(rx) = rx {
-        let mut rest = rx.stop().await;
-        let n = rest.len();
-        // Sized by what arrived (usually nothing: the client waits for its answer).
-        match stream.open_received(&mut rest, n) {
-            Ok(m) => {
-                rest.truncate(m);
-                leftover = rest;
-            }
-            Err(_) => return Moved::Closed,
-        }
-    }
-    let a = AdoptHttp {
-        conn: stream.detach(),
-        leftover,
-        peer,
-        moves: steer.moved_to().moves(),
-    };
-    let kept = |a: Box<AdoptHttp>| {
-        let AdoptHttp { conn, leftover, .. } = *a;
-        match Transport::attach(conn) {
-            Ok(s) => Moved::Kept(s, leftover),
-            Err(_) => Moved::Closed,
-        }
-    };
-    // A socket is not a message that can wait for room: a full mailbox keeps it here.
-    // The other shard answers at once whether it took it (its per-IP count and its
-    // shutdown are its own to check); this connection's place in this shard's count is
-    // given up only then.
-    let asked = match ctx.shard.try_ask(to, Msg::AdoptHttp(Box::new(a))) {
-        Ok(ask) => ask,
-        Err(Msg::AdoptHttp(a)) => return kept(a),
-        Err(_) => return Moved::Closed,
-    };
-    match monoio::time::timeout(MOVE_ANSWER_TIME_MAX, asked).await {
-        Ok(Ok(Msg::AdoptHttpReply(None))) => {
-            ShardCounters::inc(&ctx.counters.http_moved);
-            Moved::Gone
-        }
-        Ok(Ok(Msg::AdoptHttpReply(Some(a)))) => kept(a),
-        // No answer in time (see MOVE_ANSWER_TIME_MAX): the connection is the other
-        // shard's. This shard's count lets it go.
-        Ok(_) | Err(_) => Moved::Gone,
     }
 }
 

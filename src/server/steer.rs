@@ -9,13 +9,31 @@
 //! socket and its TLS state, as a signaling upgrade is handed to its peer's owner) and
 //! its next requests are served where their state lives.
 //!
-//! This module is the policy, sans-IO: which answered requests named which owner, and
-//! when a connection moves. A client whose requests name agents of several shards (a
-//! load generator rotating over agents, a dashboard) must not bounce between shards:
-//! a move needs [`STEER_AFTER`] requests in a row naming the same other shard, and a
-//! connection moves at most [`STEER_MOVES_MAX`] times in its life.
+//! [`Steer`] is the policy, sans-IO: which answered requests named which owner, and
+//! when a connection moves; [`move_out`] is the hand-over's sending side (the owner's
+//! side, which serves the connection on, is `conn::on_adopt`). A client whose requests
+//! name agents of several shards (a load generator rotating over agents, a dashboard)
+//! must not bounce between shards: a move needs [`STEER_AFTER`] requests in a row
+//! naming the same other shard, and a connection tries at most [`STEER_MOVES_MAX`]
+//! moves in its life (refused ones included).
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use reactor::ShardId;
+
+use crate::server::metrics::ShardCounters;
+use crate::server::msg::{AdoptHttp, Msg};
+use crate::server::ShardCtx;
+use crate::tls::Transport;
+
+/// How long a connection offered to another shard (`steer`) waits for its answer. The
+/// answer comes as soon as that shard reads its mail (it checks two things and replies);
+/// a shard that has stopped, or is more than this behind, does not answer in time, and
+/// the offering task must not wait on it forever (it would hold its own shard's drain
+/// at shutdown). The connection is then that shard's: served there if it takes it,
+/// closed if it hands it back (the reply finds no one waiting).
+const MOVE_ANSWER_TIME_MAX: Duration = Duration::from_secs(1);
 
 /// Requests in a row that must name the same other shard before the connection moves
 /// there. One is not enough: a client naming agents of several shards would move on
@@ -105,6 +123,74 @@ impl Steer {
     pub fn refused(&mut self) {
         self.run = None;
         self.moves = self.moves.saturating_add(1);
+    }
+}
+
+/// How [`move_out`] went.
+pub enum Moved {
+    /// The connection is the other shard's now.
+    Gone,
+    /// The other shard could not take it (its mailbox was full, or it handed it back):
+    /// the connection, and the bytes of the next request already received.
+    Kept(Transport, Vec<u8>),
+    /// It broke on the way (a receive or TLS error): closed.
+    Closed,
+}
+
+/// Hands a keep-alive connection, between two requests, to shard `to` (`steer`): its
+/// multishot receive is stopped first, and what it had received goes along.
+pub async fn move_out(
+    ctx: &ShardCtx,
+    mut stream: Transport,
+    rx: Option<reactor::recv_ring::MultiRecv>,
+    peer: SocketAddr,
+    steer: &Steer,
+    to: reactor::ShardId,
+) -> Moved {
+    let mut leftover = Vec::new();
+    if let Some(rx) = rx {
+        let mut rest = rx.stop().await;
+        let n = rest.len();
+        // Sized by what arrived (usually nothing: the client waits for its answer).
+        match stream.open_received(&mut rest, n) {
+            Ok(m) => {
+                rest.truncate(m);
+                leftover = rest;
+            }
+            Err(_) => return Moved::Closed,
+        }
+    }
+    let a = AdoptHttp {
+        conn: stream.detach(),
+        leftover,
+        peer,
+        moves: steer.moved_to().moves(),
+    };
+    let kept = |a: Box<AdoptHttp>| {
+        let AdoptHttp { conn, leftover, .. } = *a;
+        match Transport::attach(conn) {
+            Ok(s) => Moved::Kept(s, leftover),
+            Err(_) => Moved::Closed,
+        }
+    };
+    // A socket is not a message that can wait for room: a full mailbox keeps it here.
+    // The other shard answers at once whether it took it (its per-IP count and its
+    // shutdown are its own to check); this connection's place in this shard's count is
+    // given up only then.
+    let asked = match ctx.shard.try_ask(to, Msg::AdoptHttp(Box::new(a))) {
+        Ok(ask) => ask,
+        Err(Msg::AdoptHttp(a)) => return kept(a),
+        Err(_) => return Moved::Closed,
+    };
+    match monoio::time::timeout(MOVE_ANSWER_TIME_MAX, asked).await {
+        Ok(Ok(Msg::AdoptHttpReply(None))) => {
+            ShardCounters::inc(&ctx.counters.http_moved);
+            Moved::Gone
+        }
+        Ok(Ok(Msg::AdoptHttpReply(Some(a)))) => kept(a),
+        // No answer in time (see MOVE_ANSWER_TIME_MAX): the connection is the other
+        // shard's. This shard's count lets it go.
+        Ok(_) | Err(_) => Moved::Gone,
     }
 }
 
