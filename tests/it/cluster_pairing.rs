@@ -466,6 +466,19 @@ fn approved_at(a: &Server, from: u8) -> (String, String) {
 }
 
 /// Revokes `id` at `b` once its node's lease ran out (503 until then).
+/// The peer id of entry `id`, as `srv` lists it.
+fn peer_of(srv: &Server, id: &str) -> String {
+    let all = srv.admin_get("/api/pairing/all").json();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .unwrap()["peer_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn revoke_away_at(b: &Server, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -833,18 +846,7 @@ fn revocations_waiting_for_redis_go_even_past_an_unreadable_approval() {
     let b = node(&redis, "b", 1, &k, "2");
     let (id1, t1) = approved_at(&a, 1);
     let (id2, t2) = approved_at(&a, 2);
-    let all = a.admin_get("/api/pairing/all").json();
-    let peer_of = |id: &str| {
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == id)
-            .unwrap()["peer_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let (p1, p2) = (peer_of(&id1), peer_of(&id2));
+    let (p1, p2) = (peer_of(&a, &id1), peer_of(&a, &id2));
     redis.cmd(&["ACL", "SETUSER", "default", "-hdel"]);
     for id in [&id1, &id2] {
         let r = a.admin_req("POST", &format!("/api/pairing/{id}/revoke"));
@@ -945,18 +947,7 @@ fn a_connect_writes_approvals_back_past_an_approval_record_that_cannot_be_writte
     let b = node(&redis, "b", 1, &k, "2");
     let (id1, t1) = approved_at(&a, 1);
     let (id2, t2) = approved_at(&a, 2);
-    let all = a.admin_get("/api/pairing/all").json();
-    let peer_of = |id: &str| {
-        all.as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] == id)
-            .unwrap()["peer_id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
-    let (p1, p2) = (peer_of(&id1), peer_of(&id2));
+    let (p1, p2) = (peer_of(&a, &id1), peer_of(&a, &id2));
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     drop(a);
