@@ -1,6 +1,7 @@
 //! Signaling message interpretation (a text frame from a peer): whatever arrives, a
 //! relayed frame (payload spliced raw) is valid JSON naming the sender and target, and
-//! nests at most `JSON_DEPTH_MAX` levels; a deeper message is refused with its depth.
+//! nests at most `JSON_DEPTH_MAX` levels; a deeper message is refused with its depth;
+//! and the one-pass reading decides as the serde path does.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +19,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let depth = nesting_depth(text);
     let action = signaling::interpret(text, &identity);
+    if let Ok(s) = std::str::from_utf8(text) {
+        assert_eq!(action, signaling::interpret_str_parsed(s, &identity));
+    }
     if depth > JSON_DEPTH_MAX {
         let limit = JSON_DEPTH_MAX;
         assert_eq!(action, Action::TooDeep(TooDeep { depth, limit }));

@@ -17,6 +17,7 @@ use super::codec;
 use crate::json::{check_depth, check_strict, TooDeep, JSON_DEPTH_MAX};
 
 pub mod client;
+mod scan;
 pub use client::SignalMessage;
 
 /// The kinds of relayed message.
@@ -97,10 +98,27 @@ pub fn interpret<'a>(text: &'a [u8], identity: &str) -> Action<'a> {
 /// [`interpret`] of a text message whose UTF-8 is already checked (the codec's
 /// `WsEvent::Text`): parsed as a `str`, so serde does not check each string again as
 /// it reads it (from bytes it does: ~670 instructions a relayed offer).
+///
+/// A message of the usual shape is read in one pass ([`scan`]); anything else by serde
+/// ([`interpret_str_parsed`]), which decides the same wherever both decide.
 pub fn interpret_str<'a>(text: &'a str, identity: &str) -> Action<'a> {
     if let Err(e) = check_depth(text.as_bytes(), JSON_DEPTH_MAX) {
         return Action::TooDeep(e);
     }
+    scan::interpret(text, identity).unwrap_or_else(|| parsed(text, identity))
+}
+
+/// [`interpret_str`] through serde alone: the definition the one-pass reading is
+/// checked against (its tests, the `signaling` fuzz target).
+pub fn interpret_str_parsed<'a>(text: &'a str, identity: &str) -> Action<'a> {
+    if let Err(e) = check_depth(text.as_bytes(), JSON_DEPTH_MAX) {
+        return Action::TooDeep(e);
+    }
+    parsed(text, identity)
+}
+
+/// The serde path of [`interpret_str`], the depth checked.
+fn parsed<'a>(text: &'a str, identity: &str) -> Action<'a> {
     let Ok(msg) = serde_json::from_str::<Incoming<'_>>(text) else {
         return Action::Ignore("unparsable frame");
     };
