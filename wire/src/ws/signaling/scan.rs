@@ -2,9 +2,9 @@
 //! in one pass, with no parser state machine in between.
 //!
 //! Why: serde_json read a relayed message three times over (the depth count aside): its
-//! derive walked the fields, its `RawValue` skipped the payload (a byte at a time through
-//! every string), and [`crate::json::check_strict`] scanned the payload again for what the
-//! skip lets through. That was ~3,600 of a relayed message's ~10,400 user-space
+//! derive walked the fields, its `RawValue` skipped the payload, and
+//! [`crate::json::check_strict`] scanned the payload again for what the skip lets
+//! through. That was ~3,600 of a relayed message's ~10,400 user-space
 //! instructions (callgrind, `scripts/bench-instructions.sh relay-local`).
 //!
 //! What it reads: one JSON object whose keys carry no escapes, with `type` and `peer_id`
@@ -14,7 +14,7 @@
 //! control characters, only the escapes JSON has, four hex digits after `\u`; numbers:
 //! the grammar, no leading zeros), and the payload against what serde_json's full parse
 //! also refuses (a lone surrogate escape, a number beyond `f64`: [`check_strict`] walks
-//! it when it has a `\uD…` escape, an exponent or more than
+//! it when it has a `\uD…` escape, an exponent or a number of more than
 //! [`NUMBER_DIGITS_EXACT_MAX`] digits).
 //!
 //! Anything else — a top-level array (serde reads a struct from one too), escaped keys or
@@ -242,9 +242,11 @@ fn special_long(b: &[u8], from: usize) -> usize {
     from + end
 }
 
-/// The index past the number starting at `i` (JSON's grammar: no leading zeros, digits
-/// on both sides of a point); `strict` set when it has an exponent or more digits than
-/// surely fit an `f64`.
+/// The index past the number starting at `i` (JSON's grammar: digits on both sides of a
+/// point; a leading `0` is the whole integer part, so in `01` the number ends before the
+/// `1`, which every caller then refuses as not what may follow a value); `strict` set
+/// when it has an exponent or more than [`NUMBER_DIGITS_EXACT_MAX`] digits in all (a
+/// long fraction sets it needlessly: the walk passes it).
 fn number(b: &[u8], mut i: usize, strict: &mut bool) -> Option<usize> {
     let digits = |b: &[u8], i: usize| b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
     if b.get(i) == Some(&b'-') {
@@ -352,6 +354,9 @@ fn value(b: &[u8], mut i: usize, strict: &mut bool) -> Option<usize> {
 fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     b[i..].starts_with(word).then_some(i + word.len())
 }
+
+#[cfg(test)]
+mod edges;
 
 #[cfg(test)]
 mod tests {
