@@ -1,6 +1,8 @@
 //! JSON request bodies parsed the way axum's `Json<T>` extractor does (the reference's
 //! status codes and messages), and infallible response serialization. Sans-IO.
 
+pub(crate) mod scan;
+
 use std::fmt;
 use std::sync::LazyLock;
 

@@ -99,7 +99,7 @@ pub fn interpret<'a>(text: &'a [u8], identity: &str) -> Action<'a> {
 /// `WsEvent::Text`): parsed as a `str`, so serde does not check each string again as
 /// it reads it (from bytes it does: ~670 instructions a relayed offer).
 ///
-/// A message of the usual shape is read in one pass ([`scan`]); anything else by serde
+/// A message of the usual shape is read in one pass (`scan`); anything else by serde
 /// ([`interpret_str_parsed`]), which decides the same wherever both decide.
 pub fn interpret_str<'a>(text: &'a str, identity: &str) -> Action<'a> {
     if let Err(e) = check_depth(text.as_bytes(), JSON_DEPTH_MAX) {
