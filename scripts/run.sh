@@ -10,4 +10,5 @@ if ! command -v cargo >/dev/null; then
   . "$HOME/.cargo/env"
 fi
 cargo build --release --locked -p chatixia-core -p chatixia-sidecar
-exec target/release/chatixia-core "$@"
+# Where cargo put it: `target/`, or `CARGO_TARGET_DIR` when the environment sets one.
+exec "${CARGO_TARGET_DIR:-target}/release/chatixia-core" "$@"
