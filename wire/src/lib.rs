@@ -6,6 +6,8 @@
 pub mod http;
 pub mod json;
 pub mod keys_file;
+#[cfg(test)]
+mod test_rng;
 pub mod time;
 pub mod turn_rest;
 pub mod ws;

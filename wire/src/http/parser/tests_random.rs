@@ -13,21 +13,7 @@ fn events(p: &mut Parser, bytes: &[u8]) -> Vec<Event> {
     out
 }
 
-/// Deterministic xorshift64* generator.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::test_rng::Rng;
 
 /// Feed `input` in random fragments, checking the event stream's invariants.
 fn run_fuzz_case(rng: &mut Rng, limits: Limits, input: &[u8]) -> Vec<Event> {

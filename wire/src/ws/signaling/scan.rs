@@ -157,6 +157,7 @@ mod edges;
 mod tests {
     use super::super::{interpret_str, interpret_str_parsed};
     use super::*;
+    use crate::test_rng::Rng;
 
     /// What the fast path decides, or that it hands the message on.
     fn fast(text: &str) -> Option<Action<'_>> {
@@ -229,25 +230,6 @@ mod tests {
             assert_eq!(fast(text), None, "{text}");
             // And the whole interpretation is the serde path's.
             assert_eq!(interpret_str(text, "a"), interpret_str_parsed(text, "a"));
-        }
-    }
-
-    /// Deterministic xorshift64*.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            self.0 = x;
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-        fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-            xs[self.below(xs.len())]
         }
     }
 

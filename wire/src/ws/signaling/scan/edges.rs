@@ -7,6 +7,7 @@
 //! random runs of those.
 use super::super::{interpret_str, interpret_str_parsed, Action};
 use super::interpret;
+use crate::test_rng::Rng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 #[derive(Default)]
@@ -71,24 +72,6 @@ impl Stats {
         for b in self.bad.iter().take(40) {
             eprintln!("  {b}");
         }
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T: ?Sized>(&mut self, xs: &[&'a T]) -> &'a T {
-        xs[self.below(xs.len())]
     }
 }
 
