@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+use crate::hub::cluster::TakeBacks;
 use crate::hub::ops::{HeartbeatCall, Op, Reply, Store};
 use crate::hub::records::task_record;
 use crate::hub::{
@@ -147,7 +148,7 @@ fn write_class(by: &Principal) -> WriteClass {
 
 /// `POST /api/hub/tasks` by `by`: stored on its home shard, durable before it is
 /// claimable or acknowledged.
-pub async fn create<S: Shard>(
+pub async fn create<S: Shard + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     cfg: &Config,
     sub: TaskSubmission,
@@ -262,7 +263,7 @@ where
 /// (`Task::updatable_by`), or under `--require-agent-auth` its assignee's token (the
 /// router has checked that a token was sent). Durable before it is acknowledged; put
 /// back when the store does not take it.
-pub async fn update<S: Shard + Owns<RefCell<Store>>>(
+pub async fn update<S: Shard + Owns<RefCell<Store>> + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     cfg: &Config,
     id: String,
@@ -346,7 +347,7 @@ struct Claims<R> {
 /// the task's only shard, so a task is assigned at most once however heartbeats race.
 /// Claims are durable before the agent gets them; when the store does not take them they
 /// go back to pending on their shards (room for that is reserved before each claim).
-pub async fn heartbeat<S: Shard + Owns<RefCell<Store>>>(
+pub async fn heartbeat<S: Shard + Owns<RefCell<Store>> + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     agents: &crate::registry::Config,
     cfg: &Config,

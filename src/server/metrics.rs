@@ -70,6 +70,11 @@ pub struct ShardMetrics {
     pub pairing_unkept: u64,
     /// Re-runs of a connect's revocation removals Redis did not all take.
     pub pairing_reasserts: u64,
+    /// Task writes that may have run in Redis waiting to be taken back, those settled
+    /// by a later try, and those not kept (`hub::cluster::TakeBacks`).
+    pub hub_take_backs: u64,
+    pub hub_take_backs_settled: u64,
+    pub hub_take_backs_unkept: u64,
     /// The shard's own connections to the cluster's Redis (`--cluster`).
     pub cluster_pipe: chatixia_cluster::pipe::PipeStats,
 }
@@ -159,6 +164,9 @@ impl ShardMetrics {
             pairing_unsynced: 0,
             pairing_unkept: 0,
             pairing_reasserts: 0,
+            hub_take_backs: 0,
+            hub_take_backs_settled: 0,
+            hub_take_backs_unkept: 0,
             cluster_pipe: Default::default(),
         }
     }
@@ -168,7 +176,7 @@ impl ShardMetrics {
 pub fn render(shards: &[ShardMetrics]) -> String {
     let mut out = String::with_capacity(256 + shards.len() * 512);
     type Get = fn(&ShardMetrics) -> u64;
-    let series: [(&str, &str, &str, Get); 27] = [
+    let series: [(&str, &str, &str, Get); 30] = [
         (
             "chatixia_ws_connections_open",
             "gauge",
@@ -246,6 +254,24 @@ pub fn render(shards: &[ShardMetrics]) -> String {
             "counter",
             "Asks to another shard that found its mailbox full and waited.",
             |m| m.layer.asks_waited,
+        ),
+        (
+            "chatixia_hub_cluster_take_backs",
+            "gauge",
+            "Task writes that may have run in Redis (the connection failed after they were sent, or no replica confirmed them) waiting to be taken back (retried every second while the link is up).",
+            |m| m.hub_take_backs,
+        ),
+        (
+            "chatixia_hub_cluster_take_backs_settled_total",
+            "counter",
+            "Waiting task take-backs that Redis answered on a later try (taken back, or changed by another node since).",
+            |m| m.hub_take_backs_settled,
+        ),
+        (
+            "chatixia_hub_cluster_take_backs_unkept_total",
+            "counter",
+            "Task writes that may have run in Redis not kept to be taken back (too many waiting).",
+            |m| m.hub_take_backs_unkept,
         ),
         (
             "chatixia_pairing_cluster_revocations_unsynced",
@@ -800,6 +826,9 @@ mod tests {
             pairing_unsynced: 0,
             pairing_unkept: 0,
             pairing_reasserts: 0,
+            hub_take_backs: 2,
+            hub_take_backs_settled: 0,
+            hub_take_backs_unkept: 0,
             cluster_pipe: Default::default(),
         };
         let text = render(&[m(0, IoDriver::Uring), m(1, IoDriver::Epoll)]);

@@ -344,6 +344,12 @@ impl ShardCtx {
             m.pairing_unkept = u.unkept();
             m.pairing_reasserts = u.reasserts();
         }
+        {
+            let t = self.state.hub_take_backs.borrow();
+            m.hub_take_backs = t.len() as u64;
+            m.hub_take_backs_settled = t.settled();
+            m.hub_take_backs_unkept = t.unkept();
+        }
         m.cluster_pipe = self.state.ws.pipe().map(|p| p.stats()).unwrap_or_default();
         m.cluster_binding_conflicts = self
             .state
@@ -430,6 +436,19 @@ impl ShardCtx {
                 )
                 .collect(),
         );
+    }
+
+    /// Task writes that may have run in Redis and could not be taken back at once, sent
+    /// again while the link is up (`hub::cluster::retry_take_backs`), one try at a time,
+    /// backed off while Redis does not take them (`TakeBacks::tick`).
+    fn job_hub_take_backs(self: &Rc<Self>) {
+        if !self.cluster.as_ref().is_some_and(|l| l.is_up()) {
+            return;
+        }
+        if self.state.hub_take_backs.borrow_mut().tick() {
+            let c = self.clone();
+            monoio::spawn(async move { crate::hub::cluster::retry_take_backs(&*c).await });
+        }
     }
 
     /// Revocations whose cluster records wait for Redis, sent again
@@ -616,8 +635,14 @@ pub async fn run_shard(
         let c = ctx.clone();
         reactor::timer::every(
             crate::pairing::cluster::UNSYNCED_RETRY_INTERVAL,
-            stop,
+            stop.clone(),
             move || c.job_pairing_unsynced(),
+        );
+        let c = ctx.clone();
+        reactor::timer::every(
+            crate::hub::cluster::TAKE_BACK_RETRY_INTERVAL,
+            stop,
+            move || c.job_hub_take_backs(),
         );
     }
     let c = ctx.clone();

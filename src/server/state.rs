@@ -50,6 +50,9 @@ pub struct ShardState {
     pub node_asks: crate::shard::nodes::NodeAsks,
     /// Revocations made here whose cluster records wait for Redis (`--cluster`).
     pub pairing_unsynced: RefCell<pairing::cluster::Unsynced>,
+    /// Task writes made here that may have run in Redis and wait to be taken back
+    /// (`--cluster`).
+    pub hub_take_backs: RefCell<crate::hub::cluster::TakeBacks>,
 }
 
 impl ShardState {
@@ -69,6 +72,7 @@ impl ShardState {
             && self.ws.is_unborrowed()
             && self.node_asks.is_unborrowed()
             && self.pairing_unsynced.try_borrow_mut().is_ok()
+            && self.hub_take_backs.try_borrow_mut().is_ok()
     }
 
     /// A shard's empty state, one of `shards`.
@@ -98,6 +102,7 @@ impl ShardState {
             changes: RefCell::new(crate::shard::ChangeLog::new()),
             node_asks: Default::default(),
             pairing_unsynced: Default::default(),
+            hub_take_backs: Default::default(),
         }
     }
 
@@ -202,6 +207,15 @@ impl Owns<RefCell<PeerAuthz>> for ShardState {
 impl Owns<RefCell<pairing::cluster::Unsynced>> for ShardState {
     fn owned(&self) -> &RefCell<pairing::cluster::Unsynced> {
         &self.pairing_unsynced
+    }
+}
+
+// A task write that may have run in Redis is taken back from the shard that made it,
+// again while the link is up when it could not be at once
+// (`hub::cluster::retry_take_backs`).
+impl Owns<RefCell<crate::hub::cluster::TakeBacks>> for ShardState {
+    fn owned(&self) -> &RefCell<crate::hub::cluster::TakeBacks> {
+        &self.hub_take_backs
     }
 }
 

@@ -4,7 +4,7 @@
 //! no task; budgets are cluster-wide; a task answered 2xx survives Redis killed and
 //! restarted under `appendfsync always`; without Redis a post is a 503 with a reason
 //! while heartbeats go on. Real `redis-server`, real nodes, HTTP over loopback.
-use crate::cluster::{keys, node, post_as};
+use crate::cluster::{keys, node, post_as, wait_ready};
 use crate::common;
 
 use std::collections::BTreeSet;
@@ -290,6 +290,103 @@ fn a_killed_node_loses_no_task() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(task(&b, &id)["error"], "boom");
+}
+
+/// A write whose answer is lost (it ran in Redis, then the connection failed) is taken
+/// back, also when the link is still down at that moment: a claim the agent never got
+/// becomes claimable again, and a post answered 503 leaves no task behind, once the
+/// node is connected again (hostile review: both stayed, `assigned` until the TTL, or a
+/// second task beside the client's retry). Node a reaches Redis through a proxy that
+/// swallows Redis's replies and then cuts every connection.
+#[test]
+fn a_write_whose_answer_was_lost_is_taken_back_once_redis_is_reachable_again() {
+    use crate::cluster::{metric, node_at};
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
+    let k = keys(AGENTS);
+    let a = node_at(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        "a",
+        1,
+        &k,
+        "10",
+    );
+    let b = node(&redis, "b", 1, &k, "10");
+    let tasks_in_redis = || match redis.cmd(&["KEYS", "chx:t:*"]) {
+        redis::Reply::Array(a) => a.len(),
+        other => panic!("{other:?}"),
+    };
+    // worker-1 is known at a (its binding checked while Redis answers).
+    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
+    let id = posted(
+        &b,
+        "ak_poster",
+        &json!({"skill": "s", "payload": "lost-claim", "ttl": 600}),
+    );
+    // The write holding `pattern` reaches Redis, its answer (and every later one) is
+    // lost, then every connection is cut: the node cannot count on the write, and
+    // cannot take it back at once either (the link is down).
+    let lose_answer = |pattern: &str, what: &dyn Fn() -> common::Resp| {
+        proxy.swallow_after(pattern.as_bytes());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(1500));
+                proxy.cut_all();
+                proxy.swallow_replies(false);
+            });
+            what()
+        })
+    };
+    // The heartbeat's claim ran in Redis; its answer lost.
+    let r = lose_answer("lost-claim", &|| {
+        post_as(
+            &a,
+            FROM,
+            Some("ak_worker-1"),
+            "/api/hub/heartbeat",
+            &json!({"agent_id": "worker-1", "hostname": "h", "skill_names": ["s"]}),
+        )
+    });
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.json()["pending_tasks"].as_array().unwrap().is_empty(),
+        "{}",
+        r.text()
+    );
+    // The same for a post: answered 503, nothing may stay of it.
+    wait_ready(&a);
+    let r = lose_answer("lost-post", &|| {
+        post_task(
+            &a,
+            "ak_poster",
+            &json!({"skill": "s", "payload": "lost-post", "ttl": 600}),
+        )
+    });
+    assert_eq!(r.status, 503, "{}", r.text());
+    // Once a is connected again, both are taken back: the claim is pending again (any
+    // worker claims it, at any node), the post's task is gone.
+    wait_ready(&a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let settled = metric(&a, "chatixia_hub_cluster_take_backs_settled_total");
+        if settled >= 2 && metric(&a, "chatixia_hub_cluster_take_backs") == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "take-backs not settled ({settled}); the claimed task: {}\n{}",
+            task(&b, &id),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(task(&b, &id)["state"], "pending", "{}", task(&b, &id));
+    assert_eq!(tasks_in_redis(), 1, "the post answered 503 left a task");
+    let got = heartbeat(&b, "worker-2", &["s"]);
+    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
+    assert_eq!(got[0]["assigned_agent_id"], "worker-2");
 }
 
 /// Budgets are cluster-wide: a client's task quota counts its tasks at every node.

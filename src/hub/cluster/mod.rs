@@ -41,6 +41,7 @@
 //! most five sorted sets; the counters hash holds two fields per client with tasks.
 
 mod store;
+mod takeback;
 
 use std::collections::BTreeMap;
 
@@ -53,10 +54,13 @@ use crate::hub::{
 use crate::limits::{Charge, Holder, Principal};
 use crate::registry::OK_BODY;
 use crate::shard::paging::{time_key, PageReq};
-use crate::shard::{fill_random, random, Error, Outcome, Shard};
+use crate::shard::{fill_random, random, Error, Outcome, Owns, Shard};
 use crate::time::UnixTime;
+use std::cell::RefCell;
 pub use store::scripts;
 use store::*;
+use takeback::put;
+pub use takeback::{retry_take_backs, TakeBacks, TAKE_BACKS_MAX, TAKE_BACK_RETRY_INTERVAL};
 
 /// Candidates a heartbeat reads from each of its indexes (the agent's targeted tasks,
 /// each skill's): a claim is bounded by `claim_bytes_max` anyway, and what is past
@@ -72,7 +76,7 @@ pub const SWEEP_BATCH_MAX: usize = 128;
 const RACE_RETRIES_MAX: usize = 4;
 
 /// `POST /api/hub/tasks` in a cluster: written to Redis (durably) before the 2xx.
-pub async fn create<S: Shard>(
+pub async fn create<S: Shard + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     link: &ShardLink,
     cfg: &TaskStoreConfig,
@@ -99,7 +103,7 @@ pub async fn create<S: Shard>(
             after: Some(task),
             exact: false,
         };
-        match put(link, &budget, std::slice::from_ref(&put1))
+        match put(sh, link, &budget, std::slice::from_ref(&put1))
             .await?
             .into_iter()
             .next()
@@ -125,7 +129,7 @@ pub async fn get(link: &ShardLink, reader: &Principal, id: &str) -> Result<Optio
 /// (`hub::ops::Op::Update`/`UpdateAs`), applied to the record read from Redis and
 /// written back only if nobody changed it meanwhile (else read again). `Ok(None)`: not
 /// in Redis.
-pub async fn update<S: Shard>(
+pub async fn update<S: Shard + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     link: &ShardLink,
     cfg: &TaskStoreConfig,
@@ -160,7 +164,7 @@ pub async fn update<S: Shard>(
             after: Some(after),
             exact: false,
         };
-        match put(link, &budget, &[p]).await?.into_iter().next() {
+        match put(sh, link, &budget, &[p]).await?.into_iter().next() {
             Some(Put1::Written(_)) => return Ok(Some(Outcome::Static(OK_BODY.as_bytes()))),
             Some(Put1::Refused(r)) => return Err(r.error(&TASK_STORE_NAMES)),
             _ => continue,
@@ -175,7 +179,7 @@ pub async fn update<S: Shard>(
 /// targeted at it (unless its id is empty) or with one of its `skills`, oldest first,
 /// at most `claim_bytes_max` (at least one). Each claim is a compare-and-set: a task
 /// another node claimed first is skipped. Durable before it returns.
-pub async fn claim<S: Shard>(
+pub async fn claim<S: Shard + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     link: &ShardLink,
     cfg: &TaskStoreConfig,
@@ -247,7 +251,7 @@ pub async fn claim<S: Shard>(
         return Ok(Vec::new());
     }
     // Never refused by a budget, as on a node alone (`unlimited`).
-    let results = put(link, &unlimited(), &puts).await?;
+    let results = put(sh, link, &unlimited(), &puts).await?;
     Ok(puts
         .into_iter()
         .zip(results)
@@ -359,7 +363,11 @@ pub async fn state_counts(link: &ShardLink) -> Result<BTreeMap<String, u64>, Err
 /// is changed by one of them): unfinished tasks past their TTL become `failed` (`TTL
 /// expired`), finished ones past retention are deleted; at most [`SWEEP_BATCH_MAX`] of
 /// each. Returns how many were changed.
-pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) -> usize {
+pub async fn sweep<S: Shard + Owns<RefCell<TakeBacks>>>(
+    sh: &S,
+    link: &ShardLink,
+    cfg: &TaskStoreConfig,
+) -> usize {
     let keys = Keys(link.prefix());
     let now = sh.now();
     // Never refused by a budget, as on a node alone (`unlimited`).
@@ -423,7 +431,7 @@ pub async fn sweep<S: Shard>(sh: &S, link: &ShardLink, cfg: &TaskStoreConfig) ->
         if puts.is_empty() {
             continue;
         }
-        match put(link, &budget, &puts).await {
+        match put(sh, link, &budget, &puts).await {
             Ok(rs) => changed += rs.iter().filter(|r| matches!(r, Put1::Written(_))).count(),
             Err(e) => tracing::debug!(error = %e, "cluster task sweep"),
         }

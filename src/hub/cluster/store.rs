@@ -308,55 +308,6 @@ pub(super) fn refused(e: Refused) -> Error {
     }
 }
 
-/// Runs a batch of [`Put`]s, durably (before a 2xx), and what became of each. `Err`
-/// (503) when Redis could not be asked or did not confirm the write. A batch that ran
-/// on the primary but that no replica confirmed (`NOREPLICAS`) is taken back: each
-/// item that was written (its version is one past the one read) goes back as it was,
-/// so that a client's retry does not find its task twice, or claimed by an agent that
-/// never got it.
-pub(super) async fn put(
-    link: &ShardLink,
-    budget: &Budget,
-    puts: &[Put],
-) -> Result<Vec<Put1>, Error> {
-    match put_once(link, budget, puts).await {
-        Err(PutError::NotReplicated(e)) => {
-            take_back(link, puts).await;
-            Err(unavailable(format!("the write was not replicated: {e}")))
-        }
-        Err(PutError::MaybeRan(e)) => {
-            // The connection failed after the batch was sent: take back whatever of it
-            // ran (when Redis can be reached again at once), so that no task stays
-            // claimed by an agent that never got it.
-            take_back(link, puts).await;
-            Err(e)
-        }
-        Err(PutError::Unavailable(e)) => Err(e),
-        Ok(r) => Ok(r),
-    }
-}
-
-/// Puts back each item of a batch that was written but cannot be counted on: an item
-/// is ours if its version is one past the one read *and* its record is the one we
-/// wrote (at that version it may instead be another node's write, after ours lost a
-/// race: that one stays). Best effort (logged); never refused by a budget.
-pub(super) async fn take_back(link: &ShardLink, puts: &[Put]) {
-    let back: Vec<Put> = puts
-        .iter()
-        .map(|p| Put {
-            id: p.id.clone(),
-            member: p.member.clone(),
-            version: p.version + 1,
-            before: p.after.clone(),
-            after: p.before.clone(),
-            exact: true,
-        })
-        .collect();
-    if let Err(e) = put_once(link, &unlimited(), &back).await {
-        tracing::warn!(error = ?e, "an unconfirmed task write was not taken back");
-    }
-}
-
 #[derive(Debug)]
 pub(super) enum PutError {
     /// Not sent, or refused as a whole: nothing ran.

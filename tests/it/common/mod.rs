@@ -521,6 +521,7 @@ pub fn closed_by_peer(s: &mut TcpStream) -> bool {
 }
 
 pub mod bench;
+pub mod proxy;
 pub mod python;
 pub mod redis;
 pub mod sidecar;
