@@ -312,6 +312,11 @@ pub fn on_message(here: &Here<'_>, route_key: &[u8], body: &[u8]) -> Result<Done
             let (mesh, frame) = rest.split_at(len);
             let mesh = std::str::from_utf8(mesh).map_err(|_| Malformed)?;
             let mesh = (has_mesh == 1).then_some(mesh);
+            // Written to the client as it is: one text frame, as the sending node
+            // built it, or nothing (Redis's channels are trusted, not blindly).
+            if !crate::ws::codec::is_one_text_frame(frame) {
+                return Err(Malformed);
+            }
             ws.deliver_here(target, mesh, frame.into());
             Ok(Done::Nothing)
         }
@@ -724,6 +729,11 @@ mod tests {
         };
         // No such peer here: dropped, never sent on (no outbox either way).
         assert_eq!(on_message(&here, b"bob", &body), Ok(Done::Nothing));
+        // A relay whose frame is not one text frame as a node writes it: not written.
+        let bad = relay_body(Some("mesh-1"), b"\x81\x03hi");
+        assert_eq!(on_message(&here, b"bob", &bad), Err(Malformed));
+        let bad = relay_body(Some("mesh-1"), b"\x83\x02hi");
+        assert_eq!(on_message(&here, b"bob", &bad), Err(Malformed));
         let short = b"r\x01\x00\x09short";
         assert_eq!(on_message(&here, b"bob", short), Err(Malformed));
         assert_eq!(on_message(&here, b"bob", b"?"), Err(Malformed));

@@ -2,10 +2,7 @@
 //! receives are not. Sans-IO like [`super::codec`]: the caller supplies the mask (so
 //! tests are deterministic) and feeds received bytes in.
 
-use std::io::Cursor;
-
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
-use tungstenite::protocol::frame::FrameHeader;
 
 /// A complete frame received from a server.
 #[derive(Debug, PartialEq, Eq)]
@@ -90,8 +87,7 @@ impl ClientDecoder {
     ) -> Result<usize, &'static str> {
         let mut pos = 0;
         loop {
-            let mut cur = Cursor::new(&buf[pos..]);
-            let (header, len) = match FrameHeader::parse(&mut cur) {
+            let (header, len, head_len) = match super::codec::parse_header(&buf[pos..]) {
                 Ok(Some(h)) => h,
                 Ok(None) => return Ok(pos),
                 Err(_) => return Err("malformed frame header"),
@@ -105,7 +101,7 @@ impl ClientDecoder {
             if !header.is_final {
                 return Err("fragmented frames are not supported");
             }
-            let start = pos + cur.position() as usize;
+            let start = pos + head_len;
             let len = len as usize;
             if buf.len() - start < len {
                 return Ok(pos);
