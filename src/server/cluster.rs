@@ -164,6 +164,23 @@ pub fn start(ctx: &Rc<ShardCtx>, mut waiter: reactor::BellWaiter) {
                 }
             }
         });
+        // Claims left unconfirmed by a node that died between a claim and its answer
+        // are pending again after `CLAIM_CONFIRM_TIMEOUT` (`hub::cluster::confirm`).
+        let c = ctx.clone();
+        let stop = ctx.shard.shutdown_event().clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::select! {
+                    _ = monoio::time::sleep(crate::hub::cluster::CLAIM_SWEEP_INTERVAL) => {}
+                    _ = stop.wait() => break,
+                }
+                if let Some(link) = c.cluster().filter(|l| l.is_up()) {
+                    if crate::hub::cluster::sweep_unconfirmed(&*c, link).await > 0 {
+                        c.note(crate::shard::Topic::Task, "");
+                    }
+                }
+            }
+        });
     }
 }
 

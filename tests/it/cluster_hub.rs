@@ -389,6 +389,153 @@ fn a_write_whose_answer_was_lost_is_taken_back_once_redis_is_reachable_again() {
     assert_eq!(got[0]["assigned_agent_id"], "worker-2");
 }
 
+/// The heartbeat of worker-1 at `srv` listing skill `s`, on a raw connection (the node
+/// may be killed while it waits): what came back, if anything.
+fn heartbeat_raw(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let body = r#"{"agent_id":"worker-1","hostname":"h","skill_names":["s"]}"#;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
+    let req = format!(
+        "POST /api/hub/heartbeat HTTP/1.1\r\nhost: x\r\nx-api-key: ak_worker-1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = c.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+/// Waits until the task is `state` (read at `srv`).
+fn state_until(srv: &Server, id: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while task(srv, id)["state"] != state {
+        assert!(
+            Instant::now() < deadline,
+            "never {state}: {}",
+            task(srv, id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 25: a node killed with `kill -9` between a claim and its answer leaves the
+/// task claimable again after the claim's confirmation timeout, at any other node, and
+/// it runs once. Node a reaches Redis through a proxy that swallows the claim's reply,
+/// so a dies with its claim written and never confirmed; b's clock is moved past the
+/// timeout and its sweep takes the claim back.
+#[test]
+fn a_claim_left_unconfirmed_by_a_killed_node_is_claimable_again_at_another() {
+    use crate::cluster::node_at;
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
+    let k = keys(AGENTS);
+    let mut a = node_at(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        "a",
+        1,
+        &k,
+        "10",
+    );
+    let b = node(&redis, "b", 1, &k, "10");
+    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
+    let id = posted(
+        &b,
+        "ak_poster",
+        &json!({"skill": "s", "payload": "lost-kill", "ttl": 600}),
+    );
+    proxy.swallow_after(b"lost-kill");
+    let addr = a.addr;
+    let hb = std::thread::spawn(move || heartbeat_raw(addr));
+    // The claim is in Redis; a never hears of it, and dies.
+    state_until(&b, &id, "assigned");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let answer = hb.join().unwrap();
+    assert!(!answer.contains(&id), "{answer}");
+    // Not claimable before the timeout…
+    assert!(heartbeat(&b, "worker-2", &["s"]).is_empty());
+    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-1");
+    // …and after it, at b (its next sweep, every 5 s).
+    let r = b.post_json("/debug/clock", &json!({"advance_secs": 30}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let got = heartbeat(&b, "worker-2", &["s"]);
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never claimable again: {}",
+            task(&b, &id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
+    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
+    // Confirmed: the sweep leaves it with worker-2 however late.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(task(&b, &id)["state"], "assigned");
+    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
+}
+
+/// A node stalled between its claim and the claim's confirmation past the timeout
+/// (another node took the claim back and handed the task to another agent) does not
+/// hand the task out too: its confirmation loses the compare-and-set. Node a's path to
+/// Redis holds the claim's reply back until then.
+#[test]
+fn a_node_that_confirms_its_claim_too_late_does_not_hand_the_task_out() {
+    use crate::cluster::node_with;
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
+    let k = keys(AGENTS);
+    let a = node_with(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        "a",
+        1,
+        &k,
+        &["--cluster-lease", "10", "--cluster-command-timeout", "120"],
+    );
+    let b = node(&redis, "b", 1, &k, "10");
+    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
+    let id = posted(
+        &b,
+        "ak_poster",
+        &json!({"skill": "s", "payload": "lost-stall", "ttl": 600}),
+    );
+    proxy.hold_after(b"lost-stall");
+    let addr = a.addr;
+    let hb = std::thread::spawn(move || heartbeat_raw(addr));
+    state_until(&b, &id, "assigned");
+    let r = b.post_json("/debug/clock", &json!({"advance_secs": 30}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let got = heartbeat(&b, "worker-2", &["s"]);
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never claimable again: {}",
+            task(&b, &id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
+    // a hears back now: its confirmation finds the task changed, and hands out nothing.
+    proxy.release();
+    let answer = hb.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains(&id), "handed out twice: {answer}");
+    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
+}
+
 /// Budgets are cluster-wide: a client's task quota counts its tasks at every node.
 #[test]
 fn a_clients_task_quota_counts_its_tasks_at_every_node() {

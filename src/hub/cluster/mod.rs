@@ -22,7 +22,8 @@
 //!   pages), `{prefix}tp:t:{agent}` pending tasks by target and `{prefix}tp:s:{skill}`
 //!   by skill (score 0: claims in creation order), `{prefix}tl` unfinished tasks by
 //!   deadline and `{prefix}tf` finished ones by last update (score in seconds: the
-//!   sweep).
+//!   sweep); `{prefix}tc` claims not confirmed yet, by the time after which any node
+//!   takes them back (`confirm`, [`sweep_unconfirmed`]).
 //! * `{prefix}tb`: a hash of counters: `n`/`b` tasks and bytes held, `an`/`ab` those
 //!   of anonymous clients, `n:{client}`/`b:{client}` each client's, `s:{state}` tasks by
 //!   state (the dashboard's counts). A client's or a state's field goes when it counts
@@ -49,7 +50,7 @@ use chatixia_cluster::{ShardLink, Value};
 
 use crate::hub::{
     new_task_id, task_created_body, Task, TaskStoreConfig, TaskSubmission, TaskUpdate,
-    STATE_ASSIGNED, STATE_FAILED, TASK_STORE_NAMES, TTL_EXPIRED_ERROR,
+    STATE_ASSIGNED, STATE_FAILED, STATE_PENDING, TASK_STORE_NAMES, TTL_EXPIRED_ERROR,
 };
 use crate::limits::{Charge, Holder, Principal};
 use crate::registry::OK_BODY;
@@ -95,14 +96,13 @@ pub async fn create<S: Shard + Owns<RefCell<TakeBacks>>>(
             Some(by.holder()),
             now,
         );
-        let put1 = Put {
-            member: time_key(task.created_at, &id),
-            id: id.clone(),
-            version: 0,
-            before: None,
-            after: Some(task),
-            exact: false,
-        };
+        let put1 = Put::new(
+            id.clone(),
+            time_key(task.created_at, &id),
+            0,
+            None,
+            Some(task),
+        );
         match put(sh, link, &budget, std::slice::from_ref(&put1))
             .await?
             .into_iter()
@@ -156,14 +156,8 @@ pub async fn update<S: Shard + Owns<RefCell<TakeBacks>>>(
         }
         let mut after = before.clone();
         after.apply_update(upd.clone(), Some(&by.holder()), sh.now());
-        let p = Put {
-            id: id.to_owned(),
-            member: time_key(before.created_at, id),
-            version,
-            before: Some(before),
-            after: Some(after),
-            exact: false,
-        };
+        let member = time_key(before.created_at, id);
+        let p = Put::new(id.to_owned(), member, version, Some(before), Some(after));
         match put(sh, link, &budget, &[p]).await?.into_iter().next() {
             Some(Put1::Written(_)) => return Ok(Some(Outcome::Static(OK_BODY.as_bytes()))),
             Some(Put1::Refused(r)) => return Err(r.error(&TASK_STORE_NAMES)),
@@ -217,6 +211,10 @@ pub async fn claim<S: Shard + Owns<RefCell<TakeBacks>>>(
     found.sort_by(|a, b| a.member.cmp(&b.member));
     found.dedup_by(|a, b| a.member == b.member);
     let now = sh.now();
+    let unconfirmed_until = secs(UnixTime(
+        now.0
+            .saturating_add(u64::try_from(CLAIM_CONFIRM_TIMEOUT.as_nanos()).unwrap_or(u64::MAX)),
+    ));
     let mut bytes = 0usize;
     let mut puts = Vec::new();
     for r in found {
@@ -238,26 +236,180 @@ pub async fn claim<S: Shard + Owns<RefCell<TakeBacks>>>(
         agent.clone_into(&mut after.assigned_agent_id);
         after.access.claimed_by = Some(claimer.clone());
         after.updated_at = now;
-        puts.push(Put {
-            id: r.task.id.clone(),
-            member: r.member,
-            version: r.version,
-            before: Some(r.task),
-            after: Some(after),
-            exact: false,
-        });
+        let mut p = Put::new(
+            r.task.id.clone(),
+            r.member,
+            r.version,
+            Some(r.task),
+            Some(after),
+        );
+        p.also_add = Some((keys.unconfirmed(), unconfirmed_until.clone()));
+        puts.push(p);
     }
     if puts.is_empty() {
         return Ok(Vec::new());
     }
     // Never refused by a budget, as on a node alone (`unlimited`).
     let results = put(sh, link, &unlimited(), &puts).await?;
-    Ok(puts
+    let claimed: Vec<(Put, u64)> = puts
         .into_iter()
         .zip(results)
-        .filter(|(_, r)| matches!(r, Put1::Written(_)))
-        .filter_map(|(p, _)| p.after)
-        .collect())
+        .filter_map(|(p, r)| match r {
+            Put1::Written(v) => Some((p, v)),
+            _ => None,
+        })
+        .collect();
+    confirm(sh, link, &keys, claimed).await
+}
+
+/// How long a claim may stay unconfirmed before any node takes it back
+/// ([`sweep_unconfirmed`]): a node confirms its claims at once, before the heartbeat's
+/// answer, so only a node that died (or lost Redis) between the two leaves one; its
+/// tasks are then claimable again after this, plus up to a turn of the sweep.
+pub const CLAIM_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often each node's first shard takes back the claims left unconfirmed past
+/// [`CLAIM_CONFIRM_TIMEOUT`] (one `ZRANGE` of a set that is empty but for the moment
+/// between a claim and its confirmation, or after a node died there).
+pub const CLAIM_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Confirms `claimed` (each written at its version) before the heartbeat hands them
+/// out: a second compare-and-set that takes each out of the unconfirmed claims. A
+/// claim that another node took back meanwhile (it found it unconfirmed past
+/// [`CLAIM_CONFIRM_TIMEOUT`]: this node was stalled) is not handed out, nor is any when
+/// Redis does not answer the confirmation (the claims are then taken back, now or once
+/// Redis is reachable again): a task is handed out only if no other node can ever hand
+/// it out again. A node that dies after the confirmation and before the answer leaves
+/// its task `assigned` (at most once, never twice).
+async fn confirm<S: Shard + Owns<RefCell<TakeBacks>>>(
+    sh: &S,
+    link: &ShardLink,
+    keys: &Keys<'_>,
+    claimed: Vec<(Put, u64)>,
+) -> Result<Vec<Task>, Error> {
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let confirms: Vec<Put> = claimed
+        .iter()
+        .map(|(p, v)| {
+            let mut c = Put::new(
+                p.id.clone(),
+                p.member.clone(),
+                *v,
+                p.after.clone(),
+                p.after.clone(),
+            );
+            c.also_remove = p
+                .also_add
+                .clone()
+                .or_else(|| Some((keys.unconfirmed(), "0".into())));
+            c
+        })
+        .collect();
+    match put_once(link, &unlimited(), &confirms).await {
+        Ok(results) => Ok(claimed
+            .into_iter()
+            .zip(results)
+            .filter(|(_, r)| matches!(r, Put1::Written(_)))
+            .filter_map(|((p, _), _)| p.after)
+            .collect()),
+        Err(e) => {
+            // The claim is ours at its version (the confirmation did not run) or at
+            // the next (it ran): one of the two take-backs matches, the other finds
+            // another version or record and changes nothing.
+            let back: Vec<Put> = claimed
+                .iter()
+                .flat_map(|(p, _)| {
+                    let unconfirmed = p.inverse();
+                    let mut confirmed = p.inverse();
+                    confirmed.version += 1;
+                    [unconfirmed, confirmed]
+                })
+                .collect();
+            takeback::take_back_these(sh, link, back).await;
+            Err(match e {
+                PutError::Unavailable(e) | PutError::MaybeRan(e) => e,
+                PutError::NotReplicated(e) => {
+                    unavailable(format!("the claim was not replicated: {e}"))
+                }
+            })
+        }
+    }
+}
+
+/// One turn of taking back the claims left unconfirmed past [`CLAIM_CONFIRM_TIMEOUT`]
+/// (run by every node's first shard every [`CLAIM_SWEEP_INTERVAL`]): each task still
+/// `assigned` by such a claim is `pending` again (its claimer never handed it out),
+/// at most [`SWEEP_BATCH_MAX`] a turn; one changed since leaves the set as it is.
+/// Each is a compare-and-set on the version read, and a confirmation is one too: of a
+/// claim and its confirmation racing, one wins. Returns how many went back.
+pub async fn sweep_unconfirmed<S: Shard + Owns<RefCell<TakeBacks>>>(
+    sh: &S,
+    link: &ShardLink,
+) -> usize {
+    let keys = Keys(link.prefix());
+    let now = sh.now();
+    let due = link.eval(
+        DUE.name,
+        vec![keys.unconfirmed()],
+        vec![
+            keys.task_prefix(),
+            secs(now).into_bytes(),
+            SWEEP_BATCH_MAX.to_string().into_bytes(),
+        ],
+    );
+    let reads = match due {
+        Ok(r) => match r.await {
+            Ok(v) => parse_reads(v).unwrap_or_default(),
+            Err(_) => return 0,
+        },
+        Err(_) => return 0,
+    };
+    let mut back = 0;
+    let puts: Vec<Put> = reads
+        .into_iter()
+        .map(|r| {
+            let mut after = r.task.clone();
+            if r.task.state == STATE_ASSIGNED {
+                STATE_PENDING.clone_into(&mut after.state);
+                after.access.claimed_by = None;
+                after.updated_at = now;
+                back += 1;
+            }
+            let mut p = Put::new(
+                r.task.id.clone(),
+                r.member,
+                r.version,
+                Some(r.task),
+                Some(after),
+            );
+            p.also_remove = Some((keys.unconfirmed(), "0".into()));
+            p
+        })
+        .collect();
+    if puts.is_empty() {
+        return 0;
+    }
+    match put(sh, link, &unlimited(), &puts).await {
+        Ok(rs) => {
+            let n = puts
+                .iter()
+                .zip(&rs)
+                .filter(|(p, r)| {
+                    matches!(r, Put1::Written(_)) && p.after.as_ref().is_some_and(Task::is_pending)
+                })
+                .count();
+            if n > 0 {
+                tracing::info!(tasks = n, "claims left unconfirmed (their node died or lost Redis between a claim and its answer) taken back: pending again");
+            }
+            n
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, candidates = back, "cluster unconfirmed-claims sweep");
+            0
+        }
+    }
 }
 
 /// `GET /api/hub/tasks/all` in a cluster: one page of the tasks in Redis, by creation
@@ -418,14 +570,13 @@ pub async fn sweep<S: Shard + Owns<RefCell<TakeBacks>>>(
                     t.updated_at = now;
                     Some(t)
                 };
-                Some(Put {
-                    id: r.task.id.clone(),
-                    member: r.member,
-                    version: r.version,
-                    before: Some(r.task),
+                Some(Put::new(
+                    r.task.id.clone(),
+                    r.member,
+                    r.version,
+                    Some(r.task),
                     after,
-                    exact: false,
-                })
+                ))
             })
             .collect();
         if puts.is_empty() {

@@ -214,6 +214,11 @@ impl Keys<'_> {
     pub(super) fn counters(&self) -> Vec<u8> {
         key(self.0, &["tb"])
     }
+    /// Claims not confirmed yet, by the time after which any node takes them back
+    /// (`hub::cluster::claim`, `sweep_unconfirmed`).
+    pub(super) fn unconfirmed(&self) -> Vec<u8> {
+        key(self.0, &["tc"])
+    }
 
     /// The sorted sets a task is in, with its score there (as `hub::tasks`' index).
     pub(super) fn indexes(&self, t: &Task) -> Vec<(Vec<u8>, String)> {
@@ -283,6 +288,50 @@ pub(super) struct Put {
     /// Also require the stored record to be `before`'s, byte for byte (taking back a
     /// write of ours: at `version` it may be another node's write instead).
     pub(super) exact: bool,
+    /// A sorted set the member goes into (with its score) or out of besides the ones
+    /// its records name: a claim's entry in the unconfirmed claims
+    /// ([`Keys::unconfirmed`]), added by the claim, removed by its confirmation or by
+    /// taking it back. (The score of a removal is the one an inverse adds again.)
+    pub(super) also_add: Option<(Vec<u8>, String)>,
+    pub(super) also_remove: Option<(Vec<u8>, String)>,
+}
+
+impl Put {
+    /// A compare-and-set of `id` at `version`, moving no set but the records' own.
+    pub(super) fn new(
+        id: TaskId,
+        member: String,
+        version: u64,
+        before: Option<Task>,
+        after: Option<Task>,
+    ) -> Put {
+        Put {
+            id,
+            member,
+            version,
+            before,
+            after,
+            exact: false,
+            also_add: None,
+            also_remove: None,
+        }
+    }
+
+    /// What puts this write back where it is still ours: at the version it wrote and
+    /// holding the record it wrote (byte for byte), the record before it, and the
+    /// sets moved back.
+    pub(super) fn inverse(&self) -> Put {
+        Put {
+            id: self.id.clone(),
+            member: self.member.clone(),
+            version: self.version + 1,
+            before: self.after.clone(),
+            after: self.before.clone(),
+            exact: true,
+            also_add: self.also_remove.clone(),
+            also_remove: self.also_add.clone(),
+        }
+    }
 }
 
 /// What became of one [`Put`].
@@ -365,10 +414,15 @@ pub(super) async fn put_once(
             .before
             .iter()
             .flat_map(|t| keys_of.indexes(t))
+            .chain(p.also_remove.iter().cloned())
             .map(|(k, _)| k)
             .collect();
-        let adds: Vec<(Vec<u8>, String)> =
-            p.after.iter().flat_map(|t| keys_of.indexes(t)).collect();
+        let adds: Vec<(Vec<u8>, String)> = p
+            .after
+            .iter()
+            .flat_map(|t| keys_of.indexes(t))
+            .chain(p.also_add.iter().cloned())
+            .collect();
         args.extend([
             task_key,
             p.member.clone().into_bytes(),

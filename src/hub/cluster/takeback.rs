@@ -176,17 +176,17 @@ pub(super) async fn put<S: Owns<RefCell<TakeBacks>>>(
 /// (down, the reply lost, not confirmed by a replica), the take-back is kept by the
 /// shard ([`TakeBacks`]) and sent again while the link is up.
 pub(super) async fn take_back<S: Owns<RefCell<TakeBacks>>>(sh: &S, link: &ShardLink, puts: &[Put]) {
-    let back: Vec<Put> = puts
-        .iter()
-        .map(|p| Put {
-            id: p.id.clone(),
-            member: p.member.clone(),
-            version: p.version + 1,
-            before: p.after.clone(),
-            after: p.before.clone(),
-            exact: true,
-        })
-        .collect();
+    let back: Vec<Put> = puts.iter().map(Put::inverse).collect();
+    take_back_these(sh, link, back).await;
+}
+
+/// Runs the take-backs `back` (made by [`Put::inverse`]); kept for [`retry_take_backs`]
+/// when Redis does not answer them.
+pub(super) async fn take_back_these<S: Owns<RefCell<TakeBacks>>>(
+    sh: &S,
+    link: &ShardLink,
+    back: Vec<Put>,
+) {
     if let Err(e) = put_once(link, &unlimited(), &back).await {
         tracing::warn!(error = ?e, "an unconfirmed task write was not taken back yet: kept, sent again while the link is up");
         sh.owned().borrow_mut().keep(back);
@@ -222,14 +222,13 @@ mod tests {
     use crate::hub::TaskId;
 
     fn item(n: u32) -> Put {
-        Put {
-            id: TaskId::from(format!("{n:08x}-000")),
-            member: format!("m{n}"),
-            version: 2,
-            before: None,
-            after: None,
-            exact: true,
-        }
+        Put::new(
+            TaskId::from(format!("{n:08x}-000")),
+            format!("m{n}"),
+            2,
+            None,
+            None,
+        )
     }
 
     fn ids(v: &[Put]) -> Vec<String> {
