@@ -420,10 +420,11 @@ fn state_until(srv: &Server, id: &str, state: &str) {
 }
 
 /// Issue 25: a node killed with `kill -9` between a claim and its answer leaves the
-/// task claimable again after the claim's confirmation timeout, at any other node, and
-/// it runs once. Node a reaches Redis through a proxy that swallows the claim's reply,
-/// so a dies with its claim written and never confirmed; b's clock is moved past the
-/// timeout and its sweep takes the claim back.
+/// task claimable again after the claim's confirmation timeout (10 s, then the next
+/// sweep: by Redis's clock, so a claimer whose clock runs 600 s ahead changes nothing),
+/// at any other node, nobody's meanwhile, and it runs once. Node a reaches Redis
+/// through a proxy that swallows the claim's reply, so a dies with its claim written
+/// and never confirmed.
 #[test]
 fn a_claim_left_unconfirmed_by_a_killed_node_is_claimable_again_at_another() {
     use crate::cluster::node_at;
@@ -446,6 +447,8 @@ fn a_claim_left_unconfirmed_by_a_killed_node_is_claimable_again_at_another() {
         "ak_poster",
         &json!({"skill": "s", "payload": "lost-kill", "ttl": 600}),
     );
+    let r = a.post_json("/debug/clock", &json!({"advance_secs": 600}));
+    assert_eq!(r.status, 200, "{}", r.text());
     proxy.swallow_after(b"lost-kill");
     let addr = a.addr;
     let hb = std::thread::spawn(move || heartbeat_raw(addr));
@@ -458,22 +461,24 @@ fn a_claim_left_unconfirmed_by_a_killed_node_is_claimable_again_at_another() {
     // Not claimable before the timeout…
     assert!(heartbeat(&b, "worker-2", &["s"]).is_empty());
     assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-1");
-    // …and after it, at b (its next sweep, every 5 s).
-    let r = b.post_json("/debug/clock", &json!({"advance_secs": 30}));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let got = loop {
-        let got = heartbeat(&b, "worker-2", &["s"]);
-        if !got.is_empty() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never claimable again: {}",
-            task(&b, &id)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // …and after it: pending, nobody's (as a claim put back on a node alone: neither
+    // the old claimer nor anyone else may report it)…
+    let since = Instant::now();
+    state_until(&b, &id, "pending");
+    assert!(
+        since.elapsed() < Duration::from_secs(17),
+        "{:?}",
+        since.elapsed()
+    );
+    assert_eq!(task(&b, &id)["assigned_agent_id"], "");
+    let path = format!("/api/hub/tasks/{id}");
+    let forged = json!({"state": "completed", "result": "forged"});
+    for key in [Some("ak_worker-1"), Some("ak_worker-2"), None] {
+        let r = post_as(&b, FROM, key, &path, &forged);
+        assert_eq!(r.status, 403, "{key:?}: {}", r.text());
+    }
+    // …and claimed by the next heartbeat that may, at b.
+    let got = heartbeat(&b, "worker-2", &["s"]);
     assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
     assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
     // Confirmed: the sweep leaves it with worker-2 however late.
@@ -512,9 +517,7 @@ fn a_node_that_confirms_its_claim_too_late_does_not_hand_the_task_out() {
     let addr = a.addr;
     let hb = std::thread::spawn(move || heartbeat_raw(addr));
     state_until(&b, &id, "assigned");
-    let r = b.post_json("/debug/clock", &json!({"advance_secs": 30}));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let got = loop {
         let got = heartbeat(&b, "worker-2", &["s"]);
         if !got.is_empty() {
@@ -534,6 +537,57 @@ fn a_node_that_confirms_its_claim_too_late_does_not_hand_the_task_out() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(!answer.contains(&id), "handed out twice: {answer}");
     assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
+}
+
+/// A post answered 503 leaves no task even when its write reaches Redis after its
+/// take-back ran (hostile review: the take-back found no task yet, counted itself done,
+/// and the late write made one): the take-back leaves a tombstone the late write cannot
+/// pass. Node a's path to Redis holds the post's command back past a's command timeout.
+#[test]
+fn a_post_whose_write_arrives_after_its_take_back_leaves_no_task() {
+    use crate::cluster::{metric, node_with};
+    let Some(redis) = redis::start(&[]) else {
+        return;
+    };
+    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
+    let k = keys(AGENTS);
+    let a = node_with(
+        &format!("redis://127.0.0.1:{}", proxy.port),
+        "a",
+        1,
+        &k,
+        &["--cluster-lease", "10", "--cluster-command-timeout", "1"],
+    );
+    let b = node(&redis, "b", 1, &k, "10");
+    proxy.delay_after(b"late-post", Duration::from_secs(5));
+    let r = post_task(
+        &a,
+        "ak_poster",
+        &json!({"skill": "s", "payload": "late-post", "ttl": 600}),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    // The take-back runs once a is connected again (before the write arrives)…
+    wait_ready(&a);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&a, "chatixia_hub_cluster_take_backs_settled_total") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "take-back never settled\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // …then the write arrives: no task comes of it.
+    std::thread::sleep(Duration::from_secs(6));
+    let r = b.req(
+        "GET",
+        "/api/hub/tasks/all",
+        &[("X-API-Key", "ak_test_admin")],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), json!([]), "the post answered 503 made a task");
+    assert!(heartbeat(&b, "worker-1", &["s"]).is_empty());
 }
 
 /// Budgets are cluster-wide: a client's task quota counts its tasks at every node.

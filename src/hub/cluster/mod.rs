@@ -58,8 +58,8 @@ use crate::shard::paging::{time_key, PageReq};
 use crate::shard::{fill_random, random, Error, Outcome, Owns, Shard};
 use crate::time::UnixTime;
 use std::cell::RefCell;
-pub use store::scripts;
 use store::*;
+pub use store::{scripts, TOMBSTONE_MS};
 use takeback::put;
 pub use takeback::{retry_take_backs, TakeBacks, TAKE_BACKS_MAX, TAKE_BACK_RETRY_INTERVAL};
 
@@ -211,10 +211,8 @@ pub async fn claim<S: Shard + Owns<RefCell<TakeBacks>>>(
     found.sort_by(|a, b| a.member.cmp(&b.member));
     found.dedup_by(|a, b| a.member == b.member);
     let now = sh.now();
-    let unconfirmed_until = secs(UnixTime(
-        now.0
-            .saturating_add(u64::try_from(CLAIM_CONFIRM_TIMEOUT.as_nanos()).unwrap_or(u64::MAX)),
-    ));
+    // By Redis's clock (`+N` in `PUT`): the sweeping node compares it with the same.
+    let unconfirmed_until = format!("+{}", CLAIM_CONFIRM_TIMEOUT.as_secs());
     let mut bytes = 0usize;
     let mut puts = Vec::new();
     for r in found {
@@ -355,7 +353,7 @@ pub async fn sweep_unconfirmed<S: Shard + Owns<RefCell<TakeBacks>>>(
         vec![keys.unconfirmed()],
         vec![
             keys.task_prefix(),
-            secs(now).into_bytes(),
+            b"+0".to_vec(),
             SWEEP_BATCH_MAX.to_string().into_bytes(),
         ],
     );
@@ -372,7 +370,9 @@ pub async fn sweep_unconfirmed<S: Shard + Owns<RefCell<TakeBacks>>>(
         .map(|r| {
             let mut after = r.task.clone();
             if r.task.state == STATE_ASSIGNED {
+                // As a node alone puts back a claim (`Op::Unclaim`): nobody's task.
                 STATE_PENDING.clone_into(&mut after.state);
+                after.assigned_agent_id.clear();
                 after.access.claimed_by = None;
                 after.updated_at = now;
                 back += 1;

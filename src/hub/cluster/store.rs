@@ -15,6 +15,11 @@ use crate::shard::Error;
 use crate::time::UnixTime;
 use std::collections::BTreeMap;
 
+/// How long the tombstone of a create taken back before it arrived stays (see [`PUT`]):
+/// longer than a command can take to reach Redis on a connection the node gave up on
+/// (TCP retransmits for up to ~15 minutes at Linux's defaults).
+pub const TOMBSTONE_MS: u64 = 900_000;
+
 /// The fields of a task's hash: its record and its version.
 pub(super) const FIELD_RECORD: &[u8] = b"r";
 pub(super) const FIELD_VERSION: &[u8] = b"v";
@@ -30,6 +35,13 @@ pub(super) const FIELD_VERSION: &[u8] = b"v";
 /// delta (client, `1` if anonymous, `1` if it has a quota, items, bytes), each removal
 /// (key index), each addition (key index, score).
 ///
+/// A score starting with `+` is that many seconds after Redis's own clock (`TIME`): the
+/// unconfirmed claims' deadlines, compared by every node with the same clock. Taking
+/// back a create (a record that must be there, to delete) that finds no task leaves a
+/// tombstone (version `t`, no record, gone after [`TOMBSTONE_MS`]): the create may still
+/// be on its way (sent on a connection that then failed), and arriving after its
+/// take-back it must not make the task.
+///
 /// Per item: `{1, new version}` written, `{0, current version}` lost the race, `{2,
 /// which, items held, bytes held}` refused by a budget (`client`, `anon` or `full`;
 /// nothing written). Growth is checked as `limits::ClientLedger::admit` does: a client
@@ -43,6 +55,13 @@ local tb = KEYS[1]
 local out = {}
 local i = 2
 local function num(k) return tonumber(redis.call('HGET', tb, k) or '0') end
+local function score(x)
+  if string.sub(x, 1, 1) == '+' then
+    local t = redis.call('TIME')
+    return tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(string.sub(x, 2))
+  end
+  return x
+end
 while i <= #ARGV do
   local tk = KEYS[tonumber(ARGV[i])]
   local member, want, rec = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
@@ -55,6 +74,10 @@ while i <= #ARGV do
   i = a0 + 2 * na
   local cur = redis.call('HGET', tk, 'v') or '0'
   if cur ~= want or (exact ~= '' and redis.call('HGET', tk, 'r') ~= exact) then
+    if exact ~= '' and rec == '' and cur == '0' then
+      redis.call('HSET', tk, 'v', 't')
+      redis.call('PEXPIRE', tk, 900000)
+    end
     out[#out + 1] = {0, cur}
   else
     local refused = nil
@@ -110,7 +133,7 @@ while i <= #ARGV do
       if sn ~= '' then redis.call('HINCRBY', tb, 's:' .. sn, 1) end
       for r = 0, nr - 1 do redis.call('ZREM', KEYS[tonumber(ARGV[r0 + r])], member) end
       for a = 0, na - 1 do
-        redis.call('ZADD', KEYS[tonumber(ARGV[a0 + 2 * a])], ARGV[a0 + 2 * a + 1], member)
+        redis.call('ZADD', KEYS[tonumber(ARGV[a0 + 2 * a])], score(ARGV[a0 + 2 * a + 1]), member)
       end
       out[#out + 1] = {1, v}
     end
@@ -139,7 +162,7 @@ for _, key in ipairs(KEYS) do
   for _, m in ipairs(ms) do
     local id = string.sub(m, 22)
     local got = redis.call('HMGET', ARGV[1] .. id, 'v', 'r')
-    if got[1] then
+    if got[1] and got[2] then
       out[#out + 1] = m
       out[#out + 1] = got[1]
       out[#out + 1] = got[2]
@@ -150,18 +173,24 @@ return out
 "#,
 };
 
-/// The sweep's candidates: `KEYS[1]` a sorted set by time (`tl` or `tf`), `ARGV[1]` the
-/// prefix of task hashes, `ARGV[2]` the score up to which (inclusive), `ARGV[3]` how
-/// many. The same flat array as [`READ`].
+/// The sweep's candidates: `KEYS[1]` a sorted set by time (`tl`, `tf` or `tc`),
+/// `ARGV[1]` the prefix of task hashes, `ARGV[2]` the score up to which (inclusive; `+N`:
+/// N seconds after Redis's clock, as in [`PUT`]), `ARGV[3]` how many. The same flat
+/// array as [`READ`]; a member whose task is gone leaves the set.
 pub const DUE: Script = Script {
     name: "chx_tasks_due",
     source: r#"
 local out = {}
-local ms = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[2], 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
+local upto = ARGV[2]
+if string.sub(upto, 1, 1) == '+' then
+  local t = redis.call('TIME')
+  upto = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(string.sub(upto, 2))
+end
+local ms = redis.call('ZRANGE', KEYS[1], '-inf', upto, 'BYSCORE', 'LIMIT', 0, tonumber(ARGV[3]))
 for _, m in ipairs(ms) do
   local id = string.sub(m, 22)
   local got = redis.call('HMGET', ARGV[1] .. id, 'v', 'r')
-  if got[1] then
+  if got[1] and got[2] then
     out[#out + 1] = m
     out[#out + 1] = got[1]
     out[#out + 1] = got[2]

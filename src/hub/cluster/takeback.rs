@@ -26,12 +26,18 @@ use super::store::{put_once, unavailable, unlimited, Put, Put1, PutError};
 use crate::limits::Budget;
 use crate::shard::{Error, Owns, Shard};
 
-/// Items one shard keeps to take back: a task's record each (up to the task's size
-/// bound), so thousands are megabytes. That many waiting means Redis has been out of
-/// reach through thousands of writes; one more is then not kept (logged, counted in
+/// Items one shard keeps to take back. That many waiting means Redis has been out of
+/// reach through thousands of writes; a take-back past it (or past
+/// [`TAKE_BACKS_BYTES_MAX`]) is not kept (logged, counted in
 /// `chatixia_hub_cluster_take_backs_unkept_total`) and stays as the failed write left
-/// it: a claim until the task's TTL, a post as a task of its own.
+/// it: an unconfirmed claim until the claims' sweep (`sweep_unconfirmed`) puts it back,
+/// a post as a task of its own.
 pub const TAKE_BACKS_MAX: usize = 4_096;
+
+/// Bytes of task records the kept take-backs may hold: each item holds the task before
+/// and after (a record is up to the task size bound, hundreds of KiB with the largest
+/// payload, result and error), so the item count alone would allow gigabytes.
+pub const TAKE_BACKS_BYTES_MAX: usize = 64 << 20;
 
 /// How often a shard sends its waiting take-backs again while the link is up: a
 /// created task waiting to be taken back may be claimed by another node meanwhile (and
@@ -50,6 +56,8 @@ const BACKOFF_TICKS_MAX: u32 = 8;
 #[derive(Default)]
 pub struct TakeBacks {
     pending: VecDeque<Put>,
+    /// Task bytes the waiting items hold ([`item_bytes`]).
+    bytes: usize,
     /// A try is under way (one at a time per shard).
     retrying: bool,
     /// Ticks to let pass before the next try, and the current back-off in ticks.
@@ -82,20 +90,25 @@ impl TakeBacks {
         self.settled
     }
 
-    /// Keeps the items of a take-back that did not run, in order, as far as there is
-    /// room.
+    /// Keeps the items of a take-back that did not run, in order: all of them, or none
+    /// when they do not fit ([`TAKE_BACKS_MAX`], [`TAKE_BACKS_BYTES_MAX`]; the two
+    /// take-backs of one unconfirmed claim, only one of which can match, go together).
     pub(super) fn keep(&mut self, back: Vec<Put>) {
-        for p in back {
-            if self.pending.len() >= TAKE_BACKS_MAX {
-                self.dropped += 1;
-                tracing::error!(
-                    task = %p.id,
-                    "an unconfirmed task write is not kept to be taken back: {TAKE_BACKS_MAX} already wait"
-                );
-                continue;
-            }
-            self.pending.push_back(p);
+        let bytes: usize = back.iter().map(item_bytes).sum();
+        if self.pending.len() + back.len() > TAKE_BACKS_MAX
+            || self.bytes + bytes > TAKE_BACKS_BYTES_MAX
+        {
+            self.dropped += back.len() as u64;
+            tracing::error!(
+                items = back.len(),
+                "unconfirmed task writes are not kept to be taken back: {} ({} bytes) already wait",
+                self.pending.len(),
+                self.bytes
+            );
+            return;
         }
+        self.bytes += bytes;
+        self.pending.extend(back);
     }
 
     /// One [`TAKE_BACK_RETRY_INTERVAL`] passed (with the link up): whether to start a
@@ -115,7 +128,9 @@ impl TakeBacks {
     /// The next try's items, oldest first.
     fn batch(&mut self) -> Vec<Put> {
         let n = self.pending.len().min(TAKE_BACK_BATCH_MAX);
-        self.pending.drain(..n).collect()
+        let b: Vec<Put> = self.pending.drain(..n).collect();
+        self.bytes -= b.iter().map(item_bytes).sum::<usize>();
+        b
     }
 
     /// A try ended: `failed` holds its items when Redis did not answer them (they go
@@ -126,6 +141,7 @@ impl TakeBacks {
         match failed {
             None => self.ticks = 0,
             Some(back) => {
+                self.bytes += back.iter().map(item_bytes).sum::<usize>();
                 for p in back.into_iter().rev() {
                     self.pending.push_front(p);
                 }
@@ -193,6 +209,15 @@ pub(super) async fn take_back_these<S: Owns<RefCell<TakeBacks>>>(
     }
 }
 
+/// The task bytes one kept item holds (its records before and after).
+fn item_bytes(p: &Put) -> usize {
+    [&p.before, &p.after]
+        .into_iter()
+        .flatten()
+        .map(crate::hub::task_bytes)
+        .sum()
+}
+
 /// Sends up to [`TAKE_BACK_BATCH_MAX`] of this shard's waiting take-backs again, in one
 /// `PUT` (each item a compare-and-set on the version and the record this node wrote),
 /// if the link is up: Redis's answer settles each item (taken back, or changed by
@@ -206,7 +231,10 @@ pub async fn retry_take_backs<S: Shard + Owns<RefCell<TakeBacks>>>(sh: &S) {
     let mut failed = None;
     if let Some(link) = sh.cluster().filter(|_| !batch.is_empty()) {
         match put_once(link, &unlimited(), &batch).await {
-            Ok(_) => sh.owned().borrow_mut().settle(batch.len()),
+            // NOREPLICAS: the script ran on the primary (only the replica's confirmation
+            // is missing, as it will be for every try while no replica is there):
+            // settled, not tried again and again until the table is full.
+            Ok(_) | Err(PutError::NotReplicated(_)) => sh.owned().borrow_mut().settle(batch.len()),
             Err(e) => {
                 tracing::debug!(error = ?e, items = batch.len(), "task take-backs not taken yet");
                 failed = Some(batch);
@@ -239,7 +267,9 @@ mod tests {
     fn take_backs_are_bounded_kept_in_order_and_one_try_runs_at_a_time() {
         let mut t = TakeBacks::default();
         assert!(!t.tick(), "nothing waits");
-        t.keep((0..TAKE_BACKS_MAX as u32 + 3).map(item).collect());
+        for n in 0..TAKE_BACKS_MAX as u32 + 3 {
+            t.keep(vec![item(n)]);
+        }
         assert_eq!((t.len(), t.unkept()), (TAKE_BACKS_MAX, 3));
         assert!(t.tick());
         assert!(!t.tick(), "one try at a time");
@@ -257,6 +287,48 @@ mod tests {
         assert_eq!(t.len(), TAKE_BACKS_MAX - TAKE_BACK_BATCH_MAX);
         assert_eq!(t.settled(), TAKE_BACK_BATCH_MAX as u64);
         assert_eq!(t.batch()[0].member, format!("m{TAKE_BACK_BATCH_MAX}"));
+    }
+
+    #[test]
+    fn take_backs_are_bounded_by_bytes_and_kept_whole() {
+        let mut t = TakeBacks::default();
+        let big = || {
+            let mut p = item(1);
+            let mut task = crate::hub::Task::new_pending(
+                Default::default(),
+                "00000001-000".into(),
+                crate::limits::Charge::Anonymous("127.0.0.1".into()),
+                None,
+                crate::time::UnixTime::from_secs(1),
+            );
+            task.result = "x".repeat(TAKE_BACKS_BYTES_MAX / 3);
+            p.before = Some(task.clone());
+            p.after = Some(task);
+            p
+        };
+        // One item holding two records of a third of the budget each: kept.
+        t.keep(vec![big()]);
+        assert_eq!((t.len(), t.unkept()), (1, 0));
+        // A pair that does not fit is dropped whole, not half.
+        t.keep(vec![item(2), big()]);
+        assert_eq!((t.len(), t.unkept()), (1, 2));
+        // Small ones still fit; taking a batch gives its bytes back.
+        t.keep(vec![item(3), item(4)]);
+        assert_eq!(t.len(), 3);
+        assert!(t.tick());
+        let b = t.batch();
+        assert_eq!(t.bytes, 0);
+        t.retried(Some(b));
+        assert!(t.bytes > 2 * (TAKE_BACKS_BYTES_MAX / 3));
+    }
+
+    #[test]
+    fn a_create_taken_back_before_it_arrived_leaves_a_tombstone_for_a_while() {
+        let put = super::super::store::PUT.source;
+        assert!(put.contains(&format!(
+            "redis.call('PEXPIRE', tk, {})",
+            super::super::TOMBSTONE_MS
+        )));
     }
 
     #[test]

@@ -15,6 +15,9 @@ enum Mode {
     Swallow,
     /// Kept back (the reading thread waits) until [`Proxy::release`].
     Hold,
+    /// The command itself (and what follows it on its connection) reaches Redis only
+    /// this long after it was sent, even if the node has hung up meanwhile.
+    Delay(Duration),
 }
 
 #[derive(Default)]
@@ -76,6 +79,12 @@ impl Proxy {
         *self.faults.armed.lock().unwrap() = Some((pattern.to_vec(), Mode::Hold));
     }
 
+    /// Delays the command holding `pattern` (and what follows on its connection) on
+    /// its way to Redis by `by`; other connections are not delayed.
+    pub fn delay_after(&self, pattern: &[u8], by: Duration) {
+        *self.faults.armed.lock().unwrap() = Some((pattern.to_vec(), Mode::Delay(by)));
+    }
+
     /// Lets the held replies go, in order.
     pub fn release(&self) {
         self.faults.hold.store(false, Ordering::SeqCst);
@@ -109,6 +118,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, f: Arc<Faults>, upstream: bool) 
                     match armed.take().map(|(_, m)| m) {
                         Some(Mode::Swallow) => f.swallow.store(true, Ordering::SeqCst),
                         Some(Mode::Hold) => f.hold.store(true, Ordering::SeqCst),
+                        Some(Mode::Delay(by)) => {
+                            drop(armed);
+                            std::thread::sleep(by);
+                        }
                         None => {}
                     }
                 }
