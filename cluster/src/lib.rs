@@ -186,6 +186,33 @@ pub const LINK_KEY_LEN: u16 = u16::MAX;
 /// Frames a message for `route_key` as the link does (`[u16 key length][key][body]`):
 /// for services whose scripts publish (the framing is built before the script runs).
 /// `None` when the key is longer than [`ROUTE_KEY_BYTES_MAX`].
+/// Whether an error value answering a durable write is the link's own `NOREPLICAS`
+/// (its `WAIT` after the write saw fewer replicas than required: the write **ran** on
+/// the primary), as opposed to Redis's refusal under `min-replicas-to-write`
+/// (`NOREPLICAS Not enough good replicas to write…`: **nothing ran**). The link's
+/// errors go on with a count or `WAIT` (`thread`'s `Origin::Wait`).
+pub fn ran_unreplicated(error: &str) -> bool {
+    error
+        .strip_prefix("NOREPLICAS ")
+        .is_some_and(|r| r.starts_with("WAIT") || r.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod ran_unreplicated_tests {
+    #[test]
+    fn the_links_noreplicas_ran_and_redis_own_did_not() {
+        assert!(super::ran_unreplicated(
+            "NOREPLICAS 0 of the 1 replicas required acknowledged the write within wait_timeout (500 ms): it ran on the primary and may be lost if the primary fails"
+        ));
+        assert!(super::ran_unreplicated("NOREPLICAS WAIT failed: ERR x"));
+        assert!(super::ran_unreplicated("NOREPLICAS WAIT answered Nil"));
+        assert!(!super::ran_unreplicated(
+            "NOREPLICAS Not enough good replicas to write. script: 1f2e…, on @user_script:12."
+        ));
+        assert!(!super::ran_unreplicated("ERR something"));
+    }
+}
+
 pub fn frame(route_key: &[u8], body: &[u8]) -> Option<Vec<u8>> {
     if route_key.len() > ROUTE_KEY_BYTES_MAX {
         return None;

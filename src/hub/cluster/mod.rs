@@ -316,13 +316,13 @@ async fn confirm<S: Shard + Owns<RefCell<TakeBacks>>>(
             // The claim is ours at its version (the confirmation did not run) or at
             // the next (it ran): one of the two take-backs matches, the other finds
             // another version or record and changes nothing.
-            let back: Vec<Put> = claimed
+            let back: Vec<Vec<Put>> = claimed
                 .iter()
-                .flat_map(|(p, _)| {
+                .map(|(p, _)| {
                     let unconfirmed = p.inverse();
                     let mut confirmed = p.inverse();
                     confirmed.version += 1;
-                    [unconfirmed, confirmed]
+                    vec![unconfirmed, confirmed]
                 })
                 .collect();
             takeback::take_back_these(sh, link, back).await;

@@ -390,7 +390,8 @@ pub(super) fn refused(e: Refused) -> Error {
 pub(super) enum PutError {
     /// Not sent, or refused as a whole: nothing ran.
     Unavailable(Error),
-    /// `NOREPLICAS`: the script ran on the primary.
+    /// The link's `NOREPLICAS` (`chatixia_cluster::ran_unreplicated`): the script ran on
+    /// the primary, no replica confirmed it in time.
     NotReplicated(String),
     /// The connection failed after the batch was written: it may have run.
     MaybeRan(Error),
@@ -488,7 +489,12 @@ pub(super) async fn put_once(
         .map_err(|e| PutError::MaybeRan(unavailable(format!("{e:?}"))))?;
     let items = match reply {
         Value::Array(items) => items,
-        Value::Error(e) if e.starts_with("NOREPLICAS") => return Err(PutError::NotReplicated(e)),
+        // The link's NOREPLICAS (its WAIT): the script ran. Redis's own, under
+        // `min-replicas-to-write`, refused the script before its first write: nothing
+        // ran (an error like any other).
+        Value::Error(e) if chatixia_cluster::ran_unreplicated(&e) => {
+            return Err(PutError::NotReplicated(e))
+        }
         Value::Error(e) => return Err(U(unavailable(e))),
         other => {
             tracing::error!(reply = ?other, "unexpected reply to the task PUT");

@@ -58,12 +58,15 @@ pub struct TakeBacks {
     pending: VecDeque<Put>,
     /// Task bytes the waiting items hold ([`item_bytes`]).
     bytes: usize,
+    /// Items and bytes of the try under way (out of `pending`, still counted against
+    /// the bounds: they come back if the try fails).
+    inflight: (usize, usize),
     /// A try is under way (one at a time per shard).
     retrying: bool,
     /// Ticks to let pass before the next try, and the current back-off in ticks.
     wait: u32,
     ticks: u32,
-    /// Items not kept: [`TAKE_BACKS_MAX`] were already waiting.
+    /// Items not kept: they did not fit [`TAKE_BACKS_MAX`] or [`TAKE_BACKS_BYTES_MAX`].
     dropped: u64,
     /// Items Redis answered on a later try (taken back, or no longer ours).
     settled: u64,
@@ -90,25 +93,28 @@ impl TakeBacks {
         self.settled
     }
 
-    /// Keeps the items of a take-back that did not run, in order: all of them, or none
-    /// when they do not fit ([`TAKE_BACKS_MAX`], [`TAKE_BACKS_BYTES_MAX`]; the two
-    /// take-backs of one unconfirmed claim, only one of which can match, go together).
-    pub(super) fn keep(&mut self, back: Vec<Put>) {
-        let bytes: usize = back.iter().map(item_bytes).sum();
-        if self.pending.len() + back.len() > TAKE_BACKS_MAX
-            || self.bytes + bytes > TAKE_BACKS_BYTES_MAX
-        {
-            self.dropped += back.len() as u64;
-            tracing::error!(
-                items = back.len(),
-                "unconfirmed task writes are not kept to be taken back: {} ({} bytes) already wait",
-                self.pending.len(),
-                self.bytes
-            );
-            return;
+    /// Keeps the take-backs that did not run, in order, group by group: a group (one
+    /// item, or the two take-backs of one unconfirmed claim, only one of which can
+    /// match) is kept whole or not at all, as far as the bounds allow
+    /// ([`TAKE_BACKS_MAX`], [`TAKE_BACKS_BYTES_MAX`], the try under way counted).
+    pub(super) fn keep(&mut self, groups: Vec<Vec<Put>>) {
+        for back in groups {
+            let bytes: usize = back.iter().map(item_bytes).sum();
+            if self.pending.len() + self.inflight.0 + back.len() > TAKE_BACKS_MAX
+                || self.bytes + self.inflight.1 + bytes > TAKE_BACKS_BYTES_MAX
+            {
+                self.dropped += back.len() as u64;
+                tracing::error!(
+                    items = back.len(),
+                    "an unconfirmed task write is not kept to be taken back: {} items ({} bytes) already wait",
+                    self.pending.len() + self.inflight.0,
+                    self.bytes + self.inflight.1
+                );
+                continue;
+            }
+            self.bytes += bytes;
+            self.pending.extend(back);
         }
-        self.bytes += bytes;
-        self.pending.extend(back);
     }
 
     /// One [`TAKE_BACK_RETRY_INTERVAL`] passed (with the link up): whether to start a
@@ -129,7 +135,9 @@ impl TakeBacks {
     fn batch(&mut self) -> Vec<Put> {
         let n = self.pending.len().min(TAKE_BACK_BATCH_MAX);
         let b: Vec<Put> = self.pending.drain(..n).collect();
-        self.bytes -= b.iter().map(item_bytes).sum::<usize>();
+        let bytes = b.iter().map(item_bytes).sum::<usize>();
+        self.bytes -= bytes;
+        self.inflight = (b.len(), bytes);
         b
     }
 
@@ -138,6 +146,7 @@ impl TakeBacks {
     /// they are settled and the next try comes at the next tick.
     fn retried(&mut self, failed: Option<Vec<Put>>) {
         self.retrying = false;
+        self.inflight = (0, 0);
         match failed {
             None => self.ticks = 0,
             Some(back) => {
@@ -192,20 +201,28 @@ pub(super) async fn put<S: Owns<RefCell<TakeBacks>>>(
 /// (down, the reply lost, not confirmed by a replica), the take-back is kept by the
 /// shard ([`TakeBacks`]) and sent again while the link is up.
 pub(super) async fn take_back<S: Owns<RefCell<TakeBacks>>>(sh: &S, link: &ShardLink, puts: &[Put]) {
-    let back: Vec<Put> = puts.iter().map(Put::inverse).collect();
-    take_back_these(sh, link, back).await;
+    let groups = puts.iter().map(|p| vec![p.inverse()]).collect();
+    take_back_these(sh, link, groups).await;
 }
 
-/// Runs the take-backs `back` (made by [`Put::inverse`]); kept for [`retry_take_backs`]
-/// when Redis does not answer them.
+/// Runs the take-backs `groups` (made by [`Put::inverse`]) in one `PUT`; when Redis does
+/// not answer them they are kept for [`retry_take_backs`], each group whole or not at
+/// all ([`TakeBacks::keep`]).
 pub(super) async fn take_back_these<S: Owns<RefCell<TakeBacks>>>(
     sh: &S,
     link: &ShardLink,
-    back: Vec<Put>,
+    groups: Vec<Vec<Put>>,
 ) {
+    let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
+    let back: Vec<Put> = groups.into_iter().flatten().collect();
     if let Err(e) = put_once(link, &unlimited(), &back).await {
         tracing::warn!(error = ?e, "an unconfirmed task write was not taken back yet: kept, sent again while the link is up");
-        sh.owned().borrow_mut().keep(back);
+        let mut rest = back.into_iter();
+        let groups = sizes
+            .into_iter()
+            .map(|n| rest.by_ref().take(n).collect())
+            .collect();
+        sh.owned().borrow_mut().keep(groups);
     }
 }
 
@@ -231,9 +248,12 @@ pub async fn retry_take_backs<S: Shard + Owns<RefCell<TakeBacks>>>(sh: &S) {
     let mut failed = None;
     if let Some(link) = sh.cluster().filter(|_| !batch.is_empty()) {
         match put_once(link, &unlimited(), &batch).await {
-            // NOREPLICAS: the script ran on the primary (only the replica's confirmation
-            // is missing, as it will be for every try while no replica is there):
-            // settled, not tried again and again until the table is full.
+            // The link's NOREPLICAS: the script ran on the primary (only a replica's
+            // confirmation is missing, as it will be for every try while no replica is
+            // there): settled, not tried again and again until the table is full. (A
+            // failover before a replica has it loses it, as it loses any write no
+            // replica confirmed. Redis's own NOREPLICAS, under min-replicas-to-write,
+            // ran nothing and is a failure like any other: kept.)
             Ok(_) | Err(PutError::NotReplicated(_)) => sh.owned().borrow_mut().settle(batch.len()),
             Err(e) => {
                 tracing::debug!(error = ?e, items = batch.len(), "task take-backs not taken yet");
@@ -268,7 +288,7 @@ mod tests {
         let mut t = TakeBacks::default();
         assert!(!t.tick(), "nothing waits");
         for n in 0..TAKE_BACKS_MAX as u32 + 3 {
-            t.keep(vec![item(n)]);
+            t.keep(vec![vec![item(n)]]);
         }
         assert_eq!((t.len(), t.unkept()), (TAKE_BACKS_MAX, 3));
         assert!(t.tick());
@@ -307,17 +327,20 @@ mod tests {
             p
         };
         // One item holding two records of a third of the budget each: kept.
-        t.keep(vec![big()]);
+        t.keep(vec![vec![big()]]);
         assert_eq!((t.len(), t.unkept()), (1, 0));
         // A pair that does not fit is dropped whole, not half.
-        t.keep(vec![item(2), big()]);
+        t.keep(vec![vec![item(2), big()]]);
         assert_eq!((t.len(), t.unkept()), (1, 2));
         // Small ones still fit; taking a batch gives its bytes back.
-        t.keep(vec![item(3), item(4)]);
+        t.keep(vec![vec![item(3)], vec![item(4)]]);
         assert_eq!(t.len(), 3);
         assert!(t.tick());
         let b = t.batch();
         assert_eq!(t.bytes, 0);
+        // The try under way still counts against the bounds.
+        t.keep(vec![vec![big()]]);
+        assert_eq!((t.len(), t.unkept()), (0, 3));
         t.retried(Some(b));
         assert!(t.bytes > 2 * (TAKE_BACKS_BYTES_MAX / 3));
     }
@@ -334,7 +357,7 @@ mod tests {
     #[test]
     fn tries_back_off_while_redis_does_not_take_them() {
         let mut t = TakeBacks::default();
-        t.keep(vec![item(1)]);
+        t.keep(vec![vec![item(1)]]);
         // Each failed try doubles the wait (in ticks), up to the maximum.
         let mut waits = Vec::new();
         for _ in 0..6 {
@@ -352,7 +375,7 @@ mod tests {
         let b = t.batch();
         t.retried(None);
         drop(b);
-        t.keep(vec![item(2)]);
+        t.keep(vec![vec![item(2)]]);
         assert!(t.tick());
     }
 }
