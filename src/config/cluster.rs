@@ -30,6 +30,15 @@ pub struct ClusterFlags {
     #[arg(long, default_value = "chx:")]
     pub cluster_prefix: String,
 
+    /// Replicas that must acknowledge a durable write (`WAIT N`) before its 2xx: give
+    /// the number of replicas the primary has, so that whichever a failover promotes
+    /// has every acknowledged write. Default: 1 with a `redis+sentinel://` URL, 0 (no
+    /// `WAIT`) with `redis://`. With more replicas than this, a failover can lose an
+    /// acknowledged write (README "Several nodes as one mesh"); with fewer replicas up
+    /// than this, durable writes are answered 503.
+    #[arg(long, value_name = "N")]
+    pub cluster_wait_replicas: Option<u32>,
+
     /// File holding the password of the cluster's Redis (its data nodes), in place of one
     /// in the --cluster URL, which `ps` and the config file would show; one trailing
     /// newline is ignored. It wins over a password in the URL.
@@ -47,6 +56,10 @@ pub struct ClusterFlags {
 
 /// Bytes of a `--cluster-password-file` read at most: a password, not a document.
 pub const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
+
+/// The most replicas `--cluster-wait-replicas` may ask for: a primary with more is
+/// unusual, and each durable write waits for the slowest of them.
+pub const CLUSTER_WAIT_REPLICAS_MAX: u32 = 16;
 
 /// Node ids longer than this are refused: the id is in every directory entry of the
 /// node's peers and in its channel's name.
@@ -90,6 +103,14 @@ pub fn settings(
     let mut c = chatixia_cluster::ClusterConfig::new(url, node_id);
     c.lease = Duration::from_secs_f64(f.cluster_lease);
     c.prefix = f.cluster_prefix.clone();
+    if let Some(n) = f.cluster_wait_replicas {
+        if n > CLUSTER_WAIT_REPLICAS_MAX {
+            return Err(format!(
+                "--cluster-wait-replicas: 0 to {CLUSTER_WAIT_REPLICAS_MAX}"
+            ));
+        }
+        c.replicas_min = n;
+    }
     #[cfg(feature = "test-switches")]
     if let Some(secs) = f.cluster_command_timeout {
         if !(secs.is_finite() && (0.1..=600.0).contains(&secs)) {

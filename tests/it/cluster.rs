@@ -608,6 +608,15 @@ fn bad_cluster_flags_fail_the_start_with_a_reason() {
             ],
             "--cluster-lease",
         ),
+        (
+            vec![
+                "--cluster",
+                "redis://127.0.0.1:6379",
+                "--cluster-wait-replicas",
+                "17",
+            ],
+            "--cluster-wait-replicas",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
             .args(["--listen", "127.0.0.1:0"])

@@ -900,6 +900,46 @@ fn the_dashboard_lists_a_matching_task_behind_many_newer_ones() {
     );
 }
 
+/// `--cluster-wait-replicas N` (one replica per primary in this rig): a node asking for
+/// two acknowledgements answers every post 503 (not replicated) and leaves no task,
+/// while a node asking for one (the default) posts.
+#[test]
+fn a_node_waits_for_as_many_replicas_as_it_is_told() {
+    let Some((primary, _replica, _sentinel, url)) = redis::sentinel_pair() else {
+        return;
+    };
+    let k = keys(AGENTS);
+    let one = crate::cluster::node_at(&url, "one", 1, &k, "10");
+    let two = crate::cluster::node_with(
+        &url,
+        "two",
+        1,
+        &k,
+        &["--cluster-lease", "10", "--cluster-wait-replicas", "2"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post_task(&one, "ak_poster", &json!({"skill": "s"}));
+        if r.status == 200 {
+            break;
+        }
+        assert!(r.text().contains("not replicated"), "{}", r.text());
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..3 {
+        let r = post_task(&two, "ak_poster", &json!({"skill": "s"}));
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.text().contains("not replicated"), "{}", r.text());
+    }
+    // What the refused posts wrote on the primary is taken back (now or on a retry).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tasks_in(&primary) != 1 {
+        assert!(Instant::now() < deadline, "{} tasks", tasks_in(&primary));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Under Sentinel every task write waits for a replica (`WAIT`). With the replica gone a
 /// post is refused (503, not replicated) and leaves nothing behind, and a heartbeat's
 /// claim that no replica confirmed is taken back: the task is pending again, for a
