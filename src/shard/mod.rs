@@ -17,6 +17,7 @@
 //! two calls (issue 25), not a change in the services.
 
 pub mod ask;
+pub mod backoff;
 pub mod changes;
 pub mod clock;
 pub mod nodes;
@@ -28,6 +29,7 @@ use std::future::Future;
 use std::time::Duration;
 
 pub use ask::{ask, ask_all, ask_owner, reserve, settle, tell, FollowUp, Request, ASK_PATIENCE};
+pub use backoff::Backoff;
 pub use changes::{Change, ChangeLog, ChangesSince, Delta, Topic};
 pub use clock::Clock;
 pub use outcome::{Error, Kind, Outcome};

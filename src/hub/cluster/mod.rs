@@ -257,7 +257,7 @@ pub async fn claim<S: Shard + Owns<RefCell<TakeBacks>>>(
             _ => None,
         })
         .collect();
-    confirm(sh, link, &keys, claimed).await
+    confirm(sh, link, claimed).await
 }
 
 /// How long a claim may stay unconfirmed before any node takes it back
@@ -282,7 +282,6 @@ pub const CLAIM_SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_
 async fn confirm<S: Shard + Owns<RefCell<TakeBacks>>>(
     sh: &S,
     link: &ShardLink,
-    keys: &Keys<'_>,
     claimed: Vec<(Put, u64)>,
 ) -> Result<Vec<Task>, Error> {
     if claimed.is_empty() {
@@ -298,10 +297,8 @@ async fn confirm<S: Shard + Owns<RefCell<TakeBacks>>>(
                 p.after.clone(),
                 p.after.clone(),
             );
-            c.also_remove = p
-                .also_add
-                .clone()
-                .or_else(|| Some((keys.unconfirmed(), "0".into())));
+            // Out of the unconfirmed claims the claim put it in.
+            c.also_remove = p.also_add.clone();
             c
         })
         .collect();
@@ -364,7 +361,6 @@ pub async fn sweep_unconfirmed<S: Shard + Owns<RefCell<TakeBacks>>>(
         },
         Err(_) => return 0,
     };
-    let mut back = 0;
     let puts: Vec<Put> = reads
         .into_iter()
         .map(|r| {
@@ -375,7 +371,6 @@ pub async fn sweep_unconfirmed<S: Shard + Owns<RefCell<TakeBacks>>>(
                 after.assigned_agent_id.clear();
                 after.access.claimed_by = None;
                 after.updated_at = now;
-                back += 1;
             }
             let mut p = Put::new(
                 r.task.id.clone(),
@@ -406,7 +401,7 @@ pub async fn sweep_unconfirmed<S: Shard + Owns<RefCell<TakeBacks>>>(
             n
         }
         Err(e) => {
-            tracing::debug!(error = %e, candidates = back, "cluster unconfirmed-claims sweep");
+            tracing::debug!(error = %e, "cluster unconfirmed-claims sweep");
             0
         }
     }

@@ -24,7 +24,7 @@ use chatixia_cluster::ShardLink;
 
 use super::store::{put_once, unavailable, unlimited, Put, Put1, PutError};
 use crate::limits::Budget;
-use crate::shard::{Error, Owns, Shard};
+use crate::shard::{Backoff, Error, Owns, Shard};
 
 /// Items one shard keeps to take back. That many waiting means Redis has been out of
 /// reach through thousands of writes; a take-back past it (or past
@@ -63,9 +63,7 @@ pub struct TakeBacks {
     inflight: (usize, usize),
     /// A try is under way (one at a time per shard).
     retrying: bool,
-    /// Ticks to let pass before the next try, and the current back-off in ticks.
-    wait: u32,
-    ticks: u32,
+    backoff: Backoff<BACKOFF_TICKS_MAX>,
     /// Items not kept: they did not fit [`TAKE_BACKS_MAX`] or [`TAKE_BACKS_BYTES_MAX`].
     dropped: u64,
     /// Items Redis answered on a later try (taken back, or no longer ours).
@@ -120,11 +118,7 @@ impl TakeBacks {
     /// One [`TAKE_BACK_RETRY_INTERVAL`] passed (with the link up): whether to start a
     /// try now ([`retry_take_backs`]), marked under way here.
     pub fn tick(&mut self) -> bool {
-        if self.pending.is_empty() || self.retrying {
-            return false;
-        }
-        if self.wait > 0 {
-            self.wait -= 1;
+        if self.pending.is_empty() || self.retrying || !self.backoff.ready() {
             return false;
         }
         self.retrying = true;
@@ -147,17 +141,13 @@ impl TakeBacks {
     fn retried(&mut self, failed: Option<Vec<Put>>) {
         self.retrying = false;
         self.inflight = (0, 0);
-        match failed {
-            None => self.ticks = 0,
-            Some(back) => {
-                self.bytes += back.iter().map(item_bytes).sum::<usize>();
-                for p in back.into_iter().rev() {
-                    self.pending.push_front(p);
-                }
-                self.ticks = (self.ticks * 2).clamp(1, BACKOFF_TICKS_MAX);
+        self.backoff.outcome(failed.is_none());
+        if let Some(back) = failed {
+            self.bytes += back.iter().map(item_bytes).sum::<usize>();
+            for p in back.into_iter().rev() {
+                self.pending.push_front(p);
             }
         }
-        self.wait = self.ticks.saturating_sub(1);
     }
 
     /// Items of a try Redis answered.

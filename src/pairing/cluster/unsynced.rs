@@ -15,7 +15,7 @@ use super::{
     keys, one_by_one, removed, unapprove_batch_args, Removal, ASSERT_BATCH_MAX, UNAPPROVE,
 };
 use crate::pairing::EntryId;
-use crate::shard::{Owns, Shard};
+use crate::shard::{Backoff, Owns, Shard};
 
 /// Revocations made at this shard whose records the cluster has not confirmed removed
 /// ([`revoke`] failed: Redis unreachable, refusing the script, not confirmed by a
@@ -38,43 +38,12 @@ pub struct Unsynced {
     reasserting: bool,
     /// The retries' back-off and the re-runs' (each its own: one kind taken does not
     /// cut the other's).
-    retry_backoff: Backoff,
-    reassert_backoff: Backoff,
+    retry_backoff: Backoff<UNSYNCED_BACKOFF_TICKS_MAX>,
+    reassert_backoff: Backoff<UNSYNCED_BACKOFF_TICKS_MAX>,
     /// Revocations not kept because [`UNSYNCED_REVOCATIONS_MAX`] were already waiting.
     dropped: u64,
     /// Re-runs of the connect's removals started.
     reasserts: u64,
-}
-
-/// Ticks to let pass before the next try, and the current back-off in ticks (doubled
-/// by each try that Redis did not take, up to [`UNSYNCED_BACKOFF_TICKS_MAX`]; reset by
-/// one it took).
-#[derive(Debug, Default)]
-struct Backoff {
-    wait: u32,
-    ticks: u32,
-}
-
-impl Backoff {
-    /// Whether a try may start at this tick (else one tick of the wait passes).
-    fn ready(&mut self) -> bool {
-        if self.wait > 0 {
-            self.wait -= 1;
-            return false;
-        }
-        true
-    }
-
-    /// A try ended: the next comes 1, 2, 4, … [`UNSYNCED_BACKOFF_TICKS_MAX`] ticks after
-    /// this one while Redis does not take them, at the next tick once it did.
-    fn outcome(&mut self, taken: bool) {
-        if taken {
-            self.ticks = 0;
-        } else {
-            self.ticks = (self.ticks * 2).clamp(1, UNSYNCED_BACKOFF_TICKS_MAX);
-        }
-        self.wait = self.ticks.saturating_sub(1);
-    }
 }
 
 /// The longest back-off between two tries, in [`UNSYNCED_RETRY_INTERVAL`]s: a Redis
