@@ -4,7 +4,7 @@
 //! no task; budgets are cluster-wide; a task answered 2xx survives Redis killed and
 //! restarted under `appendfsync always`; without Redis a post is a 503 with a reason
 //! while heartbeats go on. Real `redis-server`, real nodes, HTTP over loopback.
-use crate::cluster::{keys, node, post_as, wait_ready};
+use crate::cluster::{keys, node, post_as};
 use crate::common;
 
 use std::collections::BTreeSet;
@@ -14,27 +14,27 @@ use common::redis;
 use common::Server;
 use serde_json::{json, Value};
 
-const AGENTS: &[(&str, Option<&str>)] = &[
+pub(crate) const AGENTS: &[(&str, Option<&str>)] = &[
     ("poster", None),
     ("worker-1", None),
     ("worker-2", None),
     ("carol", None),
 ];
 
-const FROM: [u8; 4] = [127, 0, 26, 1];
+pub(crate) const FROM: [u8; 4] = [127, 0, 26, 1];
 
-fn post_task(srv: &Server, key: &str, body: &Value) -> common::Resp {
+pub(crate) fn post_task(srv: &Server, key: &str, body: &Value) -> common::Resp {
     post_as(srv, FROM, Some(key), "/api/hub/tasks", body)
 }
 
-fn posted(srv: &Server, key: &str, body: &Value) -> String {
+pub(crate) fn posted(srv: &Server, key: &str, body: &Value) -> String {
     let r = post_task(srv, key, body);
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["task_id"].as_str().unwrap().to_owned()
 }
 
 /// A heartbeat of `agent` (with its own key) listing `skills`: the claimed tasks.
-fn heartbeat(srv: &Server, agent: &str, skills: &[&str]) -> Vec<Value> {
+pub(crate) fn heartbeat(srv: &Server, agent: &str, skills: &[&str]) -> Vec<Value> {
     let r = post_as(
         srv,
         FROM,
@@ -46,7 +46,7 @@ fn heartbeat(srv: &Server, agent: &str, skills: &[&str]) -> Vec<Value> {
     r.json()["pending_tasks"].as_array().unwrap().clone()
 }
 
-fn task(srv: &Server, id: &str) -> Value {
+pub(crate) fn task(srv: &Server, id: &str) -> Value {
     let r = srv.req(
         "GET",
         &format!("/api/hub/tasks/{id}"),
@@ -59,7 +59,7 @@ fn task(srv: &Server, id: &str) -> Value {
 
 /// The tasks in Redis: hashes under `chx:t:` holding a record (a tombstone, left where
 /// a post was taken back before its write arrived, holds none).
-fn tasks_in(redis: &redis::Redis) -> usize {
+pub(crate) fn tasks_in(redis: &redis::Redis) -> usize {
     let redis::Reply::Array(keys) = redis.cmd(&["KEYS", "chx:t:*"]) else {
         panic!("KEYS")
     };
@@ -71,7 +71,7 @@ fn tasks_in(redis: &redis::Redis) -> usize {
         .count()
 }
 
-fn ids(tasks: &[Value]) -> BTreeSet<String> {
+pub(crate) fn ids(tasks: &[Value]) -> BTreeSet<String> {
     tasks
         .iter()
         .map(|t| t["id"].as_str().unwrap().to_owned())
@@ -304,301 +304,6 @@ fn a_killed_node_loses_no_task() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(task(&b, &id)["error"], "boom");
-}
-
-/// A write whose answer is lost (it ran in Redis, then the connection failed) is taken
-/// back, also when the link is still down at that moment: a claim the agent never got
-/// becomes claimable again, and a post answered 503 leaves no task behind, once the
-/// node is connected again (hostile review: both stayed, `assigned` until the TTL, or a
-/// second task beside the client's retry). Node a reaches Redis through a proxy that
-/// swallows Redis's replies and then cuts every connection.
-#[test]
-fn a_write_whose_answer_was_lost_is_taken_back_once_redis_is_reachable_again() {
-    use crate::cluster::{metric, node_at};
-    let Some(redis) = redis::start(&[]) else {
-        return;
-    };
-    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
-    let k = keys(AGENTS);
-    let a = node_at(
-        &format!("redis://127.0.0.1:{}", proxy.port),
-        "a",
-        1,
-        &k,
-        "10",
-    );
-    let b = node(&redis, "b", 1, &k, "10");
-    let tasks_in_redis = || tasks_in(&redis);
-    // worker-1 is known at a (its binding checked while Redis answers).
-    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
-    let id = posted(
-        &b,
-        "ak_poster",
-        &json!({"skill": "s", "payload": "lost-claim", "ttl": 600}),
-    );
-    // The write holding `pattern` reaches Redis, its answer (and every later one) is
-    // lost, then every connection is cut: the node cannot count on the write, and
-    // cannot take it back at once either (the link is down).
-    let lose_answer = |pattern: &str, what: &dyn Fn() -> common::Resp| {
-        proxy.swallow_after(pattern.as_bytes());
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                std::thread::sleep(Duration::from_millis(1500));
-                proxy.cut_all();
-                proxy.swallow_replies(false);
-            });
-            what()
-        })
-    };
-    // The heartbeat's claim ran in Redis; its answer lost.
-    let r = lose_answer("lost-claim", &|| {
-        post_as(
-            &a,
-            FROM,
-            Some("ak_worker-1"),
-            "/api/hub/heartbeat",
-            &json!({"agent_id": "worker-1", "hostname": "h", "skill_names": ["s"]}),
-        )
-    });
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(
-        r.json()["pending_tasks"].as_array().unwrap().is_empty(),
-        "{}",
-        r.text()
-    );
-    // The same for a post: answered 503, nothing may stay of it.
-    wait_ready(&a);
-    let r = lose_answer("lost-post", &|| {
-        post_task(
-            &a,
-            "ak_poster",
-            &json!({"skill": "s", "payload": "lost-post", "ttl": 600}),
-        )
-    });
-    assert_eq!(r.status, 503, "{}", r.text());
-    // Once a is connected again, both are taken back: the claim is pending again (any
-    // worker claims it, at any node), the post's task is gone.
-    wait_ready(&a);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let settled = metric(&a, "chatixia_hub_cluster_take_backs_settled_total");
-        if settled >= 2 && metric(&a, "chatixia_hub_cluster_take_backs") == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "take-backs not settled ({settled}); the claimed task: {}\n{}",
-            task(&b, &id),
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(task(&b, &id)["state"], "pending", "{}", task(&b, &id));
-    assert_eq!(tasks_in_redis(), 1, "the post answered 503 left a task");
-    let got = heartbeat(&b, "worker-2", &["s"]);
-    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
-    assert_eq!(got[0]["assigned_agent_id"], "worker-2");
-}
-
-/// The heartbeat of worker-1 at `srv` listing skill `s`, on a raw connection (the node
-/// may be killed while it waits): what came back, if anything.
-fn heartbeat_raw(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let body = r#"{"agent_id":"worker-1","hostname":"h","skill_names":["s"]}"#;
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    let _ = c.set_read_timeout(Some(Duration::from_secs(120)));
-    let req = format!(
-        "POST /api/hub/heartbeat HTTP/1.1\r\nhost: x\r\nx-api-key: ak_worker-1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = c.write_all(req.as_bytes());
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    out
-}
-
-/// Waits until the task is `state` (read at `srv`).
-fn state_until(srv: &Server, id: &str, state: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while task(srv, id)["state"] != state {
-        assert!(
-            Instant::now() < deadline,
-            "never {state}: {}",
-            task(srv, id)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Issue 25: a node killed with `kill -9` between a claim and its answer leaves the
-/// task claimable again after the claim's confirmation timeout (10 s, then the next
-/// sweep: by Redis's clock, so a claimer whose clock runs 600 s ahead changes nothing),
-/// at any other node, nobody's meanwhile, and it runs once. Node a reaches Redis
-/// through a proxy that swallows the claim's reply, so a dies with its claim written
-/// and never confirmed.
-#[test]
-fn a_claim_left_unconfirmed_by_a_killed_node_is_claimable_again_at_another() {
-    use crate::cluster::node_at;
-    let Some(redis) = redis::start(&[]) else {
-        return;
-    };
-    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
-    let k = keys(AGENTS);
-    let mut a = node_at(
-        &format!("redis://127.0.0.1:{}", proxy.port),
-        "a",
-        1,
-        &k,
-        "10",
-    );
-    let b = node(&redis, "b", 1, &k, "10");
-    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
-    let id = posted(
-        &b,
-        "ak_poster",
-        &json!({"skill": "s", "payload": "lost-kill", "ttl": 600}),
-    );
-    let r = a.post_json("/debug/clock", &json!({"advance_secs": 600}));
-    assert_eq!(r.status, 200, "{}", r.text());
-    proxy.swallow_after(b"lost-kill");
-    let addr = a.addr;
-    let hb = std::thread::spawn(move || heartbeat_raw(addr));
-    // The claim is in Redis; a never hears of it, and dies.
-    state_until(&b, &id, "assigned");
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let answer = hb.join().unwrap();
-    assert!(!answer.contains(&id), "{answer}");
-    // Not claimable before the timeout…
-    assert!(heartbeat(&b, "worker-2", &["s"]).is_empty());
-    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-1");
-    // …and after it: pending, nobody's (as a claim put back on a node alone: neither
-    // the old claimer nor anyone else may report it)…
-    let since = Instant::now();
-    state_until(&b, &id, "pending");
-    assert!(
-        since.elapsed() < Duration::from_secs(17),
-        "{:?}",
-        since.elapsed()
-    );
-    assert_eq!(task(&b, &id)["assigned_agent_id"], "");
-    let path = format!("/api/hub/tasks/{id}");
-    let forged = json!({"state": "completed", "result": "forged"});
-    for key in [Some("ak_worker-1"), Some("ak_worker-2"), None] {
-        let r = post_as(&b, FROM, key, &path, &forged);
-        assert_eq!(r.status, 403, "{key:?}: {}", r.text());
-    }
-    // …and claimed by the next heartbeat that may, at b.
-    let got = heartbeat(&b, "worker-2", &["s"]);
-    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
-    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
-    // Confirmed: the sweep leaves it with worker-2 however late.
-    std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(task(&b, &id)["state"], "assigned");
-    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
-}
-
-/// A node stalled between its claim and the claim's confirmation past the timeout
-/// (another node took the claim back and handed the task to another agent) does not
-/// hand the task out too: its confirmation loses the compare-and-set. Node a's path to
-/// Redis holds the claim's reply back until then.
-#[test]
-fn a_node_that_confirms_its_claim_too_late_does_not_hand_the_task_out() {
-    use crate::cluster::node_with;
-    let Some(redis) = redis::start(&[]) else {
-        return;
-    };
-    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
-    let k = keys(AGENTS);
-    let a = node_with(
-        &format!("redis://127.0.0.1:{}", proxy.port),
-        "a",
-        1,
-        &k,
-        &["--cluster-lease", "10", "--cluster-command-timeout", "120"],
-    );
-    let b = node(&redis, "b", 1, &k, "10");
-    assert!(heartbeat(&a, "worker-1", &[]).is_empty());
-    let id = posted(
-        &b,
-        "ak_poster",
-        &json!({"skill": "s", "payload": "lost-stall", "ttl": 600}),
-    );
-    proxy.hold_after(b"lost-stall");
-    let addr = a.addr;
-    let hb = std::thread::spawn(move || heartbeat_raw(addr));
-    state_until(&b, &id, "assigned");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got = heartbeat(&b, "worker-2", &["s"]);
-        if !got.is_empty() {
-            break got;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "never claimable again: {}",
-            task(&b, &id)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(ids(&got), BTreeSet::from([id.clone()]));
-    // a hears back now: its confirmation finds the task changed, and hands out nothing.
-    proxy.release();
-    let answer = hb.join().unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(!answer.contains(&id), "handed out twice: {answer}");
-    assert_eq!(task(&b, &id)["assigned_agent_id"], "worker-2");
-}
-
-/// A post answered 503 leaves no task even when its write reaches Redis after its
-/// take-back ran (hostile review: the take-back found no task yet, counted itself done,
-/// and the late write made one): the take-back leaves a tombstone the late write cannot
-/// pass. Node a's path to Redis holds the post's command back past a's command timeout.
-#[test]
-fn a_post_whose_write_arrives_after_its_take_back_leaves_no_task() {
-    use crate::cluster::{metric, node_with};
-    let Some(redis) = redis::start(&[]) else {
-        return;
-    };
-    let proxy = common::proxy::Proxy::start(([127, 0, 0, 1], redis.port).into());
-    let k = keys(AGENTS);
-    let a = node_with(
-        &format!("redis://127.0.0.1:{}", proxy.port),
-        "a",
-        1,
-        &k,
-        &["--cluster-lease", "10", "--cluster-command-timeout", "1"],
-    );
-    let b = node(&redis, "b", 1, &k, "10");
-    proxy.delay_after(b"late-post", Duration::from_secs(5));
-    let r = post_task(
-        &a,
-        "ak_poster",
-        &json!({"skill": "s", "payload": "late-post", "ttl": 600}),
-    );
-    assert_eq!(r.status, 503, "{}", r.text());
-    // The take-back runs once a is connected again (before the write arrives)…
-    wait_ready(&a);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&a, "chatixia_hub_cluster_take_backs_settled_total") < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "take-back never settled\n{}",
-            a.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // …then the write arrives: no task comes of it.
-    std::thread::sleep(Duration::from_secs(6));
-    let r = b.req(
-        "GET",
-        "/api/hub/tasks/all",
-        &[("X-API-Key", "ak_test_admin")],
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json(), json!([]), "the post answered 503 made a task");
-    assert!(heartbeat(&b, "worker-1", &["s"]).is_empty());
 }
 
 /// Budgets are cluster-wide: a client's task quota counts its tasks at every node.

@@ -50,6 +50,7 @@ mod bench_ws_relay;
 mod cluster;
 mod cluster_agents;
 mod cluster_hub;
+mod cluster_hub_faults;
 mod cluster_pairing;
 mod cluster_registry_route;
 mod cluster_review;
