@@ -498,10 +498,12 @@ async fn subscribe_on(
 fn smessage<'a>(v: &'a Value, channel: &[u8]) -> Option<&'a [u8]> {
     let Value::Array(parts) = v else { return None };
     match parts.as_slice() {
-        [kind, ch, payload]
+        // The payload as Redis sends it, a bulk string: not a simple string's text,
+        // which the decoder made valid UTF-8 (lossily, so not the bytes sent).
+        [kind, ch, Value::Bulk(payload)]
             if kind.as_bytes() == Some(b"smessage") && ch.as_bytes() == Some(channel) =>
         {
-            payload.as_bytes()
+            Some(payload.as_slice())
         }
         _ => None,
     }
@@ -611,6 +613,14 @@ mod tests {
         ]);
         assert_eq!(smessage(&m, b"ch"), Some(framed.as_slice()));
         assert_eq!(smessage(&m, b"other"), None);
+        // A payload that is not a bulk string is not a message (the fuzz target found a
+        // non-UTF-8 simple string delivered with its bytes replaced).
+        let m = Value::Array(vec![
+            Value::Bulk(b"smessage".to_vec()),
+            Value::Bulk(b"ch".to_vec()),
+            Value::Simple("\u{fffd}".into()),
+        ]);
+        assert_eq!(smessage(&m, b"ch"), None);
     }
 
     #[test]
