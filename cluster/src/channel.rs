@@ -52,6 +52,14 @@ pub(crate) struct Shared {
     /// ([`crate::pipe`]): written by the link thread at each Up; a shard reads it with
     /// `try_lock` only.
     pub(crate) direct: Mutex<Option<crate::Direct>>,
+    /// The last `WAIT` was answered by fewer replicas than `replicas_min` (always false
+    /// when it is 0): durable writes are refused (503) until one is answered in full.
+    /// Probed once per lease renewal, not only by the writes (`/readyz` turns 503).
+    pub(crate) replicas_short: AtomicBool,
+    /// Unix ns of the last change of `replicas_short`.
+    pub(crate) replicas_since_ns: AtomicU64,
+    /// The last short `WAIT`'s error: written by the link thread; read by `/readyz`.
+    pub(crate) replicas_reason: Mutex<String>,
     /// Set by [`Node::stop`](crate::Node::stop).
     pub(crate) stopping: AtomicBool,
     /// Why the link stopped for good (another live process holds the node id).
@@ -114,6 +122,7 @@ impl Counters {
             unreplicated: r(&self.unreplicated),
             replies_discarded: r(&self.replies_discarded),
             up,
+            replicas_short: false,
         }
     }
 }

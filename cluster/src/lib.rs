@@ -369,6 +369,8 @@ pub struct Stats {
     /// `inbound_dropped`).
     pub replies_discarded: u64,
     pub up: bool,
+    /// The last `WAIT` was answered by too few replicas (see [`Health::replicas_short`]).
+    pub replicas_short: bool,
 }
 
 /// Upper bounds of the round-trip histogram buckets, microseconds.
@@ -382,6 +384,9 @@ pub struct Health {
     pub since_ns: u64,
     pub reason: Option<String>,
     pub generation: u64,
+    /// While up: the last `WAIT` was answered by fewer than `replicas_min` replicas (its
+    /// error, and since when, Unix ns): durable writes are refused.
+    pub replicas_short: Option<(String, u64)>,
 }
 
 /// What a shard needs to build its [`ShardLink`] on its own thread (Send).

@@ -395,7 +395,7 @@ pub fn render_metrics(
 ) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    let series: [(&str, &str, &str, u64); 14] = [
+    let series: [(&str, &str, &str, u64); 15] = [
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
@@ -407,6 +407,12 @@ pub fn render_metrics(
             "gauge",
             "1 while the link to the cluster's Redis is up (see /readyz).",
             u64::from(s.up),
+        ),
+        (
+            "chatixia_cluster_replicas_short",
+            "gauge",
+            "1 while the last WAIT (a durable write's, or the probe after each lease renewal) had fewer replicas than --cluster-wait-replicas: durable writes are refused and /readyz is 503.",
+            u64::from(s.replicas_short),
         ),
         (
             "chatixia_cluster_commands_total",

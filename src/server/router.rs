@@ -817,6 +817,21 @@ pub fn readyz(ctx: &ShardCtx) -> Response {
             });
             return Response::json(503, &body);
         }
+        // Up, but the primary's replicas do not keep up (`--cluster-wait-replicas`; after
+        // a failover, before the old primary rejoins as a replica): every durable write
+        // would be refused, so new clients go elsewhere.
+        if let Some((why, since_ns)) = h.replicas_short {
+            let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
+            let secs = wall
+                .saturating_duration_since(crate::time::UnixTime(since_ns))
+                .as_secs();
+            let body = serde_json::json!({
+                "status": "unavailable",
+                "error": format!("cluster writes not replicated: {why}"),
+                "unavailable_secs": secs,
+            });
+            return Response::json(503, &body);
+        }
     }
     let Some(store) = &ctx.config.store else {
         return Response::json_static(200, br#"{"status":"ready"}"#);

@@ -606,8 +606,9 @@ fn the_dashboard_lists_a_matching_task_behind_many_newer_ones() {
 }
 
 /// `--cluster-wait-replicas N` (one replica per primary in this rig): a node asking for
-/// two acknowledgements answers every post 503 (not replicated) and leaves no task,
-/// while a node asking for one (the default) posts.
+/// two acknowledgements is not ready (`/readyz` 503, not replicated: found by the probe
+/// after its lease renewal, before any write), answers every post 503 and leaves no
+/// task, while a node asking for one (the default) is ready and posts.
 #[test]
 fn a_node_waits_for_as_many_replicas_as_it_is_told() {
     let Some((primary, _replica, _sentinel, url)) = redis::sentinel_pair() else {
@@ -615,12 +616,39 @@ fn a_node_waits_for_as_many_replicas_as_it_is_told() {
     };
     let k = keys(AGENTS);
     let one = crate::cluster::node_at(&url, "one", 1, &k, "10");
-    let two = crate::cluster::node_with(
+    let two = crate::cluster::node_starting(
         &url,
         "two",
         1,
         &k,
         &["--cluster-lease", "10", "--cluster-wait-replicas", "2"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = two.get("/readyz");
+        assert_eq!(r.status, 503, "{}", r.text());
+        let e = r.json()["error"].as_str().unwrap_or_default().to_owned();
+        if e.starts_with("cluster writes not replicated: NOREPLICAS 1 of the 2 replicas") {
+            break;
+        }
+        // Before its link is up, and before its first WAIT answers.
+        assert!(
+            e.starts_with("cluster link down")
+                || e == "cluster writes not replicated: no WAIT answered on this connection yet",
+            "{e}"
+        );
+        assert!(Instant::now() < deadline, "{e}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(two.get("/healthz").status, 200);
+    assert_eq!(
+        crate::cluster::metric(&two, "chatixia_cluster_replicas_short"),
+        1
+    );
+    assert_eq!(one.get("/readyz").status, 200);
+    assert_eq!(
+        crate::cluster::metric(&one, "chatixia_cluster_replicas_short"),
+        0
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -686,6 +714,19 @@ fn through_sentinel_an_unreplicated_post_or_claim_is_taken_back() {
         std::thread::sleep(Duration::from_millis(200));
     }
     replica.kill();
+    // Without a replica the node is not ready, found by the probe that follows its lease
+    // renewal (every lease / 3), before any write is refused.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = a.get("/readyz");
+        if r.status == 503 {
+            let e = r.json()["error"].as_str().unwrap_or_default().to_owned();
+            assert!(e.starts_with("cluster writes not replicated: "), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // Without a replica: the post is refused and nothing of it stays.
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -713,4 +754,18 @@ fn through_sentinel_an_unreplicated_post_or_claim_is_taken_back() {
         redis::Reply::Int(1),
         "pending in its skill's index again"
     );
+    // The replica back (resynced): ready again at a later probe, and posts succeed.
+    replica.restart();
+    crate::cluster::wait_ready(&a);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = post_task(&a, "ak_poster", &json!({"skill": "s"}));
+        if r.status == 200 {
+            break;
+        }
+        // A loaded machine may make the replica late: retried.
+        assert!(r.text().contains("not replicated"), "{}", r.text());
+        assert!(Instant::now() < deadline, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -385,6 +385,11 @@ impl Link {
                     &self.incarnation,
                 ));
                 up.push(Origin::Lease, now);
+                // The renewal is a write: a `WAIT` behind it finds out whether the
+                // replicas keep up while no durable write asks (for `/readyz`).
+                if self.cfg.replicas_min > 0 {
+                    up.durable_unwaited = true;
+                }
             }
         }
         if now >= up.probe_due {
@@ -444,6 +449,19 @@ impl Link {
                 self.shared
                     .generation
                     .store(self.generation, Ordering::Relaxed);
+                // Whether this primary has its replicas is not known until the first
+                // `WAIT` answers (queued behind the lease just renewed): not ready
+                // until then (after a failover, often not for a while).
+                if self.cfg.replicas_min > 0 {
+                    if let Ok(mut r) = self.shared.replicas_reason.lock() {
+                        *r = "no WAIT answered on this connection yet".into();
+                    }
+                    if !self.shared.replicas_short.swap(true, Ordering::AcqRel) {
+                        self.shared
+                            .replicas_since_ns
+                            .store(unix_ns(), Ordering::Relaxed);
+                    }
+                }
                 self.shared.since_ns.store(unix_ns(), Ordering::Relaxed);
                 self.shared.up.store(true, Ordering::SeqCst);
                 tracing::info!(generation = self.generation, "cluster link up");
@@ -677,7 +695,9 @@ impl Link {
                 probe_due: now + cfg.probe_interval,
                 waits_written: 0,
                 wait_outstanding: false,
-                durable_unwaited: false,
+                // The lease just renewed is a write: its `WAIT` tells `/readyz` at once
+                // whether this primary has its replicas (after a failover, often not).
+                durable_unwaited: cfg.replicas_min > 0,
                 awaiting: VecDeque::new(),
             },
             live,
@@ -910,6 +930,7 @@ impl Link {
                     Value::Error(e) => Err(format!("NOREPLICAS WAIT failed: {e}")),
                     other => Err(format!("NOREPLICAS WAIT answered {other:?}")),
                 };
+                replicas_seen(&self.shared, acked.as_ref().err());
                 let mut done = Vec::new();
                 while up.awaiting.front().is_some_and(|a| a.wait <= n) {
                     if let Some(a) = up.awaiting.pop_front() {
@@ -1203,4 +1224,25 @@ fn check_setup(setup: &[Vec<Vec<u8>>], replies: &[Value], what: &str) -> Result<
         }
     }
     Ok(())
+}
+
+/// What a `WAIT` said of the replicas: enough (`None`) or not (why), for `/readyz`.
+fn replicas_seen(shared: &Shared, short: Option<&String>) {
+    let was = shared.replicas_short.load(Ordering::Relaxed);
+    if let Some(why) = short {
+        if let Ok(mut r) = shared.replicas_reason.lock() {
+            r.clone_from(why);
+        }
+    }
+    if was == short.is_some() {
+        return;
+    }
+    shared.replicas_since_ns.store(unix_ns(), Ordering::Relaxed);
+    shared
+        .replicas_short
+        .store(short.is_some(), Ordering::Release);
+    match short {
+        Some(why) => tracing::warn!("cluster: writes are not replicated: {why}"),
+        None => tracing::info!("cluster: writes are replicated again"),
+    }
 }

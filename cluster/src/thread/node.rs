@@ -171,9 +171,12 @@ impl Node {
 
     /// A snapshot of the link's counters.
     pub fn stats(&self) -> Stats {
-        self.shared
+        let mut s = self
+            .shared
             .stats
-            .snapshot(self.shared.up.load(Ordering::Relaxed))
+            .snapshot(self.shared.up.load(Ordering::Relaxed));
+        s.replicas_short = self.shared.replicas_short.load(Ordering::Relaxed);
+        s
     }
 
     /// Whether the link is up, since when, why not, and its generation.
@@ -190,6 +193,15 @@ impl Node {
                     .unwrap_or_else(|e| e.into_inner().clone())
             }),
             generation: self.shared.generation.load(Ordering::Relaxed),
+            replicas_short: (up && self.shared.replicas_short.load(Ordering::Acquire)).then(|| {
+                let why = self
+                    .shared
+                    .replicas_reason
+                    .lock()
+                    .map(|r| r.clone())
+                    .unwrap_or_else(|e| e.into_inner().clone());
+                (why, self.shared.replicas_since_ns.load(Ordering::Relaxed))
+            }),
         }
     }
 
