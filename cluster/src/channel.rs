@@ -56,6 +56,9 @@ pub(crate) struct Shared {
     /// when it is 0): durable writes are refused (503) until one is answered in full.
     /// Probed once per lease renewal, not only by the writes (`/readyz` turns 503).
     pub(crate) replicas_short: AtomicBool,
+    /// Replicas each `WAIT` asks for now (`replicas_min`, or what the Sentinels hold up
+    /// under `replicas_auto`), for `/metrics`.
+    pub(crate) replicas_wait: std::sync::atomic::AtomicU32,
     /// Unix ns of the last change of `replicas_short`.
     pub(crate) replicas_since_ns: AtomicU64,
     /// The last short `WAIT`'s error: written by the link thread; read by `/readyz`.
@@ -123,6 +126,7 @@ impl Counters {
             replies_discarded: r(&self.replies_discarded),
             up,
             replicas_short: false,
+            replicas_wait: 0,
         }
     }
 }

@@ -295,18 +295,23 @@ pub fn sentinel(primary: u16) -> Option<Sentinel> {
 impl Sentinel {
     /// Waits until it lists a replica of the primary it could promote.
     pub fn wait_for_replica(&self, within: Duration) {
+        self.wait_for_replicas(1, within);
+    }
+
+    /// Waits until it lists `n` replicas of the primary it could promote.
+    pub fn wait_for_replicas(&self, n: usize, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let ok = matches!(
                 self.cmd(&["SENTINEL", "replicas", MASTER]),
-                Ok(Reply::Array(rs)) if rs.iter().any(|r| match r {
+                Ok(Reply::Array(rs)) if rs.iter().filter(|r| match r {
                     Reply::Array(kv) => {
                         let field = |k: &str| kv.chunks(2).find(|c| c[0] == Reply::Bulk(k.into())).map(|c| &c[1]);
                         field("flags") == Some(&Reply::Bulk("slave".into()))
                             && field("master-link-status") == Some(&Reply::Bulk("ok".into()))
                     }
                     _ => false,
-                })
+                }).count() >= n
             );
             if ok {
                 return;
@@ -382,4 +387,25 @@ pub fn try_cmd_at(port: u16, args: &[&str]) -> std::io::Result<Reply> {
     }
     s.write_all(out.as_bytes())?;
     read_reply(&mut BufReader::new(s))
+}
+
+/// A primary with two replicas and a Sentinel watching them (both attached), and the
+/// `redis+sentinel://` URL; `None` after `common::skip`.
+pub fn sentinel_trio() -> Option<(Redis, [Redis; 2], Sentinel, String)> {
+    let primary = start(&["--repl-diskless-sync-delay", "0"])?;
+    let port = primary.port.to_string();
+    let replica = || {
+        start(&[
+            "--replicaof",
+            "127.0.0.1",
+            &port,
+            "--repl-diskless-sync-delay",
+            "0",
+        ])
+    };
+    let replicas = [replica()?, replica()?];
+    let sentinel = sentinel(primary.port)?;
+    sentinel.wait_for_replicas(2, Duration::from_secs(20));
+    let url = format!("redis+sentinel://127.0.0.1:{}/{MASTER}", sentinel.port);
+    Some((primary, replicas, sentinel, url))
 }
