@@ -41,15 +41,27 @@ impl Link {
                 self.cfg.command_timeout,
                 &setup,
             )
-            .and_then(|(_conn, replies)| {
+            .and_then(|(_conn, mut replies)| {
+                // `SENTINEL REPLICAS`'s reply apart: the address decides the connect,
+                // the count only the `WAIT`s (a Sentinel that cannot count keeps the
+                // count there was, said in the log).
+                let count = if self.cfg.replicas_auto {
+                    replies.pop()
+                } else {
+                    None
+                };
                 check_setup(&setup, &replies, "sentinel")?;
-                if self.cfg.replicas_auto {
-                    let up = replicas_up(&replies[replies.len() - 1])?;
-                    let addr = parse_master_addr(&replies[replies.len() - 2], master)?;
-                    self.set_replicas_wait(up);
-                    return Ok(addr);
+                let addr = parse_master_addr(&replies[replies.len() - 1], master)?;
+                if let Some(count) = count {
+                    match replicas_up(&count) {
+                        Ok(up) => self.set_replicas_wait(up),
+                        Err(e) => tracing::warn!(
+                            "cluster: cannot count the replicas at {host}:{port} (WAIT {} kept): {e}",
+                            self.replicas_wait
+                        ),
+                    }
                 }
-                parse_master_addr(&replies[replies.len() - 1], master)
+                Ok(addr)
             });
             match answer {
                 Ok(addr) => {
