@@ -53,12 +53,10 @@ pub(crate) struct Shared {
     /// `try_lock` only.
     pub(crate) direct: Mutex<Option<crate::Direct>>,
     /// The last `WAIT` was answered by fewer replicas than `replicas_min` (always false
-    /// when it is 0): durable writes are refused (503) until one is answered in full.
-    /// Probed once per lease renewal, not only by the writes (`/readyz` turns 503).
+    /// when it is 0): durable writes will likely be refused (each still waits for its
+    /// own `WAIT`), so `/readyz` turns 503 until a `WAIT` is answered in full. Probed
+    /// after each lease renewal too, not only by the writes.
     pub(crate) replicas_short: AtomicBool,
-    /// Replicas each `WAIT` asks for now (`replicas_min`, or what the Sentinels hold up
-    /// under `replicas_auto`), for `/metrics`.
-    pub(crate) replicas_wait: std::sync::atomic::AtomicU32,
     /// Unix ns of the last change of `replicas_short`.
     pub(crate) replicas_since_ns: AtomicU64,
     /// The last short `WAIT`'s error: written by the link thread; read by `/readyz`.
@@ -126,7 +124,6 @@ impl Counters {
             replies_discarded: r(&self.replies_discarded),
             up,
             replicas_short: false,
-            replicas_wait: 0,
         }
     }
 }

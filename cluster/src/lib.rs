@@ -146,13 +146,6 @@ pub struct ClusterConfig {
     /// (a durable eval is a plain one). [`ClusterConfig::new`] takes 1 for a
     /// `redis+sentinel://` URL, 0 for `redis://`.
     pub replicas_min: u32,
-    /// Sentinel mode: wait for as many replicas as the Sentinels hold up (listed for the
-    /// primary without `s_down`, `o_down` or `disconnected`), at least `replicas_min`:
-    /// every acknowledged write is then on whichever replica a failover promotes, and a
-    /// dead replica stops counting once the Sentinels mark it down. Counted at each
-    /// connect and again on the Sentinels' `+sdown`, `-sdown` and `+slave` events.
-    /// [`ClusterConfig::new`] sets it in sentinel mode.
-    pub replicas_auto: bool,
     /// How long a `WAIT` waits for `replicas_min` acknowledgements; fewer by then resolve
     /// the durable writes it covers with a `NOREPLICAS …` error value. A `WAIT` holds the
     /// command connection (every command behind it waits, up to this long, while a
@@ -268,10 +261,9 @@ pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_millis(500);
 
 impl ClusterConfig {
     /// A node `node_id` linking to `url`, every other setting its default
-    /// (in sentinel mode `replicas_min` 1 and `replicas_auto`; otherwise 0 and no `WAIT`).
+    /// (`replicas_min` 1 in sentinel mode, 0 otherwise).
     pub fn new(url: RedisUrl, node_id: impl Into<String>) -> Self {
-        let sentinel = url.sentinels().is_some();
-        let replicas_min = u32::from(sentinel);
+        let replicas_min = u32::from(url.sentinels().is_some());
         ClusterConfig {
             url,
             node_id: node_id.into(),
@@ -284,7 +276,6 @@ impl ClusterConfig {
             command_timeout: DEFAULT_COMMAND_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             replicas_min,
-            replicas_auto: sentinel,
             wait_timeout: DEFAULT_WAIT_TIMEOUT,
             on_connect: Vec::new(),
             on_stop: Vec::new(),
@@ -380,8 +371,6 @@ pub struct Stats {
     pub up: bool,
     /// The last `WAIT` was answered by too few replicas (see [`Health::replicas_short`]).
     pub replicas_short: bool,
-    /// Replicas each `WAIT` asks for now (0: no `WAIT`).
-    pub replicas_wait: u32,
 }
 
 /// Upper bounds of the round-trip histogram buckets, microseconds.

@@ -30,16 +30,14 @@ pub struct ClusterFlags {
     #[arg(long, default_value = "chx:")]
     pub cluster_prefix: String,
 
-    /// Replicas that must acknowledge a durable write (`WAIT N`) before its 2xx: `auto`
-    /// (the default with a `redis+sentinel://` URL) waits for every replica the
-    /// Sentinels hold up (at least one), so that whichever a failover promotes has every
-    /// acknowledged write and a dead replica stops counting once the Sentinels mark it
-    /// down; a number waits for that many whatever the Sentinels say (with fewer up,
-    /// durable writes are answered 503). 0 (no `WAIT`) is the default with `redis://`,
-    /// where `auto` is refused. With fewer than the primary's replicas, a failover can
-    /// lose an acknowledged write (README "Several nodes as one mesh").
-    #[arg(long, value_name = "auto|N", value_parser = parse_wait_replicas)]
-    pub cluster_wait_replicas: Option<WaitReplicas>,
+    /// Replicas that must acknowledge a durable write (`WAIT N`) before its 2xx: give
+    /// the number of replicas the primary has, so that whichever a failover promotes
+    /// has every acknowledged write. Default: 1 with a `redis+sentinel://` URL, 0 (no
+    /// `WAIT`) with `redis://`. With more replicas than this, a failover can lose an
+    /// acknowledged write (README "Several nodes as one mesh"); with fewer replicas up
+    /// than this, durable writes are answered 503.
+    #[arg(long, value_name = "N")]
+    pub cluster_wait_replicas: Option<u32>,
 
     /// File holding the password of the cluster's Redis (its data nodes), in place of one
     /// in the --cluster URL, which `ps` and the config file would show; one trailing
@@ -62,23 +60,6 @@ pub const PASSWORD_FILE_BYTES_MAX: u64 = 4096;
 /// The most replicas `--cluster-wait-replicas` may ask for: a primary with more is
 /// unusual, and each durable write waits for the slowest of them.
 pub const CLUSTER_WAIT_REPLICAS_MAX: u32 = 16;
-
-/// `--cluster-wait-replicas`: `auto` or a number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WaitReplicas {
-    Auto,
-    Exactly(u32),
-}
-
-fn parse_wait_replicas(s: &str) -> Result<WaitReplicas, String> {
-    if s == "auto" {
-        return Ok(WaitReplicas::Auto);
-    }
-    match s.parse::<u32>() {
-        Ok(n) if n <= CLUSTER_WAIT_REPLICAS_MAX => Ok(WaitReplicas::Exactly(n)),
-        _ => Err(format!("auto, or 0 to {CLUSTER_WAIT_REPLICAS_MAX}")),
-    }
-}
 
 /// Node ids longer than this are refused: the id is in every directory entry of the
 /// node's peers and in its channel's name.
@@ -122,23 +103,13 @@ pub fn settings(
     let mut c = chatixia_cluster::ClusterConfig::new(url, node_id);
     c.lease = Duration::from_secs_f64(f.cluster_lease);
     c.prefix = f.cluster_prefix.clone();
-    match f.cluster_wait_replicas {
-        None => {}
-        Some(WaitReplicas::Auto) if c.url.sentinels().is_none() => {
-            return Err(
-                "--cluster-wait-replicas auto: only with a redis+sentinel:// URL (the \
-                 Sentinels say which replicas are up); give a number"
-                    .into(),
-            );
+    if let Some(n) = f.cluster_wait_replicas {
+        if n > CLUSTER_WAIT_REPLICAS_MAX {
+            return Err(format!(
+                "--cluster-wait-replicas: 0 to {CLUSTER_WAIT_REPLICAS_MAX}"
+            ));
         }
-        Some(WaitReplicas::Auto) => {
-            c.replicas_min = 1;
-            c.replicas_auto = true;
-        }
-        Some(WaitReplicas::Exactly(n)) => {
-            c.replicas_min = n;
-            c.replicas_auto = false;
-        }
+        c.replicas_min = n;
     }
     #[cfg(feature = "test-switches")]
     if let Some(secs) = f.cluster_command_timeout {

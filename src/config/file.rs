@@ -40,7 +40,6 @@ pub const TEST_SWITCHES: &[&str] = &["test-clock", "ws-echo", "cluster-command-t
 /// A key without a default missing here gets a placeholder from its value name.
 const SAMPLES: &[(&str, &str)] = &[
     ("cores", "4"),
-    ("cluster-wait-replicas", "\"auto\""),
     ("listen", "\"0.0.0.0:8080\""),
     ("stun-url", "[\"stun:stun.l.google.com:19302\"]"),
     ("port-file", "\"/run/chatixia-core/addr\""),

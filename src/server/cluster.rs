@@ -395,7 +395,7 @@ pub fn render_metrics(
 ) -> String {
     use std::fmt::Write;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    let series: [(&str, &str, &str, u64); 16] = [
+    let series: [(&str, &str, &str, u64); 15] = [
         (
             "chatixia_cluster_unreplicated_total",
             "counter",
@@ -413,12 +413,6 @@ pub fn render_metrics(
             "gauge",
             "1 while the last WAIT (a durable write's, or the probe after each lease renewal) had fewer replicas than --cluster-wait-replicas: durable writes are refused and /readyz is 503.",
             u64::from(s.replicas_short),
-        ),
-        (
-            "chatixia_cluster_wait_replicas",
-            "gauge",
-            "Replicas each durable write waits for now (WAIT N): --cluster-wait-replicas, or under auto the replicas the Sentinels hold up (at least 1); 0 without WAIT.",
-            u64::from(s.replicas_wait),
         ),
         (
             "chatixia_cluster_commands_total",

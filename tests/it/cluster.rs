@@ -629,15 +629,6 @@ fn bad_cluster_flags_fail_the_start_with_a_reason() {
             ],
             "--cluster-wait-replicas",
         ),
-        (
-            vec![
-                "--cluster",
-                "redis://127.0.0.1:6379",
-                "--cluster-wait-replicas",
-                "auto",
-            ],
-            "--cluster-wait-replicas auto: only with a redis+sentinel:// URL",
-        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatixia-core"))
             .args(["--listen", "127.0.0.1:0"])

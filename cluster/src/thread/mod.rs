@@ -82,9 +82,9 @@ enum Origin {
         /// written after it), see [`Up::awaiting`].
         wait: Option<u64>,
     },
-    /// `WAIT count wait_timeout` number `n` (`count`: [`Link::replicas_wait`] when it
-    /// was written): resolves the durable evals written before it.
-    Wait(u64, u32),
+    /// `WAIT replicas_min wait_timeout` number `n`: resolves the durable evals written
+    /// before it.
+    Wait(u64),
     Lease,
     Probe,
     /// One of the node's stop scripts (`on_stop`).
@@ -186,12 +186,6 @@ struct Link {
     /// failover is followed at once rather than at the next backoff step. Kept across
     /// Down/Up; opened again at the next connect when it fails.
     watch: Option<Conn>,
-    /// Replicas each `WAIT` asks for: `replicas_min`, or with `replicas_auto` the
-    /// replicas the Sentinels hold up if more ([`Link::count_replicas`]).
-    replicas_wait: u32,
-    /// A Sentinel reported a replica of the primary down, up or new: counted again
-    /// before the next `WAIT` is written.
-    recount: bool,
 }
 
 impl Link {
@@ -251,9 +245,6 @@ impl Link {
                 }
             }
             self.timers(now);
-            if std::mem::take(&mut self.recount) {
-                self.count_replicas();
-            }
             self.queue_wait(now);
             if let Some(up) = &mut self.up {
                 if let Err(e) = up.cmd.flush() {
@@ -339,13 +330,12 @@ impl Link {
         up.durable_unwaited = false;
         up.wait_outstanding = true;
         up.waits_written += 1;
-        let count = self.replicas_wait;
-        let replicas = count.to_string();
+        let replicas = self.cfg.replicas_min.to_string();
         let ms = self.cfg.wait_timeout.as_millis().max(1).to_string();
         up.cmd
             .queue(&[b"WAIT".as_slice(), replicas.as_bytes(), ms.as_bytes()]);
         let n = up.waits_written;
-        up.push(Origin::Wait(n, count), now);
+        up.push(Origin::Wait(n), now);
     }
 
     fn timers(&mut self, now: Instant) {
@@ -926,8 +916,9 @@ impl Link {
                 };
                 self.complete(shard, key, result);
             }
-            Origin::Wait(n, min) => {
+            Origin::Wait(n) => {
                 up.wait_outstanding = false;
+                let min = self.cfg.replicas_min;
                 let ms = self.cfg.wait_timeout.as_millis().max(1);
                 let acked = match &v {
                     Value::Int(k) if *k >= i64::from(min) => Ok(()),

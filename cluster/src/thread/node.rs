@@ -121,8 +121,6 @@ impl Node {
         getrandom::getrandom(&mut token).map_err(|e| {
             std::io::Error::other(format!("cluster: no random incarnation token: {e}"))
         })?;
-        let replicas_wait = cfg.replicas_min;
-        shared.replicas_wait.store(replicas_wait, Ordering::Relaxed);
         let link = Link {
             channel: channel_of(&cfg.prefix, &cfg.node_id),
             nodes_key: format!("{}nodes", cfg.prefix).into_bytes(),
@@ -152,8 +150,6 @@ impl Node {
             primary: None,
             sentinel_order: Vec::new(),
             watch: None,
-            replicas_wait,
-            recount: false,
         };
         let thread = std::thread::Builder::new()
             .name("chx-cluster".into())
@@ -180,7 +176,6 @@ impl Node {
             .stats
             .snapshot(self.shared.up.load(Ordering::Relaxed));
         s.replicas_short = self.shared.replicas_short.load(Ordering::Relaxed);
-        s.replicas_wait = self.shared.replicas_wait.load(Ordering::Relaxed);
         s
     }
 

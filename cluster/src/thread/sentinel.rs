@@ -1,10 +1,7 @@
 //! Following the primary in Sentinel mode (`redis+sentinel://`): asking the Sentinels
 //! for its address before each connect, checking its `ROLE`, and a watch on one
 //! Sentinel's `+switch-master` so that a failover is followed at once rather than at the
-//! next backoff step. With `replicas_auto`, also how many replicas a `WAIT` asks for:
-//! the replicas the Sentinels hold up, counted with the address and again when the
-//! watch hears of a replica going down, coming back or appearing. Part of the link
-//! thread's loop ([`Link`]).
+//! next backoff step. Part of the link thread's loop ([`Link`]).
 
 use super::*;
 
@@ -31,9 +28,6 @@ impl Link {
             let (host, port) = self.sentinel_order[i].clone();
             let mut setup = auth.clone();
             setup.push(args(&["SENTINEL", "get-master-addr-by-name", master]));
-            if self.cfg.replicas_auto {
-                setup.push(args(&["SENTINEL", "REPLICAS", master]));
-            }
             let answer = open(
                 &host,
                 port,
@@ -41,27 +35,9 @@ impl Link {
                 self.cfg.command_timeout,
                 &setup,
             )
-            .and_then(|(_conn, mut replies)| {
-                // `SENTINEL REPLICAS`'s reply apart: the address decides the connect,
-                // the count only the `WAIT`s (a Sentinel that cannot count keeps the
-                // count there was, said in the log).
-                let count = if self.cfg.replicas_auto {
-                    replies.pop()
-                } else {
-                    None
-                };
+            .and_then(|(_conn, replies)| {
                 check_setup(&setup, &replies, "sentinel")?;
-                let addr = parse_master_addr(&replies[replies.len() - 1], master)?;
-                if let Some(count) = count {
-                    match replicas_up(&count) {
-                        Ok(up) => self.set_replicas_wait(up),
-                        Err(e) => tracing::warn!(
-                            "cluster: cannot count the replicas at {host}:{port} (WAIT {} kept): {e}",
-                            self.replicas_wait
-                        ),
-                    }
-                }
-                Ok(addr)
+                parse_master_addr(&replies[replies.len() - 1], master)
             });
             match answer {
                 Ok(addr) => {
@@ -83,72 +59,11 @@ impl Link {
         ))
     }
 
-    /// `replicas_auto`: the replicas the Sentinels hold up now, asked of the Sentinels in
-    /// order (blocking, bounded as [`Link::find_primary`]; run when the watch heard of a
-    /// change, which is rare). None answering keeps the count there was.
-    pub(super) fn count_replicas(&mut self) {
-        let Some(sentinels) = self.cfg.url.sentinels().cloned() else {
-            return;
-        };
-        let mut setup: Vec<Vec<Vec<u8>>> = sentinels
-            .password
-            .iter()
-            .map(|p| vec![b"AUTH".to_vec(), p.clone().into_bytes()])
-            .collect();
-        setup.push(args(&["SENTINEL", "REPLICAS", &sentinels.master]));
-        let mut errors = Vec::new();
-        for (host, port) in self.sentinel_order.clone() {
-            let answer = open(
-                &host,
-                port,
-                self.cfg.connect_timeout,
-                self.cfg.command_timeout,
-                &setup,
-            )
-            .and_then(|(_conn, replies)| {
-                check_setup(&setup, &replies, "sentinel")?;
-                replicas_up(&replies[replies.len() - 1])
-            });
-            match answer {
-                Ok(up) => return self.set_replicas_wait(up),
-                Err(e) => errors.push(format!("sentinel {host}:{port}: {e}")),
-            }
-        }
-        tracing::warn!(
-            "cluster: cannot count the replicas (WAIT {} kept): {}",
-            self.replicas_wait,
-            errors.join("; ")
-        );
-    }
-
-    /// `replicas_auto`: `WAIT`s ask for `up` replicas from now on (at least
-    /// `replicas_min`, at most [`REPLICAS_WAIT_MAX`]).
-    fn set_replicas_wait(&mut self, up: u32) {
-        let n = up.clamp(
-            self.cfg.replicas_min,
-            REPLICAS_WAIT_MAX.max(self.cfg.replicas_min),
-        );
-        if n != self.replicas_wait {
-            tracing::info!(
-                "cluster: the Sentinels hold {up} replicas up: WAIT {n} (was {})",
-                self.replicas_wait
-            );
-            self.replicas_wait = n;
-            self.shared.replicas_wait.store(n, Ordering::Relaxed);
-        }
-    }
-
     /// Subscribes to `+switch-master` on the Sentinel `host:port` (best effort: without
-    /// it a failover is followed at the next reconnect attempt), and with
-    /// `replicas_auto` to the events that change how many replicas are up.
+    /// it a failover is followed at the next reconnect attempt).
     pub(super) fn open_watch(&mut self, host: &str, port: u16, auth: &[Vec<Vec<u8>>]) {
         let mut setup = auth.to_vec();
         setup.push(args(&["SUBSCRIBE", "+switch-master"]));
-        if self.cfg.replicas_auto {
-            for event in REPLICA_EVENTS {
-                setup.push(args(&["SUBSCRIBE", event]));
-            }
-        }
         let opened = open(
             host,
             port,
@@ -183,12 +98,10 @@ impl Link {
             .map(|s| s.master.clone())
             .unwrap_or_default();
         let mut switched = None;
-        let mut recount = false;
         let mut collect = |v: Value| -> Result<(), String> {
             if let Some(addr) = parse_switch_master(&v, &master) {
                 switched = Some(addr);
             }
-            recount |= is_replica_event(&v, &master);
             Ok(())
         };
         let mut r = watch.decode(&mut collect);
@@ -201,9 +114,6 @@ impl Link {
                 tracing::warn!("cluster: the +switch-master watch failed: {e}");
                 let _ = self.poll.registry().deregister(&mut watch.stream);
             }
-        }
-        if recount && self.cfg.replicas_auto {
-            self.recount = true;
         }
         let Some((host, port)) = switched else { return };
         if self.up.is_some() && self.primary.as_ref() == Some(&(host.clone(), port)) {
@@ -260,65 +170,6 @@ fn parse_master_addr(v: &Value, master: &str) -> Result<(String, u16), String> {
     }
 }
 
-/// The most replicas a `WAIT` asks for under `replicas_auto` (the flag's own bound).
-const REPLICAS_WAIT_MAX: u32 = 16;
-
-/// The Sentinel events after which the replicas are counted again: a replica of the
-/// primary marked down, no longer down, or newly seen.
-const REPLICA_EVENTS: [&str; 3] = ["+sdown", "-sdown", "+slave"];
-
-/// A message of [`REPLICA_EVENTS`] about a replica of `master`
-/// (`["message", "+sdown", "slave IP:PORT IP PORT @ NAME MIP MPORT"]`).
-fn is_replica_event(v: &Value, master: &str) -> bool {
-    let Value::Array(a) = v else { return false };
-    if a.len() != 3 || a[0].as_bytes() != Some(b"message".as_slice()) {
-        return false;
-    }
-    if !REPLICA_EVENTS
-        .iter()
-        .any(|e| a[1].as_bytes() == Some(e.as_bytes()))
-    {
-        return false;
-    }
-    let Some(text) = a[2].as_bytes().and_then(|b| std::str::from_utf8(b).ok()) else {
-        return false;
-    };
-    let f: Vec<&str> = text.split_whitespace().collect();
-    matches!(f.as_slice(), ["slave", .., "@", name, _, _] if *name == master)
-}
-
-/// The reply to `SENTINEL REPLICAS NAME`: the replicas the Sentinel holds up, those
-/// whose `flags` say none of `s_down`, `o_down`, `disconnected` (a replica still
-/// syncing counts: its `WAIT`s fail until it has caught up, the strict side).
-fn replicas_up(v: &Value) -> Result<u32, String> {
-    let list = match v {
-        Value::Array(list) => list,
-        Value::Error(e) => return Err(format!("SENTINEL REPLICAS refused: {e}")),
-        other => return Err(format!("SENTINEL REPLICAS answered {other:?}")),
-    };
-    let mut up = 0u32;
-    for r in list {
-        let Value::Array(fields) = r else {
-            return Err(format!(
-                "SENTINEL REPLICAS: a replica that is not a list: {r:?}"
-            ));
-        };
-        let flags = fields
-            .chunks(2)
-            .find(|kv| kv[0].as_bytes() == Some(b"flags".as_slice()))
-            .and_then(|kv| kv.get(1)?.as_bytes())
-            .ok_or_else(|| format!("SENTINEL REPLICAS: a replica without flags: {r:?}"))?;
-        let flags = String::from_utf8_lossy(flags);
-        if !flags
-            .split(',')
-            .any(|f| matches!(f, "s_down" | "o_down" | "disconnected"))
-        {
-            up = up.saturating_add(1);
-        }
-    }
-    Ok(up)
-}
-
 /// A `+switch-master` message for `master`: the new primary's address.
 /// (`["message", "+switch-master", "NAME OLDIP OLDPORT NEWIP NEWPORT"]`.)
 fn parse_switch_master(v: &Value, master: &str) -> Option<(String, u16)> {
@@ -367,39 +218,6 @@ mod tests {
             Value::Int(1),
         ]);
         assert_eq!(parse_switch_master(&sub, "m"), None);
-        let replica = |flags: &str| {
-            Value::Array(vec![
-                bulk("name"),
-                bulk("127.0.0.1:1"),
-                bulk("flags"),
-                bulk(flags),
-                bulk("master-link-status"),
-                bulk("ok"),
-            ])
-        };
-        let list = Value::Array(vec![
-            replica("slave"),
-            replica("s_down,slave"),
-            replica("slave,disconnected"),
-            replica("slave"),
-            replica("o_down,slave"),
-        ]);
-        assert_eq!(replicas_up(&list), Ok(2));
-        assert_eq!(replicas_up(&Value::Array(vec![])), Ok(0));
-        assert!(replicas_up(&Value::Array(vec![Value::Array(vec![bulk("name")])])).is_err());
-        assert!(replicas_up(&Value::Error("ERR No such master".into())).is_err());
-        let event = |kind: &str, t: &str| Value::Array(vec![bulk("message"), bulk(kind), bulk(t)]);
-        let text = "slave 127.0.0.1:7 127.0.0.1 7 @ m 127.0.0.1 6";
-        assert!(is_replica_event(&event("+sdown", text), "m"));
-        assert!(is_replica_event(&event("-sdown", text), "m"));
-        assert!(is_replica_event(&event("+slave", text), "m"));
-        assert!(!is_replica_event(&event("+sdown", text), "other"));
-        assert!(!is_replica_event(&event("+switch-master", text), "m"));
-        // The primary itself going down is not a replica's event.
-        assert!(!is_replica_event(
-            &event("+sdown", "master m 127.0.0.1 6"),
-            "m"
-        ));
         let master = Value::Array(vec![bulk("master"), Value::Int(0), Value::Array(vec![])]);
         assert!(check_role(&master, "h", 1).is_ok());
         let replica = Value::Array(vec![bulk("slave"), bulk("h"), Value::Int(2)]);
