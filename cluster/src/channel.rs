@@ -59,7 +59,8 @@ pub(crate) struct Shared {
     pub(crate) replicas_short: AtomicBool,
     /// Unix ns of the last change of `replicas_short`.
     pub(crate) replicas_since_ns: AtomicU64,
-    /// The last short `WAIT`'s error: written by the link thread; read by `/readyz`.
+    /// The last short `WAIT`'s error: written by the link thread; `/readyz` (a shard)
+    /// reads it with `try_lock` only.
     pub(crate) replicas_reason: Mutex<String>,
     /// Set by [`Node::stop`](crate::Node::stop).
     pub(crate) stopping: AtomicBool,

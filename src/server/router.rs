@@ -803,34 +803,18 @@ pub fn readyz(ctx: &ShardCtx) -> Response {
     if let Some(node) = &ctx.config.cluster {
         let h = node.node.health();
         if !h.up {
-            let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
-            let secs = wall
-                .saturating_duration_since(crate::time::UnixTime(h.since_ns))
-                .as_secs();
-            let body = serde_json::json!({
-                "status": "unavailable",
-                "error": format!(
-                    "cluster link down: {}",
-                    h.reason.unwrap_or_else(|| "not connected yet".into())
-                ),
-                "unavailable_secs": if h.since_ns == 0 { 0 } else { secs },
-            });
-            return Response::json(503, &body);
+            let why = h.reason.unwrap_or_else(|| "not connected yet".into());
+            return not_ready(ctx, format!("cluster link down: {why}"), h.since_ns);
         }
         // Up, but the primary's replicas do not keep up (`--cluster-wait-replicas`; after
         // a failover, before the old primary rejoins as a replica): every durable write
         // would be refused, so new clients go elsewhere.
         if let Some((why, since_ns)) = h.replicas_short {
-            let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
-            let secs = wall
-                .saturating_duration_since(crate::time::UnixTime(since_ns))
-                .as_secs();
-            let body = serde_json::json!({
-                "status": "unavailable",
-                "error": format!("cluster writes not replicated: {why}"),
-                "unavailable_secs": secs,
-            });
-            return Response::json(503, &body);
+            return not_ready(
+                ctx,
+                format!("cluster writes not replicated: {why}"),
+                since_ns,
+            );
         }
     }
     let Some(store) = &ctx.config.store else {
@@ -840,15 +824,27 @@ pub fn readyz(ctx: &ShardCtx) -> Response {
     if h.available {
         return Response::json_static(200, br#"{"status":"ready"}"#);
     }
-    // The store stamps the wall clock; the test clock's offset does not apply.
+    let why = h
+        .reason
+        .unwrap_or_else(|| "the state store cannot save changes".into());
+    not_ready(ctx, why, h.since_ns)
+}
+
+/// `/readyz`'s 503: why, and for how long (since `since_ns`, Unix ns on the wall clock,
+/// stamped by the store or the cluster link: the test clock's offset does not apply; 0
+/// when not known).
+fn not_ready(ctx: &ShardCtx, error: String, since_ns: u64) -> Response {
     let wall = crate::time::UnixTime(ctx.now().0.saturating_sub(ctx.clock_offset()));
-    let secs = wall
-        .saturating_duration_since(crate::time::UnixTime(h.since_ns))
-        .as_secs();
+    let secs = if since_ns == 0 {
+        0
+    } else {
+        wall.saturating_duration_since(crate::time::UnixTime(since_ns))
+            .as_secs()
+    };
     let body = serde_json::json!({
         "status": "unavailable",
-        "error": h.reason.unwrap_or_else(|| "the state store cannot save changes".into()),
-        "unavailable_secs": if h.since_ns == 0 { 0 } else { secs },
+        "error": error,
+        "unavailable_secs": secs,
     });
     Response::json(503, &body)
 }

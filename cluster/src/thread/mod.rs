@@ -453,14 +453,10 @@ impl Link {
                 // `WAIT` answers (queued behind the lease just renewed): not ready
                 // until then (after a failover, often not for a while).
                 if self.cfg.replicas_min > 0 {
-                    if let Ok(mut r) = self.shared.replicas_reason.lock() {
-                        *r = "no WAIT answered on this connection yet".into();
-                    }
-                    if !self.shared.replicas_short.swap(true, Ordering::AcqRel) {
-                        self.shared
-                            .replicas_since_ns
-                            .store(unix_ns(), Ordering::Relaxed);
-                    }
+                    replicas_short(
+                        &self.shared,
+                        Some("no WAIT answered on this connection yet"),
+                    );
                 }
                 self.shared.since_ns.store(unix_ns(), Ordering::Relaxed);
                 self.shared.up.store(true, Ordering::SeqCst);
@@ -930,7 +926,13 @@ impl Link {
                     Value::Error(e) => Err(format!("NOREPLICAS WAIT failed: {e}")),
                     other => Err(format!("NOREPLICAS WAIT answered {other:?}")),
                 };
-                replicas_seen(&self.shared, acked.as_ref().err());
+                let short = acked.as_ref().err().map(String::as_str);
+                if replicas_short(&self.shared, short) {
+                    match short {
+                        Some(why) => tracing::warn!("cluster: writes are not replicated: {why}"),
+                        None => tracing::info!("cluster: writes are replicated again"),
+                    }
+                }
                 let mut done = Vec::new();
                 while up.awaiting.front().is_some_and(|a| a.wait <= n) {
                     if let Some(a) = up.awaiting.pop_front() {
@@ -1226,23 +1228,19 @@ fn check_setup(setup: &[Vec<Vec<u8>>], replies: &[Value], what: &str) -> Result<
     Ok(())
 }
 
-/// What a `WAIT` said of the replicas: enough (`None`) or not (why), for `/readyz`.
-fn replicas_seen(shared: &Shared, short: Option<&String>) {
-    let was = shared.replicas_short.load(Ordering::Relaxed);
+/// Whether the replicas fall short (why) or not (`None`), for `/readyz`; true when
+/// that changed.
+fn replicas_short(shared: &Shared, short: Option<&str>) -> bool {
     if let Some(why) = short {
         if let Ok(mut r) = shared.replicas_reason.lock() {
-            r.clone_from(why);
+            why.clone_into(&mut r);
         }
     }
-    if was == short.is_some() {
-        return;
-    }
-    shared.replicas_since_ns.store(unix_ns(), Ordering::Relaxed);
-    shared
+    let was = shared
         .replicas_short
-        .store(short.is_some(), Ordering::Release);
-    match short {
-        Some(why) => tracing::warn!("cluster: writes are not replicated: {why}"),
-        None => tracing::info!("cluster: writes are replicated again"),
+        .swap(short.is_some(), Ordering::AcqRel);
+    if was != short.is_some() {
+        shared.replicas_since_ns.store(unix_ns(), Ordering::Relaxed);
     }
+    was != short.is_some()
 }

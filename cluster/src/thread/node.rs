@@ -194,12 +194,15 @@ impl Node {
             }),
             generation: self.shared.generation.load(Ordering::Relaxed),
             replicas_short: (up && self.shared.replicas_short.load(Ordering::Acquire)).then(|| {
-                let why = self
-                    .shared
-                    .replicas_reason
-                    .lock()
-                    .map(|r| r.clone())
-                    .unwrap_or_else(|e| e.into_inner().clone());
+                // `try_lock`: a shard never waits on the link thread (which holds it
+                // only to copy a short text in); busy, the reason is said generically.
+                let why = match self.shared.replicas_reason.try_lock() {
+                    Ok(r) => r.clone(),
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().clone(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        "fewer replicas than required acknowledged the last WAIT".into()
+                    }
+                };
                 (why, self.shared.replicas_since_ns.load(Ordering::Relaxed))
             }),
         }
