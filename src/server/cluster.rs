@@ -411,7 +411,7 @@ pub fn render_metrics(
         (
             "chatixia_cluster_replicas_short",
             "gauge",
-            "1 while the last WAIT (a durable write's, or the probe after each lease renewal) had fewer replicas than --cluster-wait-replicas: durable writes are refused and /readyz is 503.",
+            "1 while the last WAIT (a durable write's, or the probe after each lease renewal) had fewer replicas than --cluster-wait-replicas: durable writes are likely refused (each waits for its own WAIT) and /readyz is 503.",
             u64::from(s.replicas_short),
         ),
         (

@@ -114,6 +114,9 @@ struct Up {
     wait_outstanding: bool,
     /// A durable eval was written since the last `WAIT`.
     durable_unwaited: bool,
+    /// A `WAIT` was answered on this connection (the first one's shortfall is logged:
+    /// the connect set `replicas_short` already, quietly).
+    waited: bool,
     /// Durable evals answered, in the order answered, waiting for their `WAIT` (its
     /// number): at most the shards' commands in flight (each shard's `inflight_max`).
     awaiting: VecDeque<Awaiting>,
@@ -694,6 +697,7 @@ impl Link {
                 // The lease just renewed is a write: its `WAIT` tells `/readyz` at once
                 // whether this primary has its replicas (after a failover, often not).
                 durable_unwaited: cfg.replicas_min > 0,
+                waited: false,
                 awaiting: VecDeque::new(),
             },
             live,
@@ -927,11 +931,16 @@ impl Link {
                     other => Err(format!("NOREPLICAS WAIT answered {other:?}")),
                 };
                 let short = acked.as_ref().err().map(String::as_str);
-                if replicas_short(&self.shared, short) {
-                    match short {
-                        Some(why) => tracing::warn!("cluster: writes are not replicated: {why}"),
-                        None => tracing::info!("cluster: writes are replicated again"),
+                let changed = replicas_short(&self.shared, short);
+                let first = !std::mem::replace(&mut up.waited, true);
+                match short {
+                    Some(why) if changed || first => {
+                        tracing::warn!("cluster: writes are not replicated: {why}")
                     }
+                    None if changed && !first => {
+                        tracing::info!("cluster: writes are replicated again")
+                    }
+                    _ => {}
                 }
                 let mut done = Vec::new();
                 while up.awaiting.front().is_some_and(|a| a.wait <= n) {
